@@ -1,0 +1,66 @@
+# Finds condense's dependencies. All of them arrive through scripts/install.sh: Debian packages
+# for the C/C++ libraries and the project virtualenv (.venv) for LibTorch (the PyPI torch wheel).
+set(CONDENSE_PYTHON "${PROJECT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
+    "Python of the virtualenv whose torch wheel provides LibTorch")
+if(NOT EXISTS "${CONDENSE_PYTHON}")
+  message(FATAL_ERROR "No virtualenv python at ${CONDENSE_PYTHON}: run scripts/install.sh first")
+endif()
+execute_process(
+  COMMAND "${CONDENSE_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+  OUTPUT_VARIABLE TORCH_CMAKE_PREFIX OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "torch is not importable from ${CONDENSE_PYTHON}: run scripts/install.sh")
+endif()
+list(APPEND CMAKE_PREFIX_PATH "${TORCH_CMAKE_PREFIX}")
+
+# The wheel is a CUDA build; its CMake config looks for the CUDA toolkit in /usr/local/cuda.
+if(EXISTS /usr/local/cuda/bin/nvcc AND NOT CMAKE_CUDA_COMPILER)
+  set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
+endif()
+find_package(Torch REQUIRED)
+add_library(condense_torch INTERFACE)
+target_link_libraries(condense_torch INTERFACE ${TORCH_LIBRARIES})
+target_include_directories(condense_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+add_library(condense::torch ALIAS condense_torch)
+
+find_package(HDF5 REQUIRED COMPONENTS C)
+find_package(yaml-cpp REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(nlohmann_json REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(Threads REQUIRED)
+
+find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
+find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
+find_library(SENTENCEPIECE_TRAIN_LIBRARY sentencepiece_train REQUIRED)
+add_library(condense_sentencepiece INTERFACE)
+target_include_directories(condense_sentencepiece INTERFACE ${SENTENCEPIECE_INCLUDE_DIR})
+target_link_libraries(condense_sentencepiece INTERFACE
+  ${SENTENCEPIECE_TRAIN_LIBRARY} ${SENTENCEPIECE_LIBRARY})
+add_library(condense::sentencepiece ALIAS condense_sentencepiece)
+
+add_library(condense_hdf5 INTERFACE)
+target_include_directories(condense_hdf5 SYSTEM INTERFACE ${HDF5_C_INCLUDE_DIRS} ${HDF5_INCLUDE_DIRS})
+target_link_libraries(condense_hdf5 INTERFACE ${HDF5_C_LIBRARIES})
+target_compile_definitions(condense_hdf5 INTERFACE ${HDF5_C_DEFINITIONS} ${HDF5_DEFINITIONS})
+add_library(condense::hdf5 ALIAS condense_hdf5)
+
+# The torch wheel bundles fmt 11 headers in its include directory, which would shadow Debian's
+# fmt 9 that libspdlog and libfmt are built against. Debian's fmt and spdlog headers are put
+# first through a directory of symlinks (torch's public headers do not include fmt).
+set(CONDENSE_SYSINC "${CMAKE_BINARY_DIR}/condense_sysinc")
+file(MAKE_DIRECTORY "${CONDENSE_SYSINC}")
+foreach(lib fmt spdlog)
+  file(CREATE_LINK /usr/include/${lib} "${CONDENSE_SYSINC}/${lib}" SYMBOLIC)
+endforeach()
+include_directories(BEFORE SYSTEM "${CONDENSE_SYSINC}")
+
+# Every condense library links the same third-party set so that all translation units share
+# compile definitions, which lets them reuse one precompiled header.
+add_library(condense_deps INTERFACE)
+target_link_libraries(condense_deps INTERFACE condense::torch condense::hdf5
+  condense::sentencepiece fmt::fmt spdlog::spdlog yaml-cpp nlohmann_json::nlohmann_json
+  ZLIB::ZLIB Threads::Threads)
+add_library(condense::deps ALIAS condense_deps)

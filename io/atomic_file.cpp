@@ -1,0 +1,69 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace condense {
+
+void fsync_path(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY);
+  CONDENSE_CHECK(fd >= 0, "cannot open {} to fsync: {}", path, std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  CONDENSE_CHECK(rc == 0, "fsync {} failed: {}", path, std::strerror(err));
+}
+
+void write_file_atomically(const std::string& path,
+                           const std::function<void(const std::string&)>& write) {
+  namespace fs = std::filesystem;
+  fs::path target(path);
+  fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::string tmp = (dir / ("." + target.filename().string() + ".tmp." +
+                            std::to_string(::getpid()))).string();
+  try {
+    write(tmp);
+    fsync_path(tmp);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fail("cannot rename {} to {}: {}", tmp, path, std::strerror(err));
+  }
+  fsync_path(dir.string());
+}
+
+void write_text_atomically(const std::string& path, const std::string& text) {
+  write_file_atomically(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    CONDENSE_CHECK(out.good(), "cannot write {}", tmp);
+    out << text;
+    out.close();
+    CONDENSE_CHECK(out.good(), "error writing {}", tmp);
+  });
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  CONDENSE_CHECK(in.good(), "cannot read {}: {}", path,
+                 std::filesystem::exists(path) ? "permission or I/O error" : "no such file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace condense

@@ -1,0 +1,41 @@
+// LlamaConfig: the architecture of a Llama-style decoder, with Hugging Face's field names so
+// that config.json round-trips and recipes read like HF configs.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace condense {
+
+struct LlamaConfig {
+  int64_t vocab_size = 0;  // 0 in a recipe: taken from the tokenizer
+  int64_t hidden_size = 256;
+  int64_t intermediate_size = 688;
+  int64_t num_hidden_layers = 4;
+  int64_t num_attention_heads = 4;
+  int64_t num_key_value_heads = 0;  // 0: same as num_attention_heads (MHA)
+  int64_t head_dim = 0;             // 0: hidden_size / num_attention_heads
+  double rms_norm_eps = 1e-5;
+  double rope_theta = 10000.0;
+  int64_t max_position_embeddings = 2048;
+  bool tie_word_embeddings = false;
+  double initializer_range = 0.02;
+  double attention_dropout = 0.0;
+  int64_t bos_token_id = 1;
+  int64_t eos_token_id = 2;
+
+  // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
+  // throws naming the offending field.
+  void finalize();
+  int64_t kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
+  int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  int64_t num_parameters() const;
+};
+
+// Hugging Face config.json (LlamaForCausalLM) <-> LlamaConfig. from_hf_json checks that the
+// model is a Llama and names the missing or mistyped field; `source` names the file in errors.
+nlohmann::json to_hf_json(const LlamaConfig& c);
+LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
+
+}  // namespace condense

@@ -1,0 +1,32 @@
+// TrainConfig and CheckpointConfig: the optimizer, schedule and loop settings of a run.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace condense {
+
+struct TrainConfig {
+  int64_t steps = 300;            // optimizer steps
+  double lr = 3e-3;               // peak learning rate
+  double min_lr = 3e-4;           // cosine floor
+  int64_t warmup_steps = 30;      // linear warm-up from 0
+  double weight_decay = 0.1;      // decoupled (AdamW); not applied to norms and biases
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;         // global-norm clip; 0 disables
+  int64_t grad_accum = 1;         // micro-steps per optimizer step
+  int64_t seed = 1234;
+  int64_t threads = 0;            // intra-op threads; 0: all cores
+  int64_t eval_every = 100;       // steps between validations; 0 disables
+  int64_t eval_batches = 8;       // validation batches per evaluation
+  int64_t log_every = 10;         // steps between log lines / progress updates
+};
+
+struct CheckpointConfig {
+  std::string dir;                // empty: <out_dir>/checkpoints
+  int64_t every = 100;            // steps between checkpoints; 0: only at the end
+  int64_t keep = 3;               // most recent checkpoints kept
+};
+
+}  // namespace condense
