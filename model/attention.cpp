@@ -1,0 +1,71 @@
+#include "model/attention.h"
+
+#include <ATen/ATen.h>
+
+#include "model/kv_cache.h"
+#include "model/rope.h"
+
+namespace condense {
+namespace {
+
+torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+// [B, kv, S, d] -> [B, kv*rep, S, d] with each kv head repeated `rep` times consecutively,
+// the grouping transformers' repeat_kv uses.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t rep) {
+  if (rep == 1) return x;
+  auto s = x.sizes();
+  return x.unsqueeze(2).expand({s[0], s[1], rep, s[2], s[3]}).reshape({s[0], s[1] * rep, s[2], s[3]});
+}
+
+}  // namespace
+
+LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index)
+    : layer_(layer_index),
+      heads_(c.num_attention_heads),
+      kv_heads_(c.kv_heads()),
+      head_dim_(c.head_size()),
+      dropout_(c.attention_dropout) {
+  q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_));
+  k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
+  v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
+  o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size));
+}
+
+at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos,
+                                       const at::Tensor& sin, KVCache* cache, KVHook* hook) {
+  int64_t b = x.size(0), t = x.size(1);
+  at::Tensor q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
+  at::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  at::Tensor v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  q = apply_rope(q, cos, sin);
+  k = apply_rope(k, cos, sin);
+  if (hook) std::tie(k, v) = (*hook)(layer_, k, v);
+
+  int64_t past = 0;
+  if (cache) {
+    past = cache->length();
+    std::tie(k, v) = cache->append(layer_, k, v);
+  }
+  int64_t rep = heads_ / kv_heads_;
+  k = repeat_kv(k, rep);
+  v = repeat_kv(v, rep);
+
+  std::optional<at::Tensor> mask;
+  bool causal = t > 1;
+  if (past > 0 && t > 1) {
+    // Query i sits at absolute position past + i and sees keys 0 .. past + i.
+    at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
+    at::Tensor kpos = at::arange(0, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
+    mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
+    causal = false;
+  }
+  double p = is_training() ? dropout_ : 0.0;
+  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, p, causal);
+  out = out.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
+  return o_proj(out);
+}
+
+}  // namespace condense

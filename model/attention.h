@@ -1,0 +1,44 @@
+// Causal self-attention with grouped-query support (num_key_value_heads <= num_attention_heads),
+// RoPE, an optional KV cache, and an extension point on keys/values after RoPE (KVHook) that
+// learned KV projections plug into. Parameter names follow Hugging Face: q_proj, k_proj,
+// v_proj, o_proj (no biases).
+#pragma once
+#include <memory>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/llama_config.h"
+
+namespace condense {
+
+class KVCache;
+
+// Called by every layer with keys and values after RoPE, [B, kv_heads, T, head_dim]; returns
+// the keys and values attention uses (and the cache stores). Must keep shapes unless the
+// hook is designed together with the cache.
+class KVHook {
+ public:
+  virtual ~KVHook() = default;
+  virtual std::pair<at::Tensor, at::Tensor> operator()(int64_t layer, const at::Tensor& k,
+                                                       const at::Tensor& v) = 0;
+};
+
+class LlamaAttentionImpl : public torch::nn::Module {
+ public:
+  LlamaAttentionImpl(const LlamaConfig& config, int64_t layer_index);
+  // x: [B, T, hidden]; cos/sin: [T, head_dim] for the positions of x. With a cache, x's
+  // positions follow the cached ones and k/v are appended to it.
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     KVCache* cache, KVHook* hook);
+
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  int64_t layer_, heads_, kv_heads_, head_dim_;
+  double dropout_;
+};
+TORCH_MODULE(LlamaAttention);
+
+}  // namespace condense

@@ -1,0 +1,77 @@
+#include "model/generate.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <chrono>
+
+#include "core/error.h"
+#include "model/kv_cache.h"
+
+namespace condense {
+
+double GenerationResult::decode_tokens_per_s() const {
+  return decode_seconds > 0 ? (tokens.size() > 1 ? (tokens.size() - 1) / decode_seconds : 0) : 0;
+}
+
+int64_t sample_token(const at::Tensor& logits_in, const SamplingOptions& opt, at::Generator& gen) {
+  at::Tensor logits = logits_in.to(at::kFloat).flatten();
+  if (opt.temperature <= 0) return logits.argmax().item<int64_t>();
+  logits = logits / opt.temperature;
+  if (opt.top_k > 0 && opt.top_k < logits.numel()) {
+    at::Tensor kth = std::get<0>(logits.topk(opt.top_k)).min();
+    logits = logits.masked_fill(logits < kth, -std::numeric_limits<float>::infinity());
+  }
+  if (opt.top_p < 1.0) {
+    auto [sorted, idx] = logits.sort(/*dim=*/-1, /*descending=*/true);
+    at::Tensor cum = sorted.softmax(-1).cumsum(-1);
+    // Drop a token when the mass before it already reaches top_p (always keep the first).
+    at::Tensor drop = (cum - sorted.softmax(-1)) >= opt.top_p;
+    sorted = sorted.masked_fill(drop, -std::numeric_limits<float>::infinity());
+    logits = at::empty_like(logits).scatter_(0, idx, sorted);
+  }
+  at::Tensor probs = logits.softmax(-1);
+  return at::multinomial(probs, 1, /*replacement=*/false, gen).item<int64_t>();
+}
+
+GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
+                          const SamplingOptions& opt) {
+  CONDENSE_CHECK(!prompt.empty(), "generate needs a non-empty prompt");
+  const LlamaConfig& c = model->config();
+  int64_t capacity = std::min<int64_t>(c.max_position_embeddings,
+                                       static_cast<int64_t>(prompt.size()) + opt.max_new_tokens);
+  CONDENSE_CHECK(static_cast<int64_t>(prompt.size()) < c.max_position_embeddings,
+                 "prompt of {} tokens does not fit max_position_embeddings {}", prompt.size(),
+                 c.max_position_embeddings);
+  torch::NoGradGuard no_grad;
+  bool was_training = model->is_training();
+  model->eval();
+  at::Tensor weight = model->lm_head_weight();
+  KVCache cache(c, 1, capacity, weight.options());
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
+  GenerationResult result;
+  using clock = std::chrono::steady_clock;
+
+  auto t0 = clock::now();
+  at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).to(weight.device()).unsqueeze(0);
+  at::Tensor h = model->hidden({ids, {}, &cache});
+  at::Tensor next_logits = model->logits(h.select(1, h.size(1) - 1)).squeeze(0).cpu();
+  auto t1 = clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  while (static_cast<int64_t>(result.tokens.size()) < opt.max_new_tokens) {
+    int64_t tok = sample_token(next_logits, opt, gen);
+    result.tokens.push_back(tok);
+    if (tok == opt.eos_id || cache.length() >= capacity) break;
+    if (static_cast<int64_t>(result.tokens.size()) == opt.max_new_tokens) break;
+    at::Tensor step = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(weight.device()));
+    h = model->hidden({step, {}, &cache});
+    next_logits = model->logits(h.select(1, 0)).squeeze(0).cpu();
+  }
+  result.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  if (was_training) model->train();
+  return result;
+}
+
+}  // namespace condense

@@ -1,0 +1,37 @@
+// Text generation with a KV cache: one prefill pass over the prompt, then one position per
+// step. Greedy when temperature is 0; otherwise temperature, top-k and top-p (nucleus)
+// sampling from a seeded generator, so a seed reproduces a sample.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "model/llama.h"
+
+namespace condense {
+
+struct SamplingOptions {
+  int64_t max_new_tokens = 64;
+  double temperature = 0.0;  // 0: greedy
+  int64_t top_k = 0;         // 0: no top-k filter
+  double top_p = 1.0;        // 1: no nucleus filter
+  uint64_t seed = 0;
+  int64_t eos_id = -1;       // stop when sampled; -1: never
+};
+
+struct GenerationResult {
+  std::vector<int64_t> tokens;  // the new tokens only
+  double prefill_seconds = 0;
+  double decode_seconds = 0;
+  double decode_tokens_per_s() const;
+};
+
+// Picks the next token from logits [vocab] (fp32, CPU) under the options.
+int64_t sample_token(const at::Tensor& logits, const SamplingOptions& opt, at::Generator& gen);
+
+// Generates up to max_new_tokens after `prompt` (non-empty) in eval mode without gradients.
+GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
+                          const SamplingOptions& opt);
+
+}  // namespace condense

@@ -1,0 +1,94 @@
+#include "model/llama.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include "core/error.h"
+#include "core/shape.h"
+#include "model/kv_cache.h"
+
+namespace condense {
+namespace {
+
+torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+}  // namespace
+
+LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
+  gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size));
+  up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size));
+  down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size));
+}
+
+at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
+  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+}
+
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index) {
+  self_attn = register_module("self_attn", LlamaAttention(c, index));
+  mlp = register_module("mlp", LlamaMLP(c));
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  post_attention_layernorm =
+      register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
+                                          const at::Tensor& sin, KVCache* cache, KVHook* hook) {
+  at::Tensor h = x + self_attn(input_layernorm(x), cos, sin, cache, hook);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.hidden_size));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    layer_list.emplace_back(c, i);
+    layers->push_back(layer_list.back());
+  }
+  norm = register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+}
+
+LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
+    : config_([&] { config.finalize(); return config; }()),
+      rope_(config_.head_size(), config_.rope_theta) {
+  model = register_module("model", LlamaModel(config_));
+  if (!config_.tie_word_embeddings)
+    lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size));
+  torch::NoGradGuard no_grad;
+  for (auto& p : named_parameters()) {
+    if (p.value().dim() >= 2) p.value().normal_(0.0, config_.initializer_range);
+  }
+}
+
+at::Tensor LlamaForCausalLMImpl::embed(const at::Tensor& input_ids) {
+  return model->embed_tokens(input_ids);
+}
+
+at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
+  CONDENSE_CHECK(in.input_ids.defined() != in.inputs_embeds.defined(),
+                 "forward needs exactly one of input_ids and inputs_embeds");
+  at::Tensor h = in.input_ids.defined() ? embed(in.input_ids) : in.inputs_embeds;
+  CONDENSE_CHECK(h.dim() == 3 && h.size(2) == config_.hidden_size,
+                 "inputs_embeds must be [B, T, {}], got {}", config_.hidden_size, shape_str(h.sizes()));
+  int64_t t = h.size(1);
+  int64_t offset = in.cache ? in.cache->length() : 0;
+  CONDENSE_CHECK(offset + t <= config_.max_position_embeddings,
+                 "sequence of {} positions exceeds max_position_embeddings {}", offset + t,
+                 config_.max_position_embeddings);
+  auto [cos, sin] = rope_.cos_sin(offset, t, h.device());
+  for (auto& layer : model->layer_list) h = layer(h, cos, sin, in.cache, kv_hook_.get());
+  if (in.cache) in.cache->commit(t);
+  return model->norm(h);
+}
+
+at::Tensor LlamaForCausalLMImpl::lm_head_weight() const {
+  return lm_head ? lm_head->weight : model->embed_tokens->weight;
+}
+
+at::Tensor LlamaForCausalLMImpl::logits(const at::Tensor& hidden) {
+  return at::linear(hidden, lm_head_weight());
+}
+
+}  // namespace condense

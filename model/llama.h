@@ -1,0 +1,94 @@
+// The Llama decoder (LlamaForCausalLM): token embedding, N x [RMSNorm, GQA attention with
+// RoPE, RMSNorm, SwiGLU MLP] with residuals, final RMSNorm, LM head (tied to the embedding or
+// not). Parameter names are exactly Hugging Face's ("model.layers.0.self_attn.q_proj.weight",
+// "lm_head.weight"), so checkpoints map 1:1 onto HF state dicts.
+//
+// Extension points for later work: inputs_embeds in place of token ids (soft context tokens),
+// a KVHook on keys/values after RoPE, and hidden() without the LM head (losses that never
+// build full logits).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "model/attention.h"
+#include "model/llama_config.h"
+#include "model/rms_norm.h"
+#include "model/rope.h"
+
+namespace condense {
+
+class KVCache;
+
+class LlamaMLPImpl : public torch::nn::Module {
+ public:
+  explicit LlamaMLPImpl(const LlamaConfig& c);
+  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(LlamaMLP);
+
+class LlamaDecoderLayerImpl : public torch::nn::Module {
+ public:
+  LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                     KVCache* cache, KVHook* hook);
+  LlamaAttention self_attn{nullptr};
+  LlamaMLP mlp{nullptr};
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+};
+TORCH_MODULE(LlamaDecoderLayer);
+
+// The body, registered as "model" inside LlamaForCausalLM.
+class LlamaModelImpl : public torch::nn::Module {
+ public:
+  explicit LlamaModelImpl(const LlamaConfig& c);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+  std::vector<LlamaDecoderLayer> layer_list;  // typed access to `layers`
+};
+TORCH_MODULE(LlamaModel);
+
+// What a forward pass reads. Exactly one of input_ids ([B, T] int64) and inputs_embeds
+// ([B, T, hidden]) is set. With a cache, positions start at cache->length().
+struct DecoderInput {
+  at::Tensor input_ids;
+  at::Tensor inputs_embeds;
+  KVCache* cache = nullptr;
+};
+
+class LlamaForCausalLMImpl : public torch::nn::Module {
+ public:
+  // Builds the model with Hugging Face's initialization (normal(0, initializer_range) for
+  // linear and embedding weights, ones for norms), drawing from the global torch generator.
+  explicit LlamaForCausalLMImpl(LlamaConfig config);
+
+  at::Tensor forward(const at::Tensor& input_ids) { return logits(hidden({input_ids})); }
+  // Final-normed hidden states [B, T, hidden].
+  at::Tensor hidden(const DecoderInput& in);
+  // LM head: [..., hidden] -> [..., vocab].
+  at::Tensor logits(const at::Tensor& hidden);
+  at::Tensor embed(const at::Tensor& input_ids);
+  // The LM head's weight [vocab, hidden] (the embedding when tied).
+  at::Tensor lm_head_weight() const;
+
+  void set_kv_hook(std::shared_ptr<KVHook> hook) { kv_hook_ = std::move(hook); }
+  const LlamaConfig& config() const { return config_; }
+
+  LlamaModel model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
+
+ private:
+  LlamaConfig config_;
+  Rope rope_;
+  std::shared_ptr<KVHook> kv_hook_;
+};
+TORCH_MODULE(LlamaForCausalLM);
+
+}  // namespace condense

@@ -1,0 +1,120 @@
+#include "model/llama_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace condense {
+
+void LlamaConfig::finalize() {
+  CONDENSE_CHECK(vocab_size > 0, "model.vocab_size must be positive (got {})", vocab_size);
+  CONDENSE_CHECK(hidden_size > 0 && intermediate_size > 0 && num_hidden_layers > 0 &&
+                     num_attention_heads > 0,
+                 "model sizes must be positive (hidden_size {}, intermediate_size {}, "
+                 "num_hidden_layers {}, num_attention_heads {})",
+                 hidden_size, intermediate_size, num_hidden_layers, num_attention_heads);
+  if (num_key_value_heads <= 0) num_key_value_heads = num_attention_heads;
+  CONDENSE_CHECK(num_attention_heads % num_key_value_heads == 0,
+                 "model.num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                 num_attention_heads, num_key_value_heads);
+  if (head_dim <= 0) {
+    CONDENSE_CHECK(hidden_size % num_attention_heads == 0,
+                   "model.hidden_size ({}) must be divisible by num_attention_heads ({}) "
+                   "unless head_dim is set",
+                   hidden_size, num_attention_heads);
+    head_dim = hidden_size / num_attention_heads;
+  }
+  CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
+  CONDENSE_CHECK(rms_norm_eps > 0 && rope_theta > 0, "model.rms_norm_eps and rope_theta must be > 0");
+  CONDENSE_CHECK(max_position_embeddings > 0, "model.max_position_embeddings must be positive");
+}
+
+int64_t LlamaConfig::num_parameters() const {
+  int64_t hd = head_size(), kv = kv_heads();
+  int64_t attn = hidden_size * num_attention_heads * hd * 2 + hidden_size * kv * hd * 2;
+  int64_t mlp = 3 * hidden_size * intermediate_size;
+  int64_t per_layer = attn + mlp + 2 * hidden_size;
+  int64_t embed = vocab_size * hidden_size;
+  return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
+}
+
+nlohmann::json to_hf_json(const LlamaConfig& c) {
+  return nlohmann::json{
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size},
+      {"num_hidden_layers", c.num_hidden_layers},
+      {"num_attention_heads", c.num_attention_heads},
+      {"num_key_value_heads", c.kv_heads()},
+      {"head_dim", c.head_size()},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", c.rms_norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"max_position_embeddings", c.max_position_embeddings},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"initializer_range", c.initializer_range},
+      {"attention_dropout", c.attention_dropout},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"bos_token_id", c.bos_token_id},
+      {"eos_token_id", c.eos_token_id},
+      {"torch_dtype", "float32"},
+  };
+}
+
+namespace {
+
+template <typename T>
+void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
+                const std::string& source) {
+  if (!j.contains(key) || j[key].is_null()) {
+    CONDENSE_CHECK(!required, "{}: missing field '{}'", source, key);
+    return;
+  }
+  try {
+    out = j[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail("{}: field '{}' has the wrong type ({})", source, key, j[key].dump());
+  }
+}
+
+}  // namespace
+
+LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
+  CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
+  std::string model_type;
+  read_field(j, "model_type", model_type, true, source);
+  CONDENSE_CHECK(model_type == "llama", "{}: model_type is '{}', expected 'llama'", source,
+                 model_type);
+  if (j.contains("hidden_act") && j["hidden_act"] != "silu")
+    fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    fail("{}: rope_scaling is not supported (got {})", source, j["rope_scaling"].dump());
+  for (const char* bias : {"attention_bias", "mlp_bias"})
+    if (j.contains(bias) && j[bias].is_boolean() && j[bias].get<bool>())
+      fail("{}: {}=true is not supported", source, bias);
+  LlamaConfig c;
+  read_field(j, "vocab_size", c.vocab_size, true, source);
+  read_field(j, "hidden_size", c.hidden_size, true, source);
+  read_field(j, "intermediate_size", c.intermediate_size, true, source);
+  read_field(j, "num_hidden_layers", c.num_hidden_layers, true, source);
+  read_field(j, "num_attention_heads", c.num_attention_heads, true, source);
+  read_field(j, "num_key_value_heads", c.num_key_value_heads, false, source);
+  read_field(j, "head_dim", c.head_dim, false, source);
+  read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
+  read_field(j, "rope_theta", c.rope_theta, false, source);
+  read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
+  read_field(j, "tie_word_embeddings", c.tie_word_embeddings, false, source);
+  read_field(j, "initializer_range", c.initializer_range, false, source);
+  read_field(j, "attention_dropout", c.attention_dropout, false, source);
+  if (j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
+    c.bos_token_id = j["bos_token_id"].get<int64_t>();
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer())
+    c.eos_token_id = j["eos_token_id"].get<int64_t>();
+  c.finalize();
+  return c;
+}
+
+}  // namespace condense

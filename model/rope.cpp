@@ -1,0 +1,33 @@
+#include "model/rope.h"
+
+#include <ATen/ATen.h>
+
+namespace condense {
+
+Rope::Rope(int64_t head_dim, double theta) : head_dim_(head_dim), theta_(theta) {}
+
+std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
+                                                c10::Device device) const {
+  auto f32 = at::TensorOptions().dtype(at::kFloat);
+  // inv_freq exactly as transformers: 1 / base ** (arange(0, d, 2, int64).float() / d).
+  at::Tensor exponent = at::arange(0, head_dim_, 2, at::TensorOptions().dtype(at::kLong))
+                            .to(at::kFloat) / static_cast<double>(head_dim_);
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta_, f32), exponent);
+  at::Tensor pos = at::arange(offset, offset + length, at::TensorOptions().dtype(at::kLong))
+                       .to(at::kFloat);
+  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(device), emb.sin().to(device)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  int64_t half = x.size(-1) / 2;
+  at::Tensor x1 = x.narrow(-1, 0, half);
+  at::Tensor x2 = x.narrow(-1, half, half);
+  at::Tensor rotated = at::cat({-x2, x1}, -1);
+  at::Tensor c = cos.to(x.scalar_type());
+  at::Tensor s = sin.to(x.scalar_type());
+  return x * c + rotated * s;
+}
+
+}  // namespace condense

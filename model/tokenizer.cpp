@@ -1,0 +1,207 @@
+// Tokenizer: sentencepiece training in memory (a SentenceIterator in, a serialized ModelProto
+// out, no temporary files) and thin, checked wrappers over SentencePieceProcessor.
+#include "model/tokenizer.h"
+
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <string_view>
+#include <unordered_map>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "io/atomic_file.h"
+
+namespace condense {
+namespace {
+
+uint64_t splitmix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Feeds a fixed list of lines to the trainer, in order.
+class LineIterator : public sentencepiece::SentenceIterator {
+ public:
+  explicit LineIterator(const std::vector<std::string_view>& lines) : lines_(lines) { load(); }
+  bool done() const override { return index_ >= lines_.size(); }
+  void Next() override {
+    ++index_;
+    load();
+  }
+  const std::string& value() const override { return current_; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  void load() {
+    if (!done()) current_.assign(lines_[index_].data(), lines_[index_].size());
+  }
+  const std::vector<std::string_view>& lines_;
+  size_t index_ = 0;
+  std::string current_;
+};
+
+// The non-empty lines of all documents, in order; past `max_lines`, a seeded uniform sample
+// kept in document order. Sampling here (not in sentencepiece) keeps training deterministic.
+std::vector<std::string_view> training_lines(const std::vector<std::string>& documents,
+                                             int64_t max_lines, int64_t seed) {
+  std::vector<std::string_view> lines;
+  for (const std::string& doc : documents) {
+    size_t start = 0;
+    while (start <= doc.size()) {
+      size_t end = doc.find('\n', start);
+      if (end == std::string::npos) end = doc.size();
+      std::string_view line(doc.data() + start, end - start);
+      if (line.find_first_not_of(" \t\r") != std::string_view::npos) lines.push_back(line);
+      start = end + 1;
+    }
+  }
+  if (max_lines <= 0 || static_cast<int64_t>(lines.size()) <= max_lines) return lines;
+  // Partial Fisher-Yates over indices: the first max_lines slots are a uniform sample.
+  std::vector<uint32_t> index(lines.size());
+  for (size_t i = 0; i < index.size(); ++i) index[i] = static_cast<uint32_t>(i);
+  uint64_t state = static_cast<uint64_t>(seed) ^ 0x746F6B656E697A65ull;
+  for (int64_t i = 0; i < max_lines; ++i) {
+    uint64_t remaining = index.size() - i;
+    uint64_t j = i + static_cast<uint64_t>(
+                         (static_cast<unsigned __int128>(splitmix64(state)) * remaining) >> 64);
+    std::swap(index[i], index[j]);
+  }
+  index.resize(max_lines);
+  std::sort(index.begin(), index.end());
+  std::vector<std::string_view> sample;
+  sample.reserve(index.size());
+  for (uint32_t i : index) sample.push_back(lines[i]);
+  return sample;
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp,
+                     std::string serialized, std::string source)
+    : sp_(std::move(sp)), serialized_(std::move(serialized)), source_(std::move(source)) {}
+
+Tokenizer Tokenizer::train(const std::vector<std::string>& documents,
+                           const TokenizerTrainOptions& options) {
+  CONDENSE_CHECK(options.vocab_size >= 260,
+                 "tokenizer: vocab_size {} is too small (byte fallback needs 256 byte pieces "
+                 "+ <unk> <s> </s>; use at least 260)",
+                 options.vocab_size);
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::string_view> lines =
+      training_lines(documents, options.max_sentences, options.seed);
+  CONDENSE_CHECK(!lines.empty(), "tokenizer: no non-empty lines to train on");
+  const std::unordered_map<std::string, std::string> args = {
+      {"model_type", "bpe"},
+      {"vocab_size", std::to_string(options.vocab_size)},
+      {"byte_fallback", "true"},
+      {"unk_id", "0"},
+      {"bos_id", "1"},
+      {"eos_id", "2"},
+      {"pad_id", "-1"},
+      {"character_coverage", "0.9995"},
+      {"split_digits", "true"},
+      {"allow_whitespace_only_pieces", "true"},
+      {"normalization_rule_name", "identity"},
+      {"remove_extra_whitespaces", "false"},
+      {"add_dummy_prefix", "true"},
+      {"input_sentence_size", "0"},
+      {"shuffle_input_sentence", "false"},
+      {"train_extremely_large_corpus", "false"},
+      {"num_threads", "2"},
+      {"minloglevel", "2"},
+  };
+  LineIterator it(lines);
+  std::string proto;
+  sentencepiece::util::Status status =
+      sentencepiece::SentencePieceTrainer::Train(args, &it, &proto);
+  CONDENSE_CHECK(status.ok(), "tokenizer: sentencepiece training failed ({} lines, vocab_size "
+                 "{}): {}", lines.size(), options.vocab_size, status.ToString());
+  double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  spdlog::info("tokenizer: trained BPE vocab {} on {} lines in {:.1f} s", options.vocab_size,
+               lines.size(), seconds);
+  return from_serialized(proto, "trained tokenizer");
+}
+
+Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::string& source) {
+  auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
+  sentencepiece::util::Status status = sp->LoadFromSerializedProto(proto_bytes);
+  CONDENSE_CHECK(status.ok(), "{}: not a valid sentencepiece model ({})", source,
+                 status.ToString());
+  CONDENSE_CHECK(sp->GetPieceSize() > 0, "{}: sentencepiece model has no pieces", source);
+  return Tokenizer(std::move(sp), proto_bytes, source);
+}
+
+Tokenizer Tokenizer::load(const std::string& model_path) {
+  CONDENSE_CHECK(std::filesystem::is_regular_file(model_path),
+                 "{}: no such tokenizer model file", model_path);
+  return from_serialized(read_text_file(model_path), model_path);
+}
+
+void Tokenizer::save(const std::string& path) const {
+  write_file_atomically(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(serialized_.data(), static_cast<std::streamsize>(serialized_.size()));
+    out.close();
+    CONDENSE_CHECK(out.good(), "{}: cannot write tokenizer model", tmp);
+  });
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
+  std::vector<int> ids;
+  sentencepiece::util::Status status = sp_->Encode(text, &ids);
+  CONDENSE_CHECK(status.ok(), "{}: encode failed: {}", source_, status.ToString());
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  for (int32_t id : ids) check_id(id);
+  std::string text;
+  sentencepiece::util::Status status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()),
+                                                   &text);
+  CONDENSE_CHECK(status.ok(), "{}: decode failed: {}", source_, status.ToString());
+  return text;
+}
+
+void Tokenizer::check_id(int id) const {
+  CONDENSE_CHECK(id >= 0 && id < sp_->GetPieceSize(), "{}: token id {} out of range [0, {})",
+                 source_, id, sp_->GetPieceSize());
+}
+
+int64_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
+int Tokenizer::bos_id() const { return sp_->bos_id(); }
+int Tokenizer::eos_id() const { return sp_->eos_id(); }
+int Tokenizer::unk_id() const { return sp_->unk_id(); }
+std::string Tokenizer::piece(int id) const {
+  check_id(id);
+  return sp_->IdToPiece(id);
+}
+float Tokenizer::score(int id) const {
+  check_id(id);
+  return sp_->GetScore(id);
+}
+bool Tokenizer::is_byte(int id) const {
+  check_id(id);
+  return sp_->IsByte(id);
+}
+bool Tokenizer::is_control(int id) const {
+  check_id(id);
+  return sp_->IsControl(id);
+}
+bool Tokenizer::is_unknown(int id) const {
+  check_id(id);
+  return sp_->IsUnknown(id);
+}
+std::string Tokenizer::sha256() const { return sha256_hex(serialized_); }
+
+}  // namespace condense

@@ -1,0 +1,179 @@
+// Tests for model/: parameter names match Hugging Face, causality, GQA equals MHA with
+// duplicated kv heads, tied embeddings, KV-cache decoding equals a full forward, RoPE closed
+// form, sampling filters. (Agreement with transformers itself is tests/python/test_hf_parity.py.)
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include "model/generate.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
+#include "model/rope.h"
+
+namespace condense {
+namespace {
+
+LlamaConfig tiny(int64_t kv_heads = 2, bool tied = false) {
+  LlamaConfig c;
+  c.vocab_size = 97;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = kv_heads;
+  c.max_position_embeddings = 64;
+  c.tie_word_embeddings = tied;
+  return c;
+}
+
+}  // namespace
+
+TEST(Llama, ParameterNamesMatchHuggingFace) {
+  torch::manual_seed(0);
+  LlamaForCausalLM m(tiny());
+  auto params = m->named_parameters();
+  EXPECT_TRUE(params.contains("model.embed_tokens.weight"));
+  EXPECT_TRUE(params.contains("model.layers.1.self_attn.q_proj.weight"));
+  EXPECT_TRUE(params.contains("model.layers.0.mlp.down_proj.weight"));
+  EXPECT_TRUE(params.contains("model.layers.0.input_layernorm.weight"));
+  EXPECT_TRUE(params.contains("model.layers.0.post_attention_layernorm.weight"));
+  EXPECT_TRUE(params.contains("model.norm.weight"));
+  EXPECT_TRUE(params.contains("lm_head.weight"));
+  EXPECT_EQ(params["model.layers.0.self_attn.k_proj.weight"].sizes(), (at::IntArrayRef{16, 32}));
+  int64_t total = 0;
+  for (auto& p : params) total += p.value().numel();
+  LlamaConfig c = tiny();
+  c.finalize();
+  EXPECT_EQ(total, c.num_parameters());
+
+  LlamaForCausalLM tied(tiny(2, true));
+  EXPECT_FALSE(tied->named_parameters().contains("lm_head.weight"));
+  EXPECT_TRUE(tied->lm_head_weight().is_same(tied->model->embed_tokens->weight));
+}
+
+TEST(Llama, IsCausal) {
+  torch::manual_seed(1);
+  LlamaForCausalLM m(tiny());
+  m->eval();
+  at::Tensor ids = at::randint(0, 97, {2, 12}, at::kLong);
+  at::Tensor a = m->forward(ids);
+  at::Tensor ids2 = ids.clone();
+  ids2.narrow(1, 8, 4).random_(0, 97);
+  at::Tensor b = m->forward(ids2);
+  EXPECT_TRUE(at::allclose(a.narrow(1, 0, 8), b.narrow(1, 0, 8), 1e-6, 1e-6));
+  EXPECT_FALSE(at::allclose(a.narrow(1, 8, 4), b.narrow(1, 8, 4), 1e-6, 1e-6));
+}
+
+TEST(Llama, GqaEqualsMhaWithDuplicatedKvHeads) {
+  torch::manual_seed(2);
+  LlamaForCausalLM gqa(tiny(2));
+  LlamaForCausalLM mha(tiny(4));
+  torch::NoGradGuard ng;
+  auto src = gqa->named_parameters();
+  for (auto& p : mha->named_parameters()) {
+    const std::string& n = p.key();
+    at::Tensor s = src[n];
+    if (n.find("k_proj") != std::string::npos || n.find("v_proj") != std::string::npos) {
+      // kv head j serves query heads 2j and 2j+1: duplicate each 8-row head block.
+      s = s.view({2, 1, 8, 32}).expand({2, 2, 8, 32}).reshape({32, 32});
+    }
+    p.value().copy_(s);
+  }
+  at::Tensor ids = at::randint(0, 97, {2, 10}, at::kLong);
+  EXPECT_TRUE(at::allclose(gqa->forward(ids), mha->forward(ids), 1e-5, 1e-5));
+}
+
+TEST(Llama, KvCacheDecodingMatchesFullForward) {
+  torch::manual_seed(3);
+  LlamaForCausalLM m(tiny());
+  m->eval();
+  torch::NoGradGuard ng;
+  at::Tensor ids = at::randint(0, 97, {1, 14}, at::kLong);
+  at::Tensor full = m->forward(ids);
+  KVCache cache(m->config(), 1, 32, at::TensorOptions().dtype(at::kFloat));
+  // Prefill 6, then 1 token, then a chunk of 3 (masked path), then singles.
+  std::vector<at::Tensor> parts;
+  int64_t pos = 0;
+  for (int64_t len : {6, 1, 3, 1, 1, 1, 1}) {
+    at::Tensor h = m->hidden({ids.narrow(1, pos, len), {}, &cache});
+    parts.push_back(m->logits(h));
+    pos += len;
+  }
+  EXPECT_EQ(cache.length(), 14);
+  EXPECT_TRUE(at::allclose(at::cat(parts, 1), full, 1e-5, 1e-5));
+}
+
+TEST(Llama, InputsEmbedsEqualsTokenIds) {
+  torch::manual_seed(4);
+  LlamaForCausalLM m(tiny(2, true));
+  at::Tensor ids = at::randint(0, 97, {2, 5}, at::kLong);
+  at::Tensor a = m->forward(ids);
+  at::Tensor b = m->logits(m->hidden({{}, m->embed(ids)}));
+  EXPECT_TRUE(at::equal(a, b));
+}
+
+TEST(Rope, ClosedForm) {
+  Rope rope(4, 10000.0);
+  auto [cos, sin] = rope.cos_sin(3, 2, at::kCPU);
+  // inv_freq = [1, 1/100]; position 3 -> angles [3, 0.03, 3, 0.03].
+  EXPECT_NEAR(cos[0][0].item<float>(), std::cos(3.0), 1e-6);
+  EXPECT_NEAR(sin[0][1].item<float>(), std::sin(0.03), 1e-6);
+  EXPECT_NEAR(sin[1][3].item<float>(), std::sin(0.04), 1e-6);
+  // Rotation preserves norms and relative positions: <R_m q, R_n k> depends on m - n only.
+  at::Tensor q = at::randn({1, 1, 1, 4}), k = at::randn({1, 1, 1, 4});
+  auto dot_at = [&](int64_t m, int64_t n) {
+    auto [cm, sm] = rope.cos_sin(m, 1, at::kCPU);
+    auto [cn, sn] = rope.cos_sin(n, 1, at::kCPU);
+    return (apply_rope(q, cm, sm) * apply_rope(k, cn, sn)).sum().item<float>();
+  };
+  EXPECT_NEAR(dot_at(5, 2), dot_at(13, 10), 1e-5);
+}
+
+TEST(Generate, GreedyMatchesArgmaxAndSamplingIsSeeded) {
+  torch::manual_seed(5);
+  LlamaForCausalLM m(tiny());
+  std::vector<int64_t> prompt = {3, 14, 15, 92};
+  SamplingOptions greedy;
+  greedy.max_new_tokens = 6;
+  auto g = generate(m, prompt, greedy);
+  ASSERT_EQ(g.tokens.size(), 6u);
+  // Recompute greedily without a cache.
+  std::vector<int64_t> seq = prompt;
+  m->eval();
+  for (int i = 0; i < 6; ++i) {
+    torch::NoGradGuard ng;
+    at::Tensor l = m->forward(at::tensor(seq, at::kLong).unsqueeze(0));
+    int64_t next = l[0][-1].argmax().item<int64_t>();
+    EXPECT_EQ(next, g.tokens[i]);
+    seq.push_back(next);
+  }
+  SamplingOptions s;
+  s.max_new_tokens = 8;
+  s.temperature = 1.0;
+  s.top_k = 20;
+  s.top_p = 0.9;
+  s.seed = 42;
+  EXPECT_EQ(generate(m, prompt, s).tokens, generate(m, prompt, s).tokens);
+}
+
+TEST(Generate, TopKAndTopPFilters) {
+  at::Tensor logits = at::tensor({0.f, 5.f, 1.f, 4.f, -2.f});
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  SamplingOptions k1;
+  k1.temperature = 1.0;
+  k1.top_k = 1;
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sample_token(logits, k1, gen), 1);
+  SamplingOptions p;
+  p.temperature = 1.0;
+  p.top_p = 0.5;  // softmax mass of token 1 is ~0.71 > 0.5: only it survives
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(sample_token(logits, p, gen), 1);
+  SamplingOptions k2;
+  k2.temperature = 1.0;
+  k2.top_k = 2;
+  std::set<int64_t> seen;
+  for (int i = 0; i < 200; ++i) seen.insert(sample_token(logits, k2, gen));
+  EXPECT_EQ(seen, (std::set<int64_t>{1, 3}));
+}
+
+}  // namespace condense
