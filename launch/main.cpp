@@ -1,0 +1,185 @@
+// The `condense` executable: train, prepare, eval, generate, info. Library code throws;
+// this is the one place that catches, prints "error: <message>" and exits non-zero.
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <filesystem>
+#include <iostream>
+#include <thread>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "data/loader.h"
+#include "data/token_store.h"
+#include "model/generate.h"
+#include "recipes/pretrain.h"
+#include "recipes/recipe.h"
+#include "recipes/recipe_parser.h"
+#include "trainer/checkpoint.h"
+#include "trainer/lm_loss.h"
+
+namespace condense {
+namespace {
+
+// A checkpoint argument may be a file or a run/checkpoint directory (its latest checkpoint).
+std::string resolve_checkpoint(const std::string& arg) {
+  namespace fs = std::filesystem;
+  if (fs::is_directory(arg)) {
+    for (const std::string& dir : {arg, (fs::path(arg) / "checkpoints").string()}) {
+      auto latest = CheckpointManager(dir, 1).latest();
+      if (latest) return *latest;
+    }
+    fail("{}: no checkpoint found in this directory or its checkpoints/ subdirectory", arg);
+  }
+  return arg;
+}
+
+int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) {
+  std::string path = resolve_checkpoint(ckpt_arg);
+  Checkpoint ckpt = Checkpoint::open(path);
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
+  TokenStore store = TokenStore::open(dataset);
+  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
+  LlamaForCausalLM model(ckpt.config());
+  ckpt.load_model(model);
+  model->eval();
+  auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
+  CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
+                 cfg.data.seq_len);
+  at::NoGradGuard no_grad;
+  double total = 0;
+  for (const Batch& b : val) total += causal_lm_loss(model, b).item<double>();
+  double loss = total / val.size();
+  int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;
+  std::cout << fmt::format("{{\"checkpoint\": \"{}\", \"step\": {}, \"val_loss\": {:.6f}, "
+                           "\"perplexity\": {:.4f}, \"tokens\": {}}}\n",
+                           path, ckpt.state().step, loss, std::exp(loss), tokens);
+  return 0;
+}
+
+int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, SamplingOptions opt) {
+  std::string path = resolve_checkpoint(ckpt_arg);
+  Checkpoint ckpt = Checkpoint::open(path);
+  Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+  LlamaForCausalLM model(ckpt.config());
+  ckpt.load_model(model);
+  std::vector<int64_t> ids = {tok.bos_id()};
+  for (int32_t id : tok.encode(prompt)) ids.push_back(id);
+  opt.eos_id = tok.eos_id();
+  GenerationResult r = generate(model, ids, opt);
+  std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
+  if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
+  std::cout << prompt << tok.decode(out) << "\n";
+  spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s", r.tokens.size(),
+               ids.size(), r.prefill_seconds, r.decode_tokens_per_s());
+  return 0;
+}
+
+int cmd_info(const std::string& ckpt_arg) {
+  std::string path = resolve_checkpoint(ckpt_arg);
+  Checkpoint ckpt = Checkpoint::open(path);
+  LlamaConfig c = ckpt.config();
+  TrainingState st = ckpt.state();
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+  std::cout << fmt::format(
+      "checkpoint   {}\nrecipe       kind {}, name {}, hash {}\nstep         {} of {} "
+      "({} tokens seen)\nmodel        {:.3f}M parameters: {} layers, hidden {}, intermediate {}, "
+      "heads {} (kv {}), head_dim {}, vocab {}, tied {}\ntokenizer    sentencepiece, {} pieces, "
+      "sha256 {}\n",
+      path, cfg.kind, cfg.name, recipe_hash(cfg).substr(0, 16), st.step, cfg.train.steps,
+      st.tokens_seen, c.num_parameters() / 1e6, c.num_hidden_layers, c.hidden_size,
+      c.intermediate_size, c.num_attention_heads, c.kv_heads(), c.head_size(), c.vocab_size,
+      c.tie_word_embeddings, tok.vocab_size(), tok.sha256().substr(0, 16));
+  return 0;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"condense: train, compress and export Llama-style models"};
+  app.require_subcommand(1);
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "debug logging");
+
+  auto* train = app.add_subcommand("train", "run a YAML recipe");
+  std::string recipe;
+  std::vector<std::string> overrides;
+  RunOptions run_opts;
+  train->add_option("recipe", recipe, "recipe file (.yaml)")->required();
+  train->add_option("overrides", overrides, "section.key=value overrides");
+  train->add_flag("--resume", run_opts.resume,
+                  "continue from the run's latest checkpoint (start fresh if there is none)");
+  bool print_only = false;
+  train->add_flag("--print-recipe", print_only, "print the resolved recipe and exit");
+
+  auto* prep = app.add_subcommand("prepare", "tokenize a corpus into an HDF5 token store");
+  PrepareOptions po;
+  prep->add_option("--corpus", po.corpus.kind, "gcide | fortunes | dir")->default_val("gcide");
+  prep->add_option("--path", po.corpus.path, "corpus location (required for dir)");
+  prep->add_option("--max-documents", po.corpus.max_documents, "0: all")->default_val(0);
+  prep->add_option("--tokenizer", po.tokenizer_path, "existing sentencepiece .model (default: train one)");
+  prep->add_option("--vocab-size", po.vocab_size, "size of a trained tokenizer")->default_val(4096);
+  prep->add_option("--val-fraction", po.val_fraction, "documents held out")->default_val(0.02);
+  prep->add_option("--seed", po.seed, "split and sampling seed")->default_val(1234);
+  prep->add_option("--out", po.out_path, "output .h5")->required();
+  std::string save_tokenizer;
+  prep->add_option("--save-tokenizer", save_tokenizer, "also write the tokenizer .model here");
+
+  auto* eval = app.add_subcommand("eval", "validation loss and perplexity of a checkpoint");
+  std::string ckpt, dataset;
+  int64_t eval_batches = 16;
+  eval->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
+  eval->add_option("--data", dataset, "token store (default: the checkpoint recipe's)");
+  eval->add_option("--batches", eval_batches, "validation batches (<= 0: all)")->default_val(16);
+
+  auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
+  std::string prompt;
+  SamplingOptions so;
+  gen->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
+  gen->add_option("--prompt", prompt, "prompt text")->required();
+  gen->add_option("--max-new-tokens", so.max_new_tokens)->default_val(64);
+  gen->add_option("--temperature", so.temperature, "0: greedy")->default_val(0.0);
+  gen->add_option("--top-k", so.top_k, "0: off")->default_val(0);
+  gen->add_option("--top-p", so.top_p, "1: off")->default_val(1.0);
+  gen->add_option("--seed", so.seed)->default_val(0);
+
+  auto* info = app.add_subcommand("info", "describe a checkpoint");
+  info->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
+
+  CLI11_PARSE(app, argc, argv);
+  init_logging(0, 1, verbose);
+
+  if (train->parsed()) {
+    RunConfig cfg = load_recipe(recipe, overrides);
+    if (print_only) {
+      std::cout << to_yaml(cfg);
+      return 0;
+    }
+    return run_recipe(cfg, run_opts);
+  }
+  if (prep->parsed()) {
+    prepare_token_store(po);
+    if (!save_tokenizer.empty()) TokenStore::open(po.out_path).tokenizer().save(save_tokenizer);
+    spdlog::info("wrote {}", po.out_path);
+    return 0;
+  }
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
+  if (gen->parsed()) return cmd_generate(ckpt, prompt, so);
+  if (info->parsed()) return cmd_info(ckpt);
+  return 1;
+}
+
+}  // namespace
+}  // namespace condense
+
+int main(int argc, char** argv) {
+  try {
+    return condense::run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,126 @@
+#include "recipes/pretrain.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+#include <torch/utils.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/loader.h"
+#include "io/atomic_file.h"
+#include "recipes/recipe_parser.h"
+#include "trainer/checkpoint.h"
+#include "trainer/lm_loss.h"
+#include "trainer/trainer.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+
+std::string resolve_out_dir(const RunConfig& cfg) {
+  return cfg.out_dir.empty() ? (fs::path("runs") / cfg.name).string() : cfg.out_dir;
+}
+
+std::string resolve_dataset(const DataConfig& data, int64_t seed) {
+  std::string path = data.dataset;
+  if (path.empty()) {
+    std::string tok = data.tokenizer.empty()
+                          ? fmt::format("bpe{}", data.vocab_size)
+                          : "tok" + Tokenizer::load(data.tokenizer).sha256().substr(0, 12);
+    std::string source = data.path.empty() ? "" : "-" + sha256_hex(fs::absolute(data.path).string()).substr(0, 8);
+    std::string docs = data.max_documents > 0 ? fmt::format("-n{}", data.max_documents) : "";
+    path = (fs::path(data.cache_dir) /
+            fmt::format("{}{}-{}{}-val{}-seed{}.h5", data.corpus, source, tok, docs,
+                        data.val_fraction, seed))
+               .string();
+  }
+  if (fs::exists(path)) return path;
+  spdlog::info("preparing token store {} from corpus '{}' (first use; cached afterwards)", path,
+               data.corpus);
+  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  PrepareOptions p;
+  p.corpus = CorpusSpec{data.corpus, data.path, data.max_documents};
+  p.tokenizer_path = data.tokenizer;
+  p.vocab_size = data.vocab_size;
+  p.val_fraction = data.val_fraction;
+  p.seed = seed;
+  p.out_path = path;
+  prepare_token_store(p);
+  return path;
+}
+
+int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
+  RunConfig cfg = cfg_in;
+  const TrainConfig& tc = cfg.train;
+  int threads = tc.threads > 0 ? static_cast<int>(tc.threads)
+                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+
+  std::string out_dir = resolve_out_dir(cfg);
+  if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (fs::path(out_dir) / "checkpoints").string();
+  CheckpointManager manager(cfg.checkpoint.dir, cfg.checkpoint.keep);
+  std::optional<std::string> resume = manager.latest();
+  CONDENSE_CHECK(!resume || options.resume,
+                 "{} already holds checkpoints (latest {}); pass --resume to continue that run, "
+                 "or choose another name= / out_dir= (nothing was changed)",
+                 cfg.checkpoint.dir, resume.value_or(""));
+  if (options.resume && !resume) spdlog::info("--resume: no checkpoint in {} yet; starting fresh", cfg.checkpoint.dir);
+
+  std::string dataset = resolve_dataset(cfg.data, tc.seed);
+  TokenStore store = TokenStore::open(dataset);
+  if (!cfg.data.tokenizer.empty())
+    store.check_tokenizer(Tokenizer::load(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
+  if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
+  CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),
+                 "model.vocab_size is {} but the tokenizer of {} has {} pieces", cfg.model.vocab_size,
+                 dataset, store.vocab_size());
+  cfg.model.bos_token_id = store.tokenizer().bos_id();
+  cfg.model.eos_token_id = store.tokenizer().eos_id();
+  CONDENSE_CHECK(cfg.data.seq_len <= cfg.model.max_position_embeddings,
+                 "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg.data.seq_len,
+                 cfg.model.max_position_embeddings);
+  cfg.model.finalize();
+
+  if (resume) {
+    Checkpoint ckpt = Checkpoint::open(*resume);
+    std::string ckpt_tok = sha256_hex(ckpt.tokenizer_bytes());
+    store.check_tokenizer(ckpt_tok, *resume);
+  }
+
+  std::string yaml = to_yaml(cfg);
+  fs::create_directories(out_dir);
+  write_text_atomically((fs::path(out_dir) / "recipe.yaml").string(), yaml);
+  spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), yaml);
+
+  torch::manual_seed(static_cast<uint64_t>(tc.seed));
+  LlamaForCausalLM model(cfg.model);
+  if (!cfg.init.empty() && !resume) {
+    Checkpoint::open(cfg.init).load_model(model);
+    spdlog::info("initialized weights from {}", cfg.init);
+  }
+  spdlog::info("model: {:.2f}M parameters, {} layers, hidden {}, heads {}/{} (q/kv), vocab {}; "
+               "{} threads", cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
+               cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.kv_heads(),
+               cfg.model.vocab_size, threads);
+
+  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, tc.seed, 0, 1};
+  BatchLoader loader(store.ids("train"), lo);
+  std::vector<Batch> val = validation_batches(store.ids("val"), cfg.data.seq_len,
+                                              cfg.data.batch_size, tc.eval_batches, 0, 1);
+  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)", dataset,
+               loader.windows_per_epoch(), cfg.data.seq_len, val.size());
+
+  TrainerSetup setup{tc, cfg.checkpoint, out_dir, yaml, store.tokenizer().serialized(),
+                     cfg.data.batch_size * cfg.data.seq_len};
+  Trainer trainer(setup, model, std::move(loader), std::move(val), causal_lm_loss);
+  TrainResult r = trainer.run(resume);
+  spdlog::info("{} at step {}: train loss {:.4f}{}; checkpoint {}",
+               r.interrupted ? "interrupted" : "done", r.step, r.train_loss,
+               r.val_loss >= 0 ? fmt::format(", validation loss {:.4f}", r.val_loss) : "",
+               r.checkpoint);
+  return 0;
+}
+
+}  // namespace condense

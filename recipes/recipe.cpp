@@ -1,0 +1,24 @@
+#include "recipes/recipe.h"
+
+#include "core/error.h"
+#include "recipes/pretrain.h"
+
+namespace condense {
+
+const std::vector<RecipeKind>& recipe_kinds() {
+  static const std::vector<RecipeKind> kinds = {
+      {"pretrain", "next-token training of a Llama model on a corpus", run_pretrain},
+  };
+  return kinds;
+}
+
+int run_recipe(const RunConfig& cfg, const RunOptions& options) {
+  std::string valid;
+  for (const RecipeKind& k : recipe_kinds()) {
+    if (cfg.kind == k.name) return k.run(cfg, options);
+    valid += (valid.empty() ? "" : ", ") + std::string(k.name);
+  }
+  fail("unknown recipe kind '{}'; valid kinds: {}", cfg.kind, valid);
+}
+
+}  // namespace condense

@@ -1,0 +1,291 @@
+// Recipe parser: the binding tables (one line per struct field, in struct order), the walk
+// over the YAML document and overrides, the final range checks and the resolved-recipe emitter.
+// Range checks run once after the file and all overrides are applied, so that cross-field rules
+// (min_lr <= lr) do not depend on key order; each key remembers where it was last set.
+#include "recipes/recipe_parser.h"
+
+#include <fmt/format.h>
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "recipes/recipe_kinds.h"
+#include "recipes/yaml_binder.h"
+
+namespace condense {
+namespace {
+
+std::string at(const std::string& source, const YAML::Mark& mark) {
+  if (mark.is_null() || mark.line < 0) return source;
+  return fmt::format("{}:{}", source, mark.line + 1);
+}
+
+std::string trim(const std::string& s) {
+  size_t b = s.find_first_not_of(" \t");
+  if (b == std::string::npos) return "";
+  size_t e = s.find_last_not_of(" \t");
+  return s.substr(b, e - b + 1);
+}
+
+SectionBinding model_section(LlamaConfig& m) {
+  return {"model",
+          {bind_int("vocab_size", m.vocab_size, at_least(0)),
+           bind_int("hidden_size", m.hidden_size, positive()),
+           bind_int("intermediate_size", m.intermediate_size, positive()),
+           bind_int("num_hidden_layers", m.num_hidden_layers, positive()),
+           bind_int("num_attention_heads", m.num_attention_heads, positive()),
+           bind_int("num_key_value_heads", m.num_key_value_heads, at_least(0)),
+           bind_int("head_dim", m.head_dim, at_least(0)),
+           bind_real("rms_norm_eps", m.rms_norm_eps, positive()),
+           bind_real("rope_theta", m.rope_theta, positive()),
+           bind_int("max_position_embeddings", m.max_position_embeddings, positive()),
+           bind_bool("tie_word_embeddings", m.tie_word_embeddings),
+           bind_real("initializer_range", m.initializer_range, at_least(0)),
+           bind_real("attention_dropout", m.attention_dropout, fraction()),
+           bind_int("bos_token_id", m.bos_token_id, at_least(0)),
+           bind_int("eos_token_id", m.eos_token_id, at_least(0))}};
+}
+
+SectionBinding data_section(DataConfig& d) {
+  SectionBinding s{"data",
+                   {bind_string("corpus", d.corpus, {"gcide", "fortunes", "dir"}),
+                    bind_string("path", d.path),
+                    bind_string("dataset", d.dataset),
+                    bind_string("cache_dir", d.cache_dir),
+                    bind_string("tokenizer", d.tokenizer),
+                    bind_int("vocab_size", d.vocab_size, at_least(256)),  // room for byte fallback
+                    bind_int("max_documents", d.max_documents, at_least(0)),
+                    bind_real("val_fraction", d.val_fraction, fraction()),
+                    bind_int("seq_len", d.seq_len, positive()),
+                    bind_int("batch_size", d.batch_size, positive())}};
+  s.fields[1].check = [&d]() -> std::string {
+    if (d.corpus == "dir" && d.path.empty()) return "must name the directory when data.corpus is 'dir'";
+    return "";
+  };
+  return s;
+}
+
+SectionBinding train_section(TrainConfig& t) {
+  SectionBinding s{"train",
+                   {bind_int("steps", t.steps, positive()),
+                    bind_real("lr", t.lr, positive()),
+                    bind_real("min_lr", t.min_lr),
+                    bind_int("warmup_steps", t.warmup_steps, at_least(0)),
+                    bind_real("weight_decay", t.weight_decay, at_least(0)),
+                    bind_real("beta1", t.beta1, fraction()),
+                    bind_real("beta2", t.beta2, fraction()),
+                    bind_real("eps", t.eps, positive()),
+                    bind_real("grad_clip", t.grad_clip, at_least(0)),
+                    bind_int("grad_accum", t.grad_accum, positive()),
+                    bind_int("seed", t.seed),
+                    bind_int("threads", t.threads, at_least(0)),
+                    bind_int("eval_every", t.eval_every, at_least(0)),
+                    bind_int("eval_batches", t.eval_batches, at_least(1)),
+                    bind_int("log_every", t.log_every, at_least(1))}};
+  s.fields[2].check = [&t]() -> std::string {
+    if (t.min_lr >= 0 && t.min_lr <= t.lr) return "";
+    return fmt::format("must be in [0, train.lr = {}], got {}", t.lr, t.min_lr);
+  };
+  return s;
+}
+
+SectionBinding checkpoint_section(CheckpointConfig& c) {
+  return {"checkpoint",
+          {bind_string("dir", c.dir),
+           bind_int("every", c.every, at_least(0)),
+           bind_int("keep", c.keep, at_least(1))}};
+}
+
+// Binds every key of a RunConfig; holds references into it, so it must not outlive it.
+class RecipeBinder {
+ public:
+  explicit RecipeBinder(RunConfig& c)
+      : top_{"",
+             {bind_string("kind", c.kind, recipe_kind_names()), bind_string("name", c.name),
+              bind_string("out_dir", c.out_dir), bind_string("init", c.init)}},
+        sections_{model_section(c.model), data_section(c.data), train_section(c.train),
+                  checkpoint_section(c.checkpoint)} {
+    top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
+  }
+  RecipeBinder(const RecipeBinder&) = delete;
+  RecipeBinder& operator=(const RecipeBinder&) = delete;
+
+  void apply_document(const YAML::Node& root, const std::string& source) {
+    if (!root.IsDefined() || root.IsNull()) return;  // empty document: all defaults
+    if (!root.IsMap()) {
+      fail("{}: a recipe is a mapping with keys {}; got {}", at(source, root.Mark()),
+           top_key_list(), describe_node(root));
+    }
+    for_each_key(root, source, "", [&](const std::string& key, const YAML::Node& value,
+                                       const std::string& where) {
+      if (const FieldBinding* f = top_.find(key)) return set(top_, *f, value, where);
+      const SectionBinding* s = find_section(key);
+      if (!s) fail("{}: unknown key '{}'; valid top-level keys: {}", where, key, top_key_list());
+      if (value.IsNull()) return;  // `train:` with nothing under it
+      if (!value.IsMap()) {
+        fail("{}: key '{}' expects a mapping with keys {}; got {}", where, key, s->key_list(),
+             describe_node(value));
+      }
+      for_each_key(value, source, key + ".", [&](const std::string& sub, const YAML::Node& v,
+                                                 const std::string& sub_where) {
+        const FieldBinding* f = s->find(sub);
+        if (!f) {
+          fail("{}: unknown key '{}.{}'; valid keys in '{}': {}", sub_where, key, sub, key,
+               s->key_list());
+        }
+        set(*s, *f, v, sub_where);
+      });
+    });
+  }
+
+  void apply_override(const std::string& text) {
+    const std::string where = fmt::format("override '{}'", text);
+    size_t eq = text.find('=');
+    std::string key = trim(text.substr(0, eq));
+    if (eq == std::string::npos || key.empty()) {
+      fail("{}: expected the form section.key=value (e.g. train.lr=1e-3) or key=value "
+           "(e.g. name=run1)", where);
+    }
+    YAML::Node value;
+    try {
+      value = YAML::Load(text.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      fail("{}: the value is not valid YAML: {}", where, e.msg);
+    }
+    size_t dot = key.find('.');
+    std::string head = key.substr(0, dot);
+    if (dot == std::string::npos) {
+      if (const FieldBinding* f = top_.find(key)) return set(top_, *f, value, where);
+    }
+    const SectionBinding* s = find_section(head);
+    if (!s) fail("{}: unknown key '{}'; valid top-level keys: {}", where, head, top_key_list());
+    if (dot == std::string::npos) {
+      fail("{}: '{}' is a section; override one of its keys as {}.<key>=value; valid keys in "
+           "'{}': {}", where, head, head, head, s->key_list());
+    }
+    const FieldBinding* f = s->find(key.substr(dot + 1));
+    if (!f) fail("{}: unknown key '{}'; valid keys in '{}': {}", where, key, head, s->key_list());
+    set(*s, *f, value, where);
+  }
+
+  // Range and choice checks over the final values; errors point at where the key was last set.
+  void validate(const std::string& source) const {
+    auto check = [&](const SectionBinding& s) {
+      for (const auto& f : s.fields) {
+        std::string problem = f.check();
+        if (problem.empty()) continue;
+        std::string key = s.full_key(f.key);
+        auto it = origins_.find(key);
+        if (it != origins_.end()) fail("{}: key '{}' {}", it->second, key, problem);
+        fail("{}: key '{}' {} (left at its default)", source, key, problem);
+      }
+    };
+    check(top_);
+    for (const auto& s : sections_) check(s);
+  }
+
+  std::string emit() const {
+    std::string out;
+    for (const auto& f : top_.fields) out += fmt::format("{}: {}\n", f.key, f.emit());
+    for (const auto& s : sections_) {
+      out += s.name + ":\n";
+      for (const auto& f : s.fields) out += fmt::format("  {}: {}\n", f.key, f.emit());
+    }
+    return out;
+  }
+
+ private:
+  template <typename Fn>
+  static void for_each_key(const YAML::Node& map, const std::string& source,
+                           const std::string& prefix, Fn&& fn) {
+    std::map<std::string, int> first_line;  // yaml-cpp keeps duplicate keys; we refuse them
+    for (const auto& kv : map) {
+      const YAML::Node k = kv.first;
+      std::string where = at(source, k.Mark());
+      if (!k.IsScalar()) fail("{}: keys must be plain names, got {}", where, describe_node(k));
+      std::string key = k.Scalar();
+      auto [seen, inserted] = first_line.emplace(key, k.Mark().line + 1);
+      if (!inserted) {
+        fail("{}: duplicate key '{}{}' (first given at line {})", where, prefix, key, seen->second);
+      }
+      fn(key, kv.second, where);
+    }
+  }
+
+  void set(const SectionBinding& s, const FieldBinding& f, const YAML::Node& value,
+           const std::string& where) {
+    std::string key = s.full_key(f.key);
+    f.set(value, where, key);
+    origins_[key] = where;
+  }
+
+  const SectionBinding* find_section(const std::string& name) const {
+    for (const auto& s : sections_) {
+      if (s.name == name) return &s;
+    }
+    return nullptr;
+  }
+
+  std::string top_key_list() const {
+    std::string keys = top_.key_list();
+    for (const auto& s : sections_) keys += ", " + s.name;
+    return keys;
+  }
+
+  SectionBinding top_;                          // kind, name, out_dir, init
+  std::vector<SectionBinding> sections_;        // model, data, train, checkpoint
+  std::map<std::string, std::string> origins_;  // dotted key -> where it was last set
+};
+
+}  // namespace
+
+RunConfig parse_recipe(const std::string& yaml_text, const std::string& source_name,
+                       const std::vector<std::string>& overrides) {
+  RunConfig config;
+  RecipeBinder binder(config);
+  std::vector<YAML::Node> docs;
+  try {
+    docs = YAML::LoadAll(yaml_text);
+  } catch (const YAML::Exception& e) {
+    if (e.mark.is_null()) fail("{}: invalid YAML: {}", source_name, e.msg);
+    fail("{}:{}:{}: invalid YAML: {}", source_name, e.mark.line + 1, e.mark.column + 1, e.msg);
+  }
+  if (docs.size() > 1) {
+    fail("{}: a recipe is one YAML document, found {}", at(source_name, docs[1].Mark()),
+         docs.size());
+  }
+  try {
+    if (!docs.empty()) binder.apply_document(docs[0], source_name);
+    for (const auto& o : overrides) binder.apply_override(o);
+  } catch (const YAML::Exception& e) {  // not expected: node access on a well-formed tree
+    fail("{}: {}", source_name, e.what());
+  }
+  binder.validate(source_name);
+  return config;
+}
+
+RunConfig load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) {
+    fail("recipe '{}' does not exist or is not a regular file", path);
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream text;
+  text << in.rdbuf();
+  CONDENSE_CHECK(in.good() || in.eof(), "cannot read recipe '{}'", path);
+  return parse_recipe(text.str(), path, overrides);
+}
+
+std::string to_yaml(const RunConfig& config) {
+  RunConfig copy = config;
+  return RecipeBinder(copy).emit();
+}
+
+std::string recipe_hash(const RunConfig& config) { return sha256_hex(to_yaml(config)); }
+
+}  // namespace condense

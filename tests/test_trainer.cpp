@@ -1,0 +1,138 @@
+// Tests for trainer/: AdamW against the textbook update, weight-decay groups, the schedule's
+// closed form, global-norm clipping, checkpoint save/load round trip and pruning.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "core/error.h"
+#include "trainer/adamw.h"
+#include "trainer/checkpoint.h"
+#include "trainer/grad_clip.h"
+#include "trainer/lr_schedule.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+
+TEST(AdamW, MatchesTextbookUpdateWithDecoupledDecay) {
+  at::manual_seed(0);
+  at::Tensor w = at::randn({3, 4}).set_requires_grad(true);
+  at::Tensor b = at::randn({4}).set_requires_grad(true);
+  at::Tensor w_ref = w.detach().clone(), b_ref = b.detach().clone();
+  AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
+  AdamW opt({{"w", w}, {"b", b}}, o);
+  at::Tensor mw = at::zeros_like(w_ref), vw = at::zeros_like(w_ref);
+  at::Tensor mb = at::zeros_like(b_ref), vb = at::zeros_like(b_ref);
+  for (int t = 1; t <= 5; ++t) {
+    double lr = 1e-2 * t;
+    at::Tensor gw = at::randn({3, 4}), gb = at::randn({4});
+    w.mutable_grad() = gw.clone();
+    b.mutable_grad() = gb.clone();
+    opt.step(lr);
+    auto ref = [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g, double wd) {
+      p.mul_(1 - lr * wd);
+      m = 0.9 * m + 0.1 * g;
+      v = 0.95 * v + 0.05 * g * g;
+      double bc1 = 1 - std::pow(0.9, t), bc2 = 1 - std::pow(0.95, t);
+      p -= lr / bc1 * m / (v.sqrt() / std::sqrt(bc2) + 1e-8);
+    };
+    ref(w_ref, mw, vw, gw, 0.1);
+    ref(b_ref, mb, vb, gb, 0.0);  // rank-1 parameters are not decayed
+  }
+  EXPECT_TRUE(at::allclose(w.detach(), w_ref, 1e-5, 1e-6)) << (w - w_ref).abs().max();
+  EXPECT_TRUE(at::allclose(b.detach(), b_ref, 1e-5, 1e-6));
+  auto state = opt.state();
+  EXPECT_EQ(state.at("w/step").item<float>(), 5.0f);
+}
+
+TEST(AdamW, StateRoundTripsExactly) {
+  at::manual_seed(1);
+  at::Tensor w = at::randn({2, 2}).set_requires_grad(true);
+  AdamW a({{"w", w}}, {});
+  w.mutable_grad() = at::randn({2, 2});
+  a.step(0.1);
+  at::Tensor w2 = w.detach().clone().set_requires_grad(true);
+  AdamW b({{"w", w2}}, {});
+  b.load_state(a.state());
+  at::Tensor g = at::randn({2, 2});
+  w.mutable_grad() = g.clone();
+  w2.mutable_grad() = g.clone();
+  a.step(0.1);
+  b.step(0.1);
+  EXPECT_TRUE(at::equal(w, w2));
+  std::map<std::string, at::Tensor> partial = a.state();
+  partial.erase("w/exp_avg");
+  EXPECT_THROW(b.load_state(partial), Error);
+}
+
+TEST(LrSchedule, WarmupThenCosine) {
+  LrSchedule s{1.0, 0.1, 10, 110};
+  EXPECT_DOUBLE_EQ(s.at(0), 0.1);
+  EXPECT_DOUBLE_EQ(s.at(9), 1.0);
+  EXPECT_DOUBLE_EQ(s.at(10), 1.0);
+  EXPECT_NEAR(s.at(60), 0.55, 1e-12);  // halfway: min + (max-min)/2
+  EXPECT_NEAR(s.at(110), 0.1, 1e-12);
+  EXPECT_NEAR(s.at(500), 0.1, 1e-12);
+}
+
+TEST(GradClip, ScalesToMaxNorm) {
+  at::Tensor a = at::zeros({2}).set_requires_grad(true), b = at::zeros({1}).set_requires_grad(true);
+  a.mutable_grad() = at::tensor({3.0f, 0.0f});
+  b.mutable_grad() = at::tensor({4.0f});
+  EXPECT_NEAR(clip_grad_norm({a, b}, 1.0), 5.0, 1e-6);
+  EXPECT_NEAR(a.grad()[0].item<float>(), 0.6f, 1e-5);
+  EXPECT_NEAR(b.grad()[0].item<float>(), 0.8f, 1e-5);
+  EXPECT_NEAR(clip_grad_norm({a, b}, 10.0), 1.0, 1e-5);  // below max: unchanged
+  EXPECT_NEAR(b.grad()[0].item<float>(), 0.8f, 1e-5);
+}
+
+TEST(Checkpoint, SaveLoadPruneAndLatest) {
+  fs::path dir = fs::temp_directory_path() / ("condense_ckpt_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  LlamaConfig c;
+  c.vocab_size = 64; c.hidden_size = 16; c.intermediate_size = 24; c.num_hidden_layers = 1;
+  c.num_attention_heads = 2; c.max_position_embeddings = 32;
+  torch::manual_seed(0);
+  LlamaForCausalLM m(c);
+  CheckpointManager mgr(dir.string(), 2);
+  EXPECT_FALSE(mgr.latest().has_value());
+  TrainingState st;
+  for (int64_t s : {10, 20, 30}) {
+    st.step = s;
+    st.cursor.position = s * 3;
+    mgr.save(m, nullptr, st, "kind: pretrain\n", "tokenizer-bytes");
+  }
+  EXPECT_FALSE(fs::exists(dir / "step_000010.h5"));  // pruned beyond keep=2
+  EXPECT_TRUE(fs::exists(dir / "step_000020.h5"));
+  ASSERT_TRUE(mgr.latest().has_value());
+  EXPECT_EQ(fs::path(*mgr.latest()).filename(), "step_000030.h5");
+  Checkpoint ck = Checkpoint::open(*mgr.latest());
+  EXPECT_EQ(ck.state().step, 30);
+  EXPECT_EQ(ck.state().cursor.position, 90);
+  EXPECT_EQ(ck.tokenizer_bytes(), "tokenizer-bytes");
+  LlamaForCausalLM m2 = load_model(*mgr.latest());
+  at::Tensor ids = at::randint(0, 64, {1, 5}, at::kLong);
+  EXPECT_TRUE(at::equal(m->forward(ids), m2->forward(ids)));
+
+  // A model of another shape is refused with the tensor named.
+  LlamaConfig other = c;
+  other.intermediate_size = 32;
+  LlamaForCausalLM m3(other);
+  try {
+    ck.load_model(m3);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mlp.gate_proj.weight"), std::string::npos) << e.what();
+  }
+  // A truncated checkpoint is a clear error, and the previous one is untouched.
+  fs::copy_file(*mgr.latest(), dir / "broken.h5");
+  fs::resize_file(dir / "broken.h5", 1000);
+  EXPECT_THROW(Checkpoint::open((dir / "broken.h5").string()), Error);
+  EXPECT_THROW(Checkpoint::open((dir / "missing.h5").string()), Error);
+  fs::remove_all(dir);
+}
+
+}  // namespace condense

@@ -1,0 +1,169 @@
+#include "trainer/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "core/shape.h"
+#include "io/atomic_file.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kFormat = "condense-checkpoint-v1";
+
+bool is_model_tensor(const std::string& name) {
+  return name.rfind("model.", 0) == 0 || name.rfind("lm_head.", 0) == 0;
+}
+
+std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  if (!fs::is_directory(dir)) return out;
+  static const std::regex pattern("step_([0-9]+)\\.h5");
+  for (const auto& e : fs::directory_iterator(dir)) {
+    std::smatch m;
+    std::string name = e.path().filename().string();
+    if (std::regex_match(name, m, pattern)) out.emplace_back(std::stoll(m[1]), e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
+    : dir_(std::move(dir)), keep_(keep) {}
+
+std::string CheckpointManager::save(LlamaForCausalLM& model, const AdamW* optimizer,
+                                    const TrainingState& st, const std::string& recipe_yaml,
+                                    const std::string& tokenizer_bytes) {
+  fs::create_directories(dir_);
+  std::string name = fmt::format("step_{:06d}.h5", st.step);
+  std::string path = (fs::path(dir_) / name).string();
+  write_file_atomically(path, [&](const std::string& tmp) {
+    H5File f = H5File::create(tmp);
+    for (const auto& p : model->named_parameters()) f.write_tensor(p.key(), p.value());
+    if (optimizer)
+      for (const auto& [key, t] : optimizer->state()) f.write_tensor("optimizer/" + key, t);
+    at::Tensor rng;
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      rng = gen.get_state();
+    }
+    f.write_tensor("rng/torch_cpu", rng);
+    f.write_string("recipe", recipe_yaml);
+    f.write_string("config", to_hf_json(model->config()).dump(2));
+    f.write_bytes("tokenizer", tokenizer_bytes);
+    f.set_attr("", "format", std::string(kFormat));
+    f.set_attr("", "step", st.step);
+    f.set_attr("", "tokens_seen", st.tokens_seen);
+    f.set_attr("", "loader_epoch", st.cursor.epoch);
+    f.set_attr("", "loader_position", st.cursor.position);
+    f.close();
+  });
+  write_text_atomically((fs::path(dir_) / "latest").string(), name + "\n");
+  auto all = list_checkpoints(dir_);
+  for (size_t i = 0; i + keep_ < all.size(); ++i) {
+    std::error_code ec;
+    fs::remove(all[i].second, ec);
+    if (ec) spdlog::warn("could not remove old checkpoint {}: {}", all[i].second, ec.message());
+  }
+  return path;
+}
+
+std::optional<std::string> CheckpointManager::latest() const {
+  fs::path pointer = fs::path(dir_) / "latest";
+  if (fs::exists(pointer)) {
+    std::string name = read_text_file(pointer.string());
+    while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+    fs::path p = fs::path(dir_) / name;
+    CONDENSE_CHECK(fs::exists(p), "{} points at {}, which does not exist", pointer.string(),
+                   p.string());
+    return p.string();
+  }
+  auto all = list_checkpoints(dir_);
+  if (all.empty()) return std::nullopt;
+  return all.back().second;
+}
+
+Checkpoint Checkpoint::open(const std::string& path) {
+  H5File f = H5File::open_read(path);
+  CONDENSE_CHECK(f.has_attr("", "format") && f.attr_string("", "format") == kFormat,
+                 "{}: not a condense checkpoint (missing or wrong 'format' attribute)", path);
+  return Checkpoint(std::move(f));
+}
+
+LlamaConfig Checkpoint::config() const {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(file_.read_string("config"));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: 'config' is not valid JSON: {}", file_.path(), e.what());
+  }
+  return from_hf_json(j, file_.path() + ":config");
+}
+
+std::string Checkpoint::recipe_yaml() const { return file_.read_string("recipe"); }
+std::string Checkpoint::tokenizer_bytes() const { return file_.read_bytes("tokenizer"); }
+
+TrainingState Checkpoint::state() const {
+  TrainingState s;
+  s.step = file_.attr_int("", "step");
+  s.tokens_seen = file_.attr_int("", "tokens_seen");
+  s.cursor.epoch = file_.attr_int("", "loader_epoch");
+  s.cursor.position = file_.attr_int("", "loader_position");
+  return s;
+}
+
+void Checkpoint::load_model(LlamaForCausalLM& model) const {
+  at::NoGradGuard no_grad;
+  std::set<std::string> expected;
+  for (auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    expected.insert(name);
+    CONDENSE_CHECK(file_.has(name), "{}: missing tensor '{}'", file_.path(), name);
+    at::Tensor t = file_.read_tensor(name);
+    CONDENSE_CHECK(t.sizes() == p.value().sizes(), "{}: tensor '{}' has shape {}, the model expects {}",
+                   file_.path(), name, shape_str(t.sizes()), shape_str(p.value().sizes()));
+    p.value().copy_(t);
+  }
+  for (const std::string& name : file_.datasets())
+    CONDENSE_CHECK(!is_model_tensor(name) || expected.count(name),
+                   "{}: unexpected tensor '{}' for this model config", file_.path(), name);
+}
+
+void Checkpoint::load_optimizer(AdamW& optimizer) const {
+  std::map<std::string, at::Tensor> state;
+  for (const std::string& name : optimizer.names())
+    for (const char* k : {"exp_avg", "exp_avg_sq", "step"}) {
+      std::string key = name + "/" + k;
+      CONDENSE_CHECK(file_.has("optimizer/" + key), "{}: missing optimizer state '{}'",
+                     file_.path(), key);
+      state[key] = file_.read_tensor("optimizer/" + key);
+    }
+  optimizer.load_state(state);
+}
+
+void Checkpoint::restore_rng() const {
+  at::Tensor rng = file_.read_tensor("rng/torch_cpu");
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(rng);
+}
+
+LlamaForCausalLM load_model(const std::string& checkpoint_path) {
+  Checkpoint ckpt = Checkpoint::open(checkpoint_path);
+  LlamaForCausalLM model(ckpt.config());
+  ckpt.load_model(model);
+  return model;
+}
+
+}  // namespace condense

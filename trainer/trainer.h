@@ -1,0 +1,54 @@
+// The training loop: micro-steps with gradient accumulation, global-norm clipping, AdamW with
+// a warm-up + cosine schedule, periodic validation, metrics (JSONL + TensorBoard, rank 0),
+// a progress bar, atomic checkpoints, exact resume, and a graceful stop on SIGINT/SIGTERM.
+// The loss is a callback so each recipe kind decides what a step optimizes.
+#pragma once
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/loader.h"
+#include "model/llama.h"
+#include "trainer/checkpoint.h"
+#include "trainer/train_config.h"
+
+namespace condense {
+
+using LossFn = std::function<at::Tensor(LlamaForCausalLM&, const Batch&)>;
+
+struct TrainerSetup {
+  TrainConfig train;
+  CheckpointConfig checkpoint;  // dir must be resolved (non-empty)
+  std::string out_dir;          // metrics.jsonl and tensorboard/ go here
+  std::string recipe_yaml;      // stored in checkpoints
+  std::string tokenizer_bytes;  // stored in checkpoints
+  int64_t tokens_per_micro_batch = 0;  // batch_size * seq_len (per rank)
+};
+
+struct TrainResult {
+  int64_t step = 0;
+  double train_loss = 0;       // loss of the last step
+  double val_loss = -1;        // last validation loss; -1 if never evaluated
+  bool interrupted = false;    // stopped by a signal
+  std::string checkpoint;      // last checkpoint written (or resumed from)
+};
+
+class Trainer {
+ public:
+  Trainer(TrainerSetup setup, LlamaForCausalLM model, BatchLoader loader,
+          std::vector<Batch> validation, LossFn loss);
+  // Trains from scratch, or from `resume_from` (a checkpoint path), until train.steps.
+  TrainResult run(const std::optional<std::string>& resume_from);
+  // Mean loss over the validation batches, in eval mode without gradients.
+  double validate();
+
+ private:
+  TrainerSetup setup_;
+  LlamaForCausalLM model_;
+  BatchLoader loader_;
+  std::vector<Batch> validation_;
+  LossFn loss_;
+};
+
+}  // namespace condense
