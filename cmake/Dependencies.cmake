@@ -64,3 +64,9 @@ target_link_libraries(condense_deps INTERFACE condense::torch condense::hdf5
   condense::sentencepiece fmt::fmt spdlog::spdlog yaml-cpp nlohmann_json::nlohmann_json
   ZLIB::ZLIB Threads::Threads)
 add_library(condense::deps ALIAS condense_deps)
+
+# libtorch.so (the 2.11 wheel) exports its own copies of std::filesystem functions, and some of
+# them crash (std::filesystem::remove_all jumps to a null pointer). The dynamic linker binds to
+# the first library in DT_NEEDED order that defines a symbol, and libtorch comes before
+# libstdc++; naming libstdc++ first on every link line makes the system copy win.
+add_link_options("LINKER:--push-state,--no-as-needed" -lstdc++ "LINKER:--pop-state")
