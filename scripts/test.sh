@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# All tests on a fresh machine: install dependencies, build, run the C++ (gtest) and Python
+# reference tests through ctest.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/install.sh
+bash scripts/build.sh
+cd build
+ctest --output-on-failure -j"${CONDENSE_TEST_JOBS:-2}" --timeout 1200

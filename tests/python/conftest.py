@@ -1,0 +1,35 @@
+"""Shared fixtures for the Python end-to-end tests: the condense binary and a small token store."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+BUILD_DIR = pathlib.Path(os.environ.get("CONDENSE_BUILD_DIR", pathlib.Path(__file__).resolve().parents[2] / "build"))
+CONDENSE = pathlib.Path(os.environ.get("CONDENSE_BIN", BUILD_DIR / "condense"))
+
+
+def run(*args, check=True, timeout=600, **kw):
+    """Runs condense with args; returns CompletedProcess with text stdout/stderr."""
+    proc = subprocess.run([str(CONDENSE), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"condense {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def condense_bin():
+    assert CONDENSE.exists(), f"condense binary not built at {CONDENSE}"
+    return CONDENSE
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory, condense_bin):
+    """A token store of 1500 GCIDE entries with a 384-piece tokenizer (fast to build)."""
+    d = tmp_path_factory.mktemp("store")
+    out = d / "gcide-small.h5"
+    run("prepare", "--corpus", "gcide", "--max-documents", 1500, "--vocab-size", 384,
+        "--val-fraction", 0.05, "--out", out, "--save-tokenizer", d / "tok.model")
+    return out
