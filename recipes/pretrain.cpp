@@ -83,13 +83,18 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                  cfg.model.max_position_embeddings);
   cfg.model.finalize();
 
+  std::string yaml = to_yaml(cfg);
   if (resume) {
     Checkpoint ckpt = Checkpoint::open(*resume);
-    std::string ckpt_tok = sha256_hex(ckpt.tokenizer_bytes());
-    store.check_tokenizer(ckpt_tok, *resume);
+    store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), *resume);
+    if (ckpt.recipe_yaml() != yaml)
+      spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
+                   "new one (the old one is stored in the checkpoint's 'recipe')", *resume);
+  }
+  if (!cfg.init.empty() && !resume) {
+    store.check_tokenizer(sha256_hex(Checkpoint::open(cfg.init).tokenizer_bytes()), cfg.init);
   }
 
-  std::string yaml = to_yaml(cfg);
   fs::create_directories(out_dir);
   write_text_atomically((fs::path(out_dir) / "recipe.yaml").string(), yaml);
   spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), yaml);

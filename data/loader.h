@@ -1,0 +1,74 @@
+// Batch loader: cuts a token stream into fixed windows and deals them to ranks, shuffled per
+// epoch, deterministically and resumably.
+//
+// Window w covers tokens [w*T, w*T + T + 1) (T = seq_len): inputs are its first T tokens and
+// targets its last T. Each epoch visits the windows in a permutation drawn from (seed, epoch)
+// by a Fisher-Yates shuffle over splitmix64 (our own, so the order is the same with every
+// standard library). A global batch is batch_size * world_size consecutive permuted windows;
+// rank r takes slice r. Hence ranks see disjoint windows, and one rank with batch 2b sees
+// exactly the union of what two ranks with batch b see. The tail of an epoch that cannot fill
+// a global batch is skipped. The cursor (epoch, windows consumed) is the whole state.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace condense {
+
+struct LoaderOptions {
+  int64_t seq_len = 128;
+  int64_t batch_size = 8;  // windows per rank per batch
+  int64_t seed = 0;
+  int rank = 0;
+  int world_size = 1;
+};
+
+struct Batch {
+  at::Tensor inputs;   // int64 [B, T]
+  at::Tensor targets;  // int64 [B, T]: inputs shifted left by one token
+};
+
+struct LoaderCursor {
+  int64_t epoch = 0;
+  int64_t position = 0;  // global windows consumed in this epoch (same on every rank)
+};
+
+class BatchLoader {
+ public:
+  // `ids`: 1-D integer tokens (any integer dtype, CPU). Throws if the stream holds fewer than
+  // batch_size * world_size windows.
+  BatchLoader(at::Tensor ids, LoaderOptions options);
+
+  // This rank's next batch. Not collective, but every rank must call it equally often.
+  Batch next();
+  LoaderCursor cursor() const { return cursor_; }
+  // Continues exactly as a loader that had produced the batches up to `cursor`.
+  void restore(const LoaderCursor& cursor);
+  int64_t windows_per_epoch() const { return windows_; }
+  int64_t batches_per_epoch() const { return windows_ / global_batch_; }
+
+ private:
+  void ensure_permutation();
+
+  at::Tensor ids_;  // int32, contiguous
+  LoaderOptions options_;
+  int64_t windows_ = 0;
+  int64_t global_batch_ = 0;
+  LoaderCursor cursor_;
+  int64_t permutation_epoch_ = -1;
+  std::vector<int64_t> permutation_;
+};
+
+// The permutation of [0, n) for (seed, epoch), as used by BatchLoader.
+std::vector<int64_t> epoch_permutation(int64_t n, int64_t seed, int64_t epoch);
+
+// Fixed, unshuffled evaluation batches: windows in order, global batches sharded by rank as
+// in BatchLoader, at most max_batches (<= 0: all). A trailing partial global batch is dropped,
+// except that a split too short for one full global batch still yields one batch of
+// floor(windows / world_size) windows per rank. Empty if the split has no full window; throws
+// if it has fewer windows than ranks.
+std::vector<Batch> validation_batches(const at::Tensor& ids, int64_t seq_len, int64_t batch_size,
+                                      int64_t max_batches, int rank, int world_size);
+
+}  // namespace condense

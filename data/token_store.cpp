@@ -1,0 +1,219 @@
+// Token store: preparation (corpus -> split -> tokenizer -> ids -> HDF5) and validated reading.
+// Encoding runs on all cores over contiguous chunks of documents; results are concatenated in
+// document order, so the output does not depend on the thread count.
+#include "data/token_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <exception>
+#include <optional>
+#include <thread>
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "io/atomic_file.h"
+#include "io/hdf5_file.h"
+
+namespace condense {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, 1) from (seed, index).
+double document_draw(int64_t seed, int64_t index) {
+  uint64_t h = mix64(mix64(static_cast<uint64_t>(seed) + 0x9E3779B97F4A7C15ull) ^
+                     (static_cast<uint64_t>(index) * 0xD1B54A32D192ED03ull));
+  return static_cast<double>(h >> 11) * 0x1.0p-53;
+}
+
+// Encodes documents [0, n) as <s> ids </s>, in parallel over contiguous chunks.
+std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
+                                                   const std::vector<std::string>& docs) {
+  std::vector<std::vector<int32_t>> out(docs.size());
+  size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
+  threads = std::min(threads, std::max<size_t>(1, docs.size() / 64));
+  std::atomic<int64_t> done{0};
+  auto start = Clock::now();
+  auto work = [&](size_t t) {
+    size_t lo = docs.size() * t / threads, hi = docs.size() * (t + 1) / threads;
+    auto last_log = Clock::now();
+    for (size_t i = lo; i < hi; ++i) {
+      std::vector<int32_t> ids = tok.encode(docs[i]);
+      out[i].reserve(ids.size() + 2);
+      out[i].push_back(tok.bos_id());
+      out[i].insert(out[i].end(), ids.begin(), ids.end());
+      out[i].push_back(tok.eos_id());
+      int64_t n = ++done;
+      if (t == 0 && Clock::now() - last_log > std::chrono::seconds(5)) {
+        last_log = Clock::now();
+        double s = std::chrono::duration<double>(last_log - start).count();
+        spdlog::info("token store: encoded {}/{} documents ({:.0f} documents/s)", n,
+                     docs.size(), n / s);
+      }
+    }
+  };
+  std::vector<std::exception_ptr> errors(threads);
+  auto guarded = [&](size_t t) {
+    try {
+      work(t);
+    } catch (...) {
+      errors[t] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (size_t t = 1; t < threads; ++t) pool.emplace_back(guarded, t);
+  guarded(0);
+  for (std::thread& th : pool) th.join();
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
+  return out;
+}
+
+struct Split {
+  at::Tensor ids;          // int32
+  at::Tensor doc_offsets;  // int64
+};
+
+Split concatenate(const std::vector<std::vector<int32_t>>& encoded,
+                  const std::vector<int64_t>& members) {
+  int64_t total = 0;
+  for (int64_t i : members) total += static_cast<int64_t>(encoded[i].size());
+  Split s{at::empty({total}, at::kInt),
+          at::empty({static_cast<int64_t>(members.size()) + 1}, at::kLong)};
+  int32_t* ids = s.ids.data_ptr<int32_t>();
+  int64_t* offsets = s.doc_offsets.data_ptr<int64_t>();
+  int64_t pos = 0;
+  for (size_t k = 0; k < members.size(); ++k) {
+    const std::vector<int32_t>& doc = encoded[members[k]];
+    offsets[k] = pos;
+    std::copy(doc.begin(), doc.end(), ids + pos);
+    pos += static_cast<int64_t>(doc.size());
+  }
+  offsets[members.size()] = pos;
+  return s;
+}
+
+}  // namespace
+
+bool is_validation_document(int64_t seed, int64_t index, double val_fraction) {
+  return document_draw(seed, index) < val_fraction;
+}
+
+void prepare_token_store(const PrepareOptions& o) {
+  CONDENSE_CHECK(!o.out_path.empty(), "prepare: out_path is empty");
+  CONDENSE_CHECK(o.val_fraction >= 0.0 && o.val_fraction < 1.0,
+                 "prepare: val_fraction {} must be in [0, 1)", o.val_fraction);
+  std::vector<std::string> docs = read_corpus(o.corpus);
+  const int64_t n = static_cast<int64_t>(docs.size());
+
+  std::vector<int64_t> train, val;
+  int64_t best = -1;  // the lowest draw: the validation document if none falls below
+  for (int64_t i = 0; i < n; ++i) {
+    (is_validation_document(o.seed, i, o.val_fraction) ? val : train).push_back(i);
+    if (best < 0 || document_draw(o.seed, i) < document_draw(o.seed, best)) best = i;
+  }
+  if (o.val_fraction > 0 && val.empty()) {
+    val.push_back(best);
+    train.erase(std::find(train.begin(), train.end(), best));
+  }
+  CONDENSE_CHECK(!train.empty(), "prepare: corpus {} has {} document(s): too few to hold out "
+                 "{} for validation and keep any for training", o.corpus.kind, n, val.size());
+
+  std::optional<Tokenizer> tok;
+  if (o.tokenizer_path.empty()) {
+    std::vector<std::string> train_docs;
+    train_docs.reserve(train.size());
+    for (int64_t i : train) train_docs.push_back(docs[i]);  // val text stays unseen
+    tok = Tokenizer::train(train_docs, TokenizerTrainOptions{o.vocab_size, 300000, o.seed});
+  } else {
+    tok = Tokenizer::load(o.tokenizer_path);
+  }
+  CONDENSE_CHECK(tok->bos_id() >= 0 && tok->eos_id() >= 0,
+                 "{}: tokenizer has no <s>/</s> ids (bos {}, eos {})", tok->source(),
+                 tok->bos_id(), tok->eos_id());
+
+  auto start = Clock::now();
+  std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs);
+  double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  Split train_split = concatenate(encoded, train);
+  Split val_split = concatenate(encoded, val);
+  encoded.clear();
+  spdlog::info("token store: encoded {} documents in {:.1f} s ({:.0f} documents/s): {} train "
+               "tokens in {} documents, {} val tokens in {} documents",
+               n, seconds, n / std::max(seconds, 1e-9), train_split.ids.numel(), train.size(),
+               val_split.ids.numel(), val.size());
+
+  write_file_atomically(o.out_path, [&](const std::string& tmp) {
+    H5File f = H5File::create(tmp);
+    f.write_tensor("train/ids", train_split.ids);
+    f.write_tensor("train/doc_offsets", train_split.doc_offsets);
+    f.write_tensor("val/ids", val_split.ids);
+    f.write_tensor("val/doc_offsets", val_split.doc_offsets);
+    f.write_bytes("tokenizer", tok->serialized());
+    f.set_attr("", "format", std::string(kTokenStoreFormat));
+    f.set_attr("", "tokenizer_sha256", tok->sha256());
+    f.set_attr("", "vocab_size", tok->vocab_size());
+    f.set_attr("", "corpus", o.corpus.kind);
+    f.set_attr("", "num_documents", n);
+    f.set_attr("", "num_train_documents", static_cast<int64_t>(train.size()));
+    f.set_attr("", "num_val_documents", static_cast<int64_t>(val.size()));
+    f.set_attr("", "seed", o.seed);
+    f.set_attr("", "val_fraction", o.val_fraction);
+    f.close();
+  });
+  spdlog::info("token store: wrote {}", o.out_path);
+}
+
+TokenStore TokenStore::open(const std::string& path) {
+  H5File f = H5File::open_read(path);
+  CONDENSE_CHECK(f.has_attr("", "format"), "{}: not a token store (no 'format' attribute; "
+                 "expected '{}')", path, kTokenStoreFormat);
+  std::string format = f.attr_string("", "format");
+  CONDENSE_CHECK(format == kTokenStoreFormat, "{}: format is '{}', expected '{}'", path, format,
+                 kTokenStoreFormat);
+  for (const char* name : {"train/ids", "train/doc_offsets", "val/ids", "val/doc_offsets",
+                           "tokenizer"})
+    CONDENSE_CHECK(f.has(name), "{}: missing dataset '{}'", path, name);
+  CONDENSE_CHECK(f.has_attr("", "tokenizer_sha256"), "{}: missing attribute 'tokenizer_sha256'",
+                 path);
+  std::string recorded = f.attr_string("", "tokenizer_sha256");
+  std::string bytes = f.read_bytes("tokenizer");
+  std::string actual = sha256_hex(bytes);
+  CONDENSE_CHECK(actual == recorded, "{}: stored tokenizer hashes to {} but the file records {} "
+                 "(corrupt file?)", path, actual, recorded);
+  Tokenizer tok = Tokenizer::from_serialized(bytes, path + ": tokenizer");
+  return TokenStore(path, std::move(tok), actual);
+}
+
+std::string TokenStore::dataset(const std::string& split, const char* name) const {
+  CONDENSE_CHECK(split == "train" || split == "val", "{}: unknown split '{}' (valid: train|val)",
+                 path_, split);
+  return split + "/" + name;
+}
+
+at::Tensor TokenStore::ids(const std::string& split) const {
+  return H5File::open_read(path_).read_tensor(dataset(split, "ids"));
+}
+
+at::Tensor TokenStore::doc_offsets(const std::string& split) const {
+  return H5File::open_read(path_).read_tensor(dataset(split, "doc_offsets"));
+}
+
+void TokenStore::check_tokenizer(const std::string& expected_sha256,
+                                 const std::string& what) const {
+  CONDENSE_CHECK(expected_sha256 == sha256_,
+                 "tokenizer mismatch: {} was tokenized with {} but {} uses {}", path_, sha256_,
+                 what, expected_sha256);
+}
+
+}  // namespace condense

@@ -1,0 +1,71 @@
+// Token store: a corpus tokenized once and kept in one HDF5 file, with its tokenizer inside,
+// so training runs never re-tokenize and can prove which vocabulary their ids come from.
+//
+// Layout (format "condense-tokens-v1"):
+//   train/ids, val/ids                int32, documents concatenated, each as <s> ids </s>
+//   train/doc_offsets, val/doc_offsets int64, start of each document plus the final end
+//   tokenizer                         uint8, the serialized sentencepiece model
+//   root attributes: format, tokenizer_sha256, vocab_size, corpus, num_documents, seed,
+//                    val_fraction, num_train_documents, num_val_documents
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "data/corpus.h"
+#include "model/tokenizer.h"
+
+namespace condense {
+
+inline constexpr const char* kTokenStoreFormat = "condense-tokens-v1";
+
+struct PrepareOptions {
+  CorpusSpec corpus;
+  std::string tokenizer_path;  // existing .model; empty: train one on the corpus
+  int64_t vocab_size = 4096;   // when training
+  double val_fraction = 0.02;  // in [0, 1): share of documents held out, by document
+  int64_t seed = 1234;         // split and tokenizer sampling
+  std::string out_path;        // the .h5 to write (atomically)
+};
+
+// Reads the corpus, trains or loads the tokenizer, splits documents into train/val (document
+// i is in val iff a hash of (seed, i) falls below val_fraction; at least one val document when
+// val_fraction > 0), encodes them on all cores and writes the store atomically. Deterministic:
+// the same options give identical ids. Throws if either split would be empty of documents
+// (train always; val when val_fraction > 0).
+void prepare_token_store(const PrepareOptions& options);
+
+// Whether document `index` goes to validation under (seed, val_fraction), before the
+// at-least-one rule. Exposed for tests and tools.
+bool is_validation_document(int64_t seed, int64_t index, double val_fraction);
+
+class TokenStore {
+ public:
+  // Validates the format attribute and that the stored tokenizer's hash matches the recorded
+  // tokenizer_sha256; errors name the file.
+  static TokenStore open(const std::string& path);
+
+  // All ids of a split ("train" | "val"): int32, 1-D, CPU. Reads the file each call.
+  at::Tensor ids(const std::string& split) const;
+  // Document boundaries of a split: int64, num_documents + 1 entries.
+  at::Tensor doc_offsets(const std::string& split) const;
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  std::string tokenizer_sha256() const { return sha256_; }
+  int64_t vocab_size() const { return tokenizer_.vocab_size(); }
+  const std::string& path() const { return path_; }
+  // Throws "tokenizer mismatch: <path> was tokenized with <sha> but <what> uses <expected>"
+  // unless expected_sha256 equals this store's tokenizer hash.
+  void check_tokenizer(const std::string& expected_sha256, const std::string& what) const;
+
+ private:
+  TokenStore(std::string path, Tokenizer tokenizer, std::string sha256)
+      : path_(std::move(path)), tokenizer_(std::move(tokenizer)), sha256_(std::move(sha256)) {}
+  std::string dataset(const std::string& split, const char* name) const;
+
+  std::string path_;
+  Tokenizer tokenizer_;
+  std::string sha256_;
+};
+
+}  // namespace condense
