@@ -4,30 +4,10 @@
 #include <ATen/ATen.h>
 
 #include "core/error.h"
+#include "core/random.h"
 
 namespace condense {
 namespace {
-
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, bound) without modulo bias (Lemire's multiply-and-reject).
-uint64_t uniform_below(uint64_t& state, uint64_t bound) {
-  unsigned __int128 m = static_cast<unsigned __int128>(splitmix64(state)) * bound;
-  uint64_t low = static_cast<uint64_t>(m);
-  if (low < bound) {
-    uint64_t threshold = -bound % bound;
-    while (low < threshold) {
-      m = static_cast<unsigned __int128>(splitmix64(state)) * bound;
-      low = static_cast<uint64_t>(m);
-    }
-  }
-  return static_cast<uint64_t>(m >> 64);
-}
 
 int64_t count_windows(int64_t tokens, int64_t seq_len) {
   return tokens > seq_len ? (tokens - 1) / seq_len : 0;

@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/random.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
 #include "io/hdf5_file.h"
@@ -22,12 +23,6 @@ namespace condense {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // Uniform in [0, 1) from (seed, index).
 double document_draw(int64_t seed, int64_t index) {

@@ -14,18 +14,12 @@
 
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/random.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
 
 namespace condense {
 namespace {
-
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // Feeds a fixed list of lines to the trainer, in order.
 class LineIterator : public sentencepiece::SentenceIterator {
@@ -70,8 +64,7 @@ std::vector<std::string_view> training_lines(const std::vector<std::string>& doc
   uint64_t state = static_cast<uint64_t>(seed) ^ 0x746F6B656E697A65ull;
   for (int64_t i = 0; i < max_lines; ++i) {
     uint64_t remaining = index.size() - i;
-    uint64_t j = i + static_cast<uint64_t>(
-                         (static_cast<unsigned __int128>(splitmix64(state)) * remaining) >> 64);
+    uint64_t j = i + uniform_below(state, remaining);
     std::swap(index[i], index[j]);
   }
   index.resize(max_lines);
