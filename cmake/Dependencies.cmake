@@ -31,6 +31,18 @@ find_package(nlohmann_json REQUIRED)
 find_package(CLI11 REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
+find_package(MPI REQUIRED COMPONENTS C)
+
+# NCCL: on when the CUDA toolkit's nccl.h/libnccl.so are present and LibTorch is a CUDA build
+# (the PyPI wheel is). It compiles and links without a GPU; it only runs where one is.
+find_path(NCCL_INCLUDE_DIR nccl.h HINTS /usr/local/cuda/include)
+find_library(NCCL_LIBRARY nccl HINTS /usr/local/cuda/lib64)
+find_library(CUDART_LIBRARY cudart HINTS /usr/local/cuda/lib64)
+set(_nccl_default OFF)
+if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND CUDART_LIBRARY AND TARGET torch_cuda)
+  set(_nccl_default ON)
+endif()
+option(CONDENSE_WITH_NCCL "Build the NCCL communicator" ${_nccl_default})
 
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
 find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
@@ -62,7 +74,14 @@ include_directories(BEFORE SYSTEM "${CONDENSE_SYSINC}")
 add_library(condense_deps INTERFACE)
 target_link_libraries(condense_deps INTERFACE condense::torch condense::hdf5
   condense::sentencepiece fmt::fmt spdlog::spdlog yaml-cpp nlohmann_json::nlohmann_json
-  ZLIB::ZLIB Threads::Threads)
+  ZLIB::ZLIB Threads::Threads MPI::MPI_C)
+# The C API only: without these, mpi.h drags in Open MPI's deprecated C++ bindings.
+target_compile_definitions(condense_deps INTERFACE OMPI_SKIP_MPICXX=1 MPICH_SKIP_MPICXX=1)
+if(CONDENSE_WITH_NCCL)
+  target_include_directories(condense_deps SYSTEM INTERFACE ${NCCL_INCLUDE_DIR})
+  target_link_libraries(condense_deps INTERFACE ${NCCL_LIBRARY} ${CUDART_LIBRARY})
+  target_compile_definitions(condense_deps INTERFACE CONDENSE_WITH_NCCL=1)
+endif()
 add_library(condense::deps ALIAS condense_deps)
 
 # libtorch.so (the 2.11 wheel) exports its own copies of std::filesystem functions, and some of

@@ -5,7 +5,9 @@
 namespace condense {
 
 void init_logging(int rank, int world_size, bool verbose) {
-  auto logger = spdlog::stderr_color_mt("condense_" + std::to_string(rank));
+  std::string name = "condense_" + std::to_string(rank);
+  spdlog::drop(name);
+  auto logger = spdlog::stderr_color_mt(name);
   std::string prefix = world_size > 1 ? fmt::format("[rank {}] ", rank) : "";
   logger->set_pattern("%H:%M:%S %^%l%$ " + prefix + "%v");
   spdlog::level::level_enum level = verbose ? spdlog::level::debug : spdlog::level::info;

@@ -9,11 +9,13 @@
 #include <iostream>
 #include <thread>
 
+#include "comm/mpi_runtime.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/token_store.h"
+#include "launch/io_commands.h"
 #include "model/generate.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe.h"
@@ -24,21 +26,8 @@
 namespace condense {
 namespace {
 
-// A checkpoint argument may be a file or a run/checkpoint directory (its latest checkpoint).
-std::string resolve_checkpoint(const std::string& arg) {
-  namespace fs = std::filesystem;
-  if (fs::is_directory(arg)) {
-    for (const std::string& dir : {arg, (fs::path(arg) / "checkpoints").string()}) {
-      auto latest = CheckpointManager(dir, 1).latest();
-      if (latest) return *latest;
-    }
-    fail("{}: no checkpoint found in this directory or its checkpoints/ subdirectory", arg);
-  }
-  return arg;
-}
-
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) {
-  std::string path = resolve_checkpoint(ckpt_arg);
+  std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
   if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
@@ -62,7 +51,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) 
 }
 
 int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, SamplingOptions opt) {
-  std::string path = resolve_checkpoint(ckpt_arg);
+  std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
   LlamaForCausalLM model(ckpt.config());
@@ -80,7 +69,7 @@ int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, Samplin
 }
 
 int cmd_info(const std::string& ckpt_arg) {
-  std::string path = resolve_checkpoint(ckpt_arg);
+  std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   LlamaConfig c = ckpt.config();
   TrainingState st = ckpt.state();
@@ -149,6 +138,9 @@ int run(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "describe a checkpoint");
   info->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
 
+  IoCommandArgs io_args;  // import, export, score (launch/io_commands.h)
+  add_io_commands(app, io_args);
+
   CLI11_PARSE(app, argc, argv);
   init_logging(0, 1, verbose);
 
@@ -166,6 +158,7 @@ int run(int argc, char** argv) {
     spdlog::info("wrote {}", po.out_path);
     return 0;
   }
+  if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
   if (gen->parsed()) return cmd_generate(ckpt, prompt, so);
   if (info->parsed()) return cmd_info(ckpt);
@@ -179,7 +172,12 @@ int main(int argc, char** argv) {
   try {
     return condense::run(argc, argv);
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << std::endl;
+    // The one catch. Under mpirun a rank that fails alone would leave the others blocked in a
+    // collective: abort the whole job, naming the rank.
+    int world = condense::mpi_world_size();
+    std::string who = world > 1 ? fmt::format("[rank {}] ", condense::mpi_world_rank()) : "";
+    std::cerr << who << "error: " << e.what() << std::endl;
+    condense::abort_world(1);
     return 1;
   }
 }

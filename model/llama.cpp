@@ -23,10 +23,12 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
-  return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  if (!linear_fn) return down_proj(at::silu(gate_proj(x)) * up_proj(x));
+  at::Tensor h = at::silu(linear_fn(x, gate_proj->weight)) * linear_fn(x, up_proj->weight);
+  return linear_fn(h, down_proj->weight);
 }
 
-LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index) {
+LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index) : index(index) {
   self_attn = register_module("self_attn", LlamaAttention(c, index));
   mlp = register_module("mlp", LlamaMLP(c));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -36,8 +38,18 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
                                           const at::Tensor& sin, KVCache* cache, KVHook* hook) {
-  at::Tensor h = x + self_attn(input_layernorm(x), cos, sin, cache, hook);
-  return h + mlp(post_attention_layernorm(h));
+  if (!block_hook) {
+    at::Tensor h = x + self_attn(input_layernorm(x), cos, sin, cache, hook);
+    return h + mlp(post_attention_layernorm(h));
+  }
+  // Same computation, each residual branch run through the hook (captures by value: the hook
+  // may rerun a branch during backward, after this frame is gone).
+  auto attn = [this, cos, sin, cache, hook](const at::Tensor& t) {
+    return self_attn(input_layernorm(t), cos, sin, cache, hook);
+  };
+  auto mlp_branch = [this](const at::Tensor& t) { return mlp(post_attention_layernorm(t)); };
+  at::Tensor h = x + block_hook->run(index, BlockHook::Part::kAttention, attn, x);
+  return h + block_hook->run(index, BlockHook::Part::kMlp, mlp_branch, h);
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
@@ -78,9 +90,29 @@ at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
                  "sequence of {} positions exceeds max_position_embeddings {}", offset + t,
                  config_.max_position_embeddings);
   auto [cos, sin] = rope_.cos_sin(offset, t, h.device());
-  for (auto& layer : model->layer_list) h = layer(h, cos, sin, in.cache, kv_hook_.get());
+  KVCache* cache = in.cache;
+  KVHook* kv_hook = kv_hook_.get();
+  for (auto& layer : model->layer_list) {
+    if (!block_hook_) {
+      h = layer(h, cos, sin, cache, kv_hook);
+      continue;
+    }
+    auto fn = [l = layer.get(), cos, sin, cache, kv_hook](const at::Tensor& t) {
+      return l->forward(t, cos, sin, cache, kv_hook);
+    };
+    h = block_hook_->run(layer->index, BlockHook::Part::kLayer, fn, h);
+  }
   if (in.cache) in.cache->commit(t);
   return model->norm(h);
+}
+
+void LlamaForCausalLMImpl::set_block_hook(std::shared_ptr<BlockHook> hook) {
+  block_hook_ = std::move(hook);
+  for (auto& layer : model->layer_list) layer->block_hook = block_hook_.get();
+}
+
+void LlamaForCausalLMImpl::set_mlp_linear(LinearFn fn) {
+  for (auto& layer : model->layer_list) layer->mlp->linear_fn = fn;
 }
 
 at::Tensor LlamaForCausalLMImpl::lm_head_weight() const {

@@ -7,6 +7,7 @@
 // a KVHook on keys/values after RoPE, and hidden() without the LM head (losses that never
 // build full logits).
 #pragma once
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -25,11 +26,30 @@ namespace condense {
 
 class KVCache;
 
+// Wraps the forward of each decoder layer and of its attention and MLP sub-blocks; memory
+// policies (memory/recompute_policy.h) use it to recompute, offload or measure per block.
+// run() must return fn(x) (the same values); it may run fn again later, so fn captures what it
+// needs by value. kLayer wraps the whole layer; kAttention and kMlp the residual branches
+// (norm -> attention -> o_proj, norm -> SwiGLU MLP) inside it.
+class BlockHook {
+ public:
+  enum class Part { kLayer, kAttention, kMlp };
+  virtual ~BlockHook() = default;
+  virtual at::Tensor run(int64_t layer, Part part,
+                         const std::function<at::Tensor(const at::Tensor&)>& fn,
+                         const at::Tensor& x) = 0;
+};
+
+// A replacement for the bias-free linear maps of the MLP, y = x W^T with the same values (for
+// sampled weight gradients, memory/wta_crs_linear.h); null means at::linear.
+using LinearFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor& weight)>;
+
 class LlamaMLPImpl : public torch::nn::Module {
  public:
   explicit LlamaMLPImpl(const LlamaConfig& c);
   at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  LinearFn linear_fn;  // set by LlamaForCausalLMImpl::set_mlp_linear
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -41,6 +61,8 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  BlockHook* block_hook = nullptr;  // set by LlamaForCausalLMImpl::set_block_hook
+  int64_t index = 0;
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
@@ -79,6 +101,10 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   at::Tensor lm_head_weight() const;
 
   void set_kv_hook(std::shared_ptr<KVHook> hook) { kv_hook_ = std::move(hook); }
+  // Null removes it. The model keeps the hook alive.
+  void set_block_hook(std::shared_ptr<BlockHook> hook);
+  // Routes every MLP projection through `fn` (null restores at::linear).
+  void set_mlp_linear(LinearFn fn);
   const LlamaConfig& config() const { return config_; }
 
   LlamaModel model{nullptr};
@@ -88,6 +114,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   LlamaConfig config_;
   Rope rope_;
   std::shared_ptr<KVHook> kv_hook_;
+  std::shared_ptr<BlockHook> block_hook_;
 };
 TORCH_MODULE(LlamaForCausalLM);
 

@@ -7,10 +7,14 @@
 #include <filesystem>
 #include <thread>
 
+#include "comm/communicator.h"
 #include "core/error.h"
+#include "core/log.h"
 #include "core/hash.h"
 #include "data/loader.h"
 #include "io/atomic_file.h"
+#include "memory/counting_allocator.h"
+#include "memory/memory_policy.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lm_loss.h"
@@ -58,6 +62,16 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
 
+  // Data parallelism: one process per rank under mpirun/srun (see README "Multi-node").
+  std::unique_ptr<Communicator> comm = make_communicator(cfg.comm);
+  const int rank = comm->rank(), world = comm->size();
+  if (world > 1) {
+    init_logging(rank, world);
+    check_same_on_all_ranks(*comm, to_yaml(cfg_in), "the resolved recipe");
+    spdlog::info("data parallel: {} ranks ({} backend), global batch {} x {} windows", world,
+                 comm->backend(), world, cfg.data.batch_size);
+  }
+
   std::string out_dir = resolve_out_dir(cfg);
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (fs::path(out_dir) / "checkpoints").string();
   CheckpointManager manager(cfg.checkpoint.dir, cfg.checkpoint.keep);
@@ -68,6 +82,10 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                  cfg.checkpoint.dir, resume.value_or(""));
   if (options.resume && !resume) spdlog::info("--resume: no checkpoint in {} yet; starting fresh", cfg.checkpoint.dir);
 
+  // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
+  // directory must be shared by all ranks, as the checkpoint directory must).
+  if (rank == 0) resolve_dataset(cfg.data, tc.seed);
+  comm->barrier();
   std::string dataset = resolve_dataset(cfg.data, tc.seed);
   TokenStore store = TokenStore::open(dataset);
   if (!cfg.data.tokenizer.empty())
@@ -95,10 +113,13 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
     store.check_tokenizer(sha256_hex(Checkpoint::open(cfg.init).tokenizer_bytes()), cfg.init);
   }
 
-  fs::create_directories(out_dir);
-  write_text_atomically((fs::path(out_dir) / "recipe.yaml").string(), yaml);
+  if (rank == 0) {
+    fs::create_directories(out_dir);
+    write_text_atomically((fs::path(out_dir) / "recipe.yaml").string(), yaml);
+  }
   spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), yaml);
 
+  if (cfg.memory.meter) install_counting_cpu_allocator();  // before the model: count everything
   torch::manual_seed(static_cast<uint64_t>(tc.seed));
   LlamaForCausalLM model(cfg.model);
   if (!cfg.init.empty() && !resume) {
@@ -110,16 +131,24 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.kv_heads(),
                cfg.model.vocab_size, threads);
 
-  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, tc.seed, 0, 1};
+  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, tc.seed, rank, world};
   BatchLoader loader(store.ids("train"), lo);
   std::vector<Batch> val = validation_batches(store.ids("val"), cfg.data.seq_len,
-                                              cfg.data.batch_size, tc.eval_batches, 0, 1);
+                                              cfg.data.batch_size, tc.eval_batches, rank, world);
   spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)", dataset,
                loader.windows_per_epoch(), cfg.data.seq_len, val.size());
 
   TrainerSetup setup{tc, cfg.checkpoint, out_dir, yaml, store.tokenizer().serialized(),
-                     cfg.data.batch_size * cfg.data.seq_len};
-  Trainer trainer(setup, model, std::move(loader), std::move(val), causal_lm_loss);
+                     cfg.data.batch_size * cfg.data.seq_len, comm.get(),
+                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap}};
+  // memory: recomputation / offload / compressed activations around the forward, and the loss
+  // (full logits or chunked); with the defaults this is exactly causal_lm_loss.
+  auto memory = std::make_shared<MemoryPolicy>(cfg.memory, model);
+  spdlog::info("memory: {}", memory->describe());
+  LossFn loss = [memory](LlamaForCausalLM& m, const Batch& b) {
+    return memory->loss(m, b.inputs, b.targets);
+  };
+  Trainer trainer(setup, model, std::move(loader), std::move(val), loss);
   TrainResult r = trainer.run(resume);
   spdlog::info("{} at step {}: train loss {:.4f}{}; checkpoint {}",
                r.interrupted ? "interrupted" : "done", r.step, r.train_loss,

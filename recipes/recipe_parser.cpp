@@ -101,6 +101,50 @@ SectionBinding checkpoint_section(CheckpointConfig& c) {
            bind_int("keep", c.keep, at_least(1))}};
 }
 
+SectionBinding comm_section(CommConfig& c) {
+  return {"comm",
+          {bind_string("backend", c.backend, {"auto", "mpi", "nccl", "self"}),
+           bind_real("bucket_cap_mb", c.bucket_cap_mb, positive()),
+           bind_bool("overlap", c.overlap)}};
+}
+
+SectionBinding memory_section(MemoryConfig& m) {
+  SectionBinding s{"memory",
+                   {bind_string("recompute", m.recompute, {"none", "full", "every_k", "selective", "budget"}),
+                    bind_int("recompute_every", m.recompute_every, at_least(1)),
+                    bind_real("budget_mb", m.budget_mb, at_least(0)),
+                    bind_string("offload", m.offload, {"none", "host", "disk"}),
+                    bind_string("offload_dir", m.offload_dir),
+                    bind_int("offload_min_bytes", m.offload_min_bytes, at_least(0)),
+                    bind_string("activations", m.activations, {"fp32", "bf16", "int8"}),
+                    bind_int("int8_block", m.int8_block, positive()),
+                    bind_string("loss", m.loss, {"full", "chunked"}),
+                    bind_int("loss_chunk", m.loss_chunk, positive()),
+                    bind_int("loss_vocab_chunk", m.loss_vocab_chunk, positive()),
+                    bind_real("loss_filter_eps", m.loss_filter_eps, fraction()),
+                    bind_bool("wta_crs", m.wta_crs),
+                    bind_real("wta_crs_ratio", m.wta_crs_ratio, positive()),
+                    bind_bool("meter", m.meter)}};
+  s.fields[2].check = [&m]() -> std::string {  // budget_mb: needed by recompute=budget
+    return m.recompute == "budget" && !(m.budget_mb > 0)
+               ? fmt::format("must be > 0 when memory.recompute is 'budget', got {}", m.budget_mb)
+               : "";
+  };
+  s.fields[6].check = [&m, choice = s.fields[6].check]() -> std::string {  // activations
+    std::string c = choice();
+    if (!c.empty()) return c;
+    return m.offload != "none" && m.activations != "fp32"
+               ? fmt::format("'{}' cannot be combined with memory.offload '{}'; choose one",
+                             m.activations, m.offload)
+               : "";
+  };
+  s.fields[13].check = [&m]() -> std::string {  // wta_crs_ratio in (0, 1]
+    return m.wta_crs_ratio > 0 && m.wta_crs_ratio <= 1
+               ? "" : fmt::format("must be in (0, 1], got {}", m.wta_crs_ratio);
+  };
+  return s;
+}
+
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.
 class RecipeBinder {
  public:
@@ -109,7 +153,8 @@ class RecipeBinder {
              {bind_string("kind", c.kind, recipe_kind_names()), bind_string("name", c.name),
               bind_string("out_dir", c.out_dir), bind_string("init", c.init)}},
         sections_{model_section(c.model), data_section(c.data), train_section(c.train),
-                  checkpoint_section(c.checkpoint)} {
+                  checkpoint_section(c.checkpoint), comm_section(c.comm),
+                  memory_section(c.memory)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
   }
   RecipeBinder(const RecipeBinder&) = delete;

@@ -4,7 +4,9 @@
 #pragma once
 #include <string>
 
+#include "comm/comm_config.h"
 #include "data/data_config.h"
+#include "memory/memory_config.h"
 #include "model/llama_config.h"
 #include "trainer/train_config.h"
 
@@ -19,6 +21,8 @@ struct RunConfig {
   DataConfig data;
   TrainConfig train;
   CheckpointConfig checkpoint;
+  CommConfig comm;
+  MemoryConfig memory;
 };
 
 }  // namespace condense

@@ -13,7 +13,8 @@ TORCH_VERSION="${CONDENSE_TORCH_VERSION:-2.11.0}"
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config zlib1g-dev
   libopenmpi-dev openmpi-bin libhdf5-dev libyaml-cpp-dev libsentencepiece-dev sentencepiece
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev googletest libgtest-dev
-  dict-gcide fortunes fortunes-min iproute2)
+  dict-gcide fortunes fortunes-min iproute2
+  clang-14 libclang-rt-14-dev)  # libFuzzer targets for the format readers (tests/fuzz)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -29,11 +30,18 @@ fi
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-stamp="$VENV/.condense-deps-$TORCH_VERSION-v2"
+stamp="$VENV/.condense-deps-$TORCH_VERSION-v4"
 if [[ ! -f "$stamp" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
-  "$VENV/bin/pip" install -q numpy h5py "transformers>=4.45,<5" safetensors tensorboard sentencepiece pytest
+  "$VENV/bin/pip" install -q numpy h5py "transformers>=4.45,<5" safetensors tensorboard sentencepiece pytest matplotlib
+  # Reference consumers of the exports (tests only): llama.cpp's gguf reader, and llama.cpp
+  # itself through llama-cpp-python, which compiles llama.cpp from source at install (several
+  # minutes on two cores; pip caches the wheel). 0.3.36 builds here with GCC 12; portable
+  # AVX2/FMA/F16C flags rather than -march=native so the cached wheel runs on any x86-64-v3 CPU.
+  CMAKE_BUILD_PARALLEL_LEVEL=2 \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF" \
+    "$VENV/bin/pip" install -q "gguf==0.19.0" "llama-cpp-python==0.3.36"
   touch "$stamp"
 fi
 echo "[install] ok: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"

@@ -327,5 +327,36 @@ TEST(RecipeYaml, HashStableAndSensitive) {
   EXPECT_NE(recipe_hash(a), recipe_hash(c));
 }
 
+TEST(RecipeMemory, ValuesDefaultsAndErrors) {
+  RunConfig d = parse_recipe("", "m.yaml");
+  EXPECT_EQ(d.memory.recompute, "none");
+  EXPECT_EQ(d.memory.loss, "full");
+  RunConfig c = parse_recipe(
+      "memory:\n  recompute: every_k\n  recompute_every: 3\n  offload: disk\n"
+      "  offload_dir: /tmp/spill\n  loss: chunked\n  loss_chunk: 256\n  wta_crs: true\n"
+      "  wta_crs_ratio: 0.25\n",
+      "m.yaml", {"memory.meter=false"});
+  EXPECT_EQ(c.memory.recompute, "every_k");
+  EXPECT_EQ(c.memory.recompute_every, 3);
+  EXPECT_EQ(c.memory.offload, "disk");
+  EXPECT_EQ(c.memory.offload_dir, "/tmp/spill");
+  EXPECT_EQ(c.memory.loss, "chunked");
+  EXPECT_EQ(c.memory.loss_chunk, 256);
+  EXPECT_TRUE(c.memory.wta_crs);
+  EXPECT_EQ(c.memory.wta_crs_ratio, 0.25);
+  EXPECT_FALSE(c.memory.meter);
+  EXPECT_EQ(to_yaml(parse_recipe(to_yaml(c), "r")), to_yaml(c));
+  expect_parse_error("memory:\n  recompute: some\n",
+                     {"r.yaml:2", "memory.recompute", "none, full, every_k, selective, budget"});
+  expect_parse_error("memory:\n  offload: gpu\n", {"memory.offload", "none, host, disk"});
+  expect_parse_error("memory:\n  activations: fp8\n", {"memory.activations", "fp32, bf16, int8"});
+  expect_parse_error("memory:\n  recompute: budget\n", {"memory.budget_mb", "recompute is 'budget'"});
+  expect_parse_error("memory:\n  offload: disk\n  activations: int8\n",
+                     {"memory.activations", "cannot be combined"});
+  expect_parse_error("memory:\n  wta_crs_ratio: 1.5\n", {"memory.wta_crs_ratio", "(0, 1]"});
+  expect_parse_error("memory:\n  loss_chunk: 0\n", {"memory.loss_chunk", "> 0"});
+  expect_parse_error("memory:\n  bogus: 1\n", {"unknown key 'memory.bogus'", "recompute, recompute_every"});
+}
+
 }  // namespace
 }  // namespace condense

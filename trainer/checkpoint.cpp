@@ -43,7 +43,8 @@ CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
 
 std::string CheckpointManager::save(LlamaForCausalLM& model, const AdamW* optimizer,
                                     const TrainingState& st, const std::string& recipe_yaml,
-                                    const std::string& tokenizer_bytes) {
+                                    const std::string& tokenizer_bytes,
+                                    const std::map<std::string, at::Tensor>& extra) {
   fs::create_directories(dir_);
   std::string name = fmt::format("step_{:06d}.h5", st.step);
   std::string path = (fs::path(dir_) / name).string();
@@ -59,6 +60,7 @@ std::string CheckpointManager::save(LlamaForCausalLM& model, const AdamW* optimi
       rng = gen.get_state();
     }
     f.write_tensor("rng/torch_cpu", rng);
+    for (const auto& [name, t] : extra) f.write_tensor(name, t);
     f.write_string("recipe", recipe_yaml);
     f.write_string("config", to_hf_json(model->config()).dump(2));
     f.write_bytes("tokenizer", tokenizer_bytes);
@@ -152,11 +154,23 @@ void Checkpoint::load_optimizer(AdamW& optimizer) const {
   optimizer.load_state(state);
 }
 
-void Checkpoint::restore_rng() const {
-  at::Tensor rng = file_.read_tensor("rng/torch_cpu");
+void Checkpoint::restore_rng(int rank) const {
+  std::string per_rank = "rng/torch_cpu_rank" + std::to_string(rank);
+  at::Tensor rng = file_.read_tensor(file_.has(per_rank) ? per_rank : "rng/torch_cpu");
   auto gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
   gen.set_state(rng);
+}
+
+std::string resolve_checkpoint_path(const std::string& arg) {
+  if (fs::is_directory(arg)) {
+    for (const std::string& dir : {arg, (fs::path(arg) / "checkpoints").string()}) {
+      auto latest = CheckpointManager(dir, 1).latest();
+      if (latest) return *latest;
+    }
+    fail("{}: no checkpoint found in this directory or its checkpoints/ subdirectory", arg);
+  }
+  return arg;
 }
 
 LlamaForCausalLM load_model(const std::string& checkpoint_path) {

@@ -1,7 +1,7 @@
 // Checkpoints in HDF5. One file per checkpoint holds everything a resume needs:
 //   <HF name>                  model tensors under Hugging Face names (model.layers.0...)
 //   optimizer/<name>/{exp_avg,exp_avg_sq,step}
-//   rng/torch_cpu              the global CPU generator state (dropout, sampling)
+//   rng/torch_cpu[_rank<r>]    CPU generator state of rank 0 [of every rank] (dropout)
 //   recipe                     the resolved recipe (YAML text)
 //   config                     the model's Hugging Face config.json (text)
 //   tokenizer                  the sentencepiece model (bytes)
@@ -9,6 +9,7 @@
 // CheckpointManager writes them atomically (temporary file, fsync, rename, fsync directory),
 // then points the `latest` file at the new one and removes checkpoints beyond `keep`.
 #pragma once
+#include <map>
 #include <optional>
 #include <string>
 
@@ -29,8 +30,10 @@ class CheckpointManager {
  public:
   CheckpointManager(std::string dir, int64_t keep);
   // Writes step_<N>.h5 atomically, updates `latest`, prunes old ones; returns the path.
+  // `extra` tensors are written under their names as given (e.g. per-rank RNG states).
   std::string save(LlamaForCausalLM& model, const AdamW* optimizer, const TrainingState& state,
-                   const std::string& recipe_yaml, const std::string& tokenizer_bytes);
+                   const std::string& recipe_yaml, const std::string& tokenizer_bytes,
+                   const std::map<std::string, at::Tensor>& extra = {});
   // Path of the newest complete checkpoint in the directory, if any.
   std::optional<std::string> latest() const;
   const std::string& dir() const { return dir_; }
@@ -52,13 +55,19 @@ class Checkpoint {
   // unknown model tensor may be left over.
   void load_model(LlamaForCausalLM& model) const;
   void load_optimizer(AdamW& optimizer) const;
-  void restore_rng() const;
+  // Restores this process's CPU generator: rank r's saved state when the checkpoint has one
+  // (rng/torch_cpu_rank<r>), else rng/torch_cpu.
+  void restore_rng(int rank = 0) const;
   const H5File& file() const { return file_; }
 
  private:
   explicit Checkpoint(H5File f) : file_(std::move(f)) {}
   H5File file_;
 };
+
+// A checkpoint argument as users give it: a file, or a run / checkpoint directory, meaning its
+// latest checkpoint (DIR/latest or DIR/checkpoints/latest). Throws naming DIR if it has none.
+std::string resolve_checkpoint_path(const std::string& arg);
 
 // Builds a model with the checkpoint's config and weights (for eval, generate, info).
 LlamaForCausalLM load_model(const std::string& checkpoint_path);

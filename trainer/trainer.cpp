@@ -1,6 +1,7 @@
 #include "trainer/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 
 #include <chrono>
@@ -8,6 +9,8 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "memory/counting_allocator.h"
+#include "memory/memory_meter.h"
 #include "trainer/adamw.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
@@ -15,6 +18,24 @@
 #include "trainer/stop_signal.h"
 
 namespace condense {
+namespace {
+
+// The CPU generator state of every rank ("rng/torch_cpu_rank<r>"), gathered to all ranks.
+// Collective when data parallel.
+std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm) {
+  at::Tensor mine;
+  {
+    auto gen = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    mine = gen.get_state();
+  }
+  std::vector<at::Tensor> all = comm ? comm->all_gather_v(mine) : std::vector<at::Tensor>{mine};
+  std::map<std::string, at::Tensor> out;
+  for (size_t r = 0; r < all.size(); ++r) out["rng/torch_cpu_rank" + std::to_string(r)] = all[r];
+  return out;
+}
+
+}  // namespace
 
 Trainer::Trainer(TrainerSetup setup, LlamaForCausalLM model, BatchLoader loader,
                  std::vector<Batch> validation, LossFn loss)
@@ -31,7 +52,9 @@ double Trainer::validate() {
   double total = 0;
   for (const Batch& b : validation_) total += loss_(model_, b).item<double>();
   model_->train();
-  return total / validation_.size();
+  double mean = total / validation_.size();
+  // Every rank holds the same number of validation batches (validation_batches shards evenly).
+  return setup_.comm ? all_reduce_mean(*setup_.comm, {mean})[0] : mean;
 }
 
 TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
@@ -52,7 +75,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     Checkpoint ckpt = Checkpoint::open(*resume_from);
     ckpt.load_model(model_);
     ckpt.load_optimizer(optimizer);
-    ckpt.restore_rng();
+    ckpt.restore_rng(setup_.comm ? setup_.comm->rank() : 0);
     state = ckpt.state();
     loader_.restore(state.cursor);
     result.checkpoint = *resume_from;
@@ -60,38 +83,87 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
                  state.tokens_seen);
   }
 
-  MetricsLogger metrics(setup_.out_dir, /*enabled=*/true);
-  Progress progress(tc.steps, state.step, tc.log_every);
+  Communicator* comm = setup_.comm;
+  const int world = comm ? comm->size() : 1;
+  const bool rank0 = !comm || comm->rank() == 0;
+  std::unique_ptr<GradientSync> sync;
+  if (world > 1) {
+    // Every rank starts from rank 0's weights (they agree already when all ranks built the model
+    // from the same seed or loaded the same checkpoint; this makes it a guarantee).
+    at::NoGradGuard no_grad;
+    for (auto& [name, p] : params) {
+      at::Tensor t = p.detach();
+      comm->broadcast(t, 0);
+    }
+    sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
+  }
+  MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
+  std::optional<Progress> progress;
+  if (rank0) progress.emplace(tc.steps, state.step, tc.log_every);
+  auto message = [&](const std::string& line) {
+    if (progress) progress->message(line);
+  };
   StopSignal stop;
   model_->train();
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
 
   auto save = [&] {
-    result.checkpoint = checkpoints.save(model_, &optimizer, state, setup_.recipe_yaml,
-                                         setup_.tokenizer_bytes);
-    progress.message(fmt::format("checkpoint {}", result.checkpoint));
+    std::map<std::string, at::Tensor> rng = gather_rng_states(comm);
+    if (rank0) {
+      result.checkpoint = checkpoints.save(model_, &optimizer, state, setup_.recipe_yaml,
+                                           setup_.tokenizer_bytes, rng);
+      message(fmt::format("checkpoint {}", result.checkpoint));
+    }
   };
 
+  // Fault injection for the failure tests (tests/python/test_data_parallel.py): the rank named
+  // by CONDENSE_TEST_FAIL_RANK throws at step CONDENSE_TEST_FAIL_STEP.
+  const char* fail_rank = std::getenv("CONDENSE_TEST_FAIL_RANK");
+  const char* fail_step = std::getenv("CONDENSE_TEST_FAIL_STEP");
+  const int my_rank = comm ? comm->rank() : 0;
+
+  // Per-phase peak tensor bytes in metrics when the recipe installed the counting allocator
+  // (memory.meter; memory/memory_meter.h).
+  std::optional<MemoryMeter> meter;
+  if (counting_cpu_allocator_installed()) meter.emplace();
+
   while (state.step < tc.steps) {
+    if (fail_rank && fail_step && std::atoi(fail_rank) == my_rank &&
+        std::atoll(fail_step) == state.step + 1)
+      fail("injected failure at step {} (CONDENSE_TEST_FAIL_RANK={})", state.step + 1, fail_rank);
     auto t0 = clock::now();
     double lr = schedule.at(state.step);
     double loss_sum = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch batch = loader_.next();
+      if (meter) meter->begin("forward");
       at::Tensor loss = loss_(model_, batch);
+      if (meter) meter->begin("backward");
+      if (sync) sync->begin_backward(micro == tc.grad_accum - 1);
       (loss / static_cast<double>(tc.grad_accum)).backward();
       loss_sum += loss.item<double>();
     }
     double loss = loss_sum / tc.grad_accum;
+    bool stop_now = stop.requested();
+    if (sync) {
+      sync->finish();
+      // One small collective per step: the mean loss for metrics, and whether any rank was
+      // asked to stop, so that all ranks stop after the same step.
+      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0});
+      loss = r[0];
+      stop_now = r[1] > 0;
+    }
     CONDENSE_CHECK(std::isfinite(loss), "training diverged: loss is {} at step {} (lr {:.3e}); "
                    "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
     double grad_norm = clip_grad_norm(trainable, tc.grad_clip);
+    if (meter) meter->begin("optimizer");
     optimizer.step(lr);
     optimizer.zero_grad();
+    if (meter) meter->end();
 
     state.step += 1;
-    int64_t tokens = setup_.tokens_per_micro_batch * tc.grad_accum;
+    int64_t tokens = setup_.tokens_per_micro_batch * tc.grad_accum * world;
     state.tokens_seen += tokens;
     state.cursor = loader_.cursor();
     double dt = std::chrono::duration<double>(clock::now() - t0).count();
@@ -99,29 +171,36 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     double elapsed = std::chrono::duration<double>(clock::now() - start).count();
     result.step = state.step;
     result.train_loss = loss;
-    metrics.log(state.step, {{"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm},
-                             {"tokens_per_s", tokens_per_s}, {"tokens_seen", double(state.tokens_seen)},
-                             {"elapsed_s", elapsed}});
-    progress.update(state.step, loss, tokens_per_s, lr);
+    std::vector<std::pair<std::string, double>> values = {
+        {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
+        {"tokens_seen", double(state.tokens_seen)}, {"elapsed_s", elapsed}};
+    if (sync) {
+      values.emplace_back("comm_bytes", double(sync->last_step().bytes));
+      values.emplace_back("comm_s", sync->last_step().exchange_seconds);
+    }
+    if (meter) {
+      for (const auto& [key, mb] : meter->metrics()) values.emplace_back(key, mb);
+    }
+    metrics.log(state.step, values);
+    if (progress) progress->update(state.step, loss, tokens_per_s, lr);
 
     bool last = state.step == tc.steps;
     if (tc.eval_every > 0 && (state.step % tc.eval_every == 0 || last) && !validation_.empty()) {
       double val = validate();
       result.val_loss = val;
       metrics.log(state.step, {{"loss", val}, {"perplexity", std::exp(val)}}, "val");
-      progress.message(fmt::format("step {} validation loss {:.4f} perplexity {:.2f}", state.step,
-                                   val, std::exp(val)));
+      message(fmt::format("step {} validation loss {:.4f} perplexity {:.2f}", state.step, val,
+                          std::exp(val)));
     }
     bool periodic = setup_.checkpoint.every > 0 && state.step % setup_.checkpoint.every == 0;
-    if (periodic || last || stop.requested()) save();
-    if (stop.requested() && !last) {
+    if (periodic || last || stop_now) save();
+    if (stop_now && !last) {
       result.interrupted = true;
-      progress.message(fmt::format("stopped by signal {} at step {}; continue with --resume",
-                                   StopSignal::last_signal(), state.step));
+      message(fmt::format("stopped by signal at step {}; continue with --resume", state.step));
       break;
     }
   }
-  progress.finish();
+  if (progress) progress->finish();
   metrics.flush();
   return result;
 }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
+#include "comm/grad_sync.h"
 #include "data/loader.h"
 #include "model/llama.h"
 #include "trainer/checkpoint.h"
@@ -24,6 +26,11 @@ struct TrainerSetup {
   std::string recipe_yaml;      // stored in checkpoints
   std::string tokenizer_bytes;  // stored in checkpoints
   int64_t tokens_per_micro_batch = 0;  // batch_size * seq_len (per rank)
+  // Data parallelism: with a communicator of more than one rank, gradients are averaged over
+  // ranks (GradientSync), metrics are reduced, and only rank 0 writes metrics and checkpoints.
+  // The communicator must outlive the Trainer; null means a single process.
+  Communicator* comm = nullptr;
+  GradSyncConfig sync;
 };
 
 struct TrainResult {
@@ -40,7 +47,8 @@ class Trainer {
           std::vector<Batch> validation, LossFn loss);
   // Trains from scratch, or from `resume_from` (a checkpoint path), until train.steps.
   TrainResult run(const std::optional<std::string>& resume_from);
-  // Mean loss over the validation batches, in eval mode without gradients.
+  // Mean loss over the validation batches (of all ranks), in eval mode without gradients.
+  // Collective when data parallel.
   double validate();
 
  private:

@@ -1,0 +1,82 @@
+#include "comm/communicator.h"
+
+#include <ATen/ATen.h>
+
+#include "comm/mpi_communicator.h"
+#include "comm/mpi_runtime.h"
+#include "comm/nccl_communicator.h"
+#include "core/error.h"
+#include "core/hash.h"
+
+#include <spdlog/spdlog.h>
+#include <cstring>
+
+namespace condense {
+namespace {
+
+// One process: every collective is the identity.
+class SelfCommunicator : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  int local_rank() const override { return 0; }
+  std::string backend() const override { return "self"; }
+  void all_reduce_sum(at::Tensor&) override {}
+  void all_gather(const at::Tensor& in, at::Tensor& out) override { out.view(-1).copy_(in.view(-1)); }
+  std::vector<at::Tensor> all_gather_v(const at::Tensor& in) override { return {in.clone()}; }
+  void broadcast(at::Tensor&, int root) override {
+    CONDENSE_CHECK(root == 0, "broadcast from rank {} in a world of 1", root);
+  }
+  void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override { out.view(-1).copy_(in.view(-1)); }
+  void barrier() override {}
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_communicator(const CommConfig& c) {
+  std::string backend = c.backend;
+  if (backend == "auto") {
+    if (c.device == "cuda") backend = "nccl";
+    else backend = launched_by_mpi() ? "mpi" : "self";
+  }
+  if (backend == "self") return std::make_unique<SelfCommunicator>();
+  if (backend == "mpi") {
+    CONDENSE_CHECK(c.device == "cpu", "the mpi backend works on CPU tensors; device is {}", c.device);
+    return std::make_unique<MpiCommunicator>();
+  }
+  if (backend == "nccl") return make_nccl_communicator();
+  fail("unknown communicator backend '{}'; valid: auto, mpi, nccl, self", c.backend);
+}
+
+std::vector<double> all_reduce_mean(Communicator& comm, const std::vector<double>& values) {
+  at::Tensor t = at::tensor(values, at::kDouble);
+  comm.all_reduce_sum(t);
+  t.div_(comm.size());
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+void check_same_on_all_ranks(Communicator& comm, const std::string& text, const std::string& what) {
+  if (comm.size() == 1) return;
+  std::string digest = sha256_hex(text);
+  at::Tensor mine = at::empty({64}, at::kByte);
+  std::memcpy(mine.data_ptr(), digest.data(), 64);
+  at::Tensor all = at::empty({64 * comm.size()}, at::kByte);
+  comm.all_gather(mine, all);
+  std::string differing;
+  for (int r = 0; r < comm.size(); ++r) {
+    std::string d(static_cast<const char*>(all.data_ptr()) + 64 * r, 64);
+    if (d != std::string(static_cast<const char*>(all.data_ptr()), 64))
+      differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (!differing.empty()) {
+    // Say it on every rank, and let every rank say it before any of them aborts the job.
+    spdlog::error("{} differs across ranks: rank(s) {} disagree with rank 0", what, differing);
+    comm.barrier();
+  }
+  CONDENSE_CHECK(differing.empty(),
+                 "{} differs across ranks: rank(s) {} disagree with rank 0 (this rank's hash {}); "
+                 "every rank must run the same recipe and overrides",
+                 what, differing, digest.substr(0, 16));
+}
+
+}  // namespace condense

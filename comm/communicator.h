@@ -1,0 +1,56 @@
+// Communicator: the collectives data-parallel training needs, independent of models.
+//
+// Contract for every method marked "collective": every rank of the world calls it, in the same
+// order, with tensors of the same dtype and (unless stated) the same shape; it returns when
+// this rank's part is complete. Tensors must be contiguous and on the backend's device (CPU for
+// MPI and self, CUDA for NCCL). NCCL work is ordered on the communicator's own CUDA stream,
+// which waits for the caller's current stream first and which the caller's stream waits on
+// afterwards, so callers need no extra synchronization.
+//
+// Backends are chosen by name in make_communicator: "auto" (NCCL when the device is CUDA, MPI
+// when launched by mpirun/srun, else self), "mpi", "nccl", "self".
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "comm/comm_config.h"
+
+namespace condense {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual int local_rank() const = 0;  // rank among the processes on this node
+  virtual std::string backend() const = 0;
+
+  // Collective. In place: t becomes the elementwise sum over ranks (identical on every rank).
+  virtual void all_reduce_sum(at::Tensor& t) = 0;
+  // Collective. out[r * n : (r+1) * n] = in of rank r; in has n elements on every rank and
+  // out has size() * n (flat views are used; shapes beyond numel are not checked).
+  virtual void all_gather(const at::Tensor& in, at::Tensor& out) = 0;
+  // Collective. Variable length: returns every rank's `in` (1-D), in rank order.
+  virtual std::vector<at::Tensor> all_gather_v(const at::Tensor& in) = 0;
+  // Collective. In place: t takes root's values.
+  virtual void broadcast(at::Tensor& t, int root) = 0;
+  // Collective. in has size() * n elements; out (n elements) becomes the sum over ranks of
+  // in[rank * n : (rank+1) * n].
+  virtual void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) = 0;
+  // Collective.
+  virtual void barrier() = 0;
+};
+
+// Creates the world communicator. "mpi" and "nccl" initialize MPI if needed.
+std::unique_ptr<Communicator> make_communicator(const CommConfig& config);
+
+// Collective helpers built on the interface.
+// Mean over ranks of a few doubles (metrics); returns the reduced values.
+std::vector<double> all_reduce_mean(Communicator& comm, const std::vector<double>& values);
+// Throws on every rank, naming the ranks that disagree, unless `text` is identical everywhere.
+void check_same_on_all_ranks(Communicator& comm, const std::string& text, const std::string& what);
+
+}  // namespace condense

@@ -1,0 +1,165 @@
+#include "comm/grad_sync.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include "core/error.h"
+
+namespace condense {
+namespace {
+
+class ReadyHook : public torch::autograd::PostAccumulateGradHook {
+ public:
+  ReadyHook(GradientSync* sync, size_t index) : sync_(sync), index_(index) {}
+  void operator()(const torch::autograd::Variable&) override { sync_->on_grad_ready(index_); }
+
+ private:
+  GradientSync* sync_;
+  size_t index_;
+};
+
+}  // namespace
+
+GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string, at::Tensor>> all,
+                           GradSyncConfig config)
+    : comm_(comm), config_(config) {
+  for (auto& p : all)
+    if (p.second.requires_grad()) params_.push_back(std::move(p));
+  CONDENSE_CHECK(config_.bucket_cap_mb > 0, "bucket_cap_mb must be > 0");
+  const int64_t cap = static_cast<int64_t>(config_.bucket_cap_mb * 1024 * 1024 / sizeof(float));
+  location_.resize(params_.size());
+  arrived_.assign(params_.size(), false);
+  int64_t filled = 0;
+  for (size_t k = params_.size(); k-- > 0;) {
+    const at::Tensor& p = params_[k].second;
+    CONDENSE_CHECK(p.scalar_type() == at::kFloat, "gradient sync supports fp32 parameters; '{}' is {}",
+                   params_[k].first, c10::toString(p.scalar_type()));
+    if (buckets_.empty() || (filled > 0 && filled + p.numel() > cap)) {
+      buckets_.emplace_back();
+      filled = 0;
+    }
+    Bucket& b = buckets_.back();
+    location_[k] = {buckets_.size() - 1, b.params.size()};
+    b.params.push_back(k);
+    b.offsets.push_back(filled);
+    filled += p.numel();
+  }
+  for (Bucket& b : buckets_) {
+    int64_t n = b.offsets.back() + params_[b.params.back()].second.numel();
+    b.flat = at::zeros({n}, params_[b.params.front()].second.options().requires_grad(false));
+  }
+  for (size_t k = 0; k < params_.size(); ++k)
+    torch::autograd::impl::set_post_acc_grad_hooks(params_[k].second,
+                                                   std::make_unique<ReadyHook>(this, k));
+  if (config_.overlap) thread_ = std::thread([this] { comm_loop(); });
+}
+
+GradientSync::~GradientSync() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& p : params_) torch::autograd::impl::set_post_acc_grad_hooks(p.second, nullptr);
+}
+
+void GradientSync::begin_backward(bool sync) {
+  std::lock_guard<std::mutex> lock(mu_);
+  armed_ = sync;
+  if (!sync) return;
+  next_ = 0;
+  stats_ = StepStats{};
+  std::fill(arrived_.begin(), arrived_.end(), false);
+  for (Bucket& b : buckets_) {
+    b.pending = b.params.size();
+    b.ready = b.done = false;
+  }
+}
+
+void GradientSync::on_grad_ready(size_t k) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!armed_ || arrived_[k]) return;
+  mark_ready_locked(k);
+}
+
+// Copies parameter k's gradient (zeros if it has none) into its bucket slot.
+void GradientSync::mark_ready_locked(size_t k) {
+  arrived_[k] = true;
+  auto [bi, slot] = location_[k];
+  Bucket& b = buckets_[bi];
+  const at::Tensor& p = params_[k].second;
+  at::Tensor dst = b.flat.narrow(0, b.offsets[slot], p.numel());
+  if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
+  else dst.zero_();
+  if (--b.pending == 0) {
+    b.ready = true;
+    cv_.notify_all();
+  }
+}
+
+void GradientSync::exchange(Bucket& b) {
+  auto t0 = Clock::now();
+  if (stats_.bytes == 0) stats_.first_exchange_start = t0;
+  comm_.all_reduce_sum(b.flat);
+  b.flat.div_(comm_.size());
+  auto t1 = Clock::now();
+  stats_.last_exchange_end = t1;
+  stats_.exchange_seconds += std::chrono::duration<double>(t1 - t0).count();
+  stats_.bytes += b.flat.numel() * static_cast<int64_t>(sizeof(float));
+}
+
+void GradientSync::comm_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] {
+      return stop_ || (armed_ && next_ < buckets_.size() && buckets_[next_].ready);
+    });
+    if (stop_) return;
+    Bucket& b = buckets_[next_];
+    lock.unlock();
+    try {
+      exchange(b);
+    } catch (...) {
+      lock.lock();
+      error_ = std::current_exception();
+      next_ = buckets_.size();
+      cv_.notify_all();
+      continue;
+    }
+    lock.lock();
+    b.done = true;
+    ++next_;
+    cv_.notify_all();
+  }
+}
+
+void GradientSync::finish() {
+  std::unique_lock<std::mutex> lock(mu_);
+  CONDENSE_CHECK(armed_, "GradientSync::finish without begin_backward(true)");
+  for (size_t k = 0; k < params_.size(); ++k)
+    if (!arrived_[k]) mark_ready_locked(k);
+  if (config_.overlap) {
+    cv_.wait(lock, [&] { return next_ >= buckets_.size(); });
+    if (error_) {
+      auto e = error_;
+      error_ = nullptr;
+      armed_ = false;
+      std::rethrow_exception(e);
+    }
+  } else {
+    for (Bucket& b : buckets_) exchange(b);
+  }
+  armed_ = false;
+  at::NoGradGuard no_grad;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    auto [bi, slot] = location_[k];
+    at::Tensor& p = params_[k].second;
+    at::Tensor src = buckets_[bi].flat.narrow(0, buckets_[bi].offsets[slot], p.numel()).view(p.sizes());
+    if (p.grad().defined()) p.mutable_grad().copy_(src);
+    else p.mutable_grad() = src.clone();
+  }
+}
+
+}  // namespace condense

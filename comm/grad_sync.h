@@ -1,0 +1,89 @@
+// Data-parallel gradient synchronization with buckets exchanged while backward still runs
+// (the approach of PyTorch DDP, Li et al., VLDB 2020).
+//
+// Parameters that require grad are grouped into buckets of at most `bucket_cap_mb`, in reverse
+// registration order (roughly the order backward produces their gradients), identically on
+// every rank. A post-accumulate-grad hook on each parameter copies its gradient into its
+// bucket's flat fp32 buffer; when a bucket is complete, a communication thread all-reduces it.
+// Buckets are exchanged strictly in bucket order, so every rank issues the same collectives in
+// the same order. finish() waits for all buckets and writes the mean over ranks back into each
+// parameter's grad. Parameters that got no gradient in a step contribute zeros.
+//
+// Gradient accumulation: begin_backward(false) before non-final micro-steps leaves gradients
+// local; begin_backward(true) before the last one arms the exchange.
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "comm/communicator.h"
+
+namespace condense {
+
+struct GradSyncConfig {
+  double bucket_cap_mb = 25.0;
+  bool overlap = true;  // false: exchange every bucket in finish(), after backward
+};
+
+class GradientSync {
+ public:
+  using Clock = std::chrono::steady_clock;
+  struct Bucket {
+    std::vector<size_t> params;    // indices into the parameter list
+    std::vector<int64_t> offsets;  // element offset of each parameter in `flat`
+    at::Tensor flat;               // fp32, contiguous
+    size_t pending = 0;            // gradients still to arrive this step
+    bool ready = false, done = false;
+  };
+  struct StepStats {
+    int64_t bytes = 0;            // payload bytes all-reduced by this rank
+    double exchange_seconds = 0;  // time inside collectives
+    Clock::time_point first_exchange_start, last_exchange_end;
+  };
+
+  // `comm` must outlive this object. Collective: all ranks construct it with the same
+  // parameter list (names are used only in errors).
+  GradientSync(Communicator& comm, std::vector<std::pair<std::string, at::Tensor>> params,
+               GradSyncConfig config);
+  ~GradientSync();
+  GradientSync(const GradientSync&) = delete;
+  GradientSync& operator=(const GradientSync&) = delete;
+
+  void begin_backward(bool sync_this_micro_step);
+  // Collective. Blocks until every bucket is exchanged; grads then hold the global mean.
+  void finish();
+
+  const std::vector<Bucket>& buckets() const { return buckets_; }
+  const StepStats& last_step() const { return stats_; }
+
+  // Called by the hooks (public for the hook class; not for users).
+  void on_grad_ready(size_t param_index);
+
+ private:
+  void mark_ready_locked(size_t param_index);
+  void exchange(Bucket& b);
+  void comm_loop();
+
+  Communicator& comm_;
+  std::vector<std::pair<std::string, at::Tensor>> params_;
+  std::vector<std::pair<size_t, size_t>> location_;  // param -> (bucket, slot)
+  std::vector<bool> arrived_;
+  std::vector<Bucket> buckets_;
+  GradSyncConfig config_;
+  StepStats stats_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool armed_ = false, stop_ = false;
+  size_t next_ = 0;  // next bucket to exchange
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
+}  // namespace condense

@@ -1,0 +1,130 @@
+#include "comm/mpi_communicator.h"
+
+#include <ATen/ATen.h>
+
+#include <climits>
+
+#include "comm/mpi_runtime.h"
+#include "core/error.h"
+
+namespace condense {
+namespace {
+
+MPI_Datatype mpi_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kLong: return MPI_INT64_T;
+    case at::kInt: return MPI_INT32_T;
+    case at::kByte: return MPI_UINT8_T;
+    case at::kChar: return MPI_INT8_T;
+    default: fail("MPI communicator: unsupported dtype {}", c10::toString(t));
+  }
+}
+
+void check_cpu_contiguous(const at::Tensor& t, const char* op) {
+  CONDENSE_CHECK(t.device().is_cpu() && t.is_contiguous(),
+                 "MPI {}: tensors must be contiguous CPU tensors", op);
+}
+
+// Calls fn(offset, count) over chunks whose count fits an int.
+template <typename Fn>
+void chunked(int64_t n, Fn fn) {
+  constexpr int64_t kMax = INT_MAX / 2;
+  for (int64_t off = 0; off < n; off += kMax) fn(off, static_cast<int>(std::min(kMax, n - off)));
+  if (n == 0) fn(0, 0);
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator() {
+  ensure_mpi_initialized();
+  check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+  MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN);
+  MPI_Comm_rank(comm_, &rank_);
+  MPI_Comm_size(comm_, &size_);
+  MPI_Comm local;
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local),
+            "MPI_Comm_split_type");
+  MPI_Comm_rank(local, &local_rank_);
+  MPI_Comm_free(&local);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  if (comm_ != MPI_COMM_NULL && mpi_initialized()) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::all_reduce_sum(at::Tensor& t) {
+  check_cpu_contiguous(t, "all_reduce");
+  MPI_Datatype type = mpi_type(t.scalar_type());
+  char* base = static_cast<char*>(t.data_ptr());
+  int64_t elem = t.element_size();
+  chunked(t.numel(), [&](int64_t off, int count) {
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, base + off * elem, count, type, MPI_SUM, comm_),
+              "MPI_Allreduce");
+  });
+}
+
+void MpiCommunicator::all_gather(const at::Tensor& in, at::Tensor& out) {
+  check_cpu_contiguous(in, "all_gather");
+  check_cpu_contiguous(out, "all_gather");
+  CONDENSE_CHECK(out.numel() == in.numel() * size_ && out.scalar_type() == in.scalar_type(),
+                 "MPI all_gather: out has {} elements, expected {} x {}", out.numel(), size_,
+                 in.numel());
+  CONDENSE_CHECK(in.numel() <= INT_MAX, "MPI all_gather: {} elements exceed one call", in.numel());
+  MPI_Datatype type = mpi_type(in.scalar_type());
+  check_mpi(MPI_Allgather(in.data_ptr(), static_cast<int>(in.numel()), type, out.data_ptr(),
+                          static_cast<int>(in.numel()), type, comm_),
+            "MPI_Allgather");
+}
+
+std::vector<at::Tensor> MpiCommunicator::all_gather_v(const at::Tensor& in_raw) {
+  at::Tensor in = in_raw.contiguous();
+  check_cpu_contiguous(in, "all_gather_v");
+  at::Tensor counts = at::empty({size_}, at::kLong);
+  at::Tensor mine = at::full({1}, in.numel(), at::kLong);
+  all_gather(mine, counts);
+  std::vector<int> recv(size_), displs(size_);
+  int64_t total = 0;
+  for (int r = 0; r < size_; ++r) {
+    int64_t c = counts[r].item<int64_t>();
+    CONDENSE_CHECK(total + c <= INT_MAX, "MPI all_gather_v: total exceeds one call");
+    recv[r] = static_cast<int>(c);
+    displs[r] = static_cast<int>(total);
+    total += c;
+  }
+  at::Tensor out = at::empty({total}, in.options());
+  MPI_Datatype type = mpi_type(in.scalar_type());
+  check_mpi(MPI_Allgatherv(in.data_ptr(), static_cast<int>(in.numel()), type, out.data_ptr(),
+                           recv.data(), displs.data(), type, comm_),
+            "MPI_Allgatherv");
+  std::vector<at::Tensor> parts;
+  for (int r = 0; r < size_; ++r) parts.push_back(out.narrow(0, displs[r], recv[r]));
+  return parts;
+}
+
+void MpiCommunicator::broadcast(at::Tensor& t, int root) {
+  check_cpu_contiguous(t, "broadcast");
+  MPI_Datatype type = mpi_type(t.scalar_type());
+  char* base = static_cast<char*>(t.data_ptr());
+  int64_t elem = t.element_size();
+  chunked(t.numel(), [&](int64_t off, int count) {
+    check_mpi(MPI_Bcast(base + off * elem, count, type, root, comm_), "MPI_Bcast");
+  });
+}
+
+void MpiCommunicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) {
+  check_cpu_contiguous(in, "reduce_scatter");
+  check_cpu_contiguous(out, "reduce_scatter");
+  CONDENSE_CHECK(in.numel() == out.numel() * size_ && in.scalar_type() == out.scalar_type(),
+                 "MPI reduce_scatter: in has {} elements, expected {} x {}", in.numel(), size_,
+                 out.numel());
+  CONDENSE_CHECK(out.numel() <= INT_MAX, "MPI reduce_scatter: block too large for one call");
+  check_mpi(MPI_Reduce_scatter_block(in.data_ptr(), out.data_ptr(), static_cast<int>(out.numel()),
+                                     mpi_type(in.scalar_type()), MPI_SUM, comm_),
+            "MPI_Reduce_scatter_block");
+}
+
+void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+}  // namespace condense

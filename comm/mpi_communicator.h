@@ -1,0 +1,32 @@
+// The MPI backend: Open MPI collectives on CPU tensors over MPI_COMM_WORLD (or a duplicate of
+// it, so condense's traffic never mixes with another library's). See communicator.h for the
+// collective contract. Counts beyond INT_MAX are split into several calls.
+#pragma once
+#include <mpi.h>
+
+#include "comm/communicator.h"
+
+namespace condense {
+
+class MpiCommunicator : public Communicator {
+ public:
+  MpiCommunicator();  // initializes MPI if needed; duplicates MPI_COMM_WORLD
+  ~MpiCommunicator() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  std::string backend() const override { return "mpi"; }
+  void all_reduce_sum(at::Tensor& t) override;
+  void all_gather(const at::Tensor& in, at::Tensor& out) override;
+  std::vector<at::Tensor> all_gather_v(const at::Tensor& in) override;
+  void broadcast(at::Tensor& t, int root) override;
+  void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override;
+  void barrier() override;
+  MPI_Comm comm() const { return comm_; }
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+};
+
+}  // namespace condense

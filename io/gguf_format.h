@@ -1,0 +1,133 @@
+// GGUF v3 constants and the element codecs shared by the writer and the reader, without
+// LibTorch. Spec: ggml's docs/gguf.md (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md):
+// little-endian; "GGUF", u32 version, u64 tensor count, u64 metadata count; metadata as
+// (string key, u32 value type, value) with strings stored as u64 length + bytes; tensor infos
+// (string name, u32 n_dims, u64 ne[n_dims] with ne[0] the fastest-varying dimension, u32 ggml
+// type, u64 offset into the data section); the data section starts at the next multiple of
+// general.alignment (default 32) and every tensor's offset is a multiple of it.
+//
+// Q8_0 (ggml-quants.c, quantize_row_q8_0_ref): blocks of 32 values, each an fp16 scale
+// d = max|x| / 127 followed by 32 int8 q = round(x / d); x is restored as d * q.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace condense {
+
+constexpr uint32_t kGgufMagic = 0x46554747;  // "GGUF" read as a little-endian u32
+constexpr uint32_t kGgufVersion = 3;
+constexpr uint32_t kGgufDefaultAlignment = 32;
+
+enum class GgufValueType : uint32_t {
+  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
+  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+};
+
+// The ggml tensor types condense writes and reads (ggml.h, enum ggml_type).
+enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+// llama.cpp's general.file_type values (llama.h, enum llama_ftype).
+enum class GgufFileType : uint32_t { kAllF32 = 0, kMostlyF16 = 1, kMostlyQ8_0 = 7, kMostlyBF16 = 32 };
+
+constexpr int64_t kQ8_0Block = 32;
+constexpr int64_t kQ8_0BlockBytes = 2 + 32;
+
+// Bytes for `n` elements of `type` (n a multiple of the block size for Q8_0); 0 if unknown.
+inline uint64_t ggml_nbytes(uint32_t type, uint64_t n) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::kF32: return 4 * n;
+    case GgmlType::kF16: case GgmlType::kBF16: return 2 * n;
+    case GgmlType::kQ8_0: return n / kQ8_0Block * kQ8_0BlockBytes;
+  }
+  return 0;
+}
+inline int64_t ggml_block_size(uint32_t type) {
+  return static_cast<GgmlType>(type) == GgmlType::kQ8_0 ? kQ8_0Block : 1;
+}
+inline bool ggml_type_known(uint32_t type) { return ggml_nbytes(type, kQ8_0Block) > 0; }
+
+inline float f16_to_f32(uint16_t h) {
+  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: value = mant * 2^-24
+      float v = std::ldexp(static_cast<float>(mant), -24);
+      return sign ? -v : v;
+    }
+  } else {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Round to nearest even, as the F16C instruction llama.cpp uses does.
+inline uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
+  if (ax >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504
+  if (ax < 0x38800000u) {  // result is subnormal or zero: round ax * 2^24 to an integer
+    float v;
+    std::memcpy(&v, &ax, 4);
+    float scaled = v * 16777216.0f;  // exact (power of two)
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(scaled)));
+  }
+  uint32_t mant_round = ax + 0xfffu + ((ax >> 13) & 1u);  // round to nearest even at bit 13
+  return static_cast<uint16_t>(sign | ((mant_round - 0x38000000u) >> 13));
+}
+
+inline float bf16_to_f32(uint16_t b) {
+  uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  return static_cast<uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+// Quantizes n (a multiple of 32) floats into n/32 Q8_0 blocks at `out`.
+inline void quantize_q8_0(const float* x, int64_t n, uint8_t* out) {
+  for (int64_t b = 0; b < n / kQ8_0Block; ++b) {
+    const float* v = x + b * kQ8_0Block;
+    float amax = 0;
+    for (int j = 0; j < kQ8_0Block; ++j) amax = std::fmax(amax, std::fabs(v[j]));
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    uint16_t dh = f32_to_f16(d);
+    uint8_t* blk = out + b * kQ8_0BlockBytes;
+    std::memcpy(blk, &dh, 2);
+    for (int j = 0; j < kQ8_0Block; ++j) {
+      int8_t q = static_cast<int8_t>(std::roundf(v[j] * id));
+      std::memcpy(blk + 2 + j, &q, 1);
+    }
+  }
+}
+
+inline void dequantize_q8_0(const uint8_t* in, int64_t n, float* x) {
+  for (int64_t b = 0; b < n / kQ8_0Block; ++b) {
+    const uint8_t* blk = in + b * kQ8_0BlockBytes;
+    uint16_t dh;
+    std::memcpy(&dh, blk, 2);
+    float d = f16_to_f32(dh);
+    for (int j = 0; j < kQ8_0Block; ++j) {
+      int8_t q;
+      std::memcpy(&q, blk + 2 + j, 1);
+      x[b * kQ8_0Block + j] = d * q;
+    }
+  }
+}
+
+}  // namespace condense

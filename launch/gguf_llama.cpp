@@ -1,0 +1,195 @@
+#include "launch/gguf_llama.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/shape.h"
+#include "io/gguf_reader.h"
+#include "io/gguf_writer.h"
+#include "model/tokenizer.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace {
+
+struct TypeChoice {
+  GgmlType matrices;
+  GgufFileType file_type;
+};
+
+TypeChoice parse_gguf_type(const std::string& t) {
+  if (t == "f32") return {GgmlType::kF32, GgufFileType::kAllF32};
+  if (t == "f16") return {GgmlType::kF16, GgufFileType::kMostlyF16};
+  if (t == "bf16") return {GgmlType::kBF16, GgufFileType::kMostlyBF16};
+  if (t == "q8_0") return {GgmlType::kQ8_0, GgufFileType::kMostlyQ8_0};
+  fail("unknown GGUF type '{}' (valid: f32, f16, bf16, q8_0)", t);
+}
+
+bool is_q(const std::string& n) { return n.find("self_attn.q_proj.weight") != std::string::npos; }
+bool is_k(const std::string& n) { return n.find("self_attn.k_proj.weight") != std::string::npos; }
+
+}  // namespace
+
+at::Tensor permute_qk_for_gguf(const at::Tensor& w, int64_t n_head) {
+  int64_t hd = w.size(0) / n_head;
+  return w.reshape({n_head, 2, hd / 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+at::Tensor unpermute_qk_from_gguf(const at::Tensor& w, int64_t n_head) {
+  int64_t hd = w.size(0) / n_head;
+  return w.reshape({n_head, hd / 2, 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
+}
+
+std::string gguf_tensor_name(const std::string& n) {
+  if (n == "model.embed_tokens.weight") return "token_embd.weight";
+  if (n == "model.norm.weight") return "output_norm.weight";
+  if (n == "lm_head.weight") return "output.weight";
+  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+)\.weight)");
+  static const std::pair<const char*, const char*> kMap[] = {
+      {"input_layernorm", "attn_norm"},      {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},        {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"},   {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},         {"mlp.up_proj", "ffn_up"},
+      {"mlp.down_proj", "ffn_down"}};
+  std::smatch m;
+  if (std::regex_match(n, m, layer))
+    for (const auto& [hf, gg] : kMap)
+      if (m[2] == hf) return "blk." + m[1].str() + "." + gg + ".weight";
+  fail("no GGUF name for tensor '{}'", n);
+}
+
+GgufExportStats export_gguf(const std::string& checkpoint_path, const std::string& out_path,
+                            const std::string& type) {
+  auto t0 = std::chrono::steady_clock::now();
+  TypeChoice choice = parse_gguf_type(type);
+  Checkpoint ckpt = Checkpoint::open(checkpoint_path);
+  std::string tok_bytes = ckpt.tokenizer_bytes();
+  CONDENSE_CHECK(!tok_bytes.empty(), "{}: the checkpoint has no tokenizer; a GGUF for llama.cpp "
+                 "needs one (import with --tokenizer T.model)", checkpoint_path);
+  Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+  LlamaForCausalLM model(ckpt.config());
+  ckpt.load_model(model);
+  const LlamaConfig& c = model->config();
+  CONDENSE_CHECK(tok.vocab_size() <= c.vocab_size, "{}: tokenizer has {} pieces, more than the "
+                 "model's vocab_size {}", checkpoint_path, tok.vocab_size(), c.vocab_size);
+
+  GgufWriter w;
+  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
+  w.add_string("general.architecture", "llama");
+  w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
+  w.add_u32("general.file_type", static_cast<uint32_t>(choice.file_type));
+  w.add_u32("general.quantization_version", 2);
+  w.add_u32("general.alignment", kGgufDefaultAlignment);
+  w.add_u32("llama.vocab_size", u32(c.vocab_size));
+  w.add_u32("llama.context_length", u32(c.max_position_embeddings));
+  w.add_u32("llama.embedding_length", u32(c.hidden_size));
+  w.add_u32("llama.block_count", u32(c.num_hidden_layers));
+  w.add_u32("llama.feed_forward_length", u32(c.intermediate_size));
+  w.add_u32("llama.rope.dimension_count", u32(c.head_size()));
+  w.add_u32("llama.attention.head_count", u32(c.num_attention_heads));
+  w.add_u32("llama.attention.head_count_kv", u32(c.kv_heads()));
+  w.add_u32("llama.attention.key_length", u32(c.head_size()));
+  w.add_u32("llama.attention.value_length", u32(c.head_size()));
+  w.add_f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
+  w.add_f32("llama.rope.freq_base", static_cast<float>(c.rope_theta));
+
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  for (int id = 0; id < tok.vocab_size(); ++id) {
+    pieces.push_back(tok.piece(id));
+    scores.push_back(tok.score(id));
+    types.push_back(tok.is_control(id) ? 3 : tok.is_unknown(id) ? 2 : tok.is_byte(id) ? 6 : 1);
+  }
+  for (int64_t id = tok.vocab_size(); id < c.vocab_size; ++id) {  // padded embedding rows
+    pieces.push_back(fmt::format("[PAD{}]", id));
+    scores.push_back(-1000.0f);
+    types.push_back(5);
+  }
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", pieces);
+  w.add_f32_array("tokenizer.ggml.scores", scores);
+  w.add_i32_array("tokenizer.ggml.token_type", types);
+  w.add_u32("tokenizer.ggml.bos_token_id", u32(tok.bos_id()));
+  w.add_u32("tokenizer.ggml.eos_token_id", u32(tok.eos_id()));
+  w.add_u32("tokenizer.ggml.unknown_token_id", u32(tok.unk_id()));
+  w.add_bool("tokenizer.ggml.add_bos_token", true);
+  w.add_bool("tokenizer.ggml.add_eos_token", false);
+
+  at::NoGradGuard no_grad;
+  uint64_t weight_bytes = 0;
+  for (const auto& p : model->named_parameters()) {
+    const std::string& name = p.key();
+    at::Tensor t = p.value().detach().to(at::kFloat).contiguous();
+    if (is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
+    if (is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
+    GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
+    if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
+    w.add_tensor(gguf_tensor_name(name), t, gt);
+    weight_bytes += t.nbytes();
+  }
+  w.write(out_path);
+  GgufExportStats st;
+  st.bytes_written = std::filesystem::file_size(out_path);
+  st.weight_bytes = weight_bytes;
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+LlamaForCausalLM load_gguf_model(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  CONDENSE_CHECK(in.good(), "{}: cannot open", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const std::string image = ss.str();
+  GgufReader r(reinterpret_cast<const uint8_t*>(image.data()), image.size(), path);
+  CONDENSE_CHECK(r.has("general.architecture") && r.get("general.architecture").value == "llama",
+                 "{}: general.architecture is not 'llama'", path);
+  LlamaConfig c;
+  c.vocab_size = r.tensor("token_embd.weight").ne[1];
+  c.hidden_size = static_cast<int64_t>(r.get_uint("llama.embedding_length"));
+  c.num_hidden_layers = static_cast<int64_t>(r.get_uint("llama.block_count"));
+  c.intermediate_size = static_cast<int64_t>(r.get_uint("llama.feed_forward_length"));
+  c.num_attention_heads = static_cast<int64_t>(r.get_uint("llama.attention.head_count"));
+  c.num_key_value_heads = r.has("llama.attention.head_count_kv")
+                              ? static_cast<int64_t>(r.get_uint("llama.attention.head_count_kv"))
+                              : c.num_attention_heads;
+  c.head_dim = static_cast<int64_t>(r.get_uint("llama.rope.dimension_count"));
+  c.max_position_embeddings = static_cast<int64_t>(r.get_uint("llama.context_length"));
+  const auto& eps = r.get("llama.attention.layer_norm_rms_epsilon").value;
+  const auto& theta = r.has("llama.rope.freq_base") ? r.get("llama.rope.freq_base").value : nlohmann::json(10000.0);
+  CONDENSE_CHECK(eps.is_number() && theta.is_number(), "{}: rms epsilon / rope base are not numbers", path);
+  c.rms_norm_eps = eps.get<double>();
+  c.rope_theta = theta.get<double>();
+  bool has_output = false;
+  for (const auto& t : r.tensors()) has_output |= t.name == "output.weight";
+  c.tie_word_embeddings = !has_output;
+  if (r.has("tokenizer.ggml.bos_token_id"))
+    c.bos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.bos_token_id"));
+  if (r.has("tokenizer.ggml.eos_token_id"))
+    c.eos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.eos_token_id"));
+  c.finalize();
+  LlamaForCausalLM model(c);
+  at::NoGradGuard no_grad;
+  for (auto& p : model->named_parameters()) {
+    std::string gname = gguf_tensor_name(p.key());
+    const GgufTensorInfo& info = r.tensor(gname);
+    CONDENSE_CHECK(info.torch_shape() == std::vector<int64_t>(p.value().sizes().begin(), p.value().sizes().end()),
+                   "{}: tensor '{}' has shape {}, the model expects {}", path, gname,
+                   shape_str(info.torch_shape()), shape_str(p.value().sizes()));
+    std::vector<float> v = r.dequantize(info);
+    at::Tensor t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
+    if (is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
+    if (is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
+    p.value().copy_(t);
+  }
+  return model;
+}
+
+}  // namespace condense

@@ -1,0 +1,40 @@
+// condense checkpoint <-> GGUF for llama.cpp's `llama` architecture (layout and traps in
+// DESIGN.md "Formats"; names as llama.cpp's convert_hf_to_gguf.py writes them:
+// token_embd, blk.N.attn_q ... ffn_down, output_norm, output). Hugging Face's RoPE rotates
+// the two halves of each head while llama.cpp's llama rotates adjacent pairs, so q_proj and
+// k_proj rows are permuted per head on export, gguf_row[h*hd + 2i + j] = hf_row[h*hd + j*hd/2 + i],
+// and un-permuted on load. The sentencepiece tokenizer goes in as tokenizer.ggml.model
+// "llama" with pieces, scores and token types (1 normal, 2 unknown, 3 control, 5 unused
+// padding, 6 byte). Norm weights (1-D) stay F32 in every type, as llama.cpp's converter keeps
+// them; a Q8_0 export stores a matrix whose rows are not a multiple of 32 as F16.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "model/llama.h"
+
+namespace condense {
+
+// HF row order -> llama.cpp row order for a q/k weight [n_head * head_dim, in]; and back.
+at::Tensor permute_qk_for_gguf(const at::Tensor& w, int64_t n_head);
+at::Tensor unpermute_qk_from_gguf(const at::Tensor& w, int64_t n_head);
+// "model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"; throws for unknown names.
+std::string gguf_tensor_name(const std::string& hf_name);
+
+struct GgufExportStats {
+  uint64_t bytes_written = 0;  // file size
+  uint64_t weight_bytes = 0;   // the checkpoint's float32 tensor data converted
+  double seconds = 0;
+};
+
+// type: "f32" | "f16" | "bf16" | "q8_0". The checkpoint must hold a tokenizer.
+GgufExportStats export_gguf(const std::string& checkpoint_path, const std::string& out_path,
+                            const std::string& type);
+
+// Rebuilds a float32 model from a GGUF file written by export_gguf (or llama.cpp's converter
+// with the same types): config from llama.* metadata, weights dequantized and un-permuted.
+LlamaForCausalLM load_gguf_model(const std::string& path);
+
+}  // namespace condense

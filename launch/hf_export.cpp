@@ -1,0 +1,97 @@
+#include "launch/hf_export.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors_shards.h"
+#include "model/tokenizer.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+
+at::ScalarType parse_export_dtype(const std::string& name) {
+  if (name == "f32") return at::kFloat;
+  if (name == "f16") return at::kHalf;
+  if (name == "bf16") return at::kBFloat16;
+  fail("unknown dtype '{}' (valid: f32, f16, bf16)", name);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> hf_state_dict(LlamaForCausalLM& model) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model->named_parameters()) out.emplace_back(p.key(), p.value().detach());
+  return out;
+}
+
+ExportStats export_hf(const std::string& checkpoint_path, const std::string& out_dir,
+                      const std::string& dtype_name, uint64_t max_shard_bytes) {
+  auto t0 = std::chrono::steady_clock::now();
+  at::ScalarType dtype = parse_export_dtype(dtype_name);
+  fs::path target = fs::absolute(out_dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();  // "out/" names "out"
+  CONDENSE_CHECK(!fs::exists(target) || (fs::is_directory(target) && fs::is_empty(target)),
+                 "{}: exists and is not an empty directory; refusing to overwrite it", out_dir);
+  Checkpoint ckpt = Checkpoint::open(checkpoint_path);
+  LlamaForCausalLM model(ckpt.config());
+  ckpt.load_model(model);
+  const LlamaConfig& c = model->config();
+  std::string tok_bytes = ckpt.tokenizer_bytes();
+
+  fs::create_directories(target.parent_path());
+  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".export." +
+                                         std::to_string(::getpid()));
+  ExportStats st;
+  try {
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (auto& [name, t] : hf_state_dict(model)) {
+      tensors.emplace_back(name, t.to(dtype).contiguous());
+      st.bytes_written += tensors.back().second.nbytes();
+    }
+    st.files = write_safetensors_shards(tmp.string(), tensors, max_shard_bytes);
+
+    nlohmann::json config = to_hf_json(c);
+    config["torch_dtype"] = dtype == at::kFloat ? "float32" : dtype == at::kHalf ? "float16" : "bfloat16";
+    write_text_atomically((tmp / "config.json").string(), config.dump(2) + "\n");
+    nlohmann::json gen = {{"_from_model_config", true}, {"bos_token_id", c.bos_token_id},
+                          {"eos_token_id", c.eos_token_id}};
+    write_text_atomically((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
+    st.files.insert(st.files.end(), {"config.json", "generation_config.json"});
+    if (!tok_bytes.empty()) {
+      Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+      tok.save((tmp / "tokenizer.model").string());
+      nlohmann::json special = {{"bos_token", tok.piece(tok.bos_id())},
+                                {"eos_token", tok.piece(tok.eos_id())},
+                                {"unk_token", tok.piece(tok.unk_id())}};
+      nlohmann::json tcfg = special;
+      tcfg["tokenizer_class"] = "LlamaTokenizer";
+      tcfg["add_bos_token"] = true;
+      tcfg["add_eos_token"] = false;
+      tcfg["legacy"] = true;  // plain sentencepiece behaviour, as condense tokenizes
+      tcfg["clean_up_tokenization_spaces"] = false;
+      tcfg["model_max_length"] = c.max_position_embeddings;
+      tcfg["sp_model_kwargs"] = nlohmann::json::object();
+      write_text_atomically((tmp / "tokenizer_config.json").string(), tcfg.dump(2) + "\n");
+      write_text_atomically((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
+      st.files.insert(st.files.end(), {"tokenizer.model", "tokenizer_config.json",
+                                       "special_tokens_map.json"});
+    }
+    if (fs::exists(target)) fs::remove(target);  // empty, checked above
+    fs::rename(tmp, target);
+    fsync_path(target.parent_path().string());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace condense

@@ -1,0 +1,141 @@
+#include "launch/hf_import.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <spdlog/spdlog.h>
+#include <sstream>
+
+#include "core/error.h"
+#include "core/shape.h"
+#include "io/atomic_file.h"
+#include "io/safetensors_shards.h"
+#include "model/tokenizer.h"
+#include "recipes/recipe_parser.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+namespace {
+
+std::string read_binary(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  CONDENSE_CHECK(in.good(), "cannot read {}", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_override) {
+  CONDENSE_CHECK(fs::is_directory(dir), "{}: not a directory (expected a Hugging Face model "
+                 "directory with config.json and *.safetensors)", dir);
+  std::string config_path = (fs::path(dir) / "config.json").string();
+  CONDENSE_CHECK(fs::exists(config_path), "{}: missing config.json", dir);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(config_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", config_path, e.what());
+  }
+  if (j.is_object() && j.contains("architectures") && j["architectures"].is_array())
+    for (const auto& a : j["architectures"])
+      CONDENSE_CHECK(a == "LlamaForCausalLM", "{}: architecture {} is not LlamaForCausalLM",
+                     config_path, a.dump());
+  LlamaConfig config = from_hf_json(j, config_path);
+  SafetensorsShards shards = SafetensorsShards::open(dir);
+
+  HfModel out;
+  out.model = LlamaForCausalLM(config);
+  at::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (auto& p : out.model->named_parameters()) {
+    const std::string& name = p.key();
+    CONDENSE_CHECK(shards.has(name), "{}: missing tensor '{}' (required by config.json)", dir, name);
+    const SafetensorsEntry& e = shards.entry(name);
+    CONDENSE_CHECK(e.dtype == "F32" || e.dtype == "F16" || e.dtype == "BF16",
+                   "{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", shards.file_of(name),
+                   name, e.dtype);
+    at::Tensor t = shards.tensor(name);
+    CONDENSE_CHECK(t.sizes() == p.value().sizes(), "{}: tensor '{}' has shape {} but config.json "
+                   "implies {}", shards.file_of(name), name, shape_str(t.sizes()),
+                   shape_str(p.value().sizes()));
+    p.value().copy_(t);
+    out.weight_bytes += e.end - e.begin;
+    used.insert(name);
+  }
+  for (const std::string& name : shards.names()) {
+    if (used.count(name)) continue;
+    if (name == "lm_head.weight" && config.tie_word_embeddings) {
+      // Some writers save the tied head too; accept it only if it really is the embedding.
+      at::Tensor head = shards.tensor(name);
+      CONDENSE_CHECK(head.sizes() == out.model->model->embed_tokens->weight.sizes() &&
+                         head.to(at::kFloat).equal(out.model->model->embed_tokens->weight),
+                     "{}: tie_word_embeddings is true but 'lm_head.weight' differs from "
+                     "'model.embed_tokens.weight'", shards.file_of(name));
+      continue;
+    }
+    if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old HF buffers
+    fail("{}: unexpected tensor '{}' for this config.json", shards.file_of(name), name);
+  }
+
+  std::string tok_path = tokenizer_override.empty() ? (fs::path(dir) / "tokenizer.model").string()
+                                                    : tokenizer_override;
+  if (fs::exists(tok_path)) {
+    Tokenizer tok = Tokenizer::load(tok_path);
+    CONDENSE_CHECK(tok.vocab_size() <= config.vocab_size, "{}: the tokenizer has {} pieces but "
+                   "config.json's vocab_size is {}", tok_path, tok.vocab_size(), config.vocab_size);
+    out.tokenizer_bytes = tok.serialized();
+    out.tokenizer_path = fs::absolute(tok_path).string();
+  } else {
+    CONDENSE_CHECK(tokenizer_override.empty(), "{}: tokenizer file not found", tok_path);
+  }
+  return out;
+}
+
+ImportStats import_hf(const std::string& dir, const std::string& out_path,
+                      const std::string& tokenizer_override) {
+  auto t0 = std::chrono::steady_clock::now();
+  CONDENSE_CHECK(!fs::exists(out_path), "{}: already exists; refusing to overwrite it", out_path);
+  HfModel hf = load_hf_dir(dir, tokenizer_override);
+  if (hf.tokenizer_bytes.empty())
+    spdlog::warn("{} has no tokenizer.model: the checkpoint has no tokenizer, so eval, generate, "
+                 "score and GGUF export will refuse it; pass --tokenizer T.model to add one", dir);
+  RunConfig cfg;
+  cfg.name = fs::path(out_path).stem().string();
+  cfg.model = hf.model->config();
+  cfg.data.tokenizer = hf.tokenizer_path;
+  std::string recipe = to_yaml(cfg);
+  parse_recipe(recipe, out_path + ":recipe");  // the recipe must read back
+
+  fs::path target = fs::absolute(out_path);
+  CONDENSE_CHECK(fs::is_directory(target.parent_path()), "{}: directory {} does not exist",
+                 out_path, target.parent_path().string());
+  fs::path tmp_dir = target.parent_path() /
+                     ("." + target.filename().string() + ".import." + std::to_string(::getpid()));
+  try {
+    std::string written =
+        CheckpointManager(tmp_dir.string(), 1).save(hf.model, nullptr, TrainingState{}, recipe,
+                                                     hf.tokenizer_bytes);
+    fs::rename(written, target);
+    fsync_path(target.parent_path().string());
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    throw;
+  }
+  std::error_code ec;
+  fs::remove_all(tmp_dir, ec);
+  ImportStats st;
+  st.weight_bytes = hf.weight_bytes;
+  st.has_tokenizer = !hf.tokenizer_bytes.empty();
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
+}
+
+}  // namespace condense

@@ -1,0 +1,73 @@
+#include "launch/io_commands.h"
+
+#include <spdlog/spdlog.h>
+
+#include <iostream>
+
+#include "core/error.h"
+#include "launch/gguf_llama.h"
+#include "launch/hf_export.h"
+#include "launch/hf_import.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+
+void add_io_commands(CLI::App& app, IoCommandArgs& a) {
+  a.import_cmd = app.add_subcommand("import", "Hugging Face Llama directory -> condense checkpoint");
+  a.import_cmd->add_option("hf_dir", a.source, "directory with config.json, *.safetensors "
+                           "[, model.safetensors.index.json, tokenizer.model]")->required();
+  a.import_cmd->add_option("out", a.out, "checkpoint file to write (.h5)")->required();
+  a.import_cmd->add_option("--tokenizer", a.tokenizer, "sentencepiece .model to use instead of "
+                           "HF_DIR/tokenizer.model");
+
+  a.export_cmd = app.add_subcommand("export", "checkpoint -> Hugging Face directory or GGUF file");
+  a.export_cmd->add_option("checkpoint", a.source, "checkpoint file or run directory")->required();
+  a.export_cmd->add_option("out", a.out, "output directory (hf) or .gguf file (gguf)")->required();
+  a.export_cmd->add_option("--format", a.format, "hf | gguf")->default_val("hf")
+      ->check(CLI::IsMember({"hf", "gguf"}));
+  a.export_cmd->add_option("--dtype", a.dtype, "hf: f32 | f16 | bf16; gguf: f32 | f16 | bf16 | "
+                           "q8_0 (default f32)");
+  a.export_cmd->add_option("--max-shard-mb", a.max_shard_mb, "hf: shard size cap in MB")
+      ->default_val(2000);
+
+  a.score_cmd = app.add_subcommand("score", "per-position next-token log-probabilities of a text");
+  a.score_cmd->add_option("source", a.source, "checkpoint, run directory, HF directory or .gguf")
+      ->required();
+  a.score_cmd->add_option("--text", a.score.text_file, "UTF-8 text file")->required();
+  a.score_cmd->add_option("--json", a.score.json_out, "write the JSON here (default: stdout)");
+  a.score_cmd->add_option("--top-k", a.score.top_k, "alternatives listed per position")
+      ->default_val(5);
+  a.score_cmd->add_flag("--full", a.score.full, "every position's full log-probability vector");
+  a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
+}
+
+int run_io_command(IoCommandArgs& a) {
+  if (a.import_cmd && a.import_cmd->parsed()) {
+    ImportStats st = import_hf(a.source, a.out, a.tokenizer);
+    spdlog::info("imported {} -> {}: {:.1f} MB of weights in {:.2f}s ({:.1f} MB/s){}", a.source,
+                 a.out, st.weight_bytes / 1e6, st.seconds, st.weight_bytes / 1e6 / st.seconds,
+                 st.has_tokenizer ? "" : " (no tokenizer)");
+    return 0;
+  }
+  if (a.export_cmd && a.export_cmd->parsed()) {
+    std::string path = resolve_checkpoint_path(a.source);
+    std::string dtype = a.dtype.empty() ? "f32" : a.dtype;
+    if (a.format == "hf") {
+      CONDENSE_CHECK(a.max_shard_mb > 0, "--max-shard-mb must be positive");
+      ExportStats st = export_hf(path, a.out, dtype, static_cast<uint64_t>(a.max_shard_mb * 1e6));
+      spdlog::info("exported {} -> {} ({}, {} files): {:.1f} MB of weights in {:.2f}s ({:.1f} MB/s)",
+                   path, a.out, dtype, st.files.size(), st.bytes_written / 1e6, st.seconds,
+                   st.bytes_written / 1e6 / st.seconds);
+    } else {
+      GgufExportStats st = export_gguf(path, a.out, dtype);
+      spdlog::info("exported {} -> {} (GGUF {}): {:.1f} MB of f32 weights -> {:.1f} MB file in "
+                   "{:.2f}s ({:.1f} MB/s)", path, a.out, dtype, st.weight_bytes / 1e6,
+                   st.bytes_written / 1e6, st.seconds, st.weight_bytes / 1e6 / st.seconds);
+    }
+    return 0;
+  }
+  if (a.score_cmd && a.score_cmd->parsed()) return run_score(a.source, a.score);
+  return -1;
+}
+
+}  // namespace condense

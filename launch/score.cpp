@@ -1,0 +1,96 @@
+#include "launch/score.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+#include "launch/gguf_llama.h"
+#include "launch/hf_import.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+
+ModelSource load_model_source(const std::string& source, const std::string& tokenizer_override) {
+  ModelSource s;
+  if (fs::path(source).extension() == ".gguf") {
+    s.kind = "gguf";
+    s.model = load_gguf_model(source);
+  } else if (fs::is_directory(source) && fs::exists(fs::path(source) / "config.json")) {
+    s.kind = "hf";
+    HfModel hf = load_hf_dir(source, tokenizer_override);
+    s.model = hf.model;
+    s.tokenizer_bytes = hf.tokenizer_bytes;
+  } else {
+    s.kind = "checkpoint";
+    std::string path = resolve_checkpoint_path(source);
+    Checkpoint ckpt = Checkpoint::open(path);
+    s.model = LlamaForCausalLM(ckpt.config());
+    ckpt.load_model(s.model);
+    s.tokenizer_bytes = ckpt.tokenizer_bytes();
+  }
+  if (!tokenizer_override.empty()) s.tokenizer_bytes = Tokenizer::load(tokenizer_override).serialized();
+  CONDENSE_CHECK(!s.tokenizer_bytes.empty(), "{}: no tokenizer in this {}; pass --tokenizer "
+                 "T.model", source, s.kind);
+  return s;
+}
+
+int run_score(const std::string& source, const ScoreOptions& opt) {
+  CONDENSE_CHECK(opt.top_k >= 0, "--top-k must be >= 0 (got {})", opt.top_k);
+  ModelSource src = load_model_source(source, opt.tokenizer);
+  Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
+  std::string text = read_text_file(opt.text_file);
+  std::vector<int64_t> ids = {tok.bos_id()};
+  for (int32_t id : tok.encode(text)) ids.push_back(id);
+  const LlamaConfig& c = src.model->config();
+  CONDENSE_CHECK(static_cast<int64_t>(ids.size()) <= c.max_position_embeddings,
+                 "{}: {} tokens do not fit the model's context of {} (max_position_embeddings)",
+                 opt.text_file, ids.size(), c.max_position_embeddings);
+  CONDENSE_CHECK(ids.size() >= 2, "{}: empty text, nothing to score", opt.text_file);
+  at::NoGradGuard no_grad;
+  src.model->eval();
+  at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
+  at::Tensor logp = src.model->forward(input).squeeze(0).to(at::kDouble).log_softmax(-1);
+  const int64_t n = static_cast<int64_t>(ids.size()) - 1;
+  nlohmann::ordered_json positions = nlohmann::ordered_json::array();
+  double nll = 0;
+  int64_t k = std::min<int64_t>(opt.top_k, c.vocab_size);
+  auto acc = logp.accessor<double, 2>();
+  for (int64_t i = 0; i < n; ++i) {
+    double lp = acc[i][ids[i + 1]];
+    nll -= lp;
+    nlohmann::ordered_json p = {{"pos", i}, {"id", ids[i]}, {"next_id", ids[i + 1]}, {"logprob", lp}};
+    if (opt.full) {
+      std::vector<double> row(logp[i].data_ptr<double>(), logp[i].data_ptr<double>() + c.vocab_size);
+      p["logprobs"] = row;
+    } else if (k > 0) {
+      auto [vals, idx] = logp[i].topk(k);
+      nlohmann::ordered_json top = nlohmann::ordered_json::array();
+      for (int64_t j = 0; j < k; ++j) top.push_back({idx[j].item<int64_t>(), vals[j].item<double>()});
+      p["top"] = top;
+    }
+    positions.push_back(std::move(p));
+  }
+  nlohmann::ordered_json out = {{"source", source}, {"kind", src.kind},
+                                {"tokens", ids.size()}, {"predicted", n}, {"nll", nll},
+                                {"mean_nll", nll / n}, {"perplexity", std::exp(nll / n)},
+                                {"positions", positions}};
+  if (opt.json_out.empty()) {
+    std::cout << out.dump() << "\n";
+  } else {
+    write_text_atomically(opt.json_out, out.dump() + "\n");
+    std::cout << fmt::format("{{\"source\": \"{}\", \"tokens\": {}, \"nll\": {:.6f}, "
+                             "\"mean_nll\": {:.6f}, \"perplexity\": {:.4f}, \"json\": \"{}\"}}\n",
+                             source, ids.size(), nll, nll / n, std::exp(nll / n), opt.json_out);
+  }
+  return 0;
+}
+
+}  // namespace condense

@@ -1,0 +1,36 @@
+// `condense score`: per-position next-token log-probabilities of a text under a model, from a
+// condense checkpoint (file or run directory), an exported Hugging Face directory or a GGUF
+// file, so an export can be diffed against its source with one command. The text is
+// tokenized with the model's tokenizer as <s> + encode(text); position i holds token ids[i]
+// and the distribution over ids[i+1]. Output JSON:
+//   {"source", "tokens", "predicted", "nll" (sum over predicted positions, nats),
+//    "mean_nll", "perplexity", "positions": [{"pos", "id", "next_id", "logprob",
+//    "top": [[id, logprob], ...]} (top_k best, descending) or "logprobs": [V floats] (full)]}
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "model/llama.h"
+#include "model/tokenizer.h"
+
+namespace condense {
+
+struct ScoreOptions {
+  std::string text_file;
+  std::string json_out;   // empty: the full JSON goes to stdout
+  std::string tokenizer;  // .model overriding the source's (required for GGUF sources)
+  int64_t top_k = 5;
+  bool full = false;      // every position's full log-probability vector
+};
+
+// A model plus its tokenizer from any source score and the benchmarks read.
+struct ModelSource {
+  LlamaForCausalLM model{nullptr};
+  std::string tokenizer_bytes;
+  std::string kind;  // "checkpoint" | "hf" | "gguf"
+};
+ModelSource load_model_source(const std::string& source, const std::string& tokenizer_override);
+
+int run_score(const std::string& source, const ScoreOptions& opt);
+
+}  // namespace condense

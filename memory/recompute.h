@@ -1,0 +1,27 @@
+// Non-reentrant activation recomputation of one block on saved-tensor hooks (the mechanism of
+// torch.utils.checkpoint(use_reentrant=False); selective/full recomputation per Korthikanti et
+// al. 2022, "Reducing Activation Recomputation in Large Transformer Models").
+//
+// recompute_block(fn, x) returns fn(x) but keeps only x (detached) and the RNG state: every
+// tensor autograd saves inside fn is dropped at pack time and replaced by a handle. The first
+// unpack of any handle during backward reruns fn on x with the RNG state of the original
+// forward restored (so dropout draws the same masks), collecting the saved tensors in the same
+// order; each handle then returns its own tensor, which is freed when autograd frees the saved
+// variable. Gradients are bitwise equal to running fn without recomputation (same thread count).
+//
+// Contract: fn must be deterministic given x, its captures and the RNG state, and capture by
+// value whatever it needs (it runs again during backward). x must be a single tensor.
+#pragma once
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+
+namespace condense {
+
+at::Tensor recompute_block(const std::function<at::Tensor(const at::Tensor&)>& fn,
+                           const at::Tensor& x);
+
+// True while a recomputation runs on this thread (policies must not nest frames then).
+bool in_recomputation();
+
+}  // namespace condense

@@ -1,0 +1,187 @@
+// Multi-rank tests of comm/, run under `mpirun -np 2` and `mpirun -np 4` (see
+// tests/CMakeLists.txt): collective closed forms, gradient sync equals the mean of the ranks'
+// gradients, parameters stay bitwise identical across ranks after optimizer steps, gradient
+// accumulation skips the exchange until the last micro-step, and buckets are exchanged while
+// backward is still running.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include "comm/communicator.h"
+#include "comm/grad_sync.h"
+#include "comm/mpi_communicator.h"
+#include "core/error.h"
+#include <ATen/CPUGeneratorImpl.h>
+#include "model/llama.h"
+#include "trainer/adamw.h"
+
+namespace condense {
+namespace {
+
+Communicator& world() {
+  static std::unique_ptr<Communicator> comm = [] {
+    CommConfig c;
+    c.backend = "mpi";
+    return make_communicator(c);
+  }();
+  return *comm;
+}
+
+LlamaConfig tiny() {
+  LlamaConfig c;
+  c.vocab_size = 101; c.hidden_size = 32; c.intermediate_size = 64; c.num_hidden_layers = 3;
+  c.num_attention_heads = 4; c.num_key_value_heads = 2; c.max_position_embeddings = 32;
+  return c;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> named(LlamaForCausalLM& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& p : m->named_parameters()) out.emplace_back(p.key(), p.value());
+  return out;
+}
+
+// Different data on every rank.
+at::Tensor rank_batch(int rank, int64_t b = 2, int64_t t = 12) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1000 + rank);
+  return at::randint(0, 101, {b, t}, g, at::TensorOptions().dtype(at::kLong));
+}
+
+at::Tensor lm_loss(LlamaForCausalLM& m, const at::Tensor& ids) {
+  at::Tensor logits = m->forward(ids.narrow(1, 0, ids.size(1) - 1));
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                ids.narrow(1, 1, ids.size(1) - 1).reshape({-1}));
+}
+
+}  // namespace
+
+TEST(Collectives, ClosedForms) {
+  Communicator& c = world();
+  int n = c.size(), r = c.rank();
+  ASSERT_GE(n, 2);
+  at::Tensor t = at::full({5}, double(r));
+  c.all_reduce_sum(t);
+  EXPECT_TRUE(at::equal(t, at::full({5}, n * (n - 1) / 2.0)));
+
+  at::Tensor mine = at::arange(3, at::kLong) + 10 * r, all = at::empty({3 * n}, at::kLong);
+  c.all_gather(mine, all);
+  for (int k = 0; k < n; ++k)
+    EXPECT_TRUE(at::equal(all.narrow(0, 3 * k, 3), at::arange(3, at::kLong) + 10 * k));
+
+  auto parts = c.all_gather_v(at::full({r + 1}, float(r)));  // rank k sends k+1 copies of k
+  ASSERT_EQ(parts.size(), size_t(n));
+  for (int k = 0; k < n; ++k) EXPECT_TRUE(at::equal(parts[k], at::full({k + 1}, float(k))));
+
+  at::Tensor b = at::full({4}, float(r));
+  c.broadcast(b, n - 1);
+  EXPECT_TRUE(at::equal(b, at::full({4}, float(n - 1))));
+
+  at::Tensor in = at::arange(2 * n, at::kFloat), out = at::empty({2}, at::kFloat);
+  c.reduce_scatter_sum(in, out);  // every rank sends 0..2n-1; rank r gets n * [2r, 2r+1]
+  EXPECT_TRUE(at::equal(out, at::tensor({float(n * 2 * r), float(n * (2 * r + 1))})));
+  c.barrier();
+}
+
+TEST(Collectives, SameTextCheck) {
+  Communicator& c = world();
+  EXPECT_NO_THROW(check_same_on_all_ranks(c, "same recipe", "recipe"));
+  std::string text = c.rank() == c.size() - 1 ? "other" : "same";
+  try {
+    check_same_on_all_ranks(c, text, "the resolved recipe");
+    FAIL() << "mismatch not detected on rank " << c.rank();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(c.size() - 1)), std::string::npos);
+  }
+}
+
+TEST(GradientSync, GradsAreTheMeanOverRanksAndParamsStayIdentical) {
+  Communicator& c = world();
+  torch::manual_seed(7);  // same init everywhere
+  LlamaForCausalLM model(tiny());
+  LlamaForCausalLM reference(tiny());  // local gradients, averaged by hand
+  {
+    torch::NoGradGuard ng;
+    auto src = model->named_parameters();
+    for (auto& p : reference->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  GradientSync sync(c, named(model), GradSyncConfig{0.01, true});  // several buckets
+  EXPECT_GT(sync.buckets().size(), 2u);
+  AdamW opt(named(model), {});
+  for (int step = 0; step < 4; ++step) {
+    at::Tensor ids = rank_batch(c.rank() + 17 * step);
+    sync.begin_backward(true);
+    lm_loss(model, ids).backward();
+    sync.finish();
+    lm_loss(reference, ids).backward();
+    auto ref = reference->named_parameters();
+    for (auto& p : model->named_parameters()) {
+      at::Tensor g = ref[p.key()].grad().clone();
+      c.all_reduce_sum(g);
+      g.div_(c.size());
+      EXPECT_TRUE(at::allclose(p.value().grad(), g, 1e-6, 1e-7)) << p.key();
+    }
+    opt.step(1e-2);
+    opt.zero_grad();
+    for (auto& p : reference->named_parameters()) p.value().mutable_grad() = at::Tensor();
+    {
+      torch::NoGradGuard ng;  // keep the reference on the same weights
+      auto src = model->named_parameters();
+      for (auto& p : reference->named_parameters()) p.value().copy_(src[p.key()]);
+    }
+    // Bitwise identical weights on every rank after the optimizer step.
+    for (auto& p : model->named_parameters()) {
+      at::Tensor root = p.value().detach().clone();
+      c.broadcast(root, 0);
+      EXPECT_TRUE(at::equal(root, p.value().detach())) << p.key() << " differs on rank " << c.rank();
+    }
+  }
+}
+
+TEST(GradientSync, AccumulationExchangesOnlyOnTheLastMicroStep) {
+  Communicator& c = world();
+  torch::manual_seed(3);
+  LlamaForCausalLM model(tiny());
+  GradientSync sync(c, named(model), GradSyncConfig{25.0, true});
+  at::Tensor a = rank_batch(c.rank()), b = rank_batch(c.rank() + 50);
+  sync.begin_backward(false);
+  lm_loss(model, a).backward();
+  at::Tensor local = model->model->norm->weight.grad().clone();  // not exchanged yet
+  sync.begin_backward(true);
+  lm_loss(model, b).backward();
+  sync.finish();
+  EXPECT_GT(sync.last_step().bytes, 0);
+  // Reference: (grad_a + grad_b) of every rank, averaged.
+  LlamaForCausalLM fresh(tiny());
+  {
+    torch::NoGradGuard ng;
+    auto src = model->named_parameters();
+    for (auto& p : fresh->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  (lm_loss(fresh, a) + lm_loss(fresh, b)).backward();
+  at::Tensor g = fresh->model->norm->weight.grad().clone();
+  c.all_reduce_sum(g);
+  g.div_(c.size());
+  EXPECT_TRUE(at::allclose(model->model->norm->weight.grad(), g, 1e-5, 1e-6));
+  EXPECT_FALSE(at::allclose(local, g, 1e-5, 1e-6));
+}
+
+TEST(GradientSync, FirstBucketIsExchangedBeforeBackwardEnds) {
+  Communicator& c = world();
+  torch::manual_seed(11);
+  LlamaConfig cfg = tiny();
+  cfg.num_hidden_layers = 6;
+  cfg.hidden_size = 128;
+  cfg.intermediate_size = 384;
+  LlamaForCausalLM model(cfg);
+  GradientSync sync(c, named(model), GradSyncConfig{0.25, true});
+  ASSERT_GT(sync.buckets().size(), 3u);
+  at::Tensor ids = rank_batch(c.rank(), 8, 32);
+  sync.begin_backward(true);
+  lm_loss(model, ids).backward();
+  auto backward_end = GradientSync::Clock::now();
+  sync.finish();
+  EXPECT_LT(sync.last_step().first_exchange_start, backward_end)
+      << "no bucket was exchanged while backward ran";
+}
+
+}  // namespace condense

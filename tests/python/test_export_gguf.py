@@ -1,0 +1,200 @@
+"""GGUF export checked with llama.cpp itself (llama-cpp-python, in a child process) and with the
+`gguf` package (llama.cpp's own reader).
+
+A briefly trained condense model (GQA, untied, 384-piece sentencepiece tokenizer) is exported as
+F32, F16, BF16 and Q8_0. llama.cpp loads each file, tokenizes held-out text to exactly
+condense's ids, and its next-token probabilities at every position are compared with condense's
+own forward (`condense score --full`): F32 within 1e-4 absolute with the same top-1 at every
+position; F16, BF16 and Q8_0 within the tolerances in TOLERANCE (measured values are printed,
+run with -s). The gguf package checks metadata types (counts are u32), the tokenizer arrays,
+tensor names, ggml types and shapes. condense's own GGUF reader scores the F32 file exactly
+like the checkpoint (the q/k permutation is inverted exactly). Malformed files fail clearly.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import run
+from export_fixtures import model_tensors, score, trained  # noqa: F401 (fixture)
+
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+# max |p_llama.cpp - p_condense| over every position and vocabulary entry, and whether top-1
+# must agree everywhere. F32 is the issue's bound; the others are measured values (8.3e-6 f32,
+# 6.5e-5 f16, 6.2e-4 bf16, 1.1e-3 q8_0 on this model; top-1 agreement >= 0.99) times ~5-8.
+TOLERANCE = {"f32": (1e-4, True), "f16": (5e-4, False), "bf16": (5e-3, False), "q8_0": (5e-3, False)}
+GGML_TYPE = {"f32": 0, "f16": 1, "bf16": 30, "q8_0": 8}
+
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def llama_cpp(model, text, ids, tmp):
+    ids_json = tmp / "ids.json"
+    ids_json.write_text(json.dumps(ids))
+    out = tmp / f"{pathlib.Path(model).stem}.npz"
+    p = subprocess.run([sys.executable, str(CHILD), str(model), str(text), str(ids_json), str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"llama.cpp child failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    z = np.load(out)
+    return z["tokens"].tolist(), z["logits"], int(z["n_vocab"])
+
+
+@pytest.fixture(scope="module")
+def exports(trained, tmp_path_factory):
+    ckpt = trained[0]
+    d = tmp_path_factory.mktemp("gguf")
+    paths = {}
+    for t in TOLERANCE:
+        paths[t] = d / f"model-{t}.gguf"
+        run("export", ckpt, paths[t], "--format", "gguf", "--dtype", t)
+    return paths
+
+
+@pytest.mark.parametrize("kind", sorted(TOLERANCE))
+def test_llama_cpp_matches_condense(trained, exports, kind, tmp_path):
+    ckpt, tok_model, text, ids, lp = trained
+    tokens, logits, n_vocab = llama_cpp(exports[kind], text, ids, tmp_path)
+    assert tokens == ids, "llama.cpp tokenizes the text differently from condense"
+    assert n_vocab == lp.shape[1]
+    p_ref = np.exp(lp)
+    p = softmax(logits[:-1])
+    err = np.abs(p - p_ref).max()
+    agree = (p.argmax(-1) == p_ref.argmax(-1)).mean()
+    print(f"GGUF {kind}: max |dp| = {err:.3g}, top-1 agreement {agree:.3f} over {len(ids) - 1} "
+          f"positions")
+    bound, top1 = TOLERANCE[kind]
+    assert err <= bound
+    if top1:
+        assert agree == 1.0
+    else:
+        assert agree >= 0.9
+
+
+def field_value(reader, key):
+    f = reader.fields[key]
+    if f.types[0] == gguf.GGUFValueType.ARRAY:
+        if f.types[1] == gguf.GGUFValueType.STRING:
+            return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+        return [f.parts[i][0].item() for i in f.data]
+    if f.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(f.parts[f.data[0]]).decode("utf-8")
+    return f.parts[f.data[0]][0].item()
+
+
+@pytest.mark.parametrize("kind", sorted(TOLERANCE))
+def test_gguf_package_reads_metadata_and_tensors(trained, exports, kind):
+    ckpt, tok_model = trained[0], trained[1]
+    tensors, config, _ = model_tensors(ckpt)
+    r = gguf.GGUFReader(exports[kind])
+    assert field_value(r, "general.architecture") == "llama"
+    u32 = {"llama.context_length": config["max_position_embeddings"],
+           "llama.embedding_length": config["hidden_size"],
+           "llama.block_count": config["num_hidden_layers"],
+           "llama.feed_forward_length": config["intermediate_size"],
+           "llama.rope.dimension_count": config["head_dim"],
+           "llama.attention.head_count": config["num_attention_heads"],
+           "llama.attention.head_count_kv": config["num_key_value_heads"],
+           "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+           "tokenizer.ggml.unknown_token_id": 0, "general.file_type": {"f32": 0, "f16": 1, "bf16": 32, "q8_0": 7}[kind]}
+    for key, want in u32.items():
+        assert r.fields[key].types == [gguf.GGUFValueType.UINT32], key
+        assert field_value(r, key) == want, key
+    assert abs(field_value(r, "llama.attention.layer_norm_rms_epsilon") - config["rms_norm_eps"]) < 1e-9
+    assert field_value(r, "tokenizer.ggml.model") == "llama"
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tok_model))
+    pieces = field_value(r, "tokenizer.ggml.tokens")
+    assert pieces == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    scores = field_value(r, "tokenizer.ggml.scores")
+    assert np.allclose(scores, [sp.get_score(i) for i in range(sp.get_piece_size())])
+    types = field_value(r, "tokenizer.ggml.token_type")
+    want_types = [3 if sp.is_control(i) else 2 if sp.is_unknown(i) else 6 if sp.is_byte(i) else 1
+                  for i in range(sp.get_piece_size())]
+    assert types == want_types and types.count(6) == 256
+    by_name = {t.name: t for t in r.tensors}
+    assert len(by_name) == len(tensors)
+    assert "output.weight" in by_name  # untied model
+    for name, t in by_name.items():
+        hf = {"token_embd.weight": "model.embed_tokens.weight", "output.weight": "lm_head.weight",
+              "output_norm.weight": "model.norm.weight"}.get(name)
+        if hf is None:
+            layer, part = name.split(".")[1], name.split(".")[2]
+            hf = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
+                  "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                  "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+                  "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                  "ffn_down": "mlp.down_proj"}[part]
+            hf = f"model.layers.{layer}.{hf}.weight"
+        shape = tensors[hf].shape
+        assert [int(x) for x in t.shape] == list(reversed(shape)), name  # ne = shape reversed
+        want = 0 if len(shape) == 1 else GGML_TYPE[kind]
+        assert int(t.tensor_type) == want, name
+        want = tensors[hf]
+        if "attn_q" in name or "attn_k" in name:  # llama.cpp's pairwise RoPE order, as convert_hf_to_gguf.py
+            n_head = config["num_attention_heads" if "attn_q" in name else "num_key_value_heads"]
+            want = (want.reshape(n_head, 2, want.shape[0] // n_head // 2, *want.shape[1:])
+                    .swapaxes(1, 2).reshape(want.shape))
+        if kind == "f32" or len(shape) == 1:
+            assert np.array_equal(np.asarray(t.data).reshape(shape), want), name
+        elif kind == "f16":
+            assert np.array_equal(np.asarray(t.data).reshape(shape), want.astype(np.float16)), name
+        elif kind == "q8_0":  # bit-identical to the gguf package's port of ggml's quantizer
+            ref = gguf.quants.quantize(np.ascontiguousarray(want, dtype=np.float32),
+                                       gguf.GGMLQuantizationType.Q8_0)
+            assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8),
+                                  ref.reshape(-1).view(np.uint8)), name
+
+
+def test_condense_reads_its_gguf_back(trained, exports):
+    ckpt, tok_model, text, ids, lp = trained
+    ids_g, lp_g, _ = score(exports["f32"], text, "--tokenizer", tok_model)
+    assert ids_g == ids
+    assert np.abs(lp_g - lp).max() < 1e-9  # weights identical: permutation inverted exactly
+    _, lp_q, _ = score(exports["q8_0"], text, "--tokenizer", tok_model)
+    assert 0 < np.abs(np.exp(lp_q) - np.exp(lp)).max() < TOLERANCE["q8_0"][0]
+
+
+def test_bad_gguf_fails_clearly(trained, exports, tmp_path):
+    tok_model, text = trained[1], trained[2]
+    raw = exports["f16"].read_bytes()
+    cases = {"trunc.gguf": (raw[: len(raw) // 2], "past the end"),
+             "magic.gguf": (b"GGUX" + raw[4:], "bad magic"),
+             "short.gguf": (raw[:20], "truncated")}
+    for name, (data, needle) in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        res = run("score", p, "--text", text, "--tokenizer", tok_model, check=False)
+        assert res.returncode == 1 and name in res.stderr and needle in res.stderr, res.stderr
+    res = run("export", trained[0], tmp_path / "x.gguf", "--format", "gguf", "--dtype", "q4_0",
+              check=False)
+    assert res.returncode == 1 and "q4_0" in res.stderr and not (tmp_path / "x.gguf").exists()
+
+
+def test_tied_mha_with_odd_head_dim(small_store, trained, tmp_path):
+    """A tied model (no output.weight: llama.cpp falls back to token_embd) with MHA and
+    head_dim 24 != hidden / heads (llama.attention.key_length) runs in llama.cpp too."""
+    from export_fixtures import train_tiny
+    text = trained[2]
+    ckpt = train_tiny(small_store, tmp_path / "run", steps=20, **{
+        "model.tie_word_embeddings": "true", "model.num_key_value_heads": 4,
+        "model.head_dim": 24})
+    ids, lp, _ = score(ckpt, text)
+    out = tmp_path / "tied.gguf"
+    run("export", ckpt, out, "--format", "gguf")
+    r = gguf.GGUFReader(out)
+    assert "output.weight" not in {t.name for t in r.tensors}
+    tokens, logits, _ = llama_cpp(out, text, ids, tmp_path)
+    assert tokens == ids
+    p, p_ref = softmax(logits[:-1]), np.exp(lp)
+    assert np.abs(p - p_ref).max() <= TOLERANCE["f32"][0]
+    assert (p.argmax(-1) == p_ref.argmax(-1)).all()

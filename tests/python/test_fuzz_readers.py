@@ -1,0 +1,42 @@
+"""Runs the libFuzzer targets of the safetensors and GGUF readers (tests/fuzz) for a bounded time
+each (CONDENSE_FUZZ_SECONDS, default 30), seeded with valid files written by the reference
+writers (the safetensors package, condense's own GGUF writer via the gguf package's layout).
+Any crash, sanitizer report or non-condense exception fails the test."""
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+SOURCE = pathlib.Path(os.environ.get("CONDENSE_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
+
+
+def test_fuzz_readers(tmp_path):
+    if shutil.which("clang++-14") is None:
+        pytest.skip("clang++-14 not installed (scripts/install.sh installs it)")
+    seeds = tmp_path / "seeds"
+    (seeds / "safetensors").mkdir(parents=True)
+    (seeds / "gguf").mkdir(parents=True)
+    from safetensors.numpy import save_file
+    save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.float16)},
+              str(seeds / "safetensors" / "seed1"), metadata={"format": "pt"})
+    save_file({"x": np.zeros((0, 3), np.int64)}, str(seeds / "safetensors" / "seed2"))
+    gguf = pytest.importorskip("gguf")
+    w = gguf.GGUFWriter(str(seeds / "gguf" / "seed1"), "llama")
+    w.add_block_count(2)
+    w.add_token_list(["<unk>", "<s>", "a"])
+    w.add_tensor("t", np.arange(64, dtype=np.float32).reshape(2, 32))
+    w.add_tensor("h", np.ones((1, 32), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    secs = os.environ.get("CONDENSE_FUZZ_SECONDS", "30")
+    p = subprocess.run(["bash", str(SOURCE / "tests" / "fuzz" / "run_fuzz.sh"), secs,
+                        str(tmp_path / "out"), str(seeds)], capture_output=True, text=True,
+                       timeout=900)
+    print(p.stdout[-3000:], p.stderr[-3000:])
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "[fuzz] ok" in p.stdout
