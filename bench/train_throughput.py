@@ -13,11 +13,19 @@ shared machine falls on both alike:
      batch + forward + loss + backward + clip + AdamW + zero_grad);
   B  bench/pytorch_eager_train.py, the same step with transformers' LlamaForCausalLM.
 
-The first W steps of every repetition are discarded as warm-up. Reported per configuration:
-median tokens/s over all kept steps of all repetitions, the per-repetition medians, the ratio
-condense / PyTorch (of the pooled medians, and the median of the per-repetition ratios), and the
-1-minute load average before and after every run. A markdown section is printed and appended
-to bench/RESULTS.md (--no-append to skip), with the command, machine and torch version.
+The first W steps of every repetition are discarded as warm-up. Reported per configuration and
+thread count (--threads 2 by default; --threads 2,1 adds single-threaded runs): median tokens/s
+over all kept steps of all repetitions, the per-repetition medians, the ratio condense / PyTorch
+(of the pooled medians, and the median of the per-repetition ratios), the same restricted to
+"quiet" pairs (no other work in the run queue during either run), and the CPU time per step of
+each process. Each run notes the 1-minute load average before and after, and the mean run queue
+during it; --quiet-wait N waits up to N s before each pair for the machine to go idle. A markdown
+section is printed and appended to bench/RESULTS.md (--no-append to skip), with the command,
+machine and torch version; --json-out keeps every per-step time.
+
+On a shared 2-core machine, 2-threaded wall times are only comparable when nothing else runs:
+other processes deschedule OpenMP threads at barriers and slow both contenders 5-30x. The
+single-threaded CPU time per step is the measure that survives such load.
 """
 from __future__ import annotations
 
@@ -233,9 +241,10 @@ def main() -> int:
                          "(/proc/stat procs_running, 1 = idle) is at most this ...")
     ap.add_argument("--quiet-wait", type=float, default=0,
                     help="... for at most this many seconds (0: do not wait)")
-    ap.add_argument("--quiet-runq", type=float, default=3.5,
+    ap.add_argument("--quiet-runq", type=float, default=None,
                     help="a pair counts as quiet when the mean run queue during both of its runs is at "
-                         "most this (the benchmark itself accounts for about 2.5-3 on 2 threads)")
+                         "most this; default threads + 1.5 (the benchmark itself accounts for about "
+                         "threads + 0.5 to threads + 1)")
     ap.add_argument("--json-out", default="", help="also write every per-step time to this JSON file")
     args = ap.parse_args()
     if args.warmup >= args.steps:
@@ -250,7 +259,8 @@ def main() -> int:
             configs.append((int(s), int(b), int(t)))
 
     import torch  # only for its version string; the runs are separate processes
-    command = ".venv/bin/python " + shlex.join(["bench/train_throughput.py"] + sys.argv[1:])
+    exe = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
+    command = shlex.join([exe, "bench/train_throughput.py"] + sys.argv[1:])
     started = dt.datetime.now().astimezone()
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     contenders = [("condense", run_condense), ("pytorch", run_pytorch)]
@@ -292,7 +302,7 @@ def main() -> int:
     lines = ["| seq_len x batch | threads | tokens/step | condense tok/s (median) | PyTorch eager tok/s (median) "
              "| ratio condense/PyTorch | median of per-rep ratios | condense per-rep medians "
              "| PyTorch per-rep medians | load 1-min (min-max over runs) | run queue during runs (min-max of means) "
-             f"| quiet pairs (run queue <= {args.quiet_runq:g} in both runs) | condense tok/s, quiet "
+             "| quiet pairs (run queue <= threshold in both runs) | condense tok/s, quiet "
              "| PyTorch tok/s, quiet | ratio, quiet pairs (pooled / median of per-pair) "
              "| CPU s/step condense (median of runs) | CPU s/step PyTorch | ratio by CPU time (PyTorch/condense, "
              "median of per-pair) |",
@@ -310,8 +320,8 @@ def main() -> int:
         mp = median([x for r in rp for x in r["kept_tokens_per_s"]])
         per_rep_ratio = [a["median_tokens_per_s"] / b["median_tokens_per_s"] for a, b in zip(rc, rp)]
         loads = [x for r in rc + rp for x in (r["load_before"][0], r["load_after"][0])]
-        quiet = [(a, b) for a, b in zip(rc, rp)
-                 if a["runq_mean"] <= args.quiet_runq and b["runq_mean"] <= args.quiet_runq]
+        qmax = args.quiet_runq if args.quiet_runq is not None else threads + 1.5
+        quiet = [(a, b) for a, b in zip(rc, rp) if a["runq_mean"] <= qmax and b["runq_mean"] <= qmax]
         qc = median([x for a, _ in quiet for x in a["kept_tokens_per_s"]])
         qp = median([x for _, b in quiet for x in b["kept_tokens_per_s"]])
         q_ratio = median([a["median_tokens_per_s"] / b["median_tokens_per_s"] for a, b in quiet])
@@ -329,7 +339,7 @@ def main() -> int:
             f"{median(per_rep_ratio):.3f} | {per_rep(rc)} | {per_rep(rp)} | "
             f"{min(loads):.2f}-{max(loads):.2f} | "
             f"{min(r['runq_mean'] for r in rc + rp):.1f}-{max(r['runq_mean'] for r in rc + rp):.1f} | "
-            f"{len(quiet)} of {len(rc)} | {qc:.0f} | {qp:.0f} | "
+            f"{len(quiet)} of {len(rc)} (<= {qmax:g}) | {qc:.0f} | {qp:.0f} | "
             + (f"{qc / qp:.3f} / {q_ratio:.3f} |" if quiet else "n/a |")
             + f" {cc:.3f} | {cp:.3f} | {cpu_ratio:.3f} |")
     table = "\n".join(lines)
@@ -366,12 +376,14 @@ Command (from the repo root):
 
 tok/s = tokens per step / step wall time; "median" is over all kept steps of all repetitions.
 "Run queue" is /proc/stat procs_running sampled every 0.2 s during a run: the benchmark's own
-threads count (about 2.5-3 with 2 threads), so a mean well above 3 means other work competed for
-the cores. "CPU s/step" is the CPU time (all threads, /proc/PID/stat) the process used per kept
-step, read while it runs as its per-step log grows; it counts work rather than waiting, so it is
-far less sensitive to other load than wall time (it still includes OpenMP spin-waiting). Under such contention both contenders slow down 5-30x (OpenMP threads descheduled at
-barriers), so the "quiet pairs" columns, which keep only pairs whose two runs both saw a mean run
-queue <= the threshold, are the comparison to read; the all-runs columns are kept for honesty.
+threads count (about threads + 0.5 to threads + 1), so a higher mean means other work competed for
+the cores. With 2 threads on a 2-core machine such contention slows both contenders 5-30x
+(OpenMP threads descheduled at barriers), so read the "quiet pairs" columns (pairs whose two runs
+both saw a mean run queue <= the threshold); the all-runs columns are kept for the record.
+"CPU s/step" is the CPU time (all threads, /proc/PID/stat utime+stime) the process used per kept
+step, read while it runs as its per-step log grows. With 1 thread it counts work, not waiting, and
+is the load-robust comparison; with 2 threads it includes OpenMP spin-waiting, which contention
+inflates several-fold, so it is not comparable across runs then.
 condense's step time is its trainer's timer (batch from the token store + forward + loss + backward
 + clip + AdamW + zero_grad); PyTorch's is the same span around the same work on random batches.
 
