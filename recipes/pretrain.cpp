@@ -84,9 +84,10 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
 
   // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
   // directory must be shared by all ranks, as the checkpoint directory must).
-  if (rank == 0) resolve_dataset(cfg.data, tc.seed);
+  std::string dataset;
+  if (rank == 0) dataset = resolve_dataset(cfg.data, tc.seed);
   comm->barrier();
-  std::string dataset = resolve_dataset(cfg.data, tc.seed);
+  if (rank != 0) dataset = resolve_dataset(cfg.data, tc.seed);
   TokenStore store = TokenStore::open(dataset);
   if (!cfg.data.tokenizer.empty())
     store.check_tokenizer(Tokenizer::load(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
