@@ -1,14 +1,34 @@
-// CommConfig: how ranks talk (recipe section `comm`).
+// CommConfig: how ranks talk (recipe section `comm`, with `comm.compression`).
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace condense {
+
+// Gradient compression with error control (recipe section `comm.compression`; see
+// comm/gradient_compression.h for the algorithms and comm/codec.h for the codecs).
+struct CompressionConfig {
+  std::string codec = "none";          // none | fp16 | bf16 | topk | randk | qsgd | sign | powersgd
+  double ratio = 0.01;                 // topk, randk: fraction of each bucket's elements sent
+  int64_t k = 0;                       // topk, randk: elements per bucket (> 0 overrides ratio)
+  int64_t levels = 7;                  // qsgd: s quantization levels per sign (7 = 4 bits/element)
+  int64_t block = 512;                 // qsgd, sign: elements sharing one fp32 scale
+  int64_t rank = 4;                    // powersgd: rank of the approximation
+  std::string error_control = "none";  // none | ef | ef21 | econtrol
+  double eta = 0.1;                    // econtrol: weight of the error term
+  int64_t warmup_steps = 0;            // first steps exchange dense fp32 (state still updated)
+  int64_t min_bucket_numel = 0;        // buckets with fewer elements always go dense
+  int64_t seed = 0;                    // randk indices, qsgd rounding, powersgd initial Q
+
+  bool enabled() const { return codec != "none" || error_control != "none"; }
+};
 
 struct CommConfig {
   std::string backend = "auto";  // auto | mpi | nccl | self (auto: nccl on cuda, mpi under mpirun)
   std::string device = "cpu";    // where tensors live; follows train.device, not a recipe key
   double bucket_cap_mb = 25.0;   // gradient bucket size
   bool overlap = true;           // exchange buckets while backward runs
+  CompressionConfig compression;
 };
 
 }  // namespace condense

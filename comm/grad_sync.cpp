@@ -49,6 +49,15 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
     int64_t n = b.offsets.back() + params_[b.params.back()].second.numel();
     b.flat = at::zeros({n}, params_[b.params.front()].second.options().requires_grad(false));
   }
+  if (config_.compression.enabled()) {
+    std::vector<BucketLayout> layouts;
+    for (const Bucket& b : buckets_) {
+      BucketLayout layout{b.offsets, {}, b.flat.numel()};
+      for (size_t k : b.params) layout.shapes.push_back(params_[k].second.sizes().vec());
+      layouts.push_back(std::move(layout));
+    }
+    compression_ = std::make_unique<GradientCompression>(comm_, config_.compression, std::move(layouts));
+  }
   for (size_t k = 0; k < params_.size(); ++k)
     torch::autograd::impl::set_post_acc_grad_hooks(params_[k].second,
                                                    std::make_unique<ReadyHook>(this, k));
@@ -71,6 +80,7 @@ void GradientSync::begin_backward(bool sync) {
   if (!sync) return;
   next_ = 0;
   stats_ = StepStats{};
+  if (compression_) compression_->begin_step();
   std::fill(arrived_.begin(), arrived_.end(), false);
   for (Bucket& b : buckets_) {
     b.pending = b.params.size();
@@ -99,15 +109,23 @@ void GradientSync::mark_ready_locked(size_t k) {
   }
 }
 
-void GradientSync::exchange(Bucket& b) {
+void GradientSync::exchange(size_t index) {
+  Bucket& b = buckets_[index];
   auto t0 = Clock::now();
-  if (stats_.bytes == 0) stats_.first_exchange_start = t0;
-  comm_.all_reduce_sum(b.flat);
-  b.flat.div_(comm_.size());
+  if (!stats_.started) stats_.first_exchange_start = t0;
+  stats_.started = true;
+  if (compression_) {
+    compression_->exchange(index, b.flat);
+  } else {
+    comm_.all_reduce_sum(b.flat);
+    b.flat.div_(comm_.size());
+    const int64_t bytes = b.flat.numel() * static_cast<int64_t>(sizeof(float));
+    stats_.exchange.add_all_reduce(bytes, comm_.size());
+    stats_.exchange.add_dense_reference(bytes, comm_.size());
+  }
   auto t1 = Clock::now();
   stats_.last_exchange_end = t1;
-  stats_.exchange_seconds += std::chrono::duration<double>(t1 - t0).count();
-  stats_.bytes += b.flat.numel() * static_cast<int64_t>(sizeof(float));
+  if (!compression_) stats_.exchange.exchange_s += std::chrono::duration<double>(t1 - t0).count();
 }
 
 void GradientSync::comm_loop() {
@@ -118,9 +136,10 @@ void GradientSync::comm_loop() {
     });
     if (stop_) return;
     Bucket& b = buckets_[next_];
+    const size_t index = next_;
     lock.unlock();
     try {
-      exchange(b);
+      exchange(index);
     } catch (...) {
       lock.lock();
       error_ = std::current_exception();
@@ -149,9 +168,13 @@ void GradientSync::finish() {
       std::rethrow_exception(e);
     }
   } else {
-    for (Bucket& b : buckets_) exchange(b);
+    for (size_t i = 0; i < buckets_.size(); ++i) exchange(i);
   }
   armed_ = false;
+  if (compression_) {
+    stats_.exchange = compression_->stats();
+    compression_->end_step();
+  }
   at::NoGradGuard no_grad;
   for (size_t k = 0; k < params_.size(); ++k) {
     auto [bi, slot] = location_[k];

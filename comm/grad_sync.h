@@ -11,6 +11,10 @@
 //
 // Gradient accumulation: begin_backward(false) before non-final micro-steps leaves gradients
 // local; begin_backward(true) before the last one arms the exchange.
+//
+// Compression (config.compression enabled): each bucket goes through GradientCompression
+// (error control around a codec) instead of the plain all-reduce; the bucket layout is the
+// same, so the overlap with backward is kept.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -23,12 +27,14 @@
 #include <ATen/core/Tensor.h>
 
 #include "comm/communicator.h"
+#include "comm/gradient_compression.h"
 
 namespace condense {
 
 struct GradSyncConfig {
   double bucket_cap_mb = 25.0;
   bool overlap = true;  // false: exchange every bucket in finish(), after backward
+  CompressionConfig compression;  // codec "none" + error control "none": plain all-reduce
 };
 
 class GradientSync {
@@ -42,8 +48,8 @@ class GradientSync {
     bool ready = false, done = false;
   };
   struct StepStats {
-    int64_t bytes = 0;            // payload bytes all-reduced by this rank
-    double exchange_seconds = 0;  // time inside collectives
+    ExchangeStats exchange;  // bytes and seconds of this rank's exchanges (all buckets)
+    bool started = false;
     Clock::time_point first_exchange_start, last_exchange_end;
   };
 
@@ -61,13 +67,15 @@ class GradientSync {
 
   const std::vector<Bucket>& buckets() const { return buckets_; }
   const StepStats& last_step() const { return stats_; }
+  // Null without compression. Its state belongs in checkpoints (per rank).
+  GradientCompression* compression() { return compression_.get(); }
 
   // Called by the hooks (public for the hook class; not for users).
   void on_grad_ready(size_t param_index);
 
  private:
   void mark_ready_locked(size_t param_index);
-  void exchange(Bucket& b);
+  void exchange(size_t bucket_index);
   void comm_loop();
 
   Communicator& comm_;
@@ -77,6 +85,7 @@ class GradientSync {
   std::vector<Bucket> buckets_;
   GradSyncConfig config_;
   StepStats stats_;
+  std::unique_ptr<GradientCompression> compression_;
 
   std::mutex mu_;
   std::condition_variable cv_;

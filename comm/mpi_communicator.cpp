@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <climits>
 
 #include "comm/mpi_runtime.h"
@@ -18,8 +21,34 @@ MPI_Datatype mpi_type(at::ScalarType t) {
     case at::kInt: return MPI_INT32_T;
     case at::kByte: return MPI_UINT8_T;
     case at::kChar: return MPI_INT8_T;
+    case at::kHalf:
+    case at::kBFloat16: return MPI_UINT16_T;  // summed by the user ops below
     default: fail("MPI communicator: unsupported dtype {}", c10::toString(t));
   }
+}
+
+// MPI has no 16-bit float types; sums of fp16/bf16 buffers go through user-defined operations
+// on MPI_UINT16_T that add in fp32 and round once per addition (as NCCL does). Addition is
+// commutative bit for bit, so every rank receives the same result.
+template <typename T>
+void sum16(void* in, void* inout, int* len, MPI_Datatype*) {
+  const T* a = static_cast<const T*>(in);
+  T* b = static_cast<T*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = T(static_cast<float>(a[i]) + static_cast<float>(b[i]));
+}
+
+MPI_Op sum_op(at::ScalarType t) {
+  static MPI_Op half = MPI_OP_NULL, bf16 = MPI_OP_NULL;  // created once, after MPI_Init
+  if (t == at::kHalf) {
+    if (half == MPI_OP_NULL) check_mpi(MPI_Op_create(&sum16<c10::Half>, 1, &half), "MPI_Op_create");
+    return half;
+  }
+  if (t == at::kBFloat16) {
+    if (bf16 == MPI_OP_NULL)
+      check_mpi(MPI_Op_create(&sum16<c10::BFloat16>, 1, &bf16), "MPI_Op_create");
+    return bf16;
+  }
+  return MPI_SUM;
 }
 
 void check_cpu_contiguous(const at::Tensor& t, const char* op) {
@@ -57,10 +86,11 @@ MpiCommunicator::~MpiCommunicator() {
 void MpiCommunicator::all_reduce_sum(at::Tensor& t) {
   check_cpu_contiguous(t, "all_reduce");
   MPI_Datatype type = mpi_type(t.scalar_type());
+  MPI_Op op = sum_op(t.scalar_type());
   char* base = static_cast<char*>(t.data_ptr());
   int64_t elem = t.element_size();
   chunked(t.numel(), [&](int64_t off, int count) {
-    check_mpi(MPI_Allreduce(MPI_IN_PLACE, base + off * elem, count, type, MPI_SUM, comm_),
+    check_mpi(MPI_Allreduce(MPI_IN_PLACE, base + off * elem, count, type, op, comm_),
               "MPI_Allreduce");
   });
 }
@@ -121,7 +151,7 @@ void MpiCommunicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) 
                  out.numel());
   CONDENSE_CHECK(out.numel() <= INT_MAX, "MPI reduce_scatter: block too large for one call");
   check_mpi(MPI_Reduce_scatter_block(in.data_ptr(), out.data_ptr(), static_cast<int>(out.numel()),
-                                     mpi_type(in.scalar_type()), MPI_SUM, comm_),
+                                     mpi_type(in.scalar_type()), sum_op(in.scalar_type()), comm_),
             "MPI_Reduce_scatter_block");
 }
 

@@ -141,7 +141,11 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
 
   TrainerSetup setup{tc, cfg.checkpoint, out_dir, yaml, store.tokenizer().serialized(),
                      cfg.data.batch_size * cfg.data.seq_len, comm.get(),
-                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap}};
+                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression}};
+  if (world == 1 && cfg.comm.compression.enabled())
+    spdlog::warn("comm.compression (codec {}, error control {}) has no effect in a single process: "
+                 "gradients are not exchanged; launch with mpirun -np N", cfg.comm.compression.codec,
+                 cfg.comm.compression.error_control);
   // memory: recomputation / offload / compressed activations around the forward, and the loss
   // (full logits or chunked); with the defaults this is exactly causal_lm_loss.
   auto memory = std::make_shared<MemoryPolicy>(cfg.memory, model);

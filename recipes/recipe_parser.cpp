@@ -12,6 +12,8 @@
 #include <map>
 #include <sstream>
 
+#include "comm/codec.h"
+#include "comm/error_control.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "recipes/recipe_kinds.h"
@@ -108,6 +110,31 @@ SectionBinding comm_section(CommConfig& c) {
            bind_bool("overlap", c.overlap)}};
 }
 
+SectionBinding compression_section(CompressionConfig& c) {
+  SectionBinding s{"comm.compression",
+                   {bind_string("codec", c.codec, codec_names()),
+                    bind_real("ratio", c.ratio, positive()),
+                    bind_int("k", c.k, at_least(0)),
+                    bind_int("levels", c.levels, at_least(1)),
+                    bind_int("block", c.block, at_least(1)),
+                    bind_int("rank", c.rank, at_least(1)),
+                    bind_string("error_control", c.error_control, ErrorControl::kinds()),
+                    bind_real("eta", c.eta, positive()),
+                    bind_int("warmup_steps", c.warmup_steps, at_least(0)),
+                    bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
+                    bind_int("seed", c.seed, at_least(0))}};
+  s.fields[1].check = [&c]() -> std::string {  // ratio in (0, 1]
+    return c.ratio > 0 && c.ratio <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.ratio);
+  };
+  s.fields[3].check = [&c]() -> std::string {
+    return c.levels >= 1 && c.levels <= 127 ? "" : fmt::format("must be in [1, 127], got {}", c.levels);
+  };
+  s.fields[7].check = [&c]() -> std::string {  // eta in (0, 1]
+    return c.eta > 0 && c.eta <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.eta);
+  };
+  return s;
+}
+
 SectionBinding memory_section(MemoryConfig& m) {
   SectionBinding s{"memory",
                    {bind_string("recompute", m.recompute, {"none", "full", "every_k", "selective", "budget"}),
@@ -122,8 +149,6 @@ SectionBinding memory_section(MemoryConfig& m) {
                     bind_int("loss_chunk", m.loss_chunk, positive()),
                     bind_int("loss_vocab_chunk", m.loss_vocab_chunk, positive()),
                     bind_real("loss_filter_eps", m.loss_filter_eps, fraction()),
-                    bind_bool("wta_crs", m.wta_crs),
-                    bind_real("wta_crs_ratio", m.wta_crs_ratio, positive()),
                     bind_bool("meter", m.meter)}};
   s.fields[2].check = [&m]() -> std::string {  // budget_mb: needed by recompute=budget
     return m.recompute == "budget" && !(m.budget_mb > 0)
@@ -138,7 +163,14 @@ SectionBinding memory_section(MemoryConfig& m) {
                              m.activations, m.offload)
                : "";
   };
-  s.fields[13].check = [&m]() -> std::string {  // wta_crs_ratio in (0, 1]
+  return s;
+}
+
+// memory.wta_crs: {enabled, ratio}
+SectionBinding wta_crs_section(MemoryConfig& m) {
+  SectionBinding s{"memory.wta_crs",
+                   {bind_bool("enabled", m.wta_crs), bind_real("ratio", m.wta_crs_ratio, positive())}};
+  s.fields[1].check = [&m]() -> std::string {  // ratio in (0, 1]
     return m.wta_crs_ratio > 0 && m.wta_crs_ratio <= 1
                ? "" : fmt::format("must be in (0, 1], got {}", m.wta_crs_ratio);
   };
@@ -154,7 +186,8 @@ class RecipeBinder {
               bind_string("out_dir", c.out_dir), bind_string("init", c.init)}},
         sections_{model_section(c.model), data_section(c.data), train_section(c.train),
                   checkpoint_section(c.checkpoint), comm_section(c.comm),
-                  memory_section(c.memory)} {
+                  compression_section(c.comm.compression), memory_section(c.memory),
+                  wta_crs_section(c.memory)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
   }
   RecipeBinder(const RecipeBinder&) = delete;
@@ -171,20 +204,25 @@ class RecipeBinder {
       if (const FieldBinding* f = top_.find(key)) return set(top_, *f, value, where);
       const SectionBinding* s = find_section(key);
       if (!s) fail("{}: unknown key '{}'; valid top-level keys: {}", where, key, top_key_list());
-      if (value.IsNull()) return;  // `train:` with nothing under it
-      if (!value.IsMap()) {
-        fail("{}: key '{}' expects a mapping with keys {}; got {}", where, key, s->key_list(),
-             describe_node(value));
-      }
-      for_each_key(value, source, key + ".", [&](const std::string& sub, const YAML::Node& v,
-                                                 const std::string& sub_where) {
-        const FieldBinding* f = s->find(sub);
-        if (!f) {
-          fail("{}: unknown key '{}.{}'; valid keys in '{}': {}", sub_where, key, sub, key,
-               s->key_list());
-        }
-        set(*s, *f, v, sub_where);
-      });
+      apply_section(*s, value, source, where);
+    });
+  }
+
+  // A section's mapping: its fields, and nested sections (comm.compression) as sub-mappings.
+  void apply_section(const SectionBinding& s, const YAML::Node& value, const std::string& source,
+                     const std::string& where) {
+    if (value.IsNull()) return;  // `train:` with nothing under it
+    if (!value.IsMap()) {
+      fail("{}: key '{}' expects a mapping with keys {}; got {}", where, s.name, keys_of(s),
+           describe_node(value));
+    }
+    for_each_key(value, source, s.name + ".", [&](const std::string& sub, const YAML::Node& v,
+                                                  const std::string& sub_where) {
+      if (const FieldBinding* f = s.find(sub)) return set(s, *f, v, sub_where);
+      if (const SectionBinding* nested = find_section(s.name + "." + sub))
+        return apply_section(*nested, v, source, sub_where);
+      fail("{}: unknown key '{}.{}'; valid keys in '{}': {}", sub_where, s.name, sub, s.name,
+           keys_of(s));
     });
   }
 
@@ -202,19 +240,28 @@ class RecipeBinder {
     } catch (const YAML::Exception& e) {
       fail("{}: the value is not valid YAML: {}", where, e.msg);
     }
-    size_t dot = key.find('.');
-    std::string head = key.substr(0, dot);
+    size_t dot = key.rfind('.');
     if (dot == std::string::npos) {
       if (const FieldBinding* f = top_.find(key)) return set(top_, *f, value, where);
     }
-    const SectionBinding* s = find_section(head);
-    if (!s) fail("{}: unknown key '{}'; valid top-level keys: {}", where, head, top_key_list());
-    if (dot == std::string::npos) {
+    if (const SectionBinding* whole = find_section(key)) {
       fail("{}: '{}' is a section; override one of its keys as {}.<key>=value; valid keys in "
-           "'{}': {}", where, head, head, head, s->key_list());
+           "'{}': {}", where, key, key, key, keys_of(*whole));
+    }
+    if (dot == std::string::npos) {
+      fail("{}: unknown key '{}'; valid top-level keys: {}", where, key, top_key_list());
+    }
+    std::string head = key.substr(0, dot);
+    const SectionBinding* s = find_section(head);
+    if (!s) {
+      std::string first = key.substr(0, key.find('.'));
+      if (!find_section(first))
+        fail("{}: unknown key '{}'; valid top-level keys: {}", where, first, top_key_list());
+      fail("{}: unknown key '{}'; valid keys in '{}': {}", where, key, first,
+           keys_of(*find_section(first)));
     }
     const FieldBinding* f = s->find(key.substr(dot + 1));
-    if (!f) fail("{}: unknown key '{}'; valid keys in '{}': {}", where, key, head, s->key_list());
+    if (!f) fail("{}: unknown key '{}'; valid keys in '{}': {}", where, key, head, keys_of(*s));
     set(*s, *f, value, where);
   }
 
@@ -238,8 +285,14 @@ class RecipeBinder {
     std::string out;
     for (const auto& f : top_.fields) out += fmt::format("{}: {}\n", f.key, f.emit());
     for (const auto& s : sections_) {
+      if (s.name.find('.') != std::string::npos) continue;  // printed inside its parent
       out += s.name + ":\n";
       for (const auto& f : s.fields) out += fmt::format("  {}: {}\n", f.key, f.emit());
+      for (const auto& nested : sections_) {
+        if (nested.name.rfind(s.name + ".", 0) != 0) continue;
+        out += "  " + nested.name.substr(s.name.size() + 1) + ":\n";
+        for (const auto& f : nested.fields) out += fmt::format("    {}: {}\n", f.key, f.emit());
+      }
     }
     return out;
   }
@@ -278,12 +331,21 @@ class RecipeBinder {
 
   std::string top_key_list() const {
     std::string keys = top_.key_list();
-    for (const auto& s : sections_) keys += ", " + s.name;
+    for (const auto& s : sections_)
+      if (s.name.find('.') == std::string::npos) keys += ", " + s.name;
+    return keys;
+  }
+
+  // A section's fields followed by its nested sections ("backend, ..., compression").
+  std::string keys_of(const SectionBinding& s) const {
+    std::string keys = s.key_list();
+    for (const auto& nested : sections_)
+      if (nested.name.rfind(s.name + ".", 0) == 0) keys += ", " + nested.name.substr(s.name.size() + 1);
     return keys;
   }
 
   SectionBinding top_;                          // kind, name, out_dir, init
-  std::vector<SectionBinding> sections_;        // model, data, train, checkpoint
+  std::vector<SectionBinding> sections_;        // model, data, ..., and nested ones (comm.compression)
   std::map<std::string, std::string> origins_;  // dotted key -> where it was last set
 };
 

@@ -333,8 +333,8 @@ TEST(RecipeMemory, ValuesDefaultsAndErrors) {
   EXPECT_EQ(d.memory.loss, "full");
   RunConfig c = parse_recipe(
       "memory:\n  recompute: every_k\n  recompute_every: 3\n  offload: disk\n"
-      "  offload_dir: /tmp/spill\n  loss: chunked\n  loss_chunk: 256\n  wta_crs: true\n"
-      "  wta_crs_ratio: 0.25\n",
+      "  offload_dir: /tmp/spill\n  loss: chunked\n  loss_chunk: 256\n"
+      "  wta_crs:\n    enabled: true\n    ratio: 0.25\n",
       "m.yaml", {"memory.meter=false"});
   EXPECT_EQ(c.memory.recompute, "every_k");
   EXPECT_EQ(c.memory.recompute_every, 3);
@@ -353,9 +353,59 @@ TEST(RecipeMemory, ValuesDefaultsAndErrors) {
   expect_parse_error("memory:\n  recompute: budget\n", {"memory.budget_mb", "recompute is 'budget'"});
   expect_parse_error("memory:\n  offload: disk\n  activations: int8\n",
                      {"memory.activations", "cannot be combined"});
-  expect_parse_error("memory:\n  wta_crs_ratio: 1.5\n", {"memory.wta_crs_ratio", "(0, 1]"});
+  expect_parse_error("memory:\n  wta_crs: {ratio: 1.5}\n", {"r.yaml:2", "memory.wta_crs.ratio", "(0, 1]"});
+  expect_parse_error("", {"memory.wta_crs.ratio", "(0, 1]"}, {"memory.wta_crs.ratio=0"});
+  expect_parse_error("memory:\n  wta_crs: true\n", {"memory.wta_crs", "expects a mapping", "enabled, ratio"});
   expect_parse_error("memory:\n  loss_chunk: 0\n", {"memory.loss_chunk", "> 0"});
-  expect_parse_error("memory:\n  bogus: 1\n", {"unknown key 'memory.bogus'", "recompute, recompute_every"});
+  expect_parse_error("memory:\n  bogus: 1\n",
+                     {"unknown key 'memory.bogus'", "recompute, recompute_every", "meter, wta_crs"});
+}
+
+TEST(RecipeCompression, NestedSectionValuesOverridesAndEmit) {
+  RunConfig d = parse_recipe("", "c.yaml");
+  EXPECT_EQ(d.comm.compression.codec, "none");
+  EXPECT_EQ(d.comm.compression.error_control, "none");
+  EXPECT_FALSE(d.comm.compression.enabled());
+  RunConfig c = parse_recipe(
+      "comm:\n  bucket_cap_mb: 5\n  compression:\n    codec: topk\n    ratio: 0.01\n"
+      "    error_control: econtrol\n    eta: 0.2\n    warmup_steps: 100\n",
+      "c.yaml", {"comm.compression.min_bucket_numel=4096", "comm.overlap=false"});
+  EXPECT_EQ(c.comm.bucket_cap_mb, 5.0);
+  EXPECT_FALSE(c.comm.overlap);
+  EXPECT_EQ(c.comm.compression.codec, "topk");
+  EXPECT_EQ(c.comm.compression.ratio, 0.01);
+  EXPECT_EQ(c.comm.compression.error_control, "econtrol");
+  EXPECT_EQ(c.comm.compression.eta, 0.2);
+  EXPECT_EQ(c.comm.compression.warmup_steps, 100);
+  EXPECT_EQ(c.comm.compression.min_bucket_numel, 4096);
+  EXPECT_TRUE(c.comm.compression.enabled());
+  std::string text = to_yaml(c);
+  EXPECT_NE(text.find("comm:\n  backend: auto\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("\n  compression:\n    codec: topk\n"), std::string::npos) << text;
+  EXPECT_EQ(to_yaml(parse_recipe(text, "r")), text);
+  // Flow style works like block style.
+  RunConfig f = parse_recipe("comm: {compression: {codec: powersgd, rank: 2}}\n", "f.yaml");
+  EXPECT_EQ(f.comm.compression.codec, "powersgd");
+  EXPECT_EQ(f.comm.compression.rank, 2);
+}
+
+TEST(RecipeCompression, Errors) {
+  expect_parse_error("comm:\n  compression:\n    codec: zip\n",
+                     {"r.yaml:3", "comm.compression.codec", "none, fp16, bf16, topk, randk, qsgd, sign, powersgd"});
+  expect_parse_error("comm:\n  compression:\n    ratio: 0\n", {"comm.compression.ratio", "(0, 1]", "got 0"});
+  expect_parse_error("comm:\n  compression:\n    ratio: 1.5\n", {"comm.compression.ratio", "(0, 1]"});
+  expect_parse_error("", {"override 'comm.compression.ratio=2'", "(0, 1]"}, {"comm.compression.ratio=2"});
+  expect_parse_error("comm:\n  compression:\n    error_control: ef22\n",
+                     {"comm.compression.error_control", "none, ef, ef21, econtrol"});
+  expect_parse_error("comm:\n  compression:\n    eta: 0\n", {"comm.compression.eta", "(0, 1]"});
+  expect_parse_error("comm:\n  compression:\n    levels: 200\n", {"comm.compression.levels", "[1, 127]"});
+  expect_parse_error("comm:\n  compression:\n    topk: 1\n",
+                     {"unknown key 'comm.compression.topk'", "codec, ratio, k,"});
+  expect_parse_error("comm:\n  compression: topk\n", {"r.yaml:2", "expects a mapping", "codec, ratio"});
+  expect_parse_error("comm:\n  bogus: 1\n", {"unknown key 'comm.bogus'", "overlap, compression"});
+  expect_parse_error("", {"unknown key 'comm.compression.zip'", "codec, ratio"}, {"comm.compression.zip=1"});
+  expect_parse_error("", {"'comm.compression' is a section", "codec, ratio"}, {"comm.compression=topk"});
+  expect_parse_error("", {"unknown key 'comm.bogus.x'", "valid keys in 'comm'"}, {"comm.bogus.x=1"});
 }
 
 }  // namespace

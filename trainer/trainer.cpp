@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 
@@ -33,6 +34,32 @@ std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm) {
   std::map<std::string, at::Tensor> out;
   for (size_t r = 0; r < all.size(); ++r) out["rng/torch_cpu_rank" + std::to_string(r)] = all[r];
   return out;
+}
+
+// Error-control and codec state of every rank ("comm/compression_rank<r>") and the compressor's
+// step counter, gathered to all ranks for rank 0's checkpoint. Collective.
+std::map<std::string, at::Tensor> gather_compression_state(Communicator& comm,
+                                                           GradientCompression& compression) {
+  std::vector<at::Tensor> all = comm.all_gather_v(compression.state());
+  std::map<std::string, at::Tensor> out;
+  for (size_t r = 0; r < all.size(); ++r) out["comm/compression_rank" + std::to_string(r)] = all[r];
+  out["comm/compression_step"] = at::full({1}, compression.step(), at::kLong);
+  return out;
+}
+
+void restore_compression(const Checkpoint& ckpt, GradientCompression& compression, int rank) {
+  const H5File& f = ckpt.file();
+  const std::string name = "comm/compression_rank" + std::to_string(rank);
+  if (!f.has("comm/compression_step")) {
+    spdlog::warn("{} has no gradient-compression state (written without comm.compression?): "
+                 "error control starts from zero, after {} dense warm-up steps",
+                 f.path(), compression.config().warmup_steps);
+    return;
+  }
+  CONDENSE_CHECK(f.has(name), "{}: no '{}': the checkpoint was written by fewer ranks; resume "
+                 "with the same number of ranks to keep the gradient-compression state", f.path(), name);
+  compression.load_state(f.read_tensor(name), f.read_tensor("comm/compression_step").item<int64_t>(),
+                         f.path() + ":" + name);
 }
 
 }  // namespace
@@ -71,8 +98,10 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
 
   TrainingState state;
   TrainResult result;
+  std::optional<Checkpoint> resumed;
   if (resume_from) {
-    Checkpoint ckpt = Checkpoint::open(*resume_from);
+    resumed.emplace(Checkpoint::open(*resume_from));
+    Checkpoint& ckpt = *resumed;
     ckpt.load_model(model_);
     ckpt.load_optimizer(optimizer);
     ckpt.restore_rng(setup_.comm ? setup_.comm->rank() : 0);
@@ -96,6 +125,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       comm->broadcast(t, 0);
     }
     sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
+    if (sync->compression() && resumed) restore_compression(*resumed, *sync->compression(), comm->rank());
   }
   MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
   std::optional<Progress> progress;
@@ -109,10 +139,11 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   auto start = clock::now();
 
   auto save = [&] {
-    std::map<std::string, at::Tensor> rng = gather_rng_states(comm);
+    std::map<std::string, at::Tensor> extra = gather_rng_states(comm);
+    if (sync && sync->compression()) extra.merge(gather_compression_state(*comm, *sync->compression()));
     if (rank0) {
       result.checkpoint = checkpoints.save(model_, &optimizer, state, setup_.recipe_yaml,
-                                           setup_.tokenizer_bytes, rng);
+                                           setup_.tokenizer_bytes, extra);
       message(fmt::format("checkpoint {}", result.checkpoint));
     }
   };
@@ -145,14 +176,18 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       loss_sum += loss.item<double>();
     }
     double loss = loss_sum / tc.grad_accum;
+    std::array<double, 3> comm_seconds{};  // compress, exchange, decompress: mean over ranks
     bool stop_now = stop.requested();
     if (sync) {
       sync->finish();
       // One small collective per step: the mean loss for metrics, and whether any rank was
       // asked to stop, so that all ranks stop after the same step.
-      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0});
+      const ExchangeStats& x = sync->last_step().exchange;
+      std::vector<double> r = all_reduce_mean(
+          *comm, {loss, stop_now ? 1.0 : 0.0, x.compress_s, x.exchange_s, x.decompress_s});
       loss = r[0];
       stop_now = r[1] > 0;
+      comm_seconds = {r[2], r[3], r[4]};
     }
     CONDENSE_CHECK(std::isfinite(loss), "training diverged: loss is {} at step {} (lr {:.3e}); "
                    "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
@@ -175,8 +210,16 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
         {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
         {"tokens_seen", double(state.tokens_seen)}, {"elapsed_s", elapsed}};
     if (sync) {
-      values.emplace_back("comm_bytes", double(sync->last_step().bytes));
-      values.emplace_back("comm_s", sync->last_step().exchange_seconds);
+      // Bytes are this rank's (the same on every rank); seconds are means over ranks.
+      const ExchangeStats& x = sync->last_step().exchange;
+      values.emplace_back("comm_bytes", double(x.payload_bytes));
+      values.emplace_back("comm_wire_bytes", double(x.wire_bytes));
+      values.emplace_back("comm_ratio", x.ratio());
+      values.emplace_back("comm_s", comm_seconds[1]);
+      if (sync->compression()) {
+        values.emplace_back("comm_compress_s", comm_seconds[0]);
+        values.emplace_back("comm_decompress_s", comm_seconds[2]);
+      }
     }
     if (meter) {
       for (const auto& [key, mb] : meter->metrics()) values.emplace_back(key, mb);

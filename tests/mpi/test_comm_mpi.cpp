@@ -15,43 +15,16 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include "model/llama.h"
 #include "trainer/adamw.h"
+#include "tests/mpi/mpi_fixtures.h"
 
 namespace condense {
 namespace {
 
-Communicator& world() {
-  static std::unique_ptr<Communicator> comm = [] {
-    CommConfig c;
-    c.backend = "mpi";
-    return make_communicator(c);
-  }();
-  return *comm;
-}
-
-LlamaConfig tiny() {
-  LlamaConfig c;
-  c.vocab_size = 101; c.hidden_size = 32; c.intermediate_size = 64; c.num_hidden_layers = 3;
-  c.num_attention_heads = 4; c.num_key_value_heads = 2; c.max_position_embeddings = 32;
-  return c;
-}
-
-std::vector<std::pair<std::string, at::Tensor>> named(LlamaForCausalLM& m) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (auto& p : m->named_parameters()) out.emplace_back(p.key(), p.value());
-  return out;
-}
-
-// Different data on every rank.
-at::Tensor rank_batch(int rank, int64_t b = 2, int64_t t = 12) {
-  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1000 + rank);
-  return at::randint(0, 101, {b, t}, g, at::TensorOptions().dtype(at::kLong));
-}
-
-at::Tensor lm_loss(LlamaForCausalLM& m, const at::Tensor& ids) {
-  at::Tensor logits = m->forward(ids.narrow(1, 0, ids.size(1) - 1));
-  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
-                                ids.narrow(1, 1, ids.size(1) - 1).reshape({-1}));
-}
+using test::lm_loss;
+using test::named;
+using test::rank_batch;
+using test::tiny;
+using test::world;
 
 }  // namespace
 
@@ -79,6 +52,14 @@ TEST(Collectives, ClosedForms) {
   at::Tensor in = at::arange(2 * n, at::kFloat), out = at::empty({2}, at::kFloat);
   c.reduce_scatter_sum(in, out);  // every rank sends 0..2n-1; rank r gets n * [2r, 2r+1]
   EXPECT_TRUE(at::equal(out, at::tensor({float(n * 2 * r), float(n * (2 * r + 1))})));
+
+  // 16-bit floats (MPI has no such types: user-defined sum operations), exact for small integers.
+  for (at::ScalarType type : {at::kHalf, at::kBFloat16}) {
+    at::Tensor h = (at::arange(6, at::kFloat) + r).to(type);
+    c.all_reduce_sum(h);
+    EXPECT_TRUE(at::equal(h, (at::arange(6, at::kFloat) * n + n * (n - 1) / 2.0).to(type)))
+        << c10::toString(type);
+  }
   c.barrier();
 }
 
@@ -149,7 +130,7 @@ TEST(GradientSync, AccumulationExchangesOnlyOnTheLastMicroStep) {
   sync.begin_backward(true);
   lm_loss(model, b).backward();
   sync.finish();
-  EXPECT_GT(sync.last_step().bytes, 0);
+  EXPECT_GT(sync.last_step().exchange.payload_bytes, 0);
   // Reference: (grad_a + grad_b) of every rank, averaged.
   LlamaForCausalLM fresh(tiny());
   {

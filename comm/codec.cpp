@@ -1,0 +1,49 @@
+#include "comm/codec.h"
+
+#include <cmath>
+
+#include "comm/codec_impl.h"
+#include "core/error.h"
+
+namespace condense {
+
+void ExchangeStats::add_all_reduce(int64_t bytes, int world) {
+  payload_bytes += bytes;
+  wire_bytes += world > 1 ? 2 * (world - 1) * bytes / world : 0;
+}
+
+void ExchangeStats::add_all_gather(int64_t bytes, int world) {
+  payload_bytes += bytes;
+  wire_bytes += (world - 1) * bytes;
+}
+
+void ExchangeStats::add_dense_reference(int64_t bytes, int world) {
+  dense_wire_bytes += world > 1 ? 2 * (world - 1) * bytes / world : 0;
+}
+
+const std::vector<std::string>& codec_names() {
+  static const std::vector<std::string> names = {"none", "fp16", "bf16", "topk",
+                                                 "randk", "qsgd", "sign", "powersgd"};
+  return names;
+}
+
+int64_t kept_elements(const CompressionConfig& c, int64_t numel) {
+  int64_t k = c.k > 0 ? c.k : static_cast<int64_t>(std::llround(c.ratio * static_cast<double>(numel)));
+  return std::clamp<int64_t>(k, 1, std::max<int64_t>(numel, 1));
+}
+
+std::unique_ptr<Codec> make_codec(const CompressionConfig& c, const BucketLayout& layout,
+                                  int world, bool error_control) {
+  const std::string& n = c.codec;
+  if (n == "none" || n == "fp16" || n == "bf16") return make_dense_codec(n, layout.numel, world);
+  if (n == "topk") return make_topk_codec(layout.numel, kept_elements(c, layout.numel), world);
+  if (n == "randk") return make_randk_codec(layout.numel, kept_elements(c, layout.numel), !error_control);
+  if (n == "qsgd") return make_qsgd_codec(layout.numel, c.levels, c.block);
+  if (n == "sign") return make_sign_codec(layout.numel, c.block);
+  if (n == "powersgd") return make_powersgd_codec(layout, c.rank, static_cast<uint64_t>(c.seed));
+  std::string valid;
+  for (const auto& v : codec_names()) valid += (valid.empty() ? "" : ", ") + v;
+  fail("unknown compression codec '{}'; valid: {}", n, valid);
+}
+
+}  // namespace condense

@@ -1,0 +1,29 @@
+// Internal to comm/: constructors of the codecs (one file each) and helpers they share.
+#pragma once
+#include <chrono>
+
+#include "comm/codec.h"
+
+namespace condense {
+
+std::unique_ptr<Codec> make_dense_codec(const std::string& name, int64_t numel, int world);
+std::unique_ptr<Codec> make_topk_codec(int64_t numel, int64_t k, int world);
+std::unique_ptr<Codec> make_randk_codec(int64_t numel, int64_t k, bool unbiased);
+std::unique_ptr<Codec> make_qsgd_codec(int64_t numel, int64_t levels, int64_t block);
+std::unique_ptr<Codec> make_sign_codec(int64_t numel, int64_t block);
+std::unique_ptr<Codec> make_powersgd_codec(const BucketLayout& layout, int64_t rank, uint64_t seed);
+
+// Adds the wall time of its scope to a counter.
+class ScopedSeconds {
+ public:
+  explicit ScopedSeconds(double& sink) : sink_(sink), t0_(std::chrono::steady_clock::now()) {}
+  ~ScopedSeconds() {
+    sink_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+
+ private:
+  double& sink_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+}  // namespace condense

@@ -1,0 +1,68 @@
+#include "comm/error_control.h"
+
+#include <ATen/ATen.h>
+
+#include "core/error.h"
+
+namespace condense {
+
+const std::vector<std::string>& ErrorControl::kinds() {
+  static const std::vector<std::string> k = {"none", "ef", "ef21", "econtrol"};
+  return k;
+}
+
+ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel)
+    : kind_(std::move(kind)), eta_(eta) {
+  CONDENSE_CHECK(std::find(kinds().begin(), kinds().end(), kind_) != kinds().end(),
+                 "unknown error control '{}'; valid: none, ef, ef21, econtrol", kind_);
+  auto zeros = [&] { return at::zeros({numel}, at::kFloat); };
+  if (kind_ == "ef" || kind_ == "econtrol") e_ = zeros();
+  if (kind_ == "ef21" || kind_ == "econtrol") {
+    h_local_ = zeros();
+    h_ = zeros();
+  }
+  if (kind_ != "none") {
+    scratch_ = at::empty({numel}, at::kFloat);
+    d_ = at::empty({numel}, at::kFloat);
+  }
+}
+
+std::vector<at::Tensor> ErrorControl::state() const {
+  std::vector<at::Tensor> s;
+  for (const at::Tensor& t : {e_, h_local_, h_})
+    if (t.defined()) s.push_back(t);
+  return s;
+}
+
+void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
+  if (kind_ == "none") {
+    at::Tensor mean = at::empty_like(g);
+    codec.exchange(g, nullptr, mean, ctx);
+    g.copy_(mean);
+    return;
+  }
+  at::Tensor& u = scratch_;
+  if (kind_ == "ef") {
+    u.copy_(g).add_(e_);                 // v = g + e
+    codec.exchange(u, &d_, g, ctx);      // g <- mean of C(v_r)
+    at::sub_out(e_, u, d_);              // e = v - d
+    return;
+  }
+  if (kind_ == "ef21") {
+    at::sub_out(u, g, h_local_);         // g - h_i
+    codec.exchange(u, &d_, g, ctx);      // g <- m
+    h_local_.add_(d_);
+    h_.add_(g);
+    g.copy_(h_);
+    return;
+  }
+  // econtrol
+  at::sub_out(u, g, h_local_).add_(e_, eta_);  // u = eta e + g - h_i
+  codec.exchange(u, &d_, g, ctx);               // g <- m
+  e_.mul_(1.0 - eta_).add_(u).sub_(d_);         // e += g - h_i - d  (= (1 - eta) e + u - d)
+  h_local_.add_(d_);
+  h_.add_(g);
+  g.copy_(h_);
+}
+
+}  // namespace condense

@@ -1,0 +1,107 @@
+#include "comm/gradient_compression.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "core/random.h"
+
+namespace condense {
+
+GradientCompression::GradientCompression(Communicator& comm, CompressionConfig config,
+                                         std::vector<BucketLayout> layouts)
+    : comm_(comm), config_(std::move(config)) {
+  const int world = comm_.size();
+  const bool ec = config_.error_control != "none";
+  int64_t total = 0, total_payload = 0, total_dense_wire = 0, total_wire = 0;
+  for (size_t b = 0; b < layouts.size(); ++b) {
+    const BucketLayout& layout = layouts[b];
+    CompressionConfig bucket_config = config_;
+    if (layout.numel < config_.min_bucket_numel) bucket_config.codec = "none";
+    bucket_config.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
+    Bucket bucket{make_codec(bucket_config, layout, world, ec),
+                  make_codec(CompressionConfig{}, layout, world, ec),
+                  ErrorControl(config_.error_control, config_.eta, layout.numel)};
+    ExchangeStats plan, dense;
+    const int64_t payload = bucket.codec->payload_bytes();
+    if (bucket.codec->summable()) plan.add_all_reduce(payload, world);
+    else plan.add_all_gather(payload, world);
+    dense.add_all_reduce(4 * layout.numel, world);
+    total += layout.numel;
+    total_payload += payload;
+    total_wire += plan.wire_bytes;
+    total_dense_wire += dense.wire_bytes;
+    if (world > 1 && plan.wire_bytes >= dense.wire_bytes && bucket_config.codec != "none" &&
+        comm_.rank() == 0) {
+      std::string why = config_.codec == "topk"
+          ? fmt::format("topk all-gathers (index, value) pairs and only saves bytes below the "
+                        "break-even ratio k/numel < 1/n = {:.4g} for {} ranks (here {:.4g})",
+                        1.0 / world, world, double(kept_elements(config_, layout.numel)) / layout.numel)
+          : fmt::format("{} payloads are all-gathered", config_.codec);
+      spdlog::warn("comm.compression: bucket {} ({} elements): codec '{}' sends {} bytes per rank "
+                   "against {} for a dense fp32 all-reduce; {}",
+                   b, layout.numel, config_.codec, plan.wire_bytes, dense.wire_bytes, why);
+    }
+    buckets_.push_back(std::move(bucket));
+  }
+  if (comm_.rank() == 0) {
+    spdlog::info("comm.compression: codec {} with error control {}{}, {} buckets, {} elements: "
+                 "{:.3g} MB payload and {:.3g} MB on the wire per rank and step ({:.1f}x less than "
+                 "dense fp32 all-reduce), after {} dense warm-up steps",
+                 config_.codec, config_.error_control,
+                 config_.error_control == "econtrol" ? fmt::format(" (eta {})", config_.eta) : "",
+                 buckets_.size(), total, total_payload / 1e6, total_wire / 1e6,
+                 total_wire > 0 ? double(total_dense_wire) / total_wire : 1.0, config_.warmup_steps);
+  }
+}
+
+bool GradientCompression::compressing() const { return step_ >= config_.warmup_steps; }
+
+void GradientCompression::begin_step() { stats_ = ExchangeStats{}; }
+
+void GradientCompression::exchange(size_t b, at::Tensor& flat) {
+  CONDENSE_CHECK(b < buckets_.size(), "GradientCompression: bucket {} of {}", b, buckets_.size());
+  Bucket& bucket = buckets_[b];
+  uint64_t shared = mix64(mix64(static_cast<uint64_t>(config_.seed) ^ 0x5EEDull) +
+                          static_cast<uint64_t>(step_) * 0x9E3779B97F4A7C15ull + b);
+  ExchangeContext ctx{comm_, shared, mix64(shared + static_cast<uint64_t>(comm_.rank()) + 1), stats_};
+  Codec& codec = compressing() ? *bucket.codec : *bucket.dense;
+  bucket.control.step(flat, codec, ctx);
+  stats_.add_dense_reference(4 * flat.numel(), comm_.size());
+}
+
+std::vector<at::Tensor> GradientCompression::state_tensors() const {
+  std::vector<at::Tensor> out;
+  for (const Bucket& b : buckets_) {
+    for (const at::Tensor& t : b.control.state()) out.push_back(t);
+    for (const at::Tensor& t : b.codec->state()) out.push_back(t);
+  }
+  return out;
+}
+
+at::Tensor GradientCompression::state() const {
+  std::vector<at::Tensor> flat;
+  for (const at::Tensor& t : state_tensors()) flat.push_back(t.reshape({-1}));
+  return flat.empty() ? at::empty({0}, at::kFloat) : at::cat(flat);
+}
+
+void GradientCompression::load_state(const at::Tensor& flat, int64_t step, const std::string& source) {
+  std::vector<at::Tensor> tensors = state_tensors();
+  int64_t expected = 0;
+  for (const at::Tensor& t : tensors) expected += t.numel();
+  CONDENSE_CHECK(flat.scalar_type() == at::kFloat && flat.dim() == 1 && flat.numel() == expected,
+                 "{}: compression state has {} {} elements, expected {} fp32 for codec '{}' with "
+                 "error control '{}' over these buckets; was the checkpoint written with another "
+                 "comm.compression setting or model?",
+                 source, flat.numel(), c10::toString(flat.scalar_type()), expected, config_.codec,
+                 config_.error_control);
+  int64_t offset = 0;
+  at::NoGradGuard no_grad;
+  for (at::Tensor& t : tensors) {
+    t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+    offset += t.numel();
+  }
+  step_ = step;
+}
+
+}  // namespace condense

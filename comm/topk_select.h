@@ -1,0 +1,34 @@
+// Exact top-k-by-magnitude selection for gradient compression (sparsified all-reduce / top-k
+// SGD: the k largest |g| of a flat gradient are sent as (index, value) pairs).
+//
+// topk_abs_indices(x, k) returns the indices of the k entries of x with the largest |x|,
+// exactly k of them, as an int32 tensor sorted ascending. The result is a deterministic
+// function of x: ties at the k-th magnitude go to the lower indices, so every rank that
+// selects from the same x gets the same indices, whatever the thread count.
+//
+// Magnitude order: |x| as a float, with -0 == +0, and NaN (any sign, any payload) counted as
+// one magnitude larger than +inf. So NaN entries are always selected first (torch::topk also
+// orders NaN above every number), and among NaNs, as among other ties, lower indices win.
+//
+// Requirements (checked, condense::Error otherwise): x is a contiguous 1-D float32 CPU tensor
+// with fewer than 2^31 elements, and 0 <= k <= x.numel().
+//
+// Cost: one parallel pass over x plus work proportional to the candidates it collects
+// (typically k plus a few percent); see topk_select.cpp for the algorithm. Unlike
+// torch::topk(x.abs(), k) it needs no |x| copy and never sorts the selected entries.
+#pragma once
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace condense {
+
+at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
+
+namespace detail {
+// For tests: topk_abs_indices with `first_threshold` tried as the collection threshold before
+// the sampled ones, so that a too-high first guess exercises the retry path. Same result.
+at::Tensor topk_abs_indices_first_threshold(const at::Tensor& x, int64_t k, float first_threshold);
+}  // namespace detail
+
+}  // namespace condense
