@@ -25,16 +25,24 @@ struct Dense {
   int64_t offset, numel, buf_offset;  // in the bucket, in the P buffer (after all P's)
 };
 
-// Gram-Schmidt on the columns of p (rows x r), in place. A zero column stays zero.
+// Orthonormalizes the columns of p (rows x r) in place: modified Gram-Schmidt applied twice
+// ("twice is enough", Giraud et al. 2005), so the result stays orthogonal to float precision
+// even when columns are nearly dependent. A column that is (numerically) in the span of the
+// previous ones is set to zero instead of normalizing rounding noise into a spurious
+// direction; the caller re-seeds such columns of Q.
 void orthonormalize(at::Tensor p) {
   for (int64_t j = 0; j < p.size(1); ++j) {
     at::Tensor col = p.select(1, j);
-    for (int64_t i = 0; i < j; ++i) {
-      at::Tensor prev = p.select(1, i);
-      col.sub_(prev * at::dot(prev, col));
+    const double before = col.norm().item<double>();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int64_t i = 0; i < j; ++i) {
+        at::Tensor prev = p.select(1, i);
+        col.sub_(prev * at::dot(prev, col));
+      }
     }
-    double norm = col.norm().item<double>();
-    if (norm > 0) col.div_(norm);
+    const double norm = col.norm().item<double>();
+    if (norm > 1e-5 * before && norm > 0) col.div_(norm);
+    else col.zero_();
   }
 }
 
@@ -112,9 +120,17 @@ class PowerSgdCodec : public Codec {
     }
     ScopedSeconds t(ctx.stats.decompress_s);
     qbuf.div_(world);
-    for (Matrix& m : matrices_) {
+    for (size_t j = 0; j < matrices_.size(); ++j) {
+      Matrix& m = matrices_[j];
       at::Tensor p = pview(m), q = qview(m), out = mat(mean, m);
       m.q.copy_(q);
+      // A zero column of Q (the gradient had lower rank than r) would stay zero forever under
+      // warm starts; re-seed it from the shared seed, identically on every rank.
+      at::Tensor dead = m.q.abs().amax(0).eq(0);
+      if (dead.any().item<bool>()) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(ctx.shared_seed + j);
+        m.q.copy_(at::where(dead, at::randn(m.q.sizes(), gen, at::kFloat), m.q));
+      }
       at::mm_out(out, p, q.t());
       if (local) {
         at::Tensor ql = q_local.narrow(0, m.q_offset, m.cols * m.rank).view({m.cols, m.rank});
