@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Convergence of compressed gradient exchange: validation loss versus bytes on the wire.
+
+    .venv/bin/python bench/convergence_study.py --ranks 4 --steps 300
+
+Trains the quickstart model (recipes/quickstart.yaml: 4 layers, hidden 256, GCIDE, vocab 4096)
+on N ranks under mpirun once per configuration, all with the same seeds, data order, steps and
+schedule; only comm.compression differs. Each run's metrics.jsonl gives the validation losses
+(every --eval-every steps) and the bytes each rank put on the wire per step (comm_wire_bytes:
+ring all-reduce 2(n-1)/n P, all-gather (n-1) P). Prints and appends to bench/RESULTS.md a table
+of final validation loss (and its gap to the dense run) and total wire bytes per rank, and
+writes bench/convergence_loss_vs_bytes.png (validation loss against cumulative bytes, log x)
+and bench/convergence_loss_vs_step.png.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name -> comm.compression overrides. Top-K and Random-K keep 1% of each bucket.
+CONFIGS = {
+    "dense": {},
+    "topk1%": {"codec": "topk", "ratio": 0.01},
+    "topk1%+ef": {"codec": "topk", "ratio": 0.01, "error_control": "ef"},
+    "topk1%+ef21": {"codec": "topk", "ratio": 0.01, "error_control": "ef21"},
+    "topk1%+econtrol(0.05)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.05},
+    "topk1%+econtrol(0.2)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.2},
+    "topk1%+econtrol(0.5)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.5},
+    "randk1%+ef": {"codec": "randk", "ratio": 0.01, "error_control": "ef"},
+    "qsgd4bit": {"codec": "qsgd", "levels": 7},
+    "sign+ef": {"codec": "sign", "error_control": "ef"},
+    "powersgd4+ef": {"codec": "powersgd", "rank": 4, "error_control": "ef"},
+}
+
+
+def read_metrics(path: Path):
+    train, val = [], []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        (val if r.get("split") == "val" else train).append(r)
+    return train, val
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--condense", default=str(REPO / "build" / "condense"))
+    ap.add_argument("--ranks", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch-size", type=int, default=4, help="per rank")
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10, help="comm.compression.warmup_steps")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
+    ap.add_argument("--out", default="/tmp/condense-convergence")
+    ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--reuse", action="store_true", help="skip runs whose metrics already exist")
+    args = ap.parse_args()
+
+    names = [n for n in args.configs.split(",") if n]
+    for n in names:
+        if n not in CONFIGS:
+            sys.exit(f"unknown config {n}; known: {', '.join(CONFIGS)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = [f"name=conv", f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
+            f"data.batch_size={args.batch_size}", "train.threads=1", "checkpoint.every=0",
+            "train.log_every=50"]
+    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(args.ranks),
+              "--mca", "mpi_yield_when_idle", "1", "--mca", "btl_vader_single_copy_mechanism", "none"]
+    results = {}
+    commands = []
+    for name in names:
+        run_dir = out / name.replace("%", "pct").replace("(", "_").replace(")", "")
+        comp = dict(CONFIGS[name])
+        overrides = [f"out_dir={run_dir}"] + base
+        if comp:
+            comp.setdefault("warmup_steps", args.warmup)
+            overrides += [f"comm.compression.{k}={v}" for k, v in comp.items()]
+        cmd = [*mpirun, args.condense, "train", str(REPO / "recipes" / "quickstart.yaml"), *overrides]
+        commands.append(shlex.join(cmd))
+        metrics = run_dir / "metrics.jsonl"
+        if not (args.reuse and metrics.exists()):
+            if run_dir.exists():
+                subprocess.run(["rm", "-rf", str(run_dir)], check=True)
+            t0 = time.time()
+            load0 = os.getloadavg()[0]
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            if p.returncode != 0:
+                print(p.stderr[-3000:], file=sys.stderr)
+                sys.exit(f"{name} failed ({p.returncode})")
+            print(f"{name}: {time.time() - t0:.0f} s (load {load0:.1f} -> {os.getloadavg()[0]:.1f})",
+                  file=sys.stderr)
+        train, val = read_metrics(metrics)
+        cum, total = {}, 0.0
+        for r in train:
+            total += r.get("comm_wire_bytes", 0.0)
+            cum[r["step"]] = total
+        results[name] = {
+            "val": [(r["step"], r["loss"]) for r in val],
+            "bytes_at": [cum[r["step"]] for r in val],
+            "total_wire_bytes": total,
+            "total_payload_bytes": sum(r.get("comm_bytes", 0.0) for r in train),
+            "final_train_loss": train[-1]["loss"],
+        }
+
+    dense = results.get("dense")
+    lines = ["| config | final val loss | vs dense | wire bytes per rank | vs dense |",
+             "| --- | --- | --- | --- | --- |"]
+    for name, r in results.items():
+        v = r["val"][-1][1]
+        gap = f"{100 * (v / dense['val'][-1][1] - 1):+.2f}%" if dense else "-"
+        ratio = f"{dense['total_wire_bytes'] / r['total_wire_bytes']:.1f}x less" if dense and r["total_wire_bytes"] else "-"
+        lines.append(f"| {name} | {v:.4f} | {gap} | {r['total_wire_bytes'] / 1e6:.1f} MB | {ratio} |")
+    table = "\n".join(lines)
+    print(table)
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for kind in ("bytes", "step"):
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for name, r in results.items():
+            ys = [l for _, l in r["val"]]
+            xs = r["bytes_at"] if kind == "bytes" else [s for s, _ in r["val"]]
+            if kind == "bytes":
+                xs = [max(x, 1.0) / 1e6 for x in xs]
+            ax.plot(xs, ys, marker="o", ms=3, label=name, lw=2.2 if name == "dense" else 1.2)
+        if kind == "bytes":
+            ax.set_xscale("log")
+            ax.set_xlabel("cumulative bytes on the wire per rank (MB, log)")
+        else:
+            ax.set_xlabel("step")
+        ax.set_ylabel("validation loss")
+        ax.set_title(f"quickstart model, GCIDE, {args.ranks} ranks x batch {args.batch_size}, {args.steps} steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(REPO / "bench" / f"convergence_loss_vs_{kind}.png", dpi=110)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+
+    if not args.no_append:
+        with open(REPO / "bench" / "RESULTS.md", "a") as f:
+            f.write(f"\n## Convergence of compressed gradient exchange ({dt.date.today()})\n\n")
+            f.write(f"Command: `.venv/bin/python bench/convergence_study.py {' '.join(sys.argv[1:])}`  \n")
+            f.write(f"Quickstart model on GCIDE, {args.ranks} ranks (mpirun, 1 thread each) x batch "
+                    f"{args.batch_size} x seq 128, {args.steps} steps, same seeds; compression starts "
+                    f"after {args.warmup} dense steps. Wire bytes: per rank, summed over steps. Plots: "
+                    f"bench/convergence_loss_vs_bytes.png, bench/convergence_loss_vs_step.png.\n\n")
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
