@@ -30,12 +30,16 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
   const int64_t cap = static_cast<int64_t>(config_.bucket_cap_mb * 1024 * 1024 / sizeof(float));
   location_.resize(params_.size());
   arrived_.assign(params_.size(), false);
+  // The first bucket (the last layers, whose gradients backward produces first) is capped at
+  // 1 MB, as in PyTorch DDP, so that the first exchange starts early in backward.
+  const int64_t first_cap = std::min<int64_t>(cap, 1024 * 1024 / sizeof(float));
   int64_t filled = 0;
   for (size_t k = params_.size(); k-- > 0;) {
     const at::Tensor& p = params_[k].second;
     CONDENSE_CHECK(p.scalar_type() == at::kFloat, "gradient sync supports fp32 parameters; '{}' is {}",
                    params_[k].first, c10::toString(p.scalar_type()));
-    if (buckets_.empty() || (filled > 0 && filled + p.numel() > cap)) {
+    const int64_t limit = buckets_.size() == 1 ? first_cap : cap;
+    if (buckets_.empty() || (filled > 0 && filled + p.numel() > limit)) {
       buckets_.emplace_back();
       filled = 0;
     }
@@ -50,6 +54,11 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
     b.flat = at::zeros({n}, params_[b.params.front()].second.options().requires_grad(false));
   }
   if (config_.compression.enabled()) {
+    // The codecs are CPU code (topk selection, bit packing, index lists); a CUDA port is future
+    // work, so say so rather than fail inside a codec.
+    CONDENSE_CHECK(buckets_.empty() || buckets_.front().flat.device().is_cpu(),
+                   "comm.compression runs on CPU tensors (the mpi backend) so far; parameters are "
+                   "on {}: remove comm.compression or train on the CPU", buckets_.front().flat.device().str());
     std::vector<BucketLayout> layouts;
     for (const Bucket& b : buckets_) {
       BucketLayout layout{b.offsets, {}, b.flat.numel()};

@@ -1,9 +1,10 @@
 // Data-parallel gradient synchronization with buckets exchanged while backward still runs
 // (the approach of PyTorch DDP, Li et al., VLDB 2020).
 //
-// Parameters that require grad are grouped into buckets of at most `bucket_cap_mb`, in reverse
-// registration order (roughly the order backward produces their gradients), identically on
-// every rank. A post-accumulate-grad hook on each parameter copies its gradient into its
+// Parameters that require grad are grouped into buckets of at most `bucket_cap_mb` (the first
+// at most 1 MB, so the first exchange starts early, as in DDP), in reverse registration order
+// (roughly the order backward produces their gradients), identically on every rank; a
+// parameter larger than the cap gets a bucket of its own. A post-accumulate-grad hook on each parameter copies its gradient into its
 // bucket's flat fp32 buffer; when a bucket is complete, a communication thread all-reduces it.
 // Buckets are exchanged strictly in bucket order, so every rank issues the same collectives in
 // the same order. finish() waits for all buckets and writes the mean over ranks back into each

@@ -36,6 +36,7 @@
 # mpirun is given: --allow-run-as-root --hostfile <state>/hostfile
 #   --mca plm_rsh_agent launch/netns_rsh.sh --mca pml ob1 --mca btl tcp,self
 #   --mca btl_tcp_if_include SUBNET --mca oob_tcp_if_include SUBNET --mca mpi_yield_when_idle 1
+#   --bind-to none (every node is this machine; default binding would put them all on core 0)
 # each unless your own arguments set it (Open MPI refuses an MCA parameter given twice). pml ob1
 # keeps UCX, which ignores the btl settings, out of the way; yield_when_idle because all nodes
 # share this machine's cores, and busy-polling ranks starve the kernel's packet processing.
@@ -389,18 +390,22 @@ mpirun_argv() {
   # that busy-poll without yielding starve the kernel's packet processing (measured on a 2-core
   # VM: 10 ms instead of 10 us per message).
   local -A user_mca=()
-  local user_hostfile=0 user_root=0 a prev=""
+  local user_hostfile=0 user_root=0 user_bind=0 a prev=""
   for a in "$@"; do
     case $prev in -mca|--mca|-gmca|--gmca) user_mca[$a]=1 ;; esac
     case $a in
       -hostfile|--hostfile|-machinefile|--machinefile|--default-hostfile|-default-hostfile) user_hostfile=1 ;;
       --allow-run-as-root|-allow-run-as-root) user_root=1 ;;
+      --bind-to|-bind-to|--bind-to=*) user_bind=1 ;;
     esac
     prev=$a
   done
   local defaults=()
   ((user_root)) || defaults+=(--allow-run-as-root)
   ((user_hostfile)) || defaults+=(--hostfile "$STATE/hostfile")
+  # Every "node" is this machine: Open MPI would bind each node's first rank to core 0, so all
+  # ranks of a 2-node run would share one core. Let the kernel schedule them.
+  ((user_bind)) || defaults+=(--bind-to none)
   local kv
   for kv in "plm_rsh_agent=$RSH" pml=ob1 btl=tcp,self "btl_tcp_if_include=$SUBNET" \
             "oob_tcp_if_include=$SUBNET" mpi_yield_when_idle=1; do

@@ -231,7 +231,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     if (tc.eval_every > 0 && (state.step % tc.eval_every == 0 || last) && !validation_.empty()) {
       double val = validate();
       result.val_loss = val;
-      metrics.log(state.step, {{"loss", val}, {"perplexity", std::exp(val)}}, "val");
+      metrics.log(state.step, {{"loss", val}, {"perplexity", std::exp(val)}, {"elapsed_s", elapsed}},
+                  "val");
       message(fmt::format("step {} validation loss {:.4f} perplexity {:.2f}", state.step, val,
                           std::exp(val)));
     }
