@@ -36,7 +36,7 @@ std::unique_ptr<Codec> make_codec(const CompressionConfig& c, const BucketLayout
                                   int world, bool error_control) {
   const std::string& n = c.codec;
   if (n == "none" || n == "fp16" || n == "bf16") return make_dense_codec(n, layout.numel, world);
-  if (n == "topk") return make_topk_codec(layout.numel, kept_elements(c, layout.numel), world);
+  if (n == "topk") return make_topk_codec(c, layout, world);
   if (n == "randk") return make_randk_codec(layout.numel, kept_elements(c, layout.numel), !error_control);
   if (n == "qsgd") return make_qsgd_codec(layout.numel, c.levels, c.block);
   if (n == "sign") return make_sign_codec(layout.numel, c.block);

@@ -7,7 +7,7 @@
 namespace condense {
 
 std::unique_ptr<Codec> make_dense_codec(const std::string& name, int64_t numel, int world);
-std::unique_ptr<Codec> make_topk_codec(int64_t numel, int64_t k, int world);
+std::unique_ptr<Codec> make_topk_codec(const CompressionConfig& config, const BucketLayout& layout, int world);
 std::unique_ptr<Codec> make_randk_codec(int64_t numel, int64_t k, bool unbiased);
 std::unique_ptr<Codec> make_qsgd_codec(int64_t numel, int64_t levels, int64_t block);
 std::unique_ptr<Codec> make_sign_codec(int64_t numel, int64_t block);

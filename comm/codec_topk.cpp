@@ -1,9 +1,12 @@
-// Top-K: the k largest magnitudes of the bucket, sent as (int32 index, fp32 value) pairs through
-// one all-gather; every rank sums the gathered pairs in rank order, so all get the same mean.
+// Top-K: the k largest magnitudes of the bucket (scope "bucket"), or of each parameter tensor
+// in it with k proportional to its size (scope "tensor", layer-wise Top-K: no tensor is starved
+// by another with larger gradients), sent as (int32 index, fp32 value) pairs through one
+// all-gather; every rank sums the gathered pairs in rank order, so all get the same mean.
 // Wire cost per rank is (n-1) * 8k bytes against 2 (n-1)/n * 4 numel for a dense ring
 // all-reduce: Top-K only saves bytes when k / numel < 1/n (GradientCompression logs this).
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstring>
 
 #include "comm/codec_impl.h"
@@ -14,7 +17,11 @@ namespace {
 
 class TopKCodec : public Codec {
  public:
-  TopKCodec(int64_t numel, int64_t k, int world) : numel_(numel), k_(k), world_(world) {}
+  // segments: (offset, numel, k) of each part selected independently, in offset order.
+  TopKCodec(std::vector<std::array<int64_t, 3>> segments, int world)
+      : segments_(std::move(segments)), world_(world) {
+    for (const auto& s : segments_) k_ += s[2];
+  }
   std::string name() const override { return "topk"; }
   int64_t payload_bytes() const override { return 8 * k_; }
   bool summable() const override { return false; }
@@ -24,7 +31,7 @@ class TopKCodec : public Codec {
     at::Tensor payload = at::empty({2 * k_}, at::kInt);
     {
       ScopedSeconds t(ctx.stats.compress_s);
-      at::Tensor idx = topk_abs_indices(v, k_);
+      at::Tensor idx = select(v);
       at::Tensor values = v.index_select(0, idx);
       payload.narrow(0, 0, k_).copy_(idx);
       std::memcpy(payload.data_ptr<int32_t>() + k_, values.data_ptr<float>(), 4 * k_);
@@ -48,14 +55,33 @@ class TopKCodec : public Codec {
   }
 
  private:
-  int64_t numel_, k_;
+  at::Tensor select(const at::Tensor& v) const {
+    if (segments_.size() == 1) return topk_abs_indices(v, k_);
+    std::vector<at::Tensor> parts;
+    for (const auto& [offset, numel, k] : segments_)
+      parts.push_back(topk_abs_indices(v.narrow(0, offset, numel), k).add_(static_cast<int32_t>(offset)));
+    return at::cat(parts);
+  }
+
+  std::vector<std::array<int64_t, 3>> segments_;
+  int64_t k_ = 0;
   int world_;
 };
 
 }  // namespace
 
-std::unique_ptr<Codec> make_topk_codec(int64_t numel, int64_t k, int world) {
-  return std::make_unique<TopKCodec>(numel, k, world);
+std::unique_ptr<Codec> make_topk_codec(const CompressionConfig& c, const BucketLayout& layout, int world) {
+  std::vector<std::array<int64_t, 3>> segments;
+  if (c.scope == "tensor" && layout.shapes.size() > 1) {
+    for (size_t j = 0; j < layout.shapes.size(); ++j) {
+      int64_t end = j + 1 < layout.offsets.size() ? layout.offsets[j + 1] : layout.numel;
+      int64_t numel = end - layout.offsets[j];
+      segments.push_back({layout.offsets[j], numel, kept_elements(c, numel)});
+    }
+  } else {
+    segments.push_back({0, layout.numel, kept_elements(c, layout.numel)});
+  }
+  return std::make_unique<TopKCodec>(std::move(segments), world);
 }
 
 }  // namespace condense

@@ -11,6 +11,7 @@ struct CompressionConfig {
   std::string codec = "none";          // none | fp16 | bf16 | topk | randk | qsgd | sign | powersgd
   double ratio = 0.01;                 // topk, randk: fraction of each bucket's elements sent
   int64_t k = 0;                       // topk, randk: elements per bucket (> 0 overrides ratio)
+  std::string scope = "bucket";        // topk: select over the whole bucket | per tensor
   int64_t levels = 7;                  // qsgd: s quantization levels per sign (7 = 4 bits/element)
   int64_t block = 512;                 // qsgd, sign: elements sharing one fp32 scale
   int64_t rank = 4;                    // powersgd: rank of the approximation

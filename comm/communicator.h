@@ -35,6 +35,14 @@ class Communicator {
   virtual void all_gather(const at::Tensor& in, at::Tensor& out) = 0;
   // Collective. Variable length: returns every rank's `in` (1-D), in rank order.
   virtual std::vector<at::Tensor> all_gather_v(const at::Tensor& in) = 0;
+  // Collective. Variable length, to one rank: returns every rank's `in` (1-D) in rank order on
+  // `root` and nothing elsewhere. The default goes through all_gather_v (every rank receives
+  // everything); MPI overrides it with MPI_Gatherv so only the root receives.
+  virtual std::vector<at::Tensor> gather_v(const at::Tensor& in, int root) {
+    std::vector<at::Tensor> all = all_gather_v(in);
+    if (rank() != root) all.clear();
+    return all;
+  }
   // Collective. In place: t takes root's values.
   virtual void broadcast(at::Tensor& t, int root) = 0;
   // Collective. in has size() * n elements; out (n elements) becomes the sum over ranks of

@@ -133,6 +133,31 @@ std::vector<at::Tensor> MpiCommunicator::all_gather_v(const at::Tensor& in_raw) 
   return parts;
 }
 
+std::vector<at::Tensor> MpiCommunicator::gather_v(const at::Tensor& in_raw, int root) {
+  at::Tensor in = in_raw.contiguous();
+  check_cpu_contiguous(in, "gather_v");
+  CONDENSE_CHECK(in.numel() <= INT_MAX, "MPI gather_v: {} elements exceed one call", in.numel());
+  int64_t mine = in.numel();
+  std::vector<int64_t> counts(rank_ == root ? size_ : 0);
+  check_mpi(MPI_Gather(&mine, 1, MPI_INT64_T, counts.data(), 1, MPI_INT64_T, root, comm_), "MPI_Gather");
+  std::vector<int> recv(counts.size()), displs(counts.size());
+  int64_t total = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    CONDENSE_CHECK(total + counts[r] <= INT_MAX, "MPI gather_v: total exceeds one call");
+    recv[r] = static_cast<int>(counts[r]);
+    displs[r] = static_cast<int>(total);
+    total += counts[r];
+  }
+  at::Tensor out = at::empty({total}, in.options());
+  MPI_Datatype type = mpi_type(in.scalar_type());
+  check_mpi(MPI_Gatherv(in.data_ptr(), static_cast<int>(in.numel()), type, out.data_ptr(),
+                        recv.data(), displs.data(), type, root, comm_),
+            "MPI_Gatherv");
+  std::vector<at::Tensor> parts;
+  for (size_t r = 0; r < counts.size(); ++r) parts.push_back(out.narrow(0, displs[r], recv[r]));
+  return parts;
+}
+
 void MpiCommunicator::broadcast(at::Tensor& t, int root) {
   check_cpu_contiguous(t, "broadcast");
   MPI_Datatype type = mpi_type(t.scalar_type());

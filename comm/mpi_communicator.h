@@ -19,6 +19,7 @@ class MpiCommunicator : public Communicator {
   void all_reduce_sum(at::Tensor& t) override;
   void all_gather(const at::Tensor& in, at::Tensor& out) override;
   std::vector<at::Tensor> all_gather_v(const at::Tensor& in) override;
+  std::vector<at::Tensor> gather_v(const at::Tensor& in, int root) override;
   void broadcast(at::Tensor& t, int root) override;
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override;
   void barrier() override;

@@ -6,32 +6,39 @@
 // numeric order (+0 < denormals < normals < +inf). Every NaN is mapped to one key just above
 // +inf (0x7f800001), which makes NaN the largest magnitude and all NaNs equal.
 //
-// 1. Threshold. From a stratified random sample of m = 2^16 entries (one uniformly drawn
-//    position in each of m equal strata, fixed-seed generator: deterministic) take the sample
-//    entry of rank r = p*m + 4*sqrt(m*p*(1-p)) + 4 from the top (p = k/n) as threshold t.
-//    The number of sample entries above the true k-th magnitude is Binomial(m, <= p), so
-//    t <= the k-th magnitude except with probability far below 1e-4, while the candidates
-//    (entries with key >= t) exceed k by only about 4 standard deviations of the estimate
-//    (about 5% at p = 10%, 15% at 1%). This is the sampling step of Floyd and Rivest's
-//    selection algorithm ("Expected time bounds for selection", CACM 18(3), 1975) and of
-//    sampling-based threshold estimation for top-k gradient sparsification (e.g. Shi et al.,
-//    "Understanding Top-k Sparsification in Distributed Deep Learning", arXiv:1911.08772);
-//    unlike approximate top-k schemes, the threshold here only bounds a candidate set and
-//    the selection stays exact.
-// 2. Collection. x is cut into fixed chunks (independent of the thread count); each chunk,
-//    in parallel, appends (key, index) of its entries with key >= t to its own buffer, so the
-//    concatenation of the buffers is in index order. The scan tests 16 entries at a time with
-//    SSE2 compares and visits only the set bits of the hit mask.
-//    If fewer than k candidates arrive (the sample was unlucky or the data is adversarial to
-//    it), the pass is repeated with a lower sample threshold (rank 4*(r+1)) and finally with
-//    t = 0, which collects everything, so the result is always exact.
+// 1. Threshold. From a stratified random sample of m = n/256 entries (clamped to [2^12,
+//    2^16]; m/4 equal strata, from each a run of 4 consecutive entries at a uniformly drawn
+//    position; fixed-seed generator, so the sample positions are a function of n only) take
+//    the sample key of rank r = p*m + 4*sqrt(m*p*(1-p)) + 4 from the top (p = k/n) as the
+//    threshold t. For entries in random order the number of sample entries above the true
+//    k-th magnitude is Binomial(m, <= p) (stratification only narrows it), so t <= the k-th
+//    magnitude except with probability far below 1e-4, while the candidates (entries with
+//    key >= t) exceed k by about four standard deviations of the estimate (at m = 2^16:
+//    about 5% at p = 10%, 15% at 1%, 50% at 0.1%; relatively more at smaller m, where the
+//    extra candidates are few in absolute terms). This is the sampling step of Floyd and
+//    Rivest's selection algorithm ("Expected time bounds for selection", CACM 18(3), 1975);
+//    Deep Gradient Compression (Lin et al., ICLR 2018) also estimates its top-k threshold
+//    from a sample. Here the threshold only bounds a candidate set: the selection is exact.
+// 2. Collection. x is cut into fixed chunks (independent of the thread count); each chunk
+//    appends the keys and indices of its entries with key >= t to its own buffer, so the
+//    buffers in chunk order hold the candidates in index order. The scan takes 16 entries at
+//    a time: with AVX-512 (detected at run time) a compare mask and two compress-stores,
+//    else SSE2 compares and a loop over the set bits of the hit mask. If fewer than k
+//    candidates arrive (an unlucky sample, or data adversarial to it), the pass is repeated
+//    with a lower sample threshold (rank 4(r + 1)) and finally with t = 0, which collects
+//    everything, so the result is always exact.
 // 3. Selection. The k-th largest candidate key T is found by two 16-bit radix histograms
-//    (high half, then low half within the chosen bucket), each built per thread in parallel
-//    and merged; small candidate sets use std::nth_element instead. With G = #(key > T), the
-//    answer is every candidate with key > T plus the first k - G candidates with key == T in
-//    index order (ties toward lower indices).
+//    (high half, then low half within the chosen bucket), built per thread and merged; small
+//    candidate sets use std::nth_element instead. With G = #(key > T), the answer is every
+//    candidate with key > T plus the first k - G candidates with key == T in index order
+//    (ties toward lower indices).
 // 4. Output. Per-chunk counts of (> T) and (== T), prefix sums, then each chunk writes its
 //    indices at its offset: the output is ascending without any sort.
+//
+// Threads: up to at::get_num_threads(), on std::threads started per call for inputs large
+// enough to pay for them. (at::parallel_for is not used: with the OpenMP build of LibTorch it
+// is a header template whose `#pragma omp parallel` runs serially unless the including file
+// is compiled with -fopenmp, which condense's build does not do.)
 #include "comm/topk_select.h"
 
 #include <ATen/ATen.h>
@@ -40,13 +47,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
 #endif
 
 #include "core/error.h"
@@ -59,19 +73,77 @@ constexpr uint32_t kInfKey = 0x7f800000u;
 constexpr uint32_t kNanKey = kInfKey + 1;       // every NaN: one magnitude above +inf
 constexpr int64_t kMinChunk = int64_t{1} << 16;  // entries per collection chunk (at least)
 constexpr int64_t kMaxChunks = 1024;
-constexpr int64_t kSampleSize = int64_t{1} << 16;
+constexpr int64_t kSampleMinSize = int64_t{1} << 12;
+constexpr int64_t kSampleMaxSize = int64_t{1} << 16;
+constexpr int64_t kSampleRun = 4;  // consecutive entries per sampled position
 constexpr int64_t kSampleMinN = int64_t{1} << 15;  // below this, collect everything
 constexpr int64_t kRadixMinCandidates = int64_t{1} << 15;  // below this, nth_element
+constexpr int64_t kParallelMinWork = int64_t{1} << 18;     // entries; below, one thread
 
 inline uint32_t key_of(uint32_t bits) {
   const uint32_t key = bits & kAbsMask;
   return key > kInfKey ? kNanKey : key;
 }
 
-struct Candidate {
-  uint32_t key;
-  int32_t index;
+// One chunk's candidates, keys and indices apart: uninitialized arrays grown by doubling.
+struct Buffer {
+  std::unique_ptr<uint32_t[]> keys;
+  std::unique_ptr<int32_t[]> index;
+  int64_t capacity = 0;
+  int64_t size = 0;
+
+  void reserve(int64_t want) {
+    if (want <= capacity) return;
+    std::unique_ptr<uint32_t[]> k(new uint32_t[static_cast<size_t>(want)]);
+    std::unique_ptr<int32_t[]> i(new int32_t[static_cast<size_t>(want)]);
+    if (size > 0) {
+      std::memcpy(k.get(), keys.get(), static_cast<size_t>(size) * sizeof(uint32_t));
+      std::memcpy(i.get(), index.get(), static_cast<size_t>(size) * sizeof(int32_t));
+    }
+    keys = std::move(k);
+    index = std::move(i);
+    capacity = want;
+  }
+  // Room for at least `more` entries after the first `used`.
+  void make_room(int64_t used, int64_t more) {
+    size = used;
+    if (used + more > capacity) reserve(std::max(2 * capacity, used + more + 64));
+  }
 };
+
+// Calls f(c0, c1) on contiguous ranges that cover [0, count), on up to at::get_num_threads()
+// threads (the caller's included) when `work` (entries touched) is large enough.
+template <typename F>
+void parallel_ranges(int64_t count, int64_t work, const F& f) {
+  int64_t threads = 1;
+  if (work >= kParallelMinWork && !at::in_parallel_region())
+    threads = std::min<int64_t>(std::max(1, at::get_num_threads()), count);
+  if (threads <= 1) {
+    if (count > 0) f(0, count);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  auto run = [&](int64_t t) {
+    try {
+      f(t * count / threads, (t + 1) * count / threads);
+    } catch (...) {
+      errors[static_cast<size_t>(t)] = std::current_exception();
+    }
+  };
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<size_t>(threads - 1));
+  for (int64_t t = 1; t < threads; ++t) {
+    try {
+      workers.emplace_back(run, t);
+    } catch (const std::system_error&) {
+      run(t);  // no thread to be had: do that range here
+    }
+  }
+  run(0);
+  for (auto& w : workers) w.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
 
 uint64_t splitmix64(uint64_t& state) {
   uint64_t z = (state += 0x9e3779b97f4a7c15ull);
@@ -80,90 +152,174 @@ uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
-// Thresholds to try, highest first; the last one is always 0 (collects every entry).
-std::vector<uint32_t> thresholds(const uint32_t* bits, int64_t n, int64_t k) {
-  std::vector<uint32_t> out;
-  if (n >= kSampleMinN) {
-    const int64_t m = std::min(kSampleSize, n / 4);
+// Collection thresholds from a sample of x, highest first; 0 (collect all) when exhausted.
+class Thresholds {
+ public:
+  Thresholds(const uint32_t* bits, int64_t n, int64_t k) {
+    if (n < kSampleMinN) return;
+    // m / kSampleRun strata of at least 4 * kSampleRun entries (m <= n / 4); from each, a run
+    // of kSampleRun consecutive entries at a uniform position inside it (runs touch fewer
+    // pages and cache lines than single entries, which halves the sampling time at 16M).
+    const int64_t strata =
+        std::min(std::clamp(n / 256, kSampleMinSize, kSampleMaxSize), n / 4) / kSampleRun;
+    const int64_t m = strata * kSampleRun;
     const double p = static_cast<double>(k) / static_cast<double>(n);
     const double mean = p * static_cast<double>(m);
-    const double sd = std::sqrt(mean * (1.0 - p));
-    const int64_t r1 = static_cast<int64_t>(std::ceil(mean + 4.0 * sd + 4.0));
-    if (r1 < m - 1) {
-      std::vector<uint32_t> sample(static_cast<size_t>(m));
-      uint64_t state = 0x5eed70b4c0de5eedull;  // fixed seed: the sample is a function of n
-      for (int64_t j = 0; j < m; ++j) {
-        const int64_t lo = j * n / m;
-        const int64_t len = (j + 1) * n / m - lo;
-        const int64_t pos = lo + static_cast<int64_t>(splitmix64(state) % static_cast<uint64_t>(len));
-        sample[static_cast<size_t>(j)] = key_of(bits[pos]);
-      }
-      std::nth_element(sample.begin(), sample.begin() + r1, sample.end(), std::greater<uint32_t>());
-      const uint32_t t1 = sample[static_cast<size_t>(r1)];
-      if (t1 > 0) out.push_back(t1);
-      const int64_t r2 = 4 * (r1 + 1);
-      if (t1 > 0 && r2 < m - 1) {
-        std::nth_element(sample.begin() + r1 + 1, sample.begin() + r2, sample.end(),
-                         std::greater<uint32_t>());
-        const uint32_t t2 = sample[static_cast<size_t>(r2)];
-        if (t2 > 0 && t2 < t1) out.push_back(t2);
-      }
+    rank_ = static_cast<int64_t>(std::ceil(mean + 4.0 * std::sqrt(mean * (1.0 - p)) + 4.0));
+    if (rank_ >= m - 1) return;  // k is most of x: collect everything
+    sample_.resize(static_cast<size_t>(m));
+    uint64_t state = 0x5eed70b4c0de5eedull;
+    for (int64_t j = 0; j < strata; ++j) {
+      const int64_t lo = j * n / strata;
+      const uint64_t len = static_cast<uint64_t>((j + 1) * n / strata - lo - (kSampleRun - 1));
+      // (32 random bits * len) >> 32 is uniform enough on [0, len) and needs no division.
+      const int64_t pos = lo + static_cast<int64_t>(((splitmix64(state) >> 32) * len) >> 32);
+      for (int64_t q = 0; q < kSampleRun; ++q)
+        sample_[static_cast<size_t>(j * kSampleRun + q)] = key_of(bits[pos + q]);
     }
   }
-  out.push_back(0);
-  return out;
-}
 
-// Appends (key, index) of every entry in [begin, end) with key >= t to `out`, in index order.
-void collect(const uint32_t* bits, int64_t begin, int64_t end, uint32_t t,
-             std::vector<Candidate>& out) {
+  // The next threshold: the sample key at rank r, then at rank 4(r + 1), then 0. A threshold
+  // is never repeated: if a lower rank gives no lower key, the next one is 0.
+  uint32_t next() {
+    const int64_t m = static_cast<int64_t>(sample_.size());
+    while (attempt_ < 2 && m > 0) {
+      const int64_t from = attempt_ == 0 ? 0 : rank_ + 1;  // [0, from) is already >= rank_'s key
+      if (attempt_ == 1) rank_ = 4 * (rank_ + 1);
+      ++attempt_;
+      if (rank_ >= m - 1) break;
+      std::nth_element(sample_.begin() + from, sample_.begin() + rank_, sample_.end(),
+                       std::greater<uint32_t>());
+      const uint32_t t = sample_[static_cast<size_t>(rank_)];
+      if (t == 0 || t >= last_) break;
+      share_ = std::min(1.0, 1.1 * static_cast<double>(rank_ + 1) / static_cast<double>(m));
+      return last_ = t;
+    }
+    attempt_ = 2;
+    share_ = 1.0;
+    return last_ = 0;
+  }
+  // The expected share of entries at or above the last threshold (for buffer sizes).
+  double share() const { return share_; }
+
+ private:
+  std::vector<uint32_t> sample_;
+  int64_t rank_ = 0;
+  int attempt_ = 0;
+  double share_ = 1.0;
+  uint32_t last_ = std::numeric_limits<uint32_t>::max();
+};
+
+// Appends the key and index of every entry in [begin, end) with key >= t to `out`, in index
+// order. Portable version: SSE2 compares 16 entries at a time, then a loop over the hits.
+void collect_portable(const uint32_t* bits, int64_t begin, int64_t end, uint32_t t,
+                      Buffer& out) {
+  int64_t pos = out.size;
+  uint32_t* keys = out.keys.get();
+  int32_t* index = out.index.get();
   int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
 #if defined(__SSE2__)
-  const __m128i abs_mask = _mm_set1_epi32(static_cast<int32_t>(kAbsMask));
-  // key >= t  <=>  key > t - 1 as signed 32-bit integers: keys and t are below 2^31.
-  const __m128i below = _mm_set1_epi32(static_cast<int32_t>(t) - 1);
-  auto hits4 = [&](int64_t at) {
-    const __m128i v = _mm_and_si128(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(bits + at)), abs_mask);
-    return static_cast<uint32_t>(_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpgt_epi32(v, below))));
-  };
-  for (; i + 16 <= end; i += 16) {
-    uint32_t mask = hits4(i) | (hits4(i + 4) << 4) | (hits4(i + 8) << 8) | (hits4(i + 12) << 12);
-    while (mask != 0) {
-      const int64_t j = i + __builtin_ctz(mask);
-      mask &= mask - 1;
-      out.push_back({key_of(bits[j]), static_cast<int32_t>(j)});
-    }
-  }
+    const __m128i abs_mask = _mm_set1_epi32(static_cast<int32_t>(kAbsMask));
+    // key >= t  <=>  key > t - 1 as signed 32-bit integers: keys and t are below 2^31.
+    const __m128i below = _mm_set1_epi32(static_cast<int32_t>(t) - 1);
+    const __m128i* p = reinterpret_cast<const __m128i*>(bits + i);
+    const __m128i h0 = _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128(p), abs_mask), below);
+    const __m128i h1 = _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128(p + 1), abs_mask), below);
+    const __m128i h2 = _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128(p + 2), abs_mask), below);
+    const __m128i h3 = _mm_cmpgt_epi32(_mm_and_si128(_mm_loadu_si128(p + 3), abs_mask), below);
+    // Bit j of mask: entry i + j is a candidate.
+    uint32_t mask = static_cast<uint32_t>(_mm_movemask_epi8(
+        _mm_packs_epi16(_mm_packs_epi32(h0, h1), _mm_packs_epi32(h2, h3))));
 #else
-  for (; i + 16 <= end; i += 16) {
-    uint32_t any = 0;
-    for (int64_t j = 0; j < 16; ++j) any |= static_cast<uint32_t>((bits[i + j] & kAbsMask) >= t);
-    if (any == 0) continue;
-    for (int64_t j = i; j < i + 16; ++j) {
-      const uint32_t key = key_of(bits[j]);
-      if (key >= t) out.push_back({key, static_cast<int32_t>(j)});
-    }
-  }
+    uint32_t mask = 0;
+    for (int j = 0; j < 16; ++j)
+      mask |= static_cast<uint32_t>((bits[i + j] & kAbsMask) >= t) << j;
 #endif
+    if (mask == 0) continue;
+    if (pos + 16 > out.capacity) {
+      out.make_room(pos, 16);
+      keys = out.keys.get();
+      index = out.index.get();
+    }
+    do {
+      const int j = __builtin_ctz(mask);
+      mask &= mask - 1;
+      keys[pos] = key_of(bits[i + j]);
+      index[pos] = static_cast<int32_t>(i + j);
+      ++pos;
+    } while (mask != 0);
+  }
+  out.size = pos;
   for (; i < end; ++i) {
     const uint32_t key = key_of(bits[i]);
-    if (key >= t) out.push_back({key, static_cast<int32_t>(i)});
+    if (key < t) continue;
+    out.make_room(out.size, 1);
+    out.keys[static_cast<size_t>(out.size)] = key;
+    out.index[static_cast<size_t>(out.size)] = static_cast<int32_t>(i);
+    ++out.size;
   }
 }
 
-// Sums, over every candidate of every chunk, a histogram of bin(c) for candidates where
-// bin(c) >= 0, in parallel with one private histogram per worker.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CONDENSE_TOPK_AVX512 1
+// AVX-512 version of collect_portable: per 16 entries one compare mask and two compress-
+// stores, no branches on the data.
+__attribute__((target("avx512f,popcnt"))) void collect_avx512(const uint32_t* bits,
+                                                               int64_t begin, int64_t end,
+                                                               uint32_t t, Buffer& out) {
+  const __m512i abs_mask = _mm512_set1_epi32(static_cast<int32_t>(kAbsMask));
+  const __m512i nan_key = _mm512_set1_epi32(static_cast<int32_t>(kNanKey));
+  const __m512i threshold = _mm512_set1_epi32(static_cast<int32_t>(t));
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t pos = out.size;
+  uint32_t* keys = out.keys.get();
+  int32_t* index = out.index.get();
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    if (pos + 16 > out.capacity) {  // the stores below write 16 lanes
+      out.make_room(pos, 16);
+      keys = out.keys.get();
+      index = out.index.get();
+    }
+    const __m512i magnitude = _mm512_and_si512(_mm512_loadu_si512(bits + i), abs_mask);
+    // min(magnitude, nan_key) in all lanes (the unmasked _mm512_min_epu32 trips GCC 12's
+    // -Wmaybe-uninitialized inside its header).
+    const __m512i key = _mm512_mask_min_epu32(magnitude, 0xffff, magnitude, nan_key);
+    const __mmask16 hit = _mm512_cmpge_epu32_mask(key, threshold);
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(i)), lane);
+    _mm512_storeu_si512(keys + pos, _mm512_maskz_compress_epi32(hit, key));
+    _mm512_storeu_si512(index + pos, _mm512_maskz_compress_epi32(hit, idx));
+    pos += __builtin_popcount(static_cast<uint32_t>(hit));
+  }
+  out.size = pos;
+  if (i < end) collect_portable(bits, i, end, t, out);
+}
+#endif
+
+void collect(const uint32_t* bits, int64_t begin, int64_t end, uint32_t t, bool portable,
+             Buffer& out) {
+#if defined(CONDENSE_TOPK_AVX512)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("popcnt");
+  if (avx512 && !portable) return collect_avx512(bits, begin, end, t, out);
+#endif
+  collect_portable(bits, begin, end, t, out);
+}
+
+// Sums, over every candidate of every chunk, a histogram of bin(key) for keys where
+// bin(key) >= 0, in parallel with one private histogram per thread.
 template <typename Bin>
-std::vector<int64_t> histogram(const std::vector<std::vector<Candidate>>& chunks, size_t bins,
+std::vector<int64_t> histogram(const std::vector<Buffer>& chunks, int64_t count, size_t bins,
                                Bin bin) {
   std::vector<int64_t> total(bins, 0);
   std::mutex mutex;
-  at::parallel_for(0, static_cast<int64_t>(chunks.size()), 1, [&](int64_t c0, int64_t c1) {
+  parallel_ranges(static_cast<int64_t>(chunks.size()), count, [&](int64_t c0, int64_t c1) {
     std::vector<uint32_t> local(bins, 0);
     for (int64_t c = c0; c < c1; ++c) {
-      for (const Candidate& cand : chunks[static_cast<size_t>(c)]) {
-        const int64_t b = bin(cand.key);
+      const Buffer& buf = chunks[static_cast<size_t>(c)];
+      const uint32_t* keys = buf.keys.get();
+      for (int64_t j = 0; j < buf.size; ++j) {
+        const int64_t b = bin(keys[j]);
         if (b >= 0) ++local[static_cast<size_t>(b)];
       }
     }
@@ -175,13 +331,12 @@ std::vector<int64_t> histogram(const std::vector<std::vector<Candidate>>& chunks
 
 // The k-th largest key among the candidates (1 <= k <= their count), and how many candidates
 // have a larger key.
-std::pair<uint32_t, int64_t> kth_largest(const std::vector<std::vector<Candidate>>& chunks,
-                                         int64_t count, int64_t k) {
+std::pair<uint32_t, int64_t> kth_largest(const std::vector<Buffer>& chunks, int64_t count,
+                                         int64_t k) {
   if (count < kRadixMinCandidates) {
     std::vector<uint32_t> keys;
     keys.reserve(static_cast<size_t>(count));
-    for (const auto& chunk : chunks)
-      for (const Candidate& c : chunk) keys.push_back(c.key);
+    for (const Buffer& buf : chunks) keys.insert(keys.end(), buf.keys.get(), buf.keys.get() + buf.size);
     std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<uint32_t>());
     const uint32_t kth = keys[static_cast<size_t>(k - 1)];
     // After nth_element every key above kth lies in [0, k - 1).
@@ -191,13 +346,13 @@ std::pair<uint32_t, int64_t> kth_largest(const std::vector<std::vector<Candidate
   }
   // High 16 bits: keys are at most kNanKey, so the high half is at most kNanKey >> 16.
   const size_t hi_bins = (kNanKey >> 16) + 1;
-  const std::vector<int64_t> hi =
-      histogram(chunks, hi_bins, [](uint32_t key) { return static_cast<int64_t>(key >> 16); });
+  const std::vector<int64_t> hi = histogram(
+      chunks, count, hi_bins, [](uint32_t key) { return static_cast<int64_t>(key >> 16); });
   int64_t above = 0;  // candidates in buckets above b
   size_t b = hi_bins - 1;
   while (above + hi[b] < k) above += hi[b--];
   const uint32_t high = static_cast<uint32_t>(b);
-  const std::vector<int64_t> lo = histogram(chunks, size_t{1} << 16, [high](uint32_t key) {
+  const std::vector<int64_t> lo = histogram(chunks, count, size_t{1} << 16, [high](uint32_t key) {
     return (key >> 16) == high ? static_cast<int64_t>(key & 0xffffu) : int64_t{-1};
   });
   size_t l = (size_t{1} << 16) - 1;
@@ -205,7 +360,7 @@ std::pair<uint32_t, int64_t> kth_largest(const std::vector<std::vector<Candidate
   return {(high << 16) | static_cast<uint32_t>(l), above};
 }
 
-at::Tensor select_topk(const at::Tensor& x, int64_t k, const float* first_threshold) {
+at::Tensor select_topk(const at::Tensor& x, int64_t k, const detail::TopkSelectOptions& options) {
   CONDENSE_CHECK(x.defined(), "topk_abs_indices: x is an undefined tensor");
   CONDENSE_CHECK(x.layout() == at::kStrided && x.device().is_cpu(),
                  "topk_abs_indices: x must be a dense CPU tensor (got {} on {})",
@@ -226,34 +381,39 @@ at::Tensor select_topk(const at::Tensor& x, int64_t k, const float* first_thresh
   const auto* bits = reinterpret_cast<const uint32_t*>(x.const_data_ptr<float>());
   const int64_t chunk = std::max(kMinChunk, (n + kMaxChunks - 1) / kMaxChunks);
   const int64_t num_chunks = (n + chunk - 1) / chunk;
-  std::vector<std::vector<Candidate>> chunks(static_cast<size_t>(num_chunks));
+  std::vector<Buffer> chunks(static_cast<size_t>(num_chunks));
 
   // Collect candidates, lowering the threshold until at least k arrive (t = 0 takes all).
-  std::vector<uint32_t> tries = thresholds(bits, n, k);
-  if (first_threshold != nullptr) {
-    uint32_t t_bits;
-    std::memcpy(&t_bits, first_threshold, sizeof t_bits);
-    tries.insert(tries.begin(), key_of(t_bits));
-  }
+  Thresholds thresholds(bits, n, k);
   int64_t count = 0;
-  for (const uint32_t t : tries) {
-    // Expected share of candidates, for the buffers' first allocation.
-    const double share =
-        t == 0 ? 1.0 : std::min(1.0, 1.15 * static_cast<double>(k) / static_cast<double>(n));
-    at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+  for (int attempt = 0;; ++attempt) {
+    const bool forced = attempt == 0 && options.first_threshold.has_value();
+    uint32_t t;
+    if (forced) {
+      uint32_t t_bits;
+      std::memcpy(&t_bits, &*options.first_threshold, sizeof t_bits);
+      t = key_of(t_bits);
+    } else {
+      t = thresholds.next();
+    }
+    // Expected candidates per entry, for the buffers' first allocation.
+    const double share = forced ? 0.0 : thresholds.share();
+    parallel_ranges(num_chunks, n, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
         const int64_t begin = c * chunk;
         const int64_t end = std::min(n, begin + chunk);
-        auto& buf = chunks[static_cast<size_t>(c)];
-        buf.clear();
-        buf.reserve(static_cast<size_t>(share * static_cast<double>(end - begin)) + 64);
-        collect(bits, begin, end, t, buf);
+        Buffer& buf = chunks[static_cast<size_t>(c)];
+        buf.size = 0;
+        buf.reserve(static_cast<int64_t>(share * static_cast<double>(end - begin)) + 64);
+        collect(bits, begin, end, t, options.portable_scan, buf);
       }
     });
     count = 0;
-    for (const auto& buf : chunks) count += static_cast<int64_t>(buf.size());
-    if (count >= k) break;
+    for (const Buffer& buf : chunks) count += buf.size;
+    if (count >= k || t == 0) break;
   }
+  CONDENSE_CHECK(count >= k, "topk_abs_indices: internal error, {} candidates for k = {}", count,
+                 k);
 
   // The k-th largest key T; take every candidate above it and the first `take_equal` equal.
   const std::pair<uint32_t, int64_t> selected = kth_largest(chunks, count, k);
@@ -263,12 +423,14 @@ at::Tensor select_topk(const at::Tensor& x, int64_t k, const float* first_thresh
   // Per-chunk output offsets and how many of the earlier ties precede each chunk.
   std::vector<int64_t> n_greater(static_cast<size_t>(num_chunks));
   std::vector<int64_t> n_equal(static_cast<size_t>(num_chunks));
-  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_ranges(num_chunks, count, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      int64_t g = 0, e = 0;
-      for (const Candidate& cand : chunks[static_cast<size_t>(c)]) {
-        g += cand.key > kth;
-        e += cand.key == kth;
+      const Buffer& buf = chunks[static_cast<size_t>(c)];
+      const uint32_t* keys = buf.keys.get();
+      int32_t g = 0, e = 0;  // a chunk holds fewer than 2^31 entries
+      for (int64_t j = 0; j < buf.size; ++j) {
+        g += keys[j] > kth;
+        e += keys[j] == kth;
       }
       n_greater[static_cast<size_t>(c)] = g;
       n_equal[static_cast<size_t>(c)] = e;
@@ -289,16 +451,31 @@ at::Tensor select_topk(const at::Tensor& x, int64_t k, const float* first_thresh
 
   at::Tensor out = at::empty({k}, int_options);
   int32_t* dst = out.mutable_data_ptr<int32_t>();
-  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+  parallel_ranges(num_chunks, count, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
+      const Buffer& buf = chunks[static_cast<size_t>(c)];
+      const uint32_t* keys = buf.keys.get();
+      const int32_t* index = buf.index.get();
       int32_t* o = dst + out_offset[static_cast<size_t>(c)];
       int64_t equal_left = take_equal - equal_before[static_cast<size_t>(c)];
-      for (const Candidate& cand : chunks[static_cast<size_t>(c)]) {
-        if (cand.key > kth) {
-          *o++ = cand.index;
-        } else if (cand.key == kth && equal_left > 0) {
-          *o++ = cand.index;
-          --equal_left;
+      if (equal_left <= 0 || n_equal[static_cast<size_t>(c)] == 0) {
+        // No tie taken here: exactly the n_greater keys above kth, written branch-free (each
+        // candidate is stored at the next slot, which advances on a hit; pos < limit keeps
+        // every store inside this chunk's part of the output).
+        const int64_t limit = n_greater[static_cast<size_t>(c)];
+        int64_t pos = 0;
+        for (int64_t j = 0; j < buf.size && pos < limit; ++j) {
+          o[pos] = index[j];
+          pos += keys[j] > kth;
+        }
+      } else {
+        for (int64_t j = 0; j < buf.size; ++j) {
+          if (keys[j] > kth) {
+            *o++ = index[j];
+          } else if (keys[j] == kth && equal_left > 0) {
+            *o++ = index[j];
+            --equal_left;
+          }
         }
       }
     }
@@ -308,11 +485,13 @@ at::Tensor select_topk(const at::Tensor& x, int64_t k, const float* first_thresh
 
 }  // namespace
 
-at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k) { return select_topk(x, k, nullptr); }
+at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k) {
+  return select_topk(x, k, detail::TopkSelectOptions{});
+}
 
 namespace detail {
-at::Tensor topk_abs_indices_first_threshold(const at::Tensor& x, int64_t k, float first_threshold) {
-  return select_topk(x, k, &first_threshold);
+at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOptions& options) {
+  return select_topk(x, k, options);
 }
 }  // namespace detail
 

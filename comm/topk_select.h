@@ -13,11 +13,14 @@
 // Requirements (checked, condense::Error otherwise): x is a contiguous 1-D float32 CPU tensor
 // with fewer than 2^31 elements, and 0 <= k <= x.numel().
 //
-// Cost: one parallel pass over x plus work proportional to the candidates it collects
-// (typically k plus a few percent); see topk_select.cpp for the algorithm. Unlike
-// torch::topk(x.abs(), k) it needs no |x| copy and never sorts the selected entries.
+// Cost: one pass over x (parallel over up to at::get_num_threads() threads for large x) plus
+// work proportional to the candidates it collects (k plus a few percent for gradient-like
+// data); see topk_select.cpp for the algorithm. Unlike torch::topk(x.abs(), k) it makes no
+// |x| copy and never sorts the selected entries. Memory: 8 bytes per candidate; inputs whose
+// magnitudes are mostly tied at the k-th value (e.g. all zeros) collect most of x.
 #pragma once
 #include <cstdint>
+#include <optional>
 
 #include <ATen/core/Tensor.h>
 
@@ -26,9 +29,15 @@ namespace condense {
 at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
 
 namespace detail {
-// For tests: topk_abs_indices with `first_threshold` tried as the collection threshold before
-// the sampled ones, so that a too-high first guess exercises the retry path. Same result.
-at::Tensor topk_abs_indices_first_threshold(const at::Tensor& x, int64_t k, float first_threshold);
+// For tests: the same selection with its internal choices forced.
+struct TopkSelectOptions {
+  // Tried as the collection threshold before the sampled ones (a too-high first guess
+  // exercises the retry path).
+  std::optional<float> first_threshold;
+  // Use the portable SSE2/scalar candidate scan even where AVX-512 is available.
+  bool portable_scan = false;
+};
+at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOptions& options);
 }  // namespace detail
 
 }  // namespace condense

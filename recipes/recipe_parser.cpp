@@ -115,6 +115,7 @@ SectionBinding compression_section(CompressionConfig& c) {
                    {bind_string("codec", c.codec, codec_names()),
                     bind_real("ratio", c.ratio, positive()),
                     bind_int("k", c.k, at_least(0)),
+                    bind_string("scope", c.scope, {"bucket", "tensor"}),
                     bind_int("levels", c.levels, at_least(1)),
                     bind_int("block", c.block, at_least(1)),
                     bind_int("rank", c.rank, at_least(1)),
@@ -126,10 +127,10 @@ SectionBinding compression_section(CompressionConfig& c) {
   s.fields[1].check = [&c]() -> std::string {  // ratio in (0, 1]
     return c.ratio > 0 && c.ratio <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.ratio);
   };
-  s.fields[3].check = [&c]() -> std::string {
+  s.fields[4].check = [&c]() -> std::string {
     return c.levels >= 1 && c.levels <= 127 ? "" : fmt::format("must be in [1, 127], got {}", c.levels);
   };
-  s.fields[7].check = [&c]() -> std::string {  // eta in (0, 1]
+  s.fields[8].check = [&c]() -> std::string {  // eta in (0, 1]
     return c.eta > 0 && c.eta <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.eta);
   };
   return s;

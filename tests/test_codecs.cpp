@@ -65,6 +65,27 @@ TEST(Codecs, TopKKeepsExactlyTheLargestMagnitudes) {
   EXPECT_FALSE(codec->summable());
 }
 
+TEST(Codecs, TopKPerTensorScopeSelectsWithinEachTensor) {
+  // Tensor 0 has small values, tensor 1 large ones: bucket scope takes everything from tensor
+  // 1, tensor scope takes 10% of each.
+  at::Tensor v = at::cat({randn(300, 1) * 1e-3, randn(200, 2)});
+  BucketLayout layout{{0, 300}, {{300}, {20, 10}}, 500};
+  CompressionConfig c = cfg("topk");
+  c.ratio = 0.1;
+  auto bucket = make_codec(c, layout, 1, false);
+  EXPECT_EQ(run(*bucket, v).first.narrow(0, 0, 300).ne(0).sum().item<int64_t>(), 0);
+  c.scope = "tensor";
+  auto tensor = make_codec(c, layout, 1, false);
+  auto [local, mean] = run(*tensor, v);
+  for (auto [offset, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 300}, {300, 200}}) {
+    at::Tensor part = v.narrow(0, offset, n), expected = at::zeros_like(part);
+    at::Tensor idx = std::get<1>(at::topk(part.abs(), n / 10));
+    expected.index_put_({idx}, part.index_select(0, idx));
+    EXPECT_TRUE(at::equal(local.narrow(0, offset, n), expected)) << offset;
+  }
+  EXPECT_EQ(tensor->payload_bytes(), 8 * 50);
+}
+
 TEST(Codecs, RandKIsUnbiasedAfterScalingAndContractiveWithout) {
   const int64_t d = 64, k = 16, trials = 20000;
   at::Tensor v = randn(d, 4);

@@ -21,8 +21,8 @@
 namespace condense {
 namespace {
 
-// The CPU generator state of every rank ("rng/torch_cpu_rank<r>"), gathered to all ranks.
-// Collective when data parallel.
+// The CPU generator state of every rank ("rng/torch_cpu_rank<r>"), gathered to rank 0 (empty
+// elsewhere). Collective when data parallel.
 std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm) {
   at::Tensor mine;
   {
@@ -30,17 +30,17 @@ std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     mine = gen.get_state();
   }
-  std::vector<at::Tensor> all = comm ? comm->all_gather_v(mine) : std::vector<at::Tensor>{mine};
+  std::vector<at::Tensor> all = comm ? comm->gather_v(mine, 0) : std::vector<at::Tensor>{mine};
   std::map<std::string, at::Tensor> out;
   for (size_t r = 0; r < all.size(); ++r) out["rng/torch_cpu_rank" + std::to_string(r)] = all[r];
   return out;
 }
 
 // Error-control and codec state of every rank ("comm/compression_rank<r>") and the compressor's
-// step counter, gathered to all ranks for rank 0's checkpoint. Collective.
+// step counter, gathered to rank 0 for its checkpoint (empty elsewhere). Collective.
 std::map<std::string, at::Tensor> gather_compression_state(Communicator& comm,
                                                            GradientCompression& compression) {
-  std::vector<at::Tensor> all = comm.all_gather_v(compression.state());
+  std::vector<at::Tensor> all = comm.gather_v(compression.state(), 0);
   std::map<std::string, at::Tensor> out;
   for (size_t r = 0; r < all.size(); ++r) out["comm/compression_rank" + std::to_string(r)] = all[r];
   out["comm/compression_step"] = at::full({1}, compression.step(), at::kLong);

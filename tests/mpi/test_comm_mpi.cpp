@@ -45,6 +45,10 @@ TEST(Collectives, ClosedForms) {
   ASSERT_EQ(parts.size(), size_t(n));
   for (int k = 0; k < n; ++k) EXPECT_TRUE(at::equal(parts[k], at::full({k + 1}, float(k))));
 
+  auto to_last = c.gather_v(at::full({r + 1}, float(r)), n - 1);  // only the root receives
+  ASSERT_EQ(to_last.size(), r == n - 1 ? size_t(n) : 0u);
+  for (size_t k = 0; k < to_last.size(); ++k) EXPECT_TRUE(at::equal(to_last[k], at::full({int64_t(k) + 1}, float(k))));
+
   at::Tensor b = at::full({4}, float(r));
   c.broadcast(b, n - 1);
   EXPECT_TRUE(at::equal(b, at::full({4}, float(n - 1))));
