@@ -31,6 +31,12 @@ CONFIGS = {
     "dense": {},
     "topk1%": {"codec": "topk", "ratio": 0.01},
     "topk1%+ef": {"codec": "topk", "ratio": 0.01, "error_control": "ef"},
+    "topk1%/tensor+ef": {"codec": "topk", "ratio": 0.01, "scope": "tensor", "error_control": "ef"},
+    "topk1%/tensor+econtrol(0.1)": {"codec": "topk", "ratio": 0.01, "scope": "tensor",
+                                    "error_control": "econtrol", "eta": 0.1},
+    "topk1%+ef(warmup50)": {"codec": "topk", "ratio": 0.01, "error_control": "ef", "warmup_steps": 50},
+    "topk10%+ef": {"codec": "topk", "ratio": 0.1, "error_control": "ef"},
+    "topk10%+econtrol(0.1)": {"codec": "topk", "ratio": 0.1, "error_control": "econtrol", "eta": 0.1},
     "topk1%+ef21": {"codec": "topk", "ratio": 0.01, "error_control": "ef21"},
     "topk1%+econtrol(0.05)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.05},
     "topk1%+econtrol(0.2)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.2},
@@ -125,14 +131,16 @@ def main() -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    colors = plt.get_cmap("tab20").colors
     for kind in ("bytes", "step"):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for name, r in results.items():
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for i, (name, r) in enumerate(results.items()):
             ys = [l for _, l in r["val"]]
             xs = r["bytes_at"] if kind == "bytes" else [s for s, _ in r["val"]]
             if kind == "bytes":
                 xs = [max(x, 1.0) / 1e6 for x in xs]
-            ax.plot(xs, ys, marker="o", ms=3, label=name, lw=2.2 if name == "dense" else 1.2)
+            ax.plot(xs, ys, marker="os^v"[i % 4], ms=3, label=name, color="black" if name == "dense" else colors[i % 20],
+                    lw=2.4 if name == "dense" else 1.2, ls="-" if i % 2 == 0 else "--")
         if kind == "bytes":
             ax.set_xscale("log")
             ax.set_xlabel("cumulative bytes on the wire per rank (MB, log)")
