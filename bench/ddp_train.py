@@ -429,8 +429,13 @@ def main() -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
     if distributed:
+        # Exit without destroy_process_group(): with the PowerSGD hook, gloo's teardown was seen
+        # to hang on one rank after the other had exited (2 nodes, 100 Mbit/s); all work is done
+        # and flushed once every rank has passed this barrier.
         dist.barrier()
-        dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

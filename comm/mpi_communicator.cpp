@@ -83,8 +83,41 @@ MpiCommunicator::~MpiCommunicator() {
   if (comm_ != MPI_COMM_NULL && mpi_initialized()) MPI_Comm_free(&comm_);
 }
 
+void MpiCommunicator::ring_all_reduce(at::Tensor& t) {
+  at::Tensor flat = t.view({-1});
+  const int64_t n = flat.numel(), p = size_;
+  auto begin = [&](int64_t c) { return n * c / p; };  // chunk c is [begin(c), begin(c + 1))
+  auto chunk = [&](int64_t c) { c = ((c % p) + p) % p; return flat.narrow(0, begin(c), begin(c + 1) - begin(c)); };
+  const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
+  MPI_Datatype type = mpi_type(t.scalar_type());
+  at::Tensor incoming = at::empty({(n + p - 1) / p + 1}, t.options());
+  auto exchange = [&](const at::Tensor& send, at::Tensor recv) {
+    CONDENSE_CHECK(send.numel() <= INT_MAX && recv.numel() <= INT_MAX, "MPI ring: chunk too large");
+    check_mpi(MPI_Sendrecv(send.data_ptr(), static_cast<int>(send.numel()), type, right, 7,
+                           recv.data_ptr(), static_cast<int>(recv.numel()), type, left, 7, comm_,
+                           MPI_STATUS_IGNORE),
+              "MPI_Sendrecv");
+  };
+  // Reduce-scatter: after step s, chunk (rank - s - 1) holds the sum of s + 2 ranks' values.
+  for (int64_t s = 0; s < p - 1; ++s) {
+    at::Tensor target = chunk(rank_ - s - 1);
+    at::Tensor buf = incoming.narrow(0, 0, target.numel());
+    exchange(chunk(rank_ - s), buf);
+    target.add_(buf);
+  }
+  // All-gather: rank r owns the finished chunk r + 1 and passes finished chunks along.
+  for (int64_t s = 0; s < p - 1; ++s) {
+    at::Tensor target = chunk(rank_ - s);
+    exchange(chunk(rank_ + 1 - s), target);
+  }
+}
+
 void MpiCommunicator::all_reduce_sum(at::Tensor& t) {
   check_cpu_contiguous(t, "all_reduce");
+  if (size_ > 1 && t.numel() * t.element_size() >= kRingMinBytes && t.numel() >= size_) {
+    ring_all_reduce(t);
+    return;
+  }
   MPI_Datatype type = mpi_type(t.scalar_type());
   MPI_Op op = sum_op(t.scalar_type());
   char* base = static_cast<char*>(t.data_ptr());

@@ -47,7 +47,8 @@ std::map<std::string, at::Tensor> gather_compression_state(Communicator& comm,
   return out;
 }
 
-void restore_compression(const Checkpoint& ckpt, GradientCompression& compression, int rank) {
+void restore_compression(const Checkpoint& ckpt, GradientCompression& compression, int rank,
+                         int world) {
   const H5File& f = ckpt.file();
   const std::string name = "comm/compression_rank" + std::to_string(rank);
   if (!f.has("comm/compression_step")) {
@@ -58,6 +59,9 @@ void restore_compression(const Checkpoint& ckpt, GradientCompression& compressio
   }
   CONDENSE_CHECK(f.has(name), "{}: no '{}': the checkpoint was written by fewer ranks; resume "
                  "with the same number of ranks to keep the gradient-compression state", f.path(), name);
+  CONDENSE_CHECK(!f.has("comm/compression_rank" + std::to_string(world)),
+                 "{}: the checkpoint was written by more than {} ranks; resume with the same number "
+                 "of ranks to keep the gradient-compression state", f.path(), world);
   compression.load_state(f.read_tensor(name), f.read_tensor("comm/compression_step").item<int64_t>(),
                          f.path() + ":" + name);
 }
@@ -125,7 +129,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       comm->broadcast(t, 0);
     }
     sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
-    if (sync->compression() && resumed) restore_compression(*resumed, *sync->compression(), comm->rank());
+    if (sync->compression() && resumed)
+      restore_compression(*resumed, *sync->compression(), comm->rank(), world);
   }
   MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
   std::optional<Progress> progress;

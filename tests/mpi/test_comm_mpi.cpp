@@ -57,6 +57,18 @@ TEST(Collectives, ClosedForms) {
   c.reduce_scatter_sum(in, out);  // every rank sends 0..2n-1; rank r gets n * [2r, 2r+1]
   EXPECT_TRUE(at::equal(out, at::tensor({float(n * 2 * r), float(n * (2 * r + 1))})));
 
+  // Large buffers take the ring (MpiCommunicator::kRingMinBytes): an odd length, so chunks differ.
+  const int64_t big = 100003;
+  at::Tensor ring = at::arange(big, at::kFloat) + r;
+  c.all_reduce_sum(ring);
+  EXPECT_TRUE(at::equal(ring, at::arange(big, at::kFloat) * n + n * (n - 1) / 2.0));
+  at::Tensor ring16 = (at::arange(2 * big, at::kFloat).remainder(100) + r).to(at::kHalf);
+  c.all_reduce_sum(ring16);
+  EXPECT_TRUE(at::equal(ring16, (at::arange(2 * big, at::kFloat).remainder(100) * n + n * (n - 1) / 2.0).to(at::kHalf)));
+  at::Tensor noise = at::randn({big}, at::make_generator<at::CPUGeneratorImpl>(r), at::kFloat);
+  c.all_reduce_sum(noise);  // rounding differs by order, but every rank gets the same bits
+  EXPECT_TRUE(test::same_on_all_ranks(noise));
+
   // 16-bit floats (MPI has no such types: user-defined sum operations), exact for small integers.
   for (at::ScalarType type : {at::kHalf, at::kBFloat16}) {
     at::Tensor h = (at::arange(6, at::kFloat) + r).to(type);
