@@ -79,6 +79,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from bench_common import finish_report  # noqa: E402
 NETSIM = REPO / "launch" / "netsim.sh"
 DEFAULT_COMPRESSED = ("comm.compression.codec=topk comm.compression.ratio=0.01 "
                       "comm.compression.error_control=econtrol comm.compression.eta=0.1 "
@@ -725,18 +727,8 @@ Command (from the repo root, as root):
 
 </details>
 """
-    print(section)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"runs": runs, "summary": summary, "command": command}, f, indent=1)
-    if not args.no_append:
-        path = Path(args.results)
-        if not path.exists():
-            path.write_text("# Benchmark results\n\nEach section is appended by the benchmark that "
-                            "produced it, with its command, machine and load.\n")
-        with open(path, "a") as f:
-            f.write(section)
-        print(f"appended to {path}")
+    finish_report(section, args.results, not args.no_append, args.json_out,
+                  {"runs": runs, "summary": summary, "command": command})
     return 0 if all(r.get("ok") for r in runs) else 1
 
 

@@ -1,0 +1,22 @@
+"""Helpers shared by the benchmark drivers in bench/ (Python: benchmarks and baselines only)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def finish_report(section: str, results: str, append: bool, json_out: str | None, payload: dict) -> None:
+    """Prints a markdown section, writes `payload` as JSON to json_out (if given) and appends the
+    section to the results file (creating it with a header) unless append is False."""
+    print(section)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(payload, f, indent=1)
+    if append:
+        path = Path(results)
+        if not path.exists():
+            path.write_text("# Benchmark results\n\nEach section is appended by the benchmark that "
+                            "produced it, with its command, machine and load.\n")
+        with open(path, "a") as f:
+            f.write(section)
+        print(f"appended to {path}")
