@@ -2,8 +2,6 @@
 
 #include <mpi.h>
 
-#include <cstdlib>
-
 #include "core/error.h"
 
 namespace condense {
@@ -29,11 +27,6 @@ void finalize_at_exit() {
 
 void ensure_mpi_initialized() {
   if (mpi_initialized()) return;
-  // Two TCP connections per pair of processes unless the user chose otherwise: with one, Open
-  // MPI's TCP transport moved data in both directions at once at half the link rate (ring
-  // all-reduce between 2 nodes at 100 Mbit/s: 48 Mbit/s each way; with 2 links 94 Mbit/s;
-  // bench/RESULTS.md). Read by Open MPI at MPI_Init; harmless for shared memory.
-  setenv("OMPI_MCA_btl_tcp_links", "2", /*overwrite=*/0);
   int provided = 0;
   check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
   CONDENSE_CHECK(provided >= MPI_THREAD_SERIALIZED,
