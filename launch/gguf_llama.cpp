@@ -12,6 +12,7 @@
 #include "core/shape.h"
 #include "io/gguf_reader.h"
 #include "io/gguf_writer.h"
+#include "core/base64.h"
 #include "model/tokenizer.h"
 #include "trainer/checkpoint.h"
 
@@ -121,6 +122,9 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   w.add_u32("tokenizer.ggml.unknown_token_id", u32(tok.unk_id()));
   w.add_bool("tokenizer.ggml.add_bos_token", true);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
+  // The exact sentencepiece model, so `condense score OUT.gguf` needs no --tokenizer; llama.cpp
+  // ignores keys it does not know.
+  w.add_string(kGgufSentencepieceKey, base64_encode(tok.serialized()));
 
   at::NoGradGuard no_grad;
   uint64_t weight_bytes = 0;
@@ -142,7 +146,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   return st;
 }
 
-LlamaForCausalLM load_gguf_model(const std::string& path) {
+LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
   std::ifstream in(path, std::ios::binary);
   CONDENSE_CHECK(in.good(), "{}: cannot open", path);
   std::ostringstream ss;
@@ -151,6 +155,11 @@ LlamaForCausalLM load_gguf_model(const std::string& path) {
   GgufReader r(reinterpret_cast<const uint8_t*>(image.data()), image.size(), path);
   CONDENSE_CHECK(r.has("general.architecture") && r.get("general.architecture").value == "llama",
                  "{}: general.architecture is not 'llama'", path);
+  if (tokenizer_bytes && r.has(kGgufSentencepieceKey)) {
+    const GgufValue& v = r.get(kGgufSentencepieceKey);
+    CONDENSE_CHECK(v.type == GgufValueType::kString, "{}: {} is not a string", path, kGgufSentencepieceKey);
+    *tokenizer_bytes = base64_decode(v.value.get<std::string>(), path + ":" + kGgufSentencepieceKey);
+  }
   LlamaConfig c;
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
   c.hidden_size = static_cast<int64_t>(r.get_uint("llama.embedding_length"));

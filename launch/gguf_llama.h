@@ -35,6 +35,11 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
 // Rebuilds a float32 model from a GGUF file written by export_gguf (or llama.cpp's converter
 // with the same types): config from llama.* metadata, weights dequantized and un-permuted.
-LlamaForCausalLM load_gguf_model(const std::string& path);
+// Metadata key holding condense's sentencepiece model (base64) in its GGUF exports.
+inline constexpr const char* kGgufSentencepieceKey = "condense.tokenizer.sentencepiece_base64";
+
+// `tokenizer_bytes`, when given, receives the sentencepiece model stored by condense's export
+// (left unchanged for GGUF files from elsewhere, which carry only llama.cpp's token tables).
+LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes = nullptr);
 
 }  // namespace condense

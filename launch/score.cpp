@@ -22,7 +22,7 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
   ModelSource s;
   if (fs::path(source).extension() == ".gguf") {
     s.kind = "gguf";
-    s.model = load_gguf_model(source);
+    s.model = load_gguf_model(source, &s.tokenizer_bytes);
   } else if (fs::is_directory(source) && fs::exists(fs::path(source) / "config.json")) {
     s.kind = "hf";
     HfModel hf = load_hf_dir(source, tokenizer_override);
@@ -37,8 +37,9 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
     s.tokenizer_bytes = ckpt.tokenizer_bytes();
   }
   if (!tokenizer_override.empty()) s.tokenizer_bytes = Tokenizer::load(tokenizer_override).serialized();
-  CONDENSE_CHECK(!s.tokenizer_bytes.empty(), "{}: no tokenizer in this {}; pass --tokenizer "
-                 "T.model", source, s.kind);
+  CONDENSE_CHECK(!s.tokenizer_bytes.empty(), "{}: no tokenizer in this {}{}; pass --tokenizer "
+                 "T.model", source, s.kind,
+                 s.kind == "gguf" ? " (condense's exports store one; this file has none)" : "");
   return s;
 }
 

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "core/base64.h"
 #include "core/error.h"
 #include "core/hash.h"
 
@@ -27,3 +28,19 @@ TEST(Error, CheckFormatsMessage) {
 }
 
 }  // namespace condense
+
+TEST(Base64, Rfc4648VectorsRoundTripAndErrors) {
+  using condense::base64_decode;
+  using condense::base64_encode;
+  const std::pair<const char*, const char*> vectors[] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="},
+      {"foo", "Zm9v"}, {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+  for (auto [plain, coded] : vectors) {
+    EXPECT_EQ(base64_encode(plain), coded);
+    EXPECT_EQ(base64_decode(coded, "t"), plain);
+  }
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  for (size_t n = 0; n <= all.size(); n += 37) EXPECT_EQ(base64_decode(base64_encode(all.substr(0, n)), "t"), all.substr(0, n));
+  EXPECT_THROW(base64_decode("Zm9", "x.gguf:key"), condense::Error);
+  EXPECT_THROW(base64_decode("Zm9*", "x.gguf:key"), condense::Error);
+}

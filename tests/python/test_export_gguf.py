@@ -10,6 +10,7 @@ run with -s). The gguf package checks metadata types (counts are u32), the token
 tensor names, ggml types and shapes. condense's own GGUF reader scores the F32 file exactly
 like the checkpoint (the q/k permutation is inverted exactly). Malformed files fail clearly.
 """
+import base64
 import json
 import os
 import pathlib
@@ -162,6 +163,13 @@ def test_condense_reads_its_gguf_back(trained, exports):
     assert np.abs(lp_g - lp).max() < 1e-9  # weights identical: permutation inverted exactly
     _, lp_q, _ = score(exports["q8_0"], text, "--tokenizer", tok_model)
     assert 0 < np.abs(np.exp(lp_q) - np.exp(lp)).max() < TOLERANCE["q8_0"][0]
+    # The export carries the exact sentencepiece model, so no --tokenizer is needed.
+    ids_n, lp_n, _ = score(exports["f32"], text)
+    assert ids_n == ids and np.array_equal(lp_n, lp_g)
+    reader = gguf.GGUFReader(exports["f32"])
+    field = reader.fields["condense.tokenizer.sentencepiece_base64"]
+    stored = bytes(field.parts[field.data[0]]).decode("ascii")
+    assert base64.b64decode(stored) == pathlib.Path(tok_model).read_bytes()
 
 
 def test_bad_gguf_fails_clearly(trained, exports, tmp_path):
