@@ -80,7 +80,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from bench_common import finish_report  # noqa: E402
+from bench_common import cpu_model, finish_report, git_head  # noqa: E402
 NETSIM = REPO / "launch" / "netsim.sh"
 DEFAULT_COMPRESSED = ("comm.compression.codec=topk comm.compression.ratio=0.01 "
                       "comm.compression.error_control=econtrol comm.compression.eta=0.1 "
@@ -104,25 +104,6 @@ def loadavg() -> tuple[float, float, float]:
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_head() -> str:
-    try:  # read-only
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def netdev(path: Path, ifname: str = "eth0") -> tuple[int, int] | None:

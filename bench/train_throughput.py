@@ -46,7 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from bench_common import finish_report  # noqa: E402
+from bench_common import cpu_model, finish_report, git_head  # noqa: E402
 
 
 def loadavg() -> tuple[float, float, float]:
@@ -162,25 +162,6 @@ def run_monitored(cmd: list[str], progress: Path, warmup: int) -> dict:
         raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}")
     return {"stdout": out, "stderr": err, "wall_s": wall, "runq_mean": mon.runq_mean(),
             "runq_max": max(mon.runq, default=-1), "cpu_per_step_s": mon.cpu_per_step(warmup)}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_head() -> str:
-    try:  # read-only: does not touch the index
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 def run_condense(args, seq_len: int, batch: int, threads: int, rep: int) -> dict:

@@ -111,29 +111,19 @@ SectionBinding comm_section(CommConfig& c) {
 }
 
 SectionBinding compression_section(CompressionConfig& c) {
-  SectionBinding s{"comm.compression",
-                   {bind_string("codec", c.codec, codec_names()),
-                    bind_real("ratio", c.ratio, positive()),
-                    bind_int("k", c.k, at_least(0)),
-                    bind_string("scope", c.scope, {"bucket", "tensor"}),
-                    bind_int("levels", c.levels, at_least(1)),
-                    bind_int("block", c.block, at_least(1)),
-                    bind_int("rank", c.rank, at_least(1)),
-                    bind_string("error_control", c.error_control, ErrorControl::kinds()),
-                    bind_real("eta", c.eta, positive()),
-                    bind_int("warmup_steps", c.warmup_steps, at_least(0)),
-                    bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
-                    bind_int("seed", c.seed, at_least(0))}};
-  s.fields[1].check = [&c]() -> std::string {  // ratio in (0, 1]
-    return c.ratio > 0 && c.ratio <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.ratio);
-  };
-  s.fields[4].check = [&c]() -> std::string {
-    return c.levels >= 1 && c.levels <= 127 ? "" : fmt::format("must be in [1, 127], got {}", c.levels);
-  };
-  s.fields[8].check = [&c]() -> std::string {  // eta in (0, 1]
-    return c.eta > 0 && c.eta <= 1 ? "" : fmt::format("must be in (0, 1], got {}", c.eta);
-  };
-  return s;
+  return {"comm.compression",
+          {bind_string("codec", c.codec, codec_names()),
+           bind_real("ratio", c.ratio, unit_interval()),
+           bind_int("k", c.k, at_least(0)),
+           bind_string("scope", c.scope, {"bucket", "tensor"}),
+           bind_int("levels", c.levels, between(1, 127)),
+           bind_int("block", c.block, at_least(1)),
+           bind_int("rank", c.rank, at_least(1)),
+           bind_string("error_control", c.error_control, ErrorControl::kinds()),
+           bind_real("eta", c.eta, unit_interval()),
+           bind_int("warmup_steps", c.warmup_steps, at_least(0)),
+           bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
+           bind_int("seed", c.seed, at_least(0))}};
 }
 
 SectionBinding memory_section(MemoryConfig& m) {
@@ -169,13 +159,8 @@ SectionBinding memory_section(MemoryConfig& m) {
 
 // memory.wta_crs: {enabled, ratio}
 SectionBinding wta_crs_section(MemoryConfig& m) {
-  SectionBinding s{"memory.wta_crs",
-                   {bind_bool("enabled", m.wta_crs), bind_real("ratio", m.wta_crs_ratio, positive())}};
-  s.fields[1].check = [&m]() -> std::string {  // ratio in (0, 1]
-    return m.wta_crs_ratio > 0 && m.wta_crs_ratio <= 1
-               ? "" : fmt::format("must be in (0, 1], got {}", m.wta_crs_ratio);
-  };
-  return s;
+  return {"memory.wta_crs",
+          {bind_bool("enabled", m.wta_crs), bind_real("ratio", m.wta_crs_ratio, unit_interval())}};
 }
 
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.

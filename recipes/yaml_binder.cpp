@@ -90,6 +90,21 @@ Range at_least(double lo) {
   r.lo = lo;
   return r;
 }
+Range unit_interval() {
+  Range r;
+  r.lo = 0;
+  r.hi = 1;
+  r.lo_open = true;
+  return r;
+}
+
+Range between(double lo, double hi) {
+  Range r;
+  r.lo = lo;
+  r.hi = hi;
+  return r;
+}
+
 Range fraction() {
   Range r;
   r.lo = 0;

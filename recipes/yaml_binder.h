@@ -33,6 +33,8 @@ Range any_value();
 Range positive();                 // > 0
 Range at_least(double lo);        // >= lo
 Range fraction();                 // [0, 1)
+Range unit_interval();            // (0, 1]
+Range between(double lo, double hi);  // [lo, hi]
 
 // One key of a section. `set` parses a YAML value into the field (type errors throw, naming
 // `where` and `full_key`); `emit` prints the field as a YAML scalar that `set` reads back
