@@ -48,7 +48,7 @@ void orthonormalize(at::Tensor p) {
 
 class PowerSgdCodec : public Codec {
  public:
-  PowerSgdCodec(const BucketLayout& layout, int64_t rank, uint64_t seed) : numel_(layout.numel) {
+  PowerSgdCodec(const BucketLayout& layout, int64_t rank, uint64_t seed) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     for (size_t j = 0; j < layout.shapes.size(); ++j) {
       const auto& shape = layout.shapes[j];
@@ -147,7 +147,6 @@ class PowerSgdCodec : public Codec {
   }
 
  private:
-  int64_t numel_;
   std::vector<Matrix> matrices_;
   std::vector<Dense> dense_;
   int64_t p_numel_ = 0, q_numel_ = 0;

@@ -21,10 +21,8 @@ ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel)
     h_local_ = zeros();
     h_ = zeros();
   }
-  if (kind_ != "none") {
-    scratch_ = at::empty({numel}, at::kFloat);
-    d_ = at::empty({numel}, at::kFloat);
-  }
+  scratch_ = at::empty({numel}, at::kFloat);
+  if (kind_ != "none") d_ = at::empty({numel}, at::kFloat);
 }
 
 std::vector<at::Tensor> ErrorControl::state() const {
@@ -36,9 +34,8 @@ std::vector<at::Tensor> ErrorControl::state() const {
 
 void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
   if (kind_ == "none") {
-    at::Tensor mean = at::empty_like(g);
-    codec.exchange(g, nullptr, mean, ctx);
-    g.copy_(mean);
+    codec.exchange(g, nullptr, scratch_, ctx);  // codecs read v while writing mean: no aliasing
+    g.copy_(scratch_);
     return;
   }
   at::Tensor& u = scratch_;
