@@ -95,6 +95,7 @@ int main(int argc, char** argv) {
         {"full", cfg([](MemoryConfig& m) { m.recompute = "full"; })},
         {"every_k=2", cfg([](MemoryConfig& m) { m.recompute = "every_k"; })},
         {"selective", cfg([](MemoryConfig& m) { m.recompute = "selective"; })},
+        {"attention", cfg([](MemoryConfig& m) { m.recompute = "attention"; })},
         {"budget=half", cfg([](MemoryConfig& m) { m.recompute = "budget"; m.budget_mb = 1; })},
         {"offload=disk", cfg([](MemoryConfig& m) { m.offload = "disk"; })},
         {"bf16", cfg([](MemoryConfig& m) { m.activations = "bf16"; })},

@@ -9,7 +9,7 @@
 namespace condense {
 
 struct MemoryConfig {
-  std::string recompute = "none";   // none | full | every_k | selective | budget
+  std::string recompute = "none";   // none | full | every_k | selective | attention | budget
   int64_t recompute_every = 2;      // every_k: recompute layers 0, k, 2k, ...
   double budget_mb = 0;             // budget: activation bytes of the decoder layers to fit
   std::string offload = "none";     // none | host (CUDA -> pinned host) | disk (spill files)

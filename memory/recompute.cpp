@@ -56,8 +56,10 @@ struct RngState {
 
 class Frame : public std::enable_shared_from_this<Frame> {
  public:
-  Frame(std::function<at::Tensor(const at::Tensor&)> fn, const at::Tensor& x)
+  Frame(std::function<at::Tensor(const at::Tensor&)> fn, const at::Tensor& x,
+        std::shared_ptr<SavedTensorHooks> stash_hooks)
       : fn_(std::move(fn)),
+        stash_hooks_(std::move(stash_hooks)),
         input_(x.detach()),
         input_requires_grad_(x.requires_grad()),
         rng_(RngState::capture(x.device())) {}
@@ -71,7 +73,8 @@ class Frame : public std::enable_shared_from_this<Frame> {
     CONDENSE_CHECK(it != stash_.end(),
                    "recomputation saved {} tensors but the forward saved {} (tensor {} missing); "
                    "the recomputed block is not deterministic", stash_.size(), packed_, index);
-    return it->second;
+    return stash_hooks_ ? stash_hooks_->unpack(it->second)
+                        : std::any_cast<const at::Tensor&>(it->second);
   }
 
   void release(int64_t index) {
@@ -79,19 +82,22 @@ class Frame : public std::enable_shared_from_this<Frame> {
     stash_.erase(index);
   }
 
-  void collect(const at::Tensor& t) { stash_.emplace(collected_++, t.detach()); }
+  void collect(const at::Tensor& t) {
+    stash_.emplace(collected_++, stash_hooks_ ? stash_hooks_->pack(t) : std::any(t.detach()));
+  }
 
  private:
   void recompute();
 
   std::function<at::Tensor(const at::Tensor&)> fn_;
+  std::shared_ptr<SavedTensorHooks> stash_hooks_;
   at::Tensor input_;
   bool input_requires_grad_;
   RngState rng_;
   int64_t packed_ = 0;
   int64_t collected_ = 0;
   bool recomputed_ = false;
-  std::map<int64_t, at::Tensor> stash_;
+  std::map<int64_t, std::any> stash_;
   std::mutex mutex_;
 };
 
@@ -158,9 +164,9 @@ void Frame::recompute() {
 bool in_recomputation() { return tls_recompute_depth > 0; }
 
 at::Tensor recompute_block(const std::function<at::Tensor(const at::Tensor&)>& fn,
-                           const at::Tensor& x) {
+                           const at::Tensor& x, std::shared_ptr<SavedTensorHooks> stash_hooks) {
   if (!at::GradMode::is_enabled()) return fn(x);
-  auto frame = std::make_shared<Frame>(fn, x);
+  auto frame = std::make_shared<Frame>(fn, x, std::move(stash_hooks));
   HooksScope scope(std::make_shared<DropHooks>(frame));
   return fn(x);
 }

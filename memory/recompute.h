@@ -9,17 +9,25 @@
 // order; each handle then returns its own tensor, which is freed when autograd frees the saved
 // variable. Gradients are bitwise equal to running fn without recomputation (same thread count).
 //
+// The recomputed tensors are kept until backward uses them through `stash_hooks` when given
+// (pack at the rerun, unpack at use: e.g. memory/pointwise_rebuild.h's RebuildHooks, which keep
+// only what is expensive to compute and rebuild the rest at use), else as detached tensors.
+//
 // Contract: fn must be deterministic given x, its captures and the RNG state, and capture by
 // value whatever it needs (it runs again during backward). x must be a single tensor.
 #pragma once
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <memory>
 
 namespace condense {
 
+class SavedTensorHooks;
+
 at::Tensor recompute_block(const std::function<at::Tensor(const at::Tensor&)>& fn,
-                           const at::Tensor& x);
+                           const at::Tensor& x,
+                           std::shared_ptr<SavedTensorHooks> stash_hooks = nullptr);
 
 // True while a recomputation runs on this thread (policies must not nest frames then).
 bool in_recomputation();

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "memory/keep_rule.h"
 #include "memory/offload.h"
+#include "memory/pointwise_rebuild.h"
 #include "memory/recompute.h"
 #include "memory/saved_tensor_hooks.h"
 
@@ -46,8 +47,10 @@ RecomputeMode recompute_mode_from_name(const std::string& name) {
   if (name == "full") return RecomputeMode::kFull;
   if (name == "every_k") return RecomputeMode::kEveryK;
   if (name == "selective") return RecomputeMode::kSelective;
+  if (name == "attention") return RecomputeMode::kAttention;
   if (name == "budget") return RecomputeMode::kBudget;
-  fail("unknown recompute policy '{}'; valid: none, full, every_k, selective, budget", name);
+  fail("unknown recompute policy '{}'; valid: none, full, every_k, selective, attention, budget",
+       name);
 }
 
 RecomputePolicy::RecomputePolicy(RecomputeMode mode, int64_t num_layers, int64_t every,
@@ -89,10 +92,34 @@ at::Tensor RecomputePolicy::run(int64_t layer, Part part,
       if (layer == 0 && layer_bytes_.size() == static_cast<size_t>(num_layers_)) decide_budget();
       else return measure(layer, fn, x);
     }
-    return recompute_layer(layer) ? recompute_block(fn, x) : fn(x);
+    if (recompute_layer(layer)) return recompute_with_rebuild(fn, x);
+    if (mode_ == RecomputeMode::kSelective) return with_rebuild(fn, x);
+    return fn(x);
   }
-  if (part == Part::kAttention && mode_ == RecomputeMode::kSelective) return recompute_block(fn, x);
+  if (part == Part::kAttention && mode_ == RecomputeMode::kAttention) return recompute_block(fn, x);
   return fn(x);
+}
+
+at::Tensor RecomputePolicy::with_rebuild(const std::function<at::Tensor(const at::Tensor&)>& fn,
+                                         const at::Tensor& x) {
+  auto registry = std::make_shared<RebuildRegistry>();
+  HooksScope hooks(std::make_shared<RebuildHooks>(registry, current_saved_tensor_hooks()));
+  RebuildRegion region(registry);
+  return fn(x);
+}
+
+at::Tensor RecomputePolicy::recompute_with_rebuild(
+    const std::function<at::Tensor(const at::Tensor&)>& fn, const at::Tensor& x) {
+  // The rerun in backward keeps only what is expensive to recompute; the pointwise outputs are
+  // rebuilt when backward reaches them, so the layer's transient peak is about half its
+  // activations. The forward itself drops everything, so it needs no marks.
+  auto registry = std::make_shared<RebuildRegistry>();
+  auto rerun = [fn, registry](const at::Tensor& t) {
+    if (!in_recomputation()) return fn(t);
+    RebuildRegion region(registry);
+    return fn(t);
+  };
+  return recompute_block(rerun, x, std::make_shared<RebuildHooks>(registry, nullptr));
 }
 
 at::Tensor RecomputePolicy::measure(int64_t layer,

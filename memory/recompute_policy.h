@@ -6,14 +6,24 @@
 //   none       keep everything
 //   full       every layer: only each layer's input is kept
 //   every_k    layers 0, k, 2k, ...
-//   selective  the attention branch of every layer (norm -> q/k/v -> RoPE -> attention -> o_proj).
-//              With fused attention the [T x T] scores are never stored, so Korthikanti's
-//              "attention core" is q, k, v (repeated for GQA), the output and its log-sum-exp;
-//              recomputing the whole branch frees those and the projections' inputs for about
-//              a third of the layer's FLOPs, while the MLP branch keeps its activations.
+//   selective  Korthikanti's criterion (recompute what is large in memory and cheap in FLOPs)
+//              at op level: every layer keeps its matmul and attention results and drops the
+//              outputs the model marks as pointwise-rebuildable (model/rebuildable.h: RMSNorm
+//              outputs, silu(gate) and the SwiGLU product, repeated GQA keys/values, the
+//              attention output's layout copy), rebuilt at first use in backward
+//              (memory/pointwise_rebuild.h). With fused attention the [T x T] scores that the
+//              paper's "attention core" recomputation targets are never stored, so this is
+//              where the cheap memory is.
+//   attention  the whole attention branch of every layer (norm -> q/k/v -> RoPE -> attention
+//              -> o_proj) recomputed: the literal "attention core" policy, about a third of
+//              the layer's FLOPs for the branch's activations (kept for comparison).
 //   budget     the first forward (with gradients) measures each layer's saved bytes (unique
 //              storages, parameters excluded); from then on layers 0, 1, ... are recomputed
 //              until the kept bytes, counting each recomputed layer's input, fit budget_mb.
+//
+// A recomputed layer's rerun in backward also drops the pointwise outputs and rebuilds them
+// at use, so the transient peak while backward runs through that layer is about half of the
+// layer's activations instead of all of them.
 //
 // It also tells the offload hooks which layer is running (prefetch grouping).
 // Contract: one instance per model; forward passes on one thread at a time.
@@ -29,7 +39,7 @@ namespace condense {
 
 class OffloadHooks;
 
-enum class RecomputeMode { kNone, kFull, kEveryK, kSelective, kBudget };
+enum class RecomputeMode { kNone, kFull, kEveryK, kSelective, kAttention, kBudget };
 RecomputeMode recompute_mode_from_name(const std::string& name);
 
 class RecomputePolicy final : public BlockHook {
@@ -51,6 +61,10 @@ class RecomputePolicy final : public BlockHook {
   at::Tensor measure(int64_t layer, const std::function<at::Tensor(const at::Tensor&)>& fn,
                      const at::Tensor& x);
   void decide_budget();
+  at::Tensor with_rebuild(const std::function<at::Tensor(const at::Tensor&)>& fn,
+                          const at::Tensor& x);
+  at::Tensor recompute_with_rebuild(const std::function<at::Tensor(const at::Tensor&)>& fn,
+                                    const at::Tensor& x);
 
   RecomputeMode mode_;
   int64_t num_layers_, every_;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include "model/kv_cache.h"
+#include "model/rebuildable.h"
 #include "model/rope.h"
 
 namespace condense {
@@ -50,8 +51,17 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     std::tie(k, v) = cache->append(layer_, k, v);
   }
   int64_t rep = heads_ / kv_heads_;
-  k = repeat_kv(k, rep);
-  v = repeat_kv(v, rep);
+  RebuildSink* sink = rebuild_sink();
+  if (rep > 1 && sink) {  // the repeated copies are rep times larger than what they repeat
+    at::Tensor kr = repeat_kv(k, rep), vr = repeat_kv(v, rep);
+    sink->mark(kr, [kd = k.detach(), rep] { return repeat_kv(kd, rep); });
+    sink->mark(vr, [vd = v.detach(), rep] { return repeat_kv(vd, rep); });
+    k = kr;
+    v = vr;
+  } else {
+    k = repeat_kv(k, rep);
+    v = repeat_kv(v, rep);
+  }
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
@@ -63,8 +73,15 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     causal = false;
   }
   double p = is_training() ? dropout_ : 0.0;
-  at::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, p, causal);
-  out = out.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
+  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal);
+  at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
+  // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that
+  // the transpose is free); the fused attention keeps its own output anyway.
+  if (sink && !out.is_alias_of(attn)) {
+    sink->mark(out, [o = attn.detach(), b, t, width = heads_ * head_dim_] {
+      return o.transpose(1, 2).reshape({b, t, width});
+    });
+  }
   return o_proj(out);
 }
 

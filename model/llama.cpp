@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/shape.h"
 #include "model/kv_cache.h"
+#include "model/rebuildable.h"
 
 namespace condense {
 namespace {
@@ -23,9 +24,18 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
-  if (!linear_fn) return down_proj(at::silu(gate_proj(x)) * up_proj(x));
-  at::Tensor h = at::silu(linear_fn(x, gate_proj->weight)) * linear_fn(x, up_proj->weight);
-  return linear_fn(h, down_proj->weight);
+  auto lin = [this](const at::Tensor& in, torch::nn::Linear& proj) {
+    return linear_fn ? linear_fn(in, proj->weight) : proj(in);
+  };
+  // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
+  // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
+  RebuildSink* sink = rebuild_sink();
+  at::Tensor gate = lin(x, gate_proj), up = lin(x, up_proj);
+  at::Tensor act = at::silu(gate);
+  if (sink) sink->mark(act, [g = gate.detach()] { return at::silu(g); });
+  at::Tensor h = act * up;
+  if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::silu(g) * u; });
+  return lin(h, down_proj);
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index) : index(index) {

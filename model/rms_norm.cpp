@@ -2,17 +2,37 @@
 
 #include <ATen/ATen.h>
 
+#include "model/rebuildable.h"
+
 namespace condense {
+namespace {
+
+// x / rms(x) in fp32, cast back to x's dtype.
+at::Tensor normalized(const at::Tensor& x, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return (xf * at::rsqrt(variance + eps)).to(x.scalar_type());
+}
+
+}  // namespace
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", at::ones({dim}));
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  at::Tensor xf = x.to(at::kFloat);
-  at::Tensor variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-  xf = xf * at::rsqrt(variance + eps_);
-  return weight * xf.to(x.scalar_type());
+  at::Tensor xn = normalized(x, eps_);
+  RebuildSink* sink = rebuild_sink();
+  // Both the normalized input (saved for the weight's gradient) and the output (saved by the
+  // projections that read it) are elementwise functions of x, which autograd keeps anyway.
+  if (sink) sink->mark(xn, [xd = x.detach(), eps = eps_] { return normalized(xd, eps); });
+  at::Tensor out = weight * xn;
+  if (sink) {
+    sink->mark(out, [xd = x.detach(), w = weight.detach(), eps = eps_] {
+      return w * normalized(xd, eps);
+    });
+  }
+  return out;
 }
 
 }  // namespace condense

@@ -128,7 +128,7 @@ SectionBinding compression_section(CompressionConfig& c) {
 
 SectionBinding memory_section(MemoryConfig& m) {
   SectionBinding s{"memory",
-                   {bind_string("recompute", m.recompute, {"none", "full", "every_k", "selective", "budget"}),
+                   {bind_string("recompute", m.recompute, {"none", "full", "every_k", "selective", "attention", "budget"}),
                     bind_int("recompute_every", m.recompute_every, at_least(1)),
                     bind_real("budget_mb", m.budget_mb, at_least(0)),
                     bind_string("offload", m.offload, {"none", "host", "disk"}),

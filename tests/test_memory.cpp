@@ -18,6 +18,7 @@
 #include "memory/memory_meter.h"
 #include "memory/memory_policy.h"
 #include "memory/offload.h"
+#include "memory/pointwise_rebuild.h"
 #include "memory/recompute_policy.h"
 #include "memory/saved_tensor_hooks.h"
 #include "memory/wta_crs_linear.h"
@@ -96,6 +97,22 @@ struct Fixture {
     reset_hooks();
     return after - before;
   }
+
+  // Peak live CPU bytes above the start during forward + backward, parameter gradients excluded
+  // (they are allocated during backward but are not activations).
+  int64_t peak_bytes(const MemoryConfig& cfg) {
+    reset_hooks();
+    MemoryPolicy policy(cfg, model);
+    for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();
+    torch::manual_seed(42);
+    int64_t before = cpu_memory_counters().live_bytes;
+    reset_cpu_peak();
+    policy.loss(model, inputs, targets).backward();
+    int64_t grads = 0;
+    for (auto& p : model->parameters()) grads += p.grad().numel() * p.grad().element_size();
+    reset_hooks();
+    return cpu_memory_counters().peak_bytes - before - grads;
+  }
 };
 
 MemoryConfig with_recompute(const std::string& mode) {
@@ -145,12 +162,42 @@ TEST(SavedTensorHooks, EngineRoutesEveryPackAndUnpack) {
   EXPECT_EQ(inner->packs.load(), 1);
 }
 
+TEST(PointwiseRebuild, DropsMarkedTensorsAndReplaysViews) {
+  auto registry = std::make_shared<RebuildRegistry>();
+  RebuildHooks hooks(registry, nullptr);
+  at::Tensor x = at::randn({8, 16});
+  int calls = 0;
+  at::Tensor y = at::tanh(x);
+  registry->mark(y, [xd = x.detach(), &calls] { ++calls; return at::tanh(xd); });
+  // A transposed view of the marked tensor is dropped and comes back as the same view.
+  std::any packed = hooks.pack(y.t());
+  std::any again = hooks.pack(y);
+  y = at::Tensor();  // nothing else holds it: the tensor is really gone
+  EXPECT_TRUE(at::equal(hooks.unpack(packed), at::tanh(x).t()));
+  EXPECT_TRUE(at::equal(hooks.unpack(again), at::tanh(x)));
+  EXPECT_EQ(calls, 1);  // rebuilt once, shared by both saved variables
+  // Unmarked tensors are kept as they are.
+  at::Tensor z = at::randn({4});
+  EXPECT_TRUE(at::equal(hooks.unpack(hooks.pack(z)), z));
+  // A freed marked tensor never matches a later tensor, even at a reused address.
+  at::Tensor w = at::randn({8, 16});
+  registry->mark(w, [] { return at::zeros({8, 16}); });
+  w = at::Tensor();
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(registry->find(at::randn({8, 16})), nullptr);
+  // The region clears the marks (and releases the rebuild functions' captures).
+  registry->clear();
+  at::Tensor v = at::randn({8, 16});
+  registry->mark(v, [vd = v.detach()] { return vd.clone(); });
+  { RebuildRegion region(registry); }
+  EXPECT_EQ(registry->find(v), nullptr);
+}
+
 TEST(Recompute, GradientsBitwiseEqualWithDropout) {
   Fixture f;
   MemoryConfig base;
   double l0 = 0, l1 = 0;
   auto ref = f.grads(base, &l0);
-  for (const char* mode : {"full", "every_k", "selective"}) {
+  for (const char* mode : {"full", "every_k", "selective", "attention"}) {
     auto g = f.grads(with_recompute(mode), &l1);
     EXPECT_EQ(l0, l1) << mode;
     expect_bitwise(g, ref);
@@ -175,11 +222,38 @@ TEST(Recompute, FullCutsSavedActivationsAtLeast3x) {
   MemoryConfig sel = chunked;
   sel.recompute = "selective";
   int64_t selective = f.saved_bytes(sel);
-  std::printf("saved activations: none %.2f MB, selective %.2f MB, full %.2f MB\n", base / 1048576.0,
-              selective / 1048576.0, recomputed / 1048576.0);
+  MemoryConfig attn = chunked;
+  attn.recompute = "attention";
+  int64_t attention = f.saved_bytes(attn);
+  std::printf("saved activations: none %.2f MB, selective %.2f MB, attention %.2f MB, full %.2f MB\n",
+              base / 1048576.0, selective / 1048576.0, attention / 1048576.0,
+              recomputed / 1048576.0);
   EXPECT_GE(base, 3 * recomputed);
-  EXPECT_LT(selective, base);
+  // Pointwise rebuild drops norm outputs, silu and the SwiGLU product, repeated K/V: more than a
+  // third of every layer here, without recomputing a single matmul.
+  EXPECT_LE(3 * selective, 2 * base);
+  EXPECT_LT(selective, attention);
   EXPECT_GT(selective, recomputed);
+}
+
+TEST(Recompute, FullRecomputeRebuildsPointwiseOutputsInBackward) {
+  // The rerun of a recomputed layer keeps only matmul/attention results; its pointwise outputs
+  // are rebuilt at use, so the backward peak is well below "held + one layer's activations".
+  Fixture f(small_config(0.0));
+  install_counting_cpu_allocator();
+  MemoryConfig chunked;
+  chunked.loss = "chunked";
+  MemoryConfig full = chunked;
+  full.recompute = "full";
+  int64_t base_peak = f.peak_bytes(chunked), full_peak = f.peak_bytes(full);
+  int64_t base_held = f.saved_bytes(chunked), full_held = f.saved_bytes(full);
+  // One layer's activations (the layers are identical; the embedding and final norm are small).
+  int64_t layer = (base_held - full_held) / 4;
+  std::printf("peak: baseline %.2f MB, full %.2f MB (held %.2f MB, one layer %.2f MB)\n",
+              base_peak / 1048576.0, full_peak / 1048576.0, full_held / 1048576.0,
+              layer / 1048576.0);
+  EXPECT_LT(full_peak, full_held + layer * 3 / 4);
+  EXPECT_GE(base_peak, 4 * full_peak);
 }
 
 TEST(Recompute, BudgetPicksLayersFromMeasuredSizes) {

@@ -347,7 +347,7 @@ TEST(RecipeMemory, ValuesDefaultsAndErrors) {
   EXPECT_FALSE(c.memory.meter);
   EXPECT_EQ(to_yaml(parse_recipe(to_yaml(c), "r")), to_yaml(c));
   expect_parse_error("memory:\n  recompute: some\n",
-                     {"r.yaml:2", "memory.recompute", "none, full, every_k, selective, budget"});
+                     {"r.yaml:2", "memory.recompute", "none, full, every_k, selective, attention, budget"});
   expect_parse_error("memory:\n  offload: gpu\n", {"memory.offload", "none, host, disk"});
   expect_parse_error("memory:\n  activations: fp8\n", {"memory.activations", "fp32, bf16, int8"});
   expect_parse_error("memory:\n  recompute: budget\n", {"memory.budget_mb", "recompute is 'budget'"});
