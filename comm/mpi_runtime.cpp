@@ -2,6 +2,8 @@
 
 #include <mpi.h>
 
+#include <cstdlib>
+
 #include "core/error.h"
 
 namespace condense {
@@ -27,6 +29,21 @@ void finalize_at_exit() {
 
 void ensure_mpi_initialized() {
   if (mpi_initialized()) return;
+  // Open MPI TCP transport defaults tuned for gradient exchange (bench/RESULTS.md, "Open MPI
+  // TCP settings"), set before MPI reads its parameters; a user's own setting (mpirun --mca
+  // ..., or OMPI_MCA_* in the environment) wins, and other transports ignore them:
+  //  - no emulated RDMA put: once the registration cache is warm, large messages switch to it,
+  //    and it halves the throughput of simultaneous transfers in both directions (the pattern
+  //    of every ring all-reduce): MPI_Sendrecv of 16 MB between two simulated nodes at
+  //    100 Mbit/s ran at 90 Mbit/s each way for two iterations and 48 from the third on; with
+  //    send/receive semantics only it stays at 88-90.
+  //  - eager messages up to 1 MiB: ring chunks of 1 MB buckets go without the rendezvous
+  //    round trip, which waits behind queued data on a busy link (2 ranks at 1 Gbit/s, 1 MB
+  //    buckets: 280 -> 250 ms per step). The receive is always posted with the send, so the
+  //    unexpected-message buffering this could cost does not arise in condense's collectives.
+  setenv("OMPI_MCA_btl_tcp_flags", "send,inplace,need-ack,need-csum", /*overwrite=*/0);
+  setenv("OMPI_MCA_btl_tcp_eager_limit", "1048576", /*overwrite=*/0);
+  setenv("OMPI_MCA_btl_tcp_max_send_size", "1048576", /*overwrite=*/0);
   int provided = 0;
   check_mpi(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
   CONDENSE_CHECK(provided >= MPI_THREAD_SERIALIZED,
