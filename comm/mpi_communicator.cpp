@@ -90,7 +90,6 @@ void MpiCommunicator::ring_all_reduce(at::Tensor& t) {
   auto chunk = [&](int64_t c) { c = ((c % p) + p) % p; return flat.narrow(0, begin(c), begin(c + 1) - begin(c)); };
   const int right = (rank_ + 1) % size_, left = (rank_ + size_ - 1) % size_;
   MPI_Datatype type = mpi_type(t.scalar_type());
-  at::Tensor incoming = at::empty({(n + p - 1) / p + 1}, t.options());
   auto exchange = [&](const at::Tensor& send, at::Tensor recv) {
     CONDENSE_CHECK(send.numel() <= INT_MAX && recv.numel() <= INT_MAX, "MPI ring: chunk too large");
     check_mpi(MPI_Sendrecv(send.data_ptr(), static_cast<int>(send.numel()), type, right, 7,
@@ -98,6 +97,15 @@ void MpiCommunicator::ring_all_reduce(at::Tensor& t) {
                            MPI_STATUS_IGNORE),
               "MPI_Sendrecv");
   };
+  if (p == 2) {
+    // Two ranks: one swap of the whole buffer sends the same bytes as the ring's two steps with
+    // one round trip fewer; a + b and b + a are the same float, so both ranks get equal bits.
+    at::Tensor other = at::empty_like(flat);
+    exchange(flat, other);
+    flat.add_(other);
+    return;
+  }
+  at::Tensor incoming = at::empty({(n + p - 1) / p + 1}, t.options());
   // Reduce-scatter: after step s, chunk (rank - s - 1) holds the sum of s + 2 ranks' values.
   for (int64_t s = 0; s < p - 1; ++s) {
     at::Tensor target = chunk(rank_ - s - 1);
