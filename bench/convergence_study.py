@@ -38,6 +38,7 @@ CONFIGS = {
     "topk10%+ef": {"codec": "topk", "ratio": 0.1, "error_control": "ef"},
     "topk10%+econtrol(0.1)": {"codec": "topk", "ratio": 0.1, "error_control": "econtrol", "eta": 0.1},
     "topk1%+ef21": {"codec": "topk", "ratio": 0.01, "error_control": "ef21"},
+    "topk1%+econtrol(0.01)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.01},
     "topk1%+econtrol(0.05)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.05},
     "topk1%+econtrol(0.2)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.2},
     "topk1%+econtrol(0.5)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.5},
