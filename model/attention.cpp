@@ -52,16 +52,13 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   }
   int64_t rep = heads_ / kv_heads_;
   RebuildSink* sink = rebuild_sink();
+  at::Tensor kr = repeat_kv(k, rep), vr = repeat_kv(v, rep);
   if (rep > 1 && sink) {  // the repeated copies are rep times larger than what they repeat
-    at::Tensor kr = repeat_kv(k, rep), vr = repeat_kv(v, rep);
     sink->mark(kr, [kd = k.detach(), rep] { return repeat_kv(kd, rep); });
     sink->mark(vr, [vd = v.detach(), rep] { return repeat_kv(vd, rep); });
-    k = kr;
-    v = vr;
-  } else {
-    k = repeat_kv(k, rep);
-    v = repeat_kv(v, rep);
   }
+  k = kr;
+  v = vr;
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
