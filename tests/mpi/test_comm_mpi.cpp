@@ -2,7 +2,7 @@
 // tests/CMakeLists.txt): collective closed forms, gradient sync equals the mean of the ranks'
 // gradients, parameters stay bitwise identical across ranks after optimizer steps, gradient
 // accumulation skips the exchange until the last micro-step, and buckets are exchanged while
-// backward is still running.
+// backward is still running; Open MPI TCP defaults are set before MPI_Init.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -77,6 +77,19 @@ TEST(Collectives, ClosedForms) {
         << c10::toString(type);
   }
   c.barrier();
+}
+
+TEST(MpiRuntime, OpenMpiTcpDefaultsAreInPlace) {
+  world();  // MPI is initialized by now
+  // comm/mpi_runtime.cpp sets these before MPI_Init unless the launch set them: without them,
+  // two-way transfers over TCP run at half the link (bench/RESULTS.md). The test launch does
+  // not set them, so condense's values must be there.
+  const char* flags = std::getenv("OMPI_MCA_btl_tcp_flags");
+  const char* eager = std::getenv("OMPI_MCA_btl_tcp_eager_limit");
+  ASSERT_NE(flags, nullptr);
+  ASSERT_NE(eager, nullptr);
+  EXPECT_EQ(std::string(flags).find("put"), std::string::npos) << flags;
+  EXPECT_STREQ(eager, "1048576");
 }
 
 TEST(Collectives, SameTextCheck) {
