@@ -40,6 +40,7 @@ CONFIGS = {
     "topk1%+ef21": {"codec": "topk", "ratio": 0.01, "error_control": "ef21"},
     "topk1%+econtrol(0.01)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.01},
     "topk1%+econtrol(0.05)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.05},
+    "topk1%+econtrol(0.1)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.1},
     "topk1%+econtrol(0.2)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.2},
     "topk1%+econtrol(0.5)": {"codec": "topk", "ratio": 0.01, "error_control": "econtrol", "eta": 0.5},
     "randk1%+ef": {"codec": "randk", "ratio": 0.01, "error_control": "ef"},
@@ -69,6 +70,8 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/condense-convergence")
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--reuse", action="store_true", help="skip runs whose metrics already exist")
+    ap.add_argument("--extra", default="", help="recipe overrides added to every run, e.g. "
+                    "'train.optimizer=sgd train.lr=0.3'")
     args = ap.parse_args()
 
     names = [n for n in args.configs.split(",") if n]
@@ -79,7 +82,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     base = [f"name=conv", f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
             f"data.batch_size={args.batch_size}", "train.threads=1", "checkpoint.every=0",
-            "train.log_every=50"]
+            "train.log_every=50", *shlex.split(args.extra)]
     mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", str(args.ranks),
               "--mca", "mpi_yield_when_idle", "1", "--mca", "btl_vader_single_copy_mechanism", "none"]
     results = {}

@@ -1,4 +1,4 @@
-// Tests for trainer/: AdamW against the textbook update, weight-decay groups, the schedule's
+// Tests for trainer/: AdamW and SGD against the textbook update, weight-decay groups, the schedule's
 // closed form, global-norm clipping, checkpoint save/load round trip and pruning.
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
+#include "trainer/sgd.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -66,6 +67,64 @@ TEST(AdamW, StateRoundTripsExactly) {
   std::map<std::string, at::Tensor> partial = a.state();
   partial.erase("w/exp_avg");
   EXPECT_THROW(b.load_state(partial), Error);
+}
+
+TEST(Sgd, MatchesTorchSgdMomentumWithDecoupledDecay) {
+  at::manual_seed(2);
+  at::Tensor w = at::randn({3, 4}).set_requires_grad(true);
+  at::Tensor b = at::randn({4}).set_requires_grad(true);
+  at::Tensor w_ref = w.detach().clone(), b_ref = b.detach().clone();
+  Sgd opt({{"w", w}, {"b", b}}, SgdOptions{0.9, 0.1});
+  at::Tensor bw, bb;  // torch.optim.SGD: the buffer is the first gradient, then mu * buf + g
+  for (int t = 1; t <= 5; ++t) {
+    double lr = 0.05 * t;
+    at::Tensor gw = at::randn({3, 4}), gb = at::randn({4});
+    w.mutable_grad() = gw.clone();
+    b.mutable_grad() = gb.clone();
+    opt.step(lr);
+    bw = t == 1 ? gw : 0.9 * bw + gw;
+    bb = t == 1 ? gb : 0.9 * bb + gb;
+    w_ref = w_ref * (1 - lr * 0.1) - lr * bw;
+    b_ref = b_ref - lr * bb;  // rank-1 parameters are not decayed
+  }
+  EXPECT_TRUE(at::allclose(w.detach(), w_ref, 1e-5, 1e-6)) << (w - w_ref).abs().max();
+  EXPECT_TRUE(at::allclose(b.detach(), b_ref, 1e-5, 1e-6)) << (b - b_ref).abs().max();
+  // Without momentum it is plain SGD.
+  at::Tensor v = at::randn({2}).set_requires_grad(true);
+  at::Tensor v0 = v.detach().clone();
+  Sgd plain({{"v", v}}, SgdOptions{0.0, 0.0});
+  v.mutable_grad() = at::ones({2});
+  plain.step(0.5);
+  EXPECT_TRUE(at::allclose(v.detach(), v0 - 0.5));
+}
+
+TEST(Sgd, StateRoundTripsAndRefusesAdamWState) {
+  at::manual_seed(3);
+  at::Tensor w = at::randn({2, 2}).set_requires_grad(true);
+  Sgd a({{"w", w}}, {});
+  w.mutable_grad() = at::randn({2, 2});
+  a.step(0.1);
+  at::Tensor w2 = w.detach().clone().set_requires_grad(true);
+  Sgd b({{"w", w2}}, {});
+  b.load_state(a.state());
+  at::Tensor g = at::randn({2, 2});
+  w.mutable_grad() = g.clone();
+  w2.mutable_grad() = g.clone();
+  a.step(0.1);
+  b.step(0.1);
+  EXPECT_TRUE(at::equal(w, w2));
+  AdamW adam({{"w", w}}, {});
+  try {
+    b.load_state(adam.state());
+    FAIL() << "SGD accepted AdamW state";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("w/momentum_buffer"), std::string::npos) << e.what();
+  }
+  TrainConfig tc;
+  tc.optimizer = "lion";
+  EXPECT_THROW(make_optimizer(tc, {{"w", w}}), Error);
+  tc.optimizer = "sgd";
+  EXPECT_EQ(make_optimizer(tc, {{"w", w}})->state().count("w/momentum_buffer"), 1u);
 }
 
 TEST(LrSchedule, WarmupThenCosine) {

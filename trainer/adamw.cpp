@@ -2,25 +2,18 @@
 
 #include <ATen/ATen.h>
 
-#include "core/error.h"
-#include "core/shape.h"
 
 namespace condense {
 
 AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions opt)
     : opt_(opt) {
-  Group decay{opt.weight_decay, {}}, no_decay{0.0, {}};
-  for (const auto& [name, p] : params) {
-    if (!p.requires_grad()) continue;
-    size_t i = params_.size();
-    names_.push_back(name);
-    params_.push_back(p);
+  auto [decay, no_decay] = register_params(params);
+  for (const auto& p : params_) {
     exp_avg_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
     exp_avg_sq_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
     steps_.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
-    (p.dim() >= 2 ? decay : no_decay).members.push_back(i);
   }
-  groups_ = {decay, no_decay};
+  groups_ = {{opt.weight_decay, decay}, {0.0, no_decay}};
 }
 
 void AdamW::step(double lr) {
@@ -44,12 +37,6 @@ void AdamW::step(double lr) {
   }
 }
 
-void AdamW::zero_grad() {
-  for (auto& p : params_) {
-    if (p.grad().defined()) p.mutable_grad() = at::Tensor();
-  }
-}
-
 std::map<std::string, at::Tensor> AdamW::state() const {
   std::map<std::string, at::Tensor> out;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -62,17 +49,10 @@ std::map<std::string, at::Tensor> AdamW::state() const {
 
 void AdamW::load_state(const std::map<std::string, at::Tensor>& state) {
   at::NoGradGuard no_grad;
-  auto take = [&](const std::string& key, at::Tensor& dst) {
-    auto it = state.find(key);
-    CONDENSE_CHECK(it != state.end(), "optimizer state is missing '{}'", key);
-    CONDENSE_CHECK(it->second.sizes() == dst.sizes(), "optimizer state '{}' has shape {}, expected {}",
-                   key, shape_str(it->second.sizes()), shape_str(dst.sizes()));
-    dst.copy_(it->second);
-  };
   for (size_t i = 0; i < params_.size(); ++i) {
-    take(names_[i] + "/exp_avg", exp_avg_[i]);
-    take(names_[i] + "/exp_avg_sq", exp_avg_sq_[i]);
-    take(names_[i] + "/step", steps_[i]);
+    take(state, names_[i] + "/exp_avg", exp_avg_[i]);
+    take(state, names_[i] + "/exp_avg_sq", exp_avg_sq_[i]);
+    take(state, names_[i] + "/step", steps_[i]);
   }
 }
 

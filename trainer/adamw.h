@@ -4,11 +4,7 @@
 // torch.optim.AdamW(fused=True) step for step. State is addressed by parameter name so it can
 // be checkpointed and restored exactly.
 #pragma once
-#include <map>
-#include <string>
-#include <vector>
-
-#include <ATen/core/Tensor.h>
+#include "trainer/optimizer.h"
 
 namespace condense {
 
@@ -19,21 +15,17 @@ struct AdamWOptions {
   double weight_decay = 0.1;
 };
 
-class AdamW {
+class AdamW final : public Optimizer {
  public:
   // params: (name, tensor) in a fixed order; only tensors requiring grad are optimized.
   AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions opt);
 
-  // One update at learning rate lr. Parameters without a gradient are skipped.
-  void step(double lr);
-  void zero_grad();
-
+  void step(double lr) override;
   // Per-parameter state tensors: "<name>/exp_avg", "<name>/exp_avg_sq", "<name>/step".
-  std::map<std::string, at::Tensor> state() const;
+  std::map<std::string, at::Tensor> state() const override;
   // Restores state written by state(); every optimized parameter must be present with the
   // right shape (throws naming the missing or mismatched entry).
-  void load_state(const std::map<std::string, at::Tensor>& state);
-  const std::vector<std::string>& names() const { return names_; }
+  void load_state(const std::map<std::string, at::Tensor>& state) override;
 
  private:
   struct Group {
@@ -41,8 +33,7 @@ class AdamW {
     std::vector<size_t> members;  // indices into params_
   };
   AdamWOptions opt_;
-  std::vector<std::string> names_;
-  std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_, steps_;
+  std::vector<at::Tensor> exp_avg_, exp_avg_sq_, steps_;
   std::vector<Group> groups_;
 };
 

@@ -41,7 +41,7 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
     : dir_(std::move(dir)), keep_(keep) {}
 
-std::string CheckpointManager::save(LlamaForCausalLM& model, const AdamW* optimizer,
+std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* optimizer,
                                     const TrainingState& st, const std::string& recipe_yaml,
                                     const std::string& tokenizer_bytes,
                                     const std::map<std::string, at::Tensor>& extra) {
@@ -142,15 +142,15 @@ void Checkpoint::load_model(LlamaForCausalLM& model) const {
                    "{}: unexpected tensor '{}' for this model config", file_.path(), name);
 }
 
-void Checkpoint::load_optimizer(AdamW& optimizer) const {
+void Checkpoint::load_optimizer(Optimizer& optimizer) const {
   std::map<std::string, at::Tensor> state;
-  for (const std::string& name : optimizer.names())
-    for (const char* k : {"exp_avg", "exp_avg_sq", "step"}) {
-      std::string key = name + "/" + k;
-      CONDENSE_CHECK(file_.has("optimizer/" + key), "{}: missing optimizer state '{}'",
-                     file_.path(), key);
-      state[key] = file_.read_tensor("optimizer/" + key);
-    }
+  for (const auto& entry : optimizer.state()) {
+    const std::string& key = entry.first;
+    CONDENSE_CHECK(file_.has("optimizer/" + key),
+                   "{}: missing optimizer state '{}' (was the checkpoint written with another "
+                   "train.optimizer?)", file_.path(), key);
+    state[key] = file_.read_tensor("optimizer/" + key);
+  }
   optimizer.load_state(state);
 }
 

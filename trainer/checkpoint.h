@@ -1,6 +1,6 @@
 // Checkpoints in HDF5. One file per checkpoint holds everything a resume needs:
 //   <HF name>                  model tensors under Hugging Face names (model.layers.0...)
-//   optimizer/<name>/{exp_avg,exp_avg_sq,step}
+//   optimizer/<name>/<slot>    adamw: exp_avg, exp_avg_sq, step; sgd: momentum_buffer
 //   rng/torch_cpu[_rank<r>]    CPU generator state of rank 0 [of every rank] (dropout)
 //   recipe                     the resolved recipe (YAML text)
 //   config                     the model's Hugging Face config.json (text)
@@ -16,7 +16,7 @@
 #include "data/loader.h"
 #include "io/hdf5_file.h"
 #include "model/llama.h"
-#include "trainer/adamw.h"
+#include "trainer/optimizer.h"
 
 namespace condense {
 
@@ -31,7 +31,7 @@ class CheckpointManager {
   CheckpointManager(std::string dir, int64_t keep);
   // Writes step_<N>.h5 atomically, updates `latest`, prunes old ones; returns the path.
   // `extra` tensors are written under their names as given (e.g. per-rank RNG states).
-  std::string save(LlamaForCausalLM& model, const AdamW* optimizer, const TrainingState& state,
+  std::string save(LlamaForCausalLM& model, const Optimizer* optimizer, const TrainingState& state,
                    const std::string& recipe_yaml, const std::string& tokenizer_bytes,
                    const std::map<std::string, at::Tensor>& extra = {});
   // Path of the newest complete checkpoint in the directory, if any.
@@ -54,7 +54,7 @@ class Checkpoint {
   // Copies weights into `model`; every parameter must be present with its shape and no
   // unknown model tensor may be left over.
   void load_model(LlamaForCausalLM& model) const;
-  void load_optimizer(AdamW& optimizer) const;
+  void load_optimizer(Optimizer& optimizer) const;
   // Restores this process's CPU generator: rank r's saved state when the checkpoint has one
   // (rng/torch_cpu_rank<r>), else rng/torch_cpu.
   void restore_rng(int rank = 0) const;

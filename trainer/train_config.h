@@ -10,10 +10,12 @@ struct TrainConfig {
   double lr = 3e-3;               // peak learning rate
   double min_lr = 3e-4;           // cosine floor
   int64_t warmup_steps = 30;      // linear warm-up from 0
-  double weight_decay = 0.1;      // decoupled (AdamW); not applied to norms and biases
-  double beta1 = 0.9;
-  double beta2 = 0.95;
-  double eps = 1e-8;
+  std::string optimizer = "adamw"; // adamw | sgd (heavy-ball momentum)
+  double weight_decay = 0.1;      // decoupled (both optimizers); not applied to norms and biases
+  double beta1 = 0.9;             // adamw
+  double beta2 = 0.95;            // adamw
+  double eps = 1e-8;              // adamw
+  double momentum = 0.9;          // sgd
   double grad_clip = 1.0;         // global-norm clip; 0 disables
   int64_t grad_accum = 1;         // micro-steps per optimizer step
   int64_t seed = 1234;

@@ -12,7 +12,7 @@
 #include "core/progress.h"
 #include "memory/counting_allocator.h"
 #include "memory/memory_meter.h"
-#include "trainer/adamw.h"
+#include "trainer/optimizer.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics_logger.h"
@@ -96,7 +96,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     params.emplace_back(p.key(), p.value());
     if (p.value().requires_grad()) trainable.push_back(p.value());
   }
-  AdamW optimizer(params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
+  std::unique_ptr<Optimizer> optimizer_ptr = make_optimizer(tc, params);
+  Optimizer& optimizer = *optimizer_ptr;
   LrSchedule schedule{tc.lr, tc.min_lr, tc.warmup_steps, tc.steps};
   CheckpointManager checkpoints(setup_.checkpoint.dir, setup_.checkpoint.keep);
 
