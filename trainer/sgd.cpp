@@ -6,7 +6,7 @@ namespace condense {
 
 Sgd::Sgd(const std::vector<std::pair<std::string, at::Tensor>>& params, SgdOptions opt)
     : opt_(opt) {
-  std::tie(decay_, no_decay_) = register_params(params);
+  decay_ = register_params(params).first;
   for (const auto& p : params_) buf_.push_back(at::zeros_like(p, at::MemoryFormat::Contiguous));
 }
 

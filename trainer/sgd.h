@@ -24,7 +24,7 @@ class Sgd final : public Optimizer {
  private:
   SgdOptions opt_;
   std::vector<at::Tensor> buf_;
-  std::vector<size_t> decay_, no_decay_;
+  std::vector<size_t> decay_;  // rank >= 2 weights (the others are not decayed)
 };
 
 }  // namespace condense
