@@ -18,8 +18,6 @@ struct CompressionConfig {
   std::string error_control = "none";  // none | ef | ef21 | econtrol
   double eta = 0.1;                    // econtrol: weight of the error term
   int64_t warmup_steps = 0;            // first steps exchange dense fp32 (state still updated)
-  int64_t exact_every = 0;             // after warm-up, every n-th step exchanges the exact mean
-                                       // (error-control state untouched); 0: never
   int64_t min_bucket_numel = 0;        // buckets with fewer elements always go dense
   int64_t seed = 0;                    // randk indices, qsgd rounding, powersgd initial Q
 

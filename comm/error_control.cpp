@@ -32,14 +32,10 @@ std::vector<at::Tensor> ErrorControl::state() const {
   return s;
 }
 
-void ErrorControl::exchange_untouched(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
-  codec.exchange(g, nullptr, scratch_, ctx);  // codecs read v while writing mean: no aliasing
-  g.copy_(scratch_);
-}
-
 void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
   if (kind_ == "none") {
-    exchange_untouched(g, codec, ctx);
+    codec.exchange(g, nullptr, scratch_, ctx);  // codecs read v while writing mean: no aliasing
+    g.copy_(scratch_);
     return;
   }
   at::Tensor& u = scratch_;

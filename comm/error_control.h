@@ -31,9 +31,6 @@ class ErrorControl {
   // Collective (through the codec). g: fp32 bucket, overwritten with the vector the optimizer
   // should use.
   void step(at::Tensor& g, Codec& codec, ExchangeContext& ctx);
-  // Collective. Exchanges g through the codec as it is, leaving e, h_i, h untouched (the
-  // exact dense steps of comm.compression.exact_every; kind none's step).
-  void exchange_untouched(at::Tensor& g, Codec& codec, ExchangeContext& ctx);
 
   // e, h_i, h as applicable, in a fixed order (checkpointed per rank, restored in place).
   std::vector<at::Tensor> state() const;

@@ -47,30 +47,17 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
   if (comm_.rank() == 0) {
     spdlog::info("comm.compression: codec {} with error control {}{}, {} buckets, {} elements: "
                  "{:.3g} MB payload and {:.3g} MB on the wire per rank and step ({:.1f}x less than "
-                 "dense fp32 all-reduce), after {} dense warm-up steps{}",
+                 "dense fp32 all-reduce), after {} dense warm-up steps",
                  config_.codec, config_.error_control,
                  config_.error_control == "econtrol" ? fmt::format(" (eta {})", config_.eta) : "",
                  buckets_.size(), total, total_payload / 1e6, total_wire / 1e6,
-                 total_wire > 0 ? double(total_dense_wire) / total_wire : 1.0, config_.warmup_steps,
-                 config_.exact_every > 0
-                     ? fmt::format("; then every {}th step exact and dense", config_.exact_every)
-                     : "");
+                 total_wire > 0 ? double(total_dense_wire) / total_wire : 1.0, config_.warmup_steps);
   }
 }
 
 bool GradientCompression::compressing() const { return step_ >= config_.warmup_steps; }
 
-GradientCompression::Mode GradientCompression::mode_for(int64_t step) const {
-  if (step < config_.warmup_steps) return Mode::warmup;
-  if (config_.exact_every > 0 && (step - config_.warmup_steps + 1) % config_.exact_every == 0)
-    return Mode::exact;
-  return Mode::compressed;
-}
-
-void GradientCompression::begin_step() {
-  stats_ = ExchangeStats{};
-  mode_ = mode_for(step_);
-}
+void GradientCompression::begin_step() { stats_ = ExchangeStats{}; }
 
 void GradientCompression::exchange(size_t b, at::Tensor& flat) {
   CONDENSE_CHECK(b < buckets_.size(), "GradientCompression: bucket {} of {}", b, buckets_.size());
@@ -78,10 +65,8 @@ void GradientCompression::exchange(size_t b, at::Tensor& flat) {
   uint64_t shared = mix64(mix64(static_cast<uint64_t>(config_.seed) ^ 0x5EEDull) +
                           static_cast<uint64_t>(step_) * 0x9E3779B97F4A7C15ull + b);
   ExchangeContext ctx{comm_, shared, mix64(shared + static_cast<uint64_t>(comm_.rank()) + 1), stats_};
-  if (mode_ == Mode::exact)
-    bucket.control.exchange_untouched(flat, *bucket.dense, ctx);
-  else
-    bucket.control.step(flat, mode_ == Mode::compressed ? *bucket.codec : *bucket.dense, ctx);
+  Codec& codec = compressing() ? *bucket.codec : *bucket.dense;
+  bucket.control.step(flat, codec, ctx);
   stats_.add_dense_reference(4 * flat.numel(), comm_.size());
 }
 

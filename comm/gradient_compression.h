@@ -7,10 +7,6 @@
 // During the first `warmup_steps` steps, and always for buckets smaller than
 // `min_bucket_numel`, the codec is dense fp32 ("none") inside the same error control, so the
 // error-control state is already meaningful when compression starts (e.g. EF21's h_i = g_i).
-// After warm-up, every `exact_every`-th step exchanges the exact mean gradient dense and leaves
-// the error-control state alone (the residual keeps accumulating for the next compressed step),
-// so an optimizer that keeps gradient statistics can refresh them from undistorted gradients
-// (AdamW with train.adam_variance: exact_steps; see trainer/adamw.h).
 #pragma once
 #include <memory>
 #include <string>
@@ -36,9 +32,6 @@ class GradientCompression {
   // Collective. flat: bucket b's fp32 gradients of this rank; replaced by the estimate.
   void exchange(size_t bucket, at::Tensor& flat);
   void end_step() { ++step_; }
-  // Whether the step begun last delivered the exact mean gradient to every bucket: a warm-up or
-  // exact_every step (valid from begin_step until the next begin_step).
-  bool step_exact() const { return mode_ != Mode::compressed; }
 
   const ExchangeStats& stats() const { return stats_; }
   int64_t step() const { return step_; }  // synchronized steps completed
@@ -57,15 +50,12 @@ class GradientCompression {
     ErrorControl control;
   };
   std::vector<at::Tensor> state_tensors() const;
-  enum class Mode { warmup, exact, compressed };
-  Mode mode_for(int64_t step) const;
 
   Communicator& comm_;
   CompressionConfig config_;
   std::vector<Bucket> buckets_;
   ExchangeStats stats_;
   int64_t step_ = 0;
-  Mode mode_ = Mode::warmup;  // of the step begun last
 };
 
 }  // namespace condense

@@ -83,7 +83,6 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_real("beta1", t.beta1, fraction()),
                     bind_real("beta2", t.beta2, fraction()),
                     bind_real("eps", t.eps, positive()),
-                    bind_string("adam_variance", t.adam_variance, {"every_step", "exact_steps"}),
                     bind_real("momentum", t.momentum, fraction()),
                     bind_real("grad_clip", t.grad_clip, at_least(0)),
                     bind_int("grad_accum", t.grad_accum, positive()),
@@ -125,7 +124,6 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_string("error_control", c.error_control, ErrorControl::kinds()),
            bind_real("eta", c.eta, unit_interval()),
            bind_int("warmup_steps", c.warmup_steps, at_least(0)),
-           bind_int("exact_every", c.exact_every, at_least(0)),
            bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
            bind_int("seed", c.seed, at_least(0))}};
 }

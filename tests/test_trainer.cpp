@@ -18,34 +18,26 @@
 namespace condense {
 namespace fs = std::filesystem;
 
-// exact: per step (1..5), whether the gradient is exact; with variance_on_exact_steps_only the
-// second moment is refreshed only on exact steps (and step 1), as v = b2^k v + (1 - b2^k) g^2
-// after a gap of k steps, and the denominator keeps the last refresh's bias correction.
-void expect_textbook_adamw(bool exact_steps_only, const std::vector<bool>& exact) {
+TEST(AdamW, MatchesTextbookUpdateWithDecoupledDecay) {
   at::manual_seed(0);
   at::Tensor w = at::randn({3, 4}).set_requires_grad(true);
   at::Tensor b = at::randn({4}).set_requires_grad(true);
   at::Tensor w_ref = w.detach().clone(), b_ref = b.detach().clone();
-  AdamWOptions o{0.9, 0.95, 1e-8, 0.1, exact_steps_only};
+  AdamWOptions o{0.9, 0.95, 1e-8, 0.1};
   AdamW opt({{"w", w}, {"b", b}}, o);
   at::Tensor mw = at::zeros_like(w_ref), vw = at::zeros_like(w_ref);
   at::Tensor mb = at::zeros_like(b_ref), vb = at::zeros_like(b_ref);
-  int last_refresh = 0;
-  for (int t = 1; t <= static_cast<int>(exact.size()); ++t) {
+  for (int t = 1; t <= 5; ++t) {
     double lr = 1e-2 * t;
     at::Tensor gw = at::randn({3, 4}), gb = at::randn({4});
     w.mutable_grad() = gw.clone();
     b.mutable_grad() = gb.clone();
-    opt.set_exact_gradient(exact[t - 1]);
     opt.step(lr);
-    const bool refresh = !exact_steps_only || exact[t - 1] || t == 1;
-    const double keep = std::pow(0.95, t - last_refresh);
-    if (refresh) last_refresh = t;
     auto ref = [&](at::Tensor& p, at::Tensor& m, at::Tensor& v, const at::Tensor& g, double wd) {
       p.mul_(1 - lr * wd);
       m = 0.9 * m + 0.1 * g;
-      if (refresh) v = keep * v + (1 - keep) * g * g;
-      double bc1 = 1 - std::pow(0.9, t), bc2 = 1 - std::pow(0.95, last_refresh);
+      v = 0.95 * v + 0.05 * g * g;
+      double bc1 = 1 - std::pow(0.9, t), bc2 = 1 - std::pow(0.95, t);
       p -= lr / bc1 * m / (v.sqrt() / std::sqrt(bc2) + 1e-8);
     };
     ref(w_ref, mw, vw, gw, 0.1);
@@ -54,26 +46,13 @@ void expect_textbook_adamw(bool exact_steps_only, const std::vector<bool>& exact
   EXPECT_TRUE(at::allclose(w.detach(), w_ref, 1e-5, 1e-6)) << (w - w_ref).abs().max();
   EXPECT_TRUE(at::allclose(b.detach(), b_ref, 1e-5, 1e-6));
   auto state = opt.state();
-  EXPECT_EQ(state.at("w/step").item<float>(), static_cast<float>(exact.size()));
-  EXPECT_EQ(state.at("w/variance_step").item<float>(), static_cast<float>(last_refresh));
-  EXPECT_TRUE(at::allclose(state.at("w/exp_avg_sq"), vw, 1e-5, 1e-7));
+  EXPECT_EQ(state.at("w/step").item<float>(), 5.0f);
 }
 
-TEST(AdamW, MatchesTextbookUpdateWithDecoupledDecay) {
-  // set_exact_gradient(false) changes nothing unless the option is on.
-  expect_textbook_adamw(false, {true, false, false, true, false});
-}
-
-TEST(AdamW, VarianceOnExactStepsOnlyMatchesTextbookUpdate) {
-  expect_textbook_adamw(true, {false, false, true, false, false, true, true, false});
-  expect_textbook_adamw(true, {true, true, true, true});  // all exact: plain AdamW
-}
-
-// An optimizer restored from another's state() continues bit for bit (the first step after the
-// restore has an exact or compressed gradient as `exact` says); a state missing `slot` is
-// refused.
+// An optimizer restored from another's state() continues bit for bit; a state missing `slot`
+// is refused.
 template <typename Opt, typename Options>
-void expect_state_round_trip(Options options, const std::string& slot, bool exact = true) {
+void expect_state_round_trip(Options options, const std::string& slot) {
   at::manual_seed(1);
   at::Tensor w = at::randn({2, 2}).set_requires_grad(true);
   Opt a({{"w", w}}, options);
@@ -82,16 +61,12 @@ void expect_state_round_trip(Options options, const std::string& slot, bool exac
   at::Tensor w2 = w.detach().clone().set_requires_grad(true);
   Opt b({{"w", w2}}, options);
   b.load_state(a.state());
-  for (bool step_exact : {exact, true}) {  // the second step refreshes after a gap when !exact
-    at::Tensor g = at::randn({2, 2});
-    w.mutable_grad() = g.clone();
-    w2.mutable_grad() = g.clone();
-    a.set_exact_gradient(step_exact);
-    b.set_exact_gradient(step_exact);
-    a.step(0.1);
-    b.step(0.1);
-    EXPECT_TRUE(at::equal(w, w2));
-  }
+  at::Tensor g = at::randn({2, 2});
+  w.mutable_grad() = g.clone();
+  w2.mutable_grad() = g.clone();
+  a.step(0.1);
+  b.step(0.1);
+  EXPECT_TRUE(at::equal(w, w2));
   std::map<std::string, at::Tensor> partial = a.state();
   ASSERT_EQ(partial.erase("w/" + slot), 1u);
   EXPECT_THROW(b.load_state(partial), Error);
@@ -99,10 +74,6 @@ void expect_state_round_trip(Options options, const std::string& slot, bool exac
 
 TEST(AdamW, StateRoundTripsExactly) {
   expect_state_round_trip<AdamW>(AdamWOptions{}, "exp_avg");
-  // Second moment held on inexact steps: the restored optimizer knows when v was last refreshed.
-  AdamWOptions held;
-  held.variance_on_exact_steps_only = true;
-  expect_state_round_trip<AdamW>(held, "exp_avg_sq", /*exact=*/false);
 }
 
 TEST(Sgd, MatchesTorchSgdMomentumWithDecoupledDecay) {

@@ -38,8 +38,7 @@ void Optimizer::take(const std::map<std::string, at::Tensor>& state, const std::
 std::unique_ptr<Optimizer> make_optimizer(
     const TrainConfig& tc, const std::vector<std::pair<std::string, at::Tensor>>& params) {
   if (tc.optimizer == "adamw")
-    return std::make_unique<AdamW>(params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay,
-                                                            tc.adam_variance == "exact_steps"});
+    return std::make_unique<AdamW>(params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   if (tc.optimizer == "sgd")
     return std::make_unique<Sgd>(params, SgdOptions{tc.momentum, tc.weight_decay});
   fail("unknown optimizer '{}'; valid: adamw, sgd", tc.optimizer);

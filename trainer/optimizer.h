@@ -23,10 +23,6 @@ class Optimizer {
   virtual ~Optimizer() = default;
   // One update at learning rate lr. Parameters without a gradient are skipped.
   virtual void step(double lr) = 0;
-  // Whether the next step's gradient is the exact mean over ranks (true) or a compressed
-  // estimate (comm.compression); optimizers that keep gradient statistics may treat the two
-  // differently (AdamW's train.adam_variance). Default: ignored.
-  virtual void set_exact_gradient(bool exact) { (void)exact; }
   void zero_grad();
   virtual std::map<std::string, at::Tensor> state() const = 0;
   virtual void load_state(const std::map<std::string, at::Tensor>& state) = 0;

@@ -15,7 +15,6 @@ struct TrainConfig {
   double beta1 = 0.9;             // adamw
   double beta2 = 0.95;            // adamw
   double eps = 1e-8;              // adamw
-  std::string adam_variance = "every_step"; // adamw: every_step | exact_steps (not on compressed steps)
   double momentum = 0.9;          // sgd
   double grad_clip = 1.0;         // global-norm clip; 0 disables
   int64_t grad_accum = 1;         // micro-steps per optimizer step

@@ -133,16 +133,6 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     if (sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);
   }
-  if (tc.optimizer == "adamw" && tc.adam_variance == "exact_steps" && rank0) {
-    const GradientCompression* c = sync ? sync->compression() : nullptr;
-    if (!c)
-      spdlog::info("train.adam_variance=exact_steps: no gradient compression, so every step is "
-                   "exact and AdamW is unchanged");
-    else if (c->config().exact_every == 0)
-      spdlog::warn("train.adam_variance=exact_steps with comm.compression.exact_every=0: AdamW's "
-                   "second moment stays as it was after the {} warm-up steps for the rest of the "
-                   "run (1-bit Adam); set exact_every to refresh it", c->config().warmup_steps);
-  }
   MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
   std::optional<Progress> progress;
   if (rank0) progress.emplace(tc.steps, state.step, tc.log_every);
@@ -209,7 +199,6 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
                    "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
     double grad_norm = clip_grad_norm(trainable, tc.grad_clip);
     if (meter) meter->begin("optimizer");
-    if (sync && sync->compression()) optimizer.set_exact_gradient(sync->compression()->step_exact());
     optimizer.step(lr);
     optimizer.zero_grad();
     if (meter) meter->end();
