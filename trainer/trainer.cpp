@@ -132,6 +132,13 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
     if (sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);
+    const std::string& ec = setup_.sync.compression.error_control;
+    if (tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && comm->rank() == 0)
+      spdlog::warn("comm.compression.error_control={} with AdamW: the exchanged estimate keeps "
+                   "stale coordinates, which AdamW applies at full normalized size; measured worse "
+                   "than ef on the quickstart model and divergent with econtrol eta 0.2 (README "
+                   "\"Compressed communication\"). ef, or train.optimizer=sgd, is the safer pairing",
+                   ec);
   }
   MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
   std::optional<Progress> progress;

@@ -123,6 +123,7 @@ def test_compressed_run_meters_bytes_and_resumes_exactly(small_store, tmp_path):
     ref = tmp_path / "ref"
     p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **comp))
     assert "comm.compression: codec topk with error control econtrol (eta 0.2)" in p.stderr, p.stderr
+    assert "error_control=econtrol with AdamW" in p.stderr, p.stderr  # the measured pitfall, said
     rows = read_metrics(ref)
     for r in rows[:3]:  # warm-up: dense fp32
         assert r["comm_ratio"] == 1.0 and r["comm_wire_bytes"] == r["comm_bytes"], r
