@@ -51,6 +51,8 @@ import os
 import sys
 import time
 
+from torch_peer import add_model_args, build_llama, lr_at, make_adamw  # bench/, beside this file
+
 M64 = (1 << 64) - 1
 
 
@@ -150,16 +152,6 @@ def validation_batches(ids, seq_len: int, batch_size: int, max_batches: int, ran
     return out
 
 
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """trainer/lr_schedule.cpp: linear warm-up from 0, then cosine decay to min_lr at total."""
-    if warmup > 0 and step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-# ---- environment ------------------------------------------------------------------------------
-
 def rank_info() -> tuple[int, int, int]:
     env = os.environ
     if "OMPI_COMM_WORLD_RANK" in env:
@@ -226,26 +218,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=8, help="windows per rank")
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
-    ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--intermediate-size", type=int, default=688)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--max-positions", type=int, default=512)
-    ap.add_argument("--head-dim", type=int, default=0, help="0: hidden_size / heads")
-    ap.add_argument("--rms-norm-eps", type=float, default=1e-5)
-    ap.add_argument("--rope-theta", type=float, default=10000.0)
-    ap.add_argument("--initializer-range", type=float, default=0.02)
-    ap.add_argument("--untied", action="store_true", help="separate lm_head (tie_word_embeddings false)")
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--min-lr", type=float, default=3e-4)
-    ap.add_argument("--warmup-steps", type=int, default=30)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--beta1", type=float, default=0.9)
-    ap.add_argument("--beta2", type=float, default=0.95)
-    ap.add_argument("--eps", type=float, default=1e-8)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=1234)
+    add_model_args(ap)
     ap.add_argument("--comm-hook", choices=["none", "powersgd"], default="none")
     ap.add_argument("--powersgd-rank", type=int, default=4, help="matrix_approximation_rank")
     ap.add_argument("--start-powersgd-iter", type=int, default=10,
@@ -275,7 +248,6 @@ def main() -> int:
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
     dataset = args.dataset or default_dataset(os.path.join(repo, "data_cache"), "gcide", 4096, 0.02, args.seed)
@@ -307,20 +279,8 @@ def main() -> int:
         dist.all_reduce = counting_all_reduce
 
     torch.manual_seed(args.seed)
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=args.max_positions,
-        head_dim=args.head_dim or args.hidden_size // args.heads,
-        rms_norm_eps=args.rms_norm_eps, rope_theta=args.rope_theta,
-        tie_word_embeddings=not args.untied, attention_dropout=0.0,
-        initializer_range=args.initializer_range, use_cache=False, torch_dtype="float32")
-    config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).to(torch.float32)
-    model.train()
+    model = build_llama(args, vocab)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
     grad_bytes = sum(p.numel() * p.element_size() for p in params)
 
     net = model
@@ -335,10 +295,7 @@ def main() -> int:
                 start_powerSGD_iter=args.start_powersgd_iter, use_error_feedback=True, warm_start=True)
             net.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
 
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=True)
+    opt, _, _ = make_adamw(model, args)
 
     loader = Loader(train_ids, args.seq_len, args.batch_size, args.seed, rank, world)
     val = validation_batches(val_ids, args.seq_len, args.batch_size, args.eval_batches, rank, world)

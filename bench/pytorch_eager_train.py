@@ -18,18 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 
-
-def lr_at(step: int, lr: float, min_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up then cosine decay to min_lr, like trainer/lr_schedule (value only matters
-    to keep the per-step work the same: a Python float per group)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+from torch_peer import add_model_args, build_llama, lr_at, make_adamw  # bench/, beside this file
 
 
 def main() -> int:
@@ -39,18 +31,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab-size", type=int, default=4096)
-    ap.add_argument("--hidden-size", type=int, default=256)
-    ap.add_argument("--intermediate-size", type=int, default=688)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--max-positions", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--min-lr", type=float, default=3e-4)
-    ap.add_argument("--warmup-steps", type=int, default=30)
-    ap.add_argument("--weight-decay", type=float, default=0.1)
-    ap.add_argument("--grad-clip", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=1234)
+    add_model_args(ap)
     ap.add_argument("--progress", default="", help="append one line per finished step to this file "
                     "(train_throughput.py follows it to read CPU time per step)")
     ap.add_argument("--batches", type=int, default=16, help="distinct random batches cycled through")
@@ -58,38 +39,13 @@ def main() -> int:
 
     import torch
     import torch.nn.functional as F
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.max_positions,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=True,
-        attention_dropout=0.0,
-        initializer_range=0.02,
-        use_cache=False,  # training: no KV cache objects built per forward
-        torch_dtype="float32",
-    )
-    config._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(config).to(torch.float32)
-    model.train()
-
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    model = build_llama(args, args.vocab_size)
+    opt, decay, no_decay = make_adamw(model, args)
     params = decay + no_decay
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
     # Inputs and next-token targets, as condense's loader cuts them: [B, T] each.
     g = torch.Generator().manual_seed(args.seed)
