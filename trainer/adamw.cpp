@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 
-
 namespace condense {
 
 AdamW::AdamW(const std::vector<std::pair<std::string, at::Tensor>>& params, AdamWOptions opt)

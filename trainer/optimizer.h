@@ -26,7 +26,6 @@ class Optimizer {
   void zero_grad();
   virtual std::map<std::string, at::Tensor> state() const = 0;
   virtual void load_state(const std::map<std::string, at::Tensor>& state) = 0;
-  const std::vector<std::string>& names() const { return names_; }
 
  protected:
   // Keeps the parameters that require grad, in order; returns their indices by decay group

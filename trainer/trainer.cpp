@@ -133,7 +133,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     if (sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);
     const std::string& ec = setup_.sync.compression.error_control;
-    if (tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && comm->rank() == 0)
+    if (tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && rank0)
       spdlog::warn("comm.compression.error_control={} with AdamW: the exchanged estimate keeps "
                    "stale coordinates, which AdamW applies at full normalized size; measured worse "
                    "than ef on the quickstart model and divergent with econtrol eta 0.2 (README "
