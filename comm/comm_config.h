@@ -15,9 +15,8 @@ struct CompressionConfig {
   int64_t levels = 7;                  // qsgd: s quantization levels per sign (7 = 4 bits/element)
   int64_t block = 512;                 // qsgd, sign: elements sharing one fp32 scale
   int64_t rank = 4;                    // powersgd: rank of the approximation
-  std::string error_control = "none";  // none | ef | ef21 | econtrol | dgc
+  std::string error_control = "none";  // none | ef | ef21 | econtrol
   double eta = 0.1;                    // econtrol: weight of the error term
-  double momentum = 0.9;               // dgc: local velocity's momentum (train.momentum must be 0)
   int64_t warmup_steps = 0;            // first steps exchange dense fp32 (state still updated)
   int64_t min_bucket_numel = 0;        // buckets with fewer elements always go dense
   int64_t seed = 0;                    // randk indices, qsgd rounding, powersgd initial Q

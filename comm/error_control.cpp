@@ -7,17 +7,16 @@
 namespace condense {
 
 const std::vector<std::string>& ErrorControl::kinds() {
-  static const std::vector<std::string> k = {"none", "ef", "ef21", "econtrol", "dgc"};
+  static const std::vector<std::string> k = {"none", "ef", "ef21", "econtrol"};
   return k;
 }
 
-ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel, double momentum)
-    : kind_(std::move(kind)), eta_(eta), momentum_(momentum) {
+ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel)
+    : kind_(std::move(kind)), eta_(eta) {
   CONDENSE_CHECK(std::find(kinds().begin(), kinds().end(), kind_) != kinds().end(),
-                 "unknown error control '{}'; valid: none, ef, ef21, econtrol, dgc", kind_);
+                 "unknown error control '{}'; valid: none, ef, ef21, econtrol", kind_);
   auto zeros = [&] { return at::zeros({numel}, at::kFloat); };
-  if (kind_ == "ef" || kind_ == "econtrol" || kind_ == "dgc") e_ = zeros();
-  if (kind_ == "dgc") u_ = zeros();
+  if (kind_ == "ef" || kind_ == "econtrol") e_ = zeros();
   if (kind_ == "ef21" || kind_ == "econtrol") {
     h_local_ = zeros();
     h_ = zeros();
@@ -28,7 +27,7 @@ ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel, double m
 
 std::vector<at::Tensor> ErrorControl::state() const {
   std::vector<at::Tensor> s;
-  for (const at::Tensor& t : {e_, h_local_, h_, u_})
+  for (const at::Tensor& t : {e_, h_local_, h_})
     if (t.defined()) s.push_back(t);
   return s;
 }
@@ -44,17 +43,6 @@ void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
     u.copy_(g).add_(e_);                 // v = g + e
     codec.exchange(u, &d_, g, ctx);      // g <- mean of C(v_r)
     at::sub_out(e_, u, d_);              // e = v - d
-    return;
-  }
-  if (kind_ == "dgc") {
-    u_.mul_(momentum_).add_(g);          // u = m u + g   (local velocity)
-    e_.add_(u_);                         // v = v + u     (accumulated velocity)
-    codec.exchange(e_, &d_, g, ctx);     // g <- mean of C(v_r)
-    e_.sub_(d_);                         // v = v - d
-    // Momentum factor masking: a coordinate just sent restarts its velocity. Only for the
-    // sparsifying codecs; with a dense codec (warm-up) this is exactly momentum SGD.
-    const std::string c = codec.name();
-    if (c == "topk" || c == "randk") u_.masked_fill_(d_.ne(0), 0.0f);
     return;
   }
   if (kind_ == "ef21") {

@@ -26,7 +26,7 @@ namespace condense {
 class ErrorControl {
  public:
   // kind: none | ef | ef21 | econtrol. State tensors are allocated for `numel` elements.
-  ErrorControl(std::string kind, double eta, int64_t numel, double momentum = 0.9);
+  ErrorControl(std::string kind, double eta, int64_t numel);
 
   // Collective (through the codec). g: fp32 bucket, overwritten with the vector the optimizer
   // should use.
@@ -41,8 +41,8 @@ class ErrorControl {
 
  private:
   std::string kind_;
-  double eta_, momentum_;
-  at::Tensor e_, h_local_, h_, u_;  // undefined when the kind does not use them
+  double eta_;
+  at::Tensor e_, h_local_, h_;  // undefined when the kind does not use them
   at::Tensor scratch_, d_;      // reused buffers
 };
 

@@ -21,7 +21,7 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
     bucket_config.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
     Bucket bucket{make_codec(bucket_config, layout, world, ec),
                   make_codec(CompressionConfig{}, layout, world, ec),
-                  ErrorControl(config_.error_control, config_.eta, layout.numel, config_.momentum)};
+                  ErrorControl(config_.error_control, config_.eta, layout.numel)};
     ExchangeStats plan, dense;
     const int64_t payload = bucket.codec->payload_bytes();
     if (bucket.codec->summable()) plan.add_all_reduce(payload, world);

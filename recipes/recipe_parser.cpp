@@ -123,7 +123,6 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_int("rank", c.rank, at_least(1)),
            bind_string("error_control", c.error_control, ErrorControl::kinds()),
            bind_real("eta", c.eta, unit_interval()),
-           bind_real("momentum", c.momentum, fraction()),
            bind_int("warmup_steps", c.warmup_steps, at_least(0)),
            bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
            bind_int("seed", c.seed, at_least(0))}};
