@@ -1,6 +1,6 @@
 // Pointwise rebuild: saved activations that the model marked as cheap to compute again
-// (model/rebuildable.h: norm outputs, SwiGLU's silu and product, repeated GQA keys/values, the
-// attention output's layout copy) are not kept for backward; the first unpack reruns the mark's
+// (model/rebuildable.h: norm outputs, SwiGLU's silu and product, the attention output's layout
+// copy) are not kept for backward; the first unpack reruns the mark's
 // rebuild function and the result is shared by every saved variable of that tensor until the
 // last one is freed. This is the op-level selective recomputation of Korthikanti et al. 2022
 // ("Reducing Activation Recomputation in Large Transformer Models"): large in memory, almost

@@ -9,8 +9,8 @@
 //   selective  Korthikanti's criterion (recompute what is large in memory and cheap in FLOPs)
 //              at op level: every layer keeps its matmul and attention results and drops the
 //              outputs the model marks as pointwise-rebuildable (model/rebuildable.h: RMSNorm
-//              outputs, silu(gate) and the SwiGLU product, repeated GQA keys/values, the
-//              attention output's layout copy), rebuilt at first use in backward
+//              outputs, silu(gate) and the SwiGLU product, the attention output's layout
+//              copy), rebuilt at first use in backward
 //              (memory/pointwise_rebuild.h). With fused attention the [T x T] scores that the
 //              paper's "attention core" recomputation targets are never stored, so this is
 //              where the cheap memory is.

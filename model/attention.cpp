@@ -13,14 +13,6 @@ torch::nn::Linear linear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
 }
 
-// [B, kv, S, d] -> [B, kv*rep, S, d] with each kv head repeated `rep` times consecutively,
-// the grouping transformers' repeat_kv uses.
-at::Tensor repeat_kv(const at::Tensor& x, int64_t rep) {
-  if (rep == 1) return x;
-  auto s = x.sizes();
-  return x.unsqueeze(2).expand({s[0], s[1], rep, s[2], s[3]}).reshape({s[0], s[1] * rep, s[2], s[3]});
-}
-
 }  // namespace
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index)
@@ -50,15 +42,9 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     past = cache->length();
     std::tie(k, v) = cache->append(layer_, k, v);
   }
-  int64_t rep = heads_ / kv_heads_;
-  RebuildSink* sink = rebuild_sink();
-  at::Tensor kr = repeat_kv(k, rep), vr = repeat_kv(v, rep);
-  if (rep > 1 && sink) {  // the repeated copies are rep times larger than what they repeat
-    sink->mark(kr, [kd = k.detach(), rep] { return repeat_kv(kd, rep); });
-    sink->mark(vr, [vd = v.detach(), rep] { return repeat_kv(vd, rep); });
-  }
-  k = kr;
-  v = vr;
+  // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
+  // head h read kv head h / rep, the grouping transformers' repeat_kv produces.
+  const bool gqa = heads_ != kv_heads_;
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
@@ -70,10 +56,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     causal = false;
   }
   double p = is_training() ? dropout_ : 0.0;
-  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal);
+  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, std::nullopt, gqa);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that
   // the transpose is free); the fused attention keeps its own output anyway.
+  RebuildSink* sink = rebuild_sink();
   if (sink && !out.is_alias_of(attn)) {
     sink->mark(out, [o = attn.detach(), b, t, width = heads_ * head_dim_] {
       return o.transpose(1, 2).reshape({b, t, width});

@@ -1,7 +1,7 @@
 // Marks for cheaply rebuildable activations: a model op whose output is large but costs almost
 // nothing to compute again from tensors autograd keeps anyway (RMSNorm's normalized input and
-// output, SwiGLU's silu(gate) and product, GQA's repeated keys/values, the attention output's
-// layout copy) announces it here with a function that rebuilds it. A memory policy that collects
+// output, SwiGLU's silu(gate) and product, the attention output's layout copy) announces it
+// here with a function that rebuilds it. A memory policy that collects
 // marks (memory/pointwise_rebuild.h) may then drop such a tensor when autograd saves it and
 // rebuild it in backward; with no collector, marking is a thread-local check and nothing else.
 //

@@ -253,7 +253,8 @@ TEST(Recompute, FullRecomputeRebuildsPointwiseOutputsInBackward) {
               base_peak / 1048576.0, full_peak / 1048576.0, full_held / 1048576.0,
               layer / 1048576.0);
   EXPECT_LT(full_peak, full_held + layer * 3 / 4);
-  EXPECT_GE(base_peak, 4 * full_peak);
+  // (3.5x since SDPA reads grouped K/V in place: the baseline no longer stores repeated K/V.)
+  EXPECT_GE(base_peak, 7 * full_peak / 2);
 }
 
 TEST(Recompute, BudgetPicksLayersFromMeasuredSizes) {
