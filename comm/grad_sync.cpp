@@ -53,6 +53,12 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
     int64_t n = b.offsets.back() + params_[b.params.back()].second.numel();
     b.flat = at::zeros({n}, params_[b.params.front()].second.options().requires_grad(false));
   }
+  slots_.resize(params_.size());
+  for (size_t k = 0; k < params_.size(); ++k) {
+    auto [bi, slot] = location_[k];
+    const at::Tensor& p = params_[k].second;
+    slots_[k] = buckets_[bi].flat.narrow(0, buckets_[bi].offsets[slot], p.numel()).view(p.sizes());
+  }
   if (config_.compression.enabled()) {
     // The codecs are CPU code (topk selection, bit packing, index lists); a CUDA port is future
     // work, so say so rather than fail inside a codec.
@@ -95,6 +101,18 @@ void GradientSync::begin_backward(bool sync) {
     b.pending = b.params.size();
     b.ready = b.done = false;
   }
+  at::NoGradGuard no_grad;
+  for (size_t k = 0; k < params_.size(); ++k) bind_grad(k);
+}
+
+void GradientSync::bind_grad(size_t k) {
+  at::Tensor& p = params_[k].second;
+  const at::Tensor& slot = slots_[k];
+  const at::Tensor& g = p.grad();
+  if (g.defined() && g.data_ptr() == slot.data_ptr()) return;  // already accumulating in place
+  if (g.defined()) slot.copy_(g);
+  else slot.zero_();
+  p.mutable_grad() = slot;
 }
 
 void GradientSync::on_grad_ready(size_t k) {
@@ -103,15 +121,15 @@ void GradientSync::on_grad_ready(size_t k) {
   mark_ready_locked(k);
 }
 
-// Copies parameter k's gradient (zeros if it has none) into its bucket slot.
+// Parameter k's gradient is complete in its bucket slot (bound there by begin_backward; a
+// grad that autograd or the user replaced since is copied in and re-pointed).
 void GradientSync::mark_ready_locked(size_t k) {
   arrived_[k] = true;
-  auto [bi, slot] = location_[k];
-  Bucket& b = buckets_[bi];
-  const at::Tensor& p = params_[k].second;
-  at::Tensor dst = b.flat.narrow(0, b.offsets[slot], p.numel());
-  if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
-  else dst.zero_();
+  {
+    at::NoGradGuard no_grad;
+    bind_grad(k);
+  }
+  Bucket& b = buckets_[location_[k].first];
   if (--b.pending == 0) {
     b.ready = true;
     cv_.notify_all();
@@ -184,14 +202,7 @@ void GradientSync::finish() {
     stats_.exchange = compression_->stats();
     compression_->end_step();
   }
-  at::NoGradGuard no_grad;
-  for (size_t k = 0; k < params_.size(); ++k) {
-    auto [bi, slot] = location_[k];
-    at::Tensor& p = params_[k].second;
-    at::Tensor src = buckets_[bi].flat.narrow(0, buckets_[bi].offsets[slot], p.numel()).view(p.sizes());
-    if (p.grad().defined()) p.mutable_grad().copy_(src);
-    else p.mutable_grad() = src.clone();
-  }
+  // Every grad is its bucket slot (bound when it arrived), which now holds the mean.
 }
 
 }  // namespace condense

@@ -4,11 +4,16 @@
 // Parameters that require grad are grouped into buckets of at most `bucket_cap_mb` (the first
 // at most 1 MB, so the first exchange starts early, as in DDP), in reverse registration order
 // (roughly the order backward produces their gradients), identically on every rank; a
-// parameter larger than the cap gets a bucket of its own. A post-accumulate-grad hook on each parameter copies its gradient into its
-// bucket's flat fp32 buffer; when a bucket is complete, a communication thread all-reduces it.
-// Buckets are exchanged strictly in bucket order, so every rank issues the same collectives in
-// the same order. finish() waits for all buckets and writes the mean over ranks back into each
-// parameter's grad. Parameters that got no gradient in a step contribute zeros.
+// parameter larger than the cap gets a bucket of its own. Gradients are views into their
+// bucket's flat fp32 buffer (DDP's gradient_as_bucket_view): begin_backward(true) points every
+// parameter's grad at its zeroed slot (keeping what earlier micro-steps accumulated), autograd
+// accumulates into it in place, and a post-accumulate-grad hook marks it ready; when a bucket is
+// complete, a communication thread all-reduces it in place. So gradients are held once, not
+// twice, and never copied in or out. (A grad that something replaced is copied into its slot
+// and re-pointed.) Buckets are exchanged strictly in bucket order, so every rank issues the
+// same collectives in the same order. finish() waits for all buckets; each grad then holds the
+// mean over ranks. Parameters that got no gradient in a step contribute zeros. Optimizers may
+// reset grads to undefined after the step; the next begin_backward(true) points them back.
 //
 // Gradient accumulation: begin_backward(false) before non-final micro-steps leaves gradients
 // local; begin_backward(true) before the last one arms the exchange.
@@ -76,12 +81,15 @@ class GradientSync {
 
  private:
   void mark_ready_locked(size_t param_index);
+  // Makes parameter k's grad its bucket slot, copying a grad held elsewhere (zeros if none).
+  void bind_grad(size_t param_index);
   void exchange(size_t bucket_index);
   void comm_loop();
 
   Communicator& comm_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::vector<std::pair<size_t, size_t>> location_;  // param -> (bucket, slot)
+  std::vector<at::Tensor> slots_;                    // param -> its view into the bucket
   std::vector<bool> arrived_;
   std::vector<Bucket> buckets_;
   GradSyncConfig config_;

@@ -129,6 +129,10 @@ TEST(GradientSync, GradsAreTheMeanOverRanksAndParamsStayIdentical) {
       c.all_reduce_sum(g);
       g.div_(c.size());
       EXPECT_TRUE(at::allclose(p.value().grad(), g, 1e-6, 1e-7)) << p.key();
+      // Held once: every grad is a view into its bucket (no second copy of the gradients).
+      bool in_bucket = false;
+      for (const auto& b : sync.buckets()) in_bucket |= p.value().grad().is_alias_of(b.flat);
+      EXPECT_TRUE(in_bucket) << p.key();
     }
     opt.step(1e-2);
     opt.zero_grad();
@@ -173,6 +177,35 @@ TEST(GradientSync, AccumulationExchangesOnlyOnTheLastMicroStep) {
   g.div_(c.size());
   EXPECT_TRUE(at::allclose(model->model->norm->weight.grad(), g, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(local, g, 1e-5, 1e-6));
+}
+
+TEST(GradientSync, AGradReplacedDuringBackwardIsStillExchanged) {
+  // A grad that is not its bucket view when its hook fires (here replaced by the caller between
+  // begin_backward and backward) is copied into the bucket, re-pointed and exchanged.
+  Communicator& c = world();
+  torch::manual_seed(5);
+  LlamaForCausalLM model(tiny());
+  GradientSync sync(c, named(model), GradSyncConfig{25.0, true});
+  at::Tensor ids = rank_batch(c.rank() + 3);
+  sync.begin_backward(true);
+  at::Tensor& w = model->model->norm->weight;
+  w.mutable_grad() = at::full_like(w, 0.5);  // replaces the bound view; autograd adds to it
+  lm_loss(model, ids).backward();
+  sync.finish();
+  LlamaForCausalLM fresh(tiny());
+  {
+    torch::NoGradGuard ng;
+    auto src = model->named_parameters();
+    for (auto& p : fresh->named_parameters()) p.value().copy_(src[p.key()]);
+  }
+  lm_loss(fresh, ids).backward();
+  at::Tensor g = fresh->model->norm->weight.grad() + 0.5;
+  c.all_reduce_sum(g);
+  g.div_(c.size());
+  EXPECT_TRUE(at::allclose(w.grad(), g, 1e-5, 1e-6));
+  bool in_bucket = false;
+  for (const auto& b : sync.buckets()) in_bucket |= w.grad().is_alias_of(b.flat);
+  EXPECT_TRUE(in_bucket);
 }
 
 TEST(GradientSync, FirstBucketIsExchangedBeforeBackwardEnds) {
