@@ -26,6 +26,20 @@ using test::rank_batch;
 using test::tiny;
 using test::world;
 
+// dst takes src's weights (no gradients).
+void copy_weights(LlamaForCausalLM& dst, LlamaForCausalLM& src) {
+  torch::NoGradGuard ng;
+  auto from = src->named_parameters();
+  for (auto& p : dst->named_parameters()) p.value().copy_(from[p.key()]);
+}
+
+// True when t is a view into one of sync's bucket buffers.
+bool in_a_bucket(const GradientSync& sync, const at::Tensor& t) {
+  for (const auto& b : sync.buckets())
+    if (t.is_alias_of(b.flat)) return true;
+  return false;
+}
+
 }  // namespace
 
 TEST(Collectives, ClosedForms) {
@@ -109,11 +123,7 @@ TEST(GradientSync, GradsAreTheMeanOverRanksAndParamsStayIdentical) {
   torch::manual_seed(7);  // same init everywhere
   LlamaForCausalLM model(tiny());
   LlamaForCausalLM reference(tiny());  // local gradients, averaged by hand
-  {
-    torch::NoGradGuard ng;
-    auto src = model->named_parameters();
-    for (auto& p : reference->named_parameters()) p.value().copy_(src[p.key()]);
-  }
+  copy_weights(reference, model);
   GradientSync sync(c, named(model), GradSyncConfig{0.01, true});  // several buckets
   EXPECT_GT(sync.buckets().size(), 2u);
   AdamW opt(named(model), {});
@@ -130,18 +140,12 @@ TEST(GradientSync, GradsAreTheMeanOverRanksAndParamsStayIdentical) {
       g.div_(c.size());
       EXPECT_TRUE(at::allclose(p.value().grad(), g, 1e-6, 1e-7)) << p.key();
       // Held once: every grad is a view into its bucket (no second copy of the gradients).
-      bool in_bucket = false;
-      for (const auto& b : sync.buckets()) in_bucket |= p.value().grad().is_alias_of(b.flat);
-      EXPECT_TRUE(in_bucket) << p.key();
+      EXPECT_TRUE(in_a_bucket(sync, p.value().grad())) << p.key();
     }
     opt.step(1e-2);
     opt.zero_grad();
     for (auto& p : reference->named_parameters()) p.value().mutable_grad() = at::Tensor();
-    {
-      torch::NoGradGuard ng;  // keep the reference on the same weights
-      auto src = model->named_parameters();
-      for (auto& p : reference->named_parameters()) p.value().copy_(src[p.key()]);
-    }
+    copy_weights(reference, model);  // keep the reference on the same weights
     // Bitwise identical weights on every rank after the optimizer step.
     for (auto& p : model->named_parameters()) {
       at::Tensor root = p.value().detach().clone();
@@ -166,11 +170,7 @@ TEST(GradientSync, AccumulationExchangesOnlyOnTheLastMicroStep) {
   EXPECT_GT(sync.last_step().exchange.payload_bytes, 0);
   // Reference: (grad_a + grad_b) of every rank, averaged.
   LlamaForCausalLM fresh(tiny());
-  {
-    torch::NoGradGuard ng;
-    auto src = model->named_parameters();
-    for (auto& p : fresh->named_parameters()) p.value().copy_(src[p.key()]);
-  }
+  copy_weights(fresh, model);
   (lm_loss(fresh, a) + lm_loss(fresh, b)).backward();
   at::Tensor g = fresh->model->norm->weight.grad().clone();
   c.all_reduce_sum(g);
@@ -193,19 +193,13 @@ TEST(GradientSync, AGradReplacedDuringBackwardIsStillExchanged) {
   lm_loss(model, ids).backward();
   sync.finish();
   LlamaForCausalLM fresh(tiny());
-  {
-    torch::NoGradGuard ng;
-    auto src = model->named_parameters();
-    for (auto& p : fresh->named_parameters()) p.value().copy_(src[p.key()]);
-  }
+  copy_weights(fresh, model);
   lm_loss(fresh, ids).backward();
   at::Tensor g = fresh->model->norm->weight.grad() + 0.5;
   c.all_reduce_sum(g);
   g.div_(c.size());
   EXPECT_TRUE(at::allclose(w.grad(), g, 1e-5, 1e-6));
-  bool in_bucket = false;
-  for (const auto& b : sync.buckets()) in_bucket |= w.grad().is_alias_of(b.flat);
-  EXPECT_TRUE(in_bucket);
+  EXPECT_TRUE(in_a_bucket(sync, w.grad()));
 }
 
 TEST(GradientSync, FirstBucketIsExchangedBeforeBackwardEnds) {
