@@ -128,4 +128,21 @@ std::vector<Batch> validation_batches(const at::Tensor& ids, int64_t seq_len, in
   return out;
 }
 
+std::vector<at::Tensor> calibration_windows(const at::Tensor& ids, int64_t seq_len, int64_t count,
+                                            int64_t batch_size) {
+  CONDENSE_CHECK(count > 0 && batch_size > 0, "calibration needs a positive window count and batch size");
+  at::Tensor stream = as_int32_stream(ids, "calibration");
+  int64_t windows = count_windows(stream.numel(), seq_len);
+  CONDENSE_CHECK(windows >= count, "calibration: the split holds {} windows of {} tokens, fewer than "
+                 "the {} asked for", windows, seq_len, count);
+  std::vector<int64_t> order(count);
+  for (int64_t i = 0; i < count; ++i) order[i] = windows - count + i;
+  std::vector<at::Tensor> out;
+  for (int64_t first = 0; first < count; first += batch_size) {
+    int64_t n = std::min(batch_size, count - first);
+    out.push_back(make_batch(stream, order.data() + first, n, seq_len).inputs);
+  }
+  return out;
+}
+
 }  // namespace condense

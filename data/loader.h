@@ -71,4 +71,11 @@ std::vector<int64_t> epoch_permutation(int64_t n, int64_t seed, int64_t epoch);
 std::vector<Batch> validation_batches(const at::Tensor& ids, int64_t seq_len, int64_t batch_size,
                                       int64_t max_batches, int rank, int world_size);
 
+// Calibration windows for compressors: the last `count` windows of a split (evaluation reads the
+// first ones, so the two do not overlap while the split holds both), in batches of at most
+// `batch_size`, inputs only ([b, seq_len] int64). Throws naming the split's size if it holds
+// fewer than `count` windows.
+std::vector<at::Tensor> calibration_windows(const at::Tensor& ids, int64_t seq_len, int64_t count,
+                                            int64_t batch_size);
+
 }  // namespace condense

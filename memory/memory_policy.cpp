@@ -58,11 +58,15 @@ void MemoryPolicy::attach(LlamaForCausalLM& model) const {
 
 MemoryPolicy::~MemoryPolicy() = default;
 
-at::Tensor MemoryPolicy::loss(LlamaForCausalLM& model, const at::Tensor& inputs,
-                              const at::Tensor& targets) {
+at::Tensor MemoryPolicy::hidden(LlamaForCausalLM& model, const DecoderInput& in) {
   std::optional<HooksScope> scope;
   if (storage_ && at::GradMode::is_enabled()) scope.emplace(storage_);
-  at::Tensor hidden = model->hidden({inputs});
+  return model->hidden(in);
+}
+
+at::Tensor MemoryPolicy::loss(LlamaForCausalLM& model, const at::Tensor& inputs,
+                              const at::Tensor& targets) {
+  at::Tensor hidden = this->hidden(model, {inputs});
   if (cfg_.loss == "chunked") {
     ChunkedLossOptions o{cfg_.loss_chunk, cfg_.loss_vocab_chunk, cfg_.loss_filter_eps, -100};
     return chunked_cross_entropy(hidden, model->lm_head_weight(), targets, o);

@@ -31,6 +31,9 @@ class MemoryPolicy {
   // (Re)installs this policy's hooks on the model (the constructor does it; several policies
   // may take turns on one model, as the benchmark does).
   void attach(LlamaForCausalLM& model) const;
+  // The model's final hidden states under this policy's saved-tensor storage (offload or
+  // compressed activations), for losses other than cross-entropy (distillation).
+  at::Tensor hidden(LlamaForCausalLM& model, const DecoderInput& in);
   // Mean next-token cross-entropy of inputs [B, T] against targets [B, T].
   at::Tensor loss(LlamaForCausalLM& model, const at::Tensor& inputs, const at::Tensor& targets);
   std::string describe() const;

@@ -25,14 +25,24 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
   v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size));
+  const std::string prefix = "model.layers." + std::to_string(layer_index) + ".self_attn.";
+  const char* kinds[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  for (int i = 0; i < 4; ++i) names_[i] = prefix + kinds[i] + ".weight";
+}
+
+at::Tensor LlamaAttentionImpl::project(const at::Tensor& x, torch::nn::Linear& proj, int which) {
+  ProjectionHook* hook = projection_hook;
+  if (!hook) return proj(x);
+  if (hook->observing()) hook->observe(names_[which], x);
+  return at::linear(x, hook->weight(names_[which], proj->weight));
 }
 
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos,
                                        const at::Tensor& sin, KVCache* cache, KVHook* hook) {
   int64_t b = x.size(0), t = x.size(1);
-  at::Tensor q = q_proj(x).view({b, t, heads_, head_dim_}).transpose(1, 2);
-  at::Tensor k = k_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  at::Tensor v = v_proj(x).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  at::Tensor q = project(x, q_proj, 0).view({b, t, heads_, head_dim_}).transpose(1, 2);
+  at::Tensor k = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  at::Tensor v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
   if (hook) std::tie(k, v) = (*hook)(layer_, k, v);
@@ -66,7 +76,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
       return o.transpose(1, 2).reshape({b, t, width});
     });
   }
-  return o_proj(out);
+  return project(out, o_proj, 3);
 }
 
 }  // namespace condense

@@ -10,6 +10,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "model/llama_config.h"
+#include "model/projection_hook.h"
 
 namespace condense {
 
@@ -34,8 +35,11 @@ class LlamaAttentionImpl : public torch::nn::Module {
                      KVCache* cache, KVHook* hook);
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
 
  private:
+  at::Tensor project(const at::Tensor& x, torch::nn::Linear& proj, int which);
+  std::string names_[4];  // HF weight names of q, k, v, o
   int64_t layer_, heads_, kv_heads_, head_dim_;
   double dropout_;
 };

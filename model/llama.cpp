@@ -17,30 +17,39 @@ torch::nn::Linear linear(int64_t in, int64_t out) {
 
 }  // namespace
 
-LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c) {
+LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index) {
+  const std::string prefix = "model.layers." + std::to_string(layer_index) + ".mlp.";
+  names_[0] = prefix + "gate_proj.weight";
+  names_[1] = prefix + "up_proj.weight";
+  names_[2] = prefix + "down_proj.weight";
   gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size));
   up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size));
   down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size));
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
-  auto lin = [this](const at::Tensor& in, torch::nn::Linear& proj) {
-    return linear_fn ? linear_fn(in, proj->weight) : proj(in);
+  auto lin = [this](const at::Tensor& in, torch::nn::Linear& proj, int which) {
+    at::Tensor w = proj->weight;
+    if (ProjectionHook* hook = projection_hook) {
+      if (hook->observing()) hook->observe(names_[which], in);
+      w = hook->weight(names_[which], w);
+    }
+    return linear_fn ? linear_fn(in, w) : at::linear(in, w);
   };
   // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
-  at::Tensor gate = lin(x, gate_proj), up = lin(x, up_proj);
+  at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
   at::Tensor act = at::silu(gate);
   if (sink) sink->mark(act, [g = gate.detach()] { return at::silu(g); });
   at::Tensor h = act * up;
   if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::silu(g) * u; });
-  return lin(h, down_proj);
+  return lin(h, down_proj, 2);
 }
 
 LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index) : index(index) {
   self_attn = register_module("self_attn", LlamaAttention(c, index));
-  mlp = register_module("mlp", LlamaMLP(c));
+  mlp = register_module("mlp", LlamaMLP(c, index));
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -102,15 +111,21 @@ at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
   auto [cos, sin] = rope_.cos_sin(offset, t, h.device());
   KVCache* cache = in.cache;
   KVHook* kv_hook = kv_hook_.get();
+  if (in.hidden_states) {
+    in.hidden_states->clear();
+    in.hidden_states->push_back(h);
+  }
   for (auto& layer : model->layer_list) {
     if (!block_hook_) {
       h = layer(h, cos, sin, cache, kv_hook);
+      if (in.hidden_states) in.hidden_states->push_back(h);
       continue;
     }
     auto fn = [l = layer.get(), cos, sin, cache, kv_hook](const at::Tensor& t) {
       return l->forward(t, cos, sin, cache, kv_hook);
     };
     h = block_hook_->run(layer->index, BlockHook::Part::kLayer, fn, h);
+    if (in.hidden_states) in.hidden_states->push_back(h);
   }
   if (in.cache) in.cache->commit(t);
   return model->norm(h);
@@ -119,6 +134,24 @@ at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
 void LlamaForCausalLMImpl::set_block_hook(std::shared_ptr<BlockHook> hook) {
   block_hook_ = std::move(hook);
   for (auto& layer : model->layer_list) layer->block_hook = block_hook_.get();
+}
+
+at::Tensor LlamaForCausalLMImpl::forward_layers(const at::Tensor& h, int64_t begin, int64_t end) {
+  CONDENSE_CHECK(0 <= begin && begin <= end && end <= config_.num_hidden_layers,
+                 "forward_layers: layers [{}, {}) outside [0, {})", begin, end,
+                 config_.num_hidden_layers);
+  auto [cos, sin] = rope_.cos_sin(0, h.size(1), h.device());
+  at::Tensor x = h;
+  for (int64_t i = begin; i < end; ++i) x = model->layer_list[i]->forward(x, cos, sin, nullptr, nullptr);
+  return x;
+}
+
+void LlamaForCausalLMImpl::set_projection_hook(std::shared_ptr<ProjectionHook> hook) {
+  projection_hook_ = std::move(hook);
+  for (auto& layer : model->layer_list) {
+    layer->mlp->projection_hook = projection_hook_.get();
+    layer->self_attn->projection_hook = projection_hook_.get();
+  }
 }
 
 void LlamaForCausalLMImpl::set_mlp_linear(LinearFn fn) {

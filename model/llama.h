@@ -19,6 +19,7 @@
 
 #include "model/attention.h"
 #include "model/llama_config.h"
+#include "model/projection_hook.h"
 #include "model/rms_norm.h"
 #include "model/rope.h"
 
@@ -46,10 +47,14 @@ using LinearFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor&
 
 class LlamaMLPImpl : public torch::nn::Module {
  public:
-  explicit LlamaMLPImpl(const LlamaConfig& c);
+  LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index);
   at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   LinearFn linear_fn;  // set by LlamaForCausalLMImpl::set_mlp_linear
+  ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
+
+ private:
+  std::string names_[3];  // HF weight names of gate, up, down
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -83,6 +88,10 @@ struct DecoderInput {
   at::Tensor input_ids;
   at::Tensor inputs_embeds;
   KVCache* cache = nullptr;
+  // When set, receives num_hidden_layers + 1 tensors [B, T, hidden]: the input of layer 0 and
+  // the output of every layer (before the final norm). For hidden-state distillation and
+  // layer importance (block influence).
+  std::vector<at::Tensor>* hidden_states = nullptr;
 };
 
 class LlamaForCausalLMImpl : public torch::nn::Module {
@@ -94,6 +103,9 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& input_ids) { return logits(hidden({input_ids})); }
   // Final-normed hidden states [B, T, hidden].
   at::Tensor hidden(const DecoderInput& in);
+  // Runs layers [begin, end) on hidden states [B, T, hidden] at positions 0..T-1 (no cache,
+  // no hooks but the projection hook): layer-sequential calibration and pruning.
+  at::Tensor forward_layers(const at::Tensor& h, int64_t begin, int64_t end);
   // LM head: [..., hidden] -> [..., vocab].
   at::Tensor logits(const at::Tensor& hidden);
   at::Tensor embed(const at::Tensor& input_ids);
@@ -105,6 +117,9 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   void set_block_hook(std::shared_ptr<BlockHook> hook);
   // Routes every MLP projection through `fn` (null restores at::linear).
   void set_mlp_linear(LinearFn fn);
+  // Null removes it. The model keeps the hook alive. See model/projection_hook.h.
+  void set_projection_hook(std::shared_ptr<ProjectionHook> hook);
+  const std::shared_ptr<ProjectionHook>& projection_hook() const { return projection_hook_; }
   const LlamaConfig& config() const { return config_; }
 
   LlamaModel model{nullptr};
@@ -115,6 +130,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   Rope rope_;
   std::shared_ptr<KVHook> kv_hook_;
   std::shared_ptr<BlockHook> block_hook_;
+  std::shared_ptr<ProjectionHook> projection_hook_;
 };
 TORCH_MODULE(LlamaForCausalLM);
 

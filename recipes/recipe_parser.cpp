@@ -90,7 +90,8 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_int("threads", t.threads, at_least(0)),
                     bind_int("eval_every", t.eval_every, at_least(0)),
                     bind_int("eval_batches", t.eval_batches, at_least(1)),
-                    bind_int("log_every", t.log_every, at_least(1))}};
+                    bind_int("log_every", t.log_every, at_least(1)),
+                    bind_string_list("trainable", t.trainable)}};
   s.fields[2].check = [&t]() -> std::string {
     if (t.min_lr >= 0 && t.min_lr <= t.lr) return "";
     return fmt::format("must be in [0, train.lr = {}], got {}", t.lr, t.min_lr);
@@ -165,6 +166,29 @@ SectionBinding wta_crs_section(MemoryConfig& m) {
           {bind_bool("enabled", m.wta_crs), bind_real("ratio", m.wta_crs_ratio, unit_interval())}};
 }
 
+SectionBinding recovery_section(RecoveryConfig& r) {
+  return {"recovery",
+          {bind_string("method", r.method, {"full", "lora", "perp"}),
+           bind_string("adapter", r.adapter, {"masklora", "scalelora"}),
+           bind_int("rank", r.rank, at_least(1)),
+           bind_real("alpha", r.alpha, positive()),
+           bind_string_list("targets", r.targets),
+           bind_bool("train_embeddings", r.train_embeddings)}};
+}
+
+SectionBinding distill_section(DistillConfig& d) {
+  return {"distill",
+          {bind_string("teacher", d.teacher),
+           bind_real("kd_ratio", d.kd_ratio, between(0, 1)),
+           bind_real("temperature", d.temperature, positive()),
+           bind_bool("temperature_squared", d.temperature_squared),
+           bind_int("top_k", d.top_k, at_least(0)),
+           bind_int("chunk", d.chunk, positive()),
+           bind_string("hidden_loss", d.hidden_loss, {"none", "mse", "cosine"}),
+           bind_real("hidden_weight", d.hidden_weight, at_least(0)),
+           bind_string_list("hidden_layers", d.hidden_layers)}};
+}
+
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.
 class RecipeBinder {
  public:
@@ -175,7 +199,8 @@ class RecipeBinder {
         sections_{model_section(c.model), data_section(c.data), train_section(c.train),
                   checkpoint_section(c.checkpoint), comm_section(c.comm),
                   compression_section(c.comm.compression), memory_section(c.memory),
-                  wta_crs_section(c.memory)} {
+                  wta_crs_section(c.memory), recovery_section(c.recovery),
+                  distill_section(c.distill)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
   }
   RecipeBinder(const RecipeBinder&) = delete;

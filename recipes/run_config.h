@@ -5,6 +5,7 @@
 #include <string>
 
 #include "comm/comm_config.h"
+#include "compressors/compressor_config.h"
 #include "data/data_config.h"
 #include "memory/memory_config.h"
 #include "model/llama_config.h"
@@ -23,6 +24,8 @@ struct RunConfig {
   CheckpointConfig checkpoint;
   CommConfig comm;
   MemoryConfig memory;
+  RecoveryConfig recovery;  // finetune / distill
+  DistillConfig distill;    // finetune / distill
 };
 
 }  // namespace condense

@@ -214,6 +214,31 @@ FieldBinding bind_string(const std::string& key, std::string& field,
   return b;
 }
 
+FieldBinding bind_string_list(const std::string& key, std::vector<std::string>& field) {
+  FieldBinding b;
+  b.key = key;
+  b.set = [&field](const YAML::Node& v, const std::string& where, const std::string& full_key) {
+    if (v.IsNull()) {  // `trainable:` with nothing: the empty list
+      field.clear();
+      return;
+    }
+    if (!v.IsSequence()) type_error(where, full_key, "a list of strings, e.g. [a, b]", v);
+    std::vector<std::string> items;
+    for (const auto& item : v) {
+      if (!item.IsScalar()) type_error(where, full_key, "a list of strings, e.g. [a, b]", item);
+      items.push_back(item.Scalar());
+    }
+    field = std::move(items);
+  };
+  b.emit = [&field] {
+    std::vector<std::string> quoted;
+    for (const auto& s : field) quoted.push_back(format_string(s));
+    return "[" + join(quoted, ", ") + "]";
+  };
+  b.check = [] { return std::string(); };
+  return b;
+}
+
 std::string describe_node(const YAML::Node& node) {
   if (!node.IsDefined() || node.IsNull()) return "nothing (null)";
   if (node.IsMap()) return "a mapping";

@@ -66,6 +66,9 @@ FieldBinding bind_bool(const std::string& key, bool& field);
 FieldBinding bind_string(const std::string& key, std::string& field,
                          std::vector<std::string> choices = {});
 
+// A YAML sequence of strings ([a, b]); emitted as a flow sequence of YAML-quoted strings.
+FieldBinding bind_string_list(const std::string& key, std::vector<std::string>& field);
+
 // Scalar text helpers, shared with the parser's error messages and emitter.
 std::string describe_node(const YAML::Node& node);  // "'abc'", "a mapping", "nothing (null)"
 std::string format_real(double v);     // shortest text that round-trips: 0.003, 1.0e-05, 10000.0

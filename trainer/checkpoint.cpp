@@ -41,13 +41,10 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
     : dir_(std::move(dir)), keep_(keep) {}
 
-std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* optimizer,
-                                    const TrainingState& st, const std::string& recipe_yaml,
-                                    const std::string& tokenizer_bytes,
-                                    const std::map<std::string, at::Tensor>& extra) {
-  fs::create_directories(dir_);
-  std::string name = fmt::format("step_{:06d}.h5", st.step);
-  std::string path = (fs::path(dir_) / name).string();
+void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Optimizer* optimizer,
+                      const TrainingState& st, const std::string& recipe_yaml,
+                      const std::string& tokenizer_bytes,
+                      const std::map<std::string, at::Tensor>& extra) {
   write_file_atomically(path, [&](const std::string& tmp) {
     H5File f = H5File::create(tmp);
     for (const auto& p : model->named_parameters()) f.write_tensor(p.key(), p.value());
@@ -71,6 +68,16 @@ std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* op
     f.set_attr("", "loader_position", st.cursor.position);
     f.close();
   });
+}
+
+std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* optimizer,
+                                    const TrainingState& st, const std::string& recipe_yaml,
+                                    const std::string& tokenizer_bytes,
+                                    const std::map<std::string, at::Tensor>& extra) {
+  fs::create_directories(dir_);
+  std::string name = fmt::format("step_{:06d}.h5", st.step);
+  std::string path = (fs::path(dir_) / name).string();
+  write_checkpoint(path, model, optimizer, st, recipe_yaml, tokenizer_bytes, extra);
   write_text_atomically((fs::path(dir_) / "latest").string(), name + "\n");
   auto all = list_checkpoints(dir_);
   for (size_t i = 0; i + keep_ < all.size(); ++i) {

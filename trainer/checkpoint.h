@@ -26,6 +26,13 @@ struct TrainingState {
   LoaderCursor cursor;
 };
 
+// Writes one checkpoint file at `path` atomically (temporary file, fsync, rename, fsync the
+// directory); `extra` tensors go under their names as given (e.g. "mask/<weight>").
+void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Optimizer* optimizer,
+                      const TrainingState& state, const std::string& recipe_yaml,
+                      const std::string& tokenizer_bytes,
+                      const std::map<std::string, at::Tensor>& extra = {});
+
 class CheckpointManager {
  public:
   CheckpointManager(std::string dir, int64_t keep);

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace condense {
 
@@ -23,6 +24,9 @@ struct TrainConfig {
   int64_t eval_every = 100;       // steps between validations; 0 disables
   int64_t eval_batches = 8;       // validation batches per evaluation
   int64_t log_every = 10;         // steps between log lines / progress updates
+  // Regexes (full match) over Hugging Face parameter names: only matching parameters train,
+  // the rest are frozen. Empty: the recipe kind decides (pretrain and full recovery: all).
+  std::vector<std::string> trainable;
 };
 
 struct CheckpointConfig {

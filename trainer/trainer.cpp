@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
+#include "core/shape.h"
 #include "memory/counting_allocator.h"
 #include "memory/memory_meter.h"
 #include "trainer/optimizer.h"
@@ -66,22 +67,41 @@ void restore_compression(const Checkpoint& ckpt, GradientCompression& compressio
                          f.path() + ":" + name);
 }
 
+// The trainable's modules and state from a checkpoint, by name and shape.
+void restore_trainable(const Checkpoint& ckpt, Trainable& t) {
+  at::NoGradGuard no_grad;
+  const H5File& f = ckpt.file();
+  auto take = [&](const std::string& name, at::Tensor& dst, const char* what) {
+    CONDENSE_CHECK(f.has(name), "{}: missing {} '{}' (was it written by another recipe?)", f.path(),
+                   what, name);
+    at::Tensor src = f.read_tensor(name);
+    CONDENSE_CHECK(src.sizes() == dst.sizes(), "{}: {} '{}' has shape {}, expected {}", f.path(),
+                   what, name, shape_str(src.sizes()), shape_str(dst.sizes()));
+    dst.copy_(src);
+  };
+  for (auto& [name, p] : t.modules) take(name, p, "module parameter");
+  for (auto& [name, s] : t.state) take(name, s, "state tensor");
+}
+
 }  // namespace
 
-Trainer::Trainer(TrainerSetup setup, LlamaForCausalLM model, BatchLoader loader,
-                 std::vector<Batch> validation, LossFn loss)
+Trainer::Trainer(TrainerSetup setup, Trainable trainable, BatchLoader loader,
+                 std::vector<Batch> validation)
     : setup_(std::move(setup)),
-      model_(std::move(model)),
+      t_(std::move(trainable)),
+      model_(t_.model),
       loader_(std::move(loader)),
-      validation_(std::move(validation)),
-      loss_(std::move(loss)) {}
+      validation_(std::move(validation)) {
+  CONDENSE_CHECK(t_.loss, "a Trainable needs a loss");
+  if (!t_.eval_loss) t_.eval_loss = t_.loss;
+}
 
 double Trainer::validate() {
   if (validation_.empty()) return std::nan("");
   at::NoGradGuard no_grad;
   model_->eval();
   double total = 0;
-  for (const Batch& b : validation_) total += loss_(model_, b).item<double>();
+  for (const Batch& b : validation_) total += t_.eval_loss(model_, b).item<double>();
   model_->train();
   double mean = total / validation_.size();
   // Every rank holds the same number of validation batches (validation_batches shards evenly).
@@ -90,12 +110,11 @@ double Trainer::validate() {
 
 TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   const TrainConfig& tc = setup_.train;
-  std::vector<std::pair<std::string, at::Tensor>> params;
+  // Only what trains reaches the optimizer, the gradient buckets and the clip.
+  std::vector<std::pair<std::string, at::Tensor>> params = trained_parameters(t_);
+  CONDENSE_CHECK(!params.empty(), "nothing to train: every parameter is frozen and no module was added");
   std::vector<at::Tensor> trainable;
-  for (auto& p : model_->named_parameters()) {
-    params.emplace_back(p.key(), p.value());
-    if (p.value().requires_grad()) trainable.push_back(p.value());
-  }
+  for (auto& p : params) trainable.push_back(p.second);
   std::unique_ptr<Optimizer> optimizer_ptr = make_optimizer(tc, params);
   Optimizer& optimizer = *optimizer_ptr;
   LrSchedule schedule{tc.lr, tc.min_lr, tc.warmup_steps, tc.steps};
@@ -108,6 +127,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     resumed.emplace(Checkpoint::open(*resume_from));
     Checkpoint& ckpt = *resumed;
     ckpt.load_model(model_);
+    restore_trainable(ckpt, t_);
     ckpt.load_optimizer(optimizer);
     ckpt.restore_rng(setup_.comm ? setup_.comm->rank() : 0);
     state = ckpt.state();
@@ -123,7 +143,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   std::unique_ptr<GradientSync> sync;
   if (world > 1) {
     // Every rank starts from rank 0's weights (they agree already when all ranks built the model
-    // from the same seed or loaded the same checkpoint; this makes it a guarantee).
+    // from the same seed or loaded the same checkpoint; this makes it a guarantee). Frozen
+    // parameters were loaded from the same checkpoint and never change: not broadcast.
     at::NoGradGuard no_grad;
     for (auto& [name, p] : params) {
       at::Tensor t = p.detach();
@@ -153,6 +174,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
 
   auto save = [&] {
     std::map<std::string, at::Tensor> extra = gather_rng_states(comm);
+    for (const auto& [name, p] : t_.modules) extra[name] = p.detach();
+    for (const auto& [name, st] : t_.state) extra[name] = st;
     if (sync && sync->compression()) extra.merge(gather_compression_state(*comm, *sync->compression()));
     if (rank0) {
       result.checkpoint = checkpoints.save(model_, &optimizer, state, setup_.recipe_yaml,
@@ -182,7 +205,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch batch = loader_.next();
       if (meter) meter->begin("forward");
-      at::Tensor loss = loss_(model_, batch);
+      at::Tensor loss = t_.loss(model_, batch);
       if (meter) meter->begin("backward");
       if (sync) sync->begin_backward(micro == tc.grad_accum - 1);
       (loss / static_cast<double>(tc.grad_accum)).backward();
@@ -204,10 +227,12 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     }
     CONDENSE_CHECK(std::isfinite(loss), "training diverged: loss is {} at step {} (lr {:.3e}); "
                    "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
+    if (t_.before_step) t_.before_step();
     double grad_norm = clip_grad_norm(trainable, tc.grad_clip);
     if (meter) meter->begin("optimizer");
     optimizer.step(lr);
     optimizer.zero_grad();
+    if (t_.after_step) t_.after_step(optimizer);
     if (meter) meter->end();
 
     state.step += 1;

@@ -1,7 +1,8 @@
 // The training loop: micro-steps with gradient accumulation, global-norm clipping, AdamW with
 // a warm-up + cosine schedule, periodic validation, metrics (JSONL + TensorBoard, rank 0),
 // a progress bar, atomic checkpoints, exact resume, and a graceful stop on SIGINT/SIGTERM.
-// The loss is a callback so each recipe kind decides what a step optimizes.
+// It trains a Trainable (trainer/trainable.h): a part of a model plus added modules and a loss,
+// so each recipe kind decides what trains and what a step optimizes.
 #pragma once
 #include <functional>
 #include <optional>
@@ -13,11 +14,10 @@
 #include "data/loader.h"
 #include "model/llama.h"
 #include "trainer/checkpoint.h"
+#include "trainer/trainable.h"
 #include "trainer/train_config.h"
 
 namespace condense {
-
-using LossFn = std::function<at::Tensor(LlamaForCausalLM&, const Batch&)>;
 
 struct TrainerSetup {
   TrainConfig train;
@@ -43,20 +43,20 @@ struct TrainResult {
 
 class Trainer {
  public:
-  Trainer(TrainerSetup setup, LlamaForCausalLM model, BatchLoader loader,
-          std::vector<Batch> validation, LossFn loss);
+  Trainer(TrainerSetup setup, Trainable trainable, BatchLoader loader,
+          std::vector<Batch> validation);
   // Trains from scratch, or from `resume_from` (a checkpoint path), until train.steps.
   TrainResult run(const std::optional<std::string>& resume_from);
-  // Mean loss over the validation batches (of all ranks), in eval mode without gradients.
-  // Collective when data parallel.
+  // Mean of the trainable's eval_loss (else loss) over the validation batches (of all ranks),
+  // in eval mode without gradients. Collective when data parallel.
   double validate();
 
  private:
   TrainerSetup setup_;
+  Trainable t_;
   LlamaForCausalLM model_;
   BatchLoader loader_;
   std::vector<Batch> validation_;
-  LossFn loss_;
 };
 
 }  // namespace condense

@@ -1,0 +1,41 @@
+// Recipe sections of the learned compressors, as plain structs (parsed in
+// recipes/recipe_parser.cpp like every other section).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace condense {
+
+// `recovery:` of a finetune / distill recipe: what trains after pruning.
+struct RecoveryConfig {
+  // full: every model parameter (masks kept); lora: LoRA adapters only, merged at export;
+  // perp: the norms (+ embeddings and LM head with train_embeddings) and MaskLoRA or ScaleLoRA
+  // adapters on the pruned matrices (Zimmer et al., PERP), which keep the sparsity on merge.
+  std::string method = "full";
+  std::string adapter = "masklora";  // perp: masklora | scalelora
+  int64_t rank = 8;
+  double alpha = 16;                 // LoRA scale alpha / rank
+  // Regexes (full match) over weight names that get adapters; empty: the masked matrices (perp)
+  // or every q/k/v/o/gate/up/down projection (lora).
+  std::vector<std::string> targets;
+  bool train_embeddings = false;     // perp: also embed_tokens (and lm_head when untied)
+};
+
+// `distill:` logit (and optionally hidden-state) distillation from a frozen teacher.
+struct DistillConfig {
+  std::string teacher;               // checkpoint; empty: no distillation
+  double kd_ratio = 1.0;             // weight of KD; 1 - kd_ratio goes to cross-entropy
+  double temperature = 1.0;
+  bool temperature_squared = true;   // multiply KD by T^2 (Hinton et al. 2015)
+  int64_t top_k = 0;                 // > 0: the teacher's top-k logits only
+  int64_t chunk = 1024;              // tokens per logits chunk (neither model's full logits exist)
+  std::string hidden_loss = "none";  // none | mse | cosine
+  double hidden_weight = 1.0;
+  // "s:t" pairs: student hidden state s against teacher hidden state t (0 = embeddings,
+  // i + 1 = output of layer i); empty with a hidden loss: every student layer's output against
+  // the teacher's at the same relative depth.
+  std::vector<std::string> hidden_layers;
+};
+
+}  // namespace condense

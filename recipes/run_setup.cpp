@@ -1,0 +1,122 @@
+#include "recipes/run_setup.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <thread>
+
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "data/loader.h"
+#include "io/atomic_file.h"
+#include "recipes/pretrain.h"
+#include "recipes/recipe_parser.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+
+RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
+                   const std::function<void(RunSetup&)>& adjust) {
+  RunSetup run;
+  run.cfg = cfg_in;
+  RunConfig& cfg = run.cfg;
+  const TrainConfig& tc = cfg.train;
+  run.threads = tc.threads > 0 ? static_cast<int>(tc.threads)
+                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(run.threads);
+
+  // Data parallelism: one process per rank under mpirun/srun (see README "Multi-node").
+  run.comm = make_communicator(cfg.comm);
+  run.rank = run.comm->rank();
+  run.world = run.comm->size();
+  if (run.world > 1) {
+    init_logging(run.rank, run.world);
+    check_same_on_all_ranks(*run.comm, to_yaml(cfg_in), "the resolved recipe");
+    spdlog::info("data parallel: {} ranks ({} backend), global batch {} x {} windows", run.world,
+                 run.comm->backend(), run.world, cfg.data.batch_size);
+  }
+
+  run.out_dir = resolve_out_dir(cfg);
+  if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (fs::path(run.out_dir) / "checkpoints").string();
+  CheckpointManager manager(cfg.checkpoint.dir, cfg.checkpoint.keep);
+  run.resume = manager.latest();
+  CONDENSE_CHECK(!run.resume || options.resume,
+                 "{} already holds checkpoints (latest {}); pass --resume to continue that run, "
+                 "or choose another name= / out_dir= (nothing was changed)",
+                 cfg.checkpoint.dir, run.resume.value_or(""));
+  if (options.resume && !run.resume)
+    spdlog::info("--resume: no checkpoint in {} yet; starting fresh", cfg.checkpoint.dir);
+
+  // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
+  // directory must be shared by all ranks, as the checkpoint directory must).
+  if (run.rank == 0) run.dataset = resolve_dataset(cfg.data, tc.seed);
+  run.comm->barrier();
+  if (run.rank != 0) run.dataset = resolve_dataset(cfg.data, tc.seed);
+  run.store.emplace(TokenStore::open(run.dataset));
+  const TokenStore& store = *run.store;
+  if (!cfg.data.tokenizer.empty())
+    store.check_tokenizer(Tokenizer::load(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
+  if (adjust) adjust(run);
+  if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
+  CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),
+                 "model.vocab_size is {} but the tokenizer of {} has {} pieces", cfg.model.vocab_size,
+                 run.dataset, store.vocab_size());
+  cfg.model.bos_token_id = store.tokenizer().bos_id();
+  cfg.model.eos_token_id = store.tokenizer().eos_id();
+  CONDENSE_CHECK(cfg.data.seq_len <= cfg.model.max_position_embeddings,
+                 "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg.data.seq_len,
+                 cfg.model.max_position_embeddings);
+  cfg.model.finalize();
+
+  run.yaml = to_yaml(cfg);
+  if (run.resume) {
+    Checkpoint ckpt = Checkpoint::open(*run.resume);
+    store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), *run.resume);
+    if (ckpt.recipe_yaml() != run.yaml)
+      spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
+                   "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);
+  }
+  if (!cfg.init.empty() && !run.resume)
+    store.check_tokenizer(sha256_hex(Checkpoint::open(cfg.init).tokenizer_bytes()), cfg.init);
+
+  if (run.rank == 0) {
+    fs::create_directories(run.out_dir);
+    write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
+  }
+  spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), run.yaml);
+  return run;
+}
+
+TrainResult train_run(RunSetup& run, Trainable trainable) {
+  const RunConfig& cfg = run.cfg;
+  const TokenStore& store = *run.store;
+  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, run.rank, run.world};
+  BatchLoader loader(store.ids("train"), lo);
+  std::vector<Batch> val = validation_batches(store.ids("val"), cfg.data.seq_len,
+                                              cfg.data.batch_size, cfg.train.eval_batches,
+                                              run.rank, run.world);
+  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)", run.dataset,
+               loader.windows_per_epoch(), cfg.data.seq_len, val.size());
+
+  TrainerSetup setup{cfg.train, cfg.checkpoint, run.out_dir, run.yaml,
+                     store.tokenizer().serialized(), cfg.data.batch_size * cfg.data.seq_len,
+                     run.comm.get(),
+                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression}};
+  if (run.world == 1 && cfg.comm.compression.enabled())
+    spdlog::warn("comm.compression (codec {}, error control {}) has no effect in a single process: "
+                 "gradients are not exchanged; launch with mpirun -np N", cfg.comm.compression.codec,
+                 cfg.comm.compression.error_control);
+  spdlog::info("{}", describe_trainable(trainable));
+  Trainer trainer(setup, std::move(trainable), std::move(loader), std::move(val));
+  TrainResult r = trainer.run(run.resume);
+  spdlog::info("{} at step {}: train loss {:.4f}{}; checkpoint {}",
+               r.interrupted ? "interrupted" : "done", r.step, r.train_loss,
+               r.val_loss >= 0 ? fmt::format(", validation loss {:.4f}", r.val_loss) : "",
+               r.checkpoint);
+  return r;
+}
+
+}  // namespace condense

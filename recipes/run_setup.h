@@ -1,0 +1,36 @@
+// The start-up and finish every recipe kind shares, in one place: threads, the communicator
+// (and per-rank logging, the same-recipe check across ranks), the run directory (an existing
+// run is refused without --resume), the token store (rank 0 prepares it on first use), the
+// resolved recipe (written to <out_dir>/recipe.yaml), the loader and validation batches, and
+// the TrainerSetup. A kind builds its Trainable between start_run() and train_run().
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "comm/communicator.h"
+#include "data/token_store.h"
+#include "recipes/recipe.h"
+#include "trainer/trainer.h"
+
+namespace condense {
+
+struct RunSetup {
+  RunConfig cfg;                       // resolved: model sizes from the store / init filled in
+  std::unique_ptr<Communicator> comm;
+  int rank = 0, world = 1, threads = 1;
+  std::string out_dir, dataset, yaml;  // yaml: the resolved recipe
+  std::optional<std::string> resume;   // the checkpoint to resume from
+  std::optional<TokenStore> store;
+};
+
+// `adjust` runs after the token store is open and before the model config is finalized and
+// the recipe resolved (finetune takes the model config of its init checkpoint there).
+RunSetup start_run(const RunConfig& cfg, const RunOptions& options,
+                   const std::function<void(RunSetup&)>& adjust = {});
+
+// Builds the loader and validation batches, trains, and logs the outcome.
+TrainResult train_run(RunSetup& run, Trainable trainable);
+
+}  // namespace condense
