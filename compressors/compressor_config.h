@@ -20,6 +20,12 @@ struct RecoveryConfig {
   // or every q/k/v/o/gate/up/down projection (lora).
   std::vector<std::string> targets;
   bool train_embeddings = false;     // perp: also embed_tokens (and lm_head when untied)
+  // Which training windows recovery uses (compressors/recovery_data.h): all, random or paser
+  // (the teacher-vs-pruned divergence spread over clusters; needs distill.teacher).
+  std::string selection = "all";
+  double budget = 0.2;               // share of the candidates kept (random, paser)
+  int64_t candidates = 2000;         // windows scored; 0: the whole split
+  int64_t clusters = 8;              // paser
 };
 
 // `distill:` logit (and optionally hidden-state) distillation from a frozen teacher.

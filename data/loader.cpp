@@ -65,6 +65,12 @@ BatchLoader::BatchLoader(at::Tensor ids, LoaderOptions options)
   check_sharding(options_.seq_len, options_.batch_size, options_.rank, options_.world_size,
                  "loader");
   windows_ = count_windows(ids_.numel(), options_.seq_len);
+  if (!options_.subset.empty()) {
+    for (int64_t w : options_.subset)
+      CONDENSE_CHECK(w >= 0 && w < windows_, "loader: window {} of the subset is outside the "
+                     "stream's {} windows", w, windows_);
+    windows_ = static_cast<int64_t>(options_.subset.size());
+  }
   global_batch_ = options_.batch_size * options_.world_size;
   CONDENSE_CHECK(windows_ >= global_batch_,
                  "loader: {} tokens make {} windows of seq_len {} + 1, fewer than one global "
@@ -88,7 +94,10 @@ Batch BatchLoader::next() {
   const int64_t* slice =
       permutation_.data() + cursor_.position + options_.rank * options_.batch_size;
   cursor_.position += global_batch_;
-  return make_batch(ids_, slice, options_.batch_size, options_.seq_len);
+  if (options_.subset.empty()) return make_batch(ids_, slice, options_.batch_size, options_.seq_len);
+  std::vector<int64_t> mapped(slice, slice + options_.batch_size);
+  for (int64_t& w : mapped) w = options_.subset[w];
+  return make_batch(ids_, mapped.data(), options_.batch_size, options_.seq_len);
 }
 
 void BatchLoader::restore(const LoaderCursor& c) {

@@ -22,6 +22,9 @@ struct LoaderOptions {
   int64_t seed = 0;
   int rank = 0;
   int world_size = 1;
+  // When non-empty, only these windows (indices into the stream's windows, each < the count)
+  // are drawn, shuffled per epoch like the whole set (recovery data selection).
+  std::vector<int64_t> subset;
 };
 
 struct Batch {

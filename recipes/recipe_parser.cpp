@@ -173,7 +173,11 @@ SectionBinding recovery_section(RecoveryConfig& r) {
            bind_int("rank", r.rank, at_least(1)),
            bind_real("alpha", r.alpha, positive()),
            bind_string_list("targets", r.targets),
-           bind_bool("train_embeddings", r.train_embeddings)}};
+           bind_bool("train_embeddings", r.train_embeddings),
+           bind_string("selection", r.selection, {"all", "random", "paser"}),
+           bind_real("budget", r.budget, unit_interval()),
+           bind_int("candidates", r.candidates, at_least(0)),
+           bind_int("clusters", r.clusters, at_least(1))}};
 }
 
 SectionBinding distill_section(DistillConfig& d) {

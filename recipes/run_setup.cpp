@@ -90,10 +90,11 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   return run;
 }
 
-TrainResult train_run(RunSetup& run, Trainable trainable) {
+TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows) {
   const RunConfig& cfg = run.cfg;
   const TokenStore& store = *run.store;
-  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, run.rank, run.world};
+  LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, run.rank, run.world,
+                   std::move(train_windows)};
   BatchLoader loader(store.ids("train"), lo);
   std::vector<Batch> val = validation_batches(store.ids("val"), cfg.data.seq_len,
                                               cfg.data.batch_size, cfg.train.eval_batches,

@@ -30,7 +30,8 @@ struct RunSetup {
 RunSetup start_run(const RunConfig& cfg, const RunOptions& options,
                    const std::function<void(RunSetup&)>& adjust = {});
 
-// Builds the loader and validation batches, trains, and logs the outcome.
-TrainResult train_run(RunSetup& run, Trainable trainable);
+// Builds the loader (over `train_windows` only, when given) and validation batches, trains,
+// and logs the outcome.
+TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows = {});
 
 }  // namespace condense

@@ -13,6 +13,7 @@
 #include "compressors/lora.h"
 #include "compressors/masks.h"
 #include "compressors/prune_masked.h"
+#include "compressors/recovery_data.h"
 #include "core/error.h"
 #include "trainer/adamw.h"
 #include "trainer/trainable.h"
@@ -346,6 +347,77 @@ TEST(Trainable, RegexSelectsAndRefusesUnmatched) {
   t.model = m;
   set_trainable(m, {R"(lm_head\.weight)"}, "k");
   EXPECT_EQ(trained_parameters(t).size(), 1u);
+}
+
+TEST(RecoveryData, JsdClosedFormsAndKmeansOnSeparatedClusters) {
+  at::Tensor a = at::randn({5, 11}, at::kDouble);
+  EXPECT_NEAR(mean_jsd(a, a).item<double>(), 0.0, 1e-12);
+  // Two distributions on disjoint supports: JSD = ln 2.
+  at::Tensor p = at::full({1, 4}, -1e9, at::kDouble), q = p.clone();
+  p.index_put_({0, 0}, 0.0);
+  q.index_put_({0, 3}, 0.0);
+  EXPECT_NEAR(mean_jsd(p, q).item<double>(), std::log(2.0), 1e-9);
+  // JSD is symmetric and bounded by ln 2.
+  at::Tensor b = at::randn({5, 11}, at::kDouble);
+  EXPECT_NEAR(mean_jsd(a, b).item<double>(), mean_jsd(b, a).item<double>(), 1e-12);
+  EXPECT_LE(mean_jsd(a, b * 10).item<double>(), std::log(2.0));
+  // Three well separated blobs come back as three clusters, deterministically.
+  at::Tensor centers = at::tensor({0.0, 0.0, 10.0, 0.0, 0.0, 10.0}, at::kDouble).view({3, 2});
+  at::Tensor x = centers.repeat_interleave(20, 0) + 0.1 * at::randn({60, 2}, at::kDouble);
+  std::vector<int64_t> c = kmeans(x, 3, 42);
+  for (int blob = 0; blob < 3; ++blob)
+    for (int i = 1; i < 20; ++i) EXPECT_EQ(c[blob * 20 + i], c[blob * 20]);
+  EXPECT_NE(c[0], c[20]);
+  EXPECT_NE(c[20], c[40]);
+  EXPECT_EQ(kmeans(x, 3, 42), c);
+}
+
+TEST(RecoveryData, BudgetFollowsDegradationAndCapsAtClusterSize) {
+  EXPECT_EQ(allocate_budget({1, 1, 2}, {10, 10, 10}, 8), (std::vector<int64_t>{2, 2, 4}));
+  EXPECT_EQ(allocate_budget({3, 1}, {2, 10}, 8), (std::vector<int64_t>{2, 6}));  // capped, moved
+  EXPECT_EQ(allocate_budget({1, 1, 1}, {1, 1, 1}, 5), (std::vector<int64_t>{1, 1, 1}));
+  std::vector<int64_t> r = allocate_budget({0.5, 0.3, 0.2}, {100, 100, 100}, 7);
+  EXPECT_EQ(r[0] + r[1] + r[2], 7);
+  EXPECT_GE(r[0], r[1]);
+}
+
+TEST(RecoveryData, PaserPicksTheMostDegradedWindowsWithinBudget) {
+  torch::manual_seed(11);
+  LlamaForCausalLM teacher(tiny()), pruned(tiny());
+  {
+    at::NoGradGuard g;
+    for (auto& p : pruned->named_parameters()) p.value().copy_(teacher->named_parameters()[p.key()]);
+  }
+  MaskPruneOptions o;
+  o.sparsity = 0.6;
+  prune_masked(pruned, o);
+  at::Tensor ids = at::randint(0, 61, {16 * 40 + 1}, at::kInt);
+  DataSelectionOptions opt;
+  opt.method = "paser";
+  opt.budget = 0.25;
+  opt.candidates = 0;
+  opt.clusters = 1;  // one cluster: the budget goes to the highest divergences overall
+  DataSelection sel = select_recovery_windows(teacher, pruned, ids, 16, opt);
+  ASSERT_EQ(sel.candidates.size(), 40u);
+  ASSERT_EQ(sel.windows.size(), 10u);
+  std::vector<double> sorted = sel.divergence;
+  std::sort(sorted.rbegin(), sorted.rend());
+  for (int64_t w : sel.windows) EXPECT_GE(sel.divergence[w], sorted[9]);  // candidates are 0..39
+  // Direct JSD of one window.
+  at::NoGradGuard g;
+  at::Tensor x = ids.narrow(0, 5 * 16, 16).to(at::kLong).unsqueeze(0);
+  teacher->eval();
+  pruned->eval();
+  EXPECT_NEAR(sel.divergence[5], mean_jsd(teacher->forward(x)[0], pruned->forward(x)[0]).item<double>(), 1e-9);
+  opt.method = "random";
+  DataSelection rnd = select_recovery_windows(teacher, pruned, ids, 16, opt);
+  EXPECT_EQ(rnd.windows.size(), 10u);
+  EXPECT_TRUE(rnd.divergence.empty());
+  opt.clusters = 4;
+  opt.method = "paser";
+  EXPECT_EQ(select_recovery_windows(teacher, pruned, ids, 16, opt).windows.size(), 10u);
+  opt.budget = 0;
+  EXPECT_THROW(select_recovery_windows(teacher, pruned, ids, 16, opt), Error);
 }
 
 }  // namespace condense

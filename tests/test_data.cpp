@@ -392,6 +392,24 @@ TEST(Loader, WindowsTargetsAndDeterminism) {
             std::string::npos);
 }
 
+TEST(Loader, SubsetDrawsOnlyItsWindowsOncePerEpoch) {
+  // stream(n) holds token i at position i, so a window's first input is 10 * its index.
+  std::vector<int64_t> subset = {3, 7, 8, 20, 41, 42, 77, 99};
+  LoaderOptions o{10, 2, 5, 0, 1, subset};
+  BatchLoader loader(stream(1001), o);
+  EXPECT_EQ(loader.windows_per_epoch(), 8);
+  std::vector<int64_t> seen;
+  for (int i = 0; i < 4; ++i) {
+    Batch b = loader.next();
+    for (int64_t r = 0; r < 2; ++r) seen.push_back(b.inputs[r][0].item<int64_t>() / 10);
+  }
+  std::sort(seen.begin(), seen.end());
+  EXPECT_EQ(seen, subset);
+  o.subset = {5, 100};
+  EXPECT_NE(error_of([&] { BatchLoader(stream(1001), o); }).find("window 100 of the subset"),
+            std::string::npos);
+}
+
 TEST(Loader, ShardsAreDisjointAndUnionEqualsLargerBatch) {
   const int64_t T = 8;
   BatchLoader r0(stream(T * 64 + 1), {T, 3, 9, 0, 2});
