@@ -1,6 +1,7 @@
 #include "recipes/recipe.h"
 
 #include "core/error.h"
+#include "recipes/finetune.h"
 #include "recipes/pretrain.h"
 
 namespace condense {
@@ -8,6 +9,8 @@ namespace condense {
 const std::vector<RecipeKind>& recipe_kinds() {
   static const std::vector<RecipeKind> kinds = {
       {"pretrain", "next-token training of a Llama model on a corpus", run_pretrain},
+      {"finetune", "recovery training of a (pruned) init checkpoint: full, LoRA or PERP", run_finetune},
+      {"distill", "finetune against a frozen teacher's logits (and hidden states)", run_distill},
   };
   return kinds;
 }

@@ -1,0 +1,225 @@
+#include "recipes/finetune.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+
+#include "compressors/distill.h"
+#include "compressors/lora.h"
+#include "compressors/masks.h"
+#include "compressors/recovery_data.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "memory/counting_allocator.h"
+#include "memory/memory_policy.h"
+#include "recipes/run_setup.h"
+#include "trainer/checkpoint.h"
+#include "trainer/lm_loss.h"
+#include "trainer/optimizer.h"
+
+namespace condense {
+namespace {
+
+// Which model parameters train, by recovery method, unless train.trainable names them.
+void select_model_parameters(LlamaForCausalLM& model, const RunConfig& cfg) {
+  if (!cfg.train.trainable.empty()) return set_trainable(model, cfg.train.trainable, "train.trainable");
+  const RecoveryConfig& rc = cfg.recovery;
+  if (rc.method == "full") return;  // everything trains (the masks hold the pruned zeros)
+  std::vector<std::string> patterns;
+  if (rc.method == "perp") {
+    patterns.push_back(R"(.*norm\.weight)");
+    if (rc.train_embeddings) {
+      patterns.push_back(R"(model\.embed_tokens\.weight)");
+      if (!model->config().tie_word_embeddings) patterns.push_back(R"(lm_head\.weight)");
+    }
+  }
+  if (patterns.empty()) {  // lora: only the adapters train
+    for (auto& p : model->named_parameters()) p.value().requires_grad_(false);
+    return;
+  }
+  set_trainable(model, patterns, "recovery.method perp");
+}
+
+// distill.hidden_layers "s:t" pairs; default: every student layer output against the teacher's
+// at the same relative depth.
+std::vector<std::pair<int64_t, int64_t>> hidden_pairs(const DistillConfig& d, int64_t student_layers,
+                                                      int64_t teacher_layers) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (d.hidden_layers.empty()) {
+    for (int64_t i = 1; i <= student_layers; ++i)
+      out.emplace_back(i, static_cast<int64_t>(std::llround(double(i) * teacher_layers / student_layers)));
+    return out;
+  }
+  for (const std::string& item : d.hidden_layers) {
+    size_t colon = item.find(':');
+    try {
+      CONDENSE_CHECK(colon != std::string::npos, "");
+      out.emplace_back(std::stoll(item.substr(0, colon)), std::stoll(item.substr(colon + 1)));
+    } catch (const std::exception&) {
+      fail("distill.hidden_layers: '{}' is not a pair s:t of hidden-state indices (0 = embeddings, "
+           "i + 1 = output of layer i)", item);
+    }
+  }
+  return out;
+}
+
+// The frozen teacher: the same tokenizer as the student (the init checkpoint, whose tokenizer
+// start_run checks against the data), checked by hash and vocabulary.
+LlamaForCausalLM load_teacher(const DistillConfig& d, const Checkpoint& student) {
+  Checkpoint ckpt = Checkpoint::open(d.teacher);
+  std::string teacher_sha = sha256_hex(ckpt.tokenizer_bytes());
+  std::string student_sha = sha256_hex(student.tokenizer_bytes());
+  CONDENSE_CHECK(teacher_sha == student_sha,
+                 "distill.teacher {} uses tokenizer {} but init {} uses {}; teacher and student "
+                 "must share one tokenizer", d.teacher, teacher_sha.substr(0, 16),
+                 student.file().path(), student_sha.substr(0, 16));
+  LlamaForCausalLM teacher(ckpt.config());
+  CONDENSE_CHECK(teacher->config().vocab_size == student.config().vocab_size,
+                 "distill.teacher {} has a vocabulary of {} but init {} has {}", d.teacher,
+                 teacher->config().vocab_size, student.file().path(), student.config().vocab_size);
+  ckpt.load_model(teacher);
+  merge_stored_adapters(teacher, ckpt.file());
+  for (auto& p : teacher->parameters()) p.requires_grad_(false);
+  teacher->eval();
+  return teacher;
+}
+
+// The training windows of recovery.selection (empty: all of them).
+std::vector<int64_t> select_windows(const RunSetup& run, LlamaForCausalLM& model,
+                                    LlamaForCausalLM& teacher) {
+  const RecoveryConfig& rc = run.cfg.recovery;
+  if (rc.selection == "all") return {};
+  DataSelectionOptions opt;
+  opt.method = rc.selection;
+  opt.budget = rc.budget;
+  opt.candidates = rc.candidates;
+  opt.clusters = rc.clusters;
+  opt.seed = run.cfg.train.seed;
+  LlamaForCausalLM& reference = teacher.is_empty() ? model : teacher;
+  DataSelection sel = select_recovery_windows(reference, model, run.store->ids("train"),
+                                              run.cfg.data.seq_len, opt);
+  spdlog::info("recovery data ({}): {}", rc.selection, sel.describe());
+  return sel.windows;
+}
+
+int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distill) {
+  CONDENSE_CHECK(!cfg_in.init.empty(), "kind {} needs init: the checkpoint to recover (e.g. the "
+                 "output of `condense prune`)", cfg_in.kind);
+  CONDENSE_CHECK(distill || cfg_in.distill.teacher.empty(),
+                 "distill.teacher is set but kind is finetune; use kind: distill");
+  CONDENSE_CHECK(!distill || !cfg_in.distill.teacher.empty(),
+                 "kind distill needs distill.teacher: the checkpoint of the unpruned model");
+  // Everything the recipe can get wrong is checked before start_run writes the run directory.
+  Checkpoint init = Checkpoint::open(cfg_in.init);
+  const RecoveryConfig& rc = cfg_in.recovery;
+  if (cfg_in.memory.meter) install_counting_cpu_allocator();  // before the models: count them
+  torch::manual_seed(static_cast<uint64_t>(cfg_in.train.seed));
+  LlamaForCausalLM model(init.config());
+  init.load_model(model);
+  WeightMasks masks = WeightMasks::from_file(init.file());
+  masks.apply(model);
+  select_model_parameters(model, cfg_in);
+  LlamaForCausalLM teacher{nullptr};
+  if (distill) teacher = load_teacher(cfg_in.distill, init);
+  CONDENSE_CHECK(rc.selection != "paser" || distill,
+                 "recovery.selection paser scores windows by the teacher-vs-pruned divergence and "
+                 "needs distill.teacher (kind distill; distill.kd_ratio=0 trains on cross-entropy alone)");
+  std::shared_ptr<LoraAdapters> adapters;
+  if (rc.method == "lora" || rc.method == "perp") {
+    LoraSpec spec{rc.method == "lora" ? "lora" : rc.adapter, rc.rank, rc.alpha};
+    // Plain LoRA's merge W + s B A would fill the pruned zeros: on a masked model its adapters
+    // are masked (MaskLoRA without PERP's norms), so masks hold through export whatever trains.
+    if (spec.kind == "lora" && !masks.empty()) spec.kind = "masklora";
+    adapters = std::make_shared<LoraAdapters>(model, adapter_targets(model, rc, masks), spec, &masks);
+  }
+
+  RunSetup run = start_run(cfg_in, options, [&](RunSetup& r) {
+    // The model is the init checkpoint's (a pruned model has its own sizes).
+    r.cfg.model = init.config();
+  });
+  const RunConfig& cfg = run.cfg;
+  spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
+               cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
+               cfg.model.hidden_size, masks.describe());
+
+  Trainable t;
+  t.model = model;
+  if (adapters) {
+    const LoraSpec& spec = adapters->spec();
+    model->set_projection_hook(adapters);
+    t.modules = adapters->parameters();
+    t.state = adapters->state();
+    spdlog::info("recovery {}: {} adapters of rank {} (alpha {}), {:.4f}M parameters", rc.method,
+                 spec.kind, spec.rank, spec.alpha, adapters->num_parameters() / 1e6);
+  }
+  for (auto& [name, m] : masks.entries()) t.state[name] = m;
+  if (!masks.empty()) {
+    t.before_step = [masks, model]() mutable { masks.mask_gradients(model); };
+    t.after_step = [masks, model](Optimizer& opt) mutable {
+      masks.apply(model);
+      masks.mask_state(opt.state());
+    };
+  }
+
+  auto memory = std::make_shared<MemoryPolicy>(cfg.memory, model);
+  spdlog::info("memory: {}", memory->describe());
+  t.eval_loss = [](LlamaForCausalLM& m, const Batch& b) { return causal_lm_loss(m, b); };
+  if (!distill) {
+    t.loss = [memory](LlamaForCausalLM& m, const Batch& b) {
+      return memory->loss(m, b.inputs, b.targets);
+    };
+  } else {
+    const DistillConfig& d = cfg.distill;
+    KdLossOptions kd;
+    kd.temperature = d.temperature;
+    kd.temperature_squared = d.temperature_squared;
+    kd.top_k = d.top_k;
+    kd.kd_ratio = d.kd_ratio;
+    kd.token_chunk = d.chunk;
+    const bool hidden = d.hidden_loss != "none";
+    auto pairs = hidden ? hidden_pairs(d, cfg.model.num_hidden_layers,
+                                       teacher->config().num_hidden_layers)
+                        : std::vector<std::pair<int64_t, int64_t>>{};
+    spdlog::info("distilling from {} ({:.2f}M parameters): KD ratio {}, temperature {}{}{}", d.teacher,
+                 teacher->config().num_parameters() / 1e6, d.kd_ratio, d.temperature,
+                 d.top_k > 0 ? fmt::format(", teacher top-{}", d.top_k) : "",
+                 hidden ? fmt::format(", {} hidden loss on {} layer pairs (weight {})", d.hidden_loss,
+                                      pairs.size(), d.hidden_weight)
+                        : "");
+    t.loss = [memory, teacher, kd, pairs, d](LlamaForCausalLM& m, const Batch& b) mutable {
+      std::vector<at::Tensor> s_states, t_states;
+      DecoderInput s_in{b.inputs};
+      if (!pairs.empty()) s_in.hidden_states = &s_states;
+      at::Tensor s_hidden = memory->hidden(m, s_in);
+      at::Tensor t_hidden;
+      {
+        at::NoGradGuard no_grad;
+        DecoderInput t_in{b.inputs};
+        if (!pairs.empty()) t_in.hidden_states = &t_states;
+        t_hidden = teacher->hidden(t_in);
+      }
+      int64_t h = s_hidden.size(-1);
+      at::Tensor loss = chunked_kd_loss(s_hidden.reshape({-1, h}), m->lm_head_weight(),
+                                        t_hidden.reshape({-1, t_hidden.size(-1)}),
+                                        teacher->lm_head_weight(), b.targets.reshape({-1}), kd);
+      if (!pairs.empty())
+        loss = loss + hidden_state_loss(s_states, t_states, pairs, d.hidden_loss) * d.hidden_weight;
+      return loss;
+    };
+  }
+  train_run(run, std::move(t), select_windows(run, model, teacher));
+  return 0;
+}
+
+}  // namespace
+
+int run_finetune(const RunConfig& cfg, const RunOptions& options) {
+  return run_recovery(cfg, options, /*distill=*/false);
+}
+
+int run_distill(const RunConfig& cfg, const RunOptions& options) {
+  return run_recovery(cfg, options, /*distill=*/true);
+}
+
+}  // namespace condense
