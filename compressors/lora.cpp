@@ -56,10 +56,11 @@ LoraAdapters::LoraAdapters(LlamaForCausalLM& model, const std::vector<std::strin
     ad.a = at::empty({spec_.rank, w.size(1)}, w.options()).uniform_(-bound, bound).requires_grad_(true);
     ad.b = at::zeros({w.size(0), spec_.rank}, w.options()).requires_grad_(true);
     if (spec_.kind == "masklora") {
-      const at::Tensor* m = masks ? masks->find(name) : nullptr;
-      CONDENSE_CHECK(m, "masklora needs a pruning mask for '{}'; the init checkpoint has none "
-                     "(prune it first, or use lora / scalelora)", name);
-      ad.mask = m->to(w.scalar_type());
+      // A matrix without a mask was not pruned: its adapter is a plain LoRA one.
+      CONDENSE_CHECK(masks && !masks->empty(), "masklora keeps pruning masks, but the model has "
+                     "none (prune it first, or use lora / scalelora)");
+      const at::Tensor* m = masks->find(name);
+      if (m) ad.mask = m->to(w.scalar_type());
     }
     order_.push_back(name);
     adapters_.emplace(name, std::move(ad));
@@ -73,7 +74,7 @@ at::Tensor LoraAdapters::effective(const std::string& name, const at::Tensor& w)
   at::Tensor ba = at::matmul(ad.b, ad.a);
   if (spec_.kind == "scalelora") return w * (ba + 1.0);
   const double s = spec_.alpha / static_cast<double>(spec_.rank);
-  if (spec_.kind == "masklora") return w + (ba * ad.mask) * s;
+  if (ad.mask.defined()) return w + (ba * ad.mask) * s;
   return w + ba * s;
 }
 

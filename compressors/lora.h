@@ -34,8 +34,8 @@ struct LoraSpec {
 
 class LoraAdapters : public ProjectionHook {
  public:
-  // Creates adapters for `weight_names` (matrices of `model`); masklora needs a mask for every
-  // one of them. A draws from the global torch generator (seed it first for reproducibility).
+  // Creates adapters for `weight_names` (matrices of `model`); masklora needs masks (a matrix
+  // without one gets a plain adapter: nothing of it was pruned). A draws from the global torch generator (seed it first for reproducibility).
   LoraAdapters(LlamaForCausalLM& model, const std::vector<std::string>& weight_names,
                LoraSpec spec, const WeightMasks* masks);
 
