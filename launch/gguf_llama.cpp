@@ -14,6 +14,7 @@
 #include "io/gguf_writer.h"
 #include "core/base64.h"
 #include "model/tokenizer.h"
+#include "launch/inference_model.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -74,8 +75,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   CONDENSE_CHECK(!tok_bytes.empty(), "{}: the checkpoint has no tokenizer; a GGUF for llama.cpp "
                  "needs one (import with --tokenizer T.model)", checkpoint_path);
   Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
-  LlamaForCausalLM model(ckpt.config());
-  ckpt.load_model(model);
+  LlamaForCausalLM model = load_inference_model(ckpt);
   const LlamaConfig& c = model->config();
   CONDENSE_CHECK(tok.vocab_size() <= c.vocab_size, "{}: tokenizer has {} pieces, more than the "
                  "model's vocab_size {}", checkpoint_path, tok.vocab_size(), c.vocab_size);

@@ -10,6 +10,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
 #include "model/tokenizer.h"
+#include "launch/inference_model.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -37,8 +38,7 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
   CONDENSE_CHECK(!fs::exists(target) || (fs::is_directory(target) && fs::is_empty(target)),
                  "{}: exists and is not an empty directory; refusing to overwrite it", out_dir);
   Checkpoint ckpt = Checkpoint::open(checkpoint_path);
-  LlamaForCausalLM model(ckpt.config());
-  ckpt.load_model(model);
+  LlamaForCausalLM model = load_inference_model(ckpt);
   const LlamaConfig& c = model->config();
   std::string tok_bytes = ckpt.tokenizer_bytes();
 

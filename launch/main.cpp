@@ -1,5 +1,6 @@
-// The `condense` executable: train, prepare, eval, generate, info. Library code throws;
-// this is the one place that catches, prints "error: <message>" and exits non-zero.
+// The `condense` executable: train, prepare, eval, generate, info, import, export, score, prune.
+// Library code throws; this is the one place that catches, prints "error: <message>" and exits
+// non-zero.
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
 #include <spdlog/spdlog.h>
@@ -16,10 +17,12 @@
 #include "data/loader.h"
 #include "data/token_store.h"
 #include "launch/io_commands.h"
+#include "launch/prune_command.h"
 #include "model/generate.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe.h"
 #include "recipes/recipe_parser.h"
+#include "launch/inference_model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lm_loss.h"
 
@@ -33,8 +36,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) 
   if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
-  LlamaForCausalLM model(ckpt.config());
-  ckpt.load_model(model);
+  LlamaForCausalLM model = load_inference_model(ckpt);
   model->eval();
   auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
@@ -54,8 +56,7 @@ int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, Samplin
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
-  LlamaForCausalLM model(ckpt.config());
-  ckpt.load_model(model);
+  LlamaForCausalLM model = load_inference_model(ckpt);
   std::vector<int64_t> ids = {tok.bos_id()};
   for (int32_t id : tok.encode(prompt)) ids.push_back(id);
   opt.eos_id = tok.eos_id();
@@ -140,6 +141,8 @@ int run(int argc, char** argv) {
 
   IoCommandArgs io_args;  // import, export, score (launch/io_commands.h)
   add_io_commands(app, io_args);
+  PruneArgs prune_args;
+  add_prune_command(app, prune_args);
 
   CLI11_PARSE(app, argc, argv);
   init_logging(0, 1, verbose);
@@ -159,6 +162,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
+  if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
   if (gen->parsed()) return cmd_generate(ckpt, prompt, so);
   if (info->parsed()) return cmd_info(ckpt);

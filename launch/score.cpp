@@ -13,6 +13,7 @@
 #include "io/atomic_file.h"
 #include "launch/gguf_llama.h"
 #include "launch/hf_import.h"
+#include "launch/inference_model.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -32,8 +33,7 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
     s.kind = "checkpoint";
     std::string path = resolve_checkpoint_path(source);
     Checkpoint ckpt = Checkpoint::open(path);
-    s.model = LlamaForCausalLM(ckpt.config());
-    ckpt.load_model(s.model);
+    s.model = load_inference_model(ckpt);
     s.tokenizer_bytes = ckpt.tokenizer_bytes();
   }
   if (!tokenizer_override.empty()) s.tokenizer_bytes = Tokenizer::load(tokenizer_override).serialized();

@@ -1,0 +1,216 @@
+#include "launch/prune_command.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <iostream>
+#include <filesystem>
+#include <thread>
+
+#include "compressors/calibration.h"
+#include "compressors/prune_masked.h"
+#include "compressors/prune_minitron.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/loader.h"
+#include "data/token_store.h"
+#include "recipes/pretrain.h"
+#include "recipes/recipe_parser.h"
+#include "launch/inference_model.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+namespace {
+
+// "N:M" -> (N, M); both positive integers.
+std::pair<int64_t, int64_t> parse_pattern(const std::string& text) {
+  size_t colon = text.find(':');
+  try {
+    CONDENSE_CHECK(colon != std::string::npos, "");
+    size_t a = 0, b = 0;
+    int64_t n = std::stoll(text.substr(0, colon), &a);
+    int64_t m = std::stoll(text.substr(colon + 1), &b);
+    CONDENSE_CHECK(a == colon && b == text.size() - colon - 1 && n > 0 && m > 0, "");
+    return {n, m};
+  } catch (const std::exception&) {
+    fail("--pattern '{}': expected N:M with positive integers, e.g. 2:4 (keep 2 of every 4)", text);
+  }
+}
+
+MinitronTarget parse_targets(const std::vector<std::string>& items) {
+  MinitronTarget t;
+  for (const std::string& item : items) {
+    size_t eq = item.find('=');
+    CONDENSE_CHECK(eq != std::string::npos, "--target '{}': expected key=value", item);
+    std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    auto integer = [&](int64_t& field) {
+      try {
+        size_t used = 0;
+        field = std::stoll(value, &used);
+        CONDENSE_CHECK(used == value.size(), "");
+      } catch (const std::exception&) {
+        fail("--target {}: expected an integer, got '{}'", key, value);
+      }
+    };
+    if (key == "hidden_size") integer(t.hidden_size);
+    else if (key == "intermediate_size") integer(t.intermediate_size);
+    else if (key == "num_attention_heads") integer(t.num_attention_heads);
+    else if (key == "num_hidden_layers") integer(t.num_hidden_layers);
+    else if (key == "num_parameters") {
+      try {
+        t.num_parameters = std::stod(value);
+      } catch (const std::exception&) {
+        fail("--target num_parameters: expected a number, got '{}'", value);
+      }
+    } else if (key == "drop_layers") {
+      size_t pos = 0;
+      while (pos <= value.size()) {
+        size_t comma = value.find(',', pos);
+        std::string one = value.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+        int64_t layer = 0;
+        std::swap(value, one);
+        integer(layer);
+        std::swap(value, one);
+        t.drop_layers.push_back(layer);
+        if (comma == std::string::npos) break;
+        pos = comma + 1;
+      }
+    } else {
+      fail("--target: unknown key '{}'; valid: hidden_size, intermediate_size, "
+           "num_attention_heads, num_hidden_layers, drop_layers, num_parameters", key);
+    }
+  }
+  return t;
+}
+
+std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::string& path,
+                                         const PruneArgs& a) {
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  std::string dataset = a.data.empty() ? resolve_dataset(cfg.data, cfg.train.seed) : a.data;
+  TokenStore store = TokenStore::open(dataset);
+  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
+  CONDENSE_CHECK(a.calib_windows > 0, "--calib-windows must be positive, got {}", a.calib_windows);
+  spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
+               a.calib_windows, cfg.data.seq_len, dataset);
+  return calibration_windows(store.ids("val"), cfg.data.seq_len, a.calib_windows, a.calib_batch);
+}
+
+}  // namespace
+
+void add_prune_command(CLI::App& app, PruneArgs& a) {
+  a.cmd = app.add_subcommand(
+      "prune", "one-shot pruning of a checkpoint: magnitude or wanda masks (unstructured or N:M), "
+               "or minitron structured width/depth pruning to a smaller plain Llama");
+  a.cmd->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
+  a.cmd->add_option("--method", a.method,
+                    "magnitude: |W|, one threshold per matrix; wanda: |W| * ||X_j||, per output "
+                    "row, layer-sequential calibration; minitron: remove MLP neurons, query "
+                    "heads, embedding channels and layers by activation importance")
+      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron"}));
+  a.cmd->add_option("--sparsity", a.sparsity, "magnitude/wanda: pruned share in [0, 1) (default 0.5)");
+  a.cmd->add_option("--pattern", a.pattern, "magnitude/wanda: N:M, keep N of every M consecutive "
+                    "input weights of a row (2:4, 4:8)");
+  a.cmd->add_option("--weights", a.weights, "magnitude/wanda: regexes (full match) over weight "
+                    "names to prune (default: every q/k/v/o/gate/up/down projection)");
+  a.cmd->add_option("--target", a.targets, "minitron: key=value, repeatable: hidden_size, "
+                    "intermediate_size, num_attention_heads, num_hidden_layers, "
+                    "drop_layers=i,j,..., or num_parameters");
+  a.cmd->add_option("--calib-windows", a.calib_windows, "calibration windows (wanda, minitron)")
+      ->default_val(32);
+  a.cmd->add_option("--calib-batch", a.calib_batch, "windows per calibration forward")->default_val(8);
+  a.cmd->add_option("--data", a.data, "token store for calibration (default: the checkpoint recipe's)");
+  a.cmd->add_flag("--no-sequential", a.no_sequential,
+                  "wanda: calibrate once on the unpruned model instead of layer by layer");
+  a.cmd->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
+  a.cmd->add_option("--out", a.out, "checkpoint to write (.h5); must not exist")->required();
+}
+
+int run_prune_command(PruneArgs& a) {
+  if (!a.cmd || !a.cmd->parsed()) return -1;
+  auto t0 = std::chrono::steady_clock::now();
+  at::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
+                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  CONDENSE_CHECK(!fs::exists(a.out), "{}: already exists; refusing to overwrite it", a.out);
+  fs::path parent = fs::absolute(a.out).parent_path();
+  CONDENSE_CHECK(fs::is_directory(parent), "{}: directory {} does not exist", a.out, parent.string());
+  std::string path = resolve_checkpoint_path(a.checkpoint);
+  Checkpoint ckpt = Checkpoint::open(path);
+  LlamaForCausalLM model = load_inference_model(ckpt);
+  const bool masked = a.method != "minitron";
+  const bool sparsity_given = a.cmd->count("--sparsity") > 0;
+  CONDENSE_CHECK(masked || (!sparsity_given && a.pattern.empty() && a.weights.empty()),
+                 "--sparsity, --pattern and --weights belong to magnitude/wanda; minitron takes --target");
+  CONDENSE_CHECK(!masked || a.targets.empty(),
+                 "--target belongs to minitron; {} takes --sparsity or --pattern (and --weights)",
+                 a.method);
+  CONDENSE_CHECK(!sparsity_given || a.pattern.empty(),
+                 "give --sparsity or --pattern, not both (N:M fixes the sparsity at 1 - N/M)");
+
+  // One plain forward over the calibration windows, the yardstick of the calibration's cost.
+  auto plain_forward_s = [&](const std::vector<at::Tensor>& windows) {
+    at::NoGradGuard no_grad;
+    model->eval();
+    auto f0 = std::chrono::steady_clock::now();
+    for (const at::Tensor& w : windows) model->hidden({w});
+    model->train();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+  };
+  std::map<std::string, at::Tensor> extra;
+  std::string summary;
+  double calib_s = 0, forward_s = 0;
+  int64_t calib_tokens = 0;
+  if (masked) {
+    MaskPruneOptions opt;
+    opt.method = a.method;
+    opt.sparsity = sparsity_given ? a.sparsity : 0.5;
+    if (!a.pattern.empty()) std::tie(opt.n, opt.m) = parse_pattern(a.pattern);
+    opt.targets = a.weights;
+    opt.sequential = !a.no_sequential;
+    mask_prune_targets(model, opt);  // every option error before any work
+    CONDENSE_CHECK(!WeightMasks::from_file(ckpt.file()).masks().size(),
+                   "{} already carries masks (it was pruned before); prune the unpruned checkpoint",
+                   path);
+    std::vector<at::Tensor> windows;
+    if (a.method == "wanda") {
+      windows = load_calibration(ckpt, path, a);
+      forward_s = plain_forward_s(windows);
+      for (const auto& w : windows) calib_tokens += w.numel();
+    }
+    auto c0 = std::chrono::steady_clock::now();
+    WeightMasks masks = prune_masked(model, opt, windows);
+    calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+    extra = masks.entries();
+    summary = masks.describe();
+  } else {
+    MinitronTarget target = parse_targets(a.targets);
+    check_minitron_target(model->config(), target);  // every target error before any work
+    std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
+    forward_s = plain_forward_s(windows);
+    auto c0 = std::chrono::steady_clock::now();
+    CalibrationStats stats = calibrate(model, windows);
+    calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+    calib_tokens = stats.tokens;
+    MinitronPlan plan = plan_minitron(model->config(), stats, target);
+    model = apply_minitron(model, plan);
+    summary = plan.describe();
+  }
+  write_checkpoint(a.out, model, nullptr, TrainingState{}, ckpt.recipe_yaml(), ckpt.tokenizer_bytes(),
+                   extra);
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  spdlog::info("pruned {} with {}: {}; wrote {} in {:.1f}s", path, a.method, summary, a.out, secs);
+  if (calib_tokens > 0)
+    spdlog::info("calibration{}: {:.3f}s over {} tokens; one plain forward over them {:.3f}s ({:.2f}x)",
+                 a.method == "wanda" ? " and scoring" : "", calib_s, calib_tokens, forward_s,
+                 calib_s / std::max(forward_s, 1e-9));
+  // One JSON line on stdout for scripts (bench/prune_recovery.py).
+  std::cout << fmt::format("{{\"method\": \"{}\", \"out\": \"{}\", \"seconds\": {:.3f}, "
+                           "\"calibration_s\": {:.4f}, \"forward_s\": {:.4f}, "
+                           "\"calibration_tokens\": {}, \"parameters\": {}}}\n",
+                           a.method, a.out, secs, calib_s, forward_s, calib_tokens,
+                           model->config().num_parameters());
+  return 0;
+}
+
+}  // namespace condense

@@ -1,0 +1,34 @@
+// `condense prune`: one-shot pruning of a checkpoint into a new checkpoint.
+//   magnitude | wanda  masks (unstructured at --sparsity, or --pattern N:M) on the projection
+//                      matrices; the masks are stored in the output ("mask/<weight>") so a
+//                      recovery recipe (init=OUT.h5) keeps them through training and export
+//   minitron           structured width/depth pruning to a smaller plain Llama (--target)
+// Calibration windows (wanda, minitron) are the last windows of the validation split of the
+// checkpoint's token store (or --data), so `condense eval`, which reads the first ones, does
+// not score the text the pruning looked at.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+namespace condense {
+
+struct PruneArgs {
+  CLI::App* cmd = nullptr;
+  std::string checkpoint, method, pattern, out, data;
+  double sparsity = 0.5;
+  std::vector<std::string> weights;   // regexes over weight names (masked methods)
+  std::vector<std::string> targets;   // minitron: key=value
+  int64_t calib_windows = 32;
+  int64_t calib_batch = 8;
+  bool no_sequential = false;
+  int64_t threads = 0;
+};
+
+void add_prune_command(CLI::App& app, PruneArgs& args);
+// Runs it if parsed and returns the exit status; -1 when it was not parsed.
+int run_prune_command(PruneArgs& args);
+
+}  // namespace condense
