@@ -190,18 +190,33 @@ def test_full_recovery_keeps_pruned_zeros(small_store, wanda, tmp_path):
         assert (m[~mask] == 0).all(), name
 
 
-def test_lora_resume_is_bitwise(small_store, base, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "perp-scalelora"])
+def test_adapter_resume_is_bitwise(small_store, base, wanda, tmp_path, method):
+    """LoRA on the unpruned model; PERP with ScaleLoRA on the masked one (masks through resume)."""
+    init = base if method == "lora" else wanda
+    extra = (["recovery.method=lora"] if method == "lora"
+             else ["recovery.method=perp", "recovery.adapter=scalelora"])
     a = tmp_path / "a"
-    recover(small_store, base, a, "recovery.method=lora", "checkpoint.every=2", steps=4)
+    recover(small_store, init, a, *extra, "checkpoint.every=2", steps=4)
     b = tmp_path / "b"
     (b / "checkpoints").mkdir(parents=True)
     shutil.copy(a / "checkpoints" / "step_000002.h5", b / "checkpoints" / "step_000002.h5")
     (b / "checkpoints" / "latest").write_text("step_000002.h5\n")
-    recover(small_store, base, b, "recovery.method=lora", "checkpoint.every=2", "--resume", steps=4)
+    recover(small_store, init, b, *extra, "checkpoint.every=2", "--resume", steps=4)
     fa, fb = a / "checkpoints" / "step_000004.h5", b / "checkpoints" / "step_000004.h5"
+    compared = 0
     for name in names_in(fa):
-        if name.startswith(("model.", "lm_head.", "lora", "optimizer/")):
+        if name.startswith(("model.", "lm_head.", "lora", "optimizer/", "mask/")):
             assert np.array_equal(read(fa, name), read(fb, name)), name
+            compared += 1
+    assert compared > 30
+    if method != "lora":
+        # ScaleLoRA's merge W * (1 + BA) keeps every pruned zero.
+        hf = tmp_path / "hf"
+        run("export", fb, hf, "--format", "hf")
+        tensors = load_file(str(hf / "model.safetensors"))
+        for name in proj_names():
+            assert ((tensors[name] == 0) == ~read_mask(wanda, name)).all(), name
 
 
 def test_recovery_refusals(small_store, base, wanda, tmp_path):
