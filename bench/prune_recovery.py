@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -74,13 +73,12 @@ def share_from_log(text):
 
 
 def train(recipe, out_dir: Path, overrides, threads, ranks=1):
-    """Runs `condense train` unless out_dir already holds a finished run; returns its log."""
+    """Runs `condense train`, continuing a run that was interrupted (--resume: a finished run
+    returns at once); returns its log."""
     log = out_dir.with_suffix(".log")
-    if (out_dir / "checkpoints" / "latest").exists() and log.exists():
-        return log.read_text()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
     args = [BIN, "train", recipe, f"out_dir={out_dir}", f"train.threads={threads}", *overrides]
+    if (out_dir / "checkpoints" / "latest").exists():
+        args.append("--resume")
     if ranks > 1:
         args = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", ranks,
                 "--mca", "mpi_yield_when_idle", "1", *args]

@@ -22,6 +22,7 @@
 #include "recipes/pretrain.h"
 #include "recipes/recipe.h"
 #include "recipes/recipe_parser.h"
+#include "compressors/masks.h"
 #include "launch/inference_model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lm_loss.h"
@@ -85,6 +86,16 @@ int cmd_info(const std::string& ckpt_arg) {
       st.tokens_seen, c.num_parameters() / 1e6, c.num_hidden_layers, c.hidden_size,
       c.intermediate_size, c.num_attention_heads, c.kv_heads(), c.head_size(), c.vocab_size,
       c.tie_word_embeddings, tok.vocab_size(), tok.sha256().substr(0, 16));
+  // What compression left in it: pruning masks and recovery adapters (merged by every command).
+  std::cout << fmt::format("masks        {}\n", WeightMasks::from_file(ckpt.file()).describe());
+  if (ckpt.file().has("lora/kind")) {
+    int64_t kind = ckpt.file().read_tensor("lora/kind").item<int64_t>();
+    int64_t count = 0;
+    for (const std::string& name : ckpt.file().datasets())
+      count += name.rfind("lora.", 0) == 0 && name.size() > 2 && name.compare(name.size() - 2, 2, ".A") == 0;
+    std::cout << fmt::format("adapters     {} on {} matrices (merged by eval, generate, score, export)\n",
+                             kind == 0 ? "lora" : kind == 1 ? "masklora" : "scalelora", count);
+  }
   return 0;
 }
 

@@ -156,6 +156,8 @@ def test_perp_trains_only_norms_and_adapters_and_exports_sparse(small_store, wan
     assert all(changed)
     for name in proj_names():
         assert np.array_equal(read_mask(ckpt, name), read_mask(wanda, name))
+    info = run("info", ckpt).stdout
+    assert "masks on 14 matrices: 50.00%" in info and "masklora on 14 matrices" in info, info
 
     # Export merges W + s (BA) * M: every pruned zero survives, the kept weights moved.
     hf = tmp_path / "hf"
