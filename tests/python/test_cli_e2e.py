@@ -141,7 +141,8 @@ def test_bad_recipes_fail_with_clear_errors(tmp_path, condense_bin):
     wrong.write_text("train:\n  steps: many\n")
     expect_error(["train", wrong], "wrong.yaml:2", "train.steps", "integer")
     expect_error(["train", QUICKSTART, "train.lr=fast"], "train.lr")
-    expect_error(["train", QUICKSTART, "kind=distill"], "pretrain")
+    expect_error(["train", QUICKSTART, "kind=kv_heads"], "pretrain, finetune, distill")
+    expect_error(["train", QUICKSTART, "kind=distill"], "kind distill needs init")
 
 
 def test_missing_corpus_and_checkpoint_errors(tmp_path, condense_bin):
