@@ -158,7 +158,7 @@ def main():
             text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, common + extra, a.threads)
             loss = evaluate(latest(run_dir), a.eval_batches)
             tm = metrics(run_dir)
-            step_s = statistics.median(2048 / r["tokens_per_s"] for r in tm[5:])
+            step_s = statistics.median(2048 / r["tokens_per_s"] for r in tm[len(tm) // 4:])
             opt_mb = max(r.get("mem_optimizer_peak_mb", 0) - r.get("mem_live_mb", 0) for r in tm[-3:])
             # Bytes per step on 2 ranks (5 steps).
             run2 = out / f"recover_{method}_np2"

@@ -13,13 +13,22 @@ class InputNormRecorder : public ProjectionHook {
  public:
   bool observing() const override { return true; }
   void observe(const std::string& name, const at::Tensor& x) override {
-    // Squares in float64: calibration sums over 1e5+ tokens, where float32 sums lose digits.
-    at::Tensor sq = x.detach().reshape({-1, x.size(-1)}).to(at::kDouble).square().sum(0);
+    // q/k/v (and gate/up) read the same tensor: square it once. Holding `last_` keeps its
+    // storage alive, so a later tensor cannot reuse the address and be mistaken for it.
+    if (!last_.defined() || !x.is_same(last_)) {
+      last_ = x;
+      // One batch sums in float32 (a few thousand tokens); the running sum over the whole
+      // calibration set is float64, where float32 would lose digits over 1e5+ tokens.
+      last_sq_ = x.detach().reshape({-1, x.size(-1)}).square().sum(0).to(at::kDouble);
+    }
     auto it = sums.find(name);
-    if (it == sums.end()) sums.emplace(name, sq);
-    else it->second.add_(sq);
+    if (it == sums.end()) sums.emplace(name, last_sq_.clone());
+    else it->second.add_(last_sq_);
   }
   std::map<std::string, at::Tensor> sums;
+
+ private:
+  at::Tensor last_, last_sq_;
 };
 
 // Installs `hook` and eval mode for the pass; puts back the model's own hook and training mode

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <regex>
 
 #include "compressors/calibration.h"
@@ -109,7 +110,19 @@ std::vector<std::string> mask_prune_targets(LlamaForCausalLM& model, const MaskP
 }
 
 WeightMasks prune_masked(LlamaForCausalLM& model, const MaskPruneOptions& opt,
-                         const std::vector<at::Tensor>& windows) {
+                         const std::vector<at::Tensor>& windows, double* calibration_seconds) {
+  double calib = 0;
+  auto timed = [&calib](auto&& fn) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto out = fn();
+    calib += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return out;
+  };
+  struct Report {  // writes the calibration time on every return path
+    double* out;
+    double& value;
+    ~Report() { if (out) *out = value; }
+  } report{calibration_seconds, calib};
   std::vector<std::string> names = mask_prune_targets(model, opt);
   auto params = parameter_map(model);
   WeightMasks masks;
@@ -119,25 +132,25 @@ WeightMasks prune_masked(LlamaForCausalLM& model, const MaskPruneOptions& opt,
   }
   CONDENSE_CHECK(!windows.empty(), "wanda needs calibration windows (activation norms)");
   if (!opt.sequential) {
-    CalibrationStats stats = calibrate(model, windows);
+    CalibrationStats stats = timed([&] { return calibrate(model, windows); });
     prune_weights(names, params, &stats, opt, masks);
     return masks;
   }
   // Layer by layer: record layer i's inputs from the already pruned layers below it, prune
   // it, then run it again (pruned) to produce the next layer's inputs.
-  SequentialCalibration seq(model, windows);
+  SequentialCalibration seq = timed([&] { return SequentialCalibration(model, windows); });
   const int64_t layers = model->config().num_hidden_layers;
   for (int64_t i = 0; i < layers; ++i) {
     std::vector<std::string> here;
     for (const std::string& n : names)
       if (layer_of(n) == i) here.push_back(n);
     if (here.empty()) {
-      seq.advance(i);
+      timed([&] { seq.advance(i); return 0; });
       continue;
     }
-    CalibrationStats stats = seq.record(i);
+    CalibrationStats stats = timed([&] { return seq.record(i); });
     prune_weights(here, params, &stats, opt, masks);
-    seq.advance(i);
+    timed([&] { seq.advance(i); return 0; });
   }
   return masks;
 }

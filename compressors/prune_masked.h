@@ -33,9 +33,12 @@ const std::vector<std::string>& mask_prune_methods();  // magnitude, wanda
 // nothing is changed on error) and returns the selected weight names in model order.
 std::vector<std::string> mask_prune_targets(LlamaForCausalLM& model, const MaskPruneOptions& opt);
 
-// Prunes in place. wanda needs calibration windows ([B, T] int64 token ids).
+// Prunes in place. wanda needs calibration windows ([B, T] int64 token ids);
+// `calibration_seconds`, when given, receives the time spent in calibration passes (the rest is
+// scoring and masking).
 WeightMasks prune_masked(LlamaForCausalLM& model, const MaskPruneOptions& opt,
-                         const std::vector<at::Tensor>& calibration_windows = {});
+                         const std::vector<at::Tensor>& calibration_windows = {},
+                         double* calibration_seconds = nullptr);
 
 // The mask keeping the highest scores: per matrix (rows = false), per row (rows = true), or in
 // groups of m consecutive columns keeping n (m > 0). `sparsity` is the pruned share for the

@@ -65,8 +65,9 @@ TEST(Calibration, InputNormsAndBlockInfluenceMatchDirectComputation) {
   CalibrationStats st = calibrate(m, ws);
   EXPECT_EQ(st.tokens, 3 * 2 * 16);
   EXPECT_EQ(st.input_sq_norms.size(), 2u * 7u);  // 7 projections per layer
+  // Per-batch float32 sums, accumulated in float64.
   EXPECT_TRUE(at::allclose(st.input_sq_norms.at(layer_weight(0, "q_proj")), direct_q0_sq_norms(m, ws),
-                           1e-9, 1e-9));
+                           1e-6, 1e-6));
   // q, k and v read the same input.
   EXPECT_TRUE(at::equal(st.input_sq_norms.at(layer_weight(1, "q_proj")),
                         st.input_sq_norms.at(layer_weight(1, "v_proj"))));
