@@ -125,6 +125,20 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   CONDENSE_CHECK(rc.selection != "paser" || distill,
                  "recovery.selection paser scores windows by the teacher-vs-pruned divergence and "
                  "needs distill.teacher (kind distill; distill.kd_ratio=0 trains on cross-entropy alone)");
+  std::vector<std::pair<int64_t, int64_t>> pairs;
+  if (distill && cfg_in.distill.hidden_loss != "none") {
+    const LlamaConfig &sc = model->config(), &tc = teacher->config();
+    pairs = hidden_pairs(cfg_in.distill, sc.num_hidden_layers, tc.num_hidden_layers);
+    for (const auto& [si, ti] : pairs) {
+      CONDENSE_CHECK(si >= 0 && si <= sc.num_hidden_layers && ti >= 0 && ti <= tc.num_hidden_layers,
+                     "distill.hidden_layers: pair {}:{} is outside [0, {}] x [0, {}] (0 = embeddings, "
+                     "i + 1 = output of layer i)", si, ti, sc.num_hidden_layers, tc.num_hidden_layers);
+    }
+    CONDENSE_CHECK(sc.hidden_size == tc.hidden_size,
+                   "distill.hidden_loss {} compares hidden states, but the student's width is {} and "
+                   "the teacher's {}; use logit distillation alone (distill.hidden_loss=none)",
+                   cfg_in.distill.hidden_loss, sc.hidden_size, tc.hidden_size);
+  }
   std::shared_ptr<LoraAdapters> adapters;
   if (rc.method == "lora" || rc.method == "perp") {
     LoraSpec spec{rc.method == "lora" ? "lora" : rc.adapter, rc.rank, rc.alpha};
@@ -177,10 +191,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     kd.top_k = d.top_k;
     kd.kd_ratio = d.kd_ratio;
     kd.token_chunk = d.chunk;
-    const bool hidden = d.hidden_loss != "none";
-    auto pairs = hidden ? hidden_pairs(d, cfg.model.num_hidden_layers,
-                                       teacher->config().num_hidden_layers)
-                        : std::vector<std::pair<int64_t, int64_t>>{};
+    const bool hidden = !pairs.empty();
     spdlog::info("distilling from {} ({:.2f}M parameters): KD ratio {}, temperature {}{}{}", d.teacher,
                  teacher->config().num_parameters() / 1e6, d.kd_ratio, d.temperature,
                  d.top_k > 0 ? fmt::format(", teacher top-{}", d.top_k) : "",

@@ -226,6 +226,10 @@ def test_recovery_refusals(small_store, base, wanda, tmp_path):
         (["recovery.method=perp"], base, "has no masks"),
         (["train.trainable=[nothing.*]"], wanda, "train.trainable: 'nothing.*' matches no parameter"),
         (["distill.teacher=" + str(base)], wanda, "use kind: distill"),
+        (["kind=distill", "distill.teacher=" + str(base), "distill.hidden_loss=mse",
+          "distill.hidden_layers=[\"9:1\"]"], wanda, "pair 9:1 is outside [0, 2] x [0, 2]"),
+        (["kind=distill", "distill.teacher=" + str(base), "recovery.selection=paser",
+          "recovery.budget=0"], wanda, "recovery.budget"),
     ]
     for extra, init, needle in cases:
         out = tmp_path / f"x{len(list(tmp_path.iterdir()))}"
