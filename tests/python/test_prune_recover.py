@@ -168,6 +168,15 @@ def test_perp_trains_only_norms_and_adapters_and_exports_sparse(small_store, wan
         assert (tensors[name][~mask] == 0).all() and (tensors[name] == 0).sum() == (~mask).sum(), name
     assert not np.array_equal(tensors["model.layers.0.self_attn.q_proj.weight"],
                               read(wanda, "model.layers.0.self_attn.q_proj.weight"))
+    # GGUF (F32) too: every projection tensor holds exactly the mask's zeros.
+    gguf = pytest.importorskip("gguf")
+    run("export", ckpt, tmp_path / "m.gguf", "--format", "gguf")
+    zeros = {t.name: int((np.asarray(t.data) == 0).sum()) for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
+    gguf_names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+                  "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    for name in proj_names():
+        layer, proj = name.split(".")[2], name.split(".")[4]
+        assert zeros[f"blk.{layer}.{gguf_names[proj]}.weight"] == (~read_mask(wanda, name)).sum(), name
     # transformers on the export equals condense on the (merged) checkpoint.
     text = tmp_path / "t.txt"
     text.write_text("A small harbour town, quiet at dawn.", encoding="utf-8")
