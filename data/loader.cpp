@@ -72,6 +72,11 @@ BatchLoader::BatchLoader(at::Tensor ids, LoaderOptions options)
     windows_ = static_cast<int64_t>(options_.subset.size());
   }
   global_batch_ = options_.batch_size * options_.world_size;
+  CONDENSE_CHECK(options_.subset.empty() || windows_ >= global_batch_,
+                 "loader: the chosen subset holds {} windows, fewer than one global batch of {} "
+                 "(batch_size {} x world_size {}); choose more windows (recovery.budget, "
+                 "recovery.candidates)", windows_, global_batch_, options_.batch_size,
+                 options_.world_size);
   CONDENSE_CHECK(windows_ >= global_batch_,
                  "loader: {} tokens make {} windows of seq_len {} + 1, fewer than one global "
                  "batch of {} (batch_size {} x world_size {})",

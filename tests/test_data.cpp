@@ -405,6 +405,11 @@ TEST(Loader, SubsetDrawsOnlyItsWindowsOncePerEpoch) {
   }
   std::sort(seen.begin(), seen.end());
   EXPECT_EQ(seen, subset);
+  o.subset = {5, 6};
+  o.batch_size = 4;
+  EXPECT_NE(error_of([&] { BatchLoader(stream(1001), o); }).find("the chosen subset holds 2 windows"),
+            std::string::npos);
+  o.batch_size = 2;
   o.subset = {5, 100};
   EXPECT_NE(error_of([&] { BatchLoader(stream(1001), o); }).find("window 100 of the subset"),
             std::string::npos);
