@@ -9,9 +9,10 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
              checkpoint; rebuilt when absent, since machines are not kept
   oneshot    magnitude and Wanda at 50% and 2:4, validation loss before any recovery, and the
              calibration pass's time against one plain forward over the same tokens
-  recovery   from Wanda 50%: full, LoRA (masked adapters) and PERP (norms + MaskLoRA), kind
-             finetune (cross-entropy), the same --steps and batch (equal tokens); trained share,
-             step time, optimizer-state memory; bytes per step under mpirun -np 2
+  recovery   from Wanda 50%: full, LoRA (masked adapters, rank 2) and PERP (norms + MaskLoRA,
+             rank 2: under 1% of the parameters), kind finetune (cross-entropy), the same --steps
+             and batch (equal tokens); trained share, step time, AdamW state from the checkpoint;
+             bytes per step under mpirun -np 2
   selection  PERP from Wanda 50% on 20% of --candidates windows chosen by PASER-style
              selection vs the same number of random windows (kind distill, kd_ratio 0, so
              training is cross-entropy in both)
@@ -65,6 +66,21 @@ def metrics(run_dir: Path):
     rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
     return train
+
+
+def optimizer_state_mib(ckpt):
+    """Bytes of AdamW state (exp_avg, exp_avg_sq) in a checkpoint: what training holds per step."""
+    import h5py
+    sizes = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.startswith("optimizer/") and \
+                name.endswith(("exp_avg", "exp_avg_sq")):
+            sizes.append(obj.size * obj.dtype.itemsize)
+
+    with h5py.File(ckpt, "r") as f:
+        f.visititems(visit)
+    return sum(sizes) / 2**20
 
 
 def share_from_log(text):
@@ -150,16 +166,16 @@ def main():
         common = [f"init={pruned['wanda 50%']}", "kind=finetune", f"train.steps={a.steps}",
                   "train.warmup_steps=10", "train.eval_every=0", "checkpoint.every=0", *data]
         for method, extra in [("full", ["recovery.method=full", "train.lr=3e-4", "train.min_lr=3e-5"]),
-                              ("lora", ["recovery.method=lora", "train.lr=1e-3", "train.min_lr=1e-4",
-                                        "train.weight_decay=0"]),
-                              ("perp", ["recovery.method=perp", "train.lr=1e-3", "train.min_lr=1e-4",
-                                        "train.weight_decay=0"])]:
+                              ("lora", ["recovery.method=lora", "recovery.rank=2", "train.lr=1e-3",
+                                        "train.min_lr=1e-4", "train.weight_decay=0"]),
+                              ("perp", ["recovery.method=perp", "recovery.rank=2", "train.lr=1e-3",
+                                        "train.min_lr=1e-4", "train.weight_decay=0"])]:
             run_dir = out / f"recover_{method}"
             text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, common + extra, a.threads)
             loss = evaluate(latest(run_dir), a.eval_batches)
             tm = metrics(run_dir)
             step_s = statistics.median(2048 / r["tokens_per_s"] for r in tm[len(tm) // 4:])
-            opt_mb = max(r.get("mem_optimizer_peak_mb", 0) - r.get("mem_live_mb", 0) for r in tm[-3:])
+            opt_mb = optimizer_state_mib(latest(run_dir))
             # Bytes per step on 2 ranks (5 steps).
             run2 = out / f"recover_{method}_np2"
             train(REPO / "recipes" / "recover_perp.yaml", run2,
@@ -169,10 +185,10 @@ def main():
             rec[method] = loss
             rows.append((f"wanda 50% + {method} recovery", loss,
                          f"{share_from_log(text):.3f}% trained",
-                         f"{step_s * 1000:.0f} ms/step, live {tm[-1]['mem_live_mb']:.0f} MiB, "
+                         f"{step_s * 1000:.0f} ms/step, optimizer state {opt_mb:.2f} MiB, "
                          f"{comm / 2**20:.2f} MiB/step sent (2 ranks)"))
             payload[f"recover_{method}"] = {"val_loss": loss, "share_pct": share_from_log(text),
-                                            "step_s": step_s, "comm_bytes": comm,
+                                            "step_s": step_s, "comm_bytes": comm, "optimizer_mib": opt_mb,
                                             "mem_live_mb": tm[-1]["mem_live_mb"]}
         w = payload["wanda 50%"]["val_loss"]
         if "full" in rec and "perp" in rec:
