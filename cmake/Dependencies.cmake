@@ -53,6 +53,12 @@ target_link_libraries(condense_sentencepiece INTERFACE
   ${SENTENCEPIECE_TRAIN_LIBRARY} ${SENTENCEPIECE_LIBRARY})
 add_library(condense::sentencepiece ALIAS condense_sentencepiece)
 
+# PCRE2 (Debian libpcre2-dev) runs the byte-level BPE pre-tokenizer regexes: it has Unicode
+# properties (\p{L}, \p{N}, White_Space) and lookahead, which std::regex lacks. Only text/ links it.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+add_library(condense::pcre2 ALIAS PkgConfig::PCRE2)
+
 add_library(condense_hdf5 INTERFACE)
 target_include_directories(condense_hdf5 SYSTEM INTERFACE ${HDF5_C_INCLUDE_DIRS} ${HDF5_INCLUDE_DIRS})
 target_link_libraries(condense_hdf5 INTERFACE ${HDF5_C_LIBRARIES})

@@ -24,27 +24,71 @@ enum class GgufValueType : uint32_t {
   kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
 };
 
-// The ggml tensor types condense writes and reads (ggml.h, enum ggml_type).
-enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kQ8_0 = 8, kBF16 = 30 };
+// The ggml tensor types condense reads (ggml.h, enum ggml_type; the numbers are the file
+// format). The writer emits F32, F16, BF16 and Q8_0; the reader also accepts the quantized
+// types io/gguf_quants.h dequantizes. Block layouts are described there.
+enum class GgmlType : uint32_t {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14,
+  kBF16 = 30,
+};
 // llama.cpp's general.file_type values (llama.h, enum llama_ftype).
 enum class GgufFileType : uint32_t { kAllF32 = 0, kMostlyF16 = 1, kMostlyQ8_0 = 7, kMostlyBF16 = 32 };
 
 constexpr int64_t kQ8_0Block = 32;
 constexpr int64_t kQ8_0BlockBytes = 2 + 32;
 
-// Bytes for `n` elements of `type` (n a multiple of the block size for Q8_0); 0 if unknown.
+// One row of the block-size table: a block of `block` consecutive values along ne[0] is
+// stored in `block_bytes` bytes (ggml's blck_size / type_size in ggml.c's type_traits, and
+// gguf-py's GGML_QUANT_SIZES). Plain float types are blocks of one value.
+struct GgmlTypeInfo {
+  GgmlType type;
+  const char* name;
+  int64_t block;
+  int64_t block_bytes;
+};
+
+inline constexpr GgmlTypeInfo kGgmlTypes[] = {
+    {GgmlType::kF32, "F32", 1, 4},         {GgmlType::kF16, "F16", 1, 2},
+    {GgmlType::kBF16, "BF16", 1, 2},       {GgmlType::kQ8_0, "Q8_0", 32, 2 + 32},
+    {GgmlType::kQ4_0, "Q4_0", 32, 2 + 16}, {GgmlType::kQ4_1, "Q4_1", 32, 2 + 2 + 16},
+    {GgmlType::kQ4_K, "Q4_K", 256, 2 + 2 + 12 + 128},
+    {GgmlType::kQ5_K, "Q5_K", 256, 2 + 2 + 12 + 32 + 128},
+    {GgmlType::kQ6_K, "Q6_K", 256, 128 + 64 + 16 + 2},
+};
+
+// The entry for a ggml type id, or nullptr for one condense cannot read.
+inline const GgmlTypeInfo* ggml_type_info(uint32_t type) {
+  for (const auto& t : kGgmlTypes)
+    if (static_cast<uint32_t>(t.type) == type) return &t;
+  return nullptr;
+}
+
+// ggml's name of any type id (ggml.c type_traits[].type_name), so that an error about a type
+// condense does not read still says which one it is; "type N" for ids ggml never assigned.
+inline const char* ggml_type_name(uint32_t type) {
+  static const char* const kNames[] = {
+      "F32", "F16", "Q4_0", "Q4_1", nullptr, nullptr, "Q5_0", "Q5_1", "Q8_0", "Q8_1",
+      "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S",
+      "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+      "BF16", nullptr, nullptr, nullptr, "TQ1_0", "TQ2_0", nullptr, nullptr, nullptr, "MXFP4"};
+  return type < sizeof(kNames) / sizeof(kNames[0]) && kNames[type] ? kNames[type] : nullptr;
+}
+
+// "F32, F16, BF16, Q8_0, ..." for error messages.
+inline const char* ggml_supported_types() {
+  return "F32=0, F16=1, BF16=30, Q8_0=8, Q4_0=2, Q4_1=3, Q4_K=12, Q5_K=13, Q6_K=14";
+}
+
+// Bytes for `n` elements of `type` (n a multiple of the block size); 0 if unknown.
 inline uint64_t ggml_nbytes(uint32_t type, uint64_t n) {
-  switch (static_cast<GgmlType>(type)) {
-    case GgmlType::kF32: return 4 * n;
-    case GgmlType::kF16: case GgmlType::kBF16: return 2 * n;
-    case GgmlType::kQ8_0: return n / kQ8_0Block * kQ8_0BlockBytes;
-  }
-  return 0;
+  const GgmlTypeInfo* t = ggml_type_info(type);
+  return t ? n / static_cast<uint64_t>(t->block) * static_cast<uint64_t>(t->block_bytes) : 0;
 }
 inline int64_t ggml_block_size(uint32_t type) {
-  return static_cast<GgmlType>(type) == GgmlType::kQ8_0 ? kQ8_0Block : 1;
+  const GgmlTypeInfo* t = ggml_type_info(type);
+  return t ? t->block : 1;
 }
-inline bool ggml_type_known(uint32_t type) { return ggml_nbytes(type, kQ8_0Block) > 0; }
+inline bool ggml_type_known(uint32_t type) { return ggml_type_info(type) != nullptr; }
 
 inline float f16_to_f32(uint16_t h) {
   uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;

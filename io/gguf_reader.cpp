@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "io/gguf_quants.h"
 
 namespace condense {
 namespace {
@@ -149,10 +150,11 @@ GgufReader::GgufReader(const uint8_t* data, size_t size, std::string source)
       t.ne.push_back(static_cast<int64_t>(ne));
     }
     t.type = c.read<uint32_t>(t.name.c_str());
-    CONDENSE_CHECK(ggml_type_known(t.type), "{}: tensor '{}': ggml type {} is not supported "
-                   "(F32=0, F16=1, Q8_0=8, BF16=30)", src, t.name, t.type);
-    CONDENSE_CHECK(t.ne[0] % ggml_block_size(t.type) == 0, "{}: tensor '{}': ne[0] = {} is not a "
-                   "multiple of the block size {}", src, t.name, t.ne[0], ggml_block_size(t.type));
+    // Refuses unknown and unsupported types here, naming them, so that every tensor a reader
+    // lists can be dequantized.
+    const GgmlTypeInfo& ti = ggml_type_or_fail(t.type, src + ": tensor '" + t.name + "'");
+    CONDENSE_CHECK(t.ne[0] % ti.block == 0, "{}: tensor '{}': ne[0] = {} is not a multiple of "
+                   "the {} block size {}", src, t.name, t.ne[0], ti.name, ti.block);
     t.offset = c.read<uint64_t>(t.name.c_str());
     CONDENSE_CHECK(t.offset % alignment_ == 0, "{}: tensor '{}': offset {} is not a multiple of "
                    "the alignment {}", src, t.name, t.offset, alignment_);
@@ -201,19 +203,9 @@ const GgufTensorInfo& GgufReader::tensor(const std::string& name) const {
 }
 
 std::vector<float> GgufReader::dequantize(const GgufTensorInfo& t) const {
-  const int64_t n = t.numel();
-  std::vector<float> out(static_cast<size_t>(n));
-  const uint8_t* p = data_of(t);
-  switch (static_cast<GgmlType>(t.type)) {
-    case GgmlType::kF32: std::memcpy(out.data(), p, 4 * n); break;
-    case GgmlType::kF16:
-      for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(static_cast<uint16_t>(p[2 * i] | (p[2 * i + 1] << 8)));
-      break;
-    case GgmlType::kBF16:
-      for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(static_cast<uint16_t>(p[2 * i] | (p[2 * i + 1] << 8)));
-      break;
-    case GgmlType::kQ8_0: dequantize_q8_0(p, n, out.data()); break;
-  }
+  std::vector<float> out(static_cast<size_t>(t.numel()));
+  dequantize_into(t.type, data_of(t), t.nbytes, t.numel(), out.data(),
+                  source_ + ": tensor '" + t.name + "'");
   return out;
 }
 

@@ -1,6 +1,7 @@
 // A validating GGUF reader (v2 and v3), without LibTorch so libFuzzer builds it alone. It reads
-// what io/gguf_writer.h writes, and what llama.cpp's tools write in the types listed in
-// io/gguf_format.h. Metadata values come back as JSON (numbers, bools, strings, arrays) with
+// what io/gguf_writer.h writes, and what llama.cpp's tools write in the types of kGgmlTypes
+// (io/gguf_format.h: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K; decoded by
+// io/gguf_quants.h). Metadata values come back as JSON (numbers, bools, strings, arrays) with
 // their GGUF type kept beside them, so callers can check that a count is a u32. Every
 // malformed input (truncation, lengths past the end, unknown value or tensor types, ne[0] not
 // a multiple of the block size, misaligned, out-of-range or overlapping tensor data) is a
@@ -27,9 +28,9 @@ struct GgufValue {
 struct GgufTensorInfo {
   std::string name;
   std::vector<int64_t> ne;  // ggml order: ne[0] varies fastest (PyTorch shape reversed)
-  uint32_t type = 0;        // GgmlType
+  uint32_t type = 0;        // GgmlType (one of kGgmlTypes)
   uint64_t offset = 0;      // within the data section
-  uint64_t nbytes = 0;
+  uint64_t nbytes = 0;      // of the raw (possibly quantized) data at GgufReader::data_of
   int64_t numel() const;
   std::vector<int64_t> torch_shape() const;  // ne reversed
 };
@@ -48,9 +49,12 @@ class GgufReader {
   // A scalar integer value of one of the u32/i32/u64... types, range-checked.
   uint64_t get_uint(const std::string& key) const;
   const GgufTensorInfo& tensor(const std::string& name) const;
-  // The tensor's values as float32 in ggml order (F16, BF16 and Q8_0 decoded).
+  // The tensor's values as float32 in ggml order, decoded by io/gguf_quants.h
+  // (dequantize_into); at::Tensor callers use condense::dequantize(reader, info).
   std::vector<float> dequantize(const GgufTensorInfo& t) const;
+  // The raw bytes of a tensor of this reader: data_of(t)[0, t.nbytes), in ggml type t.type.
   const uint8_t* data_of(const GgufTensorInfo& t) const { return data_ + data_start_ + t.offset; }
+  const std::string& source() const { return source_; }
 
  private:
   const uint8_t* data_;

@@ -65,6 +65,11 @@ void GgufWriter::add_tensor(const std::string& name, const at::Tensor& t, GgmlTy
   CONDENSE_CHECK(t.dim() >= 1 && t.dim() <= 4, "GGUF tensor '{}' has {} dimensions (1 to 4)", name,
                  t.dim());
   for (const auto& p : tensors_) CONDENSE_CHECK(p.name != name, "duplicate GGUF tensor '{}'", name);
+  // The reader's other types (Q4_0 ... Q6_K) are read-only: condense has no quantizer for them.
+  CONDENSE_CHECK(type == GgmlType::kF32 || type == GgmlType::kF16 || type == GgmlType::kBF16 ||
+                     type == GgmlType::kQ8_0,
+                 "GGUF tensor '{}': condense writes F32, F16, BF16 or Q8_0, not ggml type {}", name,
+                 static_cast<uint32_t>(type));
   if (type == GgmlType::kQ8_0)
     CONDENSE_CHECK(t.size(-1) % kQ8_0Block == 0, "GGUF tensor '{}': Q8_0 needs the row length "
                    "({}) to be a multiple of {}", name, t.size(-1), kQ8_0Block);
@@ -119,6 +124,7 @@ void GgufWriter::write(const std::string& path) const {
           for (int64_t i = 0; i < n; ++i) { uint16_t h = f32_to_bf16(x[i]); std::memcpy(&buf[2 * i], &h, 2); }
           break;
         case GgmlType::kQ8_0: quantize_q8_0(x, n, buf.data()); break;
+        default: fail("GGUF tensor '{}': no encoder for its type", p.name);  // refused in add_tensor
       }
       out.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
       pos += p.nbytes;

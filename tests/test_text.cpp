@@ -1,0 +1,334 @@
+// Tests for text/: GPT-2's byte-to-unicode table in closed form, UTF-8 validation, the
+// pre-tokenizer regexes on hand-checked splits, BPE merges applied by rank on a tiny
+// hand-made vocabulary, added tokens never split, decode(encode(x)) == x on arbitrary bytes,
+// serialization, and every refusal (unknown pre-tokenizer, bad merges, malformed tokenizer.json
+// with the key named). Exactness against llama.cpp and tokenizers on a real vocabulary is
+// tests/python/test_bpe_tokenizer.py.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "text/bpe_tokenizer.h"
+#include "text/byte_unicode.h"
+#include "text/pretokenizer.h"
+#include "text/utf8.h"
+
+namespace condense {
+namespace {
+
+std::string bl(const std::string& bytes) { return byte_level_encode(bytes); }
+
+// 256 byte symbols (id = byte), then `extra` normal tokens; merges written "left|right" in raw
+// bytes.
+BpeVocabulary tiny(const std::vector<std::string>& extra, const std::vector<std::string>& merges,
+                   const std::string& pre = "gpt2") {
+  BpeVocabulary v;
+  for (int b = 0; b < 256; ++b) v.tokens.push_back(bl(std::string(1, static_cast<char>(b))));
+  for (const auto& e : extra) v.tokens.push_back(bl(e));
+  v.token_types.assign(v.tokens.size(), 1);
+  for (const auto& m : merges) {
+    const size_t sp = m.find('|');
+    v.merges.push_back(bl(m.substr(0, sp)) + " " + bl(m.substr(sp + 1)));
+  }
+  v.pre_tokenizer = pre;
+  return v;
+}
+
+int32_t id_of(const BpeTokenizer& t, const std::string& bytes) {
+  return t.token_id(bl(bytes)).value();
+}
+
+std::vector<std::string> pieces(const std::string& pre, const std::string& text) {
+  std::vector<std::string> out;
+  for (auto p : Pretokenizer::by_name(pre).split(text)) out.emplace_back(p);
+  return out;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST(ByteUnicode, ClosedForm) {
+  std::set<uint32_t> seen;
+  uint32_t next = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable =
+        (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const uint32_t cp = byte_to_code_point(static_cast<uint8_t>(b));
+    EXPECT_EQ(cp, printable ? static_cast<uint32_t>(b) : next++) << b;
+    EXPECT_EQ(code_point_to_byte(cp), static_cast<uint8_t>(b));
+    seen.insert(cp);
+  }
+  EXPECT_EQ(seen.size(), 256u);
+  EXPECT_EQ(next, 256u + 68u);
+  EXPECT_EQ(byte_level_encode(" "), "\xC4\xA0");   // 'Ġ' U+0120
+  EXPECT_EQ(byte_level_encode("\n"), "\xC4\x8A");  // 'Ċ' U+010A
+  EXPECT_FALSE(code_point_to_byte(0x20).has_value());
+  std::string all;
+  for (int b = 0; b < 256; ++b) all.push_back(static_cast<char>(b));
+  EXPECT_EQ(byte_level_decode(byte_level_encode(all)), all);
+}
+
+TEST(Utf8, ValidatesRfc3629) {
+  EXPECT_EQ(utf8_sequence_length("a", 0), 1u);
+  EXPECT_EQ(utf8_sequence_length("\xC3\xA9", 0), 2u);
+  EXPECT_EQ(utf8_sequence_length("\xF0\x9F\x98\x80", 0), 4u);
+  EXPECT_EQ(utf8_sequence_length("\xC0\x80", 0), 0u);          // overlong
+  EXPECT_EQ(utf8_sequence_length("\xED\xA0\x80", 0), 0u);      // surrogate
+  EXPECT_EQ(utf8_sequence_length("\xF4\x90\x80\x80", 0), 0u);  // past U+10FFFF
+  EXPECT_EQ(utf8_sequence_length("\xE2\x82", 0), 0u);          // truncated
+  EXPECT_EQ(utf8_sequence_length("\x80", 0), 0u);
+}
+
+TEST(Pretokenizer, KnownSplits) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(pieces("gpt2", "Hello world's  123!!\n\n x"),
+            (V{"Hello", " world", "'s", " ", " 123", "!!", "\n\n", " x"}));
+  EXPECT_EQ(pieces("gpt2", "caf\xC3\xA9 \xCE\xB1\xCE\xB2 \xE4\xB8\xAD\xE6\x96\x87"),
+            (V{"caf\xC3\xA9", " \xCE\xB1\xCE\xB2", " \xE4\xB8\xAD\xE6\x96\x87"}));
+  // smollm: every digit alone first, then GPT-2's regex inside each piece.
+  EXPECT_EQ(pieces("smollm", "abc 123 x"), (V{"abc", " ", "1", "2", "3", " x"}));
+  // llama-bpe: digits in threes, newlines kept together, a letter run takes one leading symbol.
+  EXPECT_EQ(pieces("llama-bpe", "12345 Hello\n\n(world) I'M"),
+            (V{"123", "45", " Hello", "\n\n", "(world", ")", " I", "'M"}));
+  EXPECT_EQ(pieces("qwen2", "2024"), (V{"2", "0", "2", "4"}));
+  EXPECT_TRUE(pieces("gpt2", "").empty());
+}
+
+TEST(Pretokenizer, UnknownNameRefusedListingValidOnes) {
+  const std::string msg = error_of([] { Pretokenizer::by_name("bloom"); });
+  EXPECT_NE(msg.find("unknown BPE pre-tokenizer 'bloom'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("gpt2, llama-bpe, smollm"), std::string::npos) << msg;
+  EXPECT_NE(error_of([] { BpeTokenizer(tiny({}, {}, "nope"), "t"); }).find("'nope'"),
+            std::string::npos);
+}
+
+TEST(BpeTokenizer, MergesApplyByRank) {
+  // Same tokens, two rank orders: "abc" ends as [a, bc] when "b c" ranks first, [abc] when
+  // "a b" does (and then "ab c" applies).
+  const BpeTokenizer bc_first(tiny({"ab", "bc", "abc"}, {"b|c", "a|b", "ab|c"}), "t1");
+  const BpeTokenizer ab_first(tiny({"ab", "bc", "abc"}, {"a|b", "b|c", "ab|c"}), "t2");
+  EXPECT_EQ(bc_first.encode("abc"), (std::vector<int32_t>{'a', id_of(bc_first, "bc")}));
+  EXPECT_EQ(ab_first.encode("abc"), (std::vector<int32_t>{id_of(ab_first, "abc")}));
+  // Equal ranks merge leftmost first.
+  const BpeTokenizer aa(tiny({"aa"}, {"a|a"}), "t3");
+  EXPECT_EQ(aa.encode("aaa"), (std::vector<int32_t>{id_of(aa, "aa"), 'a'}));
+  EXPECT_EQ(aa.encode("aaaa"), (std::vector<int32_t>{id_of(aa, "aa"), id_of(aa, "aa")}));
+  // Merges never cross pre-token boundaries: " a" is its own pre-token.
+  EXPECT_EQ(aa.encode("a a"), (std::vector<int32_t>{'a', ' ', 'a'}));
+}
+
+TEST(BpeTokenizer, IgnoreMergesTakesWholeWords) {
+  BpeVocabulary v = tiny({"ab", "abc"}, {"a|b"});
+  EXPECT_EQ(BpeTokenizer(v, "t").encode("abc"), (std::vector<int32_t>{256, 'c'}));
+  v.ignore_merges = true;
+  EXPECT_EQ(BpeTokenizer(v, "t").encode("abc"), (std::vector<int32_t>{257}));
+}
+
+TEST(BpeTokenizer, AddedTokensAreNeverSplit) {
+  BpeVocabulary v = tiny({"ab"}, {"a|b"});
+  const int32_t ctl = static_cast<int32_t>(v.tokens.size()), user = ctl + 1, longer = ctl + 2;
+  v.tokens.insert(v.tokens.end(), {"<|x|>", "<u>", "<|x|>!"});
+  v.token_types.insert(v.token_types.end(), {3, 4, 3});
+  const BpeTokenizer t(v, "t");
+  EXPECT_EQ(t.encode("ab<|x|>ab<u>"), (std::vector<int32_t>{256, ctl, 256, user}));
+  EXPECT_EQ(t.encode("<|x|>!a"), (std::vector<int32_t>{longer, 'a'}));  // longest wins
+  // Control tokens are plain text unless special tokens are parsed; user-defined always match.
+  const auto plain = t.encode("<|x|><u>", false);
+  EXPECT_EQ(plain.back(), user);
+  EXPECT_EQ(plain.size(), 6u);  // the 5 bytes of "<|x|>" (pieces "<|", "x", "|>"), then <u>
+  EXPECT_EQ(t.decode(t.encode("ab<|x|>ab<u>")), "ab<|x|>ab<u>");
+  EXPECT_EQ(t.decode({ctl, 'a'}, /*render_special=*/false), "a");
+}
+
+TEST(BpeTokenizer, RoundTripsArbitraryBytes) {
+  const BpeTokenizer t(tiny({"ab", "th", " t", " th", "the", " the", "\xC3\xA9"},
+                            {"a|b", " |t", " t|h", "t|h", "th|e", " th|e", "\xC3|\xA9"}),
+                       "t");
+  EXPECT_EQ(t.encode(" the"), (std::vector<int32_t>{t.token_id(bl(" the")).value()}));
+  std::vector<std::string> samples = {
+      "",
+      " ",
+      "\n\n\n",
+      "   leading and trailing   ",
+      "caf\xC3\xA9 \xCF\x80\xE2\x89\x88"
+      "3.14 \xF0\x9F\x98\x80!",
+      "\xFF\xFE invalid \xC0\x80 bytes \xED\xA0\x80 end\xE2\x82",
+      "tab\tand\r\nCRLF 'quotes' don't",
+  };
+  std::mt19937 rng(7);
+  for (int i = 0; i < 300; ++i) {
+    std::string s(rng() % 64, '\0');
+    for (char& c : s) c = static_cast<char>(rng() % 256);
+    samples.push_back(s);
+  }
+  for (const auto& s : samples) EXPECT_EQ(t.decode(t.encode(s)), s);
+  EXPECT_TRUE(t.can_encode(samples.back()));
+}
+
+TEST(BpeTokenizer, BytesWithoutSymbolsAreDroppedAndReported) {
+  BpeVocabulary v = tiny({}, {});
+  v.tokens[4] = "<unused4>";  // byte 0x04 has no symbol any more
+  v.token_types[4] = 5;
+  const BpeTokenizer t(v, "t");
+  EXPECT_FALSE(t.can_encode("a\x04z"));
+  EXPECT_TRUE(t.can_encode("az"));
+  EXPECT_EQ(t.encode("a\x04z"), (std::vector<int32_t>{'a', 'z'}));
+}
+
+TEST(BpeTokenizer, BadVocabulariesRefused) {
+  EXPECT_NE(error_of([] {
+              BpeTokenizer(tiny({}, {"a|q"}), "t");
+            }).find("merge 0 ('a q'): 'aq' is not in the vocabulary"),
+            std::string::npos);
+  BpeVocabulary v = tiny({}, {});
+  v.merges = {"ab"};
+  EXPECT_NE(error_of([&] { BpeTokenizer(v, "t"); }).find("merge 0 ('ab') is not two tokens"),
+            std::string::npos);
+  v = tiny({}, {});
+  v.eos_id = 999;
+  EXPECT_NE(error_of([&] { BpeTokenizer(v, "t"); }).find("id 999 outside"), std::string::npos);
+  v = tiny({}, {});
+  v.token_types[3] = 9;
+  EXPECT_NE(error_of([&] { BpeTokenizer(v, "t"); }).find("type 9"), std::string::npos);
+  const BpeTokenizer ok(tiny({}, {}), "t");
+  EXPECT_NE(error_of([&] { ok.decode({256}); }).find("token id 256 outside"), std::string::npos);
+}
+
+TEST(BpeTokenizer, SerializationRoundTripsAndIsStable) {
+  BpeVocabulary v = tiny({"ab"}, {"a|b"}, "smollm");
+  v.tokens.push_back("<|end|>");
+  v.token_types.push_back(3);
+  v.eos_id = 257;
+  v.chat_template = "{{ messages }}";
+  const BpeTokenizer a(v, "a");
+  const BpeTokenizer b = BpeTokenizer::from_serialized(a.serialized(), "b");
+  EXPECT_EQ(b.serialized(), a.serialized());
+  EXPECT_EQ(b.sha256(), a.sha256());
+  EXPECT_EQ(b.sha256().size(), 64u);
+  EXPECT_EQ(b.eos_id(), 257);
+  EXPECT_FALSE(b.bos_id().has_value());
+  EXPECT_EQ(b.vocab().chat_template, "{{ messages }}");
+  EXPECT_EQ(b.pretokenizer().name(), "smollm");
+  EXPECT_EQ(b.encode("ab 12<|end|>"), a.encode("ab 12<|end|>"));
+  v.merges.clear();
+  EXPECT_NE(BpeTokenizer(v, "c").sha256(), a.sha256());
+  const std::string bytes = a.serialized();
+  EXPECT_NE(error_of([&] {
+              BpeTokenizer::from_serialized(bytes.substr(0, bytes.size() - 3), "cut");
+            }).find("cut: truncated"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of([] { BpeTokenizer::from_serialized("hello", "x"); }).find("not a condense BPE"),
+      std::string::npos);
+}
+
+TEST(BpeTokenizer, GgufFieldsUseLlamaCppConventions) {
+  BpeVocabulary v = tiny({"ab", "abc"}, {"a|b"}, "llama3");
+  const BpeTokenizer t = BpeTokenizer::from_gguf_fields(v, "gguf");
+  EXPECT_EQ(t.pretokenizer().name(), "llama-bpe");
+  EXPECT_TRUE(t.vocab().ignore_merges);
+  v.pre_tokenizer = "gpt-2";
+  EXPECT_EQ(BpeTokenizer::from_gguf_fields(v, "gguf").pretokenizer().name(), "gpt2");
+}
+
+class TokenizerJson : public ::testing::Test {
+ protected:
+  std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("condense-text-" + std::to_string(::getpid()));
+  void SetUp() override { std::filesystem::create_directories(dir); }
+  void TearDown() override { std::filesystem::remove_all(dir); }
+  std::string write(const std::string& json, const std::string& name = "tokenizer.json") {
+    const auto p = (dir / name).string();
+    std::ofstream(p) << json;
+    return p;
+  }
+  // A valid tokenizer.json around `model`/`pre`: vocab of a, b, c, Ġ and "ab".
+  static std::string doc(
+      const std::string& merges,
+      const std::string& pre =
+          R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})",
+      const std::string& extra = "") {
+    return R"({"version":"1.0","added_tokens":[{"id":5,"content":"<|end|>","special":true}],)"
+           R"("normalizer":null,"pre_tokenizer":)" +
+           pre + R"(,"decoder":{"type":"ByteLevel"},)" + extra +
+           R"("model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,)"
+           R"("end_of_word_suffix":null,"fuse_unk":false,"byte_fallback":false,)"
+           R"("vocab":{"a":0,"b":1,"c":2,"\u0120":3,"ab":4,"<|end|>":5},"merges":)" +
+           merges + "}}";
+  }
+};
+
+TEST_F(TokenizerJson, LoadsBothMergeFormsAndConfig) {
+  write(R"({"eos_token":"<|end|>","bos_token":{"content":"<|end|>"},"chat_template":"T"})",
+        "tokenizer_config.json");
+  for (const std::string merges : {R"(["a b"])", R"([["a","b"]])"}) {
+    const BpeTokenizer t = BpeTokenizer::from_tokenizer_json(write(doc(merges)));
+    EXPECT_EQ(t.vocab_size(), 6);
+    EXPECT_EQ(t.pretokenizer().name(), "gpt2");
+    EXPECT_EQ(t.encode("ab c<|end|>"), (std::vector<int32_t>{4, 3, 2, 5}));
+    EXPECT_EQ(t.token_type(5), BpeTokenType::kControl);
+    EXPECT_EQ(t.eos_id(), 5);
+    EXPECT_EQ(t.bos_id(), 5);
+    EXPECT_EQ(t.vocab().chat_template, "T");
+  }
+  const std::string smollm =
+      R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},)"
+      R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}]})";
+  EXPECT_EQ(
+      BpeTokenizer::from_tokenizer_json(write(doc(R"(["a b"])", smollm))).pretokenizer().name(),
+      "smollm");
+}
+
+TEST_F(TokenizerJson, MalformedRefusedNamingTheKey) {
+  auto err = [&](const std::string& json) {
+    return error_of([&] { BpeTokenizer::from_tokenizer_json(write(json)); });
+  };
+  EXPECT_NE(err("{not json").find("not valid JSON"), std::string::npos);
+  EXPECT_NE(err(R"({"pre_tokenizer":null})").find("has no 'model'"), std::string::npos);
+  EXPECT_NE(
+      err(R"({"model":{"type":"BPE"},"pre_tokenizer":{"type":"ByteLevel"}})").find("'model.vocab'"),
+      std::string::npos);
+  EXPECT_NE(err(R"({"model":{"type":"WordPiece"}})").find("model.type is 'WordPiece'"),
+            std::string::npos);
+  EXPECT_NE(err(doc(R"([["a"]])")).find("model.merges[0]"), std::string::npos);
+  EXPECT_NE(err(doc(R"(["a q"])")).find("merge 0 ('a q')"), std::string::npos);
+  const std::string msg = err(doc(R"(["a b"])", R"({"type":"Whitespace"})"));
+  EXPECT_NE(msg.find(R"(pre_tokenizer {"type":"Whitespace"} is not one condense knows)"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(
+      err(doc(R"(["a b"])", R"({"type":"ByteLevel","add_prefix_space":true,"use_regex":true})"))
+          .find("pre_tokenizer"),
+      std::string::npos);
+  std::string nfc = doc("[]");
+  nfc.replace(nfc.find(R"("normalizer":null)"), 17, R"("normalizer":{"type":"NFC"})");
+  EXPECT_NE(err(nfc).find("normalizer"), std::string::npos);
+  EXPECT_NE(err(R"({"added_tokens":[{"id":9,"content":"x"}],"pre_tokenizer":{"type":"ByteLevel"},)"
+                R"("model":{"type":"BPE","vocab":{"a":0},"merges":[]}})")
+                .find("no token with id 1"),
+            std::string::npos);
+  std::string strip = doc(R"(["a b"])");
+  strip.replace(strip.find(R"("special":true)"), 14, R"("special":true,"lstrip":true)");
+  EXPECT_NE(err(strip).find("added token '<|end|>' has lstrip set"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              BpeTokenizer::from_tokenizer_json((dir / "missing.json").string());
+            }).find("cannot open"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace condense

@@ -1,0 +1,205 @@
+// BpeTokenizer::from_tokenizer_json: reads a Hugging Face tokenizer.json (the `tokenizers`
+// package's format) into a BpeVocabulary. Only what condense reproduces exactly is accepted:
+// model.type "BPE" without dropout, subword prefixes or byte fallback, no normalizer, and a
+// pre-tokenizer that is one of the known byte-level combinations; anything else is refused
+// naming what was found. Added tokens become control (special: true) or user-defined tokens,
+// as llama.cpp's convert_hf_to_gguf.py maps them.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "text/bpe_tokenizer.h"
+
+namespace condense {
+namespace {
+
+using Json = nlohmann::json;
+
+// The regexes Llama 3 and Qwen2 write in their tokenizer.json Split pre-tokenizer (llama.cpp
+// runs its ASCII-case rewrite of them; see pretokenizer.cpp).
+constexpr const char* kLlama3Split =
+    R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
+constexpr const char* kQwen2Split =
+    R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
+
+std::string brief(const Json& j) {
+  std::string s = j.dump();
+  return s.size() > 300 ? s.substr(0, 300) + "..." : s;
+}
+
+bool is_byte_level(const Json& j, bool use_regex) {
+  return j.is_object() && j.value("type", "") == "ByteLevel" &&
+         !j.value("add_prefix_space", false) && j.value("use_regex", true) == use_regex;
+}
+
+// The pre-tokenizer name for a tokenizer.json pre_tokenizer, or "" if it is none condense knows.
+std::string pre_tokenizer_name(const Json& p) {
+  if (is_byte_level(p, true)) return "gpt2";
+  if (!p.is_object() || p.value("type", "") != "Sequence" || !p.contains("pretokenizers"))
+    return "";
+  const Json& seq = p["pretokenizers"];
+  if (!seq.is_array() || seq.size() != 2) return "";
+  const Json& first = seq[0];
+  if (first.value("type", "") == "Digits" && first.value("individual_digits", false) &&
+      is_byte_level(seq[1], true)) {
+    return "smollm";
+  }
+  if (first.value("type", "") == "Split" && first.value("behavior", "") == "Isolated" &&
+      !first.value("invert", false) && first.contains("pattern") && first["pattern"].is_object() &&
+      first["pattern"].contains("Regex") && is_byte_level(seq[1], false)) {
+    const std::string re = first["pattern"]["Regex"].get<std::string>();
+    if (re == kLlama3Split) return "llama-bpe";
+    if (re == kQwen2Split) return "qwen2";
+  }
+  return "";
+}
+
+const Json& require(const Json& j, const char* key, const std::string& where,
+                    const std::string& path) {
+  CONDENSE_CHECK(j.is_object() && j.contains(key), "{}: tokenizer.json has no '{}{}'", path, where,
+                 key);
+  return j[key];
+}
+
+// A token named in tokenizer_config.json: a string or {"content": ...}.
+std::optional<std::string> config_token(const Json& config, const char* key) {
+  if (!config.contains(key) || config[key].is_null()) return std::nullopt;
+  const Json& v = config[key];
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content")) return v["content"].get<std::string>();
+  return std::nullopt;
+}
+
+Json read_json(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  CONDENSE_CHECK(in, "cannot open {}", path);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  try {
+    return Json::parse(buf.str());
+  } catch (const Json::exception& e) {
+    fail("{}: not valid JSON: {}", path, e.what());
+  }
+}
+
+}  // namespace
+
+BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
+  const Json root = read_json(path);
+  BpeVocabulary v;
+  try {
+    const Json& model = require(root, "model", "", path);
+    const std::string type = model.value("type", "");
+    CONDENSE_CHECK(type == "BPE", "{}: tokenizer.json model.type is '{}'; only 'BPE' is supported",
+                   path, type);
+    for (const char* key : {"dropout", "continuing_subword_prefix", "end_of_word_suffix"}) {
+      CONDENSE_CHECK(!model.contains(key) || model[key].is_null() || model[key] == "",
+                     "{}: tokenizer.json model.{} is {}; condense's BPE has none", path, key,
+                     brief(model[key]));
+    }
+    CONDENSE_CHECK(!model.value("byte_fallback", false),
+                   "{}: tokenizer.json model.byte_fallback is true (a sentencepiece-style BPE, not "
+                   "byte-level)",
+                   path);
+    CONDENSE_CHECK(!root.contains("normalizer") || root["normalizer"].is_null(),
+                   "{}: tokenizer.json normalizer {} is not supported (byte-level BPE has none)",
+                   path, brief(root["normalizer"]));
+    const Json& pre = require(root, "pre_tokenizer", "", path);
+    v.pre_tokenizer = pre_tokenizer_name(pre);
+    CONDENSE_CHECK(
+        !v.pre_tokenizer.empty(),
+        "{}: tokenizer.json pre_tokenizer {} is not one condense knows (known: ByteLevel = gpt2, "
+        "Digits + ByteLevel = smollm, Split(Llama 3 regex) + ByteLevel = llama-bpe, "
+        "Split(Qwen2 regex) + ByteLevel = qwen2)",
+        path, brief(pre));
+    if (root.contains("decoder") && !root["decoder"].is_null()) {
+      const std::string d = root["decoder"].value("type", "");
+      CONDENSE_CHECK(d == "ByteLevel",
+                     "{}: tokenizer.json decoder.type is '{}', expected 'ByteLevel'", path, d);
+    }
+    v.ignore_merges = model.value("ignore_merges", false);
+
+    std::map<int64_t, std::pair<std::string, int32_t>> by_id;  // id -> (text, type)
+    const Json& vocab = require(model, "vocab", "model.", path);
+    CONDENSE_CHECK(vocab.is_object(), "{}: tokenizer.json model.vocab is not an object", path);
+    for (const auto& [text, id] : vocab.items()) {
+      CONDENSE_CHECK(id.is_number_integer(),
+                     "{}: tokenizer.json model.vocab['{}'] is not an integer id", path, text);
+      by_id[id.get<int64_t>()] = {text, static_cast<int32_t>(BpeTokenType::kNormal)};
+    }
+    if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
+      for (const Json& a : root["added_tokens"]) {
+        const Json& id = require(a, "id", "added_tokens[].", path);
+        const Json& content = require(a, "content", "added_tokens[].", path);
+        // Whitespace stripping around an added token changes the ids; refused rather than ignored.
+        for (const char* key : {"lstrip", "rstrip", "single_word"}) {
+          CONDENSE_CHECK(!a.value(key, false),
+                         "{}: tokenizer.json added token '{}' has {} set, which condense does not "
+                         "implement",
+                         path, content.get<std::string>(), key);
+        }
+        const auto type =
+            a.value("special", false) ? BpeTokenType::kControl : BpeTokenType::kUserDefined;
+        by_id[id.get<int64_t>()] = {content.get<std::string>(), static_cast<int32_t>(type)};
+      }
+    }
+    CONDENSE_CHECK(!by_id.empty(), "{}: tokenizer.json model.vocab is empty", path);
+    int64_t expect = 0;
+    for (const auto& [id, entry] : by_id) {
+      CONDENSE_CHECK(id == expect, "{}: tokenizer.json has no token with id {} (ids must be 0..{})",
+                     path, expect, by_id.rbegin()->first);
+      v.tokens.push_back(entry.first);
+      v.token_types.push_back(entry.second);
+      ++expect;
+    }
+    const Json& merges = require(model, "merges", "model.", path);
+    CONDENSE_CHECK(merges.is_array(), "{}: tokenizer.json model.merges is not an array", path);
+    for (size_t i = 0; i < merges.size(); ++i) {
+      const Json& m = merges[i];
+      if (m.is_string()) {
+        v.merges.push_back(m.get<std::string>());
+      } else {  // newer tokenizers write ["a", "b"]
+        CONDENSE_CHECK(
+            m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string(),
+            "{}: tokenizer.json model.merges[{}] is {}, expected \"a b\" or [\"a\", \"b\"]", path,
+            i, brief(m));
+        v.merges.push_back(m[0].get<std::string>() + " " + m[1].get<std::string>());
+      }
+    }
+    auto id_of = [&](const std::string& text) -> std::optional<int32_t> {
+      for (size_t i = 0; i < v.tokens.size(); ++i) {
+        if (v.tokens[i] == text) return static_cast<int32_t>(i);
+      }
+      return std::nullopt;
+    };
+    if (model.contains("unk_token") && model["unk_token"].is_string()) {
+      v.unk_id = id_of(model["unk_token"].get<std::string>());
+    }
+    // bos/eos/pad and the chat template live in tokenizer_config.json, when it is there.
+    const size_t slash = path.find_last_of('/');
+    const std::string config_path =
+        (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) +
+        "tokenizer_config.json";
+    if (std::ifstream(config_path).good()) {
+      const Json config = read_json(config_path);
+      if (auto t = config_token(config, "bos_token")) v.bos_id = id_of(*t);
+      if (auto t = config_token(config, "eos_token")) v.eos_id = id_of(*t);
+      if (auto t = config_token(config, "pad_token")) v.pad_id = id_of(*t);
+      if (auto t = config_token(config, "unk_token")) v.unk_id = id_of(*t);
+      if (config.contains("chat_template") && config["chat_template"].is_string()) {
+        v.chat_template = config["chat_template"].get<std::string>();
+      }
+      v.add_bos = config.value("add_bos_token", false);
+      v.add_eos = config.value("add_eos_token", false);
+    }
+  } catch (const Json::exception& e) {
+    fail("{}: malformed tokenizer.json: {}", path, e.what());
+  }
+  return BpeTokenizer(std::move(v), path);
+}
+
+}  // namespace condense
