@@ -51,6 +51,19 @@ at::Tensor direct_q0_sq_norms(LlamaForCausalLM& m, const std::vector<at::Tensor>
   return acc;
 }
 
+// dst's weights := src's (same config).
+void copy_weights(LlamaForCausalLM& dst, LlamaForCausalLM& src) {
+  at::NoGradGuard g;
+  for (auto& p : dst->named_parameters()) p.value().copy_(src->named_parameters()[p.key()]);
+}
+
+// A model pruned to 50% by magnitude, and its masks.
+WeightMasks half_pruned(LlamaForCausalLM& m) {
+  MaskPruneOptions opt;
+  opt.sparsity = 0.5;
+  return prune_masked(m, opt);
+}
+
 std::string layer_weight(int layer, const std::string& proj) {
   bool attn = proj[0] == 'q' || proj[0] == 'k' || proj[0] == 'v' || proj[0] == 'o';
   return "model.layers." + std::to_string(layer) + (attn ? ".self_attn." : ".mlp.") + proj + ".weight";
@@ -123,10 +136,7 @@ TEST(PruneMasked, WandaPrunesEachRowByScore) {
 TEST(PruneMasked, SequentialWandaScoresLayerOneOnPrunedLayerZero) {
   torch::manual_seed(3);
   LlamaForCausalLM a(tiny()), b(tiny());
-  {
-    at::NoGradGuard g;
-    for (auto& p : b->named_parameters()) p.value().copy_(a->named_parameters()[p.key()]);
-  }
+  copy_weights(b, a);
   auto ws = windows(2);
   MaskPruneOptions opt;
   opt.method = "wanda";
@@ -235,9 +245,7 @@ TEST(PruneMasked, BadOptionsAreRefusedBeforeAnyChange) {
 TEST(Masks, SurviveAdamWStepsWithZeroMoments) {
   torch::manual_seed(7);
   LlamaForCausalLM m(tiny());
-  MaskPruneOptions opt;
-  opt.sparsity = 0.5;
-  WeightMasks masks = prune_masked(m, opt);
+  WeightMasks masks = half_pruned(m);
   std::vector<std::pair<std::string, at::Tensor>> params;
   for (auto& p : m->named_parameters()) params.emplace_back(p.key(), p.value());
   AdamW adam(params, AdamWOptions{0.9, 0.95, 1e-8, 0.1});
@@ -264,16 +272,11 @@ TEST(Masks, SurviveAdamWStepsWithZeroMoments) {
 TEST(Lora, FormsGradientsAndMergesKeepZeros) {
   torch::manual_seed(8);
   LlamaForCausalLM m(tiny());
-  MaskPruneOptions opt;
-  opt.sparsity = 0.5;
-  WeightMasks masks = prune_masked(m, opt);
+  WeightMasks masks = half_pruned(m);
   const std::string q = layer_weight(0, "q_proj");
   for (const char* kind : {"lora", "masklora", "scalelora"}) {
     LlamaForCausalLM s(tiny());
-    {
-      at::NoGradGuard g;
-      for (auto& p : s->named_parameters()) p.value().copy_(m->named_parameters()[p.key()]);
-    }
+    copy_weights(s, m);
     for (auto& p : s->parameters()) p.requires_grad_(false);
     auto ad = std::make_shared<LoraAdapters>(s, std::vector<std::string>{q, layer_weight(1, "down_proj")},
                                              LoraSpec{kind, 4, 8.0}, &masks);
@@ -385,10 +388,7 @@ TEST(RecoveryData, BudgetFollowsDegradationAndCapsAtClusterSize) {
 TEST(RecoveryData, PaserPicksTheMostDegradedWindowsWithinBudget) {
   torch::manual_seed(11);
   LlamaForCausalLM teacher(tiny()), pruned(tiny());
-  {
-    at::NoGradGuard g;
-    for (auto& p : pruned->named_parameters()) p.value().copy_(teacher->named_parameters()[p.key()]);
-  }
+  copy_weights(pruned, teacher);
   MaskPruneOptions o;
   o.sparsity = 0.6;
   prune_masked(pruned, o);
