@@ -1,6 +1,5 @@
 #include "launch/hf_import.h"
 
-#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -116,21 +115,7 @@ ImportStats import_hf(const std::string& dir, const std::string& out_path,
   fs::path target = fs::absolute(out_path);
   CONDENSE_CHECK(fs::is_directory(target.parent_path()), "{}: directory {} does not exist",
                  out_path, target.parent_path().string());
-  fs::path tmp_dir = target.parent_path() /
-                     ("." + target.filename().string() + ".import." + std::to_string(::getpid()));
-  try {
-    std::string written =
-        CheckpointManager(tmp_dir.string(), 1).save(hf.model, nullptr, TrainingState{}, recipe,
-                                                     hf.tokenizer_bytes);
-    fs::rename(written, target);
-    fsync_path(target.parent_path().string());
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir, ec);
-    throw;
-  }
-  std::error_code ec;
-  fs::remove_all(tmp_dir, ec);
+  write_checkpoint(target.string(), hf.model, nullptr, TrainingState{}, recipe, hf.tokenizer_bytes);
   ImportStats st;
   st.weight_bytes = hf.weight_bytes;
   st.has_tokenizer = !hf.tokenizer_bytes.empty();
