@@ -156,4 +156,12 @@ bool merge_stored_adapters(LlamaForCausalLM& model, const H5File& file) {
   return true;
 }
 
+void LoraAdapters::to(c10::Device device) {
+  for (auto& [name, ad] : adapters_) {
+    ad.a = ad.a.detach().to(device).requires_grad_(ad.a.requires_grad());
+    ad.b = ad.b.detach().to(device).requires_grad_(ad.b.requires_grad());
+    if (ad.mask.defined()) ad.mask = ad.mask.to(device);
+  }
+}
+
 }  // namespace condense

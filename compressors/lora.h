@@ -40,6 +40,9 @@ class LoraAdapters : public ProjectionHook {
                LoraSpec spec, const WeightMasks* masks);
 
   at::Tensor weight(const std::string& name, const at::Tensor& w) override;
+  // Moves the adapters (and their masks) to `device`, still trainable leaves; call before
+  // parameters() is handed to an optimizer.
+  void to(c10::Device device);
   // ("lora.<layer>.A", A), ("lora.<layer>.B", B), in model order.
   std::vector<std::pair<std::string, at::Tensor>> parameters() const;
   const LoraSpec& spec() const { return spec_; }

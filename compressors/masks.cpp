@@ -95,4 +95,8 @@ std::string WeightMasks::describe() const {
                      100.0 * pruned_weights() / std::max<int64_t>(total, 1), total / 1e6);
 }
 
+void WeightMasks::to(c10::Device device) {
+  for (auto& [name, m] : masks_) m = m.to(device);
+}
+
 }  // namespace condense

@@ -30,6 +30,8 @@ class WeightMasks {
   const at::Tensor* find(const std::string& name) const;
 
   void apply(LlamaForCausalLM& model) const;
+  // Moves every mask to `device` (the model's, before training on a GPU).
+  void to(c10::Device device);
   void mask_gradients(LlamaForCausalLM& model) const;
   // Zeroes masked entries of optimizer state keyed "<weight name>/<slot>" whose slot tensor has
   // the weight's shape (AdamW's exp_avg / exp_avg_sq, SGD's momentum buffer).

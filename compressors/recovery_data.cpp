@@ -152,11 +152,12 @@ DataSelection select_recovery_windows(LlamaForCausalLM& teacher, LlamaForCausalL
   std::vector<at::Tensor> means;
   for (int64_t first = 0; first < n; first += opt.batch) {
     int64_t b = std::min(opt.batch, n - first);
-    at::Tensor x = window_inputs(stream, sel.candidates.data() + first, b, seq_len);
+    at::Tensor x = window_inputs(stream, sel.candidates.data() + first, b, seq_len)
+                       .to(teacher->parameters().front().device());
     at::Tensor th = teacher->hidden({x});
     at::Tensor tl = teacher->logits(th), pl = pruned->forward(x);
     for (int64_t r = 0; r < b; ++r) sel.divergence.push_back(mean_jsd(tl[r], pl[r]).item<double>());
-    means.push_back(th.mean(1));
+    means.push_back(th.mean(1).to(at::kCPU));
   }
   teacher->train(teacher_training);
   pruned->train(pruned_training);

@@ -15,6 +15,7 @@
 #include "memory/memory_policy.h"
 #include "recipes/run_setup.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 #include "trainer/lm_loss.h"
 #include "trainer/optimizer.h"
 
@@ -113,7 +114,9 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   // Everything the recipe can get wrong is checked before start_run writes the run directory.
   Checkpoint init = Checkpoint::open(cfg_in.init);
   const RecoveryConfig& rc = cfg_in.recovery;
-  if (cfg_in.memory.meter) install_counting_cpu_allocator();  // before the models: count them
+  // Before the models: count them (CUDA runs read the caching allocator's statistics).
+  if (cfg_in.memory.meter && device_type_name(cfg_in.train.device) == "cpu")
+    install_counting_cpu_allocator();
   torch::manual_seed(static_cast<uint64_t>(cfg_in.train.seed));
   LlamaForCausalLM model(init.config());
   init.load_model(model);
@@ -153,6 +156,14 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     r.cfg.model = init.config();
   });
   const RunConfig& cfg = run.cfg;
+  // Built on the CPU before start_run (so a bad recipe changes nothing on disk), moved now that
+  // the rank's device is known.
+  if (!run.device.is_cpu()) {
+    model->to(run.device);
+    if (distill) teacher->to(run.device);
+    masks.to(run.device);
+    if (adapters) adapters->to(run.device);
+  }
   spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
                cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, masks.describe());

@@ -59,17 +59,20 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed) {
 int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   RunSetup run = start_run(cfg_in, options);
   const RunConfig& cfg = run.cfg;
-  if (cfg.memory.meter) install_counting_cpu_allocator();  // before the model: count everything
+  // Before the model: count everything (CUDA runs read the caching allocator's stats instead).
+  if (cfg.memory.meter && run.device.is_cpu()) install_counting_cpu_allocator();
   torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
   LlamaForCausalLM model(cfg.model);
   if (!cfg.init.empty() && !run.resume) {
     Checkpoint::open(cfg.init).load_model(model);
     spdlog::info("initialized weights from {}", cfg.init);
   }
+  // Built and initialized on the CPU (the same weights for a seed on every device), then moved.
+  model->to(run.device);
   spdlog::info("model: {:.2f}M parameters, {} layers, hidden {}, heads {}/{} (q/kv), vocab {}; "
-               "{} threads", cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
+               "{} threads, {}, {}", cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.kv_heads(),
-               cfg.model.vocab_size, run.threads);
+               cfg.model.vocab_size, run.threads, run.device.str(), cfg.train.precision);
 
   // memory: recomputation / offload / compressed activations around the forward, and the loss
   // (full logits or chunked); with the defaults this is exactly causal_lm_loss.

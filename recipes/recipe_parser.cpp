@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <sstream>
 
 #include "comm/codec.h"
@@ -88,6 +89,8 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_int("grad_accum", t.grad_accum, positive()),
                     bind_int("seed", t.seed),
                     bind_int("threads", t.threads, at_least(0)),
+                    bind_string("device", t.device),
+                    bind_string("precision", t.precision, {"fp32", "bf16"}),
                     bind_int("eval_every", t.eval_every, at_least(0)),
                     bind_int("eval_batches", t.eval_batches, at_least(1)),
                     bind_int("log_every", t.log_every, at_least(1)),
@@ -96,6 +99,14 @@ SectionBinding train_section(TrainConfig& t) {
     if (t.min_lr >= 0 && t.min_lr <= t.lr) return "";
     return fmt::format("must be in [0, train.lr = {}], got {}", t.lr, t.min_lr);
   };
+  for (FieldBinding& f : s.fields) {
+    if (f.key != "device") continue;
+    f.check = [&t]() -> std::string {
+      static const std::regex form(R"(cpu|cuda(:[0-9]+)?)");
+      if (std::regex_match(t.device, form)) return "";
+      return fmt::format("must be cpu, cuda or cuda:N, got '{}'", t.device);
+    };
+  }
   return s;
 }
 

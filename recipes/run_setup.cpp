@@ -14,6 +14,7 @@
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -28,10 +29,14 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                                : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(run.threads);
 
-  // Data parallelism: one process per rank under mpirun/srun (see README "Multi-node").
+  // Data parallelism: one process per rank under mpirun/srun (see README "Multi-node"). The
+  // communicator follows train.device (NCCL for CUDA tensors under comm.backend auto).
+  cfg.comm.device = device_type_name(tc.device);
+  require_device(tc.device);
   run.comm = make_communicator(cfg.comm);
   run.rank = run.comm->rank();
   run.world = run.comm->size();
+  run.device = training_device(tc.device, run.comm->local_rank());
   if (run.world > 1) {
     init_logging(run.rank, run.world);
     check_same_on_all_ranks(*run.comm, to_yaml(cfg_in), "the resolved recipe");
@@ -105,7 +110,8 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   TrainerSetup setup{cfg.train, cfg.checkpoint, run.out_dir, run.yaml,
                      store.tokenizer().serialized(), cfg.data.batch_size * cfg.data.seq_len,
                      run.comm.get(),
-                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression}};
+                     GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression},
+                     run.device, cfg.memory.meter};
   if (run.world == 1 && cfg.comm.compression.enabled())
     spdlog::warn("comm.compression (codec {}, error control {}) has no effect in a single process: "
                  "gradients are not exchanged; launch with mpirun -np N", cfg.comm.compression.codec,

@@ -20,6 +20,7 @@ struct RunSetup {
   RunConfig cfg;                       // resolved: model sizes from the store / init filled in
   std::unique_ptr<Communicator> comm;
   int rank = 0, world = 1, threads = 1;
+  c10::Device device = c10::kCPU;      // train.device resolved for this rank (trainer/device.h)
   std::string out_dir, dataset, yaml;  // yaml: the resolved recipe
   std::optional<std::string> resume;   // the checkpoint to resume from
   std::optional<TokenStore> store;

@@ -21,6 +21,8 @@ struct TrainConfig {
   int64_t grad_accum = 1;         // micro-steps per optimizer step
   int64_t seed = 1234;
   int64_t threads = 0;            // intra-op threads; 0: all cores
+  std::string device = "cpu";     // cpu | cuda (this rank's GPU) | cuda:N (trainer/device.h)
+  std::string precision = "fp32"; // fp32 | bf16 (autocast forward, fp32 weights and optimizer)
   int64_t eval_every = 100;       // steps between validations; 0 disables
   int64_t eval_batches = 8;       // validation batches per evaluation
   int64_t log_every = 10;         // steps between log lines / progress updates

@@ -13,6 +13,7 @@
 #include "core/shape.h"
 #include "memory/counting_allocator.h"
 #include "memory/memory_meter.h"
+#include "trainer/device.h"
 #include "trainer/optimizer.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
@@ -24,17 +25,28 @@ namespace {
 
 // The CPU generator state of every rank ("rng/torch_cpu_rank<r>"), gathered to rank 0 (empty
 // elsewhere). Collective when data parallel.
-std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm) {
+// On CUDA also the device generator's ("rng/torch_cuda_rank<r>").
+std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm, c10::Device device) {
   at::Tensor mine;
   {
     auto gen = at::detail::getDefaultCPUGenerator();
     std::lock_guard<std::mutex> lock(gen.mutex());
     mine = gen.get_state();
   }
-  std::vector<at::Tensor> all = comm ? comm->gather_v(mine, 0) : std::vector<at::Tensor>{mine};
   std::map<std::string, at::Tensor> out;
-  for (size_t r = 0; r < all.size(); ++r) out["rng/torch_cpu_rank" + std::to_string(r)] = all[r];
+  auto gather = [&](const at::Tensor& t, const std::string& prefix) {
+    std::vector<at::Tensor> all = comm ? comm->gather_v(t, 0) : std::vector<at::Tensor>{t};
+    for (size_t r = 0; r < all.size(); ++r) out[prefix + std::to_string(r)] = all[r];
+  };
+  gather(mine, "rng/torch_cpu_rank");
+  // gather_v moves CPU tensors (the communicator's own device for NCCL handles the copy).
+  if (device.is_cuda()) gather(cuda_rng_state(device), "rng/torch_cuda_rank");
   return out;
+}
+
+Batch on_device(Batch b, c10::Device device) {
+  if (device.is_cpu()) return b;
+  return {b.inputs.to(device, /*non_blocking=*/true), b.targets.to(device, /*non_blocking=*/true)};
 }
 
 // Error-control and codec state of every rank ("comm/compression_rank<r>") and the compressor's
@@ -94,6 +106,7 @@ Trainer::Trainer(TrainerSetup setup, Trainable trainable, BatchLoader loader,
       validation_(std::move(validation)) {
   CONDENSE_CHECK(t_.loss, "a Trainable needs a loss");
   if (!t_.eval_loss) t_.eval_loss = t_.loss;
+  for (Batch& b : validation_) b = on_device(std::move(b), setup_.device);
 }
 
 double Trainer::validate() {
@@ -101,7 +114,10 @@ double Trainer::validate() {
   at::NoGradGuard no_grad;
   model_->eval();
   double total = 0;
-  for (const Batch& b : validation_) total += t_.eval_loss(model_, b).item<double>();
+  for (const Batch& b : validation_) {
+    PrecisionScope precision(setup_.train.precision, setup_.device);
+    total += t_.eval_loss(model_, b).item<double>();
+  }
   model_->train();
   double mean = total / validation_.size();
   // Every rank holds the same number of validation batches (validation_batches shards evenly).
@@ -129,7 +145,11 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     ckpt.load_model(model_);
     restore_trainable(ckpt, t_);
     ckpt.load_optimizer(optimizer);
-    ckpt.restore_rng(setup_.comm ? setup_.comm->rank() : 0);
+    const int rank = setup_.comm ? setup_.comm->rank() : 0;
+    ckpt.restore_rng(rank);
+    const std::string cuda_rng = "rng/torch_cuda_rank" + std::to_string(rank);
+    if (setup_.device.is_cuda() && ckpt.file().has(cuda_rng))
+      set_cuda_rng_state(setup_.device, ckpt.file().read_tensor(cuda_rng));
     state = ckpt.state();
     loader_.restore(state.cursor);
     result.checkpoint = *resume_from;
@@ -173,7 +193,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   auto start = clock::now();
 
   auto save = [&] {
-    std::map<std::string, at::Tensor> extra = gather_rng_states(comm);
+    std::map<std::string, at::Tensor> extra = gather_rng_states(comm, setup_.device);
     for (const auto& [name, p] : t_.modules) extra[name] = p.detach();
     for (const auto& [name, st] : t_.state) extra[name] = st;
     if (sync && sync->compression()) extra.merge(gather_compression_state(*comm, *sync->compression()));
@@ -190,10 +210,11 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   const char* fail_step = std::getenv("CONDENSE_TEST_FAIL_STEP");
   const int my_rank = comm ? comm->rank() : 0;
 
-  // Per-phase peak tensor bytes in metrics when the recipe installed the counting allocator
-  // (memory.meter; memory/memory_meter.h).
+  // Per-phase peak tensor bytes in metrics (memory.meter; memory/memory_meter.h): on CPU when
+  // the recipe installed the counting allocator, on CUDA from the caching allocator's stats.
   std::optional<MemoryMeter> meter;
-  if (counting_cpu_allocator_installed()) meter.emplace();
+  if (setup_.device.is_cuda() ? setup_.memory_meter : counting_cpu_allocator_installed())
+    meter.emplace(setup_.device);
 
   while (state.step < tc.steps) {
     if (fail_rank && fail_step && std::atoi(fail_rank) == my_rank &&
@@ -203,9 +224,13 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     double lr = schedule.at(state.step);
     double loss_sum = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      Batch batch = loader_.next();
+      Batch batch = on_device(loader_.next(), setup_.device);
       if (meter) meter->begin("forward");
-      at::Tensor loss = t_.loss(model_, batch);
+      at::Tensor loss;
+      {
+        PrecisionScope precision(tc.precision, setup_.device);
+        loss = t_.loss(model_, batch);
+      }
       if (meter) meter->begin("backward");
       if (sync) sync->begin_backward(micro == tc.grad_accum - 1);
       (loss / static_cast<double>(tc.grad_accum)).backward();

@@ -31,6 +31,10 @@ struct TrainerSetup {
   // The communicator must outlive the Trainer; null means a single process.
   Communicator* comm = nullptr;
   GradSyncConfig sync;
+  // Where the model and optimizer live (train.device, resolved); batches are moved here.
+  c10::Device device = c10::kCPU;
+  bool memory_meter = false;  // memory.meter: per-phase peaks in metrics (CUDA; CPU needs the
+                              // counting allocator installed before the model)
 };
 
 struct TrainResult {

@@ -1,0 +1,71 @@
+#include "trainer/device.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/cuda.h>
+
+#include <regex>
+
+#include "core/error.h"
+
+namespace condense {
+
+std::string device_type_name(const std::string& spec) {
+  return spec.rfind("cuda", 0) == 0 ? "cuda" : "cpu";
+}
+
+void require_device(const std::string& spec) {
+  if (device_type_name(spec) != "cuda") return;
+  CONDENSE_CHECK(torch::cuda::is_available(),
+                 "train.device={} but no CUDA device is visible to this process (no GPU, no "
+                 "driver, or CUDA_VISIBLE_DEVICES empty); train with train.device=cpu", spec);
+}
+
+c10::Device training_device(const std::string& spec, int local_rank) {
+  static const std::regex form(R"(cpu|cuda(:([0-9]+))?)");
+  std::smatch m;
+  CONDENSE_CHECK(std::regex_match(spec, m, form),
+                 "train.device must be cpu, cuda or cuda:N, got '{}'", spec);
+  if (spec == "cpu") return c10::Device(c10::kCPU);
+  require_device(spec);
+  const int visible = static_cast<int>(torch::cuda::device_count());
+  int index = m[2].matched ? std::stoi(m[2].str()) : local_rank % visible;
+  CONDENSE_CHECK(index < visible, "train.device={}: only {} CUDA device(s) are visible", spec,
+                 visible);
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+PrecisionScope::PrecisionScope(const std::string& precision, c10::Device device) {
+  if (precision == "fp32") return;
+  CONDENSE_CHECK(precision == "bf16", "train.precision must be fp32 or bf16, got '{}'", precision);
+  active_ = true;
+  type_ = device.type();
+  was_enabled_ = at::autocast::is_autocast_enabled(type_);
+  was_dtype_ = at::autocast::get_autocast_dtype(type_);
+  at::autocast::set_autocast_enabled(type_, true);
+  at::autocast::set_autocast_dtype(type_, at::kBFloat16);
+  at::autocast::increment_nesting();
+}
+
+PrecisionScope::~PrecisionScope() {
+  if (!active_) return;
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  at::autocast::set_autocast_enabled(type_, was_enabled_);
+  at::autocast::set_autocast_dtype(type_, was_dtype_);
+}
+
+at::Tensor cuda_rng_state(c10::Device device) {
+  if (!device.is_cuda()) return at::Tensor();
+  at::Generator g = at::detail::getCUDAHooks().getDefaultGenerator(device.index());
+  std::lock_guard<std::mutex> lock(g.mutex());
+  return g.get_state();
+}
+
+void set_cuda_rng_state(c10::Device device, const at::Tensor& state) {
+  if (!device.is_cuda()) return;
+  at::Generator g = at::detail::getCUDAHooks().getDefaultGenerator(device.index());
+  std::lock_guard<std::mutex> lock(g.mutex());
+  g.set_state(state);
+}
+
+}  // namespace condense
