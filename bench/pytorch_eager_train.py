@@ -12,6 +12,10 @@ store inside its timed step, which is slightly more work for condense). The loss
 way condense computes it (cross-entropy of logits against a separate target tensor) rather than
 through transformers' `labels=` path, so both sides do the same arithmetic.
 
+On a GPU (--device cuda) the same step runs there; --precision bf16 wraps forward and loss in
+torch.autocast(bfloat16) with fp32 weights, gradients and optimizer state, as condense's
+train.precision=bf16 does, and each step ends with a synchronize so that its time is complete.
+
 Prints one JSON object on stdout: {"step_s": [...], "tokens_per_step": N, ...}.
 """
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main() -> int:
     add_model_args(ap)
     ap.add_argument("--progress", default="", help="append one line per finished step to this file "
                     "(train_throughput.py follows it to read CPU time per step)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--batches", type=int, default=16, help="distinct random batches cycled through")
     args = ap.parse_args()
 
@@ -43,7 +49,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    model = build_llama(args, args.vocab_size)
+    device = torch.device(args.device)
+    model = build_llama(args, args.vocab_size).to(device)
     opt, decay, no_decay = make_adamw(model, args)
     params = decay + no_decay
 
@@ -51,7 +58,8 @@ def main() -> int:
     g = torch.Generator().manual_seed(args.seed)
     data = [torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
             for _ in range(args.batches)]
-    batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
+    batches = [(d[:, :-1].contiguous().to(device), d[:, 1:].contiguous().to(device)) for d in data]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
     tokens = args.batch_size * args.seq_len
     progress = open(args.progress, "a") if args.progress else None
@@ -62,14 +70,17 @@ def main() -> int:
         lr = lr_at(step, args.lr, args.min_lr, args.warmup_steps, args.steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        logits = model(input_ids=inputs).logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        with autocast:
+            logits = model(input_ids=inputs).logits
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1))
         loss.backward()
         loss_value = loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         grad_norm.item()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         step_s.append(time.perf_counter() - t0)
         losses.append(loss_value)
         if progress:
@@ -83,6 +94,8 @@ def main() -> int:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(),
+        "device": args.device,
+        "precision": args.precision,
         "torch": torch.__version__,
         "parameters": sum(p.numel() for p in params),
     }, sys.stdout)

@@ -47,8 +47,11 @@ def build_llama(args: argparse.Namespace, vocab: int):
     """transformers' LlamaForCausalLM in fp32 with SDPA attention and no KV cache, in train mode.
     The caller seeds torch first (the initial weights come from its generator)."""
     import torch
+    import transformers
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    # transformers 5 renamed torch_dtype to dtype and keeps rope_theta in rope_parameters.
+    dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_hidden_layers=args.layers, num_attention_heads=args.heads,
@@ -58,7 +61,9 @@ def build_llama(args: argparse.Namespace, vocab: int):
         tie_word_embeddings=not args.untied, attention_dropout=0.0,
         initializer_range=args.initializer_range,
         use_cache=False,  # training: no KV cache objects built per forward
-        torch_dtype="float32")
+        **{dtype_key: "float32"})
+    if isinstance(getattr(config, "rope_parameters", None), dict):
+        config.rope_parameters["rope_theta"] = args.rope_theta
     config._attn_implementation = "sdpa"
     model = LlamaForCausalLM(config).to(torch.float32)
     model.train()

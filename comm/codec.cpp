@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include <ATen/ATen.h>
+
 #include "comm/codec_impl.h"
 #include "core/error.h"
 
@@ -30,6 +32,14 @@ const std::vector<std::string>& codec_names() {
 int64_t kept_elements(const CompressionConfig& c, int64_t numel) {
   int64_t k = c.k > 0 ? c.k : static_cast<int64_t>(std::llround(c.ratio * static_cast<double>(numel)));
   return std::clamp<int64_t>(k, 1, std::max<int64_t>(numel, 1));
+}
+
+at::Tensor& div_exact_(at::Tensor& t, int64_t n) {
+  return t.div_(at::scalar_tensor(static_cast<double>(n), t.options()));
+}
+
+at::Tensor div_exact(const at::Tensor& t, int64_t n) {
+  return t.div(at::scalar_tensor(static_cast<double>(n), t.options()));
 }
 
 std::unique_ptr<Codec> make_codec(const CompressionConfig& c, const BucketLayout& layout,

@@ -22,6 +22,17 @@
 //   powersgd  rank-r power iteration with a warm-started Q (Vogels et al., NeurIPS 2019):
 //             matrices as P = M Q, all-reduce, orthonormalize, Q = M^T P, all-reduce;
 //             1-D parameters (and matrices too small to gain) all-reduced dense
+//
+// Devices: v, local, mean and every payload live on the bucket's device (BucketLayout::device),
+// and so does codec state; the communicator must accept tensors there (NCCL for CUDA). CPU
+// tensors take the CPU path (comm/topk_select.h's selection, qsgd/sign bit-packing loops);
+// other devices take a path of ATen tensor ops (topk_abs_indices_tensor_ops in topk_select.h,
+// comm/codec_kernels.h for qsgd/sign, a sync-free orthonormalization for powersgd; dense and
+// randk are tensor ops on both), which also runs on CPU tensors when
+// ExchangeContext::force_tensor_ops is set. Both paths give the same bits for the same inputs
+// and seeds (powersgd: the same up to float rounding of its matrix products; qsgd: see
+// codec_kernels.h for the one, improbable, exception), so a CUDA run compresses exactly like a
+// CPU run.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -36,11 +47,13 @@
 
 namespace condense {
 
-// Where the parameters of one bucket sit in its flat vector (PowerSGD needs their shapes).
+// Where the parameters of one bucket sit in its flat vector (PowerSGD needs their shapes), and
+// on which device the bucket lives (codec and error-control state is kept there).
 struct BucketLayout {
   std::vector<int64_t> offsets;              // element offset of each parameter
   std::vector<std::vector<int64_t>> shapes;  // each parameter's shape
   int64_t numel = 0;
+  at::Device device = at::kCPU;
 };
 
 // Per-step accounting of one rank's exchanges (summed over buckets).
@@ -68,7 +81,15 @@ struct ExchangeContext {
   uint64_t shared_seed;  // same on every rank for this (step, bucket)
   uint64_t rank_seed;    // differs per rank
   ExchangeStats& stats;
+  // Take the tensor-op path even for CPU tensors (see "Devices" above); for tests, which
+  // check it against the CPU path bit for bit on machines without a GPU, and benchmarks.
+  bool force_tensor_ops = false;
 };
+
+// Whether a codec works on v with tensor ops (any device) rather than its CPU loops.
+inline bool use_tensor_ops(const at::Tensor& v, const ExchangeContext& ctx) {
+  return ctx.force_tensor_ops || !v.is_cpu();
+}
 
 class Codec {
  public:
@@ -78,8 +99,10 @@ class Codec {
   virtual int64_t payload_bytes() const = 0;
   // True when payloads are summed by all-reduce, false when they are all-gathered.
   virtual bool summable() const = 0;
-  // Collective. v: this rank's vector (fp32, contiguous, the bucket's numel; not modified).
-  // Writes mean (same shape as v); writes *local when local is not null.
+  // Collective. v: this rank's vector (fp32, contiguous, the bucket's numel, on the bucket's
+  // device; not modified). Writes mean (same shape and device as v); writes *local when local
+  // is not null. On CUDA the work is queued on the caller's current stream (and collectives are
+  // ordered after it, see communicator.h); it may return before the results are computed.
   virtual void exchange(const at::Tensor& v, at::Tensor* local, at::Tensor& mean,
                         ExchangeContext& ctx) = 0;
   // State to checkpoint, in a fixed order (PowerSGD's warm-start Q); restored in place.
@@ -96,5 +119,13 @@ const std::vector<std::string>& codec_names();
 
 // Elements kept by topk/randk for a bucket of `numel` (k if set, else ratio * numel; >= 1).
 int64_t kept_elements(const CompressionConfig& config, int64_t numel);
+
+// t /= n (in place) and t / n, correctly rounded on every device. CUDA computes a division by a
+// CPU scalar as a product with the scalar's reciprocal, which differs in the last bit unless n
+// is a power of two; a 0-dim divisor on t's device keeps the true division there, and on the
+// CPU it is the very division t.div_(n) does. Used for every mean over ranks, so that CUDA and
+// CPU runs agree for any world size.
+at::Tensor& div_exact_(at::Tensor& t, int64_t n);
+at::Tensor div_exact(const at::Tensor& t, int64_t n);
 
 }  // namespace condense

@@ -24,7 +24,7 @@ class DenseCodec : public Codec {
         mean.copy_(v);
         ctx.comm.all_reduce_sum(mean);
       }
-      mean.div_(world_);
+      div_exact_(mean, world_);
       if (local) local->copy_(v);
     } else {
       // Pre-divided by n before rounding (as DDP's fp16 hook does) so the 16-bit sum cannot
@@ -32,7 +32,7 @@ class DenseCodec : public Codec {
       at::Tensor payload;
       {
         ScopedSeconds t(ctx.stats.compress_s);
-        payload = v.div(world_).to(type_);
+        payload = div_exact(v, world_).to(type_);
         if (local) local->copy_(payload.to(at::kFloat).mul_(world_));
       }
       {

@@ -46,8 +46,29 @@ void orthonormalize(at::Tensor p) {
   }
 }
 
+// The same in tensor ops without reading norms back to the host (on CUDA each item() would
+// wait for the stream): the keep-or-zero choice is a where(). Equal to orthonormalize up to
+// rounding (the 1e-5 threshold is compared in float here, in double there).
+void orthonormalize_tensor_ops(at::Tensor p) {
+  for (int64_t j = 0; j < p.size(1); ++j) {
+    at::Tensor col = p.select(1, j);
+    const at::Tensor before = col.norm();
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int64_t i = 0; i < j; ++i) {
+        at::Tensor prev = p.select(1, i);
+        col.sub_(prev * at::dot(prev, col));
+      }
+    }
+    const at::Tensor norm = col.norm();
+    const at::Tensor keep = norm.gt(before * 1e-5).logical_and_(norm.gt(0));
+    col.copy_(at::where(keep, col / norm, 0.0));
+  }
+}
+
 class PowerSgdCodec : public Codec {
  public:
+  // Q starts from a CPU generator and is then moved to the bucket's device: the same start on
+  // every device.
   PowerSgdCodec(const BucketLayout& layout, int64_t rank, uint64_t seed) {
     auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     for (size_t j = 0; j < layout.shapes.size(); ++j) {
@@ -59,7 +80,7 @@ class PowerSgdCodec : public Codec {
         int64_t r = std::min({rank, rows, cols});
         if (r * (rows + cols) < rows * cols) {
           matrices_.push_back({layout.offsets[j], rows, cols, r, p_numel_, q_numel_,
-                               at::randn({cols, r}, gen, at::kFloat)});
+                               at::randn({cols, r}, gen, at::kFloat).to(layout.device)});
           p_numel_ += rows * r;
           q_numel_ += cols * r;
           continue;
@@ -85,8 +106,9 @@ class PowerSgdCodec : public Codec {
   void exchange(const at::Tensor& v, at::Tensor* local, at::Tensor& mean,
                 ExchangeContext& ctx) override {
     const int world = ctx.comm.size();
-    at::Tensor pbuf = at::empty({p_numel_}, at::kFloat);
-    at::Tensor qbuf = at::empty({q_numel_}, at::kFloat);
+    const bool ops = use_tensor_ops(v, ctx);
+    at::Tensor pbuf = at::empty({p_numel_}, v.options());
+    at::Tensor qbuf = at::empty({q_numel_}, v.options());
     auto mat = [&](const at::Tensor& flat, const Matrix& m) {
       return flat.narrow(0, m.offset, m.rows * m.cols).view({m.rows, m.cols});
     };
@@ -109,7 +131,8 @@ class PowerSgdCodec : public Codec {
       ScopedSeconds t(ctx.stats.compress_s);
       for (const Matrix& m : matrices_) {
         at::Tensor p = pview(m), q = qview(m);
-        orthonormalize(p);
+        if (ops) orthonormalize_tensor_ops(p);
+        else orthonormalize(p);
         at::mm_out(q, mat(v, m).t(), p);
       }
       if (local) q_local = qbuf.clone();
@@ -119,17 +142,18 @@ class PowerSgdCodec : public Codec {
       ctx.comm.all_reduce_sum(qbuf);
     }
     ScopedSeconds t(ctx.stats.decompress_s);
-    qbuf.div_(world);
+    div_exact_(qbuf, world);
     for (size_t j = 0; j < matrices_.size(); ++j) {
       Matrix& m = matrices_[j];
       at::Tensor p = pview(m), q = qview(m), out = mat(mean, m);
       m.q.copy_(q);
       // A zero column of Q (the gradient had lower rank than r) would stay zero forever under
-      // warm starts; re-seed it from the shared seed, identically on every rank.
+      // warm starts; re-seed it from the shared seed, identically on every rank (and device:
+      // drawn on the CPU). On CUDA the test waits for the stream once per matrix.
       at::Tensor dead = m.q.abs().amax(0).eq(0);
       if (dead.any().item<bool>()) {
         auto gen = at::make_generator<at::CPUGeneratorImpl>(ctx.shared_seed + j);
-        m.q.copy_(at::where(dead, at::randn(m.q.sizes(), gen, at::kFloat), m.q));
+        m.q.copy_(at::where(dead, at::randn(m.q.sizes(), gen, at::kFloat).to(m.q.device()), m.q));
       }
       at::mm_out(out, p, q.t());
       if (local) {
@@ -139,7 +163,8 @@ class PowerSgdCodec : public Codec {
       }
     }
     for (const Dense& d : dense_) {
-      mean.narrow(0, d.offset, d.numel).copy_(pbuf.narrow(0, d.buf_offset, d.numel)).div_(world);
+      at::Tensor part = mean.narrow(0, d.offset, d.numel);
+      div_exact_(part.copy_(pbuf.narrow(0, d.buf_offset, d.numel)), world);
       if (local) local->narrow(0, d.offset, d.numel).copy_(v.narrow(0, d.offset, d.numel));
     }
     ctx.stats.add_all_reduce(4 * p_numel_, world);

@@ -7,7 +7,8 @@
 //   sign  scaled sign (Karimireddy et al., ICML 2019, EF-SignSGD): scale = mean |v_block|,
 //         code = [v_i >= 0], 1 bit per element; biased, meant for error feedback.
 // Payloads are not summable (each rank has its own scales), so they travel by all-gather and
-// every rank decodes them in rank order into the same mean.
+// every rank decodes them in rank order into the same mean. The per-element work and the
+// payload format are in comm/codec_kernels.h (CPU loops and a tensor-op path for other devices).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -15,6 +16,7 @@
 #include <cstring>
 
 #include "comm/codec_impl.h"
+#include "comm/codec_kernels.h"
 #include "core/error.h"
 #include "core/random.h"
 
@@ -23,126 +25,245 @@ namespace {
 
 constexpr int64_t kGrain = 1 << 14;  // elements per parallel task
 
+// The CPU loops (the CPU path, unchanged from before the tensor-op path existed).
+void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t seed) {
+  const int64_t numel = f.numel, block = f.block, levels = f.levels;
+  float* scales = reinterpret_cast<float*>(out);  // payload starts 4-byte aligned
+  at::parallel_for(0, f.blocks, std::max<int64_t>(1, kGrain / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t lo = b * block, hi = std::min(numel, lo + block);
+      double acc = 0;
+      for (int64_t i = lo; i < hi; ++i) acc += levels ? double(v[i]) * v[i] : std::fabs(v[i]);
+      scales[b] = levels ? static_cast<float>(std::sqrt(acc)) : static_cast<float>(acc / (hi - lo));
+    }
+  });
+  uint8_t* codes = out + 4 * f.blocks;
+  const int epb = f.per_byte(), bits = f.bits;
+  const int64_t s = levels;
+  at::parallel_for(0, f.code_bytes, kGrain / epb, [&](int64_t y0, int64_t y1) {
+    for (int64_t y = y0; y < y1; ++y) {
+      uint8_t byte = 0;
+      for (int j = 0; j < epb; ++j) {
+        int64_t i = y * epb + j;
+        if (i >= numel) break;
+        uint32_t code;
+        if (s == 0) {
+          code = v[i] >= 0.0f ? 1u : 0u;
+        } else {
+          float scale = scales[i / block];
+          float a = scale > 0 ? std::fabs(v[i]) / scale * static_cast<float>(s) : 0.0f;
+          float level = std::floor(a);
+          // Uniform in [0, 1) from (seed, i): counter-based, so threads need no shared state
+          // (and counter_uniform reproduces it with tensor ops).
+          float u = static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 40) *
+                    (1.0f / 16777216.0f);
+          if (u < a - level) level += 1.0f;
+          level = std::min(level, static_cast<float>(s));
+          int64_t q = static_cast<int64_t>(level);
+          code = static_cast<uint32_t>((v[i] < 0 ? -q : q) + s);
+        }
+        byte |= static_cast<uint8_t>(code << (j * bits));
+      }
+      codes[y] = byte;
+    }
+  });
+}
+
+// out += decode(payload), element by element (parallel over elements). Scales are read with
+// memcpy: inside a gathered buffer a payload need not start 4-byte aligned.
+void decode_add_cpu(const QuantizedFormat& f, const uint8_t* payload, float* out) {
+  const uint8_t* codes = payload + 4 * f.blocks;
+  const int epb = f.per_byte(), bits = f.bits;
+  const uint32_t mask = (1u << bits) - 1;
+  const int64_t s = f.levels, block = f.block;
+  at::parallel_for(0, f.numel, kGrain, [&](int64_t i0, int64_t i1) {
+    int64_t cached_block = -1;
+    float scale = 0;
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t b = i / block;
+      if (b != cached_block) {
+        std::memcpy(&scale, payload + 4 * b, 4);
+        cached_block = b;
+      }
+      uint32_t code = (codes[i / epb] >> ((i % epb) * bits)) & mask;
+      float value = s == 0 ? (code ? scale : -scale)
+                           : static_cast<float>(static_cast<int64_t>(code) - s) * scale / static_cast<float>(s);
+      out[i] += value;
+    }
+  });
+}
+
+// Logical right shift of int64 (arithmetic shift, then the sign copies masked off).
+at::Tensor shift_right_logical(const at::Tensor& z, int s) {
+  return z.bitwise_right_shift(s).bitwise_and_((int64_t{1} << (64 - s)) - 1);
+}
+
+// [0, bits, 2 bits, ...]: the bit offset of each code within its byte, as uint8 on `device`.
+at::Tensor code_shifts(const QuantizedFormat& f, at::Device device) {
+  return at::arange(0, 8, f.bits, at::TensorOptions(device).dtype(at::kByte));
+}
+
+// The tensor-op path of encode (same steps as encode_cpu; see codec_kernels.h).
+void encode_tensor_ops(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed, at::Tensor& payload) {
+  const int64_t n = f.numel, block = f.block, blocks = f.blocks, padded = blocks * block;
+  const int64_t s = f.levels;
+  // (blocks, block) with the last block padded by zeros (they add nothing to the scales and
+  // their codes are dropped before packing).
+  at::Tensor vb = (padded == n ? v : at::constant_pad_nd(v, {0, padded - n}, 0)).view({blocks, block});
+  at::Tensor scales;
+  if (s) {
+    at::Tensor sq = vb.to(at::kDouble);  // float squares are exact in double, as in the loop
+    scales = sq.mul_(sq).sum(1).sqrt_().to(at::kFloat);
+  } else {
+    at::Tensor counts = at::full({blocks}, static_cast<double>(block), vb.options().dtype(at::kDouble));
+    counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n - (blocks - 1) * block));
+    // Divided by a tensor: CUDA divides by a CPU scalar as a product with its reciprocal,
+    // which is not the loop's correctly rounded division.
+    scales = vb.abs().to(at::kDouble).sum(1).div_(counts).to(at::kFloat);
+  }
+  at::Tensor codes;  // one code per element, (blocks, block)
+  if (s == 0) {
+    codes = vb.ge(0).to(at::kByte);
+  } else {
+    at::Tensor scale = scales.unsqueeze(1);
+    // a = |v| / scale * s, 0 where scale is not > 0 (all-zero block).
+    at::Tensor a = at::where(scale.gt(0), vb.abs().div_(scale).mul_(static_cast<double>(s)), 0.0);
+    at::Tensor level = a.floor();
+    at::Tensor u = counter_uniform(seed, padded, v.device()).view({blocks, block});
+    level.add_(u.lt(a.sub_(level)));  // round up with probability a - floor(a)
+    level.clamp_max_(static_cast<double>(s));
+    at::Tensor q = level.to(at::kInt);
+    codes = at::where(vb.lt(0), q.neg(), q).add_(s).to(at::kByte);
+  }
+  // Pack per_byte codes into each byte: shift each to its bit offset and add (no two codes of a
+  // byte share a bit, so the sum is their bitwise or).
+  const int epb = f.per_byte();
+  at::Tensor flat = codes.view({-1}).narrow(0, 0, n);
+  const int64_t slots = f.code_bytes * epb;
+  if (slots != n) flat = at::constant_pad_nd(flat, {0, slots - n}, 0);
+  at::Tensor packed = at::sum(flat.view({f.code_bytes, epb}).bitwise_left_shift(code_shifts(f, v.device())),
+                              {1}, /*keepdim=*/false, at::kByte);
+  payload.narrow(0, 0, 4 * blocks).copy_(scales.view(at::kByte));
+  payload.narrow(0, 4 * blocks, f.code_bytes).copy_(packed);
+}
+
+void decode_add_tensor_ops(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out) {
+  const int64_t n = f.numel, block = f.block, blocks = f.blocks;
+  const int64_t s = f.levels;
+  // clone(): a float view needs a 4-byte aligned start, which a slice of a gathered buffer may
+  // not have.
+  at::Tensor scales = payload.narrow(0, 0, 4 * blocks).clone().view(at::kFloat);
+  const uint8_t mask = static_cast<uint8_t>((1u << f.bits) - 1);
+  at::Tensor codes = payload.narrow(0, 4 * blocks, f.code_bytes)
+                         .unsqueeze(1)
+                         .bitwise_right_shift(code_shifts(f, payload.device()))
+                         .bitwise_and_(mask)
+                         .view({-1})
+                         .narrow(0, 0, n);
+  at::Tensor scale = scales.unsqueeze(1).expand({blocks, block}).reshape({-1}).narrow(0, 0, n);
+  at::Tensor value;
+  if (s == 0) {
+    value = at::where(codes.ne(0), scale, scale.neg());
+  } else {
+    // ((code - s) * scale) / s; the divisor is a tensor on the device (see encode_tensor_ops).
+    at::Tensor divisor = at::scalar_tensor(static_cast<double>(s), out.options());
+    value = codes.to(at::kFloat).sub_(s).mul_(scale).div_(divisor);
+  }
+  out.add_(value);
+}
+
 class QuantizedCodec : public Codec {
  public:
   // levels == 0 means sign.
-  QuantizedCodec(int64_t numel, int64_t levels, int64_t block)
-      : numel_(numel), levels_(levels), block_(block) {
-    CONDENSE_CHECK(block > 0, "compression block must be > 0, got {}", block);
-    if (levels == 0) {
-      bits_ = 1;
-    } else {
-      CONDENSE_CHECK(levels >= 1 && levels <= 127, "qsgd levels must be in [1, 127], got {}", levels);
-      int64_t codes = 2 * levels + 1;
-      bits_ = codes <= 4 ? 2 : codes <= 16 ? 4 : 8;
-    }
-    blocks_ = (numel + block - 1) / block;
-    code_bytes_ = (numel * bits_ + 7) / 8;
-  }
-  std::string name() const override { return levels_ ? "qsgd" : "sign"; }
-  int64_t payload_bytes() const override { return 4 * blocks_ + code_bytes_; }
+  QuantizedCodec(int64_t numel, int64_t levels, int64_t block) : format_(numel, levels, block) {}
+  std::string name() const override { return format_.levels ? "qsgd" : "sign"; }
+  int64_t payload_bytes() const override { return format_.payload_bytes(); }
   bool summable() const override { return false; }
 
   void exchange(const at::Tensor& v, at::Tensor* local, at::Tensor& mean,
                 ExchangeContext& ctx) override {
     const int world = ctx.comm.size();
-    at::Tensor payload = at::empty({payload_bytes()}, at::kByte);
+    const bool ops = use_tensor_ops(v, ctx);
+    const int64_t bytes = payload_bytes();
+    at::Tensor payload = at::empty({bytes}, v.options().dtype(at::kByte));
     {
       ScopedSeconds t(ctx.stats.compress_s);
-      encode(v.data_ptr<float>(), payload.data_ptr<uint8_t>(), ctx.rank_seed);
+      quantized_encode(format_, v, ctx.rank_seed, payload, ops);
       if (local) {
         local->zero_();
-        decode_add(payload.data_ptr<uint8_t>(), local->data_ptr<float>());
+        quantized_decode_add(format_, payload, *local, ops);
       }
     }
-    at::Tensor all = at::empty({world * payload_bytes()}, at::kByte);
+    at::Tensor all = at::empty({world * bytes}, payload.options());
     {
       ScopedSeconds t(ctx.stats.exchange_s);
       ctx.comm.all_gather(payload, all);
     }
     ScopedSeconds t(ctx.stats.decompress_s);
     mean.zero_();
-    const uint8_t* base = all.data_ptr<uint8_t>();
     for (int r = 0; r < world; ++r)  // rank order; each element's sum is sequential in r
-      decode_add(base + r * payload_bytes(), mean.data_ptr<float>());
-    mean.div_(world);
-    ctx.stats.add_all_gather(payload_bytes(), world);
+      quantized_decode_add(format_, all.narrow(0, r * bytes, bytes), mean, ops);
+    div_exact_(mean, world);
+    ctx.stats.add_all_gather(bytes, world);
   }
 
  private:
-  int per_byte() const { return 8 / bits_; }
-
-  void encode(const float* v, uint8_t* out, uint64_t seed) const {
-    float* scales = reinterpret_cast<float*>(out);  // payload starts 4-byte aligned
-    at::parallel_for(0, blocks_, std::max<int64_t>(1, kGrain / block_), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        int64_t lo = b * block_, hi = std::min(numel_, lo + block_);
-        double acc = 0;
-        for (int64_t i = lo; i < hi; ++i) acc += levels_ ? double(v[i]) * v[i] : std::fabs(v[i]);
-        scales[b] = levels_ ? static_cast<float>(std::sqrt(acc)) : static_cast<float>(acc / (hi - lo));
-      }
-    });
-    uint8_t* codes = out + 4 * blocks_;
-    const int epb = per_byte();
-    const int64_t s = levels_;
-    at::parallel_for(0, code_bytes_, kGrain / epb, [&](int64_t y0, int64_t y1) {
-      for (int64_t y = y0; y < y1; ++y) {
-        uint8_t byte = 0;
-        for (int j = 0; j < epb; ++j) {
-          int64_t i = y * epb + j;
-          if (i >= numel_) break;
-          uint32_t code;
-          if (s == 0) {
-            code = v[i] >= 0.0f ? 1u : 0u;
-          } else {
-            float scale = scales[i / block_];
-            float a = scale > 0 ? std::fabs(v[i]) / scale * static_cast<float>(s) : 0.0f;
-            float level = std::floor(a);
-            // Uniform in [0, 1) from (seed, i): counter-based, so threads need no shared state.
-            float u = static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 40) *
-                      (1.0f / 16777216.0f);
-            if (u < a - level) level += 1.0f;
-            level = std::min(level, static_cast<float>(s));
-            int64_t q = static_cast<int64_t>(level);
-            code = static_cast<uint32_t>((v[i] < 0 ? -q : q) + s);
-          }
-          byte |= static_cast<uint8_t>(code << (j * bits_));
-        }
-        codes[y] = byte;
-      }
-    });
-  }
-
-  // out += decode(payload), element by element (parallel over elements). Scales are read with
-  // memcpy: inside a gathered buffer a payload need not start 4-byte aligned.
-  void decode_add(const uint8_t* payload, float* out) const {
-    const uint8_t* codes = payload + 4 * blocks_;
-    const int epb = per_byte();
-    const uint32_t mask = (1u << bits_) - 1;
-    const int64_t s = levels_;
-    at::parallel_for(0, numel_, kGrain, [&](int64_t i0, int64_t i1) {
-      int64_t cached_block = -1;
-      float scale = 0;
-      for (int64_t i = i0; i < i1; ++i) {
-        int64_t b = i / block_;
-        if (b != cached_block) {
-          std::memcpy(&scale, payload + 4 * b, 4);
-          cached_block = b;
-        }
-        uint32_t code = (codes[i / epb] >> ((i % epb) * bits_)) & mask;
-        float value = s == 0 ? (code ? scale : -scale)
-                             : static_cast<float>(static_cast<int64_t>(code) - s) * scale / static_cast<float>(s);
-        out[i] += value;
-      }
-    });
-  }
-
-  int64_t numel_, levels_, block_;
-  int bits_ = 1;
-  int64_t blocks_ = 0, code_bytes_ = 0;
+  QuantizedFormat format_;
 };
 
 }  // namespace
+
+QuantizedFormat::QuantizedFormat(int64_t numel_, int64_t levels_, int64_t block_)
+    : numel(numel_), levels(levels_), block(block_) {
+  CONDENSE_CHECK(block > 0, "compression block must be > 0, got {}", block);
+  if (levels == 0) {
+    bits = 1;
+  } else {
+    CONDENSE_CHECK(levels >= 1 && levels <= 127, "qsgd levels must be in [1, 127], got {}", levels);
+    int64_t codes = 2 * levels + 1;
+    bits = codes <= 4 ? 2 : codes <= 16 ? 4 : 8;
+  }
+  blocks = (numel + block - 1) / block;
+  code_bytes = (numel * bits + 7) / 8;
+}
+
+void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed,
+                      at::Tensor& payload, bool tensor_ops) {
+  CONDENSE_CHECK(v.scalar_type() == at::kFloat && v.is_contiguous() && v.numel() == f.numel &&
+                     payload.scalar_type() == at::kByte && payload.is_contiguous() &&
+                     payload.numel() == f.payload_bytes() && payload.device() == v.device(),
+                 "quantized_encode: expected contiguous fp32 v of {} elements and a uint8 payload "
+                 "of {} bytes on its device", f.numel, f.payload_bytes());
+  if (f.numel == 0) return;
+  if (tensor_ops) return encode_tensor_ops(f, v, seed, payload);
+  CONDENSE_CHECK(v.is_cpu(), "quantized_encode: the CPU loops need CPU tensors, got {}", v.device().str());
+  encode_cpu(f, v.data_ptr<float>(), payload.data_ptr<uint8_t>(), seed);
+}
+
+void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out,
+                          bool tensor_ops) {
+  CONDENSE_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == f.numel &&
+                     payload.scalar_type() == at::kByte && payload.is_contiguous() &&
+                     payload.numel() == f.payload_bytes() && payload.device() == out.device(),
+                 "quantized_decode_add: expected contiguous fp32 out of {} elements and a uint8 "
+                 "payload of {} bytes on its device", f.numel, f.payload_bytes());
+  if (f.numel == 0) return;
+  if (tensor_ops) return decode_add_tensor_ops(f, payload, out);
+  CONDENSE_CHECK(out.is_cpu(), "quantized_decode_add: the CPU loops need CPU tensors, got {}", out.device().str());
+  decode_add_cpu(f, payload.data_ptr<uint8_t>(), out.data_ptr<float>());
+}
+
+at::Tensor counter_uniform(uint64_t seed, int64_t n, at::Device device) {
+  // z = seed + golden * (i + 1), then mix64 (core/random.h) step by step.
+  at::Tensor z = at::arange(1, n + 1, at::TensorOptions(device).dtype(at::kLong))
+                     .mul_(static_cast<int64_t>(0x9E3779B97F4A7C15ull))
+                     .add_(static_cast<int64_t>(seed));
+  z.bitwise_xor_(shift_right_logical(z, 30)).mul_(static_cast<int64_t>(0xBF58476D1CE4E5B9ull));
+  z.bitwise_xor_(shift_right_logical(z, 27)).mul_(static_cast<int64_t>(0x94D049BB133111EBull));
+  z.bitwise_xor_(shift_right_logical(z, 31));
+  // The top 24 bits, exactly representable in fp32, times 2^-24 (exact).
+  return shift_right_logical(z, 40).to(at::kFloat).mul_(1.0 / 16777216.0);
+}
 
 std::unique_ptr<Codec> make_qsgd_codec(int64_t numel, int64_t levels, int64_t block) {
   CONDENSE_CHECK(levels >= 1, "qsgd levels must be >= 1, got {}", levels);

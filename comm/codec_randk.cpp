@@ -39,7 +39,10 @@ class RandKCodec : public Codec {
     at::Tensor idx, payload;
     {
       ScopedSeconds t(ctx.stats.compress_s);
+      // Drawn on the host (Floyd's algorithm is sequential), then moved to v's device: the same
+      // indices on every device.
       idx = sample_indices(numel_, k_, ctx.shared_seed);
+      if (!v.is_cpu()) idx = idx.to(v.device());
       payload = v.index_select(0, idx);
       if (local) local->zero_().index_copy_(0, idx, payload.mul(scale_));
     }

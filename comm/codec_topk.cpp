@@ -7,7 +7,6 @@
 #include <ATen/ATen.h>
 
 #include <array>
-#include <cstring>
 
 #include "comm/codec_impl.h"
 #include "comm/topk_select.h"
@@ -28,38 +27,45 @@ class TopKCodec : public Codec {
 
   void exchange(const at::Tensor& v, at::Tensor* local, at::Tensor& mean,
                 ExchangeContext& ctx) override {
-    at::Tensor payload = at::empty({2 * k_}, at::kInt);
+    const bool ops = use_tensor_ops(v, ctx);
+    // Payload: k int32 indices, then the k fp32 values' bits (a float view of int32 storage).
+    at::Tensor payload = at::empty({2 * k_}, v.options().dtype(at::kInt));
     {
       ScopedSeconds t(ctx.stats.compress_s);
-      at::Tensor idx = select(v);
+      at::Tensor idx = select(v, ops);
       at::Tensor values = v.index_select(0, idx);
       payload.narrow(0, 0, k_).copy_(idx);
-      std::memcpy(payload.data_ptr<int32_t>() + k_, values.data_ptr<float>(), 4 * k_);
+      payload.narrow(0, k_, k_).view(at::kFloat).copy_(values);
       if (local) local->zero_().index_copy_(0, idx.to(at::kLong), values);
     }
-    at::Tensor all = at::empty({world_ * 2 * k_}, at::kInt);
+    at::Tensor all = at::empty({world_ * 2 * k_}, payload.options());
     {
       ScopedSeconds t(ctx.stats.exchange_s);
       ctx.comm.all_gather(payload, all);
     }
     ScopedSeconds t(ctx.stats.decompress_s);
     mean.zero_();
-    for (int r = 0; r < world_; ++r) {  // fixed rank order: identical sums on every rank
+    // Fixed rank order: identical sums on every rank. Within one rank's payload the indices are
+    // distinct, so each index_add_ adds one value to an element (deterministic on CUDA too).
+    for (int r = 0; r < world_; ++r) {
       at::Tensor part = all.narrow(0, r * 2 * k_, 2 * k_);
-      at::Tensor idx = part.narrow(0, 0, k_);
-      at::Tensor values = at::from_blob(part.data_ptr<int32_t>() + k_, {k_}, at::kFloat);
-      mean.index_add_(0, idx, values);
+      mean.index_add_(0, part.narrow(0, 0, k_), part.narrow(0, k_, k_).view(at::kFloat));
     }
-    mean.div_(world_);
+    div_exact_(mean, world_);
     ctx.stats.add_all_gather(payload_bytes(), world_);
   }
 
  private:
-  at::Tensor select(const at::Tensor& v) const {
-    if (segments_.size() == 1) return topk_abs_indices(v, k_);
+  // Ascending int32 indices of each segment's top k (segments in offset order, so the whole
+  // list ascends); the CPU selection or the tensor-op one, which return the same indices.
+  at::Tensor select(const at::Tensor& v, bool ops) const {
+    auto topk = [ops](const at::Tensor& x, int64_t k) {
+      return ops ? topk_abs_indices_tensor_ops(x, k) : topk_abs_indices(x, k);
+    };
+    if (segments_.size() == 1) return topk(v, k_);
     std::vector<at::Tensor> parts;
     for (const auto& [offset, numel, k] : segments_)
-      parts.push_back(topk_abs_indices(v.narrow(0, offset, numel), k).add_(static_cast<int32_t>(offset)));
+      parts.push_back(topk(v.narrow(0, offset, numel), k).add_(static_cast<int32_t>(offset)));
     return at::cat(parts);
   }
 

@@ -25,7 +25,7 @@ struct CompressionConfig {
 };
 
 struct CommConfig {
-  std::string backend = "auto";  // auto | mpi | nccl | self (auto: nccl on cuda, mpi under mpirun)
+  std::string backend = "auto";  // auto | mpi | nccl | self (auto: self alone; under mpirun nccl on cuda, else mpi)
   std::string device = "cpu";    // where tensors live; follows train.device, not a recipe key
   double bucket_cap_mb = 25.0;   // gradient bucket size
   bool overlap = true;           // exchange buckets while backward runs

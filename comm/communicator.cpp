@@ -36,8 +36,9 @@ class SelfCommunicator : public Communicator {
 std::unique_ptr<Communicator> make_communicator(const CommConfig& c) {
   std::string backend = c.backend;
   if (backend == "auto") {
-    if (c.device == "cuda") backend = "nccl";
-    else backend = launched_by_mpi() ? "mpi" : "self";
+    // One process needs no communicator; under mpirun/srun CUDA tensors go through NCCL.
+    if (!launched_by_mpi()) backend = "self";
+    else backend = c.device == "cuda" ? "nccl" : "mpi";
   }
   if (backend == "self") return std::make_unique<SelfCommunicator>();
   if (backend == "mpi") {

@@ -7,14 +7,16 @@
 // which waits for the caller's current stream first and which the caller's stream waits on
 // afterwards, so callers need no extra synchronization.
 //
-// Backends are chosen by name in make_communicator: "auto" (NCCL when the device is CUDA, MPI
-// when launched by mpirun/srun, else self), "mpi", "nccl", "self".
+// Backends are chosen by name in make_communicator: "auto" (self in a single process; under
+// mpirun/srun NCCL when the device is CUDA, else MPI), "mpi", "nccl", "self".
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Stream.h>
 
 #include "comm/comm_config.h"
 
@@ -27,6 +29,10 @@ class Communicator {
   virtual int size() const = 0;
   virtual int local_rank() const = 0;  // rank among the processes on this node
   virtual std::string backend() const = 0;
+  // The stream the collectives run on (NCCL: the communicator's own CUDA stream), or none (CPU
+  // backends). Work a caller queues on it runs in order with the collectives without events;
+  // GradientSync runs its exchanges there.
+  virtual std::optional<c10::Stream> stream() const { return std::nullopt; }
 
   // Collective. In place: t becomes the elementwise sum over ranks (identical on every rank).
   virtual void all_reduce_sum(at::Tensor& t) = 0;

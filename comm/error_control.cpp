@@ -11,18 +11,19 @@ const std::vector<std::string>& ErrorControl::kinds() {
   return k;
 }
 
-ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel)
+ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel, at::Device device)
     : kind_(std::move(kind)), eta_(eta) {
   CONDENSE_CHECK(std::find(kinds().begin(), kinds().end(), kind_) != kinds().end(),
                  "unknown error control '{}'; valid: none, ef, ef21, econtrol", kind_);
-  auto zeros = [&] { return at::zeros({numel}, at::kFloat); };
+  const auto options = at::TensorOptions(device).dtype(at::kFloat);
+  auto zeros = [&] { return at::zeros({numel}, options); };
   if (kind_ == "ef" || kind_ == "econtrol") e_ = zeros();
   if (kind_ == "ef21" || kind_ == "econtrol") {
     h_local_ = zeros();
     h_ = zeros();
   }
-  scratch_ = at::empty({numel}, at::kFloat);
-  if (kind_ != "none") d_ = at::empty({numel}, at::kFloat);
+  scratch_ = at::empty({numel}, options);
+  if (kind_ != "none") d_ = at::empty({numel}, options);
 }
 
 std::vector<at::Tensor> ErrorControl::state() const {
@@ -33,6 +34,9 @@ std::vector<at::Tensor> ErrorControl::state() const {
 }
 
 void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
+  CONDENSE_CHECK(g.device() == scratch_.device() && g.numel() == scratch_.numel(),
+                 "ErrorControl: bucket of {} elements on {}, but the state has {} on {}", g.numel(),
+                 g.device().str(), scratch_.numel(), scratch_.device().str());
   if (kind_ == "none") {
     codec.exchange(g, nullptr, scratch_, ctx);  // codecs read v while writing mean: no aliasing
     g.copy_(scratch_);

@@ -25,11 +25,13 @@ namespace condense {
 
 class ErrorControl {
  public:
-  // kind: none | ef | ef21 | econtrol. State tensors are allocated for `numel` elements.
-  ErrorControl(std::string kind, double eta, int64_t numel);
+  // kind: none | ef | ef21 | econtrol. State tensors are allocated for `numel` elements on
+  // `device`, the device of the buckets it will see.
+  ErrorControl(std::string kind, double eta, int64_t numel, at::Device device = at::kCPU);
 
-  // Collective (through the codec). g: fp32 bucket, overwritten with the vector the optimizer
-  // should use.
+  // Collective (through the codec). g: fp32 bucket on the state's device, overwritten with the
+  // vector the optimizer should use. Tensor ops only, so the same code runs on every device (on
+  // CUDA queued on the current stream).
   void step(at::Tensor& g, Codec& codec, ExchangeContext& ctx);
 
   // e, h_i, h as applicable, in a fixed order (checkpointed per rank, restored in place).

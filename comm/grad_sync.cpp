@@ -1,6 +1,8 @@
 #include "comm/grad_sync.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
@@ -38,6 +40,11 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
     const at::Tensor& p = params_[k].second;
     CONDENSE_CHECK(p.scalar_type() == at::kFloat, "gradient sync supports fp32 parameters; '{}' is {}",
                    params_[k].first, c10::toString(p.scalar_type()));
+    const at::Tensor& first = params_.back().second;
+    CONDENSE_CHECK(p.device() == first.device() && (p.is_cpu() || p.is_cuda()),
+                   "gradient sync needs all parameters on one CPU or CUDA device; '{}' is on {}, "
+                   "'{}' on {}", params_[k].first, p.device().str(), params_.back().first,
+                   first.device().str());
     const int64_t limit = buckets_.size() == 1 ? first_cap : cap;
     if (buckets_.empty() || (filled > 0 && filled + p.numel() > limit)) {
       buckets_.emplace_back();
@@ -59,15 +66,23 @@ GradientSync::GradientSync(Communicator& comm, std::vector<std::pair<std::string
     const at::Tensor& p = params_[k].second;
     slots_[k] = buckets_[bi].flat.narrow(0, buckets_[bi].offsets[slot], p.numel()).view(p.sizes());
   }
+  if (!buckets_.empty() && buckets_.front().flat.is_cuda()) {
+    // See "CUDA parameters" in grad_sync.h.
+    const at::Device device = buckets_.front().flat.device();
+    std::optional<c10::Stream> comm_stream = comm_.stream();
+    if (comm_stream && comm_stream->device() == device) {
+      exchange_stream_ = *comm_stream;
+    } else {
+      exchange_stream_ = c10::impl::VirtualGuardImpl(device.type()).getStreamFromGlobalPool(device);
+    }
+    for (size_t i = 0; i < buckets_.size(); ++i) ready_events_.emplace_back(device.type());
+    begun_event_.emplace(device.type());
+    done_event_.emplace(device.type());
+  }
   if (config_.compression.enabled()) {
-    // The codecs are CPU code (topk selection, bit packing, index lists); a CUDA port is future
-    // work, so say so rather than fail inside a codec.
-    CONDENSE_CHECK(buckets_.empty() || buckets_.front().flat.device().is_cpu(),
-                   "comm.compression runs on CPU tensors (the mpi backend) so far; parameters are "
-                   "on {}: remove comm.compression or train on the CPU", buckets_.front().flat.device().str());
     std::vector<BucketLayout> layouts;
     for (const Bucket& b : buckets_) {
-      BucketLayout layout{b.offsets, {}, b.flat.numel()};
+      BucketLayout layout{b.offsets, {}, b.flat.numel(), b.flat.device()};
       for (size_t k : b.params) layout.shapes.push_back(params_[k].second.sizes().vec());
       layouts.push_back(std::move(layout));
     }
@@ -96,6 +111,12 @@ void GradientSync::begin_backward(bool sync) {
   next_ = 0;
   stats_ = StepStats{};
   if (compression_) compression_->begin_step();
+  if (exchange_stream_) {
+    // This step's exchanges come after what the caller queued so far (the optimizer's update
+    // of the parameters, a restored compression state).
+    begun_event_->record(current_stream());
+    begun_event_->block(*exchange_stream_);
+  }
   std::fill(arrived_.begin(), arrived_.end(), false);
   for (Bucket& b : buckets_) {
     b.pending = b.params.size();
@@ -131,13 +152,29 @@ void GradientSync::mark_ready_locked(size_t k) {
   }
   Bucket& b = buckets_[location_[k].first];
   if (--b.pending == 0) {
+    // CUDA: the bucket's gradients are final once the work queued so far on this thread's
+    // stream has run (the engine runs the post-accumulate hook after the accumulation, on the
+    // stream it used; in finish(), backward has returned, and the engine has made the caller's
+    // stream wait for its streams).
+    if (exchange_stream_) ready_events_[location_[k].first].record(current_stream());
     b.ready = true;
     cv_.notify_all();
   }
 }
 
+c10::Stream GradientSync::current_stream() const {
+  return c10::impl::VirtualGuardImpl(exchange_stream_->device_type()).getStream(exchange_stream_->device());
+}
+
 void GradientSync::exchange(size_t index) {
   Bucket& b = buckets_[index];
+  // CUDA: everything below (codecs, collectives) is queued on the exchange stream, after the
+  // bucket's gradients; `done` marks the end of the last exchange for finish().
+  std::optional<c10::StreamGuard> on_exchange_stream;
+  if (exchange_stream_) {
+    on_exchange_stream.emplace(*exchange_stream_);
+    ready_events_[index].block(*exchange_stream_);
+  }
   auto t0 = Clock::now();
   if (!stats_.started) stats_.first_exchange_start = t0;
   stats_.started = true;
@@ -145,11 +182,12 @@ void GradientSync::exchange(size_t index) {
     compression_->exchange(index, b.flat);
   } else {
     comm_.all_reduce_sum(b.flat);
-    b.flat.div_(comm_.size());
+    div_exact_(b.flat, comm_.size());  // as the codecs divide (comm/codec.h)
     const int64_t bytes = b.flat.numel() * static_cast<int64_t>(sizeof(float));
     stats_.exchange.add_all_reduce(bytes, comm_.size());
     stats_.exchange.add_dense_reference(bytes, comm_.size());
   }
+  if (exchange_stream_) done_event_->record(*exchange_stream_);
   auto t1 = Clock::now();
   stats_.last_exchange_end = t1;
   if (!compression_) stats_.exchange.exchange_s += std::chrono::duration<double>(t1 - t0).count();
@@ -197,6 +235,9 @@ void GradientSync::finish() {
   } else {
     for (size_t i = 0; i < buckets_.size(); ++i) exchange(i);
   }
+  // CUDA: what the caller queues from now on (clipping, the optimizer) reads the exchanged
+  // gradients. Buckets are exchanged in order on one stream, so the last one's event covers all.
+  if (exchange_stream_) done_event_->block(current_stream());
   armed_ = false;
   if (compression_) {
     stats_.exchange = compression_->stats();

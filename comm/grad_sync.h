@@ -21,16 +21,30 @@
 // Compression (config.compression enabled): each bucket goes through GradientCompression
 // (error control around a codec) instead of the plain all-reduce; the bucket layout is the
 // same, so the overlap with backward is kept.
+//
+// CUDA parameters (all on one device): the buckets live there, and the exchanges (codecs and
+// collectives) are queued on one exchange stream: the communicator's stream() (NCCL's own) or,
+// for a communicator without one, a stream from the pool. Host threads only queue work, so the
+// order between streams is kept with events: when a bucket becomes ready, an event is recorded
+// on the stream current on the thread that completed it (the autograd engine's device thread
+// after the gradient's accumulation, or finish() on the caller's thread), and the exchange
+// stream waits for it before exchanging that bucket; begin_backward(true) makes the exchange
+// stream wait for the caller's stream too (optimizer step, checkpoint restore); finish() makes
+// the caller's current stream wait for the exchanges, so the optimizer, clipping and checkpoints
+// queued after it read the exchanged gradients. Timings in last_step() are host times then.
 #pragma once
 #include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Event.h>
+#include <c10/core/Stream.h>
 
 #include "comm/communicator.h"
 #include "comm/gradient_compression.h"
@@ -85,6 +99,8 @@ class GradientSync {
   void bind_grad(size_t param_index);
   void exchange(size_t bucket_index);
   void comm_loop();
+  // The stream current on this thread for the buckets' device (CUDA only).
+  c10::Stream current_stream() const;
 
   Communicator& comm_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
@@ -95,6 +111,14 @@ class GradientSync {
   GradSyncConfig config_;
   StepStats stats_;
   std::unique_ptr<GradientCompression> compression_;
+
+  // CUDA buckets only (empty for CPU, where nothing below is used): the exchange stream, one
+  // "ready" event per bucket, "begun" (the caller's stream at begin_backward) and "done" (the
+  // exchange stream after the last exchange queued). Recorded and waited on under mu_ or by the
+  // one thread that runs exchanges.
+  std::optional<c10::Stream> exchange_stream_;
+  std::vector<c10::Event> ready_events_;
+  std::optional<c10::Event> begun_event_, done_event_;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -13,6 +13,10 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
     : comm_(comm), config_(std::move(config)) {
   const int world = comm_.size();
   const bool ec = config_.error_control != "none";
+  if (!layouts.empty()) device_ = layouts.front().device;
+  for (const BucketLayout& layout : layouts)
+    CONDENSE_CHECK(layout.device == device_, "GradientCompression: buckets on {} and {}; all "
+                   "buckets must be on one device", device_.str(), layout.device.str());
   int64_t total = 0, total_payload = 0, total_dense_wire = 0, total_wire = 0;
   for (size_t b = 0; b < layouts.size(); ++b) {
     const BucketLayout& layout = layouts[b];
@@ -21,7 +25,7 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
     bucket_config.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
     Bucket bucket{make_codec(bucket_config, layout, world, ec),
                   make_codec(CompressionConfig{}, layout, world, ec),
-                  ErrorControl(config_.error_control, config_.eta, layout.numel)};
+                  ErrorControl(config_.error_control, config_.eta, layout.numel, layout.device)};
     ExchangeStats plan, dense;
     const int64_t payload = bucket.codec->payload_bytes();
     if (bucket.codec->summable()) plan.add_all_reduce(payload, world);
@@ -82,7 +86,7 @@ std::vector<at::Tensor> GradientCompression::state_tensors() const {
 at::Tensor GradientCompression::state() const {
   std::vector<at::Tensor> flat;
   for (const at::Tensor& t : state_tensors()) flat.push_back(t.reshape({-1}));
-  return flat.empty() ? at::empty({0}, at::kFloat) : at::cat(flat);
+  return flat.empty() ? at::empty({0}, at::TensorOptions(device_).dtype(at::kFloat)) : at::cat(flat);
 }
 
 void GradientCompression::load_state(const at::Tensor& flat, int64_t step, const std::string& source) {

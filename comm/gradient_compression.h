@@ -23,13 +23,16 @@ namespace condense {
 
 class GradientCompression {
  public:
-  // Collective in effect (every rank must build it with the same config and layouts); logs
+  // Collective in effect (every rank must build it with the same config and layouts, all on
+  // one device, where the state is kept and exchange() must be given its buckets); logs
   // the plan on rank 0, including a warning when a codec sends more bytes than dense
   // all-reduce for this world size (with the break-even ratio for topk).
   GradientCompression(Communicator& comm, CompressionConfig config, std::vector<BucketLayout> buckets);
 
   void begin_step();
-  // Collective. flat: bucket b's fp32 gradients of this rank; replaced by the estimate.
+  // Collective. flat: bucket b's fp32 gradients of this rank; replaced by the estimate. On CUDA
+  // the work is queued on the current stream, and the seconds in stats() are the host's time
+  // to queue it (and wait where a codec reads a value back), not the GPU's time.
   void exchange(size_t bucket, at::Tensor& flat);
   void end_step() { ++step_; }
 
@@ -39,7 +42,10 @@ class GradientCompression {
   const CompressionConfig& config() const { return config_; }
 
   // All state of this rank (error-control vectors, codec state such as PowerSGD's Q) as one
-  // flat fp32 vector, and its inverse; load_state checks the length and names what it expected.
+  // flat fp32 vector on the buckets' device (so a NCCL communicator can gather it), and its
+  // inverse, which takes `flat` on any device; load_state checks the length and names what it
+  // expected. On CUDA both are queued on the caller's current stream, which must be ordered
+  // after the exchanges (GradientSync::finish does that).
   at::Tensor state() const;
   void load_state(const at::Tensor& flat, int64_t step, const std::string& source);
 
@@ -56,6 +62,7 @@ class GradientCompression {
   std::vector<Bucket> buckets_;
   ExchangeStats stats_;
   int64_t step_ = 0;
+  at::Device device_ = at::kCPU;
 };
 
 }  // namespace condense

@@ -40,16 +40,23 @@ ncclDataType_t nccl_type(at::ScalarType t) {
 
 class NcclCommunicator : public Communicator {
  public:
-  NcclCommunicator() : mpi_() {
-    rank_ = mpi_.rank();
-    size_ = mpi_.size();
+  // Under mpirun/srun: bootstrapped over MPI. Otherwise a world of one process, without MPI:
+  // launched_by_mpi() is false there, and initializing MPI would need the launcher's runtime
+  // (which a machine may lack), while one rank needs no one to share its unique id with.
+  NcclCommunicator() {
+    if (launched_by_mpi()) {
+      mpi_ = std::make_unique<MpiCommunicator>();
+      rank_ = mpi_->rank();
+      size_ = mpi_->size();
+      local_rank_ = mpi_->local_rank();
+    }
     int devices = static_cast<int>(c10::cuda::device_count());
     CONDENSE_CHECK(devices > 0, "NCCL backend on rank {}: no CUDA device is visible", rank_);
-    device_ = static_cast<c10::DeviceIndex>(mpi_.local_rank() % devices);
+    device_ = static_cast<c10::DeviceIndex>(local_rank_ % devices);
     c10::cuda::set_device(device_);
     ncclUniqueId id;
     if (rank_ == 0) check_nccl(ncclGetUniqueId(&id), "ncclGetUniqueId", rank_);
-    check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_.comm()), "MPI_Bcast(ncclUniqueId)");
+    if (mpi_) check_mpi(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, mpi_->comm()), "MPI_Bcast(ncclUniqueId)");
     check_nccl(ncclCommInitRank(&comm_, size_, id, rank_), "ncclCommInitRank", rank_);
     stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_);
   }
@@ -58,16 +65,26 @@ class NcclCommunicator : public Communicator {
   }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  int local_rank() const override { return mpi_.local_rank(); }
+  int local_rank() const override { return local_rank_; }
   std::string backend() const override { return "nccl"; }
+  std::optional<c10::Stream> stream() const override { return stream_.unwrap(); }
 
+  // CPU tensors (the trainer's loss and stop-flag reductions, RNG states and recipe digests
+  // gathered for checkpoints) are staged through the device: NCCL moves device memory only.
   void all_reduce_sum(at::Tensor& t) override {
+    if (!t.is_cuda()) return staged(t, [&](at::Tensor& d) { all_reduce_sum(d); });
     run(t, [&](cudaStream_t s) {
       return ncclAllReduce(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()),
                            ncclSum, comm_, s);
     }, "ncclAllReduce");
   }
   void all_gather(const at::Tensor& in, at::Tensor& out) override {
+    if (!in.is_cuda() || !out.is_cuda()) {
+      at::Tensor d = out.to(cuda());
+      all_gather(in.to(cuda()), d);
+      out.copy_(d);
+      return;
+    }
     CONDENSE_CHECK(out.numel() == in.numel() * size_, "NCCL all_gather: out has {} elements, expected {}",
                    out.numel(), in.numel() * size_);
     run(in, [&](cudaStream_t s) {
@@ -76,6 +93,11 @@ class NcclCommunicator : public Communicator {
     }, "ncclAllGather");
   }
   std::vector<at::Tensor> all_gather_v(const at::Tensor& in_raw) override {
+    if (!in_raw.is_cuda()) {
+      std::vector<at::Tensor> parts = all_gather_v(in_raw.to(cuda()));
+      for (at::Tensor& p : parts) p = p.cpu();
+      return parts;
+    }
     at::Tensor in = in_raw.contiguous();
     at::Tensor counts = at::empty({size_}, in.options().dtype(at::kLong));
     all_gather(at::full({1}, in.numel(), in.options().dtype(at::kLong)), counts);
@@ -90,12 +112,19 @@ class NcclCommunicator : public Communicator {
     return parts;
   }
   void broadcast(at::Tensor& t, int root) override {
+    if (!t.is_cuda()) return staged(t, [&](at::Tensor& d) { broadcast(d, root); });
     run(t, [&](cudaStream_t s) {
       return ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t.scalar_type()), root,
                            comm_, s);
     }, "ncclBroadcast");
   }
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override {
+    if (!in.is_cuda() || !out.is_cuda()) {
+      at::Tensor d = out.to(cuda());
+      reduce_scatter_sum(in.to(cuda()), d);
+      out.copy_(d);
+      return;
+    }
     CONDENSE_CHECK(in.numel() == out.numel() * size_, "NCCL reduce_scatter: in has {} elements, expected {}",
                    in.numel(), out.numel() * size_);
     run(in, [&](cudaStream_t s) {
@@ -105,16 +134,31 @@ class NcclCommunicator : public Communicator {
   }
   void barrier() override {
     c10::cuda::getCurrentCUDAStream(device_).synchronize();
-    mpi_.barrier();
+    if (mpi_) mpi_->barrier();
   }
 
  private:
-  // Orders `op` after the caller's current stream and the caller's stream after `op`.
+  c10::Device cuda() const { return c10::Device(c10::kCUDA, device_); }
+  // Runs `op` on a device copy of the CPU tensor `t` and copies the result back (the copy to
+  // the host waits for the collective: it is ordered after it on the caller's stream).
+  template <typename Op>
+  void staged(at::Tensor& t, Op op) {
+    at::Tensor d = t.contiguous().to(cuda());
+    op(d);
+    t.copy_(d);
+  }
+
+  // Orders `op` after the caller's current stream and the caller's stream after `op` (nothing
+  // to order when the caller already runs on stream_, see stream()).
   template <typename Op>
   void run(const at::Tensor& t, Op op, const char* name) {
     CONDENSE_CHECK(t.is_cuda() && t.is_contiguous(), "{}: tensors must be contiguous CUDA tensors", name);
     c10::cuda::CUDAGuard guard(device_);
     auto caller = c10::cuda::getCurrentCUDAStream(device_);
+    if (caller == stream_) {
+      check_nccl(op(stream_.stream()), name, rank_);
+      return;
+    }
     at::cuda::CUDAEvent before, after;
     before.record(caller);
     before.block(stream_);
@@ -123,11 +167,11 @@ class NcclCommunicator : public Communicator {
     after.block(caller);
   }
 
-  MpiCommunicator mpi_;
+  std::unique_ptr<MpiCommunicator> mpi_;  // null in a one-process world without mpirun
   ncclComm_t comm_ = nullptr;
   c10::cuda::CUDAStream stream_ = c10::cuda::getDefaultCUDAStream();
   c10::DeviceIndex device_ = 0;
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
 };
 
 }  // namespace

@@ -495,4 +495,33 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOpti
 }
 }  // namespace detail
 
+// The same answer in tensor ops: the keys above (key_of, elementwise), T = the k-th largest key
+// (at::topk's values, unsorted, then their minimum), then every entry with key > T and the
+// first k - #(key > T) entries with key == T (an inclusive running count of the ties picks
+// them), which are exactly k entries; nonzero_static lists them in ascending index order with
+// a fixed output size, so CUDA needs no device-to-host copy for the count. About ten passes over
+// n-element tensors plus at::topk; no step depends on the thread count or the device.
+at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k) {
+  CONDENSE_CHECK(x.defined() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
+                     x.dim() == 1 && x.is_contiguous(),
+                 "topk_abs_indices_tensor_ops: x must be a contiguous 1-D float32 tensor");
+  const int64_t n = x.numel();
+  CONDENSE_CHECK(n <= std::numeric_limits<int32_t>::max(),
+                 "topk_abs_indices_tensor_ops: x has {} elements; int32 indices allow fewer than 2^31", n);
+  CONDENSE_CHECK(k >= 0 && k <= n, "topk_abs_indices_tensor_ops: k = {} is outside [0, {}]", k, n);
+  const auto int_options = x.options().dtype(at::kInt);
+  if (k == 0) return at::empty({0}, int_options);
+  if (k == n) return at::arange(n, int_options);
+  // Keys fit in int32 (at most kNanKey < 2^31), so signed order is their order.
+  at::Tensor key = x.view(at::kInt)
+                       .bitwise_and(static_cast<int64_t>(kAbsMask))
+                       .clamp_max_(static_cast<int64_t>(kNanKey));
+  at::Tensor t = std::get<0>(at::topk(key, k, 0, /*largest=*/true, /*sorted=*/false)).min();
+  at::Tensor above = key.gt(t);
+  at::Tensor tied = key.eq(t);
+  at::Tensor room = above.sum().neg_().add_(k);  // ties to take, >= 1
+  at::Tensor take = tied.logical_and(tied.cumsum(0, at::kInt).le(room)).logical_or_(above);
+  return at::nonzero_static(take, k).view({k}).to(at::kInt);
+}
+
 }  // namespace condense

@@ -28,6 +28,12 @@ namespace condense {
 
 at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
 
+// The same function of x (same indices, same ascending order, same magnitude order and ties)
+// computed with ATen tensor ops, on any device: the selection for CUDA buckets (and, on CPU,
+// what tests compare with topk_abs_indices). Requirements as above except the device; the
+// result is on x's device. Cost: about ten passes over x plus at::topk.
+at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k);
+
 namespace detail {
 // For tests: the same selection with its internal choices forced.
 struct TopkSelectOptions {

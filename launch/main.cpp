@@ -58,8 +58,10 @@ int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, Samplin
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
   LlamaForCausalLM model = load_inference_model(ckpt);
-  std::vector<int64_t> ids = {tok.bos_id()};
-  for (int32_t id : tok.encode(prompt)) ids.push_back(id);
+  std::vector<int32_t> prompt_ids = tok.prompt_ids(prompt);
+  CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
+                 "the model something to continue");
+  std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = tok.eos_id();
   GenerationResult r = generate(model, ids, opt);
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());

@@ -48,8 +48,8 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   ModelSource src = load_model_source(source, opt.tokenizer);
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
   std::string text = read_text_file(opt.text_file);
-  std::vector<int64_t> ids = {tok.bos_id()};
-  for (int32_t id : tok.encode(text)) ids.push_back(id);
+  std::vector<int32_t> text_ids = tok.prompt_ids(text);
+  std::vector<int64_t> ids(text_ids.begin(), text_ids.end());
   const LlamaConfig& c = src.model->config();
   CONDENSE_CHECK(static_cast<int64_t>(ids.size()) <= c.max_position_embeddings,
                  "{}: {} tokens do not fit the model's context of {} (max_position_embeddings)",

@@ -17,6 +17,7 @@
 #include "core/random.h"
 #include "core/log.h"
 #include "io/atomic_file.h"
+#include "text/bpe_tokenizer.h"
 
 namespace condense {
 namespace {
@@ -124,7 +125,20 @@ Tokenizer Tokenizer::train(const std::vector<std::string>& documents,
   return from_serialized(proto, "trained tokenizer");
 }
 
+Tokenizer Tokenizer::from_bpe(const BpeTokenizer& bpe) {
+  Tokenizer t(nullptr, bpe.serialized(), bpe.source());
+  t.bpe_ = std::make_shared<const BpeTokenizer>(bpe);
+  return t;
+}
+
+const std::string& Tokenizer::kind() const {
+  static const std::string sp = "sentencepiece", bpe = "bpe";
+  return bpe_ ? bpe : sp;
+}
+
 Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::string& source) {
+  if (proto_bytes.rfind(kBpeMagic, 0) == 0)
+    return from_bpe(BpeTokenizer::from_serialized(proto_bytes, source));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   sentencepiece::util::Status status = sp->LoadFromSerializedProto(proto_bytes);
   CONDENSE_CHECK(status.ok(), "{}: not a valid sentencepiece model ({})", source,
@@ -136,6 +150,8 @@ Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::
 Tokenizer Tokenizer::load(const std::string& model_path) {
   CONDENSE_CHECK(std::filesystem::is_regular_file(model_path),
                  "{}: no such tokenizer model file", model_path);
+  if (std::filesystem::path(model_path).extension() == ".json")
+    return from_bpe(BpeTokenizer::from_tokenizer_json(model_path));
   return from_serialized(read_text_file(model_path), model_path);
 }
 
@@ -149,13 +165,23 @@ void Tokenizer::save(const std::string& path) const {
 }
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
+  if (bpe_) return bpe_->encode(text, /*parse_special=*/true);
   std::vector<int> ids;
   sentencepiece::util::Status status = sp_->Encode(text, &ids);
   CONDENSE_CHECK(status.ok(), "{}: encode failed: {}", source_, status.ToString());
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
+std::vector<int32_t> Tokenizer::prompt_ids(const std::string& text) const {
+  std::vector<int32_t> ids;
+  const bool adds_bos = bpe_ ? bpe_->vocab().add_bos : true;
+  if (adds_bos && bos_id() >= 0) ids.push_back(bos_id());
+  for (int32_t id : encode(text)) ids.push_back(id);
+  return ids;
+}
+
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+  if (bpe_) return bpe_->decode(ids, /*render_special=*/false);
   for (int32_t id : ids) check_id(id);
   std::string text;
   sentencepiece::util::Status status = sp_->Decode(std::vector<int>(ids.begin(), ids.end()),
@@ -165,33 +191,33 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 void Tokenizer::check_id(int id) const {
-  CONDENSE_CHECK(id >= 0 && id < sp_->GetPieceSize(), "{}: token id {} out of range [0, {})",
-                 source_, id, sp_->GetPieceSize());
+  CONDENSE_CHECK(id >= 0 && id < vocab_size(), "{}: token id {} out of range [0, {})", source_,
+                 id, vocab_size());
 }
 
-int64_t Tokenizer::vocab_size() const { return sp_->GetPieceSize(); }
-int Tokenizer::bos_id() const { return sp_->bos_id(); }
-int Tokenizer::eos_id() const { return sp_->eos_id(); }
-int Tokenizer::unk_id() const { return sp_->unk_id(); }
+int64_t Tokenizer::vocab_size() const { return bpe_ ? bpe_->vocab_size() : sp_->GetPieceSize(); }
+int Tokenizer::bos_id() const { return bpe_ ? bpe_->bos_id().value_or(-1) : sp_->bos_id(); }
+int Tokenizer::eos_id() const { return bpe_ ? bpe_->eos_id().value_or(-1) : sp_->eos_id(); }
+int Tokenizer::unk_id() const { return bpe_ ? bpe_->unk_id().value_or(-1) : sp_->unk_id(); }
 std::string Tokenizer::piece(int id) const {
   check_id(id);
-  return sp_->IdToPiece(id);
+  return bpe_ ? bpe_->token(id) : sp_->IdToPiece(id);
 }
 float Tokenizer::score(int id) const {
   check_id(id);
-  return sp_->GetScore(id);
+  return bpe_ ? 0.0f : sp_->GetScore(id);
 }
 bool Tokenizer::is_byte(int id) const {
   check_id(id);
-  return sp_->IsByte(id);
+  return bpe_ ? bpe_->token_type(id) == BpeTokenType::kByte : sp_->IsByte(id);
 }
 bool Tokenizer::is_control(int id) const {
   check_id(id);
-  return sp_->IsControl(id);
+  return bpe_ ? bpe_->token_type(id) == BpeTokenType::kControl : sp_->IsControl(id);
 }
 bool Tokenizer::is_unknown(int id) const {
   check_id(id);
-  return sp_->IsUnknown(id);
+  return bpe_ ? bpe_->token_type(id) == BpeTokenType::kUnknown : sp_->IsUnknown(id);
 }
 std::string Tokenizer::sha256() const { return sha256_hex(serialized_); }
 

@@ -1,9 +1,13 @@
-// Tokenizer: a sentencepiece BPE model with Llama's conventions (<unk>=0, <s>=1, </s>=2, no
-// pad, byte fallback, split digits, identity normalization so text round-trips exactly).
-// Trains from documents in memory, loads/saves .model files, and identifies itself by the
-// SHA-256 of its serialized proto, which token stores and checkpoints record so that a model
-// is never fed ids from a different vocabulary. Copies share one immutable processor; all
-// const methods are safe to call from several threads.
+// Tokenizer: the vocabulary of a model, one of two kinds behind one interface:
+//  - "sentencepiece": a sentencepiece BPE model. The ones condense trains have Llama's
+//    conventions (<unk>=0, <s>=1, </s>=2, no pad, byte fallback, split digits, identity
+//    normalization so text round-trips exactly); .model files load as they are.
+//  - "bpe": a GPT-2 style byte-level BPE (text/bpe_tokenizer.h), from a Hugging Face
+//    tokenizer.json or GGUF's tokenizer.ggml.* fields (Llama 3, SmolLM, Qwen, ...).
+// Each identifies itself by the SHA-256 of its serialized bytes (the sentencepiece proto, or
+// the BPE vocabulary's "condense-bpe-v1" bytes), which token stores and checkpoints record so
+// that a model is never fed ids from a different vocabulary; from_serialized() tells the kinds
+// apart by the BPE magic. Copies share one immutable state; const methods are thread-safe.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -15,6 +19,8 @@ class SentencePieceProcessor;
 }
 
 namespace condense {
+
+class BpeTokenizer;
 
 struct TokenizerTrainOptions {
   int64_t vocab_size = 4096;
@@ -29,26 +35,41 @@ class Tokenizer {
   // (e.g. a vocab_size larger than the text supports).
   static Tokenizer train(const std::vector<std::string>& documents,
                          const TokenizerTrainOptions& options);
-  // Loads a serialized ModelProto; `source` names where the bytes came from in errors.
-  static Tokenizer from_serialized(const std::string& proto_bytes, const std::string& source);
-  // Loads a sentencepiece .model file; a missing or corrupt file is an error naming the path.
-  static Tokenizer load(const std::string& model_path);
-  // Writes the .model file atomically (readable by any sentencepiece, Python included).
+  // Loads serialized() bytes of either kind; `source` names where they came from in errors.
+  static Tokenizer from_serialized(const std::string& bytes, const std::string& source);
+  static Tokenizer from_bpe(const BpeTokenizer& bpe);
+  // Loads a sentencepiece .model file, or a Hugging Face tokenizer.json (byte-level BPE; a
+  // tokenizer_config.json beside it supplies bos/eos/chat template); a missing or corrupt
+  // file is an error naming the path.
+  static Tokenizer load(const std::string& path);
+  // Writes the tokenizer atomically: a sentencepiece .model file (readable by any
+  // sentencepiece), or for "bpe" condense's serialized vocabulary (load() reads tokenizer.json;
+  // `condense export --format hf` writes one).
   void save(const std::string& path) const;
 
-  // Ids of `text` without bos/eos. decode(encode(x)) == x for any valid UTF-8 x.
+  // "sentencepiece" or "bpe"; bpe() is the byte-level tokenizer (null for sentencepiece).
+  const std::string& kind() const;
+  const BpeTokenizer* bpe() const { return bpe_.get(); }
+
+  // Ids of `text` without bos/eos. decode(encode(x)) == x for any valid UTF-8 x. BPE
+  // recognizes special tokens written in the text (as the tokenizers package does).
   std::vector<int32_t> encode(const std::string& text) const;
-  // Text of `ids`; control ids (bos/eos) decode to nothing. Throws on an id out of range.
+  // What a model is fed for a prompt or a scored text: <bos> first when the vocabulary adds
+  // one (always for sentencepiece; for BPE when its add_bos flag is set, as GGUF's
+  // tokenizer.ggml.add_bos_token and tokenizer_config.json's add_bos_token say), then encode().
+  std::vector<int32_t> prompt_ids(const std::string& text) const;
+  // Text of `ids`; control ids (bos/eos, <|im_start|>) decode to nothing. Throws on an id out
+  // of range.
   std::string decode(const std::vector<int32_t>& ids) const;
 
   int64_t vocab_size() const;
-  int bos_id() const;
+  int bos_id() const;  // -1 when the vocabulary has none
   int eos_id() const;
   int unk_id() const;
-  std::string piece(int id) const;  // e.g. "▁the", "<0x0A>", "<s>"
-  float score(int id) const;
+  std::string piece(int id) const;  // e.g. "▁the", "<0x0A>", "<s>"; BPE: "Ġthe", "<|im_end|>"
+  float score(int id) const;        // sentencepiece's score; BPE: 0 (merge ranks order BPE)
   bool is_byte(int id) const;     // a <0xNN> byte-fallback piece
-  bool is_control(int id) const;  // <s>, </s>
+  bool is_control(int id) const;  // <s>, </s>, <|endoftext|>
   bool is_unknown(int id) const;  // <unk>
 
   const std::string& serialized() const { return serialized_; }
@@ -60,7 +81,8 @@ class Tokenizer {
             std::string serialized, std::string source);
   void check_id(int id) const;
 
-  std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;
+  std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;  // kind sentencepiece
+  std::shared_ptr<const BpeTokenizer> bpe_;                          // kind bpe
   std::string serialized_;
   std::string source_;
 };

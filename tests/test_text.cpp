@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "model/tokenizer.h"
 #include "text/bpe_tokenizer.h"
 #include "text/byte_unicode.h"
 #include "text/pretokenizer.h"
@@ -152,6 +153,39 @@ TEST(BpeTokenizer, AddedTokensAreNeverSplit) {
   EXPECT_EQ(plain.size(), 6u);  // the 5 bytes of "<|x|>" (pieces "<|", "x", "|>"), then <u>
   EXPECT_EQ(t.decode(t.encode("ab<|x|>ab<u>")), "ab<|x|>ab<u>");
   EXPECT_EQ(t.decode({ctl, 'a'}, /*render_special=*/false), "a");
+}
+
+TEST(Tokenizer, BpeKindBehindTheModelInterface) {
+  BpeVocabulary v = tiny({"ab", " t", "he"}, {"a|b", " |t", "h|e"});
+  const int32_t eos = static_cast<int32_t>(v.tokens.size());
+  v.tokens.push_back("<|endoftext|>");
+  v.token_types.push_back(3);
+  v.eos_id = eos;
+  const BpeTokenizer bpe(v, "tiny");
+  const Tokenizer t = Tokenizer::from_bpe(bpe);
+  EXPECT_EQ(t.kind(), "bpe");
+  ASSERT_NE(t.bpe(), nullptr);
+  EXPECT_EQ(t.vocab_size(), eos + 1);
+  EXPECT_EQ(t.eos_id(), eos);
+  EXPECT_EQ(t.bos_id(), -1);
+  EXPECT_TRUE(t.is_control(eos));
+  EXPECT_FALSE(t.is_control(256));
+  EXPECT_EQ(t.piece(257), bl(" t"));
+  const std::string text = "ab the\n\xC3\xA9";
+  EXPECT_EQ(t.encode(text), bpe.encode(text));
+  EXPECT_EQ(t.decode(t.encode(text)), text);
+  // Control tokens are recognized in text and decode to nothing, as sentencepiece's do.
+  EXPECT_EQ(t.encode("ab<|endoftext|>").back(), eos);
+  EXPECT_EQ(t.decode({256, eos}), "ab");
+  // Checkpoints and token stores keep serialized(); it comes back as the same kind and hash.
+  const Tokenizer back = Tokenizer::from_serialized(t.serialized(), "checkpoint");
+  EXPECT_EQ(back.kind(), "bpe");
+  EXPECT_EQ(back.sha256(), t.sha256());
+  EXPECT_EQ(back.encode(text), t.encode(text));
+  EXPECT_NE(error_of([&] { t.piece(eos + 1); }).find("out of range"), std::string::npos);
+  // Bytes that are neither kind are refused naming their source.
+  EXPECT_NE(error_of([] { Tokenizer::from_serialized("junk", "x.h5"); }).find("x.h5"),
+            std::string::npos);
 }
 
 TEST(BpeTokenizer, RoundTripsArbitraryBytes) {

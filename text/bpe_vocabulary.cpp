@@ -10,7 +10,7 @@
 namespace condense {
 namespace {
 
-constexpr std::string_view kMagic = "condense-bpe-v1\n";
+constexpr std::string_view kMagic = kBpeMagic;
 
 class Writer {
  public:

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace condense {
@@ -36,6 +37,9 @@ struct BpeVocabulary {
   bool add_bos = false, add_eos = false;
   std::string chat_template;  // carried for export and chat formatting; "" when none
 };
+
+// The first bytes of every serialized vocabulary (tells it from a sentencepiece proto).
+inline constexpr std::string_view kBpeMagic = "condense-bpe-v1\n";
 
 // A versioned, length-prefixed byte string (any bytes in any token survive); the same
 // vocabulary always gives the same bytes.

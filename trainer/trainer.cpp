@@ -39,7 +39,7 @@ std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm, c10::Dev
     for (size_t r = 0; r < all.size(); ++r) out[prefix + std::to_string(r)] = all[r];
   };
   gather(mine, "rng/torch_cpu_rank");
-  // gather_v moves CPU tensors (the communicator's own device for NCCL handles the copy).
+  // CPU tensors both (NCCL stages them through the device; comm/nccl_communicator.cpp).
   if (device.is_cuda()) gather(cuda_rng_state(device), "rng/torch_cuda_rank");
   return out;
 }

@@ -1,0 +1,124 @@
+// Micro-benchmark: the gradient codecs' compression work on one device, against the device's
+// copy rate.
+//
+//   build/bench/codec_device_bench [--device cpu|cuda] [--numel N] [--repeats R] [--path auto|tensor]
+//
+// On a randn vector of N fp32 (default 64Mi on cuda, 4Mi on cpu), times the median of R reps
+// (default 11) after 2 warm-up reps of:
+//   copy       a device-to-device copy of the N floats (the memory copy rate)
+//   topk       Top-K 1%: the k = N/100 indices (exact, ascending) and their values
+//   qsgd       QSGD encode, s = 7 (4-bit codes), blocks of 512
+//   sign       sign encode, blocks of 512
+//   fp16       the cast to fp16
+// Each rep is bracketed by torch::cuda::synchronize() on CUDA, so times cover the kernels, not
+// just their launch. For each operation: bytes touched = input read (4N) + output written,
+// their rate, and the ratio of that rate to the copy's (1 = as fast as a copy of the same
+// bytes). --path tensor forces the tensor-op path (the CUDA path) on the CPU; auto takes the
+// path the codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops).
+// Prints one JSON object per line.
+#include <ATen/ATen.h>
+#include <torch/cuda.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "comm/codec_kernels.h"
+#include "comm/topk_select.h"
+
+namespace {
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr, "codec_device_bench: %s\nusage: codec_device_bench [--device cpu|cuda] "
+               "[--numel N] [--repeats R] [--path auto|tensor]\n", why);
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string device_name = "cpu", path = "auto";
+  int64_t numel = 0;
+  int repeats = 11;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i + 1 >= argc) usage(("missing value after " + a).c_str());
+    const char* v = argv[++i];
+    if (a == "--device") device_name = v;
+    else if (a == "--numel") numel = std::atoll(v);
+    else if (a == "--repeats") repeats = std::atoi(v);
+    else if (a == "--path") path = v;
+    else usage(("unknown option " + a).c_str());
+  }
+  if (device_name != "cpu" && device_name != "cuda") usage("--device must be cpu or cuda");
+  if (path != "auto" && path != "tensor") usage("--path must be auto or tensor");
+  const bool cuda = device_name == "cuda";
+  if (cuda && !torch::cuda::is_available()) usage("no CUDA device is visible");
+  if (numel <= 0) numel = cuda ? (int64_t{64} << 20) : (int64_t{4} << 20);
+  if (repeats < 1) usage("--repeats must be >= 1");
+  const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  const bool tensor_ops = cuda || path == "tensor";
+
+  auto sync = [&] {
+    if (cuda) torch::cuda::synchronize();
+  };
+  // Median seconds of `repeats` runs of f after two warm-ups, each bracketed by synchronization.
+  auto median_time = [&](const std::function<void()>& f) {
+    std::vector<double> s;
+    for (int r = 0; r < repeats + 2; ++r) {
+      sync();
+      auto t0 = std::chrono::steady_clock::now();
+      f();
+      sync();
+      auto t1 = std::chrono::steady_clock::now();
+      if (r >= 2) s.push_back(std::chrono::duration<double>(t1 - t0).count());
+    }
+    return median(s);
+  };
+
+  at::Tensor x = at::randn({numel}, at::TensorOptions(device).dtype(at::kFloat));
+  at::Tensor dst = at::empty_like(x);
+  const int64_t k = std::max<int64_t>(1, numel / 100);
+  condense::QuantizedFormat qsgd(numel, 7, 512), sign(numel, 0, 512);
+  at::Tensor qsgd_payload = at::empty({qsgd.payload_bytes()}, x.options().dtype(at::kByte));
+  at::Tensor sign_payload = at::empty({sign.payload_bytes()}, x.options().dtype(at::kByte));
+  at::Tensor half;
+
+  double copy_rate = 0;
+  auto report = [&](const char* op, double seconds, int64_t bytes, const char* op_path) {
+    const double rate = bytes / seconds;
+    if (copy_rate == 0) copy_rate = rate;  // the first line is the copy
+    std::printf("{\"op\": \"%s\", \"device\": \"%s\", \"path\": \"%s\", \"numel\": %lld, "
+                "\"repeats\": %d, \"median_s\": %.6g, \"bytes\": %lld, \"bytes_per_s\": %.6g, "
+                "\"ratio_to_copy\": %.4g}\n",
+                op, device_name.c_str(), op_path, static_cast<long long>(numel), repeats, seconds,
+                static_cast<long long>(bytes), rate, rate / copy_rate);
+    std::fflush(stdout);
+  };
+  const char* codec_path = tensor_ops ? "tensor" : "cpu";
+
+  report("copy", median_time([&] { dst.copy_(x); }), 2 * 4 * numel, "tensor");
+  report("topk", median_time([&] {
+           at::Tensor idx = tensor_ops ? condense::topk_abs_indices_tensor_ops(x, k)
+                                       : condense::topk_abs_indices(x, k);
+           at::Tensor values = x.index_select(0, idx);
+         }),
+         4 * numel + 8 * k, codec_path);
+  report("qsgd", median_time([&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); }),
+         4 * numel + qsgd.payload_bytes(), codec_path);
+  report("sign", median_time([&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); }),
+         4 * numel + sign.payload_bytes(), codec_path);
+  report("fp16", median_time([&] { half = x.to(at::kHalf); }), 4 * numel + 2 * numel, "tensor");
+  return 0;
+}
