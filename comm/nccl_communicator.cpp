@@ -87,6 +87,8 @@ class NcclCommunicator : public Communicator {
     }
     CONDENSE_CHECK(out.numel() == in.numel() * size_, "NCCL all_gather: out has {} elements, expected {}",
                    out.numel(), in.numel() * size_);
+    CONDENSE_CHECK(in.scalar_type() == out.scalar_type(), "NCCL all_gather: in is {} but out is {}",
+                   c10::toString(in.scalar_type()), c10::toString(out.scalar_type()));
     run(in, [&](cudaStream_t s) {
       return ncclAllGather(in.data_ptr(), out.data_ptr(), in.numel(), nccl_type(in.scalar_type()),
                            comm_, s);
@@ -127,6 +129,8 @@ class NcclCommunicator : public Communicator {
     }
     CONDENSE_CHECK(in.numel() == out.numel() * size_, "NCCL reduce_scatter: in has {} elements, expected {}",
                    in.numel(), out.numel() * size_);
+    CONDENSE_CHECK(in.scalar_type() == out.scalar_type(), "NCCL reduce_scatter: in is {} but out is {}",
+                   c10::toString(in.scalar_type()), c10::toString(out.scalar_type()));
     run(in, [&](cudaStream_t s) {
       return ncclReduceScatter(in.data_ptr(), out.data_ptr(), out.numel(),
                                nccl_type(in.scalar_type()), ncclSum, comm_, s);

@@ -24,6 +24,11 @@ std::string check_memory_config(const MemoryConfig& c) {
 MemoryPolicy::MemoryPolicy(const MemoryConfig& cfg, LlamaForCausalLM& model) : cfg_(cfg) {
   std::string problem = check_memory_config(cfg_);
   CONDENSE_CHECK(problem.empty(), "{}", problem);
+  // Before any backward: LibTorch 2.11's autograd engine gives a second engine instance no
+  // device queues when the default one ran a CUDA backward first (measured on an H200:
+  // "device_ready_queues_" INTERNAL ASSERT in Engine::ready_queue), so condense's engine must
+  // be the default one from the start, with or without hooks in use.
+  install_hooked_engine();
   KeepRule rule;
   rule.min_bytes = cfg_.offload_min_bytes;
   std::vector<at::Tensor> params = model->parameters();

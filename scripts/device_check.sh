@@ -157,5 +157,10 @@ for name, tps in [("condense bf16", tps_condense("bf16")), ("condense fp32", tps
     ratio = f"{tps / peer_tps:.2f}x" if peer_tps else "n/a"
     print(f"| {name} | {tps:.0f} | {100 * mfu:.1f}% | {ratio} |")
 EOF
-echo "device_check: results in $OUT (tests rc $tests_rc)"
+# Everything but the table and the CSV into one archive (the device tool returns few files).
+(cd "$OUT" && tar -czf logs.tar.gz --exclude=device_check.md --exclude=console.log \
+   --exclude=logs.tar.gz --exclude=memory_cuda.csv . 2>/dev/null &&
+   find . -maxdepth 1 -type f ! -name device_check.md ! -name console.log ! -name logs.tar.gz \
+     ! -name memory_cuda.csv -delete)
+echo "device_check: results in $OUT: device_check.md, memory_cuda.csv, logs.tar.gz (tests rc $tests_rc)"
 exit $tests_rc

@@ -415,8 +415,8 @@ TEST(Cuda, OneRankNcclCommunicatorWithoutMpirun) {
   comm.broadcast(b, 0);
   EXPECT_TRUE(at::equal(b.cpu(), at::arange(5, at::kInt)));
   at::Tensor rs = at::empty({6}, opts);
-  comm.reduce_scatter_sum(at::arange(6, opts).add(1), rs);
-  EXPECT_TRUE(at::equal(rs.cpu(), at::arange(6, at::kFloat).add(1)));
+  comm.reduce_scatter_sum(at::arange(6, opts.dtype(at::kFloat)).add(1), rs);
+  EXPECT_TRUE(at::equal(rs.cpu(), at::arange(6, at::kFloat).add(1))) << rs.cpu();
   comm.barrier();
   // Work queued on the communicator's own stream runs in order with its collectives.
   {

@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
@@ -14,6 +15,7 @@
 
 #include "memory/memory_meter.h"
 #include "memory/memory_policy.h"
+#include "memory/saved_tensor_hooks.h"
 #include "trainer/device.h"
 
 namespace condense {
@@ -87,6 +89,29 @@ double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>
 void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "parameter " << i;
+}
+
+class PassThroughHooks final : public SavedTensorHooks {
+ public:
+  std::any pack(const at::Tensor& t) override { return t; }
+  at::Tensor unpack(const std::any& p) override { return std::any_cast<at::Tensor>(p); }
+};
+
+// condense's saved-tensor hooks run through its own autograd engine (memory/saved_tensor_hooks.h),
+// which must be the default before the first CUDA backward (LibTorch 2.11 gives a later engine no
+// device queues; MemoryPolicy installs it up front). Every test below runs after this one or
+// constructs a MemoryPolicy before its first backward.
+TEST(CudaEngine, HookedEngineRunsACudaBackward) {
+  SKIP_WITHOUT_CUDA();
+  std::printf("devices: torch %d, CUDA guard %d\n", static_cast<int>(torch::cuda::device_count()),
+              static_cast<int>(c10::impl::getDeviceGuardImpl(c10::kCUDA)->deviceCount()));
+  at::Tensor x = torch::randn({64}, at::TensorOptions(at::kCUDA).requires_grad(true));
+  {
+    HooksScope scope(std::make_shared<PassThroughHooks>());
+    at::Tensor y = (x * x).sum();
+    y.backward();
+  }
+  EXPECT_TRUE(at::allclose(x.grad(), 2 * x));
 }
 
 TEST(CudaModel, ForwardAndBackwardMatchTheCpu) {
