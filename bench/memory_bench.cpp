@@ -167,6 +167,8 @@ int cuda_main(int argc, char** argv) {
       Result scratch;
       double dt = cuda_step(model, *policies[i], x, y, round == 0 ? scratch : results[i]);
       if (round > 0) results[i].step_s = round == 1 ? dt : std::min(results[i].step_s, dt);
+      std::fprintf(stderr, "round %d %s: %.4f s, held %.1f MiB\n", round, rows[i].name.c_str(), dt,
+                   round == 0 ? scratch.held_mb : results[i].held_mb);
     }
   }
   std::printf("\nCUDA, SmolLM2-135M shape, batch %lld x %lld tokens\n\n| policy | held MiB | held vs "

