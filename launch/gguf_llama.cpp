@@ -1,10 +1,12 @@
 #include "launch/gguf_llama.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -14,7 +16,10 @@
 #include "io/gguf_writer.h"
 #include "core/base64.h"
 #include "model/tokenizer.h"
+#include "launch/hf_import.h"
 #include "launch/inference_model.h"
+#include "recipes/recipe_parser.h"
+#include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -146,6 +151,57 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   return st;
 }
 
+namespace {
+
+// The byte-level BPE of a "gpt2" GGUF vocabulary as serialized tokenizer bytes; nullopt for
+// other tokenizer models. Errors name the file and key.
+std::optional<std::string> gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
+  if (!r.has("tokenizer.ggml.model")) return std::nullopt;
+  const GgufValue& model = r.get("tokenizer.ggml.model");
+  CONDENSE_CHECK(model.value.is_string(), "{}: tokenizer.ggml.model is not a string", path);
+  if (model.value.get<std::string>() != "gpt2") return std::nullopt;
+  auto strings = [&](const char* key) {
+    const GgufValue& v = r.get(key);
+    CONDENSE_CHECK(v.value.is_array(), "{}: {} is not an array", path, key);
+    std::vector<std::string> out;
+    out.reserve(v.value.size());
+    for (const auto& e : v.value) {
+      CONDENSE_CHECK(e.is_string(), "{}: {} holds a non-string element", path, key);
+      out.push_back(e.get<std::string>());
+    }
+    return out;
+  };
+  auto id = [&](const char* key) -> std::optional<int32_t> {
+    if (!r.has(key)) return std::nullopt;
+    return static_cast<int32_t>(r.get_uint(key));
+  };
+  auto flag = [&](const char* key) {
+    return r.has(key) && r.get(key).value.is_boolean() && r.get(key).value.get<bool>();
+  };
+  BpeVocabulary v;
+  v.tokens = strings("tokenizer.ggml.tokens");
+  if (r.has("tokenizer.ggml.token_type")) {
+    const GgufValue& t = r.get("tokenizer.ggml.token_type");
+    CONDENSE_CHECK(t.value.is_array(), "{}: tokenizer.ggml.token_type is not an array", path);
+    for (const auto& e : t.value) v.token_types.push_back(e.get<int32_t>());
+  }
+  if (r.has("tokenizer.ggml.merges")) v.merges = strings("tokenizer.ggml.merges");
+  CONDENSE_CHECK(r.has("tokenizer.ggml.pre"), "{}: a gpt2 vocabulary without tokenizer.ggml.pre "
+                 "(its pre-tokenizer); condense refuses to guess one", path);
+  v.pre_tokenizer = r.get("tokenizer.ggml.pre").value.get<std::string>();
+  v.bos_id = id("tokenizer.ggml.bos_token_id");
+  v.eos_id = id("tokenizer.ggml.eos_token_id");
+  v.pad_id = id("tokenizer.ggml.padding_token_id");
+  v.unk_id = id("tokenizer.ggml.unknown_token_id");
+  v.add_bos = flag("tokenizer.ggml.add_bos_token");
+  v.add_eos = flag("tokenizer.ggml.add_eos_token");
+  if (r.has("tokenizer.chat_template") && r.get("tokenizer.chat_template").value.is_string())
+    v.chat_template = r.get("tokenizer.chat_template").value.get<std::string>();
+  return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
+}
+
+}  // namespace
+
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
   std::ifstream in(path, std::ios::binary);
   CONDENSE_CHECK(in.good(), "{}: cannot open", path);
@@ -159,6 +215,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     const GgufValue& v = r.get(kGgufSentencepieceKey);
     CONDENSE_CHECK(v.type == GgufValueType::kString, "{}: {} is not a string", path, kGgufSentencepieceKey);
     *tokenizer_bytes = base64_decode(v.value.get<std::string>(), path + ":" + kGgufSentencepieceKey);
+  } else if (tokenizer_bytes) {
+    if (std::optional<std::string> bpe = gguf_bpe_tokenizer(r, path)) *tokenizer_bytes = *bpe;
   }
   LlamaConfig c;
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
@@ -169,7 +227,11 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   c.num_key_value_heads = r.has("llama.attention.head_count_kv")
                               ? static_cast<int64_t>(r.get_uint("llama.attention.head_count_kv"))
                               : c.num_attention_heads;
-  c.head_dim = static_cast<int64_t>(r.get_uint("llama.rope.dimension_count"));
+  // Head width: attention.key_length where the writer set it (models whose heads are not
+  // hidden / heads wide), else the rotary dimension (condense and llama.cpp rotate whole heads).
+  c.head_dim = static_cast<int64_t>(r.has("llama.attention.key_length")
+                                        ? r.get_uint("llama.attention.key_length")
+                                        : r.get_uint("llama.rope.dimension_count"));
   c.max_position_embeddings = static_cast<int64_t>(r.get_uint("llama.context_length"));
   const auto& eps = r.get("llama.attention.layer_norm_rms_epsilon").value;
   const auto& theta = r.has("llama.rope.freq_base") ? r.get("llama.rope.freq_base").value : nlohmann::json(10000.0);
@@ -199,6 +261,37 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     p.value().copy_(t);
   }
   return model;
+}
+
+ImportStats import_gguf(const std::string& path, const std::string& out_path) {
+  auto t0 = std::chrono::steady_clock::now();
+  CONDENSE_CHECK(!std::filesystem::exists(out_path), "{}: already exists; refusing to overwrite it",
+                 out_path);
+  std::filesystem::path target = std::filesystem::absolute(out_path);
+  CONDENSE_CHECK(std::filesystem::is_directory(target.parent_path()), "{}: directory {} does not exist",
+                 out_path, target.parent_path().string());
+  std::string tokenizer_bytes;
+  LlamaForCausalLM model = load_gguf_model(path, &tokenizer_bytes);
+  if (tokenizer_bytes.empty())
+    spdlog::warn("{}: its tokenizer (llama.cpp's sentencepiece tables) cannot be rebuilt; the "
+                 "checkpoint has none, so eval, generate and score will need --tokenizer", path);
+  else
+    CONDENSE_CHECK(Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size() ==
+                       model->config().vocab_size,
+                   "{}: the vocabulary has {} tokens but token_embd.weight {} rows", path,
+                   Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size(),
+                   model->config().vocab_size);
+  RunConfig cfg;
+  cfg.name = target.stem().string();
+  cfg.model = model->config();
+  std::string recipe = to_yaml(cfg);
+  parse_recipe(recipe, out_path + ":recipe");  // the recipe must read back
+  write_checkpoint(target.string(), model, nullptr, TrainingState{}, recipe, tokenizer_bytes);
+  ImportStats st;
+  for (const auto& p : model->parameters()) st.weight_bytes += p.numel() * 4;
+  st.has_tokenizer = !tokenizer_bytes.empty();
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return st;
 }
 
 }  // namespace condense

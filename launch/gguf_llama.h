@@ -38,8 +38,17 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 // Metadata key holding condense's sentencepiece model (base64) in its GGUF exports.
 inline constexpr const char* kGgufSentencepieceKey = "condense.tokenizer.sentencepiece_base64";
 
-// `tokenizer_bytes`, when given, receives the sentencepiece model stored by condense's export
-// (left unchanged for GGUF files from elsewhere, which carry only llama.cpp's token tables).
+// `tokenizer_bytes`, when given, receives the tokenizer (Tokenizer::serialized() bytes): the
+// sentencepiece model stored by condense's export, or the byte-level BPE of a GGUF whose
+// tokenizer.ggml.model is "gpt2" (Llama 3, SmolLM, Qwen: tokens, token types, merges, pre,
+// special ids, add_bos/add_eos, chat template); left unchanged for llama.cpp's sentencepiece
+// tables ("llama"), which condense does not rebuild into a sentencepiece model.
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes = nullptr);
+
+struct ImportStats;
+// `condense import model.gguf out.h5`: the model dequantized to float32 (every type the reader
+// knows), q/k un-permuted, its tokenizer when one can be rebuilt; written atomically, refusing
+// to overwrite OUT.
+ImportStats import_gguf(const std::string& path, const std::string& out_path);
 
 }  // namespace condense

