@@ -71,6 +71,74 @@ std::string gguf_tensor_name(const std::string& n) {
   fail("no GGUF name for tensor '{}'", n);
 }
 
+namespace {
+
+uint32_t u32(int64_t v) {
+  CONDENSE_CHECK(v >= 0 && v <= int64_t(UINT32_MAX), "GGUF export: {} does not fit a u32", v);
+  return static_cast<uint32_t>(v);
+}
+
+// The sentencepiece vocabulary as llama.cpp's "llama" tokenizer: pieces, scores, token types
+// (1 normal, 2 unknown, 3 control, 5 unused padding, 6 byte), plus the exact model under
+// kGgufSentencepieceKey.
+void write_sentencepiece_vocabulary(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab) {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  std::vector<int32_t> types;
+  for (int id = 0; id < tok.vocab_size(); ++id) {
+    pieces.push_back(tok.piece(id));
+    scores.push_back(tok.score(id));
+    types.push_back(tok.is_control(id) ? 3 : tok.is_unknown(id) ? 2 : tok.is_byte(id) ? 6 : 1);
+  }
+  for (int64_t id = tok.vocab_size(); id < model_vocab; ++id) {  // padded embedding rows
+    pieces.push_back(fmt::format("[PAD{}]", id));
+    scores.push_back(-1000.0f);
+    types.push_back(5);
+  }
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", pieces);
+  w.add_f32_array("tokenizer.ggml.scores", scores);
+  w.add_i32_array("tokenizer.ggml.token_type", types);
+  w.add_u32("tokenizer.ggml.bos_token_id", u32(tok.bos_id()));
+  w.add_u32("tokenizer.ggml.eos_token_id", u32(tok.eos_id()));
+  w.add_u32("tokenizer.ggml.unknown_token_id", u32(tok.unk_id()));
+  w.add_bool("tokenizer.ggml.add_bos_token", true);
+  w.add_bool("tokenizer.ggml.add_eos_token", false);
+  // The exact sentencepiece model, so `condense score OUT.gguf` needs no --tokenizer; llama.cpp
+  // ignores keys it does not know.
+  w.add_string(kGgufSentencepieceKey, base64_encode(tok.serialized()));
+}
+
+// A byte-level BPE as llama.cpp's "gpt2" tokenizer, with the keys its converter writes: tokens,
+// token types, merges, the pre-tokenizer name ("gpt-2" for GPT-2's own), special ids,
+// add_bos/add_eos and the chat template. Embedding rows past the vocabulary are unused padding.
+void write_bpe_vocabulary(GgufWriter& w, const BpeVocabulary& v, int64_t model_vocab) {
+  std::vector<std::string> tokens = v.tokens;
+  std::vector<int32_t> types = v.token_types;
+  if (types.empty()) types.assign(tokens.size(), static_cast<int32_t>(BpeTokenType::kNormal));
+  for (int64_t id = static_cast<int64_t>(tokens.size()); id < model_vocab; ++id) {
+    tokens.push_back(fmt::format("[PAD{}]", id));
+    types.push_back(static_cast<int32_t>(BpeTokenType::kUnused));
+  }
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string("tokenizer.ggml.pre", v.pre_tokenizer == "gpt2" ? "gpt-2" : v.pre_tokenizer);
+  w.add_string_array("tokenizer.ggml.tokens", tokens);
+  w.add_i32_array("tokenizer.ggml.token_type", types);
+  w.add_string_array("tokenizer.ggml.merges", v.merges);
+  auto id = [&](const char* key, const std::optional<int32_t>& value) {
+    if (value) w.add_u32(key, static_cast<uint32_t>(*value));
+  };
+  id("tokenizer.ggml.bos_token_id", v.bos_id);
+  id("tokenizer.ggml.eos_token_id", v.eos_id);
+  id("tokenizer.ggml.padding_token_id", v.pad_id);
+  id("tokenizer.ggml.unknown_token_id", v.unk_id);
+  w.add_bool("tokenizer.ggml.add_bos_token", v.add_bos);
+  w.add_bool("tokenizer.ggml.add_eos_token", v.add_eos);
+  if (!v.chat_template.empty()) w.add_string("tokenizer.chat_template", v.chat_template);
+}
+
+}  // namespace
+
 GgufExportStats export_gguf(const std::string& checkpoint_path, const std::string& out_path,
                             const std::string& type) {
   auto t0 = std::chrono::steady_clock::now();
@@ -86,7 +154,6 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                  "model's vocab_size {}", checkpoint_path, tok.vocab_size(), c.vocab_size);
 
   GgufWriter w;
-  auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   w.add_string("general.architecture", "llama");
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
   w.add_u32("general.file_type", static_cast<uint32_t>(choice.file_type));
@@ -105,31 +172,8 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   w.add_f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
   w.add_f32("llama.rope.freq_base", static_cast<float>(c.rope_theta));
 
-  std::vector<std::string> pieces;
-  std::vector<float> scores;
-  std::vector<int32_t> types;
-  for (int id = 0; id < tok.vocab_size(); ++id) {
-    pieces.push_back(tok.piece(id));
-    scores.push_back(tok.score(id));
-    types.push_back(tok.is_control(id) ? 3 : tok.is_unknown(id) ? 2 : tok.is_byte(id) ? 6 : 1);
-  }
-  for (int64_t id = tok.vocab_size(); id < c.vocab_size; ++id) {  // padded embedding rows
-    pieces.push_back(fmt::format("[PAD{}]", id));
-    scores.push_back(-1000.0f);
-    types.push_back(5);
-  }
-  w.add_string("tokenizer.ggml.model", "llama");
-  w.add_string_array("tokenizer.ggml.tokens", pieces);
-  w.add_f32_array("tokenizer.ggml.scores", scores);
-  w.add_i32_array("tokenizer.ggml.token_type", types);
-  w.add_u32("tokenizer.ggml.bos_token_id", u32(tok.bos_id()));
-  w.add_u32("tokenizer.ggml.eos_token_id", u32(tok.eos_id()));
-  w.add_u32("tokenizer.ggml.unknown_token_id", u32(tok.unk_id()));
-  w.add_bool("tokenizer.ggml.add_bos_token", true);
-  w.add_bool("tokenizer.ggml.add_eos_token", false);
-  // The exact sentencepiece model, so `condense score OUT.gguf` needs no --tokenizer; llama.cpp
-  // ignores keys it does not know.
-  w.add_string(kGgufSentencepieceKey, base64_encode(tok.serialized()));
+  if (tok.bpe()) write_bpe_vocabulary(w, tok.bpe()->vocab(), c.vocab_size);
+  else write_sentencepiece_vocabulary(w, tok, c.vocab_size);
 
   at::NoGradGuard no_grad;
   uint64_t weight_bytes = 0;

@@ -11,6 +11,7 @@
 #include "io/safetensors_shards.h"
 #include "model/tokenizer.h"
 #include "launch/inference_model.h"
+#include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -63,7 +64,15 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
                           {"eos_token_id", c.eos_token_id}};
     write_text_atomically((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
     st.files.insert(st.files.end(), {"config.json", "generation_config.json"});
-    if (!tok_bytes.empty()) {
+    if (!tok_bytes.empty() &&
+        Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer").bpe()) {
+      // Byte-level BPE: tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast).
+      Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+      write_text_atomically((tmp / "tokenizer.json").string(), tok.bpe()->to_tokenizer_json());
+      write_text_atomically((tmp / "tokenizer_config.json").string(),
+                            tok.bpe()->to_tokenizer_config_json(c.max_position_embeddings));
+      st.files.insert(st.files.end(), {"tokenizer.json", "tokenizer_config.json"});
+    } else if (!tok_bytes.empty()) {
       Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
       tok.save((tmp / "tokenizer.model").string());
       nlohmann::json special = {{"bos_token", tok.piece(tok.bos_id())},

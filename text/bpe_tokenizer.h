@@ -35,6 +35,12 @@ class BpeTokenizer {
   // From a Hugging Face tokenizer.json (model.type "BPE", a byte-level pre-tokenizer condense
   // knows); bos/eos/pad/chat_template come from tokenizer_config.json beside it when present.
   static BpeTokenizer from_tokenizer_json(const std::string& path);
+  // Hugging Face's tokenizer.json for this vocabulary (the inverse of from_tokenizer_json:
+  // model BPE with vocab and merges, control/user-defined tokens as added_tokens, the
+  // pre-tokenizer in the structure Hugging Face uses for its name, ByteLevel decoder), and the
+  // tokenizer_config.json beside it (bos/eos/pad/unk, add_bos/add_eos, chat template).
+  std::string to_tokenizer_json() const;
+  std::string to_tokenizer_config_json(int64_t model_max_length) const;
   // From serialized() bytes (a checkpoint or token store).
   static BpeTokenizer from_serialized(const std::string& bytes, const std::string& source);
 

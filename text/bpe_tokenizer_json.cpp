@@ -202,4 +202,79 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
   return BpeTokenizer(std::move(v), path);
 }
 
+namespace {
+
+Json byte_level(bool use_regex) {
+  return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+          {"use_regex", use_regex}};
+}
+
+// The tokenizer.json pre_tokenizer whose name pre_tokenizer_name() reads back.
+Json pre_tokenizer_json(const std::string& name) {
+  if (name == "gpt2") return byte_level(true);
+  if (name == "smollm")
+    return {{"type", "Sequence"},
+            {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, byte_level(true)}}};
+  const char* re = name == "llama-bpe" ? kLlama3Split : name == "qwen2" ? kQwen2Split : nullptr;
+  CONDENSE_CHECK(re != nullptr, "tokenizer.json: no Hugging Face form for pre-tokenizer '{}'", name);
+  Json split = {{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"},
+                {"invert", false}};
+  return {{"type", "Sequence"}, {"pretokenizers", {split, byte_level(false)}}};
+}
+
+}  // namespace
+
+std::string BpeTokenizer::to_tokenizer_json() const {
+  const BpeVocabulary& v = vocab();
+  Json vocab_json = Json::object(), added = Json::array();
+  for (size_t id = 0; id < v.tokens.size(); ++id) {
+    const auto type = v.token_types.empty() ? BpeTokenType::kNormal
+                                            : static_cast<BpeTokenType>(v.token_types[id]);
+    if (type == BpeTokenType::kControl || type == BpeTokenType::kUserDefined) {
+      added.push_back({{"id", id}, {"content", v.tokens[id]}, {"single_word", false},
+                       {"lstrip", false}, {"rstrip", false}, {"normalized", false},
+                       {"special", type == BpeTokenType::kControl}});
+    }
+    vocab_json[v.tokens[id]] = id;  // added tokens are in the model vocabulary too, as HF writes
+  }
+  Json merges = Json::array();
+  for (const std::string& m : v.merges) {
+    const size_t sp = m.find(' ');
+    merges.push_back({m.substr(0, sp), m.substr(sp + 1)});
+  }
+  Json root = {{"version", "1.0"},
+               {"truncation", nullptr},
+               {"padding", nullptr},
+               {"added_tokens", added},
+               {"normalizer", nullptr},
+               {"pre_tokenizer", pre_tokenizer_json(v.pre_tokenizer)},
+               {"post_processor", nullptr},
+               {"decoder", byte_level(true)},
+               {"model",
+                {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
+                 {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                 {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", v.ignore_merges},
+                 {"vocab", vocab_json}, {"merges", merges}}}};
+  if (v.unk_id) root["model"]["unk_token"] = v.tokens[*v.unk_id];
+  return root.dump(1, ' ', false, Json::error_handler_t::strict) + "\n";
+}
+
+std::string BpeTokenizer::to_tokenizer_config_json(int64_t model_max_length) const {
+  const BpeVocabulary& v = vocab();
+  Json c = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+            {"add_bos_token", v.add_bos},
+            {"add_eos_token", v.add_eos},
+            {"clean_up_tokenization_spaces", false},
+            {"model_max_length", model_max_length}};
+  auto token = [&](const char* key, const std::optional<int32_t>& id) {
+    if (id) c[key] = v.tokens[*id];
+  };
+  token("bos_token", v.bos_id);
+  token("eos_token", v.eos_id);
+  token("pad_token", v.pad_id);
+  token("unk_token", v.unk_id);
+  if (!v.chat_template.empty()) c["chat_template"] = v.chat_template;
+  return c.dump(2) + "\n";
+}
+
 }  // namespace condense

@@ -11,6 +11,7 @@ The exact check is against an independent float32 reference: the gguf package's 
 the q/k row order of llama.cpp's converter undone in numpy, and transformers' LlamaForCausalLM
 (measured max |dp| 3.0e-6)."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -136,3 +137,65 @@ def test_probabilities_match_llama_cpp(imported, tmp_path):
     assert err < 0.15
     assert agree >= 0.9
     assert abs(nll_c - nll_l) < 0.01 * nll_l
+
+
+def test_gguf_export_of_the_import_runs_in_llama_cpp(imported, tmp_path):
+    """The imported model exported back as F32 GGUF with its byte-level BPE (tokenizer.ggml.model
+    gpt2, pre smollm, merges): llama.cpp loads it, tokenizes like condense, and its probabilities
+    equal condense's to the F32 bound of test_export_gguf.py; condense reads the same tokenizer
+    back."""
+    out = tmp_path / "smollm2-f32.gguf"
+    run("export", imported, out, "--format", "gguf", "--dtype", "f32")
+    text, ids, lp = score(imported, tmp_path)
+    ids_json = tmp_path / "ids.json"
+    ids_json.write_text(json.dumps(ids))
+    npz = tmp_path / "llama.npz"
+    env = dict(os.environ, CONDENSE_LLAMA_KV_F32="1")  # compare float32 to float32
+    p = subprocess.run([sys.executable, str(CHILD), str(out), str(text), str(ids_json), str(npz)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, f"llama.cpp child failed:\n{p.stdout}\n{p.stderr}"
+    z = np.load(npz)
+    assert z["tokens"].tolist() == ids
+    logits = z["logits"][:-1]
+    q = np.exp(logits - logits.max(-1, keepdims=True))
+    q /= q.sum(-1, keepdims=True)
+    err = np.abs(q - np.exp(lp)).max()
+    print(f"SmolLM2 re-exported F32 GGUF vs condense: max |dp| {err:.3g}")
+    assert err <= 1e-4
+    assert (q.argmax(-1) == lp.argmax(-1)).all()
+    back = tmp_path / "back.h5"
+    run("import", out, back)
+    assert run("info", back).stdout.split("tokenizer")[1] == run("info", imported).stdout.split("tokenizer")[1]
+
+
+def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agree_with(imported, tmp_path):
+    """export --format hf of the imported model: tokenizer.json + tokenizer_config.json that the
+    tokenizers package and transformers' AutoTokenizer load and encode exactly as condense does,
+    and condense reads back (data.tokenizer / Tokenizer::load) with the same hash."""
+    hf = tmp_path / "hf"
+    run("export", imported, hf, "--format", "hf")
+    assert (hf / "tokenizer.json").is_file() and not (hf / "tokenizer.model").exists()
+    _, ids, _ = score(imported, tmp_path)
+    import tokenizers
+    from transformers import AutoTokenizer
+    assert tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(TEXT).ids == ids
+    auto = AutoTokenizer.from_pretrained(str(hf))
+    assert auto(TEXT)["input_ids"] == ids
+    assert auto.eos_token == "<|im_end|>" and auto.chat_template
+    # condense reads the exported tokenizer.json back as the same vocabulary (same hash), so a
+    # token store made with it is accepted by the imported checkpoint.
+    import h5py
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"{i}.txt").write_text(TEXT * 10, encoding="utf-8")
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "dir", "--path", corpus, "--tokenizer", hf / "tokenizer.json",
+        "--val-fraction", "0.5", "--out", store)
+    sha = run("info", imported).stdout.split("sha256 ")[1].split()[0]
+    with h5py.File(store, "r") as f:
+        stored = f.attrs["tokenizer_sha256"]
+        stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+    assert stored.startswith(sha), (stored, sha)
+    ev = json.loads(run("eval", imported, "--data", store, "--batches", 1).stdout)
+    assert 0 < ev["val_loss"] < 5, ev
