@@ -25,6 +25,7 @@
 #include "compressors/masks.h"
 #include "launch/inference_model.h"
 #include "text/bpe_tokenizer.h"
+#include "text/chat_format.h"
 #include "trainer/checkpoint.h"
 #include "trainer/lm_loss.h"
 
@@ -54,20 +55,38 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) 
   return 0;
 }
 
-int cmd_generate(const std::string& ckpt_arg, const std::string& prompt, SamplingOptions opt) {
+struct ChatArgs {
+  std::string user, system;
+  bool show_prompt = false;
+};
+
+int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
+                 const ChatArgs& chat) {
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+  CONDENSE_CHECK(prompt.empty() != chat.user.empty(), "generate needs exactly one of --prompt "
+                 "and --chat");
+  const bool chatting = !chat.user.empty();
+  if (chatting) {
+    CONDENSE_CHECK(tok.bpe(), "{}: --chat needs a byte-level BPE vocabulary with a chat format "
+                   "(this checkpoint's tokenizer is {}); use --prompt", path, tok.kind());
+    ChatPrompt cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
+    prompt = cp.text;
+    opt.stop_id = cp.stop_id;
+    if (chat.show_prompt) std::cerr << "chat prompt (" << cp.format << "):\n" << cp.text << "\n";
+  }
   LlamaForCausalLM model = load_inference_model(ckpt);
-  std::vector<int32_t> prompt_ids = tok.prompt_ids(prompt);
+  // A rendered chat prompt carries its own <|begin_of_text|> where the format has one.
+  std::vector<int32_t> prompt_ids = chatting ? tok.encode(prompt) : tok.prompt_ids(prompt);
   CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
                  "the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = tok.eos_id();
   GenerationResult r = generate(model, ids, opt);
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
-  if (!out.empty() && out.back() == tok.eos_id()) out.pop_back();
-  std::cout << prompt << tok.decode(out) << "\n";
+  if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
+  std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
   spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s", r.tokens.size(),
                ids.size(), r.prefill_seconds, r.decode_tokens_per_s());
   return 0;
@@ -146,7 +165,13 @@ int run(int argc, char** argv) {
   std::string prompt;
   SamplingOptions so;
   gen->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
-  gen->add_option("--prompt", prompt, "prompt text")->required();
+  ChatArgs chat;
+  gen->add_option("--prompt", prompt, "prompt text, continued as is");
+  gen->add_option("--chat", chat.user, "a user message, sent in the vocabulary's chat format "
+                  "(ChatML or Llama 3); prints the assistant's reply");
+  gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
+                  "template's own, if it writes one)");
+  gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt to stderr");
   gen->add_option("--max-new-tokens", so.max_new_tokens)->default_val(64);
   gen->add_option("--temperature", so.temperature, "0: greedy")->default_val(0.0);
   gen->add_option("--top-k", so.top_k, "0: off")->default_val(0);
@@ -181,7 +206,7 @@ int run(int argc, char** argv) {
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
-  if (gen->parsed()) return cmd_generate(ckpt, prompt, so);
+  if (gen->parsed()) return cmd_generate(ckpt, prompt, so, chat);
   if (info->parsed()) return cmd_info(ckpt);
   return 1;
 }

@@ -63,7 +63,7 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   while (static_cast<int64_t>(result.tokens.size()) < opt.max_new_tokens) {
     int64_t tok = sample_token(next_logits, opt, gen);
     result.tokens.push_back(tok);
-    if (tok == opt.eos_id || cache.length() >= capacity) break;
+    if (tok == opt.eos_id || tok == opt.stop_id || cache.length() >= capacity) break;
     if (static_cast<int64_t>(result.tokens.size()) == opt.max_new_tokens) break;
     at::Tensor step = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(weight.device()));
     h = model->hidden({step, {}, &cache});

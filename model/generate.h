@@ -18,6 +18,7 @@ struct SamplingOptions {
   double top_p = 1.0;        // 1: no nucleus filter
   uint64_t seed = 0;
   int64_t eos_id = -1;       // stop when sampled; -1: never
+  int64_t stop_id = -1;      // a second stop token (a chat format's end of turn); -1: none
 };
 
 struct GenerationResult {

@@ -19,6 +19,7 @@
 #include "model/tokenizer.h"
 #include "text/bpe_tokenizer.h"
 #include "text/byte_unicode.h"
+#include "text/chat_format.h"
 #include "text/pretokenizer.h"
 #include "text/utf8.h"
 
@@ -185,6 +186,36 @@ TEST(Tokenizer, BpeKindBehindTheModelInterface) {
   EXPECT_NE(error_of([&] { t.piece(eos + 1); }).find("out of range"), std::string::npos);
   // Bytes that are neither kind are refused naming their source.
   EXPECT_NE(error_of([] { Tokenizer::from_serialized("junk", "x.h5"); }).find("x.h5"),
+            std::string::npos);
+}
+
+TEST(ChatFormat, ChatMlAndLlama3FromTheVocabulary) {
+  BpeVocabulary chatml = tiny({}, {});
+  chatml.tokens.insert(chatml.tokens.end(), {"<|im_start|>", "<|im_end|>"});
+  chatml.token_types.insert(chatml.token_types.end(), {3, 3});
+  ChatPrompt c = chat_prompt(chatml, "Be brief.", "Hi?", "v");
+  EXPECT_EQ(c.format, "chatml");
+  EXPECT_EQ(c.stop_id, 257);
+  EXPECT_EQ(c.text, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n"
+                    "<|im_start|>assistant\n");
+  // No system message: none, unless the template writes a literal default (newline as a
+  // character or as an escape).
+  EXPECT_EQ(chat_prompt(chatml, "", "Hi?", "v").text.rfind("<|im_start|>user", 0), 0u);
+  for (const std::string nl : {"\n", "\\n"}) {
+    chatml.chat_template = "{{ '<|im_start|>system" + nl + "You are X.<|im_end|>" + nl + "' }}";
+    EXPECT_EQ(chat_prompt(chatml, "", "Hi?", "v").text.rfind("<|im_start|>system\nYou are X.<|im_end|>", 0), 0u);
+  }
+  BpeVocabulary llama3 = tiny({}, {});
+  for (const char* t : {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"}) {
+    llama3.tokens.push_back(t);
+    llama3.token_types.push_back(3);
+  }
+  ChatPrompt l = chat_prompt(llama3, "", "Hi?", "v");
+  EXPECT_EQ(l.format, "llama3");
+  EXPECT_EQ(l.stop_id, 259);
+  EXPECT_EQ(l.text, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi?<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_NE(error_of([] { chat_prompt(tiny({}, {}), "", "Hi", "plain.h5"); }).find("plain.h5"),
             std::string::npos);
 }
 

@@ -199,3 +199,25 @@ def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agre
     assert stored.startswith(sha), (stored, sha)
     ev = json.loads(run("eval", imported, "--data", store, "--batches", 1).stdout)
     assert 0 < ev["val_loss"] < 5, ev
+
+
+def test_chat_renders_the_chat_template_and_answers(imported, tmp_path):
+    """generate --chat: the prompt condense renders (ChatML, with the template's default system
+    message) equals transformers' apply_chat_template on the exported tokenizer, and the greedy
+    reply of SmolLM2-135M-Instruct answers the question."""
+    question = "What is the capital of France?"
+    g = run("generate", imported, "--chat", question, "--max-new-tokens", 24, "--show-prompt")
+    rendered = g.stderr.split("chat prompt (chatml):\n")[1].split("\n<|im_start|>assistant\n")[0]
+    rendered += "\n<|im_start|>assistant\n"
+    hf = tmp_path / "hf"
+    run("export", imported, hf, "--format", "hf")
+    from transformers import AutoTokenizer
+    expected = AutoTokenizer.from_pretrained(str(hf)).apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+    assert rendered == expected, (rendered, expected)
+    print(f"SmolLM2 chat reply: {g.stdout.strip()!r}")
+    assert "Paris" in g.stdout
+    assert "<|im_end|>" not in g.stdout and "<|im_start|>" not in g.stdout
+    # Exactly one of --prompt and --chat; --chat refuses a vocabulary without a chat format.
+    p = run("generate", imported, check=False)
+    assert p.returncode != 0 and "exactly one of --prompt and --chat" in p.stderr

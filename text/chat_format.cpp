@@ -1,0 +1,64 @@
+#include "text/chat_format.h"
+
+#include <optional>
+
+#include "core/error.h"
+
+namespace condense {
+namespace {
+
+std::optional<int32_t> find_token(const BpeVocabulary& v, const std::string& text) {
+  for (size_t i = 0; i < v.tokens.size(); ++i)
+    if (v.tokens[i] == text) return static_cast<int32_t>(i);
+  return std::nullopt;
+}
+
+// The literal default system message of a ChatML template, if it writes one:
+// "{{ '<|im_start|>system\n...<|im_end|>\n' }}", the newline written either as a character or
+// as a \n escape (both occur in published templates).
+std::string default_chatml_system(const std::string& tmpl) {
+  const std::string open = "'<|im_start|>system";
+  size_t a = tmpl.find(open);
+  if (a == std::string::npos) return "";
+  a += open.size();
+  if (tmpl.compare(a, 1, "\n") == 0) a += 1;
+  else if (tmpl.compare(a, 2, "\\n") == 0) a += 2;
+  else return "";
+  const size_t b = tmpl.find("<|im_end|>", a);
+  if (b == std::string::npos) return "";
+  std::string s = tmpl.substr(a, b - a);
+  // Only a plain literal counts (no Jinja expression or quote inside).
+  if (s.find('{') != std::string::npos || s.find('\'') != std::string::npos) return "";
+  return s;
+}
+
+}  // namespace
+
+ChatPrompt chat_prompt(const BpeVocabulary& v, const std::string& system, const std::string& user,
+                       const std::string& source) {
+  ChatPrompt p;
+  if (auto end = find_token(v, "<|im_end|>"); end && find_token(v, "<|im_start|>")) {
+    p.format = "chatml";
+    p.stop_id = *end;
+    const std::string sys = system.empty() ? default_chatml_system(v.chat_template) : system;
+    if (!sys.empty()) p.text += "<|im_start|>system\n" + sys + "<|im_end|>\n";
+    p.text += "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n";
+    return p;
+  }
+  if (auto eot = find_token(v, "<|eot_id|>"); eot && find_token(v, "<|start_header_id|>")) {
+    p.format = "llama3";
+    p.stop_id = *eot;
+    auto turn = [](const std::string& role, const std::string& content) {
+      return "<|start_header_id|>" + role + "<|end_header_id|>\n\n" + content + "<|eot_id|>";
+    };
+    p.text = "<|begin_of_text|>";
+    if (!system.empty()) p.text += turn("system", system);
+    p.text += turn("user", user) + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    return p;
+  }
+  fail("{}: --chat needs an instruction-tuned vocabulary with ChatML (<|im_start|>, <|im_end|>) "
+       "or Llama 3 (<|start_header_id|>, <|eot_id|>) tokens; this one has neither (use --prompt)",
+       source);
+}
+
+}  // namespace condense

@@ -1,0 +1,31 @@
+// Chat prompts for instruction-tuned byte-level BPE vocabularies, without a Jinja engine: the
+// two formats their chat templates render for one system turn and one user turn followed by
+// the assistant's turn (add_generation_prompt), recognized by the vocabulary's special tokens:
+//   chatml  (SmolLM, Qwen):  <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}
+//                            <|im_end|>\n<|im_start|>assistant\n           stop at <|im_end|>
+//   llama3  (Llama 3.x):     <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n
+//                            {system}<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{user}
+//                            <|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n
+//                                                                      stop at <|eot_id|>
+// The system turn is left out when `system` is empty, except that a ChatML template which
+// writes a default system message (SmolLM2's "You are a helpful AI assistant named SmolLM...")
+// gets that message, as rendering the template would.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "text/bpe_vocabulary.h"
+
+namespace condense {
+
+struct ChatPrompt {
+  std::string format;  // "chatml" | "llama3"
+  std::string text;    // the rendered prompt, special tokens written out
+  int32_t stop_id = -1;  // the end-of-turn token
+};
+
+// Throws naming the vocabulary when it has neither format's special tokens.
+ChatPrompt chat_prompt(const BpeVocabulary& vocab, const std::string& system,
+                       const std::string& user, const std::string& source);
+
+}  // namespace condense
