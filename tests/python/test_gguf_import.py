@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from conftest import run
+
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
 from test_gguf_dequant import smollm2_gguf
 
 pytest.importorskip("llama_cpp")
@@ -199,6 +201,34 @@ def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agre
     assert stored.startswith(sha), (stored, sha)
     ev = json.loads(run("eval", imported, "--data", store, "--batches", 1).stdout)
     assert 0 < ev["val_loss"] < 5, ev
+    # transformers runs the exported model (tokenizer.json's ids) with condense's probabilities.
+    from transformers import AutoModelForCausalLM
+    _, ids, lp = score(imported, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
+    dp = np.abs(np.exp(ref) - np.exp(lp)).max()
+    print(f"SmolLM2 HF export in transformers vs condense: max |dp| {dp:.3g}")
+    assert dp < 1e-5
+    # The imported checkpoint fine-tunes on a store made with the exported tokenizer.json.
+    r = tmp_path / "ft"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imported}",
+        f"out_dir={r}", f"data.dataset={store}", "data.seq_len=32", "data.batch_size=1",
+        "train.steps=2", "train.warmup_steps=1", "train.lr=1e-5", "train.min_lr=1e-6",
+        "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    rows = [json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows if x["split"] == "train"] == [1, 2]
+    assert all(0 < x["loss"] < 6 for x in rows if x["split"] == "train"), rows
+
+
+def test_score_reads_the_original_gguf_like_the_import(imported, tmp_path):
+    text, ids, lp = score(imported, tmp_path)
+    out = tmp_path / "gguf_score.json"
+    run("score", smollm2_gguf(), "--text", text, "--full", "--json", out)
+    s = json.loads(out.read_text())
+    assert s["kind"] == "gguf"
+    assert [p["id"] for p in s["positions"]] == ids[:-1]
+    assert np.abs(np.array([p["logprobs"] for p in s["positions"]]) - lp).max() < 1e-9
 
 
 def test_chat_renders_the_chat_template_and_answers(imported, tmp_path):
