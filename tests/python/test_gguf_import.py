@@ -5,11 +5,11 @@ checkpoint whose config, tokenizer and next-token probabilities agree with llama
 
 condense dequantizes Q4_1 to float32 exactly (tests/python/test_gguf_dequant.py) and computes in
 float32; llama.cpp multiplies Q4_1 weights by activations it quantizes to 8 bits, so the two
-differ by that activation rounding (measured on the text below: max |dp| 0.075, greedy choice equal
-at 79 of 82 positions, mean NLL 3.0000 vs 3.0019), and the bounds there are those with a margin.
+differ by that activation rounding (measured on the 383-token text below: max |dp| 0.115, greedy choice
+equal at 95.5% of 382 positions, mean NLL 2.9497 vs 2.9525), and the bounds there are those with a margin.
 The exact check is against an independent float32 reference: the gguf package's dequantization,
 the q/k row order of llama.cpp's converter undone in numpy, and transformers' LlamaForCausalLM
-(measured max |dp| 3.0e-6)."""
+(measured max |dp| 6.2e-6)."""
 import json
 import os
 import pathlib
@@ -31,7 +31,19 @@ CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
 
 TEXT = ("The capital of France is Paris. It is known for the Eiffel Tower, which was built in 1889 "
         "for the World's Fair.\nfunction add(a, b) { return a + b; } // 42 apples, 3.14159\n"
-        "Émile and Zoë visited Kraków — naïve café owners said: \"¿Qué tal?\"")
+        "Émile and Zoë visited Kraków — naïve café owners said: \"¿Qué tal?\"\n"
+        "Apple, n. [AS. æppel.] The fleshy pome or fruit of a rosaceous tree (Pyrus malus) "
+        "cultivated in numberless varieties in the temperate zones. [1913 Webster]\n"
+        "You will be successful in love. Q: How many programmers does it take to change a light "
+        "bulb? A: None, that's a hardware problem.\n"
+        "In 2023, the population grew by 1,234,567 people (about 2.5%), while rainfall fell to "
+        "612 mm per year; see https://example.org/report?id=77&lang=en for details.\n"
+        "    def mean(xs):\n        return sum(xs) / len(xs)\n\n"
+        "Photosynthesis converts light energy into chemical energy: 6CO2 + 6H2O -> C6H12O6 + 6O2. "
+        "The chloroplasts of plant cells hold the pigment chlorophyll, which absorbs red and blue "
+        "light and reflects green.\n日本語のテキストも少し含めます。Ελληνικά και русский текст тоже.\n"
+        "Dear committee, thank you for considering my application; I look forward to hearing from "
+        "you at your earliest convenience. Sincerely, A. Smith")
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +148,7 @@ def test_probabilities_match_llama_cpp(imported, tmp_path):
     nll_c, nll_l = -lp[n, ids[1:]].mean(), -np.log(q[n, ids[1:]]).mean()
     print(f"SmolLM2 Q4_1 vs llama.cpp: max |dp| {err:.3g}, top-1 agreement {agree:.3f} over "
           f"{len(ids) - 1} positions, mean NLL condense {nll_c:.4f} vs llama.cpp {nll_l:.4f}")
-    assert err < 0.15
+    assert err < 0.25
     assert agree >= 0.9
     assert abs(nll_c - nll_l) < 0.01 * nll_l
 
@@ -251,3 +263,37 @@ def test_chat_renders_the_chat_template_and_answers(imported, tmp_path):
     # Exactly one of --prompt and --chat; --chat refuses a vocabulary without a chat format.
     p = run("generate", imported, check=False)
     assert p.returncode != 0 and "exactly one of --prompt and --chat" in p.stderr
+
+
+def test_bad_gguf_imports_fail_naming_the_key_and_write_nothing(tmp_path):
+    import numpy as np  # noqa: F811
+
+    def write(name, arch, fill):
+        w = gguf.GGUFWriter(str(tmp_path / name), arch)
+        fill(w)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return tmp_path / name
+
+    def expect(path, *fragments):
+        out = tmp_path / (path.stem + ".h5")
+        p = run("import", path, out, check=False)
+        assert p.returncode != 0, p.stdout
+        for f in fragments:
+            assert f in p.stderr, (f, p.stderr)
+        assert not out.exists()
+
+    expect(write("qwen.gguf", "qwen2", lambda w: None), "general.architecture is not 'llama'")
+
+    def no_pre(w):
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(["a", "b"])
+        w.add_token_merges(["a b"])
+    expect(write("nopre.gguf", "llama", no_pre), "tokenizer.ggml.pre")
+
+    def no_blocks(w):
+        w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    expect(write("noblocks.gguf", "llama", no_blocks), "llama.embedding_length")
+    expect(tmp_path / "missing.gguf", "missing.gguf")
