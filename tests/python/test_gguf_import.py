@@ -54,6 +54,13 @@ def imported(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def hf_export(imported, tmp_path_factory):
+    hf = tmp_path_factory.mktemp("smollm2_hf") / "hf"
+    run("export", imported, hf, "--format", "hf")
+    return hf
+
+
 def score(imported, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(TEXT, encoding="utf-8")
@@ -182,12 +189,11 @@ def test_gguf_export_of_the_import_runs_in_llama_cpp(imported, tmp_path):
     assert run("info", back).stdout.split("tokenizer")[1] == run("info", imported).stdout.split("tokenizer")[1]
 
 
-def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agree_with(imported, tmp_path):
+def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agree_with(imported, hf_export, tmp_path):
     """export --format hf of the imported model: tokenizer.json + tokenizer_config.json that the
     tokenizers package and transformers' AutoTokenizer load and encode exactly as condense does,
     and condense reads back (data.tokenizer / Tokenizer::load) with the same hash."""
-    hf = tmp_path / "hf"
-    run("export", imported, hf, "--format", "hf")
+    hf = hf_export
     assert (hf / "tokenizer.json").is_file() and not (hf / "tokenizer.model").exists()
     _, ids, _ = score(imported, tmp_path)
     import tokenizers
@@ -243,7 +249,7 @@ def test_score_reads_the_original_gguf_like_the_import(imported, tmp_path):
     assert np.abs(np.array([p["logprobs"] for p in s["positions"]]) - lp).max() < 1e-9
 
 
-def test_chat_renders_the_chat_template_and_answers(imported, tmp_path):
+def test_chat_renders_the_chat_template_and_answers(imported, hf_export, tmp_path):
     """generate --chat: the prompt condense renders (ChatML, with the template's default system
     message) equals transformers' apply_chat_template on the exported tokenizer, and the greedy
     reply of SmolLM2-135M-Instruct answers the question."""
@@ -251,10 +257,8 @@ def test_chat_renders_the_chat_template_and_answers(imported, tmp_path):
     g = run("generate", imported, "--chat", question, "--max-new-tokens", 24, "--show-prompt")
     rendered = g.stderr.split("chat prompt (chatml):\n")[1].split("\n<|im_start|>assistant\n")[0]
     rendered += "\n<|im_start|>assistant\n"
-    hf = tmp_path / "hf"
-    run("export", imported, hf, "--format", "hf")
     from transformers import AutoTokenizer
-    expected = AutoTokenizer.from_pretrained(str(hf)).apply_chat_template(
+    expected = AutoTokenizer.from_pretrained(str(hf_export)).apply_chat_template(
         [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
     assert rendered == expected, (rendered, expected)
     print(f"SmolLM2 chat reply: {g.stdout.strip()!r}")
