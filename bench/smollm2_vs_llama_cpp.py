@@ -68,7 +68,8 @@ def main():
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         c, l32, l41 = [], [], []
         for _ in range(a.reps):
-            p = sh([condense, "generate", ck, "--prompt", PROMPT, "--max-new-tokens", a.new_tokens], env)
+            p = sh([condense, "generate", ck, "--prompt", PROMPT, "--max-new-tokens", a.new_tokens,
+                    "--threads", threads], env)
             c.append(float(re.search(r"decode ([\d.]+) tokens/s", p.stderr).group(1)))
             l32.append(llama_cpp_decode(f32, ids, a.new_tokens, threads)[0])
             l41.append(llama_cpp_decode(q41, ids, a.new_tokens, threads)[0])
@@ -122,7 +123,8 @@ def prefill(condense, ck, f32, q41, out, n=512):
     """Prefill tokens/s of an n-token prompt and peak RSS, 2 threads."""
     prompt = " ".join(["word"] * n)  # one token per " word" in SmolLM2's vocabulary
     env = dict(os.environ, OMP_NUM_THREADS="2")
-    text, c_rss = peak_rss_mb([condense, "generate", ck, "--prompt", prompt, "--max-new-tokens", 1], env)
+    text, c_rss = peak_rss_mb([condense, "generate", ck, "--prompt", prompt, "--max-new-tokens", 1,
+                               "--threads", 2], env)
     m = re.search(r"prefill (\d+) tokens in ([\d.]+)s", text)
     c_tps = int(m.group(1)) / float(m.group(2))
     rows = [("condense f32", int(m.group(1)), c_tps, c_rss)]

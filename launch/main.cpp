@@ -172,6 +172,8 @@ int run(int argc, char** argv) {
   gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
                   "template's own, if it writes one)");
   gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt to stderr");
+  int64_t gen_threads = 0;
+  gen->add_option("--threads", gen_threads, "intra-op threads (0: all cores)")->default_val(0);
   gen->add_option("--max-new-tokens", so.max_new_tokens)->default_val(64);
   gen->add_option("--temperature", so.temperature, "0: greedy")->default_val(0.0);
   gen->add_option("--top-k", so.top_k, "0: off")->default_val(0);
@@ -206,7 +208,11 @@ int run(int argc, char** argv) {
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
-  if (gen->parsed()) return cmd_generate(ckpt, prompt, so, chat);
+  if (gen->parsed()) {
+    CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
+    if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
+    return cmd_generate(ckpt, prompt, so, chat);
+  }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;
 }

@@ -81,7 +81,7 @@ def test_train_metrics_eval_generate_info(small_store, tmp_path):
     assert ev["step"] == 30 and abs(ev["val_loss"] - val[-1]["loss"]) < 1e-4, (ev, val[-1])
     info = run("info", out).stdout
     assert "step         30 of 30" in info and "384 pieces" in info
-    g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 12)
+    g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 12, "--threads", 1)
     assert g.stdout.startswith("Apple, n.") and len(g.stdout) > len("Apple, n.") + 1
     assert "tokens/s" in g.stderr
 
