@@ -57,8 +57,11 @@ def latest(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
 
 
+DATA = []  # ["--data", STORE] when --data is given: calibration and evaluation read it
+
+
 def evaluate(ckpt, batches):
-    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches])
+    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA])
     return json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
 
 
@@ -112,10 +115,15 @@ def main():
     ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="oneshot,recovery,selection,minitron")
+    ap.add_argument("--data", default="", help="token store for calibration and evaluation (a "
+                    "model imported with its own tokenizer, e.g. SmolLM2-135M, needs a store made "
+                    "with that tokenizer); default: each checkpoint's recipe's")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if a.data:
+        DATA.extend(["--data", str(Path(a.data).resolve())])
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = set(a.stages.split(","))
@@ -148,7 +156,7 @@ def main():
         info = {}
         if not path.exists():
             proc, _ = sh([BIN, "prune", teacher, *args, "--calib-windows", a.calib_windows,
-                          "--threads", a.threads, "--out", path])
+                          "--threads", a.threads, *DATA, "--out", path])
             info = json.loads(proc.stdout.strip().splitlines()[-1])
             (path.with_suffix(".json")).write_text(json.dumps(info))
         else:
@@ -247,9 +255,11 @@ def main():
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"\n## Pruning and recovery ({when}, commit {head})\n",
              f"Command: `.venv/bin/python bench/prune_recovery.py --out {a.out} --steps {a.steps} "
-             f"--stages {a.stages}`{' --teacher ' + a.teacher if a.teacher else ''}. Machine: {cpu_model()}, "
+             f"--stages {a.stages}{' --teacher ' + a.teacher if a.teacher else ''}{' --data ' + a.data if a.data else ''}`. Machine: {cpu_model()}, "
              f"{a.threads} threads; load {load0:.1f} -> {load1:.1f}; {(time.time() - t_start) / 60:.0f} min. "
-             f"Validation: first {a.eval_batches} batches of 8 x 256 tokens of held-out GCIDE.\n",
+             + (f"Validation: first {a.eval_batches} batches of held-out GCIDE in {a.data} (batch and "
+                f"sequence length of each checkpoint's recipe).\n" if a.data else
+                f"Validation: first {a.eval_batches} batches of 8 x 256 tokens of held-out GCIDE.\n"),
              "| model | val loss | perplexity | trained | notes |", "| --- | --- | --- | --- | --- |"]
     for name, loss, trained, note in rows:
         lines.append(f"| {name} | {loss:.4f} | {math.exp(loss):.2f} | {trained} | {note} |")
