@@ -58,10 +58,12 @@ def latest(run_dir: Path) -> Path:
 
 
 DATA = []  # ["--data", STORE] when --data is given: calibration and evaluation read it
+EVAL_WINDOWS = []  # ["--seq-len", T, "--batch-size", B] for evaluation
 
 
 def evaluate(ckpt, batches):
-    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA])
+    # The same held-out windows for every checkpoint, whatever recipe wrote it.
+    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA, *EVAL_WINDOWS])
     return json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
 
 
@@ -115,6 +117,9 @@ def main():
     ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="oneshot,recovery,selection,minitron")
+    ap.add_argument("--seq-len", type=int, default=256, help="recovery windows")
+    ap.add_argument("--eval-seq-len", type=int, default=256, help="evaluation windows (8 per batch)")
+    ap.add_argument("--batch-size", type=int, default=8, help="recovery windows per step")
     ap.add_argument("--data", default="", help="token store for calibration and evaluation (a "
                     "model imported with its own tokenizer, e.g. SmolLM2-135M, needs a store made "
                     "with that tokenizer); default: each checkpoint's recipe's")
@@ -124,6 +129,7 @@ def main():
     a = ap.parse_args()
     if a.data:
         DATA.extend(["--data", str(Path(a.data).resolve())])
+    EVAL_WINDOWS.extend(["--seq-len", a.eval_seq_len, "--batch-size", 8])
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     stages = set(a.stages.split(","))
@@ -144,7 +150,8 @@ def main():
     base_loss = evaluate(teacher, a.eval_batches)
     rows.append(("teacher (unpruned)", base_loss, "", ""))
     payload["teacher"] = {"checkpoint": str(teacher), "val_loss": base_loss}
-    data = ["data.vocab_size=4096", "data.seq_len=256", "data.batch_size=8"]
+    data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
+        f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
 
     # One-shot pruning.
     pruned = {}
@@ -182,7 +189,8 @@ def main():
             text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, common + extra, a.threads)
             loss = evaluate(latest(run_dir), a.eval_batches)
             tm = metrics(run_dir)
-            step_s = statistics.median(2048 / r["tokens_per_s"] for r in tm[len(tm) // 4:])
+            step_s = statistics.median(a.seq_len * a.batch_size / r["tokens_per_s"]
+                                       for r in tm[len(tm) // 4:])
             opt_mb = optimizer_state_mib(latest(run_dir))
             # Bytes per step on 2 ranks (5 steps).
             run2 = out / f"recover_{method}_np2"
@@ -254,12 +262,11 @@ def main():
     head = git_head()
     when = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [f"\n## Pruning and recovery ({when}, commit {head})\n",
-             f"Command: `.venv/bin/python bench/prune_recovery.py --out {a.out} --steps {a.steps} "
-             f"--stages {a.stages}{' --teacher ' + a.teacher if a.teacher else ''}{' --data ' + a.data if a.data else ''}`. Machine: {cpu_model()}, "
+             f"Command: `.venv/bin/python bench/prune_recovery.py {' '.join(sys.argv[1:])}`. Machine: {cpu_model()}, "
              f"{a.threads} threads; load {load0:.1f} -> {load1:.1f}; {(time.time() - t_start) / 60:.0f} min. "
-             + (f"Validation: first {a.eval_batches} batches of held-out GCIDE in {a.data} (batch and "
-                f"sequence length of each checkpoint's recipe).\n" if a.data else
-                f"Validation: first {a.eval_batches} batches of 8 x 256 tokens of held-out GCIDE.\n"),
+             + (f"Validation: first {a.eval_batches} batches of held-out GCIDE in {a.data} ("
+                f"8 x {a.eval_seq_len} tokens).\n" if a.data else
+                f"Validation: first {a.eval_batches} batches of 8 x {a.eval_seq_len} tokens of held-out GCIDE.\n"),
              "| model | val loss | perplexity | trained | notes |", "| --- | --- | --- | --- | --- |"]
     for name, loss, trained, note in rows:
         lines.append(f"| {name} | {loss:.4f} | {math.exp(loss):.2f} | {trained} | {note} |")

@@ -32,10 +32,21 @@
 namespace condense {
 namespace {
 
-int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches) {
+// seq_len / batch_size > 0 override the checkpoint recipe's windows, so that checkpoints from
+// different recipes can be compared on the same held-out tokens.
+int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
+             int64_t batch_size) {
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  CONDENSE_CHECK(seq_len >= 0 && batch_size >= 0, "--seq-len and --batch-size must be >= 0 (0: "
+                 "the recipe's), got {} and {}", seq_len, batch_size);
+  if (seq_len > 0) {
+    CONDENSE_CHECK(seq_len <= ckpt.config().max_position_embeddings, "--seq-len {} exceeds the "
+                   "model's max_position_embeddings {}", seq_len, ckpt.config().max_position_embeddings);
+    cfg.data.seq_len = seq_len;
+  }
+  if (batch_size > 0) cfg.data.batch_size = batch_size;
   if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
@@ -160,6 +171,9 @@ int run(int argc, char** argv) {
   eval->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
   eval->add_option("--data", dataset, "token store (default: the checkpoint recipe's)");
   eval->add_option("--batches", eval_batches, "validation batches (<= 0: all)")->default_val(16);
+  int64_t eval_seq = 0, eval_batch = 0;
+  eval->add_option("--seq-len", eval_seq, "window length (0: the checkpoint recipe's)")->default_val(0);
+  eval->add_option("--batch-size", eval_batch, "windows per batch (0: the recipe's)")->default_val(0);
 
   auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
   std::string prompt;
@@ -207,7 +221,7 @@ int run(int argc, char** argv) {
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches);
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
