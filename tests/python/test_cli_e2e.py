@@ -79,6 +79,11 @@ def test_train_metrics_eval_generate_info(small_store, tmp_path):
 
     ev = json.loads(run("eval", out, "--batches", 2).stdout)
     assert ev["step"] == 30 and abs(ev["val_loss"] - val[-1]["loss"]) < 1e-4, (ev, val[-1])
+    # Other windows than the recipe's: the token count follows them; too long is refused.
+    ev2 = json.loads(run("eval", out, "--batches", 3, "--seq-len", 16, "--batch-size", 2).stdout)
+    assert ev2["tokens"] == 3 * 2 * 16 and ev2["val_loss"] > 0
+    p = run("eval", out, "--seq-len", 65, check=False)
+    assert p.returncode != 0 and "max_position_embeddings" in p.stderr
     info = run("info", out).stdout
     assert "step         30 of 30" in info and "384 pieces" in info
     g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 12, "--threads", 1)
