@@ -227,13 +227,20 @@ QuantizedFormat::QuantizedFormat(int64_t numel_, int64_t levels_, int64_t block_
   code_bytes = (numel * bits + 7) / 8;
 }
 
+// A contiguous fp32 vector of f.numel elements and a uint8 payload of f.payload_bytes() on its
+// device, as encode and decode exchange them.
+static void check_io(const QuantizedFormat& f, const at::Tensor& x, const at::Tensor& payload,
+              const char* who) {
+  CONDENSE_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous() && x.numel() == f.numel &&
+                     payload.scalar_type() == at::kByte && payload.is_contiguous() &&
+                     payload.numel() == f.payload_bytes() && payload.device() == x.device(),
+                 "{}: expected a contiguous fp32 vector of {} elements and a uint8 payload of {} "
+                 "bytes on its device", who, f.numel, f.payload_bytes());
+}
+
 void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed,
                       at::Tensor& payload, bool tensor_ops) {
-  CONDENSE_CHECK(v.scalar_type() == at::kFloat && v.is_contiguous() && v.numel() == f.numel &&
-                     payload.scalar_type() == at::kByte && payload.is_contiguous() &&
-                     payload.numel() == f.payload_bytes() && payload.device() == v.device(),
-                 "quantized_encode: expected contiguous fp32 v of {} elements and a uint8 payload "
-                 "of {} bytes on its device", f.numel, f.payload_bytes());
+  check_io(f, v, payload, "quantized_encode");
   if (f.numel == 0) return;
   if (tensor_ops) return encode_tensor_ops(f, v, seed, payload);
   CONDENSE_CHECK(v.is_cpu(), "quantized_encode: the CPU loops need CPU tensors, got {}", v.device().str());
@@ -242,11 +249,7 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
 
 void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out,
                           bool tensor_ops) {
-  CONDENSE_CHECK(out.scalar_type() == at::kFloat && out.is_contiguous() && out.numel() == f.numel &&
-                     payload.scalar_type() == at::kByte && payload.is_contiguous() &&
-                     payload.numel() == f.payload_bytes() && payload.device() == out.device(),
-                 "quantized_decode_add: expected contiguous fp32 out of {} elements and a uint8 "
-                 "payload of {} bytes on its device", f.numel, f.payload_bytes());
+  check_io(f, out, payload, "quantized_decode_add");
   if (f.numel == 0) return;
   if (tensor_ops) return decode_add_tensor_ops(f, payload, out);
   CONDENSE_CHECK(out.is_cpu(), "quantized_decode_add: the CPU loops need CPU tensors, got {}", out.device().str());

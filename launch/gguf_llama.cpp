@@ -319,12 +319,10 @@ ImportStats import_gguf(const std::string& path, const std::string& out_path) {
   if (tokenizer_bytes.empty())
     spdlog::warn("{}: its tokenizer (llama.cpp's sentencepiece tables) cannot be rebuilt; the "
                  "checkpoint has none, so eval, generate and score will need --tokenizer", path);
-  else
-    CONDENSE_CHECK(Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size() ==
-                       model->config().vocab_size,
-                   "{}: the vocabulary has {} tokens but token_embd.weight {} rows", path,
-                   Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size(),
-                   model->config().vocab_size);
+  else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size();
+           n != model->config().vocab_size)
+    fail("{}: the vocabulary has {} tokens but token_embd.weight {} rows", path, n,
+         model->config().vocab_size);
   RunConfig cfg;
   cfg.name = target.stem().string();
   cfg.model = model->config();

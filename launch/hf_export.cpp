@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -64,16 +65,17 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
                           {"eos_token_id", c.eos_token_id}};
     write_text_atomically((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
     st.files.insert(st.files.end(), {"config.json", "generation_config.json"});
-    if (!tok_bytes.empty() &&
-        Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer").bpe()) {
+    std::optional<Tokenizer> tok_opt;
+    if (!tok_bytes.empty()) tok_opt = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+    if (tok_opt && tok_opt->bpe()) {
       // Byte-level BPE: tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast).
-      Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+      const Tokenizer& tok = *tok_opt;
       write_text_atomically((tmp / "tokenizer.json").string(), tok.bpe()->to_tokenizer_json());
       write_text_atomically((tmp / "tokenizer_config.json").string(),
                             tok.bpe()->to_tokenizer_config_json(c.max_position_embeddings));
       st.files.insert(st.files.end(), {"tokenizer.json", "tokenizer_config.json"});
-    } else if (!tok_bytes.empty()) {
-      Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
+    } else if (tok_opt) {
+      const Tokenizer& tok = *tok_opt;
       tok.save((tmp / "tokenizer.model").string());
       nlohmann::json special = {{"bos_token", tok.piece(tok.bos_id())},
                                 {"eos_token", tok.piece(tok.eos_id())},

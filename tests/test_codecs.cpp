@@ -12,18 +12,12 @@
 #include "comm/codec.h"
 #include "comm/communicator.h"
 #include "core/error.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
 
-Communicator& self() {
-  static std::unique_ptr<Communicator> c = [] {
-    CommConfig cfg;
-    cfg.backend = "self";
-    return make_communicator(cfg);
-  }();
-  return *c;
-}
+Communicator& self() { return test::self_communicator(); }
 
 BucketLayout flat_layout(int64_t numel) { return BucketLayout{{0}, {{numel}}, numel}; }
 

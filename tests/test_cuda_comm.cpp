@@ -23,18 +23,12 @@
 #include "comm/nccl_communicator.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
 
-Communicator& self() {
-  static std::unique_ptr<Communicator> c = [] {
-    CommConfig cfg;
-    cfg.backend = "self";
-    return make_communicator(cfg);
-  }();
-  return *c;
-}
+Communicator& self() { return test::self_communicator(); }
 
 // Same dtype, shape and bytes (so -0 differs from +0, and NaN payloads count).
 ::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::Tensor& b) {

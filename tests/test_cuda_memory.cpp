@@ -17,9 +17,13 @@
 #include "memory/memory_policy.h"
 #include "memory/saved_tensor_hooks.h"
 #include "trainer/device.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
+
+using test::expect_bitwise;
+using test::rel_error;
 
 #define SKIP_WITHOUT_CUDA() \
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
@@ -76,20 +80,6 @@ struct CudaFixture {
     return g;
   }
 };
-
-double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i].cpu().to(at::kDouble) - ref[i].cpu().to(at::kDouble)).pow(2).sum().item<double>();
-    den += ref[i].cpu().to(at::kDouble).pow(2).sum().item<double>();
-  }
-  return std::sqrt(num / den);
-}
-
-void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "parameter " << i;
-}
 
 class PassThroughHooks final : public SavedTensorHooks {
  public:

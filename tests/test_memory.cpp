@@ -22,9 +22,13 @@
 #include "memory/recompute_policy.h"
 #include "memory/saved_tensor_hooks.h"
 #include "memory/wta_crs_linear.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
+
+using test::expect_bitwise;
+using test::rel_error;
 
 class CountingHooks final : public SavedTensorHooks {
  public:
@@ -119,20 +123,6 @@ MemoryConfig with_recompute(const std::string& mode) {
   MemoryConfig c;
   c.recompute = mode;
   return c;
-}
-
-void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "parameter " << i;
-}
-
-double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& ref) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (a[i] - ref[i]).pow(2).sum().item<double>();
-    den += ref[i].pow(2).sum().item<double>();
-  }
-  return std::sqrt(num / den);
 }
 
 TEST(SavedTensorHooks, EngineRoutesEveryPackAndUnpack) {

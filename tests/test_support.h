@@ -1,0 +1,42 @@
+// Helpers shared by the gtest files (header only; tests/CMakeLists.txt builds test_*.cpp).
+#pragma once
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "comm/communicator.h"
+
+namespace condense::test {
+
+// The one-process communicator (every collective the identity), built once.
+inline Communicator& self_communicator() {
+  static std::unique_ptr<Communicator> c = [] {
+    CommConfig cfg;
+    cfg.backend = "self";
+    return make_communicator(cfg);
+  }();
+  return *c;
+}
+
+// Every tensor of `a` equal to its partner in `b` (values, on any device).
+inline void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
+}
+
+// ||a - ref|| / ||ref|| over all tensors together, in float64 on the CPU.
+inline double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& ref) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    at::Tensor x = a[i].cpu().to(at::kDouble), y = ref[i].cpu().to(at::kDouble);
+    num += (x - y).pow(2).sum().item<double>();
+    den += y.pow(2).sum().item<double>();
+  }
+  return std::sqrt(num / den);
+}
+
+}  // namespace condense::test
