@@ -1,5 +1,7 @@
 #include "compressors/calibration.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 #include "core/error.h"
@@ -11,6 +13,8 @@ namespace {
 // unchanged, so the forward is exactly the model's.
 class InputNormRecorder : public ProjectionHook {
  public:
+  explicit InputNormRecorder(std::vector<std::string> gram_names = {})
+      : gram_names_(std::move(gram_names)) {}
   bool observing() const override { return true; }
   void observe(const std::string& name, const at::Tensor& x) override {
     // q/k/v (and gate/up) read the same tensor: square it once. Holding `last_` keeps its
@@ -24,10 +28,18 @@ class InputNormRecorder : public ProjectionHook {
     auto it = sums.find(name);
     if (it == sums.end()) sums.emplace(name, last_sq_.clone());
     else it->second.add_(last_sq_);
+    if (std::find(gram_names_.begin(), gram_names_.end(), name) != gram_names_.end()) {
+      at::Tensor flat = x.detach().reshape({-1, x.size(-1)});
+      at::Tensor g = at::matmul(flat.t(), flat).to(at::kDouble);
+      auto gt = grams.find(name);
+      if (gt == grams.end()) grams.emplace(name, g);
+      else gt->second.add_(g);
+    }
   }
-  std::map<std::string, at::Tensor> sums;
+  std::map<std::string, at::Tensor> sums, grams;
 
  private:
+  std::vector<std::string> gram_names_;
   at::Tensor last_, last_sq_;
 };
 
@@ -61,10 +73,11 @@ at::Tensor CalibrationStats::input_norms(const std::string& weight_name) const {
   return it->second.sqrt().to(at::kFloat);
 }
 
-CalibrationStats calibrate(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows) {
+CalibrationStats calibrate(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows,
+                           const std::vector<std::string>& gram_weights) {
   CONDENSE_CHECK(!windows.empty(), "calibration needs at least one window of token ids");
   at::NoGradGuard no_grad;
-  auto recorder = std::make_shared<InputNormRecorder>();
+  auto recorder = std::make_shared<InputNormRecorder>(gram_weights);
   HookSwap swap(model, recorder);
 
   const int64_t layers = model->config().num_hidden_layers;
@@ -87,6 +100,10 @@ CalibrationStats calibrate(LlamaForCausalLM& model, const std::vector<at::Tensor
   }
   for (double& v : influence) v /= static_cast<double>(stats.tokens);
   stats.input_sq_norms = std::move(recorder->sums);
+  for (const std::string& name : gram_weights)
+    CONDENSE_CHECK(recorder->grams.count(name),
+                   "calibration: no projection named '{}' ran, so it has no input Gram matrix", name);
+  stats.input_grams = std::move(recorder->grams);
   stats.block_influence = std::move(influence);
   return stats;
 }

@@ -8,6 +8,9 @@
 //     over layers.
 //   - block_influence[i]: mean over tokens of 1 - cos(input of layer i, output of layer i)
 //     (ShortGPT's block influence; Minitron's depth importance). Low = the layer changes little.
+//   - input_grams[name]: on request, sum over tokens of x x^T for the named projections, float64
+//     [in_features, in_features]; W G W^T is then the (uncentered) covariance of the projection's
+//     outputs, which KV-head merging (compressors/kv_merge.h) takes its SVD of.
 // The pass runs without gradients, in eval mode, with the model's projection hook replaced for
 // its duration (restored afterwards).
 #pragma once
@@ -25,14 +28,17 @@ namespace condense {
 struct CalibrationStats {
   int64_t tokens = 0;                                // calibration tokens seen
   std::map<std::string, at::Tensor> input_sq_norms;  // weight name -> [in_features] float64
+  std::map<std::string, at::Tensor> input_grams;     // requested names -> [in, in] float64
   std::vector<double> block_influence;               // [num_hidden_layers]
 
   // sqrt(input_sq_norms[name]) as float32; throws naming `name` if it was not recorded.
   at::Tensor input_norms(const std::string& weight_name) const;
 };
 
-// windows: token-id tensors [B, T] (int64). Throws if `windows` is empty.
-CalibrationStats calibrate(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows);
+// windows: token-id tensors [B, T] (int64). Throws if `windows` is empty. gram_weights: weight
+// names whose input Gram matrices to record as well (each costs in_features^2 doubles).
+CalibrationStats calibrate(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows,
+                           const std::vector<std::string>& gram_weights = {});
 
 // Layer-sequential calibration for methods that change layer i before measuring layer i + 1
 // (Wanda): holds every window's hidden states at the current layer boundary (windows x B x T x

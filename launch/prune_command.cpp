@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "compressors/calibration.h"
+#include "compressors/kv_merge.h"
 #include "compressors/prune_masked.h"
 #include "compressors/prune_minitron.h"
 #include "core/error.h"
@@ -102,13 +103,15 @@ std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::stri
 void add_prune_command(CLI::App& app, PruneArgs& a) {
   a.cmd = app.add_subcommand(
       "prune", "one-shot pruning of a checkpoint: magnitude or wanda masks (unstructured or N:M), "
-               "or minitron structured width/depth pruning to a smaller plain Llama");
+               "minitron structured width/depth pruning to a smaller plain Llama, or KV-head "
+               "merging to fewer KV heads (a smaller KV cache)");
   a.cmd->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
   a.cmd->add_option("--method", a.method,
                     "magnitude: |W|, one threshold per matrix; wanda: |W| * ||X_j||, per output "
                     "row, layer-sequential calibration; minitron: remove MLP neurons, query "
-                    "heads, embedding channels and layers by activation importance")
-      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron"}));
+                    "heads, embedding channels and layers by activation importance; kv-heads: "
+                    "merge consecutive KV heads into --kv-heads heads (MHA -> GQA)")
+      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron", "kv-heads"}));
   a.cmd->add_option("--sparsity", a.sparsity, "magnitude/wanda: pruned share in [0, 1) (default 0.5)");
   a.cmd->add_option("--pattern", a.pattern, "magnitude/wanda: N:M, keep N of every M consecutive "
                     "input weights of a row (2:4, 4:8)");
@@ -117,7 +120,12 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
   a.cmd->add_option("--target", a.targets, "minitron: key=value, repeatable: hidden_size, "
                     "intermediate_size, num_attention_heads, num_hidden_layers, "
                     "drop_layers=i,j,..., or num_parameters");
-  a.cmd->add_option("--calib-windows", a.calib_windows, "calibration windows (wanda, minitron)")
+  a.cmd->add_option("--kv-heads", a.kv_heads, "kv-heads: the new number of KV heads; divides "
+                    "the current number");
+  a.cmd->add_option("--init", a.init, "kv-heads: svd (low-rank merge from calibration "
+                    "activations, RoPE-exact) or mean (mean-pooled heads, the GQA paper's)")
+      ->check(CLI::IsMember({"svd", "mean"}))->default_val("svd");
+  a.cmd->add_option("--calib-windows", a.calib_windows, "calibration windows (wanda, minitron, kv-heads svd)")
       ->default_val(32);
   a.cmd->add_option("--calib-batch", a.calib_batch, "windows per calibration forward")->default_val(8);
   a.cmd->add_option("--data", a.data, "token store for calibration (default: the checkpoint recipe's)");
@@ -138,13 +146,24 @@ int run_prune_command(PruneArgs& a) {
   std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
   LlamaForCausalLM model = load_inference_model(ckpt);
-  const bool masked = a.method != "minitron";
+  const bool kv = a.method == "kv-heads";
+  const bool masked = a.method != "minitron" && !kv;
   const bool sparsity_given = a.cmd->count("--sparsity") > 0;
   CONDENSE_CHECK(masked || (!sparsity_given && a.pattern.empty() && a.weights.empty()),
-                 "--sparsity, --pattern and --weights belong to magnitude/wanda; minitron takes --target");
-  CONDENSE_CHECK(!masked || a.targets.empty(),
-                 "--target belongs to minitron; {} takes --sparsity or --pattern (and --weights)",
-                 a.method);
+                 "--sparsity, --pattern and --weights belong to magnitude/wanda; {} takes {}",
+                 a.method, kv ? "--kv-heads and --init" : "--target");
+  CONDENSE_CHECK(a.method == "minitron" || a.targets.empty(),
+                 "--target belongs to minitron; {} takes {}", a.method,
+                 kv ? "--kv-heads and --init" : "--sparsity or --pattern (and --weights)");
+  CONDENSE_CHECK(kv || (a.cmd->count("--kv-heads") == 0 && a.cmd->count("--init") == 0),
+                 "--kv-heads and --init belong to --method kv-heads");
+  CONDENSE_CHECK(!kv || a.cmd->count("--kv-heads") > 0,
+                 "--method kv-heads needs --kv-heads N (the new number of KV heads, of {} now)",
+                 model->config().kv_heads());
+  if (!masked)
+    CONDENSE_CHECK(!WeightMasks::from_file(ckpt.file()).masks().size(),
+                   "{} carries masks (it was pruned with magnitude/wanda); {} needs a checkpoint "
+                   "without them", path, a.method);
   CONDENSE_CHECK(!sparsity_given || a.pattern.empty(),
                  "give --sparsity or --pattern, not both (N:M fixes the sparsity at 1 - N/M)");
 
@@ -181,6 +200,27 @@ int run_prune_command(PruneArgs& a) {
     WeightMasks masks = prune_masked(model, opt, windows, &calib_s);
     extra = masks.entries();
     summary = masks.describe();
+  } else if (kv) {
+    KVMergeOptions opt;
+    opt.kv_heads = a.kv_heads;
+    opt.init = a.init;
+    check_kv_merge(model->config(), opt);  // every option error before any work
+    CalibrationStats stats;
+    if (opt.init == "svd") {
+      std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
+      forward_s = plain_forward_s(windows);
+      auto c0 = std::chrono::steady_clock::now();
+      stats = calibrate(model, windows, kv_merge_gram_weights(model->config()));
+      calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+      calib_tokens = stats.tokens;
+    }
+    const int64_t before = model->config().kv_heads();
+    model = merge_kv_heads(model, opt, &stats);
+    summary = fmt::format("num_key_value_heads {} -> {} ({} init); KV cache per token {} -> {} "
+                          "values", before, opt.kv_heads, opt.init,
+                          2 * before * model->config().head_size() * model->config().num_hidden_layers,
+                          2 * opt.kv_heads * model->config().head_size() *
+                              model->config().num_hidden_layers);
   } else {
     MinitronTarget target = parse_targets(a.targets);
     check_minitron_target(model->config(), target);  // every target error before any work

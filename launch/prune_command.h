@@ -3,7 +3,10 @@
 //                      matrices; the masks are stored in the output ("mask/<weight>") so a
 //                      recovery recipe (init=OUT.h5) keeps them through training and export
 //   minitron           structured width/depth pruning to a smaller plain Llama (--target)
-// Calibration windows (wanda, minitron) are the last windows of the validation split of the
+//   kv-heads           KV-head merging to --kv-heads KV heads (--init svd | mean), a plain GQA
+//                      Llama with a smaller KV cache (compressors/kv_merge.h); heal it with a
+//                      finetune recipe that distills from the original
+// Calibration windows (wanda, minitron, kv-heads with svd) are the last windows of the validation split of the
 // checkpoint's token store (or --data), so `condense eval`, which reads the first ones, does
 // not score the text the pruning looked at.
 #pragma once
@@ -21,6 +24,8 @@ struct PruneArgs {
   double sparsity = 0.5;
   std::vector<std::string> weights;   // regexes over weight names (masked methods)
   std::vector<std::string> targets;   // minitron: key=value
+  int64_t kv_heads = 0;              // kv-heads: the new num_key_value_heads
+  std::string init = "svd";          // kv-heads: svd | mean
   int64_t calib_windows = 32;
   int64_t calib_batch = 8;
   bool no_sequential = false;

@@ -1,0 +1,145 @@
+"""KV-head merging through the CLI, checked with the real consumers.
+
+A briefly trained GQA model (4 query heads over 2 KV heads of 16, 2 layers) is merged with
+`condense prune --method kv-heads --kv-heads 1` into a multi-query model. The merged checkpoint
+keeps every tensor outside attention bit for bit; mean pooling gives exactly the mean of the two
+heads' K/V rows (checked with numpy). Exported `--format hf`, transformers loads it with
+num_key_value_heads 1 and its log-probabilities match condense's to 1e-5; exported `--format
+gguf` (F32), llama.cpp runs it with next-token probabilities within 1e-4 and reports a KV cache
+half the size of the unmerged model's. Bad options fail naming the option, with nothing
+written.
+"""
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run
+from export_fixtures import model_tensors, score, trained  # noqa: F401 (fixture)
+from test_minitron_export import CHILD, field_value
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+pytest.importorskip("llama_cpp")
+
+
+def merge(ckpt, out, *extra, check=True):
+    return run("prune", ckpt, "--method", "kv-heads", "--calib-windows", 8, "--threads", 1,
+               "--out", out, *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def merged(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kvmerge") / "merged.h5"
+    merge(trained[0], out, "--kv-heads", 1)
+    return out
+
+
+def test_merged_checkpoint_keeps_everything_outside_attention(trained, merged, tmp_path):
+    orig, oc, _ = model_tensors(trained[0])
+    new, c, tok = model_tensors(merged)
+    assert tok, "the merged checkpoint keeps the tokenizer"
+    assert oc["num_key_value_heads"] == 2 and c["num_key_value_heads"] == 1
+    assert c["num_attention_heads"] == 4 and c["head_dim"] == 16
+    assert sorted(new) == sorted(orig)
+    for k in new:
+        if ".self_attn." in k:
+            continue
+        assert np.array_equal(new[k], orig[k]), k
+    for i in range(2):
+        assert new[f"model.layers.{i}.self_attn.k_proj.weight"].shape == (16, 64)
+        assert new[f"model.layers.{i}.self_attn.v_proj.weight"].shape == (16, 64)
+
+    merge(trained[0], tmp_path / "mean.h5", "--kv-heads", 1, "--init", "mean")
+    mean, _, _ = model_tensors(tmp_path / "mean.h5")
+    for k in mean:
+        if "k_proj" in k or "v_proj" in k:
+            want = orig[k].reshape(2, 16, 64).mean(0)
+            assert np.abs(mean[k] - want).max() <= 1e-6, k
+        else:
+            assert np.array_equal(mean[k], orig[k]), k
+
+
+def test_hf_export_loads_in_transformers_and_matches(trained, merged, tmp_path):
+    ids, lp, _ = score(merged, trained[2])
+    out = tmp_path / "hf"
+    run("export", merged, out, "--format", "hf")
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (4, 1)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        out, output_loading_info=True, dtype=torch.float32, attn_implementation="eager")
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [], info
+    assert info["mismatched_keys"] == [] and info["error_msgs"] == [], info
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double()
+    lp_hf = torch.log_softmax(logits, -1)[:-1].numpy()
+    err = np.abs(lp_hf - lp).max()
+    print(f"kv-heads HF export: max |logprob diff| = {err:.3g}")
+    assert err <= 1e-5
+    assert (lp_hf.argmax(-1) == lp.argmax(-1)).all()
+
+
+def llama_cpp(gguf_path, text, ids, tmp_path):
+    """(probabilities [n-1, V], llama.cpp's reported KV cache MiB) of a GGUF on ids."""
+    ids_json = tmp_path / "ids.json"
+    ids_json.write_text(json.dumps(ids))
+    npz = tmp_path / (gguf_path.stem + ".npz")
+    env = {**__import__("os").environ, "CONDENSE_LLAMA_VERBOSE": "1", "CONDENSE_LLAMA_KV_F32": "1"}
+    p = subprocess.run([sys.executable, str(CHILD), str(gguf_path), str(text), str(ids_json), str(npz)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, f"llama.cpp child failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
+    m = re.search(r"llama_kv_cache[^\n]*?size\s*=\s*([0-9.]+)\s*MiB", p.stderr)
+    assert m, f"llama.cpp did not report its KV cache size:\n{p.stderr[-3000:]}"
+    z = np.load(npz)
+    assert z["tokens"].tolist() == ids
+    logits = z["logits"][:-1]
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True), float(m.group(1))
+
+
+def test_gguf_export_runs_in_llama_cpp_with_half_the_kv_cache(trained, merged, tmp_path):
+    text = trained[2]
+    ids, lp, _ = score(merged, text)
+    out = tmp_path / "merged.gguf"
+    run("export", merged, out, "--format", "gguf", "--dtype", "f32")
+    r = gguf.GGUFReader(out)
+    assert field_value(r, "llama.attention.head_count") == 4
+    assert field_value(r, "llama.attention.head_count_kv") == 1
+    prob, kv_mib = llama_cpp(out, text, ids, tmp_path)
+    err = np.abs(prob - np.exp(lp)).max()
+    print(f"kv-heads GGUF f32: max |dp| = {err:.3g}; llama.cpp KV cache {kv_mib} MiB")
+    assert err <= 1e-4
+    assert (prob.argmax(-1) == lp.argmax(-1)).all()
+
+    base = tmp_path / "orig.gguf"
+    run("export", trained[0], base, "--format", "gguf", "--dtype", "f32")
+    _, kv_orig = llama_cpp(base, text, ids, tmp_path)
+    print(f"llama.cpp KV cache: original {kv_orig} MiB, merged {kv_mib} MiB")
+    assert kv_mib == pytest.approx(kv_orig / 2, rel=0.02)
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--kv-heads", "2"], ["kv_heads 2", "valid is 1..1"]),
+    (["--kv-heads", "0"], ["kv_heads 0", "valid is 1..1"]),
+    ([], ["--kv-heads N", "2 now"]),
+    (["--kv-heads", "1", "--sparsity", "0.5"], ["--sparsity", "kv-heads takes --kv-heads"]),
+])
+def test_bad_options_fail_clearly(trained, tmp_path, args, needles):
+    out = tmp_path / "bad.h5"
+    res = merge(trained[0], out, *args, check=False)
+    assert res.returncode == 1, res.stderr
+    for n in needles:
+        assert n in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_kv_options_belong_to_kv_heads(trained, tmp_path):
+    out = tmp_path / "bad.h5"
+    res = run("prune", trained[0], "--method", "magnitude", "--kv-heads", 1, "--out", out, check=False)
+    assert res.returncode == 1 and "--kv-heads and --init belong to --method kv-heads" in res.stderr
+    assert not out.exists()
