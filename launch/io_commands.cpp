@@ -40,6 +40,11 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_option("--top-k", a.score.top_k, "alternatives listed per position")
       ->default_val(5);
   a.score_cmd->add_flag("--full", a.score.full, "every position's full log-probability vector");
+  a.score_cmd->add_option("--kv-cache", a.score.kv_cache, "run the text through a KV cache: fp "
+                          "(the model's dtype) or int8 (KIVI layout); default: one forward, no cache")
+      ->check(CLI::IsMember({"fp", "int8"}));
+  a.score_cmd->add_flag("--token-by-token", a.score.token_by_token, "with --kv-cache: one token "
+                        "per step, as decoding runs");
   a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
 }
 

@@ -19,6 +19,7 @@
 #include "launch/io_commands.h"
 #include "launch/prune_command.h"
 #include "model/generate.h"
+#include "model/kv_cache.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe.h"
 #include "recipes/recipe_parser.h"
@@ -34,8 +35,11 @@ namespace {
 
 // seq_len / batch_size > 0 override the checkpoint recipe's windows, so that checkpoints from
 // different recipes can be compared on the same held-out tokens.
+// kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
+// (model/kv_cache.h), so the loss is what decoding with that cache would score.
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
-             int64_t batch_size) {
+             int64_t batch_size, const std::string& kv_cache) {
+  const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
@@ -56,13 +60,27 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
                  cfg.data.seq_len);
   at::NoGradGuard no_grad;
-  double total = 0;
-  for (const Batch& b : val) total += causal_lm_loss(model, b).item<double>();
+  double total = 0, kv_bytes = 0;
+  for (const Batch& b : val) {
+    if (kv.type == KVCacheType::kFp) {
+      total += causal_lm_loss(model, b).item<double>();
+      continue;
+    }
+    at::Tensor w = model->lm_head_weight();
+    KVCache cache(model->config(), b.inputs.size(0), b.inputs.size(1), w.options(), kv);
+    at::Tensor logits = model->logits(prefill(model, b.inputs.to(w.device()), cache));
+    total += at::cross_entropy_loss(logits.flatten(0, 1).to(at::kFloat), b.targets.to(w.device()).flatten())
+                 .item<double>();
+    kv_bytes = cache.bytes_per_token();
+  }
   double loss = total / val.size();
   int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;
+  if (kv.type == KVCacheType::kFp)
+    kv_bytes = KVCache(model->config(), 0, 0, model->lm_head_weight().options()).bytes_per_token();
   std::cout << fmt::format("{{\"checkpoint\": \"{}\", \"step\": {}, \"val_loss\": {:.6f}, "
-                           "\"perplexity\": {:.4f}, \"tokens\": {}}}\n",
-                           path, ckpt.state().step, loss, std::exp(loss), tokens);
+                           "\"perplexity\": {:.4f}, \"tokens\": {}, \"kv_cache\": \"{}\", "
+                           "\"kv_bytes_per_token\": {:.1f}}}\n",
+                           path, ckpt.state().step, loss, std::exp(loss), tokens, kv_cache, kv_bytes);
   return 0;
 }
 
@@ -72,7 +90,8 @@ struct ChatArgs {
 };
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
-                 const ChatArgs& chat) {
+                 const ChatArgs& chat, const std::string& kv_cache) {
+  const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
@@ -94,12 +113,13 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = tok.eos_id();
-  GenerationResult r = generate(model, ids, opt);
+  GenerationResult r = generate(model, ids, opt, kv);
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
   std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
-  spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s", r.tokens.size(),
-               ids.size(), r.prefill_seconds, r.decode_tokens_per_s());
+  spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s; {} KV cache, "
+               "{:.0f} bytes per token", r.tokens.size(), ids.size(), r.prefill_seconds,
+               r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token);
   return 0;
 }
 
@@ -174,6 +194,11 @@ int run(int argc, char** argv) {
   int64_t eval_seq = 0, eval_batch = 0;
   eval->add_option("--seq-len", eval_seq, "window length (0: the checkpoint recipe's)")->default_val(0);
   eval->add_option("--batch-size", eval_batch, "windows per batch (0: the recipe's)")->default_val(0);
+  std::string kv_cache = "fp";
+  const char* kv_help = "KV cache storage: fp (the model's dtype) or int8 (KIVI layout: keys per "
+                        "channel in groups of 32 positions, values per token)";
+  eval->add_option("--kv-cache", kv_cache, std::string(kv_help) + "; int8 scores every window "
+                   "through the cache, as decoding would")->default_val("fp");
 
   auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
   std::string prompt;
@@ -193,6 +218,7 @@ int run(int argc, char** argv) {
   gen->add_option("--top-k", so.top_k, "0: off")->default_val(0);
   gen->add_option("--top-p", so.top_p, "1: off")->default_val(1.0);
   gen->add_option("--seed", so.seed)->default_val(0);
+  gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
 
   auto* info = app.add_subcommand("info", "describe a checkpoint");
   info->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
@@ -221,11 +247,11 @@ int run(int argc, char** argv) {
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch);
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

@@ -14,6 +14,8 @@
 #include "launch/gguf_llama.h"
 #include "launch/hf_import.h"
 #include "launch/inference_model.h"
+#include "model/generate.h"
+#include "model/kv_cache.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -57,8 +59,30 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(ids.size() >= 2, "{}: empty text, nothing to score", opt.text_file);
   at::NoGradGuard no_grad;
   src.model->eval();
+  CONDENSE_CHECK(!opt.token_by_token || !opt.kv_cache.empty(),
+                 "--token-by-token decodes through a KV cache: give --kv-cache fp or int8");
   at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
-  at::Tensor logp = src.model->forward(input).squeeze(0).to(at::kDouble).log_softmax(-1);
+  at::Tensor logits;
+  double kv_bytes = 0;
+  if (opt.kv_cache.empty()) {
+    logits = src.model->forward(input);
+  } else {
+    at::Tensor w = src.model->lm_head_weight();
+    KVCache cache(c, 1, input.size(1), w.options(), parse_kv_cache(opt.kv_cache, "--kv-cache"));
+    input = input.to(w.device());
+    at::Tensor h;
+    if (opt.token_by_token) {
+      std::vector<at::Tensor> steps;
+      for (int64_t i = 0; i < input.size(1); ++i)
+        steps.push_back(src.model->hidden({input.narrow(1, i, 1), {}, &cache}));
+      h = at::cat(steps, 1);
+    } else {
+      h = prefill(src.model, input, cache);
+    }
+    logits = src.model->logits(h);
+    kv_bytes = cache.bytes_per_token();
+  }
+  at::Tensor logp = logits.squeeze(0).to(at::kCPU, at::kDouble).log_softmax(-1);
   const int64_t n = static_cast<int64_t>(ids.size()) - 1;
   nlohmann::ordered_json positions = nlohmann::ordered_json::array();
   double nll = 0;
@@ -83,6 +107,10 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
                                 {"tokens", ids.size()}, {"predicted", n}, {"nll", nll},
                                 {"mean_nll", nll / n}, {"perplexity", std::exp(nll / n)},
                                 {"positions", positions}};
+  if (!opt.kv_cache.empty()) {
+    out["kv_cache"] = opt.kv_cache;
+    out["kv_bytes_per_token"] = kv_bytes;
+  }
   if (opt.json_out.empty()) {
     std::cout << out.dump() << "\n";
   } else {

@@ -5,7 +5,8 @@
 // and the distribution over ids[i+1]. Output JSON:
 //   {"source", "tokens", "predicted", "nll" (sum over predicted positions, nats),
 //    "mean_nll", "perplexity", "positions": [{"pos", "id", "next_id", "logprob",
-//    "top": [[id, logprob], ...]} (top_k best, descending) or "logprobs": [V floats] (full)]}
+//    "top": [[id, logprob], ...]} (top_k best, descending) or "logprobs": [V floats] (full)],
+//    with a KV cache also "kv_cache" and "kv_bytes_per_token"}
 #pragma once
 #include <cstdint>
 #include <string>
@@ -21,6 +22,10 @@ struct ScoreOptions {
   std::string tokenizer;  // .model overriding the source's (required for GGUF sources)
   int64_t top_k = 5;
   bool full = false;      // every position's full log-probability vector
+  // Empty: one forward without a cache. "fp" / "int8": the text runs through a KV cache of that
+  // kind (model/kv_cache.h), in the cache's chunks, or one token at a time with token_by_token.
+  std::string kv_cache;
+  bool token_by_token = false;
 };
 
 // A model plus its tokenizer from any source score and the benchmarks read.

@@ -35,8 +35,19 @@ int64_t sample_token(const at::Tensor& logits_in, const SamplingOptions& opt, at
   return at::multinomial(probs, 1, /*replacement=*/false, gen).item<int64_t>();
 }
 
+at::Tensor prefill(LlamaForCausalLM& model, const at::Tensor& ids, KVCache& cache) {
+  std::vector<at::Tensor> parts;
+  for (int64_t pos = 0, t = ids.size(1); pos < t;) {
+    const int64_t n = std::min(t - pos, cache.max_append());
+    CONDENSE_CHECK(n > 0, "prefill: the KV cache is full ({} positions)", cache.capacity());
+    parts.push_back(model->hidden({ids.narrow(1, pos, n), {}, &cache}));
+    pos += n;
+  }
+  return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
+}
+
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
-                          const SamplingOptions& opt) {
+                          const SamplingOptions& opt, const KVCacheOptions& kv) {
   CONDENSE_CHECK(!prompt.empty(), "generate needs a non-empty prompt");
   const LlamaConfig& c = model->config();
   int64_t capacity = std::min<int64_t>(c.max_position_embeddings,
@@ -48,14 +59,14 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   bool was_training = model->is_training();
   model->eval();
   at::Tensor weight = model->lm_head_weight();
-  KVCache cache(c, 1, capacity, weight.options());
+  KVCache cache(c, 1, capacity, weight.options(), kv);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed);
   GenerationResult result;
   using clock = std::chrono::steady_clock;
 
   auto t0 = clock::now();
   at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).to(weight.device()).unsqueeze(0);
-  at::Tensor h = model->hidden({ids, {}, &cache});
+  at::Tensor h = prefill(model, ids, cache);
   at::Tensor next_logits = model->logits(h.select(1, h.size(1) - 1)).squeeze(0).cpu();
   auto t1 = clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -70,6 +81,7 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
     next_logits = model->logits(h.select(1, 0)).squeeze(0).cpu();
   }
   result.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  result.kv_bytes_per_token = cache.bytes_per_token();
   if (was_training) model->train();
   return result;
 }

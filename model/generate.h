@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "model/kv_cache.h"
 #include "model/llama.h"
 
 namespace condense {
@@ -25,14 +26,21 @@ struct GenerationResult {
   std::vector<int64_t> tokens;  // the new tokens only
   double prefill_seconds = 0;
   double decode_seconds = 0;
+  double kv_bytes_per_token = 0;  // what the cache held per position
   double decode_tokens_per_s() const;
 };
 
 // Picks the next token from logits [vocab] (fp32, CPU) under the options.
 int64_t sample_token(const at::Tensor& logits, const SamplingOptions& opt, at::Generator& gen);
 
-// Generates up to max_new_tokens after `prompt` (non-empty) in eval mode without gradients.
+// Generates up to max_new_tokens after `prompt` (non-empty) in eval mode without gradients,
+// with a cache of the given kind.
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
-                          const SamplingOptions& opt);
+                          const SamplingOptions& opt, const KVCacheOptions& kv = {});
+
+// Runs ids [B, T] through the model with `cache` (appending T positions after its current
+// length), in the chunks the cache accepts (KVCache::max_append); returns the final hidden
+// states [B, T, hidden]. With an fp cache that is one pass.
+at::Tensor prefill(LlamaForCausalLM& model, const at::Tensor& ids, KVCache& cache);
 
 }  // namespace condense

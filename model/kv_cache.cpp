@@ -5,14 +5,67 @@
 #include "core/error.h"
 
 namespace condense {
+namespace {
+
+// Asymmetric 8-bit quantization of x along `dim`: codes 0..255 with x ~ code * scale + min.
+struct Quantized {
+  at::Tensor codes, scale, min;
+};
+
+Quantized quantize(const at::Tensor& x, int64_t dim) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor mn = xf.amin(dim, true), mx = xf.amax(dim, true);
+  // A constant slice has no range: any positive scale reproduces it exactly from its minimum.
+  at::Tensor scale = ((mx - mn) / 255.0).clamp_min(1e-12);
+  at::Tensor codes = ((xf - mn) / scale).round_().clamp_(0, 255).to(at::kByte);
+  return {codes, scale, mn};
+}
+
+at::Tensor dequantize(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& min,
+                      at::ScalarType dtype) {
+  return (codes.to(at::kFloat) * scale + min).to(dtype);
+}
+
+}  // namespace
+
+KVCacheOptions parse_kv_cache(const std::string& text, const std::string& option) {
+  KVCacheOptions o;
+  if (text == "fp") o.type = KVCacheType::kFp;
+  else if (text == "int8") o.type = KVCacheType::kInt8;
+  else fail("{} '{}': valid are fp (the model's dtype) and int8 (KIVI layout: keys per channel "
+            "in groups of {} positions, values per token)", option, text, o.group);
+  return o;
+}
 
 KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
-                 at::TensorOptions options)
-    : capacity_(capacity) {
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    keys_.push_back(at::empty({batch, config.kv_heads(), capacity, config.head_size()}, options));
-    values_.push_back(at::empty({batch, config.kv_heads(), capacity, config.head_size()}, options));
+                 at::TensorOptions options, KVCacheOptions kind)
+    : kind_(kind), capacity_(capacity), kv_heads_(config.kv_heads()), head_dim_(config.head_size()),
+      element_bytes_(static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())))) {
+  const int64_t h = kv_heads_, d = head_dim_;
+  if (kind_.type == KVCacheType::kFp) {
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+      keys_.push_back(at::empty({batch, h, capacity, d}, options));
+      values_.push_back(at::empty({batch, h, capacity, d}, options));
+    }
+    return;
   }
+  CONDENSE_CHECK(kind_.group > 0, "int8 KV cache: group must be positive, got {}", kind_.group);
+  const int64_t groups = (capacity + kind_.group - 1) / kind_.group;
+  at::TensorOptions f = options.dtype(at::kFloat), u8 = options.dtype(at::kByte);
+  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+    keys_.push_back(at::empty({batch, h, groups * kind_.group, d}, u8));
+    values_.push_back(at::empty({batch, h, capacity, d}, u8));
+    key_scale_.push_back(at::empty({batch, h, groups, d}, f));
+    key_min_.push_back(at::empty({batch, h, groups, d}, f));
+    key_tail_.push_back(at::empty({batch, h, kind_.group, d}, options));
+    value_scale_.push_back(at::empty({batch, h, capacity, 1}, f));
+    value_min_.push_back(at::empty({batch, h, capacity, 1}, f));
+  }
+}
+
+int64_t KVCache::max_append() const {
+  if (kind_.type == KVCacheType::kFp) return capacity_ - length_;
+  return std::min(capacity_ - length_, kind_.group - length_ % kind_.group);
 }
 
 std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tensor& k,
@@ -20,11 +73,58 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   int64_t t = k.size(2);
   CONDENSE_CHECK(length_ + t <= capacity_, "KV cache full: {} cached + {} new > capacity {}",
                  length_, t, capacity_);
-  keys_[layer].narrow(2, length_, t).copy_(k);
-  values_[layer].narrow(2, length_, t).copy_(v);
-  return {keys_[layer].narrow(2, 0, length_ + t), values_[layer].narrow(2, 0, length_ + t)};
+  if (kind_.type == KVCacheType::kFp) {
+    keys_[layer].narrow(2, length_, t).copy_(k);
+    values_[layer].narrow(2, length_, t).copy_(v);
+    return {keys_[layer].narrow(2, 0, length_ + t), values_[layer].narrow(2, 0, length_ + t)};
+  }
+  CONDENSE_CHECK(t <= max_append(), "int8 KV cache: {} positions cross a quantization group "
+                 "boundary ({} cached, group {}); append at most {}", t, length_, kind_.group,
+                 max_append());
+  const int64_t g = kind_.group, done = length_ / g * g, in_tail = length_ - done;
+  key_tail_[layer].narrow(2, in_tail, t).copy_(k);
+  Quantized qv = quantize(v, 3);
+  values_[layer].narrow(2, length_, t).copy_(qv.codes);
+  value_scale_[layer].narrow(2, length_, t).copy_(qv.scale);
+  value_min_[layer].narrow(2, length_, t).copy_(qv.min);
+
+  const at::ScalarType dtype = k.scalar_type();
+  at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
+  if (done > 0) {
+    const int64_t b = k.size(0), groups = done / g;
+    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, kv_heads_, groups, g, head_dim_});
+    at::Tensor past = dequantize(codes, key_scale_[layer].narrow(2, 0, groups).unsqueeze(3),
+                                 key_min_[layer].narrow(2, 0, groups).unsqueeze(3), dtype)
+                          .view({b, kv_heads_, done, head_dim_});
+    keys = at::cat({past, keys}, 2);
+  }
+  at::Tensor values = dequantize(values_[layer].narrow(2, 0, length_ + t),
+                                 value_scale_[layer].narrow(2, 0, length_ + t),
+                                 value_min_[layer].narrow(2, 0, length_ + t), dtype);
+  return {keys, values};
 }
 
-void KVCache::commit(int64_t t) { length_ += t; }
+void KVCache::commit(int64_t t) {
+  length_ += t;
+  if (kind_.type != KVCacheType::kInt8 || length_ % kind_.group != 0) return;
+  // The residual group is complete: quantize its keys per channel (over its positions).
+  const int64_t g = kind_.group, group_index = length_ / g - 1;
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    Quantized q = quantize(key_tail_[l], 2);
+    keys_[l].narrow(2, group_index * g, g).copy_(q.codes);
+    key_scale_[l].narrow(2, group_index, 1).copy_(q.scale);
+    key_min_[l].narrow(2, group_index, 1).copy_(q.min);
+  }
+}
+
+double KVCache::bytes_per_token() const {
+  const double layers = static_cast<double>(keys_.size());
+  const double hd = static_cast<double>(kv_heads_ * head_dim_);
+  if (kind_.type == KVCacheType::kFp) return layers * 2 * hd * static_cast<double>(element_bytes_);
+  const double g = static_cast<double>(kind_.group);
+  // keys: a byte per value + scale and minimum (2 floats) per channel per group; values: a
+  // byte per value + scale and minimum per token and head.
+  return layers * (hd + 8 * hd / g + hd + 8 * static_cast<double>(kv_heads_));
+}
 
 }  // namespace condense

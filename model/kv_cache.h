@@ -1,7 +1,22 @@
 // KVCache: per-layer keys and values of past positions for incremental decoding, in
 // preallocated buffers [B, kv_heads, capacity, head_dim] so each new token costs no copy of
 // the past. Not thread-safe; one cache per generation.
+//
+// Two storage types:
+//   fp    the keys and values as the model computes them (its dtype).
+//   int8  KIVI's layout (Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for
+//         KV Cache"), at 8 bits: keys quantized per channel over groups of `group` consecutive
+//         positions (key outliers sit in fixed channels), values per token; asymmetric (a
+//         float32 scale and minimum per group-channel or per token, codes 0..255). The keys of
+//         the current, incomplete group stay in full precision (KIVI's residual) and are
+//         quantized when the group completes; values are quantized as they arrive. Attention
+//         reads dequantized copies made per call, so only the codes, scales and the residual
+//         group are held.
+// An int8 append may not cross a group boundary (max_append() says how many positions fit):
+// every query then sees exactly the keys it would see decoding one token at a time, so a
+// chunked prefill (prefill() in model/generate.h) and token-by-token decoding agree.
 #pragma once
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -10,22 +25,44 @@
 
 namespace condense {
 
+enum class KVCacheType { kFp, kInt8 };
+
+struct KVCacheOptions {
+  KVCacheType type = KVCacheType::kFp;
+  int64_t group = 32;  // int8: positions per key quantization group
+};
+
+// "fp" | "int8" -> options; throws naming `option` (e.g. "--kv-cache") and the valid values.
+KVCacheOptions parse_kv_cache(const std::string& text, const std::string& option);
+
 class KVCache {
  public:
-  KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, at::TensorOptions options);
+  KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity, at::TensorOptions options,
+          KVCacheOptions kind = {});
   // Number of positions already cached (the position offset of the next input).
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
+  // The most positions the next append may carry (int8: up to the end of the current group).
+  int64_t max_append() const;
   // Appends k, v ([B, kv_heads, T, head_dim]) for `layer` at the current length and returns
-  // views of all cached keys/values for that layer. The length advances in commit().
+  // all cached keys/values for that layer (views for fp; dequantized copies for int8). The
+  // length advances in commit().
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
   // Call once after all layers appended T positions.
   void commit(int64_t t);
   void clear() { length_ = 0; }
+  // Bytes the cache holds per position over all layers (codes and scales for int8; the
+  // residual key group, at most `group` positions, is not counted).
+  double bytes_per_token() const;
+  const KVCacheOptions& kind() const { return kind_; }
 
  private:
-  std::vector<at::Tensor> keys_, values_;
-  int64_t capacity_;
+  std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, d]; int8: uint8 codes
+  // int8 only: key scales/minima [B, H, groups, d], the residual keys [B, H, group, d], value
+  // scales/minima [B, H, cap, 1].
+  std::vector<at::Tensor> key_scale_, key_min_, key_tail_, value_scale_, value_min_;
+  KVCacheOptions kind_;
+  int64_t capacity_, kv_heads_, head_dim_, element_bytes_;
   int64_t length_ = 0;
 };
 

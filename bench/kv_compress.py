@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""KV-cache compression (issue 14): KV-head merging with SVD vs mean-pooling initialization,
+before and after healing by distillation, and the int8 KV cache, as perplexity versus KV bytes
+per token on held-out text, against the uncompressed model.
+
+    .venv/bin/python bench/kv_compress.py --out bench/out/kv --steps 200
+    .venv/bin/python bench/kv_compress.py --out bench/out/kv_smollm2 --teacher bench/out/smollm2/smollm2.h5 \\
+        --data bench/out/smollm2/gcide-smollm2.h5 --kv-heads 1 --heal-kv-heads 1 --steps 60 \\
+        --seq-len 128 --batch-size 4 --eval-seq-len 128 --eval-batches 8
+
+Stages (each skipped when its outputs exist, so an interrupted run continues):
+  teacher  recipes/teacher_mha.yaml (4M parameters, 8 query heads each with its own KV head)
+           trained unless --teacher names a checkpoint; rebuilt when absent
+  merge    `condense prune --method kv-heads` to each of --kv-heads, init svd and mean
+  heal     both inits at --heal-kv-heads distilled from the teacher for --steps steps
+           (recipes/heal_kv_heads.yaml: attention projections train, kd_ratio 1)
+  int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
+           tokens, values per token), when condense has it
+KV bytes per token count every layer's keys and values at 2 bytes (f16, what llama.cpp caches by
+default), and for int8 one byte plus the scales. Validation loss is `condense eval` on the first
+--eval-batches held-out batches (calibration reads the last validation windows). Writes a PNG of
+perplexity versus KV bytes per token beside the outputs and appends a section to
+bench/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import REPO, cpu_model, finish_report, git_head  # noqa: E402
+from prune_recovery import BIN, DATA, EVAL_WINDOWS, evaluate, latest, metrics, sh, train  # noqa: E402
+
+
+def model_config(ckpt):
+    import h5py
+    with h5py.File(ckpt, "r") as f:
+        raw = f["config"][()]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def head_dim(c):
+    return c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+
+
+def kv_bytes_f16(c, kv_heads):
+    return 2 * kv_heads * head_dim(c) * c["num_hidden_layers"] * 2
+
+
+def kv_bytes_int8(c, group=32):
+    # keys: 1 byte per value + a float32 scale and zero per channel per `group` tokens;
+    # values: 1 byte per value + a float32 scale and zero per token.
+    d = head_dim(c)
+    per_head = (d + 8 * d / group) + (d + 8)
+    return per_head * c["num_key_value_heads"] * c["num_hidden_layers"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/out/kv")
+    ap.add_argument("--teacher", default="", help="checkpoint (default: train recipes/teacher_mha.yaml)")
+    ap.add_argument("--kv-heads", default="4,2,1", help="merge targets (KV heads)")
+    ap.add_argument("--heal-kv-heads", type=int, default=2, help="the target that is healed")
+    ap.add_argument("--steps", type=int, default=200, help="healing steps")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seq-len", type=int, default=128, help="healing windows")
+    ap.add_argument("--batch-size", type=int, default=8, help="healing windows per step")
+    ap.add_argument("--eval-seq-len", type=int, default=128)
+    ap.add_argument("--eval-batches", type=int, default=16)
+    ap.add_argument("--calib-windows", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--stages", default="merge,heal,int8")
+    ap.add_argument("--data", default="", help="token store for calibration, healing and evaluation "
+                    "(a model with its own tokenizer, e.g. SmolLM2-135M, needs one made with it)")
+    ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
+    ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    if a.data:
+        DATA.extend(["--data", str(Path(a.data).resolve())])
+    EVAL_WINDOWS.extend(["--seq-len", a.eval_seq_len, "--batch-size", 8])
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stages = set(a.stages.split(","))
+    load0 = os.getloadavg()[0]
+    t_start = time.time()
+    notes = []
+
+    teacher_dir = out / "teacher"
+    if a.teacher:
+        teacher = Path(a.teacher).resolve()
+    else:
+        train(REPO / "recipes" / "teacher_mha.yaml", teacher_dir, [], a.threads)
+        teacher = latest(teacher_dir)
+        tm = metrics(teacher_dir)
+        notes.append(f"teacher: recipes/teacher_mha.yaml, {tm[-1]['tokens_seen'] / 1e6:.1f}M tokens "
+                     f"in {tm[-1]['elapsed_s'] / 60:.0f} min")
+    cfg = model_config(teacher)
+    kv0 = cfg["num_key_value_heads"]
+    base = evaluate(teacher, a.eval_batches)
+    points = [{"method": "original", "kv_heads": kv0, "bytes": kv_bytes_f16(cfg, kv0), "loss": base}]
+
+    merged = {}
+    if "merge" in stages:
+        for kn in [int(x) for x in a.kv_heads.split(",")]:
+            for init in ("svd", "mean"):
+                path = out / f"merge_{init}_kv{kn}.h5"
+                if not path.exists():
+                    proc, _ = sh([BIN, "prune", teacher, "--method", "kv-heads", "--kv-heads", kn,
+                                  "--init", init, "--calib-windows", a.calib_windows,
+                                  "--threads", a.threads, *DATA, "--out", path])
+                    path.with_suffix(".json").write_text(proc.stdout.strip().splitlines()[-1])
+                merged[(init, kn)] = path
+                points.append({"method": f"merge {init}", "kv_heads": kn, "bytes": kv_bytes_f16(cfg, kn),
+                               "loss": evaluate(path, a.eval_batches)})
+
+    if "heal" in stages:
+        kn = a.heal_kv_heads
+        data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
+            f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
+        for init in ("svd", "mean"):
+            src = merged.get((init, kn))
+            if src is None:
+                raise SystemExit(f"--heal-kv-heads {kn} is not among --kv-heads {a.kv_heads}")
+            run_dir = out / f"heal_{init}_kv{kn}"
+            train(REPO / "recipes" / "heal_kv_heads.yaml", run_dir,
+                  [f"init={src}", f"distill.teacher={teacher}", f"train.steps={a.steps}",
+                   f"train.lr={a.lr}", f"train.min_lr={a.lr / 10}", "train.warmup_steps=10",
+                   "train.eval_every=0", f"checkpoint.every={a.steps}", *data], a.threads)
+            tokens = metrics(run_dir)[-1]["tokens_seen"]
+            points.append({"method": f"merge {init} + heal", "kv_heads": kn,
+                           "bytes": kv_bytes_f16(cfg, kn), "loss": evaluate(latest(run_dir), a.eval_batches),
+                           "note": f"{a.steps} steps, {tokens / 1e3:.0f}k tokens of distillation"})
+
+    if "int8" in stages:
+        help_text = sh([BIN, "eval", "--help"])[0].stdout
+        if "--kv-cache" in help_text:
+            proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
+                          "--kv-cache", "int8"])
+            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            points.append({"method": "int8 cache", "kv_heads": kv0, "bytes": kv_bytes_int8(cfg), "loss": loss})
+        else:
+            notes.append("int8 cache: not measured (this condense has no `eval --kv-cache`)")
+
+    # Table and plot.
+    def row(p):
+        ppl = math.exp(p["loss"])
+        d = 100 * (ppl / math.exp(base) - 1)
+        return (f"| {p['method']} | {p['kv_heads']} | {p['bytes']:.0f} | {p['loss']:.4f} | {ppl:.2f} | "
+                f"{d:+.1f}% | {p.get('note', '')} |")
+
+    lines = ["| model | KV heads | KV bytes/token | val loss | perplexity | vs original | notes |",
+             "| --- | --- | --- | --- | --- | --- | --- |"] + [row(p) for p in points]
+    readings = []
+    by = {(p["method"], p["kv_heads"]): p["loss"] for p in points}
+    for kn in [int(x) for x in a.kv_heads.split(",")] if "merge" in stages else []:
+        s, m = by.get(("merge svd", kn)), by.get(("merge mean", kn))
+        if s is not None and m is not None:
+            readings.append(f"- {kv0} -> {kn} KV heads before healing: svd +{s - base:.3f} nats, mean "
+                            f"+{m - base:.3f} ({(s - base) / max(m - base, 1e-12):.0%} of mean's; target "
+                            "at most half at 1/4 of the heads)")
+    h = by.get(("merge svd + heal", a.heal_kv_heads))
+    if h is not None:
+        readings.append(f"- after healing (svd, {a.heal_kv_heads} KV heads): perplexity "
+                        f"{100 * (math.exp(h - base) - 1):+.1f}% vs the original (target within 5%)")
+    png = out / "kv_perplexity_vs_bytes.png"
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method in dict.fromkeys(p["method"] for p in points):
+            ps = sorted((p for p in points if p["method"] == method), key=lambda p: p["bytes"])
+            ax.plot([p["bytes"] for p in ps], [math.exp(p["loss"]) for p in ps], "o-", label=method)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("KV cache bytes per token")
+        ax.set_ylabel("held-out perplexity")
+        ax.set_title(f"KV compression, {teacher.name}")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        notes.append(f"plot: {png.relative_to(REPO) if png.is_relative_to(REPO) else png}")
+    except ImportError:
+        notes.append("plot: matplotlib missing")
+
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    cmd = "`.venv/bin/python bench/kv_compress.py " + " ".join(sys.argv[1:]) + "`"
+    section = (f"\n## KV-cache compression ({stamp}, commit {git_head()})\n\nCommand: {cmd}. Machine: "
+               f"{cpu_model()}, {a.threads} threads; load {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+               f"{(time.time() - t_start) / 60:.0f} min. Teacher {teacher}: {cfg['num_attention_heads']} "
+               f"query / {kv0} KV heads of {head_dim(cfg)}, {cfg['num_hidden_layers']} layers. Validation: "
+               f"first {a.eval_batches} batches of 8 x {a.eval_seq_len} held-out tokens.\n\n"
+               + "\n".join(lines) + "\n\n" + "\n".join(readings + [f"- {n}" for n in notes]) + "\n")
+    finish_report(section, a.results, not a.no_append, a.json, {"points": points, "base": base})
+
+
+if __name__ == "__main__":
+    main()

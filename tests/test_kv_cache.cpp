@@ -1,0 +1,154 @@
+// Tests for the KV cache's storage types (model/kv_cache.h):
+//   - int8 values: per token, every element within half a quantization step of the input
+//     (closed form: step = (max - min) / 255 of that token's head vector);
+//   - int8 keys: the current group is returned exactly (KIVI's full-precision residual);
+//     complete groups within half a step per channel of that group;
+//   - appends never cross a key group (max_append), and a crossing append is refused;
+//   - bytes per token: fp = layers * 2 * kv_heads * head_dim * element size; int8 adds the scales;
+//   - a chunked prefill equals token-by-token decoding: exactly up to float noise for fp, and up
+//     to quantization codes that noise flips for int8 (one step each), and the int8 model stays
+//     close to the fp one;
+//   - parse errors name the option.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include "core/error.h"
+#include "model/generate.h"
+#include "model/kv_cache.h"
+
+namespace condense {
+namespace {
+
+LlamaConfig tiny() {
+  LlamaConfig c;
+  c.vocab_size = 97;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.max_position_embeddings = 128;
+  c.finalize();
+  return c;
+}
+
+KVCacheOptions int8(int64_t group = 4) {
+  KVCacheOptions o;
+  o.type = KVCacheType::kInt8;
+  o.group = group;
+  return o;
+}
+
+// Half a quantization step of x along dim, broadcastable to x.
+at::Tensor half_step(const at::Tensor& x, int64_t dim) {
+  return (x.amax(dim, true) - x.amin(dim, true)) / 255.0 / 2.0;
+}
+
+TEST(KVCacheInt8, ValuesWithinHalfAStepPerToken) {
+  at::manual_seed(1);
+  KVCache cache(tiny(), 2, 16, at::TensorOptions().dtype(at::kFloat), int8());
+  at::Tensor k = at::randn({2, 2, 3, 8}), v = at::randn({2, 2, 3, 8}) * 5;
+  auto [keys, values] = cache.append(0, k, v);
+  ASSERT_EQ(values.sizes(), v.sizes());
+  EXPECT_TRUE(((values - v).abs() <= half_step(v, 3) + 1e-6).all().item<bool>());
+  EXPECT_FALSE(at::equal(values, v));  // it is quantized
+  EXPECT_TRUE(at::equal(keys, k));     // the incomplete group stays exact
+}
+
+TEST(KVCacheInt8, CompleteKeyGroupsWithinHalfAStepPerChannel) {
+  at::manual_seed(2);
+  const int64_t g = 4;
+  KVCache cache(tiny(), 1, 16, at::TensorOptions().dtype(at::kFloat), int8(g));
+  std::vector<at::Tensor> ks;
+  at::Tensor keys;
+  for (int64_t step = 0; step < 10; ++step) {
+    at::Tensor k = at::randn({1, 2, 1, 8}) + at::arange(8).view({1, 1, 1, 8});
+    ks.push_back(k);
+    for (int64_t l = 0; l < 2; ++l) keys = cache.append(l, k, k).first;
+    cache.commit(1);
+  }
+  at::Tensor all = at::cat(ks, 2);  // [1, 2, 10, 8]
+  ASSERT_EQ(keys.size(2), 10);
+  for (int64_t grp = 0; grp < 2; ++grp) {  // positions 0..7: two complete groups
+    at::Tensor x = all.narrow(2, grp * g, g), got = keys.narrow(2, grp * g, g);
+    EXPECT_TRUE(((got - x).abs() <= half_step(x, 2) + 1e-6).all().item<bool>()) << grp;
+    EXPECT_FALSE(at::equal(got, x));
+  }
+  // Positions 8 and 9 are the residual group: exact until it completes.
+  EXPECT_TRUE(at::equal(keys.narrow(2, 8, 2), all.narrow(2, 8, 2)));
+}
+
+TEST(KVCacheInt8, AppendsStayInsideAGroup) {
+  KVCache cache(tiny(), 1, 10, at::TensorOptions().dtype(at::kFloat), int8(4));
+  EXPECT_EQ(cache.max_append(), 4);
+  at::Tensor k3 = at::zeros({1, 2, 3, 8});
+  for (int64_t l = 0; l < 2; ++l) cache.append(l, k3, k3);
+  cache.commit(3);
+  EXPECT_EQ(cache.max_append(), 1);
+  try {
+    cache.append(0, k3, k3);
+    ADD_FAILURE() << "an append across a group boundary was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cross a quantization group"), std::string::npos) << e.what();
+  }
+  at::Tensor k1 = at::zeros({1, 2, 1, 8});
+  for (int64_t l = 0; l < 2; ++l) cache.append(l, k1, k1);
+  cache.commit(1);
+  EXPECT_EQ(cache.max_append(), 4);
+  for (int64_t l = 0; l < 2; ++l) cache.append(l, at::zeros({1, 2, 4, 8}), at::zeros({1, 2, 4, 8}));
+  cache.commit(4);
+  EXPECT_EQ(cache.max_append(), 2);  // capacity 10 bounds the last group
+  // A constant group (zero range) dequantizes exactly.
+  auto kv = cache.append(0, at::zeros({1, 2, 1, 8}), at::full({1, 2, 1, 8}, 3.5));
+  EXPECT_TRUE(at::equal(kv.first.narrow(2, 0, 8), at::zeros({1, 2, 8, 8})));
+  EXPECT_TRUE(at::equal(kv.second.narrow(2, 8, 1), at::full({1, 2, 1, 8}, 3.5)));
+}
+
+TEST(KVCache, BytesPerToken) {
+  LlamaConfig c = tiny();  // 2 layers, 2 KV heads of 8
+  EXPECT_EQ(KVCache(c, 1, 4, at::TensorOptions().dtype(at::kFloat)).bytes_per_token(), 2 * 2 * 2 * 8 * 4);
+  EXPECT_EQ(KVCache(c, 1, 4, at::TensorOptions().dtype(at::kBFloat16)).bytes_per_token(), 2 * 2 * 2 * 8 * 2);
+  // int8, group 4: keys 16 + 8 * 16 / 4, values 16 + 8 * 2, per layer.
+  EXPECT_EQ(KVCache(c, 1, 4, at::TensorOptions().dtype(at::kFloat), int8(4)).bytes_per_token(),
+            2 * (16 + 32 + 16 + 16));
+}
+
+TEST(KVCache, ChunkedPrefillEqualsTokenByTokenDecoding) {
+  torch::manual_seed(3);
+  LlamaForCausalLM m(tiny());
+  m->eval();
+  torch::NoGradGuard ng;
+  at::Tensor ids = at::randint(0, 97, {2, 37}, at::kLong);
+  at::Tensor full = m->forward(ids);
+  auto run = [&](KVCacheOptions kind, bool one_by_one) {
+    KVCache cache(m->config(), 2, 37, at::TensorOptions().dtype(at::kFloat), kind);
+    if (!one_by_one) return m->logits(prefill(m, ids, cache));
+    std::vector<at::Tensor> parts;
+    for (int64_t i = 0; i < 37; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
+    return at::cat(parts, 1);
+  };
+  EXPECT_LT((run({}, false) - full).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((run({}, true) - full).abs().max().item<double>(), 1e-5);
+  at::Tensor a = run(int8(8), false), b = run(int8(8), true);
+  // Float noise between the two paths can flip a code by one step; nothing else differs.
+  EXPECT_LT((a - b).abs().max().item<double>(), 5e-3);
+  const double drift = (a - full).abs().max().item<double>();
+  EXPECT_GT(drift, 0.0);
+  EXPECT_LT(drift, 5e-2);
+}
+
+TEST(KVCache, ParseNamesTheOption) {
+  EXPECT_EQ(parse_kv_cache("int8", "--kv-cache").type, KVCacheType::kInt8);
+  EXPECT_EQ(parse_kv_cache("fp", "--kv-cache").type, KVCacheType::kFp);
+  try {
+    parse_kv_cache("int4", "--kv-cache");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-cache 'int4': valid are fp"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace condense
