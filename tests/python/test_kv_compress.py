@@ -1,4 +1,5 @@
-"""KV-head merging through the CLI, checked with the real consumers.
+"""KV-cache compression through the CLI: KV-head merging checked with the real consumers, and
+the int8 KV cache in score, eval and generate.
 
 A briefly trained GQA model (4 query heads over 2 KV heads of 16, 2 layers) is merged with
 `condense prune --method kv-heads --kv-heads 1` into a multi-query model. The merged checkpoint
@@ -143,3 +144,35 @@ def test_kv_options_belong_to_kv_heads(trained, tmp_path):
     res = run("prune", trained[0], "--method", "magnitude", "--kv-heads", 1, "--out", out, check=False)
     assert res.returncode == 1 and "--kv-heads and --init belong to --method kv-heads" in res.stderr
     assert not out.exists()
+
+
+def test_int8_kv_cache_through_the_cli(trained, merged, tmp_path):
+    """score/eval/generate with --kv-cache int8: decoding one token at a time scores what the
+    chunked prefill scores (up to codes that float noise flips), int8 stays close to fp, and the
+    reported bytes per token follow the layout (keys: 1 byte + 8 / 32 per channel; values: 1
+    byte per channel + 8 per head), on the original and on the merged model."""
+    text = trained[2]
+    for ckpt, kv_heads in [(trained[0], 2), (merged, 1)]:
+        ids, lp_full, _ = score(ckpt, text)
+        _, lp_fp, j_fp = score(ckpt, text, "--kv-cache", "fp", "--token-by-token")
+        _, lp_q, j_q = score(ckpt, text, "--kv-cache", "int8")
+        _, lp_qt, _ = score(ckpt, text, "--kv-cache", "int8", "--token-by-token")
+        assert np.abs(lp_fp - lp_full).max() <= 1e-5
+        assert np.abs(lp_q - lp_qt).max() <= 5e-3
+        drift = np.abs(lp_q - lp_full).max()
+        assert 0 < drift <= 0.05, drift
+        per_layer_head = 16 * 4 * 2  # f32 keys and values of 16 channels
+        assert j_fp["kv_bytes_per_token"] == 2 * kv_heads * per_layer_head
+        assert j_q["kv_bytes_per_token"] == 2 * kv_heads * (16 + 8 * 16 / 32 + 16 + 8)
+        print(f"{ckpt.name}: int8 cache mean NLL {j_q['mean_nll']:.5f} vs fp {j_fp['mean_nll']:.5f}; "
+              f"{j_q['kv_bytes_per_token']:.0f} vs {j_fp['kv_bytes_per_token']:.0f} bytes/token")
+
+    ev = [json.loads(run("eval", trained[0], "--batches", 2, "--kv-cache", kv).stdout.splitlines()[-1])
+          for kv in ("fp", "int8")]
+    assert abs(ev[0]["val_loss"] - ev[1]["val_loss"]) < 0.01 and ev[0]["val_loss"] != ev[1]["val_loss"]
+    assert ev[1]["kv_cache"] == "int8" and (ev[0]["kv_bytes_per_token"], ev[1]["kv_bytes_per_token"]) == (512, 176)
+
+    res = run("generate", merged, "--prompt", "The", "--max-new-tokens", 40, "--kv-cache", "int8")
+    assert "int8 KV cache, 88 bytes per token" in res.stderr, res.stderr
+    bad = run("eval", trained[0], "--kv-cache", "int4", check=False)
+    assert bad.returncode == 1 and "--kv-cache 'int4': valid are fp" in bad.stderr, bad.stderr
