@@ -15,7 +15,10 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   heal     both inits at --heal-kv-heads distilled from the teacher for --steps steps
            (recipes/heal_kv_heads.yaml: attention projections train, kd_ratio 1)
   int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
-           tokens, values per token), when condense has it
+           tokens, values per token)
+  gen      greedy decode tokens/s and peak RSS after prompts of --gen-contexts tokens (Debian
+           fortunes text), original and healed merged model, each with the fp and the int8
+           cache, side by side in one run (median of --reps)
 KV bytes per token count every layer's keys and values at 2 bytes (f16, what llama.cpp caches by
 default), and for int8 one byte plus the scales. Validation loss is `condense eval` on the first
 --eval-batches held-out batches (calibration reads the last validation windows). Writes a PNG of
@@ -60,6 +63,52 @@ def kv_bytes_int8(c, group=32):
     return per_head * c["num_key_value_heads"] * c["num_hidden_layers"]
 
 
+def prompt_of(tokens_wanted, ckpt, out):
+    """Debian fortunes text cut to about tokens_wanted tokens of ckpt's tokenizer (measured with
+    `condense score`, then cut proportionally; within a few tokens)."""
+    src = sorted(p for p in Path("/usr/share/games/fortunes").glob("*") if p.suffix == "" and p.is_file())
+    if not src:
+        raise SystemExit("the gen stage needs Debian's fortunes text: apt-get install fortunes-min")
+    text = "".join(p.read_text(encoding="utf-8", errors="replace") for p in src)
+    path = out / f"prompt_{tokens_wanted}.txt"
+    chars = tokens_wanted * 2  # under any tokenizer's count, so the first score fits the context
+    for _ in range(4):
+        path.write_text(text[:chars], encoding="utf-8")
+        n = json.loads(sh([BIN, "score", ckpt, "--text", path, "--top-k", 0, "--json", out / "prompt.json"])[0]
+                       .stdout.strip().splitlines()[-1])["tokens"]
+        if abs(n - tokens_wanted) <= 2:
+            break
+        chars = int(chars * tokens_wanted / n * (0.99 if n < tokens_wanted else 0.97))
+    return path.read_text(encoding="utf-8"), n
+
+
+def generation_table(a, out, teacher):
+    import re
+    import statistics
+    healed = out / f"heal_svd_kv{a.heal_kv_heads}"
+    models = [("original", teacher)]
+    if (healed / "checkpoints" / "latest").exists():
+        models.append((f"merged to {a.heal_kv_heads} KV heads", latest(healed)))
+    rows = ["| prompt tokens | model | cache | KV bytes/token held (model in f32) | decode tokens/s | peak RSS MiB |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for ctx in [int(x) for x in a.gen_contexts.split(",")]:
+        text, n = prompt_of(ctx, teacher, out)
+        for name, ckpt in models:
+            for cache in ("fp", "int8"):
+                rates, rss, kvb = [], [], 0
+                for _ in range(a.reps):
+                    proc, _ = sh(["/usr/bin/time", "-f", "maxrss %M", BIN, "generate", ckpt, "--prompt", text,
+                                  "--max-new-tokens", a.gen_tokens, "--ignore-eos", "--threads", a.threads,
+                                  "--kv-cache", cache])
+                    m = re.search(r"decode ([0-9.]+) tokens/s; \S+ KV cache, ([0-9.]+) bytes", proc.stderr)
+                    rates.append(float(m.group(1)))
+                    kvb = float(m.group(2))
+                    rss.append(int(re.search(r"maxrss (\d+)", proc.stderr).group(1)) / 1024)
+                rows.append(f"| {n} | {name} | {cache} | {kvb:.0f} | {statistics.median(rates):.1f} | "
+                            f"{statistics.median(rss):.0f} |")
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/out/kv")
@@ -74,12 +123,16 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,int8")
+    ap.add_argument("--stages", default="merge,heal,int8,gen")
+    ap.add_argument("--gen-contexts", default="256,448", help="prompt lengths in tokens")
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--data", default="", help="token store for calibration, healing and evaluation "
                     "(a model with its own tokenizer, e.g. SmolLM2-135M, needs one made with it)")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--png", default="", help="also copy the plot here (e.g. bench/kv_teacher_mha.png)")
     a = ap.parse_args()
     if a.data:
         DATA.extend(["--data", str(Path(a.data).resolve())])
@@ -138,14 +191,22 @@ def main():
                            "note": f"{a.steps} steps, {tokens / 1e3:.0f}k tokens of distillation"})
 
     if "int8" in stages:
-        help_text = sh([BIN, "eval", "--help"])[0].stdout
-        if "--kv-cache" in help_text:
-            proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
-                          "--kv-cache", "int8"])
+        proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
+                      "--kv-cache", "int8"])
+        loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+        points.append({"method": "int8 cache", "kv_heads": kv0, "bytes": kv_bytes_int8(cfg), "loss": loss})
+        healed = out / f"heal_svd_kv{a.heal_kv_heads}"
+        if (healed / "checkpoints" / "latest").exists():
+            proc, _ = sh([BIN, "eval", latest(healed), "--batches", a.eval_batches, *DATA,
+                          *EVAL_WINDOWS, "--kv-cache", "int8"])
             loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
-            points.append({"method": "int8 cache", "kv_heads": kv0, "bytes": kv_bytes_int8(cfg), "loss": loss})
-        else:
-            notes.append("int8 cache: not measured (this condense has no `eval --kv-cache`)")
+            kv_cfg = dict(cfg, num_key_value_heads=a.heal_kv_heads)
+            points.append({"method": "merge svd + heal + int8 cache", "kv_heads": a.heal_kv_heads,
+                           "bytes": kv_bytes_int8(kv_cfg), "loss": loss})
+
+    gen_lines = []
+    if "gen" in stages:
+        gen_lines = generation_table(a, out, teacher)
 
     # Table and plot.
     def row(p):
@@ -161,9 +222,9 @@ def main():
     for kn in [int(x) for x in a.kv_heads.split(",")] if "merge" in stages else []:
         s, m = by.get(("merge svd", kn)), by.get(("merge mean", kn))
         if s is not None and m is not None:
+            target = "; target at most half at 1/4 of the heads" if kn * 4 == kv0 else ""
             readings.append(f"- {kv0} -> {kn} KV heads before healing: svd +{s - base:.3f} nats, mean "
-                            f"+{m - base:.3f} ({(s - base) / max(m - base, 1e-12):.0%} of mean's; target "
-                            "at most half at 1/4 of the heads)")
+                            f"+{m - base:.3f} ({(s - base) / max(m - base, 1e-12):.0%} of mean's{target})")
     h = by.get(("merge svd + heal", a.heal_kv_heads))
     if h is not None:
         readings.append(f"- after healing (svd, {a.heal_kv_heads} KV heads): perplexity "
@@ -177,6 +238,7 @@ def main():
         for method in dict.fromkeys(p["method"] for p in points):
             ps = sorted((p for p in points if p["method"] == method), key=lambda p: p["bytes"])
             ax.plot([p["bytes"] for p in ps], [math.exp(p["loss"]) for p in ps], "o-", label=method)
+        ax.axhline(math.exp(base), color="grey", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("KV cache bytes per token")
@@ -185,10 +247,18 @@ def main():
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(png, dpi=110)
+        if a.png:
+            import shutil
+            shutil.copy(png, a.png)
+            png = Path(a.png).resolve()
         notes.append(f"plot: {png.relative_to(REPO) if png.is_relative_to(REPO) else png}")
     except ImportError:
         notes.append("plot: matplotlib missing")
 
+    if gen_lines:
+        lines += ["", f"Greedy decoding of {a.gen_tokens} tokens after a prompt of about N tokens "
+                  f"(Debian fortunes), {a.threads} threads, median of {a.reps}; peak RSS of the process:",
+                  ""] + gen_lines
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     cmd = "`.venv/bin/python bench/kv_compress.py " + " ".join(sys.argv[1:]) + "`"
     section = (f"\n## KV-cache compression ({stamp}, commit {git_head()})\n\nCommand: {cmd}. Machine: "

@@ -90,7 +90,7 @@ struct ChatArgs {
 };
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
-                 const ChatArgs& chat, const std::string& kv_cache) {
+                 const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -112,7 +112,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
                  "the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
-  opt.eos_id = tok.eos_id();
+  opt.eos_id = ignore_eos ? -1 : tok.eos_id();
   GenerationResult r = generate(model, ids, opt, kv);
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
@@ -219,6 +219,9 @@ int run(int argc, char** argv) {
   gen->add_option("--top-p", so.top_p, "1: off")->default_val(1.0);
   gen->add_option("--seed", so.seed)->default_val(0);
   gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
+  bool ignore_eos = false;
+  gen->add_flag("--ignore-eos", ignore_eos, "keep generating past the end-of-text token (for "
+                "timing a fixed number of tokens)");
 
   auto* info = app.add_subcommand("info", "describe a checkpoint");
   info->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
@@ -251,7 +254,7 @@ int run(int argc, char** argv) {
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

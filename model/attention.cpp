@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
 #include "model/rope.h"
@@ -45,7 +47,12 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   at::Tensor v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   k = apply_rope(k, cos, sin);
-  if (hook) std::tie(k, v) = (*hook)(layer_, k, v);
+  if (hook) {
+    KVHook::Projected p = hook->project(layer_, q, k, v);
+    q = p.q;
+    k = p.k;
+    v = p.v;
+  }
 
   int64_t past = 0;
   if (cache) {
@@ -66,7 +73,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     causal = false;
   }
   double p = is_training() ? dropout_ : 0.0;
-  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, std::nullopt, gqa);
+  // The model's scale, whatever width a KV hook projected queries and keys to.
+  const std::optional<double> scale =
+      hook ? std::optional<double>(1.0 / std::sqrt(static_cast<double>(head_dim_))) : std::nullopt;
+  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
+  if (hook) attn = hook->restore(layer_, attn);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that
   // the transpose is free); the fused attention keeps its own output anyway.

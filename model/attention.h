@@ -16,14 +16,20 @@ namespace condense {
 
 class KVCache;
 
-// Called by every layer with keys and values after RoPE, [B, kv_heads, T, head_dim]; returns
-// the keys and values attention uses (and the cache stores). Must keep shapes unless the
-// hook is designed together with the cache.
+// Learned KV-cache projections plug in here (compressors/kv_project.h). Every layer calls
+// project() after RoPE with q [B, heads, T, head_dim] and k, v [B, kv_heads, T, head_dim]; what
+// it returns is what attention uses and the cache stores, in any widths (queries and keys one,
+// values another). Scores keep the model's 1/sqrt(head_dim) scale. restore() maps attention's
+// output [B, heads, T, value width] back to head_dim before o_proj.
 class KVHook {
  public:
+  struct Projected {
+    at::Tensor q, k, v;
+  };
   virtual ~KVHook() = default;
-  virtual std::pair<at::Tensor, at::Tensor> operator()(int64_t layer, const at::Tensor& k,
-                                                       const at::Tensor& v) = 0;
+  virtual Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v) = 0;
+  virtual at::Tensor restore(int64_t layer, const at::Tensor& out) = 0;
 };
 
 class LlamaAttentionImpl : public torch::nn::Module {

@@ -39,28 +39,32 @@ KVCacheOptions parse_kv_cache(const std::string& text, const std::string& option
 
 KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
                  at::TensorOptions options, KVCacheOptions kind)
-    : kind_(kind), capacity_(capacity), kv_heads_(config.kv_heads()), head_dim_(config.head_size()),
+    : kind_(kind), options_(options), batch_(batch), capacity_(capacity),
+      kv_heads_(config.kv_heads()), head_dim_(config.head_size()),
       element_bytes_(static_cast<int64_t>(c10::elementSize(c10::typeMetaToScalarType(options.dtype())))) {
-  const int64_t h = kv_heads_, d = head_dim_;
+  CONDENSE_CHECK(kind_.type != KVCacheType::kInt8 || kind_.group > 0,
+                 "int8 KV cache: group must be positive, got {}", kind_.group);
+  const size_t layers = static_cast<size_t>(config.num_hidden_layers);
+  for (auto* v : {&keys_, &values_, &key_scale_, &key_min_, &key_tail_, &value_scale_, &value_min_})
+    v->resize(layers);
+}
+
+void KVCache::allocate(int64_t layer, int64_t kw, int64_t vw) {
+  const int64_t h = kv_heads_, b = batch_;
   if (kind_.type == KVCacheType::kFp) {
-    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-      keys_.push_back(at::empty({batch, h, capacity, d}, options));
-      values_.push_back(at::empty({batch, h, capacity, d}, options));
-    }
+    keys_[layer] = at::empty({b, h, capacity_, kw}, options_);
+    values_[layer] = at::empty({b, h, capacity_, vw}, options_);
     return;
   }
-  CONDENSE_CHECK(kind_.group > 0, "int8 KV cache: group must be positive, got {}", kind_.group);
-  const int64_t groups = (capacity + kind_.group - 1) / kind_.group;
-  at::TensorOptions f = options.dtype(at::kFloat), u8 = options.dtype(at::kByte);
-  for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
-    keys_.push_back(at::empty({batch, h, groups * kind_.group, d}, u8));
-    values_.push_back(at::empty({batch, h, capacity, d}, u8));
-    key_scale_.push_back(at::empty({batch, h, groups, d}, f));
-    key_min_.push_back(at::empty({batch, h, groups, d}, f));
-    key_tail_.push_back(at::empty({batch, h, kind_.group, d}, options));
-    value_scale_.push_back(at::empty({batch, h, capacity, 1}, f));
-    value_min_.push_back(at::empty({batch, h, capacity, 1}, f));
-  }
+  const int64_t groups = (capacity_ + kind_.group - 1) / kind_.group;
+  at::TensorOptions f = options_.dtype(at::kFloat), u8 = options_.dtype(at::kByte);
+  keys_[layer] = at::empty({b, h, groups * kind_.group, kw}, u8);
+  values_[layer] = at::empty({b, h, capacity_, vw}, u8);
+  key_scale_[layer] = at::empty({b, h, groups, kw}, f);
+  key_min_[layer] = at::empty({b, h, groups, kw}, f);
+  key_tail_[layer] = at::empty({b, h, kind_.group, kw}, options_);
+  value_scale_[layer] = at::empty({b, h, capacity_, 1}, f);
+  value_min_[layer] = at::empty({b, h, capacity_, 1}, f);
 }
 
 int64_t KVCache::max_append() const {
@@ -73,6 +77,14 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   int64_t t = k.size(2);
   CONDENSE_CHECK(length_ + t <= capacity_, "KV cache full: {} cached + {} new > capacity {}",
                  length_, t, capacity_);
+  if (!keys_[layer].defined()) {
+    CONDENSE_CHECK(length_ == 0, "KV cache: layer {} appended to for the first time at position {}",
+                   layer, length_);
+    allocate(layer, k.size(3), v.size(3));
+  }
+  CONDENSE_CHECK(k.size(3) == keys_[layer].size(3) && v.size(3) == values_[layer].size(3),
+                 "KV cache: layer {} got widths {} / {} after {} / {}", layer, k.size(3), v.size(3),
+                 keys_[layer].size(3), values_[layer].size(3));
   if (kind_.type == KVCacheType::kFp) {
     keys_[layer].narrow(2, length_, t).copy_(k);
     values_[layer].narrow(2, length_, t).copy_(v);
@@ -92,10 +104,11 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
   if (done > 0) {
     const int64_t b = k.size(0), groups = done / g;
-    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, kv_heads_, groups, g, head_dim_});
+    const int64_t kw = k.size(3);
+    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, kv_heads_, groups, g, kw});
     at::Tensor past = dequantize(codes, key_scale_[layer].narrow(2, 0, groups).unsqueeze(3),
                                  key_min_[layer].narrow(2, 0, groups).unsqueeze(3), dtype)
-                          .view({b, kv_heads_, done, head_dim_});
+                          .view({b, kv_heads_, done, kw});
     keys = at::cat({past, keys}, 2);
   }
   at::Tensor values = dequantize(values_[layer].narrow(2, 0, length_ + t),
@@ -110,6 +123,7 @@ void KVCache::commit(int64_t t) {
   // The residual group is complete: quantize its keys per channel (over its positions).
   const int64_t g = kind_.group, group_index = length_ / g - 1;
   for (size_t l = 0; l < keys_.size(); ++l) {
+    if (!key_tail_[l].defined()) continue;
     Quantized q = quantize(key_tail_[l], 2);
     keys_[l].narrow(2, group_index * g, g).copy_(q.codes);
     key_scale_[l].narrow(2, group_index, 1).copy_(q.scale);
@@ -118,13 +132,20 @@ void KVCache::commit(int64_t t) {
 }
 
 double KVCache::bytes_per_token() const {
-  const double layers = static_cast<double>(keys_.size());
-  const double hd = static_cast<double>(kv_heads_ * head_dim_);
-  if (kind_.type == KVCacheType::kFp) return layers * 2 * hd * static_cast<double>(element_bytes_);
-  const double g = static_cast<double>(kind_.group);
-  // keys: a byte per value + scale and minimum (2 floats) per channel per group; values: a
-  // byte per value + scale and minimum per token and head.
-  return layers * (hd + 8 * hd / g + hd + 8 * static_cast<double>(kv_heads_));
+  double total = 0;
+  const double h = static_cast<double>(kv_heads_);
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    const double kw = static_cast<double>(keys_[l].defined() ? keys_[l].size(3) : head_dim_);
+    const double vw = static_cast<double>(values_[l].defined() ? values_[l].size(3) : head_dim_);
+    if (kind_.type == KVCacheType::kFp) {
+      total += h * (kw + vw) * static_cast<double>(element_bytes_);
+    } else {
+      // keys: a byte per value + scale and minimum (2 floats) per channel per group; values: a
+      // byte per value + scale and minimum per token and head.
+      total += h * (kw + 8 * kw / static_cast<double>(kind_.group) + vw + 8);
+    }
+  }
+  return total;
 }
 
 }  // namespace condense

@@ -1,6 +1,7 @@
-// KVCache: per-layer keys and values of past positions for incremental decoding, in
-// preallocated buffers [B, kv_heads, capacity, head_dim] so each new token costs no copy of
-// the past. Not thread-safe; one cache per generation.
+// KVCache: per-layer keys and values of past positions for incremental decoding, in buffers
+// [B, kv_heads, capacity, width] allocated at a layer's first append (width: head_dim, or what
+// a KV projection stores, model/attention.h's KVHook), so each new token costs no copy of the
+// past. Not thread-safe; one cache per generation.
 //
 // Two storage types:
 //   fp    the keys and values as the model computes them (its dtype).
@@ -52,17 +53,21 @@ class KVCache {
   void commit(int64_t t);
   void clear() { length_ = 0; }
   // Bytes the cache holds per position over all layers (codes and scales for int8; the
-  // residual key group, at most `group` positions, is not counted).
+  // residual key group, at most `group` positions, is not counted), at the widths appended so
+  // far (head_dim for a layer not yet appended to).
   double bytes_per_token() const;
   const KVCacheOptions& kind() const { return kind_; }
 
  private:
-  std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, d]; int8: uint8 codes
-  // int8 only: key scales/minima [B, H, groups, d], the residual keys [B, H, group, d], value
-  // scales/minima [B, H, cap, 1].
+  void allocate(int64_t layer, int64_t key_width, int64_t value_width);
+
+  std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, width]; int8: uint8 codes
+  // int8 only: key scales/minima [B, H, groups, width], the residual keys [B, H, group, width],
+  // value scales/minima [B, H, cap, 1].
   std::vector<at::Tensor> key_scale_, key_min_, key_tail_, value_scale_, value_min_;
   KVCacheOptions kind_;
-  int64_t capacity_, kv_heads_, head_dim_, element_bytes_;
+  at::TensorOptions options_;
+  int64_t batch_, capacity_, kv_heads_, head_dim_, element_bytes_;
   int64_t length_ = 0;
 };
 
