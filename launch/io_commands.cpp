@@ -31,6 +31,9 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
                            "q8_0 (default f32)");
   a.export_cmd->add_option("--max-shard-mb", a.max_shard_mb, "hf: shard size cap in MB")
       ->default_val(2000);
+  a.export_cmd->add_flag("--without-kv-projection", a.without_kv_projection, "a checkpoint with "
+                         "KV-cache projections: write its plain Llama (what the projections "
+                         "compute at full rank) without them");
 
   a.score_cmd = app.add_subcommand("score", "per-position next-token log-probabilities of a text");
   a.score_cmd->add_option("source", a.source, "checkpoint, run directory, HF directory or .gguf")
@@ -46,6 +49,8 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_flag("--token-by-token", a.score.token_by_token, "with --kv-cache: one token "
                         "per step, as decoding runs");
   a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
+  a.score_cmd->add_option("--kv-rank", a.score.kv_rank, "rank of the checkpoint's KV-cache "
+                          "projections (prune --method kv-project; 0: full)")->default_val(0);
 }
 
 int run_io_command(IoCommandArgs& a) {
@@ -62,6 +67,13 @@ int run_io_command(IoCommandArgs& a) {
   if (a.export_cmd && a.export_cmd->parsed()) {
     std::string path = resolve_checkpoint_path(a.source);
     std::string dtype = a.dtype.empty() ? "f32" : a.dtype;
+    // KV projections need condense's own attention: neither llama.cpp nor transformers would
+    // apply them, so an export would silently be the uncompressed model.
+    CONDENSE_CHECK(a.without_kv_projection || !Checkpoint::open(path).file().has("kv_proj"),
+                   "{} carries KV-cache projections (kv_proj/*), which only condense's attention "
+                   "applies; {} would run it without them. Pass --without-kv-projection to export "
+                   "the plain Llama (exactly the projected model at full rank), or use condense "
+                   "eval/score/generate --kv-rank", path, a.format == "gguf" ? "llama.cpp" : "transformers");
     if (a.format == "hf") {
       CONDENSE_CHECK(a.max_shard_mb > 0, "--max-shard-mb must be positive");
       ExportStats st = export_hf(path, a.out, dtype, static_cast<uint64_t>(a.max_shard_mb * 1e6));

@@ -18,6 +18,7 @@ struct IoCommandArgs {
   CLI::App* score_cmd = nullptr;
   std::string source, out, format = "hf", dtype, tokenizer;
   double max_shard_mb = 2000;
+  bool without_kv_projection = false;  // export: write the plain Llama of a projected checkpoint
   ScoreOptions score;
 };
 

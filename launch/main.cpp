@@ -38,7 +38,7 @@ namespace {
 // kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
-             int64_t batch_size, const std::string& kv_cache) {
+             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -55,6 +55,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
   LlamaForCausalLM model = load_inference_model(ckpt);
+  set_kv_rank(model, kv_rank, path);
   model->eval();
   auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
@@ -75,8 +76,14 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   }
   double loss = total / val.size();
   int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;
-  if (kv.type == KVCacheType::kFp)
-    kv_bytes = KVCache(model->config(), 0, 0, model->lm_head_weight().options()).bytes_per_token();
+  if (kv.type == KVCacheType::kFp) {
+    // What a cache of this model holds per position (its widths follow any KV projection's
+    // rank): one position through a one-position cache.
+    at::Tensor w = model->lm_head_weight();
+    KVCache probe(model->config(), 1, 1, w.options());
+    model->hidden({val[0].inputs.narrow(0, 0, 1).narrow(1, 0, 1).to(w.device()), {}, &probe});
+    kv_bytes = probe.bytes_per_token();
+  }
   std::cout << fmt::format("{{\"checkpoint\": \"{}\", \"step\": {}, \"val_loss\": {:.6f}, "
                            "\"perplexity\": {:.4f}, \"tokens\": {}, \"kv_cache\": \"{}\", "
                            "\"kv_bytes_per_token\": {:.1f}}}\n",
@@ -90,7 +97,8 @@ struct ChatArgs {
 };
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
-                 const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos) {
+                 const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos,
+                 int64_t kv_rank) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -107,6 +115,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
     if (chat.show_prompt) std::cerr << "chat prompt (" << cp.format << "):\n" << cp.text << "\n";
   }
   LlamaForCausalLM model = load_inference_model(ckpt);
+  set_kv_rank(model, kv_rank, path);
   // A rendered chat prompt carries its own <|begin_of_text|> where the format has one.
   std::vector<int32_t> prompt_ids = chatting ? tok.encode(prompt) : tok.prompt_ids(prompt);
   CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
@@ -199,6 +208,10 @@ int run(int argc, char** argv) {
                         "channel in groups of 32 positions, values per token)";
   eval->add_option("--kv-cache", kv_cache, std::string(kv_help) + "; int8 scores every window "
                    "through the cache, as decoding would")->default_val("fp");
+  int64_t kv_rank = 0;
+  const char* rank_help = "rank of the checkpoint's KV-cache projections (prune --method "
+                          "kv-project): keys and values cached in R of head_dim coordinates (0: full)";
+  eval->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
 
   auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
   std::string prompt;
@@ -219,6 +232,7 @@ int run(int argc, char** argv) {
   gen->add_option("--top-p", so.top_p, "1: off")->default_val(1.0);
   gen->add_option("--seed", so.seed)->default_val(0);
   gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
+  gen->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
   bool ignore_eos = false;
   gen->add_flag("--ignore-eos", ignore_eos, "keep generating past the end-of-text token (for "
                 "timing a fixed number of tokens)");
@@ -250,11 +264,11 @@ int run(int argc, char** argv) {
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache);
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

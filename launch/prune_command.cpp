@@ -10,6 +10,7 @@
 
 #include "compressors/calibration.h"
 #include "compressors/kv_merge.h"
+#include "compressors/kv_project.h"
 #include "compressors/prune_masked.h"
 #include "compressors/prune_minitron.h"
 #include "core/error.h"
@@ -110,8 +111,10 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
                     "magnitude: |W|, one threshold per matrix; wanda: |W| * ||X_j||, per output "
                     "row, layer-sequential calibration; minitron: remove MLP neurons, query "
                     "heads, embedding channels and layers by activation importance; kv-heads: "
-                    "merge consecutive KV heads into --kv-heads heads (MHA -> GQA)")
-      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron", "kv-heads"}));
+                    "merge consecutive KV heads into --kv-heads heads (MHA -> GQA); kv-project: "
+                    "PCA bases of every KV head's keys (after RoPE) and values, stored with the "
+                    "model; eval/score/generate --kv-rank R then cache R of head_dim coordinates")
+      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron", "kv-heads", "kv-project"}));
   a.cmd->add_option("--sparsity", a.sparsity, "magnitude/wanda: pruned share in [0, 1) (default 0.5)");
   a.cmd->add_option("--pattern", a.pattern, "magnitude/wanda: N:M, keep N of every M consecutive "
                     "input weights of a row (2:4, 4:8)");
@@ -147,11 +150,12 @@ int run_prune_command(PruneArgs& a) {
   Checkpoint ckpt = Checkpoint::open(path);
   LlamaForCausalLM model = load_inference_model(ckpt);
   const bool kv = a.method == "kv-heads";
-  const bool masked = a.method != "minitron" && !kv;
+  const bool project = a.method == "kv-project";
+  const bool masked = a.method != "minitron" && !kv && !project;
   const bool sparsity_given = a.cmd->count("--sparsity") > 0;
   CONDENSE_CHECK(masked || (!sparsity_given && a.pattern.empty() && a.weights.empty()),
                  "--sparsity, --pattern and --weights belong to magnitude/wanda; {} takes {}",
-                 a.method, kv ? "--kv-heads and --init" : "--target");
+                 a.method, kv ? "--kv-heads and --init" : project ? "--calib-windows" : "--target");
   CONDENSE_CHECK(a.method == "minitron" || a.targets.empty(),
                  "--target belongs to minitron; {} takes {}", a.method,
                  kv ? "--kv-heads and --init" : "--sparsity or --pattern (and --weights)");
@@ -160,6 +164,8 @@ int run_prune_command(PruneArgs& a) {
   CONDENSE_CHECK(!kv || a.cmd->count("--kv-heads") > 0,
                  "--method kv-heads needs --kv-heads N (the new number of KV heads, of {} now)",
                  model->config().kv_heads());
+  CONDENSE_CHECK(!model->kv_hook(), "{} carries KV-cache projections (kv_proj/*); {} the checkpoint "
+                 "they were made from instead", path, project ? "project" : "prune");
   if (!masked)
     CONDENSE_CHECK(!WeightMasks::from_file(ckpt.file()).masks().size(),
                    "{} carries masks (it was pruned with magnitude/wanda); {} needs a checkpoint "
@@ -200,6 +206,18 @@ int run_prune_command(PruneArgs& a) {
     WeightMasks masks = prune_masked(model, opt, windows, &calib_s);
     extra = masks.entries();
     summary = masks.describe();
+  } else if (project) {
+    std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
+    forward_s = plain_forward_s(windows);
+    auto c0 = std::chrono::steady_clock::now();
+    std::shared_ptr<KVProjection> proj = KVProjection::from_calibration(model, windows);
+    calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
+    for (const auto& w : windows) calib_tokens += w.numel();
+    extra = proj->entries();
+    const LlamaConfig& c = model->config();
+    summary = fmt::format("PCA bases of keys (after RoPE) and values for {} layers x {} KV heads "
+                          "of {}; choose the cached rank with --kv-rank R (1..{}) in eval, score "
+                          "and generate", c.num_hidden_layers, c.kv_heads(), c.head_size(), c.head_size());
   } else if (kv) {
     KVMergeOptions opt;
     opt.kv_heads = a.kv_heads;

@@ -6,6 +6,8 @@
 //   kv-heads           KV-head merging to --kv-heads KV heads (--init svd | mean), a plain GQA
 //                      Llama with a smaller KV cache (compressors/kv_merge.h); heal it with a
 //                      finetune recipe that distills from the original
+//   kv-project         PCA bases of every KV head's keys and values (compressors/kv_project.h),
+//                      stored beside the unchanged weights; --kv-rank picks the cached rank
 // Calibration windows (wanda, minitron, kv-heads with svd) are the last windows of the validation split of the
 // checkpoint's token store (or --data), so `condense eval`, which reads the first ones, does
 // not score the text the pruning looked at.

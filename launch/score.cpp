@@ -48,6 +48,7 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
 int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.top_k >= 0, "--top-k must be >= 0 (got {})", opt.top_k);
   ModelSource src = load_model_source(source, opt.tokenizer);
+  set_kv_rank(src.model, opt.kv_rank, source);
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
   std::string text = read_text_file(opt.text_file);
   std::vector<int32_t> text_ids = tok.prompt_ids(text);
@@ -111,6 +112,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
     out["kv_cache"] = opt.kv_cache;
     out["kv_bytes_per_token"] = kv_bytes;
   }
+  if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
   if (opt.json_out.empty()) {
     std::cout << out.dump() << "\n";
   } else {

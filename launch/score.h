@@ -26,6 +26,7 @@ struct ScoreOptions {
   // kind (model/kv_cache.h), in the cache's chunks, or one token at a time with token_by_token.
   std::string kv_cache;
   bool token_by_token = false;
+  int64_t kv_rank = 0;    // > 0: rank of the checkpoint's KV projections
 };
 
 // A model plus its tokenizer from any source score and the benchmarks read.

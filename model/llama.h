@@ -113,6 +113,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   at::Tensor lm_head_weight() const;
 
   void set_kv_hook(std::shared_ptr<KVHook> hook) { kv_hook_ = std::move(hook); }
+  const std::shared_ptr<KVHook>& kv_hook() const { return kv_hook_; }
   // Null removes it. The model keeps the hook alive.
   void set_block_hook(std::shared_ptr<BlockHook> hook);
   // Routes every MLP projection through `fn` (null restores at::linear).

@@ -176,3 +176,64 @@ def test_int8_kv_cache_through_the_cli(trained, merged, tmp_path):
     assert "int8 KV cache, 88 bytes per token" in res.stderr, res.stderr
     bad = run("eval", trained[0], "--kv-cache", "int4", check=False)
     assert bad.returncode == 1 and "--kv-cache 'int4': valid are fp" in bad.stderr, bad.stderr
+
+
+@pytest.fixture(scope="module")
+def projected(trained, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kvproject") / "projected.h5"
+    run("prune", trained[0], "--method", "kv-project", "--calib-windows", 8, "--threads", 1, "--out", out)
+    return out
+
+
+def test_kv_project_is_exact_at_full_rank_and_shrinks_the_cache(trained, projected, tmp_path):
+    import h5py
+    orig, _, _ = model_tensors(trained[0])
+    new, c, _ = model_tensors(projected)
+    for k in orig:  # the weights are untouched; the bases sit beside them
+        assert np.array_equal(new[k], orig[k]), k
+    with h5py.File(projected, "r") as f:
+        for i in range(2):
+            for kind in ("key", "value"):
+                u = np.asarray(f[f"kv_proj/layers.{i}.{kind}"][()], dtype=np.float64)
+                assert u.shape == (2, 16, 16)
+                for h in range(2):  # orthonormal columns, checked independently of condense
+                    assert np.abs(u[h].T @ u[h] - np.eye(16)).max() < 1e-5
+    text = trained[2]
+    _, lp_orig, _ = score(trained[0], text)
+    _, lp_full, _ = score(projected, text)
+    _, lp_half, j_half = score(projected, text, "--kv-rank", 8, "--kv-cache", "fp", "--token-by-token")
+    _, lp_half_prefill, _ = score(projected, text, "--kv-rank", 8)
+    assert np.abs(lp_full - lp_orig).max() <= 1e-5
+    assert np.abs(lp_half - lp_half_prefill).max() <= 1e-5  # decoding = the projected forward
+    assert np.abs(lp_half - lp_orig).max() > 1e-3
+    assert j_half["kv_bytes_per_token"] == 2 * 2 * (8 + 8) * 4 and j_half["kv_rank"] == 8
+    full = json.loads(run("eval", projected, "--batches", 2).stdout.splitlines()[-1])
+    half = json.loads(run("eval", projected, "--batches", 2, "--kv-rank", 8).stdout.splitlines()[-1])
+    assert full["kv_bytes_per_token"] == 2 * half["kv_bytes_per_token"]
+    print(f"kv-project: val loss full rank {full['val_loss']:.4f}, rank 8 of 16 {half['val_loss']:.4f}")
+
+
+def test_kv_project_export_is_refused_unless_asked_for_the_plain_llama(trained, projected, tmp_path):
+    for fmt, out in (("gguf", tmp_path / "p.gguf"), ("hf", tmp_path / "hf")):
+        res = run("export", projected, out, "--format", fmt, check=False)
+        assert res.returncode == 1 and "--without-kv-projection" in res.stderr, res.stderr
+        assert not out.exists()
+    out = tmp_path / "plain"
+    run("export", projected, out, "--format", "hf", "--without-kv-projection")
+    ids, lp, _ = score(trained[0], trained[2])
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32,
+                                                              attn_implementation="eager").eval()
+    with torch.no_grad():
+        lp_hf = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)[:-1].numpy()
+    assert np.abs(lp_hf - lp).max() <= 1e-5
+
+
+@pytest.mark.parametrize("which,args,needle", [
+    ("projected", ["--kv-rank", 17], "--kv-rank 17: valid is 1..16"),
+    ("projected", ["--kv-rank", -1], "--kv-rank -1: valid is 1..16"),
+    ("trained", ["--kv-rank", 4], "has no KV-cache projections"),
+])
+def test_bad_kv_rank_fails_clearly(trained, projected, which, args, needle):
+    ckpt = projected if which == "projected" else trained[0]
+    res = run("eval", ckpt, "--batches", 1, *args, check=False)
+    assert res.returncode == 1 and needle in res.stderr, res.stderr

@@ -1,0 +1,62 @@
+// KV-cache projections: per KV head, orthonormal bases of its keys (after RoPE) and of its
+// values; the cache stores only the first `rank` coordinates (MatryoshkaKV's layout, Lin et al.,
+// ICLR 2025, "MatryoshkaKV: Adaptive KV Compression via Trainable Orthogonal Projection").
+//
+//   keys     k' = k U_k[:, :r]  after RoPE, and every query head of the group q' = q U_k[:, :r],
+//            so q' k'^T = q U_k[:, :r] U_k[:, :r]^T k^T: exact at r = head_dim (U_k orthogonal)
+//   values   v' = v U_v[:, :r] before attention; attention's output per query head is mapped
+//            back by U_v[:, :r]^T before o_proj: exact at r = head_dim
+// Under GQA the bases are per KV head (shared by its query heads), so the cache really shrinks.
+// The bases are ordered by importance (descending), so one set serves every rank ("nested").
+//
+// This file has the bases' initialization from a calibration pass: PCA of each head's keys after
+// RoPE and values (the eigenvectors of the uncentered covariance, largest first), which is
+// MatryoshkaKV's starting point and the untrained baseline it is measured against. Stored in
+// checkpoints as kv_proj/layers.<i>.key and kv_proj/layers.<i>.value, float32
+// [kv_heads, head_dim, head_dim], columns = directions.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "io/hdf5_file.h"
+#include "model/attention.h"
+#include "model/llama.h"
+
+namespace condense {
+
+class KVProjection : public KVHook {
+ public:
+  // bases: per layer {key, value}, each [kv_heads, head_dim, head_dim] with orthonormal columns.
+  KVProjection(const LlamaConfig& config, std::vector<std::pair<at::Tensor, at::Tensor>> bases);
+
+  // PCA of every KV head's keys (after RoPE) and values over the calibration windows.
+  static std::shared_ptr<KVProjection> from_calibration(LlamaForCausalLM& model,
+                                                        const std::vector<at::Tensor>& windows);
+  // The projection stored in a checkpoint, or null when it has none. Checks shapes against
+  // `config` and names the file and dataset on any mismatch.
+  static std::shared_ptr<KVProjection> from_file(const H5File& file, const LlamaConfig& config);
+  // Checkpoint tensors ("kv_proj/layers.<i>.key" / ".value").
+  std::map<std::string, at::Tensor> entries() const;
+
+  // Uniform ranks for keys and values, 1..head_dim (head_dim: exact). Throws naming `option`.
+  void set_rank(int64_t key_rank, int64_t value_rank, const std::string& option = "--kv-rank");
+  int64_t key_rank() const { return key_rank_; }
+  int64_t value_rank() const { return value_rank_; }
+  // Moves the bases to a device / dtype (the model's).
+  void to(at::Device device, at::ScalarType dtype);
+
+  Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
+                    const at::Tensor& v) override;
+  at::Tensor restore(int64_t layer, const at::Tensor& out) override;
+
+ private:
+  std::vector<std::pair<at::Tensor, at::Tensor>> bases_;
+  int64_t heads_, kv_heads_, head_dim_;
+  int64_t key_rank_, value_rank_;
+};
+
+}  // namespace condense

@@ -1,0 +1,167 @@
+// Tests for KV-cache projections (compressors/kv_project.h) on tiny random models:
+//   - the PCA bases are orthonormal and ordered by captured energy;
+//   - at full rank the projected model equals the original (MHA and GQA), at every position;
+//   - closed form: the keys' rank-r reconstruction error over the calibration tokens equals the
+//     sum of the discarded covariance eigenvalues (PCA), below a random orthonormal basis's;
+//   - at rank r < head_dim the cache stores r coordinates (bytes scale by r / head_dim), and
+//     decoding with the cache equals the projected model's full forward;
+//   - checkpoint entries round-trip through HDF5, and bad ranks and shapes are refused.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+
+#include "compressors/kv_project.h"
+#include "core/error.h"
+#include "model/generate.h"
+#include "model/kv_cache.h"
+
+namespace condense {
+namespace {
+
+LlamaConfig tiny(int64_t heads, int64_t kv) {
+  LlamaConfig c;
+  c.vocab_size = 61;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv;
+  c.max_position_embeddings = 64;
+  c.finalize();
+  return c;
+}
+
+std::vector<at::Tensor> windows() {
+  at::manual_seed(11);
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < 4; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
+  return out;
+}
+
+at::Tensor logits(LlamaForCausalLM& m, const at::Tensor& ids) {
+  at::NoGradGuard g;
+  m->eval();
+  return m->forward(ids);
+}
+
+// Keys after RoPE of every layer [B, Hkv, T, d], as the model computes them.
+class KeyTap : public KVHook {
+ public:
+  Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) override {
+    keys[layer].push_back(k.detach().clone());
+    return {q, k, v};
+  }
+  at::Tensor restore(int64_t, const at::Tensor& out) override { return out; }
+  std::map<int64_t, std::vector<at::Tensor>> keys;
+};
+
+TEST(KVProject, FullRankEqualsTheOriginalAndBasesAreOrthonormal) {
+  for (auto [heads, kv] : {std::pair<int64_t, int64_t>{4, 4}, {4, 2}}) {
+    at::manual_seed(2);
+    LlamaForCausalLM m(tiny(heads, kv));
+    at::Tensor ids = at::randint(0, 61, {2, 20}, at::kLong);
+    at::Tensor ref = logits(m, ids);
+    auto proj = KVProjection::from_calibration(m, windows());
+    EXPECT_FALSE(m->kv_hook());  // calibration leaves no hook behind
+    for (const auto& [name, u] : proj->entries()) {
+      at::Tensor eye = at::eye(8).expand({kv, 8, 8});
+      EXPECT_LT((at::matmul(u.transpose(1, 2), u) - eye).abs().max().item<double>(), 1e-5) << name;
+    }
+    m->set_kv_hook(proj);
+    EXPECT_LT((logits(m, ids) - ref).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
+    proj->set_rank(4, 4);
+    EXPECT_GT((logits(m, ids) - ref).abs().max().item<double>(), 1e-3);
+  }
+}
+
+TEST(KVProject, KeyReconstructionErrorIsTheDiscardedEigenvalues) {
+  at::manual_seed(3);
+  LlamaForCausalLM m(tiny(4, 2));
+  std::vector<at::Tensor> win = windows();
+  auto proj = KVProjection::from_calibration(m, win);
+  auto tap = std::make_shared<KeyTap>();
+  m->set_kv_hook(tap);
+  {
+    at::NoGradGuard g;
+    for (const at::Tensor& ids : win) m->hidden({ids});
+  }
+  m->set_kv_hook(nullptr);
+  at::Tensor k = at::cat(tap->keys[1], 2).to(at::kDouble);  // layer 1 [B, 2, T, 8]
+  k = k.transpose(0, 1).reshape({2, -1, 8});                 // [heads, tokens, d]
+  at::Tensor u = proj->entries().at("kv_proj/layers.1.key").to(at::kDouble);
+  at::Tensor eig = at::linalg_eigvalsh(at::matmul(k.transpose(1, 2), k)).flip({1});  // descending
+  at::manual_seed(5);
+  at::Tensor random = std::get<0>(at::linalg_qr(at::randn({2, 8, 8}, at::kDouble)));
+  for (int64_t r : {2, 4, 6}) {
+    auto error = [&](const at::Tensor& basis) {
+      at::Tensor ur = basis.narrow(2, 0, r);
+      at::Tensor rec = at::matmul(at::matmul(k, ur), ur.transpose(1, 2));
+      return (k - rec).square().sum({1, 2});  // per head
+    };
+    at::Tensor expect = eig.narrow(1, r, 8 - r).sum(1);
+    at::Tensor got = error(u);
+    EXPECT_LT(((got - expect).abs() / expect).max().item<double>(), 1e-4) << r;
+    EXPECT_TRUE((got < error(random)).all().item<bool>()) << r;
+  }
+}
+
+TEST(KVProject, ReducedRankCachesFewerCoordinatesAndDecodesExactly) {
+  at::manual_seed(4);
+  LlamaForCausalLM m(tiny(4, 2));
+  auto proj = KVProjection::from_calibration(m, windows());
+  proj->set_rank(3, 5);
+  m->set_kv_hook(proj);
+  m->eval();
+  at::NoGradGuard g;
+  at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
+  at::Tensor full = m->forward(ids);
+  KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat));
+  std::vector<at::Tensor> parts;
+  parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, 9), {}, &cache})));
+  for (int64_t i = 9; i < 21; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
+  EXPECT_LT((at::cat(parts, 1) - full).abs().max().item<double>(), 1e-5);
+  // 2 layers x 2 KV heads x (3 + 5) floats.
+  EXPECT_EQ(cache.bytes_per_token(), 2 * 2 * (3 + 5) * 4);
+  KVCache q8(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), {KVCacheType::kInt8, 4});
+  at::Tensor a = m->logits(prefill(m, ids, q8));
+  EXPECT_LT((a - full).abs().max().item<double>(), 5e-2);
+  EXPECT_EQ(q8.bytes_per_token(), 2 * 2 * (3 + 8 * 3 / 4.0 + 5 + 8));
+}
+
+TEST(KVProject, CheckpointEntriesRoundTripAndBadInputIsRefused) {
+  at::manual_seed(6);
+  LlamaConfig c = tiny(4, 2);
+  LlamaForCausalLM m(c);
+  auto proj = KVProjection::from_calibration(m, windows());
+  const std::string path = (std::filesystem::temp_directory_path() / "kv_project_test.h5").string();
+  {
+    H5File f = H5File::create(path);
+    for (const auto& [name, t] : proj->entries()) f.write_tensor(name, t);
+  }
+  H5File f = H5File::open_read(path);
+  auto back = KVProjection::from_file(f, c);
+  ASSERT_TRUE(back);
+  for (const auto& [name, t] : proj->entries()) EXPECT_TRUE(at::equal(back->entries().at(name), t)) << name;
+  try {
+    KVProjection::from_file(f, tiny(4, 4));
+    ADD_FAILURE() << "bases of 2 KV heads accepted for a model with 4";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected [4, 8, 8]"), std::string::npos) << e.what();
+  }
+  for (int64_t bad : {0, 9}) {
+    try {
+      proj->set_rank(bad, 4);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--kv-rank " + std::to_string(bad) + ": valid is 1..8"),
+                std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace condense
