@@ -14,6 +14,8 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   merge    `condense prune --method kv-heads` to each of --kv-heads, init svd and mean
   heal     both inits at --heal-kv-heads distilled from the teacher for --steps steps
            (recipes/heal_kv_heads.yaml: attention projections train, kd_ratio 1)
+  project  PCA bases of every KV head's keys (after RoPE) and values (`condense prune --method
+           kv-project`, the untrained MatryoshkaKV start), evaluated at --kv-ranks of head_dim
   int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
            tokens, values per token)
   gen      greedy decode tokens/s and peak RSS after prompts of --gen-contexts tokens (Debian
@@ -123,7 +125,8 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,int8,gen")
+    ap.add_argument("--stages", default="merge,heal,project,int8,gen")
+    ap.add_argument("--kv-ranks", default="0.25,0.5,0.75", help="project: ranks as shares of head_dim")
     ap.add_argument("--gen-contexts", default="256,448", help="prompt lengths in tokens")
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
@@ -189,6 +192,22 @@ def main():
             points.append({"method": f"merge {init} + heal", "kv_heads": kn,
                            "bytes": kv_bytes_f16(cfg, kn), "loss": evaluate(latest(run_dir), a.eval_batches),
                            "note": f"{a.steps} steps, {tokens / 1e3:.0f}k tokens of distillation"})
+
+    if "project" in stages:
+        path = out / "project_pca.h5"
+        if not path.exists():
+            proc, _ = sh([BIN, "prune", teacher, "--method", "kv-project", "--calib-windows",
+                          a.calib_windows, "--threads", a.threads, *DATA, "--out", path])
+            path.with_suffix(".json").write_text(proc.stdout.strip().splitlines()[-1])
+        d = head_dim(cfg)
+        for share in [float(x) for x in a.kv_ranks.split(",")]:
+            r = max(1, round(share * d))
+            proc, _ = sh([BIN, "eval", path, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
+                          "--kv-rank", r])
+            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            points.append({"method": "PCA projection (untrained)", "kv_heads": kv0,
+                           "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
+                           "note": f"rank {r} of {d}"})
 
     if "int8" in stages:
         proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
