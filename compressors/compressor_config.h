@@ -11,7 +11,9 @@ namespace condense {
 struct RecoveryConfig {
   // full: every model parameter (masks kept); lora: LoRA adapters only, merged at export;
   // perp: the norms (+ embeddings and LM head with train_embeddings) and MaskLoRA or ScaleLoRA
-  // adapters on the pruned matrices (Zimmer et al., PERP), which keep the sparsity on merge.
+  // adapters on the pruned matrices (Zimmer et al., PERP), which keep the sparsity on merge;
+  // kv_project: only the KV-cache projections of init (compressors/kv_project.h), MatryoshkaKV
+  // training with ranks sampled per head from {d/4, d/2, 3d/4, d}.
   std::string method = "full";
   std::string adapter = "masklora";  // perp: masklora | scalelora
   int64_t rank = 8;
@@ -26,6 +28,7 @@ struct RecoveryConfig {
   double budget = 0.2;               // share of the candidates kept (random, paser)
   int64_t candidates = 2000;         // windows scored; 0: the whole split
   int64_t clusters = 8;              // paser
+  int64_t kv_rank = 0;               // kv_project: the rank validation uses (0: head_dim / 2)
 };
 
 // `distill:` logit (and optionally hidden-state) distillation from a frozen teacher.

@@ -11,6 +11,14 @@ constexpr const char* kGroup = "kv_proj";
 
 std::string key_name(size_t layer) { return "layers." + std::to_string(layer) + ".key"; }
 std::string value_name(size_t layer) { return "layers." + std::to_string(layer) + ".value"; }
+std::string full(const std::string& name) { return std::string(kGroup) + "/" + name; }
+
+// Cayley(A) = (I + A)^-1 (I - A) of A = S - S^T (skew-symmetric): orthogonal. [H, d, d].
+at::Tensor cayley(const at::Tensor& s) {
+  at::Tensor a = s - s.transpose(1, 2);
+  at::Tensor eye = at::eye(s.size(1), s.options()).expand_as(a);
+  return at::linalg_solve(eye + a, eye - a);
+}
 
 // Records per layer and KV head sum_t k_t k_t^T (after RoPE) and sum_t v_t v_t^T, float64, and
 // changes nothing.
@@ -101,6 +109,15 @@ std::shared_ptr<KVProjection> KVProjection::from_file(const H5File& file, const 
                          u.size(2) == c.head_size(),
                      "{}: '{}{}' has shape {}; expected [{}, {}, {}] (kv heads, head_dim, head_dim)",
                      file.path(), prefix, name, c10::str(u.sizes()), c.kv_heads(), c.head_size(), c.head_size());
+    // A trained projection: compose U0 Cayley(S - S^T) once, for inference.
+    if (file.has(full(key_name(l) + "_skew"))) {
+      for (const std::string& name : {key_name(l) + "_skew", value_name(l) + "_skew"})
+        CONDENSE_CHECK(file.has(full(name)), "{}: KV projection generator '{}' is missing",
+                       file.path(), full(name));
+      at::NoGradGuard no_grad;
+      k = at::matmul(k, cayley(file.read_tensor(full(key_name(l) + "_skew")).to(at::kFloat)));
+      v = at::matmul(v, cayley(file.read_tensor(full(value_name(l) + "_skew")).to(at::kFloat)));
+    }
     bases.emplace_back(k, v);
   }
   return std::make_shared<KVProjection>(c, std::move(bases));
@@ -109,10 +126,70 @@ std::shared_ptr<KVProjection> KVProjection::from_file(const H5File& file, const 
 std::map<std::string, at::Tensor> KVProjection::entries() const {
   std::map<std::string, at::Tensor> out;
   for (size_t l = 0; l < bases_.size(); ++l) {
-    out[std::string(kGroup) + "/" + key_name(l)] = bases_[l].first.to(at::kCPU, at::kFloat);
-    out[std::string(kGroup) + "/" + value_name(l)] = bases_[l].second.to(at::kCPU, at::kFloat);
+    auto [k, v] = bases(static_cast<int64_t>(l));
+    out[full(key_name(l))] = k.detach().to(at::kCPU, at::kFloat);
+    out[full(value_name(l))] = v.detach().to(at::kCPU, at::kFloat);
   }
   return out;
+}
+
+void KVProjection::make_trainable() {
+  skews_.clear();
+  for (const auto& [k, v] : bases_)
+    skews_.emplace_back(at::zeros_like(k).requires_grad_(true), at::zeros_like(v).requires_grad_(true));
+}
+
+std::vector<std::pair<std::string, at::Tensor>> KVProjection::parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (size_t l = 0; l < skews_.size(); ++l) {
+    out.emplace_back(full(key_name(l) + "_skew"), skews_[l].first);
+    out.emplace_back(full(value_name(l) + "_skew"), skews_[l].second);
+  }
+  return out;
+}
+
+std::map<std::string, at::Tensor> KVProjection::state() const {
+  std::map<std::string, at::Tensor> out;
+  for (size_t l = 0; l < bases_.size(); ++l) {
+    out[full(key_name(l))] = bases_[l].first;
+    out[full(value_name(l))] = bases_[l].second;
+  }
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> KVProjection::bases(int64_t layer) const {
+  if (skews_.empty()) return bases_[layer];
+  return {at::matmul(bases_[layer].first, cayley(skews_[layer].first)),
+          at::matmul(bases_[layer].second, cayley(skews_[layer].second))};
+}
+
+std::pair<std::vector<int64_t>, std::vector<int64_t>> KVProjection::sampled_ranks(int64_t layer) const {
+  if (rank_masks_.empty())
+    return {std::vector<int64_t>(kv_heads_, key_rank_), std::vector<int64_t>(kv_heads_, value_rank_)};
+  auto count = [](const at::Tensor& mask) {
+    at::Tensor r = mask.sum({1, 2}).to(at::kCPU, at::kLong).contiguous();
+    return std::vector<int64_t>(r.data_ptr<int64_t>(), r.data_ptr<int64_t>() + r.numel());
+  };
+  return {count(rank_masks_[layer].first), count(rank_masks_[layer].second)};
+}
+
+void KVProjection::sample_ranks(at::Generator& gen) {
+  const int64_t d = head_dim_;
+  const std::vector<int64_t> nested = {std::max<int64_t>(1, d / 4), std::max<int64_t>(1, d / 2),
+                                       std::max<int64_t>(1, 3 * d / 4), d};
+  at::Tensor ref = bases_[0].first;
+  at::Tensor cols = at::arange(d, ref.options().dtype(at::kLong)).view({1, 1, d});
+  at::Tensor choices = at::tensor(nested, at::kLong).to(ref.device());
+  auto draw = [&] {
+    at::Tensor pick = at::randint(0, static_cast<int64_t>(nested.size()), {kv_heads_}, gen,
+                                  at::TensorOptions().dtype(at::kLong)).to(ref.device());
+    return (cols < choices.index_select(0, pick).view({kv_heads_, 1, 1})).to(ref.scalar_type());
+  };
+  rank_masks_.clear();
+  for (size_t l = 0; l < bases_.size(); ++l) {
+    at::Tensor km = draw();
+    rank_masks_.emplace_back(km, draw());
+  }
 }
 
 void KVProjection::set_rank(int64_t key_rank, int64_t value_rank, const std::string& option) {
@@ -120,31 +197,49 @@ void KVProjection::set_rank(int64_t key_rank, int64_t value_rank, const std::str
     CONDENSE_CHECK(r >= 1 && r <= head_dim_, "{} {}: valid is 1..{} (head_dim)", option, r, head_dim_);
   key_rank_ = key_rank;
   value_rank_ = value_rank;
+  rank_masks_.clear();
 }
 
 void KVProjection::to(at::Device device, at::ScalarType dtype) {
+  CONDENSE_CHECK(skews_.empty(), "KV projection: move it before make_trainable()");
   for (auto& [k, v] : bases_) {
     k = k.to(device, dtype);
     v = v.to(device, dtype);
   }
 }
 
+at::Tensor KVProjection::q_project(const at::Tensor& q, const at::Tensor& basis) const {
+  // Query head h reads KV head h / rep (the GQA grouping): project it with that head's basis.
+  const int64_t b = q.size(0), t = q.size(2), rep = heads_ / kv_heads_;
+  at::Tensor qg = q.reshape({b, kv_heads_, rep, t, head_dim_});
+  return at::matmul(qg, basis.unsqueeze(1)).reshape({b, heads_, t, basis.size(2)});
+}
+
+at::Tensor KVProjection::back(const at::Tensor& out, const at::Tensor& basis, int64_t width) const {
+  const int64_t b = out.size(0), t = out.size(2), rep = heads_ / kv_heads_;
+  at::Tensor og = out.reshape({b, kv_heads_, rep, t, width});
+  return at::matmul(og, basis.transpose(1, 2).unsqueeze(1)).reshape({b, heads_, t, head_dim_});
+}
+
 KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
                                         const at::Tensor& v) {
-  const at::Tensor uk = bases_[layer].first.narrow(2, 0, key_rank_);     // [Hkv, d, r]
-  const at::Tensor uv = bases_[layer].second.narrow(2, 0, value_rank_);  // [Hkv, d, rv]
-  const int64_t b = q.size(0), t = q.size(2), rep = heads_ / kv_heads_;
-  // Query head h reads KV head h / rep (the GQA grouping): project it with that head's basis.
-  at::Tensor qg = q.reshape({b, kv_heads_, rep, t, head_dim_});
-  at::Tensor qp = at::matmul(qg, uk.unsqueeze(1)).reshape({b, heads_, t, key_rank_});
-  return {qp, at::matmul(k, uk), at::matmul(v, uv)};
+  auto [uk, uv] = bases(layer);  // [Hkv, d, d]
+  if (!rank_masks_.empty()) {
+    // Sampled per-head ranks: zero the coordinates beyond each head's rank (same dot products
+    // as truncating, at full width).
+    uk = uk * rank_masks_[layer].first;
+    uv = uv * rank_masks_[layer].second;
+  } else {
+    uk = uk.narrow(2, 0, key_rank_);
+    uv = uv.narrow(2, 0, value_rank_);
+  }
+  return {q_project(q, uk), at::matmul(k, uk), at::matmul(v, uv)};
 }
 
 at::Tensor KVProjection::restore(int64_t layer, const at::Tensor& out) {
-  const at::Tensor uv = bases_[layer].second.narrow(2, 0, value_rank_);  // [Hkv, d, rv]
-  const int64_t b = out.size(0), t = out.size(2), rep = heads_ / kv_heads_;
-  at::Tensor og = out.reshape({b, kv_heads_, rep, t, value_rank_});
-  return at::matmul(og, uv.transpose(1, 2).unsqueeze(1)).reshape({b, heads_, t, head_dim_});
+  at::Tensor uv = bases(layer).second;
+  if (!rank_masks_.empty()) return back(out, uv * rank_masks_[layer].second, head_dim_);
+  return back(out, uv.narrow(2, 0, value_rank_), value_rank_);
 }
 
 }  // namespace condense

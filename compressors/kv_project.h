@@ -9,11 +9,18 @@
 // Under GQA the bases are per KV head (shared by its query heads), so the cache really shrinks.
 // The bases are ordered by importance (descending), so one set serves every rank ("nested").
 //
-// This file has the bases' initialization from a calibration pass: PCA of each head's keys after
-// RoPE and values (the eigenvectors of the uncentered covariance, largest first), which is
-// MatryoshkaKV's starting point and the untrained baseline it is measured against. Stored in
-// checkpoints as kv_proj/layers.<i>.key and kv_proj/layers.<i>.value, float32
-// [kv_heads, head_dim, head_dim], columns = directions.
+// Initialization from a calibration pass: PCA of each head's keys after RoPE and values (the
+// eigenvectors of the uncentered covariance, largest first), MatryoshkaKV's starting point and
+// the untrained baseline it is measured against. Stored in checkpoints as kv_proj/layers.<i>.key
+// and kv_proj/layers.<i>.value, float32 [kv_heads, head_dim, head_dim], columns = directions.
+//
+// Training (make_trainable): U = U0 Cayley(S - S^T), Cayley(A) = (I + A)^-1 (I - A), with the
+// generators S ([kv_heads, d, d], kv_proj/layers.<i>.key_skew / .value_skew) trained from zero,
+// so U starts at the PCA bases and stays orthogonal to rounding whatever the optimizer does.
+// sample_ranks() draws, per layer and KV head, a rank from the nested set {d/4, d/2, 3d/4, d}
+// for the next forward (MatryoshkaKV's nested training), applied as masks on the coordinates so
+// heads may differ; one trained set then serves every rank. A checkpoint with generators gives
+// the composed bases to inference (from_file).
 #pragma once
 #include <map>
 #include <memory>
@@ -46,15 +53,35 @@ class KVProjection : public KVHook {
   void set_rank(int64_t key_rank, int64_t value_rank, const std::string& option = "--kv-rank");
   int64_t key_rank() const { return key_rank_; }
   int64_t value_rank() const { return value_rank_; }
-  // Moves the bases to a device / dtype (the model's).
+  // Moves the bases (and generators) to a device / dtype (the model's).
   void to(at::Device device, at::ScalarType dtype);
+
+  // Training: generators at zero, requiring grad. parameters() are the modules the trainer
+  // trains ("kv_proj/layers.<i>.key_skew" / ".value_skew"), state() the fixed PCA bases saved
+  // beside them ("kv_proj/layers.<i>.key" / ".value").
+  void make_trainable();
+  std::vector<std::pair<std::string, at::Tensor>> parameters() const;
+  std::map<std::string, at::Tensor> state() const;
+  // Per layer and KV head a rank drawn uniformly from {d/4, d/2, 3d/4, d} for the following
+  // forwards (until set_rank or another draw).
+  void sample_ranks(at::Generator& gen);
+  // Per KV head, the {key, value} ranks the next forward uses (sampled or uniform).
+  std::pair<std::vector<int64_t>, std::vector<int64_t>> sampled_ranks(int64_t layer) const;
+  // The bases in use: U0 Cayley(S - S^T) with generators, else U0. [kv_heads, d, d].
+  std::pair<at::Tensor, at::Tensor> bases(int64_t layer) const;
 
   Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v) override;
   at::Tensor restore(int64_t layer, const at::Tensor& out) override;
 
  private:
+  at::Tensor q_project(const at::Tensor& q, const at::Tensor& basis) const;
+  at::Tensor back(const at::Tensor& out, const at::Tensor& basis, int64_t width) const;
+
   std::vector<std::pair<at::Tensor, at::Tensor>> bases_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> skews_;  // generators S when trainable
+  // Per layer {key, value} masks [kv_heads, 1, d] of sampled ranks; empty: uniform ranks.
+  std::vector<std::pair<at::Tensor, at::Tensor>> rank_masks_;
   int64_t heads_, kv_heads_, head_dim_;
   int64_t key_rank_, value_rank_;
 };

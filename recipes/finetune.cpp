@@ -1,11 +1,13 @@
 #include "recipes/finetune.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
 
 #include "compressors/distill.h"
+#include "compressors/kv_project.h"
 #include "compressors/lora.h"
 #include "compressors/masks.h"
 #include "compressors/recovery_data.h"
@@ -35,7 +37,7 @@ void select_model_parameters(LlamaForCausalLM& model, const RunConfig& cfg) {
       if (!model->config().tie_word_embeddings) patterns.push_back(R"(lm_head\.weight)");
     }
   }
-  if (patterns.empty()) {  // lora: only the adapters train
+  if (patterns.empty()) {  // lora / kv_project: only the added modules train
     for (auto& p : model->named_parameters()) p.value().requires_grad_(false);
     return;
   }
@@ -142,6 +144,18 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
                    "the teacher's {}; use logit distillation alone (distill.hidden_loss=none)",
                    cfg_in.distill.hidden_loss, sc.hidden_size, tc.hidden_size);
   }
+  std::shared_ptr<KVProjection> projection;
+  int64_t kv_rank = 0;
+  if (rc.method == "kv_project") {
+    projection = KVProjection::from_file(init.file(), init.config());
+    CONDENSE_CHECK(projection, "recovery.method kv_project trains the KV-cache projections of init, "
+                   "but {} has none; make them with `condense prune CKPT --method kv-project "
+                   "--out OUT.h5` and use OUT.h5 as init", cfg_in.init);
+    const int64_t d = init.config().head_size();
+    kv_rank = rc.kv_rank > 0 ? rc.kv_rank : std::max<int64_t>(1, d / 2);
+    CONDENSE_CHECK(kv_rank <= d, "recovery.kv_rank {}: valid is 0..{} (head_dim; 0: head_dim / 2)",
+                   rc.kv_rank, d);
+  }
   std::shared_ptr<LoraAdapters> adapters;
   if (rc.method == "lora" || rc.method == "perp") {
     LoraSpec spec{rc.method == "lora" ? "lora" : rc.adapter, rc.rank, rc.alpha};
@@ -164,6 +178,10 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     masks.to(run.device);
     if (adapters) adapters->to(run.device);
   }
+  if (projection) {
+    projection->to(run.device, model->lm_head_weight().scalar_type());
+    projection->make_trainable();
+  }
   spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
                cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, masks.describe());
@@ -177,6 +195,16 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     t.state = adapters->state();
     spdlog::info("recovery {}: {} adapters of rank {} (alpha {}), {:.4f}M parameters", rc.method,
                  spec.kind, spec.rank, spec.alpha, adapters->num_parameters() / 1e6);
+  }
+  if (projection) {
+    model->set_kv_hook(projection);
+    t.modules = projection->parameters();
+    for (auto& [name, u] : projection->state()) t.state[name] = u;
+    int64_t n = 0;
+    for (const auto& p : t.modules) n += p.second.numel();
+    spdlog::info("recovery kv_project: orthogonal KV projections (Cayley generators, {:.4f}M "
+                 "parameters), ranks sampled per head from the nested set; validation at rank {}",
+                 n / 1e6, kv_rank);
   }
   for (auto& [name, m] : masks.entries()) t.state[name] = m;
   if (!masks.empty()) {
@@ -228,6 +256,21 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
       if (!pairs.empty())
         loss = loss + hidden_state_loss(s_states, t_states, pairs, d.hidden_loss) * d.hidden_weight;
       return loss;
+    };
+  }
+  if (projection) {
+    // MatryoshkaKV: every step trains a fresh draw of per-head ranks (the process's generator,
+    // which checkpoints save, so a resumed run draws what the uninterrupted one would), and
+    // validation reports one fixed rank.
+    LossFn inner = t.loss;
+    t.loss = [projection, inner](LlamaForCausalLM& m, const Batch& b) {
+      at::Generator gen = at::detail::getDefaultCPUGenerator();
+      projection->sample_ranks(gen);
+      return inner(m, b);
+    };
+    t.eval_loss = [projection, kv_rank](LlamaForCausalLM& m, const Batch& b) {
+      projection->set_rank(kv_rank, kv_rank, "recovery.kv_rank");
+      return causal_lm_loss(m, b);
     };
   }
   train_run(run, std::move(t), select_windows(run, model, teacher));

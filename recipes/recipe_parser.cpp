@@ -179,7 +179,7 @@ SectionBinding wta_crs_section(MemoryConfig& m) {
 
 SectionBinding recovery_section(RecoveryConfig& r) {
   return {"recovery",
-          {bind_string("method", r.method, {"full", "lora", "perp"}),
+          {bind_string("method", r.method, {"full", "lora", "perp", "kv_project"}),
            bind_string("adapter", r.adapter, {"masklora", "scalelora"}),
            bind_int("rank", r.rank, at_least(1)),
            bind_real("alpha", r.alpha, positive()),
@@ -188,7 +188,8 @@ SectionBinding recovery_section(RecoveryConfig& r) {
            bind_string("selection", r.selection, {"all", "random", "paser"}),
            bind_real("budget", r.budget, unit_interval()),
            bind_int("candidates", r.candidates, at_least(0)),
-           bind_int("clusters", r.clusters, at_least(1))}};
+           bind_int("clusters", r.clusters, at_least(1)),
+           bind_int("kv_rank", r.kv_rank, at_least(0))}};
 }
 
 SectionBinding distill_section(DistillConfig& d) {

@@ -5,13 +5,20 @@
 //     sum of the discarded covariance eigenvalues (PCA), below a random orthonormal basis's;
 //   - at rank r < head_dim the cache stores r coordinates (bytes scale by r / head_dim), and
 //     decoding with the cache equals the projected model's full forward;
-//   - checkpoint entries round-trip through HDF5, and bad ranks and shapes are refused.
+//   - checkpoint entries round-trip through HDF5, and bad ranks and shapes are refused;
+//   - training (MatryoshkaKV): the Cayley bases stay orthogonal to 1e-6 through AdamW steps
+//     that move them, full rank stays exact, only the generators get gradients, sampled ranks
+//     come from the nested set and act as truncation, and a checkpoint with generators loads as
+//     the composed bases.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <set>
+#include <tuple>
 
 #include "compressors/kv_project.h"
 #include "core/error.h"
@@ -161,6 +168,93 @@ TEST(KVProject, CheckpointEntriesRoundTripAndBadInputIsRefused) {
     }
   }
   std::filesystem::remove(path);
+}
+
+TEST(KVProjectTraining, CayleyBasesStayOrthogonalAndFullRankStaysExact) {
+  at::manual_seed(7);
+  LlamaForCausalLM m(tiny(4, 2));
+  for (auto& p : m->parameters()) p.requires_grad_(false);
+  auto proj = KVProjection::from_calibration(m, windows());
+  const auto pca = proj->entries();
+  proj->make_trainable();
+  m->set_kv_hook(proj);
+  std::vector<at::Tensor> params;
+  for (const auto& [name, p] : proj->parameters()) params.push_back(p);
+  ASSERT_EQ(params.size(), 4u);
+  torch::optim::Adam opt(params, torch::optim::AdamOptions(0.05));
+  at::Tensor ids = at::randint(0, 61, {2, 16}, at::kLong);
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  m->train();
+  for (int step = 0; step < 20; ++step) {
+    proj->sample_ranks(gen);
+    at::Tensor logits = m->forward(ids);
+    at::Tensor loss = at::cross_entropy_loss(logits.narrow(1, 0, 15).reshape({-1, 61}),
+                                             ids.narrow(1, 1, 15).reshape({-1}));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  }
+  for (const auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined());
+  double moved = 0;
+  for (const auto& [name, u] : proj->entries()) {
+    at::Tensor ud = u.to(at::kDouble);
+    at::Tensor eye = at::eye(8, at::kDouble).expand({2, 8, 8});
+    EXPECT_LT((at::matmul(ud.transpose(1, 2), ud) - eye).abs().max().item<double>(), 1e-6) << name;
+    moved = std::max(moved, (u - pca.at(name)).abs().max().item<double>());
+  }
+  EXPECT_GT(moved, 1e-2);  // training did move the bases
+  at::Tensor test_ids = at::randint(0, 61, {2, 20}, at::kLong);
+  proj->set_rank(8, 8);
+  at::Tensor with = logits(m, test_ids);
+  m->set_kv_hook(nullptr);
+  EXPECT_LT((with - logits(m, test_ids)).abs().max().item<double>(), 1e-5);
+
+  // A checkpoint with generators loads as the composed bases.
+  const std::string path = (std::filesystem::temp_directory_path() / "kv_project_trained.h5").string();
+  {
+    H5File f = H5File::create(path);
+    for (const auto& [name, t] : proj->state()) f.write_tensor(name, t);
+    for (const auto& [name, t] : proj->parameters()) f.write_tensor(name, t.detach());
+  }
+  auto back = KVProjection::from_file(H5File::open_read(path), m->config());
+  for (const auto& [name, t] : proj->entries())
+    EXPECT_LT((back->entries().at(name) - t).abs().max().item<double>(), 1e-6) << name;
+  std::filesystem::remove(path);
+}
+
+TEST(KVProjectTraining, SampledRanksAreNestedTruncations) {
+  at::manual_seed(8);
+  LlamaForCausalLM m(tiny(4, 2));
+  auto proj = KVProjection::from_calibration(m, windows());
+  const auto bases = proj->entries();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  std::set<int64_t> seen;
+  at::Tensor q = at::randn({1, 4, 5, 8}), k = at::randn({1, 2, 5, 8}), v = at::randn({1, 2, 5, 8});
+  for (int trial = 0; trial < 30; ++trial) {
+    proj->sample_ranks(gen);
+    for (int64_t layer = 0; layer < 2; ++layer) {
+      auto [kr, vr] = proj->sampled_ranks(layer);
+      KVHook::Projected p = proj->project(layer, q, k, v);
+      at::Tensor uk = bases.at("kv_proj/layers." + std::to_string(layer) + ".key");
+      at::Tensor uv = bases.at("kv_proj/layers." + std::to_string(layer) + ".value");
+      for (int64_t h = 0; h < 2; ++h) {
+        for (auto [ranks, x, u, got] : {std::tuple{kr, k, uk, p.k}, std::tuple{vr, v, uv, p.v}}) {
+          const int64_t r = ranks[h];
+          seen.insert(r);
+          ASSERT_TRUE(r == 2 || r == 4 || r == 6 || r == 8) << r;
+          at::Tensor want = at::matmul(x.select(1, h), u[h].narrow(1, 0, r));
+          EXPECT_LT((got.select(1, h).narrow(-1, 0, r) - want).abs().max().item<double>(), 1e-5);
+          if (r < 8) EXPECT_EQ(got.select(1, h).narrow(-1, r, 8 - r).abs().max().item<double>(), 0.0);
+        }
+      }
+      // Query heads 0, 1 read KV head 0 and 2, 3 KV head 1: projected with that head's basis.
+      at::Tensor q_want = at::matmul(q.select(1, 3), uk[1].narrow(1, 0, kr[1]));
+      EXPECT_LT((p.q.select(1, 3).narrow(-1, 0, kr[1]) - q_want).abs().max().item<double>(), 1e-5);
+    }
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{2, 4, 6, 8}));
+  proj->set_rank(8, 8);  // a fixed rank ends the sampled masks
+  EXPECT_EQ(proj->sampled_ranks(0).first, std::vector<int64_t>({8, 8}));
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import run
-from export_fixtures import model_tensors, score, trained  # noqa: F401 (fixture)
+from export_fixtures import SOURCE, model_tensors, score, trained  # noqa: F401 (fixture)
 from test_minitron_export import CHILD, field_value
 
 transformers = pytest.importorskip("transformers")
@@ -237,3 +237,62 @@ def test_bad_kv_rank_fails_clearly(trained, projected, which, args, needle):
     ckpt = projected if which == "projected" else trained[0]
     res = run("eval", ckpt, "--batches", 1, *args, check=False)
     assert res.returncode == 1 and needle in res.stderr, res.stderr
+
+
+def train_projection(store, init, teacher, out_dir, *extra, steps=4):
+    o = {"init": init, "distill.teacher": teacher, "out_dir": out_dir, "data.dataset": store,
+         "data.seq_len": 64, "data.batch_size": 4, "train.steps": steps, "train.warmup_steps": 1,
+         "train.lr": 1e-2, "train.eval_every": 0, "train.threads": 1, "train.log_every": 10,
+         "checkpoint.every": 2, "checkpoint.keep": 3}
+    return run("train", SOURCE / "recipes" / "kv_project.yaml", *[f"{k}={v}" for k, v in o.items()], *extra)
+
+
+def test_kv_project_training_freezes_the_model_and_resumes_bitwise(small_store, trained, projected, tmp_path):
+    """recipes/kv_project.yaml (MatryoshkaKV): only the Cayley generators train; the model's
+    weights stay bitwise, the trained bases stay orthonormal, full rank stays exact, and a run
+    resumed from step 2 ends bitwise equal to the uninterrupted one (the rank draws included)."""
+    import h5py
+    import shutil
+    a = tmp_path / "a"
+    res = train_projection(small_store, projected, trained[0], a)
+    assert "0.0000M of the model's" in res.stderr, res.stderr
+    fa = a / "checkpoints" / "step_000004.h5"
+    orig, _, _ = model_tensors(trained[0])
+    new, _, _ = model_tensors(fa)
+    for k in orig:
+        assert np.array_equal(new[k], orig[k]), k
+    with h5py.File(fa, "r") as f:
+        skew = np.asarray(f["kv_proj/layers.1.key_skew"][()], dtype=np.float64)
+        assert np.abs(skew).max() > 1e-4, "the generators did not move"
+        base = np.asarray(f["kv_proj/layers.1.key"][()], dtype=np.float64)
+    a_ = skew - skew.transpose(0, 2, 1)
+    eye = np.eye(16)
+    u = base @ np.stack([np.linalg.solve(eye + a_[h], eye - a_[h]) for h in range(2)])
+    for h in range(2):
+        assert np.abs(u[h].T @ u[h] - eye).max() < 1e-5
+    _, lp_orig, _ = score(trained[0], trained[2])
+    _, lp_full, _ = score(fa, trained[2])
+    assert np.abs(lp_full - lp_orig).max() <= 1e-5
+
+    b = tmp_path / "b"
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "checkpoints" / "step_000002.h5", b / "checkpoints" / "step_000002.h5")
+    (b / "checkpoints" / "latest").write_text("step_000002.h5\n")
+    train_projection(small_store, projected, trained[0], b, "--resume")
+    fb = b / "checkpoints" / "step_000004.h5"
+    with h5py.File(fa, "r") as x, h5py.File(fb, "r") as y:
+        names = []
+        x.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        compared = [n for n in names if n.startswith(("kv_proj/", "optimizer/"))]
+        assert len(compared) >= 8
+        for n in compared:
+            assert np.array_equal(x[n][()], y[n][()]), n
+
+
+def test_kv_project_training_needs_projections(small_store, trained, tmp_path):
+    out = tmp_path / "r"
+    res = run("train", SOURCE / "recipes" / "kv_project.yaml", f"init={trained[0]}",
+              f"distill.teacher={trained[0]}", f"out_dir={out}", f"data.dataset={small_store}",
+              "train.steps=1", check=False)
+    assert res.returncode == 1 and "has none; make them with" in res.stderr, res.stderr
+    assert not out.exists()
