@@ -16,6 +16,9 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
            (recipes/heal_kv_heads.yaml: attention projections train, kd_ratio 1)
   project  PCA bases of every KV head's keys (after RoPE) and values (`condense prune --method
            kv-project`, the untrained MatryoshkaKV start), evaluated at --kv-ranks of head_dim
+  matryoshka  the PCA projections trained by recipes/kv_project.yaml (MatryoshkaKV: Cayley-
+           orthogonal, per-head ranks sampled from {d/4, d/2, 3d/4, d}, 0.25 KD + 0.75 CE) for
+           --steps steps, then evaluated at the same --kv-ranks: one trained set for every rank
   int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
            tokens, values per token)
   gen      greedy decode tokens/s and peak RSS after prompts of --gen-contexts tokens (Debian
@@ -125,7 +128,7 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,project,int8,gen")
+    ap.add_argument("--stages", default="merge,heal,project,matryoshka,int8,gen")
     ap.add_argument("--kv-ranks", default="0.25,0.5,0.75", help="project: ranks as shares of head_dim")
     ap.add_argument("--gen-contexts", default="256,448", help="prompt lengths in tokens")
     ap.add_argument("--gen-tokens", type=int, default=64)
@@ -209,6 +212,28 @@ def main():
                            "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
                            "note": f"rank {r} of {d}"})
 
+    if "matryoshka" in stages:
+        src = out / "project_pca.h5"
+        if not src.exists():
+            raise SystemExit("the matryoshka stage trains the project stage's output; run it first")
+        run_dir = out / "matryoshka"
+        data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
+            f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
+        train(REPO / "recipes" / "kv_project.yaml", run_dir,
+              [f"init={src}", f"distill.teacher={teacher}", f"train.steps={a.steps}",
+               f"train.lr={a.lr}", f"train.min_lr={a.lr / 10}", "train.warmup_steps=10",
+               "train.eval_every=0", f"checkpoint.every={a.steps}", *data], a.threads)
+        tokens = metrics(run_dir)[-1]["tokens_seen"]
+        d = head_dim(cfg)
+        for share in [float(x) for x in a.kv_ranks.split(",")]:
+            r = max(1, round(share * d))
+            proc, _ = sh([BIN, "eval", latest(run_dir), "--batches", a.eval_batches, *DATA,
+                          *EVAL_WINDOWS, "--kv-rank", r])
+            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            points.append({"method": "MatryoshkaKV (trained)", "kv_heads": kv0,
+                           "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
+                           "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens"})
+
     if "int8" in stages:
         proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
                       "--kv-cache", "int8"])
@@ -248,6 +273,14 @@ def main():
     if h is not None:
         readings.append(f"- after healing (svd, {a.heal_kv_heads} KV heads): perplexity "
                         f"{100 * (math.exp(h - base) - 1):+.1f}% vs the original (target within 5%)")
+    d = head_dim(cfg)
+    half = {p["method"]: p["loss"] for p in points if p.get("note", "").startswith(f"rank {round(d / 2)} of")}
+    if "MatryoshkaKV (trained)" in half and "PCA projection (untrained)" in half:
+        m, pca = half["MatryoshkaKV (trained)"], half["PCA projection (untrained)"]
+        readings.append(f"- rank {round(d / 2)} of {d} (50%): MatryoshkaKV perplexity "
+                        f"{100 * (math.exp(m - base) - 1):+.1f}% vs the original (target within 5%), "
+                        f"PCA {100 * (math.exp(pca - base) - 1):+.1f}%; MatryoshkaKV's increase is "
+                        f"{(m - base) / max(pca - base, 1e-12):.0%} of PCA's (target at most half)")
     png = out / "kv_perplexity_vs_bytes.png"
     try:
         import matplotlib
