@@ -100,6 +100,13 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos,
                  int64_t kv_rank) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
+  // Every sampling option in its range before anything loads.
+  CONDENSE_CHECK(opt.max_new_tokens >= 1, "--max-new-tokens {}: must be at least 1", opt.max_new_tokens);
+  CONDENSE_CHECK(std::isfinite(opt.temperature) && opt.temperature >= 0,
+                 "--temperature {}: must be >= 0 (0: greedy)", opt.temperature);
+  CONDENSE_CHECK(opt.top_k >= 0, "--top-k {}: must be >= 0 (0: off)", opt.top_k);
+  CONDENSE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "--top-p {}: valid is (0, 1] (1: off)", opt.top_p);
+  CONDENSE_CHECK(kv_rank >= 0, "--kv-rank {}: must be >= 0 (0: full rank)", kv_rank);
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");

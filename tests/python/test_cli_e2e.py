@@ -187,6 +187,21 @@ def test_missing_corpus_and_checkpoint_errors(tmp_path, condense_bin):
     expect_error(["info", junk], "junk.h5")
 
 
+@pytest.mark.parametrize("option,value,needle", [
+    ("--temperature", "-1", "--temperature -1: must be >= 0"),
+    ("--temperature", "nan", "--temperature nan: must be >= 0"),
+    ("--top-p", "2", "--top-p 2: valid is (0, 1]"),
+    ("--top-p", "0", "--top-p 0: valid is (0, 1]"),
+    ("--top-k", "-3", "--top-k -3: must be >= 0"),
+    ("--max-new-tokens", "-5", "--max-new-tokens -5: must be at least 1"),
+    ("--kv-rank", "-2", "--kv-rank -2: must be >= 0"),
+    ("--kv-cache", "int4", "--kv-cache 'int4': valid are fp"),
+])
+def test_generate_option_ranges(tmp_path, condense_bin, option, value, needle):
+    # Checked before anything loads: the checkpoint need not exist.
+    expect_error(["generate", tmp_path / "any.h5", "--prompt", "a", option, value], needle)
+
+
 def test_corrupt_checkpoint_and_existing_run_leave_disk_untouched(small_store, tmp_path):
     out = tmp_path / "run"
     run("train", QUICKSTART, *tiny_overrides(small_store, out, 10))
