@@ -129,6 +129,8 @@ def main():
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--stages", default="merge,heal,project,matryoshka,int8,gen")
+    ap.add_argument("--kd-ratio", type=float, default=0.25, help="matryoshka: KD weight (the paper's "
+                    "0.25; 1: pure distillation, which cannot adapt to the training text's domain)")
     ap.add_argument("--kv-ranks", default="0.25,0.5,0.75", help="project: ranks as shares of head_dim")
     ap.add_argument("--gen-contexts", default="256,448", help="prompt lengths in tokens")
     ap.add_argument("--gen-tokens", type=int, default=64)
@@ -222,7 +224,8 @@ def main():
         train(REPO / "recipes" / "kv_project.yaml", run_dir,
               [f"init={src}", f"distill.teacher={teacher}", f"train.steps={a.steps}",
                f"train.lr={a.lr}", f"train.min_lr={a.lr / 10}", "train.warmup_steps=10",
-               "train.eval_every=0", f"checkpoint.every={a.steps}", *data], a.threads)
+               f"distill.kd_ratio={a.kd_ratio}", "train.eval_every=0", f"checkpoint.every={a.steps}",
+               *data], a.threads)
         tokens = metrics(run_dir)[-1]["tokens_seen"]
         d = head_dim(cfg)
         for share in [float(x) for x in a.kv_ranks.split(",")]:
@@ -232,7 +235,8 @@ def main():
             loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
             points.append({"method": "MatryoshkaKV (trained)", "kv_heads": kv0,
                            "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
-                           "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens"})
+                           "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens, "
+                                   f"KD ratio {a.kd_ratio}"})
 
     if "int8" in stages:
         proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
