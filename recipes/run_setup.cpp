@@ -1,6 +1,7 @@
 #include "recipes/run_setup.h"
 
 #include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
@@ -80,6 +81,16 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   if (run.resume) {
     Checkpoint ckpt = Checkpoint::open(*run.resume);
     store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), *run.resume);
+    // A resume must continue the same model: refuse here, before anything is written, rather
+    // than when the weights fail to load after recipe.yaml was rewritten.
+    const nlohmann::json saved = to_hf_json(ckpt.config()), now = to_hf_json(cfg.model);
+    std::string differences;
+    for (const auto& [key, value] : now.items())
+      if (!saved.contains(key) || saved[key] != value)
+        differences += fmt::format(" {}: {} in the checkpoint, {} in the recipe;", key,
+                                   saved.contains(key) ? saved[key].dump() : "absent", value.dump());
+    CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
+                   "holds:{} nothing was changed", *run.resume, differences);
     if (ckpt.recipe_yaml() != run.yaml)
       spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
                    "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);

@@ -215,6 +215,11 @@ def test_corrupt_checkpoint_and_existing_run_leave_disk_untouched(small_store, t
     # Starting the same run again without --resume is refused; nothing is overwritten.
     expect_error(["train", QUICKSTART, *tiny_overrides(small_store, out, 10)], "--resume")
     assert tree_digest(out) == before
+    # A --resume whose overrides change the model is refused before recipe.yaml is rewritten.
+    expect_error(["train", QUICKSTART, *tiny_overrides(small_store, out, 20, **{"model.hidden_size": 96}),
+                  "--resume"], "the recipe's model differs", "hidden_size: 64 in the checkpoint, 96 in the recipe",
+                 "nothing was changed")
+    assert tree_digest(out) == before
 
 
 def test_tokenizer_mismatch_is_refused(small_store, tmp_path):
