@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, cpu_model, finish_report, git_head  # noqa: E402
-from prune_recovery import BIN, DATA, EVAL_WINDOWS, evaluate, latest, metrics, sh, train  # noqa: E402
+from prune_recovery import BIN, DATA, configure, evaluate, latest, metrics, sh, train  # noqa: E402
 
 
 def model_config(ckpt):
@@ -142,11 +142,7 @@ def main():
     ap.add_argument("--json", default=None)
     ap.add_argument("--png", default="", help="also copy the plot here (e.g. bench/kv_teacher_mha.png)")
     a = ap.parse_args()
-    if a.data:
-        DATA.extend(["--data", str(Path(a.data).resolve())])
-    EVAL_WINDOWS.extend(["--seq-len", a.eval_seq_len, "--batch-size", 8])
-    out = Path(a.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = configure(a)
     stages = set(a.stages.split(","))
     load0 = os.getloadavg()[0]
     t_start = time.time()
@@ -182,8 +178,6 @@ def main():
 
     if "heal" in stages:
         kn = a.heal_kv_heads
-        data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
-            f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
         for init in ("svd", "mean"):
             src = merged.get((init, kn))
             if src is None:
@@ -207,9 +201,7 @@ def main():
         d = head_dim(cfg)
         for share in [float(x) for x in a.kv_ranks.split(",")]:
             r = max(1, round(share * d))
-            proc, _ = sh([BIN, "eval", path, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
-                          "--kv-rank", r])
-            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            loss = evaluate(path, a.eval_batches, "--kv-rank", r)
             points.append({"method": "PCA projection (untrained)", "kv_heads": kv0,
                            "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
                            "note": f"rank {r} of {d}"})
@@ -219,8 +211,6 @@ def main():
         if not src.exists():
             raise SystemExit("the matryoshka stage trains the project stage's output; run it first")
         run_dir = out / "matryoshka"
-        data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
-            f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
         train(REPO / "recipes" / "kv_project.yaml", run_dir,
               [f"init={src}", f"distill.teacher={teacher}", f"train.steps={a.steps}",
                f"train.lr={a.lr}", f"train.min_lr={a.lr / 10}", "train.warmup_steps=10",
@@ -230,24 +220,18 @@ def main():
         d = head_dim(cfg)
         for share in [float(x) for x in a.kv_ranks.split(",")]:
             r = max(1, round(share * d))
-            proc, _ = sh([BIN, "eval", latest(run_dir), "--batches", a.eval_batches, *DATA,
-                          *EVAL_WINDOWS, "--kv-rank", r])
-            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            loss = evaluate(latest(run_dir), a.eval_batches, "--kv-rank", r)
             points.append({"method": "MatryoshkaKV (trained)", "kv_heads": kv0,
                            "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
                            "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens, "
                                    f"KD ratio {a.kd_ratio}"})
 
     if "int8" in stages:
-        proc, _ = sh([BIN, "eval", teacher, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
-                      "--kv-cache", "int8"])
-        loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+        loss = evaluate(teacher, a.eval_batches, "--kv-cache", "int8")
         points.append({"method": "int8 cache", "kv_heads": kv0, "bytes": kv_bytes_int8(cfg), "loss": loss})
         healed = out / f"heal_svd_kv{a.heal_kv_heads}"
         if (healed / "checkpoints" / "latest").exists():
-            proc, _ = sh([BIN, "eval", latest(healed), "--batches", a.eval_batches, *DATA,
-                          *EVAL_WINDOWS, "--kv-cache", "int8"])
-            loss = json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+            loss = evaluate(latest(healed), a.eval_batches, "--kv-cache", "int8")
             kv_cfg = dict(cfg, num_key_value_heads=a.heal_kv_heads)
             points.append({"method": "merge svd + heal + int8 cache", "kv_heads": a.heal_kv_heads,
                            "bytes": kv_bytes_int8(kv_cfg), "loss": loss})

@@ -61,10 +61,24 @@ DATA = []  # ["--data", STORE] when --data is given: calibration and evaluation 
 EVAL_WINDOWS = []  # ["--seq-len", T, "--batch-size", B] for evaluation
 
 
-def evaluate(ckpt, batches):
-    # The same held-out windows for every checkpoint, whatever recipe wrote it.
-    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA, *EVAL_WINDOWS])
+def evaluate(ckpt, batches, *extra):
+    # The same held-out windows for every checkpoint, whatever recipe wrote it. extra: more
+    # `condense eval` options (--kv-rank, --kv-cache).
+    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA, *EVAL_WINDOWS, *extra])
     return json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+
+
+def configure(a):
+    """Points every evaluation at --data / --eval-seq-len windows; returns the output directory
+    (created) and the recipe overrides that train on the same text with --seq-len / --batch-size."""
+    if a.data:
+        DATA.extend(["--data", str(Path(a.data).resolve())])
+    EVAL_WINDOWS.extend(["--seq-len", a.eval_seq_len, "--batch-size", 8])
+    out = Path(a.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
+        f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
+    return out, data
 
 
 def metrics(run_dir: Path):
@@ -127,11 +141,7 @@ def main():
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    if a.data:
-        DATA.extend(["--data", str(Path(a.data).resolve())])
-    EVAL_WINDOWS.extend(["--seq-len", a.eval_seq_len, "--batch-size", 8])
-    out = Path(a.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out, data = configure(a)
     stages = set(a.stages.split(","))
     load0 = os.getloadavg()[0]
     t_start = time.time()
@@ -150,8 +160,6 @@ def main():
     base_loss = evaluate(teacher, a.eval_batches)
     rows.append(("teacher (unpruned)", base_loss, "", ""))
     payload["teacher"] = {"checkpoint": str(teacher), "val_loss": base_loss}
-    data = ([f"data.dataset={Path(a.data).resolve()}"] if a.data else ["data.vocab_size=4096"]) + [
-        f"data.seq_len={a.seq_len}", f"data.batch_size={a.batch_size}"]
 
     # One-shot pruning.
     pruned = {}

@@ -1,8 +1,6 @@
 #include "compressors/kv_merge.h"
 
 #include <ATen/ATen.h>
-#include <ATen/core/Generator.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include "core/error.h"
 
@@ -106,15 +104,7 @@ LlamaForCausalLM merge_kv_heads(LlamaForCausalLM& model, const KVMergeOptions& o
 
   LlamaConfig nc = c;
   nc.num_key_value_heads = kn;
-  // The new model's random initialization is overwritten below; keep the caller's random
-  // stream where it was.
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  at::Tensor rng = gen.get_state();
-  LlamaForCausalLM out(nc);
-  gen.set_state(rng);
-  at::Tensor ref = model->model->embed_tokens->weight;
-  out->to(ref.device(), ref.scalar_type());
-  out->train(model->is_training());
+  LlamaForCausalLM out = new_model_like(model, nc);
 
   at::NoGradGuard no_grad;
   auto src = model->named_parameters();

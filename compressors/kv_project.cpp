@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 #include "core/error.h"
 
 namespace condense {
@@ -58,7 +60,8 @@ KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tenso
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
       key_rank_(c.head_size()),
-      value_rank_(c.head_size()) {
+      value_rank_(c.head_size()),
+      value_basis_(c.num_hidden_layers) {
   CONDENSE_CHECK(static_cast<int64_t>(bases_.size()) == c.num_hidden_layers,
                  "KV projection: {} layers of bases for a model of {}", bases_.size(),
                  c.num_hidden_layers);
@@ -97,26 +100,23 @@ std::shared_ptr<KVProjection> KVProjection::from_calibration(LlamaForCausalLM& m
 std::shared_ptr<KVProjection> KVProjection::from_file(const H5File& file, const LlamaConfig& c) {
   if (!file.has(kGroup)) return nullptr;
   std::vector<std::pair<at::Tensor, at::Tensor>> bases;
-  const std::string prefix = std::string(kGroup) + "/";
+  auto read = [&](const std::string& name) {
+    CONDENSE_CHECK(file.has(full(name)), "{}: KV projection '{}' is missing", file.path(), full(name));
+    at::Tensor u = file.read_tensor(full(name)).to(at::kFloat);
+    CONDENSE_CHECK(u.dim() == 3 && u.size(0) == c.kv_heads() && u.size(1) == c.head_size() &&
+                       u.size(2) == c.head_size(),
+                   "{}: '{}' has shape {}; expected [{}, {}, {}] (kv heads, head_dim, head_dim)",
+                   file.path(), full(name), c10::str(u.sizes()), c.kv_heads(), c.head_size(),
+                   c.head_size());
+    return u;
+  };
   for (size_t l = 0; l < static_cast<size_t>(c.num_hidden_layers); ++l) {
-    for (const std::string& name : {key_name(l), value_name(l)})
-      CONDENSE_CHECK(file.has(prefix + name), "{}: KV projection '{}{}' is missing", file.path(),
-                     prefix, name);
-    at::Tensor k = file.read_tensor(prefix + key_name(l)).to(at::kFloat);
-    at::Tensor v = file.read_tensor(prefix + value_name(l)).to(at::kFloat);
-    for (const auto& [name, u] : {std::pair{key_name(l), k}, std::pair{value_name(l), v}})
-      CONDENSE_CHECK(u.dim() == 3 && u.size(0) == c.kv_heads() && u.size(1) == c.head_size() &&
-                         u.size(2) == c.head_size(),
-                     "{}: '{}{}' has shape {}; expected [{}, {}, {}] (kv heads, head_dim, head_dim)",
-                     file.path(), prefix, name, c10::str(u.sizes()), c.kv_heads(), c.head_size(), c.head_size());
+    at::Tensor k = read(key_name(l)), v = read(value_name(l));
     // A trained projection: compose U0 Cayley(S - S^T) once, for inference.
-    if (file.has(full(key_name(l) + "_skew"))) {
-      for (const std::string& name : {key_name(l) + "_skew", value_name(l) + "_skew"})
-        CONDENSE_CHECK(file.has(full(name)), "{}: KV projection generator '{}' is missing",
-                       file.path(), full(name));
+    if (file.has(full(key_name(l) + "_skew")) || file.has(full(value_name(l) + "_skew"))) {
       at::NoGradGuard no_grad;
-      k = at::matmul(k, cayley(file.read_tensor(full(key_name(l) + "_skew")).to(at::kFloat)));
-      v = at::matmul(v, cayley(file.read_tensor(full(value_name(l) + "_skew")).to(at::kFloat)));
+      k = at::matmul(k, cayley(read(key_name(l) + "_skew")));
+      v = at::matmul(v, cayley(read(value_name(l) + "_skew")));
     }
     bases.emplace_back(k, v);
   }
@@ -233,13 +233,16 @@ KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, cons
     uk = uk.narrow(2, 0, key_rank_);
     uv = uv.narrow(2, 0, value_rank_);
   }
+  // restore() follows for the same layer (also when a recompute policy reruns the layer):
+  // hand it this value basis instead of composing the Cayley transform a second time.
+  value_basis_[layer] = uv;
   return {q_project(q, uk), at::matmul(k, uk), at::matmul(v, uv)};
 }
 
 at::Tensor KVProjection::restore(int64_t layer, const at::Tensor& out) {
-  at::Tensor uv = bases(layer).second;
-  if (!rank_masks_.empty()) return back(out, uv * rank_masks_[layer].second, head_dim_);
-  return back(out, uv.narrow(2, 0, value_rank_), value_rank_);
+  at::Tensor uv = std::exchange(value_basis_[layer], at::Tensor());
+  CONDENSE_CHECK(uv.defined(), "KV projection: restore() of layer {} without project()", layer);
+  return back(out, uv, uv.size(2));
 }
 
 }  // namespace condense

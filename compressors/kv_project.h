@@ -84,6 +84,7 @@ class KVProjection : public KVHook {
   std::vector<std::pair<at::Tensor, at::Tensor>> rank_masks_;
   int64_t heads_, kv_heads_, head_dim_;
   int64_t key_rank_, value_rank_;
+  std::vector<at::Tensor> value_basis_;  // per layer: project()'s value basis, for restore()
 };
 
 }  // namespace condense

@@ -4,7 +4,6 @@
 #include "compressors/prune_minitron.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -269,16 +268,8 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
                  "channels for hidden_size {})", n, plan.neurons.size(), plan.heads.size(),
                  plan.channels.size(), plan.config.hidden_size);
 
-  // The new model's random initialization is overwritten below; keep the caller's random
-  // stream where it was, so pruning does not shift later sampling or training.
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  at::Tensor rng = gen.get_state();
-  LlamaForCausalLM out(plan.config);
-  gen.set_state(rng);
-
+  LlamaForCausalLM out = new_model_like(model, plan.config);
   at::Tensor ref = model->model->embed_tokens->weight;
-  out->to(ref.device(), ref.scalar_type());
-  out->train(model->is_training());
   auto index = [&](const std::vector<int64_t>& v, int64_t bound, const char* what) {
     for (int64_t x : v)
       CONDENSE_CHECK(x >= 0 && x < bound, "minitron: plan keeps {} {} of {}", what, x, bound);

@@ -173,19 +173,33 @@ int run_prune_command(PruneArgs& a) {
   CONDENSE_CHECK(!sparsity_given || a.pattern.empty(),
                  "give --sparsity or --pattern, not both (N:M fixes the sparsity at 1 - N/M)");
 
-  // One plain forward over the calibration windows, the yardstick of the calibration's cost.
-  auto plain_forward_s = [&](const std::vector<at::Tensor>& windows) {
+  std::map<std::string, at::Tensor> extra;
+  std::string summary;
+  double calib_s = 0, forward_s = 0;
+  int64_t calib_tokens = 0;
+  auto seconds_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  // The calibration windows, after one plain forward over them (forward_s: the yardstick of
+  // the calibration's cost).
+  auto calibration = [&] {
+    std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
     at::NoGradGuard no_grad;
     model->eval();
     auto f0 = std::chrono::steady_clock::now();
     for (const at::Tensor& w : windows) model->hidden({w});
     model->train();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+    forward_s = seconds_since(f0);
+    for (const at::Tensor& w : windows) calib_tokens += w.numel();
+    return windows;
   };
-  std::map<std::string, at::Tensor> extra;
-  std::string summary;
-  double calib_s = 0, forward_s = 0;
-  int64_t calib_tokens = 0;
+  // Runs a calibration pass, timing it into calib_s.
+  auto timed = [&](auto&& pass) {
+    auto c0 = std::chrono::steady_clock::now();
+    auto result = pass();
+    calib_s = seconds_since(c0);
+    return result;
+  };
   if (masked) {
     MaskPruneOptions opt;
     opt.method = a.method;
@@ -198,21 +212,13 @@ int run_prune_command(PruneArgs& a) {
                    "{} already carries masks (it was pruned before); prune the unpruned checkpoint",
                    path);
     std::vector<at::Tensor> windows;
-    if (a.method == "wanda") {
-      windows = load_calibration(ckpt, path, a);
-      forward_s = plain_forward_s(windows);
-      for (const auto& w : windows) calib_tokens += w.numel();
-    }
+    if (a.method == "wanda") windows = calibration();
     WeightMasks masks = prune_masked(model, opt, windows, &calib_s);
     extra = masks.entries();
     summary = masks.describe();
   } else if (project) {
-    std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
-    forward_s = plain_forward_s(windows);
-    auto c0 = std::chrono::steady_clock::now();
-    std::shared_ptr<KVProjection> proj = KVProjection::from_calibration(model, windows);
-    calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-    for (const auto& w : windows) calib_tokens += w.numel();
+    std::vector<at::Tensor> windows = calibration();
+    auto proj = timed([&] { return KVProjection::from_calibration(model, windows); });
     extra = proj->entries();
     const LlamaConfig& c = model->config();
     summary = fmt::format("PCA bases of keys (after RoPE) and values for {} layers x {} KV heads "
@@ -225,12 +231,8 @@ int run_prune_command(PruneArgs& a) {
     check_kv_merge(model->config(), opt);  // every option error before any work
     CalibrationStats stats;
     if (opt.init == "svd") {
-      std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
-      forward_s = plain_forward_s(windows);
-      auto c0 = std::chrono::steady_clock::now();
-      stats = calibrate(model, windows, kv_merge_gram_weights(model->config()));
-      calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-      calib_tokens = stats.tokens;
+      std::vector<at::Tensor> windows = calibration();
+      stats = timed([&] { return calibrate(model, windows, kv_merge_gram_weights(model->config())); });
     }
     const int64_t before = model->config().kv_heads();
     model = merge_kv_heads(model, opt, &stats);
@@ -242,19 +244,15 @@ int run_prune_command(PruneArgs& a) {
   } else {
     MinitronTarget target = parse_targets(a.targets);
     check_minitron_target(model->config(), target);  // every target error before any work
-    std::vector<at::Tensor> windows = load_calibration(ckpt, path, a);
-    forward_s = plain_forward_s(windows);
-    auto c0 = std::chrono::steady_clock::now();
-    CalibrationStats stats = calibrate(model, windows);
-    calib_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - c0).count();
-    calib_tokens = stats.tokens;
+    std::vector<at::Tensor> windows = calibration();
+    CalibrationStats stats = timed([&] { return calibrate(model, windows); });
     MinitronPlan plan = plan_minitron(model->config(), stats, target);
     model = apply_minitron(model, plan);
     summary = plan.describe();
   }
   write_checkpoint(a.out, model, nullptr, TrainingState{}, ckpt.recipe_yaml(), ckpt.tokenizer_bytes(),
                    extra);
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double secs = seconds_since(t0);
   spdlog::info("pruned {} with {}: {}; wrote {} in {:.1f}s", path, a.method, summary, a.out, secs);
   if (calib_tokens > 0)
     spdlog::info("calibration: {:.3f}s over {} tokens; one plain forward over them {:.3f}s ({:.2f}x)",

@@ -47,6 +47,8 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
 
 int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.top_k >= 0, "--top-k must be >= 0 (got {})", opt.top_k);
+  CONDENSE_CHECK(!opt.token_by_token || !opt.kv_cache.empty(),
+                 "--token-by-token decodes through a KV cache: give --kv-cache fp or int8");
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
@@ -60,8 +62,6 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(ids.size() >= 2, "{}: empty text, nothing to score", opt.text_file);
   at::NoGradGuard no_grad;
   src.model->eval();
-  CONDENSE_CHECK(!opt.token_by_token || !opt.kv_cache.empty(),
-                 "--token-by-token decodes through a KV cache: give --kv-cache fp or int8");
   at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
   at::Tensor logits;
   double kv_bytes = 0;

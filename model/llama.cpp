@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/init.h>
 
 #include "core/error.h"
@@ -164,6 +165,17 @@ at::Tensor LlamaForCausalLMImpl::lm_head_weight() const {
 
 at::Tensor LlamaForCausalLMImpl::logits(const at::Tensor& hidden) {
   return at::linear(hidden, lm_head_weight());
+}
+
+LlamaForCausalLM new_model_like(const LlamaForCausalLM& like, const LlamaConfig& config) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  at::Tensor rng = gen.get_state();
+  LlamaForCausalLM out(config);
+  gen.set_state(rng);
+  at::Tensor ref = like->model->embed_tokens->weight;
+  out->to(ref.device(), ref.scalar_type());
+  out->train(like->is_training());
+  return out;
 }
 
 }  // namespace condense

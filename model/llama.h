@@ -135,4 +135,9 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaForCausalLM);
 
+// A model of `config` on `like`'s device, dtype and training mode, for a transform to fill
+// (structured pruning, KV-head merging). Its throwaway random initialization leaves the global
+// CPU generator where it was, so building it does not shift later sampling or training.
+LlamaForCausalLM new_model_like(const LlamaForCausalLM& like, const LlamaConfig& config);
+
 }  // namespace condense

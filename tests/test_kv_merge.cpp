@@ -17,22 +17,12 @@
 #include "compressors/calibration.h"
 #include "compressors/kv_merge.h"
 #include "core/error.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
 
-LlamaConfig tiny(int64_t heads, int64_t kv) {
-  LlamaConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = heads;
-  c.num_key_value_heads = kv;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = false;
-  return c;
-}
+LlamaConfig tiny(int64_t heads, int64_t kv) { return test::tiny_llama(heads, kv); }
 
 std::string w(int64_t layer, const char* proj) {
   return "model.layers." + std::to_string(layer) + ".self_attn." + proj + ".weight";

@@ -22,24 +22,14 @@
 
 #include "compressors/kv_project.h"
 #include "core/error.h"
+#include "tests/test_support.h"
 #include "model/generate.h"
 #include "model/kv_cache.h"
 
 namespace condense {
 namespace {
 
-LlamaConfig tiny(int64_t heads, int64_t kv) {
-  LlamaConfig c;
-  c.vocab_size = 61;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = heads;
-  c.num_key_value_heads = kv;
-  c.max_position_embeddings = 64;
-  c.finalize();
-  return c;
-}
+LlamaConfig tiny(int64_t heads, int64_t kv) { return test::tiny_llama(heads, kv); }
 
 std::vector<at::Tensor> windows() {
   at::manual_seed(11);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "model/llama_config.h"
 
 namespace condense::test {
 
@@ -20,6 +21,23 @@ inline Communicator& self_communicator() {
     return make_communicator(cfg);
   }();
   return *c;
+}
+
+// A two-layer Llama small enough for closed-form tests: hidden 32 (head_dim 32 / heads), FFN 48,
+// untied LM head.
+inline LlamaConfig tiny_llama(int64_t heads, int64_t kv_heads, int64_t vocab = 61,
+                              int64_t max_positions = 64) {
+  LlamaConfig c;
+  c.vocab_size = vocab;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = heads;
+  c.num_key_value_heads = kv_heads;
+  c.max_position_embeddings = max_positions;
+  c.tie_word_embeddings = false;
+  c.finalize();
+  return c;
 }
 
 // Every tensor of `a` equal to its partner in `b` (values, on any device).
