@@ -149,6 +149,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                  "needs one (import with --tokenizer T.model)", checkpoint_path);
   Tokenizer tok = Tokenizer::from_serialized(tok_bytes, checkpoint_path + ":tokenizer");
   LlamaForCausalLM model = load_inference_model(ckpt);
+  detach_kv_compression(model);  // the plain Llama (GGUF has no place for the compression)
   const LlamaConfig& c = model->config();
   CONDENSE_CHECK(tok.vocab_size() <= c.vocab_size, "{}: tokenizer has {} pieces, more than the "
                  "model's vocab_size {}", checkpoint_path, tok.vocab_size(), c.vocab_size);

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/safetensors.h"
 #include "io/safetensors_shards.h"
 #include "model/tokenizer.h"
 #include "launch/inference_model.h"
@@ -41,6 +42,9 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
                  "{}: exists and is not an empty directory; refusing to overwrite it", out_dir);
   Checkpoint ckpt = Checkpoint::open(checkpoint_path);
   LlamaForCausalLM model = load_inference_model(ckpt);
+  // A compressed KV cache: the plain Llama's weights, and the compression's own tensors beside
+  // them (kv_compression.safetensors + kv_compression.json naming the method and layout).
+  KVCompressionParts kv = detach_kv_compression(model);
   const LlamaConfig& c = model->config();
   std::string tok_bytes = ckpt.tokenizer_bytes();
 
@@ -57,6 +61,12 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
       st.bytes_written += tensors.back().second.nbytes();
     }
     st.files = write_safetensors_shards(tmp.string(), tensors, max_shard_bytes);
+    if (!kv.method.empty()) {
+      std::vector<std::pair<std::string, at::Tensor>> parts(kv.tensors.begin(), kv.tensors.end());
+      write_safetensors((tmp / "kv_compression.safetensors").string(), parts);
+      write_text_atomically((tmp / "kv_compression.json").string(), kv.config.dump(2) + "\n");
+      st.files.insert(st.files.end(), {"kv_compression.safetensors", "kv_compression.json"});
+    }
 
     nlohmann::json config = to_hf_json(c);
     config["torch_dtype"] = dtype == at::kFloat ? "float32" : dtype == at::kHalf ? "float16" : "bfloat16";

@@ -32,8 +32,10 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.export_cmd->add_option("--max-shard-mb", a.max_shard_mb, "hf: shard size cap in MB")
       ->default_val(2000);
   a.export_cmd->add_flag("--without-kv-projection", a.without_kv_projection, "a checkpoint with "
-                         "KV-cache projections: write its plain Llama (what the projections "
-                         "compute at full rank) without them");
+                         "a compressed KV cache: write its plain Llama (KV projections: the model "
+                         "they project, what they compute at full rank; CSKV: the low-rank "
+                         "factors multiplied into k_proj / v_proj) with an uncompressed cache; hf "
+                         "also writes kv_compression.safetensors and kv_compression.json");
 
   a.score_cmd = app.add_subcommand("score", "per-position next-token log-probabilities of a text");
   a.score_cmd->add_option("source", a.source, "checkpoint, run directory, HF directory or .gguf")
@@ -69,11 +71,16 @@ int run_io_command(IoCommandArgs& a) {
     std::string dtype = a.dtype.empty() ? "f32" : a.dtype;
     // KV projections need condense's own attention: neither llama.cpp nor transformers would
     // apply them, so an export would silently be the uncompressed model.
-    CONDENSE_CHECK(a.without_kv_projection || !Checkpoint::open(path).file().has("kv_proj"),
-                   "{} carries KV-cache projections (kv_proj/*), which only condense's attention "
-                   "applies; {} would run it without them. Pass --without-kv-projection to export "
-                   "the plain Llama (exactly the projected model at full rank), or use condense "
-                   "eval/score/generate --kv-rank", path, a.format == "gguf" ? "llama.cpp" : "transformers");
+    const Checkpoint ckpt = Checkpoint::open(path);
+    const H5File& file = ckpt.file();
+    CONDENSE_CHECK(a.without_kv_projection || (!file.has("kv_proj") && !file.has("cskv")),
+                   "{} carries a compressed KV cache ({}), which only condense's attention "
+                   "applies; {} would run the model without it. Pass --without-kv-projection to "
+                   "export the plain Llama with an uncompressed cache ({}), or use condense "
+                   "eval/score/generate", path, file.has("cskv") ? "CSKV factors, cskv/*"
+                   : "KV projections, kv_proj/*", a.format == "gguf" ? "llama.cpp" : "transformers",
+                   file.has("cskv") ? "k_proj / v_proj computing the low-rank keys and values"
+                                    : "exactly the projected model at full rank");
     if (a.format == "hf") {
       CONDENSE_CHECK(a.max_shard_mb > 0, "--max-shard-mb must be positive");
       ExportStats st = export_hf(path, a.out, dtype, static_cast<uint64_t>(a.max_shard_mb * 1e6));

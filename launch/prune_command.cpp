@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "compressors/calibration.h"
+#include "compressors/cskv.h"
 #include "compressors/kv_merge.h"
 #include "compressors/kv_project.h"
 #include "compressors/prune_masked.h"
@@ -113,8 +114,10 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
                     "heads, embedding channels and layers by activation importance; kv-heads: "
                     "merge consecutive KV heads into --kv-heads heads (MHA -> GQA); kv-project: "
                     "PCA bases of every KV head's keys (after RoPE) and values, stored with the "
-                    "model; eval/score/generate --kv-rank R then cache R of head_dim coordinates")
-      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron", "kv-heads", "kv-project"}));
+                    "model; eval/score/generate --kv-rank R then cache R of head_dim coordinates; cskv: "
+                    "low-rank factors of k_proj / v_proj (--key-rank, --value-rank); the cache "
+                    "then stores the latents")
+      ->required()->check(CLI::IsMember({"magnitude", "wanda", "minitron", "kv-heads", "kv-project", "cskv"}));
   a.cmd->add_option("--sparsity", a.sparsity, "magnitude/wanda: pruned share in [0, 1) (default 0.5)");
   a.cmd->add_option("--pattern", a.pattern, "magnitude/wanda: N:M, keep N of every M consecutive "
                     "input weights of a row (2:4, 4:8)");
@@ -126,9 +129,17 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
   a.cmd->add_option("--kv-heads", a.kv_heads, "kv-heads: the new number of KV heads; divides "
                     "the current number");
   a.cmd->add_option("--init", a.init, "kv-heads: svd (low-rank merge from calibration "
-                    "activations, RoPE-exact) or mean (mean-pooled heads, the GQA paper's)")
-      ->check(CLI::IsMember({"svd", "mean"}))->default_val("svd");
-  a.cmd->add_option("--calib-windows", a.calib_windows, "calibration windows (wanda, minitron, kv-heads svd)")
+                    "activations, RoPE-exact; the default) or mean (mean-pooled heads, the GQA "
+                    "paper's); cskv: whiten (the factors closest on calibration activations; the "
+                    "default), asvd (SVD with input channels weighted by activation RMS) or svd "
+                    "(of the weights alone)")
+      ->check(CLI::IsMember({"svd", "mean", "asvd", "whiten"}));
+  a.cmd->add_option("--key-rank", a.key_rank, "cskv: width of the cached key latent per layer "
+                    "(1..min(hidden, kv_heads x head_dim))");
+  a.cmd->add_option("--value-rank", a.value_rank, "cskv: width of the cached value latent per "
+                    "layer (default: --key-rank)");
+  a.cmd->add_option("--calib-windows", a.calib_windows, "calibration windows (wanda, minitron, "
+                    "kv-heads svd, kv-project, cskv whiten and asvd)")
       ->default_val(32);
   a.cmd->add_option("--calib-batch", a.calib_batch, "windows per calibration forward")->default_val(8);
   a.cmd->add_option("--data", a.data, "token store for calibration (default: the checkpoint recipe's)");
@@ -151,21 +162,35 @@ int run_prune_command(PruneArgs& a) {
   LlamaForCausalLM model = load_inference_model(ckpt);
   const bool kv = a.method == "kv-heads";
   const bool project = a.method == "kv-project";
-  const bool masked = a.method != "minitron" && !kv && !project;
+  const bool cskv = a.method == "cskv";
+  const bool masked = a.method != "minitron" && !kv && !project && !cskv;
   const bool sparsity_given = a.cmd->count("--sparsity") > 0;
   CONDENSE_CHECK(masked || (!sparsity_given && a.pattern.empty() && a.weights.empty()),
                  "--sparsity, --pattern and --weights belong to magnitude/wanda; {} takes {}",
-                 a.method, kv ? "--kv-heads and --init" : project ? "--calib-windows" : "--target");
+                 a.method, kv ? "--kv-heads and --init" : project ? "--calib-windows"
+                           : cskv ? "--key-rank, --value-rank and --init" : "--target");
   CONDENSE_CHECK(a.method == "minitron" || a.targets.empty(),
                  "--target belongs to minitron; {} takes {}", a.method,
-                 kv ? "--kv-heads and --init" : "--sparsity or --pattern (and --weights)");
-  CONDENSE_CHECK(kv || (a.cmd->count("--kv-heads") == 0 && a.cmd->count("--init") == 0),
-                 "--kv-heads and --init belong to --method kv-heads");
+                 kv ? "--kv-heads and --init" : cskv ? "--key-rank, --value-rank and --init"
+                    : "--sparsity or --pattern (and --weights)");
+  CONDENSE_CHECK(kv || a.cmd->count("--kv-heads") == 0, "--kv-heads belongs to --method kv-heads");
+  CONDENSE_CHECK(kv || cskv || a.cmd->count("--init") == 0,
+                 "--init belongs to --method kv-heads (svd | mean) and cskv (whiten | asvd | svd)");
+  const std::string init = a.cmd->count("--init") ? a.init : cskv ? "whiten" : "svd";
+  CONDENSE_CHECK(!kv || init == "svd" || init == "mean",
+                 "--init {} belongs to cskv; kv-heads takes svd or mean", init);
+  CONDENSE_CHECK(!cskv || init != "mean", "--init mean belongs to kv-heads; cskv takes whiten, asvd or svd");
+  CONDENSE_CHECK(cskv || (a.cmd->count("--key-rank") == 0 && a.cmd->count("--value-rank") == 0),
+                 "--key-rank and --value-rank belong to --method cskv");
+  CONDENSE_CHECK(!cskv || a.cmd->count("--key-rank") > 0,
+                 "--method cskv needs --key-rank R (the cached key latent's width; valid 1..{})",
+                 std::min(model->config().hidden_size,
+                          model->config().kv_heads() * model->config().head_size()));
   CONDENSE_CHECK(!kv || a.cmd->count("--kv-heads") > 0,
                  "--method kv-heads needs --kv-heads N (the new number of KV heads, of {} now)",
                  model->config().kv_heads());
-  CONDENSE_CHECK(!model->kv_hook(), "{} carries KV-cache projections (kv_proj/*); {} the checkpoint "
-                 "they were made from instead", path, project ? "project" : "prune");
+  CONDENSE_CHECK(!model->kv_hook(), "{} carries a compressed KV cache (kv_proj/* or cskv/*); {} the "
+                 "checkpoint it was made from instead", path, project || cskv ? "compress" : "prune");
   if (!masked)
     CONDENSE_CHECK(!WeightMasks::from_file(ckpt.file()).masks().size(),
                    "{} carries masks (it was pruned with magnitude/wanda); {} needs a checkpoint "
@@ -224,10 +249,31 @@ int run_prune_command(PruneArgs& a) {
     summary = fmt::format("PCA bases of keys (after RoPE) and values for {} layers x {} KV heads "
                           "of {}; choose the cached rank with --kv-rank R (1..{}) in eval, score "
                           "and generate", c.num_hidden_layers, c.kv_heads(), c.head_size(), c.head_size());
+  } else if (cskv) {
+    LowRankKVOptions opt;
+    opt.key_rank = a.key_rank;
+    opt.value_rank = a.cmd->count("--value-rank") ? a.value_rank : a.key_rank;
+    opt.init = init;
+    const LlamaConfig& c = model->config();
+    check_low_rank_kv(c, opt);  // every option error before any work
+    CalibrationStats stats;
+    if (init != "svd") {
+      std::vector<at::Tensor> windows = calibration();
+      stats = timed([&] {
+        return calibrate(model, windows, init == "whiten" ? low_rank_kv_gram_weights(c)
+                                                          : std::vector<std::string>{});
+      });
+    }
+    auto low = LowRankKV::from_model(model, opt, init == "svd" ? nullptr : &stats);
+    extra = low->entries();
+    const int64_t full = 2 * c.kv_heads() * c.head_size();
+    summary = fmt::format("low-rank K/V ({} init): the cache stores {} + {} of {} values per "
+                          "token and layer ({:.1f}%)", init, opt.key_rank, opt.value_rank, full,
+                          100.0 * static_cast<double>(opt.key_rank + opt.value_rank) / full);
   } else if (kv) {
     KVMergeOptions opt;
     opt.kv_heads = a.kv_heads;
-    opt.init = a.init;
+    opt.init = init;
     check_kv_merge(model->config(), opt);  // every option error before any work
     CalibrationStats stats;
     if (opt.init == "svd") {

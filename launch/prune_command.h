@@ -8,7 +8,10 @@
 //                      finetune recipe that distills from the original
 //   kv-project         PCA bases of every KV head's keys and values (compressors/kv_project.h),
 //                      stored beside the unchanged weights; --kv-rank picks the cached rank
-// Calibration windows (wanda, minitron, kv-heads with svd) are the last windows of the validation split of the
+//   cskv               low-rank factors of k_proj / v_proj (compressors/cskv.h; --key-rank,
+//                      --value-rank, --init whiten | asvd | svd) stored beside the unchanged weights;
+//                      the cache stores the latents; train them with recipes/cskv.yaml
+// Calibration windows (wanda, minitron, kv-heads with svd, kv-project, cskv with whiten or asvd) are the last windows of the validation split of the
 // checkpoint's token store (or --data), so `condense eval`, which reads the first ones, does
 // not score the text the pruning looked at.
 #pragma once
@@ -27,7 +30,8 @@ struct PruneArgs {
   std::vector<std::string> weights;   // regexes over weight names (masked methods)
   std::vector<std::string> targets;   // minitron: key=value
   int64_t kv_heads = 0;              // kv-heads: the new num_key_value_heads
-  std::string init = "svd";          // kv-heads: svd | mean
+  std::string init = "svd";          // kv-heads: svd | mean; cskv: whiten | asvd | svd (default whiten)
+  int64_t key_rank = 0, value_rank = 0;  // cskv
   int64_t calib_windows = 32;
   int64_t calib_batch = 8;
   bool no_sequential = false;

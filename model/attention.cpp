@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/error.h"
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
 #include "model/rope.h"
@@ -16,6 +17,14 @@ torch::nn::Linear linear(int64_t in, int64_t out) {
 }
 
 }  // namespace
+
+std::pair<at::Tensor, at::Tensor> KVHook::encode(int64_t layer, const at::Tensor&) {
+  fail("KV hook: encode() of layer {} on a hook without a latent cache", layer);
+}
+
+std::pair<at::Tensor, at::Tensor> KVHook::decode(int64_t layer, const at::Tensor&, const at::Tensor&) {
+  fail("KV hook: decode() of layer {} on a hook without a latent cache", layer);
+}
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index)
     : layer_(layer_index),
@@ -43,21 +52,26 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
                                        const at::Tensor& sin, KVCache* cache, KVHook* hook) {
   int64_t b = x.size(0), t = x.size(1);
   at::Tensor q = project(x, q_proj, 0).view({b, t, heads_, head_dim_}).transpose(1, 2);
-  at::Tensor k = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  at::Tensor v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
-  k = apply_rope(k, cos, sin);
-  if (hook) {
-    KVHook::Projected p = hook->project(layer_, q, k, v);
-    q = p.q;
-    k = p.k;
-    v = p.v;
-  }
-
-  int64_t past = 0;
-  if (cache) {
-    past = cache->length();
-    std::tie(k, v) = cache->append(layer_, k, v);
+  const int64_t past = cache ? cache->length() : 0;
+  const bool latent = hook && hook->latent();
+  at::Tensor k, v;
+  if (latent) {
+    // The cache holds the latents; keys and values of every position are rebuilt from them.
+    std::tie(k, v) = hook->encode(layer_, x);
+    if (cache) std::tie(k, v) = cache->append(layer_, k, v);
+    std::tie(k, v) = hook->decode(layer_, k, v);
+  } else {
+    k = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    k = apply_rope(k, cos, sin);
+    if (hook) {
+      KVHook::Projected p = hook->project(layer_, q, k, v);
+      q = p.q;
+      k = p.k;
+      v = p.v;
+    }
+    if (cache) std::tie(k, v) = cache->append(layer_, k, v);
   }
   // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
   // head h read kv head h / rep, the grouping transformers' repeat_kv produces.
@@ -74,10 +88,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   }
   double p = is_training() ? dropout_ : 0.0;
   // The model's scale, whatever width a KV hook projected queries and keys to.
+  const bool projected = hook && !latent;
   const std::optional<double> scale =
-      hook ? std::optional<double>(1.0 / std::sqrt(static_cast<double>(head_dim_))) : std::nullopt;
+      projected ? std::optional<double>(1.0 / std::sqrt(static_cast<double>(head_dim_))) : std::nullopt;
   at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
-  if (hook) attn = hook->restore(layer_, attn);
+  if (projected) attn = hook->restore(layer_, attn);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that
   // the transpose is free); the fused attention keeps its own output anyway.

@@ -16,11 +16,20 @@ namespace condense {
 
 class KVCache;
 
-// Learned KV-cache projections plug in here (compressors/kv_project.h). Every layer calls
-// project() after RoPE with q [B, heads, T, head_dim] and k, v [B, kv_heads, T, head_dim]; what
-// it returns is what attention uses and the cache stores, in any widths (queries and keys one,
-// values another). Scores keep the model's 1/sqrt(head_dim) scale. restore() maps attention's
-// output [B, heads, T, value width] back to head_dim before o_proj.
+// Learned KV-cache compressors plug in here, in one of two ways.
+//
+// Projections after RoPE (compressors/kv_project.h): every layer calls project() after RoPE
+// with q [B, heads, T, head_dim] and k, v [B, kv_heads, T, head_dim]; what it returns is what
+// attention uses and the cache stores, in any widths (queries and keys one, values another).
+// Scores keep the model's 1/sqrt(head_dim) scale. restore() maps attention's output
+// [B, heads, T, value width] back to head_dim before o_proj.
+//
+// Latent caches (compressors/cskv.h), when latent() is true: the hook replaces k_proj and
+// v_proj. encode() maps the layer's input x [B, T, hidden] to what the cache stores per
+// position, {key latent, value latent} [B, 1, T, width] (one latent shared by all KV heads);
+// decode() rebuilds keys and values [B, kv_heads, T_all, head_dim] from the latents of all
+// positions so far, applying RoPE to the keys at positions 0 .. T_all - 1 (a cache starts at
+// position 0, and without a cache the input does). project() and restore() are not called.
 class KVHook {
  public:
   struct Projected {
@@ -28,8 +37,15 @@ class KVHook {
   };
   virtual ~KVHook() = default;
   virtual Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                            const at::Tensor& v) = 0;
-  virtual at::Tensor restore(int64_t layer, const at::Tensor& out) = 0;
+                            const at::Tensor& v) {
+    return {q, k, v};
+  }
+  virtual at::Tensor restore(int64_t layer, const at::Tensor& out) { return out; }
+
+  virtual bool latent() const { return false; }
+  virtual std::pair<at::Tensor, at::Tensor> encode(int64_t layer, const at::Tensor& x);
+  virtual std::pair<at::Tensor, at::Tensor> decode(int64_t layer, const at::Tensor& key_latent,
+                                                   const at::Tensor& value_latent);
 };
 
 class LlamaAttentionImpl : public torch::nn::Module {

@@ -49,8 +49,8 @@ KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
     v->resize(layers);
 }
 
-void KVCache::allocate(int64_t layer, int64_t kw, int64_t vw) {
-  const int64_t h = kv_heads_, b = batch_;
+void KVCache::allocate(int64_t layer, int64_t h, int64_t kw, int64_t vw) {
+  const int64_t b = batch_;
   if (kind_.type == KVCacheType::kFp) {
     keys_[layer] = at::empty({b, h, capacity_, kw}, options_);
     values_[layer] = at::empty({b, h, capacity_, vw}, options_);
@@ -80,10 +80,12 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   if (!keys_[layer].defined()) {
     CONDENSE_CHECK(length_ == 0, "KV cache: layer {} appended to for the first time at position {}",
                    layer, length_);
-    allocate(layer, k.size(3), v.size(3));
+    allocate(layer, k.size(1), k.size(3), v.size(3));
   }
-  CONDENSE_CHECK(k.size(3) == keys_[layer].size(3) && v.size(3) == values_[layer].size(3),
-                 "KV cache: layer {} got widths {} / {} after {} / {}", layer, k.size(3), v.size(3),
+  CONDENSE_CHECK(k.size(1) == keys_[layer].size(1) && k.size(3) == keys_[layer].size(3) &&
+                     v.size(1) == keys_[layer].size(1) && v.size(3) == values_[layer].size(3),
+                 "KV cache: layer {} got heads x widths {} x {} / {} x {} after {} x {} / {}", layer,
+                 k.size(1), k.size(3), v.size(1), v.size(3), keys_[layer].size(1),
                  keys_[layer].size(3), values_[layer].size(3));
   if (kind_.type == KVCacheType::kFp) {
     keys_[layer].narrow(2, length_, t).copy_(k);
@@ -103,12 +105,12 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   const at::ScalarType dtype = k.scalar_type();
   at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
   if (done > 0) {
-    const int64_t b = k.size(0), groups = done / g;
+    const int64_t b = k.size(0), h = k.size(1), groups = done / g;
     const int64_t kw = k.size(3);
-    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, kv_heads_, groups, g, kw});
+    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, h, groups, g, kw});
     at::Tensor past = dequantize(codes, key_scale_[layer].narrow(2, 0, groups).unsqueeze(3),
                                  key_min_[layer].narrow(2, 0, groups).unsqueeze(3), dtype)
-                          .view({b, kv_heads_, done, kw});
+                          .view({b, h, done, kw});
     keys = at::cat({past, keys}, 2);
   }
   at::Tensor values = dequantize(values_[layer].narrow(2, 0, length_ + t),
@@ -133,8 +135,8 @@ void KVCache::commit(int64_t t) {
 
 double KVCache::bytes_per_token() const {
   double total = 0;
-  const double h = static_cast<double>(kv_heads_);
   for (size_t l = 0; l < keys_.size(); ++l) {
+    const double h = static_cast<double>(keys_[l].defined() ? keys_[l].size(1) : kv_heads_);
     const double kw = static_cast<double>(keys_[l].defined() ? keys_[l].size(3) : head_dim_);
     const double vw = static_cast<double>(values_[l].defined() ? values_[l].size(3) : head_dim_);
     if (kind_.type == KVCacheType::kFp) {

@@ -1,6 +1,7 @@
 // KVCache: per-layer keys and values of past positions for incremental decoding, in buffers
-// [B, kv_heads, capacity, width] allocated at a layer's first append (width: head_dim, or what
-// a KV projection stores, model/attention.h's KVHook), so each new token costs no copy of the
+// [B, heads, capacity, width] allocated at a layer's first append at the appended heads and
+// widths (kv_heads x head_dim, or what a KV hook stores: projected widths, or one latent "head"
+// shared by all heads; model/attention.h's KVHook), so each new token costs no copy of the
 // past. Not thread-safe; one cache per generation.
 //
 // Two storage types:
@@ -45,7 +46,8 @@ class KVCache {
   int64_t capacity() const { return capacity_; }
   // The most positions the next append may carry (int8: up to the end of the current group).
   int64_t max_append() const;
-  // Appends k, v ([B, kv_heads, T, head_dim]) for `layer` at the current length and returns
+  // Appends k, v ([B, heads, T, width], the same heads and widths at every append of a layer)
+  // for `layer` at the current length and returns
   // all cached keys/values for that layer (views for fp; dequantized copies for int8). The
   // length advances in commit().
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
@@ -54,12 +56,12 @@ class KVCache {
   void clear() { length_ = 0; }
   // Bytes the cache holds per position over all layers (codes and scales for int8; the
   // residual key group, at most `group` positions, is not counted), at the widths appended so
-  // far (head_dim for a layer not yet appended to).
+  // far (kv_heads x head_dim for a layer not yet appended to).
   double bytes_per_token() const;
   const KVCacheOptions& kind() const { return kind_; }
 
  private:
-  void allocate(int64_t layer, int64_t key_width, int64_t value_width);
+  void allocate(int64_t layer, int64_t heads, int64_t key_width, int64_t value_width);
 
   std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, width]; int8: uint8 codes
   // int8 only: key scales/minima [B, H, groups, width], the residual keys [B, H, group, width],

@@ -6,6 +6,7 @@
 
 #include <cmath>
 
+#include "compressors/cskv.h"
 #include "compressors/distill.h"
 #include "compressors/kv_project.h"
 #include "compressors/lora.h"
@@ -37,7 +38,7 @@ void select_model_parameters(LlamaForCausalLM& model, const RunConfig& cfg) {
       if (!model->config().tie_word_embeddings) patterns.push_back(R"(lm_head\.weight)");
     }
   }
-  if (patterns.empty()) {  // lora / kv_project: only the added modules train
+  if (patterns.empty()) {  // lora / kv_project / cskv: only the added modules train
     for (auto& p : model->named_parameters()) p.value().requires_grad_(false);
     return;
   }
@@ -156,6 +157,15 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     CONDENSE_CHECK(kv_rank <= d, "recovery.kv_rank {}: valid is 0..{} (head_dim; 0: head_dim / 2)",
                    rc.kv_rank, d);
   }
+  std::shared_ptr<LowRankKV> low_rank;
+  if (rc.method == "cskv") {
+    CONDENSE_CHECK(!distill, "recovery.method cskv trains by layer-wise reconstruction of keys and "
+                   "values and needs no teacher; use kind: finetune without distill.teacher");
+    low_rank = LowRankKV::from_file(init.file(), init.config());
+    CONDENSE_CHECK(low_rank, "recovery.method cskv trains the low-rank KV factors of init, but {} "
+                   "has none; make them with `condense prune CKPT --method cskv --key-rank R "
+                   "--out OUT.h5` and use OUT.h5 as init", cfg_in.init);
+  }
   std::shared_ptr<LoraAdapters> adapters;
   if (rc.method == "lora" || rc.method == "perp") {
     LoraSpec spec{rc.method == "lora" ? "lora" : rc.adapter, rc.rank, rc.alpha};
@@ -182,6 +192,10 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     projection->to(run.device, model->lm_head_weight().scalar_type());
     projection->make_trainable();
   }
+  if (low_rank) {
+    low_rank->to(run.device, model->lm_head_weight().scalar_type());
+    low_rank->make_trainable();
+  }
   spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
                cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, masks.describe());
@@ -205,6 +219,15 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     spdlog::info("recovery kv_project: orthogonal KV projections (Cayley generators, {:.4f}M "
                  "parameters), ranks sampled per head from the nested set; validation at rank {}",
                  n / 1e6, kv_rank);
+  }
+  if (low_rank) {
+    model->set_kv_hook(low_rank);
+    t.modules = low_rank->parameters();
+    int64_t n = 0;
+    for (const auto& p : t.modules) n += p.second.numel();
+    spdlog::info("recovery cskv: low-rank K/V factors (key rank {}, value rank {}; {:.4f}M "
+                 "parameters) trained on layer-wise reconstruction; validation reports the "
+                 "compressed model's loss", low_rank->key_rank(), low_rank->value_rank(), n / 1e6);
   }
   for (auto& [name, m] : masks.entries()) t.state[name] = m;
   if (!masks.empty()) {
@@ -271,6 +294,21 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     t.eval_loss = [projection, kv_rank](LlamaForCausalLM& m, const Batch& b) {
       projection->set_rank(kv_rank, kv_rank, "recovery.kv_rank");
       return causal_lm_loss(m, b);
+    };
+  }
+  if (low_rank) {
+    // CSKV's objective: a forward without gradients through the compressed model records every
+    // layer's attention input; each layer's factors then learn to rebuild that layer's keys and
+    // values from it (compressors/cskv.h). No logits, no backward through the model.
+    t.loss = [low_rank](LlamaForCausalLM& m, const Batch& b) {
+      {
+        at::NoGradGuard no_grad;
+        low_rank->record_inputs(true);
+        m->hidden({b.inputs});
+      }
+      at::Tensor loss = low_rank->reconstruction_loss(m);
+      low_rank->record_inputs(false);
+      return loss;
     };
   }
   train_run(run, std::move(t), select_windows(run, model, teacher));

@@ -179,7 +179,7 @@ SectionBinding wta_crs_section(MemoryConfig& m) {
 
 SectionBinding recovery_section(RecoveryConfig& r) {
   return {"recovery",
-          {bind_string("method", r.method, {"full", "lora", "perp", "kv_project"}),
+          {bind_string("method", r.method, {"full", "lora", "perp", "kv_project", "cskv"}),
            bind_string("adapter", r.adapter, {"masklora", "scalelora"}),
            bind_int("rank", r.rank, at_least(1)),
            bind_real("alpha", r.alpha, positive()),
