@@ -19,6 +19,11 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   matryoshka  the PCA projections trained by recipes/kv_project.yaml (MatryoshkaKV: Cayley-
            orthogonal, per-head ranks sampled from {d/4, d/2, 3d/4, d}, 0.25 KD + 0.75 CE) for
            --steps steps, then evaluated at the same --kv-ranks: one trained set for every rank
+  cskv     CSKV's low-rank latent cache (`condense prune --method cskv`): key and value ranks
+           as --cskv-split shares of kv_heads x head_dim, untrained with each init (whiten,
+           asvd, svd), then the whiten init trained for --steps steps two ways: CSKV's
+           layer-wise reconstruction (recipes/cskv.yaml) and distillation from the teacher
+           (the same recipe as kind distill, --kd-ratio), the latter also with an int8 cache
   int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
            tokens, values per token)
   gen      greedy decode tokens/s and peak RSS after prompts of --gen-contexts tokens (Debian
@@ -128,7 +133,9 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,project,matryoshka,int8,gen")
+    ap.add_argument("--stages", default="merge,heal,project,matryoshka,cskv,int8,gen")
+    ap.add_argument("--cskv-split", default="0.25:0.75", help="cskv: key:value latent widths as "
+                    "shares of kv_heads x head_dim (0.25:0.75 caches half the bytes)")
     ap.add_argument("--kd-ratio", type=float, default=0.25, help="matryoshka: KD weight (the paper's "
                     "0.25; 1: pure distillation, which cannot adapt to the training text's domain)")
     ap.add_argument("--kv-ranks", default="0.25,0.5,0.75", help="project: ranks as shares of head_dim")
@@ -226,6 +233,42 @@ def main():
                            "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens, "
                                    f"KD ratio {a.kd_ratio}"})
 
+    if "cskv" in stages:
+        kv_dim = kv0 * head_dim(cfg)
+        ks, vs = (float(x) for x in a.cskv_split.split(":"))
+        rk, rv = max(1, round(ks * kv_dim)), max(1, round(vs * kv_dim))
+        share = (rk + rv) / (2 * kv_dim)
+        for init in ("whiten", "asvd", "svd"):
+            path = out / f"cskv_{init}_k{rk}v{rv}.h5"
+            if not path.exists():
+                sh([BIN, "prune", teacher, "--method", "cskv", "--key-rank", rk, "--value-rank", rv,
+                    "--init", init, "--calib-windows", a.calib_windows, "--threads", a.threads, *DATA,
+                    "--out", path])
+            points.append({"method": f"CSKV {init} (untrained)", "kv_heads": kv0,
+                           "bytes": kv_bytes_f16(cfg, kv0) * share, "loss": evaluate(path, a.eval_batches),
+                           "note": f"key rank {rk}, value rank {rv} of {kv_dim}"})
+        src = out / f"cskv_whiten_k{rk}v{rv}.h5"
+        for how, extra in (("reconstruction", []),
+                           ("distill", ["kind=distill", f"distill.teacher={teacher}",
+                                        f"distill.kd_ratio={a.kd_ratio}"])):
+            run_dir = out / f"cskv_{how}_k{rk}v{rv}"
+            train(REPO / "recipes" / "cskv.yaml", run_dir,
+                  [f"init={src}", f"train.steps={a.steps}", f"train.lr={a.lr}",
+                   f"train.min_lr={a.lr / 10}", "train.warmup_steps=10", "train.eval_every=0",
+                   f"checkpoint.every={a.steps}", *extra, *data], a.threads)
+            tokens = metrics(run_dir)[-1]["tokens_seen"]
+            note = (f"whiten init, {a.steps} steps, {tokens / 1e3:.0f}k tokens"
+                    + (f", KD ratio {a.kd_ratio}" if how == "distill" else ""))
+            points.append({"method": f"CSKV + {how}", "kv_heads": kv0, "bytes": kv_bytes_f16(cfg, kv0) * share,
+                           "loss": evaluate(latest(run_dir), a.eval_batches), "note": note})
+            if how == "distill":
+                # int8 latents: one byte per value plus scales (keys per channel per group of 32
+                # positions, values per token), as kv_bytes_int8 counts for heads.
+                b8 = (rk + 8 * rk / 32 + rv + 8) * cfg["num_hidden_layers"]
+                points.append({"method": "CSKV + distill + int8 cache", "kv_heads": kv0, "bytes": b8,
+                               "loss": evaluate(latest(run_dir), a.eval_batches, "--kv-cache", "int8"),
+                               "note": note})
+
     if "int8" in stages:
         loss = evaluate(teacher, a.eval_batches, "--kv-cache", "int8")
         points.append({"method": "int8 cache", "kv_heads": kv0, "bytes": kv_bytes_int8(cfg), "loss": loss})
@@ -269,6 +312,12 @@ def main():
                         f"{100 * (math.exp(m - base) - 1):+.1f}% vs the original (target within 5%), "
                         f"PCA {100 * (math.exp(pca - base) - 1):+.1f}%; MatryoshkaKV's increase is "
                         f"{(m - base) / max(pca - base, 1e-12):.0%} of PCA's (target at most half)")
+    cskv = {p["method"]: p["loss"] for p in points if p["method"].startswith("CSKV")}
+    for how in ("CSKV + reconstruction", "CSKV + distill"):
+        if how in cskv:
+            readings.append(f"- {how} at {a.cskv_split} of the KV width: perplexity "
+                            f"{100 * (math.exp(cskv[how] - base) - 1):+.1f}% vs the original (target "
+                            f"within 3% at half the KV bytes)")
     png = out / "kv_perplexity_vs_bytes.png"
     try:
         import matplotlib

@@ -14,7 +14,8 @@ struct RecoveryConfig {
   // adapters on the pruned matrices (Zimmer et al., PERP), which keep the sparsity on merge;
   // kv_project: only the KV-cache projections of init (compressors/kv_project.h), MatryoshkaKV
   // training with ranks sampled per head from {d/4, d/2, 3d/4, d}; cskv: only the low-rank K/V
-  // factors of init (compressors/cskv.h), on CSKV's layer-wise reconstruction loss.
+  // factors of init (compressors/cskv.h), on CSKV's layer-wise reconstruction loss (kind
+  // finetune) or end to end on the distillation loss (kind distill).
   std::string method = "full";
   std::string adapter = "masklora";  // perp: masklora | scalelora
   int64_t rank = 8;

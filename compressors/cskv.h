@@ -29,6 +29,10 @@
 // input x; then, per layer, ||x A B - x W^T||^2 / ||x W^T||^2 for keys and for values
 // (RoPE is orthogonal, so the key error is the same before or after it), averaged over the
 // 2 x layers terms. Only the factors train; the model's own k_proj / v_proj stay as the target.
+// Under kind distill the factors instead train end to end on the distillation loss (KD against
+// the uncompressed model plus cross-entropy), as MatryoshkaKV's projections do: the
+// reconstruction error is what whiten already minimizes, while the loss of the model's output
+// weighs each direction by what attention does with it.
 //
 // Stored in checkpoints as cskv/layers.<i>.key_down (A_k), .key_up (B_k), .value_down,
 // .value_up, float32. Export multiplies them out (fold_into): a plain Llama whose k_proj /

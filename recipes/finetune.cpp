@@ -159,8 +159,6 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   }
   std::shared_ptr<LowRankKV> low_rank;
   if (rc.method == "cskv") {
-    CONDENSE_CHECK(!distill, "recovery.method cskv trains by layer-wise reconstruction of keys and "
-                   "values and needs no teacher; use kind: finetune without distill.teacher");
     low_rank = LowRankKV::from_file(init.file(), init.config());
     CONDENSE_CHECK(low_rank, "recovery.method cskv trains the low-rank KV factors of init, but {} "
                    "has none; make them with `condense prune CKPT --method cskv --key-rank R "
@@ -226,8 +224,10 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     int64_t n = 0;
     for (const auto& p : t.modules) n += p.second.numel();
     spdlog::info("recovery cskv: low-rank K/V factors (key rank {}, value rank {}; {:.4f}M "
-                 "parameters) trained on layer-wise reconstruction; validation reports the "
-                 "compressed model's loss", low_rank->key_rank(), low_rank->value_rank(), n / 1e6);
+                 "parameters) trained on {}; validation reports the compressed model's loss",
+                 low_rank->key_rank(), low_rank->value_rank(), n / 1e6,
+                 distill ? "the distillation loss through the frozen model"
+                         : "layer-wise reconstruction of keys and values");
   }
   for (auto& [name, m] : masks.entries()) t.state[name] = m;
   if (!masks.empty()) {
@@ -296,7 +296,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
       return causal_lm_loss(m, b);
     };
   }
-  if (low_rank) {
+  if (low_rank && !distill) {
     // CSKV's objective: a forward without gradients through the compressed model records every
     // layer's attention input; each layer's factors then learn to rebuild that layer's keys and
     // values from it (compressors/cskv.h). No logits, no backward through the model.
