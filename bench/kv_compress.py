@@ -26,9 +26,12 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
            (the same recipe as kind distill, --kd-ratio), the latter also with an int8 cache
   int8     the teacher with `--kv-cache int8` (KIVI-style: keys per channel in groups of 32
            tokens, values per token)
+  ood      perplexity of the original and each trained compressor on Debian fortunes text at
+           the --gen-contexts lengths: out of the fitting text's domain and beyond its window
   gen      greedy decode tokens/s and peak RSS after prompts of --gen-contexts tokens (Debian
-           fortunes text), original and healed merged model, each with the fp and the int8
-           cache, side by side in one run (median of --reps)
+           fortunes text): original, healed merged model, MatryoshkaKV at half rank and the
+           CSKV model trained by distillation, each with the fp and the int8 cache, side by
+           side in one run (median of --reps)
 KV bytes per token count every layer's keys and values at 2 bytes (f16, what llama.cpp caches by
 default), and for int8 one byte plus the scales. Validation loss is `condense eval` on the first
 --eval-batches held-out batches (calibration reads the last validation windows). Writes a PNG of
@@ -92,24 +95,55 @@ def prompt_of(tokens_wanted, ckpt, out):
     return path.read_text(encoding="utf-8"), n
 
 
+def final_models(a, out, teacher):
+    """(name, checkpoint, extra options) of the uncompressed model and each trained compressor
+    the earlier stages left in out."""
+    healed = out / f"heal_svd_kv{a.heal_kv_heads}"
+    models = [("original", teacher, [])]
+    if (healed / "checkpoints" / "latest").exists():
+        models.append((f"merged to {a.heal_kv_heads} KV heads", latest(healed), []))
+    d = head_dim(model_config(teacher))
+    if (out / "matryoshka" / "checkpoints" / "latest").exists():
+        models.append((f"MatryoshkaKV rank {d // 2} of {d}", latest(out / "matryoshka"),
+                       ["--kv-rank", d // 2]))
+    for run_dir in sorted(out.glob("cskv_distill_k*v*")):
+        if (run_dir / "checkpoints" / "latest").exists():
+            models.append((f"CSKV {run_dir.name.split('_')[-1]}", latest(run_dir), []))
+    return models
+
+
+def out_of_domain_table(a, out, teacher):
+    """Perplexity of each final model on Debian fortunes text at each --gen-contexts length, one
+    context per length: text unlike the GCIDE windows the compressors were fitted on, at
+    lengths beyond their 128-token training windows."""
+    rows = ["| prompt tokens | model | perplexity | vs original |", "| --- | --- | --- | --- |"]
+    for ctx in [int(x) for x in a.gen_contexts.split(",")]:
+        _, n = prompt_of(ctx, teacher, out)
+        base = None
+        for name, ckpt, extra in final_models(a, out, teacher):
+            proc, _ = sh([BIN, "score", ckpt, "--text", out / f"prompt_{ctx}.txt", "--top-k", 0,
+                          "--json", out / "ood.json", *extra])
+            ppl = json.loads(proc.stdout.strip().splitlines()[-1])["perplexity"]
+            base = base or ppl
+            rows.append(f"| {n} | {name} | {ppl:.2f} | {100 * (ppl / base - 1):+.1f}% |")
+    return rows
+
+
 def generation_table(a, out, teacher):
     import re
     import statistics
-    healed = out / f"heal_svd_kv{a.heal_kv_heads}"
-    models = [("original", teacher)]
-    if (healed / "checkpoints" / "latest").exists():
-        models.append((f"merged to {a.heal_kv_heads} KV heads", latest(healed)))
+    models = final_models(a, out, teacher)
     rows = ["| prompt tokens | model | cache | KV bytes/token held (model in f32) | decode tokens/s | peak RSS MiB |",
             "| --- | --- | --- | --- | --- | --- |"]
     for ctx in [int(x) for x in a.gen_contexts.split(",")]:
         text, n = prompt_of(ctx, teacher, out)
-        for name, ckpt in models:
+        for name, ckpt, extra in models:
             for cache in ("fp", "int8"):
                 rates, rss, kvb = [], [], 0
                 for _ in range(a.reps):
                     proc, _ = sh(["/usr/bin/time", "-f", "maxrss %M", BIN, "generate", ckpt, "--prompt", text,
                                   "--max-new-tokens", a.gen_tokens, "--ignore-eos", "--threads", a.threads,
-                                  "--kv-cache", cache])
+                                  "--kv-cache", cache, *extra])
                     m = re.search(r"decode ([0-9.]+) tokens/s; \S+ KV cache, ([0-9.]+) bytes", proc.stderr)
                     rates.append(float(m.group(1)))
                     kvb = float(m.group(2))
@@ -133,7 +167,7 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,project,matryoshka,cskv,int8,gen")
+    ap.add_argument("--stages", default="merge,heal,project,matryoshka,cskv,int8,ood,gen")
     ap.add_argument("--cskv-split", default="0.25:0.75", help="cskv: key:value latent widths as "
                     "shares of kv_heads x head_dim (0.25:0.75 caches half the bytes)")
     ap.add_argument("--kd-ratio", type=float, default=0.25, help="matryoshka: KD weight (the paper's "
@@ -279,7 +313,9 @@ def main():
             points.append({"method": "merge svd + heal + int8 cache", "kv_heads": a.heal_kv_heads,
                            "bytes": kv_bytes_int8(kv_cfg), "loss": loss})
 
-    gen_lines = []
+    gen_lines, ood_lines = [], []
+    if "ood" in stages:
+        ood_lines = out_of_domain_table(a, out, teacher)
     if "gen" in stages:
         gen_lines = generation_table(a, out, teacher)
 
@@ -344,6 +380,9 @@ def main():
     except ImportError:
         notes.append("plot: matplotlib missing")
 
+    if ood_lines:
+        lines += ["", "Out of domain and beyond the training length: perplexity on one Debian fortunes "
+                  "text per length (the prompts of the generation table), each final model:", ""] + ood_lines
     if gen_lines:
         lines += ["", f"Greedy decoding of {a.gen_tokens} tokens after a prompt of about N tokens "
                   f"(Debian fortunes), {a.threads} threads, median of {a.reps}; peak RSS of the process:",

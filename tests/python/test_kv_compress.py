@@ -142,7 +142,9 @@ def test_bad_options_fail_clearly(trained, tmp_path, args, needles):
 def test_kv_options_belong_to_kv_heads(trained, tmp_path):
     out = tmp_path / "bad.h5"
     res = run("prune", trained[0], "--method", "magnitude", "--kv-heads", 1, "--out", out, check=False)
-    assert res.returncode == 1 and "--kv-heads and --init belong to --method kv-heads" in res.stderr
+    assert res.returncode == 1 and "--kv-heads belongs to --method kv-heads" in res.stderr, res.stderr
+    res = run("prune", trained[0], "--method", "magnitude", "--init", "svd", "--out", out, check=False)
+    assert res.returncode == 1 and "--init belongs to --method kv-heads" in res.stderr, res.stderr
     assert not out.exists()
 
 
