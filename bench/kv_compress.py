@@ -19,6 +19,8 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   matryoshka  the PCA projections trained by recipes/kv_project.yaml (MatryoshkaKV: Cayley-
            orthogonal, per-head ranks sampled from {d/4, d/2, 3d/4, d}, 0.25 KD + 0.75 CE) for
            --steps steps, then evaluated at the same --kv-ranks: one trained set for every rank
+  budget   `--kv-budget` at the --kv-ranks shares (per-layer ranks from calibration
+           sensitivity) for the project and matryoshka stages' outputs
   cskv     CSKV's low-rank latent cache (`condense prune --method cskv`): key and value ranks
            as --cskv-split shares of kv_heads x head_dim, untrained with each init (whiten,
            asvd, svd), then the whiten init trained for --steps steps two ways: CSKV's
@@ -50,7 +52,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, cpu_model, finish_report, git_head  # noqa: E402
-from prune_recovery import BIN, DATA, configure, evaluate, latest, metrics, sh, train  # noqa: E402
+from prune_recovery import BIN, DATA, EVAL_WINDOWS, configure, evaluate, latest, metrics, sh, train  # noqa: E402
 
 
 def model_config(ckpt):
@@ -167,7 +169,7 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--stages", default="merge,heal,project,matryoshka,cskv,int8,ood,gen")
+    ap.add_argument("--stages", default="merge,heal,project,matryoshka,budget,cskv,int8,ood,gen")
     ap.add_argument("--cskv-split", default="0.25:0.75", help="cskv: key:value latent widths as "
                     "shares of kv_heads x head_dim (0.25:0.75 caches half the bytes)")
     ap.add_argument("--kd-ratio", type=float, default=0.25, help="matryoshka: KD weight (the paper's "
@@ -266,6 +268,26 @@ def main():
                            "bytes": kv_bytes_f16(cfg, kv0) * r / d, "loss": loss,
                            "note": f"rank {r} of {d}; {a.steps} steps, {tokens / 1e3:.0f}k tokens, "
                                    f"KD ratio {a.kd_ratio}"})
+
+    if "budget" in stages:
+        # --kv-budget: per-layer ranks from calibration sensitivity, the same share of the cache
+        # as the uniform --kv-ranks points, for the PCA and the trained projections.
+        d = head_dim(cfg)
+        for name, ckpt in (("PCA projection, budget", out / "project_pca.h5"),
+                           ("MatryoshkaKV, budget", out / "matryoshka")):
+            if not (ckpt.exists() if ckpt.suffix else (ckpt / "checkpoints" / "latest").exists()):
+                continue
+            for share in [float(x) for x in a.kv_ranks.split(",")]:
+                if share < 0.25:
+                    continue
+                src = ckpt if ckpt.suffix else latest(ckpt)
+                proc, _ = sh([BIN, "eval", src, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
+                              "--kv-budget", share])
+                j = json.loads(proc.stdout.strip().splitlines()[-1])
+                plan = [x for x in proc.stderr.splitlines() if "key ranks per layer" in x][-1]
+                points.append({"method": name, "kv_heads": kv0,
+                               "bytes": j["kv_bytes_per_token"] / 2, "loss": j["val_loss"],
+                               "note": f"--kv-budget {share}: " + plan.split(": ", 1)[1].split(";")[0]})
 
     if "cskv" in stages:
         kv_dim = kv0 * head_dim(cfg)

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <utility>
 
 #include "core/error.h"
@@ -59,8 +60,8 @@ KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tenso
       heads_(c.num_attention_heads),
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
-      key_rank_(c.head_size()),
-      value_rank_(c.head_size()),
+      key_ranks_(c.num_hidden_layers, c.head_size()),
+      value_ranks_(c.num_hidden_layers, c.head_size()),
       value_basis_(c.num_hidden_layers) {
   CONDENSE_CHECK(static_cast<int64_t>(bases_.size()) == c.num_hidden_layers,
                  "KV projection: {} layers of bases for a model of {}", bases_.size(),
@@ -165,7 +166,8 @@ std::pair<at::Tensor, at::Tensor> KVProjection::bases(int64_t layer) const {
 
 std::pair<std::vector<int64_t>, std::vector<int64_t>> KVProjection::sampled_ranks(int64_t layer) const {
   if (rank_masks_.empty())
-    return {std::vector<int64_t>(kv_heads_, key_rank_), std::vector<int64_t>(kv_heads_, value_rank_)};
+    return {std::vector<int64_t>(kv_heads_, key_ranks_[layer]),
+            std::vector<int64_t>(kv_heads_, value_ranks_[layer])};
   auto count = [](const at::Tensor& mask) {
     at::Tensor r = mask.sum({1, 2}).to(at::kCPU, at::kLong).contiguous();
     return std::vector<int64_t>(r.data_ptr<int64_t>(), r.data_ptr<int64_t>() + r.numel());
@@ -176,7 +178,8 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> KVProjection::sampled_rank
 void KVProjection::sample_ranks(at::Generator& gen) {
   const int64_t d = head_dim_;
   const std::vector<int64_t> nested = {std::max<int64_t>(1, d / 4), std::max<int64_t>(1, d / 2),
-                                       std::max<int64_t>(1, 3 * d / 4), d};
+                                       std::max<int64_t>(1, 3 * d / 4), d};  // with repeats:
+  // the draw stays uniform over the four quarters whatever d is (and bitwise what it was)
   at::Tensor ref = bases_[0].first;
   at::Tensor cols = at::arange(d, ref.options().dtype(at::kLong)).view({1, 1, d});
   at::Tensor choices = at::tensor(nested, at::kLong).to(ref.device());
@@ -195,9 +198,29 @@ void KVProjection::sample_ranks(at::Generator& gen) {
 void KVProjection::set_rank(int64_t key_rank, int64_t value_rank, const std::string& option) {
   for (int64_t r : {key_rank, value_rank})
     CONDENSE_CHECK(r >= 1 && r <= head_dim_, "{} {}: valid is 1..{} (head_dim)", option, r, head_dim_);
-  key_rank_ = key_rank;
-  value_rank_ = value_rank;
+  std::fill(key_ranks_.begin(), key_ranks_.end(), key_rank);
+  std::fill(value_ranks_.begin(), value_ranks_.end(), value_rank);
   rank_masks_.clear();
+}
+
+void KVProjection::set_layer_ranks(const std::vector<int64_t>& keys, const std::vector<int64_t>& values) {
+  CONDENSE_CHECK(keys.size() == key_ranks_.size() && values.size() == value_ranks_.size(),
+                 "KV projection: {} / {} layer ranks for {} layers", keys.size(), values.size(),
+                 key_ranks_.size());
+  for (const auto* v : {&keys, &values})
+    for (int64_t r : *v)
+      CONDENSE_CHECK(r >= 1 && r <= head_dim_, "KV projection: layer rank {}: valid is 1..{}", r, head_dim_);
+  key_ranks_ = keys;
+  value_ranks_ = values;
+  rank_masks_.clear();
+}
+
+std::vector<int64_t> KVProjection::nested_ranks() const {
+  const int64_t d = head_dim_;
+  std::vector<int64_t> out = {std::max<int64_t>(1, d / 4), std::max<int64_t>(1, d / 2),
+                              std::max<int64_t>(1, 3 * d / 4), d};
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 void KVProjection::to(at::Device device, at::ScalarType dtype) {
@@ -230,8 +253,8 @@ KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, cons
     uk = uk * rank_masks_[layer].first;
     uv = uv * rank_masks_[layer].second;
   } else {
-    uk = uk.narrow(2, 0, key_rank_);
-    uv = uv.narrow(2, 0, value_rank_);
+    uk = uk.narrow(2, 0, key_ranks_[layer]);
+    uv = uv.narrow(2, 0, value_ranks_[layer]);
   }
   // restore() follows for the same layer (also when a recompute policy reruns the layer):
   // hand it this value basis instead of composing the Cayley transform a second time.

@@ -51,8 +51,12 @@ class KVProjection : public KVHook {
 
   // Uniform ranks for keys and values, 1..head_dim (head_dim: exact). Throws naming `option`.
   void set_rank(int64_t key_rank, int64_t value_rank, const std::string& option = "--kv-rank");
-  int64_t key_rank() const { return key_rank_; }
-  int64_t value_rank() const { return value_rank_; }
+  // Per-layer ranks (every KV head of a layer alike, so the cache's per-layer width shrinks;
+  // compressors/kv_budget.h allocates them), each 1..head_dim.
+  void set_layer_ranks(const std::vector<int64_t>& key_ranks, const std::vector<int64_t>& value_ranks);
+  int64_t head_dim() const { return head_dim_; }
+  // The ranks a sampled draw from the nested set {d/4, d/2, 3d/4, d} takes (ascending).
+  std::vector<int64_t> nested_ranks() const;
   // Moves the bases (and generators) to a device / dtype (the model's).
   void to(at::Device device, at::ScalarType dtype);
 
@@ -83,7 +87,7 @@ class KVProjection : public KVHook {
   // Per layer {key, value} masks [kv_heads, 1, d] of sampled ranks; empty: uniform ranks.
   std::vector<std::pair<at::Tensor, at::Tensor>> rank_masks_;
   int64_t heads_, kv_heads_, head_dim_;
-  int64_t key_rank_, value_rank_;
+  std::vector<int64_t> key_ranks_, value_ranks_;  // per layer
   std::vector<at::Tensor> value_basis_;  // per layer: project()'s value basis, for restore()
 };
 

@@ -2,8 +2,16 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+
 #include "compressors/cskv.h"
+#include "compressors/kv_budget.h"
 #include "compressors/kv_project.h"
+#include "core/hash.h"
+#include "data/loader.h"
+#include "data/token_store.h"
+#include "recipes/pretrain.h"
+#include "recipes/recipe_parser.h"
 #include "compressors/lora.h"
 #include "core/error.h"
 
@@ -61,15 +69,47 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model) {
   return out;
 }
 
+namespace {
+
+// The model's KV projections for a --kv-rank / --kv-budget `option`; throws naming `source`.
+KVProjection& projection_of(LlamaForCausalLM& model, const std::string& option,
+                            const std::string& source) {
+  CONDENSE_CHECK(!std::dynamic_pointer_cast<LowRankKV>(model->kv_hook()),
+                 "{}: {} has a CSKV low-rank cache, whose ranks were fixed when it was made "
+                 "(condense prune --method cskv --key-rank/--value-rank)", option, source);
+  auto proj = std::dynamic_pointer_cast<KVProjection>(model->kv_hook());
+  CONDENSE_CHECK(proj, "{}: {} has no KV-cache projections (make them with `condense prune {} "
+                 "--method kv-project --out OUT.h5`)", option, source, source);
+  return *proj;
+}
+
+}  // namespace
+
+void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckpt,
+                   const std::string& source, std::string dataset) {
+  if (budget == 0) return;
+  KVProjection& proj = projection_of(model, fmt::format("--kv-budget {}", budget), source);
+  const double lowest = min_kv_budget(proj);
+  CONDENSE_CHECK(std::isfinite(budget) && budget >= lowest && budget <= 1,
+                 "--kv-budget {}: valid is {}..1 (the share of the full-rank KV cache; 0: off)",
+                 budget, lowest);
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), source + ":recipe");
+  if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
+  TokenStore store = TokenStore::open(dataset);
+  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);
+  // A few windows of at most 256 tokens: 2 x layers x 3 forwards over them.
+  const int64_t seq = std::min<int64_t>(cfg.data.seq_len, 256), count = 4;
+  std::vector<at::Tensor> windows = calibration_windows(store.ids("val"), seq, count, count);
+  spdlog::info("kv budget {}: sensitivity on the last {} validation windows of {} tokens of {}",
+               budget, count, seq, dataset);
+  KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget);
+  spdlog::info("kv budget {}: {}", budget, plan.describe());
+}
+
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source) {
   if (rank == 0) return;
-  CONDENSE_CHECK(!std::dynamic_pointer_cast<LowRankKV>(model->kv_hook()),
-                 "--kv-rank {}: {} has a CSKV low-rank cache, whose ranks were fixed when it was "
-                 "made (condense prune --method cskv --key-rank/--value-rank)", rank, source);
-  auto proj = std::dynamic_pointer_cast<KVProjection>(model->kv_hook());
-  CONDENSE_CHECK(proj, "--kv-rank {}: {} has no KV-cache projections (make them with `condense "
-                 "prune {} --method kv-project --out OUT.h5`)", rank, source, source);
-  proj->set_rank(rank, rank, "--kv-rank");
+  KVProjection& proj = projection_of(model, fmt::format("--kv-rank {}", rank), source);
+  proj.set_rank(rank, rank, "--kv-rank");
 }
 
 }  // namespace condense

@@ -32,4 +32,11 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model);
 // full rank. Throws naming `source` when rank > 0 and the model has no projections.
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source);
 
+// --kv-budget F (0: off): per-layer ranks of the model's KV projections that cache at most F of
+// the full-rank bytes, allocated from calibration sensitivity (compressors/kv_budget.h) on the
+// last validation windows of `dataset` (empty: the checkpoint recipe's token store). Throws
+// naming `source` when the model has no projections, and --kv-budget when F is out of range.
+void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckpt,
+                   const std::string& source, std::string dataset);
+
 }  // namespace condense

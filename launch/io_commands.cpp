@@ -53,6 +53,11 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
   a.score_cmd->add_option("--kv-rank", a.score.kv_rank, "rank of the checkpoint's KV-cache "
                           "projections (prune --method kv-project; 0: full)")->default_val(0);
+  a.score_cmd->add_option("--kv-budget", a.score.kv_budget, "share of the full-rank KV cache the "
+                          "checkpoint's KV projections may cache (0: off): per-layer ranks from "
+                          "calibration sensitivity")->default_val(0);
+  a.score_cmd->add_option("--data", a.score.data, "--kv-budget: token store for the calibration "
+                          "(default: the checkpoint recipe's)");
 }
 
 int run_io_command(IoCommandArgs& a) {

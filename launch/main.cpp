@@ -38,7 +38,7 @@ namespace {
 // kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
-             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank) {
+             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank, double kv_budget) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -55,7 +55,9 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
   LlamaForCausalLM model = load_inference_model(ckpt);
+  CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   set_kv_rank(model, kv_rank, path);
+  set_kv_budget(model, kv_budget, ckpt, path, dataset);
   model->eval();
   auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
@@ -98,7 +100,7 @@ struct ChatArgs {
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
                  const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos,
-                 int64_t kv_rank) {
+                 int64_t kv_rank, double kv_budget, const std::string& calib_data) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   // Every sampling option in its range before anything loads.
   CONDENSE_CHECK(opt.max_new_tokens >= 1, "--max-new-tokens {}: must be at least 1", opt.max_new_tokens);
@@ -107,6 +109,8 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   CONDENSE_CHECK(opt.top_k >= 0, "--top-k {}: must be >= 0 (0: off)", opt.top_k);
   CONDENSE_CHECK(opt.top_p > 0 && opt.top_p <= 1, "--top-p {}: valid is (0, 1] (1: off)", opt.top_p);
   CONDENSE_CHECK(kv_rank >= 0, "--kv-rank {}: must be >= 0 (0: full rank)", kv_rank);
+  CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
+  CONDENSE_CHECK(kv_budget >= 0 && kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)", kv_budget);
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
@@ -123,6 +127,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   }
   LlamaForCausalLM model = load_inference_model(ckpt);
   set_kv_rank(model, kv_rank, path);
+  set_kv_budget(model, kv_budget, ckpt, path, calib_data);
   // A rendered chat prompt carries its own <|begin_of_text|> where the format has one.
   std::vector<int32_t> prompt_ids = chatting ? tok.encode(prompt) : tok.prompt_ids(prompt);
   CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
@@ -219,6 +224,11 @@ int run(int argc, char** argv) {
   const char* rank_help = "rank of the checkpoint's KV-cache projections (prune --method "
                           "kv-project): keys and values cached in R of head_dim coordinates (0: full)";
   eval->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
+  double kv_budget = 0;
+  const char* budget_help = "share of the full-rank KV cache the checkpoint's KV projections may "
+                            "cache (0: off): per-layer ranks from calibration sensitivity on the "
+                            "last validation windows of the token store";
+  eval->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
 
   auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
   std::string prompt;
@@ -240,6 +250,10 @@ int run(int argc, char** argv) {
   gen->add_option("--seed", so.seed)->default_val(0);
   gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
   gen->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
+  gen->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
+  std::string calib_data;
+  gen->add_option("--data", calib_data, "--kv-budget: token store for the calibration (default: "
+                  "the checkpoint recipe's)");
   bool ignore_eos = false;
   gen->add_flag("--ignore-eos", ignore_eos, "keep generating past the end-of-text token (for "
                 "timing a fixed number of tokens)");
@@ -271,11 +285,12 @@ int run(int argc, char** argv) {
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank);
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank,
+                                      kv_budget);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank, kv_budget, calib_data);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

@@ -49,8 +49,17 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.top_k >= 0, "--top-k must be >= 0 (got {})", opt.top_k);
   CONDENSE_CHECK(!opt.token_by_token || !opt.kv_cache.empty(),
                  "--token-by-token decodes through a KV cache: give --kv-cache fp or int8");
+  CONDENSE_CHECK(opt.kv_rank == 0 || opt.kv_budget == 0, "give --kv-rank or --kv-budget, not both");
+  CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
+                 opt.kv_budget);
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
+  if (opt.kv_budget > 0) {
+    CONDENSE_CHECK(src.kind == "checkpoint", "--kv-budget: {} is a {}; KV projections live in "
+                   "condense checkpoints", source, src.kind);
+    const std::string path = resolve_checkpoint_path(source);
+    set_kv_budget(src.model, opt.kv_budget, Checkpoint::open(path), path, opt.data);
+  }
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
   std::string text = read_text_file(opt.text_file);
   std::vector<int32_t> text_ids = tok.prompt_ids(text);
@@ -113,6 +122,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
     out["kv_bytes_per_token"] = kv_bytes;
   }
   if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
+  if (opt.kv_budget > 0) out["kv_budget"] = opt.kv_budget;
   if (opt.json_out.empty()) {
     std::cout << out.dump() << "\n";
   } else {

@@ -27,6 +27,8 @@ struct ScoreOptions {
   std::string kv_cache;
   bool token_by_token = false;
   int64_t kv_rank = 0;    // > 0: rank of the checkpoint's KV projections
+  double kv_budget = 0;   // > 0: per-layer ranks of the projections within this share
+  std::string data;       // kv_budget: calibration token store (empty: the recipe's)
 };
 
 // A model plus its tokenizer from any source score and the benchmarks read.

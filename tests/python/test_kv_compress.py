@@ -241,6 +241,32 @@ def test_bad_kv_rank_fails_clearly(trained, projected, which, args, needle):
     assert res.returncode == 1 and needle in res.stderr, res.stderr
 
 
+def test_kv_budget_allocates_layer_ranks_within_the_budget(small_store, trained, projected):
+    """--kv-budget F: per-layer ranks from calibration sensitivity, at most F of the full-rank
+    cache's bytes, on eval, score (through the cache) and generate; misuse fails clearly."""
+    full = json.loads(run("eval", projected, "--batches", 2).stdout.splitlines()[-1])
+    res = run("eval", projected, "--batches", 2, "--kv-budget", 0.5)
+    half = json.loads(res.stdout.splitlines()[-1])
+    assert "key ranks per layer [" in res.stderr, res.stderr
+    assert half["kv_bytes_per_token"] <= 0.5 * full["kv_bytes_per_token"]
+    assert half["kv_bytes_per_token"] >= 0.5 * full["kv_bytes_per_token"] - 2 * 2 * 4 * 4  # one step
+    assert half["val_loss"] != full["val_loss"]
+    _, lp_tbt, j = score(projected, trained[2], "--kv-budget", 0.5, "--data", small_store,
+                         "--kv-cache", "fp", "--token-by-token")
+    _, lp_fwd, _ = score(projected, trained[2], "--kv-budget", 0.5, "--data", small_store)
+    assert np.abs(lp_tbt - lp_fwd).max() <= 1e-5
+    assert j["kv_bytes_per_token"] == half["kv_bytes_per_token"] and j["kv_budget"] == 0.5
+    out = run("generate", projected, "--prompt", "A", "--max-new-tokens", 4, "--kv-budget", 0.5,
+              "--data", small_store)
+    assert f"{half['kv_bytes_per_token']:.0f} bytes" in out.stderr, out.stderr
+    for args, needle in ((["--kv-budget", 0.1], "--kv-budget 0.1: valid is 0.25..1"),
+                         (["--kv-budget", 0.5, "--kv-rank", 4], "--kv-rank or --kv-budget, not both")):
+        res = run("eval", projected, "--batches", 1, *args, check=False)
+        assert res.returncode == 1 and needle in res.stderr, res.stderr
+    res = run("eval", trained[0], "--batches", 1, "--kv-budget", 0.5, check=False)
+    assert res.returncode == 1 and "has no KV-cache projections" in res.stderr, res.stderr
+
+
 def train_projection(store, init, teacher, out_dir, *extra, steps=4):
     o = {"init": init, "distill.teacher": teacher, "out_dir": out_dir, "data.dataset": store,
          "data.seq_len": 64, "data.batch_size": 4, "train.steps": steps, "train.warmup_steps": 1,

@@ -1,0 +1,118 @@
+// Tests for per-layer KV projection ranks under a budget (compressors/kv_budget.h) on a tiny
+// random model with PCA projections:
+//   - the sensitivity table holds the loss increase of each unit alone at each nested rank,
+//     recomputed here independently;
+//   - the plan stays within the budget and within one rank step of it, uses nested ranks,
+//     predicts the sum of its units' increases, and leaves the projection at its ranks (the
+//     cache's bytes per token follow them);
+//   - budget 1 keeps full rank, the smallest budget gives d/4 everywhere, and a budget below
+//     it or above 1 is refused naming --kv-budget and the valid range.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+#include "compressors/kv_budget.h"
+#include "compressors/kv_project.h"
+#include "core/error.h"
+#include "model/kv_cache.h"
+#include "tests/test_support.h"
+
+namespace condense {
+namespace {
+
+std::vector<at::Tensor> windows(int64_t seed) {
+  at::manual_seed(seed);
+  std::vector<at::Tensor> out;
+  for (int i = 0; i < 2; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
+  return out;
+}
+
+double loss_of(LlamaForCausalLM& m, const std::vector<at::Tensor>& win) {
+  at::NoGradGuard g;
+  double total = 0;
+  int64_t n = 0;
+  for (const at::Tensor& w : win) {
+    at::Tensor logits = m->forward(w.narrow(1, 0, 15));
+    at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);
+    at::Tensor t = w.narrow(1, 1, 15).unsqueeze(-1);
+    total -= lp.gather(-1, t).sum().item<double>();
+    n += t.numel();
+  }
+  return total / static_cast<double>(n);
+}
+
+struct Fixture {
+  LlamaForCausalLM m{nullptr};
+  std::shared_ptr<KVProjection> proj;
+  Fixture() {
+    at::manual_seed(21);
+    m = LlamaForCausalLM(test::tiny_llama(4, 2));
+    m->eval();
+    proj = KVProjection::from_calibration(m, windows(5));
+    m->set_kv_hook(proj);
+  }
+};
+
+TEST(KVBudget, SensitivityIsEachUnitsLossIncrease) {
+  Fixture f;
+  std::vector<at::Tensor> win = windows(6);
+  KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, win, 0.5);
+  ASSERT_EQ(plan.nested, (std::vector<int64_t>{2, 4, 6, 8}));
+  ASSERT_EQ(plan.increase.size(), 4u);
+  f.proj->set_rank(8, 8);
+  const double base = loss_of(f.m, win);
+  EXPECT_NEAR(plan.base_loss, base, 1e-5);
+  // Values of layer 1 (unit 3) at rank 4; keys of layer 0 (unit 0) at rank 2.
+  f.proj->set_layer_ranks({8, 8}, {8, 4});
+  EXPECT_NEAR(plan.increase[3][1], loss_of(f.m, win) - base, 1e-5);
+  f.proj->set_layer_ranks({2, 8}, {8, 8});
+  EXPECT_NEAR(plan.increase[0][0], loss_of(f.m, win) - base, 1e-5);
+  for (const auto& row : plan.increase) EXPECT_EQ(row.back(), 0.0);
+}
+
+TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
+  for (double budget : {0.25, 0.4, 0.5, 0.8, 1.0}) {
+    Fixture f;
+    KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, windows(6), budget);
+    double cached = 0, predicted = 0;
+    for (int64_t l = 0; l < 2; ++l) {
+      for (int64_t part = 0; part < 2; ++part) {
+        const int64_t r = part == 0 ? plan.key_ranks[l] : plan.value_ranks[l];
+        auto it = std::find(plan.nested.begin(), plan.nested.end(), r);
+        ASSERT_NE(it, plan.nested.end()) << r;
+        predicted += plan.increase[2 * l + part][it - plan.nested.begin()];
+        cached += static_cast<double>(r);
+      }
+    }
+    EXPECT_NEAR(plan.share, cached / 32.0, 1e-12);
+    EXPECT_LE(plan.share, budget + 1e-12) << budget;
+    EXPECT_GT(plan.share, budget - 2.0 / 32.0) << budget;  // within one step of 2 coordinates
+    EXPECT_NEAR(plan.predicted_increase, predicted, 1e-12);
+    if (budget == 1.0) EXPECT_EQ(plan.key_ranks, (std::vector<int64_t>{8, 8}));
+    if (budget == 0.25) EXPECT_EQ(plan.value_ranks, (std::vector<int64_t>{2, 2}));
+    // The projection now caches the planned widths: 2 KV heads x (key + value rank) floats.
+    at::NoGradGuard g;
+    KVCache cache(f.m->config(), 1, 4, at::TensorOptions().dtype(at::kFloat));
+    f.m->hidden({at::randint(0, 61, {1, 4}, at::kLong), {}, &cache});
+    EXPECT_EQ(cache.bytes_per_token(), 2 * cached * 4) << budget;
+  }
+}
+
+TEST(KVBudget, BudgetsOutsideTheNestedRangeAreRefused) {
+  Fixture f;
+  EXPECT_DOUBLE_EQ(min_kv_budget(*f.proj), 0.25);
+  for (double bad : {0.2, 1.5, 0.0}) {
+    try {
+      plan_kv_budget(f.m, *f.proj, windows(6), bad);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("valid is 0.25..1"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("--kv-budget"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace condense
