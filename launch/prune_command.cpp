@@ -95,9 +95,13 @@ std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::stri
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
   CONDENSE_CHECK(a.calib_windows > 0, "--calib-windows must be positive, got {}", a.calib_windows);
+  const int64_t seq = a.calib_seq_len > 0 ? a.calib_seq_len : cfg.data.seq_len;
+  CONDENSE_CHECK(a.calib_seq_len >= 0 && seq <= ckpt.config().max_position_embeddings,
+                 "--calib-seq-len {}: valid is 0 (the recipe's {}) or 1..{} (max_position_embeddings)",
+                 a.calib_seq_len, cfg.data.seq_len, ckpt.config().max_position_embeddings);
   spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
-               a.calib_windows, cfg.data.seq_len, dataset);
-  return calibration_windows(store.ids("val"), cfg.data.seq_len, a.calib_windows, a.calib_batch);
+               a.calib_windows, seq, dataset);
+  return calibration_windows(store.ids("val"), seq, a.calib_windows, a.calib_batch);
 }
 
 }  // namespace
@@ -142,6 +146,10 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
                     "kv-heads svd, kv-project, cskv whiten and asvd)")
       ->default_val(32);
   a.cmd->add_option("--calib-batch", a.calib_batch, "windows per calibration forward")->default_val(8);
+  a.cmd->add_option("--calib-seq-len", a.calib_seq_len, "tokens per calibration window (0: the "
+                    "checkpoint recipe's seq_len); KV projections after RoPE see only the "
+                    "positions calibrated, so calibrate at the context length that will be used")
+      ->default_val(0);
   a.cmd->add_option("--data", a.data, "token store for calibration (default: the checkpoint recipe's)");
   a.cmd->add_flag("--no-sequential", a.no_sequential,
                   "wanda: calibrate once on the unpruned model instead of layer by layer");

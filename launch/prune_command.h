@@ -34,6 +34,7 @@ struct PruneArgs {
   int64_t key_rank = 0, value_rank = 0;  // cskv
   int64_t calib_windows = 32;
   int64_t calib_batch = 8;
+  int64_t calib_seq_len = 0;         // 0: the checkpoint recipe's seq_len
   bool no_sequential = false;
   int64_t threads = 0;
 };

@@ -139,6 +139,18 @@ def test_bad_options_fail_clearly(trained, tmp_path, args, needles):
     assert not out.exists()
 
 
+def test_calibration_window_length_is_chosen_and_checked(trained, tmp_path):
+    out = tmp_path / "p.h5"
+    res = run("prune", trained[0], "--method", "kv-project", "--calib-windows", 2, "--calib-seq-len",
+              24, "--out", out)
+    assert "the last 2 windows of 24 tokens" in res.stderr, res.stderr
+    bad = tmp_path / "bad.h5"
+    res = run("prune", trained[0], "--method", "kv-project", "--calib-seq-len", 100000, "--out", bad,
+              check=False)
+    assert res.returncode == 1 and "--calib-seq-len 100000: valid is 0 (the recipe's" in res.stderr, res.stderr
+    assert not bad.exists()
+
+
 def test_kv_options_belong_to_kv_heads(trained, tmp_path):
     out = tmp_path / "bad.h5"
     res = run("prune", trained[0], "--method", "magnitude", "--kv-heads", 1, "--out", out, check=False)
