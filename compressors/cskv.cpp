@@ -189,6 +189,11 @@ std::vector<std::pair<std::string, at::Tensor>> LowRankKV::parameters() const {
   return out;
 }
 
+void LowRankKV::set_window(int64_t window) {
+  CONDENSE_CHECK(window >= 0, "--kv-window {}: must be >= 0 (0: no window)", window);
+  window_ = window;
+}
+
 void LowRankKV::record_inputs(bool on) {
   record_ = on;
   if (!on) std::fill(inputs_.begin(), inputs_.end(), at::Tensor());

@@ -34,6 +34,11 @@
 // reconstruction error is what whiten already minimizes, while the loss of the model's output
 // weighs each direction by what attention does with it.
 //
+// An optional window keeps the most recent tokens exact (CSKV's bi-branch cache): a query
+// reads the original keys and values of its last `window` positions and the rebuilt ones of
+// older positions; chosen at inference (--kv-window), a fixed window - 1 positions of full keys
+// and values beside the latents.
+//
 // Stored in checkpoints as cskv/layers.<i>.key_down (A_k), .key_up (B_k), .value_down,
 // .value_up, float32. Export multiplies them out (fold_into): a plain Llama whose k_proj /
 // v_proj compute the compressed model's keys and values with an uncompressed cache.
@@ -101,6 +106,12 @@ class LowRankKV : public KVHook {
   int64_t key_rank() const { return layers_[0].key_down.size(1); }
   int64_t value_rank() const { return layers_[0].value_down.size(1); }
 
+  // CSKV's window: the last w positions before each query (itself included) read the original
+  // keys and values instead of the rebuilt ones (model/attention.h); 0: none. The cache then
+  // holds w - 1 positions of full keys and values beside the latents.
+  void set_window(int64_t window);
+  int64_t window() const override { return window_; }
+
   bool latent() const override { return true; }
   std::pair<at::Tensor, at::Tensor> encode(int64_t layer, const at::Tensor& x) override;
   std::pair<at::Tensor, at::Tensor> decode(int64_t layer, const at::Tensor& key_latent,
@@ -115,6 +126,7 @@ class LowRankKV : public KVHook {
   Rope rope_;
   at::Tensor cos_, sin_;  // positions 0 .. cos_.size(0) - 1
   bool record_ = false;
+  int64_t window_ = 0;
   std::vector<at::Tensor> inputs_;  // per layer, the last recorded input
 };
 

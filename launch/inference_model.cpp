@@ -106,6 +106,15 @@ void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckp
   spdlog::info("kv budget {}: {}", budget, plan.describe());
 }
 
+void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& source) {
+  CONDENSE_CHECK(window >= 0, "--kv-window {}: must be >= 0 (0: no window)", window);
+  if (window == 0) return;
+  auto low = std::dynamic_pointer_cast<LowRankKV>(model->kv_hook());
+  CONDENSE_CHECK(low, "--kv-window {}: {} has no CSKV low-rank cache (make one with `condense "
+                 "prune {} --method cskv --key-rank R --out OUT.h5`)", window, source, source);
+  low->set_window(window);
+}
+
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source) {
   if (rank == 0) return;
   KVProjection& proj = projection_of(model, fmt::format("--kv-rank {}", rank), source);

@@ -32,6 +32,10 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model);
 // full rank. Throws naming `source` when rank > 0 and the model has no projections.
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source);
 
+// --kv-window W (0: off): CSKV's window of recent positions read exactly (compressors/cskv.h).
+// Throws naming `source` when W > 0 and the model has no CSKV factors.
+void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& source);
+
 // --kv-budget F (0: off): per-layer ranks of the model's KV projections that cache at most F of
 // the full-rank bytes, allocated from calibration sensitivity (compressors/kv_budget.h) on the
 // last validation windows of `dataset` (empty: the checkpoint recipe's token store). Throws

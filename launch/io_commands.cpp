@@ -56,6 +56,9 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_option("--kv-budget", a.score.kv_budget, "share of the full-rank KV cache the "
                           "checkpoint's KV projections may cache (0: off): per-layer ranks from "
                           "calibration sensitivity")->default_val(0);
+  a.score_cmd->add_option("--kv-window", a.score.kv_window, "CSKV checkpoints: the last W "
+                          "positions before each query read exact keys and values (0: off)")
+      ->default_val(0);
   a.score_cmd->add_option("--data", a.score.data, "--kv-budget: token store for the calibration "
                           "(default: the checkpoint recipe's)");
 }

@@ -38,7 +38,8 @@ namespace {
 // kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
-             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank, double kv_budget) {
+             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank, double kv_budget,
+             int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -58,6 +59,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   set_kv_rank(model, kv_rank, path);
   set_kv_budget(model, kv_budget, ckpt, path, dataset);
+  set_kv_window(model, kv_window, path);
   model->eval();
   auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
@@ -100,7 +102,8 @@ struct ChatArgs {
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
                  const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos,
-                 int64_t kv_rank, double kv_budget, const std::string& calib_data) {
+                 int64_t kv_rank, double kv_budget, const std::string& calib_data,
+                 int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   // Every sampling option in its range before anything loads.
   CONDENSE_CHECK(opt.max_new_tokens >= 1, "--max-new-tokens {}: must be at least 1", opt.max_new_tokens);
@@ -128,6 +131,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   LlamaForCausalLM model = load_inference_model(ckpt);
   set_kv_rank(model, kv_rank, path);
   set_kv_budget(model, kv_budget, ckpt, path, calib_data);
+  set_kv_window(model, kv_window, path);
   // A rendered chat prompt carries its own <|begin_of_text|> where the format has one.
   std::vector<int32_t> prompt_ids = chatting ? tok.encode(prompt) : tok.prompt_ids(prompt);
   CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
@@ -229,6 +233,10 @@ int run(int argc, char** argv) {
                             "cache (0: off): per-layer ranks from calibration sensitivity on the "
                             "last validation windows of the token store";
   eval->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
+  int64_t kv_window = 0;
+  const char* window_help = "CSKV checkpoints: the last W positions before each query read "
+                            "exact keys and values (W - 1 kept in full beside the latents; 0: off)";
+  eval->add_option("--kv-window", kv_window, window_help)->default_val(0);
 
   auto* gen = app.add_subcommand("generate", "generate text from a checkpoint with a KV cache");
   std::string prompt;
@@ -251,6 +259,7 @@ int run(int argc, char** argv) {
   gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
   gen->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
   gen->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
+  gen->add_option("--kv-window", kv_window, window_help)->default_val(0);
   std::string calib_data;
   gen->add_option("--data", calib_data, "--kv-budget: token store for the calibration (default: "
                   "the checkpoint recipe's)");
@@ -286,11 +295,12 @@ int run(int argc, char** argv) {
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank,
-                                      kv_budget);
+                                      kv_budget, kv_window);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank, kv_budget, calib_data);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank, kv_budget, calib_data,
+                        kv_window);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

@@ -54,6 +54,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
                  opt.kv_budget);
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
+  set_kv_window(src.model, opt.kv_window, source);
   if (opt.kv_budget > 0) {
     CONDENSE_CHECK(src.kind == "checkpoint", "--kv-budget: {} is a {}; KV projections live in "
                    "condense checkpoints", source, src.kind);
@@ -123,6 +124,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   }
   if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
   if (opt.kv_budget > 0) out["kv_budget"] = opt.kv_budget;
+  if (opt.kv_window > 0) out["kv_window"] = opt.kv_window;
   if (opt.json_out.empty()) {
     std::cout << out.dump() << "\n";
   } else {

@@ -29,6 +29,7 @@ struct ScoreOptions {
   int64_t kv_rank = 0;    // > 0: rank of the checkpoint's KV projections
   double kv_budget = 0;   // > 0: per-layer ranks of the projections within this share
   std::string data;       // kv_budget: calibration token store (empty: the recipe's)
+  int64_t kv_window = 0;  // > 0: CSKV's exact window of recent positions
 };
 
 // A model plus its tokenizer from any source score and the benchmarks read.

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 #include "model/kv_cache.h"
@@ -14,6 +15,38 @@ namespace {
 
 torch::nn::Linear linear(int64_t in, int64_t out) {
   return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+// Attention where query p reads the original keys/values ko, vo (positions begin .. T - 1) for
+// keys p - window + 1 .. p and the rebuilt k, v (positions 0 .. T - 1) for older ones; causal.
+// q [B, H, t, d] at positions T - t .. T - 1; k, v, ko, vo [B, Hkv, *, d] (GQA: query head h
+// reads KV head h / (H / Hkv)).
+at::Tensor windowed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& ko, const at::Tensor& vo, int64_t begin,
+                              int64_t window, double dropout) {
+  const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), d = q.size(3);
+  const int64_t kv = k.size(1), total = k.size(2), past = total - t;
+  CONDENSE_CHECK(begin + ko.size(2) == total && begin <= std::max<int64_t>(0, past - window + 1),
+                 "windowed attention: originals of positions {}..{} for {} keys and window {}",
+                 begin, begin + ko.size(2) - 1, total, window);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  at::Tensor qg = q.reshape({b, kv, heads / kv, t, d});
+  at::Tensor s_rebuilt = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale;  // [.., t, T]
+  at::Tensor s_orig = at::matmul(qg, ko.unsqueeze(2).transpose(-1, -2)) * scale;    // [.., t, n]
+  auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
+  at::Tensor qpos = at::arange(past, total, longs).unsqueeze(1);
+  at::Tensor kpos = at::arange(0, total, longs).unsqueeze(0);
+  at::Tensor causal = kpos <= qpos;                             // [t, T]
+  at::Tensor recent = causal & (qpos - kpos < window);
+  at::Tensor s_orig_all = at::constant_pad_nd(s_orig, {begin, 0}, 0);  // [.., t, T]
+  at::Tensor scores = at::where(recent, s_orig_all, s_rebuilt)
+                          .masked_fill(causal.logical_not(), -std::numeric_limits<double>::infinity());
+  at::Tensor p = at::softmax(scores, -1);
+  if (dropout > 0) p = at::dropout(p, dropout, true);
+  at::Tensor older = p.masked_fill(recent, 0);
+  at::Tensor newer = p.masked_fill(recent.logical_not(), 0).narrow(-1, begin, total - begin);
+  at::Tensor out = at::matmul(older, v.unsqueeze(2)) + at::matmul(newer, vo.unsqueeze(2));
+  return out.reshape({b, heads, t, d});
 }
 
 }  // namespace
@@ -61,6 +94,20 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     std::tie(k, v) = hook->encode(layer_, x);
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
     std::tie(k, v) = hook->decode(layer_, k, v);
+    if (const int64_t window = hook->window(); window > 0) {
+      at::Tensor ko = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+      at::Tensor vo = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+      ko = apply_rope(ko, cos, sin);
+      int64_t begin = past;
+      if (cache) {
+        KVCache::Recent r = cache->append_recent(layer_, ko, vo, window - 1);
+        ko = r.k;
+        vo = r.v;
+        begin = r.begin;
+      }
+      at::Tensor attn = windowed_attention(q, k, v, ko, vo, begin, window, is_training() ? dropout_ : 0.0);
+      return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
+    }
   } else {
     k = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
     v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);

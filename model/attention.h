@@ -30,6 +30,10 @@ class KVCache;
 // decode() rebuilds keys and values [B, kv_heads, T_all, head_dim] from the latents of all
 // positions so far, applying RoPE to the keys at positions 0 .. T_all - 1 (a cache starts at
 // position 0, and without a cache the input does). project() and restore() are not called.
+// A positive window() w keeps CSKV's recent tokens exact: a query at position p reads the
+// original keys and values (k_proj / v_proj, RoPE) of positions p - w + 1 .. p and the rebuilt
+// ones of older positions; the cache holds the originals of the last w - 1 positions beside
+// the latents (KVCache::append_recent).
 class KVHook {
  public:
   struct Projected {
@@ -46,6 +50,7 @@ class KVHook {
   virtual std::pair<at::Tensor, at::Tensor> encode(int64_t layer, const at::Tensor& x);
   virtual std::pair<at::Tensor, at::Tensor> decode(int64_t layer, const at::Tensor& key_latent,
                                                    const at::Tensor& value_latent);
+  virtual int64_t window() const { return 0; }
 };
 
 class LlamaAttentionImpl : public torch::nn::Module {

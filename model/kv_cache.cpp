@@ -45,7 +45,8 @@ KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
   CONDENSE_CHECK(kind_.type != KVCacheType::kInt8 || kind_.group > 0,
                  "int8 KV cache: group must be positive, got {}", kind_.group);
   const size_t layers = static_cast<size_t>(config.num_hidden_layers);
-  for (auto* v : {&keys_, &values_, &key_scale_, &key_min_, &key_tail_, &value_scale_, &value_min_})
+  for (auto* v : {&keys_, &values_, &key_scale_, &key_min_, &key_tail_, &value_scale_, &value_min_,
+                  &recent_k_, &recent_v_})
     v->resize(layers);
 }
 
@@ -117,6 +118,31 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
                                  value_scale_[layer].narrow(2, 0, length_ + t),
                                  value_min_[layer].narrow(2, 0, length_ + t), dtype);
   return {keys, values};
+}
+
+KVCache::Recent KVCache::append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v,
+                                       int64_t keep) {
+  CONDENSE_CHECK(keep >= 0, "KV cache: recent window keep {} < 0", keep);
+  Recent r;
+  const at::Tensor& held_k = recent_k_[layer];
+  const int64_t held = held_k.defined() ? held_k.size(2) : 0;
+  CONDENSE_CHECK(held == std::min(keep, length_), "KV cache: layer {} holds {} recent positions "
+                 "at length {} with keep {}", layer, held, length_, keep);
+  r.k = held > 0 ? at::cat({held_k, k}, 2) : k;
+  r.v = held > 0 ? at::cat({recent_v_[layer], v}, 2) : v;
+  r.begin = length_ - held;
+  const int64_t n = r.k.size(2), kept = std::min(keep, n);
+  recent_k_[layer] = r.k.narrow(2, n - kept, kept).clone();
+  recent_v_[layer] = r.v.narrow(2, n - kept, kept).clone();
+  return r;
+}
+
+double KVCache::window_bytes() const {
+  double total = 0;
+  for (size_t l = 0; l < recent_k_.size(); ++l)
+    for (const at::Tensor* t : {&recent_k_[l], &recent_v_[l]})
+      if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
+  return total;
 }
 
 void KVCache::commit(int64_t t) {

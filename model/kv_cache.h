@@ -51,9 +51,23 @@ class KVCache {
   // all cached keys/values for that layer (views for fp; dequantized copies for int8). The
   // length advances in commit().
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
+  // CSKV's recent window (compressors/cskv.h): the original keys/values of the `keep` positions
+  // before the current length followed by the appended k, v ([B, kv_heads, T, head_dim]), and
+  // the position of the first. Held in full precision whatever the cache type; `keep` fixed
+  // per layer. Counted by window_bytes(), not bytes_per_token() (a fixed amount, not per token).
+  struct Recent {
+    at::Tensor k, v;
+    int64_t begin = 0;
+  };
+  Recent append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v, int64_t keep);
+  double window_bytes() const;
   // Call once after all layers appended T positions.
   void commit(int64_t t);
-  void clear() { length_ = 0; }
+  void clear() {
+    length_ = 0;
+    for (auto* v : {&recent_k_, &recent_v_})
+      for (at::Tensor& t : *v) t = at::Tensor();
+  }
   // Bytes the cache holds per position over all layers (codes and scales for int8; the
   // residual key group, at most `group` positions, is not counted), at the widths appended so
   // far (kv_heads x head_dim for a layer not yet appended to).
@@ -67,6 +81,7 @@ class KVCache {
   // int8 only: key scales/minima [B, H, groups, width], the residual keys [B, H, group, width],
   // value scales/minima [B, H, cap, 1].
   std::vector<at::Tensor> key_scale_, key_min_, key_tail_, value_scale_, value_min_;
+  std::vector<at::Tensor> recent_k_, recent_v_;  // per layer, the last `keep` positions
   KVCacheOptions kind_;
   at::TensorOptions options_;
   int64_t batch_, capacity_, kv_heads_, head_dim_, element_bytes_;

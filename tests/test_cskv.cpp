@@ -132,6 +132,45 @@ TEST(Cskv, CacheStoresLatentsAndDecodesExactly) {
   EXPECT_EQ(q8.bytes_per_token(), 2 * (5 + 8 * 5 / 4.0 + 3 + 8));
 }
 
+TEST(Cskv, RecentWindowIsExactAndDecodesLikeTheForward) {
+  at::manual_seed(8);
+  LlamaForCausalLM m(tiny(4, 2));
+  at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
+  at::Tensor original = logits(m, ids);
+  auto low = low_rank(m, 3, 5, "whiten");
+  m->set_kv_hook(low);
+  at::Tensor rebuilt = logits(m, ids);
+  // A window covering every position reads only original keys and values: the original model.
+  low->set_window(21);
+  EXPECT_LT(max_diff(logits(m, ids), original), 1e-5);
+  // Window 1: each query reads its own position exactly and the rest rebuilt.
+  for (int64_t w : {1, 4}) {
+    low->set_window(w);
+    at::Tensor full = logits(m, ids);
+    EXPECT_GT(max_diff(full, rebuilt), 1e-4) << w;
+    EXPECT_GT(max_diff(full, original), 1e-4) << w;
+    at::NoGradGuard g;
+    for (KVCacheOptions kind : {KVCacheOptions{}, KVCacheOptions{KVCacheType::kInt8, 4}}) {
+      KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), kind);
+      std::vector<at::Tensor> parts;
+      if (kind.type == KVCacheType::kFp)
+        parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, 9), {}, &cache})));
+      for (int64_t i = kind.type == KVCacheType::kFp ? 9 : 0; i < 21; ++i)
+        parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
+      const double tol = kind.type == KVCacheType::kFp ? 1e-5 : 5e-2;
+      EXPECT_LT(max_diff(at::cat(parts, 1), full), tol) << w;
+      // The latents per token, plus w - 1 positions of 2 KV heads x 8 keys and values per layer.
+      EXPECT_EQ(cache.window_bytes(), 2 * (w - 1) * 2 * 2 * 8 * 4) << w;
+    }
+  }
+  try {
+    low->set_window(-1);
+    ADD_FAILURE() << "negative window";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-window -1: must be >= 0"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Cskv, FoldedPlainLlamaMatches) {
   at::manual_seed(5);
   LlamaForCausalLM m(tiny(4, 2));

@@ -64,6 +64,26 @@ def test_full_rank_is_exact_and_latents_shrink_the_cache(trained, low_rank, tmp_
     assert "192 bytes" in out.stderr, out.stderr
 
 
+def test_recent_window_through_the_cli(trained, low_rank):
+    """--kv-window W: the last W positions before each query read exact keys and values; a
+    window over the whole text is the original model, and decoding equals the forward."""
+    text = trained[2]
+    _, lp_orig, _ = score(trained[0], text)
+    _, lp_all, j = score(low_rank, text, "--kv-window", 100000)
+    assert np.abs(lp_all - lp_orig).max() <= 1e-5 and j["kv_window"] == 100000
+    _, lp_fwd, _ = score(low_rank, text, "--kv-window", 8)
+    _, lp_dec, _ = score(low_rank, text, "--kv-window", 8, "--kv-cache", "fp", "--token-by-token")
+    _, lp_none, _ = score(low_rank, text)
+    assert np.abs(lp_dec - lp_fwd).max() <= 1e-5
+    # Exact recent keys help: closer to the original than without the window.
+    assert np.abs(lp_fwd - lp_orig).mean() < np.abs(lp_none - lp_orig).mean()
+    ev = json.loads(run("eval", low_rank, "--batches", 1, "--kv-window", 8).stdout.splitlines()[-1])
+    assert ev["val_loss"] > 0
+    run("generate", low_rank, "--prompt", "A", "--max-new-tokens", 4, "--kv-window", 8)
+    res = run("eval", trained[0], "--batches", 1, "--kv-window", 8, check=False)
+    assert res.returncode == 1 and "has no CSKV low-rank cache" in res.stderr, res.stderr
+
+
 def test_export_writes_the_plain_llama_and_the_factors_beside_it(trained, low_rank, tmp_path):
     for fmt, out in (("gguf", tmp_path / "c.gguf"), ("hf", tmp_path / "hf")):
         res = run("export", low_rank, out, "--format", fmt, check=False)
