@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -14,19 +15,38 @@
 namespace condense {
 namespace {
 
-// Mean next-token loss over the windows (each [B, T]), without gradients.
-double calibration_loss(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows) {
+// Log-probabilities of the next tokens [B, T - 1, vocab] (float32) for each window.
+std::vector<at::Tensor> log_probs(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows) {
   at::NoGradGuard no_grad;
   const at::Device device = model->lm_head_weight().device();
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& w : windows)
+    out.push_back(at::log_softmax(model->forward(w.to(device).narrow(1, 0, w.size(1) - 1)).to(at::kFloat), -1));
+  return out;
+}
+
+// Mean over next-token positions of KL(reference || model): how far the model's predictions
+// moved from the reference's (full rank). Never negative, unlike a difference of two
+// cross-entropies, whose sampling noise would let the greedy drop units "for free".
+double divergence(LlamaForCausalLM& model, const std::vector<at::Tensor>& windows,
+                  const std::vector<at::Tensor>& reference) {
+  std::vector<at::Tensor> lp = log_probs(model, windows);
   double total = 0;
   int64_t count = 0;
-  for (const at::Tensor& w : windows) {
-    const int64_t t = w.size(1);
-    at::Tensor ids = w.to(device);
-    at::Tensor logits = model->forward(ids.narrow(1, 0, t - 1));
-    at::Tensor targets = ids.narrow(1, 1, t - 1).flatten();
-    total += at::cross_entropy_loss(logits.flatten(0, 1).to(at::kFloat), targets, {},
-                                    at::Reduction::Sum).item<double>();
+  for (size_t i = 0; i < lp.size(); ++i) {
+    total += (reference[i].exp() * (reference[i] - lp[i])).sum().item<double>();
+    count += lp[i].size(0) * lp[i].size(1);
+  }
+  return std::max(0.0, total / static_cast<double>(count));  // float rounding can dip below
+}
+
+// Mean next-token cross-entropy of log-probabilities on the windows.
+double cross_entropy(const std::vector<at::Tensor>& lp, const std::vector<at::Tensor>& windows) {
+  double total = 0;
+  int64_t count = 0;
+  for (size_t i = 0; i < lp.size(); ++i) {
+    at::Tensor targets = windows[i].narrow(1, 1, windows[i].size(1) - 1).to(lp[i].device()).unsqueeze(-1);
+    total -= lp[i].gather(-1, targets).sum().item<double>();
     count += targets.numel();
   }
   return total / static_cast<double>(count);
@@ -39,7 +59,7 @@ std::string KVBudgetPlan::describe() const {
     return fmt::format("{}", fmt::join(v, ","));
   };
   return fmt::format("{:.1f}% of the full-rank cache; key ranks per layer [{}], value ranks [{}]; "
-                     "calibration loss {:.4f} at full rank, predicted +{:.4f}", 100 * share,
+                     "calibration loss {:.4f} at full rank, predicted KL {:.4f}", 100 * share,
                      list(key_ranks), list(value_ranks), base_loss, predicted_increase);
 }
 
@@ -66,7 +86,8 @@ KVBudgetPlan plan_kv_budget(LlamaForCausalLM& model, KVProjection& proj,
   KVBudgetPlan plan;
   std::vector<int64_t> full(layers, d);
   proj.set_layer_ranks(full, full);
-  plan.base_loss = calibration_loss(model, windows);
+  const std::vector<at::Tensor> reference = log_probs(model, windows);
+  plan.base_loss = cross_entropy(reference, windows);
   plan.nested = ranks;
   plan.increase.assign(2 * layers, std::vector<double>(steps, 0.0));
   auto& increase = plan.increase;
@@ -75,7 +96,7 @@ KVBudgetPlan plan_kv_budget(LlamaForCausalLM& model, KVProjection& proj,
       std::vector<int64_t> keys = full, values = full;
       (u % 2 == 0 ? keys : values)[u / 2] = ranks[i];
       proj.set_layer_ranks(keys, values);
-      increase[u][i] = calibration_loss(model, windows) - plan.base_loss;
+      increase[u][i] = divergence(model, windows, reference);
     }
     if ((u + 1) % 8 == 0 || u + 1 == 2 * layers)
       spdlog::info("kv budget: sensitivity of {} of {} layer keys/values measured", u + 1, 2 * layers);

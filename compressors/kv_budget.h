@@ -2,12 +2,15 @@
 // allocated greedily from calibration sensitivity: MatryoshkaKV's adaptive compression (Lin et
 // al., ICLR 2025), at layer granularity.
 //
-// Sensitivity: for every layer and for its keys and its values separately ("units"), the
-// calibration loss increase when that unit alone drops to each smaller rank of the nested set
-// {d/4, d/2, 3d/4} (everything else at full rank): 2 x layers x 3 forwards over the windows.
+// Sensitivity: for every layer and for its keys and its values separately ("units"), how far
+// the next-token distribution moves, KL(full rank || reduced) averaged over the calibration
+// positions, when that unit alone drops to each smaller rank of the nested set {d/4, d/2,
+// 3d/4} (everything else at full rank): 2 x layers x 3 forwards over the windows. KL rather
+// than the change of cross-entropy: it is never negative, while a cross-entropy difference on a
+// few windows is noisy enough to make dropping a unit look free.
 // Allocation: all units start at d; while the cached coordinates exceed budget x full, the
 // unit whose next step down costs the least loss increase per coordinate saved steps down.
-// This treats the units' increases as additive, which the calibration does not check; the
+// This treats the units' divergences as additive, which the calibration does not check; the
 // reported plan names the sum it predicts.
 //
 // Granularity: one rank per layer for keys and one for values, shared by the layer's KV heads,
@@ -28,9 +31,9 @@ struct KVBudgetPlan {
   std::vector<int64_t> key_ranks, value_ranks;  // per layer
   double share = 1;              // cached coordinates / full rank's (<= the budget)
   double base_loss = 0;          // calibration loss at full rank
-  double predicted_increase = 0; // sum of the chosen units' measured increases (nats)
-  // increase[u][i]: calibration loss increase with unit u (2l: keys of layer l, 2l + 1: its
-  // values) alone at nested rank i (ascending; the last, full rank, is 0).
+  double predicted_increase = 0; // sum of the chosen units' divergences (nats)
+  // increase[u][i]: KL(full || reduced) with unit u (2l: keys of layer l, 2l + 1: its values)
+  // alone at nested rank i (ascending; the last, full rank, is 0).
   std::vector<std::vector<double>> increase;
   std::vector<int64_t> nested;   // the nested ranks, ascending
   std::string describe() const;

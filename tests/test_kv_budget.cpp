@@ -1,7 +1,7 @@
 // Tests for per-layer KV projection ranks under a budget (compressors/kv_budget.h) on a tiny
 // random model with PCA projections:
-//   - the sensitivity table holds the loss increase of each unit alone at each nested rank,
-//     recomputed here independently;
+//   - the sensitivity table holds KL(full rank || the unit alone at each nested rank),
+//     recomputed here independently, and is never negative;
 //   - the plan stays within the budget and within one rank step of it, uses nested ranks,
 //     predicts the sum of its units' increases, and leaves the projection at its ranks (the
 //     cache's bytes per token follow them);
@@ -29,18 +29,21 @@ std::vector<at::Tensor> windows(int64_t seed) {
   return out;
 }
 
-double loss_of(LlamaForCausalLM& m, const std::vector<at::Tensor>& win) {
+// Next-token log-probabilities [windows, B, T - 1, V] in double.
+at::Tensor log_probs_of(LlamaForCausalLM& m, const std::vector<at::Tensor>& win) {
   at::NoGradGuard g;
-  double total = 0;
-  int64_t n = 0;
-  for (const at::Tensor& w : win) {
-    at::Tensor logits = m->forward(w.narrow(1, 0, 15));
-    at::Tensor lp = at::log_softmax(logits.to(at::kDouble), -1);
-    at::Tensor t = w.narrow(1, 1, 15).unsqueeze(-1);
-    total -= lp.gather(-1, t).sum().item<double>();
-    n += t.numel();
-  }
-  return total / static_cast<double>(n);
+  std::vector<at::Tensor> out;
+  for (const at::Tensor& w : win) out.push_back(at::log_softmax(m->forward(w.narrow(1, 0, 15)).to(at::kDouble), -1));
+  return at::stack(out);
+}
+
+double kl(const at::Tensor& ref, const at::Tensor& lp) {
+  return (ref.exp() * (ref - lp)).sum(-1).mean().item<double>();
+}
+
+double loss_of(const at::Tensor& lp, const std::vector<at::Tensor>& win) {
+  at::Tensor t = at::stack(win).narrow(2, 1, 15).unsqueeze(-1);
+  return -lp.gather(-1, t).mean().item<double>();
 }
 
 struct Fixture {
@@ -62,14 +65,17 @@ TEST(KVBudget, SensitivityIsEachUnitsLossIncrease) {
   ASSERT_EQ(plan.nested, (std::vector<int64_t>{2, 4, 6, 8}));
   ASSERT_EQ(plan.increase.size(), 4u);
   f.proj->set_rank(8, 8);
-  const double base = loss_of(f.m, win);
-  EXPECT_NEAR(plan.base_loss, base, 1e-5);
+  at::Tensor ref = log_probs_of(f.m, win);
+  EXPECT_NEAR(plan.base_loss, loss_of(ref, win), 1e-5);
   // Values of layer 1 (unit 3) at rank 4; keys of layer 0 (unit 0) at rank 2.
   f.proj->set_layer_ranks({8, 8}, {8, 4});
-  EXPECT_NEAR(plan.increase[3][1], loss_of(f.m, win) - base, 1e-5);
+  EXPECT_NEAR(plan.increase[3][1], kl(ref, log_probs_of(f.m, win)), 1e-6);
   f.proj->set_layer_ranks({2, 8}, {8, 8});
-  EXPECT_NEAR(plan.increase[0][0], loss_of(f.m, win) - base, 1e-5);
-  for (const auto& row : plan.increase) EXPECT_EQ(row.back(), 0.0);
+  EXPECT_NEAR(plan.increase[0][0], kl(ref, log_probs_of(f.m, win)), 1e-6);
+  for (const auto& row : plan.increase) {
+    EXPECT_EQ(row.back(), 0.0);
+    for (double x : row) EXPECT_GE(x, 0.0);
+  }
 }
 
 TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
