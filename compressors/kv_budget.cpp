@@ -60,7 +60,7 @@ std::string KVBudgetPlan::describe() const {
   };
   return fmt::format("{:.1f}% of the full-rank cache; key ranks per layer [{}], value ranks [{}]; "
                      "calibration loss {:.4f} at full rank, predicted KL {:.4f}", 100 * share,
-                     list(key_ranks), list(value_ranks), base_loss, predicted_increase);
+                     list(key_ranks), list(value_ranks), base_loss, predicted_kl);
 }
 
 double min_kv_budget(const KVProjection& projection) {
@@ -102,14 +102,14 @@ KVBudgetPlan plan_kv_budget(LlamaForCausalLM& model, KVProjection& proj,
       spdlog::info("kv budget: sensitivity of {} of {} layer keys/values measured", u + 1, 2 * layers);
   }
 
-  std::vector<int64_t> at(2 * layers, steps - 1);  // index into ranks per unit
+  std::vector<int64_t> pick(2 * layers, steps - 1);  // index into ranks per unit
   const double target = budget * static_cast<double>(2 * layers * d);
   double total = static_cast<double>(2 * layers * d);
   while (total > target + 1e-9) {
     int64_t best = -1;
     double best_cost = std::numeric_limits<double>::infinity();
     for (int64_t u = 0; u < 2 * layers; ++u) {
-      const int64_t i = at[u];
+      const int64_t i = pick[u];
       if (i == 0) continue;
       const double cost = (increase[u][i - 1] - increase[u][i]) / static_cast<double>(ranks[i] - ranks[i - 1]);
       if (cost < best_cost) {
@@ -118,15 +118,15 @@ KVBudgetPlan plan_kv_budget(LlamaForCausalLM& model, KVProjection& proj,
       }
     }
     CONDENSE_CHECK(best >= 0, "kv budget: no unit left to shrink above the budget");  // budget >= lowest
-    total -= static_cast<double>(ranks[at[best]] - ranks[at[best] - 1]);
-    --at[best];
+    total -= static_cast<double>(ranks[pick[best]] - ranks[pick[best] - 1]);
+    --pick[best];
   }
   plan.key_ranks.resize(layers);
   plan.value_ranks.resize(layers);
   for (int64_t l = 0; l < layers; ++l) {
-    plan.key_ranks[l] = ranks[at[2 * l]];
-    plan.value_ranks[l] = ranks[at[2 * l + 1]];
-    plan.predicted_increase += increase[2 * l][at[2 * l]] + increase[2 * l + 1][at[2 * l + 1]];
+    plan.key_ranks[l] = ranks[pick[2 * l]];
+    plan.value_ranks[l] = ranks[pick[2 * l + 1]];
+    plan.predicted_kl += increase[2 * l][pick[2 * l]] + increase[2 * l + 1][pick[2 * l + 1]];
   }
   plan.share = total / static_cast<double>(2 * layers * d);
   proj.set_layer_ranks(plan.key_ranks, plan.value_ranks);

@@ -31,7 +31,7 @@ struct KVBudgetPlan {
   std::vector<int64_t> key_ranks, value_ranks;  // per layer
   double share = 1;              // cached coordinates / full rank's (<= the budget)
   double base_loss = 0;          // calibration loss at full rank
-  double predicted_increase = 0; // sum of the chosen units' divergences (nats)
+  double predicted_kl = 0; // sum of the chosen units' divergences (nats)
   // increase[u][i]: KL(full || reduced) with unit u (2l: keys of layer l, 2l + 1: its values)
   // alone at nested rank i (ascending; the last, full rank, is 0).
   std::vector<std::vector<double>> increase;

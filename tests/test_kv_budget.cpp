@@ -95,7 +95,7 @@ TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
     EXPECT_NEAR(plan.share, cached / 32.0, 1e-12);
     EXPECT_LE(plan.share, budget + 1e-12) << budget;
     EXPECT_GT(plan.share, budget - 2.0 / 32.0) << budget;  // within one step of 2 coordinates
-    EXPECT_NEAR(plan.predicted_increase, predicted, 1e-12);
+    EXPECT_NEAR(plan.predicted_kl, predicted, 1e-12);
     if (budget == 1.0) EXPECT_EQ(plan.key_ranks, (std::vector<int64_t>{8, 8}));
     if (budget == 0.25) EXPECT_EQ(plan.value_ranks, (std::vector<int64_t>{2, 2}));
     // The projection now caches the planned widths: 2 KV heads x (key + value rank) floats.
