@@ -31,6 +31,9 @@ struct RecoveryConfig {
   int64_t candidates = 2000;         // windows scored; 0: the whole split
   int64_t clusters = 8;              // paser
   int64_t kv_rank = 0;               // kv_project: the rank validation uses (0: head_dim / 2)
+  // cskv: CSKV's exact window of recent positions during training and validation (0: none);
+  // give the same --kv-window at inference (compressors/cskv.h).
+  int64_t kv_window = 0;
 };
 
 // `distill:` logit (and optionally hidden-state) distillation from a frozen teacher.

@@ -117,6 +117,8 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   // Everything the recipe can get wrong is checked before start_run writes the run directory.
   Checkpoint init = Checkpoint::open(cfg_in.init);
   const RecoveryConfig& rc = cfg_in.recovery;
+  CONDENSE_CHECK(rc.kv_window == 0 || rc.method == "cskv", "recovery.kv_window {} applies to "
+                 "recovery.method cskv, not {}", rc.kv_window, rc.method);
   // Before the models: count them (CUDA runs read the caching allocator's statistics).
   if (cfg_in.memory.meter && device_type_name(cfg_in.train.device) == "cpu")
     install_counting_cpu_allocator();
@@ -193,6 +195,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   if (low_rank) {
     low_rank->to(run.device, model->lm_head_weight().scalar_type());
     low_rank->make_trainable();
+    low_rank->set_window(rc.kv_window);
   }
   spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
                cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
@@ -224,10 +227,14 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     int64_t n = 0;
     for (const auto& p : t.modules) n += p.second.numel();
     spdlog::info("recovery cskv: low-rank K/V factors (key rank {}, value rank {}; {:.4f}M "
-                 "parameters) trained on {}; validation reports the compressed model's loss",
+                 "parameters) trained on {}; validation reports the compressed model's loss{}",
                  low_rank->key_rank(), low_rank->value_rank(), n / 1e6,
                  distill ? "the distillation loss through the frozen model"
-                         : "layer-wise reconstruction of keys and values");
+                         : "layer-wise reconstruction of keys and values",
+                 rc.kv_window > 0 ? fmt::format(" with a recent window of {} positions (use "
+                                                "--kv-window {} at inference)", rc.kv_window,
+                                                rc.kv_window)
+                                  : "");
   }
   for (auto& [name, m] : masks.entries()) t.state[name] = m;
   if (!masks.empty()) {

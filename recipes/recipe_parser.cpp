@@ -189,7 +189,8 @@ SectionBinding recovery_section(RecoveryConfig& r) {
            bind_real("budget", r.budget, unit_interval()),
            bind_int("candidates", r.candidates, at_least(0)),
            bind_int("clusters", r.clusters, at_least(1)),
-           bind_int("kv_rank", r.kv_rank, at_least(0))}};
+           bind_int("kv_rank", r.kv_rank, at_least(0)),
+           bind_int("kv_window", r.kv_window, at_least(0))}};
 }
 
 SectionBinding distill_section(DistillConfig& d) {

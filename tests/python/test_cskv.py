@@ -164,8 +164,10 @@ def test_training_moves_only_the_factors_and_resumes_bitwise(small_store, traine
             assert np.array_equal(x[n][()], y[n][()]), n
 
     c = tmp_path / "c"
-    res = train_cskv(small_store, low_rank, c, "kind=distill", f"distill.teacher={trained[0]}", steps=2)
+    res = train_cskv(small_store, low_rank, c, "kind=distill", f"distill.teacher={trained[0]}",
+                     "recovery.kv_window=4", steps=2)
     assert "distillation loss through the frozen model" in res.stderr, res.stderr
+    assert "recent window of 4 positions" in res.stderr, res.stderr
     new, _, _ = model_tensors(c / "checkpoints" / "step_000002.h5")
     for k in orig:
         assert np.array_equal(new[k], orig[k]), k
@@ -199,5 +201,9 @@ def test_other_misuse_fails_clearly(small_store, trained, low_rank, tmp_path):
     out = tmp_path / "r"
     res = train_cskv(small_store, trained[0], out, check=False)
     assert res.returncode == 1 and "has none; make them with" in res.stderr, res.stderr
+    assert not out.exists()
+    res = run("train", SOURCE / "recipes" / "kv_project.yaml", f"init={trained[0]}",
+              f"distill.teacher={trained[0]}", f"out_dir={out}", "recovery.kv_window=4", check=False)
+    assert res.returncode == 1 and "recovery.kv_window 4 applies to recovery.method cskv" in res.stderr, res.stderr
     assert not out.exists()
     assert not (tmp_path / "y.h5").exists() and not (tmp_path / "z.h5").exists()
