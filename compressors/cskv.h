@@ -36,8 +36,9 @@
 //
 // An optional window keeps the most recent tokens exact (CSKV's bi-branch cache): a query
 // reads the original keys and values of its last `window` positions and the rebuilt ones of
-// older positions; chosen at inference (--kv-window), a fixed window - 1 positions of full keys
-// and values beside the latents.
+// older positions; chosen at inference (--kv-window) and, for training by distillation, with
+// recovery.kv_window; it costs a fixed window - 1 positions of full keys and values beside the
+// latents.
 //
 // Stored in checkpoints as cskv/layers.<i>.key_down (A_k), .key_up (B_k), .value_down,
 // .value_up, float32. Export multiplies them out (fold_into): a plain Llama whose k_proj /
