@@ -178,8 +178,9 @@ std::pair<std::vector<int64_t>, std::vector<int64_t>> KVProjection::sampled_rank
 void KVProjection::sample_ranks(at::Generator& gen) {
   const int64_t d = head_dim_;
   const std::vector<int64_t> nested = {std::max<int64_t>(1, d / 4), std::max<int64_t>(1, d / 2),
-                                       std::max<int64_t>(1, 3 * d / 4), d};  // with repeats:
-  // the draw stays uniform over the four quarters whatever d is (and bitwise what it was)
+                                       std::max<int64_t>(1, 3 * d / 4), d};
+  // Four entries even where a tiny head_dim repeats one (nested_ranks() drops repeats): the draw
+  // stays uniform over the four quarters and draws what earlier runs drew.
   at::Tensor ref = bases_[0].first;
   at::Tensor cols = at::arange(d, ref.options().dtype(at::kLong)).view({1, 1, d});
   at::Tensor choices = at::tensor(nested, at::kLong).to(ref.device());

@@ -29,23 +29,10 @@ namespace {
 
 LlamaConfig tiny(int64_t heads, int64_t kv) { return test::tiny_llama(heads, kv); }
 
-std::vector<at::Tensor> windows() {
-  at::manual_seed(11);
-  std::vector<at::Tensor> out;
-  for (int i = 0; i < 4; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
-  return out;
-}
-
-at::Tensor logits(LlamaForCausalLM& m, const at::Tensor& ids) {
-  at::NoGradGuard g;
-  m->eval();
-  return m->forward(ids);
-}
-
 std::shared_ptr<LowRankKV> low_rank(LlamaForCausalLM& m, int64_t rk, int64_t rv,
                                     const std::string& init) {
   CalibrationStats stats;
-  if (init != "svd") stats = calibrate(m, windows(), low_rank_kv_gram_weights(m->config()));
+  if (init != "svd") stats = calibrate(m, test::token_windows(4), low_rank_kv_gram_weights(m->config()));
   return LowRankKV::from_model(m, {rk, rv, init}, init == "svd" ? nullptr : &stats);
 }
 
@@ -57,12 +44,12 @@ TEST(Cskv, FullRankEqualsTheOriginal) {
       at::manual_seed(2);
       LlamaForCausalLM m(tiny(heads, kv));
       at::Tensor ids = at::randint(0, 61, {2, 20}, at::kLong);
-      at::Tensor ref = logits(m, ids);
+      at::Tensor ref = test::eval_logits(m, ids);
       const int64_t full = std::min<int64_t>(32, kv * 8);
       m->set_kv_hook(low_rank(m, full, full, init));
-      EXPECT_LT(max_diff(logits(m, ids), ref), 1e-5) << heads << "/" << kv << " " << init;
+      EXPECT_LT(max_diff(test::eval_logits(m, ids), ref), 1e-5) << heads << "/" << kv << " " << init;
       m->set_kv_hook(low_rank(m, 3, 5, init));
-      EXPECT_GT(max_diff(logits(m, ids), ref), 1e-3);
+      EXPECT_GT(max_diff(test::eval_logits(m, ids), ref), 1e-3);
     }
   }
 }
@@ -70,7 +57,7 @@ TEST(Cskv, FullRankEqualsTheOriginal) {
 TEST(Cskv, FactorErrorIsTheDiscardedSingularValues) {
   at::manual_seed(3);
   LlamaForCausalLM m(tiny(4, 4));
-  CalibrationStats stats = calibrate(m, windows(), low_rank_kv_gram_weights(m->config()));
+  CalibrationStats stats = calibrate(m, test::token_windows(4), low_rank_kv_gram_weights(m->config()));
   const int64_t r = 12;
   std::map<std::string, double> data_error;  // init -> sum over layers of ||X (W^T - A B)||^2
   for (std::string init : {"svd", "asvd", "whiten"}) {
@@ -115,10 +102,7 @@ TEST(Cskv, CacheStoresLatentsAndDecodesExactly) {
   at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
   at::Tensor full = m->forward(ids);
   KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat));
-  std::vector<at::Tensor> parts;
-  parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, 9), {}, &cache})));
-  for (int64_t i = 9; i < 21; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
-  EXPECT_LT(max_diff(at::cat(parts, 1), full), 1e-5);
+  EXPECT_LT(max_diff(test::decode_logits(m, ids, cache, 9), full), 1e-5);
   // 2 layers x one latent of 5 + 3 floats (not 2 KV heads x 2 x 8).
   EXPECT_EQ(cache.bytes_per_token(), 2 * (5 + 3) * 4);
   // int8 latents (keys per channel in groups of 4 positions): chunked prefill = token by token.
@@ -126,9 +110,7 @@ TEST(Cskv, CacheStoresLatentsAndDecodesExactly) {
   at::Tensor a = m->logits(prefill(m, ids, q8));
   EXPECT_LT(max_diff(a, full), 5e-2);
   KVCache q8b(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), {KVCacheType::kInt8, 4});
-  parts.clear();
-  for (int64_t i = 0; i < 21; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &q8b})));
-  EXPECT_LT(max_diff(at::cat(parts, 1), a), 1e-5);
+  EXPECT_LT(max_diff(test::decode_logits(m, ids, q8b, 0), a), 1e-5);
   EXPECT_EQ(q8.bytes_per_token(), 2 * (5 + 8 * 5 / 4.0 + 3 + 8));
 }
 
@@ -136,29 +118,24 @@ TEST(Cskv, RecentWindowIsExactAndDecodesLikeTheForward) {
   at::manual_seed(8);
   LlamaForCausalLM m(tiny(4, 2));
   at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
-  at::Tensor original = logits(m, ids);
+  at::Tensor original = test::eval_logits(m, ids);
   auto low = low_rank(m, 3, 5, "whiten");
   m->set_kv_hook(low);
-  at::Tensor rebuilt = logits(m, ids);
+  at::Tensor rebuilt = test::eval_logits(m, ids);
   // A window covering every position reads only original keys and values: the original model.
   low->set_window(21);
-  EXPECT_LT(max_diff(logits(m, ids), original), 1e-5);
+  EXPECT_LT(max_diff(test::eval_logits(m, ids), original), 1e-5);
   // Window 1: each query reads its own position exactly and the rest rebuilt.
   for (int64_t w : {1, 4}) {
     low->set_window(w);
-    at::Tensor full = logits(m, ids);
+    at::Tensor full = test::eval_logits(m, ids);
     EXPECT_GT(max_diff(full, rebuilt), 1e-4) << w;
     EXPECT_GT(max_diff(full, original), 1e-4) << w;
     at::NoGradGuard g;
     for (KVCacheOptions kind : {KVCacheOptions{}, KVCacheOptions{KVCacheType::kInt8, 4}}) {
       KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), kind);
-      std::vector<at::Tensor> parts;
-      if (kind.type == KVCacheType::kFp)
-        parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, 9), {}, &cache})));
-      for (int64_t i = kind.type == KVCacheType::kFp ? 9 : 0; i < 21; ++i)
-        parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
-      const double tol = kind.type == KVCacheType::kFp ? 1e-5 : 5e-2;
-      EXPECT_LT(max_diff(at::cat(parts, 1), full), tol) << w;
+      const bool fp = kind.type == KVCacheType::kFp;  // int8 appends may not cross a group
+      EXPECT_LT(max_diff(test::decode_logits(m, ids, cache, fp ? 9 : 0), full), fp ? 1e-5 : 5e-2) << w;
       // The latents per token, plus w - 1 positions of 2 KV heads x 8 keys and values per layer.
       EXPECT_EQ(cache.window_bytes(), 2 * (w - 1) * 2 * 2 * 8 * 4) << w;
     }
@@ -177,10 +154,10 @@ TEST(Cskv, FoldedPlainLlamaMatches) {
   auto low = low_rank(m, 6, 4, "asvd");
   m->set_kv_hook(low);
   at::Tensor ids = at::randint(0, 61, {2, 20}, at::kLong);
-  at::Tensor hooked = logits(m, ids);
+  at::Tensor hooked = test::eval_logits(m, ids);
   low->fold_into(m);
   m->set_kv_hook(nullptr);
-  EXPECT_LT(max_diff(logits(m, ids), hooked), 1e-5);
+  EXPECT_LT(max_diff(test::eval_logits(m, ids), hooked), 1e-5);
 }
 
 TEST(CskvTraining, ReconstructionLossTrainsOnlyTheFactors) {

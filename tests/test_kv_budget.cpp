@@ -22,13 +22,6 @@
 namespace condense {
 namespace {
 
-std::vector<at::Tensor> windows(int64_t seed) {
-  at::manual_seed(seed);
-  std::vector<at::Tensor> out;
-  for (int i = 0; i < 2; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
-  return out;
-}
-
 // Next-token log-probabilities [windows, B, T - 1, V] in double.
 at::Tensor log_probs_of(LlamaForCausalLM& m, const std::vector<at::Tensor>& win) {
   at::NoGradGuard g;
@@ -53,14 +46,14 @@ struct Fixture {
     at::manual_seed(21);
     m = LlamaForCausalLM(test::tiny_llama(4, 2));
     m->eval();
-    proj = KVProjection::from_calibration(m, windows(5));
+    proj = KVProjection::from_calibration(m, test::token_windows(2, 5));
     m->set_kv_hook(proj);
   }
 };
 
 TEST(KVBudget, SensitivityIsEachUnitsLossIncrease) {
   Fixture f;
-  std::vector<at::Tensor> win = windows(6);
+  std::vector<at::Tensor> win = test::token_windows(2, 6);
   KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, win, 0.5);
   ASSERT_EQ(plan.nested, (std::vector<int64_t>{2, 4, 6, 8}));
   ASSERT_EQ(plan.increase.size(), 4u);
@@ -81,7 +74,7 @@ TEST(KVBudget, SensitivityIsEachUnitsLossIncrease) {
 TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
   for (double budget : {0.25, 0.4, 0.5, 0.8, 1.0}) {
     Fixture f;
-    KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, windows(6), budget);
+    KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, test::token_windows(2, 6), budget);
     double cached = 0, predicted = 0;
     for (int64_t l = 0; l < 2; ++l) {
       for (int64_t part = 0; part < 2; ++part) {
@@ -111,7 +104,7 @@ TEST(KVBudget, BudgetsOutsideTheNestedRangeAreRefused) {
   EXPECT_DOUBLE_EQ(min_kv_budget(*f.proj), 0.25);
   for (double bad : {0.2, 1.5, 0.0}) {
     try {
-      plan_kv_budget(f.m, *f.proj, windows(6), bad);
+      plan_kv_budget(f.m, *f.proj, test::token_windows(2, 6), bad);
       ADD_FAILURE() << bad;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("valid is 0.25..1"), std::string::npos) << e.what();

@@ -28,26 +28,13 @@ std::string w(int64_t layer, const char* proj) {
   return "model.layers." + std::to_string(layer) + ".self_attn." + proj + ".weight";
 }
 
-at::Tensor logits(LlamaForCausalLM& m, const at::Tensor& ids) {
-  at::NoGradGuard g;
-  m->eval();
-  return m->forward(ids);
-}
-
-std::vector<at::Tensor> windows(int64_t n) {
-  at::manual_seed(11);
-  std::vector<at::Tensor> out;
-  for (int64_t i = 0; i < n; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
-  return out;
-}
-
 double kl(const at::Tensor& ref, const at::Tensor& got) {
   at::Tensor p = at::log_softmax(ref, -1), q = at::log_softmax(got, -1);
   return (p.exp() * (p - q)).sum(-1).mean().item<double>();
 }
 
 CalibrationStats grams(LlamaForCausalLM& m) {
-  return calibrate(m, windows(4), kv_merge_gram_weights(m->config()));
+  return calibrate(m, test::token_windows(4), kv_merge_gram_weights(m->config()));
 }
 
 // Makes every odd KV head a representable image of the even one before it: keys by a complex
@@ -77,16 +64,16 @@ TEST(KVMerge, SvdMergeOfRepresentableHeadsKeepsLogitsAtEveryPosition) {
     LlamaForCausalLM m(tiny(heads, kv));
     make_pairs_mergeable(m);
     at::Tensor ids = at::randint(0, 61, {2, 24}, at::kLong);
-    at::Tensor ref = logits(m, ids);
+    at::Tensor ref = test::eval_logits(m, ids);
     CalibrationStats st = grams(m);
     LlamaForCausalLM svd = merge_kv_heads(m, {kv / 2, "svd"}, &st);
     EXPECT_EQ(svd->config().kv_heads(), kv / 2);
     EXPECT_EQ(svd->config().num_attention_heads, heads);
-    EXPECT_LT((logits(svd, ids) - ref).abs().max().item<double>(), 2e-5) << heads << "/" << kv;
+    EXPECT_LT((test::eval_logits(svd, ids) - ref).abs().max().item<double>(), 2e-5) << heads << "/" << kv;
     LlamaForCausalLM mean = merge_kv_heads(m, {kv / 2, "mean"}, nullptr);
-    EXPECT_GT((logits(mean, ids) - ref).abs().max().item<double>(), 1e-2);
+    EXPECT_GT((test::eval_logits(mean, ids) - ref).abs().max().item<double>(), 1e-2);
     // The source model is unchanged.
-    EXPECT_TRUE(at::equal(logits(m, ids), ref));
+    EXPECT_TRUE(at::equal(test::eval_logits(m, ids), ref));
   }
 }
 
@@ -115,18 +102,18 @@ TEST(KVMerge, SvdIsNoWorseThanMeanOnAGenericModel) {
   LlamaForCausalLM m(tiny(8, 8));
   CalibrationStats st = grams(m);
   at::Tensor ids = at::randint(0, 61, {4, 16}, at::kLong);
-  at::Tensor ref = logits(m, ids);
+  at::Tensor ref = test::eval_logits(m, ids);
   for (int64_t kn : {4, 2, 1}) {
     LlamaForCausalLM svd = merge_kv_heads(m, {kn, "svd"}, &st);
     LlamaForCausalLM mean = merge_kv_heads(m, {kn, "mean"}, nullptr);
-    EXPECT_LT(kl(ref, logits(svd, ids)), kl(ref, logits(mean, ids))) << kn;
+    EXPECT_LT(kl(ref, test::eval_logits(svd, ids)), kl(ref, test::eval_logits(mean, ids))) << kn;
   }
 }
 
 TEST(KVMerge, CalibrationRecordsInputGrams) {
   at::manual_seed(4);
   LlamaForCausalLM m(tiny(4, 2));
-  std::vector<at::Tensor> win = windows(2);
+  std::vector<at::Tensor> win = test::token_windows(2);
   // The k_proj input of layer 0 is the first RMSNorm of the embeddings.
   at::Tensor x;
   {

@@ -31,19 +31,6 @@ namespace {
 
 LlamaConfig tiny(int64_t heads, int64_t kv) { return test::tiny_llama(heads, kv); }
 
-std::vector<at::Tensor> windows() {
-  at::manual_seed(11);
-  std::vector<at::Tensor> out;
-  for (int i = 0; i < 4; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
-  return out;
-}
-
-at::Tensor logits(LlamaForCausalLM& m, const at::Tensor& ids) {
-  at::NoGradGuard g;
-  m->eval();
-  return m->forward(ids);
-}
-
 // Keys after RoPE of every layer [B, Hkv, T, d], as the model computes them.
 class KeyTap : public KVHook {
  public:
@@ -60,24 +47,24 @@ TEST(KVProject, FullRankEqualsTheOriginalAndBasesAreOrthonormal) {
     at::manual_seed(2);
     LlamaForCausalLM m(tiny(heads, kv));
     at::Tensor ids = at::randint(0, 61, {2, 20}, at::kLong);
-    at::Tensor ref = logits(m, ids);
-    auto proj = KVProjection::from_calibration(m, windows());
+    at::Tensor ref = test::eval_logits(m, ids);
+    auto proj = KVProjection::from_calibration(m, test::token_windows(4));
     EXPECT_FALSE(m->kv_hook());  // calibration leaves no hook behind
     for (const auto& [name, u] : proj->entries()) {
       at::Tensor eye = at::eye(8).expand({kv, 8, 8});
       EXPECT_LT((at::matmul(u.transpose(1, 2), u) - eye).abs().max().item<double>(), 1e-5) << name;
     }
     m->set_kv_hook(proj);
-    EXPECT_LT((logits(m, ids) - ref).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
+    EXPECT_LT((test::eval_logits(m, ids) - ref).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
     proj->set_rank(4, 4);
-    EXPECT_GT((logits(m, ids) - ref).abs().max().item<double>(), 1e-3);
+    EXPECT_GT((test::eval_logits(m, ids) - ref).abs().max().item<double>(), 1e-3);
   }
 }
 
 TEST(KVProject, KeyReconstructionErrorIsTheDiscardedEigenvalues) {
   at::manual_seed(3);
   LlamaForCausalLM m(tiny(4, 2));
-  std::vector<at::Tensor> win = windows();
+  std::vector<at::Tensor> win = test::token_windows(4);
   auto proj = KVProjection::from_calibration(m, win);
   auto tap = std::make_shared<KeyTap>();
   m->set_kv_hook(tap);
@@ -108,7 +95,7 @@ TEST(KVProject, KeyReconstructionErrorIsTheDiscardedEigenvalues) {
 TEST(KVProject, ReducedRankCachesFewerCoordinatesAndDecodesExactly) {
   at::manual_seed(4);
   LlamaForCausalLM m(tiny(4, 2));
-  auto proj = KVProjection::from_calibration(m, windows());
+  auto proj = KVProjection::from_calibration(m, test::token_windows(4));
   proj->set_rank(3, 5);
   m->set_kv_hook(proj);
   m->eval();
@@ -116,10 +103,7 @@ TEST(KVProject, ReducedRankCachesFewerCoordinatesAndDecodesExactly) {
   at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
   at::Tensor full = m->forward(ids);
   KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat));
-  std::vector<at::Tensor> parts;
-  parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, 9), {}, &cache})));
-  for (int64_t i = 9; i < 21; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
-  EXPECT_LT((at::cat(parts, 1) - full).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((test::decode_logits(m, ids, cache, 9) - full).abs().max().item<double>(), 1e-5);
   // 2 layers x 2 KV heads x (3 + 5) floats.
   EXPECT_EQ(cache.bytes_per_token(), 2 * 2 * (3 + 5) * 4);
   KVCache q8(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), {KVCacheType::kInt8, 4});
@@ -132,7 +116,7 @@ TEST(KVProject, CheckpointEntriesRoundTripAndBadInputIsRefused) {
   at::manual_seed(6);
   LlamaConfig c = tiny(4, 2);
   LlamaForCausalLM m(c);
-  auto proj = KVProjection::from_calibration(m, windows());
+  auto proj = KVProjection::from_calibration(m, test::token_windows(4));
   const std::string path = (std::filesystem::temp_directory_path() / "kv_project_test.h5").string();
   {
     H5File f = H5File::create(path);
@@ -164,7 +148,7 @@ TEST(KVProjectTraining, CayleyBasesStayOrthogonalAndFullRankStaysExact) {
   at::manual_seed(7);
   LlamaForCausalLM m(tiny(4, 2));
   for (auto& p : m->parameters()) p.requires_grad_(false);
-  auto proj = KVProjection::from_calibration(m, windows());
+  auto proj = KVProjection::from_calibration(m, test::token_windows(4));
   const auto pca = proj->entries();
   proj->make_trainable();
   m->set_kv_hook(proj);
@@ -195,9 +179,9 @@ TEST(KVProjectTraining, CayleyBasesStayOrthogonalAndFullRankStaysExact) {
   EXPECT_GT(moved, 1e-2);  // training did move the bases
   at::Tensor test_ids = at::randint(0, 61, {2, 20}, at::kLong);
   proj->set_rank(8, 8);
-  at::Tensor with = logits(m, test_ids);
+  at::Tensor with = test::eval_logits(m, test_ids);
   m->set_kv_hook(nullptr);
-  EXPECT_LT((with - logits(m, test_ids)).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((with - test::eval_logits(m, test_ids)).abs().max().item<double>(), 1e-5);
 
   // A checkpoint with generators loads as the composed bases.
   const std::string path = (std::filesystem::temp_directory_path() / "kv_project_trained.h5").string();
@@ -215,7 +199,7 @@ TEST(KVProjectTraining, CayleyBasesStayOrthogonalAndFullRankStaysExact) {
 TEST(KVProjectTraining, SampledRanksAreNestedTruncations) {
   at::manual_seed(8);
   LlamaForCausalLM m(tiny(4, 2));
-  auto proj = KVProjection::from_calibration(m, windows());
+  auto proj = KVProjection::from_calibration(m, test::token_windows(4));
   const auto bases = proj->entries();
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(3);
   std::set<int64_t> seen;

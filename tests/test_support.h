@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "model/kv_cache.h"
+#include "model/llama.h"
 #include "model/llama_config.h"
 
 namespace condense::test {
@@ -38,6 +40,34 @@ inline LlamaConfig tiny_llama(int64_t heads, int64_t kv_heads, int64_t vocab = 6
   c.tie_word_embeddings = false;
   c.finalize();
   return c;
+}
+
+// `count` random token windows [2, 16] over tiny_llama's vocabulary, seeded (calibration and
+// scoring inputs of the KV-compression tests).
+inline std::vector<at::Tensor> token_windows(int64_t count, uint64_t seed = 11) {
+  at::manual_seed(seed);
+  std::vector<at::Tensor> out;
+  for (int64_t i = 0; i < count; ++i) out.push_back(at::randint(0, 61, {2, 16}, at::kLong));
+  return out;
+}
+
+// Logits of `ids` in eval mode without gradients.
+inline at::Tensor eval_logits(LlamaForCausalLM& m, const at::Tensor& ids) {
+  at::NoGradGuard g;
+  m->eval();
+  return m->forward(ids);
+}
+
+// Logits of ids [B, T] decoded through `cache`: the first `prefix` positions in one forward
+// (none when 0), then one position per forward, as generation runs.
+inline at::Tensor decode_logits(LlamaForCausalLM& m, const at::Tensor& ids, KVCache& cache,
+                                int64_t prefix) {
+  at::NoGradGuard g;
+  std::vector<at::Tensor> parts;
+  if (prefix > 0) parts.push_back(m->logits(m->hidden({ids.narrow(1, 0, prefix), {}, &cache})));
+  for (int64_t i = prefix; i < ids.size(1); ++i)
+    parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
+  return at::cat(parts, 1);
 }
 
 // Every tensor of `a` equal to its partner in `b` (values, on any device).

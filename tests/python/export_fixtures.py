@@ -4,6 +4,7 @@ held-out text (`condense score --full`), and readers for condense checkpoints.""
 import json
 import os
 import pathlib
+import shutil
 
 import h5py
 import numpy as np
@@ -44,6 +45,27 @@ def score(source, text_path, *extra):
     ids = [p["id"] for p in j["positions"]] + [j["positions"][-1]["next_id"]]
     lp = np.array([p["logprobs"] for p in j["positions"]], dtype=np.float64)
     return ids, lp, j
+
+
+def start_from_step(src_run, dst_run, step):
+    """dst_run/checkpoints holding only src_run's checkpoint of `step` as latest: a run to resume
+    from there, for bitwise-resume tests."""
+    name = f"step_{step:06d}.h5"
+    (dst_run / "checkpoints").mkdir(parents=True)
+    shutil.copy(src_run / "checkpoints" / name, dst_run / "checkpoints" / name)
+    (dst_run / "checkpoints" / "latest").write_text(name + "\n")
+
+
+def assert_same_datasets(fa, fb, prefixes, at_least):
+    """Every dataset of checkpoint fa under one of `prefixes` bitwise equal in fb; at least
+    `at_least` of them (so a renamed group cannot pass by comparing nothing)."""
+    with h5py.File(fa, "r") as x, h5py.File(fb, "r") as y:
+        names = []
+        x.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        compared = [n for n in names if n.startswith(tuple(prefixes))]
+        assert len(compared) >= at_least, compared
+        for n in compared:
+            assert np.array_equal(x[n][()], y[n][()]), n
 
 
 def model_tensors(h5_path):

@@ -11,14 +11,14 @@ model stays bitwise), lowers the reconstruction loss and resumes bitwise; as kin
 trains them end to end. Bad options fail naming the option, with nothing written.
 """
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import run
-from export_fixtures import SOURCE, model_tensors, score, trained  # noqa: F401 (fixture)
+from export_fixtures import (SOURCE, assert_same_datasets, model_tensors, score, start_from_step,  # noqa: F401
+                             trained)
 from test_kv_compress import llama_cpp
 
 transformers = pytest.importorskip("transformers")
@@ -151,17 +151,9 @@ def test_training_moves_only_the_factors_and_resumes_bitwise(small_store, traine
     assert len(curve) >= 6 and curve[-1] < curve[0], curve
 
     b = tmp_path / "b"
-    (b / "checkpoints").mkdir(parents=True)
-    shutil.copy(a / "checkpoints" / "step_000002.h5", b / "checkpoints" / "step_000002.h5")
-    (b / "checkpoints" / "latest").write_text("step_000002.h5\n")
+    start_from_step(a, b, 2)
     train_cskv(small_store, init, b, "--resume", steps=6)
-    with h5py.File(fa, "r") as x, h5py.File(b / "checkpoints" / "step_000006.h5", "r") as y:
-        names = []
-        x.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        compared = [n for n in names if n.startswith(("cskv/", "optimizer/"))]
-        assert len(compared) >= 8
-        for n in compared:
-            assert np.array_equal(x[n][()], y[n][()]), n
+    assert_same_datasets(fa, b / "checkpoints" / "step_000006.h5", ("cskv/", "optimizer/"), 8)
 
     c = tmp_path / "c"
     res = train_cskv(small_store, low_rank, c, "kind=distill", f"distill.teacher={trained[0]}",

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from conftest import run
-from export_fixtures import SOURCE, model_tensors, score, trained  # noqa: F401 (fixture)
+from export_fixtures import (SOURCE, assert_same_datasets, model_tensors, score, start_from_step,  # noqa: F401
+                             trained)
 from test_minitron_export import CHILD, field_value
 
 transformers = pytest.importorskip("transformers")
@@ -292,7 +293,6 @@ def test_kv_project_training_freezes_the_model_and_resumes_bitwise(small_store, 
     weights stay bitwise, the trained bases stay orthonormal, full rank stays exact, and a run
     resumed from step 2 ends bitwise equal to the uninterrupted one (the rank draws included)."""
     import h5py
-    import shutil
     a = tmp_path / "a"
     res = train_projection(small_store, projected, trained[0], a)
     assert "0.0000M of the model's" in res.stderr, res.stderr
@@ -315,18 +315,9 @@ def test_kv_project_training_freezes_the_model_and_resumes_bitwise(small_store, 
     assert np.abs(lp_full - lp_orig).max() <= 1e-5
 
     b = tmp_path / "b"
-    (b / "checkpoints").mkdir(parents=True)
-    shutil.copy(a / "checkpoints" / "step_000002.h5", b / "checkpoints" / "step_000002.h5")
-    (b / "checkpoints" / "latest").write_text("step_000002.h5\n")
+    start_from_step(a, b, 2)
     train_projection(small_store, projected, trained[0], b, "--resume")
-    fb = b / "checkpoints" / "step_000004.h5"
-    with h5py.File(fa, "r") as x, h5py.File(fb, "r") as y:
-        names = []
-        x.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-        compared = [n for n in names if n.startswith(("kv_proj/", "optimizer/"))]
-        assert len(compared) >= 8
-        for n in compared:
-            assert np.array_equal(x[n][()], y[n][()]), n
+    assert_same_datasets(fa, b / "checkpoints" / "step_000004.h5", ("kv_proj/", "optimizer/"), 8)
 
 
 def test_kv_project_training_needs_projections(small_store, trained, tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from conftest import run
 from export_fixtures import QUICKSTART as QUICKSTART_PATH
-from export_fixtures import score, train_tiny
+from export_fixtures import score, start_from_step, train_tiny
 
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
@@ -210,9 +210,7 @@ def test_adapter_resume_is_bitwise(small_store, base, wanda, tmp_path, method):
     a = tmp_path / "a"
     recover(small_store, init, a, *extra, "checkpoint.every=2", steps=4)
     b = tmp_path / "b"
-    (b / "checkpoints").mkdir(parents=True)
-    shutil.copy(a / "checkpoints" / "step_000002.h5", b / "checkpoints" / "step_000002.h5")
-    (b / "checkpoints" / "latest").write_text("step_000002.h5\n")
+    start_from_step(a, b, 2)
     recover(small_store, init, b, *extra, "checkpoint.every=2", "--resume", steps=4)
     fa, fb = a / "checkpoints" / "step_000004.h5", b / "checkpoints" / "step_000004.h5"
     compared = 0
