@@ -53,3 +53,17 @@ struct DistillConfig {
 };
 
 }  // namespace condense
+
+// `context:` of a context_compressor recipe (compressors/context_arc.h): a trainable encoder
+// that hands the frozen decoder (init) a few vectors in place of a chunk of tokens. Training
+// windows of data.seq_len tokens are laid out as [prefix_len plain tokens][chunk_len tokens
+// compressed][the rest: continuation, with loss].
+struct ContextConfig {
+  std::string method = "arc";           // arc (ARC-style encoder)
+  int64_t encoder_layers = 2;           // the decoder's first layers, copied into the encoder
+  int64_t pooling_factor = 4;           // tokens per compressed vector
+  int64_t bottleneck = 0;               // projector's inner width (0: the decoder's hidden size)
+  int64_t chunk_len = 64;               // tokens compressed per window
+  int64_t prefix_len = 0;               // plain tokens before the compressed chunk
+  double reconstruction_share = 0.2;    // share of steps that train reconstruction
+};

@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/token_store.h"
+#include "launch/context_commands.h"
 #include "launch/io_commands.h"
 #include "launch/prune_command.h"
 #include "model/generate.h"
@@ -274,6 +275,8 @@ int run(int argc, char** argv) {
   add_io_commands(app, io_args);
   PruneArgs prune_args;
   add_prune_command(app, prune_args);
+  ContextArgs context_args;
+  add_context_commands(app, context_args);
 
   CLI11_PARSE(app, argc, argv);
   init_logging(0, 1, verbose);
@@ -294,6 +297,7 @@ int run(int argc, char** argv) {
   }
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
+  if (int rc = run_context_command(context_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank,
                                       kv_budget, kv_window);
   if (gen->parsed()) {

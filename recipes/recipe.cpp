@@ -1,6 +1,7 @@
 #include "recipes/recipe.h"
 
 #include "core/error.h"
+#include "recipes/context_compressor.h"
 #include "recipes/finetune.h"
 #include "recipes/pretrain.h"
 
@@ -11,6 +12,8 @@ const std::vector<RecipeKind>& recipe_kinds() {
       {"pretrain", "next-token training of a Llama model on a corpus", run_pretrain},
       {"finetune", "recovery training of a (pruned) init checkpoint: full, LoRA or PERP", run_finetune},
       {"distill", "finetune against a frozen teacher's logits (and hidden states)", run_distill},
+      {"context_compressor", "a context encoder (context.method) trained against the frozen decoder init",
+       run_context_compressor},
   };
   return kinds;
 }

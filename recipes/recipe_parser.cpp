@@ -206,6 +206,17 @@ SectionBinding distill_section(DistillConfig& d) {
            bind_string_list("hidden_layers", d.hidden_layers)}};
 }
 
+SectionBinding context_section(ContextConfig& c) {
+  return {"context",
+          {bind_string("method", c.method, {"arc"}),
+           bind_int("encoder_layers", c.encoder_layers, at_least(1)),
+           bind_int("pooling_factor", c.pooling_factor, at_least(1)),
+           bind_int("bottleneck", c.bottleneck, at_least(0)),
+           bind_int("chunk_len", c.chunk_len, at_least(1)),
+           bind_int("prefix_len", c.prefix_len, at_least(0)),
+           bind_real("reconstruction_share", c.reconstruction_share, between(0, 1))}};
+}
+
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.
 class RecipeBinder {
  public:
@@ -217,7 +228,7 @@ class RecipeBinder {
                   checkpoint_section(c.checkpoint), comm_section(c.comm),
                   compression_section(c.comm.compression), memory_section(c.memory),
                   wta_crs_section(c.memory), recovery_section(c.recovery),
-                  distill_section(c.distill)} {
+                  distill_section(c.distill), context_section(c.context)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
   }
   RecipeBinder(const RecipeBinder&) = delete;

@@ -26,6 +26,7 @@ struct RunConfig {
   MemoryConfig memory;
   RecoveryConfig recovery;  // finetune / distill
   DistillConfig distill;    // finetune / distill
+  ContextConfig context;    // context_compressor
 };
 
 }  // namespace condense
