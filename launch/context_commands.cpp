@@ -29,12 +29,15 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The ARC encoder a context_compressor checkpoint trained, against its own frozen decoder.
-ArcEncoder load_arc(const Checkpoint& ckpt, const RunConfig& cfg, LlamaForCausalLM& decoder) {
-  const std::string& path = ckpt.file().path();
+void require_compressor(const Checkpoint& ckpt, const RunConfig& cfg) {
   CONDENSE_CHECK(cfg.kind == "context_compressor" && ArcEncoderImpl::present(ckpt.file()),
                  "{} is a checkpoint of kind {} without a context compressor; train one with "
-                 "recipes/context_arc.yaml (kind context_compressor)", path, cfg.kind);
+                 "recipes/context_arc.yaml (kind context_compressor)", ckpt.file().path(), cfg.kind);
+}
+
+// The ARC encoder a context_compressor checkpoint trained, against its own frozen decoder.
+ArcEncoder load_arc(const Checkpoint& ckpt, const RunConfig& cfg, LlamaForCausalLM& decoder) {
+  require_compressor(ckpt, cfg);
   const ContextConfig& cc = cfg.context;
   ArcEncoder encoder(decoder, ArcOptions{ArcEncoderImpl::stored_layers(ckpt.file()), cc.pooling_factor,
                                          ArcEncoderImpl::stored_bottleneck(ckpt.file())});
@@ -53,6 +56,7 @@ int context_eval(const ContextArgs& a) {
   const std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  require_compressor(ckpt, cfg);
   CONDENSE_CHECK(a.chunk_len >= 0 && a.seq_len >= 0 && a.prefix_len >= -1,
                  "--chunk-len and --seq-len must be >= 0 (0: the recipe's) and --prefix-len >= -1 "
                  "(-1: the recipe's)");
