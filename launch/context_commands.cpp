@@ -13,8 +13,11 @@
 #include "compressors/context_sequence.h"
 #include "core/error.h"
 #include "core/hash.h"
+#include "core/shape.h"
 #include "data/loader.h"
 #include "data/token_store.h"
+#include "io/atomic_file.h"
+#include "io/hdf5_file.h"
 #include "launch/inference_model.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
@@ -44,6 +47,44 @@ ArcEncoder load_arc(const Checkpoint& ckpt, const RunConfig& cfg, LlamaForCausal
   encoder->load(ckpt.file());
   encoder->eval();
   return encoder;
+}
+
+// The decoder a context was compressed for: SHA-256 of its token embedding (float32 bytes).
+std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
+  at::Tensor w = decoder->model->embed_tokens->weight.detach().to(at::kCPU, at::kFloat).contiguous();
+  return sha256_hex(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * sizeof(float)));
+}
+
+// [k, hidden]: `ids` in chunks of at most `chunk` tokens, each compressed independently.
+at::Tensor compress_ids(ArcEncoder& encoder, LlamaForCausalLM& decoder, const std::vector<int32_t>& ids,
+                        int64_t chunk) {
+  at::NoGradGuard no_grad;
+  at::Tensor all = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong)
+                       .to(decoder->lm_head_weight().device());
+  std::vector<at::Tensor> parts;
+  for (int64_t pos = 0, n = all.size(0); pos < n; pos += chunk) {
+    at::Tensor piece = all.narrow(0, pos, std::min(chunk, n - pos)).unsqueeze(0);
+    parts.push_back(encoder->forward(decoder->embed(piece)).squeeze(0));
+  }
+  return at::cat(parts, 0);
+}
+
+struct LoadedCompressor {
+  RunConfig cfg;
+  ArcEncoder encoder{nullptr};
+};
+
+LoadedCompressor open_compressor(const Checkpoint& ckpt, LlamaForCausalLM& decoder) {
+  LoadedCompressor c;
+  c.cfg = parse_recipe(ckpt.recipe_yaml(), ckpt.file().path() + ":recipe");
+  c.encoder = load_arc(ckpt, c.cfg, decoder);
+  return c;
+}
+
+std::vector<int32_t> context_ids(const Tokenizer& tok, const std::string& text_file) {
+  std::vector<int32_t> ids = tok.encode(read_text_file(text_file));
+  CONDENSE_CHECK(!ids.empty(), "{}: empty context, nothing to compress", text_file);
+  return ids;
 }
 
 struct Measures {
@@ -159,7 +200,79 @@ int context_eval(const ContextArgs& a) {
   return 0;
 }
 
+int compress(const ContextArgs& a) {
+  const std::string path = resolve_checkpoint_path(a.checkpoint);
+  Checkpoint ckpt = Checkpoint::open(path);
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
+  require_compressor(ckpt, cfg);
+  CONDENSE_CHECK(a.chunk_len >= 0, "--chunk-len {} must be >= 0 (0: the recipe's)", a.chunk_len);
+  const int64_t chunk = a.chunk_len > 0 ? a.chunk_len : cfg.context.chunk_len;
+  CONDENSE_CHECK(chunk <= ckpt.config().max_position_embeddings, "--chunk-len {} exceeds the "
+                 "encoder's maximum of {} positions (max_position_embeddings)", chunk,
+                 ckpt.config().max_position_embeddings);
+  LlamaForCausalLM decoder = load_inference_model(ckpt);
+  decoder->eval();
+  LoadedCompressor c = open_compressor(ckpt, decoder);
+  Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+  std::vector<int32_t> ids = context_ids(tok, a.text);
+  auto t0 = Clock::now();
+  at::Tensor z = compress_ids(c.encoder, decoder, ids, chunk);
+  const double secs = seconds_since(t0);
+  write_file_atomically(a.out, [&](const std::string& tmp) {
+    H5File f = H5File::create(tmp);
+    f.write_tensor("context/vectors", z.to(at::kCPU, at::kFloat));
+    f.write_tensor("context/cont", c.encoder->cont.detach().to(at::kCPU, at::kFloat));
+    f.set_attr("context", "method", c.cfg.context.method);
+    f.set_attr("context", "pooling_factor", c.encoder->options().pooling_factor);
+    f.set_attr("context", "chunk_len", chunk);
+    f.set_attr("context", "tokens", static_cast<int64_t>(ids.size()));
+    f.set_attr("context", "decoder_sha256", decoder_fingerprint(decoder));
+    f.set_attr("context", "checkpoint", path);
+  });
+  nlohmann::json out = {{"out", a.out}, {"tokens", ids.size()}, {"vectors", z.size(0)},
+                        {"hidden", z.size(1)}, {"seconds", secs}};
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
 }  // namespace
+
+CompressedContext context_for(const std::string& checkpoint_path, LlamaForCausalLM& decoder,
+                              const Tokenizer& tok, const std::string& text_file,
+                              const std::string& vectors_file) {
+  CONDENSE_CHECK(text_file.empty() || vectors_file.empty(), "give --context or --context-vectors, "
+                 "not both");
+  CompressedContext out;
+  at::NoGradGuard no_grad;
+  const at::Tensor w = decoder->lm_head_weight();
+  if (!text_file.empty()) {
+    Checkpoint ckpt = Checkpoint::open(checkpoint_path);
+    LoadedCompressor c = open_compressor(ckpt, decoder);
+    std::vector<int32_t> ids = context_ids(tok, text_file);
+    at::Tensor z = compress_ids(c.encoder, decoder, ids, c.cfg.context.chunk_len);
+    out.embeds = at::cat({z, c.encoder->cont.detach().unsqueeze(0)}, 0);
+    out.tokens = static_cast<int64_t>(ids.size());
+    return out;
+  }
+  if (vectors_file.empty()) return out;
+  H5File f = H5File::open_read(vectors_file);
+  CONDENSE_CHECK(f.has("context/vectors") && f.has("context/cont"), "{}: not a compressed context "
+                 "(no context/vectors); write one with `condense compress CKPT --text FILE --out {}`",
+                 vectors_file, vectors_file);
+  const std::string want = decoder_fingerprint(decoder), have = f.attr_string("context", "decoder_sha256");
+  CONDENSE_CHECK(have == want, "{} was compressed for the decoder {} ({}), not this one ({}: embedding "
+                 "{}); compress the context with a compressor trained on this decoder", vectors_file,
+                 have.substr(0, 16), f.attr_string("context", "checkpoint"), checkpoint_path,
+                 want.substr(0, 16));
+  at::Tensor z = f.read_tensor("context/vectors"), cont = f.read_tensor("context/cont");
+  const int64_t hidden = decoder->config().hidden_size;
+  CONDENSE_CHECK(z.dim() == 2 && z.size(1) == hidden && cont.dim() == 1 && cont.size(0) == hidden,
+                 "{}: context/vectors {} and context/cont {} must be [k, {}] and [{}]", vectors_file,
+                 shape_str(z.sizes()), shape_str(cont.sizes()), hidden, hidden);
+  out.embeds = at::cat({z, cont.unsqueeze(0)}, 0).to(w.device(), w.scalar_type());
+  out.tokens = f.attr_int("context", "tokens");
+  return out;
+}
 
 void add_context_commands(CLI::App& app, ContextArgs& a) {
   a.eval = app.add_subcommand("context-eval", "held-out measures of a trained context compressor "
@@ -173,14 +286,23 @@ void add_context_commands(CLI::App& app, ContextArgs& a) {
       ->default_val(-1);
   a.eval->add_option("--seq-len", a.seq_len, "window length (0: the recipe's)")->default_val(0);
   a.eval->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
+  a.compress = app.add_subcommand("compress", "compress a text with a trained context compressor "
+                                  "into vectors for generate / score --context-vectors");
+  a.compress->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
+  a.compress->add_option("--text", a.text, "UTF-8 text file: the context")->required();
+  a.compress->add_option("--out", a.out, "output .h5")->required();
+  a.compress->add_option("--chunk-len", a.chunk_len, "tokens per independently compressed chunk "
+                         "(0: the recipe's context.chunk_len)")->default_val(0);
+  a.compress->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
 }
 
 int run_context_command(ContextArgs& a) {
-  if (!a.eval || !a.eval->parsed()) return -1;
+  const bool eval = a.eval && a.eval->parsed(), comp = a.compress && a.compress->parsed();
+  if (!eval && !comp) return -1;
   CONDENSE_CHECK(a.threads >= 0, "--threads must be >= 0 (0: all cores), got {}", a.threads);
   at::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-  return context_eval(a);
+  return eval ? context_eval(a) : compress(a);
 }
 
 }  // namespace condense

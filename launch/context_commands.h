@@ -7,17 +7,42 @@
 //                 encoder as initialized before training; "gap closed" for each; teacher-forced
 //                 reconstruction accuracy of the compressed span; prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.
+//   compress      a text file -> CTX.h5: the compressed vectors (context/vectors [k, hidden]),
+//                 the <Cont> marker (context/cont), and attributes naming the method, pooling
+//                 factor, token count and the decoder (SHA-256 of its token embedding), which
+//                 generate / score --context-vectors check against the model they run.
+// A context longer than the chunk the encoder trained on (context.chunk_len, or --chunk-len)
+// is split into chunks compressed independently, their vectors concatenated.
 #pragma once
 #include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <ATen/core/Tensor.h>
+
+#include "model/llama.h"
+#include "model/tokenizer.h"
 
 namespace condense {
 
+// What the decoder reads before the text: [k compressed vectors, <Cont>], [k + 1, hidden].
+struct CompressedContext {
+  at::Tensor embeds;    // undefined: no context
+  int64_t tokens = 0;   // the context's length in tokens
+};
+
+// --context FILE (compressed now by the encoder in `checkpoint_path`) or --context-vectors
+// CTX.h5 (written by `condense compress`; its decoder must be `decoder`, else an error naming
+// both); both empty: no context. Throws when both are given, or when the checkpoint holds no
+// context compressor.
+CompressedContext context_for(const std::string& checkpoint_path, LlamaForCausalLM& decoder,
+                              const Tokenizer& tok, const std::string& text_file,
+                              const std::string& vectors_file);
+
 struct ContextArgs {
   CLI::App* eval = nullptr;
-  std::string checkpoint, data;
+  CLI::App* compress = nullptr;
+  std::string checkpoint, data, text, out;
   int64_t batches = 16;
   int64_t chunk_len = 0, seq_len = 0;  // 0: the recipe's
   int64_t prefix_len = -1;             // -1: the recipe's

@@ -51,6 +51,10 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_flag("--token-by-token", a.score.token_by_token, "with --kv-cache: one token "
                         "per step, as decoding runs");
   a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
+  a.score_cmd->add_option("--context", a.score.context_file, "a text file compressed by the "
+                          "checkpoint's context compressor and read before the text");
+  a.score_cmd->add_option("--context-vectors", a.score.context_vectors, "compressed context "
+                          "written by `condense compress` (for this decoder: checked)");
   a.score_cmd->add_option("--kv-rank", a.score.kv_rank, "rank of the checkpoint's KV-cache "
                           "projections (prune --method kv-project; 0: full)")->default_val(0);
   a.score_cmd->add_option("--kv-budget", a.score.kv_budget, "share of the full-rank KV cache the "

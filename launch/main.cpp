@@ -99,6 +99,8 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
 struct ChatArgs {
   std::string user, system;
   bool show_prompt = false;
+  // Compressed context before the prompt (launch/context_commands.h).
+  std::string context_file, context_vectors;
 };
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
@@ -118,8 +120,10 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
-  CONDENSE_CHECK(prompt.empty() != chat.user.empty(), "generate needs exactly one of --prompt "
-                 "and --chat");
+  const bool has_context = !chat.context_file.empty() || !chat.context_vectors.empty();
+  CONDENSE_CHECK(!(!prompt.empty() && !chat.user.empty()) && (has_context || prompt.empty() != chat.user.empty()),
+                 "generate needs exactly one of --prompt and --chat (with --context or "
+                 "--context-vectors, --prompt may be left out)");
   const bool chatting = !chat.user.empty();
   if (chatting) {
     CONDENSE_CHECK(tok.bpe(), "{}: --chat needs a byte-level BPE vocabulary with a chat format "
@@ -133,18 +137,24 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   set_kv_rank(model, kv_rank, path);
   set_kv_budget(model, kv_budget, ckpt, path, calib_data);
   set_kv_window(model, kv_window, path);
-  // A rendered chat prompt carries its own <|begin_of_text|> where the format has one.
-  std::vector<int32_t> prompt_ids = chatting ? tok.encode(prompt) : tok.prompt_ids(prompt);
-  CONDENSE_CHECK(!prompt_ids.empty(), "--prompt is empty and this vocabulary adds no <bos>: give "
-                 "the model something to continue");
+  // A rendered chat prompt carries its own <|begin_of_text|> where the format has one; after a
+  // compressed context the prompt continues it directly, as in training (no <bos>).
+  CompressedContext context = context_for(path, model, tok, chat.context_file, chat.context_vectors);
+  std::vector<int32_t> prompt_ids = chatting || has_context ? tok.encode(prompt) : tok.prompt_ids(prompt);
+  CONDENSE_CHECK(!prompt_ids.empty() || has_context, "--prompt is empty and this vocabulary adds "
+                 "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
-  GenerationResult r = generate(model, ids, opt, kv);
+  GenerationResult r = generate(model, ids, opt, kv, context.embeds);
+  if (has_context)
+    spdlog::info("context: {} tokens compressed into {} positions (with <Cont>)", context.tokens,
+                 context.embeds.size(0));
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
   std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
   spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s; {} KV cache, "
-               "{:.0f} bytes per token", r.tokens.size(), ids.size(), r.prefill_seconds,
+               "{:.0f} bytes per token", r.tokens.size(),
+               ids.size() + (has_context ? context.embeds.size(0) : 0), r.prefill_seconds,
                r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token);
   return 0;
 }
@@ -250,6 +260,10 @@ int run(int argc, char** argv) {
   gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
                   "template's own, if it writes one)");
   gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt to stderr");
+  gen->add_option("--context", chat.context_file, "a text file compressed by the checkpoint's "
+                  "context compressor and read before the prompt");
+  gen->add_option("--context-vectors", chat.context_vectors, "compressed context written by "
+                  "`condense compress` (for this decoder: checked), read before the prompt");
   int64_t gen_threads = 0;
   gen->add_option("--threads", gen_threads, "intra-op threads (0: all cores)")->default_val(0);
   gen->add_option("--max-new-tokens", so.max_new_tokens)->default_val(64);

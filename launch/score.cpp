@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "launch/context_commands.h"
 #include "launch/gguf_llama.h"
 #include "launch/hf_import.h"
 #include "launch/inference_model.h"
@@ -63,19 +64,40 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   }
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
   std::string text = read_text_file(opt.text_file);
-  std::vector<int32_t> text_ids = tok.prompt_ids(text);
+  const bool has_context = !opt.context_file.empty() || !opt.context_vectors.empty();
+  CONDENSE_CHECK(!has_context || (src.kind == "checkpoint" && opt.kv_cache.empty()),
+                 "--context / --context-vectors: {} must be a condense checkpoint with a context "
+                 "compressor (it is a {}), scored without --kv-cache", source, src.kind);
+  CompressedContext context;
+  if (has_context)
+    context = context_for(resolve_checkpoint_path(source), src.model, tok, opt.context_file,
+                          opt.context_vectors);
+  // After a compressed context the text continues it directly, as in training (no <s>); the
+  // <Cont> marker (id -1) predicts its first token.
+  std::vector<int32_t> text_ids = has_context ? tok.encode(text) : tok.prompt_ids(text);
   std::vector<int64_t> ids(text_ids.begin(), text_ids.end());
+  if (has_context) ids.insert(ids.begin(), -1);
+  const int64_t context_positions = has_context ? context.embeds.size(0) : 0;
   const LlamaConfig& c = src.model->config();
-  CONDENSE_CHECK(static_cast<int64_t>(ids.size()) <= c.max_position_embeddings,
-                 "{}: {} tokens do not fit the model's context of {} (max_position_embeddings)",
-                 opt.text_file, ids.size(), c.max_position_embeddings);
+  CONDENSE_CHECK(static_cast<int64_t>(ids.size()) + std::max<int64_t>(0, context_positions - 1) <=
+                     c.max_position_embeddings,
+                 "{}: {} tokens{} do not fit the model's context of {} (max_position_embeddings)",
+                 opt.text_file, ids.size() - (has_context ? 1 : 0),
+                 has_context ? fmt::format(" after {} context positions", context_positions) : "",
+                 c.max_position_embeddings);
   CONDENSE_CHECK(ids.size() >= 2, "{}: empty text, nothing to score", opt.text_file);
   at::NoGradGuard no_grad;
   src.model->eval();
   at::Tensor input = at::tensor(ids, at::kLong).unsqueeze(0);
   at::Tensor logits;
   double kv_bytes = 0;
-  if (opt.kv_cache.empty()) {
+  if (has_context) {
+    // [vectors, <Cont>, text]: the logits from the marker on, one row per entry of ids.
+    const int64_t n = static_cast<int64_t>(ids.size()) - 1;
+    at::Tensor embeds = at::cat({context.embeds.unsqueeze(0), src.model->embed(input.narrow(1, 1, n))}, 1);
+    at::Tensor h = src.model->hidden({{}, embeds});
+    logits = src.model->logits(h.narrow(1, context_positions - 1, n + 1));
+  } else if (opt.kv_cache.empty()) {
     logits = src.model->forward(input);
   } else {
     at::Tensor w = src.model->lm_head_weight();
@@ -125,6 +147,10 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
   if (opt.kv_budget > 0) out["kv_budget"] = opt.kv_budget;
   if (opt.kv_window > 0) out["kv_window"] = opt.kv_window;
+  if (has_context) {
+    out["context_tokens"] = context.tokens;
+    out["context_positions"] = context_positions;
+  }
   if (opt.json_out.empty()) {
     std::cout << out.dump() << "\n";
   } else {

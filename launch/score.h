@@ -7,6 +7,10 @@
 //    "mean_nll", "perplexity", "positions": [{"pos", "id", "next_id", "logprob",
 //    "top": [[id, logprob], ...]} (top_k best, descending) or "logprobs": [V floats] (full)],
 //    with a KV cache also "kv_cache" and "kv_bytes_per_token"}
+// With a compressed context (--context / --context-vectors, launch/context_commands.h) the model
+// reads [compressed vectors, <Cont>] and then encode(text) without <s>: position 0 is the <Cont>
+// marker (id -1) predicting the text's first token, and the JSON adds "context_tokens" and
+// "context_positions".
 #pragma once
 #include <cstdint>
 #include <string>
@@ -30,6 +34,7 @@ struct ScoreOptions {
   double kv_budget = 0;   // > 0: per-layer ranks of the projections within this share
   std::string data;       // kv_budget: calibration token store (empty: the recipe's)
   int64_t kv_window = 0;  // > 0: CSKV's exact window of recent positions
+  std::string context_file, context_vectors;  // compressed context before the text
 };
 
 // A model plus its tokenizer from any source score and the benchmarks read.

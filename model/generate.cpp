@@ -35,26 +35,42 @@ int64_t sample_token(const at::Tensor& logits_in, const SamplingOptions& opt, at
   return at::multinomial(probs, 1, /*replacement=*/false, gen).item<int64_t>();
 }
 
-at::Tensor prefill(LlamaForCausalLM& model, const at::Tensor& ids, KVCache& cache) {
+namespace {
+
+// ids [B, T] or embeddings [B, T, hidden] through the cache in the chunks it accepts.
+at::Tensor prefill_any(LlamaForCausalLM& model, const at::Tensor& x, bool embeds, KVCache& cache) {
   std::vector<at::Tensor> parts;
-  for (int64_t pos = 0, t = ids.size(1); pos < t;) {
+  for (int64_t pos = 0, t = x.size(1); pos < t;) {
     const int64_t n = std::min(t - pos, cache.max_append());
     CONDENSE_CHECK(n > 0, "prefill: the KV cache is full ({} positions)", cache.capacity());
-    parts.push_back(model->hidden({ids.narrow(1, pos, n), {}, &cache}));
+    at::Tensor piece = x.narrow(1, pos, n);
+    parts.push_back(embeds ? model->hidden({{}, piece, &cache}) : model->hidden({piece, {}, &cache}));
     pos += n;
   }
   return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
 }
 
+}  // namespace
+
+at::Tensor prefill(LlamaForCausalLM& model, const at::Tensor& ids, KVCache& cache) {
+  return prefill_any(model, ids, false, cache);
+}
+
+at::Tensor prefill_embeds(LlamaForCausalLM& model, const at::Tensor& embeds, KVCache& cache) {
+  return prefill_any(model, embeds, true, cache);
+}
+
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
-                          const SamplingOptions& opt, const KVCacheOptions& kv) {
-  CONDENSE_CHECK(!prompt.empty(), "generate needs a non-empty prompt");
+                          const SamplingOptions& opt, const KVCacheOptions& kv,
+                          const at::Tensor& prefix_embeds) {
+  const int64_t prefix = prefix_embeds.defined() ? prefix_embeds.size(0) : 0;
+  CONDENSE_CHECK(!prompt.empty() || prefix > 0, "generate needs a non-empty prompt");
   const LlamaConfig& c = model->config();
-  int64_t capacity = std::min<int64_t>(c.max_position_embeddings,
-                                       static_cast<int64_t>(prompt.size()) + opt.max_new_tokens);
-  CONDENSE_CHECK(static_cast<int64_t>(prompt.size()) < c.max_position_embeddings,
-                 "prompt of {} tokens does not fit max_position_embeddings {}", prompt.size(),
-                 c.max_position_embeddings);
+  const int64_t given = prefix + static_cast<int64_t>(prompt.size());
+  int64_t capacity = std::min<int64_t>(c.max_position_embeddings, given + opt.max_new_tokens);
+  CONDENSE_CHECK(given < c.max_position_embeddings,
+                 "prompt of {} positions ({} of context) does not fit max_position_embeddings {}",
+                 given, prefix, c.max_position_embeddings);
   torch::NoGradGuard no_grad;
   bool was_training = model->is_training();
   model->eval();
@@ -65,8 +81,12 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   using clock = std::chrono::steady_clock;
 
   auto t0 = clock::now();
-  at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).to(weight.device()).unsqueeze(0);
-  at::Tensor h = prefill(model, ids, cache);
+  at::Tensor h;
+  if (prefix > 0) h = prefill_embeds(model, prefix_embeds.to(weight.device(), weight.scalar_type()).unsqueeze(0), cache);
+  if (!prompt.empty()) {
+    at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).to(weight.device()).unsqueeze(0);
+    h = prefill(model, ids, cache);
+  }
   at::Tensor next_logits = model->logits(h.select(1, h.size(1) - 1)).squeeze(0).cpu();
   auto t1 = clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();

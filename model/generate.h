@@ -33,14 +33,18 @@ struct GenerationResult {
 // Picks the next token from logits [vocab] (fp32, CPU) under the options.
 int64_t sample_token(const at::Tensor& logits, const SamplingOptions& opt, at::Generator& gen);
 
-// Generates up to max_new_tokens after `prompt` (non-empty) in eval mode without gradients,
-// with a cache of the given kind.
+// Generates up to max_new_tokens after `prompt` in eval mode without gradients, with a cache of
+// the given kind. `prefix_embeds` [P, hidden] (compressed context), when defined, runs through
+// the cache first at positions 0 .. P - 1; the prompt may then be empty.
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
-                          const SamplingOptions& opt, const KVCacheOptions& kv = {});
+                          const SamplingOptions& opt, const KVCacheOptions& kv = {},
+                          const at::Tensor& prefix_embeds = {});
 
 // Runs ids [B, T] through the model with `cache` (appending T positions after its current
 // length), in the chunks the cache accepts (KVCache::max_append); returns the final hidden
 // states [B, T, hidden]. With an fp cache that is one pass.
 at::Tensor prefill(LlamaForCausalLM& model, const at::Tensor& ids, KVCache& cache);
+// The same for input embeddings [B, T, hidden].
+at::Tensor prefill_embeds(LlamaForCausalLM& model, const at::Tensor& embeds, KVCache& cache);
 
 }  // namespace condense
