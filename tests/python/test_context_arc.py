@@ -97,3 +97,72 @@ def test_bad_options_write_nothing(trained, small_store, tmp_path, override, mes
 def test_context_eval_refuses_a_plain_checkpoint(trained):
     r = run("context-eval", trained[0], check=False)
     assert r.returncode != 0 and "without a context compressor" in r.stderr, r.stderr
+
+
+def compress(ckpt, text, out, *extra, check=True):
+    return run("compress", ckpt, "--text", text, "--out", out, "--threads", 1, *extra, check=check)
+
+
+def score_json(source, text, *extra):
+    return json.loads(run("score", source, "--text", text, "--top-k", 0, *extra).stdout.strip().splitlines()[-1])
+
+
+def test_compress_generate_and_score_with_context(arc_run, tmp_path):
+    context = tmp_path / "context.txt"
+    context.write_text("Apple, n. [1913 Webster] The fleshy pome or fruit of a rosaceous tree, cultivated "
+                       "in numberless varieties in the temperate zones. " * 2)
+    query = tmp_path / "query.txt"
+    query.write_text(" The apple tree bears fruit.")
+    ctx = tmp_path / "ctx.h5"
+    j = json.loads(compress(arc_run, context, ctx).stdout.strip().splitlines()[-1])
+    # Chunks of the recipe's 16 tokens, each compressed independently at factor 4.
+    chunks = [16] * (j["tokens"] // 16) + ([j["tokens"] % 16] if j["tokens"] % 16 else [])
+    assert j["tokens"] > 32 and j["vectors"] == sum((c + 3) // 4 for c in chunks)
+    with h5py.File(ctx, "r") as f:
+        vectors = f["context/vectors"][()]
+        assert vectors.shape == (j["vectors"], 64) and f["context"].attrs["pooling_factor"] == 4
+    # On the fly and from the file: the same log-probabilities.
+    a = score_json(arc_run, query, "--context", context)
+    b = score_json(arc_run, query, "--context-vectors", ctx)
+    plain = score_json(arc_run, query)
+    assert a["positions"] == b["positions"]
+    assert a["positions"][0]["id"] == -1 and a["context_positions"] == j["vectors"] + 1
+    assert a["context_tokens"] == j["tokens"]
+    assert a["predicted"] == plain["predicted"]  # <Cont> predicts what <s> predicted
+    assert a["nll"] != plain["nll"]
+    # Chunks are independent: changing the last chunk leaves the first chunks' vectors bitwise.
+    ids_text = context.read_text()
+    other = tmp_path / "other.txt"
+    other.write_text(ids_text[:-20] + "zebra crossing road.")
+    ctx2 = tmp_path / "ctx2.h5"
+    compress(arc_run, other, ctx2)
+    with h5py.File(ctx2, "r") as f:
+        v2 = f["context/vectors"][()]
+    assert np.array_equal(v2[:4], vectors[:4])
+    g1 = run("generate", arc_run, "--context", context, "--prompt", "", "--max-new-tokens", 8, "--ignore-eos")
+    g2 = run("generate", arc_run, "--context-vectors", ctx, "--max-new-tokens", 8, "--ignore-eos")
+    assert g1.stdout == g2.stdout and "compressed into" in g1.stderr
+
+
+def test_context_vectors_for_another_decoder_are_refused(arc_run, small_store, tmp_path):
+    from export_fixtures import train_tiny
+    context = tmp_path / "context.txt"
+    context.write_text("A dictionary entry, compressed.")
+    ctx = tmp_path / "ctx.h5"
+    compress(arc_run, context, ctx)
+    other = train_tiny(small_store, tmp_path / "other", steps=3)
+    query = tmp_path / "q.txt"
+    query.write_text("Some text.")
+    r = run("score", other, "--text", query, "--context-vectors", ctx, check=False)
+    assert r.returncode != 0 and "was compressed for the decoder" in r.stderr, r.stderr
+    r = run("score", other, "--text", query, "--context", context, check=False)
+    assert r.returncode != 0 and "without a context compressor" in r.stderr, r.stderr
+    with h5py.File(ctx, "r+") as f:  # a file whose width does not match the decoder
+        v = f["context/vectors"][()]
+        del f["context/vectors"]
+        f["context/vectors"] = v[:, :32]
+    r = run("score", arc_run, "--text", query, "--context-vectors", ctx, check=False)
+    assert r.returncode != 0 and "must be [k, 64]" in r.stderr, r.stderr
+    r = run("compress", arc_run, "--text", query, "--out", tmp_path / "x.h5", "--chunk-len", 100000, check=False)
+    assert r.returncode != 0 and "exceeds the encoder's maximum" in r.stderr, r.stderr
+    assert not (tmp_path / "x.h5").exists()
