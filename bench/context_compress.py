@@ -70,7 +70,7 @@ def main():
                 f"{n['full']:.4f} | {n['compressed']:.4f} (**{g['compressed']:.2f}**) | "
                 f"{n['truncated']:.4f} ({g['truncated']:.2f}) | {n['mean_pool']:.4f} ({g['mean_pool']:.2f}) | "
                 f"{n['untrained']:.4f} ({g['untrained']:.2f}) | {100 * j['reconstruction_accuracy']:.1f}% "
-                f"({100 * j['reconstruction_accuracy_untrained']:.1f}%) | {p['compressed'] / p['full']:.2f}x | "
+                f"({100 * j['reconstruction_accuracy_untrained']:.1f}%, {100 * j['reconstruction_accuracy_uncompressed']:.1f}%) | {p['compressed'] / p['full']:.2f}x | "
                 f"{kv['compressed'] / kv['full']:.3f} | {j['train_tokens'] / 1e6:.2f}M, {j['train_seconds'] / 60:.1f} min |")
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -85,8 +85,9 @@ of {a.chunk_len} tokens (the context), then the continuation; NLL on the continu
 after the first (the same targets for every row). In parentheses: gap closed = (none - x) /
 (none - full). Truncated: the chunk's last tokens, as many positions as the compressed context.
 Reconstruction: teacher-forced token accuracy of the decoder rebuilding the chunk from [compressed,
-<Rec>] (in parentheses the untrained encoder's, which is the decoder's own language modelling of
-the chunk). Prefill: (window tokens / s) compressed (encoder + decoder) over full. KV: cached
+<Rec>] (in parentheses the untrained encoder's, which is about the decoder's own language
+modelling of the chunk, and the uncompressed ceiling: the decoder reading the chunk's tokens and
+then the chunk again, i.e. how well the frozen decoder copies at all). Prefill: (window tokens / s) compressed (encoder + decoder) over full. KV: cached
 positions' bytes, compressed over full.
 
 | compressor | no context | full | compressed | truncated | mean-pooled | untrained | reconstruction | prefill | KV | training |

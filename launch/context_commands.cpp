@@ -130,7 +130,7 @@ int context_eval(const ContextArgs& a) {
   }
 
   std::map<std::string, Measures> m;
-  Measures reconstruction, reconstruction_untrained;
+  Measures reconstruction, reconstruction_untrained, reconstruction_full;
   double full_seconds = 0, compressed_seconds = 0;
   const int64_t k = encoder->compressed_length(layout.chunk);
   for (const Batch& b : val) {
@@ -158,6 +158,13 @@ int context_eval(const ContextArgs& a) {
       auto [c, s] = tail_correct(decoder, r.parts, r.targets);
       reconstruction.correct += c;
       reconstruction.scored += s;
+    }
+    {
+      // The ceiling without compression: the span itself, then the span again (the decoder
+      // copying what it just read; no marker).
+      auto [c, s] = tail_correct(decoder, {chunk, decoder->embed(x.narrow(1, p, n - 1))}, x.narrow(1, p, n));
+      reconstruction_full.correct += c;
+      reconstruction_full.scored += s;
     }
     at::Tensor zu = untrained->forward(chunk);
     add("untrained", at::cat({zu, untrained->cont.view({1, 1, -1}).expand({x.size(0), 1, zu.size(2)})}, 1));
@@ -192,6 +199,7 @@ int context_eval(const ContextArgs& a) {
       {"reconstruction_accuracy", reconstruction.correct / reconstruction.scored},
       {"reconstruction_accuracy_untrained",
        reconstruction_untrained.correct / reconstruction_untrained.scored},
+      {"reconstruction_accuracy_uncompressed", reconstruction_full.correct / reconstruction_full.scored},
       {"prefill_tokens_per_s", {{"full", tokens / full_seconds}, {"compressed", tokens / compressed_seconds}}},
       {"kv_bytes_per_window",
        {{"full", per_position * window}, {"compressed", per_position * (layout.prefix + k + 1 + rest)}}},

@@ -5,7 +5,8 @@
 //                 context truncated to as many positions as the compressed one, mean-pooled
 //                 token embeddings (the untrained compressor a user would try first) and the
 //                 encoder as initialized before training; "gap closed" for each; teacher-forced
-//                 reconstruction accuracy of the compressed span; prefill tokens/s and KV bytes
+//                 reconstruction accuracy of the compressed span (and of the span given
+//                 uncompressed: how well the frozen decoder copies at all); prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.
 //   compress      a text file -> CTX.h5: the compressed vectors (context/vectors [k, hidden]),
 //                 the <Cont> marker (context/cont), and attributes naming the method, pooling

@@ -65,7 +65,8 @@ def test_training_beats_the_untrained_encoder_and_reports_consistently(arc_run):
     # 4 + the marker + 16.
     per_position = 2 * 2 * 16 * 2 * 4
     assert j["kv_bytes_per_window"] == {"full": 32 * per_position, "compressed": 21 * per_position}
-    assert 0 <= j["reconstruction_accuracy"] <= 1
+    for key in ("", "_untrained", "_uncompressed"):
+        assert 0 <= j["reconstruction_accuracy" + key] <= 1
     # Another layout of the same compressor: a plain prefix before a longer chunk.
     k = context_eval(arc_run, "--prefix-len", 4, "--chunk-len", 20, "--seq-len", 40)
     assert k["compressed_positions"] == 5 and k["continuation_len"] == 16
