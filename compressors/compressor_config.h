@@ -54,16 +54,22 @@ struct DistillConfig {
 
 }  // namespace condense
 
-// `context:` of a context_compressor recipe (compressors/context_arc.h): a trainable encoder
-// that hands the frozen decoder (init) a few vectors in place of a chunk of tokens. Training
-// windows of data.seq_len tokens are laid out as [prefix_len plain tokens][chunk_len tokens
-// compressed][the rest: continuation, with loss].
+// `context:` of a context_compressor recipe (compressors/context_compressor.h): a trainable
+// compressor that hands the frozen decoder (init) a few vectors in place of a chunk of tokens.
+// Training windows of data.seq_len tokens are laid out as [prefix_len plain tokens][chunk_len
+// tokens compressed][the rest: continuation, with loss].
 struct ContextConfig {
-  std::string method = "arc";           // arc (ARC-style encoder)
-  int64_t encoder_layers = 2;           // the decoder's first layers, copied into the encoder
-  int64_t pooling_factor = 4;           // tokens per compressed vector
-  int64_t bottleneck = 0;               // projector's inner width (0: the decoder's hidden size)
+  std::string method = "arc";           // arc (ARC-style encoder) | compllm (segment compression)
+  int64_t pooling_factor = 4;           // tokens per compressed vector (CompLLM's rate C)
   int64_t chunk_len = 64;               // tokens compressed per window
   int64_t prefix_len = 0;               // plain tokens before the compressed chunk
+  // arc
+  int64_t encoder_layers = 2;           // the decoder's first layers, copied into the encoder
+  int64_t bottleneck = 0;               // projector's inner width (0: the decoder's hidden size)
   double reconstruction_share = 0.2;    // share of steps that train reconstruction
+  // compllm
+  int64_t segment_len = 20;             // S: tokens per independently compressed segment
+  int64_t lora_rank = 8;                // adapters of the compression pass
+  double lora_alpha = 16;
+  double kd_ratio = 1.0;                // KL weight; 1 - kd_ratio goes to cross-entropy
 };

@@ -1,6 +1,8 @@
 #include "compressors/context_arc.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <fmt/format.h>
 
 #include <cmath>
 
@@ -164,6 +166,57 @@ int64_t ArcEncoderImpl::stored_layers(const H5File& file) {
 
 int64_t ArcEncoderImpl::stored_bottleneck(const H5File& file) {
   return file.has("projector.0.weight") ? file.shape("projector.0.weight")[0] : 0;
+}
+
+ArcCompressor::ArcCompressor(LlamaForCausalLM& decoder, ArcOptions options, int64_t chunk_len,
+                             double reconstruction_share)
+    : encoder(decoder, options), chunk_len_(chunk_len), reconstruction_share_(reconstruction_share) {
+  CONDENSE_CHECK(chunk_len >= 1, "context.chunk_len {} must be >= 1", chunk_len);
+  CONDENSE_CHECK(options.pooling_factor <= chunk_len, "context.pooling_factor {} is larger than the "
+                 "chunk (context.chunk_len {}); valid is 1..{}", options.pooling_factor, chunk_len,
+                 chunk_len);
+}
+
+at::Tensor ArcCompressor::context(LlamaForCausalLM& decoder, const at::Tensor& ids) {
+  std::vector<at::Tensor> parts;
+  for (int64_t pos = 0, n = ids.size(1); pos < n; pos += chunk_len_)
+    parts.push_back(encoder->forward(decoder->embed(ids.narrow(1, pos, std::min(chunk_len_, n - pos)))));
+  parts.push_back(encoder->cont.view({1, 1, -1}).expand({ids.size(0), 1, encoder->cont.size(0)}));
+  return at::cat(parts, 1);
+}
+
+int64_t ArcCompressor::positions(int64_t n) const {
+  const int64_t full = n / chunk_len_, rest = n % chunk_len_;
+  return full * encoder->compressed_length(chunk_len_) + (rest ? encoder->compressed_length(rest) : 0) + 1;
+}
+
+at::Tensor ArcCompressor::loss(LlamaForCausalLM& decoder, const Batch& b, const ContextLayout& layout) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  const bool reconstruct = at::rand({1}, gen).item<double>() < reconstruction_share_;
+  at::Tensor z = encoder->forward(decoder->embed(b.inputs.narrow(1, layout.prefix, layout.chunk)));
+  SequenceParts s = reconstruct ? reconstruction_sequence(decoder, b.inputs, layout, z, encoder->rec)
+                                : continuation_sequence(decoder, b.inputs, b.targets, layout, z, encoder->cont);
+  return tail_nll(decoder, s.parts, s.targets);
+}
+
+std::pair<double, int64_t> ArcCompressor::reconstruction(LlamaForCausalLM& decoder, const at::Tensor& inputs,
+                                                         const ContextLayout& layout) {
+  at::Tensor z = encoder->forward(decoder->embed(inputs.narrow(1, layout.prefix, layout.chunk)));
+  SequenceParts r = reconstruction_sequence(decoder, inputs, layout, z, encoder->rec);
+  return tail_correct(decoder, r.parts, r.targets);
+}
+
+void ArcCompressor::calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) {
+  at::NoGradGuard no_grad;
+  encoder->calibrate_scale(decoder->embed(ids));
+}
+
+std::string ArcCompressor::describe() const {
+  const ArcOptions& o = encoder->options();
+  return fmt::format("arc: {} encoder layers from the decoder, pooling {} (chunks of {} tokens -> {} "
+                     "vectors, then <Cont>), bottleneck {}, reconstruction share {}", o.encoder_layers,
+                     o.pooling_factor, chunk_len_, encoder->compressed_length(chunk_len_), o.bottleneck,
+                     reconstruction_share_);
 }
 
 }  // namespace condense

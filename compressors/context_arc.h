@@ -25,6 +25,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include "compressors/context_compressor.h"
 #include "io/hdf5_file.h"
 #include "model/llama.h"
 
@@ -90,5 +91,33 @@ class ArcEncoderImpl : public torch::nn::Module {
   std::vector<LlamaDecoderLayer> layers_;
 };
 TORCH_MODULE(ArcEncoder);
+
+// The ARC encoder as a ContextCompressor: contexts split into chunks of `chunk_len` tokens, each
+// compressed independently, then <Cont>. Training (loss) draws per batch from the process's
+// generator: reconstruction with probability `reconstruction_share` (the decoder reads
+// [compressed chunk, <Rec>] and predicts the chunk), else continuation ([prefix, compressed
+// chunk, <Cont>], predicting the rest of the window).
+class ArcCompressor : public ContextCompressor {
+ public:
+  ArcCompressor(LlamaForCausalLM& decoder, ArcOptions options, int64_t chunk_len,
+                double reconstruction_share);
+  at::Tensor context(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
+  int64_t positions(int64_t n) const override;
+  at::Tensor loss(LlamaForCausalLM& decoder, const Batch& batch, const ContextLayout& layout) override;
+  std::pair<double, int64_t> reconstruction(LlamaForCausalLM& decoder, const at::Tensor& inputs,
+                                            const ContextLayout& layout) override;
+  std::vector<std::pair<std::string, at::Tensor>> named() const override { return encoder->named(); }
+  void load(const H5File& file) override { encoder->load(file); }
+  void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
+  void to(c10::Device device) override { encoder->to(device); }
+  void train(bool on) override { encoder->train(on); }
+  std::string describe() const override;
+
+  ArcEncoder encoder{nullptr};
+
+ private:
+  int64_t chunk_len_;
+  double reconstruction_share_;
+};
 
 }  // namespace condense

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "compressors/context_arc.h"
+#include "compressors/context_compressor.h"
 #include "compressors/context_sequence.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -33,20 +34,9 @@ double seconds_since(Clock::time_point t0) {
 }
 
 void require_compressor(const Checkpoint& ckpt, const RunConfig& cfg) {
-  CONDENSE_CHECK(cfg.kind == "context_compressor" && ArcEncoderImpl::present(ckpt.file()),
+  CONDENSE_CHECK(cfg.kind == "context_compressor",
                  "{} is a checkpoint of kind {} without a context compressor; train one with "
                  "recipes/context_arc.yaml (kind context_compressor)", ckpt.file().path(), cfg.kind);
-}
-
-// The ARC encoder a context_compressor checkpoint trained, against its own frozen decoder.
-ArcEncoder load_arc(const Checkpoint& ckpt, const RunConfig& cfg, LlamaForCausalLM& decoder) {
-  require_compressor(ckpt, cfg);
-  const ContextConfig& cc = cfg.context;
-  ArcEncoder encoder(decoder, ArcOptions{ArcEncoderImpl::stored_layers(ckpt.file()), cc.pooling_factor,
-                                         ArcEncoderImpl::stored_bottleneck(ckpt.file())});
-  encoder->load(ckpt.file());
-  encoder->eval();
-  return encoder;
 }
 
 // The decoder a context was compressed for: SHA-256 of its token embedding (float32 bytes).
@@ -55,36 +45,30 @@ std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
   return sha256_hex(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * sizeof(float)));
 }
 
-// [k, hidden]: `ids` in chunks of at most `chunk` tokens, each compressed independently.
-at::Tensor compress_ids(ArcEncoder& encoder, LlamaForCausalLM& decoder, const std::vector<int32_t>& ids,
-                        int64_t chunk) {
-  at::NoGradGuard no_grad;
-  at::Tensor all = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong)
-                       .to(decoder->lm_head_weight().device());
-  std::vector<at::Tensor> parts;
-  for (int64_t pos = 0, n = all.size(0); pos < n; pos += chunk) {
-    at::Tensor piece = all.narrow(0, pos, std::min(chunk, n - pos)).unsqueeze(0);
-    parts.push_back(encoder->forward(decoder->embed(piece)).squeeze(0));
-  }
-  return at::cat(parts, 0);
-}
-
 struct LoadedCompressor {
   RunConfig cfg;
-  ArcEncoder encoder{nullptr};
+  std::shared_ptr<ContextCompressor> compressor;
 };
 
+// The compressor a context_compressor checkpoint trained, against its own frozen decoder.
 LoadedCompressor open_compressor(const Checkpoint& ckpt, LlamaForCausalLM& decoder) {
   LoadedCompressor c;
   c.cfg = parse_recipe(ckpt.recipe_yaml(), ckpt.file().path() + ":recipe");
-  c.encoder = load_arc(ckpt, c.cfg, decoder);
+  require_compressor(ckpt, c.cfg);
+  c.compressor = load_context_compressor(decoder, c.cfg.context, ckpt.file());
   return c;
 }
 
-std::vector<int32_t> context_ids(const Tokenizer& tok, const std::string& text_file) {
+// What the decoder reads for the text in `text_file`, [k, hidden].
+at::Tensor compress_text(LoadedCompressor& c, LlamaForCausalLM& decoder, const Tokenizer& tok,
+                         const std::string& text_file, int64_t* tokens) {
   std::vector<int32_t> ids = tok.encode(read_text_file(text_file));
   CONDENSE_CHECK(!ids.empty(), "{}: empty context, nothing to compress", text_file);
-  return ids;
+  *tokens = static_cast<int64_t>(ids.size());
+  at::NoGradGuard no_grad;
+  at::Tensor t = at::tensor(std::vector<int64_t>(ids.begin(), ids.end()), at::kLong)
+                     .to(decoder->lm_head_weight().device());
+  return c.compressor->context(decoder, t.unsqueeze(0)).squeeze(0);
 }
 
 struct Measures {
@@ -107,8 +91,8 @@ int context_eval(const ContextArgs& a) {
   layout.check(window, "context-eval");
   LlamaForCausalLM decoder = load_inference_model(ckpt);
   decoder->eval();
-  ArcEncoder encoder = load_arc(ckpt, cfg, decoder);
-  const int64_t f = encoder->options().pooling_factor;
+  LoadedCompressor trained = open_compressor(ckpt, decoder);
+  const int64_t f = cfg.context.pooling_factor;
   CONDENSE_CHECK(f <= layout.chunk, "--chunk-len {} is shorter than the pooling factor {}",
                  layout.chunk, f);
   CONDENSE_CHECK(window <= decoder->config().max_position_embeddings, "--seq-len {} exceeds the "
@@ -119,27 +103,32 @@ int context_eval(const ContextArgs& a) {
   auto val = validation_batches(store.ids("val"), window, cfg.data.batch_size, a.batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset, window);
 
-  // The encoder as training found it at step 0: the same seed, the same calibration chunk.
+  // The compressor as training found it at step 0: the same seed, the same calibration chunk.
   torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
-  ArcEncoder untrained(decoder, encoder->options());
-  untrained->eval();
+  std::shared_ptr<ContextCompressor> untrained = make_context_compressor(decoder, cfg.context);
+  untrained->train(false);
+  untrained->calibrate(decoder, store.ids("train")
+                                    .narrow(0, cfg.context.prefix_len, cfg.context.chunk_len)
+                                    .to(at::kLong)
+                                    .unsqueeze(0));
   at::NoGradGuard no_grad;
-  {
-    at::Tensor ids = store.ids("train").narrow(0, cfg.context.prefix_len, cfg.context.chunk_len);
-    untrained->calibrate_scale(decoder->embed(ids.to(at::kLong).unsqueeze(0)));
-  }
 
   std::map<std::string, Measures> m;
   Measures reconstruction, reconstruction_untrained, reconstruction_full;
   double full_seconds = 0, compressed_seconds = 0;
-  const int64_t k = encoder->compressed_length(layout.chunk);
+  const int64_t k = trained.compressor->positions(layout.chunk);
   for (const Batch& b : val) {
     const at::Tensor& x = b.inputs;
     const int64_t p = layout.prefix, n = layout.chunk;
-    at::Tensor chunk = decoder->embed(x.narrow(1, p, n));
+    at::Tensor chunk_ids = x.narrow(1, p, n), chunk = decoder->embed(chunk_ids);
     auto add = [&](const std::string& name, const at::Tensor& context) {
       SequenceParts s = continuation_with(decoder, x, b.targets, layout, context);
       m[name].nll += tail_nll(decoder, s.parts, s.targets).item<double>();
+    };
+    auto add_reconstruction = [&](Measures& into, ContextCompressor& c) {
+      auto [correct, scored] = c.reconstruction(decoder, x, layout);
+      into.correct += correct;
+      into.scored += scored;
     };
     add("none", at::Tensor());
     add("truncated", chunk.narrow(1, n - k, k));
@@ -151,29 +140,23 @@ int context_eval(const ContextArgs& a) {
     }
     {
       auto t0 = Clock::now();
-      at::Tensor z = encoder->forward(chunk);
-      add("compressed", at::cat({z, encoder->cont.view({1, 1, -1}).expand({x.size(0), 1, z.size(2)})}, 1));
+      add("compressed", trained.compressor->context(decoder, chunk_ids));
       compressed_seconds += seconds_since(t0);
-      SequenceParts r = reconstruction_sequence(decoder, x, layout, z, encoder->rec);
-      auto [c, s] = tail_correct(decoder, r.parts, r.targets);
-      reconstruction.correct += c;
-      reconstruction.scored += s;
     }
-    {
-      // The ceiling without compression: the span itself, then the span again (the decoder
-      // copying what it just read; no marker).
-      auto [c, s] = tail_correct(decoder, {chunk, decoder->embed(x.narrow(1, p, n - 1))}, x.narrow(1, p, n));
-      reconstruction_full.correct += c;
-      reconstruction_full.scored += s;
-    }
-    at::Tensor zu = untrained->forward(chunk);
-    add("untrained", at::cat({zu, untrained->cont.view({1, 1, -1}).expand({x.size(0), 1, zu.size(2)})}, 1));
-    SequenceParts r = reconstruction_sequence(decoder, x, layout, zu, untrained->rec);
-    auto [c, s] = tail_correct(decoder, r.parts, r.targets);
-    reconstruction_untrained.correct += c;
-    reconstruction_untrained.scored += s;
+    add("untrained", untrained->context(decoder, chunk_ids));
+    add_reconstruction(reconstruction, *trained.compressor);
+    add_reconstruction(reconstruction_untrained, *untrained);
+    // The ceiling without compression: the span itself, then the span again (the decoder
+    // copying what it just read; no marker).
+    auto [c, s] = tail_correct(decoder, {chunk, decoder->embed(x.narrow(1, p, n - 1))}, x.narrow(1, p, n));
+    reconstruction_full.correct += c;
+    reconstruction_full.scored += s;
   }
   const double batches = static_cast<double>(val.size());
+  // null for a method that does not train reconstruction.
+  auto share = [](const Measures& r) {
+    return r.scored > 0 ? nlohmann::json(r.correct / r.scored) : nlohmann::json(nullptr);
+  };
   nlohmann::json nll, gap;
   for (auto& [name, v] : m) nll[name] = v.nll / batches;
   const double none = nll["none"].get<double>(), full = nll["full"].get<double>();
@@ -196,13 +179,12 @@ int context_eval(const ContextArgs& a) {
       {"windows", static_cast<int64_t>(batches) * cfg.data.batch_size},
       {"nll", nll},
       {"gap_closed", gap},
-      {"reconstruction_accuracy", reconstruction.correct / reconstruction.scored},
-      {"reconstruction_accuracy_untrained",
-       reconstruction_untrained.correct / reconstruction_untrained.scored},
-      {"reconstruction_accuracy_uncompressed", reconstruction_full.correct / reconstruction_full.scored},
+      {"reconstruction_accuracy", share(reconstruction)},
+      {"reconstruction_accuracy_untrained", share(reconstruction_untrained)},
+      {"reconstruction_accuracy_uncompressed", share(reconstruction_full)},
       {"prefill_tokens_per_s", {{"full", tokens / full_seconds}, {"compressed", tokens / compressed_seconds}}},
       {"kv_bytes_per_window",
-       {{"full", per_position * window}, {"compressed", per_position * (layout.prefix + k + 1 + rest)}}},
+       {{"full", per_position * window}, {"compressed", per_position * (layout.prefix + k + rest)}}},
   };
   std::cout << out.dump() << "\n";
   return 0;
@@ -213,32 +195,25 @@ int compress(const ContextArgs& a) {
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
   require_compressor(ckpt, cfg);
-  CONDENSE_CHECK(a.chunk_len >= 0, "--chunk-len {} must be >= 0 (0: the recipe's)", a.chunk_len);
-  const int64_t chunk = a.chunk_len > 0 ? a.chunk_len : cfg.context.chunk_len;
-  CONDENSE_CHECK(chunk <= ckpt.config().max_position_embeddings, "--chunk-len {} exceeds the "
-                 "encoder's maximum of {} positions (max_position_embeddings)", chunk,
-                 ckpt.config().max_position_embeddings);
   LlamaForCausalLM decoder = load_inference_model(ckpt);
   decoder->eval();
   LoadedCompressor c = open_compressor(ckpt, decoder);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
-  std::vector<int32_t> ids = context_ids(tok, a.text);
+  int64_t tokens = 0;
   auto t0 = Clock::now();
-  at::Tensor z = compress_ids(c.encoder, decoder, ids, chunk);
+  at::Tensor embeds = compress_text(c, decoder, tok, a.text, &tokens);
   const double secs = seconds_since(t0);
   write_file_atomically(a.out, [&](const std::string& tmp) {
     H5File f = H5File::create(tmp);
-    f.write_tensor("context/vectors", z.to(at::kCPU, at::kFloat));
-    f.write_tensor("context/cont", c.encoder->cont.detach().to(at::kCPU, at::kFloat));
-    f.set_attr("context", "method", c.cfg.context.method);
-    f.set_attr("context", "pooling_factor", c.encoder->options().pooling_factor);
-    f.set_attr("context", "chunk_len", chunk);
-    f.set_attr("context", "tokens", static_cast<int64_t>(ids.size()));
+    f.write_tensor("context/embeds", embeds.to(at::kCPU, at::kFloat));
+    f.set_attr("context", "method", cfg.context.method);
+    f.set_attr("context", "pooling_factor", cfg.context.pooling_factor);
+    f.set_attr("context", "tokens", tokens);
     f.set_attr("context", "decoder_sha256", decoder_fingerprint(decoder));
     f.set_attr("context", "checkpoint", path);
   });
-  nlohmann::json out = {{"out", a.out}, {"tokens", ids.size()}, {"vectors", z.size(0)},
-                        {"hidden", z.size(1)}, {"seconds", secs}};
+  nlohmann::json out = {{"out", a.out}, {"method", cfg.context.method}, {"tokens", tokens},
+                        {"positions", embeds.size(0)}, {"hidden", embeds.size(1)}, {"seconds", secs}};
   std::cout << out.dump() << "\n";
   return 0;
 }
@@ -251,33 +226,28 @@ CompressedContext context_for(const std::string& checkpoint_path, LlamaForCausal
   CONDENSE_CHECK(text_file.empty() || vectors_file.empty(), "give --context or --context-vectors, "
                  "not both");
   CompressedContext out;
-  at::NoGradGuard no_grad;
-  const at::Tensor w = decoder->lm_head_weight();
   if (!text_file.empty()) {
     Checkpoint ckpt = Checkpoint::open(checkpoint_path);
     LoadedCompressor c = open_compressor(ckpt, decoder);
-    std::vector<int32_t> ids = context_ids(tok, text_file);
-    at::Tensor z = compress_ids(c.encoder, decoder, ids, c.cfg.context.chunk_len);
-    out.embeds = at::cat({z, c.encoder->cont.detach().unsqueeze(0)}, 0);
-    out.tokens = static_cast<int64_t>(ids.size());
+    out.embeds = compress_text(c, decoder, tok, text_file, &out.tokens);
     return out;
   }
   if (vectors_file.empty()) return out;
   H5File f = H5File::open_read(vectors_file);
-  CONDENSE_CHECK(f.has("context/vectors") && f.has("context/cont"), "{}: not a compressed context "
-                 "(no context/vectors); write one with `condense compress CKPT --text FILE --out {}`",
-                 vectors_file, vectors_file);
+  CONDENSE_CHECK(f.has("context/embeds"), "{}: not a compressed context (no context/embeds); write "
+                 "one with `condense compress CKPT --text FILE --out {}`", vectors_file, vectors_file);
   const std::string want = decoder_fingerprint(decoder), have = f.attr_string("context", "decoder_sha256");
   CONDENSE_CHECK(have == want, "{} was compressed for the decoder {} ({}), not this one ({}: embedding "
                  "{}); compress the context with a compressor trained on this decoder", vectors_file,
                  have.substr(0, 16), f.attr_string("context", "checkpoint"), checkpoint_path,
                  want.substr(0, 16));
-  at::Tensor z = f.read_tensor("context/vectors"), cont = f.read_tensor("context/cont");
+  at::Tensor e = f.read_tensor("context/embeds");
   const int64_t hidden = decoder->config().hidden_size;
-  CONDENSE_CHECK(z.dim() == 2 && z.size(1) == hidden && cont.dim() == 1 && cont.size(0) == hidden,
-                 "{}: context/vectors {} and context/cont {} must be [k, {}] and [{}]", vectors_file,
-                 shape_str(z.sizes()), shape_str(cont.sizes()), hidden, hidden);
-  out.embeds = at::cat({z, cont.unsqueeze(0)}, 0).to(w.device(), w.scalar_type());
+  CONDENSE_CHECK(e.dim() == 2 && e.size(0) >= 1 && e.size(1) == hidden,
+                 "{}: context/embeds {} must be [k, {}] (the decoder's hidden size)", vectors_file,
+                 shape_str(e.sizes()), hidden);
+  const at::Tensor w = decoder->lm_head_weight();
+  out.embeds = e.to(w.device(), w.scalar_type());
   out.tokens = f.attr_int("context", "tokens");
   return out;
 }
@@ -299,8 +269,6 @@ void add_context_commands(CLI::App& app, ContextArgs& a) {
   a.compress->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
   a.compress->add_option("--text", a.text, "UTF-8 text file: the context")->required();
   a.compress->add_option("--out", a.out, "output .h5")->required();
-  a.compress->add_option("--chunk-len", a.chunk_len, "tokens per independently compressed chunk "
-                         "(0: the recipe's context.chunk_len)")->default_val(0);
   a.compress->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
 }
 

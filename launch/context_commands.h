@@ -8,12 +8,13 @@
 //                 reconstruction accuracy of the compressed span (and of the span given
 //                 uncompressed: how well the frozen decoder copies at all); prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.
-//   compress      a text file -> CTX.h5: the compressed vectors (context/vectors [k, hidden]),
-//                 the <Cont> marker (context/cont), and attributes naming the method, pooling
-//                 factor, token count and the decoder (SHA-256 of its token embedding), which
-//                 generate / score --context-vectors check against the model they run.
-// A context longer than the chunk the encoder trained on (context.chunk_len, or --chunk-len)
-// is split into chunks compressed independently, their vectors concatenated.
+//   compress      a text file -> CTX.h5: what the decoder reads in its place (context/embeds
+//                 [k, hidden]: ARC's vectors and <Cont>, CompLLM's concept embeddings) and
+//                 attributes naming the method, pooling factor, token count and the decoder
+//                 (SHA-256 of its token embedding), which generate / score --context-vectors
+//                 check against the model they run.
+// A long context is split as the method does (ARC: chunks of context.chunk_len; CompLLM:
+// segments of context.segment_len), each compressed independently.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -26,7 +27,7 @@
 
 namespace condense {
 
-// What the decoder reads before the text: [k compressed vectors, <Cont>], [k + 1, hidden].
+// What the decoder reads before the text, [k, hidden].
 struct CompressedContext {
   at::Tensor embeds;    // undefined: no context
   int64_t tokens = 0;   // the context's length in tokens

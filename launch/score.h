@@ -8,9 +8,9 @@
 //    "top": [[id, logprob], ...]} (top_k best, descending) or "logprobs": [V floats] (full)],
 //    with a KV cache also "kv_cache" and "kv_bytes_per_token"}
 // With a compressed context (--context / --context-vectors, launch/context_commands.h) the model
-// reads [compressed vectors, <Cont>] and then encode(text) without <s>: position 0 is the <Cont>
-// marker (id -1) predicting the text's first token, and the JSON adds "context_tokens" and
-// "context_positions".
+// reads the compressed context and then encode(text) without <s>: position 0 is the context's
+// last position (id -1: ARC's <Cont>, CompLLM's last concept embedding) predicting the text's
+// first token, and the JSON adds "context_tokens" and "context_positions".
 #pragma once
 #include <cstdint>
 #include <string>

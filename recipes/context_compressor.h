@@ -1,13 +1,10 @@
-// The `context_compressor` recipe kind: trains a context compressor (context.method; today
-// `arc`, compressors/context_arc.h) against the frozen decoder named by `init`. Every decoder
-// parameter is frozen (no gradient, no optimizer state, bitwise unchanged); only the encoder,
-// its projector and the <Rec>/<Cont> markers train and are saved (encoder.*, projector.*).
-//
-// Each step is one task for the whole batch, drawn from the process's generator (saved in
-// checkpoints, so a resumed run draws what the uninterrupted one would): reconstruction with
-// probability context.reconstruction_share (the decoder reads [compressed chunk, <Rec>] and
-// predicts the chunk), else continuation ([prefix, compressed chunk, <Cont>] then the rest of
-// the window, predicted). Validation reports the continuation loss.
+// The `context_compressor` recipe kind: trains a context compressor (context.method: arc,
+// compressors/context_arc.h; compllm, compressors/context_compllm.h) against the frozen decoder
+// named by `init`. Every decoder parameter is frozen (no gradient, no optimizer state, bitwise
+// unchanged); only the compressor's tensors train and are saved (encoder.* and projector.*, or
+// compllm.*). The loss is the method's (ContextCompressor::loss); validation reports the
+// continuation NLL with compressed context for every method (the continuation tokens after the
+// first, as `condense context-eval` scores them).
 #pragma once
 #include "recipes/recipe.h"
 

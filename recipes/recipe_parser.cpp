@@ -208,13 +208,17 @@ SectionBinding distill_section(DistillConfig& d) {
 
 SectionBinding context_section(ContextConfig& c) {
   return {"context",
-          {bind_string("method", c.method, {"arc"}),
-           bind_int("encoder_layers", c.encoder_layers, at_least(1)),
+          {bind_string("method", c.method, {"arc", "compllm"}),
            bind_int("pooling_factor", c.pooling_factor, at_least(1)),
-           bind_int("bottleneck", c.bottleneck, at_least(0)),
            bind_int("chunk_len", c.chunk_len, at_least(1)),
            bind_int("prefix_len", c.prefix_len, at_least(0)),
-           bind_real("reconstruction_share", c.reconstruction_share, between(0, 1))}};
+           bind_int("encoder_layers", c.encoder_layers, at_least(1)),
+           bind_int("bottleneck", c.bottleneck, at_least(0)),
+           bind_real("reconstruction_share", c.reconstruction_share, between(0, 1)),
+           bind_int("segment_len", c.segment_len, at_least(1)),
+           bind_int("lora_rank", c.lora_rank, at_least(1)),
+           bind_real("lora_alpha", c.lora_alpha, positive()),
+           bind_real("kd_ratio", c.kd_ratio, between(0, 1))}};
 }
 
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.

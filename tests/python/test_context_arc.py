@@ -60,16 +60,16 @@ def test_training_beats_the_untrained_encoder_and_reports_consistently(arc_run):
     for name in ("compressed", "truncated", "mean_pool", "untrained"):
         expect = (nll["none"] - nll[name]) / (nll["none"] - nll["full"])
         assert abs(gap[name] - expect) < 1e-9, name
-    assert j["compressed_positions"] == 4 and j["chunk_len"] == 16 and j["continuation_len"] == 16
+    assert j["compressed_positions"] == 5 and j["chunk_len"] == 16 and j["continuation_len"] == 16
     # 2 layers x 2 KV heads x 16 x (K, V) x 4 bytes per position; full 32 positions, compressed
-    # 4 + the marker + 16.
+    # 4 vectors + <Cont> + 16.
     per_position = 2 * 2 * 16 * 2 * 4
     assert j["kv_bytes_per_window"] == {"full": 32 * per_position, "compressed": 21 * per_position}
     for key in ("", "_untrained", "_uncompressed"):
         assert 0 <= j["reconstruction_accuracy" + key] <= 1
     # Another layout of the same compressor: a plain prefix before a longer chunk.
     k = context_eval(arc_run, "--prefix-len", 4, "--chunk-len", 20, "--seq-len", 40)
-    assert k["compressed_positions"] == 5 and k["continuation_len"] == 16
+    assert k["compressed_positions"] == 6 and k["continuation_len"] == 16
 
 
 def test_resume_is_bitwise(trained, small_store, arc_run, tmp_path):
@@ -118,16 +118,16 @@ def test_compress_generate_and_score_with_context(arc_run, tmp_path):
     j = json.loads(compress(arc_run, context, ctx).stdout.strip().splitlines()[-1])
     # Chunks of the recipe's 16 tokens, each compressed independently at factor 4.
     chunks = [16] * (j["tokens"] // 16) + ([j["tokens"] % 16] if j["tokens"] % 16 else [])
-    assert j["tokens"] > 32 and j["vectors"] == sum((c + 3) // 4 for c in chunks)
+    assert j["tokens"] > 32 and j["positions"] == sum((c + 3) // 4 for c in chunks) + 1  # + <Cont>
     with h5py.File(ctx, "r") as f:
-        vectors = f["context/vectors"][()]
-        assert vectors.shape == (j["vectors"], 64) and f["context"].attrs["pooling_factor"] == 4
+        vectors = f["context/embeds"][()]
+        assert vectors.shape == (j["positions"], 64) and f["context"].attrs["pooling_factor"] == 4
     # On the fly and from the file: the same log-probabilities.
     a = score_json(arc_run, query, "--context", context)
     b = score_json(arc_run, query, "--context-vectors", ctx)
     plain = score_json(arc_run, query)
     assert a["positions"] == b["positions"]
-    assert a["positions"][0]["id"] == -1 and a["context_positions"] == j["vectors"] + 1
+    assert a["positions"][0]["id"] == -1 and a["context_positions"] == j["positions"]
     assert a["context_tokens"] == j["tokens"]
     assert a["predicted"] == plain["predicted"]  # <Cont> predicts what <s> predicted
     assert a["nll"] != plain["nll"]
@@ -138,7 +138,7 @@ def test_compress_generate_and_score_with_context(arc_run, tmp_path):
     ctx2 = tmp_path / "ctx2.h5"
     compress(arc_run, other, ctx2)
     with h5py.File(ctx2, "r") as f:
-        v2 = f["context/vectors"][()]
+        v2 = f["context/embeds"][()]
     assert np.array_equal(v2[:4], vectors[:4])
     g1 = run("generate", arc_run, "--context", context, "--prompt", "", "--max-new-tokens", 8, "--ignore-eos")
     g2 = run("generate", arc_run, "--context-vectors", ctx, "--max-new-tokens", 8, "--ignore-eos")
@@ -159,11 +159,16 @@ def test_context_vectors_for_another_decoder_are_refused(arc_run, small_store, t
     r = run("score", other, "--text", query, "--context", context, check=False)
     assert r.returncode != 0 and "without a context compressor" in r.stderr, r.stderr
     with h5py.File(ctx, "r+") as f:  # a file whose width does not match the decoder
-        v = f["context/vectors"][()]
-        del f["context/vectors"]
-        f["context/vectors"] = v[:, :32]
+        v = f["context/embeds"][()]
+        del f["context/embeds"]
+        f["context/embeds"] = v[:, :32]
     r = run("score", arc_run, "--text", query, "--context-vectors", ctx, check=False)
     assert r.returncode != 0 and "must be [k, 64]" in r.stderr, r.stderr
-    r = run("compress", arc_run, "--text", query, "--out", tmp_path / "x.h5", "--chunk-len", 100000, check=False)
-    assert r.returncode != 0 and "exceeds the encoder's maximum" in r.stderr, r.stderr
+    # A context whose compressed form and the text do not fit the decoder's 128 positions.
+    long = tmp_path / "long.txt"
+    long.write_text("The fleshy pome or fruit of a rosaceous tree. " * 80)
+    r = run("score", arc_run, "--text", query, "--context", long, check=False)
+    assert r.returncode != 0 and "context positions do not fit" in r.stderr, r.stderr
+    r = run("compress", arc_run, "--text", tmp_path / "missing.txt", "--out", tmp_path / "x.h5", check=False)
+    assert r.returncode != 0 and "missing.txt" in r.stderr, r.stderr
     assert not (tmp_path / "x.h5").exists()

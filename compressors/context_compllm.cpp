@@ -1,0 +1,175 @@
+#include "compressors/context_compllm.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include "compressors/distill.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "core/shape.h"
+
+namespace condense {
+namespace {
+
+// Installs the adapters on the decoder for one compression pass and removes them afterwards,
+// also when the pass throws: the decoder pass must never see them.
+class AdapterScope {
+ public:
+  AdapterScope(LlamaForCausalLM& decoder, std::shared_ptr<LoraAdapters> adapters) : decoder_(decoder) {
+    CONDENSE_CHECK(!decoder->projection_hook(), "CompLLM: the decoder already has a projection hook");
+    decoder_->set_projection_hook(std::move(adapters));
+  }
+  ~AdapterScope() { decoder_->set_projection_hook(nullptr); }
+
+ private:
+  LlamaForCausalLM& decoder_;
+};
+
+std::vector<std::string> projection_weights(LlamaForCausalLM& decoder) {
+  std::vector<std::string> out;
+  for (const auto& p : decoder->named_parameters()) {
+    const std::string& n = p.key();
+    if (p.value().dim() == 2 && n.rfind("model.layers.", 0) == 0 && n.size() > 12 &&
+        n.compare(n.size() - 12, 12, "_proj.weight") == 0)
+      out.push_back(n);
+  }
+  return out;
+}
+
+}  // namespace
+
+CompLlmCompressor::CompLlmCompressor(LlamaForCausalLM& decoder, CompLlmOptions o) : options_(o) {
+  const LlamaConfig& c = decoder->config();
+  CONDENSE_CHECK(o.segment_len >= 1, "context.segment_len {} must be >= 1", o.segment_len);
+  CONDENSE_CHECK(o.rate >= 1 && o.rate <= o.segment_len, "context.pooling_factor {} (CompLLM's "
+                 "rate C): valid is 1..{} (context.segment_len)", o.rate, o.segment_len);
+  CONDENSE_CHECK(o.lora_rank >= 1 && o.lora_rank <= c.hidden_size, "context.lora_rank {}: valid is "
+                 "1..{}", o.lora_rank, c.hidden_size);
+  CONDENSE_CHECK(o.kd_ratio >= 0 && o.kd_ratio <= 1, "context.kd_ratio {}: valid is [0, 1]", o.kd_ratio);
+  adapters_ = std::make_shared<LoraAdapters>(decoder, projection_weights(decoder),
+                                             LoraSpec{"lora", o.lora_rank, o.lora_alpha}, nullptr);
+  at::NoGradGuard no_grad;
+  at::Tensor emb = decoder->model->embed_tokens->weight.detach();
+  const double rms = emb.pow(2).mean().sqrt().item<double>();
+  const int64_t slots = (o.segment_len + o.rate - 1) / o.rate;
+  slots_ = (at::randn({slots, c.hidden_size}, emb.options()) * rms).requires_grad_(true);
+  proj_ = at::eye(c.hidden_size, emb.options()).requires_grad_(true);
+}
+
+at::Tensor CompLlmCompressor::compress_segment(LlamaForCausalLM& decoder, const at::Tensor& segment) {
+  const int64_t b = segment.size(0), s = segment.size(1), k = (s + options_.rate - 1) / options_.rate;
+  CONDENSE_CHECK(s >= 1 && s <= options_.segment_len, "CompLLM: a segment of {} tokens (valid 1..{})",
+                 s, options_.segment_len);
+  at::Tensor slots = slots_.narrow(0, 0, k).unsqueeze(0).expand({b, k, slots_.size(1)});
+  at::Tensor h;
+  {
+    AdapterScope scope(decoder, adapters_);
+    h = decoder->hidden({{}, at::cat({decoder->embed(segment), slots}, 1)});
+  }
+  return at::linear(h.narrow(1, s, k), proj_);
+}
+
+at::Tensor CompLlmCompressor::context(LlamaForCausalLM& decoder, const at::Tensor& ids) {
+  const int64_t seg = options_.segment_len;
+  std::vector<at::Tensor> parts;
+  const bool cached = !at::GradMode::is_enabled();
+  for (int64_t pos = 0, n = ids.size(1); pos < n; pos += seg) {
+    at::Tensor piece = ids.narrow(1, pos, std::min(seg, n - pos));
+    if (!cached) {
+      parts.push_back(compress_segment(decoder, piece));
+      continue;
+    }
+    std::vector<at::Tensor> rows;
+    for (int64_t r = 0; r < piece.size(0); ++r) {
+      at::Tensor row = piece.narrow(0, r, 1).to(at::kCPU, at::kLong).contiguous();
+      std::string key = sha256_hex(std::string_view(static_cast<const char*>(row.data_ptr()),
+                                                    row.numel() * sizeof(int64_t)));
+      auto it = cache_.find(key);
+      if (it != cache_.end()) {
+        ++hits_;
+      } else {
+        it = cache_.emplace(key, compress_segment(decoder, piece.narrow(0, r, 1)).squeeze(0)).first;
+      }
+      rows.push_back(it->second.unsqueeze(0));
+    }
+    parts.push_back(at::cat(rows, 0));
+  }
+  return at::cat(parts, 1);
+}
+
+int64_t CompLlmCompressor::positions(int64_t n) const {
+  const int64_t seg = options_.segment_len, c = options_.rate;
+  const int64_t full = n / seg, rest = n % seg;
+  return full * ((seg + c - 1) / c) + (rest + c - 1) / c;
+}
+
+at::Tensor CompLlmCompressor::loss(LlamaForCausalLM& decoder, const Batch& b, const ContextLayout& layout) {
+  const int64_t t = b.inputs.size(1), p = layout.prefix, n = layout.chunk, m = t - p - n;
+  at::Tensor concepts = context(decoder, b.inputs.narrow(1, p, n));
+  const int64_t k = concepts.size(1);
+  // Student: [prefix, concepts, continuation]; its positions p + k - 1 .. p + k + m - 1 predict
+  // the m + 1 targets y[p + n - 1 ..], as the teacher's positions p + n - 1 .. t - 1 do.
+  at::Tensor embeds = at::cat({decoder->embed(b.inputs.narrow(1, 0, p)), concepts,
+                               decoder->embed(b.inputs.narrow(1, p + n, m))}, 1);
+  at::Tensor student = decoder->hidden({{}, embeds}).narrow(1, p + k - 1, m + 1);
+  at::Tensor teacher;
+  {
+    at::NoGradGuard no_grad;
+    teacher = decoder->hidden({b.inputs}).narrow(1, p + n - 1, m + 1);
+  }
+  KdLossOptions kd;
+  kd.kd_ratio = options_.kd_ratio;
+  at::Tensor w = decoder->lm_head_weight();
+  const int64_t h = student.size(-1);
+  return chunked_kd_loss(student.reshape({-1, h}), w, teacher.reshape({-1, h}), w,
+                         b.targets.narrow(1, p + n - 1, m + 1).reshape({-1}), kd);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> CompLlmCompressor::named() const {
+  std::vector<std::pair<std::string, at::Tensor>> out = {{"compllm.slots", slots_},
+                                                         {"compllm.proj.weight", proj_}};
+  for (auto& [name, t] : adapters_->parameters()) out.emplace_back("compllm." + name, t);
+  return out;
+}
+
+void CompLlmCompressor::load(const H5File& file) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, dst] : named()) {
+    CONDENSE_CHECK(file.has(name), "{}: missing CompLLM tensor '{}'", file.path(), name);
+    at::Tensor src = file.read_tensor(name);
+    CONDENSE_CHECK(src.sizes() == dst.sizes(), "{}: CompLLM tensor '{}' has shape {}, expected {} "
+                   "(context.segment_len, pooling_factor or lora_rank differ?)", file.path(), name,
+                   shape_str(src.sizes()), shape_str(dst.sizes()));
+    dst.copy_(src);
+  }
+  cache_.clear();
+}
+
+void CompLlmCompressor::calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) {
+  // The projection's scale: concept embeddings of the first segment at the RMS of its tokens'
+  // embeddings (the decoder's final norm leaves its hidden states far from embedding size).
+  at::NoGradGuard no_grad;
+  at::Tensor seg = ids.narrow(1, 0, std::min(options_.segment_len, ids.size(1)));
+  const double target = decoder->embed(seg).pow(2).mean().sqrt().item<double>();
+  const double now = compress_segment(decoder, seg).pow(2).mean().sqrt().item<double>();
+  CONDENSE_CHECK(std::isfinite(now) && now > 0, "CompLLM: concept RMS {} on the calibration segment", now);
+  proj_.mul_(target / now);
+  cache_.clear();
+}
+
+void CompLlmCompressor::to(c10::Device device) {
+  at::NoGradGuard no_grad;
+  adapters_->to(device);
+  slots_ = slots_.detach().to(device).requires_grad_(true);
+  proj_ = proj_.detach().to(device).requires_grad_(true);
+}
+
+std::string CompLlmCompressor::describe() const {
+  const int64_t k = (options_.segment_len + options_.rate - 1) / options_.rate;
+  return fmt::format("compllm: segments of {} tokens -> {} concept embeddings (C = {}), LoRA rank {} "
+                     "(alpha {}) on every projection for the compression pass, KD ratio {}",
+                     options_.segment_len, k, options_.rate, options_.lora_rank, options_.lora_alpha,
+                     options_.kd_ratio);
+}
+
+}  // namespace condense

@@ -1,0 +1,41 @@
+#include "compressors/context_compressor.h"
+
+#include "compressors/context_arc.h"
+#include "compressors/context_compllm.h"
+#include "core/error.h"
+
+namespace condense {
+namespace {
+
+CompLlmOptions compllm_options(const ContextConfig& c) {
+  return CompLlmOptions{c.segment_len, c.pooling_factor, c.lora_rank, c.lora_alpha, c.kd_ratio};
+}
+
+}  // namespace
+
+std::shared_ptr<ContextCompressor> make_context_compressor(LlamaForCausalLM& decoder,
+                                                           const ContextConfig& c) {
+  if (c.method == "arc")
+    return std::make_shared<ArcCompressor>(decoder, ArcOptions{c.encoder_layers, c.pooling_factor, c.bottleneck},
+                                           c.chunk_len, c.reconstruction_share);
+  if (c.method == "compllm") return std::make_shared<CompLlmCompressor>(decoder, compllm_options(c));
+  fail("context.method {} is not built; valid: arc, compllm", c.method);
+}
+
+std::shared_ptr<ContextCompressor> load_context_compressor(LlamaForCausalLM& decoder,
+                                                           const ContextConfig& c, const H5File& file) {
+  std::shared_ptr<ContextCompressor> out;
+  if (c.method == "arc") {
+    // The widths as stored (a recipe default of 0 resolves to the decoder's hidden size).
+    ArcOptions o{ArcEncoderImpl::stored_layers(file), c.pooling_factor, ArcEncoderImpl::stored_bottleneck(file)};
+    CONDENSE_CHECK(o.encoder_layers > 0, "{}: no ARC encoder tensors (encoder.layers.0.*)", file.path());
+    out = std::make_shared<ArcCompressor>(decoder, o, c.chunk_len, c.reconstruction_share);
+  } else {
+    out = make_context_compressor(decoder, c);
+  }
+  out->load(file);
+  out->train(false);
+  return out;
+}
+
+}  // namespace condense
