@@ -15,7 +15,8 @@
 // first continuation token included), mixed with cross-entropy by context.kd_ratio.
 //
 // Checkpoint names: compllm.slots [ceil(S / C), hidden], compllm.proj.weight [hidden, hidden],
-// compllm.lora.<weight>.A / .B (the adapters are never merged into the decoder).
+// compllm.lora.model.layers.<i>.<module>.<proj>.A / .B (the adapters are never merged into the
+// decoder).
 #pragma once
 #include <map>
 #include <memory>

@@ -1,12 +1,15 @@
-"""The ARC-style context compressor through the CLI (recipes/context_arc.yaml, kind
-context_compressor; compressors/context_arc.h).
+"""Context compressors through the CLI (kind context_compressor; compressors/context_arc.h,
+compressors/context_compllm.h).
 
-On a briefly trained small model as the frozen decoder: training changes only the encoder,
-projector and markers (every decoder tensor in the run's checkpoints is bitwise the init's),
-lowers the continuation loss with compressed context below the untrained encoder's, and resumes
-bitwise. `condense context-eval` reports every baseline on the same tokens, with gap closed
-computed from its own NLLs, and KV bytes that follow the layout. Bad options fail naming the key,
-with no run directory written.
+On a briefly trained small model as the frozen decoder, for the ARC-style encoder
+(recipes/context_arc.yaml) and CompLLM (context.method=compllm): training changes only the
+compressor's tensors (every decoder tensor in the run's checkpoints is bitwise the init's, with
+no optimizer state), lowers the continuation loss with compressed context below the untrained
+compressor's, and resumes bitwise. `condense context-eval` reports every baseline on the same
+tokens, with gap closed computed from its own NLLs, and KV bytes that follow the layout;
+`compress` and generate / score --context / --context-vectors agree, chunks are independent, and
+vectors made for another decoder are refused. Bad options fail naming the key, with no run
+directory written.
 """
 import json
 
@@ -172,3 +175,55 @@ def test_context_vectors_for_another_decoder_are_refused(arc_run, small_store, t
     r = run("compress", arc_run, "--text", tmp_path / "missing.txt", "--out", tmp_path / "x.h5", check=False)
     assert r.returncode != 0 and "missing.txt" in r.stderr, r.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+def compllm_args(trained, store, out, steps=30, *extra):
+    return arc_args(trained, store, out, steps, "context.method=compllm", "context.segment_len=8",
+                    "context.pooling_factor=2", "context.lora_rank=4", *extra)
+
+
+@pytest.fixture(scope="module")
+def compllm_run(trained, small_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compllm") / "run"
+    run(*compllm_args(trained, small_store, out))
+    return out
+
+
+def test_compllm_trains_its_tensors_only_and_resumes_bitwise(trained, small_store, compllm_run, tmp_path):
+    orig, _, _ = model_tensors(trained[0])
+    ckpt = compllm_run / "checkpoints" / "step_000030.h5"
+    new, _, _ = model_tensors(ckpt)
+    for k in orig:
+        assert np.array_equal(orig[k], new[k]), k
+    with h5py.File(ckpt, "r") as f:
+        names = list(f.keys())
+        # The compression pass's adapters are stored apart from the decoder's (never merged).
+        assert not [n for n in names if n.startswith("lora")]
+        assert {"compllm.slots", "compllm.proj.weight"} <= set(names)
+        assert set(f["optimizer"].keys()) == {n for n in names if n.startswith("compllm.")}
+    # eval sees the unchanged decoder.
+    ev = [json.loads(run("eval", c, "--batches", 2, "--seq-len", 32, "--batch-size", 4).stdout.splitlines()[-1])["val_loss"]
+          for c in (trained[0], ckpt)]
+    assert ev[0] == ev[1]
+    resumed = tmp_path / "resumed"
+    start_from_step(compllm_run, resumed, 10)
+    run(*compllm_args(trained, small_store, resumed), "--resume")
+    assert_same_datasets(ckpt, resumed / "checkpoints" / "step_000030.h5", ["compllm.", "optimizer"], at_least=20)
+
+
+def test_compllm_context_eval_and_scoring(compllm_run, tmp_path):
+    j = context_eval(compllm_run)
+    assert j["method"] == "compllm" and j["compressed_positions"] == 8  # 2 segments of 8 -> 4 each
+    assert j["reconstruction_accuracy"] is None and j["reconstruction_accuracy_untrained"] is None
+    assert j["nll"]["compressed"] < j["nll"]["untrained"]
+    context = tmp_path / "context.txt"
+    context.write_text("Apple, n. [1913 Webster] The fleshy pome or fruit of a rosaceous tree.")
+    query = tmp_path / "query.txt"
+    query.write_text(" The apple tree bears fruit.")
+    ctx = tmp_path / "ctx.h5"
+    c = json.loads(compress(compllm_run, context, ctx).stdout.strip().splitlines()[-1])
+    assert c["method"] == "compllm" and c["positions"] == sum((min(8, c["tokens"] - s) + 1) // 2
+                                                             for s in range(0, c["tokens"], 8))
+    a = score_json(compllm_run, query, "--context", context)
+    b = score_json(compllm_run, query, "--context-vectors", ctx)
+    assert a["positions"] == b["positions"] and a["context_positions"] == c["positions"]

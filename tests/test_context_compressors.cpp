@@ -20,6 +20,7 @@
 #include <filesystem>
 
 #include "compressors/context_arc.h"
+#include "compressors/context_compllm.h"
 #include "compressors/context_sequence.h"
 #include "core/error.h"
 #include "io/hdf5_file.h"
@@ -222,6 +223,88 @@ TEST(ContextSequence, MarkersPredictTheFirstTarget) {
   ASSERT_EQ(r.targets.size(1), 8);
   EXPECT_TRUE(at::equal(r.targets, x.narrow(1, 3, 8)));
   EXPECT_EQ(r.parts[2].size(1), 7);
+}
+
+}  // namespace
+}  // namespace condense
+
+namespace condense {
+namespace {
+
+CompLlmOptions small_compllm() { return CompLlmOptions{5, 2, 4, 8.0, 1.0}; }
+
+TEST(ContextCompLlm, SegmentsAreIndependentAndCached) {
+  at::manual_seed(11);
+  LlamaForCausalLM m(test::tiny_llama(4, 2));
+  m->eval();
+  CompLlmCompressor c(m, small_compllm());
+  c.train(false);
+  at::NoGradGuard g;
+  at::Tensor ids = at::randint(0, 61, {2, 12}, at::kLong);  // segments of 5, 5, 2 -> 3 + 3 + 1
+  EXPECT_EQ(c.positions(12), 7);
+  at::Tensor a = c.context(m, ids);
+  ASSERT_EQ(a.sizes(), (std::vector<int64_t>{2, 7, 32}));
+  EXPECT_FALSE(m->projection_hook());  // the adapters are off outside the compression pass
+  at::Tensor other = ids.clone();
+  other[1][7] = (ids[1][7].item<int64_t>() + 1) % 61;  // second segment of row 1
+  const int64_t hits = c.cache_hits();
+  at::Tensor b = c.context(m, other);
+  EXPECT_EQ(c.cache_hits() - hits, 5);  // all but the changed segment come from the cache
+  EXPECT_TRUE(at::equal(b.narrow(1, 0, 3), a.narrow(1, 0, 3)));
+  EXPECT_TRUE(at::equal(b[0], a[0]));
+  EXPECT_FALSE(at::equal(b[1].narrow(0, 3, 3), a[1].narrow(0, 3, 3)));
+  EXPECT_TRUE(at::equal(b[1].narrow(0, 6, 1), a[1].narrow(0, 6, 1)));
+  // A cache hit equals recomputation.
+  at::Tensor fresh = c.compress_segment(m, ids.narrow(1, 5, 5));
+  EXPECT_TRUE(at::equal(fresh, a.narrow(1, 3, 3)));
+}
+
+TEST(ContextCompLlm, StartsAsThePlainDecoderAndTrainsOnlyItsTensors) {
+  at::manual_seed(12);
+  LlamaForCausalLM m(test::tiny_llama(4, 2));
+  for (auto& p : m->parameters()) p.requires_grad_(false);
+  CompLlmCompressor c(m, small_compllm());
+  auto named = c.named();
+  std::map<std::string, at::Tensor> by_name(named.begin(), named.end());
+  // B = 0: the compression pass is the plain decoder, the projection the identity.
+  at::Tensor seg = at::randint(0, 61, {1, 5}, at::kLong);
+  {
+    at::NoGradGuard g;
+    at::Tensor h = m->hidden({{}, at::cat({m->embed(seg), by_name.at("compllm.slots").narrow(0, 0, 3).unsqueeze(0)}, 1)});
+    EXPECT_LT(max_diff(c.compress_segment(m, seg), h.narrow(1, 5, 3)), 1e-6);
+  }
+  EXPECT_EQ(by_name.count("compllm.lora.model.layers.1.mlp.down_proj.A"), 1u);
+  // The loss is forward KL on the continuation positions, against the decoder reading the window.
+  at::Tensor x = at::randint(0, 61, {2, 21}, at::kLong);
+  Batch b{x.narrow(1, 0, 20), x.narrow(1, 1, 20)};
+  ContextLayout layout{2, 10};
+  at::Tensor loss = c.loss(m, b, layout);
+  at::Tensor ref;
+  {
+    at::NoGradGuard g;
+    at::Tensor z = c.context(m, b.inputs.narrow(1, 2, 10));
+    ASSERT_EQ(z.size(1), 6);
+    at::Tensor s = m->logits(m->hidden({{}, at::cat({m->embed(b.inputs.narrow(1, 0, 2)), z,
+                                                      m->embed(b.inputs.narrow(1, 12, 8))}, 1)}))
+                       .narrow(1, 7, 9);
+    at::Tensor t = m->logits(m->hidden({b.inputs})).narrow(1, 11, 9);
+    at::Tensor pt = at::softmax(t, -1);
+    ref = (pt * (at::log_softmax(t, -1) - at::log_softmax(s, -1))).sum(-1).mean();
+  }
+  EXPECT_NEAR(loss.item<double>(), ref.item<double>(), 1e-5);
+  loss.backward();
+  for (auto& [name, t] : named) {
+    if (name.find(".B") != std::string::npos || name == "compllm.slots" || name == "compllm.proj.weight")
+      EXPECT_TRUE(t.grad().defined() && t.grad().abs().sum().item<double>() > 0) << name;
+  }
+  for (auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined());
+}
+
+TEST(ContextCompLlm, RefusesBadOptions) {
+  LlamaForCausalLM m(test::tiny_llama(4, 2));
+  EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{0, 1, 4, 8, 1}), Error);
+  EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{4, 5, 4, 8, 1}), Error);
+  EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{4, 2, 33, 8, 1}), Error);
 }
 
 }  // namespace
