@@ -1,13 +1,14 @@
 """Context compressors against their frozen decoder (issue 15): trains recipes/context_arc.yaml
-at each pooling factor on the GCIDE teacher and measures, with `condense context-eval` on the
-same held-out windows, the continuation NLL with no context, full context, the compressed context
-(the trained encoder), the context truncated to as many positions (its most recent tokens), the
-mean-pooled token embeddings and the encoder as initialized; gap closed for each;
-reconstruction accuracy of the compressed span; prefill tokens/s and KV bytes, full vs
-compressed, in one run. Appends a section to bench/RESULTS.md.
+(method arc) and recipes/context_compllm.yaml (method compllm) at the given factors, then
+measures with `condense context-eval` on the same held-out windows: the continuation NLL with no
+context, full context, the compressed context, the context truncated to as many positions (its
+most recent tokens), mean-pooled token embeddings and the compressor as initialized; gap closed
+for each; reconstruction accuracy of the compressed span (ARC) next to the decoder's copying of
+the uncompressed span; prefill tokens/s and KV bytes, full vs compressed, in one run. Appends a
+section to bench/RESULTS.md.
 
     .venv/bin/python bench/context_compress.py --teacher bench/out/teacher/checkpoints/step_003000.h5 \
-        --out bench/out/context --factors 4,8 --steps 600
+        --out bench/out/context --runs arc:4,arc:8,compllm:2 --steps 600
 
 A run whose checkpoint exists is reused (an interrupted one resumes), so the script can be rerun
 to add a factor or re-evaluate.
@@ -31,13 +32,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", required=True, help="the frozen decoder's checkpoint")
     ap.add_argument("--out", default="bench/out/context")
-    ap.add_argument("--factors", default="4,8")
+    ap.add_argument("--runs", default="arc:4,arc:8", help="method:factor list (compllm's factor is C)")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--chunk-len", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--encoder-layers", type=int, default=2)
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--segment-len", type=int, default=16, help="compllm segments")
+    ap.add_argument("--data", default="", help="token store in the decoder's tokenizer (e.g. SmolLM2's)")
     ap.add_argument("--extra", default="", help="more recipe overrides, space-separated")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true")
@@ -48,38 +51,48 @@ def main():
     teacher = Path(a.teacher).resolve()
     load0, t0 = os.getloadavg()[0], time.time()
     rows, payload = [], {"teacher": str(teacher), "runs": {}}
-    for f in [int(x) for x in a.factors.split(",")]:
-        run_dir = out / f"arc{f}"
+    for spec in a.runs.split(","):
+        method, f = spec.split(":")
+        f = int(f)
+        run_dir = out / f"{method}{f}"
         overrides = [f"init={teacher}", f"context.pooling_factor={f}", f"context.chunk_len={a.chunk_len}",
-                     f"data.seq_len={a.seq_len}", f"context.encoder_layers={a.encoder_layers}",
-                     f"train.steps={a.steps}", *a.extra.split()]
-        train(REPO / "recipes" / "context_arc.yaml", run_dir, overrides, a.threads)
+                     f"data.seq_len={a.seq_len}", f"train.steps={a.steps}"]
+        overrides.append(f"context.encoder_layers={a.encoder_layers}" if method == "arc"
+                         else f"context.segment_len={a.segment_len}")
+        if a.data:
+            overrides.append(f"data.dataset={Path(a.data).resolve()}")
+        overrides += a.extra.split()
+        train(REPO / "recipes" / f"context_{method}.yaml", run_dir, overrides, a.threads)
         m = metrics(run_dir)  # a resumed run's elapsed_s counts from its restart
         tokens, train_s = m[-1]["tokens_seen"], m[-1]["elapsed_s"]
         proc, _ = sh([BIN, "context-eval", latest(run_dir), "--batches", a.eval_batches,
                       "--threads", a.threads])
         j = json.loads(proc.stdout.strip().splitlines()[-1])
         j.update(train_tokens=tokens, train_seconds=train_s)
-        payload["runs"][f"arc{f}"] = j
-        rows.append((f, j))
+        payload["runs"][f"{method}{f}"] = j
+        rows.append((f"{method} {f}x", j))
     load1 = os.getloadavg()[0]
 
-    def row(f, j):
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    def row(name, j):
         n, g, p, kv = j["nll"], j["gap_closed"], j["prefill_tokens_per_s"], j["kv_bytes_per_window"]
-        return (f"| ARC {f}x ({j['chunk_len']} -> {j['compressed_positions']}) | {n['none']:.4f} | "
+        return (f"| {name} ({j['chunk_len']} -> {j['compressed_positions']}) | {n['none']:.4f} | "
                 f"{n['full']:.4f} | {n['compressed']:.4f} (**{g['compressed']:.2f}**) | "
                 f"{n['truncated']:.4f} ({g['truncated']:.2f}) | {n['mean_pool']:.4f} ({g['mean_pool']:.2f}) | "
-                f"{n['untrained']:.4f} ({g['untrained']:.2f}) | {100 * j['reconstruction_accuracy']:.1f}% "
-                f"({100 * j['reconstruction_accuracy_untrained']:.1f}%, {100 * j['reconstruction_accuracy_uncompressed']:.1f}%) | {p['compressed'] / p['full']:.2f}x | "
+                f"{n['untrained']:.4f} ({g['untrained']:.2f}) | {pct(j['reconstruction_accuracy'])} "
+                f"({pct(j['reconstruction_accuracy_untrained'])}, {pct(j['reconstruction_accuracy_uncompressed'])}) | "
+                f"{p['compressed'] / p['full']:.2f}x | "
                 f"{kv['compressed'] / kv['full']:.3f} | {j['train_tokens'] / 1e6:.2f}M, {j['train_seconds'] / 60:.1f} min |")
 
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "`.venv/bin/python bench/context_compress.py " + " ".join(sys.argv[1:]) + "`"
     section = f"""
-## Context compressors: ARC-style encoder on the GCIDE teacher ({now}, commit {git_head()})
+## Context compressors on {teacher.name} ({now}, commit {git_head()})
 
 Command: {cmd}. Machine: {cpu_model()}, {a.threads} threads; load {load0:.1f} -> {load1:.1f};
-{(time.time() - t0) / 60:.0f} min (reused runs included as trained). Frozen decoder: {teacher.name}.
+{(time.time() - t0) / 60:.0f} min (reused runs are not retrained). Frozen decoder: {teacher}.
 Held-out: the first {a.eval_batches} validation batches of 8 windows of {a.seq_len} tokens: a chunk
 of {a.chunk_len} tokens (the context), then the continuation; NLL on the continuation tokens
 after the first (the same targets for every row). In parentheses: gap closed = (none - x) /
@@ -92,7 +105,7 @@ positions' bytes, compressed over full.
 
 | compressor | no context | full | compressed | truncated | mean-pooled | untrained | reconstruction | prefill | KV | training |
 | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-""" + "\n".join(row(f, j) for f, j in rows) + "\n"
+""" + "\n".join(row(name, j) for name, j in rows) + "\n"
     finish_report(section, a.results, not a.no_append, a.json or None, payload)
 
 
