@@ -131,7 +131,7 @@ int context_eval(const ContextArgs& a) {
       into.scored += scored;
     };
     add("none", at::Tensor());
-    add("truncated", chunk.narrow(1, n - k, k));
+    add("truncated", chunk.narrow(1, n - std::min(k, n), std::min(k, n)));
     add("mean_pool", group_mean(chunk, f));
     {
       auto t0 = Clock::now();
