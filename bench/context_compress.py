@@ -81,7 +81,8 @@ def main():
         return (f"| {name} ({j['chunk_len']} -> {j['compressed_positions']}) | {n['none']:.4f} | "
                 f"{n['full']:.4f} | {n['compressed']:.4f} (**{g['compressed']:.2f}**) | "
                 f"{n['truncated']:.4f} ({g['truncated']:.2f}) | {n['mean_pool']:.4f} ({g['mean_pool']:.2f}) | "
-                f"{n['untrained']:.4f} ({g['untrained']:.2f}) | {pct(j['reconstruction_accuracy'])} "
+                f"{n['untrained']:.4f} ({g['untrained']:.2f}) | {n['compressed_other_window']:.4f} / "
+                f"{n['full_other_window']:.4f} (**{j['content_gap_closed']:.2f}**) | {pct(j['reconstruction_accuracy'])} "
                 f"({pct(j['reconstruction_accuracy_untrained'])}, {pct(j['reconstruction_accuracy_uncompressed'])}) | "
                 f"{p['compressed'] / p['full']:.2f}x | "
                 f"{kv['compressed'] / kv['full']:.3f} | {j['train_tokens'] / 1e6:.2f}M, {j['train_seconds'] / 60:.1f} min |")
@@ -100,11 +101,15 @@ after the first (the same targets for every row). In parentheses: gap closed = (
 Reconstruction: teacher-forced token accuracy of the decoder rebuilding the chunk from [compressed,
 <Rec>] (in parentheses the untrained encoder's, which is about the decoder's own language
 modelling of the chunk, and the uncompressed ceiling: the decoder reading the chunk's tokens and
-then the chunk again, i.e. how well the frozen decoder copies at all). Prefill: (window tokens / s) compressed (encoder + decoder) over full. KV: cached
+then the chunk again, i.e. how well the frozen decoder copies at all). Another window's: each window
+reads the compressed (or the plain) context of another window of its batch, the control for a
+learned prompt (domain adaptation) that helps whatever the content; content gap = (compressed of
+another window - compressed) / (full of another window - full), what the compressed content is
+worth against what the plain content is worth. Prefill: (window tokens / s) compressed (encoder + decoder) over full. KV: cached
 positions' bytes, compressed over full.
 
-| compressor | no context | full | compressed | truncated | mean-pooled | untrained | reconstruction | prefill | KV | training |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| compressor | no context | full | compressed | truncated | mean-pooled | untrained | another window's: compressed / full (content gap) | reconstruction | prefill | KV | training |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 """ + "\n".join(row(name, j) for name, j in rows) + "\n"
     finish_report(section, a.results, not a.no_append, a.json or None, payload)
 

@@ -5,6 +5,7 @@
 // A window of T tokens (inputs x [B, T], targets y [B, T] = x shifted left) is laid out as
 // [prefix: p tokens][chunk: n tokens, the context][continuation: m = T - p - n tokens].
 #pragma once
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>

@@ -144,6 +144,15 @@ int context_eval(const ContextArgs& a) {
       compressed_seconds += seconds_since(t0);
     }
     add("untrained", untrained->context(decoder, chunk_ids));
+    // The control that separates content from a learned prompt: every window reads the
+    // compressed context of another window of the batch. What compressed gains over it is what
+    // the compressed *content* carries.
+    // The same control for the full context: another window's plain chunk tells the decoder the
+    // domain without this window's content.
+    if (x.size(0) > 1) {
+      add("compressed_other_window", trained.compressor->context(decoder, chunk_ids.roll(1, 0)));
+      add("full_other_window", chunk.roll(1, 0));
+    }
     add_reconstruction(reconstruction, *trained.compressor);
     add_reconstruction(reconstruction_untrained, *untrained);
     // The ceiling without compression: the span itself, then the span again (the decoder
@@ -160,8 +169,13 @@ int context_eval(const ContextArgs& a) {
   nlohmann::json nll, gap;
   for (auto& [name, v] : m) nll[name] = v.nll / batches;
   const double none = nll["none"].get<double>(), full = nll["full"].get<double>();
-  for (const char* name : {"compressed", "truncated", "mean_pool", "untrained"})
-    gap[name] = (none - nll[name].get<double>()) / (none - full);
+  for (auto& [name, v] : m)
+    if (name != "none" && name != "full") gap[name] = (none - nll[name].get<double>()) / (none - full);
+  // What the content alone is worth: each context against another window's of the same kind.
+  nlohmann::json content_gap = nullptr;
+  if (m.count("full_other_window"))
+    content_gap = (nll["compressed_other_window"].get<double>() - nll["compressed"].get<double>()) /
+                  (nll["full_other_window"].get<double>() - full);
   const LlamaConfig& c = decoder->config();
   const double per_position = 2.0 * c.num_hidden_layers * c.kv_heads() * c.head_size() *
                               decoder->lm_head_weight().element_size();
@@ -179,6 +193,7 @@ int context_eval(const ContextArgs& a) {
       {"windows", static_cast<int64_t>(batches) * cfg.data.batch_size},
       {"nll", nll},
       {"gap_closed", gap},
+      {"content_gap_closed", content_gap},
       {"reconstruction_accuracy", share(reconstruction)},
       {"reconstruction_accuracy_untrained", share(reconstruction_untrained)},
       {"reconstruction_accuracy_uncompressed", share(reconstruction_full)},

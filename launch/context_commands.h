@@ -3,8 +3,13 @@
 //   context-eval  held-out measures of the compressor against the frozen decoder, as JSON:
 //                 continuation NLL with no context, full context, compressed context, the
 //                 context truncated to as many positions as the compressed one, mean-pooled
-//                 token embeddings (the untrained compressor a user would try first) and the
-//                 encoder as initialized before training; "gap closed" for each; teacher-forced
+//                 token embeddings (the untrained compressor a user would try first), the
+//                 compressor as initialized before training, and the compressed context of
+//                 another window (the control for a learned prompt that helps whatever the
+//                 content; with the plain chunk of another window as its full-context
+//                 counterpart); "gap closed" for each, and the content gap closed =
+//                 (compressed of another window - compressed) / (full of another window -
+//                 full); teacher-forced
 //                 reconstruction accuracy of the compressed span (and of the span given
 //                 uncompressed: how well the frozen decoder copies at all); prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.

@@ -57,12 +57,16 @@ def test_only_the_compressor_trains(trained, arc_run):
 def test_training_beats_the_untrained_encoder_and_reports_consistently(arc_run):
     j = context_eval(arc_run)
     nll, gap = j["nll"], j["gap_closed"]
-    assert set(nll) == {"none", "full", "compressed", "truncated", "mean_pool", "untrained"}
+    assert set(nll) == {"none", "full", "compressed", "truncated", "mean_pool", "untrained",
+                        "compressed_other_window", "full_other_window"}
     assert nll["full"] < nll["none"]  # the decoder uses its context
     assert nll["compressed"] < nll["untrained"]
-    for name in ("compressed", "truncated", "mean_pool", "untrained"):
+    for name in ("compressed", "truncated", "mean_pool", "untrained", "compressed_other_window",
+                 "full_other_window"):
         expect = (nll["none"] - nll[name]) / (nll["none"] - nll["full"])
         assert abs(gap[name] - expect) < 1e-9, name
+    content = (nll["compressed_other_window"] - nll["compressed"]) / (nll["full_other_window"] - nll["full"])
+    assert abs(j["content_gap_closed"] - content) < 1e-9
     assert j["compressed_positions"] == 5 and j["chunk_len"] == 16 and j["continuation_len"] == 16
     # 2 layers x 2 KV heads x 16 x (K, V) x 4 bytes per position; full 32 positions, compressed
     # 4 vectors + <Cont> + 16.
