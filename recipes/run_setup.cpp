@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <filesystem>
 #include <thread>
 
@@ -130,8 +131,9 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   spdlog::info("{}", describe_trainable(trainable));
   Trainer trainer(setup, std::move(trainable), std::move(loader), std::move(val));
   TrainResult r = trainer.run(run.resume);
-  spdlog::info("{} at step {}: train loss {:.4f}{}; checkpoint {}",
-               r.interrupted ? "interrupted" : "done", r.step, r.train_loss,
+  spdlog::info("{} at step {}: train loss {}{}; checkpoint {}",
+               r.interrupted ? "interrupted" : "done", r.step,
+               std::isnan(r.train_loss) ? "n/a (no step ran)" : fmt::format("{:.4f}", r.train_loss),
                r.val_loss >= 0 ? fmt::format(", validation loss {:.4f}", r.val_loss) : "",
                r.checkpoint);
   return r;

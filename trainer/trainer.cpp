@@ -155,6 +155,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     result.checkpoint = *resume_from;
     spdlog::info("resumed from {} at step {} ({} tokens seen)", *resume_from, state.step,
                  state.tokens_seen);
+    result.step = state.step;  // a run resumed at train.steps trains nothing and reports that
+    result.train_loss = std::nan("");
   }
 
   Communicator* comm = setup_.comm;

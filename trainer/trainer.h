@@ -39,7 +39,7 @@ struct TrainerSetup {
 
 struct TrainResult {
   int64_t step = 0;
-  double train_loss = 0;       // loss of the last step
+  double train_loss = 0;       // loss of the last step (NaN when a resumed run ran none)
   double val_loss = -1;        // last validation loss; -1 if never evaluated
   bool interrupted = false;    // stopped by a signal
   std::string checkpoint;      // last checkpoint written (or resumed from)
