@@ -121,9 +121,9 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   Checkpoint ckpt = Checkpoint::open(path);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
   const bool has_context = !chat.context_file.empty() || !chat.context_vectors.empty();
-  CONDENSE_CHECK(!(!prompt.empty() && !chat.user.empty()) && (has_context || prompt.empty() != chat.user.empty()),
-                 "generate needs exactly one of --prompt and --chat (with --context or "
-                 "--context-vectors, --prompt may be left out)");
+  const int given = static_cast<int>(!prompt.empty()) + static_cast<int>(!chat.user.empty());
+  CONDENSE_CHECK(given == 1 || (given == 0 && has_context), "generate needs exactly one of --prompt "
+                 "and --chat (with --context or --context-vectors, --prompt may be left out)");
   const bool chatting = !chat.user.empty();
   if (chatting) {
     CONDENSE_CHECK(tok.bpe(), "{}: --chat needs a byte-level BPE vocabulary with a chat format "
@@ -147,7 +147,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
   GenerationResult r = generate(model, ids, opt, kv, context.embeds);
   if (has_context)
-    spdlog::info("context: {} tokens compressed into {} positions (with <Cont>)", context.tokens,
+    spdlog::info("context: {} tokens compressed into {} positions", context.tokens,
                  context.embeds.size(0));
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
