@@ -145,18 +145,7 @@ std::vector<std::pair<std::string, at::Tensor>> ArcEncoderImpl::named() const {
   return out;
 }
 
-void ArcEncoderImpl::load(const H5File& file) {
-  at::NoGradGuard no_grad;
-  for (auto& [name, dst] : named()) {
-    CONDENSE_CHECK(file.has(name), "{}: missing ARC encoder tensor '{}'", file.path(), name);
-    at::Tensor src = file.read_tensor(name);
-    CONDENSE_CHECK(src.sizes() == dst.sizes(), "{}: ARC encoder tensor '{}' has shape {}, expected {}",
-                   file.path(), name, shape_str(src.sizes()), shape_str(dst.sizes()));
-    dst.copy_(src);
-  }
-}
-
-bool ArcEncoderImpl::present(const H5File& file) { return file.has("encoder.rec"); }
+void ArcEncoderImpl::load(const H5File& file) { load_named_tensors(file, named(), "ARC encoder"); }
 
 int64_t ArcEncoderImpl::stored_layers(const H5File& file) {
   int64_t n = 0;

@@ -67,8 +67,6 @@ class ArcEncoderImpl : public torch::nn::Module {
   // Copies the tensors of `named()` from `file`, checking every shape; throws naming the file
   // and the tensor when one is missing or differs.
   void load(const H5File& file);
-  // True when `file` holds an ARC encoder (encoder.rec).
-  static bool present(const H5File& file);
   // The encoder layer count stored in `file` (0: none).
   static int64_t stored_layers(const H5File& file);
   static int64_t stored_bottleneck(const H5File& file);

@@ -6,7 +6,6 @@
 #include "compressors/distill.h"
 #include "core/error.h"
 #include "core/hash.h"
-#include "core/shape.h"
 
 namespace condense {
 namespace {
@@ -133,15 +132,8 @@ std::vector<std::pair<std::string, at::Tensor>> CompLlmCompressor::named() const
 }
 
 void CompLlmCompressor::load(const H5File& file) {
-  at::NoGradGuard no_grad;
-  for (auto& [name, dst] : named()) {
-    CONDENSE_CHECK(file.has(name), "{}: missing CompLLM tensor '{}'", file.path(), name);
-    at::Tensor src = file.read_tensor(name);
-    CONDENSE_CHECK(src.sizes() == dst.sizes(), "{}: CompLLM tensor '{}' has shape {}, expected {} "
-                   "(context.segment_len, pooling_factor or lora_rank differ?)", file.path(), name,
-                   shape_str(src.sizes()), shape_str(dst.sizes()));
-    dst.copy_(src);
-  }
+  load_named_tensors(file, named(), "CompLLM",
+                     " (context.segment_len, pooling_factor or lora_rank differ?)");
   cache_.clear();
 }
 

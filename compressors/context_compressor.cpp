@@ -3,6 +3,7 @@
 #include "compressors/context_arc.h"
 #include "compressors/context_compllm.h"
 #include "core/error.h"
+#include "core/shape.h"
 
 namespace condense {
 namespace {
@@ -12,6 +13,18 @@ CompLlmOptions compllm_options(const ContextConfig& c) {
 }
 
 }  // namespace
+
+void load_named_tensors(const H5File& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                        const std::string& what, const std::string& hint) {
+  at::NoGradGuard no_grad;
+  for (const auto& [name, dst] : tensors) {
+    CONDENSE_CHECK(file.has(name), "{}: missing {} tensor '{}'", file.path(), what, name);
+    at::Tensor src = file.read_tensor(name);
+    CONDENSE_CHECK(src.sizes() == dst.sizes(), "{}: {} tensor '{}' has shape {}, expected {}{}",
+                   file.path(), what, name, shape_str(src.sizes()), shape_str(dst.sizes()), hint);
+    at::Tensor(dst).copy_(src);
+  }
+}
 
 std::shared_ptr<ContextCompressor> make_context_compressor(LlamaForCausalLM& decoder,
                                                            const ContextConfig& c) {

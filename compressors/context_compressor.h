@@ -42,10 +42,17 @@ class ContextCompressor {
   virtual void load(const H5File& file) = 0;
   // Once before training: e.g. output scales from the first training chunk [1, n].
   virtual void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) {}
+  // Moves the trained tensors (a method may replace them: call named() afterwards).
   virtual void to(c10::Device device) = 0;
   virtual void train(bool on) = 0;
   virtual std::string describe() const = 0;
 };
+
+// Copies each of `tensors` (checkpoint name, destination) from `file`, checking presence and
+// shape; errors name the file, `what` (e.g. "ARC encoder") and the tensor, plus `hint` on a
+// shape mismatch. For the methods' load().
+void load_named_tensors(const H5File& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                        const std::string& what, const std::string& hint = "");
 
 // The method context.method names, built for `decoder` (trained tensors initialized; draws from
 // the global generator). Throws naming the key when an option is out of range.
