@@ -60,6 +60,7 @@ struct DistillConfig {
 // tokens compressed][the rest: continuation, with loss].
 struct ContextConfig {
   std::string method = "arc";           // arc (ARC-style encoder) | compllm (segment compression)
+                                        // | xrag (one vector from a retriever's embedding)
   int64_t pooling_factor = 4;           // tokens per compressed vector (CompLLM's rate C)
   int64_t chunk_len = 64;               // tokens compressed per window
   int64_t prefix_len = 0;               // plain tokens before the compressed chunk
@@ -72,4 +73,18 @@ struct ContextConfig {
   int64_t lora_rank = 8;                // adapters of the compression pass
   double lora_alpha = 16;
   double kd_ratio = 1.0;                // KL weight; 1 - kd_ratio goes to cross-entropy
+  // Any method: a context_compressor checkpoint of the same method whose trained tensors start
+  // this run (xRAG stage 2 after stage 1; ARC fine-tuned at 4x after pretraining at 8x).
+  std::string start_from;
+  // Documents with embeddings (compressors/context_documents.h): xRAG's training data; the
+  // task every method is scored on by `context-eval --documents`.
+  std::string documents;
+  int64_t held_out = 256;               // the file's last documents: validation, never trained on
+  int64_t answer_len = 16;              // answer tokens scored at most
+  std::string task_template = "Background: {context}\nQuestion: Which word does this define?\nAnswer:";
+  // xrag (chunk_len: document tokens scored in the paraphrase stage)
+  int64_t embedding_dim = 0;            // the retriever's width (0: the documents file's)
+  int64_t stage = 1;                    // 1: paraphrase; 2: task, NLL + kl_weight x KL
+  double kl_weight = 2.0;
+  std::string paraphrase_template = "Background: {context} means the same as";
 };

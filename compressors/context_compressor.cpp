@@ -2,6 +2,7 @@
 
 #include "compressors/context_arc.h"
 #include "compressors/context_compllm.h"
+#include "compressors/context_xrag.h"
 #include "core/error.h"
 #include "core/shape.h"
 
@@ -32,7 +33,12 @@ std::shared_ptr<ContextCompressor> make_context_compressor(LlamaForCausalLM& dec
     return std::make_shared<ArcCompressor>(decoder, ArcOptions{c.encoder_layers, c.pooling_factor, c.bottleneck},
                                            c.chunk_len, c.reconstruction_share);
   if (c.method == "compllm") return std::make_shared<CompLlmCompressor>(decoder, compllm_options(c));
-  fail("context.method {} is not built; valid: arc, compllm", c.method);
+  if (c.method == "xrag") {
+    CONDENSE_CHECK(c.embedding_dim > 0, "context.embedding_dim is unresolved (0): the recipe resolves it "
+                   "from context.documents");
+    return std::make_shared<XragCompressor>(decoder, XragOptions{c.embedding_dim, c.stage, c.kl_weight});
+  }
+  fail("context.method {} is not built; valid: arc, compllm, xrag", c.method);
 }
 
 std::shared_ptr<ContextCompressor> load_context_compressor(LlamaForCausalLM& decoder,
@@ -43,6 +49,11 @@ std::shared_ptr<ContextCompressor> load_context_compressor(LlamaForCausalLM& dec
     ArcOptions o{ArcEncoderImpl::stored_layers(file), c.pooling_factor, ArcEncoderImpl::stored_bottleneck(file)};
     CONDENSE_CHECK(o.encoder_layers > 0, "{}: no ARC encoder tensors (encoder.layers.0.*)", file.path());
     out = std::make_shared<ArcCompressor>(decoder, o, c.chunk_len, c.reconstruction_share);
+  } else if (c.method == "xrag") {
+    ContextConfig stored = c;
+    stored.embedding_dim = XragCompressor::stored_embedding_dim(file);
+    CONDENSE_CHECK(stored.embedding_dim > 0, "{}: no xRAG projector (xrag.projector.0.weight)", file.path());
+    out = make_context_compressor(decoder, stored);
   } else {
     out = make_context_compressor(decoder, c);
   }

@@ -23,8 +23,10 @@ at::Tensor as_int32_stream(const at::Tensor& ids, const char* who) {
 // Rows = the given windows of `stream` (int32); targets are inputs shifted by one.
 Batch make_batch(const at::Tensor& stream, const int64_t* windows, int64_t count,
                  int64_t seq_len) {
-  Batch b{at::empty({count, seq_len}, at::kLong), at::empty({count, seq_len}, at::kLong)};
+  Batch b{at::empty({count, seq_len}, at::kLong), at::empty({count, seq_len}, at::kLong),
+          at::empty({count}, at::kLong)};
   const int32_t* src = stream.data_ptr<int32_t>();
+  std::copy(windows, windows + count, b.rows.data_ptr<int64_t>());
   int64_t* in = b.inputs.data_ptr<int64_t>();
   int64_t* tg = b.targets.data_ptr<int64_t>();
   for (int64_t r = 0; r < count; ++r) {

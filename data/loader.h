@@ -30,6 +30,10 @@ struct LoaderOptions {
 struct Batch {
   at::Tensor inputs;   // int64 [B, T]
   at::Tensor targets;  // int64 [B, T]: inputs shifted left by one token
+  // int64 [B]: each row's window index in its split's stream (window w starts at token w * T).
+  // Data laid out one record per window (xRAG's documents, compressors/context_documents.h)
+  // looks its side information up by it.
+  at::Tensor rows;
 };
 
 struct LoaderCursor {

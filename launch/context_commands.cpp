@@ -11,6 +11,8 @@
 
 #include "compressors/context_arc.h"
 #include "compressors/context_compressor.h"
+#include "compressors/context_documents.h"
+#include "compressors/context_xrag.h"
 #include "compressors/context_sequence.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -19,6 +21,7 @@
 #include "data/token_store.h"
 #include "io/atomic_file.h"
 #include "io/hdf5_file.h"
+#include "launch/context_task.h"
 #include "launch/inference_model.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
@@ -77,6 +80,32 @@ struct Measures {
   int64_t scored = 0;
 };
 
+// xRAG reads embeddings, not windows: it is measured on its documents' task and paraphrase.
+int xrag_eval(const ContextArgs& a, const Checkpoint& ckpt, const RunConfig& cfg, LlamaForCausalLM& decoder,
+              LoadedCompressor& trained) {
+  const std::string file = a.documents.empty() ? cfg.context.documents : a.documents;
+  CONDENSE_CHECK(!file.empty(), "context-eval of an xRAG run needs --documents FILE.h5");
+  DocumentSet set = DocumentSet::read(file);
+  Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), ckpt.file().path() + ":tokenizer");
+  const int64_t count = a.documents_count > 0 ? a.documents_count : cfg.context.held_out;
+  // The projector as initialized with the run's seed, output scale calibrated on the same
+  // first training documents.
+  torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
+  std::shared_ptr<ContextCompressor> untrained = make_context_compressor(decoder, cfg.context);
+  XragData data;
+  data.train = std::make_shared<TokenizedDocuments>(tokenize_documents(
+      set, tok, 0, std::min<int64_t>(64, set.size()), cfg.context.chunk_len, cfg.context.answer_len));
+  auto& x = dynamic_cast<XragCompressor&>(*untrained);
+  x.attach(data);
+  x.calibrate(decoder, at::Tensor());
+  nlohmann::json out = {{"checkpoint", ckpt.file().path()}, {"step", ckpt.state().step},
+                        {"method", "xrag"}, {"stage", cfg.context.stage}, {"compressed_positions", 1}};
+  out["task"] = document_task(decoder, *trained.compressor, *untrained, cfg.context, set, tok, count,
+                              cfg.context.chunk_len);
+  std::cout << out.dump() << "\n";
+  return 0;
+}
+
 int context_eval(const ContextArgs& a) {
   const std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -92,6 +121,7 @@ int context_eval(const ContextArgs& a) {
   LlamaForCausalLM decoder = load_inference_model(ckpt);
   decoder->eval();
   LoadedCompressor trained = open_compressor(ckpt, decoder);
+  if (cfg.context.method == "xrag") return xrag_eval(a, ckpt, cfg, decoder, trained);
   const int64_t f = cfg.context.pooling_factor;
   CONDENSE_CHECK(f <= layout.chunk, "--chunk-len {} is shorter than the pooling factor {}",
                  layout.chunk, f);
@@ -201,6 +231,13 @@ int context_eval(const ContextArgs& a) {
       {"kv_bytes_per_window",
        {{"full", per_position * window}, {"compressed", per_position * (layout.prefix + k + rest)}}},
   };
+  if (!a.documents.empty()) {
+    Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+    DocumentSet set = DocumentSet::read(a.documents);
+    out["task"] = document_task(decoder, *trained.compressor, *untrained, cfg.context, set, tok,
+                                a.documents_count > 0 ? a.documents_count : cfg.context.held_out,
+                                layout.chunk);
+  }
   std::cout << out.dump() << "\n";
   return 0;
 }
@@ -214,9 +251,26 @@ int compress(const ContextArgs& a) {
   decoder->eval();
   LoadedCompressor c = open_compressor(ckpt, decoder);
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
+  auto* x = dynamic_cast<XragCompressor*>(c.compressor.get());
+  CONDENSE_CHECK(a.text.empty() != a.embeddings.empty(), "compress needs exactly one of --text FILE (ARC, "
+                 "CompLLM) and --embeddings FILE.h5 (xRAG)");
+  CONDENSE_CHECK(!x || !a.embeddings.empty(), "{} is an xRAG compressor: it reads a retriever's "
+                 "embedding; give --embeddings FILE.h5 (tools/embed_documents.py) and --document I", path);
+  CONDENSE_CHECK(x || a.embeddings.empty(), "--embeddings is for xRAG compressors; {} is {}: give --text FILE",
+                 path, cfg.context.method);
   int64_t tokens = 0;
   auto t0 = Clock::now();
-  at::Tensor embeds = compress_text(c, decoder, tok, a.text, &tokens);
+  at::Tensor embeds;
+  if (x) {
+    DocumentSet set = DocumentSet::read(a.embeddings);
+    CONDENSE_CHECK(a.document >= 0 && a.document < set.size(), "--document {} is outside {}'s {} documents",
+                   a.document, a.embeddings, set.size());
+    at::NoGradGuard no_grad;
+    embeds = x->project(set.embeddings.narrow(0, a.document, 1)).squeeze(0);
+    tokens = static_cast<int64_t>(tok.encode(set.texts[a.document]).size());
+  } else {
+    embeds = compress_text(c, decoder, tok, a.text, &tokens);
+  }
   const double secs = seconds_since(t0);
   write_file_atomically(a.out, [&](const std::string& tmp) {
     H5File f = H5File::create(tmp);
@@ -279,10 +333,17 @@ void add_context_commands(CLI::App& app, ContextArgs& a) {
       ->default_val(-1);
   a.eval->add_option("--seq-len", a.seq_len, "window length (0: the recipe's)")->default_val(0);
   a.eval->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
+  a.eval->add_option("--documents", a.documents, "documents with answers and embeddings "
+                     "(tools/embed_documents.py): also score the task with an answer");
+  a.eval->add_option("--documents-count", a.documents_count, "the file's last N documents "
+                     "(0: the recipe's context.held_out)")->default_val(0);
   a.compress = app.add_subcommand("compress", "compress a text with a trained context compressor "
                                   "into vectors for generate / score --context-vectors");
   a.compress->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
-  a.compress->add_option("--text", a.text, "UTF-8 text file: the context")->required();
+  a.compress->add_option("--text", a.text, "UTF-8 text file: the context (ARC, CompLLM)");
+  a.compress->add_option("--embeddings", a.embeddings, "documents file (tools/embed_documents.py): "
+                         "the embedding an xRAG compressor projects");
+  a.compress->add_option("--document", a.document, "which document of --embeddings")->default_val(0);
   a.compress->add_option("--out", a.out, "output .h5")->required();
   a.compress->add_option("--threads", a.threads, "intra-op threads (0: all cores)")->default_val(0);
 }

@@ -13,11 +13,14 @@
 //                 reconstruction accuracy of the compressed span (and of the span given
 //                 uncompressed: how well the frozen decoder copies at all); prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.
+//                 With --documents FILE (compressors/context_documents.h), also the task with an
+//                 answer (launch/context_task.h); an xRAG run is measured on that task only.
 //   compress      a text file -> CTX.h5: what the decoder reads in its place (context/embeds
 //                 [k, hidden]: ARC's vectors and <Cont>, CompLLM's concept embeddings) and
 //                 attributes naming the method, pooling factor, token count and the decoder
 //                 (SHA-256 of its token embedding), which generate / score --context-vectors
-//                 check against the model they run.
+//                 check against the model they run. xRAG reads a document's embedding instead:
+//                 --embeddings FILE.h5 --document I.
 // A long context is split as the method does (ARC: chunks of context.chunk_len; CompLLM:
 // segments of context.segment_len), each compressed independently.
 #pragma once
@@ -50,6 +53,10 @@ struct ContextArgs {
   CLI::App* eval = nullptr;
   CLI::App* compress = nullptr;
   std::string checkpoint, data, text, out;
+  std::string documents;        // context-eval: the task's documents
+  std::string embeddings;       // compress: xRAG's documents file
+  int64_t documents_count = 0;  // 0: the recipe's context.held_out
+  int64_t document = 0;         // compress --embeddings: which document
   int64_t batches = 16;
   int64_t chunk_len = 0, seq_len = 0;  // 0: the recipe's
   int64_t prefix_len = -1;             // -1: the recipe's

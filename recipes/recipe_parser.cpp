@@ -208,7 +208,7 @@ SectionBinding distill_section(DistillConfig& d) {
 
 SectionBinding context_section(ContextConfig& c) {
   return {"context",
-          {bind_string("method", c.method, {"arc", "compllm"}),
+          {bind_string("method", c.method, {"arc", "compllm", "xrag"}),
            bind_int("pooling_factor", c.pooling_factor, at_least(1)),
            bind_int("chunk_len", c.chunk_len, at_least(1)),
            bind_int("prefix_len", c.prefix_len, at_least(0)),
@@ -218,7 +218,16 @@ SectionBinding context_section(ContextConfig& c) {
            bind_int("segment_len", c.segment_len, at_least(1)),
            bind_int("lora_rank", c.lora_rank, at_least(1)),
            bind_real("lora_alpha", c.lora_alpha, positive()),
-           bind_real("kd_ratio", c.kd_ratio, between(0, 1))}};
+           bind_real("kd_ratio", c.kd_ratio, between(0, 1)),
+           bind_string("start_from", c.start_from),
+           bind_string("documents", c.documents),
+           bind_int("embedding_dim", c.embedding_dim, at_least(0)),
+           bind_int("held_out", c.held_out, at_least(1)),
+           bind_int("answer_len", c.answer_len, at_least(1)),
+           bind_int("stage", c.stage, between(1, 2)),
+           bind_real("kl_weight", c.kl_weight, at_least(0)),
+           bind_string("paraphrase_template", c.paraphrase_template),
+           bind_string("task_template", c.task_template)}};
 }
 
 // Binds every key of a RunConfig; holds references into it, so it must not outlive it.

@@ -107,16 +107,18 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   return run;
 }
 
-TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows) {
+TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows,
+                      const DataStreams* streams) {
   const RunConfig& cfg = run.cfg;
   const TokenStore& store = *run.store;
   LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, run.rank, run.world,
                    std::move(train_windows)};
-  BatchLoader loader(store.ids("train"), lo);
-  std::vector<Batch> val = validation_batches(store.ids("val"), cfg.data.seq_len,
+  BatchLoader loader(streams ? streams->train : store.ids("train"), lo);
+  std::vector<Batch> val = validation_batches(streams ? streams->val : store.ids("val"), cfg.data.seq_len,
                                               cfg.data.batch_size, cfg.train.eval_batches,
                                               run.rank, run.world);
-  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)", run.dataset,
+  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)",
+               streams ? streams->name : run.dataset,
                loader.windows_per_epoch(), cfg.data.seq_len, val.size());
 
   TrainerSetup setup{cfg.train, cfg.checkpoint, run.out_dir, run.yaml,

@@ -31,8 +31,16 @@ struct RunSetup {
 RunSetup start_run(const RunConfig& cfg, const RunOptions& options,
                    const std::function<void(RunSetup&)>& adjust = {});
 
-// Builds the loader (over `train_windows` only, when given) and validation batches, trains,
-// and logs the outcome.
-TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows = {});
+// Token streams that replace the token store's splits for a kind whose records are not the
+// corpus (xRAG: one document per window, compressors/context_documents.h).
+struct DataStreams {
+  at::Tensor train, val;  // 1-D integer tokens
+  std::string name;       // for the log: where they come from
+};
+
+// Builds the loader (over `train_windows` only, when given; over `streams` instead of the
+// store's splits, when given) and validation batches, trains, and logs the outcome.
+TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows = {},
+                      const DataStreams* streams = nullptr);
 
 }  // namespace condense
