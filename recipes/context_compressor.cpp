@@ -74,6 +74,8 @@ int run_context_compressor(const RunConfig& cfg_in, const RunOptions& options) {
                    "are {} wide ({})", cc.embedding_dim, cc.documents, width, documents->embedding_model);
     CONDENSE_CHECK(documents->size() > cc.held_out, "{} holds {} documents; context.held_out {} leaves "
                    "none to train on", cc.documents, documents->size(), cc.held_out);
+    CONDENSE_CHECK(cc.stage == 1 || documents->has_answers(), "context.stage 2 needs documents with "
+                   "answers; {} has none (answers/*; tools/gcide_headwords.py makes a set)", cc.documents);
     CONDENSE_CHECK(cc.chunk_len <= resolved.data.seq_len, "context.chunk_len {} (document tokens) must fit "
                    "data.seq_len {} (one document per window)", cc.chunk_len, resolved.data.seq_len);
   } else {

@@ -231,3 +231,164 @@ def test_compllm_context_eval_and_scoring(compllm_run, tmp_path):
     a = score_json(compllm_run, query, "--context", context)
     b = score_json(compllm_run, query, "--context-vectors", ctx)
     assert a["positions"] == b["positions"] and a["context_positions"] == c["positions"]
+
+
+# xRAG (compressors/context_xrag.h): documents with embeddings in a condense-documents/1 file.
+
+XRAG_RECIPE = SOURCE / "recipes" / "context_xrag.yaml"
+ENTRIES = ["a. Causing, or implying, abdication.", "n. The act of giving up a high office.",
+           "v. t. To hide; to conceal from view.", "n. A place for hiding articles of value.",
+           "n. The belly, between the thorax and the pelvis.", "a. Of or pertaining to the belly.",
+           "v. t. To draw away by force; to carry off.", "n. A deviation from the common type."]
+WORDS = ["Abdicative", "Abdication", "Abscond", "Abditory", "Abdomen", "Abdominal", "Abduct", "Aberrance"]
+
+
+def write_documents(path, count=40, width=24, seed=0, answers=True):
+    """A documents file as tools/embed_documents.py writes it, with seeded unit embeddings."""
+    rng = np.random.default_rng(seed)
+    texts = [ENTRIES[i % 8] + f" Sense {i}." for i in range(count)]
+    e = rng.standard_normal((count, width)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+
+    def pack(f, group, items):
+        raw = [s.encode() for s in items]
+        f[group + "/bytes"] = np.frombuffer(b"".join(raw), dtype=np.uint8)
+        f[group + "/offsets"] = np.cumsum([0] + [len(r) for r in raw]).astype(np.int64)
+
+    with h5py.File(path, "w") as f:
+        f["embeddings"] = e
+        pack(f, "documents", texts)
+        if answers:
+            pack(f, "answers", [WORDS[i % 8] for i in range(count)])
+        f.attrs["format"] = np.bytes_("condense-documents/1")
+        f.attrs["embedding_model"] = np.bytes_("seeded-random")
+        f.attrs["normalized"] = np.int64(1)
+    return path
+
+
+def xrag_args(trained, store, out, docs, steps=20, *extra):
+    return ["train", XRAG_RECIPE, f"init={trained[0]}", f"out_dir={out}", f"data.dataset={store}",
+            "data.seq_len=32", "data.batch_size=4", "context.chunk_len=16", f"context.documents={docs}",
+            "context.held_out=8", f"train.steps={steps}", "train.warmup_steps=2", "train.lr=3e-3",
+            "train.eval_every=10", "train.eval_batches=2", "train.threads=1", "train.log_every=10",
+            "checkpoint.every=10", "checkpoint.keep=5", *extra]
+
+
+@pytest.fixture(scope="module")
+def xrag_runs(trained, small_store, tmp_path_factory):
+    d = tmp_path_factory.mktemp("xrag")
+    docs = write_documents(d / "docs.h5")
+    run(*xrag_args(trained, small_store, d / "stage1", docs))
+    run(*xrag_args(trained, small_store, d / "stage2", docs, 10, "context.stage=2",
+                   f"context.start_from={d / 'stage1'}"))
+    return d, docs
+
+
+def test_xrag_trains_its_projector_only_and_resumes_bitwise(trained, small_store, xrag_runs, tmp_path):
+    d, docs = xrag_runs
+    orig, _, _ = model_tensors(trained[0])
+    ckpt = d / "stage1" / "checkpoints" / "step_000020.h5"
+    new, _, _ = model_tensors(ckpt)
+    for k in orig:
+        assert np.array_equal(orig[k], new[k]), k
+    names = {"xrag.projector.0.weight", "xrag.projector.0.bias", "xrag.projector.2.weight",
+             "xrag.projector.2.bias"}
+    with h5py.File(ckpt, "r") as f:
+        assert names <= set(f.keys()) and set(f["optimizer"].keys()) == names
+        assert f["xrag.projector.0.weight"].shape == (64, 24)
+        stage1 = {n: f[n][()] for n in names}
+    # Stage 2 starts from stage 1's projector and changes it.
+    with h5py.File(d / "stage2" / "checkpoints" / "step_000010.h5", "r") as f:
+        assert any(not np.array_equal(f[n][()], stage1[n]) for n in names)
+    log = (d / "stage2" / "metrics.jsonl").read_text()
+    assert log  # trained
+    resumed = tmp_path / "resumed"
+    start_from_step(d / "stage1", resumed, 10)
+    run(*xrag_args(trained, small_store, resumed, docs), "--resume")
+    assert_same_datasets(ckpt, resumed / "checkpoints" / "step_000020.h5", ["xrag.", "optimizer"], at_least=8)
+
+
+def test_xrag_context_eval_reports_the_task_and_paraphrase(xrag_runs):
+    d, docs = xrag_runs
+    j = context_eval(d / "stage2", "--documents-count", 40)
+    assert j["method"] == "xrag" and j["stage"] == 2 and j["compressed_positions"] == 1
+    t = j["task"]
+    assert t["documents"] == 40
+    conditions = {"none", "full", "compressed", "truncated", "mean_pool", "untrained", "compressed_other"}
+    for part in ("answer", "paraphrase"):
+        nll, gap = t[part]["nll"], t[part]["gap_closed"]
+        assert set(nll) == conditions
+        for name in conditions - {"none", "full"}:
+            assert abs(gap[name] - (nll["none"] - nll[name]) / (nll["none"] - nll["full"])) < 1e-9
+    assert all(0 <= v <= 1 for v in t["answer"]["exact_match"].values())
+    assert all(0 <= v <= 1 for v in t["paraphrase"]["token_accuracy"].values())
+    # Trained on these documents (all 40 scored, 32 of them trained on): better than untrained.
+    assert t["answer"]["nll"]["compressed"] < t["answer"]["nll"]["untrained"]
+    s1 = context_eval(d / "stage1", "--documents-count", 40)["task"]["paraphrase"]["nll"]
+    assert s1["compressed"] < s1["untrained"]
+
+
+def test_xrag_compress_and_score_with_vectors(xrag_runs, arc_run, tmp_path):
+    d, docs = xrag_runs
+    ctx = tmp_path / "ctx.h5"
+    j = json.loads(run("compress", d / "stage2", "--embeddings", docs, "--document", 3, "--out", ctx,
+                       "--threads", 1).stdout.strip().splitlines()[-1])
+    assert j["method"] == "xrag" and j["positions"] == 1 and j["hidden"] == 64
+    query = tmp_path / "q.txt"
+    query.write_text(" means the same as a place for hiding.")
+    a = score_json(d / "stage2", query, "--context-vectors", ctx)
+    plain = score_json(d / "stage2", query)
+    assert a["context_positions"] == 1 and a["nll"] != plain["nll"]
+    g = run("generate", d / "stage2", "--context-vectors", ctx, "--max-new-tokens", 4, "--ignore-eos")
+    assert g.returncode == 0
+    text = tmp_path / "t.txt"
+    text.write_text(ENTRIES[3])
+    r = run("score", d / "stage2", "--text", query, "--context", text, check=False)
+    assert r.returncode != 0 and "tools/embed_documents.py" in r.stderr, r.stderr
+    r = run("compress", d / "stage2", "--text", text, "--out", tmp_path / "x.h5", check=False)
+    assert r.returncode != 0 and "give --embeddings" in r.stderr, r.stderr
+    r = run("compress", arc_run, "--embeddings", docs, "--out", tmp_path / "x.h5", check=False)
+    assert r.returncode != 0 and "--embeddings is for xRAG" in r.stderr, r.stderr
+    r = run("compress", d / "stage2", "--embeddings", docs, "--document", 40, "--out", tmp_path / "x.h5",
+            check=False)
+    assert r.returncode != 0 and "--document 40 is outside" in r.stderr, r.stderr
+    wide = write_documents(tmp_path / "wide.h5", width=30)
+    r = run("compress", d / "stage2", "--embeddings", wide, "--out", tmp_path / "x.h5", check=False)
+    assert r.returncode != 0 and "reads embeddings [B, 24]" in r.stderr, r.stderr
+    assert not (tmp_path / "x.h5").exists()
+    # The task for any method: ARC scored on the same documents.
+    k = context_eval(arc_run, "--documents", docs, "--documents-count", 8)
+    assert set(k["task"]["answer"]["exact_match"]) >= {"none", "full", "compressed", "truncated", "mean_pool"}
+    assert "paraphrase" not in k["task"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("context.embedding_dim=30", "context.embedding_dim 30 does not match"),
+    ("context.held_out=40", "leaves none to train on"),
+    ("context.chunk_len=40", "must fit data.seq_len 32"),
+    ("context.documents=", "needs context.documents"),
+    ("context.paraphrase_template=no placeholder", "must hold the placeholder {context} exactly once"),
+    ("context.stage=3", "context.stage"),
+])
+def test_xrag_bad_options_write_nothing(trained, small_store, tmp_path, override, message):
+    docs = write_documents(tmp_path / "docs.h5")
+    out = tmp_path / "bad"
+    r = run(*xrag_args(trained, small_store, out, docs, 2, override), check=False)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert not out.exists()
+
+
+def test_xrag_refuses_files_that_are_not_documents(trained, small_store, tmp_path):
+    out = tmp_path / "bad"
+    r = run(*xrag_args(trained, small_store, out, small_store, 2), check=False)
+    assert r.returncode != 0 and "not a documents file" in r.stderr, r.stderr
+    broken = write_documents(tmp_path / "broken.h5")
+    with h5py.File(broken, "r+") as f:
+        del f["documents/offsets"]
+        f["documents/offsets"] = np.arange(41, dtype=np.int64)  # does not end at the bytes' length
+    r = run(*xrag_args(trained, small_store, out, broken, 2), check=False)
+    assert r.returncode != 0 and "documents/offsets" in r.stderr, r.stderr
+    no_answers = write_documents(tmp_path / "plain.h5", answers=False)
+    r = run(*xrag_args(trained, small_store, out, no_answers, 2, "context.stage=2"), check=False)
+    assert r.returncode != 0 and "needs documents with answers" in r.stderr, r.stderr
+    assert not out.exists()
