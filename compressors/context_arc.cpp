@@ -145,16 +145,16 @@ std::vector<std::pair<std::string, at::Tensor>> ArcEncoderImpl::named() const {
   return out;
 }
 
-void ArcEncoderImpl::load(const H5File& file) { load_named_tensors(file, named(), "ARC encoder"); }
+void ArcEncoderImpl::load(const StoredTensors& stored) { load_named_tensors(stored, named(), "ARC encoder"); }
 
-int64_t ArcEncoderImpl::stored_layers(const H5File& file) {
+int64_t ArcEncoderImpl::stored_layers(const StoredTensors& file) {
   int64_t n = 0;
   while (file.has("encoder.layers." + std::to_string(n) + ".input_layernorm.weight")) ++n;
   return n;
 }
 
-int64_t ArcEncoderImpl::stored_bottleneck(const H5File& file) {
-  return file.has("projector.0.weight") ? file.shape("projector.0.weight")[0] : 0;
+int64_t ArcEncoderImpl::stored_bottleneck(const StoredTensors& file) {
+  return file.has("projector.0.weight") ? file.at("projector.0.weight").size(0) : 0;
 }
 
 ArcCompressor::ArcCompressor(LlamaForCausalLM& decoder, ArcOptions options, int64_t chunk_len,

@@ -66,10 +66,10 @@ class ArcEncoderImpl : public torch::nn::Module {
   std::vector<std::pair<std::string, at::Tensor>> named() const;
   // Copies the tensors of `named()` from `file`, checking every shape; throws naming the file
   // and the tensor when one is missing or differs.
-  void load(const H5File& file);
+  void load(const StoredTensors& stored);
   // The encoder layer count stored in `file` (0: none).
-  static int64_t stored_layers(const H5File& file);
-  static int64_t stored_bottleneck(const H5File& file);
+  static int64_t stored_layers(const StoredTensors& stored);
+  static int64_t stored_bottleneck(const StoredTensors& stored);
 
   const ArcOptions& options() const { return options_; }
   // Compressed positions for a chunk of n tokens.
@@ -105,7 +105,7 @@ class ArcCompressor : public ContextCompressor {
   std::pair<double, int64_t> reconstruction(LlamaForCausalLM& decoder, const at::Tensor& inputs,
                                             const ContextLayout& layout) override;
   std::vector<std::pair<std::string, at::Tensor>> named() const override { return encoder->named(); }
-  void load(const H5File& file) override { encoder->load(file); }
+  void load(const StoredTensors& stored) override { encoder->load(stored); }
   void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
   void to(c10::Device device) override { encoder->to(device); }
   void train(bool on) override { encoder->train(on); }

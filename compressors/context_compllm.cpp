@@ -131,8 +131,8 @@ std::vector<std::pair<std::string, at::Tensor>> CompLlmCompressor::named() const
   return out;
 }
 
-void CompLlmCompressor::load(const H5File& file) {
-  load_named_tensors(file, named(), "CompLLM",
+void CompLlmCompressor::load(const StoredTensors& stored) {
+  load_named_tensors(stored, named(), "CompLLM",
                      " (context.segment_len, pooling_factor or lora_rank differ?)");
   cache_.clear();
 }

@@ -49,7 +49,7 @@ class CompLlmCompressor : public ContextCompressor {
   int64_t positions(int64_t n) const override;
   at::Tensor loss(LlamaForCausalLM& decoder, const Batch& batch, const ContextLayout& layout) override;
   std::vector<std::pair<std::string, at::Tensor>> named() const override;
-  void load(const H5File& file) override;
+  void load(const StoredTensors& stored) override;
   void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
   void to(c10::Device device) override;
   void train(bool on) override { training_ = on; }

@@ -4,6 +4,7 @@
 // interface only; each method (compressors/context_arc.h, compressors/context_compllm.h) says
 // how it builds the embeddings and how it trains.
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -18,6 +19,19 @@
 #include "model/llama.h"
 
 namespace condense {
+
+// A compressor's trained tensors by checkpoint name, from wherever they are stored: a run's
+// checkpoint (HDF5) or an exported context_compressor.safetensors (launch/context_export.h).
+struct StoredTensors {
+  std::string source;  // for errors: the file
+  std::map<std::string, at::Tensor> tensors;
+  bool has(const std::string& name) const { return tensors.count(name) > 0; }
+  // Throws naming the source and the tensor when absent.
+  const at::Tensor& at(const std::string& name) const;
+};
+// The tensors of every context compressor method in a checkpoint (names starting encoder.,
+// projector., compllm., xrag.).
+StoredTensors compressor_tensors(const H5File& file);
 
 class ContextCompressor {
  public:
@@ -39,7 +53,7 @@ class ContextCompressor {
   }
   // Every trained tensor under its checkpoint name, in a fixed order; load() restores them.
   virtual std::vector<std::pair<std::string, at::Tensor>> named() const = 0;
-  virtual void load(const H5File& file) = 0;
+  virtual void load(const StoredTensors& stored) = 0;
   // Once before training: e.g. output scales from the first training chunk [1, n].
   virtual void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) {}
   // Moves the trained tensors (a method may replace them: call named() afterwards).
@@ -48,10 +62,10 @@ class ContextCompressor {
   virtual std::string describe() const = 0;
 };
 
-// Copies each of `tensors` (checkpoint name, destination) from `file`, checking presence and
+// Copies each of `tensors` (checkpoint name, destination) from `stored`, checking presence and
 // shape; errors name the file, `what` (e.g. "ARC encoder") and the tensor, plus `hint` on a
 // shape mismatch. For the methods' load().
-void load_named_tensors(const H5File& file, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+void load_named_tensors(const StoredTensors& stored, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                         const std::string& what, const std::string& hint = "");
 
 // The method context.method names, built for `decoder` (trained tensors initialized; draws from
@@ -59,9 +73,9 @@ void load_named_tensors(const H5File& file, const std::vector<std::pair<std::str
 std::shared_ptr<ContextCompressor> make_context_compressor(LlamaForCausalLM& decoder,
                                                            const ContextConfig& cfg);
 
-// The compressor a context_compressor checkpoint holds (its recipe's `context:` section and the
-// trained tensors), for `decoder`, in eval mode.
+// The compressor a context_compressor checkpoint or export holds (its recipe's `context:`
+// section and the trained tensors), for `decoder`, in eval mode.
 std::shared_ptr<ContextCompressor> load_context_compressor(LlamaForCausalLM& decoder,
-                                                           const ContextConfig& cfg, const H5File& file);
+                                                           const ContextConfig& cfg, const StoredTensors& stored);
 
 }  // namespace condense

@@ -158,13 +158,13 @@ std::vector<std::pair<std::string, at::Tensor>> XragCompressor::named() const {
           {"xrag.projector.2.weight", w2_}, {"xrag.projector.2.bias", b2_}};
 }
 
-void XragCompressor::load(const H5File& file) {
-  load_named_tensors(file, named(), "xRAG projector", " (context.embedding_dim or the decoder differ?)");
+void XragCompressor::load(const StoredTensors& stored) {
+  load_named_tensors(stored, named(), "xRAG projector", " (context.embedding_dim or the decoder differ?)");
 }
 
-int64_t XragCompressor::stored_embedding_dim(const H5File& file) {
-  if (!file.has("xrag.projector.0.weight")) return 0;
-  at::Tensor w = file.read_tensor("xrag.projector.0.weight");
+int64_t XragCompressor::stored_embedding_dim(const StoredTensors& stored) {
+  if (!stored.has("xrag.projector.0.weight")) return 0;
+  const at::Tensor& w = stored.at("xrag.projector.0.weight");
   return w.dim() == 2 ? w.size(1) : 0;
 }
 

@@ -69,7 +69,7 @@ class XragCompressor : public ContextCompressor {
   // of `docs`: what validation reports.
   at::Tensor nll(LlamaForCausalLM& decoder, const TokenizedDocuments& docs, const at::Tensor& rows);
   std::vector<std::pair<std::string, at::Tensor>> named() const override;
-  void load(const H5File& file) override;
+  void load(const StoredTensors& stored) override;
   // Scales the output layer so projections of the first training embeddings have the RMS of
   // the decoder's token embeddings (needs attach()); `ids` is unused.
   void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
@@ -80,7 +80,7 @@ class XragCompressor : public ContextCompressor {
   void attach(XragData data) { data_ = std::move(data); }
   const XragOptions& options() const { return options_; }
   // The stored projector's input width (0 when the file holds none).
-  static int64_t stored_embedding_dim(const H5File& file);
+  static int64_t stored_embedding_dim(const StoredTensors& stored);
 
  private:
   at::Tensor task_loss(LlamaForCausalLM& decoder, const TokenizedDocuments& docs, const at::Tensor& rows,

@@ -21,6 +21,7 @@
 #include "data/token_store.h"
 #include "io/atomic_file.h"
 #include "io/hdf5_file.h"
+#include "launch/context_export.h"
 #include "launch/context_task.h"
 #include "launch/inference_model.h"
 #include "recipes/pretrain.h"
@@ -42,23 +43,12 @@ void require_compressor(const Checkpoint& ckpt, const RunConfig& cfg) {
                  "recipes/context_arc.yaml (kind context_compressor)", ckpt.file().path(), cfg.kind);
 }
 
-// The decoder a context was compressed for: SHA-256 of its token embedding (float32 bytes).
-std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
-  at::Tensor w = decoder->model->embed_tokens->weight.detach().to(at::kCPU, at::kFloat).contiguous();
-  return sha256_hex(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * sizeof(float)));
-}
-
-struct LoadedCompressor {
-  RunConfig cfg;
-  std::shared_ptr<ContextCompressor> compressor;
-};
-
 // The compressor a context_compressor checkpoint trained, against its own frozen decoder.
 LoadedCompressor open_compressor(const Checkpoint& ckpt, LlamaForCausalLM& decoder) {
   LoadedCompressor c;
   c.cfg = parse_recipe(ckpt.recipe_yaml(), ckpt.file().path() + ":recipe");
   require_compressor(ckpt, c.cfg);
-  c.compressor = load_context_compressor(decoder, c.cfg.context, ckpt.file());
+  c.compressor = load_context_compressor(decoder, c.cfg.context, compressor_tensors(ckpt.file()));
   return c;
 }
 
@@ -245,11 +235,12 @@ int context_eval(const ContextArgs& a) {
 int compress(const ContextArgs& a) {
   const std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
-  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
-  require_compressor(ckpt, cfg);
   LlamaForCausalLM decoder = load_inference_model(ckpt);
   decoder->eval();
-  LoadedCompressor c = open_compressor(ckpt, decoder);
+  // The run's own compressor, or one exported from a run (checked against this decoder).
+  LoadedCompressor c = a.compressor.empty() ? open_compressor(ckpt, decoder)
+                                            : load_exported_compressor(a.compressor, decoder, path);
+  const RunConfig& cfg = c.cfg;
   Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), path + ":tokenizer");
   auto* x = dynamic_cast<XragCompressor*>(c.compressor.get());
   CONDENSE_CHECK(a.text.empty() != a.embeddings.empty(), "compress needs exactly one of --text FILE (ARC, "
@@ -341,6 +332,8 @@ void add_context_commands(CLI::App& app, ContextArgs& a) {
                                   "into vectors for generate / score --context-vectors");
   a.compress->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
   a.compress->add_option("--text", a.text, "UTF-8 text file: the context (ARC, CompLLM)");
+  a.compress->add_option("--compressor", a.compressor, "a compressor exported with `condense export "
+                         "RUN OUT` (OUT/context_compressor.*): the checkpoint is then its decoder");
   a.compress->add_option("--embeddings", a.embeddings, "documents file (tools/embed_documents.py): "
                          "the embedding an xRAG compressor projects");
   a.compress->add_option("--document", a.document, "which document of --embeddings")->default_val(0);

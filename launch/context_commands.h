@@ -20,7 +20,8 @@
 //                 attributes naming the method, pooling factor, token count and the decoder
 //                 (SHA-256 of its token embedding), which generate / score --context-vectors
 //                 check against the model they run. xRAG reads a document's embedding instead:
-//                 --embeddings FILE.h5 --document I.
+//                 --embeddings FILE.h5 --document I. With --compressor DIR (an export,
+//                 launch/context_export.h) the checkpoint is the decoder it belongs to.
 // A long context is split as the method does (ARC: chunks of context.chunk_len; CompLLM:
 // segments of context.segment_len), each compressed independently.
 #pragma once
@@ -55,6 +56,7 @@ struct ContextArgs {
   std::string checkpoint, data, text, out;
   std::string documents;        // context-eval: the task's documents
   std::string embeddings;       // compress: xRAG's documents file
+  std::string compressor;       // compress: an exported compressor's directory
   int64_t documents_count = 0;  // 0: the recipe's context.held_out
   int64_t document = 0;         // compress --embeddings: which document
   int64_t batches = 16;

@@ -6,9 +6,11 @@
 #include <iostream>
 
 #include "core/error.h"
+#include "launch/context_export.h"
 #include "launch/gguf_llama.h"
 #include "launch/hf_export.h"
 #include "launch/hf_import.h"
+#include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
@@ -99,6 +101,11 @@ int run_io_command(IoCommandArgs& a) {
       spdlog::info("exported {} -> {} ({}, {} files): {:.1f} MB of weights in {:.2f}s ({:.1f} MB/s)",
                    path, a.out, dtype, st.files.size(), st.bytes_written / 1e6, st.seconds,
                    st.bytes_written / 1e6 / st.seconds);
+      if (parse_recipe(ckpt.recipe_yaml(), path + ":recipe").kind == "context_compressor") {
+        int64_t n = export_context_compressor(path, a.out);
+        spdlog::info("context compressor: {} tensors -> {}/context_compressor.safetensors and .json "
+                     "(load with `condense compress DECODER --compressor {}`)", n, a.out, a.out);
+      }
     } else {
       GgufExportStats st = export_gguf(path, a.out, dtype);
       spdlog::info("exported {} -> {} (GGUF {}): {:.1f} MB of f32 weights -> {:.1f} MB file in "

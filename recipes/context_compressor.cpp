@@ -27,7 +27,7 @@ void start_from(ContextCompressor& c, const std::string& method, const std::stri
   CONDENSE_CHECK(other.kind == "context_compressor" && other.context.method == method,
                  "context.start_from {}: a run of kind {} (method {}), expected a context_compressor "
                  "run of method {}", path, other.kind, other.context.method, method);
-  c.load(ckpt.file());
+  c.load(compressor_tensors(ckpt.file()));
   spdlog::info("context compressor starts from {} (step {})", path, ckpt.state().step);
 }
 

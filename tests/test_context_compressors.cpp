@@ -160,7 +160,7 @@ TEST(ContextArc, CopiesTheDecoderAndRoundTripsThroughHdf5) {
   at::manual_seed(8);
   ArcEncoder other(m, ArcOptions{2, 4, 8});
   EXPECT_FALSE(at::equal(other->proj_in, enc->proj_in));
-  H5File f = H5File::open_read(path);
+  StoredTensors f = compressor_tensors(H5File::open_read(path));
   EXPECT_EQ(ArcEncoderImpl::stored_layers(f), 2);
   EXPECT_EQ(ArcEncoderImpl::stored_bottleneck(f), 8);
   other->load(f);
@@ -377,7 +377,7 @@ TEST(ContextXrag, ProjectorIsLinearGeluLinearAndRoundTrips) {
     H5File f = H5File::create(path);
     for (auto& [name, t] : named) f.write_tensor(name, t.detach());
   }
-  H5File f = H5File::open_read(path);
+  StoredTensors f = compressor_tensors(H5File::open_read(path));
   EXPECT_EQ(XragCompressor::stored_embedding_dim(f), 12);
   XragCompressor other(m, XragOptions{12, 1, 2.0});
   other.load(f);

@@ -392,3 +392,35 @@ def test_xrag_refuses_files_that_are_not_documents(trained, small_store, tmp_pat
     r = run(*xrag_args(trained, small_store, out, no_answers, 2, "context.stage=2"), check=False)
     assert r.returncode != 0 and "needs documents with answers" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_exported_compressor_loads_only_against_its_decoder(arc_run, small_store, tmp_path):
+    from safetensors.numpy import load_file
+    from export_fixtures import train_tiny
+    out = tmp_path / "hf"
+    run("export", arc_run, out)
+    tensors = load_file(str(out / "context_compressor.safetensors"))
+    with h5py.File(arc_run / "checkpoints" / "step_000030.h5", "r") as f:
+        names = {n for n in f.keys() if n.startswith(("encoder.", "projector."))}
+        assert set(tensors) == names
+        for n in names:
+            assert np.array_equal(tensors[n], f[n][()]), n
+    cfg = json.loads((out / "context_compressor.json").read_text())
+    assert cfg["format"] == "condense-context-compressor/1" and cfg["method"] == "arc"
+    assert cfg["decoder"]["hidden_size"] == 64 and len(cfg["decoder"]["embedding_sha256"]) == 64
+    # The decoder back from its Hugging Face files, with the exported compressor: the same vectors.
+    decoder = tmp_path / "decoder.h5"
+    run("import", out, decoder)
+    context = tmp_path / "context.txt"
+    context.write_text("Apple, n. The fleshy pome or fruit of a rosaceous tree, cultivated in many varieties.")
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    compress(arc_run, context, a)
+    compress(decoder, context, b, "--compressor", out)
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        assert np.array_equal(fa["context/embeds"][()], fb["context/embeds"][()])
+    other = train_tiny(small_store, tmp_path / "other", steps=3)
+    r = compress(other, context, tmp_path / "c.h5", "--compressor", out, check=False)
+    assert r.returncode != 0 and "this compressor belongs to the decoder" in r.stderr, r.stderr
+    assert not (tmp_path / "c.h5").exists()
+    r = compress(decoder, context, tmp_path / "c.h5", "--compressor", tmp_path, check=False)
+    assert r.returncode != 0 and "no context_compressor.json" in r.stderr, r.stderr
