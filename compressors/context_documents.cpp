@@ -69,6 +69,14 @@ DocumentSet DocumentSet::read(const std::string& path) {
   return s;
 }
 
+std::vector<int32_t> word_initial_ids(const Tokenizer& tok, const std::string& text) {
+  const size_t first = text.find_first_not_of(' ');
+  if (first == std::string::npos) return {};
+  const std::string word = text.substr(first);
+  if (word[0] == '\n' || word[0] == '\r' || word[0] == '\t' || tok.kind() != "bpe") return tok.encode(word);
+  return tok.encode(" " + word);
+}
+
 TokenizedDocuments tokenize_documents(const DocumentSet& set, const Tokenizer& tok, int64_t begin,
                                       int64_t end, int64_t max_text, int64_t max_answer) {
   CONDENSE_CHECK(0 <= begin && begin < end && end <= set.size(), "{}: documents [{}, {}) are outside "
@@ -78,10 +86,10 @@ TokenizedDocuments tokenize_documents(const DocumentSet& set, const Tokenizer& t
   TokenizedDocuments out;
   out.embeddings = set.embeddings.narrow(0, begin, end - begin);
   for (int64_t i = begin; i < end; ++i) {
-    out.texts.push_back(cut(tok.encode(set.texts[i]), max_text));
+    out.texts.push_back(cut(word_initial_ids(tok, set.texts[i]), max_text));
     CONDENSE_CHECK(!out.texts.back().empty(), "{}: document {} is empty", set.path, i);
     if (!set.has_answers()) continue;
-    out.answers.push_back(cut(tok.encode(set.answers[i]), max_answer));
+    out.answers.push_back(cut(word_initial_ids(tok, set.answers[i]), max_answer));
     CONDENSE_CHECK(!out.answers.back().empty(), "{}: the answer of document {} is empty", set.path, i);
   }
   return out;

@@ -31,7 +31,13 @@ struct DocumentSet {
   bool has_answers() const { return !answers.empty(); }
 };
 
-// Documents [begin, end) tokenized for a decoder: texts cut to at most max_text tokens,
+// The ids of `text` placed after other text as a new word ("Answer:" then the answer): leading
+// spaces dropped, then sentencepiece marks the word start itself (its dummy prefix: "▁Apple")
+// and byte-level BPE gets one space ("ĠApple"). Tokenizing " Apple" naively gives sentencepiece
+// "▁▁" + "Apple", a pair it never saw in training. Text starting with a newline is kept as is.
+std::vector<int32_t> word_initial_ids(const Tokenizer& tok, const std::string& text);
+
+// Documents [begin, end) tokenized for a decoder (word_initial_ids): texts cut to at most max_text tokens,
 // answers to max_answer (empty when the set has none). Throws naming the file and document
 // when a text or answer tokenizes to nothing.
 struct TokenizedDocuments {

@@ -40,8 +40,13 @@ PromptTemplate split_template(const std::string& text, const Tokenizer& tok, con
                  "{} must hold the placeholder {} exactly once, got \"{}\"", key, kPlaceholder, text);
   PromptTemplate t;
   if (tok.bos_id() >= 0) t.before.push_back(tok.bos_id());
-  for (int32_t id : tok.encode(text.substr(0, at_pos))) t.before.push_back(id);
-  for (int32_t id : tok.encode(text.substr(at_pos + std::string(kPlaceholder).size()))) t.after.push_back(id);
+  // The placeholder stands for a word: the space before it goes with it (no trailing-space
+  // token), and the text after it starts a new word when it starts with a space.
+  std::string before = text.substr(0, at_pos), after = text.substr(at_pos + std::string(kPlaceholder).size());
+  while (!before.empty() && before.back() == ' ') before.pop_back();
+  for (int32_t id : tok.encode(before)) t.before.push_back(id);
+  const bool new_word = !after.empty() && after[0] == ' ';
+  for (int32_t id : new_word ? word_initial_ids(tok, after) : tok.encode(after)) t.after.push_back(id);
   CONDENSE_CHECK(!t.before.empty(), "{}: the decoder needs at least one position before the context "
                  "(a tokenizer without <bos> and nothing before {})", key, kPlaceholder);
   return t;

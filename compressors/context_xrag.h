@@ -28,7 +28,8 @@
 namespace condense {
 
 // A prompt template split at its one "{context}" placeholder: <bos> (when the tokenizer has one)
-// and the text before it, and the text after it, as ids.
+// and the text before it (trailing spaces dropped), and the text after it (a new word when it
+// starts with a space: word_initial_ids), as ids.
 struct PromptTemplate {
   std::vector<int64_t> before, after;
 };

@@ -101,6 +101,12 @@ int context_eval(const ContextArgs& a) {
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
   require_compressor(ckpt, cfg);
+  if (cfg.context.method == "xrag") {
+    LlamaForCausalLM decoder = load_inference_model(ckpt);
+    decoder->eval();
+    LoadedCompressor trained = open_compressor(ckpt, decoder);
+    return xrag_eval(a, ckpt, cfg, decoder, trained);
+  }
   CONDENSE_CHECK(a.chunk_len >= 0 && a.seq_len >= 0 && a.prefix_len >= -1,
                  "--chunk-len and --seq-len must be >= 0 (0: the recipe's) and --prefix-len >= -1 "
                  "(-1: the recipe's)");
@@ -111,7 +117,6 @@ int context_eval(const ContextArgs& a) {
   LlamaForCausalLM decoder = load_inference_model(ckpt);
   decoder->eval();
   LoadedCompressor trained = open_compressor(ckpt, decoder);
-  if (cfg.context.method == "xrag") return xrag_eval(a, ckpt, cfg, decoder, trained);
   const int64_t f = cfg.context.pooling_factor;
   CONDENSE_CHECK(f <= layout.chunk, "--chunk-len {} is shorter than the pooling factor {}",
                  layout.chunk, f);

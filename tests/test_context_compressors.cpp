@@ -333,7 +333,11 @@ TEST(ContextXrag, PlaceholderIsReplacedAtItsPosition) {
   const Tokenizer& tok = small_tokenizer();
   PromptTemplate t = split_template("Background: {context} means the same as", tok, "key");
   ASSERT_EQ(t.before.front(), tok.bos_id());
-  std::vector<int32_t> before = tok.encode("Background: "), after = tok.encode(" means the same as");
+  std::vector<int32_t> before = tok.encode("Background:"), after = tok.encode("means the same as");
+  // The text after the placeholder starts a word as sentencepiece marks it (its dummy prefix),
+  // not with a stray space piece.
+  EXPECT_EQ(word_initial_ids(tok, " means the same as"), after);
+  EXPECT_EQ(word_initial_ids(tok, "\nAnswer:"), tok.encode("\nAnswer:"));
   EXPECT_EQ(t.before.size(), before.size() + 1);
   EXPECT_EQ(t.after.size(), after.size());
   at::manual_seed(21);
