@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <chrono>
 #include <map>
 
 #include "compressors/context_arc.h"
@@ -12,9 +13,11 @@ namespace condense {
 namespace {
 
 struct Score {
-  double nll = 0, exact = 0, correct = 0;
+  double nll = 0, exact = 0, correct = 0, seconds = 0, positions = 0;
   int64_t scored = 0;
 };
+
+using Clock = std::chrono::steady_clock;
 
 at::Tensor row_ids(const std::vector<int64_t>& ids, c10::Device device) {
   return at::tensor(ids, at::kLong).to(device).unsqueeze(0);
@@ -50,6 +53,13 @@ nlohmann::json summary(const std::map<std::string, Score>& s, int64_t docs, bool
   for (const auto& [name, v] : s)
     if (name != "none" && name != "full") gap[name] = (none - nll[name].get<double>()) / (none - full);
   nlohmann::json out = {{"nll", nll}, {"gap_closed", gap}};
+  for (const char* name : {"full", "compressed"}) {
+    // Wall time of the forward that reads the context and scores the answer (compressed: plus
+    // the compressor's own work; xRAG's retriever embedding is the user's and not counted), and
+    // the context positions the decoder caches.
+    out["seconds_per_document"][name] = s.at(name).seconds / docs;
+    out["context_positions"][name] = s.at(name).positions / docs;
+  }
   if (per_token) out["token_accuracy"] = accuracy;
   else out["exact_match"] = exact;
   return out;
@@ -79,7 +89,9 @@ nlohmann::json document_task(LlamaForCausalLM& decoder, ContextCompressor& train
   std::map<std::string, Score> answers, reconstruction;
   for (int64_t i = 0; i < docs.size(); ++i) {
     at::Tensor text = decoder->embed(row_ids(docs.texts[i], device));
+    auto t0 = Clock::now();
     at::Tensor z = compressed(trained, xt, i);
+    const double compress_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const int64_t k = std::min(z.size(1), text.size(1));
     std::map<std::string, at::Tensor> context = {
         {"none", at::Tensor()},
@@ -91,8 +103,13 @@ nlohmann::json document_task(LlamaForCausalLM& decoder, ContextCompressor& train
         {"compressed_other", compressed(trained, xt, (i + 1) % docs.size())},
     };
     for (const auto& [name, ctx] : context) {
+      auto t1 = Clock::now();
+      Score& s = answers[name];
       score(decoder, splice_context(decoder, task, ctx.defined() ? ctx : text.narrow(1, 0, 0)),
-            docs.answers[i], answers[name]);
+            docs.answers[i], s);
+      s.seconds += std::chrono::duration<double>(Clock::now() - t1).count() +
+                   (name == "compressed" ? compress_seconds : 0.0);
+      s.positions += ctx.defined() ? static_cast<double>(ctx.size(1)) : 0.0;
       if (xt)
         score(decoder, splice_context(decoder, paraphrase, ctx.defined() ? ctx : text.narrow(1, 0, 0)),
               docs.texts[i], reconstruction[name]);

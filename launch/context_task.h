@@ -14,7 +14,8 @@
 // Measures: answer NLL (mean over its tokens), exact match (the greedy continuation starts with
 // the answer's tokens: teacher-forced argmax right on every answer token), gap closed on the NLL;
 // for xRAG also the paraphrase's teacher-forced token accuracy (reconstruction) with the same
-// conditions.
+// conditions; seconds per document and context positions (what the KV cache holds for the
+// context), full versus compressed, measured in the same run.
 #pragma once
 #include <nlohmann/json.hpp>
 

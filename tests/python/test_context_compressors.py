@@ -321,6 +321,8 @@ def test_xrag_context_eval_reports_the_task_and_paraphrase(xrag_runs):
         for name in conditions - {"none", "full"}:
             assert abs(gap[name] - (nll["none"] - nll[name]) / (nll["none"] - nll["full"])) < 1e-9
     assert all(0 <= v <= 1 for v in t["answer"]["exact_match"].values())
+    assert t["answer"]["context_positions"]["compressed"] == 1 and t["answer"]["context_positions"]["full"] > 5
+    assert all(v > 0 for v in t["answer"]["seconds_per_document"].values())
     assert all(0 <= v <= 1 for v in t["paraphrase"]["token_accuracy"].values())
     # Trained on these documents (all 40 scored, 32 of them trained on): better than untrained.
     assert t["answer"]["nll"]["compressed"] < t["answer"]["nll"]["untrained"]
