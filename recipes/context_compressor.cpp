@@ -19,16 +19,17 @@ namespace condense {
 
 namespace {
 
-// context.start_from: the trained tensors of another run of the same method.
-void start_from(ContextCompressor& c, const std::string& method, const std::string& from) {
+// context.start_from: the trained tensors of another run of the same method (checked before
+// the run directory is written).
+StoredTensors start_from_tensors(const std::string& method, const std::string& from) {
   const std::string path = resolve_checkpoint_path(from);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig other = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
   CONDENSE_CHECK(other.kind == "context_compressor" && other.context.method == method,
                  "context.start_from {}: a run of kind {} (method {}), expected a context_compressor "
                  "run of method {}", path, other.kind, other.context.method, method);
-  c.load(compressor_tensors(ckpt.file()));
   spdlog::info("context compressor starts from {} (step {})", path, ckpt.state().step);
+  return compressor_tensors(ckpt.file());
 }
 
 // xRAG's documents: the file's last context.held_out for validation, the rest for training,
@@ -89,6 +90,11 @@ int run_context_compressor(const RunConfig& cfg_in, const RunOptions& options) {
   merge_stored_adapters(decoder, init.file());
   for (auto& p : decoder->parameters()) p.requires_grad_(false);
   std::shared_ptr<ContextCompressor> compressor = make_context_compressor(decoder, cc);
+  std::optional<StoredTensors> from;
+  if (!cc.start_from.empty()) {
+    from = start_from_tensors(cc.method, cc.start_from);
+    compressor->load(*from);  // shapes checked now; loaded again after calibration below
+  }
   std::optional<XragDocuments> xdocs;
   if (xrag) {
     Tokenizer tok = Tokenizer::from_serialized(init.tokenizer_bytes(), init.file().path() + ":tokenizer");
@@ -107,7 +113,7 @@ int run_context_compressor(const RunConfig& cfg_in, const RunOptions& options) {
   if (x) x->attach(xdocs->data);
   at::Tensor first = run.store->ids("train").narrow(0, layout.prefix, layout.chunk);
   compressor->calibrate(decoder, first.to(at::kLong).unsqueeze(0).to(run.device));
-  if (!cc.start_from.empty()) start_from(*compressor, cc.method, cc.start_from);
+  if (from) compressor->load(*from);
   Trainable t;
   t.model = decoder;
   t.modules = compressor->named();

@@ -426,3 +426,24 @@ def test_exported_compressor_loads_only_against_its_decoder(arc_run, small_store
     assert not (tmp_path / "c.h5").exists()
     r = compress(decoder, context, tmp_path / "c.h5", "--compressor", tmp_path, check=False)
     assert r.returncode != 0 and "no context_compressor.json" in r.stderr, r.stderr
+
+
+def test_start_from_another_run(trained, small_store, arc_run, xrag_runs, tmp_path):
+    # ARC fine-tuned at 2x from the 4x run: its tensors do not depend on the factor.
+    out = tmp_path / "arc2"
+    # One step at a negligible learning rate: the tensors are the 4x run's.
+    r = run(*arc_args(trained, small_store, out, 1, "context.pooling_factor=2", f"context.start_from={arc_run}",
+                      "train.lr=1e-12", "train.min_lr=0", "train.warmup_steps=0"))
+    assert "context compressor starts from" in r.stderr
+    with h5py.File(arc_run / "checkpoints" / "step_000030.h5", "r") as a, \
+            h5py.File(out / "checkpoints" / "step_000001.h5", "r") as b:
+        names = [n for n in a.keys() if n.startswith(("encoder.", "projector."))]
+        assert names and all(np.allclose(a[n][()], b[n][()], rtol=0, atol=1e-9) for n in names)
+    d, docs = xrag_runs
+    bad = tmp_path / "bad"
+    r = run(*xrag_args(trained, small_store, bad, docs, 2, f"context.start_from={arc_run}"), check=False)
+    assert r.returncode != 0 and "expected a context_compressor run of method xrag" in r.stderr, r.stderr
+    r = run(*arc_args(trained, small_store, bad, 2, "context.encoder_layers=2", f"context.start_from={arc_run}"),
+            check=False)  # another encoder depth: the stored tensors do not fit
+    assert r.returncode != 0 and "missing ARC encoder tensor" in r.stderr, r.stderr
+    assert not bad.exists()
