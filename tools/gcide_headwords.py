@@ -5,6 +5,16 @@ Purpose: a retrieval / context-compression task with a one-word answer that the 
 does not give away. Each kept dictionary entry becomes one record
     {"text": <the definition, headword and pronunciation removed>, "answer": <the headword>}
 so a model shown the text (or an embedding of it) has to produce the word being defined.
+That default mode needs the decoder's own knowledge of words: the answer is not in the
+context, so a wrong answer may be the decoder's ignorance as much as the compression's loss.
+
+--keep-headword makes the *recall* variant instead: the text is the entry WITH its headword in
+front, "<headword>, <the same cleaned text>" ("Abdicative, a. [L. abdicativus.] Causing, or
+implying, abdication. [R.] --Bailey."). The answer is then in the context, so the task
+measures whether a compressed context still preserves it, not whether the decoder knows the
+word. In this mode the "headword_in_text" filter below is off (it only exists to stop copying
+in the default mode); every other step, filter and the shuffle are the same, so the part after
+"<headword>, " is exactly the default mode's text for every entry that mode keeps.
 
 Input: the dictd pair /usr/share/dictd/gcide.dict.dz (dictzip, which is gzip-readable) and
 gcide.index beside it. Each index line is "headword<TAB>offset<TAB>length" with offset and
@@ -38,14 +48,20 @@ abdication. [R.] --Bailey.". Steps, in order (each skip is counted by reason):
     is cut at a word boundary to --max-chars; texts under 20 characters are skipped
     ("text_short");
   - entries whose text contains the headword as a whole word (case-insensitive) are skipped
-    ("headword_in_text"): answering them is copying.
+    ("headword_in_text"): answering them is copying. With --keep-headword they are kept and
+    counted as "repeats_headword" instead (not a skip), and every text gets "<headword>, " in
+    front; --max-chars bounds the cleaned text, so such a text can be up to
+    len(headword) + 2 characters longer.
 Records are shuffled with random.Random(--seed) (dictionary order would put a tail split
 entirely in the late alphabet), then cut to --max-documents. Because the cut comes after the
 shuffle, the first N records of a full run equal a run with --max-documents N (same seed).
 
 Output: JSONL, one {"text", "answer"} object per line, UTF-8, written to a temporary file
 beside --out and renamed over it, so a failed run never leaves a partial file. A one-line
-summary (kept and skipped counts, as key=value) goes to stderr.
+summary (kept and skipped counts, as key=value) goes to stderr; with --keep-headword it starts
+"mode=recall", lists no headword_in_text skip, and gives repeats_headword=N after "not skipped:"
+(eligible records whose text after the prefix contains the headword, which the default mode
+would have skipped).
 """
 import argparse
 import gzip
@@ -153,8 +169,10 @@ def contains_word(text, word):
     return False
 
 
-def make_record(entry, max_chars, counts):
-    """One dictionary entry's text -> {"text", "answer"}, or None (reason counted)."""
+def make_record(entry, max_chars, counts, keep_headword=False):
+    """One dictionary entry's text -> {"text", "answer"}, or None (reason counted). With
+    keep_headword the text is "<headword>, <cleaned text>" and a cleaned text containing the
+    headword is kept (counted as "repeats_headword") instead of skipped."""
     lines = entry.strip("\r\n").split("\n")
     first = lines[0]
     start = first.find(" \\")
@@ -193,8 +211,12 @@ def make_record(entry, max_chars, counts):
         counts["text_short"] += 1
         return None
     if contains_word(text, headword):
-        counts["headword_in_text"] += 1
-        return None
+        if not keep_headword:
+            counts["headword_in_text"] += 1
+            return None
+        counts["repeats_headword"] += 1
+    if keep_headword:
+        text = f"{headword}, {text}"
     return {"text": text, "answer": headword}
 
 
@@ -205,10 +227,16 @@ def main():
                     help="dictd dictionary (*.dict.dz or *.dict, with *.index beside it)")
     ap.add_argument("--out", required=True, help="output JSONL file")
     ap.add_argument("--max-chars", type=int, default=400,
-                    help="cut each text at a word boundary to at most this many characters")
+                    help="cut each text at a word boundary to at most this many characters "
+                         "(not counting the --keep-headword prefix)")
     ap.add_argument("--max-documents", type=int, default=0,
                     help="keep at most this many records after shuffling (0 = all)")
     ap.add_argument("--seed", type=int, default=1234, help="shuffle seed (random.Random)")
+    ap.add_argument("--keep-headword", action="store_true",
+                    help="recall variant: text = '<headword>, <cleaned text>' and entries whose "
+                         "text contains the headword are kept (the answer is in the context, so "
+                         "this measures whether a compressed context preserves it; the default "
+                         "mode needs the decoder's knowledge of words)")
     args = ap.parse_args()
     if args.max_chars < MIN_TEXT:
         fail(f"--max-chars {args.max_chars}: must be at least {MIN_TEXT} (shorter texts are skipped)")
@@ -216,12 +244,13 @@ def main():
         fail(f"--max-documents {args.max_documents}: must be >= 0 (0 = all)")
 
     counts = {r: 0 for r in SKIP_REASONS}
+    counts["repeats_headword"] = 0  # --keep-headword only: kept, not skipped
     entries, data = read_entries(args.dict, counts)
     records = []
     for off, length in entries:
         # Invalid UTF-8 (GCIDE has a few stray cp1252 bytes) becomes U+FFFD.
         rec = make_record(data[off:off + length].decode("utf-8", errors="replace"), args.max_chars,
-                          counts)
+                          counts, args.keep_headword)
         if rec is not None:
             records.append(rec)
     random.Random(args.seed).shuffle(records)
@@ -243,9 +272,15 @@ def main():
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    skipped = " ".join(f"{r}={counts[r]}" for r in SKIP_REASONS)
-    print(f"gcide_headwords: entries={len(entries)} eligible={eligible} kept={len(records)} "
-          f"skipped: {skipped} -> {args.out}", file=sys.stderr)
+    if args.keep_headword:  # the headword_in_text filter is off: no such skip to report
+        skipped = " ".join(f"{r}={counts[r]}" for r in SKIP_REASONS if r != "headword_in_text")
+        print(f"gcide_headwords: mode=recall entries={len(entries)} eligible={eligible} "
+              f"kept={len(records)} skipped: {skipped} not skipped: "
+              f"repeats_headword={counts['repeats_headword']} -> {args.out}", file=sys.stderr)
+    else:
+        skipped = " ".join(f"{r}={counts[r]}" for r in SKIP_REASONS)
+        print(f"gcide_headwords: entries={len(entries)} eligible={eligible} kept={len(records)} "
+              f"skipped: {skipped} -> {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ gcide_headwords runs on the real Debian GCIDE dictionary (skipped only when it i
 installed): its entry count matches an independent parse of the dictd index, a known entry
 comes out exactly, answers are single words absent from their texts and their pronunciations
 are gone, and the shuffle is deterministic per seed (a --max-documents run is the prefix of
-the full run). Each tool runs a few times in module-scoped fixtures (the two embedding runs
+the full run). Its --keep-headword (recall) variant puts "<answer>, " before the default
+mode's text, keeps exactly the entries the default mode drops for repeating the headword, and
+reports them as kept, not skipped. Each tool runs a few times in module-scoped fixtures (the two embedding runs
 in parallel), so the file takes about 30 s on two cores.
 """
+import collections
 import json
 import os
 import pathlib
@@ -193,16 +196,21 @@ def read_jsonl(path):
 
 @pytest.fixture(scope="module")
 def gcide(tmp_path_factory):
-    """Full run (default seed), a 200-record run with the same seed and one with another seed."""
+    """Full run (default seed), a 200-record run with the same seed and one with another seed,
+    and a full --keep-headword run (same seed)."""
     needs_gcide()
     d = tmp_path_factory.mktemp("gcide")
     full = tool(GCIDE_TOOL, "--out", d / "all.jsonl")
     tool(GCIDE_TOOL, "--out", d / "s1234.jsonl", "--max-documents", 200)
     tool(GCIDE_TOOL, "--out", d / "s7.jsonl", "--max-documents", 200, "--seed", 7)
-    summary = dict(re.findall(r"(\w+)=(\d+)", full.stderr))
+    recall = tool(GCIDE_TOOL, "--out", d / "recall.jsonl", "--keep-headword", "--max-documents", 0)
+
+    def summary(stderr):
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stderr)}
     return {"all": read_jsonl(d / "all.jsonl"), "s1234": read_jsonl(d / "s1234.jsonl"),
-            "s7": read_jsonl(d / "s7.jsonl"), "summary": {k: int(v) for k, v in summary.items()},
-            "dir": d}
+            "s7": read_jsonl(d / "s7.jsonl"), "summary": summary(full.stderr),
+            "recall": read_jsonl(d / "recall.jsonl"), "recall_stderr": recall.stderr,
+            "recall_summary": summary(recall.stderr), "dir": d}
 
 
 def distinct_entries():
@@ -257,4 +265,44 @@ def test_gcide_deterministic_per_seed(gcide):
     assert gcide["s1234"] == gcide["all"][:200]  # same seed: the same order, cut afterwards
     assert gcide["s7"] != gcide["s1234"]
     assert sorted(map(json.dumps, gcide["s7"])) != sorted(map(json.dumps, gcide["s1234"]))
+    assert not list(gcide["dir"].glob("*.tmp-*"))
+
+
+def test_gcide_keep_headword_recall(gcide):
+    """--keep-headword: "<answer>, " + the default mode's text; the entries the default mode
+    skips as headword_in_text come back (and only those), reported as kept, not skipped."""
+    default, recall = gcide["all"], gcide["recall"]
+    ds, rs = gcide["summary"], gcide["recall_summary"]
+    assert gcide["recall_stderr"].startswith("gcide_headwords: mode=recall "), gcide["recall_stderr"]
+    # Matched as (answer, text after the prefix) multisets, so neither the shuffle order (the
+    # record counts differ, so the same seed gives another order) nor repeated headwords
+    # (several entries per word) can pair the wrong records.
+    remainders = collections.Counter()
+    for r in recall:
+        a, t = r["answer"], r["text"]
+        assert t.startswith(a + ", "), r
+        remainders[(a, t[len(a) + 2:])] += 1
+    defaults = collections.Counter((r["answer"], r["text"]) for r in default)
+    assert not defaults - remainders  # every default record, with the headword in front
+    extra = remainders - defaults
+    for a, rest in extra:  # the rest: exactly the default mode's headword_in_text skips
+        assert re.search(r"(?<!\w)" + re.escape(a) + r"(?!\w)", rest, re.IGNORECASE), (a, rest)
+    assert sum(extra.values()) == ds["headword_in_text"] == rs["repeats_headword"] > 0
+    assert len(recall) == rs["kept"] == rs["eligible"] == len(default) + ds["headword_in_text"]
+    assert len(recall) > len(default)
+    # The summary is honest: no headword_in_text skip; the other skips are the default mode's.
+    assert "headword_in_text" not in rs
+    for k in ("entries", "header", "duplicate", "no_pronunciation", "headword_space",
+              "headword_length", "text_short"):
+        assert rs[k] == ds[k], k
+    assert rs["kept"] == rs["entries"] - sum(rs[k] for k in (
+        "no_pronunciation", "headword_space", "headword_length", "text_short"))
+    hits = [r for r in recall if r["answer"] == "Abdicative"]
+    assert hits == [{"text": "Abdicative, a. [L. abdicativus.] Causing, or implying, abdication. "
+                             "[R.] --Bailey.", "answer": "Abdicative"}]
+    for a, rest in remainders:  # pronunciations stay removed; --max-chars bounds the remainder
+        assert 20 <= len(rest) <= 400 and "\n" not in rest and rest == rest.strip(), (a, rest)
+        for group in re.findall(r"\\([^\\]*)\\", rest):
+            assert re.sub(r"[\"*`' ]", "", group).lower() != a.lower(), (a, rest)
+    assert len({r["answer"][0].lower() for r in recall[:200]}) >= 15  # still shuffled
     assert not list(gcide["dir"].glob("*.tmp-*"))
