@@ -92,7 +92,8 @@ def main():
         p = (f"{100 * para['token_accuracy']['compressed']:.1f}% ({100 * para['token_accuracy']['untrained']:.1f}%, "
              f"{100 * para['token_accuracy']['full']:.1f}%)" if para else "n/a")
         gap = t["gap_closed"]["compressed"]
-        return (f"| {name} ({j['compressed_positions'] if 'compressed_positions' in j else '?'} pos.) | "
+        pos = t["context_positions"]
+        return (f"| {name} ({pos['full']:.1f} -> {pos['compressed']:.1f} pos.) | "
                 + " | ".join(cells) + f" | {gap:.2f} | {p} | {j['train_tokens'] / 1e6:.2f}M, "
                 f"{j['train_seconds'] / 60:.1f} min |")
 
@@ -109,7 +110,8 @@ Command: {cmd}. Machine: {cpu_model()}, {a.threads} threads; load {load0:.1f} ->
 {{context}}: nothing, the document as text, the compressed form, the document truncated to as
 many positions, mean-pooled token embeddings (xRAG: one mean vector), the untrained compressor,
 another document's compressed form. Gap: (none - compressed) / (none - full) on the NLL.
-Paraphrase (xRAG): teacher-forced token accuracy of the decoder saying the document after
+Positions: the context's mean length in the decoder, full -> compressed (what its KV cache
+holds). Paraphrase (xRAG): teacher-forced token accuracy of the decoder saying the document after
 "Background: {{context}} means the same as" (untrained projector, document as text).
 
 | compressor | {header} | gap | paraphrase | training |
