@@ -101,7 +101,7 @@ def main():
     cmd = "`.venv/bin/python bench/xrag_task.py " + " ".join(sys.argv[1:]) + "`"
     header = " | ".join(CONDITIONS)
     section = f"""
-## xRAG and the definition -> headword task on {decoder.name} ({now}, commit {git_head()})
+## xRAG and the task with an answer ({documents.name}) on {decoder.name} ({now}, commit {git_head()})
 
 Command: {cmd}. Machine: {cpu_model()}, {a.threads} threads; load {load0:.1f} -> {load1:.1f};
 {(time.time() - t0) / 60:.0f} min (reused runs are not retrained). Documents: {documents}, the last
