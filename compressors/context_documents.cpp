@@ -32,13 +32,12 @@ std::vector<std::string> read_texts(const H5File& f, const std::string& group, i
   CONDENSE_CHECK(o[0] == 0 && o[n] == total, "{}: '{}' must start at 0 and end at {} (the bytes' "
                  "length), got {} .. {}", f.path(), offsets_name, total, o[0], o[n]);
   const char* b = total > 0 ? reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()) : "";
-  std::vector<std::string> out;
-  out.reserve(n);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i)  // all checked before any is read: every span lies in the bytes
     CONDENSE_CHECK(o[i] <= o[i + 1], "{}: '{}' decreases at entry {} ({} > {})", f.path(), offsets_name,
                    i, o[i], o[i + 1]);
-    out.emplace_back(b + o[i], static_cast<size_t>(o[i + 1] - o[i]));
-  }
+  std::vector<std::string> out;
+  out.reserve(n);
+  for (int64_t i = 0; i < n; ++i) out.emplace_back(b + o[i], static_cast<size_t>(o[i + 1] - o[i]));
   return out;
 }
 

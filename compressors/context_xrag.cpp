@@ -94,17 +94,27 @@ at::Tensor XragCompressor::context(LlamaForCausalLM&, const at::Tensor&) {
        "--out CTX.h5` and pass --context-vectors CTX.h5");
 }
 
+// The decoder reading template(z) then `ids` rows teacher-forced: the final hidden states that
+// predict each row's tokens [B, L, hidden] and the targets [B, L] (kIgnore past a row's end).
+std::pair<at::Tensor, at::Tensor> XragCompressor::read_after(LlamaForCausalLM& decoder, const PromptTemplate& t,
+                                                             const TokenizedDocuments& docs,
+                                                             const std::vector<std::vector<int64_t>>& ids,
+                                                             const at::Tensor& rows) const {
+  const c10::Device device = decoder->lm_head_weight().device();
+  at::Tensor z = project(docs.embeddings.index_select(0, rows.to(at::kCPU)));
+  at::Tensor in = padded_rows(ids, rows, data_.pad).to(device);
+  const int64_t n = in.size(1);
+  std::vector<at::Tensor> parts = splice_context(decoder, t, z);
+  parts.push_back(decoder->embed(in.narrow(1, 0, n - 1)));
+  at::Tensor h = decoder->hidden({at::Tensor(), cat_parts(parts)}).narrow(1, -n, n);
+  return {h, padded_rows(ids, rows, kIgnore).to(device)};
+}
+
 at::Tensor XragCompressor::nll(LlamaForCausalLM& decoder, const TokenizedDocuments& docs,
                                const at::Tensor& rows) {
   if (options_.stage == 2) return task_loss(decoder, docs, rows, /*distill=*/false);
-  const c10::Device device = decoder->lm_head_weight().device();
-  at::Tensor z = project(docs.embeddings.index_select(0, rows.to(at::kCPU)));
-  at::Tensor text = padded_rows(docs.texts, rows, data_.pad).to(device);
-  std::vector<at::Tensor> parts = splice_context(decoder, data_.paraphrase, z);
-  parts.push_back(decoder->embed(text.narrow(1, 0, text.size(1) - 1)));
-  at::Tensor logits = decoder->logits(
-      decoder->hidden({at::Tensor(), cat_parts(parts)}).narrow(1, -text.size(1), text.size(1)));
-  at::Tensor targets = padded_rows(docs.texts, rows, kIgnore).to(device);
+  auto [h, targets] = read_after(decoder, data_.paraphrase, docs, docs.texts, rows);
+  at::Tensor logits = decoder->logits(h);
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
 }
 
@@ -113,14 +123,7 @@ at::Tensor XragCompressor::task_loss(LlamaForCausalLM& decoder, const TokenizedD
   CONDENSE_CHECK(!docs.answers.empty(), "xRAG stage 2 needs documents with answers (the file's "
                  "answers/*; tools/gcide_headwords.py makes a set)");
   const c10::Device device = decoder->lm_head_weight().device();
-  at::Tensor z = project(docs.embeddings.index_select(0, rows.to(at::kCPU)));
-  at::Tensor answer = padded_rows(docs.answers, rows, data_.pad).to(device);
-  const int64_t a = answer.size(1);
-  at::Tensor targets = padded_rows(docs.answers, rows, kIgnore).to(device);
-  at::Tensor answer_in = decoder->embed(answer.narrow(1, 0, a - 1));
-  std::vector<at::Tensor> parts = splice_context(decoder, data_.task, z);
-  parts.push_back(answer_in);
-  at::Tensor h = decoder->hidden({at::Tensor(), cat_parts(parts)}).narrow(1, -a, a);
+  auto [h, targets] = read_after(decoder, data_.task, docs, docs.answers, rows);
   const at::Tensor w = decoder->lm_head_weight();
   if (!distill || options_.kl_weight == 0) {
     at::Tensor logits = decoder->logits(h);

@@ -86,6 +86,10 @@ class XragCompressor : public ContextCompressor {
  private:
   at::Tensor task_loss(LlamaForCausalLM& decoder, const TokenizedDocuments& docs, const at::Tensor& rows,
                        bool distill);
+  std::pair<at::Tensor, at::Tensor> read_after(LlamaForCausalLM& decoder, const PromptTemplate& t,
+                                               const TokenizedDocuments& docs,
+                                               const std::vector<std::vector<int64_t>>& ids,
+                                               const at::Tensor& rows) const;
   XragOptions options_;
   XragData data_;
   at::Tensor w1_, b1_, w2_, b2_;
