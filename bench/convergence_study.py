@@ -26,7 +26,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# name -> comm.compression overrides. Top-K and Random-K keep 1% of each bucket.
+# Local-update training (comm.sync.mode=diloco): keys with a dot are full recipe keys.
+DILOCO = {"comm.sync.mode": "diloco", "comm.sync.outer.optimizer": "nesterov",
+          "comm.sync.outer.lr": 0.7, "comm.sync.outer.momentum": 0.9}
+# SparseLoCo: decayed EF buffer as the only momentum, outer SGD at lr 1.
+SPARSELOCO = {"comm.sync.mode": "diloco", "comm.sync.outer.optimizer": "sgd",
+              "comm.sync.outer.lr": 1.0, "comm.sync.outer.momentum": 0, "codec": "sparseloco",
+              "error_control": "ef", "decay": 0.95}
+
+# name -> comm.compression overrides (keys without a dot) and other recipe keys (with one).
+# Top-K and Random-K keep 1% of each bucket.
 CONFIGS = {
     "dense": {},
     "topk1%": {"codec": "topk", "ratio": 0.01},
@@ -47,6 +56,20 @@ CONFIGS = {
     "qsgd4bit": {"codec": "qsgd", "levels": 7},
     "sign+ef": {"codec": "sign", "error_control": "ef"},
     "powersgd4+ef": {"codec": "powersgd", "rank": 4, "error_control": "ef"},
+    "diloco-H16": {**DILOCO, "comm.sync.inner_steps": 16},
+    "diloco-H8-int8": {**DILOCO, "comm.sync.inner_steps": 8, "codec": "int8"},
+    "diloco-H16-int8": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8"},
+    "diloco-H32-int8": {**DILOCO, "comm.sync.inner_steps": 32, "codec": "int8"},
+    "diloco-H16-int8+ef": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8",
+                           "error_control": "ef"},
+    "diloco-H16-int8+econtrol(0.2)": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8",
+                                      "error_control": "econtrol", "eta": 0.2},
+    "sparseloco-H16-3%-2bit": {**SPARSELOCO, "comm.sync.inner_steps": 16, "ratio": 0.03, "bits": 2},
+    "sparseloco-H16-1%-2bit": {**SPARSELOCO, "comm.sync.inner_steps": 16, "ratio": 0.01, "bits": 2},
+    "sparseloco-H16-3%-4bit": {**SPARSELOCO, "comm.sync.inner_steps": 16, "ratio": 0.03, "bits": 4},
+    "sparseloco-H16-3%-2bit+econtrol(0.2)": {**SPARSELOCO, "comm.sync.inner_steps": 16,
+                                             "ratio": 0.03, "bits": 2, "error_control": "econtrol",
+                                             "eta": 0.2},
 }
 
 
@@ -91,9 +114,10 @@ def main() -> int:
         run_dir = out / name.replace("%", "pct").replace("(", "_").replace(")", "")
         comp = dict(CONFIGS[name])
         overrides = [f"out_dir={run_dir}"] + base
-        if comp:
+        local = comp.get("comm.sync.mode") == "diloco"
+        if comp and not local:  # warm-up counts exchanges in diloco: none there
             comp.setdefault("warmup_steps", args.warmup)
-            overrides += [f"comm.compression.{k}={v}" for k, v in comp.items()]
+        overrides += [f"{k}={v}" if "." in k else f"comm.compression.{k}={v}" for k, v in comp.items()]
         cmd = [*mpirun, args.condense, "train", str(REPO / "recipes" / "quickstart.yaml"), *overrides]
         commands.append(shlex.join(cmd))
         metrics = run_dir / "metrics.jsonl"
@@ -163,8 +187,9 @@ def main() -> int:
             f.write(f"\n## Convergence of compressed gradient exchange ({dt.date.today()})\n\n")
             f.write(f"Command: `.venv/bin/python bench/convergence_study.py {' '.join(sys.argv[1:])}`  \n")
             f.write(f"Quickstart model on GCIDE, {args.ranks} ranks (mpirun, 1 thread each) x batch "
-                    f"{args.batch_size} x seq 128, {args.steps} steps, same seeds; compression starts "
-                    f"after {args.warmup} dense steps. Wire bytes: per rank, summed over steps. Plots: "
+                    f"{args.batch_size} x seq 128, {args.steps} steps, same seeds; per-step compression "
+                    f"starts after {args.warmup} dense steps (diloco rows: none; inner steps count "
+                    f"as steps). Wire bytes: per rank, summed over steps. Plots: "
                     f"bench/convergence_loss_vs_bytes.png, bench/convergence_loss_vs_step.png.\n\n")
             f.write(table + "\n")
     return 0

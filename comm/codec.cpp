@@ -25,7 +25,8 @@ void ExchangeStats::add_dense_reference(int64_t bytes, int world) {
 
 const std::vector<std::string>& codec_names() {
   static const std::vector<std::string> names = {"none", "fp16", "bf16", "topk",
-                                                 "randk", "qsgd", "sign", "powersgd"};
+                                                 "randk", "qsgd", "sign", "powersgd",
+                                                 "int8", "sparseloco"};
   return names;
 }
 
@@ -51,6 +52,8 @@ std::unique_ptr<Codec> make_codec(const CompressionConfig& c, const BucketLayout
   if (n == "qsgd") return make_qsgd_codec(layout.numel, c.levels, c.block);
   if (n == "sign") return make_sign_codec(layout.numel, c.block);
   if (n == "powersgd") return make_powersgd_codec(layout, c.rank, static_cast<uint64_t>(c.seed));
+  if (n == "int8") return make_int8_codec(layout, world);
+  if (n == "sparseloco") return make_sparseloco_codec(c, layout, world);
   std::string valid;
   for (const auto& v : codec_names()) valid += (valid.empty() ? "" : ", ") + v;
   fail("unknown compression codec '{}'; valid: {}", n, valid);

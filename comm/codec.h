@@ -22,6 +22,10 @@
 //   powersgd  rank-r power iteration with a warm-started Q (Vogels et al., NeurIPS 2019):
 //             matrices as P = M Q, all-reduce, orthonormalize, Q = M^T P, all-reduce;
 //             1-D parameters (and matrices too small to gain) all-reduced dense
+//   int8      per tensor, 256 bins over +-3 std with a codebook of the bins' means (INTELLECT-1's
+//             pseudo-gradient quantizer), one byte per element; all-gather (comm/codec_int8.cpp)
+//   sparseloco Top-K per chunk (64 x 64 tiles of matrices, runs of 1-D tensors) with the kept
+//             values quantized to 2-8 bits (SparseLoCo); all-gather (comm/codec_sparseloco.cpp)
 //
 // Devices: v, local, mean and every payload live on the bucket's device (BucketLayout::device),
 // and so does codec state; the communicator must accept tensors there (NCCL for CUDA). CPU

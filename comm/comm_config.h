@@ -8,20 +8,39 @@ namespace condense {
 // Gradient compression with error control (recipe section `comm.compression`; see
 // comm/gradient_compression.h for the algorithms and comm/codec.h for the codecs).
 struct CompressionConfig {
-  std::string codec = "none";          // none | fp16 | bf16 | topk | randk | qsgd | sign | powersgd
+  // none | fp16 | bf16 | topk | randk | qsgd | sign | powersgd | int8 | sparseloco
+  std::string codec = "none";
   double ratio = 0.01;                 // topk, randk: fraction of each bucket's elements sent
   int64_t k = 0;                       // topk, randk: elements per bucket (> 0 overrides ratio)
   std::string scope = "bucket";        // topk: select over the whole bucket | per tensor
   int64_t levels = 7;                  // qsgd: s quantization levels per sign (7 = 4 bits/element)
   int64_t block = 512;                 // qsgd, sign: elements sharing one fp32 scale
   int64_t rank = 4;                    // powersgd: rank of the approximation
+  int64_t bits = 2;                    // sparseloco: bits per kept value (2..8)
+  int64_t chunk = 4096;                // sparseloco: elements per chunk (a square: 2-D tiles)
   std::string error_control = "none";  // none | ef | ef21 | econtrol
   double eta = 0.1;                    // econtrol: weight of the error term
+  double decay = 1.0;                  // ef: v = g + decay * e (SparseLoCo: 0.95)
   int64_t warmup_steps = 0;            // first steps exchange dense fp32 (state still updated)
   int64_t min_bucket_numel = 0;        // buckets with fewer elements always go dense
   int64_t seed = 0;                    // randk indices, qsgd rounding, powersgd initial Q
 
   bool enabled() const { return codec != "none" || error_control != "none"; }
+};
+
+// What ranks exchange (recipe section `comm.sync`; comm/local_update.h). "ddp": the gradient
+// of every step (GradientSync, with comm.compression); "diloco": each rank takes inner_steps
+// optimizer steps on its own shard, then the ranks exchange the pseudo-gradient (anchor minus
+// local weights; comm.compression applies to it) and take one outer step on the anchor
+// (Douillard et al., DiLoCo, 2023).
+struct SyncConfig {
+  std::string mode = "ddp";              // ddp | diloco
+  int64_t inner_steps = 16;              // diloco: H, optimizer steps between exchanges
+  std::string outer_optimizer = "nesterov";  // diloco: nesterov | sgd (heavy ball when momentum > 0)
+  double outer_lr = 0.7;                 // diloco: outer learning rate
+  double outer_momentum = 0.9;           // diloco: outer momentum
+
+  bool local_update() const { return mode == "diloco"; }
 };
 
 struct CommConfig {
@@ -30,6 +49,7 @@ struct CommConfig {
   double bucket_cap_mb = 25.0;   // gradient bucket size
   bool overlap = true;           // exchange buckets while backward runs
   CompressionConfig compression;
+  SyncConfig sync;
 };
 
 }  // namespace condense

@@ -11,8 +11,9 @@ const std::vector<std::string>& ErrorControl::kinds() {
   return k;
 }
 
-ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel, at::Device device)
-    : kind_(std::move(kind)), eta_(eta) {
+ErrorControl::ErrorControl(std::string kind, double eta, int64_t numel, at::Device device,
+                           double decay)
+    : kind_(std::move(kind)), eta_(eta), decay_(decay) {
   CONDENSE_CHECK(std::find(kinds().begin(), kinds().end(), kind_) != kinds().end(),
                  "unknown error control '{}'; valid: none, ef, ef21, econtrol", kind_);
   const auto options = at::TensorOptions(device).dtype(at::kFloat);
@@ -44,7 +45,8 @@ void ErrorControl::step(at::Tensor& g, Codec& codec, ExchangeContext& ctx) {
   }
   at::Tensor& u = scratch_;
   if (kind_ == "ef") {
-    u.copy_(g).add_(e_);                 // v = g + e
+    if (decay_ == 1.0) u.copy_(g).add_(e_);  // v = g + e (bit for bit as before decay existed)
+    else u.copy_(g).add_(e_, decay_);         // v = g + beta e
     codec.exchange(u, &d_, g, ctx);      // g <- mean of C(v_r)
     at::sub_out(e_, u, d_);              // e = v - d
     return;

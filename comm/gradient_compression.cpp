@@ -25,7 +25,8 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
     bucket_config.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
     Bucket bucket{make_codec(bucket_config, layout, world, ec),
                   make_codec(CompressionConfig{}, layout, world, ec),
-                  ErrorControl(config_.error_control, config_.eta, layout.numel, layout.device)};
+                  ErrorControl(config_.error_control, config_.eta, layout.numel, layout.device,
+                               config_.decay)};
     ExchangeStats plan, dense;
     const int64_t payload = bucket.codec->payload_bytes();
     if (bucket.codec->summable()) plan.add_all_reduce(payload, world);
@@ -50,10 +51,12 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
   }
   if (comm_.rank() == 0) {
     spdlog::info("comm.compression: codec {} with error control {}{}, {} buckets, {} elements: "
-                 "{:.3g} MB payload and {:.3g} MB on the wire per rank and step ({:.1f}x less than "
-                 "dense fp32 all-reduce), after {} dense warm-up steps",
+                 "{:.3g} MB payload and {:.3g} MB on the wire per rank and exchange ({:.1f}x less than "
+                 "dense fp32 all-reduce), after {} dense warm-up exchanges",
                  config_.codec, config_.error_control,
-                 config_.error_control == "econtrol" ? fmt::format(" (eta {})", config_.eta) : "",
+                 config_.error_control == "econtrol" ? fmt::format(" (eta {})", config_.eta)
+                 : config_.error_control == "ef" && config_.decay != 1.0
+                     ? fmt::format(" (decay {})", config_.decay) : "",
                  buckets_.size(), total, total_payload / 1e6, total_wire / 1e6,
                  total_wire > 0 ? double(total_dense_wire) / total_wire : 1.0, config_.warmup_steps);
   }

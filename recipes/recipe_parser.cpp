@@ -15,6 +15,7 @@
 
 #include "comm/codec.h"
 #include "comm/error_control.h"
+#include "comm/local_update.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "recipes/recipe_kinds.h"
@@ -79,7 +80,7 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_real("lr", t.lr, positive()),
                     bind_real("min_lr", t.min_lr),
                     bind_int("warmup_steps", t.warmup_steps, at_least(0)),
-                    bind_string("optimizer", t.optimizer, {"adamw", "sgd"}),
+                    bind_string("optimizer", t.optimizer, {"adamw", "sgd", "sign"}),
                     bind_real("weight_decay", t.weight_decay, at_least(0)),
                     bind_real("beta1", t.beta1, fraction()),
                     bind_real("beta2", t.beta2, fraction()),
@@ -125,7 +126,7 @@ SectionBinding comm_section(CommConfig& c) {
 }
 
 SectionBinding compression_section(CompressionConfig& c) {
-  return {"comm.compression",
+  SectionBinding s{"comm.compression",
           {bind_string("codec", c.codec, codec_names()),
            bind_real("ratio", c.ratio, unit_interval()),
            bind_int("k", c.k, at_least(0)),
@@ -133,11 +134,36 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_int("levels", c.levels, between(1, 127)),
            bind_int("block", c.block, at_least(1)),
            bind_int("rank", c.rank, at_least(1)),
+           bind_int("bits", c.bits, between(2, 32)),
+           bind_int("chunk", c.chunk, between(1, 32768)),
            bind_string("error_control", c.error_control, ErrorControl::kinds()),
            bind_real("eta", c.eta, unit_interval()),
+           bind_real("decay", c.decay, between(0, 1)),
            bind_int("warmup_steps", c.warmup_steps, at_least(0)),
            bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
            bind_int("seed", c.seed, at_least(0))}};
+  for (FieldBinding& f : s.fields) {
+    if (f.key != "bits") continue;
+    f.check = [&c]() -> std::string {
+      return (c.bits >= 2 && c.bits <= 8) || c.bits == 32
+                 ? "" : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
+    };
+  }
+  return s;
+}
+
+SectionBinding sync_section(SyncConfig& c) {
+  return {"comm.sync",
+          {bind_string("mode", c.mode, sync_modes()),
+           bind_int("inner_steps", c.inner_steps, at_least(1))}};
+}
+
+// comm.sync.outer: {optimizer, lr, momentum}, the outer step of local-update training.
+SectionBinding outer_section(SyncConfig& c) {
+  return {"comm.sync.outer",
+          {bind_string("optimizer", c.outer_optimizer, outer_optimizers()),
+           bind_real("lr", c.outer_lr, positive()),
+           bind_real("momentum", c.outer_momentum, between(0, 0.999999))}};
 }
 
 SectionBinding memory_section(MemoryConfig& m) {
@@ -239,7 +265,8 @@ class RecipeBinder {
               bind_string("out_dir", c.out_dir), bind_string("init", c.init)}},
         sections_{model_section(c.model), data_section(c.data), train_section(c.train),
                   checkpoint_section(c.checkpoint), comm_section(c.comm),
-                  compression_section(c.comm.compression), memory_section(c.memory),
+                  compression_section(c.comm.compression), sync_section(c.comm.sync),
+                  outer_section(c.comm.sync), memory_section(c.memory),
                   wta_crs_section(c.memory), recovery_section(c.recovery),
                   distill_section(c.distill), context_section(c.context)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
@@ -338,16 +365,8 @@ class RecipeBinder {
   std::string emit() const {
     std::string out;
     for (const auto& f : top_.fields) out += fmt::format("{}: {}\n", f.key, f.emit());
-    for (const auto& s : sections_) {
-      if (s.name.find('.') != std::string::npos) continue;  // printed inside its parent
-      out += s.name + ":\n";
-      for (const auto& f : s.fields) out += fmt::format("  {}: {}\n", f.key, f.emit());
-      for (const auto& nested : sections_) {
-        if (nested.name.rfind(s.name + ".", 0) != 0) continue;
-        out += "  " + nested.name.substr(s.name.size() + 1) + ":\n";
-        for (const auto& f : nested.fields) out += fmt::format("    {}: {}\n", f.key, f.emit());
-      }
-    }
+    for (const auto& s : sections_)
+      if (s.name.find('.') == std::string::npos) emit_section(s, s.name, "", out);
     return out;
   }
 
@@ -390,11 +409,28 @@ class RecipeBinder {
     return keys;
   }
 
-  // A section's fields followed by its nested sections ("backend, ..., compression").
+  // Whether `nested` is a direct sub-section of `parent` (comm.sync of comm, not comm.sync.outer).
+  static bool is_child(const SectionBinding& parent, const SectionBinding& nested) {
+    const std::string prefix = parent.name + ".";
+    return nested.name.rfind(prefix, 0) == 0 &&
+           nested.name.find('.', prefix.size()) == std::string::npos;
+  }
+
+  // A section as YAML under `indent`: its fields, then its sub-sections, recursively.
+  void emit_section(const SectionBinding& s, const std::string& key, const std::string& indent,
+                    std::string& out) const {
+    out += indent + key + ":\n";
+    for (const auto& f : s.fields) out += fmt::format("{}  {}: {}\n", indent, f.key, f.emit());
+    for (const auto& nested : sections_)
+      if (is_child(s, nested))
+        emit_section(nested, nested.name.substr(s.name.size() + 1), indent + "  ", out);
+  }
+
+  // A section's fields followed by its sub-sections ("backend, ..., compression, sync").
   std::string keys_of(const SectionBinding& s) const {
     std::string keys = s.key_list();
     for (const auto& nested : sections_)
-      if (nested.name.rfind(s.name + ".", 0) == 0) keys += ", " + nested.name.substr(s.name.size() + 1);
+      if (is_child(s, nested)) keys += ", " + nested.name.substr(s.name.size() + 1);
     return keys;
   }
 

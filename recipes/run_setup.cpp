@@ -125,8 +125,8 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
                      store.tokenizer().serialized(), cfg.data.batch_size * cfg.data.seq_len,
                      run.comm.get(),
                      GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression},
-                     run.device, cfg.memory.meter};
-  if (run.world == 1 && cfg.comm.compression.enabled())
+                     run.device, cfg.memory.meter, cfg.comm.sync};
+  if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())
     spdlog::warn("comm.compression (codec {}, error control {}) has no effect in a single process: "
                  "gradients are not exchanged; launch with mpirun -np N", cfg.comm.compression.codec,
                  cfg.comm.compression.error_control);

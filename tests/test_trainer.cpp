@@ -14,6 +14,7 @@
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/sgd.h"
+#include "trainer/sign_descent.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -103,6 +104,25 @@ TEST(Sgd, MatchesTorchSgdMomentumWithDecoupledDecay) {
   v.mutable_grad() = at::ones({2});
   plain.step(0.5);
   EXPECT_TRUE(at::allclose(v.detach(), v0 - 0.5));
+}
+
+TEST(SignDescent, StepsBySignWithDecoupledDecayOnMatricesOnly) {
+  at::Tensor w = at::randn({3, 4}).set_requires_grad(true);
+  at::Tensor b = at::randn({4}).set_requires_grad(true);
+  at::Tensor w0 = w.detach().clone(), b0 = b.detach().clone();
+  SignDescent opt({{"w", w}, {"b", b}}, 0.1);
+  at::Tensor gw = at::randn({3, 4}), gb = at::randn({4});
+  gb[0] = 0;  // sign(0) = 0: no move
+  w.mutable_grad() = gw.clone();
+  b.mutable_grad() = gb.clone();
+  opt.step(0.01);
+  EXPECT_TRUE(at::allclose(w.detach(), w0 * (1 - 0.01 * 0.1) - 0.01 * gw.sign(), 0, 1e-7));
+  EXPECT_TRUE(at::allclose(b.detach(), b0 - 0.01 * gb.sign(), 0, 1e-7));
+  EXPECT_EQ(b.detach()[0].item<float>(), b0[0].item<float>());
+  EXPECT_TRUE(opt.state().empty());
+  TrainConfig tc;
+  tc.optimizer = "sign";
+  EXPECT_TRUE(make_optimizer(tc, {{"w", w}})->state().empty());
 }
 
 TEST(Sgd, StateRoundTripsAndRefusesAdamWState) {

@@ -6,6 +6,7 @@
 #include "core/shape.h"
 #include "trainer/adamw.h"
 #include "trainer/sgd.h"
+#include "trainer/sign_descent.h"
 
 namespace condense {
 
@@ -41,7 +42,8 @@ std::unique_ptr<Optimizer> make_optimizer(
     return std::make_unique<AdamW>(params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay});
   if (tc.optimizer == "sgd")
     return std::make_unique<Sgd>(params, SgdOptions{tc.momentum, tc.weight_decay});
-  fail("unknown optimizer '{}'; valid: adamw, sgd", tc.optimizer);
+  if (tc.optimizer == "sign") return std::make_unique<SignDescent>(params, tc.weight_decay);
+  fail("unknown optimizer '{}'; valid: adamw, sgd, sign", tc.optimizer);
 }
 
 }  // namespace condense

@@ -11,7 +11,7 @@ struct TrainConfig {
   double lr = 3e-3;               // peak learning rate
   double min_lr = 3e-4;           // cosine floor
   int64_t warmup_steps = 30;      // linear warm-up from 0
-  std::string optimizer = "adamw"; // adamw | sgd (heavy-ball momentum)
+  std::string optimizer = "adamw"; // adamw | sgd (heavy-ball momentum) | sign (DeMo's update)
   double weight_decay = 0.1;      // decoupled (both optimizers); not applied to norms and biases
   double beta1 = 0.9;             // adamw
   double beta2 = 0.95;            // adamw

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "comm/local_update.h"
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/shape.h"
@@ -77,6 +78,67 @@ void restore_compression(const Checkpoint& ckpt, GradientCompression& compressio
                  "of ranks to keep the gradient-compression state", f.path(), world);
   compression.load_state(f.read_tensor(name), f.read_tensor("comm/compression_step").item<int64_t>(),
                          f.path() + ":" + name);
+}
+
+// Local-update (diloco) state of every rank, gathered to rank 0 for its checkpoint (empty
+// elsewhere): the rank's local weights (the trained tensors, flat, in order) and inner
+// optimizer state, which differ between exchanges, its error-control state, and the shared
+// anchor and outer momentum. Collective.
+std::map<std::string, at::Tensor> gather_local_update_state(
+    Communicator& comm, LocalUpdate& local, const std::vector<std::pair<std::string, at::Tensor>>& params,
+    const Optimizer& optimizer) {
+  std::map<std::string, at::Tensor> out = gather_compression_state(comm, local.compression());
+  if (comm.rank() == 0) out.merge(local.shared_state());
+  auto gather = [&](const at::Tensor& t, const std::string& name) {
+    std::vector<at::Tensor> all = comm.gather_v(t.detach().reshape({-1}).contiguous(), 0);
+    for (size_t r = 0; r < all.size(); ++r)
+      out[fmt::format("local_update/rank{}/{}", r, name)] = all[r].view(t.sizes());
+  };
+  std::vector<at::Tensor> flat;
+  for (const auto& p : params) flat.push_back(p.second.detach().reshape({-1}));
+  gather(at::cat(flat), "weights");
+  for (const auto& [key, t] : optimizer.state()) gather(t, "optimizer/" + key);  // same keys everywhere
+  return out;
+}
+
+void restore_local_update(const Checkpoint& ckpt, LocalUpdate& local,
+                          const std::vector<std::pair<std::string, at::Tensor>>& params,
+                          Optimizer& optimizer, int rank, int world) {
+  const H5File& f = ckpt.file();
+  if (!f.has("local_update/anchor0")) {
+    spdlog::warn("{} was not written by a comm.sync.mode=diloco run: every rank starts from its "
+                 "weights with zero outer momentum and error buffers", f.path());
+    return;
+  }
+  const std::string mine = fmt::format("local_update/rank{}/", rank);
+  CONDENSE_CHECK(f.has(mine + "weights"), "{}: no '{}weights': the checkpoint was written by fewer "
+                 "ranks; resume a diloco run with the same number of ranks", f.path(), mine);
+  CONDENSE_CHECK(!f.has(fmt::format("local_update/rank{}/weights", world)), "{}: the checkpoint was "
+                 "written by more than {} ranks; resume a diloco run with the same number of ranks",
+                 f.path(), world);
+  std::map<std::string, at::Tensor> shared;
+  for (const auto& [name, t] : local.shared_state())
+    if (f.has(name)) shared[name] = f.read_tensor(name);
+  local.load_shared_state(shared, f.path());
+  at::NoGradGuard no_grad;
+  at::Tensor flat = f.read_tensor(mine + "weights");
+  int64_t total = 0;
+  for (const auto& p : params) total += p.second.numel();
+  CONDENSE_CHECK(flat.numel() == total, "{}: '{}weights' has {} elements, the trained tensors {}",
+                 f.path(), mine, flat.numel(), total);
+  int64_t offset = 0;
+  for (const auto& [name, p] : params) {
+    at::Tensor(p).detach().copy_(flat.narrow(0, offset, p.numel()).view(p.sizes()));
+    offset += p.numel();
+  }
+  std::map<std::string, at::Tensor> state;
+  for (const auto& [key, t] : optimizer.state()) {
+    const std::string name = mine + "optimizer/" + key;
+    CONDENSE_CHECK(f.has(name), "{}: no '{}' (was the run's train.optimizer another?)", f.path(), name);
+    state[key] = f.read_tensor(name);
+  }
+  optimizer.load_state(state);
+  restore_compression(ckpt, local.compression(), rank, world);
 }
 
 // The trainable's modules and state from a checkpoint, by name and shape.
@@ -162,21 +224,31 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   Communicator* comm = setup_.comm;
   const int world = comm ? comm->size() : 1;
   const bool rank0 = !comm || comm->rank() == 0;
+  const bool diloco = setup_.local_update.local_update();
+  CONDENSE_CHECK(!diloco || comm, "comm.sync.mode=diloco needs a communicator");
   std::unique_ptr<GradientSync> sync;
-  if (world > 1) {
+  std::unique_ptr<LocalUpdate> local;
+  if (world > 1 || diloco) {
     // Every rank starts from rank 0's weights (they agree already when all ranks built the model
     // from the same seed or loaded the same checkpoint; this makes it a guarantee). Frozen
     // parameters were loaded from the same checkpoint and never change: not broadcast.
     at::NoGradGuard no_grad;
     for (auto& [name, p] : params) {
       at::Tensor t = p.detach();
-      comm->broadcast(t, 0);
+      if (world > 1) comm->broadcast(t, 0);
     }
-    sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
-    if (sync->compression() && resumed)
+    if (diloco) {
+      // The checkpoint's weights are the anchor; each rank's own weights come back below.
+      local = std::make_unique<LocalUpdate>(*comm, params, setup_.local_update,
+                                            setup_.sync.compression, setup_.sync.bucket_cap_mb);
+      if (resumed) restore_local_update(*resumed, *local, params, optimizer, comm->rank(), world);
+    } else {
+      sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
+    }
+    if (sync && sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);
     const std::string& ec = setup_.sync.compression.error_control;
-    if (tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && rank0)
+    if (!diloco && tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && rank0)
       spdlog::warn("comm.compression.error_control={} with AdamW: the exchanged estimate keeps "
                    "stale coordinates, which AdamW applies at full normalized size; measured worse "
                    "than ef on the quickstart model and divergent with econtrol eta 0.2 (README "
@@ -193,15 +265,21 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   model_->train();
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
+  // Local update: the step that ended the last round (for the byte ratio per covered step).
+  int64_t last_exchange_step = state.step - (local ? state.step % setup_.local_update.inner_steps : 0);
 
   auto save = [&] {
     std::map<std::string, at::Tensor> extra = gather_rng_states(comm, setup_.device);
     for (const auto& [name, p] : t_.modules) extra[name] = p.detach();
     for (const auto& [name, st] : t_.state) extra[name] = st;
     if (sync && sync->compression()) extra.merge(gather_compression_state(*comm, *sync->compression()));
+    if (local) extra.merge(gather_local_update_state(*comm, *local, params, optimizer));
     if (rank0) {
+      // The model in a checkpoint is the global one: in the middle of a diloco round, the anchor.
+      if (local) local->swap_anchor();
       result.checkpoint = checkpoints.save(model_, &optimizer, state, setup_.recipe_yaml,
                                            setup_.tokenizer_bytes, extra);
+      if (local) local->swap_anchor();
       message(fmt::format("checkpoint {}", result.checkpoint));
     }
   };
@@ -251,6 +329,12 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       loss = r[0];
       stop_now = r[1] > 0;
       comm_seconds = {r[2], r[3], r[4]};
+    } else if (local && world > 1) {
+      // The same small collective (40 bytes, not metered) in local-update training: its inner
+      // steps exchange nothing else.
+      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0});
+      loss = r[0];
+      stop_now = r[1] > 0;
     }
     CONDENSE_CHECK(std::isfinite(loss), "training diverged: loss is {} at step {} (lr {:.3e}); "
                    "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
@@ -261,6 +345,16 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     optimizer.zero_grad();
     if (t_.after_step) t_.after_step(optimizer);
     if (meter) meter->end();
+    bool exchanged = false;
+    if (local && local->due(state.step + 1, tc.steps)) {
+      local->outer_step();
+      exchanged = true;
+      const ExchangeStats& x = local->last_stats();
+      std::vector<double> r = world > 1
+          ? all_reduce_mean(*comm, {x.compress_s, x.exchange_s, x.decompress_s})
+          : std::vector<double>{x.compress_s, x.exchange_s, x.decompress_s};
+      comm_seconds = {r[0], r[1], r[2]};
+    }
 
     state.step += 1;
     int64_t tokens = setup_.tokens_per_micro_batch * tc.grad_accum * world;
@@ -274,6 +368,23 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     std::vector<std::pair<std::string, double>> values = {
         {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
         {"tokens_seen", double(state.tokens_seen)}, {"elapsed_s", elapsed}};
+    if (local) {
+      // This step's exchange (zeros on inner steps); comm_ratio compares the exchange with a
+      // dense fp32 all-reduce on each of the steps it covers.
+      const ExchangeStats& x = local->last_stats();
+      const int64_t covered = state.step - last_exchange_step;
+      values.emplace_back("comm_bytes", exchanged ? double(x.payload_bytes) : 0.0);
+      values.emplace_back("comm_wire_bytes", exchanged ? double(x.wire_bytes) : 0.0);
+      if (exchanged) {
+        values.emplace_back("comm_ratio", x.wire_bytes > 0 ? double(x.dense_wire_bytes) * covered /
+                                                                 double(x.wire_bytes) : 1.0);
+        values.emplace_back("comm_s", comm_seconds[1]);
+        values.emplace_back("comm_compress_s", comm_seconds[0]);
+        values.emplace_back("comm_decompress_s", comm_seconds[2]);
+        values.emplace_back("outer_step", double(local->outer_steps()));
+        last_exchange_step = state.step;
+      }
+    }
     if (sync) {
       // Bytes are this rank's (the same on every rank); seconds are means over ranks.
       const ExchangeStats& x = sync->last_step().exchange;
@@ -294,7 +405,11 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
 
     bool last = state.step == tc.steps;
     if (tc.eval_every > 0 && (state.step % tc.eval_every == 0 || last) && !validation_.empty()) {
+      // Local-update training evaluates the global model (the anchor) in the middle of a round.
+      const bool swap = local && !exchanged;
+      if (swap) local->swap_anchor();
       double val = validate();
+      if (swap) local->swap_anchor();
       result.val_loss = val;
       metrics.log(state.step, {{"loss", val}, {"perplexity", std::exp(val)}, {"elapsed_s", elapsed}},
                   "val");

@@ -35,6 +35,10 @@ struct TrainerSetup {
   c10::Device device = c10::kCPU;
   bool memory_meter = false;  // memory.meter: per-phase peaks in metrics (CUDA; CPU needs the
                               // counting allocator installed before the model)
+  // comm.sync: "ddp" exchanges gradients every step through `sync`; "diloco" trains each rank
+  // locally and exchanges pseudo-gradients every inner_steps steps (comm/local_update.h), with
+  // sync.compression and sync.bucket_cap_mb applied to them. Needs `comm` (any size).
+  SyncConfig local_update;
 };
 
 struct TrainResult {

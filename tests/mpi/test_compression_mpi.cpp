@@ -1,6 +1,6 @@
 // Multi-rank tests of compressed gradient exchange (comm/gradient_compression.h), under
 // mpirun -np 2 and -np 4: codec "none" is the plain all-reduce bit for bit; every codec leaves
-// the same mean on every rank; Top-K's mean is the rank-ordered sum of each rank's own top-k;
+// the same mean on every rank (int8 and sparseloco, the pseudo-gradient codecs, included); Top-K's mean is the rank-ordered sum of each rank's own top-k;
 // the error-control invariants hold over many steps with random gradients for several codecs
 // and eta; warm-up steps are dense; a restored state continues bit for bit; and training with
 // compressed GradientSync keeps parameters identical on all ranks.
@@ -53,6 +53,7 @@ CompressionConfig config(const std::string& codec, const std::string& ec, double
   c.ratio = 0.1;
   c.block = 32;
   c.rank = 2;
+  c.chunk = 64;  // sparseloco: 8 x 8 tiles of the 24 x 16 matrix, runs of 64 elsewhere
   c.seed = 5;
   return c;
 }
@@ -77,7 +78,8 @@ TEST(Compression, NoneIsThePlainAllReduceBitForBit) {
 }
 
 TEST(Compression, EveryCodecGivesTheSameMeanOnEveryRank) {
-  for (const char* codec : {"fp16", "bf16", "topk", "randk", "qsgd", "sign", "powersgd"}) {
+  for (const char* codec : {"fp16", "bf16", "topk", "randk", "qsgd", "sign", "powersgd", "int8",
+                            "sparseloco"}) {
     for (const char* ec : {"none", "ef", "ef21", "econtrol"}) {
       GradientCompression gc(world(), config(codec, ec), {layout()});
       for (int step = 0; step < 3; ++step) {
@@ -89,7 +91,8 @@ TEST(Compression, EveryCodecGivesTheSameMeanOnEveryRank) {
         EXPECT_TRUE(at::isfinite(g).all().item<bool>()) << codec << " " << ec;
       }
       EXPECT_GT(gc.stats().payload_bytes, 0);
-      EXPECT_LT(gc.stats().payload_bytes, 4 * layout().numel) << codec;
+      // int8's 1 KB codebook per tensor outweighs these 647 elements; it pays off on real tensors.
+      if (std::string(codec) != "int8") EXPECT_LT(gc.stats().payload_bytes, 4 * layout().numel) << codec;
     }
   }
 }
@@ -164,11 +167,12 @@ void check_invariant(const std::string& codec, const std::string& ec, double eta
 }
 
 TEST(ErrorControl, EfInvariantSentPlusResidualEqualsGradients) {
-  for (const char* codec : {"topk", "randk", "qsgd", "sign", "powersgd"}) check_invariant(codec, "ef", 0);
+  for (const char* codec : {"topk", "randk", "qsgd", "sign", "powersgd", "int8", "sparseloco"})
+    check_invariant(codec, "ef", 0);
 }
 
 TEST(ErrorControl, EControlInvariantForSeveralEta) {
-  for (const char* codec : {"topk", "randk", "sign", "powersgd"})
+  for (const char* codec : {"topk", "randk", "sign", "powersgd", "sparseloco"})
     for (double eta : {0.05, 0.2, 1.0}) check_invariant(codec, "econtrol", eta);
 }
 

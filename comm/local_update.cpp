@@ -1,0 +1,138 @@
+#include "comm/local_update.h"
+
+#include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
+
+#include "core/error.h"
+#include "core/shape.h"
+
+namespace condense {
+
+const std::vector<std::string>& sync_modes() {
+  static const std::vector<std::string> m = {"ddp", "diloco"};
+  return m;
+}
+
+const std::vector<std::string>& outer_optimizers() {
+  static const std::vector<std::string> o = {"nesterov", "sgd"};
+  return o;
+}
+
+LocalUpdate::LocalUpdate(Communicator& comm, std::vector<std::pair<std::string, at::Tensor>> params,
+                         SyncConfig sync, CompressionConfig compression, double bucket_cap_mb)
+    : comm_(comm), params_(std::move(params)), sync_(std::move(sync)) {
+  CONDENSE_CHECK(sync_.inner_steps >= 1, "comm.sync.inner_steps must be >= 1, got {}",
+                 sync_.inner_steps);
+  CONDENSE_CHECK(!params_.empty(), "local update: no trained parameters");
+  const at::Device device = params_.front().second.device();
+  const auto cap = static_cast<int64_t>(bucket_cap_mb * 1e6 / 4);
+  std::vector<BucketLayout> layouts;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& [name, p] = params_[i];
+    CONDENSE_CHECK(p.scalar_type() == at::kFloat && p.device() == device,
+                   "local update: parameter '{}' is {} on {}; every trained tensor must be fp32 on {}",
+                   name, c10::toString(p.scalar_type()), p.device().str(), device.str());
+    if (buckets_.empty() || (layouts.back().numel > 0 && layouts.back().numel + p.numel() > cap)) {
+      buckets_.emplace_back();
+      layouts.push_back(BucketLayout{{}, {}, 0, device});
+    }
+    Bucket& b = buckets_.back();
+    BucketLayout& layout = layouts.back();
+    b.params.push_back(i);
+    b.offsets.push_back(layout.numel);
+    layout.offsets.push_back(layout.numel);
+    layout.shapes.push_back(p.sizes().vec());
+    layout.numel += p.numel();
+  }
+  const auto opt = at::TensorOptions(device).dtype(at::kFloat);
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
+    bucket.anchor = at::empty({layouts[b].numel}, opt);
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      const at::Tensor& p = params_[bucket.params[j]].second;
+      bucket.anchor.narrow(0, bucket.offsets[j], p.numel()).copy_(p.detach().reshape({-1}));
+    }
+    if (sync_.outer_momentum > 0) bucket.momentum = at::zeros({layouts[b].numel}, opt);
+    bucket.delta = at::empty({layouts[b].numel}, opt);
+  }
+  compression_ = std::make_unique<GradientCompression>(comm_, std::move(compression), layouts);
+  if (comm_.rank() == 0) {
+    spdlog::info("comm.sync: diloco, {} inner steps per exchange of the pseudo-gradient, outer {} "
+                 "(lr {}, momentum {}); bytes per step are the exchange's divided by {}",
+                 sync_.inner_steps, sync_.outer_optimizer, sync_.outer_lr, sync_.outer_momentum,
+                 sync_.inner_steps);
+  }
+}
+
+void LocalUpdate::outer_step() {
+  at::NoGradGuard no_grad;
+  compression_->begin_step();
+  const bool nesterov = sync_.outer_optimizer == "nesterov";
+  const double mu = sync_.outer_momentum, lr = sync_.outer_lr;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    Bucket& bucket = buckets_[b];
+    // D = anchor - w (this rank's pseudo-gradient), in the bucket's flat layout.
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      const at::Tensor& p = params_[bucket.params[j]].second;
+      bucket.delta.narrow(0, bucket.offsets[j], p.numel()).copy_(p.detach().reshape({-1}));
+    }
+    at::sub_out(bucket.delta, bucket.anchor, bucket.delta);
+    compression_->exchange(b, bucket.delta);  // delta <- the estimate of mean_r D_r
+    if (bucket.momentum.defined()) {
+      bucket.momentum.mul_(mu).add_(bucket.delta);
+      if (nesterov) bucket.delta.add_(bucket.momentum, mu);
+      else bucket.delta.copy_(bucket.momentum);
+    }
+    bucket.anchor.sub_(bucket.delta, lr);
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      at::Tensor p = params_[bucket.params[j]].second.detach();
+      p.copy_(bucket.anchor.narrow(0, bucket.offsets[j], p.numel()).view(p.sizes()));
+    }
+  }
+  compression_->end_step();
+}
+
+void LocalUpdate::swap_anchor() {
+  at::NoGradGuard no_grad;
+  for (Bucket& bucket : buckets_) {
+    for (size_t j = 0; j < bucket.params.size(); ++j) {
+      at::Tensor p = params_[bucket.params[j]].second.detach();
+      at::Tensor a = bucket.anchor.narrow(0, bucket.offsets[j], p.numel()).view(p.sizes());
+      at::Tensor local = p.clone();
+      p.copy_(a);
+      a.copy_(local);
+    }
+  }
+}
+
+std::map<std::string, at::Tensor> LocalUpdate::shared_state() const {
+  std::map<std::string, at::Tensor> out;
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    // Copies: the caller may hold them while swap_anchor() rewrites the anchor in place.
+    out["local_update/anchor" + std::to_string(b)] = buckets_[b].anchor.clone();
+    if (buckets_[b].momentum.defined())
+      out["local_update/momentum" + std::to_string(b)] = buckets_[b].momentum.clone();
+  }
+  return out;
+}
+
+void LocalUpdate::load_shared_state(const std::map<std::string, at::Tensor>& state,
+                                    const std::string& source) {
+  at::NoGradGuard no_grad;
+  auto take = [&](const std::string& name, at::Tensor& dst) {
+    auto it = state.find(name);
+    CONDENSE_CHECK(it != state.end(), "{}: no '{}': the checkpoint was not written by a diloco run "
+                   "with these parameters and comm.bucket_cap_mb (and outer momentum)", source, name);
+    CONDENSE_CHECK(it->second.sizes() == dst.sizes(), "{}: '{}' has shape {}, expected {}", source,
+                   name, shape_str(it->second.sizes()), shape_str(dst.sizes()));
+    dst.copy_(it->second);
+  };
+  for (size_t b = 0; b < buckets_.size(); ++b) {
+    take("local_update/anchor" + std::to_string(b), buckets_[b].anchor);
+    if (buckets_[b].momentum.defined())
+      take("local_update/momentum" + std::to_string(b), buckets_[b].momentum);
+  }
+}
+
+}  // namespace condense

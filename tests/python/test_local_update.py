@@ -1,0 +1,197 @@
+"""Local-update training (comm.sync.mode=diloco) end to end under mpirun: with one inner step of
+plain SGD and an outer SGD step of lr 1 it is data parallel with that SGD; every rank holds the
+same weights after each outer step and its own between them; bytes move only on exchange steps;
+a run resumed from a checkpoint in the middle of a round reproduces the uninterrupted run
+exactly; bad settings are refused naming the key, before anything is written."""
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run
+from test_cli_e2e import QUICKSTART, read_metrics, tiny_overrides
+from test_data_parallel import mpirun
+
+
+def diloco(h, **extra):
+    o = {"comm.sync.mode": "diloco", "comm.sync.inner_steps": h}
+    o.update(extra)
+    return o
+
+
+def test_one_inner_sgd_step_with_outer_lr_one_is_data_parallel_sgd(small_store, tmp_path):
+    """mean_r (anchor - (anchor - lr g_r)) = lr mean_r g_r: DiLoCo with H = 1, inner SGD without
+    momentum, no compression and outer SGD at lr 1 without momentum takes data parallel's SGD
+    step, up to float rounding (the pseudo-gradient is formed as a difference of weights).
+    Clipping is off: a clip of each rank's gradient is not a clip of the mean."""
+    steps = 8
+    sgd = {"train.optimizer": "sgd", "train.momentum": 0, "train.weight_decay": 0,
+           "train.grad_clip": 0, "train.lr": 0.5, "train.min_lr": 0.05}
+    dp = tmp_path / "dp"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, dp, steps, **sgd))
+    lu = tmp_path / "lu"
+    p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, lu, steps, **sgd, **diloco(
+        1, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
+              "comm.sync.outer.momentum": 0})))
+    assert "comm.sync: diloco, 1 inner steps" in p.stderr, p.stderr
+    a, b = read_metrics(dp), read_metrics(lu)
+    la, lb = np.array([r["loss"] for r in a]), np.array([r["loss"] for r in b])
+    assert np.abs(la - lb).max() < 1e-5, (la, lb)
+    with h5py.File(dp / "checkpoints" / f"step_{steps:06d}.h5") as fa, \
+         h5py.File(lu / "checkpoints" / f"step_{steps:06d}.h5") as fb:
+        names = [n for n in fa.keys() if n.startswith("model.")]
+        assert names
+        worst = max(np.abs(fa[n][()] - fb[n][()]).max() for n in names)
+        assert worst < 1e-5, worst
+    # And the same with AdamW inside is *not* data parallel (each rank keeps its own moments).
+    adam = tmp_path / "adam"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, adam, steps, **diloco(
+        1, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
+              "comm.sync.outer.momentum": 0})))
+    dpa = tmp_path / "dpa"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, dpa, steps))
+    lc = np.array([r["loss"] for r in read_metrics(adam)])
+    ld = np.array([r["loss"] for r in read_metrics(dpa)])
+    assert np.abs(lc - ld).max() > 1e-4
+
+
+def test_rounds_meter_and_resume_exactly(small_store, tmp_path):
+    """SparseLoCo-style (2-bit chunked Top-K, decayed EF) on 2 ranks, H = 4, 12 steps with a
+    checkpoint at step 6, in the middle of the second round: bytes only on steps 4, 8, 12;
+    ranks agree after an exchange and differ inside a round; the resumed run repeats steps
+    7..12 exactly."""
+    steps = 12
+    comp = diloco(4, **{"comm.compression.codec": "sparseloco", "comm.compression.ratio": 0.05,
+                        "comm.compression.chunk": 256, "comm.compression.bits": 2,
+                        "comm.compression.error_control": "ef", "comm.compression.decay": 0.95,
+                        "comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
+                        "comm.sync.outer.momentum": 0, "checkpoint.every": 2, "checkpoint.keep": 10,
+                        "train.eval_every": 3})
+    ref = tmp_path / "ref"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **comp))
+    rows = read_metrics(ref)
+    exchanged = [r["step"] for r in rows if r["comm_bytes"] > 0]
+    assert exchanged == [4, 8, 12], exchanged
+    for r in rows:
+        if r["step"] in exchanged:
+            # 5% of each chunk at 2 bits + int16 index, plus a scale per chunk, all-gathered on
+            # 2 ranks, against 4 dense fp32 all-reduces: roughly 4 * 4 / (0.05 * 2.25) ~ 140x.
+            assert 60 < r["comm_ratio"] < 200, r
+            assert r["outer_step"] == r["step"] // 4
+        else:
+            assert r["comm_wire_bytes"] == 0 and "comm_ratio" not in r, r
+    assert len(read_metrics(ref, "val")) == 4  # steps 3, 6, 9, 12: the anchor, mid-round too
+    with h5py.File(ref / "checkpoints" / "step_000008.h5") as f:
+        w0, w1 = f["local_update/rank0/weights"][()], f["local_update/rank1/weights"][()]
+        assert np.array_equal(w0, w1)  # after an exchange: the anchor on every rank
+        assert np.array_equal(w0, np.concatenate([f["local_update/anchor0"][()]]))
+        e0, e1 = f["comm/compression_rank0"][()], f["comm/compression_rank1"][()]
+        assert e0.shape == e1.shape and not np.array_equal(e0, e1)
+    with h5py.File(ref / "checkpoints" / "step_000006.h5") as f:
+        w0, w1 = f["local_update/rank0/weights"][()], f["local_update/rank1/weights"][()]
+        assert not np.array_equal(w0, w1)  # inside a round: each rank's own
+        anchor = f["local_update/anchor0"][()]
+        assert not np.array_equal(anchor, w0)
+        # The model stored is the global one (the anchor), not rank 0's local weights: every
+        # model tensor trains here, so their values are the anchor's (compared as sums).
+        model = [f[n][()].astype(np.float64) for n in f.keys() if n.startswith("model.")]
+        assert sum(m.size for m in model) == anchor.size
+        total = sum(m.sum() for m in model)
+        assert abs(total - anchor.astype(np.float64).sum()) < 1e-6 * np.abs(anchor).sum()
+        assert abs(total - w0.astype(np.float64).sum()) > 1e-6 * np.abs(anchor).sum()
+
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    (cut / "checkpoints" / "step_000006.h5").write_bytes(
+        (ref / "checkpoints" / "step_000006.h5").read_bytes())
+    (cut / "checkpoints" / "latest").write_text("step_000006.h5\n")
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, cut, steps, **comp), "--resume")
+    a = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in rows[6:]]
+    b = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in read_metrics(cut)]
+    assert a == b  # exact, every step
+    with h5py.File(ref / "checkpoints" / "step_000012.h5") as fa, \
+         h5py.File(cut / "checkpoints" / "step_000012.h5") as fb:
+        for n in fa.keys():
+            if n.startswith("model.") or n.startswith("local_update/"):
+                assert np.array_equal(fa[n][()], fb[n][()]), n
+
+
+def test_int8_pseudo_gradients_train_on_four_ranks(small_store, tmp_path):
+    """int8 codebook (INTELLECT-1) with Nesterov outer steps on 4 ranks: about 4 bytes per
+    element less than fp32 and ranks that agree after each exchange; the loss falls."""
+    out = tmp_path / "i8"
+    mpirun(4, "train", QUICKSTART, *tiny_overrides(small_store, out, 16, **diloco(
+        8, **{"comm.compression.codec": "int8", "data.batch_size": 2, "train.eval_every": 8})))
+    rows = read_metrics(out)
+    ex = [r for r in rows if r["comm_bytes"] > 0]
+    assert [r["step"] for r in ex] == [8, 16]
+    # all-gather of 1 byte per element (plus a 1 KB codebook per tensor, 20% on this tiny
+    # model) on 4 ranks sends 3 (N + codebooks); 8 dense ring all-reduces send 8 * 6N.
+    assert all(11 < r["comm_ratio"] < 16 for r in ex), ex
+    val = [r["loss"] for r in read_metrics(out, "val")]
+    assert val[-1] < val[0]
+    with h5py.File(out / "checkpoints" / "step_000016.h5") as f:
+        ws = [f[f"local_update/rank{r}/weights"][()] for r in range(4)]
+        assert all(np.array_equal(ws[0], w) for w in ws[1:])
+
+
+def test_one_process_runs_diloco_as_lookahead(small_store, tmp_path):
+    """In one process the outer step still applies (Lookahead-like): with outer lr 1 and no
+    momentum the anchor becomes the local weights (up to the rounding of anchor - (anchor - w)),
+    so it is plain training."""
+    plain, lu = tmp_path / "plain", tmp_path / "lu"
+    run("train", QUICKSTART, *tiny_overrides(small_store, plain, 6))
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, lu, 6, **diloco(
+        3, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
+              "comm.sync.outer.momentum": 0})))
+    assert "has no effect in a single process" not in p.stderr
+    a = np.array([r["loss"] for r in read_metrics(plain)])
+    b = np.array([r["loss"] for r in read_metrics(lu)])
+    assert np.abs(a - b).max() < 1e-5, (a, b)
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("comm.sync.mode", "demo2", "must be one of: ddp, diloco"),
+    ("comm.sync.inner_steps", 0, "comm.sync.inner_steps"),
+    ("comm.sync.outer.optimizer", "adam", "must be one of: nesterov, sgd"),
+    ("comm.sync.outer.momentum", 1.0, "comm.sync.outer.momentum"),
+    ("comm.sync.outer.lr", 0, "comm.sync.outer.lr"),
+    ("comm.compression.bits", 9, "comm.compression.bits"),
+    ("comm.compression.bits", 1, "comm.compression.bits"),
+    ("comm.compression.chunk", 0, "comm.compression.chunk"),
+    ("comm.compression.decay", 1.5, "comm.compression.decay"),
+])
+def test_bad_settings_are_refused(small_store, tmp_path, key, value, expected):
+    out = tmp_path / "bad"
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, out, 2, **diloco(2, **{key: value})),
+            check=False)
+    assert p.returncode != 0
+    assert expected in p.stderr, p.stderr
+    assert not out.exists()
+
+
+def test_demo_sending_everything_without_sign_is_data_parallel_sgd(small_store, tmp_path):
+    """DeMo as composed in condense (decayed EF around chunked Top-K with fp32 values): with
+    k = chunk every coordinate is sent, the buffer empties each step, and the mean of the sent
+    parts is the mean gradient; with SGD instead of the sign step it is data parallel SGD."""
+    steps = 6
+    sgd = {"train.optimizer": "sgd", "train.momentum": 0, "train.weight_decay": 0,
+           "train.grad_clip": 0, "train.lr": 0.5, "train.min_lr": 0.05}
+    dp = tmp_path / "dp"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, dp, steps, **sgd))
+    demo = tmp_path / "demo"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, demo, steps, **sgd, **{
+        "comm.compression.codec": "sparseloco", "comm.compression.bits": 32,
+        "comm.compression.chunk": 256, "comm.compression.k": 256,
+        "comm.compression.error_control": "ef", "comm.compression.decay": 0.9}))
+    la = np.array([r["loss"] for r in read_metrics(dp)])
+    lb = np.array([r["loss"] for r in read_metrics(demo)])
+    assert np.abs(la - lb).max() < 1e-5, (la, lb)
+    # The real thing (k 8 of 256, the sign step) trains and sends ~1/20 of dense's bytes.
+    real = tmp_path / "real"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, real, 12, **{
+        "train.optimizer": "sign", "train.lr": 3e-3, "comm.compression.codec": "sparseloco",
+        "comm.compression.bits": 32, "comm.compression.chunk": 256, "comm.compression.k": 8,
+        "comm.compression.error_control": "ef", "comm.compression.decay": 0.999}))
+    rows = read_metrics(real)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert all(10 < r["comm_ratio"] < 30 for r in rows), rows[0]

@@ -1,0 +1,210 @@
+// Single-process properties of what local-update training exchanges: the int8 codebook codec
+// keeps each bin's mass (the decoded tensor sums to the input's sum) with at most 256 values per
+// tensor; the SparseLoCo operator keeps exactly the k largest magnitudes of every chunk (64 x 64
+// tiles of matrices, padded runs of 1-D tensors), represents each chunk's largest value exactly
+// and every kept value within half a quantization step, and its bit packing round-trips at
+// 2..8 bits; EF with a decayed buffer follows its recurrence; the outer optimizers take the
+// closed-form step. Multi-rank behaviour is in tests/mpi/test_local_update_mpi.cpp and
+// tests/python/test_local_update.py.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include "comm/codec.h"
+#include "comm/error_control.h"
+#include "comm/local_update.h"
+#include "tests/test_support.h"
+
+namespace condense {
+namespace {
+
+Communicator& self() { return test::self_communicator(); }
+
+at::Tensor randn(std::vector<int64_t> shape, uint64_t seed) {
+  return at::randn(shape, at::make_generator<at::CPUGeneratorImpl>(seed), at::kFloat);
+}
+
+std::pair<at::Tensor, at::Tensor> run(Codec& codec, const at::Tensor& v) {
+  ExchangeStats stats;
+  ExchangeContext ctx{self(), 1, 2, stats};
+  at::Tensor local = at::full_like(v, 123.0), mean = at::full_like(v, 456.0);
+  codec.exchange(v, &local, mean, ctx);
+  return {local, mean};
+}
+
+CompressionConfig sparseloco(int64_t chunk, int64_t k, int64_t bits) {
+  CompressionConfig c;
+  c.codec = "sparseloco";
+  c.chunk = chunk;
+  c.k = k;
+  c.bits = bits;
+  return c;
+}
+
+TEST(Int8Codec, KeepsEachBinsMassWithAtMost256ValuesPerTensor) {
+  at::Tensor a = randn({40, 50}, 1) * 3 + 0.5, b = randn({700}, 2) * 1e-3;
+  at::Tensor v = at::cat({a.reshape({-1}), b});
+  BucketLayout layout{{0, 2000}, {{40, 50}, {700}}, 2700};
+  CompressionConfig c;
+  c.codec = "int8";
+  auto codec = make_codec(c, layout, 1, true);
+  EXPECT_EQ(codec->payload_bytes(), 2 * 256 * 4 + 2700);  // 3724: already a multiple of 4
+  EXPECT_FALSE(codec->summable());
+  auto [local, mean] = run(*codec, v);
+  EXPECT_TRUE(at::equal(local, mean));  // a world of one: the mean is this rank's C(v)
+  for (auto [offset, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 2000}, {2000, 700}}) {
+    at::Tensor x = v.narrow(0, offset, n).to(at::kDouble), y = local.narrow(0, offset, n).to(at::kDouble);
+    EXPECT_LE(std::get<0>(at::_unique2(y)).numel(), 256);
+    // Every code's value is the mean of the inputs that got it: sums agree per tensor.
+    EXPECT_NEAR(y.sum().item<double>(), x.sum().item<double>(), 1e-4 * x.abs().sum().item<double>());
+    // Inside +-3 std each value is within one bin width (6 std / 256) of its input.
+    double sd = x.std().item<double>(), mu = x.mean().item<double>();
+    at::Tensor inside = (x - mu).abs() < 2.9 * sd;
+    double worst = (x - y).abs().masked_select(inside).max().item<double>();
+    EXPECT_LE(worst, 6 * sd / 256 * 1.0001) << offset;
+  }
+}
+
+TEST(SparseLoCoCodec, KeepsTheTopKOfEveryTileAndChunk) {
+  // A 128 x 192 matrix (6 tiles of 64 x 64 at chunk 4096) and a 5000-element vector (2 runs,
+  // the second padded).
+  at::Tensor m = randn({128, 192}, 3), s = randn({5000}, 4);
+  at::Tensor v = at::cat({m.reshape({-1}), s});
+  BucketLayout layout{{0, 128 * 192}, {{128, 192}, {5000}}, 128 * 192 + 5000};
+  const int64_t k = 40, bits = 8;
+  auto codec = make_codec(sparseloco(4096, k, bits), layout, 1, true);
+  const int64_t chunks = 6 + 2;
+  EXPECT_EQ(codec->payload_bytes(), (4 * chunks + 2 * chunks * k + chunks * k * bits / 8 + 3) / 4 * 4);
+  auto [local, mean] = run(*codec, v);
+  EXPECT_TRUE(at::equal(local, mean));
+  auto check_chunk = [&](const at::Tensor& x, const at::Tensor& y, const std::string& where) {
+    at::Tensor idx = std::get<1>(at::topk(x.abs(), std::min<int64_t>(k, x.numel())));
+    at::Tensor kept = y.ne(0);
+    EXPECT_EQ(kept.sum().item<int64_t>(), idx.numel()) << where;
+    EXPECT_TRUE(kept.index_select(0, idx).all().item<bool>()) << where;
+    // The largest magnitude is exact; every kept value within half a step (m / 255).
+    at::Tensor xi = x.index_select(0, idx), yi = y.index_select(0, idx);
+    double top = x.abs().max().item<double>();
+    EXPECT_EQ(y.abs().max().item<float>(), static_cast<float>(top)) << where;
+    EXPECT_LE((xi - yi).abs().max().item<double>(), top / 255 * 1.0001) << where;
+  };
+  at::Tensor lm = local.narrow(0, 0, 128 * 192).view({128, 192});
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t c = 0; c < 3; ++c)
+      check_chunk(m.narrow(0, 64 * r, 64).narrow(1, 64 * c, 64).reshape({-1}),
+                  lm.narrow(0, 64 * r, 64).narrow(1, 64 * c, 64).reshape({-1}),
+                  "tile " + std::to_string(r) + "," + std::to_string(c));
+  at::Tensor ls = local.narrow(0, 128 * 192, 5000);
+  check_chunk(s.narrow(0, 0, 4096), ls.narrow(0, 0, 4096), "run 0");
+  check_chunk(s.narrow(0, 4096, 904), ls.narrow(0, 4096, 904), "run 1 (padded)");
+}
+
+TEST(SparseLoCoCodec, BitPackingRoundTripsAtEveryWidth) {
+  at::Tensor v = randn({3000}, 5);
+  BucketLayout layout{{0}, {{3000}}, 3000};
+  for (int64_t bits = 2; bits <= 8; ++bits) {
+    auto codec = make_codec(sparseloco(100, 7, bits), layout, 1, true);
+    auto [local, mean] = run(*codec, v);
+    // mean is decoded from the packed payload, local from the codes before packing.
+    EXPECT_TRUE(at::equal(local, mean)) << bits;
+    const double levels = double((1 << bits) - 1);
+    for (int64_t c = 0; c < 30; ++c) {
+      at::Tensor x = v.narrow(0, 100 * c, 100), y = local.narrow(0, 100 * c, 100);
+      at::Tensor kept = y.ne(0);
+      double top = x.abs().max().item<double>();
+      EXPECT_LE((x - y).masked_select(kept).abs().max().item<double>(), top / levels * 1.0001)
+          << bits << " bits, chunk " << c;
+    }
+  }
+}
+
+TEST(ErrorControl, DecayedErrorFeedbackFollowsItsRecurrence) {
+  // e_t = v_t - C(v_t), v_t = g_t + beta e_{t-1} (SparseLoCo's buffer), checked step by step.
+  BucketLayout layout{{0}, {{512}}, 512};
+  auto codec = make_codec(sparseloco(64, 4, 4), layout, 1, true);
+  ErrorControl ec("ef", 0.1, 512, at::kCPU, 0.95);
+  at::Tensor e = at::zeros({512});
+  for (uint64_t t = 0; t < 5; ++t) {
+    at::Tensor g = randn({512}, 10 + t);
+    at::Tensor v = g + 0.95 * e;
+    auto [expected_sent, unused] = run(*codec, v);
+    at::Tensor out = g.clone();
+    ExchangeStats stats;
+    ExchangeContext ctx{self(), 1, 2, stats};
+    ec.step(out, *codec, ctx);
+    EXPECT_TRUE(at::allclose(out, expected_sent, 0, 1e-6)) << t;
+    e = v - expected_sent;
+    EXPECT_TRUE(at::allclose(ec.state()[0], e, 0, 1e-5)) << t;
+  }
+}
+
+// Outer steps in a world of one: the pseudo-gradient is the local move D = anchor - w.
+TEST(LocalUpdate, OuterStepsTakeTheClosedFormStep) {
+  for (const std::string opt : {"sgd", "nesterov"}) {
+    at::Tensor w = randn({10, 6}, 7), b = randn({6}, 8);
+    at::Tensor w0 = w.clone(), b0 = b.clone();
+    SyncConfig sync;
+    sync.mode = "diloco";
+    sync.inner_steps = 3;
+    sync.outer_optimizer = opt;
+    sync.outer_lr = 0.7;
+    sync.outer_momentum = 0.9;
+    LocalUpdate lu(self(), {{"w", w}, {"b", b}}, sync, CompressionConfig{}, 25.0);
+    EXPECT_FALSE(lu.due(2, 10));
+    EXPECT_TRUE(lu.due(3, 10));
+    EXPECT_TRUE(lu.due(10, 10));  // the last step always ends a round
+    // Round 1: the inner steps moved w by -0.1 everywhere: D = 0.1.
+    w.sub_(0.1);
+    lu.outer_step();
+    // m = D; sgd: a -= lr m; nesterov: a -= lr (D + mu m).
+    const double step1 = opt == "sgd" ? 0.7 * 0.1 : 0.7 * (0.1 + 0.9 * 0.1);
+    EXPECT_TRUE(at::allclose(w, w0 - step1, 0, 1e-6)) << opt;
+    EXPECT_TRUE(at::equal(b, b0)) << opt;  // no move, no step
+    // Round 2: D = 0.2: m = 0.9 * 0.1 + 0.2.
+    at::Tensor a1 = w.clone();
+    w.sub_(0.2);
+    lu.outer_step();
+    const double m2 = 0.9 * 0.1 + 0.2;
+    const double step2 = opt == "sgd" ? 0.7 * m2 : 0.7 * (0.2 + 0.9 * m2);
+    EXPECT_TRUE(at::allclose(w, a1 - step2, 0, 1e-6)) << opt;
+    EXPECT_EQ(lu.outer_steps(), 2);
+    // Swapping the anchor in and out is exact.
+    at::Tensor anchor = w.clone();
+    w.add_(1.0);
+    at::Tensor moved = w.clone();
+    lu.swap_anchor();
+    EXPECT_TRUE(at::equal(w, anchor));
+    lu.swap_anchor();
+    EXPECT_TRUE(at::equal(w, moved));
+    // The state names what it holds and restores it.
+    auto state = lu.shared_state();
+    EXPECT_EQ(state.size(), 2u);
+    EXPECT_TRUE(state.count("local_update/anchor0") && state.count("local_update/momentum0"));
+    state.erase("local_update/momentum0");
+    try {
+      lu.load_shared_state(state, "ckpt.h5");
+      FAIL() << "a missing momentum was accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("ckpt.h5: no 'local_update/momentum0'"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(LocalUpdate, OuterLrOneWithoutMomentumLandsOnTheLocalWeights) {
+  at::Tensor w = randn({300}, 9);
+  SyncConfig sync;
+  sync.mode = "diloco";
+  sync.outer_optimizer = "sgd";
+  sync.outer_lr = 1.0;
+  sync.outer_momentum = 0;
+  LocalUpdate lu(self(), {{"w", w}}, sync, CompressionConfig{}, 25.0);
+  at::Tensor moved = w.add(randn({300}, 10));
+  w.copy_(moved);
+  lu.outer_step();
+  EXPECT_TRUE(at::allclose(w, moved, 0, 1e-6));
+}
+
+}  // namespace
+}  // namespace condense
