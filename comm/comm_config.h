@@ -32,13 +32,15 @@ struct CompressionConfig {
 // of every step (GradientSync, with comm.compression); "diloco": each rank takes inner_steps
 // optimizer steps on its own shard, then the ranks exchange the pseudo-gradient (anchor minus
 // local weights; comm.compression applies to it) and take one outer step on the anchor
-// (Douillard et al., DiLoCo, 2023).
+// (Douillard et al., DiLoCo, 2023). "onebit_adam": dense AdamW for freeze_steps, then Adam's
+// momentum exchanged through comm.compression with v frozen (Tang et al., 1-bit Adam, 2021).
 struct SyncConfig {
-  std::string mode = "ddp";              // ddp | diloco
+  std::string mode = "ddp";              // ddp | diloco | onebit_adam (trainer/onebit_adam.h)
   int64_t inner_steps = 16;              // diloco: H, optimizer steps between exchanges
   std::string outer_optimizer = "nesterov";  // diloco: nesterov | sgd (heavy ball when momentum > 0)
   double outer_lr = 0.7;                 // diloco: outer learning rate
   double outer_momentum = 0.9;           // diloco: outer momentum
+  int64_t freeze_steps = 100;            // onebit_adam: dense AdamW steps before v freezes
 
   bool local_update() const { return mode == "diloco"; }
 };

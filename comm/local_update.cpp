@@ -3,13 +3,14 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include "comm/flat_buckets.h"
 #include "core/error.h"
 #include "core/shape.h"
 
 namespace condense {
 
 const std::vector<std::string>& sync_modes() {
-  static const std::vector<std::string> m = {"ddp", "diloco"};
+  static const std::vector<std::string> m = {"ddp", "diloco", "onebit_adam"};
   return m;
 }
 
@@ -25,38 +26,29 @@ LocalUpdate::LocalUpdate(Communicator& comm, std::vector<std::pair<std::string, 
                  sync_.inner_steps);
   CONDENSE_CHECK(!params_.empty(), "local update: no trained parameters");
   const at::Device device = params_.front().second.device();
-  const auto cap = static_cast<int64_t>(bucket_cap_mb * 1e6 / 4);
-  std::vector<BucketLayout> layouts;
-  at::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const auto& [name, p] = params_[i];
+  std::vector<at::Tensor> tensors;
+  for (const auto& [name, p] : params_) {
     CONDENSE_CHECK(p.scalar_type() == at::kFloat && p.device() == device,
                    "local update: parameter '{}' is {} on {}; every trained tensor must be fp32 on {}",
                    name, c10::toString(p.scalar_type()), p.device().str(), device.str());
-    if (buckets_.empty() || (layouts.back().numel > 0 && layouts.back().numel + p.numel() > cap)) {
-      buckets_.emplace_back();
-      layouts.push_back(BucketLayout{{}, {}, 0, device});
-    }
-    Bucket& b = buckets_.back();
-    BucketLayout& layout = layouts.back();
-    b.params.push_back(i);
-    b.offsets.push_back(layout.numel);
-    layout.offsets.push_back(layout.numel);
-    layout.shapes.push_back(p.sizes().vec());
-    layout.numel += p.numel();
+    tensors.push_back(p);
   }
+  FlatBuckets flat = group_into_buckets(tensors, bucket_cap_mb);
   const auto opt = at::TensorOptions(device).dtype(at::kFloat);
-  for (size_t b = 0; b < buckets_.size(); ++b) {
-    Bucket& bucket = buckets_[b];
-    bucket.anchor = at::empty({layouts[b].numel}, opt);
+  at::NoGradGuard no_grad;
+  for (size_t b = 0; b < flat.layouts.size(); ++b) {
+    Bucket bucket{flat.members[b], flat.layouts[b].offsets};
+    const int64_t numel = flat.layouts[b].numel;
+    bucket.anchor = at::empty({numel}, opt);
     for (size_t j = 0; j < bucket.params.size(); ++j) {
       const at::Tensor& p = params_[bucket.params[j]].second;
       bucket.anchor.narrow(0, bucket.offsets[j], p.numel()).copy_(p.detach().reshape({-1}));
     }
-    if (sync_.outer_momentum > 0) bucket.momentum = at::zeros({layouts[b].numel}, opt);
-    bucket.delta = at::empty({layouts[b].numel}, opt);
+    if (sync_.outer_momentum > 0) bucket.momentum = at::zeros({numel}, opt);
+    bucket.delta = at::empty({numel}, opt);
+    buckets_.push_back(std::move(bucket));
   }
-  compression_ = std::make_unique<GradientCompression>(comm_, std::move(compression), layouts);
+  compression_ = std::make_unique<GradientCompression>(comm_, std::move(compression), flat.layouts);
   if (comm_.rank() == 0) {
     spdlog::info("comm.sync: diloco, {} inner steps per exchange of the pseudo-gradient, outer {} "
                  "(lr {}, momentum {}); bytes per step are the exchange's divided by {}",

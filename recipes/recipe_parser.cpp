@@ -152,10 +152,20 @@ SectionBinding compression_section(CompressionConfig& c) {
   return s;
 }
 
-SectionBinding sync_section(SyncConfig& c) {
-  return {"comm.sync",
-          {bind_string("mode", c.mode, sync_modes()),
-           bind_int("inner_steps", c.inner_steps, at_least(1))}};
+SectionBinding sync_section(SyncConfig& c, const TrainConfig& t) {
+  SectionBinding s{"comm.sync",
+                   {bind_string("mode", c.mode, sync_modes()),
+                    bind_int("inner_steps", c.inner_steps, at_least(1)),
+                    bind_int("freeze_steps", c.freeze_steps, at_least(1))}};
+  s.fields[0].check = [&c, &t, choice = s.fields[0].check]() -> std::string {
+    std::string problem = choice();
+    if (!problem.empty()) return problem;
+    return c.mode == "onebit_adam" && t.optimizer != "adamw"
+               ? fmt::format("'onebit_adam' is AdamW with a frozen second moment; it needs "
+                             "train.optimizer adamw, got '{}'", t.optimizer)
+               : "";
+  };
+  return s;
 }
 
 // comm.sync.outer: {optimizer, lr, momentum}, the outer step of local-update training.
@@ -265,7 +275,7 @@ class RecipeBinder {
               bind_string("out_dir", c.out_dir), bind_string("init", c.init)}},
         sections_{model_section(c.model), data_section(c.data), train_section(c.train),
                   checkpoint_section(c.checkpoint), comm_section(c.comm),
-                  compression_section(c.comm.compression), sync_section(c.comm.sync),
+                  compression_section(c.comm.compression), sync_section(c.comm.sync, c.train),
                   outer_section(c.comm.sync), memory_section(c.memory),
                   wta_crs_section(c.memory), recovery_section(c.recovery),
                   distill_section(c.distill), context_section(c.context)} {

@@ -4,7 +4,8 @@
 // tiles of matrices, padded runs of 1-D tensors), represents each chunk's largest value exactly
 // and every kept value within half a quantization step, and its bit packing round-trips at
 // 2..8 bits; EF with a decayed buffer follows its recurrence; the outer optimizers take the
-// closed-form step. Multi-rank behaviour is in tests/mpi/test_local_update_mpi.cpp and
+// closed-form step; 1-bit Adam is AdamW before its freeze and Adam with a frozen second moment
+// after it. Multi-rank behaviour is in tests/mpi/test_local_update_mpi.cpp and
 // tests/python/test_local_update.py.
 #include <gtest/gtest.h>
 
@@ -14,6 +15,7 @@
 #include "comm/codec.h"
 #include "comm/error_control.h"
 #include "comm/local_update.h"
+#include "trainer/onebit_adam.h"
 #include "tests/test_support.h"
 
 namespace condense {
@@ -204,6 +206,47 @@ TEST(LocalUpdate, OuterLrOneWithoutMomentumLandsOnTheLocalWeights) {
   w.copy_(moved);
   lu.outer_step();
   EXPECT_TRUE(at::allclose(w, moved, 0, 1e-6));
+}
+
+TEST(OneBitAdam, IsAdamWBeforeTheFreezeAndFreezesVAfter) {
+  at::Tensor w = randn({6, 5}, 11).set_requires_grad(true), b = randn({5}, 12).set_requires_grad(true);
+  at::Tensor w_ref = w.detach().clone().set_requires_grad(true);
+  at::Tensor b_ref = b.detach().clone().set_requires_grad(true);
+  AdamWOptions opt{0.9, 0.95, 1e-8, 0.1};
+  OneBitAdam onebit({{"w", w}, {"b", b}}, opt, 3, self(), CompressionConfig{}, 25.0);
+  AdamW adam({{"w", w_ref}, {"b", b_ref}}, opt);
+  for (uint64_t t = 1; t <= 3; ++t) {
+    EXPECT_FALSE(onebit.compressed(static_cast<int64_t>(t)));
+    at::Tensor gw = randn({6, 5}, 20 + t), gb = randn({5}, 30 + t);
+    w.mutable_grad() = gw.clone();
+    b.mutable_grad() = gb.clone();
+    w_ref.mutable_grad() = gw.clone();
+    b_ref.mutable_grad() = gb.clone();
+    onebit.step(0.01);
+    adam.step(0.01);
+    EXPECT_TRUE(at::equal(w, w_ref)) << t;  // the same kernel: bit for bit
+    EXPECT_TRUE(at::equal(b, b_ref)) << t;
+  }
+  EXPECT_TRUE(onebit.compressed(4));
+  auto before = onebit.state();
+  at::Tensor v_w = before.at("w/exp_avg_sq").clone(), m_w = before.at("w/exp_avg").clone();
+  at::Tensor v_b = before.at("b/exp_avg_sq").clone(), m_b = before.at("b/exp_avg").clone();
+  at::Tensor w0 = w.detach().clone(), b0 = b.detach().clone();
+  at::Tensor gw = randn({6, 5}, 40), gb = randn({5}, 41);
+  w.mutable_grad() = gw.clone();
+  b.mutable_grad() = gb.clone();
+  onebit.step(0.01);  // step 4: codec none in a world of one sends m_r exactly
+  auto after = onebit.state();
+  EXPECT_TRUE(at::equal(after.at("w/exp_avg_sq"), v_w));
+  EXPECT_TRUE(at::equal(after.at("b/exp_avg_sq"), v_b));
+  at::Tensor m_w4 = m_w * 0.9 + 0.1 * gw, m_b4 = m_b * 0.9 + 0.1 * gb;
+  EXPECT_TRUE(at::allclose(after.at("w/exp_avg"), m_w4, 0, 1e-7));
+  EXPECT_EQ(after.at("w/step").item<float>(), 4.0f);
+  const double bc1 = 1 - std::pow(0.9, 4), bc2 = 1 - std::pow(0.95, 3);
+  at::Tensor w_exp = w0 * (1 - 0.01 * 0.1) - 0.01 / bc1 * m_w4 / ((v_w / bc2).sqrt() + 1e-8);
+  at::Tensor b_exp = b0 - 0.01 / bc1 * m_b4 / ((v_b / bc2).sqrt() + 1e-8);  // norms: no decay
+  EXPECT_TRUE(at::allclose(w.detach(), w_exp, 0, 1e-6)) << (w.detach() - w_exp).abs().max();
+  EXPECT_TRUE(at::allclose(b.detach(), b_exp, 0, 1e-6)) << (b.detach() - b_exp).abs().max();
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "memory/counting_allocator.h"
 #include "memory/memory_meter.h"
 #include "trainer/device.h"
+#include "trainer/onebit_adam.h"
 #include "trainer/optimizer.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
@@ -193,7 +194,23 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   CONDENSE_CHECK(!params.empty(), "nothing to train: every parameter is frozen and no module was added");
   std::vector<at::Tensor> trainable;
   for (auto& p : params) trainable.push_back(p.second);
-  std::unique_ptr<Optimizer> optimizer_ptr = make_optimizer(tc, params);
+  // comm.sync.mode=onebit_adam: AdamW whose momentum, not the gradient, is exchanged after the
+  // freeze (trainer/onebit_adam.h); gradients then stay local.
+  OneBitAdam* onebit = nullptr;
+  std::unique_ptr<Optimizer> optimizer_ptr;
+  if (setup_.local_update.mode == "onebit_adam") {
+    CONDENSE_CHECK(tc.optimizer == "adamw", "comm.sync.mode=onebit_adam is AdamW with its second "
+                   "moment frozen; train.optimizer must be adamw, got '{}'", tc.optimizer);
+    CONDENSE_CHECK(setup_.comm, "comm.sync.mode=onebit_adam needs a communicator");
+    auto o = std::make_unique<OneBitAdam>(
+        params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay},
+        setup_.local_update.freeze_steps, *setup_.comm, setup_.sync.compression,
+        setup_.sync.bucket_cap_mb);
+    onebit = o.get();
+    optimizer_ptr = std::move(o);
+  } else {
+    optimizer_ptr = make_optimizer(tc, params);
+  }
   Optimizer& optimizer = *optimizer_ptr;
   LrSchedule schedule{tc.lr, tc.min_lr, tc.warmup_steps, tc.steps};
   CheckpointManager checkpoints(setup_.checkpoint.dir, setup_.checkpoint.keep);
@@ -243,12 +260,15 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
                                             setup_.sync.compression, setup_.sync.bucket_cap_mb);
       if (resumed) restore_local_update(*resumed, *local, params, optimizer, comm->rank(), world);
     } else {
-      sync = std::make_unique<GradientSync>(*comm, params, setup_.sync);
+      GradSyncConfig gradients = setup_.sync;
+      if (onebit) gradients.compression = CompressionConfig{};  // comm.compression is the momentum's
+      sync = std::make_unique<GradientSync>(*comm, params, gradients);
     }
     if (sync && sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);
+    if (onebit && resumed) restore_compression(*resumed, onebit->compression(), comm->rank(), world);
     const std::string& ec = setup_.sync.compression.error_control;
-    if (!diloco && tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && rank0)
+    if (!diloco && !onebit && tc.optimizer == "adamw" && (ec == "ef21" || ec == "econtrol") && rank0)
       spdlog::warn("comm.compression.error_control={} with AdamW: the exchanged estimate keeps "
                    "stale coordinates, which AdamW applies at full normalized size; measured worse "
                    "than ef on the quickstart model and divergent with econtrol eta 0.2 (README "
@@ -273,6 +293,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     for (const auto& [name, p] : t_.modules) extra[name] = p.detach();
     for (const auto& [name, st] : t_.state) extra[name] = st;
     if (sync && sync->compression()) extra.merge(gather_compression_state(*comm, *sync->compression()));
+    if (onebit) extra.merge(gather_compression_state(*comm, onebit->compression()));
     if (local) extra.merge(gather_local_update_state(*comm, *local, params, optimizer));
     if (rank0) {
       // The model in a checkpoint is the global one: in the middle of a diloco round, the anchor.
@@ -302,6 +323,9 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       fail("injected failure at step {} (CONDENSE_TEST_FAIL_RANK={})", state.step + 1, fail_rank);
     auto t0 = clock::now();
     double lr = schedule.at(state.step);
+    // 1-bit Adam after its freeze exchanges the momentum inside optimizer.step() instead.
+    const bool momentum_step = onebit && onebit->compressed(state.step + 1);
+    const bool exchange_gradients = !momentum_step;
     double loss_sum = 0;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch batch = on_device(loader_.next(), setup_.device);
@@ -312,14 +336,14 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
         loss = t_.loss(model_, batch);
       }
       if (meter) meter->begin("backward");
-      if (sync) sync->begin_backward(micro == tc.grad_accum - 1);
+      if (sync) sync->begin_backward(micro == tc.grad_accum - 1 && exchange_gradients);
       (loss / static_cast<double>(tc.grad_accum)).backward();
       loss_sum += loss.item<double>();
     }
     double loss = loss_sum / tc.grad_accum;
     std::array<double, 3> comm_seconds{};  // compress, exchange, decompress: mean over ranks
     bool stop_now = stop.requested();
-    if (sync) {
+    if (sync && exchange_gradients) {
       sync->finish();
       // One small collective per step: the mean loss for metrics, and whether any rank was
       // asked to stop, so that all ranks stop after the same step.
@@ -329,7 +353,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       loss = r[0];
       stop_now = r[1] > 0;
       comm_seconds = {r[2], r[3], r[4]};
-    } else if (local && world > 1) {
+    } else if ((local || onebit) && world > 1) {
       // The same small collective (40 bytes, not metered) in local-update training: its inner
       // steps exchange nothing else.
       std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0});
@@ -345,6 +369,13 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     optimizer.zero_grad();
     if (t_.after_step) t_.after_step(optimizer);
     if (meter) meter->end();
+    if (momentum_step) {
+      const ExchangeStats& x = onebit->compression().stats();
+      std::vector<double> r = world > 1
+          ? all_reduce_mean(*comm, {x.compress_s, x.exchange_s, x.decompress_s})
+          : std::vector<double>{x.compress_s, x.exchange_s, x.decompress_s};
+      comm_seconds = {r[0], r[1], r[2]};
+    }
     bool exchanged = false;
     if (local && local->due(state.step + 1, tc.steps)) {
       local->outer_step();
@@ -385,14 +416,14 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
         last_exchange_step = state.step;
       }
     }
-    if (sync) {
+    if (sync || momentum_step) {
       // Bytes are this rank's (the same on every rank); seconds are means over ranks.
-      const ExchangeStats& x = sync->last_step().exchange;
+      const ExchangeStats& x = momentum_step ? onebit->compression().stats() : sync->last_step().exchange;
       values.emplace_back("comm_bytes", double(x.payload_bytes));
       values.emplace_back("comm_wire_bytes", double(x.wire_bytes));
       values.emplace_back("comm_ratio", x.ratio());
       values.emplace_back("comm_s", comm_seconds[1]);
-      if (sync->compression()) {
+      if (momentum_step || sync->compression()) {
         values.emplace_back("comm_compress_s", comm_seconds[0]);
         values.emplace_back("comm_decompress_s", comm_seconds[2]);
       }

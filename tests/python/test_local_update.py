@@ -195,3 +195,42 @@ def test_demo_sending_everything_without_sign_is_data_parallel_sgd(small_store, 
     rows = read_metrics(real)
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert all(10 < r["comm_ratio"] < 30 for r in rows), rows[0]
+
+
+def test_onebit_adam_freezes_exchanges_momentum_and_resumes_exactly(small_store, tmp_path):
+    """1-bit Adam on 2 ranks: 4 dense AdamW steps, then sign + EF on the momentum (about 30x fewer
+    bytes per step), both ranks' error buffers in the checkpoint, and a resume from step 6
+    (after the freeze) that repeats steps 7..10 exactly."""
+    steps = 10
+    comp = {"comm.sync.mode": "onebit_adam", "comm.sync.freeze_steps": 4,
+            "comm.compression.codec": "sign", "comm.compression.error_control": "ef",
+            "checkpoint.every": 6, "checkpoint.keep": 5}
+    ref = tmp_path / "ref"
+    p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **comp))
+    assert "comm.sync: onebit_adam, 4 dense AdamW steps" in p.stderr, p.stderr
+    rows = read_metrics(ref)
+    for r in rows[:4]:
+        assert r["comm_ratio"] == 1.0, r
+    for r in rows[4:]:
+        # 1 bit + a fp32 scale per 512 elements, all-gathered on 2 ranks, vs 4 bytes ring.
+        assert 25 < r["comm_ratio"] < 32, r
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    with h5py.File(ref / "checkpoints" / "step_000006.h5") as f:
+        e0, e1 = f["comm/compression_rank0"][()], f["comm/compression_rank1"][()]
+        assert e0.shape == e1.shape and not np.array_equal(e0, e1)
+    cut = tmp_path / "cut"
+    (cut / "checkpoints").mkdir(parents=True)
+    (cut / "checkpoints" / "step_000006.h5").write_bytes(
+        (ref / "checkpoints" / "step_000006.h5").read_bytes())
+    (cut / "checkpoints" / "latest").write_text("step_000006.h5\n")
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, cut, steps, **comp), "--resume")
+    a = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in rows[6:]]
+    b = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in read_metrics(cut)]
+    assert a == b
+    # Refused before anything is written: 1-bit Adam is AdamW.
+    bad = tmp_path / "bad"
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, bad, 2, **{
+        "comm.sync.mode": "onebit_adam", "train.optimizer": "sgd"}), check=False)
+    assert p.returncode != 0
+    assert "key 'comm.sync.mode' 'onebit_adam' is AdamW with a frozen second moment" in p.stderr, p.stderr
+    assert not bad.exists()
