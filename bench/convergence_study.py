@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Convergence of compressed gradient exchange: validation loss versus bytes on the wire.
 
+Rows: per-step codecs (the gradient), local-update training (DiLoCo with int8 / SparseLoCo
+pseudo-gradients, comm.sync.mode=diloco), DeMo (sign step over decayed-EF chunked Top-K) and
+1-bit Adam (comm.sync.mode=onebit_adam).
+
     .venv/bin/python bench/convergence_study.py --ranks 4 --steps 300
 
 Trains the quickstart model (recipes/quickstart.yaml: 4 layers, hidden 256, GCIDE, vocab 4096)
@@ -70,6 +74,20 @@ CONFIGS = {
     "sparseloco-H16-3%-2bit+econtrol(0.2)": {**SPARSELOCO, "comm.sync.inner_steps": 16,
                                              "ratio": 0.03, "bits": 2, "error_control": "econtrol",
                                              "eta": 0.2},
+    # DeMo: decayed EF (the unsynchronized momentum) around chunked Top-K 32/4096 with fp32
+    # values, sign step.
+    "demo-32/4096": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 32, "k": 32,
+                     "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    "demo-32of4096-lr1e-3": {"train.optimizer": "sign", "train.lr": 1e-3, "train.min_lr": 1e-4,
+                             "codec": "sparseloco", "bits": 32, "k": 32, "chunk": 4096,
+                             "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    "demo-32of4096-2bit": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 2, "k": 32,
+                           "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    "demo-16of4096": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 32, "k": 16,
+                      "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    # 1-bit Adam: 10% dense AdamW, then sign + EF on the momentum with v frozen.
+    "onebit-adam": {"comm.sync.mode": "onebit_adam", "comm.sync.freeze_steps": 100,
+                    "codec": "sign", "error_control": "ef", "warmup_steps": 0},
 }
 
 
@@ -111,7 +129,7 @@ def main() -> int:
     results = {}
     commands = []
     for name in names:
-        run_dir = out / name.replace("%", "pct").replace("(", "_").replace(")", "")
+        run_dir = out / name.replace("%", "pct").replace("(", "_").replace(")", "").replace("/", "of")
         comp = dict(CONFIGS[name])
         overrides = [f"out_dir={run_dir}"] + base
         local = comp.get("comm.sync.mode") == "diloco"

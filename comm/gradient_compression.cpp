@@ -33,6 +33,9 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
     else plan.add_all_gather(payload, world);
     dense.add_all_reduce(4 * layout.numel, world);
     total += layout.numel;
+    plan_.payload_bytes += payload;
+    plan_.wire_bytes += plan.wire_bytes;
+    plan_.dense_wire_bytes += dense.wire_bytes;
     total_payload += payload;
     total_wire += plan.wire_bytes;
     total_dense_wire += dense.wire_bytes;

@@ -37,6 +37,8 @@ class GradientCompression {
   void end_step() { ++step_; }
 
   const ExchangeStats& stats() const { return stats_; }
+  // What one compressed exchange of all buckets moves (bytes only; the start-up plan).
+  const ExchangeStats& plan() const { return plan_; }
   int64_t step() const { return step_; }  // synchronized steps completed
   bool compressing() const;               // past warm-up
   const CompressionConfig& config() const { return config_; }
@@ -60,7 +62,7 @@ class GradientCompression {
   Communicator& comm_;
   CompressionConfig config_;
   std::vector<Bucket> buckets_;
-  ExchangeStats stats_;
+  ExchangeStats stats_, plan_;
   int64_t step_ = 0;
   at::Device device_ = at::kCPU;
 };
