@@ -83,6 +83,12 @@ CONFIGS = {
                              "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
     "demo-32of4096-2bit": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 2, "k": 32,
                            "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    "demo-32of4096-2bit-lr6e-3": {"train.optimizer": "sign", "train.lr": 6e-3, "train.min_lr": 6e-4,
+                                  "codec": "sparseloco", "bits": 2, "k": 32, "chunk": 4096,
+                                  "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
+    "demo-32of4096-2bit-lr1e-2": {"train.optimizer": "sign", "train.lr": 1e-2, "train.min_lr": 1e-3,
+                                  "codec": "sparseloco", "bits": 2, "k": 32, "chunk": 4096,
+                                  "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
     "demo-16of4096": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 32, "k": 16,
                       "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
     # 1-bit Adam: 10% dense AdamW, then sign + EF on the momentum with v frozen.
@@ -110,6 +116,8 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated subset")
     ap.add_argument("--out", default="/tmp/condense-convergence")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--plot-name", default="convergence",
+                    help="plots go to bench/<plot-name>_loss_vs_{bytes,step}.png")
     ap.add_argument("--reuse", action="store_true", help="skip runs whose metrics already exist")
     ap.add_argument("--extra", default="", help="recipe overrides added to every run, e.g. "
                     "'train.optimizer=sgd train.lr=0.3'")
@@ -197,7 +205,7 @@ def main() -> int:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(REPO / "bench" / f"convergence_loss_vs_{kind}.png", dpi=110)
+        fig.savefig(REPO / "bench" / f"{args.plot_name}_loss_vs_{kind}.png", dpi=110)
     (out / "results.json").write_text(json.dumps(results, indent=1))
 
     if not args.no_append:
@@ -208,7 +216,7 @@ def main() -> int:
                     f"{args.batch_size} x seq 128, {args.steps} steps, same seeds; per-step compression "
                     f"starts after {args.warmup} dense steps (diloco rows: none; inner steps count "
                     f"as steps). Wire bytes: per rank, summed over steps. Plots: "
-                    f"bench/convergence_loss_vs_bytes.png, bench/convergence_loss_vs_step.png.\n\n")
+                    f"bench/{args.plot_name}_loss_vs_bytes.png, bench/{args.plot_name}_loss_vs_step.png.\n\n")
             f.write(table + "\n")
     return 0
 
