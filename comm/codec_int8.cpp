@@ -8,7 +8,9 @@
 // keeps each bin's mass. Payload per rank: the codebooks (256 fp32 per tensor), then one code
 // byte per element, padded to 4 bytes; the codebooks differ per rank, so payloads travel by
 // all-gather and every rank decodes them in rank order into the same mean. Deterministic
-// rounding: biased, meant for error feedback (or no error control, as INTELLECT-1).
+// rounding: biased, meant for error feedback (or no error control, as INTELLECT-1). On CUDA the
+// per-bin sums use atomic adds, so a codebook may differ in its last bit between two runs (all
+// ranks still agree: they decode the same gathered payloads); on the CPU runs repeat exactly.
 #include <ATen/ATen.h>
 
 #include <cmath>
