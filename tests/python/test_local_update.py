@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run
 from test_cli_e2e import QUICKSTART, read_metrics, tiny_overrides
-from test_data_parallel import mpirun
+from test_data_parallel import mpirun, resume_matches
 
 
 def diloco(h, **extra):
@@ -100,14 +100,7 @@ def test_rounds_meter_and_resume_exactly(small_store, tmp_path):
         assert abs(total - w0.astype(np.float64).sum()) > 1e-6 * np.abs(anchor).sum()
 
     cut = tmp_path / "cut"
-    (cut / "checkpoints").mkdir(parents=True)
-    (cut / "checkpoints" / "step_000006.h5").write_bytes(
-        (ref / "checkpoints" / "step_000006.h5").read_bytes())
-    (cut / "checkpoints" / "latest").write_text("step_000006.h5\n")
-    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, cut, steps, **comp), "--resume")
-    a = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in rows[6:]]
-    b = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in read_metrics(cut)]
-    assert a == b  # exact, every step
+    resume_matches(small_store, ref, cut, 6, steps, comp)
     with h5py.File(ref / "checkpoints" / "step_000012.h5") as fa, \
          h5py.File(cut / "checkpoints" / "step_000012.h5") as fb:
         for n in fa.keys():
@@ -218,15 +211,7 @@ def test_onebit_adam_freezes_exchanges_momentum_and_resumes_exactly(small_store,
     with h5py.File(ref / "checkpoints" / "step_000006.h5") as f:
         e0, e1 = f["comm/compression_rank0"][()], f["comm/compression_rank1"][()]
         assert e0.shape == e1.shape and not np.array_equal(e0, e1)
-    cut = tmp_path / "cut"
-    (cut / "checkpoints").mkdir(parents=True)
-    (cut / "checkpoints" / "step_000006.h5").write_bytes(
-        (ref / "checkpoints" / "step_000006.h5").read_bytes())
-    (cut / "checkpoints" / "latest").write_text("step_000006.h5\n")
-    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, cut, steps, **comp), "--resume")
-    a = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in rows[6:]]
-    b = [(r["step"], r["loss"], r["grad_norm"], r["comm_bytes"]) for r in read_metrics(cut)]
-    assert a == b
+    resume_matches(small_store, ref, tmp_path / "cut", 6, steps, comp)
     # Refused before anything is written: 1-bit Adam is AdamW.
     bad = tmp_path / "bad"
     p = run("train", QUICKSTART, *tiny_overrides(small_store, bad, 2, **{
