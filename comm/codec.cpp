@@ -35,6 +35,17 @@ int64_t kept_elements(const CompressionConfig& c, int64_t numel) {
   return std::clamp<int64_t>(k, 1, std::max<int64_t>(numel, 1));
 }
 
+std::vector<TensorSegment> tensor_segments(const BucketLayout& layout) {
+  std::vector<TensorSegment> out;
+  for (size_t i = 0; i < layout.offsets.size(); ++i) {
+    int64_t n = 1;
+    for (int64_t d : layout.shapes[i]) n *= d;
+    if (n > 0) out.push_back({layout.offsets[i], n, layout.shapes[i]});
+  }
+  if (out.empty() && layout.numel > 0) out.push_back({0, layout.numel, {layout.numel}});
+  return out;
+}
+
 at::Tensor& div_exact_(at::Tensor& t, int64_t n) {
   return t.div_(at::scalar_tensor(static_cast<double>(n), t.options()));
 }

@@ -16,6 +16,14 @@ std::unique_ptr<Codec> make_int8_codec(const BucketLayout& layout, int world);
 std::unique_ptr<Codec> make_sparseloco_codec(const CompressionConfig& config, const BucketLayout& layout,
                                              int world);
 
+// The non-empty tensors of a bucket as (offset, numel, shape); a layout that names no tensors is
+// one 1-D tensor over the whole bucket. For codecs that work per tensor (int8, sparseloco).
+struct TensorSegment {
+  int64_t offset, numel;
+  std::vector<int64_t> shape;
+};
+std::vector<TensorSegment> tensor_segments(const BucketLayout& layout);
+
 // Adds the wall time of its scope to a counter.
 class ScopedSeconds {
  public:

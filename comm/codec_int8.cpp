@@ -26,13 +26,7 @@ constexpr int64_t kBins = 256;
 class Int8Codec : public Codec {
  public:
   Int8Codec(const BucketLayout& layout, int world) : world_(world), numel_(layout.numel) {
-    for (size_t i = 0; i < layout.offsets.size(); ++i) {
-      int64_t n = 1;
-      for (int64_t d : layout.shapes[i]) n *= d;
-      if (n > 0) segments_.push_back({layout.offsets[i], n});
-    }
-    // A bucket described without tensors is one segment.
-    if (segments_.empty() && numel_ > 0) segments_.push_back({0, numel_});
+    for (const TensorSegment& t : tensor_segments(layout)) segments_.push_back({t.offset, t.numel});
     codebook_bytes_ = static_cast<int64_t>(segments_.size()) * kBins * 4;
     payload_ = (codebook_bytes_ + numel_ + 3) / 4 * 4;
   }

@@ -44,22 +44,16 @@ class SparseLoCoCodec : public Codec {
                  : std::clamp<int64_t>(std::llround(c.ratio * static_cast<double>(chunk_)), 1, chunk_);
     const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(chunk_))));
     side_ = side * side == chunk_ ? side : 0;
-    auto add = [&](int64_t offset, int64_t n, const std::vector<int64_t>& shape) {
-      ChunkedTensor t{offset, n};
-      if (side_ > 0 && shape.size() == 2 && shape[0] % side_ == 0 && shape[1] % side_ == 0) {
-        t.rows = shape[0];
-        t.cols = shape[1];
+    for (const TensorSegment& s : tensor_segments(layout)) {
+      ChunkedTensor t{s.offset, s.numel};
+      if (side_ > 0 && s.shape.size() == 2 && s.shape[0] % side_ == 0 && s.shape[1] % side_ == 0) {
+        t.rows = s.shape[0];
+        t.cols = s.shape[1];
       }
-      t.chunks = (n + chunk_ - 1) / chunk_;  // tiles: exactly n / chunk
+      t.chunks = (s.numel + chunk_ - 1) / chunk_;  // tiles: exactly numel / chunk
       tensors_.push_back(t);
       chunks_ += t.chunks;
-    };
-    for (size_t i = 0; i < layout.offsets.size(); ++i) {
-      int64_t n = 1;
-      for (int64_t d : layout.shapes[i]) n *= d;
-      if (n > 0) add(layout.offsets[i], n, layout.shapes[i]);
     }
-    if (tensors_.empty() && numel_ > 0) add(0, numel_, {numel_});
     scale_bytes_ = raw() ? 0 : 4 * chunks_;
     index_bytes_ = 2 * chunks_ * k_;
     code_bytes_ = (chunks_ * k_ * bits_ + 7) / 8;  // 32 bits: 4 bytes per value
