@@ -34,15 +34,22 @@ struct CompressionConfig {
 // local weights; comm.compression applies to it) and take one outer step on the anchor
 // (Douillard et al., DiLoCo, 2023). "onebit_adam": dense AdamW for freeze_steps, then Adam's
 // momentum exchanged through comm.compression with v frozen (Tang et al., 1-bit Adam, 2021).
+// "zero_one_adam": the momentum is exchanged compressed from the start, and v is refreshed by a
+// dense AdamW step at exponentially sparser steps until freeze_steps (Lu et al., 0/1 Adam, 2022;
+// trainer/onebit_adam.h has the schedule).
 struct SyncConfig {
-  std::string mode = "ddp";              // ddp | diloco | onebit_adam (trainer/onebit_adam.h)
+  std::string mode = "ddp";              // ddp | diloco | onebit_adam | zero_one_adam
   int64_t inner_steps = 16;              // diloco: H, optimizer steps between exchanges
   std::string outer_optimizer = "nesterov";  // diloco: nesterov | sgd (heavy ball when momentum > 0)
   double outer_lr = 0.7;                 // diloco: outer learning rate
   double outer_momentum = 0.9;           // diloco: outer momentum
-  int64_t freeze_steps = 100;            // onebit_adam: dense AdamW steps before v freezes
+  int64_t freeze_steps = 100;            // onebit_adam: dense AdamW steps before v freezes;
+                                         // zero_one_adam: the last step that may refresh v
+  int64_t var_update_scaler = 16;        // zero_one_adam: refreshes per interval before it doubles
 
   bool local_update() const { return mode == "diloco"; }
+  // AdamW whose second moment is frozen between dense steps (trainer/onebit_adam.h).
+  bool frozen_variance() const { return mode == "onebit_adam" || mode == "zero_one_adam"; }
 };
 
 struct CommConfig {

@@ -10,7 +10,7 @@
 namespace condense {
 
 const std::vector<std::string>& sync_modes() {
-  static const std::vector<std::string> m = {"ddp", "diloco", "onebit_adam"};
+  static const std::vector<std::string> m = {"ddp", "diloco", "onebit_adam", "zero_one_adam"};
   return m;
 }
 

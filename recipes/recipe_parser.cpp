@@ -156,13 +156,14 @@ SectionBinding sync_section(SyncConfig& c, const TrainConfig& t) {
   SectionBinding s{"comm.sync",
                    {bind_string("mode", c.mode, sync_modes()),
                     bind_int("inner_steps", c.inner_steps, at_least(1)),
-                    bind_int("freeze_steps", c.freeze_steps, at_least(1))}};
+                    bind_int("freeze_steps", c.freeze_steps, at_least(1)),
+                    bind_int("var_update_scaler", c.var_update_scaler, at_least(1))}};
   s.fields[0].check = [&c, &t, choice = s.fields[0].check]() -> std::string {
     std::string problem = choice();
     if (!problem.empty()) return problem;
-    return c.mode == "onebit_adam" && t.optimizer != "adamw"
-               ? fmt::format("'onebit_adam' is AdamW with a frozen second moment; it needs "
-                             "train.optimizer adamw, got '{}'", t.optimizer)
+    return c.frozen_variance() && t.optimizer != "adamw"
+               ? fmt::format("'{}' is AdamW with a frozen second moment; it needs "
+                             "train.optimizer adamw, got '{}'", c.mode, t.optimizer)
                : "";
   };
   return s;

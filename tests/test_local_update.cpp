@@ -5,7 +5,8 @@
 // and every kept value within half a quantization step, and its bit packing round-trips at
 // 2..8 bits; EF with a decayed buffer follows its recurrence; the outer optimizers take the
 // closed-form step; 1-bit Adam is AdamW before its freeze and Adam with a frozen second moment
-// after it. Multi-rank behaviour is in tests/mpi/test_local_update_mpi.cpp and
+// after it; 0/1 Adam's variance steps follow DeepSpeed's schedule and match a reference Adam
+// that updates v only there; coordinates whose v is 0 stay put under a sign codec. Multi-rank behaviour is in tests/mpi/test_local_update_mpi.cpp and
 // tests/python/test_local_update.py.
 #include <gtest/gtest.h>
 
@@ -15,6 +16,7 @@
 #include "comm/codec.h"
 #include "comm/error_control.h"
 #include "comm/local_update.h"
+#include "core/error.h"
 #include "trainer/onebit_adam.h"
 #include "tests/test_support.h"
 
@@ -213,7 +215,8 @@ TEST(OneBitAdam, IsAdamWBeforeTheFreezeAndFreezesVAfter) {
   at::Tensor w_ref = w.detach().clone().set_requires_grad(true);
   at::Tensor b_ref = b.detach().clone().set_requires_grad(true);
   AdamWOptions opt{0.9, 0.95, 1e-8, 0.1};
-  OneBitAdam onebit({{"w", w}, {"b", b}}, opt, 3, self(), CompressionConfig{}, 25.0);
+  OneBitAdam onebit({{"w", w}, {"b", b}}, opt, VarianceSchedule{3, 0}, self(), CompressionConfig{},
+                    25.0);
   AdamW adam({{"w", w_ref}, {"b", b_ref}}, opt);
   for (uint64_t t = 1; t <= 3; ++t) {
     EXPECT_FALSE(onebit.compressed(static_cast<int64_t>(t)));
@@ -247,6 +250,67 @@ TEST(OneBitAdam, IsAdamWBeforeTheFreezeAndFreezesVAfter) {
   at::Tensor b_exp = b0 - 0.01 / bc1 * m_b4 / ((v_b / bc2).sqrt() + 1e-8);  // norms: no decay
   EXPECT_TRUE(at::allclose(w.detach(), w_exp, 0, 1e-6)) << (w.detach() - w_exp).abs().max();
   EXPECT_TRUE(at::allclose(b.detach(), b_exp, 0, 1e-6)) << (b.detach() - b_exp).abs().max();
+}
+
+
+TEST(OneBitAdam, VarianceSchedules) {
+  EXPECT_EQ((VarianceSchedule{4, 0}.steps()), (std::vector<int64_t>{1, 2, 3, 4}));
+  // Interval 1 for two steps, then 2 for two, then 4, ... up to the freeze.
+  EXPECT_EQ((VarianceSchedule{30, 2}.steps()), (std::vector<int64_t>{1, 2, 4, 6, 8, 12, 16, 24}));
+  EXPECT_EQ((VarianceSchedule{1, 16}.steps()), (std::vector<int64_t>{1}));
+  const VarianceSchedule bad{0, 0};
+  EXPECT_THROW(bad.steps(), Error);
+}
+
+// 0/1 Adam with codec none in a world of one: variance steps are AdamW on g, momentum steps
+// move m only, and the step divides by v's bias correction over the variance steps alone.
+TEST(OneBitAdam, ZeroOneScheduleMatchesAReferenceAdam) {
+  at::Tensor w = randn({7, 3}, 50).set_requires_grad(true);
+  AdamWOptions opt{0.9, 0.95, 1e-8, 0.1};
+  VarianceSchedule schedule{12, 2};  // variance steps 1, 2, 4, 6, 8, 12
+  OneBitAdam zo({{"w", w}}, opt, schedule, self(), CompressionConfig{}, 25.0);
+  at::Tensor p = w.detach().clone(), m = at::zeros_like(p), v = at::zeros_like(p);
+  int64_t n = 0;
+  for (int64_t t = 1; t <= 14; ++t) {
+    const bool variance = t == 1 || t == 2 || t == 4 || t == 6 || t == 8 || t == 12;
+    EXPECT_EQ(zo.compressed(t), !variance) << t;
+    at::Tensor g = randn({7, 3}, 60 + static_cast<uint64_t>(t));
+    w.mutable_grad() = g.clone();
+    const double lr = 0.01 * (1.0 + 0.1 * static_cast<double>(t));
+    zo.step(lr);
+    m = m * 0.9 + 0.1 * g;
+    if (variance) {
+      v = v * 0.95 + 0.05 * g * g;
+      ++n;
+    }
+    const double bc1 = 1 - std::pow(0.9, t), bc2 = 1 - std::pow(0.95, n);
+    p = p * (1 - lr * 0.1) - lr / bc1 * m / ((v / bc2).sqrt() + 1e-8);
+    EXPECT_TRUE(at::allclose(w.detach(), p, 1e-5, 1e-6)) << t << " " << (w.detach() - p).abs().max();
+    EXPECT_TRUE(at::allclose(zo.state().at("w/exp_avg_sq"), v, 1e-6, 1e-9)) << t;
+  }
+  EXPECT_EQ(zo.state().at("w/step").item<float>(), 14.0f);
+}
+
+// A row that never has a gradient keeps v = 0; the sign codec decodes its zero momentum to
+// +-scale, which without the mask would move it by about lr scale / eps.
+TEST(OneBitAdam, MasksCoordinatesWhoseVarianceIsZero) {
+  at::Tensor e = randn({4, 8}, 70).set_requires_grad(true);
+  const at::Tensor row3 = e.detach()[3].clone();
+  CompressionConfig sign;
+  sign.codec = "sign";
+  sign.error_control = "ef";
+  OneBitAdam onebit({{"e", e}}, AdamWOptions{0.9, 0.95, 1e-8, 0.0}, VarianceSchedule{2, 0}, self(),
+                    sign, 25.0);
+  for (uint64_t t = 1; t <= 5; ++t) {
+    at::Tensor g = randn({4, 8}, 80 + t);
+    g[3].zero_();
+    e.mutable_grad() = g;
+    onebit.step(0.01);
+    EXPECT_TRUE(at::equal(e.detach()[3], row3)) << t;
+    EXPECT_TRUE(at::isfinite(e.detach()).all().item<bool>()) << t;
+  }
+  EXPECT_FALSE(at::equal(e.detach()[0], randn({4, 8}, 70)[0]));  // the others trained
+  EXPECT_TRUE(at::equal(onebit.state().at("e/exp_avg")[3], at::zeros({8})));
 }
 
 }  // namespace

@@ -194,18 +194,20 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   CONDENSE_CHECK(!params.empty(), "nothing to train: every parameter is frozen and no module was added");
   std::vector<at::Tensor> trainable;
   for (auto& p : params) trainable.push_back(p.second);
-  // comm.sync.mode=onebit_adam: AdamW whose momentum, not the gradient, is exchanged after the
-  // freeze (trainer/onebit_adam.h); gradients then stay local.
+  // comm.sync.mode=onebit_adam / zero_one_adam: AdamW whose momentum, not the gradient, is
+  // exchanged between its variance steps (trainer/onebit_adam.h); gradients then stay local.
   OneBitAdam* onebit = nullptr;
   std::unique_ptr<Optimizer> optimizer_ptr;
-  if (setup_.local_update.mode == "onebit_adam") {
-    CONDENSE_CHECK(tc.optimizer == "adamw", "comm.sync.mode=onebit_adam is AdamW with its second "
-                   "moment frozen; train.optimizer must be adamw, got '{}'", tc.optimizer);
-    CONDENSE_CHECK(setup_.comm, "comm.sync.mode=onebit_adam needs a communicator");
+  const SyncConfig& sync_mode = setup_.local_update;
+  if (sync_mode.frozen_variance()) {
+    CONDENSE_CHECK(tc.optimizer == "adamw", "comm.sync.mode={} is AdamW with its second moment "
+                   "frozen; train.optimizer must be adamw, got '{}'", sync_mode.mode, tc.optimizer);
+    CONDENSE_CHECK(setup_.comm, "comm.sync.mode={} needs a communicator", sync_mode.mode);
+    VarianceSchedule variance{sync_mode.freeze_steps,
+                              sync_mode.mode == "zero_one_adam" ? sync_mode.var_update_scaler : 0};
     auto o = std::make_unique<OneBitAdam>(
-        params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay},
-        setup_.local_update.freeze_steps, *setup_.comm, setup_.sync.compression,
-        setup_.sync.bucket_cap_mb);
+        params, AdamWOptions{tc.beta1, tc.beta2, tc.eps, tc.weight_decay}, variance,
+        *setup_.comm, setup_.sync.compression, setup_.sync.bucket_cap_mb);
     onebit = o.get();
     optimizer_ptr = std::move(o);
   } else {
@@ -323,7 +325,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       fail("injected failure at step {} (CONDENSE_TEST_FAIL_RANK={})", state.step + 1, fail_rank);
     auto t0 = clock::now();
     double lr = schedule.at(state.step);
-    // 1-bit Adam after its freeze exchanges the momentum inside optimizer.step() instead.
+    // 1-bit / 0-1 Adam's momentum steps exchange the momentum inside optimizer.step() instead.
     const bool momentum_step = onebit && onebit->compressed(state.step + 1);
     const bool exchange_gradients = !momentum_step;
     double loss_sum = 0;

@@ -219,3 +219,25 @@ def test_onebit_adam_freezes_exchanges_momentum_and_resumes_exactly(small_store,
     assert p.returncode != 0
     assert "key 'comm.sync.mode' 'onebit_adam' is AdamW with a frozen second moment" in p.stderr, p.stderr
     assert not bad.exists()
+
+
+def test_zero_one_adam_refreshes_variance_on_schedule_and_resumes_exactly(small_store, tmp_path):
+    """0/1 Adam's variance schedule on 2 ranks: dense exchanges (comm_ratio 1) exactly at the
+    refresh steps 1, 2, 4, 6, 8 (var_update_scaler 2, freeze_steps 9), the momentum through sign +
+    EF at every other step, and a resume from step 5 that repeats steps 6..12 exactly."""
+    steps = 12
+    comp = {"comm.sync.mode": "zero_one_adam", "comm.sync.freeze_steps": 9,
+            "comm.sync.var_update_scaler": 2,
+            "comm.compression.codec": "sign", "comm.compression.error_control": "ef",
+            "checkpoint.every": 5, "checkpoint.keep": 5}
+    ref = tmp_path / "ref"
+    p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **comp))
+    assert "comm.sync: zero_one_adam, 5 dense AdamW steps" in p.stderr, p.stderr
+    rows = read_metrics(ref)
+    dense = [r["step"] for r in rows if r["comm_ratio"] == 1.0]
+    assert dense == [1, 2, 4, 6, 8], [(r["step"], r["comm_ratio"]) for r in rows]
+    for r in rows:
+        if r["step"] not in dense:
+            assert 25 < r["comm_ratio"] < 32, r
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    resume_matches(small_store, ref, tmp_path / "cut", 5, steps, comp)
