@@ -19,6 +19,16 @@ void ExchangeStats::add_all_gather(int64_t bytes, int world) {
   wire_bytes += (world - 1) * bytes;
 }
 
+void ExchangeStats::add_all_to_all(int64_t bytes, int world) {
+  payload_bytes += world * bytes;
+  wire_bytes += (world - 1) * bytes;
+}
+
+void Codec::plan(ExchangeStats& s, int world) const {
+  if (summable()) s.add_all_reduce(payload_bytes(), world);
+  else s.add_all_gather(payload_bytes(), world);
+}
+
 void ExchangeStats::add_dense_reference(int64_t bytes, int world) {
   dense_wire_bytes += world > 1 ? 2 * (world - 1) * bytes / world : 0;
 }
@@ -60,6 +70,8 @@ std::unique_ptr<Codec> make_codec(const CompressionConfig& c, const BucketLayout
   if (n == "none" || n == "fp16" || n == "bf16") return make_dense_codec(n, layout.numel, world);
   if (n == "topk") return make_topk_codec(c, layout, world);
   if (n == "randk") return make_randk_codec(layout.numel, kept_elements(c, layout.numel), !error_control);
+  if (c.collective == "compressed_all_reduce" && (n == "sign" || n == "qsgd"))
+    return make_compressed_all_reduce_codec(c, layout, world);
   if (n == "qsgd") return make_qsgd_codec(layout.numel, c.levels, c.block);
   if (n == "sign") return make_sign_codec(layout.numel, c.block);
   if (n == "powersgd") return make_powersgd_codec(layout, c.rank, static_cast<uint64_t>(c.seed));

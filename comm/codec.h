@@ -18,7 +18,8 @@
 //   qsgd      stochastic rounding to s levels of |v| / ||block||, unbiased (Alistarh et al.,
 //             NeurIPS 2017), bit-packed; all-gather
 //   sign      sign bits with one scale (mean |v|) per block (Karimireddy et al., ICML 2019);
-//             all-gather
+//             all-gather. qsgd and sign also run as 1-bit Adam's compressed all-reduce
+//             (collective: compressed_all_reduce; comm/codec_compressed_allreduce.cpp)
 //   powersgd  rank-r power iteration with a warm-started Q (Vogels et al., NeurIPS 2019):
 //             matrices as P = M Q, all-reduce, orthonormalize, Q = M^T P, all-reduce;
 //             1-D parameters (and matrices too small to gain) all-reduced dense
@@ -71,6 +72,8 @@ struct ExchangeStats {
   // bytes sends 2 (n-1)/n P; all-gather of P bytes per rank sends (n-1) P.
   void add_all_reduce(int64_t bytes, int world);
   void add_all_gather(int64_t bytes, int world);
+  // All-to-all of `bytes` per destination: n - 1 of them leave this rank.
+  void add_all_to_all(int64_t bytes, int world);
   // The dense fp32 ring all-reduce of `bytes` that the exchange replaced.
   void add_dense_reference(int64_t bytes, int world);
   // dense_wire_bytes / wire_bytes (1 when nothing was sent).
@@ -103,6 +106,9 @@ class Codec {
   virtual int64_t payload_bytes() const = 0;
   // True when payloads are summed by all-reduce, false when they are all-gathered.
   virtual bool summable() const = 0;
+  // Adds what one exchange moves to `s` (the start-up plan); by default one all-reduce or
+  // all-gather of payload_bytes().
+  virtual void plan(ExchangeStats& s, int world) const;
   // Collective. v: this rank's vector (fp32, contiguous, the bucket's numel, on the bucket's
   // device; not modified). Writes mean (same shape and device as v); writes *local when local
   // is not null. On CUDA the work is queued on the caller's current stream (and collectives are

@@ -13,6 +13,8 @@ std::unique_ptr<Codec> make_qsgd_codec(int64_t numel, int64_t levels, int64_t bl
 std::unique_ptr<Codec> make_sign_codec(int64_t numel, int64_t block);
 std::unique_ptr<Codec> make_powersgd_codec(const BucketLayout& layout, int64_t rank, uint64_t seed);
 std::unique_ptr<Codec> make_int8_codec(const BucketLayout& layout, int world);
+std::unique_ptr<Codec> make_compressed_all_reduce_codec(const CompressionConfig& config,
+                                                        const BucketLayout& layout, int world);
 std::unique_ptr<Codec> make_sparseloco_codec(const CompressionConfig& config, const BucketLayout& layout,
                                              int world);
 

@@ -15,6 +15,9 @@ struct CompressionConfig {
   std::string scope = "bucket";        // topk: select over the whole bucket | per tensor
   int64_t levels = 7;                  // qsgd: s quantization levels per sign (7 = 4 bits/element)
   int64_t block = 512;                 // qsgd, sign: elements sharing one fp32 scale
+  // qsgd, sign: all_gather (every rank decodes every payload) | compressed_all_reduce (1-bit
+  // Adam's: chunks all-to-all, re-compressed with a server error, all-gathered)
+  std::string collective = "all_gather";
   int64_t rank = 4;                    // powersgd: rank of the approximation
   int64_t bits = 2;                    // sparseloco: bits per kept value (2..8)
   int64_t chunk = 4096;                // sparseloco: elements per chunk (a square: 2-D tiles)

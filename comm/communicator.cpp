@@ -28,6 +28,7 @@ class SelfCommunicator : public Communicator {
     CONDENSE_CHECK(root == 0, "broadcast from rank {} in a world of 1", root);
   }
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override { out.view(-1).copy_(in.view(-1)); }
+  void all_to_all(const at::Tensor& in, at::Tensor& out) override { out.view(-1).copy_(in.view(-1)); }
   void barrier() override {}
 };
 

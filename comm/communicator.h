@@ -54,6 +54,9 @@ class Communicator {
   // Collective. in has size() * n elements; out (n elements) becomes the sum over ranks of
   // in[rank * n : (rank+1) * n].
   virtual void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) = 0;
+  // Collective. in has size() * n elements; out (size() * n) gets block r = block rank() of rank
+  // r's in (the transpose of the ranks' blocks).
+  virtual void all_to_all(const at::Tensor& in, at::Tensor& out) = 0;
   // Collective.
   virtual void barrier() = 0;
 };

@@ -29,8 +29,7 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
                                config_.decay)};
     ExchangeStats plan, dense;
     const int64_t payload = bucket.codec->payload_bytes();
-    if (bucket.codec->summable()) plan.add_all_reduce(payload, world);
-    else plan.add_all_gather(payload, world);
+    bucket.codec->plan(plan, world);
     dense.add_all_reduce(4 * layout.numel, world);
     total += layout.numel;
     plan_.payload_bytes += payload;

@@ -221,6 +221,21 @@ void MpiCommunicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) 
             "MPI_Reduce_scatter_block");
 }
 
+void MpiCommunicator::all_to_all(const at::Tensor& in, at::Tensor& out) {
+  check_cpu_contiguous(in, "all_to_all");
+  check_cpu_contiguous(out, "all_to_all");
+  CONDENSE_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0 &&
+                     in.scalar_type() == out.scalar_type(),
+                 "MPI all_to_all: in has {} elements and out {}, expected equal multiples of {}",
+                 in.numel(), out.numel(), size_);
+  const int64_t n = in.numel() / size_;
+  CONDENSE_CHECK(n <= INT_MAX, "MPI all_to_all: {} elements per rank exceed one call", n);
+  MPI_Datatype type = mpi_type(in.scalar_type());
+  check_mpi(MPI_Alltoall(in.data_ptr(), static_cast<int>(n), type, out.data_ptr(),
+                         static_cast<int>(n), type, comm_),
+            "MPI_Alltoall");
+}
+
 void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
 
 }  // namespace condense

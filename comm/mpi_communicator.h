@@ -29,6 +29,7 @@ class MpiCommunicator : public Communicator {
   std::vector<at::Tensor> gather_v(const at::Tensor& in, int root) override;
   void broadcast(at::Tensor& t, int root) override;
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override;
+  void all_to_all(const at::Tensor& in, at::Tensor& out) override;
   void barrier() override;
   MPI_Comm comm() const { return comm_; }
   static constexpr int64_t kRingMinBytes = 256 * 1024;

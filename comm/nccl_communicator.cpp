@@ -136,6 +136,33 @@ class NcclCommunicator : public Communicator {
                                nccl_type(in.scalar_type()), ncclSum, comm_, s);
     }, "ncclReduceScatter");
   }
+  void all_to_all(const at::Tensor& in, at::Tensor& out) override {
+    if (!in.is_cuda() || !out.is_cuda()) {
+      at::Tensor d = out.to(cuda());
+      all_to_all(in.to(cuda()), d);
+      out.copy_(d);
+      return;
+    }
+    CONDENSE_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0 &&
+                       in.scalar_type() == out.scalar_type(),
+                   "NCCL all_to_all: in has {} elements and out {}, expected equal multiples of {}",
+                   in.numel(), out.numel(), size_);
+    CONDENSE_CHECK(out.is_contiguous(), "NCCL all_to_all: out must be contiguous");
+    const int64_t n = in.numel() / size_;
+    const size_t bytes = static_cast<size_t>(n) * in.element_size();
+    auto* src = static_cast<const char*>(in.data_ptr());
+    auto* dst = static_cast<char*>(out.data_ptr());
+    run(in, [&](cudaStream_t s) {
+      // Grouped point-to-point calls: NCCL has no all-to-all collective of its own.
+      ncclResult_t r = ncclGroupStart();
+      for (int peer = 0; peer < size_ && r == ncclSuccess; ++peer) {
+        r = ncclSend(src + peer * bytes, n, nccl_type(in.scalar_type()), peer, comm_, s);
+        if (r == ncclSuccess) r = ncclRecv(dst + peer * bytes, n, nccl_type(in.scalar_type()), peer, comm_, s);
+      }
+      ncclResult_t end = ncclGroupEnd();
+      return r != ncclSuccess ? r : end;
+    }, "ncclSend/ncclRecv (all_to_all)");
+  }
   void barrier() override {
     c10::cuda::getCurrentCUDAStream(device_).synchronize();
     if (mpi_) mpi_->barrier();

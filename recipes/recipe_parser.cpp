@@ -133,6 +133,7 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_string("scope", c.scope, {"bucket", "tensor"}),
            bind_int("levels", c.levels, between(1, 127)),
            bind_int("block", c.block, at_least(1)),
+           bind_string("collective", c.collective, {"all_gather", "compressed_all_reduce"}),
            bind_int("rank", c.rank, at_least(1)),
            bind_int("bits", c.bits, between(2, 32)),
            bind_int("chunk", c.chunk, between(1, 32768)),
@@ -143,11 +144,20 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
            bind_int("seed", c.seed, at_least(0))}};
   for (FieldBinding& f : s.fields) {
-    if (f.key != "bits") continue;
-    f.check = [&c]() -> std::string {
-      return (c.bits >= 2 && c.bits <= 8) || c.bits == 32
-                 ? "" : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
-    };
+    if (f.key == "bits") {
+      f.check = [&c]() -> std::string {
+        return (c.bits >= 2 && c.bits <= 8) || c.bits == 32
+                   ? "" : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
+      };
+    } else if (f.key == "collective") {
+      f.check = [&c, choice = f.check]() -> std::string {
+        std::string problem = choice();
+        if (!problem.empty()) return problem;
+        return c.collective == "compressed_all_reduce" && c.codec != "sign" && c.codec != "qsgd"
+                   ? fmt::format("'compressed_all_reduce' needs codec sign or qsgd, got '{}'", c.codec)
+                   : "";
+      };
+    }
   }
   return s;
 }

@@ -25,8 +25,9 @@
 // decoded momentum, which divided by sqrt(0) + eps would throw the weight far away. Their
 // momentum is set to 0 after every exchange, as DeepSpeed's exp_avg_mask does by hand.
 //
-// The paper's second compression on the server side of its all-reduce has no counterpart here:
-// payloads are all-gathered and every rank decodes all of them.
+// The exchange is whatever comm.compression says; the paper's compressed all-reduce (chunks
+// all-to-all, re-compressed with a server error, all-gathered) is comm.compression.collective:
+// compressed_all_reduce (comm/codec_compressed_allreduce.cpp).
 //
 // While every step so far was a variance step it is exactly AdamW (it delegates to
 // trainer/adamw.h); its checkpoint state is AdamW's (the variance-step count follows from the

@@ -71,6 +71,14 @@ TEST(Collectives, ClosedForms) {
   c.reduce_scatter_sum(in, out);  // every rank sends 0..2n-1; rank r gets n * [2r, 2r+1]
   EXPECT_TRUE(at::equal(out, at::tensor({float(n * 2 * r), float(n * (2 * r + 1))})));
 
+  // all_to_all transposes blocks: rank r sends 100 r + d to rank d (two bytes each), so rank r
+  // receives 100 s + r from every rank s.
+  at::Tensor a2a_in = at::empty({2 * n}, at::kInt), a2a_out = at::empty({2 * n}, at::kInt);
+  for (int d = 0; d < n; ++d) a2a_in.narrow(0, 2 * d, 2).fill_(100 * r + d);
+  c.all_to_all(a2a_in, a2a_out);
+  for (int s = 0; s < n; ++s)
+    EXPECT_TRUE(at::equal(a2a_out.narrow(0, 2 * s, 2), at::full({2}, 100 * s + r, at::kInt))) << s;
+
   // Large buffers take the ring (MpiCommunicator::kRingMinBytes): an odd length, so chunks differ.
   const int64_t big = 100003;
   at::Tensor ring = at::arange(big, at::kFloat) + r;
