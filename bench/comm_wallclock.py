@@ -22,6 +22,9 @@ Contenders (--contenders; each is run for every configuration):
                        hyperparameters (read from condense's resolved recipe, --print-recipe)
   ddp-powersgd         the same with the PowerSGD comm hook (rank 4, error feedback, warm start,
                        --start-powersgd-iter dense iterations first)
+  condense:NAME        one per --condense-variant NAME='OVERRIDES' (repeatable): condense-dense plus
+                       those overrides (e.g. DeMo, DiLoCo, 1-bit Adam settings), so that several
+                       condense methods race in one run
 
 Repetitions are interleaved (A B C D A B C D ...) over all configurations, so that drifting load
 on the machine falls on every contender alike; the 1-minute load average is noted before and after
@@ -45,6 +48,14 @@ every run. Per contender and configuration the driver reports:
     during the whole process (/proc/net/dev of the node, read by a shell wrapper around each rank
     before and after; includes start-up, parameter broadcast, validation, MPI/gloo control traffic
     and condense's final checkpoint, which all-gathers every rank's compression state).
+
+Projected time to target (--curve N:CONTENDER=PATH, repeatable, with --target-loss): the loss
+trajectory of a contender does not depend on the link (the same ranks compute the same numbers at
+any rate), so a long convergence run without the simulator (PATH: condense's metrics.jsonl, or a
+--json-out of this driver whose first successful run has validations) gives the step n at which
+validation first reaches the target on N nodes, and n x the median step time measured here on the
+simulator is the training-loop time to target at each rate (validation time excluded). A curve
+that never reaches the target gives a lower bound (its last step x the step time).
 
 --scaling instead runs condense-dense and ddp at 1, 2 and 4 ranks (--scaling-ranks), at 1gbit and
 10gbit (--scaling-rates), for every bucket cap in --bucket-caps (MB; condense comm.bucket_cap_mb,
@@ -332,6 +343,10 @@ def run_one(args, contender: str, ranks: int, rate: str, cap: float, rep: int, s
         elif contender == "condense-compressed":
             res = run_condense(args, ranks, rate, cap, args.compressed, run_dir, steps, eval_every)
             skip = compression_warmup(args.compressed)
+        elif contender.startswith("condense:"):
+            overrides = args.variants[contender.split(":", 1)[1]]
+            res = run_condense(args, ranks, rate, cap, overrides, run_dir, steps, eval_every)
+            skip = compression_warmup(overrides)
         elif contender == "ddp":
             res = run_ddp(args, ranks, rate, cap, "none", run_dir, steps, eval_every)
             skip = 0
@@ -372,6 +387,58 @@ def time_to_target(rec: dict, target: float | None, rtol: float = 0.0):
         if v["loss"] <= target * (1 + rtol) and v.get("elapsed_s") is not None:
             return v["elapsed_s"], v["step"]
     return None
+
+
+def read_curve(path: Path) -> list[tuple[int, float]]:
+    """(step, validation loss) pairs: condense's metrics.jsonl, or this driver's --json-out (its
+    first successful run with validations)."""
+    if path.suffix == ".jsonl":
+        out = []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("split") == "val":
+                out.append((rec["step"], rec["loss"]))
+        return out
+    runs = json.loads(path.read_text())["runs"]
+    run = next(r for r in runs if r.get("ok") and r.get("val"))
+    return [(v["step"], v["loss"]) for v in run["val"]]
+
+
+def projection_table(args, runs: list[dict], configs: list[tuple[int, str]]) -> tuple[str, list[dict]]:
+    """Steps to --target-loss from each --curve, times the median step time measured here."""
+    lines = ["| nodes | rate | contender | median ms/step (here) | curve: first step at target | "
+             "projected time to target, s | vs ddp-powersgd |",
+             "| ---: | --- | --- | ---: | --- | ---: | --- |"]
+    summary = []
+    for nodes, rate in configs:
+        rows = []
+        for c in args.contenders:
+            curve = args.curves.get((nodes, c))
+            ok = [r for r in runs if r["ranks"] == nodes and r["rate"] == rate and r["contender"] == c and r.get("ok")]
+            if curve is None or not ok:
+                continue
+            med = median([x for r in ok for x in kept(r)])
+            hit = next((s for s, l in curve if l <= args.target_loss * (1 + args.target_rtol)), None)
+            if hit is not None:
+                rows.append((c, med, f"step {hit}", hit * med, True))
+            else:
+                last, best = curve[-1][0], min(l for _, l in curve)
+                rows.append((c, med, f"not reached in {last} steps (best {best:.4f})", last * med, False))
+        ref = next((r for r in rows if r[0] == "ddp-powersgd"), None)
+        for c, med, where, t, reached in rows:
+            if ref is None or c == "ddp-powersgd":
+                vs = "-"
+            elif reached and ref[4]:
+                vs = f"{ref[3] / t:.2f}x sooner"
+            elif reached:
+                vs = f"> {ref[3] / t:.2f}x sooner (ddp-powersgd not reached)"
+            else:
+                vs = "not reached"
+            lines.append(f"| {nodes} | {rate} | {c} | {fmt_ms(med)} | {where} | "
+                         f"{'> ' if not reached else ''}{t:.0f} | {vs} |")
+            summary.append({"nodes": nodes, "rate": rate, "contender": c, "median_step_s": med,
+                            "reached": reached, "projected_s": t, "where": where})
+    return "\n".join(lines), summary
 
 
 def fmt_ms(x: float) -> str:
@@ -524,7 +591,11 @@ def main() -> int:
     ap.add_argument("--condense-compressed", default=DEFAULT_COMPRESSED,
                     help="overrides (space-separated key=value) that make condense-compressed; "
                          "empty drops that contender")
-    ap.add_argument("--condense-extra", default="", help="overrides added to both condense contenders")
+    ap.add_argument("--condense-extra", default="", help="overrides added to every condense contender")
+    ap.add_argument("--condense-variant", action="append", default=[], metavar="NAME=OVERRIDES",
+                    help="a condense contender 'condense:NAME' with these overrides (repeatable)")
+    ap.add_argument("--curve", action="append", default=[], metavar="N:CONTENDER=PATH",
+                    help="loss trajectory of CONTENDER on N nodes for the projected time to target")
     ap.add_argument("--ddp-extra", default="", help="extra arguments for bench/ddp_train.py")
     ap.add_argument("--powersgd-rank", type=int, default=4)
     ap.add_argument("--start-powersgd-iter", type=int, default=10)
@@ -577,7 +648,25 @@ def main() -> int:
         args.contenders = [c for c in args.contenders.split(",") if c]
         if not args.compressed and "condense-compressed" in args.contenders:
             args.contenders.remove("condense-compressed")
+    args.variants = {}
+    for v in args.condense_variant:
+        name, sep, overrides = v.partition("=")
+        if not sep or not name:
+            ap.error(f"--condense-variant wants NAME=OVERRIDES, got '{v}'")
+        args.variants[name] = overrides.split()
+        args.contenders.append(f"condense:{name}")
+    args.curves = {}
+    for c in args.curve:
+        key, sep, path = c.partition("=")
+        nodes, sep2, contender = key.partition(":")
+        if not sep or not sep2 or not nodes.isdigit() or not Path(path).exists():
+            ap.error(f"--curve wants N:CONTENDER=PATH with an existing PATH, got '{c}'")
+        args.curves[(int(nodes), contender)] = read_curve(Path(path))
+    if args.curves and args.target_loss is None:
+        ap.error("--curve needs --target-loss")
     for c in args.contenders:
+        if c.startswith("condense:"):
+            continue
         if c not in ALL_CONTENDERS:
             ap.error(f"unknown contender '{c}' (choices: {', '.join(ALL_CONTENDERS)})")
     if not args.contenders:
@@ -659,6 +748,11 @@ def main() -> int:
                 "communication scheme could reach there.")
     else:
         table, summary = comm_table(args, runs, configs)
+        if args.curves:
+            projected, psummary = projection_table(args, runs, configs)
+            table += (f"\n\nProjected time to target {args.target_loss:.4f} (steps from the --curve "
+                      f"runs x the median step time above; validation time excluded):\n\n{projected}")
+            summary = {"measured": summary, "projected": psummary}
         title = "Gradient communication, wall clock on the simulator: condense dense / compressed vs DDP / PowerSGD"
         note = ("Step times are medians over kept steps (the first --warmup steps and a compressed "
                 "contender's dense warm-up steps are discarded). Time to target (val loss <= target x "
@@ -676,8 +770,10 @@ def main() -> int:
         settings = (f"bucket caps {args.bucket_caps} MB; extra condense overrides: "
                     f"`{' '.join(args.condense_extra) or '(none)'}`")
     else:
+        variants = "".join(f"; condense:{n} overrides: `{' '.join(o)}`" for n, o in args.variants.items())
+        curves = "".join(f"; curve {n}:{c} from --curve" for (n, c) in args.curves)
         settings = (f"bucket cap {args.bucket_cap_mb:g} MB; condense-compressed overrides: "
-                    f"`{' '.join(args.compressed) or '(none)'}`; extra condense overrides: "
+                    f"`{' '.join(args.compressed) or '(none)'}`{variants}{curves}; extra condense overrides: "
                     f"`{' '.join(args.condense_extra) or '(none)'}`; PowerSGD rank {args.powersgd_rank}, "
                     f"start_powerSGD_iter {args.start_powersgd_iter}, error feedback, warm start")
     section = f"""

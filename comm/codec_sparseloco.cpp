@@ -13,6 +13,12 @@
 //
 // bits = 32 sends the kept values as they are (fp32, no scales): DeMo's chunked Top-K.
 //
+// transform = dct (DeMo, Peng et al. 2024): every chunk, as a side x side square (tiles as they
+// are, runs reshaped), goes through the orthonormal 2-D DCT-II, C X C^T, before Top-K, and the
+// summed coefficients come back through C^T Y C. Smooth regions concentrate in few low-frequency
+// coefficients, so k of them carry more of the chunk. The transform is orthonormal and linear:
+// `local` is the decoded vector in the original coordinates, and error feedback works there.
+//
 // Payload per rank: one fp32 scale per chunk, k int16 in-chunk indices per chunk, the codes
 // bit-packed (or the fp32 values); padded to 4 bytes. All-gather; every rank scatters the payloads in rank order
 // into the same sum. Tensor ops only, so it runs on any device.
@@ -35,7 +41,7 @@ struct ChunkedTensor {
 class SparseLoCoCodec : public Codec {
  public:
   SparseLoCoCodec(const CompressionConfig& c, const BucketLayout& layout, int world)
-      : world_(world), numel_(layout.numel), chunk_(c.chunk), bits_(c.bits) {
+      : world_(world), numel_(layout.numel), chunk_(c.chunk), bits_(c.bits), dct_(c.transform == "dct") {
     CONDENSE_CHECK(chunk_ >= 1 && chunk_ <= 32768, "comm.compression.chunk must be in [1, 32768] "
                    "(in-chunk indices are int16), got {}", chunk_);
     CONDENSE_CHECK((bits_ >= 2 && bits_ <= 8) || bits_ == 32,
@@ -44,6 +50,11 @@ class SparseLoCoCodec : public Codec {
                  : std::clamp<int64_t>(std::llround(c.ratio * static_cast<double>(chunk_)), 1, chunk_);
     const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(chunk_))));
     side_ = side * side == chunk_ ? side : 0;
+    CONDENSE_CHECK(c.transform == "none" || c.transform == "dct", "comm.compression.transform must "
+                   "be none or dct, got '{}'", c.transform);
+    CONDENSE_CHECK(!dct_ || side_ > 0, "comm.compression.transform dct needs a square chunk "
+                   "(the 2-D DCT of side x side), got chunk {}", chunk_);
+    if (dct_) basis_ = dct_basis(side_).to(layout.device);
     for (const TensorSegment& s : tensor_segments(layout)) {
       ChunkedTensor t{s.offset, s.numel};
       if (side_ > 0 && s.shape.size() == 2 && s.shape[0] % side_ == 0 && s.shape[1] % side_ == 0) {
@@ -72,13 +83,14 @@ class SparseLoCoCodec : public Codec {
     {
       ScopedSeconds t(ctx.stats.compress_s);
       at::Tensor m = to_chunks(v);                                  // [chunks, chunk]
+      if (dct_) m = transform(m, false);
       at::Tensor idx = std::get<1>(m.abs().topk(k_, 1, true, false));  // [chunks, k]
       at::Tensor vals = m.gather(1, idx);
       payload.narrow(0, scale_bytes_, index_bytes_).view(at::kShort).copy_(idx.view({-1}));
       if (raw()) {
         // Offset 4 * chunks * k / 2: 4-byte aligned only when chunks * k is even; copy bytes.
         payload.narrow(0, index_bytes_, code_bytes_).copy_(vals.reshape({-1}).view(at::kByte));
-        if (local) from_chunks(at::zeros_like(m).scatter_(1, idx, vals), *local);
+        if (local) from_chunks(back(at::zeros_like(m).scatter_(1, idx, vals)), *local);
       } else {
         at::Tensor scale = vals.abs().amax(1, true);                  // [chunks, 1]
         at::Tensor safe = at::where(scale > 0, scale, at::ones_like(scale));
@@ -87,7 +99,7 @@ class SparseLoCoCodec : public Codec {
         payload.narrow(0, scale_bytes_ + index_bytes_, code_bytes_).copy_(pack(code.view({-1})));
         if (local) {
           at::Tensor dense = at::zeros_like(m).scatter_(1, idx, dequantize(code, scale, top));
-          from_chunks(dense, *local);
+          from_chunks(back(dense), *local);
         }
       }
     }
@@ -113,13 +125,34 @@ class SparseLoCoCodec : public Codec {
       // Indices are distinct within a chunk, so each element receives one value per rank.
       sum.scatter_add_(1, idx, values);
     }
-    from_chunks(sum, mean);
+    from_chunks(back(sum), mean);
     div_exact_(mean, world_);
     ctx.stats.add_all_gather(payload_, world_);
   }
 
  private:
   bool raw() const { return bits_ == 32; }
+
+  // The orthonormal DCT-II matrix of size n: C[k][j] = a_k cos(pi (2j + 1) k / (2n)), a_0 =
+  // sqrt(1/n), a_k = sqrt(2/n); computed in double.
+  static at::Tensor dct_basis(int64_t n) {
+    at::Tensor k = at::arange(n, at::kDouble).unsqueeze(1), j = at::arange(n, at::kDouble).unsqueeze(0);
+    at::Tensor c = at::cos(k * (2 * j + 1) * (M_PI / (2.0 * static_cast<double>(n))));
+    c.mul_(std::sqrt(2.0 / static_cast<double>(n)));
+    c[0].mul_(std::sqrt(0.5));
+    return c.to(at::kFloat);
+  }
+
+  // [chunks, chunk] -> the same with every chunk's side x side square transformed: C X C^T, or
+  // with inverse, C^T X C.
+  at::Tensor transform(const at::Tensor& m, bool inverse) const {
+    at::Tensor x = m.view({-1, side_, side_});
+    const at::Tensor& c = basis_;
+    at::Tensor ct = c.t();
+    at::Tensor y = inverse ? at::matmul(at::matmul(ct, x), c) : at::matmul(at::matmul(c, x), ct);
+    return y.reshape({-1, chunk_});
+  }
+  at::Tensor back(const at::Tensor& m) const { return dct_ ? transform(m, true) : m; }
 
   static at::Tensor dequantize(const at::Tensor& code, const at::Tensor& scale, double top) {
     return code.mul(2.0).sub_(top).div_(top).mul_(scale);  // (2j - L) / L: the ends exactly +-1
@@ -179,6 +212,8 @@ class SparseLoCoCodec : public Codec {
 
   int world_;
   int64_t numel_, chunk_, bits_, k_ = 1, side_ = 0, chunks_ = 0;
+  bool dct_;
+  at::Tensor basis_;  // dct: the side x side DCT-II matrix
   std::vector<ChunkedTensor> tensors_;
   int64_t scale_bytes_ = 0, index_bytes_ = 0, code_bytes_ = 0, payload_ = 0;
 };

@@ -21,6 +21,7 @@ struct CompressionConfig {
   int64_t rank = 4;                    // powersgd: rank of the approximation
   int64_t bits = 2;                    // sparseloco: bits per kept value (2..8)
   int64_t chunk = 4096;                // sparseloco: elements per chunk (a square: 2-D tiles)
+  std::string transform = "none";      // sparseloco: none | dct (DeMo's 2-D DCT-II per chunk)
   std::string error_control = "none";  // none | ef | ef21 | econtrol
   double eta = 0.1;                    // econtrol: weight of the error term
   double decay = 1.0;                  // ef: v = g + decay * e (SparseLoCo: 0.95)

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -137,6 +138,7 @@ SectionBinding compression_section(CompressionConfig& c) {
            bind_int("rank", c.rank, at_least(1)),
            bind_int("bits", c.bits, between(2, 32)),
            bind_int("chunk", c.chunk, between(1, 32768)),
+           bind_string("transform", c.transform, {"none", "dct"}),
            bind_string("error_control", c.error_control, ErrorControl::kinds()),
            bind_real("eta", c.eta, unit_interval()),
            bind_real("decay", c.decay, between(0, 1)),
@@ -148,6 +150,16 @@ SectionBinding compression_section(CompressionConfig& c) {
       f.check = [&c]() -> std::string {
         return (c.bits >= 2 && c.bits <= 8) || c.bits == 32
                    ? "" : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
+      };
+    } else if (f.key == "transform") {
+      f.check = [&c, choice = f.check]() -> std::string {
+        std::string problem = choice();
+        if (!problem.empty() || c.transform == "none") return problem;
+        if (c.codec != "sparseloco")
+          return fmt::format("'dct' applies to codec sparseloco, got '{}'", c.codec);
+        const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(c.chunk))));
+        return side * side == c.chunk
+                   ? "" : fmt::format("'dct' needs a square comm.compression.chunk, got {}", c.chunk);
       };
     } else if (f.key == "collective") {
       f.check = [&c, choice = f.check]() -> std::string {

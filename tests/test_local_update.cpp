@@ -104,6 +104,40 @@ TEST(SparseLoCoCodec, KeepsTheTopKOfEveryTileAndChunk) {
   check_chunk(s.narrow(0, 4096, 904), ls.narrow(0, 4096, 904), "run 1 (padded)");
 }
 
+// DeMo's DCT (transform: dct): a 2-D cosine of one frequency pair, or a constant, is one DCT-II
+// coefficient of its 8 x 8 chunk, so k = 1 rebuilds it (to float rounding of the transform),
+// where k = 1 without the transform keeps one element of 64. Sending everything (k = chunk,
+// fp32) returns the input, since the transform is orthonormal.
+TEST(SparseLoCoCodec, DctKeepsOneFrequencyWithOneCoefficient) {
+  const int64_t side = 8;
+  at::Tensor n = at::arange(side, at::kDouble);
+  at::Tensor wave = at::outer(at::cos(M_PI * (2 * n + 1) * 3 / (2.0 * side)),
+                              at::cos(M_PI * (2 * n + 1) * 5 / (2.0 * side))).to(at::kFloat);
+  // A 16 x 8 matrix: two tiles (the wave, then a constant), and a 64-element run (the wave).
+  at::Tensor m = at::cat({wave, at::full({side, side}, 0.7f)});
+  at::Tensor v = at::cat({m.reshape({-1}), wave.reshape({-1})});
+  BucketLayout layout{{0, 128}, {{16, 8}, {64}}, 192};
+  CompressionConfig c = sparseloco(64, 1, 32);
+  c.transform = "dct";
+  auto codec = make_codec(c, layout, 1, true);
+  auto [local, mean] = run(*codec, v);
+  EXPECT_TRUE(at::equal(local, mean));
+  EXPECT_TRUE(at::allclose(local, v, 0, 1e-5)) << (local - v).abs().max();
+  c.transform = "none";
+  auto plain = make_codec(c, layout, 1, true);
+  EXPECT_EQ(run(*plain, v).first.ne(0).sum().item<int64_t>(), 3);  // one element per chunk
+
+  at::Tensor r = randn({192}, 9);
+  CompressionConfig all = sparseloco(64, 64, 32);
+  all.transform = "dct";
+  auto everything = make_codec(all, layout, 1, true);
+  EXPECT_TRUE(at::allclose(run(*everything, r).first, r, 0, 1e-5));
+  // And it refuses a chunk that is not a square.
+  CompressionConfig bad = sparseloco(60, 4, 32);
+  bad.transform = "dct";
+  EXPECT_THROW(make_codec(bad, layout, 1, true), Error);
+}
+
 TEST(SparseLoCoCodec, BitPackingRoundTripsAtEveryWidth) {
   at::Tensor v = randn({3000}, 5);
   BucketLayout layout{{0}, {{3000}}, 3000};

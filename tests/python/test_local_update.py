@@ -152,6 +152,10 @@ def test_one_process_runs_diloco_as_lookahead(small_store, tmp_path):
     ("comm.compression.bits", 1, "comm.compression.bits"),
     ("comm.compression.chunk", 0, "comm.compression.chunk"),
     ("comm.compression.decay", 1.5, "comm.compression.decay"),
+    ("comm.compression.transform", "fft", "must be one of: none, dct"),
+    ("comm.compression.transform", "dct", "'dct' applies to codec sparseloco, got 'none'"),
+    ("comm.compression.collective", "ring", "must be one of: all_gather, compressed_all_reduce"),
+    ("comm.sync.var_update_scaler", 0, "comm.sync.var_update_scaler"),
 ])
 def test_bad_settings_are_refused(small_store, tmp_path, key, value, expected):
     out = tmp_path / "bad"
