@@ -772,8 +772,9 @@ def main() -> int:
     else:
         variants = "".join(f"; condense:{n} overrides: `{' '.join(o)}`" for n, o in args.variants.items())
         curves = "".join(f"; curve {n}:{c} from --curve" for (n, c) in args.curves)
-        settings = (f"bucket cap {args.bucket_cap_mb:g} MB; condense-compressed overrides: "
-                    f"`{' '.join(args.compressed) or '(none)'}`{variants}{curves}; extra condense overrides: "
+        compressed = (f"; condense-compressed overrides: `{' '.join(args.compressed)}`"
+                      if "condense-compressed" in args.contenders else "")
+        settings = (f"bucket cap {args.bucket_cap_mb:g} MB{compressed}{variants}{curves}; extra condense overrides: "
                     f"`{' '.join(args.condense_extra) or '(none)'}`; PowerSGD rank {args.powersgd_rank}, "
                     f"start_powerSGD_iter {args.start_powersgd_iter}, error feedback, warm start")
     section = f"""

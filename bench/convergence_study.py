@@ -97,6 +97,10 @@ CONFIGS = {
                                     "train.min_lr": 7.5e-4, "codec": "sparseloco", "bits": 2,
                                     "k": 32, "chunk": 4096, "error_control": "ef", "decay": 0.999,
                                     "warmup_steps": 0},
+    "demo-32of4096-2bit-lr4.5e-3-dct": {"train.optimizer": "sign", "train.lr": 4.5e-3,
+                                        "train.min_lr": 4.5e-4, "codec": "sparseloco", "bits": 2,
+                                        "k": 32, "chunk": 4096, "transform": "dct",
+                                        "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
     "demo-16of4096": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 32, "k": 16,
                       "chunk": 4096, "error_control": "ef", "decay": 0.999, "warmup_steps": 0},
     # 1-bit Adam: 10% dense AdamW, then sign + EF on the momentum with v frozen.
