@@ -44,6 +44,7 @@ struct CompressionConfig {
 struct SyncConfig {
   std::string mode = "ddp";              // ddp | diloco | onebit_adam | zero_one_adam
   int64_t inner_steps = 16;              // diloco: H, optimizer steps between exchanges
+  int64_t fragments = 1;                 // diloco: P > 1 streams P fragments, one every H/P steps
   std::string outer_optimizer = "nesterov";  // diloco: nesterov | sgd (heavy ball when momentum > 0)
   double outer_lr = 0.7;                 // diloco: outer learning rate
   double outer_momentum = 0.9;           // diloco: outer momentum

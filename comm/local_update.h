@@ -16,6 +16,15 @@
 //                                                   outer optimizer at lr 0.7, mu 0.9)
 // SparseLoCo uses sgd at lr 1 without momentum and a decayed EF buffer instead (ef, decay 0.95).
 //
+// Streaming (Douillard et al., "Streaming DiLoCo with overlapping communication", 2025):
+// with comm.sync.fragments P > 1 the trained tensors are cut, in order, into P fragments of about
+// equal size, and fragment f takes its outer step at the steps s with s mod H = (f + 1) H / P mod
+// H: every fragment still every H steps, but one exchange moves 1/P of the model every H / P
+// steps, so the peak bandwidth drops P-fold. The last step of a run synchronizes every fragment.
+// The paper's overlap of an exchange with the next inner steps (tau > 0) and its mixing of local
+// and global weights (alpha) are not built: the exchange blocks, and the fragment's weights are
+// replaced by the new anchor.
+//
 // State: the anchor and the outer momentum are identical on every rank (shared_state); the
 // compression state (error buffers) is per rank. The trainer also keeps each rank's local
 // weights and inner optimizer state, which differ between exchanges (trainer/trainer.cpp).
@@ -41,12 +50,13 @@ class LocalUpdate {
   LocalUpdate(Communicator& comm, std::vector<std::pair<std::string, at::Tensor>> params,
               SyncConfig sync, CompressionConfig compression, double bucket_cap_mb);
 
-  // Whether the optimizer step that just completed (1-based `step`, of `total`) ends a round.
-  bool due(int64_t step, int64_t total) const {
-    return step % sync_.inner_steps == 0 || step == total;
-  }
-  // Collective: exchanges the pseudo-gradients, steps the anchor, copies it into the params.
-  void outer_step();
+  // The fragments whose round the optimizer step that just completed (1-based `step`, of
+  // `total`) ends, in increasing order (empty on inner steps; all of them at `total`).
+  std::vector<int64_t> fragments_due(int64_t step, int64_t total) const;
+  bool due(int64_t step, int64_t total) const { return !fragments_due(step, total).empty(); }
+  // Collective: exchanges the pseudo-gradients of these fragments (all of them when empty),
+  // steps their anchor and copies it into their params.
+  void outer_step(const std::vector<int64_t>& fragments = {});
   // Bytes and seconds of the last outer_step (zeros before the first).
   const ExchangeStats& last_stats() const { return compression_->stats(); }
   int64_t outer_steps() const { return compression_->step(); }
@@ -63,6 +73,7 @@ class LocalUpdate {
 
  private:
   struct Bucket {
+    int64_t fragment = 0;
     std::vector<size_t> params;
     std::vector<int64_t> offsets;
     at::Tensor anchor, momentum, delta;  // fp32 flat; momentum undefined without momentum

@@ -178,8 +178,16 @@ SectionBinding sync_section(SyncConfig& c, const TrainConfig& t) {
   SectionBinding s{"comm.sync",
                    {bind_string("mode", c.mode, sync_modes()),
                     bind_int("inner_steps", c.inner_steps, at_least(1)),
+                    bind_int("fragments", c.fragments, at_least(1)),
                     bind_int("freeze_steps", c.freeze_steps, at_least(1)),
                     bind_int("var_update_scaler", c.var_update_scaler, at_least(1))}};
+  s.fields[2].check = [&c, range = s.fields[2].check]() -> std::string {
+    std::string problem = range();
+    if (!problem.empty()) return problem;
+    return c.inner_steps % c.fragments == 0
+               ? "" : fmt::format("must divide comm.sync.inner_steps ({}), got {}", c.inner_steps,
+                                  c.fragments);
+  };
   s.fields[0].check = [&c, &t, choice = s.fields[0].check]() -> std::string {
     std::string problem = choice();
     if (!problem.empty()) return problem;

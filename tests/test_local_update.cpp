@@ -244,6 +244,46 @@ TEST(LocalUpdate, OuterLrOneWithoutMomentumLandsOnTheLocalWeights) {
   EXPECT_TRUE(at::allclose(w, moved, 0, 1e-6));
 }
 
+// Streaming: four tensors of 100, 300, 200, 400 elements in P = 2 fragments (the cut passes
+// half of the 1000 elements after the third tensor); with H = 4 fragment 0 steps at 2, 6, ...
+// and fragment 1 at 4, 8, ...; an outer step of one fragment moves only its tensors.
+TEST(LocalUpdate, FragmentsStepInTurn) {
+  std::vector<at::Tensor> t = {randn({100}, 20), randn({10, 30}, 21), randn({200}, 22), randn({400}, 23)};
+  std::vector<at::Tensor> t0;
+  for (auto& x : t) t0.push_back(x.clone());
+  SyncConfig sync;
+  sync.mode = "diloco";
+  sync.inner_steps = 4;
+  sync.fragments = 2;
+  sync.outer_optimizer = "sgd";
+  sync.outer_lr = 0.5;
+  sync.outer_momentum = 0;
+  LocalUpdate lu(self(), {{"a", t[0]}, {"b", t[1]}, {"c", t[2]}, {"d", t[3]}}, sync,
+                 CompressionConfig{}, 25.0);
+  using F = std::vector<int64_t>;
+  EXPECT_EQ(lu.fragments_due(1, 20), F{});
+  EXPECT_EQ(lu.fragments_due(2, 20), F{0});
+  EXPECT_EQ(lu.fragments_due(4, 20), F{1});
+  EXPECT_EQ(lu.fragments_due(6, 20), F{0});
+  EXPECT_EQ(lu.fragments_due(8, 20), F{1});
+  EXPECT_EQ(lu.fragments_due(7, 7), (F{0, 1}));  // the last step synchronizes everything
+  for (auto& x : t) x.sub_(0.2);                  // every tensor moved: D = 0.2
+  lu.outer_step({0});                             // anchor -= 0.5 D in fragment 0 only
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(at::allclose(t[i], t0[i] - 0.1, 0, 1e-6)) << i;
+  EXPECT_TRUE(at::allclose(t[3], t0[3] - 0.2, 0, 1e-6));  // fragment 1 keeps its local weights
+  EXPECT_EQ(lu.compression().stats().dense_wire_bytes, 0);  // a world of one sends nothing
+  lu.outer_step({1});
+  EXPECT_TRUE(at::allclose(t[3], t0[3] - 0.1, 0, 1e-6));
+  EXPECT_EQ(lu.outer_steps(), 2);
+  // P must divide H, and a fragment needs a tensor of its own.
+  sync.fragments = 3;
+  EXPECT_THROW(LocalUpdate(self(), {{"a", t[0]}, {"b", t[1]}, {"c", t[2]}}, sync, CompressionConfig{}, 25.0),
+               Error);
+  sync.inner_steps = 6;
+  sync.fragments = 6;
+  EXPECT_THROW(LocalUpdate(self(), {{"a", t[0]}, {"b", t[1]}}, sync, CompressionConfig{}, 25.0), Error);
+}
+
 TEST(OneBitAdam, IsAdamWBeforeTheFreezeAndFreezesVAfter) {
   at::Tensor w = randn({6, 5}, 11).set_requires_grad(true), b = randn({5}, 12).set_requires_grad(true);
   at::Tensor w_ref = w.detach().clone().set_requires_grad(true);

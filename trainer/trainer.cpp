@@ -288,7 +288,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
   // Local update: the step that ended the last round (for the byte ratio per covered step).
-  int64_t last_exchange_step = state.step - (local ? state.step % setup_.local_update.inner_steps : 0);
+  const int64_t exchange_every = setup_.local_update.inner_steps / setup_.local_update.fragments;
+  int64_t last_exchange_step = state.step - (local ? state.step % exchange_every : 0);
 
   auto save = [&] {
     std::map<std::string, at::Tensor> extra = gather_rng_states(comm, setup_.device);
@@ -379,8 +380,10 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       comm_seconds = {r[0], r[1], r[2]};
     }
     bool exchanged = false;
-    if (local && local->due(state.step + 1, tc.steps)) {
-      local->outer_step();
+    const std::vector<int64_t> due = local ? local->fragments_due(state.step + 1, tc.steps)
+                                           : std::vector<int64_t>{};
+    if (!due.empty()) {
+      local->outer_step(due);
       exchanged = true;
       const ExchangeStats& x = local->last_stats();
       std::vector<double> r = world > 1
@@ -403,14 +406,15 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
         {"tokens_seen", double(state.tokens_seen)}, {"elapsed_s", elapsed}};
     if (local) {
       // This step's exchange (zeros on inner steps); comm_ratio compares the exchange with a
-      // dense fp32 all-reduce on each of the steps it covers.
+      // dense fp32 all-reduce of the whole model on each of the steps since the last exchange
+      // (with fragments, an exchange of 1/P of the model covers H/P steps).
       const ExchangeStats& x = local->last_stats();
       const int64_t covered = state.step - last_exchange_step;
       values.emplace_back("comm_bytes", exchanged ? double(x.payload_bytes) : 0.0);
       values.emplace_back("comm_wire_bytes", exchanged ? double(x.wire_bytes) : 0.0);
       if (exchanged) {
-        values.emplace_back("comm_ratio", x.wire_bytes > 0 ? double(x.dense_wire_bytes) * covered /
-                                                                 double(x.wire_bytes) : 1.0);
+        const double dense = double(local->compression().plan().dense_wire_bytes) * covered;
+        values.emplace_back("comm_ratio", x.wire_bytes > 0 ? dense / double(x.wire_bytes) : 1.0);
         values.emplace_back("comm_s", comm_seconds[1]);
         values.emplace_back("comm_compress_s", comm_seconds[0]);
         values.emplace_back("comm_decompress_s", comm_seconds[2]);
@@ -438,8 +442,9 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
 
     bool last = state.step == tc.steps;
     if (tc.eval_every > 0 && (state.step % tc.eval_every == 0 || last) && !validation_.empty()) {
-      // Local-update training evaluates the global model (the anchor) in the middle of a round.
-      const bool swap = local && !exchanged;
+      // Local-update training evaluates the global model (the anchor) in the middle of a round
+      // (swapping is a no-op for fragments that have just been synchronized).
+      const bool swap = local != nullptr;
       if (swap) local->swap_anchor();
       double val = validate();
       if (swap) local->swap_anchor();

@@ -273,3 +273,38 @@ def test_onebit_adam_compressed_all_reduce_halves_the_bytes_on_4_ranks(small_sto
     assert p.returncode != 0
     assert "'compressed_all_reduce' needs codec sign or qsgd, got 'topk'" in p.stderr, p.stderr
     assert not bad.exists()
+
+
+def test_streaming_fragments_exchange_in_turn_and_resume_exactly(small_store, tmp_path):
+    """Streaming DiLoCo on 2 ranks (comm.sync.fragments 2, H 4): one fragment's pseudo-gradient
+    every 2 steps, the two halves adding up to the bytes of one whole-model round, the ratio
+    against dense per covered step the same as without fragments (H), the last step
+    synchronizing both, and a resume from step 5 (mid-round for both fragments) that repeats
+    steps 6..10 exactly."""
+    steps = 10
+    whole = tmp_path / "whole"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, whole, steps, **diloco(4)))
+    comp = diloco(4, **{"comm.sync.fragments": 2, "checkpoint.every": 5, "checkpoint.keep": 5})
+    ref = tmp_path / "ref"
+    p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **comp))
+    assert "in 2 fragments (one every 2 steps)" in p.stderr, p.stderr
+    rows = read_metrics(ref)
+    sent = {r["step"]: r["comm_wire_bytes"] for r in rows if r["comm_wire_bytes"] > 0}
+    assert sorted(sent) == [2, 4, 6, 8, 10], sent
+    full = {r["step"]: r for r in read_metrics(whole) if r["comm_wire_bytes"] > 0}
+    assert sent[2] + sent[4] == full[4]["comm_wire_bytes"], (sent, full[4])
+    assert sent[10] == full[4]["comm_wire_bytes"]  # the last step: both fragments
+    assert 0.3 < sent[2] / sent[4] < 3, sent  # halves of comparable size
+    # comm_ratio: a whole-model dense all-reduce on each of the 2 steps a fragment's exchange
+    # covers, against its bytes (dense per step from the whole-model run: ratio x wire / 4).
+    dense_per_step = full[4]["comm_ratio"] * full[4]["comm_wire_bytes"] / 4
+    for r in rows:
+        if r["step"] in (2, 4, 6, 8):
+            assert r["comm_ratio"] == pytest.approx(dense_per_step * 2 / sent[r["step"]], rel=1e-9), r
+    resume_matches(small_store, ref, tmp_path / "cut", 5, steps, comp)
+    bad = tmp_path / "bad"
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, bad, 2, **diloco(4, **{
+        "comm.sync.fragments": 3})), check=False)
+    assert p.returncode != 0
+    assert "must divide comm.sync.inner_steps (4), got 3" in p.stderr, p.stderr
+    assert not bad.exists()
