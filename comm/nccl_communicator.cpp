@@ -79,12 +79,8 @@ class NcclCommunicator : public Communicator {
     }, "ncclAllReduce");
   }
   void all_gather(const at::Tensor& in, at::Tensor& out) override {
-    if (!in.is_cuda() || !out.is_cuda()) {
-      at::Tensor d = out.to(cuda());
-      all_gather(in.to(cuda()), d);
-      out.copy_(d);
-      return;
-    }
+    if (!in.is_cuda() || !out.is_cuda())
+      return staged(in, out, [&](const at::Tensor& i, at::Tensor& o) { all_gather(i, o); });
     CONDENSE_CHECK(out.numel() == in.numel() * size_, "NCCL all_gather: out has {} elements, expected {}",
                    out.numel(), in.numel() * size_);
     CONDENSE_CHECK(in.scalar_type() == out.scalar_type(), "NCCL all_gather: in is {} but out is {}",
@@ -121,12 +117,8 @@ class NcclCommunicator : public Communicator {
     }, "ncclBroadcast");
   }
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) override {
-    if (!in.is_cuda() || !out.is_cuda()) {
-      at::Tensor d = out.to(cuda());
-      reduce_scatter_sum(in.to(cuda()), d);
-      out.copy_(d);
-      return;
-    }
+    if (!in.is_cuda() || !out.is_cuda())
+      return staged(in, out, [&](const at::Tensor& i, at::Tensor& o) { reduce_scatter_sum(i, o); });
     CONDENSE_CHECK(in.numel() == out.numel() * size_, "NCCL reduce_scatter: in has {} elements, expected {}",
                    in.numel(), out.numel() * size_);
     CONDENSE_CHECK(in.scalar_type() == out.scalar_type(), "NCCL reduce_scatter: in is {} but out is {}",
@@ -137,12 +129,8 @@ class NcclCommunicator : public Communicator {
     }, "ncclReduceScatter");
   }
   void all_to_all(const at::Tensor& in, at::Tensor& out) override {
-    if (!in.is_cuda() || !out.is_cuda()) {
-      at::Tensor d = out.to(cuda());
-      all_to_all(in.to(cuda()), d);
-      out.copy_(d);
-      return;
-    }
+    if (!in.is_cuda() || !out.is_cuda())
+      return staged(in, out, [&](const at::Tensor& i, at::Tensor& o) { all_to_all(i, o); });
     CONDENSE_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0 &&
                        in.scalar_type() == out.scalar_type(),
                    "NCCL all_to_all: in has {} elements and out {}, expected equal multiples of {}",
@@ -172,6 +160,13 @@ class NcclCommunicator : public Communicator {
   c10::Device cuda() const { return c10::Device(c10::kCUDA, device_); }
   // Runs `op` on a device copy of the CPU tensor `t` and copies the result back (the copy to
   // the host waits for the collective: it is ordered after it on the caller's stream).
+  // The same for an (in, out) pair of which at least one is on the CPU.
+  template <typename Op>
+  void staged(const at::Tensor& in, at::Tensor& out, Op op) {
+    at::Tensor d = out.to(cuda());
+    op(in.to(cuda()), d);
+    out.copy_(d);
+  }
   template <typename Op>
   void staged(at::Tensor& t, Op op) {
     at::Tensor d = t.contiguous().to(cuda());
