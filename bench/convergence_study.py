@@ -64,7 +64,11 @@ CONFIGS = {
     "diloco-H8-int8": {**DILOCO, "comm.sync.inner_steps": 8, "codec": "int8"},
     "diloco-H16-int8": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8"},
     "diloco-H32-int8": {**DILOCO, "comm.sync.inner_steps": 32, "codec": "int8"},
+    "diloco-H8-int8+ef": {**DILOCO, "comm.sync.inner_steps": 8, "codec": "int8",
+                          "error_control": "ef"},
     "diloco-H16-int8+ef": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8",
+                           "error_control": "ef"},
+    "diloco-H32-int8+ef": {**DILOCO, "comm.sync.inner_steps": 32, "codec": "int8",
                            "error_control": "ef"},
     "diloco-H16-int8+econtrol(0.2)": {**DILOCO, "comm.sync.inner_steps": 16, "codec": "int8",
                                       "error_control": "econtrol", "eta": 0.2},
@@ -106,6 +110,11 @@ CONFIGS = {
     # 1-bit Adam: 10% dense AdamW, then sign + EF on the momentum with v frozen.
     "onebit-adam": {"comm.sync.mode": "onebit_adam", "comm.sync.freeze_steps": 100,
                     "codec": "sign", "error_control": "ef", "warmup_steps": 0},
+    # 0/1 Adam: dense AdamW steps at an interval that doubles every 16 refreshes (DeepSpeed's
+    # var_update_scaler) up to step 1000, sign + EF on the momentum in between.
+    "zero-one-adam": {"comm.sync.mode": "zero_one_adam", "comm.sync.var_update_scaler": 16,
+                      "comm.sync.freeze_steps": 1000,
+                      "codec": "sign", "error_control": "ef", "warmup_steps": 0},
 }
 
 
