@@ -10,23 +10,17 @@ namespace condense {
 
 GradientCompression::GradientCompression(Communicator& comm, CompressionConfig config,
                                          std::vector<BucketLayout> layouts)
-    : comm_(comm), config_(std::move(config)) {
+    : comm_(comm), config_(std::move(config)), layouts_(std::move(layouts)) {
   const int world = comm_.size();
-  const bool ec = config_.error_control != "none";
-  if (!layouts.empty()) device_ = layouts.front().device;
-  for (const BucketLayout& layout : layouts)
+  if (!layouts_.empty()) device_ = layouts_.front().device;
+  for (const BucketLayout& layout : layouts_)
     CONDENSE_CHECK(layout.device == device_, "GradientCompression: buckets on {} and {}; all "
                    "buckets must be on one device", device_.str(), layout.device.str());
   int64_t total = 0, total_payload = 0, total_dense_wire = 0, total_wire = 0;
-  for (size_t b = 0; b < layouts.size(); ++b) {
-    const BucketLayout& layout = layouts[b];
-    CompressionConfig bucket_config = config_;
-    if (layout.numel < config_.min_bucket_numel) bucket_config.codec = "none";
-    bucket_config.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
-    Bucket bucket{make_codec(bucket_config, layout, world, ec),
-                  make_codec(CompressionConfig{}, layout, world, ec),
-                  ErrorControl(config_.error_control, config_.eta, layout.numel, layout.device,
-                               config_.decay)};
+  for (size_t b = 0; b < layouts_.size(); ++b) {
+    const BucketLayout& layout = layouts_[b];
+    CompressionConfig bucket_config = bucket_settings(b);
+    Bucket bucket = make_bucket(b);
     ExchangeStats plan, dense;
     const int64_t payload = bucket.codec->payload_bytes();
     bucket.codec->plan(plan, world);
@@ -62,6 +56,27 @@ GradientCompression::GradientCompression(Communicator& comm, CompressionConfig c
                  buckets_.size(), total, total_payload / 1e6, total_wire / 1e6,
                  total_wire > 0 ? double(total_dense_wire) / total_wire : 1.0, config_.warmup_steps);
   }
+}
+
+CompressionConfig GradientCompression::bucket_settings(size_t b) const {
+  CompressionConfig c = config_;
+  if (layouts_[b].numel < config_.min_bucket_numel) c.codec = "none";
+  c.seed = static_cast<int64_t>(mix64(static_cast<uint64_t>(config_.seed) * 1000003u + b));
+  return c;
+}
+
+GradientCompression::Bucket GradientCompression::make_bucket(size_t b) const {
+  const BucketLayout& layout = layouts_[b];
+  const int world = comm_.size();
+  const bool ec = config_.error_control != "none";
+  return Bucket{make_codec(bucket_settings(b), layout, world, ec),
+                make_codec(CompressionConfig{}, layout, world, ec),
+                ErrorControl(config_.error_control, config_.eta, layout.numel, layout.device,
+                             config_.decay)};
+}
+
+void GradientCompression::reset_state() {
+  for (size_t b = 0; b < buckets_.size(); ++b) buckets_[b] = make_bucket(b);
 }
 
 bool GradientCompression::compressing() const { return step_ >= config_.warmup_steps; }

@@ -50,6 +50,10 @@ class GradientCompression {
   // after the exchanges (GradientSync::finish does that).
   at::Tensor state() const;
   void load_state(const at::Tensor& flat, int64_t step, const std::string& source);
+  // Every bucket's error control and codec state as at construction (the same on every rank:
+  // codec seeds come from the config), keeping step(). For a step dropped because some rank's
+  // gradient was non-finite: its residuals (and PowerSGD's Q) may hold those values.
+  void reset_state();
 
  private:
   struct Bucket {
@@ -58,9 +62,12 @@ class GradientCompression {
     ErrorControl control;
   };
   std::vector<at::Tensor> state_tensors() const;
+  CompressionConfig bucket_settings(size_t b) const;  // dense below min_bucket_numel; own seed
+  Bucket make_bucket(size_t b) const;
 
   Communicator& comm_;
   CompressionConfig config_;
+  std::vector<BucketLayout> layouts_;
   std::vector<Bucket> buckets_;
   ExchangeStats stats_, plan_;
   int64_t step_ = 0;

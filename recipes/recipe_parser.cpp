@@ -96,7 +96,9 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_int("eval_every", t.eval_every, at_least(0)),
                     bind_int("eval_batches", t.eval_batches, at_least(1)),
                     bind_int("log_every", t.log_every, at_least(1)),
-                    bind_string_list("trainable", t.trainable)}};
+                    bind_string_list("trainable", t.trainable),
+                    bind_string("nonfinite", t.nonfinite, {"stop", "skip"}),
+                    bind_int("max_consecutive_skips", t.max_consecutive_skips, positive())}};
   s.fields[2].check = [&t]() -> std::string {
     if (t.min_lr >= 0 && t.min_lr <= t.lr) return "";
     return fmt::format("must be in [0, train.lr = {}], got {}", t.lr, t.min_lr);

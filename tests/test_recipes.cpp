@@ -134,6 +134,8 @@ TEST(RecipeParser, QuickstartLoads) {
   EXPECT_EQ(c.train.eval_every, 100);
   EXPECT_EQ(c.train.eval_batches, 8);
   EXPECT_EQ(c.train.log_every, 10);
+  EXPECT_EQ(c.train.nonfinite, "stop");
+  EXPECT_EQ(c.train.max_consecutive_skips, 10);
   EXPECT_EQ(c.checkpoint.every, 100);
   EXPECT_EQ(c.checkpoint.keep, 3);
 }
@@ -212,6 +214,9 @@ TEST(RecipeErrors, RangesNameKeyAndRange) {
   expect_parse_error("train:\n  eval_every: -1\n", {"'train.eval_every' must be >= 0"});
   expect_parse_error("train:\n  eval_batches: 0\n", {"'train.eval_batches' must be >= 1"});
   expect_parse_error("train:\n  log_every: 0\n", {"'train.log_every' must be >= 1"});
+  expect_parse_error("train:\n  nonfinite: ignore\n",
+                     {"r.yaml:2: key 'train.nonfinite' must be one of: stop, skip; got 'ignore'"});
+  expect_parse_error("train:\n  max_consecutive_skips: 0\n", {"'train.max_consecutive_skips' must be > 0"});
   expect_parse_error("checkpoint:\n  every: -1\n", {"r.yaml:2: key 'checkpoint.every' must be >= 0"});
   expect_parse_error("checkpoint:\n  keep: 0\n", {"'checkpoint.keep' must be >= 1"});
   expect_parse_error("data:\n  vocab_size: 100\n", {"r.yaml:2: key 'data.vocab_size' must be >= 256"});

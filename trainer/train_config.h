@@ -26,6 +26,11 @@ struct TrainConfig {
   int64_t eval_every = 100;       // steps between validations; 0 disables
   int64_t eval_batches = 8;       // validation batches per evaluation
   int64_t log_every = 10;         // steps between log lines / progress updates
+  // A step whose loss or gradients are non-finite on any rank: stop the run (with the step and
+  // the ranks named), or skip: drop the step on every rank (no optimizer update; compression
+  // error state restarts) and stop only after max_consecutive_skips skipped steps in a row.
+  std::string nonfinite = "stop";  // stop | skip
+  int64_t max_consecutive_skips = 10;
   // Regexes (full match) over Hugging Face parameter names: only matching parameters train,
   // the rest are frozen. Empty: the recipe kind decides (pretrain and full recovery: all).
   std::vector<std::string> trainable;

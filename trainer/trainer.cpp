@@ -7,6 +7,8 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <set>
+#include <sstream>
 
 #include "comm/local_update.h"
 #include "core/error.h"
@@ -43,6 +45,44 @@ std::map<std::string, at::Tensor> gather_rng_states(Communicator* comm, c10::Dev
   gather(mine, "rng/torch_cpu_rank");
   // CPU tensors both (NCCL stages them through the device; comm/nccl_communicator.cpp).
   if (device.is_cuda()) gather(cuda_rng_state(device), "rng/torch_cuda_rank");
+  return out;
+}
+
+// The steps at which this rank's loss is made NaN for the non-finite tests
+// (CONDENSE_TEST_NAN_RANK, CONDENSE_TEST_NAN_STEPS="3,4"); empty unless this rank is named.
+std::set<int64_t> test_nan_steps(int rank) {
+  std::set<int64_t> steps;
+  const char* r = std::getenv("CONDENSE_TEST_NAN_RANK");
+  const char* list = std::getenv("CONDENSE_TEST_NAN_STEPS");
+  if (!r || !list || std::atoi(r) != rank) return steps;
+  std::stringstream in(list);
+  for (std::string item; std::getline(in, item, ',');)
+    if (!item.empty()) steps.insert(std::stoll(item));
+  return steps;
+}
+
+// Which ranks saw what, given this rank's health (1: non-finite loss, 2: non-finite gradients,
+// 3: both), as "non-finite loss on rank(s) 1; non-finite gradients on rank(s) 0, 1". Collective
+// (one all-reduce of world doubles, only on a step some rank found non-finite).
+std::string nonfinite_ranks(Communicator* comm, double health) {
+  const int world = comm ? comm->size() : 1;
+  std::vector<double> all(world, 0.0);
+  all[comm ? comm->rank() : 0] = health;
+  if (world > 1) {
+    all = all_reduce_mean(*comm, all);
+    for (double& h : all) h *= world;
+  }
+  std::vector<int> loss, grads;
+  for (int r = 0; r < world; ++r) {
+    const long h = std::lround(all[r]);
+    if (h & 1) loss.push_back(r);
+    if (h & 2) grads.push_back(r);
+  }
+  std::string out;
+  if (!loss.empty()) out = fmt::format("non-finite loss on rank(s) {}", fmt::join(loss, ", "));
+  if (!grads.empty())
+    out += fmt::format("{}non-finite gradients on rank(s) {}", out.empty() ? "" : "; ",
+                       fmt::join(grads, ", "));
   return out;
 }
 
@@ -313,6 +353,10 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   const char* fail_rank = std::getenv("CONDENSE_TEST_FAIL_RANK");
   const char* fail_step = std::getenv("CONDENSE_TEST_FAIL_STEP");
   const int my_rank = comm ? comm->rank() : 0;
+  // ... and for the non-finite tests: the rank named by CONDENSE_TEST_NAN_RANK gets a NaN loss
+  // (so NaN gradients) at each step listed in CONDENSE_TEST_NAN_STEPS (comma-separated).
+  const std::set<int64_t> nan_steps = test_nan_steps(my_rank);
+  int64_t consecutive_skips = 0;
 
   // Per-phase peak tensor bytes in metrics (memory.meter; memory/memory_meter.h): on CPU when
   // the recipe installed the counting allocator, on CUDA from the caching allocator's stats.
@@ -340,39 +384,71 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       }
       if (meter) meter->begin("backward");
       if (sync) sync->begin_backward(micro == tc.grad_accum - 1 && exchange_gradients);
+      if (nan_steps.count(state.step + 1)) loss = loss * std::nan("");
       (loss / static_cast<double>(tc.grad_accum)).backward();
       loss_sum += loss.item<double>();
     }
     double loss = loss_sum / tc.grad_accum;
+    const bool my_loss_finite = std::isfinite(loss);
     std::array<double, 3> comm_seconds{};  // compress, exchange, decompress: mean over ranks
     bool stop_now = stop.requested();
+    if (sync && exchange_gradients) sync->finish();
+    if (t_.before_step) t_.before_step();
+    // The gradients this rank is about to apply: after the exchange in data parallel (the same
+    // on every rank), its own in local-update inner steps and 1-bit Adam's momentum steps.
+    at::Tensor norm = total_grad_norm(trainable);
+    double grad_norm = norm.item<double>();
+    // Health of this step on this rank: 1 for a non-finite loss, 2 for non-finite gradients.
+    const double health = (my_loss_finite ? 0 : 1) + (std::isfinite(grad_norm) ? 0 : 2);
+    double unhealthy = health;  // > 0 when some rank's step is non-finite
     if (sync && exchange_gradients) {
-      sync->finish();
-      // One small collective per step: the mean loss for metrics, and whether any rank was
-      // asked to stop, so that all ranks stop after the same step.
+      // One small collective per step: the mean loss for metrics, whether any rank was asked
+      // to stop (so that all ranks stop after the same step), and whether any rank's loss or
+      // gradients are non-finite (so that all ranks drop or stop at the same step).
       const ExchangeStats& x = sync->last_step().exchange;
       std::vector<double> r = all_reduce_mean(
-          *comm, {loss, stop_now ? 1.0 : 0.0, x.compress_s, x.exchange_s, x.decompress_s});
+          *comm, {loss, stop_now ? 1.0 : 0.0, health, x.compress_s, x.exchange_s, x.decompress_s});
       loss = r[0];
       stop_now = r[1] > 0;
-      comm_seconds = {r[2], r[3], r[4]};
+      unhealthy = r[2];
+      comm_seconds = {r[3], r[4], r[5]};
     } else if ((local || onebit) && world > 1) {
-      // The same small collective (40 bytes, not metered) in local-update training: its inner
-      // steps exchange nothing else.
-      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0});
+      // The same small collective (not metered) in local-update training and on 1-bit Adam's
+      // momentum steps: their other exchanges come after the optimizer step.
+      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0, health});
       loss = r[0];
       stop_now = r[1] > 0;
+      unhealthy = r[2];
     }
-    CONDENSE_CHECK(std::isfinite(loss), "training diverged: loss is {} at step {} (lr {:.3e}); "
-                   "lower train.lr or raise train.warmup_steps", loss, state.step + 1, lr);
-    if (t_.before_step) t_.before_step();
-    double grad_norm = clip_grad_norm(trainable, tc.grad_clip);
-    if (meter) meter->begin("optimizer");
-    optimizer.step(lr);
-    optimizer.zero_grad();
-    if (t_.after_step) t_.after_step(optimizer);
-    if (meter) meter->end();
-    if (momentum_step) {
+    const bool skip = unhealthy > 0;
+    if (skip) {
+      const std::string where = nonfinite_ranks(comm, health);
+      CONDENSE_CHECK(tc.nonfinite == "skip",
+                     "training diverged at step {} (lr {:.3e}): {}; lower train.lr or raise "
+                     "train.warmup_steps, or set train.nonfinite: skip to drop such steps",
+                     state.step + 1, lr, where);
+      ++consecutive_skips;
+      CONDENSE_CHECK(consecutive_skips <= tc.max_consecutive_skips,
+                     "training diverged: {} consecutive steps skipped up to step {} (train."
+                     "max_consecutive_skips is {}); the last: {}", consecutive_skips,
+                     state.step + 1, tc.max_consecutive_skips, where);
+      // Nothing of this step reaches the weights or the optimizer; error-feedback residuals
+      // (and PowerSGD's Q) restart on every rank, since the exchange may have left the
+      // non-finite values in them. 1-bit Adam exchanges inside optimizer.step(): not reached.
+      optimizer.zero_grad();
+      if (sync && sync->compression()) sync->compression()->reset_state();
+      message(fmt::format("step {} skipped ({} in a row): {}", state.step + 1, consecutive_skips,
+                          where));
+    } else {
+      consecutive_skips = 0;
+      clip_grads(trainable, norm, tc.grad_clip);
+      if (meter) meter->begin("optimizer");
+      optimizer.step(lr);
+      optimizer.zero_grad();
+      if (t_.after_step) t_.after_step(optimizer);
+      if (meter) meter->end();
+    }
+    if (momentum_step && !skip) {
       const ExchangeStats& x = onebit->compression().stats();
       std::vector<double> r = world > 1
           ? all_reduce_mean(*comm, {x.compress_s, x.exchange_s, x.decompress_s})
@@ -404,6 +480,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     std::vector<std::pair<std::string, double>> values = {
         {"loss", loss}, {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
         {"tokens_seen", double(state.tokens_seen)}, {"elapsed_s", elapsed}};
+    if (skip) values.emplace_back("skipped", 1.0);
     if (local) {
       // This step's exchange (zeros on inner steps); comm_ratio compares the exchange with a
       // dense fp32 all-reduce of the whole model on each of the steps since the last exchange
@@ -423,8 +500,12 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       }
     }
     if (sync || momentum_step) {
-      // Bytes are this rank's (the same on every rank); seconds are means over ranks.
-      const ExchangeStats& x = momentum_step ? onebit->compression().stats() : sync->last_step().exchange;
+      // Bytes are this rank's (the same on every rank); seconds are means over ranks. A skipped
+      // momentum step exchanged nothing.
+      static const ExchangeStats nothing{};
+      const ExchangeStats& x = !momentum_step ? sync->last_step().exchange
+                               : skip         ? nothing
+                                              : onebit->compression().stats();
       values.emplace_back("comm_bytes", double(x.payload_bytes));
       values.emplace_back("comm_wire_bytes", double(x.wire_bytes));
       values.emplace_back("comm_ratio", x.ratio());
