@@ -62,6 +62,9 @@ struct CommConfig {
   std::string device = "cpu";    // where tensors live; follows train.device, not a recipe key
   double bucket_cap_mb = 25.0;   // gradient bucket size
   bool overlap = true;           // exchange buckets while backward runs
+  // A collective in flight longer than this ends the job, naming the stalled ranks
+  // (comm/watchdog.h; mpi backend). 0: wait forever.
+  double timeout_s = 600;
   CompressionConfig compression;
   SyncConfig sync;
 };

@@ -19,12 +19,17 @@
 #include <c10/core/Stream.h>
 
 #include "comm/comm_config.h"
+#include "comm/watchdog.h"
 
 namespace condense {
 
 class Communicator {
  public:
   virtual ~Communicator() = default;
+  // Collective. From here on, a collective of this communicator that runs longer than
+  // timeout_s ends the process with an error naming the stalled ranks (comm/watchdog.h;
+  // reports under report_dir/watchdog/). Backends that cannot be watched log that once.
+  void arm_watchdog(double timeout_s, const std::string& report_dir);
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual int local_rank() const = 0;  // rank among the processes on this node
@@ -59,6 +64,17 @@ class Communicator {
   virtual void all_to_all(const at::Tensor& in, at::Tensor& out) = 0;
   // Collective.
   virtual void barrier() = 0;
+
+ protected:
+  // Whether this backend's collectives block the calling thread until done (so that a
+  // CollectiveWatchdog::Scope around them measures them); NCCL's are queued on a stream.
+  virtual bool blocking_collectives() const { return false; }
+  // Null until arm_watchdog; backends hold a CollectiveWatchdog::Scope(watchdog(), ...) per
+  // collective.
+  CollectiveWatchdog* watchdog() const { return watchdog_.get(); }
+
+ private:
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 // Creates the world communicator. "mpi" and "nccl" initialize MPI if needed.

@@ -121,6 +121,7 @@ void MpiCommunicator::ring_all_reduce(at::Tensor& t) {
 }
 
 void MpiCommunicator::all_reduce_sum(at::Tensor& t) {
+  CollectiveWatchdog::Scope watch(watchdog(), "all_reduce_sum", static_cast<int64_t>(t.nbytes()));
   check_cpu_contiguous(t, "all_reduce");
   if (size_ > 1 && t.numel() * t.element_size() >= kRingMinBytes && t.numel() >= size_) {
     ring_all_reduce(t);
@@ -137,6 +138,7 @@ void MpiCommunicator::all_reduce_sum(at::Tensor& t) {
 }
 
 void MpiCommunicator::all_gather(const at::Tensor& in, at::Tensor& out) {
+  CollectiveWatchdog::Scope watch(watchdog(), "all_gather", static_cast<int64_t>(in.nbytes()));
   check_cpu_contiguous(in, "all_gather");
   check_cpu_contiguous(out, "all_gather");
   CONDENSE_CHECK(out.numel() == in.numel() * size_ && out.scalar_type() == in.scalar_type(),
@@ -150,6 +152,7 @@ void MpiCommunicator::all_gather(const at::Tensor& in, at::Tensor& out) {
 }
 
 std::vector<at::Tensor> MpiCommunicator::all_gather_v(const at::Tensor& in_raw) {
+  CollectiveWatchdog::Scope watch(watchdog(), "all_gather_v", static_cast<int64_t>(in_raw.nbytes()));
   at::Tensor in = in_raw.contiguous();
   check_cpu_contiguous(in, "all_gather_v");
   at::Tensor counts = at::empty({size_}, at::kLong);
@@ -175,6 +178,7 @@ std::vector<at::Tensor> MpiCommunicator::all_gather_v(const at::Tensor& in_raw) 
 }
 
 std::vector<at::Tensor> MpiCommunicator::gather_v(const at::Tensor& in_raw, int root) {
+  CollectiveWatchdog::Scope watch(watchdog(), "gather_v", static_cast<int64_t>(in_raw.nbytes()));
   at::Tensor in = in_raw.contiguous();
   check_cpu_contiguous(in, "gather_v");
   CONDENSE_CHECK(in.numel() <= INT_MAX, "MPI gather_v: {} elements exceed one call", in.numel());
@@ -200,6 +204,7 @@ std::vector<at::Tensor> MpiCommunicator::gather_v(const at::Tensor& in_raw, int 
 }
 
 void MpiCommunicator::broadcast(at::Tensor& t, int root) {
+  CollectiveWatchdog::Scope watch(watchdog(), "broadcast", static_cast<int64_t>(t.nbytes()));
   check_cpu_contiguous(t, "broadcast");
   MPI_Datatype type = mpi_type(t.scalar_type());
   char* base = static_cast<char*>(t.data_ptr());
@@ -210,6 +215,7 @@ void MpiCommunicator::broadcast(at::Tensor& t, int root) {
 }
 
 void MpiCommunicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) {
+  CollectiveWatchdog::Scope watch(watchdog(), "reduce_scatter_sum", static_cast<int64_t>(in.nbytes()));
   check_cpu_contiguous(in, "reduce_scatter");
   check_cpu_contiguous(out, "reduce_scatter");
   CONDENSE_CHECK(in.numel() == out.numel() * size_ && in.scalar_type() == out.scalar_type(),
@@ -222,6 +228,7 @@ void MpiCommunicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) 
 }
 
 void MpiCommunicator::all_to_all(const at::Tensor& in, at::Tensor& out) {
+  CollectiveWatchdog::Scope watch(watchdog(), "all_to_all", static_cast<int64_t>(in.nbytes()));
   check_cpu_contiguous(in, "all_to_all");
   check_cpu_contiguous(out, "all_to_all");
   CONDENSE_CHECK(in.numel() == out.numel() && in.numel() % size_ == 0 &&
@@ -236,6 +243,9 @@ void MpiCommunicator::all_to_all(const at::Tensor& in, at::Tensor& out) {
             "MPI_Alltoall");
 }
 
-void MpiCommunicator::barrier() { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+void MpiCommunicator::barrier() {
+  CollectiveWatchdog::Scope watch(watchdog(), "barrier", 0);
+  check_mpi(MPI_Barrier(comm_), "MPI_Barrier");
+}
 
 }  // namespace condense

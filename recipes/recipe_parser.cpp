@@ -125,7 +125,8 @@ SectionBinding comm_section(CommConfig& c) {
   return {"comm",
           {bind_string("backend", c.backend, {"auto", "mpi", "nccl", "self"}),
            bind_real("bucket_cap_mb", c.bucket_cap_mb, positive()),
-           bind_bool("overlap", c.overlap)}};
+           bind_bool("overlap", c.overlap),
+           bind_real("timeout_s", c.timeout_s, at_least(0))}};
 }
 
 SectionBinding compression_section(CompressionConfig& c) {

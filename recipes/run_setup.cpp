@@ -104,6 +104,9 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
     write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
   }
   spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), run.yaml);
+  // From here on a rank that stalls ends the job (before: the token store's preparation on
+  // rank 0, which may take longer than any collective should).
+  run.comm->arm_watchdog(cfg.comm.timeout_s, run.out_dir);
   return run;
 }
 

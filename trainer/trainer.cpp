@@ -7,6 +7,7 @@
 #include <array>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <set>
 #include <sstream>
 
@@ -352,6 +353,10 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   // by CONDENSE_TEST_FAIL_RANK throws at step CONDENSE_TEST_FAIL_STEP.
   const char* fail_rank = std::getenv("CONDENSE_TEST_FAIL_RANK");
   const char* fail_step = std::getenv("CONDENSE_TEST_FAIL_STEP");
+  // ... the rank named by CONDENSE_TEST_STALL_RANK stops itself (SIGSTOP) at the start of step
+  // CONDENSE_TEST_STALL_STEP (tests/python/test_watchdog.py) ...
+  const char* stall_rank = std::getenv("CONDENSE_TEST_STALL_RANK");
+  const char* stall_step = std::getenv("CONDENSE_TEST_STALL_STEP");
   const int my_rank = comm ? comm->rank() : 0;
   // ... and for the non-finite tests: the rank named by CONDENSE_TEST_NAN_RANK gets a NaN loss
   // (so NaN gradients) at each step listed in CONDENSE_TEST_NAN_STEPS (comma-separated).
@@ -368,6 +373,9 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     if (fail_rank && fail_step && std::atoi(fail_rank) == my_rank &&
         std::atoll(fail_step) == state.step + 1)
       fail("injected failure at step {} (CONDENSE_TEST_FAIL_RANK={})", state.step + 1, fail_rank);
+    if (stall_rank && stall_step && std::atoi(stall_rank) == my_rank &&
+        std::atoll(stall_step) == state.step + 1)
+      std::raise(SIGSTOP);  // until mpirun ends the job (the watchdog test)
     auto t0 = clock::now();
     double lr = schedule.at(state.step);
     // 1-bit / 0-1 Adam's momentum steps exchange the momentum inside optimizer.step() instead.

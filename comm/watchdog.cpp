@@ -1,0 +1,101 @@
+#include "comm/watchdog.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+namespace condense {
+namespace {
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+CollectiveWatchdog::CollectiveWatchdog(Settings s) : s_(std::move(s)) {
+  thread_ = std::thread([this] { run(); });
+}
+
+CollectiveWatchdog::~CollectiveWatchdog() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+CollectiveWatchdog::Scope::Scope(CollectiveWatchdog* w, const char* op, int64_t bytes) : w_(w) {
+  if (!w_ || w_->depth_.fetch_add(1) > 0) return;
+  w_->op_.store(op);
+  w_->bytes_.store(bytes);
+  w_->seq_.fetch_add(1);
+  w_->started_ns_.store(now_ns());
+}
+
+CollectiveWatchdog::Scope::~Scope() {
+  if (!w_) return;
+  if (w_->depth_.fetch_sub(1) == 1) w_->started_ns_.store(0);
+}
+
+void CollectiveWatchdog::run() {
+  // Checks ten times per timeout, at most once a second: a stall is noticed within 10% late.
+  const auto period = std::chrono::duration<double>(std::min(1.0, s_.timeout_s / 10));
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, period, [this] { return stop_; })) {
+    const int64_t started = started_ns_.load();
+    if (started == 0) continue;
+    const double age = (now_ns() - started) * 1e-9;
+    if (age > s_.timeout_s) expire(op_.load(), bytes_.load(), seq_.load(), age);
+  }
+}
+
+void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, double age_s) {
+  namespace fs = std::filesystem;
+  const std::string what = fmt::format("{} #{} ({} bytes)", op, seq, bytes);
+  const fs::path dir = fs::path(s_.report_dir) / "watchdog";
+  auto report = [&](int r) { return dir / fmt::format("{:016x}.rank{}", s_.job, r); };
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  {
+    // Written whole under a temporary name, then renamed: a reader sees all of it or nothing.
+    const fs::path tmp = report(s_.rank).string() + ".tmp";
+    std::ofstream(tmp) << fmt::format("rank {} waiting in {} for {:.1f} s\n", s_.rank, what, age_s);
+    fs::rename(tmp, report(s_.rank), ec);
+  }
+  // The other live ranks time out within about one check period of this one (all wait on the
+  // same collective); give them that and a margin to report.
+  const double grace = std::min(10.0, std::max(2.0, s_.timeout_s / 4));
+  std::vector<int> silent;
+  const int64_t deadline = now_ns() + static_cast<int64_t>(grace * 1e9);
+  while (true) {
+    silent.clear();
+    for (int r = 0; r < s_.world; ++r)
+      if (!fs::exists(report(r), ec)) silent.push_back(r);
+    if (silent.empty() || now_ns() > deadline) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::string who = silent.empty()
+      ? "every rank reports waiting in a collective (a mismatch in the collectives' order?)"
+      : fmt::format("rank(s) {} did not report within {:.0f} s: stopped, dead, or busy outside "
+                    "any collective (or their filesystem is not this one's)",
+                    fmt::join(silent, ", "), grace);
+  std::fprintf(stderr,
+               "[rank %d] error: collective %s has not finished after %.0f s (comm.timeout_s = "
+               "%g); %s; the live ranks' reports are in %s. Ending the job.\n",
+               s_.rank, what.c_str(), age_s, s_.timeout_s, who.c_str(), dir.string().c_str());
+  std::fflush(stderr);
+  // No MPI call (the collective's thread may be inside MPI): exiting without MPI_Finalize
+  // makes mpirun end the other ranks.
+  std::_Exit(1);
+}
+
+}  // namespace condense
