@@ -217,6 +217,7 @@ TEST(RecipeErrors, RangesNameKeyAndRange) {
   expect_parse_error("train:\n  nonfinite: ignore\n",
                      {"r.yaml:2: key 'train.nonfinite' must be one of: stop, skip; got 'ignore'"});
   expect_parse_error("train:\n  max_consecutive_skips: 0\n", {"'train.max_consecutive_skips' must be > 0"});
+  expect_parse_error("comm:\n  timeout_s: -1\n", {"r.yaml:2: key 'comm.timeout_s' must be >= 0"});
   expect_parse_error("checkpoint:\n  every: -1\n", {"r.yaml:2: key 'checkpoint.every' must be >= 0"});
   expect_parse_error("checkpoint:\n  keep: 0\n", {"'checkpoint.keep' must be >= 1"});
   expect_parse_error("data:\n  vocab_size: 100\n", {"r.yaml:2: key 'data.vocab_size' must be >= 256"});
@@ -407,7 +408,7 @@ TEST(RecipeCompression, Errors) {
   expect_parse_error("comm:\n  compression:\n    topk: 1\n",
                      {"unknown key 'comm.compression.topk'", "codec, ratio, k,"});
   expect_parse_error("comm:\n  compression: topk\n", {"r.yaml:2", "expects a mapping", "codec, ratio"});
-  expect_parse_error("comm:\n  bogus: 1\n", {"unknown key 'comm.bogus'", "overlap, compression"});
+  expect_parse_error("comm:\n  bogus: 1\n", {"unknown key 'comm.bogus'", "overlap, timeout_s, compression"});
   expect_parse_error("", {"unknown key 'comm.compression.zip'", "codec, ratio"}, {"comm.compression.zip=1"});
   expect_parse_error("", {"'comm.compression' is a section", "codec, ratio"}, {"comm.compression=topk"});
   expect_parse_error("", {"unknown key 'comm.bogus.x'", "valid keys in 'comm'"}, {"comm.bogus.x=1"});
