@@ -49,11 +49,14 @@ void write_file_atomically(const std::string& path,
 
 void write_text_atomically(const std::string& path, const std::string& text) {
   write_file_atomically(path, [&](const std::string& tmp) {
+    errno = 0;
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    CONDENSE_CHECK(out.good(), "cannot write {}", tmp);
+    CONDENSE_CHECK(out.good(), "cannot write {}: {}", tmp,
+                   errno ? std::strerror(errno) : "cannot create the file");
     out << text;
     out.close();
-    CONDENSE_CHECK(out.good(), "error writing {}", tmp);
+    CONDENSE_CHECK(out.good(), "error writing {}: {}", tmp,
+                   errno ? std::strerror(errno) : "write failed");
   });
 }
 

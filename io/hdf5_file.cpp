@@ -3,6 +3,8 @@
 #include <hdf5.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 
@@ -15,8 +17,19 @@ namespace {
 
 void silence_hdf5() {
   static std::once_flag once;
-  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+  std::call_once(once, [] {
+    // No library shutdown at exit: when a write fails (disk full), H5Fclose fails too and
+    // leaves the file open, and closing it again at exit crashed (HDF5 1.10, a segfault in
+    // H5F__close_cb after the error was printed). Every file is closed by its H5File, and a
+    // file whose close failed is already refused and removed (io/atomic_file.h).
+    H5dont_atexit();
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  });
 }
+
+// ": <the OS's reason>" when the last failed call set errno (HDF5 keeps the POSIX error of its
+// file driver there: "No space left on device", "Read-only file system"), else "".
+std::string os_reason(int err) { return err != 0 ? fmt::format(": {}", std::strerror(err)) : ""; }
 
 // RAII for an hid_t with its matching close function.
 class Handle {
@@ -72,8 +85,9 @@ H5File H5File::open_read(const std::string& path) {
 
 H5File H5File::create(const std::string& path) {
   silence_hdf5();
+  errno = 0;
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  CONDENSE_CHECK(id >= 0, "{}: cannot create HDF5 file", path);
+  CONDENSE_CHECK(id >= 0, "{}: cannot create HDF5 file{}", path, os_reason(errno));
   return H5File(path, id);
 }
 
@@ -93,10 +107,12 @@ H5File::~H5File() {
 
 void H5File::close() {
   if (id_ < 0) return;
+  errno = 0;
   herr_t f = H5Fflush(id_, H5F_SCOPE_GLOBAL);
+  const int err = errno;
   herr_t c = H5Fclose(id_);
   id_ = -1;
-  CONDENSE_CHECK(f >= 0 && c >= 0, "{}: error flushing/closing HDF5 file", path_);
+  CONDENSE_CHECK(f >= 0 && c >= 0, "{}: error flushing/closing HDF5 file{}", path_, os_reason(err));
 }
 
 bool H5File::has(const std::string& name) const {
@@ -155,13 +171,15 @@ void H5File::write_tensor(const std::string& name, const at::Tensor& tensor) {
                H5Sclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.get(), 1);
+  errno = 0;
   Handle ds(H5Dcreate2(id_, name.c_str(), mem_type, space.get(), lcpl.get(), H5P_DEFAULT,
                        H5P_DEFAULT),
             H5Dclose);
-  CONDENSE_CHECK(ds.ok(), "{}: cannot create dataset '{}'", path_, name);
+  CONDENSE_CHECK(ds.ok(), "{}: cannot create dataset '{}'{}", path_, name, os_reason(errno));
   if (t.numel() > 0) {
+    errno = 0;
     herr_t rc = H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.data_ptr());
-    CONDENSE_CHECK(rc >= 0, "{}: cannot write dataset '{}'", path_, name);
+    CONDENSE_CHECK(rc >= 0, "{}: cannot write dataset '{}'{}", path_, name, os_reason(errno));
   }
   if (const char* tag = tagged_dtype(t.scalar_type())) set_attr(name, "dtype", std::string(tag));
 }

@@ -45,6 +45,21 @@ void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Op
                       const TrainingState& st, const std::string& recipe_yaml,
                       const std::string& tokenizer_bytes,
                       const std::map<std::string, at::Tensor>& extra) {
+  // Refuse before writing anything when the filesystem cannot hold the file: HDF5 running out
+  // of space halfway leaves a file it cannot close (io/hdf5_file.cpp).
+  int64_t bytes = 64 * 1024 + static_cast<int64_t>(recipe_yaml.size() + tokenizer_bytes.size());
+  for (const auto& p : model->named_parameters()) bytes += p.value().nbytes();
+  if (optimizer)
+    for (const auto& [key, t] : optimizer->state()) bytes += t.nbytes();
+  for (const auto& [name, t] : extra) bytes += t.nbytes();
+  const fs::path dir = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : fs::path(".");
+  std::error_code ec;
+  const fs::space_info space = fs::space(dir, ec);
+  CONDENSE_CHECK(ec || static_cast<int64_t>(space.available) >= bytes,
+                 "cannot write checkpoint {}: it needs about {:.1f} MB and {} has {:.1f} MB free; "
+                 "free space, lower checkpoint.keep or point checkpoint.dir elsewhere (nothing was "
+                 "written; the previous checkpoints are intact)",
+                 path, bytes / 1e6, dir.string(), space.available / 1e6);
   write_file_atomically(path, [&](const std::string& tmp) {
     H5File f = H5File::create(tmp);
     for (const auto& p : model->named_parameters()) f.write_tensor(p.key(), p.value());
