@@ -99,10 +99,8 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   if (!cfg.init.empty() && !run.resume)
     store.check_tokenizer(sha256_hex(Checkpoint::open(cfg.init).tokenizer_bytes()), cfg.init);
 
-  if (run.rank == 0) {
-    fs::create_directories(run.out_dir);
-    write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
-  }
+  // recipe.yaml is written by train_run once the trainer has restored the checkpoint: a
+  // refused resume (a corrupt checkpoint) must leave the run directory as it was.
   spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), run.yaml);
   // From here on a rank that stalls ends the job (before: the token store's preparation on
   // rank 0, which may take longer than any collective should).
@@ -129,6 +127,11 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
                      run.comm.get(),
                      GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression},
                      run.device, cfg.memory.meter, cfg.comm.sync};
+  setup.before_writing = [&run] {
+    if (run.rank != 0) return;
+    fs::create_directories(run.out_dir);
+    write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
+  };
   if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())
     spdlog::warn("comm.compression (codec {}, error control {}) has no effect in a single process: "
                  "gradients are not exchanged; launch with mpirun -np N", cfg.comm.compression.codec,

@@ -147,6 +147,21 @@ TrainingState Checkpoint::state() const {
   return s;
 }
 
+void Checkpoint::check_like(const at::Tensor& t, const at::Tensor& like, const std::string& name,
+                            const char* who) const {
+  CONDENSE_CHECK(t.sizes() == like.sizes(), "{}: tensor '{}' has shape {}, {} expects {}",
+                 file_.path(), name, shape_str(t.sizes()), who, shape_str(like.sizes()));
+  CONDENSE_CHECK(t.scalar_type() == like.scalar_type(), "{}: tensor '{}' has dtype {}, {} expects {}",
+                 file_.path(), name, c10::toString(t.scalar_type()), who,
+                 c10::toString(like.scalar_type()));
+  if (at::isFloatingType(t.scalar_type())) {
+    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    CONDENSE_CHECK(bad == 0, "{}: tensor '{}' holds {} non-finite values (NaN or inf) of {}; the "
+                   "file is corrupt or was written by a diverged run", file_.path(), name, bad,
+                   t.numel());
+  }
+}
+
 void Checkpoint::load_model(LlamaForCausalLM& model) const {
   at::NoGradGuard no_grad;
   std::set<std::string> expected;
@@ -155,8 +170,7 @@ void Checkpoint::load_model(LlamaForCausalLM& model) const {
     expected.insert(name);
     CONDENSE_CHECK(file_.has(name), "{}: missing tensor '{}'", file_.path(), name);
     at::Tensor t = file_.read_tensor(name);
-    CONDENSE_CHECK(t.sizes() == p.value().sizes(), "{}: tensor '{}' has shape {}, the model expects {}",
-                   file_.path(), name, shape_str(t.sizes()), shape_str(p.value().sizes()));
+    check_like(t, p.value(), name, "the model");
     p.value().copy_(t);
   }
   for (const std::string& name : file_.datasets())
@@ -171,7 +185,9 @@ void Checkpoint::load_optimizer(Optimizer& optimizer) const {
     CONDENSE_CHECK(file_.has("optimizer/" + key),
                    "{}: missing optimizer state '{}' (was the checkpoint written with another "
                    "train.optimizer?)", file_.path(), key);
-    state[key] = file_.read_tensor("optimizer/" + key);
+    at::Tensor t = file_.read_tensor("optimizer/" + key);
+    check_like(t, entry.second, "optimizer/" + key, "the optimizer");
+    state[key] = t;
   }
   optimizer.load_state(state);
 }

@@ -58,8 +58,9 @@ class Checkpoint {
   std::string recipe_yaml() const;
   std::string tokenizer_bytes() const;
   TrainingState state() const;
-  // Copies weights into `model`; every parameter must be present with its shape and no
-  // unknown model tensor may be left over.
+  // Copies weights into `model`; every parameter must be present with its shape and dtype and
+  // finite values, and no unknown model tensor may be left over. load_optimizer checks the
+  // optimizer's entries the same way. Errors name the file and the dataset.
   void load_model(LlamaForCausalLM& model) const;
   void load_optimizer(Optimizer& optimizer) const;
   // Restores this process's CPU generator: rank r's saved state when the checkpoint has one
@@ -69,6 +70,9 @@ class Checkpoint {
 
  private:
   explicit Checkpoint(H5File f) : file_(std::move(f)) {}
+  // t (read as `name`) must have like's shape and dtype and, if floating, only finite values.
+  void check_like(const at::Tensor& t, const at::Tensor& like, const std::string& name,
+                  const char* who) const;
   H5File file_;
 };
 

@@ -318,6 +318,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
                    "\"Compressed communication\"). ef, or train.optimizer=sgd, is the safer pairing",
                    ec);
   }
+  if (setup_.before_writing) setup_.before_writing();
   MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
   std::optional<Progress> progress;
   if (rank0) progress.emplace(tc.steps, state.step, tc.log_every);
