@@ -3,6 +3,10 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -41,6 +45,23 @@ std::vector<std::pair<int64_t, std::string>> list_checkpoints(const std::string&
 CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
     : dir_(std::move(dir)), keep_(keep) {}
 
+void CheckpointManager::remove_stale_temporaries() const {
+  // A process killed while writing leaves .step_NNNNNN.h5.tmp.<pid> (io/atomic_file.h). One
+  // writer per directory (rank 0 of one job), so any such file not this process's is stale.
+  static const std::regex pattern("\\.step_[0-9]+\\.h5\\.tmp\\.([0-9]+)");
+  const std::string mine = std::to_string(::getpid());
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!std::regex_match(name, m, pattern) || m[1] == mine) continue;
+    fs::remove(e.path(), ec);
+    if (ec) spdlog::warn("could not remove {} (left by an interrupted checkpoint): {}",
+                         e.path().string(), ec.message());
+    else spdlog::info("removed {}, left by an interrupted checkpoint", e.path().string());
+  }
+}
+
 void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Optimizer* optimizer,
                       const TrainingState& st, const std::string& recipe_yaml,
                       const std::string& tokenizer_bytes,
@@ -63,6 +84,10 @@ void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Op
   write_file_atomically(path, [&](const std::string& tmp) {
     H5File f = H5File::create(tmp);
     for (const auto& p : model->named_parameters()) f.write_tensor(p.key(), p.value());
+    // Fault injection for tests/python/test_kill_resume.py: killed halfway through the file of
+    // step CONDENSE_TEST_KILL_IN_CHECKPOINT (the temporary file stays behind, as after a crash).
+    if (const char* kill_at = std::getenv("CONDENSE_TEST_KILL_IN_CHECKPOINT"))
+      if (std::atoll(kill_at) == st.step) std::raise(SIGKILL);
     if (optimizer)
       for (const auto& [key, t] : optimizer->state()) f.write_tensor("optimizer/" + key, t);
     at::Tensor rng;
@@ -90,6 +115,7 @@ std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* op
                                     const std::string& tokenizer_bytes,
                                     const std::map<std::string, at::Tensor>& extra) {
   fs::create_directories(dir_);
+  remove_stale_temporaries();
   std::string name = fmt::format("step_{:06d}.h5", st.step);
   std::string path = (fs::path(dir_) / name).string();
   write_checkpoint(path, model, optimizer, st, recipe_yaml, tokenizer_bytes, extra);

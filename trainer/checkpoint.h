@@ -37,7 +37,8 @@ class CheckpointManager {
  public:
   CheckpointManager(std::string dir, int64_t keep);
   // Writes step_<N>.h5 atomically, updates `latest`, prunes old ones; returns the path.
-  // `extra` tensors are written under their names as given (e.g. per-rank RNG states).
+  // `extra` tensors are written under their names as given (e.g. per-rank RNG states). First
+  // removes temporary files that a killed writer left in the directory.
   std::string save(LlamaForCausalLM& model, const Optimizer* optimizer, const TrainingState& state,
                    const std::string& recipe_yaml, const std::string& tokenizer_bytes,
                    const std::map<std::string, at::Tensor>& extra = {});
@@ -46,6 +47,7 @@ class CheckpointManager {
   const std::string& dir() const { return dir_; }
 
  private:
+  void remove_stale_temporaries() const;
   std::string dir_;
   int64_t keep_;
 };
