@@ -122,7 +122,9 @@ TEST(Collectives, SameTextCheck) {
     check_same_on_all_ranks(c, text, "the resolved recipe");
     FAIL() << "mismatch not detected on rank " << c.rank();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(std::to_string(c.size() - 1)), std::string::npos);
+    // The exact phrase: a bare digit would also match inside the hashes in the message.
+    const std::string expected = "rank(s) " + std::to_string(c.size() - 1) + " disagree with rank 0";
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
   }
 }
 
@@ -185,6 +187,16 @@ TEST(GradientSync, AccumulationExchangesOnlyOnTheLastMicroStep) {
   g.div_(c.size());
   EXPECT_TRUE(at::allclose(model->model->norm->weight.grad(), g, 1e-5, 1e-6));
   EXPECT_FALSE(at::allclose(local, g, 1e-5, 1e-6));
+  // After the first micro-step each rank holds its own gradient of a, not the mean over ranks
+  // (an exchange there would leave the final mean above unchanged).
+  LlamaForCausalLM only_a(tiny());
+  copy_weights(only_a, model);
+  lm_loss(only_a, a).backward();
+  at::Tensor own = only_a->model->norm->weight.grad().clone(), mean_a = own.clone();
+  c.all_reduce_sum(mean_a);
+  mean_a.div_(c.size());
+  EXPECT_TRUE(at::allclose(local, own, 1e-6, 1e-7));
+  EXPECT_FALSE(at::allclose(local, mean_a, 1e-5, 1e-6));
 }
 
 TEST(GradientSync, AGradReplacedDuringBackwardIsStillExchanged) {
