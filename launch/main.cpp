@@ -38,9 +38,9 @@ namespace {
 // different recipes can be compared on the same held-out tokens.
 // kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
-int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t seq_len,
-             int64_t batch_size, const std::string& kv_cache, int64_t kv_rank, double kv_budget,
-             int64_t kv_window) {
+int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t skip,
+             int64_t seq_len, int64_t batch_size, const std::string& kv_cache, int64_t kv_rank,
+             double kv_budget, int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -62,9 +62,15 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   set_kv_budget(model, kv_budget, ckpt, path, dataset);
   set_kv_window(model, kv_window, path);
   model->eval();
-  auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size, batches, 0, 1);
+  CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
+  auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size,
+                                batches > 0 ? skip + batches : 0, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
                  cfg.data.seq_len);
+  CONDENSE_CHECK(skip < static_cast<int64_t>(val.size()), "--skip-batches {}: the validation split "
+                 "of {} has only {} batches of {} x {} tokens", skip, dataset, val.size(),
+                 cfg.data.batch_size, cfg.data.seq_len);
+  val.erase(val.begin(), val.begin() + skip);
   at::NoGradGuard no_grad;
   double total = 0, kv_bytes = 0;
   for (const Batch& b : val) {
@@ -227,6 +233,10 @@ int run(int argc, char** argv) {
   eval->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
   eval->add_option("--data", dataset, "token store (default: the checkpoint recipe's)");
   eval->add_option("--batches", eval_batches, "validation batches (<= 0: all)")->default_val(16);
+  int64_t eval_skip = 0;
+  eval->add_option("--skip-batches", eval_skip, "start after this many validation batches (e.g. "
+                   "past the windows a training run validated on, for text nothing was chosen "
+                   "by)")->default_val(0);
   int64_t eval_seq = 0, eval_batch = 0;
   eval->add_option("--seq-len", eval_seq, "window length (0: the checkpoint recipe's)")->default_val(0);
   eval->add_option("--batch-size", eval_batch, "windows per batch (0: the recipe's)")->default_val(0);
@@ -312,8 +322,8 @@ int run(int argc, char** argv) {
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (int rc = run_context_command(context_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_seq, eval_batch, kv_cache, kv_rank,
-                                      kv_budget, kv_window);
+  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_skip, eval_seq, eval_batch,
+                                      kv_cache, kv_rank, kv_budget, kv_window);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));

@@ -84,6 +84,12 @@ def test_train_metrics_eval_generate_info(small_store, tmp_path):
     assert ev2["tokens"] == 3 * 2 * 16 and ev2["val_loss"] > 0
     p = run("eval", out, "--seq-len", 65, check=False)
     assert p.returncode != 0 and "max_position_embeddings" in p.stderr
+    # --skip-batches: batch 1 alone, and the mean of batches 0 and 1 (the loss is their mean).
+    first = json.loads(run("eval", out, "--batches", 1).stdout)["val_loss"]
+    second = json.loads(run("eval", out, "--batches", 1, "--skip-batches", 1).stdout)["val_loss"]
+    assert second != first and abs((first + second) / 2 - ev["val_loss"]) < 2e-6, (first, second, ev)
+    p = run("eval", out, "--batches", 0, "--skip-batches", 100000, check=False)
+    assert p.returncode == 1 and "--skip-batches 100000: the validation split of" in p.stderr, p.stderr
     info = run("info", out).stdout
     assert "step         30 of 30" in info and "384 pieces" in info
     g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 12, "--threads", 1)
