@@ -34,6 +34,33 @@ def rate_key(rate: str) -> float:
     return float("inf")
 
 
+def projection_table(panels, step_s, curves, targets) -> str:
+    """Markdown: per (nodes, rate) and contender, the first validation step at or below the
+    target, x the median step time = projected time to target, and the ratio to ddp-powersgd
+    (a lower bound, marked >, where a curve never reaches the target)."""
+    lines = ["| nodes | rate | contender | median ms/step | first step at target | projected time, s | "
+             "ddp-powersgd / this |", "| ---: | --- | --- | ---: | --- | ---: | --- |"]
+    for n, rate in panels:
+        if n not in targets:
+            continue
+        rows = {}
+        for (cn, contender), curve in sorted(curves.items()):
+            s = step_s.get((n, rate, contender))
+            if cn != n or s is None:
+                continue
+            hit = next((step for step, loss in curve if loss <= targets[n]), None)
+            rows[contender] = (s, hit, (hit if hit is not None else curve[-1][0]) * s, hit is not None)
+        ref = rows.get("ddp-powersgd")
+        for contender, (s, hit, t, reached) in rows.items():
+            vs = "-"
+            if ref and contender != "ddp-powersgd" and reached:
+                vs = f"{'>' if not ref[3] else ''}{ref[2] / t:.2f}x"
+            where = f"step {hit}" if reached else "not reached"
+            lines.append(f"| {n} | {rate} | {contender} | {s * 1e3:.0f} | {where} | "
+                         f"{'' if reached else '> '}{t:.0f} | {vs} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--race", action="append", required=True, help="comm_wallclock --json-out file")
@@ -65,6 +92,7 @@ def main() -> int:
                     key=lambda p: (p[0], rate_key(p[1])))
     if not panels:
         sys.exit("no (nodes, rate) has both a measured step time (--race) and a --curve")
+    print(projection_table(panels, step_s, curves, targets))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
