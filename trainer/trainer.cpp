@@ -293,8 +293,12 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     // from the same seed or loaded the same checkpoint; this makes it a guarantee). Frozen
     // parameters were loaded from the same checkpoint and never change: not broadcast.
     at::NoGradGuard no_grad;
+    // Fault injection (tests/python/test_mpi_lifecycle.py): the rank named by
+    // CONDENSE_TEST_PERTURB_RANK starts from other weights, which the broadcast must overwrite.
+    const char* perturb = std::getenv("CONDENSE_TEST_PERTURB_RANK");
     for (auto& [name, p] : params) {
       at::Tensor t = p.detach();
+      if (perturb && std::atoi(perturb) == comm->rank()) t.add_(0.5);
       if (world > 1) comm->broadcast(t, 0);
     }
     if (diloco) {
