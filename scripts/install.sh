@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TORCH_VERSION="${CONDENSE_TORCH_VERSION:-2.11.0}"
 APT_PACKAGES=(build-essential cmake ninja-build ccache pkg-config zlib1g-dev
+  python3 python3-venv python3-dev ca-certificates  # the project virtualenv (minimal bookworm has none)
   libopenmpi-dev openmpi-bin libhdf5-dev libyaml-cpp-dev libsentencepiece-dev sentencepiece
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev googletest libgtest-dev
   libpcre2-dev  # byte-level BPE pre-tokenizer regexes (Unicode properties, lookahead)

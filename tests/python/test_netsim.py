@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 import signal
 import subprocess
 import time
@@ -200,7 +201,17 @@ def test_clear_errors(netns_ok):
     r = netsim("run", "--", "-np", 2, "true", check=False)
     assert r.returncode == 1 and "not up" in r.stderr
     if shutil.which("setpriv"):
-        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(NETSIM),
-                            "up", "2"], capture_output=True, text=True, env=ENV, timeout=30)
+        # A copy in a directory everyone can enter: the checkout may live where an unprivileged
+        # user cannot (root's home), which would fail with "Permission denied" instead.
+        public = pathlib.Path(tempfile.mkdtemp(prefix="condense-netsim-"))
+        try:
+            public.chmod(0o755)
+            script = public / "netsim.sh"
+            shutil.copy(NETSIM, script)
+            script.chmod(0o755)
+            r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(script),
+                                "up", "2"], capture_output=True, text=True, env=ENV, timeout=30)
+        finally:
+            shutil.rmtree(public)
         assert r.returncode == 1 and "must run as root" in r.stderr, r.stderr
     assert namespaces() == []
