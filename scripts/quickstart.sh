@@ -11,4 +11,12 @@ bash scripts/build.sh
 mpirun --allow-run-as-root --oversubscribe -np 2 --mca mpi_yield_when_idle 1 \
   --mca btl_vader_single_copy_mechanism none \
   ./build/condense train recipes/quickstart.yaml --resume train.threads=1 data.batch_size=4 "$@"
-./build/condense generate runs/quickstart --prompt "Apple, n." --max-new-tokens 40
+# What the trained model does: its held-out perplexity, then a few dictionary-style prompts.
+echo "== validation (held-out GCIDE entries)"
+./build/condense eval runs/quickstart --batches 32
+for prompt in "Apple, n." "Music, n." "Quickly, adv." "To run, v. i."; do
+  echo "== generate --prompt \"$prompt\""
+  ./build/condense generate runs/quickstart --prompt "$prompt" --max-new-tokens 48 \
+    --temperature 0.7 --top-p 0.9 --seed 1 --threads 2
+  echo
+done
