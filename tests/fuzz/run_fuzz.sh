@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets for the safetensors and GGUF readers with clang-14
+# Builds the libFuzzer targets for the safetensors and GGUF readers and the byte-level BPE
+# tokenizer (its serialized form in checkpoints and token stores, and tokenizer.json) with clang-14
 # (-fsanitize=fuzzer,address,undefined; libFuzzer comes from Debian's libclang-rt-14-dev) and
 # runs each for a bounded time on its seed corpus. Exit status is non-zero if a build fails, a
 # target exits non-zero or leaves a crash/leak/oom/timeout reproducer (in OUT_DIR), or runs
 # fewer than CONDENSE_FUZZ_MIN_UNITS inputs (default 1000).
-# usage: tests/fuzz/run_fuzz.sh SECONDS OUT_DIR [SEED_DIR]   (SEED_DIR/{safetensors,gguf}/)
+# usage: tests/fuzz/run_fuzz.sh SECONDS OUT_DIR [SEED_DIR]   (SEED_DIR/<target>/: seed inputs)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SECONDS_EACH="${1:-30}"
@@ -13,14 +14,26 @@ SEEDS="${3:-}"
 CXX="${CONDENSE_FUZZ_CXX:-clang++-14}"
 MIN_UNITS="${CONDENSE_FUZZ_MIN_UNITS:-1000}"  # executed inputs each target must reach
 mkdir -p "$OUT"
-declare -A SRC=([safetensors]="io/safetensors_header.cpp" [gguf]="io/gguf_reader.cpp")
-for name in safetensors gguf; do
+# Each target: the reader's sources (space-separated) and the libraries they need.
+TEXT="text/bpe_tokenizer.cpp text/bpe_vocabulary.cpp text/pretokenizer.cpp text/byte_unicode.cpp text/utf8.cpp core/hash.cpp"
+declare -A SRC=([safetensors]="io/safetensors_header.cpp" [gguf]="io/gguf_reader.cpp"
+                [bpe_vocab]="$TEXT" [tokenizer_json]="$TEXT text/bpe_tokenizer_json.cpp")
+declare -A LIBS=([safetensors]="-lfmt" [gguf]="-lfmt" [bpe_vocab]="-lfmt -lpcre2-8"
+                 [tokenizer_json]="-lfmt -lpcre2-8")
+TARGETS="${CONDENSE_FUZZ_TARGETS:-safetensors gguf bpe_vocab tokenizer_json}"
+for name in $TARGETS; do
   bin="$OUT/fuzz_$name"
+  srcs=()
+  for f in ${SRC[$name]}; do srcs+=("$ROOT/$f"); done
+  # shellcheck disable=SC2086
   "$CXX" -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$ROOT" "$ROOT/tests/fuzz/fuzz_$name.cpp" "$ROOT/${SRC[$name]}" -lfmt -o "$bin"
+    -I"$ROOT" "$ROOT/tests/fuzz/fuzz_$name.cpp" "${srcs[@]}" ${LIBS[$name]} -o "$bin"
   corpus="$OUT/corpus_$name"
   mkdir -p "$corpus"
-  if [[ -n "$SEEDS" && -d "$SEEDS/$name" ]]; then cp -n "$SEEDS/$name"/* "$corpus"/ 2>/dev/null || true; fi
+  # The seed corpora kept in the repo (tests/fuzz/seeds/<target>/), then the caller's.
+  for d in "$ROOT/tests/fuzz/seeds/$name" ${SEEDS:+"$SEEDS/$name"}; do
+    if [[ -d "$d" ]]; then cp -n "$d"/* "$corpus"/ 2>/dev/null || true; fi
+  done
   echo "[fuzz] $name for ${SECONDS_EACH}s"
   log="$OUT/fuzz_$name.log"
   set +e

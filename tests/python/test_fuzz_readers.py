@@ -1,6 +1,7 @@
-"""Runs the libFuzzer targets of the safetensors and GGUF readers (tests/fuzz) for a bounded time
-each (CONDENSE_FUZZ_SECONDS, default 30), seeded with valid files written by the reference
-writers (the safetensors package, condense's own GGUF writer via the gguf package's layout).
+"""Runs the libFuzzer targets of the safetensors and GGUF readers and of the byte-level BPE
+tokenizer (serialized and tokenizer.json; tests/fuzz) for a bounded time each
+(CONDENSE_FUZZ_SECONDS, default 30), seeded with valid files written by the reference writers
+(the safetensors package, the gguf package, the tokenizers package).
 Any crash, sanitizer report or non-condense exception fails the test."""
 import os
 import pathlib
@@ -10,6 +11,7 @@ import subprocess
 import numpy as np
 
 SOURCE = pathlib.Path(os.environ.get("CONDENSE_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
+BUILD = pathlib.Path(os.environ.get("CONDENSE_BUILD_DIR", SOURCE / "build"))
 
 
 def test_fuzz_readers(tmp_path):
@@ -32,6 +34,22 @@ def test_fuzz_readers(tmp_path):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    # The byte-level BPE tokenizer: a tokenizer.json trained by the `tokenizers` package, and
+    # condense's serialized form of it (what checkpoints and token stores carry).
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    (seeds / "tokenizer_json").mkdir()
+    (seeds / "bpe_vocab").mkdir()
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["Hello, world! The quick brown fox jumps over the lazy dog. 12345"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(seeds / "tokenizer_json" / "seed1"))
+    (tmp_path / "empty").write_bytes(b"")
+    subprocess.run([str(BUILD / "tests" / "bpe_tokenize"), "--json", str(seeds / "tokenizer_json" / "seed1"),
+                    "--save-serialized", str(seeds / "bpe_vocab" / "seed1"), str(tmp_path / "empty"),
+                    str(tmp_path / "empty.out")], check=True, capture_output=True)
     secs = os.environ.get("CONDENSE_FUZZ_SECONDS", "30")
     p = subprocess.run(["bash", str(SOURCE / "tests" / "fuzz" / "run_fuzz.sh"), secs,
                         str(tmp_path / "out"), str(seeds)], capture_output=True, text=True,
@@ -39,5 +57,5 @@ def test_fuzz_readers(tmp_path):
     print(p.stdout[-3000:], p.stderr[-3000:])
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "[fuzz] ok" in p.stdout
-    for name in ("safetensors", "gguf"):
+    for name in ("safetensors", "gguf", "bpe_vocab", "tokenizer_json"):
         assert f"[fuzz] {name}: " in p.stdout and " inputs, no crash" in p.stdout

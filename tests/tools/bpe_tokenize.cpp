@@ -1,7 +1,7 @@
 // Test helper for tests/python/test_bpe_tokenizer.py: encodes and decodes records with a
 // byte-level BPE tokenizer so Python can compare the ids with llama.cpp's and tokenizers'.
 //   bpe_tokenize (--json tokenizer.json | --fields fields.json) [--pre NAME] [--no-special]
-//                IN OUT
+//                [--save-serialized PATH] IN OUT
 // fields.json holds GGUF's tokenizer fields ({"tokens", "token_types", "merges", "pre",
 // "bos_id", "eos_id", "pad_id", "unk_id"}) and goes through BpeTokenizer::from_gguf_fields.
 // The tokenizer used is the one rebuilt from its own serialized bytes, so serialization is
@@ -53,7 +53,7 @@ BpeVocabulary fields_from_json(const std::string& path) {
 
 int main(int argc, char** argv) {
   try {
-    std::string json_path, fields_path, pre, in_path, out_path;
+    std::string json_path, fields_path, pre, in_path, out_path, save_serialized;
     bool special = true;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -63,6 +63,8 @@ int main(int argc, char** argv) {
         fields_path = argv[++i];
       } else if (a == "--pre" && i + 1 < argc) {
         pre = argv[++i];
+      } else if (a == "--save-serialized" && i + 1 < argc) {
+        save_serialized = argv[++i];
       } else if (a == "--no-special") {
         special = false;
       } else if (in_path.empty()) {
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
     }
     CONDENSE_CHECK(
         !out_path.empty() && (json_path.empty() != fields_path.empty()),
-        "usage: bpe_tokenize (--json F | --fields F) [--pre NAME] [--no-special] IN OUT");
+        "usage: bpe_tokenize (--json F | --fields F) [--pre NAME] [--no-special] "
+        "[--save-serialized PATH] IN OUT");
     BpeTokenizer built = json_path.empty() ? BpeTokenizer::from_gguf_fields(
                                                  fields_from_json(fields_path), fields_path)
                                            : BpeTokenizer::from_tokenizer_json(json_path);
@@ -84,6 +87,7 @@ int main(int argc, char** argv) {
     }
     const BpeTokenizer tok = BpeTokenizer::from_serialized(built.serialized(), "serialized");
     CONDENSE_CHECK(tok.serialized() == built.serialized(), "serialization does not round-trip");
+    if (!save_serialized.empty()) std::ofstream(save_serialized, std::ios::binary) << tok.serialized();
     std::cout << "vocab_size " << tok.vocab_size() << "\nsha256 " << tok.sha256() << "\npre "
               << tok.pretokenizer().name() << "\n";
 
