@@ -219,6 +219,13 @@ TEST(Recompute, FullCutsSavedActivationsAtLeast3x) {
               base / 1048576.0, selective / 1048576.0, attention / 1048576.0,
               recomputed / 1048576.0);
   EXPECT_GE(base, 3 * recomputed);
+  // every_k (every other layer here) holds less than nothing recomputed and more than full.
+  MemoryConfig every = chunked;
+  every.recompute = "every_k";
+  int64_t every_k = f.saved_bytes(every);
+  std::printf("every_k %.2f MB\n", every_k / 1048576.0);
+  EXPECT_LT(every_k, base * 4 / 5);
+  EXPECT_GT(every_k, recomputed);
   // Pointwise rebuild drops norm outputs, silu and the SwiGLU product, repeated K/V: more than a
   // third of every layer here, without recomputing a single matmul.
   EXPECT_LE(3 * selective, 2 * base);
@@ -259,6 +266,16 @@ TEST(Recompute, BudgetPicksLayersFromMeasuredSizes) {
   ASSERT_EQ(bytes.size(), 4u);
   for (int64_t b : bytes) EXPECT_GT(b, 0);
   for (bool r : policy.recompute()->recomputed_layers()) EXPECT_TRUE(r);
+  // Every layer recomputed: the gradients are still the plain ones, bit for bit.
+  auto plain = f.grads(MemoryConfig{});
+  f.reset_hooks();
+  f.model->zero_grad();
+  torch::manual_seed(42);
+  policy.loss(f.model, f.inputs, f.targets).backward();
+  std::vector<at::Tensor> all_recomputed;
+  for (auto& p : f.model->parameters()) all_recomputed.push_back(p.grad().clone());
+  expect_bitwise(all_recomputed, plain);
+  f.reset_hooks();
   // A budget that fits everything recomputes nothing; gradients stay bitwise equal.
   MemoryConfig roomy = cfg;
   roomy.budget_mb = 1e6;
@@ -307,6 +324,18 @@ TEST(CompressedActivations, GradientErrorWithinStatedBounds) {
   EXPECT_GT(e_bf16, 0);
   EXPECT_LT(e_bf16, 2e-2);
   EXPECT_LT(e_int8, 5e-2);
+  // And they are stored smaller: an implementation keeping fp32 would pass the bounds above.
+  install_counting_cpu_allocator();
+  MemoryConfig chunked;
+  chunked.loss = "chunked";
+  MemoryConfig bf16c = bf16, int8c = int8;
+  bf16c.loss = int8c.loss = "chunked";
+  const int64_t held = f.saved_bytes(chunked), held_bf16 = f.saved_bytes(bf16c),
+                held_int8 = f.saved_bytes(int8c);
+  std::printf("saved activations: fp32 %.2f MB, bf16 %.2f MB, int8 %.2f MB\n", held / 1048576.0,
+              held_bf16 / 1048576.0, held_int8 / 1048576.0);
+  EXPECT_LT(held_bf16, held * 7 / 10);
+  EXPECT_LT(held_int8, held_bf16 * 3 / 4);
   // The int8 codec itself: error at most half a step of each block's scale.
   at::Tensor x = at::randn({1000});
   Int8Blocks q = quantize_int8(x, 64);
@@ -332,6 +361,22 @@ TEST(ChunkedLoss, MatchesFullLossAndGradients) {
   at::Tensor filtered = chunked_cross_entropy(h, w, t, {64, 128, 1e-6, -100});
   auto gfl = torch::autograd::grad({filtered}, {h, w});
   EXPECT_LT((gfl[0] - gf[0]).abs().max().item<double>(), 1e-4);
+  EXPECT_LT((gfl[1] - gf[1]).abs().max().item<double>(), 1e-4);
+  // ... and it skips what is negligible: vocabulary rows 512..639 (one tile column) made
+  // unlikely for every token (a constant feature they weigh at -10) leave their weight
+  // gradient at exactly 0 when filtered, and tiny but nonzero when not.
+  at::Tensor h2 = h.detach().clone(), w2 = w.detach().clone();
+  h2.select(1, 0).fill_(5.0);
+  w2.narrow(0, 512, 128).select(1, 0).fill_(-10.0);
+  at::Tensor t2 = t.clone().masked_fill_((t >= 512) & (t < 640), 3);
+  h2.requires_grad_();
+  w2.requires_grad_();
+  auto g_all = torch::autograd::grad({chunked_cross_entropy(h2, w2, t2, {64, 128, 0, -100})}, {h2, w2});
+  auto g_cut = torch::autograd::grad({chunked_cross_entropy(h2, w2, t2, {64, 128, 1e-6, -100})}, {h2, w2});
+  EXPECT_GT(g_all[1].narrow(0, 512, 128).abs().max().item<double>(), 0.0);
+  EXPECT_EQ(g_cut[1].narrow(0, 512, 128).abs().max().item<double>(), 0.0);
+  EXPECT_LT((g_cut[1] - g_all[1]).abs().max().item<double>(), 1e-6);
+  EXPECT_LT((g_cut[0] - g_all[0]).abs().max().item<double>(), 1e-6);
 }
 
 TEST(ChunkedLoss, ModelLossEqualsFullLoss) {
@@ -370,6 +415,21 @@ TEST(WtaCrs, UnbiasedWeightGradientAndExactInputGradient) {
   at::Tensor z = (mean - exact).abs() / (stderr_ + 1e-6);
   EXPECT_LT(z.max().item<double>(), 5.0);
   EXPECT_LT(((mean - exact).norm() / exact.norm()).item<double>(), 0.05);
+  // The ratio is honoured: one draw at 0.3 is far from exact, at 0.9 much closer on average
+  // (an implementation ignoring the ratio gives the same error for both).
+  auto draw_error = [&](double ratio) {
+    double total = 0;
+    for (int i = 0; i < 200; ++i) {
+      w.mutable_grad() = at::Tensor();
+      wta_crs_linear(x, w, ratio).backward(dy);
+      total += ((w.grad() - exact).norm() / exact.norm()).item<double>();
+    }
+    return total / 200;
+  };
+  const double e03 = draw_error(0.3), e09 = draw_error(0.9);
+  std::printf("WTA-CRS mean relative error of one draw: ratio 0.3 %.3f, 0.9 %.3f\n", e03, e09);
+  EXPECT_GT(e03, 0.05);
+  EXPECT_LT(e09, e03 / 2);
 }
 
 TEST(MemoryMeter, CountsExactTensorBytesPerPhase) {
