@@ -83,6 +83,21 @@ def test_a_rank_that_throws_brings_the_job_down(small_store, tmp_path):
     assert "[rank 1] error: injected failure at step 3" in p.stderr, p.stderr
 
 
+def rank_pid(out, rank):
+    """The pid of the condense process of MPI rank `rank` whose command line names `out`."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"OMPI_COMM_WORLD_RANK={rank}".encode() in env and str(out).encode() in cmd:
+            return int(pid)
+    return None
+
+
 def test_a_killed_rank_brings_the_job_down(small_store, tmp_path):
     out = tmp_path / "k"
     proc = subprocess.Popen([*MPIRUN, "-np", "2", str(CONDENSE), "train", str(QUICKSTART),
@@ -92,17 +107,7 @@ def test_a_killed_rank_brings_the_job_down(small_store, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
         time.sleep(0.05)
-    victim = None
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            env = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"OMPI_COMM_WORLD_RANK=1" in env and str(out).encode() in cmd:
-            victim = int(pid)
+    victim = rank_pid(out, 1)
     assert victim, "rank 1 not found"
     killed_at = time.time()
     os.kill(victim, signal.SIGKILL)

@@ -1,10 +1,16 @@
-"""kill -9 during a checkpoint write under mpirun: the job ends within 30 s, `latest` still
-names the previous complete checkpoint, which loads, and --resume continues bit for bit as the
-uninterrupted run did, removing the half-written temporary file on its first checkpoint."""
+"""kill -9 under mpirun, during a checkpoint write and at a random moment of training (forward,
+backward, the exchange): the job ends within 30 s, `latest` names a complete checkpoint, which
+loads, and --resume continues bit for bit as the uninterrupted run did (removing a
+half-written temporary file on its first checkpoint)."""
+import os
+import random
+import signal
+import subprocess
 import time
 
+from conftest import CONDENSE
 from test_cli_e2e import QUICKSTART, read_metrics, tiny_overrides
-from test_data_parallel import mpirun
+from test_data_parallel import MPIRUN, mpirun, rank_pid
 
 
 def test_killed_while_writing_a_checkpoint(small_store, tmp_path):
@@ -31,3 +37,38 @@ def test_killed_while_writing_a_checkpoint(small_store, tmp_path):
     assert [key(r) for r in rows[-10:]] == [key(r) for r in read_metrics(ref)[5:]]
     assert sorted(q.name for q in ck.iterdir()) == [
         "latest", "step_000005.h5", "step_000010.h5", "step_000015.h5"]
+
+
+def test_killed_at_a_random_moment(small_store, tmp_path):
+    overrides = {"checkpoint.every": 4, "checkpoint.keep": 100, "train.eval_every": 0,
+                 "train.log_every": 1}
+    steps = 40
+    ref = tmp_path / "ref"
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **overrides), timeout=120)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*MPIRUN, "-np", "2", str(CONDENSE), "train", str(QUICKSTART),
+                             *tiny_overrides(small_store, out, steps, **overrides)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 6):
+        time.sleep(0.005)
+    time.sleep(random.uniform(0, 0.05))  # somewhere inside a step
+    victim = rank_pid(out, random.choice([0, 1]))
+    assert victim, "rank not found"
+    killed_at = time.time()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert time.time() - killed_at < 30
+    assert proc.returncode != 0
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(latest[len("step_"):-len(".h5")])
+    assert step >= 4 and step % 4 == 0
+    subprocess.run([str(CONDENSE), "info", str(out / "checkpoints" / latest)], check=True,
+                   capture_output=True)
+
+    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, steps, **overrides), "--resume",
+           timeout=120)
+    key = lambda r: (r["step"], r["loss"], r["grad_norm"], r["comm_bytes"])
+    assert [key(r) for r in read_metrics(out)[-(steps - step):]] == [key(r) for r in read_metrics(ref)[step:]]
