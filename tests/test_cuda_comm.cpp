@@ -36,7 +36,9 @@ Communicator& self() { return test::self_communicator(); }
   if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes())
     return ::testing::AssertionFailure() << "dtype/shape " << x.scalar_type() << x.sizes() << " vs "
                                          << y.scalar_type() << y.sizes();
-  if (std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0) return ::testing::AssertionSuccess();
+  // (Empty tensors may have no storage: memcmp must not see their null pointers; UBSan.)
+  if (x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0)
+    return ::testing::AssertionSuccess();
   auto f = ::testing::AssertionFailure() << "contents differ";
   if (x.is_floating_point())
     f << ": " << x.ne(y).sum().item<int64_t>() << " of " << x.numel() << " elements, max |diff| "
