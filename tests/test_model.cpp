@@ -155,6 +155,14 @@ TEST(Generate, GreedyMatchesArgmaxAndSamplingIsSeeded) {
   s.top_p = 0.9;
   s.seed = 42;
   EXPECT_EQ(generate(m, prompt, s).tokens, generate(m, prompt, s).tokens);
+  // ... and the seed matters: of several other seeds, at least one samples another sequence.
+  bool differs = false;
+  for (int64_t seed = 43; seed < 48 && !differs; ++seed) {
+    SamplingOptions other = s;
+    other.seed = seed;
+    differs = generate(m, prompt, other).tokens != generate(m, prompt, s).tokens;
+  }
+  EXPECT_TRUE(differs);
 }
 
 TEST(Generate, TopKAndTopPFilters) {

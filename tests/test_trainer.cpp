@@ -207,6 +207,10 @@ TEST(Checkpoint, SaveLoadPruneAndLatest) {
   fs::resize_file(dir / "broken.h5", 1000);
   EXPECT_THROW(Checkpoint::open((dir / "broken.h5").string()), Error);
   EXPECT_THROW(Checkpoint::open((dir / "missing.h5").string()), Error);
+  // ... the previous one really is untouched: it still opens and loads the same model.
+  EXPECT_EQ(Checkpoint::open(*mgr.latest()).state().step, 30);
+  LlamaForCausalLM m4 = load_model(*mgr.latest());
+  EXPECT_TRUE(at::equal(m->forward(ids), m4->forward(ids)));
   fs::remove_all(dir);
 }
 

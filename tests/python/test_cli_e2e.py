@@ -151,7 +151,7 @@ def test_bf16_mixed_precision_tracks_fp32(small_store, tmp_path):
 
 def expect_error(args, *fragments, cwd=None):
     p = run(*args, check=False, cwd=cwd)
-    assert p.returncode != 0, p.stdout
+    assert p.returncode == 1, (p.returncode, p.stdout, p.stderr[-2000:])  # README: one line, exit 1
     for f in fragments:
         assert f in p.stderr, (f, p.stderr)
     assert p.stderr.count("error:") == 1, p.stderr
