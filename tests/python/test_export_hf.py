@@ -119,6 +119,12 @@ def test_sharded_export_and_bitwise_round_trip(trained, tmp_path):
     # ... and starts a training run (recipe `init`), which checks the tokenizer against the data.
     store = pathlib.Path(trained[1]).parent / "gcide-small.h5"
     train_tiny(store, tmp_path / "finetune", steps=3, init=back)
+    # ... from the imported weights: its first loss is well below a fresh model's on the same
+    # batch (an ignored `init` would start where the fresh run does).
+    train_tiny(store, tmp_path / "fresh", steps=3)
+    first = lambda d: json.loads((d / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert first(tmp_path / "finetune") < first(tmp_path / "fresh") - 0.3, \
+        (first(tmp_path / "finetune"), first(tmp_path / "fresh"))
 
 
 FIXTURE_SHAPES = {
