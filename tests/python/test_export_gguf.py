@@ -149,6 +149,11 @@ def test_gguf_package_reads_metadata_and_tensors(trained, exports, kind):
             assert np.array_equal(np.asarray(t.data).reshape(shape), want), name
         elif kind == "f16":
             assert np.array_equal(np.asarray(t.data).reshape(shape), want.astype(np.float16)), name
+        elif kind == "bf16":  # bit-identical to the gguf package's BF16 (round to nearest even)
+            ref = gguf.quants.quantize(np.ascontiguousarray(want, dtype=np.float32),
+                                       gguf.GGMLQuantizationType.BF16)
+            assert np.array_equal(np.asarray(t.data).reshape(-1).view(np.uint8),
+                                  ref.reshape(-1).view(np.uint8)), name
         elif kind == "q8_0":  # bit-identical to the gguf package's port of ggml's quantizer
             ref = gguf.quants.quantize(np.ascontiguousarray(want, dtype=np.float32),
                                        gguf.GGMLQuantizationType.Q8_0)
