@@ -83,6 +83,23 @@ def test_a_rank_that_throws_brings_the_job_down(small_store, tmp_path):
     assert "[rank 1] error: injected failure at step 3" in p.stderr, p.stderr
 
 
+def start_mpirun(np_, *args):
+    """mpirun in the background (stdout and stderr captured as text)."""
+    return subprocess.Popen([*MPIRUN, "-np", str(np_), str(CONDENSE), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_metrics(out, lines, timeout=120):
+    """Returns once out/metrics.jsonl holds `lines` lines (training is under way)."""
+    metrics = pathlib.Path(out) / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= lines:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{metrics}: fewer than {lines} lines after {timeout} s")
+
+
 def rank_pid(out, rank):
     """The pid of the condense process of MPI rank `rank` whose command line names `out`."""
     for pid in os.listdir("/proc"):
@@ -100,13 +117,8 @@ def rank_pid(out, rank):
 
 def test_a_killed_rank_brings_the_job_down(small_store, tmp_path):
     out = tmp_path / "k"
-    proc = subprocess.Popen([*MPIRUN, "-np", "2", str(CONDENSE), "train", str(QUICKSTART),
-                             *tiny_overrides(small_store, out, 100000)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
+    proc = start_mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, 100000))
+    wait_for_metrics(out, 3)
     victim = rank_pid(out, 1)
     assert victim, "rank 1 not found"
     killed_at = time.time()

@@ -10,7 +10,7 @@ import time
 
 from conftest import CONDENSE
 from test_cli_e2e import QUICKSTART, read_metrics, tiny_overrides
-from test_data_parallel import MPIRUN, mpirun, rank_pid
+from test_data_parallel import mpirun, rank_pid, start_mpirun, wait_for_metrics
 
 
 def test_killed_while_writing_a_checkpoint(small_store, tmp_path):
@@ -42,18 +42,13 @@ def test_killed_while_writing_a_checkpoint(small_store, tmp_path):
 def test_killed_at_a_random_moment(small_store, tmp_path):
     overrides = {"checkpoint.every": 4, "checkpoint.keep": 100, "train.eval_every": 0,
                  "train.log_every": 1}
-    steps = 40
+    steps = 300  # about 5 ms each here: the kill lands well before the end
     ref = tmp_path / "ref"
     mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, ref, steps, **overrides), timeout=120)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([*MPIRUN, "-np", "2", str(CONDENSE), "train", str(QUICKSTART),
-                             *tiny_overrides(small_store, out, steps, **overrides)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 6):
-        time.sleep(0.005)
+    proc = start_mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, steps, **overrides))
+    wait_for_metrics(out, 6)
     time.sleep(random.uniform(0, 0.05))  # somewhere inside a step
     victim = rank_pid(out, random.choice([0, 1]))
     assert victim, "rank not found"

@@ -8,7 +8,7 @@ import time
 
 from conftest import CONDENSE
 from test_cli_e2e import QUICKSTART, read_metrics, tiny_overrides
-from test_data_parallel import MPIRUN, mpirun
+from test_data_parallel import mpirun, start_mpirun, wait_for_metrics
 
 KEY = lambda r: (r["step"], r["loss"], r["grad_norm"])  # noqa: E731
 
@@ -35,16 +35,13 @@ def test_without_overlap_the_same_bits(small_store, tmp_path):
 
 
 def test_sigterm_to_mpirun_stops_with_a_checkpoint(small_store, tmp_path):
+    # Steps of several milliseconds (a larger batch), so that the signal arrives well before
+    # the run's end on an idle machine too.
     steps = 300
-    o = {"train.log_every": 1, "checkpoint.every": 1000}
+    o = {"train.log_every": 1, "checkpoint.every": 1000, "data.batch_size": 32, "data.seq_len": 64}
     out = tmp_path / "t"
-    proc = subprocess.Popen([*MPIRUN, "-np", "2", str(CONDENSE), "train", str(QUICKSTART),
-                             *tiny_overrides(small_store, out, steps, **o)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
-        time.sleep(0.01)
+    proc = start_mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, steps, **o))
+    wait_for_metrics(out, 5)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     # Open MPI's mpirun (4.1) exits 1 after forwarding a SIGTERM even when every rank stopped
@@ -71,10 +68,7 @@ def test_second_ctrl_c_exits_at_once(small_store, tmp_path):
     proc = subprocess.Popen([str(CONDENSE), "train", str(QUICKSTART),
                              *tiny_overrides(small_store, out, 100000, **big)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.01)
+    wait_for_metrics(out, 2)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)  # delivered separately (pending signals of one kind merge), well inside a step
     proc.send_signal(signal.SIGINT)
