@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,12 @@ def main() -> int:
 
     rows = []
     for run in map(Path, args.runs):
-        val = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()
-               if '"split":"val"' in l.replace(" ", "")]
+        records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        val = [r for r in records if r["split"] == "val"]
         p = subprocess.run([args.condense, "eval", str(run), "--batches", "0",
                             "--skip-batches", str(args.skip_batches)],
                            capture_output=True, text=True,
-                           env={"OMP_NUM_THREADS": str(args.threads), "PATH": "/usr/bin:/bin"})
+                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         if p.returncode != 0:
             sys.exit(f"{run}: condense eval failed:\n{p.stderr[-2000:]}")
         ev = json.loads(p.stdout)

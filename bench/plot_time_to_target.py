@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comm_wallclock import kept, median, read_curve  # noqa: E402
+from comm_wallclock import kept, median, projection_table, read_curve  # noqa: E402
 
 
 def rate_key(rate: str) -> float:
@@ -32,33 +32,6 @@ def rate_key(rate: str) -> float:
         if rate.endswith(u):
             return float(rate[: -len(u)]) * f
     return float("inf")
-
-
-def projection_table(panels, step_s, curves, targets) -> str:
-    """Markdown: per (nodes, rate) and contender, the first validation step at or below the
-    target, x the median step time = projected time to target, and the ratio to ddp-powersgd
-    (a lower bound, marked >, where a curve never reaches the target)."""
-    lines = ["| nodes | rate | contender | median ms/step | first step at target | projected time, s | "
-             "ddp-powersgd / this |", "| ---: | --- | --- | ---: | --- | ---: | --- |"]
-    for n, rate in panels:
-        if n not in targets:
-            continue
-        rows = {}
-        for (cn, contender), curve in sorted(curves.items()):
-            s = step_s.get((n, rate, contender))
-            if cn != n or s is None:
-                continue
-            hit = next((step for step, loss in curve if loss <= targets[n]), None)
-            rows[contender] = (s, hit, (hit if hit is not None else curve[-1][0]) * s, hit is not None)
-        ref = rows.get("ddp-powersgd")
-        for contender, (s, hit, t, reached) in rows.items():
-            vs = "-"
-            if ref and contender != "ddp-powersgd" and reached:
-                vs = f"{'>' if not ref[3] else ''}{ref[2] / t:.2f}x"
-            where = f"step {hit}" if reached else "not reached"
-            lines.append(f"| {n} | {rate} | {contender} | {s * 1e3:.0f} | {where} | "
-                         f"{'' if reached else '> '}{t:.0f} | {vs} |")
-    return "\n".join(lines)
 
 
 def main() -> int:
@@ -70,11 +43,10 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="PNG path")
     args = ap.parse_args()
 
+    runs = [r for path in args.race for r in json.loads(Path(path).read_text())["runs"] if r.get("ok")]
     step_s = {}  # (nodes, rate, contender) -> median step seconds
-    for path in args.race:
-        for r in json.loads(Path(path).read_text())["runs"]:
-            if r.get("ok"):
-                step_s.setdefault((r["ranks"], r["rate"], r["contender"]), []).extend(kept(r))
+    for r in runs:
+        step_s.setdefault((r["ranks"], r["rate"], r["contender"]), []).extend(kept(r))
     step_s = {k: median(v) for k, v in step_s.items()}
     curves = {}
     for c in args.curve:
@@ -92,7 +64,12 @@ def main() -> int:
                     key=lambda p: (p[0], rate_key(p[1])))
     if not panels:
         sys.exit("no (nodes, rate) has both a measured step time (--race) and a --curve")
-    print(projection_table(panels, step_s, curves, targets))
+    # The table: comm_wallclock's own projection, once per node count (each has its target).
+    for n in sorted({n for n, _ in panels} & set(targets)):
+        table_args = argparse.Namespace(
+            contenders=sorted({c for (cn, c) in curves if cn == n}), curves=curves,
+            target_loss=targets[n], target_rtol=1e-4)
+        print(projection_table(table_args, runs, [p for p in panels if p[0] == n])[0], end="\n\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
