@@ -49,8 +49,6 @@ class CollectiveWatchdog {
     CollectiveWatchdog* w_;
   };
 
-  const Settings& settings() const { return s_; }
-
  private:
   void run();
   [[noreturn]] void expire(const char* op, int64_t bytes, int64_t seq, double age_s);
