@@ -33,9 +33,12 @@ double document_draw(int64_t seed, int64_t index) {
 
 // Encodes documents [0, n) as <s> ids </s>, in parallel over contiguous chunks.
 std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
-                                                   const std::vector<std::string>& docs) {
+                                                   const std::vector<std::string>& docs,
+                                                   int requested_threads) {
   std::vector<std::vector<int32_t>> out(docs.size());
-  size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
+  size_t threads = requested_threads > 0
+                       ? static_cast<size_t>(requested_threads)
+                       : std::clamp<size_t>(std::thread::hardware_concurrency(), 1, 16);
   threads = std::min(threads, std::max<size_t>(1, docs.size() / 64));
   std::atomic<int64_t> done{0};
   auto start = Clock::now();
@@ -74,6 +77,19 @@ std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
   return out;
 }
 
+// SHA-256 of the documents, each followed by a NUL (so ["ab"] and ["a", "b"] differ).
+std::string corpus_hash(const std::vector<std::string>& docs) {
+  std::string all;
+  size_t total = 0;
+  for (const std::string& d : docs) total += d.size() + 1;
+  all.reserve(total);
+  for (const std::string& d : docs) {
+    all += d;
+    all.push_back('\0');
+  }
+  return sha256_hex(all);
+}
+
 struct Split {
   at::Tensor ids;          // int32
   at::Tensor doc_offsets;  // int64
@@ -110,6 +126,7 @@ void prepare_token_store(const PrepareOptions& o) {
                  "prepare: val_fraction {} must be in [0, 1)", o.val_fraction);
   std::vector<std::string> docs = read_corpus(o.corpus);
   const int64_t n = static_cast<int64_t>(docs.size());
+  const std::string corpus_sha256 = corpus_hash(docs);
 
   std::vector<int64_t> train, val;
   int64_t best = -1;  // the lowest draw: the validation document if none falls below
@@ -138,7 +155,7 @@ void prepare_token_store(const PrepareOptions& o) {
                  tok->bos_id(), tok->eos_id());
 
   auto start = Clock::now();
-  std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs);
+  std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs, o.threads);
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   Split train_split = concatenate(encoded, train);
   Split val_split = concatenate(encoded, val);
@@ -159,6 +176,7 @@ void prepare_token_store(const PrepareOptions& o) {
     f.set_attr("", "tokenizer_sha256", tok->sha256());
     f.set_attr("", "vocab_size", tok->vocab_size());
     f.set_attr("", "corpus", o.corpus.kind);
+    f.set_attr("", "corpus_sha256", corpus_sha256);
     f.set_attr("", "num_documents", n);
     f.set_attr("", "num_train_documents", static_cast<int64_t>(train.size()));
     f.set_attr("", "num_val_documents", static_cast<int64_t>(val.size()));
@@ -166,7 +184,8 @@ void prepare_token_store(const PrepareOptions& o) {
     f.set_attr("", "val_fraction", o.val_fraction);
     f.close();
   });
-  spdlog::info("token store: wrote {}", o.out_path);
+  spdlog::info("token store: wrote {} (corpus sha256 {}, tokenizer sha256 {})", o.out_path,
+               corpus_sha256.substr(0, 16), tok->sha256().substr(0, 16));
 }
 
 TokenStore TokenStore::open(const std::string& path) {

@@ -5,8 +5,13 @@
 //   train/ids, val/ids                int32, documents concatenated, each as <s> ids </s>
 //   train/doc_offsets, val/doc_offsets int64, start of each document plus the final end
 //   tokenizer                         uint8, the serialized sentencepiece model
-//   root attributes: format, tokenizer_sha256, vocab_size, corpus, num_documents, seed,
-//                    val_fraction, num_train_documents, num_val_documents
+//   root attributes: format, tokenizer_sha256, vocab_size, corpus, corpus_sha256,
+//                    num_documents, seed, val_fraction, num_train_documents, num_val_documents
+//
+// Reproducible: the same corpus text (corpus_sha256: the documents, each followed by a NUL),
+// options and tokenizer give the same file bit for bit on any machine: no time stamps inside
+// (io/hdf5_file.cpp), no dependence on the core count. What differs between machines is the
+// corpus itself (a different dict-gcide or fortunes package version): compare corpus_sha256.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -27,12 +32,15 @@ struct PrepareOptions {
   double val_fraction = 0.02;  // in [0, 1): share of documents held out, by document
   int64_t seed = 1234;         // split and tokenizer sampling
   std::string out_path;        // the .h5 to write (atomically)
+  int threads = 0;             // encoding threads; 0: the machine's cores (at most 16). The
+                               // output does not depend on it (documents are encoded
+                               // independently and concatenated in corpus order).
 };
 
 // Reads the corpus, trains or loads the tokenizer, splits documents into train/val (document
 // i is in val iff a hash of (seed, i) falls below val_fraction; at least one val document when
 // val_fraction > 0), encodes them on all cores and writes the store atomically. Deterministic:
-// the same options give identical ids. Throws if either split would be empty of documents
+// the same options and corpus give the same file bit for bit. Throws if either split would be empty of documents
 // (train always; val when val_fraction > 0).
 void prepare_token_store(const PrepareOptions& options);
 

@@ -38,6 +38,7 @@ class Handle {
   ~Handle() { if (id_ >= 0) close_(id_); }
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
  private:
@@ -46,6 +47,28 @@ class Handle {
 };
 
 std::string display(const std::string& name) { return name.empty() ? "/" : name; }
+
+// Object-creation properties without modification times: HDF5 stamps every dataset and group
+// header with its creation time by default, so two writes of the same tensors differed in a few
+// bytes. Without the stamps, the same content gives the same file bit for bit (token stores and
+// checkpoints can be compared with cmp and hashed).
+Handle untimed(hid_t property_class) {
+  Handle plist(H5Pcreate(property_class), H5Pclose);
+  H5Pset_obj_track_times(plist.get(), 0);
+  return plist;
+}
+
+// Creates the missing groups above `name` ("a/b/c" -> "a", "a/b") without time stamps (the
+// link property "create intermediate groups" would make them with the default, timed ones).
+void create_parent_groups(hid_t file, const std::string& name) {
+  for (size_t slash = name.find('/', 1); slash != std::string::npos;
+       slash = name.find('/', slash + 1)) {
+    std::string group = name.substr(0, slash);
+    if (H5Lexists(file, group.c_str(), H5P_DEFAULT) > 0) continue;
+    Handle gcpl = untimed(H5P_GROUP_CREATE);
+    Handle g(H5Gcreate2(file, group.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), H5Gclose);
+  }
+}
 
 hid_t native_type(at::ScalarType t) {
   switch (t) {
@@ -169,10 +192,10 @@ void H5File::write_tensor(const std::string& name, const at::Tensor& tensor) {
   Handle space(dims.empty() ? H5Screate(H5S_SCALAR)
                             : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
                H5Sclose);
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.get(), 1);
   errno = 0;
-  Handle ds(H5Dcreate2(id_, name.c_str(), mem_type, space.get(), lcpl.get(), H5P_DEFAULT,
+  create_parent_groups(id_, name);
+  Handle dcpl = untimed(H5P_DATASET_CREATE);
+  Handle ds(H5Dcreate2(id_, name.c_str(), mem_type, space.get(), H5P_DEFAULT, dcpl.get(),
                        H5P_DEFAULT),
             H5Dclose);
   CONDENSE_CHECK(ds.ok(), "{}: cannot create dataset '{}'{}", path_, name, os_reason(errno));
@@ -251,9 +274,9 @@ void H5File::write_string(const std::string& name, const std::string& value) {
   H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
   H5Tset_cset(type.get(), H5T_CSET_UTF8);
   Handle space(H5Screate(H5S_SCALAR), H5Sclose);
-  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
-  H5Pset_create_intermediate_group(lcpl.get(), 1);
-  Handle ds(H5Dcreate2(id_, name.c_str(), type.get(), space.get(), lcpl.get(), H5P_DEFAULT,
+  create_parent_groups(id_, name);
+  Handle dcpl = untimed(H5P_DATASET_CREATE);
+  Handle ds(H5Dcreate2(id_, name.c_str(), type.get(), space.get(), H5P_DEFAULT, dcpl.get(),
                        H5P_DEFAULT),
             H5Dclose);
   CONDENSE_CHECK(ds.ok(), "{}: cannot create string dataset '{}'", path_, name);

@@ -224,6 +224,8 @@ int run(int argc, char** argv) {
   prep->add_option("--val-fraction", po.val_fraction, "documents held out")->default_val(0.02);
   prep->add_option("--seed", po.seed, "split and sampling seed")->default_val(1234);
   prep->add_option("--out", po.out_path, "output .h5")->required();
+  prep->add_option("--threads", po.threads, "encoding threads (0: all cores, at most 16); the "
+                   "store is the same bit for bit whatever the count")->default_val(0);
   std::string save_tokenizer;
   prep->add_option("--save-tokenizer", save_tokenizer, "also write the tokenizer .model here");
 
@@ -314,6 +316,13 @@ int run(int argc, char** argv) {
     return run_recipe(cfg, run_opts);
   }
   if (prep->parsed()) {
+    // Checked before the corpus is read (prepare_token_store checks val_fraction itself).
+    CONDENSE_CHECK(po.corpus.max_documents >= 0, "--max-documents {}: must be >= 0 (0: all)",
+                   po.corpus.max_documents);
+    CONDENSE_CHECK(po.threads >= 0, "--threads {}: must be >= 0 (0: all cores)", po.threads);
+    CONDENSE_CHECK(!po.tokenizer_path.empty() || po.vocab_size >= 260,
+                   "--vocab-size {}: must be at least 260 (256 byte pieces + <unk> <s> </s>)",
+                   po.vocab_size);
     prepare_token_store(po);
     if (!save_tokenizer.empty()) TokenStore::open(po.out_path).tokenizer().save(save_tokenizer);
     spdlog::info("wrote {}", po.out_path);

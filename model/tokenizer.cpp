@@ -109,7 +109,7 @@ Tokenizer Tokenizer::train(const std::vector<std::string>& documents,
       {"input_sentence_size", "0"},
       {"shuffle_input_sentence", "false"},
       {"train_extremely_large_corpus", "false"},
-      {"num_threads", "2"},
+      {"num_threads", std::to_string(options.threads)},
       {"minloglevel", "2"},
   };
   LineIterator it(lines);

@@ -26,6 +26,10 @@ struct TokenizerTrainOptions {
   int64_t vocab_size = 4096;
   int64_t max_sentences = 300000;  // lines used for training (a deterministic sample past this)
   int64_t seed = 1234;             // picks the sample when there are more lines than that
+  // sentencepiece's worker threads. Its BPE trainer's result depends on this number (each count
+  // is repeatable), so it is pinned, never taken from the machine's core count: every machine
+  // trains the same vocabulary (tests/test_data.cpp, TrainingIsRepeatableAtEachThreadCount).
+  int threads = 2;
 };
 
 class Tokenizer {

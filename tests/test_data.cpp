@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -151,6 +153,25 @@ TEST(Tokenizer, TrainingIsDeterministicAndSerializes) {
   for (int id = 0; id < a.vocab_size(); id += 37) EXPECT_EQ(d.score(id), a.score(id));
 }
 
+// sentencepiece's BPE trainer gives different vocabularies for different thread counts (the
+// Debian bookworm library: 1, 2 and 4 threads give three different models), each repeatable.
+// So the thread count is pinned (TokenizerTrainOptions::threads, never the machine's core
+// count), and no scheduling race reaches the result: repeated runs agree at 1 and 4 threads.
+TEST(Tokenizer, TrainingIsRepeatableAtEachThreadCount) {
+  std::string by_threads[2];
+  int k = 0;
+  for (int threads : {1, 4}) {
+    TokenizerTrainOptions o{400, 3000, 1};
+    o.threads = threads;
+    by_threads[k] = Tokenizer::train(fortunes(), o).serialized();
+    EXPECT_EQ(Tokenizer::train(fortunes(), o).serialized(), by_threads[k]) << threads;
+    ++k;
+  }
+  EXPECT_NE(by_threads[0], by_threads[1]) << "sentencepiece no longer depends on its thread "
+                                             "count: the pin in TokenizerTrainOptions can go";
+  EXPECT_EQ(TokenizerTrainOptions{}.threads, 2);  // what every token store so far was built with
+}
+
 TEST(Tokenizer, BadFilesNameThePath) {
   TempDir dir;
   std::string missing = dir.file("missing.model");
@@ -287,6 +308,32 @@ TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
   EXPECT_EQ(f.attr_int("", "seed"), 5);
   EXPECT_EQ(f.attr_int("", "vocab_size"), 500);
   EXPECT_DOUBLE_EQ(f.attr_double("", "val_fraction"), 0.1);
+}
+
+// Two builds give the same file bit for bit (no HDF5 time stamps, no dependence on the number
+// of encoding threads), and the file records a hash of the corpus text it came from.
+TEST(TokenStore, SameFileBitForBitWhateverTheThreads) {
+  TempDir dir;
+  PrepareOptions o;
+  o.corpus = {"fortunes", "", 300};
+  o.vocab_size = 400;
+  o.val_fraction = 0.1;
+  o.threads = 1;
+  o.out_path = dir.file("one.h5");
+  prepare_token_store(o);
+  // HDF5's time stamps have one-second resolution: a second apart, a stamped file would differ.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  o.threads = 4;  // 300 documents: 4 chunks of 75
+  o.out_path = dir.file("four.h5");
+  prepare_token_store(o);
+  std::string one = read_text_file(dir.file("one.h5")), four = read_text_file(dir.file("four.h5"));
+  EXPECT_GT(one.size(), 1000u);
+  EXPECT_TRUE(one == four) << "token stores differ in bytes (sizes " << one.size() << ", "
+                           << four.size() << ")";
+  std::string joined;
+  for (int i = 0; i < 300; ++i) joined += fortunes()[i] + std::string(1, '\0');
+  EXPECT_EQ(H5File::open_read(dir.file("one.h5")).attr_string("", "corpus_sha256"),
+            sha256_hex(joined));
 }
 
 TEST(TokenStore, TrainsATokenizerAndKeepsOneValDocument) {

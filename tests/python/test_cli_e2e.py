@@ -208,6 +208,19 @@ def test_generate_option_ranges(tmp_path, condense_bin, option, value, needle):
     expect_error(["generate", tmp_path / "any.h5", "--prompt", "a", option, value], needle)
 
 
+@pytest.mark.parametrize("option,value,needle", [
+    ("--max-documents", "-5", "--max-documents -5: must be >= 0"),
+    ("--threads", "-1", "--threads -1: must be >= 0"),
+    ("--vocab-size", "10", "--vocab-size 10: must be at least 260"),
+    ("--val-fraction", "2", "val_fraction 2 must be in [0, 1)"),
+])
+def test_prepare_option_ranges(tmp_path, condense_bin, option, value, needle):
+    out = tmp_path / "store.h5"
+    args = {"--corpus": "fortunes", "--max-documents": "50", "--out": out, option: value}
+    expect_error(["prepare", *[x for kv in args.items() for x in kv]], needle)
+    assert not out.exists()
+
+
 def test_corrupt_checkpoint_and_existing_run_leave_disk_untouched(small_store, tmp_path):
     out = tmp_path / "run"
     run("train", QUICKSTART, *tiny_overrides(small_store, out, 10))
