@@ -18,6 +18,7 @@
 #include "recipes/recipe_parser.h"
 #include "recipes/run_setup.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 #include "trainer/lm_loss.h"
 #include "trainer/trainer.h"
 
@@ -72,7 +73,8 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   spdlog::info("model: {:.2f}M parameters, {} layers, hidden {}, heads {}/{} (q/kv), vocab {}; "
                "{} threads, {}, {}", cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, cfg.model.num_attention_heads, cfg.model.kv_heads(),
-               cfg.model.vocab_size, run.threads, run.device.str(), cfg.train.precision);
+               cfg.model.vocab_size, run.threads, device_description(run.device),
+               cfg.train.precision);
 
   // memory: recomputation / offload / compressed activations around the forward, and the loss
   // (full logits or chunked); with the defaults this is exactly causal_lm_loss.

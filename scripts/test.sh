@@ -4,7 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/install.sh
+bash scripts/install.sh --tests
 bash scripts/build.sh
 cd build
 # A skipped Python test fails the run (tests/python/conftest.py): every test must run here.

@@ -1,5 +1,6 @@
 #include "trainer/device.h"
 
+#include <ATen/Version.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/cuda.h>
@@ -66,6 +67,11 @@ void set_cuda_rng_state(c10::Device device, const at::Tensor& state) {
   at::Generator g = at::detail::getCUDAHooks().getDefaultGenerator(device.index());
   std::lock_guard<std::mutex> lock(g.mutex());
   g.set_state(state);
+}
+
+std::string device_description(c10::Device device) {
+  if (!device.is_cpu()) return device.str();
+  return "cpu (" + at::get_cpu_capability() + " kernels)";
 }
 
 }  // namespace condense

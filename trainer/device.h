@@ -27,6 +27,11 @@ void require_device(const std::string& spec);
 // "cpu" or "cuda": the device type in a train.device value (for comm.device).
 std::string device_type_name(const std::string& spec);
 
+// For logs: "cuda:0", or on the CPU which vector kernels ATen dispatches to ("cpu (AVX512
+// kernels)"). The kernels and the thread count change floating-point rounding, so two machines
+// train bitwise alike only with the same of both (README "Reproducibility").
+std::string device_description(c10::Device device);
+
 // Autocast for the duration of a forward + loss under train.precision (a no-op for fp32).
 // Restores the previous autocast settings on exit and drops autocast's weight-cast cache
 // when the outermost scope ends (as torch.autocast does), so each step casts the updated
