@@ -21,7 +21,7 @@
 namespace condense {
 
 // A compressor's trained tensors by checkpoint name, from wherever they are stored: a run's
-// checkpoint (HDF5) or an exported context_compressor.safetensors (launch/context_export.h).
+// checkpoint (HDF5) or an exported context_compressor.safetensors (formats/context_export.h).
 struct StoredTensors {
   std::string source;  // for errors: the file
   std::map<std::string, at::Tensor> tensors;

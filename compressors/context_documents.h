@@ -16,7 +16,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 

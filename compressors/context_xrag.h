@@ -23,7 +23,7 @@
 
 #include "compressors/context_compressor.h"
 #include "compressors/context_documents.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 

@@ -19,7 +19,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "data/corpus.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 

@@ -94,6 +94,19 @@ const char* tagged_dtype(at::ScalarType t) {
   }
 }
 
+// Refuses a read of `bytes` from dataset `ds` that its file cannot hold: a contiguous dataset
+// (what condense writes) stores exactly its raw bytes, so a dataspace or string type claiming
+// more than the file allocated for it is corruption, and allocating first would ask the OS for
+// whatever the bytes claim (found by tests/fuzz/fuzz_hdf5_readers.cpp: a flipped dimension
+// asked for 1.3 TB). Chunked or compressed layouts (not written by condense) are left to HDF5.
+void check_stored_size(hid_t ds, uint64_t bytes, const std::string& where) {
+  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
+  if (!dcpl.ok() || H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS) return;
+  const uint64_t stored = H5Dget_storage_size(ds);
+  CONDENSE_CHECK(bytes <= stored, "{}: claims {} bytes but the file stores {} for it (truncated "
+                 "or corrupt file?)", where, bytes, stored);
+}
+
 }  // namespace
 
 H5File H5File::open_read(const std::string& path) {
@@ -112,6 +125,24 @@ H5File H5File::create(const std::string& path) {
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   CONDENSE_CHECK(id >= 0, "{}: cannot create HDF5 file{}", path, os_reason(errno));
   return H5File(path, id);
+}
+
+H5File H5File::open_write(const std::string& path) {
+  silence_hdf5();
+  CONDENSE_CHECK(std::filesystem::exists(path), "{}: no such file", path);
+  errno = 0;
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  CONDENSE_CHECK(id >= 0, "{}: cannot open HDF5 file for writing{}", path, os_reason(errno));
+  return H5File(path, id);
+}
+
+void H5File::remove(const std::string& name) {
+  if (has(name)) H5Ldelete(id_, name.c_str(), H5P_DEFAULT);
+}
+
+void H5File::remove_attr(const std::string& object, const std::string& key) {
+  if (has_attr(object, key))
+    H5Adelete_by_name(id_, display(object).c_str(), key.c_str(), H5P_DEFAULT);
 }
 
 H5File::H5File(H5File&& o) noexcept : path_(std::move(o.path_)), id_(o.id_) { o.id_ = -1; }
@@ -246,6 +277,15 @@ at::Tensor H5File::read_slice(const std::string& name, int64_t offset, int64_t c
   Handle file_space(H5Dget_space(ds.get()), H5Sclose);
   at::Tensor out;
   if (count < 0) {
+    uint64_t numel = 1;
+    for (int64_t d : dims) {
+      CONDENSE_CHECK(d == 0 || numel <= UINT64_MAX / static_cast<uint64_t>(d),
+                     "{}: shape overflows (corrupt file?)", where);
+      numel *= static_cast<uint64_t>(d);
+    }
+    const uint64_t element = c10::elementSize(dtype);
+    CONDENSE_CHECK(numel <= UINT64_MAX / element, "{}: shape overflows (corrupt file?)", where);
+    check_stored_size(ds.get(), numel * element, where);
     out = at::empty(dims, at::TensorOptions().dtype(dtype));
     if (out.numel() == 0) return out;
     herr_t rc = H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data_ptr());
@@ -256,6 +296,7 @@ at::Tensor H5File::read_slice(const std::string& name, int64_t offset, int64_t c
   CONDENSE_CHECK(offset >= 0 && offset + count <= dims[0],
                  "{}: slice [{}, {}) out of range (length {})", where, offset, offset + count,
                  dims[0]);
+  check_stored_size(ds.get(), static_cast<uint64_t>(dims[0]) * c10::elementSize(dtype), where);
   out = at::empty({count}, at::TensorOptions().dtype(dtype));
   if (count == 0) return out;
   hsize_t start = offset, n = count;
@@ -291,6 +332,8 @@ std::string H5File::read_string(const std::string& name) const {
   Handle type(H5Dget_type(ds.get()), H5Tclose);
   CONDENSE_CHECK(H5Tget_class(type.get()) == H5T_STRING && !H5Tis_variable_str(type.get()),
                  "{}: '{}' is not a fixed-length string dataset", path_, name);
+  check_stored_size(ds.get(), H5Tget_size(type.get()),
+                    fmt::format("{}: string '{}'", path_, name));
   std::string out(H5Tget_size(type.get()), '\0');
   CONDENSE_CHECK(H5Dread(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0,
                  "{}: cannot read string '{}' (corrupt file?)", path_, name);

@@ -18,6 +18,7 @@ class H5File {
  public:
   static H5File open_read(const std::string& path);  // fails if missing or not HDF5
   static H5File create(const std::string& path);     // truncates an existing file
+  static H5File open_write(const std::string& path);  // an existing file, read-write
   H5File(H5File&& other) noexcept;
   H5File& operator=(H5File&& other) noexcept;
   H5File(const H5File&) = delete;
@@ -32,6 +33,7 @@ class H5File {
 
   // Tensors: CPU, any layout (made contiguous). dtypes: f32 f64 f16 bf16 i64 i32 i16 u8 bool.
   void write_tensor(const std::string& name, const at::Tensor& t);
+  void remove(const std::string& name);  // a dataset or group; nothing if absent
   at::Tensor read_tensor(const std::string& name) const;
   // Elements [offset, offset+count) of a 1-D dataset.
   at::Tensor read_slice(const std::string& name, int64_t offset, int64_t count) const;
@@ -49,6 +51,7 @@ class H5File {
   std::string attr_string(const std::string& object, const std::string& key) const;
   int64_t attr_int(const std::string& object, const std::string& key) const;
   double attr_double(const std::string& object, const std::string& key) const;
+  void remove_attr(const std::string& object, const std::string& key);  // nothing if absent
 
   // Flushes HDF5's buffers and closes the file; the handle is unusable afterwards.
   void close();

@@ -14,14 +14,14 @@
 //                 uncompressed: how well the frozen decoder copies at all); prefill tokens/s and KV bytes
 //                 with full versus compressed context, measured in the same run.
 //                 With --documents FILE (compressors/context_documents.h), also the task with an
-//                 answer (launch/context_task.h); an xRAG run is measured on that task only.
+//                 answer (compressors/context_task.h); an xRAG run is measured on that task only.
 //   compress      a text file -> CTX.h5: what the decoder reads in its place (context/embeds
 //                 [k, hidden]: ARC's vectors and <Cont>, CompLLM's concept embeddings) and
 //                 attributes naming the method, pooling factor, token count and the decoder
 //                 (SHA-256 of its token embedding), which generate / score --context-vectors
 //                 check against the model they run. xRAG reads a document's embedding instead:
 //                 --embeddings FILE.h5 --document I. With --compressor DIR (an export,
-//                 launch/context_export.h) the checkpoint is the decoder it belongs to.
+//                 formats/context_export.h) the checkpoint is the decoder it belongs to.
 // A long context is split as the method does (ARC: chunks of context.chunk_len; CompLLM:
 // segments of context.segment_len), each compressed independently.
 #pragma once
@@ -32,23 +32,9 @@
 #include <ATen/core/Tensor.h>
 
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
-
-// What the decoder reads before the text, [k, hidden].
-struct CompressedContext {
-  at::Tensor embeds;    // undefined: no context
-  int64_t tokens = 0;   // the context's length in tokens
-};
-
-// --context FILE (compressed now by the encoder in `checkpoint_path`) or --context-vectors
-// CTX.h5 (written by `condense compress`; its decoder must be `decoder`, else an error naming
-// both); both empty: no context. Throws when both are given, or when the checkpoint holds no
-// context compressor.
-CompressedContext context_for(const std::string& checkpoint_path, LlamaForCausalLM& decoder,
-                              const Tokenizer& tok, const std::string& text_file,
-                              const std::string& vectors_file);
 
 struct ContextArgs {
   CLI::App* eval = nullptr;

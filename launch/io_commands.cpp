@@ -6,10 +6,10 @@
 #include <iostream>
 
 #include "core/error.h"
-#include "launch/context_export.h"
-#include "launch/gguf_llama.h"
-#include "launch/hf_export.h"
-#include "launch/hf_import.h"
+#include "formats/context_export.h"
+#include "formats/gguf_llama.h"
+#include "formats/hf_export.h"
+#include "formats/hf_import.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 

@@ -8,7 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "launch/score.h"
+#include "formats/score.h"
 
 namespace condense {
 

@@ -11,11 +11,14 @@
 #include <thread>
 
 #include "comm/mpi_runtime.h"
+#include "compressors/masks.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/token_store.h"
+#include "formats/compressed_context.h"
+#include "formats/inference_model.h"
 #include "launch/context_commands.h"
 #include "launch/io_commands.h"
 #include "launch/prune_command.h"
@@ -24,8 +27,6 @@
 #include "recipes/pretrain.h"
 #include "recipes/recipe.h"
 #include "recipes/recipe_parser.h"
-#include "compressors/masks.h"
-#include "launch/inference_model.h"
 #include "text/bpe_tokenizer.h"
 #include "text/chat_format.h"
 #include "trainer/checkpoint.h"

@@ -20,7 +20,7 @@
 #include "data/token_store.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
-#include "launch/inference_model.h"
+#include "formats/inference_model.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {

@@ -5,12 +5,14 @@
 #include "recipes/recipe_parser.h"
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -483,25 +485,81 @@ class RecipeBinder {
   std::map<std::string, std::string> origins_;  // dotted key -> where it was last set
 };
 
+// Where each YAML document starts, and where its content starts, read with yaml-cpp's event
+// parser. Reason: yaml-cpp 0.7's LoadAll never returns on some invalid input (a lone ",": every
+// call parses an empty document at the same position), allocating until memory runs out
+// (found by tests/fuzz/fuzz_recipe.cpp). Reading events instead, a document that starts where
+// the previous one did is caught, and reading stops at the second document.
+class DocumentMarks : public YAML::EventHandler {
+ public:
+  struct Document {
+    YAML::Mark start, content;
+    bool has_content = false;
+  };
+  std::vector<Document> documents;
+
+  void OnDocumentStart(const YAML::Mark& m) override { documents.push_back({m, m, false}); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& m, YAML::anchor_t) override { content(m); }
+  void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { content(m); }
+  void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                const std::string&) override { content(m); }
+  void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override { content(m); }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override { content(m); }
+  void OnMapEnd() override {}
+
+ private:
+  void content(const YAML::Mark& m) {
+    if (!documents.empty() && !documents.back().has_content) {
+      documents.back().content = m;
+      documents.back().has_content = true;
+    }
+  }
+};
+
+// The recipe's one YAML document (none for a text without any). Throws YAML::Exception for
+// invalid YAML, and fails naming the source for a second document or a parser that makes no
+// progress.
+std::optional<YAML::Node> load_one_document(const std::string& yaml_text,
+                                            const std::string& source_name) {
+  std::istringstream in(yaml_text);
+  YAML::Parser parser(in);
+  DocumentMarks marks;
+  while (marks.documents.size() < 2 && parser.HandleNextDocument(marks)) {
+  }
+  const auto& docs = marks.documents;
+  if (docs.size() > 1) {
+    const YAML::Mark& second = docs[1].content;
+    if (docs[1].start.pos <= docs[0].start.pos) {
+      fail("{}:{}:{}: invalid YAML: '{}' cannot start a value", source_name, second.line + 1,
+           second.column + 1,
+           second.pos >= 0 && static_cast<size_t>(second.pos) < yaml_text.size()
+               ? yaml_text.substr(second.pos, 1) : std::string());
+    }
+    fail("{}: a recipe is one YAML document, found more than one", at(source_name, second));
+  }
+  if (docs.empty()) return std::nullopt;
+  return YAML::Load(yaml_text);
+}
+
 }  // namespace
 
 RunConfig parse_recipe(const std::string& yaml_text, const std::string& source_name,
                        const std::vector<std::string>& overrides) {
   RunConfig config;
   RecipeBinder binder(config);
-  std::vector<YAML::Node> docs;
+  std::optional<YAML::Node> doc;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    doc = load_one_document(yaml_text, source_name);
   } catch (const YAML::Exception& e) {
     if (e.mark.is_null()) fail("{}: invalid YAML: {}", source_name, e.msg);
     fail("{}:{}:{}: invalid YAML: {}", source_name, e.mark.line + 1, e.mark.column + 1, e.msg);
   }
-  if (docs.size() > 1) {
-    fail("{}: a recipe is one YAML document, found {}", at(source_name, docs[1].Mark()),
-         docs.size());
-  }
   try {
-    if (!docs.empty()) binder.apply_document(docs[0], source_name);
+    if (doc) binder.apply_document(*doc, source_name);
     for (const auto& o : overrides) binder.apply_override(o);
   } catch (const YAML::Exception& e) {  // not expected: node access on a well-formed tree
     fail("{}: {}", source_name, e.what());

@@ -117,9 +117,9 @@ run_timed "$LOG" "bash scripts/quickstart.sh train.steps=$STEPS" || rc=$?
 at() { { grep -m1 -E "$1" "$LOG" || true; } | awk '{print $1}' | tr -d s; }
 t_build=$(at '\[quickstart [0-9:]+\] 2/4')
 t_train=$(at '\[quickstart [0-9:]+\] 3/4')
-t_step=$(at 'info step [0-9]+/')
+t_step=$(at 'info (\[rank [0-9]+\] )?step [0-9]+/')
 t_end=$(tail -n1 "$LOG" | awk '{print $1}' | tr -d s)
-first_step=$({ grep -m1 -oE 'info step [0-9]+/[0-9]+' "$LOG" || true; } | awk '{print $3}')
+first_step=$({ grep -m1 -oE 'step [0-9]+/[0-9]+ loss' "$LOG" || true; } | awk '{print $2}')
 {
   echo "fresh-machine quickstart ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$ROOT" rev-parse --short "$REF"), $(nproc) cores, CUDA toolkit bound: $CUDA)"
   echo "  install (apt + pip):        ${t_build:-?} s"

@@ -1,4 +1,4 @@
-// Tests for the tokenizer (model/tokenizer) and data/: corpus readers on the real Debian
+// Tests for the tokenizer (text/tokenizer) and data/: corpus readers on the real Debian
 // corpora, token store preparation and validation, and the sharded resumable batch loader.
 #include <ftw.h>
 #include <gtest/gtest.h>
@@ -23,7 +23,7 @@
 #include "data/token_store.h"
 #include "io/atomic_file.h"
 #include "io/hdf5_file.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 namespace fs = std::filesystem;

@@ -4,6 +4,7 @@
 // out-of-range offsets, unknown dtypes, byte counts that disagree with shapes, missing shards)
 // must be a condense::Error naming the file, never a crash.
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include <ATen/ATen.h>
 
@@ -14,6 +15,7 @@
 #include "core/error.h"
 #include "io/gguf_reader.h"
 #include "io/gguf_writer.h"
+#include "io/hdf5_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_shards.h"
 
@@ -249,6 +251,63 @@ TEST(Gguf, MalformedFilesAreClearErrors) {
   std::string misaligned = img;
   misaligned[tpos + 4] = 3;
   expect_error([&] { parse(misaligned); }, "alignment");
+  fs::remove_all(d);
+}
+
+// A dataset whose dataspace claims more bytes than the file stores for it (a flipped dimension in
+// a corrupt file; found by tests/fuzz/fuzz_hdf5_readers.cpp asking for 1.3 TB) is refused naming
+// it, before anything is allocated; the same for a string dataset whose type claims too much.
+TEST(Hdf5, DatasetsClaimingMoreThanTheFileStoresAreRefused) {
+  fs::path d = temp_dir("h5_claims");
+  const std::string path = (d / "claims.h5").string();
+  {
+    condense::H5File f = condense::H5File::create(path);
+    f.write_tensor("ok", at::arange(6, at::kFloat));
+    f.write_string("s", "hello");
+    f.close();
+  }
+  {
+    // Contiguous datasets allocated late and never written: the file stores 0 bytes for them.
+    hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    hsize_t dims[2] = {hsize_t{1} << 20, hsize_t{1} << 18};  // 2^38 floats: 1 TiB
+    hid_t space = H5Screate_simple(2, dims, nullptr);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_layout(dcpl, H5D_CONTIGUOUS);
+    H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_LATE);
+    hid_t ds = H5Dcreate2(file, "huge", H5T_NATIVE_FLOAT, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ASSERT_GE(ds, 0);
+    H5Dclose(ds);
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, size_t{1} << 30);  // 1 GiB (2^40 made HDF5 1.10 divide by zero)
+    hid_t scalar = H5Screate(H5S_SCALAR);
+    hid_t sds = H5Dcreate2(file, "long_string", str, scalar, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    ASSERT_GE(sds, 0);
+    H5Dclose(sds);
+    H5Sclose(scalar);
+    H5Tclose(str);
+    H5Pclose(dcpl);
+    H5Sclose(space);
+    H5Fclose(file);
+  }
+  condense::H5File f = condense::H5File::open_read(path);
+  EXPECT_TRUE(at::equal(f.read_tensor("ok"), at::arange(6, at::kFloat)));
+  EXPECT_EQ(f.read_string("s"), "hello");
+  auto message = [&](auto&& read) -> std::string {
+    try {
+      read();
+    } catch (const condense::Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  };
+  std::string m = message([&] { f.read_tensor("huge"); });
+  EXPECT_NE(m.find("dataset 'huge': claims 1099511627776 bytes but the file stores 0"),
+            std::string::npos) << m;
+  m = message([&] { f.read_slice("huge", 0, 4); });
+  EXPECT_NE(m.find("dataset 'huge'"), std::string::npos) << m;  // 2-D: no slice read
+  m = message([&] { f.read_string("long_string"); });
+  EXPECT_NE(m.find("string 'long_string': claims 1073741824 bytes"), std::string::npos) << m;
   fs::remove_all(d);
 }
 

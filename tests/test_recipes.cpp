@@ -189,6 +189,10 @@ TEST(RecipeErrors, MalformedYamlHasLineAndColumn) {
   msg = error_of([] { parse_recipe("name: a\n  b: c\n", "bad.yaml"); });
   EXPECT_NE(msg.find("bad.yaml:2:"), std::string::npos) << msg;
   expect_parse_error("name: a\n---\nname: b\n", {"r.yaml:3:", "one YAML document"});
+  // yaml-cpp's LoadAll never returned on this (an endless run of empty documents at one
+  // position, allocating until memory ran out; found by tests/fuzz/fuzz_recipe.cpp).
+  expect_parse_error(",", {"r.yaml:1:1: invalid YAML: ',' cannot start a value"});
+  expect_parse_error("name: a\n,\n", {"r.yaml:", "invalid YAML"});
 }
 
 TEST(RecipeErrors, DuplicateKeys) {

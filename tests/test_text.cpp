@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "text/bpe_tokenizer.h"
 #include "text/byte_unicode.h"
 #include "text/chat_format.h"

@@ -220,10 +220,22 @@ void Checkpoint::load_optimizer(Optimizer& optimizer) const {
 
 void Checkpoint::restore_rng(int rank) const {
   std::string per_rank = "rng/torch_cpu_rank" + std::to_string(rank);
-  at::Tensor rng = file_.read_tensor(file_.has(per_rank) ? per_rank : "rng/torch_cpu");
+  const std::string name = file_.has(per_rank) ? per_rank : "rng/torch_cpu";
+  at::Tensor rng = file_.read_tensor(name);
   auto gen = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(rng);
+  // LibTorch's own check throws a c10::Error that names neither the file nor the dataset.
+  const int64_t expected = gen.get_state().numel();
+  CONDENSE_CHECK(rng.scalar_type() == at::kByte && rng.dim() == 1 && rng.numel() == expected,
+                 "{}: dataset '{}' must be the CPU generator's state, {} uint8 bytes; got {} {} "
+                 "(corrupt file?)", file_.path(), name, expected, c10::toString(rng.scalar_type()),
+                 shape_str(rng.sizes()));
+  try {
+    gen.set_state(rng);
+  } catch (const c10::Error& e) {
+    fail("{}: dataset '{}' is not a valid CPU generator state: {}", file_.path(), name,
+         e.what_without_backtrace());
+  }
 }
 
 std::string resolve_checkpoint_path(const std::string& arg) {

@@ -43,6 +43,14 @@ def inf_moment(f):
     f[M][...] = a
 
 
+def float_rng(f):
+    for name in ("rng/torch_cpu_rank0", "rng/torch_cpu"):
+        if name in f:
+            a = f[name][()]
+            del f[name]
+            f[name] = a.astype(np.float32)
+
+
 CASES = {
     "shape": (reshape, True, f"tensor '{W}' has shape [64, 127], the model expects [64, 128]"),
     "dtype": (to_double, True, f"tensor '{W}' has dtype Double, the model expects Float"),
@@ -50,6 +58,9 @@ CASES = {
                                 "missing optimizer state 'model.embed_tokens.weight/exp_avg_sq'"),
     "nan weight": (nan_weight, True, f"tensor '{W}' holds 1 non-finite values (NaN or inf) of 8192"),
     "inf moment": (inf_moment, False, f"tensor '{M}' holds 1 non-finite values (NaN or inf) of 8192"),
+    # LibTorch's own check named neither file nor dataset (found by tests/fuzz/fuzz_hdf5_readers.cpp).
+    "rng state": (float_rng, False, "dataset 'rng/torch_cpu_rank0' must be the CPU generator's state, "
+                  "5056 uint8 bytes; got Float [5056]"),
 }
 
 

@@ -1,4 +1,4 @@
-#include "launch/inference_model.h"
+#include "formats/inference_model.h"
 
 #include <spdlog/spdlog.h>
 

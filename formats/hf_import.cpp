@@ -1,36 +1,22 @@
-#include "launch/hf_import.h"
+#include "formats/hf_import.h"
 
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <spdlog/spdlog.h>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/shape.h"
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
 namespace fs = std::filesystem;
-namespace {
-
-std::string read_binary(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  CONDENSE_CHECK(in.good(), "cannot read {}", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-}  // namespace
-
 HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_override) {
   CONDENSE_CHECK(fs::is_directory(dir), "{}: not a directory (expected a Hugging Face model "
                  "directory with config.json and *.safetensors)", dir);

@@ -1,4 +1,4 @@
-#include "launch/gguf_llama.h"
+#include "formats/gguf_llama.h"
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -15,9 +15,9 @@
 #include "io/gguf_reader.h"
 #include "io/gguf_writer.h"
 #include "core/base64.h"
-#include "model/tokenizer.h"
-#include "launch/hf_import.h"
-#include "launch/inference_model.h"
+#include "text/tokenizer.h"
+#include "formats/hf_import.h"
+#include "formats/inference_model.h"
 #include "recipes/recipe_parser.h"
 #include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"

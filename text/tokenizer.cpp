@@ -1,6 +1,6 @@
 // Tokenizer: sentencepiece training in memory (a SentenceIterator in, a serialized ModelProto
 // out, no temporary files) and thin, checked wrappers over SentencePieceProcessor.
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>

@@ -1,4 +1,4 @@
-#include "launch/hf_export.h"
+#include "formats/hf_export.h"
 
 #include <unistd.h>
 
@@ -11,8 +11,8 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_shards.h"
-#include "model/tokenizer.h"
-#include "launch/inference_model.h"
+#include "text/tokenizer.h"
+#include "formats/inference_model.h"
 #include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
 

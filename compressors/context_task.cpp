@@ -1,4 +1,4 @@
-#include "launch/context_task.h"
+#include "compressors/context_task.h"
 
 #include <ATen/ATen.h>
 

@@ -16,7 +16,7 @@
 #include <string>
 
 #include "model/llama.h"
-#include "model/tokenizer.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 

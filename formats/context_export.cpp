@@ -1,4 +1,4 @@
-#include "launch/context_export.h"
+#include "formats/context_export.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -9,7 +9,7 @@
 #include "core/hash.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
-#include "launch/inference_model.h"
+#include "formats/inference_model.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 

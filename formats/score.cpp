@@ -1,4 +1,4 @@
-#include "launch/score.h"
+#include "formats/score.h"
 
 #include <ATen/ATen.h>
 
@@ -11,10 +11,10 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
-#include "launch/context_commands.h"
-#include "launch/gguf_llama.h"
-#include "launch/hf_import.h"
-#include "launch/inference_model.h"
+#include "formats/compressed_context.h"
+#include "formats/gguf_llama.h"
+#include "formats/hf_import.h"
+#include "formats/inference_model.h"
 #include "model/generate.h"
 #include "model/kv_cache.h"
 #include "trainer/checkpoint.h"
