@@ -14,6 +14,6 @@ echo "[build $(date +%H:%M:%S)] configuring build/ (CMake)"
 # shellcheck disable=SC2086
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo ${CONDENSE_CMAKE_ARGS:-} >/dev/null
 echo "[build $(date +%H:%M:%S)] compiling ${*:-all targets} with ${CONDENSE_JOBS:-$(nproc)} jobs" \
-     "(a first build of condense takes about 5 minutes on 2 cores; ninja numbers the steps)"
+     "(a first build of condense took about 10 minutes on 2 cores; ninja numbers the steps)"
 ninja -C build -j"${CONDENSE_JOBS:-$(nproc)}" "$@"
 echo "[build $(date +%H:%M:%S)] ok"

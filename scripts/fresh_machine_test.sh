@@ -61,6 +61,7 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+trap "exit 130" INT TERM  # the EXIT trap then unmounts and removes the root
 
 echo "== debootstrap --variant=minbase bookworm $FRESH (not timed)"
 debootstrap --variant=minbase bookworm "$FRESH" http://deb.debian.org/debian >/dev/null

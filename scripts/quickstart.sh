@@ -9,9 +9,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 say() { echo "[quickstart $(date +%H:%M:%S)] $*"; }
-say "1/4 installing dependencies (scripts/install.sh; first time: about 5 minutes)"
+say "1/4 installing dependencies (scripts/install.sh; first time: a few minutes, mostly downloading torch)"
 bash scripts/install.sh
-say "2/4 building the condense binary (scripts/build.sh condense)"
+say "2/4 building the condense binary (scripts/build.sh condense; about 10 minutes the first time on 2 cores)"
 bash scripts/build.sh condense
 say "3/4 training recipes/quickstart.yaml on 2 ranks (the first run also tokenizes GCIDE, ~30 s)"
 mpirun --allow-run-as-root --oversubscribe -np 2 --mca mpi_yield_when_idle 1 \
