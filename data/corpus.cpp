@@ -223,6 +223,8 @@ std::vector<std::string> read_corpus(const CorpusSpec& spec) {
                  "unknown corpus kind '{}' (valid: gcide|fortunes|dir)", kind);
   std::string path = spec.path.empty() ? default_corpus_path(kind) : spec.path;
   CONDENSE_CHECK(!path.empty(), "corpus kind '{}' needs a path", kind);
+  CONDENSE_CHECK(spec.max_documents >= 0, "corpus: max_documents {} must be >= 0 (0: all)",
+                 spec.max_documents);
   auto start = std::chrono::steady_clock::now();
   std::vector<std::string> docs;
   if (kind == "gcide") {

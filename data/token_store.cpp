@@ -122,8 +122,15 @@ bool is_validation_document(int64_t seed, int64_t index, double val_fraction) {
 
 void prepare_token_store(const PrepareOptions& o) {
   CONDENSE_CHECK(!o.out_path.empty(), "prepare: out_path is empty");
+  // Option checks come before the corpus is read (a minute for GCIDE).
   CONDENSE_CHECK(o.val_fraction >= 0.0 && o.val_fraction < 1.0,
                  "prepare: val_fraction {} must be in [0, 1)", o.val_fraction);
+  CONDENSE_CHECK(o.threads >= 0, "prepare: threads {} must be >= 0 (0: all cores)", o.threads);
+  CONDENSE_CHECK(!o.tokenizer_path.empty() || o.vocab_size >= kMinTrainedVocabSize,
+                 "prepare: vocab_size {} must be at least {} (256 byte pieces + <unk> <s> </s>)",
+                 o.vocab_size, kMinTrainedVocabSize);
+  CONDENSE_CHECK(o.corpus.max_documents >= 0, "prepare: max_documents {} must be >= 0 (0: all)",
+                 o.corpus.max_documents);
   std::vector<std::string> docs = read_corpus(o.corpus);
   const int64_t n = static_cast<int64_t>(docs.size());
   const std::string corpus_sha256 = corpus_hash(docs);

@@ -17,7 +17,6 @@ void require_compressor(const Checkpoint& ckpt, const RunConfig& cfg) {
                  "recipes/context_arc.yaml (kind context_compressor)", ckpt.file().path(), cfg.kind);
 }
 
-// The compressor a context_compressor checkpoint trained, against its own frozen decoder.
 LoadedCompressor open_compressor(const Checkpoint& ckpt, LlamaForCausalLM& decoder) {
   LoadedCompressor c;
   c.cfg = parse_recipe(ckpt.recipe_yaml(), ckpt.file().path() + ":recipe");
@@ -26,7 +25,6 @@ LoadedCompressor open_compressor(const Checkpoint& ckpt, LlamaForCausalLM& decod
   return c;
 }
 
-// What the decoder reads for the text in `text_file`, [k, hidden].
 at::Tensor compress_text(LoadedCompressor& c, LlamaForCausalLM& decoder, const Tokenizer& tok,
                          const std::string& text_file, int64_t* tokens) {
   std::vector<int32_t> ids = tok.encode(read_text_file(text_file));

@@ -317,13 +317,6 @@ int run(int argc, char** argv) {
     return run_recipe(cfg, run_opts);
   }
   if (prep->parsed()) {
-    // Checked before the corpus is read (prepare_token_store checks val_fraction itself).
-    CONDENSE_CHECK(po.corpus.max_documents >= 0, "--max-documents {}: must be >= 0 (0: all)",
-                   po.corpus.max_documents);
-    CONDENSE_CHECK(po.threads >= 0, "--threads {}: must be >= 0 (0: all cores)", po.threads);
-    CONDENSE_CHECK(!po.tokenizer_path.empty() || po.vocab_size >= 260,
-                   "--vocab-size {}: must be at least 260 (256 byte pieces + <unk> <s> </s>)",
-                   po.vocab_size);
     prepare_token_store(po);
     if (!save_tokenizer.empty()) TokenStore::open(po.out_path).tokenizer().save(save_tokenizer);
     spdlog::info("wrote {}", po.out_path);

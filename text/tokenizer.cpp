@@ -84,10 +84,10 @@ Tokenizer::Tokenizer(std::shared_ptr<const sentencepiece::SentencePieceProcessor
 
 Tokenizer Tokenizer::train(const std::vector<std::string>& documents,
                            const TokenizerTrainOptions& options) {
-  CONDENSE_CHECK(options.vocab_size >= 260,
+  CONDENSE_CHECK(options.vocab_size >= kMinTrainedVocabSize,
                  "tokenizer: vocab_size {} is too small (byte fallback needs 256 byte pieces "
-                 "+ <unk> <s> </s>; use at least 260)",
-                 options.vocab_size);
+                 "+ <unk> <s> </s>; use at least {})",
+                 options.vocab_size, kMinTrainedVocabSize);
   auto start = std::chrono::steady_clock::now();
   std::vector<std::string_view> lines =
       training_lines(documents, options.max_sentences, options.seed);

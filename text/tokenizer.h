@@ -22,6 +22,10 @@ namespace condense {
 
 class BpeTokenizer;
 
+// The smallest vocabulary a trained tokenizer can have: byte fallback needs the 256 byte pieces,
+// plus <unk> <s> </s>.
+inline constexpr int64_t kMinTrainedVocabSize = 260;
+
 struct TokenizerTrainOptions {
   int64_t vocab_size = 4096;
   int64_t max_sentences = 300000;  // lines used for training (a deterministic sample past this)

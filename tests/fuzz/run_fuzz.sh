@@ -75,8 +75,10 @@ for name in $TARGETS; do
   for f in ${SRC[$name]}; do srcs+=("$ROOT/$f"); done
   cflags=() libs=()
   if [[ "${LIBS[$name]}" == "@condense" ]]; then
-    mapfile -t lines < <(condense_flags || echo "FAILED")
-    [[ ${#lines[@]} -eq 2 ]] || { echo "[fuzz] $name: cannot read condense's build flags from $BUILD"; exit 1; }
+    if [[ -z "${lines+set}" ]]; then  # read once for every target that needs them
+      mapfile -t lines < <(condense_flags || echo "FAILED")
+      [[ ${#lines[@]} -eq 2 ]] || { echo "[fuzz] $name: cannot read condense's build flags from $BUILD"; exit 1; }
+    fi
     eval "cflags=(${lines[0]})"
     eval "libs=(${lines[1]})"
   else

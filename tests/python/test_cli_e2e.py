@@ -209,15 +209,16 @@ def test_generate_option_ranges(tmp_path, condense_bin, option, value, needle):
 
 
 @pytest.mark.parametrize("option,value,needle", [
-    ("--max-documents", "-5", "--max-documents -5: must be >= 0"),
-    ("--threads", "-1", "--threads -1: must be >= 0"),
-    ("--vocab-size", "10", "--vocab-size 10: must be at least 260"),
-    ("--val-fraction", "2", "val_fraction 2 must be in [0, 1)"),
+    ("--max-documents", "-5", "prepare: max_documents -5 must be >= 0"),
+    ("--threads", "-1", "prepare: threads -1 must be >= 0"),
+    ("--vocab-size", "10", "prepare: vocab_size 10 must be at least 260"),
+    ("--val-fraction", "2", "prepare: val_fraction 2 must be in [0, 1)"),
 ])
 def test_prepare_option_ranges(tmp_path, condense_bin, option, value, needle):
     out = tmp_path / "store.h5"
     args = {"--corpus": "fortunes", "--max-documents": "50", "--out": out, option: value}
-    expect_error(["prepare", *[x for kv in args.items() for x in kv]], needle)
+    p = expect_error(["prepare", *[x for kv in args.items() for x in kv]], needle)
+    assert "corpus fortunes:" not in p.stderr  # refused before the corpus was read
     assert not out.exists()
 
 
