@@ -2,6 +2,7 @@
 // copy rate.
 //
 //   build/bench/codec_device_bench [--device cpu|cuda] [--numel N] [--repeats R] [--path auto|tensor]
+//                                  [--threads 1,2]
 //
 // On a randn vector of N fp32 (default 64Mi on cuda, 4Mi on cpu), times the median of R reps
 // (default 11) after 2 warm-up reps of:
@@ -10,6 +11,11 @@
 //   qsgd       QSGD encode, s = 7 (4-bit codes), blocks of 512
 //   sign       sign encode, blocks of 512
 //   fp16       the cast to fp16
+//   qsgd_decode, sign_decode   adding a decoded payload into an fp32 vector (what every rank
+//              does once per gathered payload)
+// --threads T1,T2,... (CPU) runs everything at each intra-op thread count (at::set_num_threads:
+// ATen's OpenMP pool, which condense's loops share) and then prints, per operation, the speedup
+// of each count over the first: {"op": ..., "speedup": {"2": 1.9}}.
 // Each rep is bracketed by torch::cuda::synchronize() on CUDA, so times cover the kernels, not
 // just their launch. For each operation: bytes touched = input read (4N) + output written,
 // their rate, and the ratio of that rate to the copy's (1 = as fast as a copy of the same
@@ -17,6 +23,7 @@
 // path the codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops).
 // Prints one JSON object per line.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <torch/cuda.h>
 
 #include <algorithm>
@@ -41,7 +48,7 @@ double median(std::vector<double> v) {
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "codec_device_bench: %s\nusage: codec_device_bench [--device cpu|cuda] "
-               "[--numel N] [--repeats R] [--path auto|tensor]\n", why);
+               "[--numel N] [--repeats R] [--path auto|tensor] [--threads 1,2]\n", why);
   std::exit(2);
 }
 
@@ -51,6 +58,7 @@ int main(int argc, char** argv) {
   std::string device_name = "cpu", path = "auto";
   int64_t numel = 0;
   int repeats = 11;
+  std::vector<int> thread_counts;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (i + 1 >= argc) usage(("missing value after " + a).c_str());
@@ -59,6 +67,13 @@ int main(int argc, char** argv) {
     else if (a == "--numel") numel = std::atoll(v);
     else if (a == "--repeats") repeats = std::atoi(v);
     else if (a == "--path") path = v;
+    else if (a == "--threads") {
+      for (const char* p = v; *p;) {
+        thread_counts.push_back(std::atoi(p));
+        while (*p && *p != ',') ++p;
+        if (*p == ',') ++p;
+      }
+    }
     else usage(("unknown option " + a).c_str());
   }
   if (device_name != "cpu" && device_name != "cuda") usage("--device must be cpu or cuda");
@@ -67,6 +82,10 @@ int main(int argc, char** argv) {
   if (cuda && !torch::cuda::is_available()) usage("no CUDA device is visible");
   if (numel <= 0) numel = cuda ? (int64_t{64} << 20) : (int64_t{4} << 20);
   if (repeats < 1) usage("--repeats must be >= 1");
+  if (cuda && !thread_counts.empty()) usage("--threads is for --device cpu");
+  for (int t : thread_counts)
+    if (t < 1) usage("--threads: every count must be >= 1");
+  if (thread_counts.empty()) thread_counts.push_back(at::get_num_threads());
   const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const bool tensor_ops = cuda || path == "tensor";
 
@@ -95,30 +114,56 @@ int main(int argc, char** argv) {
   at::Tensor sign_payload = at::empty({sign.payload_bytes()}, x.options().dtype(at::kByte));
   at::Tensor half;
 
-  double copy_rate = 0;
-  auto report = [&](const char* op, double seconds, int64_t bytes, const char* op_path) {
-    const double rate = bytes / seconds;
-    if (copy_rate == 0) copy_rate = rate;  // the first line is the copy
-    std::printf("{\"op\": \"%s\", \"device\": \"%s\", \"path\": \"%s\", \"numel\": %lld, "
-                "\"repeats\": %d, \"median_s\": %.6g, \"bytes\": %lld, \"bytes_per_s\": %.6g, "
-                "\"ratio_to_copy\": %.4g}\n",
-                op, device_name.c_str(), op_path, static_cast<long long>(numel), repeats, seconds,
-                static_cast<long long>(bytes), rate, rate / copy_rate);
-    std::fflush(stdout);
-  };
-  const char* codec_path = tensor_ops ? "tensor" : "cpu";
+  at::Tensor acc = at::zeros_like(x);
+  condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops);
+  condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops);
+  // seconds[op][i]: median at thread_counts[i].
+  std::vector<std::pair<std::string, std::vector<double>>> seconds;
+  for (int threads : thread_counts) {
+    if (!cuda) at::set_num_threads(threads);
+    double copy_rate = 0;
+    size_t op_index = 0;
+    auto report = [&](const char* op, double secs, int64_t bytes, const char* op_path) {
+      const double rate = bytes / secs;
+      if (copy_rate == 0) copy_rate = rate;  // the first line is the copy
+      std::printf("{\"op\": \"%s\", \"device\": \"%s\", \"path\": \"%s\", \"threads\": %d, "
+                  "\"numel\": %lld, \"repeats\": %d, \"median_s\": %.6g, \"bytes\": %lld, "
+                  "\"bytes_per_s\": %.6g, \"ratio_to_copy\": %.4g}\n",
+                  op, device_name.c_str(), op_path, cuda ? 0 : at::get_num_threads(),
+                  static_cast<long long>(numel), repeats, secs, static_cast<long long>(bytes), rate,
+                  rate / copy_rate);
+      std::fflush(stdout);
+      if (op_index == seconds.size()) seconds.push_back({op, {}});
+      seconds[op_index++].second.push_back(secs);
+    };
+    const char* codec_path = tensor_ops ? "tensor" : "cpu";
 
-  report("copy", median_time([&] { dst.copy_(x); }), 2 * 4 * numel, "tensor");
-  report("topk", median_time([&] {
-           at::Tensor idx = tensor_ops ? condense::topk_abs_indices_tensor_ops(x, k)
-                                       : condense::topk_abs_indices(x, k);
-           at::Tensor values = x.index_select(0, idx);
-         }),
-         4 * numel + 8 * k, codec_path);
-  report("qsgd", median_time([&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); }),
-         4 * numel + qsgd.payload_bytes(), codec_path);
-  report("sign", median_time([&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); }),
-         4 * numel + sign.payload_bytes(), codec_path);
-  report("fp16", median_time([&] { half = x.to(at::kHalf); }), 4 * numel + 2 * numel, "tensor");
+    report("copy", median_time([&] { dst.copy_(x); }), 2 * 4 * numel, "tensor");
+    report("topk", median_time([&] {
+             at::Tensor idx = tensor_ops ? condense::topk_abs_indices_tensor_ops(x, k)
+                                         : condense::topk_abs_indices(x, k);
+             at::Tensor values = x.index_select(0, idx);
+           }),
+           4 * numel + 8 * k, codec_path);
+    report("qsgd", median_time([&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); }),
+           4 * numel + qsgd.payload_bytes(), codec_path);
+    report("sign", median_time([&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); }),
+           4 * numel + sign.payload_bytes(), codec_path);
+    report("qsgd_decode",
+           median_time([&] { condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops); }),
+           8 * numel + qsgd.payload_bytes(), codec_path);
+    report("sign_decode",
+           median_time([&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); }),
+           8 * numel + sign.payload_bytes(), codec_path);
+    report("fp16", median_time([&] { half = x.to(at::kHalf); }), 4 * numel + 2 * numel, "tensor");
+  }
+  if (thread_counts.size() > 1) {
+    for (const auto& [op, secs] : seconds) {
+      std::printf("{\"op\": \"%s\", \"speedup_over_%d_threads\": {", op.c_str(), thread_counts[0]);
+      for (size_t i = 1; i < secs.size(); ++i)
+        std::printf("%s\"%d\": %.3f", i > 1 ? ", " : "", thread_counts[i], secs[0] / secs[i]);
+      std::printf("}}\n");
+    }
+  }
   return 0;
 }

@@ -77,10 +77,15 @@ from llama_cpp import Llama
 llm = Llama(model_path={str(gguf_path)!r}, n_ctx=512, n_threads={threads}, n_threads_batch={threads}, verbose=False)
 ids = {ids!r}
 llm.eval(ids)
+# The last position's logits from llama.cpp's own buffer: without logits_all, llama-cpp-python
+# leaves llm.scores zero (argmax would always be token 0).
+n_vocab = llm.n_vocab()
+def last_logits():
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))
 out = []
 t0 = time.perf_counter()
 for i in range({new_tokens}):
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(last_logits()))
     out.append(tok)
     if i + 1 < {new_tokens}:
         llm.eval([tok])

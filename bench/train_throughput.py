@@ -1,17 +1,21 @@
 #!/usr/bin/env python3
-"""Training throughput: condense versus PyTorch eager, side by side in one run.
+"""Training throughput: condense versus PyTorch eager and torch.compile, side by side in one run.
 
     .venv/bin/python bench/train_throughput.py --condense build/condense
 
 For each configuration (seq_len x batch, default 128x8 and 512x2: the same 1024 tokens per step)
-it runs R repetitions of S steps of each contender, interleaved A B A B ... so that the load of a
+it runs R repetitions of S steps of each contender, interleaved A B C A B C ... so that the load of a
 shared machine falls on both alike:
 
   A  `condense train recipes/quickstart.yaml` (4 layers, hidden 256, vocab 4096, fp32, AdamW
      fused, clip 1.0), per-step times read from <out_dir>/metrics.jsonl
      (step time = tokens per step / tokens_per_s, which is the trainer's own timer around
      batch + forward + loss + backward + clip + AdamW + zero_grad);
-  B  bench/pytorch_eager_train.py, the same step with transformers' LlamaForCausalLM.
+  B  bench/pytorch_eager_train.py, the same step with transformers' LlamaForCausalLM (peer
+     "pytorch": eager);
+  C  the same with the forward and loss under torch.compile (peer "compile": inductor; its
+     compilation falls in the discarded warm-up steps).
+--peers chooses the peers (default pytorch,compile); every ratio is condense / that peer.
 
 The first W steps of every repetition are discarded as warm-up. Reported per configuration and
 thread count (--threads 2 by default; --threads 2,1 adds single-threaded runs): median tokens/s
@@ -164,6 +168,22 @@ def run_monitored(cmd: list[str], progress: Path, warmup: int) -> dict:
             "runq_max": max(mon.runq, default=-1), "cpu_per_step_s": mon.cpu_per_step(warmup)}
 
 
+# --model keys (recipe model.* names) -> bench/torch_peer.py's arguments.
+PEER_MODEL_ARGS = {"hidden_size": "--hidden-size", "intermediate_size": "--intermediate-size",
+                   "num_hidden_layers": "--layers", "num_attention_heads": "--heads",
+                   "num_key_value_heads": "--kv-heads"}
+
+
+def model_overrides(args) -> list[tuple[str, str]]:
+    out = []
+    for item in filter(None, args.model.split(",")):
+        key, _, value = item.partition("=")
+        if key not in PEER_MODEL_ARGS:
+            raise SystemExit(f"--model: unknown key {key!r} (valid: {', '.join(PEER_MODEL_ARGS)})")
+        out.append((key, value))
+    return out
+
+
 def run_condense(args, seq_len: int, batch: int, threads: int, rep: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="condense-bench-") as tmp:
         out_dir = Path(tmp) / "run"
@@ -173,6 +193,7 @@ def run_condense(args, seq_len: int, batch: int, threads: int, rep: int) -> dict
                f"train.threads={threads}", f"data.seq_len={seq_len}",
                f"data.batch_size={batch}", f"train.log_every={args.steps}",
                f"data.cache_dir={args.data_cache}"]
+        cmd += [f"model.{k}={v}" for k, v in model_overrides(args)]
         mon = run_monitored(cmd, out_dir / "metrics.jsonl", args.warmup)
         tokens = seq_len * batch
         steps = []
@@ -186,12 +207,14 @@ def run_condense(args, seq_len: int, batch: int, threads: int, rep: int) -> dict
                 "cmd": shlex.join(cmd), **{k: v for k, v in mon.items() if k not in ("stdout", "stderr")}}
 
 
-def run_pytorch(args, seq_len: int, batch: int, threads: int, rep: int) -> dict:
+def run_pytorch(args, seq_len: int, batch: int, threads: int, rep: int, compile: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="pytorch-bench-") as tmp:
         progress = Path(tmp) / "progress.txt"
         cmd = [args.python, str(REPO / "bench" / "pytorch_eager_train.py"), "--steps", str(args.steps),
                "--seq-len", str(seq_len), "--batch-size", str(batch), "--threads", str(threads),
-               "--progress", str(progress)]
+               *(["--compile"] if compile else []), "--progress", str(progress)]
+        for k, v in model_overrides(args):
+            cmd += [PEER_MODEL_ARGS[k], v]
         mon = run_monitored(cmd, progress, args.warmup)
     out = json.loads(mon["stdout"].strip().splitlines()[-1])
     out["parameters_m"] = out["parameters"] / 1e6
@@ -217,6 +240,11 @@ def main() -> int:
                     help="comma-separated thread counts, each run for every configuration (e.g. 2,1: "
                          "with 1 thread the CPU-time ratio is not disturbed by OpenMP spin-waiting)")
     ap.add_argument("--configs", default="128x8,512x2", help="comma-separated SEQ_LENxBATCH")
+    ap.add_argument("--peers", default="pytorch,compile",
+                    help="comma-separated peers: pytorch (eager), compile (torch.compile, inductor)")
+    ap.add_argument("--model", default="",
+                    help="model shape overrides for both sides, e.g. 'hidden_size=512,num_hidden_layers=8' "
+                         "(recipe model.* keys; the PyTorch side takes the same values)")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     ap.add_argument("--quiet-threshold", type=float, default=1.5,
@@ -246,7 +274,13 @@ def main() -> int:
     command = shlex.join([exe, "bench/train_throughput.py"] + sys.argv[1:])
     started = dt.datetime.now().astimezone()
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    contenders = [("condense", run_condense), ("pytorch", run_pytorch)]
+    peer_fns = {"pytorch": run_pytorch,
+                "compile": lambda *a: run_pytorch(*a, compile=True)}
+    peers = [p for p in args.peers.split(",") if p]
+    for p in peers:
+        if p not in peer_fns:
+            ap.error(f"--peers: unknown peer {p!r} (valid: {', '.join(peer_fns)})")
+    contenders = [("condense", run_condense)] + [(p, peer_fns[p]) for p in peers]
 
     runs = []  # one record per (config, rep, contender)
     t_start = time.perf_counter()
@@ -282,23 +316,24 @@ def main() -> int:
     total_s = time.perf_counter() - t_start
 
     # Summary table.
-    lines = ["| seq_len x batch | threads | tokens/step | condense tok/s (median) | PyTorch eager tok/s (median) "
-             "| ratio condense/PyTorch | median of per-rep ratios | condense per-rep medians "
-             "| PyTorch per-rep medians | load 1-min (min-max over runs) | run queue during runs (min-max of means) "
+    peer_names = {"pytorch": "PyTorch eager", "compile": "torch.compile"}
+    lines = ["| seq_len x batch | threads | peer | tokens/step | condense tok/s (median) | peer tok/s (median) "
+             "| ratio condense/peer | median of per-rep ratios | condense per-rep medians "
+             "| peer per-rep medians | load 1-min (min-max over runs) | run queue during runs (min-max of means) "
              "| quiet pairs (run queue <= threshold in both runs) | condense tok/s, quiet "
-             "| PyTorch tok/s, quiet | ratio, quiet pairs (pooled / median of per-pair) "
-             "| CPU s/step condense (median of runs) | CPU s/step PyTorch | ratio by CPU time (PyTorch/condense, "
+             "| peer tok/s, quiet | ratio, quiet pairs (pooled / median of per-pair) "
+             "| CPU s/step condense (median of runs) | CPU s/step peer | ratio by CPU time (peer/condense, "
              "median of per-pair) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: "
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: | ---: | ---: | ---: "
              "| ---: | ---: | ---: |"]
     summary = []
 
     def per_rep(rs):
         return ", ".join("%.0f" % r["median_tokens_per_s"] for r in rs)
-    for seq_len, batch, threads in configs:
+    for (seq_len, batch, threads), peer in ((c, p) for c in configs for p in peers):
         cfg = f"{seq_len}x{batch} t{threads}"
         rc = [r for r in runs if r["config"] == cfg and r["contender"] == "condense"]
-        rp = [r for r in runs if r["config"] == cfg and r["contender"] == "pytorch"]
+        rp = [r for r in runs if r["config"] == cfg and r["contender"] == peer]
         mc = median([x for r in rc for x in r["kept_tokens_per_s"]])
         mp = median([x for r in rp for x in r["kept_tokens_per_s"]])
         per_rep_ratio = [a["median_tokens_per_s"] / b["median_tokens_per_s"] for a, b in zip(rc, rp)]
@@ -311,15 +346,15 @@ def main() -> int:
         cc = median([r["cpu_per_step_s"] for r in rc])
         cp = median([r["cpu_per_step_s"] for r in rp])
         cpu_ratio = median([b["cpu_per_step_s"] / a["cpu_per_step_s"] for a, b in zip(rc, rp)])
-        summary.append({"config": cfg, "condense": mc, "pytorch": mp, "ratio": mc / mp,
+        summary.append({"config": cfg, "peer": peer, "condense": mc, "peer_tokens_per_s": mp, "ratio": mc / mp,
                         "per_rep_ratio_median": median(per_rep_ratio), "quiet_pairs": len(quiet),
-                        "quiet_condense": qc, "quiet_pytorch": qp,
+                        "quiet_condense": qc, "quiet_peer": qp,
                         "quiet_ratio": qc / qp if quiet else float("nan"),
-                        "quiet_per_pair_ratio_median": q_ratio, "cpu_condense": cc, "cpu_pytorch": cp,
+                        "quiet_per_pair_ratio_median": q_ratio, "cpu_condense": cc, "cpu_peer": cp,
                         "cpu_ratio_per_pair_median": cpu_ratio})
         lines.append(
-            f"| {seq_len} x {batch} | {threads} | {seq_len * batch} | {mc:.0f} | {mp:.0f} | {mc / mp:.3f} | "
-            f"{median(per_rep_ratio):.3f} | {per_rep(rc)} | {per_rep(rp)} | "
+            f"| {seq_len} x {batch} | {threads} | {peer_names[peer]} | {seq_len * batch} | {mc:.0f} | {mp:.0f} | "
+            f"{mc / mp:.3f} | {median(per_rep_ratio):.3f} | {per_rep(rc)} | {per_rep(rp)} | "
             f"{min(loads):.2f}-{max(loads):.2f} | "
             f"{min(r['runq_mean'] for r in rc + rp):.1f}-{max(r['runq_mean'] for r in rc + rp):.1f} | "
             f"{len(quiet)} of {len(rc)} (<= {qmax:g}) | {qc:.0f} | {qp:.0f} | "
@@ -339,7 +374,7 @@ def main() -> int:
 
     params = sorted({(r["contender"], r["parameters_m"]) for r in runs if r["parameters_m"] is not None})
     section = f"""
-## Training throughput: condense vs PyTorch eager ({started:%Y-%m-%d %H:%M %Z})
+## Training throughput: condense vs {" and ".join(peer_names[p] for p in peers)} ({started:%Y-%m-%d %H:%M %Z})
 
 Command (from the repo root):
 
@@ -349,7 +384,7 @@ Command (from the repo root):
 - torch {torch.__version__} (condense links the same libtorch); threads {args.threads} (each, same for both)
 - condense commit {git_head()}, binary {os.path.relpath(args.condense, REPO)}; recipe {args.recipe}
 - {args.reps} repetitions x {args.steps} steps per contender and configuration, first {args.warmup} steps of each
-  repetition discarded; order condense, PyTorch, condense, PyTorch, ... ; total {total_s / 60:.1f} min
+  repetition discarded; order {", ".join(c for c, _ in contenders)}, repeated; total {total_s / 60:.1f} min
 - Parameters: {', '.join(f'{c} {p:.2f}M' for c, p in params)}
 - Quiet wait: {f"up to {args.quiet_wait:.0f} s before each pair for a run queue <= {args.quiet_threshold}" if args.quiet_wait > 0 else "off"}
 - Load before: `{uptime_before}`

@@ -90,6 +90,22 @@ if(CONDENSE_WITH_NCCL)
 endif()
 add_library(condense::deps ALIAS condense_deps)
 
+# OpenMP: condense's own loops (codecs, the decode kernels) use at::parallel_for, a header
+# template whose `#pragma omp parallel` runs serially unless the including file is compiled
+# with -fopenmp. The runtime must be the one LibTorch already loads (the wheel bundles
+# torch/lib/libgomp.so.1): a second OpenMP runtime would start a second thread pool that
+# competes with ATen's. So compile with -fopenmp but link the wheel's file by path instead of
+# letting the compiler add the system -lgomp; the binaries' RUNPATH has torch/lib first, so the
+# one soname resolves to the wheel's copy (`ldd build/condense | grep gomp` shows one line).
+get_filename_component(CONDENSE_TORCH_LIB_DIR "${TORCH_LIBRARY}" DIRECTORY)
+find_file(CONDENSE_TORCH_GOMP libgomp.so.1 PATHS "${CONDENSE_TORCH_LIB_DIR}" NO_DEFAULT_PATH)
+if(NOT CONDENSE_TORCH_GOMP)
+  message(FATAL_ERROR "No libgomp.so.1 beside ${TORCH_LIBRARY}: condense links the OpenMP "
+                      "runtime the torch wheel bundles (torch 2.11's wheel ships it)")
+endif()
+target_compile_options(condense_deps INTERFACE $<$<COMPILE_LANGUAGE:CXX>:-fopenmp>)
+target_link_libraries(condense_deps INTERFACE "${CONDENSE_TORCH_GOMP}")
+
 # libtorch.so (the 2.11 wheel) exports its own copies of std::filesystem functions, and some of
 # them crash (std::filesystem::remove_all jumps to a null pointer). The dynamic linker binds to
 # the first library in DT_NEEDED order that defines a symbol, and libtorch comes before

@@ -3,6 +3,7 @@
 // non-zero.
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -111,7 +112,7 @@ struct ChatArgs {
 };
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
-                 const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos,
+                 const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos, bool print_ids,
                  int64_t kv_rank, double kv_budget, const std::string& calib_data,
                  int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
@@ -159,10 +160,11 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
   if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
   std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
+  if (print_ids) spdlog::info("ids: {}", fmt::join(r.tokens, " "));
   spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s; {} KV cache, "
-               "{:.0f} bytes per token", r.tokens.size(),
+               "{:.0f} bytes per token; {} decode", r.tokens.size(),
                ids.size() + (has_context ? context.embeds.size(0) : 0), r.prefill_seconds,
-               r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token);
+               r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token, r.decode_path);
   return 0;
 }
 
@@ -294,6 +296,11 @@ int run(int argc, char** argv) {
   bool ignore_eos = false;
   gen->add_flag("--ignore-eos", ignore_eos, "keep generating past the end-of-text token (for "
                 "timing a fixed number of tokens)");
+  bool print_ids = false;
+  gen->add_flag("--print-ids", print_ids, "log the generated token ids (comparisons with other "
+                "runtimes)");
+  gen->add_flag("--aten-decode", so.aten_decode, "decode with the general ATen forward instead of "
+                "the fast float32 decoder (comparisons; hooks and int8 caches always use it)");
 
   auto* info = app.add_subcommand("info", "describe a checkpoint");
   info->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
@@ -330,7 +337,7 @@ int run(int argc, char** argv) {
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, kv_rank, kv_budget, calib_data,
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, print_ids, kv_rank, kv_budget, calib_data,
                         kv_window);
   }
   if (info->parsed()) return cmd_info(ckpt);

@@ -5,8 +5,10 @@
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
+#include "model/fast_decoder.h"
 #include "model/kv_cache.h"
 
 namespace condense {
@@ -91,11 +93,21 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   auto t1 = clock::now();
   result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
 
+  // One position at a time: the fast decoder where it applies (same cache), else the forward.
+  std::string why = opt.aten_decode ? "asked for" : FastDecoder::unsupported(model, cache);
+  std::optional<FastDecoder> fast;
+  if (why.empty()) fast.emplace(model, cache);
+  result.decode_path = why.empty() ? "fast" : "aten (" + why + ")";
+
   while (static_cast<int64_t>(result.tokens.size()) < opt.max_new_tokens) {
     int64_t tok = sample_token(next_logits, opt, gen);
     result.tokens.push_back(tok);
     if (tok == opt.eos_id || tok == opt.stop_id || cache.length() >= capacity) break;
     if (static_cast<int64_t>(result.tokens.size()) == opt.max_new_tokens) break;
+    if (fast) {
+      next_logits = fast->step(tok);
+      continue;
+    }
     at::Tensor step = at::full({1, 1}, tok, at::TensorOptions().dtype(at::kLong).device(weight.device()));
     h = model->hidden({step, {}, &cache});
     next_logits = model->logits(h.select(1, 0)).squeeze(0).cpu();

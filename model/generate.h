@@ -3,6 +3,7 @@
 // sampling from a seeded generator, so a seed reproduces a sample.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -20,6 +21,8 @@ struct SamplingOptions {
   uint64_t seed = 0;
   int64_t eos_id = -1;       // stop when sampled; -1: never
   int64_t stop_id = -1;      // a second stop token (a chat format's end of turn); -1: none
+  // Decode with the ATen forward even where model/fast_decoder.h applies (comparisons).
+  bool aten_decode = false;
 };
 
 struct GenerationResult {
@@ -27,6 +30,8 @@ struct GenerationResult {
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double kv_bytes_per_token = 0;  // what the cache held per position
+  // "fast" (model/fast_decoder.h) or "aten (<why the fast decoder does not apply>)".
+  std::string decode_path;
   double decode_tokens_per_s() const;
 };
 

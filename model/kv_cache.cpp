@@ -120,6 +120,18 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   return {keys, values};
 }
 
+std::pair<at::Tensor, at::Tensor> KVCache::fp_buffers(int64_t layer) {
+  CONDENSE_CHECK(kind_.type == KVCacheType::kFp, "KV cache: raw buffers of an int8 cache");
+  CONDENSE_CHECK(layer >= 0 && layer < static_cast<int64_t>(keys_.size()), "KV cache: layer {} of {}",
+                 layer, keys_.size());
+  if (!keys_[layer].defined()) {
+    CONDENSE_CHECK(length_ == 0, "KV cache: layer {} used for the first time at position {}",
+                   layer, length_);
+    allocate(layer, kv_heads_, head_dim_, head_dim_);
+  }
+  return {keys_[layer], values_[layer]};
+}
+
 KVCache::Recent KVCache::append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v,
                                        int64_t keep) {
   CONDENSE_CHECK(keep >= 0, "KV cache: recent window keep {} < 0", keep);

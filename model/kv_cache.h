@@ -61,6 +61,11 @@ class KVCache {
   };
   Recent append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v, int64_t keep);
   double window_bytes() const;
+  // fp caches: the key and value buffers of `layer`, [B, heads, capacity, width] (allocated at
+  // kv_heads x head_dim when the layer has not been appended to yet), for a decoder that writes
+  // positions itself (model/fast_decoder.h) and then calls commit().
+  std::pair<at::Tensor, at::Tensor> fp_buffers(int64_t layer);
+  int64_t batch() const { return batch_; }
   // Call once after all layers appended T positions.
   void commit(int64_t t);
   void clear() {

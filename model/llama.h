@@ -116,6 +116,7 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   const std::shared_ptr<KVHook>& kv_hook() const { return kv_hook_; }
   // Null removes it. The model keeps the hook alive.
   void set_block_hook(std::shared_ptr<BlockHook> hook);
+  bool has_block_hook() const { return block_hook_ != nullptr; }
   // Routes every MLP projection through `fn` (null restores at::linear).
   void set_mlp_linear(LinearFn fn);
   // Null removes it. The model keeps the hook alive. See model/projection_hook.h.

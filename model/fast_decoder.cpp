@@ -1,0 +1,146 @@
+#include "model/fast_decoder.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "model/decode_kernels.h"
+#include "model/rope.h"
+
+namespace condense {
+namespace {
+
+// y = W x for several matrices reading the same x [cols], split by rows over ATen's threads in
+// one parallel region.
+struct MatvecTask {
+  const at::Tensor* w;
+  float* y;
+};
+
+void matvec(std::initializer_list<MatvecTask> tasks, const float* x, int64_t cols) {
+  int64_t total = 0;
+  for (const MatvecTask& t : tasks) total += t.w->size(0);
+  // A thread's share should stream at least ~64 KB of weights to pay for waking it.
+  const int64_t grain = std::max<int64_t>(8, 16384 / std::max<int64_t>(1, cols));
+  at::parallel_for(0, total, grain, [&](int64_t begin, int64_t end) {
+    int64_t offset = 0;
+    for (const MatvecTask& t : tasks) {
+      const int64_t rows = t.w->size(0);
+      const int64_t lo = std::max(begin, offset), hi = std::min(end, offset + rows);
+      if (lo < hi) decode::matvec_rows(t.w->data_ptr<float>(), x, t.y, lo - offset, hi - offset, cols);
+      offset += rows;
+    }
+  });
+}
+
+std::string check_weight(const at::Tensor& w, const std::string& name) {
+  if (w.scalar_type() != at::kFloat) return name + " is not float32";
+  if (!w.device().is_cpu()) return name + " is not on the CPU";
+  if (!w.is_contiguous()) return name + " is not contiguous";
+  return "";
+}
+
+}  // namespace
+
+std::string FastDecoder::unsupported(const LlamaForCausalLM& model, const KVCache& cache) {
+  if (model->kv_hook()) return "a KV hook (projected or latent KV cache) is set";
+  if (model->projection_hook()) return "a projection hook is set";
+  if (model->has_block_hook()) return "a block hook is set";
+  if (cache.kind().type != KVCacheType::kFp) return "the KV cache is not fp";
+  if (cache.batch() != 1) return "the batch is not 1";
+  const LlamaConfig& c = model->config();
+  if (c.head_size() % 2 != 0) return "head_dim is odd";
+  if (std::string why = check_weight(model->lm_head_weight(), "the LM head"); !why.empty()) return why;
+  for (const auto& layer : model->model->layer_list) {
+    if (layer->mlp->linear_fn) return "the MLP's linear maps are replaced";
+    for (const auto& p : layer->named_parameters())
+      if (std::string why = check_weight(p.value(), p.key()); !why.empty()) return why;
+  }
+  return check_weight(model->model->embed_tokens->weight, "the token embedding");
+}
+
+FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
+    : config_(model->config()), cache_(cache) {
+  std::string why = unsupported(model, cache);
+  CONDENSE_CHECK(why.empty(), "fast decoder: {}", why);
+  for (const auto& l : model->model->layer_list) {
+    layers_.push_back({l->input_layernorm->weight, l->self_attn->q_proj->weight,
+                       l->self_attn->k_proj->weight, l->self_attn->v_proj->weight,
+                       l->self_attn->o_proj->weight, l->post_attention_layernorm->weight,
+                       l->mlp->gate_proj->weight, l->mlp->up_proj->weight,
+                       l->mlp->down_proj->weight});
+  }
+  embed_ = model->model->embed_tokens->weight;
+  norm_ = model->model->norm->weight;
+  lm_head_ = model->lm_head_weight();
+  std::tie(cos_, sin_) = Rope(config_.head_size(), config_.rope_theta)
+                             .cos_sin(0, cache.capacity(), at::kCPU);
+  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
+  const int64_t kv = config_.kv_heads(), d = config_.head_size();
+  x_.resize(hidden);
+  xn_.resize(hidden);
+  proj_.resize(hidden);
+  q_.resize(heads * d);
+  att_.resize(heads * d);
+  k_.resize(kv * d);
+  v_.resize(kv * d);
+  gate_.resize(config_.intermediate_size);
+  up_.resize(config_.intermediate_size);
+  scores_.resize(heads * cache.capacity());
+  logits_ = at::empty({config_.vocab_size}, at::kFloat);
+}
+
+at::Tensor FastDecoder::step(int64_t id) {
+  const int64_t pos = cache_.length(), cap = cache_.capacity();
+  CONDENSE_CHECK(pos < cap, "KV cache full: {} positions", cap);
+  CONDENSE_CHECK(id >= 0 && id < config_.vocab_size, "token id {} outside the vocabulary of {}", id,
+                 config_.vocab_size);
+  const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
+  const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
+  const int64_t group = heads / kv;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const double eps = config_.rms_norm_eps;
+  const float* cos = cos_.data_ptr<float>() + pos * d;
+  const float* sin = sin_.data_ptr<float>() + pos * d;
+
+  std::memcpy(x_.data(), embed_.data_ptr<float>() + id * hidden, hidden * sizeof(float));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    auto [keys, values] = cache_.fp_buffers(static_cast<int64_t>(l));
+    float* kbuf = keys.data_ptr<float>();
+    float* vbuf = values.data_ptr<float>();
+
+    decode::rms_norm(x_.data(), L.norm_in.data_ptr<float>(), xn_.data(), hidden, eps);
+    matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), hidden);
+    decode::rope(q_.data(), heads, d, cos, sin);
+    decode::rope(k_.data(), kv, d, cos, sin);
+    for (int64_t h = 0; h < kv; ++h) {  // the cache is [1, kv, capacity, d]
+      std::memcpy(kbuf + (h * cap + pos) * d, k_.data() + h * d, d * sizeof(float));
+      std::memcpy(vbuf + (h * cap + pos) * d, v_.data() + h * d, d * sizeof(float));
+    }
+    at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t g = h / group;
+        decode::attend(q_.data() + h * d, kbuf + g * cap * d, vbuf + g * cap * d,
+                       att_.data() + h * d, scores_.data() + h * cap, d, pos + 1, scale);
+      }
+    });
+    matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);
+    decode::add(x_.data(), proj_.data(), hidden);
+
+    decode::rms_norm(x_.data(), L.norm_post.data_ptr<float>(), xn_.data(), hidden, eps);
+    matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), hidden);
+    decode::silu_mul(gate_.data(), up_.data(), inter);
+    matvec({{&L.down, proj_.data()}}, gate_.data(), inter);
+    decode::add(x_.data(), proj_.data(), hidden);
+  }
+  decode::rms_norm(x_.data(), norm_.data_ptr<float>(), xn_.data(), hidden, eps);
+  matvec({{&lm_head_, logits_.data_ptr<float>()}}, xn_.data(), hidden);
+  cache_.commit(1);
+  return logits_;
+}
+
+}  // namespace condense

@@ -1,0 +1,57 @@
+// FastDecoder: one position of a plain float32 Llama on CPU, without autograd or operator
+// dispatch, for token-by-token generation (model/generate.cpp uses it after the prompt's
+// batched prefill, which stays on the ATen forward).
+//
+// Why: at one position every op is a small matrix-vector product or a pointwise loop, and the
+// ATen path pays a few microseconds of dispatch on each of its hundreds of ops per token, more
+// than the arithmetic on small models (issue 19 measured the quickstart model at 0.2x llama.cpp).
+// Here a token is ~5 parallel regions per layer over the float32 kernels of
+// model/decode_kernels.h, reading the model's own weight tensors (no copy) and writing keys and
+// values straight into the KVCache's buffers, so the ATen prefill and this decoder share one
+// cache.
+//
+// It covers what generation of a plain model needs: float32 weights on CPU, batch 1, an fp
+// cache, and no hooks (KV projections, latent caches, projection or block hooks and replaced MLP
+// linears keep the ATen path: unsupported() names which). Results agree with the ATen forward
+// to float rounding (tests/test_fast_decoder.cpp checks 1e-5 on logits and greedy tokens).
+#pragma once
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "model/kv_cache.h"
+#include "model/llama.h"
+
+namespace condense {
+
+class FastDecoder {
+ public:
+  // Empty when `model` with `cache` can decode here; otherwise the reason it cannot.
+  static std::string unsupported(const LlamaForCausalLM& model, const KVCache& cache);
+
+  // The model must stay alive and unchanged while the decoder is used; throws with the reason
+  // when unsupported() is not empty.
+  FastDecoder(const LlamaForCausalLM& model, KVCache& cache);
+
+  // Runs token `id` at position cache.length(): appends its keys and values to the cache,
+  // commits the position, and returns the logits [vocab] (float32; a tensor over this
+  // decoder's buffer, overwritten by the next step).
+  at::Tensor step(int64_t id);
+
+ private:
+  struct Layer {
+    at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
+  };
+  LlamaConfig config_;
+  KVCache& cache_;
+  std::vector<Layer> layers_;
+  at::Tensor embed_, norm_, lm_head_, cos_, sin_;
+  // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
+  // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
+  // [intermediate], scores [heads * capacity], logits [vocab].
+  std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_;
+  at::Tensor logits_;
+};
+
+}  // namespace condense
