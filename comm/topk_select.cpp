@@ -35,10 +35,8 @@
 // 4. Output. Per-chunk counts of (> T) and (== T), prefix sums, then each chunk writes its
 //    indices at its offset: the output is ascending without any sort.
 //
-// Threads: up to at::get_num_threads(), on std::threads started per call for inputs large
-// enough to pay for them. (at::parallel_for is not used: with the OpenMP build of LibTorch it
-// is a header template whose `#pragma omp parallel` runs serially unless the including file
-// is compiled with -fopenmp, which condense's build does not do.)
+// Threads: up to at::get_num_threads(), from ATen's OpenMP pool (at::parallel_for; condense is
+// compiled with -fopenmp against the wheel's runtime), for inputs large enough to pay for them.
 #include "comm/topk_select.h"
 
 #include <ATen/ATen.h>
@@ -47,13 +45,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
-#include <system_error>
-#include <thread>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -112,7 +107,8 @@ struct Buffer {
 };
 
 // Calls f(c0, c1) on contiguous ranges that cover [0, count), on up to at::get_num_threads()
-// threads (the caller's included) when `work` (entries touched) is large enough.
+// threads of ATen's pool (the caller's included) when `work` (entries touched) is large enough;
+// an exception in any range is rethrown here (at::parallel_for's contract).
 template <typename F>
 void parallel_ranges(int64_t count, int64_t work, const F& f) {
   int64_t threads = 1;
@@ -122,27 +118,10 @@ void parallel_ranges(int64_t count, int64_t work, const F& f) {
     if (count > 0) f(0, count);
     return;
   }
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
-  auto run = [&](int64_t t) {
-    try {
-      f(t * count / threads, (t + 1) * count / threads);
-    } catch (...) {
-      errors[static_cast<size_t>(t)] = std::current_exception();
-    }
-  };
-  std::vector<std::thread> workers;
-  workers.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t t = 1; t < threads; ++t) {
-    try {
-      workers.emplace_back(run, t);
-    } catch (const std::system_error&) {
-      run(t);  // no thread to be had: do that range here
-    }
-  }
-  run(0);
-  for (auto& w : workers) w.join();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  // One task per thread, each a contiguous share of [0, count).
+  at::parallel_for(0, threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) f(t * count / threads, (t + 1) * count / threads);
+  });
 }
 
 uint64_t splitmix64(uint64_t& state) {

@@ -7,8 +7,10 @@
 // Compiled with -O3 -ffp-contract=fast (model/CMakeLists.txt) so that a * b + c becomes one FMA,
 // and without the precompiled LibTorch header: this file includes no LibTorch.
 
-#define CONDENSE_CLONES \
-  __attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+// Clones by CPU feature, not by "arch=": GCC's resolver tests an arch= clone with
+// __builtin_cpu_is (that exact microarchitecture), so on any other CPU it falls through to the
+// baseline. "fma" implies AVX: 256-bit float vectors with fused multiply-adds.
+#define CONDENSE_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
 #define CONDENSE_INLINE inline __attribute__((always_inline))
 
 namespace condense::decode {

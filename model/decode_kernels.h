@@ -2,8 +2,9 @@
 // rows, RMSNorm, RoPE, one query's attention over a KV cache, SwiGLU. At one position the work
 // is small and memory bound, so what matters is streaming each weight once at the memory rate
 // and not paying per-operator dispatch (ATen: a few microseconds per op, hundreds of ops per
-// token). Each kernel is compiled for AVX-512, AVX2+FMA and baseline x86-64 and picked when the
-// program loads (GCC target_clones), so one binary runs anywhere with the CPU's widest vectors.
+// token). Each kernel is compiled for AVX-512, AVX+FMA and baseline x86-64 and picked by CPU
+// feature when the program loads (GCC target_clones), so one binary runs anywhere with the CPU's
+// widest vectors.
 // The kernels are serial; model/fast_decoder.cpp splits rows and heads across threads.
 //
 // Sums are blocked FMA sums, in another order than ATen's, so results agree with the ATen
