@@ -49,38 +49,60 @@ CONDENSE_INLINE float dot(const float* a, const float* b, int64_t n) {
 
 }  // namespace
 
-CONDENSE_CLONES
-void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols) {
+namespace {
+
+// y[r .. r + R) for R consecutive rows: each load of x feeds R FMAs, and R concurrent streams
+// of weights keep enough cache misses in flight (one stream per row; measured on this
+// machine's AVX-512 core: 4 rows 9.8 GB/s, 8 rows 11.5, 16 rows 12.9 on a 49152 x 576 matrix).
+template <int R>
+CONDENSE_INLINE void rows_block(const float* w, const float* x, float* y, int64_t r, int64_t cols) {
   const int64_t body = cols / kLanes * kLanes;
-  int64_t r = r0;
-  // Four rows at a time: each load of x feeds four FMAs, and four independent accumulators
-  // cover the FMA latency.
-  for (; r + 4 <= r1; r += 4) {
-    const float* w0 = w + r * cols;
-    const float* w1 = w0 + cols;
-    const float* w2 = w1 + cols;
-    const float* w3 = w2 + cols;
-    v16 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-    for (int64_t i = 0; i < body; i += kLanes) {
-      const v16 xv = load(x + i);
-      a0 += load(w0 + i) * xv;
-      a1 += load(w1 + i) * xv;
-      a2 += load(w2 + i) * xv;
-      a3 += load(w3 + i) * xv;
-    }
-    float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-    for (int64_t i = body; i < cols; ++i) {
-      s0 += w0[i] * x[i];
-      s1 += w1[i] * x[i];
-      s2 += w2[i] * x[i];
-      s3 += w3[i] * x[i];
-    }
-    y[r] = s0;
-    y[r + 1] = s1;
-    y[r + 2] = s2;
-    y[r + 3] = s3;
+  const float* w0 = w + r * cols;
+  v16 acc[R] = {};
+  for (int64_t i = 0; i < body; i += kLanes) {
+    const v16 xv = load(x + i);
+#pragma GCC unroll 16
+    for (int j = 0; j < R; ++j) acc[j] += load(w0 + j * cols + i) * xv;
   }
+  for (int j = 0; j < R; ++j) {
+    float s = hsum(acc[j]);
+    for (int64_t i = body; i < cols; ++i) s += w0[j * cols + i] * x[i];
+    y[r + j] = s;
+  }
+}
+
+template <int R>
+CONDENSE_INLINE void rows_all(const float* w, const float* x, float* y, int64_t r0, int64_t r1,
+                              int64_t cols) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) rows_block<R>(w, x, y, r, cols);
+  for (; r + 4 <= r1; r += 4) rows_block<4>(w, x, y, r, cols);
   for (; r < r1; ++r) y[r] = dot(w + r * cols, x, cols);
+}
+
+// 16 rows need 16 accumulators: one register each with AVX-512's 32, two each (spilling) with
+// AVX's 16, where 8 rows measured faster.
+CONDENSE_CLONES
+void rows16(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols) {
+  rows_all<16>(w, x, y, r0, r1, cols);
+}
+
+CONDENSE_CLONES
+void rows8(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols) {
+  rows_all<8>(w, x, y, r0, r1, cols);
+}
+
+// A static initializer may run before libgcc's CPU detection: initialize it first.
+const bool kHasAvx512 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") != 0;
+}();
+
+}  // namespace
+
+void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols) {
+  if (kHasAvx512) rows16(w, x, y, r0, r1, cols);
+  else rows8(w, x, y, r0, r1, cols);
 }
 
 CONDENSE_CLONES

@@ -5,10 +5,14 @@
 //     1e-5, for GQA and MHA, tied and untied heads, a head_dim that is not hidden / heads;
 //   - its keys and values land in the cache where the ATen path puts them;
 //   - thread count does not change a bit (every row and head is summed by one thread);
+//   - moving weights onto huge pages keeps every value and every tensor identity, moves only
+//     tensors of at least 2 MiB (to 2 MiB-aligned memory), and the model computes the same bits;
 //   - generate() takes the fast path on a plain float32 model (greedy and seeded sampling give
 //     the ATen path's tokens) and the ATen path, with the reason, where the decoder does not
 //     apply (a KV hook, an int8 cache, bfloat16 weights, asked for).
 #include <gtest/gtest.h>
+
+#include <map>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,6 +21,7 @@
 #include "model/decode_kernels.h"
 #include "model/fast_decoder.h"
 #include "model/generate.h"
+#include "model/huge_pages.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
 #include "tests/test_support.h"
@@ -200,6 +205,39 @@ TEST(FastDecoder, GenerateUsesItWhereItAppliesAndSaysWhyNot) {
   m->to(at::kBFloat16);
   const std::string why = generate(m, prompt, greedy).decode_path;
   EXPECT_NE(why.find("is not float32"), std::string::npos) << why;
+}
+
+TEST(HugePages, WeightsMoveWithTheirValuesAndTheModelComputesTheSameBits) {
+  LlamaConfig c = config(4, 2, false);
+  c.vocab_size = 4096;  // the embedding and LM head: 4096 x 32 floats = 512 KiB, below 2 MiB
+  c.hidden_size = 256;  // ... 4096 x 256 floats = 4 MiB each, moved
+  c.finalize();
+  at::manual_seed(40);
+  LlamaForCausalLM m(c);
+  m->eval();
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, 6}, at::kLong);
+  at::Tensor before = test::eval_logits(m, ids);
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> params;  // the tensor, a copy
+  for (auto& p : m->named_parameters()) params[p.key()] = {p.value(), p.value().clone()};
+  std::map<std::string, void*> old_ptr;
+  for (auto& [name, pc] : params) old_ptr[name] = pc.first.data_ptr();
+
+  const int64_t moved = place_on_huge_pages(*m);
+  int64_t expect = 0;
+  for (auto& [name, pc] : params) {
+    const at::Tensor& t = pc.first;
+    EXPECT_TRUE(at::equal(t, pc.second)) << name;
+    EXPECT_TRUE(m->named_parameters()[name].is_same(t)) << name;  // same tensor, new storage
+    const bool big = t.nbytes() >= (size_t{2} << 20);
+    EXPECT_EQ(t.data_ptr() != old_ptr[name], big) << name;
+    if (big) {
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data_ptr()) % (uintptr_t{2} << 20), 0u) << name;
+      expect += static_cast<int64_t>(t.nbytes());
+    }
+  }
+  EXPECT_GT(expect, 0);
+  EXPECT_EQ(moved, expect);
+  EXPECT_TRUE(at::equal(test::eval_logits(m, ids), before));
 }
 
 }  // namespace
