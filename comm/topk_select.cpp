@@ -124,8 +124,10 @@ void parallel_ranges(int64_t count, int64_t work, const F& f) {
   });
 }
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+// The j-th output (from 0) of the splitmix64 generator started at `seed`: the generator adds a
+// constant to its state per draw, so any draw is computed directly (and in parallel).
+uint64_t splitmix64_at(uint64_t seed, uint64_t j) {
+  uint64_t z = seed + (j + 1) * 0x9e3779b97f4a7c15ull;
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
@@ -147,15 +149,19 @@ class Thresholds {
     rank_ = static_cast<int64_t>(std::ceil(mean + 4.0 * std::sqrt(mean * (1.0 - p)) + 4.0));
     if (rank_ >= m - 1) return;  // k is most of x: collect everything
     sample_.resize(static_cast<size_t>(m));
-    uint64_t state = 0x5eed70b4c0de5eedull;
-    for (int64_t j = 0; j < strata; ++j) {
-      const int64_t lo = j * n / strata;
-      const uint64_t len = static_cast<uint64_t>((j + 1) * n / strata - lo - (kSampleRun - 1));
-      // (32 random bits * len) >> 32 is uniform enough on [0, len) and needs no division.
-      const int64_t pos = lo + static_cast<int64_t>(((splitmix64(state) >> 32) * len) >> 32);
-      for (int64_t q = 0; q < kSampleRun; ++q)
-        sample_[static_cast<size_t>(j * kSampleRun + q)] = key_of(bits[pos + q]);
-    }
+    // Each stratum's read is a cache miss somewhere in x, so the strata are split over the
+    // threads (the positions do not depend on how: splitmix64_at).
+    parallel_ranges(strata, n, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t lo = j * n / strata;
+        const uint64_t len = static_cast<uint64_t>((j + 1) * n / strata - lo - (kSampleRun - 1));
+        // (32 random bits * len) >> 32 is uniform enough on [0, len) and needs no division.
+        const uint64_t draw = splitmix64_at(0x5eed70b4c0de5eedull, static_cast<uint64_t>(j));
+        const int64_t pos = lo + static_cast<int64_t>(((draw >> 32) * len) >> 32);
+        for (int64_t q = 0; q < kSampleRun; ++q)
+          sample_[static_cast<size_t>(j * kSampleRun + q)] = key_of(bits[pos + q]);
+      }
+    });
   }
 
   // The next threshold: the sample key at rank r, then at rank 4(r + 1), then 0. A threshold
