@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/shape.h"
+#include "model/fused_ops.h"
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
 
@@ -41,6 +42,7 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
   at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
+  if (fused_ops_apply(gate)) return lin(fused_swiglu(gate, up), down_proj, 2);
   at::Tensor act = at::silu(gate);
   if (sink) sink->mark(act, [g = gate.detach()] { return at::silu(g); });
   at::Tensor h = act * up;

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include "model/fused_ops.h"
 #include "model/rebuildable.h"
 
 namespace condense {
@@ -21,6 +22,7 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  if (fused_ops_apply(x) && weight.scalar_type() == at::kFloat) return fused_rms_norm(x, weight, eps_);
   at::Tensor xn = normalized(x, eps_);
   RebuildSink* sink = rebuild_sink();
   // Both the normalized input (saved for the weight's gradient) and the output (saved by the

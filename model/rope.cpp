@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "model/fused_ops.h"
+
 namespace condense {
 
 Rope::Rope(int64_t head_dim, double theta) : head_dim_(head_dim), theta_(theta) {}
@@ -21,6 +23,11 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const bool fusable = x.dim() == 4 && x.size(-1) % 2 == 0 && cos.dim() == 2 &&
+                       cos.size(0) == x.size(2) && cos.size(1) == x.size(3) &&
+                       sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat &&
+                       sin.scalar_type() == at::kFloat && !cos.requires_grad() && !sin.requires_grad();
+  if (fusable && fused_ops_apply(x)) return fused_rope(x, cos, sin);
   int64_t half = x.size(-1) / 2;
   at::Tensor x1 = x.narrow(-1, 0, half);
   at::Tensor x2 = x.narrow(-1, half, half);

@@ -1,0 +1,136 @@
+#include "model/fused_kernels.h"
+
+#include <cmath>
+#include <cstring>
+
+// Compiled with -O3 -ffp-contract=fast and without the LibTorch PCH (model/CMakeLists.txt).
+// Clones by CPU feature: see model/decode_kernels.cpp for why not "arch=".
+#define CONDENSE_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+
+namespace condense::fused {
+namespace {
+
+#define CONDENSE_INLINE inline __attribute__((always_inline))
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+constexpr int64_t kLanes = 16;
+
+CONDENSE_INLINE v16 load(const float* p) {
+  v16 r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+}
+
+CONDENSE_INLINE void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+
+// e^x for 16 lanes: Cephes' expf (range reduction by ln 2 split in two constants, a degree-6
+// polynomial on [-ln2/2, ln2/2], the exponent put in by integer arithmetic); within 2 ulp of
+// std::exp over the clamp range [-87.3, 88.7] (below: about 1e-38 instead of a denormal or 0,
+// which the sigmoid below cannot tell apart from 0). ATen's silu uses a vectorized exp too.
+CONDENSE_INLINE v16 exp16(v16 x) {
+  const v16 lo = v16{} - 87.3f, hi = v16{} + 88.7f;
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const v16 n = (x * 1.44269504088896341f + magic) - magic;
+  v16 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  v16 p = v16{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+  v16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+}  // namespace
+
+CONDENSE_CLONES
+void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int64_t r0,
+                      int64_t r1, int64_t n, float eps) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    float ss = 0;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    rstd[r] = inv;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * inv);
+  }
+}
+
+CONDENSE_CLONES
+void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* dy,
+                       float* dx, float* dw_acc, int64_t r0, int64_t r1, int64_t n) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * n;
+    const float* dyr = dy + r * n;
+    float* dxr = dx + r * n;
+    const float inv = rstd[r];
+    float dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t i = 0; i < n; ++i) dot += dyr[i] * w[i] * xr[i];
+    const float k = inv * inv * inv * dot / static_cast<float>(n);
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      dxr[i] = inv * (dyr[i] * w[i]) - xr[i] * k;
+      dw_acc[i] += dyr[i] * (xr[i] * inv);
+    }
+  }
+}
+
+CONDENSE_CLONES
+void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + kLanes <= i1; i += kLanes) {
+    const v16 gv = load(g + i);
+    store(h + i, gv / (1.0f + exp16(-gv)) * load(u + i));
+  }
+  for (; i < i1; ++i) h[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+CONDENSE_CLONES
+void swiglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
+                     int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + kLanes <= i1; i += kLanes) {
+    const v16 gv = load(g + i), dv = load(dh + i);
+    const v16 s = 1.0f / (1.0f + exp16(-gv));
+    store(du + i, dv * (gv * s));
+    store(dg + i, dv * load(u + i) * (s * (1.0f + gv * (1.0f - s))));
+  }
+  for (; i < i1; ++i) {
+    const float s = 1.0f / (1.0f + std::exp(-g[i]));
+    du[i] = dh[i] * (g[i] * s);
+    dg[i] = dh[i] * u[i] * (s * (1.0f + g[i] * (1.0f - s)));
+  }
+}
+
+CONDENSE_CLONES
+void rope_row_forward(const float* x, float* y, const float* c, const float* s, int64_t half) {
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[half + i];
+    y[i] = x1 * c[i] - x2 * s[i];
+    y[half + i] = x2 * c[half + i] + x1 * s[half + i];
+  }
+}
+
+CONDENSE_CLONES
+void rope_row_backward(const float* dy, float* dx, const float* c, const float* s, int64_t half) {
+#pragma omp simd
+  for (int64_t i = 0; i < half; ++i) {
+    const float d1 = dy[i], d2 = dy[half + i];
+    dx[i] = d1 * c[i] + d2 * s[half + i];
+    dx[half + i] = d2 * c[half + i] - d1 * s[i];
+  }
+}
+
+}  // namespace condense::fused

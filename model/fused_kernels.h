@@ -1,0 +1,31 @@
+// Float32 row kernels of the fused training ops (model/fused_ops.h): RMSNorm, SwiGLU and RoPE,
+// forward and backward, each one pass over its rows. Serial over the rows they are given;
+// model/fused_ops.cpp splits rows across threads. Compiled like model/decode_kernels.cpp
+// (AVX-512 / AVX+FMA / baseline clones chosen by CPU feature, -O3, FMA contraction).
+#pragma once
+#include <cstdint>
+
+namespace condense::fused {
+
+// Rows [r0, r1) of x [*, n]: y = w * (x * rstd), rstd[r] = 1 / sqrt(mean(x_r^2) + eps).
+void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int64_t r0,
+                      int64_t r1, int64_t n, float eps);
+// Rows [r0, r1): dx = rstd * (dy w) - x * rstd^3 * mean(dy w x); dw_acc += dy * x * rstd
+// (dw_acc: this thread's partial sum over its rows).
+void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* dy,
+                       float* dx, float* dw_acc, int64_t r0, int64_t r1, int64_t n);
+
+// Elements [i0, i1): h = silu(g) * u.
+void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1);
+// Elements [i0, i1): dg = dh * u * silu'(g), du = dh * silu(g), with
+// silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) (ATen's silu_backward formula).
+void swiglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
+                     int64_t i0, int64_t i1);
+
+// One row of head_dim = 2 * half (rotate-half RoPE): forward
+// y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; backward (the transpose)
+// dx1 = dy1 c1 + dy2 s2, dx2 = dy2 c2 - dy1 s1; c, s one position's [head_dim] row.
+void rope_row_forward(const float* x, float* y, const float* c, const float* s, int64_t half);
+void rope_row_backward(const float* dy, float* dx, const float* c, const float* s, int64_t half);
+
+}  // namespace condense::fused

@@ -1,0 +1,31 @@
+// Fused pointwise chains of a Llama layer for training on CPU: RMSNorm, SwiGLU's silu(gate) *
+// up, and RoPE, each a custom autograd function whose forward and backward are one pass over
+// the data (model/fused_kernels.h) instead of the 5-10 ATen ops (and as many passes over memory)
+// the composite expressions take. Measured on the quickstart model: see bench/RESULTS.md
+// ("Training: fused RMSNorm, SwiGLU and RoPE").
+//
+// Each applies where fused_ops_apply() says so: float32 CPU tensors and no rebuild sink
+// collecting marks (model/rebuildable.h: a memory policy that rebuilds the composite's
+// intermediates; the fused ops save only their inputs, and per-row scales for RMSNorm). Elsewhere
+// (CUDA, bf16 autocast, those memory policies) the callers keep the composite expressions.
+// Results agree with the composites to float rounding (tests/test_fused_ops.cpp: 1e-5 on
+// values and gradients).
+#pragma once
+#include <ATen/core/Tensor.h>
+
+namespace condense {
+
+// True when the fused ops may replace the composite for inputs like x (never when the
+// environment sets CONDENSE_FUSED_OPS=0: for A/B timing).
+bool fused_ops_apply(const at::Tensor& x);
+
+// weight * x / sqrt(mean(x^2, -1) + eps): x [..., n] (any strides), weight [n].
+at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// silu(gate) * up, same shapes.
+at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up);
+
+// Rotate-half RoPE: x [B, H, T, D] (last dim contiguous; any other strides), cos/sin [T, D].
+at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+}  // namespace condense
