@@ -10,6 +10,7 @@
 #include "memory/recompute_policy.h"
 #include "memory/saved_tensor_hooks.h"
 #include "memory/wta_crs_linear.h"
+#include "model/fused_ops.h"
 
 namespace condense {
 
@@ -77,7 +78,7 @@ at::Tensor MemoryPolicy::loss(LlamaForCausalLM& model, const at::Tensor& inputs,
     return chunked_cross_entropy(hidden, model->lm_head_weight(), targets, o);
   }
   at::Tensor logits = model->logits(hidden);
-  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}), targets.reshape({-1}));
+  return lm_cross_entropy(logits, targets);
 }
 
 std::string MemoryPolicy::describe() const {

@@ -1,5 +1,6 @@
 #include "model/fused_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -130,6 +131,38 @@ void rope_row_backward(const float* dy, float* dx, const float* c, const float* 
     const float d1 = dy[i], d2 = dy[half + i];
     dx[i] = d1 * c[i] + d2 * s[half + i];
     dx[half + i] = d2 * c[half + i] - d1 * s[i];
+  }
+}
+
+CONDENSE_CLONES
+void cross_entropy_forward(const float* logits, const int64_t* targets, float* lse, float* loss,
+                           int64_t r0, int64_t r1, int64_t vocab) {
+  const int64_t body = vocab / kLanes * kLanes;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* l = logits + r * vocab;
+    float top = -INFINITY;
+    for (int64_t j = 0; j < vocab; ++j) top = std::max(top, l[j]);
+    v16 acc = {};
+    for (int64_t j = 0; j < body; j += kLanes) acc += exp16(load(l + j) - top);
+    float sum = 0;
+    for (int k = 0; k < kLanes; ++k) sum += acc[k];
+    for (int64_t j = body; j < vocab; ++j) sum += std::exp(l[j] - top);
+    lse[r] = top + std::log(sum);
+    loss[r] = lse[r] - l[targets[r]];
+  }
+}
+
+CONDENSE_CLONES
+void cross_entropy_backward(const float* logits, const int64_t* targets, const float* lse,
+                            float scale, float* dlogits, int64_t r0, int64_t r1, int64_t vocab) {
+  const int64_t body = vocab / kLanes * kLanes;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* l = logits + r * vocab;
+    float* d = dlogits + r * vocab;
+    const float m = lse[r];
+    for (int64_t j = 0; j < body; j += kLanes) store(d + j, scale * exp16(load(l + j) - m));
+    for (int64_t j = body; j < vocab; ++j) d[j] = scale * std::exp(l[j] - m);
+    d[targets[r]] -= scale;
   }
 }
 

@@ -28,4 +28,12 @@ void swiglu_backward(const float* g, const float* u, const float* dh, float* dg,
 void rope_row_forward(const float* x, float* y, const float* c, const float* s, int64_t half);
 void rope_row_backward(const float* dy, float* dx, const float* c, const float* s, int64_t half);
 
+// Cross-entropy over rows [r0, r1) of logits [*, V] with target ids: lse[r] = log sum exp(l_r),
+// loss[r] = lse[r] - l_r[target_r] (targets already checked to lie in [0, V)).
+void cross_entropy_forward(const float* logits, const int64_t* targets, float* lse, float* loss,
+                           int64_t r0, int64_t r1, int64_t vocab);
+// dlogits_r = scale * (softmax(l_r) - onehot(target_r)), rows [r0, r1).
+void cross_entropy_backward(const float* logits, const int64_t* targets, const float* lse,
+                            float scale, float* dlogits, int64_t r0, int64_t r1, int64_t vocab);
+
 }  // namespace condense::fused

@@ -149,6 +149,43 @@ struct RopeFn : public torch::autograd::Function<RopeFn> {
   }
 };
 
+struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits_in, const at::Tensor& targets_in) {
+    const at::Tensor logits = logits_in.contiguous();
+    const at::Tensor targets = targets_in.contiguous();
+    const int64_t n = logits.size(0), vocab = logits.size(1);
+    at::Tensor lse = at::empty({n}, logits.options());
+    at::Tensor rows = at::empty({n}, logits.options());
+    const float* lp = logits.data_ptr<float>();
+    const int64_t* tp = targets.data_ptr<int64_t>();
+    float* sp = lse.data_ptr<float>();
+    float* rp = rows.data_ptr<float>();
+    at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
+      fused::cross_entropy_forward(lp, tp, sp, rp, r0, r1, vocab);
+    });
+    ctx->save_for_backward({logits, targets, lse});
+    return rows.sum().div_(static_cast<double>(n));
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& logits = saved[0];
+    const at::Tensor& targets = saved[1];
+    const at::Tensor& lse = saved[2];
+    const int64_t n = logits.size(0), vocab = logits.size(1);
+    const float scale = grads[0].item<float>() / static_cast<float>(n);
+    at::Tensor d = at::empty_like(logits);
+    const float* lp = logits.data_ptr<float>();
+    const int64_t* tp = targets.data_ptr<int64_t>();
+    const float* sp = lse.data_ptr<float>();
+    float* dp = d.data_ptr<float>();
+    at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
+      fused::cross_entropy_backward(lp, tp, sp, scale, dp, r0, r1, vocab);
+    });
+    return {d, at::Tensor()};
+  }
+};
+
 }  // namespace
 
 bool fused_ops_apply(const at::Tensor& x) {
@@ -179,6 +216,30 @@ at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
                      cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
                  "fused RoPE: x [B, H, T, D] (D even) with cos/sin [T, D] float32");
   return RopeFn::apply(x, cos, sin);
+}
+
+at::Tensor fused_cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
+  CONDENSE_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0) &&
+                     targets.scalar_type() == at::kLong && logits.scalar_type() == at::kFloat,
+                 "fused cross-entropy: logits [N, V] float32 and targets [N] int64");
+  if (targets.numel() > 0) {
+    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
+    CONDENSE_CHECK(lo >= 0 && hi < logits.size(1), "cross-entropy: target ids {}..{} outside the "
+                   "vocabulary [0, {})", lo, hi, logits.size(1));
+  }
+  return CrossEntropyFn::apply(logits, targets);
+}
+
+at::Tensor lm_cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
+  const at::Tensor flat = logits.reshape({-1, logits.size(-1)});
+  const at::Tensor t = targets.reshape({-1});
+  if (fused_ops_apply(flat) && t.scalar_type() == at::kLong && t.numel() == flat.size(0)) {
+    // Targets outside [0, V) (ignore_index -100, or bad ids that deserve ATen's error) take the
+    // ATen loss.
+    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+    if (lo >= 0 && hi < flat.size(1)) return CrossEntropyFn::apply(flat, t);
+  }
+  return at::cross_entropy_loss(flat, t);
 }
 
 }  // namespace condense

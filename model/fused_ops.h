@@ -1,5 +1,5 @@
 // Fused pointwise chains of a Llama layer for training on CPU: RMSNorm, SwiGLU's silu(gate) *
-// up, and RoPE, each a custom autograd function whose forward and backward are one pass over
+// up, RoPE, and the cross-entropy loss, each a custom autograd function whose forward and backward are one pass over
 // the data (model/fused_kernels.h) instead of the 5-10 ATen ops (and as many passes over memory)
 // the composite expressions take. Measured on the quickstart model: see bench/RESULTS.md
 // ("Training: fused RMSNorm, SwiGLU and RoPE").
@@ -27,5 +27,14 @@ at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up);
 
 // Rotate-half RoPE: x [B, H, T, D] (last dim contiguous; any other strides), cos/sin [T, D].
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// Mean cross-entropy of logits [N, V] (float32) against targets [N] (int64, each in [0, V):
+// checked), as at::cross_entropy_loss computes it, in one pass forward (log-sum-exp per row) and
+// one backward (softmax minus one-hot, written once), without log_softmax's [N, V] output.
+at::Tensor fused_cross_entropy(const at::Tensor& logits, const at::Tensor& targets);
+
+// The language-modeling loss the trainer uses: fused_cross_entropy where fused_ops_apply(logits),
+// else at::cross_entropy_loss. logits [..., V], targets [...].
+at::Tensor lm_cross_entropy(const at::Tensor& logits, const at::Tensor& targets);
 
 }  // namespace condense

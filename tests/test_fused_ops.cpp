@@ -3,6 +3,8 @@
 //   - RMSNorm on rows with a vector tail, including the weight gradient summed over threads;
 //   - SwiGLU across the vectorized exp's clamp range (gates of +-100) and a scalar tail;
 //   - RoPE on the transposed (non-contiguous) views attention passes, output in x's layout;
+//   - cross-entropy: loss and logits gradient against at::cross_entropy_loss (vocabulary with a
+//     tail, extreme logits), lm_cross_entropy falling back for ignore_index and bad ids;
 //   - where they do not apply: a collecting rebuild sink (grad mode on), non-float32, empty.
 #include <gtest/gtest.h>
 
@@ -10,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include "core/error.h"
 #include "model/fused_ops.h"
 #include "model/rebuildable.h"
 #include "model/rope.h"
@@ -98,6 +101,28 @@ TEST(FusedOps, RopeMatchesTheCompositeOnTransposedViews) {
   EXPECT_EQ(y.strides(), base.transpose(1, 2).strides());
   // apply_rope takes the fused path and agrees with the composite.
   expect_close(apply_rope(base.transpose(1, 2), cos, sin), composite_rope(base.transpose(1, 2), cos, sin));
+}
+
+TEST(FusedOps, CrossEntropyMatchesATen) {
+  at::manual_seed(4);
+  at::Tensor logits = at::randn({37, 101}) * 5;
+  logits[0][3] = 80.0;   // a dominant logit
+  logits[1][7] = -80.0;  // and a vanishing one
+  at::Tensor targets = at::randint(0, 101, {37}, at::kLong);
+  targets[0] = 3;
+  targets[1] = 7;
+  at::Tensor g = at::scalar_tensor(0.7);
+  auto fused = run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {logits}, g);
+  auto ref = run([&](auto& v) { return at::cross_entropy_loss(v[0], targets); }, {logits}, g);
+  expect_all_close(fused, ref);
+  // lm_cross_entropy: [B, T, V] logits; -100 targets take ATen's loss (ignored rows).
+  at::Tensor l3 = at::randn({2, 5, 11}), t3 = at::randint(0, 11, {2, 5}, at::kLong);
+  expect_close(lm_cross_entropy(l3, t3), at::cross_entropy_loss(l3.view({-1, 11}), t3.view({-1})));
+  t3[0][1] = -100;
+  expect_close(lm_cross_entropy(l3, t3), at::cross_entropy_loss(l3.view({-1, 11}), t3.view({-1})));
+  t3[0][1] = 11;  // outside the vocabulary: an error, as from ATen
+  EXPECT_ANY_THROW(lm_cross_entropy(l3, t3));
+  EXPECT_THROW(fused_cross_entropy(l3.view({-1, 11}), t3.view({-1})), Error);
 }
 
 struct NullSink : RebuildSink {
