@@ -4,12 +4,12 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 
 #include "core/error.h"
 #include "model/fused_kernels.h"
-#include "model/rebuildable.h"
 
 namespace condense {
 namespace {
@@ -188,14 +188,25 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
 
 }  // namespace
 
-bool fused_ops_apply(const at::Tensor& x) {
-  // CONDENSE_FUSED_OPS=0 keeps the composites everywhere (A/B timing, bisecting a numeric doubt).
-  static const bool enabled = [] {
+namespace {
+
+// CONDENSE_FUSED_OPS=0 in the environment starts with the composites everywhere.
+std::atomic<bool>& fused_enabled() {
+  static std::atomic<bool> on{[] {
     const char* v = std::getenv("CONDENSE_FUSED_OPS");
     return v == nullptr || std::string(v) != "0";
-  }();
-  return enabled && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.numel() > 0 &&
-         rebuild_sink() == nullptr;
+  }()};
+  return on;
+}
+
+}  // namespace
+
+void set_fused_ops_enabled(bool on) { fused_enabled().store(on); }
+
+bool fused_ops_enabled() { return fused_enabled().load(); }
+
+bool fused_ops_apply(const at::Tensor& x) {
+  return fused_ops_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.numel() > 0;
 }
 
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

@@ -4,10 +4,11 @@
 // the composite expressions take. Measured on the quickstart model: see bench/RESULTS.md
 // ("Training: fused RMSNorm, SwiGLU and RoPE").
 //
-// Each applies where fused_ops_apply() says so: float32 CPU tensors and no rebuild sink
-// collecting marks (model/rebuildable.h: a memory policy that rebuilds the composite's
-// intermediates; the fused ops save only their inputs, and per-row scales for RMSNorm). Elsewhere
-// (CUDA, bf16 autocast, those memory policies) the callers keep the composite expressions.
+// Each applies where fused_ops_apply() says so: float32 CPU tensors. Elsewhere (CUDA, bf16
+// autocast) the callers keep the composite expressions. Under a rebuild sink
+// (model/rebuildable.h) the callers mark the fused outputs with the fused forward itself as the
+// rebuild function: deterministic (each row or element computed by one thread with the same
+// kernel), so a rebuild is bitwise equal and recompute policies keep bitwise-equal gradients.
 // Results agree with the composites to float rounding (tests/test_fused_ops.cpp: 1e-5 on
 // values and gradients).
 #pragma once
@@ -15,9 +16,12 @@
 
 namespace condense {
 
-// True when the fused ops may replace the composite for inputs like x (never when the
-// environment sets CONDENSE_FUSED_OPS=0: for A/B timing).
+// True when the fused ops may replace the composite for inputs like x.
 bool fused_ops_apply(const at::Tensor& x);
+// On by default; off when the environment sets CONDENSE_FUSED_OPS=0 (A/B timing) or after
+// set_fused_ops_enabled(false) (tests of what the composite graph saves).
+void set_fused_ops_enabled(bool on);
+bool fused_ops_enabled();
 
 // weight * x / sqrt(mean(x^2, -1) + eps): x [..., n] (any strides), weight [n].
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);

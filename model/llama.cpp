@@ -42,7 +42,13 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
   at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
-  if (fused_ops_apply(gate)) return lin(fused_swiglu(gate, up), down_proj, 2);
+  if (fused_ops_apply(gate)) {
+    // One pass saving gate and up (as the composite does); the product (saved by down_proj)
+    // rebuilds bitwise by the same kernel.
+    at::Tensor h = fused_swiglu(gate, up);
+    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return fused_swiglu(g, u); });
+    return lin(h, down_proj, 2);
+  }
   at::Tensor act = at::silu(gate);
   if (sink) sink->mark(act, [g = gate.detach()] { return at::silu(g); });
   at::Tensor h = act * up;

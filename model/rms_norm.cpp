@@ -22,9 +22,19 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  if (fused_ops_apply(x) && weight.scalar_type() == at::kFloat) return fused_rms_norm(x, weight, eps_);
-  at::Tensor xn = normalized(x, eps_);
   RebuildSink* sink = rebuild_sink();
+  if (fused_ops_apply(x) && weight.scalar_type() == at::kFloat) {
+    // One pass, saving only x and a scale per row; its output (saved by the projections that
+    // read it) rebuilds bitwise from x by the same kernel.
+    at::Tensor out = fused_rms_norm(x, weight, eps_);
+    if (sink) {
+      sink->mark(out, [xd = x.detach(), w = weight.detach(), eps = eps_] {
+        return fused_rms_norm(xd, w, eps);
+      });
+    }
+    return out;
+  }
+  at::Tensor xn = normalized(x, eps_);
   // Both the normalized input (saved for the weight's gradient) and the output (saved by the
   // projections that read it) are elementwise functions of x, which autograd keeps anyway.
   if (sink) sink->mark(xn, [xd = x.detach(), eps = eps_] { return normalized(xd, eps); });
