@@ -57,10 +57,13 @@ void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
-    float ss = 0;
+    // The mean square in double: rows are short (the hidden size), and float sums in another
+    // order than ATen's moved logits by ~1e-5 against transformers.
+    double ss = 0;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t i = 0; i < n; ++i) ss += xr[i] * xr[i];
-    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(xr[i]) * xr[i];
+    const float mean = static_cast<float>(ss / static_cast<double>(n));
+    const float inv = 1.0f / std::sqrt(mean + eps);
     rstd[r] = inv;
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) yr[i] = w[i] * (xr[i] * inv);
