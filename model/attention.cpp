@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "model/fused_ops.h"
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
 #include "model/rope.h"
@@ -84,10 +85,24 @@ at::Tensor LlamaAttentionImpl::project(const at::Tensor& x, torch::nn::Linear& p
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos,
                                        const at::Tensor& sin, KVCache* cache, KVHook* hook) {
   int64_t b = x.size(0), t = x.size(1);
-  at::Tensor q = project(x, q_proj, 0).view({b, t, heads_, head_dim_}).transpose(1, 2);
+  const bool latent = hook && hook->latent();
+  // q, k and v from one matrix product where nothing intercepts the projections (no projection
+  // hook, no latent cache) on float32 CPU: one larger GEMM instead of three small ones, and in
+  // backward one input gradient instead of three summed. The weights are concatenated per call
+  // (a copy of (heads + 2 kv_heads) x head_dim x hidden floats, small next to the activations).
+  at::Tensor q_lin, k_lin, v_lin;
+  if (!projection_hook && !latent && fused_ops_apply(x)) {
+    auto parts = at::linear(x, at::cat({q_proj->weight, k_proj->weight, v_proj->weight}))
+                     .split_with_sizes({heads_ * head_dim_, kv_heads_ * head_dim_, kv_heads_ * head_dim_}, -1);
+    q_lin = parts[0];
+    k_lin = parts[1];
+    v_lin = parts[2];
+  } else {
+    q_lin = project(x, q_proj, 0);
+  }
+  at::Tensor q = q_lin.view({b, t, heads_, head_dim_}).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   const int64_t past = cache ? cache->length() : 0;
-  const bool latent = hook && hook->latent();
   at::Tensor k, v;
   if (latent) {
     // The cache holds the latents; keys and values of every position are rebuilt from them.
@@ -109,8 +124,12 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
       return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
     }
   } else {
-    k = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-    v = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    if (!k_lin.defined()) {
+      k_lin = project(x, k_proj, 1);
+      v_lin = project(x, v_proj, 2);
+    }
+    k = k_lin.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    v = v_lin.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
     k = apply_rope(k, cos, sin);
     if (hook) {
       KVHook::Projected p = hook->project(layer_, q, k, v);

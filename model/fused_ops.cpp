@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "model/fused_kernels.h"
@@ -95,6 +96,41 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
       fused::swiglu_backward(gp, up, dhp, dgp, dup, i0, i1);
     });
     return {dg, du};
+  }
+};
+
+struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gu_in) {
+    const at::Tensor gu = gu_in.contiguous();
+    const int64_t width = gu.size(-1) / 2, rows = gu.numel() / (2 * width);
+    std::vector<int64_t> sizes(gu.sizes().begin(), gu.sizes().end());
+    sizes.back() = width;
+    at::Tensor h = at::empty(sizes, gu.options());
+    const float* p = gu.data_ptr<float>();
+    float* hp = h.data_ptr<float>();
+    at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        fused::swiglu_forward(p + r * 2 * width, p + r * 2 * width + width, hp + r * width, 0, width);
+    });
+    ctx->save_for_backward({gu});
+    return h;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor gu = ctx->get_saved_variables()[0];
+    const at::Tensor dh = grads[0].contiguous();
+    const int64_t width = gu.size(-1) / 2, rows = gu.numel() / (2 * width);
+    at::Tensor d = at::empty_like(gu);
+    const float* p = gu.data_ptr<float>();
+    const float* dhp = dh.data_ptr<float>();
+    float* dp = d.data_ptr<float>();
+    at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t o = r * 2 * width;
+        fused::swiglu_backward(p + o, p + o + width, dhp + r * width, dp + o, dp + o + width, 0, width);
+      }
+    });
+    return {d};
   }
 };
 
@@ -219,6 +255,12 @@ at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up) {
   CONDENSE_CHECK(gate.sizes() == up.sizes() && up.scalar_type() == at::kFloat,
                  "fused SwiGLU: gate and up must have the same shape and be float32");
   return SwigluFn::apply(gate, up);
+}
+
+at::Tensor fused_swiglu_packed(const at::Tensor& gu) {
+  CONDENSE_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0 && gu.scalar_type() == at::kFloat,
+                 "fused SwiGLU: packed gate and up [..., 2I] float32");
+  return SwigluPackedFn::apply(gu);
 }
 
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

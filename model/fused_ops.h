@@ -29,6 +29,10 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double 
 // silu(gate) * up, same shapes.
 at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up);
 
+// The same on gate and up packed side by side, gu [..., 2I] (gate first): h [..., I] = silu(gu[..., :I]) *
+// gu[..., I:], its gradient written into one [..., 2I] tensor.
+at::Tensor fused_swiglu_packed(const at::Tensor& gu);
+
 // Rotate-half RoPE: x [B, H, T, D] (last dim contiguous; any other strides), cos/sin [T, D].
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 

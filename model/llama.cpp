@@ -41,6 +41,14 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
+  if (!projection_hook && !linear_fn && fused_ops_apply(x)) {
+    // gate and up from one matrix product (one GEMM, one input gradient), SwiGLU read from its
+    // two halves in place; the product (saved by down_proj) rebuilds bitwise by the same kernel.
+    at::Tensor gu = at::linear(x, at::cat({gate_proj->weight, up_proj->weight}));
+    at::Tensor h = fused_swiglu_packed(gu);
+    if (sink) sink->mark(h, [g = gu.detach()] { return fused_swiglu_packed(g); });
+    return at::linear(h, down_proj->weight);
+  }
   at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
   if (fused_ops_apply(gate)) {
     // One pass saving gate and up (as the composite does); the product (saved by down_proj)

@@ -80,6 +80,16 @@ TEST(FusedOps, SwigluMatchesTheCompositeAcrossTheExpRange) {
                    run([](auto& v) { return at::silu(v[0]) * v[1]; }, {g2, u2}, d2));
 }
 
+TEST(FusedOps, PackedSwigluMatchesTheCompositeOnHalves) {
+  at::manual_seed(6);
+  at::Tensor gu = at::randn({3, 5, 2 * 45}) * 4, dh = at::randn({3, 5, 45});
+  auto fused = run([](auto& v) { return fused_swiglu_packed(v[0]); }, {gu}, dh);
+  auto composite = run([](auto& v) {
+    return at::silu(v[0].narrow(-1, 0, 45)) * v[0].narrow(-1, 45, 45);
+  }, {gu}, dh);
+  expect_all_close(fused, composite);
+}
+
 at::Tensor composite_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
