@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <atomic>
@@ -242,7 +243,10 @@ void set_fused_ops_enabled(bool on) { fused_enabled().store(on); }
 bool fused_ops_enabled() { return fused_enabled().load(); }
 
 bool fused_ops_apply(const at::Tensor& x) {
-  return fused_ops_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat && x.numel() > 0;
+  // Not under CPU autocast: the projections around these ops would produce bf16 (and the
+  // packed gate/up product with them), which the composites handle.
+  return fused_ops_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
+         x.numel() > 0 && !at::autocast::is_autocast_enabled(at::kCPU);
 }
 
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {

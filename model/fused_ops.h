@@ -4,8 +4,8 @@
 // the composite expressions take. Measured on the quickstart model: see bench/RESULTS.md
 // ("Training: fused RMSNorm, SwiGLU and RoPE").
 //
-// Each applies where fused_ops_apply() says so: float32 CPU tensors. Elsewhere (CUDA, bf16
-// autocast) the callers keep the composite expressions. Under a rebuild sink
+// Each applies where fused_ops_apply() says so: float32 CPU tensors, CPU autocast off. Elsewhere
+// (CUDA, bf16 autocast) the callers keep the composite expressions. Under a rebuild sink
 // (model/rebuildable.h) the callers mark the fused outputs with the fused forward itself as the
 // rebuild function: deterministic (each row or element computed by one thread with the same
 // kernel), so a rebuild is bitwise equal and recompute policies keep bitwise-equal gradients.

@@ -6,11 +6,12 @@
 //   - cross-entropy: loss and logits gradient against at::cross_entropy_loss (vocabulary with a
 //     tail, extreme logits), lm_cross_entropy falling back for ignore_index and bad ids;
 //   - forwards repeat bit for bit at any thread count (rebuild marks rely on it);
-//   - where they do not apply: non-float32, empty.
+//   - where they do not apply: non-float32, empty, under CPU autocast.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "core/error.h"
@@ -141,6 +142,12 @@ TEST(FusedOps, ApplyOnlyToFloat32) {
   EXPECT_FALSE(fused_ops_apply(x.to(at::kBFloat16)));
   EXPECT_FALSE(fused_ops_apply(x.to(at::kDouble)));
   EXPECT_FALSE(fused_ops_apply(at::empty({0, 3})));
+  {
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    EXPECT_FALSE(fused_ops_apply(x));  // bf16 autocast: the composites
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+  }
+  EXPECT_TRUE(fused_ops_apply(x));
 }
 
 // What a rebuild-mark policy relies on: the fused forward run again gives the same bits,
