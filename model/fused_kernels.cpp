@@ -143,8 +143,15 @@ void cross_entropy_forward(const float* logits, const int64_t* targets, float* l
   const int64_t body = vocab / kLanes * kLanes;
   for (int64_t r = r0; r < r1; ++r) {
     const float* l = logits + r * vocab;
+    // The row maximum, 16 lanes at a time (a scalar max is a dependency chain per element).
+    v16 most = v16{} - INFINITY;
+    for (int64_t j = 0; j < body; j += kLanes) {
+      const v16 v = load(l + j);
+      most = v > most ? v : most;
+    }
     float top = -INFINITY;
-    for (int64_t j = 0; j < vocab; ++j) top = std::max(top, l[j]);
+    for (int k = 0; k < kLanes; ++k) top = std::max(top, most[k]);
+    for (int64_t j = body; j < vocab; ++j) top = std::max(top, l[j]);
     v16 acc = {};
     for (int64_t j = 0; j < body; j += kLanes) acc += exp16(load(l + j) - top);
     float sum = 0;
