@@ -1,8 +1,8 @@
-// Fused pointwise chains of a Llama layer for training on CPU: RMSNorm, SwiGLU's silu(gate) *
-// up, RoPE, and the cross-entropy loss, each a custom autograd function whose forward and backward are one pass over
-// the data (model/fused_kernels.h) instead of the 5-10 ATen ops (and as many passes over memory)
-// the composite expressions take. Measured: bench/RESULTS.md, "Training: fused ops against
-// PyTorch eager and torch.compile".
+// Fused pointwise chains of a Llama layer for training on CPU: RMSNorm, SwiGLU's
+// silu(gate) * up, RoPE, and the cross-entropy loss, each a custom autograd function whose
+// forward and backward are one pass over the data (model/fused_kernels.h) instead of the 5-10
+// ATen ops (and as many passes over memory) the composite expressions take. Measured:
+// bench/RESULTS.md, "Training: fused ops against PyTorch eager and torch.compile".
 //
 // Each applies where fused_ops_apply() says so: float32 CPU tensors, CPU autocast off. Elsewhere
 // (CUDA, bf16 autocast) the callers keep the composite expressions. Under a rebuild sink
