@@ -114,64 +114,60 @@ int main(int argc, char** argv) {
   at::Tensor sign_payload = at::empty({sign.payload_bytes()}, x.options().dtype(at::kByte));
   at::Tensor half;
 
-  at::Tensor acc = at::zeros_like(x);
-  condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops);
-  condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops);
+  at::Tensor acc = at::zeros_like(x);  // the decodes add into it (their payloads: the encodes')
+  const char* codec_path = tensor_ops ? "tensor" : "cpu";
+  struct Op {
+    const char* name;
+    std::function<void()> run;
+    int64_t bytes;  // input read + output written
+    const char* path;
+  };
+  const std::vector<Op> ops = {
+      {"copy", [&] { dst.copy_(x); }, 2 * 4 * numel, "tensor"},  // first: the rate the others are compared with
+      {"topk",
+       [&] {
+         at::Tensor idx = tensor_ops ? condense::topk_abs_indices_tensor_ops(x, k)
+                                     : condense::topk_abs_indices(x, k);
+         at::Tensor values = x.index_select(0, idx);
+       },
+       4 * numel + 8 * k, codec_path},
+      {"qsgd", [&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); },
+       4 * numel + qsgd.payload_bytes(), codec_path},
+      {"sign", [&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); },
+       4 * numel + sign.payload_bytes(), codec_path},
+      {"qsgd_decode", [&] { condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops); },
+       8 * numel + qsgd.payload_bytes(), codec_path},
+      {"sign_decode", [&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); },
+       8 * numel + sign.payload_bytes(), codec_path},
+      {"fp16", [&] { half = x.to(at::kHalf); }, 4 * numel + 2 * numel, "tensor"},
+  };
+  // One untimed round of every operation first, in order (the encodes fill the payloads the
+  // decodes read): page faults of fresh buffers and OpenMP's pool start would otherwise fall on
+  // the first thread count's timings.
+  for (const Op& op : ops) op.run();
   // seconds[op][i]: median at thread_counts[i].
-  std::vector<std::pair<std::string, std::vector<double>>> seconds;
-  // One untimed round of every operation first: page faults of fresh buffers and OpenMP's pool
-  // start would otherwise fall on the first thread count's timings.
-  for (int r = 0; r < 2; ++r) {
-    dst.copy_(x);
-    if (tensor_ops) condense::topk_abs_indices_tensor_ops(x, k);
-    else condense::topk_abs_indices(x, k);
-    condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops);
-    condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops);
-    condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops);
-    condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops);
-    half = x.to(at::kHalf);
-  }
+  std::vector<std::vector<double>> seconds(ops.size());
   for (int threads : thread_counts) {
     if (!cuda) at::set_num_threads(threads);
     double copy_rate = 0;
-    size_t op_index = 0;
-    auto report = [&](const char* op, double secs, int64_t bytes, const char* op_path) {
-      const double rate = bytes / secs;
-      if (copy_rate == 0) copy_rate = rate;  // the first line is the copy
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const double secs = median_time(ops[i].run);
+      const double rate = ops[i].bytes / secs;
+      if (i == 0) copy_rate = rate;
       std::printf("{\"op\": \"%s\", \"device\": \"%s\", \"path\": \"%s\", \"threads\": %d, "
                   "\"numel\": %lld, \"repeats\": %d, \"median_s\": %.6g, \"bytes\": %lld, "
                   "\"bytes_per_s\": %.6g, \"ratio_to_copy\": %.4g}\n",
-                  op, device_name.c_str(), op_path, cuda ? 0 : at::get_num_threads(),
-                  static_cast<long long>(numel), repeats, secs, static_cast<long long>(bytes), rate,
-                  rate / copy_rate);
+                  ops[i].name, device_name.c_str(), ops[i].path, cuda ? 0 : at::get_num_threads(),
+                  static_cast<long long>(numel), repeats, secs, static_cast<long long>(ops[i].bytes),
+                  rate, rate / copy_rate);
       std::fflush(stdout);
-      if (op_index == seconds.size()) seconds.push_back({op, {}});
-      seconds[op_index++].second.push_back(secs);
-    };
-    const char* codec_path = tensor_ops ? "tensor" : "cpu";
-
-    report("copy", median_time([&] { dst.copy_(x); }), 2 * 4 * numel, "tensor");
-    report("topk", median_time([&] {
-             at::Tensor idx = tensor_ops ? condense::topk_abs_indices_tensor_ops(x, k)
-                                         : condense::topk_abs_indices(x, k);
-             at::Tensor values = x.index_select(0, idx);
-           }),
-           4 * numel + 8 * k, codec_path);
-    report("qsgd", median_time([&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); }),
-           4 * numel + qsgd.payload_bytes(), codec_path);
-    report("sign", median_time([&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); }),
-           4 * numel + sign.payload_bytes(), codec_path);
-    report("qsgd_decode",
-           median_time([&] { condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops); }),
-           8 * numel + qsgd.payload_bytes(), codec_path);
-    report("sign_decode",
-           median_time([&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); }),
-           8 * numel + sign.payload_bytes(), codec_path);
-    report("fp16", median_time([&] { half = x.to(at::kHalf); }), 4 * numel + 2 * numel, "tensor");
+      seconds[i].push_back(secs);
+    }
   }
   if (thread_counts.size() > 1) {
-    for (const auto& [op, secs] : seconds) {
-      std::printf("{\"op\": \"%s\", \"speedup_over_%d_threads\": {", op.c_str(), thread_counts[0]);
+    for (size_t o = 0; o < ops.size(); ++o) {
+      const std::vector<double>& secs = seconds[o];
+      std::printf("{\"op\": \"%s\", \"speedup_over_%d_threads\": {", ops[o].name, thread_counts[0]);
       for (size_t i = 1; i < secs.size(); ++i)
         std::printf("%s\"%d\": %.3f", i > 1 ? ", " : "", thread_counts[i], secs[0] / secs[i]);
       std::printf("}}\n");

@@ -86,12 +86,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
                                        const at::Tensor& sin, KVCache* cache, KVHook* hook) {
   int64_t b = x.size(0), t = x.size(1);
   const bool latent = hook && hook->latent();
-  // q, k and v from one matrix product where nothing intercepts the projections (no projection
-  // hook, no latent cache) on float32 CPU: one larger GEMM instead of three small ones, and in
-  // backward one input gradient instead of three summed. The weights are concatenated per call
-  // (a copy of (heads + 2 kv_heads) x head_dim x hidden floats, small next to the activations).
+  // q, k and v from one matrix product in training where nothing intercepts the projections
+  // (no projection hook, no latent cache): one larger GEMM instead of three small ones, and in
+  // backward one input gradient instead of three summed (model/fused_ops.h: pack_projections).
   at::Tensor q_lin, k_lin, v_lin;
-  if (!projection_hook && !latent && fused_ops_apply(x)) {
+  if (!projection_hook && !latent && pack_projections(x)) {
     auto parts = at::linear(x, at::cat({q_proj->weight, k_proj->weight, v_proj->weight}))
                      .split_with_sizes({heads_ * head_dim_, kv_heads_ * head_dim_, kv_heads_ * head_dim_}, -1);
     q_lin = parts[0];

@@ -4,35 +4,12 @@
 #include <cmath>
 #include <cstring>
 
-// Compiled with -O3 -ffp-contract=fast (model/CMakeLists.txt) so that a * b + c becomes one FMA,
-// and without the precompiled LibTorch header: this file includes no LibTorch.
+#include "model/simd.h"
 
-// Clones by CPU feature, not by "arch=": GCC's resolver tests an arch= clone with
-// __builtin_cpu_is (that exact microarchitecture), so on any other CPU it falls through to the
-// baseline. "fma" implies AVX: 256-bit float vectors with fused multiply-adds.
-#define CONDENSE_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
-#define CONDENSE_INLINE inline __attribute__((always_inline))
-
+// Compiled with -O3 -ffp-contract=fast and without the LibTorch PCH (model/CMakeLists.txt).
 namespace condense::decode {
+using namespace condense::simd;
 namespace {
-
-// 16 floats: one AVX-512 register, two AVX2 registers, four SSE registers in each clone.
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
-
-CONDENSE_INLINE v16 load(const float* p) {
-  v16 r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-
-CONDENSE_INLINE void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-
-CONDENSE_INLINE float hsum(v16 v) {
-  float s = 0;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
 
 CONDENSE_INLINE float dot(const float* a, const float* b, int64_t n) {
   v16 acc0 = {}, acc1 = {};
@@ -106,27 +83,6 @@ void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r
 }
 
 CONDENSE_CLONES
-void rms_norm(const float* x, const float* weight, float* out, int64_t n, double eps) {
-  const float mean = dot(x, x, n) / static_cast<float>(n);
-  const float inv = 1.0f / std::sqrt(mean + static_cast<float>(eps));
-  for (int64_t i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * inv);
-}
-
-CONDENSE_CLONES
-void rope(float* x, int64_t heads, int64_t head_dim, const float* cos, const float* sin) {
-  const int64_t half = head_dim / 2;
-  for (int64_t h = 0; h < heads; ++h) {
-    float* a = x + h * head_dim;
-    float* b = a + half;
-    for (int64_t i = 0; i < half; ++i) {
-      const float lo = a[i], hi = b[i];
-      a[i] = lo * cos[i] - hi * sin[i];
-      b[i] = hi * cos[half + i] + lo * sin[half + i];
-    }
-  }
-}
-
-CONDENSE_CLONES
 void attend(const float* q, const float* k, const float* v, float* out, float* scores, int64_t d,
             int64_t length, float scale) {
   float top = -INFINITY;
@@ -148,11 +104,6 @@ void attend(const float* q, const float* k, const float* v, float* out, float* s
     for (int64_t i = 0; i < body; i += kLanes) store(out + i, load(out + i) + p * load(vj + i));
     for (int64_t i = body; i < d; ++i) out[i] += p * vj[i];
   }
-}
-
-CONDENSE_CLONES
-void silu_mul(float* g, const float* u, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
 }
 
 CONDENSE_CLONES

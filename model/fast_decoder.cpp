@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "model/decode_kernels.h"
+#include "model/fused_kernels.h"
 #include "model/rope.h"
 
 namespace condense {
@@ -102,9 +103,16 @@ at::Tensor FastDecoder::step(int64_t id) {
   const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
   const int64_t group = heads / kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const double eps = config_.rms_norm_eps;
   const float* cos = cos_.data_ptr<float>() + pos * d;
   const float* sin = sin_.data_ptr<float>() + pos * d;
+  float rstd = 0;  // RMSNorm's per-row scale, unused here
+  auto rms_norm = [&](const at::Tensor& weight) {
+    fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden,
+                            static_cast<float>(config_.rms_norm_eps));
+  };
+  auto rope = [&](float* v, int64_t count) {  // in place, one head vector at a time
+    for (int64_t h = 0; h < count; ++h) fused::rope_row_forward(v + h * d, v + h * d, cos, sin, d / 2);
+  };
 
   std::memcpy(x_.data(), embed_.data_ptr<float>() + id * hidden, hidden * sizeof(float));
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -113,10 +121,10 @@ at::Tensor FastDecoder::step(int64_t id) {
     float* kbuf = keys.data_ptr<float>();
     float* vbuf = values.data_ptr<float>();
 
-    decode::rms_norm(x_.data(), L.norm_in.data_ptr<float>(), xn_.data(), hidden, eps);
+    rms_norm(L.norm_in);
     matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), hidden);
-    decode::rope(q_.data(), heads, d, cos, sin);
-    decode::rope(k_.data(), kv, d, cos, sin);
+    rope(q_.data(), heads);
+    rope(k_.data(), kv);
     for (int64_t h = 0; h < kv; ++h) {  // the cache is [1, kv, capacity, d]
       std::memcpy(kbuf + (h * cap + pos) * d, k_.data() + h * d, d * sizeof(float));
       std::memcpy(vbuf + (h * cap + pos) * d, v_.data() + h * d, d * sizeof(float));
@@ -131,13 +139,13 @@ at::Tensor FastDecoder::step(int64_t id) {
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);
     decode::add(x_.data(), proj_.data(), hidden);
 
-    decode::rms_norm(x_.data(), L.norm_post.data_ptr<float>(), xn_.data(), hidden, eps);
+    rms_norm(L.norm_post);
     matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), hidden);
-    decode::silu_mul(gate_.data(), up_.data(), inter);
+    fused::swiglu_forward(gate_.data(), up_.data(), gate_.data(), 0, inter);  // in place
     matvec({{&L.down, proj_.data()}}, gate_.data(), inter);
     decode::add(x_.data(), proj_.data(), hidden);
   }
-  decode::rms_norm(x_.data(), norm_.data_ptr<float>(), xn_.data(), hidden, eps);
+  rms_norm(norm_);
   matvec({{&lm_head_, logits_.data_ptr<float>()}}, xn_.data(), hidden);
   cache_.commit(1);
   return logits_;

@@ -4,52 +4,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "model/simd.h"
+
 // Compiled with -O3 -ffp-contract=fast and without the LibTorch PCH (model/CMakeLists.txt).
-// Clones by CPU feature: see model/decode_kernels.cpp for why not "arch=".
-#define CONDENSE_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
-
 namespace condense::fused {
-namespace {
-
-#define CONDENSE_INLINE inline __attribute__((always_inline))
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-constexpr int64_t kLanes = 16;
-
-CONDENSE_INLINE v16 load(const float* p) {
-  v16 r;
-  std::memcpy(&r, p, sizeof r);
-  return r;
-}
-
-CONDENSE_INLINE void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
-
-// e^x for 16 lanes: Cephes' expf (range reduction by ln 2 split in two constants, a degree-6
-// polynomial on [-ln2/2, ln2/2], the exponent put in by integer arithmetic); within 2 ulp of
-// std::exp over the clamp range [-87.3, 88.7] (below: about 1e-38 instead of a denormal or 0,
-// which the sigmoid below cannot tell apart from 0). ATen's silu uses a vectorized exp too.
-CONDENSE_INLINE v16 exp16(v16 x) {
-  const v16 lo = v16{} - 87.3f, hi = v16{} + 88.7f;
-  x = x < lo ? lo : x;
-  x = x > hi ? hi : x;
-  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const v16 n = (x * 1.44269504088896341f + magic) - magic;
-  v16 r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  v16 p = v16{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-}  // namespace
+using namespace condense::simd;
 
 CONDENSE_CLONES
 void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int64_t r0,

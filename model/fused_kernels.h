@@ -1,7 +1,7 @@
 // Float32 row kernels of the fused training ops (model/fused_ops.h): RMSNorm, SwiGLU and RoPE,
 // forward and backward, each one pass over its rows. Serial over the rows they are given;
-// model/fused_ops.cpp splits rows across threads. Compiled like model/decode_kernels.cpp
-// (AVX-512 / AVX+FMA / baseline clones chosen by CPU feature, -O3, FMA contraction).
+// model/fused_ops.cpp splits rows across threads; the fast decoder applies the forwards to one
+// row. Compiled per CPU feature with -O3 and FMA contraction (model/simd.h).
 #pragma once
 #include <cstdint>
 
@@ -15,14 +15,14 @@ void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int
 void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* dy,
                        float* dx, float* dw_acc, int64_t r0, int64_t r1, int64_t n);
 
-// Elements [i0, i1): h = silu(g) * u.
+// Elements [i0, i1): h = silu(g) * u (h may be g: in place).
 void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1);
 // Elements [i0, i1): dg = dh * u * silu'(g), du = dh * silu(g), with
 // silu'(g) = s (1 + g (1 - s)), s = sigmoid(g) (ATen's silu_backward formula).
 void swiglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
                      int64_t i0, int64_t i1);
 
-// One row of head_dim = 2 * half (rotate-half RoPE): forward
+// One row of head_dim = 2 * half (rotate-half RoPE; y may be x: in place): forward
 // y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; backward (the transpose)
 // dx1 = dy1 c1 + dy2 s2, dx2 = dy2 c2 - dy1 s1; c, s one position's [head_dim] row.
 void rope_row_forward(const float* x, float* y, const float* c, const float* s, int64_t half);

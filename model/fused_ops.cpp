@@ -249,6 +249,10 @@ bool fused_ops_apply(const at::Tensor& x) {
          x.numel() > 0 && !at::autocast::is_autocast_enabled(at::kCPU);
 }
 
+bool pack_projections(const at::Tensor& x) {
+  return fused_ops_apply(x) && at::GradMode::is_enabled();
+}
+
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   CONDENSE_CHECK(x.size(-1) == weight.numel() && weight.scalar_type() == at::kFloat,
                  "fused RMSNorm: weight [{}] float32 for inputs [..., {}]", weight.numel(), x.size(-1));

@@ -23,6 +23,12 @@ bool fused_ops_apply(const at::Tensor& x);
 void set_fused_ops_enabled(bool on);
 bool fused_ops_enabled();
 
+// True when q/k/v (and gate/up) should come from one GEMM over concatenated weights: where the
+// fused ops apply and gradients are recorded. The concatenation copies the weights on every
+// call, paid back by one larger GEMM and one input gradient over a training batch; at inference
+// (no grad; one token per call when decoding) the copy would cost more than it saves.
+bool pack_projections(const at::Tensor& x);
+
 // weight * x / sqrt(mean(x^2, -1) + eps): x [..., n] (any strides), weight [n].
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 

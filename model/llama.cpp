@@ -41,9 +41,10 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
-  if (!projection_hook && !linear_fn && fused_ops_apply(x)) {
-    // gate and up from one matrix product (one GEMM, one input gradient), SwiGLU read from its
-    // two halves in place; the product (saved by down_proj) rebuilds bitwise by the same kernel.
+  if (!projection_hook && !linear_fn && pack_projections(x)) {
+    // gate and up from one matrix product in training (one GEMM, one input gradient), SwiGLU
+    // read from its two halves in place; the product (saved by down_proj) rebuilds bitwise by
+    // the same kernel.
     at::Tensor gu = at::linear(x, at::cat({gate_proj->weight, up_proj->weight}));
     at::Tensor h = fused_swiglu_packed(gu);
     if (sink) sink->mark(h, [g = gu.detach()] { return fused_swiglu_packed(g); });

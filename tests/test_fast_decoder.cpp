@@ -1,6 +1,7 @@
 // Tests for the float32 decode kernels (model/decode_kernels.h) and the fast decoder
 // (model/fast_decoder.h), each against ATen computing the same thing:
-//   - every kernel against its ATen expression, at sizes with vector tails (cols 1..67);
+//   - every decode kernel against its ATen expression, at sizes with vector tails (cols 1..67),
+//     and the training row kernels the decoder applies in place;
 //   - the decoder's logits at every step against the ATen forward with a KV cache, within
 //     1e-5, for GQA and MHA, tied and untied heads, a head_dim that is not hidden / heads;
 //   - its keys and values land in the cache where the ATen path puts them;
@@ -19,6 +20,7 @@
 #include <torch/torch.h>
 
 #include "model/decode_kernels.h"
+#include "model/fused_kernels.h"
 #include "model/fast_decoder.h"
 #include "model/generate.h"
 #include "model/huge_pages.h"
@@ -50,27 +52,23 @@ TEST(DecodeKernels, MatvecRowsMatchesATenAtEveryTailLength) {
   }
 }
 
-TEST(DecodeKernels, RmsNormRopeSiluAddMatchATen) {
+// The decoder applies the training kernels (model/fused_kernels.h, tested in test_fused_ops.cpp)
+// to one row, RoPE and SwiGLU in place: checked here.
+TEST(DecodeKernels, InPlaceRowKernelsAndAddMatchATen) {
   at::manual_seed(2);
-  RMSNorm norm(37, 1e-5);
-  {
-    torch::NoGradGuard ng;
-    norm->weight.uniform_(0.5, 1.5);
-  }
-  at::Tensor x = at::randn({37}) * 3, out = at::empty({37});
-  decode::rms_norm(x.data_ptr<float>(), norm->weight.data_ptr<float>(), out.data_ptr<float>(), 37, 1e-5);
-  expect_close(out, norm(x).detach(), 1e-6);
-
   Rope rope(10, 10000.0);
   auto [cos, sin] = rope.cos_sin(5, 1, at::kCPU);  // one position: [1, 10]
   at::Tensor q = at::randn({1, 3, 1, 10});
   at::Tensor mine = q.clone();
-  decode::rope(mine.data_ptr<float>(), 3, 10, cos.data_ptr<float>(), sin.data_ptr<float>());
+  for (int64_t h = 0; h < 3; ++h) {
+    float* row = mine.data_ptr<float>() + h * 10;
+    fused::rope_row_forward(row, row, cos.data_ptr<float>(), sin.data_ptr<float>(), 5);
+  }
   expect_close(mine, apply_rope(q, cos, sin), 1e-6);
 
   at::Tensor g = at::randn({45}) * 4, u = at::randn({45});
   at::Tensor want = at::silu(g) * u;
-  decode::silu_mul(g.data_ptr<float>(), u.data_ptr<float>(), 45);
+  fused::swiglu_forward(g.data_ptr<float>(), u.data_ptr<float>(), g.data_ptr<float>(), 0, 45);
   expect_close(g, want, 1e-6);
   at::Tensor a = at::randn({45}), b = at::randn({45});
   at::Tensor sum = a + b;
