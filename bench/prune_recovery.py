@@ -13,9 +13,9 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
              rank 2: under 1% of the parameters), kind finetune (cross-entropy), the same --steps
              and batch (equal tokens); trained share, step time, AdamW state from the checkpoint;
              bytes per step under mpirun -np 2
-  selection  PERP from Wanda 50% on 20% of --candidates windows chosen by PASER-style
-             selection vs the same number of random windows (kind distill, kd_ratio 0, so
-             training is cross-entropy in both)
+  selection  PERP from --selection-from (Wanda 50%) on 20% of --candidates windows chosen by
+             PASER-style selection vs the same number of random windows (kind distill,
+             kd_ratio 0, so training is cross-entropy in both), for each --selection-seeds
   minitron   width (hidden 384->256, FFN 1024->512, 6->4 query heads: ~42% of the parameters)
              and depth (6->4 layers) pruning, each distilled from the teacher for --steps steps,
              against the same shape trained from scratch for 5x --steps
@@ -130,6 +130,14 @@ def main():
     ap.add_argument("--eval-batches", type=int, default=16)
     ap.add_argument("--calib-windows", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--selection-from", default="wanda 50%",
+                    help="the one-shot model the selection stage recovers (a row name of the "
+                    "oneshot stage: 'wanda 50%%', 'wanda 2:4', ...)")
+    ap.add_argument("--selection-seeds", default="0",
+                    help="train.seed values (comma-separated) for the selection stage: each seed "
+                    "draws other candidates, another random subset and another batch order")
+    ap.add_argument("--selection-steps", type=int, default=0,
+                    help="recovery steps of the selection stage (0: --steps)")
     ap.add_argument("--stages", default="oneshot,recovery,selection,minitron")
     ap.add_argument("--seq-len", type=int, default=256, help="recovery windows")
     ap.add_argument("--eval-seq-len", type=int, default=256, help="evaluation windows (8 per batch)")
@@ -223,18 +231,37 @@ def main():
                      f"magnitude's {payload['magnitude 50%']['val_loss'] - base_loss:+.3f} (target: at most half)")
 
     if "selection" in stages:
-        for sel in ["paser", "random"]:
-            run_dir = out / f"select_{sel}"
-            extra = [f"init={pruned['wanda 50%']}", "kind=distill", f"distill.teacher={teacher}",
-                     "distill.kd_ratio=0", "recovery.method=perp", f"recovery.selection={sel}",
-                     "recovery.budget=0.2", f"recovery.candidates={a.candidates}",
-                     f"train.steps={a.steps}", "train.warmup_steps=10", "train.eval_every=0",
-                     "checkpoint.every=0", "train.lr=1e-3", "train.min_lr=1e-4", *data]
-            text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, extra, a.threads)
-            loss = evaluate(latest(run_dir), a.eval_batches)
-            m = re.search(r"recovery data \((\w+)\): (.*)", text)
-            rows.append((f"wanda 50% + perp on {sel} 20% data", loss, "", m.group(2) if m else ""))
-            payload[f"select_{sel}"] = {"val_loss": loss}
+        seeds = [int(x) for x in a.selection_seeds.split(",")]
+        steps = a.selection_steps or a.steps
+        start = a.selection_from
+        tag = "" if start == "wanda 50%" else "_" + start.replace(" ", "_").replace("%", "").replace(":", "of")
+        losses = {"paser": [], "random": []}
+        for seed in seeds:
+            for sel in ["paser", "random"]:
+                run_dir = out / (f"select_{sel}{tag}" + (f"_seed{seed}" if seed else ""))
+                extra = [f"init={pruned[start]}", "kind=distill", f"distill.teacher={teacher}",
+                         "distill.kd_ratio=0", "recovery.method=perp", f"recovery.selection={sel}",
+                         "recovery.budget=0.2", f"recovery.candidates={a.candidates}",
+                         f"train.steps={steps}", "train.warmup_steps=10", "train.eval_every=0",
+                         f"train.seed={seed}", "checkpoint.every=0", "train.lr=1e-3",
+                         "train.min_lr=1e-4", *data]
+                text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, extra, a.threads)
+                loss = evaluate(latest(run_dir), a.eval_batches)
+                losses[sel].append(loss)
+                m = re.search(r"recovery data \((\w+)\): (.*)", text)
+                rows.append((f"{start} + perp on {sel} 20% data, seed {seed}", loss, "",
+                             m.group(2) if m else ""))
+                payload[f"select_{sel}{tag}_seed{seed}"] = {"val_loss": loss}
+        before = payload[start]["val_loss"]
+        summary = {k: (statistics.mean(v), min(v), max(v)) for k, v in losses.items()}
+        notes.append(
+            f"Selection from {start} ({before:.4f} before recovery; {steps} steps x {a.batch_size} "
+            f"windows = {steps * a.batch_size} windows trained on a budget of "
+            f"{round(0.2 * a.candidates)} of {a.candidates} candidates): PASER mean "
+            f"{summary['paser'][0]:.4f} (range {summary['paser'][1]:.4f}-{summary['paser'][2]:.4f}) vs "
+            f"random mean {summary['random'][0]:.4f} ({summary['random'][1]:.4f}-{summary['random'][2]:.4f}) "
+            f"over seeds {a.selection_seeds} (target: PASER recovers at least as much, i.e. its "
+            f"loss <= random's)")
 
     if "minitron" in stages:
         for name, targets in [("width", ["hidden_size=256", "intermediate_size=512", "num_attention_heads=4"]),

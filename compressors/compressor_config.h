@@ -36,6 +36,21 @@ struct RecoveryConfig {
   int64_t kv_window = 0;
 };
 
+// `kv:` of the kv_heads and kv_project recipe kinds (recipes/kv_compress.h): how the init
+// checkpoint's KV cache is compressed before training heals it. The training itself is the
+// distill kind's (recovery:, distill:), with the init as the teacher unless distill.teacher
+// names another.
+struct KVConfig {
+  int64_t heads = 0;            // kv_heads: the new num_key_value_heads (required)
+  // kv_heads: svd | mean (default svd); kv_project with recovery.method cskv: whiten | asvd | svd
+  // (default whiten); MatryoshkaKV (recovery.method kv_project) has one init (PCA).
+  std::string init;
+  int64_t key_rank = 0;         // cskv: width of the cached key latent per layer (required)
+  int64_t value_rank = 0;       // cskv: the value latent's (0: key_rank)
+  int64_t calib_windows = 32;   // the last windows of the run's validation split
+  int64_t calib_seq_len = 0;    // 0: data.seq_len
+};
+
 // `distill:` logit (and optionally hidden-state) distillation from a frozen teacher.
 struct DistillConfig {
   std::string teacher;               // checkpoint; empty: no distillation

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "recipes/context_compressor.h"
 #include "recipes/finetune.h"
+#include "recipes/kv_compress.h"
 #include "recipes/pretrain.h"
 
 namespace condense {
@@ -12,6 +13,10 @@ const std::vector<RecipeKind>& recipe_kinds() {
       {"pretrain", "next-token training of a Llama model on a corpus", run_pretrain},
       {"finetune", "recovery training of a (pruned) init checkpoint: full, LoRA or PERP", run_finetune},
       {"distill", "finetune against a frozen teacher's logits (and hidden states)", run_distill},
+      {"kv_heads", "merge the init's KV heads (kv.heads), then heal by distillation from it",
+       run_kv_heads},
+      {"kv_project", "KV-cache projections of the init (MatryoshkaKV, or CSKV with recovery.method "
+       "cskv) built from calibration, then trained by distillation from it", run_kv_project},
       {"context_compressor", "a context encoder (context.method) trained against the frozen decoder init",
        run_context_compressor},
   };

@@ -265,6 +265,16 @@ SectionBinding recovery_section(RecoveryConfig& r) {
            bind_int("kv_window", r.kv_window, at_least(0))}};
 }
 
+SectionBinding kv_section(KVConfig& k) {
+  return {"kv",
+          {bind_int("heads", k.heads, at_least(0)),
+           bind_string("init", k.init, {"", "svd", "mean", "whiten", "asvd"}),
+           bind_int("key_rank", k.key_rank, at_least(0)),
+           bind_int("value_rank", k.value_rank, at_least(0)),
+           bind_int("calib_windows", k.calib_windows, at_least(1)),
+           bind_int("calib_seq_len", k.calib_seq_len, at_least(0))}};
+}
+
 SectionBinding distill_section(DistillConfig& d) {
   return {"distill",
           {bind_string("teacher", d.teacher),
@@ -314,7 +324,7 @@ class RecipeBinder {
                   compression_section(c.comm.compression), sync_section(c.comm.sync, c.train),
                   outer_section(c.comm.sync), memory_section(c.memory),
                   wta_crs_section(c.memory), recovery_section(c.recovery),
-                  distill_section(c.distill), context_section(c.context)} {
+                  distill_section(c.distill), context_section(c.context), kv_section(c.kv)} {
     top_.fields[1].check = [&c]() -> std::string { return c.name.empty() ? "must not be empty" : ""; };
   }
   RecipeBinder(const RecipeBinder&) = delete;

@@ -27,6 +27,7 @@ struct RunConfig {
   RecoveryConfig recovery;  // finetune / distill
   DistillConfig distill;    // finetune / distill
   ContextConfig context;    // context_compressor
+  KVConfig kv;              // kv_heads / kv_project
 };
 
 }  // namespace condense

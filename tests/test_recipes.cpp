@@ -231,7 +231,7 @@ TEST(RecipeErrors, RangesNameKeyAndRange) {
   expect_parse_error("data:\n  corpus: wiki\n",
                      {"r.yaml:2: key 'data.corpus' must be one of: gcide, fortunes, dir; got 'wiki'"});
   expect_parse_error("data:\n  corpus: dir\n", {"'data.path'", "dir"});
-  expect_parse_error("kind: prune\n", {"r.yaml:1: key 'kind' must be one of: pretrain, finetune, distill, context_compressor; got 'prune'"});
+  expect_parse_error("kind: prune\n", {"r.yaml:1: key 'kind' must be one of: pretrain, finetune, distill, kv_heads, kv_project, context_compressor; got 'prune'"});
   expect_parse_error("name: \"\"\n", {"r.yaml:1: key 'name' must not be empty"});
   expect_parse_error("model:\n  hidden_size: 0\n", {"r.yaml:2: key 'model.hidden_size' must be > 0"});
   expect_parse_error("model:\n  vocab_size: -1\n", {"'model.vocab_size' must be >= 0"});

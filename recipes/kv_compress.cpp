@@ -1,0 +1,169 @@
+#include "recipes/kv_compress.h"
+
+#include <ATen/Parallel.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "compressors/calibration.h"
+#include "compressors/cskv.h"
+#include "compressors/kv_merge.h"
+#include "compressors/kv_project.h"
+#include "compressors/lora.h"
+#include "compressors/masks.h"
+#include "core/error.h"
+#include "core/hash.h"
+#include "data/loader.h"
+#include "data/token_store.h"
+#include "recipes/finetune.h"
+#include "recipes/pretrain.h"
+#include "trainer/checkpoint.h"
+
+namespace condense {
+namespace fs = std::filesystem;
+namespace {
+
+// Every key of kv: and recovery: that the kind cannot use, refused before any work.
+void check_kv_options(const RunConfig& cfg, bool heads, const LlamaConfig& model) {
+  const KVConfig& kv = cfg.kv;
+  const std::string& method = cfg.recovery.method;
+  if (heads) {
+    CONDENSE_CHECK(kv.heads > 0, "kind kv_heads needs kv.heads: the new number of KV heads (the "
+                   "init {} has {})", cfg.init, model.kv_heads());
+    CONDENSE_CHECK(kv.init.empty() || kv.init == "svd" || kv.init == "mean",
+                   "kv.init '{}': kind kv_heads takes svd or mean", kv.init);
+    CONDENSE_CHECK(kv.key_rank == 0 && kv.value_rank == 0, "kv.key_rank / kv.value_rank belong to "
+                   "kind kv_project with recovery.method cskv, not to kind kv_heads");
+    CONDENSE_CHECK(method == "full" || method == "lora", "recovery.method '{}': kind kv_heads heals "
+                   "the merged model with full (what train.trainable names) or lora", method);
+    check_kv_merge(model, KVMergeOptions{kv.heads, kv.init.empty() ? "svd" : kv.init});
+    return;
+  }
+  CONDENSE_CHECK(method == "kv_project" || method == "cskv", "recovery.method '{}': kind "
+                 "kv_project trains kv_project (MatryoshkaKV's orthogonal projections) or cskv "
+                 "(low-rank K/V factors)", method);
+  CONDENSE_CHECK(kv.heads == 0, "kv.heads belongs to kind kv_heads, not kv_project");
+  if (method == "kv_project") {
+    CONDENSE_CHECK(kv.init.empty(), "kv.init '{}': MatryoshkaKV (recovery.method kv_project) "
+                   "starts from PCA bases only; leave kv.init empty", kv.init);
+    CONDENSE_CHECK(kv.key_rank == 0 && kv.value_rank == 0, "kv.key_rank / kv.value_rank belong "
+                   "to recovery.method cskv; MatryoshkaKV chooses its rank at inference (--kv-rank)");
+    return;
+  }
+  CONDENSE_CHECK(kv.init.empty() || kv.init == "whiten" || kv.init == "asvd" || kv.init == "svd",
+                 "kv.init '{}': recovery.method cskv takes whiten, asvd or svd", kv.init);
+  CONDENSE_CHECK(kv.key_rank > 0, "recovery.method cskv needs kv.key_rank: the cached key "
+                 "latent's width (valid 1..{})",
+                 std::min(model.hidden_size, model.kv_heads() * model.head_size()));
+  check_low_rank_kv(model, LowRankKVOptions{kv.key_rank, kv.value_rank > 0 ? kv.value_rank : kv.key_rank,
+                                            kv.init.empty() ? "whiten" : kv.init});
+}
+
+// The calibration windows: the last kv.calib_windows of the run's validation split.
+std::vector<at::Tensor> calibration(const RunConfig& cfg, const Checkpoint& init) {
+  const std::string dataset = resolve_dataset(cfg.data, cfg.train.seed);
+  TokenStore store = TokenStore::open(dataset);
+  store.check_tokenizer(sha256_hex(init.tokenizer_bytes()), cfg.init);
+  const int64_t seq = cfg.kv.calib_seq_len > 0 ? cfg.kv.calib_seq_len : cfg.data.seq_len;
+  CONDENSE_CHECK(seq <= init.config().max_position_embeddings, "kv.calib_seq_len {}: valid is 0 "
+                 "(data.seq_len) or 1..{} (the init's max_position_embeddings)", seq,
+                 init.config().max_position_embeddings);
+  spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
+               cfg.kv.calib_windows, seq, dataset);
+  return calibration_windows(store.ids("val"), seq, cfg.kv.calib_windows, /*batch_size=*/8);
+}
+
+// Compresses init's KV cache as the kind says and writes the result to `out` (atomically).
+void compress(const RunConfig& cfg, bool heads, const Checkpoint& init, const std::string& out) {
+  LlamaForCausalLM model(init.config());
+  init.load_model(model);
+  merge_stored_adapters(model, init.file());
+  const KVConfig& kv = cfg.kv;
+  const LlamaConfig& c = model->config();
+  std::map<std::string, at::Tensor> extra;
+  std::string summary;
+  if (heads) {
+    KVMergeOptions opt{kv.heads, kv.init.empty() ? "svd" : kv.init};
+    CalibrationStats stats;
+    if (opt.init == "svd") stats = calibrate(model, calibration(cfg, init), kv_merge_gram_weights(c));
+    const int64_t before = c.kv_heads();
+    model = merge_kv_heads(model, opt, &stats);
+    summary = fmt::format("num_key_value_heads {} -> {} ({} init)", before, opt.kv_heads, opt.init);
+  } else if (cfg.recovery.method == "kv_project") {
+    extra = KVProjection::from_calibration(model, calibration(cfg, init))->entries();
+    summary = fmt::format("PCA bases of keys (after RoPE) and values, {} layers x {} KV heads of {}",
+                          c.num_hidden_layers, c.kv_heads(), c.head_size());
+  } else {
+    LowRankKVOptions opt{kv.key_rank, kv.value_rank > 0 ? kv.value_rank : kv.key_rank,
+                         kv.init.empty() ? "whiten" : kv.init};
+    CalibrationStats stats;
+    if (opt.init != "svd")
+      stats = calibrate(model, calibration(cfg, init),
+                        opt.init == "whiten" ? low_rank_kv_gram_weights(c) : std::vector<std::string>{});
+    extra = LowRankKV::from_model(model, opt, opt.init == "svd" ? nullptr : &stats)->entries();
+    summary = fmt::format("low-rank K/V ({} init), key rank {}, value rank {} of {}", opt.init,
+                          opt.key_rank, opt.value_rank, c.kv_heads() * c.head_size());
+  }
+  write_checkpoint(out, model, nullptr, TrainingState{}, init.recipe_yaml(), init.tokenizer_bytes(),
+                   extra);
+  spdlog::info("compressed {}: {}; wrote {}", cfg.init, summary, out);
+}
+
+int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) {
+  const char* kind = heads ? "kv_heads" : "kv_project";
+  CONDENSE_CHECK(!cfg_in.init.empty(), "kind {} needs init: the checkpoint whose KV cache to "
+                 "compress (it is also the teacher unless distill.teacher names another)", kind);
+  at::set_num_threads(cfg_in.train.threads > 0
+                          ? static_cast<int>(cfg_in.train.threads)
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  Checkpoint init = Checkpoint::open(cfg_in.init);
+  CONDENSE_CHECK(!init.file().has("kv_proj") && !init.file().has("cskv"), "init {} carries a "
+                 "compressed KV cache (kv_proj/* or cskv/*); give kind {} the checkpoint it was "
+                 "made from", cfg_in.init, kind);
+  CONDENSE_CHECK(WeightMasks::from_file(init.file()).empty(), "init {} carries masks (magnitude/"
+                 "wanda pruning); kind {} needs a checkpoint without them", cfg_in.init, kind);
+  check_kv_options(cfg_in, heads, init.config());
+
+  const fs::path out_dir = resolve_out_dir(cfg_in);
+  const fs::path compressed = out_dir / "compressed_init.h5";
+  const bool reuse = fs::exists(compressed);
+  CONDENSE_CHECK(!reuse || options.resume, "{} holds the compressed model of an earlier run; pass "
+                 "--resume to continue that run, or choose another name= / out_dir= (nothing was "
+                 "changed)", compressed.string());
+  const bool created_dir = !fs::exists(out_dir);
+  RunConfig cfg = cfg_in;
+  cfg.init = compressed.string();
+  if (cfg.distill.teacher.empty()) cfg.distill.teacher = cfg_in.init;
+  try {
+    if (reuse) {
+      spdlog::info("--resume: the compressed model {} of the earlier run is the init",
+                   compressed.string());
+    } else {
+      fs::create_directories(out_dir);
+      compress(cfg_in, heads, init, compressed.string());
+    }
+    return run_distill(cfg, options);
+  } catch (...) {
+    // Refused before training wrote anything (recipe.yaml comes first): leave no trace.
+    std::error_code ec;
+    if (!reuse && !fs::exists(out_dir / "recipe.yaml")) {
+      fs::remove(compressed, ec);
+      if (created_dir && fs::is_empty(out_dir, ec)) fs::remove(out_dir, ec);
+    }
+    throw;
+  }
+}
+
+}  // namespace
+
+int run_kv_heads(const RunConfig& cfg, const RunOptions& options) {
+  return run_kv_kind(cfg, options, /*heads=*/true);
+}
+
+int run_kv_project(const RunConfig& cfg, const RunOptions& options) {
+  return run_kv_kind(cfg, options, /*heads=*/false);
+}
+
+}  // namespace condense
