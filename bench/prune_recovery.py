@@ -133,7 +133,7 @@ def main():
     ap.add_argument("--selection-from", default="wanda 50%",
                     help="the one-shot model the selection stage recovers (a row name of the "
                     "oneshot stage: 'wanda 50%%', 'wanda 2:4', ...)")
-    ap.add_argument("--selection-seeds", default="0",
+    ap.add_argument("--selection-seeds", default="1234",
                     help="train.seed values (comma-separated) for the selection stage: each seed "
                     "draws other candidates, another random subset and another batch order")
     ap.add_argument("--selection-steps", type=int, default=0,
@@ -232,19 +232,22 @@ def main():
 
     if "selection" in stages:
         seeds = [int(x) for x in a.selection_seeds.split(",")]
+        # train.seed also names the token store built from the corpus (its tokenizer is trained
+        # with that seed): every seed reads the teacher's store (the default seed's).
+        pinned = [] if a.data else [f"data.dataset={Path('data_cache/gcide-bpe4096-val0.02-seed1234.h5').resolve()}"]
         steps = a.selection_steps or a.steps
         start = a.selection_from
         tag = "" if start == "wanda 50%" else "_" + start.replace(" ", "_").replace("%", "").replace(":", "of")
         losses = {"paser": [], "random": []}
         for seed in seeds:
             for sel in ["paser", "random"]:
-                run_dir = out / (f"select_{sel}{tag}" + (f"_seed{seed}" if seed else ""))
+                run_dir = out / (f"select_{sel}{tag}" + (f"_seed{seed}" if seed != 1234 else ""))
                 extra = [f"init={pruned[start]}", "kind=distill", f"distill.teacher={teacher}",
                          "distill.kd_ratio=0", "recovery.method=perp", f"recovery.selection={sel}",
                          "recovery.budget=0.2", f"recovery.candidates={a.candidates}",
                          f"train.steps={steps}", "train.warmup_steps=10", "train.eval_every=0",
                          f"train.seed={seed}", "checkpoint.every=0", "train.lr=1e-3",
-                         "train.min_lr=1e-4", *data]
+                         "train.min_lr=1e-4", *data, *pinned]
                 text = train(REPO / "recipes" / "recover_perp.yaml", run_dir, extra, a.threads)
                 loss = evaluate(latest(run_dir), a.eval_batches)
                 losses[sel].append(loss)
