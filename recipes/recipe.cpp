@@ -24,6 +24,16 @@ const std::vector<RecipeKind>& recipe_kinds() {
 }
 
 int run_recipe(const RunConfig& cfg, const RunOptions& options) {
+  // kv: is read by the kv kinds only; elsewhere a value there is a mistake, not a no-op.
+  const KVConfig kv_default;
+  const KVConfig& kv = cfg.kv;
+  const bool kv_set = kv.heads != kv_default.heads || kv.init != kv_default.init ||
+                      kv.key_rank != kv_default.key_rank || kv.value_rank != kv_default.value_rank ||
+                      kv.calib_windows != kv_default.calib_windows ||
+                      kv.calib_seq_len != kv_default.calib_seq_len;
+  CONDENSE_CHECK(!kv_set || cfg.kind == "kv_heads" || cfg.kind == "kv_project",
+                 "the kv: section applies to kinds kv_heads and kv_project; this recipe's kind is "
+                 "'{}' (for a checkpoint compressed already, use kind distill with init=it)", cfg.kind);
   std::string valid;
   for (const RecipeKind& k : recipe_kinds()) {
     if (cfg.kind == k.name) return k.run(cfg, options);
