@@ -5,6 +5,7 @@
 #include "recipes/finetune.h"
 #include "recipes/kv_compress.h"
 #include "recipes/pretrain.h"
+#include "recipes/recipe_parser.h"
 
 namespace condense {
 
@@ -24,16 +25,19 @@ const std::vector<RecipeKind>& recipe_kinds() {
 }
 
 int run_recipe(const RunConfig& cfg, const RunOptions& options) {
-  // kv: is read by the kv kinds only; elsewhere a value there is a mistake, not a no-op.
-  const KVConfig kv_default;
-  const KVConfig& kv = cfg.kv;
-  const bool kv_set = kv.heads != kv_default.heads || kv.init != kv_default.init ||
-                      kv.key_rank != kv_default.key_rank || kv.value_rank != kv_default.value_rank ||
-                      kv.calib_windows != kv_default.calib_windows ||
-                      kv.calib_seq_len != kv_default.calib_seq_len;
-  CONDENSE_CHECK(!kv_set || cfg.kind == "kv_heads" || cfg.kind == "kv_project",
+  // kv: and context: are read by their kinds only; elsewhere a value there is a mistake, not a
+  // no-op. A section is set when resetting it to the defaults changes the resolved recipe.
+  auto set = [&cfg](auto RunConfig::*section) {
+    RunConfig probe = cfg;
+    probe.*section = {};
+    return to_yaml(probe) != to_yaml(cfg);
+  };
+  CONDENSE_CHECK(cfg.kind == "kv_heads" || cfg.kind == "kv_project" || !set(&RunConfig::kv),
                  "the kv: section applies to kinds kv_heads and kv_project; this recipe's kind is "
                  "'{}' (for a checkpoint compressed already, use kind distill with init=it)", cfg.kind);
+  CONDENSE_CHECK(cfg.kind == "context_compressor" || !set(&RunConfig::context),
+                 "the context: section applies to kind context_compressor; this recipe's kind is "
+                 "'{}'", cfg.kind);
   std::string valid;
   for (const RecipeKind& k : recipe_kinds()) {
     if (cfg.kind == k.name) return k.run(cfg, options);

@@ -173,6 +173,7 @@ def test_bad_recipes_fail_with_clear_errors(tmp_path, condense_bin):
     expect_error(["train", QUICKSTART, "kind=kv_merge"], "pretrain, finetune, distill, kv_heads, kv_project")
     expect_error(["train", QUICKSTART, "kind=kv_heads"], "kind kv_heads needs init")
     expect_error(["train", QUICKSTART, "kv.heads=2"], "the kv: section applies to kinds kv_heads and kv_project")
+    expect_error(["train", QUICKSTART, "context.pooling_factor=8"], "the context: section applies to kind context_compressor")
     expect_error(["train", QUICKSTART, "kind=distill"], "kind distill needs init")
     expect_error(["train", QUICKSTART, "train.device=gpu"], "train.device", "cpu, cuda or cuda:N")
     expect_error(["train", QUICKSTART, "train.precision=fp16"], "train.precision", "bf16")
