@@ -133,6 +133,17 @@ int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) 
                  "--resume to continue that run, or choose another name= / out_dir= (nothing was "
                  "changed)", compressed.string());
   const bool created_dir = !fs::exists(out_dir);
+  // Whether this call's training wrote anything: recipe.yaml is its first write (an earlier
+  // run in the same directory may have left one, so its time is compared).
+  const fs::path recipe_file = out_dir / "recipe.yaml";
+  std::error_code ec;
+  const auto recipe_time_before = fs::last_write_time(recipe_file, ec);
+  const bool had_recipe = !ec;
+  auto training_wrote = [&] {
+    std::error_code e;
+    const auto now = fs::last_write_time(recipe_file, e);
+    return !e && (!had_recipe || now != recipe_time_before);
+  };
   RunConfig cfg = cfg_in;
   cfg.init = compressed.string();
   if (cfg.distill.teacher.empty()) cfg.distill.teacher = cfg_in.init;
@@ -146,9 +157,8 @@ int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) 
     }
     return run_distill(cfg, options);
   } catch (...) {
-    // Refused before training wrote anything (recipe.yaml comes first): leave no trace.
-    std::error_code ec;
-    if (!reuse && !fs::exists(out_dir / "recipe.yaml")) {
+    // Refused before training wrote anything: leave no trace of this call.
+    if (!reuse && !training_wrote()) {
       fs::remove(compressed, ec);
       if (created_dir && fs::is_empty(out_dir, ec)) fs::remove(out_dir, ec);
     }

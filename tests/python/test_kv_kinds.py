@@ -126,6 +126,15 @@ def test_refusals_leave_nothing_on_disk(small_store, trained, tmp_path):
         res = one_run(recipe, small_store, trained[0], out, *extra, check=False)
         assert res.returncode == 1 and needle in res.stderr, (extra, res.stderr[-2000:])
         assert not out.exists(), (extra, sorted(out.rglob("*")))
+    # A directory holding an earlier run without its compressed model: refused (no --resume),
+    # and the compressed model this call made is not left behind in the other run's directory.
+    one_run("kv_heads.yaml", small_store, trained[0], out, "kv.heads=1", steps=2)
+    (out / "compressed_init.h5").unlink()
+    before = sorted(p.name for p in out.rglob("*"))
+    res = one_run("kv_heads.yaml", small_store, trained[0], out, "kv.heads=1", check=False)
+    assert res.returncode == 1 and "pass --resume" in res.stderr, res.stderr
+    assert sorted(p.name for p in out.rglob("*")) == before
+    out = tmp_path / "r2"
     res = run("train", SOURCE / "recipes" / "kv_heads.yaml", f"out_dir={out}", "kv.heads=1", check=False)
     assert res.returncode == 1 and "kind kv_heads needs init" in res.stderr, res.stderr
     assert not out.exists()
