@@ -10,8 +10,8 @@
 
 #include "compressors/calibration.h"
 #include "compressors/cskv.h"
+#include "compressors/kv_compress_step.h"
 #include "compressors/kv_merge.h"
-#include "compressors/kv_project.h"
 #include "compressors/prune_masked.h"
 #include "compressors/prune_minitron.h"
 #include "core/error.h"
@@ -249,52 +249,19 @@ int run_prune_command(PruneArgs& a) {
     WeightMasks masks = prune_masked(model, opt, windows, &calib_s);
     extra = masks.entries();
     summary = masks.describe();
-  } else if (project) {
-    std::vector<at::Tensor> windows = calibration();
-    auto proj = timed([&] { return KVProjection::from_calibration(model, windows); });
-    extra = proj->entries();
-    const LlamaConfig& c = model->config();
-    summary = fmt::format("PCA bases of keys (after RoPE) and values for {} layers x {} KV heads "
-                          "of {}; choose the cached rank with --kv-rank R (1..{}) in eval, score "
-                          "and generate", c.num_hidden_layers, c.kv_heads(), c.head_size(), c.head_size());
-  } else if (cskv) {
-    LowRankKVOptions opt;
-    opt.key_rank = a.key_rank;
-    opt.value_rank = a.cmd->count("--value-rank") ? a.value_rank : a.key_rank;
-    opt.init = init;
-    const LlamaConfig& c = model->config();
-    check_low_rank_kv(c, opt);  // every option error before any work
-    CalibrationStats stats;
-    if (init != "svd") {
-      std::vector<at::Tensor> windows = calibration();
-      stats = timed([&] {
-        return calibrate(model, windows, init == "whiten" ? low_rank_kv_gram_weights(c)
-                                                          : std::vector<std::string>{});
-      });
-    }
-    auto low = LowRankKV::from_model(model, opt, init == "svd" ? nullptr : &stats);
-    extra = low->entries();
-    const int64_t full = 2 * c.kv_heads() * c.head_size();
-    summary = fmt::format("low-rank K/V ({} init): the cache stores {} + {} of {} values per "
-                          "token and layer ({:.1f}%)", init, opt.key_rank, opt.value_rank, full,
-                          100.0 * static_cast<double>(opt.key_rank + opt.value_rank) / full);
-  } else if (kv) {
-    KVMergeOptions opt;
-    opt.kv_heads = a.kv_heads;
-    opt.init = init;
-    check_kv_merge(model->config(), opt);  // every option error before any work
-    CalibrationStats stats;
-    if (opt.init == "svd") {
-      std::vector<at::Tensor> windows = calibration();
-      stats = timed([&] { return calibrate(model, windows, kv_merge_gram_weights(model->config())); });
-    }
-    const int64_t before = model->config().kv_heads();
-    model = merge_kv_heads(model, opt, &stats);
-    summary = fmt::format("num_key_value_heads {} -> {} ({} init); KV cache per token {} -> {} "
-                          "values", before, opt.kv_heads, opt.init,
-                          2 * before * model->config().head_size() * model->config().num_hidden_layers,
-                          2 * opt.kv_heads * model->config().head_size() *
-                              model->config().num_hidden_layers);
+  } else if (kv || project || cskv) {
+    KVCompressOptions opt;
+    opt.method = a.method;
+    opt.merge = KVMergeOptions{a.kv_heads, init};
+    opt.low_rank = LowRankKVOptions{a.key_rank, a.cmd->count("--value-rank") ? a.value_rank : a.key_rank, init};
+    // Every option error before any work.
+    if (kv) check_kv_merge(model->config(), opt.merge);
+    if (cskv) check_low_rank_kv(model->config(), opt.low_rank);
+    KVCompressed done = compress_kv_cache(model, opt, calibration);
+    model = done.model;
+    extra = std::move(done.extra);
+    summary = done.summary;
+    calib_s = done.calibration_s;
   } else {
     MinitronTarget target = parse_targets(a.targets);
     check_minitron_target(model->config(), target);  // every target error before any work

@@ -4,13 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
-#include <map>
 #include <thread>
 
-#include "compressors/calibration.h"
-#include "compressors/cskv.h"
-#include "compressors/kv_merge.h"
-#include "compressors/kv_project.h"
+#include "compressors/kv_compress_step.h"
 #include "compressors/lora.h"
 #include "compressors/masks.h"
 #include "core/error.h"
@@ -25,6 +21,17 @@ namespace condense {
 namespace fs = std::filesystem;
 namespace {
 
+// The compression the recipe asks for (defaults filled in).
+KVCompressOptions kv_options(const RunConfig& cfg, bool heads) {
+  const KVConfig& kv = cfg.kv;
+  KVCompressOptions o;
+  o.method = heads ? "kv-heads" : cfg.recovery.method == "cskv" ? "cskv" : "kv-project";
+  o.merge = KVMergeOptions{kv.heads, kv.init.empty() ? "svd" : kv.init};
+  o.low_rank = LowRankKVOptions{kv.key_rank, kv.value_rank > 0 ? kv.value_rank : kv.key_rank,
+                                kv.init.empty() ? "whiten" : kv.init};
+  return o;
+}
+
 // Every key of kv: and recovery: that the kind cannot use, refused before any work.
 void check_kv_options(const RunConfig& cfg, bool heads, const LlamaConfig& model) {
   const KVConfig& kv = cfg.kv;
@@ -38,7 +45,7 @@ void check_kv_options(const RunConfig& cfg, bool heads, const LlamaConfig& model
                    "kind kv_project with recovery.method cskv, not to kind kv_heads");
     CONDENSE_CHECK(method == "full" || method == "lora", "recovery.method '{}': kind kv_heads heals "
                    "the merged model with full (what train.trainable names) or lora", method);
-    check_kv_merge(model, KVMergeOptions{kv.heads, kv.init.empty() ? "svd" : kv.init});
+    check_kv_merge(model, kv_options(cfg, heads).merge);
     return;
   }
   CONDENSE_CHECK(method == "kv_project" || method == "cskv", "recovery.method '{}': kind "
@@ -57,8 +64,7 @@ void check_kv_options(const RunConfig& cfg, bool heads, const LlamaConfig& model
   CONDENSE_CHECK(kv.key_rank > 0, "recovery.method cskv needs kv.key_rank: the cached key "
                  "latent's width (valid 1..{})",
                  std::min(model.hidden_size, model.kv_heads() * model.head_size()));
-  check_low_rank_kv(model, LowRankKVOptions{kv.key_rank, kv.value_rank > 0 ? kv.value_rank : kv.key_rank,
-                                            kv.init.empty() ? "whiten" : kv.init});
+  check_low_rank_kv(model, kv_options(cfg, heads).low_rank);
 }
 
 // The calibration windows: the last kv.calib_windows of the run's validation split.
@@ -80,35 +86,11 @@ void compress(const RunConfig& cfg, bool heads, const Checkpoint& init, const st
   LlamaForCausalLM model(init.config());
   init.load_model(model);
   merge_stored_adapters(model, init.file());
-  const KVConfig& kv = cfg.kv;
-  const LlamaConfig& c = model->config();
-  std::map<std::string, at::Tensor> extra;
-  std::string summary;
-  if (heads) {
-    KVMergeOptions opt{kv.heads, kv.init.empty() ? "svd" : kv.init};
-    CalibrationStats stats;
-    if (opt.init == "svd") stats = calibrate(model, calibration(cfg, init), kv_merge_gram_weights(c));
-    const int64_t before = c.kv_heads();
-    model = merge_kv_heads(model, opt, &stats);
-    summary = fmt::format("num_key_value_heads {} -> {} ({} init)", before, opt.kv_heads, opt.init);
-  } else if (cfg.recovery.method == "kv_project") {
-    extra = KVProjection::from_calibration(model, calibration(cfg, init))->entries();
-    summary = fmt::format("PCA bases of keys (after RoPE) and values, {} layers x {} KV heads of {}",
-                          c.num_hidden_layers, c.kv_heads(), c.head_size());
-  } else {
-    LowRankKVOptions opt{kv.key_rank, kv.value_rank > 0 ? kv.value_rank : kv.key_rank,
-                         kv.init.empty() ? "whiten" : kv.init};
-    CalibrationStats stats;
-    if (opt.init != "svd")
-      stats = calibrate(model, calibration(cfg, init),
-                        opt.init == "whiten" ? low_rank_kv_gram_weights(c) : std::vector<std::string>{});
-    extra = LowRankKV::from_model(model, opt, opt.init == "svd" ? nullptr : &stats)->entries();
-    summary = fmt::format("low-rank K/V ({} init), key rank {}, value rank {} of {}", opt.init,
-                          opt.key_rank, opt.value_rank, c.kv_heads() * c.head_size());
-  }
-  write_checkpoint(out, model, nullptr, TrainingState{}, init.recipe_yaml(), init.tokenizer_bytes(),
-                   extra);
-  spdlog::info("compressed {}: {}; wrote {}", cfg.init, summary, out);
+  KVCompressed done = compress_kv_cache(model, kv_options(cfg, heads),
+                                        [&] { return calibration(cfg, init); });
+  write_checkpoint(out, done.model, nullptr, TrainingState{}, init.recipe_yaml(),
+                   init.tokenizer_bytes(), done.extra);
+  spdlog::info("compressed {}: {}; wrote {}", cfg.init, done.summary, out);
 }
 
 int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) {
