@@ -16,7 +16,7 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   selection  PERP from --selection-from (Wanda 50%) on 20% of --candidates windows chosen by
              PASER-style selection vs the same number of random windows (kind distill,
              kd_ratio 0, so training is cross-entropy in both), for each --selection-seeds
-  minitron   width (hidden 384->256, FFN 1024->512, 6->4 query heads: ~42% of the parameters)
+  minitron   width (hidden 384->256, FFN 1024->512, 6->4 query heads: keeps ~42% of the parameters)
              and depth (6->4 layers) pruning, each distilled from the teacher for --steps steps,
              against the same shape trained from scratch for 5x --steps
 Validation loss everywhere is `condense eval` on the first --eval-batches validation batches
