@@ -40,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, cpu_model, finish_report, git_head  # noqa: E402
 
-BIN = REPO / "build" / "condense"
+# CONDENSE_BENCH_BIN: a copy of the binary, so that a long run survives rebuilding build/.
+BIN = Path(os.environ.get("CONDENSE_BENCH_BIN", REPO / "build" / "condense"))
 
 
 def sh(args, log=None, **kw):

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <numeric>
 #include <utility>
 
 #include "core/error.h"
@@ -60,8 +61,8 @@ KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tenso
       heads_(c.num_attention_heads),
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
-      key_ranks_(c.num_hidden_layers, c.head_size()),
-      value_ranks_(c.num_hidden_layers, c.head_size()),
+      key_ranks_(c.num_hidden_layers, std::vector<int64_t>(c.kv_heads(), c.head_size())),
+      value_ranks_(c.num_hidden_layers, std::vector<int64_t>(c.kv_heads(), c.head_size())),
       value_basis_(c.num_hidden_layers) {
   CONDENSE_CHECK(static_cast<int64_t>(bases_.size()) == c.num_hidden_layers,
                  "KV projection: {} layers of bases for a model of {}", bases_.size(),
@@ -165,9 +166,7 @@ std::pair<at::Tensor, at::Tensor> KVProjection::bases(int64_t layer) const {
 }
 
 std::pair<std::vector<int64_t>, std::vector<int64_t>> KVProjection::sampled_ranks(int64_t layer) const {
-  if (rank_masks_.empty())
-    return {std::vector<int64_t>(kv_heads_, key_ranks_[layer]),
-            std::vector<int64_t>(kv_heads_, value_ranks_[layer])};
+  if (rank_masks_.empty()) return {key_ranks_[layer], value_ranks_[layer]};
   auto count = [](const at::Tensor& mask) {
     at::Tensor r = mask.sum({1, 2}).to(at::kCPU, at::kLong).contiguous();
     return std::vector<int64_t>(r.data_ptr<int64_t>(), r.data_ptr<int64_t>() + r.numel());
@@ -199,8 +198,8 @@ void KVProjection::sample_ranks(at::Generator& gen) {
 void KVProjection::set_rank(int64_t key_rank, int64_t value_rank, const std::string& option) {
   for (int64_t r : {key_rank, value_rank})
     CONDENSE_CHECK(r >= 1 && r <= head_dim_, "{} {}: valid is 1..{} (head_dim)", option, r, head_dim_);
-  std::fill(key_ranks_.begin(), key_ranks_.end(), key_rank);
-  std::fill(value_ranks_.begin(), value_ranks_.end(), value_rank);
+  for (auto& layer : key_ranks_) std::fill(layer.begin(), layer.end(), key_rank);
+  for (auto& layer : value_ranks_) std::fill(layer.begin(), layer.end(), value_rank);
   rank_masks_.clear();
 }
 
@@ -208,9 +207,26 @@ void KVProjection::set_layer_ranks(const std::vector<int64_t>& keys, const std::
   CONDENSE_CHECK(keys.size() == key_ranks_.size() && values.size() == value_ranks_.size(),
                  "KV projection: {} / {} layer ranks for {} layers", keys.size(), values.size(),
                  key_ranks_.size());
-  for (const auto* v : {&keys, &values})
-    for (int64_t r : *v)
-      CONDENSE_CHECK(r >= 1 && r <= head_dim_, "KV projection: layer rank {}: valid is 1..{}", r, head_dim_);
+  std::vector<std::vector<int64_t>> k, v;
+  for (size_t l = 0; l < keys.size(); ++l) {
+    k.emplace_back(kv_heads_, keys[l]);
+    v.emplace_back(kv_heads_, values[l]);
+  }
+  set_head_ranks(k, v);
+}
+
+void KVProjection::set_head_ranks(const std::vector<std::vector<int64_t>>& keys,
+                                  const std::vector<std::vector<int64_t>>& values) {
+  CONDENSE_CHECK(keys.size() == key_ranks_.size() && values.size() == value_ranks_.size(),
+                 "KV projection: {} / {} layers of head ranks for {} layers", keys.size(),
+                 values.size(), key_ranks_.size());
+  for (const auto* part : {&keys, &values})
+    for (const auto& layer : *part) {
+      CONDENSE_CHECK(static_cast<int64_t>(layer.size()) == kv_heads_,
+                     "KV projection: {} head ranks in a layer of {} KV heads", layer.size(), kv_heads_);
+      for (int64_t r : layer)
+        CONDENSE_CHECK(r >= 1 && r <= head_dim_, "KV projection: head rank {}: valid is 1..{}", r, head_dim_);
+    }
   key_ranks_ = keys;
   value_ranks_ = values;
   rank_masks_.clear();
@@ -253,14 +269,36 @@ KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, cons
     // as truncating, at full width).
     uk = uk * rank_masks_[layer].first;
     uv = uv * rank_masks_[layer].second;
+  } else if (!uniform(key_ranks_[layer]) || !uniform(value_ranks_[layer])) {
+    // Ragged ranks: pack the heads into one cached "head" (see the header). k U_block is
+    // nonzero only in each head's own slice, so summing over the heads packs them.
+    at::Tensor bk = block_basis(uk, key_ranks_[layer]), bv = block_basis(uv, value_ranks_[layer]);
+    value_basis_[layer] = bv;
+    return {q_project(q, bk), at::matmul(k, bk).sum(1, true), at::matmul(v, bv).sum(1, true)};
   } else {
-    uk = uk.narrow(2, 0, key_ranks_[layer]);
-    uv = uv.narrow(2, 0, value_ranks_[layer]);
+    uk = uk.narrow(2, 0, key_ranks_[layer][0]);
+    uv = uv.narrow(2, 0, value_ranks_[layer][0]);
   }
   // restore() follows for the same layer (also when a recompute policy reruns the layer):
   // hand it this value basis instead of composing the Cayley transform a second time.
   value_basis_[layer] = uv;
   return {q_project(q, uk), at::matmul(k, uk), at::matmul(v, uv)};
+}
+
+bool KVProjection::uniform(const std::vector<int64_t>& ranks) {
+  return std::all_of(ranks.begin(), ranks.end(), [&](int64_t r) { return r == ranks[0]; });
+}
+
+at::Tensor KVProjection::block_basis(const at::Tensor& basis, const std::vector<int64_t>& ranks) {
+  const int64_t total = std::accumulate(ranks.begin(), ranks.end(), int64_t{0});
+  at::Tensor out = at::zeros({basis.size(0), basis.size(1), total}, basis.options());
+  int64_t offset = 0;
+  for (size_t h = 0; h < ranks.size(); ++h) {
+    const auto hh = static_cast<int64_t>(h);
+    out.select(0, hh).narrow(1, offset, ranks[h]).copy_(basis.select(0, hh).narrow(1, 0, ranks[h]));
+    offset += ranks[h];
+  }
+  return out;
 }
 
 at::Tensor KVProjection::restore(int64_t layer, const at::Tensor& out) {

@@ -21,6 +21,16 @@
 // for the next forward (MatryoshkaKV's nested training), applied as masks on the coordinates so
 // heads may differ; one trained set then serves every rank. A checkpoint with generators gives
 // the composed bases to inference (from_file).
+//
+// Ragged ranks at inference (set_head_ranks, a --kv-budget per head): a layer whose KV heads
+// keep different ranks r_h caches them packed, one "head" of width R = sum_h r_h per token, so
+// the cache shrinks by exactly the dropped coordinates. Head h's coordinates sit in its slice
+// [o_h, o_h + r_h) of the packed width; the query heads of group h are projected with a block
+// basis that is U_h[:, :r_h] in that slice and zero elsewhere, so every query head's scores
+// read only its own KV head's slice (the same dot products as truncating per head), and
+// attention's packed output is mapped back by the same block basis's transpose. Attention
+// then runs as GQA with one KV head (H x R instead of H x r_h per score: more arithmetic,
+// which decoding of these model sizes does not notice; memory is what the budget buys).
 #pragma once
 #include <map>
 #include <memory>
@@ -51,9 +61,14 @@ class KVProjection : public KVHook {
 
   // Uniform ranks for keys and values, 1..head_dim (head_dim: exact). Throws naming `option`.
   void set_rank(int64_t key_rank, int64_t value_rank, const std::string& option = "--kv-rank");
-  // Per-layer ranks (every KV head of a layer alike, so the cache's per-layer width shrinks;
-  // compressors/kv_budget.h allocates them), each 1..head_dim.
+  // Per-layer ranks (every KV head of a layer alike; compressors/kv_budget.h allocates them),
+  // each 1..head_dim.
   void set_layer_ranks(const std::vector<int64_t>& key_ranks, const std::vector<int64_t>& value_ranks);
+  // Per-layer, per-KV-head ranks ([layer][kv_head], each 1..head_dim). Where a layer's heads
+  // differ, project() packs them (below), so the cache holds exactly the sum of the ranks.
+  void set_head_ranks(const std::vector<std::vector<int64_t>>& key_ranks,
+                      const std::vector<std::vector<int64_t>>& value_ranks);
+  int64_t kv_heads() const { return kv_heads_; }
   int64_t head_dim() const { return head_dim_; }
   // The ranks a sampled draw from the nested set {d/4, d/2, 3d/4, d} takes (ascending).
   std::vector<int64_t> nested_ranks() const;
@@ -81,13 +96,17 @@ class KVProjection : public KVHook {
  private:
   at::Tensor q_project(const at::Tensor& q, const at::Tensor& basis) const;
   at::Tensor back(const at::Tensor& out, const at::Tensor& basis, int64_t width) const;
+  static bool uniform(const std::vector<int64_t>& ranks);
+  // [Hkv, d, sum r_h]: head h's first r_h columns of `basis` in its slice, zeros elsewhere.
+  // Built by copies into zeros, so autograd reaches the bases (a forward with grad stays exact).
+  static at::Tensor block_basis(const at::Tensor& basis, const std::vector<int64_t>& ranks);
 
   std::vector<std::pair<at::Tensor, at::Tensor>> bases_;
   std::vector<std::pair<at::Tensor, at::Tensor>> skews_;  // generators S when trainable
   // Per layer {key, value} masks [kv_heads, 1, d] of sampled ranks; empty: uniform ranks.
   std::vector<std::pair<at::Tensor, at::Tensor>> rank_masks_;
   int64_t heads_, kv_heads_, head_dim_;
-  std::vector<int64_t> key_ranks_, value_ranks_;  // per layer
+  std::vector<std::vector<int64_t>> key_ranks_, value_ranks_;  // [layer][kv_head]
   std::vector<at::Tensor> value_basis_;  // per layer: project()'s value basis, for restore()
 };
 

@@ -85,8 +85,11 @@ KVProjection& projection_of(LlamaForCausalLM& model, const std::string& option,
 
 }  // namespace
 
-void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckpt,
-                   const std::string& source, std::string dataset) {
+void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& granularity,
+                   const Checkpoint& ckpt, const std::string& source, std::string dataset) {
+  const KVBudgetGranularity per = parse_kv_granularity(granularity, "--kv-granularity");
+  CONDENSE_CHECK(budget != 0 || per == KVBudgetGranularity::kLayer,
+                 "--kv-granularity {} applies to --kv-budget; give a budget", granularity);
   if (budget == 0) return;
   KVProjection& proj = projection_of(model, fmt::format("--kv-budget {}", budget), source);
   const double lowest = min_kv_budget(proj);
@@ -97,12 +100,13 @@ void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckp
   if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);
-  // A few windows of at most 256 tokens: 2 x layers x 3 forwards over them.
+  // A few windows of at most 256 tokens: 3 forwards over them per unit (2 x layers units, or
+  // 2 x layers x kv_heads per head).
   const int64_t seq = std::min<int64_t>(cfg.data.seq_len, 256), count = 4;
   std::vector<at::Tensor> windows = calibration_windows(store.ids("val"), seq, count, count);
   spdlog::info("kv budget {}: sensitivity on the last {} validation windows of {} tokens of {}",
                budget, count, seq, dataset);
-  KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget);
+  KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget, per);
   spdlog::info("kv budget {}: {}", budget, plan.describe());
 }
 

@@ -36,11 +36,13 @@ void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& sourc
 // Throws naming `source` when W > 0 and the model has no CSKV factors.
 void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& source);
 
-// --kv-budget F (0: off): per-layer ranks of the model's KV projections that cache at most F of
-// the full-rank bytes, allocated from calibration sensitivity (compressors/kv_budget.h) on the
-// last validation windows of `dataset` (empty: the checkpoint recipe's token store). Throws
-// naming `source` when the model has no projections, and --kv-budget when F is out of range.
-void set_kv_budget(LlamaForCausalLM& model, double budget, const Checkpoint& ckpt,
-                   const std::string& source, std::string dataset);
+// --kv-budget F (0: off): ranks of the model's KV projections that cache at most F of the
+// full-rank bytes, per layer or per KV head (`granularity`, --kv-granularity: "layer" |
+// "head"), allocated from calibration sensitivity (compressors/kv_budget.h) on the last
+// validation windows of `dataset` (empty: the checkpoint recipe's token store). Throws naming
+// `source` when the model has no projections, --kv-budget when F is out of range and
+// --kv-granularity when it names neither.
+void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& granularity,
+                   const Checkpoint& ckpt, const std::string& source, std::string dataset);
 
 }  // namespace condense

@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "compressors/kv_budget.h"
 #include "formats/compressed_context.h"
 #include "formats/gguf_llama.h"
 #include "formats/hf_import.h"
@@ -53,6 +54,9 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.kv_rank == 0 || opt.kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
                  opt.kv_budget);
+  parse_kv_granularity(opt.kv_granularity, "--kv-granularity");
+  CONDENSE_CHECK(opt.kv_budget > 0 || opt.kv_granularity == "layer",
+                 "--kv-granularity {} applies to --kv-budget; give a budget", opt.kv_granularity);
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   set_kv_window(src.model, opt.kv_window, source);
@@ -60,7 +64,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
     CONDENSE_CHECK(src.kind == "checkpoint", "--kv-budget: {} is a {}; KV projections live in "
                    "condense checkpoints", source, src.kind);
     const std::string path = resolve_checkpoint_path(source);
-    set_kv_budget(src.model, opt.kv_budget, Checkpoint::open(path), path, opt.data);
+    set_kv_budget(src.model, opt.kv_budget, opt.kv_granularity, Checkpoint::open(path), path, opt.data);
   }
   Tokenizer tok = Tokenizer::from_serialized(src.tokenizer_bytes, source + ":tokenizer");
   std::string text = read_text_file(opt.text_file);
@@ -145,7 +149,10 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
     out["kv_bytes_per_token"] = kv_bytes;
   }
   if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
-  if (opt.kv_budget > 0) out["kv_budget"] = opt.kv_budget;
+  if (opt.kv_budget > 0) {
+    out["kv_budget"] = opt.kv_budget;
+    out["kv_granularity"] = opt.kv_granularity;
+  }
   if (opt.kv_window > 0) out["kv_window"] = opt.kv_window;
   if (has_context) {
     out["context_tokens"] = context.tokens;

@@ -31,7 +31,8 @@ struct ScoreOptions {
   std::string kv_cache;
   bool token_by_token = false;
   int64_t kv_rank = 0;    // > 0: rank of the checkpoint's KV projections
-  double kv_budget = 0;   // > 0: per-layer ranks of the projections within this share
+  double kv_budget = 0;   // > 0: ranks of the projections within this share
+  std::string kv_granularity = "layer";  // kv_budget: "layer" | "head"
   std::string data;       // kv_budget: calibration token store (empty: the recipe's)
   int64_t kv_window = 0;  // > 0: CSKV's exact window of recent positions
   std::string context_file, context_vectors;  // compressed context before the text

@@ -60,8 +60,10 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_option("--kv-rank", a.score.kv_rank, "rank of the checkpoint's KV-cache "
                           "projections (prune --method kv-project; 0: full)")->default_val(0);
   a.score_cmd->add_option("--kv-budget", a.score.kv_budget, "share of the full-rank KV cache the "
-                          "checkpoint's KV projections may cache (0: off): per-layer ranks from "
+                          "checkpoint's KV projections may cache (0: off): ranks from "
                           "calibration sensitivity")->default_val(0);
+  a.score_cmd->add_option("--kv-granularity", a.score.kv_granularity, "--kv-budget: ranks per "
+                          "layer (layer) or per KV head (head)")->default_val("layer");
   a.score_cmd->add_option("--kv-window", a.score.kv_window, "CSKV checkpoints: the last W "
                           "positions before each query read exact keys and values (0: off)")
       ->default_val(0);

@@ -43,7 +43,7 @@ namespace {
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
 int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t skip,
              int64_t seq_len, int64_t batch_size, const std::string& kv_cache, int64_t kv_rank,
-             double kv_budget, int64_t kv_window) {
+             double kv_budget, const std::string& kv_granularity, int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   std::string path = resolve_checkpoint_path(ckpt_arg);
   Checkpoint ckpt = Checkpoint::open(path);
@@ -62,7 +62,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   LlamaForCausalLM model = load_inference_model(ckpt);
   CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   set_kv_rank(model, kv_rank, path);
-  set_kv_budget(model, kv_budget, ckpt, path, dataset);
+  set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, dataset);
   set_kv_window(model, kv_window, path);
   model->eval();
   CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
@@ -114,8 +114,8 @@ struct ChatArgs {
 
 int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOptions opt,
                  const ChatArgs& chat, const std::string& kv_cache, bool ignore_eos, bool print_ids,
-                 int64_t kv_rank, double kv_budget, const std::string& calib_data,
-                 int64_t kv_window) {
+                 int64_t kv_rank, double kv_budget, const std::string& kv_granularity,
+                 const std::string& calib_data, int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
   // Every sampling option in its range before anything loads.
   CONDENSE_CHECK(opt.max_new_tokens >= 1, "--max-new-tokens {}: must be at least 1", opt.max_new_tokens);
@@ -147,7 +147,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   if (int64_t moved = place_on_huge_pages(*model); moved > 0)
     spdlog::debug("{:.0f} MB of weights on transparent huge pages", moved / 1e6);
   set_kv_rank(model, kv_rank, path);
-  set_kv_budget(model, kv_budget, ckpt, path, calib_data);
+  set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, calib_data);
   set_kv_window(model, kv_window, path);
   // A rendered chat prompt carries its own <|begin_of_text|> where the format has one; after a
   // compressed context the prompt continues it directly, as in training (no <bos>).
@@ -260,9 +260,14 @@ int run(int argc, char** argv) {
   eval->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
   double kv_budget = 0;
   const char* budget_help = "share of the full-rank KV cache the checkpoint's KV projections may "
-                            "cache (0: off): per-layer ranks from calibration sensitivity on the "
-                            "last validation windows of the token store";
+                            "cache (0: off): ranks from calibration sensitivity on the last "
+                            "validation windows of the token store";
   eval->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
+  std::string kv_granularity = "layer";
+  const char* granularity_help = "--kv-budget: one key and one value rank per layer (layer), or "
+                                 "per KV head (head: 3 calibration forwards per head instead of "
+                                 "per layer; a layer's heads are cached packed)";
+  eval->add_option("--kv-granularity", kv_granularity, granularity_help)->default_val("layer");
   int64_t kv_window = 0;
   const char* window_help = "CSKV checkpoints: the last W positions before each query read "
                             "exact keys and values (W - 1 kept in full beside the latents; 0: off)";
@@ -293,6 +298,7 @@ int run(int argc, char** argv) {
   gen->add_option("--kv-cache", kv_cache, kv_help)->default_val("fp");
   gen->add_option("--kv-rank", kv_rank, rank_help)->default_val(0);
   gen->add_option("--kv-budget", kv_budget, budget_help)->default_val(0);
+  gen->add_option("--kv-granularity", kv_granularity, granularity_help)->default_val("layer");
   gen->add_option("--kv-window", kv_window, window_help)->default_val(0);
   std::string calib_data;
   gen->add_option("--data", calib_data, "--kv-budget: token store for the calibration (default: "
@@ -337,12 +343,12 @@ int run(int argc, char** argv) {
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (int rc = run_context_command(context_args); rc >= 0) return rc;
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_skip, eval_seq, eval_batch,
-                                      kv_cache, kv_rank, kv_budget, kv_window);
+                                      kv_cache, kv_rank, kv_budget, kv_granularity, kv_window);
   if (gen->parsed()) {
     CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
     if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
-    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, print_ids, kv_rank, kv_budget, calib_data,
-                        kv_window);
+    return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, print_ids, kv_rank, kv_budget,
+                        kv_granularity, calib_data, kv_window);
   }
   if (info->parsed()) return cmd_info(ckpt);
   return 1;

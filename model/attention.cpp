@@ -139,8 +139,9 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
   }
   // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
-  // head h read kv head h / rep, the grouping transformers' repeat_kv produces.
-  const bool gqa = heads_ != kv_heads_;
+  // head h read kv head h / rep, the grouping transformers' repeat_kv produces. Counted from
+  // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
+  const bool gqa = q.size(1) != k.size(1);
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;

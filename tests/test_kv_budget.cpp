@@ -6,7 +6,11 @@
 //     predicts the sum of its units' increases, and leaves the projection at its ranks (the
 //     cache's bytes per token follow them);
 //   - budget 1 keeps full rank, the smallest budget gives d/4 everywhere, and a budget below
-//     it or above 1 is refused naming --kv-budget and the valid range.
+//     it or above 1 is refused naming --kv-budget and the valid range;
+//   - per KV head: one unit per head's keys or values, its sensitivity recomputed here with
+//     only that head reduced; the plan meets the budget in coordinates the cache really holds
+//     (ragged heads packed) and predicts the sum of its units' divergences; a bad granularity
+//     is refused naming the option.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -78,7 +82,10 @@ TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
     double cached = 0, predicted = 0;
     for (int64_t l = 0; l < 2; ++l) {
       for (int64_t part = 0; part < 2; ++part) {
-        const int64_t r = part == 0 ? plan.key_ranks[l] : plan.value_ranks[l];
+        const std::vector<int64_t>& heads = part == 0 ? plan.key_ranks[l] : plan.value_ranks[l];
+        ASSERT_EQ(heads.size(), 2u);
+        ASSERT_EQ(heads[0], heads[1]);  // layer granularity: every KV head of a layer alike
+        const int64_t r = heads[0];
         auto it = std::find(plan.nested.begin(), plan.nested.end(), r);
         ASSERT_NE(it, plan.nested.end()) << r;
         predicted += plan.increase[2 * l + part][it - plan.nested.begin()];
@@ -89,8 +96,9 @@ TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
     EXPECT_LE(plan.share, budget + 1e-12) << budget;
     EXPECT_GT(plan.share, budget - 2.0 / 32.0) << budget;  // within one step of 2 coordinates
     EXPECT_NEAR(plan.predicted_kl, predicted, 1e-12);
-    if (budget == 1.0) EXPECT_EQ(plan.key_ranks, (std::vector<int64_t>{8, 8}));
-    if (budget == 0.25) EXPECT_EQ(plan.value_ranks, (std::vector<int64_t>{2, 2}));
+    using Ranks = std::vector<std::vector<int64_t>>;
+    if (budget == 1.0) EXPECT_EQ(plan.key_ranks, (Ranks{{8, 8}, {8, 8}}));
+    if (budget == 0.25) EXPECT_EQ(plan.value_ranks, (Ranks{{2, 2}, {2, 2}}));
     // The projection now caches the planned widths: 2 KV heads x (key + value rank) floats.
     at::NoGradGuard g;
     KVCache cache(f.m->config(), 1, 4, at::TensorOptions().dtype(at::kFloat));
@@ -110,6 +118,55 @@ TEST(KVBudget, BudgetsOutsideTheNestedRangeAreRefused) {
       EXPECT_NE(std::string(e.what()).find("valid is 0.25..1"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("--kv-budget"), std::string::npos) << e.what();
     }
+  }
+}
+
+TEST(KVBudget, PerHeadUnitsMeetTheBudgetInPackedCoordinates) {
+  Fixture f;
+  std::vector<at::Tensor> win = test::token_windows(2, 6);
+  using Ranks = std::vector<std::vector<int64_t>>;
+  bool ragged = false;  // some plan keeps a layer's KV heads at different ranks
+  for (double budget : {0.3, 0.5, 0.7}) {
+    KVBudgetPlan plan = plan_kv_budget(f.m, *f.proj, win, budget, KVBudgetGranularity::kHead);
+    ASSERT_EQ(plan.increase.size(), 8u);  // 2 layers x {keys, values} x 2 KV heads
+    // Unit (2l + part) x 2 + h. Layer 1's values of KV head 0 (unit 6) at rank 4, alone.
+    f.proj->set_rank(8, 8);
+    at::Tensor ref = log_probs_of(f.m, win);
+    f.proj->set_head_ranks(Ranks{{8, 8}, {8, 8}}, Ranks{{8, 8}, {4, 8}});
+    EXPECT_NEAR(plan.increase[6][1], kl(ref, log_probs_of(f.m, win)), 1e-6);
+    f.proj->set_head_ranks(Ranks{{8, 2}, {8, 8}}, Ranks{{8, 8}, {8, 8}});  // unit 1 at rank 2
+    EXPECT_NEAR(plan.increase[1][0], kl(ref, log_probs_of(f.m, win)), 1e-6);
+
+    f.proj->set_head_ranks(plan.key_ranks, plan.value_ranks);
+    double cached = 0, predicted = 0;
+    for (int64_t l = 0; l < 2; ++l)
+      for (int64_t part = 0; part < 2; ++part)
+        for (int64_t h = 0; h < 2; ++h) {
+          const int64_t r = (part == 0 ? plan.key_ranks : plan.value_ranks)[l][h];
+          auto it = std::find(plan.nested.begin(), plan.nested.end(), r);
+          ASSERT_NE(it, plan.nested.end()) << r;
+          predicted += plan.increase[(2 * l + part) * 2 + h][it - plan.nested.begin()];
+          cached += static_cast<double>(r);
+          if (h == 1) ragged = ragged || r != (part == 0 ? plan.key_ranks : plan.value_ranks)[l][0];
+        }
+    EXPECT_NEAR(plan.share, cached / 64.0, 1e-12);  // of 2 x 2 x 2 x 8 coordinates
+    EXPECT_LE(plan.share, budget + 1e-12) << budget;
+    EXPECT_GT(plan.share, budget - 2.0 / 64.0) << budget;
+    EXPECT_NEAR(plan.predicted_kl, predicted, 1e-12);
+    EXPECT_NE(plan.describe().find("head granularity"), std::string::npos) << plan.describe();
+    at::NoGradGuard g;
+    KVCache cache(f.m->config(), 1, 4, at::TensorOptions().dtype(at::kFloat));
+    f.m->hidden({at::randint(0, 61, {1, 4}, at::kLong), {}, &cache});
+    EXPECT_EQ(cache.bytes_per_token(), cached * 4) << budget;
+  }
+  EXPECT_TRUE(ragged);
+  EXPECT_EQ(parse_kv_granularity("head", "--kv-granularity"), KVBudgetGranularity::kHead);
+  try {
+    parse_kv_granularity("token", "--kv-granularity");
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-granularity 'token': valid is layer"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -5,6 +5,9 @@
 //     sum of the discarded covariance eigenvalues (PCA), below a random orthonormal basis's;
 //   - at rank r < head_dim the cache stores r coordinates (bytes scale by r / head_dim), and
 //     decoding with the cache equals the projected model's full forward;
+//   - ragged per-head ranks (a layer's KV heads at different ranks, MHA and GQA) give the same
+//     logits as the training path's masks at full width, cache exactly the sum of the ranks
+//     (packed), and decode equal to the full forward (fp) and close to it (int8);
 //   - checkpoint entries round-trip through HDF5, and bad ranks and shapes are refused;
 //   - training (MatryoshkaKV): the Cayley bases stay orthogonal to 1e-6 through AdamW steps
 //     that move them, full rank stays exact, only the generators get gradients, sampled ranks
@@ -16,6 +19,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <tuple>
@@ -110,6 +114,60 @@ TEST(KVProject, ReducedRankCachesFewerCoordinatesAndDecodesExactly) {
   at::Tensor a = m->logits(prefill(m, ids, q8));
   EXPECT_LT((a - full).abs().max().item<double>(), 5e-2);
   EXPECT_EQ(q8.bytes_per_token(), 2 * 2 * (3 + 8 * 3 / 4.0 + 5 + 8));
+}
+
+TEST(KVProject, RaggedHeadRanksArePackedAndExact) {
+  for (auto [heads, kv] : {std::pair<int64_t, int64_t>{4, 2}, {4, 4}}) {
+    at::manual_seed(12);
+    LlamaForCausalLM m(tiny(heads, kv));
+    auto proj = KVProjection::from_calibration(m, test::token_windows(4));
+    m->set_kv_hook(proj);
+    m->eval();
+    at::NoGradGuard g;
+    at::Tensor ids = at::randint(0, 61, {2, 21}, at::kLong);
+    // Reference: the masked path (sampled ranks zero the coordinates beyond each head's rank
+    // at full width), an independent implementation of the same truncation.
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(5);
+    std::vector<std::vector<int64_t>> keys, values;
+    bool ragged = false;
+    for (int draw = 0; draw < 50 && !ragged; ++draw) {
+      proj->sample_ranks(gen);
+      keys.clear();
+      values.clear();
+      for (int64_t l = 0; l < 2; ++l) {
+        auto [kr, vr] = proj->sampled_ranks(l);
+        keys.push_back(kr);
+        values.push_back(vr);
+        for (const auto* r : {&kr, &vr})
+          ragged = ragged || std::any_of(r->begin(), r->end(), [&](int64_t x) { return x != (*r)[0]; });
+      }
+    }
+    ASSERT_TRUE(ragged);
+    at::Tensor masked = m->forward(ids);
+    proj->set_head_ranks(keys, values);
+    at::Tensor packed = m->forward(ids);
+    EXPECT_LT((packed - masked).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
+    KVCache cache(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat));
+    EXPECT_LT((test::decode_logits(m, ids, cache, 9) - packed).abs().max().item<double>(), 1e-5);
+    double coords = 0;
+    for (const auto* part : {&keys, &values})
+      for (const auto& layer : *part)
+        for (int64_t r : layer) coords += static_cast<double>(r);
+    EXPECT_EQ(cache.bytes_per_token(), coords * 4);
+    KVCache q8(m->config(), 2, 21, at::TensorOptions().dtype(at::kFloat), {KVCacheType::kInt8, 4});
+    EXPECT_LT((m->logits(prefill(m, ids, q8)) - packed).abs().max().item<double>(), 5e-2);
+  }
+  // Bad head ranks are refused naming the range.
+  LlamaForCausalLM m(tiny(4, 2));
+  auto proj = KVProjection::from_calibration(m, test::token_windows(2));
+  for (auto bad : {std::vector<std::vector<int64_t>>{{8, 9}, {8, 8}}, {{8, 0}, {8, 8}}, {{8}, {8}}}) {
+    try {
+      proj->set_head_ranks(bad, {{8, 8}, {8, 8}});
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("KV projection"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(KVProject, CheckpointEntriesRoundTripAndBadInputIsRefused) {

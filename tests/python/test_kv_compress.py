@@ -280,6 +280,36 @@ def test_kv_budget_allocates_layer_ranks_within_the_budget(small_store, trained,
     assert res.returncode == 1 and "has no KV-cache projections" in res.stderr, res.stderr
 
 
+def test_kv_budget_per_head_caches_what_the_plan_says(small_store, trained, projected):
+    """--kv-granularity head: ranks per KV head, ragged heads packed, so the bytes the cache
+    holds are the plan's share of the full cache; score through the cache token by token
+    equals one forward; generate reports the same bytes; misuse fails clearly."""
+    full = json.loads(run("eval", projected, "--batches", 2).stdout.splitlines()[-1])
+    res = run("eval", projected, "--batches", 2, "--kv-budget", 0.5, "--kv-granularity", "head")
+    half = json.loads(res.stdout.splitlines()[-1])
+    plan = [x for x in res.stderr.splitlines() if "(head granularity)" in x]
+    assert plan, res.stderr
+    share = float(plan[-1].split("kv budget 0.5: ")[1].split("%")[0]) / 100
+    assert half["kv_bytes_per_token"] == pytest.approx(share * full["kv_bytes_per_token"], rel=1e-6)
+    assert share <= 0.5
+    _, lp_tbt, j = score(projected, trained[2], "--kv-budget", 0.5, "--kv-granularity", "head",
+                         "--data", small_store, "--kv-cache", "fp", "--token-by-token")
+    _, lp_fwd, _ = score(projected, trained[2], "--kv-budget", 0.5, "--kv-granularity", "head",
+                         "--data", small_store)
+    assert np.abs(lp_tbt - lp_fwd).max() <= 1e-5
+    assert j["kv_bytes_per_token"] == half["kv_bytes_per_token"] and j["kv_granularity"] == "head"
+    out = run("generate", projected, "--prompt", "A", "--max-new-tokens", 4, "--kv-budget", 0.5,
+              "--kv-granularity", "head", "--data", small_store)
+    assert f"{half['kv_bytes_per_token']:.0f} bytes" in out.stderr, out.stderr
+    for args, needle in ((["--kv-granularity", "head"], "--kv-granularity head applies to --kv-budget"),
+                         (["--kv-budget", 0.5, "--kv-granularity", "token"],
+                          "--kv-granularity 'token': valid is layer")):
+        res = run("eval", projected, "--batches", 1, *args, check=False)
+        assert res.returncode == 1 and needle in res.stderr, res.stderr
+        res = run("score", projected, "--text", trained[2], *args, check=False)
+        assert res.returncode == 1 and needle in res.stderr, res.stderr
+
+
 def train_projection(store, init, teacher, out_dir, *extra, steps=4):
     o = {"init": init, "distill.teacher": teacher, "out_dir": out_dir, "data.dataset": store,
          "data.seq_len": 64, "data.batch_size": 4, "train.steps": steps, "train.warmup_steps": 1,
