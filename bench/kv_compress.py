@@ -19,8 +19,9 @@ Stages (each skipped when its outputs exist, so an interrupted run continues):
   matryoshka  the PCA projections trained by recipes/kv_project.yaml (MatryoshkaKV: Cayley-
            orthogonal, per-head ranks sampled from {d/4, d/2, 3d/4, d}, 0.25 KD + 0.75 CE) for
            --steps steps, then evaluated at the same --kv-ranks: one trained set for every rank
-  budget   `--kv-budget` at the --kv-ranks shares (per-layer ranks from calibration
-           sensitivity) for the project and matryoshka stages' outputs
+  budget   `--kv-budget` at the --kv-ranks shares (ranks per layer or per KV head,
+           --budget-granularity, from calibration sensitivity) for the project and matryoshka
+           stages' outputs
   cskv     CSKV's low-rank latent cache (`condense prune --method cskv`): key and value ranks
            as --cskv-split shares of kv_heads x head_dim, untrained with each init (whiten,
            asvd, svd), then the whiten init trained for --steps steps two ways: CSKV's
@@ -175,6 +176,8 @@ def main():
     ap.add_argument("--kd-ratio", type=float, default=0.25, help="matryoshka: KD weight (the paper's "
                     "0.25; 1: pure distillation, which cannot adapt to the training text's domain)")
     ap.add_argument("--kv-ranks", default="0.25,0.5,0.75", help="project: ranks as shares of head_dim")
+    ap.add_argument("--budget-granularity", default="layer,head", help="budget: --kv-granularity "
+                    "values (head: a rank per KV head, 3 calibration forwards per head)")
     ap.add_argument("--gen-contexts", default="256,448", help="prompt lengths in tokens")
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
@@ -277,17 +280,23 @@ def main():
                            ("MatryoshkaKV, budget", out / "matryoshka")):
             if not (ckpt.exists() if ckpt.suffix else (ckpt / "checkpoints" / "latest").exists()):
                 continue
-            for share in [float(x) for x in a.kv_ranks.split(",")]:
-                if share < 0.25:
-                    continue
-                src = ckpt if ckpt.suffix else latest(ckpt)
-                proc, _ = sh([BIN, "eval", src, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
-                              "--kv-budget", share])
-                j = json.loads(proc.stdout.strip().splitlines()[-1])
-                plan = [x for x in proc.stderr.splitlines() if "key ranks per layer" in x][-1]
-                points.append({"method": name, "kv_heads": kv0,
-                               "bytes": j["kv_bytes_per_token"] / 2, "loss": j["val_loss"],
-                               "note": f"--kv-budget {share}: " + plan.split(": ", 1)[1].split(";")[0]})
+            for per in a.budget_granularity.split(","):
+                for share in [float(x) for x in a.kv_ranks.split(",")]:
+                    if share < 0.25:
+                        continue
+                    src = ckpt if ckpt.suffix else latest(ckpt)
+                    t0 = time.time()
+                    proc, _ = sh([BIN, "eval", src, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
+                                  "--kv-budget", share, "--kv-granularity", per])
+                    j = json.loads(proc.stdout.strip().splitlines()[-1])
+                    plan = [x for x in proc.stderr.splitlines() if "key ranks per layer" in x][-1]
+                    ranks = plan.split("; ", 1)[1].split(" (")[0] if per == "head" else ""
+                    points.append({"method": f"{name} per {per}", "kv_heads": kv0,
+                                   "bytes": j["kv_bytes_per_token"] / 2, "loss": j["val_loss"],
+                                   "note": f"--kv-budget {share} --kv-granularity {per}: "
+                                           + plan.split(": ", 1)[1].split(";")[0]
+                                           + f"; plan + eval {time.time() - t0:.0f} s"
+                                           + (f"; {ranks}" if ranks else "")})
 
     if "cskv" in stages:
         kv_dim = kv0 * head_dim(cfg)
