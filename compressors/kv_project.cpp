@@ -15,6 +15,7 @@ constexpr const char* kGroup = "kv_proj";
 
 std::string key_name(size_t layer) { return "layers." + std::to_string(layer) + ".key"; }
 std::string value_name(size_t layer) { return "layers." + std::to_string(layer) + ".value"; }
+std::string mean_name(const std::string& basis) { return basis + "_mean"; }
 std::string full(const std::string& name) { return std::string(kGroup) + "/" + name; }
 
 // Cayley(A) = (I + A)^-1 (I - A) of A = S - S^T (skew-symmetric): orthogonal. [H, d, d].
@@ -24,10 +25,14 @@ at::Tensor cayley(const at::Tensor& s) {
   return at::linalg_solve(eye + a, eye - a);
 }
 
-// Records per layer and KV head sum_t k_t k_t^T (after RoPE) and sum_t v_t v_t^T, float64, and
-// changes nothing.
+// Per layer and KV head, the first and second moments of the keys (after RoPE) and values
+// (float64), without changing them.
 class CovarianceRecorder : public KVHook {
  public:
+  struct Moments {
+    at::Tensor sum, outer;  // [kv_heads, d] sum_t x_t, [kv_heads, d, d] sum_t x_t x_t^T
+    int64_t count = 0;
+  };
   explicit CovarianceRecorder(int64_t layers) : keys(layers), values(layers) {}
   Projected project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
                     const at::Tensor& v) override {
@@ -36,28 +41,36 @@ class CovarianceRecorder : public KVHook {
     return {q, k, v};
   }
   at::Tensor restore(int64_t, const at::Tensor& out) override { return out; }
-  std::vector<at::Tensor> keys, values;  // [kv_heads, d, d]
+  std::vector<Moments> keys, values;
 
  private:
-  static void add(at::Tensor& sum, const at::Tensor& x) {
+  static void add(Moments& m, const at::Tensor& x) {
     // x [B, H, T, d] -> per head [H, B*T, d]
     at::Tensor flat = x.detach().transpose(0, 1).reshape({x.size(1), -1, x.size(3)});
-    at::Tensor c = at::matmul(flat.transpose(1, 2), flat).to(at::kCPU, at::kDouble);
-    if (sum.defined()) sum.add_(c);
-    else sum = c;
+    at::Tensor outer = at::matmul(flat.transpose(1, 2), flat).to(at::kCPU, at::kDouble);
+    at::Tensor sum = flat.sum(1).to(at::kCPU, at::kDouble);
+    m.outer = m.outer.defined() ? m.outer + outer : outer;
+    m.sum = m.sum.defined() ? m.sum + sum : sum;
+    m.count += flat.size(1);
   }
 };
 
-// Eigenvectors of each head's covariance [H, d, d], largest eigenvalue first, float32.
-at::Tensor principal_bases(const at::Tensor& cov) {
+// {mean [H, d], eigenvectors of the centered covariance [H, d, d], largest eigenvalue first},
+// float32.
+std::pair<at::Tensor, at::Tensor> principal_bases(const CovarianceRecorder::Moments& m) {
+  at::Tensor mean = m.sum / static_cast<double>(m.count);
+  at::Tensor cov = m.outer - static_cast<double>(m.count) * mean.unsqueeze(2) * mean.unsqueeze(1);
   at::Tensor sym = (cov + cov.transpose(1, 2)) * 0.5;
-  return std::get<1>(at::linalg_eigh(sym)).flip({2}).to(at::kFloat).contiguous();
+  return {mean.to(at::kFloat).contiguous(),
+          std::get<1>(at::linalg_eigh(sym)).flip({2}).to(at::kFloat).contiguous()};
 }
 
 }  // namespace
 
-KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tensor, at::Tensor>> bases)
+KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tensor, at::Tensor>> bases,
+                           std::vector<std::pair<at::Tensor, at::Tensor>> means)
     : bases_(std::move(bases)),
+      means_(std::move(means)),
       heads_(c.num_attention_heads),
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
@@ -73,6 +86,17 @@ KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tenso
                          u.size(2) == head_dim_,
                      "KV projection: a basis of shape {} for {} KV heads of {}", c10::str(u.sizes()), kv_heads_,
                      head_dim_);
+  if (means_.empty())
+    for (const auto& [k, v] : bases_)
+      means_.emplace_back(at::zeros({kv_heads_, head_dim_}, k.options()),
+                          at::zeros({kv_heads_, head_dim_}, v.options()));
+  CONDENSE_CHECK(means_.size() == bases_.size(), "KV projection: {} layers of means for {} of bases",
+                 means_.size(), bases_.size());
+  for (const auto& [k, v] : means_)
+    for (const at::Tensor& m : {k, v})
+      CONDENSE_CHECK(m.dim() == 2 && m.size(0) == kv_heads_ && m.size(1) == head_dim_,
+                     "KV projection: a mean of shape {} for {} KV heads of {}", c10::str(m.sizes()),
+                     kv_heads_, head_dim_);
 }
 
 std::shared_ptr<KVProjection> KVProjection::from_calibration(LlamaForCausalLM& model,
@@ -93,15 +117,28 @@ std::shared_ptr<KVProjection> KVProjection::from_calibration(LlamaForCausalLM& m
   }
   model->set_kv_hook(nullptr);
   model->train(was_training);
-  std::vector<std::pair<at::Tensor, at::Tensor>> bases;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    bases.emplace_back(principal_bases(recorder->keys[l]), principal_bases(recorder->values[l]));
-  return std::make_shared<KVProjection>(c, std::move(bases));
+  std::vector<std::pair<at::Tensor, at::Tensor>> bases, means;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    auto [mk, uk] = principal_bases(recorder->keys[l]);
+    auto [mv, uv] = principal_bases(recorder->values[l]);
+    bases.emplace_back(uk, uv);
+    means.emplace_back(mk, mv);
+  }
+  return std::make_shared<KVProjection>(c, std::move(bases), std::move(means));
 }
 
 std::shared_ptr<KVProjection> KVProjection::from_file(const H5File& file, const LlamaConfig& c) {
   if (!file.has(kGroup)) return nullptr;
-  std::vector<std::pair<at::Tensor, at::Tensor>> bases;
+  std::vector<std::pair<at::Tensor, at::Tensor>> bases, means;
+  // A mean: [kv_heads, head_dim]; zeros when the checkpoint predates them.
+  auto read_mean = [&](const std::string& name) {
+    if (!file.has(full(name))) return at::zeros({c.kv_heads(), c.head_size()}, at::kFloat);
+    at::Tensor m = file.read_tensor(full(name)).to(at::kFloat);
+    CONDENSE_CHECK(m.dim() == 2 && m.size(0) == c.kv_heads() && m.size(1) == c.head_size(),
+                   "{}: '{}' has shape {}; expected [{}, {}] (kv heads, head_dim)", file.path(),
+                   full(name), c10::str(m.sizes()), c.kv_heads(), c.head_size());
+    return m;
+  };
   auto read = [&](const std::string& name) {
     CONDENSE_CHECK(file.has(full(name)), "{}: KV projection '{}' is missing", file.path(), full(name));
     at::Tensor u = file.read_tensor(full(name)).to(at::kFloat);
@@ -121,8 +158,9 @@ std::shared_ptr<KVProjection> KVProjection::from_file(const H5File& file, const 
       v = at::matmul(v, cayley(read(value_name(l) + "_skew")));
     }
     bases.emplace_back(k, v);
+    means.emplace_back(read_mean(mean_name(key_name(l))), read_mean(mean_name(value_name(l))));
   }
-  return std::make_shared<KVProjection>(c, std::move(bases));
+  return std::make_shared<KVProjection>(c, std::move(bases), std::move(means));
 }
 
 std::map<std::string, at::Tensor> KVProjection::entries() const {
@@ -131,6 +169,8 @@ std::map<std::string, at::Tensor> KVProjection::entries() const {
     auto [k, v] = bases(static_cast<int64_t>(l));
     out[full(key_name(l))] = k.detach().to(at::kCPU, at::kFloat);
     out[full(value_name(l))] = v.detach().to(at::kCPU, at::kFloat);
+    out[full(mean_name(key_name(l)))] = means_[l].first.to(at::kCPU, at::kFloat);
+    out[full(mean_name(value_name(l)))] = means_[l].second.to(at::kCPU, at::kFloat);
   }
   return out;
 }
@@ -155,6 +195,8 @@ std::map<std::string, at::Tensor> KVProjection::state() const {
   for (size_t l = 0; l < bases_.size(); ++l) {
     out[full(key_name(l))] = bases_[l].first;
     out[full(value_name(l))] = bases_[l].second;
+    out[full(mean_name(key_name(l)))] = means_[l].first;
+    out[full(mean_name(value_name(l)))] = means_[l].second;
   }
   return out;
 }
@@ -242,10 +284,11 @@ std::vector<int64_t> KVProjection::nested_ranks() const {
 
 void KVProjection::to(at::Device device, at::ScalarType dtype) {
   CONDENSE_CHECK(skews_.empty(), "KV projection: move it before make_trainable()");
-  for (auto& [k, v] : bases_) {
-    k = k.to(device, dtype);
-    v = v.to(device, dtype);
-  }
+  for (auto* part : {&bases_, &means_})
+    for (auto& [k, v] : *part) {
+      k = k.to(device, dtype);
+      v = v.to(device, dtype);
+    }
 }
 
 at::Tensor KVProjection::q_project(const at::Tensor& q, const at::Tensor& basis) const {
@@ -261,9 +304,12 @@ at::Tensor KVProjection::back(const at::Tensor& out, const at::Tensor& basis, in
   return at::matmul(og, basis.transpose(1, 2).unsqueeze(1)).reshape({b, heads_, t, head_dim_});
 }
 
-KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, const at::Tensor& k,
-                                        const at::Tensor& v) {
+KVHook::Projected KVProjection::project(int64_t layer, const at::Tensor& q, const at::Tensor& k_in,
+                                        const at::Tensor& v_in) {
   auto [uk, uv] = bases(layer);  // [Hkv, d, d]
+  // Centered (see the header): k - mu_k and v - mu_v per KV head; mu_v returns in restore().
+  const at::Tensor k = k_in - means_[layer].first.unsqueeze(1);
+  const at::Tensor v = v_in - means_[layer].second.unsqueeze(1);
   if (!rank_masks_.empty()) {
     // Sampled per-head ranks: zero the coordinates beyond each head's rank (same dot products
     // as truncating, at full width).
@@ -304,7 +350,9 @@ at::Tensor KVProjection::block_basis(const at::Tensor& basis, const std::vector<
 at::Tensor KVProjection::restore(int64_t layer, const at::Tensor& out) {
   at::Tensor uv = std::exchange(value_basis_[layer], at::Tensor());
   CONDENSE_CHECK(uv.defined(), "KV projection: restore() of layer {} without project()", layer);
-  return back(out, uv, uv.size(2));
+  // Query head h reads KV head h / rep: its output gets that head's value mean back.
+  at::Tensor mean = means_[layer].second.repeat_interleave(heads_ / kv_heads_, 0).unsqueeze(1);
+  return back(out, uv, uv.size(2)) + mean;
 }
 
 }  // namespace condense

@@ -9,10 +9,18 @@
 // Under GQA the bases are per KV head (shared by its query heads), so the cache really shrinks.
 // The bases are ordered by importance (descending), so one set serves every rank ("nested").
 //
-// Initialization from a calibration pass: PCA of each head's keys after RoPE and values (the
-// eigenvectors of the uncentered covariance, largest first), MatryoshkaKV's starting point and
-// the untrained baseline it is measured against. Stored in checkpoints as kv_proj/layers.<i>.key
-// and kv_proj/layers.<i>.value, float32 [kv_heads, head_dim, head_dim], columns = directions.
+// Initialization from a calibration pass: PCA of each head's keys after RoPE and values, with
+// their mean vectors (MatryoshkaKV's starting point and the untrained baseline it is measured
+// against): mu = the calibration mean, U = the eigenvectors of the centered covariance, largest
+// first. Centering is free at inference:
+//   keys     scores read q . (k - mu_k) projected; the dropped q . mu_k is the same for every
+//            key a query reads, and softmax ignores a constant shift, so only k - mu_k is cached
+//   values   v ~ mu_v + (v - mu_v) U U^T, and attention's weights sum to 1, so the output is
+//            mu_v + (P (v - mu_v) U) U^T: (v - mu_v) U is cached and mu_v added back
+// Both are exact at full rank. Stored in checkpoints as kv_proj/layers.<i>.key / .value,
+// float32 [kv_heads, head_dim, head_dim], columns = directions, and .key_mean / .value_mean
+// [kv_heads, head_dim]; a checkpoint without means (made before they existed) loads with zero
+// means, i.e. the uncentered projection it was trained as.
 //
 // Training (make_trainable): U = U0 Cayley(S - S^T), Cayley(A) = (I + A)^-1 (I - A), with the
 // generators S ([kv_heads, d, d], kv_proj/layers.<i>.key_skew / .value_skew) trained from zero,
@@ -47,16 +55,19 @@ namespace condense {
 
 class KVProjection : public KVHook {
  public:
-  // bases: per layer {key, value}, each [kv_heads, head_dim, head_dim] with orthonormal columns.
-  KVProjection(const LlamaConfig& config, std::vector<std::pair<at::Tensor, at::Tensor>> bases);
+  // bases: per layer {key, value}, each [kv_heads, head_dim, head_dim] with orthonormal columns;
+  // means: per layer {key, value} [kv_heads, head_dim], or empty for zero means.
+  KVProjection(const LlamaConfig& config, std::vector<std::pair<at::Tensor, at::Tensor>> bases,
+               std::vector<std::pair<at::Tensor, at::Tensor>> means = {});
 
-  // PCA of every KV head's keys (after RoPE) and values over the calibration windows.
+  // Centered PCA of every KV head's keys (after RoPE) and values over the calibration windows.
   static std::shared_ptr<KVProjection> from_calibration(LlamaForCausalLM& model,
                                                         const std::vector<at::Tensor>& windows);
   // The projection stored in a checkpoint, or null when it has none. Checks shapes against
   // `config` and names the file and dataset on any mismatch.
   static std::shared_ptr<KVProjection> from_file(const H5File& file, const LlamaConfig& config);
-  // Checkpoint tensors ("kv_proj/layers.<i>.key" / ".value").
+  // Checkpoint tensors ("kv_proj/layers.<i>.key" / ".value", composed bases, and ".key_mean" /
+  // ".value_mean").
   std::map<std::string, at::Tensor> entries() const;
 
   // Uniform ranks for keys and values, 1..head_dim (head_dim: exact). Throws naming `option`.
@@ -77,7 +88,8 @@ class KVProjection : public KVHook {
 
   // Training: generators at zero, requiring grad. parameters() are the modules the trainer
   // trains ("kv_proj/layers.<i>.key_skew" / ".value_skew"), state() the fixed PCA bases saved
-  // beside them ("kv_proj/layers.<i>.key" / ".value").
+  // and means saved beside them ("kv_proj/layers.<i>.key" / ".value" / ".key_mean" /
+  // ".value_mean"); the means stay fixed.
   void make_trainable();
   std::vector<std::pair<std::string, at::Tensor>> parameters() const;
   std::map<std::string, at::Tensor> state() const;
@@ -102,6 +114,7 @@ class KVProjection : public KVHook {
   static at::Tensor block_basis(const at::Tensor& basis, const std::vector<int64_t>& ranks);
 
   std::vector<std::pair<at::Tensor, at::Tensor>> bases_;
+  std::vector<std::pair<at::Tensor, at::Tensor>> means_;  // [kv_heads, d] per layer
   std::vector<std::pair<at::Tensor, at::Tensor>> skews_;  // generators S when trainable
   // Per layer {key, value} masks [kv_heads, 1, d] of sampled ranks; empty: uniform ranks.
   std::vector<std::pair<at::Tensor, at::Tensor>> rank_masks_;

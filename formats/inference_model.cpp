@@ -45,9 +45,10 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model) {
     out.config = {{"method", "kv_project"},
                   {"paper", "MatryoshkaKV (Lin et al., ICLR 2025)"},
                   {"layout", "kv_proj/layers.<i>.key|value: [kv_heads, head_dim, head_dim] "
-                             "orthonormal columns, most important first; keys (after RoPE) and "
-                             "queries are multiplied by the first r columns, values by theirs "
-                             "and attention's output by their transpose"},
+                             "orthonormal columns, most important first, and key_mean|value_mean "
+                             "[kv_heads, head_dim]; keys (after RoPE) minus key_mean and queries "
+                             "are multiplied by the first r columns, values minus value_mean by "
+                             "theirs, and attention's output by their transpose plus value_mean"},
                   {"num_key_value_heads", c.kv_heads()},
                   {"head_dim", c.head_size()}};
   } else if (auto low = std::dynamic_pointer_cast<LowRankKV>(model->kv_hook())) {

@@ -1,8 +1,10 @@
 // Tests for KV-cache projections (compressors/kv_project.h) on tiny random models:
 //   - the PCA bases are orthonormal and ordered by captured energy;
 //   - at full rank the projected model equals the original (MHA and GQA), at every position;
-//   - closed form: the keys' rank-r reconstruction error over the calibration tokens equals the
-//     sum of the discarded covariance eigenvalues (PCA), below a random orthonormal basis's;
+//   - closed form: the keys' mean is the calibration mean, and the centered keys' rank-r
+//     reconstruction error over the calibration tokens equals the sum of the discarded
+//     eigenvalues of their covariance (PCA), below a random orthonormal basis's; a projection
+//     without means (older checkpoints) is the uncentered one and still exact at full rank;
 //   - at rank r < head_dim the cache stores r coordinates (bytes scale by r / head_dim), and
 //     decoding with the cache equals the projected model's full forward;
 //   - ragged per-head ranks (a layer's KV heads at different ranks, MHA and GQA) give the same
@@ -55,6 +57,7 @@ TEST(KVProject, FullRankEqualsTheOriginalAndBasesAreOrthonormal) {
     auto proj = KVProjection::from_calibration(m, test::token_windows(4));
     EXPECT_FALSE(m->kv_hook());  // calibration leaves no hook behind
     for (const auto& [name, u] : proj->entries()) {
+      if (name.find("_mean") != std::string::npos) continue;
       at::Tensor eye = at::eye(8).expand({kv, 8, 8});
       EXPECT_LT((at::matmul(u.transpose(1, 2), u) - eye).abs().max().item<double>(), 1e-5) << name;
     }
@@ -62,6 +65,12 @@ TEST(KVProject, FullRankEqualsTheOriginalAndBasesAreOrthonormal) {
     EXPECT_LT((test::eval_logits(m, ids) - ref).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
     proj->set_rank(4, 4);
     EXPECT_GT((test::eval_logits(m, ids) - ref).abs().max().item<double>(), 1e-3);
+    // Without means (a checkpoint made before them): the uncentered projection, exact too.
+    std::vector<std::pair<at::Tensor, at::Tensor>> bases;
+    for (int64_t l = 0; l < 2; ++l)
+      bases.emplace_back(proj->bases(l));
+    m->set_kv_hook(std::make_shared<KVProjection>(m->config(), bases));
+    EXPECT_LT((test::eval_logits(m, ids) - ref).abs().max().item<double>(), 1e-5) << heads << "/" << kv;
   }
 }
 
@@ -79,6 +88,10 @@ TEST(KVProject, KeyReconstructionErrorIsTheDiscardedEigenvalues) {
   m->set_kv_hook(nullptr);
   at::Tensor k = at::cat(tap->keys[1], 2).to(at::kDouble);  // layer 1 [B, 2, T, 8]
   k = k.transpose(0, 1).reshape({2, -1, 8});                 // [heads, tokens, d]
+  at::Tensor mean = k.mean(1);
+  EXPECT_LT((proj->entries().at("kv_proj/layers.1.key_mean").to(at::kDouble) - mean).abs().max().item<double>(), 1e-5);
+  EXPECT_GT(mean.abs().max().item<double>(), 1e-2);  // a mean worth removing
+  k = k - mean.unsqueeze(1);
   at::Tensor u = proj->entries().at("kv_proj/layers.1.key").to(at::kDouble);
   at::Tensor eig = at::linalg_eigvalsh(at::matmul(k.transpose(1, 2), k)).flip({1});  // descending
   at::manual_seed(5);
@@ -184,6 +197,7 @@ TEST(KVProject, CheckpointEntriesRoundTripAndBadInputIsRefused) {
   auto back = KVProjection::from_file(f, c);
   ASSERT_TRUE(back);
   for (const auto& [name, t] : proj->entries()) EXPECT_TRUE(at::equal(back->entries().at(name), t)) << name;
+  EXPECT_EQ(back->entries().size(), 8u);  // 2 layers x {key, value} x {basis, mean}
   try {
     KVProjection::from_file(f, tiny(4, 4));
     ADD_FAILURE() << "bases of 2 KV heads accepted for a model with 4";
@@ -229,6 +243,7 @@ TEST(KVProjectTraining, CayleyBasesStayOrthogonalAndFullRankStaysExact) {
   for (const auto& p : m->parameters()) EXPECT_FALSE(p.grad().defined());
   double moved = 0;
   for (const auto& [name, u] : proj->entries()) {
+    if (name.find("_mean") != std::string::npos) continue;
     at::Tensor ud = u.to(at::kDouble);
     at::Tensor eye = at::eye(8, at::kDouble).expand({2, 8, 8});
     EXPECT_LT((at::matmul(ud.transpose(1, 2), ud) - eye).abs().max().item<double>(), 1e-6) << name;
@@ -269,12 +284,15 @@ TEST(KVProjectTraining, SampledRanksAreNestedTruncations) {
       KVHook::Projected p = proj->project(layer, q, k, v);
       at::Tensor uk = bases.at("kv_proj/layers." + std::to_string(layer) + ".key");
       at::Tensor uv = bases.at("kv_proj/layers." + std::to_string(layer) + ".value");
+      at::Tensor mk = bases.at("kv_proj/layers." + std::to_string(layer) + ".key_mean");
+      at::Tensor mv = bases.at("kv_proj/layers." + std::to_string(layer) + ".value_mean");
       for (int64_t h = 0; h < 2; ++h) {
-        for (auto [ranks, x, u, got] : {std::tuple{kr, k, uk, p.k}, std::tuple{vr, v, uv, p.v}}) {
+        for (auto [ranks, x, u, mu, got] :
+             {std::tuple{kr, k, uk, mk, p.k}, std::tuple{vr, v, uv, mv, p.v}}) {
           const int64_t r = ranks[h];
           seen.insert(r);
           ASSERT_TRUE(r == 2 || r == 4 || r == 6 || r == 8) << r;
-          at::Tensor want = at::matmul(x.select(1, h), u[h].narrow(1, 0, r));
+          at::Tensor want = at::matmul(x.select(1, h) - mu[h], u[h].narrow(1, 0, r));
           EXPECT_LT((got.select(1, h).narrow(-1, 0, r) - want).abs().max().item<double>(), 1e-5);
           if (r < 8) EXPECT_EQ(got.select(1, h).narrow(-1, r, 8 - r).abs().max().item<double>(), 0.0);
         }
