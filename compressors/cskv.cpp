@@ -233,15 +233,26 @@ std::pair<at::Tensor, at::Tensor> LowRankKV::encode(int64_t layer, const at::Ten
 
 std::pair<at::Tensor, at::Tensor> LowRankKV::decode(int64_t layer, const at::Tensor& ck,
                                                     const at::Tensor& cv) {
-  const Factors& f = layers_[layer];
+  const int64_t b = cv.size(0), t = cv.size(2);
+  at::Tensor v = at::matmul(cv.squeeze(1), layers_[layer].value_up)
+                     .view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  return {decode_keys(layer, ck), v};
+}
+
+at::Tensor LowRankKV::decode_keys(int64_t layer, const at::Tensor& ck) {
   const int64_t b = ck.size(0), t = ck.size(2);
-  auto heads = [&](const at::Tensor& y) {  // [B, T, kv_heads * d] -> [B, kv_heads, T, d]
-    return y.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-  };
-  at::Tensor k = heads(at::matmul(ck.squeeze(1), f.key_up));
-  at::Tensor v = heads(at::matmul(cv.squeeze(1), f.value_up));
+  // [B, T, kv_heads * d] -> [B, kv_heads, T, d]
+  at::Tensor k = at::matmul(ck.squeeze(1), layers_[layer].key_up).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
   auto [cos, sin] = rope_table(t, k.device());
-  return {apply_rope(k, cos, sin), v};
+  return apply_rope(k, cos, sin);
+}
+
+at::Tensor LowRankKV::restore(int64_t layer, const at::Tensor& out) {
+  const int64_t b = out.size(0), heads = out.size(1), t = out.size(2), r = out.size(3);
+  const int64_t rep = heads / kv_heads_;
+  // B_v [r_v, kv_heads * d] as per KV head [kv_heads, 1, r_v, d]; query heads grouped by KV head.
+  at::Tensor up = layers_[layer].value_up.view({r, kv_heads_, head_dim_}).transpose(0, 1).unsqueeze(1);
+  return at::matmul(out.reshape({b, kv_heads_, rep, t, r}), up).reshape({b, heads, t, head_dim_});
 }
 
 std::pair<at::Tensor, at::Tensor> LowRankKV::rope_table(int64_t n, at::Device device) {

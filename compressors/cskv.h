@@ -34,6 +34,14 @@
 // reconstruction error is what whiten already minimizes, while the loss of the model's output
 // weighs each direction by what attention does with it.
 //
+// Values stay latent while decoding (latent_values(): blocks of at most kLatentValueQueries
+// queries, without a window): attention reads the cached value latent c_v itself and restore()
+// applies B_v to its output per query head, (P c_v) B_v instead of P (c_v B_v), so a generated
+// token no longer rebuilds every cached position's values (T r_v kv_heads head_dim multiply-
+// adds per layer) but maps one output per head up (r_v head_dim per query head). Longer blocks
+// (prefill, training) rebuild the values, where the fused attention kernel of equal widths
+// serves better than the reference kernel that unequal widths fall back to.
+//
 // An optional window keeps the most recent tokens exact (CSKV's bi-branch cache): a query
 // reads the original keys and values of its last `window` positions and the rebuilt ones of
 // older positions; chosen at inference (--kv-window) and, for training by distillation, with
@@ -114,6 +122,13 @@ class LowRankKV : public KVHook {
   int64_t window() const override { return window_; }
 
   bool latent() const override { return true; }
+  static constexpr int64_t kLatentValueQueries = 16;
+  bool latent_values(int64_t t) const override { return t <= kLatentValueQueries; }
+  // RoPE(c_k B_k) at positions 0 .. T - 1: [B, kv_heads, T, head_dim].
+  at::Tensor decode_keys(int64_t layer, const at::Tensor& key_latent) override;
+  // Attention's output over the value latent [B, heads, t, r_v] -> [B, heads, t, head_dim]: query
+  // head h times the columns of B_v that form its KV head's values.
+  at::Tensor restore(int64_t layer, const at::Tensor& out) override;
   std::pair<at::Tensor, at::Tensor> encode(int64_t layer, const at::Tensor& x) override;
   std::pair<at::Tensor, at::Tensor> decode(int64_t layer, const at::Tensor& key_latent,
                                            const at::Tensor& value_latent) override;

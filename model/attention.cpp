@@ -50,6 +50,27 @@ at::Tensor windowed_attention(const at::Tensor& q, const at::Tensor& k, const at
   return out.reshape({b, heads, t, d});
 }
 
+// Causal attention over values shared by every head (a latent cache's value latent, model/
+// attention.h): q [B, H, t, d] at positions T - t .. T - 1, k [B, Hkv, T, d] (GQA: query head h
+// reads KV head h / (H / Hkv)), cv [B, 1, T, r]. Returns [B, H, t, r]. Written out instead of
+// SDPA, whose kernels for unequal key and value widths repeat k and v per query head: the
+// probabilities of all heads then multiply the one latent in a single GEMM, copying nothing.
+at::Tensor shared_value_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cv,
+                                  double scale, double dropout) {
+  const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), d = q.size(3);
+  const int64_t kv = k.size(1), total = k.size(2), past = total - t, rep = heads / kv;
+  at::Tensor qg = q.reshape({b, kv, rep * t, d});
+  at::Tensor scores = (at::matmul(qg, k.transpose(-1, -2)) * scale).view({b, kv, rep, t, total});
+  if (t > 1) {
+    auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
+    at::Tensor later = at::arange(0, total, longs).unsqueeze(0) > at::arange(past, total, longs).unsqueeze(1);
+    scores = scores.masked_fill(later, -std::numeric_limits<double>::infinity());
+  }
+  at::Tensor p = at::softmax(scores, -1);
+  if (dropout > 0) p = at::dropout(p, dropout, true);
+  return at::matmul(p.reshape({b, heads * t, total}), cv.squeeze(1)).view({b, heads, t, cv.size(3)});
+}
+
 }  // namespace
 
 std::pair<at::Tensor, at::Tensor> KVHook::encode(int64_t layer, const at::Tensor&) {
@@ -58,6 +79,10 @@ std::pair<at::Tensor, at::Tensor> KVHook::encode(int64_t layer, const at::Tensor
 
 std::pair<at::Tensor, at::Tensor> KVHook::decode(int64_t layer, const at::Tensor&, const at::Tensor&) {
   fail("KV hook: decode() of layer {} on a hook without a latent cache", layer);
+}
+
+at::Tensor KVHook::decode_keys(int64_t layer, const at::Tensor&) {
+  fail("KV hook: decode_keys() of layer {} on a hook without latent values", layer);
 }
 
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index)
@@ -104,10 +129,20 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   const int64_t past = cache ? cache->length() : 0;
   at::Tensor k, v;
   if (latent) {
-    // The cache holds the latents; keys and values of every position are rebuilt from them.
+    // The cache holds the latents; keys (and values, unless they stay latent) of every
+    // position are rebuilt from them.
     std::tie(k, v) = hook->encode(layer_, x);
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
-    std::tie(k, v) = hook->decode(layer_, k, v);
+    if (hook->window() == 0 && hook->latent_values(t)) {
+      // Attention reads the value latent; restore() maps its output up per query head.
+      at::Tensor attn = shared_value_attention(q, hook->decode_keys(layer_, k), v,
+                                               1.0 / std::sqrt(static_cast<double>(head_dim_)),
+                                               is_training() ? dropout_ : 0.0);
+      attn = hook->restore(layer_, attn);
+      return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
+    } else {
+      std::tie(k, v) = hook->decode(layer_, k, v);
+    }
     if (const int64_t window = hook->window(); window > 0) {
       at::Tensor ko = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
       at::Tensor vo = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);

@@ -29,11 +29,17 @@ class KVCache;
 // position, {key latent, value latent} [B, 1, T, width] (one latent shared by all KV heads);
 // decode() rebuilds keys and values [B, kv_heads, T_all, head_dim] from the latents of all
 // positions so far, applying RoPE to the keys at positions 0 .. T_all - 1 (a cache starts at
-// position 0, and without a cache the input does). project() and restore() are not called.
+// position 0, and without a cache the input does). project() is not called, and restore()
+// only for latent values (below).
 // A positive window() w keeps CSKV's recent tokens exact: a query at position p reads the
 // original keys and values (k_proj / v_proj, RoPE) of positions p - w + 1 .. p and the rebuilt
 // ones of older positions; the cache holds the originals of the last w - 1 positions beside
 // the latents (KVCache::append_recent).
+// Without a window, a latent hook may keep the values latent for a block of t queries
+// (latent_values(t)): attention then reads decode_keys()' rebuilt keys and the value latent
+// itself, shared by the KV heads, and restore() maps attention's output [B, heads, t, value
+// width] to head_dim per query head. softmax(q k^T) (c_v B_v) = (softmax(q k^T) c_v) B_v, so
+// this is the same attention without rebuilding every cached position's values per token.
 class KVHook {
  public:
   struct Projected {
@@ -51,6 +57,8 @@ class KVHook {
   virtual std::pair<at::Tensor, at::Tensor> decode(int64_t layer, const at::Tensor& key_latent,
                                                    const at::Tensor& value_latent);
   virtual int64_t window() const { return 0; }
+  virtual bool latent_values(int64_t t) const { return false; }
+  virtual at::Tensor decode_keys(int64_t layer, const at::Tensor& key_latent);
 };
 
 class LlamaAttentionImpl : public torch::nn::Module {
