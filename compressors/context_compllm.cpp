@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "compressors/distill.h"
 #include "core/error.h"
 #include "core/hash.h"
@@ -69,31 +71,47 @@ at::Tensor CompLlmCompressor::compress_segment(LlamaForCausalLM& decoder, const 
 }
 
 at::Tensor CompLlmCompressor::context(LlamaForCausalLM& decoder, const at::Tensor& ids) {
-  const int64_t seg = options_.segment_len;
+  // Segments are independent, so every full segment of every row goes through the decoder in
+  // one batch ([B x full, S], row r's segment j at r x full + j), and the last partial segment
+  // of each row in a second: one pass with the adapters instead of one per segment (and, from
+  // the cache, per row).
+  const int64_t b = ids.size(0), n = ids.size(1), seg = options_.segment_len;
+  const int64_t full = n / seg, rest = n % seg;
   std::vector<at::Tensor> parts;
-  const bool cached = !at::GradMode::is_enabled();
-  for (int64_t pos = 0, n = ids.size(1); pos < n; pos += seg) {
-    at::Tensor piece = ids.narrow(1, pos, std::min(seg, n - pos));
-    if (!cached) {
-      parts.push_back(compress_segment(decoder, piece));
-      continue;
-    }
-    std::vector<at::Tensor> rows;
-    for (int64_t r = 0; r < piece.size(0); ++r) {
-      at::Tensor row = piece.narrow(0, r, 1).to(at::kCPU, at::kLong).contiguous();
-      std::string key = sha256_hex(std::string_view(static_cast<const char*>(row.data_ptr()),
-                                                    row.numel() * sizeof(int64_t)));
-      auto it = cache_.find(key);
-      if (it != cache_.end()) {
-        ++hits_;
-      } else {
-        it = cache_.emplace(key, compress_segment(decoder, piece.narrow(0, r, 1)).squeeze(0)).first;
-      }
-      rows.push_back(it->second.unsqueeze(0));
-    }
-    parts.push_back(at::cat(rows, 0));
+  if (full > 0) {
+    at::Tensor c = compress_segments(decoder, ids.narrow(1, 0, full * seg).reshape({b * full, seg}));
+    parts.push_back(c.reshape({b, full * c.size(1), c.size(2)}));
   }
+  if (rest > 0) parts.push_back(compress_segments(decoder, ids.narrow(1, full * seg, rest)));
   return at::cat(parts, 1);
+}
+
+at::Tensor CompLlmCompressor::compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments) {
+  if (at::GradMode::is_enabled()) return compress_segment(decoder, segments);
+  // Without gradients: each row from the content cache, the misses compressed in one batch.
+  at::Tensor host = segments.to(at::kCPU, at::kLong).contiguous();
+  const int64_t rows = host.size(0);
+  std::vector<std::string> keys(rows);
+  std::vector<int64_t> misses;
+  for (int64_t r = 0; r < rows; ++r) {
+    at::Tensor row = host[r];
+    keys[r] = sha256_hex(std::string_view(static_cast<const char*>(row.data_ptr()),
+                                          row.numel() * sizeof(int64_t)));
+    if (cache_.count(keys[r])) {
+      ++hits_;
+    } else if (std::find_if(misses.begin(), misses.end(),
+                            [&](int64_t m) { return keys[m] == keys[r]; }) == misses.end()) {
+      misses.push_back(r);  // a segment repeated within the batch is compressed once
+    }
+  }
+  if (!misses.empty()) {
+    at::Tensor index = at::tensor(misses, at::kLong).to(segments.device());
+    at::Tensor fresh = compress_segment(decoder, segments.index_select(0, index));
+    for (size_t i = 0; i < misses.size(); ++i) cache_.emplace(keys[misses[i]], fresh[static_cast<int64_t>(i)]);
+  }
+  std::vector<at::Tensor> out;
+  for (int64_t r = 0; r < rows; ++r) out.push_back(cache_.at(keys[r]));
+  return at::stack(out, 0);
 }
 
 int64_t CompLlmCompressor::positions(int64_t n) const {

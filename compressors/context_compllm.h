@@ -43,8 +43,9 @@ class CompLlmCompressor : public ContextCompressor {
   // option is out of range.
   CompLlmCompressor(LlamaForCausalLM& decoder, CompLlmOptions options);
 
-  // Segments of segment_len tokens, compressed independently and concatenated. Without
-  // gradients, segments are served from the content cache when present (batch row by row).
+  // Segments of segment_len tokens, compressed independently (all rows' full segments in one
+  // batch, the partial last ones in another) and concatenated. Without gradients, segments are
+  // served from the content cache when present and the misses compressed together.
   at::Tensor context(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
   int64_t positions(int64_t n) const override;
   at::Tensor loss(LlamaForCausalLM& decoder, const Batch& batch, const ContextLayout& layout) override;
@@ -67,6 +68,8 @@ class CompLlmCompressor : public ContextCompressor {
   std::shared_ptr<LoraAdapters> adapters_;
   at::Tensor slots_, proj_;
   bool training_ = true;
+  // Segments [R, s] -> [R, ceil(s / C), hidden]; through the cache without gradients.
+  at::Tensor compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments);
   std::unordered_map<std::string, at::Tensor> cache_;  // SHA-256 of the segment's ids -> [k, hidden]
   int64_t hits_ = 0;
 };

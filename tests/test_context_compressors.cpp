@@ -267,6 +267,17 @@ TEST(ContextCompLlm, SegmentsAreIndependentAndCached) {
   // A cache hit equals recomputation.
   at::Tensor fresh = c.compress_segment(m, ids.narrow(1, 5, 5));
   EXPECT_TRUE(at::equal(fresh, a.narrow(1, 3, 3)));
+  // All segments in one batch equal compressing each segment position on its own.
+  at::Tensor each = at::cat({c.compress_segment(m, ids.narrow(1, 0, 5)), fresh,
+                             c.compress_segment(m, ids.narrow(1, 10, 2))}, 1);
+  EXPECT_LT((each - a).abs().max().item<double>(), 1e-6);
+  // A segment repeated within one batch is compressed once.
+  c.clear_cache();
+  at::Tensor twice = at::cat({ids.narrow(0, 0, 1), ids.narrow(0, 0, 1)}, 0);
+  at::Tensor t2 = c.context(m, twice);
+  EXPECT_EQ(c.cache_size(), 3);
+  EXPECT_TRUE(at::equal(t2[0], t2[1]));
+  EXPECT_TRUE(at::equal(t2[0], a[0]));
 }
 
 TEST(ContextCompLlm, StartsAsThePlainDecoderAndTrainsOnlyItsTensors) {
