@@ -192,7 +192,7 @@ def run_condense(args, seq_len: int, batch: int, threads: int, rep: int) -> dict
                f"train.steps={args.steps}", "train.eval_every=0", "checkpoint.every=0",
                f"train.threads={threads}", f"data.seq_len={seq_len}",
                f"data.batch_size={batch}", f"train.log_every={args.steps}",
-               f"data.cache_dir={args.data_cache}"]
+               f"data.cache_dir={args.data_cache}", f"train.precision={args.precision}"]
         cmd += [f"model.{k}={v}" for k, v in model_overrides(args)]
         mon = run_monitored(cmd, out_dir / "metrics.jsonl", args.warmup)
         tokens = seq_len * batch
@@ -212,7 +212,8 @@ def run_pytorch(args, seq_len: int, batch: int, threads: int, rep: int, compile:
         progress = Path(tmp) / "progress.txt"
         cmd = [args.python, str(REPO / "bench" / "pytorch_eager_train.py"), "--steps", str(args.steps),
                "--seq-len", str(seq_len), "--batch-size", str(batch), "--threads", str(threads),
-               *(["--compile"] if compile else []), "--progress", str(progress)]
+               "--precision", args.precision, *(["--compile"] if compile else []),
+               "--progress", str(progress)]
         for k, v in model_overrides(args):
             cmd += [PEER_MODEL_ARGS[k], v]
         mon = run_monitored(cmd, progress, args.warmup)
@@ -240,6 +241,9 @@ def main() -> int:
                     help="comma-separated thread counts, each run for every configuration (e.g. 2,1: "
                          "with 1 thread the CPU-time ratio is not disturbed by OpenMP spin-waiting)")
     ap.add_argument("--configs", default="128x8,512x2", help="comma-separated SEQ_LENxBATCH")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: condense train.precision=bf16 and the PyTorch peers under "
+                         "torch.autocast(cpu, bfloat16), fp32 weights and optimizer state on both")
     ap.add_argument("--peers", default="pytorch,compile",
                     help="comma-separated peers: pytorch (eager), compile (torch.compile, inductor)")
     ap.add_argument("--model", default="",
