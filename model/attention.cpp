@@ -140,9 +140,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
                                                is_training() ? dropout_ : 0.0);
       attn = hook->restore(layer_, attn);
       return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
-    } else {
-      std::tie(k, v) = hook->decode(layer_, k, v);
     }
+    std::tie(k, v) = hook->decode(layer_, k, v);
     if (const int64_t window = hook->window(); window > 0) {
       at::Tensor ko = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
       at::Tensor vo = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
