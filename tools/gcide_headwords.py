@@ -16,6 +16,15 @@ word. In this mode the "headword_in_text" filter below is off (it only exists to
 in the default mode); every other step, filter and the shuffle are the same, so the part after
 "<headword>, " is exactly the default mode's text for every entry that mode keeps.
 
+--reverse makes the *definition* variant, the other direction: the text is the headword alone
+and the answer is the start of its definition, the default mode's text with its leading
+grammar (part-of-speech labels "a.", "v. t.", "n.; pl.", bracketed etymologies, parenthesized
+field labels, {inflected forms}) removed, up to the first sentence end or ";" and at most
+--answer-words words ("Abdicative" -> "Causing, or implying, abdication"). Records whose
+remaining answer has fewer than 2 words, or still starts with a bracket that the --max-chars cut
+left open, are skipped ("answer_short"). Built from exactly the
+default mode's records, so it inherits every filter, and the same shuffle seed orders them.
+
 Input: the dictd pair /usr/share/dictd/gcide.dict.dz (dictzip, which is gzip-readable) and
 gcide.index beside it. Each index line is "headword<TAB>offset<TAB>length" with offset and
 length in dictd's base64 (alphabet A-Z a-z 0-9 + /, most significant digit first). The index
@@ -87,6 +96,49 @@ SOURCE_TAG_SUFFIX = re.compile(r"\s*\[[^\]]*(?:Webster|WordNet|PJC|Century|RDH)[
 MIN_HEADWORD, MAX_HEADWORD, MIN_TEXT = 3, 24, 20
 SKIP_REASONS = ("header", "duplicate", "no_pronunciation", "headword_space", "headword_length",
                 "text_short", "headword_in_text")
+# --reverse: a part-of-speech label ("a.", "v.", "t.", "pl.") at the start of a definition.
+POS_LABEL = re.compile(r"[A-Za-z]{1,5}\.")
+SENTENCE_END = re.compile(r"[.;](?:\s|$)")
+CLOSING = {"[": "]", "(": ")", "{": "}"}
+
+
+def strip_leading_grammar(text):
+    """Drops what a definition starts with before its first sense, repeatedly: part-of-speech
+    labels, bracketed etymologies, parenthesized labels and {inflected forms} (balanced, as
+    etymologies nest accents like "['e]"), and the punctuation between them."""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c.isspace() or c in ";,&:":
+            i += 1
+        elif c in CLOSING:
+            depth, j = 0, i
+            while j < len(text):
+                if text[j] == c:
+                    depth += 1
+                elif text[j] == CLOSING[c]:
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            if j == len(text):  # unbalanced: leave the rest alone
+                break
+            i = j + 1
+        elif (m := POS_LABEL.match(text, i)) and (m.end() == len(text) or not text[m.end()].isalpha()):
+            i = m.end()
+        else:
+            break
+    return text[i:]
+
+
+def definition_answer(text, max_words):
+    """The start of a default-mode text's definition (see --reverse), or None if under 2 words."""
+    rest = strip_leading_grammar(text)
+    if rest[:1] in CLOSING:  # a bracket the --max-chars cut left open: no sense to take
+        return None
+    m = SENTENCE_END.search(rest)
+    answer = " ".join((rest[: m.start()] if m else rest).split()[:max_words]).rstrip(" ,:&")
+    return answer if len(answer.split()) >= 2 else None
 
 
 def fail(msg):
@@ -232,6 +284,10 @@ def main():
     ap.add_argument("--max-documents", type=int, default=0,
                     help="keep at most this many records after shuffling (0 = all)")
     ap.add_argument("--seed", type=int, default=1234, help="shuffle seed (random.Random)")
+    ap.add_argument("--reverse", action="store_true",
+                    help="definition variant: text = the headword, answer = the start of its "
+                         "definition (at most --answer-words words)")
+    ap.add_argument("--answer-words", type=int, default=12, help="--reverse: answer length cap")
     ap.add_argument("--keep-headword", action="store_true",
                     help="recall variant: text = '<headword>, <cleaned text>' and entries whose "
                          "text contains the headword are kept (the answer is in the context, so "
@@ -242,6 +298,10 @@ def main():
         fail(f"--max-chars {args.max_chars}: must be at least {MIN_TEXT} (shorter texts are skipped)")
     if args.max_documents < 0:
         fail(f"--max-documents {args.max_documents}: must be >= 0 (0 = all)")
+    if args.reverse and args.keep_headword:
+        fail("--reverse and --keep-headword are two different tasks; give one")
+    if args.answer_words < 2:
+        fail(f"--answer-words {args.answer_words}: must be at least 2")
 
     counts = {r: 0 for r in SKIP_REASONS}
     counts["repeats_headword"] = 0  # --keep-headword only: kept, not skipped
@@ -251,6 +311,13 @@ def main():
         # Invalid UTF-8 (GCIDE has a few stray cp1252 bytes) becomes U+FFFD.
         rec = make_record(data[off:off + length].decode("utf-8", errors="replace"), args.max_chars,
                           counts, args.keep_headword)
+        if rec is not None and args.reverse:
+            answer = definition_answer(rec["text"], args.answer_words)
+            if answer is None:
+                counts["answer_short"] = counts.get("answer_short", 0) + 1
+                rec = None
+            else:
+                rec = {"text": rec["answer"], "answer": answer}
         if rec is not None:
             records.append(rec)
     random.Random(args.seed).shuffle(records)
@@ -278,8 +345,10 @@ def main():
               f"kept={len(records)} skipped: {skipped} not skipped: "
               f"repeats_headword={counts['repeats_headword']} -> {args.out}", file=sys.stderr)
     else:
-        skipped = " ".join(f"{r}={counts[r]}" for r in SKIP_REASONS)
-        print(f"gcide_headwords: entries={len(entries)} eligible={eligible} kept={len(records)} "
+        reasons = SKIP_REASONS + (("answer_short",) if args.reverse else ())
+        skipped = " ".join(f"{r}={counts.get(r, 0)}" for r in reasons)
+        mode = "mode=reverse " if args.reverse else ""
+        print(f"gcide_headwords: {mode}entries={len(entries)} eligible={eligible} kept={len(records)} "
               f"skipped: {skipped} -> {args.out}", file=sys.stderr)
 
 

@@ -204,13 +204,15 @@ def gcide(tmp_path_factory):
     tool(GCIDE_TOOL, "--out", d / "s1234.jsonl", "--max-documents", 200)
     tool(GCIDE_TOOL, "--out", d / "s7.jsonl", "--max-documents", 200, "--seed", 7)
     recall = tool(GCIDE_TOOL, "--out", d / "recall.jsonl", "--keep-headword", "--max-documents", 0)
+    reverse = tool(GCIDE_TOOL, "--out", d / "reverse.jsonl", "--reverse")
 
     def summary(stderr):
         return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", stderr)}
     return {"all": read_jsonl(d / "all.jsonl"), "s1234": read_jsonl(d / "s1234.jsonl"),
             "s7": read_jsonl(d / "s7.jsonl"), "summary": summary(full.stderr),
             "recall": read_jsonl(d / "recall.jsonl"), "recall_stderr": recall.stderr,
-            "recall_summary": summary(recall.stderr), "dir": d}
+            "recall_summary": summary(recall.stderr), "reverse": read_jsonl(d / "reverse.jsonl"),
+            "reverse_stderr": reverse.stderr, "reverse_summary": summary(reverse.stderr), "dir": d}
 
 
 def distinct_entries():
@@ -306,3 +308,31 @@ def test_gcide_keep_headword_recall(gcide):
             assert re.sub(r"[\"*`' ]", "", group).lower() != a.lower(), (a, rest)
     assert len({r["answer"][0].lower() for r in recall[:200]}) >= 15  # still shuffled
     assert not list(gcide["dir"].glob("*.tmp-*"))
+
+
+def test_gcide_reverse_definition_task(gcide, tmp_path):
+    """--reverse: text = the headword, answer = the first sense of its definition without the
+    leading grammar (part of speech, etymology, labels), 2..12 words; built from exactly the
+    default mode's records (kept + answer_short = the default mode's kept)."""
+    default, reverse, rs = gcide["all"], gcide["reverse"], gcide["reverse_summary"]
+    assert gcide["reverse_stderr"].startswith("gcide_headwords: mode=reverse "), gcide["reverse_stderr"]
+    assert rs["kept"] == len(reverse) and rs["kept"] + rs["answer_short"] == len(default)
+    assert rs["answer_short"] > 0 and len(reverse) > 0.7 * len(default)
+    by_word = collections.defaultdict(list)
+    for r in default:
+        by_word[r["answer"]].append(r["text"])
+    for r in reverse:
+        word, answer = r["text"], r["answer"]
+        assert word in by_word, r  # a default record's headword
+        assert 2 <= len(answer.split()) <= 12, r
+        assert not re.match(r"[\[({;,]|[A-Za-z]{1,5}\.(\s|$)", answer), r  # no leading grammar
+        assert any(answer.split()[0] in t for t in by_word[word]), r  # taken from its definition
+    got = {r["text"]: r["answer"] for r in reverse}
+    # "a. [L. abdicativus.] Causing, or implying, abdication. [R.] --Bailey."
+    assert got["Abdicative"] == "Causing, or implying, abdication"
+    # Etymologies with nested brackets ("[Cf. F. strat['e]giste.]") go whole.
+    assert got["Strategist"].startswith("One skilled in strategy"), got["Strategist"]
+    res = tool(GCIDE_TOOL, "--out", tmp_path / "x.jsonl", "--reverse", "--keep-headword", check=False)
+    assert res.returncode == 1 and "give one" in res.stderr and not (tmp_path / "x.jsonl").exists()
+    res = tool(GCIDE_TOOL, "--out", tmp_path / "x.jsonl", "--reverse", "--answer-words", 1, check=False)
+    assert res.returncode == 1 and "--answer-words 1" in res.stderr
