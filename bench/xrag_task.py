@@ -55,6 +55,9 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default="", help="token store in the decoder's tokenizer (e.g. SmolLM2's)")
     ap.add_argument("--extra", default="", help="more recipe overrides for both stages, space-separated")
+    ap.add_argument("--task-template", default="", help="context.task_template (a text with spaces, "
+                    "e.g. for tools/gcide_headwords.py --reverse: 'Background: {context}\\nQuestion: "
+                    "What does this word mean?\\nAnswer:')")
     ap.add_argument("--compare", default="", help="other context_compressor runs, comma-separated")
     ap.add_argument("--results", default=str(REPO / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true")
@@ -68,6 +71,9 @@ def main():
     if a.data:
         common.append(f"data.dataset={Path(a.data).resolve()}")
     common += a.extra.split()
+    if a.task_template:
+        # A YAML double-quoted scalar: "\n" in the argument becomes a line break there.
+        common.append('context.task_template="' + a.task_template.replace('"', '\\"') + '"')
     recipe = REPO / "recipes" / "context_xrag.yaml"
     s1, s2 = out / f"{a.name}stage1", out / f"{a.name}stage2"
     for run_dir, steps, extra in [(s1, a.steps1, ["context.stage=1"]),
