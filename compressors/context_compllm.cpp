@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
-#include <algorithm>
+#include <unordered_set>
 
 #include "compressors/distill.h"
 #include "core/error.h"
@@ -93,16 +93,13 @@ at::Tensor CompLlmCompressor::compress_segments(LlamaForCausalLM& decoder, const
   const int64_t rows = host.size(0);
   std::vector<std::string> keys(rows);
   std::vector<int64_t> misses;
+  std::unordered_set<std::string> missing;  // a segment repeated within the batch is compressed once
   for (int64_t r = 0; r < rows; ++r) {
     at::Tensor row = host[r];
     keys[r] = sha256_hex(std::string_view(static_cast<const char*>(row.data_ptr()),
                                           row.numel() * sizeof(int64_t)));
-    if (cache_.count(keys[r])) {
-      ++hits_;
-    } else if (std::find_if(misses.begin(), misses.end(),
-                            [&](int64_t m) { return keys[m] == keys[r]; }) == misses.end()) {
-      misses.push_back(r);  // a segment repeated within the batch is compressed once
-    }
+    if (cache_.count(keys[r])) ++hits_;
+    else if (missing.insert(keys[r]).second) misses.push_back(r);
   }
   if (!misses.empty()) {
     at::Tensor index = at::tensor(misses, at::kLong).to(segments.device());

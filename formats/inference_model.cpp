@@ -88,9 +88,7 @@ KVProjection& projection_of(LlamaForCausalLM& model, const std::string& option,
 
 void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& granularity,
                    const Checkpoint& ckpt, const std::string& source, std::string dataset) {
-  const KVBudgetGranularity per = parse_kv_granularity(granularity, "--kv-granularity");
-  CONDENSE_CHECK(budget != 0 || per == KVBudgetGranularity::kLayer,
-                 "--kv-granularity {} applies to --kv-budget; give a budget", granularity);
+  const KVBudgetGranularity per = check_kv_granularity(budget, granularity);
   if (budget == 0) return;
   KVProjection& proj = projection_of(model, fmt::format("--kv-budget {}", budget), source);
   const double lowest = min_kv_budget(proj);
@@ -109,6 +107,13 @@ void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& gr
                budget, count, seq, dataset);
   KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget, per);
   spdlog::info("kv budget {}: {}", budget, plan.describe());
+}
+
+KVBudgetGranularity check_kv_granularity(double budget, const std::string& granularity) {
+  const KVBudgetGranularity per = parse_kv_granularity(granularity, "--kv-granularity");
+  CONDENSE_CHECK(budget != 0 || per == KVBudgetGranularity::kLayer,
+                 "--kv-granularity {} applies to --kv-budget; give a budget", granularity);
+  return per;
 }
 
 void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& source) {

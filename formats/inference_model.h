@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "compressors/kv_budget.h"
 #include "model/llama.h"
 #include "trainer/checkpoint.h"
 
@@ -44,5 +45,9 @@ void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& s
 // --kv-granularity when it names neither.
 void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& granularity,
                    const Checkpoint& ckpt, const std::string& source, std::string dataset);
+// The option checks set_kv_budget starts with, for callers that decide first whether to call
+// it: --kv-granularity names layer or head, and a granularity other than layer comes with a
+// budget. Returns the granularity.
+KVBudgetGranularity check_kv_granularity(double budget, const std::string& granularity);
 
 }  // namespace condense

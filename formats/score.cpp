@@ -11,7 +11,6 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
-#include "compressors/kv_budget.h"
 #include "formats/compressed_context.h"
 #include "formats/gguf_llama.h"
 #include "formats/hf_import.h"
@@ -54,9 +53,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.kv_rank == 0 || opt.kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
                  opt.kv_budget);
-  parse_kv_granularity(opt.kv_granularity, "--kv-granularity");
-  CONDENSE_CHECK(opt.kv_budget > 0 || opt.kv_granularity == "layer",
-                 "--kv-granularity {} applies to --kv-budget; give a budget", opt.kv_granularity);
+  check_kv_granularity(opt.kv_budget, opt.kv_granularity);
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   set_kv_window(src.model, opt.kv_window, source);
