@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -23,20 +24,51 @@ constexpr int64_t kGrainElements = 1 << 14;  // elements per parallel task (at l
 
 int64_t row_grain(int64_t n) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, n)); }
 
+// The kernels' storage types (model/fused_kernels.h) and their ATen dtypes.
+template <class T>
+constexpr at::ScalarType dtype_of() {
+  return std::is_same_v<T, float> ? at::kFloat : at::kBFloat16;
+}
+
+template <class T>
+T* data(const at::Tensor& t) {
+  CONDENSE_CHECK(t.scalar_type() == dtype_of<T>(), "fused ops: a {} tensor where {} was expected",
+                 c10::toString(t.scalar_type()), c10::toString(dtype_of<T>()));
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+// Calls f(T{}) with T the storage type of `type`: float or bf16 (the callers checked which).
+template <class F>
+void with_storage(at::ScalarType type, const F& f) {
+  if (type == at::kBFloat16) {
+    f(fused::bf16{});
+  } else {
+    f(float{});
+  }
+}
+
+bool float_or_bf16(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
 struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
+  // x float32; y in `out` (float32, or bf16 under bf16 autocast); dx float32, dy as y.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& weight,
-                            double eps) {
+                            double eps, at::ScalarType out) {
     const at::Tensor x = x_in.contiguous();
     const at::Tensor w = weight.contiguous();
     const int64_t n = x.size(-1), rows = x.numel() / n;
-    at::Tensor y = at::empty_like(x);
+    at::Tensor y = at::empty(x.sizes(), x.options().dtype(out));
     at::Tensor rstd = at::empty({rows}, x.options());
     const float* xp = x.data_ptr<float>();
     const float* wp = w.data_ptr<float>();
-    float* yp = y.data_ptr<float>();
     float* rp = rstd.data_ptr<float>();
-    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-      fused::rms_norm_forward(xp, wp, yp, rp, r0, r1, n, static_cast<float>(eps));
+    with_storage(out, [&](auto tag) {
+      using Y = decltype(tag);
+      Y* yp = data<Y>(y);
+      at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+        fused::rms_norm_forward(xp, wp, yp, rp, r0, r1, n, static_cast<float>(eps));
+      });
     });
     ctx->save_for_backward({x, w, rstd});
     return y;
@@ -56,27 +88,34 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
     const float* xp = x.data_ptr<float>();
     const float* wp = w.data_ptr<float>();
     const float* rp = rstd.data_ptr<float>();
-    const float* dyp = dy.data_ptr<float>();
     float* dxp = dx.data_ptr<float>();
     float* pp = partial.data_ptr<float>();
-    at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
-      const int t = at::get_thread_num();
-      CONDENSE_CHECK(t < threads, "fused RMSNorm: thread {} of {}", t, threads);
-      fused::rms_norm_backward(xp, wp, rp, dyp, dxp, pp + t * n, r0, r1, n);
+    with_storage(dy.scalar_type(), [&](auto tag) {
+      using DY = decltype(tag);
+      const DY* dyp = data<DY>(dy);
+      at::parallel_for(0, rows, row_grain(n), [&](int64_t r0, int64_t r1) {
+        const int t = at::get_thread_num();
+        CONDENSE_CHECK(t < threads, "fused RMSNorm: thread {} of {}", t, threads);
+        fused::rms_norm_backward(xp, wp, rp, dyp, dxp, pp + t * n, r0, r1, n);
+      });
     });
-    return {dx, partial.sum(0), at::Tensor()};
+    return {dx, partial.sum(0), at::Tensor(), at::Tensor()};
   }
 };
 
+// SwiGLU in float32 or bf16: every tensor in gate's dtype.
 struct SwigluFn : public torch::autograd::Function<SwigluFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_in, const at::Tensor& up_in) {
     const at::Tensor g = gate_in.contiguous(), u = up_in.contiguous();
     at::Tensor h = at::empty_like(g);
-    const float* gp = g.data_ptr<float>();
-    const float* up = u.data_ptr<float>();
-    float* hp = h.data_ptr<float>();
-    at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
-      fused::swiglu_forward(gp, up, hp, i0, i1);
+    with_storage(g.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* gp = data<T>(g);
+      const T* up = data<T>(u);
+      T* hp = data<T>(h);
+      at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
+        fused::swiglu_forward(gp, up, hp, i0, i1);
+      });
     });
     ctx->save_for_backward({g, u});
     return h;
@@ -88,13 +127,16 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
     const at::Tensor& u = saved[1];
     const at::Tensor dh = grads[0].contiguous();
     at::Tensor dg = at::empty_like(g), du = at::empty_like(u);
-    const float* gp = g.data_ptr<float>();
-    const float* up = u.data_ptr<float>();
-    const float* dhp = dh.data_ptr<float>();
-    float* dgp = dg.data_ptr<float>();
-    float* dup = du.data_ptr<float>();
-    at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
-      fused::swiglu_backward(gp, up, dhp, dgp, dup, i0, i1);
+    with_storage(g.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* gp = data<T>(g);
+      const T* up = data<T>(u);
+      const T* dhp = data<T>(dh);
+      T* dgp = data<T>(dg);
+      T* dup = data<T>(du);
+      at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
+        fused::swiglu_backward(gp, up, dhp, dgp, dup, i0, i1);
+      });
     });
     return {dg, du};
   }
@@ -107,11 +149,14 @@ struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
     std::vector<int64_t> sizes(gu.sizes().begin(), gu.sizes().end());
     sizes.back() = width;
     at::Tensor h = at::empty(sizes, gu.options());
-    const float* p = gu.data_ptr<float>();
-    float* hp = h.data_ptr<float>();
-    at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        fused::swiglu_forward(p + r * 2 * width, p + r * 2 * width + width, hp + r * width, 0, width);
+    with_storage(gu.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* p = data<T>(gu);
+      T* hp = data<T>(h);
+      at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          fused::swiglu_forward(p + r * 2 * width, p + r * 2 * width + width, hp + r * width, 0, width);
+      });
     });
     ctx->save_for_backward({gu});
     return h;
@@ -122,27 +167,31 @@ struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
     const at::Tensor dh = grads[0].contiguous();
     const int64_t width = gu.size(-1) / 2, rows = gu.numel() / (2 * width);
     at::Tensor d = at::empty_like(gu);
-    const float* p = gu.data_ptr<float>();
-    const float* dhp = dh.data_ptr<float>();
-    float* dp = d.data_ptr<float>();
-    at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = r * 2 * width;
-        fused::swiglu_backward(p + o, p + o + width, dhp + r * width, dp + o, dp + o + width, 0, width);
-      }
+    with_storage(gu.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* p = data<T>(gu);
+      const T* dhp = data<T>(dh);
+      T* dp = data<T>(d);
+      at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t o = r * 2 * width;
+          fused::swiglu_backward(p + o, p + o + width, dhp + r * width, dp + o, dp + o + width, 0,
+                                 width);
+        }
+      });
     });
     return {d};
   }
 };
 
 // Calls f(row of x, row of y, position) for every (b, h, t) row of x, y [B, H, T, D] (last dim
-// contiguous in both), split over threads.
-template <typename F>
+// contiguous in both, storage T), split over threads.
+template <class T, typename F>
 void for_each_rope_row(const at::Tensor& x, at::Tensor& y, const F& f) {
   const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
   const int64_t rows = b * h * t;
-  const float* xp = x.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
+  const T* xp = data<T>(x);
+  T* yp = data<T>(y);
   at::parallel_for(0, rows, row_grain(d), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t pos = r % t, head = (r / t) % h, batch = r / (t * h);
@@ -152,6 +201,7 @@ void for_each_rope_row(const at::Tensor& x, at::Tensor& y, const F& f) {
   });
 }
 
+// RoPE on x in float32 or bf16 (y and the gradients in x's dtype), cos/sin float32.
 struct RopeFn : public torch::autograd::Function<RopeFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in, const at::Tensor& cos_in,
                             const at::Tensor& sin_in) {
@@ -162,8 +212,11 @@ struct RopeFn : public torch::autograd::Function<RopeFn> {
     const int64_t d = x.size(3);
     const float* cp = c.data_ptr<float>();
     const float* sp = s.data_ptr<float>();
-    for_each_rope_row(x, y, [&](const float* xr, float* yr, int64_t pos) {
-      fused::rope_row_forward(xr, yr, cp + pos * d, sp + pos * d, d / 2);
+    with_storage(x.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      for_each_rope_row<T>(x, y, [&](const T* xr, T* yr, int64_t pos) {
+        fused::rope_row_forward(xr, yr, cp + pos * d, sp + pos * d, d / 2);
+      });
     });
     ctx->save_for_backward({c, s});
     return y;
@@ -179,26 +232,35 @@ struct RopeFn : public torch::autograd::Function<RopeFn> {
     const int64_t d = dy.size(3);
     const float* cp = c.data_ptr<float>();
     const float* sp = s.data_ptr<float>();
-    for_each_rope_row(dy, dx, [&](const float* dyr, float* dxr, int64_t pos) {
-      fused::rope_row_backward(dyr, dxr, cp + pos * d, sp + pos * d, d / 2);
+    with_storage(dy.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      for_each_rope_row<T>(dy, dx, [&](const T* dyr, T* dxr, int64_t pos) {
+        fused::rope_row_backward(dyr, dxr, cp + pos * d, sp + pos * d, d / 2);
+      });
     });
     return {dx, at::Tensor(), at::Tensor()};
   }
 };
 
+// Cross-entropy of float32 or bf16 logits (the gradient in their dtype); the loss, the per-row
+// log-sum-exp and the losses in float32.
 struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits_in, const at::Tensor& targets_in) {
     const at::Tensor logits = logits_in.contiguous();
     const at::Tensor targets = targets_in.contiguous();
     const int64_t n = logits.size(0), vocab = logits.size(1);
-    at::Tensor lse = at::empty({n}, logits.options());
-    at::Tensor rows = at::empty({n}, logits.options());
-    const float* lp = logits.data_ptr<float>();
+    const auto f32 = logits.options().dtype(at::kFloat);
+    at::Tensor lse = at::empty({n}, f32);
+    at::Tensor rows = at::empty({n}, f32);
     const int64_t* tp = targets.data_ptr<int64_t>();
     float* sp = lse.data_ptr<float>();
     float* rp = rows.data_ptr<float>();
-    at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
-      fused::cross_entropy_forward(lp, tp, sp, rp, r0, r1, vocab);
+    with_storage(logits.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* lp = data<T>(logits);
+      at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
+        fused::cross_entropy_forward(lp, tp, sp, rp, r0, r1, vocab);
+      });
     });
     ctx->save_for_backward({logits, targets, lse});
     return rows.sum().div_(static_cast<double>(n));
@@ -212,12 +274,15 @@ struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
     const int64_t n = logits.size(0), vocab = logits.size(1);
     const float scale = grads[0].item<float>() / static_cast<float>(n);
     at::Tensor d = at::empty_like(logits);
-    const float* lp = logits.data_ptr<float>();
     const int64_t* tp = targets.data_ptr<int64_t>();
     const float* sp = lse.data_ptr<float>();
-    float* dp = d.data_ptr<float>();
-    at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
-      fused::cross_entropy_backward(lp, tp, sp, scale, dp, r0, r1, vocab);
+    with_storage(logits.scalar_type(), [&](auto tag) {
+      using T = decltype(tag);
+      const T* lp = data<T>(logits);
+      T* dp = data<T>(d);
+      at::parallel_for(0, n, row_grain(vocab), [&](int64_t r0, int64_t r1) {
+        fused::cross_entropy_backward(lp, tp, sp, scale, dp, r0, r1, vocab);
+      });
     });
     return {d, at::Tensor()};
   }
@@ -242,47 +307,60 @@ void set_fused_ops_enabled(bool on) { fused_enabled().store(on); }
 
 bool fused_ops_enabled() { return fused_enabled().load(); }
 
+bool cpu_autocast_bf16() {
+  return at::autocast::is_autocast_enabled(at::kCPU) &&
+         at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16;
+}
+
 bool fused_ops_apply(const at::Tensor& x) {
-  // Not under CPU autocast: the projections around these ops would produce bf16 (and the
-  // packed gate/up product with them), which the composites handle.
-  return fused_ops_enabled() && x.device().is_cpu() && x.scalar_type() == at::kFloat &&
-         x.numel() > 0 && !at::autocast::is_autocast_enabled(at::kCPU);
+  // Under CPU autocast only in bf16 (the dtype the kernels store besides float32).
+  return fused_ops_enabled() && x.device().is_cpu() && float_or_bf16(x) && x.numel() > 0 &&
+         (!at::autocast::is_autocast_enabled(at::kCPU) || cpu_autocast_bf16());
 }
 
 bool pack_projections(const at::Tensor& x) {
-  return fused_ops_apply(x) && at::GradMode::is_enabled();
+  // Not under autocast: the concatenated weight is not a leaf, so autocast would cast it to bf16
+  // again on every call instead of once per step from its cache.
+  return fused_ops_apply(x) && x.scalar_type() == at::kFloat &&
+         !at::autocast::is_autocast_enabled(at::kCPU) && at::GradMode::is_enabled();
 }
 
-at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  CONDENSE_CHECK(x.size(-1) == weight.numel() && weight.scalar_type() == at::kFloat,
-                 "fused RMSNorm: weight [{}] float32 for inputs [..., {}]", weight.numel(), x.size(-1));
-  return RmsNormFn::apply(x, weight, eps);
+at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                          at::ScalarType out) {
+  CONDENSE_CHECK(x.size(-1) == weight.numel() && weight.scalar_type() == at::kFloat &&
+                     x.scalar_type() == at::kFloat,
+                 "fused RMSNorm: x [..., {}] and weight [{}] float32", x.size(-1), weight.numel());
+  CONDENSE_CHECK(out == at::kFloat || out == at::kBFloat16,
+                 "fused RMSNorm: the output is float32 or bf16, not {}", c10::toString(out));
+  return RmsNormFn::apply(x, weight, eps, out);
 }
 
 at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up) {
-  CONDENSE_CHECK(gate.sizes() == up.sizes() && up.scalar_type() == at::kFloat,
-                 "fused SwiGLU: gate and up must have the same shape and be float32");
+  CONDENSE_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type() &&
+                     float_or_bf16(gate),
+                 "fused SwiGLU: gate and up must have the same shape and dtype (float32 or bf16)");
   return SwigluFn::apply(gate, up);
 }
 
 at::Tensor fused_swiglu_packed(const at::Tensor& gu) {
-  CONDENSE_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0 && gu.scalar_type() == at::kFloat,
-                 "fused SwiGLU: packed gate and up [..., 2I] float32");
+  CONDENSE_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0 && float_or_bf16(gu),
+                 "fused SwiGLU: packed gate and up [..., 2I] float32 or bf16");
   return SwigluPackedFn::apply(gu);
 }
 
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  CONDENSE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0 && cos.dim() == 2 && cos.size(0) == x.size(2) &&
-                     cos.size(1) == x.size(3) && sin.sizes() == cos.sizes() &&
-                     cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat,
-                 "fused RoPE: x [B, H, T, D] (D even) with cos/sin [T, D] float32");
+  CONDENSE_CHECK(x.dim() == 4 && x.size(3) % 2 == 0 && float_or_bf16(x) && cos.dim() == 2 &&
+                     cos.size(0) == x.size(2) && cos.size(1) == x.size(3) &&
+                     sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat &&
+                     sin.scalar_type() == at::kFloat,
+                 "fused RoPE: x [B, H, T, D] (D even, float32 or bf16) with cos/sin [T, D] float32");
   return RopeFn::apply(x, cos, sin);
 }
 
 at::Tensor fused_cross_entropy(const at::Tensor& logits, const at::Tensor& targets) {
   CONDENSE_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.size(0) == logits.size(0) &&
-                     targets.scalar_type() == at::kLong && logits.scalar_type() == at::kFloat,
-                 "fused cross-entropy: logits [N, V] float32 and targets [N] int64");
+                     targets.scalar_type() == at::kLong && float_or_bf16(logits),
+                 "fused cross-entropy: logits [N, V] float32 or bf16 and targets [N] int64");
   if (targets.numel() > 0) {
     const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
     CONDENSE_CHECK(lo >= 0 && hi < logits.size(1), "cross-entropy: target ids {}..{} outside the "

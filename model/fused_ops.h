@@ -4,8 +4,12 @@
 // ATen ops (and as many passes over memory) the composite expressions take. Measured:
 // bench/RESULTS.md, "Training: fused ops against PyTorch eager and torch.compile".
 //
-// Each applies where fused_ops_apply() says so: float32 CPU tensors, CPU autocast off. Elsewhere
-// (CUDA, bf16 autocast) the callers keep the composite expressions. Under a rebuild sink
+// Each applies where fused_ops_apply() says so: float32 or bf16 CPU tensors, CPU autocast off or
+// in bf16. Under bf16 autocast (train.precision=bf16) the matrix products write bf16, so SwiGLU,
+// RoPE and the loss read and write bf16, computing in float32 and rounding once per output
+// (the composites round after every op); RMSNorm reads the float32 residual stream and writes
+// bf16, what the projection reading it would cast it to. Elsewhere (CUDA, fp16 autocast, other
+// dtypes) the callers keep the composite expressions. Under a rebuild sink
 // (model/rebuildable.h) the callers mark the fused outputs with the fused forward itself as the
 // rebuild function: deterministic (each row or element computed by one thread with the same
 // kernel), so a rebuild is bitwise equal and recompute policies keep bitwise-equal gradients.
@@ -13,11 +17,14 @@
 // values and gradients).
 #pragma once
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 namespace condense {
 
 // True when the fused ops may replace the composite for inputs like x.
 bool fused_ops_apply(const at::Tensor& x);
+// True under CPU autocast to bf16.
+bool cpu_autocast_bf16();
 // On by default; off when the environment sets CONDENSE_FUSED_OPS=0 (A/B timing) or after
 // set_fused_ops_enabled(false) (tests of what the composite graph saves).
 void set_fused_ops_enabled(bool on);
@@ -29,8 +36,10 @@ bool fused_ops_enabled();
 // (no grad; one token per call when decoding) the copy would cost more than it saves.
 bool pack_projections(const at::Tensor& x);
 
-// weight * x / sqrt(mean(x^2, -1) + eps): x [..., n] (any strides), weight [n].
-at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+// weight * x / sqrt(mean(x^2, -1) + eps): x [..., n] (any strides) and weight [n] float32, the
+// result in `out` (float32 or bf16).
+at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
+                          at::ScalarType out = at::kFloat);
 
 // silu(gate) * up, same shapes.
 at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up);
@@ -42,7 +51,7 @@ at::Tensor fused_swiglu_packed(const at::Tensor& gu);
 // Rotate-half RoPE: x [B, H, T, D] (last dim contiguous; any other strides), cos/sin [T, D].
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
-// Mean cross-entropy of logits [N, V] (float32) against targets [N] (int64, each in [0, V):
+// Mean cross-entropy of logits [N, V] (float32 or bf16; the loss float32) against targets [N] (int64, each in [0, V):
 // checked), as at::cross_entropy_loss computes it, in one pass forward (log-sum-exp per row) and
 // one backward (softmax minus one-hot, written once), without log_softmax's [N, V] output.
 at::Tensor fused_cross_entropy(const at::Tensor& logits, const at::Tensor& targets);

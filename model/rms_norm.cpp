@@ -23,13 +23,15 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
   RebuildSink* sink = rebuild_sink();
-  if (fused_ops_apply(x) && weight.scalar_type() == at::kFloat) {
+  if (fused_ops_apply(x) && x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat) {
     // One pass, saving only x and a scale per row; its output (saved by the projections that
-    // read it) rebuilds bitwise from x by the same kernel.
-    at::Tensor out = fused_rms_norm(x, weight, eps_);
+    // read it) rebuilds bitwise from x by the same kernel. Under bf16 autocast the output is
+    // bf16, as the projections would cast it (the rebuild keeps that dtype outside autocast).
+    const at::ScalarType dtype = cpu_autocast_bf16() ? at::kBFloat16 : at::kFloat;
+    at::Tensor out = fused_rms_norm(x, weight, eps_, dtype);
     if (sink) {
-      sink->mark(out, [xd = x.detach(), w = weight.detach(), eps = eps_] {
-        return fused_rms_norm(xd, w, eps);
+      sink->mark(out, [xd = x.detach(), w = weight.detach(), eps = eps_, dtype] {
+        return fused_rms_norm(xd, w, eps, dtype);
       });
     }
     return out;

@@ -2,15 +2,19 @@
 // model/fused_kernels.cpp), header-only and without LibTorch. Include it only from files built
 // with -O3 -ffp-contract=fast (model/CMakeLists.txt), so that a * b + c becomes one FMA.
 //
-// CONDENSE_CLONES compiles a kernel for AVX-512, AVX+FMA and baseline x86-64, chosen by CPU
-// feature when the program loads. Not by "arch=": GCC's resolver tests an arch= clone with
-// __builtin_cpu_is (that exact microarchitecture), so on any other CPU it falls through to the
-// baseline (measured: this machine ran the SSE2 clone). "fma" implies AVX.
+// CONDENSE_CLONES compiles a kernel for AVX-512, x86-64-v3 (AVX2 + FMA), AVX+FMA and baseline
+// x86-64, chosen by CPU feature when the program loads. Not by a microarchitecture ("arch=
+// haswell"): GCC's resolver tests those with __builtin_cpu_is (that exact CPU), so on any other
+// it falls through to the baseline (measured: an Intel Xeon ran the SSE2 clone); the ISA level
+// x86-64-v3 is tested by its features (GCC 12). "fma" implies AVX but not AVX2, whose 256-bit
+// integer ops the bf16 conversions and exp's exponent bits need (without them GCC splits each
+// into two 128-bit halves).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
-#define CONDENSE_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#define CONDENSE_CLONES \
+  __attribute__((target_clones("avx512f", "arch=x86-64-v3", "fma", "default")))
 #define CONDENSE_INLINE inline __attribute__((always_inline))
 
 namespace condense::simd {
@@ -20,13 +24,43 @@ typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
 constexpr int64_t kLanes = 16;
 
-CONDENSE_INLINE v16 load(const float* p) {
-  v16 r;
+// 8 floats: one AVX register. GCC 12 lowers arithmetic on v16 well in an AVX2 clone (two
+// instructions per op) but compares and selects (a < b ? a : b) on v16 to scalar code with
+// stack spills (measured: exp16's clamp made the fused SwiGLU and cross-entropy 1.5-2x slower
+// than ATen's on an AVX2 EPYC), so kernels with compares are templates over the vector type
+// and run on v8 where AVX-512 is missing (wide_vectors()).
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+// The float vector type V's lanes and its int32 vector of as many lanes.
+template <class V>
+constexpr int64_t lanes = sizeof(V) / sizeof(float);
+template <class V>
+struct int_vector;
+template <>
+struct int_vector<v16> {
+  typedef v16i type;
+};
+template <>
+struct int_vector<v8> {
+  typedef v8i type;
+};
+
+// True where the CPU runs 16-lane compares natively (AVX-512): the kernels' choice of v16 over
+// v8. Read from GCC's CPU model (initialized before the clones' resolvers run).
+CONDENSE_INLINE bool wide_vectors() { return __builtin_cpu_supports("avx512f"); }
+
+template <class V = v16>
+CONDENSE_INLINE V load(const float* p) {
+  V r;
   std::memcpy(&r, p, sizeof r);
   return r;
 }
 
-CONDENSE_INLINE void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+template <class V>
+CONDENSE_INLINE void store(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 CONDENSE_INLINE float hsum(v16 v) {
   float s = 0;
@@ -34,26 +68,28 @@ CONDENSE_INLINE float hsum(v16 v) {
   return s;
 }
 
-// e^x for 16 lanes: Cephes' expf (range reduction by ln 2 split in two constants, a degree-6
+// e^x per lane: Cephes' expf (range reduction by ln 2 split in two constants, a degree-6
 // polynomial on [-ln2/2, ln2/2], the exponent put in by integer arithmetic); within 2 ulp of
 // std::exp over the clamp range [-87.3, 88.7] (below: about 1e-38 instead of a denormal or 0).
-CONDENSE_INLINE v16 exp16(v16 x) {
-  const v16 lo = v16{} - 87.3f, hi = v16{} + 88.7f;
+template <class V>
+CONDENSE_INLINE V vexp(V x) {
+  using VI = typename int_vector<V>::type;
+  const V lo = V{} - 87.3f, hi = V{} + 88.7f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
-  const v16 magic = v16{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const v16 n = (x * 1.44269504088896341f + magic) - magic;
-  v16 r = x - n * 0.693359375f;
+  const V magic = V{} + 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V n = (x * 1.44269504088896341f + magic) - magic;
+  V r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
-  v16 p = v16{} + 1.9875691500e-4f;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-  v16 scale;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;
+  V scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
 }

@@ -39,6 +39,9 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   run.rank = run.comm->rank();
   run.world = run.comm->size();
   run.device = training_device(tc.device, run.comm->local_rank());
+  if (const std::string slow = bf16_speed_warning(run.device, tc.precision); !slow.empty()) {
+    spdlog::warn("{}", slow);
+  }
   if (run.world > 1) {
     init_logging(run.rank, run.world);
     check_same_on_all_ranks(*run.comm, to_yaml(cfg_in), "the resolved recipe");

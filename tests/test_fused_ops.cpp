@@ -6,7 +6,10 @@
 //   - cross-entropy: loss and logits gradient against at::cross_entropy_loss (vocabulary with a
 //     tail, extreme logits), lm_cross_entropy falling back for ignore_index and bad ids;
 //   - forwards repeat bit for bit at any thread count (rebuild marks rely on it);
-//   - where they do not apply: non-float32, empty, under CPU autocast.
+//   - bf16 (train.precision=bf16): each kernel equals the float32 kernel on the widened inputs
+//     rounded once (bit for bit), NaN kept; RMSNorm writes bf16 under bf16 autocast;
+//   - where they do not apply: other dtypes, empty, under fp16 autocast; no packed
+//     projections under autocast.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -16,6 +19,7 @@
 
 #include "core/error.h"
 #include "model/fused_ops.h"
+#include "model/rms_norm.h"
 #include "model/rope.h"
 
 namespace condense {
@@ -136,18 +140,123 @@ TEST(FusedOps, CrossEntropyMatchesATen) {
   EXPECT_THROW(fused_cross_entropy(l3.view({-1, 11}), t3.view({-1})), Error);
 }
 
-TEST(FusedOps, ApplyOnlyToFloat32) {
+TEST(FusedOps, ApplyToFloat32AndBf16OnCpu) {
   at::Tensor x = at::randn({2, 3});
   EXPECT_TRUE(fused_ops_apply(x));
-  EXPECT_FALSE(fused_ops_apply(x.to(at::kBFloat16)));
+  EXPECT_TRUE(fused_ops_apply(x.to(at::kBFloat16)));
   EXPECT_FALSE(fused_ops_apply(x.to(at::kDouble)));
+  EXPECT_FALSE(fused_ops_apply(x.to(at::kHalf)));
   EXPECT_FALSE(fused_ops_apply(at::empty({0, 3})));
-  {
-    at::autocast::set_autocast_enabled(at::kCPU, true);
-    EXPECT_FALSE(fused_ops_apply(x));  // bf16 autocast: the composites
-    at::autocast::set_autocast_enabled(at::kCPU, false);
-  }
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  const at::ScalarType was = at::autocast::get_autocast_dtype(at::kCPU);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  EXPECT_TRUE(fused_ops_apply(x));  // bf16 autocast: the fused ops, in bf16
+  EXPECT_TRUE(cpu_autocast_bf16());
+  EXPECT_FALSE(pack_projections(x));  // a packed weight would be re-cast on every call
+  at::autocast::set_autocast_dtype(at::kCPU, at::kHalf);
+  EXPECT_FALSE(fused_ops_apply(x));  // fp16 autocast: the composites
+  at::autocast::set_autocast_dtype(at::kCPU, was);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
   EXPECT_TRUE(fused_ops_apply(x));
+  EXPECT_FALSE(cpu_autocast_bf16());
+}
+
+// The bf16 kernels compute in float32 and round each output once: so they equal the float32
+// kernels (tested against the composites above) on the widened inputs, rounded by ATen's
+// bf16 conversion (round to nearest even), bit for bit; NaN stays NaN.
+at::Tensor bf16(const at::Tensor& t) { return t.to(at::kBFloat16); }
+
+void expect_bitwise(const at::Tensor& got, const at::Tensor& want) {
+  ASSERT_EQ(got.scalar_type(), want.scalar_type());
+  ASSERT_EQ(got.sizes(), want.sizes());
+  const at::Tensor mismatch = (got.to(at::kFloat) != want.to(at::kFloat)) &
+                              ~(got.isnan() & want.isnan());
+  EXPECT_EQ(mismatch.sum().item<int64_t>(), 0) << "of " << got.numel() << " values";
+}
+
+TEST(FusedOps, Bf16SwigluIsTheFloatKernelRoundedOnce) {
+  at::manual_seed(7);
+  at::Tensor g = bf16(at::randn({3, 1001}) * 6), u = bf16(at::randn({3, 1001}));
+  at::Tensor dh = bf16(at::randn({3, 1001}));
+  g[0][0] = std::nan("");
+  auto b = run([](auto& v) { return fused_swiglu(v[0], v[1]); }, {g, u}, dh);
+  auto f = run([](auto& v) { return fused_swiglu(v[0], v[1]); }, {g.to(at::kFloat), u.to(at::kFloat)},
+               dh.to(at::kFloat));
+  ASSERT_EQ(b[0].scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(b[0][0][0].isnan().item<bool>());
+  for (size_t i = 0; i < b.size(); ++i) {
+    SCOPED_TRACE("output/gradient " + std::to_string(i));
+    expect_bitwise(b[i], bf16(f[i]));
+  }
+  // Packed gate/up, as the MLP's one GEMM gives them.
+  at::Tensor gu = bf16(at::randn({4, 2 * 45}) * 4), d2 = bf16(at::randn({4, 45}));
+  auto pb = run([](auto& v) { return fused_swiglu_packed(v[0]); }, {gu}, d2);
+  auto pf = run([](auto& v) { return fused_swiglu_packed(v[0]); }, {gu.to(at::kFloat)}, d2.to(at::kFloat));
+  expect_bitwise(pb[0], bf16(pf[0]));
+  expect_bitwise(pb[1], bf16(pf[1]));
+  // And close to the composite run in bf16 (which rounds after silu and again after the product).
+  auto composite = run([](auto& v) { return at::silu(v[0]) * v[1]; }, {g, u}, dh);
+  const at::Tensor err = (b[0].to(at::kFloat) - composite[0].to(at::kFloat)).abs().nan_to_num(0);
+  EXPECT_LE(err.max().item<float>(), 0.02f * composite[0].to(at::kFloat).abs().nan_to_num(0).max().item<float>());
+}
+
+TEST(FusedOps, Bf16RmsNormOutputAndGradientsMatchTheFloatPath) {
+  at::manual_seed(8);
+  at::Tensor x = at::randn({5, 7, 67}) * 3, w = at::rand({67}) + 0.5;
+  at::Tensor dy = bf16(at::randn({5, 7, 67}));
+  auto b = run([](auto& v) { return fused_rms_norm(v[0], v[1], 1e-5, at::kBFloat16); }, {x, w}, dy);
+  auto f = run([](auto& v) { return fused_rms_norm(v[0], v[1], 1e-5); }, {x, w}, dy.to(at::kFloat));
+  expect_bitwise(b[0], bf16(f[0]));
+  ASSERT_EQ(b[1].scalar_type(), at::kFloat);  // dx in x's dtype: the float32 residual stream
+  // The same float32 math on the widened dy (summed in another order where the compiler
+  // vectorizes the two instantiations differently).
+  expect_close(b[1], f[1], 1e-6);
+  expect_close(b[2], f[2], 1e-6);
+  EXPECT_THROW(fused_rms_norm(bf16(x), w, 1e-5), Error);  // x must be the float32 stream
+  EXPECT_THROW(fused_rms_norm(x, w, 1e-5, at::kHalf), Error);
+}
+
+TEST(FusedOps, Bf16RopeIsTheFloatKernelRoundedOnce) {
+  at::manual_seed(9);
+  Rope rope(10, 10000.0);
+  auto [cos, sin] = rope.cos_sin(0, 6, at::kCPU);
+  at::Tensor base = bf16(at::randn({2, 6, 3, 10})), dy = bf16(at::randn({2, 3, 6, 10}));
+  auto b = run([&](auto& v) { return fused_rope(v[0].transpose(1, 2), cos, sin); }, {base}, dy);
+  auto f = run([&](auto& v) { return fused_rope(v[0].transpose(1, 2), cos, sin); },
+               {base.to(at::kFloat)}, dy.to(at::kFloat));
+  expect_bitwise(b[0], bf16(f[0]));
+  expect_bitwise(b[1], bf16(f[1]));
+}
+
+TEST(FusedOps, Bf16CrossEntropyReadsBf16LogitsAndWritesABf16Gradient) {
+  at::manual_seed(10);
+  at::Tensor logits = bf16(at::randn({37, 101}) * 5);
+  at::Tensor targets = at::randint(0, 101, {37}, at::kLong);
+  at::Tensor g = at::scalar_tensor(0.7);
+  auto b = run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {logits}, g);
+  auto f = run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {logits.to(at::kFloat)}, g);
+  ASSERT_EQ(b[0].scalar_type(), at::kFloat);  // the loss in float32
+  EXPECT_TRUE(at::equal(b[0], f[0]));
+  ASSERT_EQ(b[1].scalar_type(), at::kBFloat16);
+  expect_bitwise(b[1], bf16(f[1]));
+  // ATen's loss on the widened logits (what autocast's float32 loss computes).
+  expect_close(b[0], at::cross_entropy_loss(logits.to(at::kFloat), targets));
+}
+
+// Under bf16 autocast the model's fused ops run in bf16 where the composites did: RMSNorm's
+// output is what the projection would cast it to.
+TEST(FusedOps, UnderBf16AutocastRmsNormWritesBf16) {
+  at::manual_seed(11);
+  RMSNorm norm(33, 1e-6);
+  at::Tensor x = at::randn({4, 33});
+  at::Tensor want = norm(x).detach();
+  at::autocast::set_autocast_enabled(at::kCPU, true);
+  const at::ScalarType was = at::autocast::get_autocast_dtype(at::kCPU);
+  at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+  at::Tensor got = norm(x).detach();
+  at::autocast::set_autocast_dtype(at::kCPU, was);
+  at::autocast::set_autocast_enabled(at::kCPU, false);
+  expect_bitwise(got, bf16(want));
 }
 
 // What a rebuild-mark policy relies on: the fused forward run again gives the same bits,

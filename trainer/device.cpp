@@ -69,6 +69,17 @@ void set_cuda_rng_state(c10::Device device, const at::Tensor& state) {
   g.set_state(state);
 }
 
+std::string bf16_speed_warning(c10::Device device, const std::string& precision) {
+  if (precision != "bf16" || !device.is_cpu()) return "";
+  if (__builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq")) {
+    return "";
+  }
+  return "train.precision=bf16 on a CPU without AVX-512: LibTorch has no fast bf16 matrix "
+         "products here and runs its reference loops (measured: a 25M-parameter model's step "
+         "39 s in bf16 on an AVX2 EPYC); train.precision=fp32 is much faster on this machine";
+}
+
 std::string device_description(c10::Device device) {
   if (!device.is_cpu()) return device.str();
   return "cpu (" + at::get_cpu_capability() + " kernels)";
