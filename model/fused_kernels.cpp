@@ -1,6 +1,7 @@
 #include "model/fused_kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -28,12 +29,11 @@ struct bf16_vectors<v8> {
   typedef uint16_t u16 __attribute__((vector_size(16)));
 };
 
-// The low halves of 32-bit lanes (each below 2^16 here). A shuffle of the 16-bit view rather than
-// __builtin_convertvector, which GCC 12 lowers to scalar code without AVX-512's vpmovdw.
+// The low halves of 32-bit lanes (each below 2^16 here). 16 lanes run with AVX-512 only, where
+// the conversion is one vpmovdw; for 8 lanes a shuffle of the 16-bit view, since GCC 12 lowers
+// that conversion to scalar code without AVX-512.
 CONDENSE_INLINE bf16_vectors<v16>::u16 narrow(bf16_vectors<v16>::u32 v) {
-  typedef uint16_t w32 __attribute__((vector_size(64)));
-  const w32 h = reinterpret_cast<w32>(v);
-  return __builtin_shufflevector(h, h, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  return __builtin_convertvector(v, bf16_vectors<v16>::u16);
 }
 
 CONDENSE_INLINE bf16_vectors<v8>::u16 narrow(bf16_vectors<v8>::u32 v) {
@@ -237,7 +237,17 @@ CONDENSE_INLINE void cross_entropy_backward_t(const T* logits, const int64_t* ta
   }
 }
 
+std::atomic<int> forced_lanes{0};
+
+// v16 or v8 for the kernels with compares: by CPU (simd.h), unless a test forced one.
+bool use_v16() {
+  const int forced = forced_lanes.load(std::memory_order_relaxed);
+  return forced != 0 ? forced == 16 : wide_vectors();
+}
+
 }  // namespace
+
+void set_vector_lanes(int lanes) { forced_lanes.store(lanes == 8 || lanes == 16 ? lanes : 0); }
 
 // The clones: one overload per storage type.
 
@@ -267,7 +277,7 @@ void rms_norm_backward(const float* x, const float* w, const float* rstd, const 
 
 CONDENSE_CLONES
 void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     swiglu_forward_t<v16>(g, u, h, i0, i1);
   } else {
     swiglu_forward_t<v8>(g, u, h, i0, i1);
@@ -276,7 +286,7 @@ void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_
 
 CONDENSE_CLONES
 void swiglu_forward(const bf16* g, const bf16* u, bf16* h, int64_t i0, int64_t i1) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     swiglu_forward_t<v16>(g, u, h, i0, i1);
   } else {
     swiglu_forward_t<v8>(g, u, h, i0, i1);
@@ -286,7 +296,7 @@ void swiglu_forward(const bf16* g, const bf16* u, bf16* h, int64_t i0, int64_t i
 CONDENSE_CLONES
 void swiglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
                      int64_t i0, int64_t i1) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     swiglu_backward_t<v16>(g, u, dh, dg, du, i0, i1);
   } else {
     swiglu_backward_t<v8>(g, u, dh, dg, du, i0, i1);
@@ -296,7 +306,7 @@ void swiglu_backward(const float* g, const float* u, const float* dh, float* dg,
 CONDENSE_CLONES
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dh, bf16* dg, bf16* du,
                      int64_t i0, int64_t i1) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     swiglu_backward_t<v16>(g, u, dh, dg, du, i0, i1);
   } else {
     swiglu_backward_t<v8>(g, u, dh, dg, du, i0, i1);
@@ -326,7 +336,7 @@ void rope_row_backward(const bf16* dy, bf16* dx, const float* c, const float* s,
 CONDENSE_CLONES
 void cross_entropy_forward(const float* logits, const int64_t* targets, float* lse, float* loss,
                            int64_t r0, int64_t r1, int64_t vocab) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     cross_entropy_forward_t<v16>(logits, targets, lse, loss, r0, r1, vocab);
   } else {
     cross_entropy_forward_t<v8>(logits, targets, lse, loss, r0, r1, vocab);
@@ -336,7 +346,7 @@ void cross_entropy_forward(const float* logits, const int64_t* targets, float* l
 CONDENSE_CLONES
 void cross_entropy_forward(const bf16* logits, const int64_t* targets, float* lse, float* loss,
                            int64_t r0, int64_t r1, int64_t vocab) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     cross_entropy_forward_t<v16>(logits, targets, lse, loss, r0, r1, vocab);
   } else {
     cross_entropy_forward_t<v8>(logits, targets, lse, loss, r0, r1, vocab);
@@ -346,7 +356,7 @@ void cross_entropy_forward(const bf16* logits, const int64_t* targets, float* ls
 CONDENSE_CLONES
 void cross_entropy_backward(const float* logits, const int64_t* targets, const float* lse,
                             float scale, float* dlogits, int64_t r0, int64_t r1, int64_t vocab) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     cross_entropy_backward_t<v16>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
   } else {
     cross_entropy_backward_t<v8>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
@@ -356,7 +366,7 @@ void cross_entropy_backward(const float* logits, const int64_t* targets, const f
 CONDENSE_CLONES
 void cross_entropy_backward(const bf16* logits, const int64_t* targets, const float* lse,
                             float scale, bf16* dlogits, int64_t r0, int64_t r1, int64_t vocab) {
-  if (wide_vectors()) {
+  if (use_v16()) {
     cross_entropy_backward_t<v16>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
   } else {
     cross_entropy_backward_t<v8>(logits, targets, lse, scale, dlogits, r0, r1, vocab);

@@ -18,6 +18,11 @@ struct bf16 {
   uint16_t bits;
 };
 
+// Tests: 8 or 16 forces the vector width of the kernels with compares (SwiGLU, cross-entropy,
+// bf16 stores), which is otherwise 16 with AVX-512 and 8 without (model/simd.h); 0 restores
+// the CPU's choice. Both widths run correctly on any x86-64 CPU.
+void set_vector_lanes(int lanes);
+
 // Rows [r0, r1) of x [*, n]: y = w * (x * rstd), rstd[r] = 1 / sqrt(mean(x_r^2) + eps).
 void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, int64_t r0,
                       int64_t r1, int64_t n, float eps);

@@ -277,7 +277,9 @@ TEST(ContextCompLlm, SegmentsAreIndependentAndCached) {
   at::Tensor t2 = c.context(m, twice);
   EXPECT_EQ(c.cache_size(), 3);
   EXPECT_TRUE(at::equal(t2[0], t2[1]));
-  EXPECT_TRUE(at::equal(t2[0], a[0]));
+  // The same segments in a batch of another size: equal to rounding (bitwise on an AVX-512
+  // Xeon, not on an AVX2 EPYC, where MKL's GEMM rounds differently by row count).
+  EXPECT_LT((t2[0] - a[0]).abs().max().item<double>(), 1e-6);
 }
 
 TEST(ContextCompLlm, StartsAsThePlainDecoderAndTrainsOnlyItsTensors) {

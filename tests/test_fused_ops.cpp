@@ -8,6 +8,7 @@
 //   - forwards repeat bit for bit at any thread count (rebuild marks rely on it);
 //   - bf16 (train.precision=bf16): each kernel equals the float32 kernel on the widened inputs
 //     rounded once (bit for bit), NaN kept; RMSNorm writes bf16 under bf16 autocast;
+//   - both vector widths (16 lanes with AVX-512, 8 without) on whatever CPU runs the tests;
 //   - where they do not apply: other dtypes, empty, under fp16 autocast; no packed
 //     projections under autocast.
 #include <gtest/gtest.h>
@@ -17,7 +18,10 @@
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
+#include <map>
+
 #include "core/error.h"
+#include "model/fused_kernels.h"
 #include "model/fused_ops.h"
 #include "model/rms_norm.h"
 #include "model/rope.h"
@@ -241,6 +245,41 @@ TEST(FusedOps, Bf16CrossEntropyReadsBf16LogitsAndWritesABf16Gradient) {
   expect_bitwise(b[1], bf16(f[1]));
   // ATen's loss on the widened logits (what autocast's float32 loss computes).
   expect_close(b[0], at::cross_entropy_loss(logits.to(at::kFloat), targets));
+}
+
+// The kernels with compares run on 16 lanes with AVX-512 and on 8 without; both widths run on
+// any CPU, so each is checked here whatever this machine picks: per element the same math
+// (SwiGLU bitwise equal across widths), the cross-entropy's sums in another order (close), and
+// at each width the bf16 outputs equal the float32 kernel's rounded by ATen.
+TEST(FusedOps, KernelsAgreeAtBothVectorWidths) {
+  at::manual_seed(12);
+  at::Tensor g = at::randn({5, 333}) * 6, u = at::randn({5, 333}), dh = at::randn({5, 333});
+  at::Tensor logits = at::randn({9, 203}) * 5, targets = at::randint(0, 203, {9}, at::kLong);
+  at::Tensor one = at::scalar_tensor(1.0);
+  std::map<int, std::vector<std::vector<at::Tensor>>> by_width;
+  for (int lanes : {8, 16}) {
+    fused::set_vector_lanes(lanes);
+    auto& r = by_width[lanes];
+    r.push_back(run([](auto& v) { return fused_swiglu(v[0], v[1]); }, {g, u}, dh));
+    r.push_back(run([](auto& v) { return fused_swiglu(v[0], v[1]); }, {bf16(g), bf16(u)}, bf16(dh)));
+    r.push_back(run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {logits}, one));
+    r.push_back(run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {bf16(logits)}, one));
+    SCOPED_TRACE(std::to_string(lanes) + " lanes");
+    auto f = run([](auto& v) { return fused_swiglu(v[0], v[1]); },
+                 {bf16(g).to(at::kFloat), bf16(u).to(at::kFloat)}, bf16(dh).to(at::kFloat));
+    for (size_t i = 0; i < f.size(); ++i) expect_bitwise(r[1][i], bf16(f[i]));
+    auto fl = run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {bf16(logits).to(at::kFloat)}, one);
+    expect_bitwise(r[3][1], bf16(fl[1]));
+  }
+  fused::set_vector_lanes(0);
+  for (size_t c = 0; c < 2; ++c) {
+    for (size_t i = 0; i < by_width[8][c].size(); ++i) expect_bitwise(by_width[16][c][i], by_width[8][c][i]);
+  }
+  for (size_t c = 2; c < 4; ++c) {
+    for (size_t i = 0; i < by_width[8][c].size(); ++i) {
+      expect_close(by_width[16][c][i].to(at::kFloat), by_width[8][c][i].to(at::kFloat), c == 2 ? 1e-6 : 1e-2);
+    }
+  }
 }
 
 // Under bf16 autocast the model's fused ops run in bf16 where the composites did: RMSNorm's

@@ -230,7 +230,11 @@ def test_compllm_context_eval_and_scoring(compllm_run, tmp_path):
                                                              for s in range(0, c["tokens"], 8))
     a = score_json(compllm_run, query, "--context", context)
     b = score_json(compllm_run, query, "--context-vectors", ctx)
-    assert a["positions"] == b["positions"] and a["context_positions"] == c["positions"]
+    # The same tokens and, to float rounding, the same log-probabilities (bitwise on an AVX-512
+    # Xeon; MKL's AVX2 GEMMs round differently by row and thread count).
+    strip = lambda ps: [{k: v for k, v in p.items() if k != "logprob"} for p in ps]  # noqa: E731
+    assert strip(a["positions"]) == strip(b["positions"]) and a["context_positions"] == c["positions"]
+    assert max(abs(p["logprob"] - q["logprob"]) for p, q in zip(a["positions"], b["positions"])) < 1e-5
 
 
 # xRAG (compressors/context_xrag.h): documents with embeddings in a condense-documents/1 file.

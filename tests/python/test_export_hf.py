@@ -246,11 +246,16 @@ def test_import_of_a_transformers_checkpoint(trained, tmp_path, tied, dtype):
     shutil.copy(tok_model, src / "tokenizer.model")
     run("import", src, tmp_path / "imported.h5")
     ids, lp, _ = score(tmp_path / "imported.h5", text)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    # Against transformers in float64, next to transformers' own float32 error: on this model
+    # (initializer_range 0.2, large logits) float32 itself is ~1e-5 off (measured 0.9-1.1e-5 on
+    # an AVX2 EPYC, condense 1.3-1.5e-5), so a fixed 1e-5 against float32 transformers tested
+    # the machine's rounding rather than the import.
+    ref = transformers.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float64)
     with torch.no_grad():
-        logits = ref(torch.tensor([ids])).logits[0].double()
-    err = np.abs(torch.log_softmax(logits, -1)[:-1].numpy() - lp).max()
-    assert err <= TOL, err
+        exact = torch.log_softmax(ref(torch.tensor([ids])).logits[0], -1)[:-1].numpy()
+        hf32 = torch.log_softmax(ref.float()(torch.tensor([ids])).logits[0].double(), -1)[:-1].numpy()
+    err, hf_err = np.abs(exact - lp).max(), np.abs(exact - hf32).max()
+    assert err <= max(TOL, 2 * hf_err), (err, hf_err)
     tensors, config, tok = model_tensors(tmp_path / "imported.h5")
     assert tok == tok_model.read_bytes()
     assert config["tie_word_embeddings"] == tied and config["num_key_value_heads"] == 1
