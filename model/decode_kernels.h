@@ -15,6 +15,10 @@ namespace condense::decode {
 
 // y[r] = dot(W[r, :], x) for rows r0 <= r < r1 of row-major W [*, cols].
 void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols);
+// The same with the blocking named (tests): lanes 16 = blocks of 16 rows of 16 floats (the
+// AVX-512 choice), 8 = blocks of 8 rows of 8 floats (elsewhere). Both run on any x86-64 CPU.
+void matvec_rows_blocked(int lanes, const float* w, const float* x, float* y, int64_t r0,
+                         int64_t r1, int64_t cols);
 
 // One query vector q [d] over `length` keys and values, rows of k and v [length, d]:
 // out = softmax(scale * k q) v. scores: scratch of `length` floats.

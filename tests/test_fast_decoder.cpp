@@ -38,16 +38,22 @@ void expect_close(const at::Tensor& got, const at::Tensor& want, double tol) {
   EXPECT_LE(err, tol * scale) << "max abs error " << err << " at scale " << scale;
 }
 
+// Both blockings (16 rows of 16 floats with AVX-512, 8 of 8 elsewhere) on whatever CPU runs
+// this, through full blocks, 4-row blocks and single rows.
 TEST(DecodeKernels, MatvecRowsMatchesATenAtEveryTailLength) {
   at::manual_seed(1);
-  for (int64_t cols : {1, 7, 15, 16, 17, 31, 32, 33, 64, 67}) {
-    for (int64_t rows : {1, 3, 4, 5, 13}) {
-      at::Tensor w = at::randn({rows, cols}), x = at::randn({cols});
-      at::Tensor y = at::full({rows}, 12345.0f);
-      // Rows [1, rows) only: row 0 stays untouched.
-      decode::matvec_rows(w.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), 1, rows, cols);
-      EXPECT_EQ(y[0].item<float>(), 12345.0f);
-      if (rows > 1) expect_close(y.narrow(0, 1, rows - 1), at::mv(w, x).narrow(0, 1, rows - 1), 1e-5);
+  for (int lanes : {16, 8}) {
+    for (int64_t cols : {1, 7, 15, 16, 17, 31, 32, 33, 64, 67}) {
+      for (int64_t rows : {1, 3, 4, 5, 13, 40}) {
+        SCOPED_TRACE(std::to_string(lanes) + " lanes, " + std::to_string(rows) + " x " + std::to_string(cols));
+        at::Tensor w = at::randn({rows, cols}), x = at::randn({cols});
+        at::Tensor y = at::full({rows}, 12345.0f);
+        // Rows [1, rows) only: row 0 stays untouched.
+        decode::matvec_rows_blocked(lanes, w.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(),
+                                    1, rows, cols);
+        EXPECT_EQ(y[0].item<float>(), 12345.0f);
+        if (rows > 1) expect_close(y.narrow(0, 1, rows - 1), at::mv(w, x).narrow(0, 1, rows - 1), 1e-5);
+      }
     }
   }
 }
