@@ -41,8 +41,8 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
   const int epb = f.per_byte(), bits = f.bits;
   const int64_t s = levels;
   at::parallel_for(0, f.code_bytes, kGrain / epb, [&](int64_t y0, int64_t y1) {
-    // The block of element i, advanced as i walks forward (a 64-bit division per element was
-    // most of the encode's time: 17 ns per element on an AVX2 EPYC).
+    // The block of element i, advanced as i walks forward: a 64-bit division per element was
+    // 12% of the encode's time on an AVX2 EPYC (the branches below, another 33%).
     int64_t b = y0 * epb / block, block_end = (b + 1) * block;
     for (int64_t y = y0; y < y1; ++y) {
       uint8_t byte = 0;
@@ -64,8 +64,8 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
           // (and counter_uniform reproduces it with tensor ops).
           float u = static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 40) *
                     (1.0f / 16777216.0f);
-          // Branch-free: both tests are coin flips on real gradients, and their mispredicted
-          // branches were most of the encode's time.
+          // Branch-free: both tests are coin flips on real gradients, and mispredicting them
+          // cost a third of the encode's time (measured: 258 -> 172 ms per 16M floats).
           level += static_cast<float>(u < a - level);
           level = std::min(level, static_cast<float>(s));
           const int64_t q = static_cast<int64_t>(level);
