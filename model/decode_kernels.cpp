@@ -74,16 +74,10 @@ void rows8(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int
   rows_all<v8, 8>(w, x, y, r0, r1, cols);
 }
 
-// A static initializer may run before libgcc's CPU detection: initialize it first.
-const bool kHasAvx512 = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") != 0;
-}();
-
 }  // namespace
 
 void matvec_rows(const float* w, const float* x, float* y, int64_t r0, int64_t r1, int64_t cols) {
-  matvec_rows_blocked(kHasAvx512 ? 16 : 8, w, x, y, r0, r1, cols);
+  matvec_rows_blocked(wide_vectors() ? 16 : 8, w, x, y, r0, r1, cols);
 }
 
 void matvec_rows_blocked(int lanes, const float* w, const float* x, float* y, int64_t r0,

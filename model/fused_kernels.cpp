@@ -249,6 +249,10 @@ bool use_v16() {
 
 void set_vector_lanes(int lanes) { forced_lanes.store(lanes == 8 || lanes == 16 ? lanes : 0); }
 
+// A kernel template with compares, on v16 or v8 (use_v16()).
+#define CONDENSE_BY_WIDTH(kernel, ...) \
+  (use_v16() ? kernel<v16>(__VA_ARGS__) : kernel<v8>(__VA_ARGS__))
+
 // The clones: one overload per storage type.
 
 CONDENSE_CLONES
@@ -277,40 +281,24 @@ void rms_norm_backward(const float* x, const float* w, const float* rstd, const 
 
 CONDENSE_CLONES
 void swiglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1) {
-  if (use_v16()) {
-    swiglu_forward_t<v16>(g, u, h, i0, i1);
-  } else {
-    swiglu_forward_t<v8>(g, u, h, i0, i1);
-  }
+  CONDENSE_BY_WIDTH(swiglu_forward_t, g, u, h, i0, i1);
 }
 
 CONDENSE_CLONES
 void swiglu_forward(const bf16* g, const bf16* u, bf16* h, int64_t i0, int64_t i1) {
-  if (use_v16()) {
-    swiglu_forward_t<v16>(g, u, h, i0, i1);
-  } else {
-    swiglu_forward_t<v8>(g, u, h, i0, i1);
-  }
+  CONDENSE_BY_WIDTH(swiglu_forward_t, g, u, h, i0, i1);
 }
 
 CONDENSE_CLONES
 void swiglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
                      int64_t i0, int64_t i1) {
-  if (use_v16()) {
-    swiglu_backward_t<v16>(g, u, dh, dg, du, i0, i1);
-  } else {
-    swiglu_backward_t<v8>(g, u, dh, dg, du, i0, i1);
-  }
+  CONDENSE_BY_WIDTH(swiglu_backward_t, g, u, dh, dg, du, i0, i1);
 }
 
 CONDENSE_CLONES
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dh, bf16* dg, bf16* du,
                      int64_t i0, int64_t i1) {
-  if (use_v16()) {
-    swiglu_backward_t<v16>(g, u, dh, dg, du, i0, i1);
-  } else {
-    swiglu_backward_t<v8>(g, u, dh, dg, du, i0, i1);
-  }
+  CONDENSE_BY_WIDTH(swiglu_backward_t, g, u, dh, dg, du, i0, i1);
 }
 
 CONDENSE_CLONES
@@ -336,41 +324,25 @@ void rope_row_backward(const bf16* dy, bf16* dx, const float* c, const float* s,
 CONDENSE_CLONES
 void cross_entropy_forward(const float* logits, const int64_t* targets, float* lse, float* loss,
                            int64_t r0, int64_t r1, int64_t vocab) {
-  if (use_v16()) {
-    cross_entropy_forward_t<v16>(logits, targets, lse, loss, r0, r1, vocab);
-  } else {
-    cross_entropy_forward_t<v8>(logits, targets, lse, loss, r0, r1, vocab);
-  }
+  CONDENSE_BY_WIDTH(cross_entropy_forward_t, logits, targets, lse, loss, r0, r1, vocab);
 }
 
 CONDENSE_CLONES
 void cross_entropy_forward(const bf16* logits, const int64_t* targets, float* lse, float* loss,
                            int64_t r0, int64_t r1, int64_t vocab) {
-  if (use_v16()) {
-    cross_entropy_forward_t<v16>(logits, targets, lse, loss, r0, r1, vocab);
-  } else {
-    cross_entropy_forward_t<v8>(logits, targets, lse, loss, r0, r1, vocab);
-  }
+  CONDENSE_BY_WIDTH(cross_entropy_forward_t, logits, targets, lse, loss, r0, r1, vocab);
 }
 
 CONDENSE_CLONES
 void cross_entropy_backward(const float* logits, const int64_t* targets, const float* lse,
                             float scale, float* dlogits, int64_t r0, int64_t r1, int64_t vocab) {
-  if (use_v16()) {
-    cross_entropy_backward_t<v16>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
-  } else {
-    cross_entropy_backward_t<v8>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
-  }
+  CONDENSE_BY_WIDTH(cross_entropy_backward_t, logits, targets, lse, scale, dlogits, r0, r1, vocab);
 }
 
 CONDENSE_CLONES
 void cross_entropy_backward(const bf16* logits, const int64_t* targets, const float* lse,
                             float scale, bf16* dlogits, int64_t r0, int64_t r1, int64_t vocab) {
-  if (use_v16()) {
-    cross_entropy_backward_t<v16>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
-  } else {
-    cross_entropy_backward_t<v8>(logits, targets, lse, scale, dlogits, r0, r1, vocab);
-  }
+  CONDENSE_BY_WIDTH(cross_entropy_backward_t, logits, targets, lse, scale, dlogits, r0, r1, vocab);
 }
 
 }  // namespace condense::fused

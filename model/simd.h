@@ -26,8 +26,8 @@ constexpr int64_t kLanes = 16;
 
 // 8 floats: one AVX register. GCC 12 lowers arithmetic on v16 well in an AVX2 clone (two
 // instructions per op) but compares and selects (a < b ? a : b) on v16 to scalar code with
-// stack spills (measured: exp16's clamp made the fused SwiGLU and cross-entropy 1.5-2x slower
-// than ATen's on an AVX2 EPYC), so kernels with compares are templates over the vector type
+// stack spills (measured: exp's clamp made the fused SwiGLU and cross-entropy 1.9x and 2.6x
+// slower than ATen's on an AVX2 EPYC), so kernels with compares are templates over the vector type
 // and run on v8 where AVX-512 is missing (wide_vectors()).
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
@@ -46,9 +46,13 @@ struct int_vector<v8> {
   typedef v8i type;
 };
 
-// True where the CPU runs 16-lane compares natively (AVX-512): the kernels' choice of v16 over
-// v8. Read from GCC's CPU model (initialized before the clones' resolvers run).
-CONDENSE_INLINE bool wide_vectors() { return __builtin_cpu_supports("avx512f"); }
+// True where the CPU has AVX-512 (32 registers of 16 floats): the kernels' choice of v16 over
+// v8. Read from GCC's CPU model, initialized first (idempotent): a static initializer may run
+// before libgcc's CPU detection.
+CONDENSE_INLINE bool wide_vectors() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
 
 template <class V = v16>
 CONDENSE_INLINE V load(const float* p) {
