@@ -22,6 +22,8 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "compressors/context_compressor.h"
 #include "compressors/lora.h"
@@ -70,7 +72,13 @@ class CompLlmCompressor : public ContextCompressor {
   bool training_ = true;
   // Segments [R, s] -> [R, ceil(s / C), hidden]; through the cache without gradients.
   at::Tensor compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments);
+  // The cache holds embeddings of the compressor's tensors as they were when it filled: every
+  // trainable tensor's identity and version counter (bumped by each in-place update, an
+  // optimizer step or a load). A changed stamp empties the cache, so validation during training
+  // sees the current compressor, not the one of the first validation.
+  std::vector<std::pair<const void*, int64_t>> stamp() const;
   std::unordered_map<std::string, at::Tensor> cache_;  // SHA-256 of the segment's ids -> [k, hidden]
+  std::vector<std::pair<const void*, int64_t>> cache_stamp_;
   int64_t hits_ = 0;
 };
 

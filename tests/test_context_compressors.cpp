@@ -27,6 +27,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <map>
 
 #include "compressors/context_arc.h"
 #include "compressors/context_compllm.h"
@@ -280,6 +281,40 @@ TEST(ContextCompLlm, SegmentsAreIndependentAndCached) {
   // The same segments in a batch of another size: equal to rounding (bitwise on an AVX-512
   // Xeon, not on an AVX2 EPYC, where MKL's GEMM rounds differently by row count).
   EXPECT_LT((t2[0] - a[0]).abs().max().item<double>(), 1e-6);
+}
+
+// Validation during training runs without gradients, so through the cache: after an update
+// of any trainable tensor the cache must not serve the embeddings of the old tensors (it did:
+// every validation after the first repeated the first one's loss).
+TEST(ContextCompLlm, CacheFollowsUpdatesOfTheCompressor) {
+  at::manual_seed(12);
+  LlamaForCausalLM m(test::tiny_llama(4, 2));
+  m->eval();
+  CompLlmCompressor c(m, small_compllm());
+  c.train(false);
+  at::Tensor ids = at::randint(0, 61, {2, 10}, at::kLong);
+  at::NoGradGuard g;
+  at::Tensor before = c.context(m, ids);
+  ASSERT_EQ(c.cache_size(), 4);
+  std::map<std::string, at::Tensor> named;
+  for (auto& [name, t] : c.named()) named.emplace(name, t);
+  const std::string adapter = "compllm.lora.model.layers.1.mlp.down_proj.B";
+  ASSERT_TRUE(named.count(adapter));
+  for (const std::string& which : std::vector<std::string>{"compllm.slots", "compllm.proj.weight", adapter}) {
+    SCOPED_TRACE(which);
+    at::Tensor old = c.context(m, ids);
+    named.at(which).add_(at::randn_like(named.at(which)) * 0.1);  // in place, as an optimizer step
+    at::Tensor now = c.context(m, ids);
+    at::Tensor fresh = at::cat({c.compress_segment(m, ids.narrow(1, 0, 5)),
+                                c.compress_segment(m, ids.narrow(1, 5, 5))}, 1);
+    // Recomputed (to rounding: one batch of 4 segments against two of 2), not the old values.
+    EXPECT_LT((now - fresh).abs().max().item<double>(), 1e-6);
+    EXPECT_GT((now - old).abs().max().item<double>(), 1e-3);
+  }
+  // Unchanged tensors: the cache serves again.
+  const int64_t hits = c.cache_hits();
+  c.context(m, ids);
+  EXPECT_EQ(c.cache_hits() - hits, 4);
 }
 
 TEST(ContextCompLlm, StartsAsThePlainDecoderAndTrainsOnlyItsTensors) {
