@@ -50,6 +50,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     teacher = Path(a.teacher).resolve()
     load0, t0 = os.getloadavg()[0], time.time()
+    head = git_head()  # the source the runs started from (HEAD may move during a long run)
     rows, payload = [], {"teacher": str(teacher), "runs": {}}
     for spec in a.runs.split(","):
         method, f = spec.split(":")
@@ -87,14 +88,15 @@ def main():
                 f"{p['compressed'] / p['full']:.2f}x | "
                 f"{kv['compressed'] / kv['full']:.3f} | {j['train_tokens'] / 1e6:.2f}M, {j['train_seconds'] / 60:.1f} min |")
 
+    windows = ", ".join(sorted({str(j['windows']) for _, j in rows}))
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "`.venv/bin/python bench/context_compress.py " + " ".join(sys.argv[1:]) + "`"
     section = f"""
-## Context compressors on {teacher.name} ({now}, commit {git_head()})
+## Context compressors on {teacher.name} ({now}, commit {head})
 
 Command: {cmd}. Machine: {cpu_model()}, {a.threads} threads; load {load0:.1f} -> {load1:.1f};
 {(time.time() - t0) / 60:.0f} min (reused runs are not retrained). Frozen decoder: {teacher}.
-Held-out: the first {a.eval_batches} validation batches of 8 windows of {a.seq_len} tokens: a chunk
+Held-out: the first {a.eval_batches} validation batches, {windows} windows of {a.seq_len} tokens: a chunk
 of {a.chunk_len} tokens (the context), then the continuation; NLL on the continuation tokens
 after the first (the same targets for every row). In parentheses: gap closed = (none - x) /
 (none - full). Truncated: the chunk's last tokens, as many positions as the compressed context.
