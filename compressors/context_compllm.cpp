@@ -87,13 +87,8 @@ at::Tensor CompLlmCompressor::context(LlamaForCausalLM& decoder, const at::Tenso
 }
 
 at::Tensor CompLlmCompressor::compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments) {
-  if (at::GradMode::is_enabled()) return compress_segment(decoder, segments);
+  if (training_ || at::GradMode::is_enabled()) return compress_segment(decoder, segments);
   // Without gradients: each row from the content cache, the misses compressed in one batch.
-  auto now = stamp();
-  if (now != cache_stamp_) {
-    cache_.clear();
-    cache_stamp_ = std::move(now);
-  }
   at::Tensor host = segments.to(at::kCPU, at::kLong).contiguous();
   const int64_t rows = host.size(0);
   std::vector<std::string> keys(rows);
@@ -114,13 +109,6 @@ at::Tensor CompLlmCompressor::compress_segments(LlamaForCausalLM& decoder, const
   std::vector<at::Tensor> out;
   for (int64_t r = 0; r < rows; ++r) out.push_back(cache_.at(keys[r]));
   return at::stack(out, 0);
-}
-
-std::vector<std::pair<const void*, int64_t>> CompLlmCompressor::stamp() const {
-  std::vector<std::pair<const void*, int64_t>> out;
-  for (const at::Tensor& t : {slots_, proj_}) out.emplace_back(t.unsafeGetTensorImpl(), t._version());
-  for (auto& [name, t] : adapters_->parameters()) out.emplace_back(t.unsafeGetTensorImpl(), t._version());
-  return out;
 }
 
 int64_t CompLlmCompressor::positions(int64_t n) const {

@@ -22,8 +22,6 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
-#include <utility>
-#include <vector>
 
 #include "compressors/context_compressor.h"
 #include "compressors/lora.h"
@@ -46,8 +44,12 @@ class CompLlmCompressor : public ContextCompressor {
   CompLlmCompressor(LlamaForCausalLM& decoder, CompLlmOptions options);
 
   // Segments of segment_len tokens, compressed independently (all rows' full segments in one
-  // batch, the partial last ones in another) and concatenated. Without gradients, segments are
-  // served from the content cache when present and the misses compressed together.
+  // batch, the partial last ones in another) and concatenated. In inference mode (train(false),
+  // as loaded for use) and without gradients, segments are served from the content cache when
+  // present and the misses compressed together. In training mode nothing is cached: the
+  // tensors change between calls (validation during training runs without gradients; an
+  // optimizer's in-place update cannot be detected: the fused AdamW leaves version counters
+  // alone).
   at::Tensor context(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
   int64_t positions(int64_t n) const override;
   at::Tensor loss(LlamaForCausalLM& decoder, const Batch& batch, const ContextLayout& layout) override;
@@ -55,7 +57,11 @@ class CompLlmCompressor : public ContextCompressor {
   void load(const StoredTensors& stored) override;
   void calibrate(LlamaForCausalLM& decoder, const at::Tensor& ids) override;
   void to(c10::Device device) override;
-  void train(bool on) override { training_ = on; }
+  // Switching mode empties the cache.
+  void train(bool on) override {
+    training_ = on;
+    cache_.clear();
+  }
   std::string describe() const override;
 
   // One segment [B, s] (1 <= s <= segment_len) -> [B, ceil(s / C), hidden], no cache.
@@ -70,15 +76,10 @@ class CompLlmCompressor : public ContextCompressor {
   std::shared_ptr<LoraAdapters> adapters_;
   at::Tensor slots_, proj_;
   bool training_ = true;
-  // Segments [R, s] -> [R, ceil(s / C), hidden]; through the cache without gradients.
+  // Segments [R, s] -> [R, ceil(s / C), hidden]; through the cache in inference mode without
+  // gradients.
   at::Tensor compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments);
-  // The cache holds embeddings of the compressor's tensors as they were when it filled: every
-  // trainable tensor's identity and version counter (bumped by each in-place update, an
-  // optimizer step or a load). A changed stamp empties the cache, so validation during training
-  // sees the current compressor, not the one of the first validation.
-  std::vector<std::pair<const void*, int64_t>> stamp() const;
   std::unordered_map<std::string, at::Tensor> cache_;  // SHA-256 of the segment's ids -> [k, hidden]
-  std::vector<std::pair<const void*, int64_t>> cache_stamp_;
   int64_t hits_ = 0;
 };
 

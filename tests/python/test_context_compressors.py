@@ -215,6 +215,16 @@ def test_compllm_trains_its_tensors_only_and_resumes_bitwise(trained, small_stor
     assert_same_datasets(ckpt, resumed / "checkpoints" / "step_000030.h5", ["compllm.", "optimizer"], at_least=20)
 
 
+def test_compllm_validation_sees_the_current_compressor(trained, small_store, tmp_path):
+    # Validation runs without gradients, so through CompLLM's segment cache; before the cache
+    # emptied on updates, every validation repeated the first one's loss to the last digit.
+    out = tmp_path / "run"
+    run(*compllm_args(trained, small_store, out, 15, "train.eval_every=5"))
+    val = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [m["loss"] for m in val if m.get("split") == "val"]
+    assert len(val) == 3 and len(set(val)) == 3, val
+
+
 def test_compllm_context_eval_and_scoring(compllm_run, tmp_path):
     j = context_eval(compllm_run)
     assert j["method"] == "compllm" and j["compressed_positions"] == 8  # 2 segments of 8 -> 4 each
