@@ -88,7 +88,8 @@ at::Tensor CompLlmCompressor::context(LlamaForCausalLM& decoder, const at::Tenso
 
 at::Tensor CompLlmCompressor::compress_segments(LlamaForCausalLM& decoder, const at::Tensor& segments) {
   if (training_ || at::GradMode::is_enabled()) return compress_segment(decoder, segments);
-  // Without gradients: each row from the content cache, the misses compressed in one batch.
+  // In inference mode without gradients: each row from the content cache, the misses
+  // compressed in one batch.
   at::Tensor host = segments.to(at::kCPU, at::kLong).contiguous();
   const int64_t rows = host.size(0);
   std::vector<std::string> keys(rows);

@@ -216,8 +216,8 @@ def test_compllm_trains_its_tensors_only_and_resumes_bitwise(trained, small_stor
 
 
 def test_compllm_validation_sees_the_current_compressor(trained, small_store, tmp_path):
-    # Validation runs without gradients, so through CompLLM's segment cache; before the cache
-    # emptied on updates, every validation repeated the first one's loss to the last digit.
+    # Validation runs without gradients; while that went through CompLLM's segment cache (before a
+    # compressor in training mode bypassed it), every validation repeated the first one's loss.
     out = tmp_path / "run"
     run(*compllm_args(trained, small_store, out, 15, "train.eval_every=5"))
     val = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
