@@ -44,8 +44,7 @@ CONDENSE_INLINE void rows_block(const float* w, const float* x, float* y, int64_
     for (int j = 0; j < R; ++j) acc[j] += load<V>(w0 + j * cols + i) * xv;
   }
   for (int j = 0; j < R; ++j) {
-    float s = 0;
-    for (int k = 0; k < L; ++k) s += acc[j][k];
+    float s = hsum(acc[j]);
     for (int64_t i = body; i < cols; ++i) s += w0[j * cols + i] * x[i];
     y[r + j] = s;
   }

@@ -211,8 +211,7 @@ CONDENSE_INLINE void cross_entropy_forward_t(const T* logits, const int64_t* tar
     for (int64_t j = body; j < vocab; ++j) top = std::max(top, widen(l[j]));
     V acc = {};
     for (int64_t j = 0; j < body; j += L) acc += vexp(vload<V>(l + j) - top);
-    float sum = 0;
-    for (int k = 0; k < L; ++k) sum += acc[k];
+    float sum = hsum(acc);
     for (int64_t j = body; j < vocab; ++j) sum += std::exp(widen(l[j]) - top);
     lse[r] = top + std::log(sum);
     loss[r] = lse[r] - widen(l[targets[r]]);

@@ -66,9 +66,11 @@ CONDENSE_INLINE void store(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-CONDENSE_INLINE float hsum(v16 v) {
+// The lanes' sum, in lane order.
+template <class V>
+CONDENSE_INLINE float hsum(V v) {
   float s = 0;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
+  for (int i = 0; i < lanes<V>; ++i) s += v[i];
   return s;
 }
 
