@@ -19,8 +19,11 @@
 // Each rep is bracketed by torch::cuda::synchronize() on CUDA, so times cover the kernels, not
 // just their launch. For each operation: bytes touched = input read (4N) + output written,
 // their rate, and the ratio of that rate to the copy's (1 = as fast as a copy of the same
-// bytes). --path tensor forces the tensor-op path (the CUDA path) on the CPU; auto takes the
-// path the codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops).
+// bytes). --path tensor forces the tensor-op path on either device (on CUDA it sets
+// CONDENSE_CUDA_KERNELS=0, so qsgd and sign skip their CUDA kernels); auto takes the path the
+// codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops; CUDA: the
+// quantizing codecs' kernels when the build has them, tensor ops for the rest). Each line's
+// "path" says which ran: cpu, tensor or kernel.
 // Prints one JSON object per line.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
   if (thread_counts.empty()) thread_counts.push_back(at::get_num_threads());
   const at::Device device = cuda ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
   const bool tensor_ops = cuda || path == "tensor";
+  if (cuda && path == "tensor") setenv("CONDENSE_CUDA_KERNELS", "0", 1);
 
   auto sync = [&] {
     if (cuda) torch::cuda::synchronize();
@@ -116,6 +120,9 @@ int main(int argc, char** argv) {
 
   at::Tensor acc = at::zeros_like(x);  // the decodes add into it (their payloads: the encodes')
   const char* codec_path = tensor_ops ? "tensor" : "cpu";
+  // qsgd and sign (blocks of 512: every code width fits the kernels' groups).
+  const char* quantized_path =
+      cuda && path == "auto" && condense::quantized_cuda_kernels_built() ? "kernel" : codec_path;
   struct Op {
     const char* name;
     std::function<void()> run;
@@ -132,13 +139,13 @@ int main(int argc, char** argv) {
        },
        4 * numel + 8 * k, codec_path},
       {"qsgd", [&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); },
-       4 * numel + qsgd.payload_bytes(), codec_path},
+       4 * numel + qsgd.payload_bytes(), quantized_path},
       {"sign", [&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); },
-       4 * numel + sign.payload_bytes(), codec_path},
+       4 * numel + sign.payload_bytes(), quantized_path},
       {"qsgd_decode", [&] { condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops); },
-       8 * numel + qsgd.payload_bytes(), codec_path},
+       8 * numel + qsgd.payload_bytes(), quantized_path},
       {"sign_decode", [&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); },
-       8 * numel + sign.payload_bytes(), codec_path},
+       8 * numel + sign.payload_bytes(), quantized_path},
       {"fp16", [&] { half = x.to(at::kHalf); }, 4 * numel + 2 * numel, "tensor"},
   };
   // One untimed round of every operation first, in order (the encodes fill the payloads the

@@ -44,6 +44,20 @@ if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND CUDART_LIBRARY AND TARGET torch_cuda)
 endif()
 option(CONDENSE_WITH_NCCL "Build the NCCL communicator" ${_nccl_default})
 
+# CUDA kernels of condense's own (comm/quantized_cuda_kernels.cu): on when nvcc is there (the
+# torch wheel's CMake config enables CUDA when it finds the toolkit) and LibTorch is a CUDA
+# build. Without them CUDA tensors take the tensor-op paths. They run only where a GPU is.
+set(_cuda_kernels_default OFF)
+if(CMAKE_CUDA_COMPILER AND CUDART_LIBRARY AND TARGET torch_cuda)
+  set(_cuda_kernels_default ON)
+endif()
+option(CONDENSE_WITH_CUDA_KERNELS "Build condense's CUDA kernels (needs nvcc)" ${_cuda_kernels_default})
+# sm_80 (A100) and sm_90 (H100, H200), each as machine code and PTX (newer GPUs JIT the PTX).
+set(CONDENSE_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures of condense's kernels")
+if(CONDENSE_WITH_CUDA_KERNELS)
+  enable_language(CUDA)
+endif()
+
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
 find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
 find_library(SENTENCEPIECE_TRAIN_LIBRARY sentencepiece_train REQUIRED)

@@ -1,9 +1,13 @@
 // The per-element work of the quantizing codecs (qsgd, sign; comm/codec_quantized.cpp) as free
-// functions, for the codec itself, tests and bench/codec_device_bench.cpp. Each has two
-// implementations that give the same bytes:
+// functions, for the codec itself, tests and bench/codec_device_bench.cpp. Each has three
+// implementations that give the same bytes (the per-element arithmetic of the loops and the
+// kernels is one definition, comm/quantized_element.h):
 //  - CPU loops (tensor_ops = false): contiguous CPU tensors only; the path for CPU buckets;
-//  - ATen tensor ops (tensor_ops = true): any device; the path for CUDA buckets, and on CPU
-//    what tests compare with the loops (CI has no GPU).
+//  - CUDA kernels (comm/quantized_cuda_kernels.h): CUDA tensors, whatever tensor_ops says, when
+//    they are built (quantized_cuda_kernels_built()), blocks start on byte boundaries
+//    (block % (8 / bits) == 0) and the environment does not set CONDENSE_CUDA_KERNELS=0;
+//  - ATen tensor ops (tensor_ops = true): any device; the path for other CUDA buckets, and on
+//    CPU what tests compare with the loops (CI has no GPU).
 // Top-K's selection in tensor ops is topk_abs_indices_tensor_ops (comm/topk_select.h).
 //
 // Payload format (both paths): `blocks` fp32 scales (native byte order), then the codes, packed
@@ -16,8 +20,9 @@
 //        code = [v_i >= 0]; decoded as code ? scale : -scale.
 // u_i is counter_uniform(seed, n)[i], a function of (seed, i) only, so the draws are the same
 // on every device and thread count.
-// The one way the two paths can differ: a block's scale is a double sum rounded to float, and
-// the loops add sequentially while tensor ops add in another order. The double sums then differ
+// The one way the paths can differ: a block's scale is a double sum rounded to float, and the
+// loops add sequentially while tensor ops and the kernels (pairwise over 64 strided partial sums,
+// comm/quantized_element.h) add in other orders. The double sums then differ
 // by a few units in their last place at most, so the float scales differ only when the exact
 // value lies that close (relative 2^-53 times a small factor) to a float rounding boundary,
 // which float's 2^-24 spacing makes a chance of the order of 2^-25 per qsgd block. For sign the
@@ -49,6 +54,9 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
 // payload_bytes() elements, at any byte offset (e.g. a slice of a gathered buffer).
 void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out,
                           bool tensor_ops);
+
+// Whether this build has the CUDA kernels (nvcc was there at build time).
+bool quantized_cuda_kernels_built();
 
 // u_i = (mix64(seed + 0x9E3779B97F4A7C15 * (i + 1)) >> 40) * 2^-24 for i in [0, n), fp32 in
 // [0, 1), computed with int64 tensor ops on `device` (two's-complement products wrap modulo

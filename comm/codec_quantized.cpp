@@ -13,12 +13,21 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "comm/codec_impl.h"
 #include "comm/codec_kernels.h"
+#include "comm/quantized_element.h"
 #include "core/error.h"
-#include "core/random.h"
+
+#if CONDENSE_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "comm/quantized_cuda_kernels.h"
+#endif
 
 namespace condense {
 namespace {
@@ -33,8 +42,8 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo = b * block, hi = std::min(numel, lo + block);
       double acc = 0;
-      for (int64_t i = lo; i < hi; ++i) acc += levels ? double(v[i]) * v[i] : std::fabs(v[i]);
-      scales[b] = levels ? static_cast<float>(std::sqrt(acc)) : static_cast<float>(acc / (hi - lo));
+      for (int64_t i = lo; i < hi; ++i) acc += quantized::scale_term(v[i], levels);
+      scales[b] = quantized::block_scale(acc, levels, hi - lo);
     }
   });
   uint8_t* codes = out + 4 * f.blocks;
@@ -42,7 +51,7 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
   const int64_t s = levels;
   at::parallel_for(0, f.code_bytes, kGrain / epb, [&](int64_t y0, int64_t y1) {
     // The block of element i, advanced as i walks forward: a 64-bit division per element was
-    // 12% of the encode's time on an AVX2 EPYC (the branches below, another 33%).
+    // 12% of the encode's time on an AVX2 EPYC (the branches qsgd_code avoids, another 33%).
     int64_t b = y0 * epb / block, block_end = (b + 1) * block;
     for (int64_t y = y0; y < y1; ++y) {
       uint8_t byte = 0;
@@ -53,24 +62,9 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
           ++b;
           block_end += block;
         }
-        uint32_t code;
-        if (s == 0) {
-          code = v[i] >= 0.0f ? 1u : 0u;
-        } else {
-          float scale = scales[b];
-          float a = scale > 0 ? std::fabs(v[i]) / scale * static_cast<float>(s) : 0.0f;
-          float level = std::floor(a);
-          // Uniform in [0, 1) from (seed, i): counter-based, so threads need no shared state
-          // (and counter_uniform reproduces it with tensor ops).
-          float u = static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 40) *
-                    (1.0f / 16777216.0f);
-          // Branch-free: both tests are coin flips on real gradients, and mispredicting them
-          // cost a third of the encode's time (measured: 258 -> 172 ms per 16M floats).
-          level += static_cast<float>(u < a - level);
-          level = std::min(level, static_cast<float>(s));
-          const int64_t q = static_cast<int64_t>(level);
-          code = static_cast<uint32_t>(q - 2 * q * static_cast<int64_t>(v[i] < 0) + s);
-        }
+        // The uniform is a function of (seed, i), so threads need no shared state.
+        const uint32_t code = s == 0 ? quantized::sign_code(v[i])
+                                     : quantized::qsgd_code(v[i], scales[b], s, quantized::uniform_at(seed, i));
         byte |= static_cast<uint8_t>(code << (j * bits));
       }
       codes[y] = byte;
@@ -93,8 +87,7 @@ void decode_add_cpu(const QuantizedFormat& f, const uint8_t* payload, float* out
       float scale;
       std::memcpy(&scale, payload + 4 * b, 4);
       for (uint32_t c = 0; c <= mask; ++c)  // codes a valid payload never holds decode as before
-        table[c] = s == 0 ? (c ? scale : -scale)
-                          : static_cast<float>(static_cast<int64_t>(c) - s) * scale / static_cast<float>(s);
+        table[c] = quantized::decoded_value(c, scale, s);
       const int64_t lo = b * block, hi = std::min(numel, lo + block);
       const uint8_t* byte = codes + lo / epb;
       int shift = static_cast<int>(lo % epb) * bits;
@@ -255,10 +248,45 @@ static void check_io(const QuantizedFormat& f, const at::Tensor& x, const at::Te
                  "bytes on its device", who, f.numel, f.payload_bytes());
 }
 
+// The CUDA kernels (comm/quantized_cuda_kernels.h) take a CUDA vector's encode and decode when
+// they are built, the format's blocks start on byte boundaries, and CONDENSE_CUDA_KERNELS is not
+// "0" (the switch for A/B runs, read per call); tensor ops otherwise.
+static bool use_cuda_kernels(const QuantizedFormat& f, const at::Tensor& t) {
+  if (!quantized_cuda_kernels_built() || !t.is_cuda() || !quantized::groups_fit(f.block, f.bits) ||
+      f.blocks > std::numeric_limits<int32_t>::max())
+    return false;
+  const char* env = std::getenv("CONDENSE_CUDA_KERNELS");
+  return !(env && std::strcmp(env, "0") == 0);
+}
+
+bool quantized_cuda_kernels_built() {
+#if CONDENSE_WITH_CUDA_KERNELS
+  return true;
+#else
+  return false;
+#endif
+}
+
+#if CONDENSE_WITH_CUDA_KERNELS
+static void check_launch(int err, const char* who) {
+  CONDENSE_CHECK(err == 0, "{}: CUDA kernel launch failed: {}", who, quantized::cuda_error_string(err));
+}
+#endif
+
 void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed,
                       at::Tensor& payload, bool tensor_ops) {
   check_io(f, v, payload, "quantized_encode");
   if (f.numel == 0) return;
+#if CONDENSE_WITH_CUDA_KERNELS
+  // The kernel stores the scales as floats: the payload must start 4-byte aligned (at::empty's do).
+  if (use_cuda_kernels(f, v) && reinterpret_cast<uintptr_t>(payload.data_ptr()) % 4 == 0) {
+    c10::cuda::CUDAGuard guard(v.device());
+    return check_launch(quantized::cuda_encode(v.data_ptr<float>(), f.numel, f.block, f.levels, f.bits, seed,
+                                               payload.data_ptr<uint8_t>(),
+                                               at::cuda::getCurrentCUDAStream(v.device().index()).stream()),
+                        "quantized_encode");
+  }
+#endif
   if (tensor_ops) return encode_tensor_ops(f, v, seed, payload);
   CONDENSE_CHECK(v.is_cpu(), "quantized_encode: the CPU loops need CPU tensors, got {}", v.device().str());
   encode_cpu(f, v.data_ptr<float>(), payload.data_ptr<uint8_t>(), seed);
@@ -268,6 +296,15 @@ void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, a
                           bool tensor_ops) {
   check_io(f, out, payload, "quantized_decode_add");
   if (f.numel == 0) return;
+#if CONDENSE_WITH_CUDA_KERNELS
+  if (use_cuda_kernels(f, out)) {
+    c10::cuda::CUDAGuard guard(out.device());
+    return check_launch(quantized::cuda_decode_add(payload.data_ptr<uint8_t>(), f.numel, f.block, f.levels, f.bits,
+                                                   out.data_ptr<float>(),
+                                                   at::cuda::getCurrentCUDAStream(out.device().index()).stream()),
+                        "quantized_decode_add");
+  }
+#endif
   if (tensor_ops) return decode_add_tensor_ops(f, payload, out);
   CONDENSE_CHECK(out.is_cpu(), "quantized_decode_add: the CPU loops need CPU tensors, got {}", out.device().str());
   decode_add_cpu(f, payload.data_ptr<uint8_t>(), out.data_ptr<float>());

@@ -3,10 +3,12 @@
 #pragma once
 #include <cstdint>
 
+#include "core/host_device.h"
+
 namespace condense {
 
-// The splitmix64 finalizer: a bijective 64-bit mixer.
-inline uint64_t mix64(uint64_t z) {
+// The splitmix64 finalizer: a bijective 64-bit mixer (also in CUDA kernels).
+CONDENSE_HD inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);

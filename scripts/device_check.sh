@@ -12,7 +12,9 @@
 #   tests      the CUDA tests: test_cuda_memory (model vs CPU, recompute with the CUDA RNG,
 #              pinned-host offload, memory meter, bf16 autocast) and test_cuda_comm (codecs on
 #              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync)
-#   codecs     codec throughput on 64M floats against the device-to-device copy rate
+#   codecs     codec throughput on 64M floats against the device-to-device copy rate: the
+#              path the codecs take (qsgd and sign through condense's CUDA kernels), then the
+#              tensor-op path (codecs_tensor) for the comparison
 #   memory     memory_bench --cuda: memory policies at SmolLM2-135M's shape, offload overlap
 #   train      condense train on SmolLM2-135M's decoder shape (30 x 576, 9/3 heads, FFN 1536;
 #              the carried store's vocabulary of 4096), bf16 and fp32, batch 8 x 2048
@@ -80,6 +82,7 @@ tests_rc=0
 step test_cuda_memory 240 "$BIN/test_cuda_memory" --gtest_output=json:"$OUT/test_cuda_memory.json" || tests_rc=1
 step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cuda_comm.json" || tests_rc=1
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
+step codecs_tensor 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10 --path tensor
 # Smaller than the training batch: offload=host pins every saved activation in host memory.
 step memory 240 "$BIN/memory_bench" --cuda "$OUT/memory_cuda.csv" 2 "${MEM_BATCH:-4}" "${MEM_SEQ:-1024}"
 
@@ -131,7 +134,7 @@ for t in ["test_cuda_memory", "test_cuda_comm"]:
     else:
         print(f"{t}: no result")
 print("\n## codecs (64M floats)\n")
-for r in jlines("codecs.log"): print("    " + json.dumps(r))
+for r in jlines("codecs.log") + jlines("codecs_tensor.log"): print("    " + json.dumps(r))
 print("\n## memory policies\n")
 mem = out / "memory.log"
 if mem.exists(): print(mem.read_text()[-3000:])

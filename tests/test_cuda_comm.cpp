@@ -21,6 +21,7 @@
 #include "comm/error_control.h"
 #include "comm/grad_sync.h"
 #include "comm/nccl_communicator.h"
+#include "comm/quantized_element.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
 #include "tests/test_support.h"
@@ -257,6 +258,79 @@ TEST(DevicePath, ErrorControlMatchesTheCpuPathBitForBit) {
   }
 }
 
+// The CUDA kernels' work (comm/quantized_cuda_kernels.cu) replayed on the CPU: one "thread
+// block" per codec block, kCudaThreads strided partial sums combined pairwise in the kernel's
+// order, then groups of 8 elements per thread, through the same quantized_element.h functions
+// the kernels call. What stays unchecked without a GPU is only the launch itself.
+void emulate_cuda_encode(const QuantizedFormat& f, const float* v, uint64_t seed, uint8_t* payload) {
+  using namespace quantized;
+  for (int64_t b = 0; b < f.blocks; ++b) {
+    const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
+    double partial[kCudaThreads];
+    for (int t = 0; t < kCudaThreads; ++t) partial[t] = partial_sum(v, lo, hi, t, f.levels);
+    for (int w = kCudaThreads / 2; w > 0; w /= 2)
+      for (int t = 0; t < w; ++t) partial[t] += partial[t + w];
+    const float scale = block_scale(partial[0], f.levels, hi - lo);
+    std::memcpy(payload + 4 * b, &scale, 4);
+    for (int t = 0; t < kCudaThreads; ++t)
+      for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
+        encode_group(v, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, seed, payload + 4 * f.blocks);
+  }
+}
+
+void emulate_cuda_decode_add(const QuantizedFormat& f, const uint8_t* payload, float* out) {
+  using namespace quantized;
+  for (int64_t b = 0; b < f.blocks; ++b) {
+    const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
+    float scale;
+    std::memcpy(&scale, payload + 4 * b, 4);
+    for (int t = 0; t < kCudaThreads; ++t)
+      for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
+        decode_add_group(payload + 4 * f.blocks, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, out);
+  }
+}
+
+// The formats the kernel tests sweep: every code width, short last blocks, blocks shorter than a
+// group's reach per thread (12) and longer (1000: threads loop twice), and an all-zero block.
+template <typename F>
+void for_each_kernel_format(const F& check) {
+  for (int64_t levels : {0, 1, 3, 7, 127}) {
+    for (int64_t block : {12, 64, 512, 1000}) {
+      for (int64_t numel : {1, 9, 1000, 4097, 100003}) {
+        QuantizedFormat f(numel, levels, block);
+        if (!quantized::groups_fit(f.block, f.bits)) continue;  // sign with block 12: tensor ops
+        at::Tensor v = test_vector(numel, 5 + numel + block, true).mul_(3);
+        v.narrow(0, 0, std::min<int64_t>(numel, block)).zero_();
+        if (numel > 100) v[70] = -0.0f;
+        check(f, v);
+      }
+    }
+  }
+}
+
+TEST(DevicePath, CudaKernelReplayGivesTheLoopsBytes) {
+  int checked = 0;
+  for_each_kernel_format([&](const QuantizedFormat& f, const at::Tensor& v) {
+    const std::string what = "levels " + std::to_string(f.levels) + " block " + std::to_string(f.block) +
+                             " numel " + std::to_string(f.numel);
+    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
+    // Garbage first: the replay must write every byte of the payload.
+    at::Tensor replay = at::full({f.payload_bytes()}, 0xA5, at::kByte);
+    quantized_encode(f, v, 1234, loops, false);
+    emulate_cuda_encode(f, v.data_ptr<float>(), 1234, replay.data_ptr<uint8_t>());
+    ASSERT_TRUE(bitwise_equal(replay, loops)) << what;
+    // Decoding at an odd offset inside a larger buffer (as a slice of a gathered buffer is).
+    at::Tensor gathered = at::zeros({f.payload_bytes() + 3}, at::kByte);
+    gathered.narrow(0, 3, f.payload_bytes()).copy_(loops);
+    at::Tensor x = test_vector(f.numel, 77, false), y = x.clone();
+    quantized_decode_add(f, loops, x, false);
+    emulate_cuda_decode_add(f, gathered.data_ptr<uint8_t>() + 3, y.data_ptr<float>());
+    ASSERT_TRUE(bitwise_equal(y, x)) << what;
+    ++checked;
+  });
+  EXPECT_EQ(checked, 5 * 4 * 5 - 5);  // all but sign with block 12
+}
+
 // ---------------------------------------------------------------------------------------------
 // CUDA.
 
@@ -286,6 +360,31 @@ TEST(Cuda, EveryCodecOnCudaMatchesTheCpuBitForBit) {
   at::Tensor x = test_vector(3000000, 33, true);
   for (int64_t k : {int64_t{1}, int64_t{30000}, int64_t{1500000}})
     EXPECT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(x.to(kCuda), k), topk_abs_indices(x, k))) << k;
+}
+
+TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
+  SKIP_WITHOUT_CUDA();
+  if (!quantized_cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
+  for (bool kernels : {true, false}) {  // the kernels, then the tensor-op path they replace
+    if (!kernels) setenv("CONDENSE_CUDA_KERNELS", "0", 1);
+    for_each_kernel_format([&](const QuantizedFormat& f, const at::Tensor& v) {
+      const std::string what = std::string(kernels ? "kernels" : "tensor ops") + " levels " +
+                               std::to_string(f.levels) + " block " + std::to_string(f.block) + " numel " +
+                               std::to_string(f.numel);
+      at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
+      quantized_encode(f, v, 1234, loops, false);
+      at::Tensor gpu = at::full({f.payload_bytes()}, 0xA5, at::TensorOptions(kCuda).dtype(at::kByte));
+      quantized_encode(f, v.to(kCuda), 1234, gpu, true);
+      ASSERT_TRUE(bitwise_equal(gpu, loops)) << what;
+      at::Tensor gathered = at::zeros({f.payload_bytes() + 3}, gpu.options());
+      gathered.narrow(0, 3, f.payload_bytes()).copy_(gpu);
+      at::Tensor x = test_vector(f.numel, 77, false), y = x.to(kCuda);
+      quantized_decode_add(f, loops, x, false);
+      quantized_decode_add(f, gathered.narrow(0, 3, f.payload_bytes()), y, true);
+      ASSERT_TRUE(bitwise_equal(y, x)) << what;
+    });
+    unsetenv("CONDENSE_CUDA_KERNELS");
+  }
 }
 
 TEST(Cuda, PowerSgdOnCudaMatchesTheCpuClosely) {
