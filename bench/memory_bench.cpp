@@ -10,11 +10,16 @@
 // first CUDA device, the policies that matter there (recompute, offload to pinned host memory,
 // compressed activations, chunked loss), with the caching allocator's allocated bytes
 // (held = after forward minus before; peak = highest during forward + backward minus before,
-// parameter gradients excluded) and the forward + backward time after a synchronize. For
-// offload=host it also reports how much of the copy time the overlap hides:
+// parameter gradients excluded) and the forward + backward time after a synchronize. For each
+// offload row it also reports how much of the copy time the overlap hides:
 //   copy_s = offloaded bytes moved device->host and back at the measured pinned-copy rates
-//   hidden = 1 - (step_offload - step_baseline) / copy_s
-// where offloaded bytes = baseline held - offload held (what left the GPU).
+//   hidden = 1 - (step_offload - step_without) / copy_s
+// where offloaded bytes = held without offload - held with it (what left the GPU), and
+// "without" is the same row minus its offload: baseline for offload=host (every saved
+// activation: copies far longer than a layer's compute at this shape, see bench/RESULTS.md
+// 2026-12-04), full+chunked for full+chunked+offload=host (only the layer inputs that full
+// recomputation keeps, DeepSpeed's checkpoint offload: a layer's recomputed forward and its
+// backward to hide each copy behind).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
@@ -156,6 +161,11 @@ int cuda_main(int argc, char** argv) {
       {"int8", cfg([](MemoryConfig& m) { m.activations = "int8"; })},
       {"chunked_loss", cfg([](MemoryConfig& m) { m.loss = "chunked"; })},
       {"full+chunked", cfg([](MemoryConfig& m) { m.recompute = "full"; m.loss = "chunked"; })},
+      {"full+chunked+offload=host", cfg([](MemoryConfig& m) {
+         m.recompute = "full";
+         m.loss = "chunked";
+         m.offload = "host";
+       })},
   };
   std::ofstream csv(csv_path);
   csv << "batch,seq_len,policy,held_activation_mb,peak_activation_mb,step_s\n";
@@ -181,13 +191,18 @@ int cuda_main(int argc, char** argv) {
                 base.held_mb / m.held_mb, m.peak_mb, m.step_s, 100 * (m.step_s / base.step_s - 1));
     csv << b << "," << t << "," << rows[i].name << "," << m.held_mb << "," << m.peak_mb << ","
         << m.step_s << "\n";
-    if (rows[i].name == "offload=host") {
-      int64_t moved = static_cast<int64_t>((base.held_mb - m.held_mb) * 1048576.0);
+    const std::string suffix = "offload=host";
+    const std::string& name = rows[i].name;
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string without = name == suffix ? "baseline" : name.substr(0, name.size() - suffix.size() - 1);
+      const auto w = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.name == without; });
+      const Result& ref = results[static_cast<size_t>(w - rows.begin())];
+      int64_t moved = static_cast<int64_t>((ref.held_mb - m.held_mb) * 1048576.0);
       double copy_s = moved > 0 ? pinned_round_trip_s(moved) : 0;
-      double hidden = copy_s > 0 ? 1 - (m.step_s - base.step_s) / copy_s : 0;
-      std::printf("{\"offload_moved_mb\": %.1f, \"offload_copy_s\": %.4f, \"offload_extra_step_s\": "
-                  "%.4f, \"offload_hidden_fraction\": %.3f}\n",
-                  mib(moved), copy_s, m.step_s - base.step_s, hidden);
+      double hidden = copy_s > 0 ? 1 - (m.step_s - ref.step_s) / copy_s : 0;
+      std::printf("{\"policy\": \"%s\", \"without\": \"%s\", \"offload_moved_mb\": %.1f, \"offload_copy_s\": "
+                  "%.4f, \"offload_extra_step_s\": %.4f, \"offload_hidden_fraction\": %.3f}\n",
+                  name.c_str(), without.c_str(), mib(moved), copy_s, m.step_s - ref.step_s, hidden);
     }
   }
   model->set_block_hook(nullptr);

@@ -57,11 +57,13 @@ struct RngState {
 class Frame : public std::enable_shared_from_this<Frame> {
  public:
   Frame(std::function<at::Tensor(const at::Tensor&)> fn, const at::Tensor& x,
-        std::shared_ptr<SavedTensorHooks> stash_hooks)
+        std::shared_ptr<SavedTensorHooks> stash_hooks, std::shared_ptr<SavedTensorHooks> input_hooks)
       : fn_(std::move(fn)),
         stash_hooks_(std::move(stash_hooks)),
-        input_(x.detach()),
+        input_hooks_(std::move(input_hooks)),
+        input_(input_hooks_ ? input_hooks_->pack(x.detach()) : std::any(x.detach())),
         input_requires_grad_(x.requires_grad()),
+        device_(x.device()),
         rng_(RngState::capture(x.device())) {}
 
   int64_t next_index() { return packed_++; }
@@ -91,8 +93,10 @@ class Frame : public std::enable_shared_from_this<Frame> {
 
   std::function<at::Tensor(const at::Tensor&)> fn_;
   std::shared_ptr<SavedTensorHooks> stash_hooks_;
-  at::Tensor input_;
+  std::shared_ptr<SavedTensorHooks> input_hooks_;
+  std::any input_;  // the block input as input_hooks_ packed it, or a detached tensor
   bool input_requires_grad_;
+  at::Device device_;
   RngState rng_;
   int64_t packed_ = 0;
   int64_t collected_ = 0;
@@ -141,13 +145,14 @@ class CollectHooks final : public SavedTensorHooks {
 };
 
 void Frame::recompute() {
-  RngState now = RngState::capture(input_.device());
+  at::Tensor input = input_hooks_ ? input_hooks_->unpack(input_) : std::any_cast<const at::Tensor&>(input_);
+  RngState now = RngState::capture(device_);
   rng_.restore();
   ++tls_recompute_depth;
   try {
     at::AutoGradMode grad(true);
     HooksScope scope(std::make_shared<CollectHooks>(this));
-    at::Tensor x = input_.detach().requires_grad_(input_requires_grad_);
+    at::Tensor x = input.detach().requires_grad_(input_requires_grad_);
     fn_(x);  // the rerun's graph is discarded; only what it saved is kept
   } catch (...) {
     --tls_recompute_depth;
@@ -157,6 +162,7 @@ void Frame::recompute() {
   --tls_recompute_depth;
   now.restore();
   recomputed_ = true;
+  input_.reset();  // the rerun happens once; what it needs of the input, it saved
 }
 
 }  // namespace
@@ -164,9 +170,10 @@ void Frame::recompute() {
 bool in_recomputation() { return tls_recompute_depth > 0; }
 
 at::Tensor recompute_block(const std::function<at::Tensor(const at::Tensor&)>& fn,
-                           const at::Tensor& x, std::shared_ptr<SavedTensorHooks> stash_hooks) {
+                           const at::Tensor& x, std::shared_ptr<SavedTensorHooks> stash_hooks,
+                           std::shared_ptr<SavedTensorHooks> input_hooks) {
   if (!at::GradMode::is_enabled()) return fn(x);
-  auto frame = std::make_shared<Frame>(fn, x, std::move(stash_hooks));
+  auto frame = std::make_shared<Frame>(fn, x, std::move(stash_hooks), std::move(input_hooks));
   HooksScope scope(std::make_shared<DropHooks>(frame));
   return fn(x);
 }

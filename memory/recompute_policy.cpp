@@ -96,7 +96,8 @@ at::Tensor RecomputePolicy::run(int64_t layer, Part part,
     if (mode_ == RecomputeMode::kSelective) return with_rebuild(fn, x);
     return fn(x);
   }
-  if (part == Part::kAttention && mode_ == RecomputeMode::kAttention) return recompute_block(fn, x);
+  if (part == Part::kAttention && mode_ == RecomputeMode::kAttention)
+    return recompute_block(fn, x, nullptr, offload_);
   return fn(x);
 }
 
@@ -119,7 +120,8 @@ at::Tensor RecomputePolicy::recompute_with_rebuild(
     RebuildRegion region(registry);
     return fn(t);
   };
-  return recompute_block(rerun, x, std::make_shared<RebuildHooks>(registry, nullptr));
+  // With offload, the layer input (all that a recomputed layer keeps) leaves the device too.
+  return recompute_block(rerun, x, std::make_shared<RebuildHooks>(registry, nullptr), offload_);
 }
 
 at::Tensor RecomputePolicy::measure(int64_t layer,

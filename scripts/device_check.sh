@@ -15,7 +15,8 @@
 #   codecs     codec throughput on 64M floats against the device-to-device copy rate: the
 #              path the codecs take (qsgd and sign through condense's CUDA kernels), then the
 #              tensor-op path (codecs_tensor) for the comparison
-#   memory     memory_bench --cuda: memory policies at SmolLM2-135M's shape, offload overlap
+#   memory     memory_bench --cuda: memory policies at SmolLM2-135M's shape, offload overlap of
+#              every activation and of the layer inputs under full recomputation (fastest of 4)
 #   train      condense train on SmolLM2-135M's decoder shape (30 x 576, 9/3 heads, FFN 1536;
 #              the carried store's vocabulary of 4096), bf16 and fp32, batch 8 x 2048
 #   peer       the PyTorch eager loop (bench/pytorch_eager_train.py: transformers' Llama, fused
@@ -84,7 +85,7 @@ step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cud
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
 step codecs_tensor 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10 --path tensor
 # Smaller than the training batch: offload=host pins every saved activation in host memory.
-step memory 240 "$BIN/memory_bench" --cuda "$OUT/memory_cuda.csv" 2 "${MEM_BATCH:-4}" "${MEM_SEQ:-1024}"
+step memory 240 "$BIN/memory_bench" --cuda "$OUT/memory_cuda.csv" 4 "${MEM_BATCH:-4}" "${MEM_SEQ:-1024}"
 
 shape=(model.hidden_size=576 model.intermediate_size=1536 model.num_hidden_layers=30
        model.num_attention_heads=9 model.num_key_value_heads=3 model.max_position_embeddings=$SEQ

@@ -180,6 +180,16 @@ TEST(CudaOffload, PinnedHostOffloadIsBitwiseAndReleasesDeviceMemory) {
   std::printf("held on device: resident %.2f MB, offloaded %.2f MB\n", resident / 1048576.0,
               offloaded / 1048576.0);
   EXPECT_LT(offloaded * 3, resident);
+  // Checkpoint offload: under full recomputation the layer inputs (all it keeps) leave too.
+  MemoryConfig full = base;
+  full.recompute = "full";
+  MemoryConfig full_host = full;
+  full_host.offload = "host";
+  EXPECT_LT(rel_error(f.grads(full_host), f.grads(full)), 1e-6);
+  int64_t checkpoints = held(full), checkpoints_offloaded = held(full_host);
+  std::printf("held on device under full recomputation: %.2f MB, offloaded %.2f MB\n",
+              checkpoints / 1048576.0, checkpoints_offloaded / 1048576.0);
+  EXPECT_LT(checkpoints_offloaded * 3, checkpoints);
 }
 
 TEST(CudaMemoryMeter, ReadsTheCachingAllocator) {

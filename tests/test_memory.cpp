@@ -330,6 +330,48 @@ TEST(Offload, DiskSpillIsBitwiseAndFreesMemory) {
   EXPECT_LT(off * 3, base);
 }
 
+// Checkpoint offload (DeepSpeed's cpu_checkpointing): under full recomputation the layer inputs
+// are what stays saved, and offload moves exactly those out, one per layer, each prefetched in
+// backward before its layer recomputes. memory_bench --cuda measures the GPU version's overlap
+// (full+chunked+offload=host); here the disk tier on the CPU checks what is moved and that the
+// gradients stay bitwise (dropout on, so the recomputation's RNG replay is exercised too).
+TEST(Offload, UnderFullRecomputeMovesOnlyTheLayerInputs) {
+  Fixture f;
+  MemoryConfig full;
+  full.recompute = "full";
+  full.loss = "chunked";
+  auto ref = f.grads(full);
+  MemoryConfig both = full;
+  both.offload = "disk";
+  both.offload_min_bytes = 4096;
+  expect_bitwise(f.grads(both), ref);
+
+  f.reset_hooks();
+  MemoryPolicy policy(both, f.model);
+  torch::manual_seed(42);
+  at::Tensor loss = policy.loss(f.model, f.inputs, f.targets);
+  const OffloadStats fwd = policy.offload()->stats();
+  loss.backward();
+  const OffloadStats bwd = policy.offload()->stats();
+  f.reset_hooks();
+  const LlamaConfig& c = f.model->config();
+  const int64_t layer_input = f.inputs.numel() * c.hidden_size * 4;
+  std::printf("offloaded %lld tensors, %lld bytes (layer input %lld bytes), kept %lld, prefetched %lld\n",
+              (long long)fwd.offloaded_tensors, (long long)fwd.offloaded_bytes, (long long)layer_input,
+              (long long)fwd.kept_tensors, (long long)bwd.prefetched);
+  // Every layer's input, and beyond them at most the final norm's and the loss's inputs.
+  EXPECT_GE(fwd.offloaded_bytes, c.num_hidden_layers * layer_input);
+  EXPECT_LE(fwd.offloaded_bytes, (c.num_hidden_layers + 2) * layer_input);
+  // The layers' inputs were brought back by prefetch, not on demand.
+  EXPECT_GE(bwd.prefetched, c.num_hidden_layers);
+  // And they left memory: what full recomputation held between forward and backward is spilled.
+  install_counting_cpu_allocator();
+  const int64_t held = f.saved_bytes(full), spilled = f.saved_bytes(both);
+  std::printf("held between forward and backward: full %.3f MB, full + offload %.3f MB\n",
+              held / 1048576.0, spilled / 1048576.0);
+  EXPECT_LT(spilled * 4, held);
+}
+
 TEST(CompressedActivations, GradientErrorWithinStatedBounds) {
   Fixture f(small_config(0.0));
   auto ref = f.grads(MemoryConfig{});
