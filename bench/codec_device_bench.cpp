@@ -20,9 +20,9 @@
 // just their launch. For each operation: bytes touched = input read (4N) + output written,
 // their rate, and the ratio of that rate to the copy's (1 = as fast as a copy of the same
 // bytes). --path tensor forces the tensor-op path on either device (on CUDA it sets
-// CONDENSE_CUDA_KERNELS=0, so qsgd and sign skip their CUDA kernels); auto takes the path the
-// codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops; CUDA: the
-// quantizing codecs' kernels when the build has them, tensor ops for the rest). Each line's
+// CONDENSE_CUDA_KERNELS=0, so Top-K, qsgd and sign skip condense's CUDA kernels); auto takes
+// the path the codecs take on that device (CPU: comm/topk_select.h and the bit-packing loops;
+// CUDA: the kernels when the build has them). Each line's
 // "path" says which ran: cpu, tensor or kernel.
 // Prints one JSON object per line.
 #include <ATen/ATen.h>
@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "comm/codec_kernels.h"
+#include "comm/cuda_kernels_switch.h"
 #include "comm/topk_select.h"
 
 namespace {
@@ -120,9 +121,8 @@ int main(int argc, char** argv) {
 
   at::Tensor acc = at::zeros_like(x);  // the decodes add into it (their payloads: the encodes')
   const char* codec_path = tensor_ops ? "tensor" : "cpu";
-  // qsgd and sign (blocks of 512: every code width fits the kernels' groups).
-  const char* quantized_path =
-      cuda && path == "auto" && condense::quantized_cuda_kernels_built() ? "kernel" : codec_path;
+  // Top-K, qsgd and sign (blocks of 512: every code width fits the kernels' groups).
+  const char* kernel_path = cuda && path == "auto" && condense::cuda_kernels_built() ? "kernel" : codec_path;
   struct Op {
     const char* name;
     std::function<void()> run;
@@ -137,15 +137,15 @@ int main(int argc, char** argv) {
                                      : condense::topk_abs_indices(x, k);
          at::Tensor values = x.index_select(0, idx);
        },
-       4 * numel + 8 * k, codec_path},
+       4 * numel + 8 * k, kernel_path},
       {"qsgd", [&] { condense::quantized_encode(qsgd, x, 42, qsgd_payload, tensor_ops); },
-       4 * numel + qsgd.payload_bytes(), quantized_path},
+       4 * numel + qsgd.payload_bytes(), kernel_path},
       {"sign", [&] { condense::quantized_encode(sign, x, 42, sign_payload, tensor_ops); },
-       4 * numel + sign.payload_bytes(), quantized_path},
+       4 * numel + sign.payload_bytes(), kernel_path},
       {"qsgd_decode", [&] { condense::quantized_decode_add(qsgd, qsgd_payload, acc, tensor_ops); },
-       8 * numel + qsgd.payload_bytes(), quantized_path},
+       8 * numel + qsgd.payload_bytes(), kernel_path},
       {"sign_decode", [&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); },
-       8 * numel + sign.payload_bytes(), quantized_path},
+       8 * numel + sign.payload_bytes(), kernel_path},
       {"fp16", [&] { half = x.to(at::kHalf); }, 4 * numel + 2 * numel, "tensor"},
   };
   // One untimed round of every operation first, in order (the encodes fill the payloads the

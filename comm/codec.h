@@ -34,7 +34,9 @@
 // other devices take a path of ATen tensor ops (topk_abs_indices_tensor_ops in topk_select.h,
 // comm/codec_kernels.h for qsgd/sign, a sync-free orthonormalization for powersgd; dense and
 // randk are tensor ops on both), which also runs on CPU tensors when
-// ExchangeContext::force_tensor_ops is set. Both paths give the same bits for the same inputs
+// ExchangeContext::force_tensor_ops is set. On CUDA, Top-K selection and qsgd/sign go through
+// condense's own kernels instead when they are built (comm/cuda_kernels_switch.h), with the
+// same results. Both paths give the same bits for the same inputs
 // and seeds (powersgd: the same up to float rounding of its matrix products; qsgd: see
 // codec_kernels.h for the one, improbable, exception), so a CUDA run compresses exactly like a
 // CPU run.

@@ -4,8 +4,8 @@
 // kernels is one definition, comm/quantized_element.h):
 //  - CPU loops (tensor_ops = false): contiguous CPU tensors only; the path for CPU buckets;
 //  - CUDA kernels (comm/quantized_cuda_kernels.h): CUDA tensors, whatever tensor_ops says, when
-//    they are built (quantized_cuda_kernels_built()), blocks start on byte boundaries
-//    (block % (8 / bits) == 0) and the environment does not set CONDENSE_CUDA_KERNELS=0;
+//    they are enabled (comm/cuda_kernels_switch.h) and blocks start on byte boundaries
+//    (block % (8 / bits) == 0);
 //  - ATen tensor ops (tensor_ops = true): any device; the path for other CUDA buckets, and on
 //    CPU what tests compare with the loops (CI has no GPU).
 // Top-K's selection in tensor ops is topk_abs_indices_tensor_ops (comm/topk_select.h).
@@ -54,9 +54,6 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
 // payload_bytes() elements, at any byte offset (e.g. a slice of a gathered buffer).
 void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out,
                           bool tensor_ops);
-
-// Whether this build has the CUDA kernels (nvcc was there at build time).
-bool quantized_cuda_kernels_built();
 
 // u_i = (mix64(seed + 0x9E3779B97F4A7C15 * (i + 1)) >> 40) * 2^-24 for i in [0, n), fp32 in
 // [0, 1), computed with int64 tensor ops on `device` (two's-complement products wrap modulo

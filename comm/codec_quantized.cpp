@@ -13,12 +13,12 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #include "comm/codec_impl.h"
 #include "comm/codec_kernels.h"
+#include "comm/cuda_kernels_switch.h"
 #include "comm/quantized_element.h"
 #include "core/error.h"
 
@@ -249,29 +249,13 @@ static void check_io(const QuantizedFormat& f, const at::Tensor& x, const at::Te
 }
 
 // The CUDA kernels (comm/quantized_cuda_kernels.h) take a CUDA vector's encode and decode when
-// they are built, the format's blocks start on byte boundaries, and CONDENSE_CUDA_KERNELS is not
-// "0" (the switch for A/B runs, read per call); tensor ops otherwise.
+// they are enabled (comm/cuda_kernels_switch.h) and the format's blocks start on byte
+// boundaries; tensor ops otherwise.
 static bool use_cuda_kernels(const QuantizedFormat& f, const at::Tensor& t) {
-  if (!quantized_cuda_kernels_built() || !t.is_cuda() || !quantized::groups_fit(f.block, f.bits) ||
-      f.blocks > std::numeric_limits<int32_t>::max())
-    return false;
-  const char* env = std::getenv("CONDENSE_CUDA_KERNELS");
-  return !(env && std::strcmp(env, "0") == 0);
+  return t.is_cuda() && quantized::groups_fit(f.block, f.bits) &&
+         f.blocks <= std::numeric_limits<int32_t>::max() && cuda_kernels_enabled();
 }
 
-bool quantized_cuda_kernels_built() {
-#if CONDENSE_WITH_CUDA_KERNELS
-  return true;
-#else
-  return false;
-#endif
-}
-
-#if CONDENSE_WITH_CUDA_KERNELS
-static void check_launch(int err, const char* who) {
-  CONDENSE_CHECK(err == 0, "{}: CUDA kernel launch failed: {}", who, quantized::cuda_error_string(err));
-}
-#endif
 
 void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed,
                       at::Tensor& payload, bool tensor_ops) {
@@ -281,7 +265,7 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
   // The kernel stores the scales as floats: the payload must start 4-byte aligned (at::empty's do).
   if (use_cuda_kernels(f, v) && reinterpret_cast<uintptr_t>(payload.data_ptr()) % 4 == 0) {
     c10::cuda::CUDAGuard guard(v.device());
-    return check_launch(quantized::cuda_encode(v.data_ptr<float>(), f.numel, f.block, f.levels, f.bits, seed,
+    return check_cuda_launch(quantized::cuda_encode(v.data_ptr<float>(), f.numel, f.block, f.levels, f.bits, seed,
                                                payload.data_ptr<uint8_t>(),
                                                at::cuda::getCurrentCUDAStream(v.device().index()).stream()),
                         "quantized_encode");
@@ -299,7 +283,7 @@ void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, a
 #if CONDENSE_WITH_CUDA_KERNELS
   if (use_cuda_kernels(f, out)) {
     c10::cuda::CUDAGuard guard(out.device());
-    return check_launch(quantized::cuda_decode_add(payload.data_ptr<uint8_t>(), f.numel, f.block, f.levels, f.bits,
+    return check_cuda_launch(quantized::cuda_decode_add(payload.data_ptr<uint8_t>(), f.numel, f.block, f.levels, f.bits,
                                                    out.data_ptr<float>(),
                                                    at::cuda::getCurrentCUDAStream(out.device().index()).stream()),
                         "quantized_decode_add");

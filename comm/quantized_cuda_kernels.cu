@@ -65,6 +65,4 @@ int cuda_decode_add(const uint8_t* payload, int64_t numel, int64_t block, int64_
   return cudaGetLastError();
 }
 
-const char* cuda_error_string(int err) { return cudaGetErrorString(static_cast<cudaError_t>(err)); }
-
 }  // namespace condense::quantized

@@ -19,7 +19,4 @@ int cuda_encode(const float* v, int64_t numel, int64_t block, int64_t levels, in
                 uint8_t* payload, void* stream);
 int cuda_decode_add(const uint8_t* payload, int64_t numel, int64_t block, int64_t levels, int bits,
                     float* out, void* stream);
-// cudaGetErrorString of a value returned above.
-const char* cuda_error_string(int err);
-
 }  // namespace condense::quantized

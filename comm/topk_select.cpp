@@ -58,14 +58,25 @@
 #include <immintrin.h>
 #endif
 
+#include "comm/cuda_kernels_switch.h"
+#include "comm/topk_radix.h"
 #include "core/error.h"
+
+#if CONDENSE_WITH_CUDA_KERNELS
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "comm/topk_cuda_kernels.h"
+#endif
 
 namespace condense {
 namespace {
 
-constexpr uint32_t kAbsMask = 0x7fffffffu;
-constexpr uint32_t kInfKey = 0x7f800000u;
-constexpr uint32_t kNanKey = kInfKey + 1;       // every NaN: one magnitude above +inf
+// The magnitude key (|x|'s bits, every NaN one above +inf), shared with the CUDA kernels.
+using topk_radix::kAbsMask;
+using topk_radix::kInfKey;
+using topk_radix::kNanKey;
+using topk_radix::key_of;
 constexpr int64_t kMinChunk = int64_t{1} << 16;  // entries per collection chunk (at least)
 constexpr int64_t kMaxChunks = 1024;
 constexpr int64_t kSampleMinSize = int64_t{1} << 12;
@@ -74,11 +85,6 @@ constexpr int64_t kSampleRun = 4;  // consecutive entries per sampled position
 constexpr int64_t kSampleMinN = int64_t{1} << 15;  // below this, collect everything
 constexpr int64_t kRadixMinCandidates = int64_t{1} << 15;  // below this, nth_element
 constexpr int64_t kParallelMinWork = int64_t{1} << 18;     // entries; below, one thread
-
-inline uint32_t key_of(uint32_t bits) {
-  const uint32_t key = bits & kAbsMask;
-  return key > kInfKey ? kNanKey : key;
-}
 
 // One chunk's candidates, keys and indices apart: uninitialized arrays grown by doubling.
 struct Buffer {
@@ -486,6 +492,32 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOpti
 // them), which are exactly k entries; nonzero_static lists them in ascending index order with
 // a fixed output size, so CUDA needs no device-to-host copy for the count. About ten passes over
 // n-element tensors plus at::topk; no step depends on the thread count or the device.
+#if CONDENSE_WITH_CUDA_KERNELS
+// The radix-select kernels (comm/topk_cuda_kernels.h); x: contiguous fp32 on CUDA, 0 < k < n.
+// No host synchronization: every step runs on the current stream.
+static at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k) {
+  using namespace topk_radix;
+  c10::cuda::CUDAGuard guard(x.device());
+  void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const int64_t n = x.numel(), tiles = (n + kTile - 1) / kTile;
+  const auto ints = x.options().dtype(at::kInt);
+  at::Tensor hist = at::zeros({kPasses * kMaxBins}, ints);
+  at::Tensor selection = at::empty({2}, ints);
+  at::Tensor counts = at::empty({2, tiles}, ints);
+  at::Tensor out = at::empty({k}, ints);
+  const float* xp = x.data_ptr<float>();
+  check_cuda_launch(cuda_topk_threshold(xp, n, k, hist.data_ptr<int32_t>(), selection.data_ptr<int32_t>(), stream),
+                    "topk_abs_indices");
+  check_cuda_launch(cuda_topk_tile_counts(xp, n, selection.data_ptr<int32_t>(), counts.data_ptr<int32_t>(), stream),
+                    "topk_abs_indices");
+  at::Tensor inclusive = counts.cumsum(1, at::kLong).contiguous();
+  check_cuda_launch(cuda_topk_write(xp, n, selection.data_ptr<int32_t>(), counts.data_ptr<int32_t>(),
+                                    inclusive.data_ptr<int64_t>(), out.data_ptr<int32_t>(), stream),
+                    "topk_abs_indices");
+  return out;
+}
+#endif
+
 at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k) {
   CONDENSE_CHECK(x.defined() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
                      x.dim() == 1 && x.is_contiguous(),
@@ -497,6 +529,9 @@ at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k) {
   const auto int_options = x.options().dtype(at::kInt);
   if (k == 0) return at::empty({0}, int_options);
   if (k == n) return at::arange(n, int_options);
+#if CONDENSE_WITH_CUDA_KERNELS
+  if (x.is_cuda() && cuda_kernels_enabled()) return topk_cuda_kernels(x, k);
+#endif
   // Keys fit in int32 (at most kNanKey < 2^31), so signed order is their order.
   at::Tensor key = x.view(at::kInt)
                        .bitwise_and(static_cast<int64_t>(kAbsMask))

@@ -31,7 +31,9 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
 // The same function of x (same indices, same ascending order, same magnitude order and ties)
 // computed with ATen tensor ops, on any device: the selection for CUDA buckets (and, on CPU,
 // what tests compare with topk_abs_indices). Requirements as above except the device; the
-// result is on x's device. Cost: about ten passes over x plus at::topk.
+// result is on x's device. Cost: about ten passes over x plus at::topk. On CUDA, when
+// condense's kernels are enabled (comm/cuda_kernels_switch.h), it runs them instead: radix
+// select and ordered compaction in five passes (comm/topk_radix.h), no host synchronization.
 at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k);
 
 namespace detail {

@@ -17,11 +17,13 @@
 
 #include "comm/codec.h"
 #include "comm/codec_kernels.h"
+#include "comm/cuda_kernels_switch.h"
 #include "comm/communicator.h"
 #include "comm/error_control.h"
 #include "comm/grad_sync.h"
 #include "comm/nccl_communicator.h"
 #include "comm/quantized_element.h"
+#include "comm/topk_radix.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
 #include "tests/test_support.h"
@@ -331,6 +333,85 @@ TEST(DevicePath, CudaKernelReplayGivesTheLoopsBytes) {
   EXPECT_EQ(checked, 5 * 4 * 5 - 5);  // all but sign with block 12
 }
 
+// The CUDA Top-K kernels' steps (comm/topk_radix.h) replayed on the CPU in the kernels' order:
+// three histogram passes and digit selections, per-tile counts and their prefix sums, then per
+// tile the threads' chunks with exclusive scans of their ties and their taken counts.
+at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
+  using namespace topk_radix;
+  const int64_t n = x.numel();
+  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  Selection s{0u, static_cast<int32_t>(k)};
+  for (int pass = 0; pass < kPasses; ++pass) {
+    std::vector<int32_t> hist(kMaxBins, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t key = key_of(bits[i]);
+      if (in_prefix(key, pass, s.prefix)) ++hist[digit_of(key, pass)];
+    }
+    select_digit(hist.data(), pass, s);
+  }
+  const uint32_t t = s.prefix;
+  const int64_t need = s.remaining, tiles = (n + kTile - 1) / kTile;
+  std::vector<int64_t> above(tiles), ties(tiles);
+  for (int64_t i = 0; i < n; ++i) {
+    above[i / kTile] += key_of(bits[i]) > t;
+    ties[i / kTile] += key_of(bits[i]) == t;
+  }
+  at::Tensor out = at::full({k}, -1, at::kInt);
+  int64_t above_before = 0, ties_before = 0;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t lo = tile * kTile, hi = std::min(n, lo + kTile);
+    const int64_t taken_before = above_before + std::min(need, ties_before);
+    int64_t tie_base = ties_before, pos = taken_before;
+    std::vector<int64_t> tie_bases(kTileThreads);
+    for (int th = 0; th < kTileThreads; ++th) {  // exclusive scan of the threads' ties
+      int64_t i0, i1;
+      chunk_bounds(lo, hi, th, i0, i1);
+      tie_bases[th] = tie_base;
+      tie_base += chunk_ties(bits, i0, i1, t);
+    }
+    for (int th = 0; th < kTileThreads; ++th) {  // exclusive scan of the taken counts, then writes
+      int64_t i0, i1;
+      chunk_bounds(lo, hi, th, i0, i1);
+      const int taken = chunk_taken(bits, i0, i1, t, need, tie_bases[th]);
+      chunk_write(bits, i0, i1, t, need, tie_bases[th], out.data_ptr<int32_t>(), pos);
+      pos += taken;
+    }
+    above_before += above[tile];
+    ties_before += ties[tile];
+  }
+  return out;
+}
+
+// Inputs for the Top-K kernels: gradient-like values with and without ties, all zeros (every
+// key tied), and special values (NaN of both signs, infinities, zeros of both signs).
+std::vector<std::pair<std::string, at::Tensor>> topk_kernel_inputs() {
+  std::vector<std::pair<std::string, at::Tensor>> v;
+  for (int64_t n : {2, 100, 4096, 4097, 100003, 3000000})
+    for (bool ties : {false, true}) v.push_back({std::to_string(n) + (ties ? " ties" : ""), test_vector(n, n + ties, ties)});
+  v.push_back({"zeros", at::zeros({10000})});
+  at::Tensor special = test_vector(20000, 3, true);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t i : {5, 900, 15000}) special[i] = nan;
+  special[901] = -nan;
+  special[17] = inf;
+  special[18000] = -inf;
+  special[19999] = -0.0f;
+  v.push_back({"special", special});
+  return v;
+}
+
+std::vector<int64_t> topk_kernel_ks(int64_t n) {
+  std::vector<int64_t> ks = {1, std::max<int64_t>(1, n / 100), n / 2, n - 1, 7};
+  ks.erase(std::remove_if(ks.begin(), ks.end(), [n](int64_t k) { return k < 1 || k >= n; }), ks.end());
+  return ks;
+}
+
+TEST(DevicePath, CudaTopkReplayGivesTheCpuSelection) {
+  for (const auto& [name, x] : topk_kernel_inputs())
+    for (int64_t k : topk_kernel_ks(x.numel()))
+      ASSERT_TRUE(bitwise_equal(emulate_cuda_topk(x, k), topk_abs_indices(x, k))) << name << " k " << k;
+}
+
 // ---------------------------------------------------------------------------------------------
 // CUDA.
 
@@ -364,7 +445,7 @@ TEST(Cuda, EveryCodecOnCudaMatchesTheCpuBitForBit) {
 
 TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
   SKIP_WITHOUT_CUDA();
-  if (!quantized_cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
+  if (!cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
   for (bool kernels : {true, false}) {  // the kernels, then the tensor-op path they replace
     if (!kernels) setenv("CONDENSE_CUDA_KERNELS", "0", 1);
     for_each_kernel_format([&](const QuantizedFormat& f, const at::Tensor& v) {
@@ -383,6 +464,28 @@ TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
       quantized_decode_add(f, gathered.narrow(0, 3, f.payload_bytes()), y, true);
       ASSERT_TRUE(bitwise_equal(y, x)) << what;
     });
+    unsetenv("CONDENSE_CUDA_KERNELS");
+  }
+}
+
+TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
+  SKIP_WITHOUT_CUDA();
+  if (!cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
+  for (bool kernels : {true, false}) {  // the kernels, then the tensor-op path they replace
+    if (!kernels) setenv("CONDENSE_CUDA_KERNELS", "0", 1);
+    for (const auto& [name, x] : topk_kernel_inputs()) {
+      at::Tensor gx = x.to(kCuda);
+      for (int64_t k : topk_kernel_ks(x.numel()))
+        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(gx, k), topk_abs_indices(x, k)))
+            << (kernels ? "kernels " : "tensor ops ") << name << " k " << k;
+      // A slice at an odd offset (per-tensor Top-K selects from views of the bucket).
+      if (x.numel() > 10) {
+        at::Tensor part = gx.narrow(0, 3, x.numel() - 3);
+        const int64_t k = (x.numel() - 3) / 10 + 1;
+        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(part, k), topk_abs_indices(x.narrow(0, 3, x.numel() - 3), k)))
+            << name << " slice";
+      }
+    }
     unsetenv("CONDENSE_CUDA_KERNELS");
   }
 }
