@@ -256,7 +256,6 @@ static bool use_cuda_kernels(const QuantizedFormat& f, const at::Tensor& t) {
          f.blocks <= std::numeric_limits<int32_t>::max() && cuda_kernels_enabled();
 }
 
-
 void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed,
                       at::Tensor& payload, bool tensor_ops) {
   check_io(f, v, payload, "quantized_encode");
@@ -265,10 +264,10 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
   // The kernel stores the scales as floats: the payload must start 4-byte aligned (at::empty's do).
   if (use_cuda_kernels(f, v) && reinterpret_cast<uintptr_t>(payload.data_ptr()) % 4 == 0) {
     c10::cuda::CUDAGuard guard(v.device());
-    return check_cuda_launch(quantized::cuda_encode(v.data_ptr<float>(), f.numel, f.block, f.levels, f.bits, seed,
-                                               payload.data_ptr<uint8_t>(),
-                                               at::cuda::getCurrentCUDAStream(v.device().index()).stream()),
-                        "quantized_encode");
+    void* stream = at::cuda::getCurrentCUDAStream(v.device().index()).stream();
+    return check_cuda_launch(quantized::cuda_encode(v.data_ptr<float>(), f.numel, f.block, f.levels, f.bits,
+                                                    seed, payload.data_ptr<uint8_t>(), stream),
+                             "quantized_encode");
   }
 #endif
   if (tensor_ops) return encode_tensor_ops(f, v, seed, payload);
@@ -283,10 +282,10 @@ void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, a
 #if CONDENSE_WITH_CUDA_KERNELS
   if (use_cuda_kernels(f, out)) {
     c10::cuda::CUDAGuard guard(out.device());
-    return check_cuda_launch(quantized::cuda_decode_add(payload.data_ptr<uint8_t>(), f.numel, f.block, f.levels, f.bits,
-                                                   out.data_ptr<float>(),
-                                                   at::cuda::getCurrentCUDAStream(out.device().index()).stream()),
-                        "quantized_decode_add");
+    void* stream = at::cuda::getCurrentCUDAStream(out.device().index()).stream();
+    return check_cuda_launch(quantized::cuda_decode_add(payload.data_ptr<uint8_t>(), f.numel, f.block, f.levels,
+                                                        f.bits, out.data_ptr<float>(), stream),
+                             "quantized_decode_add");
   }
 #endif
   if (tensor_ops) return decode_add_tensor_ops(f, payload, out);

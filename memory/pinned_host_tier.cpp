@@ -36,9 +36,11 @@ class HostTensor final : public OffloadedTensor {
     stored_.record(side_);
   }
   ~HostTensor() override {
-    stored_.synchronize();  // the host slot is reused only after the copies have finished
-    loaded_event_.synchronize();
-    tier_->retire();
+    // The host slot may be rewritten only after this tensor's copies have finished; both ran on
+    // side_, so the later event covers them. The tier waits for it when it next reuses the pool
+    // (the next step's first store, long after): waiting here would stall backward's thread
+    // once per offloaded tensor.
+    tier_->retire(loaded_ ? std::move(loaded_event_) : std::move(stored_));
   }
 
   // The elements of a non-overlapping dense tensor in memory order.
@@ -94,6 +96,10 @@ std::shared_ptr<OffloadedTensor> PinnedHostTier::store(const at::Tensor& t) {
 
 at::Tensor PinnedHostTier::slot(int64_t bytes) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (live_ == 0) {  // a rewound pool: the last step's copies from and to it must be done
+    for (auto& e : pending_) e.synchronize();
+    pending_.clear();
+  }
   ++live_;
   int64_t aligned = (bytes + 511) / 512 * 512;
   if (!pool_.defined() && high_water_ > 0) {
@@ -111,8 +117,9 @@ at::Tensor PinnedHostTier::slot(int64_t bytes) {
   return at::empty({bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
 }
 
-void PinnedHostTier::retire() {
+void PinnedHostTier::retire(at::cuda::CUDAEvent last_copy) {
   std::lock_guard<std::mutex> lock(mutex_);
+  pending_.push_back(std::move(last_copy));
   if (--live_ > 0) return;
   end_ = 0;
   if (pool_.defined() && pool_.numel() < high_water_) pool_ = at::Tensor();  // regrow next step
