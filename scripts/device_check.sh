@@ -138,7 +138,7 @@ print("\n## codecs (64M floats)\n")
 for r in jlines("codecs.log") + jlines("codecs_tensor.log"): print("    " + json.dumps(r))
 print("\n## memory policies\n")
 mem = out / "memory.log"
-if mem.exists(): print(mem.read_text()[-3000:])
+if mem.exists(): print(mem.read_text()[-4500:])
 # Training throughput and MFU: 6N + 12 L d T FLOPs per token (N = matmul parameters, the tied
 # lm head included, the embedding lookup not).
 L, d, ff, V, kv = 30, 576, 1536, 4096, 192
