@@ -44,7 +44,7 @@ if(NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND CUDART_LIBRARY AND TARGET torch_cuda)
 endif()
 option(CONDENSE_WITH_NCCL "Build the NCCL communicator" ${_nccl_default})
 
-# CUDA kernels of condense's own (comm/quantized_cuda_kernels.cu): on when nvcc is there (the
+# CUDA kernels of condense's own (comm/*_cuda_kernels.cu): on when nvcc is there (the
 # torch wheel's CMake config enables CUDA when it finds the toolkit) and LibTorch is a CUDA
 # build. Without them CUDA tensors take the tensor-op paths. They run only where a GPU is.
 set(_cuda_kernels_default OFF)
