@@ -6,6 +6,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace condense {
@@ -24,16 +26,23 @@ class HostTensor final : public OffloadedTensor {
     c10::cuda::CUDAStream compute = c10::cuda::getCurrentCUDAStream(t.device().index());
     int64_t bytes = numel_ * static_cast<int64_t>(t.element_size());
     host_ = tier_->slot(bytes).view(t.scalar_type());
-    at::cuda::CUDAEvent ready;
-    ready.record(compute);
-    ready.block(side_);
-    {
-      c10::cuda::CUDAStreamGuard sg(side_);
-      host_.copy_(dense_view(t), /*non_blocking=*/true);
+    try {
+      at::cuda::CUDAEvent ready;
+      ready.record(compute);
+      ready.block(side_);
+      {
+        c10::cuda::CUDAStreamGuard sg(side_);
+        host_.copy_(dense_view(t), /*non_blocking=*/true);
+      }
+      // The caching allocator must not hand t's memory out before the side stream is done.
+      c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), side_);
+      stored_.record(side_);
+    } catch (...) {  // no destructor will run: give the slot back (after whatever was queued)
+      at::cuda::CUDAEvent queued;
+      queued.record(side_);
+      tier_->retire(std::move(queued));
+      throw;
     }
-    // The caching allocator must not hand t's memory out before the side stream is done.
-    c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), side_);
-    stored_.record(side_);
   }
   ~HostTensor() override {
     // The host slot may be rewritten only after this tensor's copies have finished; both ran on
@@ -119,6 +128,13 @@ at::Tensor PinnedHostTier::slot(int64_t bytes) {
 
 void PinnedHostTier::retire(at::cuda::CUDAEvent last_copy) {
   std::lock_guard<std::mutex> lock(mutex_);
+  // Bounded when the pool never rewinds (an offloaded tensor kept across steps): completed
+  // events are dropped whenever the list doubles.
+  if (pending_.size() >= prune_at_) {
+    pending_.erase(std::remove_if(pending_.begin(), pending_.end(), [](auto& e) { return e.query(); }),
+                   pending_.end());
+    prune_at_ = std::max<size_t>(1024, 2 * pending_.size());
+  }
   pending_.push_back(std::move(last_copy));
   if (--live_ > 0) return;
   end_ = 0;

@@ -4,7 +4,8 @@
 // the side stream and records its own event; the device tensor is released once that event
 // has completed. prefetch() allocates the device tensor on the side stream and copies back;
 // get() makes the current stream wait for that copy and marks the tensor as used by it. No
-// call blocks the host thread during a step.
+// call blocks the host thread during a step (unless every offloaded tensor is released before
+// the step ends: the next store then waits for the copies of the pool's last use).
 //
 // The pool is one pinned buffer, bump-allocated and rewound when no offloaded tensor is alive
 // (once per step); when a step needs more, the next rewind reallocates it at the high-water
@@ -41,6 +42,7 @@ class PinnedHostTier final : public OffloadTier,
   int64_t end_ = 0, high_water_ = 0;  // bump pointer; most bytes one step needed
   int64_t live_ = 0;
   std::vector<at::cuda::CUDAEvent> pending_;  // last copies of released slots since the rewind
+  size_t prune_at_ = 1024;                     // pending_ size at which completed events go
 };
 
 }  // namespace condense

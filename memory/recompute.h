@@ -17,7 +17,8 @@
 // unpack at the rerun; memory/offload.h's OffloadHooks moves it off the device, which is
 // checkpoint offload: under full recomputation the layer inputs are all a step keeps), else as
 // a detached tensor. They must be lossless: the rerun has to see the forward's input. Either
-// way the input is released once the rerun has run.
+// way the input is released once the rerun has run. Nothing may modify x in place after the
+// block (an offload copy may still be reading it, and the rerun must see the original).
 //
 // Contract: fn must be deterministic given x, its captures and the RNG state, and capture by
 // value whatever it needs (it runs again during backward). x must be a single tensor.

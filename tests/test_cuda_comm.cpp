@@ -406,6 +406,32 @@ std::vector<int64_t> topk_kernel_ks(int64_t n) {
   return ks;
 }
 
+TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
+  // An infinite element makes its block's scale infinite and its own a = inf / inf * s NaN: the
+  // code is s (level 0), and the block's finite elements round to level 0 too. The same bytes on
+  // every path (before, the loops converted NaN to an integer: undefined behaviour).
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t levels : {1, 7, 127}) {
+    QuantizedFormat f(1000, levels, 100);
+    at::Tensor v = test_vector(1000, 9, false);
+    v[150] = inf;
+    v[420] = -inf;
+    v[777] = nan;
+    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
+    at::Tensor replay = at::full_like(loops, 0xA5);
+    quantized_encode(f, v, 5, loops, false);
+    quantized_encode(f, v, 5, ops, true);
+    emulate_cuda_encode(f, v.data_ptr<float>(), 5, replay.data_ptr<uint8_t>());
+    ASSERT_TRUE(bitwise_equal(ops, loops)) << levels;
+    ASSERT_TRUE(bitwise_equal(replay, loops)) << levels;
+    const uint8_t* codes = loops.data_ptr<uint8_t>() + 4 * f.blocks;
+    const uint32_t mask = (1u << f.bits) - 1;
+    auto code = [&](int64_t i) { return (codes[i / f.per_byte()] >> ((i % f.per_byte()) * f.bits)) & mask; };
+    for (int64_t i : {int64_t{150}, int64_t{160}, int64_t{420}, int64_t{777}})
+      EXPECT_EQ(code(i), static_cast<uint32_t>(levels)) << "levels " << levels << " element " << i;
+  }
+}
+
 TEST(DevicePath, CudaTopkReplayGivesTheCpuSelection) {
   for (const auto& [name, x] : topk_kernel_inputs())
     for (int64_t k : topk_kernel_ks(x.numel()))
