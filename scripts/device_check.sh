@@ -24,6 +24,7 @@
 # and writes $OUT/device_check.md: one table of every measured number, with tokens/s ratios and
 # MFU (model FLOPs per token 6N + 12 L d T, PaLM's convention, over the measured matmul rate).
 # A failing step is recorded and the rest still run; the exit status is that of the tests.
+# SANITIZE=1 adds compute-sanitizer (memcheck, racecheck) runs of the CUDA kernels' tests.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device_out}
@@ -82,6 +83,15 @@ EOF
 tests_rc=0
 step test_cuda_memory 240 "$BIN/test_cuda_memory" --gtest_output=json:"$OUT/test_cuda_memory.json" || tests_rc=1
 step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cuda_comm.json" || tests_rc=1
+# Opt-in (SANITIZE=1, minutes more): condense's CUDA kernels under compute-sanitizer's memcheck
+# and racecheck, through their tests.
+if [[ ${SANITIZE:-0} == 1 ]]; then
+  CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  for tool in memcheck racecheck; do
+    step "sanitize_$tool" 300 "$CS" --tool "$tool" --error-exitcode 1 "$BIN/test_cuda_comm" \
+      --gtest_filter='Cuda.*Kernels*' || tests_rc=1
+  done
+fi
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
 step codecs_tensor 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10 --path tensor
 # Smaller than the training batch: offload=host pins every saved activation in host memory.
