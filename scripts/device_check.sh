@@ -10,10 +10,11 @@
 # It runs, each under its own time limit, logging to $OUT/<step>.log:
 #   gpu        the GPU, driver, torch; measured bf16 matmul rate (8192^3) and HBM copy rate
 #   tests      the CUDA tests: test_cuda_memory (model vs CPU, recompute with the CUDA RNG,
-#              pinned-host offload, memory meter, bf16 autocast) and test_cuda_comm (codecs on
+#              pinned-host offload, memory meter, bf16 autocast), test_cuda_comm (codecs on
 #              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync)
+#              and test_cuda_kernels (condense's CUDA kernels vs the CPU paths)
 #   codecs     codec throughput on 64M floats against the device-to-device copy rate: the
-#              path the codecs take (qsgd and sign through condense's CUDA kernels), then the
+#              path the codecs take (Top-K, qsgd and sign through condense's CUDA kernels), then the
 #              tensor-op path (codecs_tensor) for the comparison
 #   memory     memory_bench --cuda: memory policies at SmolLM2-135M's shape, offload overlap of
 #              every activation and of the layer inputs under full recomputation (fastest of 4)
@@ -83,13 +84,14 @@ EOF
 tests_rc=0
 step test_cuda_memory 240 "$BIN/test_cuda_memory" --gtest_output=json:"$OUT/test_cuda_memory.json" || tests_rc=1
 step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cuda_comm.json" || tests_rc=1
+step test_cuda_kernels 240 "$BIN/test_cuda_kernels" --gtest_output=json:"$OUT/test_cuda_kernels.json" || tests_rc=1
 # Opt-in (SANITIZE=1, minutes more): condense's CUDA kernels under compute-sanitizer's memcheck
 # and racecheck, through their tests.
 if [[ ${SANITIZE:-0} == 1 ]]; then
   CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
   for tool in memcheck racecheck; do
-    step "sanitize_$tool" 300 "$CS" --tool "$tool" --error-exitcode 1 "$BIN/test_cuda_comm" \
-      --gtest_filter='Cuda.*Kernels*' || tests_rc=1
+    step "sanitize_$tool" 300 "$CS" --tool "$tool" --error-exitcode 1 "$BIN/test_cuda_kernels" \
+      --gtest_filter='Cuda.*' || tests_rc=1
   done
 fi
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
@@ -132,7 +134,7 @@ for line in (out / "steps.tsv").read_text().splitlines():
 gpu = (jlines("gpu.log") or [{}])[-1]
 print(f"\nGPU: {gpu.get('gpu')} torch {gpu.get('torch')}; bf16 matmul {gpu.get('bf16_matmul_tflops', 0):.0f} TFLOP/s, "
       f"copy {gpu.get('copy_gbps', 0):.0f} GB/s (read + write)\n")
-for t in ["test_cuda_memory", "test_cuda_comm"]:
+for t in ["test_cuda_memory", "test_cuda_comm", "test_cuda_kernels"]:
     p = out / f"{t}.json"
     if p.exists():
         r = json.loads(p.read_text())

@@ -17,13 +17,10 @@
 
 #include "comm/codec.h"
 #include "comm/codec_kernels.h"
-#include "comm/cuda_kernels_switch.h"
 #include "comm/communicator.h"
 #include "comm/error_control.h"
 #include "comm/grad_sync.h"
 #include "comm/nccl_communicator.h"
-#include "comm/quantized_element.h"
-#include "comm/topk_radix.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
 #include "tests/test_support.h"
@@ -32,22 +29,9 @@ namespace condense {
 namespace {
 
 Communicator& self() { return test::self_communicator(); }
-
-// Same dtype, shape and bytes (so -0 differs from +0, and NaN payloads count).
-::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor x = a.cpu().contiguous(), y = b.cpu().contiguous();
-  if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes())
-    return ::testing::AssertionFailure() << "dtype/shape " << x.scalar_type() << x.sizes() << " vs "
-                                         << y.scalar_type() << y.sizes();
-  // (Empty tensors may have no storage: memcmp must not see their null pointers; UBSan.)
-  if (x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0)
-    return ::testing::AssertionSuccess();
-  auto f = ::testing::AssertionFailure() << "contents differ";
-  if (x.is_floating_point())
-    f << ": " << x.ne(y).sum().item<int64_t>() << " of " << x.numel() << " elements, max |diff| "
-      << (x.to(at::kDouble) - y.to(at::kDouble)).abs().nan_to_num(0).max().item<double>();
-  return f;
-}
+using test::bitwise_equal;
+using test::kCuda;
+using test::test_vector;
 
 // |a - b| <= tol * max(1, max |b|), elementwise.
 ::testing::AssertionResult close(const at::Tensor& a, const at::Tensor& b, double tol) {
@@ -56,24 +40,6 @@ Communicator& self() { return test::self_communicator(); }
   const double diff = (x - y).abs().max().item<double>();
   if (diff <= tol * scale) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "max |diff| " << diff << " > " << tol << " * " << scale;
-}
-
-at::Tensor randn(int64_t n, uint64_t seed) {
-  return at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(seed), at::kFloat);
-}
-
-// Gradient-like values; with `ties`, rounded to quarters so that many magnitudes are equal
-// (including at the Top-K threshold), with a few zeros of both signs.
-at::Tensor test_vector(int64_t n, uint64_t seed, bool ties) {
-  at::Tensor v = randn(n, seed);
-  if (ties) {
-    v = v.mul(4).round().div(4);
-    if (n > 10) {
-      v[3] = -0.0f;
-      v[7] = 0.0f;
-    }
-  }
-  return v;
 }
 
 BucketLayout flat_layout(int64_t numel, at::Device device = at::kCPU) {
@@ -260,191 +226,8 @@ TEST(DevicePath, ErrorControlMatchesTheCpuPathBitForBit) {
   }
 }
 
-// The CUDA kernels' work (comm/quantized_cuda_kernels.cu) replayed on the CPU: one "thread
-// block" per codec block, kCudaThreads strided partial sums combined pairwise in the kernel's
-// order, then groups of 8 elements per thread, through the same quantized_element.h functions
-// the kernels call. What stays unchecked without a GPU is only the launch itself.
-void emulate_cuda_encode(const QuantizedFormat& f, const float* v, uint64_t seed, uint8_t* payload) {
-  using namespace quantized;
-  for (int64_t b = 0; b < f.blocks; ++b) {
-    const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
-    double partial[kCudaThreads];
-    for (int t = 0; t < kCudaThreads; ++t) partial[t] = partial_sum(v, lo, hi, t, f.levels);
-    for (int w = kCudaThreads / 2; w > 0; w /= 2)
-      for (int t = 0; t < w; ++t) partial[t] += partial[t + w];
-    const float scale = block_scale(partial[0], f.levels, hi - lo);
-    std::memcpy(payload + 4 * b, &scale, 4);
-    for (int t = 0; t < kCudaThreads; ++t)
-      for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-        encode_group(v, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, seed, payload + 4 * f.blocks);
-  }
-}
-
-void emulate_cuda_decode_add(const QuantizedFormat& f, const uint8_t* payload, float* out) {
-  using namespace quantized;
-  for (int64_t b = 0; b < f.blocks; ++b) {
-    const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
-    float scale;
-    std::memcpy(&scale, payload + 4 * b, 4);
-    for (int t = 0; t < kCudaThreads; ++t)
-      for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-        decode_add_group(payload + 4 * f.blocks, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, out);
-  }
-}
-
-// The formats the kernel tests sweep: every code width, short last blocks, blocks shorter than a
-// group's reach per thread (12) and longer (1000: threads loop twice), and an all-zero block.
-template <typename F>
-void for_each_kernel_format(const F& check) {
-  for (int64_t levels : {0, 1, 3, 7, 127}) {
-    for (int64_t block : {12, 64, 512, 1000}) {
-      for (int64_t numel : {1, 9, 1000, 4097, 100003}) {
-        QuantizedFormat f(numel, levels, block);
-        if (!quantized::groups_fit(f.block, f.bits)) continue;  // sign with block 12: tensor ops
-        at::Tensor v = test_vector(numel, 5 + numel + block, true).mul_(3);
-        v.narrow(0, 0, std::min<int64_t>(numel, block)).zero_();
-        if (numel > 100) v[70] = -0.0f;
-        check(f, v);
-      }
-    }
-  }
-}
-
-TEST(DevicePath, CudaKernelReplayGivesTheLoopsBytes) {
-  int checked = 0;
-  for_each_kernel_format([&](const QuantizedFormat& f, const at::Tensor& v) {
-    const std::string what = "levels " + std::to_string(f.levels) + " block " + std::to_string(f.block) +
-                             " numel " + std::to_string(f.numel);
-    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
-    // Garbage first: the replay must write every byte of the payload.
-    at::Tensor replay = at::full({f.payload_bytes()}, 0xA5, at::kByte);
-    quantized_encode(f, v, 1234, loops, false);
-    emulate_cuda_encode(f, v.data_ptr<float>(), 1234, replay.data_ptr<uint8_t>());
-    ASSERT_TRUE(bitwise_equal(replay, loops)) << what;
-    // Decoding at an odd offset inside a larger buffer (as a slice of a gathered buffer is).
-    at::Tensor gathered = at::zeros({f.payload_bytes() + 3}, at::kByte);
-    gathered.narrow(0, 3, f.payload_bytes()).copy_(loops);
-    at::Tensor x = test_vector(f.numel, 77, false), y = x.clone();
-    quantized_decode_add(f, loops, x, false);
-    emulate_cuda_decode_add(f, gathered.data_ptr<uint8_t>() + 3, y.data_ptr<float>());
-    ASSERT_TRUE(bitwise_equal(y, x)) << what;
-    ++checked;
-  });
-  EXPECT_EQ(checked, 5 * 4 * 5 - 5);  // all but sign with block 12
-}
-
-// The CUDA Top-K kernels' steps (comm/topk_radix.h) replayed on the CPU in the kernels' order:
-// three histogram passes and digit selections, per-tile counts and their prefix sums, then per
-// tile the threads' chunks with exclusive scans of their ties and their taken counts.
-at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
-  using namespace topk_radix;
-  const int64_t n = x.numel();
-  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
-  Selection s{0u, static_cast<int32_t>(k)};
-  for (int pass = 0; pass < kPasses; ++pass) {
-    std::vector<int32_t> hist(kMaxBins, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t key = key_of(bits[i]);
-      if (in_prefix(key, pass, s.prefix)) ++hist[digit_of(key, pass)];
-    }
-    select_digit(hist.data(), pass, s);
-  }
-  const uint32_t t = s.prefix;
-  const int64_t need = s.remaining, tiles = (n + kTile - 1) / kTile;
-  std::vector<int64_t> above(tiles), ties(tiles);
-  for (int64_t i = 0; i < n; ++i) {
-    above[i / kTile] += key_of(bits[i]) > t;
-    ties[i / kTile] += key_of(bits[i]) == t;
-  }
-  at::Tensor out = at::full({k}, -1, at::kInt);
-  int64_t above_before = 0, ties_before = 0;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t lo = tile * kTile, hi = std::min(n, lo + kTile);
-    const int64_t taken_before = above_before + std::min(need, ties_before);
-    int64_t tie_base = ties_before, pos = taken_before;
-    std::vector<int64_t> tie_bases(kTileThreads);
-    for (int th = 0; th < kTileThreads; ++th) {  // exclusive scan of the threads' ties
-      int64_t i0, i1;
-      chunk_bounds(lo, hi, th, i0, i1);
-      tie_bases[th] = tie_base;
-      tie_base += chunk_ties(bits, i0, i1, t);
-    }
-    for (int th = 0; th < kTileThreads; ++th) {  // exclusive scan of the taken counts, then writes
-      int64_t i0, i1;
-      chunk_bounds(lo, hi, th, i0, i1);
-      const int taken = chunk_taken(bits, i0, i1, t, need, tie_bases[th]);
-      chunk_write(bits, i0, i1, t, need, tie_bases[th], out.data_ptr<int32_t>(), pos);
-      pos += taken;
-    }
-    above_before += above[tile];
-    ties_before += ties[tile];
-  }
-  return out;
-}
-
-// Inputs for the Top-K kernels: gradient-like values with and without ties, all zeros (every
-// key tied), and special values (NaN of both signs, infinities, zeros of both signs).
-std::vector<std::pair<std::string, at::Tensor>> topk_kernel_inputs() {
-  std::vector<std::pair<std::string, at::Tensor>> v;
-  for (int64_t n : {2, 100, 4096, 4097, 100003, 3000000})
-    for (bool ties : {false, true}) v.push_back({std::to_string(n) + (ties ? " ties" : ""), test_vector(n, n + ties, ties)});
-  v.push_back({"zeros", at::zeros({10000})});
-  at::Tensor special = test_vector(20000, 3, true);
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  for (int64_t i : {5, 900, 15000}) special[i] = nan;
-  special[901] = -nan;
-  special[17] = inf;
-  special[18000] = -inf;
-  special[19999] = -0.0f;
-  v.push_back({"special", special});
-  return v;
-}
-
-std::vector<int64_t> topk_kernel_ks(int64_t n) {
-  std::vector<int64_t> ks = {1, std::max<int64_t>(1, n / 100), n / 2, n - 1, 7};
-  ks.erase(std::remove_if(ks.begin(), ks.end(), [n](int64_t k) { return k < 1 || k >= n; }), ks.end());
-  return ks;
-}
-
-TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
-  // An infinite element makes its block's scale infinite and its own a = inf / inf * s NaN: the
-  // code is s (level 0), and the block's finite elements round to level 0 too. The same bytes on
-  // every path (before, the loops converted NaN to an integer: undefined behaviour).
-  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  for (int64_t levels : {1, 7, 127}) {
-    QuantizedFormat f(1000, levels, 100);
-    at::Tensor v = test_vector(1000, 9, false);
-    v[150] = inf;
-    v[420] = -inf;
-    v[777] = nan;
-    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
-    at::Tensor replay = at::full_like(loops, 0xA5);
-    quantized_encode(f, v, 5, loops, false);
-    quantized_encode(f, v, 5, ops, true);
-    emulate_cuda_encode(f, v.data_ptr<float>(), 5, replay.data_ptr<uint8_t>());
-    ASSERT_TRUE(bitwise_equal(ops, loops)) << levels;
-    ASSERT_TRUE(bitwise_equal(replay, loops)) << levels;
-    const uint8_t* codes = loops.data_ptr<uint8_t>() + 4 * f.blocks;
-    const uint32_t mask = (1u << f.bits) - 1;
-    auto code = [&](int64_t i) { return (codes[i / f.per_byte()] >> ((i % f.per_byte()) * f.bits)) & mask; };
-    for (int64_t i : {int64_t{150}, int64_t{160}, int64_t{420}, int64_t{777}})
-      EXPECT_EQ(code(i), static_cast<uint32_t>(levels)) << "levels " << levels << " element " << i;
-  }
-}
-
-TEST(DevicePath, CudaTopkReplayGivesTheCpuSelection) {
-  for (const auto& [name, x] : topk_kernel_inputs())
-    for (int64_t k : topk_kernel_ks(x.numel()))
-      ASSERT_TRUE(bitwise_equal(emulate_cuda_topk(x, k), topk_abs_indices(x, k))) << name << " k " << k;
-}
-
 // ---------------------------------------------------------------------------------------------
 // CUDA.
-
-#define SKIP_WITHOUT_CUDA() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
-
-const at::Device kCuda(at::kCUDA, 0);
 
 TEST(Cuda, EveryCodecOnCudaMatchesTheCpuBitForBit) {
   SKIP_WITHOUT_CUDA();
@@ -467,53 +250,6 @@ TEST(Cuda, EveryCodecOnCudaMatchesTheCpuBitForBit) {
   at::Tensor x = test_vector(3000000, 33, true);
   for (int64_t k : {int64_t{1}, int64_t{30000}, int64_t{1500000}})
     EXPECT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(x.to(kCuda), k), topk_abs_indices(x, k))) << k;
-}
-
-TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
-  SKIP_WITHOUT_CUDA();
-  if (!cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
-  for (bool kernels : {true, false}) {  // the kernels, then the tensor-op path they replace
-    if (!kernels) setenv("CONDENSE_CUDA_KERNELS", "0", 1);
-    for_each_kernel_format([&](const QuantizedFormat& f, const at::Tensor& v) {
-      const std::string what = std::string(kernels ? "kernels" : "tensor ops") + " levels " +
-                               std::to_string(f.levels) + " block " + std::to_string(f.block) + " numel " +
-                               std::to_string(f.numel);
-      at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
-      quantized_encode(f, v, 1234, loops, false);
-      at::Tensor gpu = at::full({f.payload_bytes()}, 0xA5, at::TensorOptions(kCuda).dtype(at::kByte));
-      quantized_encode(f, v.to(kCuda), 1234, gpu, true);
-      ASSERT_TRUE(bitwise_equal(gpu, loops)) << what;
-      at::Tensor gathered = at::zeros({f.payload_bytes() + 3}, gpu.options());
-      gathered.narrow(0, 3, f.payload_bytes()).copy_(gpu);
-      at::Tensor x = test_vector(f.numel, 77, false), y = x.to(kCuda);
-      quantized_decode_add(f, loops, x, false);
-      quantized_decode_add(f, gathered.narrow(0, 3, f.payload_bytes()), y, true);
-      ASSERT_TRUE(bitwise_equal(y, x)) << what;
-    });
-    unsetenv("CONDENSE_CUDA_KERNELS");
-  }
-}
-
-TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
-  SKIP_WITHOUT_CUDA();
-  if (!cuda_kernels_built()) GTEST_SKIP() << "built without nvcc: no CUDA kernels to test";
-  for (bool kernels : {true, false}) {  // the kernels, then the tensor-op path they replace
-    if (!kernels) setenv("CONDENSE_CUDA_KERNELS", "0", 1);
-    for (const auto& [name, x] : topk_kernel_inputs()) {
-      at::Tensor gx = x.to(kCuda);
-      for (int64_t k : topk_kernel_ks(x.numel()))
-        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(gx, k), topk_abs_indices(x, k)))
-            << (kernels ? "kernels " : "tensor ops ") << name << " k " << k;
-      // A slice at an odd offset (per-tensor Top-K selects from views of the bucket).
-      if (x.numel() > 10) {
-        at::Tensor part = gx.narrow(0, 3, x.numel() - 3);
-        const int64_t k = (x.numel() - 3) / 10 + 1;
-        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(part, k), topk_abs_indices(x.narrow(0, 3, x.numel() - 3), k)))
-            << name << " slice";
-      }
-    }
-    unsetenv("CONDENSE_CUDA_KERNELS");
-  }
 }
 
 TEST(Cuda, PowerSgdOnCudaMatchesTheCpuClosely) {

@@ -25,9 +25,6 @@ namespace {
 using test::expect_bitwise;
 using test::rel_error;
 
-#define SKIP_WITHOUT_CUDA() \
-  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
-
 LlamaConfig small_config(double dropout) {
   LlamaConfig c;
   c.vocab_size = 256;

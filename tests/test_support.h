@@ -3,8 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/cuda.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -12,6 +15,10 @@
 #include "model/kv_cache.h"
 #include "model/llama.h"
 #include "model/llama_config.h"
+
+// Skips the calling test where no CUDA device is visible.
+#define SKIP_WITHOUT_CUDA() \
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device"
 
 namespace condense::test {
 
@@ -85,6 +92,45 @@ inline double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::
     den += y.pow(2).sum().item<double>();
   }
   return std::sqrt(num / den);
+}
+
+// The first CUDA device (tests that use it start with SKIP_WITHOUT_CUDA()).
+inline const at::Device kCuda(at::kCUDA, 0);
+
+// Same dtype, shape and bytes (so -0 differs from +0, and NaN payloads count).
+inline ::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor x = a.cpu().contiguous(), y = b.cpu().contiguous();
+  if (x.scalar_type() != y.scalar_type() || x.sizes() != y.sizes())
+    return ::testing::AssertionFailure() << "dtype/shape " << x.scalar_type() << x.sizes() << " vs "
+                                         << y.scalar_type() << y.sizes();
+  // (Empty tensors may have no storage: memcmp must not see their null pointers; UBSan.)
+  if (x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0)
+    return ::testing::AssertionSuccess();
+  auto f = ::testing::AssertionFailure() << "contents differ";
+  if (x.is_floating_point())
+    f << ": " << x.ne(y).sum().item<int64_t>() << " of " << x.numel() << " elements, max |diff| "
+      << (x.to(at::kDouble) - y.to(at::kDouble)).abs().nan_to_num(0).max().item<double>();
+  return f;
+}
+
+
+// n standard normal floats from a CPU generator seeded with `seed`.
+inline at::Tensor randn(int64_t n, uint64_t seed) {
+  return at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(seed), at::kFloat);
+}
+
+// Gradient-like values; with `ties`, rounded to quarters so that many magnitudes are equal
+// (including at the Top-K threshold), with a few zeros of both signs.
+inline at::Tensor test_vector(int64_t n, uint64_t seed, bool ties) {
+  at::Tensor v = randn(n, seed);
+  if (ties) {
+    v = v.mul(4).round().div(4);
+    if (n > 10) {
+      v[3] = -0.0f;
+      v[7] = 0.0f;
+    }
+  }
+  return v;
 }
 
 }  // namespace condense::test
