@@ -47,6 +47,7 @@ namespace {
 struct Row {
   std::string name;
   MemoryConfig cfg;
+  std::string without;  // offload rows: the row with the same policy minus the offload
 };
 
 double mib(int64_t b) { return b / 1048576.0; }
@@ -156,7 +157,7 @@ int cuda_main(int argc, char** argv) {
       {"baseline", cfg([](MemoryConfig&) {})},
       {"full", cfg([](MemoryConfig& m) { m.recompute = "full"; })},
       {"selective", cfg([](MemoryConfig& m) { m.recompute = "selective"; })},
-      {"offload=host", cfg([](MemoryConfig& m) { m.offload = "host"; })},
+      {"offload=host", cfg([](MemoryConfig& m) { m.offload = "host"; }), "baseline"},
       {"bf16", cfg([](MemoryConfig& m) { m.activations = "bf16"; })},
       {"int8", cfg([](MemoryConfig& m) { m.activations = "int8"; })},
       {"chunked_loss", cfg([](MemoryConfig& m) { m.loss = "chunked"; })},
@@ -165,7 +166,8 @@ int cuda_main(int argc, char** argv) {
          m.recompute = "full";
          m.loss = "chunked";
          m.offload = "host";
-       })},
+       }),
+       "full+chunked"},
   };
   std::ofstream csv(csv_path);
   csv << "batch,seq_len,policy,held_activation_mb,peak_activation_mb,step_s\n";
@@ -191,10 +193,9 @@ int cuda_main(int argc, char** argv) {
                 base.held_mb / m.held_mb, m.peak_mb, m.step_s, 100 * (m.step_s / base.step_s - 1));
     csv << b << "," << t << "," << rows[i].name << "," << m.held_mb << "," << m.peak_mb << ","
         << m.step_s << "\n";
-    const std::string suffix = "offload=host";
     const std::string& name = rows[i].name;
-    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
-      const std::string without = name == suffix ? "baseline" : name.substr(0, name.size() - suffix.size() - 1);
+    const std::string& without = rows[i].without;
+    if (!without.empty()) {
       const auto w = std::find_if(rows.begin(), rows.end(), [&](const Row& r) { return r.name == without; });
       const Result& ref = results[static_cast<size_t>(w - rows.begin())];
       int64_t moved = static_cast<int64_t>((ref.held_mb - m.held_mb) * 1048576.0);

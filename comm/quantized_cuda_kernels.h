@@ -1,7 +1,7 @@
 // CUDA kernels for the quantizing codecs (qsgd, sign): encode and decode-add, each one pass over
 // the vector, producing the same bytes and floats as the CPU loops (the arithmetic is
-// comm/quantized_element.h's). They replace the tensor-op path on CUDA, which took ~15 passes
-// for qsgd's encode (0.0087 of the copy rate on an H200, bench/RESULTS.md 2026-12-04).
+// comm/quantized_element.h's). They replace the tensor-op path on CUDA, dozens of elementwise
+// passes for qsgd's encode (0.0087 of the copy rate on an H200, bench/RESULTS.md 2026-12-04).
 //
 // Built only where nvcc is (CMake's CONDENSE_WITH_CUDA_KERNELS, which defines the macro of the
 // same name); this header is plain C++ so that the codec (.cpp) can call them without nvcc.

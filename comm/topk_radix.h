@@ -12,8 +12,9 @@
 //    and those equal to T; prefix sums over tiles give each tile's output position and the ties
 //    before it; a second pass has each thread take a chunk of kPerThread consecutive elements,
 //    and exclusive scans over the tile's threads place every taken index.
-// Five passes over x in all (three histograms, the count, the write), each coalesced, against
-// ten or more for the tensor ops.
+// Five passes over x in all (three histograms, the count, the write), against ten or more for
+// the tensor ops. The write pass's threads read 16 consecutive elements each (three times, the
+// second and third from cache), so its loads are less coalesced than the others'.
 #pragma once
 #include <cstdint>
 

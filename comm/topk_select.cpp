@@ -74,7 +74,6 @@ namespace {
 
 // The magnitude key (|x|'s bits, every NaN one above +inf), shared with the CUDA kernels.
 using topk_radix::kAbsMask;
-using topk_radix::kInfKey;
 using topk_radix::kNanKey;
 using topk_radix::key_of;
 constexpr int64_t kMinChunk = int64_t{1} << 16;  // entries per collection chunk (at least)
