@@ -1,8 +1,9 @@
 // CUDA kernels of Top-K selection; contract in comm/topk_cuda_kernels.h, the steps in
-// comm/topk_radix.h (shared with the CPU replay in tests/test_cuda_comm.cpp).
+// comm/topk_radix.h (shared with the CPU replay in tests/test_cuda_kernels.cpp).
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cub/block/block_radix_sort.cuh>
 
 #include "comm/topk_cuda_kernels.h"
 #include "comm/topk_radix.h"
@@ -11,10 +12,86 @@ namespace condense::topk_radix {
 namespace {
 
 constexpr int kHistThreads = 256;
+constexpr int kHistRegion = kPasses * kMaxBins;  // int32 per stage's histograms
 
-// Pass p's histogram: per block in shared memory, then added into the global one.
+// One selection's state on the device (zeroed before the first kernel).
+struct State {
+  uint32_t t;             // sampled path: the sample threshold
+  int32_t missed;         // sampled path: 1 when the candidates cannot give the answer
+  int64_t count;          // sampled path: the keys >= t (the collection adds them up)
+  Selection candidates;   // T and need among the candidates
+  Selection full;         // T and need over x
+  // Blocks finished, per kernel that ends in a one-block step (arrive_last): per stage, its
+  // three histograms and its tile count; then the collection.
+  uint32_t done[2 * (kPasses + 1) + 1];
+};
+
+// A gated kernel runs only when *flag == when (the sampled path launches both the candidates'
+// stage and the fallback over x; State::missed picks one). flag == nullptr: always runs.
+struct Gate {
+  const int32_t* flag = nullptr;
+  int32_t when = 0;
+  __device__ bool closed() const { return flag != nullptr && *flag != when; }
+};
+
+// One exact-path stage's inputs: `bits` are float bits or keys (key_of leaves keys unchanged),
+// n their number (host bound) and n_dev, when not null, the number actually there (the
+// sampled path's candidate count, which may exceed n: then the stage is gated off).
+struct Stage {
+  const uint32_t* bits;
+  int64_t n;
+  const int64_t* n_dev;
+  int64_t tiles;              // x's tiles
+  const int64_t* seg_base;    // the candidates' segments per x tile (tile_range), or null
+  const int32_t* seg_count;
+  const int32_t* map;  // output through it (candidate -> index in x), or null
+  Gate gate;
+  int32_t* hist;         // kHistRegion int32, zeroed
+  Selection* selection;  // T and need (written)
+  int32_t* counts;       // 2 x tiles
+  int64_t* inclusive;    // 2 x tiles
+};
+
+__device__ int64_t effective_n(int64_t n, const int64_t* n_dev) { return n_dev ? min(n, *n_dev) : n; }
+
+// Whether this block is the last of its grid to get here (every thread of every block calls it
+// once). The last block then sees every other block's global writes (each fenced before it
+// counted), read through L2 (__ldcg): a one-block step at the end of a kernel, without a launch
+// of its own (the "last block" pattern of CUDA's threadFenceReduction sample).
+__device__ bool arrive_last(uint32_t* done) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  return last;
+}
+
+// Exclusive prefix sum of one value per thread over a block of Threads threads (Hillis-Steele
+// in shared memory).
+template <int Threads, typename T>
+__device__ T block_exclusive_scan(T v, T* scratch) {
+  const int t = static_cast<int>(threadIdx.x);
+  scratch[t] = v;
+  __syncthreads();
+  for (int offset = 1; offset < Threads; offset *= 2) {
+    const T add = t >= offset ? scratch[t - offset] : T{0};
+    __syncthreads();
+    scratch[t] += add;
+    __syncthreads();
+  }
+  const T inclusive = scratch[t];
+  __syncthreads();  // scratch is reused by the next scan
+  return inclusive - v;
+}
+
+// Pass p's histogram: per block in shared memory, then added into the global one; the last
+// block picks the digit (select_digit) into *selection.
 __global__ void __launch_bounds__(kHistThreads)
-    histogram_kernel(const uint32_t* bits, int64_t n, int pass, const Selection* selection, int32_t* hist) {
+    histogram_kernel(const uint32_t* bits, int64_t n_host, const int64_t* n_dev, int pass, Selection* selection,
+                     int32_t* hist, int32_t k, uint32_t* done, Gate gate) {
+  if (gate.closed()) return;
+  const int64_t n = effective_n(n_host, n_dev);
   __shared__ int32_t local[kMaxBins];
   const int bins = 1 << digit_width(pass);
   for (int b = threadIdx.x; b < bins; b += kHistThreads) local[b] = 0;
@@ -28,20 +105,28 @@ __global__ void __launch_bounds__(kHistThreads)
   __syncthreads();
   for (int b = threadIdx.x; b < bins; b += kHistThreads)
     if (local[b]) atomicAdd(&hist[b], local[b]);
+  if (!arrive_last(done)) return;
+  for (int b = threadIdx.x; b < bins; b += kHistThreads) local[b] = __ldcg(&hist[b]);
+  __syncthreads();
+  if (threadIdx.x == 0) {  // 2048 additions at most
+    Selection s = pass == 0 ? Selection{0u, k} : *selection;
+    select_digit(local, pass, s);
+    *selection = s;
+  }
 }
 
-// One thread: 2048 additions at most, a few microseconds.
-__global__ void select_kernel(const int32_t* hist, int pass, Selection* selection, int32_t k) {
-  Selection s = pass == 0 ? Selection{0u, k} : *selection;
-  select_digit(hist, pass, s);
-  *selection = s;
-}
-
+// Per tile: the keys above T and those equal to T (counts' two rows); the last block writes
+// their inclusive prefix sums over the tiles (each thread sums a run of consecutive tiles, a
+// block scan gives the runs' offsets).
 __global__ void __launch_bounds__(kTileThreads)
-    tile_count_kernel(const uint32_t* bits, int64_t n, const Selection* selection, int32_t* counts, int64_t tiles) {
+    tile_count_kernel(const uint32_t* bits, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
+                      const Selection* selection, int32_t* counts, int64_t* inclusive, int64_t tiles, uint32_t* done,
+                      Gate gate) {
+  if (gate.closed()) return;
   const int64_t tile = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
-  const int64_t lo = tile * kTile, hi = min(n, lo + kTile);
+  int64_t lo, hi;
+  tile_range(tile, n, seg_base, seg_count, lo, hi);
   const uint32_t threshold = selection->prefix;
   int above = 0, ties = 0;
   for (int64_t i = lo + t; i < hi; i += kTileThreads) {  // strided: coalesced
@@ -64,30 +149,28 @@ __global__ void __launch_bounds__(kTileThreads)
     counts[tile] = sa[0];
     counts[tiles + tile] = se[0];
   }
-}
-
-// Exclusive prefix sum of one value per thread over the block (Hillis-Steele in shared memory).
-__device__ int block_exclusive_scan(int v, int* scratch) {
-  const int t = static_cast<int>(threadIdx.x);
-  scratch[t] = v;
-  __syncthreads();
-  for (int offset = 1; offset < kTileThreads; offset *= 2) {
-    const int add = t >= offset ? scratch[t - offset] : 0;
-    __syncthreads();
-    scratch[t] += add;
-    __syncthreads();
+  if (!arrive_last(done)) return;
+  __shared__ int64_t scratch[kTileThreads];
+  const int64_t per = (tiles + kTileThreads - 1) / kTileThreads;
+  const int64_t a = min(tiles, per * t), b = min(tiles, a + per);
+  for (int row = 0; row < 2; ++row) {
+    const int32_t* c = counts + row * tiles;
+    int64_t sum = 0;
+    for (int64_t i = a; i < b; ++i) sum += __ldcg(&c[i]);
+    int64_t run = block_exclusive_scan<kTileThreads>(sum, scratch);
+    for (int64_t i = a; i < b; ++i) inclusive[row * tiles + i] = run += __ldcg(&c[i]);
   }
-  const int inclusive = scratch[t];
-  __syncthreads();  // scratch is reused by the next scan
-  return inclusive - v;
 }
 
 __global__ void __launch_bounds__(kTileThreads)
-    write_kernel(const uint32_t* bits, int64_t n, const Selection* selection, const int32_t* counts,
-                 const int64_t* inclusive, int64_t tiles, int32_t* out) {
+    write_kernel(const uint32_t* bits, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
+                 const Selection* selection, const int32_t* counts, const int64_t* inclusive, int64_t tiles,
+                 const int32_t* map, int32_t* out, Gate gate) {
+  if (gate.closed()) return;
   const int64_t tile = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
-  const int64_t lo = tile * kTile, hi = min(n, lo + kTile);
+  int64_t lo, hi;
+  tile_range(tile, n, seg_base, seg_count, lo, hi);
   const uint32_t threshold = selection->prefix;
   const int64_t need = selection->remaining;
   const int64_t ties_before = inclusive[tiles + tile] - counts[tiles + tile];
@@ -97,43 +180,186 @@ __global__ void __launch_bounds__(kTileThreads)
   int64_t i0, i1;
   chunk_bounds(lo, hi, t, i0, i1);
   __shared__ int scratch[kTileThreads];
-  const int64_t tie_base = ties_before + block_exclusive_scan(chunk_ties(bits, i0, i1, threshold), scratch);
+  const int64_t tie_base = ties_before + block_exclusive_scan<kTileThreads>(chunk_ties(bits, i0, i1, threshold), scratch);
   const int taken = chunk_taken(bits, i0, i1, threshold, need, tie_base);
-  const int64_t pos = taken_before + block_exclusive_scan(taken, scratch);
-  chunk_write(bits, i0, i1, threshold, need, tie_base, out, pos);
+  const int64_t pos = taken_before + block_exclusive_scan<kTileThreads>(taken, scratch);
+  chunk_write(bits, i0, i1, threshold, need, tie_base, map, out, pos);
+}
+
+// The sample's keys, sorted by one block; the key of rank plan.rank from the top is t.
+__global__ void __launch_bounds__(kSampleThreads) sample_kernel(const uint32_t* bits, SamplePlan plan, State* state) {
+  using Sort = cub::BlockRadixSort<uint32_t, kSampleThreads, kSampleItems>;
+  __shared__ typename Sort::TempStorage temp;
+  const int64_t m = plan.strata * kSampleRun;
+  uint32_t keys[kSampleItems];
+  for (int i = 0; i < kSampleItems; ++i) {
+    const int64_t s = static_cast<int64_t>(threadIdx.x) * kSampleItems + i;
+    keys[i] = s < m ? key_of(bits[sample_position(plan, s / kSampleRun, static_cast<int>(s % kSampleRun))]) : 0u;
+  }
+  // Sorted by bits [kSampleLowBits, 31) only (keys are below 2^31): the key at the rank has the
+  // right high bits, which are all sample_threshold keeps. Padding zeros sort first, below every
+  // rank <= m from the top.
+  Sort(temp).Sort(keys, kSampleLowBits, 31);  // blocked: thread j holds ranks [j items, (j + 1) items)
+  const int at = kSampleMax - plan.rank;
+  if (at / kSampleItems == static_cast<int>(threadIdx.x)) {
+    for (int i = 0; i < kSampleItems; ++i)  // constant indices: keys stay in registers
+      if (i == at % kSampleItems) state->t = sample_threshold(keys[i]);
+  }
+}
+
+// The collection: x tile `blockIdx.x`'s keys >= t, in index order, into a segment of the
+// candidate buffer reserved with one atomic add (positions past capacity are only counted);
+// the last block sets State::missed.
+// Loads are striped (round j: elements lo + 256 j + thread, coalesced); a round's elements are in
+// index order by (warp, lane), so the ballots of 16 rounds x 8 warps, scanned in (round, warp)
+// order, place every candidate.
+constexpr int kWarps = kTileThreads / 32;
+__global__ void __launch_bounds__(kTileThreads)
+    collect_kernel(const uint32_t* bits, int64_t n, int64_t k, State* state, int32_t* indices, uint32_t* keys,
+                   int64_t capacity, int64_t* seg_base, int32_t* seg_count) {
+  const int64_t tile = blockIdx.x, lo = tile * kTile;
+  const int t = static_cast<int>(threadIdx.x), warp = t / 32, lane = t % 32;
+  const uint32_t threshold = state->t;
+  uint32_t key[kPerThread], mask[kPerThread];
+  __shared__ int32_t offsets[kPerThread * kWarps];
+  __shared__ int64_t base;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int64_t i = lo + j * kTileThreads + t;
+    key[j] = i < n ? key_of(bits[i]) : 0u;
+    mask[j] = __ballot_sync(0xffffffffu, i < n && key[j] >= threshold);
+    if (lane == 0) offsets[j * kWarps + warp] = __popc(mask[j]);
+  }
+  __syncthreads();
+  if (warp == 0) {  // exclusive scan of the 128 counts: 4 consecutive per lane, then across lanes
+    constexpr int kPer = kPerThread * kWarps / 32;
+    int32_t c[kPer], sum = 0;
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) sum += c[q] = offsets[lane * kPer + q];
+    int32_t inclusive = sum;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int32_t other = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += other;
+    }
+    int32_t run = inclusive - sum;
+#pragma unroll
+    for (int q = 0; q < kPer; ++q) {
+      offsets[lane * kPer + q] = run;
+      run += c[q];
+    }
+    if (lane == 31) {
+      base = static_cast<int64_t>(atomicAdd(reinterpret_cast<unsigned long long*>(&state->count),
+                                            static_cast<unsigned long long>(inclusive)));
+      seg_count[tile] = inclusive;
+    }
+  }
+  __syncthreads();
+  if (t == 0) seg_base[tile] = base;
+  const uint32_t below = (1u << lane) - 1u;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    if (!(mask[j] >> lane & 1u)) continue;
+    const int64_t pos = base + offsets[j * kWarps + warp] + __popc(mask[j] & below);
+    if (pos < capacity) {
+      indices[pos] = static_cast<int32_t>(lo + j * kTileThreads + t);
+      keys[pos] = key[j];
+    }
+  }
+  if (arrive_last(&state->done[2 * (kPasses + 1)]) && t == 0) {
+    const auto count = static_cast<int64_t>(__ldcg(reinterpret_cast<const unsigned long long*>(&state->count)));
+    state->missed = sample_missed(count, k, capacity) ? 1 : 0;
+  }
 }
 
 int64_t tiles_of(int64_t n) { return (n + kTile - 1) / kTile; }
 
+// The exact path over one stage's keys: three histograms (each ending in its digit's
+// selection), the tile counts (ending in their prefix sums), the write. done: the stage's
+// kPasses + 1 block counters.
+void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStream_t s) {
+  const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(2048, (st.n + 16 * kHistThreads - 1) / (16 * kHistThreads)));
+  for (int pass = 0; pass < kPasses; ++pass)
+    histogram_kernel<<<static_cast<unsigned>(blocks), kHistThreads, 0, s>>>(
+        st.bits, st.n, st.n_dev, pass, st.selection, st.hist + pass * kMaxBins, static_cast<int32_t>(k), done + pass,
+        st.gate);
+  const auto tiles = static_cast<unsigned>(st.tiles);
+  tile_count_kernel<<<tiles, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
+                                                   st.inclusive, st.tiles, done + kPasses, st.gate);
+  write_kernel<<<tiles, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
+                                              st.inclusive, st.tiles, st.map, out, st.gate);
+}
+
+// Workspace layout, in bytes from its start (each piece aligned to 256).
+struct Layout {
+  SamplePlan plan;
+  size_t state = 0, hist = 0, counts = 0, inclusive = 0, cand_indices = 0, cand_keys = 0, seg_base = 0,
+         seg_count = 0, total = 0;
+};
+
+Layout layout_of(int64_t n, int64_t k, int64_t sampled_min_n) {
+  Layout l;
+  l.plan = plan_sample(n, k, sampled_min_n);
+  size_t at = 0;
+  auto take = [&at](size_t bytes) {
+    const size_t here = at;
+    at += (bytes + 255) / 256 * 256;
+    return here;
+  };
+  l.state = take(sizeof(State));
+  l.hist = take(2 * kHistRegion * sizeof(int32_t));  // the candidates' stage, then x's
+  // Both stages count per x tile; only one of them runs, so they share counts and prefix sums.
+  const int64_t tiles = tiles_of(n);
+  l.counts = take(2 * tiles * sizeof(int32_t));
+  l.inclusive = take(2 * tiles * sizeof(int64_t));
+  if (l.plan.strata > 0) {
+    l.cand_indices = take(l.plan.capacity * sizeof(int32_t));
+    l.cand_keys = take(l.plan.capacity * sizeof(uint32_t));
+    l.seg_base = take(tiles * sizeof(int64_t));
+    l.seg_count = take(tiles * sizeof(int32_t));
+  }
+  l.total = at;
+  return l;
+}
+
 }  // namespace
 
-int cuda_topk_threshold(const float* x, int64_t n, int64_t k, int32_t* hist, int32_t* selection, void* stream) {
+size_t cuda_topk_workspace_bytes(int64_t n, int64_t k, int64_t sampled_min_n) {
+  return layout_of(n, k, sampled_min_n).total;
+}
+
+int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace, size_t workspace_bytes,
+              int32_t* out, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
+  const Layout l = layout_of(n, k, sampled_min_n);
+  if (workspace_bytes < l.total) return cudaErrorInvalidValue;
+  auto* base = static_cast<char*>(workspace);
+  auto* state = reinterpret_cast<State*>(base + l.state);
+  auto* hist = reinterpret_cast<int32_t*>(base + l.hist);
   const auto* bits = reinterpret_cast<const uint32_t*>(x);
-  auto* sel = reinterpret_cast<Selection*>(selection);
-  // Enough blocks to fill any current GPU, few enough that merging block histograms is cheap.
-  const int64_t blocks = std::min<int64_t>(2048, (n + 16 * kHistThreads - 1) / (16 * kHistThreads));
-  for (int pass = 0; pass < kPasses; ++pass) {
-    histogram_kernel<<<static_cast<unsigned>(blocks), kHistThreads, 0, s>>>(bits, n, pass, sel,
-                                                                           hist + pass * kMaxBins);
-    select_kernel<<<1, 1, 0, s>>>(hist + pass * kMaxBins, pass, sel, static_cast<int32_t>(k));
+  // The state and both stages' histograms are adjacent: one memset.
+  cudaError_t e = cudaMemsetAsync(base + l.state, 0, l.hist - l.state + 2 * kHistRegion * sizeof(int32_t), s);
+  if (e != cudaSuccess) return e;
+  const int64_t tiles = tiles_of(n);
+  auto* counts = reinterpret_cast<int32_t*>(base + l.counts);
+  auto* inclusive = reinterpret_cast<int64_t*>(base + l.inclusive);
+  Stage over_x{bits, n, nullptr, tiles, nullptr, nullptr, nullptr, Gate{}, hist + kHistRegion, &state->full,
+               counts, inclusive};
+  if (l.plan.strata > 0) {
+    const int64_t cap = l.plan.capacity;
+    auto* indices = reinterpret_cast<int32_t*>(base + l.cand_indices);
+    auto* keys = reinterpret_cast<uint32_t*>(base + l.cand_keys);
+    auto* seg_base = reinterpret_cast<int64_t*>(base + l.seg_base);
+    auto* seg_count = reinterpret_cast<int32_t*>(base + l.seg_count);
+    sample_kernel<<<1, kSampleThreads, 0, s>>>(bits, l.plan, state);
+    collect_kernel<<<static_cast<unsigned>(tiles), kTileThreads, 0, s>>>(bits, n, k, state, indices, keys, cap,
+                                                                         seg_base, seg_count);
+    Stage candidates{keys, cap, &state->count, tiles, seg_base, seg_count, indices, Gate{&state->missed, 0}, hist,
+                     &state->candidates, counts, inclusive};
+    run_exact(candidates, k, state->done, out, s);
+    over_x.gate = Gate{&state->missed, 1};
   }
-  return cudaGetLastError();
-}
-
-int cuda_topk_tile_counts(const float* x, int64_t n, const int32_t* selection, int32_t* counts, void* stream) {
-  const int64_t tiles = tiles_of(n);
-  tile_count_kernel<<<static_cast<unsigned>(tiles), kTileThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<const uint32_t*>(x), n, reinterpret_cast<const Selection*>(selection), counts, tiles);
-  return cudaGetLastError();
-}
-
-int cuda_topk_write(const float* x, int64_t n, const int32_t* selection, const int32_t* counts,
-                    const int64_t* inclusive, int32_t* out, void* stream) {
-  const int64_t tiles = tiles_of(n);
-  write_kernel<<<static_cast<unsigned>(tiles), kTileThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      reinterpret_cast<const uint32_t*>(x), n, reinterpret_cast<const Selection*>(selection), counts, inclusive,
-      tiles, out);
+  run_exact(over_x, k, state->done + kPasses + 1, out, s);
   return cudaGetLastError();
 }
 

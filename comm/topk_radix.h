@@ -1,8 +1,9 @@
-// The steps of Top-K selection by radix select on a GPU (comm/topk_cuda_kernels.cu), as small
-// functions that the kernels and a CPU replay in the tests share. The result is
+// The steps of Top-K selection on a GPU (comm/topk_cuda_kernels.cu), as small functions that
+// the kernels and a CPU replay in the tests (tests/test_cuda_kernels.cpp) share. The result is
 // topk_abs_indices's (comm/topk_select.h): the indices of the k largest |x|, exactly k, ties at
 // the k-th magnitude to the lower indices, NaN above +inf, ascending.
 //
+// The exact path (any n, k):
 // 1. The k-th largest key T (key = |x|'s bits, monotone in |x|, NaN one above +inf) is found
 //    digit by digit, most significant first: three passes over x build a histogram of one digit
 //    (11, 11, then 9 of the key's 31 bits) over the keys that agree with the digits chosen so
@@ -12,13 +13,29 @@
 //    and those equal to T; prefix sums over tiles give each tile's output position and the ties
 //    before it; a second pass has each thread take a chunk of kPerThread consecutive elements,
 //    and exclusive scans over the tile's threads place every taken index.
-// Five passes over x in all (three histograms, the count, the write), against ten or more for
-// the tensor ops. The write pass's threads read 16 consecutive elements each (three times, the
-// second and third from cache), so its loads are less coalesced than the others'.
+// Five passes over x. The write pass's threads read 16 consecutive elements each (three times,
+// the second and third from cache), so its loads are less coalesced than the others'.
+//
+// The sampled path (large n; the CPU's algorithm, comm/topk_select.cpp, on the GPU): one block
+// sorts a stratified sample of the keys and takes the one of rank `rank` from the top as a
+// threshold t that lies below the k-th largest key with high probability (SamplePlan). One pass
+// over x collects the candidates (keys >= t: their indices and keys, at most `capacity`): each
+// tile of kTile elements reserves a segment of the candidate buffer with one atomic add and
+// fills it in index order, so segments are ordered within but not across tiles. The exact path
+// then runs on the candidates: its histograms over the whole buffer (order does not matter),
+// its counts and writes per x tile over the tile's segment (tile_range), so the output is in
+// index order again. One pass over x instead of five. When the sample missed (fewer than k
+// candidates, or more than capacity) a flag on the device sends the work to the exact path over
+// x, whose kernels were launched behind a gate: the result is exact either way and nothing
+// waits for the host.
 #pragma once
 #include <cstdint>
 
+#include <algorithm>
+#include <cmath>
+
 #include "core/host_device.h"
+#include "core/random.h"
 
 namespace condense::topk_radix {
 
@@ -92,14 +109,29 @@ CONDENSE_HD inline int chunk_taken(const uint32_t* bits, int64_t i0, int64_t i1,
   return n;
 }
 
-// Writes the chunk's taken indices, in order, from out[pos].
+// Writes the chunk's taken indices, in order, from out[pos]; through `map` when it is not null
+// (the sampled path's candidates: map[i] is candidate i's index in x).
 CONDENSE_HD inline void chunk_write(const uint32_t* bits, int64_t i0, int64_t i1, uint32_t t, int64_t need,
-                                    int64_t tie_base, int32_t* out, int64_t pos) {
+                                    int64_t tie_base, const int32_t* map, int32_t* out, int64_t pos) {
   for (int64_t i = i0; i < i1; ++i) {
     const uint32_t key = key_of(bits[i]);
     bool take = key > t;
     if (key == t) take = tie_base++ < need;
-    if (take) out[pos++] = static_cast<int32_t>(i);
+    if (take) out[pos++] = map ? map[i] : static_cast<int32_t>(i);
+  }
+}
+
+// Tile `tile`'s range [lo, hi): its kTile elements of x (seg_base == nullptr), or on the sampled
+// path the candidates that x's tile `tile` collected (a segment of at most kTile; segments lie
+// in the candidate buffer in whatever order the tiles reserved them, each in index order).
+CONDENSE_HD inline void tile_range(int64_t tile, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
+                                   int64_t& lo, int64_t& hi) {
+  if (seg_base) {
+    lo = seg_base[tile];
+    hi = lo + seg_count[tile];
+  } else {
+    lo = tile * kTile;
+    hi = lo + kTile < n ? lo + kTile : n;
   }
 }
 
@@ -108,6 +140,65 @@ CONDENSE_HD inline void chunk_bounds(int64_t lo, int64_t hi, int thread, int64_t
   i0 = lo + static_cast<int64_t>(kPerThread) * thread;
   if (i0 > hi) i0 = hi;
   i1 = i0 + kPerThread < hi ? i0 + kPerThread : hi;
+}
+
+// ---- The sampled path's plan (host) and sample positions (both) ----
+
+constexpr int kSampleThreads = 1024;
+constexpr int kSampleItems = 8;
+constexpr int kSampleMax = kSampleThreads * kSampleItems;  // keys sorted by the sample kernel
+constexpr int kSampleRun = 4;                              // consecutive entries per stratum
+constexpr uint64_t kSampleSeed = 0x746f706b73616d70ull;
+constexpr int64_t kSampledMinN = int64_t{1} << 18;         // below: the exact path (few passes to save)
+constexpr int kSampleLowBits = 15;  // t keeps the top 16 of the key's 31 bits (the sort's digits)
+
+// t from the sample key of rank `rank`: its low bits cleared, so t is at most that key (the
+// candidates only grow, by under 0.4% of t's magnitude) and a sort of the top 16 bits finds it.
+CONDENSE_HD inline uint32_t sample_threshold(uint32_t key_at_rank) {
+  return key_at_rank & ~((1u << kSampleLowBits) - 1u);
+}
+
+// strata x kSampleRun sample entries: stratum j is [j * stride, (j + 1) * stride) (the tail
+// after strata * stride is not sampled), from which the run at a hashed offset is taken. t is
+// the sample key of rank `rank` from the top (1 = the largest). capacity bounds the candidates.
+struct SamplePlan {
+  int64_t strata = 0, stride = 0;
+  int32_t rank = 0;
+  int64_t capacity = 0;
+};
+
+CONDENSE_HD inline int64_t sample_position(const SamplePlan& plan, int64_t j, int q) {
+  const uint64_t offset = mix64(kSampleSeed + static_cast<uint64_t>(j)) % static_cast<uint64_t>(plan.stride - kSampleRun + 1);
+  return j * plan.stride + static_cast<int64_t>(offset) + q;
+}
+
+// The plan for k of n, or strata = 0 when the sampled path does not apply. As on the CPU: with
+// m sample keys and p = k/n, rank = p m + 4 sqrt(m p (1 - p)) + 4 puts t below the k-th largest
+// key except with probability far below 1e-4 for keys in random order (and the exact path
+// catches the rest); the candidates are then about n rank / m, which capacity allows three
+// times over (plus 4096). The path is refused where capacity would exceed n / 2 (k above
+// roughly n / 8): there the candidates are most of x and the exact path is as cheap.
+inline SamplePlan plan_sample(int64_t n, int64_t k, int64_t min_n = kSampledMinN) {
+  SamplePlan plan;
+  if (n < min_n || n < 16 * kSampleRun || k < 1 || k >= n) return plan;
+  const int64_t strata = std::min<int64_t>(kSampleMax / kSampleRun, n / 16);
+  const double m = static_cast<double>(strata * kSampleRun), p = static_cast<double>(k) / static_cast<double>(n);
+  const double rank = std::ceil(p * m + 4.0 * std::sqrt(m * p * (1.0 - p)) + 4.0);
+  if (rank > m) return plan;
+  const double expected = std::ceil(static_cast<double>(n) * rank / m);
+  const double capacity = 3.0 * expected + 4096.0;
+  if (capacity > 0.5 * static_cast<double>(n)) return plan;
+  plan.strata = strata;
+  plan.stride = n / strata;
+  plan.rank = static_cast<int32_t>(rank);
+  plan.capacity = static_cast<int64_t>(capacity);
+  return plan;
+}
+
+// Whether the candidates (count of keys >= t) cannot give the answer: too few (t above the k-th
+// key) or more than were kept.
+CONDENSE_HD inline bool sample_missed(int64_t count, int64_t k, int64_t capacity) {
+  return count < k || count > capacity;
 }
 
 }  // namespace condense::topk_radix

@@ -485,51 +485,64 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOpti
 }
 }  // namespace detail
 
+namespace {
+void check_tensor_ops_input(const at::Tensor& x, int64_t k, const char* what) {
+  CONDENSE_CHECK(x.defined() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
+                     x.dim() == 1 && x.is_contiguous(),
+                 "{}: x must be a contiguous 1-D float32 tensor", what);
+  const int64_t n = x.numel();
+  CONDENSE_CHECK(n <= std::numeric_limits<int32_t>::max(),
+                 "{}: x has {} elements; int32 indices allow fewer than 2^31", what, n);
+  CONDENSE_CHECK(k >= 0 && k <= n, "{}: k = {} is outside [0, {}]", what, k, n);
+}
+
+#if CONDENSE_WITH_CUDA_KERNELS
+// The kernels (comm/topk_cuda_kernels.h); x: contiguous fp32 on CUDA, 0 < k < n. No host
+// synchronization: every step runs on the current stream; one workspace tensor.
+at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n) {
+  using namespace topk_radix;
+  c10::cuda::CUDAGuard guard(x.device());
+  void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const int64_t n = x.numel();
+  const size_t bytes = cuda_topk_workspace_bytes(n, k, sampled_min_n);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  at::Tensor out = at::empty({k}, x.options().dtype(at::kInt));
+  check_cuda_launch(cuda_topk(x.data_ptr<float>(), n, k, sampled_min_n, workspace.data_ptr(), bytes,
+                              out.data_ptr<int32_t>(), stream),
+                    "topk_abs_indices");
+  return out;
+}
+#endif
+}  // namespace
+
+namespace detail {
+at::Tensor topk_abs_indices_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n) {
+  check_tensor_ops_input(x, k, "topk_abs_indices_cuda_kernels");
+  CONDENSE_CHECK(x.is_cuda() && k > 0 && k < x.numel(),
+                 "topk_abs_indices_cuda_kernels: needs a CUDA x and 0 < k < {} (got k = {})", x.numel(), k);
+#if CONDENSE_WITH_CUDA_KERNELS
+  return topk_cuda_kernels(x, k, sampled_min_n);
+#else
+  (void)sampled_min_n;
+  fail("topk_abs_indices_cuda_kernels: condense was built without its CUDA kernels (no nvcc)");
+#endif
+}
+}  // namespace detail
+
 // The same answer in tensor ops: the keys above (key_of, elementwise), T = the k-th largest key
 // (at::topk's values, unsorted, then their minimum), then every entry with key > T and the
 // first k - #(key > T) entries with key == T (an inclusive running count of the ties picks
 // them), which are exactly k entries; nonzero_static lists them in ascending index order with
 // a fixed output size, so CUDA needs no device-to-host copy for the count. About ten passes over
 // n-element tensors plus at::topk; no step depends on the thread count or the device.
-#if CONDENSE_WITH_CUDA_KERNELS
-// The radix-select kernels (comm/topk_cuda_kernels.h); x: contiguous fp32 on CUDA, 0 < k < n.
-// No host synchronization: every step runs on the current stream.
-static at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k) {
-  using namespace topk_radix;
-  c10::cuda::CUDAGuard guard(x.device());
-  void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const int64_t n = x.numel(), tiles = (n + kTile - 1) / kTile;
-  const auto ints = x.options().dtype(at::kInt);
-  at::Tensor hist = at::zeros({kPasses * kMaxBins}, ints);
-  at::Tensor selection = at::empty({2}, ints);
-  at::Tensor counts = at::empty({2, tiles}, ints);
-  at::Tensor out = at::empty({k}, ints);
-  const float* xp = x.data_ptr<float>();
-  check_cuda_launch(cuda_topk_threshold(xp, n, k, hist.data_ptr<int32_t>(), selection.data_ptr<int32_t>(), stream),
-                    "topk_abs_indices");
-  check_cuda_launch(cuda_topk_tile_counts(xp, n, selection.data_ptr<int32_t>(), counts.data_ptr<int32_t>(), stream),
-                    "topk_abs_indices");
-  at::Tensor inclusive = counts.cumsum(1, at::kLong).contiguous();
-  check_cuda_launch(cuda_topk_write(xp, n, selection.data_ptr<int32_t>(), counts.data_ptr<int32_t>(),
-                                    inclusive.data_ptr<int64_t>(), out.data_ptr<int32_t>(), stream),
-                    "topk_abs_indices");
-  return out;
-}
-#endif
-
 at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k) {
-  CONDENSE_CHECK(x.defined() && x.layout() == at::kStrided && x.scalar_type() == at::kFloat &&
-                     x.dim() == 1 && x.is_contiguous(),
-                 "topk_abs_indices_tensor_ops: x must be a contiguous 1-D float32 tensor");
+  check_tensor_ops_input(x, k, "topk_abs_indices_tensor_ops");
   const int64_t n = x.numel();
-  CONDENSE_CHECK(n <= std::numeric_limits<int32_t>::max(),
-                 "topk_abs_indices_tensor_ops: x has {} elements; int32 indices allow fewer than 2^31", n);
-  CONDENSE_CHECK(k >= 0 && k <= n, "topk_abs_indices_tensor_ops: k = {} is outside [0, {}]", k, n);
   const auto int_options = x.options().dtype(at::kInt);
   if (k == 0) return at::empty({0}, int_options);
   if (k == n) return at::arange(n, int_options);
 #if CONDENSE_WITH_CUDA_KERNELS
-  if (x.is_cuda() && cuda_kernels_enabled()) return topk_cuda_kernels(x, k);
+  if (x.is_cuda() && cuda_kernels_enabled()) return topk_cuda_kernels(x, k, topk_radix::kSampledMinN);
 #endif
   // Keys fit in int32 (at most kNanKey < 2^31), so signed order is their order.
   at::Tensor key = x.view(at::kInt)

@@ -32,8 +32,11 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
 // computed with ATen tensor ops, on any device: the selection for CUDA buckets (and, on CPU,
 // what tests compare with topk_abs_indices). Requirements as above except the device; the
 // result is on x's device. Cost: about ten passes over x plus at::topk. On CUDA, when
-// condense's kernels are enabled (comm/cuda_kernels_switch.h), it runs them instead: radix
-// select and ordered compaction in five passes (comm/topk_radix.h), no host synchronization.
+// condense's kernels are enabled (comm/cuda_kernels_switch.h), it runs them instead
+// (comm/topk_radix.h), no host synchronization: for large x (2^18 elements or more, k up to
+// about n / 8) the CPU's algorithm (a sampled threshold, one compaction pass over x collecting
+// the candidates, radix select among them; workspace about 0.36 bytes per element at k = n /
+// 100), else radix select and ordered compaction in five passes over x.
 at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k);
 
 namespace detail {
@@ -46,6 +49,9 @@ struct TopkSelectOptions {
   bool portable_scan = false;
 };
 at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOptions& options);
+// The CUDA kernels (condense::Error without them), with the sampled path planned for
+// n >= sampled_min_n (0: wherever it applies; INT64_MAX: never). x on CUDA, 0 < k < n.
+at::Tensor topk_abs_indices_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n);
 }  // namespace detail
 
 }  // namespace condense

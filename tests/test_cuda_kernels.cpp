@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -104,13 +105,14 @@ TEST(DevicePath, CudaKernelReplayGivesTheLoopsBytes) {
   EXPECT_EQ(checked, 5 * 4 * 5 - 5);  // all but sign with block 12
 }
 
-// The CUDA Top-K kernels' steps (comm/topk_radix.h) replayed on the CPU in the kernels' order:
-// three histogram passes and digit selections, per-tile counts and their prefix sums, then per
-// tile the threads' chunks with exclusive scans of their ties and their taken counts.
-at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
+// The CUDA Top-K kernels' steps (comm/topk_radix.h) replayed on the CPU in the kernels' order.
+// The exact path over n keys (or float bits): three histogram passes and digit selections,
+// per-tile counts and their prefix sums, then per tile the threads' chunks with exclusive scans
+// of their ties and their taken counts. Tiles are x's (seg_base null) or, on the sampled path,
+// the candidates' segments per x tile, written through map.
+void emulate_exact_path(const uint32_t* bits, int64_t n, int64_t k, int64_t tiles, const int64_t* seg_base,
+                        const int32_t* seg_count, const int32_t* map, int32_t* out) {
   using namespace topk_radix;
-  const int64_t n = x.numel();
-  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
   Selection s{0u, static_cast<int32_t>(k)};
   for (int pass = 0; pass < kPasses; ++pass) {
     std::vector<int32_t> hist(kMaxBins, 0);
@@ -121,16 +123,20 @@ at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
     select_digit(hist.data(), pass, s);
   }
   const uint32_t t = s.prefix;
-  const int64_t need = s.remaining, tiles = (n + kTile - 1) / kTile;
+  const int64_t need = s.remaining;
   std::vector<int64_t> above(tiles), ties(tiles);
-  for (int64_t i = 0; i < n; ++i) {
-    above[i / kTile] += key_of(bits[i]) > t;
-    ties[i / kTile] += key_of(bits[i]) == t;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    int64_t lo, hi;
+    tile_range(tile, n, seg_base, seg_count, lo, hi);
+    for (int64_t i = lo; i < hi; ++i) {
+      above[tile] += key_of(bits[i]) > t;
+      ties[tile] += key_of(bits[i]) == t;
+    }
   }
-  at::Tensor out = at::full({k}, -1, at::kInt);
   int64_t above_before = 0, ties_before = 0;
   for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t lo = tile * kTile, hi = std::min(n, lo + kTile);
+    int64_t lo, hi;
+    tile_range(tile, n, seg_base, seg_count, lo, hi);
     const int64_t taken_before = above_before + std::min(need, ties_before);
     int64_t tie_base = ties_before, pos = taken_before;
     std::vector<int64_t> tie_bases(kTileThreads);
@@ -144,13 +150,77 @@ at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
       int64_t i0, i1;
       chunk_bounds(lo, hi, th, i0, i1);
       const int taken = chunk_taken(bits, i0, i1, t, need, tie_bases[th]);
-      chunk_write(bits, i0, i1, t, need, tie_bases[th], out.data_ptr<int32_t>(), pos);
+      chunk_write(bits, i0, i1, t, need, tie_bases[th], map, out, pos);
       pos += taken;
     }
     above_before += above[tile];
     ties_before += ties[tile];
   }
+}
+
+int64_t tiles_of(int64_t n) { return (n + topk_radix::kTile - 1) / topk_radix::kTile; }
+
+at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
+  at::Tensor out = at::full({k}, -1, at::kInt);
+  emulate_exact_path(reinterpret_cast<const uint32_t*>(x.data_ptr<float>()), x.numel(), k, tiles_of(x.numel()),
+                     nullptr, nullptr, nullptr, out.data_ptr<int32_t>());
   return out;
+}
+
+// The sampled path (plan as cuda_topk makes it for sampled_min_n = 0): the sample kernel's sort
+// and rank; the collection, whose tiles reserve their segments here in reverse order (on the
+// GPU in whatever order they run), each filled in index order up to capacity; the missed flag;
+// then the exact path on the candidates' segments or, when missed, over x.
+enum class SampledOutcome { NotPlanned, Candidates, Missed };
+at::Tensor emulate_cuda_topk_sampled(const at::Tensor& x, int64_t k, SampledOutcome& outcome) {
+  using namespace topk_radix;
+  const int64_t n = x.numel(), tiles = tiles_of(n);
+  const auto* bits = reinterpret_cast<const uint32_t*>(x.data_ptr<float>());
+  const SamplePlan plan = plan_sample(n, k, 0);
+  at::Tensor out = at::full({k}, -1, at::kInt);
+  outcome = SampledOutcome::NotPlanned;
+  if (plan.strata == 0) return out;
+  std::vector<uint32_t> sample(kSampleMax, 0u);
+  for (int64_t s = 0; s < plan.strata * kSampleRun; ++s)
+    sample[s] = key_of(bits[sample_position(plan, s / kSampleRun, static_cast<int>(s % kSampleRun))]);
+  std::sort(sample.begin(), sample.end());
+  const uint32_t t = sample_threshold(sample[kSampleMax - plan.rank]);
+  std::vector<int32_t> indices(plan.capacity, -1);
+  std::vector<uint32_t> keys(plan.capacity, 0xffffffffu);
+  std::vector<int64_t> seg_base(tiles);
+  std::vector<int32_t> seg_count(tiles);
+  int64_t count = 0;
+  for (int64_t tile = tiles - 1; tile >= 0; --tile) {
+    seg_base[tile] = count;
+    for (int64_t i = tile * kTile; i < std::min(n, (tile + 1) * kTile); ++i) {
+      if (key_of(bits[i]) < t) continue;
+      if (count < plan.capacity) {
+        indices[count] = static_cast<int32_t>(i);
+        keys[count] = key_of(bits[i]);
+      }
+      ++count;
+      ++seg_count[tile];
+    }
+  }
+  if (sample_missed(count, k, plan.capacity)) {
+    outcome = SampledOutcome::Missed;
+    emulate_exact_path(bits, n, k, tiles, nullptr, nullptr, nullptr, out.data_ptr<int32_t>());
+  } else {
+    outcome = SampledOutcome::Candidates;
+    emulate_exact_path(keys.data(), count, k, tiles, seg_base.data(), seg_count.data(), indices.data(),
+                       out.data_ptr<int32_t>());
+  }
+  return out;
+}
+
+// An input the sample misses: the sampled positions of the first 50 strata hold 10, everything
+// else is below 1, so t = key(10) has only 200 entries at or above it, fewer than k = n / 100.
+at::Tensor sample_adversary(int64_t n, int64_t k) {
+  const topk_radix::SamplePlan plan = topk_radix::plan_sample(n, k, 0);
+  at::Tensor x = test_vector(n, 31, false).mul_(0.1).clamp_(-0.9, 0.9);
+  for (int64_t j = 0; j < 50; ++j)
+    for (int q = 0; q < topk_radix::kSampleRun; ++q) x[topk_radix::sample_position(plan, j, q)] = 10.0f;
+  return x;
 }
 
 // Inputs for the Top-K kernels: gradient-like values with and without ties, all zeros (every
@@ -209,6 +279,49 @@ TEST(DevicePath, CudaTopkReplayGivesTheCpuSelection) {
       ASSERT_TRUE(bitwise_equal(emulate_cuda_topk(x, k), topk_abs_indices(x, k))) << name << " k " << k;
 }
 
+TEST(DevicePath, CudaTopkSampledReplayGivesTheCpuSelection) {
+  std::map<SampledOutcome, int> outcomes;
+  auto check = [&](const std::string& name, const at::Tensor& x, int64_t k) {
+    SampledOutcome outcome;
+    at::Tensor got = emulate_cuda_topk_sampled(x, k, outcome);
+    ++outcomes[outcome];
+    if (outcome != SampledOutcome::NotPlanned)
+      ASSERT_TRUE(bitwise_equal(got, topk_abs_indices(x, k))) << name << " k " << k;
+  };
+  for (const auto& [name, x] : topk_kernel_inputs())
+    for (int64_t k : topk_kernel_ks(x.numel())) check(name, x, k);
+  // Both ways out of the sample: too many candidates (every key tied: t = 0 collects all)...
+  SampledOutcome outcome;
+  emulate_cuda_topk_sampled(at::zeros({100000}), 1000, outcome);
+  EXPECT_EQ(outcome, SampledOutcome::Missed);
+  // ... and too few (t above the k-th key).
+  const int64_t n = 100003, k = n / 100;
+  at::Tensor adversary = sample_adversary(n, k);
+  check("adversary", adversary, k);
+  emulate_cuda_topk_sampled(adversary, k, outcome);
+  EXPECT_EQ(outcome, SampledOutcome::Missed);
+  // The gradient-like inputs take the candidates (every n of at least 64 with k <= n / 8).
+  EXPECT_GE(outcomes[SampledOutcome::Candidates], 10);
+}
+
+TEST(DevicePath, TopkSamplePlanBoundsTheCandidates) {
+  // The plan's promise on gradient-like data: t below the k-th key and the candidates within
+  // capacity; and the workspace it asks for stays within max(12 k, n / 8) + 4096 candidates.
+  for (int64_t n : {int64_t{1} << 18, int64_t{3000000}})
+    for (int64_t k : {int64_t{1}, n / 1000, n / 100, n / 10}) {
+      const topk_radix::SamplePlan plan = topk_radix::plan_sample(n, k);
+      ASSERT_GT(plan.strata, 0) << n << " " << k;
+      EXPECT_EQ(plan.strata * topk_radix::kSampleRun, topk_radix::kSampleMax);
+      at::Tensor x = test_vector(n, k + 5, false);
+      SampledOutcome outcome;
+      emulate_cuda_topk_sampled(x, k, outcome);
+      EXPECT_EQ(outcome, SampledOutcome::Candidates) << n << " " << k;
+      EXPECT_LE(plan.capacity, std::max<int64_t>(12 * k, n / 8) + 4096) << n << " " << k;
+    }
+  EXPECT_EQ(topk_radix::plan_sample(int64_t{1} << 17, 100).strata, 0);  // small: the exact path
+  EXPECT_EQ(topk_radix::plan_sample(int64_t{1} << 20, (int64_t{1} << 20) / 4).strata, 0);  // large k
+}
+
 // ---------------------------------------------------------------------------------------------
 // CUDA.
 
@@ -245,8 +358,15 @@ TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
     for (const auto& [name, x] : topk_kernel_inputs()) {
       at::Tensor gx = x.to(kCuda);
       for (int64_t k : topk_kernel_ks(x.numel()))
-        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(gx, k), topk_abs_indices(x, k)))
+      {
+        at::Tensor cpu = topk_abs_indices(x, k);
+        ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(gx, k), cpu))
             << (kernels ? "kernels " : "tensor ops ") << name << " k " << k;
+        if (kernels)  // each path of the kernels on every input: sampled where it applies, exact
+          for (int64_t min_n : {int64_t{0}, std::numeric_limits<int64_t>::max()})
+            ASSERT_TRUE(bitwise_equal(detail::topk_abs_indices_cuda_kernels(gx, k, min_n), cpu))
+                << "kernels, sampled_min_n " << min_n << " " << name << " k " << k;
+      }
       // A slice at an odd offset (per-tensor Top-K selects from views of the bucket).
       if (x.numel() > 10) {
         at::Tensor part = gx.narrow(0, 3, x.numel() - 3);
@@ -254,6 +374,11 @@ TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
         ASSERT_TRUE(bitwise_equal(topk_abs_indices_tensor_ops(part, k), topk_abs_indices(x.narrow(0, 3, x.numel() - 3), k)))
             << name << " slice";
       }
+    }
+    if (kernels) {  // the sample's misses on the GPU: too many candidates, too few
+      const int64_t n = 100003, k = n / 100;
+      for (const at::Tensor& x : {at::zeros({n}), sample_adversary(n, k)})
+        ASSERT_TRUE(bitwise_equal(detail::topk_abs_indices_cuda_kernels(x.to(kCuda), k, 0), topk_abs_indices(x, k)));
     }
     unsetenv("CONDENSE_CUDA_KERNELS");
   }
