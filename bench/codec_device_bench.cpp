@@ -8,6 +8,8 @@
 // (default 11) after 2 warm-up reps of:
 //   copy       a device-to-device copy of the N floats (the memory copy rate)
 //   topk       Top-K 1%: the k = N/100 indices (exact, ascending) and their values
+//   topk_exact_path   (CUDA kernels only) the same with the kernels' exact path forced
+//              (radix select over x in five passes) instead of the sampled one
 //   qsgd       QSGD encode, s = 7 (4-bit codes), blocks of 512
 //   sign       sign encode, blocks of 512
 //   fp16       the cast to fp16
@@ -35,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -129,7 +132,7 @@ int main(int argc, char** argv) {
     int64_t bytes;  // input read + output written
     const char* path;
   };
-  const std::vector<Op> ops = {
+  std::vector<Op> ops = {
       {"copy", [&] { dst.copy_(x); }, 2 * 4 * numel, "tensor"},  // first: the rate the others are compared with
       {"topk",
        [&] {
@@ -148,6 +151,17 @@ int main(int argc, char** argv) {
        8 * numel + sign.payload_bytes(), kernel_path},
       {"fp16", [&] { half = x.to(at::kHalf); }, 4 * numel + 2 * numel, "tensor"},
   };
+  if (std::strcmp(kernel_path, "kernel") == 0) {
+    // The kernels' exact path alone (five passes over x; the sampled path's fallback), for the
+    // share of the sampled path's gain: same output as "topk".
+    ops.insert(ops.begin() + 2, Op{"topk_exact_path",
+                                   [&] {
+                                     at::Tensor idx = condense::detail::topk_abs_indices_cuda_kernels(
+                                         x, k, std::numeric_limits<int64_t>::max());
+                                     at::Tensor values = x.index_select(0, idx);
+                                   },
+                                   4 * numel + 8 * k, "kernel"});
+  }
   // One untimed round of every operation first, in order (the encodes fill the payloads the
   // decodes read): page faults of fresh buffers and OpenMP's pool start would otherwise fall on
   // the first thread count's timings.

@@ -14,8 +14,9 @@
 #              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync)
 #              and test_cuda_kernels (condense's CUDA kernels vs the CPU paths)
 #   codecs     codec throughput on 64M floats against the device-to-device copy rate: the
-#              path the codecs take (Top-K, qsgd and sign through condense's CUDA kernels), then the
-#              tensor-op path (codecs_tensor) for the comparison
+#              path the codecs take (Top-K, qsgd and sign through condense's CUDA kernels; Top-K
+#              also with the kernels' exact path forced, topk_exact_path), then the tensor-op
+#              path (codecs_tensor) for the comparison
 #   memory     memory_bench --cuda: memory policies at SmolLM2-135M's shape, offload overlap of
 #              every activation and of the layer inputs under full recomputation (fastest of 4)
 #   train      condense train on SmolLM2-135M's decoder shape (30 x 576, 9/3 heads, FFN 1536;
