@@ -13,6 +13,8 @@ namespace {
 
 constexpr int kHistThreads = 256;
 constexpr int kHistRegion = kPasses * kMaxBins;  // int32 per stage's histograms
+constexpr int kWarps = kTileThreads / 32;
+constexpr int64_t kMaxTileBlocks = 2048;  // grids of the per-tile kernels (they loop over tiles)
 
 // One selection's state on the device (zeroed before the first kernel).
 struct State {
@@ -38,31 +40,36 @@ struct Gate {
 // n their number (host bound) and n_dev, when not null, the number actually there (the
 // sampled path's candidate count, which may exceed n: then the stage is gated off).
 struct Stage {
-  const uint32_t* bits;
-  int64_t n;
-  const int64_t* n_dev;
-  int64_t tiles;              // x's tiles
-  const int64_t* seg_base;    // the candidates' segments per x tile (tile_range), or null
-  const int32_t* seg_count;
-  const int32_t* map;  // output through it (candidate -> index in x), or null
+  const uint32_t* bits = nullptr;
+  int64_t n = 0;
+  const int64_t* n_dev = nullptr;
+  int64_t tiles = 0;                  // x's tiles
+  const int64_t* seg_base = nullptr;  // the candidates' segments per x tile (tile_range), or null
+  const int32_t* seg_count = nullptr;
+  const int32_t* map = nullptr;  // output through it (candidate -> index in x), or null
   Gate gate;
-  int32_t* hist;         // kHistRegion int32, zeroed
-  Selection* selection;  // T and need (written)
-  int32_t* counts;       // 2 x tiles
-  int64_t* inclusive;    // 2 x tiles
+  int32_t* hist = nullptr;          // kHistRegion int32, zeroed
+  Selection* selection = nullptr;   // T and need (written)
+  int32_t* counts = nullptr;        // 2 x tiles
+  int64_t* inclusive = nullptr;     // 2 x tiles
 };
 
 __device__ int64_t effective_n(int64_t n, const int64_t* n_dev) { return n_dev ? min(n, *n_dev) : n; }
 
 // Whether this block is the last of its grid to get here (every thread of every block calls it
-// once). The last block then sees every other block's global writes (each fenced before it
-// counted), read through L2 (__ldcg): a one-block step at the end of a kernel, without a launch
-// of its own (the "last block" pattern of CUDA's threadFenceReduction sample).
+// once). The last block then sees every other block's global writes, read through L2 (__ldcg):
+// each block's writes are ordered before its count by the barrier and thread 0's fence
+// (cumulative), and the last block's thread 0 fences again after seeing the final count. A
+// one-block step at the end of a kernel without a launch of its own (the "last block" pattern
+// of CUDA's threadFenceReduction sample).
 __device__ bool arrive_last(uint32_t* done) {
   __shared__ bool last;
-  __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(done, 1u) == gridDim.x - 1;
+    if (last) __threadfence();
+  }
   __syncthreads();
   return last;
 }
@@ -85,105 +92,138 @@ __device__ T block_exclusive_scan(T v, T* scratch) {
   return inclusive - v;
 }
 
-// Pass p's histogram: per block in shared memory, then added into the global one; the last
-// block picks the digit (select_digit) into *selection.
+// Pass p's histogram: per block in shared memory (lanes with the same digit add together:
+// gradient keys crowd into few bins, all-zero data into one), then added into the global one;
+// the last block picks the digit into *selection, each thread searching its own range of
+// digits (select_digit_range) after a block scan of the ranges' counts.
 __global__ void __launch_bounds__(kHistThreads)
     histogram_kernel(const uint32_t* bits, int64_t n_host, const int64_t* n_dev, int pass, Selection* selection,
                      int32_t* hist, int32_t k, uint32_t* done, Gate gate) {
   if (gate.closed()) return;
   const int64_t n = effective_n(n_host, n_dev);
+  const int t = static_cast<int>(threadIdx.x);
   __shared__ int32_t local[kMaxBins];
   const int bins = 1 << digit_width(pass);
-  for (int b = threadIdx.x; b < bins; b += kHistThreads) local[b] = 0;
+  for (int b = t; b < bins; b += kHistThreads) local[b] = 0;
   __syncthreads();
-  const uint32_t prefix = pass == 0 ? 0u : selection->prefix;
+  // Read before the last block's writer can change it (the block scan below is a barrier).
+  const Selection start = pass == 0 ? Selection{0u, k} : *selection;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kHistThreads;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kHistThreads + threadIdx.x; i < n; i += stride) {
-    const uint32_t key = key_of(bits[i]);
-    if (in_prefix(key, pass, prefix)) atomicAdd(&local[digit_of(key, pass)], 1);
+  const int64_t rounds = (n + stride - 1) / stride;  // the same for every lane: full warps vote
+  for (int64_t r = 0; r < rounds; ++r) {
+    const int64_t i = r * stride + static_cast<int64_t>(blockIdx.x) * kHistThreads + t;
+    uint32_t key = 0;
+    const bool counted = i < n && in_prefix(key = key_of(bits[i]), pass, start.prefix);
+    const int digit = counted ? static_cast<int>(digit_of(key, pass)) : -1;
+    const uint32_t peers = __match_any_sync(0xffffffffu, digit);
+    if (counted && (__ffs(peers) - 1) == t % 32) atomicAdd(&local[digit], __popc(peers));
   }
   __syncthreads();
-  for (int b = threadIdx.x; b < bins; b += kHistThreads)
+  for (int b = t; b < bins; b += kHistThreads)
     if (local[b]) atomicAdd(&hist[b], local[b]);
   if (!arrive_last(done)) return;
-  for (int b = threadIdx.x; b < bins; b += kHistThreads) local[b] = __ldcg(&hist[b]);
+  for (int b = t; b < bins; b += kHistThreads) local[b] = __ldcg(&hist[b]);
   __syncthreads();
-  if (threadIdx.x == 0) {  // 2048 additions at most
-    Selection s = pass == 0 ? Selection{0u, k} : *selection;
-    select_digit(local, pass, s);
-    *selection = s;
-  }
+  const int per = bins / kHistThreads;  // 8 or 2 digits per thread; thread 0 the highest
+  const int d_hi = bins - t * per, d_lo = d_hi - per;
+  int32_t sum = 0;
+  for (int d = d_lo; d < d_hi; ++d) sum += local[d];
+  __shared__ int32_t scratch[kHistThreads];
+  const int32_t above = block_exclusive_scan<kHistThreads>(sum, scratch);
+  Selection s = start;
+  if (select_digit_range(local, pass, d_lo, d_hi, above, s)) *selection = s;
 }
 
-// Per tile: the keys above T and those equal to T (counts' two rows); the last block writes
-// their inclusive prefix sums over the tiles (each thread sums a run of consecutive tiles, a
-// block scan gives the runs' offsets).
+// Per tile (a grid-stride loop over tiles): the keys above T and those equal to T (counts' two
+// rows); the last block writes their inclusive prefix sums over the tiles, 1024 tiles per
+// round (4 consecutive per thread, a warp-shuffle scan, the warps' totals, a carry).
 __global__ void __launch_bounds__(kTileThreads)
     tile_count_kernel(const uint32_t* bits, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
                       const Selection* selection, int32_t* counts, int64_t* inclusive, int64_t tiles, uint32_t* done,
                       Gate gate) {
   if (gate.closed()) return;
-  const int64_t tile = blockIdx.x;
-  const int t = static_cast<int>(threadIdx.x);
-  int64_t lo, hi;
-  tile_range(tile, n, seg_base, seg_count, lo, hi);
+  const int t = static_cast<int>(threadIdx.x), warp = t / 32, lane = t % 32;
   const uint32_t threshold = selection->prefix;
-  int above = 0, ties = 0;
-  for (int64_t i = lo + t; i < hi; i += kTileThreads) {  // strided: coalesced
-    const uint32_t key = key_of(bits[i]);
-    above += key > threshold;
-    ties += key == threshold;
-  }
   __shared__ int32_t sa[kTileThreads], se[kTileThreads];
-  sa[t] = above;
-  se[t] = ties;
-  __syncthreads();
-  for (int w = kTileThreads / 2; w > 0; w /= 2) {
-    if (t < w) {
-      sa[t] += sa[t + w];
-      se[t] += se[t + w];
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    int64_t lo, hi;
+    tile_range(tile, n, seg_base, seg_count, lo, hi);
+    int above = 0, ties = 0;
+    for (int64_t i = lo + t; i < hi; i += kTileThreads) {  // strided: coalesced
+      const uint32_t key = key_of(bits[i]);
+      above += key > threshold;
+      ties += key == threshold;
     }
+    sa[t] = above;
+    se[t] = ties;
     __syncthreads();
-  }
-  if (t == 0) {
-    counts[tile] = sa[0];
-    counts[tiles + tile] = se[0];
+    for (int w = kTileThreads / 2; w > 0; w /= 2) {
+      if (t < w) {
+        sa[t] += sa[t + w];
+        se[t] += se[t + w];
+      }
+      __syncthreads();
+    }
+    if (t == 0) {  // sa[0], se[0]: only thread 0 writes them next round
+      counts[tile] = sa[0];
+      counts[tiles + tile] = se[0];
+    }
   }
   if (!arrive_last(done)) return;
-  __shared__ int64_t scratch[kTileThreads];
-  const int64_t per = (tiles + kTileThreads - 1) / kTileThreads;
-  const int64_t a = min(tiles, per * t), b = min(tiles, a + per);
+  __shared__ int64_t warp_sums[kWarps];
+  constexpr int kQuad = 4;
   for (int row = 0; row < 2; ++row) {
     const int32_t* c = counts + row * tiles;
-    int64_t sum = 0;
-    for (int64_t i = a; i < b; ++i) sum += __ldcg(&c[i]);
-    int64_t run = block_exclusive_scan<kTileThreads>(sum, scratch);
-    for (int64_t i = a; i < b; ++i) inclusive[row * tiles + i] = run += __ldcg(&c[i]);
+    int64_t carry = 0;
+    for (int64_t first = 0; first < tiles; first += kQuad * kTileThreads) {
+      const int64_t i0 = first + kQuad * t;
+      int64_t v[kQuad];
+      for (int q = 0; q < kQuad; ++q) v[q] = (q ? v[q - 1] : 0) + (i0 + q < tiles ? __ldcg(&c[i0 + q]) : 0);
+      int64_t incl = v[kQuad - 1];  // inclusive over the warp's threads
+      for (int d = 1; d < 32; d *= 2) {
+        const int64_t other = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += other;
+      }
+      if (lane == 31) warp_sums[warp] = incl;
+      __syncthreads();
+      int64_t before = carry + incl - v[kQuad - 1], total = 0;
+      for (int w = 0; w < kWarps; ++w) {
+        if (w < warp) before += warp_sums[w];
+        total += warp_sums[w];
+      }
+      for (int q = 0; q < kQuad; ++q)
+        if (i0 + q < tiles) inclusive[row * tiles + i0 + q] = before + v[q];
+      carry += total;
+      __syncthreads();  // warp_sums is rewritten next round
+    }
   }
 }
 
+// Per tile (a grid-stride loop over tiles): its taken indices at their output positions.
 __global__ void __launch_bounds__(kTileThreads)
     write_kernel(const uint32_t* bits, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
                  const Selection* selection, const int32_t* counts, const int64_t* inclusive, int64_t tiles,
                  const int32_t* map, int32_t* out, Gate gate) {
   if (gate.closed()) return;
-  const int64_t tile = blockIdx.x;
   const int t = static_cast<int>(threadIdx.x);
-  int64_t lo, hi;
-  tile_range(tile, n, seg_base, seg_count, lo, hi);
   const uint32_t threshold = selection->prefix;
   const int64_t need = selection->remaining;
-  const int64_t ties_before = inclusive[tiles + tile] - counts[tiles + tile];
-  // Nothing taken here: the same answer for every thread of the block, so it leaves whole.
-  if (counts[tile] == 0 && (counts[tiles + tile] == 0 || ties_before >= need)) return;
-  const int64_t taken_before = inclusive[tile] - counts[tile] + min(need, ties_before);
-  int64_t i0, i1;
-  chunk_bounds(lo, hi, t, i0, i1);
   __shared__ int scratch[kTileThreads];
-  const int64_t tie_base = ties_before + block_exclusive_scan<kTileThreads>(chunk_ties(bits, i0, i1, threshold), scratch);
-  const int taken = chunk_taken(bits, i0, i1, threshold, need, tie_base);
-  const int64_t pos = taken_before + block_exclusive_scan<kTileThreads>(taken, scratch);
-  chunk_write(bits, i0, i1, threshold, need, tie_base, map, out, pos);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t ties_before = inclusive[tiles + tile] - counts[tiles + tile];
+    // Nothing taken here: the same answer for every thread of the block, so it skips whole.
+    if (counts[tile] == 0 && (counts[tiles + tile] == 0 || ties_before >= need)) continue;
+    int64_t lo, hi;
+    tile_range(tile, n, seg_base, seg_count, lo, hi);
+    const int64_t taken_before = inclusive[tile] - counts[tile] + min(need, ties_before);
+    int64_t i0, i1;
+    chunk_bounds(lo, hi, t, i0, i1);
+    const int64_t tie_base =
+        ties_before + block_exclusive_scan<kTileThreads>(chunk_ties(bits, i0, i1, threshold), scratch);
+    const int taken = chunk_taken(bits, i0, i1, threshold, need, tie_base);
+    const int64_t pos = taken_before + block_exclusive_scan<kTileThreads>(taken, scratch);
+    chunk_write(bits, i0, i1, threshold, need, tie_base, map, out, pos);
+  }
 }
 
 // The sample's keys, sorted by one block; the key of rank plan.rank from the top is t.
@@ -213,7 +253,6 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const uint32_t* 
 // Loads are striped (round j: elements lo + 256 j + thread, coalesced); a round's elements are in
 // index order by (warp, lane), so the ballots of 16 rounds x 8 warps, scanned in (round, warp)
 // order, place every candidate.
-constexpr int kWarps = kTileThreads / 32;
 __global__ void __launch_bounds__(kTileThreads)
     collect_kernel(const uint32_t* bits, int64_t n, int64_t k, State* state, int32_t* indices, uint32_t* keys,
                    int64_t capacity, int64_t* seg_base, int32_t* seg_count) {
@@ -283,10 +322,10 @@ void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStr
     histogram_kernel<<<static_cast<unsigned>(blocks), kHistThreads, 0, s>>>(
         st.bits, st.n, st.n_dev, pass, st.selection, st.hist + pass * kMaxBins, static_cast<int32_t>(k), done + pass,
         st.gate);
-  const auto tiles = static_cast<unsigned>(st.tiles);
-  tile_count_kernel<<<tiles, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
+  const auto grid = static_cast<unsigned>(std::min(st.tiles, kMaxTileBlocks));
+  tile_count_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
                                                    st.inclusive, st.tiles, done + kPasses, st.gate);
-  write_kernel<<<tiles, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
+  write_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
                                               st.inclusive, st.tiles, st.map, out, st.gate);
 }
 
@@ -332,7 +371,7 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
               int32_t* out, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   const Layout l = layout_of(n, k, sampled_min_n);
-  if (workspace_bytes < l.total) return cudaErrorInvalidValue;
+  if (workspace_bytes < l.total || reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return cudaErrorInvalidValue;
   auto* base = static_cast<char*>(workspace);
   auto* state = reinterpret_cast<State*>(base + l.state);
   auto* hist = reinterpret_cast<int32_t*>(base + l.hist);
@@ -343,8 +382,14 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
   const int64_t tiles = tiles_of(n);
   auto* counts = reinterpret_cast<int32_t*>(base + l.counts);
   auto* inclusive = reinterpret_cast<int64_t*>(base + l.inclusive);
-  Stage over_x{bits, n, nullptr, tiles, nullptr, nullptr, nullptr, Gate{}, hist + kHistRegion, &state->full,
-               counts, inclusive};
+  Stage over_x;  // the exact path over x (alone, or the sampled path's fallback)
+  over_x.bits = bits;
+  over_x.n = n;
+  over_x.tiles = tiles;
+  over_x.hist = hist + kHistRegion;
+  over_x.selection = &state->full;
+  over_x.counts = counts;
+  over_x.inclusive = inclusive;
   if (l.plan.strata > 0) {
     const int64_t cap = l.plan.capacity;
     auto* indices = reinterpret_cast<int32_t*>(base + l.cand_indices);
@@ -354,8 +399,16 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
     sample_kernel<<<1, kSampleThreads, 0, s>>>(bits, l.plan, state);
     collect_kernel<<<static_cast<unsigned>(tiles), kTileThreads, 0, s>>>(bits, n, k, state, indices, keys, cap,
                                                                          seg_base, seg_count);
-    Stage candidates{keys, cap, &state->count, tiles, seg_base, seg_count, indices, Gate{&state->missed, 0}, hist,
-                     &state->candidates, counts, inclusive};
+    Stage candidates = over_x;  // the exact path over the candidates' segments, written through indices
+    candidates.bits = keys;
+    candidates.n = cap;
+    candidates.n_dev = &state->count;
+    candidates.seg_base = seg_base;
+    candidates.seg_count = seg_count;
+    candidates.map = indices;
+    candidates.gate = Gate{&state->missed, 0};
+    candidates.hist = hist;
+    candidates.selection = &state->candidates;
     run_exact(candidates, k, state->done, out, s);
     over_x.gate = Gate{&state->missed, 1};
   }

@@ -14,7 +14,7 @@
 namespace condense::topk_radix {
 
 // Bytes of device workspace that cuda_topk needs for k of n (the candidates' buffers are about
-// 3 x 8 bytes x n x rank / m on the sampled path: 0.36 bytes per element at k = n / 100).
+// 3 x 8 bytes x n x rank / m on the sampled path: 0.42 bytes per element at k = n / 100).
 size_t cuda_topk_workspace_bytes(int64_t n, int64_t k, int64_t sampled_min_n);
 // Writes the k indices, ascending, into out (k int32). workspace: at least
 // cuda_topk_workspace_bytes(n, k, sampled_min_n) bytes, 256-byte aligned, contents ignored.

@@ -73,17 +73,28 @@ struct Selection {
 };
 
 // From pass p's histogram (of the keys in s.prefix), the digit of the remaining-th largest
-// key: the highest digit d with count(digit >= d) >= remaining.
-CONDENSE_HD inline void select_digit(const int32_t* hist, int pass, Selection& s) {
-  int32_t above = 0;
-  for (int d = (1 << digit_width(pass)) - 1; d >= 0; --d) {
+// key: the highest digit d with count(digit >= d) >= remaining, searched within digits
+// [d_lo, d_hi) given `above` = count(digit >= d_hi). Returns whether it lies there (then s takes
+// the digit and what is left of remaining), which is so for exactly one of a set of ranges
+// that partition the digits. On the GPU each thread of one block searches its own range (the
+// aboves from a block scan); select_digit is the whole range at once. Precondition: the
+// histogram holds at least s.remaining keys (else no range finds a digit and s is unchanged).
+CONDENSE_HD inline bool select_digit_range(const int32_t* hist, int pass, int d_lo, int d_hi, int32_t above,
+                                           Selection& s) {
+  if (above >= s.remaining) return false;  // the digit is above this range
+  for (int d = d_hi - 1; d >= d_lo; --d) {
     if (above + hist[d] >= s.remaining) {
       s.prefix = (s.prefix << digit_width(pass)) | static_cast<uint32_t>(d);
       s.remaining -= above;
-      return;
+      return true;
     }
     above += hist[d];
   }
+  return false;
+}
+
+CONDENSE_HD inline void select_digit(const int32_t* hist, int pass, Selection& s) {
+  select_digit_range(hist, pass, 0, 1 << digit_width(pass), 0, s);
 }
 
 // One thread's chunk [i0, i1) of the compaction. Element i is taken when key > t, or key == t
@@ -145,7 +156,7 @@ CONDENSE_HD inline void chunk_bounds(int64_t lo, int64_t hi, int thread, int64_t
 // ---- The sampled path's plan (host) and sample positions (both) ----
 
 constexpr int kSampleThreads = 1024;
-constexpr int kSampleItems = 8;
+constexpr int kSampleItems = 4;
 constexpr int kSampleMax = kSampleThreads * kSampleItems;  // keys sorted by the sample kernel
 constexpr int kSampleRun = 4;                              // consecutive entries per stratum
 constexpr uint64_t kSampleSeed = 0x746f706b73616d70ull;

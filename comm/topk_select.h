@@ -35,7 +35,7 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k);
 // condense's kernels are enabled (comm/cuda_kernels_switch.h), it runs them instead
 // (comm/topk_radix.h), no host synchronization: for large x (2^18 elements or more, k up to
 // about n / 8) the CPU's algorithm (a sampled threshold, one compaction pass over x collecting
-// the candidates, radix select among them; workspace about 0.36 bytes per element at k = n /
+// the candidates, radix select among them; workspace about 0.42 bytes per element at k = n /
 // 100), else radix select and ordered compaction in five passes over x.
 at::Tensor topk_abs_indices_tensor_ops(const at::Tensor& x, int64_t k);
 

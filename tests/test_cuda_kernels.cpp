@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
@@ -110,6 +111,28 @@ TEST(DevicePath, CudaKernelReplayGivesTheLoopsBytes) {
 // per-tile counts and their prefix sums, then per tile the threads' chunks with exclusive scans
 // of their ties and their taken counts. Tiles are x's (seg_base null) or, on the sampled path,
 // the candidates' segments per x tile, written through map.
+// The histogram kernel's last block: thread t of 256 searches digits [bins - (t + 1) per,
+// bins - t per) given the count above them (an exclusive scan over the threads). Returns how
+// many threads found the digit (the kernel relies on exactly one when the histogram holds at
+// least s.remaining keys).
+int select_digit_by_threads(const int32_t* hist, int pass, topk_radix::Selection& s) {
+  constexpr int kThreads = 256;
+  const int bins = 1 << topk_radix::digit_width(pass), per = bins / kThreads;
+  int found = 0;
+  int32_t above = 0;
+  const topk_radix::Selection start = s;
+  for (int t = 0; t < kThreads; ++t) {
+    const int d_hi = bins - t * per, d_lo = d_hi - per;
+    topk_radix::Selection mine = start;
+    if (topk_radix::select_digit_range(hist, pass, d_lo, d_hi, above, mine)) {
+      ++found;
+      s = mine;
+    }
+    for (int d = d_lo; d < d_hi; ++d) above += hist[d];
+  }
+  return found;
+}
+
 void emulate_exact_path(const uint32_t* bits, int64_t n, int64_t k, int64_t tiles, const int64_t* seg_base,
                         const int32_t* seg_count, const int32_t* map, int32_t* out) {
   using namespace topk_radix;
@@ -120,7 +143,7 @@ void emulate_exact_path(const uint32_t* bits, int64_t n, int64_t k, int64_t tile
       const uint32_t key = key_of(bits[i]);
       if (in_prefix(key, pass, s.prefix)) ++hist[digit_of(key, pass)];
     }
-    select_digit(hist.data(), pass, s);
+    EXPECT_EQ(select_digit_by_threads(hist.data(), pass, s), 1);
   }
   const uint32_t t = s.prefix;
   const int64_t need = s.remaining;
@@ -277,6 +300,33 @@ TEST(DevicePath, CudaTopkReplayGivesTheCpuSelection) {
   for (const auto& [name, x] : topk_kernel_inputs())
     for (int64_t k : topk_kernel_ks(x.numel()))
       ASSERT_TRUE(bitwise_equal(emulate_cuda_topk(x, k), topk_abs_indices(x, k))) << name << " k " << k;
+}
+
+TEST(DevicePath, DigitSelectionByThreadsIsTheSerialOne) {
+  // Histograms of every shape the passes see: empty bins, one full bin (all keys tied), the
+  // answer at either end, random counts; remaining from 1 to the total.
+  std::mt19937 rng(11);
+  for (int pass = 0; pass < topk_radix::kPasses; ++pass) {
+    const int bins = 1 << topk_radix::digit_width(pass);
+    for (int shape = 0; shape < 40; ++shape) {
+      std::vector<int32_t> hist(bins, 0);
+      if (shape == 0) hist[0] = 1000;
+      else if (shape == 1) hist[bins - 1] = 5;
+      else if (shape == 2) hist[bins / 2] = 7, hist[bins / 2 - 1] = 3;
+      else
+        for (int d = 0; d < bins; ++d) hist[d] = rng() % 4 == 0 ? static_cast<int32_t>(rng() % 50) : 0;
+      int32_t total = 0;
+      for (int32_t c : hist) total += c;
+      for (int32_t remaining : {1, 2, total / 3 + 1, total / 2 + 1, total - 1, total}) {
+        if (remaining < 1 || remaining > total) continue;
+        topk_radix::Selection serial{5u, remaining}, threads{5u, remaining};
+        topk_radix::select_digit(hist.data(), pass, serial);
+        ASSERT_EQ(select_digit_by_threads(hist.data(), pass, threads), 1) << pass << " " << shape;
+        EXPECT_EQ(threads.prefix, serial.prefix) << pass << " " << shape << " " << remaining;
+        EXPECT_EQ(threads.remaining, serial.remaining) << pass << " " << shape << " " << remaining;
+      }
+    }
+  }
 }
 
 TEST(DevicePath, CudaTopkSampledReplayGivesTheCpuSelection) {
