@@ -14,7 +14,8 @@
 // `8 / bits` to a byte with element i of a byte at bit (i % per_byte) * bits; unused high bits
 // of the last byte are zero.
 //   qsgd (levels s >= 1): scale = ||v_block||_2 (summed in double, rounded to float);
-//        a = |v_i| / scale * s (float), level = floor(a) + [u_i < a - floor(a)], at most s,
+//        step = s / scale (float; 0 if scale is not > 0), a = |v_i| * step (float),
+//        level = floor(a) + [u_i < a - floor(a)], at most s,
 //        code = sign(v_i) * level + s; decoded as (code - s) * scale / s.
 //   sign (levels 0): scale = mean |v_block| (summed in double, divided, rounded to float);
 //        code = [v_i >= 0]; decoded as code ? scale : -scale.
@@ -55,9 +56,9 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
 void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, at::Tensor& out,
                           bool tensor_ops);
 
-// u_i = (mix64(seed + 0x9E3779B97F4A7C15 * (i + 1)) >> 40) * 2^-24 for i in [0, n), fp32 in
-// [0, 1), computed with int64 tensor ops on `device` (two's-complement products wrap modulo
-// 2^64 like the uint64 arithmetic of core/random.h's mix64, on CPU and CUDA alike).
+// u_i = quantized::uniform_at(uniform_key(seed), i) (comm/quantized_element.h: a 32-bit hash of
+// i keyed by the seed, top 24 bits times 2^-24) for i in [0, n), fp32 in [0, 1), computed with
+// int64 tensor ops on `device` that never overflow, on CPU and CUDA alike.
 at::Tensor counter_uniform(uint64_t seed, int64_t n, at::Device device);
 
 }  // namespace condense

@@ -53,6 +53,8 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
     // The block of element i, advanced as i walks forward: a 64-bit division per element was
     // 12% of the encode's time on an AVX2 EPYC (the branches qsgd_code avoids, another 33%).
     int64_t b = y0 * epb / block, block_end = (b + 1) * block;
+    float step = quantized::level_step(scales[b], s);
+    const uint32_t key = quantized::uniform_key(seed);
     for (int64_t y = y0; y < y1; ++y) {
       uint8_t byte = 0;
       for (int j = 0; j < epb; ++j) {
@@ -61,10 +63,11 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
         if (i == block_end) {
           ++b;
           block_end += block;
+          step = quantized::level_step(scales[b], s);
         }
         // The uniform is a function of (seed, i), so threads need no shared state.
         const uint32_t code = s == 0 ? quantized::sign_code(v[i])
-                                     : quantized::qsgd_code(v[i], scales[b], s, quantized::uniform_at(seed, i));
+                                     : quantized::qsgd_code(v[i], step, s, quantized::uniform_at(key, i));
         byte |= static_cast<uint8_t>(code << (j * bits));
       }
       codes[y] = byte;
@@ -103,11 +106,6 @@ void decode_add_cpu(const QuantizedFormat& f, const uint8_t* payload, float* out
   });
 }
 
-// Logical right shift of int64 (arithmetic shift, then the sign copies masked off).
-at::Tensor shift_right_logical(const at::Tensor& z, int s) {
-  return z.bitwise_right_shift(s).bitwise_and_((int64_t{1} << (64 - s)) - 1);
-}
-
 // [0, bits, 2 bits, ...]: the bit offset of each code within its byte, as uint8 on `device`.
 at::Tensor code_shifts(const QuantizedFormat& f, at::Device device) {
   return at::arange(0, 8, f.bits, at::TensorOptions(device).dtype(at::kByte));
@@ -136,8 +134,10 @@ void encode_tensor_ops(const QuantizedFormat& f, const at::Tensor& v, uint64_t s
     codes = vb.ge(0).to(at::kByte);
   } else {
     at::Tensor scale = scales.unsqueeze(1);
-    // a = |v| / scale * s, 0 where scale is not > 0 (all-zero block).
-    at::Tensor a = at::where(scale.gt(0), vb.abs().div_(scale).mul_(static_cast<double>(s)), 0.0);
+    // a = |v| * step, step = s / scale (a tensor divided by a tensor: correctly rounded on CUDA
+    // too), 0 where scale is not > 0 (all-zero block, NaN).
+    at::Tensor step = at::where(scale.gt(0), at::full_like(scale, static_cast<double>(s)).div_(scale), 0.0);
+    at::Tensor a = vb.abs().mul_(step);
     at::Tensor level = a.floor();
     at::Tensor u = counter_uniform(seed, padded, v.device()).view({blocks, block});
     level.add_(u.lt(a.sub_(level)));  // round up with probability a - floor(a)
@@ -294,15 +294,24 @@ void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, a
 }
 
 at::Tensor counter_uniform(uint64_t seed, int64_t n, at::Device device) {
-  // z = seed + golden * (i + 1), then mix64 (core/random.h) step by step.
-  at::Tensor z = at::arange(1, n + 1, at::TensorOptions(device).dtype(at::kLong))
-                     .mul_(static_cast<int64_t>(0x9E3779B97F4A7C15ull))
-                     .add_(static_cast<int64_t>(seed));
-  z.bitwise_xor_(shift_right_logical(z, 30)).mul_(static_cast<int64_t>(0xBF58476D1CE4E5B9ull));
-  z.bitwise_xor_(shift_right_logical(z, 27)).mul_(static_cast<int64_t>(0x94D049BB133111EBull));
-  z.bitwise_xor_(shift_right_logical(z, 31));
+  // quantized::uniform_at in int64 tensors holding 32-bit words: every product stays inside
+  // int64 (the second multiplier taken as its negative residue mod 2^32), and a mask keeps the
+  // low 32 bits.
+  constexpr int64_t kLow32 = 0xffffffffll;
+  auto mul32 = [&](at::Tensor& z, uint32_t c) {
+    const int64_t m = c < 0x80000000u ? static_cast<int64_t>(c) : static_cast<int64_t>(c) - (int64_t{1} << 32);
+    z.mul_(m).bitwise_and_(kLow32);
+  };
+  at::Tensor z = at::arange(1, n + 1, at::TensorOptions(device).dtype(at::kLong));
+  mul32(z, 0x9E3779B9u);
+  z.bitwise_xor_(static_cast<int64_t>(quantized::uniform_key(seed)));
+  z.bitwise_xor_(z.bitwise_right_shift(16));
+  mul32(z, 0x7feb352du);
+  z.bitwise_xor_(z.bitwise_right_shift(15));
+  mul32(z, 0x846ca68bu);
+  z.bitwise_xor_(z.bitwise_right_shift(16));
   // The top 24 bits, exactly representable in fp32, times 2^-24 (exact).
-  return shift_right_logical(z, 40).to(at::kFloat).mul_(1.0 / 16777216.0);
+  return z.bitwise_right_shift(8).to(at::kFloat).mul_(1.0 / 16777216.0);
 }
 
 std::unique_ptr<Codec> make_qsgd_codec(int64_t numel, int64_t levels, int64_t block) {

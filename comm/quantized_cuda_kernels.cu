@@ -26,8 +26,10 @@ __global__ void __launch_bounds__(kCudaThreads)
   const float scale = block_scale(partial[0], levels, hi - lo);
   if (t == 0) reinterpret_cast<float*>(payload)[b] = scale;  // payloads start 4-byte aligned
   uint8_t* codes = payload + 4 * blocks;
+  const float step = level_step(scale, levels);
+  const uint32_t key = uniform_key(seed);
   for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-    encode_group(v, i0, min(hi, i0 + kGroup), scale, levels, bits, seed, codes);
+    encode_group(v, i0, min(hi, i0 + kGroup), step, levels, bits, key, codes);
 }
 
 __global__ void __launch_bounds__(kCudaThreads)

@@ -20,10 +20,26 @@ namespace condense::quantized {
 
 constexpr int64_t kGroup = 8;
 
-// u_i in [0, 1): the top 24 bits of mix64(seed + golden * (i + 1)) times 2^-24 (exact in fp32).
-// A function of (seed, i) only, so threads and devices draw the same numbers.
-CONDENSE_HD inline float uniform_at(uint64_t seed, int64_t i) {
-  return static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i + 1)) >> 40) *
+// The stochastic rounding's uniforms. u_i in [0, 1) is the top 24 bits of
+// hash32(key ^ golden * (i + 1)) times 2^-24 (exact in fp32), golden = 0x9E3779B9 (2^32 / phi),
+// key = uniform_key(seed): a function of (seed, i) only, so threads and devices draw the same
+// numbers. hash32 is Wellons' "lowbias32" (two multiplies, a bijection of 32-bit words; "Hash
+// function prospector", nullprogram.com 2018). 32-bit words because GPUs multiply them natively:
+// the 64-bit splitmix mix used before took three 64-bit multiplies per element, about a third
+// of the qsgd kernel's per-element instructions (SASS: 27 of 77).
+CONDENSE_HD inline uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+
+CONDENSE_HD inline uint32_t uniform_key(uint64_t seed) { return static_cast<uint32_t>(mix64(seed)); }
+
+CONDENSE_HD inline float uniform_at(uint32_t key, int64_t i) {
+  return static_cast<float>(hash32(key ^ (0x9E3779B9u * static_cast<uint32_t>(i + 1))) >> 8) *
          (1.0f / 16777216.0f);
 }
 
@@ -40,19 +56,25 @@ CONDENSE_HD inline float block_scale(double sum, int64_t levels, int64_t count) 
 // sign: 1 for x >= 0 (-0 included), else 0.
 CONDENSE_HD inline uint32_t sign_code(float x) { return x >= 0.0f ? 1u : 0u; }
 
-// qsgd with s = levels: a = |x| / scale * s (0 for a zero scale), level = floor(a) plus 1 with
-// probability a - floor(a) (u is the element's uniform), at most s; code = sign * level + s.
-// A NaN level (x NaN or infinite, or an infinite scale) is level 0, the code s: what every path
-// produced before this was explicit (the float-to-integer conversion of NaN is undefined).
-// Branch-free on the coin flip: mispredicting it cost a third of the CPU encode's time.
-CONDENSE_HD inline uint32_t qsgd_code(float x, float scale, int64_t levels, float u) {
+// qsgd's step per unit of |x|: s / scale, 0 for a scale that is not > 0 (an all-zero block, or
+// NaN). One correctly rounded division per block instead of one per element.
+CONDENSE_HD inline float level_step(float scale, int64_t levels) {
+  return scale > 0 ? static_cast<float>(levels) / scale : 0.0f;
+}
+
+// qsgd with s = levels: a = |x| * step (level_step of the block's scale), level = floor(a) plus
+// 1 with probability a - floor(a) (u is the element's uniform), at most s; code = sign * level +
+// s. A NaN level (x NaN or infinite with an infinite scale, whose step is 0) is level 0, the
+// code s (the float-to-integer conversion of NaN is undefined). Branch-free on the coin flip:
+// mispredicting it cost a third of the CPU encode's time.
+CONDENSE_HD inline uint32_t qsgd_code(float x, float step, int64_t levels, float u) {
   const float s = static_cast<float>(levels);
-  const float a = scale > 0 ? ::fabsf(x) / scale * s : 0.0f;
+  const float a = ::fabsf(x) * step;
   float level = ::floorf(a);
   level += static_cast<float>(u < a - level);
   level = level <= s ? level : (level > s ? s : 0.0f);  // at most s; NaN -> 0
-  const int64_t q = static_cast<int64_t>(level);
-  return static_cast<uint32_t>((x < 0 ? -q : q) + levels);
+  const int32_t q = static_cast<int32_t>(level);       // levels < 2^8: codes are at most 8 bits
+  return static_cast<uint32_t>((x < 0 ? -q : q) + static_cast<int32_t>(levels));
 }
 
 // The value a code stands for: +-scale (sign) or (code - s) * scale / s (qsgd).
@@ -65,13 +87,13 @@ CONDENSE_HD inline float decoded_value(uint32_t code, float scale, int64_t level
 CONDENSE_HD inline bool groups_fit(int64_t block, int bits) { return block % (8 / bits) == 0; }
 
 // Encodes elements [i0, i1) of one block (i1 - i0 <= kGroup, i0 % per_byte == 0) with the
-// block's scale into their ceil((i1 - i0) * bits / 8) bytes of `codes` (the code area of the
-// payload); bits of the last byte past i1 are zero.
-CONDENSE_HD inline void encode_group(const float* v, int64_t i0, int64_t i1, float scale, int64_t levels,
-                                     int bits, uint64_t seed, uint8_t* codes) {
+// block's step (level_step; unused by sign) into their ceil((i1 - i0) * bits / 8) bytes of
+// `codes` (the code area of the payload); bits of the last byte past i1 are zero.
+CONDENSE_HD inline void encode_group(const float* v, int64_t i0, int64_t i1, float step, int64_t levels,
+                                     int bits, uint32_t key, uint8_t* codes) {
   uint64_t word = 0;
   for (int64_t i = i0; i < i1; ++i) {
-    const uint32_t c = levels ? qsgd_code(v[i], scale, levels, uniform_at(seed, i)) : sign_code(v[i]);
+    const uint32_t c = levels ? qsgd_code(v[i], step, levels, uniform_at(key, i)) : sign_code(v[i]);
     word |= static_cast<uint64_t>(c) << ((i - i0) * bits);
   }
   uint8_t* out = codes + i0 * bits / 8;

@@ -21,6 +21,7 @@
 #include "comm/error_control.h"
 #include "comm/grad_sync.h"
 #include "comm/nccl_communicator.h"
+#include "comm/quantized_element.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
 #include "tests/test_support.h"
@@ -173,10 +174,19 @@ TEST(DevicePath, QuantizedPayloadsAreTheSameBytes) {
 TEST(DevicePath, CounterUniformIsTheLoopsRandomStream) {
   const uint64_t seed = 0xDEADBEEFCAFEull;
   at::Tensor u = counter_uniform(seed, 5000, at::kCPU);
+  // An independent statement of the formula: lowbias32 of key ^ golden * (i + 1) in 64-bit
+  // arithmetic reduced mod 2^32, key the low half of splitmix64's finalizer of the seed.
+  const uint64_t key = mix64(seed) & 0xffffffffull;
   for (int64_t i : {0, 1, 2, 100, 4999}) {
-    float expected = static_cast<float>(mix64(seed + 0x9E3779B97F4A7C15ull * (i + 1)) >> 40) *
-                     (1.0f / 16777216.0f);
+    uint64_t x = (key ^ ((0x9E3779B9ull * static_cast<uint64_t>(i + 1)) % (1ull << 32)));
+    x ^= x >> 16;
+    x = (x * 0x7feb352dull) % (1ull << 32);
+    x ^= x >> 15;
+    x = (x * 0x846ca68bull) % (1ull << 32);
+    x ^= x >> 16;
+    const float expected = static_cast<float>(x >> 8) / 16777216.0f;
     EXPECT_EQ(u[i].item<float>(), expected) << i;
+    EXPECT_EQ(quantized::uniform_at(quantized::uniform_key(seed), i), expected) << i;
   }
   EXPECT_GE(u.min().item<float>(), 0.0f);
   EXPECT_LT(u.max().item<float>(), 1.0f);

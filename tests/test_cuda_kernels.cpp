@@ -49,7 +49,8 @@ void emulate_cuda_encode(const QuantizedFormat& f, const float* v, uint64_t seed
     std::memcpy(payload + 4 * b, &scale, 4);
     for (int t = 0; t < kCudaThreads; ++t)
       for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-        encode_group(v, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, seed, payload + 4 * f.blocks);
+        encode_group(v, i0, std::min(hi, i0 + kGroup), level_step(scale, f.levels), f.levels, f.bits,
+                     uniform_key(seed), payload + 4 * f.blocks);
   }
 }
 
@@ -271,7 +272,7 @@ std::vector<int64_t> topk_kernel_ks(int64_t n) {
 }
 
 TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
-  // An infinite element makes its block's scale infinite and its own a = inf / inf * s NaN: the
+  // An infinite element makes its block's scale infinite, its step 0 and its own a = inf * 0 NaN: the
   // code is s (level 0), and the block's finite elements round to level 0 too. The same bytes on
   // every path (before, the loops converted NaN to an integer: undefined behaviour).
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
