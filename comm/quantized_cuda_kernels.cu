@@ -42,9 +42,12 @@ __global__ void __launch_bounds__(kCudaThreads)
   uint32_t raw = 0;
   for (int j = 0; j < 4; ++j) raw |= static_cast<uint32_t>(payload[4 * b + j]) << (8 * j);
   const float scale = __uint_as_float(raw);
+  __shared__ float table[256];  // bits <= 8
+  for (int c = t; c < (1 << bits); c += kCudaThreads) table[c] = decoded_value(static_cast<uint32_t>(c), scale, levels);
+  __syncthreads();
   const uint8_t* codes = payload + 4 * blocks;
   for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-    decode_add_group(codes, i0, min(hi, i0 + kGroup), scale, levels, bits, out);
+    decode_add_group(codes, i0, min(hi, i0 + kGroup), table, bits, out);
 }
 
 }  // namespace

@@ -101,16 +101,17 @@ CONDENSE_HD inline void encode_group(const float* v, int64_t i0, int64_t i1, flo
   for (int64_t j = 0; j < n; ++j) out[j] = static_cast<uint8_t>(word >> (8 * j));
 }
 
-// out[i] += the decoded value of element i, for i in [i0, i1) of one block (as encode_group).
-CONDENSE_HD inline void decode_add_group(const uint8_t* codes, int64_t i0, int64_t i1, float scale,
-                                         int64_t levels, int bits, float* out) {
+// out[i] += table[code of element i], for i in [i0, i1) of one block (as encode_group); table[c]
+// = decoded_value(c, block scale, levels) for every c < 2^bits (built once per block: qsgd's
+// value has a division, which per element was most of the decode's work).
+CONDENSE_HD inline void decode_add_group(const uint8_t* codes, int64_t i0, int64_t i1, const float* table,
+                                         int bits, float* out) {
   const uint8_t* in = codes + i0 * bits / 8;
   const int64_t n = ((i1 - i0) * bits + 7) / 8;
   uint64_t word = 0;
   for (int64_t j = 0; j < n; ++j) word |= static_cast<uint64_t>(in[j]) << (8 * j);
   const uint64_t mask = (uint64_t{1} << bits) - 1;
-  for (int64_t i = i0; i < i1; ++i)
-    out[i] += decoded_value(static_cast<uint32_t>((word >> ((i - i0) * bits)) & mask), scale, levels);
+  for (int64_t i = i0; i < i1; ++i) out[i] += table[(word >> ((i - i0) * bits)) & mask];
 }
 
 // The CUDA kernels run one thread block of kCudaThreads threads per codec block. Thread t sums

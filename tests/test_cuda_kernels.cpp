@@ -60,9 +60,11 @@ void emulate_cuda_decode_add(const QuantizedFormat& f, const uint8_t* payload, f
     const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
     float scale;
     std::memcpy(&scale, payload + 4 * b, 4);
+    float table[256];
+    for (uint32_t c = 0; c < (1u << f.bits); ++c) table[c] = decoded_value(c, scale, f.levels);
     for (int t = 0; t < kCudaThreads; ++t)
       for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-        decode_add_group(payload + 4 * f.blocks, i0, std::min(hi, i0 + kGroup), scale, f.levels, f.bits, out);
+        decode_add_group(payload + 4 * f.blocks, i0, std::min(hi, i0 + kGroup), table, f.bits, out);
   }
 }
 
