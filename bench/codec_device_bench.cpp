@@ -10,6 +10,8 @@
 //   topk       Top-K 1%: the k = N/100 indices (exact, ascending) and their values
 //   topk_exact_path   (CUDA kernels only) the same with the kernels' exact path forced
 //              (radix select over x in five passes) instead of the sampled one
+// and then (CUDA kernels only) "topk_steps": the Top-K kernels' steps timed by CUDA events, per
+// path (the fastest of 5 runs by their sum).
 //   qsgd       QSGD encode, s = 7 (4-bit codes), blocks of 512
 //   sign       sign encode, blocks of 512
 //   fp16       the cast to fp16
@@ -43,6 +45,7 @@
 
 #include "comm/codec_kernels.h"
 #include "comm/cuda_kernels_switch.h"
+#include "comm/topk_radix.h"
 #include "comm/topk_select.h"
 
 namespace {
@@ -183,6 +186,24 @@ int main(int argc, char** argv) {
                   rate, rate / copy_rate);
       std::fflush(stdout);
       seconds[i].push_back(secs);
+    }
+  }
+  if (std::strcmp(kernel_path, "kernel") == 0) {
+    // Where the Top-K kernels' time goes: each step between CUDA events, the fastest of 5 runs
+    // per path (the sampled path as "topk" runs it, then the exact path forced).
+    for (int64_t min_n : {int64_t{-1}, std::numeric_limits<int64_t>::max()}) {
+      std::string best;
+      double best_total = 1e30;
+      for (int r = 0; r < 5; ++r) {
+        const std::string report = condense::detail::topk_cuda_kernels_profile(
+            x, k, min_n < 0 ? condense::topk_radix::kSampledMinN : min_n);
+        double total = 0;  // the sum of the members' values
+        for (size_t p = report.find(": "); p != std::string::npos; p = report.find(": ", p + 2))
+          total += std::atof(report.c_str() + p + 2);
+        if (total < best_total) best_total = total, best = report;
+      }
+      std::printf("{\"op\": \"topk_steps\", \"path\": \"%s\", \"numel\": %lld, \"total_ms\": %.4f, \"ms\": {%s}}\n",
+                  min_n < 0 ? "kernel" : "kernel_exact", static_cast<long long>(numel), best_total, best.c_str());
     }
   }
   if (thread_counts.size() > 1) {

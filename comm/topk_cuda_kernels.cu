@@ -3,7 +3,9 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cub/block/block_radix_sort.cuh>
+#include <string>
 
 #include "comm/topk_cuda_kernels.h"
 #include "comm/topk_radix.h"
@@ -35,6 +37,23 @@ struct Gate {
   int32_t when = 0;
   __device__ bool closed() const { return flag != nullptr && *flag != when; }
 };
+
+// Optional stage timing (cuda_topk_profile): an event recorded after each launch group.
+struct Marks {
+  static constexpr int kMax = 16;
+  cudaEvent_t events[kMax];
+  const char* names[kMax];
+  int count = 0;
+  void mark(const char* name, cudaStream_t s) {
+    if (count < kMax && cudaEventCreate(&events[count]) == cudaSuccess) {
+      cudaEventRecord(events[count], s);
+      names[count++] = name;
+    }
+  }
+};
+void mark(Marks* marks, const char* name, cudaStream_t s) {
+  if (marks) marks->mark(name, s);
+}
 
 // One exact-path stage's inputs: `bits` are float bits or keys (key_of leaves keys unchanged),
 // n their number (host bound) and n_dev, when not null, the number actually there (the
@@ -316,17 +335,21 @@ int64_t tiles_of(int64_t n) { return (n + kTile - 1) / kTile; }
 // The exact path over one stage's keys: three histograms (each ending in its digit's
 // selection), the tile counts (ending in their prefix sums), the write. done: the stage's
 // kPasses + 1 block counters.
-void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStream_t s) {
+void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStream_t s, Marks* marks,
+               const char* const names[3]) {
   const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(2048, (st.n + 16 * kHistThreads - 1) / (16 * kHistThreads)));
   for (int pass = 0; pass < kPasses; ++pass)
     histogram_kernel<<<static_cast<unsigned>(blocks), kHistThreads, 0, s>>>(
         st.bits, st.n, st.n_dev, pass, st.selection, st.hist + pass * kMaxBins, static_cast<int32_t>(k), done + pass,
         st.gate);
+  mark(marks, names[0], s);
   const auto grid = static_cast<unsigned>(std::min(st.tiles, kMaxTileBlocks));
   tile_count_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
                                                    st.inclusive, st.tiles, done + kPasses, st.gate);
+  mark(marks, names[1], s);
   write_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
                                               st.inclusive, st.tiles, st.map, out, st.gate);
+  mark(marks, names[2], s);
 }
 
 // Workspace layout, in bytes from its start (each piece aligned to 256).
@@ -367,9 +390,10 @@ size_t cuda_topk_workspace_bytes(int64_t n, int64_t k, int64_t sampled_min_n) {
   return layout_of(n, k, sampled_min_n).total;
 }
 
-int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace, size_t workspace_bytes,
-              int32_t* out, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
+namespace {
+int run_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace, size_t workspace_bytes,
+             int32_t* out, cudaStream_t s, Marks* marks) {
+  mark(marks, "start", s);
   const Layout l = layout_of(n, k, sampled_min_n);
   if (workspace_bytes < l.total || reinterpret_cast<uintptr_t>(workspace) % 256 != 0) return cudaErrorInvalidValue;
   auto* base = static_cast<char*>(workspace);
@@ -379,6 +403,7 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
   // The state and both stages' histograms are adjacent: one memset.
   cudaError_t e = cudaMemsetAsync(base + l.state, 0, l.hist - l.state + 2 * kHistRegion * sizeof(int32_t), s);
   if (e != cudaSuccess) return e;
+  mark(marks, "memset", s);
   const int64_t tiles = tiles_of(n);
   auto* counts = reinterpret_cast<int32_t*>(base + l.counts);
   auto* inclusive = reinterpret_cast<int64_t*>(base + l.inclusive);
@@ -397,8 +422,10 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
     auto* seg_base = reinterpret_cast<int64_t*>(base + l.seg_base);
     auto* seg_count = reinterpret_cast<int32_t*>(base + l.seg_count);
     sample_kernel<<<1, kSampleThreads, 0, s>>>(bits, l.plan, state);
+    mark(marks, "sample", s);
     collect_kernel<<<static_cast<unsigned>(tiles), kTileThreads, 0, s>>>(bits, n, k, state, indices, keys, cap,
                                                                          seg_base, seg_count);
+    mark(marks, "collect", s);
     Stage candidates = over_x;  // the exact path over the candidates' segments, written through indices
     candidates.bits = keys;
     candidates.n = cap;
@@ -409,11 +436,37 @@ int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void*
     candidates.gate = Gate{&state->missed, 0};
     candidates.hist = hist;
     candidates.selection = &state->candidates;
-    run_exact(candidates, k, state->done, out, s);
+    static const char* const kCandidateNames[3] = {"candidates_histograms", "candidates_count", "candidates_write"};
+    run_exact(candidates, k, state->done, out, s, marks, kCandidateNames);
     over_x.gate = Gate{&state->missed, 1};
   }
-  run_exact(over_x, k, state->done + kPasses + 1, out, s);
+  static const char* const kFullNames[3] = {"x_histograms", "x_count", "x_write"};
+  run_exact(over_x, k, state->done + kPasses + 1, out, s, marks, kFullNames);
   return cudaGetLastError();
+}
+}  // namespace
+
+int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace, size_t workspace_bytes,
+              int32_t* out, void* stream) {
+  return run_topk(x, n, k, sampled_min_n, workspace, workspace_bytes, out, static_cast<cudaStream_t>(stream), nullptr);
+}
+
+int cuda_topk_profile(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace,
+                      size_t workspace_bytes, int32_t* out, void* stream, std::string& report) {
+  Marks marks;
+  auto s = static_cast<cudaStream_t>(stream);
+  int e = run_topk(x, n, k, sampled_min_n, workspace, workspace_bytes, out, s, &marks);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+  report.clear();
+  for (int i = 1; i < marks.count && e == cudaSuccess; ++i) {
+    float ms = 0;
+    e = cudaEventElapsedTime(&ms, marks.events[i - 1], marks.events[i]);
+    char item[96];
+    std::snprintf(item, sizeof item, "%s\"%s\": %.4f", report.empty() ? "" : ", ", marks.names[i], ms);
+    report += item;
+  }
+  for (int i = 0; i < marks.count; ++i) cudaEventDestroy(marks.events[i]);
+  return e;
 }
 
 }  // namespace condense::topk_radix

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace condense::topk_radix {
 
@@ -20,5 +21,10 @@ size_t cuda_topk_workspace_bytes(int64_t n, int64_t k, int64_t sampled_min_n);
 // cuda_topk_workspace_bytes(n, k, sampled_min_n) bytes, 256-byte aligned, contents ignored.
 int cuda_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace, size_t workspace_bytes,
               int32_t* out, void* stream);
+// cuda_topk with an event after each step, then a wait for the stream (for benchmarks only):
+// report becomes `"memset": ms, "sample": ms, ...` (JSON members, milliseconds per step; the
+// gated-off path's steps are there too, costing their launches).
+int cuda_topk_profile(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* workspace,
+                      size_t workspace_bytes, int32_t* out, void* stream, std::string& report);
 
 }  // namespace condense::topk_radix

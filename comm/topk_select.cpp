@@ -527,6 +527,28 @@ at::Tensor topk_abs_indices_cuda_kernels(const at::Tensor& x, int64_t k, int64_t
   fail("topk_abs_indices_cuda_kernels: condense was built without its CUDA kernels (no nvcc)");
 #endif
 }
+
+std::string topk_cuda_kernels_profile(const at::Tensor& x, int64_t k, int64_t sampled_min_n) {
+  check_tensor_ops_input(x, k, "topk_cuda_kernels_profile");
+  CONDENSE_CHECK(x.is_cuda() && k > 0 && k < x.numel(),
+                 "topk_cuda_kernels_profile: needs a CUDA x and 0 < k < {} (got k = {})", x.numel(), k);
+#if CONDENSE_WITH_CUDA_KERNELS
+  using namespace topk_radix;
+  c10::cuda::CUDAGuard guard(x.device());
+  void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const size_t bytes = cuda_topk_workspace_bytes(x.numel(), k, sampled_min_n);
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  at::Tensor out = at::empty({k}, x.options().dtype(at::kInt));
+  std::string report;
+  check_cuda_launch(cuda_topk_profile(x.data_ptr<float>(), x.numel(), k, sampled_min_n, workspace.data_ptr(), bytes,
+                                      out.data_ptr<int32_t>(), stream, report),
+                    "topk_cuda_kernels_profile");
+  return report;
+#else
+  (void)sampled_min_n;
+  fail("topk_cuda_kernels_profile: condense was built without its CUDA kernels (no nvcc)");
+#endif
+}
 }  // namespace detail
 
 // The same answer in tensor ops: the keys above (key_of, elementwise), T = the k-th largest key

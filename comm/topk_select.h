@@ -21,6 +21,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 
@@ -52,6 +53,9 @@ at::Tensor topk_abs_indices(const at::Tensor& x, int64_t k, const TopkSelectOpti
 // The CUDA kernels (condense::Error without them), with the sampled path planned for
 // n >= sampled_min_n (0: wherever it applies; INT64_MAX: never). x on CUDA, 0 < k < n.
 at::Tensor topk_abs_indices_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n);
+// For benchmarks: the kernels' steps timed by CUDA events (waits for the device), as JSON members
+// `"step": milliseconds, ...` (comm/topk_cuda_kernels.h, cuda_topk_profile).
+std::string topk_cuda_kernels_profile(const at::Tensor& x, int64_t k, int64_t sampled_min_n);
 }  // namespace detail
 
 }  // namespace condense
