@@ -14,7 +14,8 @@
 // `8 / bits` to a byte with element i of a byte at bit (i % per_byte) * bits; unused high bits
 // of the last byte are zero.
 //   qsgd (levels s >= 1): scale = ||v_block||_2 (summed in double, rounded to float);
-//        step = s / scale (float; 0 if scale is not > 0), a = |v_i| * step (float),
+//        step = s / scale (float; 0 if scale is not > 0), a = |v_i| * step (float; if the
+//        step overflowed, a = |v_i| / scale * s),
 //        level = floor(a) + [u_i < a - floor(a)], at most s,
 //        code = sign(v_i) * level + s; decoded as (code - s) * scale / s.
 //   sign (levels 0): scale = mean |v_block| (summed in double, divided, rounded to float);

@@ -67,7 +67,7 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
         }
         // The uniform is a function of (seed, i), so threads need no shared state.
         const uint32_t code = s == 0 ? quantized::sign_code(v[i])
-                                     : quantized::qsgd_code(v[i], step, s, quantized::uniform_at(key, i));
+                                     : quantized::qsgd_code(v[i], scales[b], step, s, quantized::uniform_at(key, i));
         byte |= static_cast<uint8_t>(code << (j * bits));
       }
       codes[y] = byte;
@@ -135,13 +135,15 @@ void encode_tensor_ops(const QuantizedFormat& f, const at::Tensor& v, uint64_t s
   } else {
     at::Tensor scale = scales.unsqueeze(1);
     // a = |v| * step, step = s / scale (a tensor divided by a tensor: correctly rounded on CUDA
-    // too), 0 where scale is not > 0 (all-zero block, NaN).
+    // too), 0 where scale is not > 0 (all-zero block, NaN); |v| / scale * s where the step
+    // overflowed (a tiny positive scale), as quantized::qsgd_code.
     at::Tensor step = at::where(scale.gt(0), at::full_like(scale, static_cast<double>(s)).div_(scale), 0.0);
-    at::Tensor a = vb.abs().mul_(step);
+    at::Tensor absv = vb.abs();
+    at::Tensor a = at::where(step.isfinite(), absv * step, absv / scale * static_cast<double>(s));
     at::Tensor level = a.floor();
     at::Tensor u = counter_uniform(seed, padded, v.device()).view({blocks, block});
     level.add_(u.lt(a.sub_(level)));  // round up with probability a - floor(a)
-    level.clamp_max_(static_cast<double>(s));
+    level.clamp_max_(static_cast<double>(s)).nan_to_num_(0.0);  // at most s; NaN -> level 0 (code s)
     at::Tensor q = level.to(at::kInt);
     codes = at::where(vb.lt(0), q.neg(), q).add_(s).to(at::kByte);
   }

@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kCudaThreads)
   const float step = level_step(scale, levels);
   const uint32_t key = uniform_key(seed);
   for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-    encode_group(v, i0, min(hi, i0 + kGroup), step, levels, bits, key, codes);
+    encode_group(v, i0, min(hi, i0 + kGroup), scale, step, levels, bits, key, codes);
 }
 
 __global__ void __launch_bounds__(kCudaThreads)

@@ -57,19 +57,22 @@ CONDENSE_HD inline float block_scale(double sum, int64_t levels, int64_t count) 
 CONDENSE_HD inline uint32_t sign_code(float x) { return x >= 0.0f ? 1u : 0u; }
 
 // qsgd's step per unit of |x|: s / scale, 0 for a scale that is not > 0 (an all-zero block, or
-// NaN). One correctly rounded division per block instead of one per element.
+// NaN); +inf for a positive scale below s / FLT_MAX (about 2e-38 at s = 7), where qsgd_code
+// falls back to dividing per element. One correctly rounded division per block instead of one
+// per element.
 CONDENSE_HD inline float level_step(float scale, int64_t levels) {
   return scale > 0 ? static_cast<float>(levels) / scale : 0.0f;
 }
 
-// qsgd with s = levels: a = |x| * step (level_step of the block's scale), level = floor(a) plus
-// 1 with probability a - floor(a) (u is the element's uniform), at most s; code = sign * level +
-// s. A NaN level (x NaN or infinite with an infinite scale, whose step is 0) is level 0, the
-// code s (the float-to-integer conversion of NaN is undefined). Branch-free on the coin flip:
-// mispredicting it cost a third of the CPU encode's time.
-CONDENSE_HD inline uint32_t qsgd_code(float x, float step, int64_t levels, float u) {
+// qsgd with s = levels: a = |x| * step (step = level_step(scale, levels); when that overflowed,
+// a = |x| / scale * s, which stays at most about s), level = floor(a) plus 1 with probability
+// a - floor(a) (u is the element's uniform), at most s; code = sign * level + s. A NaN level (x
+// NaN or infinite with an infinite scale, whose step is 0) is level 0, the code s (the
+// float-to-integer conversion of NaN is undefined). Branch-free on the coin flip: mispredicting
+// it cost a third of the CPU encode's time (the step test is the same for a whole block).
+CONDENSE_HD inline uint32_t qsgd_code(float x, float scale, float step, int64_t levels, float u) {
   const float s = static_cast<float>(levels);
-  const float a = ::fabsf(x) * step;
+  const float a = step <= 3.402823466e38f ? ::fabsf(x) * step : ::fabsf(x) / scale * s;
   float level = ::floorf(a);
   level += static_cast<float>(u < a - level);
   level = level <= s ? level : (level > s ? s : 0.0f);  // at most s; NaN -> 0
@@ -87,13 +90,13 @@ CONDENSE_HD inline float decoded_value(uint32_t code, float scale, int64_t level
 CONDENSE_HD inline bool groups_fit(int64_t block, int bits) { return block % (8 / bits) == 0; }
 
 // Encodes elements [i0, i1) of one block (i1 - i0 <= kGroup, i0 % per_byte == 0) with the
-// block's step (level_step; unused by sign) into their ceil((i1 - i0) * bits / 8) bytes of
-// `codes` (the code area of the payload); bits of the last byte past i1 are zero.
-CONDENSE_HD inline void encode_group(const float* v, int64_t i0, int64_t i1, float step, int64_t levels,
-                                     int bits, uint32_t key, uint8_t* codes) {
+// block's scale and step (level_step; both unused by sign) into their ceil((i1 - i0) * bits / 8)
+// bytes of `codes` (the code area of the payload); bits of the last byte past i1 are zero.
+CONDENSE_HD inline void encode_group(const float* v, int64_t i0, int64_t i1, float scale, float step,
+                                     int64_t levels, int bits, uint32_t key, uint8_t* codes) {
   uint64_t word = 0;
   for (int64_t i = i0; i < i1; ++i) {
-    const uint32_t c = levels ? qsgd_code(v[i], step, levels, uniform_at(key, i)) : sign_code(v[i]);
+    const uint32_t c = levels ? qsgd_code(v[i], scale, step, levels, uniform_at(key, i)) : sign_code(v[i]);
     word |= static_cast<uint64_t>(c) << ((i - i0) * bits);
   }
   uint8_t* out = codes + i0 * bits / 8;

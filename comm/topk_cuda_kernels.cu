@@ -38,17 +38,21 @@ struct Gate {
   __device__ bool closed() const { return flag != nullptr && *flag != when; }
 };
 
-// Optional stage timing (cuda_topk_profile): an event recorded after each launch group.
+// Optional stage timing (cuda_topk_profile): an event recorded after each launch group (all
+// created before the first launch, so the host's event creation does not fall between steps).
 struct Marks {
   static constexpr int kMax = 16;
   cudaEvent_t events[kMax];
   const char* names[kMax];
-  int count = 0;
+  int created = 0, count = 0;
+  Marks() {
+    while (created < kMax && cudaEventCreate(&events[created]) == cudaSuccess) ++created;
+  }
+  ~Marks() {
+    for (int i = 0; i < created; ++i) cudaEventDestroy(events[i]);
+  }
   void mark(const char* name, cudaStream_t s) {
-    if (count < kMax && cudaEventCreate(&events[count]) == cudaSuccess) {
-      cudaEventRecord(events[count], s);
-      names[count++] = name;
-    }
+    if (count < created && cudaEventRecord(events[count], s) == cudaSuccess) names[count++] = name;
   }
 };
 void mark(Marks* marks, const char* name, cudaStream_t s) {
@@ -111,8 +115,9 @@ __device__ T block_exclusive_scan(T v, T* scratch) {
   return inclusive - v;
 }
 
-// Pass p's histogram: per block in shared memory (lanes with the same digit add together:
-// gradient keys crowd into few bins, all-zero data into one), then added into the global one;
+// Pass p's histogram: per block in shared memory (in pass 0 lanes with the same digit add
+// together: gradient keys crowd into few bins, all-zero data into one), then added into the
+// global one;
 // the last block picks the digit into *selection, each thread searching its own range of
 // digits (select_digit_range) after a block scan of the ranges' counts.
 __global__ void __launch_bounds__(kHistThreads)
@@ -133,6 +138,10 @@ __global__ void __launch_bounds__(kHistThreads)
     const int64_t i = r * stride + static_cast<int64_t>(blockIdx.x) * kHistThreads + t;
     uint32_t key = 0;
     const bool counted = i < n && in_prefix(key = key_of(bits[i]), pass, start.prefix);
+    if (pass > 0) {  // only keys in the prefix count: few lanes, rarely the same digit
+      if (counted) atomicAdd(&local[digit_of(key, pass)], 1);
+      continue;
+    }
     const int digit = counted ? static_cast<int>(digit_of(key, pass)) : -1;
     const uint32_t peers = __match_any_sync(0xffffffffu, digit);
     if (counted && (__ffs(peers) - 1) == t % 32) atomicAdd(&local[digit], __popc(peers));
@@ -465,7 +474,6 @@ int cuda_topk_profile(const float* x, int64_t n, int64_t k, int64_t sampled_min_
     std::snprintf(item, sizeof item, "%s\"%s\": %.4f", report.empty() ? "" : ", ", marks.names[i], ms);
     report += item;
   }
-  for (int i = 0; i < marks.count; ++i) cudaEventDestroy(marks.events[i]);
   return e;
 }
 

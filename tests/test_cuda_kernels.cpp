@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -49,7 +50,7 @@ void emulate_cuda_encode(const QuantizedFormat& f, const float* v, uint64_t seed
     std::memcpy(payload + 4 * b, &scale, 4);
     for (int t = 0; t < kCudaThreads; ++t)
       for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
-        encode_group(v, i0, std::min(hi, i0 + kGroup), level_step(scale, f.levels), f.levels, f.bits,
+        encode_group(v, i0, std::min(hi, i0 + kGroup), scale, level_step(scale, f.levels), f.levels, f.bits,
                      uniform_key(seed), payload + 4 * f.blocks);
   }
 }
@@ -296,6 +297,31 @@ TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
     auto code = [&](int64_t i) { return (codes[i / f.per_byte()] >> ((i % f.per_byte()) * f.bits)) & mask; };
     for (int64_t i : {int64_t{150}, int64_t{160}, int64_t{420}, int64_t{777}})
       EXPECT_EQ(code(i), static_cast<uint32_t>(levels)) << "levels " << levels << " element " << i;
+  }
+}
+
+TEST(DevicePath, QsgdBlocksWithTinyScalesStayUnbiased) {
+  // Scales below s / FLT_MAX overflow the step s / scale; those blocks divide per element (else
+  // every nonzero element would round to level s and decode 20x too large). Same bytes on every
+  // path, and the decoded block's mean near the input's.
+  for (int64_t levels : {1, 7, 127}) {
+    QuantizedFormat f(16384, levels, 512);  // 32 blocks: s = 1's mean within about 4% (1 sigma)
+    // Magnitudes about s / FLT_MAX / 100: a block's l2 norm (about 25 of them) stays below s /
+    // FLT_MAX (denormal for s = 1: the sums are in double, the scale a float denormal).
+    const float tiny = static_cast<float>(levels) / std::numeric_limits<float>::max() / 100.0f;
+    at::Tensor v = test_vector(16384, 3, false).abs_().add_(0.5).mul_(tiny);
+    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
+    at::Tensor replay = at::full_like(loops, 0xA5);
+    quantized_encode(f, v, 8, loops, false);
+    quantized_encode(f, v, 8, ops, true);
+    emulate_cuda_encode(f, v.data_ptr<float>(), 8, replay.data_ptr<uint8_t>());
+    ASSERT_TRUE(bitwise_equal(ops, loops)) << levels;
+    ASSERT_TRUE(bitwise_equal(replay, loops)) << levels;
+    const float scale = loops.narrow(0, 0, 4).view(at::kFloat).item<float>();
+    ASSERT_FALSE(std::isfinite(quantized::level_step(scale, levels))) << "the test's scale is not tiny enough";
+    at::Tensor decoded = at::zeros({16384});
+    quantized_decode_add(f, loops, decoded, false);
+    EXPECT_NEAR(decoded.sum().item<double>() / v.sum().item<double>(), 1.0, 0.15) << levels;
   }
 }
 
