@@ -21,7 +21,7 @@ constexpr int64_t kMaxTileBlocks = 2048;  // grids of the per-tile kernels (they
 // One selection's state on the device (zeroed before the first kernel).
 struct State {
   uint32_t t;             // sampled path: the sample threshold
-  int32_t missed;         // sampled path: 1 when the candidates cannot give the answer
+  int32_t outcome;        // sampled path: a SampleOutcome (topk_radix.h), set by the collection
   int64_t count;          // sampled path: the keys >= t (the collection adds them up)
   Selection candidates;   // T and need among the candidates
   Selection full;         // T and need over x
@@ -30,13 +30,15 @@ struct State {
   uint32_t done[2 * (kPasses + 1) + 1];
 };
 
-// A gated kernel runs only when *flag == when (the sampled path launches both the candidates'
-// stage and the fallback over x; State::missed picks one). flag == nullptr: always runs.
+// A gated kernel runs only when bit *flag of `when` is set (the sampled path launches both the
+// candidates' stage and the exact path over x; State::outcome picks what runs). flag ==
+// nullptr: always runs.
 struct Gate {
   const int32_t* flag = nullptr;
-  int32_t when = 0;
-  __device__ bool closed() const { return flag != nullptr && *flag != when; }
+  uint32_t when = 0;
+  __device__ bool closed() const { return flag != nullptr && !((when >> *flag) & 1u); }
 };
+constexpr uint32_t bit(int32_t outcome) { return 1u << outcome; }
 
 // Optional stage timing (cuda_topk_profile): an event recorded after each launch group (all
 // created before the first launch, so the host's event creation does not fall between steps).
@@ -70,7 +72,8 @@ struct Stage {
   const int64_t* seg_base = nullptr;  // the candidates' segments per x tile (tile_range), or null
   const int32_t* seg_count = nullptr;
   const int32_t* map = nullptr;  // output through it (candidate -> index in x), or null
-  Gate gate;
+  Gate gate;         // every kernel of the stage
+  Gate select_gate;  // the histograms, too (zero fill sets T and need without them)
   int32_t* hist = nullptr;          // kHistRegion int32, zeroed
   Selection* selection = nullptr;   // T and need (written)
   int32_t* counts = nullptr;        // 2 x tiles
@@ -277,7 +280,7 @@ __global__ void __launch_bounds__(kSampleThreads) sample_kernel(const uint32_t* 
 
 // The collection: x tile `blockIdx.x`'s keys >= t, in index order, into a segment of the
 // candidate buffer reserved with one atomic add (positions past capacity are only counted);
-// the last block sets State::missed.
+// the last block sets State::outcome (and, for a zero fill, T = 0 and need over x).
 // Loads are striped (round j: elements lo + 256 j + thread, coalesced); a round's elements are in
 // index order by (warp, lane), so the ballots of 16 rounds x 8 warps, scanned in (round, warp)
 // order, place every candidate.
@@ -335,7 +338,9 @@ __global__ void __launch_bounds__(kTileThreads)
   }
   if (arrive_last(&state->done[2 * (kPasses + 1)]) && t == 0) {
     const auto count = static_cast<int64_t>(__ldcg(reinterpret_cast<const unsigned long long*>(&state->count)));
-    state->missed = sample_missed(count, k, capacity) ? 1 : 0;
+    const int32_t outcome = sample_outcome(count, k, capacity, threshold);
+    if (outcome == kZeroFill) state->full = zero_fill_selection(k, count);
+    state->outcome = outcome;
   }
 }
 
@@ -350,7 +355,7 @@ void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStr
   for (int pass = 0; pass < kPasses; ++pass)
     histogram_kernel<<<static_cast<unsigned>(blocks), kHistThreads, 0, s>>>(
         st.bits, st.n, st.n_dev, pass, st.selection, st.hist + pass * kMaxBins, static_cast<int32_t>(k), done + pass,
-        st.gate);
+        st.select_gate.flag ? st.select_gate : st.gate);
   mark(marks, names[0], s);
   const auto grid = static_cast<unsigned>(std::min(st.tiles, kMaxTileBlocks));
   tile_count_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
@@ -442,12 +447,13 @@ int run_topk(const float* x, int64_t n, int64_t k, int64_t sampled_min_n, void* 
     candidates.seg_base = seg_base;
     candidates.seg_count = seg_count;
     candidates.map = indices;
-    candidates.gate = Gate{&state->missed, 0};
+    candidates.gate = Gate{&state->outcome, bit(kCandidates)};
     candidates.hist = hist;
     candidates.selection = &state->candidates;
     static const char* const kCandidateNames[3] = {"candidates_histograms", "candidates_count", "candidates_write"};
     run_exact(candidates, k, state->done, out, s, marks, kCandidateNames);
-    over_x.gate = Gate{&state->missed, 1};
+    over_x.gate = Gate{&state->outcome, bit(kMissed) | bit(kZeroFill)};
+    over_x.select_gate = Gate{&state->outcome, bit(kMissed)};
   }
   static const char* const kFullNames[3] = {"x_histograms", "x_count", "x_write"};
   run_exact(over_x, k, state->done + kPasses + 1, out, s, marks, kFullNames);

@@ -27,7 +27,10 @@
 // index order again. One pass over x instead of five. When the sample missed (fewer than k
 // candidates, or more than capacity) a flag on the device sends the work to the exact path over
 // x, whose kernels were launched behind a gate: the result is exact either way and nothing
-// waits for the host.
+// waits for the host. Mostly-zero x (a sample whose rank key is zero) collects the nonzero
+// keys (t = 1); if they are fewer than k, the answer is all of them plus the first zeros, which
+// the exact path's count and write over x give with T = 0 and need = k - count, without its
+// histograms (SampleOutcome::kZeroFill).
 #pragma once
 #include <cstdint>
 
@@ -164,9 +167,11 @@ constexpr int64_t kSampledMinN = int64_t{1} << 18;         // below: the exact p
 constexpr int kSampleLowBits = 15;  // t keeps the top 16 of the key's 31 bits (the sort's digits)
 
 // t from the sample key of rank `rank`: its low bits cleared, so t is at most that key (the
-// candidates only grow, by under 0.4% of t's magnitude) and a sort of the top 16 bits finds it.
+// candidates only grow, by under 0.4% of t's magnitude) and a sort of the top 16 bits finds it;
+// at least 1, so zeros (key 0) are never candidates.
 CONDENSE_HD inline uint32_t sample_threshold(uint32_t key_at_rank) {
-  return key_at_rank & ~((1u << kSampleLowBits) - 1u);
+  const uint32_t t = key_at_rank & ~((1u << kSampleLowBits) - 1u);
+  return t > 0 ? t : 1u;
 }
 
 // strata x kSampleRun sample entries: stratum j is [j * stride, (j + 1) * stride) (the tail
@@ -206,10 +211,22 @@ inline SamplePlan plan_sample(int64_t n, int64_t k, int64_t min_n = kSampledMinN
   return plan;
 }
 
-// Whether the candidates (count of keys >= t) cannot give the answer: too few (t above the k-th
-// key) or more than were kept.
-CONDENSE_HD inline bool sample_missed(int64_t count, int64_t k, int64_t capacity) {
-  return count < k || count > capacity;
+// What the collection (count keys >= t, at most capacity kept) leaves to do:
+//   kCandidates  the answer is among the candidates (k <= count <= capacity);
+//   kZeroFill    t = 1 and count < k: every nonzero key is a candidate and the answer is all
+//                of them plus the first k - count zeros (the exact path's count and write over
+//                x with T = 0, need = k - count);
+//   kMissed      anything else: the exact path over x.
+enum SampleOutcome : int32_t { kCandidates = 0, kMissed = 1, kZeroFill = 2 };
+CONDENSE_HD inline int32_t sample_outcome(int64_t count, int64_t k, int64_t capacity, uint32_t t) {
+  if (count > capacity) return kMissed;
+  if (count >= k) return kCandidates;
+  return t == 1 ? kZeroFill : kMissed;
+}
+
+// The zero fill's selection over x: T = key 0, need = the zeros to take after the count nonzeros.
+CONDENSE_HD inline Selection zero_fill_selection(int64_t k, int64_t count) {
+  return Selection{0u, static_cast<int32_t>(k - count)};
 }
 
 }  // namespace condense::topk_radix

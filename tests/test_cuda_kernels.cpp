@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -138,10 +139,12 @@ int select_digit_by_threads(const int32_t* hist, int pass, topk_radix::Selection
 }
 
 void emulate_exact_path(const uint32_t* bits, int64_t n, int64_t k, int64_t tiles, const int64_t* seg_base,
-                        const int32_t* seg_count, const int32_t* map, int32_t* out) {
+                        const int32_t* seg_count, const int32_t* map, int32_t* out,
+                        const topk_radix::Selection* preset = nullptr) {  // T and need: no histograms
   using namespace topk_radix;
   Selection s{0u, static_cast<int32_t>(k)};
-  for (int pass = 0; pass < kPasses; ++pass) {
+  if (preset) s = *preset;
+  for (int pass = 0; pass < (preset ? 0 : kPasses); ++pass) {
     std::vector<int32_t> hist(kMaxBins, 0);
     for (int64_t i = 0; i < n; ++i) {
       const uint32_t key = key_of(bits[i]);
@@ -196,9 +199,10 @@ at::Tensor emulate_cuda_topk(const at::Tensor& x, int64_t k) {
 
 // The sampled path (plan as cuda_topk makes it for sampled_min_n = 0): the sample kernel's sort
 // and rank; the collection, whose tiles reserve their segments here in reverse order (on the
-// GPU in whatever order they run), each filled in index order up to capacity; the missed flag;
-// then the exact path on the candidates' segments or, when missed, over x.
-enum class SampledOutcome { NotPlanned, Candidates, Missed };
+// GPU in whatever order they run), each filled in index order up to capacity; the outcome;
+// then the exact path on the candidates' segments, or over x (missed), or its count and write
+// over x with T = 0 (zero fill).
+enum class SampledOutcome { NotPlanned, Candidates, Missed, ZeroFill };
 at::Tensor emulate_cuda_topk_sampled(const at::Tensor& x, int64_t k, SampledOutcome& outcome) {
   using namespace topk_radix;
   const int64_t n = x.numel(), tiles = tiles_of(n);
@@ -229,9 +233,14 @@ at::Tensor emulate_cuda_topk_sampled(const at::Tensor& x, int64_t k, SampledOutc
       ++seg_count[tile];
     }
   }
-  if (sample_missed(count, k, plan.capacity)) {
+  const int32_t result = sample_outcome(count, k, plan.capacity, t);
+  if (result == kMissed) {
     outcome = SampledOutcome::Missed;
     emulate_exact_path(bits, n, k, tiles, nullptr, nullptr, nullptr, out.data_ptr<int32_t>());
+  } else if (result == kZeroFill) {
+    outcome = SampledOutcome::ZeroFill;
+    const Selection zeros = zero_fill_selection(k, count);
+    emulate_exact_path(bits, n, k, tiles, nullptr, nullptr, nullptr, out.data_ptr<int32_t>(), &zeros);
   } else {
     outcome = SampledOutcome::Candidates;
     emulate_exact_path(keys.data(), count, k, tiles, seg_base.data(), seg_count.data(), indices.data(),
@@ -252,11 +261,22 @@ at::Tensor sample_adversary(int64_t n, int64_t k) {
 
 // Inputs for the Top-K kernels: gradient-like values with and without ties, all zeros (every
 // key tied), and special values (NaN of both signs, infinities, zeros of both signs).
+// n gradient-like values of which a fraction `density` (at random places) are nonzero.
+at::Tensor sparse_vector(int64_t n, double density) {
+  at::Tensor x = test_vector(n, 17, false);
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(23);
+  return x.mul_(at::rand({n}, g).lt(density));
+}
+
 std::vector<std::pair<std::string, at::Tensor>> topk_kernel_inputs() {
   std::vector<std::pair<std::string, at::Tensor>> v;
   for (int64_t n : {2, 100, 4096, 4097, 100003, 3000000})
     for (bool ties : {false, true}) v.push_back({std::to_string(n) + (ties ? " ties" : ""), test_vector(n, n + ties, ties)});
   v.push_back({"zeros", at::zeros({10000})});
+  // Mostly zeros (as gradients of unused embedding rows): 0.5% and 1.5% nonzero, so at k = n /
+  // 100 the nonzeros are fewer than k (zero fill) or more (candidates with t = 1).
+  v.push_back({"sparse 0.5%", sparse_vector(100003, 0.005)});
+  v.push_back({"sparse 1.5%", sparse_vector(100003, 0.015)});
   at::Tensor special = test_vector(20000, 3, true);
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   for (int64_t i : {5, 900, 15000}) special[i] = nan;
@@ -369,16 +389,25 @@ TEST(DevicePath, CudaTopkSampledReplayGivesTheCpuSelection) {
   };
   for (const auto& [name, x] : topk_kernel_inputs())
     for (int64_t k : topk_kernel_ks(x.numel())) check(name, x, k);
-  // Both ways out of the sample: too many candidates (every key tied: t = 0 collects all)...
-  SampledOutcome outcome;
-  emulate_cuda_topk_sampled(at::zeros({100000}), 1000, outcome);
-  EXPECT_EQ(outcome, SampledOutcome::Missed);
-  // ... and too few (t above the k-th key).
+  // Every way out of the sample: too many candidates (every key tied at one nonzero value: the
+  // threshold collects all)...
   const int64_t n = 100003, k = n / 100;
+  SampledOutcome outcome;
+  check("ones", at::ones({n}), k);
+  emulate_cuda_topk_sampled(at::ones({n}), k, outcome);
+  EXPECT_EQ(outcome, SampledOutcome::Missed);
+  // ... too few (t above the k-th key) ...
   at::Tensor adversary = sample_adversary(n, k);
   check("adversary", adversary, k);
   emulate_cuda_topk_sampled(adversary, k, outcome);
   EXPECT_EQ(outcome, SampledOutcome::Missed);
+  // ... and fewer nonzeros than k: all of them plus the first zeros.
+  for (const at::Tensor& x : {at::zeros({n}), sparse_vector(n, 0.005)}) {
+    emulate_cuda_topk_sampled(x, k, outcome);
+    EXPECT_EQ(outcome, SampledOutcome::ZeroFill);
+  }
+  emulate_cuda_topk_sampled(sparse_vector(n, 0.015), k, outcome);  // t = 1: the nonzeros suffice
+  EXPECT_EQ(outcome, SampledOutcome::Candidates);
   // The gradient-like inputs take the candidates (every n of at least 64 with k <= n / 8).
   EXPECT_GE(outcomes[SampledOutcome::Candidates], 10);
 }
@@ -454,9 +483,9 @@ TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
             << name << " slice";
       }
     }
-    if (kernels) {  // the sample's misses on the GPU: too many candidates, too few
+    if (kernels) {  // the sample's misses on the GPU: too many candidates, too few; zero fill
       const int64_t n = 100003, k = n / 100;
-      for (const at::Tensor& x : {at::zeros({n}), sample_adversary(n, k)})
+      for (const at::Tensor& x : {at::ones({n}), sample_adversary(n, k), at::zeros({n}), sparse_vector(n, 0.005)})
         ASSERT_TRUE(bitwise_equal(detail::topk_abs_indices_cuda_kernels(x.to(kCuda), k, 0), topk_abs_indices(x, k)));
     }
     unsetenv("CONDENSE_CUDA_KERNELS");
