@@ -41,6 +41,7 @@
 #include <functional>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "comm/codec_kernels.h"
@@ -191,19 +192,20 @@ int main(int argc, char** argv) {
   if (std::strcmp(kernel_path, "kernel") == 0) {
     // Where the Top-K kernels' time goes: each step between CUDA events, the fastest of 5 runs
     // per path (the sampled path as "topk" runs it, then the exact path forced).
-    for (int64_t min_n : {int64_t{-1}, std::numeric_limits<int64_t>::max()}) {
+    const std::pair<const char*, int64_t> paths[] = {{"kernel", condense::topk_radix::kSampledMinN},
+                                                     {"kernel_exact", std::numeric_limits<int64_t>::max()}};
+    for (const auto& [path_name, min_n] : paths) {
       std::string best;
       double best_total = 1e30;
       for (int r = 0; r < 5; ++r) {
-        const std::string report = condense::detail::topk_cuda_kernels_profile(
-            x, k, min_n < 0 ? condense::topk_radix::kSampledMinN : min_n);
+        const std::string report = condense::detail::topk_cuda_kernels_profile(x, k, min_n);
         double total = 0;  // the sum of the members' values
         for (size_t p = report.find(": "); p != std::string::npos; p = report.find(": ", p + 2))
           total += std::atof(report.c_str() + p + 2);
         if (total < best_total) best_total = total, best = report;
       }
       std::printf("{\"op\": \"topk_steps\", \"path\": \"%s\", \"numel\": %lld, \"total_ms\": %.4f, \"ms\": {%s}}\n",
-                  min_n < 0 ? "kernel" : "kernel_exact", static_cast<long long>(numel), best_total, best.c_str());
+                  path_name, static_cast<long long>(numel), best_total, best.c_str());
     }
   }
   if (thread_counts.size() > 1) {

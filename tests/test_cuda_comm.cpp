@@ -177,17 +177,24 @@ TEST(DevicePath, CounterUniformIsTheLoopsRandomStream) {
   // An independent statement of the formula: lowbias32 of key ^ golden * (i + 1) in 64-bit
   // arithmetic reduced mod 2^32, key the low half of splitmix64's finalizer of the seed.
   const uint64_t key = mix64(seed) & 0xffffffffull;
-  for (int64_t i : {0, 1, 2, 100, 4999}) {
-    uint64_t x = (key ^ ((0x9E3779B9ull * static_cast<uint64_t>(i + 1)) % (1ull << 32)));
+  auto reference = [&](int64_t i) {
+    uint64_t x = key ^ ((0x9E3779B9ull * static_cast<uint64_t>(i + 1)) % (1ull << 32));
     x ^= x >> 16;
     x = (x * 0x7feb352dull) % (1ull << 32);
     x ^= x >> 15;
     x = (x * 0x846ca68bull) % (1ull << 32);
     x ^= x >> 16;
-    const float expected = static_cast<float>(x >> 8) / 16777216.0f;
-    EXPECT_EQ(u[i].item<float>(), expected) << i;
-    EXPECT_EQ(quantized::uniform_at(quantized::uniform_key(seed), i), expected) << i;
+    return static_cast<float>(x >> 8) / 16777216.0f;
+  };
+  // Up to the top of the index range (no tensor that long here: uniform_at alone there).
+  for (int64_t i : {int64_t{0}, int64_t{1}, int64_t{2}, int64_t{100}, int64_t{4999}, int64_t{1} << 30,
+                    (int64_t{1} << 31) - 2}) {
+    if (i < u.numel()) EXPECT_EQ(u[i].item<float>(), reference(i)) << i;
+    EXPECT_EQ(quantized::uniform_at(quantized::uniform_key(seed), i), reference(i)) << i;
   }
+  // Every element of the tensor-op stream is the loops' uniform_at.
+  for (int64_t i = 0; i < 5000; ++i)
+    ASSERT_EQ(u[i].item<float>(), quantized::uniform_at(quantized::uniform_key(seed), i)) << i;
   EXPECT_GE(u.min().item<float>(), 0.0f);
   EXPECT_LT(u.max().item<float>(), 1.0f);
   EXPECT_NEAR(u.mean().item<double>(), 0.5, 0.02);

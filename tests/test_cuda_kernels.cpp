@@ -294,6 +294,19 @@ std::vector<int64_t> topk_kernel_ks(int64_t n) {
   return ks;
 }
 
+// Encodes v with the loops, with tensor ops and with the kernels' CPU replay; asserts (fatally)
+// that all three give the same bytes and returns them.
+at::Tensor encode_every_path(const QuantizedFormat& f, const at::Tensor& v, uint64_t seed) {
+  at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
+  at::Tensor replay = at::full_like(loops, 0xA5);  // garbage: the replay must write every byte
+  quantized_encode(f, v, seed, loops, false);
+  quantized_encode(f, v, seed, ops, true);
+  emulate_cuda_encode(f, v.data_ptr<float>(), seed, replay.data_ptr<uint8_t>());
+  EXPECT_TRUE(bitwise_equal(ops, loops)) << "tensor ops vs loops";
+  EXPECT_TRUE(bitwise_equal(replay, loops)) << "replay vs loops";
+  return loops;
+}
+
 TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
   // An infinite element makes its block's scale infinite, its step 0 and its own a = inf * 0 NaN: the
   // code is s (level 0), and the block's finite elements round to level 0 too. The same bytes on
@@ -305,13 +318,9 @@ TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
     v[150] = inf;
     v[420] = -inf;
     v[777] = nan;
-    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
-    at::Tensor replay = at::full_like(loops, 0xA5);
-    quantized_encode(f, v, 5, loops, false);
-    quantized_encode(f, v, 5, ops, true);
-    emulate_cuda_encode(f, v.data_ptr<float>(), 5, replay.data_ptr<uint8_t>());
-    ASSERT_TRUE(bitwise_equal(ops, loops)) << levels;
-    ASSERT_TRUE(bitwise_equal(replay, loops)) << levels;
+    SCOPED_TRACE("levels " + std::to_string(levels));
+    const at::Tensor loops = encode_every_path(f, v, 5);
+    if (HasFailure()) return;
     const uint8_t* codes = loops.data_ptr<uint8_t>() + 4 * f.blocks;
     const uint32_t mask = (1u << f.bits) - 1;
     auto code = [&](int64_t i) { return (codes[i / f.per_byte()] >> ((i % f.per_byte()) * f.bits)) & mask; };
@@ -330,13 +339,9 @@ TEST(DevicePath, QsgdBlocksWithTinyScalesStayUnbiased) {
     // FLT_MAX (denormal for s = 1: the sums are in double, the scale a float denormal).
     const float tiny = static_cast<float>(levels) / std::numeric_limits<float>::max() / 100.0f;
     at::Tensor v = test_vector(16384, 3, false).abs_().add_(0.5).mul_(tiny);
-    at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte), ops = at::empty_like(loops);
-    at::Tensor replay = at::full_like(loops, 0xA5);
-    quantized_encode(f, v, 8, loops, false);
-    quantized_encode(f, v, 8, ops, true);
-    emulate_cuda_encode(f, v.data_ptr<float>(), 8, replay.data_ptr<uint8_t>());
-    ASSERT_TRUE(bitwise_equal(ops, loops)) << levels;
-    ASSERT_TRUE(bitwise_equal(replay, loops)) << levels;
+    SCOPED_TRACE("levels " + std::to_string(levels));
+    const at::Tensor loops = encode_every_path(f, v, 8);
+    if (HasFailure()) return;
     const float scale = loops.narrow(0, 0, 4).view(at::kFloat).item<float>();
     ASSERT_FALSE(std::isfinite(quantized::level_step(scale, levels))) << "the test's scale is not tiny enough";
     at::Tensor decoded = at::zeros({16384});

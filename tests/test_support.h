@@ -113,7 +113,6 @@ inline ::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::T
   return f;
 }
 
-
 // n standard normal floats from a CPU generator seeded with `seed`.
 inline at::Tensor randn(int64_t n, uint64_t seed) {
   return at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(seed), at::kFloat);
