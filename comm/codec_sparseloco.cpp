@@ -25,6 +25,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "comm/codec_impl.h"
 #include "core/error.h"
@@ -84,7 +85,7 @@ class SparseLoCoCodec : public Codec {
       ScopedSeconds t(ctx.stats.compress_s);
       at::Tensor m = to_chunks(v);                                  // [chunks, chunk]
       if (dct_) m = transform(m, false);
-      at::Tensor idx = std::get<1>(m.abs().topk(k_, 1, true, false));  // [chunks, k]
+      at::Tensor idx = select(m);                                   // [chunks, k]
       at::Tensor vals = m.gather(1, idx);
       payload.narrow(0, scale_bytes_, index_bytes_).view(at::kShort).copy_(idx.view({-1}));
       if (raw()) {
@@ -154,8 +155,44 @@ class SparseLoCoCodec : public Codec {
   }
   at::Tensor back(const at::Tensor& m) const { return dct_ ? transform(m, true) : m; }
 
+  // The k largest magnitudes of every row of m, ties to the lower index: the same choice on
+  // every device (at::topk breaks ties one way on the CPU and another on CUDA, so a padded
+  // run's zeros, or values of equal magnitude, would make a CUDA run keep other coordinates than
+  // a CPU run). NaN is the largest magnitude, as in topk. topk picks the rows' k; a row whose
+  // largest left-out magnitude reaches its k-th kept one t had ties at t, and only those rows
+  // (usually none, or a few padded runs) are redone by keep_first_ties. One host sync (the rows'
+  // count). Indices in no particular order within a row.
+  at::Tensor select(const at::Tensor& m) const {
+    at::Tensor a = m.abs();
+    auto [kept, idx] = a.topk(k_, 1, true, false);
+    at::Tensor kept_nan = kept.isnan();  // t is NaN only when all k kept are
+    at::Tensor t = at::where(kept_nan.all(1, true), std::numeric_limits<float>::quiet_NaN(),
+                             kept.masked_fill(kept_nan, std::numeric_limits<float>::infinity()).amin(1, true));
+    at::Tensor rest = a.scatter_(1, idx, -1.0).amax(1, true);  // NaN if a NaN was left out
+    at::Tensor rows = rest.ge(t).logical_or_(rest.isnan()).view(-1).nonzero().view(-1);
+    if (rows.numel() > 0)
+      idx.index_copy_(0, rows, keep_first_ties(m.index_select(0, rows).abs(), t.index_select(0, rows)));
+    return idx;
+  }
+
+  // For rows of magnitudes a whose k-th largest is t ([rows, 1]): what is above t (NaN above
+  // everything) and the first of the ties, k per row, lowest index first. The k positions get
+  // distinct positive keys (chunk - j), so a topk of the keys returns exactly them.
+  at::Tensor keep_first_ties(const at::Tensor& a, const at::Tensor& t) const {
+    at::Tensor t_nan = t.isnan(), a_nan = a.isnan();
+    at::Tensor above = at::where(t_nan, at::zeros_like(a_nan), a.gt(t).logical_or_(a_nan));
+    at::Tensor tied = at::where(t_nan, a_nan, a.eq(t));
+    at::Tensor need = above.sum(1, true).neg_().add_(k_);  // ties each row keeps
+    at::Tensor keep = above.logical_or_(tied.logical_and_(tied.cumsum(1).le(need)));
+    at::Tensor key = keep.to(at::kInt).mul_(at::arange(chunk_, 0, -1, a.options().dtype(at::kInt)));
+    return std::get<1>(key.topk(k_, 1, true, true));
+  }
+
+  // (2j - L) / L: the ends exactly +-1. The division by L is a true one on every device
+  // (div_exact_: CUDA multiplies by the reciprocal of a host scalar, which rounds otherwise).
   static at::Tensor dequantize(const at::Tensor& code, const at::Tensor& scale, double top) {
-    return code.mul(2.0).sub_(top).div_(top).mul_(scale);  // (2j - L) / L: the ends exactly +-1
+    at::Tensor x = code.mul(2.0).sub_(top);
+    return div_exact_(x, static_cast<int64_t>(top)).mul_(scale);
   }
 
   // The bucket as [chunks, chunk]: tiles of tiled tensors, zero-padded runs of the others.

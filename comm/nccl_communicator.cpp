@@ -135,7 +135,7 @@ class NcclCommunicator : public Communicator {
                        in.scalar_type() == out.scalar_type(),
                    "NCCL all_to_all: in has {} elements and out {}, expected equal multiples of {}",
                    in.numel(), out.numel(), size_);
-    CONDENSE_CHECK(out.is_contiguous(), "NCCL all_to_all: out must be contiguous");
+    CONDENSE_CHECK(in.is_contiguous() && out.is_contiguous(), "NCCL all_to_all: in and out must be contiguous");
     const int64_t n = in.numel() / size_;
     const size_t bytes = static_cast<size_t>(n) * in.element_size();
     auto* src = static_cast<const char*>(in.data_ptr());

@@ -20,11 +20,13 @@
 #include "comm/communicator.h"
 #include "comm/error_control.h"
 #include "comm/grad_sync.h"
+#include "comm/local_update.h"
 #include "comm/nccl_communicator.h"
 #include "comm/quantized_element.h"
 #include "comm/topk_select.h"
 #include "core/random.h"
 #include "tests/test_support.h"
+#include "trainer/onebit_adam.h"
 
 namespace condense {
 namespace {
@@ -87,6 +89,24 @@ std::vector<Named> bitwise_codecs() {
   CompressionConfig sign = cfg("sign");
   sign.block = 64;
   out.push_back({"sign", sign});
+  // 1-bit Adam's compressed all-reduce (a world of one: all-to-all, server re-compression,
+  // all-gather).
+  sign.collective = "compressed_all_reduce";
+  out.push_back({"sign/compressed_all_reduce", sign});
+  CompressionConfig qsgd = cfg("qsgd");
+  qsgd.block = 100;
+  qsgd.collective = "compressed_all_reduce";
+  out.push_back({"qsgd/compressed_all_reduce", qsgd});
+  // SparseLoCo without the DCT: tensor ops on every device, its selection's ties to the lower
+  // index, the levels elementwise with true divisions, so CUDA gives the CPU's bits (at 4 bits, 6
+  // of the 16 levels (2j - 15) / 15 differ in their last bit when divided by a reciprocal).
+  for (int64_t bits : {2, 4, 32}) {
+    CompressionConfig sl = cfg("sparseloco");
+    sl.chunk = 256;
+    sl.ratio = 0.05;
+    sl.bits = bits;
+    out.push_back({"sparseloco/" + std::to_string(bits) + "bit", sl, true});
+  }
   return out;
 }
 
@@ -140,9 +160,11 @@ TEST(DevicePath, EveryCodecMatchesItsCpuPathBitForBit) {
     for (bool ties : {false, true}) {
       BucketLayout layout = c.three_tensors ? three_tensor_layout() : flat_layout(5003);
       at::Tensor v = test_vector(layout.numel, 31, ties);
-      auto codec = make_codec(c.config, layout, 1, /*error_control=*/false);
-      Result cpu = run_codec(*codec, v, false, self());
-      Result ops = run_codec(*codec, v, true, self());
+      // One codec per path: some keep state (the compressed all-reduce's server error).
+      auto cpu_codec = make_codec(c.config, layout, 1, /*error_control=*/false);
+      auto ops_codec = make_codec(c.config, layout, 1, /*error_control=*/false);
+      Result cpu = run_codec(*cpu_codec, v, false, self());
+      Result ops = run_codec(*ops_codec, v, true, self());
       EXPECT_TRUE(bitwise_equal(ops.local, cpu.local)) << c.label << " ties " << ties;
       EXPECT_TRUE(bitwise_equal(ops.mean, cpu.mean)) << c.label << " ties " << ties;
     }
@@ -394,6 +416,14 @@ TEST(Cuda, OneRankNcclCommunicatorWithoutMpirun) {
   at::Tensor rs = at::empty({6}, opts);
   comm.reduce_scatter_sum(at::arange(6, opts.dtype(at::kFloat)).add(1), rs);
   EXPECT_TRUE(at::equal(rs.cpu(), at::arange(6, at::kFloat).add(1))) << rs.cpu();
+  // all_to_all (grouped ncclSend/ncclRecv; the compressed all-reduce's first round), bytes as
+  // its payloads are, and a CPU tensor staged through the device.
+  at::Tensor a2a = at::empty({1001}, opts.dtype(at::kByte));
+  comm.all_to_all(at::arange(1001, opts.dtype(at::kInt)).remainder(251).to(at::kByte), a2a);
+  EXPECT_TRUE(at::equal(a2a.cpu(), at::arange(1001, at::kInt).remainder(251).to(at::kByte)));
+  at::Tensor a2a_cpu = at::empty({5}, at::kFloat);
+  comm.all_to_all(at::arange(5, at::kFloat), a2a_cpu);
+  EXPECT_TRUE(at::equal(a2a_cpu, at::arange(5, at::kFloat)));
   comm.barrier();
   // Work queued on the communicator's own stream runs in order with its collectives.
   {
@@ -530,6 +560,238 @@ TEST(Cuda, CompressedGradientSyncOnCudaMatchesTheCpu) {
         }
       }
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local-update training (comm.sync.mode diloco) and momentum compression (onebit_adam,
+// zero_one_adam) on CUDA tensors against the same runs on the CPU. The inner loops are
+// simulated (moves and gradients generated on the CPU), so what is compared is the modes' own
+// arithmetic on each device.
+
+// IntegerMlp's shapes, small integers, on `device`.
+std::vector<std::pair<std::string, at::Tensor>> integer_params(at::Device device, bool requires_grad) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& [name, shape] : std::vector<std::pair<std::string, std::vector<int64_t>>>{
+           {"w1", {32, 16}}, {"b1", {32}}, {"w2", {8, 32}}, {"b2", {8}}})
+    out.push_back({name, at::randint(-2, 3, shape, g, at::kFloat).to(device).requires_grad_(requires_grad)});
+  return out;
+}
+
+struct LocalCase {
+  std::string label;
+  SyncConfig sync;
+  CompressionConfig c;
+  double tol;  // CUDA against CPU; 0: bitwise
+};
+
+std::vector<LocalCase> local_cases() {
+  SyncConfig nesterov;
+  nesterov.mode = "diloco";
+  nesterov.inner_steps = 4;
+  nesterov.outer_lr = 0.5;  // powers of two: the outer steps are exact
+  nesterov.outer_momentum = 0.5;
+  SyncConfig sgd = nesterov;
+  sgd.outer_optimizer = "sgd";
+  sgd.outer_lr = 1.0;
+  sgd.outer_momentum = 0;
+  SyncConfig streamed = nesterov;
+  streamed.fragments = 2;
+  auto sparseloco = [](int64_t bits, double decay) {
+    CompressionConfig c = cfg("sparseloco");
+    c.chunk = 64;  // 8 x 8 tiles of w1 and w2, runs of the biases (padded)
+    c.k = 4;
+    c.bits = bits;
+    c.error_control = "ef";
+    c.decay = decay;
+    return c;
+  };
+  CompressionConfig qsgd = cfg("qsgd");
+  qsgd.block = 64;
+  qsgd.error_control = "ef";
+  // The inner moves are multiples of 1/4, so pseudo-gradients tie everywhere (SparseLoCo's tie
+  // rule decides) and every value stays exact except where noted.
+  return {
+      {"none/nesterov", nesterov, cfg("none"), 0},
+      {"none/nesterov, 2 fragments", streamed, cfg("none"), 0},
+      {"sparseloco fp32/ef/sgd", sgd, sparseloco(32, 1.0), 0},
+      {"sparseloco 2-bit/ef/nesterov", nesterov, sparseloco(2, 1.0), 0},
+      {"qsgd/ef/sgd", sgd, qsgd, 0},
+      // g + 0.95 e is one fused multiply-add in one device's kernel and two roundings in the
+      // other's.
+      {"sparseloco 2-bit/ef decay 0.95/sgd", sgd, sparseloco(2, 0.95), 1e-5},
+  };
+}
+
+// The parameters (on the CPU) after each outer step of `rounds` rounds.
+std::vector<std::vector<at::Tensor>> diloco_run(Communicator& comm, at::Device device,
+                                                const LocalCase& k, int rounds) {
+  auto params = integer_params(device, false);
+  LocalUpdate local(comm, params, k.sync, k.c, /*bucket_cap_mb=*/0.0015);
+  const int64_t total = rounds * k.sync.inner_steps;
+  std::vector<std::vector<at::Tensor>> out;
+  for (int64_t step = 1; step <= total; ++step) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      at::Generator g = at::make_generator<at::CPUGeneratorImpl>(1000 * step + i);
+      at::Tensor& p = params[i].second;
+      p.sub_(at::randint(-2, 3, p.sizes(), g, at::kFloat).div_(4).to(device));
+    }
+    std::vector<int64_t> due = local.fragments_due(step, total);
+    if (due.empty()) continue;
+    local.outer_step(due);
+    std::vector<at::Tensor> now;
+    for (const auto& [name, p] : params) now.push_back(p.cpu().clone());
+    for (const auto& [name, a] : local.shared_state()) {
+      EXPECT_EQ(a.device().type(), device.type()) << name;
+      now.push_back(a.cpu());
+    }
+    at::Tensor errors = local.compression().state();
+    if (errors.defined()) {
+      EXPECT_EQ(errors.device().type(), device.type());
+      now.push_back(errors.cpu());
+    }
+    out.push_back(std::move(now));
+  }
+  return out;
+}
+
+// The harness on the CPU: the runs repeat, and where only sums of the moves are exchanged every
+// value stays a multiple of 2^-20 (no rounding at all, on any device). The other bitwise cases
+// round, but only in elementwise operations, which every device rounds alike.
+TEST(DevicePath, LocalUpdateHarnessIsExactOnCpu) {
+  for (const LocalCase& k : local_cases()) {
+    // Exchanged values that are sums of the moves (no levels, no decay) stay dyadic.
+    const bool dyadic = k.c.codec == "none" || (k.c.codec == "sparseloco" && k.c.bits == 32 && k.c.decay == 1.0);
+    auto a = diloco_run(self(), at::kCPU, k, 3), b = diloco_run(self(), at::kCPU, k, 3);
+    ASSERT_EQ(a.size(), k.sync.fragments > 1 ? 6u : 3u) << k.label;
+    for (size_t r = 0; r < a.size(); ++r) {
+      for (size_t t = 0; t < a[r].size(); ++t) {
+        EXPECT_TRUE(bitwise_equal(a[r][t], b[r][t])) << k.label << " round " << r << " tensor " << t;
+        if (dyadic) {
+          at::Tensor scaled = a[r][t].mul(1 << 20);
+          EXPECT_TRUE(at::equal(scaled, scaled.round())) << k.label << " round " << r << " tensor " << t;
+        }
+      }
+    }
+  }
+}
+
+TEST(Cuda, LocalUpdateOnCudaMatchesTheCpu) {
+  SKIP_WITHOUT_CUDA();
+  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
+  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  for (const LocalCase& k : local_cases()) {
+    auto cpu = diloco_run(self(), at::kCPU, k, 3);
+    for (auto& [comm_name, comm] : comms) {
+      auto gpu = diloco_run(*comm, kCuda, k, 3);
+      ASSERT_EQ(gpu.size(), cpu.size());
+      for (size_t r = 0; r < cpu.size(); ++r) {
+        ASSERT_EQ(gpu[r].size(), cpu[r].size());
+        for (size_t t = 0; t < cpu[r].size(); ++t) {
+          const std::string where = k.label + " on " + comm_name + ", outer step " + std::to_string(r) +
+                                    ", tensor " + std::to_string(t);
+          if (k.tol == 0) EXPECT_TRUE(bitwise_equal(gpu[r][t], cpu[r][t])) << where;
+          else EXPECT_TRUE(close(gpu[r][t], cpu[r][t], k.tol)) << where;
+        }
+      }
+    }
+  }
+}
+
+struct MomentumCase {
+  std::string label;
+  VarianceSchedule schedule;
+  CompressionConfig c;
+};
+
+std::vector<MomentumCase> momentum_cases() {
+  CompressionConfig sign = cfg("sign");
+  sign.block = 64;
+  sign.error_control = "ef";
+  CompressionConfig sign_car = sign;
+  sign_car.collective = "compressed_all_reduce";
+  CompressionConfig topk = cfg("topk");
+  topk.ratio = 0.1;
+  topk.error_control = "ef";
+  return {{"onebit_adam sign/ef", {3, 0}, sign},
+          {"onebit_adam sign/ef compressed_all_reduce", {3, 0}, sign_car},
+          {"zero_one_adam topk/ef", {8, 2}, topk}};
+}
+
+// The parameters, m and v (on the CPU) after each of `steps` steps of 1-bit / 0/1 Adam on
+// gradients drawn on the CPU.
+std::vector<std::vector<at::Tensor>> momentum_run(Communicator& comm, at::Device device,
+                                                  const MomentumCase& k, int steps) {
+  auto params = integer_params(device, true);
+  OneBitAdam opt(params, AdamWOptions{0.9, 0.95, 1e-8, 0.1}, k.schedule, comm, k.c,
+                 /*bucket_cap_mb=*/0.0015);
+  std::vector<std::vector<at::Tensor>> out;
+  for (int64_t t = 1; t <= steps; ++t) {
+    for (size_t i = 0; i < params.size(); ++i) {
+      at::Generator g = at::make_generator<at::CPUGeneratorImpl>(2000 * t + i);
+      params[i].second.mutable_grad() = at::randn(params[i].second.sizes(), g, at::kFloat).to(device);
+    }
+    opt.step(0.01);  // a world of one: the dense exchange of a variance step is the identity
+    std::vector<at::Tensor> now;
+    for (const auto& [name, p] : params) now.push_back(p.detach().cpu().clone());
+    for (const auto& [name, s] : opt.state()) {
+      EXPECT_EQ(s.device().type(), device.type()) << name;
+      now.push_back(s.cpu().clone());
+    }
+    out.push_back(std::move(now));
+  }
+  EXPECT_EQ(opt.compression().state().device().type(), device.type());
+  return out;
+}
+
+TEST(Cuda, MomentumCompressionOnCudaMatchesTheCpu) {
+  SKIP_WITHOUT_CUDA();
+  // AdamW's kernels may fuse multiply-adds differently on the two devices, and sign's block
+  // scale is a sum: close, not bitwise.
+  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
+  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  for (const MomentumCase& k : momentum_cases()) {
+    auto cpu = momentum_run(self(), at::kCPU, k, 10);
+    for (auto& [comm_name, comm] : comms) {
+      auto gpu = momentum_run(*comm, kCuda, k, 10);
+      for (size_t s = 0; s < cpu.size(); ++s)
+        for (size_t t = 0; t < cpu[s].size(); ++t)
+          EXPECT_TRUE(close(gpu[s][t], cpu[s][t], 1e-5))
+              << k.label << " on " << comm_name << ", step " << s + 1 << ", tensor " << t;
+    }
+  }
+}
+
+// The two local-update codecs that are not bit for bit across devices: int8 (its shift, scale
+// and bin means are reductions, summed in another order on CUDA) and SparseLoCo with the DCT
+// (matrix products). Codes may differ where a value sits on a rounding boundary; everything
+// else agrees to float rounding.
+TEST(Cuda, ReducingLocalUpdateCodecsOnCudaAgreeWithTheCpu) {
+  SKIP_WITHOUT_CUDA();
+  const BucketLayout layout = three_tensor_layout();
+  BucketLayout cuda_layout = layout;
+  cuda_layout.device = kCuda;
+  at::Tensor v = test_vector(layout.numel, 61, false);
+  CompressionConfig int8 = cfg("int8");
+  CompressionConfig dct = cfg("sparseloco");
+  dct.chunk = 64;
+  dct.k = 6;
+  dct.bits = 32;
+  dct.transform = "dct";
+  for (const CompressionConfig& c : {int8, dct}) {
+    auto cpu_codec = make_codec(c, layout, 1, true);
+    auto cuda_codec = make_codec(c, cuda_layout, 1, true);
+    Result cpu = run_codec(*cpu_codec, v, false, self());
+    Result gpu = run_codec(*cuda_codec, v.to(kCuda), false, self());
+    at::Tensor diff = (gpu.local.cpu() - cpu.local).abs();
+    const double scale = v.abs().max().item<double>();
+    const int64_t off = diff.gt(1e-5 * scale).sum().item<int64_t>();
+    EXPECT_LE(off, layout.numel / 200) << c.codec << ": " << off << " of " << layout.numel
+                                       << " elements differ by more than rounding";
+    EXPECT_TRUE(bitwise_equal(gpu.mean, gpu.local)) << c.codec;  // a world of one
+    EXPECT_NEAR((gpu.local.cpu() - v).norm().item<double>(), (cpu.local - v).norm().item<double>(),
+                1e-3 * v.norm().item<double>()) << c.codec;
   }
 }
 

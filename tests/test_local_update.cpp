@@ -13,6 +13,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <limits>
+
 #include "comm/codec.h"
 #include "comm/error_control.h"
 #include "comm/local_update.h"
@@ -102,6 +104,49 @@ TEST(SparseLoCoCodec, KeepsTheTopKOfEveryTileAndChunk) {
   at::Tensor ls = local.narrow(0, 128 * 192, 5000);
   check_chunk(s.narrow(0, 0, 4096), ls.narrow(0, 0, 4096), "run 0");
   check_chunk(s.narrow(0, 4096, 904), ls.narrow(0, 4096, 904), "run 1 (padded)");
+}
+
+// Ties in magnitude go to the lower index, as the stable-sort reference keeps them, so the
+// choice does not depend on the device's topk (CUDA breaks ties otherwise); NaN is the largest
+// magnitude, and a chunk with more than k NaN keeps the first k.
+TEST(SparseLoCoCodec, TiesGoToTheLowerIndex) {
+  const int64_t chunk = 100, k = 10;
+  auto codec_for = [&](int64_t n) {
+    return make_codec(sparseloco(chunk, k, 32), BucketLayout{{0}, {{n}}, n}, 1, true);
+  };
+  // Kept positions of v (bits 32: the kept values come back as they are, so every kept nonzero
+  // is nonzero in `local`).
+  auto kept = [&](const at::Tensor& v) {
+    at::Tensor local = run(*codec_for(v.numel()), v).first;
+    return local.ne(0).logical_or_(local.isnan());
+  };
+  at::Tensor v = at::randint(0, 2, {chunk}, at::make_generator<at::CPUGeneratorImpl>(1), at::kFloat)
+                     .mul_(2).sub_(1);  // +-1
+  v[50] = 2.0f;
+  v[70] = -2.0f;
+  v[90] = 2.0f;
+  at::Tensor expected = at::zeros({chunk}, at::kBool);
+  for (int64_t i : {0, 1, 2, 3, 4, 5, 6, 50, 70, 90}) expected[i] = true;
+  EXPECT_TRUE(at::equal(kept(v), expected)) << kept(v).nonzero().view(-1);
+
+  at::Tensor w = randn({chunk}, 2);
+  w.narrow(0, 5, 16).fill_(std::numeric_limits<float>::quiet_NaN());
+  at::Tensor first_nan = at::zeros({chunk}, at::kBool);
+  first_nan.narrow(0, 5, k).fill_(true);
+  EXPECT_TRUE(at::equal(kept(w), first_nan)) << kept(w).nonzero().view(-1);
+
+  // Many chunks of values from {-2, ..., 2} (ties everywhere), the last one padded, and a few
+  // NaN: the stable descending sort's first k per chunk.
+  const int64_t n = 40 * chunk + 37;
+  at::Tensor x = at::randint(-2, 3, {n}, at::make_generator<at::CPUGeneratorImpl>(3), at::kFloat);
+  x[123] = std::numeric_limits<float>::quiet_NaN();
+  x[4010] = -std::numeric_limits<float>::quiet_NaN();
+  at::Tensor padded = at::zeros({41 * chunk});
+  padded.narrow(0, 0, n).copy_(x);
+  at::Tensor order = std::get<1>(padded.view({41, chunk}).abs().sort(/*stable=*/true, 1, /*descending=*/true));
+  at::Tensor reference = at::zeros({41, chunk}, at::kBool)
+                             .scatter_(1, order.narrow(1, 0, k), true).view(-1).narrow(0, 0, n);
+  EXPECT_TRUE(at::equal(kept(x), reference.logical_and_(x.ne(0))));
 }
 
 // DeMo's DCT (transform: dct): a 2-D cosine of one frequency pair, or a constant, is one DCT-II
