@@ -13,6 +13,8 @@
 #              pinned-host offload, memory meter, bf16 autocast), test_cuda_comm (codecs on
 #              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync)
 #              and test_cuda_kernels (condense's CUDA kernels vs the CPU paths)
+#   modes      scripts/device_modes.py: DiLoCo, 1-bit Adam and 0/1 Adam through condense train
+#              on the GPU (NCCL, one rank) against the same runs on the CPU
 #   codecs     codec throughput on 64M floats against the device-to-device copy rate: the
 #              path the codecs take (Top-K, qsgd and sign through condense's CUDA kernels; Top-K
 #              also with the kernels' exact path forced, topk_exact_path), then the tensor-op
@@ -95,6 +97,10 @@ if [[ ${SANITIZE:-0} == 1 ]]; then
       --gtest_filter='Cuda.*' || tests_rc=1
   done
 fi
+# The exchange modes (DiLoCo, 1-bit Adam, 0/1 Adam) through the trainer on the GPU over NCCL,
+# against the same runs on the CPU.
+step modes 300 $PY scripts/device_modes.py --bin "$BIN/condense" --store "$STORE" --work "$WORK/modes" \
+  --device cuda --threads 8 || tests_rc=1
 step codecs 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10
 step codecs_tensor 180 "$BIN/codec_device_bench" --device cuda --numel 67108864 --repeats 10 --path tensor
 # Smaller than the training batch: offload=host pins every saved activation in host memory.
@@ -147,6 +153,8 @@ for t in ["test_cuda_memory", "test_cuda_comm", "test_cuda_kernels"]:
         for f in failed: print(f"  FAILED {f}")
     else:
         print(f"{t}: no result")
+print("\n## exchange modes on the GPU vs the CPU (scripts/device_modes.py)\n")
+for r in jlines("modes.log"): print("    " + json.dumps(r))
 print("\n## codecs (64M floats)\n")
 for r in jlines("codecs.log") + jlines("codecs_tensor.log"): print("    " + json.dumps(r))
 print("\n## memory policies\n")

@@ -17,7 +17,8 @@
 //   0/1 Adam    (update_scaler S): step s <= freeze_steps is one when s is a multiple of the
 //               current interval; the interval starts at 1 and doubles after every S variance
 //               steps (DeepSpeed's var_update_scaler / var_freeze_step), so v is refreshed at
-//               exponentially sparser steps while the momentum is compressed from step 2 on.
+//               exponentially sparser steps; the steps between exchange the momentum (the
+//               first is S + 1).
 // 0/1 Adam's other half, local steps between 1-bit synchronizations, is not built.
 //
 // Momentum mask: coordinates whose v is exactly 0 never had a gradient in a variance step

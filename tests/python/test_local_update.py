@@ -2,7 +2,13 @@
 plain SGD and an outer SGD step of lr 1 it is data parallel with that SGD; every rank holds the
 same weights after each outer step and its own between them; bytes move only on exchange steps;
 a run resumed from a checkpoint in the middle of a round reproduces the uninterrupted run
-exactly; bad settings are refused naming the key, before anything is written."""
+exactly; bad settings are refused naming the key, before anything is written. Also the GPU
+check's exchange-mode step (scripts/device_modes.py) as a dry run on the CPU."""
+import json
+import pathlib
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -308,3 +314,19 @@ def test_streaming_fragments_exchange_in_turn_and_resume_exactly(small_store, tm
     assert p.returncode != 0
     assert "must divide comm.sync.inner_steps (4), got 3" in p.stderr, p.stderr
     assert not bad.exists()
+
+
+def test_device_modes_script_dry_run_on_cpu(condense_bin, small_store, tmp_path):
+    """scripts/device_modes.py (the GPU check's exchange-mode step) with --device cpu: every mode
+    trains 12 steps with falling loss, writes its checkpoints and logs its exchanges' bytes."""
+    script = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "device_modes.py"
+    p = subprocess.run([sys.executable, str(script), "--bin", str(condense_bin), "--store", str(small_store),
+                        "--work", str(tmp_path), "--device", "cpu", "--threads", "1"],
+                       capture_output=True, text=True, timeout=600,
+                       cwd=pathlib.Path(__file__).resolve().parents[2])
+    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [r["mode"].split()[0] for r in rows] == ["diloco", "onebit_adam", "zero_one_adam"]
+    for r in rows:
+        assert r["ok"] and r["loss_last_cpu"] < r["loss_first_cpu"], r
+        assert any(b for b in r["comm_bytes_device"]), r
