@@ -77,12 +77,6 @@ inline at::Tensor decode_logits(LlamaForCausalLM& m, const at::Tensor& ids, KVCa
   return at::cat(parts, 1);
 }
 
-// Every tensor of `a` equal to its partner in `b` (values, on any device).
-inline void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(at::equal(a[i], b[i])) << "tensor " << i;
-}
-
 // ||a - ref|| / ||ref|| over all tensors together, in float64 on the CPU.
 inline double rel_error(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& ref) {
   double num = 0, den = 0;
@@ -111,6 +105,13 @@ inline ::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::T
     f << ": " << x.ne(y).sum().item<int64_t>() << " of " << x.numel() << " elements, max |diff| "
       << (x.to(at::kDouble) - y.to(at::kDouble)).abs().nan_to_num(0).max().item<double>();
   return f;
+}
+
+// Every tensor of `a` bit for bit its partner in `b` (bitwise_equal: -0 is not +0, and a NaN
+// equals the same NaN), on any device.
+inline void expect_bitwise(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(bitwise_equal(a[i], b[i])) << "tensor " << i;
 }
 
 // n standard normal floats from a CPU generator seeded with `seed`.
