@@ -15,6 +15,9 @@
 //   qsgd       QSGD encode, s = 7 (4-bit codes), blocks of 512
 //   sign       sign encode, blocks of 512
 //   fp16       the cast to fp16
+//   sparseloco SparseLoCo's whole exchange in a world of one (self communicator): the vector as a
+//              [N / 4096, 4096] matrix in 64 x 64 tiles, the top 41 (1%) of each, 2-bit codes,
+//              decoded into `local` and `mean` (bytes: 4N read + 8N written)
 //   qsgd_decode, sign_decode   adding a decoded payload into an fp32 vector (what every rank
 //              does once per gathered payload)
 // --threads T1,T2,... (CPU) runs everything at each intra-op thread count (at::set_num_threads:
@@ -40,11 +43,14 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "comm/codec.h"
 #include "comm/codec_kernels.h"
+#include "comm/communicator.h"
 #include "comm/cuda_kernels_switch.h"
 #include "comm/topk_radix.h"
 #include "comm/topk_select.h"
@@ -127,6 +133,17 @@ int main(int argc, char** argv) {
   at::Tensor half;
 
   at::Tensor acc = at::zeros_like(x);  // the decodes add into it (their payloads: the encodes')
+  condense::CommConfig self_config;
+  self_config.backend = "self";
+  std::unique_ptr<condense::Communicator> self = condense::make_communicator(self_config);
+  condense::CompressionConfig sl_config;
+  sl_config.codec = "sparseloco";
+  sl_config.k = 41;
+  const bool tiled = numel % 4096 == 0;
+  const condense::BucketLayout sl_layout{
+      {0}, {tiled ? std::vector<int64_t>{numel / 4096, 4096} : std::vector<int64_t>{numel}}, numel, device};
+  std::unique_ptr<condense::Codec> sparseloco = condense::make_codec(sl_config, sl_layout, 1, true);
+  at::Tensor sl_local = at::empty_like(x), sl_mean = at::empty_like(x);
   const char* codec_path = tensor_ops ? "tensor" : "cpu";
   // Top-K, qsgd and sign (blocks of 512: every code width fits the kernels' groups).
   const char* kernel_path = cuda && path == "auto" && condense::cuda_kernels_built() ? "kernel" : codec_path;
@@ -154,6 +171,13 @@ int main(int argc, char** argv) {
       {"sign_decode", [&] { condense::quantized_decode_add(sign, sign_payload, acc, tensor_ops); },
        8 * numel + sign.payload_bytes(), kernel_path},
       {"fp16", [&] { half = x.to(at::kHalf); }, 4 * numel + 2 * numel, "tensor"},
+      {"sparseloco",
+       [&] {
+         condense::ExchangeStats stats;
+         condense::ExchangeContext ctx{*self, 1, 2, stats};
+         sparseloco->exchange(x, &sl_local, sl_mean, ctx);
+       },
+       12 * numel, "tensor"},
   };
   if (std::strcmp(kernel_path, "kernel") == 0) {
     // The kernels' exact path alone (five passes over x; the sampled path's fallback), for the
