@@ -358,6 +358,13 @@ Communicator* nccl() {
   return c;
 }
 
+// The communicators a CUDA run is compared through: self, and one-rank NCCL where built.
+std::vector<std::pair<std::string, Communicator*>> device_communicators() {
+  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
+  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  return comms;
+}
+
 #define SKIP_WITHOUT_NCCL()                                      \
   SKIP_WITHOUT_CUDA();                                           \
   if (!built_with_nccl()) GTEST_SKIP() << "built without NCCL"
@@ -542,13 +549,12 @@ TEST(DevicePath, CompressedGradientSyncHarnessOnCpu) {
 TEST(Cuda, CompressedGradientSyncOnCudaMatchesTheCpu) {
   SKIP_WITHOUT_CUDA();
   const std::vector<SyncCase> cases = sync_cases();
-  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
-  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  const auto comms = device_communicators();
   for (const SyncCase& k : cases) {
     for (bool overlap : {true, false}) {
       const GradSyncConfig config = sync_config(k.c, overlap);
       auto cpu = train_grads(self(), at::kCPU, config, 4);
-      for (auto& [comm_name, comm] : comms) {
+      for (const auto& [comm_name, comm] : comms) {
         auto gpu = train_grads(*comm, kCuda, config, 4);
         for (size_t s = 0; s < cpu.size(); ++s) {
           for (size_t p = 0; p < cpu[s].size(); ++p) {
@@ -679,11 +685,10 @@ TEST(DevicePath, LocalUpdateHarnessIsExactOnCpu) {
 
 TEST(Cuda, LocalUpdateOnCudaMatchesTheCpu) {
   SKIP_WITHOUT_CUDA();
-  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
-  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  const auto comms = device_communicators();
   for (const LocalCase& k : local_cases()) {
     auto cpu = diloco_run(self(), at::kCPU, k, 3);
-    for (auto& [comm_name, comm] : comms) {
+    for (const auto& [comm_name, comm] : comms) {
       auto gpu = diloco_run(*comm, kCuda, k, 3);
       ASSERT_EQ(gpu.size(), cpu.size());
       for (size_t r = 0; r < cpu.size(); ++r) {
@@ -749,11 +754,10 @@ TEST(Cuda, MomentumCompressionOnCudaMatchesTheCpu) {
   SKIP_WITHOUT_CUDA();
   // AdamW's kernels may fuse multiply-adds differently on the two devices, and sign's block
   // scale is a sum: close, not bitwise.
-  std::vector<std::pair<std::string, Communicator*>> comms = {{"self", &self()}};
-  if (built_with_nccl()) comms.push_back({"nccl", nccl()});
+  const auto comms = device_communicators();
   for (const MomentumCase& k : momentum_cases()) {
     auto cpu = momentum_run(self(), at::kCPU, k, 10);
-    for (auto& [comm_name, comm] : comms) {
+    for (const auto& [comm_name, comm] : comms) {
       auto gpu = momentum_run(*comm, kCuda, k, 10);
       for (size_t s = 0; s < cpu.size(); ++s)
         for (size_t t = 0; t < cpu[s].size(); ++t)
