@@ -81,10 +81,16 @@ void OneBitAdam::load_state(const std::map<std::string, at::Tensor>& state) {
 
 void OneBitAdam::refresh_masks() {
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < v_.size(); ++i) {
-    at::Tensor nonzero = v_[i].gt(0);
-    mask_[i] = nonzero.all().item<bool>() ? at::Tensor() : nonzero;
+  if (v_.empty()) return;
+  std::vector<at::Tensor> nonzero, all;
+  for (const at::Tensor& v : v_) {
+    nonzero.push_back(v.gt(0));
+    all.push_back(nonzero.back().all());
   }
+  // One read-back for every parameter (on CUDA one synchronization, not one per tensor).
+  const at::Tensor full = at::stack(all).cpu();
+  const bool* f = full.data_ptr<bool>();
+  for (size_t i = 0; i < v_.size(); ++i) mask_[i] = f[i] ? at::Tensor() : nonzero[i];
 }
 
 void OneBitAdam::apply(size_t i, double lr, double bc2) {
