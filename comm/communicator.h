@@ -28,7 +28,8 @@ class Communicator {
   virtual ~Communicator() = default;
   // Collective. From here on, a collective of this communicator that runs longer than
   // timeout_s ends the process with an error naming the stalled ranks (comm/watchdog.h;
-  // reports under report_dir/watchdog/). Backends that cannot be watched log that once.
+  // reports under report_dir/watchdog/); NCCL also ends it at once on an asynchronous error
+  // (a peer died, a connection broke). No-op for the self backend or timeout_s <= 0.
   void arm_watchdog(double timeout_s, const std::string& report_dir);
   virtual int rank() const = 0;
   virtual int size() const = 0;
@@ -66,12 +67,12 @@ class Communicator {
   virtual void barrier() = 0;
 
  protected:
-  // Whether this backend's collectives block the calling thread until done (so that a
-  // CollectiveWatchdog::Scope around them measures them); NCCL's are queued on a stream.
-  virtual bool blocking_collectives() const { return false; }
-  // Null until arm_watchdog; backends hold a CollectiveWatchdog::Scope(watchdog(), ...) per
-  // collective.
+  // Null until arm_watchdog. Backends whose collectives block the calling thread (MPI) hold a
+  // CollectiveWatchdog::Scope(watchdog(), ...) per collective; those that queue them on a
+  // stream (NCCL) register each with CollectiveWatchdog::queued.
   CollectiveWatchdog* watchdog() const { return watchdog_.get(); }
+  // Called once arm_watchdog has made the watchdog (a backend installs its health check).
+  virtual void watchdog_armed(CollectiveWatchdog&) {}
 
  private:
   std::unique_ptr<CollectiveWatchdog> watchdog_;

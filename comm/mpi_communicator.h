@@ -34,9 +34,6 @@ class MpiCommunicator : public Communicator {
   MPI_Comm comm() const { return comm_; }
   static constexpr int64_t kRingMinBytes = 256 * 1024;
 
- protected:
-  bool blocking_collectives() const override { return true; }
-
  private:
   void ring_all_reduce(at::Tensor& t);
   MPI_Comm comm_ = MPI_COMM_NULL;

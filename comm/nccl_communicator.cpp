@@ -8,8 +8,11 @@
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <fmt/format.h>
 #include <mpi.h>
 #include <nccl.h>
+
+#include <memory>
 
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_runtime.h"
@@ -153,6 +156,7 @@ class NcclCommunicator : public Communicator {
   }
   void barrier() override {
     c10::cuda::getCurrentCUDAStream(device_).synchronize();
+    CollectiveWatchdog::Scope watch(watchdog(), "barrier", 0);  // MPI's part blocks this thread
     if (mpi_) mpi_->barrier();
   }
 
@@ -183,14 +187,39 @@ class NcclCommunicator : public Communicator {
     auto caller = c10::cuda::getCurrentCUDAStream(device_);
     if (caller == stream_) {
       check_nccl(op(stream_.stream()), name, rank_);
+      watch(name, t);
       return;
     }
     at::cuda::CUDAEvent before, after;
     before.record(caller);
     before.block(stream_);
     check_nccl(op(stream_.stream()), name, rank_);
+    watch(name, t);
     after.record(stream_);
     after.block(caller);
+  }
+
+  // With the watchdog armed: the collective just queued on stream_ is timed until an event
+  // recorded after it completes (comm/watchdog.h).
+  void watch(const char* name, const at::Tensor& t) {
+    CollectiveWatchdog* w = watchdog();
+    if (!w) return;
+    auto done = std::make_shared<at::cuda::CUDAEvent>(cudaEventDisableTiming);
+    done->record(stream_);
+    w->queued(name, static_cast<int64_t>(t.nbytes()), [done] { return done->query(); });
+  }
+
+  // NCCL learns of a peer's failure (its process died, a connection broke) asynchronously;
+  // the watchdog polls for it and ends this process at once instead of at the timeout.
+  void watchdog_armed(CollectiveWatchdog& w) override {
+    w.set_health_check([comm = comm_, rank = rank_]() -> std::string {
+      ncclResult_t state = ncclSuccess;
+      const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
+      if (r != ncclSuccess) return fmt::format("ncclCommGetAsyncError failed: {}", ncclGetErrorString(r));
+      if (state == ncclSuccess || state == ncclInProgress) return "";
+      return fmt::format("NCCL reports an asynchronous error on rank {}: {} ({})", rank,
+                         ncclGetErrorString(state), ncclGetLastError(comm));
+    });
   }
 
   std::unique_ptr<MpiCommunicator> mpi_;  // null in a one-process world without mpirun

@@ -46,16 +46,50 @@ CollectiveWatchdog::Scope::~Scope() {
   if (w_->depth_.fetch_sub(1) == 1) w_->started_ns_.store(0);
 }
 
+void CollectiveWatchdog::queued(const char* op, int64_t bytes, std::function<bool()> done) {
+  const int64_t seq = seq_.fetch_add(1) + 1;
+  std::lock_guard<std::mutex> lock(mu_);
+  queue_.push_back({op, bytes, seq, now_ns(), std::move(done)});
+}
+
+void CollectiveWatchdog::set_health_check(std::function<std::string()> check) {
+  std::lock_guard<std::mutex> lock(mu_);
+  health_ = std::move(check);
+}
+
 void CollectiveWatchdog::run() {
   // Checks ten times per timeout, at most once a second: a stall is noticed within 10% late.
   const auto period = std::chrono::duration<double>(std::min(1.0, s_.timeout_s / 10));
   std::unique_lock<std::mutex> lock(mu_);
-  while (!cv_.wait_for(lock, period, [this] { return stop_; })) {
-    const int64_t started = started_ns_.load();
-    if (started == 0) continue;
-    const double age = (now_ns() - started) * 1e-9;
-    if (age > s_.timeout_s) expire(op_.load(), bytes_.load(), seq_.load(), age);
+  while (!cv_.wait_for(lock, period, [this] { return stop_; })) check();
+}
+
+void CollectiveWatchdog::check() {
+  try {
+    if (health_) {
+      const std::string error = health_();
+      if (!error.empty()) fail_now(error);
+    }
+    // A stream runs its collectives in order: the first unfinished one is the oldest.
+    while (!queue_.empty() && queue_.front().done()) queue_.pop_front();
+  } catch (const std::exception& e) {  // a probe that cannot answer (a CUDA error): fail loudly
+    fail_now(fmt::format("the collective watchdog's probe failed: {}", e.what()));
   }
+  if (!queue_.empty()) {
+    const Queued& q = queue_.front();
+    const double age = (now_ns() - q.queued_ns) * 1e-9;
+    if (age > s_.timeout_s) expire(q.op, q.bytes, q.seq, age);
+  }
+  const int64_t started = started_ns_.load();
+  if (started == 0) return;
+  const double age = (now_ns() - started) * 1e-9;
+  if (age > s_.timeout_s) expire(op_.load(), bytes_.load(), seq_.load(), age);
+}
+
+void CollectiveWatchdog::fail_now(const std::string& why) {
+  std::fprintf(stderr, "[rank %d] error: %s. Ending the job.\n", s_.rank, why.c_str());
+  std::fflush(stderr);
+  std::_Exit(1);
 }
 
 void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, double age_s) {
@@ -83,7 +117,9 @@ void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, doub
     if (silent.empty() || now_ns() > deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  std::string who = silent.empty()
+  std::string who = s_.world == 1
+      ? "a single rank: its device never finished it"
+      : silent.empty()
       ? "every rank reports waiting in a collective (a mismatch in the collectives' order?)"
       : fmt::format("rank(s) {} did not report within {:.0f} s: stopped, dead, or busy outside "
                     "any collective (or their filesystem is not this one's)",
@@ -93,8 +129,8 @@ void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, doub
                "%g); %s; the live ranks' reports are in %s. Ending the job.\n",
                s_.rank, what.c_str(), age_s, s_.timeout_s, who.c_str(), dir.string().c_str());
   std::fflush(stderr);
-  // No MPI call (the collective's thread may be inside MPI): exiting without MPI_Finalize
-  // makes mpirun end the other ranks.
+  // No MPI or NCCL call (the collective's thread may be inside MPI): exiting without
+  // MPI_Finalize makes mpirun end the other ranks (and NCCL peers see the connection close).
   std::_Exit(1);
 }
 

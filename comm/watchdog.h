@@ -14,13 +14,19 @@
 // that exits without MPI_Finalize; tested). It does not call MPI: the collective's thread may
 // be inside MPI, and the library runs MPI_THREAD_SERIALIZED.
 //
-// Collectives are watched by holding a Scope for their duration (MpiCommunicator's methods do).
-// At most one collective is in flight per process at a time (callers serialize them), and
-// nested scopes count once.
+// Blocking collectives are watched by holding a Scope for their duration (MpiCommunicator's
+// methods do): at most one is in flight per process at a time (callers serialize them), and
+// nested scopes count once. Collectives queued on a stream (NCCL's) are registered with
+// queued() and a completion probe (a CUDA event's query) instead, polled in queue order; the
+// oldest unfinished one is the one timed. A backend that learns of failures asynchronously
+// (NCCL: a peer's process died, a connection broke) installs a health check, polled every
+// period, which ends the process at once, without waiting for the timeout.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -38,6 +44,15 @@ class CollectiveWatchdog {
   explicit CollectiveWatchdog(Settings s);  // starts the thread
   ~CollectiveWatchdog();                    // stops it
 
+  // A collective queued on a stream, timed from now until `done` returns true (it may wait
+  // behind earlier work on that stream: the timeout covers that too). `done` is called on the
+  // watchdog thread, in queue order, and destroyed there once true; it must be cheap and
+  // thread-safe (cudaEventQuery is). op: a string literal.
+  void queued(const char* op, int64_t bytes, std::function<bool()> done);
+  // Polled every period on the watchdog thread: an empty string while healthy, else the error,
+  // which ends the process at once.
+  void set_health_check(std::function<std::string()> check);
+
   class Scope {
    public:
     Scope(CollectiveWatchdog* w, const char* op, int64_t bytes);  // w may be null: no-op
@@ -50,8 +65,15 @@ class CollectiveWatchdog {
   };
 
  private:
+  struct Queued {
+    const char* op;
+    int64_t bytes, seq, queued_ns;
+    std::function<bool()> done;
+  };
   void run();
+  void check();  // one period's checks (under mu_)
   [[noreturn]] void expire(const char* op, int64_t bytes, int64_t seq, double age_s);
+  [[noreturn]] void fail_now(const std::string& why);
 
   Settings s_;
   std::atomic<int> depth_{0};
@@ -62,6 +84,8 @@ class CollectiveWatchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;
+  std::deque<Queued> queue_;              // guarded by mu_
+  std::function<std::string()> health_;  // guarded by mu_
   std::thread thread_;
 };
 

@@ -9,11 +9,15 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/cuda/Sleep.h>
 #include <c10/core/StreamGuard.h>
 #include <torch/cuda.h>
 
+#include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <limits>
+#include <thread>
 
 #include "comm/codec.h"
 #include "comm/codec_kernels.h"
@@ -441,6 +445,34 @@ TEST(Cuda, OneRankNcclCommunicatorWithoutMpirun) {
     comm.all_reduce_sum(t);
     EXPECT_TRUE(at::equal(t.cpu(), at::full({4096}, 5.0f)));
   }
+}
+
+// The watchdog on NCCL (comm/watchdog.h): a collective queued behind a kernel that spins for
+// about 20 s is reported after the 1 s timeout and the process ends (a death test: the child
+// re-runs this test in a fresh process, CUDA included); one behind 0.1 s of spinning is not.
+TEST(CudaDeathTest, NcclWatchdogEndsAStalledCollective) {
+  SKIP_WITHOUT_NCCL();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const std::string dir = (std::filesystem::temp_directory_path() / "condense_nccl_watchdog_test").string();
+  auto stalled_all_reduce = [&](int64_t spin_cycles) {
+    CommConfig cfg;
+    cfg.backend = "nccl";
+    cfg.device = "cuda";
+    std::unique_ptr<Communicator> comm = make_communicator(cfg);
+    comm->arm_watchdog(1.0, dir);
+    c10::StreamGuard on_comm(*comm->stream());
+    at::cuda::sleep(spin_cycles);  // at ~2 GHz
+    at::Tensor t = at::ones({16}, at::TensorOptions(kCuda));
+    comm->all_reduce_sum(t);
+    std::this_thread::sleep_for(std::chrono::seconds(3));
+    EXPECT_TRUE(at::equal(t.cpu(), at::ones({16})));
+  };
+  EXPECT_EXIT({ stalled_all_reduce(int64_t{1} << 35); std::exit(0); }, ::testing::ExitedWithCode(1),
+              "collective ncclAllReduce #[0-9]+ \\(64 bytes\\) has not finished after [0-9]+ s "
+              "\\(comm.timeout_s = 1\\); a single rank: its device never finished it");
+  EXPECT_EXIT({ stalled_all_reduce(int64_t{200} << 20); std::exit(::testing::Test::HasFailure() ? 2 : 0); },
+              ::testing::ExitedWithCode(0), "");
+  std::filesystem::remove_all(dir);
 }
 
 // A two-layer MLP whose weights, inputs and loss weights are small integers, so that every

@@ -1,0 +1,118 @@
+// The collective watchdog's paths for collectives queued on a stream (NCCL's) and for a
+// backend's asynchronous errors, with fake completion probes (comm/watchdog.h). Each case runs
+// in a child process (gtest death tests, "threadsafe" style: the child re-executes this binary),
+// since the watchdog ends its process with _Exit(1). The blocking (MPI) path is tested end to
+// end under mpirun in tests/python/test_watchdog.py; the NCCL wiring on a GPU in
+// tests/test_cuda_comm.cpp (Cuda.NcclWatchdogEndsAStalledCollective).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "comm/watchdog.h"
+
+namespace condense {
+namespace {
+
+namespace fs = std::filesystem;
+
+class WatchdogDeathTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    // The same name in the parent and in the child that re-runs this test; the parent removes
+    // what the child reported into it.
+    dir_ = fs::temp_directory_path() /
+           ("condense_watchdog_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  // timeout_s, the test's report directory, rank 0 of a world of one.
+  CollectiveWatchdog::Settings settings(double timeout_s) const { return {timeout_s, dir_.string(), 0, 1, 42}; }
+  static void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
+  fs::path dir_;
+};
+
+TEST_F(WatchdogDeathTest, AQueuedCollectiveThatNeverFinishesEndsTheProcess) {
+  EXPECT_EXIT(
+      {
+        CollectiveWatchdog w(settings(0.3));
+        w.queued("ncclAllReduce", 64, [] { return false; });
+        sleep_s(10);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1),
+      "\\[rank 0\\] error: collective ncclAllReduce #1 \\(64 bytes\\) has not finished after [0-9]+ s "
+      "\\(comm.timeout_s = 0.3\\); a single rank: its device never finished it");
+}
+
+TEST_F(WatchdogDeathTest, FinishedCollectivesAreNotTimed) {
+  // Three finished at once, one that finishes after 0.15 s, then three times the timeout of
+  // quiet: nothing fires.
+  EXPECT_EXIT(
+      {
+        CollectiveWatchdog w(settings(0.3));
+        auto later = std::make_shared<std::atomic<bool>>(false);
+        for (int i = 0; i < 3; ++i) w.queued("ncclAllGather", 8, [] { return true; });
+        w.queued("ncclAllReduce", 4, [later] { return later->load(); });
+        sleep_s(0.15);
+        later->store(true);
+        sleep_s(1.0);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST_F(WatchdogDeathTest, TheOldestUnfinishedCollectiveIsTheOneNamed) {
+  // The first finished; the second and third never do: the second is reported (a stream runs
+  // them in order), with its sequence number among all collectives.
+  EXPECT_EXIT(
+      {
+        CollectiveWatchdog w(settings(0.3));
+        w.queued("ncclBroadcast", 16, [] { return true; });
+        w.queued("ncclReduceScatter", 1024, [] { return false; });
+        w.queued("ncclAllReduce", 2048, [] { return false; });
+        sleep_s(10);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1), "collective ncclReduceScatter #2 \\(1024 bytes\\) has not finished");
+}
+
+TEST_F(WatchdogDeathTest, AnAsynchronousErrorEndsTheProcessBeforeTheTimeout) {
+  // Healthy for the first polls, then a peer's failure: the process ends within a few polls
+  // (the timeout, 100 s, polls every second), naming the error.
+  EXPECT_EXIT(
+      {
+        CollectiveWatchdog w(settings(100));
+        auto polls = std::make_shared<std::atomic<int>>(0);
+        w.set_health_check([polls]() -> std::string {
+          return ++*polls < 3 ? "" : "NCCL reports an asynchronous error on rank 0: remote process exited";
+        });
+        w.queued("ncclAllReduce", 4, [] { return false; });
+        sleep_s(8);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1),
+      "\\[rank 0\\] error: NCCL reports an asynchronous error on rank 0: remote process exited\\. "
+      "Ending the job\\.");
+}
+
+TEST_F(WatchdogDeathTest, AProbeThatFailsEndsTheProcess) {
+  EXPECT_EXIT(
+      {
+        CollectiveWatchdog w(settings(0.5));
+        w.queued("ncclAllReduce", 4, []() -> bool { throw std::runtime_error("CUDA error: an illegal memory access"); });
+        sleep_s(10);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(1), "the collective watchdog's probe failed: CUDA error: an illegal memory access");
+}
+
+}  // namespace
+}  // namespace condense
