@@ -73,6 +73,9 @@ class Communicator {
   CollectiveWatchdog* watchdog() const { return watchdog_.get(); }
   // Called once arm_watchdog has made the watchdog (a backend installs its health check).
   virtual void watchdog_armed(CollectiveWatchdog&) {}
+  // Stops and drops the watchdog: a backend whose health check reads its handles calls it
+  // before it destroys them (the base class's members outlive the derived destructor).
+  void disarm_watchdog() { watchdog_.reset(); }
 
  private:
   std::unique_ptr<CollectiveWatchdog> watchdog_;

@@ -64,6 +64,7 @@ class NcclCommunicator : public Communicator {
     stream_ = c10::cuda::getStreamFromPool(/*isHighPriority=*/true, device_);
   }
   ~NcclCommunicator() override {
+    disarm_watchdog();  // its thread polls comm_
     if (comm_) ncclCommDestroy(comm_);
   }
   int rank() const override { return rank_; }
