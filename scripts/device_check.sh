@@ -11,8 +11,9 @@
 #   gpu        the GPU, driver, torch; measured bf16 matmul rate (8192^3) and HBM copy rate
 #   tests      the CUDA tests: test_cuda_memory (model vs CPU, recompute with the CUDA RNG,
 #              pinned-host offload, memory meter, bf16 autocast), test_cuda_comm (codecs on
-#              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync)
-#              and test_cuda_kernels (condense's CUDA kernels vs the CPU paths)
+#              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync,
+#              DiLoCo and 1-bit / 0/1 Adam, the NCCL watchdog) and test_cuda_kernels
+#              (condense's CUDA kernels vs the CPU paths)
 #   modes      scripts/device_modes.py: DiLoCo, 1-bit Adam and 0/1 Adam through condense train
 #              on the GPU (NCCL, one rank) against the same runs on the CPU (on the tensor-op
 #              path if condense's CUDA kernels failed their tests)
