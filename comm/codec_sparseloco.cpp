@@ -4,8 +4,8 @@
 // Chunks: a 2-D tensor whose sides are multiples of s = sqrt(chunk) is cut into s x s tiles
 // (SparseLoCo's 64 x 64 blocks at the default chunk 4096); every other tensor is flattened and
 // cut into runs of `chunk` elements (the last one zero-padded). Each chunk keeps its k largest
-// magnitudes (k = config.k if set, else round(ratio * chunk), at least 1), so no tensor and no
-// region of a tensor is starved by another. The kept values are quantized to `bits` bits on a
+// magnitudes (k = config.k if set, else round(ratio * chunk), at least 1; ties to the lower
+// index, on every device), so no tensor and no region of a tensor is starved by another. The kept values are quantized to `bits` bits on a
 // grid of 2^bits levels spanning [-m, m], m = the chunk's largest kept magnitude (level j stands
 // for m (2j / (2^bits - 1) - 1): the largest value is exact, and no level is spent on zero,
 // which Top-K never keeps), rounded to the nearest level; the rounding error goes back to error
