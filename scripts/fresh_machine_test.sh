@@ -51,6 +51,8 @@ cleanup() {
   for m in usr/local/cuda dev sys proc; do
     mountpoint -q "$FRESH/$m" 2>/dev/null && umount -R "$FRESH/$m" 2>/dev/null || true
   done
+  # The root's bind mount onto itself, with whatever the tests left under it (ip netns).
+  mountpoint -q "$FRESH" 2>/dev/null && umount -R "$FRESH" 2>/dev/null || true
   if ((KEEP == 0)) && [[ -d "$FRESH" ]]; then
     # Only remove the root when nothing is mounted under it any more.
     if grep -q " $FRESH/" /proc/mounts; then
@@ -81,6 +83,11 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$FRESH/usr/local/share/ca-certificates/"
 fi
 [[ -f /etc/pip.conf ]] && cp /etc/pip.conf "$FRESH/etc/pip.conf"
+# The root as a mount point of its own (before the mounts inside it): in the chroot "/" is then
+# a mount, which the tests that make private mount namespaces need (tests/python/
+# test_disk_faults.py, test_netsim.py: "unshare: cannot change root filesystem propagation:
+# Invalid argument" in a plain directory).
+mount --bind "$FRESH" "$FRESH"
 mount --rbind /proc "$FRESH/proc"
 mount --rbind /sys "$FRESH/sys"
 mount --rbind /dev "$FRESH/dev"  # with /dev/shm, which Open MPI's shared-memory transport uses
