@@ -9,8 +9,9 @@ the device), writing a checkpoint at steps 6 and 12; then the same command on th
 self). Per mode it prints one JSON line and fails (exit 1) when a run fails, when the first
 step's losses differ by more than 1e-4 relative (the same initial weights and batch: only
 rounding differs), when the last step's differ by more than 2e-2 relative (12 steps of rounding
-amplified by AdamW and the compressors; a mode that does something else on the device, or
-nothing, lands farther), when a run's last loss is not below its first, when the payload bytes
+amplified by AdamW and the compressors: a loose bound for gross differences only; the CUDA tests
+in tests/test_cuda_comm.cpp check the modes' arithmetic closely), when a run's last loss is not
+below its first, when the payload bytes
 of any step differ (the same exchanges on both), or when the device run writes no checkpoint at
 step 12.
 
