@@ -11,9 +11,9 @@
 #   gpu        the GPU, driver, torch; measured bf16 matmul rate (8192^3) and HBM copy rate
 #   tests      the CUDA tests: test_cuda_memory (model vs CPU, recompute with the CUDA RNG,
 #              pinned-host offload, memory meter, bf16 autocast), test_cuda_comm (codecs on
-#              CUDA vs the CPU path, error control, one-rank NCCL collectives, GradientSync,
-#              DiLoCo and 1-bit / 0/1 Adam, the NCCL watchdog) and test_cuda_kernels
-#              (condense's CUDA kernels vs the CPU paths)
+#              CUDA vs the CPU path, error control, one-rank NCCL collectives and watchdog,
+#              GradientSync), test_cuda_local_update (DiLoCo, 1-bit / 0/1 Adam) and
+#              test_cuda_kernels (condense's CUDA kernels vs the CPU paths)
 #   modes      scripts/device_modes.py: DiLoCo, 1-bit Adam and 0/1 Adam through condense train
 #              on the GPU (NCCL, one rank) against the same runs on the CPU (on the tensor-op
 #              path if condense's CUDA kernels failed their tests)
@@ -89,6 +89,7 @@ EOF
 tests_rc=0
 step test_cuda_memory 240 "$BIN/test_cuda_memory" --gtest_output=json:"$OUT/test_cuda_memory.json" || tests_rc=1
 step test_cuda_comm 240 "$BIN/test_cuda_comm" --gtest_output=json:"$OUT/test_cuda_comm.json" || tests_rc=1
+step test_cuda_local_update 240 "$BIN/test_cuda_local_update" --gtest_output=json:"$OUT/test_cuda_local_update.json" || tests_rc=1
 kernels_ok=1
 step test_cuda_kernels 240 "$BIN/test_cuda_kernels" --gtest_output=json:"$OUT/test_cuda_kernels.json" || { tests_rc=1; kernels_ok=0; }
 # Opt-in (SANITIZE=1, minutes more): condense's CUDA kernels under compute-sanitizer's memcheck
@@ -150,7 +151,7 @@ for line in (out / "steps.tsv").read_text().splitlines():
 gpu = (jlines("gpu.log") or [{}])[-1]
 print(f"\nGPU: {gpu.get('gpu')} torch {gpu.get('torch')}; bf16 matmul {gpu.get('bf16_matmul_tflops', 0):.0f} TFLOP/s, "
       f"copy {gpu.get('copy_gbps', 0):.0f} GB/s (read + write)\n")
-for t in ["test_cuda_memory", "test_cuda_comm", "test_cuda_kernels"]:
+for t in ["test_cuda_memory", "test_cuda_comm", "test_cuda_local_update", "test_cuda_kernels"]:
     p = out / f"{t}.json"
     if p.exists():
         r = json.loads(p.read_text())

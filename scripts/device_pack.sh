@@ -18,8 +18,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
 PACK=.device_pack
-targets=(condense tests/test_cuda_memory tests/test_cuda_comm tests/test_cuda_kernels bench/codec_device_bench
-         bench/memory_bench)
+targets=(condense tests/test_cuda_memory tests/test_cuda_comm tests/test_cuda_local_update tests/test_cuda_kernels
+         bench/codec_device_bench bench/memory_bench)
 
 echo "device_pack: building ${targets[*]}"
 ninja -C "$BUILD" "${targets[@]}" >/dev/null

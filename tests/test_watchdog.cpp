@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -33,85 +34,76 @@ class WatchdogDeathTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
-  // timeout_s, the test's report directory, rank 0 of a world of one.
-  CollectiveWatchdog::Settings settings(double timeout_s) const { return {timeout_s, dir_.string(), 0, 1, 42}; }
-  static void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
+  // In the death test's child: a watchdog of timeout_s (the test's report directory, rank 0 of
+  // a world of one), given to `queue` (which registers collectives and checks), then wait_s of
+  // waiting; the child exits 0 if the watchdog has not ended it by then.
+  void watch(double timeout_s, double wait_s, const std::function<void(CollectiveWatchdog&)>& queue) const {
+    CollectiveWatchdog w({timeout_s, dir_.string(), 0, 1, 42});
+    queue(w);
+    std::this_thread::sleep_for(std::chrono::duration<double>(wait_s));
+    std::exit(0);
+  }
   fs::path dir_;
 };
 
 TEST_F(WatchdogDeathTest, AQueuedCollectiveThatNeverFinishesEndsTheProcess) {
-  EXPECT_EXIT(
-      {
-        CollectiveWatchdog w(settings(0.3));
-        w.queued("ncclAllReduce", 64, [] { return false; });
-        sleep_s(10);
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(1),
-      "\\[rank 0\\] error: collective ncclAllReduce #1 \\(64 bytes\\) has not finished after [0-9]+ s "
-      "\\(comm.timeout_s = 0.3\\); a single rank: its device never finished it");
+  EXPECT_EXIT(watch(0.3, 10, [](CollectiveWatchdog& w) { w.queued("ncclAllReduce", 64, [] { return false; }); }),
+              ::testing::ExitedWithCode(1),
+              "\\[rank 0\\] error: collective ncclAllReduce #1 \\(64 bytes\\) has not finished after [0-9]+ s "
+              "\\(comm.timeout_s = 0.3\\); a single rank: its device never finished it");
 }
 
 TEST_F(WatchdogDeathTest, FinishedCollectivesAreNotTimed) {
-  // Three finished at once, one that finishes after 0.15 s, then three times the timeout of
-  // quiet: nothing fires.
-  EXPECT_EXIT(
-      {
-        CollectiveWatchdog w(settings(0.3));
-        auto later = std::make_shared<std::atomic<bool>>(false);
-        for (int i = 0; i < 3; ++i) w.queued("ncclAllGather", 8, [] { return true; });
-        w.queued("ncclAllReduce", 4, [later] { return later->load(); });
-        sleep_s(0.15);
-        later->store(true);
-        sleep_s(1.0);
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(0), "");
+  // Three finished at once, one that finishes after 0.15 s, then over three times the timeout
+  // of quiet: nothing fires.
+  EXPECT_EXIT(watch(0.3, 1.0,
+                    [](CollectiveWatchdog& w) {
+                      auto later = std::make_shared<std::atomic<bool>>(false);
+                      for (int i = 0; i < 3; ++i) w.queued("ncclAllGather", 8, [] { return true; });
+                      w.queued("ncclAllReduce", 4, [later] { return later->load(); });
+                      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+                      later->store(true);
+                    }),
+              ::testing::ExitedWithCode(0), "");
 }
 
 TEST_F(WatchdogDeathTest, TheOldestUnfinishedCollectiveIsTheOneNamed) {
   // The first finished; the second and third never do: the second is reported (a stream runs
   // them in order), with its sequence number among all collectives.
-  EXPECT_EXIT(
-      {
-        CollectiveWatchdog w(settings(0.3));
-        w.queued("ncclBroadcast", 16, [] { return true; });
-        w.queued("ncclReduceScatter", 1024, [] { return false; });
-        w.queued("ncclAllReduce", 2048, [] { return false; });
-        sleep_s(10);
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(1), "collective ncclReduceScatter #2 \\(1024 bytes\\) has not finished");
+  EXPECT_EXIT(watch(0.3, 10,
+                    [](CollectiveWatchdog& w) {
+                      w.queued("ncclBroadcast", 16, [] { return true; });
+                      w.queued("ncclReduceScatter", 1024, [] { return false; });
+                      w.queued("ncclAllReduce", 2048, [] { return false; });
+                    }),
+              ::testing::ExitedWithCode(1), "collective ncclReduceScatter #2 \\(1024 bytes\\) has not finished");
 }
 
 TEST_F(WatchdogDeathTest, AnAsynchronousErrorEndsTheProcessBeforeTheTimeout) {
   // Healthy for the first polls, then a peer's failure: the process ends within a few polls
   // (the timeout, 100 s, polls every second), naming the error.
-  EXPECT_EXIT(
-      {
-        CollectiveWatchdog w(settings(100));
-        auto polls = std::make_shared<std::atomic<int>>(0);
-        w.set_health_check([polls]() -> std::string {
-          return ++*polls < 3 ? "" : "NCCL reports an asynchronous error on rank 0: remote process exited";
-        });
-        w.queued("ncclAllReduce", 4, [] { return false; });
-        sleep_s(8);
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(1),
-      "\\[rank 0\\] error: NCCL reports an asynchronous error on rank 0: remote process exited\\. "
-      "Ending the job\\.");
+  EXPECT_EXIT(watch(100, 8,
+                    [](CollectiveWatchdog& w) {
+                      auto polls = std::make_shared<std::atomic<int>>(0);
+                      w.set_health_check([polls]() -> std::string {
+                        return ++*polls < 3 ? "" : "NCCL reports an asynchronous error on rank 0: remote process exited";
+                      });
+                      w.queued("ncclAllReduce", 4, [] { return false; });
+                    }),
+              ::testing::ExitedWithCode(1),
+              "\\[rank 0\\] error: NCCL reports an asynchronous error on rank 0: remote process exited\\. "
+              "Ending the job\\.");
 }
 
 TEST_F(WatchdogDeathTest, AProbeThatFailsEndsTheProcess) {
-  EXPECT_EXIT(
-      {
-        CollectiveWatchdog w(settings(0.5));
-        w.queued("ncclAllReduce", 4, []() -> bool { throw std::runtime_error("CUDA error: an illegal memory access"); });
-        sleep_s(10);
-        std::exit(0);
-      },
-      ::testing::ExitedWithCode(1), "the collective watchdog's probe failed: CUDA error: an illegal memory access");
+  EXPECT_EXIT(watch(0.5, 10,
+                    [](CollectiveWatchdog& w) {
+                      w.queued("ncclAllReduce", 4, []() -> bool {
+                        throw std::runtime_error("CUDA error: an illegal memory access");
+                      });
+                    }),
+              ::testing::ExitedWithCode(1),
+              "the collective watchdog's probe failed: CUDA error: an illegal memory access");
 }
 
 }  // namespace
