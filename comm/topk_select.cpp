@@ -498,8 +498,9 @@ void check_tensor_ops_input(const at::Tensor& x, int64_t k, const char* what) {
 
 #if CONDENSE_WITH_CUDA_KERNELS
 // The kernels (comm/topk_cuda_kernels.h); x: contiguous fp32 on CUDA, 0 < k < n. No host
-// synchronization: every step runs on the current stream; one workspace tensor.
-at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n) {
+// synchronization: every step runs on the current stream; one workspace tensor. With `report`,
+// the profiled run instead (cuda_topk_profile: events per step, then a wait for the stream).
+at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min_n, std::string* report = nullptr) {
   using namespace topk_radix;
   c10::cuda::CUDAGuard guard(x.device());
   void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
@@ -507,9 +508,11 @@ at::Tensor topk_cuda_kernels(const at::Tensor& x, int64_t k, int64_t sampled_min
   const size_t bytes = cuda_topk_workspace_bytes(n, k, sampled_min_n);
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
   at::Tensor out = at::empty({k}, x.options().dtype(at::kInt));
-  check_cuda_launch(cuda_topk(x.data_ptr<float>(), n, k, sampled_min_n, workspace.data_ptr(), bytes,
-                              out.data_ptr<int32_t>(), stream),
-                    "topk_abs_indices");
+  const float* xs = x.data_ptr<float>();
+  int32_t* o = out.data_ptr<int32_t>();
+  check_cuda_launch(report ? cuda_topk_profile(xs, n, k, sampled_min_n, workspace.data_ptr(), bytes, o, stream, *report)
+                           : cuda_topk(xs, n, k, sampled_min_n, workspace.data_ptr(), bytes, o, stream),
+                    report ? "topk_cuda_kernels_profile" : "topk_abs_indices");
   return out;
 }
 #endif
@@ -533,16 +536,8 @@ std::string topk_cuda_kernels_profile(const at::Tensor& x, int64_t k, int64_t sa
   CONDENSE_CHECK(x.is_cuda() && k > 0 && k < x.numel(),
                  "topk_cuda_kernels_profile: needs a CUDA x and 0 < k < {} (got k = {})", x.numel(), k);
 #if CONDENSE_WITH_CUDA_KERNELS
-  using namespace topk_radix;
-  c10::cuda::CUDAGuard guard(x.device());
-  void* stream = at::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const size_t bytes = cuda_topk_workspace_bytes(x.numel(), k, sampled_min_n);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-  at::Tensor out = at::empty({k}, x.options().dtype(at::kInt));
   std::string report;
-  check_cuda_launch(cuda_topk_profile(x.data_ptr<float>(), x.numel(), k, sampled_min_n, workspace.data_ptr(), bytes,
-                                      out.data_ptr<int32_t>(), stream, report),
-                    "topk_cuda_kernels_profile");
+  topk_cuda_kernels(x, k, sampled_min_n, &report);
   return report;
 #else
   (void)sampled_min_n;
