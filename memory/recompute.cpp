@@ -3,12 +3,14 @@
 #include "memory/recompute.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include <map>
 #include <mutex>
 #include <optional>
+#include <vector>
 
 #include "core/error.h"
 #include "memory/saved_tensor_hooks.h"
@@ -54,6 +56,56 @@ struct RngState {
   }
 };
 
+// Autocast settings of the CPU and of the block's device, captured when the block runs forward and
+// re-entered for its rerun. The rerun happens inside backward, where the trainer's autocast scope
+// has ended: without this, a bf16 forward's rerun would run in fp32, save tensors of another dtype
+// and count (the same reason torch.utils.checkpoint records the autocast state).
+struct AutocastState {
+  struct One {
+    c10::DeviceType type;
+    bool enabled;
+    at::ScalarType dtype;
+  };
+  std::vector<One> types;
+
+  static AutocastState capture(const at::Device& device) {
+    AutocastState s;
+    for (c10::DeviceType t : {c10::DeviceType::CPU, device.type()}) {
+      if (!s.types.empty() && t == s.types.front().type) continue;
+      s.types.push_back({t, at::autocast::is_autocast_enabled(t), at::autocast::get_autocast_dtype(t)});
+    }
+    return s;
+  }
+};
+
+// Sets a captured autocast state for its lifetime and restores the one it found. Nests like
+// torch.autocast: autocast's weight-cast cache is dropped when the outermost scope ends.
+class AutocastScope {
+ public:
+  explicit AutocastScope(const AutocastState& want) : before_(AutocastState::capture(at::kCPU)) {
+    for (const auto& one : want.types) {
+      if (one.type != c10::DeviceType::CPU)
+        before_.types.push_back({one.type, at::autocast::is_autocast_enabled(one.type),
+                                 at::autocast::get_autocast_dtype(one.type)});
+      at::autocast::set_autocast_enabled(one.type, one.enabled);
+      at::autocast::set_autocast_dtype(one.type, one.dtype);
+    }
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    for (const auto& one : before_.types) {
+      at::autocast::set_autocast_enabled(one.type, one.enabled);
+      at::autocast::set_autocast_dtype(one.type, one.dtype);
+    }
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  AutocastState before_;
+};
+
 class Frame : public std::enable_shared_from_this<Frame> {
  public:
   Frame(std::function<at::Tensor(const at::Tensor&)> fn, const at::Tensor& x,
@@ -64,7 +116,8 @@ class Frame : public std::enable_shared_from_this<Frame> {
         input_(input_hooks_ ? input_hooks_->pack(x.detach()) : std::any(x.detach())),
         input_requires_grad_(x.requires_grad()),
         device_(x.device()),
-        rng_(RngState::capture(x.device())) {}
+        rng_(RngState::capture(x.device())),
+        autocast_(AutocastState::capture(x.device())) {}
 
   int64_t next_index() { return packed_++; }
 
@@ -98,6 +151,7 @@ class Frame : public std::enable_shared_from_this<Frame> {
   bool input_requires_grad_;
   at::Device device_;
   RngState rng_;
+  AutocastState autocast_;
   int64_t packed_ = 0;
   int64_t collected_ = 0;
   bool recomputed_ = false;
@@ -151,6 +205,7 @@ void Frame::recompute() {
   ++tls_recompute_depth;
   try {
     at::AutoGradMode grad(true);
+    AutocastScope autocast(autocast_);
     HooksScope scope(std::make_shared<CollectHooks>(this));
     at::Tensor x = input.detach().requires_grad_(input_requires_grad_);
     fn_(x);  // the rerun's graph is discarded; only what it saved is kept

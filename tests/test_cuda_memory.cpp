@@ -215,6 +215,17 @@ TEST(CudaPrecision, Bf16AutocastKeepsFp32GradientsNearFp32) {
   std::printf("bf16 vs fp32: loss %.6f vs %.6f, gradient relative error %.2e\n", l16, l32, e);
   EXPECT_GT(e, 0.0);   // autocast really ran in bf16
   EXPECT_LT(e, 5e-2);  // bf16 has 8 significant bits; products accumulate in fp32
+  // Every recompute mode under bf16: the reruns re-enter the forward's autocast state (they
+  // threw before, having saved fp32 tensors in place of bf16 ones). Not bitwise: atomics-ordered
+  // reductions may differ in the last bits, which a later bf16 rounding can widen.
+  for (const char* mode : {"full", "every_k", "selective", "attention"}) {
+    MemoryConfig c;
+    c.recompute = mode;
+    double lr = 0;
+    auto gr = f.grads(c, &lr, "bf16");
+    EXPECT_EQ(lr, l16) << mode;
+    EXPECT_LT(rel_error(gr, g16), 1e-3) << mode;
+  }
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 #include "memory/wta_crs_linear.h"
 #include "model/fused_ops.h"
 #include "tests/test_support.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace {
@@ -74,12 +75,18 @@ struct Fixture {
   }
 
   // Gradients (and loss) of one step under `cfg`, from a fixed RNG state.
-  std::vector<at::Tensor> grads(const MemoryConfig& cfg, double* loss_out = nullptr) {
+  // `precision` as train.precision: autocast covers the forward only, as in the trainer.
+  std::vector<at::Tensor> grads(const MemoryConfig& cfg, double* loss_out = nullptr,
+                                const std::string& precision = "fp32") {
     reset_hooks();
     MemoryPolicy policy(cfg, model);
     model->zero_grad();
     torch::manual_seed(42);
-    at::Tensor loss = policy.loss(model, inputs, targets);
+    at::Tensor loss;
+    {
+      PrecisionScope scope(precision, at::kCPU);
+      loss = policy.loss(model, inputs, targets);
+    }
     loss.backward();
     if (loss_out) *loss_out = loss.item<double>();
     std::vector<at::Tensor> g;
@@ -205,6 +212,22 @@ TEST(Recompute, GradientsBitwiseEqualWithDropout) {
   MemoryPolicy plain(base, f.model);
   plain.loss(f.model, f.inputs, f.targets).backward();
   EXPECT_FALSE(at::equal(f.model->parameters()[1].grad(), ref[1]));
+}
+
+// The reruns happen in backward, after the trainer's autocast scope has ended: they must re-enter
+// the forward's autocast state (without it they ran in fp32 and saved other tensors, and every
+// recompute mode failed under train.precision=bf16).
+TEST(Recompute, Bf16AutocastGradientsBitwiseEqual) {
+  Fixture f(small_config(), /*b=*/2, /*t=*/64);
+  double l0 = 0, l1 = 0, l32 = 0;
+  auto ref = f.grads(MemoryConfig{}, &l0, "bf16");
+  for (const char* mode : {"full", "every_k", "selective", "attention"}) {
+    auto g = f.grads(with_recompute(mode), &l1, "bf16");
+    EXPECT_EQ(l0, l1) << mode;
+    expect_bitwise(g, ref);
+  }
+  // Autocast really ran: fp32 gives other gradients.
+  EXPECT_GT(rel_error(f.grads(MemoryConfig{}, &l32), ref), 1e-4);
 }
 
 TEST(Recompute, FullCutsSavedActivationsAtLeast3x) {
