@@ -207,13 +207,19 @@ class NcclCommunicator : public Communicator {
     if (!w) return;
     auto done = std::make_shared<at::cuda::CUDAEvent>(cudaEventDisableTiming);
     done->record(stream_);
-    w->queued(name, static_cast<int64_t>(t.nbytes()), [done] { return done->query(); });
+    // The watchdog's thread starts on device 0; querying there would make this process a
+    // context on GPU 0 (about 0.5 GiB each, for every rank of a node), so it moves to ours.
+    w->queued(name, static_cast<int64_t>(t.nbytes()), [done, device = device_] {
+      c10::cuda::set_device(device);
+      return done->query();
+    });
   }
 
   // NCCL learns of a peer's failure (its process died, a connection broke) asynchronously;
   // the watchdog polls for it and ends this process at once instead of at the timeout.
   void watchdog_armed(CollectiveWatchdog& w) override {
-    w.set_health_check([comm = comm_, rank = rank_]() -> std::string {
+    w.set_health_check([comm = comm_, rank = rank_, device = device_]() -> std::string {
+      c10::cuda::set_device(device);  // as in watch(): no context on another rank's GPU
       ncclResult_t state = ncclSuccess;
       const ncclResult_t r = ncclCommGetAsyncError(comm, &state);
       if (r != ncclSuccess) return fmt::format("ncclCommGetAsyncError failed: {}", ncclGetErrorString(r));

@@ -365,6 +365,26 @@ TEST(Cuda, OneRankNcclCommunicatorWithoutMpirun) {
   at::Tensor out = at::empty({1000}, opts);
   comm.all_gather(in.mul(2), out);
   EXPECT_TRUE(at::equal(out.cpu(), at::arange(1000, at::kFloat).mul(2)));
+  // The same orderings made observable (a one-rank in-place all-reduce is a no-op in NCCL, and
+  // the copies above finish too fast to race): the caller's stream spins ~50 ms before it writes
+  // the input, so a collective that did not wait for it would copy the -1s; the communicator's
+  // stream spins before the collective, so work the caller queues after it that did not wait
+  // would run first and be overwritten.
+  {
+    const int64_t n = 1 << 22;
+    at::Tensor expect = at::arange(n, opts.dtype(at::kFloat));
+    at::Tensor src = at::full({n}, -1.0f, opts), dst = at::full({n}, -1.0f, opts);
+    torch::cuda::synchronize();
+    at::cuda::sleep(100'000'000);  // on the caller's stream, at ~2 GHz
+    src.copy_(expect);
+    {
+      c10::StreamGuard on_comm(*comm.stream());
+      at::cuda::sleep(100'000'000);
+    }
+    comm.all_gather(src, dst);
+    dst.add_(1);
+    EXPECT_TRUE(at::equal(dst.cpu(), expect.add(1).cpu()));
+  }
   std::vector<at::Tensor> parts = comm.all_gather_v(at::arange(7, opts.dtype(at::kLong)));
   ASSERT_EQ(parts.size(), 1u);
   EXPECT_TRUE(at::equal(parts[0].cpu(), at::arange(7, at::kLong)));
