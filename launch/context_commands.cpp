@@ -28,6 +28,7 @@
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace {
@@ -291,9 +292,7 @@ void add_context_commands(CLI::App& app, ContextArgs& a) {
 int run_context_command(ContextArgs& a) {
   const bool eval = a.eval && a.eval->parsed(), comp = a.compress && a.compress->parsed();
   if (!eval && !comp) return -1;
-  CONDENSE_CHECK(a.threads >= 0, "--threads must be >= 0 (0: all cores), got {}", a.threads);
-  at::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
-                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  set_intra_op_threads(a.threads, "--threads");
   return eval ? context_eval(a) : compress(a);
 }
 

@@ -32,6 +32,7 @@
 #include "text/bpe_tokenizer.h"
 #include "text/chat_format.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 #include "trainer/lm_loss.h"
 
 namespace condense {
@@ -345,8 +346,7 @@ int run(int argc, char** argv) {
   if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_skip, eval_seq, eval_batch,
                                       kv_cache, kv_rank, kv_budget, kv_granularity, kv_window);
   if (gen->parsed()) {
-    CONDENSE_CHECK(gen_threads >= 0, "--threads must be >= 0 (0: all cores), got {}", gen_threads);
-    if (gen_threads > 0) at::set_num_threads(static_cast<int>(gen_threads));
+    set_intra_op_threads(gen_threads, "--threads");
     return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, print_ids, kv_rank, kv_budget,
                         kv_granularity, calib_data, kv_window);
   }

@@ -22,6 +22,7 @@
 #include "recipes/recipe_parser.h"
 #include "formats/inference_model.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -160,8 +161,7 @@ void add_prune_command(CLI::App& app, PruneArgs& a) {
 int run_prune_command(PruneArgs& a) {
   if (!a.cmd || !a.cmd->parsed()) return -1;
   auto t0 = std::chrono::steady_clock::now();
-  at::set_num_threads(a.threads > 0 ? static_cast<int>(a.threads)
-                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  set_intra_op_threads(a.threads, "--threads");
   CONDENSE_CHECK(!fs::exists(a.out), "{}: already exists; refusing to overwrite it", a.out);
   fs::path parent = fs::absolute(a.out).parent_path();
   CONDENSE_CHECK(fs::is_directory(parent), "{}: directory {} does not exist", a.out, parent.string());

@@ -47,21 +47,26 @@ std::any OffloadHooks::pack(const at::Tensor& t) {
   }
   Key key{t.storage().unsafeGetStorageImpl(), t.storage_offset(), t.sizes().vec(),
           t.strides().vec(), static_cast<int>(t.scalar_type()), static_cast<int64_t>(t._version())};
+  // Declared before the lock: if it holds the last reference to a stale entry, the entry's
+  // destructor (which takes mutex_ in forget()) runs after the lock is released.
+  std::shared_ptr<Entry> existing;
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = by_key_.find(key);
   if (it != by_key_.end()) {
-    auto e = it->second.lock();
-    if (e && !e->storage->expired()) {
+    existing = it->second.lock();
+    if (existing && !existing->storage->expired()) {
       ++stats_.deduplicated;
-      return e;
+      return existing;
     }
   }
+  // Stored before the entry exists: if the tier throws, no entry is destroyed under the lock.
+  std::shared_ptr<OffloadedTensor> data = tier_->store(t);
   auto e = std::make_shared<Entry>();
   e->owner = this;
   e->key = key;
   e->block = block_;
   e->storage = t.storage().getWeakStorageImpl();
-  e->data = tier_->store(t);
+  e->data = std::move(data);
   by_key_[key] = e;
   by_block_[block_].push_back(e);
   ++stats_.offloaded_tensors;

@@ -16,6 +16,7 @@
 #include "recipes/finetune.h"
 #include "recipes/pretrain.h"
 #include "trainer/checkpoint.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -97,9 +98,7 @@ int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) 
   const char* kind = heads ? "kv_heads" : "kv_project";
   CONDENSE_CHECK(!cfg_in.init.empty(), "kind {} needs init: the checkpoint whose KV cache to "
                  "compress (it is also the teacher unless distill.teacher names another)", kind);
-  at::set_num_threads(cfg_in.train.threads > 0
-                          ? static_cast<int>(cfg_in.train.threads)
-                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  set_intra_op_threads(cfg_in.train.threads, "train.threads");
   Checkpoint init = Checkpoint::open(cfg_in.init);
   CONDENSE_CHECK(!init.file().has("kv_proj") && !init.file().has("cskv"), "init {} carries a "
                  "compressed KV cache (kv_proj/* or cskv/*); give kind {} the checkpoint it was "

@@ -58,6 +58,14 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed) {
 }
 
 int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
+  // The model's shape is checked before start_run, which may spend minutes building the token
+  // store on first use (the vocabulary comes from the store: any positive stand-in here).
+  LlamaConfig shape = cfg_in.model;
+  if (shape.vocab_size == 0) shape.vocab_size = 1;
+  shape.finalize();
+  CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
+                 "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,
+                 shape.max_position_embeddings);
   RunSetup run = start_run(cfg_in, options);
   const RunConfig& cfg = run.cfg;
   // Before the model: count everything (CUDA runs read the caching allocator's stats instead).

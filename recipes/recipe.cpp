@@ -6,6 +6,7 @@
 #include "recipes/kv_compress.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
+#include "trainer/checkpoint.h"
 
 namespace condense {
 
@@ -24,7 +25,12 @@ const std::vector<RecipeKind>& recipe_kinds() {
   return kinds;
 }
 
-int run_recipe(const RunConfig& cfg, const RunOptions& options) {
+int run_recipe(const RunConfig& cfg_in, const RunOptions& options) {
+  // init= and distill.teacher= take what eval and generate take: a checkpoint file, or a run /
+  // checkpoint directory meaning its latest checkpoint (recorded resolved in recipe.yaml).
+  RunConfig cfg = cfg_in;
+  if (!cfg.init.empty()) cfg.init = resolve_checkpoint_path(cfg.init);
+  if (!cfg.distill.teacher.empty()) cfg.distill.teacher = resolve_checkpoint_path(cfg.distill.teacher);
   // kv: and context: are read by their kinds only; elsewhere a value there is a mistake, not a
   // no-op. A section is set when resetting it to the defaults changes the resolved recipe.
   auto set = [&cfg](auto RunConfig::*section) {

@@ -23,6 +23,7 @@
 #include "core/hash.h"
 #include "recipes/recipe_kinds.h"
 #include "recipes/yaml_binder.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace {
@@ -92,7 +93,7 @@ SectionBinding train_section(TrainConfig& t) {
                     bind_real("grad_clip", t.grad_clip, at_least(0)),
                     bind_int("grad_accum", t.grad_accum, positive()),
                     bind_int("seed", t.seed),
-                    bind_int("threads", t.threads, at_least(0)),
+                    bind_int("threads", t.threads, between(0, kMaxThreads)),
                     bind_string("device", t.device),
                     bind_string("precision", t.precision, {"fp32", "bf16"}),
                     bind_int("eval_every", t.eval_every, at_least(0)),

@@ -8,6 +8,8 @@
 #include <filesystem>
 #include <thread>
 
+#include <unistd.h>
+
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
@@ -20,6 +22,21 @@
 
 namespace condense {
 namespace fs = std::filesystem;
+namespace {
+
+// Refuses, before anything is written, a directory that cannot be created: its nearest existing
+// ancestor must be a writable directory (a file in the way, or a read-only parent, would
+// otherwise fail at the first checkpoint, after the run directory was made).
+void check_creatable_dir(const std::string& dir, const std::string& key) {
+  fs::path p = fs::absolute(dir);
+  while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
+  CONDENSE_CHECK(fs::is_directory(p), "{}={}: cannot create it, {} is not a directory", key, dir,
+                 p.string());
+  CONDENSE_CHECK(::access(p.c_str(), W_OK) == 0, "{}={}: cannot create it, {} is not writable",
+                 key, dir, p.string());
+}
+
+}  // namespace
 
 RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                    const std::function<void(RunSetup&)>& adjust) {
@@ -27,9 +44,7 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   run.cfg = cfg_in;
   RunConfig& cfg = run.cfg;
   const TrainConfig& tc = cfg.train;
-  run.threads = tc.threads > 0 ? static_cast<int>(tc.threads)
-                               : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  at::set_num_threads(run.threads);
+  run.threads = set_intra_op_threads(tc.threads, "train.threads");
 
   // Data parallelism: one process per rank under mpirun/srun (see README "Multi-node"). The
   // communicator follows train.device (NCCL for CUDA tensors under comm.backend auto).
@@ -49,7 +64,24 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                  run.comm->backend(), run.world, cfg.data.batch_size);
   }
 
+  // Which tier takes activations follows the device; refused here rather than at the first
+  // offloaded tensor.
+  CONDENSE_CHECK(cfg.memory.offload != "host" || run.device.is_cuda(),
+                 "memory.offload=host moves CUDA activations to pinned host memory, but "
+                 "train.device is {}; use memory.offload=disk on the CPU", tc.device);
+  CONDENSE_CHECK(cfg.memory.offload != "disk" || run.device.is_cpu(),
+                 "memory.offload=disk spills CPU activations, but train.device is {}; use "
+                 "memory.offload=host on CUDA", tc.device);
+
   run.out_dir = resolve_out_dir(cfg);
+  check_creatable_dir(run.out_dir, cfg.out_dir.empty() ? "out_dir (from name)" : "out_dir");
+  if (!cfg.checkpoint.dir.empty()) check_creatable_dir(cfg.checkpoint.dir, "checkpoint.dir");
+  // A data.dataset that does not exist is a mistyped path, not a request to build a store there.
+  CONDENSE_CHECK(cfg.data.dataset.empty() || fs::exists(cfg.data.dataset),
+                 "data.dataset={}: no such token store; build one with `condense prepare ... --out "
+                 "{}`, or leave data.dataset empty to build it under data.cache_dir on first use",
+                 cfg.data.dataset, cfg.data.dataset);
+  if (cfg.data.dataset.empty()) check_creatable_dir(cfg.data.cache_dir, "data.cache_dir");
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (fs::path(run.out_dir) / "checkpoints").string();
   CheckpointManager manager(cfg.checkpoint.dir, cfg.checkpoint.keep);
   run.resume = manager.latest();
@@ -81,7 +113,12 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                  cfg.model.max_position_embeddings);
   cfg.model.finalize();
 
-  run.yaml = to_yaml(cfg);
+  // recipe.yaml and the checkpoints record checkpoint.dir as given: a default one stays implied
+  // by out_dir, so that the recipe reused with another name= / out_dir= writes there and not
+  // into this run's directory.
+  RunConfig recorded = cfg;
+  recorded.checkpoint.dir = cfg_in.checkpoint.dir;
+  run.yaml = to_yaml(recorded);
   if (run.resume) {
     Checkpoint ckpt = Checkpoint::open(*run.resume);
     store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), *run.resume);
@@ -104,7 +141,7 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
 
   // recipe.yaml is written by train_run once the trainer has restored the checkpoint: a
   // refused resume (a corrupt checkpoint) must leave the run directory as it was.
-  spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(cfg).substr(0, 16), run.yaml);
+  spdlog::info("resolved recipe (hash {}):\n{}", recipe_hash(recorded).substr(0, 16), run.yaml);
   // From here on a rank that stalls ends the job (before: the token store's preparation on
   // rank 0, which may take longer than any collective should).
   run.comm->arm_watchdog(cfg.comm.timeout_s, run.out_dir);

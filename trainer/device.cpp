@@ -5,7 +5,11 @@
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/cuda.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <regex>
+#include <thread>
 
 #include "core/error.h"
 
@@ -34,6 +38,15 @@ c10::Device training_device(const std::string& spec, int local_rank) {
   CONDENSE_CHECK(index < visible, "train.device={}: only {} CUDA device(s) are visible", spec,
                  visible);
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+int set_intra_op_threads(int64_t requested, const std::string& option) {
+  CONDENSE_CHECK(requested >= 0 && requested <= kMaxThreads,
+                 "{} must be between 0 (one per core) and {}, got {}", option, kMaxThreads, requested);
+  const int n = requested > 0 ? static_cast<int>(requested)
+                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+  return n;
 }
 
 PrecisionScope::PrecisionScope(const std::string& precision, c10::Device device) {

@@ -32,6 +32,14 @@ std::string device_type_name(const std::string& spec);
 // train bitwise alike only with the same of both (README "Reproducibility").
 std::string device_description(c10::Device device);
 
+// The most intra-op threads any option accepts: beyond it LibTorch's pool takes minutes and
+// gigabytes to start (100000 was accepted before and never began), and no machine needs more.
+constexpr int64_t kMaxThreads = 1024;
+
+// Sets ATen's intra-op threads from an option (`option` names it in errors): 0 means one per
+// core; refuses negative counts and counts above kMaxThreads. Returns the count set.
+int set_intra_op_threads(int64_t requested, const std::string& option);
+
 // Empty, or why train.precision=bf16 will be slow on this device: on a CPU without AVX-512
 // (BW, VL and DQ: what LibTorch's oneDNN bf16 GEMMs need) ATen multiplies bf16 matrices with its
 // reference loops. Measured on an AVX2 AMD EPYC: a 25M-parameter model's step took 39 s in bf16.
