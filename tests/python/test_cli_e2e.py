@@ -263,3 +263,56 @@ def test_tokenizer_mismatch_is_refused(small_store, tmp_path):
     out = tmp_path / "run"
     run("train", QUICKSTART, *tiny_overrides(small_store, out, 5))
     expect_error(["eval", out, "--data", other], "tokenizer mismatch")
+
+
+def test_refusals_before_anything_is_written(small_store, tmp_path, condense_bin):
+    """Settings that cannot work are refused at start, naming the key, with nothing created."""
+    out = tmp_path / "run"
+    base = tiny_overrides(small_store, out, 5)
+    # Host offload is for CUDA activations (this hung forever on the CPU before).
+    expect_error(["train", QUICKSTART, *base, "memory.offload=host"], "memory.offload=host",
+                 "train.device is cpu")
+    # A mistyped store path is not a request to build a store there.
+    missing = tmp_path / "typo.h5"
+    expect_error(["train", QUICKSTART, *base, f"data.dataset={missing}"], "data.dataset=", "no such token store")
+    assert not missing.exists()
+    # Directories that cannot be created (a file in the way).
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    expect_error(["train", QUICKSTART, *base, f"checkpoint.dir={blocker / 'ck'}"], "checkpoint.dir=",
+                 "is not a directory")
+    expect_error(["train", QUICKSTART, *tiny_overrides(small_store, blocker / "run", 5)], "out_dir=",
+                 "is not a directory")
+    # Thread counts have a ceiling.
+    expect_error(["train", QUICKSTART, *base, "train.threads=100000"], "train.threads", "[0, 1024]")
+    expect_error(["generate", tmp_path / "any.h5", "--prompt", "a", "--threads", "100000"],
+                 "--threads must be between 0 (one per core) and 1024")
+    assert not out.exists()
+    # The model's shape is checked before the token store is built (which takes minutes).
+    cache = tmp_path / "cache"
+    expect_error(["train", QUICKSTART, f"out_dir={out}", f"data.cache_dir={cache}",
+                  "model.num_attention_heads=3"], "model.num_attention_heads (3)")
+    expect_error(["train", QUICKSTART, f"out_dir={out}", f"data.cache_dir={cache}", "data.seq_len=4096"],
+                 "data.seq_len (4096) exceeds model.max_position_embeddings")
+    assert not cache.exists() and not out.exists()
+
+
+def test_run_directories_as_init_and_a_reused_recipe(small_store, tmp_path):
+    ref = tmp_path / "ref"
+    run("train", QUICKSTART, *tiny_overrides(small_store, ref, 10))
+    latest = ref / "checkpoints" / "step_000010.h5"
+    # init= takes a run directory, as eval and generate do: its latest checkpoint.
+    child = tmp_path / "child"
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, child, 2, init=ref))
+    assert f"initialized weights from {latest}" in p.stderr + p.stdout
+    # A run's recipe.yaml reused under another out_dir writes its checkpoints there, not into
+    # the run it came from (checkpoint.dir stays implied by out_dir).
+    saved = (ref / "recipe.yaml").read_text()
+    assert "\n  dir: \"\"\n" in saved, saved
+    reused = tmp_path / "reused.yaml"
+    reused.write_text(saved)
+    before = tree_digest(ref)
+    again = tmp_path / "again"
+    run("train", reused, f"out_dir={again}", "train.steps=3")
+    assert (again / "checkpoints" / "step_000003.h5").exists()
+    assert tree_digest(ref) == before
