@@ -145,6 +145,16 @@ TensorBoardWriter::~TensorBoardWriter() {
   if (file_ != nullptr) std::fclose(file_);  // flushes; errors cannot be reported here
 }
 
+void TensorBoardWriter::add_session_start(int64_t step, double wall_time) {
+  ProtoWriter session_log;
+  session_log.varint_field(1, 1);  // SessionLog.status = START
+  ProtoWriter event;
+  event.double_field(1, wall_time);
+  event.varint_field(2, static_cast<uint64_t>(step));
+  event.bytes_field(7, session_log.bytes());  // Event.session_log
+  write_record(event.bytes());
+}
+
 void TensorBoardWriter::add_scalar(const std::string& tag, double value, int64_t step,
                                    double wall_time) {
   ProtoWriter summary_value;

@@ -33,6 +33,10 @@ class TensorBoardWriter {
   // float32, as TensorBoard's simple_value is.
   void add_scalar(const std::string& tag, double value, int64_t step,
                   double wall_time = unix_time_now());
+  // Event{wall_time, step, session_log{status: START}}: TensorBoard (its EventAccumulator with
+  // purge_orphaned_data, the default) then drops every earlier event at this step or later,
+  // which is how a resumed run hides what its predecessor logged after the checkpoint.
+  void add_session_start(int64_t step, double wall_time = unix_time_now());
   void flush();
   const std::string& path() const { return path_; }
 

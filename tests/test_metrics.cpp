@@ -188,9 +188,9 @@ TEST(MetricsLogger, JsonlAndTensorBoard) {
   auto files = event_files(tmp.path / "tensorboard");
   ASSERT_EQ(files.size(), 1u);
   auto records = read_records(files[0]);
-  EXPECT_EQ(records.size(), 1u + 5u);
-  EXPECT_NE(records[1].find("train/loss"), std::string::npos);
-  EXPECT_NE(records[4].find("eval/loss"), std::string::npos);
+  EXPECT_EQ(records.size(), 2u + 5u);  // file version, session start, five scalars
+  EXPECT_NE(records[2].find("train/loss"), std::string::npos);
+  EXPECT_NE(records[5].find("eval/loss"), std::string::npos);
 }
 
 TEST(MetricsLogger, AppendsAcrossRuns) {
@@ -201,7 +201,7 @@ TEST(MetricsLogger, AppendsAcrossRuns) {
     first.log(2, {{"loss", 1.5}});
   }
   {
-    MetricsLogger resumed(tmp.path.string(), true);
+    MetricsLogger resumed(tmp.path.string(), true, /*start_step=*/2);
     resumed.log(3, {{"loss", 1.25}});
     resumed.flush();
   }
@@ -209,6 +209,37 @@ TEST(MetricsLogger, AppendsAcrossRuns) {
   ASSERT_EQ(lines.size(), 3u);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(lines[i]["step"], i + 1);
   EXPECT_DOUBLE_EQ(lines[2]["loss"].get<double>(), 1.25);
+}
+
+// A run that stopped after its last checkpoint (step 2) had logged steps 3 and 4 and was torn
+// in the middle of a line: the resumed logger keeps steps 1-2 only, so step 3 is logged once.
+TEST(MetricsLogger, ResumeDropsRecordsPastTheStartStep) {
+  TempDir tmp;
+  {
+    MetricsLogger first(tmp.path.string(), true);
+    for (int step = 1; step <= 4; ++step) first.log(step, {{"loss", 1.0 * step}});
+    first.log(4, {{"loss", 9.0}}, "eval");
+  }
+  {
+    std::ofstream torn(tmp.path / "metrics.jsonl", std::ios::app);
+    torn << "{\"step\": 5, \"spl";
+  }
+  {
+    MetricsLogger resumed(tmp.path.string(), true, /*start_step=*/2);
+    resumed.log(3, {{"loss", 30.0}});
+  }
+  auto lines = read_jsonl(tmp.path / "metrics.jsonl");
+  ASSERT_EQ(lines.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(lines[i]["step"], i + 1);
+  EXPECT_DOUBLE_EQ(lines[2]["loss"].get<double>(), 30.0);
+  // The second event file starts with a SessionLog START at step 3 (Event field 7, status 1).
+  auto files = event_files(tmp.path / "tensorboard");
+  ASSERT_EQ(files.size(), 2u);
+  bool found = false;
+  for (const auto& f : files) {
+    for (const std::string& r : read_records(f)) found |= r.find(std::string("\x10\x03\x3a\x02\x08\x01", 6)) != std::string::npos;
+  }
+  EXPECT_TRUE(found);
 }
 
 TEST(MetricsLogger, ReservedNamesRejected) {

@@ -6,26 +6,58 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 #include "io/tensorboard_writer.h"
 
 namespace condense {
 
-MetricsLogger::MetricsLogger(const std::string& out_dir, bool enabled) {
+namespace {
+
+// Drops the records of steps after `start_step` (and lines that do not parse: a write torn by
+// a crash) from an existing metrics.jsonl, atomically. Returns how many were dropped.
+int64_t drop_records_after(const std::string& path, int64_t start_step) {
+  std::ifstream in(path);
+  if (!in) return 0;
+  std::string line, kept;
+  int64_t dropped = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (record.is_object() && record.contains("step") && record["step"].is_number_integer() &&
+        record["step"].get<int64_t>() <= start_step) {
+      kept += line + "\n";
+    } else {
+      ++dropped;
+    }
+  }
+  if (dropped > 0) write_text_atomically(path, kept);
+  return dropped;
+}
+
+}  // namespace
+
+MetricsLogger::MetricsLogger(const std::string& out_dir, bool enabled, int64_t start_step) {
   if (!enabled) return;
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   CONDENSE_CHECK(!ec, "cannot create metrics directory {}: {}", out_dir, ec.message());
   jsonl_path_ = (fs::path(out_dir) / "metrics.jsonl").string();
+  if (const int64_t dropped = drop_records_after(jsonl_path_, start_step); dropped > 0)
+    spdlog::info("{}: dropped {} record(s) past step {} (written after the last checkpoint by "
+                 "the run that stopped)", jsonl_path_, dropped, start_step);
   jsonl_ = std::fopen(jsonl_path_.c_str(), "a");
   CONDENSE_CHECK(jsonl_ != nullptr, "cannot open {} for appending: {}", jsonl_path_,
                  std::strerror(errno));
   try {
     tensorboard_ =
         std::make_unique<TensorBoardWriter>((fs::path(out_dir) / "tensorboard").string());
+    tensorboard_->add_session_start(start_step + 1);
   } catch (...) {
     std::fclose(jsonl_);
     jsonl_ = nullptr;

@@ -18,8 +18,13 @@ class MetricsLogger {
  public:
   // enabled=false: every call is a no-op and no file or directory is created.
   // enabled=true: creates out_dir if needed and opens metrics.jsonl for appending, so a
-  // resumed run continues the same file. Throws condense::Error naming the file on failure.
-  MetricsLogger(const std::string& out_dir, bool enabled);
+  // resumed run continues the same file. Records of steps after `start_step` (the step the run
+  // starts from: its checkpoint's, 0 for a fresh start) are what a run that died after its
+  // last checkpoint wrote: they are removed from metrics.jsonl (along with a torn last line),
+  // and TensorBoard is told to drop them (a SessionLog START event at start_step + 1), so that
+  // the resumed run's file holds each step once. Throws condense::Error naming the file on
+  // failure.
+  MetricsLogger(const std::string& out_dir, bool enabled, int64_t start_step = 0);
   ~MetricsLogger();
   MetricsLogger(const MetricsLogger&) = delete;
   MetricsLogger& operator=(const MetricsLogger&) = delete;

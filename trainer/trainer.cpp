@@ -323,7 +323,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
                    ec);
   }
   if (setup_.before_writing) setup_.before_writing();
-  MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0);
+  MetricsLogger metrics(setup_.out_dir, /*enabled=*/rank0, state.step);
   std::optional<Progress> progress;
   if (rank0) progress.emplace(tc.steps, state.step, tc.log_every);
   auto message = [&](const std::string& line) {

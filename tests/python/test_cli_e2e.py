@@ -316,3 +316,26 @@ def test_run_directories_as_init_and_a_reused_recipe(small_store, tmp_path):
     run("train", reused, f"out_dir={again}", "train.steps=3")
     assert (again / "checkpoints" / "step_000003.h5").exists()
     assert tree_digest(ref) == before
+
+
+def test_resume_after_a_crash_keeps_each_step_once(small_store, tmp_path):
+    """A run that dies after its last checkpoint has logged steps it will redo: the resumed run
+    drops them from metrics.jsonl and TensorBoard (SessionLog START), so each step shows once,
+    with the resumed run's values."""
+    from tensorboard.backend.event_processing import event_accumulator
+    out = tmp_path / "run"
+    args = ["train", QUICKSTART, *tiny_overrides(small_store, out, 15, **{
+        "train.log_every": 1, "train.eval_every": 0, "checkpoint.every": 10})]
+    p = run(*args, check=False, env={**os.environ, "CONDENSE_TEST_FAIL_RANK": "0",
+                                     "CONDENSE_TEST_FAIL_STEP": "14"})
+    assert p.returncode != 0 and "injected failure at step 14" in p.stderr
+    assert [r["step"] for r in read_metrics(out)] == list(range(1, 14))
+    run(*args, "--resume")
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 16))
+    acc = event_accumulator.EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert len(list((out / "tensorboard").iterdir())) == 2
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss] == list(range(1, 16))
+    assert loss[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-6)

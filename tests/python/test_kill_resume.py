@@ -34,7 +34,8 @@ def test_killed_while_writing_a_checkpoint(small_store, tmp_path):
            timeout=120)
     key = lambda r: (r["step"], r["loss"], r["grad_norm"], r["comm_bytes"])
     rows = read_metrics(out)
-    assert [key(r) for r in rows[-10:]] == [key(r) for r in read_metrics(ref)[5:]]
+    # Each step once: what the killed run logged after step 5 was dropped on resume.
+    assert [key(r) for r in rows] == [key(r) for r in read_metrics(ref)]
     assert sorted(q.name for q in ck.iterdir()) == [
         "latest", "step_000005.h5", "step_000010.h5", "step_000015.h5"]
 
@@ -66,4 +67,4 @@ def test_killed_at_a_random_moment(small_store, tmp_path):
     mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, steps, **overrides), "--resume",
            timeout=120)
     key = lambda r: (r["step"], r["loss"], r["grad_norm"], r["comm_bytes"])
-    assert [key(r) for r in read_metrics(out)[-(steps - step):]] == [key(r) for r in read_metrics(ref)[step:]]
+    assert [key(r) for r in read_metrics(out)] == [key(r) for r in read_metrics(ref)]
