@@ -132,6 +132,9 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                                    saved.contains(key) ? saved[key].dump() : "absent", value.dump());
     CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
                    "holds:{} nothing was changed", *run.resume, differences);
+    const int64_t at = ckpt.state().step;
+    CONDENSE_CHECK(at <= tc.steps, "--resume: {} is at step {}, past train.steps={}; raise "
+                   "train.steps to continue (nothing was changed)", *run.resume, at, tc.steps);
     if (ckpt.recipe_yaml() != run.yaml)
       spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
                    "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);
@@ -170,6 +173,7 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   setup.before_writing = [&run] {
     if (run.rank != 0) return;
     fs::create_directories(run.out_dir);
+    run.lock = std::make_unique<RunLock>(run.out_dir);
     write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
   };
   if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())

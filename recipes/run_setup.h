@@ -11,6 +11,7 @@
 
 #include "comm/communicator.h"
 #include "data/token_store.h"
+#include "io/run_lock.h"
 #include "recipes/recipe.h"
 #include "trainer/trainer.h"
 
@@ -24,6 +25,7 @@ struct RunSetup {
   std::string out_dir, dataset, yaml;  // yaml: the resolved recipe
   std::optional<std::string> resume;   // the checkpoint to resume from
   std::optional<TokenStore> store;
+  std::unique_ptr<RunLock> lock;       // rank 0's hold on out_dir while it trains (io/run_lock.h)
 };
 
 // `adjust` runs after the token store is open and before the model config is finalized and

@@ -339,3 +339,31 @@ def test_resume_after_a_crash_keeps_each_step_once(small_store, tmp_path):
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == list(range(1, 16))
     assert loss[-1].value == pytest.approx(rows[-1]["loss"], rel=1e-6)
+
+
+def test_second_run_in_the_same_directory_is_refused(small_store, tmp_path):
+    out = tmp_path / "run"
+    args = [str(CONDENSE), "train", str(QUICKSTART), *tiny_overrides(small_store, out, 100000, **{
+        "train.eval_every": 0, "checkpoint.every": 100000, "train.log_every": 1})]
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        p = expect_error(["train", QUICKSTART, *tiny_overrides(small_store, out, 100000), "--resume"],
+                         f"another condense process (pid {first.pid}) is training in {out}")
+        assert "nothing was changed" in p.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=60)
+    # The lock went with the process: the run resumes (one more step).
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    step = int(latest[len("step_"):-len(".h5")])
+    run("train", QUICKSTART, *tiny_overrides(small_store, out, step + 1), "--resume")
+    assert read_metrics(out)[-1]["step"] == step + 1
+    # A checkpoint past train.steps is refused clearly, before anything changes.
+    before = tree_digest(out)
+    expect_error(["train", QUICKSTART, *tiny_overrides(small_store, out, 1), "--resume"],
+                 f"is at step {step + 1}, past train.steps=1")
+    assert tree_digest(out) == before
