@@ -323,7 +323,31 @@ int run(int argc, char** argv) {
   ContextArgs context_args;
   add_context_commands(app, context_args);
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::Success& e) {  // --help and friends: print and exit 0
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // A mistyped command reads as "a subcommand is required" in CLI11's words: name it instead.
+    std::string message = e.what();
+    if (argc > 1) {
+      const std::string first = argv[1];
+      bool known = first.rfind('-', 0) == 0 && (first == "-h" || first == "--help" || first == "-v" ||
+                                                first == "--verbose");
+      for (const CLI::App* sub : app.get_subcommands({})) known |= sub->get_name() == first;
+      if (!known) {
+        std::string names;
+        for (const CLI::App* sub : app.get_subcommands({}))
+          names += (names.empty() ? "" : ", ") + sub->get_name();
+        message = fmt::format("unknown command '{}'; commands: {}", first, names);
+      }
+    }
+    const CLI::App* where = &app;
+    for (const CLI::App* sub : app.get_subcommands({}))
+      if (sub->parsed()) where = sub;
+    fail("{} (see `condense {}--help`)", message,
+         where == &app ? "" : where->get_name() + " ");
+  }
   init_logging(0, 1, verbose);
 
   if (train->parsed()) {

@@ -193,6 +193,15 @@ def test_bad_recipes_fail_with_clear_errors(tmp_path, condense_bin):
         assert not out.exists()
 
 
+def test_command_line_mistakes(tmp_path, condense_bin):
+    # One "error:" line and exit status 1, as for every other error (CLI11's own codes were 10x).
+    expect_error(["nosuch"], "unknown command 'nosuch'; commands: train, prepare, eval")
+    expect_error(["--bogus"], "unknown command '--bogus'")
+    expect_error(["generate", tmp_path / "x.h5", "--promt", "a"], "--promt", "see `condense generate --help`")
+    expect_error(["train"], "recipe is required", "see `condense train --help`")
+    assert run("--help").returncode == 0
+
+
 def test_missing_corpus_and_checkpoint_errors(tmp_path, condense_bin):
     expect_error(["train", QUICKSTART, f"out_dir={tmp_path / 'r'}", "data.corpus=dir",
                   f"data.path={tmp_path / 'no_such_dir'}", f"data.cache_dir={tmp_path}"],
