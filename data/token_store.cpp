@@ -232,6 +232,10 @@ at::Tensor TokenStore::doc_offsets(const std::string& split) const {
 
 void TokenStore::check_tokenizer(const std::string& expected_sha256,
                                  const std::string& what) const {
+  // SHA-256 of zero bytes: `what` stores no tokenizer (an import without one).
+  CONDENSE_CHECK(expected_sha256 != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+                 "{} has no tokenizer (imported without one), so it cannot be checked against {}; "
+                 "import it again with --tokenizer T.model", what, path_);
   CONDENSE_CHECK(expected_sha256 == sha256_,
                  "tokenizer mismatch: {} was tokenized with {} but {} uses {}", path_, sha256_,
                  what, expected_sha256);

@@ -158,6 +158,15 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
+  // generate() stops at the model's context; say so up front (--ignore-eos runs are often
+  // timings of a fixed token count).
+  const int64_t positions = static_cast<int64_t>(ids.size()) + (has_context ? context.embeds.size(0) : 0);
+  // The last token generated is not fed back, so it needs no position of its own.
+  const int64_t room = model->config().max_position_embeddings - positions + 1;
+  if (room > 0 && opt.max_new_tokens > room)
+    spdlog::warn("--max-new-tokens {}: the prompt takes {} of the model's {} positions, so at most "
+                 "{} tokens will be generated", opt.max_new_tokens, positions,
+                 model->config().max_position_embeddings, room);
   GenerationResult r = generate(model, ids, opt, kv, context.embeds);
   if (has_context)
     spdlog::info("context: {} tokens compressed into {} positions", context.tokens,

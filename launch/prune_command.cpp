@@ -181,6 +181,10 @@ int run_prune_command(PruneArgs& a) {
                  "--target belongs to minitron; {} takes {}", a.method,
                  kv ? "--kv-heads and --init" : cskv ? "--key-rank, --value-rank and --init"
                     : "--sparsity or --pattern (and --weights)");
+  CONDENSE_CHECK(a.method != "minitron" || !a.targets.empty(),
+                 "--method minitron needs --target KEY=VALUE (hidden_size, intermediate_size, "
+                 "num_attention_heads, num_hidden_layers or num_parameters): without one it "
+                 "would write an unchanged copy");
   CONDENSE_CHECK(kv || a.cmd->count("--kv-heads") == 0, "--kv-heads belongs to --method kv-heads");
   CONDENSE_CHECK(kv || cskv || a.cmd->count("--init") == 0,
                  "--init belongs to --method kv-heads (svd | mean) and cskv (whiten | asvd | svd)");

@@ -137,6 +137,8 @@ const std::string& Tokenizer::kind() const {
 }
 
 Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::string& source) {
+  CONDENSE_CHECK(!proto_bytes.empty(), "{}: no tokenizer stored (a checkpoint imported without "
+                 "one); import it again with --tokenizer T.model", source);
   if (proto_bytes.rfind(kBpeMagic, 0) == 0)
     return from_bpe(BpeTokenizer::from_serialized(proto_bytes, source));
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();

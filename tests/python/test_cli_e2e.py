@@ -95,6 +95,12 @@ def test_train_metrics_eval_generate_info(small_store, tmp_path):
     g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 12, "--threads", 1)
     assert g.stdout.startswith("Apple, n.") and len(g.stdout) > len("Apple, n.") + 1
     assert "tokens/s" in g.stderr
+    # More new tokens than the context holds: said up front, and generation stops at the context.
+    g = run("generate", out, "--prompt", "Apple, n.", "--max-new-tokens", 200, "--ignore-eos",
+            "--print-ids", "--threads", 1)
+    assert "so at most" in g.stderr and "positions" in g.stderr, g.stderr
+    room = int(g.stderr.split("so at most ")[1].split()[0])
+    assert room < 200 and f"{room} tokens: prefill" in g.stderr, g.stderr
 
 
 @pytest.mark.parametrize("optimizer,precision", [("adamw", "fp32"), ("sgd", "fp32"), ("adamw", "bf16")])

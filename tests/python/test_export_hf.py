@@ -135,7 +135,7 @@ FIXTURE_SHAPES = {
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURE_SHAPES))
-def test_round_trip_names_and_shapes(name, tmp_path):
+def test_round_trip_names_and_shapes(name, tmp_path, small_store):
     tool = pathlib.Path(os.environ.get("CONDENSE_BUILD_DIR", "build")) / "tests" / "model_fixture"
     if not tool.is_file():
         pytest.skip("model_fixture not built")
@@ -150,6 +150,11 @@ def test_round_trip_names_and_shapes(name, tmp_path):
     assert ("lm_head.weight" in keys) == (not tied)
     imp = run("import", tmp_path / "hf", tmp_path / "back.h5")
     assert "no tokenizer" in imp.stderr  # said clearly, not silently
+    if name == "mha_tied":  # and the commands that need one refuse it in the same words
+        for args in (["generate", tmp_path / "back.h5", "--prompt", "a"],
+                     ["eval", tmp_path / "back.h5", "--data", small_store]):
+            p = run(*args, check=False)
+            assert p.returncode == 1 and "no tokenizer" in p.stderr, p.stderr
     a, ca, _ = model_tensors(ckpt)
     b, cb, _ = model_tensors(tmp_path / "back.h5")
     assert sorted(a) == sorted(b) and ca == cb

@@ -120,6 +120,7 @@ def test_magnitude_and_nm_patterns(base, tmp_path):
     (["--method", "magnitude", "--weights", "model.layers.9.*"], "matches no weight"),
     (["--method", "magnitude", "--sparsity", "0.5", "--pattern", "2:4"], "not both"),
     (["--method", "magnitude", "--target", "hidden_size=32"], "--target belongs to minitron"),
+    (["--method", "minitron"], "--method minitron needs --target"),
 ])
 def test_prune_bad_options_write_nothing(base, tmp_path, args, needle):
     out = tmp_path / "p.h5"
