@@ -21,6 +21,7 @@
 #include "recipes/recipe_parser.h"
 #include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
+#include "io/atomic_file.h"
 
 namespace condense {
 namespace {
@@ -143,6 +144,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                             const std::string& type) {
   auto t0 = std::chrono::steady_clock::now();
   TypeChoice choice = parse_gguf_type(type);
+  check_new_output(out_path);
   Checkpoint ckpt = Checkpoint::open(checkpoint_path);
   std::string tok_bytes = ckpt.tokenizer_bytes();
   CONDENSE_CHECK(!tok_bytes.empty(), "{}: the checkpoint has no tokenizer; a GGUF for llama.cpp "
@@ -310,11 +312,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
 
 ImportStats import_gguf(const std::string& path, const std::string& out_path) {
   auto t0 = std::chrono::steady_clock::now();
-  CONDENSE_CHECK(!std::filesystem::exists(out_path), "{}: already exists; refusing to overwrite it",
-                 out_path);
-  std::filesystem::path target = std::filesystem::absolute(out_path);
-  CONDENSE_CHECK(std::filesystem::is_directory(target.parent_path()), "{}: directory {} does not exist",
-                 out_path, target.parent_path().string());
+  check_new_output(out_path);
   std::string tokenizer_bytes;
   LlamaForCausalLM model = load_gguf_model(path, &tokenizer_bytes);
   if (tokenizer_bytes.empty())
@@ -325,11 +323,11 @@ ImportStats import_gguf(const std::string& path, const std::string& out_path) {
     fail("{}: the vocabulary has {} tokens but token_embd.weight {} rows", path, n,
          model->config().vocab_size);
   RunConfig cfg;
-  cfg.name = target.stem().string();
+  cfg.name = std::filesystem::path(out_path).stem().string();
   cfg.model = model->config();
   std::string recipe = to_yaml(cfg);
   parse_recipe(recipe, out_path + ":recipe");  // the recipe must read back
-  write_checkpoint(target.string(), model, nullptr, TrainingState{}, recipe, tokenizer_bytes);
+  write_checkpoint(out_path, model, nullptr, TrainingState{}, recipe, tokenizer_bytes);
   ImportStats st;
   for (const auto& p : model->parameters()) st.weight_bytes += p.numel() * 4;
   st.has_tokenizer = !tokenizer_bytes.empty();

@@ -86,7 +86,7 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
 ImportStats import_hf(const std::string& dir, const std::string& out_path,
                       const std::string& tokenizer_override) {
   auto t0 = std::chrono::steady_clock::now();
-  CONDENSE_CHECK(!fs::exists(out_path), "{}: already exists; refusing to overwrite it", out_path);
+  check_new_output(out_path);
   HfModel hf = load_hf_dir(dir, tokenizer_override);
   if (hf.tokenizer_bytes.empty())
     spdlog::warn("{} has no tokenizer.model: the checkpoint has no tokenizer, so eval, generate, "

@@ -14,6 +14,10 @@ void write_file_atomically(const std::string& path,
 // Convenience for small text files (the "latest" pointer, JSON).
 void write_text_atomically(const std::string& path, const std::string& text);
 void fsync_path(const std::string& path);  // file or directory
+// Refuses, before any work, an output file that cannot be published at `path`: one that exists
+// already (condense never overwrites a user's file: a refused command changes nothing) or
+// whose directory is missing, not a directory, or not writable. Throws naming `path`.
+void check_new_output(const std::string& path);
 std::string read_text_file(const std::string& path);  // throws naming the file
 
 }  // namespace condense

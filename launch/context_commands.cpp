@@ -213,6 +213,7 @@ int context_eval(const ContextArgs& a) {
 }
 
 int compress(const ContextArgs& a) {
+  check_new_output(a.out);
   const std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
   LlamaForCausalLM decoder = load_inference_model(ckpt);

@@ -23,6 +23,7 @@
 #include "formats/inference_model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
+#include "io/atomic_file.h"
 
 namespace condense {
 namespace fs = std::filesystem;
@@ -162,9 +163,7 @@ int run_prune_command(PruneArgs& a) {
   if (!a.cmd || !a.cmd->parsed()) return -1;
   auto t0 = std::chrono::steady_clock::now();
   set_intra_op_threads(a.threads, "--threads");
-  CONDENSE_CHECK(!fs::exists(a.out), "{}: already exists; refusing to overwrite it", a.out);
-  fs::path parent = fs::absolute(a.out).parent_path();
-  CONDENSE_CHECK(fs::is_directory(parent), "{}: directory {} does not exist", a.out, parent.string());
+  check_new_output(a.out);
   std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
   LlamaForCausalLM model = load_inference_model(ckpt);

@@ -382,3 +382,19 @@ def test_second_run_in_the_same_directory_is_refused(small_store, tmp_path):
     expect_error(["train", QUICKSTART, *tiny_overrides(small_store, out, 1), "--resume"],
                  f"is at step {step + 1}, past train.steps=1")
     assert tree_digest(out) == before
+
+
+def test_outputs_are_checked_before_work_and_never_overwritten(small_store, tmp_path):
+    # prepare: before the corpus is read.
+    expect_error(["prepare", "--corpus", "fortunes", "--out", tmp_path / "nodir" / "s.h5"],
+                 "directory", "does not exist")
+    p = expect_error(["prepare", "--corpus", "fortunes", "--out", tmp_path], "already exists; refusing to overwrite it")
+    assert "corpus fortunes:" not in p.stderr
+    out = tmp_path / "run"
+    run("train", QUICKSTART, *tiny_overrides(small_store, out, 2))
+    gguf = tmp_path / "m.gguf"
+    expect_error(["export", out, tmp_path / "nodir" / "m.gguf", "--format", "gguf"], "does not exist")
+    run("export", out, gguf, "--format", "gguf")
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    expect_error(["export", out, gguf, "--format", "gguf", "--dtype", "f16"], "refusing to overwrite")
+    assert hashlib.sha256(gguf.read_bytes()).hexdigest() == digest
