@@ -3,6 +3,8 @@
 // non-zero.
 #include <ATen/Parallel.h>
 #include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+#include <c10/util/Logging.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -391,8 +393,24 @@ int run(int argc, char** argv) {
 }  // namespace condense
 
 int main(int argc, char** argv) {
+  // Debian's libsentencepiece defines its own FLAGS_minloglevel (a 32-byte absl::Flag); libc10
+  // loads first and defines a 4-byte int of that name, so the dynamic linker binds sentencepiece
+  // to c10's, and the flag's constructor overwrites the next bytes, c10's
+  // FLAGS_caffe2_use_fatal_for_enforce among them (found with a watchpoint). With it set, every
+  // failed CAFFE_ENFORCE (an allocation too large, for one) aborted the process with SIGABRT
+  // instead of throwing: restore c10's default so those errors reach the catch below. The byte
+  // is inside sentencepiece's object's vtable pointer, which nothing reads (its flags are
+  // static objects, destroyed by a direct call).
+  FLAGS_caffe2_use_fatal_for_enforce = false;
   try {
     return condense::run(argc, argv);
+  } catch (const c10::Error& e) {
+    // LibTorch's messages carry a C++ backtrace (25 lines of frames); the message is enough.
+    int world = condense::mpi_world_size();
+    std::string who = world > 1 ? fmt::format("[rank {}] ", condense::mpi_world_rank()) : "";
+    std::cerr << who << "error: " << e.what_without_backtrace() << std::endl;
+    condense::abort_world(1);
+    return 1;
   } catch (const std::exception& e) {
     // The one catch. Under mpirun a rank that fails alone would leave the others blocked in a
     // collective: abort the whole job, naming the rank.

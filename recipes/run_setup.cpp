@@ -50,6 +50,9 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   // communicator follows train.device (NCCL for CUDA tensors under comm.backend auto).
   cfg.comm.device = device_type_name(tc.device);
   require_device(tc.device);
+  CONDENSE_CHECK(cfg.comm.backend != "nccl" || cfg.comm.device == "cuda",
+                 "comm.backend=nccl exchanges CUDA tensors, but train.device is {}; set "
+                 "train.device=cuda, or comm.backend=auto / mpi on the CPU", tc.device);
   run.comm = make_communicator(cfg.comm);
   run.rank = run.comm->rank();
   run.world = run.comm->size();

@@ -298,6 +298,8 @@ def test_refusals_before_anything_is_written(small_store, tmp_path, condense_bin
                  "is not a directory")
     expect_error(["train", QUICKSTART, *tiny_overrides(small_store, blocker / "run", 5)], "out_dir=",
                  "is not a directory")
+    # NCCL on the CPU: refused by name (was LibTorch's CUDA error with a 25-frame backtrace).
+    expect_error(["train", QUICKSTART, *base, "comm.backend=nccl"], "comm.backend=nccl", "train.device is cpu")
     # Thread counts have a ceiling.
     expect_error(["train", QUICKSTART, *base, "train.threads=100000"], "train.threads", "[0, 1024]")
     expect_error(["generate", tmp_path / "any.h5", "--prompt", "a", "--threads", "100000"],
@@ -398,3 +400,16 @@ def test_outputs_are_checked_before_work_and_never_overwritten(small_store, tmp_
     digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
     expect_error(["export", out, gguf, "--format", "gguf", "--dtype", "f16"], "refusing to overwrite")
     assert hashlib.sha256(gguf.read_bytes()).hexdigest() == digest
+
+
+def test_an_allocation_that_fails_is_an_error_not_an_abort(small_store, tmp_path):
+    """A model too large for memory: LibTorch's allocation error reaches condense's one catch
+    (exit 1, one line) instead of SIGABRT. Debian's libsentencepiece overwrote c10's
+    FLAGS_caffe2_use_fatal_for_enforce at load time, which turned every failed CAFFE_ENFORCE into
+    an abort (launch/main.cpp restores it)."""
+    if pathlib.Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("vm.overcommit_memory=1: a 275 GB allocation succeeds here and is not a test")
+    p = expect_error(["train", QUICKSTART, *tiny_overrides(small_store, tmp_path / "r", 1),
+                      "model.hidden_size=262144", "model.intermediate_size=64"],
+                     "can't allocate memory")
+    assert "frame #" not in p.stderr  # no C++ backtrace
