@@ -131,7 +131,6 @@ void prepare_token_store(const PrepareOptions& o) {
                  o.vocab_size, kMinTrainedVocabSize);
   CONDENSE_CHECK(o.corpus.max_documents >= 0, "prepare: max_documents {} must be >= 0 (0: all)",
                  o.corpus.max_documents);
-  check_new_output(o.out_path);
   std::vector<std::string> docs = read_corpus(o.corpus);
   const int64_t n = static_cast<int64_t>(docs.size());
   const std::string corpus_sha256 = corpus_hash(docs);

@@ -28,8 +28,8 @@ void check_new_output(const std::string& path) {
   CONDENSE_CHECK(!fs::exists(path), "{}: already exists; refusing to overwrite it", path);
   const fs::path parent = fs::absolute(path).parent_path();
   CONDENSE_CHECK(fs::is_directory(parent), "{}: directory {} does not exist", path, parent.string());
-  CONDENSE_CHECK(::access(parent.c_str(), W_OK) == 0, "{}: directory {} is not writable", path,
-                 parent.string());
+  CONDENSE_CHECK(::access(parent.c_str(), W_OK) == 0, "{}: directory {} is not writable ({})", path,
+                 parent.string(), std::strerror(errno));
 }
 
 void write_file_atomically(const std::string& path,

@@ -20,6 +20,7 @@
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/token_store.h"
+#include "io/atomic_file.h"
 #include "formats/compressed_context.h"
 #include "formats/inference_model.h"
 #include "launch/context_commands.h"
@@ -370,6 +371,7 @@ int run(int argc, char** argv) {
     return run_recipe(cfg, run_opts);
   }
   if (prep->parsed()) {
+    check_new_output(po.out_path);  // before the corpus is read (prepare_token_store replaces)
     prepare_token_store(po);
     if (!save_tokenizer.empty()) TokenStore::open(po.out_path).tokenizer().save(save_tokenizer);
     spdlog::info("wrote {}", po.out_path);

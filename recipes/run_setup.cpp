@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <thread>
 
@@ -32,8 +34,8 @@ void check_creatable_dir(const std::string& dir, const std::string& key) {
   while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
   CONDENSE_CHECK(fs::is_directory(p), "{}={}: cannot create it, {} is not a directory", key, dir,
                  p.string());
-  CONDENSE_CHECK(::access(p.c_str(), W_OK) == 0, "{}={}: cannot create it, {} is not writable",
-                 key, dir, p.string());
+  CONDENSE_CHECK(::access(p.c_str(), W_OK) == 0, "{}={}: {} is not writable ({})", key, dir,
+                 p.string(), std::strerror(errno));
 }
 
 }  // namespace

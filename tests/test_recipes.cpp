@@ -214,7 +214,8 @@ TEST(RecipeErrors, RangesNameKeyAndRange) {
   expect_parse_error("train:\n  warmup_steps: -1\n", {"'train.warmup_steps' must be >= 0"});
   expect_parse_error("train:\n  weight_decay: -1\n", {"'train.weight_decay' must be >= 0"});
   expect_parse_error("train:\n  grad_accum: 0\n", {"'train.grad_accum' must be > 0"});
-  expect_parse_error("train:\n  threads: -2\n", {"'train.threads' must be >= 0"});
+  expect_parse_error("train:\n  threads: -2\n", {"'train.threads' must be in [0, 1024]"});
+  expect_parse_error("train:\n  threads: 100000\n", {"'train.threads' must be in [0, 1024]"});
   expect_parse_error("train:\n  eval_every: -1\n", {"'train.eval_every' must be >= 0"});
   expect_parse_error("train:\n  eval_batches: 0\n", {"'train.eval_batches' must be >= 1"});
   expect_parse_error("train:\n  log_every: 0\n", {"'train.log_every' must be >= 1"});
