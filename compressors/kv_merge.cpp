@@ -77,6 +77,8 @@ void check_kv_merge(const LlamaConfig& c, const KVMergeOptions& o) {
   const int64_t kv = c.kv_heads();
   CONDENSE_CHECK(o.init == "svd" || o.init == "mean",
                  "kv merge init '{}': valid are svd (low-rank merge from calibration) and mean", o.init);
+  CONDENSE_CHECK(kv > 1, "the model has a single KV head: there is nothing to merge (kv_heads "
+                 "compression needs at least 2)");
   CONDENSE_CHECK(o.kv_heads >= 1 && o.kv_heads < kv,
                  "kv_heads {}: the model has {} KV heads; valid is 1..{} (fewer than now)",
                  o.kv_heads, kv, kv - 1);

@@ -232,7 +232,9 @@ std::vector<std::string> read_corpus(const CorpusSpec& spec) {
                    "gcide corpus: {}: no such file (install Debian's dict-gcide)", path);
     docs = read_gcide(path, spec.max_documents);
   } else {
-    CONDENSE_CHECK(fs::is_directory(path), "{} corpus: {}: no such directory", kind, path);
+    CONDENSE_CHECK(fs::is_directory(path), "{} corpus: {}: {}", kind, path,
+                   fs::exists(path) ? "not a directory (this corpus reads a directory of text files)"
+                                    : "no such directory");
     docs = kind == "fortunes" ? read_fortunes(path, spec.max_documents)
                               : read_dir(path, spec.max_documents);
   }
