@@ -20,9 +20,9 @@
 #include "core/log.h"
 #include "data/loader.h"
 #include "data/token_store.h"
-#include "io/atomic_file.h"
 #include "formats/compressed_context.h"
 #include "formats/inference_model.h"
+#include "io/atomic_file.h"
 #include "launch/context_commands.h"
 #include "launch/io_commands.h"
 #include "launch/prune_command.h"
@@ -404,22 +404,20 @@ int main(int argc, char** argv) {
   // is inside sentencepiece's object's vtable pointer, which nothing reads (its flags are
   // static objects, destroyed by a direct call).
   FLAGS_caffe2_use_fatal_for_enforce = false;
+  // The one catch. Under mpirun a rank that fails alone would leave the others blocked in a
+  // collective: abort the whole job, naming the rank.
+  auto end_job = [](const char* message) {
+    int world = condense::mpi_world_size();
+    std::string who = world > 1 ? fmt::format("[rank {}] ", condense::mpi_world_rank()) : "";
+    std::cerr << who << "error: " << message << std::endl;
+    condense::abort_world(1);
+    return 1;
+  };
   try {
     return condense::run(argc, argv);
   } catch (const c10::Error& e) {
-    // LibTorch's messages carry a C++ backtrace (25 lines of frames); the message is enough.
-    int world = condense::mpi_world_size();
-    std::string who = world > 1 ? fmt::format("[rank {}] ", condense::mpi_world_rank()) : "";
-    std::cerr << who << "error: " << e.what_without_backtrace() << std::endl;
-    condense::abort_world(1);
-    return 1;
+    return end_job(e.what_without_backtrace());  // without LibTorch's 25-frame C++ backtrace
   } catch (const std::exception& e) {
-    // The one catch. Under mpirun a rank that fails alone would leave the others blocked in a
-    // collective: abort the whole job, naming the rank.
-    int world = condense::mpi_world_size();
-    std::string who = world > 1 ? fmt::format("[rank {}] ", condense::mpi_world_rank()) : "";
-    std::cerr << who << "error: " << e.what() << std::endl;
-    condense::abort_world(1);
-    return 1;
+    return end_job(e.what());
   }
 }
