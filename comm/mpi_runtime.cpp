@@ -72,6 +72,12 @@ void abort_world(int code) {
   if (mpi_initialized() && mpi_world_size() > 1) MPI_Abort(MPI_COMM_WORLD, code);
 }
 
+void barrier_world() {
+  if (!launched_by_mpi()) return;
+  ensure_mpi_initialized();
+  if (mpi_world_size() > 1) check_mpi(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+}
+
 void check_mpi(int rc, const char* call) {
   if (rc == MPI_SUCCESS) return;
   char msg[MPI_MAX_ERROR_STRING];

@@ -17,6 +17,9 @@ int mpi_world_size();
 // Terminates every rank of the job (MPI_Abort) if MPI runs with more than one rank; returns
 // otherwise.
 void abort_world(int code);
+// MPI_Barrier over the world when this process was launched by mpirun with more than one rank
+// (initializing MPI if needed); a no-op otherwise. For steps before any Communicator exists.
+void barrier_world();
 // Turns an MPI return code into an exception naming the call and MPI's message.
 void check_mpi(int rc, const char* call);
 

@@ -115,7 +115,8 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   CONDENSE_CHECK(!distill || !cfg_in.distill.teacher.empty(),
                  "kind distill needs distill.teacher: the checkpoint of the unpruned model");
   // Everything the recipe can get wrong is checked before start_run writes the run directory.
-  Checkpoint init = Checkpoint::open(cfg_in.init);
+  const std::string& init_path = options.init_weights.empty() ? cfg_in.init : options.init_weights;
+  Checkpoint init = Checkpoint::open(init_path);
   const RecoveryConfig& rc = cfg_in.recovery;
   CONDENSE_CHECK(rc.kv_window == 0 || rc.method == "cskv", "recovery.kv_window {} applies to "
                  "recovery.method cskv, not {}", rc.kv_window, rc.method);
@@ -153,7 +154,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     projection = KVProjection::from_file(init.file(), init.config());
     CONDENSE_CHECK(projection, "recovery.method kv_project trains the KV-cache projections of init, "
                    "but {} has none; make them with `condense prune CKPT --method kv-project "
-                   "--out OUT.h5` and use OUT.h5 as init", cfg_in.init);
+                   "--out OUT.h5` and use OUT.h5 as init", init_path);
     const int64_t d = init.config().head_size();
     kv_rank = rc.kv_rank > 0 ? rc.kv_rank : std::max<int64_t>(1, d / 2);
     CONDENSE_CHECK(kv_rank <= d, "recovery.kv_rank {}: valid is 0..{} (head_dim; 0: head_dim / 2)",
@@ -164,7 +165,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     low_rank = LowRankKV::from_file(init.file(), init.config());
     CONDENSE_CHECK(low_rank, "recovery.method cskv trains the low-rank KV factors of init, but {} "
                    "has none; make them with `condense prune CKPT --method cskv --key-rank R "
-                   "--out OUT.h5` and use OUT.h5 as init", cfg_in.init);
+                   "--out OUT.h5` and use OUT.h5 as init", init_path);
   }
   std::shared_ptr<LoraAdapters> adapters;
   if (rc.method == "lora" || rc.method == "perp") {
@@ -197,7 +198,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     low_rank->make_trainable();
     low_rank->set_window(rc.kv_window);
   }
-  spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", cfg.init,
+  spdlog::info("initialized from {}: {:.2f}M parameters, {} layers, hidden {}; {}", init_path,
                cfg.model.num_parameters() / 1e6, cfg.model.num_hidden_layers,
                cfg.model.hidden_size, masks.describe());
 

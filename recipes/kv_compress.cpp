@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "comm/mpi_runtime.h"
 #include "compressors/kv_compress_step.h"
 #include "compressors/lora.h"
 #include "compressors/masks.h"
@@ -109,6 +110,10 @@ int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) 
 
   const fs::path out_dir = resolve_out_dir(cfg_in);
   const fs::path compressed = out_dir / "compressed_init.h5";
+  // Under mpirun rank 0 compresses and the others wait for the file; the first barrier lines
+  // up ranks that start apart, so that all of them see the directory as it was before this run.
+  barrier_world();
+  const bool writer = mpi_world_rank() == 0;
   const bool reuse = fs::exists(compressed);
   CONDENSE_CHECK(!reuse || options.resume, "{} holds the compressed model of an earlier run; pass "
                  "--resume to continue that run, or choose another name= / out_dir= (nothing was "
@@ -125,21 +130,25 @@ int run_kv_kind(const RunConfig& cfg_in, const RunOptions& options, bool heads) 
     const auto now = fs::last_write_time(recipe_file, e);
     return !e && (!had_recipe || now != recipe_time_before);
   };
+  // Training starts from the compressed model; the recipe keeps init (the uncompressed one), so
+  // its recipe.yaml reused elsewhere compresses again and --resume reuses compressed_init.h5.
   RunConfig cfg = cfg_in;
-  cfg.init = compressed.string();
   if (cfg.distill.teacher.empty()) cfg.distill.teacher = cfg_in.init;
+  RunOptions train_options = options;
+  train_options.init_weights = compressed.string();
   try {
     if (reuse) {
       spdlog::info("--resume: the compressed model {} of the earlier run is the init",
                    compressed.string());
-    } else {
+    } else if (writer) {
       fs::create_directories(out_dir);
       compress(cfg_in, heads, init, compressed.string());
     }
-    return run_distill(cfg, options);
+    barrier_world();  // a rank 0 that failed ends the job (launch/main.cpp) instead
+    return run_distill(cfg, train_options);
   } catch (...) {
     // Refused before training wrote anything: leave no trace of this call.
-    if (!reuse && !training_wrote()) {
+    if (writer && !reuse && !training_wrote()) {
       fs::remove(compressed, ec);
       if (created_dir && fs::is_empty(out_dir, ec)) fs::remove(out_dir, ec);
     }

@@ -12,6 +12,10 @@ namespace condense {
 
 struct RunOptions {
   bool resume = false;  // continue from the latest checkpoint in the run's checkpoint dir
+  // When set, the weights start from this file instead of `init` (a kind that builds its own
+  // starting point: kv_heads / kv_project's compressed_init.h5), while the recipe, and so
+  // recipe.yaml, keeps `init` as the user gave it: reused, it compresses again.
+  std::string init_weights;
 };
 
 struct RecipeKind {

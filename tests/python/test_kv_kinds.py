@@ -138,3 +138,35 @@ def test_refusals_leave_nothing_on_disk(small_store, trained, tmp_path):
     res = run("train", SOURCE / "recipes" / "kv_heads.yaml", f"out_dir={out}", "kv.heads=1", check=False)
     assert res.returncode == 1 and "kind kv_heads needs init" in res.stderr, res.stderr
     assert not out.exists()
+
+
+def test_recipe_yaml_keeps_the_uncompressed_init(small_store, trained, tmp_path):
+    """recipe.yaml names the checkpoint the run compressed, not compressed_init.h5: reused under
+    another out_dir it compresses again (it used to try to merge the merged model's heads)."""
+    one = tmp_path / "one"
+    one_run("kv_heads.yaml", small_store, trained[0], one, "kv.heads=1")
+    saved = (one / "recipe.yaml").read_text()
+    assert "compressed_init" not in saved and f"init: {trained[0]}" in saved, saved
+    again = tmp_path / "again"
+    run("train", one / "recipe.yaml", f"out_dir={again}")
+    a, _, _ = model_tensors(one / "checkpoints" / "step_000004.h5")
+    b, _, _ = model_tensors(again / "checkpoints" / "step_000004.h5")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_under_mpirun_rank_0_compresses_and_late_ranks_wait(small_store, trained, tmp_path):
+    """Two ranks, the second starting 1.5 s late (as on another node): one compression, written
+    by rank 0, and no refusal of the late rank for the file rank 0 just wrote."""
+    import subprocess
+    from test_data_parallel import MPIRUN
+    from conftest import CONDENSE
+    out = tmp_path / "m"
+    args = [str(CONDENSE), "train", str(SOURCE / "recipes" / "kv_heads.yaml"), f"init={trained[0]}",
+            f"kv.calib_windows={WINDOWS}", *common(small_store, out), "kv.heads=1"]
+    cmd = [*MPIRUN, "-np", "1", *args, ":", "-np", "1", "bash", "-c",
+           "sleep 1.5; exec " + " ".join(f"'{a}'" for a in args)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stderr.count("wrote " + str(out / "compressed_init.h5")) == 1, p.stderr[-3000:]
+    assert (out / "checkpoints" / "step_000004.h5").exists()
