@@ -166,6 +166,11 @@ int run_prune_command(PruneArgs& a) {
   check_new_output(a.out);
   std::string path = resolve_checkpoint_path(a.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
+  // A context compressor's run holds its frozen decoder plus the encoder; a pruned copy would
+  // keep the kind but lose the encoder (compress / context-eval then fail on it).
+  CONDENSE_CHECK(parse_recipe(ckpt.recipe_yaml(), path + ":recipe").kind != "context_compressor",
+                 "{} is a context_compressor run: pruning it would drop its encoder; prune the "
+                 "decoder it was trained against (its init) instead", path);
   LlamaForCausalLM model = load_inference_model(ckpt);
   const bool kv = a.method == "kv-heads";
   const bool project = a.method == "kv-project";

@@ -107,6 +107,13 @@ def test_context_eval_refuses_a_plain_checkpoint(trained):
     assert r.returncode != 0 and "without a context compressor" in r.stderr, r.stderr
 
 
+def test_prune_refuses_a_context_compressor_run(arc_run, tmp_path):
+    out = tmp_path / "p.h5"
+    r = run("prune", arc_run, "--method", "magnitude", "--sparsity", 0.5, "--out", out, check=False)
+    assert r.returncode == 1 and "is a context_compressor run" in r.stderr, r.stderr
+    assert not out.exists()
+
+
 def compress(ckpt, text, out, *extra, check=True):
     return run("compress", ckpt, "--text", text, "--out", out, "--threads", 1, *extra, check=check)
 
