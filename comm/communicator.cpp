@@ -9,8 +9,11 @@
 #include "core/hash.h"
 
 #include <spdlog/spdlog.h>
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <sstream>
+#include <vector>
 
 namespace condense {
 namespace {
@@ -71,6 +74,42 @@ std::vector<double> all_reduce_mean(Communicator& comm, const std::vector<double
   return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
 }
 
+namespace {
+
+// The first line where `mine` differs from `theirs`, as "section.key: value" (the key path
+// from the two-space indentation of block YAML, as to_yaml writes it), with theirs beside it.
+std::string first_difference(const std::string& mine, const std::string& theirs) {
+  std::istringstream a(mine), b(theirs);
+  std::vector<std::string> path;  // keys by indentation level
+  std::string la, lb;
+  while (true) {
+    const bool more_a = static_cast<bool>(std::getline(a, la)), more_b = static_cast<bool>(std::getline(b, lb));
+    if (!more_a && !more_b) return "";
+    if (!more_a) la = "(end)";
+    if (!more_b) lb = "(end)";
+    const size_t indent = la.find_first_not_of(' ');
+    const size_t level = indent == std::string::npos ? 0 : indent / 2;
+    const size_t colon = la.find(':');
+    const std::string key = colon == std::string::npos || indent == std::string::npos
+                                ? "" : la.substr(indent, colon - indent);
+    if (la != lb) {
+      std::string where;
+      for (size_t i = 0; i < std::min(level, path.size()); ++i) where += path[i] + ".";
+      auto value = [](const std::string& l) {
+        const size_t c = l.find(':');
+        const size_t v = c == std::string::npos ? l.find_first_not_of(' ') : l.find_first_not_of(' ', c + 1);
+        return v == std::string::npos ? std::string("(empty)") : l.substr(v);
+      };
+      return fmt::format("{}{}: {} here, {} on rank 0", where, key.empty() ? "(line)" : key,
+                         value(la), value(lb));
+    }
+    path.resize(level);
+    path.push_back(key);
+  }
+}
+
+}  // namespace
+
 void check_same_on_all_ranks(Communicator& comm, const std::string& text, const std::string& what) {
   if (comm.size() == 1) return;
   std::string digest = sha256_hex(text);
@@ -84,15 +123,21 @@ void check_same_on_all_ranks(Communicator& comm, const std::string& text, const 
     if (d != std::string(static_cast<const char*>(all.data_ptr()), 64))
       differing += (differing.empty() ? "" : ", ") + std::to_string(r);
   }
-  if (!differing.empty()) {
-    // Say it on every rank, and let every rank say it before any of them aborts the job.
-    spdlog::error("{} differs across ranks: rank(s) {} disagree with rank 0", what, differing);
-    comm.barrier();
-  }
-  CONDENSE_CHECK(differing.empty(),
-                 "{} differs across ranks: rank(s) {} disagree with rank 0 (this rank's hash {}); "
-                 "every rank must run the same recipe and overrides",
-                 what, differing, digest.substr(0, 16));
+  if (differing.empty()) return;
+  // Rank 0's text to every rank, so that each names its first difference (a key, not a hash).
+  at::Tensor length = at::full({1}, static_cast<int64_t>(text.size()), at::kLong);
+  comm.broadcast(length, 0);
+  at::Tensor bytes = at::empty({length.item<int64_t>()}, at::kByte);
+  if (comm.rank() == 0) std::memcpy(bytes.data_ptr(), text.data(), text.size());
+  comm.broadcast(bytes, 0);
+  const std::string theirs(static_cast<const char*>(bytes.data_ptr()), bytes.numel());
+  const std::string diff = first_difference(text, theirs);
+  // Say it on every rank, and let every rank say it before any of them aborts the job.
+  spdlog::error("{} differs across ranks: rank(s) {} disagree with rank 0{}", what, differing,
+                diff.empty() ? "" : "; on this rank, " + diff);
+  comm.barrier();
+  fail("{} differs across ranks: rank(s) {} disagree with rank 0{}; every rank must run the "
+       "same recipe and overrides", what, differing, diff.empty() ? "" : " (this rank: " + diff + ")");
 }
 
 }  // namespace condense

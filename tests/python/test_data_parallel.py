@@ -137,6 +137,8 @@ def test_mismatched_recipes_are_refused_on_every_rank(small_store, tmp_path):
     assert p.returncode != 0
     assert p.stderr.count("the resolved recipe differs across ranks") >= 2, p.stderr
     assert "[rank 1]" in p.stderr and ("[rank 0]" in p.stderr), p.stderr
+    # The differing rank names the key and both values, not a hash.
+    assert "train.lr: 0.002 here, 0.001 on rank 0" in p.stderr, p.stderr
     assert not (tmp_path / "m" / "checkpoints").exists()
 
 
