@@ -137,7 +137,14 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                                    saved.contains(key) ? saved[key].dump() : "absent", value.dump());
     CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
                    "holds:{} nothing was changed", *run.resume, differences);
-    const int64_t at = ckpt.state().step;
+    const TrainingState saved_state = ckpt.state();
+    // The data cursor, error-feedback buffers and local-update state are per rank: a resume
+    // continues only with as many ranks as wrote the checkpoint.
+    CONDENSE_CHECK(saved_state.world_size == 0 || saved_state.world_size == run.world,
+                   "--resume: {} was written by a run of {} rank(s), this one has {}; resume with "
+                   "the same number of ranks (nothing was changed)", *run.resume,
+                   saved_state.world_size, run.world);
+    const int64_t at = saved_state.step;
     CONDENSE_CHECK(at <= tc.steps, "--resume: {} is at step {}, past train.steps={}; raise "
                    "train.steps to continue (nothing was changed)", *run.resume, at, tc.steps);
     if (ckpt.recipe_yaml() != run.yaml)

@@ -106,6 +106,7 @@ void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Op
     f.set_attr("", "tokens_seen", st.tokens_seen);
     f.set_attr("", "loader_epoch", st.cursor.epoch);
     f.set_attr("", "loader_position", st.cursor.position);
+    if (st.world_size > 0) f.set_attr("", "world_size", st.world_size);
     f.close();
   });
 }
@@ -170,6 +171,7 @@ TrainingState Checkpoint::state() const {
   s.tokens_seen = file_.attr_int("", "tokens_seen");
   s.cursor.epoch = file_.attr_int("", "loader_epoch");
   s.cursor.position = file_.attr_int("", "loader_position");
+  if (file_.has_attr("", "world_size")) s.world_size = file_.attr_int("", "world_size");
   return s;
 }
 

@@ -24,6 +24,7 @@ struct TrainingState {
   int64_t step = 0;         // optimizer steps completed
   int64_t tokens_seen = 0;  // global training tokens consumed
   LoaderCursor cursor;
+  int64_t world_size = 0;   // ranks of the run that wrote it (0: not recorded, older files)
 };
 
 // Writes one checkpoint file at `path` atomically (temporary file, fsync, rename, fsync the

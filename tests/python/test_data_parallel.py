@@ -182,3 +182,16 @@ def test_compression_warnings(small_store, tmp_path):
     p = run("train", QUICKSTART, *tiny_overrides(small_store, tmp_path / "one", 1,
                                                  **{"comm.compression.codec": "sign"}))
     assert "has no effect in a single process" in p.stderr, p.stderr
+
+
+def test_resume_on_another_number_of_ranks_is_refused(small_store, tmp_path):
+    """Checkpoints record the world size; the data cursor and error-feedback buffers are per
+    rank, so a resume on another number of ranks is refused before anything changes."""
+    out = tmp_path / "r"
+    run_args = ["train", QUICKSTART, *tiny_overrides(small_store, out, 3)]
+    mpirun(1, *run_args)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    p = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, out, 6), "--resume", check=False)
+    assert p.returncode != 0
+    assert "was written by a run of 1 rank(s), this one has 2" in p.stderr, p.stderr
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
