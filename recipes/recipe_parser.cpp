@@ -167,6 +167,12 @@ SectionBinding compression_section(CompressionConfig& c) {
         return side * side == c.chunk
                    ? "" : fmt::format("'dct' needs a square comm.compression.chunk, got {}", c.chunk);
       };
+    } else if (f.key == "scope") {
+      f.check = [&c, choice = f.check]() -> std::string {
+        std::string problem = choice();
+        if (!problem.empty() || c.scope == "bucket") return problem;
+        return c.codec == "topk" ? "" : fmt::format("'tensor' applies to codec topk, got '{}'", c.codec);
+      };
     } else if (f.key == "collective") {
       f.check = [&c, choice = f.check]() -> std::string {
         std::string problem = choice();
@@ -187,9 +193,19 @@ SectionBinding sync_section(SyncConfig& c, const TrainConfig& t) {
                     bind_int("fragments", c.fragments, at_least(1)),
                     bind_int("freeze_steps", c.freeze_steps, at_least(1)),
                     bind_int("var_update_scaler", c.var_update_scaler, at_least(1))}};
-  s.fields[2].check = [&c, range = s.fields[2].check]() -> std::string {
+  // inner_steps and fragments shape DiLoCo's rounds; set under another mode they would be
+  // ignored, which reads as a setting that took effect.
+  const SyncConfig defaults;
+  s.fields[1].check = [&c, defaults, range = s.fields[1].check]() -> std::string {
+    std::string problem = range();
+    if (!problem.empty() || c.local_update() || c.inner_steps == defaults.inner_steps) return problem;
+    return fmt::format("applies to comm.sync.mode diloco, got '{}'", c.mode);
+  };
+  s.fields[2].check = [&c, defaults, range = s.fields[2].check]() -> std::string {
     std::string problem = range();
     if (!problem.empty()) return problem;
+    if (!c.local_update() && c.fragments != defaults.fragments)
+      return fmt::format("applies to comm.sync.mode diloco, got '{}'", c.mode);
     return c.inner_steps % c.fragments == 0
                ? "" : fmt::format("must divide comm.sync.inner_steps ({}), got {}", c.inner_steps,
                                   c.fragments);

@@ -161,9 +161,11 @@ def test_one_process_runs_diloco_as_lookahead(small_store, tmp_path):
     ("comm.compression.transform", "fft", "must be one of: none, dct"),
     ("comm.compression.transform", "dct", "'dct' applies to codec sparseloco, got 'none'"),
     ("comm.compression.collective", "ring", "must be one of: all_gather, compressed_all_reduce"),
+    ("comm.compression.scope", "tensor", "'tensor' applies to codec topk, got 'none'"),
     ("comm.sync.var_update_scaler", 0, "comm.sync.var_update_scaler"),
 ])
 def test_bad_settings_are_refused(small_store, tmp_path, key, value, expected):
+    """(diloco(2, ...) sets mode diloco; DiLoCo keys under ddp: test_diloco_settings_under_ddp_are_refused.)"""
     out = tmp_path / "bad"
     p = run("train", QUICKSTART, *tiny_overrides(small_store, out, 2, **diloco(2, **{key: value})),
             check=False)
@@ -330,3 +332,11 @@ def test_device_modes_script_dry_run_on_cpu(condense_bin, small_store, tmp_path)
     for r in rows:
         assert r["ok"] and r["loss_last_cpu"] < r["loss_first_cpu"], r
         assert any(b for b in r["comm_bytes_device"]), r
+
+
+@pytest.mark.parametrize("key,value", [("comm.sync.inner_steps", 4), ("comm.sync.fragments", 2)])
+def test_diloco_settings_under_ddp_are_refused(small_store, tmp_path, key, value):
+    out = tmp_path / "bad"
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, out, 2, **{key: value}), check=False)
+    assert p.returncode == 1 and f"{key}" in p.stderr and "applies to comm.sync.mode diloco, got 'ddp'" in p.stderr, p.stderr
+    assert not out.exists()
