@@ -96,15 +96,13 @@ void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& gr
                  "--kv-budget {}: valid is {}..1 (the share of the full-rank KV cache; 0: off)",
                  budget, lowest);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), source + ":recipe");
-  if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
-  TokenStore store = TokenStore::open(dataset);
-  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);
+  TokenStore store = open_checkpoint_store(ckpt, source, dataset);
   // A few windows of at most 256 tokens: 3 forwards over them per unit (2 x layers units, or
   // 2 x layers x kv_heads per head).
   const int64_t seq = std::min<int64_t>(cfg.data.seq_len, 256), count = 4;
   std::vector<at::Tensor> windows = calibration_windows(store.ids("val"), seq, count, count);
   spdlog::info("kv budget {}: sensitivity on the last {} validation windows of {} tokens of {}",
-               budget, count, seq, dataset);
+               budget, count, seq, store.path());
   KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget, per);
   spdlog::info("kv budget {}: {}", budget, plan.describe());
 }

@@ -97,9 +97,8 @@ int context_eval(const ContextArgs& a) {
                  layout.chunk, f);
   CONDENSE_CHECK(window <= decoder->config().max_position_embeddings, "--seq-len {} exceeds the "
                  "decoder's max_position_embeddings {}", window, decoder->config().max_position_embeddings);
-  std::string dataset = a.data.empty() ? resolve_dataset(cfg.data, cfg.train.seed) : a.data;
-  TokenStore store = TokenStore::open(dataset);
-  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
+  TokenStore store = open_checkpoint_store(ckpt, path, a.data);
+  const std::string& dataset = store.path();
   auto val = validation_batches(store.ids("val"), window, cfg.data.batch_size, a.batches, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset, window);
 

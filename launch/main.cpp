@@ -60,9 +60,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
     cfg.data.seq_len = seq_len;
   }
   if (batch_size > 0) cfg.data.batch_size = batch_size;
-  if (dataset.empty()) dataset = resolve_dataset(cfg.data, cfg.train.seed);
-  TokenStore store = TokenStore::open(dataset);
-  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
+  TokenStore store = open_checkpoint_store(ckpt, path, dataset);
   LlamaForCausalLM model = load_inference_model(ckpt);
   CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
   set_kv_rank(model, kv_rank, path);
@@ -72,10 +70,10 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
   auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size,
                                 batches > 0 ? skip + batches : 0, 0, 1);
-  CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset,
+  CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", store.path(),
                  cfg.data.seq_len);
   CONDENSE_CHECK(skip < static_cast<int64_t>(val.size()), "--skip-batches {}: the validation split "
-                 "of {} has only {} batches of {} x {} tokens", skip, dataset, val.size(),
+                 "of {} has only {} batches of {} x {} tokens", skip, store.path(), val.size(),
                  cfg.data.batch_size, cfg.data.seq_len);
   val.erase(val.begin(), val.begin() + skip);
   at::NoGradGuard no_grad;

@@ -93,16 +93,14 @@ MinitronTarget parse_targets(const std::vector<std::string>& items) {
 std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::string& path,
                                          const PruneArgs& a) {
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
-  std::string dataset = a.data.empty() ? resolve_dataset(cfg.data, cfg.train.seed) : a.data;
-  TokenStore store = TokenStore::open(dataset);
-  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), path);
+  TokenStore store = open_checkpoint_store(ckpt, path, a.data);
   CONDENSE_CHECK(a.calib_windows > 0, "--calib-windows must be positive, got {}", a.calib_windows);
   const int64_t seq = a.calib_seq_len > 0 ? a.calib_seq_len : cfg.data.seq_len;
   CONDENSE_CHECK(a.calib_seq_len >= 0 && seq <= ckpt.config().max_position_embeddings,
                  "--calib-seq-len {}: valid is 0 (the recipe's {}) or 1..{} (max_position_embeddings)",
                  a.calib_seq_len, cfg.data.seq_len, ckpt.config().max_position_embeddings);
   spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
-               a.calib_windows, seq, dataset);
+               a.calib_windows, seq, store.path());
   return calibration_windows(store.ids("val"), seq, a.calib_windows, a.calib_batch);
 }
 

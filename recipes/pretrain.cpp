@@ -16,6 +16,7 @@
 #include "memory/counting_allocator.h"
 #include "memory/memory_policy.h"
 #include "recipes/recipe_parser.h"
+#include "text/tokenizer.h"
 #include "recipes/run_setup.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
@@ -29,7 +30,10 @@ std::string resolve_out_dir(const RunConfig& cfg) {
   return cfg.out_dir.empty() ? (fs::path("runs") / cfg.name).string() : cfg.out_dir;
 }
 
-std::string resolve_dataset(const DataConfig& data, int64_t seed) {
+namespace {
+
+// The store's path: data.dataset, or the cache name its corpus, tokenizer and split options give.
+std::string dataset_path(const DataConfig& data, int64_t seed) {
   std::string path = data.dataset;
   if (path.empty()) {
     std::string tok = data.tokenizer.empty()
@@ -42,6 +46,13 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed) {
                         data.val_fraction, seed))
                .string();
   }
+  return path;
+}
+
+}  // namespace
+
+std::string resolve_dataset(const DataConfig& data, int64_t seed) {
+  const std::string path = dataset_path(data, seed);
   if (fs::exists(path)) return path;
   spdlog::info("preparing token store {} from corpus '{}' (first use; cached afterwards)", path,
                data.corpus);
@@ -55,6 +66,32 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed) {
   p.out_path = path;
   prepare_token_store(p);
   return path;
+}
+
+TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& source,
+                                 const std::string& data) {
+  std::string dataset = data;
+  if (dataset.empty()) {
+    const RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), source + ":recipe");
+    dataset = dataset_path(cfg.data, cfg.train.seed);
+    CONDENSE_CHECK(cfg.data.dataset.empty() || fs::exists(dataset), "{}: no --data given, and the "
+                   "token store its recipe names ({}) is not here; pass --data STORE.h5", source,
+                   dataset);
+    if (!fs::exists(dataset) && cfg.data.tokenizer.empty()) {
+      // Building would train a sentencepiece tokenizer of data.vocab_size pieces.
+      const Tokenizer tok = Tokenizer::from_serialized(ckpt.tokenizer_bytes(), source + ":tokenizer");
+      CONDENSE_CHECK(!tok.bpe() && tok.vocab_size() == cfg.data.vocab_size,
+                     "{}: no --data given, and the token store its recipe names ({}) is not here; "
+                     "building it would train another tokenizer than this checkpoint's ({} of {} "
+                     "pieces), so pass --data STORE.h5 (made with `condense prepare ... --tokenizer`"
+                     " from this model's tokenizer)", source, dataset,
+                     tok.bpe() ? "a byte-level BPE" : "a sentencepiece model", tok.vocab_size());
+    }
+    dataset = resolve_dataset(cfg.data, cfg.train.seed);
+  }
+  TokenStore store = TokenStore::open(dataset);
+  store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);
+  return store;
 }
 
 int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {

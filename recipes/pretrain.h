@@ -3,6 +3,7 @@
 #pragma once
 #include "recipes/recipe.h"
 #include "data/token_store.h"
+#include "trainer/checkpoint.h"
 
 namespace condense {
 
@@ -10,6 +11,15 @@ int run_pretrain(const RunConfig& cfg, const RunOptions& options);
 
 // Shared by recipe kinds: the token store the config names, prepared if it does not exist yet.
 std::string resolve_dataset(const DataConfig& data, int64_t seed);
+
+// The token store a command reads for a checkpoint (eval, prune's and the KV budget's
+// calibration, context-eval): `data` when given, else the one the checkpoint's recipe names,
+// built on first use, except where building it could not give the checkpoint's tokenizer (an
+// imported model: a BPE, or another vocabulary than the recipe would train): then it refuses
+// before minutes of tokenizing, asking for --data. Checks the store's tokenizer against the
+// checkpoint's. `source` names the checkpoint in messages.
+TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& source,
+                                 const std::string& data);
 // The run's output directory (runs/<name> unless out_dir is set).
 std::string resolve_out_dir(const RunConfig& cfg);
 

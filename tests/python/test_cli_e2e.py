@@ -413,3 +413,16 @@ def test_an_allocation_that_fails_is_an_error_not_an_abort(small_store, tmp_path
                       "model.hidden_size=262144", "model.intermediate_size=64"],
                      "can't allocate memory")
     assert "frame #" not in p.stderr  # no C++ backtrace
+
+
+def test_eval_without_data_when_the_runs_store_is_gone(small_store, tmp_path):
+    """A run whose token store is not here (moved to another machine, deleted): eval without
+    --data names the missing store and asks for --data instead of building one at its path."""
+    store = tmp_path / "store.h5"
+    store.write_bytes(pathlib.Path(small_store).read_bytes())
+    out = tmp_path / "run"
+    run("train", QUICKSTART, *tiny_overrides(store, out, 2))
+    store.unlink()
+    expect_error(["eval", out], "no --data given", str(store), "pass --data STORE.h5")
+    assert not store.exists()
+    assert "val_loss" in run("eval", out, "--data", small_store, "--batches", 1).stdout
