@@ -54,6 +54,10 @@ std::string dataset_path(const DataConfig& data, int64_t seed) {
 std::string resolve_dataset(const DataConfig& data, int64_t seed) {
   const std::string path = dataset_path(data, seed);
   if (fs::exists(path)) return path;
+  // A data.dataset that does not exist is a mistyped path, not a request to build a store there.
+  CONDENSE_CHECK(data.dataset.empty(), "data.dataset={}: no such token store; build one with "
+                 "`condense prepare ... --out {}`, or leave data.dataset empty to build it under "
+                 "data.cache_dir on first use", data.dataset, data.dataset);
   spdlog::info("preparing token store {} from corpus '{}' (first use; cached afterwards)", path,
                data.corpus);
   if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());

@@ -9,7 +9,8 @@ namespace condense {
 
 int run_pretrain(const RunConfig& cfg, const RunOptions& options);
 
-// Shared by recipe kinds: the token store the config names, prepared if it does not exist yet.
+// Shared by recipe kinds: the token store the config names; one under data.cache_dir is prepared
+// if it does not exist yet, a data.dataset that does not exist is refused.
 std::string resolve_dataset(const DataConfig& data, int64_t seed);
 
 // The token store a command reads for a checkpoint (eval, prune's and the KV budget's

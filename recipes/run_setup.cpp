@@ -81,11 +81,6 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   run.out_dir = resolve_out_dir(cfg);
   check_creatable_dir(run.out_dir, cfg.out_dir.empty() ? "out_dir (from name)" : "out_dir");
   if (!cfg.checkpoint.dir.empty()) check_creatable_dir(cfg.checkpoint.dir, "checkpoint.dir");
-  // A data.dataset that does not exist is a mistyped path, not a request to build a store there.
-  CONDENSE_CHECK(cfg.data.dataset.empty() || fs::exists(cfg.data.dataset),
-                 "data.dataset={}: no such token store; build one with `condense prepare ... --out "
-                 "{}`, or leave data.dataset empty to build it under data.cache_dir on first use",
-                 cfg.data.dataset, cfg.data.dataset);
   if (cfg.data.dataset.empty()) check_creatable_dir(cfg.data.cache_dir, "data.cache_dir");
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (fs::path(run.out_dir) / "checkpoints").string();
   CheckpointManager manager(cfg.checkpoint.dir, cfg.checkpoint.keep);
