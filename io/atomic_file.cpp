@@ -32,6 +32,16 @@ void check_new_output(const std::string& path) {
                  parent.string(), std::strerror(errno));
 }
 
+void check_creatable_dir(const std::string& dir, const std::string& key) {
+  namespace fs = std::filesystem;
+  fs::path p = fs::absolute(dir);
+  while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
+  CONDENSE_CHECK(fs::is_directory(p), "{}={}: cannot create it, {} is not a directory", key, dir,
+                 p.string());
+  CONDENSE_CHECK(::access(p.c_str(), W_OK) == 0, "{}={}: {} is not writable ({})", key, dir,
+                 p.string(), std::strerror(errno));
+}
+
 void write_file_atomically(const std::string& path,
                            const std::function<void(const std::string&)>& write) {
   namespace fs = std::filesystem;

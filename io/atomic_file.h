@@ -18,6 +18,11 @@ void fsync_path(const std::string& path);  // file or directory
 // already (condense never overwrites a user's file: a refused command changes nothing) or
 // whose directory is missing, not a directory, or not writable. Throws naming `path`.
 void check_new_output(const std::string& path);
+// Refuses, before anything is written, a directory that cannot be created or written: its
+// nearest existing ancestor must be a writable directory (a file in the way or a read-only
+// parent would otherwise fail at the first checkpoint, after the run directory was made).
+// `key` names the setting in the message ("checkpoint.dir").
+void check_creatable_dir(const std::string& dir, const std::string& key);
 std::string read_text_file(const std::string& path);  // throws naming the file
 
 }  // namespace condense

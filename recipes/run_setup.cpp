@@ -5,12 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cmath>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <thread>
-
-#include <unistd.h>
 
 #include "core/error.h"
 #include "core/hash.h"
@@ -24,21 +20,6 @@
 
 namespace condense {
 namespace fs = std::filesystem;
-namespace {
-
-// Refuses, before anything is written, a directory that cannot be created: its nearest existing
-// ancestor must be a writable directory (a file in the way, or a read-only parent, would
-// otherwise fail at the first checkpoint, after the run directory was made).
-void check_creatable_dir(const std::string& dir, const std::string& key) {
-  fs::path p = fs::absolute(dir);
-  while (!fs::exists(p) && p.has_parent_path() && p != p.parent_path()) p = p.parent_path();
-  CONDENSE_CHECK(fs::is_directory(p), "{}={}: cannot create it, {} is not a directory", key, dir,
-                 p.string());
-  CONDENSE_CHECK(::access(p.c_str(), W_OK) == 0, "{}={}: {} is not writable ({})", key, dir,
-                 p.string(), std::strerror(errno));
-}
-
-}  // namespace
 
 RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                    const std::function<void(RunSetup&)>& adjust) {
