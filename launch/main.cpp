@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
@@ -355,6 +356,23 @@ int run(int argc, char** argv) {
     const CLI::App* where = &app;
     for (const CLI::App* sub : app.get_subcommands({}))
       if (sub->parsed()) where = sub;
+    // CLI11 checks required arguments before unexpected ones, so `train --bogus` would read
+    // "recipe is required": name the unknown option instead (a negative number is a value).
+    if (dynamic_cast<const CLI::RequiredError*>(&e) != nullptr && where != &app) {
+      for (int i = 2; i < argc; ++i) {
+        std::string token = argv[i];
+        if (token == "--") break;
+        const bool long_name = token.rfind("--", 0) == 0 && token.size() > 2;
+        const bool short_name =
+            token.size() == 2 && token[0] == '-' && std::isalpha(static_cast<unsigned char>(token[1]));
+        if (!long_name && !short_name) continue;  // values, numbers, combined short flags
+        token = token.substr(0, token.find('='));
+        if (where->get_option_no_throw(token) == nullptr && app.get_option_no_throw(token) == nullptr) {
+          message = fmt::format("unknown option '{}'", token);
+          break;
+        }
+      }
+    }
     fail("{} (see `condense {}--help`)", message,
          where == &app ? "" : where->get_name() + " ");
   }

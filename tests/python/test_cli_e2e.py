@@ -205,6 +205,9 @@ def test_command_line_mistakes(tmp_path, condense_bin):
     expect_error(["--bogus"], "unknown command '--bogus'")
     expect_error(["generate", tmp_path / "x.h5", "--promt", "a"], "--promt", "see `condense generate --help`")
     expect_error(["train"], "recipe is required", "see `condense train --help`")
+    # An unknown option is named even when a required argument is missing too.
+    expect_error(["train", "--bogus"], "unknown option '--bogus'", "see `condense train --help`")
+    expect_error(["eval", "-z"], "unknown option '-z'", "see `condense eval --help`")
     assert run("--help").returncode == 0
 
 
