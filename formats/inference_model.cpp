@@ -7,6 +7,7 @@
 #include "compressors/cskv.h"
 #include "compressors/kv_budget.h"
 #include "compressors/kv_project.h"
+#include "model/kv_cache.h"
 #include "core/hash.h"
 #include "data/loader.h"
 #include "data/token_store.h"
@@ -121,6 +122,14 @@ void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& s
   CONDENSE_CHECK(low, "--kv-window {}: {} has no CSKV low-rank cache (make one with `condense "
                  "prune {} --method cskv --key-rank R --out OUT.h5`)", window, source, source);
   low->set_window(window);
+}
+
+double kv_bytes_per_token(LlamaForCausalLM& model) {
+  at::NoGradGuard no_grad;
+  at::Tensor w = model->lm_head_weight();
+  KVCache probe(model->config(), 1, 1, w.options());
+  model->hidden({at::zeros({1, 1}, w.options().dtype(at::kLong)), {}, &probe});
+  return probe.bytes_per_token();
 }
 
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source) {

@@ -33,6 +33,11 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model);
 // full rank. Throws naming `source` when rank > 0 and the model has no projections.
 void set_kv_rank(LlamaForCausalLM& model, int64_t rank, const std::string& source);
 
+// What a full-precision KV cache of `model` holds per position, in bytes, with its widths as
+// set now (any KV projection's rank, CSKV's factors): one position through a one-position
+// cache. Reported by eval and score so that a --kv-rank / --kv-budget loss comes with its size.
+double kv_bytes_per_token(LlamaForCausalLM& model);
+
 // --kv-window W (0: off): CSKV's window of recent positions read exactly (compressors/cskv.h).
 // Throws naming `source` when W > 0 and the model has no CSKV factors.
 void set_kv_window(LlamaForCausalLM& model, int64_t window, const std::string& source);

@@ -141,10 +141,9 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
                                 {"tokens", ids.size()}, {"predicted", n}, {"nll", nll},
                                 {"mean_nll", nll / n}, {"perplexity", std::exp(nll / n)},
                                 {"positions", positions}};
-  if (!opt.kv_cache.empty()) {
-    out["kv_cache"] = opt.kv_cache;
-    out["kv_bytes_per_token"] = kv_bytes;
-  }
+  // Without --kv-cache: what a full-precision cache of the model as scored would hold.
+  out["kv_cache"] = opt.kv_cache.empty() ? "none" : opt.kv_cache;
+  out["kv_bytes_per_token"] = opt.kv_cache.empty() ? kv_bytes_per_token(src.model) : kv_bytes;
   if (opt.kv_rank > 0) out["kv_rank"] = opt.kv_rank;
   if (opt.kv_budget > 0) {
     out["kv_budget"] = opt.kv_budget;

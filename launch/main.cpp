@@ -93,14 +93,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   }
   double loss = total / val.size();
   int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;
-  if (kv.type == KVCacheType::kFp) {
-    // What a cache of this model holds per position (its widths follow any KV projection's
-    // rank): one position through a one-position cache.
-    at::Tensor w = model->lm_head_weight();
-    KVCache probe(model->config(), 1, 1, w.options());
-    model->hidden({val[0].inputs.narrow(0, 0, 1).narrow(1, 0, 1).to(w.device()), {}, &probe});
-    kv_bytes = probe.bytes_per_token();
-  }
+  if (kv.type == KVCacheType::kFp) kv_bytes = kv_bytes_per_token(model);
   std::cout << fmt::format("{{\"checkpoint\": \"{}\", \"step\": {}, \"val_loss\": {:.6f}, "
                            "\"perplexity\": {:.4f}, \"tokens\": {}, \"kv_cache\": \"{}\", "
                            "\"kv_bytes_per_token\": {:.1f}}}\n",

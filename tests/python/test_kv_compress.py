@@ -217,11 +217,14 @@ def test_kv_project_is_exact_at_full_rank_and_shrinks_the_cache(trained, project
     _, lp_orig, _ = score(trained[0], text)
     _, lp_full, _ = score(projected, text)
     _, lp_half, j_half = score(projected, text, "--kv-rank", 8, "--kv-cache", "fp", "--token-by-token")
-    _, lp_half_prefill, _ = score(projected, text, "--kv-rank", 8)
+    _, lp_half_prefill, j_half_prefill = score(projected, text, "--kv-rank", 8)
     assert np.abs(lp_full - lp_orig).max() <= 1e-5
     assert np.abs(lp_half - lp_half_prefill).max() <= 1e-5  # decoding = the projected forward
     assert np.abs(lp_half - lp_orig).max() > 1e-3
     assert j_half["kv_bytes_per_token"] == 2 * 2 * (8 + 8) * 4 and j_half["kv_rank"] == 8
+    # Without --kv-cache, score reports what a full-precision cache at that rank would hold.
+    assert j_half_prefill["kv_cache"] == "none"
+    assert j_half_prefill["kv_bytes_per_token"] == j_half["kv_bytes_per_token"]
     full = json.loads(run("eval", projected, "--batches", 2).stdout.splitlines()[-1])
     half = json.loads(run("eval", projected, "--batches", 2, "--kv-rank", 8).stdout.splitlines()[-1])
     assert full["kv_bytes_per_token"] == 2 * half["kv_bytes_per_token"]
