@@ -42,13 +42,20 @@ def small_store(tmp_path_factory, condense_bin):
 SKIP_EXIT = 77
 
 
+# A module-level skip (pytest.importorskip at the top of a file) skips the whole file, which
+# pytest reports as exit 5 ("no tests collected"): that is a skip too. An expected failure
+# (xfail) is not a pass either.
 def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    skipped = reporter.stats.get("skipped", []) if reporter else []
-    if not skipped or exitstatus != 0:
+    stats = reporter.stats if reporter else {}
+    skipped = stats.get("skipped", []) + stats.get("xfailed", [])
+    if not skipped or exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         return
     import sys
     for rep in skipped:
-        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        if hasattr(rep, "wasxfail"):
+            reason = f"expected failure ({rep.wasxfail})"
+        else:
+            reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         print(f"skipped: {rep.nodeid}: {reason}", file=sys.stderr)
     session.exitstatus = 1 if os.environ.get("CONDENSE_REQUIRE_ALL_TESTS") == "1" else SKIP_EXIT
