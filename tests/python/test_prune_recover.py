@@ -269,6 +269,26 @@ def test_distill_from_teacher_and_tokenizer_check(small_store, base, wanda, tmp_
     assert proc.returncode != 0 and "must share one tokenizer" in proc.stderr, proc.stderr
 
 
+def test_distill_loss_closed_forms(small_store, base, wanda, tmp_path):
+    """The distill loss reads the teacher: a model distilled from itself has KL 0 and hidden MSE 0,
+    so with kd_ratio 1 its first loss is 0, and with kd_ratio 0.5 it is half the plain finetune
+    loss on the same first batch; a different teacher (base for the pruned student) gives > 0."""
+    def first_loss(name, init, *extra):
+        out = tmp_path / name
+        recover(small_store, init, out, *extra, steps=1)
+        rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+        return [m["loss"] for m in rows if m["split"] == "train"][0]
+    teacher = f"distill.teacher={base}"
+    self_kd1 = first_loss("self1", base, "kind=distill", teacher, "distill.kd_ratio=1",
+                          "distill.temperature=2", "distill.hidden_loss=mse")
+    self_kd05 = first_loss("self05", base, "kind=distill", teacher, "distill.kd_ratio=0.5")
+    plain = first_loss("plain", base, "kind=finetune")
+    other = first_loss("other", wanda, "kind=distill", teacher, "distill.kd_ratio=1")
+    assert abs(self_kd1) < 1e-6, self_kd1
+    assert plain > 1 and self_kd05 == pytest.approx(0.5 * plain, rel=1e-5), (self_kd05, plain)
+    assert other > 1e-3, other
+
+
 def test_only_trained_tensors_cross_the_wire(small_store, wanda, tmp_path):
     """Under mpirun every rank sends exactly the trained tensors' gradients (dense fp32), so the
     bytes per step are 4 x the trained parameter count: PERP sends a small fraction of full's."""
