@@ -142,10 +142,33 @@ def test_one_process_runs_diloco_as_lookahead(small_store, tmp_path):
     p = run("train", QUICKSTART, *tiny_overrides(small_store, lu, 6, **diloco(
         3, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
               "comm.sync.outer.momentum": 0})))
-    assert "has no effect in a single process" not in p.stderr
     a = np.array([r["loss"] for r in read_metrics(plain)])
     b = np.array([r["loss"] for r in read_metrics(lu)])
     assert np.abs(a - b).max() < 1e-5, (a, b)
+    # ... which it would be without the outer step too: the outer steps are counted ...
+    assert [(r["step"], r["outer_step"]) for r in read_metrics(lu) if "outer_step" in r] == [(3, 1), (6, 2)]
+
+
+def test_one_process_outer_step_closed_form(small_store, tmp_path):
+    """... and with outer lr 0.5 the weights after the first outer step are
+    anchor + 0.5 (w_3 - anchor) = (start + w_3) / 2, w_3 being plain training's after 3 steps from
+    the same start (the inner steps are plain training's steps)."""
+    start = tmp_path / "start"
+    run("train", QUICKSTART, *tiny_overrides(small_store, start, 1, **{"checkpoint.every": 1}))
+    init = start / "checkpoints" / "step_000001.h5"
+    common = {"kind": "finetune", "init": init, "checkpoint.every": 3}
+    plain, lu = tmp_path / "plain", tmp_path / "lu"
+    run("train", QUICKSTART, *tiny_overrides(small_store, plain, 3, **common))
+    run("train", QUICKSTART, *tiny_overrides(small_store, lu, 3, **common, **diloco(
+        3, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 0.5,
+              "comm.sync.outer.momentum": 0})))
+    with h5py.File(init) as f0, h5py.File(plain / "checkpoints" / "step_000003.h5") as f3, \
+         h5py.File(lu / "checkpoints" / "step_000003.h5") as fl:
+        names = [n for n in f0.keys() if n.startswith("model.")]
+        assert names
+        moved = max(np.abs(f3[n][()] - f0[n][()]).max() for n in names)
+        worst = max(np.abs(fl[n][()] - 0.5 * (f0[n][()] + f3[n][()])).max() for n in names)
+        assert moved > 1e-3 and worst < 1e-6, (moved, worst)
 
 
 @pytest.mark.parametrize("key,value,expected", [
