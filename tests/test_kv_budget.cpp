@@ -1,7 +1,8 @@
 // Tests for per-layer KV projection ranks under a budget (compressors/kv_budget.h) on a tiny
 // random model with PCA projections:
 //   - the sensitivity table holds KL(full rank || the unit alone at each nested rank),
-//     recomputed here independently, and is never negative;
+//     recomputed here independently for every unit and rank, and is never negative;
+//   - the plan's ranks are the documented greedy rule's, replayed here from the table;
 //   - the plan stays within the budget and within one rank step of it, uses nested ranks,
 //     predicts the sum of its units' increases, and leaves the projection at its ranks (the
 //     cache's bytes per token follow them);
@@ -64,15 +65,44 @@ TEST(KVBudget, SensitivityIsEachUnitsLossIncrease) {
   f.proj->set_rank(8, 8);
   at::Tensor ref = log_probs_of(f.m, win);
   EXPECT_NEAR(plan.base_loss, loss_of(ref, win), 1e-5);
-  // Values of layer 1 (unit 3) at rank 4; keys of layer 0 (unit 0) at rank 2.
-  f.proj->set_layer_ranks({8, 8}, {8, 4});
-  EXPECT_NEAR(plan.increase[3][1], kl(ref, log_probs_of(f.m, win)), 1e-6);
-  f.proj->set_layer_ranks({2, 8}, {8, 8});
-  EXPECT_NEAR(plan.increase[0][0], kl(ref, log_probs_of(f.m, win)), 1e-6);
+  // Every unit (2l: keys of layer l, 2l + 1: its values) alone at every smaller nested rank.
+  for (int64_t u = 0; u < 4; ++u) {
+    for (int64_t i = 0; i < 3; ++i) {
+      std::vector<int64_t> keys{8, 8}, values{8, 8};
+      (u % 2 == 0 ? keys : values)[u / 2] = plan.nested[i];
+      f.proj->set_layer_ranks(keys, values);
+      EXPECT_NEAR(plan.increase[u][i], kl(ref, log_probs_of(f.m, win)), 1e-6) << u << " " << i;
+    }
+  }
   for (const auto& row : plan.increase) {
     EXPECT_EQ(row.back(), 0.0);
     for (double x : row) EXPECT_GE(x, 0.0);
   }
+}
+
+// The allocation rule of kv_budget.h, written again from its description: from full rank, step
+// down the unit with the least divergence added per cached coordinate saved (the first such
+// unit on a tie) until the cached coordinates fit the budget. Returns each unit's nested index.
+std::vector<int64_t> replay_greedy(const KVBudgetPlan& plan, int64_t width, double budget) {
+  const int64_t units = static_cast<int64_t>(plan.increase.size());
+  const int64_t top = static_cast<int64_t>(plan.nested.size()) - 1;
+  std::vector<int64_t> pick(units, top);
+  const double full = static_cast<double>(units * width * plan.nested.back());
+  double total = full;
+  while (total > budget * full + 1e-9) {
+    int64_t best = -1;
+    double best_cost = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t i = pick[u];
+      if (i == 0) continue;
+      const double saved = static_cast<double>((plan.nested[i] - plan.nested[i - 1]) * width);
+      const double cost = (plan.increase[u][i - 1] - plan.increase[u][i]) / saved;
+      if (best < 0 || cost < best_cost) best = u, best_cost = cost;
+    }
+    total -= static_cast<double>((plan.nested[pick[best]] - plan.nested[pick[best] - 1]) * width);
+    --pick[best];
+  }
+  return pick;
 }
 
 TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
@@ -96,6 +126,13 @@ TEST(KVBudget, PlanMeetsTheBudgetAndSetsTheRanks) {
     EXPECT_LE(plan.share, budget + 1e-12) << budget;
     EXPECT_GT(plan.share, budget - 2.0 / 32.0) << budget;  // within one step of 2 coordinates
     EXPECT_NEAR(plan.predicted_kl, predicted, 1e-12);
+    // Which units shrink is the documented rule's choice (a planner shrinking the most
+    // sensitive unit first meets the budget just as well).
+    const std::vector<int64_t> pick = replay_greedy(plan, 2, budget);
+    for (int64_t u = 0; u < 4; ++u) {
+      const int64_t r = (u % 2 == 0 ? plan.key_ranks : plan.value_ranks)[u / 2][0];
+      EXPECT_EQ(r, plan.nested[pick[u]]) << "budget " << budget << " unit " << u;
+    }
     using Ranks = std::vector<std::vector<int64_t>>;
     if (budget == 1.0) EXPECT_EQ(plan.key_ranks, (Ranks{{8, 8}, {8, 8}}));
     if (budget == 0.25) EXPECT_EQ(plan.value_ranks, (Ranks{{2, 2}, {2, 2}}));
@@ -153,6 +190,11 @@ TEST(KVBudget, PerHeadUnitsMeetTheBudgetInPackedCoordinates) {
     EXPECT_LE(plan.share, budget + 1e-12) << budget;
     EXPECT_GT(plan.share, budget - 2.0 / 64.0) << budget;
     EXPECT_NEAR(plan.predicted_kl, predicted, 1e-12);
+    const std::vector<int64_t> pick = replay_greedy(plan, 1, budget);
+    for (int64_t u = 0; u < 8; ++u) {
+      const int64_t r = ((u / 2) % 2 == 0 ? plan.key_ranks : plan.value_ranks)[u / 4][u % 2];
+      EXPECT_EQ(r, plan.nested[pick[u]]) << "budget " << budget << " unit " << u;
+    }
     EXPECT_NE(plan.describe().find("head granularity"), std::string::npos) << plan.describe();
     at::NoGradGuard g;
     KVCache cache(f.m->config(), 1, 4, at::TensorOptions().dtype(at::kFloat));
