@@ -156,8 +156,12 @@ at::Tensor chunked_kd_loss(const at::Tensor& student_hidden, const at::Tensor& s
   at::Tensor kd, ce;
   if (o.kd_ratio > 0) {
     double scale = o.temperature_squared ? o.temperature * o.temperature : 1.0;
-    kd = ChunkedKd::apply(hs, student_weight, ht, wt, t.ne(o.ignore_index), o.token_chunk,
-                          o.temperature, scale, o.top_k);
+    // Tiles in the LM head's compute dtype (autocast's bf16 in a bf16 run; see
+    // memory/chunked_cross_entropy.h): backward runs outside the autocast scope.
+    const at::ScalarType student = lm_head_compute_type(hs, student_weight);
+    const at::ScalarType teacher = lm_head_compute_type(ht, wt);
+    kd = ChunkedKd::apply(hs.to(student), student_weight.to(student), ht.to(teacher), wt.to(teacher),
+                          t.ne(o.ignore_index), o.token_chunk, o.temperature, scale, o.top_k);
     if (o.kd_ratio == 1) return kd;
   }
   ChunkedLossOptions ce_options;

@@ -1,6 +1,7 @@
 #include "memory/chunked_cross_entropy.h"
 
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 #include <limits>
@@ -35,15 +36,20 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
       }
       lse.narrow(0, r0, rows).copy_(m + s.log());
     }
-    // Target logits as row dot products: no [N, V] tensor needed.
-    at::Tensor target_logit = (hidden * weight.index_select(0, safe_targets)).sum(1).to(at::kFloat);
+    // Target logits as row dot products: no [N, V] tensor needed. Summed in float and rounded
+    // to the tiles' dtype, as the matmul's float accumulation is, so that the target's logit is
+    // the one the log-sum-exp saw.
+    at::Tensor target_logit = (hidden.to(at::kFloat) * weight.index_select(0, safe_targets).to(at::kFloat))
+                                  .sum(1)
+                                  .to(hidden.scalar_type())
+                                  .to(at::kFloat);
     at::Tensor count = valid.sum().to(at::kFloat).clamp_min(1);
     at::Tensor loss = ((lse - target_logit) * valid).sum() / count;
     ctx->save_for_backward({hidden, weight, safe_targets, valid, lse, count});
     ctx->saved_data["tc"] = tc;
     ctx->saved_data["vc"] = vc;
     ctx->saved_data["eps"] = filter_eps;
-    return loss.to(hidden.scalar_type());
+    return hidden.scalar_type() == at::kDouble ? loss.to(at::kDouble) : loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -86,6 +92,14 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
 
 }  // namespace
 
+at::ScalarType lm_head_compute_type(const at::Tensor& hidden, const at::Tensor& weight) {
+  const at::ScalarType promoted = at::promote_types(hidden.scalar_type(), weight.scalar_type());
+  const at::DeviceType device = hidden.device().type();
+  if (promoted != at::kDouble && at::autocast::is_autocast_enabled(device))
+    return at::autocast::get_autocast_dtype(device);
+  return promoted;
+}
+
 at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
                                  const at::Tensor& targets, const ChunkedLossOptions& o) {
   CONDENSE_CHECK(o.token_chunk > 0 && o.vocab_chunk > 0,
@@ -95,8 +109,9 @@ at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& wei
   CONDENSE_CHECK(weight.dim() == 2 && weight.size(1) == h.size(1) && t.size(0) == h.size(0),
                  "chunked_cross_entropy: hidden [N, {}], weight [V, {}] and targets [N] do not match",
                  h.size(1), weight.dim() == 2 ? weight.size(1) : -1);
-  return ChunkedCrossEntropy::apply(h, weight, t, o.token_chunk, o.vocab_chunk, o.filter_eps,
-                                    o.ignore_index);
+  const at::ScalarType compute = lm_head_compute_type(h, weight);
+  return ChunkedCrossEntropy::apply(h.to(compute), weight.to(compute), t, o.token_chunk,
+                                    o.vocab_chunk, o.filter_eps, o.ignore_index);
 }
 
 }  // namespace condense

@@ -8,7 +8,7 @@
 // filtering; the paper uses 2^-12, below bf16 resolution); the target terms are always exact.
 //
 // Shapes: hidden [N, H] (or [B, T, H]), weight [V, H], targets [N] int64 (ignore_index rows are
-// excluded from the mean). Peak extra memory: token_chunk x vocab_chunk floats plus O(N).
+// excluded from the mean). The loss is float32 whatever the inputs' dtype. Peak extra memory: token_chunk x vocab_chunk floats plus O(N).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -22,6 +22,15 @@ struct ChunkedLossOptions {
   double filter_eps = 0;
   int64_t ignore_index = -100;
 };
+
+// The dtype the LM-head tiles are multiplied in: autocast's (bf16) when autocast is on for the
+// hidden state's device, as the full-logits path's lm_head matmul runs under autocast; else the
+// inputs' promoted type (double stays double for exact tests). The chunked losses (this one and
+// compressors/distill.h) cast hidden and weight to it before their autograd functions: their
+// backward runs after the trainer's autocast scope has ended, where a bf16 hidden state against
+// an fp32 weight failed. Softmax statistics and the loss are float either way, from the same
+// rounded logits in forward and backward.
+at::ScalarType lm_head_compute_type(const at::Tensor& hidden, const at::Tensor& weight);
 
 at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight,
                                  const at::Tensor& targets, const ChunkedLossOptions& options = {});

@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "memory/chunked_cross_entropy.h"
 #include "memory/counting_allocator.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace {
@@ -113,6 +114,33 @@ TEST(ChunkedKd, BatchedShapesAndFloatInputs) {
   EXPECT_NEAR(got.item<double>(), ref.item<double>(), 1e-5 * std::abs(ref.item<double>()));
   EXPECT_LT(max_diff(g[0].to(at::kDouble), gref[0]), 1e-5);
   EXPECT_LT(max_diff(g[1].to(at::kDouble), gref[1]), 1e-5);
+}
+
+// A train.precision=bf16 distill run: autocast on during the forward, the student's and
+// teacher's hidden states in bf16 and the LM heads in fp32, backward after the scope has ended
+// (where a bf16 tile met an fp32 weight and failed). Reference: the full-logits definition under
+// the same autocast (its matmuls in bf16), so the two differ only by where bf16 rounds.
+TEST(ChunkedKd, Bf16AutocastMatchesTheFullLogitsDefinition) {
+  Problem p = make_problem(37, 50, 16, 24, at::kFloat);
+  KdLossOptions o;
+  o.temperature = 2.0;
+  o.kd_ratio = 0.5;
+  o.token_chunk = 8;
+  at::Tensor ref, got;
+  {
+    PrecisionScope bf16("bf16", at::kCPU);
+    ref = direct_kd(p, o);
+    got = chunked_kd_loss(p.hs.to(at::kBFloat16), p.ws, p.ht.to(at::kBFloat16), p.wt, p.targets, o);
+  }
+  EXPECT_EQ(got.scalar_type(), at::kFloat);
+  auto gref = torch::autograd::grad({ref}, {p.hs, p.ws});
+  auto g = torch::autograd::grad({got}, {p.hs, p.ws});
+  const double r = ref.item<double>();
+  EXPECT_NEAR(got.item<double>(), r, 5e-3 * std::abs(r));
+  for (int i = 0; i < 2; ++i) {
+    const double rel = ((g[i] - gref[i]).norm() / gref[i].norm()).item<double>();
+    EXPECT_LT(rel, 2e-2) << i;
+  }
 }
 
 TEST(ChunkedKd, PureCrossEntropyAtRatioZero) {

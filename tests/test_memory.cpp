@@ -474,6 +474,24 @@ TEST(ChunkedLoss, ModelLossEqualsFullLoss) {
   for (size_t i = 0; i < g.size(); ++i) EXPECT_LT((g[i] - ref[i]).abs().max().item<double>(), 1e-5);
 }
 
+// train.precision=bf16 with memory.loss=chunked: the final norm hands the loss a bf16 hidden
+// state and the LM head is fp32; the loss's backward runs after the autocast scope (it failed
+// there). Against the full-logits path under the same autocast, whose lm_head matmul rounds
+// its logits to bf16 as the chunked tiles do.
+TEST(ChunkedLoss, Bf16AutocastMatchesTheFullLogitsPath) {
+  Fixture f(small_config(0.0));
+  double full = 0, chunked = 0;
+  auto ref = f.grads(MemoryConfig{}, &full, "bf16");
+  MemoryConfig c;
+  c.loss = "chunked";
+  c.loss_chunk = 100;
+  c.loss_vocab_chunk = 48;
+  auto g = f.grads(c, &chunked, "bf16");
+  EXPECT_NEAR(chunked, full, 1e-4 * full);
+  for (size_t i = 0; i < g.size(); ++i)
+    EXPECT_LT(((g[i] - ref[i]).norm() / ref[i].norm()).item<double>(), 2e-2) << i;
+}
+
 TEST(WtaCrs, UnbiasedWeightGradientAndExactInputGradient) {
   torch::manual_seed(5);
   at::Tensor x = at::randn({64, 16}) * at::rand({64, 1}) * 3;

@@ -272,7 +272,8 @@ def test_distill_from_teacher_and_tokenizer_check(small_store, base, wanda, tmp_
 def test_distill_loss_closed_forms(small_store, base, wanda, tmp_path):
     """The distill loss reads the teacher: a model distilled from itself has KL 0 and hidden MSE 0,
     so with kd_ratio 1 its first loss is 0, and with kd_ratio 0.5 it is half the plain finetune
-    loss on the same first batch; a different teacher (base for the pruned student) gives > 0."""
+    loss on the same first batch; a different teacher (base for the pruned student) gives > 0.
+    In bf16 too, against the chunked finetune loss."""
     def first_loss(name, init, *extra):
         out = tmp_path / name
         recover(small_store, init, out, *extra, steps=1)
@@ -287,6 +288,12 @@ def test_distill_loss_closed_forms(small_store, base, wanda, tmp_path):
     assert abs(self_kd1) < 1e-6, self_kd1
     assert plain > 1 and self_kd05 == pytest.approx(0.5 * plain, rel=1e-5), (self_kd05, plain)
     assert other > 1e-3, other
+    # The same under train.precision=bf16 (the chunked losses' backward runs outside autocast).
+    bf16 = "train.precision=bf16"
+    self_bf16 = first_loss("self_bf16", base, "kind=distill", teacher, "distill.kd_ratio=0.5", bf16)
+    plain_bf16 = first_loss("plain_bf16", base, "kind=finetune", "memory.loss=chunked", bf16)
+    assert self_bf16 == pytest.approx(0.5 * plain_bf16, rel=1e-5), (self_bf16, plain_bf16)
+    assert plain_bf16 == pytest.approx(plain, rel=1e-2), (plain_bf16, plain)
 
 
 def test_only_trained_tensors_cross_the_wire(small_store, wanda, tmp_path):
