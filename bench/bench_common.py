@@ -45,3 +45,25 @@ def git_head() -> str:
                               text=True, check=True).stdout.strip()
     except Exception:
         return "unknown"
+
+
+def held_out_order(n: int) -> list[int]:
+    """0..n-1 in bit-reversed order, as data/token_store.cpp's held_out_order()."""
+    bits = max(0, (n - 1).bit_length()) if n > 0 else 0
+    order = []
+    for i in range(1 << bits):
+        r = int(format(i, f"0{bits}b")[::-1], 2) if bits else 0
+        if r < n:
+            order.append(r)
+    return order
+
+
+def held_out_ids(f):
+    """The validation split of an open condense token store (h5py.File) as condense's validation,
+    eval and calibration read it (TokenStore::held_out_ids): its documents in held_out_order."""
+    import numpy as np
+    ids, off = f["val/ids"][...], f["val/doc_offsets"][...]
+    docs = len(off) - 1
+    if docs <= 0:
+        return ids
+    return np.concatenate([ids[off[d]:off[d + 1]] for d in held_out_order(docs)])

@@ -16,7 +16,8 @@ data_cache/gcide-bpe4096-val0.02-seed1234.h5), read with h5py. Training batches 
 data/loader.cpp cuts them: windows [w*T, w*T + T + 1) of train/ids, visited per epoch in the same
 splitmix64 Fisher-Yates permutation of (seed, epoch), global batch B x world consecutive permuted
 windows, rank r takes slice r. Validation mirrors validation_batches() and Trainer::validate():
-windows of val/ids in order, global batches sharded by rank, at most --eval-batches of them, the
+windows of the held-out stream (val/ids with its documents in condense's held-out order,
+bench_common.held_out_ids) in order, global batches sharded by rank, at most --eval-batches of them, the
 mean loss per rank averaged over ranks; run every --eval-every steps and after the last step.
 Initial weights: torch.manual_seed(seed) before building the model; transformers then draws
 normal(0, initializer_range) for every matrix in the same order as condense's model/llama.cpp, so
@@ -51,6 +52,7 @@ import os
 import sys
 import time
 
+from bench_common import held_out_ids  # bench/, beside this file
 from torch_peer import add_model_args, build_llama, lr_at, make_adamw  # bench/, beside this file
 
 M64 = (1 << 64) - 1
@@ -258,7 +260,7 @@ def main() -> int:
             raise SystemExit(f"{dataset}: format attribute is {fmt!r}, not condense-tokens-v1")
         vocab = int(f.attrs["vocab_size"])
         train_ids = f["train/ids"][...]
-        val_ids = f["val/ids"][...]
+        val_ids = held_out_ids(f)  # documents in condense's held-out order (TokenStore::held_out_ids)
 
     distributed = world > 1
     if distributed:

@@ -27,6 +27,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests" / "python"))
+from bench_common import held_out_ids  # noqa: E402
 from io_formats import llama_cpp_decode  # noqa: E402
 from test_gguf_dequant import smollm2_gguf  # noqa: E402
 
@@ -172,8 +173,9 @@ def perplexity(condense, ck, f32, q41, out, batches, seq_len=128, batch_size=8):
                 hf / "tokenizer.json", "--val-fraction", 0.05, "--out", store])
         ev = json.loads(sh([condense, "eval", ck, "--data", store, "--batches", batches]).stdout)
         with h5py.File(store, "r") as f:
-            val = f["val/ids"][()].astype(np.int64)
-        # condense's validation windows (data/loader.cpp): window w = tokens [w*T, w*T + T].
+            val = held_out_ids(f).astype(np.int64)  # as condense eval reads the split
+        # condense's validation windows (data/loader.cpp): window w = tokens [w*T, w*T + T] of the
+        # held-out stream.
         n = min(batches * batch_size, (len(val) - 1) // seq_len)
         windows = [val[w * seq_len: w * seq_len + seq_len + 1].tolist() for w in range(n)]
         wpath = out / f"{corpus}-windows.json"

@@ -230,6 +230,37 @@ at::Tensor TokenStore::doc_offsets(const std::string& split) const {
   return H5File::open_read(path_).read_tensor(dataset(split, "doc_offsets"));
 }
 
+std::vector<int64_t> held_out_order(int64_t n) {
+  CONDENSE_CHECK(n >= 0, "held_out_order: negative count {}", n);
+  int bits = 0;
+  while ((int64_t{1} << bits) < n) ++bits;
+  std::vector<int64_t> order;
+  order.reserve(n);
+  for (int64_t i = 0; i < (int64_t{1} << bits); ++i) {
+    int64_t r = 0;
+    for (int b = 0; b < bits; ++b) r |= ((i >> b) & 1) << (bits - 1 - b);
+    if (r < n) order.push_back(r);
+  }
+  return order;
+}
+
+at::Tensor TokenStore::held_out_ids() const {
+  at::Tensor ids = this->ids("val"), offsets = doc_offsets("val");
+  const int64_t docs = offsets.numel() - 1;
+  if (docs <= 0) return ids;
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  CONDENSE_CHECK(off[0] == 0 && off[docs] == ids.numel(), "{}: val/doc_offsets runs from {} to {}, "
+                 "expected 0 to the {} ids of val/ids", path_, off[0], off[docs], ids.numel());
+  at::Tensor out = at::empty_like(ids);
+  const int32_t* src = ids.data_ptr<int32_t>();
+  int32_t* dst = out.data_ptr<int32_t>();
+  for (int64_t d : held_out_order(docs)) {
+    CONDENSE_CHECK(off[d] <= off[d + 1], "{}: val/doc_offsets decreases at document {}", path_, d);
+    dst = std::copy(src + off[d], src + off[d + 1], dst);
+  }
+  return out;
+}
+
 void TokenStore::check_tokenizer(const std::string& expected_sha256,
                                  const std::string& what) const {
   // SHA-256 of zero bytes: `what` stores no tokenizer (an import without one).

@@ -101,7 +101,7 @@ void set_kv_budget(LlamaForCausalLM& model, double budget, const std::string& gr
   // A few windows of at most 256 tokens: 3 forwards over them per unit (2 x layers units, or
   // 2 x layers x kv_heads per head).
   const int64_t seq = std::min<int64_t>(cfg.data.seq_len, 256), count = 4;
-  std::vector<at::Tensor> windows = calibration_windows(store.ids("val"), seq, count, count);
+  std::vector<at::Tensor> windows = calibration_windows(store.held_out_ids(), seq, count, count);
   spdlog::info("kv budget {}: sensitivity on the last {} validation windows of {} tokens of {}",
                budget, count, seq, store.path());
   KVBudgetPlan plan = plan_kv_budget(model, proj, windows, budget, per);

@@ -69,7 +69,7 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   set_kv_window(model, kv_window, path);
   model->eval();
   CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
-  auto val = validation_batches(store.ids("val"), cfg.data.seq_len, cfg.data.batch_size,
+  auto val = validation_batches(store.held_out_ids(), cfg.data.seq_len, cfg.data.batch_size,
                                 batches > 0 ? skip + batches : 0, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", store.path(),
                  cfg.data.seq_len);

@@ -101,7 +101,7 @@ std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::stri
                  a.calib_seq_len, cfg.data.seq_len, ckpt.config().max_position_embeddings);
   spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
                a.calib_windows, seq, store.path());
-  return calibration_windows(store.ids("val"), seq, a.calib_windows, a.calib_batch);
+  return calibration_windows(store.held_out_ids(), seq, a.calib_windows, a.calib_batch);
 }
 
 }  // namespace

@@ -80,7 +80,7 @@ std::vector<at::Tensor> calibration(const RunConfig& cfg, const Checkpoint& init
                  init.config().max_position_embeddings);
   spdlog::info("calibration: the last {} windows of {} tokens of {}'s validation split",
                cfg.kv.calib_windows, seq, dataset);
-  return calibration_windows(store.ids("val"), seq, cfg.kv.calib_windows, /*batch_size=*/8);
+  return calibration_windows(store.held_out_ids(), seq, cfg.kv.calib_windows, /*batch_size=*/8);
 }
 
 // Compresses init's KV cache as the kind says and writes the result to `out` (atomically).

@@ -146,12 +146,17 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   LoaderOptions lo{cfg.data.seq_len, cfg.data.batch_size, cfg.train.seed, run.rank, run.world,
                    std::move(train_windows)};
   BatchLoader loader(streams ? streams->train : store.ids("train"), lo);
-  std::vector<Batch> val = validation_batches(streams ? streams->val : store.ids("val"), cfg.data.seq_len,
-                                              cfg.data.batch_size, cfg.train.eval_batches,
-                                              run.rank, run.world);
-  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches)",
-               streams ? streams->name : run.dataset,
-               loader.windows_per_epoch(), cfg.data.seq_len, val.size());
+  const at::Tensor held_out = streams ? streams->val : store.held_out_ids();
+  std::vector<Batch> val = validation_batches(held_out, cfg.data.seq_len, cfg.data.batch_size,
+                                              cfg.train.eval_batches, run.rank, run.world);
+  // What validation covers: its windows' targets (all ranks) against the held-out tokens.
+  const int64_t scored = static_cast<int64_t>(val.size()) * (val.empty() ? 0 : val[0].targets.numel()) *
+                         run.world;
+  spdlog::info("data: {} ({} train windows of {} tokens, {} validation batches: {} of {} held-out "
+               "tokens, {:.1f}%)",
+               streams ? streams->name : run.dataset, loader.windows_per_epoch(), cfg.data.seq_len,
+               val.size(), scored, held_out.numel(),
+               held_out.numel() > 0 ? 100.0 * scored / held_out.numel() : 0.0);
 
   TrainerSetup setup{cfg.train, cfg.checkpoint, run.out_dir, run.yaml,
                      store.tokenizer().serialized(), cfg.data.batch_size * cfg.data.seq_len,

@@ -2,6 +2,8 @@
 // corpora, token store preparation and validation, and the sharded resumable batch loader.
 #include <ftw.h>
 #include <gtest/gtest.h>
+
+#include <numeric>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <set>
 #include <string>
 #include <thread>
@@ -312,6 +315,60 @@ TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
 
 // Two builds give the same file bit for bit (no HDF5 time stamps, no dependence on the number
 // of encoding threads), and the file records a hash of the corpus text it came from.
+// Validation and calibration read the held-out documents in bit-reversed index order: a
+// permutation whose first and last quarters each sample the whole split evenly and are disjoint.
+TEST(TokenStore, HeldOutOrderSpreadsPrefixAndSuffix) {
+  EXPECT_EQ(held_out_order(8), (std::vector<int64_t>{0, 4, 2, 6, 1, 5, 3, 7}));
+  EXPECT_EQ(held_out_order(5), (std::vector<int64_t>{0, 4, 2, 1, 3}));
+  EXPECT_EQ(held_out_order(1), (std::vector<int64_t>{0}));
+  EXPECT_TRUE(held_out_order(0).empty());
+  for (int64_t n : {2, 3, 7, 100, 1000, 1025}) {
+    std::vector<int64_t> order = held_out_order(n);
+    std::vector<int64_t> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> iota(n);
+    std::iota(iota.begin(), iota.end(), 0);
+    ASSERT_EQ(sorted, iota) << n;  // a permutation
+    if (n < 100) continue;
+    // The first and the last quarter: no gap between chosen documents above 4 x the even
+    // spacing (the next power of two / the count), whereas corpus order's first quarter leaves
+    // the last three quarters out.
+    const int64_t q = n / 4;
+    int64_t pow2 = 1;
+    while (pow2 < n) pow2 *= 2;
+    for (bool tail : {false, true}) {
+      std::vector<int64_t> part(tail ? order.end() - q : order.begin(),
+                                tail ? order.end() : order.begin() + q);
+      std::sort(part.begin(), part.end());
+      int64_t gap = std::max(part.front(), n - 1 - part.back());
+      for (size_t i = 1; i < part.size(); ++i) gap = std::max(gap, part[i] - part[i - 1]);
+      EXPECT_LE(gap, 4 * pow2 / q) << n << (tail ? " tail" : " head");
+    }
+  }
+}
+
+TEST(TokenStore, HeldOutIdsAreTheValDocumentsInHeldOutOrder) {
+  TempDir dir;
+  small_tokenizer().save(dir.file("tok.model"));
+  PrepareOptions o;
+  o.corpus = {"fortunes", "", 300};
+  o.tokenizer_path = dir.file("tok.model");
+  o.val_fraction = 0.2;
+  o.out_path = dir.file("s.h5");
+  prepare_token_store(o);
+  TokenStore s = TokenStore::open(o.out_path);
+  std::vector<int32_t> ids = to_vector(s.ids("val"));
+  at::Tensor off = s.doc_offsets("val");
+  const int64_t docs = off.numel() - 1;
+  ASSERT_GT(docs, 20);
+  std::vector<int32_t> expected;
+  for (int64_t d : held_out_order(docs))
+    expected.insert(expected.end(), ids.begin() + off[d].item<int64_t>(),
+                    ids.begin() + off[d + 1].item<int64_t>());
+  EXPECT_EQ(to_vector(s.held_out_ids()), expected);
+  EXPECT_NE(expected, ids);  // reordered
+}
+
 TEST(TokenStore, SameFileBitForBitWhateverTheThreads) {
   TempDir dir;
   PrepareOptions o;

@@ -14,7 +14,9 @@ import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,30 @@ def test_hf_export_loads_in_transformers_and_matches(trained, tmp_path):
     for i, p in enumerate(j["positions"]):
         assert [t[0] for t in p["top"]] == list(np.argsort(-lp[i], kind="stable")[:3])
         assert abs(p["logprob"] - lp[i, ids[i + 1]]) < 1e-12
+
+
+def test_eval_reads_the_held_out_split_as_the_python_peers(trained, small_store, tmp_path):
+    """`condense eval` scores the held-out documents in bit-reversed order (TokenStore::
+    held_out_ids), which bench_common.held_out_ids reproduces for the PyTorch and llama.cpp peers:
+    transformers on the exported model gives eval's loss on the first six windows of that stream
+    (and not on the split's file order)."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+    from bench_common import held_out_ids, held_out_order
+    assert held_out_order(8) == [0, 4, 2, 6, 1, 5, 3, 7] and held_out_order(5) == [0, 4, 2, 1, 3]
+    ckpt = trained[0]
+    out = tmp_path / "hf"
+    run("export", ckpt, out, "--format", "hf")
+    T = 48
+    ev = json.loads(run("eval", ckpt, "--data", small_store, "--seq-len", T, "--batch-size", 2,
+                        "--batches", 3).stdout.splitlines()[-1])
+    with h5py.File(small_store, "r") as f:
+        stream, file_order = held_out_ids(f), f["val/ids"][...]
+
+    def loss(ids):
+        windows = [ids[w * T: w * T + T + 1].astype(np.int64) for w in range(6)]
+        return -np.mean([hf_logprobs(out, list(w))[np.arange(T), w[1:]].mean() for w in windows])
+    assert ev["val_loss"] == pytest.approx(loss(stream), abs=2e-5), ev
+    assert abs(ev["val_loss"] - loss(file_order)) > 1e-3
 
 
 @pytest.mark.parametrize("dtype,torch_dtype", [("f16", torch.float16), ("bf16", torch.bfloat16)])
