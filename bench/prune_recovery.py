@@ -273,7 +273,7 @@ def main():
             path = out / f"minitron_{name}.h5"
             if not path.exists():
                 sh([BIN, "prune", teacher, "--method", "minitron", *sum([["--target", t] for t in targets], []),
-                    "--calib-windows", a.calib_windows, "--threads", a.threads, "--out", path])
+                    "--calib-windows", a.calib_windows, "--threads", a.threads, *DATA, "--out", path])
             one_shot = evaluate(path, a.eval_batches)
             run_dir = out / f"minitron_{name}_distill"
             train(REPO / "recipes" / "recover_perp.yaml", run_dir,
@@ -288,7 +288,7 @@ def main():
             scratch_dir = out / f"scratch_{name}"
             train(REPO / "recipes" / "teacher.yaml", scratch_dir,
                   [*shape, f"train.steps={5 * a.steps}", "train.warmup_steps=50", "train.eval_every=0",
-                   "checkpoint.every=0"], a.threads)
+                   "checkpoint.every=0", *[d for d in data if d.startswith("data.dataset=")]], a.threads)
             scratch = evaluate(latest(scratch_dir), a.eval_batches)
             rows.append((f"minitron {name}, no recovery", one_shot, "", ""))
             rows.append((f"minitron {name} + distill {a.steps} steps", distilled, "",

@@ -103,6 +103,9 @@ def main():
                 + " | ".join(cells) + f" | {gap:.2f} | {p} | {j['train_tokens'] / 1e6:.2f}M, "
                 f"{j['train_seconds'] / 60:.1f} min |")
 
+    # context-eval scores a run with its own recipe's task template (compressors/context_task.cpp).
+    compare_note = ("The --compare runs are scored with their own recipes' context.task_template, not "
+                    "--task-template. " if a.compare and a.task_template else "")
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     cmd = "`.venv/bin/python bench/xrag_task.py " + " ".join(sys.argv[1:]) + "`"
     header = " | ".join(CONDITIONS)
@@ -111,10 +114,11 @@ def main():
 
 Command: {cmd}. Machine: {cpu_model()}, {a.threads} threads; load {load0:.1f} -> {load1:.1f};
 {(time.time() - t0) / 60:.0f} min (reused runs are not retrained). Documents: {documents}, the last
-{a.held_out} held out (never trained on). Each cell: answer NLL (mean over its tokens) / exact match
+{a.held_out} held out from the projector's training (a decoder trained on the same corpus, such as
+the GCIDE teacher, has seen most of them). {compare_note}Each cell: answer NLL (mean over its tokens, then over documents) / exact match
 (greedy continuation starts with the answer) after the task template with, in place of
 {{context}}: nothing, the document as text, the compressed form, the document truncated to as
-many positions, mean-pooled token embeddings (xRAG: one mean vector), the untrained compressor,
+many positions (its first tokens), mean-pooled token embeddings (xRAG: one mean vector), the untrained compressor,
 another document's compressed form. Gap: (none - compressed) / (none - full) on the NLL.
 Positions: the context's mean length in the decoder, full -> compressed (what its KV cache
 holds). Paraphrase (xRAG): teacher-forced token accuracy of the decoder saying the document after
