@@ -12,6 +12,7 @@ written.
 """
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -323,7 +324,8 @@ def train_projection(store, init, teacher, out_dir, *extra, steps=4):
 
 def test_kv_project_training_freezes_the_model_and_resumes_bitwise(small_store, trained, projected, tmp_path):
     """recipes/kv_project.yaml (MatryoshkaKV): only the Cayley generators train; the model's
-    weights stay bitwise, the trained bases stay orthonormal, full rank stays exact, and a run
+    weights stay bitwise, the trained bases are the stored ones rotated by the Cayley transform of
+    the generators (composed in numpy), full rank stays exact, and a run
     resumed from step 2 ends bitwise equal to the uninterrupted one (the rank draws included)."""
     import h5py
     a = tmp_path / "a"
@@ -334,15 +336,33 @@ def test_kv_project_training_freezes_the_model_and_resumes_bitwise(small_store, 
     new, _, _ = model_tensors(fa)
     for k in orig:
         assert np.array_equal(new[k], orig[k]), k
-    with h5py.File(fa, "r") as f:
-        skew = np.asarray(f["kv_proj/layers.1.key_skew"][()], dtype=np.float64)
-        assert np.abs(skew).max() > 1e-4, "the generators did not move"
-        base = np.asarray(f["kv_proj/layers.1.key"][()], dtype=np.float64)
-    a_ = skew - skew.transpose(0, 2, 1)
+    # The trained basis is base @ cayley(skew), cayley(A) = (I + A)^-1 (I - A) with A = S - S^T
+    # (compressors/kv_project.h), composed here in numpy: a copy of the checkpoint holding that
+    # basis with zero generators scores what condense's own composition scores at a reduced
+    # rank (so the composition is the orthogonal one written down, not merely some basis).
+    composed = tmp_path / "composed.h5"
+    shutil.copy(fa, composed)
     eye = np.eye(16)
-    u = base @ np.stack([np.linalg.solve(eye + a_[h], eye - a_[h]) for h in range(2)])
-    for h in range(2):
-        assert np.abs(u[h].T @ u[h] - eye).max() < 1e-5
+    with h5py.File(composed, "r+") as f:
+        skews = [n for n in f["kv_proj"].keys() if n.endswith("_skew")]
+        assert len(skews) == 4, skews  # keys and values of 2 layers
+        moved = 0.0
+        for n in skews:
+            skew = np.asarray(f["kv_proj"][n][()], dtype=np.float64)
+            moved = max(moved, np.abs(skew).max())
+            base = np.asarray(f["kv_proj"][n[:-len("_skew")]][()], dtype=np.float64)
+            a_ = skew - skew.transpose(0, 2, 1)
+            u = base @ np.stack([np.linalg.solve(eye + a_[h], eye - a_[h]) for h in range(2)])
+            for h in range(2):
+                assert np.abs(base[h].T @ base[h] - eye).max() < 1e-5  # the stored PCA basis
+            f["kv_proj"][n[:-len("_skew")]][...] = u.astype(f["kv_proj"][n[:-len("_skew")]].dtype)
+            f["kv_proj"][n][...] = 0
+        assert moved > 1e-4, "the generators did not move"
+    _, lp_trained8, _ = score(fa, trained[2], "--kv-rank", 8)
+    _, lp_composed8, _ = score(composed, trained[2], "--kv-rank", 8)
+    _, lp_untrained8, _ = score(projected, trained[2], "--kv-rank", 8)
+    assert np.abs(lp_composed8 - lp_trained8).max() <= 1e-4
+    assert np.abs(lp_untrained8 - lp_trained8).max() > 1e-3  # training changed the reduced scores
     _, lp_orig, _ = score(trained[0], trained[2])
     _, lp_full, _ = score(fa, trained[2])
     assert np.abs(lp_full - lp_orig).max() <= 1e-5
