@@ -244,6 +244,15 @@ std::vector<int64_t> held_out_order(int64_t n) {
   return order;
 }
 
+std::string TokenStore::split_signature() const {
+  H5File f = H5File::open_read(path_);
+  for (const char* key : {"corpus_sha256", "num_documents", "val_fraction", "seed"})
+    CONDENSE_CHECK(f.has_attr("", key), "{}: missing attribute '{}'", path_, key);
+  return fmt::format("corpus {}, {} documents, val_fraction {}, split seed {}",
+                     f.attr_string("", "corpus_sha256").substr(0, 12), f.attr_int("", "num_documents"),
+                     f.attr_double("", "val_fraction"), f.attr_int("", "seed"));
+}
+
 at::Tensor TokenStore::held_out_ids() const {
   at::Tensor ids = this->ids("val"), offsets = doc_offsets("val");
   const int64_t docs = offsets.numel() - 1;

@@ -71,6 +71,9 @@ class TokenStore {
   // stay disjoint. (In corpus order the 8 validation batches of a quickstart run covered the
   // entries "100th" to "all-mains", 2.7% of the split, and read 0.2 nats above the whole split.)
   at::Tensor held_out_ids() const;
+  // What decides which documents are held out: the corpus (its SHA-256 and document count),
+  // val_fraction and the split seed, from the file's attributes, as one line for messages.
+  std::string split_signature() const;
   const Tokenizer& tokenizer() const { return tokenizer_; }
   std::string tokenizer_sha256() const { return sha256_; }
   int64_t vocab_size() const { return tokenizer_.vocab_size(); }

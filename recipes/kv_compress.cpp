@@ -71,7 +71,7 @@ void check_kv_options(const RunConfig& cfg, bool heads, const LlamaConfig& model
 
 // The calibration windows: the last kv.calib_windows of the run's validation split.
 std::vector<at::Tensor> calibration(const RunConfig& cfg, const Checkpoint& init) {
-  const std::string dataset = resolve_dataset(cfg.data, cfg.train.seed);
+  const std::string dataset = resolve_dataset(cfg.data);
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(init.tokenizer_bytes()), cfg.init);
   const int64_t seq = cfg.kv.calib_seq_len > 0 ? cfg.kv.calib_seq_len : cfg.data.seq_len;

@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <thread>
 
+#include <yaml-cpp/yaml.h>
+
 #include "comm/communicator.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -33,7 +35,7 @@ std::string resolve_out_dir(const RunConfig& cfg) {
 namespace {
 
 // The store's path: data.dataset, or the cache name its corpus, tokenizer and split options give.
-std::string dataset_path(const DataConfig& data, int64_t seed) {
+std::string dataset_path(const DataConfig& data) {
   std::string path = data.dataset;
   if (path.empty()) {
     std::string tok = data.tokenizer.empty()
@@ -43,7 +45,7 @@ std::string dataset_path(const DataConfig& data, int64_t seed) {
     std::string docs = data.max_documents > 0 ? fmt::format("-n{}", data.max_documents) : "";
     path = (fs::path(data.cache_dir) /
             fmt::format("{}{}-{}{}-val{}-seed{}.h5", data.corpus, source, tok, docs,
-                        data.val_fraction, seed))
+                        data.val_fraction, data.seed))
                .string();
   }
   return path;
@@ -51,8 +53,8 @@ std::string dataset_path(const DataConfig& data, int64_t seed) {
 
 }  // namespace
 
-std::string resolve_dataset(const DataConfig& data, int64_t seed) {
-  const std::string path = dataset_path(data, seed);
+std::string resolve_dataset(const DataConfig& data) {
+  const std::string path = dataset_path(data);
   if (fs::exists(path)) return path;
   // A data.dataset that does not exist is a mistyped path, not a request to build a store there.
   CONDENSE_CHECK(data.dataset.empty(), "data.dataset={}: no such token store; build one with "
@@ -66,18 +68,37 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed) {
   p.tokenizer_path = data.tokenizer;
   p.vocab_size = data.vocab_size;
   p.val_fraction = data.val_fraction;
-  p.seed = seed;
+  p.seed = data.seed;
   p.out_path = path;
   prepare_token_store(p);
   return path;
+}
+
+RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source) {
+  RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), source + ":recipe");
+  const YAML::Node recorded = YAML::Load(ckpt.recipe_yaml());
+  if (!(recorded["data"] && recorded["data"]["seed"])) cfg.data.seed = cfg.train.seed;
+  return cfg;
+}
+
+void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store) {
+  if (init.state().step == 0) return;
+  const std::string theirs = dataset_path(checkpoint_recipe(init, source).data);
+  if (!fs::exists(theirs)) return;
+  const std::string a = store.split_signature(), b = TokenStore::open(theirs).split_signature();
+  if (a != b)
+    spdlog::warn("init {} was trained on {} ({}) but this run holds out the documents of {} ({}): "
+                 "some of them may be in the init's training split, so validation would read "
+                 "low; use the init's data settings (data.seed, data.val_fraction) or its store",
+                 source, theirs, b, store.path(), a);
 }
 
 TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& source,
                                  const std::string& data) {
   std::string dataset = data;
   if (dataset.empty()) {
-    const RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), source + ":recipe");
-    dataset = dataset_path(cfg.data, cfg.train.seed);
+    const RunConfig cfg = checkpoint_recipe(ckpt, source);
+    dataset = dataset_path(cfg.data);
     CONDENSE_CHECK(cfg.data.dataset.empty() || fs::exists(dataset), "{}: no --data given, and the "
                    "token store its recipe names ({}) is not here; pass --data STORE.h5", source,
                    dataset);
@@ -91,7 +112,7 @@ TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& sour
                      " from this model's tokenizer)", source, dataset,
                      tok.bpe() ? "a byte-level BPE" : "a sentencepiece model", tok.vocab_size());
     }
-    dataset = resolve_dataset(cfg.data, cfg.train.seed);
+    dataset = resolve_dataset(cfg.data);
   }
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);

@@ -11,7 +11,7 @@ int run_pretrain(const RunConfig& cfg, const RunOptions& options);
 
 // Shared by recipe kinds: the token store the config names; one under data.cache_dir is prepared
 // if it does not exist yet, a data.dataset that does not exist is refused.
-std::string resolve_dataset(const DataConfig& data, int64_t seed);
+std::string resolve_dataset(const DataConfig& data);
 
 // The token store a command reads for a checkpoint (eval, prune's and the KV budget's
 // calibration, context-eval): `data` when given, else the one the checkpoint's recipe names,
@@ -21,6 +21,14 @@ std::string resolve_dataset(const DataConfig& data, int64_t seed);
 // checkpoint's. `source` names the checkpoint in messages.
 TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& source,
                                  const std::string& data);
+// The checkpoint's recipe with the data section it was trained with: recipes written before
+// data.seed existed drew the split from train.seed, which then stands in for data.seed.
+RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source);
+// Warns when `init` was trained here (step > 0) on a token store, present here, whose split
+// differs from `store`'s (another corpus, document count, val_fraction or split seed): some
+// of this run's held-out documents may then be in its training split, and validation reads
+// low. Silent when the init's store is not here or the init was never trained (an import).
+void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store);
 // The run's output directory (runs/<name> unless out_dir is set).
 std::string resolve_out_dir(const RunConfig& cfg);
 

@@ -75,9 +75,9 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
 
   // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
   // directory must be shared by all ranks, as the checkpoint directory must).
-  if (run.rank == 0) run.dataset = resolve_dataset(cfg.data, tc.seed);
+  if (run.rank == 0) run.dataset = resolve_dataset(cfg.data);
   run.comm->barrier();
-  if (run.rank != 0) run.dataset = resolve_dataset(cfg.data, tc.seed);
+  if (run.rank != 0) run.dataset = resolve_dataset(cfg.data);
   run.store.emplace(TokenStore::open(run.dataset));
   const TokenStore& store = *run.store;
   if (!cfg.data.tokenizer.empty())
@@ -127,8 +127,11 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
       spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
                    "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);
   }
-  if (!cfg.init.empty() && !run.resume)
-    store.check_tokenizer(sha256_hex(Checkpoint::open(cfg.init).tokenizer_bytes()), cfg.init);
+  if (!cfg.init.empty() && !run.resume) {
+    const Checkpoint init = Checkpoint::open(cfg.init);
+    store.check_tokenizer(sha256_hex(init.tokenizer_bytes()), cfg.init);
+    if (run.rank == 0) warn_if_other_split(init, cfg.init, store);
+  }
 
   // recipe.yaml is written by train_run once the trainer has restored the checkpoint: a
   // refused resume (a corrupt checkpoint) must leave the run directory as it was.

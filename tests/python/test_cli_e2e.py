@@ -211,6 +211,50 @@ def test_command_line_mistakes(tmp_path, condense_bin):
     assert run("--help").returncode == 0
 
 
+def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
+    """The held-out documents come from data.seed: a finetune at another train.seed reuses its
+    init's store (same split, nothing rebuilt, no warning); another data.seed builds another split
+    and is warned about (some held-out documents were the init's training text); a checkpoint
+    whose recipe predates data.seed is read with train.seed as its split seed."""
+    import h5py
+    import numpy as np
+    cache = tmp_path / "cache"
+    tok = tmp_path / "tok.model"  # one tokenizer for every split, so that only the split differs
+    run("prepare", "--corpus", "fortunes", "--max-documents", 300, "--vocab-size", 400,
+        "--save-tokenizer", tok, "--out", tmp_path / "tok_store.h5")
+    data = ["data.corpus=fortunes", "data.max_documents=300", f"data.tokenizer={tok}",
+            f"data.cache_dir={cache}", "data.seq_len=32", "data.val_fraction=0.1"]
+    shape = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
+             "model.num_attention_heads=2", "model.num_key_value_heads=1"]
+    loop = ["train.steps=2", "train.warmup_steps=1", "train.eval_every=0", "train.threads=1",
+            "checkpoint.every=2"]
+    base = tmp_path / "base"
+    run("train", QUICKSTART, f"out_dir={base}", "train.seed=1", *data, *shape, *loop)
+    stores = [p.name for p in cache.iterdir()]
+    assert len(stores) == 1 and stores[0].endswith("-n300-val0.1-seed1234.h5"), stores
+    ckpt = base / "checkpoints" / "step_000002.h5"
+    same = run("train", QUICKSTART, "kind=finetune", f"init={ckpt}", f"out_dir={tmp_path / 'same'}",
+               "train.seed=2", *data, *loop)
+    assert "preparing token store" not in same.stderr and "training split" not in same.stderr, same.stderr
+    other = run("train", QUICKSTART, "kind=finetune", f"init={ckpt}", f"out_dir={tmp_path / 'other'}",
+                "data.seed=7", *data, *loop)
+    assert "split seed 1234" in other.stderr and "split seed 7" in other.stderr, other.stderr
+    assert "some of them may be in the init's training split" in other.stderr, other.stderr
+    # A recipe without data.seed (written before it existed): its split seed was train.seed.
+    old = tmp_path / "old.h5"
+    old.write_bytes(ckpt.read_bytes())
+    with h5py.File(old, "r+") as f:
+        text = bytes(f["recipe"][()]).decode()
+        lines = text.splitlines()
+        data_at = lines.index("data:")
+        seed_at = next(i for i in range(data_at, len(lines)) if lines[i].strip().startswith("seed:"))
+        del lines[seed_at]
+        del f["recipe"]
+        f["recipe"] = np.bytes_("\n".join(lines) + "\n")
+    ev = run("eval", old, "--batches", 1)
+    assert "-n300-val0.1-seed1.h5" in ev.stderr, ev.stderr  # built from train.seed's split
+
+
 def test_missing_corpus_and_checkpoint_errors(tmp_path, condense_bin):
     expect_error(["train", QUICKSTART, f"out_dir={tmp_path / 'r'}", "data.corpus=dir",
                   f"data.path={tmp_path / 'no_such_dir'}", f"data.cache_dir={tmp_path}"],
