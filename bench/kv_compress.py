@@ -53,7 +53,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import REPO, cpu_model, finish_report, git_head  # noqa: E402
-from prune_recovery import BIN, DATA, EVAL_WINDOWS, configure, evaluate, latest, metrics, sh, train  # noqa: E402
+from prune_recovery import (BIN, DATA, EVAL_WINDOWS, REFERENCE, EvalLoss, configure, evaluate,  # noqa: E402
+                            latest, metrics, sh, train)
 
 
 def model_config(ckpt):
@@ -205,6 +206,7 @@ def main():
                      f"in {tm[-1]['elapsed_s'] / 60:.0f} min")
     cfg = model_config(teacher)
     kv0 = cfg["num_key_value_heads"]
+    REFERENCE.extend(["--reference", str(teacher)])  # every evaluation: fidelity to the original
     base = evaluate(teacher, a.eval_batches)
     points = [{"method": "original", "kv_heads": kv0, "bytes": kv_bytes_f16(cfg, kv0), "loss": base}]
 
@@ -287,8 +289,10 @@ def main():
                     src = ckpt if ckpt.suffix else latest(ckpt)
                     t0 = time.time()
                     proc, _ = sh([BIN, "eval", src, "--batches", a.eval_batches, *DATA, *EVAL_WINDOWS,
-                                  "--kv-budget", share, "--kv-granularity", per])
+                                  *REFERENCE, "--kv-budget", share, "--kv-granularity", per])
                     j = json.loads(proc.stdout.strip().splitlines()[-1])
+                    budget_loss = EvalLoss(j["val_loss"])
+                    budget_loss.kl, budget_loss.top1 = j.get("kl_from_reference"), j.get("top1_agreement")
                     plan = [x for x in proc.stderr.splitlines() if "key ranks per layer" in x][-1]
                     ranks = plan.split("; ", 1)[1].split(" (")[0] if per == "head" else ""
                     points.append({"method": f"{name} per {per}", "kv_heads": kv0,
@@ -296,7 +300,7 @@ def main():
                                    # (eval's kv_bytes_per_token is in the checkpoint's dtype).
                                    "bytes": kv_bytes_f16(cfg, kv0)
                                    * float(plan.split(": ", 1)[1].split("%")[0]) / 100,
-                                   "loss": j["val_loss"],
+                                   "loss": budget_loss,
                                    "note": f"--kv-budget {share} --kv-granularity {per}: "
                                            + plan.split(": ", 1)[1].split(";")[0]
                                            + f"; plan + eval {time.time() - t0:.0f} s"
@@ -358,11 +362,16 @@ def main():
     def row(p):
         ppl = math.exp(p["loss"])
         d = 100 * (ppl / math.exp(base) - 1)
+        kl, top1 = getattr(p["loss"], "kl", None), getattr(p["loss"], "top1", None)
+        fidelity = f"{kl:.4f} | {100 * top1:.1f}%" if kl is not None else "n/a | n/a"
         return (f"| {p['method']} | {p['kv_heads']} | {p['bytes']:.0f} | {p['loss']:.4f} | {ppl:.2f} | "
-                f"{d:+.1f}% | {p.get('note', '')} |")
+                f"{d:+.1f}% | {fidelity} | {p.get('note', '')} |")
 
-    lines = ["| model | KV heads | KV bytes/token | val loss | perplexity | vs original | notes |",
-             "| --- | --- | --- | --- | --- | --- | --- |"] + [row(p) for p in points]
+    # Fidelity: KL(original || model) per position and top-1 agreement with the original on the
+    # same tokens (eval --reference); a perplexity below the original's is drift, not fidelity.
+    lines = ["| model | KV heads | KV bytes/token | val loss | perplexity | vs original | KL from original "
+             "(nats/token) | top-1 agreement | notes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"] + [row(p) for p in points]
     readings = []
     by = {(p["method"], p["kv_heads"]): p["loss"] for p in points}
     for kn in [int(x) for x in a.kv_heads.split(",")] if "merge" in stages else []:
@@ -430,6 +439,8 @@ def main():
                f"query / {kv0} KV heads of {head_dim(cfg)}, {cfg['num_hidden_layers']} layers. Validation: "
                f"first {a.eval_batches} batches of 8 x {a.eval_seq_len} held-out tokens.\n\n"
                + "\n".join(lines) + "\n\n" + "\n".join(readings + [f"- {n}" for n in notes]) + "\n")
+    for p in points:  # the fidelity figures into the JSON too (EvalLoss serializes as a float)
+        p["kl_from_original"], p["top1_agreement"] = getattr(p["loss"], "kl", None), getattr(p["loss"], "top1", None)
     finish_report(section, a.results, not a.no_append, a.json, {"points": points, "base": base})
 
 

@@ -60,13 +60,25 @@ def latest(run_dir: Path) -> Path:
 
 DATA = []  # ["--data", STORE] when --data is given: calibration and evaluation read it
 EVAL_WINDOWS = []  # ["--seq-len", T, "--batch-size", B] for evaluation
+REFERENCE = []  # ["--reference", CKPT]: evaluations also measure fidelity to that model
+
+
+class EvalLoss(float):
+    """A validation loss that also carries, when REFERENCE is set, eval's kl_from_reference
+    (mean KL(reference || model) per position, nats) and top1_agreement (else None): a loss
+    below the reference's says nothing about fidelity, these do."""
+    kl = None
+    top1 = None
 
 
 def evaluate(ckpt, batches, *extra):
     # The same held-out windows for every checkpoint, whatever recipe wrote it. extra: more
     # `condense eval` options (--kv-rank, --kv-cache).
-    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA, *EVAL_WINDOWS, *extra])
-    return json.loads(proc.stdout.strip().splitlines()[-1])["val_loss"]
+    proc, _ = sh([BIN, "eval", ckpt, "--batches", batches, *DATA, *EVAL_WINDOWS, *REFERENCE, *extra])
+    j = json.loads(proc.stdout.strip().splitlines()[-1])
+    loss = EvalLoss(j["val_loss"])
+    loss.kl, loss.top1 = j.get("kl_from_reference"), j.get("top1_agreement")
+    return loss
 
 
 def configure(a):

@@ -42,15 +42,41 @@
 namespace condense {
 namespace {
 
-// seq_len / batch_size > 0 override the checkpoint recipe's windows, so that checkpoints from
-// different recipes can be compared on the same held-out tokens.
+// `condense eval`'s own options (the KV options are shared with generate).
+struct EvalArgs {
+  std::string checkpoint, dataset;
+  int64_t batches = 16, skip = 0;
+  // > 0: override the checkpoint recipe's windows, so that checkpoints from different recipes
+  // can be compared on the same held-out tokens.
+  int64_t seq_len = 0, batch_size = 0;
+  // A checkpoint or run directory of the uncompressed model: eval then also reports how far the
+  // evaluated model's next-token distributions are from it on the same tokens (fidelity, which a
+  // loss below the reference's cannot show).
+  std::string reference;
+};
+
+// Per-token agreement with a reference model's next-token distributions, summed over batches.
+struct Fidelity {
+  double kl = 0;          // sum over positions of KL(reference || model), nats
+  double agree = 0;       // positions whose argmax tokens are the same
+  int64_t positions = 0;
+  void add(const at::Tensor& reference_logits, const at::Tensor& logits) {
+    at::Tensor lr = reference_logits.to(at::kDouble).log_softmax(-1);
+    at::Tensor lm = logits.to(at::kDouble).log_softmax(-1);
+    kl += (lr.exp() * (lr - lm)).sum().item<double>();
+    agree += (reference_logits.argmax(-1) == logits.argmax(-1)).sum().item<double>();
+    positions += logits.numel() / logits.size(-1);
+  }
+};
+
 // kv_cache "int8": every window runs through an int8 KV cache in the cache's chunks
 // (model/kv_cache.h), so the loss is what decoding with that cache would score.
-int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, int64_t skip,
-             int64_t seq_len, int64_t batch_size, const std::string& kv_cache, int64_t kv_rank,
-             double kv_budget, const std::string& kv_granularity, int64_t kv_window) {
+int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, double kv_budget,
+             const std::string& kv_granularity, int64_t kv_window) {
   const KVCacheOptions kv = parse_kv_cache(kv_cache, "--kv-cache");
-  std::string path = resolve_checkpoint_path(ckpt_arg);
+  const int64_t seq_len = e.seq_len, batch_size = e.batch_size, batches = e.batches, skip = e.skip;
+  const std::string& dataset = e.dataset;
+  std::string path = resolve_checkpoint_path(e.checkpoint);
   Checkpoint ckpt = Checkpoint::open(path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), path + ":recipe");
   CONDENSE_CHECK(seq_len >= 0 && batch_size >= 0, "--seq-len and --batch-size must be >= 0 (0: "
@@ -68,6 +94,16 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, dataset);
   set_kv_window(model, kv_window, path);
   model->eval();
+  LlamaForCausalLM reference{nullptr};
+  std::string reference_path;
+  if (!e.reference.empty()) {
+    reference_path = resolve_checkpoint_path(e.reference);
+    const Checkpoint ref = Checkpoint::open(reference_path);
+    store.check_tokenizer(sha256_hex(ref.tokenizer_bytes()), reference_path);
+    reference = load_inference_model(ref);
+    reference->to(model->lm_head_weight().device());
+    reference->eval();
+  }
   CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
   auto val = validation_batches(store.held_out_ids(), cfg.data.seq_len, cfg.data.batch_size,
                                 batches > 0 ? skip + batches : 0, 0, 1);
@@ -79,25 +115,41 @@ int cmd_eval(const std::string& ckpt_arg, std::string dataset, int64_t batches, 
   val.erase(val.begin(), val.begin() + skip);
   at::NoGradGuard no_grad;
   double total = 0, kv_bytes = 0;
+  Fidelity fidelity;
   for (const Batch& b : val) {
-    if (kv.type == KVCacheType::kFp) {
+    if (kv.type == KVCacheType::kFp && !reference) {
       total += causal_lm_loss(model, b).item<double>();
       continue;
     }
     at::Tensor w = model->lm_head_weight();
-    KVCache cache(model->config(), b.inputs.size(0), b.inputs.size(1), w.options(), kv);
-    at::Tensor logits = model->logits(prefill(model, b.inputs.to(w.device()), cache));
+    at::Tensor inputs = b.inputs.to(w.device());
+    at::Tensor logits;
+    if (kv.type == KVCacheType::kFp) {
+      logits = model->forward(inputs);
+    } else {
+      KVCache cache(model->config(), b.inputs.size(0), b.inputs.size(1), w.options(), kv);
+      logits = model->logits(prefill(model, inputs, cache));
+      kv_bytes = cache.bytes_per_token();
+    }
     total += at::cross_entropy_loss(logits.flatten(0, 1).to(at::kFloat), b.targets.to(w.device()).flatten())
                  .item<double>();
-    kv_bytes = cache.bytes_per_token();
+    if (reference) fidelity.add(reference->forward(inputs), logits);
   }
   double loss = total / val.size();
   int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;
   if (kv.type == KVCacheType::kFp) kv_bytes = kv_bytes_per_token(model);
+  // KL per position and top-1 agreement against the reference on the same positions.
+  const std::string against =
+      reference ? fmt::format(", \"reference\": \"{}\", \"kl_from_reference\": {:.6f}, "
+                              "\"top1_agreement\": {:.6f}",
+                              reference_path, fidelity.kl / fidelity.positions,
+                              fidelity.agree / fidelity.positions)
+                : "";
   std::cout << fmt::format("{{\"checkpoint\": \"{}\", \"step\": {}, \"val_loss\": {:.6f}, "
                            "\"perplexity\": {:.4f}, \"tokens\": {}, \"kv_cache\": \"{}\", "
-                           "\"kv_bytes_per_token\": {:.1f}}}\n",
-                           path, ckpt.state().step, loss, std::exp(loss), tokens, kv_cache, kv_bytes);
+                           "\"kv_bytes_per_token\": {:.1f}{}}}\n",
+                           path, ckpt.state().step, loss, std::exp(loss), tokens, kv_cache, kv_bytes,
+                           against);
   return 0;
 }
 
@@ -242,18 +294,19 @@ int run(int argc, char** argv) {
   prep->add_option("--save-tokenizer", save_tokenizer, "also write the tokenizer .model here");
 
   auto* eval = app.add_subcommand("eval", "validation loss and perplexity of a checkpoint");
-  std::string ckpt, dataset;
-  int64_t eval_batches = 16;
-  eval->add_option("checkpoint", ckpt, "checkpoint file or run directory")->required();
-  eval->add_option("--data", dataset, "token store (default: the checkpoint recipe's)");
-  eval->add_option("--batches", eval_batches, "validation batches (<= 0: all)")->default_val(16);
-  int64_t eval_skip = 0;
-  eval->add_option("--skip-batches", eval_skip, "start after this many validation batches (e.g. "
+  std::string ckpt;
+  EvalArgs ea;
+  eval->add_option("checkpoint", ea.checkpoint, "checkpoint file or run directory")->required();
+  eval->add_option("--data", ea.dataset, "token store (default: the checkpoint recipe's)");
+  eval->add_option("--batches", ea.batches, "validation batches (<= 0: all)")->default_val(16);
+  eval->add_option("--skip-batches", ea.skip, "start after this many validation batches (e.g. "
                    "past the windows a training run validated on, for text nothing was chosen "
                    "by)")->default_val(0);
-  int64_t eval_seq = 0, eval_batch = 0;
-  eval->add_option("--seq-len", eval_seq, "window length (0: the checkpoint recipe's)")->default_val(0);
-  eval->add_option("--batch-size", eval_batch, "windows per batch (0: the recipe's)")->default_val(0);
+  eval->add_option("--seq-len", ea.seq_len, "window length (0: the checkpoint recipe's)")->default_val(0);
+  eval->add_option("--batch-size", ea.batch_size, "windows per batch (0: the recipe's)")->default_val(0);
+  eval->add_option("--reference", ea.reference, "checkpoint or run directory of the uncompressed "
+                   "model: also report kl_from_reference (mean KL(reference || this) per position, "
+                   "nats) and top1_agreement on the same tokens");
   std::string kv_cache = "fp";
   const char* kv_help = "KV cache storage: fp (the model's dtype) or int8 (KIVI layout: keys per "
                         "channel in groups of 32 positions, values per token)";
@@ -389,8 +442,7 @@ int run(int argc, char** argv) {
   if (int rc = run_io_command(io_args); rc >= 0) return rc;
   if (int rc = run_prune_command(prune_args); rc >= 0) return rc;
   if (int rc = run_context_command(context_args); rc >= 0) return rc;
-  if (eval->parsed()) return cmd_eval(ckpt, dataset, eval_batches, eval_skip, eval_seq, eval_batch,
-                                      kv_cache, kv_rank, kv_budget, kv_granularity, kv_window);
+  if (eval->parsed()) return cmd_eval(ea, kv_cache, kv_rank, kv_budget, kv_granularity, kv_window);
   if (gen->parsed()) {
     set_intra_op_threads(gen_threads, "--threads");
     return cmd_generate(ckpt, prompt, so, chat, kv_cache, ignore_eos, print_ids, kv_rank, kv_budget,

@@ -159,8 +159,14 @@ void DiskTier::submit(std::function<void()> task) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queue_.push_back(std::move(task));
+    ++pending_;
   }
   cv_.notify_one();
+}
+
+void DiskTier::wait_idle() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  idle_cv_.wait(lock, [this] { return pending_ == 0; });
 }
 
 void DiskTier::retire(int64_t) {
@@ -188,6 +194,12 @@ void DiskTier::worker() {
       queue_.pop_front();
     }
     task();
+    task = nullptr;  // the captures (a written tensor) go before the task counts as done
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      --pending_;
+    }
+    idle_cv_.notify_all();
   }
 }
 

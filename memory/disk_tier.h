@@ -31,6 +31,10 @@ class DiskTier final : public OffloadTier, public std::enable_shared_from_this<D
   void retire(int64_t bytes);
   int fd() const { return fd_; }
   int64_t file_bytes() const;  // bytes currently allocated in the spill file
+  // Blocks until every write and read submitted so far has finished, so that the tensors the
+  // writes hold are released: for measurements of what offload frees (under load the I/O
+  // thread lags the forward, and the tensors in flight are still in memory).
+  void wait_idle();
 
  private:
   void worker();
@@ -39,7 +43,9 @@ class DiskTier final : public OffloadTier, public std::enable_shared_from_this<D
   int fd_ = -1;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
+  std::condition_variable idle_cv_;
   std::deque<std::function<void()>> queue_;
+  int64_t pending_ = 0;  // submitted tasks not finished yet
   bool stop_ = false;
   int64_t end_ = 0;    // next free offset
   int64_t live_ = 0;   // tensors in the file

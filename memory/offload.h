@@ -35,6 +35,7 @@ class OffloadHooks final : public SavedTensorHooks {
 
   void set_block(int64_t block);
   OffloadStats stats() const;
+  const std::shared_ptr<OffloadTier>& tier() const { return tier_; }
 
  private:
   struct Entry;

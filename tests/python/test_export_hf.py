@@ -101,6 +101,41 @@ def test_eval_reads_the_held_out_split_as_the_python_peers(trained, small_store,
     assert abs(ev["val_loss"] - loss(file_order)) > 1e-3
 
 
+def test_eval_reference_reports_kl_and_top1_agreement(trained, small_store, tmp_path):
+    """eval --reference R: the mean KL(R || model) per position and the share of positions whose
+    argmax agrees, on eval's own windows: 0 and 1 against itself, and what transformers computes
+    from both models' exports on the same held-out windows for a less trained model."""
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
+    from bench_common import held_out_ids
+    ckpt = trained[0]
+    other = train_tiny(small_store, tmp_path / "short", steps=10)
+    T = 48
+    window_args = ["--data", small_store, "--seq-len", T, "--batch-size", 2, "--batches", 3]
+
+    def ev(model, ref):
+        return json.loads(run("eval", model, *window_args, "--reference", ref).stdout.splitlines()[-1])
+    same = ev(ckpt, ckpt)
+    assert abs(same["kl_from_reference"]) < 1e-9 and same["top1_agreement"] == 1.0, same
+    j = ev(other, ckpt)
+    plain = json.loads(run("eval", other, *window_args).stdout.splitlines()[-1])
+    assert j["val_loss"] == pytest.approx(plain["val_loss"], abs=1e-5)
+    with h5py.File(small_store, "r") as f:
+        stream = held_out_ids(f)
+    windows = [list(stream[w * T: w * T + T + 1].astype(np.int64)) for w in range(6)]
+    ref_dir, other_dir = tmp_path / "ref_hf", tmp_path / "other_hf"
+    run("export", ckpt, ref_dir, "--format", "hf")
+    run("export", other, other_dir, "--format", "hf")
+    lr = np.concatenate([hf_logprobs(ref_dir, w) for w in windows])
+    lm = np.concatenate([hf_logprobs(other_dir, w) for w in windows])
+    kl = float(np.mean(np.sum(np.exp(lr) * (lr - lm), axis=1)))
+    agree = float(np.mean(lr.argmax(1) == lm.argmax(1)))
+    assert kl > 0.05 and j["kl_from_reference"] == pytest.approx(kl, rel=1e-4, abs=1e-6), (j, kl)
+    assert abs(j["top1_agreement"] - agree) <= 1 / len(lr), (j, agree)
+    # A missing reference is named.
+    bad = run("eval", other, *window_args, "--reference", tmp_path / "missing.h5", check=False)
+    assert bad.returncode == 1 and "missing.h5" in bad.stderr, bad.stderr
+
+
 @pytest.mark.parametrize("dtype,torch_dtype", [("f16", torch.float16), ("bf16", torch.bfloat16)])
 def test_hf_half_exports_round_like_torch(trained, tmp_path, dtype, torch_dtype):
     ckpt, _, text, ids, lp = trained
