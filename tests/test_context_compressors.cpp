@@ -32,6 +32,7 @@
 #include "compressors/context_arc.h"
 #include "compressors/context_compllm.h"
 #include "compressors/context_sequence.h"
+#include "compressors/context_task.h"
 #include "compressors/context_xrag.h"
 #include "data/loader.h"
 #include "core/error.h"
@@ -409,6 +410,104 @@ TEST(ContextXrag, PlaceholderIsReplacedAtItsPosition) {
                         m->embed(at::tensor(t.after, at::kLong).unsqueeze(0))[0].detach()));
   EXPECT_THROW(split_template("no placeholder", tok, "context.task_template"), Error);
   EXPECT_THROW(split_template("{context} twice {context}", tok, "context.task_template"), Error);
+}
+
+// The document task's measures (compressors/context_task.h) against a direct computation on
+// token ids: for "none" and "full" the decoder reads <s> + the template's text before the
+// placeholder + [the document] + the text after it, then the answer teacher-forced; NLL is the
+// mean over answer tokens, exact match every argmax right, each averaged over documents; the
+// paraphrase's token accuracy counts argmax hits over all its tokens. Half the answers are made
+// the decoder's greedy prediction after their document, so exact match is not trivially 0.
+TEST(ContextTask, MeasuresMatchADirectComputationOnTokenIds) {
+  const Tokenizer& tok = small_tokenizer();
+  at::manual_seed(31);
+  LlamaForCausalLM m(test::tiny_llama(4, 2, tok.vocab_size(), 256));
+  m->eval();
+  at::NoGradGuard no_grad;
+  XragCompressor trained(m, XragOptions{12, 1, 2.0}), untrained(m, XragOptions{12, 1, 2.0});
+  ContextConfig cc;
+  cc.answer_len = 4;
+  const PromptTemplate task = split_template(cc.task_template, tok, "task");
+  const PromptTemplate para = split_template(cc.paraphrase_template, tok, "paraphrase");
+  auto logits_of = [&](const std::vector<int64_t>& ids) {
+    return m->forward(at::tensor(ids, at::kLong).unsqueeze(0))[0];
+  };
+  auto with = [](std::vector<int64_t> a, const std::vector<int64_t>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  DocumentSet set;
+  set.path = "test";
+  set.embeddings = at::randn({6, 12});
+  for (int i = 0; i < 6; ++i) {
+    set.texts.push_back("the word number " + std::to_string(7 * i) + " means the same as a thing");
+    set.answers.push_back("yes");
+  }
+  // The even documents' answer: a one-piece word the decoder is made to predict after them. A
+  // random decoder's argmax is a byte piece, which no answer text tokenizes to; so the LM head
+  // row of the best whole-word piece moves along the mean of those positions' hidden states
+  // until it is the argmax at each of them.
+  std::vector<at::Tensor> h;
+  for (int i = 0; i < 6; i += 2) {
+    std::vector<int64_t> ids = with(with(task.before, tokenize_documents(set, tok, i, i + 1, 64, 4).texts[0]),
+                                    task.after);
+    h.push_back(m->hidden({at::tensor(ids, at::kLong).unsqueeze(0)})[0][-1]);
+  }
+  at::Tensor hs = at::stack(h), w = m->lm_head_weight();
+  at::Tensor order = at::matmul(hs, w.t()).mean(0).argsort(0, /*descending=*/true);
+  int32_t piece = -1;
+  for (int64_t k = 0; k < order.size(0) && piece < 0; ++k) {
+    const int32_t id = static_cast<int32_t>(order[k].item<int64_t>());
+    const std::string text = tok.decode({id});
+    if (!tok.is_control(id) && !text.empty() && word_initial_ids(tok, text) == std::vector<int32_t>{id})
+      piece = id;
+  }
+  ASSERT_GE(piece, 0);
+  at::Tensor mean = hs.mean(0);
+  double scale = 0;
+  for (const at::Tensor& hi : h) {
+    at::Tensor l = at::matmul(w, hi);
+    const double need = (l.max() - l[piece]).item<double>() + 1.0, along = at::dot(mean, hi).item<double>();
+    ASSERT_GT(along, 0);
+    scale = std::max(scale, need / along);
+  }
+  w[piece].add_(mean * scale);
+  for (const at::Tensor& hi : h) ASSERT_EQ(at::matmul(w, hi).argmax().item<int64_t>(), piece);
+  for (int i = 0; i < 6; i += 2) set.answers[i] = tok.decode({piece});
+  const nlohmann::json j = document_task(m, trained, untrained, cc, set, tok, 6, 64);
+  const TokenizedDocuments docs = tokenize_documents(set, tok, 0, 6, 64, cc.answer_len);
+
+  // Scores `target` after `prefix`: NLL mean over its tokens, and argmax hits.
+  struct Direct {
+    double nll = 0, exact = 0, hits = 0, tokens = 0;
+  };
+  auto direct = [&](const std::vector<int64_t>& prefix, const std::vector<int64_t>& target, Direct& d) {
+    const int64_t n = static_cast<int64_t>(target.size());
+    std::vector<int64_t> ids = with(prefix, std::vector<int64_t>(target.begin(), target.end() - 1));
+    at::Tensor l = logits_of(ids).narrow(0, static_cast<int64_t>(prefix.size()) - 1, n).to(at::kDouble);
+    at::Tensor t = at::tensor(target, at::kLong);
+    d.nll += at::cross_entropy_loss(l, t).item<double>();
+    const int64_t hit = (l.argmax(-1) == t).sum().item<int64_t>();
+    d.exact += hit == n ? 1 : 0;
+    d.hits += static_cast<double>(hit);
+    d.tokens += static_cast<double>(n);
+  };
+  Direct none, full, para_full;
+  for (int64_t i = 0; i < docs.size(); ++i) {
+    direct(with(task.before, task.after), docs.answers[i], none);
+    direct(with(with(task.before, docs.texts[i]), task.after), docs.answers[i], full);
+    direct(with(with(para.before, docs.texts[i]), para.after), docs.texts[i], para_full);
+  }
+  const nlohmann::json& a = j.at("answer");
+  EXPECT_NEAR(a.at("nll").at("none").get<double>(), none.nll / 6, 1e-4);
+  EXPECT_NEAR(a.at("nll").at("full").get<double>(), full.nll / 6, 1e-4);
+  EXPECT_DOUBLE_EQ(a.at("exact_match").at("none").get<double>(), none.exact / 6);
+  EXPECT_DOUBLE_EQ(a.at("exact_match").at("full").get<double>(), full.exact / 6);
+  EXPECT_GE(full.exact, 3) << "the greedy answers are not matched: the check would be vacuous";
+  EXPECT_DOUBLE_EQ(j.at("paraphrase").at("token_accuracy").at("full").get<double>(),
+                   para_full.hits / para_full.tokens);
+  EXPECT_GT(para_full.hits, 0);
+  EXPECT_EQ(j.at("documents").get<int64_t>(), 6);
 }
 
 TEST(ContextXrag, ProjectorIsLinearGeluLinearAndRoundTrips) {
