@@ -2,6 +2,7 @@
 #include "data/loader.h"
 
 #include <ATen/ATen.h>
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
 #include "core/random.h"
@@ -144,6 +145,15 @@ std::vector<Batch> validation_batches(const at::Tensor& ids, int64_t seq_len, in
   return out;
 }
 
+void warn_past_half(const std::string& what, int64_t begin, int64_t end, int64_t total, bool first_half) {
+  const int64_t half = total / 2;
+  if (first_half ? end <= half : begin >= half) return;
+  spdlog::warn("{} reads held-out tokens [{}, {}) of {}: past the {} half, where {} reads; a model "
+               "calibrated (prune, --kv-budget, the kv kinds) on this store {} partly on its "
+               "calibration text", what, begin, end, total, first_half ? "first" : "second",
+               first_half ? "calibration" : "evaluation", first_half ? "is then scored" : "is then evaluated");
+}
+
 std::vector<at::Tensor> calibration_windows(const at::Tensor& ids, int64_t seq_len, int64_t count,
                                             int64_t batch_size) {
   CONDENSE_CHECK(count > 0 && batch_size > 0, "calibration needs a positive window count and batch size");
@@ -151,6 +161,8 @@ std::vector<at::Tensor> calibration_windows(const at::Tensor& ids, int64_t seq_l
   int64_t windows = count_windows(stream.numel(), seq_len);
   CONDENSE_CHECK(windows >= count, "calibration: the split holds {} windows of {} tokens, fewer than "
                  "the {} asked for", windows, seq_len, count);
+  warn_past_half("calibration", (windows - count) * seq_len, windows * seq_len + 1, stream.numel(),
+                 /*first_half=*/false);
   std::vector<int64_t> order(count);
   for (int64_t i = 0; i < count; ++i) order[i] = windows - count + i;
   std::vector<at::Tensor> out;

@@ -10,6 +10,7 @@
 // a global batch is skipped. The cursor (epoch, windows consumed) is the whole state.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -81,7 +82,15 @@ std::vector<Batch> validation_batches(const at::Tensor& ids, int64_t seq_len, in
 // Calibration windows for compressors: the last `count` windows of a split (evaluation reads the
 // first ones, so the two do not overlap while the split holds both), in batches of at most
 // `batch_size`, inputs only ([b, seq_len] int64). Throws naming the split's size if it holds
-// fewer than `count` windows.
+// fewer than `count` windows; warns when they reach into the split's first half (see
+// warn_past_half).
+// The convention that keeps evaluation and calibration text apart without recording which
+// windows a model was calibrated on: evaluation reads the held-out stream from its start and
+// stays in its first half, calibration reads from its end and stays in its second half. Warns,
+// naming `what`, when tokens [begin, end) of a stream of `total` cross into the other half
+// (first_half: the range belongs in the first half).
+void warn_past_half(const std::string& what, int64_t begin, int64_t end, int64_t total, bool first_half);
+
 std::vector<at::Tensor> calibration_windows(const at::Tensor& ids, int64_t seq_len, int64_t count,
                                             int64_t batch_size);
 

@@ -99,7 +99,10 @@ int context_eval(const ContextArgs& a) {
                  "decoder's max_position_embeddings {}", window, decoder->config().max_position_embeddings);
   TokenStore store = open_checkpoint_store(ckpt, path, a.data);
   const std::string& dataset = store.path();
-  auto val = validation_batches(store.held_out_ids(), window, cfg.data.batch_size, a.batches, 0, 1);
+  const at::Tensor held_out = store.held_out_ids();
+  auto val = validation_batches(held_out, window, cfg.data.batch_size, a.batches, 0, 1);
+  warn_past_half("context-eval", 0, static_cast<int64_t>(val.size()) * cfg.data.batch_size * window + 1,
+                 held_out.numel(), /*first_half=*/true);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset, window);
 
   // The compressor as training found it at step 0: the same seed, the same calibration chunk.

@@ -105,7 +105,8 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
     reference->eval();
   }
   CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
-  auto val = validation_batches(store.held_out_ids(), cfg.data.seq_len, cfg.data.batch_size,
+  const at::Tensor held_out = store.held_out_ids();
+  auto val = validation_batches(held_out, cfg.data.seq_len, cfg.data.batch_size,
                                 batches > 0 ? skip + batches : 0, 0, 1);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", store.path(),
                  cfg.data.seq_len);
@@ -113,6 +114,9 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
                  "of {} has only {} batches of {} x {} tokens", skip, store.path(), val.size(),
                  cfg.data.batch_size, cfg.data.seq_len);
   val.erase(val.begin(), val.begin() + skip);
+  const int64_t window_tokens = cfg.data.batch_size * cfg.data.seq_len;
+  warn_past_half("eval", skip * window_tokens, (skip + static_cast<int64_t>(val.size())) * window_tokens + 1,
+                 held_out.numel(), /*first_half=*/true);
   at::NoGradGuard no_grad;
   double total = 0, kv_bytes = 0;
   Fidelity fidelity;

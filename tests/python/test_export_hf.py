@@ -99,6 +99,16 @@ def test_eval_reads_the_held_out_split_as_the_python_peers(trained, small_store,
         return -np.mean([hf_logprobs(out, list(w))[np.arange(T), w[1:]].mean() for w in windows])
     assert ev["val_loss"] == pytest.approx(loss(stream), abs=2e-5), ev
     assert abs(ev["val_loss"] - loss(file_order)) > 1e-3
+    # Evaluation keeps to the stream's first half and calibration to its second (they do not
+    # record which windows a model was calibrated on): crossing the middle is warned about.
+    first = run("eval", ckpt, "--data", small_store, "--batches", 3)
+    assert "past the first half" not in first.stderr, first.stderr
+    whole = run("eval", ckpt, "--data", small_store, "--batches", 0)
+    assert "eval reads held-out tokens [0, " in whole.stderr and "past the first half" in whole.stderr
+    few = run("prune", ckpt, "--method", "wanda", "--calib-windows", 8, "--out", tmp_path / "w8.h5")
+    assert "past the second half" not in few.stderr, few.stderr
+    many = run("prune", ckpt, "--method", "wanda", "--calib-windows", 200, "--out", tmp_path / "w200.h5")
+    assert "calibration reads held-out tokens" in many.stderr and "past the second half" in many.stderr
 
 
 def test_eval_reference_reports_kl_and_top1_agreement(trained, small_store, tmp_path):
