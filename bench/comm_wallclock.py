@@ -174,7 +174,8 @@ def resolved_recipe(args, overrides: list[str]) -> dict:
 def dataset_path(args, cfg: dict) -> Path:
     """The token store condense's resolve_dataset() (recipes/pretrain.cpp) uses; prepared with
     `condense prepare` when missing."""
-    d, seed = cfg["data"], cfg["train"]["seed"]
+    d = cfg["data"]
+    seed = d.get("seed", 1234)  # data.seed draws the split and seeds the tokenizer, not train.seed
     if d.get("dataset"):
         return (REPO / d["dataset"]).resolve()
     if d.get("tokenizer") or d.get("path") or d.get("max_documents"):

@@ -212,6 +212,8 @@ def default_dataset(cache_dir: str, corpus: str, vocab: int, val_fraction: float
 def main() -> int:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-seed", type=int, default=1234, help="data.seed: the default store's split "
+                    "and tokenizer seed (condense's data.seed, not --seed)")
     ap.add_argument("--dataset", default="", help="condense token store (.h5); default: the quickstart's "
                     "data_cache/gcide-bpe4096-val0.02-seed1234.h5")
     ap.add_argument("--steps", type=int, default=300)
@@ -252,7 +254,8 @@ def main() -> int:
     import torch.nn.functional as F
 
     torch.set_num_threads(args.threads)
-    dataset = args.dataset or default_dataset(os.path.join(repo, "data_cache"), "gcide", 4096, 0.02, args.seed)
+    dataset = args.dataset or default_dataset(os.path.join(repo, "data_cache"), "gcide", 4096, 0.02,
+                                              args.data_seed)
     with h5py.File(dataset, "r") as f:
         fmt = f.attrs.get("format")
         fmt = fmt.decode() if isinstance(fmt, bytes) else str(fmt)

@@ -296,10 +296,9 @@ def main():
                     plan = [x for x in proc.stderr.splitlines() if "key ranks per layer" in x][-1]
                     ranks = plan.split("; ", 1)[1].split(" (")[0] if per == "head" else ""
                     points.append({"method": f"{name} per {per}", "kv_heads": kv0,
-                                   # f16 bytes from the plan's share of the full-rank cache
-                                   # (eval's kv_bytes_per_token is in the checkpoint's dtype).
-                                   "bytes": kv_bytes_f16(cfg, kv0)
-                                   * float(plan.split(": ", 1)[1].split("%")[0]) / 100,
+                                   # f16 bytes: the share of the original's cache (both of
+                                   # eval's counts are in the checkpoint's dtype).
+                                   "bytes": kv_bytes_f16(cfg, kv0) * j["kv_bytes_per_token"] / base.kv_bytes,
                                    "loss": budget_loss,
                                    "note": f"--kv-budget {share} --kv-granularity {per}: "
                                            + plan.split(": ", 1)[1].split(";")[0]

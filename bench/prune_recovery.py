@@ -69,6 +69,7 @@ class EvalLoss(float):
     below the reference's says nothing about fidelity, these do."""
     kl = None
     top1 = None
+    kv_bytes = None  # eval's kv_bytes_per_token (in the checkpoint's dtype)
 
 
 def evaluate(ckpt, batches, *extra):
@@ -78,6 +79,7 @@ def evaluate(ckpt, batches, *extra):
     j = json.loads(proc.stdout.strip().splitlines()[-1])
     loss = EvalLoss(j["val_loss"])
     loss.kl, loss.top1 = j.get("kl_from_reference"), j.get("top1_agreement")
+    loss.kv_bytes = j.get("kv_bytes_per_token")
     return loss
 
 
@@ -245,8 +247,8 @@ def main():
 
     if "selection" in stages:
         seeds = [int(x) for x in a.selection_seeds.split(",")]
-        # train.seed also names the token store built from the corpus (its tokenizer is trained
-        # with that seed): every seed reads the teacher's store (the default seed's).
+        # Every seed reads the teacher's store (data.seed draws the split now, but the teacher's
+        # runs before data.seed existed named their store after train.seed: pinned explicitly).
         pinned = [] if a.data else [f"data.dataset={Path('data_cache/gcide-bpe4096-val0.02-seed1234.h5').resolve()}"]
         steps = a.selection_steps or a.steps
         start = a.selection_from

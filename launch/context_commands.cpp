@@ -101,9 +101,9 @@ int context_eval(const ContextArgs& a) {
   const std::string& dataset = store.path();
   const at::Tensor held_out = store.held_out_ids();
   auto val = validation_batches(held_out, window, cfg.data.batch_size, a.batches, 0, 1);
-  warn_past_half("context-eval", 0, static_cast<int64_t>(val.size()) * cfg.data.batch_size * window + 1,
-                 held_out.numel(), /*first_half=*/true);
   CONDENSE_CHECK(!val.empty(), "{}: validation split has no full window of {} tokens", dataset, window);
+  warn_past_half("context-eval", 0, static_cast<int64_t>(val.size()) * val[0].inputs.numel() + 1,
+                 held_out.numel(), /*first_half=*/true);
 
   // The compressor as training found it at step 0: the same seed, the same calibration chunk.
   torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));

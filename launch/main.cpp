@@ -118,8 +118,8 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
                  "of {} has only {} batches of {} x {} tokens", skip, store.path(), val.size(),
                  cfg.data.batch_size, cfg.data.seq_len);
   val.erase(val.begin(), val.begin() + skip);
-  const int64_t window_tokens = cfg.data.batch_size * cfg.data.seq_len;
-  warn_past_half("eval", skip * window_tokens, (skip + static_cast<int64_t>(val.size())) * window_tokens + 1,
+  const int64_t batch_tokens = val.empty() ? 0 : val[0].inputs.numel();
+  warn_past_half("eval", skip * batch_tokens, (skip + static_cast<int64_t>(val.size())) * batch_tokens + 1,
                  held_out.numel(), /*first_half=*/true);
   at::NoGradGuard no_grad;
   double total = 0, kv_bytes = 0;
@@ -148,7 +148,7 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
   if (kv.type == KVCacheType::kFp) kv_bytes = kv_bytes_per_token(model);
   // KL per position and top-1 agreement against the reference on the same positions.
   const std::string against =
-      reference ? fmt::format(", \"reference\": \"{}\", \"kl_from_reference\": {:.6f}, "
+      reference ? fmt::format(", \"reference\": \"{}\", \"kl_from_reference\": {:.6g}, "
                               "\"top1_agreement\": {:.6f}",
                               reference_path, fidelity.kl / fidelity.positions,
                               fidelity.agree / fidelity.positions)

@@ -8,7 +8,7 @@
 // filtering; the paper uses 2^-12, below bf16 resolution); the target terms are always exact.
 //
 // Shapes: hidden [N, H] (or [B, T, H]), weight [V, H], targets [N] int64 (ignore_index rows are
-// excluded from the mean). The loss is float32 whatever the inputs' dtype. Peak extra memory: token_chunk x vocab_chunk floats plus O(N).
+// excluded from the mean). The loss is float32 (double for double inputs, the exact tests') whatever the inputs' dtype. Peak extra memory: token_chunk x vocab_chunk floats plus O(N).
 #pragma once
 #include <ATen/core/Tensor.h>
 

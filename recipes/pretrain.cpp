@@ -83,14 +83,37 @@ RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source) {
 
 void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store) {
   if (init.state().step == 0) return;
-  const std::string theirs = dataset_path(checkpoint_recipe(init, source).data);
-  if (!fs::exists(theirs)) return;
-  const std::string a = store.split_signature(), b = TokenStore::open(theirs).split_signature();
-  if (a != b)
-    spdlog::warn("init {} was trained on {} ({}) but this run holds out the documents of {} ({}): "
-                 "some of them may be in the init's training split, so validation would read "
-                 "low; use the init's data settings (data.seed, data.val_fraction) or its store",
-                 source, theirs, b, store.path(), a);
+  try {
+    const std::string theirs = dataset_path(checkpoint_recipe(init, source).data);
+    if (!fs::exists(theirs)) return;
+    const std::string a = store.split_signature(), b = TokenStore::open(theirs).split_signature();
+    if (a != b)
+      spdlog::warn("init {} was trained on {} ({}) but this run holds out the documents of {} ({}): "
+                   "some of them may be in the init's training split, so validation would read "
+                   "low; use the init's data settings (data.seed, data.val_fraction) or its store",
+                   source, theirs, b, store.path(), a);
+  } catch (const Error& e) {
+    spdlog::warn("init {}: its training split could not be compared with this run's ({})", source,
+                 e.what());
+  }
+}
+
+void check_resume_split(const Checkpoint& ckpt, const std::string& source, const DataConfig& data) {
+  DataConfig was;
+  try {
+    was = checkpoint_recipe(ckpt, source).data;
+  } catch (const Error& e) {
+    spdlog::warn("{}: its recipe could not be read to compare the split ({})", source, e.what());
+    return;
+  }
+  CONDENSE_CHECK(was.seed == data.seed && was.val_fraction == data.val_fraction &&
+                     was.corpus == data.corpus && was.max_documents == data.max_documents,
+                 "{} was trained on the split of data.seed {}, data.val_fraction {}, data.corpus {}, "
+                 "data.max_documents {}; the recipe now names {}, {}, {}, {}, so the resumed run would "
+                 "train on documents it held out (a run from before data.seed drew its split from "
+                 "train.seed): resume with data.seed={} data.val_fraction={} (nothing was changed)",
+                 source, was.seed, was.val_fraction, was.corpus, was.max_documents, data.seed,
+                 data.val_fraction, data.corpus, data.max_documents, was.seed, was.val_fraction);
 }
 
 TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& source,

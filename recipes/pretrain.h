@@ -27,8 +27,14 @@ RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source);
 // Warns when `init` was trained here (step > 0) on a token store, present here, whose split
 // differs from `store`'s (another corpus, document count, val_fraction or split seed): some
 // of this run's held-out documents may then be in its training split, and validation reads
-// low. Silent when the init's store is not here or the init was never trained (an import).
+// low. Silent when the init's store is not here or its step is 0 (an import; also a pruned or
+// compressed checkpoint, which does not keep its source's step: not checked); a split that
+// cannot be compared (an older store without the attributes) is said so, never an error.
 void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store);
+// A resume continues on the split the run was trained on: refuses, before any tokenizing, when
+// `data` names another split seed, val_fraction, corpus or document count than the checkpoint's
+// recipe (whose split seed was train.seed before data.seed existed), naming both.
+void check_resume_split(const Checkpoint& ckpt, const std::string& source, const DataConfig& data);
 // The run's output directory (runs/<name> unless out_dir is set).
 std::string resolve_out_dir(const RunConfig& cfg);
 

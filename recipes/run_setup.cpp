@@ -72,6 +72,7 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                  cfg.checkpoint.dir, run.resume.value_or(""));
   if (options.resume && !run.resume)
     spdlog::info("--resume: no checkpoint in {} yet; starting fresh", cfg.checkpoint.dir);
+  if (run.resume) check_resume_split(Checkpoint::open(*run.resume), *run.resume, cfg.data);
 
   // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
   // directory must be shared by all ranks, as the checkpoint directory must).

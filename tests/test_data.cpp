@@ -2,13 +2,10 @@
 // corpora, token store preparation and validation, and the sharded resumable batch loader.
 #include <ftw.h>
 #include <gtest/gtest.h>
-
-#include <numeric>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -313,8 +310,6 @@ TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
   EXPECT_DOUBLE_EQ(f.attr_double("", "val_fraction"), 0.1);
 }
 
-// Two builds give the same file bit for bit (no HDF5 time stamps, no dependence on the number
-// of encoding threads), and the file records a hash of the corpus text it came from.
 // Validation and calibration read the held-out documents in bit-reversed index order: a
 // permutation whose first and last quarters each sample the whole split evenly and are disjoint.
 TEST(TokenStore, HeldOutOrderSpreadsPrefixAndSuffix) {
@@ -369,6 +364,8 @@ TEST(TokenStore, HeldOutIdsAreTheValDocumentsInHeldOutOrder) {
   EXPECT_NE(expected, ids);  // reordered
 }
 
+// Two builds give the same file bit for bit (no HDF5 time stamps, no dependence on the number
+// of encoding threads), and the file records a hash of the corpus text it came from.
 TEST(TokenStore, SameFileBitForBitWhateverTheThreads) {
   TempDir dir;
   PrepareOptions o;

@@ -311,6 +311,10 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       GradSyncConfig gradients = setup_.sync;
       if (onebit) gradients.compression = CompressionConfig{};  // comm.compression is the momentum's
       sync = std::make_unique<GradientSync>(*comm, params, gradients);
+      if (rank0)
+        spdlog::info("gradient sync: {} buckets (cap {} MB), exchanged {}", sync->buckets().size(),
+                     gradients.bucket_cap_mb,
+                     gradients.overlap ? "while backward runs" : "after backward (comm.overlap=false)");
     }
     if (sync && sync->compression() && resumed)
       restore_compression(*resumed, *sync->compression(), comm->rank(), world);

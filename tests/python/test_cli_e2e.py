@@ -240,6 +240,14 @@ def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
                 "data.seed=7", *data, *loop)
     assert "split seed 1234" in other.stderr and "split seed 7" in other.stderr, other.stderr
     assert "some of them may be in the init's training split" in other.stderr, other.stderr
+    # A resume on another split is refused before anything is tokenized or written.
+    before = sorted(p.name for p in (base / "checkpoints").iterdir())
+    refused = run("train", QUICKSTART, f"out_dir={base}", "train.seed=1", "data.seed=7", *data, *shape,
+                  "train.steps=4", "train.warmup_steps=1", "train.eval_every=0", "train.threads=1",
+                  "--resume", check=False)
+    assert refused.returncode == 1 and "resume with data.seed=1234" in refused.stderr, refused.stderr
+    assert sorted(p.name for p in (base / "checkpoints").iterdir()) == before
+    assert len(list(cache.iterdir())) == 2  # the seed-7 store of the finetune above, no other
     # A recipe without data.seed (written before it existed): its split seed was train.seed.
     old = tmp_path / "old.h5"
     old.write_bytes(ckpt.read_bytes())

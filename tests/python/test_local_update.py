@@ -142,6 +142,7 @@ def test_one_process_runs_diloco_as_lookahead(small_store, tmp_path):
     p = run("train", QUICKSTART, *tiny_overrides(small_store, lu, 6, **diloco(
         3, **{"comm.sync.outer.optimizer": "sgd", "comm.sync.outer.lr": 1.0,
               "comm.sync.outer.momentum": 0})))
+    assert "has no effect in a single process" not in p.stderr  # DiLoCo does act in one process
     a = np.array([r["loss"] for r in read_metrics(plain)])
     b = np.array([r["loss"] for r in read_metrics(lu)])
     assert np.abs(a - b).max() < 1e-5, (a, b)

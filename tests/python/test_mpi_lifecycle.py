@@ -28,10 +28,14 @@ def test_rank_zero_weights_are_broadcast(small_store, tmp_path):
 
 def test_without_overlap_the_same_bits(small_store, tmp_path):
     a, b = tmp_path / "overlap", tmp_path / "serial"
-    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, a, 6, **{"comm.bucket_cap_mb": 0.05}))
-    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, b, 6, **{"comm.bucket_cap_mb": 0.05,
-                                                                          "comm.overlap": "false"}))
+    pa = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, a, 6, **{"comm.bucket_cap_mb": 0.05}))
+    pb = mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, b, 6, **{"comm.bucket_cap_mb": 0.05,
+                                                                               "comm.overlap": "false"}))
     assert [KEY(r) for r in read_metrics(a)] == [KEY(r) for r in read_metrics(b)]
+    # ... and the setting reached the gradient sync (the bits alone cannot show it; that an
+    # overlapped exchange starts before backward ends is tests/mpi's FirstBucketIsExchanged...).
+    assert "exchanged while backward runs" in pa.stderr, pa.stderr
+    assert "exchanged after backward (comm.overlap=false)" in pb.stderr, pb.stderr
 
 
 def test_sigterm_to_mpirun_stops_with_a_checkpoint(small_store, tmp_path):
