@@ -118,6 +118,14 @@ at::Tensor XragCompressor::nll(LlamaForCausalLM& decoder, const TokenizedDocumen
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets.reshape({-1}));
 }
 
+int64_t XragCompressor::target_tokens(const TokenizedDocuments& docs, const at::Tensor& rows) const {
+  const std::vector<std::vector<int64_t>>& ids = options_.stage == 1 ? docs.texts : docs.answers;
+  at::Tensor r = rows.to(at::kCPU, at::kLong).contiguous();
+  int64_t n = 0;
+  for (int64_t i = 0; i < r.size(0); ++i) n += static_cast<int64_t>(ids.at(r.data_ptr<int64_t>()[i]).size());
+  return n;
+}
+
 at::Tensor XragCompressor::task_loss(LlamaForCausalLM& decoder, const TokenizedDocuments& docs,
                                      const at::Tensor& rows, bool distill) {
   CONDENSE_CHECK(!docs.answers.empty(), "xRAG stage 2 needs documents with answers (the file's "

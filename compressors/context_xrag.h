@@ -69,6 +69,10 @@ class XragCompressor : public ContextCompressor {
   // The stage's NLL (paraphrase: the document's tokens; task: the answer's) on documents `rows`
   // of `docs`: what validation reports.
   at::Tensor nll(LlamaForCausalLM& decoder, const TokenizedDocuments& docs, const at::Tensor& rows);
+  // The tokens nll / loss average over for documents `rows` of `docs`: the texts' (stage 1, the
+  // paraphrase) or the answers' (stage 2): the trainer's weights for micro-batches and ranks
+  // (Trainable::tokens).
+  int64_t target_tokens(const TokenizedDocuments& docs, const at::Tensor& rows) const;
   std::vector<std::pair<std::string, at::Tensor>> named() const override;
   void load(const StoredTensors& stored) override;
   // Scales the output layer so projections of the first training embeddings have the RMS of

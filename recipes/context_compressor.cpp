@@ -132,6 +132,10 @@ int run_context_compressor(const RunConfig& cfg_in, const RunOptions& options) {
     // Validation: the stage's NLL on held-out documents.
     std::shared_ptr<const TokenizedDocuments> val = xdocs->data.val;
     t.eval_loss = [compressor, x, val](LlamaForCausalLM& m, const Batch& b) { return x->nll(m, *val, b.rows); };
+    // Paraphrases and answers differ in length: batches weigh by their tokens.
+    std::shared_ptr<const TokenizedDocuments> train_docs = xdocs->data.train;
+    t.tokens = [compressor, x, train_docs](const Batch& b) { return x->target_tokens(*train_docs, b.rows); };
+    t.eval_tokens = [compressor, x, val](const Batch& b) { return x->target_tokens(*val, b.rows); };
     train_run(run, std::move(t), {}, &xdocs->streams);
     return 0;
   }

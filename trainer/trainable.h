@@ -35,6 +35,14 @@ struct Trainable {
   // What validation reports (defaults to `loss`): e.g. plain cross-entropy while training
   // on a distillation loss, so validation numbers compare across recipes.
   LossFn eval_loss;
+  // For losses over a varying number of tokens (xRAG: padded paraphrases and answers): how many
+  // tokens `loss` averages over in a batch. Micro-batches and ranks are then weighted by their
+  // tokens, so accumulating or sharding a batch gives the loss of the whole batch, as
+  // transformers >= 4.46 does with num_items_in_batch (equal weights would give a batch of 10
+  // answer tokens the say of one of 100); validation likewise. Empty: every batch weighs the
+  // same (windows of a fixed length). eval_tokens: the same for validation batches (defaults to
+  // tokens; xRAG's validation rows index other documents).
+  std::function<int64_t(const Batch&)> tokens, eval_tokens;
 };
 
 // Parameters that train: the model's that require grad, then the modules, in a fixed order

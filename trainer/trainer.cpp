@@ -210,6 +210,7 @@ Trainer::Trainer(TrainerSetup setup, Trainable trainable, BatchLoader loader,
       validation_(std::move(validation)) {
   CONDENSE_CHECK(t_.loss, "a Trainable needs a loss");
   if (!t_.eval_loss) t_.eval_loss = t_.loss;
+  if (!t_.eval_tokens) t_.eval_tokens = t_.tokens;
   for (Batch& b : validation_) b = on_device(std::move(b), setup_.device);
 }
 
@@ -217,13 +218,21 @@ double Trainer::validate() {
   if (validation_.empty()) return std::nan("");
   at::NoGradGuard no_grad;
   model_->eval();
-  double total = 0;
+  double total = 0, tokens = 0;
   for (const Batch& b : validation_) {
     PrecisionScope precision(setup_.train.precision, setup_.device);
-    total += t_.eval_loss(model_, b).item<double>();
+    const double loss = t_.eval_loss(model_, b).item<double>();
+    const double n = t_.eval_tokens ? static_cast<double>(t_.eval_tokens(b)) : 1.0;
+    total += loss * n;  // with eval_tokens: the batch's summed loss
+    tokens += n;
   }
   model_->train();
-  double mean = total / validation_.size();
+  if (t_.eval_tokens && setup_.comm) {
+    // Token-weighted over all ranks' batches: the sums and counts, then one division.
+    const std::vector<double> both = all_reduce_mean(*setup_.comm, {total, tokens});
+    return both[0] / both[1];
+  }
+  double mean = total / tokens;
   // Every rank holds the same number of validation batches (validation_batches shards evenly).
   return setup_.comm ? all_reduce_mean(*setup_.comm, {mean})[0] : mean;
 }
@@ -392,8 +401,29 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     const bool momentum_step = onebit && onebit->compressed(state.step + 1);
     const bool exchange_gradients = !momentum_step;
     double loss_sum = 0;
+    std::vector<Batch> micro_batches;
+    for (int64_t micro = 0; micro < tc.grad_accum; ++micro)
+      micro_batches.push_back(on_device(loader_.next(), setup_.device));
+    // Backward scales: 1 / grad_accum for fixed windows; with t_.tokens each micro-batch's share
+    // of the tokens its gradient is averaged with: all ranks' when the gradients are exchanged
+    // (the exchange divides by the ranks: hence x world), this rank's otherwise (local-update
+    // inner steps, 1-bit Adam's momentum steps).
+    std::vector<double> scale(tc.grad_accum, 1.0 / static_cast<double>(tc.grad_accum)), share;
+    double mine = 0;  // with t_.tokens: this rank's tokens this step
+    if (t_.tokens) {
+      for (const Batch& b : micro_batches) {
+        share.push_back(static_cast<double>(t_.tokens(b)));
+        mine += share.back();
+      }
+      const bool global = sync && exchange_gradients && world > 1;
+      const double all = global ? all_reduce_mean(*comm, {mine})[0] * world : mine;
+      for (int64_t m = 0; m < tc.grad_accum; ++m) {
+        scale[m] = all > 0 ? share[m] * (global ? world : 1) / all : 0.0;
+        share[m] = mine > 0 ? share[m] / mine : 0.0;  // the reported loss: this rank's tokens
+      }
+    }
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
-      Batch batch = on_device(loader_.next(), setup_.device);
+      Batch& batch = micro_batches[micro];
       if (meter) meter->begin("forward");
       at::Tensor loss;
       {
@@ -403,10 +433,15 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       if (meter) meter->begin("backward");
       if (sync) sync->begin_backward(micro == tc.grad_accum - 1 && exchange_gradients);
       if (nan_steps.count(state.step + 1)) loss = loss * std::nan("");
-      (loss / static_cast<double>(tc.grad_accum)).backward();
-      loss_sum += loss.item<double>();
+      if (t_.tokens) {
+        (loss * scale[micro]).backward();
+        loss_sum += loss.item<double>() * share[micro];
+      } else {
+        (loss / static_cast<double>(tc.grad_accum)).backward();
+        loss_sum += loss.item<double>();
+      }
     }
-    double loss = loss_sum / tc.grad_accum;
+    double loss = t_.tokens ? loss_sum : loss_sum / tc.grad_accum;
     const bool my_loss_finite = std::isfinite(loss);
     std::array<double, 3> comm_seconds{};  // compress, exchange, decompress: mean over ranks
     bool stop_now = stop.requested();
@@ -419,22 +454,25 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     // Health of this step on this rank: 1 for a non-finite loss, 2 for non-finite gradients.
     const double health = (my_loss_finite ? 0 : 1) + (std::isfinite(grad_norm) ? 0 : 2);
     double unhealthy = health;  // > 0 when some rank's step is non-finite
+    // The metrics' loss over ranks: with t_.tokens weighted by each rank's tokens (the mean of
+    // loss x tokens over the mean of tokens), else a plain mean (weight 1: the same bits).
+    const double weight = t_.tokens ? mine : 1.0;
     if (sync && exchange_gradients) {
       // One small collective per step: the mean loss for metrics, whether any rank was asked
       // to stop (so that all ranks stop after the same step), and whether any rank's loss or
       // gradients are non-finite (so that all ranks drop or stop at the same step).
       const ExchangeStats& x = sync->last_step().exchange;
-      std::vector<double> r = all_reduce_mean(
-          *comm, {loss, stop_now ? 1.0 : 0.0, health, x.compress_s, x.exchange_s, x.decompress_s});
-      loss = r[0];
+      std::vector<double> r = all_reduce_mean(*comm, {loss * weight, stop_now ? 1.0 : 0.0, health,
+                                                      x.compress_s, x.exchange_s, x.decompress_s, weight});
+      loss = r[0] / r[6];
       stop_now = r[1] > 0;
       unhealthy = r[2];
       comm_seconds = {r[3], r[4], r[5]};
     } else if ((local || onebit) && world > 1) {
       // The same small collective (not metered) in local-update training and on 1-bit Adam's
       // momentum steps: their other exchanges come after the optimizer step.
-      std::vector<double> r = all_reduce_mean(*comm, {loss, stop_now ? 1.0 : 0.0, health});
-      loss = r[0];
+      std::vector<double> r = all_reduce_mean(*comm, {loss * weight, stop_now ? 1.0 : 0.0, health, weight});
+      loss = r[0] / r[3];
       stop_now = r[1] > 0;
       unhealthy = r[2];
     }

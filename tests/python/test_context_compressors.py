@@ -351,6 +351,39 @@ def test_xrag_context_eval_reports_the_task_and_paraphrase(xrag_runs):
     assert s1["compressed"] < s1["untrained"]
 
 
+def test_xrag_loss_weighs_batches_by_their_tokens(trained, small_store, xrag_runs, tmp_path):
+    """Stage 2's answers differ in length, so a batch's loss is a mean over its answer tokens:
+    one batch of 4 documents, two accumulated micro-batches of 2 and two ranks of 2 take the same
+    first step (loss and projector), as transformers >= 4.46 weighs accumulated batches. With
+    every micro-batch weighing alike they differ (the answers here are 2-5 tokens long)."""
+    from test_data_parallel import mpirun
+    d, docs = xrag_runs
+    # Plain SGD: the step is the gradient (Adam's first step is nearly its sign, blind to weights).
+    common = ["context.stage=2", f"context.start_from={d / 'stage1'}", "train.eval_every=0",
+              "checkpoint.every=1", "train.optimizer=sgd", "train.momentum=0", "train.weight_decay=0",
+              "train.grad_clip=0"]
+    one, acc, ranks = tmp_path / "one", tmp_path / "acc", tmp_path / "ranks"
+    run(*xrag_args(trained, small_store, one, docs, 1, *common))
+    run(*xrag_args(trained, small_store, acc, docs, 1, *common, "data.batch_size=2", "train.grad_accum=2"))
+    mpirun(2, *xrag_args(trained, small_store, ranks, docs, 1, *common, "data.batch_size=2"))
+
+    def first(out):
+        row = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()
+               if json.loads(l)["split"] == "train"][0]
+        with h5py.File(out / "checkpoints" / "step_000001.h5", "r") as f:
+            w = {n: f[n][()] for n in f.keys() if n.startswith("xrag.")}
+        return row["loss"], row["grad_norm"], w
+    l1, g1, w1 = first(one)
+    with h5py.File(d / "stage1" / "checkpoints" / "step_000020.h5", "r") as f:
+        assert any(np.abs(w1[n] - f[n][()]).max() > 1e-5 for n in w1)  # the step moved it
+    for other in (acc, ranks):
+        l2, g2, w2 = first(other)
+        assert l2 == pytest.approx(l1, rel=1e-5), (other.name, l1, l2)
+        assert g2 == pytest.approx(g1, rel=1e-5), (other.name, g1, g2)  # the same gradient
+        for n in w1:
+            assert np.abs(w2[n] - w1[n]).max() < 1e-7, (other.name, n)
+
+
 def test_xrag_compress_and_score_with_vectors(xrag_runs, arc_run, tmp_path):
     d, docs = xrag_runs
     ctx = tmp_path / "ctx.h5"
