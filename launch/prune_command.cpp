@@ -277,8 +277,9 @@ int run_prune_command(PruneArgs& a) {
     model = apply_minitron(model, plan);
     summary = plan.describe();
   }
-  write_checkpoint(a.out, model, nullptr, TrainingState{}, ckpt.recipe_yaml(), ckpt.tokenizer_bytes(),
-                   extra);
+  TrainingState provenance;  // a fresh start, but the source's training text is still its text
+  provenance.data_split = ckpt.state().data_split;
+  write_checkpoint(a.out, model, nullptr, provenance, ckpt.recipe_yaml(), ckpt.tokenizer_bytes(), extra);
   double secs = seconds_since(t0);
   spdlog::info("pruned {} with {}: {}; wrote {} in {:.1f}s", path, a.method, summary, a.out, secs);
   if (calib_tokens > 0)

@@ -90,8 +90,10 @@ void compress(const RunConfig& cfg, bool heads, const Checkpoint& init, const st
   merge_stored_adapters(model, init.file());
   KVCompressed done = compress_kv_cache(model, kv_options(cfg, heads),
                                         [&] { return calibration(cfg, init); });
-  write_checkpoint(out, done.model, nullptr, TrainingState{}, init.recipe_yaml(),
-                   init.tokenizer_bytes(), done.extra);
+  TrainingState provenance;  // the source's training text, as prune records it
+  provenance.data_split = init.state().data_split;
+  write_checkpoint(out, done.model, nullptr, provenance, init.recipe_yaml(), init.tokenizer_bytes(),
+                   done.extra);
   spdlog::info("compressed {}: {}; wrote {}", cfg.init, done.summary, out);
 }
 

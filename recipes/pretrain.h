@@ -24,12 +24,12 @@ TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& sour
 // The checkpoint's recipe with the data section it was trained with: recipes written before
 // data.seed existed drew the split from train.seed, which then stands in for data.seed.
 RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source);
-// Warns when `init` was trained here (step > 0) on a token store, present here, whose split
-// differs from `store`'s (another corpus, document count, val_fraction or split seed): some
-// of this run's held-out documents may then be in its training split, and validation reads
-// low. Silent when the init's store is not here or its step is 0 (an import; also a pruned or
-// compressed checkpoint, which does not keep its source's step: not checked); a split that
-// cannot be compared (an older store without the attributes) is said so, never an error.
+// Warns when `init` was trained on another split than `store`'s (another corpus, document
+// count, val_fraction or split seed): some of this run's held-out documents may then be in its
+// training split, and validation reads low. The init's split is the one its checkpoint records
+// (TrainingState::data_split: training writes it, prune and the kv kinds carry it); for older
+// checkpoints, the store its recipe names when that store is here and the init was trained
+// (step > 0; an import is not). A split that cannot be compared is said so, never an error.
 void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store);
 // A resume continues on the split the run was trained on: refuses, before any tokenizing, when
 // `data` names another split seed, val_fraction, corpus or document count than the checkpoint's

@@ -167,6 +167,12 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
                      run.comm.get(),
                      GradSyncConfig{cfg.comm.bucket_cap_mb, cfg.comm.overlap, cfg.comm.compression},
                      run.device, cfg.memory.meter, cfg.comm.sync};
+  if (!streams) {
+    try {
+      setup.data_split = store.split_signature();
+    } catch (const Error&) {  // an older store without the attributes: not recorded
+    }
+  }
   setup.before_writing = [&run] {
     if (run.rank != 0) return;
     fs::create_directories(run.out_dir);

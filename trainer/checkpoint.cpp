@@ -107,6 +107,7 @@ void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Op
     f.set_attr("", "loader_epoch", st.cursor.epoch);
     f.set_attr("", "loader_position", st.cursor.position);
     if (st.world_size > 0) f.set_attr("", "world_size", st.world_size);
+    if (!st.data_split.empty()) f.set_attr("", "data_split", st.data_split);
     f.close();
   });
 }
@@ -172,6 +173,7 @@ TrainingState Checkpoint::state() const {
   s.cursor.epoch = file_.attr_int("", "loader_epoch");
   s.cursor.position = file_.attr_int("", "loader_position");
   if (file_.has_attr("", "world_size")) s.world_size = file_.attr_int("", "world_size");
+  if (file_.has_attr("", "data_split")) s.data_split = file_.attr_string("", "data_split");
   return s;
 }
 

@@ -25,6 +25,10 @@ struct TrainingState {
   int64_t tokens_seen = 0;  // global training tokens consumed
   LoaderCursor cursor;
   int64_t world_size = 0;   // ranks of the run that wrote it (0: not recorded, older files)
+  // Which documents the weights were trained with, as TokenStore::split_signature() (empty: not
+  // recorded: older files, imports, training on other text). prune and the kv kinds carry their
+  // source's, so that a run from any of them can tell whether its held-out text was trained on.
+  std::string data_split;
 };
 
 // Writes one checkpoint file at `path` atomically (temporary file, fsync, rename, fsync the

@@ -293,6 +293,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   Communicator* comm = setup_.comm;
   const int world = comm ? comm->size() : 1;
   state.world_size = world;  // recorded in every checkpoint (a resume needs as many ranks)
+  state.data_split = setup_.data_split;
   const bool rank0 = !comm || comm->rank() == 0;
   const bool diloco = setup_.local_update.local_update();
   CONDENSE_CHECK(!diloco || comm, "comm.sync.mode=diloco needs a communicator");

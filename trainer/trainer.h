@@ -39,6 +39,9 @@ struct TrainerSetup {
   // locally and exchanges pseudo-gradients every inner_steps steps (comm/local_update.h), with
   // sync.compression and sync.bucket_cap_mb applied to them. Needs `comm` (any size).
   SyncConfig local_update;
+  // Recorded in every checkpoint (TrainingState::data_split): the token store's split the
+  // training text comes from; empty when it comes from elsewhere (xRAG's documents).
+  std::string data_split;
   // Called on every rank once everything has been restored and checked (the resumed
   // checkpoint included), before the first write to out_dir (metrics, checkpoints); the run
   // writes its recipe.yaml here. Nothing in the run directory changes before it.

@@ -240,6 +240,16 @@ def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
                 "data.seed=7", *data, *loop)
     assert "split seed 1234" in other.stderr and "split seed 7" in other.stderr, other.stderr
     assert "some of them may be in the init's training split" in other.stderr, other.stderr
+    # The split travels with the weights: training records it, prune carries it, so a run from
+    # a pruned model (step 0) is warned too.
+    pruned = tmp_path / "pruned.h5"
+    run("prune", ckpt, "--method", "magnitude", "--out", pruned)
+    with h5py.File(ckpt, "r") as f, h5py.File(pruned, "r") as g:
+        recorded = f.attrs["data_split"]
+        assert "split seed 1234" in str(recorded) and g.attrs["data_split"] == recorded
+    from_pruned = run("train", QUICKSTART, "kind=finetune", f"init={pruned}",
+                      f"out_dir={tmp_path / 'from_pruned'}", "data.seed=7", *data, *loop)
+    assert "some of them may be in the init's training split" in from_pruned.stderr, from_pruned.stderr
     # A resume on another split is refused before anything is tokenized or written.
     before = sorted(p.name for p in (base / "checkpoints").iterdir())
     refused = run("train", QUICKSTART, f"out_dir={base}", "train.seed=1", "data.seed=7", *data, *shape,
