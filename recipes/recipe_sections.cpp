@@ -43,7 +43,7 @@ SectionBinding data_section(DataConfig& d) {
                     bind_int("vocab_size", d.vocab_size, at_least(256)),  // room for byte fallback
                     bind_int("max_documents", d.max_documents, at_least(0)),
                     bind_real("val_fraction", d.val_fraction, fraction()),
-                    bind_int("seed", d.seed, at_least(0)),
+                    bind_int("seed", d.seed),  // any integer, as train.seed (older splits used it)
                     bind_int("seq_len", d.seq_len, positive()),
                     bind_int("batch_size", d.batch_size, positive())}};
   s.fields[1].check = [&d]() -> std::string {
