@@ -24,6 +24,7 @@
 #include "trainer/lr_schedule.h"
 #include "trainer/metrics_logger.h"
 #include "trainer/stop_signal.h"
+#include "trainer/token_weights.h"
 
 namespace condense {
 namespace {
@@ -405,24 +406,11 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     std::vector<Batch> micro_batches;
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro)
       micro_batches.push_back(on_device(loader_.next(), setup_.device));
-    // Backward scales: 1 / grad_accum for fixed windows; with t_.tokens each micro-batch's share
-    // of the tokens its gradient is averaged with: all ranks' when the gradients are exchanged
-    // (the exchange divides by the ranks: hence x world), this rank's otherwise (local-update
-    // inner steps, 1-bit Adam's momentum steps).
-    std::vector<double> scale(tc.grad_accum, 1.0 / static_cast<double>(tc.grad_accum)), share;
-    double mine = 0;  // with t_.tokens: this rank's tokens this step
-    if (t_.tokens) {
-      for (const Batch& b : micro_batches) {
-        share.push_back(static_cast<double>(t_.tokens(b)));
-        mine += share.back();
-      }
-      const bool global = sync && exchange_gradients && world > 1;
-      const double all = global ? all_reduce_mean(*comm, {mine})[0] * world : mine;
-      for (int64_t m = 0; m < tc.grad_accum; ++m) {
-        scale[m] = all > 0 ? share[m] * (global ? world : 1) / all : 0.0;
-        share[m] = mine > 0 ? share[m] / mine : 0.0;  // the reported loss: this rank's tokens
-      }
-    }
+    // Micro-batches weigh alike (1 / grad_accum) unless the loss counts tokens (token_weights.h).
+    std::optional<TokenWeights> by_tokens;
+    if (t_.tokens)
+      by_tokens = token_weights(micro_batches, t_.tokens,
+                                sync && exchange_gradients && world > 1 ? comm : nullptr);
     for (int64_t micro = 0; micro < tc.grad_accum; ++micro) {
       Batch& batch = micro_batches[micro];
       if (meter) meter->begin("forward");
@@ -434,15 +422,15 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       if (meter) meter->begin("backward");
       if (sync) sync->begin_backward(micro == tc.grad_accum - 1 && exchange_gradients);
       if (nan_steps.count(state.step + 1)) loss = loss * std::nan("");
-      if (t_.tokens) {
-        (loss * scale[micro]).backward();
-        loss_sum += loss.item<double>() * share[micro];
+      if (by_tokens) {
+        (loss * by_tokens->backward[micro]).backward();
+        loss_sum += loss.item<double>() * by_tokens->report[micro];
       } else {
         (loss / static_cast<double>(tc.grad_accum)).backward();
         loss_sum += loss.item<double>();
       }
     }
-    double loss = t_.tokens ? loss_sum : loss_sum / tc.grad_accum;
+    double loss = by_tokens ? loss_sum : loss_sum / tc.grad_accum;
     const bool my_loss_finite = std::isfinite(loss);
     std::array<double, 3> comm_seconds{};  // compress, exchange, decompress: mean over ranks
     bool stop_now = stop.requested();
@@ -457,7 +445,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     double unhealthy = health;  // > 0 when some rank's step is non-finite
     // The metrics' loss over ranks: with t_.tokens weighted by each rank's tokens (the mean of
     // loss x tokens over the mean of tokens), else a plain mean (weight 1: the same bits).
-    const double weight = t_.tokens ? mine : 1.0;
+    const double weight = by_tokens ? by_tokens->tokens : 1.0;
     if (sync && exchange_gradients) {
       // One small collective per step: the mean loss for metrics, whether any rank was asked
       // to stop (so that all ranks stop after the same step), and whether any rank's loss or
