@@ -249,15 +249,21 @@ TEST(Corpus, BadInputsAreNamed) {
 
 // ---------------------------------------------------------------------------- token store
 
-TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
-  TempDir dir;
+// 300 fortunes, tokenized by the small tokenizer (saved into `dir`), `val_fraction` held out.
+PrepareOptions fortunes_store(TempDir& dir, double val_fraction, const std::string& out) {
   small_tokenizer().save(dir.file("tok.model"));
   PrepareOptions o;
   o.corpus = {"fortunes", "", 300};
   o.tokenizer_path = dir.file("tok.model");
-  o.val_fraction = 0.1;
+  o.val_fraction = val_fraction;
+  o.out_path = dir.file(out);
+  return o;
+}
+
+TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
+  TempDir dir;
+  PrepareOptions o = fortunes_store(dir, 0.1, "a.h5");
   o.seed = 5;
-  o.out_path = dir.file("a.h5");
   prepare_token_store(o);
   o.out_path = dir.file("b.h5");
   prepare_token_store(o);
@@ -344,12 +350,7 @@ TEST(TokenStore, HeldOutOrderSpreadsPrefixAndSuffix) {
 
 TEST(TokenStore, HeldOutIdsAreTheValDocumentsInHeldOutOrder) {
   TempDir dir;
-  small_tokenizer().save(dir.file("tok.model"));
-  PrepareOptions o;
-  o.corpus = {"fortunes", "", 300};
-  o.tokenizer_path = dir.file("tok.model");
-  o.val_fraction = 0.2;
-  o.out_path = dir.file("s.h5");
+  const PrepareOptions o = fortunes_store(dir, 0.2, "s.h5");
   prepare_token_store(o);
   TokenStore s = TokenStore::open(o.out_path);
   std::vector<int32_t> ids = to_vector(s.ids("val"));
