@@ -82,11 +82,12 @@ RunConfig checkpoint_recipe(const Checkpoint& ckpt, const std::string& source) {
 }
 
 void warn_if_other_split(const Checkpoint& init, const std::string& source, const TokenStore& store) {
-  auto differ = [&](const std::string& theirs, const std::string& where) {
+  // mine: this run's split; theirs: the init's.
+  auto differ = [&](const std::string& mine, const std::string& theirs) {
     spdlog::warn("init {} was trained on {} but this run holds out the documents of {} ({}): some "
                  "of them may be in the init's training split, so validation would read low; use "
                  "the init's data settings (data.seed, data.val_fraction) or its store",
-                 source, where, store.path(), theirs);
+                 source, theirs, store.path(), mine);
   };
   try {
     // Recorded by training (and carried by prune and the kv kinds): compared directly.
@@ -96,14 +97,8 @@ void warn_if_other_split(const Checkpoint& init, const std::string& source, cons
       if (recorded != mine) differ(mine, "the split " + recorded);
       return;
     }
-  } catch (const Error& e) {
-    spdlog::warn("init {}: its training split could not be compared with this run's ({})", source,
-                 e.what());
-    return;
-  }
-  // Older checkpoints: the store their recipe names, when it is here.
-  if (init.state().step == 0) return;
-  try {
+    // Older checkpoints: the store their recipe names, when it is here and the init was trained.
+    if (init.state().step == 0) return;
     const std::string theirs = dataset_path(checkpoint_recipe(init, source).data);
     if (!fs::exists(theirs)) return;
     const std::string a = store.split_signature(), b = TokenStore::open(theirs).split_signature();
