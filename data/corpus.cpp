@@ -57,6 +57,20 @@ std::string to_utf8(std::string_view s) {
 }
 
 // Keeps a document without its leading blank lines and trailing whitespace.
+// max_documents > 0 keeps n items spread evenly over the corpus, in corpus order: item
+// floor(i * size / n) for i < n. The first n would be a slice of it (GCIDE's entries are in
+// alphabetical order, so the first n are the start of the alphabet), and a store shrunk for a
+// quick run should read like the whole corpus. Deterministic, so the store is reproducible.
+template <typename T>
+std::vector<T> evenly_spaced(std::vector<T> items, int64_t n) {
+  const auto size = static_cast<int64_t>(items.size());
+  if (n <= 0 || n >= size) return items;
+  std::vector<T> kept;
+  kept.reserve(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) kept.push_back(std::move(items[static_cast<size_t>(i * size / n)]));
+  return kept;
+}
+
 void add_document(std::vector<std::string>& docs, std::string_view text) {
   text = trim_trailing(text);
   size_t first = text.find_first_not_of(" \t\r\n");
@@ -111,7 +125,7 @@ std::string gcide_index_path(const std::string& dict_path) {
        dict_path);
 }
 
-std::vector<std::string> read_gcide(const std::string& path, int64_t max_documents) {
+std::vector<std::string> read_gcide(const std::string& path) {
   std::string index_path = gcide_index_path(path);
   CONDENSE_CHECK(fs::is_regular_file(index_path), "{}: missing dictd index {} next to it", path,
                  index_path);
@@ -155,10 +169,7 @@ std::vector<std::string> read_gcide(const std::string& path, int64_t max_documen
                 entries.end());
   std::vector<std::string> docs;
   docs.reserve(entries.size());
-  for (const auto& [off, len] : entries) {
-    if (max_documents > 0 && static_cast<int64_t>(docs.size()) >= max_documents) break;
-    add_document(docs, std::string_view(text).substr(off, len));
-  }
+  for (const auto& [off, len] : entries) add_document(docs, std::string_view(text).substr(off, len));
   return docs;
 }
 
@@ -177,7 +188,7 @@ void split_fortunes(const std::string& text, std::vector<std::string>& docs) {
   if (start < text.size()) add_document(docs, std::string_view(text).substr(start));
 }
 
-std::vector<std::string> read_fortunes(const std::string& path, int64_t max_documents) {
+std::vector<std::string> read_fortunes(const std::string& path) {
   std::vector<fs::path> files;
   for (const fs::directory_entry& e : fs::directory_iterator(path)) {
     std::string ext = e.path().extension().string();
@@ -186,14 +197,11 @@ std::vector<std::string> read_fortunes(const std::string& path, int64_t max_docu
   }
   std::sort(files.begin(), files.end());
   std::vector<std::string> docs;
-  for (const fs::path& f : files) {
-    split_fortunes(read_text_file(f.string()), docs);
-    if (max_documents > 0 && static_cast<int64_t>(docs.size()) >= max_documents) break;
-  }
+  for (const fs::path& f : files) split_fortunes(read_text_file(f.string()), docs);
   return docs;
 }
 
-std::vector<std::string> read_dir(const std::string& path, int64_t max_documents) {
+std::vector<std::string> read_dir(const std::string& path) {
   std::vector<fs::path> files;
   for (const fs::directory_entry& e : fs::recursive_directory_iterator(path)) {
     std::string ext = e.path().extension().string();
@@ -202,10 +210,7 @@ std::vector<std::string> read_dir(const std::string& path, int64_t max_documents
   }
   std::sort(files.begin(), files.end());
   std::vector<std::string> docs;
-  for (const fs::path& f : files) {
-    if (max_documents > 0 && static_cast<int64_t>(docs.size()) >= max_documents) break;
-    add_document(docs, read_text_file(f.string()));
-  }
+  for (const fs::path& f : files) add_document(docs, read_text_file(f.string()));
   return docs;
 }
 
@@ -230,22 +235,22 @@ std::vector<std::string> read_corpus(const CorpusSpec& spec) {
   if (kind == "gcide") {
     CONDENSE_CHECK(fs::is_regular_file(path),
                    "gcide corpus: {}: no such file (install Debian's dict-gcide)", path);
-    docs = read_gcide(path, spec.max_documents);
+    docs = read_gcide(path);
   } else {
     CONDENSE_CHECK(fs::is_directory(path), "{} corpus: {}: {}", kind, path,
                    fs::exists(path) ? "not a directory (this corpus reads a directory of text files)"
                                     : "no such directory");
-    docs = kind == "fortunes" ? read_fortunes(path, spec.max_documents)
-                              : read_dir(path, spec.max_documents);
+    docs = kind == "fortunes" ? read_fortunes(path) : read_dir(path);
   }
-  if (spec.max_documents > 0 && static_cast<int64_t>(docs.size()) > spec.max_documents)
-    docs.resize(spec.max_documents);
+  const size_t read = docs.size();
+  docs = evenly_spaced(std::move(docs), spec.max_documents);
   CONDENSE_CHECK(!docs.empty(), "{} corpus: {}: no documents found", kind, path);
   size_t bytes = 0;
   for (const std::string& d : docs) bytes += d.size();
   double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  spdlog::info("corpus {}: {} documents, {:.1f} MB from {} in {:.2f} s", kind, docs.size(),
+  spdlog::info("corpus {}: {} documents{}, {:.1f} MB from {} in {:.2f} s", kind, docs.size(),
+               docs.size() < read ? fmt::format(" (an evenly spaced sample of {})", read) : "",
                bytes / 1e6, path, seconds);
   return docs;
 }

@@ -14,7 +14,7 @@ namespace condense {
 struct CorpusSpec {
   std::string kind;           // gcide | fortunes | dir
   std::string path;           // empty: the kind's default (required for dir)
-  int64_t max_documents = 0;  // > 0: keep only the first N documents
+  int64_t max_documents = 0;  // > 0: keep N documents spread evenly over the corpus
 };
 
 // Default location of a corpus kind ("" for kinds without one).

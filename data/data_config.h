@@ -12,7 +12,7 @@ struct DataConfig {
   std::string cache_dir = "data_cache";
   std::string tokenizer;          // existing sentencepiece .model; empty: train one
   int64_t vocab_size = 4096;      // tokenizer size when training one
-  int64_t max_documents = 0;      // 0: whole corpus
+  int64_t max_documents = 0;      // 0: whole corpus; N: N documents spread evenly over it
   double val_fraction = 0.02;     // documents held out for validation (by document)
   // The split's and the trained tokenizer's seed, apart from train.seed so that runs at other
   // training seeds (a seed sweep, a finetune of a model) validate on the same held-out

@@ -290,7 +290,7 @@ int run(int argc, char** argv) {
   PrepareOptions po;
   prep->add_option("--corpus", po.corpus.kind, "gcide | fortunes | dir")->default_val("gcide");
   prep->add_option("--path", po.corpus.path, "corpus location (required for dir)");
-  prep->add_option("--max-documents", po.corpus.max_documents, "0: all")->default_val(0);
+  prep->add_option("--max-documents", po.corpus.max_documents, "N documents spread evenly over the corpus (0: all)")->default_val(0);
   prep->add_option("--tokenizer", po.tokenizer_path, "existing sentencepiece .model (default: train one)");
   prep->add_option("--vocab-size", po.vocab_size, "size of a trained tokenizer")->default_val(4096);
   prep->add_option("--val-fraction", po.val_fraction, "documents held out")->default_val(0.02);

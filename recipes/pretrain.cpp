@@ -42,7 +42,9 @@ std::string dataset_path(const DataConfig& data) {
                           ? fmt::format("bpe{}", data.vocab_size)
                           : "tok" + Tokenizer::load(data.tokenizer).sha256().substr(0, 12);
     std::string source = data.path.empty() ? "" : "-" + sha256_hex(fs::absolute(data.path).string()).substr(0, 8);
-    std::string docs = data.max_documents > 0 ? fmt::format("-n{}", data.max_documents) : "";
+    // "-even": the sample is spread over the corpus (before 2026-12-06 21:00 UTC it was the first N,
+    // cached as "-n{N}": a different store, so those are not picked up under this name).
+    std::string docs = data.max_documents > 0 ? fmt::format("-even{}", data.max_documents) : "";
     path = (fs::path(data.cache_dir) /
             fmt::format("{}{}-{}{}-val{}-seed{}.h5", data.corpus, source, tok, docs,
                         data.val_fraction, data.seed))

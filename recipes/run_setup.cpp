@@ -115,6 +115,20 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
     CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
                    "holds:{} nothing was changed", *run.resume, differences);
     const TrainingState saved_state = ckpt.state();
+    // The recipe's data settings matched (check_resume_split); the store they name must also
+    // hold the same documents (one rebuilt from a changed corpus, or a data.dataset that was
+    // replaced, would hand the run documents it held out).
+    if (!saved_state.data_split.empty()) {  // runs on their own streams record none
+      std::string mine;
+      try {
+        mine = store.split_signature();
+      } catch (const Error&) {  // an older store without the attributes: nothing to compare
+      }
+      CONDENSE_CHECK(mine.empty() || mine == saved_state.data_split,
+                     "--resume: {} was trained on the split '{}' but {} holds '{}': resume with the "
+                     "store it was trained on (data.dataset=...); the run directory was not changed",
+                     *run.resume, saved_state.data_split, run.dataset, mine);
+    }
     // The data cursor, error-feedback buffers and local-update state are per rank: a resume
     // continues only with as many ranks as wrote the checkpoint.
     CONDENSE_CHECK(saved_state.world_size == 0 || saved_state.world_size == run.world,

@@ -187,8 +187,9 @@ TEST(Tokenizer, BadFilesNameThePath) {
 // ---------------------------------------------------------------------------- corpora
 
 TEST(Corpus, Gcide) {
-  std::vector<std::string> head = read_corpus({"gcide", "", 40});
-  ASSERT_EQ(head.size(), 40u);
+  const std::vector<std::string> all = read_corpus({"gcide", "", 0});
+  ASSERT_GT(all.size(), 100000u);
+  const std::vector<std::string> head(all.begin(), all.begin() + 40);
   // Entry "0" opens with the dictionary's epigraph; the rest open with their headword line.
   EXPECT_EQ(head[0].rfind("      A dictionary containing", 0), 0u) << head[0];
   EXPECT_NE(head[0].find("--Locke.\n0 \\0\\ adj."), std::string::npos) << head[0];
@@ -202,12 +203,27 @@ TEST(Corpus, Gcide) {
     found = found || d.rfind("100th \\100th\\ adj.", 0) == 0;
   }
   EXPECT_TRUE(found);
-  std::vector<std::string> all = read_corpus({"gcide", "", 0});
-  EXPECT_GT(all.size(), 100000u);
-  EXPECT_EQ(all[5], head[5]);
   int abandon = 0;
   for (const std::string& d : all) abandon += d.rfind("Abandon \\A*ban\"don\\", 0) == 0;
   EXPECT_GE(abandon, 1);
+}
+
+// max_documents keeps documents spread evenly over the corpus, in its order: for GCIDE (in
+// alphabetical order) a sample that reaches the end of the alphabet, not its first entries.
+TEST(Corpus, MaxDocumentsSpreadsTheSampleOverTheCorpus) {
+  const std::vector<std::string> all = read_corpus({"gcide", "", 0});
+  const size_t n = 40, total = all.size();
+  const std::vector<std::string> sample = read_corpus({"gcide", "", static_cast<int64_t>(n)});
+  ASSERT_EQ(sample.size(), n);
+  for (size_t i = 0; i < n; ++i) EXPECT_EQ(sample[i], all[i * total / n]) << i;
+  // Its first letters run from the digits and "A" to the last letters of the alphabet.
+  EXPECT_EQ(sample.front(), all.front());
+  const char last = static_cast<char>(std::tolower(static_cast<unsigned char>(sample.back()[0])));
+  EXPECT_GE(last, 'w') << sample.back().substr(0, 40);
+  // More documents than the corpus has: all of them.
+  const std::vector<std::string> fortunes_all = read_corpus({"fortunes", "", 0});
+  EXPECT_EQ(read_corpus({"fortunes", "", static_cast<int64_t>(fortunes_all.size()) + 5}),
+            fortunes_all);
 }
 
 TEST(Corpus, Fortunes) {
@@ -232,7 +248,8 @@ TEST(Corpus, DirectoryOfTextFiles) {
   std::vector<std::string> docs = read_corpus({"dir", dir.file(""), 0});
   EXPECT_EQ(docs, (std::vector<std::string>{"# A\n\ntext", "bee", "  caf\xEF\xBF\xBD ok \xc3\xa9",
                                             "sea"}));
-  EXPECT_EQ(read_corpus({"dir", dir.file(""), 2}).size(), 2u);
+  // Two of the four documents, spread: the first and the third.
+  EXPECT_EQ(read_corpus({"dir", dir.file(""), 2}), (std::vector<std::string>{docs[0], docs[2]}));
 }
 
 TEST(Corpus, BadInputsAreNamed) {
@@ -276,7 +293,7 @@ TEST(TokenStore, PrepareSplitsByDocumentDeterministically) {
   EXPECT_EQ(a.ids("train").scalar_type(), at::kInt);
 
   // Each split is its documents, in corpus order, each as <s> ids </s>.
-  const std::vector<std::string>& docs = fortunes();
+  const std::vector<std::string> docs = read_corpus(o.corpus);
   const Tokenizer& tok = a.tokenizer();
   size_t next_train = 0, next_val = 0, seen = 0;
   std::vector<std::vector<int32_t>> split_docs[2];
@@ -386,7 +403,7 @@ TEST(TokenStore, SameFileBitForBitWhateverTheThreads) {
   EXPECT_TRUE(one == four) << "token stores differ in bytes (sizes " << one.size() << ", "
                            << four.size() << ")";
   std::string joined;
-  for (int i = 0; i < 300; ++i) joined += fortunes()[i] + std::string(1, '\0');
+  for (const std::string& d : read_corpus(o.corpus)) joined += d + std::string(1, '\0');
   EXPECT_EQ(H5File::open_read(dir.file("one.h5")).attr_string("", "corpus_sha256"),
             sha256_hex(joined));
 }

@@ -231,7 +231,7 @@ def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
     base = tmp_path / "base"
     run("train", QUICKSTART, f"out_dir={base}", "train.seed=1", *data, *shape, *loop)
     stores = [p.name for p in cache.iterdir()]
-    assert len(stores) == 1 and stores[0].endswith("-n300-val0.1-seed1234.h5"), stores
+    assert len(stores) == 1 and stores[0].endswith("-even300-val0.1-seed1234.h5"), stores
     ckpt = base / "checkpoints" / "step_000002.h5"
     same = run("train", QUICKSTART, "kind=finetune", f"init={ckpt}", f"out_dir={tmp_path / 'same'}",
                "train.seed=2", *data, *loop)
@@ -258,6 +258,15 @@ def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
     assert refused.returncode == 1 and "resume with data.seed=1234" in refused.stderr, refused.stderr
     assert sorted(p.name for p in (base / "checkpoints").iterdir()) == before
     assert len(list(cache.iterdir())) == 2  # the seed-7 store of the finetune above, no other
+    # The same data settings but a store that holds other documents (here: another val_fraction):
+    # refused against the split the checkpoint recorded.
+    other_store = run("train", QUICKSTART, f"out_dir={base}", "train.seed=1", *data, *shape,
+                      f"data.dataset={tmp_path / 'tok_store.h5'}", "train.steps=4", "train.warmup_steps=1",
+                      "train.eval_every=0", "train.threads=1", "--resume", check=False)
+    assert other_store.returncode == 1, other_store.stderr
+    assert "was trained on the split" in other_store.stderr and "val_fraction 0.02" in other_store.stderr, \
+        other_store.stderr
+    assert sorted(p.name for p in (base / "checkpoints").iterdir()) == before
     # A recipe without data.seed (written before it existed): its split seed was train.seed.
     old = tmp_path / "old.h5"
     old.write_bytes(ckpt.read_bytes())
@@ -270,7 +279,7 @@ def test_the_split_follows_data_seed_not_train_seed(tmp_path, condense_bin):
         del f["recipe"]
         f["recipe"] = np.bytes_("\n".join(lines) + "\n")
     ev = run("eval", old, "--batches", 1)
-    assert "-n300-val0.1-seed1.h5" in ev.stderr, ev.stderr  # built from train.seed's split
+    assert "-even300-val0.1-seed1.h5" in ev.stderr, ev.stderr  # built from train.seed's split
 
 
 def test_missing_corpus_and_checkpoint_errors(tmp_path, condense_bin):
