@@ -244,14 +244,43 @@ TEST(BpeTokenizer, RoundTripsArbitraryBytes) {
   EXPECT_TRUE(t.can_encode(samples.back()));
 }
 
-TEST(BpeTokenizer, BytesWithoutSymbolsAreDroppedAndReported) {
-  BpeVocabulary v = tiny({}, {});
+// A byte without a symbol (0x04 here), under each MissingByte rule: llama.cpp's drops it where
+// it stands, so "a" and "b" on either side do not merge; tokenizers' with an unk_token emits
+// that token, once per byte or once per run (fuse_unk). The rule survives serialization, and
+// the default leaves the serialized bytes as they were before the rule existed.
+TEST(BpeTokenizer, BytesWithoutSymbolsFollowTheVocabularysRule) {
+  // "!\x04!" is one pre-token (punctuation and a control character): the two '!' would merge.
+  BpeVocabulary v = tiny({"!!"}, {"!|!"});
   v.tokens[4] = "<unused4>";  // byte 0x04 has no symbol any more
   v.token_types[4] = 5;
-  const BpeTokenizer t(v, "t");
-  EXPECT_FALSE(t.can_encode("a\x04z"));
-  EXPECT_TRUE(t.can_encode("az"));
-  EXPECT_EQ(t.encode("a\x04z"), (std::vector<int32_t>{'a', 'z'}));
+  v.tokens.push_back("<unk>");
+  v.token_types.push_back(2);
+  v.unk_id = 257;
+  const BpeTokenizer drop(v, "t");
+  EXPECT_FALSE(drop.can_encode("a\x04z"));
+  EXPECT_TRUE(drop.can_encode("az"));
+  EXPECT_EQ(drop.encode("a\x04z"), (std::vector<int32_t>{'a', 'z'}));
+  EXPECT_EQ(drop.encode("!!"), (std::vector<int32_t>{256}));
+  EXPECT_EQ(drop.encode("!\x04\x04!"), (std::vector<int32_t>{'!', '!'}));  // not merged to "!!"
+  const std::string default_bytes = drop.serialized();
+
+  v.missing_byte = MissingByte::kUnk;
+  const BpeTokenizer unk(v, "t");
+  EXPECT_EQ(unk.encode("!\x04\x04!"), (std::vector<int32_t>{'!', 257, 257, '!'}));
+  v.missing_byte = MissingByte::kUnkFused;
+  const BpeTokenizer fused(v, "t");
+  EXPECT_EQ(fused.encode("!\x04\x04!\x04"), (std::vector<int32_t>{'!', 257, '!', 257}));
+
+  const BpeTokenizer back = BpeTokenizer::from_serialized(fused.serialized(), "back");
+  EXPECT_EQ(back.vocab().missing_byte, MissingByte::kUnkFused);
+  EXPECT_EQ(back.encode("!\x04\x04!"), fused.encode("!\x04\x04!"));
+  EXPECT_NE(unk.sha256(), drop.sha256());
+  EXPECT_NE(unk.sha256(), fused.sha256());
+  // The default's bytes end with the chat template, as before the rule existed.
+  EXPECT_EQ(default_bytes.size() + 4, unk.serialized().size());
+  EXPECT_EQ(unk.serialized().compare(0, default_bytes.size(), default_bytes), 0);
+  v.unk_id.reset();
+  EXPECT_NE(error_of([&] { BpeTokenizer(v, "t"); }).find("names none"), std::string::npos);
 }
 
 TEST(BpeTokenizer, BadVocabulariesRefused) {

@@ -52,6 +52,9 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary v, const std::string& source) : state_(
                    "{}: special token id {} outside the vocabulary of {}", source, id->value_or(-1),
                    n);
   }
+  const bool unk_rule = v.missing_byte == MissingByte::kUnk || v.missing_byte == MissingByte::kUnkFused;
+  CONDENSE_CHECK(!unk_rule || v.unk_id, "{}: bytes without a symbol become the unknown token, but "
+                 "the vocabulary names none", source);
   auto st = std::make_shared<State>(State{v, Pretokenizer::by_name(v.pre_tokenizer), {}, source});
   st->serialized = serialize_bpe_vocabulary(v);
   st->token_to_id.reserve(n);
@@ -124,13 +127,28 @@ void BpeTokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out
     }
   }
   struct Sym {
-    int32_t id;  // -1: a byte without a symbol, never merged, dropped
+    int32_t id;  // -1: a byte without a symbol (kBlockAndDrop), never merged, dropped
     int prev, next;
   };
-  std::vector<Sym> syms(bytes.size());
-  for (size_t i = 0; i < bytes.size(); ++i) {
-    syms[i] = {st.byte_ids[static_cast<uint8_t>(bytes[i])], static_cast<int>(i) - 1,
-               i + 1 < bytes.size() ? static_cast<int>(i) + 1 : -1};
+  // One symbol per byte; a byte without a symbol as the vocabulary's MissingByte rule says.
+  std::vector<Sym> syms;
+  syms.reserve(bytes.size());
+  bool after_unk = false;  // the previous symbol is the unk of a byte without a symbol
+  for (const char c : bytes) {
+    int32_t id = st.byte_ids[static_cast<uint8_t>(c)];
+    const bool missing = id < 0;
+    if (missing) {
+      const MissingByte rule = st.vocab.missing_byte;
+      if (rule == MissingByte::kUnkFused && after_unk) continue;
+      if (rule != MissingByte::kBlockAndDrop) id = *st.vocab.unk_id;
+    }
+    after_unk = missing;
+    syms.push_back({id, 0, 0});
+  }
+  if (syms.empty()) return;
+  for (size_t i = 0; i < syms.size(); ++i) {
+    syms[i].prev = static_cast<int>(i) - 1;
+    syms[i].next = i + 1 < syms.size() ? static_cast<int>(i) + 1 : -1;
   }
   struct Cand {
     int32_t rank;
@@ -145,7 +163,7 @@ void BpeTokenizer::encode_word(std::string_view bytes, std::vector<int32_t>& out
     if (it != st.merges.end())
       queue.push({it->second.rank, l, r, syms[l].id, syms[r].id, it->second.result});
   };
-  for (size_t i = 0; i + 1 < bytes.size(); ++i)
+  for (size_t i = 0; i + 1 < syms.size(); ++i)
     consider(static_cast<int>(i), static_cast<int>(i) + 1);
   while (!queue.empty()) {
     const Cand c = queue.top();

@@ -176,8 +176,14 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
       }
       return std::nullopt;
     };
+    // tokenizers' rule for a byte without a symbol when the model names an unk_token: that
+    // token (one per run of such bytes with fuse_unk). Without one, llama.cpp's (MissingByte).
     if (model.contains("unk_token") && model["unk_token"].is_string()) {
-      v.unk_id = id_of(model["unk_token"].get<std::string>());
+      const std::string unk = model["unk_token"].get<std::string>();
+      v.unk_id = id_of(unk);
+      CONDENSE_CHECK(v.unk_id, "{}: tokenizer.json model.unk_token '{}' is not in the vocabulary",
+                     path, unk);
+      v.missing_byte = model.value("fuse_unk", false) ? MissingByte::kUnkFused : MissingByte::kUnk;
     }
     // bos/eos/pad and the chat template live in tokenizer_config.json, when it is there.
     const size_t slash = path.find_last_of('/');
@@ -189,7 +195,8 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
       if (auto t = config_token(config, "bos_token")) v.bos_id = id_of(*t);
       if (auto t = config_token(config, "eos_token")) v.eos_id = id_of(*t);
       if (auto t = config_token(config, "pad_token")) v.pad_id = id_of(*t);
-      if (auto t = config_token(config, "unk_token")) v.unk_id = id_of(*t);
+      // The model's unk_token is the one encoding emits; the config's only fills a gap.
+      if (auto t = config_token(config, "unk_token"); t && !v.unk_id) v.unk_id = id_of(*t);
       if (config.contains("chat_template") && config["chat_template"].is_string()) {
         v.chat_template = config["chat_template"].get<std::string>();
       }
@@ -253,9 +260,14 @@ std::string BpeTokenizer::to_tokenizer_json() const {
                {"model",
                 {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
                  {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
-                 {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", v.ignore_merges},
-                 {"vocab", vocab_json}, {"merges", merges}}}};
-  if (v.unk_id) root["model"]["unk_token"] = v.tokens[*v.unk_id];
+                 {"fuse_unk", v.missing_byte == MissingByte::kUnkFused}, {"byte_fallback", false},
+                 {"ignore_merges", v.ignore_merges}, {"vocab", vocab_json}, {"merges", merges}}}};
+  // model.unk_token decides what tokenizers does with a byte without a symbol (the unknown
+  // token, or removed before merging): set only where condense emits the unknown token too. A
+  // vocabulary from GGUF (llama.cpp drops such a byte where it stands, which tokenizers has no
+  // setting for) is written without one, the nearer rule, and reads back as itself.
+  if (v.missing_byte == MissingByte::kUnk || v.missing_byte == MissingByte::kUnkFused)
+    root["model"]["unk_token"] = v.tokens[*v.unk_id];
   return root.dump(1, ' ', false, Json::error_handler_t::strict) + "\n";
 }
 

@@ -94,6 +94,9 @@ std::string serialize_bpe_vocabulary(const BpeVocabulary& v) {
   w.u32(v.add_bos);
   w.u32(v.add_eos);
   w.str(v.chat_template);
+  // Written only when not the default, so the bytes (and SHA-256) of every vocabulary made
+  // before the field existed, which all behaved as kBlockAndDrop, stay as they were.
+  if (v.missing_byte != MissingByte::kBlockAndDrop) w.u32(static_cast<uint32_t>(v.missing_byte));
   return w.take();
 }
 
@@ -127,6 +130,11 @@ BpeVocabulary deserialize_bpe_vocabulary(const std::string& bytes, const std::st
   v.add_bos = r.u32() != 0;
   v.add_eos = r.u32() != 0;
   v.chat_template = r.str();
+  if (!r.at_end()) {
+    const uint32_t rule = r.u32();
+    CONDENSE_CHECK(rule == 1 || rule == 2, "{}: missing-byte rule {} (valid: 1, 2)", source, rule);
+    v.missing_byte = static_cast<MissingByte>(rule);
+  }
   CONDENSE_CHECK(r.at_end(), "{}: trailing bytes after the BPE vocabulary", source);
   return v;
 }

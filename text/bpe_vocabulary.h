@@ -22,6 +22,20 @@ enum class BpeTokenType : int32_t {
   kByte = 6,  // <0xNN>
 };
 
+// What encode() does with a byte the vocabulary has no symbol for (SmolLM2 lacks 21 of the 256:
+// six control characters and the lead bytes of code points U+40000..U+BFFFF).
+enum class MissingByte : uint32_t {
+  // llama.cpp (GGUF; also a tokenizer.json without model.unk_token): the byte stays in its word,
+  // no pair with it merges, and it yields no id. tokenizers, for a file without unk_token,
+  // removes the byte before merging instead, so its neighbours may merge across it; condense
+  // keeps llama.cpp's rule there, so that its tokenizer.json export of a GGUF vocabulary reads
+  // back as the same vocabulary (same hash). Real tokenizer.json files either have a symbol for
+  // every byte (GPT-2, Llama 3, Qwen2) or an unk_token (SmolLM2).
+  kBlockAndDrop = 0,
+  kUnk = 1,       // tokenizers, model.unk_token set: one unk_id per such byte (merged like any id)
+  kUnkFused = 2,  // ... with model.fuse_unk: one unk_id per run of such bytes
+};
+
 struct BpeVocabulary {
   // Token strings indexed by id. Normal tokens are in GPT-2's byte-level spelling (' ' is 'Ġ');
   // control and user-defined tokens are their raw text.
@@ -36,6 +50,7 @@ struct BpeVocabulary {
   // Carried for export only; encode() never adds bos/eos.
   bool add_bos = false, add_eos = false;
   std::string chat_template;  // carried for export and chat formatting; "" when none
+  MissingByte missing_byte = MissingByte::kBlockAndDrop;  // kUnk*: needs unk_id
 };
 
 // The first bytes of every serialized vocabulary (tells it from a sentencepiece proto).

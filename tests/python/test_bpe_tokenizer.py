@@ -86,7 +86,7 @@ def tokenizer_json(fields, pre):
 
 
 def missing_bytes(fields):
-    """Bytes the vocabulary has no symbol for (dropped by every implementation)."""
+    """Bytes the vocabulary has no symbol for (the references differ on them: the last test)."""
     bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
     cs, n = bs[:], 0
     for b in range(256):
@@ -271,3 +271,69 @@ def test_arbitrary_bytes_round_trip(setup, tmp_path):
     ids, decoded, _ = run_tool(["--fields", d / "fields.json"], records, tmp_path, "bytes")
     assert decoded == records
     print(f"\narbitrary bytes: {len(records)} records, {sum(map(len, records))} bytes round-tripped")
+
+
+def test_bytes_without_a_symbol_follow_each_reference(setup, fields, tmp_path):
+    """SmolLM2 has no symbol for 21 bytes (six control characters, the lead bytes of code points
+    U+40000..U+BFFFF), and the references differ on them: llama.cpp drops such a byte where it
+    stands (it still blocks merges across it); tokenizers emits the model's unk_token (one per run
+    with fuse_unk) and, without one, removes the byte before merging. condense follows llama.cpp
+    for GGUF fields and for a tokenizer.json without unk_token (so that its export of a GGUF
+    vocabulary reads back as the same vocabulary), tokenizers for one with an unk_token; its own
+    tokenizer.json export of each encodes, under tokenizers, as condense does where tokenizers
+    has the rule."""
+    d, missing, _, _ = setup
+    assert len(missing) == 21
+    rng = random.Random(11)
+    controls = [chr(b) for b in missing if b < 0x80]
+    plain = "ab!.. 12\u00e9\u4e2d\n"
+    texts = ["!\x04!", "a\x04", "\x04", "..\x1d..", "\U00049802\U000795fa", "\x92\U0008c552", "x\U00050000y",
+             "\x04\x06\x13", "hello\x1dworld", "!!\x04\x04!!"]
+    for _ in range(600):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            r = rng.random()
+            parts.append(rng.choice(controls) if r < 0.25 else chr(rng.randint(0x40000, 0xBFFFF)) if r < 0.4
+                         else rng.choice(plain) * rng.randint(1, 3))
+        texts.append("".join(parts))
+    texts = [t for t in texts if set(t.encode()) & missing]
+    assert len(texts) > 400
+    records = [t.encode("utf-8") for t in texts]
+
+    def hf_ids(path):
+        hf = tokenizers.Tokenizer.from_file(str(path))
+        return [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+
+    def compare(name, ours, ref):
+        bad = [i for i, (a, b) in enumerate(zip(ours, ref)) if a != b]
+        print(f"{name}: {len(texts)} texts, {len(bad)} differ")
+        assert not bad, f"{name}: {len(bad)} differ, first {texts[bad[0]]!r}: {ours[bad[0]]} vs {ref[bad[0]]}"
+
+    # GGUF fields: llama.cpp's rule.
+    by_fields, _, _ = run_tool(["--fields", d / "fields.json", "--export-json", tmp_path / "from_fields.json"],
+                                    records, tmp_path, "mb-fields")
+    compare("GGUF fields vs llama.cpp", by_fields, llama_cpp_ids(GGUF, texts, tmp_path))
+    # Its export has no model.unk_token and reads back with the same ids (the same hash, with
+    # tokenizer_config.json beside it: test_gguf_import.py's HF export test).
+    assert json.loads((tmp_path / "from_fields.json").read_text())["model"]["unk_token"] is None
+    back, _, _ = run_tool(["--json", tmp_path / "from_fields.json"], records, tmp_path, "mb-back")
+    assert back == by_fields
+    # tokenizers on that file removes the byte before merging: the ids differ only where a merge
+    # crosses it (printed, the documented difference).
+    crossing = sum(a != b for a, b in zip(by_fields, hf_ids(tmp_path / "from_fields.json")))
+    print(f"tokenizers on the export without unk_token: {crossing} of {len(texts)} texts merge across the byte")
+
+    # tokenizer.json with an unk_token, plain and fused: tokenizers' rule on that file.
+    seen = {}
+    for name, fuse in {"unk": False, "unk fused": True}.items():
+        doc = tokenizer_json(fields, "smollm")
+        doc["model"]["unk_token"], doc["model"]["fuse_unk"] = "<|endoftext|>", fuse
+        tag = name.replace(" ", "_")
+        path, exported = tmp_path / f"{tag}.json", tmp_path / f"{tag}_export.json"
+        path.write_text(json.dumps(doc))
+        ours, _, _ = run_tool(["--json", path, "--export-json", exported], records, tmp_path, tag)
+        compare(f"tokenizer.json ({name}) vs tokenizers", ours, hf_ids(path))
+        compare(f"condense's export of it ({name}) vs tokenizers", ours, hf_ids(exported))
+        seen[name] = ours
+    # The rules are really exercised: each gives other ids than the others.
+    assert seen["unk"] != seen["unk fused"] and seen["unk"] != by_fields and seen["unk fused"] != by_fields

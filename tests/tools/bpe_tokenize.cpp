@@ -1,12 +1,13 @@
 // Test helper for tests/python/test_bpe_tokenizer.py: encodes and decodes records with a
 // byte-level BPE tokenizer so Python can compare the ids with llama.cpp's and tokenizers'.
 //   bpe_tokenize (--json tokenizer.json | --fields fields.json) [--pre NAME] [--no-special]
-//                [--save-serialized PATH] IN OUT
+//                [--save-serialized PATH] [--export-json PATH] IN OUT
 // fields.json holds GGUF's tokenizer fields ({"tokens", "token_types", "merges", "pre",
 // "bos_id", "eos_id", "pad_id", "unk_id"}) and goes through BpeTokenizer::from_gguf_fields.
 // The tokenizer used is the one rebuilt from its own serialized bytes, so serialization is
 // exercised too. IN: records of u32 length + bytes. OUT: per record u32 n + n int32 ids, then
 // u32 length + the decoded bytes. Prints the vocabulary size and sha256 on stdout.
+// --export-json writes the tokenizer's to_tokenizer_json() (what `export --format hf` writes).
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -53,7 +54,7 @@ BpeVocabulary fields_from_json(const std::string& path) {
 
 int main(int argc, char** argv) {
   try {
-    std::string json_path, fields_path, pre, in_path, out_path, save_serialized;
+    std::string json_path, fields_path, pre, in_path, out_path, save_serialized, export_json;
     bool special = true;
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -65,6 +66,8 @@ int main(int argc, char** argv) {
         pre = argv[++i];
       } else if (a == "--save-serialized" && i + 1 < argc) {
         save_serialized = argv[++i];
+      } else if (a == "--export-json" && i + 1 < argc) {
+        export_json = argv[++i];
       } else if (a == "--no-special") {
         special = false;
       } else if (in_path.empty()) {
@@ -76,7 +79,7 @@ int main(int argc, char** argv) {
     CONDENSE_CHECK(
         !out_path.empty() && (json_path.empty() != fields_path.empty()),
         "usage: bpe_tokenize (--json F | --fields F) [--pre NAME] [--no-special] "
-        "[--save-serialized PATH] IN OUT");
+        "[--save-serialized PATH] [--export-json PATH] IN OUT");
     BpeTokenizer built = json_path.empty() ? BpeTokenizer::from_gguf_fields(
                                                  fields_from_json(fields_path), fields_path)
                                            : BpeTokenizer::from_tokenizer_json(json_path);
@@ -88,6 +91,7 @@ int main(int argc, char** argv) {
     const BpeTokenizer tok = BpeTokenizer::from_serialized(built.serialized(), "serialized");
     CONDENSE_CHECK(tok.serialized() == built.serialized(), "serialization does not round-trip");
     if (!save_serialized.empty()) std::ofstream(save_serialized, std::ios::binary) << tok.serialized();
+    if (!export_json.empty()) std::ofstream(export_json, std::ios::binary) << tok.to_tokenizer_json();
     std::cout << "vocab_size " << tok.vocab_size() << "\nsha256 " << tok.sha256() << "\npre "
               << tok.pretokenizer().name() << "\n";
 
