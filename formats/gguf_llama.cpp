@@ -8,6 +8,7 @@
 #include <fstream>
 #include <optional>
 #include <regex>
+#include <set>
 #include <sstream>
 
 #include "core/error.h"
@@ -247,6 +248,30 @@ std::optional<std::string> gguf_bpe_tokenizer(const GgufReader& r, const std::st
   return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
 }
 
+// condense rotates whole heads at rope_theta's frequencies (model/rope.h). RoPE scaling (linear,
+// YaRN, Llama 3's rope_freqs.weight) or a rotary part narrower than the head changes every
+// position's angles, so a file that asks for either is refused (as from_hf_json refuses
+// rope_scaling) rather than imported with wrong probabilities.
+void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& path) {
+  if (r.has("llama.rope.scaling.type")) {
+    const auto& type = r.get("llama.rope.scaling.type").value;
+    CONDENSE_CHECK(type == "none", "{}: llama.rope.scaling.type is {}; RoPE scaling is not "
+                   "supported (only 'none')", path, type.dump());
+  }
+  if (r.has("llama.rope.scaling.factor")) {
+    const auto& factor = r.get("llama.rope.scaling.factor").value;
+    CONDENSE_CHECK(factor.is_number() && (factor.get<double>() == 0.0 || factor.get<double>() == 1.0),
+                   "{}: llama.rope.scaling.factor is {}; RoPE scaling is not supported (only 1, "
+                   "or 0 for none)", path, factor.dump());
+  }
+  if (r.has("llama.rope.dimension_count")) {
+    const uint64_t rotary = r.get_uint("llama.rope.dimension_count");
+    CONDENSE_CHECK(static_cast<int64_t>(rotary) == head_dim, "{}: llama.rope.dimension_count is {} "
+                   "but the heads are {} wide; partial rotary embeddings are not supported", path,
+                   rotary, head_dim);
+  }
+}
+
 }  // namespace
 
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
@@ -275,10 +300,10 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
                               ? static_cast<int64_t>(r.get_uint("llama.attention.head_count_kv"))
                               : c.num_attention_heads;
   // Head width: attention.key_length where the writer set it (models whose heads are not
-  // hidden / heads wide), else the rotary dimension (condense and llama.cpp rotate whole heads).
-  c.head_dim = static_cast<int64_t>(r.has("llama.attention.key_length")
-                                        ? r.get_uint("llama.attention.key_length")
-                                        : r.get_uint("llama.rope.dimension_count"));
+  // hidden / heads wide), else hidden / heads as in llama.cpp (0: finalize() computes it).
+  c.head_dim = r.has("llama.attention.key_length")
+                   ? static_cast<int64_t>(r.get_uint("llama.attention.key_length"))
+                   : 0;
   c.max_position_embeddings = static_cast<int64_t>(r.get_uint("llama.context_length"));
   const auto& eps = r.get("llama.attention.layer_norm_rms_epsilon").value;
   const auto& theta = r.has("llama.rope.freq_base") ? r.get("llama.rope.freq_base").value : nlohmann::json(10000.0);
@@ -292,11 +317,22 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     c.bos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.bos_token_id"));
   if (r.has("tokenizer.ggml.eos_token_id"))
     c.eos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.eos_token_id"));
-  c.finalize();
+  try {
+    c.finalize();
+  } catch (const Error& e) {
+    fail("{}: its llama.* metadata do not give a valid model: {} (hidden_size is "
+         "llama.embedding_length, intermediate_size llama.feed_forward_length, num_hidden_layers "
+         "llama.block_count, num_attention_heads llama.attention.head_count, num_key_value_heads "
+         "llama.attention.head_count_kv, head_dim llama.attention.key_length or "
+         "embedding_length / head_count)", path, e.what());
+  }
+  check_plain_rope(r, c.head_size(), path);
   LlamaForCausalLM model(c);
   at::NoGradGuard no_grad;
+  std::set<std::string> used;
   for (auto& p : model->named_parameters()) {
     std::string gname = gguf_tensor_name(p.key());
+    used.insert(gname);
     const GgufTensorInfo& info = r.tensor(gname);
     CONDENSE_CHECK(info.torch_shape() == std::vector<int64_t>(p.value().sizes().begin(), p.value().sizes().end()),
                    "{}: tensor '{}' has shape {}, the model expects {}", path, gname,
@@ -307,6 +343,12 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     if (is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);
   }
+  // A tensor the model has no place for would be silently dropped (attention biases,
+  // rope_freqs.weight, another architecture's extras): refused, naming it.
+  for (const auto& t : r.tensors())
+    CONDENSE_CHECK(used.count(t.name), "{}: tensor '{}' has no place in the Llama model condense "
+                   "builds (no biases, no per-frequency RoPE factors); refusing to drop it", path,
+                   t.name);
   return model;
 }
 

@@ -113,7 +113,11 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer())
     c.eos_token_id = j["eos_token_id"].get<int64_t>();
-  c.finalize();
+  try {
+    c.finalize();
+  } catch (const Error& e) {  // its messages use the recipe's names: model.<the config key>
+    fail("{}: not a valid model: {}", source, e.what());
+  }
   return c;
 }
 

@@ -301,3 +301,64 @@ def test_bad_gguf_imports_fail_naming_the_key_and_write_nothing(tmp_path):
         w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     expect(write("noblocks.gguf", "llama", no_blocks), "llama.embedding_length")
     expect(tmp_path / "missing.gguf", "missing.gguf")
+
+
+def test_gguf_that_asks_for_what_condense_does_not_compute_is_refused(tmp_path):
+    """A GGUF asking for RoPE scaling (linear / YaRN keys, Llama 3's rope_freqs.weight), a rotary
+    part narrower than the head, or holding a tensor the model has no place for (a bias) would
+    import with wrong probabilities: refused, naming the key or tensor, with nothing written. A
+    shape the metadata make invalid names the file and the llama.* keys. The same tiny file
+    without any of these imports."""
+    import numpy as np  # noqa: F811
+    rng = np.random.default_rng(0)
+    hidden, heads, kv, ffn, vocab = 64, 2, 1, 96, 32
+    hd = hidden // heads
+
+    def tiny(name, rope_dims=hd, extra=None, tensors=None, embedding_length=hidden):
+        w = gguf.GGUFWriter(str(tmp_path / name), "llama")
+        w.add_context_length(64)
+        w.add_embedding_length(embedding_length)
+        w.add_block_count(1)
+        w.add_feed_forward_length(ffn)
+        w.add_head_count(heads)
+        w.add_head_count_kv(kv)
+        w.add_rope_dimension_count(rope_dims)
+        w.add_layer_norm_rms_eps(1e-5)
+        for key, value in (extra or {}).items():
+            (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
+        shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
+                  "blk.0.attn_norm.weight": (hidden,), "blk.0.attn_q.weight": (hidden, hidden),
+                  "blk.0.attn_k.weight": (kv * hd, hidden), "blk.0.attn_v.weight": (kv * hd, hidden),
+                  "blk.0.attn_output.weight": (hidden, hidden), "blk.0.ffn_norm.weight": (hidden,),
+                  "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
+                  "blk.0.ffn_down.weight": (hidden, ffn), **(tensors or {})}
+        for t, shape in shapes.items():
+            w.add_tensor(t, rng.standard_normal(shape).astype(np.float32) * 0.05)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return tmp_path / name
+
+    def expect(path, *fragments):
+        out = tmp_path / (path.stem + ".h5")
+        p = run("import", path, out, check=False)
+        assert p.returncode == 1, p.stderr
+        for f in fragments:
+            assert f in p.stderr, (f, p.stderr)
+        assert not out.exists()
+
+    plain = tiny("plain.gguf")
+    run("import", plain, tmp_path / "plain.h5")
+    assert (tmp_path / "plain.h5").is_file()
+    expect(tiny("linear.gguf", extra={"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}),
+           "llama.rope.scaling.type is \"linear\"")
+    expect(tiny("factor.gguf", extra={"llama.rope.scaling.factor": 2.0}), "llama.rope.scaling.factor is 2")
+    expect(tiny("freqs.gguf", tensors={"rope_freqs.weight": (hd // 2,)}), "tensor 'rope_freqs.weight'")
+    expect(tiny("bias.gguf", tensors={"blk.0.attn_q.bias": (hidden,)}), "tensor 'blk.0.attn_q.bias'")
+    expect(tiny("partial.gguf", rope_dims=hd // 2), "llama.rope.dimension_count is 16", "partial rotary")
+    expect(tiny("zero.gguf", embedding_length=0), "zero.gguf: its llama.* metadata",
+           "hidden_size is llama.embedding_length")
+    # "none" and factor 1 are plain RoPE.
+    run("import", tiny("none.gguf", extra={"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 1.0}),
+        tmp_path / "none.h5")
