@@ -223,7 +223,19 @@ std::string TokenStore::dataset(const std::string& split, const char* name) cons
 }
 
 at::Tensor TokenStore::ids(const std::string& split) const {
-  return H5File::open_read(path_).read_tensor(dataset(split, "ids"));
+  const std::string name = dataset(split, "ids");
+  at::Tensor ids = H5File::open_read(path_).read_tensor(name);
+  // A corrupt id would otherwise end a run many steps later inside the embedding lookup
+  // ("index out of range in self"), naming nothing.
+  CONDENSE_CHECK(!at::isFloatingType(ids.scalar_type()) && ids.dim() == 1,
+                 "{}: dataset '{}' is not a 1-D integer array", path_, name);
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    CONDENSE_CHECK(lo >= 0 && hi < vocab_size(), "{}: dataset '{}' holds token ids in [{}, {}], "
+                   "outside the tokenizer's [0, {}) (corrupt file?)", path_, name, lo, hi,
+                   vocab_size());
+  }
+  return ids;
 }
 
 at::Tensor TokenStore::doc_offsets(const std::string& split) const {

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "core/finite.h"
 #include "core/shape.h"
 #include "io/gguf_reader.h"
 #include "io/gguf_writer.h"
@@ -275,8 +276,11 @@ void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& 
 }  // namespace
 
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
+  CONDENSE_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, expected a GGUF file",
+                 path);
   std::ifstream in(path, std::ios::binary);
-  CONDENSE_CHECK(in.good(), "{}: cannot open", path);
+  CONDENSE_CHECK(in.good(), "{}: cannot open ({})", path,
+                 std::filesystem::exists(path) ? "permission or I/O error" : "no such file");
   std::ostringstream ss;
   ss << in.rdbuf();
   const std::string image = ss.str();
@@ -339,6 +343,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
                    shape_str(info.torch_shape()), shape_str(p.value().sizes()));
     std::vector<float> v = r.dequantize(info);
     at::Tensor t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
+    check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
     if (is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
     if (is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);

@@ -40,6 +40,8 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
   if (target.filename().empty()) target = target.parent_path();  // "out/" names "out"
   CONDENSE_CHECK(!fs::exists(target) || (fs::is_directory(target) && fs::is_empty(target)),
                  "{}: exists and is not an empty directory; refusing to overwrite it", out_dir);
+  CONDENSE_CHECK(fs::is_directory(target.parent_path()), "{}: directory {} does not exist",
+                 out_dir, target.parent_path().string());
   Checkpoint ckpt = Checkpoint::open(checkpoint_path);
   LlamaForCausalLM model = load_inference_model(ckpt);
   // A compressed KV cache: the plain Llama's weights, and the compression's own tensors beside
@@ -48,7 +50,6 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
   const LlamaConfig& c = model->config();
   std::string tok_bytes = ckpt.tokenizer_bytes();
 
-  fs::create_directories(target.parent_path());
   fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".export." +
                                          std::to_string(::getpid()));
   ExportStats st;

@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "core/finite.h"
 #include "core/shape.h"
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
@@ -50,6 +51,7 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     CONDENSE_CHECK(t.sizes() == p.value().sizes(), "{}: tensor '{}' has shape {} but config.json "
                    "implies {}", shards.file_of(name), name, shape_str(t.sizes()),
                    shape_str(p.value().sizes()));
+    check_finite(t, shards.file_of(name), name);
     p.value().copy_(t);
     out.weight_bytes += e.end - e.begin;
     used.insert(name);

@@ -39,7 +39,14 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
     s.model = load_inference_model(ckpt);
     s.tokenizer_bytes = ckpt.tokenizer_bytes();
   }
-  if (!tokenizer_override.empty()) s.tokenizer_bytes = Tokenizer::load(tokenizer_override).serialized();
+  if (!tokenizer_override.empty()) {
+    const Tokenizer tok = Tokenizer::load(tokenizer_override);
+    // An id past the embedding would fail deep in LibTorch ("index out of range in self").
+    CONDENSE_CHECK(tok.vocab_size() <= s.model->config().vocab_size, "{}: the tokenizer has {} "
+                   "pieces but {} has {} embedding rows", tokenizer_override, tok.vocab_size(),
+                   source, s.model->config().vocab_size);
+    s.tokenizer_bytes = tok.serialized();
+  }
   CONDENSE_CHECK(!s.tokenizer_bytes.empty(), "{}: no tokenizer in this {}{}; pass --tokenizer "
                  "T.model", source, s.kind,
                  s.kind == "gguf" ? " (condense's exports store one; this file has none)" : "");
@@ -54,6 +61,8 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
                  opt.kv_budget);
   check_kv_granularity(opt.kv_budget, opt.kv_granularity);
+  // Before any work: --json names a new file (not the checkpoint or text being scored).
+  if (!opt.json_out.empty()) check_new_output(opt.json_out);
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   set_kv_window(src.model, opt.kv_window, source);

@@ -80,6 +80,8 @@ void write_text_atomically(const std::string& path, const std::string& text) {
 }
 
 std::string read_text_file(const std::string& path) {
+  CONDENSE_CHECK(!std::filesystem::is_directory(path), "cannot read {}: it is a directory, "
+                 "expected a file", path);
   std::ifstream in(path, std::ios::binary);
   CONDENSE_CHECK(in.good(), "cannot read {}: {}", path,
                  std::filesystem::exists(path) ? "permission or I/O error" : "no such file");

@@ -112,6 +112,8 @@ void check_stored_size(hid_t ds, uint64_t bytes, const std::string& where) {
 H5File H5File::open_read(const std::string& path) {
   silence_hdf5();
   CONDENSE_CHECK(std::filesystem::exists(path), "{}: no such file", path);
+  CONDENSE_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, expected an HDF5 file",
+                 path);
   htri_t is = H5Fis_hdf5(path.c_str());
   CONDENSE_CHECK(is > 0, "{}: not an HDF5 file (truncated or corrupt?)", path);
   hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);

@@ -91,24 +91,27 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
     cfg.data.seq_len = seq_len;
   }
   if (batch_size > 0) cfg.data.batch_size = batch_size;
-  TokenStore store = open_checkpoint_store(ckpt, path, dataset);
-  LlamaForCausalLM model = load_inference_model(ckpt);
   CONDENSE_CHECK(kv_rank == 0 || kv_budget == 0, "give --kv-rank or --kv-budget, not both");
-  set_kv_rank(model, kv_rank, path);
-  set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, dataset);
-  set_kv_window(model, kv_window, path);
-  model->eval();
+  CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
+  // The weights (and the reference's) are read and checked before the store, which may have to
+  // be tokenized first (minutes, and a file in the cache) for a checkpoint that is refused.
+  LlamaForCausalLM model = load_inference_model(ckpt);
   LlamaForCausalLM reference{nullptr};
-  std::string reference_path;
+  std::string reference_path, reference_tokenizer;
   if (!e.reference.empty()) {
     reference_path = resolve_checkpoint_path(e.reference);
     const Checkpoint ref = Checkpoint::open(reference_path);
-    store.check_tokenizer(sha256_hex(ref.tokenizer_bytes()), reference_path);
+    reference_tokenizer = sha256_hex(ref.tokenizer_bytes());
     reference = load_inference_model(ref);
     reference->to(model->lm_head_weight().device());
     reference->eval();
   }
-  CONDENSE_CHECK(skip >= 0, "--skip-batches must be >= 0, got {}", skip);
+  TokenStore store = open_checkpoint_store(ckpt, path, dataset);
+  if (reference) store.check_tokenizer(reference_tokenizer, reference_path);
+  set_kv_rank(model, kv_rank, path);
+  set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, dataset);
+  set_kv_window(model, kv_window, path);
+  model->eval();
   const at::Tensor held_out = store.held_out_ids();
   auto val = validation_batches(held_out, cfg.data.seq_len, cfg.data.batch_size,
                                 batches > 0 ? skip + batches : 0, 0, 1);
@@ -442,6 +445,11 @@ int run(int argc, char** argv) {
   }
   if (prep->parsed()) {
     check_new_output(po.out_path);  // before the corpus is read (prepare_token_store replaces)
+    if (!save_tokenizer.empty()) {
+      check_new_output(save_tokenizer);
+      CONDENSE_CHECK(std::filesystem::absolute(save_tokenizer) != std::filesystem::absolute(po.out_path),
+                     "--save-tokenizer {} is the --out store itself", save_tokenizer);
+    }
     prepare_token_store(po);
     if (!save_tokenizer.empty()) TokenStore::open(po.out_path).tokenizer().save(save_tokenizer);
     spdlog::info("wrote {}", po.out_path);

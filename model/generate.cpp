@@ -69,7 +69,9 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   CONDENSE_CHECK(!prompt.empty() || prefix > 0, "generate needs a non-empty prompt");
   const LlamaConfig& c = model->config();
   const int64_t given = prefix + static_cast<int64_t>(prompt.size());
-  int64_t capacity = std::min<int64_t>(c.max_position_embeddings, given + opt.max_new_tokens);
+  // (max_new_tokens capped first: given + a huge request would overflow.)
+  int64_t capacity = std::min<int64_t>(
+      c.max_position_embeddings, given + std::min<int64_t>(opt.max_new_tokens, c.max_position_embeddings));
   CONDENSE_CHECK(given < c.max_position_embeddings,
                  "prompt of {} positions ({} of context) does not fit max_position_embeddings {}",
                  given, prefix, c.max_position_embeddings);

@@ -64,7 +64,13 @@ std::string resolve_dataset(const DataConfig& data) {
                  "data.cache_dir on first use", data.dataset, data.dataset);
   spdlog::info("preparing token store {} from corpus '{}' (first use; cached afterwards)", path,
                data.corpus);
-  if (fs::path(path).has_parent_path()) fs::create_directories(fs::path(path).parent_path());
+  // The directories made for the store go again if it cannot be made (a missing corpus, say):
+  // a refused run leaves nothing behind.
+  const fs::path dir = fs::absolute(path).parent_path();
+  fs::path made;  // the highest directory this call creates
+  for (fs::path p = dir; !p.empty() && !fs::exists(p) && p != p.parent_path(); p = p.parent_path())
+    made = p;
+  fs::create_directories(dir);
   PrepareOptions p;
   p.corpus = CorpusSpec{data.corpus, data.path, data.max_documents};
   p.tokenizer_path = data.tokenizer;
@@ -72,7 +78,15 @@ std::string resolve_dataset(const DataConfig& data) {
   p.val_fraction = data.val_fraction;
   p.seed = data.seed;
   p.out_path = path;
-  prepare_token_store(p);
+  try {
+    prepare_token_store(p);
+  } catch (...) {
+    std::error_code ec;  // fs::remove removes only empty directories
+    if (!made.empty())
+      for (fs::path q = dir; fs::remove(q, ec) && q != made; q = q.parent_path()) {
+      }
+    throw;
+  }
   return path;
 }
 

@@ -44,6 +44,16 @@ int run_recipe(const RunConfig& cfg_in, const RunOptions& options) {
   CONDENSE_CHECK(cfg.kind == "context_compressor" || !set(&RunConfig::context),
                  "the context: section applies to kind context_compressor; this recipe's kind is "
                  "'{}'", cfg.kind);
+  // distill: and recovery: are read by the kinds that train part of a model from an init
+  // (finetune keeps a recipe's distill: values, so that one recipe serves with and without a
+  // teacher; it refuses distill.teacher itself).
+  const bool reads_neither = cfg.kind == "pretrain" || cfg.kind == "context_compressor";
+  CONDENSE_CHECK(!reads_neither || !set(&RunConfig::distill),
+                 "the distill: section applies to kinds distill, kv_heads and kv_project; this "
+                 "recipe's kind is '{}'", cfg.kind);
+  CONDENSE_CHECK(!reads_neither || !set(&RunConfig::recovery),
+                 "the recovery: section applies to kinds finetune, distill, kv_heads and "
+                 "kv_project; this recipe's kind is '{}'", cfg.kind);
   std::string valid;
   for (const RecipeKind& k : recipe_kinds()) {
     if (cfg.kind == k.name) return k.run(cfg, options);

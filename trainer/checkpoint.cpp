@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
+#include "core/finite.h"
 #include "core/shape.h"
 #include "io/atomic_file.h"
 
@@ -136,10 +137,17 @@ std::optional<std::string> CheckpointManager::latest() const {
   if (fs::exists(pointer)) {
     std::string name = read_text_file(pointer.string());
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    fs::path p = fs::path(dir_) / name;
-    CONDENSE_CHECK(fs::exists(p), "{} points at {}, which does not exist", pointer.string(),
-                   p.string());
-    return p.string();
+    if (name.empty() || name.find('/') != std::string::npos) {
+      // Written atomically, so only a hand edit or a damaged disk empties it: the newest
+      // checkpoint of the directory is what it named.
+      spdlog::warn("{} names no checkpoint file ('{}'); using the newest step_*.h5 in {}",
+                   pointer.string(), name, dir_);
+    } else {
+      fs::path p = fs::path(dir_) / name;
+      CONDENSE_CHECK(fs::exists(p), "{} points at {}, which does not exist", pointer.string(),
+                     p.string());
+      return p.string();
+    }
   }
   auto all = list_checkpoints(dir_);
   if (all.empty()) return std::nullopt;
@@ -184,12 +192,7 @@ void Checkpoint::check_like(const at::Tensor& t, const at::Tensor& like, const s
   CONDENSE_CHECK(t.scalar_type() == like.scalar_type(), "{}: tensor '{}' has dtype {}, {} expects {}",
                  file_.path(), name, c10::toString(t.scalar_type()), who,
                  c10::toString(like.scalar_type()));
-  if (at::isFloatingType(t.scalar_type())) {
-    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
-    CONDENSE_CHECK(bad == 0, "{}: tensor '{}' holds {} non-finite values (NaN or inf) of {}; the "
-                   "file is corrupt or was written by a diverged run", file_.path(), name, bad,
-                   t.numel());
-  }
+  check_finite(t, file_.path(), name);
 }
 
 void Checkpoint::load_model(LlamaForCausalLM& model) const {
