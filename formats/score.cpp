@@ -61,8 +61,22 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
                  opt.kv_budget);
   check_kv_granularity(opt.kv_budget, opt.kv_granularity);
-  // Before any work: --json names a new file (not the checkpoint or text being scored).
-  if (!opt.json_out.empty()) check_new_output(opt.json_out);
+  // Before any work: --json names a new file, or an earlier score's output (reruns replace it);
+  // never another file, such as the checkpoint or text being scored.
+  if (!opt.json_out.empty()) {
+    if (fs::exists(opt.json_out) && !fs::is_directory(opt.json_out)) {
+      nlohmann::json earlier;
+      try {
+        earlier = nlohmann::json::parse(read_text_file(opt.json_out));
+      } catch (const nlohmann::json::exception&) {
+      }
+      CONDENSE_CHECK(earlier.is_object() && earlier.contains("nll") && earlier.contains("source"),
+                     "--json {}: already exists and is not an earlier score's output; refusing to "
+                     "overwrite it", opt.json_out);
+    } else {
+      check_new_output(opt.json_out);
+    }
+  }
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   set_kv_window(src.model, opt.kv_window, source);

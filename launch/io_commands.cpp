@@ -43,7 +43,7 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
   a.score_cmd->add_option("source", a.source, "checkpoint, run directory, HF directory or .gguf")
       ->required();
   a.score_cmd->add_option("--text", a.score.text_file, "UTF-8 text file")->required();
-  a.score_cmd->add_option("--json", a.score.json_out, "write the JSON here (default: stdout)");
+  a.score_cmd->add_option("--json", a.score.json_out, "write the JSON here: a new file or an earlier score output (default: stdout)");
   a.score_cmd->add_option("--top-k", a.score.top_k, "alternatives listed per position")
       ->default_val(5);
   a.score_cmd->add_flag("--full", a.score.full, "every position's full log-probability vector");

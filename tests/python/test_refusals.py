@@ -27,11 +27,11 @@ def test_outputs_never_overwrite_inputs(small_store, tmp_path):
     out = tiny_run(small_store, tmp_path / "run")
     ckpt = out / "checkpoints" / "step_000002.h5"
     text = tmp_path / "t.txt"
-    text.write_text("A word and its meaning.\n" * 4)
+    text.write_text("A word and its meaning.\n")
     before = tree_digest(tmp_path)
-    # score --json: the checkpoint or the text itself, and any existing file.
-    expect_error(["score", ckpt, "--text", text, "--json", ckpt], "already exists; refusing to overwrite it")
-    expect_error(["score", ckpt, "--text", text, "--json", text], "already exists")
+    # score --json: the checkpoint or the text itself, any file but an earlier score's output.
+    expect_error(["score", ckpt, "--text", text, "--json", ckpt], "is not an earlier score's output")
+    expect_error(["score", ckpt, "--text", text, "--json", text], "is not an earlier score's output")
     # prepare --save-tokenizer: an existing file, the --out store itself, a missing directory;
     # all before the corpus is read.
     for target, needle in [(text, "already exists"), (tmp_path / "s.h5", "is the --out store itself"),
@@ -43,6 +43,11 @@ def test_outputs_never_overwrite_inputs(small_store, tmp_path):
     expect_error(["export", out, tmp_path / "nodir" / "sub" / "hf"], "does not exist")
     assert not (tmp_path / "nodir").exists()
     assert tree_digest(tmp_path) == before
+    # A rerun replaces its own output.
+    js = tmp_path / "score.json"
+    run("score", ckpt, "--text", text, "--json", js)
+    run("score", ckpt, "--text", text, "--json", js, "--top-k", 2)
+    assert json.loads(js.read_text())["nll"] > 0
 
 
 def test_a_store_with_out_of_range_ids_is_named(small_store, tmp_path):
