@@ -71,8 +71,14 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     fail("{}: unexpected tensor '{}' for this config.json", shards.file_of(name), name);
   }
 
-  std::string tok_path = tokenizer_override.empty() ? (fs::path(dir) / "tokenizer.model").string()
-                                                    : tokenizer_override;
+  // A sentencepiece tokenizer.model, else a byte-level BPE tokenizer.json (condense's own HF
+  // export writes the latter).
+  std::string tok_path = tokenizer_override;
+  if (tok_path.empty()) {
+    tok_path = (fs::path(dir) / "tokenizer.model").string();
+    if (!fs::exists(tok_path) && fs::exists(fs::path(dir) / "tokenizer.json"))
+      tok_path = (fs::path(dir) / "tokenizer.json").string();
+  }
   if (fs::exists(tok_path)) {
     Tokenizer tok = Tokenizer::load(tok_path);
     CONDENSE_CHECK(tok.vocab_size() <= config.vocab_size, "{}: the tokenizer has {} pieces but "
@@ -91,8 +97,9 @@ ImportStats import_hf(const std::string& dir, const std::string& out_path,
   check_new_output(out_path);
   HfModel hf = load_hf_dir(dir, tokenizer_override);
   if (hf.tokenizer_bytes.empty())
-    spdlog::warn("{} has no tokenizer.model: the checkpoint has no tokenizer, so eval, generate, "
-                 "score and GGUF export will refuse it; pass --tokenizer T.model to add one", dir);
+    spdlog::warn("{} has no tokenizer.model or tokenizer.json: the checkpoint has no tokenizer, so "
+                 "eval, generate, score and GGUF export will refuse it; pass --tokenizer T.model to "
+                 "add one", dir);
   RunConfig cfg;
   cfg.name = fs::path(out_path).stem().string();
   cfg.model = hf.model->config();

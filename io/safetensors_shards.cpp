@@ -50,7 +50,9 @@ SafetensorsShards SafetensorsShards::open(const std::string& dir) {
   s.dir_ = dir;
   fs::path index_path = fs::path(dir) / "model.safetensors.index.json";
   fs::path single = fs::path(dir) / "model.safetensors";
-  if (!fs::exists(index_path)) {
+  // Both present (transformers' save_pretrained leaves an old index behind when it re-saves a
+  // sharded model unsharded): model.safetensors is what transformers loads, so it is read here.
+  if (!fs::exists(index_path) || fs::exists(single)) {
     CONDENSE_CHECK(fs::exists(single), "{}: no model.safetensors or model.safetensors.index.json",
                    dir);
     s.files_.push_back(SafetensorsFile::open(single.string()));

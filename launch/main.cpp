@@ -216,6 +216,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
+  opt.vocab_limit = tok.vocab_size();  // embedding rows past the tokenizer's are never drawn
   // generate() stops at the model's context; say so up front (--ignore-eos runs are often
   // timings of a fixed token count).
   const int64_t positions = static_cast<int64_t>(ids.size()) + (has_context ? context.embeds.size(0) : 0);

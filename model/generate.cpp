@@ -19,6 +19,7 @@ double GenerationResult::decode_tokens_per_s() const {
 
 int64_t sample_token(const at::Tensor& logits_in, const SamplingOptions& opt, at::Generator& gen) {
   at::Tensor logits = logits_in.to(at::kFloat).flatten();
+  if (opt.vocab_limit > 0 && opt.vocab_limit < logits.numel()) logits = logits.narrow(0, 0, opt.vocab_limit);
   if (opt.temperature <= 0) return logits.argmax().item<int64_t>();
   logits = logits / opt.temperature;
   if (opt.top_k > 0 && opt.top_k < logits.numel()) {

@@ -21,6 +21,9 @@ struct SamplingOptions {
   uint64_t seed = 0;
   int64_t eos_id = -1;       // stop when sampled; -1: never
   int64_t stop_id = -1;      // a second stop token (a chat format's end of turn); -1: none
+  // > 0: only ids below it are drawn. A model's vocabulary padded past its tokenizer's (rows
+  // kept to a multiple of 64, say) has ids no tokenizer can decode.
+  int64_t vocab_limit = 0;
   // Decode with the ATen forward even where model/fast_decoder.h applies (comparisons).
   bool aten_decode = false;
 };

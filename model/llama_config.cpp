@@ -103,6 +103,9 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   read_field(j, "num_attention_heads", c.num_attention_heads, true, source);
   read_field(j, "num_key_value_heads", c.num_key_value_heads, false, source);
   read_field(j, "head_dim", c.head_dim, false, source);
+  // Absent keys take transformers' LlamaConfig defaults, which is what the file means there
+  // (rms_norm_eps: 1e-6 there, 1e-5 in condense's recipes).
+  c.rms_norm_eps = 1e-6;
   read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
   read_field(j, "rope_theta", c.rope_theta, false, source);
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);

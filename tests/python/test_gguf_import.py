@@ -228,6 +228,13 @@ def test_hf_export_writes_a_tokenizer_json_that_tokenizers_and_transformers_agre
     dp = np.abs(np.exp(ref) - np.exp(lp)).max()
     print(f"SmolLM2 HF export in transformers vs condense: max |dp| {dp:.3g}")
     assert dp < 1e-5
+    # condense scores its own export directly, finding tokenizer.json without --tokenizer.
+    text, _, _ = score(imported, tmp_path)
+    out = tmp_path / "hf_score.json"
+    run("score", hf, "--text", text, "--full", "--json", out)
+    s = json.loads(out.read_text())
+    assert s["kind"] == "hf" and [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]] == ids
+    assert np.abs(np.array([p["logprobs"] for p in s["positions"]]) - lp).max() < 1e-4
     # The imported checkpoint fine-tunes on a store made with the exported tokenizer.json.
     r = tmp_path / "ft"
     run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imported}",
