@@ -66,6 +66,54 @@ const Json& require(const Json& j, const char* key, const std::string& where,
 }
 
 // A token named in tokenizer_config.json: a string or {"content": ...}.
+// The special tokens the post_processor puts around a text: what transformers' fast tokenizers
+// (and `tokenizers` with add_special_tokens) add, Llama 3's <|begin_of_text|> among them. Only
+// TemplateProcessing's "[bos] $A [eos]" shapes have a BpeVocabulary form (add_bos/add_eos with
+// bos_id/eos_id); ByteLevel post-processing only moves offsets. false: the file has none.
+bool read_post_processor(const Json& root, BpeVocabulary& v, const std::string& path) {
+  if (!root.contains("post_processor") || root["post_processor"].is_null()) return false;
+  std::vector<const Json*> steps = {&root["post_processor"]};
+  if (root["post_processor"].value("type", "") == "Sequence") {
+    steps.clear();
+    for (const Json& p : require(root["post_processor"], "processors", "post_processor.", path))
+      steps.push_back(&p);
+  }
+  bool found = false;
+  for (const Json* p : steps) {
+    const std::string type = p->value("type", "");
+    if (type == "ByteLevel") continue;
+    CONDENSE_CHECK(type == "TemplateProcessing", "{}: tokenizer.json post_processor type '{}' is "
+                   "not supported (ByteLevel, TemplateProcessing)", path, type);
+    const Json& single = require(*p, "single", "post_processor.", path);
+    std::vector<std::string> before, after;
+    bool seen_text = false;
+    for (const Json& item : single) {
+      if (item.contains("Sequence")) {
+        CONDENSE_CHECK(!seen_text && item["Sequence"].value("id", "") == "A", "{}: tokenizer.json "
+                       "post_processor.single must hold the text ($A) once", path);
+        seen_text = true;
+      } else {
+        const Json& special = require(item, "SpecialToken", "post_processor.single[].", path);
+        (seen_text ? after : before).push_back(special.value("id", ""));
+      }
+    }
+    CONDENSE_CHECK(seen_text && before.size() <= 1 && after.size() <= 1, "{}: tokenizer.json "
+                   "post_processor.single {} is not '[bos] $A [eos]', which condense can follow",
+                   path, brief(single));
+    auto id_of = [&](const std::string& token) -> int32_t {
+      for (size_t i = 0; i < v.tokens.size(); ++i)
+        if (v.tokens[i] == token) return static_cast<int32_t>(i);
+      fail("{}: tokenizer.json post_processor adds '{}', which is not in the vocabulary", path, token);
+    };
+    v.add_bos = !before.empty();
+    v.add_eos = !after.empty();
+    if (v.add_bos) v.bos_id = id_of(before[0]);
+    if (v.add_eos) v.eos_id = id_of(after[0]);
+    found = true;
+  }
+  return found;
+}
+
 std::optional<std::string> config_token(const Json& config, const char* key) {
   if (!config.contains(key) || config[key].is_null()) return std::nullopt;
   const Json& v = config[key];
@@ -185,23 +233,29 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
                      path, unk);
       v.missing_byte = model.value("fuse_unk", false) ? MissingByte::kUnkFused : MissingByte::kUnk;
     }
-    // bos/eos/pad and the chat template live in tokenizer_config.json, when it is there.
+    const bool template_adds = read_post_processor(root, v, path);
+    // bos/eos/pad and the chat template live in tokenizer_config.json, when it is there (a
+    // post_processor's own bos / eos stay: they are what encoding adds).
     const size_t slash = path.find_last_of('/');
     const std::string config_path =
         (slash == std::string::npos ? std::string() : path.substr(0, slash + 1)) +
         "tokenizer_config.json";
     if (std::ifstream(config_path).good()) {
       const Json config = read_json(config_path);
-      if (auto t = config_token(config, "bos_token")) v.bos_id = id_of(*t);
-      if (auto t = config_token(config, "eos_token")) v.eos_id = id_of(*t);
+      if (auto t = config_token(config, "bos_token"); t && !(template_adds && v.add_bos))
+        v.bos_id = id_of(*t);
+      if (auto t = config_token(config, "eos_token"); t && !(template_adds && v.add_eos))
+        v.eos_id = id_of(*t);
       if (auto t = config_token(config, "pad_token")) v.pad_id = id_of(*t);
       // The model's unk_token is the one encoding emits; the config's only fills a gap.
       if (auto t = config_token(config, "unk_token"); t && !v.unk_id) v.unk_id = id_of(*t);
       if (config.contains("chat_template") && config["chat_template"].is_string()) {
         v.chat_template = config["chat_template"].get<std::string>();
       }
-      v.add_bos = config.value("add_bos_token", false);
-      v.add_eos = config.value("add_eos_token", false);
+      if (!template_adds) {  // a post_processor decides where there is one, as for transformers
+        v.add_bos = config.value("add_bos_token", false);
+        v.add_eos = config.value("add_eos_token", false);
+      }
     }
   } catch (const Json::exception& e) {
     fail("{}: malformed tokenizer.json: {}", path, e.what());
@@ -227,6 +281,31 @@ Json pre_tokenizer_json(const std::string& name) {
   Json split = {{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"},
                 {"invert", false}};
   return {{"type", "Sequence"}, {"pretokenizers", {split, byte_level(false)}}};
+}
+
+// What read_post_processor() reads back: a TemplateProcessing adding bos / eos when the
+// vocabulary does, so that transformers' PreTrainedTokenizerFast (which does not read
+// add_bos_token) and `tokenizers` add them as condense does; none otherwise.
+Json post_processor_json(const BpeVocabulary& v) {
+  if (!(v.add_bos && v.bos_id) && !(v.add_eos && v.eos_id)) return nullptr;
+  Json single = Json::array(), pair = Json::array(), special = Json::object();
+  auto add = [&](const std::optional<int32_t>& id, bool on, int type_id, Json& seq) {
+    if (!on || !id) return;
+    const std::string& t = v.tokens[*id];
+    seq.push_back({{"SpecialToken", {{"id", t}, {"type_id", type_id}}}});
+    special[t] = {{"id", t}, {"ids", {*id}}, {"tokens", {t}}};
+  };
+  add(v.bos_id, v.add_bos, 0, single);
+  single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
+  add(v.eos_id, v.add_eos, 0, single);
+  add(v.bos_id, v.add_bos, 0, pair);
+  pair.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
+  add(v.eos_id, v.add_eos, 0, pair);
+  add(v.bos_id, v.add_bos, 1, pair);
+  pair.push_back({{"Sequence", {{"id", "B"}, {"type_id", 1}}}});
+  add(v.eos_id, v.add_eos, 1, pair);
+  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair},
+          {"special_tokens", special}};
 }
 
 }  // namespace
@@ -255,7 +334,7 @@ std::string BpeTokenizer::to_tokenizer_json() const {
                {"added_tokens", added},
                {"normalizer", nullptr},
                {"pre_tokenizer", pre_tokenizer_json(v.pre_tokenizer)},
-               {"post_processor", nullptr},
+               {"post_processor", post_processor_json(v)},
                {"decoder", byte_level(true)},
                {"model",
                 {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},

@@ -337,3 +337,44 @@ def test_bytes_without_a_symbol_follow_each_reference(setup, fields, tmp_path):
         seen[name] = ours
     # The rules are really exercised: each gives other ids than the others.
     assert seen["unk"] != seen["unk fused"] and seen["unk"] != by_fields and seen["unk fused"] != by_fields
+
+
+@pytest.mark.parametrize("template", ["bos", "bos+eos"])
+def test_post_processor_template_is_read_and_written(setup, fields, template, tmp_path):
+    """A tokenizer.json whose post_processor adds special tokens around the text (Llama 3's
+    Sequence[ByteLevel, TemplateProcessing("<|begin_of_text|> $A")], here with SmolLM2's
+    <|im_start|> / <|im_end|>): condense reads it as add_bos / add_eos with those ids, so that
+    bos + encode(x) (+ eos) is what `tokenizers` gives with add_special_tokens; its export writes
+    the same template, which `tokenizers` and transformers' PreTrainedTokenizerFast follow."""
+    d, _, texts, _ = setup
+    flat = [t for items in texts.values() for t in items][:400]
+    bos, eos = "<|im_start|>", "<|im_end|>"
+    ids = {t: i for i, t in enumerate(fields["tokens"])}
+    single = [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    if template == "bos+eos":
+        single.append({"SpecialToken": {"id": eos, "type_id": 0}})
+    doc = tokenizer_json(fields, "smollm")
+    doc["post_processor"] = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing", "single": single, "pair": single,
+         "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (bos, eos)}}]}
+    path, exported = tmp_path / "tokenizer.json", tmp_path / "export" / "tokenizer.json"
+    exported.parent.mkdir()
+    path.write_text(json.dumps(doc))
+    records = [t.encode("utf-8") for t in flat]
+    plain, _, info = run_tool(["--json", path, "--export-json", exported], records, tmp_path, "tpl")
+    assert info["add_bos"] == "1" and info["bos_id"] == str(ids[bos])
+    assert info["add_eos"] == ("1" if template == "bos+eos" else "0")
+    wrap = [ids[bos]], [ids[eos]] if template == "bos+eos" else []
+    ours = [wrap[0] + p + wrap[1] for p in plain]
+    for name, f in (("original", path), ("condense's export", exported)):
+        hf = tokenizers.Tokenizer.from_file(str(f))
+        theirs = [e.ids for e in hf.encode_batch(flat, add_special_tokens=True)]
+        bad = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+        assert not bad, f"{name}: {len(bad)} differ, first {flat[bad[0]]!r}: {ours[bad[0]]} vs {theirs[bad[0]]}"
+    from transformers import PreTrainedTokenizerFast
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(exported))
+    assert [fast(t)["input_ids"] for t in flat[:50]] == ours[:50]
+    # Read back, the export is the same vocabulary with the same template.
+    _, _, back = run_tool(["--json", exported], records[:1], tmp_path, "tpl-back")
+    assert (back["add_bos"], back["add_eos"], back["bos_id"]) == (info["add_bos"], info["add_eos"], info["bos_id"])

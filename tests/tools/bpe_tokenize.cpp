@@ -93,7 +93,9 @@ int main(int argc, char** argv) {
     if (!save_serialized.empty()) std::ofstream(save_serialized, std::ios::binary) << tok.serialized();
     if (!export_json.empty()) std::ofstream(export_json, std::ios::binary) << tok.to_tokenizer_json();
     std::cout << "vocab_size " << tok.vocab_size() << "\nsha256 " << tok.sha256() << "\npre "
-              << tok.pretokenizer().name() << "\n";
+              << tok.pretokenizer().name() << "\nadd_bos " << tok.vocab().add_bos << "\nadd_eos "
+              << tok.vocab().add_eos << "\nbos_id " << tok.bos_id().value_or(-1) << "\neos_id "
+              << tok.eos_id().value_or(-1) << "\n";
 
     const std::string in = read_file(in_path);
     std::string out;
