@@ -1,6 +1,7 @@
 #include "model/llama_config.h"
 
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "core/error.h"
 
@@ -116,6 +117,19 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer())
     c.eos_token_id = j["eos_token_id"].get<int64_t>();
+  // One id each is kept (recipes, exports): a list's first, with a warning naming what an
+  // export's config.json and generation_config.json will lack; null keeps the default.
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty() &&
+      j["eos_token_id"][0].is_number_integer()) {
+    c.eos_token_id = j["eos_token_id"][0].get<int64_t>();
+    spdlog::warn("{}: eos_token_id is the list {}; condense keeps {} (generation stops there, and "
+                 "at a chat format's end of turn), and an export writes that one alone", source,
+                 j["eos_token_id"].dump(), c.eos_token_id);
+  }
+  for (const char* key : {"bos_token_id", "eos_token_id"})
+    if (j.contains(key) && j[key].is_null())
+      spdlog::warn("{}: {} is null; condense keeps {} and an export writes it", source, key,
+                   key[0] == 'b' ? c.bos_token_id : c.eos_token_id);
   try {
     c.finalize();
   } catch (const Error& e) {  // its messages use the recipe's names: model.<the config key>
