@@ -56,7 +56,6 @@ std::string to_utf8(std::string_view s) {
   return out;
 }
 
-// Keeps a document without its leading blank lines and trailing whitespace.
 // max_documents > 0 keeps n items spread evenly over the corpus, in corpus order: item
 // floor(i * size / n) for i < n. The first n would be a slice of it (GCIDE's entries are in
 // alphabetical order, so the first n are the start of the alphabet), and a store shrunk for a
@@ -71,6 +70,7 @@ std::vector<T> evenly_spaced(std::vector<T> items, int64_t n) {
   return kept;
 }
 
+// Keeps a document without its leading blank lines and trailing whitespace.
 void add_document(std::vector<std::string>& docs, std::string_view text) {
   text = trim_trailing(text);
   size_t first = text.find_first_not_of(" \t\r\n");

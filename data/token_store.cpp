@@ -227,10 +227,11 @@ at::Tensor TokenStore::ids(const std::string& split) const {
   at::Tensor ids = H5File::open_read(path_).read_tensor(name);
   // A corrupt id would otherwise end a run many steps later inside the embedding lookup
   // ("index out of range in self"), naming nothing.
-  CONDENSE_CHECK(!at::isFloatingType(ids.scalar_type()) && ids.dim() == 1,
-                 "{}: dataset '{}' is not a 1-D integer array", path_, name);
+  CONDENSE_CHECK(ids.scalar_type() == at::kInt && ids.dim() == 1,
+                 "{}: dataset '{}' is not a 1-D int32 array", path_, name);
   if (ids.numel() > 0) {
-    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    const auto [min, max] = at::aminmax(ids);
+    const int64_t lo = min.item<int64_t>(), hi = max.item<int64_t>();
     CONDENSE_CHECK(lo >= 0 && hi < vocab_size(), "{}: dataset '{}' holds token ids in [{}, {}], "
                    "outside the tokenizer's [0, {}) (corrupt file?)", path_, name, lo, hi,
                    vocab_size());

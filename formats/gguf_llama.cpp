@@ -265,6 +265,12 @@ void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& 
                    "{}: llama.rope.scaling.factor is {}; RoPE scaling is not supported (only 1, "
                    "or 0 for none)", path, factor.dump());
   }
+  if (r.has("llama.rope.scale_linear")) {  // the older key llama.cpp still reads as the factor
+    const auto& factor = r.get("llama.rope.scale_linear").value;
+    CONDENSE_CHECK(factor.is_number() && (factor.get<double>() == 0.0 || factor.get<double>() == 1.0),
+                   "{}: llama.rope.scale_linear is {}; RoPE scaling is not supported", path,
+                   factor.dump());
+  }
   if (r.has("llama.rope.dimension_count")) {
     const uint64_t rotary = r.get_uint("llama.rope.dimension_count");
     CONDENSE_CHECK(static_cast<int64_t>(rotary) == head_dim, "{}: llama.rope.dimension_count is {} "

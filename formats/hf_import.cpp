@@ -76,8 +76,17 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
   std::string tok_path = tokenizer_override;
   if (tok_path.empty()) {
     tok_path = (fs::path(dir) / "tokenizer.model").string();
-    if (!fs::exists(tok_path) && fs::exists(fs::path(dir) / "tokenizer.json"))
-      tok_path = (fs::path(dir) / "tokenizer.json").string();
+    const std::string json = (fs::path(dir) / "tokenizer.json").string();
+    if (!fs::exists(tok_path) && fs::exists(json)) {
+      // Found, not asked for: one condense cannot read (sentencepiece-style byte fallback, a
+      // normalizer) leaves the import without a tokenizer, as before tokenizer.json was read.
+      try {
+        Tokenizer::load(json);
+        tok_path = json;
+      } catch (const Error& e) {
+        spdlog::warn("{}: not used ({}); pass --tokenizer T.model", json, e.what());
+      }
+    }
   }
   if (fs::exists(tok_path)) {
     Tokenizer tok = Tokenizer::load(tok_path);

@@ -66,11 +66,16 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   if (!opt.json_out.empty()) {
     if (fs::exists(opt.json_out) && !fs::is_directory(opt.json_out)) {
       nlohmann::json earlier;
-      try {
-        earlier = nlohmann::json::parse(read_text_file(opt.json_out));
-      } catch (const nlohmann::json::exception&) {
+      std::ifstream in(opt.json_out, std::ios::binary);
+      // Read only what starts like JSON (not a multi-gigabyte checkpoint).
+      if (in.peek() == '{') {
+        try {
+          earlier = nlohmann::json::parse(in);
+        } catch (const nlohmann::json::exception&) {
+        }
       }
-      CONDENSE_CHECK(earlier.is_object() && earlier.contains("nll") && earlier.contains("source"),
+      CONDENSE_CHECK(earlier.is_object() && earlier.contains("nll") && earlier.contains("source") &&
+                         earlier.contains("kind") && earlier.contains("predicted"),
                      "--json {}: already exists and is not an earlier score's output; refusing to "
                      "overwrite it", opt.json_out);
     } else {

@@ -448,7 +448,8 @@ int run(int argc, char** argv) {
     check_new_output(po.out_path);  // before the corpus is read (prepare_token_store replaces)
     if (!save_tokenizer.empty()) {
       check_new_output(save_tokenizer);
-      CONDENSE_CHECK(std::filesystem::absolute(save_tokenizer) != std::filesystem::absolute(po.out_path),
+      CONDENSE_CHECK(std::filesystem::weakly_canonical(save_tokenizer) !=
+                         std::filesystem::weakly_canonical(po.out_path),
                      "--save-tokenizer {} is the --out store itself", save_tokenizer);
     }
     prepare_token_store(po);

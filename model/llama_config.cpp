@@ -122,8 +122,9 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty() &&
       j["eos_token_id"][0].is_number_integer()) {
     c.eos_token_id = j["eos_token_id"][0].get<int64_t>();
-    spdlog::warn("{}: eos_token_id is the list {}; condense keeps {} (generation stops there, and "
-                 "at a chat format's end of turn), and an export writes that one alone", source,
+    spdlog::warn("{}: eos_token_id is the list {}; condense keeps {}, and an export's config.json "
+                 "and generation_config.json name that one alone (generate stops at the "
+                 "tokenizer's eos and a chat format's end of turn)", source,
                  j["eos_token_id"].dump(), c.eos_token_id);
   }
   for (const char* key : {"bos_token_id", "eos_token_id"})

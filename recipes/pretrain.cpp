@@ -35,7 +35,10 @@ std::string resolve_out_dir(const RunConfig& cfg) {
 namespace {
 
 // The store's path: data.dataset, or the cache name its corpus, tokenizer and split options give.
-std::string dataset_path(const DataConfig& data) {
+// `recorded_split`: the split a checkpoint was trained on (resume, eval); a store cached under
+// the name max_documents had before the spread sample ("-n{N}", the first N documents) is used
+// when it holds that split and no "-even{N}" store is there.
+std::string dataset_path(const DataConfig& data, const std::string& recorded_split = "") {
   std::string path = data.dataset;
   if (path.empty()) {
     std::string tok = data.tokenizer.empty()
@@ -45,18 +48,31 @@ std::string dataset_path(const DataConfig& data) {
     // "-even": the sample is spread over the corpus (before 2026-12-06 21:00 UTC it was the first N,
     // cached as "-n{N}": a different store, so those are not picked up under this name).
     std::string docs = data.max_documents > 0 ? fmt::format("-even{}", data.max_documents) : "";
-    path = (fs::path(data.cache_dir) /
-            fmt::format("{}{}-{}{}-val{}-seed{}.h5", data.corpus, source, tok, docs,
-                        data.val_fraction, data.seed))
-               .string();
+    auto name = [&](const std::string& docs_part) {
+      return (fs::path(data.cache_dir) / fmt::format("{}{}-{}{}-val{}-seed{}.h5", data.corpus, source,
+                                                     tok, docs_part, data.val_fraction, data.seed))
+          .string();
+    };
+    path = name(docs);
+    const std::string legacy = name(fmt::format("-n{}", data.max_documents));
+    if (data.max_documents > 0 && !recorded_split.empty() && !fs::exists(path) && fs::exists(legacy)) {
+      try {
+        if (TokenStore::open(legacy).split_signature() == recorded_split) {
+          spdlog::info("using {}: the store of the first {} documents this checkpoint was trained "
+                       "on (max_documents now keeps a spread sample)", legacy, data.max_documents);
+          return legacy;
+        }
+      } catch (const Error&) {  // unreadable or without split attributes: not the one
+      }
+    }
   }
   return path;
 }
 
 }  // namespace
 
-std::string resolve_dataset(const DataConfig& data) {
-  const std::string path = dataset_path(data);
+std::string resolve_dataset(const DataConfig& data, const std::string& recorded_split) {
+  const std::string path = dataset_path(data, recorded_split);
   if (fs::exists(path)) return path;
   // A data.dataset that does not exist is a mistyped path, not a request to build a store there.
   CONDENSE_CHECK(data.dataset.empty(), "data.dataset={}: no such token store; build one with "
@@ -125,6 +141,19 @@ void warn_if_other_split(const Checkpoint& init, const std::string& source, cons
   }
 }
 
+void check_same_split(const std::string& recorded, const TokenStore& store, const std::string& source) {
+  if (recorded.empty()) return;  // an older checkpoint, or one trained on its own streams
+  std::string mine;
+  try {
+    mine = store.split_signature();
+  } catch (const Error&) {  // an older store without the attributes: nothing to compare
+    return;
+  }
+  CONDENSE_CHECK(mine == recorded, "{} was trained on the split '{}' but {} holds '{}': give the "
+                 "store it was trained on (--data, or data.dataset=...; nothing was changed)", source,
+                 recorded, store.path(), mine);
+}
+
 void check_resume_split(const Checkpoint& ckpt, const std::string& source, const DataConfig& data) {
   DataConfig was;
   try {
@@ -148,7 +177,8 @@ TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& sour
   std::string dataset = data;
   if (dataset.empty()) {
     const RunConfig cfg = checkpoint_recipe(ckpt, source);
-    dataset = dataset_path(cfg.data);
+    const std::string recorded = ckpt.state().data_split;
+    dataset = dataset_path(cfg.data, recorded);
     CONDENSE_CHECK(cfg.data.dataset.empty() || fs::exists(dataset), "{}: no --data given, and the "
                    "token store its recipe names ({}) is not here; pass --data STORE.h5", source,
                    dataset);
@@ -162,7 +192,13 @@ TokenStore open_checkpoint_store(const Checkpoint& ckpt, const std::string& sour
                      " from this model's tokenizer)", source, dataset,
                      tok.bpe() ? "a byte-level BPE" : "a sentencepiece model", tok.vocab_size());
     }
-    dataset = resolve_dataset(cfg.data);
+    dataset = resolve_dataset(cfg.data, recorded);
+    // The store the recipe names must hold the documents the checkpoint was trained on and
+    // held out, or its validation would read training text.
+    TokenStore store = TokenStore::open(dataset);
+    check_same_split(recorded, store, source);
+    store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);
+    return store;
   }
   TokenStore store = TokenStore::open(dataset);
   store.check_tokenizer(sha256_hex(ckpt.tokenizer_bytes()), source);

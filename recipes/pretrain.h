@@ -11,7 +11,13 @@ int run_pretrain(const RunConfig& cfg, const RunOptions& options);
 
 // Shared by recipe kinds: the token store the config names; one under data.cache_dir is prepared
 // if it does not exist yet, a data.dataset that does not exist is refused.
-std::string resolve_dataset(const DataConfig& data);
+// recorded_split: the split of the checkpoint a run resumes (TrainingState::data_split), so
+// that a store cached under an earlier name is found.
+std::string resolve_dataset(const DataConfig& data, const std::string& recorded_split = "");
+// Refuses a store whose split (TokenStore::split_signature) is not `recorded`, the one the
+// checkpoint `source` was trained on; an empty `recorded`, or a store without the attributes,
+// passes.
+void check_same_split(const std::string& recorded, const TokenStore& store, const std::string& source);
 
 // The token store a command reads for a checkpoint (eval, prune's and the KV budget's
 // calibration, context-eval): `data` when given, else the one the checkpoint's recipe names,

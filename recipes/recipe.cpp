@@ -49,8 +49,8 @@ int run_recipe(const RunConfig& cfg_in, const RunOptions& options) {
   // teacher; it refuses distill.teacher itself).
   const bool reads_neither = cfg.kind == "pretrain" || cfg.kind == "context_compressor";
   CONDENSE_CHECK(!reads_neither || !set(&RunConfig::distill),
-                 "the distill: section applies to kinds distill, kv_heads and kv_project; this "
-                 "recipe's kind is '{}'", cfg.kind);
+                 "the distill: section applies to kinds distill, kv_heads and kv_project (finetune "
+                 "keeps it for the recipe's distill variant); this recipe's kind is '{}'", cfg.kind);
   CONDENSE_CHECK(!reads_neither || !set(&RunConfig::recovery),
                  "the recovery: section applies to kinds finetune, distill, kv_heads and "
                  "kv_project; this recipe's kind is '{}'", cfg.kind);

@@ -72,15 +72,24 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
                  cfg.checkpoint.dir, run.resume.value_or(""));
   if (options.resume && !run.resume)
     spdlog::info("--resume: no checkpoint in {} yet; starting fresh", cfg.checkpoint.dir);
-  if (run.resume) check_resume_split(Checkpoint::open(*run.resume), *run.resume, cfg.data);
+  std::string recorded_split;
+  if (run.resume) {
+    const Checkpoint ckpt = Checkpoint::open(*run.resume);
+    check_resume_split(ckpt, *run.resume, cfg.data);
+    recorded_split = ckpt.state().data_split;
+  }
 
   // Rank 0 prepares the token store on first use; the others wait and then open it (the cache
   // directory must be shared by all ranks, as the checkpoint directory must).
-  if (run.rank == 0) run.dataset = resolve_dataset(cfg.data);
+  if (run.rank == 0) run.dataset = resolve_dataset(cfg.data, recorded_split);
   run.comm->barrier();
-  if (run.rank != 0) run.dataset = resolve_dataset(cfg.data);
+  if (run.rank != 0) run.dataset = resolve_dataset(cfg.data, recorded_split);
   run.store.emplace(TokenStore::open(run.dataset));
   const TokenStore& store = *run.store;
+  // The recipe's data settings matched (check_resume_split); the store they name must also hold
+  // the same documents (one rebuilt from a changed corpus, or a data.dataset that was replaced,
+  // would hand the run documents it held out). Before the tokenizer checks: the clearer reason.
+  if (run.resume) check_same_split(recorded_split, store, "--resume: " + *run.resume);
   if (!cfg.data.tokenizer.empty())
     store.check_tokenizer(Tokenizer::load(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
   if (adjust) adjust(run);
@@ -115,20 +124,6 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
     CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
                    "holds:{} nothing was changed", *run.resume, differences);
     const TrainingState saved_state = ckpt.state();
-    // The recipe's data settings matched (check_resume_split); the store they name must also
-    // hold the same documents (one rebuilt from a changed corpus, or a data.dataset that was
-    // replaced, would hand the run documents it held out).
-    if (!saved_state.data_split.empty()) {  // runs on their own streams record none
-      std::string mine;
-      try {
-        mine = store.split_signature();
-      } catch (const Error&) {  // an older store without the attributes: nothing to compare
-      }
-      CONDENSE_CHECK(mine.empty() || mine == saved_state.data_split,
-                     "--resume: {} was trained on the split '{}' but {} holds '{}': resume with the "
-                     "store it was trained on (data.dataset=...); the run directory was not changed",
-                     *run.resume, saved_state.data_split, run.dataset, mine);
-    }
     // The data cursor, error-feedback buffers and local-update state are per rank: a resume
     // continues only with as many ranks as wrote the checkpoint.
     CONDENSE_CHECK(saved_state.world_size == 0 || saved_state.world_size == run.world,

@@ -56,7 +56,6 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary v, const std::string& source) : state_(
   CONDENSE_CHECK(!unk_rule || v.unk_id, "{}: bytes without a symbol become the unknown token, but "
                  "the vocabulary names none", source);
   auto st = std::make_shared<State>(State{v, Pretokenizer::by_name(v.pre_tokenizer), {}, source});
-  st->serialized = serialize_bpe_vocabulary(v);
   st->token_to_id.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const int32_t type = v.token_types[i];
@@ -80,6 +79,11 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary v, const std::string& source) : state_(
     const auto it = st->token_to_id.find(byte_level_encode(std::string(1, static_cast<char>(b))));
     st->byte_ids[b] = it == st->token_to_id.end() ? -1 : it->second;
   }
+  // Where every byte has a symbol the rule is never applied: kept at the default, so that such a
+  // vocabulary serializes (and hashes) the same whether or not its file named an unk_token.
+  if (std::all_of(st->byte_ids.begin(), st->byte_ids.end(), [](int32_t id) { return id >= 0; }))
+    st->vocab.missing_byte = MissingByte::kBlockAndDrop;
+  st->serialized = serialize_bpe_vocabulary(st->vocab);
   st->merges.reserve(v.merges.size());
   for (size_t r = 0; r < v.merges.size(); ++r) {
     const std::string& m = v.merges[r];

@@ -6,8 +6,8 @@
 // spelling) and adjacent pairs merge in rank order, lowest rank first and leftmost among
 // equals, until no ranked pair is left. decode(encode(x)) == x for every UTF-8 x, and for
 // arbitrary bytes: bytes that are not UTF-8 become pre-tokens of their own. A byte the
-// vocabulary has no symbol for (SmolLM2 lacks 21 of the 256: six control characters and the
-// bytes of code points U+40000..U+BFFFF) is handled as the reference the vocabulary came from
+// vocabulary has no symbol for (SmolLM2 lacks 21 of the 256: six control characters, the lead
+// bytes of code points U+40000..U+BFFFF, and bytes never in UTF-8) is handled as the reference the vocabulary came from
 // does (BpeVocabulary::missing_byte): llama.cpp drops it where it stands (GGUF), tokenizers
 // makes it the model's unk_token (a tokenizer.json that names one); can_encode() tells whether a
 // text has one. Copies share one immutable state; all const methods are thread-safe.

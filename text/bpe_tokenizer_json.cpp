@@ -65,7 +65,6 @@ const Json& require(const Json& j, const char* key, const std::string& where,
   return j[key];
 }
 
-// A token named in tokenizer_config.json: a string or {"content": ...}.
 // The special tokens the post_processor puts around a text: what transformers' fast tokenizers
 // (and `tokenizers` with add_special_tokens) add, Llama 3's <|begin_of_text|> among them. Only
 // TemplateProcessing's "[bos] $A [eos]" shapes have a BpeVocabulary form (add_bos/add_eos with
@@ -100,10 +99,19 @@ bool read_post_processor(const Json& root, BpeVocabulary& v, const std::string& 
     CONDENSE_CHECK(seen_text && before.size() <= 1 && after.size() <= 1, "{}: tokenizer.json "
                    "post_processor.single {} is not '[bos] $A [eos]', which condense can follow",
                    path, brief(single));
-    auto id_of = [&](const std::string& token) -> int32_t {
-      for (size_t i = 0; i < v.tokens.size(); ++i)
-        if (v.tokens[i] == token) return static_cast<int32_t>(i);
-      fail("{}: tokenizer.json post_processor adds '{}', which is not in the vocabulary", path, token);
+    // A SpecialToken's id is a key of special_tokens, whose "ids" are what is added.
+    const Json& specials = require(*p, "special_tokens", "post_processor.", path);
+    auto id_of = [&](const std::string& key) -> int32_t {
+      const bool one = specials.contains(key) && specials[key].contains("ids") &&
+                       specials[key]["ids"].is_array() && specials[key]["ids"].size() == 1 &&
+                       specials[key]["ids"][0].is_number_integer();
+      CONDENSE_CHECK(one, "{}: tokenizer.json post_processor.special_tokens['{}'] must add exactly "
+                     "one id", path, key);
+      const int64_t id = specials[key]["ids"][0].get<int64_t>();
+      CONDENSE_CHECK(id >= 0 && id < static_cast<int64_t>(v.tokens.size()), "{}: tokenizer.json "
+                     "post_processor adds id {}, outside the vocabulary of {}", path, id,
+                     v.tokens.size());
+      return static_cast<int32_t>(id);
     };
     v.add_bos = !before.empty();
     v.add_eos = !after.empty();
@@ -114,6 +122,7 @@ bool read_post_processor(const Json& root, BpeVocabulary& v, const std::string& 
   return found;
 }
 
+// A token named in tokenizer_config.json: a string or {"content": ...}.
 std::optional<std::string> config_token(const Json& config, const char* key) {
   if (!config.contains(key) || config[key].is_null()) return std::nullopt;
   const Json& v = config[key];
@@ -252,9 +261,12 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
       if (config.contains("chat_template") && config["chat_template"].is_string()) {
         v.chat_template = config["chat_template"].get<std::string>();
       }
-      if (!template_adds) {  // a post_processor decides where there is one, as for transformers
-        v.add_bos = config.value("add_bos_token", false);
-        v.add_eos = config.value("add_eos_token", false);
+      // A post_processor decides where there is one, as for transformers' PreTrainedTokenizerFast;
+      // LlamaTokenizerFast rebuilds it from add_bos_token / add_eos_token instead.
+      const bool llama_class = config.value("tokenizer_class", "") == "LlamaTokenizerFast";
+      if (!template_adds || llama_class) {
+        v.add_bos = config.value("add_bos_token", template_adds ? v.add_bos : false);
+        v.add_eos = config.value("add_eos_token", template_adds ? v.add_eos : false);
       }
     }
   } catch (const Json::exception& e) {

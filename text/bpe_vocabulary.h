@@ -23,7 +23,8 @@ enum class BpeTokenType : int32_t {
 };
 
 // What encode() does with a byte the vocabulary has no symbol for (SmolLM2 lacks 21 of the 256:
-// six control characters and the lead bytes of code points U+40000..U+BFFFF).
+// six control characters, 0xF1 and 0xF2 (lead bytes of code points U+40000..U+BFFFF), and 13
+// bytes that never occur in UTF-8).
 enum class MissingByte : uint32_t {
   // llama.cpp (GGUF; also a tokenizer.json without model.unk_token): the byte stays in its word,
   // no pair with it merges, and it yields no id. tokenizers, for a file without unk_token,

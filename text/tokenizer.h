@@ -64,7 +64,8 @@ class Tokenizer {
   std::vector<int32_t> encode(const std::string& text) const;
   // What a model is fed for a prompt or a scored text: <bos> first when the vocabulary adds
   // one (always for sentencepiece; for BPE when its add_bos flag is set, as GGUF's
-  // tokenizer.ggml.add_bos_token and tokenizer_config.json's add_bos_token say), then encode().
+  // tokenizer.ggml.add_bos_token, a tokenizer.json post_processor template, or else
+  // tokenizer_config.json's add_bos_token say), then encode().
   std::vector<int32_t> prompt_ids(const std::string& text) const;
   // Text of `ids`; control ids (bos/eos, <|im_start|>) decode to nothing. Throws on an id out
   // of range.

@@ -137,11 +137,10 @@ std::optional<std::string> CheckpointManager::latest() const {
   if (fs::exists(pointer)) {
     std::string name = read_text_file(pointer.string());
     while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
-    if (name.empty() || name.find('/') != std::string::npos) {
+    if (name.empty()) {
       // Written atomically, so only a hand edit or a damaged disk empties it: the newest
       // checkpoint of the directory is what it named.
-      spdlog::warn("{} names no checkpoint file ('{}'); using the newest step_*.h5 in {}",
-                   pointer.string(), name, dir_);
+      spdlog::warn("{} is empty; using the newest step_*.h5 in {}", pointer.string(), dir_);
     } else {
       fs::path p = fs::path(dir_) / name;
       CONDENSE_CHECK(fs::exists(p), "{} points at {}, which does not exist", pointer.string(),

@@ -274,8 +274,8 @@ def test_arbitrary_bytes_round_trip(setup, tmp_path):
 
 
 def test_bytes_without_a_symbol_follow_each_reference(setup, fields, tmp_path):
-    """SmolLM2 has no symbol for 21 bytes (six control characters, the lead bytes of code points
-    U+40000..U+BFFFF), and the references differ on them: llama.cpp drops such a byte where it
+    """SmolLM2 has no symbol for 21 bytes (six control characters, 0xF1 / 0xF2 that lead code
+    points U+40000..U+BFFFF, 13 bytes never in UTF-8), and the references differ on them: llama.cpp drops such a byte where it
     stands (it still blocks merges across it); tokenizers emits the model's unk_token (one per run
     with fuse_unk) and, without one, removes the byte before merging. condense follows llama.cpp
     for GGUF fields and for a tokenizer.json without unk_token (so that its export of a GGUF
@@ -377,4 +377,4 @@ def test_post_processor_template_is_read_and_written(setup, fields, template, tm
     assert [fast(t)["input_ids"] for t in flat[:50]] == ours[:50]
     # Read back, the export is the same vocabulary with the same template.
     _, _, back = run_tool(["--json", exported], records[:1], tmp_path, "tpl-back")
-    assert (back["add_bos"], back["add_eos"], back["bos_id"]) == (info["add_bos"], info["add_eos"], info["bos_id"])
+    assert back["sha256"] == info["sha256"]

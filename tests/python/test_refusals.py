@@ -15,6 +15,10 @@ import h5py
 import numpy as np
 
 from conftest import run
+
+TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1",
+        "model.num_attention_heads=2", "model.num_key_value_heads=1", "data.seq_len=32", "train.warmup_steps=1",
+        "train.eval_every=0", "train.threads=1"]
 from test_cli_e2e import QUICKSTART, expect_error, tiny_overrides, tree_digest
 
 
@@ -34,7 +38,7 @@ def test_outputs_never_overwrite_inputs(small_store, tmp_path):
     expect_error(["score", ckpt, "--text", text, "--json", text], "is not an earlier score's output")
     # prepare --save-tokenizer: an existing file, the --out store itself, a missing directory;
     # all before the corpus is read.
-    for target, needle in [(text, "already exists"), (tmp_path / "s.h5", "is the --out store itself"),
+    for target, needle in [(text, "already exists"), (f"{tmp_path}/./s.h5", "is the --out store itself"),
                            (tmp_path / "nodir" / "t.model", "does not exist")]:
         p = expect_error(["prepare", "--corpus", "fortunes", "--max-documents", 50, "--vocab-size", 300,
                           "--out", tmp_path / "s.h5", "--save-tokenizer", target], needle)
@@ -77,21 +81,45 @@ def test_score_with_a_tokenizer_larger_than_the_model(small_store, tmp_path):
                  "384 embedding rows")
 
 
+def fortunes_run(tmp_path, *extra):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = [f"out_dir={out}", "data.corpus=fortunes", "data.max_documents=300", "data.vocab_size=500",
+            f"data.cache_dir={cache}", *TINY, "checkpoint.every=2"]
+    run("train", QUICKSTART, *args, "train.steps=2", *extra)
+    return cache, out, args
+
+
 def test_eval_reads_the_weights_before_tokenizing_a_corpus(tmp_path):
     """A checkpoint whose store must be rebuilt (cache deleted) and whose weights are corrupt:
     refused naming the tensor, and no store is built first."""
-    cache = tmp_path / "cache"
-    out = tmp_path / "run"
-    run("train", QUICKSTART, f"out_dir={out}", "data.corpus=fortunes", "data.max_documents=300",
-        "data.vocab_size=500", f"data.cache_dir={cache}", "data.seq_len=32", "model.hidden_size=32",
-        "model.intermediate_size=64", "model.num_hidden_layers=1", "model.num_attention_heads=2",
-        "model.num_key_value_heads=1", "train.steps=2", "train.warmup_steps=1", "train.eval_every=0",
-        "train.threads=1", "checkpoint.every=2")
+    cache, out, _ = fortunes_run(tmp_path)
     shutil.rmtree(cache)
     with h5py.File(out / "checkpoints" / "step_000002.h5", "r+") as f:
         f["model.norm.weight"][0] = np.inf
     expect_error(["eval", out, "--batches", 1], "tensor 'model.norm.weight' holds 1 non-finite")
     assert not cache.exists()
+
+
+def test_stores_are_matched_to_the_split_a_checkpoint_recorded(tmp_path):
+    """data.max_documents stores were cached as "-n{N}" (the first N documents) before the spread
+    sample ("-even{N}"): a checkpoint trained on one finds it for eval and --resume. A store under
+    the recipe's name that holds another split is refused by eval (its validation would read
+    training text)."""
+    cache, out, args = fortunes_run(tmp_path)
+    [store] = list(cache.iterdir())
+    assert "-even300-" in store.name
+    legacy = cache / store.name.replace("-even300-", "-n300-")
+    store.rename(legacy)
+    ev = run("eval", out, "--batches", 1)
+    assert f"using {legacy}" in ev.stderr, ev.stderr
+    resumed = run("train", QUICKSTART, *args, "train.steps=3", "--resume")
+    assert f"using {legacy}" in resumed.stderr and not store.exists()
+    # Another split under the recipe's name: refused before scoring.
+    legacy.unlink()
+    run("prepare", "--corpus", "fortunes", "--max-documents", 300, "--vocab-size", 500, "--val-fraction", 0.1,
+        "--out", store)
+    expect_error(["eval", out, "--batches", 1], "was trained on the split", "val_fraction 0.1",
+                 "give the store it was trained on")
 
 
 def test_a_refused_train_leaves_no_cache_directory(tmp_path):
@@ -137,7 +165,7 @@ def test_an_empty_latest_pointer_falls_back_to_the_newest_checkpoint(small_store
     out = tiny_run(small_store, tmp_path / "run")
     (out / "checkpoints" / "latest").write_text("")
     p = run("info", out)
-    assert "step_000002.h5" in p.stdout and "names no checkpoint file" in p.stderr, (p.stdout, p.stderr)
+    assert "step_000002.h5" in p.stdout and "latest is empty" in p.stderr, (p.stdout, p.stderr)
 
 
 def test_generate_caps_a_huge_token_count_at_the_context(small_store, tmp_path):
