@@ -378,3 +378,30 @@ def test_post_processor_template_is_read_and_written(setup, fields, template, tm
     # Read back, the export is the same vocabulary with the same template.
     _, _, back = run_tool(["--json", exported], records[:1], tmp_path, "tpl-back")
     assert back["sha256"] == info["sha256"]
+
+
+def test_post_processors_condense_cannot_follow_are_refused(fields, tmp_path):
+    """A post_processor that adds anything but "[bos] $A [eos]" (RobertaProcessing, two tokens
+    before the text, a special token adding two ids) is refused naming what, not ignored."""
+    ids = {t: i for i, t in enumerate(fields["tokens"])}
+    bos, eos = "<|im_start|>", "<|im_end|>"
+    special = {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in (bos, eos)}
+
+    def template(single, specials=special):
+        return {"type": "TemplateProcessing", "single": single, "pair": single, "special_tokens": specials}
+    tok = lambda t: {"SpecialToken": {"id": t, "type_id": 0}}  # noqa: E731
+    text = {"Sequence": {"id": "A", "type_id": 0}}
+    cases = [({"type": "RobertaProcessing", "sep": [eos, ids[eos]], "cls": [bos, ids[bos]]},
+              "post_processor type 'RobertaProcessing' is not supported"),
+             (template([tok(bos), tok(eos), text]), "is not '[bos] $A [eos]'"),
+             (template([tok(bos), text], {bos: {"id": bos, "ids": [ids[bos], ids[eos]], "tokens": [bos, eos]}}),
+              "must add exactly one id")]
+    for i, (post, needle) in enumerate(cases):
+        doc = tokenizer_json(fields, "smollm")
+        doc["post_processor"] = post
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(doc))
+        (tmp_path / "in").write_bytes(b"")
+        p = subprocess.run([str(TOOL), "--json", str(path), str(tmp_path / "in"), str(tmp_path / "out")],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and needle in p.stderr and str(path) in p.stderr, (needle, p.stderr)
