@@ -276,25 +276,31 @@ def test_chat_renders_the_chat_template_and_answers(imported, hf_export, tmp_pat
     assert p.returncode != 0 and "exactly one of --prompt and --chat" in p.stderr
 
 
+def write_gguf(path, arch, fill):
+    """A GGUF file at `path` of architecture `arch`, with what fill(writer) adds."""
+    w = gguf.GGUFWriter(str(path), arch)
+    fill(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def expect_refused_import(path, *fragments):
+    """condense import PATH fails (exit 1) naming every fragment and writes nothing."""
+    out = path.with_suffix(".h5")
+    p = run("import", path, out, check=False)
+    assert p.returncode == 1, p.stderr
+    for f in fragments:
+        assert f in p.stderr, (f, p.stderr)
+    assert not out.exists()
+
+
 def test_bad_gguf_imports_fail_naming_the_key_and_write_nothing(tmp_path):
     import numpy as np  # noqa: F811
-
-    def write(name, arch, fill):
-        w = gguf.GGUFWriter(str(tmp_path / name), arch)
-        fill(w)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        return tmp_path / name
-
-    def expect(path, *fragments):
-        out = tmp_path / (path.stem + ".h5")
-        p = run("import", path, out, check=False)
-        assert p.returncode != 0, p.stdout
-        for f in fragments:
-            assert f in p.stderr, (f, p.stderr)
-        assert not out.exists()
+    write = lambda name, arch, fill: write_gguf(tmp_path / name, arch, fill)  # noqa: E731
+    expect = expect_refused_import
 
     expect(write("qwen.gguf", "qwen2", lambda w: None), "general.architecture is not 'llama'")
 
@@ -322,45 +328,35 @@ def test_gguf_that_asks_for_what_condense_does_not_compute_is_refused(tmp_path):
     hd = hidden // heads
 
     def tiny(name, rope_dims=hd, extra=None, tensors=None, embedding_length=hidden):
-        w = gguf.GGUFWriter(str(tmp_path / name), "llama")
-        w.add_context_length(64)
-        w.add_embedding_length(embedding_length)
-        w.add_block_count(1)
-        w.add_feed_forward_length(ffn)
-        w.add_head_count(heads)
-        w.add_head_count_kv(kv)
-        w.add_rope_dimension_count(rope_dims)
-        w.add_layer_norm_rms_eps(1e-5)
-        for key, value in (extra or {}).items():
-            (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
-        shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
-                  "blk.0.attn_norm.weight": (hidden,), "blk.0.attn_q.weight": (hidden, hidden),
-                  "blk.0.attn_k.weight": (kv * hd, hidden), "blk.0.attn_v.weight": (kv * hd, hidden),
-                  "blk.0.attn_output.weight": (hidden, hidden), "blk.0.ffn_norm.weight": (hidden,),
-                  "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
-                  "blk.0.ffn_down.weight": (hidden, ffn), **(tensors or {})}
-        for t, shape in shapes.items():
-            w.add_tensor(t, rng.standard_normal(shape).astype(np.float32) * 0.05)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        return tmp_path / name
+        def fill(w):
+            w.add_context_length(64)
+            w.add_embedding_length(embedding_length)
+            w.add_block_count(1)
+            w.add_feed_forward_length(ffn)
+            w.add_head_count(heads)
+            w.add_head_count_kv(kv)
+            w.add_rope_dimension_count(rope_dims)
+            w.add_layer_norm_rms_eps(1e-5)
+            for key, value in (extra or {}).items():
+                (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
+            shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
+                      "blk.0.attn_norm.weight": (hidden,), "blk.0.attn_q.weight": (hidden, hidden),
+                      "blk.0.attn_k.weight": (kv * hd, hidden), "blk.0.attn_v.weight": (kv * hd, hidden),
+                      "blk.0.attn_output.weight": (hidden, hidden), "blk.0.ffn_norm.weight": (hidden,),
+                      "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
+                      "blk.0.ffn_down.weight": (hidden, ffn), **(tensors or {})}
+            for t, shape in shapes.items():
+                w.add_tensor(t, rng.standard_normal(shape).astype(np.float32) * 0.05)
+        return write_gguf(tmp_path / name, "llama", fill)
 
-    def expect(path, *fragments):
-        out = tmp_path / (path.stem + ".h5")
-        p = run("import", path, out, check=False)
-        assert p.returncode == 1, p.stderr
-        for f in fragments:
-            assert f in p.stderr, (f, p.stderr)
-        assert not out.exists()
-
+    expect = expect_refused_import
     plain = tiny("plain.gguf")
     run("import", plain, tmp_path / "plain.h5")
     assert (tmp_path / "plain.h5").is_file()
     expect(tiny("linear.gguf", extra={"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}),
            "llama.rope.scaling.type is \"linear\"")
     expect(tiny("factor.gguf", extra={"llama.rope.scaling.factor": 2.0}), "llama.rope.scaling.factor is 2")
+    expect(tiny("scale.gguf", extra={"llama.rope.scale_linear": 2.0}), "llama.rope.scale_linear is 2")
     expect(tiny("freqs.gguf", tensors={"rope_freqs.weight": (hd // 2,)}), "tensor 'rope_freqs.weight'")
     expect(tiny("bias.gguf", tensors={"blk.0.attn_q.bias": (hidden,)}), "tensor 'blk.0.attn_q.bias'")
     expect(tiny("partial.gguf", rope_dims=hd // 2), "llama.rope.dimension_count is 16", "partial rotary")
