@@ -259,16 +259,12 @@ void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& 
     CONDENSE_CHECK(type == "none", "{}: llama.rope.scaling.type is {}; RoPE scaling is not "
                    "supported (only 'none')", path, type.dump());
   }
-  if (r.has("llama.rope.scaling.factor")) {
-    const auto& factor = r.get("llama.rope.scaling.factor").value;
+  // The factor, and the older key llama.cpp still reads as it: 1, or 0 for none, are plain RoPE.
+  for (const char* key : {"llama.rope.scaling.factor", "llama.rope.scale_linear"}) {
+    if (!r.has(key)) continue;
+    const auto& factor = r.get(key).value;
     CONDENSE_CHECK(factor.is_number() && (factor.get<double>() == 0.0 || factor.get<double>() == 1.0),
-                   "{}: llama.rope.scaling.factor is {}; RoPE scaling is not supported (only 1, "
-                   "or 0 for none)", path, factor.dump());
-  }
-  if (r.has("llama.rope.scale_linear")) {  // the older key llama.cpp still reads as the factor
-    const auto& factor = r.get("llama.rope.scale_linear").value;
-    CONDENSE_CHECK(factor.is_number() && (factor.get<double>() == 0.0 || factor.get<double>() == 1.0),
-                   "{}: llama.rope.scale_linear is {}; RoPE scaling is not supported", path,
+                   "{}: {} is {}; RoPE scaling is not supported (only 1, or 0 for none)", path, key,
                    factor.dump());
   }
   if (r.has("llama.rope.dimension_count")) {

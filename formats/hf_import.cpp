@@ -4,6 +4,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <spdlog/spdlog.h>
 
@@ -71,31 +72,33 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     fail("{}: unexpected tensor '{}' for this config.json", shards.file_of(name), name);
   }
 
-  // A sentencepiece tokenizer.model, else a byte-level BPE tokenizer.json (condense's own HF
-  // export writes the latter).
+  // --tokenizer, else a sentencepiece tokenizer.model, else a byte-level BPE tokenizer.json
+  // (condense's own HF export writes the latter).
+  std::optional<Tokenizer> tok;
   std::string tok_path = tokenizer_override;
-  if (tok_path.empty()) {
-    tok_path = (fs::path(dir) / "tokenizer.model").string();
-    const std::string json = (fs::path(dir) / "tokenizer.json").string();
-    if (!fs::exists(tok_path) && fs::exists(json)) {
-      // Found, not asked for: one condense cannot read (sentencepiece-style byte fallback, a
-      // normalizer) leaves the import without a tokenizer, as before tokenizer.json was read.
-      try {
-        Tokenizer::load(json);
-        tok_path = json;
-      } catch (const Error& e) {
-        spdlog::warn("{}: not used ({}); pass --tokenizer T.model", json, e.what());
-      }
+  const std::string model_path = (fs::path(dir) / "tokenizer.model").string(),
+                    json_path = (fs::path(dir) / "tokenizer.json").string();
+  if (!tok_path.empty()) {
+    CONDENSE_CHECK(fs::exists(tok_path), "{}: tokenizer file not found", tok_path);
+    tok = Tokenizer::load(tok_path);
+  } else if (fs::exists(model_path)) {
+    tok_path = model_path;
+    tok = Tokenizer::load(tok_path);
+  } else if (fs::exists(json_path)) {
+    // Found, not asked for: one condense cannot read (sentencepiece-style byte fallback, a
+    // normalizer) leaves the import without a tokenizer, as before tokenizer.json was read.
+    try {
+      tok = Tokenizer::load(json_path);
+      tok_path = json_path;
+    } catch (const Error& e) {
+      spdlog::warn("{}: not used ({}); pass --tokenizer T.model", json_path, e.what());
     }
   }
-  if (fs::exists(tok_path)) {
-    Tokenizer tok = Tokenizer::load(tok_path);
-    CONDENSE_CHECK(tok.vocab_size() <= config.vocab_size, "{}: the tokenizer has {} pieces but "
-                   "config.json's vocab_size is {}", tok_path, tok.vocab_size(), config.vocab_size);
-    out.tokenizer_bytes = tok.serialized();
+  if (tok) {
+    CONDENSE_CHECK(tok->vocab_size() <= config.vocab_size, "{}: the tokenizer has {} pieces but "
+                   "config.json's vocab_size is {}", tok_path, tok->vocab_size(), config.vocab_size);
+    out.tokenizer_bytes = tok->serialized();
     out.tokenizer_path = fs::absolute(tok_path).string();
-  } else {
-    CONDENSE_CHECK(tokenizer_override.empty(), "{}: tokenizer file not found", tok_path);
   }
   return out;
 }

@@ -53,6 +53,28 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
   return s;
 }
 
+namespace {
+
+// --json names a new file, or an earlier score's output (reruns replace it), never another
+// file, such as the checkpoint or text being scored; only what starts like JSON is parsed.
+void check_score_output(const std::string& path) {
+  if (!fs::exists(path) || fs::is_directory(path)) return check_new_output(path);
+  nlohmann::json earlier;
+  std::ifstream in(path, std::ios::binary);
+  if (in.peek() == '{') {
+    try {
+      earlier = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  CONDENSE_CHECK(earlier.is_object() && earlier.contains("nll") && earlier.contains("source") &&
+                     earlier.contains("kind") && earlier.contains("predicted"),
+                 "--json {}: already exists and is not an earlier score's output; refusing to "
+                 "overwrite it", path);
+}
+
+}  // namespace
+
 int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.top_k >= 0, "--top-k must be >= 0 (got {})", opt.top_k);
   CONDENSE_CHECK(!opt.token_by_token || !opt.kv_cache.empty(),
@@ -61,27 +83,7 @@ int run_score(const std::string& source, const ScoreOptions& opt) {
   CONDENSE_CHECK(opt.kv_budget >= 0 && opt.kv_budget <= 1, "--kv-budget {}: valid is (0, 1] (0: off)",
                  opt.kv_budget);
   check_kv_granularity(opt.kv_budget, opt.kv_granularity);
-  // Before any work: --json names a new file, or an earlier score's output (reruns replace it);
-  // never another file, such as the checkpoint or text being scored.
-  if (!opt.json_out.empty()) {
-    if (fs::exists(opt.json_out) && !fs::is_directory(opt.json_out)) {
-      nlohmann::json earlier;
-      std::ifstream in(opt.json_out, std::ios::binary);
-      // Read only what starts like JSON (not a multi-gigabyte checkpoint).
-      if (in.peek() == '{') {
-        try {
-          earlier = nlohmann::json::parse(in);
-        } catch (const nlohmann::json::exception&) {
-        }
-      }
-      CONDENSE_CHECK(earlier.is_object() && earlier.contains("nll") && earlier.contains("source") &&
-                         earlier.contains("kind") && earlier.contains("predicted"),
-                     "--json {}: already exists and is not an earlier score's output; refusing to "
-                     "overwrite it", opt.json_out);
-    } else {
-      check_new_output(opt.json_out);
-    }
-  }
+  if (!opt.json_out.empty()) check_score_output(opt.json_out);  // before any work
   ModelSource src = load_model_source(source, opt.tokenizer);
   set_kv_rank(src.model, opt.kv_rank, source);
   set_kv_window(src.model, opt.kv_window, source);
