@@ -307,15 +307,14 @@ Json post_processor_json(const BpeVocabulary& v) {
     seq.push_back({{"SpecialToken", {{"id", t}, {"type_id", type_id}}}});
     special[t] = {{"id", t}, {"ids", {*id}}, {"tokens", {t}}};
   };
-  add(v.bos_id, v.add_bos, 0, single);
-  single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
-  add(v.eos_id, v.add_eos, 0, single);
-  add(v.bos_id, v.add_bos, 0, pair);
-  pair.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
-  add(v.eos_id, v.add_eos, 0, pair);
-  add(v.bos_id, v.add_bos, 1, pair);
-  pair.push_back({{"Sequence", {{"id", "B"}, {"type_id", 1}}}});
-  add(v.eos_id, v.add_eos, 1, pair);
+  auto around = [&](const char* text, int type_id, Json& seq) {  // [bos] text [eos]
+    add(v.bos_id, v.add_bos, type_id, seq);
+    seq.push_back({{"Sequence", {{"id", text}, {"type_id", type_id}}}});
+    add(v.eos_id, v.add_eos, type_id, seq);
+  };
+  around("A", 0, single);
+  around("A", 0, pair);
+  around("B", 1, pair);
   return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair},
           {"special_tokens", special}};
 }
