@@ -77,7 +77,7 @@ CONFIGS = {
     "sparseloco-H16-3%-4bit": {**SPARSELOCO, "comm.sync.inner_steps": 16, "ratio": 0.03, "bits": 4},
     "sparseloco-H16-3%-2bit+econtrol(0.2)": {**SPARSELOCO, "comm.sync.inner_steps": 16,
                                              "ratio": 0.03, "bits": 2, "error_control": "econtrol",
-                                             "eta": 0.2},
+                                             "eta": 0.2, "decay": 1.0},  # decay is ef's alone
     # DeMo: decayed EF (the unsynchronized momentum) around chunked Top-K 32/4096 with fp32
     # values, sign step.
     "demo-32/4096": {"train.optimizer": "sign", "codec": "sparseloco", "bits": 32, "k": 32,

@@ -4,7 +4,7 @@
 // Layout (format "condense-tokens-v1"):
 //   train/ids, val/ids                int32, documents concatenated, each as <s> ids </s>
 //   train/doc_offsets, val/doc_offsets int64, start of each document plus the final end
-//   tokenizer                         uint8, the serialized sentencepiece model
+//   tokenizer                         uint8, Tokenizer::serialized() (sentencepiece or BPE)
 //   root attributes: format, tokenizer_sha256, vocab_size, corpus, corpus_sha256,
 //                    num_documents, seed, val_fraction, num_train_documents, num_val_documents
 //

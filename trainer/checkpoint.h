@@ -4,7 +4,7 @@
 //   rng/torch_cpu[_rank<r>]    CPU generator state of rank 0 [of every rank] (dropout)
 //   recipe                     the resolved recipe (YAML text)
 //   config                     the model's Hugging Face config.json (text)
-//   tokenizer                  the sentencepiece model (bytes)
+//   tokenizer                  Tokenizer::serialized() (sentencepiece or byte-level BPE; bytes)
 //   root attributes            format, step, tokens_seen, loader_epoch, loader_position
 // CheckpointManager writes them atomically (temporary file, fsync, rename, fsync directory),
 // then points the `latest` file at the new one and removes checkpoints beyond `keep`.

@@ -3,7 +3,9 @@
 // "DeMo: Decoupled Momentum Optimization", 2024), whose momentum lives in the exchange instead:
 // comm.compression with error_control ef and decay beta keeps m = beta m + g per rank, sends its
 // chunked Top-K and subtracts what was sent (comm/error_control.h), so the gradient this optimizer
-// receives is the mean over ranks of the sent parts. No state of its own.
+// receives is the mean over ranks of the sent parts. No state of its own. DeMo's reference code
+// adds lr g to m; the buffer here gets g: the same steps under a constant lr (sign() drops the
+// scale), a different weighting of past gradients under a schedule (README says so).
 #pragma once
 #include "trainer/optimizer.h"
 

@@ -24,7 +24,7 @@ struct Trainable {
   LlamaForCausalLM model{nullptr};
   LossFn loss;
   // Added parameters, always trained, saved and restored by name
-  // ("lora.model.layers.3.self_attn.q_proj.weight.A"); never "model." or "lm_head." names.
+  // ("lora.model.layers.3.self_attn.q_proj.A"); never "model." or "lm_head." names.
   std::vector<std::pair<std::string, at::Tensor>> modules;
   // Saved with every checkpoint and restored on resume, never trained ("mask/<weight>").
   std::map<std::string, at::Tensor> state;
