@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include "data/tokenizer_file.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/random.h"
@@ -155,7 +156,7 @@ void prepare_token_store(const PrepareOptions& o) {
     for (int64_t i : train) train_docs.push_back(docs[i]);  // val text stays unseen
     tok = Tokenizer::train(train_docs, TokenizerTrainOptions{o.vocab_size, 300000, o.seed});
   } else {
-    tok = Tokenizer::load(o.tokenizer_path);
+    tok = load_tokenizer_file(o.tokenizer_path);
   }
   CONDENSE_CHECK(tok->bos_id() >= 0 && tok->eos_id() >= 0,
                  "{}: tokenizer has no <s>/</s> ids (bos {}, eos {})", tok->source(),

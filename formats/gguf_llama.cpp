@@ -14,7 +14,9 @@
 #include "core/error.h"
 #include "core/finite.h"
 #include "core/shape.h"
+#include "data/tokenizer_file.h"
 #include "io/gguf_reader.h"
+#include "io/mapped_file.h"
 #include "io/gguf_writer.h"
 #include "core/base64.h"
 #include "text/tokenizer.h"
@@ -202,53 +204,6 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
 namespace {
 
-// The byte-level BPE of a "gpt2" GGUF vocabulary as serialized tokenizer bytes; nullopt for
-// other tokenizer models. Errors name the file and key.
-std::optional<std::string> gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
-  if (!r.has("tokenizer.ggml.model")) return std::nullopt;
-  const GgufValue& model = r.get("tokenizer.ggml.model");
-  CONDENSE_CHECK(model.value.is_string(), "{}: tokenizer.ggml.model is not a string", path);
-  if (model.value.get<std::string>() != "gpt2") return std::nullopt;
-  auto strings = [&](const char* key) {
-    const GgufValue& v = r.get(key);
-    CONDENSE_CHECK(v.value.is_array(), "{}: {} is not an array", path, key);
-    std::vector<std::string> out;
-    out.reserve(v.value.size());
-    for (const auto& e : v.value) {
-      CONDENSE_CHECK(e.is_string(), "{}: {} holds a non-string element", path, key);
-      out.push_back(e.get<std::string>());
-    }
-    return out;
-  };
-  auto id = [&](const char* key) -> std::optional<int32_t> {
-    if (!r.has(key)) return std::nullopt;
-    return static_cast<int32_t>(r.get_uint(key));
-  };
-  auto flag = [&](const char* key) {
-    return r.has(key) && r.get(key).value.is_boolean() && r.get(key).value.get<bool>();
-  };
-  BpeVocabulary v;
-  v.tokens = strings("tokenizer.ggml.tokens");
-  if (r.has("tokenizer.ggml.token_type")) {
-    const GgufValue& t = r.get("tokenizer.ggml.token_type");
-    CONDENSE_CHECK(t.value.is_array(), "{}: tokenizer.ggml.token_type is not an array", path);
-    for (const auto& e : t.value) v.token_types.push_back(e.get<int32_t>());
-  }
-  if (r.has("tokenizer.ggml.merges")) v.merges = strings("tokenizer.ggml.merges");
-  CONDENSE_CHECK(r.has("tokenizer.ggml.pre"), "{}: a gpt2 vocabulary without tokenizer.ggml.pre "
-                 "(its pre-tokenizer); condense refuses to guess one", path);
-  v.pre_tokenizer = r.get("tokenizer.ggml.pre").value.get<std::string>();
-  v.bos_id = id("tokenizer.ggml.bos_token_id");
-  v.eos_id = id("tokenizer.ggml.eos_token_id");
-  v.pad_id = id("tokenizer.ggml.padding_token_id");
-  v.unk_id = id("tokenizer.ggml.unknown_token_id");
-  v.add_bos = flag("tokenizer.ggml.add_bos_token");
-  v.add_eos = flag("tokenizer.ggml.add_eos_token");
-  if (r.has("tokenizer.chat_template") && r.get("tokenizer.chat_template").value.is_string())
-    v.chat_template = r.get("tokenizer.chat_template").value.get<std::string>();
-  return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
-}
-
 // condense rotates whole heads at rope_theta's frequencies (model/rope.h). RoPE scaling (linear,
 // YaRN, Llama 3's rope_freqs.weight) or a rotary part narrower than the head changes every
 // position's angles, so a file that asks for either is refused (as from_hf_json refuses
@@ -280,21 +235,13 @@ void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& 
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
   CONDENSE_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, expected a GGUF file",
                  path);
-  std::ifstream in(path, std::ios::binary);
-  CONDENSE_CHECK(in.good(), "{}: cannot open ({})", path,
-                 std::filesystem::exists(path) ? "permission or I/O error" : "no such file");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::string image = ss.str();
-  GgufReader r(reinterpret_cast<const uint8_t*>(image.data()), image.size(), path);
+  // Mapped, not read: every tensor is dequantized out of it once.
+  const auto file = MappedFile::open(path);
+  GgufReader r(file->data(), file->size(), path);
   CONDENSE_CHECK(r.has("general.architecture") && r.get("general.architecture").value == "llama",
                  "{}: general.architecture is not 'llama'", path);
-  if (tokenizer_bytes && r.has(kGgufSentencepieceKey)) {
-    const GgufValue& v = r.get(kGgufSentencepieceKey);
-    CONDENSE_CHECK(v.type == GgufValueType::kString, "{}: {} is not a string", path, kGgufSentencepieceKey);
-    *tokenizer_bytes = base64_decode(v.value.get<std::string>(), path + ":" + kGgufSentencepieceKey);
-  } else if (tokenizer_bytes) {
-    if (std::optional<std::string> bpe = gguf_bpe_tokenizer(r, path)) *tokenizer_bytes = *bpe;
+  if (tokenizer_bytes) {
+    if (std::optional<std::string> bytes = gguf_tokenizer_bytes(r, path)) *tokenizer_bytes = *bytes;
   }
   LlamaConfig c;
   c.vocab_size = r.tensor("token_embd.weight").ne[1];

@@ -35,8 +35,6 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
 // Rebuilds a float32 model from a GGUF file written by export_gguf (or llama.cpp's converter
 // with the same types): config from llama.* metadata, weights dequantized and un-permuted.
-// Metadata key holding condense's sentencepiece model (base64) in its GGUF exports.
-inline constexpr const char* kGgufSentencepieceKey = "condense.tokenizer.sentencepiece_base64";
 
 // `tokenizer_bytes`, when given, receives the tokenizer (Tokenizer::serialized() bytes): the
 // sentencepiece model stored by condense's export, or the byte-level BPE of a GGUF whose

@@ -1,5 +1,6 @@
 #include "formats/hf_import.h"
 
+#include "data/tokenizer_file.h"
 
 #include <chrono>
 #include <filesystem>
@@ -80,7 +81,7 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
                     json_path = (fs::path(dir) / "tokenizer.json").string();
   if (!tok_path.empty()) {
     CONDENSE_CHECK(fs::exists(tok_path), "{}: tokenizer file not found", tok_path);
-    tok = Tokenizer::load(tok_path);
+    tok = load_tokenizer_file(tok_path);
   } else if (fs::exists(model_path)) {
     tok_path = model_path;
     tok = Tokenizer::load(tok_path);

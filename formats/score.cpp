@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "data/tokenizer_file.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "formats/compressed_context.h"
@@ -40,7 +41,7 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
     s.tokenizer_bytes = ckpt.tokenizer_bytes();
   }
   if (!tokenizer_override.empty()) {
-    const Tokenizer tok = Tokenizer::load(tokenizer_override);
+    const Tokenizer tok = load_tokenizer_file(tokenizer_override);
     // An id past the embedding would fail deep in LibTorch ("index out of range in self").
     CONDENSE_CHECK(tok.vocab_size() <= s.model->config().vocab_size, "{}: the tokenizer has {} "
                    "pieces but {} has {} embedding rows", tokenizer_override, tok.vocab_size(),

@@ -1,10 +1,5 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -15,17 +10,9 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/mapped_file.h"
 
 namespace condense {
-
-// A read-only private mapping of the whole file, unmapped when the last user goes away.
-struct SafetensorsFile::Mapping {
-  const uint8_t* data = nullptr;
-  size_t size = 0;
-  ~Mapping() {
-    if (data && size) ::munmap(const_cast<uint8_t*>(data), size);
-  }
-};
 
 namespace {
 
@@ -65,30 +52,10 @@ std::string safetensors_dtype_name(at::ScalarType t) {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
-  CONDENSE_CHECK(fd >= 0, "{}: cannot open: {}", path, std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail("{}: not a regular file", path);
-  }
-  auto m = std::make_shared<Mapping>();
-  m->size = static_cast<size_t>(st.st_size);
-  if (m->size > 0) {
-    void* p = ::mmap(nullptr, m->size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      int err = errno;
-      ::close(fd);
-      m->size = 0;
-      fail("{}: mmap failed: {}", path, std::strerror(err));
-    }
-    m->data = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
   SafetensorsFile f;
   f.path_ = path;
-  f.header_ = parse_safetensors_header(m->data, m->size, path);
-  f.map_ = std::move(m);
+  f.map_ = MappedFile::open(path);
+  f.header_ = parse_safetensors_header(f.map_->data(), f.map_->size(), path);
   for (size_t i = 0; i < f.header_.entries.size(); ++i) f.index_[f.header_.entries[i].name] = i;
   return f;
 }
@@ -104,7 +71,7 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
 at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   const SafetensorsEntry& e = entry(name);
   at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(to_scalar_type(e.dtype)));
-  if (e.end > e.begin) std::memcpy(t.data_ptr(), map_->data + header_.data_start + e.begin, e.end - e.begin);
+  if (e.end > e.begin) std::memcpy(t.data_ptr(), map_->data() + header_.data_start + e.begin, e.end - e.begin);
   return t;
 }
 

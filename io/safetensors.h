@@ -12,6 +12,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "io/mapped_file.h"
 #include "io/safetensors_header.h"
 
 namespace condense {
@@ -30,9 +31,8 @@ class SafetensorsFile {
   at::Tensor tensor(const std::string& name) const;
 
  private:
-  struct Mapping;
   std::string path_;
-  std::shared_ptr<Mapping> map_;
+  std::shared_ptr<const MappedFile> map_;
   SafetensorsHeader header_;
   std::map<std::string, size_t> index_;
 };

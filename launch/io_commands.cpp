@@ -21,8 +21,8 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
                            "[, model.safetensors.index.json, tokenizer.model], or a .gguf file "
                            "(llama architecture, any type condense dequantizes)")->required();
   a.import_cmd->add_option("out", a.out, "checkpoint file to write (.h5)")->required();
-  a.import_cmd->add_option("--tokenizer", a.tokenizer, "sentencepiece .model to use instead of "
-                           "HF_DIR/tokenizer.model");
+  a.import_cmd->add_option("--tokenizer", a.tokenizer, "tokenizer to use instead of HF_DIR's: "
+                           "a sentencepiece .model, tokenizer.json, GGUF, or checkpoint / token store (.h5)");
 
   a.export_cmd = app.add_subcommand("export", "checkpoint -> Hugging Face directory or GGUF file");
   a.export_cmd->add_option("checkpoint", a.source, "checkpoint file or run directory")->required();
@@ -52,7 +52,8 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
       ->check(CLI::IsMember({"fp", "int8"}));
   a.score_cmd->add_flag("--token-by-token", a.score.token_by_token, "with --kv-cache: one token "
                         "per step, as decoding runs");
-  a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "sentencepiece .model (needed for GGUF)");
+  a.score_cmd->add_option("--tokenizer", a.score.tokenizer, "the tokenizer to score with: a sentencepiece .model, "
+                          "tokenizer.json, GGUF, or checkpoint / token store (.h5)");
   a.score_cmd->add_option("--context", a.score.context_file, "a text file compressed by the "
                           "checkpoint's context compressor and read before the text");
   a.score_cmd->add_option("--context-vectors", a.score.context_vectors, "compressed context "

@@ -295,7 +295,8 @@ int run(int argc, char** argv) {
   prep->add_option("--corpus", po.corpus.kind, "gcide | fortunes | dir")->default_val("gcide");
   prep->add_option("--path", po.corpus.path, "corpus location (required for dir)");
   prep->add_option("--max-documents", po.corpus.max_documents, "N documents spread evenly over the corpus (0: all)")->default_val(0);
-  prep->add_option("--tokenizer", po.tokenizer_path, "existing sentencepiece .model (default: train one)");
+  prep->add_option("--tokenizer", po.tokenizer_path, "an existing tokenizer (default: train one): a "
+                   "sentencepiece .model, tokenizer.json, a model's GGUF, or a checkpoint / token store (.h5)");
   prep->add_option("--vocab-size", po.vocab_size, "size of a trained tokenizer")->default_val(4096);
   prep->add_option("--val-fraction", po.val_fraction, "documents held out")->default_val(0.02);
   prep->add_option("--seed", po.seed, "split and sampling seed")->default_val(1234);

@@ -9,6 +9,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include "data/tokenizer_file.h"
 #include "comm/communicator.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -43,7 +44,7 @@ std::string dataset_path(const DataConfig& data, const std::string& recorded_spl
   if (path.empty()) {
     std::string tok = data.tokenizer.empty()
                           ? fmt::format("bpe{}", data.vocab_size)
-                          : "tok" + Tokenizer::load(data.tokenizer).sha256().substr(0, 12);
+                          : "tok" + load_tokenizer_file(data.tokenizer).sha256().substr(0, 12);
     std::string source = data.path.empty() ? "" : "-" + sha256_hex(fs::absolute(data.path).string()).substr(0, 8);
     // "-even": the sample is spread over the corpus (before 2026-12-06 21:00 UTC it was the first N,
     // cached as "-n{N}": a different store, so those are not picked up under this name).

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "data/tokenizer_file.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
@@ -91,7 +92,7 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   // would hand the run documents it held out). Before the tokenizer checks: the clearer reason.
   if (run.resume) check_same_split(recorded_split, store, "--resume: " + *run.resume);
   if (!cfg.data.tokenizer.empty())
-    store.check_tokenizer(Tokenizer::load(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
+    store.check_tokenizer(load_tokenizer_file(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
   if (adjust) adjust(run);
   if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
   CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),

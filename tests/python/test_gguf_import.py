@@ -16,6 +16,7 @@ import pathlib
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -365,3 +366,41 @@ def test_gguf_that_asks_for_what_condense_does_not_compute_is_refused(tmp_path):
     # "none" and factor 1 are plain RoPE.
     run("import", tiny("none.gguf", extra={"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 1.0}),
         tmp_path / "none.h5")
+
+
+def test_a_model_file_names_its_own_tokenizer(imported, tmp_path):
+    """--tokenizer (prepare, score, import) and data.tokenizer take the model's own file: the GGUF,
+    the imported checkpoint, or a token store made from either, all one tokenizer (the hash the
+    checkpoint reports); a file holding none is refused naming what it lacks."""
+    sha = next(l for l in run("info", imported).stdout.splitlines() if l.startswith("tokenizer")).split()[-1]
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    stores = []
+    for i, source in enumerate([smollm2_gguf(), imported]):
+        store = tmp_path / f"s{i}.h5"
+        run("prepare", "--corpus", "fortunes", "--max-documents", 40, "--tokenizer", source, "--out", store)
+        stores.append(store)
+    again = tmp_path / "s2.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 40, "--tokenizer", stores[0], "--out", again)
+    for store in stores + [again]:
+        with h5py.File(store, "r") as f:
+            stored = f.attrs["tokenizer_sha256"]
+            stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+            assert stored.startswith(sha), (store, stored, sha)
+    # The same ids whichever file named the tokenizer.
+    with h5py.File(stores[0], "r") as a, h5py.File(stores[1], "r") as b:
+        assert np.array_equal(a["train/ids"][:], b["train/ids"][:])
+    js = tmp_path / "score.json"
+    run("score", imported, "--text", text, "--tokenizer", smollm2_gguf(), "--json", js)
+    assert json.loads(js.read_text())["tokens"] > 50
+
+    # A GGUF of llama.cpp's sentencepiece tables, and an HDF5 file without a tokenizer.
+    sp = write_gguf(tmp_path / "sp.gguf", "llama", lambda w: w.add_tokenizer_model("llama"))
+    p = run("prepare", "--corpus", "fortunes", "--tokenizer", sp, "--out", tmp_path / "x.h5", check=False)
+    assert p.returncode == 1 and "holds no tokenizer condense can rebuild" in p.stderr, p.stderr
+    empty = tmp_path / "empty.h5"
+    with h5py.File(empty, "w") as f:
+        f["x"] = np.zeros(3)
+    p = run("prepare", "--corpus", "fortunes", "--tokenizer", empty, "--out", tmp_path / "y.h5", check=False)
+    assert p.returncode == 1 and "without a 'tokenizer' dataset" in p.stderr, p.stderr
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "y.h5").exists()
