@@ -63,6 +63,12 @@ Options parse(int argc, char** argv) {
       }
       return argv[++i];
     };
+    if (a == "--help") {
+      std::printf("usage: fused_ops_bench [--reps N] [--threads 2,1] [--tokens N] [--hidden N] "
+                  "[--intermediate N] [--heads N] [--kv-heads N] [--head-dim N] [--vocab N] "
+                  "[--only OP]\n");
+      std::exit(0);
+    }
     if (a == "--reps") o.reps = std::stoi(next());
     else if (a == "--threads") o.threads = parse_list(next());
     else if (a == "--tokens") o.tokens = std::stoll(next());

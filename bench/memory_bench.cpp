@@ -215,6 +215,11 @@ int cuda_main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "--cuda") return cuda_main(argc, argv);
+  if (argc > 1 && argv[1][0] == '-') {  // --help or a mistyped option, not an output path
+    std::fprintf(stderr, "usage: %s [out.csv] [steps] [threads]\n       %s --cuda [out.csv] "
+                 "[steps] [batch] [seq_len]\n", argv[0], argv[0]);
+    return std::string(argv[1]) == "--help" ? 0 : 2;
+  }
   std::string csv_path = argc > 1 ? argv[1] : "memory_bench.csv";
   int steps = argc > 2 ? std::atoi(argv[2]) : 3;
   if (argc > 3) at::set_num_threads(std::atoi(argv[3]));

@@ -66,7 +66,11 @@ int main(int argc, char** argv) {
   int reps = 9;
   std::vector<int64_t> sizes_mi = {1, 4, 16};
   std::vector<int64_t> thread_counts = {2, 1};
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
+    if (i + 1 >= argc) {  // --help, or an option without its value
+      std::fprintf(stderr, "usage: %s [--reps N] [--sizes 1,4,16] [--threads 2,1]\n", argv[0]);
+      return std::strcmp(argv[i], "--help") == 0 ? 0 : 2;
+    }
     if (std::strcmp(argv[i], "--reps") == 0) {
       reps = std::max(1, std::atoi(argv[i + 1]));
     } else if (std::strcmp(argv[i], "--sizes") == 0) {

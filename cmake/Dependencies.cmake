@@ -17,10 +17,42 @@ list(APPEND CMAKE_PREFIX_PATH "${TORCH_CMAKE_PREFIX}")
 if(EXISTS /usr/local/cuda/bin/nvcc AND NOT CMAKE_CUDA_COMPILER)
   set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
 endif()
-find_package(Torch REQUIRED)
 add_library(condense_torch INTERFACE)
-target_link_libraries(condense_torch INTERFACE ${TORCH_LIBRARIES})
-target_include_directories(condense_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+if(CMAKE_CUDA_COMPILER)
+  find_package(Torch REQUIRED)
+  target_link_libraries(condense_torch INTERFACE ${TORCH_LIBRARIES})
+  target_include_directories(condense_torch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
+else()
+  # No CUDA toolkit (a CPU machine): the wheel's config would stop here ("uses CUDA but I cannot
+  # find the CUDA libraries"), although the wheel carries everything condense compiles and links
+  # against: LibTorch's libraries, CUDA ones included, and the CUDA runtime with its headers
+  # (site-packages/nvidia/cu13, a dependency of the wheel). So LibTorch is described from those
+  # files, with the compile definitions its targets carry; NCCL and condense's CUDA kernels stay
+  # off (they need the toolkit), the CUDA tensor paths still build.
+  get_filename_component(_torch_dir "${TORCH_CMAKE_PREFIX}/../.." ABSOLUTE)
+  get_filename_component(_cuda_dir "${_torch_dir}/../nvidia/cu13" ABSOLUTE)
+  set(TORCH_LIBRARY "${_torch_dir}/lib/libtorch.so")
+  set(_torch_libs "")
+  foreach(f "${_torch_dir}/lib/libtorch.so" "${_torch_dir}/lib/libtorch_cpu.so"
+            "${_torch_dir}/lib/libtorch_cuda.so" "${_torch_dir}/lib/libc10_cuda.so"
+            "${_torch_dir}/lib/libc10.so" "${_cuda_dir}/lib/libcudart.so.13"
+            "${_cuda_dir}/include/cuda_runtime_api.h")
+    if(NOT EXISTS "${f}")
+      message(FATAL_ERROR "${f} is missing: the torch wheel in ${CONDENSE_PYTHON}'s environment "
+                          "is not the one scripts/install.sh pins (run it), or install the CUDA "
+                          "toolkit in /usr/local/cuda")
+    endif()
+    if(f MATCHES "\\.so")
+      list(APPEND _torch_libs "${f}")
+    endif()
+  endforeach()
+  message(STATUS "LibTorch from ${_torch_dir} without a CUDA toolkit (NCCL and CUDA kernels off)")
+  target_link_libraries(condense_torch INTERFACE ${_torch_libs})
+  target_include_directories(condense_torch SYSTEM INTERFACE "${_torch_dir}/include"
+    "${_torch_dir}/include/torch/csrc/api/include" "${_cuda_dir}/include")
+  target_compile_definitions(condense_torch INTERFACE
+    USE_DISTRIBUTED USE_C10D_GLOO USE_RPC USE_TENSORPIPE)
+endif()
 add_library(condense::torch ALIAS condense_torch)
 
 find_package(HDF5 REQUIRED COMPONENTS C)

@@ -69,13 +69,15 @@ std::vector<std::string> low_rank_kv_gram_weights(const LlamaConfig& c) {
 
 void check_low_rank_kv(const LlamaConfig& c, const LowRankKVOptions& o) {
   CONDENSE_CHECK(o.init == "svd" || o.init == "asvd" || o.init == "whiten",
-                 "--init {}: valid for cskv are whiten, asvd and svd", o.init);
+                 "--init {}: valid for cskv are whiten, asvd and svd (kv.init in a recipe)", o.init);
   const int64_t most = std::min(c.hidden_size, c.kv_heads() * c.head_size());
   CONDENSE_CHECK(o.key_rank >= 1 && o.key_rank <= most,
-                 "--key-rank {}: valid is 1..{} (min of hidden_size {} and kv_heads x head_dim {})",
+                 "--key-rank {}: valid is 1..{} (kv.key_rank in a recipe; min of hidden_size {} and "
+                 "kv_heads x head_dim {})",
                  o.key_rank, most, c.hidden_size, c.kv_heads() * c.head_size());
   CONDENSE_CHECK(o.value_rank >= 1 && o.value_rank <= most,
-                 "--value-rank {}: valid is 1..{} (min of hidden_size {} and kv_heads x head_dim {})",
+                 "--value-rank {}: valid is 1..{} (kv.value_rank in a recipe; min of hidden_size {} and "
+                 "kv_heads x head_dim {})",
                  o.value_rank, most, c.hidden_size, c.kv_heads() * c.head_size());
 }
 

@@ -109,8 +109,9 @@ std::vector<at::Tensor> load_calibration(const Checkpoint& ckpt, const std::stri
 void add_prune_command(CLI::App& app, PruneArgs& a) {
   a.cmd = app.add_subcommand(
       "prune", "one-shot pruning of a checkpoint: magnitude or wanda masks (unstructured or N:M), "
-               "minitron structured width/depth pruning to a smaller plain Llama, or KV-head "
-               "merging to fewer KV heads (a smaller KV cache)");
+               "minitron structured width/depth pruning to a smaller plain Llama, KV-head "
+               "merging to fewer KV heads, or a KV cache of fewer dimensions: per-head "
+               "projections (kv-project, MatryoshkaKV's start) or low-rank latents (cskv)");
   a.cmd->add_option("checkpoint", a.checkpoint, "checkpoint file or run directory")->required();
   a.cmd->add_option("--method", a.method,
                     "magnitude: |W|, one threshold per matrix; wanda: |W| * ||X_j||, per output "

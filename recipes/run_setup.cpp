@@ -8,11 +8,11 @@
 #include <filesystem>
 #include <thread>
 
-#include "data/tokenizer_file.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
 #include "data/loader.h"
+#include "data/tokenizer_file.h"
 #include "io/atomic_file.h"
 #include "recipes/pretrain.h"
 #include "recipes/recipe_parser.h"
@@ -134,9 +134,22 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
     const int64_t at = saved_state.step;
     CONDENSE_CHECK(at <= tc.steps, "--resume: {} is at step {}, past train.steps={}; raise "
                    "train.steps to continue (nothing was changed)", *run.resume, at, tc.steps);
-    if (ckpt.recipe_yaml() != run.yaml)
+    if (ckpt.recipe_yaml() != run.yaml) {
       spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
                    "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);
+      // Changes that are allowed but change more than the setting reads as changing.
+      const RunConfig was = checkpoint_recipe(ckpt, *run.resume);
+      if (was.data.seq_len != cfg.data.seq_len || was.data.batch_size != cfg.data.batch_size)
+        spdlog::warn("data.seq_len / data.batch_size {} / {} -> {} / {}: the data cursor (epoch {}, "
+                     "window {}) now indexes another windowing, so until the next epoch windows "
+                     "may repeat or be skipped", was.data.seq_len, was.data.batch_size,
+                     cfg.data.seq_len, cfg.data.batch_size, saved_state.cursor.epoch,
+                     saved_state.cursor.position);
+      if (ckpt.file().has("comm/compression_step") && !cfg.comm.compression.enabled() &&
+          !cfg.comm.sync.local_update())
+        spdlog::warn("{} holds gradient-compression state (comm.compression was on) and this "
+                     "recipe has none: its error-feedback residuals are dropped", *run.resume);
+    }
   }
   if (!cfg.init.empty() && !run.resume) {
     const Checkpoint init = Checkpoint::open(cfg.init);
@@ -183,10 +196,32 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
     } catch (const Error&) {  // an older store without the attributes: not recorded
     }
   }
-  setup.before_writing = [&run] {
+  setup.before_writing = [&run, ckpt_dir = cfg.checkpoint.dir, keep = cfg.checkpoint.keep] {
     if (run.rank != 0) return;
+    // The locks are taken only now (a refused start must leave no directory behind), so a run
+    // that started after this one and finished while this one prepared its data may have
+    // written checkpoints since the check at start: this run would overwrite them.
+    auto check_unchanged = [&] {
+      const std::optional<std::string> now = CheckpointManager(ckpt_dir, keep).latest();
+      CONDENSE_CHECK(now == run.resume, "{} holds checkpoints another run wrote while this one was "
+                     "starting (latest {}); pass --resume to continue it, or choose another name= / "
+                     "out_dir= (nothing was changed)", ckpt_dir, now.value_or("none"));
+    };
+    // A checkpoint.dir outside out_dir is another run's too when a recipe is reused under
+    // another name: one writer at a time there as well, locked and checked before out_dir is made.
+    fs::create_directories(ckpt_dir);
+    auto dir = [](const std::string& p) {  // canonical, without a trailing separator
+      fs::path c = fs::weakly_canonical(p);
+      return c.has_filename() ? c : c.parent_path();
+    };
+    const bool separate = dir(ckpt_dir).parent_path() != dir(run.out_dir);
+    if (separate) {
+      run.checkpoint_lock = std::make_unique<RunLock>(ckpt_dir);
+      check_unchanged();
+    }
     fs::create_directories(run.out_dir);
     run.lock = std::make_unique<RunLock>(run.out_dir);
+    if (!separate) check_unchanged();
     write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
   };
   if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())
@@ -199,7 +234,8 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   spdlog::info("{} at step {}: train loss {}{}; checkpoint {}",
                r.interrupted ? "interrupted" : "done", r.step,
                std::isnan(r.train_loss) ? "n/a (no step ran)" : fmt::format("{:.4f}", r.train_loss),
-               r.val_loss >= 0 ? fmt::format(", validation loss {:.4f}", r.val_loss) : "",
+               r.val_loss < 0 ? "" : r.val_step == r.step ? fmt::format(", validation loss {:.4f}", r.val_loss)
+                                 : fmt::format(", validation loss {:.4f} at step {}", r.val_loss, r.val_step),
                r.checkpoint);
   return r;
 }

@@ -26,6 +26,7 @@ struct RunSetup {
   std::optional<std::string> resume;   // the checkpoint to resume from
   std::optional<TokenStore> store;
   std::unique_ptr<RunLock> lock;       // rank 0's hold on out_dir while it trains (io/run_lock.h)
+  std::unique_ptr<RunLock> checkpoint_lock;  // and on checkpoint.dir when it lies elsewhere
 };
 
 // `adjust` runs after the token store is open and before the model config is finalized and

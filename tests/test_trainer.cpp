@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "trainer/adamw.h"
+#include "io/atomic_file.h"
 #include "trainer/checkpoint.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
@@ -211,6 +212,46 @@ TEST(Checkpoint, SaveLoadPruneAndLatest) {
   EXPECT_EQ(Checkpoint::open(*mgr.latest()).state().step, 30);
   LlamaForCausalLM m4 = load_model(*mgr.latest());
   EXPECT_TRUE(at::equal(m->forward(ids), m4->forward(ids)));
+  fs::remove_all(dir);
+}
+
+// A run resumed from an earlier checkpoint (its `latest` could not be written past step 20)
+// finds step 40 of the future it abandoned: pruning keeps the newest `keep` up to its own step,
+// never the file `latest` names, and leaves the newer one until the run replaces it.
+TEST(Checkpoint, PruningKeepsLatestWhenANewerOrphanExists) {
+  fs::path dir = fs::temp_directory_path() / ("condense_orphan_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  LlamaConfig c;
+  c.vocab_size = 64; c.hidden_size = 16; c.intermediate_size = 24; c.num_hidden_layers = 1;
+  c.num_attention_heads = 2; c.max_position_embeddings = 32;
+  LlamaForCausalLM m(c);
+  TrainingState st;
+  CheckpointManager first(dir.string(), 3);
+  for (int64_t s : {10, 20, 40}) {
+    st.step = s;
+    first.save(m, nullptr, st, "kind: pretrain\n", "tok");
+  }
+  write_text_atomically((dir / "latest").string(), "step_000020.h5\n");  // as if 40's failed
+  CheckpointManager resumed(dir.string(), 1);
+  st.step = 25;
+  resumed.save(m, nullptr, st, "kind: pretrain\n", "tok");
+  EXPECT_EQ(fs::path(*resumed.latest()).filename(), "step_000025.h5");
+  EXPECT_TRUE(fs::exists(dir / "step_000025.h5"));
+  EXPECT_TRUE(fs::exists(dir / "step_000040.h5"));  // newer: kept, not counted
+  EXPECT_FALSE(fs::exists(dir / "step_000020.h5"));
+  EXPECT_FALSE(fs::exists(dir / "step_000010.h5"));
+  st.step = 40;  // the run reaches the orphan's step and replaces it
+  resumed.save(m, nullptr, st, "kind: pretrain\n", "tok");
+  EXPECT_EQ(fs::path(*resumed.latest()).filename(), "step_000040.h5");
+  EXPECT_FALSE(fs::exists(dir / "step_000025.h5"));
+
+  // `latest` that cannot be written: the new checkpoint is taken back, `latest` keeps its target.
+  fs::remove(dir / "latest");
+  fs::create_directory(dir / "latest");  // a directory where the pointer file goes
+  st.step = 50;
+  EXPECT_THROW(resumed.save(m, nullptr, st, "kind: pretrain\n", "tok"), Error);
+  EXPECT_FALSE(fs::exists(dir / "step_000050.h5"));
+  EXPECT_TRUE(fs::exists(dir / "step_000040.h5"));
   fs::remove_all(dir);
 }
 

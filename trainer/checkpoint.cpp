@@ -48,7 +48,8 @@ CheckpointManager::CheckpointManager(std::string dir, int64_t keep)
 
 void CheckpointManager::remove_stale_temporaries() const {
   // A process killed while writing leaves .step_NNNNNN.h5.tmp.<pid> (io/atomic_file.h). One
-  // writer per directory (rank 0 of one job), so any such file not this process's is stale.
+  // writer per directory (rank 0 of one job, holding the run lock on it: recipes/run_setup.cpp),
+  // so any such file not this process's is stale.
   static const std::regex pattern("\\.step_[0-9]+\\.h5\\.tmp\\.([0-9]+)");
   const std::string mine = std::to_string(::getpid());
   std::error_code ec;
@@ -122,12 +123,29 @@ std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* op
   std::string name = fmt::format("step_{:06d}.h5", st.step);
   std::string path = (fs::path(dir_) / name).string();
   write_checkpoint(path, model, optimizer, st, recipe_yaml, tokenizer_bytes, extra);
-  write_text_atomically((fs::path(dir_) / "latest").string(), name + "\n");
-  auto all = list_checkpoints(dir_);
-  for (size_t i = 0; i + keep_ < all.size(); ++i) {
+  try {
+    write_text_atomically((fs::path(dir_) / "latest").string(), name + "\n");
+  } catch (const Error&) {
+    // `latest` still names the previous checkpoint: take back the one it does not know, so that
+    // no checkpoint newer than `latest` is left for the pruning below to prefer after a resume.
     std::error_code ec;
-    fs::remove(all[i].second, ec);
-    if (ec) spdlog::warn("could not remove old checkpoint {}: {}", all[i].second, ec.message());
+    fs::remove(path, ec);
+    throw;
+  }
+  // Keep the newest `keep` up to this step. Files of later steps belong to a future this run
+  // abandoned (it resumed from an earlier checkpoint, e.g. after `latest` could not be written):
+  // they are neither counted nor removed here, and this run replaces them as it reaches them.
+  std::vector<std::pair<int64_t, std::string>> older;
+  for (auto& c : list_checkpoints(dir_)) {
+    if (c.first < st.step) older.push_back(std::move(c));
+    else if (c.first > st.step && warned_newer_.insert(c.second).second)
+      spdlog::warn("{} is newer than this run's step {} (left by a run resumed from an earlier "
+                   "checkpoint); kept, and replaced when this run reaches that step", c.second, st.step);
+  }
+  for (size_t i = 0; i + keep_ < older.size() + 1; ++i) {
+    std::error_code ec;
+    fs::remove(older[i].second, ec);
+    if (ec) spdlog::warn("could not remove old checkpoint {}: {}", older[i].second, ec.message());
   }
   return path;
 }

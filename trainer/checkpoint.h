@@ -10,6 +10,7 @@
 // then points the `latest` file at the new one and removes checkpoints beyond `keep`.
 #pragma once
 #include <map>
+#include <set>
 #include <optional>
 #include <string>
 
@@ -41,9 +42,11 @@ void write_checkpoint(const std::string& path, LlamaForCausalLM& model, const Op
 class CheckpointManager {
  public:
   CheckpointManager(std::string dir, int64_t keep);
-  // Writes step_<N>.h5 atomically, updates `latest`, prunes old ones; returns the path.
-  // `extra` tensors are written under their names as given (e.g. per-rank RNG states). First
-  // removes temporary files that a killed writer left in the directory.
+  // Writes step_<N>.h5 atomically, updates `latest` (if that fails, the new file is removed
+  // again), keeps the newest `keep` up to step N and returns the path; files of later steps
+  // (an abandoned future of a resumed run) are kept and warned about once. `extra` tensors are
+  // written under their names as given (e.g. per-rank RNG states). First removes temporary
+  // files that a killed writer left in the directory (one writer per directory: the run lock).
   std::string save(LlamaForCausalLM& model, const Optimizer* optimizer, const TrainingState& state,
                    const std::string& recipe_yaml, const std::string& tokenizer_bytes,
                    const std::map<std::string, at::Tensor>& extra = {});
@@ -55,6 +58,7 @@ class CheckpointManager {
   void remove_stale_temporaries() const;
   std::string dir_;
   int64_t keep_;
+  std::set<std::string> warned_newer_;
 };
 
 // Read access to one checkpoint file; every error names the file and the entry.

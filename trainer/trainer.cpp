@@ -575,6 +575,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
       double val = validate();
       if (swap) local->swap_anchor();
       result.val_loss = val;
+      result.val_step = state.step;
       metrics.log(state.step, {{"loss", val}, {"perplexity", std::exp(val)}, {"elapsed_s", elapsed}},
                   "val");
       message(fmt::format("step {} validation loss {:.4f} perplexity {:.2f}", state.step, val,
@@ -582,6 +583,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     }
     bool periodic = setup_.checkpoint.every > 0 && state.step % setup_.checkpoint.every == 0;
     if (periodic || last || stop_now) save();
+    if (rank0 && periodic) stop.note_time_to_stop(std::chrono::duration<double>(clock::now() - t0).count());
     if (stop_now && !last) {
       result.interrupted = true;
       message(fmt::format("stopped by signal at step {}; continue with --resume", state.step));

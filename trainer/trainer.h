@@ -52,6 +52,7 @@ struct TrainResult {
   int64_t step = 0;
   double train_loss = 0;       // loss of the last step (NaN when a resumed run ran none)
   double val_loss = -1;        // last validation loss; -1 if never evaluated
+  int64_t val_step = 0;        // the step it was measured at
   bool interrupted = false;    // stopped by a signal
   std::string checkpoint;      // last checkpoint written (or resumed from)
 };

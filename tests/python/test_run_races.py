@@ -1,0 +1,70 @@
+"""Two `condense train` runs that race for one run directory or one checkpoint.dir: whatever
+the timing, one of them trains and the other is refused before it writes, so no run's
+checkpoints are overwritten (a reliability audit found a run that prepared its token store for
+seconds, then replaced the checkpoints of a run that had finished in the meantime, and two runs
+sharing checkpoint.dir deleting each other's files mid-write)."""
+import subprocess
+import time
+
+import h5py
+import yaml
+
+from conftest import CONDENSE
+from test_cli_e2e import QUICKSTART, tiny_overrides
+
+REFUSED = ("another run wrote while this one was starting", "another condense process",
+           "already holds checkpoints")
+
+
+def start(*args):
+    return subprocess.Popen([str(CONDENSE), *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(procs):
+    out = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(rc for rc, _, _ in out)
+    assert codes == [0, 1], [(rc, err[-2000:]) for rc, _, err in out]
+    loser = next(err for rc, _, err in out if rc == 1)
+    assert any(r in loser for r in REFUSED), loser
+    assert "nothing was changed" in loser, loser
+    finish.loser_stderr = loser
+    return next(i for i, (rc, _, _) in enumerate(out) if rc == 0)
+
+
+def recorded(checkpoint, section, key):
+    """The value of section.key in the recipe a checkpoint was written with."""
+    with h5py.File(checkpoint, "r") as f:
+        recipe = f["recipe"][()]
+    return yaml.safe_load(recipe.decode() if isinstance(recipe, bytes) else recipe)[section][key]
+
+
+def test_a_run_that_starts_slowly_does_not_overwrite_one_that_finished(small_store, tmp_path):
+    out = tmp_path / "race"
+    # B tokenizes fortunes first (a tokenizer trained for seconds), A starts just after on a
+    # ready store and is done long before B's data is; B must then refuse, not overwrite.
+    slow = start("train", QUICKSTART, *tiny_overrides(small_store, out, 4, **{
+        "data.dataset": "", "data.corpus": "fortunes", "data.vocab_size": 2000,
+        "data.cache_dir": tmp_path / "cache", "data.seed": 7, "checkpoint.every": 2}))
+    time.sleep(0.3)
+    fast = start("train", QUICKSTART, *tiny_overrides(small_store, out, 4, **{"checkpoint.every": 2}))
+    winner = finish([slow, fast])
+    # The checkpoints are the winner's own (its data seed), complete, and `latest` names one.
+    ckpts = sorted((out / "checkpoints").glob("step_*.h5"))
+    assert [c.name for c in ckpts] == ["step_000002.h5", "step_000004.h5"], ckpts
+    want = 7 if winner == 0 else 1234
+    assert all(recorded(c, "data", "seed") == want for c in ckpts), [recorded(c, "data", "seed") for c in ckpts]
+
+
+def test_two_runs_sharing_checkpoint_dir_do_not_interleave(small_store, tmp_path):
+    shared = tmp_path / "shared_ck"
+    procs = [start("train", QUICKSTART, *tiny_overrides(small_store, tmp_path / f"run{i}", 40, **{
+        "checkpoint.dir": shared, "checkpoint.every": 3, "train.seed": 100 + i}))
+        for i in range(2)]
+    winner = finish(procs)
+    # The winner's checkpoints alone, none half-written; the loser made no run directory.
+    ckpts = sorted(shared.glob("step_*.h5"))
+    assert [c.name for c in ckpts] == ["step_000039.h5", "step_000040.h5"], list(shared.iterdir())
+    assert not list(shared.glob(".step_*.tmp.*")), list(shared.iterdir())
+    assert all(recorded(c, "train", "seed") == 100 + winner for c in ckpts)
+    assert not (tmp_path / f"run{1 - winner}").exists(), finish.loser_stderr
