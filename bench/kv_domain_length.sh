@@ -10,7 +10,7 @@
 #   bash bench/kv_domain_length.sh [stages]     stages: data,heal,eval (default: all three)
 #
 # Inputs (env, defaults those of bench/out): ORIG the imported model, GCIDE its GCIDE token store,
-# MERGED the svd-merged checkpoint to heal, MODELS "name=checkpoint[:--kv-rank R]" pairs to score
+# MERGED the svd-merged checkpoint to heal, MODELS "name=checkpoint[:--eval-option=value]" words to score
 # besides the new heal; OUT the output directory. Threads: one per eval (OMP_NUM_THREADS=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ ORIG=${ORIG:-bench/out/smollm2/smollm2.h5}
 GCIDE=${GCIDE:-bench/out/smollm2/gcide-smollm2.h5}
 MERGED=${MERGED:-bench/out/kv_smollm2_fidheal/merge_svd_kv1.h5}
 FID=bench/out/kv_smollm2_fidheal
-MODELS=${MODELS:-"svd-heal-gcide128=$FID/heal_svd_kv1/checkpoints/step_000150.h5 mkv-r32-gcide128=$FID/matryoshka/checkpoints/step_000150.h5:--kv-rank 32"}
+MODELS=${MODELS:-"svd-heal-gcide128=$FID/heal_svd_kv1/checkpoints/step_000150.h5 mkv-r32-gcide128=$FID/matryoshka/checkpoints/step_000150.h5:--kv-rank=32"}
 OUT=${OUT:-bench/out/kv_domain_length}
 mkdir -p "$OUT"
 FORT="$OUT/fortunes-smollm2.h5"
@@ -64,7 +64,7 @@ if has eval; then
     score original "$ORIG"
     for m in $MODELS; do
       name=${m%%=*} rest=${m#*=}
-      if [[ $rest == *:* ]]; then score "$name" "${rest%%:*}" ${rest#*:}; else score "$name" "$rest"; fi
+      if [[ $rest == *:* ]]; then score "$name" "${rest%%:*}" "${rest#*:}"; else score "$name" "$rest"; fi
     done
     score svd-heal-mix512 "$OUT/heal_mix512/checkpoints/step_000150.h5"
   } | tee "$OUT/grid.tsv"

@@ -13,8 +13,11 @@ if(NOT rc EQUAL 0)
 endif()
 list(APPEND CMAKE_PREFIX_PATH "${TORCH_CMAKE_PREFIX}")
 
-# The wheel is a CUDA build; its CMake config looks for the CUDA toolkit in /usr/local/cuda.
-if(EXISTS /usr/local/cuda/bin/nvcc AND NOT CMAKE_CUDA_COMPILER)
+# The wheel is a CUDA build; its CMake config looks for the CUDA toolkit ($CUDA_HOME, else
+# /usr/local/cuda).
+if(NOT CMAKE_CUDA_COMPILER AND DEFINED ENV{CUDA_HOME} AND EXISTS "$ENV{CUDA_HOME}/bin/nvcc")
+  set(CMAKE_CUDA_COMPILER "$ENV{CUDA_HOME}/bin/nvcc")
+elseif(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
   set(CMAKE_CUDA_COMPILER /usr/local/cuda/bin/nvcc)
 endif()
 add_library(condense_torch INTERFACE)
@@ -47,7 +50,9 @@ else()
     endif()
   endforeach()
   message(STATUS "LibTorch from ${_torch_dir} without a CUDA toolkit (NCCL and CUDA kernels off)")
-  target_link_libraries(condense_torch INTERFACE ${_torch_libs})
+  # As the wheel's own targets do: linked even where no symbol is used directly, since
+  # libtorch_cuda's static initializers register the CUDA backend (gcc may pass --as-needed).
+  target_link_libraries(condense_torch INTERFACE "-Wl,--no-as-needed" ${_torch_libs} "-Wl,--as-needed")
   target_include_directories(condense_torch SYSTEM INTERFACE "${_torch_dir}/include"
     "${_torch_dir}/include/torch/csrc/api/include" "${_cuda_dir}/include")
   target_compile_definitions(condense_torch INTERFACE

@@ -1,8 +1,10 @@
 #include "comm/codec.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include "comm/codec_impl.h"
 #include "core/error.h"
@@ -38,6 +40,38 @@ const std::vector<std::string>& codec_names() {
                                                  "randk", "qsgd", "sign", "powersgd",
                                                  "int8", "sparseloco"};
   return names;
+}
+
+std::string unread_compression_key(const CompressionConfig& c) {
+  const CompressionConfig d;
+  struct Use {
+    const char* key;
+    bool set;                        // away from the default
+    bool by_error_control;           // else the codec selects
+    std::vector<std::string> readers;
+  };
+  const Use uses[] = {
+      {"ratio", c.ratio != d.ratio, false, {"topk", "randk", "sparseloco"}},
+      {"k", c.k != d.k, false, {"topk", "randk", "sparseloco"}},
+      {"levels", c.levels != d.levels, false, {"qsgd"}},
+      {"block", c.block != d.block, false, {"qsgd", "sign"}},
+      {"rank", c.rank != d.rank, false, {"powersgd"}},
+      {"bits", c.bits != d.bits, false, {"sparseloco"}},
+      {"chunk", c.chunk != d.chunk, false, {"sparseloco"}},
+      {"eta", c.eta != d.eta, true, {"econtrol"}},
+      {"decay", c.decay != d.decay, true, {"ef"}}};
+  for (const Use& u : uses) {
+    const std::string& chosen = u.by_error_control ? c.error_control : c.codec;
+    if (!u.set || std::find(u.readers.begin(), u.readers.end(), chosen) != u.readers.end()) continue;
+    std::string readers;
+    for (const auto& r : u.readers) readers += (readers.empty() ? "" : ", ") + r;
+    return fmt::format("comm.compression.{} is set, but it applies to comm.compression.{} {} and "
+                       "this recipe has '{}', which ignores it: remove the key or choose a {} that "
+                       "reads it (nothing was changed)", u.key,
+                       u.by_error_control ? "error_control" : "codec", readers, chosen,
+                       u.by_error_control ? "error control" : "codec");
+  }
+  return "";
 }
 
 int64_t kept_elements(const CompressionConfig& c, int64_t numel) {

@@ -129,6 +129,14 @@ std::unique_ptr<Codec> make_codec(const CompressionConfig& config, const BucketL
 // Valid codec names, for recipe validation and errors.
 const std::vector<std::string>& codec_names();
 
+// A comm.compression key set away from its default that the chosen codec or error control does
+// not read (`levels` under topk, `decay` under econtrol, `rank` without powersgd, ...): a message
+// naming the key, the choices that read it and the one made; "" when every set key is read.
+// Ignored, such a key reads as a setting that took effect. Checked when a run starts
+// (recipes/run_setup.cpp), not when a recipe is parsed, so that checkpoints whose recipes were
+// written before the check stay readable.
+std::string unread_compression_key(const CompressionConfig& c);
+
 // Elements kept by topk/randk for a bucket of `numel` (k if set, else ratio * numel; >= 1).
 int64_t kept_elements(const CompressionConfig& config, int64_t numel);
 

@@ -92,6 +92,41 @@ void CollectiveWatchdog::fail_now(const std::string& why) {
   std::_Exit(1);
 }
 
+// What the ranks' reports ("rank R waiting in OP #SEQ (...)") say together. A rank that ended
+// (its own watchdog fired first) leaves its last report behind, so reports of different
+// collectives mean some ranks went on without it; the same number with different operations
+// means the ranks issue collectives in different orders; the same collective everywhere means
+// the transport itself is stuck.
+std::string compare_watchdog_reports(const std::string& dir_name, uint64_t job, int world) {
+  const std::filesystem::path dir(dir_name);
+  std::vector<std::pair<std::string, long long>> at(world);
+  std::string listing;
+  for (int r = 0; r < world; ++r) {
+    std::ifstream in(dir / fmt::format("{:016x}.rank{}", job, r));
+    std::string line;
+    std::getline(in, line);
+    const size_t in_pos = line.find(" waiting in "), hash = line.find(" #");
+    if (in_pos == std::string::npos || hash == std::string::npos || hash < in_pos)
+      return "every rank reports waiting in a collective";
+    at[r] = {line.substr(in_pos + 12, hash - in_pos - 12), std::atoll(line.c_str() + hash + 2)};
+    listing += fmt::format("{}rank {}: {} #{}", r ? ", " : "", r, at[r].first, at[r].second);
+  }
+  bool same_seq = true, same_op = true;
+  for (int r = 1; r < world; ++r) {
+    same_seq &= at[r].second == at[0].second;
+    same_op &= at[r].first == at[0].first;
+  }
+  if (!same_seq)
+    return fmt::format("the ranks report different collectives ({}): they issued different "
+                       "numbers of collectives, or those at a lower number stopped there (ended, "
+                       "or stalled)", listing);
+  if (!same_op)
+    return fmt::format("the ranks wait at the same collective number in different operations "
+                       "({}): they issue collectives in different orders", listing);
+  return fmt::format("every rank waits in the same collective ({}): the transport itself is "
+                     "stuck (network, MPI or NCCL)", listing);
+}
+
 void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, double age_s) {
   namespace fs = std::filesystem;
   const std::string what = fmt::format("{} #{} ({} bytes)", op, seq, bytes);
@@ -120,7 +155,7 @@ void CollectiveWatchdog::expire(const char* op, int64_t bytes, int64_t seq, doub
   std::string who = s_.world == 1
       ? "a single rank: its device never finished it"
       : silent.empty()
-      ? "every rank reports waiting in a collective (a mismatch in the collectives' order?)"
+      ? compare_watchdog_reports(dir.string(), s_.job, s_.world)
       : fmt::format("rank(s) {} did not report within {:.0f} s: stopped, dead, or busy outside "
                     "any collective (or their filesystem is not this one's)",
                     fmt::join(silent, ", "), grace);

@@ -89,4 +89,9 @@ class CollectiveWatchdog {
   std::thread thread_;
 };
 
+// The verdict of every rank's report in `dir` ("<job>.rank<r>": "rank R waiting in OP #SEQ ...")
+// when none is missing: ranks at different collectives, the same number in different
+// operations (an order mismatch), or all in the same one (the transport is stuck).
+std::string compare_watchdog_reports(const std::string& dir, uint64_t job, int world);
+
 }  // namespace condense

@@ -13,12 +13,14 @@
 namespace condense {
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
-  struct stat st {};
-  CONDENSE_CHECK(::stat(path.c_str(), &st) == 0, "{}: cannot open: {}", path, std::strerror(errno));
-  CONDENSE_CHECK(!S_ISDIR(st.st_mode), "{}: is a directory, expected a file", path);
-  CONDENSE_CHECK(S_ISREG(st.st_mode), "{}: not a regular file", path);
-  int fd = ::open(path.c_str(), O_RDONLY);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   CONDENSE_CHECK(fd >= 0, "{}: cannot open: {}", path, std::strerror(errno));
+  struct stat st {};  // of the file opened, not of whatever the path names a moment later
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const bool dir = S_ISDIR(st.st_mode);
+    ::close(fd);
+    fail("{}: {}", path, dir ? "is a directory, expected a file" : "not a regular file");
+  }
   std::shared_ptr<MappedFile> m(new MappedFile());
   m->path_ = path;
   m->size_ = static_cast<size_t>(st.st_size);

@@ -408,7 +408,7 @@ mpirun_argv() {
   ((user_bind)) || defaults+=(--bind-to none)
   local kv
   for kv in "plm_rsh_agent=$RSH" pml=ob1 btl=tcp,self "btl_tcp_if_include=$SUBNET" \
-            "oob_tcp_if_include=$SUBNET" mpi_yield_when_idle=1 odls_base_sigkill_timeout=120; do
+            "oob_tcp_if_include=$SUBNET" mpi_yield_when_idle=1; do
     [[ -n ${user_mca[${kv%%=*}]:-} ]] || defaults+=(--mca "${kv%%=*}" "${kv#*=}")
   done
   # Node 0 gets its own UTS namespace (hostname = namespace name), like the remote nodes.

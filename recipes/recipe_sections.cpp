@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <algorithm>
 #include <cmath>
 #include <regex>
 
@@ -108,8 +107,8 @@ SectionBinding comm_section(CommConfig& c) {
            bind_real("timeout_s", c.timeout_s, at_least(0))}};
 }
 
-SectionBinding compression_fields(CompressionConfig& c) {
-  return {"comm.compression",
+SectionBinding compression_section(CompressionConfig& c) {
+  SectionBinding s{"comm.compression",
           {bind_string("codec", c.codec, codec_names()),
            bind_real("ratio", c.ratio, unit_interval()),
            bind_int("k", c.k, at_least(0)),
@@ -127,52 +126,11 @@ SectionBinding compression_fields(CompressionConfig& c) {
            bind_int("warmup_steps", c.warmup_steps, at_least(0)),
            bind_int("min_bucket_numel", c.min_bucket_numel, at_least(0)),
            bind_int("seed", c.seed, at_least(0))}};
-}
-
-// Which codec or error control reads a key: one set away from its default under another would
-// be ignored, which reads as a setting that took effect (comm.sync refuses the same).
-struct KeyUse {
-  const char* key;
-  bool by_error_control;  // false: comm.compression.codec selects; true: error_control does
-  std::vector<std::string> readers;
-};
-const std::vector<KeyUse>& key_uses() {
-  static const std::vector<KeyUse> uses = {
-      {"ratio", false, {"topk", "randk", "sparseloco"}}, {"k", false, {"topk", "randk", "sparseloco"}},
-      {"levels", false, {"qsgd"}},                      {"block", false, {"qsgd", "sign"}},
-      {"rank", false, {"powersgd"}},                    {"bits", false, {"sparseloco"}},
-      {"chunk", false, {"sparseloco"}},                 {"eta", true, {"econtrol"}},
-      {"decay", true, {"ef"}}};
-  return uses;
-}
-
-SectionBinding compression_section(CompressionConfig& c) {
-  SectionBinding s = compression_fields(c);
-  static CompressionConfig defaults;
-  static const SectionBinding default_fields = compression_fields(defaults);
-  for (size_t i = 0; i < s.fields.size(); ++i) {
-    FieldBinding& f = s.fields[i];
-    for (const KeyUse& use : key_uses()) {
-      if (f.key != use.key) continue;
-      f.check = [&c, &use, emit = f.emit, default_emit = default_fields.fields[i].emit,
-                 range = f.check]() -> std::string {
-        std::string problem = range();
-        const std::string& selector = use.by_error_control ? c.error_control : c.codec;
-        if (!problem.empty() || emit() == default_emit() ||
-            std::find(use.readers.begin(), use.readers.end(), selector) != use.readers.end())
-          return problem;
-        std::string readers;
-        for (const auto& r : use.readers) readers += (readers.empty() ? "" : ", ") + r;
-        return fmt::format("applies to comm.compression.{} {}, got '{}' (which ignores it)",
-                           use.by_error_control ? "error_control" : "codec", readers, selector);
-      };
-    }
-  }
   for (FieldBinding& f : s.fields) {
     if (f.key == "bits") {
-      f.check = [&c, applies = f.check]() -> std::string {
+      f.check = [&c]() -> std::string {
         return (c.bits >= 2 && c.bits <= 8) || c.bits == 32
-                   ? applies() : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
+                   ? "" : fmt::format("must be in [2, 8], or 32 (fp32 values), got {}", c.bits);
       };
     } else if (f.key == "transform") {
       f.check = [&c, choice = f.check]() -> std::string {

@@ -4,10 +4,13 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <thread>
 
+#include "comm/codec.h"
 #include "core/error.h"
 #include "core/hash.h"
 #include "core/log.h"
@@ -37,6 +40,8 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   CONDENSE_CHECK(cfg.comm.backend != "nccl" || cfg.comm.device == "cuda",
                  "comm.backend=nccl exchanges CUDA tensors, but train.device is {}; set "
                  "train.device=cuda, or comm.backend=auto / mpi on the CPU", tc.device);
+  const std::string unread = unread_compression_key(cfg.comm.compression);
+  CONDENSE_CHECK(unread.empty(), "{}", unread);
   run.comm = make_communicator(cfg.comm);
   run.rank = run.comm->rank();
   run.world = run.comm->size();
@@ -138,12 +143,16 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
       spdlog::warn("the recipe differs from the one {} was trained with; continuing with the "
                    "new one (the old one is stored in the checkpoint's 'recipe')", *run.resume);
       // Changes that are allowed but change more than the setting reads as changing.
-      const RunConfig was = checkpoint_recipe(ckpt, *run.resume);
-      if (was.data.seq_len != cfg.data.seq_len || was.data.batch_size != cfg.data.batch_size)
-        spdlog::warn("data.seq_len / data.batch_size {} / {} -> {} / {}: the data cursor (epoch {}, "
-                     "window {}) now indexes another windowing, so until the next epoch windows "
-                     "may repeat or be skipped", was.data.seq_len, was.data.batch_size,
-                     cfg.data.seq_len, cfg.data.batch_size, saved_state.cursor.epoch,
+      RunConfig was = cfg;
+      try {
+        was = checkpoint_recipe(ckpt, *run.resume);
+      } catch (const Error& e) {
+        spdlog::warn("{}: its recipe could not be read to compare ({})", *run.resume, e.what());
+      }
+      if (was.data.seq_len != cfg.data.seq_len)
+        spdlog::warn("data.seq_len {} -> {}: the data cursor (epoch {}, window {}) now indexes "
+                     "another windowing, so until the next epoch windows may repeat or be skipped",
+                     was.data.seq_len, cfg.data.seq_len, saved_state.cursor.epoch,
                      saved_state.cursor.position);
       if (ckpt.file().has("comm/compression_step") && !cfg.comm.compression.enabled() &&
           !cfg.comm.sync.local_update())
@@ -198,30 +207,46 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   }
   setup.before_writing = [&run, ckpt_dir = cfg.checkpoint.dir, keep = cfg.checkpoint.keep] {
     if (run.rank != 0) return;
+    // Fault injection for tests/python/test_run_races.py: a start slower than another run.
+    if (const char* delay = std::getenv("CONDENSE_TEST_DELAY_BEFORE_LOCK_S"))
+      std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
     // The locks are taken only now (a refused start must leave no directory behind), so a run
     // that started after this one and finished while this one prepared its data may have
     // written checkpoints since the check at start: this run would overwrite them.
     auto check_unchanged = [&] {
       const std::optional<std::string> now = CheckpointManager(ckpt_dir, keep).latest();
       CONDENSE_CHECK(now == run.resume, "{} holds checkpoints another run wrote while this one was "
-                     "starting (latest {}); pass --resume to continue it, or choose another name= / "
-                     "out_dir= (nothing was changed)", ckpt_dir, now.value_or("none"));
+                     "starting (latest {}); start again (--resume continues from them), or choose "
+                     "another name= / out_dir= (nothing was changed)", ckpt_dir, now.value_or("none"));
     };
     // A checkpoint.dir outside out_dir is another run's too when a recipe is reused under
-    // another name: one writer at a time there as well, locked and checked before out_dir is made.
-    fs::create_directories(ckpt_dir);
-    auto dir = [](const std::string& p) {  // canonical, without a trailing separator
-      fs::path c = fs::weakly_canonical(p);
-      return c.has_filename() ? c : c.parent_path();
-    };
-    const bool separate = dir(ckpt_dir).parent_path() != dir(run.out_dir);
-    if (separate) {
-      run.checkpoint_lock = std::make_unique<RunLock>(ckpt_dir);
-      check_unchanged();
+    // another name: one writer at a time there as well, locked and checked before out_dir is
+    // made; if out_dir then cannot be locked, a checkpoint.dir made here is removed again.
+    auto canonical = [](const std::string& p) { return fs::weakly_canonical(p).lexically_normal(); };
+    const fs::path ck = canonical(ckpt_dir), out = canonical(run.out_dir);
+    const fs::path rel = ck.lexically_relative(out);
+    const bool inside = !rel.empty() && *rel.begin() != "..";  // out_dir itself or below it
+    const bool made = !fs::exists(ckpt_dir);
+    if (!inside) {
+      fs::create_directories(ckpt_dir);
+      try {
+        run.checkpoint_lock = std::make_unique<RunLock>(ckpt_dir);
+        check_unchanged();
+      } catch (const Error&) {
+        run.checkpoint_lock.reset();
+        if (made) fs::remove_all(ckpt_dir);
+        throw;
+      }
     }
-    fs::create_directories(run.out_dir);
-    run.lock = std::make_unique<RunLock>(run.out_dir);
-    if (!separate) check_unchanged();
+    try {
+      fs::create_directories(run.out_dir);
+      run.lock = std::make_unique<RunLock>(run.out_dir);
+    } catch (const Error&) {
+      run.checkpoint_lock.reset();
+      if (made && !inside) fs::remove_all(ckpt_dir);
+      throw;
+    }
+    if (inside) check_unchanged();
     write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
   };
   if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())

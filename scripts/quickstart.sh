@@ -15,7 +15,7 @@ say "2/4 building the condense binary (scripts/build.sh condense; about 10 minut
 bash scripts/build.sh condense
 say "3/4 training recipes/quickstart.yaml on 2 ranks (the first run also tokenizes GCIDE, ~30 s)"
 mpirun --allow-run-as-root --oversubscribe -np 2 --mca mpi_yield_when_idle 1 \
-  --mca btl_vader_single_copy_mechanism none --mca odls_base_sigkill_timeout 120 \
+  --mca btl_vader_single_copy_mechanism none \
   ./build/condense train recipes/quickstart.yaml --resume train.threads=1 data.batch_size=4 "$@"
 # What the trained model does: its held-out perplexity, then a few dictionary-style prompts.
 say "4/4 what the trained model does"

@@ -223,5 +223,42 @@ TEST(Codecs, NamesAndKeptElements) {
   EXPECT_EQ(s.payload_bytes, 1100);
 }
 
+// A key the chosen codec or error control never reads, set away from its default, would be
+// ignored while the recipe reads as if it took effect; at its default it is harmless.
+TEST(Codecs, KeysTheChoiceIgnoresAreNamed) {
+  CompressionConfig c;
+  c.codec = "topk";
+  EXPECT_EQ(unread_compression_key(c), "");
+  c.levels = 3;
+  std::string m = unread_compression_key(c);
+  EXPECT_NE(m.find("comm.compression.levels is set, but it applies to comm.compression.codec qsgd "
+                   "and this recipe has 'topk'"), std::string::npos) << m;
+  c.codec = "qsgd";
+  EXPECT_EQ(unread_compression_key(c), "");
+  c = CompressionConfig{};
+  c.codec = "topk";
+  c.error_control = "econtrol";
+  c.decay = 0.5;
+  m = unread_compression_key(c);
+  EXPECT_NE(m.find("comm.compression.decay is set, but it applies to comm.compression.error_control "
+                   "ef and this recipe has 'econtrol'"), std::string::npos) << m;
+  c.decay = 1.0;
+  c.eta = 0.2;
+  EXPECT_EQ(unread_compression_key(c), "");
+  c.error_control = "ef";
+  EXPECT_NE(unread_compression_key(c).find("comm.compression.eta"), std::string::npos);
+  c = CompressionConfig{};
+  c.codec = "sparseloco";
+  c.k = 8;
+  c.bits = 32;
+  c.chunk = 256;
+  EXPECT_EQ(unread_compression_key(c), "");
+  c.codec = "sign";
+  EXPECT_NE(unread_compression_key(c).find("comm.compression.k is set"), std::string::npos);
+  c = CompressionConfig{};
+  c.rank = 2;
+  EXPECT_NE(unread_compression_key(c).find("codec powersgd and this recipe has 'none'"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace condense

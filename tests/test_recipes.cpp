@@ -419,23 +419,5 @@ TEST(RecipeCompression, Errors) {
   expect_parse_error("", {"unknown key 'comm.bogus.x'", "valid keys in 'comm'"}, {"comm.bogus.x=1"});
 }
 
-// A key the chosen codec or error control never reads, set away from its default, would be
-// ignored while the recipe reads as if it took effect; set to its default it is harmless.
-TEST(RecipeCompression, KeysTheChoiceIgnoresAreRefused) {
-  expect_parse_error("comm:\n  compression:\n    codec: topk\n    levels: 3\n",
-                     {"r.yaml:4", "comm.compression.levels", "applies to comm.compression.codec qsgd, got 'topk'"});
-  expect_parse_error("", {"comm.compression.decay", "applies to comm.compression.error_control ef, got 'econtrol'"},
-                     {"comm.compression.decay=0.5", "comm.compression.codec=topk",
-                      "comm.compression.error_control=econtrol"});
-  expect_parse_error("", {"comm.compression.rank", "codec powersgd, got 'sign'"},
-                     {"comm.compression.rank=2", "comm.compression.codec=sign"});
-  expect_parse_error("", {"comm.compression.eta", "error_control econtrol, got 'ef'"},
-                     {"comm.compression.codec=topk", "comm.compression.error_control=ef", "comm.compression.eta=0.2"});
-  // The order of keys and overrides does not matter; defaults and readers pass.
-  EXPECT_EQ(parse_recipe("comm:\n  compression:\n    levels: 3\n    codec: qsgd\n", "r.yaml").comm.compression.levels, 3);
-  EXPECT_EQ(parse_recipe("", "r.yaml", {"comm.compression.k=8", "comm.compression.codec=sparseloco"}).comm.compression.k, 8);
-  EXPECT_EQ(parse_recipe("", "r.yaml", {"comm.compression.codec=topk", "comm.compression.levels=7"}).comm.compression.codec, "topk");
-}
-
 }  // namespace
 }  // namespace condense

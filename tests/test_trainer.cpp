@@ -6,12 +6,14 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "core/error.h"
 #include "trainer/adamw.h"
 #include "io/atomic_file.h"
 #include "trainer/checkpoint.h"
+#include "trainer/stop_signal.h"
 #include "trainer/grad_clip.h"
 #include "trainer/lr_schedule.h"
 #include "trainer/sgd.h"
@@ -253,6 +255,25 @@ TEST(Checkpoint, PruningKeepsLatestWhenANewerOrphanExists) {
   EXPECT_FALSE(fs::exists(dir / "step_000050.h5"));
   EXPECT_TRUE(fs::exists(dir / "step_000040.h5"));
   fs::remove_all(dir);
+}
+
+// Under mpirun (its environment), a step and checkpoint longer than the SIGKILL window mpirun
+// leaves after forwarding a signal are warned about, naming the STOP file; not otherwise.
+TEST(StopSignal, MpirunWindowWarning) {
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
+  EXPECT_EQ(mpirun_stop_window_warning(5.0, "out/STOP"), "");  // not under mpirun
+  ::setenv("OMPI_COMM_WORLD_SIZE", "2", 1);
+  ::unsetenv("OMPI_MCA_odls_base_sigkill_timeout");  // Open MPI 4.1's default: 1 s
+  EXPECT_EQ(mpirun_stop_window_warning(0.5, "out/STOP"), "");
+  const std::string w = mpirun_stop_window_warning(2.5, "out/STOP");
+  EXPECT_NE(w.find("took 2.5 s, but mpirun SIGKILLs the ranks 1 s after"), std::string::npos) << w;
+  EXPECT_NE(w.find("touch out/STOP"), std::string::npos) << w;
+  ::setenv("OMPI_MCA_odls_base_sigkill_timeout", "30", 1);
+  EXPECT_EQ(mpirun_stop_window_warning(2.5, "out/STOP"), "");
+  ::setenv("OMPI_MCA_odls_base_sigkill_timeout", "soon", 1);  // unreadable: no claim either way
+  EXPECT_EQ(mpirun_stop_window_warning(2.5, "out/STOP"), "");
+  ::unsetenv("OMPI_MCA_odls_base_sigkill_timeout");
+  ::unsetenv("OMPI_COMM_WORLD_SIZE");
 }
 
 }  // namespace condense

@@ -5,11 +5,13 @@
 // end under mpirun in tests/python/test_watchdog.py; the NCCL wiring on a GPU in
 // tests/test_cuda_comm.cpp (Cuda.NcclWatchdogEndsAStalledCollective).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <memory>
 #include <stdexcept>
@@ -106,5 +108,30 @@ TEST_F(WatchdogDeathTest, AProbeThatFailsEndsTheProcess) {
               "the collective watchdog's probe failed: CUDA error: an illegal memory access");
 }
 
+// The verdict names what the reports show: a rank left behind at an older collective (it ended
+// and its last report stayed), an order mismatch, or one collective stuck everywhere.
+TEST(Watchdog, ReportsComparedByCollective) {
+  const fs::path dir = fs::temp_directory_path() / ("condense_wd_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto write = [&](int r, const std::string& what) {
+    std::ofstream(dir / ("00000000000000ab.rank" + std::to_string(r))) << "rank " << r
+        << " waiting in " << what << " (64 bytes) for 3.0 s\n";
+  };
+  write(0, "all_reduce #128");
+  write(1, "all_reduce #122");
+  std::string v = compare_watchdog_reports(dir.string(), 0xab, 2);
+  EXPECT_NE(v.find("different collectives (rank 0: all_reduce #128, rank 1: all_reduce #122)"),
+            std::string::npos) << v;
+  write(1, "broadcast #128");
+  v = compare_watchdog_reports(dir.string(), 0xab, 2);
+  EXPECT_NE(v.find("different orders"), std::string::npos) << v;
+  write(1, "all_reduce #128");
+  v = compare_watchdog_reports(dir.string(), 0xab, 2);
+  EXPECT_NE(v.find("same collective (rank 0: all_reduce #128, rank 1: all_reduce #128)"),
+            std::string::npos) << v;
+  fs::remove_all(dir);
+}
+
 }  // namespace
+
 }  // namespace condense

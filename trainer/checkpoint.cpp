@@ -126,10 +126,16 @@ std::string CheckpointManager::save(LlamaForCausalLM& model, const Optimizer* op
   try {
     write_text_atomically((fs::path(dir_) / "latest").string(), name + "\n");
   } catch (const Error&) {
-    // `latest` still names the previous checkpoint: take back the one it does not know, so that
-    // no checkpoint newer than `latest` is left for the pruning below to prefer after a resume.
+    // Unless the rename went through and only the directory's fsync failed, `latest` still
+    // names the previous checkpoint: take back the one it does not know, so that no checkpoint
+    // newer than `latest` is left behind for a resumed run to find.
     std::error_code ec;
-    fs::remove(path, ec);
+    std::string named;
+    try {
+      named = read_text_file((fs::path(dir_) / "latest").string());
+    } catch (const Error&) {
+    }
+    if (named.rfind(name, 0) != 0) fs::remove(path, ec);
     throw;
   }
   // Keep the newest `keep` up to this step. Files of later steps belong to a future this run

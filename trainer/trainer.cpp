@@ -345,7 +345,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   auto message = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
-  StopSignal stop;
+  StopSignal stop(setup_.out_dir + "/STOP");
   model_->train();
   using clock = std::chrono::steady_clock;
   auto start = clock::now();
@@ -586,7 +586,7 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
     if (rank0 && periodic) stop.note_time_to_stop(std::chrono::duration<double>(clock::now() - t0).count());
     if (stop_now && !last) {
       result.interrupted = true;
-      message(fmt::format("stopped by signal at step {}; continue with --resume", state.step));
+      message(fmt::format("stopped by {} at step {}; continue with --resume", StopSignal::last_signal() ? "signal" : "the STOP file", state.step));
       break;
     }
   }

@@ -96,3 +96,24 @@ def test_corrupt_checkpoint_is_refused(case, trained, small_store, tmp_path):
         assert p.returncode == 1 and f"error: {ck}: {expected}" in p.stderr, p.stderr[-2000:]
     else:  # eval reads the weights only
         assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_flipped_bit_is_a_checksum_error(trained, small_store, tmp_path):
+    """One bit flipped in a weight's stored bytes, a value that stays finite: every dataset carries
+    a Fletcher-32 checksum, so eval and --resume refuse the file naming the dataset, where before
+    the changed weight loaded silently."""
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    ck = out / "checkpoints" / "step_000010.h5"
+    with h5py.File(ck, "r") as f:
+        info = f[W].id.get_chunk_info(0)  # chunked: the checksum is per chunk
+        assert f[W].fletcher32
+    raw = bytearray(ck.read_bytes())
+    raw[info.byte_offset + 1001] ^= 0x01  # bit 8 of one float's mantissa: a finite value still
+    ck.write_bytes(bytes(raw))
+    expected = f"{ck}: dataset '{W}': read failed (its checksum does not match"
+    p = run("eval", out, "--batches", 1, check=False)
+    assert p.returncode == 1 and expected in p.stderr, p.stderr[-2000:]
+    p = run("train", QUICKSTART, *tiny_overrides(small_store, out, 12, **{"train.eval_every": 0}),
+            "--resume", check=False)
+    assert p.returncode == 1 and expected in p.stderr, p.stderr[-2000:]

@@ -1,8 +1,8 @@
-"""Two `condense train` runs that race for one run directory or one checkpoint.dir: whatever
-the timing, one of them trains and the other is refused before it writes, so no run's
-checkpoints are overwritten (a reliability audit found a run that prepared its token store for
+"""Two `condense train` runs that race for one run directory or one checkpoint.dir: one of them
+trains and the other is refused before it writes, so no run's checkpoints are overwritten (a reliability audit found a run that prepared its token store for
 seconds, then replaced the checkpoints of a run that had finished in the meantime, and two runs
 sharing checkpoint.dir deleting each other's files mid-write)."""
+import os
 import subprocess
 import time
 
@@ -16,9 +16,10 @@ REFUSED = ("another run wrote while this one was starting", "another condense pr
            "already holds checkpoints")
 
 
-def start(*args):
+def start(*args, env=None):
     return subprocess.Popen([str(CONDENSE), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            env=None if env is None else {**os.environ, **env})
 
 
 def finish(procs):
@@ -41,19 +42,18 @@ def recorded(checkpoint, section, key):
 
 def test_a_run_that_starts_slowly_does_not_overwrite_one_that_finished(small_store, tmp_path):
     out = tmp_path / "race"
-    # B tokenizes fortunes first (a tokenizer trained for seconds), A starts just after on a
-    # ready store and is done long before B's data is; B must then refuse, not overwrite.
+    # B passes the start-up check on an empty directory, then (as if preparing a large token
+    # store) waits 15 s before taking the lock; A starts a second later and finishes meanwhile.
     slow = start("train", QUICKSTART, *tiny_overrides(small_store, out, 4, **{
-        "data.dataset": "", "data.corpus": "fortunes", "data.vocab_size": 2000,
-        "data.cache_dir": tmp_path / "cache", "data.seed": 7, "checkpoint.every": 2}))
-    time.sleep(0.3)
+        "data.seed": 7, "checkpoint.every": 2}), env={"CONDENSE_TEST_DELAY_BEFORE_LOCK_S": "15"})
+    time.sleep(1)
     fast = start("train", QUICKSTART, *tiny_overrides(small_store, out, 4, **{"checkpoint.every": 2}))
     winner = finish([slow, fast])
-    # The checkpoints are the winner's own (its data seed), complete, and `latest` names one.
+    assert winner == 1 and "another run wrote while this one was starting" in finish.loser_stderr
+    # The checkpoints are A's own (its data seed), complete, and `latest` names one.
     ckpts = sorted((out / "checkpoints").glob("step_*.h5"))
     assert [c.name for c in ckpts] == ["step_000002.h5", "step_000004.h5"], ckpts
-    want = 7 if winner == 0 else 1234
-    assert all(recorded(c, "data", "seed") == want for c in ckpts), [recorded(c, "data", "seed") for c in ckpts]
+    assert all(recorded(c, "data", "seed") == 1234 for c in ckpts), [recorded(c, "data", "seed") for c in ckpts]
 
 
 def test_two_runs_sharing_checkpoint_dir_do_not_interleave(small_store, tmp_path):
