@@ -222,7 +222,10 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
     // A checkpoint.dir outside out_dir is another run's too when a recipe is reused under
     // another name: one writer at a time there as well, locked and checked before out_dir is
     // made; if out_dir then cannot be locked, a checkpoint.dir made here is removed again.
-    auto canonical = [](const std::string& p) { return fs::weakly_canonical(p).lexically_normal(); };
+    auto canonical = [](const std::string& p) {  // without a trailing separator
+      fs::path c = fs::weakly_canonical(p).lexically_normal();
+      return c.has_filename() ? c : c.parent_path();
+    };
     const fs::path ck = canonical(ckpt_dir), out = canonical(run.out_dir);
     const fs::path rel = ck.lexically_relative(out);
     const bool inside = !rel.empty() && *rel.begin() != "..";  // out_dir itself or below it
