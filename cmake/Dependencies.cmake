@@ -39,10 +39,12 @@ else()
   foreach(f "${_torch_dir}/lib/libtorch.so" "${_torch_dir}/lib/libtorch_cpu.so"
             "${_torch_dir}/lib/libtorch_cuda.so" "${_torch_dir}/lib/libc10_cuda.so"
             "${_torch_dir}/lib/libc10.so" "${_cuda_dir}/lib/libcudart.so.13"
-            "${_cuda_dir}/include/cuda_runtime_api.h")
+            "${_cuda_dir}/include/cuda_runtime_api.h" "${_cuda_dir}/include/crt/host_config.h"
+            "${_cuda_dir}/include/nv/target")
     if(NOT EXISTS "${f}")
       message(FATAL_ERROR "${f} is missing: the torch wheel in ${CONDENSE_PYTHON}'s environment "
-                          "is not the one scripts/install.sh pins (run it), or install the CUDA "
+                          "lacks what scripts/install.sh installs there (run it: the torch wheel "
+                          "and, without a CUDA toolkit, nvidia-cuda-crt and -cccl), or install the CUDA "
                           "toolkit in /usr/local/cuda")
     endif()
     if(f MATCHES "\\.so")

@@ -58,6 +58,17 @@ if [[ ! -f "$stamp" ]]; then
   "${PIP[@]}" "torch==$TORCH_VERSION"
   touch "$stamp"
 fi
+# Without a CUDA toolkit (a CPU machine) condense compiles against the CUDA headers the torch
+# wheel's nvidia packages carry (cmake/Dependencies.cmake); what the runtime's headers include
+# beyond themselves comes in two header-only packages of the same CUDA 13.0: crt/host_config.h
+# (nvidia-cuda-crt, 130 KB) and libcu++'s nv/target (nvidia-cuda-cccl, 3 MB).
+CUDA_HEADERS=(nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85)
+stamp="$VENV/.condense-cuda-headers-v1"
+if [[ ! -x /usr/local/cuda/bin/nvcc ]] && [[ ! -f "$stamp" ]]; then
+  say "pip install ${CUDA_HEADERS[*]} (CUDA headers: no CUDA toolkit here)"
+  "${PIP[@]}" --no-deps "${CUDA_HEADERS[@]}"
+  touch "$stamp"
+fi
 
 stamp="$VENV/.condense-test-deps-v1"
 if ((TESTS)) && [[ ! -f "$stamp" ]]; then

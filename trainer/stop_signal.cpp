@@ -1,6 +1,5 @@
 #include "trainer/stop_signal.h"
 
-#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
