@@ -113,11 +113,15 @@ const char* tagged_dtype(at::ScalarType t) {
   }
 }
 
+bool has_checksum(hid_t dcpl) {
+  return H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, nullptr, nullptr, nullptr, 0, nullptr,
+                              nullptr) >= 0;
+}
+
 // Why a read of `ds` failed, as far as can be told without HDF5's error stack.
 std::string read_failure(hid_t ds) {
   Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
-  if (dcpl.ok() && H5Pget_filter_by_id2(dcpl.get(), H5Z_FILTER_FLETCHER32, nullptr, nullptr,
-                                        nullptr, 0, nullptr, nullptr) >= 0)
+  if (dcpl.ok() && has_checksum(dcpl.get()))
     return "its checksum does not match or the file is truncated: the file is corrupt";
   return "truncated or corrupt file?";
 }
@@ -134,9 +138,8 @@ void check_stored_size(hid_t ds, uint64_t bytes, const std::string& where) {
   // stored whole, plus 4 bytes), must hold at least the bytes the shape claims; other filters
   // (compression) store less, and are left to the read itself.
   const H5D_layout_t layout = H5Pget_layout(dcpl.get());
-  const bool checksummed_only = layout == H5D_CHUNKED && H5Pget_nfilters(dcpl.get()) == 1 &&
-      H5Pget_filter_by_id2(dcpl.get(), H5Z_FILTER_FLETCHER32, nullptr, nullptr, nullptr, 0,
-                           nullptr, nullptr) >= 0;
+  const bool checksummed_only =
+      layout == H5D_CHUNKED && H5Pget_nfilters(dcpl.get()) == 1 && has_checksum(dcpl.get());
   if (layout != H5D_CONTIGUOUS && !checksummed_only) return;
   const uint64_t stored = H5Dget_storage_size(ds);
   CONDENSE_CHECK(bytes <= stored, "{}: claims {} bytes but the file stores {} for it (truncated "

@@ -175,6 +175,46 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   return run;
 }
 
+// Rank 0's locks on out_dir and, when it lies outside, checkpoint.dir, taken just before the
+// first write. They are taken only then (a refused start must leave no directory behind), so a
+// run that started after this one and finished while this one prepared its data may have
+// written checkpoints since the check at start: checked again under the lock, or this run would
+// overwrite them. A checkpoint.dir outside out_dir is another run's too when a recipe is reused
+// under another name: locked and checked before out_dir is made; if out_dir then cannot be
+// locked, a checkpoint.dir made here is removed again.
+static void lock_run_directories(RunSetup& run, const std::string& ckpt_dir, int64_t keep) {
+  // Fault injection for tests/python/test_run_races.py: a start slower than another run.
+  if (const char* delay = std::getenv("CONDENSE_TEST_DELAY_BEFORE_LOCK_S"))
+    std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
+  auto check_unchanged = [&] {
+    const std::optional<std::string> now = CheckpointManager(ckpt_dir, keep).latest();
+    CONDENSE_CHECK(now == run.resume, "{} holds checkpoints another run wrote while this one was "
+                   "starting (latest {}); start again (--resume continues from them), or choose "
+                   "another name= / out_dir= (nothing was changed)", ckpt_dir, now.value_or("none"));
+  };
+  auto canonical = [](const std::string& p) {  // without a trailing separator
+    fs::path c = fs::weakly_canonical(p).lexically_normal();
+    return c.has_filename() ? c : c.parent_path();
+  };
+  const fs::path rel = canonical(ckpt_dir).lexically_relative(canonical(run.out_dir));
+  const bool inside = !rel.empty() && *rel.begin() != "..";  // out_dir itself or below it
+  const bool made = !inside && !fs::exists(ckpt_dir);
+  try {
+    if (!inside) {
+      fs::create_directories(ckpt_dir);
+      run.checkpoint_lock = std::make_unique<RunLock>(ckpt_dir);
+      check_unchanged();
+    }
+    fs::create_directories(run.out_dir);
+    run.lock = std::make_unique<RunLock>(run.out_dir);
+  } catch (const Error&) {
+    run.checkpoint_lock.reset();
+    if (made) fs::remove_all(ckpt_dir);
+    throw;
+  }
+  if (inside) check_unchanged();
+}
+
 TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> train_windows,
                       const DataStreams* streams) {
   const RunConfig& cfg = run.cfg;
@@ -207,49 +247,7 @@ TrainResult train_run(RunSetup& run, Trainable trainable, std::vector<int64_t> t
   }
   setup.before_writing = [&run, ckpt_dir = cfg.checkpoint.dir, keep = cfg.checkpoint.keep] {
     if (run.rank != 0) return;
-    // Fault injection for tests/python/test_run_races.py: a start slower than another run.
-    if (const char* delay = std::getenv("CONDENSE_TEST_DELAY_BEFORE_LOCK_S"))
-      std::this_thread::sleep_for(std::chrono::duration<double>(std::atof(delay)));
-    // The locks are taken only now (a refused start must leave no directory behind), so a run
-    // that started after this one and finished while this one prepared its data may have
-    // written checkpoints since the check at start: this run would overwrite them.
-    auto check_unchanged = [&] {
-      const std::optional<std::string> now = CheckpointManager(ckpt_dir, keep).latest();
-      CONDENSE_CHECK(now == run.resume, "{} holds checkpoints another run wrote while this one was "
-                     "starting (latest {}); start again (--resume continues from them), or choose "
-                     "another name= / out_dir= (nothing was changed)", ckpt_dir, now.value_or("none"));
-    };
-    // A checkpoint.dir outside out_dir is another run's too when a recipe is reused under
-    // another name: one writer at a time there as well, locked and checked before out_dir is
-    // made; if out_dir then cannot be locked, a checkpoint.dir made here is removed again.
-    auto canonical = [](const std::string& p) {  // without a trailing separator
-      fs::path c = fs::weakly_canonical(p).lexically_normal();
-      return c.has_filename() ? c : c.parent_path();
-    };
-    const fs::path ck = canonical(ckpt_dir), out = canonical(run.out_dir);
-    const fs::path rel = ck.lexically_relative(out);
-    const bool inside = !rel.empty() && *rel.begin() != "..";  // out_dir itself or below it
-    const bool made = !fs::exists(ckpt_dir);
-    if (!inside) {
-      fs::create_directories(ckpt_dir);
-      try {
-        run.checkpoint_lock = std::make_unique<RunLock>(ckpt_dir);
-        check_unchanged();
-      } catch (const Error&) {
-        run.checkpoint_lock.reset();
-        if (made) fs::remove_all(ckpt_dir);
-        throw;
-      }
-    }
-    try {
-      fs::create_directories(run.out_dir);
-      run.lock = std::make_unique<RunLock>(run.out_dir);
-    } catch (const Error&) {
-      run.checkpoint_lock.reset();
-      if (made && !inside) fs::remove_all(ckpt_dir);
-      throw;
-    }
-    if (inside) check_unchanged();
+    lock_run_directories(run, ckpt_dir, keep);
     write_text_atomically((fs::path(run.out_dir) / "recipe.yaml").string(), run.yaml);
   };
   if (run.world == 1 && cfg.comm.compression.enabled() && !cfg.comm.sync.local_update())

@@ -6,6 +6,8 @@
 // control invariants, resume) is in tests/mpi/test_compression_mpi.cpp.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -226,38 +228,31 @@ TEST(Codecs, NamesAndKeptElements) {
 // A key the chosen codec or error control never reads, set away from its default, would be
 // ignored while the recipe reads as if it took effect; at its default it is harmless.
 TEST(Codecs, KeysTheChoiceIgnoresAreNamed) {
-  CompressionConfig c;
-  c.codec = "topk";
-  EXPECT_EQ(unread_compression_key(c), "");
-  c.levels = 3;
-  std::string m = unread_compression_key(c);
-  EXPECT_NE(m.find("comm.compression.levels is set, but it applies to comm.compression.codec qsgd "
-                   "and this recipe has 'topk'"), std::string::npos) << m;
-  c.codec = "qsgd";
-  EXPECT_EQ(unread_compression_key(c), "");
-  c = CompressionConfig{};
-  c.codec = "topk";
-  c.error_control = "econtrol";
-  c.decay = 0.5;
-  m = unread_compression_key(c);
-  EXPECT_NE(m.find("comm.compression.decay is set, but it applies to comm.compression.error_control "
-                   "ef and this recipe has 'econtrol'"), std::string::npos) << m;
-  c.decay = 1.0;
-  c.eta = 0.2;
-  EXPECT_EQ(unread_compression_key(c), "");
-  c.error_control = "ef";
-  EXPECT_NE(unread_compression_key(c).find("comm.compression.eta"), std::string::npos);
-  c = CompressionConfig{};
-  c.codec = "sparseloco";
-  c.k = 8;
-  c.bits = 32;
-  c.chunk = 256;
-  EXPECT_EQ(unread_compression_key(c), "");
-  c.codec = "sign";
-  EXPECT_NE(unread_compression_key(c).find("comm.compression.k is set"), std::string::npos);
-  c = CompressionConfig{};
-  c.rank = 2;
-  EXPECT_NE(unread_compression_key(c).find("codec powersgd and this recipe has 'none'"), std::string::npos);
+  struct Case {
+    std::function<void(CompressionConfig&)> set;
+    std::string expected;  // "" : every set key is read
+  };
+  const std::vector<Case> cases = {
+      {[](auto& c) { c.codec = "topk"; }, ""},
+      {[](auto& c) { c.codec = "topk"; c.levels = 3; },
+       "comm.compression.levels is set, but it applies to comm.compression.codec qsgd and this "
+       "recipe has 'topk'"},
+      {[](auto& c) { c.codec = "qsgd"; c.levels = 3; }, ""},
+      {[](auto& c) { c.codec = "topk"; c.error_control = "econtrol"; c.decay = 0.5; },
+       "comm.compression.decay is set, but it applies to comm.compression.error_control ef and "
+       "this recipe has 'econtrol'"},
+      {[](auto& c) { c.codec = "topk"; c.error_control = "econtrol"; c.eta = 0.2; }, ""},
+      {[](auto& c) { c.codec = "topk"; c.error_control = "ef"; c.eta = 0.2; }, "comm.compression.eta"},
+      {[](auto& c) { c.codec = "sparseloco"; c.k = 8; c.bits = 32; c.chunk = 256; }, ""},
+      {[](auto& c) { c.codec = "sign"; c.k = 8; }, "comm.compression.k is set"},
+      {[](auto& c) { c.rank = 2; }, "codec powersgd and this recipe has 'none'"}};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    CompressionConfig c;
+    cases[i].set(c);
+    const std::string m = unread_compression_key(c);
+    if (cases[i].expected.empty()) EXPECT_EQ(m, "") << "case " << i;
+    else EXPECT_NE(m.find(cases[i].expected), std::string::npos) << "case " << i << ": " << m;
+  }
 }
 
 }  // namespace

@@ -167,12 +167,17 @@ TEST(GradClip, ScalesToMaxNorm) {
   EXPECT_NEAR(b.grad()[0].item<float>(), 0.8f, 1e-5);
 }
 
-TEST(Checkpoint, SaveLoadPruneAndLatest) {
-  fs::path dir = fs::temp_directory_path() / ("condense_ckpt_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
+static LlamaConfig tiny_config() {
   LlamaConfig c;
   c.vocab_size = 64; c.hidden_size = 16; c.intermediate_size = 24; c.num_hidden_layers = 1;
   c.num_attention_heads = 2; c.max_position_embeddings = 32;
+  return c;
+}
+
+TEST(Checkpoint, SaveLoadPruneAndLatest) {
+  fs::path dir = fs::temp_directory_path() / ("condense_ckpt_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  LlamaConfig c = tiny_config();
   torch::manual_seed(0);
   LlamaForCausalLM m(c);
   CheckpointManager mgr(dir.string(), 2);
@@ -223,9 +228,7 @@ TEST(Checkpoint, SaveLoadPruneAndLatest) {
 TEST(Checkpoint, PruningKeepsLatestWhenANewerOrphanExists) {
   fs::path dir = fs::temp_directory_path() / ("condense_orphan_" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  LlamaConfig c;
-  c.vocab_size = 64; c.hidden_size = 16; c.intermediate_size = 24; c.num_hidden_layers = 1;
-  c.num_attention_heads = 2; c.max_position_embeddings = 32;
+  LlamaConfig c = tiny_config();
   LlamaForCausalLM m(c);
   TrainingState st;
   CheckpointManager first(dir.string(), 3);

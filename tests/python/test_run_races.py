@@ -29,8 +29,7 @@ def finish(procs):
     loser = next(err for rc, _, err in out if rc == 1)
     assert any(r in loser for r in REFUSED), loser
     assert "nothing was changed" in loser, loser
-    finish.loser_stderr = loser
-    return next(i for i, (rc, _, _) in enumerate(out) if rc == 0)
+    return next(i for i, (rc, _, _) in enumerate(out) if rc == 0), loser
 
 
 def recorded(checkpoint, section, key):
@@ -48,8 +47,8 @@ def test_a_run_that_starts_slowly_does_not_overwrite_one_that_finished(small_sto
         "data.seed": 7, "checkpoint.every": 2}), env={"CONDENSE_TEST_DELAY_BEFORE_LOCK_S": "15"})
     time.sleep(1)
     fast = start("train", QUICKSTART, *tiny_overrides(small_store, out, 4, **{"checkpoint.every": 2}))
-    winner = finish([slow, fast])
-    assert winner == 1 and "another run wrote while this one was starting" in finish.loser_stderr
+    winner, loser = finish([slow, fast])
+    assert winner == 1 and "another run wrote while this one was starting" in loser, loser
     # The checkpoints are A's own (its data seed), complete, and `latest` names one.
     ckpts = sorted((out / "checkpoints").glob("step_*.h5"))
     assert [c.name for c in ckpts] == ["step_000002.h5", "step_000004.h5"], ckpts
@@ -61,10 +60,10 @@ def test_two_runs_sharing_checkpoint_dir_do_not_interleave(small_store, tmp_path
     procs = [start("train", QUICKSTART, *tiny_overrides(small_store, tmp_path / f"run{i}", 40, **{
         "checkpoint.dir": shared, "checkpoint.every": 3, "train.seed": 100 + i}))
         for i in range(2)]
-    winner = finish(procs)
+    winner, loser = finish(procs)
     # The winner's checkpoints alone, none half-written; the loser made no run directory.
     ckpts = sorted(shared.glob("step_*.h5"))
     assert [c.name for c in ckpts] == ["step_000039.h5", "step_000040.h5"], list(shared.iterdir())
     assert not list(shared.glob(".step_*.tmp.*")), list(shared.iterdir())
     assert all(recorded(c, "train", "seed") == 100 + winner for c in ckpts)
-    assert not (tmp_path / f"run{1 - winner}").exists(), finish.loser_stderr
+    assert not (tmp_path / f"run{1 - winner}").exists(), loser
