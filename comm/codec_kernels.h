@@ -2,7 +2,8 @@
 // functions, for the codec itself, tests and bench/codec_device_bench.cpp. Each has three
 // implementations that give the same bytes (the per-element arithmetic of the loops and the
 // kernels is one definition, comm/quantized_element.h):
-//  - CPU loops (tensor_ops = false): contiguous CPU tensors only; the path for CPU buckets;
+//  - CPU loops (tensor_ops = false): contiguous CPU tensors; the path for CPU buckets (a
+//    tensor on another device takes tensor ops whatever tensor_ops says);
 //  - CUDA kernels (comm/quantized_cuda_kernels.h): CUDA tensors, whatever tensor_ops says, when
 //    they are enabled (comm/cuda_kernels_switch.h) and blocks start on byte boundaries
 //    (block % (8 / bits) == 0);
@@ -13,12 +14,13 @@
 // Payload format (both paths): `blocks` fp32 scales (native byte order), then the codes, packed
 // `8 / bits` to a byte with element i of a byte at bit (i % per_byte) * bits; unused high bits
 // of the last byte are zero.
-//   qsgd (levels s >= 1): scale = ||v_block||_2 (summed in double, rounded to float);
+//   qsgd (levels s >= 1): scale = ||v_block||_2 (summed in double in one order on every path,
+//        quantized::block_sum, rounded to float);
 //        step = s / scale (float; 0 if scale is not > 0), a = |v_i| * step (float; if the
 //        step overflowed, a = |v_i| / scale * s),
 //        level = floor(a) + [u_i < a - floor(a)], at most s,
 //        code = sign(v_i) * level + s; decoded as (code - s) * scale / s.
-//   sign (levels 0): scale = mean |v_block| (summed in double, divided, rounded to float);
+//   sign (levels 0): scale = mean |v_block| (summed as qsgd's, divided, rounded to float);
 //        code = [v_i >= 0]; decoded as code ? scale : -scale.
 // u_i is counter_uniform(seed, n)[i], a function of (seed, i) only, so the draws are the same
 // on every device and thread count.

@@ -41,9 +41,7 @@ void encode_cpu(const QuantizedFormat& f, const float* v, uint8_t* out, uint64_t
   at::parallel_for(0, f.blocks, std::max<int64_t>(1, kGrain / block), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       int64_t lo = b * block, hi = std::min(numel, lo + block);
-      double acc = 0;
-      for (int64_t i = lo; i < hi; ++i) acc += quantized::scale_term(v[i], levels);
-      scales[b] = quantized::block_scale(acc, levels, hi - lo);
+      scales[b] = quantized::block_scale(quantized::block_sum(v, lo, hi, levels), levels, hi - lo);
     }
   });
   uint8_t* codes = out + 4 * f.blocks;
@@ -119,15 +117,28 @@ void encode_tensor_ops(const QuantizedFormat& f, const at::Tensor& v, uint64_t s
   // their codes are dropped before packing).
   at::Tensor vb = (padded == n ? v : at::constant_pad_nd(v, {0, padded - n}, 0)).view({blocks, block});
   at::Tensor scales;
+  // Each block's terms in double (float squares and |x| are exact there), summed in
+  // quantized::block_sum's order: kCudaThreads strided partial sums (column t of the rows of
+  // kCudaThreads elements, zero-padded: adding +0 to a sum of non-negative terms changes
+  // nothing), then pairwise. at::sum's order is its own, hence the explicit adds.
+  at::Tensor terms = vb.to(at::kDouble);
+  if (s) terms.mul_(terms); else terms.abs_();
+  const int64_t width = quantized::kCudaThreads, rows = (block + width - 1) / width;
+  if (rows * width != block) terms = at::constant_pad_nd(terms, {0, rows * width - block}, 0);
+  terms = terms.view({blocks, rows, width});
+  at::Tensor sum = terms.select(1, 0).clone(at::MemoryFormat::Contiguous);  // (blocks, width)
+  for (int64_t r = 1; r < rows; ++r) sum.add_(terms.select(1, r));
+  for (int64_t w = width / 2; w > 0; w /= 2) sum.narrow(1, 0, w).add_(sum.narrow(1, w, w));
+  // Standard strides (a view of one block keeps its stride, which byte views refuse).
+  sum = sum.select(1, 0).clone(at::MemoryFormat::Contiguous);
   if (s) {
-    at::Tensor sq = vb.to(at::kDouble);  // float squares are exact in double, as in the loop
-    scales = sq.mul_(sq).sum(1).sqrt_().to(at::kFloat);
+    scales = sum.sqrt_().to(at::kFloat);
   } else {
     at::Tensor counts = at::full({blocks}, static_cast<double>(block), vb.options().dtype(at::kDouble));
     counts.narrow(0, blocks - 1, 1).fill_(static_cast<double>(n - (blocks - 1) * block));
     // Divided by a tensor: CUDA divides by a CPU scalar as a product with its reciprocal,
     // which is not the loop's correctly rounded division.
-    scales = vb.abs().to(at::kDouble).sum(1).div_(counts).to(at::kFloat);
+    scales = sum.div_(counts).to(at::kFloat);
   }
   at::Tensor codes;  // one code per element, (blocks, block)
   if (s == 0) {
@@ -272,8 +283,9 @@ void quantized_encode(const QuantizedFormat& f, const at::Tensor& v, uint64_t se
                              "quantized_encode");
   }
 #endif
-  if (tensor_ops) return encode_tensor_ops(f, v, seed, payload);
-  CONDENSE_CHECK(v.is_cpu(), "quantized_encode: the CPU loops need CPU tensors, got {}", v.device().str());
+  // The CPU loops read host memory: other devices take tensor ops (a CUDA vector gets here
+  // with the kernels off, or with a payload the kernel cannot store floats into).
+  if (tensor_ops || !v.is_cpu()) return encode_tensor_ops(f, v, seed, payload);
   encode_cpu(f, v.data_ptr<float>(), payload.data_ptr<uint8_t>(), seed);
 }
 
@@ -290,8 +302,7 @@ void quantized_decode_add(const QuantizedFormat& f, const at::Tensor& payload, a
                              "quantized_decode_add");
   }
 #endif
-  if (tensor_ops) return decode_add_tensor_ops(f, payload, out);
-  CONDENSE_CHECK(out.is_cpu(), "quantized_decode_add: the CPU loops need CPU tensors, got {}", out.device().str());
+  if (tensor_ops || !out.is_cpu()) return decode_add_tensor_ops(f, payload, out);
   decode_add_cpu(f, payload.data_ptr<uint8_t>(), out.data_ptr<float>());
 }
 

@@ -19,7 +19,7 @@ __global__ void __launch_bounds__(kCudaThreads)
   __shared__ double partial[kCudaThreads];
   partial[t] = partial_sum(v, lo, hi, t, levels);
   __syncthreads();
-  for (int w = kCudaThreads / 2; w > 0; w /= 2) {  // the pairwise order quantized_element.h names
+  for (int w = kCudaThreads / 2; w > 0; w /= 2) {  // block_sum's pairwise order (quantized_element.h)
     if (t < w) partial[t] += partial[t + w];
     __syncthreads();
   }

@@ -117,16 +117,28 @@ CONDENSE_HD inline void decode_add_group(const uint8_t* codes, int64_t i0, int64
   for (int64_t i = i0; i < i1; ++i) out[i] += table[(word >> ((i - i0) * bits)) & mask];
 }
 
-// The CUDA kernels run one thread block of kCudaThreads threads per codec block. Thread t sums
-// the terms of elements lo + t, lo + t + kCudaThreads, ... in order (partial_sum); the block
-// then adds the partials pairwise, partial[t] += partial[t + w] for w = kCudaThreads / 2, ...,
-// 1, and partial[0] is the block's sum. Tests replay this order on the CPU.
+// A block's sum of terms in one order on every path, so that its scale is the same float
+// everywhere (double sums in another order differ in the last bits, and near a float rounding
+// boundary that changes the scale and with it the whole block's codes). The order is the CUDA
+// kernel's: it runs one thread block of kCudaThreads threads per codec block, thread t sums the
+// terms of elements lo + t, lo + t + kCudaThreads, ... in order (partial_sum), and the block
+// adds the partials pairwise, partial[t] += partial[t + w] for w = kCudaThreads / 2, ..., 1;
+// partial[0] is the block's sum. The CPU loops call block_sum, the tensor-op path builds the
+// same sums from (blocks, rows, kCudaThreads) slices, and the kernel does it in shared memory.
 constexpr int kCudaThreads = 64;
 
 CONDENSE_HD inline double partial_sum(const float* v, int64_t lo, int64_t hi, int t, int64_t levels) {
   double acc = 0;
   for (int64_t i = lo + t; i < hi; i += kCudaThreads) acc += scale_term(v[i], levels);
   return acc;
+}
+
+inline double block_sum(const float* v, int64_t lo, int64_t hi, int64_t levels) {
+  double partial[kCudaThreads];
+  for (int t = 0; t < kCudaThreads; ++t) partial[t] = partial_sum(v, lo, hi, t, levels);
+  for (int w = kCudaThreads / 2; w > 0; w /= 2)
+    for (int t = 0; t < w; ++t) partial[t] += partial[t + w];
+  return partial[0];
 }
 
 }  // namespace condense::quantized

@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(kTileThreads)
 __global__ void __launch_bounds__(kTileThreads)
     write_kernel(const uint32_t* bits, int64_t n, const int64_t* seg_base, const int32_t* seg_count,
                  const Selection* selection, const int32_t* counts, const int64_t* inclusive, int64_t tiles,
-                 const int32_t* map, int32_t* out, Gate gate) {
+                 const int32_t* map, int32_t* out, int64_t k, Gate gate) {
   if (gate.closed()) return;
   const int t = static_cast<int>(threadIdx.x);
   const uint32_t threshold = selection->prefix;
@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kTileThreads)
         ties_before + block_exclusive_scan<kTileThreads>(chunk_ties(bits, i0, i1, threshold), scratch);
     const int taken = chunk_taken(bits, i0, i1, threshold, need, tie_base);
     const int64_t pos = taken_before + block_exclusive_scan<kTileThreads>(taken, scratch);
-    chunk_write(bits, i0, i1, threshold, need, tie_base, map, out, pos);
+    chunk_write(bits, i0, i1, threshold, need, tie_base, map, out, pos, k);
   }
 }
 
@@ -362,7 +362,7 @@ void run_exact(const Stage& st, int64_t k, uint32_t* done, int32_t* out, cudaStr
                                                    st.inclusive, st.tiles, done + kPasses, st.gate);
   mark(marks, names[1], s);
   write_kernel<<<grid, kTileThreads, 0, s>>>(st.bits, st.n, st.seg_base, st.seg_count, st.selection, st.counts,
-                                              st.inclusive, st.tiles, st.map, out, st.gate);
+                                              st.inclusive, st.tiles, st.map, out, k, st.gate);
   mark(marks, names[2], s);
 }
 

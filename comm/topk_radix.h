@@ -124,10 +124,12 @@ CONDENSE_HD inline int chunk_taken(const uint32_t* bits, int64_t i0, int64_t i1,
 }
 
 // Writes the chunk's taken indices, in order, from out[pos]; through `map` when it is not null
-// (the sampled path's candidates: map[i] is candidate i's index in x).
+// (the sampled path's candidates: map[i] is candidate i's index in x). Never past out[k - 1]:
+// the selection guarantees at most k are taken, and a broken guarantee must not write outside
+// the output (it then shows as a wrong selection in the tests, not as corrupted memory).
 CONDENSE_HD inline void chunk_write(const uint32_t* bits, int64_t i0, int64_t i1, uint32_t t, int64_t need,
-                                    int64_t tie_base, const int32_t* map, int32_t* out, int64_t pos) {
-  for (int64_t i = i0; i < i1; ++i) {
+                                    int64_t tie_base, const int32_t* map, int32_t* out, int64_t pos, int64_t k) {
+  for (int64_t i = i0; i < i1 && pos < k; ++i) {
     const uint32_t key = key_of(bits[i]);
     bool take = key > t;
     if (key == t) take = tie_base++ < need;

@@ -194,6 +194,14 @@ TEST(ContextSequence, UncompressedContextScoresWhatThePlainForwardScores) {
   at::Tensor logits = m->forward(inputs).narrow(1, 11, 9);
   at::Tensor ref = at::cross_entropy_loss(logits.reshape({-1, 61}), targets.narrow(1, 11, 9).reshape({-1}));
   EXPECT_NEAR(tail_nll(m, s.parts, s.targets).item<double>(), ref.item<double>(), 1e-5);
+  // Teacher-forced accuracy (context-eval's reconstruction_accuracy*): targets that are the
+  // plain forward's argmax at the even positions and another token at the odd ones score
+  // exactly 5 of 9 per row.
+  at::Tensor argmax = logits.argmax(-1), hits = argmax.clone();
+  hits.narrow(1, 1, 8).slice(1, 0, 8, 2).add_(1).remainder_(61);
+  const auto [correct, scored] = tail_correct(m, s.parts, hits);
+  EXPECT_EQ(scored, 18);
+  EXPECT_EQ(correct, 10.0);
   // Without context: prefix then continuation, the same nine targets.
   SequenceParts none = continuation_with(m, inputs, targets, layout, at::Tensor());
   at::Tensor short_ids = at::cat({inputs.narrow(1, 0, 3), inputs.narrow(1, 11, 9)}, 1);

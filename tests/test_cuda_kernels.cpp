@@ -2,7 +2,10 @@
 // (comm/quantized_cuda_kernels.cu) and Top-K selection's (comm/topk_cuda_kernels.cu).
 //  - DevicePath.*: on CPU, each kernel's work replayed in its thread-block order through the
 //    functions the kernels call (comm/quantized_element.h, comm/topk_radix.h), against the CPU
-//    paths bit for bit. CI has no GPU: this is what covers the kernels' logic there.
+//    paths bit for bit. CI has no GPU: this covers the shared per-element and per-chunk steps
+//    and their order there, not the .cu files' own code (indexing, shared-memory scans, the
+//    grid-stride loops and the multi-round carry of inputs over 4M elements), which only the
+//    Cuda.* tests on a device exercise.
 //  - Cuda.*: the kernels themselves (and the tensor-op paths they replace) against the CPU
 //    paths; each skips itself without a CUDA device or a build without nvcc.
 #include <gtest/gtest.h>
@@ -38,16 +41,12 @@ using test::test_vector;
 // The CUDA kernels' work (comm/quantized_cuda_kernels.cu) replayed on the CPU: one "thread
 // block" per codec block, kCudaThreads strided partial sums combined pairwise in the kernel's
 // order, then groups of 8 elements per thread, through the same quantized_element.h functions
-// the kernels call. What stays unchecked without a GPU is only the launch itself.
+// the kernels call.
 void emulate_cuda_encode(const QuantizedFormat& f, const float* v, uint64_t seed, uint8_t* payload) {
   using namespace quantized;
   for (int64_t b = 0; b < f.blocks; ++b) {
     const int64_t lo = b * f.block, hi = std::min(f.numel, lo + f.block);
-    double partial[kCudaThreads];
-    for (int t = 0; t < kCudaThreads; ++t) partial[t] = partial_sum(v, lo, hi, t, f.levels);
-    for (int w = kCudaThreads / 2; w > 0; w /= 2)
-      for (int t = 0; t < w; ++t) partial[t] += partial[t + w];
-    const float scale = block_scale(partial[0], f.levels, hi - lo);
+    const float scale = block_scale(block_sum(v, lo, hi, f.levels), f.levels, hi - lo);
     std::memcpy(payload + 4 * b, &scale, 4);
     for (int t = 0; t < kCudaThreads; ++t)
       for (int64_t i0 = lo + kGroup * t; i0 < hi; i0 += kGroup * kCudaThreads)
@@ -180,7 +179,7 @@ void emulate_exact_path(const uint32_t* bits, int64_t n, int64_t k, int64_t tile
       int64_t i0, i1;
       chunk_bounds(lo, hi, th, i0, i1);
       const int taken = chunk_taken(bits, i0, i1, t, need, tie_bases[th]);
-      chunk_write(bits, i0, i1, t, need, tie_bases[th], map, out, pos);
+      chunk_write(bits, i0, i1, t, need, tie_bases[th], map, out, pos, k);
       pos += taken;
     }
     above_before += above[tile];
@@ -305,6 +304,36 @@ at::Tensor encode_every_path(const QuantizedFormat& f, const at::Tensor& v, uint
   EXPECT_TRUE(bitwise_equal(ops, loops)) << "tensor ops vs loops";
   EXPECT_TRUE(bitwise_equal(replay, loops)) << "replay vs loops";
   return loops;
+}
+
+// One block of 512 whose scale depends on the order of its double sum: a few large terms whose
+// sum sits exactly on a float rounding tie of the scale, and 500-odd terms of a quarter of the
+// large sum's ulp, each lost when added to it one by one (a sequential loop) but together
+// enough to tip the tie when summed apart first (block_sum's order). Sign (levels 0): mean |x|
+// = 1 + 2^-24 sequentially; qsgd (levels 7): sqrt of (1 + 2^-24)^2.
+std::vector<std::pair<int64_t, at::Tensor>> order_sensitive_blocks() {
+  at::Tensor sign = at::full({512}, std::ldexp(1.0f, -45));
+  sign[0] = 512.0f;
+  sign[1] = std::ldexp(1.0f, -15);
+  at::Tensor qsgd = at::full({512}, std::ldexp(1.0f, -27));
+  qsgd[0] = 1.0f;
+  qsgd[1] = qsgd[2] = std::ldexp(1.0f, -12);
+  qsgd[3] = std::ldexp(1.0f, -24);
+  return {{0, sign}, {7, qsgd}};
+}
+
+TEST(DevicePath, BlockScalesSumInOneOrderOnEveryPath) {
+  for (const auto& [levels, v] : order_sensitive_blocks()) {
+    SCOPED_TRACE("levels " + std::to_string(levels));
+    const float* x = v.data_ptr<float>();
+    double sequential = 0;
+    for (int64_t i = 0; i < 512; ++i) sequential += quantized::scale_term(x[i], levels);
+    const float ordered = quantized::block_scale(quantized::block_sum(x, 0, 512, levels), levels, 512);
+    ASSERT_NE(quantized::block_scale(sequential, levels, 512), ordered) << "the input no longer tells the orders apart";
+    EXPECT_EQ(ordered, std::nextafter(1.0f, 2.0f));
+    const at::Tensor loops = encode_every_path(QuantizedFormat(512, levels, 512), v, 3);
+    EXPECT_EQ(loops.narrow(0, 0, 4).view(at::kFloat).item<float>(), ordered);
+  }
 }
 
 TEST(DevicePath, QsgdCodesOfNonFiniteValuesAreDefined) {
@@ -459,6 +488,14 @@ TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
       quantized_decode_add(f, gathered.narrow(0, 3, f.payload_bytes()), y, true);
       ASSERT_TRUE(bitwise_equal(y, x)) << what;
     });
+    for (const auto& [levels, v] : order_sensitive_blocks()) {  // the scales' summation order
+      const QuantizedFormat f(512, levels, 512);
+      at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
+      quantized_encode(f, v, 9, loops, false);
+      at::Tensor gpu = at::empty({f.payload_bytes()}, at::TensorOptions(kCuda).dtype(at::kByte));
+      quantized_encode(f, v.to(kCuda), 9, gpu, true);
+      ASSERT_TRUE(bitwise_equal(gpu, loops)) << (kernels ? "kernels" : "tensor ops") << " levels " << levels;
+    }
     unsetenv("CONDENSE_CUDA_KERNELS");
   }
 }
@@ -492,6 +529,18 @@ TEST(Cuda, TopkKernelsGiveTheCpuSelection) {
       const int64_t n = 100003, k = n / 100;
       for (const at::Tensor& x : {at::ones({n}), sample_adversary(n, k), at::zeros({n}), sparse_vector(n, 0.005)})
         ASSERT_TRUE(bitwise_equal(detail::topk_abs_indices_cuda_kernels(x.to(kCuda), k, 0), topk_abs_indices(x, k)));
+      // Sizes only a device runs (the replays stop at 3M): over 1024 tiles the last block's
+      // prefix scan carries across rounds, over 2048 the per-tile kernels loop over tiles and
+      // the histograms cap their blocks.
+      for (int64_t big : {int64_t{10000019}}) {
+        for (bool ties : {false, true}) {
+          const at::Tensor x = test_vector(big, 41 + ties, ties), gx = x.to(kCuda);
+          for (int64_t k : {int64_t{1}, big / 100, big / 2})
+            for (int64_t min_n : {int64_t{0}, std::numeric_limits<int64_t>::max()})
+              ASSERT_TRUE(bitwise_equal(detail::topk_abs_indices_cuda_kernels(gx, k, min_n), topk_abs_indices(x, k)))
+                  << "n " << big << (ties ? " ties" : "") << " k " << k << " sampled_min_n " << min_n;
+        }
+      }
     }
     unsetenv("CONDENSE_CUDA_KERNELS");
   }

@@ -125,7 +125,7 @@ TEST(CudaModel, ForwardAndBackwardMatchTheCpu) {
   EXPECT_LT(rel_error(gc, g), 1e-4);
 }
 
-TEST(CudaRecompute, GradientsBitwiseEqualWithDropout) {
+TEST(CudaRecompute, GradientsEqualToRoundingWithDropout) {
   SKIP_WITHOUT_CUDA();
   CudaFixture f;
   double l0 = 0, l1 = 0;
@@ -146,7 +146,7 @@ TEST(CudaRecompute, GradientsBitwiseEqualWithDropout) {
   EXPECT_NE(plain.loss(f.model, f.inputs, f.targets).item<double>(), l0);
 }
 
-TEST(CudaOffload, PinnedHostOffloadIsBitwiseAndReleasesDeviceMemory) {
+TEST(CudaOffload, PinnedHostOffloadEqualToRoundingAndReleasesDeviceMemory) {
   SKIP_WITHOUT_CUDA();
   CudaFixture f(/*dropout=*/0.0, /*b=*/8, /*t=*/512);
   MemoryConfig base;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -187,6 +188,24 @@ TEST(Tokenizer, BpeKindBehindTheModelInterface) {
   // Bytes that are neither kind are refused naming their source.
   EXPECT_NE(error_of([] { Tokenizer::from_serialized("junk", "x.h5"); }).find("x.h5"),
             std::string::npos);
+}
+
+TEST(Tokenizer, TrainedBpeSplitsDigitsOnePerPiece) {
+  // Text where a few numbers recur: sentencepiece's BPE trainer without split_digits merges
+  // them (this corpus at vocabulary 300 gives the piece "▁20" in "2024", checked with
+  // the sentencepiece package), so a piece with two digits means the option is lost.
+  const std::vector<std::string> words = {"alpha", "beta", "gamma", "delta", "river", "stone", "window"};
+  std::vector<std::string> lines;
+  for (int i = 0; i < 2000; ++i)
+    lines.push_back("in " + std::to_string(2000 + i % 30) + " the " + words[i % words.size()] + " met " +
+                    words[(i * 3) % words.size()] + " at " + std::to_string(i % 1000));
+  const Tokenizer t = Tokenizer::train(lines, {300, 100000, 7});
+  const std::vector<int32_t> ids = t.encode("in 2024 the 1999 31415 987");
+  EXPECT_GE(ids.size(), 18u);
+  for (int32_t id : ids) {
+    const std::string piece = t.piece(id);
+    EXPECT_LE(std::count_if(piece.begin(), piece.end(), [](char c) { return c >= '0' && c <= '9'; }), 1) << piece;
+  }
 }
 
 TEST(ChatFormat, ChatMlAndLlama3FromTheVocabulary) {

@@ -36,7 +36,7 @@ StopSignal::StopSignal(std::string stop_file) : stop_file_(std::move(stop_file))
 StopSignal::~StopSignal() {
   sigaction(SIGINT, &g_old_int, nullptr);
   sigaction(SIGTERM, &g_old_term, nullptr);
-  std::error_code ec;  // every rank may try: one removes it
+  std::error_code ec;
   if (file_seen_) std::filesystem::remove(stop_file_, ec);
 }
 

@@ -11,7 +11,8 @@ namespace condense {
 
 class StopSignal {
  public:
-  // Installs the handlers; `stop_file`, when given, is checked by requested() too.
+  // Installs the handlers; `stop_file`, when given, is checked by requested() too (the trainer
+  // gives it to rank 0 only and spreads the answer with the step's collective).
   explicit StopSignal(std::string stop_file = "");
   ~StopSignal();  // restores the previous handlers; removes the stop file if it was honoured
   StopSignal(const StopSignal&) = delete;

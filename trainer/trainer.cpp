@@ -345,7 +345,8 @@ TrainResult Trainer::run(const std::optional<std::string>& resume_from) {
   auto message = [&](const std::string& line) {
     if (progress) progress->message(line);
   };
-  StopSignal stop(setup_.out_dir + "/STOP");
+  // Rank 0 alone looks for the STOP file: the step's collective below tells the others.
+  StopSignal stop(rank0 ? setup_.out_dir + "/STOP" : "");
   model_->train();
   using clock = std::chrono::steady_clock;
   auto start = clock::now();

@@ -40,21 +40,23 @@ def resume_matches(store, ref, out, step, steps, overrides, ranks=2):
     assert [key(r) for r in read_metrics(ref)[step:]] == [key(r) for r in read_metrics(out)]
 
 
-def test_two_ranks_equal_one_rank_with_twice_the_batch(small_store, tmp_path):
-    """Float tolerance: the two runs sum the same per-sequence gradients in a different order
-    (mean of two rank means vs one mean over all rows), so they agree only to rounding. Measured
-    on this model: losses within 2.7e-7 relative over 12 steps, final weights within 2.2e-6
-    absolute. We require 5e-6 and 5e-5 (about 20x margin, for other BLAS thread schedules)."""
-    steps = 12
+def assert_data_parallel_matches_one_rank(store, tmp_path, ranks, steps, batch):
+    """`ranks` ranks x batch `batch` against 1 rank x batch ranks * batch over `steps` steps:
+    the same tokens, losses and final weights up to summation order. Float tolerance: the runs
+    sum the same per-sequence gradients in a different order (mean of rank means vs one mean
+    over all rows), so they agree only to rounding. Measured on this model with 2 ranks: losses
+    within 2.7e-7 relative over 12 steps, final weights within 2.2e-6 absolute. We require 5e-6
+    and 5e-5 (about 20x margin, for other BLAS thread schedules)."""
     single = tmp_path / "single"
-    run("train", QUICKSTART, *tiny_overrides(small_store, single, steps, **{"data.batch_size": 8}))
-    dp = tmp_path / "dp"
-    mpirun(2, "train", QUICKSTART, *tiny_overrides(small_store, dp, steps, **{"data.batch_size": 4}))
+    run("train", QUICKSTART, *tiny_overrides(store, single, steps, **{"data.batch_size": ranks * batch}))
+    dp = tmp_path / f"dp{ranks}"
+    mpirun(ranks, "train", QUICKSTART, *tiny_overrides(store, dp, steps, **{"data.batch_size": batch}))
     a, b = read_metrics(single), read_metrics(dp)
     assert [r["step"] for r in b] == list(range(1, steps + 1))
-    assert all(r["tokens_seen"] == s * 8 * 32 for s, r in zip(range(1, steps + 1), b))
+    assert all(r["tokens_seen"] == s * ranks * batch * 32 for s, r in zip(range(1, steps + 1), b))
     assert all(r["comm_bytes"] > 0 for r in b)
     la, lb = np.array([r["loss"] for r in a]), np.array([r["loss"] for r in b])
+    assert len(la) == len(lb) == steps
     assert np.allclose(la, lb, rtol=5e-6, atol=0), np.abs(la - lb).max()
     with h5py.File(single / "checkpoints" / f"step_{steps:06d}.h5") as fa, \
          h5py.File(dp / "checkpoints" / f"step_{steps:06d}.h5") as fb:
@@ -62,15 +64,15 @@ def test_two_ranks_equal_one_rank_with_twice_the_batch(small_store, tmp_path):
         assert names
         worst = max(np.abs(fa[n][()] - fb[n][()]).max() for n in names)
         assert worst < 5e-5, worst
-        assert "rng/torch_cpu_rank1" in fb
+        assert all(f"rng/torch_cpu_rank{r}" in fb for r in range(ranks))
 
 
-def test_four_ranks_train_and_agree(small_store, tmp_path):
-    out = tmp_path / "dp4"
-    mpirun(4, "train", QUICKSTART, *tiny_overrides(small_store, out, 6, **{"data.batch_size": 2}))
-    rows = read_metrics(out)
-    assert [r["step"] for r in rows] == list(range(1, 7))
-    assert rows[-1]["tokens_seen"] == 6 * 4 * 2 * 32
+def test_two_ranks_equal_one_rank_with_twice_the_batch(small_store, tmp_path):
+    assert_data_parallel_matches_one_rank(small_store, tmp_path, ranks=2, steps=12, batch=4)
+
+
+def test_four_ranks_equal_one_rank_with_four_times_the_batch(small_store, tmp_path):
+    assert_data_parallel_matches_one_rank(small_store, tmp_path, ranks=4, steps=6, batch=2)
 
 
 def test_a_rank_that_throws_brings_the_job_down(small_store, tmp_path):
@@ -162,7 +164,7 @@ def test_compressed_run_meters_bytes_and_resumes_exactly(small_store, tmp_path):
     for r in rows[3:]:
         # ring all-reduce of 4N bytes on 2 ranks sends 4N; all-gather of k pairs sends 8k = 0.4N
         assert 9.5 < r["comm_ratio"] < 10.5, r
-        assert r["comm_compress_s"] >= 0 and r["comm_decompress_s"] >= 0 and r["comm_s"] > 0, r
+        assert r["comm_compress_s"] > 0 and r["comm_decompress_s"] > 0 and r["comm_s"] > 0, r
     with h5py.File(ref / "checkpoints" / "step_000008.h5") as f:
         assert int(f["comm/compression_step"][0]) == 8
         n0, n1 = f["comm/compression_rank0"].shape[0], f["comm/compression_rank1"].shape[0]

@@ -78,7 +78,7 @@ def test_llama_cpp_matches_condense(trained, exports, kind, tmp_path):
     if top1:
         assert agree == 1.0
     else:
-        assert agree >= 0.9
+        assert agree >= 0.95  # measured >= 0.99 (121 of 122 positions at worst)
 
 
 def field_value(reader, key):

@@ -341,6 +341,10 @@ def test_import_of_a_transformers_checkpoint(trained, tmp_path, tied, dtype):
     assert tok == tok_model.read_bytes()
     assert config["tie_word_embeddings"] == tied and config["num_key_value_heads"] == 1
     assert ("lm_head.weight" in tensors) == (not tied)
+    # Every imported tensor is one of the reference's, and every reference tensor came in (a
+    # tied lm_head is the embedding).
+    assert set(tensors) <= set(ref.state_dict()), set(tensors) - set(ref.state_dict())
+    assert set(ref.state_dict()) - set(tensors) <= ({"lm_head.weight"} if tied else set())
     for k, v in ref.state_dict().items():
         if k in tensors:
             assert np.array_equal(v.numpy(), tensors[k]), k
