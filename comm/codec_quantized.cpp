@@ -119,11 +119,15 @@ void encode_tensor_ops(const QuantizedFormat& f, const at::Tensor& v, uint64_t s
   at::Tensor scales;
   // Each block's terms in double (float squares and |x| are exact there), summed in
   // quantized::block_sum's order: kCudaThreads strided partial sums (column t of the rows of
-  // kCudaThreads elements, zero-padded: adding +0 to a sum of non-negative terms changes
-  // nothing), then pairwise. at::sum's order is its own, hence the explicit adds.
+  // kCudaThreads elements, zero-padded: adding +0 to a sum of non-negative terms, inf or NaN
+  // changes nothing), then pairwise. at::sum's order is its own, hence the explicit adds. A
+  // block shorter than kCudaThreads has only zeros past its next power of two, which the first
+  // tree steps would add: rows that wide instead (the same bits, less padding).
   at::Tensor terms = vb.to(at::kDouble);
   if (s) terms.mul_(terms); else terms.abs_();
-  const int64_t width = quantized::kCudaThreads, rows = (block + width - 1) / width;
+  int64_t width = 1;
+  while (width < std::min<int64_t>(block, quantized::kCudaThreads)) width *= 2;
+  const int64_t rows = (block + width - 1) / width;
   if (rows * width != block) terms = at::constant_pad_nd(terms, {0, rows * width - block}, 0);
   terms = terms.view({blocks, rows, width});
   at::Tensor sum = terms.select(1, 0).clone(at::MemoryFormat::Contiguous);  // (blocks, width)

@@ -2,19 +2,22 @@
 // model/fused_kernels.cpp), header-only and without LibTorch. Include it only from files built
 // with -O3 -ffp-contract=fast (model/CMakeLists.txt), so that a * b + c becomes one FMA.
 //
-// CONDENSE_CLONES compiles a kernel for AVX-512, x86-64-v3 (AVX2 + FMA), AVX+FMA and baseline
-// x86-64, chosen by CPU feature when the program loads. Not by a microarchitecture ("arch=
-// haswell"): GCC's resolver tests those with __builtin_cpu_is (that exact CPU), so on any other
-// it falls through to the baseline (measured: an Intel Xeon ran the SSE2 clone); the ISA level
-// x86-64-v3 is tested by its features (GCC 12). "fma" implies AVX but not AVX2, whose 256-bit
-// integer ops the bf16 conversions and exp's exponent bits need (without them GCC splits each
-// into two 128-bit halves).
+// CONDENSE_CLONES compiles a kernel for x86-64-v4 (AVX-512 F/BW/DQ/VL + v3), x86-64-v3 (AVX2 +
+// FMA), AVX+FMA and baseline x86-64, chosen by CPU feature when the program loads. Not by a
+// microarchitecture ("arch=haswell"): GCC's resolver tests those with __builtin_cpu_is (that
+// exact CPU), so on any other it falls through to the baseline (measured: an Intel Xeon ran the
+// SSE2 clone); the ISA levels are tested by their features (GCC 12). Not "avx512f" alone either:
+// it implies AVX2 but not FMA, so that clone contracted a * b + c into one FMA on 16-float
+// vectors and not on 8-float ones, and the kernels' two widths differed in the last bit
+// (measured on an AVX-512 EPYC: 10 of 1665 SwiGLU outputs). "fma" implies AVX but not AVX2,
+// whose 256-bit integer ops the bf16 conversions and exp's exponent bits need (without them GCC
+// splits each into two 128-bit halves).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
 #define CONDENSE_CLONES \
-  __attribute__((target_clones("avx512f", "arch=x86-64-v3", "fma", "default")))
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "fma", "default")))
 #define CONDENSE_INLINE inline __attribute__((always_inline))
 
 namespace condense::simd {

@@ -148,21 +148,26 @@ TEST(DevicePath, EveryCodecMatchesItsCpuPathBitForBit) {
 TEST(DevicePath, QuantizedPayloadsAreTheSameBytes) {
   // The payloads themselves (scales and packed codes), including an all-zero block, a short
   // last block and values of both signs of zero; and decoding one path's payload with the
-  // other path.
+  // other path. Blocks below, at and above the 64 partial sums of the scales' order, and not
+  // multiples of them.
   for (int64_t levels : {0, 1, 3, 7, 127}) {
-    for (int64_t numel : {1, 9, 1000, 4097}) {
-      QuantizedFormat f(numel, levels, 64);
-      at::Tensor v = test_vector(numel, 5 + numel, true).mul_(3);
-      v.narrow(0, 0, std::min<int64_t>(numel, 64)).zero_();
-      if (numel > 100) v[70] = -0.0f;
-      at::Tensor a = at::empty({f.payload_bytes()}, at::kByte), b = at::empty_like(a);
-      quantized_encode(f, v, 99, a, false);
-      quantized_encode(f, v, 99, b, true);
-      ASSERT_TRUE(bitwise_equal(b, a)) << "levels " << levels << " numel " << numel;
-      at::Tensor x = at::full({numel}, 0.5f), y = x.clone();
-      quantized_decode_add(f, a, x, false);
-      quantized_decode_add(f, a, y, true);
-      ASSERT_TRUE(bitwise_equal(y, x)) << "levels " << levels << " numel " << numel;
+    for (int64_t block : {1, 12, 63, 64, 100, 512}) {
+      for (int64_t numel : {1, 9, 1000, 4097}) {
+        QuantizedFormat f(numel, levels, block);
+        at::Tensor v = test_vector(numel, 5 + numel, true).mul_(3);
+        v.narrow(0, 0, std::min<int64_t>(numel, block)).zero_();
+        if (numel > 100) v[70] = -0.0f;
+        at::Tensor a = at::empty({f.payload_bytes()}, at::kByte), b = at::empty_like(a);
+        quantized_encode(f, v, 99, a, false);
+        quantized_encode(f, v, 99, b, true);
+        const std::string what = "levels " + std::to_string(levels) + " block " + std::to_string(block) +
+                                 " numel " + std::to_string(numel);
+        ASSERT_TRUE(bitwise_equal(b, a)) << what;
+        at::Tensor x = at::full({numel}, 0.5f), y = x.clone();
+        quantized_decode_add(f, a, x, false);
+        quantized_decode_add(f, a, y, true);
+        ASSERT_TRUE(bitwise_equal(y, x)) << what;
+      }
     }
   }
 }

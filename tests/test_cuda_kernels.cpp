@@ -306,12 +306,21 @@ at::Tensor encode_every_path(const QuantizedFormat& f, const at::Tensor& v, uint
   return loops;
 }
 
-// One block of 512 whose scale depends on the order of its double sum: a few large terms whose
-// sum sits exactly on a float rounding tie of the scale, and 500-odd terms of a quarter of the
-// large sum's ulp, each lost when added to it one by one (a sequential loop) but together
-// enough to tip the tie when summed apart first (block_sum's order). Sign (levels 0): mean |x|
-// = 1 + 2^-24 sequentially; qsgd (levels 7): sqrt of (1 + 2^-24)^2.
-std::vector<std::pair<int64_t, at::Tensor>> order_sensitive_blocks() {
+// Blocks of 512 whose scale depends on the order of their double sum: a few large terms whose
+// sum sits exactly on a float rounding tie of the scale, and small terms of a quarter of the
+// large sum's ulp each. Added one by one to the large sum (a sequential loop) they are lost;
+// summed apart first (block_sum's partials) they tip the tie: sign (levels 0) mean |x| = 1 +
+// 2^-24 and qsgd (levels 7) sqrt of (1 + 2^-24)^2 give 1 + 2^-23 by block_sum, 1 by a loop.
+// The third block goes the other way: its small terms share the large one's partial and are
+// lost there, where at::sum keeps them (1 by block_sum, 1 + 2^-23 by at::sum).
+struct OrderSensitiveBlock {
+  int64_t levels;
+  at::Tensor v;
+  float scale;  // block_sum's
+};
+
+std::vector<OrderSensitiveBlock> order_sensitive_blocks() {
+  const float up = std::nextafter(1.0f, 2.0f);
   at::Tensor sign = at::full({512}, std::ldexp(1.0f, -45));
   sign[0] = 512.0f;
   sign[1] = std::ldexp(1.0f, -15);
@@ -319,20 +328,27 @@ std::vector<std::pair<int64_t, at::Tensor>> order_sensitive_blocks() {
   qsgd[0] = 1.0f;
   qsgd[1] = qsgd[2] = std::ldexp(1.0f, -12);
   qsgd[3] = std::ldexp(1.0f, -24);
-  return {{0, sign}, {7, qsgd}};
+  at::Tensor one_partial = at::zeros({512});
+  one_partial[5] = 512.0f;
+  one_partial[1] = std::ldexp(1.0f, -15);
+  for (int64_t j = 1; j < 8; ++j) one_partial[5 + 64 * j] = std::ldexp(1.0f, -45);
+  return {{0, sign, up}, {7, qsgd, up}, {0, one_partial, 1.0f}};
 }
 
 TEST(DevicePath, BlockScalesSumInOneOrderOnEveryPath) {
-  for (const auto& [levels, v] : order_sensitive_blocks()) {
-    SCOPED_TRACE("levels " + std::to_string(levels));
+  for (const auto& [levels, v, scale] : order_sensitive_blocks()) {
+    SCOPED_TRACE("levels " + std::to_string(levels) + " scale " + std::to_string(scale));
     const float* x = v.data_ptr<float>();
+    ASSERT_EQ(quantized::block_scale(quantized::block_sum(x, 0, 512, levels), levels, 512), scale);
+    // Another order gives another scale (else the input would not test the order).
     double sequential = 0;
     for (int64_t i = 0; i < 512; ++i) sequential += quantized::scale_term(x[i], levels);
-    const float ordered = quantized::block_scale(quantized::block_sum(x, 0, 512, levels), levels, 512);
-    ASSERT_NE(quantized::block_scale(sequential, levels, 512), ordered) << "the input no longer tells the orders apart";
-    EXPECT_EQ(ordered, std::nextafter(1.0f, 2.0f));
+    const at::Tensor t = v.to(at::kDouble);
+    const double aten = (levels ? t.mul(t) : t.abs()).sum().item<double>();
+    ASSERT_TRUE(quantized::block_scale(sequential, levels, 512) != scale ||
+                quantized::block_scale(aten, levels, 512) != scale);
     const at::Tensor loops = encode_every_path(QuantizedFormat(512, levels, 512), v, 3);
-    EXPECT_EQ(loops.narrow(0, 0, 4).view(at::kFloat).item<float>(), ordered);
+    EXPECT_EQ(loops.narrow(0, 0, 4).view(at::kFloat).item<float>(), scale);
   }
 }
 
@@ -488,13 +504,22 @@ TEST(Cuda, QuantizedKernelsGiveTheLoopsBytes) {
       quantized_decode_add(f, gathered.narrow(0, 3, f.payload_bytes()), y, true);
       ASSERT_TRUE(bitwise_equal(y, x)) << what;
     });
-    for (const auto& [levels, v] : order_sensitive_blocks()) {  // the scales' summation order
-      const QuantizedFormat f(512, levels, 512);
+    for (const auto& block : order_sensitive_blocks()) {  // the scales' summation order
+      const QuantizedFormat f(512, block.levels, 512);
       at::Tensor loops = at::empty({f.payload_bytes()}, at::kByte);
-      quantized_encode(f, v, 9, loops, false);
-      at::Tensor gpu = at::empty({f.payload_bytes()}, at::TensorOptions(kCuda).dtype(at::kByte));
-      quantized_encode(f, v.to(kCuda), 9, gpu, true);
-      ASSERT_TRUE(bitwise_equal(gpu, loops)) << (kernels ? "kernels" : "tensor ops") << " levels " << levels;
+      quantized_encode(f, block.v, 9, loops, false);
+      // tensor_ops = false asks for the CPU loops, which a CUDA vector cannot take: the kernels,
+      // or with them off the tensor ops, whatever it says.
+      for (bool tensor_ops : {true, false}) {
+        at::Tensor gpu = at::empty({f.payload_bytes()}, at::TensorOptions(kCuda).dtype(at::kByte));
+        quantized_encode(f, block.v.to(kCuda), 9, gpu, tensor_ops);
+        ASSERT_TRUE(bitwise_equal(gpu, loops)) << (kernels ? "kernels" : "tensor ops") << " levels "
+                                               << block.levels << " tensor_ops " << tensor_ops;
+        at::Tensor x = test_vector(512, 12, false), y = x.to(kCuda);
+        quantized_decode_add(f, loops, x, false);
+        quantized_decode_add(f, gpu, y, tensor_ops);
+        ASSERT_TRUE(bitwise_equal(y, x)) << "decode, tensor_ops " << tensor_ops;
+      }
     }
     unsetenv("CONDENSE_CUDA_KERNELS");
   }
