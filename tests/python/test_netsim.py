@@ -208,7 +208,7 @@ def test_clear_errors(netns_ok):
     assert r.returncode == 1 and "host bits set" in r.stderr
     r = netsim("run", "--", "-np", 2, "true", check=False)
     assert r.returncode == 1 and "not up" in r.stderr
-    # The refusal without root, run as nobody through setpriv (util-linux: essential in Debian).
+    # The refusal without root, run as nobody through setpriv (in util-linux, essential, on bookworm).
     assert shutil.which("setpriv"), "setpriv (util-linux) is missing"
     # A copy in a directory everyone can enter: the checkout may live where an unprivileged
     # user cannot (root's home), which would fail with "Permission denied" instead.
