@@ -46,6 +46,8 @@ die() { echo "fresh_machine_test.sh: $*" >&2; exit 1; }
 [[ "$STEPS" =~ ^[1-9][0-9]*$ ]] || die "--steps '$STEPS': must be a positive integer"
 command -v debootstrap >/dev/null || die "debootstrap not found: apt-get install debootstrap"
 [[ ! -e "$FRESH" ]] || die "$FRESH exists: remove it, or name another place with --dir"
+# The commit, fixed now: the summary must name what was copied, not where HEAD is by the end.
+REF=$(git -C "$ROOT" rev-parse --verify --short "$REF^{commit}") || die "--ref '$REF': not a commit"
 
 cleanup() {
   for m in usr/local/cuda dev sys proc; do
@@ -129,7 +131,7 @@ t_step=$(at 'info (\[rank [0-9]+\] )?step [0-9]+/')
 t_end=$(tail -n1 "$LOG" | awk '{print $1}' | tr -d s)
 first_step=$({ grep -m1 -oE 'step [0-9]+/[0-9]+ loss' "$LOG" || true; } | awk '{print $2}')
 {
-  echo "fresh-machine quickstart ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$ROOT" rev-parse --short "$REF"), $(nproc) cores, CUDA toolkit bound: $CUDA)"
+  echo "fresh-machine quickstart ($(date -u +%Y-%m-%dT%H:%MZ), commit $REF, $(nproc) cores, CUDA toolkit bound: $CUDA)"
   echo "  install (apt + pip):        ${t_build:-?} s"
   echo "  build (condense):           $(( ${t_train:-0} - ${t_build:-0} )) s"
   echo "  to the first logged step:   ${t_step:-never} s (step ${first_step:-?}; includes tokenizing GCIDE)"
