@@ -73,7 +73,7 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
     config["torch_dtype"] = dtype == at::kFloat ? "float32" : dtype == at::kHalf ? "float16" : "bfloat16";
     write_text_atomically((tmp / "config.json").string(), config.dump(2) + "\n");
     nlohmann::json gen = {{"_from_model_config", true}, {"bos_token_id", c.bos_token_id},
-                          {"eos_token_id", c.eos_token_id}};
+                          {"eos_token_id", config["eos_token_id"]}};  // an int, or the list
     write_text_atomically((tmp / "generation_config.json").string(), gen.dump(2) + "\n");
     st.files.insert(st.files.end(), {"config.json", "generation_config.json"});
     std::optional<Tokenizer> tok_opt;

@@ -216,6 +216,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
+  if (!ignore_eos) opt.more_stop_ids = model->config().more_eos_token_ids;
   opt.vocab_limit = tok.vocab_size();  // embedding rows past the tokenizer's are never drawn
   // generate() stops at the model's context; say so up front (--ignore-eos runs are often
   // timings of a fixed token count).
@@ -231,7 +232,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
     spdlog::info("context: {} tokens compressed into {} positions", context.tokens,
                  context.embeds.size(0));
   std::vector<int32_t> out(r.tokens.begin(), r.tokens.end());
-  if (!out.empty() && (out.back() == tok.eos_id() || out.back() == opt.stop_id)) out.pop_back();
+  if (!out.empty() && (out.back() == tok.eos_id() || is_stop_token(opt, out.back()))) out.pop_back();
   std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
   if (print_ids) spdlog::info("ids: {}", fmt::join(r.tokens, " "));
   spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s; {} KV cache, "

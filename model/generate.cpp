@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -63,6 +64,11 @@ at::Tensor prefill_embeds(LlamaForCausalLM& model, const at::Tensor& embeds, KVC
   return prefill_any(model, embeds, true, cache);
 }
 
+bool is_stop_token(const SamplingOptions& opt, int64_t tok) {
+  return tok == opt.eos_id || tok == opt.stop_id ||
+         std::find(opt.more_stop_ids.begin(), opt.more_stop_ids.end(), tok) != opt.more_stop_ids.end();
+}
+
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
                           const SamplingOptions& opt, const KVCacheOptions& kv,
                           const at::Tensor& prefix_embeds) {
@@ -105,7 +111,7 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   while (static_cast<int64_t>(result.tokens.size()) < opt.max_new_tokens) {
     int64_t tok = sample_token(next_logits, opt, gen);
     result.tokens.push_back(tok);
-    if (tok == opt.eos_id || tok == opt.stop_id || cache.length() >= capacity) break;
+    if (is_stop_token(opt, tok) || cache.length() >= capacity) break;
     if (static_cast<int64_t>(result.tokens.size()) == opt.max_new_tokens) break;
     if (fast) {
       next_logits = fast->step(tok);

@@ -21,6 +21,7 @@ struct SamplingOptions {
   uint64_t seed = 0;
   int64_t eos_id = -1;       // stop when sampled; -1: never
   int64_t stop_id = -1;      // a second stop token (a chat format's end of turn); -1: none
+  std::vector<int64_t> more_stop_ids;  // the model's other eos ids (LlamaConfig::more_eos_token_ids)
   // > 0: only ids below it are drawn. A model's vocabulary padded past its tokenizer's (rows
   // kept to a multiple of 64, say) has ids no tokenizer can decode.
   int64_t vocab_limit = 0;
@@ -40,6 +41,9 @@ struct GenerationResult {
 
 // Picks the next token from logits [vocab] (fp32, CPU) under the options.
 int64_t sample_token(const at::Tensor& logits, const SamplingOptions& opt, at::Generator& gen);
+
+// Whether `tok` ends generation: eos_id, stop_id or one of more_stop_ids.
+bool is_stop_token(const SamplingOptions& opt, int64_t tok);
 
 // Generates up to max_new_tokens after `prompt` in eval mode without gradients, with a cache of
 // the given kind. `prefix_embeds` [P, hidden] (compressed context), when defined, runs through

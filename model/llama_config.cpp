@@ -1,5 +1,7 @@
 #include "model/llama_config.h"
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
@@ -28,6 +30,9 @@ void LlamaConfig::finalize() {
   CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
   CONDENSE_CHECK(rms_norm_eps > 0 && rope_theta > 0, "model.rms_norm_eps and rope_theta must be > 0");
   CONDENSE_CHECK(max_position_embeddings > 0, "model.max_position_embeddings must be positive");
+  for (int64_t id : more_eos_token_ids)
+    CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
+                   id, vocab_size);
 }
 
 int64_t LlamaConfig::num_parameters() const {
@@ -40,6 +45,11 @@ int64_t LlamaConfig::num_parameters() const {
 }
 
 nlohmann::json to_hf_json(const LlamaConfig& c) {
+  nlohmann::json eos = c.eos_token_id;
+  if (!c.more_eos_token_ids.empty()) {
+    eos = nlohmann::json::array({c.eos_token_id});
+    for (int64_t id : c.more_eos_token_ids) eos.push_back(id);
+  }
   return nlohmann::json{
       {"architectures", {"LlamaForCausalLM"}},
       {"model_type", "llama"},
@@ -60,7 +70,7 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
       {"attention_bias", false},
       {"mlp_bias", false},
       {"bos_token_id", c.bos_token_id},
-      {"eos_token_id", c.eos_token_id},
+      {"eos_token_id", eos},
       {"torch_dtype", "float32"},
   };
 }
@@ -117,15 +127,21 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     c.bos_token_id = j["bos_token_id"].get<int64_t>();
   if (j.contains("eos_token_id") && j["eos_token_id"].is_number_integer())
     c.eos_token_id = j["eos_token_id"].get<int64_t>();
-  // One id each is kept (recipes, exports): a list's first, with a warning naming what an
-  // export's config.json and generation_config.json will lack; null keeps the default.
-  if (j.contains("eos_token_id") && j["eos_token_id"].is_array() && !j["eos_token_id"].empty() &&
-      j["eos_token_id"][0].is_number_integer()) {
-    c.eos_token_id = j["eos_token_id"][0].get<int64_t>();
-    spdlog::warn("{}: eos_token_id is the list {}; condense keeps {}, and an export's config.json "
-                 "and generation_config.json name that one alone (generate stops at the "
-                 "tokenizer's eos and a chat format's end of turn)", source,
-                 j["eos_token_id"].dump(), c.eos_token_id);
+  // A list (several ids end generation): the first is eos_token_id, the others
+  // more_eos_token_ids, written back as the same list; null keeps the default.
+  if (j.contains("eos_token_id") && j["eos_token_id"].is_array()) {
+    const nlohmann::json& list = j["eos_token_id"];
+    CONDENSE_CHECK(!list.empty(), "{}: eos_token_id is an empty list", source);
+    for (const nlohmann::json& id : list)
+      CONDENSE_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0,
+                     "{}: eos_token_id {} holds {}, expected token ids (integers >= 0)", source,
+                     list.dump(), id.dump());
+    c.eos_token_id = list[0].get<int64_t>();
+    for (const nlohmann::json& id : list)
+      if (id.get<int64_t>() != c.eos_token_id &&
+          std::find(c.more_eos_token_ids.begin(), c.more_eos_token_ids.end(), id.get<int64_t>()) ==
+              c.more_eos_token_ids.end())
+        c.more_eos_token_ids.push_back(id.get<int64_t>());
   }
   for (const char* key : {"bos_token_id", "eos_token_id"})
     if (j.contains(key) && j[key].is_null())

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -24,6 +25,11 @@ struct LlamaConfig {
   double attention_dropout = 0.0;
   int64_t bos_token_id = 1;
   int64_t eos_token_id = 2;
+  // More ids that end generation besides eos_token_id: the rest of a Hugging Face config's
+  // eos_token_id list (Llama 3 Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>), carried by
+  // checkpoints and written back as that list by exports. Empty for a single id (recipes never
+  // set it: a model trained from scratch has its tokenizer's eos alone).
+  std::vector<int64_t> more_eos_token_ids;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.

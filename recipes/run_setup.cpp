@@ -98,13 +98,16 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   if (run.resume) check_same_split(recorded_split, store, "--resume: " + *run.resume);
   if (!cfg.data.tokenizer.empty())
     store.check_tokenizer(load_tokenizer_file(cfg.data.tokenizer).sha256(), cfg.data.tokenizer);
+  // A model trained from scratch has its tokenizer's bos / eos; a model from an init checkpoint
+  // (adjust replaces the recipe's model with its config) keeps the ones it came with, as its
+  // weights and checkpoints do (an imported Hugging Face config may name other ids, or a list).
+  cfg.model.bos_token_id = store.tokenizer().bos_id();
+  cfg.model.eos_token_id = store.tokenizer().eos_id();
   if (adjust) adjust(run);
   if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
   CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),
                  "model.vocab_size is {} but the tokenizer of {} has {} pieces", cfg.model.vocab_size,
                  run.dataset, store.vocab_size());
-  cfg.model.bos_token_id = store.tokenizer().bos_id();
-  cfg.model.eos_token_id = store.tokenizer().eos_id();
   CONDENSE_CHECK(cfg.data.seq_len <= cfg.model.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg.data.seq_len,
                  cfg.model.max_position_embeddings);

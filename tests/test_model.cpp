@@ -6,9 +6,13 @@
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
 #include "model/generate.h"
 #include "model/kv_cache.h"
 #include "model/llama.h"
+#include "model/llama_config.h"
 #include "model/rope.h"
 
 namespace condense {
@@ -128,6 +132,35 @@ TEST(Rope, ClosedForm) {
     return (apply_rope(q, cm, sm) * apply_rope(k, cn, sn)).sum().item<float>();
   };
   EXPECT_NEAR(dot_at(5, 2), dot_at(13, 10), 1e-5);
+}
+
+TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {
+  // Llama 3 Instruct's config.json names three ids that end generation.
+  nlohmann::json j = to_hf_json(tiny());
+  j["vocab_size"] = 200;
+  j["eos_token_id"] = {128, 7, 128, 9};
+  LlamaConfig c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.eos_token_id, 128);
+  EXPECT_EQ(c.more_eos_token_ids, (std::vector<int64_t>{7, 9}));  // the first's repeat dropped
+  EXPECT_EQ(to_hf_json(c)["eos_token_id"], nlohmann::json({128, 7, 9}));
+  EXPECT_TRUE(to_hf_json(tiny())["eos_token_id"].is_number_integer());  // one id stays one
+  SamplingOptions opt;
+  opt.eos_id = 128;
+  opt.more_stop_ids = c.more_eos_token_ids;
+  EXPECT_TRUE(is_stop_token(opt, 9) && is_stop_token(opt, 7) && is_stop_token(opt, 128));
+  EXPECT_FALSE(is_stop_token(opt, 8));
+  // Bad lists are refused naming the file and what was expected.
+  for (const nlohmann::json& bad : {nlohmann::json::array(), nlohmann::json({2, "x"}), nlohmann::json({2, -1}),
+                                    nlohmann::json({2, 200})}) {
+    j["eos_token_id"] = bad;
+    try {
+      from_hf_json(j, "config.json");
+      ADD_FAILURE() << bad.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("config.json"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("eos_token_id"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Generate, GreedyMatchesArgmaxAndSamplingIsSeeded) {
