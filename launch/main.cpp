@@ -216,7 +216,7 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
   opt.eos_id = ignore_eos ? -1 : tok.eos_id();
-  if (!ignore_eos) opt.more_stop_ids = model->config().more_eos_token_ids;
+  if (!ignore_eos) opt.more_stop_ids = config_stop_ids(model->config());
   opt.vocab_limit = tok.vocab_size();  // embedding rows past the tokenizer's are never drawn
   // generate() stops at the model's context; say so up front (--ignore-eos runs are often
   // timings of a fixed token count).

@@ -69,6 +69,12 @@ bool is_stop_token(const SamplingOptions& opt, int64_t tok) {
          std::find(opt.more_stop_ids.begin(), opt.more_stop_ids.end(), tok) != opt.more_stop_ids.end();
 }
 
+std::vector<int64_t> config_stop_ids(const LlamaConfig& c) {
+  std::vector<int64_t> ids = {c.eos_token_id};
+  ids.insert(ids.end(), c.more_eos_token_ids.begin(), c.more_eos_token_ids.end());
+  return ids;
+}
+
 GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& prompt,
                           const SamplingOptions& opt, const KVCacheOptions& kv,
                           const at::Tensor& prefix_embeds) {

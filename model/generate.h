@@ -45,6 +45,11 @@ int64_t sample_token(const at::Tensor& logits, const SamplingOptions& opt, at::G
 // Whether `tok` ends generation: eos_id, stop_id or one of more_stop_ids.
 bool is_stop_token(const SamplingOptions& opt, int64_t tok);
 
+// The ids a model's config says end generation: eos_token_id and more_eos_token_ids (an
+// imported list's head need not be its tokenizer's eos: Llama 3 Instruct's is <|end_of_text|>,
+// its tokenizer's <|eot_id|>). For SamplingOptions::more_stop_ids.
+std::vector<int64_t> config_stop_ids(const LlamaConfig& c);
+
 // Generates up to max_new_tokens after `prompt` in eval mode without gradients, with a cache of
 // the given kind. `prefix_embeds` [P, hidden] (compressed context), when defined, runs through
 // the cache first at positions 0 .. P - 1; the prompt may then be empty.

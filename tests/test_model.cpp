@@ -144,9 +144,10 @@ TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {
   EXPECT_EQ(c.more_eos_token_ids, (std::vector<int64_t>{7, 9}));  // the first's repeat dropped
   EXPECT_EQ(to_hf_json(c)["eos_token_id"], nlohmann::json({128, 7, 9}));
   EXPECT_TRUE(to_hf_json(tiny())["eos_token_id"].is_number_integer());  // one id stays one
+  // generate stops at every id of the list, whatever the tokenizer's eos (here 9, not the head).
   SamplingOptions opt;
-  opt.eos_id = 128;
-  opt.more_stop_ids = c.more_eos_token_ids;
+  opt.eos_id = 9;
+  opt.more_stop_ids = config_stop_ids(c);
   EXPECT_TRUE(is_stop_token(opt, 9) && is_stop_token(opt, 7) && is_stop_token(opt, 128));
   EXPECT_FALSE(is_stop_token(opt, 8));
   // Bad lists are refused naming the file and what was expected.

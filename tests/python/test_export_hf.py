@@ -22,8 +22,7 @@ import pytest
 import torch
 
 from conftest import run
-from test_cli_e2e import QUICKSTART
-from export_fixtures import model_tensors, score, train_tiny, trained  # noqa: F401 (fixture)
+from export_fixtures import QUICKSTART, model_tensors, score, train_tiny, trained  # noqa: F401 (fixture)
 
 transformers = pytest.importorskip("transformers")
 safetensors = pytest.importorskip("safetensors")
@@ -353,32 +352,34 @@ def test_import_of_a_transformers_checkpoint(trained, tmp_path, tied, dtype):
 
 def test_an_eos_token_id_list_survives_import_finetune_and_export(trained, small_store, tmp_path):
     """Llama 3 Instruct's config.json names several ids that end generation (eos_token_id a
-    list): the import keeps the list, a finetune of it keeps it, and the export writes it back to
-    config.json and generation_config.json, where transformers reads the same ids."""
+    list, whose head is not the tokenizer's eos): the import keeps the list, a finetune of it
+    keeps it and resumes, and the export writes it back to config.json and
+    generation_config.json, where transformers reads the same ids."""
     tok_model = trained[1]
     cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=160,
                                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, bos_token_id=1, eos_token_id=[2, 5, 7])
+                                   max_position_embeddings=128, bos_token_id=1, eos_token_id=[5, 2, 7])
     src = tmp_path / "src"
     torch.manual_seed(4)
     transformers.LlamaForCausalLM(cfg).save_pretrained(src, safe_serialization=True)
     shutil.copy(tok_model, src / "tokenizer.model")
-    r = run("import", src, tmp_path / "imported.h5")
-    assert "is the list" not in r.stderr  # no longer a warning: nothing is dropped
+    run("import", src, tmp_path / "imported.h5")
     _, config, _ = model_tensors(tmp_path / "imported.h5")
-    assert config["eos_token_id"] == [2, 5, 7]
+    assert config["eos_token_id"] == [5, 2, 7]
     # A finetune from it (the run's model is the init's) keeps the list in its checkpoints.
     tuned = tmp_path / "tuned"
-    run("train", QUICKSTART, "kind=finetune", f"init={tmp_path / 'imported.h5'}", f"out_dir={tuned}",
-        f"data.dataset={small_store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2",
-        "train.warmup_steps=1", "train.eval_every=0", "train.threads=1", "checkpoint.every=2")
-    _, config, _ = model_tensors(tuned / "checkpoints" / "step_000002.h5")
-    assert config["eos_token_id"] == [2, 5, 7]
-    run("export", tuned / "checkpoints" / "step_000002.h5", tmp_path / "hf")
+    finetune = ["train", QUICKSTART, "kind=finetune", f"init={tmp_path / 'imported.h5'}", f"out_dir={tuned}",
+                f"data.dataset={small_store}", "data.seq_len=32", "data.batch_size=2", "train.warmup_steps=1",
+                "train.eval_every=0", "train.threads=1", "checkpoint.every=2"]
+    run(*finetune, "train.steps=2")
+    run(*finetune, "train.steps=4", "--resume")  # its model (the init's, list and all) is the same
+    _, config, _ = model_tensors(tuned / "checkpoints" / "step_000004.h5")
+    assert config["eos_token_id"] == [5, 2, 7]
+    run("export", tuned / "checkpoints" / "step_000004.h5", tmp_path / "hf")
     for name in ("config.json", "generation_config.json"):
-        assert json.loads((tmp_path / "hf" / name).read_text())["eos_token_id"] == [2, 5, 7], name
-    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").eos_token_id == [2, 5, 7]
-    assert transformers.GenerationConfig.from_pretrained(tmp_path / "hf").eos_token_id == [2, 5, 7]
+        assert json.loads((tmp_path / "hf" / name).read_text())["eos_token_id"] == [5, 2, 7], name
+    assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").eos_token_id == [5, 2, 7]
+    assert transformers.GenerationConfig.from_pretrained(tmp_path / "hf").eos_token_id == [5, 2, 7]
 
 
 def test_help_and_trailing_slash(trained, tmp_path):
