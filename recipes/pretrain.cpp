@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <thread>
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include "data/tokenizer_file.h"
@@ -222,8 +223,14 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
   LlamaForCausalLM model(cfg.model);
   if (!cfg.init.empty() && !run.resume) {
-    Checkpoint::open(cfg.init).load_model(model);
+    const Checkpoint init = Checkpoint::open(cfg.init);
+    init.load_model(model);
     spdlog::info("initialized weights from {}", cfg.init);
+    // A pretrain recipe's model is its own section, whose eos is the tokenizer's alone.
+    if (const LlamaConfig ic = init.config(); !ic.more_eos_token_ids.empty())
+      spdlog::warn("init {} ends generation at several ids ({}); this pretrain run's model keeps "
+                   "the tokenizer's eos {} alone (kind=finetune keeps the init's list)", cfg.init,
+                   to_hf_json(ic)["eos_token_id"].dump(), cfg.model.eos_token_id);
   }
   // Built and initialized on the CPU (the same weights for a seed on every device), then moved.
   model->to(run.device);

@@ -380,6 +380,14 @@ def test_an_eos_token_id_list_survives_import_finetune_and_export(trained, small
         assert json.loads((tmp_path / "hf" / name).read_text())["eos_token_id"] == [5, 2, 7], name
     assert transformers.AutoConfig.from_pretrained(tmp_path / "hf").eos_token_id == [5, 2, 7]
     assert transformers.GenerationConfig.from_pretrained(tmp_path / "hf").eos_token_id == [5, 2, 7]
+    # A pretrain recipe with the import as init builds its own model section (one eos): said.
+    p = run("train", QUICKSTART, f"init={tmp_path / 'imported.h5'}", f"out_dir={tmp_path / 'pre'}",
+            f"data.dataset={small_store}", "data.seq_len=32", "data.batch_size=2", "train.steps=1",
+            "train.warmup_steps=1", "train.eval_every=0", "train.threads=1", "model.hidden_size=64",
+            "model.intermediate_size=160", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+            "model.num_key_value_heads=2", "model.max_position_embeddings=128",
+            "model.tie_word_embeddings=false")
+    assert "ends generation at several ids ([5,2,7])" in p.stderr, p.stderr[-2000:]
 
 
 def test_help_and_trailing_slash(trained, tmp_path):
