@@ -8,55 +8,97 @@
 #include "io/hdf5_file.h"
 #include "io/mapped_file.h"
 #include "text/bpe_tokenizer.h"
+#include "text/sentencepiece_proto.h"
 
 namespace condense {
 namespace {
 
-// The byte-level BPE of a "gpt2" GGUF vocabulary as serialized tokenizer bytes; nullopt for
-// other tokenizer models. Errors name the file and key.
-std::optional<std::string> gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
-  if (!r.has("tokenizer.ggml.model")) return std::nullopt;
-  const GgufValue& model = r.get("tokenizer.ggml.model");
-  CONDENSE_CHECK(model.value.is_string(), "{}: tokenizer.ggml.model is not a string", path);
-  if (model.value.get<std::string>() != "gpt2") return std::nullopt;
-  auto strings = [&](const char* key) {
-    const GgufValue& v = r.get(key);
-    CONDENSE_CHECK(v.value.is_array(), "{}: {} is not an array", path, key);
-    std::vector<std::string> out;
-    out.reserve(v.value.size());
-    for (const auto& e : v.value) {
-      CONDENSE_CHECK(e.is_string(), "{}: {} holds a non-string element", path, key);
-      out.push_back(e.get<std::string>());
-    }
-    return out;
-  };
-  auto id = [&](const char* key) -> std::optional<int32_t> {
-    if (!r.has(key)) return std::nullopt;
-    return static_cast<int32_t>(r.get_uint(key));
-  };
-  auto flag = [&](const char* key) {
-    return r.has(key) && r.get(key).value.is_boolean() && r.get(key).value.get<bool>();
-  };
-  BpeVocabulary v;
-  v.tokens = strings("tokenizer.ggml.tokens");
-  if (r.has("tokenizer.ggml.token_type")) {
-    const GgufValue& t = r.get("tokenizer.ggml.token_type");
-    CONDENSE_CHECK(t.value.is_array(), "{}: tokenizer.ggml.token_type is not an array", path);
-    for (const auto& e : t.value) v.token_types.push_back(e.get<int32_t>());
+std::vector<std::string> gguf_strings(const GgufReader& r, const std::string& path, const char* key) {
+  CONDENSE_CHECK(r.has(key), "{}: no {} (the vocabulary's tokens)", path, key);
+  const GgufValue& v = r.get(key);
+  CONDENSE_CHECK(v.value.is_array(), "{}: {} is not an array", path, key);
+  std::vector<std::string> out;
+  out.reserve(v.value.size());
+  for (const auto& e : v.value) {
+    CONDENSE_CHECK(e.is_string(), "{}: {} holds a non-string element", path, key);
+    out.push_back(e.get<std::string>());
   }
-  if (r.has("tokenizer.ggml.merges")) v.merges = strings("tokenizer.ggml.merges");
+  return out;
+}
+
+template <typename T>
+std::vector<T> gguf_numbers(const GgufReader& r, const std::string& path, const char* key) {
+  const GgufValue& v = r.get(key);
+  CONDENSE_CHECK(v.value.is_array(), "{}: {} is not an array", path, key);
+  std::vector<T> out;
+  out.reserve(v.value.size());
+  for (const auto& e : v.value) {
+    CONDENSE_CHECK(e.is_number(), "{}: {} holds a non-numeric element", path, key);
+    out.push_back(e.get<T>());
+  }
+  return out;
+}
+
+std::optional<int32_t> gguf_id(const GgufReader& r, const char* key) {
+  if (!r.has(key)) return std::nullopt;
+  return static_cast<int32_t>(r.get_uint(key));
+}
+
+bool gguf_flag(const GgufReader& r, const std::string& path, const char* key, bool absent) {
+  if (!r.has(key)) return absent;
+  const GgufValue& v = r.get(key);
+  CONDENSE_CHECK(v.value.is_boolean(), "{}: {} is not a bool", path, key);
+  return v.value.get<bool>();
+}
+
+// The byte-level BPE of a "gpt2" GGUF vocabulary as serialized tokenizer bytes. Errors name the
+// file and key.
+std::string gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
+  BpeVocabulary v;
+  v.tokens = gguf_strings(r, path, "tokenizer.ggml.tokens");
+  if (r.has("tokenizer.ggml.token_type"))
+    v.token_types = gguf_numbers<int32_t>(r, path, "tokenizer.ggml.token_type");
+  if (r.has("tokenizer.ggml.merges")) v.merges = gguf_strings(r, path, "tokenizer.ggml.merges");
   CONDENSE_CHECK(r.has("tokenizer.ggml.pre"), "{}: a gpt2 vocabulary without tokenizer.ggml.pre "
                  "(its pre-tokenizer); condense refuses to guess one", path);
   v.pre_tokenizer = r.get("tokenizer.ggml.pre").value.get<std::string>();
-  v.bos_id = id("tokenizer.ggml.bos_token_id");
-  v.eos_id = id("tokenizer.ggml.eos_token_id");
-  v.pad_id = id("tokenizer.ggml.padding_token_id");
-  v.unk_id = id("tokenizer.ggml.unknown_token_id");
-  v.add_bos = flag("tokenizer.ggml.add_bos_token");
-  v.add_eos = flag("tokenizer.ggml.add_eos_token");
+  v.bos_id = gguf_id(r, "tokenizer.ggml.bos_token_id");
+  v.eos_id = gguf_id(r, "tokenizer.ggml.eos_token_id");
+  v.pad_id = gguf_id(r, "tokenizer.ggml.padding_token_id");
+  v.unk_id = gguf_id(r, "tokenizer.ggml.unknown_token_id");
+  v.add_bos = gguf_flag(r, path, "tokenizer.ggml.add_bos_token", false);
+  v.add_eos = gguf_flag(r, path, "tokenizer.ggml.add_eos_token", false);
   if (r.has("tokenizer.chat_template") && r.get("tokenizer.chat_template").value.is_string())
     v.chat_template = r.get("tokenizer.chat_template").value.get<std::string>();
   return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
+}
+
+// llama.cpp's sentencepiece tables ("llama": Llama 1/2, Mistral, TinyLlama) rebuilt into a
+// sentencepiece model (text/sentencepiece_proto.h), with llama.cpp's defaults for what is
+// absent: scores 0, every token normal, <unk> 0, <s> 1, </s> 2, a space prefix. A condense
+// sentencepiece tokenizer always prefixes <s> and never appends </s> to a scored text, so a file
+// asking otherwise is refused: its probabilities would not be llama.cpp's.
+std::string gguf_sentencepiece_tokenizer(const GgufReader& r, const std::string& path) {
+  SentencepieceTables t;
+  t.pieces = gguf_strings(r, path, "tokenizer.ggml.tokens");
+  t.scores = r.has("tokenizer.ggml.scores") ? gguf_numbers<float>(r, path, "tokenizer.ggml.scores")
+                                            : std::vector<float>(t.pieces.size(), 0.0f);
+  t.types = r.has("tokenizer.ggml.token_type")
+                ? gguf_numbers<int32_t>(r, path, "tokenizer.ggml.token_type")
+                : std::vector<int32_t>(t.pieces.size(), 1);
+  for (int32_t& type : t.types)
+    if (type == 0) type = 1;  // llama.cpp's "undefined" is a normal piece
+  t.unk_id = gguf_id(r, "tokenizer.ggml.unknown_token_id").value_or(0);
+  t.bos_id = gguf_id(r, "tokenizer.ggml.bos_token_id").value_or(1);
+  t.eos_id = gguf_id(r, "tokenizer.ggml.eos_token_id").value_or(2);
+  t.add_dummy_prefix = gguf_flag(r, path, "tokenizer.ggml.add_space_prefix", true);
+  CONDENSE_CHECK(gguf_flag(r, path, "tokenizer.ggml.add_bos_token", true),
+                 "{}: tokenizer.ggml.add_bos_token is false; condense's sentencepiece tokenizer "
+                 "always starts a text with <s>, so it would score other tokens than llama.cpp", path);
+  CONDENSE_CHECK(!gguf_flag(r, path, "tokenizer.ggml.add_eos_token", false),
+                 "{}: tokenizer.ggml.add_eos_token is true; condense's sentencepiece tokenizer "
+                 "never ends a text with </s>, so it would score other tokens than llama.cpp", path);
+  return sentencepiece_model_proto(t, path + " (tokenizer.ggml.*)");
 }
 
 }  // namespace
@@ -67,7 +109,13 @@ std::optional<std::string> gguf_tokenizer_bytes(const GgufReader& r, const std::
     CONDENSE_CHECK(v.type == GgufValueType::kString, "{}: {} is not a string", path, kGgufSentencepieceKey);
     return base64_decode(v.value.get<std::string>(), path + ":" + kGgufSentencepieceKey);
   }
-  return gguf_bpe_tokenizer(r, path);
+  if (!r.has("tokenizer.ggml.model")) return std::nullopt;
+  const GgufValue& model = r.get("tokenizer.ggml.model");
+  CONDENSE_CHECK(model.value.is_string(), "{}: tokenizer.ggml.model is not a string", path);
+  const std::string name = model.value.get<std::string>();
+  if (name == "gpt2") return gguf_bpe_tokenizer(r, path);
+  if (name == "llama") return gguf_sentencepiece_tokenizer(r, path);
+  return std::nullopt;
 }
 
 Tokenizer load_tokenizer_file(const std::string& path) {
@@ -77,7 +125,7 @@ Tokenizer load_tokenizer_file(const std::string& path) {
     GgufReader r(file->data(), file->size(), path);
     std::optional<std::string> bytes = gguf_tokenizer_bytes(r, path);
     CONDENSE_CHECK(bytes, "{}: holds no tokenizer condense can rebuild (tokenizer.ggml.model is "
-                   "{}; condense reads \"gpt2\" byte-level BPE vocabularies and its own exports)",
+                   "{}; condense reads \"gpt2\" byte-level BPE and \"llama\" sentencepiece vocabularies)",
                    path, r.has("tokenizer.ggml.model") ? r.get("tokenizer.ggml.model").value.dump() : "absent");
     return Tokenizer::from_serialized(*bytes, path);
   }

@@ -84,8 +84,8 @@ uint32_t u32(int64_t v) {
 }
 
 // The sentencepiece vocabulary as llama.cpp's "llama" tokenizer: pieces, scores, token types
-// (1 normal, 2 unknown, 3 control, 5 unused padding, 6 byte), plus the exact model under
-// kGgufSentencepieceKey.
+// (1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte; embedding rows past the
+// vocabulary are unused padding), plus the exact model under kGgufSentencepieceKey.
 void write_sentencepiece_vocabulary(GgufWriter& w, const Tokenizer& tok, int64_t model_vocab) {
   std::vector<std::string> pieces;
   std::vector<float> scores;
@@ -93,7 +93,7 @@ void write_sentencepiece_vocabulary(GgufWriter& w, const Tokenizer& tok, int64_t
   for (int id = 0; id < tok.vocab_size(); ++id) {
     pieces.push_back(tok.piece(id));
     scores.push_back(tok.score(id));
-    types.push_back(tok.is_control(id) ? 3 : tok.is_unknown(id) ? 2 : tok.is_byte(id) ? 6 : 1);
+    types.push_back(tok.token_type(id));
   }
   for (int64_t id = tok.vocab_size(); id < model_vocab; ++id) {  // padded embedding rows
     pieces.push_back(fmt::format("[PAD{}]", id));
@@ -312,8 +312,9 @@ ImportStats import_gguf(const std::string& path, const std::string& out_path) {
   std::string tokenizer_bytes;
   LlamaForCausalLM model = load_gguf_model(path, &tokenizer_bytes);
   if (tokenizer_bytes.empty())
-    spdlog::warn("{}: its tokenizer (llama.cpp's sentencepiece tables) cannot be rebuilt; the "
-                 "checkpoint has none, so eval, generate and score will need --tokenizer", path);
+    spdlog::warn("{}: holds no tokenizer condense reads (it reads tokenizer.ggml.model \"gpt2\" and "
+                 "\"llama\"); the checkpoint has none, so eval, generate and score will need "
+                 "--tokenizer", path);
   else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size();
            n != model->config().vocab_size)
     fail("{}: the vocabulary has {} tokens but token_embd.weight {} rows", path, n,

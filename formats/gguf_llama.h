@@ -4,8 +4,8 @@
 // the two halves of each head while llama.cpp's llama rotates adjacent pairs, so q_proj and
 // k_proj rows are permuted per head on export, gguf_row[h*hd + 2i + j] = hf_row[h*hd + j*hd/2 + i],
 // and un-permuted on load. The sentencepiece tokenizer goes in as tokenizer.ggml.model
-// "llama" with pieces, scores and token types (1 normal, 2 unknown, 3 control, 5 unused
-// padding, 6 byte). Norm weights (1-D) stay F32 in every type, as llama.cpp's converter keeps
+// "llama" with pieces, scores and token types (1 normal, 2 unknown, 3 control, 4 user defined,
+// 5 unused padding, 6 byte). Norm weights (1-D) stay F32 in every type, as llama.cpp's converter keeps
 // them; a Q8_0 export stores a matrix whose rows are not a multiple of 32 as F16.
 #pragma once
 #include <cstdint>
@@ -36,11 +36,11 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 // Rebuilds a float32 model from a GGUF file written by export_gguf (or llama.cpp's converter
 // with the same types): config from llama.* metadata, weights dequantized and un-permuted.
 
-// `tokenizer_bytes`, when given, receives the tokenizer (Tokenizer::serialized() bytes): the
-// sentencepiece model stored by condense's export, or the byte-level BPE of a GGUF whose
-// tokenizer.ggml.model is "gpt2" (Llama 3, SmolLM, Qwen: tokens, token types, merges, pre,
-// special ids, add_bos/add_eos, chat template); left unchanged for llama.cpp's sentencepiece
-// tables ("llama"), which condense does not rebuild into a sentencepiece model.
+// `tokenizer_bytes`, when given, receives the tokenizer (Tokenizer::serialized() bytes) as
+// data/tokenizer_file.h's gguf_tokenizer_bytes reads it: the sentencepiece model stored by
+// condense's export, the byte-level BPE of tokenizer.ggml.model "gpt2" (Llama 3, SmolLM, Qwen),
+// or llama.cpp's sentencepiece tables ("llama": Llama 2, Mistral) rebuilt into a sentencepiece
+// model; left unchanged for a file with another tokenizer model or none.
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes = nullptr);
 
 struct ImportStats;

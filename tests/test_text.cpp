@@ -22,6 +22,7 @@
 #include "text/byte_unicode.h"
 #include "text/chat_format.h"
 #include "text/pretokenizer.h"
+#include "text/sentencepiece_proto.h"
 #include "text/utf8.h"
 
 namespace condense {
@@ -206,6 +207,56 @@ TEST(Tokenizer, TrainedBpeSplitsDigitsOnePerPiece) {
     const std::string piece = t.piece(id);
     EXPECT_LE(std::count_if(piece.begin(), piece.end(), [](char c) { return c >= '0' && c <= '9'; }), 1) << piece;
   }
+}
+
+TEST(SentencepieceProto, TablesRebuildTheModelTheyCameFrom) {
+  // A trained model's own pieces, scores and types, written as a ModelProto by condense, load in
+  // sentencepiece and encode every text as the original does; reading the pieces back gives the
+  // tables written. (The comparison with llama.cpp on GGUF tables is
+  // tests/python/test_gguf_sentencepiece.py.)
+  std::vector<std::string> lines;
+  const std::vector<std::string> words = {"river", "stone", "Window", "caf\xc3\xa9", "2024", "  ", "x-y"};
+  for (int i = 0; i < 1500; ++i)
+    lines.push_back(words[i % 7] + " " + words[(i * 3) % 7] + words[(i * 5) % 7] + " " + std::to_string(i));
+  const Tokenizer original = Tokenizer::train(lines, {300, 100000, 7});
+  SentencepieceTables t;
+  for (int id = 0; id < original.vocab_size(); ++id) {
+    t.pieces.push_back(original.piece(id));
+    t.scores.push_back(original.score(id));
+    t.types.push_back(original.token_type(id));
+  }
+  EXPECT_EQ(std::count(t.types.begin(), t.types.end(), 6), 256);
+  EXPECT_EQ(std::count(t.types.begin(), t.types.end(), 3), 2);
+  const Tokenizer rebuilt = Tokenizer::from_serialized(sentencepiece_model_proto(t, "test"), "rebuilt");
+  EXPECT_NE(rebuilt.sha256(), original.sha256());  // other trainer fields: a new model's bytes
+  EXPECT_EQ(rebuilt.bos_id(), 1);
+  EXPECT_EQ(rebuilt.eos_id(), 2);
+  EXPECT_EQ(rebuilt.unk_id(), 0);
+  for (const std::string& text : {std::string("river stone 1234"), std::string("  Window\tcaf\xc3\xa9\n\xe4\xb8\xad"),
+                                  std::string(""), std::string(" x-y  2024 "), lines[17]})
+    EXPECT_EQ(rebuilt.encode(text), original.encode(text)) << text;
+  const SentencepieceTables back = read_sentencepiece_pieces(rebuilt.serialized(), "rebuilt");
+  EXPECT_EQ(back.pieces, t.pieces);
+  EXPECT_EQ(back.scores, t.scores);
+  EXPECT_EQ(back.types, t.types);
+  // Without a space prefix (tokenizer.ggml.add_space_prefix false) the first word has no U+2581.
+  t.add_dummy_prefix = false;
+  const Tokenizer bare = Tokenizer::from_serialized(sentencepiece_model_proto(t, "test"), "bare");
+  EXPECT_EQ(bare.decode(bare.encode("river")), "river");
+  EXPECT_NE(bare.piece(bare.encode("river")[0]).rfind("\xe2\x96\x81", 0), 0u);
+  // Truncated bytes are refused naming the source.
+  const std::string bytes = rebuilt.serialized();
+  EXPECT_THROW(
+      {
+        try {
+          read_sentencepiece_pieces(bytes.substr(0, 3), "half.model");  // inside piece 0
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("half.model: truncated sentencepiece model"), std::string::npos)
+              << e.what();
+          throw;
+        }
+      },
+      Error);
 }
 
 TEST(ChatFormat, ChatMlAndLlama3FromTheVocabulary) {

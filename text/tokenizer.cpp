@@ -18,6 +18,7 @@
 #include "core/log.h"
 #include "io/atomic_file.h"
 #include "text/bpe_tokenizer.h"
+#include "text/sentencepiece_proto.h"
 
 namespace condense {
 namespace {
@@ -146,7 +147,10 @@ Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::
   CONDENSE_CHECK(status.ok(), "{}: not a valid sentencepiece model ({})", source,
                  status.ToString());
   CONDENSE_CHECK(sp->GetPieceSize() > 0, "{}: sentencepiece model has no pieces", source);
-  return Tokenizer(std::move(sp), proto_bytes, source);
+  Tokenizer t(std::move(sp), proto_bytes, source);
+  t.sp_types_ = std::make_shared<const std::vector<int32_t>>(
+      read_sentencepiece_pieces(proto_bytes, source).types);
+  return t;
 }
 
 Tokenizer Tokenizer::load(const std::string& model_path) {
@@ -220,6 +224,10 @@ bool Tokenizer::is_control(int id) const {
 bool Tokenizer::is_unknown(int id) const {
   check_id(id);
   return bpe_ ? bpe_->token_type(id) == BpeTokenType::kUnknown : sp_->IsUnknown(id);
+}
+int32_t Tokenizer::token_type(int id) const {
+  check_id(id);
+  return bpe_ ? static_cast<int32_t>(bpe_->token_type(id)) : sp_types_->at(id);
 }
 std::string Tokenizer::sha256() const { return sha256_hex(serialized_); }
 

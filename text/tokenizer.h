@@ -80,6 +80,9 @@ class Tokenizer {
   bool is_byte(int id) const;     // a <0xNN> byte-fallback piece
   bool is_control(int id) const;  // <s>, </s>, <|endoftext|>
   bool is_unknown(int id) const;  // <unk>
+  // The piece's type in the numbering sentencepiece, GGUF's tokenizer.ggml.token_type and
+  // BpeTokenType share: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
+  int32_t token_type(int id) const;
 
   const std::string& serialized() const { return serialized_; }
   std::string sha256() const;  // hex digest of serialized()
@@ -92,6 +95,7 @@ class Tokenizer {
 
   std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;  // kind sentencepiece
   std::shared_ptr<const BpeTokenizer> bpe_;                          // kind bpe
+  std::shared_ptr<const std::vector<int32_t>> sp_types_;             // token_type(), sentencepiece
   std::string serialized_;
   std::string source_;
 };

@@ -7,19 +7,16 @@ pre-tokenizers are checked against `tokenizers` running the same regex over the 
 (no Llama 3 vocabulary is available offline). condense runs through tests/tools/bpe_tokenize,
 built both from GGUF's fields (BpeTokenizer::from_gguf_fields) and from a tokenizer.json
 (from_tokenizer_json), each time rebuilt from its own serialized bytes."""
-import gzip
 import importlib.util
 import json
-import os
 import pathlib
 import random
-import struct
 import subprocess
-import sys
 
 import pytest
 
 from conftest import BUILD_DIR
+from tokenizer_texts import corpus, llama_cpp_ids, run_tool
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
@@ -46,14 +43,6 @@ PRE_TOKENIZERS = {
         dict(BYTE_LEVEL, use_regex=False)]},
 }
 
-LLAMA_CHILD = r"""
-import json, sys
-from llama_cpp import Llama
-model, texts, out = sys.argv[1:]
-llm = Llama(model_path=model, vocab_only=True, verbose=False)
-ids = [llm.tokenize(t.encode("utf-8"), add_bos=False, special=True) for t in json.load(open(texts))]
-json.dump(ids, open(out, "w"))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -98,68 +87,6 @@ def missing_bytes(fields):
     return {b for b, c in zip(bs, cs) if chr(c) not in vocab}
 
 
-def corpus(missing):
-    """Mixed text: GCIDE lines, fortunes, and synthetic digits / punctuation / scripts / whitespace."""
-    rng = random.Random(13)
-    texts = {}
-    with gzip.open("/usr/share/dictd/gcide.dict.dz", "rb") as f:
-        raw = f.read(6_000_000).decode("utf-8", errors="ignore").split("\n")
-    lines = [l for l in raw if l.strip()]
-    texts["gcide"] = [lines[i] for i in range(0, len(lines), max(1, len(lines) // 1500))][:1500]
-    fortunes = []
-    fdir = pathlib.Path("/usr/share/games/fortunes")
-    for p in sorted(fdir.glob("*")):
-        if p.suffix in (".dat", ".u8") or p.is_dir() or p.is_symlink():
-            continue
-        try:
-            fortunes += p.read_text(encoding="utf-8").split("\n%\n")
-        except UnicodeDecodeError:
-            continue
-    rng.shuffle(fortunes)
-    texts["fortunes"] = [f for f in fortunes if f.strip()][:800]
-    pools = {
-        "digits": "0123456789" * 3 + " .,-+/:%$e",
-        "punct": "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~ \u2014\u2026\u00ab\u00bb\u201c\u201d",
-        "scripts": "caf\u00e9 na\u00efve \u00df \u00e6 \u03b1\u03b2\u03b3 \u0416\u0438\u0437\u043d\u044c \u4e2d\u6587\u5b57 "
-                   "\u65e5\u672c\u8a9e \ud55c\uad6d\uc5b4 \u0627\u0644\u0639\u0631\u0628\u064a\u0629 "
-                   "\u0939\u093f\u0928\u094d\u0926\u0940 \U0001F600\U0001F680 e\u0301 \u0660\u0661\u0662 "
-                   "\u2167 \u00bd \u00b2 \uff21\uff11 \u017f",
-        "space": "  \t\n\r\n\u00a0\u3000\u2009\u200b\u2028\u0085\u180e\x0b\x0c\x1c\x1f ab 1 ,",
-    }
-    for name, pool in pools.items():
-        texts[name] = ["".join(rng.choice(pool) for _ in range(rng.randint(1, 60))) for _ in range(300)]
-    words = ["the", "The", "don't", "I'M", "we've", "it'll", "3.14159", "1,000,000", "2024-12-04", "x",
-             "hello", "\u00e9t\u00e9", "   ", "\n", "\n\n\n", "\t", "!!", "...", "--", "(a)", "'s", "'S", "'ll"]
-    texts["mixed"] = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 20))) for _ in range(300)]
-    specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<filename>"]
-    texts["special"] = [f"{rng.choice(specials)}user\n{rng.choice(words)} {rng.choice(words)}{rng.choice(specials)}"
-                        for _ in range(50)] + ["<|im_start|><|im_end|>", "<|im_start", "x<|endoftext|>y"]
-    kept, dropped = {}, 0
-    for name, items in texts.items():
-        ok = [t for t in items if not (set(t.encode("utf-8")) & missing)]
-        dropped += len(items) - len(ok)
-        kept[name] = ok
-    return kept, dropped
-
-
-def run_tool(args, records, tmp_path, tag):
-    inp, out = tmp_path / f"{tag}.in", tmp_path / f"{tag}.out"
-    inp.write_bytes(b"".join(struct.pack("<I", len(r)) + r for r in records))
-    p = subprocess.run([str(TOOL), *map(str, args), str(inp), str(out)], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    data, pos, ids, decoded = out.read_bytes(), 0, [], []
-    for _ in records:
-        (n,) = struct.unpack_from("<I", data, pos)
-        ids.append(list(struct.unpack_from(f"<{n}i", data, pos + 4)))
-        pos += 4 + 4 * n
-        (m,) = struct.unpack_from("<I", data, pos)
-        decoded.append(data[pos + 4:pos + 4 + m])
-        pos += 4 + m
-    assert pos == len(data)
-    info = dict(line.split(" ", 1) for line in p.stdout.strip().splitlines())
-    return ids, decoded, info
-
-
 @pytest.fixture(scope="module")
 def setup(fields, tmp_path_factory):
     assert TOOL.exists(), f"{TOOL} not built (ninja -C build bpe_tokenize)"
@@ -181,8 +108,8 @@ def test_smollm2_matches_llama_cpp_and_tokenizers(setup, tmp_path):
     llama_ids = llama_cpp_ids(GGUF, flat, tmp_path)
 
     records = [t.encode("utf-8") for t in flat]
-    by_fields, dec_fields, info_f = run_tool(["--fields", d / "fields.json"], records, tmp_path, "fields")
-    by_json, dec_json, info_j = run_tool(["--json", d / "tokenizer.json"], records, tmp_path, "json")
+    by_fields, dec_fields, info_f = run_tool(TOOL, ["--fields", d / "fields.json"], records, tmp_path, "fields")
+    by_json, dec_json, info_j = run_tool(TOOL, ["--json", d / "tokenizer.json"], records, tmp_path, "json")
     assert info_f["vocab_size"] == "49152" and info_f["pre"] == "smollm"
     # Same vocabulary whichever way it came in (tokenizer.json adds no bos/eos here).
     assert by_json == by_fields
@@ -220,15 +147,6 @@ def vocab_only_gguf(path, pre):
     w.close()
 
 
-def llama_cpp_ids(model, texts, tmp_path):
-    texts_json, out_json = tmp_path / "texts.json", tmp_path / "llama_ids.json"
-    texts_json.write_text(json.dumps(texts))
-    p = subprocess.run([sys.executable, "-c", LLAMA_CHILD, str(model), str(texts_json), str(out_json)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(out_json.read_text())
-
-
 # GGUF's name for each pre-tokenizer (convert_hf_to_gguf.py writes GPT-2's as "gpt-2"; condense
 # maps it in from_gguf_fields). llama.cpp and from_gguf_fields turn ignore_merges on for Llama 3.
 @pytest.mark.parametrize("pre,gguf_pre", [("gpt2", "gpt-2"), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")])
@@ -247,8 +165,8 @@ def test_other_pretokenizers_match_llama_cpp_and_tokenizers(setup, fields, pre, 
     vocab_only_gguf(tmp_path / "vocab.gguf", gguf_pre)
     llama_ids = llama_cpp_ids(tmp_path / "vocab.gguf", flat, tmp_path)
     records = [t.encode("utf-8") for t in flat]
-    ids, decoded, info = run_tool(["--fields", tmp_path / "fields.json"], records, tmp_path, pre)
-    from_json, _, info_j = run_tool(["--json", tmp_path / "tokenizer.json"], records, tmp_path, pre + "-json")
+    ids, decoded, info = run_tool(TOOL, ["--fields", tmp_path / "fields.json"], records, tmp_path, pre)
+    from_json, _, info_j = run_tool(TOOL, ["--json", tmp_path / "tokenizer.json"], records, tmp_path, pre + "-json")
     assert info["pre"] == pre and info_j["pre"] == pre  # GGUF alias and tokenizer.json pre_tokenizer recognized
     assert from_json == ids
     mism_hf = [i for i, (a, b) in enumerate(zip(ids, hf_ids, strict=True)) if a != b]
@@ -268,7 +186,7 @@ def test_arbitrary_bytes_round_trip(setup, tmp_path):
     allowed = [b for b in range(256) if b not in missing]
     records = [bytes(rng.choice(allowed) for _ in range(rng.randint(0, 80))) for _ in range(2000)]
     records += [b"\x80\xbf invalid \xc3 UTF-8 \xed\xa0\x80 \xe2\x82", "<|im_start|>x\u00e9".encode()]
-    ids, decoded, _ = run_tool(["--fields", d / "fields.json"], records, tmp_path, "bytes")
+    ids, decoded, _ = run_tool(TOOL, ["--fields", d / "fields.json"], records, tmp_path, "bytes")
     assert decoded == records
     print(f"\narbitrary bytes: {len(records)} records, {sum(map(len, records))} bytes round-tripped")
 
@@ -310,13 +228,13 @@ def test_bytes_without_a_symbol_follow_each_reference(setup, fields, tmp_path):
         assert not bad, f"{name}: {len(bad)} differ, first {texts[bad[0]]!r}: {ours[bad[0]]} vs {ref[bad[0]]}"
 
     # GGUF fields: llama.cpp's rule.
-    by_fields, _, _ = run_tool(["--fields", d / "fields.json", "--export-json", tmp_path / "from_fields.json"],
+    by_fields, _, _ = run_tool(TOOL, ["--fields", d / "fields.json", "--export-json", tmp_path / "from_fields.json"],
                                     records, tmp_path, "mb-fields")
     compare("GGUF fields vs llama.cpp", by_fields, llama_cpp_ids(GGUF, texts, tmp_path))
     # Its export has no model.unk_token and reads back with the same ids (the same hash, with
     # tokenizer_config.json beside it: test_gguf_import.py's HF export test).
     assert json.loads((tmp_path / "from_fields.json").read_text())["model"]["unk_token"] is None
-    back, _, _ = run_tool(["--json", tmp_path / "from_fields.json"], records, tmp_path, "mb-back")
+    back, _, _ = run_tool(TOOL, ["--json", tmp_path / "from_fields.json"], records, tmp_path, "mb-back")
     assert back == by_fields
     # tokenizers on that file removes the byte before merging: the ids differ only where a merge
     # crosses it (printed, the documented difference).
@@ -332,7 +250,7 @@ def test_bytes_without_a_symbol_follow_each_reference(setup, fields, tmp_path):
         tag = name.replace(" ", "_")
         path, exported = tmp_path / f"{tag}.json", tmp_path / f"{tag}_export.json"
         path.write_text(json.dumps(doc))
-        ours, _, _ = run_tool(["--json", path, "--export-json", exported], records, tmp_path, tag)
+        ours, _, _ = run_tool(TOOL, ["--json", path, "--export-json", exported], records, tmp_path, tag)
         compare(f"tokenizer.json ({name}) vs tokenizers", ours, hf_ids(path))
         compare(f"condense's export of it ({name}) vs tokenizers", ours, hf_ids(exported))
         seen[name] = ours
@@ -363,7 +281,7 @@ def test_post_processor_template_is_read_and_written(setup, fields, template, tm
     exported.parent.mkdir()
     path.write_text(json.dumps(doc))
     records = [t.encode("utf-8") for t in flat]
-    plain, _, info = run_tool(["--json", path, "--export-json", exported], records, tmp_path, "tpl")
+    plain, _, info = run_tool(TOOL, ["--json", path, "--export-json", exported], records, tmp_path, "tpl")
     assert info["add_bos"] == "1" and info["bos_id"] == str(ids[bos])
     assert info["add_eos"] == ("1" if template == "bos+eos" else "0")
     wrap = [ids[bos]], [ids[eos]] if template == "bos+eos" else []
@@ -377,7 +295,7 @@ def test_post_processor_template_is_read_and_written(setup, fields, template, tm
     fast = PreTrainedTokenizerFast(tokenizer_file=str(exported))
     assert [fast(t)["input_ids"] for t in flat[:50]] == ours[:50]
     # Read back, the export is the same vocabulary with the same template.
-    _, _, back = run_tool(["--json", exported], records[:1], tmp_path, "tpl-back")
+    _, _, back = run_tool(TOOL, ["--json", exported], records[:1], tmp_path, "tpl-back")
     assert back["sha256"] == info["sha256"]
 
 

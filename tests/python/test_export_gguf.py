@@ -177,6 +177,29 @@ def test_condense_reads_its_gguf_back(trained, exports):
     assert base64.b64decode(stored) == pathlib.Path(tok_model).read_bytes()
 
 
+def test_a_gguf_without_the_embedded_model_imports_with_its_rebuilt_tables(trained, exports, tmp_path):
+    """A GGUF as llama.cpp's converter writes it, without condense's embedded .model (the key
+    renamed in place, same length, so the file stays valid): import, score and --tokenizer rebuild
+    the sentencepiece model from its tables, and the held-out text's ids and probabilities equal
+    the checkpoint's."""
+    ckpt, tok_model, text, ids, lp = trained
+    key = b"condense.tokenizer.sentencepiece_base64"
+    raw = exports["f32"].read_bytes()
+    assert raw.count(key) == 1
+    plain = tmp_path / "plain.gguf"
+    plain.write_bytes(raw.replace(key, b"condense.tokenizer.sentencepiece_xxxxxx"))
+    out = tmp_path / "imported.h5"
+    p = run("import", plain, out)
+    assert "no tokenizer" not in p.stdout + p.stderr, p.stdout + p.stderr
+    line = next(l for l in run("info", out).stdout.splitlines() if l.startswith("tokenizer"))
+    assert "sentencepiece" in line, line
+    ids_i, lp_i, _ = score(out, text)
+    assert ids_i == ids and np.abs(lp_i - lp).max() < 1e-9
+    ids_s, lp_s, _ = score(plain, text)
+    assert ids_s == ids and np.array_equal(lp_s, lp_i)
+    ids_t, _, _ = score(ckpt, text, "--tokenizer", plain)
+    assert ids_t == ids
+
 def test_bad_gguf_fails_clearly(trained, exports, tmp_path):
     tok_model, text = trained[1], trained[2]
     raw = exports["f16"].read_bytes()

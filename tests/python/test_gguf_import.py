@@ -394,10 +394,14 @@ def test_a_model_file_names_its_own_tokenizer(imported, tmp_path):
     run("score", imported, "--text", text, "--tokenizer", smollm2_gguf(), "--json", js)
     assert json.loads(js.read_text())["tokens"] > 50
 
-    # A GGUF of llama.cpp's sentencepiece tables, and an HDF5 file without a tokenizer.
+    # A GGUF of another tokenizer model, one of llama.cpp's sentencepiece tables without its
+    # tokens (test_gguf_sentencepiece.py reads whole ones), and an HDF5 file without a tokenizer.
+    t5 = write_gguf(tmp_path / "t5.gguf", "llama", lambda w: w.add_tokenizer_model("t5"))
+    p = run("prepare", "--corpus", "fortunes", "--tokenizer", t5, "--out", tmp_path / "x.h5", check=False)
+    assert p.returncode == 1 and "holds no tokenizer condense can rebuild" in p.stderr and '"t5"' in p.stderr, p.stderr
     sp = write_gguf(tmp_path / "sp.gguf", "llama", lambda w: w.add_tokenizer_model("llama"))
     p = run("prepare", "--corpus", "fortunes", "--tokenizer", sp, "--out", tmp_path / "x.h5", check=False)
-    assert p.returncode == 1 and "holds no tokenizer condense can rebuild" in p.stderr, p.stderr
+    assert p.returncode == 1 and "no tokenizer.ggml.tokens" in p.stderr, p.stderr
     empty = tmp_path / "empty.h5"
     with h5py.File(empty, "w") as f:
         f["x"] = np.zeros(3)

@@ -5,34 +5,24 @@
 // fields.json holds GGUF's tokenizer fields ({"tokens", "token_types", "merges", "pre",
 // "bos_id", "eos_id", "pad_id", "unk_id"}) and goes through BpeTokenizer::from_gguf_fields.
 // The tokenizer used is the one rebuilt from its own serialized bytes, so serialization is
-// exercised too. IN: records of u32 length + bytes. OUT: per record u32 n + n int32 ids, then
-// u32 length + the decoded bytes. Prints the vocabulary size and sha256 on stdout.
+// exercised too. IN and OUT: tests/tools/token_records.h. Prints the vocabulary size and sha256
+// on stdout.
 // --export-json writes the tokenizer's to_tokenizer_json() (what `export --format hf` writes).
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 
 #include "core/error.h"
 #include "text/bpe_tokenizer.h"
+#include "tests/tools/token_records.h"
 
 using condense::BpeTokenizer;
 using condense::BpeVocabulary;
+using condense::test_tools::read_file;
 
 namespace {
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  CONDENSE_CHECK(in, "cannot open {}", path);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  return buf.str();
-}
-
-void put_u32(std::string& out, uint32_t v) { out.append(reinterpret_cast<const char*>(&v), 4); }
 
 BpeVocabulary fields_from_json(const std::string& path) {
   const auto j = nlohmann::json::parse(read_file(path));
@@ -97,23 +87,9 @@ int main(int argc, char** argv) {
               << tok.vocab().add_eos << "\nbos_id " << tok.bos_id().value_or(-1) << "\neos_id "
               << tok.eos_id().value_or(-1) << "\n";
 
-    const std::string in = read_file(in_path);
-    std::string out;
-    for (size_t pos = 0; pos < in.size();) {
-      CONDENSE_CHECK(pos + 4 <= in.size(), "{}: truncated record header", in_path);
-      uint32_t n = 0;
-      std::memcpy(&n, in.data() + pos, 4);
-      pos += 4;
-      CONDENSE_CHECK(pos + n <= in.size(), "{}: truncated record", in_path);
-      const std::vector<int32_t> ids = tok.encode(std::string_view(in).substr(pos, n), special);
-      pos += n;
-      put_u32(out, static_cast<uint32_t>(ids.size()));
-      out.append(reinterpret_cast<const char*>(ids.data()), ids.size() * 4);
-      const std::string back = tok.decode(ids);
-      put_u32(out, static_cast<uint32_t>(back.size()));
-      out += back;
-    }
-    std::ofstream(out_path, std::ios::binary) << out;
+    condense::test_tools::encode_records(
+        in_path, out_path, [&](std::string_view text) { return tok.encode(text, special); },
+        [&](const std::vector<int32_t>& ids) { return tok.decode(ids); });
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
