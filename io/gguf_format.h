@@ -28,8 +28,8 @@ enum class GgufValueType : uint32_t {
 // format). The writer emits F32, F16, BF16 and Q8_0; the reader also accepts the quantized
 // types io/gguf_quants.h dequantizes. Block layouts are described there.
 enum class GgmlType : uint32_t {
-  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14,
-  kBF16 = 30,
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ2_K = 10,
+  kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kIQ4_NL = 20, kIQ4_XS = 23, kBF16 = 30,
 };
 // llama.cpp's general.file_type values (llama.h, enum llama_ftype).
 enum class GgufFileType : uint32_t { kAllF32 = 0, kMostlyF16 = 1, kMostlyQ8_0 = 7, kMostlyBF16 = 32 };
@@ -54,6 +54,11 @@ inline constexpr GgmlTypeInfo kGgmlTypes[] = {
     {GgmlType::kQ4_K, "Q4_K", 256, 2 + 2 + 12 + 128},
     {GgmlType::kQ5_K, "Q5_K", 256, 2 + 2 + 12 + 32 + 128},
     {GgmlType::kQ6_K, "Q6_K", 256, 128 + 64 + 16 + 2},
+    {GgmlType::kQ5_0, "Q5_0", 32, 2 + 4 + 16}, {GgmlType::kQ5_1, "Q5_1", 32, 2 + 2 + 4 + 16},
+    {GgmlType::kQ2_K, "Q2_K", 256, 16 + 64 + 2 + 2},
+    {GgmlType::kQ3_K, "Q3_K", 256, 32 + 64 + 12 + 2},
+    {GgmlType::kIQ4_NL, "IQ4_NL", 32, 2 + 16},
+    {GgmlType::kIQ4_XS, "IQ4_XS", 256, 2 + 2 + 4 + 128},
 };
 
 // The entry for a ggml type id, or nullptr for one condense cannot read.
@@ -76,7 +81,8 @@ inline const char* ggml_type_name(uint32_t type) {
 
 // "F32, F16, BF16, Q8_0, ..." for error messages.
 inline const char* ggml_supported_types() {
-  return "F32=0, F16=1, BF16=30, Q8_0=8, Q4_0=2, Q4_1=3, Q4_K=12, Q5_K=13, Q6_K=14";
+  return "F32=0, F16=1, BF16=30, Q8_0=8, Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q2_K=10, Q3_K=11, "
+         "Q4_K=12, Q5_K=13, Q6_K=14, IQ4_NL=20, IQ4_XS=23";
 }
 
 // Bytes for `n` elements of `type` (n a multiple of the block size); 0 if unknown.

@@ -23,6 +23,25 @@
 //         value l + 64 = (ql[l]    >> 4) | ((qh[l] >> 4) & 3) << 4,
 //         value l + 96 = (ql[l+32] >> 4) | ((qh[l] >> 6) & 3) << 4,
 //         each minus 32; value i of the half uses scales[i / 16].   x = (d * sc) * q
+//   Q5_0  (32 values, 22 bytes):  half d; u8 qh[4]; u8 qs[16]. Nibbles as Q4_0; value j takes
+//         bit j of the little-endian u32 qh as 16.                 x = (q - 16) * d
+//   Q5_1  (32 values, 24 bytes):  half d, m; u8 qh[4]; u8 qs[16], bits as Q5_0. x = q * d + m
+//   Q2_K  (256 values, 84 bytes): u8 scales[16]; u8 qs[64]; half d, dmin. Sixteen sub-blocks
+//         of 16; sub-block s has scale scales[s] & 15 and min scales[s] >> 4. Two halves of
+//         128 values; in half h, value 32k + l (k < 4, l < 32) is (qs[32h + l] >> 2k) & 3.
+//                                 x = (d * sc) * q - (dmin * m)
+//   Q3_K  (256 values, 110 bytes): u8 hmask[32]; u8 qs[64]; u8 scales[12]; half d. Sixteen
+//         6-bit scales: scale s has low bits (scales[s % 8] >> 4 * (s / 8)) & 15 and high bits
+//         (scales[8 + s % 4] >> 2 * (s / 4)) & 3, minus 32. Value 128h + 32k + l takes the low
+//         bits (qs[32h + l] >> 2k) & 3 as Q2_K, minus 4 unless bit 4h + k of hmask[l] is set.
+//                                 x = (d * sc) * q
+//   IQ4_NL (32 values, 18 bytes): half d; u8 qs[16], nibbles as Q4_0, each an index into the
+//         non-linear table kIq4nlValues.                           x = d * table[q]
+//   IQ4_XS (256 values, 136 bytes): half d; u16 scales_h; u8 scales_l[4]; u8 qs[128]. Eight
+//         sub-blocks of 32: scale s = ((scales_l[s / 2] >> 4 * (s % 2)) & 15 |
+//         ((scales_h >> 2s) & 3) << 4) - 32; its 16 bytes qs[16s..] hold values 0..15 in the low
+//         nibbles and 16..31 in the high ones, indices into kIq4nlValues.
+//                                 x = (d * sc) * table[q]
 //
 // Every result is computed in float32 in ggml's order of operations (scales are multiplied
 // first, one rounding per operation), so results are bitwise equal to ggml's and to the gguf
@@ -92,6 +111,98 @@ inline void q4_1(const uint8_t* blk, float* y) {
   for (int j = 0; j < 16; ++j) {
     y[j] = mul_add(static_cast<float>(qs[j] & 0x0F), d, m);
     y[j + 16] = mul_add(static_cast<float>(qs[j] >> 4), d, m);
+  }
+}
+
+// Q5_0 and Q5_1: the fifth bits of the block's 32 values, bit j for value j.
+inline uint32_t fifth_bits(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+}
+
+inline void q5_0(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint32_t qh = fifth_bits(blk + 2);
+  const uint8_t* qs = blk + 6;
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (qs[j] & 0x0F) | ((qh >> j) & 1) << 4;
+    const int hi = (qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4;
+    y[j] = static_cast<float>(lo - 16) * d;
+    y[j + 16] = static_cast<float>(hi - 16) * d;
+  }
+}
+
+inline void q5_1(const uint8_t* blk, float* y) {
+  const float d = half_at(blk), m = half_at(blk + 2);
+  const uint32_t qh = fifth_bits(blk + 4);
+  const uint8_t* qs = blk + 8;
+  for (int j = 0; j < 16; ++j) {
+    const int lo = (qs[j] & 0x0F) | ((qh >> j) & 1) << 4;
+    const int hi = (qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4;
+    y[j] = mul_add(static_cast<float>(lo), d, m);
+    y[j + 16] = mul_add(static_cast<float>(hi), d, m);
+  }
+}
+
+inline void q2_k(const uint8_t* blk, float* y) {
+  const uint8_t* scales = blk;
+  const uint8_t* qs = blk + 16;
+  const float d = half_at(blk + 80), dmin = half_at(blk + 82);
+  for (int i = 0; i < 256; ++i) {
+    const int h = i / 128, k = (i % 128) / 32, l = i % 32;
+    const int q = (qs[32 * h + l] >> (2 * k)) & 3;
+    const uint8_t sc = scales[i / 16];
+    const float ds = d * static_cast<float>(sc & 0xF);
+    const float ms = dmin * static_cast<float>(sc >> 4);
+    y[i] = mul_sub(ds, static_cast<float>(q), ms);
+  }
+}
+
+inline void q3_k(const uint8_t* blk, float* y) {
+  const uint8_t* hmask = blk;
+  const uint8_t* qs = blk + 32;
+  const uint8_t* packed = blk + 96;
+  const float d = half_at(blk + 108);
+  float ds[16];
+  for (int s = 0; s < 16; ++s) {
+    const int lo = (packed[s % 8] >> (4 * (s / 8))) & 0xF;
+    const int hi = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
+    ds[s] = d * static_cast<float>((lo | hi << 4) - 32);
+  }
+  for (int i = 0; i < 256; ++i) {
+    const int h = i / 128, k = (i % 128) / 32, l = i % 32;
+    int q = (qs[32 * h + l] >> (2 * k)) & 3;
+    if (!((hmask[l] >> (4 * h + k)) & 1)) q -= 4;
+    y[i] = ds[i / 16] * static_cast<float>(q);
+  }
+}
+
+// ggml-common.h kvalues_iq4nl: the 16 levels of IQ4_NL and IQ4_XS.
+inline constexpr int8_t kIq4nlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                            1,    13,   25,  38,  53,  69,  89,  113};
+
+inline void iq4_nl(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kIq4nlValues[qs[j] & 0x0F]);
+    y[j + 16] = d * static_cast<float>(kIq4nlValues[qs[j] >> 4]);
+  }
+}
+
+inline void iq4_xs(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const unsigned scales_h = blk[2] | (blk[3] << 8);
+  const uint8_t* scales_l = blk + 4;
+  const uint8_t* qs = blk + 8;
+  for (int s = 0; s < 8; ++s) {
+    const int ls = (((scales_l[s / 2] >> (4 * (s % 2))) & 0xF) | ((scales_h >> (2 * s)) & 3) << 4) - 32;
+    const float dl = d * static_cast<float>(ls);
+    for (int j = 0; j < 16; ++j) {
+      const uint8_t b = qs[16 * s + j];
+      y[32 * s + j] = dl * static_cast<float>(kIq4nlValues[b & 0x0F]);
+      y[32 * s + j + 16] = dl * static_cast<float>(kIq4nlValues[b >> 4]);
+    }
   }
 }
 
@@ -214,6 +325,24 @@ inline void dequantize_into(uint32_t type, const uint8_t* data, size_t bytes, in
       return;
     case GgmlType::kQ6_K:
       for (int64_t b = 0; b < nb; ++b) ggml_ref::q6_k(data + b * t.block_bytes, out + b * 256);
+      return;
+    case GgmlType::kQ5_0:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::q5_0(data + b * t.block_bytes, out + b * 32);
+      return;
+    case GgmlType::kQ5_1:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::q5_1(data + b * t.block_bytes, out + b * 32);
+      return;
+    case GgmlType::kQ2_K:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::q2_k(data + b * t.block_bytes, out + b * 256);
+      return;
+    case GgmlType::kQ3_K:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::q3_k(data + b * t.block_bytes, out + b * 256);
+      return;
+    case GgmlType::kIQ4_NL:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::iq4_nl(data + b * t.block_bytes, out + b * 32);
+      return;
+    case GgmlType::kIQ4_XS:
+      for (int64_t b = 0; b < nb; ++b) ggml_ref::iq4_xs(data + b * t.block_bytes, out + b * 256);
       return;
   }
   fail("{}: ggml type {} has no dequantizer", what, t.name);  // a table entry without a case

