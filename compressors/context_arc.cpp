@@ -38,7 +38,7 @@ at::Tensor group_mean(const at::Tensor& x, int64_t factor) {
 }
 
 ArcEncoderImpl::ArcEncoderImpl(LlamaForCausalLM& decoder, ArcOptions options)
-    : options_(options), config_(decoder->config()), rope_(config_.head_size(), config_.rope_theta) {
+    : options_(options), config_(decoder->config()), rope_(config_) {
   const int64_t layers = config_.num_hidden_layers, hidden = config_.hidden_size;
   CONDENSE_CHECK(options.encoder_layers >= 1 && options.encoder_layers <= layers,
                  "context.encoder_layers {}: valid is 1..{} (the decoder's layers)",

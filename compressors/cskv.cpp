@@ -86,7 +86,7 @@ LowRankKV::LowRankKV(const LlamaConfig& c, std::vector<Factors> layers)
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
       hidden_(c.hidden_size),
-      rope_(c.head_size(), c.rope_theta),
+      rope_(c),
       inputs_(c.num_hidden_layers) {
   CONDENSE_CHECK(static_cast<int64_t>(layers_.size()) == c.num_hidden_layers,
                  "low-rank KV: {} layers of factors for a model of {}", layers_.size(),

@@ -1,6 +1,10 @@
 #include "data/tokenizer_file.h"
 
 #include <filesystem>
+#include <type_traits>
+
+#include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include "core/base64.h"
 #include "core/error.h"
@@ -33,7 +37,10 @@ std::vector<T> gguf_numbers(const GgufReader& r, const std::string& path, const 
   std::vector<T> out;
   out.reserve(v.value.size());
   for (const auto& e : v.value) {
-    CONDENSE_CHECK(e.is_number(), "{}: {} holds a non-numeric element", path, key);
+    if constexpr (std::is_integral_v<T>)
+      CONDENSE_CHECK(e.is_number_integer(), "{}: {} holds a non-integer element", path, key);
+    else
+      CONDENSE_CHECK(e.is_number(), "{}: {} holds a non-numeric element", path, key);
     out.push_back(e.get<T>());
   }
   return out;
@@ -73,6 +80,33 @@ std::string gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
   return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
 }
 
+// llama.cpp finds <unk>, <s> and </s> by id, whatever their token types, and converters type
+// them variously (gguf-py's LlamaHfVocab marks every special token control, <unk> included).
+// sentencepiece needs exactly one unknown piece and control pieces for bos/eos, so the pieces at
+// those ids take those types (another piece typed unknown becomes control, which llama.cpp does
+// not produce from text either); said in a warning. Ids out of range are left to
+// sentencepiece_model_proto's refusal.
+void retype_special_pieces(SentencepieceTables& t, const std::string& path) {
+  const int64_t n = static_cast<int64_t>(t.types.size());
+  std::vector<std::string> changed;
+  auto retype = [&](int64_t id, int32_t type, const char* role) {
+    if (id < 0 || id >= n || t.types[id] == type) return;
+    changed.push_back(fmt::format("{} {} '{}' ({} -> {})", role, id,
+                                  id < static_cast<int64_t>(t.pieces.size()) ? t.pieces[id] : "",
+                                  t.types[id], type));
+    t.types[id] = type;
+  };
+  const bool unk_in_range = t.unk_id >= 0 && t.unk_id < n;
+  for (int64_t i = 0; i < n && unk_in_range; ++i)
+    if (t.types[i] == 2 && i != t.unk_id) retype(i, 3, "unknown-typed");
+  retype(t.unk_id, 2, "unk");
+  retype(t.bos_id, 3, "bos");
+  retype(t.eos_id, 3, "eos");
+  if (!changed.empty())
+    spdlog::warn("{}: token types follow the special ids as llama.cpp reads them: {}", path,
+                 fmt::join(changed, ", "));
+}
+
 // llama.cpp's sentencepiece tables ("llama": Llama 1/2, Mistral, TinyLlama) rebuilt into a
 // sentencepiece model (text/sentencepiece_proto.h), with llama.cpp's defaults for what is
 // absent: scores 0, every token normal, <unk> 0, <s> 1, </s> 2, a space prefix. A condense
@@ -92,6 +126,7 @@ std::string gguf_sentencepiece_tokenizer(const GgufReader& r, const std::string&
   t.bos_id = gguf_id(r, "tokenizer.ggml.bos_token_id").value_or(1);
   t.eos_id = gguf_id(r, "tokenizer.ggml.eos_token_id").value_or(2);
   t.add_dummy_prefix = gguf_flag(r, path, "tokenizer.ggml.add_space_prefix", true);
+  retype_special_pieces(t, path);
   CONDENSE_CHECK(gguf_flag(r, path, "tokenizer.ggml.add_bos_token", true),
                  "{}: tokenizer.ggml.add_bos_token is false; condense's sentencepiece tokenizer "
                  "always starts a text with <s>, so it would score other tokens than llama.cpp", path);

@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -22,6 +24,7 @@
 #include "text/tokenizer.h"
 #include "formats/hf_import.h"
 #include "formats/inference_model.h"
+#include "model/rope.h"
 #include "recipes/recipe_parser.h"
 #include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
@@ -29,6 +32,11 @@
 
 namespace condense {
 namespace {
+
+// Llama 3 RoPE parameters llama.cpp does not keep, written by condense's exports.
+constexpr const char* kGgufLowFreqFactorKey = "condense.rope.scaling.low_freq_factor";
+constexpr const char* kGgufHighFreqFactorKey = "condense.rope.scaling.high_freq_factor";
+
 
 struct TypeChoice {
   GgmlType matrices;
@@ -109,6 +117,7 @@ void write_sentencepiece_vocabulary(GgufWriter& w, const Tokenizer& tok, int64_t
   w.add_u32("tokenizer.ggml.unknown_token_id", u32(tok.unk_id()));
   w.add_bool("tokenizer.ggml.add_bos_token", true);
   w.add_bool("tokenizer.ggml.add_eos_token", false);
+  w.add_bool("tokenizer.ggml.add_space_prefix", tok.adds_space_prefix());
   // The exact sentencepiece model, so `condense score OUT.gguf` needs no --tokenizer; llama.cpp
   // ignores keys it does not know.
   w.add_string(kGgufSentencepieceKey, base64_encode(tok.serialized()));
@@ -178,6 +187,12 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   w.add_u32("llama.attention.value_length", u32(c.head_size()));
   w.add_f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
   w.add_f32("llama.rope.freq_base", static_cast<float>(c.rope_theta));
+  // RoPE scaling as llama.cpp's converter writes it: linear as two keys, Llama 3's as the
+  // per-frequency divisors in rope_freqs.weight (written after the parameters below).
+  if (c.rope_scaling.type == "linear") {
+    w.add_string("llama.rope.scaling.type", "linear");
+    w.add_f32("llama.rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+  }
 
   if (tok.bpe()) write_bpe_vocabulary(w, tok.bpe()->vocab(), c.vocab_size);
   else write_sentencepiece_vocabulary(w, tok, c.vocab_size);
@@ -194,6 +209,19 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     w.add_tensor(gguf_tensor_name(name), t, gt);
     weight_bytes += t.nbytes();
   }
+  if (c.rope_scaling.type == "llama3") {
+    // llama.cpp reads only the divisors; the parameters go along so that condense reads them
+    // back exactly (the original context under llama.cpp's key, the frequency factors under
+    // condense's own, which llama.cpp ignores).
+    w.add_u32("llama.rope.scaling.original_context_length",
+              u32(c.rope_scaling.original_max_position_embeddings));
+    w.add_f32(kGgufLowFreqFactorKey, static_cast<float>(c.rope_scaling.low_freq_factor));
+    w.add_f32(kGgufHighFreqFactorKey, static_cast<float>(c.rope_scaling.high_freq_factor));
+    std::vector<float> factors = Rope(c).freq_factors();
+    w.add_tensor("rope_freqs.weight",
+                 at::from_blob(factors.data(), {static_cast<int64_t>(factors.size())}, at::kFloat).clone(),
+                 GgmlType::kF32);
+  }
   w.write(out_path);
   GgufExportStats st;
   st.bytes_written = std::filesystem::file_size(out_path);
@@ -204,35 +232,73 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
 namespace {
 
-// condense rotates whole heads at rope_theta's frequencies (model/rope.h). RoPE scaling (linear,
-// YaRN, Llama 3's rope_freqs.weight) or a rotary part narrower than the head changes every
-// position's angles, so a file that asks for either is refused (as from_hf_json refuses
-// rope_scaling) rather than imported with wrong probabilities.
-void check_plain_rope(const GgufReader& r, int64_t head_dim, const std::string& path) {
+// RoPE as llama.cpp reads it for the llama architecture: whole heads rotated (a narrower
+// rotary part is refused), linear scaling from llama.rope.scaling.type/factor (or the older
+// llama.rope.scale_linear), Llama 3's from rope_freqs.weight. rope_freqs holds only the
+// per-frequency divisors, so the Llama 3 parameters that give them are recovered (factor = the
+// largest divisor; the original context from llama.rope.scaling.original_context_length, the
+// frequency factors from condense's keys, else 8192, 1 and 4 as every Llama 3.1/3.2 has) and
+// the file is refused unless they reproduce it. YaRN and other kinds are refused: importing them
+// would give other probabilities than llama.cpp's.
+RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const std::string& path) {
+  RopeScaling out;
   if (r.has("llama.rope.scaling.type")) {
     const auto& type = r.get("llama.rope.scaling.type").value;
-    CONDENSE_CHECK(type == "none", "{}: llama.rope.scaling.type is {}; RoPE scaling is not "
-                   "supported (only 'none')", path, type.dump());
+    CONDENSE_CHECK(type == "none" || type == "linear", "{}: llama.rope.scaling.type is {}; condense "
+                   "reads 'none' and 'linear' (and Llama 3's rope_freqs.weight)", path, type.dump());
+    if (type == "linear") out.type = "linear";
   }
   // The factor, and the older key llama.cpp still reads as it: 1, or 0 for none, are plain RoPE.
   for (const char* key : {"llama.rope.scaling.factor", "llama.rope.scale_linear"}) {
     if (!r.has(key)) continue;
-    const auto& factor = r.get(key).value;
-    CONDENSE_CHECK(factor.is_number() && (factor.get<double>() == 0.0 || factor.get<double>() == 1.0),
-                   "{}: {} is {}; RoPE scaling is not supported (only 1, or 0 for none)", path, key,
-                   factor.dump());
+    const auto& f = r.get(key).value;
+    CONDENSE_CHECK(f.is_number(), "{}: {} is {}, expected a number", path, key, f.dump());
+    const double factor = f.get<double>();
+    if (factor == 0.0 || factor == 1.0) continue;
+    CONDENSE_CHECK(out.type == "linear" || !r.has("llama.rope.scaling.type"), "{}: {} is {} but "
+                   "llama.rope.scaling.type says none", path, key, f.dump());
+    out.type = "linear";
+    out.factor = factor;
   }
   if (r.has("llama.rope.dimension_count")) {
     const uint64_t rotary = r.get_uint("llama.rope.dimension_count");
-    CONDENSE_CHECK(static_cast<int64_t>(rotary) == head_dim, "{}: llama.rope.dimension_count is {} "
+    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: llama.rope.dimension_count is {} "
                    "but the heads are {} wide; partial rotary embeddings are not supported", path,
-                   rotary, head_dim);
+                   rotary, c.head_size());
   }
+  bool has_freqs = false;
+  for (const auto& t : r.tensors()) has_freqs |= t.name == "rope_freqs.weight";
+  if (!has_freqs) return out;
+  CONDENSE_CHECK(out.type.empty(), "{}: both linear RoPE scaling and rope_freqs.weight", path);
+  const GgufTensorInfo& info = r.tensor("rope_freqs.weight");
+  CONDENSE_CHECK(info.numel() == c.head_size() / 2, "{}: tensor 'rope_freqs.weight' has {} values, "
+                 "expected one per frequency ({})", path, info.numel(), c.head_size() / 2);
+  const std::vector<float> freqs = r.dequantize(info);
+  out.type = "llama3";
+  out.factor = *std::max_element(freqs.begin(), freqs.end());
+  if (r.has("llama.rope.scaling.original_context_length"))
+    out.original_max_position_embeddings =
+        static_cast<int64_t>(r.get_uint("llama.rope.scaling.original_context_length"));
+  for (auto [key, field] : {std::pair{kGgufLowFreqFactorKey, &out.low_freq_factor},
+                            {kGgufHighFreqFactorKey, &out.high_freq_factor}}) {
+    if (!r.has(key)) continue;
+    CONDENSE_CHECK(r.get(key).value.is_number(), "{}: {} is not a number", path, key);
+    *field = r.get(key).value.get<double>();
+  }
+  const std::vector<float> want = Rope(c.head_size(), c.rope_theta, out).freq_factors();
+  for (size_t i = 0; i < freqs.size(); ++i)
+    CONDENSE_CHECK(std::isfinite(freqs[i]) && std::abs(freqs[i] - want[i]) <= 1e-5 * std::abs(want[i]),
+                   "{}: tensor 'rope_freqs.weight' does not follow Llama 3's rule (frequency {}: {}, "
+                   "expected {} for factor {}, low_freq_factor 1, high_freq_factor 4, original "
+                   "context {}); condense computes RoPE from those parameters only", path, i, freqs[i],
+                   want[i], out.factor, out.original_max_position_embeddings);
+  return out;
 }
 
 }  // namespace
 
-LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes) {
+LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes,
+                                 std::string* tokenizer_problem) {
   CONDENSE_CHECK(!std::filesystem::is_directory(path), "{}: is a directory, expected a GGUF file",
                  path);
   // Mapped, not read: every tensor is dequantized out of it once.
@@ -241,7 +307,12 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   CONDENSE_CHECK(r.has("general.architecture") && r.get("general.architecture").value == "llama",
                  "{}: general.architecture is not 'llama'", path);
   if (tokenizer_bytes) {
-    if (std::optional<std::string> bytes = gguf_tokenizer_bytes(r, path)) *tokenizer_bytes = *bytes;
+    try {
+      if (std::optional<std::string> bytes = gguf_tokenizer_bytes(r, path)) *tokenizer_bytes = *bytes;
+    } catch (const Error& e) {
+      if (!tokenizer_problem) throw;
+      *tokenizer_problem = e.what();
+    }
   }
   LlamaConfig c;
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
@@ -279,10 +350,12 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
          "llama.attention.head_count_kv, head_dim llama.attention.key_length or "
          "embedding_length / head_count)", path, e.what());
   }
-  check_plain_rope(r, c.head_size(), path);
+  c.rope_scaling = read_rope_scaling(r, c, path);
+  c.finalize();
   LlamaForCausalLM model(c);
   at::NoGradGuard no_grad;
   std::set<std::string> used;
+  if (c.rope_scaling.type == "llama3") used.insert("rope_freqs.weight");  // read into the config
   for (auto& p : model->named_parameters()) {
     std::string gname = gguf_tensor_name(p.key());
     used.insert(gname);
@@ -297,28 +370,36 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     if (is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);
   }
-  // A tensor the model has no place for would be silently dropped (attention biases,
-  // rope_freqs.weight, another architecture's extras): refused, naming it.
+  // A tensor the model has no place for would be silently dropped (attention biases, another
+  // architecture's extras): refused, naming it.
   for (const auto& t : r.tensors())
     CONDENSE_CHECK(used.count(t.name), "{}: tensor '{}' has no place in the Llama model condense "
-                   "builds (no biases, no per-frequency RoPE factors); refusing to drop it", path,
-                   t.name);
+                   "builds (no biases); refusing to drop it", path, t.name);
   return model;
 }
 
-ImportStats import_gguf(const std::string& path, const std::string& out_path) {
+ImportStats import_gguf(const std::string& path, const std::string& out_path,
+                        const std::string& tokenizer_path) {
   auto t0 = std::chrono::steady_clock::now();
   check_new_output(out_path);
-  std::string tokenizer_bytes;
-  LlamaForCausalLM model = load_gguf_model(path, &tokenizer_bytes);
+  std::string tokenizer_bytes, problem;
+  LlamaForCausalLM model = load_gguf_model(path, tokenizer_path.empty() ? &tokenizer_bytes : nullptr,
+                                           &problem);
+  std::string tokenizer_source = path;
+  if (!tokenizer_path.empty()) {
+    tokenizer_bytes = load_tokenizer_file(tokenizer_path).serialized();
+    tokenizer_source = tokenizer_path;
+  }
   if (tokenizer_bytes.empty())
-    spdlog::warn("{}: holds no tokenizer condense reads (it reads tokenizer.ggml.model \"gpt2\" and "
-                 "\"llama\"); the checkpoint has none, so eval, generate and score will need "
-                 "--tokenizer", path);
-  else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, path).vocab_size();
+    spdlog::warn("{}: {}; the checkpoint has none, so eval, generate and score will need "
+                 "--tokenizer (or import again with --tokenizer)", path,
+                 problem.empty() ? "holds no tokenizer condense reads (it reads tokenizer.ggml.model "
+                                   "\"gpt2\" and \"llama\")"
+                                 : "its tokenizer cannot be used: " + problem);
+  else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, tokenizer_source).vocab_size();
            n != model->config().vocab_size)
-    fail("{}: the vocabulary has {} tokens but token_embd.weight {} rows", path, n,
-         model->config().vocab_size);
+    fail("{}: the vocabulary has {} tokens but {}'s token_embd.weight {} rows", tokenizer_source, n,
+         path, model->config().vocab_size);
   RunConfig cfg;
   cfg.name = std::filesystem::path(out_path).stem().string();
   cfg.model = model->config();

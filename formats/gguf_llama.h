@@ -40,13 +40,18 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 // data/tokenizer_file.h's gguf_tokenizer_bytes reads it: the sentencepiece model stored by
 // condense's export, the byte-level BPE of tokenizer.ggml.model "gpt2" (Llama 3, SmolLM, Qwen),
 // or llama.cpp's sentencepiece tables ("llama": Llama 2, Mistral) rebuilt into a sentencepiece
-// model; left unchanged for a file with another tokenizer model or none.
-LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes = nullptr);
+// model; left unchanged for a file with another tokenizer model or none. A vocabulary condense
+// cannot hold (sentencepiece tables without any unknown piece, repeated pieces, ...) leaves it
+// unchanged too, with the reason in `tokenizer_problem`: the weights still load.
+LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes = nullptr,
+                                 std::string* tokenizer_problem = nullptr);
 
 struct ImportStats;
-// `condense import model.gguf out.h5`: the model dequantized to float32 (every type the reader
-// knows), q/k un-permuted, its tokenizer when one can be rebuilt; written atomically, refusing
-// to overwrite OUT.
-ImportStats import_gguf(const std::string& path, const std::string& out_path);
+// `condense import model.gguf out.h5 [--tokenizer T]`: the model dequantized to float32 (every
+// type the reader knows), q/k un-permuted, with the tokenizer T names (any file
+// load_tokenizer_file reads) or else the file's own when one can be rebuilt (a warning gives the
+// reason when not); written atomically, refusing to overwrite OUT.
+ImportStats import_gguf(const std::string& path, const std::string& out_path,
+                        const std::string& tokenizer_path = "");
 
 }  // namespace condense

@@ -25,9 +25,10 @@ namespace fs = std::filesystem;
 
 ModelSource load_model_source(const std::string& source, const std::string& tokenizer_override) {
   ModelSource s;
+  std::string tokenizer_problem;  // a GGUF vocabulary condense cannot hold
   if (fs::path(source).extension() == ".gguf") {
     s.kind = "gguf";
-    s.model = load_gguf_model(source, &s.tokenizer_bytes);
+    s.model = load_gguf_model(source, &s.tokenizer_bytes, &tokenizer_problem);
   } else if (fs::is_directory(source) && fs::exists(fs::path(source) / "config.json")) {
     s.kind = "hf";
     HfModel hf = load_hf_dir(source, tokenizer_override);
@@ -50,7 +51,8 @@ ModelSource load_model_source(const std::string& source, const std::string& toke
   }
   CONDENSE_CHECK(!s.tokenizer_bytes.empty(), "{}: no tokenizer in this {}{}; pass --tokenizer "
                  "T.model", source, s.kind,
-                 s.kind == "gguf" ? " (condense's exports store one; this file has none)" : "");
+                 !tokenizer_problem.empty() ? " (" + tokenizer_problem + ")"
+                 : s.kind == "gguf" ? std::string(" (it has no vocabulary condense reads)") : std::string());
   return s;
 }
 

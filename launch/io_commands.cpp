@@ -21,7 +21,7 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
                            "[, model.safetensors.index.json, tokenizer.model], or a .gguf file "
                            "(llama architecture, any type condense dequantizes)")->required();
   a.import_cmd->add_option("out", a.out, "checkpoint file to write (.h5)")->required();
-  a.import_cmd->add_option("--tokenizer", a.tokenizer, "tokenizer to use instead of HF_DIR's: "
+  a.import_cmd->add_option("--tokenizer", a.tokenizer, "tokenizer to use instead of the source's own: "
                            "a sentencepiece .model, tokenizer.json, GGUF, or checkpoint / token store (.h5)");
 
   a.export_cmd = app.add_subcommand("export", "checkpoint -> Hugging Face directory or GGUF file");
@@ -75,9 +75,7 @@ void add_io_commands(CLI::App& app, IoCommandArgs& a) {
 int run_io_command(IoCommandArgs& a) {
   if (a.import_cmd && a.import_cmd->parsed()) {
     const bool gguf = std::filesystem::path(a.source).extension() == ".gguf";
-    CONDENSE_CHECK(!gguf || a.tokenizer.empty(), "--tokenizer applies to Hugging Face directories; "
-                   "a GGUF file brings its own vocabulary");
-    ImportStats st = gguf ? import_gguf(a.source, a.out) : import_hf(a.source, a.out, a.tokenizer);
+    ImportStats st = gguf ? import_gguf(a.source, a.out, a.tokenizer) : import_hf(a.source, a.out, a.tokenizer);
     spdlog::info("imported {} -> {}: {:.1f} MB of weights in {:.2f}s ({:.1f} MB/s){}", a.source,
                  a.out, st.weight_bytes / 1e6, st.seconds, st.weight_bytes / 1e6 / st.seconds,
                  st.has_tokenizer ? "" : " (no tokenizer)");

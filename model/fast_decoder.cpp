@@ -77,7 +77,7 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
   lm_head_ = model->lm_head_weight();
-  std::tie(cos_, sin_) = Rope(config_.head_size(), config_.rope_theta)
+  std::tie(cos_, sin_) = Rope(config_)
                              .cos_sin(0, cache.capacity(), at::kCPU);
   const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
   const int64_t kv = config_.kv_heads(), d = config_.head_size();

@@ -101,7 +101,7 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
 
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
     : config_([&] { config.finalize(); return config; }()),
-      rope_(config_.head_size(), config_.rope_theta) {
+      rope_(config_) {
   model = register_module("model", LlamaModel(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size));

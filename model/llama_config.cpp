@@ -30,6 +30,15 @@ void LlamaConfig::finalize() {
   CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
   CONDENSE_CHECK(rms_norm_eps > 0 && rope_theta > 0, "model.rms_norm_eps and rope_theta must be > 0");
   CONDENSE_CHECK(max_position_embeddings > 0, "model.max_position_embeddings must be positive");
+  const RopeScaling& rs = rope_scaling;
+  CONDENSE_CHECK(rs.type.empty() || rs.type == "linear" || rs.type == "llama3",
+                 "rope_scaling type '{}' is not supported (linear, llama3)", rs.type);
+  CONDENSE_CHECK(rs.type.empty() || rs.factor > 0, "rope_scaling factor must be > 0 (got {})", rs.factor);
+  CONDENSE_CHECK(rs.type != "llama3" || (rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor &&
+                                         rs.original_max_position_embeddings > 0),
+                 "rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and "
+                 "original_max_position_embeddings > 0 (got {}, {}, {})", rs.low_freq_factor,
+                 rs.high_freq_factor, rs.original_max_position_embeddings);
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -50,7 +59,7 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     eos = nlohmann::json::array({c.eos_token_id});
     for (int64_t id : c.more_eos_token_ids) eos.push_back(id);
   }
-  return nlohmann::json{
+  nlohmann::json j{
       {"architectures", {"LlamaForCausalLM"}},
       {"model_type", "llama"},
       {"vocab_size", c.vocab_size},
@@ -73,9 +82,58 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
       {"eos_token_id", eos},
       {"torch_dtype", "float32"},
   };
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == "linear") j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}};
+  if (rs.type == "llama3")
+    j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", rs.factor},
+                         {"low_freq_factor", rs.low_freq_factor}, {"high_freq_factor", rs.high_freq_factor},
+                         {"original_max_position_embeddings", rs.original_max_position_embeddings}};
+  return j;
 }
 
 namespace {
+
+template <typename T>
+void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
+                const std::string& source);
+
+// config.json's rope_scaling: {"rope_type" (or the older "type"): "linear" | "llama3" |
+// "default", "factor", and for llama3 "low_freq_factor", "high_freq_factor",
+// "original_max_position_embeddings"}, every key required as transformers requires it. Other
+// kinds and unknown keys are refused naming them: they would change the model's probabilities.
+RopeScaling read_rope_scaling(const nlohmann::json& rs, const std::string& source) {
+  CONDENSE_CHECK(rs.is_object(), "{}: rope_scaling is {}, expected an object", source, rs.dump());
+  std::string type;
+  for (const char* key : {"rope_type", "type"}) {
+    if (!rs.contains(key)) continue;
+    CONDENSE_CHECK(rs[key].is_string(), "{}: rope_scaling.{} is {}, expected a string", source, key,
+                   rs[key].dump());
+    CONDENSE_CHECK(type.empty() || type == rs[key].get<std::string>(), "{}: rope_scaling names two "
+                   "types ({})", source, rs.dump());
+    type = rs[key].get<std::string>();
+  }
+  CONDENSE_CHECK(!type.empty(), "{}: rope_scaling {} has no rope_type", source, rs.dump());
+  RopeScaling out;
+  if (type == "default") return out;
+  CONDENSE_CHECK(type == "linear" || type == "llama3", "{}: rope_scaling type '{}' is not supported "
+                 "(linear and llama3 are; dynamic, yarn and longrope change with the sequence or "
+                 "scale attention)", source, type);
+  out.type = type;
+  std::vector<std::string> keys = {"rope_type", "type", "factor"};
+  if (type == "llama3")
+    keys.insert(keys.end(), {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+  for (const auto& [key, value] : rs.items())
+    CONDENSE_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), "{}: rope_scaling.{} ({}) "
+                   "is not supported for rope_type {}", source, key, value.dump(), type);
+  const std::string where = source + ": rope_scaling";
+  read_field(rs, "factor", out.factor, true, where);
+  if (type == "llama3") {
+    read_field(rs, "low_freq_factor", out.low_freq_factor, true, where);
+    read_field(rs, "high_freq_factor", out.high_freq_factor, true, where);
+    read_field(rs, "original_max_position_embeddings", out.original_max_position_embeddings, true, where);
+  }
+  return out;
+}
 
 template <typename T>
 void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
@@ -101,8 +159,6 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
                  model_type);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    fail("{}: rope_scaling is not supported (got {})", source, j["rope_scaling"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
     if (j.contains(bias) && j[bias].is_boolean() && j[bias].get<bool>())
       fail("{}: {}=true is not supported", source, bias);
@@ -119,6 +175,8 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.rms_norm_eps = 1e-6;
   read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
   read_field(j, "rope_theta", c.rope_theta, false, source);
+  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
+    c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   read_field(j, "tie_word_embeddings", c.tie_word_embeddings, false, source);
   read_field(j, "initializer_range", c.initializer_range, false, source);

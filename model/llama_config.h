@@ -9,6 +9,25 @@
 
 namespace condense {
 
+// Hugging Face's rope_scaling, the kinds that rescale RoPE's frequencies once (model/rope.h):
+// "linear" (every inverse frequency divided by factor: positions interpolated) and "llama3"
+// (Llama 3.1/3.2: wavelengths above original_max_position_embeddings / low_freq_factor divided
+// by factor, below original / high_freq_factor kept, smoothly blended between). An empty type is
+// plain RoPE. Kinds that depend on the sequence length or scale attention (dynamic, yarn,
+// longrope) are refused where configs are read.
+struct RopeScaling {
+  std::string type;  // "", "linear" or "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;                      // llama3
+  double high_freq_factor = 4.0;                     // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3
+  bool operator==(const RopeScaling& o) const {
+    return type == o.type && factor == o.factor && low_freq_factor == o.low_freq_factor &&
+           high_freq_factor == o.high_freq_factor &&
+           original_max_position_embeddings == o.original_max_position_embeddings;
+  }
+};
+
 struct LlamaConfig {
   int64_t vocab_size = 0;  // 0 in a recipe: taken from the tokenizer
   int64_t hidden_size = 256;
@@ -30,6 +49,9 @@ struct LlamaConfig {
   // checkpoints and written back as that list by exports. Empty for a single id (recipes never
   // set it: a model trained from scratch has its tokenizer's eos alone).
   std::vector<int64_t> more_eos_token_ids;
+  // Carried like more_eos_token_ids: from a Hugging Face config or GGUF through checkpoints to
+  // exports (recipes never set it).
+  RopeScaling rope_scaling;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.

@@ -2,22 +2,66 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 #include "model/fused_ops.h"
 
 namespace condense {
 
-Rope::Rope(int64_t head_dim, double theta) : head_dim_(head_dim), theta_(theta) {}
+Rope::Rope(int64_t head_dim, double theta, RopeScaling scaling)
+    : head_dim_(head_dim), theta_(theta), scaling_(std::move(scaling)) {}
 
-std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
-                                                c10::Device device) const {
+at::Tensor Rope::inv_freq() const {
   auto f32 = at::TensorOptions().dtype(at::kFloat);
-  // inv_freq exactly as transformers: 1 / base ** (arange(0, d, 2, int64).float() / d).
+  // As transformers: 1 / base ** (arange(0, d, 2, int64).float() / d).
   at::Tensor exponent = at::arange(0, head_dim_, 2, at::TensorOptions().dtype(at::kLong))
                             .to(at::kFloat) / static_cast<double>(head_dim_);
   at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta_, f32), exponent);
+  const RopeScaling& s = scaling_;
+  if (s.type == "linear") return inv_freq / s.factor;
+  if (s.type != "llama3") return inv_freq;
+  // Llama 3's rule (transformers _compute_llama3_parameters). Python's `c / t` on a tensor is
+  // t.reciprocal() * c and `1 - t` is rsub, so those are written that way here.
+  const double old_len = static_cast<double>(s.original_max_position_embeddings);
+  const double low_freq_wavelen = old_len / s.low_freq_factor;
+  const double high_freq_wavelen = old_len / s.high_freq_factor;
+  at::Tensor wavelen = inv_freq.reciprocal() * (2 * M_PI);
+  at::Tensor llama = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+  at::Tensor smooth = (wavelen.reciprocal() * old_len - s.low_freq_factor) /
+                      (s.high_freq_factor - s.low_freq_factor);
+  at::Tensor smoothed = at::rsub(smooth, 1) * llama / s.factor + smooth * llama;
+  at::Tensor medium = at::logical_not(wavelen < high_freq_wavelen)
+                          .logical_and(at::logical_not(wavelen > low_freq_wavelen));
+  return at::where(medium, smoothed, llama);
+}
+
+std::vector<float> Rope::freq_factors() const {
+  std::vector<float> out;
+  const RopeScaling& s = scaling_;
+  for (int64_t i = 0; i < head_dim_; i += 2) {
+    const double freq = 1.0 / std::pow(theta_, static_cast<double>(i) / static_cast<double>(head_dim_));
+    double factor = 1.0;
+    if (s.type == "linear") factor = s.factor;
+    if (s.type == "llama3") {
+      const double old_len = static_cast<double>(s.original_max_position_embeddings);
+      const double wavelen = 2 * M_PI / freq;
+      if (wavelen > old_len / s.low_freq_factor) {
+        factor = s.factor;
+      } else if (wavelen >= old_len / s.high_freq_factor) {
+        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        factor = 1.0 / ((1 - smooth) / s.factor + smooth);
+      }
+    }
+    out.push_back(static_cast<float>(factor));
+  }
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
+                                                c10::Device device) const {
   at::Tensor pos = at::arange(offset, offset + length, at::TensorOptions().dtype(at::kLong))
                        .to(at::kFloat);
-  at::Tensor freqs = at::outer(pos, inv_freq);
+  at::Tensor freqs = at::outer(pos, inv_freq());
   at::Tensor emb = at::cat({freqs, freqs}, -1);
   return {emb.cos().to(device), emb.sin().to(device)};
 }

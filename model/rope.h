@@ -4,18 +4,32 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
+#include "model/llama_config.h"
+
 namespace condense {
 
 class Rope {
  public:
-  Rope(int64_t head_dim, double theta);
+  Rope(int64_t head_dim, double theta, RopeScaling scaling = {});
+  explicit Rope(const LlamaConfig& c) : Rope(c.head_size(), c.rope_theta, c.rope_scaling) {}
   // cos and sin for positions [offset, offset + length), each [length, head_dim], fp32,
-  // on `device`. Computed as HF does: inv_freq = theta^(-2i/d) in fp32, freqs = pos * inv_freq.
+  // on `device`. Computed as HF does: freqs = pos * inv_freq in fp32 (inv_freq() below).
   std::pair<at::Tensor, at::Tensor> cos_sin(int64_t offset, int64_t length, c10::Device device) const;
+  // [head_dim / 2] fp32: theta^(-2i/d), then rescaled as transformers' rope init functions do
+  // for the scaling type (modeling_rope_utils: _compute_linear_scaling_rope_parameters,
+  // _compute_llama3_parameters), op for op so the float32 results are the same.
+  at::Tensor inv_freq() const;
+  // What llama.cpp's rope_freqs.weight holds for this scaling: per frequency, the unscaled
+  // inverse frequency over the scaled one (llama.cpp divides each angle by it); all 1 without
+  // scaling. Computed in double as llama.cpp's converter does.
+  std::vector<float> freq_factors() const;
 
  private:
   int64_t head_dim_;
   double theta_;
+  RopeScaling scaling_;
 };
 
 // x: [B, heads, T, head_dim]; cos/sin: [T, head_dim]. Returns x*cos + rotate_half(x)*sin in

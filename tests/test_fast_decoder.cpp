@@ -145,6 +145,9 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   compare_steps(config(4, 4, true), 11);        // MHA, tied
   compare_steps(config(4, 1, false, 6), 12);    // one KV head, head_dim 6 != 32 / 4
   compare_steps(config(2, 2, true, 24), 13);    // head_dim with a vector tail
+  LlamaConfig scaled = config(4, 2, false);     // Llama 3's RoPE scaling, felt within 12 positions
+  scaled.rope_scaling = {"llama3", 4.0, 1.0, 4.0, 8};
+  compare_steps(scaled, 14);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

@@ -134,6 +134,66 @@ TEST(Rope, ClosedForm) {
   EXPECT_NEAR(dot_at(5, 2), dot_at(13, 10), 1e-5);
 }
 
+TEST(Rope, ScalingAsTransformersComputesIt) {
+  // Llama 3.1's parameters at its head width: frequencies with wavelength under 8192 / 4 kept,
+  // over 8192 / 1 divided by 8, blended between; freq_factors() (llama.cpp's rope_freqs) is the
+  // plain inverse frequency over the scaled one. Linear scaling divides every frequency.
+  const RopeScaling llama3{"llama3", 8.0, 1.0, 4.0, 8192};
+  const at::Tensor plain = Rope(128, 500000.0).inv_freq();
+  const at::Tensor scaled = Rope(128, 500000.0, llama3).inv_freq();
+  const std::vector<float> factors = Rope(128, 500000.0, llama3).freq_factors();
+  ASSERT_EQ(factors.size(), 64u);
+  int kept = 0, divided = 0, blended = 0;
+  for (int i = 0; i < 64; ++i) {
+    const double ratio = plain[i].item<double>() / scaled[i].item<double>();
+    EXPECT_NEAR(ratio, factors[i], 1e-5 * factors[i]) << i;
+    const double wavelen = 2 * M_PI / plain[i].item<double>();
+    if (wavelen < 2048) kept += factors[i] == 1.0f;
+    else if (wavelen > 8192) divided += factors[i] == 8.0f;
+    else blended += factors[i] > 1.0f && factors[i] < 8.0f;
+  }
+  EXPECT_EQ(kept + divided + blended, 64);
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(divided, 0);
+  EXPECT_GT(blended, 0);
+  EXPECT_TRUE(at::equal(Rope(16, 10000.0, {"linear", 2.5}).inv_freq(), Rope(16, 10000.0).inv_freq() / 2.5));
+  for (float f : Rope(16, 10000.0).freq_factors()) EXPECT_EQ(f, 1.0f);
+}
+
+TEST(LlamaConfig, RopeScalingRoundTripsAndOthersAreRefused) {
+  nlohmann::json j = to_hf_json(tiny());
+  EXPECT_FALSE(j.contains("rope_scaling"));
+  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 32.0}, {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  LlamaConfig c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.rope_scaling, (RopeScaling{"llama3", 32.0, 1.0, 4.0, 8192}));
+  EXPECT_EQ(to_hf_json(c)["rope_scaling"], j["rope_scaling"]);
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};  // the older key
+  c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.rope_scaling, (RopeScaling{"linear", 2.0}));
+  EXPECT_EQ(to_hf_json(c)["rope_scaling"], (nlohmann::json{{"rope_type", "linear"}, {"factor", 2.0}}));
+  j["rope_scaling"] = {{"rope_type", "default"}};
+  EXPECT_TRUE(from_hf_json(j, "config.json").rope_scaling.type.empty());
+  for (const auto& [bad, needle] : std::vector<std::pair<nlohmann::json, std::string>>{
+           {{{"rope_type", "yarn"}, {"factor", 4.0}}, "'yarn' is not supported"},
+           {{{"rope_type", "linear"}, {"factor", 2.0}, {"finetuned", true}}, "rope_scaling.finetuned"},
+           {{{"rope_type", "llama3"}, {"factor", 8.0}}, "missing field 'low_freq_factor'"},
+           {{{"rope_type", "linear"}, {"type", "llama3"}, {"factor", 2.0}}, "two types"},
+           {{{"rope_type", "linear"}, {"factor", -1.0}}, "factor must be > 0"},
+           {{{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 4.0}, {"high_freq_factor", 1.0},
+             {"original_max_position_embeddings", 8192}}, "low_freq_factor < high_freq_factor"},
+           {nlohmann::json(3), "expected an object"}}) {
+    j["rope_scaling"] = bad;
+    try {
+      LlamaConfig got = from_hf_json(j, "config.json");
+      got.finalize();
+      ADD_FAILURE() << bad.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {
   // Llama 3 Instruct's config.json names three ids that end generation.
   nlohmann::json j = to_hf_json(tiny());

@@ -235,13 +235,15 @@ TEST(SentencepieceProto, TablesRebuildTheModelTheyCameFrom) {
   for (const std::string& text : {std::string("river stone 1234"), std::string("  Window\tcaf\xc3\xa9\n\xe4\xb8\xad"),
                                   std::string(""), std::string(" x-y  2024 "), lines[17]})
     EXPECT_EQ(rebuilt.encode(text), original.encode(text)) << text;
-  const SentencepieceTables back = read_sentencepiece_pieces(rebuilt.serialized(), "rebuilt");
+  const SentencepieceTables back = read_sentencepiece_tables(rebuilt.serialized(), "rebuilt");
   EXPECT_EQ(back.pieces, t.pieces);
   EXPECT_EQ(back.scores, t.scores);
   EXPECT_EQ(back.types, t.types);
   // Without a space prefix (tokenizer.ggml.add_space_prefix false) the first word has no U+2581.
   t.add_dummy_prefix = false;
   const Tokenizer bare = Tokenizer::from_serialized(sentencepiece_model_proto(t, "test"), "bare");
+  EXPECT_TRUE(rebuilt.adds_space_prefix() && original.adds_space_prefix());
+  EXPECT_FALSE(bare.adds_space_prefix());
   EXPECT_EQ(bare.decode(bare.encode("river")), "river");
   EXPECT_NE(bare.piece(bare.encode("river")[0]).rfind("\xe2\x96\x81", 0), 0u);
   // Truncated bytes are refused naming the source.
@@ -249,7 +251,7 @@ TEST(SentencepieceProto, TablesRebuildTheModelTheyCameFrom) {
   EXPECT_THROW(
       {
         try {
-          read_sentencepiece_pieces(bytes.substr(0, 3), "half.model");  // inside piece 0
+          read_sentencepiece_tables(bytes.substr(0, 3), "half.model");  // inside piece 0
         } catch (const Error& e) {
           EXPECT_NE(std::string(e.what()).find("half.model: truncated sentencepiece model"), std::string::npos)
               << e.what();

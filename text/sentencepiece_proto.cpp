@@ -104,6 +104,9 @@ void check_tables(const SentencepieceTables& t, const std::string& source) {
   CONDENSE_CHECK(n > 0, "{}: the sentencepiece vocabulary has no pieces", source);
   CONDENSE_CHECK(t.scores.size() == n && t.types.size() == n, "{}: {} pieces but {} scores and {} "
                  "token types (one of each per piece expected)", source, n, t.scores.size(), t.types.size());
+  for (auto [name, id] : {std::pair{"unk", t.unk_id}, {"bos", t.bos_id}, {"eos", t.eos_id}})
+    CONDENSE_CHECK(id >= 0 && id < static_cast<int64_t>(n), "{}: the {} token id {} is not in [0, {})",
+                   source, name, id, n);
   std::unordered_set<std::string> seen;
   int64_t unknown = -1;
   for (size_t i = 0; i < n; ++i) {
@@ -122,8 +125,6 @@ void check_tables(const SentencepieceTables& t, const std::string& source) {
   CONDENSE_CHECK(t.unk_id == unknown, "{}: the unknown token id is {} but token {} is the one of type "
                  "unknown", source, t.unk_id, unknown);
   for (auto [name, id] : {std::pair{"bos", t.bos_id}, {"eos", t.eos_id}}) {
-    CONDENSE_CHECK(id >= 0 && id < static_cast<int64_t>(n), "{}: the {} token id {} is not in [0, {})",
-                   source, name, id, n);
     CONDENSE_CHECK(t.types[id] == kControl, "{}: the {} token {} ('{}') has type {}, not control (3)",
                    source, name, id, t.pieces[id], t.types[id]);
   }
@@ -165,11 +166,20 @@ std::string sentencepiece_model_proto(const SentencepieceTables& t, const std::s
   return out;
 }
 
-SentencepieceTables read_sentencepiece_pieces(const std::string& proto, const std::string& source) {
+SentencepieceTables read_sentencepiece_tables(const std::string& proto, const std::string& source) {
   SentencepieceTables t;
   WireReader r(proto, source);
   while (!r.done()) {
     const uint64_t key = r.varint();
+    if (key == ((model_proto::kNormalizerSpec << 3) | kLengthDelimited)) {
+      WireReader n(r.length_delimited(), source);
+      while (!n.done()) {
+        const uint64_t k = n.varint();
+        if (k == ((normalizer_spec::kAddDummyPrefix << 3) | kVarint)) t.add_dummy_prefix = n.varint() != 0;
+        else n.skip(k & 7);
+      }
+      continue;
+    }
     if (key != ((model_proto::kPieces << 3) | kLengthDelimited)) {
       r.skip(key & 7);
       continue;

@@ -32,10 +32,11 @@ struct SentencepieceTables {
 // it, and converters often name <unk> as the pad.
 std::string sentencepiece_model_proto(const SentencepieceTables& t, const std::string& source);
 
-// The pieces, scores and types of any serialized ModelProto (a .model file's bytes; absent types
-// read as normal, as in protobuf); the ids and add_dummy_prefix keep their defaults. Used where
-// sentencepiece 0.1.97's processor does not say a piece's type (it has no IsUserDefined).
-// Malformed bytes are refused naming `source`.
-SentencepieceTables read_sentencepiece_pieces(const std::string& proto, const std::string& source);
+// The pieces, scores, types and add_dummy_prefix of any serialized ModelProto (a .model file's
+// bytes; absent fields read as protobuf's defaults: type normal, add_dummy_prefix true); the ids
+// keep their defaults. Used for what sentencepiece 0.1.97's processor does not say (a piece's
+// type: it has no IsUserDefined; whether it prefixes a space). Malformed bytes are refused
+// naming `source`.
+SentencepieceTables read_sentencepiece_tables(const std::string& proto, const std::string& source);
 
 }  // namespace condense

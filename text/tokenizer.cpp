@@ -148,8 +148,9 @@ Tokenizer Tokenizer::from_serialized(const std::string& proto_bytes, const std::
                  status.ToString());
   CONDENSE_CHECK(sp->GetPieceSize() > 0, "{}: sentencepiece model has no pieces", source);
   Tokenizer t(std::move(sp), proto_bytes, source);
-  t.sp_types_ = std::make_shared<const std::vector<int32_t>>(
-      read_sentencepiece_pieces(proto_bytes, source).types);
+  SentencepieceTables tables = read_sentencepiece_tables(proto_bytes, source);
+  t.sp_types_ = std::make_shared<const std::vector<int32_t>>(std::move(tables.types));
+  t.sp_space_prefix_ = tables.add_dummy_prefix;
   return t;
 }
 

@@ -83,6 +83,9 @@ class Tokenizer {
   // The piece's type in the numbering sentencepiece, GGUF's tokenizer.ggml.token_type and
   // BpeTokenType share: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
   int32_t token_type(int id) const;
+  // Whether encode() puts a space (U+2581) before the text: sentencepiece's add_dummy_prefix
+  // (GGUF's tokenizer.ggml.add_space_prefix); false for BPE.
+  bool adds_space_prefix() const { return sp_space_prefix_; }
 
   const std::string& serialized() const { return serialized_; }
   std::string sha256() const;  // hex digest of serialized()
@@ -96,6 +99,7 @@ class Tokenizer {
   std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp_;  // kind sentencepiece
   std::shared_ptr<const BpeTokenizer> bpe_;                          // kind bpe
   std::shared_ptr<const std::vector<int32_t>> sp_types_;             // token_type(), sentencepiece
+  bool sp_space_prefix_ = false;
   std::string serialized_;
   std::string source_;
 };

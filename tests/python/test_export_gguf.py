@@ -17,6 +17,7 @@ import pathlib
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 
@@ -112,6 +113,7 @@ def test_gguf_package_reads_metadata_and_tensors(trained, exports, kind):
         assert field_value(r, key) == want, key
     assert abs(field_value(r, "llama.attention.layer_norm_rms_epsilon") - config["rms_norm_eps"]) < 1e-9
     assert field_value(r, "tokenizer.ggml.model") == "llama"
+    assert field_value(r, "tokenizer.ggml.add_space_prefix") is True
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(tok_model))
     pieces = field_value(r, "tokenizer.ggml.tokens")
@@ -199,6 +201,24 @@ def test_a_gguf_without_the_embedded_model_imports_with_its_rebuilt_tables(train
     assert ids_s == ids and np.array_equal(lp_s, lp_i)
     ids_t, _, _ = score(ckpt, text, "--tokenizer", plain)
     assert ids_t == ids
+
+    # Tables condense cannot follow (add_bos_token false: the bool after the key and its u32
+    # type) leave the weights importable: a warning gives the reason, --tokenizer supplies one,
+    # and score names the reason when it has no tokenizer.
+    raw = plain.read_bytes()
+    at = raw.index(b"tokenizer.ggml.add_bos_token") + len(b"tokenizer.ggml.add_bos_token")
+    assert raw[at:at + 5] == bytes([7, 0, 0, 0, 1])  # GGUF type 7 (bool), true
+    nobos = tmp_path / "nobos.gguf"
+    nobos.write_bytes(raw[:at + 4] + b"\0" + raw[at + 5:])
+    p = run("import", nobos, tmp_path / "nobos.h5")
+    assert "its tokenizer cannot be used" in p.stdout + p.stderr and "add_bos_token is false" in p.stdout + p.stderr
+    with h5py.File(tmp_path / "nobos.h5", "r") as f:
+        assert "tokenizer" not in f or len(f["tokenizer"][()]) == 0
+    run("import", nobos, tmp_path / "nobos-tok.h5", "--tokenizer", tok_model)
+    ids_n, lp_n, _ = score(tmp_path / "nobos-tok.h5", text)
+    assert ids_n == ids and np.array_equal(lp_n, lp_i)
+    p = run("score", nobos, "--text", text, check=False)
+    assert p.returncode == 1 and "add_bos_token is false" in p.stderr, p.stderr
 
 def test_bad_gguf_fails_clearly(trained, exports, tmp_path):
     tok_model, text = trained[1], trained[2]

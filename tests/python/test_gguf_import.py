@@ -318,9 +318,10 @@ def test_bad_gguf_imports_fail_naming_the_key_and_write_nothing(tmp_path):
 
 
 def test_gguf_that_asks_for_what_condense_does_not_compute_is_refused(tmp_path):
-    """A GGUF asking for RoPE scaling (linear / YaRN keys, Llama 3's rope_freqs.weight), a rotary
-    part narrower than the head, or holding a tensor the model has no place for (a bias) would
-    import with wrong probabilities: refused, naming the key or tensor, with nothing written. A
+    """A GGUF asking for RoPE scaling condense does not compute (YaRN, rope_freqs.weight off Llama
+    3's rule, contradicting keys), a rotary part narrower than the head, or holding a tensor the
+    model has no place for (a bias) would import with wrong probabilities: refused, naming the
+    key or tensor, with nothing written. Linear scaling imports. A
     shape the metadata make invalid names the file and the llama.* keys. The same tiny file
     without any of these imports."""
     import numpy as np  # noqa: F811
@@ -346,19 +347,43 @@ def test_gguf_that_asks_for_what_condense_does_not_compute_is_refused(tmp_path):
                       "blk.0.attn_output.weight": (hidden, hidden), "blk.0.ffn_norm.weight": (hidden,),
                       "blk.0.ffn_gate.weight": (ffn, hidden), "blk.0.ffn_up.weight": (ffn, hidden),
                       "blk.0.ffn_down.weight": (hidden, ffn), **(tensors or {})}
-            for t, shape in shapes.items():
-                w.add_tensor(t, rng.standard_normal(shape).astype(np.float32) * 0.05)
+            for t, shape in shapes.items():  # a shape, or the values themselves
+                w.add_tensor(t, shape if isinstance(shape, np.ndarray)
+                             else rng.standard_normal(shape).astype(np.float32) * 0.05)
         return write_gguf(tmp_path / name, "llama", fill)
 
     expect = expect_refused_import
     plain = tiny("plain.gguf")
     run("import", plain, tmp_path / "plain.h5")
     assert (tmp_path / "plain.h5").is_file()
-    expect(tiny("linear.gguf", extra={"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}),
-           "llama.rope.scaling.type is \"linear\"")
-    expect(tiny("factor.gguf", extra={"llama.rope.scaling.factor": 2.0}), "llama.rope.scaling.factor is 2")
-    expect(tiny("scale.gguf", extra={"llama.rope.scale_linear": 2.0}), "llama.rope.scale_linear is 2")
-    expect(tiny("freqs.gguf", tensors={"rope_freqs.weight": (hd // 2,)}), "tensor 'rope_freqs.weight'")
+    expect(tiny("yarn.gguf", extra={"llama.rope.scaling.type": "yarn", "llama.rope.scaling.factor": 4.0}),
+           "llama.rope.scaling.type is \"yarn\"")
+    expect(tiny("none2.gguf", extra={"llama.rope.scaling.type": "none", "llama.rope.scaling.factor": 2.0}),
+           "llama.rope.scaling.factor is 2.0 but llama.rope.scaling.type says none")
+    # Random rope_freqs are no Llama 3 rule (tests/python/test_rope_scaling.py reads real ones).
+    expect(tiny("freqs.gguf", tensors={"rope_freqs.weight": (hd // 2,)}), "tensor 'rope_freqs.weight' does "
+           "not follow Llama 3's rule")
+    # Llama 3.1's divisors as llama.cpp's converter computes them (factor 8, frequency factors
+    # 1 and 4, original context 8192) import as that rope_scaling.
+    freqs = []
+    for i in range(0, hd, 2):
+        wavelen = 2 * np.pi / (1.0 / 10000.0 ** (i / hd))
+        smooth = (8192 / wavelen - 1) / (4 - 1)
+        freqs.append(1 if wavelen < 8192 / 4 else 8 if wavelen > 8192 else 1 / ((1 - smooth) / 8 + smooth))
+    assert len(set(np.round(freqs, 4))) >= 3
+    run("import", tiny("llama3.gguf", tensors={"rope_freqs.weight": np.array(freqs, dtype=np.float32)}),
+        tmp_path / "llama3.h5")
+    with h5py.File(tmp_path / "llama3.h5", "r") as f:
+        assert json.loads(f["config"][()])["rope_scaling"] == {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192}
+    # Linear scaling from either key imports (as linear, the factor kept).
+    for name, extra in [("linear.gguf", {"llama.rope.scaling.type": "linear", "llama.rope.scaling.factor": 4.0}),
+                        ("scale.gguf", {"llama.rope.scale_linear": 4.0})]:
+        run("import", tiny(name, extra=extra), tmp_path / f"{name}.h5")
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            config = json.loads(f["config"][()])
+        assert config["rope_scaling"] == {"rope_type": "linear", "factor": 4.0}, config
     expect(tiny("bias.gguf", tensors={"blk.0.attn_q.bias": (hidden,)}), "tensor 'blk.0.attn_q.bias'")
     expect(tiny("partial.gguf", rope_dims=hd // 2), "llama.rope.dimension_count is 16", "partial rotary")
     expect(tiny("zero.gguf", embedding_length=0), "zero.gguf: its llama.* metadata",

@@ -14,8 +14,7 @@ so the differing texts are counted and each must hold one.
 decode(encode(x)) == x. Bad tables are refused naming the file and what is wrong.
 """
 import io
-import json
-import os
+import subprocess
 
 import pytest
 
@@ -144,17 +143,43 @@ def expect_refused(tmp_path, path, *needles):
     assert not out.exists()
 
 
+def test_special_pieces_take_the_types_their_ids_need(sp_model, tmp_path):
+    """llama.cpp reads <unk>, <s>, </s> by id; converters type them variously (gguf-py's
+    LlamaHfVocab marks <unk> control). The rebuilt model retypes the pieces at those ids, warns,
+    and is then the same model as from correctly typed tables."""
+    t = tables(sp_model[0])
+    records = [b"The harbour was quiet", b"  42 caf\xc3\xa9\n"]
+    want, _, info = run_tool(TOOL, [vocab_gguf(tmp_path / "ok.gguf", t)], records, tmp_path, "ok")
+    hf_style = dict(t, types=[3 if i == 0 else ty for i, ty in enumerate(t["types"])])
+    p = subprocess.run([str(TOOL), vocab_gguf(tmp_path / "hf.gguf", hf_style), "/dev/null", tmp_path / "o"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "unk 0 '<unk>' (3 -> 2)" in p.stdout + p.stderr, p.stdout + p.stderr
+    ids, _, info_hf = run_tool(TOOL, [tmp_path / "hf.gguf"], records, tmp_path, "hf")
+    assert ids == want and info_hf["sha256"] == info["sha256"]
+    # A bos id naming a normal piece makes it control (sentencepiece finds bos among those).
+    ids, _, info_b = run_tool(TOOL, [vocab_gguf(tmp_path / "bos.gguf", t, bos=300)], records, tmp_path, "bos")
+    assert info_b["bos_id"] == "300" and info_b["types"] != info["types"]
+
+
+def expect_refused(tmp_path, path, *needles):
+    out = tmp_path / f"{path.stem}.h5"
+    p = run("prepare", "--corpus", "fortunes", "--max-documents", 5, "--tokenizer", path, "--out", out,
+            check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    for n in (str(path),) + needles:
+        assert n in p.stderr, (n, p.stderr)
+    assert not out.exists()
+
+
 def test_bad_tables_are_refused_naming_what_is_wrong(sp_model, tmp_path):
     t = tables(sp_model[0])
     expect_refused(tmp_path, vocab_gguf(tmp_path / "addbos.gguf", t, add_bos=False),
                    "tokenizer.ggml.add_bos_token is false")
     expect_refused(tmp_path, vocab_gguf(tmp_path / "addeos.gguf", t, add_eos=True),
                    "tokenizer.ggml.add_eos_token is true")
-    expect_refused(tmp_path, vocab_gguf(tmp_path / "bos.gguf", t, bos=300), "the bos token 300", "not control")
-    expect_refused(tmp_path, vocab_gguf(tmp_path / "unk.gguf", t, unk=5), "unknown token id is 5")
-    expect_refused(tmp_path, vocab_gguf(tmp_path / "range.gguf", t, eos=5000), "eos token id 5000")
-    no_unk = dict(t, types=[1 if ty == 2 else ty for ty in t["types"]])
-    expect_refused(tmp_path, vocab_gguf(tmp_path / "nounk.gguf", no_unk), "no token of type 2")
+    expect_refused(tmp_path, vocab_gguf(tmp_path / "range.gguf", t, eos=5000), "eos token id 5000 is not in [0, 2000)")
+    expect_refused(tmp_path, vocab_gguf(tmp_path / "unk.gguf", t, unk=2000), "unk token id 2000")
+    expect_refused(tmp_path, vocab_gguf(tmp_path / "same.gguf", t, bos=0), "no token of type 2")
     bad_type = dict(t, types=t["types"][:-1] + [7])
     expect_refused(tmp_path, vocab_gguf(tmp_path / "type.gguf", bad_type), "has type 7")
     dup = dict(t, tokens=t["tokens"][:-1] + [t["tokens"][300]])
