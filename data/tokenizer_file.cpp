@@ -1,5 +1,6 @@
 #include "data/tokenizer_file.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <type_traits>
 
@@ -122,7 +123,12 @@ std::string gguf_sentencepiece_tokenizer(const GgufReader& r, const std::string&
                 : std::vector<int32_t>(t.pieces.size(), 1);
   for (int32_t& type : t.types)
     if (type == 0) type = 1;  // llama.cpp's "undefined" is a normal piece
-  t.unk_id = gguf_id(r, "tokenizer.ggml.unknown_token_id").value_or(0);
+  // Without unknown_token_id llama.cpp takes 0; condense takes the one piece typed unknown where
+  // there is exactly one (the same id in every file llama.cpp's converter writes).
+  std::optional<int32_t> unk = gguf_id(r, "tokenizer.ggml.unknown_token_id");
+  if (!unk && std::count(t.types.begin(), t.types.end(), 2) == 1)
+    unk = static_cast<int32_t>(std::find(t.types.begin(), t.types.end(), 2) - t.types.begin());
+  t.unk_id = unk.value_or(0);
   t.bos_id = gguf_id(r, "tokenizer.ggml.bos_token_id").value_or(1);
   t.eos_id = gguf_id(r, "tokenizer.ggml.eos_token_id").value_or(2);
   t.add_dummy_prefix = gguf_flag(r, path, "tokenizer.ggml.add_space_prefix", true);

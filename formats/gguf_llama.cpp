@@ -33,7 +33,9 @@
 namespace condense {
 namespace {
 
-// Llama 3 RoPE parameters llama.cpp does not keep, written by condense's exports.
+// Llama 3 RoPE parameters llama.cpp does not keep, written by condense's exports (the factor
+// too: rope_freqs alone gives it only when some frequency is fully divided).
+constexpr const char* kGgufFactorKey = "condense.rope.scaling.factor";
 constexpr const char* kGgufLowFreqFactorKey = "condense.rope.scaling.low_freq_factor";
 constexpr const char* kGgufHighFreqFactorKey = "condense.rope.scaling.high_freq_factor";
 
@@ -215,6 +217,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     // condense's own, which llama.cpp ignores).
     w.add_u32("llama.rope.scaling.original_context_length",
               u32(c.rope_scaling.original_max_position_embeddings));
+    w.add_f32(kGgufFactorKey, static_cast<float>(c.rope_scaling.factor));
     w.add_f32(kGgufLowFreqFactorKey, static_cast<float>(c.rope_scaling.low_freq_factor));
     w.add_f32(kGgufHighFreqFactorKey, static_cast<float>(c.rope_scaling.high_freq_factor));
     std::vector<float> factors = Rope(c).freq_factors();
@@ -248,17 +251,26 @@ RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const s
                    "reads 'none' and 'linear' (and Llama 3's rope_freqs.weight)", path, type.dump());
     if (type == "linear") out.type = "linear";
   }
-  // The factor, and the older key llama.cpp still reads as it: 1, or 0 for none, are plain RoPE.
+  // The factor, or where it is absent the older key, as llama.cpp reads them: 1, or 0 for none,
+  // is plain RoPE; a type "none" never scales.
   for (const char* key : {"llama.rope.scaling.factor", "llama.rope.scale_linear"}) {
     if (!r.has(key)) continue;
     const auto& f = r.get(key).value;
     CONDENSE_CHECK(f.is_number(), "{}: {} is {}, expected a number", path, key, f.dump());
     const double factor = f.get<double>();
-    if (factor == 0.0 || factor == 1.0) continue;
-    CONDENSE_CHECK(out.type == "linear" || !r.has("llama.rope.scaling.type"), "{}: {} is {} but "
-                   "llama.rope.scaling.type says none", path, key, f.dump());
-    out.type = "linear";
-    out.factor = factor;
+    if (factor != 0.0 && factor != 1.0) {
+      CONDENSE_CHECK(out.type == "linear" || !r.has("llama.rope.scaling.type"), "{}: {} is {} but "
+                     "llama.rope.scaling.type says none", path, key, f.dump());
+      out.type = "linear";
+      out.factor = factor;
+    }
+    break;
+  }
+  // llama.cpp multiplies every cos and sin by this, whatever the type.
+  if (r.has("llama.rope.scaling.attn_factor")) {
+    const auto& f = r.get("llama.rope.scaling.attn_factor").value;
+    CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: llama.rope.scaling.attn_factor is {}; "
+                   "condense computes RoPE without an attention factor (only 1)", path, f.dump());
   }
   if (r.has("llama.rope.dimension_count")) {
     const uint64_t rotary = r.get_uint("llama.rope.dimension_count");
@@ -279,7 +291,8 @@ RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const s
   if (r.has("llama.rope.scaling.original_context_length"))
     out.original_max_position_embeddings =
         static_cast<int64_t>(r.get_uint("llama.rope.scaling.original_context_length"));
-  for (auto [key, field] : {std::pair{kGgufLowFreqFactorKey, &out.low_freq_factor},
+  for (auto [key, field] : {std::pair{kGgufFactorKey, &out.factor},
+                            {kGgufLowFreqFactorKey, &out.low_freq_factor},
                             {kGgufHighFreqFactorKey, &out.high_freq_factor}}) {
     if (!r.has(key)) continue;
     CONDENSE_CHECK(r.get(key).value.is_number(), "{}: {} is not a number", path, key);
@@ -289,9 +302,10 @@ RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const s
   for (size_t i = 0; i < freqs.size(); ++i)
     CONDENSE_CHECK(std::isfinite(freqs[i]) && std::abs(freqs[i] - want[i]) <= 1e-5 * std::abs(want[i]),
                    "{}: tensor 'rope_freqs.weight' does not follow Llama 3's rule (frequency {}: {}, "
-                   "expected {} for factor {}, low_freq_factor 1, high_freq_factor 4, original "
+                   "expected {} for factor {}, low_freq_factor {}, high_freq_factor {}, original "
                    "context {}); condense computes RoPE from those parameters only", path, i, freqs[i],
-                   want[i], out.factor, out.original_max_position_embeddings);
+                   want[i], out.factor, out.low_freq_factor, out.high_freq_factor,
+                   out.original_max_position_embeddings);
   return out;
 }
 
@@ -397,7 +411,7 @@ ImportStats import_gguf(const std::string& path, const std::string& out_path,
                                    "\"gpt2\" and \"llama\")"
                                  : "its tokenizer cannot be used: " + problem);
   else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, tokenizer_source).vocab_size();
-           n != model->config().vocab_size)
+           tokenizer_path.empty() ? n != model->config().vocab_size : n > model->config().vocab_size)
     fail("{}: the vocabulary has {} tokens but {}'s token_embd.weight {} rows", tokenizer_source, n,
          path, model->config().vocab_size);
   RunConfig cfg;

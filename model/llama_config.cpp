@@ -155,8 +155,8 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
-  CONDENSE_CHECK(model_type == "llama", "{}: model_type is '{}', expected 'llama'", source,
-                 model_type);
+  CONDENSE_CHECK(model_type == "llama" || model_type == "mistral", "{}: model_type is '{}', "
+                 "expected 'llama' (or 'mistral')", source, model_type);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
@@ -178,6 +178,23 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
+  // Mistral is Llama with sliding-window attention: a query attends to the previous
+  // sliding_window positions, which up to that many positions is every earlier one. condense
+  // attends to all, so it caps the context at the window (exact there; longer sequences are
+  // refused rather than computed otherwise).
+  if (model_type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
+    int64_t window = 0;
+    read_field(j, "sliding_window", window, true, source);
+    CONDENSE_CHECK(window > 0, "{}: sliding_window is {}, expected a positive count or null", source,
+                   window);
+    if (window < c.max_position_embeddings) {
+      spdlog::warn("{}: sliding_window {} is below max_position_embeddings {}: condense attends to "
+                   "every earlier position, which equals Mistral's window for up to {} positions, so "
+                   "max_position_embeddings becomes {}", source, window, c.max_position_embeddings,
+                   window, window);
+      c.max_position_embeddings = window;
+    }
+  }
   read_field(j, "tie_word_embeddings", c.tie_word_embeddings, false, source);
   read_field(j, "initializer_range", c.initializer_range, false, source);
   read_field(j, "attention_dropout", c.attention_dropout, false, source);

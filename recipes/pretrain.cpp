@@ -213,6 +213,14 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   LlamaConfig shape = cfg_in.model;
   if (shape.vocab_size == 0) shape.vocab_size = 1;
   shape.finalize();
+  // The model section has no rope_scaling key: training an init's weights at other RoPE
+  // frequencies than they were trained with would change the model silently.
+  if (!cfg_in.init.empty()) {
+    const LlamaConfig ic = Checkpoint::open(cfg_in.init).config();
+    CONDENSE_CHECK(ic.rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a pretrain "
+                   "recipe's model section cannot express; use kind=finetune (its model is the "
+                   "init's, scaling included)", cfg_in.init, to_hf_json(ic)["rope_scaling"].dump());
+  }
   CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,
                  shape.max_position_embeddings);
@@ -224,11 +232,6 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   LlamaForCausalLM model(cfg.model);
   if (!cfg.init.empty() && !run.resume) {
     const Checkpoint init = Checkpoint::open(cfg.init);
-    // The model section has no rope_scaling key: training the init's weights at other RoPE
-    // frequencies than they were trained with would change the model silently.
-    CONDENSE_CHECK(init.config().rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a "
-                   "pretrain recipe's model section cannot express; use kind=finetune (its model "
-                   "is the init's, scaling included)", cfg.init, to_hf_json(init.config())["rope_scaling"].dump());
     init.load_model(model);
     spdlog::info("initialized weights from {}", cfg.init);
     // A pretrain recipe's model is its own section, whose eos is the tokenizer's alone.

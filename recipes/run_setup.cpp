@@ -126,10 +126,14 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
     // than when the weights fail to load after recipe.yaml was rewritten.
     const nlohmann::json saved = to_hf_json(ckpt.config()), now = to_hf_json(cfg.model);
     std::string differences;
-    for (const auto& [key, value] : now.items())
-      if (!saved.contains(key) || saved[key] != value)
+    // Both ways: a key only one side writes (rope_scaling, absent when there is none) differs too.
+    nlohmann::json keys = now;
+    keys.update(saved);
+    for (const auto& [key, unused] : keys.items())
+      if (!saved.contains(key) || !now.contains(key) || saved[key] != now[key])
         differences += fmt::format(" {}: {} in the checkpoint, {} in the recipe;", key,
-                                   saved.contains(key) ? saved[key].dump() : "absent", value.dump());
+                                   saved.contains(key) ? saved[key].dump() : "absent",
+                                   now.contains(key) ? now[key].dump() : "absent");
     CONDENSE_CHECK(differences.empty(), "--resume: the recipe's model differs from the one {} "
                    "holds:{} nothing was changed", *run.resume, differences);
     const TrainingState saved_state = ckpt.state();

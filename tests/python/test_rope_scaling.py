@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import run
-from export_fixtures import score, train_tiny, trained  # noqa: F401 (fixture)
+from export_fixtures import QUICKSTART, score, train_tiny, trained  # noqa: F401 (fixture)
 from test_export_gguf import llama_cpp, softmax
 
 transformers = pytest.importorskip("transformers")
@@ -38,7 +38,7 @@ def with_scaling(ckpt, tmp_path, rope_scaling):
     hf = tmp_path / "hf"
     run("export", ckpt, hf, "--format", "hf")
     cfg = json.loads((hf / "config.json").read_text())
-    cfg["rope_scaling"] = rope_scaling
+    cfg["rope_scaling"] = rope_scaling  # None: plain RoPE
     (hf / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "scaled.h5"
     run("import", hf, out)
@@ -119,3 +119,25 @@ def test_a_pretrain_recipe_refuses_an_init_with_rope_scaling(trained, small_stor
     with pytest.raises(AssertionError, match="uses rope_scaling"):
         train_tiny(small_store, tmp_path / "run", steps=1, init=scaled)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_finetune_keeps_rope_scaling_and_resume_checks_it(trained, small_store, tmp_path):
+    """A finetune's model is its init's, scaling included, in every checkpoint it writes; a
+    --resume whose init lost the scaling is refused (the check compares both ways)."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "p").mkdir()
+    _, scaled = with_scaling(trained[0], tmp_path / "s", SCALINGS["llama3"])
+    _, plain = with_scaling(trained[0], tmp_path / "p", None)
+    out = tmp_path / "run"
+    o = {"name": "ft", "out_dir": out, "data.dataset": small_store, "data.seq_len": 64, "data.batch_size": 2,
+         "train.steps": 4, "train.warmup_steps": 1, "train.eval_every": 0, "train.threads": 1,
+         "checkpoint.every": 2, "checkpoint.keep": 2}
+    args = ["train", QUICKSTART, "kind=finetune", *[f"{k}={v}" for k, v in o.items()]]
+    run(*args, f"init={scaled}", "train.steps=2")
+    line = next(l for l in run("info", out).stdout.splitlines() if l.startswith("rope"))
+    assert '"rope_type":"llama3"' in line.replace(" ", ""), line
+    p = run(*args, f"init={plain}", "--resume", check=False)
+    assert p.returncode == 1 and "rope_scaling" in p.stderr and "absent in the recipe" in p.stderr, p.stderr
+    run(*args, f"init={scaled}", "--resume")
+    _, lp, _ = score(out, trained[2])
+    assert np.isfinite(lp).all()
