@@ -39,7 +39,6 @@ constexpr const char* kGgufFactorKey = "condense.rope.scaling.factor";
 constexpr const char* kGgufLowFreqFactorKey = "condense.rope.scaling.low_freq_factor";
 constexpr const char* kGgufHighFreqFactorKey = "condense.rope.scaling.high_freq_factor";
 
-
 struct TypeChoice {
   GgmlType matrices;
   GgufFileType file_type;

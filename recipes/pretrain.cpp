@@ -214,8 +214,9 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   if (shape.vocab_size == 0) shape.vocab_size = 1;
   shape.finalize();
   // The model section has no rope_scaling key: training an init's weights at other RoPE
-  // frequencies than they were trained with would change the model silently.
-  if (!cfg_in.init.empty()) {
+  // frequencies than they were trained with would change the model silently. (A resume reads no
+  // init, which may be gone by then: only an init that exists is opened here.)
+  if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
     const LlamaConfig ic = Checkpoint::open(cfg_in.init).config();
     CONDENSE_CHECK(ic.rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a pretrain "
                    "recipe's model section cannot express; use kind=finetune (its model is the "
