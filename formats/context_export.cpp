@@ -28,6 +28,18 @@ std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
   return sha256_hex(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * sizeof(float)));
 }
 
+namespace {
+
+// The decoder's RoPE (theta and scaling, as config.json writes them): the embedding alone does
+// not tell apart the same weights imported with another rope_scaling.
+nlohmann::json decoder_rope(const LlamaConfig& c) {
+  const nlohmann::json hf = to_hf_json(c);
+  return {{"rope_theta", hf["rope_theta"]},
+          {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
+}
+
+}  // namespace
+
 int64_t export_context_compressor(const std::string& checkpoint_path, const std::string& out_dir) {
   Checkpoint ckpt = Checkpoint::open(checkpoint_path);
   RunConfig cfg = parse_recipe(ckpt.recipe_yaml(), checkpoint_path + ":recipe");
@@ -46,6 +58,7 @@ int64_t export_context_compressor(const std::string& checkpoint_path, const std:
                                    {"hidden_size", c.hidden_size},
                                    {"vocab_size", c.vocab_size},
                                    {"num_hidden_layers", c.num_hidden_layers},
+                                   {"rope", decoder_rope(c)},
                                    {"checkpoint", checkpoint_path}}}};
   write_safetensors((fs::path(out_dir) / kTensors).string(), tensors,
                     {{"format", "pt"}, {"condense", kFormat}, {"method", cfg.context.method}});
@@ -74,6 +87,12 @@ LoadedCompressor load_exported_compressor(const std::string& dir, LlamaForCausal
                  want.substr(0, 16), j["decoder"].value("checkpoint", "?"),
                  j["decoder"].value("hidden_size", int64_t{0}), decoder_source, have.substr(0, 16),
                  decoder->config().hidden_size);
+  // Exports from before the decoder's RoPE was recorded have no "rope": the embedding check only.
+  if (j["decoder"].contains("rope"))
+    CONDENSE_CHECK(j["decoder"]["rope"] == decoder_rope(decoder->config()), "{}: this compressor was "
+                   "trained against RoPE {}, {} computes {}; use it with the decoder it was trained "
+                   "against", dir, j["decoder"]["rope"].dump(), decoder_source,
+                   decoder_rope(decoder->config()).dump());
   LoadedCompressor out;
   out.cfg = parse_recipe(j["recipe"].get<std::string>(), config_path + ":recipe");
   SafetensorsFile st = SafetensorsFile::open((fs::path(dir) / kTensors).string());

@@ -12,6 +12,7 @@ vectors made for another decoder are refused. Bad options fail naming the key, w
 directory written.
 """
 import json
+import shutil
 
 import h5py
 import numpy as np
@@ -480,6 +481,18 @@ def test_exported_compressor_loads_only_against_its_decoder(arc_run, small_store
     assert not (tmp_path / "c.h5").exists()
     r = compress(decoder, context, tmp_path / "c.h5", "--compressor", tmp_path, check=False)
     assert r.returncode != 0 and "no context_compressor.json" in r.stderr, r.stderr
+    # The same weights imported with another RoPE (rope_scaling in config.json) are another decoder.
+    assert cfg["decoder"]["rope"] == {"rope_theta": 10000.0, "rope_scaling": None}
+    scaled_hf = tmp_path / "scaled_hf"
+    shutil.copytree(out, scaled_hf)
+    hf_cfg = json.loads((scaled_hf / "config.json").read_text())
+    hf_cfg["rope_scaling"] = {"rope_type": "linear", "factor": 2.0}
+    (scaled_hf / "config.json").write_text(json.dumps(hf_cfg))
+    scaled = tmp_path / "scaled.h5"
+    run("import", scaled_hf, scaled)
+    r = compress(scaled, context, tmp_path / "c.h5", "--compressor", out, check=False)
+    assert r.returncode != 0 and "was trained against RoPE" in r.stderr and "linear" in r.stderr, r.stderr
+    assert not (tmp_path / "c.h5").exists()
 
 
 def test_start_from_another_run(trained, small_store, arc_run, xrag_runs, tmp_path):
