@@ -166,6 +166,7 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
 
 struct ChatArgs {
   std::string user, system;
+  std::string format = "auto";  // --chat-format
   bool show_prompt = false;
   // Compressed context before the prompt (launch/context_commands.h).
   std::string context_file, context_vectors;
@@ -193,10 +194,28 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   CONDENSE_CHECK(given == 1 || (given == 0 && has_context), "generate needs exactly one of --prompt "
                  "and --chat (with --context or --context-vectors, --prompt may be left out)");
   const bool chatting = !chat.user.empty();
+  bool named_format = false;  // llama2 / mistral: <s>, then the text with control pieces parsed
   if (chatting) {
-    CONDENSE_CHECK(tok.bpe(), "{}: --chat needs a byte-level BPE vocabulary with a chat format "
-                   "(this checkpoint's tokenizer is {}); use --prompt", path, tok.kind());
-    ChatPrompt cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
+    ChatPrompt cp;
+    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral") {
+      cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
+      CONDENSE_CHECK(chat.format == "auto" || chat.format == cp.format, "--chat-format {}: this "
+                     "vocabulary's chat format is {}", chat.format, cp.format);
+    } else {
+      std::string format = chat.format;
+      if (format == "auto") {  // Mistral v0.3 names its turns with control pieces
+        bool inst = false, end = false;
+        for (int id = 0; id < tok.vocab_size(); ++id) {
+          inst |= tok.token_type(id) == 3 && tok.piece(id) == "[INST]";
+          end |= tok.token_type(id) == 3 && tok.piece(id) == "[/INST]";
+        }
+        CONDENSE_CHECK(inst && end, "{}: a sentencepiece vocabulary keeps no chat template; name "
+                       "the model's format with --chat-format llama2|mistral", path);
+        format = "mistral";
+      }
+      cp = chat_prompt_named(format, chat.system, chat.user);
+      named_format = true;
+    }
     prompt = cp.text;
     opt.stop_id = cp.stop_id;
     if (chat.show_prompt) std::cerr << "chat prompt (" << cp.format << "):\n" << cp.text << "\n";
@@ -212,6 +231,12 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   // compressed context the prompt continues it directly, as in training (no <bos>).
   CompressedContext context = context_for(path, model, tok, chat.context_file, chat.context_vectors);
   std::vector<int32_t> prompt_ids = chatting || has_context ? tok.encode(prompt) : tok.prompt_ids(prompt);
+  if (named_format) {
+    CONDENSE_CHECK(tok.bos_id() >= 0, "{}: --chat-format {} needs a vocabulary with <s>", path, chat.format);
+    prompt_ids = tok.encode_special(prompt);
+    if (!has_context) prompt_ids.insert(prompt_ids.begin(), tok.bos_id());
+  }
+  if (chatting && chat.show_prompt) std::cerr << "prompt ids: " << fmt::format("{}", fmt::join(prompt_ids, " ")) << "\n";
   CONDENSE_CHECK(!prompt_ids.empty() || has_context, "--prompt is empty and this vocabulary adds "
                  "no <bos>: give the model something to continue");
   std::vector<int64_t> ids(prompt_ids.begin(), prompt_ids.end());
@@ -355,10 +380,15 @@ int run(int argc, char** argv) {
   ChatArgs chat;
   gen->add_option("--prompt", prompt, "prompt text, continued as is");
   gen->add_option("--chat", chat.user, "a user message, sent in the vocabulary's chat format "
-                  "(ChatML or Llama 3); prints the assistant's reply");
+                  "(ChatML or Llama 3; Llama 2 and Mistral with --chat-format); prints the "
+                  "assistant's reply");
   gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
                   "template's own, if it writes one)");
-  gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt to stderr");
+  gen->add_option("--chat-format", chat.format, "--chat: auto (the vocabulary's: ChatML or Llama 3 "
+                  "for byte-level BPE, mistral for a sentencepiece vocabulary with [INST] pieces), "
+                  "or llama2 / mistral for sentencepiece vocabularies (Llama 2 chat, Mistral "
+                  "Instruct), which keep no template")->default_val("auto");
+  gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt and its ids to stderr");
   gen->add_option("--context", chat.context_file, "a text file compressed by the checkpoint's "
                   "context compressor and read before the prompt");
   gen->add_option("--context-vectors", chat.context_vectors, "compressed context written by "

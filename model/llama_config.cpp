@@ -182,9 +182,10 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   // sliding_window positions, which up to that many positions is every earlier one. condense
   // attends to all, so it caps the context at the window (exact there; longer sequences are
   // refused rather than computed otherwise).
-  if (model_type == "mistral" && j.contains("sliding_window") && !j["sliding_window"].is_null()) {
-    int64_t window = 0;
-    read_field(j, "sliding_window", window, true, source);
+  // An absent sliding_window is transformers' MistralConfig default, 4096; null is none.
+  if (model_type == "mistral" && !(j.contains("sliding_window") && j["sliding_window"].is_null())) {
+    int64_t window = 4096;
+    read_field(j, "sliding_window", window, false, source);
     CONDENSE_CHECK(window > 0, "{}: sliding_window is {}, expected a positive count or null", source,
                    window);
     if (window < c.max_position_embeddings) {

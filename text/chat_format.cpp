@@ -61,4 +61,21 @@ ChatPrompt chat_prompt(const BpeVocabulary& v, const std::string& system, const 
        source);
 }
 
+ChatPrompt chat_prompt_named(const std::string& format, const std::string& system,
+                             const std::string& user) {
+  ChatPrompt p;
+  p.format = format;
+  if (format == "llama2") {
+    p.text = system.empty() ? "[INST] " + user + " [/INST]"
+                            : "[INST] <<SYS>>\n" + system + "\n<</SYS>>\n\n" + user + " [/INST]";
+    return p;
+  }
+  if (format == "mistral") {
+    p.text = "[INST] " + (system.empty() ? user : system + "\n\n" + user) + "[/INST]";
+    return p;
+  }
+  fail("--chat-format {}: not a format (chatml and llama3 for byte-level BPE vocabularies, "
+       "llama2 and mistral for sentencepiece ones)", format);
+}
+
 }  // namespace condense

@@ -19,7 +19,7 @@
 namespace condense {
 
 struct ChatPrompt {
-  std::string format;  // "chatml" | "llama3"
+  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral"
   std::string text;    // the rendered prompt, special tokens written out
   int32_t stop_id = -1;  // the end-of-turn token
 };
@@ -27,5 +27,16 @@ struct ChatPrompt {
 // Throws naming the vocabulary when it has neither format's special tokens.
 ChatPrompt chat_prompt(const BpeVocabulary& vocab, const std::string& system,
                        const std::string& user, const std::string& source);
+
+// Chat prompts for sentencepiece vocabularies (Llama 2, Mistral), which carry no chat template,
+// by name, rendered as llama.cpp's built-in templates of those names render them:
+//   llama2   (Llama 2 chat, llama.cpp "llama2-sys"): [INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]
+//            and without a system message [INST] {user} [/INST]
+//   mistral  (Mistral Instruct, llama.cpp "mistral-v3"): [INST] {system}\n\n{user}[/INST]
+//            ([INST] and [/INST] are control pieces of v0.3's vocabulary, plain text before)
+// The model reads <s> before the text (Tokenizer::encode_special keeps control pieces written in
+// it), and the reply ends at the vocabulary's eos (stop_id -1). Other names are refused.
+ChatPrompt chat_prompt_named(const std::string& format, const std::string& system,
+                             const std::string& user);
 
 }  // namespace condense

@@ -179,6 +179,35 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text) const {
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
+std::vector<int32_t> Tokenizer::encode_special(const std::string& text) const {
+  if (bpe_) return encode(text);
+  std::vector<std::pair<std::string, int32_t>> controls;
+  for (int id = 0; id < vocab_size(); ++id)
+    if ((*sp_types_)[id] == 3) controls.emplace_back(sp_->IdToPiece(id), id);
+  std::vector<int32_t> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    // The earliest control piece in the rest of the text, the longest at that position.
+    size_t at = std::string::npos, len = 0;
+    int32_t id = -1;
+    for (const auto& [piece, pid] : controls) {
+      const size_t f = text.find(piece, pos);
+      if (f != std::string::npos && (f < at || (f == at && piece.size() > len))) {
+        at = f;
+        len = piece.size();
+        id = pid;
+      }
+    }
+    const size_t end = at == std::string::npos ? text.size() : at;
+    if (end > pos)
+      for (int32_t t : encode(text.substr(pos, end - pos))) out.push_back(t);
+    if (at == std::string::npos) break;
+    out.push_back(id);
+    pos = at + len;
+  }
+  return out;
+}
+
 std::vector<int32_t> Tokenizer::prompt_ids(const std::string& text) const {
   std::vector<int32_t> ids;
   const bool adds_bos = bpe_ ? bpe_->vocab().add_bos : true;

@@ -62,6 +62,11 @@ class Tokenizer {
   // Ids of `text` without bos/eos. decode(encode(x)) == x for any valid UTF-8 x. BPE
   // recognizes special tokens written in the text (as the tokenizers package does).
   std::vector<int32_t> encode(const std::string& text) const;
+  // encode(), except that control pieces written in the text ([INST] in Mistral v0.3's
+  // vocabulary) become their ids, as llama.cpp tokenizes with special tokens parsed: the text
+  // between them is encoded piece by piece (each part with sentencepiece's space prefix, as
+  // llama.cpp prefixes a space after a special token). BPE: encode(), which parses them already.
+  std::vector<int32_t> encode_special(const std::string& text) const;
   // What a model is fed for a prompt or a scored text: <bos> first when the vocabulary adds
   // one (always for sentencepiece; for BPE when its add_bos flag is set, as GGUF's
   // tokenizer.ggml.add_bos_token, a tokenizer.json post_processor template, or else

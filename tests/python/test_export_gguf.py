@@ -254,3 +254,43 @@ def test_tied_mha_with_odd_head_dim(small_store, trained, tmp_path):
     p, p_ref = softmax(logits[:-1]), np.exp(lp)
     assert np.abs(p - p_ref).max() <= TOLERANCE["f32"][0]
     assert (p.argmax(-1) == p_ref.argmax(-1)).all()
+
+
+CHAT_CHILD = r"""
+import ctypes, json, sys
+import llama_cpp
+model, tmpl, system, user = sys.argv[1:]
+msgs = ([("system", system)] if system else []) + [("user", user)]
+arr = (llama_cpp.llama_chat_message * len(msgs))()
+keep = []
+for i, (role, content) in enumerate(msgs):
+    keep += [role.encode(), content.encode()]
+    arr[i].role, arr[i].content = keep[-2], keep[-1]
+buf = ctypes.create_string_buffer(1 << 16)
+n = llama_cpp.llama_chat_apply_template(tmpl.encode(), arr, len(msgs), True, buf, len(buf))
+text = buf.raw[:n].decode()
+llm = llama_cpp.Llama(model_path=model, vocab_only=True, verbose=False)
+print(json.dumps({"text": text, "ids": llm.tokenize(text.encode(), add_bos=True, special=True)}))
+"""
+
+
+@pytest.mark.parametrize("fmt,tmpl", [("llama2", "llama2-sys"), ("mistral", "mistral-v3")])
+@pytest.mark.parametrize("system", ["", "Answer in one word."])
+def test_sentencepiece_chat_formats_render_and_tokenize_as_llama_cpp(trained, exports, fmt, tmpl, system):
+    """generate --chat --chat-format llama2|mistral on a sentencepiece checkpoint: the prompt equals
+    llama.cpp's built-in template of that name, and its ids (<s> first) llama.cpp's tokenization of
+    it with special tokens parsed, on the same vocabulary exported to GGUF."""
+    user = "Which word means a small boat? 42 caf\u00e9"
+    p = run("generate", trained[0], "--chat", user, *(["--system", system] if system else []),
+            "--chat-format", fmt, "--show-prompt", "--max-new-tokens", 1)
+    rendered = p.stderr.split(f"chat prompt ({fmt}):\n", 1)[1].split("\nprompt ids: ", 1)[0]
+    ids = [int(x) for x in p.stderr.split("prompt ids: ", 1)[1].splitlines()[0].split()]
+    c = subprocess.run([sys.executable, "-c", CHAT_CHILD, str(exports["f32"]), tmpl, system, user],
+                       capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr[-2000:]
+    ref = json.loads(c.stdout.strip().splitlines()[-1])
+    assert rendered == ref["text"]
+    assert ids == ref["ids"] and ids[0] == 1
+    # Without --chat-format a sentencepiece vocabulary without [INST] pieces has no format to use.
+    q = run("generate", trained[0], "--chat", user, check=False)
+    assert q.returncode == 1 and "--chat-format llama2|mistral" in q.stderr, q.stderr

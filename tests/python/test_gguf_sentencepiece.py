@@ -27,6 +27,7 @@ pytest.importorskip("llama_cpp")
 
 TOOL = BUILD_DIR / "tests" / "tokenize_file"
 USER_DEFINED = ["<|im_start|>", "<|im_end|>"]
+CONTROL = ["<ctrl>", "[INST]", "[/INST]"]  # Mistral v0.3's turn markers are control pieces
 
 
 def texts_for_test():
@@ -44,7 +45,7 @@ def sp_model():
         sentence_iterator=iter(lines), model_writer=buf, model_type="bpe", vocab_size=2000,
         byte_fallback=True, split_digits=True, normalization_rule_name="identity",
         remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
-        user_defined_symbols=USER_DEFINED, control_symbols=["<ctrl>"], character_coverage=0.9995,
+        user_defined_symbols=USER_DEFINED, control_symbols=CONTROL, character_coverage=0.9995,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
     return buf.getvalue(), texts
 
@@ -189,3 +190,23 @@ def test_bad_tables_are_refused_naming_what_is_wrong(sp_model, tmp_path):
     # Without scores llama.cpp merges at score 0 everywhere; condense follows (not refused).
     ids, _, info = run_tool(TOOL, [vocab_gguf(tmp_path / "noscores.gguf", t, scores=False)], [b"abc"], tmp_path, "ns")
     assert info["kind"] == "sentencepiece" and ids[0]
+
+
+def test_control_pieces_written_in_text_parse_as_llama_cpp(sp_model, tmp_path):
+    """Tokenizer::encode_special (what `generate --chat --chat-format mistral` feeds) turns control
+    pieces written in the text into their ids, as llama.cpp tokenizes with special=True: the text
+    between them each with a space prefix."""
+    model_bytes, texts = sp_model
+    path = vocab_gguf(tmp_path / "vocab.gguf", tables(model_bytes))
+    plain = [t for t in texts["gcide"][:300] + texts["mixed"][:200] if not any(u in t for u in USER_DEFINED)]
+    chats = ["[INST] Hi there[/INST]", "[INST] Be brief.\n\nWhat is 2+2?[/INST]", "x[INST]y[/INST]z",
+             "[INST][/INST]", "  [INST]  a  [/INST]  ", "<s>[INST] a</s>", "[INST", "<ctrl>tail",
+             "[INST] caf\u00e9 \u4e2d\u6587[/INST] 42"]
+    flat = chats + plain
+    records = [t.encode("utf-8") for t in flat]
+    ours, decoded, _ = run_tool(TOOL, ["--special", path], records, tmp_path, "special")
+    llama = llama_cpp_ids(path, flat, tmp_path, special=True)
+    mism = [i for i, (a, b) in enumerate(zip(ours, llama, strict=True)) if a != b]
+    assert not mism, [(flat[i], ours[i], llama[i]) for i in mism[:3]]
+    inst = tables(model_bytes)["tokens"].index("[INST]")
+    assert ours[0][0] == inst and inst not in ours[len(chats)]  # parsed; plain text untouched

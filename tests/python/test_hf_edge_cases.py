@@ -10,6 +10,7 @@ import json
 import pathlib
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -121,6 +122,16 @@ def test_mistral_imports_as_llama_up_to_its_sliding_window(small_store, tmp_path
         ref = torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
     ours = np.array([p["logprobs"] for p in s["positions"]])
     assert np.abs(np.exp(ours) - np.exp(ref)).max() < 1e-5
+    if window is None:  # an absent sliding_window is MistralConfig's default, 4096, not none
+        cfg_json = json.loads((hf / "config.json").read_text())
+        del cfg_json["sliding_window"]
+        cfg_json["max_position_embeddings"] = 8192
+        (hf / "config.json").write_text(json.dumps(cfg_json))
+        assert transformers.AutoConfig.from_pretrained(hf).sliding_window == 4096
+        p = run("import", hf, tmp_path / "absent.h5")
+        assert "sliding_window 4096 is below max_position_embeddings 8192" in p.stdout + p.stderr
+        with h5py.File(tmp_path / "absent.h5", "r") as f:
+            assert json.loads(f["config"][()])["max_position_embeddings"] == 4096
     if window is not None:
         long = tmp_path / "long.txt"
         long.write_text("A dictionary of the English language, with its meanings and its words. " * 3)
