@@ -297,7 +297,10 @@ inline const GgmlTypeInfo& ggml_check_bytes(uint32_t type, size_t bytes, int64_t
 inline void dequantize_into(uint32_t type, const uint8_t* data, size_t bytes, int64_t numel,
                             float* out, const std::string& what) {
   const GgmlTypeInfo& t = ggml_check_bytes(type, bytes, numel, what);
-  const int64_t nb = numel / t.block;
+  // Block b of `block` values from its block_bytes bytes, for every block.
+  auto blocks = [&](auto decode) {
+    for (int64_t b = 0; b < numel / t.block; ++b) decode(data + b * t.block_bytes, out + b * t.block);
+  };
   switch (t.type) {
     case GgmlType::kF32:
       if (numel) std::memcpy(out, data, bytes);
@@ -309,41 +312,20 @@ inline void dequantize_into(uint32_t type, const uint8_t* data, size_t bytes, in
       for (int64_t i = 0; i < numel; ++i)
         out[i] = bf16_to_f32(static_cast<uint16_t>(data[2 * i] | (data[2 * i + 1] << 8)));
       return;
-    case GgmlType::kQ8_0:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q8_0(data + b * t.block_bytes, out + b * 32);
-      return;
-    case GgmlType::kQ4_0:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q4_0(data + b * t.block_bytes, out + b * 32);
-      return;
-    case GgmlType::kQ4_1:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q4_1(data + b * t.block_bytes, out + b * 32);
-      return;
+    case GgmlType::kQ8_0: return blocks(ggml_ref::q8_0);
+    case GgmlType::kQ4_0: return blocks(ggml_ref::q4_0);
+    case GgmlType::kQ4_1: return blocks(ggml_ref::q4_1);
+    case GgmlType::kQ5_0: return blocks(ggml_ref::q5_0);
+    case GgmlType::kQ5_1: return blocks(ggml_ref::q5_1);
+    case GgmlType::kQ2_K: return blocks(ggml_ref::q2_k);
+    case GgmlType::kQ3_K: return blocks(ggml_ref::q3_k);
     case GgmlType::kQ4_K:
+      return blocks([](const uint8_t* blk, float* y) { ggml_ref::k_quant_4_5(blk, false, y); });
     case GgmlType::kQ5_K:
-      for (int64_t b = 0; b < nb; ++b)
-        ggml_ref::k_quant_4_5(data + b * t.block_bytes, t.type == GgmlType::kQ5_K, out + b * 256);
-      return;
-    case GgmlType::kQ6_K:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q6_k(data + b * t.block_bytes, out + b * 256);
-      return;
-    case GgmlType::kQ5_0:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q5_0(data + b * t.block_bytes, out + b * 32);
-      return;
-    case GgmlType::kQ5_1:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q5_1(data + b * t.block_bytes, out + b * 32);
-      return;
-    case GgmlType::kQ2_K:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q2_k(data + b * t.block_bytes, out + b * 256);
-      return;
-    case GgmlType::kQ3_K:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::q3_k(data + b * t.block_bytes, out + b * 256);
-      return;
-    case GgmlType::kIQ4_NL:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::iq4_nl(data + b * t.block_bytes, out + b * 32);
-      return;
-    case GgmlType::kIQ4_XS:
-      for (int64_t b = 0; b < nb; ++b) ggml_ref::iq4_xs(data + b * t.block_bytes, out + b * 256);
-      return;
+      return blocks([](const uint8_t* blk, float* y) { ggml_ref::k_quant_4_5(blk, true, y); });
+    case GgmlType::kQ6_K: return blocks(ggml_ref::q6_k);
+    case GgmlType::kIQ4_NL: return blocks(ggml_ref::iq4_nl);
+    case GgmlType::kIQ4_XS: return blocks(ggml_ref::iq4_xs);
   }
   fail("{}: ggml type {} has no dequantizer", what, t.name);  // a table entry without a case
 }

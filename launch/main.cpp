@@ -230,11 +230,13 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   // A rendered chat prompt carries its own <|begin_of_text|> where the format has one; after a
   // compressed context the prompt continues it directly, as in training (no <bos>).
   CompressedContext context = context_for(path, model, tok, chat.context_file, chat.context_vectors);
-  std::vector<int32_t> prompt_ids = chatting || has_context ? tok.encode(prompt) : tok.prompt_ids(prompt);
+  std::vector<int32_t> prompt_ids;
   if (named_format) {
     CONDENSE_CHECK(tok.bos_id() >= 0, "{}: --chat-format {} needs a vocabulary with <s>", path, chat.format);
-    prompt_ids = tok.encode_special(prompt);
-    if (!has_context) prompt_ids.insert(prompt_ids.begin(), tok.bos_id());
+    if (!has_context) prompt_ids.push_back(tok.bos_id());
+    for (int32_t id : tok.encode_special(prompt)) prompt_ids.push_back(id);
+  } else {
+    prompt_ids = chatting || has_context ? tok.encode(prompt) : tok.prompt_ids(prompt);
   }
   if (chatting && chat.show_prompt) std::cerr << "prompt ids: " << fmt::format("{}", fmt::join(prompt_ids, " ")) << "\n";
   CONDENSE_CHECK(!prompt_ids.empty() || has_context, "--prompt is empty and this vocabulary adds "

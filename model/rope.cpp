@@ -36,25 +36,8 @@ at::Tensor Rope::inv_freq() const {
 }
 
 std::vector<float> Rope::freq_factors() const {
-  std::vector<float> out;
-  const RopeScaling& s = scaling_;
-  for (int64_t i = 0; i < head_dim_; i += 2) {
-    const double freq = 1.0 / std::pow(theta_, static_cast<double>(i) / static_cast<double>(head_dim_));
-    double factor = 1.0;
-    if (s.type == "linear") factor = s.factor;
-    if (s.type == "llama3") {
-      const double old_len = static_cast<double>(s.original_max_position_embeddings);
-      const double wavelen = 2 * M_PI / freq;
-      if (wavelen > old_len / s.low_freq_factor) {
-        factor = s.factor;
-      } else if (wavelen >= old_len / s.high_freq_factor) {
-        const double smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-        factor = 1.0 / ((1 - smooth) / s.factor + smooth);
-      }
-    }
-    out.push_back(static_cast<float>(factor));
-  }
-  return out;
+  const at::Tensor ratio = (Rope(head_dim_, theta_).inv_freq() / inv_freq()).contiguous();
+  return std::vector<float>(ratio.data_ptr<float>(), ratio.data_ptr<float>() + ratio.numel());
 }
 
 std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,

@@ -23,8 +23,8 @@ class Rope {
   at::Tensor inv_freq() const;
   // What llama.cpp's rope_freqs.weight holds for this scaling: per frequency, the unscaled
   // inverse frequency over the scaled one (llama.cpp divides each angle by it); all 1 without
-  // scaling. Computed in double (llama.cpp's converter works from float32 frequencies; the two
-  // agree to ~2e-7 relative, inside the 1e-5 a GGUF import allows).
+  // scaling. In float32 from inv_freq(), as llama.cpp's converter computes them from float32
+  // frequencies.
   std::vector<float> freq_factors() const;
 
  private:

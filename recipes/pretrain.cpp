@@ -5,6 +5,7 @@
 #include <torch/utils.h>
 
 #include <filesystem>
+#include <optional>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -216,11 +217,13 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   // The model section has no rope_scaling key: training an init's weights at other RoPE
   // frequencies than they were trained with would change the model silently. (A resume reads no
   // init, which may be gone by then: only an init that exists is opened here.)
+  std::optional<LlamaConfig> init_config;
   if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
-    const LlamaConfig ic = Checkpoint::open(cfg_in.init).config();
-    CONDENSE_CHECK(ic.rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a pretrain "
-                   "recipe's model section cannot express; use kind=finetune (its model is the "
-                   "init's, scaling included)", cfg_in.init, to_hf_json(ic)["rope_scaling"].dump());
+    init_config = Checkpoint::open(cfg_in.init).config();
+    CONDENSE_CHECK(init_config->rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a "
+                   "pretrain recipe's model section cannot express; use kind=finetune (its model is "
+                   "the init's, scaling included)", cfg_in.init,
+                   to_hf_json(*init_config)["rope_scaling"].dump());
   }
   CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,
@@ -232,14 +235,13 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(cfg.train.seed));
   LlamaForCausalLM model(cfg.model);
   if (!cfg.init.empty() && !run.resume) {
-    const Checkpoint init = Checkpoint::open(cfg.init);
-    init.load_model(model);
+    Checkpoint::open(cfg.init).load_model(model);
     spdlog::info("initialized weights from {}", cfg.init);
-    // A pretrain recipe's model is its own section, whose eos is the tokenizer's alone.
-    if (const LlamaConfig ic = init.config(); !ic.more_eos_token_ids.empty())
+    // Nor has the model section an eos list: the run's model has the tokenizer's eos alone.
+    if (init_config && !init_config->more_eos_token_ids.empty())
       spdlog::warn("init {} ends generation at several ids ({}); this pretrain run's model keeps "
                    "the tokenizer's eos {} alone (kind=finetune keeps the init's list)", cfg.init,
-                   to_hf_json(ic)["eos_token_id"].dump(), cfg.model.eos_token_id);
+                   to_hf_json(*init_config)["eos_token_id"].dump(), cfg.model.eos_token_id);
   }
   // Built and initialized on the CPU (the same weights for a seed on every device), then moved.
   model->to(run.device);

@@ -3,6 +3,8 @@
 // form, sampling filters. (Agreement with transformers itself is tests/python/test_hf_parity.py.)
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <ATen/ATen.h>
 #include <torch/torch.h>
 
@@ -145,9 +147,12 @@ TEST(Rope, ScalingAsTransformersComputesIt) {
   ASSERT_EQ(factors.size(), 64u);
   int kept = 0, divided = 0, blended = 0;
   for (int i = 0; i < 64; ++i) {
-    const double ratio = plain[i].item<double>() / scaled[i].item<double>();
-    EXPECT_NEAR(ratio, factors[i], 1e-5 * factors[i]) << i;
-    const double wavelen = 2 * M_PI / plain[i].item<double>();
+    // Llama 3's rule in double, written out here (the code derives it from inv_freq()).
+    const double freq = 1.0 / std::pow(500000.0, 2.0 * i / 128), wavelen = 2 * M_PI / freq;
+    const double smooth = (8192 / wavelen - 1) / (4 - 1);
+    const double want = wavelen < 2048 ? 1 : wavelen > 8192 ? 8 : 1 / ((1 - smooth) / 8 + smooth);
+    EXPECT_NEAR(factors[i], want, 1e-5 * want) << i;
+    EXPECT_NEAR(plain[i].item<double>() / scaled[i].item<double>(), want, 1e-5 * want) << i;
     if (wavelen < 2048) kept += factors[i] == 1.0f;
     else if (wavelen > 8192) divided += factors[i] == 8.0f;
     else blended += factors[i] > 1.0f && factors[i] < 8.0f;

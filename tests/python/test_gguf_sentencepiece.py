@@ -162,16 +162,6 @@ def test_special_pieces_take_the_types_their_ids_need(sp_model, tmp_path):
     assert info_b["bos_id"] == "300" and info_b["types"] != info["types"]
 
 
-def expect_refused(tmp_path, path, *needles):
-    out = tmp_path / f"{path.stem}.h5"
-    p = run("prepare", "--corpus", "fortunes", "--max-documents", 5, "--tokenizer", path, "--out", out,
-            check=False)
-    assert p.returncode == 1, p.stdout + p.stderr
-    for n in (str(path),) + needles:
-        assert n in p.stderr, (n, p.stderr)
-    assert not out.exists()
-
-
 def test_bad_tables_are_refused_naming_what_is_wrong(sp_model, tmp_path):
     t = tables(sp_model[0])
     expect_refused(tmp_path, vocab_gguf(tmp_path / "addbos.gguf", t, add_bos=False),
