@@ -16,8 +16,8 @@
 namespace condense {
 namespace {
 
-std::string weight_name(int64_t layer, const char* module) {
-  return fmt::format("model.layers.{}.{}.weight", layer, module);
+std::string weight_name(int64_t layer, const char* module, const char* kind = "weight") {
+  return fmt::format("model.layers.{}.{}.{}", layer, module, kind);
 }
 
 std::string join(const std::vector<int64_t>& v) {
@@ -315,6 +315,13 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
     assign(to("self_attn.q_proj"), from("self_attn.q_proj"), qr, ch);
     assign(to("self_attn.k_proj"), from("self_attn.k_proj"), {}, ch);
     assign(to("self_attn.v_proj"), from("self_attn.v_proj"), {}, ch);
+    if (o.qkv_bias) {  // Qwen2: the kept heads' q biases; k/v heads all stay
+      auto bias = [&](int64_t layer, const char* m) { return weight_name(layer, m, "bias"); };
+      const int64_t jj = static_cast<int64_t>(j);
+      assign(bias(jj, "self_attn.q_proj"), bias(i, "self_attn.q_proj"), qr, {});
+      assign(bias(jj, "self_attn.k_proj"), bias(i, "self_attn.k_proj"), {}, {});
+      assign(bias(jj, "self_attn.v_proj"), bias(i, "self_attn.v_proj"), {}, {});
+    }
     assign(to("self_attn.o_proj"), from("self_attn.o_proj"), ch, qr);
     assign(to("mlp.gate_proj"), from("mlp.gate_proj"), nr, ch);
     assign(to("mlp.up_proj"), from("mlp.up_proj"), nr, ch);

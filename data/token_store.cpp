@@ -32,7 +32,8 @@ double document_draw(int64_t seed, int64_t index) {
   return static_cast<double>(h >> 11) * 0x1.0p-53;
 }
 
-// Encodes documents [0, n) as <s> ids </s>, in parallel over contiguous chunks.
+// Encodes documents [0, n) as <s> ids </s> (ids </s> for a vocabulary without <s>: GPT-2,
+// Qwen2), in parallel over contiguous chunks.
 std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
                                                    const std::vector<std::string>& docs,
                                                    int requested_threads) {
@@ -49,7 +50,7 @@ std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
     for (size_t i = lo; i < hi; ++i) {
       std::vector<int32_t> ids = tok.encode(docs[i]);
       out[i].reserve(ids.size() + 2);
-      out[i].push_back(tok.bos_id());
+      if (tok.bos_id() >= 0) out[i].push_back(tok.bos_id());
       out[i].insert(out[i].end(), ids.begin(), ids.end());
       out[i].push_back(tok.eos_id());
       int64_t n = ++done;
@@ -158,9 +159,10 @@ void prepare_token_store(const PrepareOptions& o) {
   } else {
     tok = load_tokenizer_file(o.tokenizer_path);
   }
-  CONDENSE_CHECK(tok->bos_id() >= 0 && tok->eos_id() >= 0,
-                 "{}: tokenizer has no <s>/</s> ids (bos {}, eos {})", tok->source(),
-                 tok->bos_id(), tok->eos_id());
+  // Documents end with </s>, which is what separates them in the training stream; <s> starts
+  // them only where the vocabulary has one.
+  CONDENSE_CHECK(tok->eos_id() >= 0, "{}: the tokenizer has no end-of-text id (eos), which "
+                 "separates documents in a token store", tok->source());
 
   auto start = Clock::now();
   std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs, o.threads);

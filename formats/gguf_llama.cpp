@@ -52,6 +52,17 @@ TypeChoice parse_gguf_type(const std::string& t) {
   fail("unknown GGUF type '{}' (valid: f32, f16, bf16, q8_0)", t);
 }
 
+// The architecture's metadata keys: "llama.block_count", "qwen2.block_count", ...
+struct ArchKeys {
+  std::string arch;
+  std::string operator()(const char* key) const { return arch + "." + key; }
+};
+
+// Qwen2 (LlamaConfig::qkv_bias) goes as llama.cpp's own qwen2 architecture: the llama one with
+// q/k/v biases and NEOX RoPE, which rotates the two halves of each head as Hugging Face does, so
+// its q/k rows are not permuted.
+std::string gguf_architecture(const LlamaConfig& c) { return c.qkv_bias ? "qwen2" : "llama"; }
+
 bool is_q(const std::string& n) { return n.find("self_attn.q_proj.weight") != std::string::npos; }
 bool is_k(const std::string& n) { return n.find("self_attn.k_proj.weight") != std::string::npos; }
 
@@ -71,7 +82,7 @@ std::string gguf_tensor_name(const std::string& n) {
   if (n == "model.embed_tokens.weight") return "token_embd.weight";
   if (n == "model.norm.weight") return "output_norm.weight";
   if (n == "lm_head.weight") return "output.weight";
-  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+)\.weight)");
+  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
   static const std::pair<const char*, const char*> kMap[] = {
       {"input_layernorm", "attn_norm"},      {"self_attn.q_proj", "attn_q"},
       {"self_attn.k_proj", "attn_k"},        {"self_attn.v_proj", "attn_v"},
@@ -81,7 +92,7 @@ std::string gguf_tensor_name(const std::string& n) {
   std::smatch m;
   if (std::regex_match(n, m, layer))
     for (const auto& [hf, gg] : kMap)
-      if (m[2] == hf) return "blk." + m[1].str() + "." + gg + ".weight";
+      if (m[2] == hf) return "blk." + m[1].str() + "." + gg + "." + m[3].str();
   fail("no GGUF name for tensor '{}'", n);
 }
 
@@ -170,31 +181,44 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   CONDENSE_CHECK(tok.vocab_size() <= c.vocab_size, "{}: tokenizer has {} pieces, more than the "
                  "model's vocab_size {}", checkpoint_path, tok.vocab_size(), c.vocab_size);
 
+  const ArchKeys k{gguf_architecture(c)};
+  if (c.qkv_bias) {
+    // llama.cpp's qwen2 graph reads q as [hidden, hidden] and has no rope_freqs tensor.
+    CONDENSE_CHECK(c.num_attention_heads * c.head_size() == c.hidden_size, "{}: a Qwen2 model "
+                   "whose heads are not hidden_size / num_attention_heads wide (head_dim {}) has no "
+                   "GGUF form llama.cpp reads", checkpoint_path, c.head_size());
+    CONDENSE_CHECK(c.rope_scaling.type != "llama3", "{}: a Qwen2 model with Llama 3 RoPE scaling has "
+                   "no GGUF form llama.cpp reads", checkpoint_path);
+  }
   GgufWriter w;
-  w.add_string("general.architecture", "llama");
+  w.add_string("general.architecture", k.arch);
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
   w.add_u32("general.file_type", static_cast<uint32_t>(choice.file_type));
   w.add_u32("general.quantization_version", 2);
   w.add_u32("general.alignment", kGgufDefaultAlignment);
-  w.add_u32("llama.vocab_size", u32(c.vocab_size));
-  w.add_u32("llama.context_length", u32(c.max_position_embeddings));
-  w.add_u32("llama.embedding_length", u32(c.hidden_size));
-  w.add_u32("llama.block_count", u32(c.num_hidden_layers));
-  w.add_u32("llama.feed_forward_length", u32(c.intermediate_size));
-  w.add_u32("llama.rope.dimension_count", u32(c.head_size()));
-  w.add_u32("llama.attention.head_count", u32(c.num_attention_heads));
-  w.add_u32("llama.attention.head_count_kv", u32(c.kv_heads()));
-  w.add_u32("llama.attention.key_length", u32(c.head_size()));
-  w.add_u32("llama.attention.value_length", u32(c.head_size()));
-  w.add_f32("llama.attention.layer_norm_rms_epsilon", static_cast<float>(c.rms_norm_eps));
-  w.add_f32("llama.rope.freq_base", static_cast<float>(c.rope_theta));
+  w.add_u32(k("vocab_size"), u32(c.vocab_size));
+  w.add_u32(k("context_length"), u32(c.max_position_embeddings));
+  w.add_u32(k("embedding_length"), u32(c.hidden_size));
+  w.add_u32(k("block_count"), u32(c.num_hidden_layers));
+  w.add_u32(k("feed_forward_length"), u32(c.intermediate_size));
+  w.add_u32(k("rope.dimension_count"), u32(c.head_size()));
+  w.add_u32(k("attention.head_count"), u32(c.num_attention_heads));
+  w.add_u32(k("attention.head_count_kv"), u32(c.kv_heads()));
+  w.add_u32(k("attention.key_length"), u32(c.head_size()));
+  w.add_u32(k("attention.value_length"), u32(c.head_size()));
+  w.add_f32(k("attention.layer_norm_rms_epsilon"), static_cast<float>(c.rms_norm_eps));
+  w.add_f32(k("rope.freq_base"), static_cast<float>(c.rope_theta));
   // RoPE scaling as llama.cpp's converter writes it: linear as two keys, Llama 3's as the
   // per-frequency divisors in rope_freqs.weight (written after the parameters below).
   if (c.rope_scaling.type == "linear") {
-    w.add_string("llama.rope.scaling.type", "linear");
-    w.add_f32("llama.rope.scaling.factor", static_cast<float>(c.rope_scaling.factor));
+    w.add_string(k("rope.scaling.type"), "linear");
+    w.add_f32(k("rope.scaling.factor"), static_cast<float>(c.rope_scaling.factor));
   }
 
+  if (tok.bpe() && !tok.bpe()->vocab().normalizer.empty())
+    spdlog::warn("{}: the tokenizer normalizes text to NFC first, which GGUF cannot record and "
+                 "llama.cpp does not do: text not already in NFC tokenizes otherwise there",
+                 checkpoint_path);
   if (tok.bpe()) write_bpe_vocabulary(w, tok.bpe()->vocab(), c.vocab_size);
   else write_sentencepiece_vocabulary(w, tok, c.vocab_size);
 
@@ -203,8 +227,8 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   for (const auto& p : model->named_parameters()) {
     const std::string& name = p.key();
     at::Tensor t = p.value().detach().to(at::kFloat).contiguous();
-    if (is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
-    if (is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
+    if (k.arch == "llama" && is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
+    if (k.arch == "llama" && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
     if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
     w.add_tensor(gguf_tensor_name(name), t, gt);
@@ -214,7 +238,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     // llama.cpp reads only the divisors; the parameters go along so that condense reads them
     // back exactly (the original context under llama.cpp's key, the frequency factors under
     // condense's own, which llama.cpp ignores).
-    w.add_u32("llama.rope.scaling.original_context_length",
+    w.add_u32(k("rope.scaling.original_context_length"),
               u32(c.rope_scaling.original_max_position_embeddings));
     w.add_f32(kGgufFactorKey, static_cast<float>(c.rope_scaling.factor));
     w.add_f32(kGgufLowFreqFactorKey, static_cast<float>(c.rope_scaling.low_freq_factor));
@@ -242,39 +266,40 @@ namespace {
 // frequency factors from condense's keys, else 8192, 1 and 4 as every Llama 3.1/3.2 has) and
 // the file is refused unless they reproduce it. YaRN and other kinds are refused: importing them
 // would give other probabilities than llama.cpp's.
-RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const std::string& path) {
+RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const LlamaConfig& c,
+                              const std::string& path) {
   RopeScaling out;
-  if (r.has("llama.rope.scaling.type")) {
-    const auto& type = r.get("llama.rope.scaling.type").value;
-    CONDENSE_CHECK(type == "none" || type == "linear", "{}: llama.rope.scaling.type is {}; condense "
-                   "reads 'none' and 'linear' (and Llama 3's rope_freqs.weight)", path, type.dump());
+  if (r.has(k("rope.scaling.type"))) {
+    const auto& type = r.get(k("rope.scaling.type")).value;
+    CONDENSE_CHECK(type == "none" || type == "linear", "{}: {} is {}; condense reads 'none' and "
+                   "'linear' (and Llama 3's rope_freqs.weight)", path, k("rope.scaling.type"), type.dump());
     if (type == "linear") out.type = "linear";
   }
   // The factor, or where it is absent the older key, as llama.cpp reads them: 1, or 0 for none,
   // is plain RoPE; a type "none" never scales.
-  for (const char* key : {"llama.rope.scaling.factor", "llama.rope.scale_linear"}) {
+  for (const std::string& key : {k("rope.scaling.factor"), k("rope.scale_linear")}) {
     if (!r.has(key)) continue;
     const auto& f = r.get(key).value;
     CONDENSE_CHECK(f.is_number(), "{}: {} is {}, expected a number", path, key, f.dump());
     const double factor = f.get<double>();
     if (factor != 0.0 && factor != 1.0) {
-      CONDENSE_CHECK(out.type == "linear" || !r.has("llama.rope.scaling.type"), "{}: {} is {} but "
-                     "llama.rope.scaling.type says none", path, key, f.dump());
+      CONDENSE_CHECK(out.type == "linear" || !r.has(k("rope.scaling.type")), "{}: {} is {} but "
+                     "{} says none", path, key, f.dump(), k("rope.scaling.type"));
       out.type = "linear";
       out.factor = factor;
     }
     break;
   }
   // llama.cpp multiplies every cos and sin by this, whatever the type.
-  if (r.has("llama.rope.scaling.attn_factor")) {
-    const auto& f = r.get("llama.rope.scaling.attn_factor").value;
-    CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: llama.rope.scaling.attn_factor is {}; "
-                   "condense computes RoPE without an attention factor (only 1)", path, f.dump());
+  if (r.has(k("rope.scaling.attn_factor"))) {
+    const auto& f = r.get(k("rope.scaling.attn_factor")).value;
+    CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: {} is {}; condense computes RoPE "
+                   "without an attention factor (only 1)", path, k("rope.scaling.attn_factor"), f.dump());
   }
-  if (r.has("llama.rope.dimension_count")) {
-    const uint64_t rotary = r.get_uint("llama.rope.dimension_count");
-    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: llama.rope.dimension_count is {} "
-                   "but the heads are {} wide; partial rotary embeddings are not supported", path,
+  if (r.has(k("rope.dimension_count"))) {
+    const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
+    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
+                   "wide; partial rotary embeddings are not supported", path, k("rope.dimension_count"),
                    rotary, c.head_size());
   }
   bool has_freqs = false;
@@ -287,9 +312,9 @@ RopeScaling read_rope_scaling(const GgufReader& r, const LlamaConfig& c, const s
   const std::vector<float> freqs = r.dequantize(info);
   out.type = "llama3";
   out.factor = *std::max_element(freqs.begin(), freqs.end());
-  if (r.has("llama.rope.scaling.original_context_length"))
+  if (r.has(k("rope.scaling.original_context_length")))
     out.original_max_position_embeddings =
-        static_cast<int64_t>(r.get_uint("llama.rope.scaling.original_context_length"));
+        static_cast<int64_t>(r.get_uint(k("rope.scaling.original_context_length")));
   for (auto [key, field] : {std::pair{kGgufFactorKey, &out.factor},
                             {kGgufLowFreqFactorKey, &out.low_freq_factor},
                             {kGgufHighFreqFactorKey, &out.high_freq_factor}}) {
@@ -317,8 +342,11 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   // Mapped, not read: every tensor is dequantized out of it once.
   const auto file = MappedFile::open(path);
   GgufReader r(file->data(), file->size(), path);
-  CONDENSE_CHECK(r.has("general.architecture") && r.get("general.architecture").value == "llama",
-                 "{}: general.architecture is not 'llama'", path);
+  const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
+                                                             : nlohmann::json();
+  CONDENSE_CHECK(arch == "llama" || arch == "qwen2", "{}: general.architecture is {}, expected "
+                 "'llama' (or 'qwen2')", path, arch.dump());
+  const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
       if (std::optional<std::string> bytes = gguf_tokenizer_bytes(r, path)) *tokenizer_bytes = *bytes;
@@ -328,22 +356,23 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     }
   }
   LlamaConfig c;
+  c.qkv_bias = k.arch == "qwen2";
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
-  c.hidden_size = static_cast<int64_t>(r.get_uint("llama.embedding_length"));
-  c.num_hidden_layers = static_cast<int64_t>(r.get_uint("llama.block_count"));
-  c.intermediate_size = static_cast<int64_t>(r.get_uint("llama.feed_forward_length"));
-  c.num_attention_heads = static_cast<int64_t>(r.get_uint("llama.attention.head_count"));
-  c.num_key_value_heads = r.has("llama.attention.head_count_kv")
-                              ? static_cast<int64_t>(r.get_uint("llama.attention.head_count_kv"))
+  c.hidden_size = static_cast<int64_t>(r.get_uint(k("embedding_length")));
+  c.num_hidden_layers = static_cast<int64_t>(r.get_uint(k("block_count")));
+  c.intermediate_size = static_cast<int64_t>(r.get_uint(k("feed_forward_length")));
+  c.num_attention_heads = static_cast<int64_t>(r.get_uint(k("attention.head_count")));
+  c.num_key_value_heads = r.has(k("attention.head_count_kv"))
+                              ? static_cast<int64_t>(r.get_uint(k("attention.head_count_kv")))
                               : c.num_attention_heads;
   // Head width: attention.key_length where the writer set it (models whose heads are not
   // hidden / heads wide), else hidden / heads as in llama.cpp (0: finalize() computes it).
-  c.head_dim = r.has("llama.attention.key_length")
-                   ? static_cast<int64_t>(r.get_uint("llama.attention.key_length"))
+  c.head_dim = r.has(k("attention.key_length"))
+                   ? static_cast<int64_t>(r.get_uint(k("attention.key_length")))
                    : 0;
-  c.max_position_embeddings = static_cast<int64_t>(r.get_uint("llama.context_length"));
-  const auto& eps = r.get("llama.attention.layer_norm_rms_epsilon").value;
-  const auto& theta = r.has("llama.rope.freq_base") ? r.get("llama.rope.freq_base").value : nlohmann::json(10000.0);
+  c.max_position_embeddings = static_cast<int64_t>(r.get_uint(k("context_length")));
+  const auto& eps = r.get(k("attention.layer_norm_rms_epsilon")).value;
+  const auto& theta = r.has(k("rope.freq_base")) ? r.get(k("rope.freq_base")).value : nlohmann::json(10000.0);
   CONDENSE_CHECK(eps.is_number() && theta.is_number(), "{}: rms epsilon / rope base are not numbers", path);
   c.rms_norm_eps = eps.get<double>();
   c.rope_theta = theta.get<double>();
@@ -357,13 +386,13 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   try {
     c.finalize();
   } catch (const Error& e) {
-    fail("{}: its llama.* metadata do not give a valid model: {} (hidden_size is "
-         "llama.embedding_length, intermediate_size llama.feed_forward_length, num_hidden_layers "
-         "llama.block_count, num_attention_heads llama.attention.head_count, num_key_value_heads "
-         "llama.attention.head_count_kv, head_dim llama.attention.key_length or "
-         "embedding_length / head_count)", path, e.what());
+    fail("{0}: its {1}.* metadata do not give a valid model: {2} (hidden_size is "
+         "{1}.embedding_length, intermediate_size {1}.feed_forward_length, num_hidden_layers "
+         "{1}.block_count, num_attention_heads {1}.attention.head_count, num_key_value_heads "
+         "{1}.attention.head_count_kv, head_dim {1}.attention.key_length or "
+         "embedding_length / head_count)", path, k.arch, e.what());
   }
-  c.rope_scaling = read_rope_scaling(r, c, path);
+  c.rope_scaling = read_rope_scaling(r, k, c, path);
   c.finalize();
   LlamaForCausalLM model(c);
   at::NoGradGuard no_grad;
@@ -379,15 +408,16 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     std::vector<float> v = r.dequantize(info);
     at::Tensor t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
     check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
-    if (is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
-    if (is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
+    if (k.arch == "llama" && is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
+    if (k.arch == "llama" && is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);
   }
   // A tensor the model has no place for would be silently dropped (attention biases, another
   // architecture's extras): refused, naming it.
   for (const auto& t : r.tensors())
-    CONDENSE_CHECK(used.count(t.name), "{}: tensor '{}' has no place in the Llama model condense "
-                   "builds (no biases); refusing to drop it", path, t.name);
+    CONDENSE_CHECK(used.count(t.name), "{}: tensor '{}' has no place in the {} model condense builds "
+                   "({}); refusing to drop it", path, t.name, k.arch,
+                   c.qkv_bias ? "biases on q/k/v only" : "no biases");
   return model;
 }
 

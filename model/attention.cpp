@@ -14,8 +14,8 @@
 namespace condense {
 namespace {
 
-torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
 
 // Attention where query p reads the original keys/values ko, vo (positions begin .. T - 1) for
@@ -91,9 +91,9 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
       dropout_(c.attention_dropout) {
-  q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_));
-  k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
-  v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_));
+  q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
+  k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
+  v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size));
   const std::string prefix = "model.layers." + std::to_string(layer_index) + ".self_attn.";
   const char* kinds[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
@@ -104,7 +104,8 @@ at::Tensor LlamaAttentionImpl::project(const at::Tensor& x, torch::nn::Linear& p
   ProjectionHook* hook = projection_hook;
   if (!hook) return proj(x);
   if (hook->observing()) hook->observe(names_[which], x);
-  return at::linear(x, hook->weight(names_[which], proj->weight));
+  // The bias (Qwen2's q/k/v) is added as stored: hooks replace weights only.
+  return at::linear(x, hook->weight(names_[which], proj->weight), proj->bias);
 }
 
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos,
@@ -116,7 +117,10 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // backward one input gradient instead of three summed (model/fused_ops.h: pack_projections).
   at::Tensor q_lin, k_lin, v_lin;
   if (!projection_hook && !latent && pack_projections(x)) {
-    auto parts = at::linear(x, at::cat({q_proj->weight, k_proj->weight, v_proj->weight}))
+    const at::Tensor bias = q_proj->bias.defined()
+                                ? at::cat({q_proj->bias, k_proj->bias, v_proj->bias})
+                                : at::Tensor();
+    auto parts = at::linear(x, at::cat({q_proj->weight, k_proj->weight, v_proj->weight}), bias)
                      .split_with_sizes({heads_ * head_dim_, kv_heads_ * head_dim_, kv_heads_ * head_dim_}, -1);
     q_lin = parts[0];
     k_lin = parts[1];

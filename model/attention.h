@@ -1,7 +1,7 @@
 // Causal self-attention with grouped-query support (num_key_value_heads <= num_attention_heads),
 // RoPE, an optional KV cache, and an extension point on keys/values after RoPE (KVHook) that
 // learned KV projections plug into. Parameter names follow Hugging Face: q_proj, k_proj,
-// v_proj, o_proj (no biases).
+// v_proj, o_proj (biases on q/k/v only with LlamaConfig::qkv_bias: Qwen2's attention).
 #pragma once
 #include <memory>
 

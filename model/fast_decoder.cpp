@@ -72,7 +72,8 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
                        l->self_attn->k_proj->weight, l->self_attn->v_proj->weight,
                        l->self_attn->o_proj->weight, l->post_attention_layernorm->weight,
                        l->mlp->gate_proj->weight, l->mlp->up_proj->weight,
-                       l->mlp->down_proj->weight});
+                       l->mlp->down_proj->weight, l->self_attn->q_proj->bias,
+                       l->self_attn->k_proj->bias, l->self_attn->v_proj->bias});
   }
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
@@ -123,6 +124,11 @@ at::Tensor FastDecoder::step(int64_t id) {
 
     rms_norm(L.norm_in);
     matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), hidden);
+    if (L.q_bias.defined()) {  // Qwen2
+      decode::add(q_.data(), L.q_bias.data_ptr<float>(), heads * d);
+      decode::add(k_.data(), L.k_bias.data_ptr<float>(), kv * d);
+      decode::add(v_.data(), L.v_bias.data_ptr<float>(), kv * d);
+    }
     rope(q_.data(), heads);
     rope(k_.data(), kv);
     for (int64_t h = 0; h < kv; ++h) {  // the cache is [1, kv, capacity, d]

@@ -42,6 +42,7 @@ class FastDecoder {
  private:
   struct Layer {
     at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
+    at::Tensor q_bias, k_bias, v_bias;  // undefined without LlamaConfig::qkv_bias
   };
   LlamaConfig config_;
   KVCache& cache_;

@@ -108,6 +108,8 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
   torch::NoGradGuard no_grad;
   for (auto& p : named_parameters()) {
     if (p.value().dim() >= 2) p.value().normal_(0.0, config_.initializer_range);
+    // Biases (Qwen2's q/k/v) start at zero, as transformers initializes them.
+    if (p.key().size() > 5 && p.key().compare(p.key().size() - 5, 5, ".bias") == 0) p.value().zero_();
   }
 }
 

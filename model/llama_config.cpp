@@ -48,7 +48,7 @@ int64_t LlamaConfig::num_parameters() const {
   int64_t hd = head_size(), kv = kv_heads();
   int64_t attn = hidden_size * num_attention_heads * hd * 2 + hidden_size * kv * hd * 2;
   int64_t mlp = 3 * hidden_size * intermediate_size;
-  int64_t per_layer = attn + mlp + 2 * hidden_size;
+  int64_t per_layer = attn + mlp + 2 * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0);
   int64_t embed = vocab_size * hidden_size;
   return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
 }
@@ -76,12 +76,20 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
       {"tie_word_embeddings", c.tie_word_embeddings},
       {"initializer_range", c.initializer_range},
       {"attention_dropout", c.attention_dropout},
-      {"attention_bias", false},
-      {"mlp_bias", false},
       {"bos_token_id", c.bos_token_id},
       {"eos_token_id", eos},
       {"torch_dtype", "float32"},
   };
+  if (c.qkv_bias) {
+    // Qwen2's config: its attention has the q/k/v biases built in (no key for them), and
+    // head_dim is read with getattr, so it may stay.
+    j["architectures"] = {"Qwen2ForCausalLM"};
+    j["model_type"] = "qwen2";
+    j["use_sliding_window"] = false;
+  } else {
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
+  }
   const RopeScaling& rs = c.rope_scaling;
   if (rs.type == "linear") j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rs.factor}};
   if (rs.type == "llama3")
@@ -155,14 +163,15 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
-  CONDENSE_CHECK(model_type == "llama" || model_type == "mistral", "{}: model_type is '{}', "
-                 "expected 'llama' (or 'mistral')", source, model_type);
+  CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2",
+                 "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2')", source, model_type);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
     if (j.contains(bias) && j[bias].is_boolean() && j[bias].get<bool>())
       fail("{}: {}=true is not supported", source, bias);
   LlamaConfig c;
+  c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
   read_field(j, "vocab_size", c.vocab_size, true, source);
   read_field(j, "hidden_size", c.hidden_size, true, source);
   read_field(j, "intermediate_size", c.intermediate_size, true, source);
@@ -177,20 +186,24 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   read_field(j, "rope_theta", c.rope_theta, false, source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
+  if (model_type == "qwen2") c.max_position_embeddings = 32768;  // Qwen2Config's default
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   // Mistral is Llama with sliding-window attention: a query attends to the previous
   // sliding_window positions, which up to that many positions is every earlier one. condense
   // attends to all, so it caps the context at the window (exact there; longer sequences are
   // refused rather than computed otherwise).
-  // An absent sliding_window is transformers' MistralConfig default, 4096; null is none.
-  if (model_type == "mistral" && !(j.contains("sliding_window") && j["sliding_window"].is_null())) {
+  // An absent sliding_window is transformers' MistralConfig default, 4096; null is none. Qwen2
+  // uses its window (on some layers) only with use_sliding_window true; capping at it is exact.
+  bool windowed = model_type == "mistral" && !(j.contains("sliding_window") && j["sliding_window"].is_null());
+  if (model_type == "qwen2") read_field(j, "use_sliding_window", windowed, false, source);
+  if (windowed) {
     int64_t window = 4096;
     read_field(j, "sliding_window", window, false, source);
     CONDENSE_CHECK(window > 0, "{}: sliding_window is {}, expected a positive count or null", source,
                    window);
     if (window < c.max_position_embeddings) {
       spdlog::warn("{}: sliding_window {} is below max_position_embeddings {}: condense attends to "
-                   "every earlier position, which equals Mistral's window for up to {} positions, so "
+                   "every earlier position, which equals the window for up to {} positions, so "
                    "max_position_embeddings becomes {}", source, window, c.max_position_embeddings,
                    window, window);
       c.max_position_embeddings = window;

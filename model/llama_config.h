@@ -52,6 +52,10 @@ struct LlamaConfig {
   // Carried like more_eos_token_ids: from a Hugging Face config or GGUF through checkpoints to
   // exports (recipes never set it).
   RopeScaling rope_scaling;
+  // Biases on q_proj, k_proj and v_proj (not o_proj, not the MLP): Qwen2's attention, which is
+  // otherwise Llama's. Read from a Qwen2 config.json (model_type "qwen2") or GGUF (architecture
+  // "qwen2") and written back as one; carried like rope_scaling (recipes never set it).
+  bool qkv_bias = false;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.
@@ -61,8 +65,10 @@ struct LlamaConfig {
   int64_t num_parameters() const;
 };
 
-// Hugging Face config.json (LlamaForCausalLM) <-> LlamaConfig. from_hf_json checks that the
-// model is a Llama and names the missing or mistyped field; `source` names the file in errors.
+// Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM and Qwen2ForCausalLM read as the
+// Llamas they are) <-> LlamaConfig; a model with qkv_bias is written as Qwen2ForCausalLM.
+// from_hf_json checks that the model is one of these and names the missing or mistyped field;
+// `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
 

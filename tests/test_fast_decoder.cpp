@@ -115,6 +115,8 @@ void compare_steps(const LlamaConfig& c, uint64_t seed) {
   {  // larger weights than HF's init, so that the logits differ visibly between tokens
     for (auto& p : m->parameters())
       if (p.dim() == 2) p.normal_(0, 0.2);
+    for (auto& p : m->named_parameters())  // Qwen2's q/k/v biases, felt clearly
+      if (p.key().find(".bias") != std::string::npos) p.value().normal_(0, 0.5);
   }
   at::Tensor prompt = at::randint(0, c.vocab_size, {1, 5}, at::kLong);
   at::Tensor steps = at::randint(0, c.vocab_size, {7}, at::kLong);
@@ -148,6 +150,9 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   LlamaConfig scaled = config(4, 2, false);     // Llama 3's RoPE scaling, felt within 12 positions
   scaled.rope_scaling = {"llama3", 4.0, 1.0, 4.0, 8};
   compare_steps(scaled, 14);
+  LlamaConfig qwen2 = config(4, 2, true);  // q/k/v biases
+  qwen2.qkv_bias = true;
+  compare_steps(qwen2, 15);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {
@@ -184,6 +189,8 @@ TEST(FastDecoder, GenerateUsesItWhereItAppliesAndSaysWhyNot) {
     torch::NoGradGuard ng;
     for (auto& p : m->parameters())
       if (p.dim() == 2) p.normal_(0, 0.2);
+    for (auto& p : m->named_parameters())  // Qwen2's q/k/v biases, felt clearly
+      if (p.key().find(".bias") != std::string::npos) p.value().normal_(0, 0.5);
   }
   std::vector<int64_t> prompt = {3, 14, 15, 92};
   SamplingOptions greedy;

@@ -118,10 +118,20 @@ TEST(Minitron, PruningNeuronsWithZeroOutputsKeepsLogits) {
   EXPECT_LE(max_diff(logits(p, ids()), logits(m, ids())), 1e-6);
 }
 
+// Qwen2's q/k/v biases (qkv_bias) included: a kept head keeps its own q bias rows (a wrong slice
+// changes that head's output), the KV heads their whole biases.
 TEST(Minitron, PruningHeadsWithZeroOutputsKeepsLogits) {
+  for (bool qkv_bias : {false, true}) {
+  SCOPED_TRACE(qkv_bias ? "with q/k/v biases" : "without biases");
   torch::manual_seed(2);
   LlamaConfig c = tiny();  // 4 heads of 8, 2 KV groups of 2
+  c.qkv_bias = qkv_bias;
   LlamaForCausalLM m(c);
+  if (qkv_bias) {
+    at::NoGradGuard g;
+    for (auto& p : m->named_parameters())
+      if (p.key().find(".bias") != std::string::npos) p.value().normal_(0.0, 0.5);
+  }
   CalibrationStats st = random_stats(c);
   std::vector<std::vector<int64_t>> removed = {{1, 2}, {0, 3}, {1, 3}};  // one per group
   for (int64_t i = 0; i < 3; ++i) {
@@ -145,7 +155,9 @@ TEST(Minitron, PruningHeadsWithZeroOutputsKeepsLogits) {
   EXPECT_EQ(a->k_proj->weight.sizes(), (std::vector<int64_t>{16, 32}));
   EXPECT_EQ(a->q_proj->weight.sizes(), (std::vector<int64_t>{16, 32}));
   EXPECT_EQ(a->o_proj->weight.sizes(), (std::vector<int64_t>{32, 16}));
+  EXPECT_EQ(a->q_proj->bias.defined(), qkv_bias);
   EXPECT_LE(max_diff(logits(p, ids()), logits(m, ids())), 1e-6);
+  }
 }
 
 TEST(Minitron, DroppingLayersEqualsSkippingThemAndRenumbers) {
@@ -205,10 +217,17 @@ TEST(Minitron, DepthByBlockInfluenceDropsTheLowestTiesKeepLowerIndex) {
   EXPECT_EQ(plan_minitron(c, st, t).layers, (std::vector<int64_t>{0, 1}));
 }
 
+// With Qwen2's q/k/v biases (random, so that a wrong slice shows): q's follow the kept heads.
 TEST(Minitron, HiddenPruningKeepsExactlyTheSlicedValues) {
   torch::manual_seed(4);
   LlamaConfig c = tiny();
+  c.qkv_bias = true;
   LlamaForCausalLM m(c);
+  {
+    at::NoGradGuard g;
+    for (auto& p : m->named_parameters())
+      if (p.key().find(".bias") != std::string::npos) p.value().normal_(0.0, 0.5);
+  }
   CalibrationStats st = random_stats(c);
   MinitronTarget t;
   t.hidden_size = 24;
@@ -244,9 +263,13 @@ TEST(Minitron, HiddenPruningKeepsExactlyTheSlicedValues) {
     if (std::regex_match(name, mt, std::regex(R"(model\.layers\.([0-9]+)\.(.*))"))) {
       int64_t j = std::stoll(mt[1]);
       std::string part = mt[2];
-      at::Tensor o = before.at(w(plan.layers[j], part.substr(0, part.size() - 7)));
+      const bool bias = part.size() > 5 && part.substr(part.size() - 5) == ".bias";
+      at::Tensor o = bias ? before.at("model.layers." + std::to_string(plan.layers[j]) + "." + part)
+                          : before.at(w(plan.layers[j], part.substr(0, part.size() - 7)));
       at::Tensor nr = at::tensor(plan.neurons[j], at::kLong);
-      if (part.find("layernorm") != std::string::npos) want = o.index_select(0, ch);
+      if (part == "self_attn.q_proj.bias") want = o.index_select(0, qrows(j));
+      else if (bias) want = o;  // k, v: every KV head stays
+      else if (part.find("layernorm") != std::string::npos) want = o.index_select(0, ch);
       else if (part == "self_attn.q_proj.weight") want = o.index_select(0, qrows(j)).index_select(1, ch);
       else if (part == "self_attn.o_proj.weight") want = o.index_select(0, ch).index_select(1, qrows(j));
       else if (part == "self_attn.k_proj.weight" || part == "self_attn.v_proj.weight") want = o.index_select(1, ch);
@@ -260,7 +283,7 @@ TEST(Minitron, HiddenPruningKeepsExactlyTheSlicedValues) {
     EXPECT_TRUE(at::equal(q.value(), want)) << name;
     ++checked;
   }
-  EXPECT_EQ(checked, 3u + 2u * 9u);
+  EXPECT_EQ(checked, 3u + 2u * 12u);
   for (const auto& q : m->named_parameters()) EXPECT_TRUE(at::equal(q.value(), before.at(q.key()))) << q.key();
   EXPECT_EQ(logits(p, ids()).sizes(), (std::vector<int64_t>{2, 12, 61}));
   EXPECT_NE(plan.describe().find("hidden_size 32 -> 24"), std::string::npos) << plan.describe();

@@ -199,6 +199,54 @@ TEST(LlamaConfig, RopeScalingRoundTripsAndOthersAreRefused) {
   }
 }
 
+// Qwen2: Llama with q/k/v biases (its config has no key for them: model_type says it), read as
+// qkv_bias, written back as a Qwen2 config; a window only with use_sliding_window true.
+TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {
+  nlohmann::json j = to_hf_json(tiny());
+  EXPECT_EQ(j["model_type"], "llama");
+  EXPECT_EQ(j["attention_bias"], false);
+  j["model_type"] = "qwen2";
+  j["architectures"] = {"Qwen2ForCausalLM"};
+  j.erase("attention_bias");
+  j.erase("mlp_bias");
+  j["sliding_window"] = 8;  // ignored: use_sliding_window absent (false)
+  LlamaConfig c = from_hf_json(j, "config.json");
+  EXPECT_TRUE(c.qkv_bias);
+  EXPECT_EQ(c.max_position_embeddings, tiny().max_position_embeddings);
+  const nlohmann::json back = to_hf_json(c);
+  EXPECT_EQ(back["model_type"], "qwen2");
+  EXPECT_EQ(back["architectures"], nlohmann::json({"Qwen2ForCausalLM"}));
+  EXPECT_EQ(back["use_sliding_window"], false);
+  EXPECT_FALSE(back.contains("attention_bias"));
+  EXPECT_EQ(from_hf_json(back, "config.json").qkv_bias, true);
+  // q/k/v biases counted: (heads + 2 kv) x head_dim per layer.
+  LlamaConfig plain = c;
+  plain.qkv_bias = false;
+  EXPECT_EQ(c.num_parameters() - plain.num_parameters(),
+            c.num_hidden_layers * (c.num_attention_heads + 2 * c.kv_heads()) * c.head_size());
+  LlamaForCausalLM m(c);
+  int64_t n = 0, biases = 0;
+  for (const auto& p : m->named_parameters()) {
+    n += p.value().numel();
+    if (p.key().find(".bias") != std::string::npos) {
+      ++biases;
+      EXPECT_TRUE(at::equal(p.value(), at::zeros_like(p.value()))) << p.key();  // as transformers
+    }
+  }
+  EXPECT_EQ(n, c.num_parameters());
+  EXPECT_EQ(biases, 3 * c.num_hidden_layers);
+  j["use_sliding_window"] = true;  // every layer within the window is exact: capped there
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 8);
+  j["attention_bias"] = true;  // Llama's own biases (o_proj too) stay refused
+  j["model_type"] = "llama";
+  try {
+    from_hf_json(j, "config.json");
+    ADD_FAILURE() << "attention_bias=true accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("attention_bias=true is not supported"), std::string::npos) << e.what();
+  }
+}
+
 TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {
   // Llama 3 Instruct's config.json names three ids that end generation.
   nlohmann::json j = to_hf_json(tiny());

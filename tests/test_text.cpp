@@ -23,6 +23,7 @@
 #include "text/chat_format.h"
 #include "text/pretokenizer.h"
 #include "text/sentencepiece_proto.h"
+#include "text/unicode_nfc.h"
 #include "text/utf8.h"
 
 namespace condense {
@@ -402,6 +403,42 @@ TEST(BpeTokenizer, SerializationRoundTripsAndIsStable) {
       std::string::npos);
 }
 
+// UAX #15's own cases: composition, reordering by combining class, blocking, Hangul, singletons
+// and composition exclusions (tests/python/test_unicode_nfc.py checks every code point).
+TEST(UnicodeNfc, ClosedForms) {
+  EXPECT_EQ(nfc("cafe\u0301"), "caf\u00e9");
+  EXPECT_EQ(nfc("plain ASCII"), "plain ASCII");
+  EXPECT_EQ(nfc("\u212b"), "\u00c5");                  // Angstrom sign: a singleton
+  EXPECT_EQ(nfc("a\u0307\u0323"), "\u1ea1\u0307");   // dot below (220) sorts before dot above (230)
+  EXPECT_EQ(nfc("e\u0302\u0323"), "\u1ec7");         // reordered, then both compose
+  EXPECT_EQ(nfc("a\u0301\u0301"), "\u00e1\u0301");   // the second acute is blocked by the first
+  EXPECT_EQ(nfc("\u1100\u1161\u11a8"), "\uac01");   // Hangul L V T -> LVT
+  EXPECT_EQ(nfc("\uac00\u11a8"), "\uac01");          // LV + T
+  EXPECT_EQ(nfc("\u0958"), "\u0915\u093c");          // composition exclusion stays decomposed
+  EXPECT_EQ(nfc("\u0344"), "\u0308\u0301");          // non-starter decomposition
+  EXPECT_EQ(nfc("\u0301a"), "\u0301a");               // a leading mark composes with nothing
+  EXPECT_EQ(nfc(std::string("e\xcc\x81\xff\xcc\x81")), "\u00e9\xff\xcc\x81");  // not UTF-8: kept
+}
+
+// A tokenizer.json normalizer (Qwen2's NFC) is part of the vocabulary: encoded first, serialized,
+// and it changes the hash.
+TEST(BpeTokenizer, NfcNormalizerAppliesBeforePretokenizingAndSerializes) {
+  BpeVocabulary v = tiny({}, {}, "gpt2");
+  v.tokens.push_back("<|end|>");
+  v.token_types.push_back(3);
+  const BpeTokenizer plain(v, "plain");
+  v.normalizer = "nfc";
+  const BpeTokenizer a(v, "a");
+  const BpeTokenizer b = BpeTokenizer::from_serialized(a.serialized(), "b");
+  EXPECT_EQ(b.vocab().normalizer, "nfc");
+  EXPECT_NE(a.sha256(), plain.sha256());
+  EXPECT_EQ(b.encode("cafe\u0301<|end|>e\u0301"), plain.encode("caf\u00e9<|end|>\u00e9"));
+  EXPECT_NE(plain.encode("cafe\u0301"), plain.encode("caf\u00e9"));
+  EXPECT_EQ(b.decode(b.encode("e\u0301")), "\u00e9");
+  v.normalizer = "nfkc";
+  EXPECT_NE(error_of([&] { BpeTokenizer(v, "d"); }).find("normalizer 'nfkc'"), std::string::npos);
+}
+
 TEST(BpeTokenizer, GgufFieldsUseLlamaCppConventions) {
   BpeVocabulary v = tiny({"ab", "abc"}, {"a|b"}, "llama3");
   const BpeTokenizer t = BpeTokenizer::from_gguf_fields(v, "gguf");
@@ -480,9 +517,9 @@ TEST_F(TokenizerJson, MalformedRefusedNamingTheKey) {
       err(doc(R"(["a b"])", R"({"type":"ByteLevel","add_prefix_space":true,"use_regex":true})"))
           .find("pre_tokenizer"),
       std::string::npos);
-  std::string nfc = doc("[]");
-  nfc.replace(nfc.find(R"("normalizer":null)"), 17, R"("normalizer":{"type":"NFC"})");
-  EXPECT_NE(err(nfc).find("normalizer"), std::string::npos);
+  std::string nfkc = doc("[]");  // NFC is read (Qwen2's); other normalizers are refused
+  nfkc.replace(nfkc.find(R"("normalizer":null)"), 17, R"("normalizer":{"type":"NFKC"})");
+  EXPECT_NE(err(nfkc).find("normalizer {\"type\":\"NFKC\"} is not supported"), std::string::npos) << err(nfkc);
   EXPECT_NE(err(R"({"added_tokens":[{"id":9,"content":"x"}],"pre_tokenizer":{"type":"ByteLevel"},)"
                 R"("model":{"type":"BPE","vocab":{"a":0},"merges":[]}})")
                 .find("no token with id 1"),

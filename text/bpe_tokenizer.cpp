@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/hash.h"
 #include "text/byte_unicode.h"
+#include "text/unicode_nfc.h"
 #include "text/utf8.h"
 
 namespace condense {
@@ -31,6 +32,7 @@ struct BpeTokenizer::State {
     bool always;  // user-defined: matched even when special tokens are not parsed
   };
   std::array<std::vector<Added>, 256> added;  // by first byte, longest first
+  bool nfc = false;                           // vocab.normalizer == "nfc"
 };
 
 namespace {
@@ -55,7 +57,10 @@ BpeTokenizer::BpeTokenizer(BpeVocabulary v, const std::string& source) : state_(
   const bool unk_rule = v.missing_byte == MissingByte::kUnk || v.missing_byte == MissingByte::kUnkFused;
   CONDENSE_CHECK(!unk_rule || v.unk_id, "{}: bytes without a symbol become the unknown token, but "
                  "the vocabulary names none", source);
+  CONDENSE_CHECK(v.normalizer.empty() || v.normalizer == "nfc", "{}: normalizer '{}' (valid: nfc, "
+                 "or none)", source, v.normalizer);
   auto st = std::make_shared<State>(State{v, Pretokenizer::by_name(v.pre_tokenizer), {}, source});
+  st->nfc = v.normalizer == "nfc";
   st->token_to_id.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     const int32_t type = v.token_types[i];
@@ -206,8 +211,13 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool parse_spec
         end += len;
       }
       if (end > pos) {
-        for (std::string_view word : st.pretokenizer.split(s.substr(pos, end - pos)))
-          encode_word(word, out);
+        std::string_view run = s.substr(pos, end - pos);
+        std::string normalized;
+        if (st.nfc) {
+          normalized = nfc(run);
+          run = normalized;
+        }
+        for (std::string_view word : st.pretokenizer.split(run)) encode_word(word, out);
       }
       pos = end;
       while (end < s.size() && utf8_sequence_length(s, end) == 0) ++end;

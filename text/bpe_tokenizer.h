@@ -5,7 +5,9 @@
 // regexes; (3) each pre-token's bytes start as one symbol per byte (GPT-2's byte-to-unicode
 // spelling) and adjacent pairs merge in rank order, lowest rank first and leftmost among
 // equals, until no ranked pair is left. decode(encode(x)) == x for every UTF-8 x, and for
-// arbitrary bytes: bytes that are not UTF-8 become pre-tokens of their own. A byte the
+// arbitrary bytes: bytes that are not UTF-8 become pre-tokens of their own; with an NFC
+// normalizer (Qwen2's tokenizer.json) the text between added tokens is normalized before (2), so
+// there decode(encode(x)) == nfc(x). A byte the
 // vocabulary has no symbol for (SmolLM2 lacks 21 of the 256: six control characters, the lead
 // bytes of code points U+40000..U+BFFFF, and bytes never in UTF-8) is handled as the reference the vocabulary came from
 // does (BpeVocabulary::missing_byte): llama.cpp drops it where it stands (GGUF), tokenizers

@@ -162,9 +162,13 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
                    "{}: tokenizer.json model.byte_fallback is true (a sentencepiece-style BPE, not "
                    "byte-level)",
                    path);
-    CONDENSE_CHECK(!root.contains("normalizer") || root["normalizer"].is_null(),
-                   "{}: tokenizer.json normalizer {} is not supported (byte-level BPE has none)",
-                   path, brief(root["normalizer"]));
+    // Byte-level BPEs have no normalizer, except NFC (Qwen2).
+    if (root.contains("normalizer") && !root["normalizer"].is_null()) {
+      const Json& norm = root["normalizer"];
+      CONDENSE_CHECK(norm.is_object() && norm.value("type", "") == "NFC", "{}: tokenizer.json "
+                     "normalizer {} is not supported (none or NFC)", path, brief(norm));
+      v.normalizer = "nfc";
+    }
     const Json& pre = require(root, "pre_tokenizer", "", path);
     v.pre_tokenizer = pre_tokenizer_name(pre);
     CONDENSE_CHECK(
@@ -199,6 +203,10 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
                          "implement",
                          path, content.get<std::string>(), key);
         }
+        // Added tokens are matched in the raw text; one matched in normalized text would differ.
+        CONDENSE_CHECK(v.normalizer.empty() || !a.value("normalized", false), "{}: tokenizer.json "
+                       "added token '{}' is matched after normalization (normalized: true), which "
+                       "condense does not implement", path, content.get<std::string>());
         const auto type =
             a.value("special", false) ? BpeTokenType::kControl : BpeTokenType::kUserDefined;
         by_id[id.get<int64_t>()] = {content.get<std::string>(), static_cast<int32_t>(type)};
@@ -343,7 +351,7 @@ std::string BpeTokenizer::to_tokenizer_json() const {
                {"truncation", nullptr},
                {"padding", nullptr},
                {"added_tokens", added},
-               {"normalizer", nullptr},
+               {"normalizer", v.normalizer == "nfc" ? Json{{"type", "NFC"}} : Json(nullptr)},
                {"pre_tokenizer", pre_tokenizer_json(v.pre_tokenizer)},
                {"post_processor", post_processor_json(v)},
                {"decoder", byte_level(true)},

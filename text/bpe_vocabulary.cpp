@@ -95,8 +95,11 @@ std::string serialize_bpe_vocabulary(const BpeVocabulary& v) {
   w.u32(v.add_eos);
   w.str(v.chat_template);
   // Written only when not the default, so the bytes (and SHA-256) of every vocabulary made
-  // before the field existed, which all behaved as kBlockAndDrop, stay as they were.
-  if (v.missing_byte != MissingByte::kBlockAndDrop) w.u32(static_cast<uint32_t>(v.missing_byte));
+  // before the fields existed, which all behaved as kBlockAndDrop without a normalizer, stay as
+  // they were; a normalizer comes after the missing-byte rule, which it then always writes.
+  if (v.missing_byte != MissingByte::kBlockAndDrop || !v.normalizer.empty())
+    w.u32(static_cast<uint32_t>(v.missing_byte));
+  if (!v.normalizer.empty()) w.str(v.normalizer);
   return w.take();
 }
 
@@ -132,8 +135,14 @@ BpeVocabulary deserialize_bpe_vocabulary(const std::string& bytes, const std::st
   v.chat_template = r.str();
   if (!r.at_end()) {
     const uint32_t rule = r.u32();
-    CONDENSE_CHECK(rule == 1 || rule == 2, "{}: missing-byte rule {} (valid: 1, 2)", source, rule);
+    CONDENSE_CHECK(rule <= 2, "{}: missing-byte rule {} (valid: 0, 1, 2)", source, rule);
     v.missing_byte = static_cast<MissingByte>(rule);
+    if (!r.at_end()) {
+      v.normalizer = r.str();
+      CONDENSE_CHECK(v.normalizer == "nfc", "{}: normalizer '{}' (valid: nfc)", source, v.normalizer);
+    } else {
+      CONDENSE_CHECK(rule != 0, "{}: missing-byte rule 0 written without a normalizer", source);
+    }
   }
   CONDENSE_CHECK(r.at_end(), "{}: trailing bytes after the BPE vocabulary", source);
   return v;

