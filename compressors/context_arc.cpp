@@ -75,8 +75,9 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
                 kv = config_.kv_heads(), d = config_.head_size();
   at::Tensor xn = layer.input_layernorm(x);
   auto [cos, sin] = rope_.cos_sin(0, n, x.device());
-  at::Tensor q = attn.q_proj(xn).view({b, n, heads, d});
-  at::Tensor k = attn.k_proj(xn).view({b, n, kv, d}).transpose(1, 2);
+  // q_norm / k_norm (Qwen3) as the decoder layer applies them; queries pool after theirs.
+  at::Tensor q = attn.norm_q(attn.q_proj(xn).view({b, n, heads, d}));
+  at::Tensor k = attn.norm_k(attn.k_proj(xn).view({b, n, kv, d})).transpose(1, 2);
   at::Tensor v = attn.v_proj(xn).view({b, n, kv, d}).transpose(1, 2);
   at::Tensor residual = x;
   at::Tensor qcos = cos, qsin = sin;

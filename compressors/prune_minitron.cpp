@@ -322,6 +322,10 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
       assign(bias(jj, "self_attn.k_proj"), bias(i, "self_attn.k_proj"), {}, {});
       assign(bias(jj, "self_attn.v_proj"), bias(i, "self_attn.v_proj"), {}, {});
     }
+    if (o.qk_norm) {  // Qwen3: one [head_dim] weight each, shared by the heads, kept whole
+      assign(to("self_attn.q_norm"), from("self_attn.q_norm"), {}, {});
+      assign(to("self_attn.k_norm"), from("self_attn.k_norm"), {}, {});
+    }
     assign(to("self_attn.o_proj"), from("self_attn.o_proj"), ch, qr);
     assign(to("mlp.gate_proj"), from("mlp.gate_proj"), nr, ch);
     assign(to("mlp.up_proj"), from("mlp.up_proj"), nr, ch);

@@ -78,6 +78,11 @@ std::string gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
   v.add_eos = gguf_flag(r, path, "tokenizer.ggml.add_eos_token", false);
   if (r.has("tokenizer.chat_template") && r.get("tokenizer.chat_template").value.is_string())
     v.chat_template = r.get("tokenizer.chat_template").value.get<std::string>();
+  if (r.has(kGgufBpeNormalizerKey)) {
+    const auto& n = r.get(kGgufBpeNormalizerKey).value;
+    CONDENSE_CHECK(n == "nfc", "{}: {} is {} (valid: \"nfc\")", path, kGgufBpeNormalizerKey, n.dump());
+    v.normalizer = "nfc";
+  }
   return BpeTokenizer::from_gguf_fields(std::move(v), path).serialized();
 }
 

@@ -18,6 +18,9 @@ class GgufReader;
 
 // Metadata key holding condense's sentencepiece model (base64) in its GGUF exports.
 inline constexpr const char* kGgufSentencepieceKey = "condense.tokenizer.sentencepiece_base64";
+// A byte-level BPE's normalizer ("nfc"), which GGUF has no key for and llama.cpp does not apply:
+// condense's exports write it so that their own import gives back the same vocabulary (hash).
+inline constexpr const char* kGgufBpeNormalizerKey = "condense.tokenizer.normalizer";
 
 // Errors name the file and what it lacks (a GGUF of another tokenizer model, an HDF5 file
 // without a tokenizer).

@@ -58,10 +58,12 @@ struct ArchKeys {
   std::string operator()(const char* key) const { return arch + "." + key; }
 };
 
-// Qwen2 (LlamaConfig::qkv_bias) goes as llama.cpp's own qwen2 architecture: the llama one with
-// q/k/v biases and NEOX RoPE, which rotates the two halves of each head as Hugging Face does, so
-// its q/k rows are not permuted.
-std::string gguf_architecture(const LlamaConfig& c) { return c.qkv_bias ? "qwen2" : "llama"; }
+// Qwen2 (LlamaConfig::qkv_bias) and Qwen3 (qk_norm) go as llama.cpp's own qwen2 / qwen3
+// architectures: the llama one with q/k/v biases or q/k norms and NEOX RoPE, which rotates the two
+// halves of each head as Hugging Face does, so their q/k rows are not permuted.
+std::string gguf_architecture(const LlamaConfig& c) {
+  return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
+}
 
 bool is_q(const std::string& n) { return n.find("self_attn.q_proj.weight") != std::string::npos; }
 bool is_k(const std::string& n) { return n.find("self_attn.k_proj.weight") != std::string::npos; }
@@ -88,7 +90,8 @@ std::string gguf_tensor_name(const std::string& n) {
       {"self_attn.k_proj", "attn_k"},        {"self_attn.v_proj", "attn_v"},
       {"self_attn.o_proj", "attn_output"},   {"post_attention_layernorm", "ffn_norm"},
       {"mlp.gate_proj", "ffn_gate"},         {"mlp.up_proj", "ffn_up"},
-      {"mlp.down_proj", "ffn_down"}};
+      {"mlp.down_proj", "ffn_down"},         {"self_attn.q_norm", "attn_q_norm"},
+      {"self_attn.k_norm", "attn_k_norm"}};
   std::smatch m;
   if (std::regex_match(n, m, layer))
     for (const auto& [hf, gg] : kMap)
@@ -161,6 +164,7 @@ void write_bpe_vocabulary(GgufWriter& w, const BpeVocabulary& v, int64_t model_v
   w.add_bool("tokenizer.ggml.add_bos_token", v.add_bos);
   w.add_bool("tokenizer.ggml.add_eos_token", v.add_eos);
   if (!v.chat_template.empty()) w.add_string("tokenizer.chat_template", v.chat_template);
+  if (!v.normalizer.empty()) w.add_string(kGgufBpeNormalizerKey, v.normalizer);
 }
 
 }  // namespace
@@ -187,9 +191,10 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     CONDENSE_CHECK(c.num_attention_heads * c.head_size() == c.hidden_size, "{}: a Qwen2 model "
                    "whose heads are not hidden_size / num_attention_heads wide (head_dim {}) has no "
                    "GGUF form llama.cpp reads", checkpoint_path, c.head_size());
-    CONDENSE_CHECK(c.rope_scaling.type != "llama3", "{}: a Qwen2 model with Llama 3 RoPE scaling has "
-                   "no GGUF form llama.cpp reads", checkpoint_path);
   }
+  // llama.cpp's qwen2 and qwen3 graphs have no rope_freqs tensor.
+  CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
+                 "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
   GgufWriter w;
   w.add_string("general.architecture", k.arch);
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
@@ -216,9 +221,9 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   }
 
   if (tok.bpe() && !tok.bpe()->vocab().normalizer.empty())
-    spdlog::warn("{}: the tokenizer normalizes text to NFC first, which GGUF cannot record and "
-                 "llama.cpp does not do: text not already in NFC tokenizes otherwise there",
-                 checkpoint_path);
+    spdlog::warn("{}: the tokenizer normalizes text to NFC first, which llama.cpp does not do: "
+                 "text not already in NFC tokenizes otherwise there (condense reads the GGUF back "
+                 "with NFC: {})", checkpoint_path, kGgufBpeNormalizerKey);
   if (tok.bpe()) write_bpe_vocabulary(w, tok.bpe()->vocab(), c.vocab_size);
   else write_sentencepiece_vocabulary(w, tok, c.vocab_size);
 
@@ -305,6 +310,8 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
   bool has_freqs = false;
   for (const auto& t : r.tensors()) has_freqs |= t.name == "rope_freqs.weight";
   if (!has_freqs) return out;
+  CONDENSE_CHECK(k.arch == "llama", "{}: a {} file with rope_freqs.weight, which llama.cpp's {} graph "
+                 "does not read", path, k.arch, k.arch);
   CONDENSE_CHECK(out.type.empty(), "{}: both linear RoPE scaling and rope_freqs.weight", path);
   const GgufTensorInfo& info = r.tensor("rope_freqs.weight");
   CONDENSE_CHECK(info.numel() == c.head_size() / 2, "{}: tensor 'rope_freqs.weight' has {} values, "
@@ -344,8 +351,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   GgufReader r(file->data(), file->size(), path);
   const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
                                                              : nlohmann::json();
-  CONDENSE_CHECK(arch == "llama" || arch == "qwen2", "{}: general.architecture is {}, expected "
-                 "'llama' (or 'qwen2')", path, arch.dump());
+  CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3", "{}: general.architecture is {}, "
+                 "expected 'llama' (or 'qwen2', 'qwen3')", path, arch.dump());
   const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
@@ -357,6 +364,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   }
   LlamaConfig c;
   c.qkv_bias = k.arch == "qwen2";
+  c.qk_norm = k.arch == "qwen3";
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
   c.hidden_size = static_cast<int64_t>(r.get_uint(k("embedding_length")));
   c.num_hidden_layers = static_cast<int64_t>(r.get_uint(k("block_count")));
@@ -417,7 +425,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   for (const auto& t : r.tensors())
     CONDENSE_CHECK(used.count(t.name), "{}: tensor '{}' has no place in the {} model condense builds "
                    "({}); refusing to drop it", path, t.name, k.arch,
-                   c.qkv_bias ? "biases on q/k/v only" : "no biases");
+                   c.qkv_bias ? "biases on q/k/v only" : c.qk_norm ? "q/k norms, no biases" : "no biases");
   return model;
 }
 

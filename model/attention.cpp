@@ -95,6 +95,10 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
   v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
   o_proj = register_module("o_proj", linear(heads_ * head_dim_, c.hidden_size));
+  if (c.qk_norm) {
+    q_norm = register_module("q_norm", RMSNorm(head_dim_, c.rms_norm_eps));
+    k_norm = register_module("k_norm", RMSNorm(head_dim_, c.rms_norm_eps));
+  }
   const std::string prefix = "model.layers." + std::to_string(layer_index) + ".self_attn.";
   const char* kinds[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
   for (int i = 0; i < 4; ++i) names_[i] = prefix + kinds[i] + ".weight";
@@ -128,7 +132,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   } else {
     q_lin = project(x, q_proj, 0);
   }
-  at::Tensor q = q_lin.view({b, t, heads_, head_dim_}).transpose(1, 2);
+  at::Tensor q = norm_q(q_lin.view({b, t, heads_, head_dim_})).transpose(1, 2);
   q = apply_rope(q, cos, sin);
   const int64_t past = cache ? cache->length() : 0;
   at::Tensor k, v;
@@ -147,7 +151,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     }
     std::tie(k, v) = hook->decode(layer_, k, v);
     if (const int64_t window = hook->window(); window > 0) {
-      at::Tensor ko = project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+      at::Tensor ko = norm_k(project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_})).transpose(1, 2);
       at::Tensor vo = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
       ko = apply_rope(ko, cos, sin);
       int64_t begin = past;
@@ -165,7 +169,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
       k_lin = project(x, k_proj, 1);
       v_lin = project(x, v_proj, 2);
     }
-    k = k_lin.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+    k = norm_k(k_lin.view({b, t, kv_heads_, head_dim_})).transpose(1, 2);
     v = v_lin.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
     k = apply_rope(k, cos, sin);
     if (hook) {

@@ -1,7 +1,9 @@
 // Causal self-attention with grouped-query support (num_key_value_heads <= num_attention_heads),
 // RoPE, an optional KV cache, and an extension point on keys/values after RoPE (KVHook) that
 // learned KV projections plug into. Parameter names follow Hugging Face: q_proj, k_proj,
-// v_proj, o_proj (biases on q/k/v only with LlamaConfig::qkv_bias: Qwen2's attention).
+// v_proj, o_proj (biases on q/k/v only with LlamaConfig::qkv_bias: Qwen2's attention), and
+// with LlamaConfig::qk_norm q_norm / k_norm, RMSNorms of each query and key head before RoPE
+// (Qwen3's).
 #pragma once
 #include <memory>
 
@@ -11,6 +13,7 @@
 
 #include "model/llama_config.h"
 #include "model/projection_hook.h"
+#include "model/rms_norm.h"
 
 namespace condense {
 
@@ -70,6 +73,10 @@ class LlamaAttentionImpl : public torch::nn::Module {
                      KVCache* cache, KVHook* hook);
 
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  RMSNorm q_norm{nullptr}, k_norm{nullptr};  // only with LlamaConfig::qk_norm
+  // q or k [B, T, heads, head_dim] through q_norm / k_norm where the model has them.
+  at::Tensor norm_q(const at::Tensor& q) { return q_norm ? q_norm(q) : q; }
+  at::Tensor norm_k(const at::Tensor& k) { return k_norm ? k_norm(k) : k; }
   ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
 
  private:

@@ -73,7 +73,9 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
                        l->self_attn->o_proj->weight, l->post_attention_layernorm->weight,
                        l->mlp->gate_proj->weight, l->mlp->up_proj->weight,
                        l->mlp->down_proj->weight, l->self_attn->q_proj->bias,
-                       l->self_attn->k_proj->bias, l->self_attn->v_proj->bias});
+                       l->self_attn->k_proj->bias, l->self_attn->v_proj->bias,
+                       l->self_attn->q_norm ? l->self_attn->q_norm->weight : at::Tensor(),
+                       l->self_attn->k_norm ? l->self_attn->k_norm->weight : at::Tensor()});
   }
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
@@ -92,6 +94,7 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   gate_.resize(config_.intermediate_size);
   up_.resize(config_.intermediate_size);
   scores_.resize(heads * cache.capacity());
+  head_rstd_.resize(heads);
   logits_ = at::empty({config_.vocab_size}, at::kFloat);
 }
 
@@ -107,9 +110,9 @@ at::Tensor FastDecoder::step(int64_t id) {
   const float* cos = cos_.data_ptr<float>() + pos * d;
   const float* sin = sin_.data_ptr<float>() + pos * d;
   float rstd = 0;  // RMSNorm's per-row scale, unused here
+  const float eps = static_cast<float>(config_.rms_norm_eps);
   auto rms_norm = [&](const at::Tensor& weight) {
-    fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden,
-                            static_cast<float>(config_.rms_norm_eps));
+    fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden, eps);
   };
   auto rope = [&](float* v, int64_t count) {  // in place, one head vector at a time
     for (int64_t h = 0; h < count; ++h) fused::rope_row_forward(v + h * d, v + h * d, cos, sin, d / 2);
@@ -128,6 +131,11 @@ at::Tensor FastDecoder::step(int64_t id) {
       decode::add(q_.data(), L.q_bias.data_ptr<float>(), heads * d);
       decode::add(k_.data(), L.k_bias.data_ptr<float>(), kv * d);
       decode::add(v_.data(), L.v_bias.data_ptr<float>(), kv * d);
+    }
+    if (L.q_norm.defined()) {  // Qwen3: each head normalized in place, one row per head
+      float* rstd = head_rstd_.data();
+      fused::rms_norm_forward(q_.data(), L.q_norm.data_ptr<float>(), q_.data(), rstd, 0, heads, d, eps);
+      fused::rms_norm_forward(k_.data(), L.k_norm.data_ptr<float>(), k_.data(), rstd, 0, kv, d, eps);
     }
     rope(q_.data(), heads);
     rope(k_.data(), kv);

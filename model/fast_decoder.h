@@ -43,6 +43,7 @@ class FastDecoder {
   struct Layer {
     at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
     at::Tensor q_bias, k_bias, v_bias;  // undefined without LlamaConfig::qkv_bias
+    at::Tensor q_norm, k_norm;          // undefined without LlamaConfig::qk_norm
   };
   LlamaConfig config_;
   KVCache& cache_;
@@ -50,8 +51,9 @@ class FastDecoder {
   at::Tensor embed_, norm_, lm_head_, cos_, sin_;
   // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
   // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
-  // [intermediate], scores [heads * capacity], logits [vocab].
-  std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_;
+  // [intermediate], scores [heads * capacity], per-head RMSNorm scales [heads] (qk_norm), logits
+  // [vocab].
+  std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_, head_rstd_;
   at::Tensor logits_;
 };
 

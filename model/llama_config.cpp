@@ -39,6 +39,8 @@ void LlamaConfig::finalize() {
                  "rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and "
                  "original_max_position_embeddings > 0 (got {}, {}, {})", rs.low_freq_factor,
                  rs.high_freq_factor, rs.original_max_position_embeddings);
+  CONDENSE_CHECK(!(qkv_bias && qk_norm), "a model with both q/k/v biases (Qwen2) and q/k norms "
+                 "(Qwen3) has no Hugging Face architecture; condense builds one or the other");
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -48,7 +50,8 @@ int64_t LlamaConfig::num_parameters() const {
   int64_t hd = head_size(), kv = kv_heads();
   int64_t attn = hidden_size * num_attention_heads * hd * 2 + hidden_size * kv * hd * 2;
   int64_t mlp = 3 * hidden_size * intermediate_size;
-  int64_t per_layer = attn + mlp + 2 * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0);
+  int64_t per_layer = attn + mlp + 2 * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0) +
+                      (qk_norm ? 2 * hd : 0);
   int64_t embed = vocab_size * hidden_size;
   return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
 }
@@ -86,6 +89,13 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["architectures"] = {"Qwen2ForCausalLM"};
     j["model_type"] = "qwen2";
     j["use_sliding_window"] = false;
+  } else if (c.qk_norm) {
+    // Qwen3's config: q_norm / k_norm are built in; attention_bias would put biases on all four
+    // projections, so it is false.
+    j["architectures"] = {"Qwen3ForCausalLM"};
+    j["model_type"] = "qwen3";
+    j["use_sliding_window"] = false;
+    j["attention_bias"] = false;
   } else {
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
@@ -163,8 +173,11 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
-  CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2",
-                 "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2')", source, model_type);
+  CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
+                     model_type == "qwen3",
+                 "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3')", source,
+                 model_type);
+  const bool qwen = model_type == "qwen2" || model_type == "qwen3";
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
@@ -172,6 +185,8 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
       fail("{}: {}=true is not supported", source, bias);
   LlamaConfig c;
   c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
+  c.qk_norm = model_type == "qwen3";   // Qwen3's always has these
+  if (model_type == "qwen3") c.head_dim = 128;  // Qwen3Config's default (not hidden / heads)
   read_field(j, "vocab_size", c.vocab_size, true, source);
   read_field(j, "hidden_size", c.hidden_size, true, source);
   read_field(j, "intermediate_size", c.intermediate_size, true, source);
@@ -186,16 +201,17 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   read_field(j, "rope_theta", c.rope_theta, false, source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
-  if (model_type == "qwen2") c.max_position_embeddings = 32768;  // Qwen2Config's default
+  if (qwen) c.max_position_embeddings = 32768;  // Qwen2Config's and Qwen3Config's default
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   // Mistral is Llama with sliding-window attention: a query attends to the previous
   // sliding_window positions, which up to that many positions is every earlier one. condense
   // attends to all, so it caps the context at the window (exact there; longer sequences are
   // refused rather than computed otherwise).
   // An absent sliding_window is transformers' MistralConfig default, 4096; null is none. Qwen2
-  // uses its window (on some layers) only with use_sliding_window true; capping at it is exact.
+  // and Qwen3 use their window (on some layers) only with use_sliding_window true; capping at it
+  // is exact.
   bool windowed = model_type == "mistral" && !(j.contains("sliding_window") && j["sliding_window"].is_null());
-  if (model_type == "qwen2") read_field(j, "use_sliding_window", windowed, false, source);
+  if (qwen) read_field(j, "use_sliding_window", windowed, false, source);
   if (windowed) {
     int64_t window = 4096;
     read_field(j, "sliding_window", window, false, source);

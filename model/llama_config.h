@@ -56,6 +56,10 @@ struct LlamaConfig {
   // otherwise Llama's. Read from a Qwen2 config.json (model_type "qwen2") or GGUF (architecture
   // "qwen2") and written back as one; carried like rope_scaling (recipes never set it).
   bool qkv_bias = false;
+  // RMSNorm of every query and key head (weights [head_dim], shared by the heads) between
+  // q_proj/k_proj and RoPE: Qwen3's attention, otherwise Llama's. Carried like qkv_bias, from and
+  // to a Qwen3 config.json (model_type "qwen3") or GGUF (architecture "qwen3").
+  bool qk_norm = false;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.
@@ -66,7 +70,8 @@ struct LlamaConfig {
 };
 
 // Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM and Qwen2ForCausalLM read as the
-// Llamas they are) <-> LlamaConfig; a model with qkv_bias is written as Qwen2ForCausalLM.
+// Llamas they are, and Qwen3ForCausalLM) <-> LlamaConfig; a model with qkv_bias is written as
+// Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM.
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;
 // `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);

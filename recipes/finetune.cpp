@@ -32,7 +32,10 @@ void select_model_parameters(LlamaForCausalLM& model, const RunConfig& cfg) {
   if (rc.method == "full") return;  // everything trains (the masks hold the pruned zeros)
   std::vector<std::string> patterns;
   if (rc.method == "perp") {
-    patterns.push_back(R"(.*norm\.weight)");
+    patterns.push_back(R"(.*norm\.weight)");  // Qwen3's q/k norms among them
+    // PERP's "highly expressive parameters" are the biases and the norms (Zimmer et al. 2023);
+    // Llamas have no biases, Qwen2 its q/k/v ones.
+    if (model->config().qkv_bias) patterns.push_back(R"(.*_proj\.bias)");
     if (rc.train_embeddings) {
       patterns.push_back(R"(model\.embed_tokens\.weight)");
       if (!model->config().tie_word_embeddings) patterns.push_back(R"(lm_head\.weight)");

@@ -214,7 +214,7 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   LlamaConfig shape = cfg_in.model;
   if (shape.vocab_size == 0) shape.vocab_size = 1;
   shape.finalize();
-  // The model section has no rope_scaling or qkv_bias key: training an init's weights at other
+  // The model section has no rope_scaling, qkv_bias or qk_norm key: training an init's weights at other
   // RoPE frequencies than they were trained with, or without its biases, would change the model
   // silently. (A resume reads no init, which may be gone by then: only an init that exists is
   // opened here.)
@@ -225,9 +225,10 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                    "pretrain recipe's model section cannot express; use kind=finetune (its model is "
                    "the init's, scaling included)", cfg_in.init,
                    to_hf_json(*init_config)["rope_scaling"].dump());
-    CONDENSE_CHECK(!init_config->qkv_bias, "init {} is a Qwen2 model (q/k/v biases), which a pretrain "
-                   "recipe's model section cannot express; use kind=finetune (its model is the init's)",
-                   cfg_in.init);
+    CONDENSE_CHECK(!init_config->qkv_bias && !init_config->qk_norm, "init {} is a {} model, which a "
+                   "pretrain recipe's model section cannot express; use kind=finetune (its model is "
+                   "the init's)", cfg_in.init,
+                   init_config->qkv_bias ? "Qwen2 (q/k/v biases)" : "Qwen3 (q/k norms)");
   }
   CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,

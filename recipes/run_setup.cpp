@@ -101,8 +101,10 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   // A model trained from scratch has its tokenizer's bos / eos; a model from an init checkpoint
   // (adjust replaces the recipe's model with its config) keeps the ones it came with, as its
   // weights and checkpoints do (an imported Hugging Face config may name other ids, or a list).
-  cfg.model.bos_token_id = store.tokenizer().bos_id();
+  // A vocabulary without <s> (GPT-2's, Qwen2's) names its end of text as bos, as those models'
+  // own configs do (a recipe's bos_token_id is an id, never -1).
   cfg.model.eos_token_id = store.tokenizer().eos_id();
+  cfg.model.bos_token_id = store.tokenizer().bos_id() >= 0 ? store.tokenizer().bos_id() : cfg.model.eos_token_id;
   if (adjust) adjust(run);
   if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
   CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),

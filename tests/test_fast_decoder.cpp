@@ -115,8 +115,10 @@ void compare_steps(const LlamaConfig& c, uint64_t seed) {
   {  // larger weights than HF's init, so that the logits differ visibly between tokens
     for (auto& p : m->parameters())
       if (p.dim() == 2) p.normal_(0, 0.2);
-    for (auto& p : m->named_parameters())  // Qwen2's q/k/v biases, felt clearly
+    for (auto& p : m->named_parameters()) {  // Qwen2's q/k/v biases, Qwen3's q/k norms: felt clearly
       if (p.key().find(".bias") != std::string::npos) p.value().normal_(0, 0.5);
+      if (p.key().find("_norm.weight") != std::string::npos) p.value().normal_(1, 0.5);
+    }
   }
   at::Tensor prompt = at::randint(0, c.vocab_size, {1, 5}, at::kLong);
   at::Tensor steps = at::randint(0, c.vocab_size, {7}, at::kLong);
@@ -153,6 +155,9 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   LlamaConfig qwen2 = config(4, 2, true);  // q/k/v biases
   qwen2.qkv_bias = true;
   compare_steps(qwen2, 15);
+  LlamaConfig qwen3 = config(4, 2, false, 12);  // q/k norms, head_dim 12 != 32 / 4
+  qwen3.qk_norm = true;
+  compare_steps(qwen3, 16);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

@@ -121,16 +121,20 @@ TEST(Minitron, PruningNeuronsWithZeroOutputsKeepsLogits) {
 // Qwen2's q/k/v biases (qkv_bias) included: a kept head keeps its own q bias rows (a wrong slice
 // changes that head's output), the KV heads their whole biases.
 TEST(Minitron, PruningHeadsWithZeroOutputsKeepsLogits) {
-  for (bool qkv_bias : {false, true}) {
-  SCOPED_TRACE(qkv_bias ? "with q/k/v biases" : "without biases");
+  for (int arch : {0, 2, 3}) {  // Llama, Qwen2 (q/k/v biases), Qwen3 (q/k norms)
+  SCOPED_TRACE("arch " + std::to_string(arch));
+  const bool qkv_bias = arch == 2;
   torch::manual_seed(2);
   LlamaConfig c = tiny();  // 4 heads of 8, 2 KV groups of 2
   c.qkv_bias = qkv_bias;
+  c.qk_norm = arch == 3;
   LlamaForCausalLM m(c);
-  if (qkv_bias) {
+  {
     at::NoGradGuard g;
-    for (auto& p : m->named_parameters())
+    for (auto& p : m->named_parameters()) {
       if (p.key().find(".bias") != std::string::npos) p.value().normal_(0.0, 0.5);
+      if (p.key().find("_norm.weight") != std::string::npos) p.value().normal_(1.0, 0.5);
+    }
   }
   CalibrationStats st = random_stats(c);
   std::vector<std::vector<int64_t>> removed = {{1, 2}, {0, 3}, {1, 3}};  // one per group
@@ -156,6 +160,8 @@ TEST(Minitron, PruningHeadsWithZeroOutputsKeepsLogits) {
   EXPECT_EQ(a->q_proj->weight.sizes(), (std::vector<int64_t>{16, 32}));
   EXPECT_EQ(a->o_proj->weight.sizes(), (std::vector<int64_t>{32, 16}));
   EXPECT_EQ(a->q_proj->bias.defined(), qkv_bias);
+  if (arch == 3)
+    EXPECT_TRUE(at::equal(a->k_norm->weight, m->model->layer_list[1]->self_attn->k_norm->weight));
   EXPECT_LE(max_diff(logits(p, ids()), logits(m, ids())), 1e-6);
   }
 }
@@ -218,6 +224,7 @@ TEST(Minitron, DepthByBlockInfluenceDropsTheLowestTiesKeepLowerIndex) {
 }
 
 // With Qwen2's q/k/v biases (random, so that a wrong slice shows): q's follow the kept heads.
+// Qwen3's q/k norms (one [head_dim] weight each) stay whole: checked in the heads test.
 TEST(Minitron, HiddenPruningKeepsExactlyTheSlicedValues) {
   torch::manual_seed(4);
   LlamaConfig c = tiny();

@@ -247,6 +247,63 @@ TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {
   }
 }
 
+// Qwen3: q_norm / k_norm built in (model_type says it), head_dim defaults to 128 as in
+// Qwen3Config; written back as Qwen3. A q/k-normed model equals its attention computed by hand.
+TEST(LlamaConfig, Qwen3ReadsAsQkNormAndItsAttentionNormalizesEachHead) {
+  nlohmann::json j = to_hf_json(tiny());
+  j["model_type"] = "qwen3";
+  j["architectures"] = {"Qwen3ForCausalLM"};
+  j.erase("head_dim");
+  j["hidden_size"] = 512;  // head_dim 128 (the default), not 512 / 4
+  LlamaConfig c = from_hf_json(j, "config.json");
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_EQ(c.head_size(), 128);
+  const nlohmann::json back = to_hf_json(c);
+  EXPECT_EQ(back["model_type"], "qwen3");
+  EXPECT_EQ(back["architectures"], nlohmann::json({"Qwen3ForCausalLM"}));
+  EXPECT_EQ(back["attention_bias"], false);
+  EXPECT_EQ(back["head_dim"], 128);
+  EXPECT_TRUE(from_hf_json(back, "config.json").qk_norm);
+  LlamaConfig both = c;
+  both.qkv_bias = true;
+  EXPECT_THROW(both.finalize(), Error);
+
+  LlamaConfig small = tiny();
+  small.qk_norm = true;
+  small.head_dim = 6;
+  small.finalize();
+  torch::manual_seed(3);
+  LlamaForCausalLM m(small);
+  int64_t n = 0;
+  for (const auto& p : m->named_parameters()) n += p.value().numel();
+  EXPECT_EQ(n, small.num_parameters());
+  at::NoGradGuard g;
+  auto& attn = m->model->layer_list[0]->self_attn;
+  attn->q_norm->weight.normal_(1.0, 0.5);
+  attn->k_norm->weight.normal_(1.0, 0.5);
+  const int64_t t = 5, heads = small.num_attention_heads, kv = small.kv_heads(), d = 6;
+  at::Tensor x = at::randn({1, t, small.hidden_size});
+  auto [cos, sin] = Rope(small).cos_sin(0, t, at::kCPU);
+  at::Tensor got = attn->forward(x, cos, sin, nullptr, nullptr);
+  auto rms = [&](const at::Tensor& v, const at::Tensor& w) { return w * (v * at::rsqrt(v.pow(2).mean(-1, true) + small.rms_norm_eps)); };
+  auto rope = [&](const at::Tensor& v) {  // [1, h, t, d], HF's rotate_half
+    at::Tensor rot = at::cat({-v.narrow(-1, d / 2, d / 2), v.narrow(-1, 0, d / 2)}, -1);
+    return v * cos + rot * sin;
+  };
+  at::Tensor q = rope(rms(attn->q_proj(x).view({1, t, heads, d}), attn->q_norm->weight).transpose(1, 2));
+  at::Tensor k = rope(rms(attn->k_proj(x).view({1, t, kv, d}), attn->k_norm->weight).transpose(1, 2));
+  at::Tensor v = attn->v_proj(x).view({1, t, kv, d}).transpose(1, 2);
+  k = k.repeat_interleave(heads / kv, 1);
+  v = v.repeat_interleave(heads / kv, 1);
+  at::Tensor s = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
+  s = s.masked_fill(at::ones({t, t}, at::kBool).triu(1), -INFINITY);
+  at::Tensor want = attn->o_proj(at::matmul(at::softmax(s, -1), v).transpose(1, 2).reshape({1, t, heads * d}));
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5);
+  attn->k_norm->weight.fill_(1.0);  // the norms act: unit weights give other outputs
+  EXPECT_GT((attn->forward(x, cos, sin, nullptr, nullptr) - got).abs().max().item<double>(), 1e-3);
+}
+
 TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {
   // Llama 3 Instruct's config.json names three ids that end generation.
   nlohmann::json j = to_hf_json(tiny());

