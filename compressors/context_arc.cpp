@@ -75,8 +75,9 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
                 kv = config_.kv_heads(), d = config_.head_size();
   at::Tensor xn = layer.input_layernorm(x);
   auto [cos, sin] = rope_.cos_sin(0, n, x.device());
-  // q_norm / k_norm (Qwen3) as the decoder layer applies them; queries pool after theirs.
-  at::Tensor q = attn.norm_q(attn.q_proj(xn).view({b, n, heads, d}));
+  at::Tensor q = attn.q_proj(xn).view({b, n, heads, d});
+  // k_norm (Qwen3) as the decoder layer applies it; q_norm below, after pooling, so that pooled
+  // queries keep the per-head scale the layer was trained with.
   at::Tensor k = attn.norm_k(attn.k_proj(xn).view({b, n, kv, d})).transpose(1, 2);
   at::Tensor v = attn.v_proj(xn).view({b, n, kv, d}).transpose(1, 2);
   at::Tensor residual = x;
@@ -88,7 +89,7 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
     qcos = cos.narrow(0, 0, q.size(1));
     qsin = sin.narrow(0, 0, q.size(1));
   }
-  q = apply_rope(q.transpose(1, 2), qcos, qsin);
+  q = apply_rope(attn.norm_q(q).transpose(1, 2), qcos, qsin);
   k = apply_rope(k, cos, sin);
   const double p = is_training() ? config_.attention_dropout : 0.0;
   // No mask: every query reads every position of the chunk (bidirectional).

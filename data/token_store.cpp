@@ -32,8 +32,9 @@ double document_draw(int64_t seed, int64_t index) {
   return static_cast<double>(h >> 11) * 0x1.0p-53;
 }
 
-// Encodes documents [0, n) as <s> ids </s> (ids </s> for a vocabulary without <s>, GPT-2's or
-// Qwen2's, or whose <s> is its </s>), in parallel over contiguous chunks.
+// Encodes documents [0, n) as <s> ids </s>, the document as a prompt starts (Tokenizer::
+// prompt_ids: <s> only where the tokenizer adds one, not for SmolLM2's or Qwen2's, and never a
+// <s> that is the </s>) followed by the separator, in parallel over contiguous chunks.
 std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
                                                    const std::vector<std::string>& docs,
                                                    int requested_threads) {
@@ -51,8 +52,8 @@ std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
       std::vector<int32_t> ids = tok.encode(docs[i]);
       out[i].reserve(ids.size() + 2);
       // A bos that is the eos (<|endoftext|> in llama.cpp's Qwen2 files) would double the
-      // separator: documents then start without it.
-      if (tok.bos_id() >= 0 && tok.bos_id() != tok.eos_id()) out[i].push_back(tok.bos_id());
+      // separator.
+      if (tok.adds_bos() && tok.bos_id() >= 0 && tok.bos_id() != tok.eos_id()) out[i].push_back(tok.bos_id());
       out[i].insert(out[i].end(), ids.begin(), ids.end());
       out[i].push_back(tok.eos_id());
       int64_t n = ++done;

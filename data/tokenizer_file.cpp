@@ -59,6 +59,18 @@ bool gguf_flag(const GgufReader& r, const std::string& path, const char* key, bo
   return v.value.get<bool>();
 }
 
+// The token count without the padding llama.cpp's converter (and condense's exports) append to
+// reach the embedding's rows: a trailing run of unused (type 5) tokens named "[PAD{id}]" (Qwen2's
+// 151665 tokens padded to 151936). They are no part of the vocabulary: without them a GGUF's
+// vocabulary is its tokenizer.json's (same hash), and generation never draws them.
+size_t unpadded_size(const std::vector<std::string>& tokens, const std::vector<int32_t>& types) {
+  size_t n = tokens.size();
+  while (n > 0 && n - 1 < types.size() && types[n - 1] == 5 &&
+         tokens[n - 1] == fmt::format("[PAD{}]", n - 1))
+    --n;
+  return n;
+}
+
 // The byte-level BPE of a "gpt2" GGUF vocabulary as serialized tokenizer bytes. Errors name the
 // file and key.
 std::string gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
@@ -67,6 +79,10 @@ std::string gguf_bpe_tokenizer(const GgufReader& r, const std::string& path) {
   if (r.has("tokenizer.ggml.token_type"))
     v.token_types = gguf_numbers<int32_t>(r, path, "tokenizer.ggml.token_type");
   if (r.has("tokenizer.ggml.merges")) v.merges = gguf_strings(r, path, "tokenizer.ggml.merges");
+  if (const size_t n = unpadded_size(v.tokens, v.token_types); n < v.tokens.size()) {
+    v.tokens.resize(n);
+    v.token_types.resize(n);
+  }
   CONDENSE_CHECK(r.has("tokenizer.ggml.pre"), "{}: a gpt2 vocabulary without tokenizer.ggml.pre "
                  "(its pre-tokenizer); condense refuses to guess one", path);
   v.pre_tokenizer = r.get("tokenizer.ggml.pre").value.get<std::string>();
@@ -128,6 +144,11 @@ std::string gguf_sentencepiece_tokenizer(const GgufReader& r, const std::string&
                 : std::vector<int32_t>(t.pieces.size(), 1);
   for (int32_t& type : t.types)
     if (type == 0) type = 1;  // llama.cpp's "undefined" is a normal piece
+  if (const size_t n = unpadded_size(t.pieces, t.types); n < t.pieces.size() && n <= t.scores.size()) {
+    t.pieces.resize(n);
+    t.scores.resize(n);
+    t.types.resize(n);
+  }
   // Without unknown_token_id llama.cpp takes 0; condense takes the one piece typed unknown where
   // there is exactly one (the same id in every file llama.cpp's converter writes).
   std::optional<int32_t> unk = gguf_id(r, "tokenizer.ggml.unknown_token_id");

@@ -448,9 +448,12 @@ ImportStats import_gguf(const std::string& path, const std::string& out_path,
                                    "\"gpt2\" and \"llama\")"
                                  : "its tokenizer cannot be used: " + problem);
   else if (int64_t n = Tokenizer::from_serialized(tokenizer_bytes, tokenizer_source).vocab_size();
-           tokenizer_path.empty() ? n != model->config().vocab_size : n > model->config().vocab_size)
+           n > model->config().vocab_size)
     fail("{}: the vocabulary has {} tokens but {}'s token_embd.weight {} rows", tokenizer_source, n,
          path, model->config().vocab_size);
+  else if (n < model->config().vocab_size)  // [PAD] tokens dropped (data/tokenizer_file.cpp)
+    spdlog::info("{}: {} tokens for {} embedding rows: the rows past them are padding", path, n,
+                 model->config().vocab_size);
   RunConfig cfg;
   cfg.name = std::filesystem::path(out_path).stem().string();
   cfg.model = model->config();

@@ -61,13 +61,17 @@ struct Fidelity {
   double agree = 0;       // positions whose argmax tokens are the same
   int64_t positions = 0;
   // [B, T, V] logits of both models; one window at a time in double (a [T, V] double
-  // softmax of a 49k vocabulary at T = 1024 is 0.4 GB).
-  void add(const at::Tensor& reference_logits, const at::Tensor& logits) {
+  // softmax of a 49k vocabulary at T = 1024 is 0.4 GB). Models of one tokenizer padded to other
+  // sizes (Qwen2.5's 0.5B and 7B) are compared over the tokenizer's `pieces` rows.
+  void add(const at::Tensor& reference_logits, const at::Tensor& logits, int64_t pieces) {
+    const bool same = reference_logits.size(-1) == logits.size(-1);
     for (int64_t b = 0; b < logits.size(0); ++b) {
-      at::Tensor lr = reference_logits[b].to(at::kDouble).log_softmax(-1);
-      at::Tensor lm = logits[b].to(at::kDouble).log_softmax(-1);
+      at::Tensor r = same ? reference_logits[b] : reference_logits[b].narrow(-1, 0, pieces);
+      at::Tensor m = same ? logits[b] : logits[b].narrow(-1, 0, pieces);
+      at::Tensor lr = r.to(at::kDouble).log_softmax(-1);
+      at::Tensor lm = m.to(at::kDouble).log_softmax(-1);
       kl += (lr.exp() * (lr - lm)).sum().item<double>();
-      agree += (reference_logits[b].argmax(-1) == logits[b].argmax(-1)).sum().item<double>();
+      agree += (r.argmax(-1) == m.argmax(-1)).sum().item<double>();
       positions += logits[b].numel() / logits.size(-1);
     }
   }
@@ -107,7 +111,12 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
     reference->eval();
   }
   TokenStore store = open_checkpoint_store(ckpt, path, dataset);
-  if (reference) store.check_tokenizer(reference_tokenizer, reference_path);
+  if (reference) {
+    store.check_tokenizer(reference_tokenizer, reference_path);
+    CONDENSE_CHECK(reference->config().vocab_size >= store.vocab_size(), "--reference {}: {} "
+                   "embedding rows for a tokenizer of {} pieces", reference_path,
+                   reference->config().vocab_size, store.vocab_size());
+  }
   set_kv_rank(model, kv_rank, path);
   set_kv_budget(model, kv_budget, kv_granularity, ckpt, path, dataset);
   set_kv_window(model, kv_window, path);
@@ -144,7 +153,7 @@ int cmd_eval(const EvalArgs& e, const std::string& kv_cache, int64_t kv_rank, do
     }
     total += at::cross_entropy_loss(logits.flatten(0, 1).to(at::kFloat), b.targets.to(w.device()).flatten())
                  .item<double>();
-    if (reference) fidelity.add(reference->forward(inputs), logits);
+    if (reference) fidelity.add(reference->forward(inputs), logits, store.vocab_size());
   }
   double loss = total / val.size();
   int64_t tokens = static_cast<int64_t>(val.size()) * cfg.data.batch_size * cfg.data.seq_len;

@@ -44,9 +44,11 @@ namespace {
 std::string dataset_path(const DataConfig& data, const std::string& recorded_split = "") {
   std::string path = data.dataset;
   if (path.empty()) {
+    // "-d2": documents start with <s> only where the tokenizer adds one (before 2026-12-07 every
+    // vocabulary with a bos had it): stores cached under the old name are not picked up.
     std::string tok = data.tokenizer.empty()
                           ? fmt::format("bpe{}", data.vocab_size)
-                          : "tok" + load_tokenizer_file(data.tokenizer).sha256().substr(0, 12);
+                          : "tok" + load_tokenizer_file(data.tokenizer).sha256().substr(0, 12) + "-d2";
     std::string source = data.path.empty() ? "" : "-" + sha256_hex(fs::absolute(data.path).string()).substr(0, 8);
     // "-even": the sample is spread over the corpus (before 2026-12-06 21:00 UTC it was the first N,
     // cached as "-n{N}": a different store, so those are not picked up under this name).

@@ -107,9 +107,20 @@ RunSetup start_run(const RunConfig& cfg_in, const RunOptions& options,
   cfg.model.bos_token_id = store.tokenizer().bos_id() >= 0 ? store.tokenizer().bos_id() : cfg.model.eos_token_id;
   if (adjust) adjust(run);
   if (cfg.model.vocab_size == 0) cfg.model.vocab_size = store.vocab_size();
-  CONDENSE_CHECK(cfg.model.vocab_size == store.vocab_size(),
+  // More embedding rows than pieces is a padded vocabulary (Qwen2's 151936 rows for 151665
+  // tokens, Phi-3's): the extra rows are never a target or an input, as in transformers.
+  CONDENSE_CHECK(cfg.model.vocab_size >= store.vocab_size(),
                  "model.vocab_size is {} but the tokenizer of {} has {} pieces", cfg.model.vocab_size,
                  run.dataset, store.vocab_size());
+  if (cfg.model.vocab_size > store.vocab_size()) {
+    // From an init (its config replaced the recipe's) that is the model's own padding; a recipe
+    // that asks for it may have a typo.
+    const std::string msg = fmt::format("model.vocab_size {} pads the tokenizer's {} pieces: rows {}.. "
+                                        "are never a target", cfg.model.vocab_size, store.vocab_size(),
+                                        store.vocab_size());
+    if (adjust) spdlog::info("{}", msg);
+    else spdlog::warn("{} (model.vocab_size: 0 takes the tokenizer's)", msg);
+  }
   CONDENSE_CHECK(cfg.data.seq_len <= cfg.model.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg.data.seq_len,
                  cfg.model.max_position_embeddings);

@@ -16,6 +16,7 @@
 #include "model/llama.h"
 #include "model/llama_config.h"
 #include "model/rope.h"
+#include "trainer/device.h"
 
 namespace condense {
 namespace {
@@ -302,6 +303,33 @@ TEST(LlamaConfig, Qwen3ReadsAsQkNormAndItsAttentionNormalizesEachHead) {
   EXPECT_LE((got - want).abs().max().item<double>(), 1e-5);
   attn->k_norm->weight.fill_(1.0);  // the norms act: unit weights give other outputs
   EXPECT_GT((attn->forward(x, cos, sin, nullptr, nullptr) - got).abs().max().item<double>(), 1e-3);
+}
+
+// train.precision bf16: the q/k norms (fp32 weights on bf16 projections) under CPU autocast give
+// the fp32 logits to bf16's rounding, and gradients reach them.
+TEST(LlamaConfig, Qwen3UnderBf16AutocastTracksFp32) {
+  LlamaConfig c = tiny();
+  c.qk_norm = true;
+  c.finalize();
+  torch::manual_seed(4);
+  LlamaForCausalLM m(c);
+  {
+    at::NoGradGuard g;
+    for (auto& p : m->named_parameters())
+      if (p.key().find("_norm.weight") != std::string::npos) p.value().normal_(1.0, 0.5);
+  }
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, 7}, at::kLong);
+  at::Tensor fp32 = m->forward(ids).detach();
+  at::Tensor bf16;
+  {
+    PrecisionScope scope("bf16", at::kCPU);
+    bf16 = m->forward(ids);
+    bf16.to(at::kFloat).pow(2).mean().backward();
+  }
+  EXPECT_LE((bf16.to(at::kFloat) - fp32).abs().max().item<double>(), 0.05 * fp32.abs().max().item<double>());
+  at::Tensor grad = m->model->layer_list[0]->self_attn->q_norm->weight.grad();
+  ASSERT_TRUE(grad.defined());
+  EXPECT_GT(grad.abs().sum().item<double>(), 0.0);
 }
 
 TEST(LlamaConfig, EosTokenIdListRoundTripsAndStopsGeneration) {

@@ -210,11 +210,12 @@ std::vector<int32_t> Tokenizer::encode_special(const std::string& text) const {
 
 std::vector<int32_t> Tokenizer::prompt_ids(const std::string& text) const {
   std::vector<int32_t> ids;
-  const bool adds_bos = bpe_ ? bpe_->vocab().add_bos : true;
-  if (adds_bos && bos_id() >= 0) ids.push_back(bos_id());
+  if (adds_bos() && bos_id() >= 0) ids.push_back(bos_id());
   for (int32_t id : encode(text)) ids.push_back(id);
   return ids;
 }
+
+bool Tokenizer::adds_bos() const { return bpe_ ? bpe_->vocab().add_bos : true; }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
   if (bpe_) return bpe_->decode(ids, /*render_special=*/false);

@@ -91,6 +91,9 @@ class Tokenizer {
   // Whether encode() puts a space (U+2581) before the text: sentencepiece's add_dummy_prefix
   // (GGUF's tokenizer.ggml.add_space_prefix); false for BPE.
   bool adds_space_prefix() const { return sp_space_prefix_; }
+  // Whether a text starts with <s> (sentencepiece: always; a byte-level BPE: its add_bos, Llama
+  // 3's yes, SmolLM2's and Qwen2's no). prompt_ids and token stores follow it.
+  bool adds_bos() const;
 
   const std::string& serialized() const { return serialized_; }
   std::string sha256() const;  // hex digest of serialized()

