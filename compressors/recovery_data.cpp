@@ -156,6 +156,11 @@ DataSelection select_recovery_windows(LlamaForCausalLM& teacher, LlamaForCausalL
                        .to(teacher->parameters().front().device());
     at::Tensor th = teacher->hidden({x});
     at::Tensor tl = teacher->logits(th), pl = pruned->forward(x);
+    if (tl.size(-1) != pl.size(-1)) {  // two paddings of one tokenizer: the common rows
+      const int64_t v = std::min(tl.size(-1), pl.size(-1));
+      tl = tl.narrow(-1, 0, v);
+      pl = pl.narrow(-1, 0, v);
+    }
     for (int64_t r = 0; r < b; ++r) sel.divergence.push_back(mean_jsd(tl[r], pl[r]).item<double>());
     means.push_back(th.mean(1).to(at::kCPU));
   }

@@ -17,6 +17,7 @@
 #include "memory/counting_allocator.h"
 #include "memory/memory_policy.h"
 #include "recipes/run_setup.h"
+#include "text/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/device.h"
 #include "trainer/lm_loss.h"
@@ -71,8 +72,17 @@ std::vector<std::pair<int64_t, int64_t>> hidden_pairs(const DistillConfig& d, in
   return out;
 }
 
+// The LM-head rows distillation compares: every row when teacher and student have as many (the
+// padded rows too, as before), else the shared tokenizer's pieces (two paddings of it).
+int64_t distill_rows(const LlamaConfig& teacher, const LlamaConfig& student, const Checkpoint& init) {
+  if (teacher.vocab_size == student.vocab_size) return student.vocab_size;
+  return Tokenizer::from_serialized(init.tokenizer_bytes(), init.file().path() + ":tokenizer").vocab_size();
+}
+
 // The frozen teacher: the same tokenizer as the student (the init checkpoint, whose tokenizer
-// start_run checks against the data), checked by hash and vocabulary.
+// start_run checks against the data), checked by hash; its embedding may be padded to another
+// size (Qwen2.5-7B's 152064 rows, 0.5B's 151936, one tokenizer), as long as both cover the
+// tokenizer's pieces: KD then runs over those rows (distill_rows).
 LlamaForCausalLM load_teacher(const DistillConfig& d, const Checkpoint& student) {
   Checkpoint ckpt = Checkpoint::open(d.teacher);
   std::string teacher_sha = sha256_hex(ckpt.tokenizer_bytes());
@@ -82,9 +92,11 @@ LlamaForCausalLM load_teacher(const DistillConfig& d, const Checkpoint& student)
                  "must share one tokenizer", d.teacher, teacher_sha.substr(0, 16),
                  student.file().path(), student_sha.substr(0, 16));
   LlamaForCausalLM teacher(ckpt.config());
-  CONDENSE_CHECK(teacher->config().vocab_size == student.config().vocab_size,
-                 "distill.teacher {} has a vocabulary of {} but init {} has {}", d.teacher,
-                 teacher->config().vocab_size, student.file().path(), student.config().vocab_size);
+  const int64_t pieces = distill_rows(teacher->config(), student.config(), student);
+  CONDENSE_CHECK(teacher->config().vocab_size >= pieces && student.config().vocab_size >= pieces,
+                 "distill.teacher {} has {} embedding rows and init {} {}, for a tokenizer of {} "
+                 "pieces", d.teacher, teacher->config().vocab_size, student.file().path(),
+                 student.config().vocab_size, pieces);
   ckpt.load_model(teacher);
   merge_stored_adapters(teacher, ckpt.file());
   for (auto& p : teacher->parameters()) p.requires_grad_(false);
@@ -134,6 +146,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   select_model_parameters(model, cfg_in);
   LlamaForCausalLM teacher{nullptr};
   if (distill) teacher = load_teacher(cfg_in.distill, init);
+  const int64_t kd_rows = distill ? distill_rows(teacher->config(), init.config(), init) : 0;
   CONDENSE_CHECK(rc.selection != "paser" || distill,
                  "recovery.selection paser scores windows by the teacher-vs-pruned divergence and "
                  "needs distill.teacher (kind distill; distill.kd_ratio=0 trains on cross-entropy alone)");
@@ -271,7 +284,7 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
                  hidden ? fmt::format(", {} hidden loss on {} layer pairs (weight {})", d.hidden_loss,
                                       pairs.size(), d.hidden_weight)
                         : "");
-    t.loss = [memory, teacher, kd, pairs, d](LlamaForCausalLM& m, const Batch& b) mutable {
+    t.loss = [memory, teacher, kd, pairs, d, kd_rows](LlamaForCausalLM& m, const Batch& b) mutable {
       std::vector<at::Tensor> s_states, t_states;
       DecoderInput s_in{b.inputs};
       if (!pairs.empty()) s_in.hidden_states = &s_states;
@@ -284,9 +297,10 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
         t_hidden = teacher->hidden(t_in);
       }
       int64_t h = s_hidden.size(-1);
-      at::Tensor loss = chunked_kd_loss(s_hidden.reshape({-1, h}), m->lm_head_weight(),
+      at::Tensor loss = chunked_kd_loss(s_hidden.reshape({-1, h}), m->lm_head_weight().narrow(0, 0, kd_rows),
                                         t_hidden.reshape({-1, t_hidden.size(-1)}),
-                                        teacher->lm_head_weight(), b.targets.reshape({-1}), kd);
+                                        teacher->lm_head_weight().narrow(0, 0, kd_rows),
+                                        b.targets.reshape({-1}), kd);
       if (!pairs.empty())
         loss = loss + hidden_state_loss(s_states, t_states, pairs, d.hidden_loss) * d.hidden_weight;
       return loss;

@@ -323,3 +323,38 @@ def test_finetune_trains_them_and_minitron_slices_them(qwen, tmp_path):
     assert small.config.num_attention_heads == 2 and small.model.layers[0].self_attn.q_proj.weight.shape == (2 * d, 64)
     _, ids, lp = score(pruned, tmp_path)
     assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4
+
+
+def test_distillation_between_two_paddings_of_one_tokenizer(qwen, tmp_path):
+    """A teacher whose embedding is padded further (Qwen2.5-7B's 152064 rows against 0.5B's
+    151936, one tokenizer) distills over the tokenizer's rows: with the student's own weights on
+    those rows and KD alone, the loss is zero (over all rows it would not be: the padded rows
+    differ)."""
+    arch, hf, model, imp = qwen
+    teacher_dir = tmp_path / "teacher_hf"
+    cfg = model.config.to_dict()
+    cfg["vocab_size"] = model.config.vocab_size + 64
+    big = type(model)(type(model.config).from_dict(cfg)).eval()
+    state = model.state_dict()
+    with torch.no_grad():
+        emb = big.model.embed_tokens.weight
+        emb[: model.config.vocab_size] = state["model.embed_tokens.weight"]
+        emb[model.config.vocab_size:] = torch.randn(64, emb.shape[1])
+        big.load_state_dict({k: v for k, v in state.items() if "embed_tokens" not in k and k != "lm_head.weight"},
+                            strict=False)
+    big.save_pretrained(teacher_dir, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (teacher_dir / name).write_bytes((hf / name).read_bytes())
+    teacher = tmp_path / "teacher.h5"
+    run("import", teacher_dir, teacher)
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 100, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    out = tmp_path / "kd"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=distill", f"init={imp}", f"distill.teacher={teacher}",
+        "distill.kd_ratio=1", f"out_dir={out}", f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2",
+        "train.steps=1", "train.warmup_steps=1", "train.lr=1e-4", "train.min_lr=1e-5", "train.eval_every=0",
+        "checkpoint.every=0", "memory.meter=false")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    loss = next(r["loss"] for r in rows if r.get("split") == "train")
+    assert abs(loss) < 1e-5, loss
