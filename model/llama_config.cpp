@@ -208,10 +208,24 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   // attends to all, so it caps the context at the window (exact there; longer sequences are
   // refused rather than computed otherwise).
   // An absent sliding_window is transformers' MistralConfig default, 4096; null is none. Qwen2
-  // and Qwen3 use their window (on some layers) only with use_sliding_window true; capping at it
-  // is exact.
-  bool windowed = model_type == "mistral" && !(j.contains("sliding_window") && j["sliding_window"].is_null());
-  if (qwen) read_field(j, "use_sliding_window", windowed, false, source);
+  // and Qwen3 use their window only with use_sliding_window true and a window, and only on the
+  // layers layer_types marks "sliding_attention" (by default those from max_window_layers on, 28
+  // in their configs); capping at it is exact.
+  const bool null_window = j.contains("sliding_window") && j["sliding_window"].is_null();
+  bool windowed = model_type == "mistral" && !null_window;
+  if (qwen) {
+    read_field(j, "use_sliding_window", windowed, false, source);
+    windowed = windowed && !null_window;
+    if (windowed && j.contains("layer_types") && j["layer_types"].is_array()) {
+      windowed = false;
+      for (const nlohmann::json& t : j["layer_types"]) windowed = windowed || t == "sliding_attention";
+    } else if (windowed) {
+      int64_t max_window_layers = 28, layers = 0;
+      read_field(j, "max_window_layers", max_window_layers, false, source);
+      read_field(j, "num_hidden_layers", layers, true, source);
+      windowed = max_window_layers < layers;
+    }
+  }
   if (windowed) {
     int64_t window = 4096;
     read_field(j, "sliding_window", window, false, source);

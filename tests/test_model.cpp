@@ -236,8 +236,20 @@ TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {
   }
   EXPECT_EQ(n, c.num_parameters());
   EXPECT_EQ(biases, 3 * c.num_hidden_layers);
-  j["use_sliding_window"] = true;  // every layer within the window is exact: capped there
+  j["use_sliding_window"] = true;  // no layer from max_window_layers (28) on: no window
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  j["max_window_layers"] = 1;  // layer 1 on is windowed: every layer is exact within it, capped there
   EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 8);
+  j["layer_types"] = nlohmann::json::array();  // explicit layer types win over max_window_layers
+  for (int64_t i = 0; i < tiny().num_hidden_layers; ++i) j["layer_types"].push_back("full_attention");
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  j["layer_types"][0] = "sliding_attention";
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 8);
+  j["sliding_window"] = nullptr;  // no window at all
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  j.erase("layer_types");
+  j.erase("max_window_layers");
+  j["sliding_window"] = 8;
   j["attention_bias"] = true;  // Llama's own biases (o_proj too) stay refused
   j["model_type"] = "llama";
   try {
