@@ -56,6 +56,8 @@ TypeChoice parse_gguf_type(const std::string& t) {
 struct ArchKeys {
   std::string arch;
   std::string operator()(const char* key) const { return arch + "." + key; }
+  // llama.cpp's llama graph rotates adjacent pairs: its q/k rows are permuted (qwen2/qwen3: NEOX).
+  bool permutes_qk() const { return arch == "llama"; }
 };
 
 // Qwen2 (LlamaConfig::qkv_bias) and Qwen3 (qk_norm) go as llama.cpp's own qwen2 / qwen3
@@ -232,8 +234,8 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   for (const auto& p : model->named_parameters()) {
     const std::string& name = p.key();
     at::Tensor t = p.value().detach().to(at::kFloat).contiguous();
-    if (k.arch == "llama" && is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
-    if (k.arch == "llama" && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
+    if (k.permutes_qk() && is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
+    if (k.permutes_qk() && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
     if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
     w.add_tensor(gguf_tensor_name(name), t, gt);
@@ -416,8 +418,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
     std::vector<float> v = r.dequantize(info);
     at::Tensor t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
     check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
-    if (k.arch == "llama" && is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
-    if (k.arch == "llama" && is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
+    if (k.permutes_qk() && is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
+    if (k.permutes_qk() && is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);
   }
   // A tensor the model has no place for would be silently dropped (attention biases, another

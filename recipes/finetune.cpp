@@ -4,6 +4,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "compressors/cskv.h"
@@ -74,9 +75,15 @@ std::vector<std::pair<int64_t, int64_t>> hidden_pairs(const DistillConfig& d, in
 
 // The LM-head rows distillation compares: every row when teacher and student have as many (the
 // padded rows too, as before), else the shared tokenizer's pieces (two paddings of it).
-int64_t distill_rows(const LlamaConfig& teacher, const LlamaConfig& student, const Checkpoint& init) {
+int64_t distill_rows(const LlamaConfig& teacher, const LlamaConfig& student, const Checkpoint& init,
+                     const std::string& teacher_path) {
   if (teacher.vocab_size == student.vocab_size) return student.vocab_size;
-  return Tokenizer::from_serialized(init.tokenizer_bytes(), init.file().path() + ":tokenizer").vocab_size();
+  const int64_t pieces =
+      Tokenizer::from_serialized(init.tokenizer_bytes(), init.file().path() + ":tokenizer").vocab_size();
+  CONDENSE_CHECK(std::min(teacher.vocab_size, student.vocab_size) >= pieces, "distill.teacher {} has "
+                 "{} embedding rows and init {} {}, for a tokenizer of {} pieces", teacher_path,
+                 teacher.vocab_size, init.file().path(), student.vocab_size, pieces);
+  return pieces;
 }
 
 // The frozen teacher: the same tokenizer as the student (the init checkpoint, whose tokenizer
@@ -92,11 +99,6 @@ LlamaForCausalLM load_teacher(const DistillConfig& d, const Checkpoint& student)
                  "must share one tokenizer", d.teacher, teacher_sha.substr(0, 16),
                  student.file().path(), student_sha.substr(0, 16));
   LlamaForCausalLM teacher(ckpt.config());
-  const int64_t pieces = distill_rows(teacher->config(), student.config(), student);
-  CONDENSE_CHECK(teacher->config().vocab_size >= pieces && student.config().vocab_size >= pieces,
-                 "distill.teacher {} has {} embedding rows and init {} {}, for a tokenizer of {} "
-                 "pieces", d.teacher, teacher->config().vocab_size, student.file().path(),
-                 student.config().vocab_size, pieces);
   ckpt.load_model(teacher);
   merge_stored_adapters(teacher, ckpt.file());
   for (auto& p : teacher->parameters()) p.requires_grad_(false);
@@ -146,7 +148,8 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
   select_model_parameters(model, cfg_in);
   LlamaForCausalLM teacher{nullptr};
   if (distill) teacher = load_teacher(cfg_in.distill, init);
-  const int64_t kd_rows = distill ? distill_rows(teacher->config(), init.config(), init) : 0;
+  const int64_t kd_rows =
+      distill ? distill_rows(teacher->config(), init.config(), init, cfg_in.distill.teacher) : 0;
   CONDENSE_CHECK(rc.selection != "paser" || distill,
                  "recovery.selection paser scores windows by the teacher-vs-pruned divergence and "
                  "needs distill.teacher (kind distill; distill.kd_ratio=0 trains on cross-entropy alone)");

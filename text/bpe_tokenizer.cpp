@@ -204,12 +204,7 @@ std::vector<int32_t> BpeTokenizer::encode(std::string_view text, bool parse_spec
   auto plain = [&](std::string_view s) {
     size_t pos = 0;
     while (pos < s.size()) {
-      size_t end = pos;
-      while (end < s.size()) {
-        const size_t len = utf8_sequence_length(s, end);
-        if (len == 0) break;
-        end += len;
-      }
+      size_t end = utf8_valid_run_end(s, pos);
       if (end > pos) {
         std::string_view run = s.substr(pos, end - pos);
         std::string normalized;

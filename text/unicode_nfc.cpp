@@ -121,12 +121,7 @@ std::string nfc(std::string_view s) {
   size_t pos = 0;
   while (pos < s.size()) {
     // A maximal run of valid UTF-8 is normalized whole (a base and its marks stay together).
-    size_t end = pos;
-    while (end < s.size()) {
-      const size_t len = utf8_sequence_length(s, end);
-      if (len == 0) break;
-      end += len;
-    }
+    const size_t end = utf8_valid_run_end(s, pos);
     if (end > pos) {
       std::string_view run = s.substr(pos, end - pos);
       if (std::all_of(run.begin(), run.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))

@@ -24,6 +24,15 @@ size_t utf8_sequence_length(std::string_view s, size_t pos) {
   return 0;
 }
 
+size_t utf8_valid_run_end(std::string_view s, size_t pos) {
+  while (pos < s.size()) {
+    const size_t len = utf8_sequence_length(s, pos);
+    if (len == 0) break;
+    pos += len;
+  }
+  return pos;
+}
+
 void append_utf8(std::string& out, uint32_t cp) {
   CONDENSE_CHECK(cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF),
                  "not a Unicode scalar value: {:#x}", cp);
