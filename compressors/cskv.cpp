@@ -70,9 +70,8 @@ std::vector<std::string> low_rank_kv_gram_weights(const LlamaConfig& c) {
 void check_low_rank_kv(const LlamaConfig& c, const LowRankKVOptions& o) {
   // Merged or low-rank keys would need the biases merged or rebuilt too, and a key norm
   // (Qwen3's) is not linear in the input: not built.
-  CONDENSE_CHECK(!c.qkv_bias && !c.qk_norm, "cskv: the model has {}, which cskv does not "
-                 "handle (kv_project and the pruning methods do)",
-                 c.qkv_bias ? "q/k/v biases (Qwen2)" : "q/k norms (Qwen3)");
+  CONDENSE_CHECK(attention_extras(c).empty(), "cskv: the model has {}, which cskv does not "
+                 "handle (kv_project and the pruning methods do)", attention_extras(c));
   CONDENSE_CHECK(o.init == "svd" || o.init == "asvd" || o.init == "whiten",
                  "--init {}: valid for cskv are whiten, asvd and svd (kv.init in a recipe)", o.init);
   const int64_t most = std::min(c.hidden_size, c.kv_heads() * c.head_size());

@@ -294,7 +294,7 @@ int cmd_info(const std::string& ckpt_arg) {
       st.tokens_seen, c.num_parameters() / 1e6, c.num_hidden_layers, c.hidden_size,
       c.intermediate_size, c.num_attention_heads, c.kv_heads(), c.head_size(), c.vocab_size,
       c.tie_word_embeddings,
-      c.qkv_bias ? ", q/k/v biases (Qwen2)" : c.qk_norm ? ", q/k norms (Qwen3)" : "",
+      attention_extras(c).empty() ? "" : ", " + attention_extras(c),
       tok.bpe() ? "byte-level BPE (pre-tokenizer " + tok.bpe()->vocab().pre_tokenizer + ")"
                 : tok.kind(),
       tok.vocab_size(), tok.sha256().substr(0, 16));

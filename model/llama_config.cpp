@@ -56,6 +56,10 @@ int64_t LlamaConfig::num_parameters() const {
   return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
 }
 
+std::string attention_extras(const LlamaConfig& c) {
+  return c.qkv_bias ? "q/k/v biases (Qwen2)" : c.qk_norm ? "q/k norms (Qwen3)" : "";
+}
+
 nlohmann::json to_hf_json(const LlamaConfig& c) {
   nlohmann::json eos = c.eos_token_id;
   if (!c.more_eos_token_ids.empty()) {

@@ -75,6 +75,9 @@ struct LlamaConfig {
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;
 // `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);
+// What the attention has beyond Llama's, for messages: "q/k/v biases (Qwen2)", "q/k norms
+// (Qwen3)", or "" for a plain Llama.
+std::string attention_extras(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
 
 }  // namespace condense

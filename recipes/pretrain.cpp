@@ -227,10 +227,9 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                    "pretrain recipe's model section cannot express; use kind=finetune (its model is "
                    "the init's, scaling included)", cfg_in.init,
                    to_hf_json(*init_config)["rope_scaling"].dump());
-    CONDENSE_CHECK(!init_config->qkv_bias && !init_config->qk_norm, "init {} is a {} model, which a "
-                   "pretrain recipe's model section cannot express; use kind=finetune (its model is "
-                   "the init's)", cfg_in.init,
-                   init_config->qkv_bias ? "Qwen2 (q/k/v biases)" : "Qwen3 (q/k norms)");
+    CONDENSE_CHECK(attention_extras(*init_config).empty(), "init {} has {}, which a pretrain recipe's "
+                   "model section cannot express; use kind=finetune (its model is the init's)",
+                   cfg_in.init, attention_extras(*init_config));
   }
   CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,
