@@ -89,8 +89,8 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
     qcos = cos.narrow(0, 0, q.size(1));
     qsin = sin.narrow(0, 0, q.size(1));
   }
-  q = apply_rope(attn.norm_q(q).transpose(1, 2), qcos, qsin);
-  k = apply_rope(k, cos, sin);
+  q = attn.rope(attn.norm_q(q).transpose(1, 2), qcos, qsin);
+  k = attn.rope(k, cos, sin);
   const double p = is_training() ? config_.attention_dropout : 0.0;
   // No mask: every query reads every position of the chunk (bidirectional).
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, std::nullopt, p, /*is_causal=*/false,

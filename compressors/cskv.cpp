@@ -70,7 +70,8 @@ std::vector<std::string> low_rank_kv_gram_weights(const LlamaConfig& c) {
 void check_low_rank_kv(const LlamaConfig& c, const LowRankKVOptions& o) {
   // Merged or low-rank keys would need the biases merged or rebuilt too, and a key norm
   // (Qwen3's) is not linear in the input: not built.
-  CONDENSE_CHECK(attention_extras(c).empty(), "cskv: the model has {}, which cskv does not "
+  // (Layers without RoPE, SmolLM3's, are handled: their keys are simply not rotated.)
+  CONDENSE_CHECK(!c.qkv_bias && !c.qk_norm, "cskv: the model has {}, which cskv does not "
                  "handle (kv_project and the pruning methods do)", attention_extras(c));
   CONDENSE_CHECK(o.init == "svd" || o.init == "asvd" || o.init == "whiten",
                  "--init {}: valid for cskv are whiten, asvd and svd (kv.init in a recipe)", o.init);
@@ -91,6 +92,7 @@ LowRankKV::LowRankKV(const LlamaConfig& c, std::vector<Factors> layers)
       head_dim_(c.head_size()),
       hidden_(c.hidden_size),
       rope_(c),
+      config_(c),
       inputs_(c.num_hidden_layers) {
   CONDENSE_CHECK(static_cast<int64_t>(layers_.size()) == c.num_hidden_layers,
                  "low-rank KV: {} layers of factors for a model of {}", layers_.size(),
@@ -249,6 +251,7 @@ at::Tensor LowRankKV::decode_keys(int64_t layer, const at::Tensor& ck) {
   const int64_t b = ck.size(0), t = ck.size(2);
   // [B, T, kv_heads * d] -> [B, kv_heads, T, d]
   at::Tensor k = at::matmul(ck.squeeze(1), layers_[layer].key_up).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
+  if (!config_.uses_rope(layer)) return k;  // SmolLM3's NoPE layers
   auto [cos, sin] = rope_table(t, k.device());
   return apply_rope(k, cos, sin);
 }

@@ -124,7 +124,8 @@ class LowRankKV : public KVHook {
   bool latent() const override { return true; }
   static constexpr int64_t kLatentValueQueries = 16;
   bool latent_values(int64_t t) const override { return t <= kLatentValueQueries; }
-  // RoPE(c_k B_k) at positions 0 .. T - 1: [B, kv_heads, T, head_dim].
+  // RoPE(c_k B_k) at positions 0 .. T - 1 (c_k B_k in a layer without RoPE): [B, kv_heads, T,
+  // head_dim].
   at::Tensor decode_keys(int64_t layer, const at::Tensor& key_latent) override;
   // Attention's output over the value latent [B, heads, t, r_v] -> [B, heads, t, head_dim]: query
   // head h times the columns of B_v that form its KV head's values.
@@ -140,6 +141,7 @@ class LowRankKV : public KVHook {
   std::vector<Factors> layers_;
   int64_t kv_heads_, head_dim_, hidden_;
   Rope rope_;
+  LlamaConfig config_;  // which layers rotate keys (uses_rope)
   at::Tensor cos_, sin_;  // positions 0 .. cos_.size(0) - 1
   bool record_ = false;
   int64_t window_ = 0;

@@ -76,7 +76,8 @@ GroupMerge merge_svd(const at::Tensor& wk, const at::Tensor& wv, const at::Tenso
 void check_kv_merge(const LlamaConfig& c, const KVMergeOptions& o) {
   // Merged or low-rank keys would need the biases merged or rebuilt too, and a key norm
   // (Qwen3's) is not linear in the input: not built.
-  CONDENSE_CHECK(attention_extras(c).empty(), "kv merge: the model has {}, which kv merge does not "
+  // (Layers without RoPE, SmolLM3's, are handled: their keys are simply not rotated.)
+  CONDENSE_CHECK(!c.qkv_bias && !c.qk_norm, "kv merge: the model has {}, which kv merge does not "
                  "handle (kv_project and the pruning methods do)", attention_extras(c));
   const int64_t kv = c.kv_heads();
   CONDENSE_CHECK(o.init == "svd" || o.init == "mean",

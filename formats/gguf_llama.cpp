@@ -56,15 +56,27 @@ TypeChoice parse_gguf_type(const std::string& t) {
 struct ArchKeys {
   std::string arch;
   std::string operator()(const char* key) const { return arch + "." + key; }
-  // llama.cpp's llama graph rotates adjacent pairs: its q/k rows are permuted (qwen2/qwen3: NEOX).
-  bool permutes_qk() const { return arch == "llama"; }
+  // llama.cpp's llama and smollm3 graphs rotate adjacent pairs: their q/k rows are permuted
+  // (qwen2/qwen3: NEOX).
+  bool permutes_qk() const { return arch == "llama" || arch == "smollm3"; }
 };
 
 // Qwen2 (LlamaConfig::qkv_bias) and Qwen3 (qk_norm) go as llama.cpp's own qwen2 / qwen3
 // architectures: the llama one with q/k/v biases or q/k norms and NEOX RoPE, which rotates the two
-// halves of each head as Hugging Face does, so their q/k rows are not permuted.
+// halves of each head as Hugging Face does, so their q/k rows are not permuted. SmolLM3 (layers
+// without RoPE) goes as llama.cpp's smollm3: llama's tensors and RoPE, no RoPE in every 4th layer.
 std::string gguf_architecture(const LlamaConfig& c) {
-  return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : "llama";
+  return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : !c.no_rope_layers.empty() ? "smollm3" : "llama";
+}
+
+// The NoPE pattern llama.cpp's smollm3 graph fixes (hparams.n_no_rope_layer_step = 4, not a
+// GGUF key): layer i applies RoPE unless (i + 1) % 4 == 0, as SmolLM3Config's default
+// no_rope_layer_interval. Empty (RoPE everywhere) below 4 layers, as LlamaConfig stores it.
+std::vector<int64_t> smollm3_gguf_rope_layers(int64_t layers) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < layers; ++i) out.push_back((i + 1) % 4 != 0 ? 1 : 0);
+  if (layers < 4) out.clear();
+  return out;
 }
 
 bool is_q(const std::string& n) { return n.find("self_attn.q_proj.weight") != std::string::npos; }
@@ -194,7 +206,16 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                    "whose heads are not hidden_size / num_attention_heads wide (head_dim {}) has no "
                    "GGUF form llama.cpp reads", checkpoint_path, c.head_size());
   }
-  // llama.cpp's qwen2 and qwen3 graphs have no rope_freqs tensor.
+  if (k.arch == "smollm3") {
+    // llama.cpp fixes the NoPE layers at every 4th; another pattern (a depth-pruned SmolLM3's)
+    // would run with RoPE where the model has none, or the reverse.
+    CONDENSE_CHECK(c.no_rope_layers == smollm3_gguf_rope_layers(c.num_hidden_layers), "{}: the "
+                   "model's layers without RoPE ({}: no_rope_layers, 0 = none) are not every 4th "
+                   "layer, the only pattern llama.cpp's smollm3 graph reads; export to Hugging Face "
+                   "(export --format hf) keeps the pattern", checkpoint_path,
+                   nlohmann::json(c.no_rope_layers).dump());
+  }
+  // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
   GgufWriter w;
@@ -353,8 +374,9 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   GgufReader r(file->data(), file->size(), path);
   const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
                                                              : nlohmann::json();
-  CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3", "{}: general.architecture is {}, "
-                 "expected 'llama' (or 'qwen2', 'qwen3')", path, arch.dump());
+  CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "smollm3",
+                 "{}: general.architecture is {}, expected 'llama' (or 'qwen2', 'qwen3', 'smollm3')",
+                 path, arch.dump());
   const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
@@ -368,6 +390,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   c.qkv_bias = k.arch == "qwen2";
   c.qk_norm = k.arch == "qwen3";
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
+  if (k.arch == "smollm3")
+    c.no_rope_layers = smollm3_gguf_rope_layers(static_cast<int64_t>(r.get_uint(k("block_count"))));
   c.hidden_size = static_cast<int64_t>(r.get_uint(k("embedding_length")));
   c.num_hidden_layers = static_cast<int64_t>(r.get_uint(k("block_count")));
   c.intermediate_size = static_cast<int64_t>(r.get_uint(k("feed_forward_length")));

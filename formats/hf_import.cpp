@@ -34,9 +34,9 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
   if (j.is_object() && j.contains("architectures") && j["architectures"].is_array())
     for (const auto& a : j["architectures"])
       CONDENSE_CHECK(a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM" ||
-                         a == "Qwen3ForCausalLM",
+                         a == "Qwen3ForCausalLM" || a == "SmolLM3ForCausalLM",
                      "{}: architecture {} is not LlamaForCausalLM (or MistralForCausalLM, "
-                     "Qwen2ForCausalLM, Qwen3ForCausalLM)", config_path, a.dump());
+                     "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM)", config_path, a.dump());
   LlamaConfig config = from_hf_json(j, config_path);
   SafetensorsShards shards = SafetensorsShards::open(dir);
 

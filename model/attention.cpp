@@ -90,7 +90,8 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
       heads_(c.num_attention_heads),
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
-      dropout_(c.attention_dropout) {
+      dropout_(c.attention_dropout),
+      rope_(c.uses_rope(layer_index)) {
   q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
   v_proj = register_module("v_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
@@ -110,6 +111,11 @@ at::Tensor LlamaAttentionImpl::project(const at::Tensor& x, torch::nn::Linear& p
   if (hook->observing()) hook->observe(names_[which], x);
   // The bias (Qwen2's q/k/v) is added as stored: hooks replace weights only.
   return at::linear(x, hook->weight(names_[which], proj->weight), proj->bias);
+}
+
+at::Tensor LlamaAttentionImpl::rope(const at::Tensor& x, const at::Tensor& cos,
+                                    const at::Tensor& sin) const {
+  return rope_ ? apply_rope(x, cos, sin) : x;
 }
 
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos,
@@ -133,7 +139,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     q_lin = project(x, q_proj, 0);
   }
   at::Tensor q = norm_q(q_lin.view({b, t, heads_, head_dim_})).transpose(1, 2);
-  q = apply_rope(q, cos, sin);
+  q = rope(q, cos, sin);
   const int64_t past = cache ? cache->length() : 0;
   at::Tensor k, v;
   if (latent) {
@@ -153,7 +159,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     if (const int64_t window = hook->window(); window > 0) {
       at::Tensor ko = norm_k(project(x, k_proj, 1).view({b, t, kv_heads_, head_dim_})).transpose(1, 2);
       at::Tensor vo = project(x, v_proj, 2).view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-      ko = apply_rope(ko, cos, sin);
+      ko = rope(ko, cos, sin);
       int64_t begin = past;
       if (cache) {
         KVCache::Recent r = cache->append_recent(layer_, ko, vo, window - 1);
@@ -171,7 +177,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     }
     k = norm_k(k_lin.view({b, t, kv_heads_, head_dim_})).transpose(1, 2);
     v = v_lin.view({b, t, kv_heads_, head_dim_}).transpose(1, 2);
-    k = apply_rope(k, cos, sin);
+    k = rope(k, cos, sin);
     if (hook) {
       KVHook::Projected p = hook->project(layer_, q, k, v);
       q = p.q;

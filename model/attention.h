@@ -3,7 +3,8 @@
 // learned KV projections plug into. Parameter names follow Hugging Face: q_proj, k_proj,
 // v_proj, o_proj (biases on q/k/v only with LlamaConfig::qkv_bias: Qwen2's attention), and
 // with LlamaConfig::qk_norm q_norm / k_norm, RMSNorms of each query and key head before RoPE
-// (Qwen3's).
+// (Qwen3's). A layer LlamaConfig::no_rope_layers marks 0 attends without RoPE (SmolLM3's NoPE
+// layers).
 #pragma once
 #include <memory>
 
@@ -77,6 +78,9 @@ class LlamaAttentionImpl : public torch::nn::Module {
   // q or k [B, T, heads, head_dim] through q_norm / k_norm where the model has them.
   at::Tensor norm_q(const at::Tensor& q) { return q_norm ? q_norm(q) : q; }
   at::Tensor norm_k(const at::Tensor& k) { return k_norm ? k_norm(k) : k; }
+  // q or k [B, heads, T, head_dim] rotated for their positions, unchanged in a NoPE layer.
+  at::Tensor rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const;
+  bool uses_rope() const { return rope_; }
   ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
 
  private:
@@ -84,6 +88,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   std::string names_[4];  // HF weight names of q, k, v, o
   int64_t layer_, heads_, kv_heads_, head_dim_;
   double dropout_;
+  bool rope_;
 };
 TORCH_MODULE(LlamaAttention);
 

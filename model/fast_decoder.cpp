@@ -75,7 +75,8 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
                        l->mlp->down_proj->weight, l->self_attn->q_proj->bias,
                        l->self_attn->k_proj->bias, l->self_attn->v_proj->bias,
                        l->self_attn->q_norm ? l->self_attn->q_norm->weight : at::Tensor(),
-                       l->self_attn->k_norm ? l->self_attn->k_norm->weight : at::Tensor()});
+                       l->self_attn->k_norm ? l->self_attn->k_norm->weight : at::Tensor(),
+                       l->self_attn->uses_rope()});
   }
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
@@ -137,8 +138,10 @@ at::Tensor FastDecoder::step(int64_t id) {
       fused::rms_norm_forward(q_.data(), L.q_norm.data_ptr<float>(), q_.data(), rstd, 0, heads, d, eps);
       fused::rms_norm_forward(k_.data(), L.k_norm.data_ptr<float>(), k_.data(), rstd, 0, kv, d, eps);
     }
-    rope(q_.data(), heads);
-    rope(k_.data(), kv);
+    if (L.rope) {  // not in SmolLM3's NoPE layers
+      rope(q_.data(), heads);
+      rope(k_.data(), kv);
+    }
     for (int64_t h = 0; h < kv; ++h) {  // the cache is [1, kv, capacity, d]
       std::memcpy(kbuf + (h * cap + pos) * d, k_.data() + h * d, d * sizeof(float));
       std::memcpy(vbuf + (h * cap + pos) * d, v_.data() + h * d, d * sizeof(float));

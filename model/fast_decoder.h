@@ -44,6 +44,7 @@ class FastDecoder {
     at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
     at::Tensor q_bias, k_bias, v_bias;  // undefined without LlamaConfig::qkv_bias
     at::Tensor q_norm, k_norm;          // undefined without LlamaConfig::qk_norm
+    bool rope = true;                   // false in SmolLM3's NoPE layers
   };
   LlamaConfig config_;
   KVCache& cache_;

@@ -41,6 +41,18 @@ void LlamaConfig::finalize() {
                  rs.high_freq_factor, rs.original_max_position_embeddings);
   CONDENSE_CHECK(!(qkv_bias && qk_norm), "a model with both q/k/v biases (Qwen2) and q/k norms "
                  "(Qwen3) has no Hugging Face architecture; condense builds one or the other");
+  if (!no_rope_layers.empty()) {
+    CONDENSE_CHECK(static_cast<int64_t>(no_rope_layers.size()) == num_hidden_layers,
+                   "no_rope_layers has {} entries for {} layers (one each: 1 RoPE, 0 none)",
+                   no_rope_layers.size(), num_hidden_layers);
+    for (int64_t v : no_rope_layers)
+      CONDENSE_CHECK(v == 0 || v == 1, "no_rope_layers holds {}, expected 1 (RoPE) or 0 (none)", v);
+    // Every layer with RoPE is the plain Llama: stored as one (to_hf_json writes a Llama).
+    if (std::count(no_rope_layers.begin(), no_rope_layers.end(), 1) == num_hidden_layers)
+      no_rope_layers.clear();
+  }
+  CONDENSE_CHECK(no_rope_layers.empty() || !(qkv_bias || qk_norm), "a model with layers without "
+                 "RoPE (SmolLM3) and {} has no Hugging Face architecture", qkv_bias ? "q/k/v biases" : "q/k norms");
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -57,7 +69,10 @@ int64_t LlamaConfig::num_parameters() const {
 }
 
 std::string attention_extras(const LlamaConfig& c) {
-  return c.qkv_bias ? "q/k/v biases (Qwen2)" : c.qk_norm ? "q/k norms (Qwen3)" : "";
+  return c.qkv_bias                 ? "q/k/v biases (Qwen2)"
+         : c.qk_norm                ? "q/k norms (Qwen3)"
+         : !c.no_rope_layers.empty() ? "layers without RoPE (SmolLM3)"
+                                     : "";
 }
 
 nlohmann::json to_hf_json(const LlamaConfig& c) {
@@ -100,6 +115,18 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["model_type"] = "qwen3";
     j["use_sliding_window"] = false;
     j["attention_bias"] = false;
+  } else if (!c.no_rope_layers.empty()) {
+    // SmolLM3's config: the per-layer list (its interval is only the default when the list is
+    // absent).
+    j["architectures"] = {"SmolLM3ForCausalLM"};
+    j["model_type"] = "smollm3";
+    j["no_rope_layers"] = c.no_rope_layers;
+    // SmolLM3Config's default pad_token_id is 128004, an embedding row transformers refuses in
+    // a smaller vocabulary; condense does not carry it (it changes no probability).
+    j["pad_token_id"] = nullptr;
+    j["use_sliding_window"] = false;
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
   } else {
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
@@ -178,10 +205,11 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
   CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
-                     model_type == "qwen3",
-                 "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3')", source,
-                 model_type);
+                     model_type == "qwen3" || model_type == "smollm3",
+                 "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3', "
+                 "'smollm3')", source, model_type);
   const bool qwen = model_type == "qwen2" || model_type == "qwen3";
+  const bool smollm3 = model_type == "smollm3";
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
@@ -191,12 +219,21 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
   c.qk_norm = model_type == "qwen3";   // Qwen3's always has these
   if (model_type == "qwen3") c.head_dim = 128;  // Qwen3Config's default (not hidden / heads)
+  if (smollm3) {  // SmolLM3Config's defaults for absent keys (tied embeddings: PretrainedConfig's)
+    c.num_key_value_heads = 4;
+    c.rope_theta = 2000000.0;
+    c.tie_word_embeddings = true;
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+  }
   read_field(j, "vocab_size", c.vocab_size, true, source);
   read_field(j, "hidden_size", c.hidden_size, true, source);
   read_field(j, "intermediate_size", c.intermediate_size, true, source);
   read_field(j, "num_hidden_layers", c.num_hidden_layers, true, source);
   read_field(j, "num_attention_heads", c.num_attention_heads, true, source);
   read_field(j, "num_key_value_heads", c.num_key_value_heads, false, source);
+  if (smollm3 && j.contains("num_key_value_heads") && j["num_key_value_heads"].is_null())
+    c.num_key_value_heads = 0;  // SmolLM3Config: null means one per attention head
   read_field(j, "head_dim", c.head_dim, false, source);
   // Absent keys take transformers' LlamaConfig defaults, which is what the file means there
   // (rms_norm_eps: 1e-6 there, 1e-5 in condense's recipes).
@@ -205,7 +242,7 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   read_field(j, "rope_theta", c.rope_theta, false, source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
-  if (qwen) c.max_position_embeddings = 32768;  // Qwen2Config's and Qwen3Config's default
+  if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   // Mistral is Llama with sliding-window attention: a query attends to the previous
   // sliding_window positions, which up to that many positions is every earlier one. condense
@@ -228,6 +265,31 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
       read_field(j, "max_window_layers", max_window_layers, false, source);
       read_field(j, "num_hidden_layers", layers, true, source);
       windowed = max_window_layers < layers;
+    }
+  }
+  if (smollm3) {
+    // no_rope_layers (1: RoPE, 0: none), or where absent a NoPE layer every
+    // no_rope_layer_interval layers (the 4th, 8th, ...), as SmolLM3Config builds it.
+    int64_t layers = 0, interval = 4;
+    read_field(j, "num_hidden_layers", layers, true, source);
+    read_field(j, "no_rope_layer_interval", interval, false, source);
+    CONDENSE_CHECK(interval > 0, "{}: no_rope_layer_interval is {}, expected a positive count", source,
+                   interval);
+    if (j.contains("no_rope_layers") && !j["no_rope_layers"].is_null()) {
+      read_field(j, "no_rope_layers", c.no_rope_layers, false, source);
+    } else {
+      for (int64_t i = 0; i < layers; ++i) c.no_rope_layers.push_back((i + 1) % interval != 0 ? 1 : 0);
+    }
+    // SmolLM3 windows its NoPE layers only with use_sliding_window true and a window (or the
+    // layers layer_types marks "sliding_attention"); capping at the window is exact, as below.
+    bool use_window = false;
+    read_field(j, "use_sliding_window", use_window, false, source);
+    if (use_window && !null_window && j.contains("sliding_window")) {
+      if (j.contains("layer_types") && j["layer_types"].is_array()) {
+        for (const nlohmann::json& t : j["layer_types"]) windowed = windowed || t == "sliding_attention";
+      } else {
+        windowed = std::count(c.no_rope_layers.begin(), c.no_rope_layers.end(), 0) > 0;
+      }
     }
   }
   if (windowed) {

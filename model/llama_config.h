@@ -60,23 +60,33 @@ struct LlamaConfig {
   // q_proj/k_proj and RoPE: Qwen3's attention, otherwise Llama's. Carried like qkv_bias, from and
   // to a Qwen3 config.json (model_type "qwen3") or GGUF (architecture "qwen3").
   bool qk_norm = false;
+  // SmolLM3's NoPE layers, with Hugging Face's name and meaning: one entry per layer, 1 where
+  // the layer applies RoPE to queries and keys, 0 where it attends without positions (SmolLM3:
+  // every 4th layer). Empty: RoPE in every layer (a list of ones is stored empty, the plain
+  // Llama it is). Carried like qkv_bias, from and to a SmolLM3 config.json (model_type
+  // "smollm3") or GGUF (architecture "smollm3", whose pattern llama.cpp fixes at every 4th).
+  std::vector<int64_t> no_rope_layers;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.
   void finalize();
   int64_t kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  bool uses_rope(int64_t layer) const {
+    return no_rope_layers.empty() || no_rope_layers.at(static_cast<size_t>(layer)) != 0;
+  }
   int64_t num_parameters() const;
 };
 
 // Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM and Qwen2ForCausalLM read as the
-// Llamas they are, and Qwen3ForCausalLM) <-> LlamaConfig; a model with qkv_bias is written as
-// Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM.
+// Llamas they are, Qwen3ForCausalLM and SmolLM3ForCausalLM) <-> LlamaConfig; a model with qkv_bias
+// is written as Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM, one with NoPE layers as
+// SmolLM3ForCausalLM.
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;
 // `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);
 // What the attention has beyond Llama's, for messages: "q/k/v biases (Qwen2)", "q/k norms
-// (Qwen3)", or "" for a plain Llama.
+// (Qwen3)", "layers without RoPE (SmolLM3)", or "" for a plain Llama.
 std::string attention_extras(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
 

@@ -216,10 +216,10 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   LlamaConfig shape = cfg_in.model;
   if (shape.vocab_size == 0) shape.vocab_size = 1;
   shape.finalize();
-  // The model section has no rope_scaling, qkv_bias or qk_norm key: training an init's weights at other
-  // RoPE frequencies than they were trained with, or without its biases, would change the model
-  // silently. (A resume reads no init, which may be gone by then: only an init that exists is
-  // opened here.)
+  // The model section has no rope_scaling, qkv_bias, qk_norm or no_rope_layers key: training an
+  // init's weights at other RoPE frequencies than they were trained with, without its biases or
+  // with RoPE in its NoPE layers would change the model silently. (A resume reads no init, which
+  // may be gone by then: only an init that exists is opened here.)
   std::optional<LlamaConfig> init_config;
   if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
     init_config = Checkpoint::open(cfg_in.init).config();

