@@ -26,10 +26,12 @@ enum class GgufValueType : uint32_t {
 
 // The ggml tensor types condense reads (ggml.h, enum ggml_type; the numbers are the file
 // format). The writer emits F32, F16, BF16 and Q8_0; the reader also accepts the quantized
-// types io/gguf_quants.h dequantizes. Block layouts are described there.
+// types io/gguf_quants.h dequantizes (every type a llama.cpp file holds; not Q8_K). Block layouts are described there.
 enum class GgmlType : uint32_t {
   kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kQ2_K = 10,
-  kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kIQ4_NL = 20, kIQ4_XS = 23, kBF16 = 30,
+  kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14, kIQ2_XXS = 16, kIQ2_XS = 17, kIQ3_XXS = 18,
+  kIQ1_S = 19, kIQ4_NL = 20, kIQ3_S = 21, kIQ2_S = 22, kIQ4_XS = 23, kIQ1_M = 29, kBF16 = 30,
+  kTQ1_0 = 34, kTQ2_0 = 35, kMXFP4 = 39,
 };
 // llama.cpp's general.file_type values (llama.h, enum llama_ftype).
 enum class GgufFileType : uint32_t { kAllF32 = 0, kMostlyF16 = 1, kMostlyQ8_0 = 7, kMostlyBF16 = 32 };
@@ -59,6 +61,16 @@ inline constexpr GgmlTypeInfo kGgmlTypes[] = {
     {GgmlType::kQ3_K, "Q3_K", 256, 32 + 64 + 12 + 2},
     {GgmlType::kIQ4_NL, "IQ4_NL", 32, 2 + 16},
     {GgmlType::kIQ4_XS, "IQ4_XS", 256, 2 + 2 + 4 + 128},
+    {GgmlType::kIQ2_XXS, "IQ2_XXS", 256, 2 + 64},
+    {GgmlType::kIQ2_XS, "IQ2_XS", 256, 2 + 64 + 8},
+    {GgmlType::kIQ2_S, "IQ2_S", 256, 2 + 32 + 32 + 8 + 8},
+    {GgmlType::kIQ3_XXS, "IQ3_XXS", 256, 2 + 64 + 32},
+    {GgmlType::kIQ3_S, "IQ3_S", 256, 2 + 64 + 8 + 32 + 4},
+    {GgmlType::kIQ1_S, "IQ1_S", 256, 2 + 32 + 16},
+    {GgmlType::kIQ1_M, "IQ1_M", 256, 32 + 16 + 8},
+    {GgmlType::kTQ1_0, "TQ1_0", 256, 48 + 4 + 2},
+    {GgmlType::kTQ2_0, "TQ2_0", 256, 64 + 2},
+    {GgmlType::kMXFP4, "MXFP4", 32, 1 + 16},
 };
 
 // The entry for a ggml type id, or nullptr for one condense cannot read.
@@ -82,7 +94,8 @@ inline const char* ggml_type_name(uint32_t type) {
 // "F32, F16, BF16, Q8_0, ..." for error messages.
 inline const char* ggml_supported_types() {
   return "F32=0, F16=1, BF16=30, Q8_0=8, Q4_0=2, Q4_1=3, Q5_0=6, Q5_1=7, Q2_K=10, Q3_K=11, "
-         "Q4_K=12, Q5_K=13, Q6_K=14, IQ4_NL=20, IQ4_XS=23";
+         "Q4_K=12, Q5_K=13, Q6_K=14, IQ2_XXS=16, IQ2_XS=17, IQ3_XXS=18, IQ1_S=19, IQ4_NL=20, "
+         "IQ3_S=21, IQ2_S=22, IQ4_XS=23, IQ1_M=29, TQ1_0=34, TQ2_0=35, MXFP4=39";
 }
 
 // Bytes for `n` elements of `type` (n a multiple of the block size); 0 if unknown.

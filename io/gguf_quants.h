@@ -43,6 +43,41 @@
 //         nibbles and 16..31 in the high ones, indices into kIq4nlValues.
 //                                 x = (d * sc) * table[q]
 //
+// The lattice types (ggml's IQ2/IQ3/IQ1; grids in io/gguf_iq_grids.h, ksigns(k) = k with bit 7
+// set to the parity of k, so that every sign byte has an even number of minus signs):
+//   IQ2_XXS (256 values, 66 bytes): half d; u32 pairs per sub-block of 32: aux0 = four grid
+//         indices (bytes, kIq2xxsGrid), aux1 = four 7-bit sign indices (bits 7l..7l+6) and a
+//         4-bit scale ls (bits 28..31). db = d * (0.5 + ls) * 0.25;  x = db * grid[j] * sign_j
+//   IQ2_XS  (256 values, 74 bytes): half d; u16 qs[32]; u8 scales[8]. qs: a 9-bit index into
+//         kIq2xsGrid and a 7-bit sign index; groups 0-1 of a sub-block use the low scale
+//         nibble, 2-3 the high one, each as IQ2_XXS's (0.5 + ls) * 0.25.
+//   IQ2_S   (256 values, 82 bytes): half d; u8 qs[32]; u8 signs[32]; u8 qh[8]; u8 scales[8].
+//         Group l of sub-block s: index qs[4s + l] | ((qh[s] >> 2l) & 3) << 8 into kIq2sGrid,
+//         signs byte signs[4s + l] (plain bits), scales as IQ2_XS.
+//   IQ3_XXS (256 values, 98 bytes): half d; u8 qs[64]; u32 scales_and_signs[8]. Sub-block s:
+//         eight 4-value grid indices qs[8s..], aux as IQ2_XXS's aux1; db = d * (0.5 + ls) * 0.5.
+//   IQ3_S   (256 values, 110 bytes): half d; u8 qs[64]; u8 qh[8]; u8 signs[32]; u8 scales[4].
+//         Index k of sub-block s: qs[8s + k] | ((qh[s] >> k) & 1) << 8 into kIq3sGrid; sign
+//         bytes plain; db = d * (1 + 2 * nibble s of scales).
+//   IQ1_S   (256 values, 50 bytes): half d; u8 qs[32]; u16 qh[8]. Sub-block s: four indices
+//         qs[4s + l] | ((qh[s] >> 3l) & 7) << 8 into kIq1sGrid (-1, 0, 1); dl = d * (2 *
+//         ((qh[s] >> 12) & 7) + 1); delta = -0.125 if bit 15 is set, else 0.125.
+//                                 x = dl * (grid[j] + delta)
+//   IQ1_M   (256 values, 56 bytes): u8 qs[32]; u8 qh[16]; u16 sc[4]. The fp16 d is the top
+//         nibbles of sc[0..3] (sc[i] >> 12 is bits 4i..4i+3); sub-block s has 3-bit scales
+//         (sc[s/2] >> 6(s%2)) & 7 for groups 0-1 and >> 6(s%2)+3 for groups 2-3, each 2k + 1;
+//         index l: qs[4s + l] | ((qh[2s + l/2] >> 4(l%2)) & 7) << 8, delta from bit 3 (or 7) of
+//         that qh byte.                          x = dl * (grid[j] + delta)
+//   TQ1_0   (256 values, 54 bytes): u8 qs[48]; u8 qh[4]; half d. Ternary digits in base-3 fixed
+//         point: digit n of byte b is ((uint8)(b * 3^n) * 3) >> 8. Values 0..159 are digits
+//         0..4 of qs[0..31] (digit-major), 160..239 digits 0..4 of qs[32..47], 240..255 digits
+//         0..3 of qh.                            x = (digit - 1) * d
+//   TQ2_0   (256 values, 66 bytes): u8 qs[64]; half d. Value 128h + 32l + m is bits 2l..2l+1
+//         of qs[32h + m].                        x = (q - 1) * d
+//   MXFP4   (32 values, 17 bytes): u8 e; u8 qs[16], nibbles as Q4_0, indices into the doubled
+//         e2m1 values kMxfp4Values; d = 2^(e - 128) (the half of e8m0's 2^(e - 127), as bits).
+//                                 x = table[q] * d
+//
 // Every result is computed in float32 in ggml's order of operations (scales are multiplied
 // first, one rounding per operation), so results are bitwise equal to ggml's and to the gguf
 // package's numpy port. A multiply and a following add are written as separate statements so
@@ -60,6 +95,7 @@
 
 #include "core/error.h"
 #include "io/gguf_format.h"
+#include "io/gguf_iq_grids.h"
 
 namespace at {
 class Tensor;
@@ -206,6 +242,196 @@ inline void iq4_xs(const uint8_t* blk, float* y) {
   }
 }
 
+// ggml-quants.c ksigns_iq2xs: sign index k (7 bits) with an eighth sign making the count even.
+inline uint8_t ksigns(unsigned k) {
+  unsigned parity = 0;
+  for (unsigned b = k; b; b >>= 1) parity ^= b & 1;
+  return static_cast<uint8_t>(k | parity << 7);
+}
+inline float sign_of(uint8_t signs, int j) { return (signs >> j) & 1 ? -1.f : 1.f; }
+inline uint32_t u32_at(const uint8_t* p) {
+  return static_cast<uint32_t>(p[0]) | static_cast<uint32_t>(p[1]) << 8 |
+         static_cast<uint32_t>(p[2]) << 16 | static_cast<uint32_t>(p[3]) << 24;
+}
+inline unsigned u16_at(const uint8_t* p) { return p[0] | p[1] << 8; }
+
+// Eight values of an 8-wide grid point with one scale and one sign byte.
+inline void grid8(uint64_t point, float db, uint8_t signs, float* y) {
+  for (int j = 0; j < 8; ++j) {
+    const float v = db * static_cast<float>(grid_byte(point, j));
+    y[j] = v * sign_of(signs, j);
+  }
+}
+
+inline void iq2_xxs(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const uint8_t* aux0 = blk + 2 + 8 * s;
+    const uint32_t aux1 = u32_at(aux0 + 4);
+    const float db = d * (0.5f + static_cast<float>(aux1 >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l) grid8(kIq2xxsGrid[aux0[l]], db, ksigns((aux1 >> (7 * l)) & 127), y + 8 * l);
+  }
+}
+
+inline void iq2_xs(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  const uint8_t* scales = blk + 2 + 64;
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const float db[2] = {d * (0.5f + static_cast<float>(scales[s] & 0xF)) * 0.25f,
+                         d * (0.5f + static_cast<float>(scales[s] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const unsigned q = u16_at(qs + 2 * (4 * s + l));
+      grid8(kIq2xsGrid[q & 511], db[l / 2], ksigns(q >> 9), y + 8 * l);
+    }
+  }
+}
+
+inline void iq2_s(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  const uint8_t* signs = qs + 32;
+  const uint8_t* qh = signs + 32;
+  const uint8_t* scales = qh + 8;
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const float db[2] = {d * (0.5f + static_cast<float>(scales[s] & 0xF)) * 0.25f,
+                         d * (0.5f + static_cast<float>(scales[s] >> 4)) * 0.25f};
+    for (int l = 0; l < 4; ++l) {
+      const unsigned index = qs[4 * s + l] | ((qh[s] >> (2 * l)) & 3) << 8;
+      grid8(kIq2sGrid[index], db[l / 2], signs[4 * s + l], y + 8 * l);
+    }
+  }
+}
+
+// Four values of a 4-wide IQ3 grid point, signs from bits `first`.. of `signs`.
+inline void grid4(uint32_t point, float db, uint8_t signs, int first, float* y) {
+  for (int j = 0; j < 4; ++j) {
+    const float v = db * static_cast<float>(grid_byte(point, j));
+    y[j] = v * sign_of(signs, first + j);
+  }
+}
+
+inline void iq3_xxs(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  const uint8_t* scales_and_signs = qs + 64;
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const uint32_t aux = u32_at(scales_and_signs + 4 * s);
+    const float db = d * (0.5f + static_cast<float>(aux >> 28)) * 0.5f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = ksigns((aux >> (7 * l)) & 127);
+      grid4(kIq3xxsGrid[qs[8 * s + 2 * l]], db, signs, 0, y + 8 * l);
+      grid4(kIq3xxsGrid[qs[8 * s + 2 * l + 1]], db, signs, 4, y + 8 * l + 4);
+    }
+  }
+}
+
+inline void iq3_s(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  const uint8_t* qh = qs + 64;
+  const uint8_t* signs = qh + 8;
+  const uint8_t* scales = signs + 32;
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const int nibble = (scales[s / 2] >> (4 * (s % 2))) & 0xF;
+    const float db = d * static_cast<float>(1 + 2 * nibble);
+    for (int l = 0; l < 4; ++l) {
+      for (int half = 0; half < 2; ++half) {
+        const int k = 2 * l + half;
+        const unsigned index = qs[8 * s + k] | ((qh[s] >> k) & 1) << 8;
+        grid4(kIq3sGrid[index], db, signs[4 * s + l], 4 * half, y + 8 * l + 4 * half);
+      }
+    }
+  }
+}
+
+// Eight values of an IQ1 grid point (-1, 0, 1): dl * (grid + delta).
+inline void grid8_iq1(uint64_t point, float dl, float delta, float* y) {
+  for (int j = 0; j < 8; ++j) {
+    const float v = static_cast<float>(static_cast<int8_t>(grid_byte(point, j))) + delta;
+    y[j] = dl * v;
+  }
+}
+
+constexpr float kIq1sDelta = 0.125f;
+
+inline void iq1_s(const uint8_t* blk, float* y) {
+  const float d = half_at(blk);
+  const uint8_t* qs = blk + 2;
+  const uint8_t* qh = qs + 32;
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const unsigned h = u16_at(qh + 2 * s);
+    const float dl = d * static_cast<float>(2 * ((h >> 12) & 7) + 1);
+    const float delta = h & 0x8000 ? -kIq1sDelta : kIq1sDelta;
+    for (int l = 0; l < 4; ++l)
+      grid8_iq1(kIq1sGrid[qs[4 * s + l] | ((h >> (3 * l)) & 7) << 8], dl, delta, y + 8 * l);
+  }
+}
+
+inline void iq1_m(const uint8_t* blk, float* y) {
+  const uint8_t* qs = blk;
+  const uint8_t* qh = blk + 32;
+  const uint8_t* sc = blk + 48;
+  unsigned sc16[4];
+  for (int i = 0; i < 4; ++i) sc16[i] = u16_at(sc + 2 * i);
+  const uint16_t dbits = static_cast<uint16_t>((sc16[0] >> 12) | ((sc16[1] >> 8) & 0x00F0) |
+                                               ((sc16[2] >> 4) & 0x0F00) | (sc16[3] & 0xF000));
+  const float d = f16_to_f32(dbits);
+  for (int s = 0; s < 8; ++s, y += 32) {
+    const int shift = 6 * (s % 2);
+    const float dl[2] = {d * static_cast<float>(2 * ((sc16[s / 2] >> shift) & 7) + 1),
+                         d * static_cast<float>(2 * ((sc16[s / 2] >> (shift + 3)) & 7) + 1)};
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t h = qh[2 * s + l / 2];
+      const unsigned hi = (h >> (4 * (l % 2))) & 0xF;  // 3 index bits and the delta's sign
+      const float delta = hi & 8 ? -kIq1sDelta : kIq1sDelta;
+      grid8_iq1(kIq1sGrid[qs[4 * s + l] | (hi & 7) << 8], dl[l / 2], delta, y + 8 * l);
+    }
+  }
+}
+
+// TQ1_0's base-3 digit n (0..4) of byte b, in 0..2.
+inline int trit(uint8_t b, int n) {
+  static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
+  const uint8_t q = static_cast<uint8_t>(b * kPow3[n]);
+  return (q * 3) >> 8;
+}
+
+inline void tq1_0(const uint8_t* blk, float* y) {
+  const uint8_t* qs = blk;
+  const uint8_t* qh = blk + 48;
+  const float d = half_at(blk + 52);
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(trit(qs[m], n) - 1) * d;
+  for (int n = 0; n < 5; ++n)
+    for (int m = 0; m < 16; ++m) *y++ = static_cast<float>(trit(qs[32 + m], n) - 1) * d;
+  for (int n = 0; n < 4; ++n)
+    for (int m = 0; m < 4; ++m) *y++ = static_cast<float>(trit(qh[m], n) - 1) * d;
+}
+
+inline void tq2_0(const uint8_t* blk, float* y) {
+  const float d = half_at(blk + 64);
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 4; ++l)
+      for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(((blk[32 * h + m] >> (2 * l)) & 3) - 1) * d;
+}
+
+// ggml-common.h kvalues_mxfp4: e2m1's values doubled (the scale below is halved to match).
+inline constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+inline void mxfp4(const uint8_t* blk, float* y) {
+  // ggml_e8m0_to_fp32_half: 2^(e - 128) as float bits (subnormal for e < 2).
+  const unsigned e = blk[0];
+  const uint32_t bits = e < 2 ? 0x00200000u << e : (e - 1) << 23;
+  float d;
+  std::memcpy(&d, &bits, sizeof d);
+  const uint8_t* qs = blk + 1;
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>(kMxfp4Values[qs[j] & 0x0F]) * d;
+    y[j + 16] = static_cast<float>(kMxfp4Values[qs[j] >> 4]) * d;
+  }
+}
+
 inline void q8_0(const uint8_t* blk, float* y) {
   const float d = half_at(blk);
   for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(static_cast<int8_t>(blk[2 + j])) * d;
@@ -326,6 +552,16 @@ inline void dequantize_into(uint32_t type, const uint8_t* data, size_t bytes, in
     case GgmlType::kQ6_K: return blocks(ggml_ref::q6_k);
     case GgmlType::kIQ4_NL: return blocks(ggml_ref::iq4_nl);
     case GgmlType::kIQ4_XS: return blocks(ggml_ref::iq4_xs);
+    case GgmlType::kIQ2_XXS: return blocks(ggml_ref::iq2_xxs);
+    case GgmlType::kIQ2_XS: return blocks(ggml_ref::iq2_xs);
+    case GgmlType::kIQ2_S: return blocks(ggml_ref::iq2_s);
+    case GgmlType::kIQ3_XXS: return blocks(ggml_ref::iq3_xxs);
+    case GgmlType::kIQ3_S: return blocks(ggml_ref::iq3_s);
+    case GgmlType::kIQ1_S: return blocks(ggml_ref::iq1_s);
+    case GgmlType::kIQ1_M: return blocks(ggml_ref::iq1_m);
+    case GgmlType::kTQ1_0: return blocks(ggml_ref::tq1_0);
+    case GgmlType::kTQ2_0: return blocks(ggml_ref::tq2_0);
+    case GgmlType::kMXFP4: return blocks(ggml_ref::mxfp4);
   }
   fail("{}: ggml type {} has no dequantizer", what, t.name);  // a table entry without a case
 }

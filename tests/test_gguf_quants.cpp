@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -56,7 +57,12 @@ TEST(GgufQuants, BlockTableMatchesGgml) {
                       {GgmlType::kBF16, 30, 1, 2, "BF16"},   {GgmlType::kQ5_0, 6, 32, 22, "Q5_0"},
                       {GgmlType::kQ5_1, 7, 32, 24, "Q5_1"},  {GgmlType::kQ2_K, 10, 256, 84, "Q2_K"},
                       {GgmlType::kQ3_K, 11, 256, 110, "Q3_K"}, {GgmlType::kIQ4_NL, 20, 32, 18, "IQ4_NL"},
-                      {GgmlType::kIQ4_XS, 23, 256, 136, "IQ4_XS"}};
+                      {GgmlType::kIQ4_XS, 23, 256, 136, "IQ4_XS"}, {GgmlType::kIQ2_XXS, 16, 256, 66, "IQ2_XXS"},
+                      {GgmlType::kIQ2_XS, 17, 256, 74, "IQ2_XS"}, {GgmlType::kIQ2_S, 22, 256, 82, "IQ2_S"},
+                      {GgmlType::kIQ3_XXS, 18, 256, 98, "IQ3_XXS"}, {GgmlType::kIQ3_S, 21, 256, 110, "IQ3_S"},
+                      {GgmlType::kIQ1_S, 19, 256, 50, "IQ1_S"}, {GgmlType::kIQ1_M, 29, 256, 56, "IQ1_M"},
+                      {GgmlType::kTQ1_0, 34, 256, 54, "TQ1_0"}, {GgmlType::kTQ2_0, 35, 256, 66, "TQ2_0"},
+                      {GgmlType::kMXFP4, 39, 32, 17, "MXFP4"}};
   EXPECT_EQ(std::size(kGgmlTypes), std::size(rows));
   for (const Row& r : rows) {
     EXPECT_EQ(static_cast<uint32_t>(r.t), r.id);
@@ -70,11 +76,11 @@ TEST(GgufQuants, BlockTableMatchesGgml) {
     EXPECT_EQ(ggml_nbytes(r.id, 4 * 256), static_cast<uint64_t>(4 * 256 / r.block * r.bytes));
     EXPECT_EQ(ggml_row_bytes(r.id, 3 * 256, "t"), static_cast<uint64_t>(3 * 256 / r.block * r.bytes));
   }
-  EXPECT_EQ(ggml_type_info(16), nullptr);  // IQ2_XXS: a ggml type condense does not read
-  EXPECT_STREQ(ggml_type_name(16), "IQ2_XXS");
+  EXPECT_EQ(ggml_type_info(15), nullptr);  // Q8_K: ggml's intermediate type, never in a file
+  EXPECT_STREQ(ggml_type_name(15), "Q8_K");
   EXPECT_EQ(ggml_type_name(4), nullptr);  // retired id
   EXPECT_EQ(ggml_type_name(1000), nullptr);
-  EXPECT_EQ(ggml_nbytes(16, 256), 0u);
+  EXPECT_EQ(ggml_nbytes(15, 256), 0u);
 }
 
 TEST(GgufQuants, FloatTypes) {
@@ -321,13 +327,67 @@ TEST(GgufQuants, IQ4TypesIndexTheNonLinearTable) {
   for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 0.25f * (ls[i / 32] - 32) * table[q[i]]) << i;
 }
 
+// The ternary types and MXFP4 from their closed forms; the lattice types (IQ1-IQ3) index tables
+// that only a reference holds: tests/python/test_gguf_dequant.py compares them with the gguf
+// package bit for bit, and here a block of zero indices decodes to its grid's first point.
+TEST(GgufQuants, TernaryMxfp4AndLatticeTypes) {
+  int t[256];
+  for (int i = 0; i < 256; ++i) t[i] = (7 * i + i / 5) % 3;  // ternary digits 0..2 (value t - 1)
+  std::vector<uint8_t> b(66, 0);  // TQ2_0: value 128h + 32l + m in bits 2l of qs[32h + m]
+  for (int i = 0; i < 256; ++i) b[32 * (i / 128) + i % 32] |= static_cast<uint8_t>(t[i] << (2 * ((i % 128) / 32)));
+  put_half(b, 64, 0.75f);
+  std::vector<float> y = decode(GgmlType::kTQ2_0, b, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 0.75f * (t[i] - 1)) << i;
+  // TQ1_0: five digits per byte in base-3 fixed point, byte = ceil(value * 256 / 243).
+  std::vector<uint8_t> c(54, 0);
+  auto pack = [&](const int* digits, int count) {
+    int v = 0;
+    for (int n = 0; n < count; ++n) v = 3 * v + digits[n];  // digit 0 is the most significant
+    for (int n = count; n < 5; ++n) v *= 3;
+    return static_cast<uint8_t>((v * 256 + 242) / 243);
+  };
+  int digits[5];
+  for (int m = 0; m < 32; ++m) {
+    for (int n = 0; n < 5; ++n) digits[n] = t[32 * n + m];
+    c[m] = pack(digits, 5);
+  }
+  for (int m = 0; m < 16; ++m) {
+    for (int n = 0; n < 5; ++n) digits[n] = t[160 + 16 * n + m];
+    c[32 + m] = pack(digits, 5);
+  }
+  for (int m = 0; m < 4; ++m) {
+    for (int n = 0; n < 4; ++n) digits[n] = t[240 + 4 * n + m];
+    c[48 + m] = pack(digits, 4);
+  }
+  put_half(c, 52, -2.0f);
+  y = decode(GgmlType::kTQ1_0, c, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], -2.0f * (t[i] - 1)) << i;
+  // MXFP4: scale 2^(e - 128) (e = 130: 4), doubled e2m1 values.
+  const int values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+  std::vector<uint8_t> m(17);
+  m[0] = 130;
+  for (int j = 0; j < 16; ++j) m[1 + j] = static_cast<uint8_t>(j | (15 - j) << 4);
+  y = decode(GgmlType::kMXFP4, m, 32);
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_EQ(y[j], 4.0f * values[j]) << j;
+    EXPECT_EQ(y[j + 16], 4.0f * values[15 - j]) << j;
+  }
+  m[0] = 1;  // e < 2: a subnormal scale, 2^-127
+  EXPECT_EQ(decode(GgmlType::kMXFP4, m, 32)[1], std::ldexp(1.0f, -127));
+  // IQ2_XXS with zero indices, sign indices and scale: every value d * 0.5 * 0.25 * 0x08.
+  std::vector<uint8_t> z(66, 0);
+  put_half(z, 0, 2.0f);
+  y = decode(GgmlType::kIQ2_XXS, z, 256);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(y[i], 2.0f * 0.5f * 0.25f * 8) << i;
+}
+
 TEST(GgufQuants, ErrorsNameTheTensorAndType) {
   std::vector<uint8_t> b(4096, 0);
   // A number ggml never assigned, and a ggml type condense does not read: both listed.
   expect_error([&] { dequantize_into(77, b.data(), 32, 32, nullptr, "blk.0.attn_q.weight"); },
                {"blk.0.attn_q.weight", "ggml type 77", "not a ggml type", "Q4_K", "Q6_K"});
-  expect_error([&] { dequantize(static_cast<GgmlType>(16), b.data(), 66, 256, "w"); },
-               {"w:", "ggml type 16 (IQ2_XXS)", "not supported", "supported: F32"});
+  expect_error([&] { dequantize(static_cast<GgmlType>(15), b.data(), 292, 256, "w"); },
+               {"w:", "ggml type 15 (Q8_K)", "not supported", "supported: F32"});
   // Row length / element count not a whole number of blocks.
   expect_error([&] { ggml_row_bytes(12, 100, "blk.1.ffn_up.weight"); },
                {"blk.1.ffn_up.weight", "row length 100", "Q4_K", "256"});
@@ -413,8 +473,8 @@ TEST(GgufQuants, ReaderReadsQuantizedTensors) {
   }
 
   auto parse = [](const std::string& s) { GgufReader(reinterpret_cast<const uint8_t*>(s.data()), s.size(), "bad.gguf"); };
-  expect_error([&] { parse(gguf_image({{"blk.0.ffn_up.weight", {256, 1}, 16, std::vector<uint8_t>(66)}})); },
-               {"bad.gguf", "blk.0.ffn_up.weight", "ggml type 16 (IQ2_XXS)", "supported"});
+  expect_error([&] { parse(gguf_image({{"blk.0.ffn_up.weight", {256, 1}, 15, std::vector<uint8_t>(292)}})); },
+               {"bad.gguf", "blk.0.ffn_up.weight", "ggml type 15 (Q8_K)", "supported"});
   expect_error([&] { parse(gguf_image({{"x", {128, 2}, 14, std::vector<uint8_t>(210)}})); },
                {"bad.gguf", "'x'", "ne[0] = 128", "Q6_K block size 256"});
   // Data past the end: a Q6_K tensor of two super-blocks with bytes for one.

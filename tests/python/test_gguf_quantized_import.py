@@ -1,11 +1,11 @@
 """GGUF files quantized by llama.cpp's own quantizer (`llama_model_quantize` through
 llama-cpp-python, in a child process) import into condense: Q2_K, Q3_K_S/M/L, Q4_K_M, Q5_0, Q5_1,
-Q5_K_M, Q6_K, IQ4_NL and IQ4_XS of a briefly trained model whose matrices are multiples of 256 wide, so the K and IQ4
+Q5_K_M, Q6_K, IQ4_NL, IQ4_XS, IQ3_S, IQ3_M, TQ1_0 and TQ2_0 of a briefly trained model whose matrices are multiples of 256 wide, so the K and IQ4
 types apply without llama.cpp's fallbacks.
 
 For each file: every tensor as condense dequantizes it is bitwise equal to the gguf package's
 dequantization (the types llama.cpp chose per tensor are listed, and together they must cover
-the six types condense added); `condense import` then scores a held-out text, and its mean NLL
+the types condense added); `condense import` then scores a held-out text, and its mean NLL
 and greedy choices are compared with llama.cpp running the same file (which rounds activations
 to 8 bits in its quantized dot products, so the two differ by that rounding: bounds are the
 measured values with a margin, printed with -s)."""
@@ -35,7 +35,9 @@ p.nthread = 1
 sys.exit(llama_cpp.llama_model_quantize(inp.encode(), out.encode(), ctypes.byref(p)))
 """
 FTYPES = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_M", "Q5_0", "Q5_1", "Q5_K_M", "Q6_K", "IQ4_NL",
-          "IQ4_XS"]
+          "IQ4_XS", "IQ3_S", "IQ3_M", "TQ1_0", "TQ2_0"]
+# (IQ3_XXS and the IQ2 / IQ1 types need an importance matrix, which llama_model_quantize cannot be
+# handed from Python; test_gguf_dequant.py compares them with the gguf package on random blocks.)
 # mean-NLL relative difference and greedy agreement against llama.cpp on the same file: measured
 # at most 0.02% (IQ4_NL) and at least 0.992 (121 of 122 positions, IQ4_NL; 1.0 for the others).
 NLL_BOUND, AGREE_BOUND = 0.002, 0.95
@@ -99,4 +101,4 @@ def test_llama_cpp_quantized_files_import(model, tmp_path):
               f"{nll_ref:.4f} ({rel:.2%}), unquantized {nll_f32:.4f}; greedy agreement {agree:.3f} "
               f"over {len(ids) - 1} positions")
         assert rel <= NLL_BOUND and agree >= AGREE_BOUND, (ftype, rel, agree)
-    assert {"Q2_K", "Q3_K", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS"} <= seen, seen
+    assert {"Q2_K", "Q3_K", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "IQ3_S", "TQ1_0", "TQ2_0"} <= seen, seen
