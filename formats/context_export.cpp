@@ -30,12 +30,15 @@ std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
 
 namespace {
 
-// The decoder's RoPE (theta and scaling, as config.json writes them): the embedding alone does
-// not tell apart the same weights imported with another rope_scaling.
+// The decoder's RoPE (theta, scaling and SmolLM3's NoPE layers, as config.json writes them): the
+// embedding alone does not tell apart the same weights imported with another rope_scaling.
 nlohmann::json decoder_rope(const LlamaConfig& c) {
   const nlohmann::json hf = to_hf_json(c);
-  return {{"rope_theta", hf["rope_theta"]},
-          {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
+  nlohmann::json rope = {{"rope_theta", hf["rope_theta"]},
+                         {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
+  // SmolLM3's layers without RoPE (only where there are some: older exports stay loadable).
+  if (hf.contains("no_rope_layers")) rope["no_rope_layers"] = hf["no_rope_layers"];
+  return rope;
 }
 
 }  // namespace

@@ -59,7 +59,8 @@ KVCompressionParts detach_kv_compression(LlamaForCausalLM& model) {
                   {"paper", "CSKV (Wang et al. 2024)"},
                   {"layout", "cskv/layers.<i>.key_down [hidden, r_k], key_up [r_k, kv_heads * "
                              "head_dim] (likewise value_*): the cache stores x key_down; keys are "
-                             "RoPE(latent key_up), values latent value_up"},
+                             "RoPE(latent key_up) (latent key_up in layers config.json's no_rope_layers marks 0), "
+                             "values latent value_up"},
                   {"key_rank", low->key_rank()},
                   {"value_rank", low->value_rank()}};
     low->fold_into(model);

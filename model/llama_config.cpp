@@ -280,15 +280,17 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     } else {
       for (int64_t i = 0; i < layers; ++i) c.no_rope_layers.push_back((i + 1) % interval != 0 ? 1 : 0);
     }
-    // SmolLM3 windows its NoPE layers only with use_sliding_window true and a window (or the
-    // layers layer_types marks "sliding_attention"); capping at the window is exact, as below.
-    bool use_window = false;
-    read_field(j, "use_sliding_window", use_window, false, source);
-    if (use_window && !null_window && j.contains("sliding_window")) {
+    // SmolLM3 windows the layers layer_types marks "sliding_attention" whenever it has a window
+    // (transformers masks by layer_types alone; unlike Qwen's, SmolLM3Config keeps the window
+    // without use_sliding_window); without layer_types, its NoPE layers when use_sliding_window
+    // is true, as SmolLM3Config builds layer_types. Capping at the window is exact, as below.
+    if (!null_window && j.contains("sliding_window")) {
       if (j.contains("layer_types") && j["layer_types"].is_array()) {
         for (const nlohmann::json& t : j["layer_types"]) windowed = windowed || t == "sliding_attention";
       } else {
-        windowed = std::count(c.no_rope_layers.begin(), c.no_rope_layers.end(), 0) > 0;
+        bool use_window = false;
+        read_field(j, "use_sliding_window", use_window, false, source);
+        windowed = use_window && std::count(c.no_rope_layers.begin(), c.no_rope_layers.end(), 0) > 0;
       }
     }
   }

@@ -246,8 +246,8 @@ TEST(Gguf, MalformedFilesAreClearErrors) {
   size_t name_pos = img.rfind(std::string("\x01\0\0\0\0\0\0\0t", 9), data_start);
   ASSERT_NE(name_pos, std::string::npos);
   size_t tpos = name_pos + 9 + 4 + 16;  // name, n_dims, ne[2]
-  unknown[tpos] = 16;                   // IQ2_XXS: a ggml type condense does not read
-  expect_error([&] { parse(unknown); }, "ggml type 16 (IQ2_XXS) is not supported");
+  unknown[tpos] = 15;                   // Q8_K: ggml's intermediate type, never in a file
+  expect_error([&] { parse(unknown); }, "ggml type 15 (Q8_K) is not supported");
   std::string misaligned = img;
   misaligned[tpos + 4] = 3;
   expect_error([&] { parse(misaligned); }, "alignment");

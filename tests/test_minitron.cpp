@@ -223,6 +223,35 @@ TEST(Minitron, DepthByBlockInfluenceDropsTheLowestTiesKeepLowerIndex) {
   EXPECT_EQ(plan_minitron(c, st, t).layers, (std::vector<int64_t>{0, 1}));
 }
 
+// SmolLM3's NoPE layers: every kept layer keeps its own RoPE flag, whichever rule chose it (the
+// plan's config is set after block influence picks the layers), and the pruned model is the
+// original with the dropped layers skipped; dropping the NoPE layers leaves a plain Llama.
+TEST(Minitron, DepthPruningKeepsEachLayersRopeFlag) {
+  torch::manual_seed(5);
+  LlamaConfig c = tiny(4);
+  c.no_rope_layers = {1, 0, 1, 0};
+  c.finalize();
+  LlamaForCausalLM m(c);
+  CalibrationStats st = random_stats(c);
+  st.block_influence = {0.1, 0.5, 0.3, 0.2};  // keeps 1 and 2: the first layers' flags would be {1, 0}
+  MinitronTarget t;
+  t.num_hidden_layers = 2;
+  MinitronPlan plan = plan_minitron(c, st, t);
+  EXPECT_EQ(plan.layers, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(plan.config.no_rope_layers, (std::vector<int64_t>{0, 1}));
+  LlamaForCausalLM p = apply_minitron(m, plan);
+  at::Tensor x = ids(), skipped;
+  {
+    at::NoGradGuard g;
+    m->eval();
+    skipped = m->logits(m->model->norm(m->forward_layers(m->embed(x), 1, 3)));
+  }
+  EXPECT_LE(max_diff(logits(p, x), skipped), 1e-6);
+  t = MinitronTarget();
+  t.drop_layers = {1, 3};
+  EXPECT_TRUE(plan_minitron(c, st, t).config.no_rope_layers.empty());
+}
+
 // With Qwen2's q/k/v biases (random, so that a wrong slice shows): q's follow the kept heads.
 // Qwen3's q/k norms (one [head_dim] weight each) stay whole: checked in the heads test.
 TEST(Minitron, HiddenPruningKeepsExactlyTheSlicedValues) {

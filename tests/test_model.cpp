@@ -346,7 +346,12 @@ TEST(LlamaConfig, SmolLM3ReadsNoRopeLayersAndItsNoPeLayersAttendWithoutRotation)
     bare.erase(key);
   LlamaConfig defaults = from_hf_json(bare, "config.json");
   EXPECT_TRUE(defaults.tie_word_embeddings);
-  EXPECT_EQ(defaults.kv_heads(), 4);
+  EXPECT_EQ(defaults.num_key_value_heads, 4);  // not the 4 attention heads' MHA default (0)
+  bare["num_key_value_heads"] = nullptr;  // null: one per attention head
+  bare["num_attention_heads"] = 8;
+  EXPECT_EQ(from_hf_json(bare, "config.json").kv_heads(), 8);
+  bare["no_rope_layers"] = nullptr;  // null: the interval's pattern
+  EXPECT_EQ(from_hf_json(bare, "config.json").no_rope_layers, (std::vector<int64_t>{1, 1, 1, 0, 1, 1, 1, 0}));
   EXPECT_EQ(defaults.rope_theta, 2000000.0);
   EXPECT_EQ(defaults.max_position_embeddings, 32768);
   // A window only on NoPE layers, only with use_sliding_window and a window: capped at it.
@@ -354,6 +359,11 @@ TEST(LlamaConfig, SmolLM3ReadsNoRopeLayersAndItsNoPeLayersAttendWithoutRotation)
   EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
   j["use_sliding_window"] = true;
   EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 16);
+  nlohmann::json typed = j;  // layer_types marks the windowed layers, use_sliding_window or not
+  typed["use_sliding_window"] = false;
+  typed["layer_types"] = nlohmann::json::array();
+  for (int i = 0; i < 8; ++i) typed["layer_types"].push_back(i == 2 ? "sliding_attention" : "full_attention");
+  EXPECT_EQ(from_hf_json(typed, "config.json").max_position_embeddings, 16);
   j["no_rope_layers"] = {1, 1, 1, 1, 1, 1, 1, 1};  // RoPE everywhere: no NoPE layer to window
   c = from_hf_json(j, "config.json");
   EXPECT_EQ(c.max_position_embeddings, tiny().max_position_embeddings);

