@@ -216,6 +216,11 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                    nlohmann::json(c.no_rope_layers).dump());
   }
   // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
+  // llama.cpp reads LongRoPE as phi3's rope_factors_short / _long and an attention factor, which
+  // condense does not write (nor read).
+  CONDENSE_CHECK(c.rope_scaling.type != "longrope", "{}: rope_scaling longrope (Phi-3's LongRoPE) has "
+                 "no GGUF form condense writes; export to Hugging Face (export --format hf) keeps it",
+                 checkpoint_path);
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
   GgufWriter w;

@@ -298,9 +298,14 @@ int cmd_info(const std::string& ckpt_arg) {
       tok.bpe() ? "byte-level BPE (pre-tokenizer " + tok.bpe()->vocab().pre_tokenizer + ")"
                 : tok.kind(),
       tok.vocab_size(), tok.sha256().substr(0, 16));
-  std::cout << fmt::format("rope         theta {}{}\n", c.rope_theta,
-                           c.rope_scaling.type.empty() ? std::string()
-                           : ", scaling " + to_hf_json(c)["rope_scaling"].dump());
+  // LongRoPE's two factor lists are summarized (Phi-3.5's are 48 numbers each).
+  const std::string scaling =
+      c.rope_scaling.type.empty() ? std::string()
+      : c.rope_scaling.type == "longrope"
+          ? fmt::format(", scaling longrope (short factors up to {} positions, attention factor {})",
+                        c.rope_scaling.original_max_position_embeddings, c.rope_scaling.attention_factor)
+          : ", scaling " + to_hf_json(c)["rope_scaling"].dump();
+  std::cout << fmt::format("rope         theta {}{}\n", c.rope_theta, scaling);
   // What compression left in it: pruning masks and recovery adapters (merged by every command).
   std::cout << fmt::format("masks        {}\n", WeightMasks::from_file(ckpt.file()).describe());
   if (ckpt.file().has("lora/kind")) {

@@ -1,6 +1,7 @@
 #include "model/llama_config.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -31,14 +32,31 @@ void LlamaConfig::finalize() {
   CONDENSE_CHECK(rms_norm_eps > 0 && rope_theta > 0, "model.rms_norm_eps and rope_theta must be > 0");
   CONDENSE_CHECK(max_position_embeddings > 0, "model.max_position_embeddings must be positive");
   const RopeScaling& rs = rope_scaling;
-  CONDENSE_CHECK(rs.type.empty() || rs.type == "linear" || rs.type == "llama3",
-                 "rope_scaling type '{}' is not supported (linear, llama3)", rs.type);
+  CONDENSE_CHECK(rs.type.empty() || rs.type == "linear" || rs.type == "llama3" || rs.type == "longrope",
+                 "rope_scaling type '{}' is not supported (linear, llama3, longrope)", rs.type);
   CONDENSE_CHECK(rs.type.empty() || rs.factor > 0, "rope_scaling factor must be > 0 (got {})", rs.factor);
   CONDENSE_CHECK(rs.type != "llama3" || (rs.low_freq_factor > 0 && rs.high_freq_factor > rs.low_freq_factor &&
                                          rs.original_max_position_embeddings > 0),
                  "rope_scaling (llama3) needs 0 < low_freq_factor < high_freq_factor and "
                  "original_max_position_embeddings > 0 (got {}, {}, {})", rs.low_freq_factor,
                  rs.high_freq_factor, rs.original_max_position_embeddings);
+  if (rs.type == "longrope") {
+    for (const auto* factors : {&rs.short_factor, &rs.long_factor}) {
+      CONDENSE_CHECK(static_cast<int64_t>(factors->size()) == head_dim / 2, "rope_scaling (longrope) "
+                     "needs {} factors each (one per frequency of head_dim {}), got {}", head_dim / 2,
+                     head_dim, factors->size());
+      for (double f : *factors)
+        CONDENSE_CHECK(std::isfinite(f) && f > 0, "rope_scaling (longrope) factor {} is not positive", f);
+    }
+    CONDENSE_CHECK(std::isfinite(rs.attention_factor) && rs.attention_factor > 0,
+                   "rope_scaling (longrope) attention_factor {} is not positive", rs.attention_factor);
+    // Within the original length the short factors are exact; past it transformers switches
+    // the whole sequence to the long ones, which condense does not compute.
+    CONDENSE_CHECK(max_position_embeddings <= rs.original_max_position_embeddings,
+                   "model.max_position_embeddings {} exceeds LongRoPE's original_max_position_embeddings "
+                   "{}, past which the model uses its long factors (condense computes the short ones)",
+                   max_position_embeddings, rs.original_max_position_embeddings);
+  }
   CONDENSE_CHECK(!(qkv_bias && qk_norm), "a model with both q/k/v biases (Qwen2) and q/k norms "
                  "(Qwen3) has no Hugging Face architecture; condense builds one or the other");
   if (!no_rope_layers.empty()) {
@@ -137,6 +155,15 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", rs.factor},
                          {"low_freq_factor", rs.low_freq_factor}, {"high_freq_factor", rs.high_freq_factor},
                          {"original_max_position_embeddings", rs.original_max_position_embeddings}};
+  if (rs.type == "longrope") {
+    // The attention factor explicit: transformers would derive it from max_position_embeddings /
+    // original_max_position_embeddings, which condense's cap made 1. The original length at the
+    // top level, where transformers' dynamic update reads it.
+    j["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rs.short_factor},
+                         {"long_factor", rs.long_factor}, {"attention_factor", rs.attention_factor},
+                         {"factor", 1.0}};  // (transformers' validation asks for one)
+    j["original_max_position_embeddings"] = rs.original_max_position_embeddings;
+  }
   return j;
 }
 
@@ -150,7 +177,7 @@ void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
 // "default", "factor", and for llama3 "low_freq_factor", "high_freq_factor",
 // "original_max_position_embeddings"}, every key required as transformers requires it. Other
 // kinds and unknown keys are refused naming them: they would change the model's probabilities.
-RopeScaling read_rope_scaling(const nlohmann::json& rs, const std::string& source) {
+RopeScaling read_rope_scaling(const nlohmann::json& rs, bool phi3, const std::string& source) {
   CONDENSE_CHECK(rs.is_object(), "{}: rope_scaling is {}, expected an object", source, rs.dump());
   std::string type;
   for (const char* key : {"rope_type", "type"}) {
@@ -164,17 +191,31 @@ RopeScaling read_rope_scaling(const nlohmann::json& rs, const std::string& sourc
   CONDENSE_CHECK(!type.empty(), "{}: rope_scaling {} has no rope_type", source, rs.dump());
   RopeScaling out;
   if (type == "default") return out;
-  CONDENSE_CHECK(type == "linear" || type == "llama3", "{}: rope_scaling type '{}' is not supported "
-                 "(linear and llama3 are; dynamic, yarn and longrope change with the sequence or "
-                 "scale attention)", source, type);
+  if (phi3 && (type == "su" || type == "yarn")) type = "longrope";  // Phi3Config's older names
+  CONDENSE_CHECK(type == "linear" || type == "llama3" || type == "longrope", "{}: rope_scaling type "
+                 "'{}' is not supported (linear, llama3 and longrope are; dynamic and yarn change with "
+                 "the sequence)", source, type);
   out.type = type;
   std::vector<std::string> keys = {"rope_type", "type", "factor"};
   if (type == "llama3")
     keys.insert(keys.end(), {"low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+  if (type == "longrope")
+    keys.insert(keys.end(), {"short_factor", "long_factor", "attention_factor", "original_max_position_embeddings"});
   for (const auto& [key, value] : rs.items())
     CONDENSE_CHECK(std::find(keys.begin(), keys.end(), key) != keys.end(), "{}: rope_scaling.{} ({}) "
                    "is not supported for rope_type {}", source, key, value.dump(), type);
   const std::string where = source + ": rope_scaling";
+  if (type == "longrope") {  // the factors and the lengths are completed by from_hf_json
+    read_field(rs, "short_factor", out.short_factor, true, where);
+    read_field(rs, "long_factor", out.long_factor, true, where);
+    out.factor = 0;  // absent
+    read_field(rs, "factor", out.factor, false, where);
+    out.attention_factor = 0;  // absent: derived
+    read_field(rs, "attention_factor", out.attention_factor, false, where);
+    out.original_max_position_embeddings = 0;
+    read_field(rs, "original_max_position_embeddings", out.original_max_position_embeddings, false, where);
+    return out;
+  }
   read_field(rs, "factor", out.factor, true, where);
   if (type == "llama3") {
     read_field(rs, "low_freq_factor", out.low_freq_factor, true, where);
@@ -198,6 +239,39 @@ void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
   }
 }
 
+// LongRoPE's lengths and attention factor as transformers derives them
+// (_compute_longrope_parameters): the original length from the top-level
+// original_max_position_embeddings (Phi-3's), else rope_scaling's, else max_position_embeddings;
+// the factor max / original where the top-level key gives the original, else rope_scaling's; an
+// absent attention_factor is sqrt(1 + ln(factor) / ln(original)) (1 for factor <= 1). Then the
+// context is capped at the original length (RopeScaling's comment says why).
+void complete_longrope(const nlohmann::json& j, LlamaConfig& c, const std::string& source) {
+  RopeScaling& rs = c.rope_scaling;
+  int64_t original = 0;
+  read_field(j, "original_max_position_embeddings", original, false, source);
+  double factor = rs.factor;
+  if (original > 0) {
+    factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(original);
+  } else {
+    original = rs.original_max_position_embeddings > 0 ? rs.original_max_position_embeddings
+                                                       : c.max_position_embeddings;
+  }
+  CONDENSE_CHECK(original > 0, "{}: original_max_position_embeddings is {}, expected a positive count",
+                 source, original);
+  rs.original_max_position_embeddings = original;
+  if (rs.attention_factor == 0) {
+    rs.attention_factor = factor <= 1.0 ? 1.0
+                                        : std::sqrt(1 + std::log(factor) / std::log(static_cast<double>(original)));
+  }
+  rs.factor = 1.0;  // its only effect is the attention factor, which is kept
+  if (c.max_position_embeddings > original) {
+    spdlog::warn("{}: LongRoPE: condense computes the short factors, which transformers uses up to "
+                 "original_max_position_embeddings {}, so max_position_embeddings {} becomes {}",
+                 source, original, c.max_position_embeddings, original);
+    c.max_position_embeddings = original;
+  }
+}
+
 }  // namespace
 
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
@@ -205,11 +279,23 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
   CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
-                     model_type == "qwen3" || model_type == "smollm3",
+                     model_type == "qwen3" || model_type == "smollm3" || model_type == "phi3",
                  "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3', "
-                 "'smollm3')", source, model_type);
+                 "'smollm3', 'phi3')", source, model_type);
   const bool qwen = model_type == "qwen2" || model_type == "qwen3";
   const bool smollm3 = model_type == "smollm3";
+  // Phi-3 is Llama with fused q/k/v and gate/up tensors (split by formats/hf_import.cpp),
+  // Phi3Config's defaults, and LongRoPE in its long-context versions; exported back as a Llama.
+  const bool phi3 = model_type == "phi3";
+  if (phi3) {
+    double rotary = 1.0;
+    read_field(j, "partial_rotary_factor", rotary, false, source);
+    CONDENSE_CHECK(rotary == 1.0, "{}: partial_rotary_factor {} is not supported (RoPE over whole "
+                   "heads only)", source, rotary);
+    for (const char* key : {"resid_pdrop", "embd_pdrop"})
+      if (j.contains(key) && j[key].is_number() && j[key].get<double>() != 0.0)
+        spdlog::warn("{}: {} is {}; condense trains without that dropout", source, key, j[key].dump());
+  }
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
   for (const char* bias : {"attention_bias", "mlp_bias"})
@@ -219,6 +305,10 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
   c.qk_norm = model_type == "qwen3";   // Qwen3's always has these
   if (model_type == "qwen3") c.head_dim = 128;  // Qwen3Config's default (not hidden / heads)
+  if (phi3) {  // Phi3Config's defaults for absent keys
+    c.bos_token_id = 1;
+    c.eos_token_id = 32000;
+  }
   if (smollm3) {  // SmolLM3Config's defaults for absent keys (tied embeddings: PretrainedConfig's)
     c.num_key_value_heads = 4;
     c.rope_theta = 2000000.0;
@@ -237,13 +327,15 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   read_field(j, "head_dim", c.head_dim, false, source);
   // Absent keys take transformers' LlamaConfig defaults, which is what the file means there
   // (rms_norm_eps: 1e-6 there, 1e-5 in condense's recipes).
-  c.rms_norm_eps = 1e-6;
+  c.rms_norm_eps = phi3 ? 1e-5 : 1e-6;  // Phi3Config's default differs
   read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
   read_field(j, "rope_theta", c.rope_theta, false, source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    c.rope_scaling = read_rope_scaling(j["rope_scaling"], source);
+    c.rope_scaling = read_rope_scaling(j["rope_scaling"], phi3, source);
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
+  if (phi3) c.max_position_embeddings = 4096;
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
+  if (c.rope_scaling.type == "longrope") complete_longrope(j, c, source);
   // Mistral is Llama with sliding-window attention: a query attends to the previous
   // sliding_window positions, which up to that many positions is every earlier one. condense
   // attends to all, so it caps the context at the window (exact there; longer sequences are
@@ -253,7 +345,9 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   // layers layer_types marks "sliding_attention" (by default those from max_window_layers on, 28
   // in their configs); capping at it is exact.
   const bool null_window = j.contains("sliding_window") && j["sliding_window"].is_null();
-  bool windowed = model_type == "mistral" && !null_window;
+  // Phi-3 windows every layer where its sliding_window is set (Phi3Config's default: none).
+  bool windowed = (model_type == "mistral" && !null_window) ||
+                  (phi3 && j.contains("sliding_window") && !null_window);
   if (qwen) {
     read_field(j, "use_sliding_window", windowed, false, source);
     windowed = windowed && !null_window;

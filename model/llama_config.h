@@ -10,21 +10,29 @@
 namespace condense {
 
 // Hugging Face's rope_scaling, the kinds that rescale RoPE's frequencies once (model/rope.h):
-// "linear" (every inverse frequency divided by factor: positions interpolated) and "llama3"
+// "linear" (every inverse frequency divided by factor: positions interpolated), "llama3"
 // (Llama 3.1/3.2: wavelengths above original_max_position_embeddings / low_freq_factor divided
-// by factor, below original / high_freq_factor kept, smoothly blended between). An empty type is
-// plain RoPE. Kinds that depend on the sequence length or scale attention (dynamic, yarn,
-// longrope) are refused where configs are read.
+// by factor, below original / high_freq_factor kept, smoothly blended between) and "longrope"
+// (Phi-3 / Phi-3.5: inverse frequency i divided by short_factor[i], cos and sin multiplied by
+// attention_factor). An empty type is plain RoPE. LongRoPE switches to long_factor for a whole
+// sequence longer than original_max_position_embeddings (transformers' dynamic update), which
+// condense does not compute: a longrope model's context is capped at the original length, where
+// the short factors are exact (long_factor is carried for exports). Kinds that depend on the
+// sequence length throughout (dynamic, yarn) are refused where configs are read.
 struct RopeScaling {
-  std::string type;  // "", "linear" or "llama3"
+  std::string type;  // "", "linear", "llama3" or "longrope"
   double factor = 1.0;
   double low_freq_factor = 1.0;                      // llama3
   double high_freq_factor = 4.0;                     // llama3
-  int64_t original_max_position_embeddings = 8192;  // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3, longrope
+  std::vector<double> short_factor, long_factor;    // longrope: one per frequency (head_dim / 2)
+  double attention_factor = 1.0;                    // longrope
   bool operator==(const RopeScaling& o) const {
     return type == o.type && factor == o.factor && low_freq_factor == o.low_freq_factor &&
            high_freq_factor == o.high_freq_factor &&
-           original_max_position_embeddings == o.original_max_position_embeddings;
+           original_max_position_embeddings == o.original_max_position_embeddings &&
+           short_factor == o.short_factor && long_factor == o.long_factor &&
+           attention_factor == o.attention_factor;
   }
 };
 
@@ -78,8 +86,9 @@ struct LlamaConfig {
   int64_t num_parameters() const;
 };
 
-// Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM and Qwen2ForCausalLM read as the
-// Llamas they are, Qwen3ForCausalLM and SmolLM3ForCausalLM) <-> LlamaConfig; a model with qkv_bias
+// Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM, Qwen2ForCausalLM and
+// Phi3ForCausalLM read as the Llamas they are, Qwen3ForCausalLM and SmolLM3ForCausalLM) <->
+// LlamaConfig; a model with qkv_bias
 // is written as Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM, one with NoPE layers as
 // SmolLM3ForCausalLM.
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;

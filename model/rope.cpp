@@ -16,8 +16,13 @@ at::Tensor Rope::inv_freq() const {
   // As transformers: 1 / base ** (arange(0, d, 2, int64).float() / d).
   at::Tensor exponent = at::arange(0, head_dim_, 2, at::TensorOptions().dtype(at::kLong))
                             .to(at::kFloat) / static_cast<double>(head_dim_);
-  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta_, f32), exponent);
   const RopeScaling& s = scaling_;
+  if (s.type == "longrope") {
+    // transformers _compute_longrope_parameters, the short factors: 1 / (ext * base ** shape).
+    at::Tensor ext = at::tensor(s.short_factor, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
+    return 1.0 / (ext * at::pow(at::scalar_tensor(theta_, f32), exponent));
+  }
+  at::Tensor inv_freq = 1.0 / at::pow(at::scalar_tensor(theta_, f32), exponent);
   if (s.type == "linear") return inv_freq / s.factor;
   if (s.type != "llama3") return inv_freq;
   // Llama 3's rule (transformers _compute_llama3_parameters). Python's `c / t` on a tensor is
@@ -46,7 +51,12 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
                        .to(at::kFloat);
   at::Tensor freqs = at::outer(pos, inv_freq());
   at::Tensor emb = at::cat({freqs, freqs}, -1);
-  return {emb.cos().to(device), emb.sin().to(device)};
+  at::Tensor cos = emb.cos(), sin = emb.sin();
+  if (scaling_.type == "longrope" && scaling_.attention_factor != 1.0) {  // as transformers scales them
+    cos = cos * scaling_.attention_factor;
+    sin = sin * scaling_.attention_factor;
+  }
+  return {cos.to(device), sin.to(device)};
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

@@ -15,11 +15,13 @@ class Rope {
   Rope(int64_t head_dim, double theta, RopeScaling scaling = {});
   explicit Rope(const LlamaConfig& c) : Rope(c.head_size(), c.rope_theta, c.rope_scaling) {}
   // cos and sin for positions [offset, offset + length), each [length, head_dim], fp32,
-  // on `device`. Computed as HF does: freqs = pos * inv_freq in fp32 (inv_freq() below).
+  // on `device`. Computed as HF does: freqs = pos * inv_freq in fp32 (inv_freq() below), and for
+  // LongRoPE both multiplied by its attention factor.
   std::pair<at::Tensor, at::Tensor> cos_sin(int64_t offset, int64_t length, c10::Device device) const;
   // [head_dim / 2] fp32: theta^(-2i/d), then rescaled as transformers' rope init functions do
   // for the scaling type (modeling_rope_utils: _compute_linear_scaling_rope_parameters,
-  // _compute_llama3_parameters), op for op so the float32 results are the same.
+  // _compute_llama3_parameters, _compute_longrope_parameters with the short factors), op for op
+  // so the float32 results are the same.
   at::Tensor inv_freq() const;
   // What llama.cpp's rope_freqs.weight holds for this scaling: per frequency, the unscaled
   // inverse frequency over the scaled one (llama.cpp divides each angle by it); all 1 without

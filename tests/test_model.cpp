@@ -200,6 +200,49 @@ TEST(LlamaConfig, RopeScalingRoundTripsAndOthersAreRefused) {
   }
 }
 
+// Phi-3's LongRoPE: short factors and an attention factor derived from max / original (the
+// context capped at the original length), written back as a Llama config with the attention
+// factor explicit; cos and sin are the formula's; Phi-3's other limits are refused.
+TEST(LlamaConfig, Phi3LongRopeUsesTheShortFactorsUpToTheOriginalLength) {
+  nlohmann::json j = to_hf_json(tiny());  // head_dim 8: 4 frequencies
+  j["model_type"] = "phi3";
+  j["architectures"] = {"Phi3ForCausalLM"};
+  j["max_position_embeddings"] = 256;
+  j["original_max_position_embeddings"] = 64;
+  j["rope_scaling"] = {{"type", "su"}, {"short_factor", {1.0, 1.5, 2.0, 3.0}}, {"long_factor", {2.0, 4.0, 8.0, 16.0}}};
+  LlamaConfig c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.rope_scaling.type, "longrope");
+  EXPECT_EQ(c.max_position_embeddings, 64);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 64);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(4.0) / std::log(64.0)));
+  const nlohmann::json back = to_hf_json(c);
+  EXPECT_EQ(back["model_type"], "llama");
+  EXPECT_EQ(back["original_max_position_embeddings"], 64);
+  EXPECT_EQ(from_hf_json(back, "config.json").rope_scaling, c.rope_scaling);
+  const at::Tensor inv = Rope(c).inv_freq();
+  auto [cos, sin] = Rope(c).cos_sin(0, 5, at::kCPU);
+  for (int i = 0; i < 4; ++i) {
+    const double want = 1.0 / (c.rope_scaling.short_factor[i] * std::pow(c.rope_theta, 2.0 * i / 8));
+    EXPECT_NEAR(inv[i].item<double>(), want, 1e-6 * want) << i;
+    EXPECT_NEAR(cos[3][i].item<double>(), std::cos(3 * want) * c.rope_scaling.attention_factor, 1e-5) << i;
+    EXPECT_NEAR(sin[3][i + 4].item<double>(), std::sin(3 * want) * c.rope_scaling.attention_factor, 1e-5) << i;
+  }
+  LlamaConfig longer = c;
+  longer.max_position_embeddings = 65;  // past the original length: the long factors' domain
+  EXPECT_THROW(longer.finalize(), Error);
+  j["rope_scaling"]["short_factor"] = {1.0, 2.0};
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  j["rope_scaling"]["short_factor"] = {1.0, 1.5, 2.0, 3.0};
+  j["partial_rotary_factor"] = 0.75;
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  j.erase("partial_rotary_factor");
+  j["sliding_window"] = 32;  // Phi-3-mini-4k's window (2047) below the context: capped there
+  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 32);
+  j["model_type"] = "llama";  // Llama's "yarn" is YaRN, not Phi-3's old name for LongRoPE
+  j["rope_scaling"]["type"] = "yarn";
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+}
+
 // Qwen2: Llama with q/k/v biases (its config has no key for them: model_type says it), read as
 // qkv_bias, written back as a Qwen2 config; a window only with use_sliding_window true.
 TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {

@@ -35,8 +35,9 @@ def reference_logprobs(model, ids):
 
 def greedy_ids(ckpt, prompt, n, *extra):
     """`condense generate`'s greedy ids after `prompt` (n tokens, eos ignored, one thread)."""
+    # errors="replace": a random model's bytes need not form UTF-8 (the ids are what is compared).
     p = run("generate", ckpt, "--prompt", prompt, "--max-new-tokens", n, "--ignore-eos", "--print-ids",
-            "--threads", 1, *extra)
+            "--threads", 1, *extra, errors="replace")
     return [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
 
 

