@@ -8,6 +8,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <regex>
 #include <set>
@@ -22,6 +23,7 @@
 #include "io/gguf_writer.h"
 #include "core/base64.h"
 #include "text/tokenizer.h"
+#include "formats/fused_projections.h"
 #include "formats/hf_import.h"
 #include "formats/inference_model.h"
 #include "model/rope.h"
@@ -105,7 +107,8 @@ std::string gguf_tensor_name(const std::string& n) {
       {"self_attn.o_proj", "attn_output"},   {"post_attention_layernorm", "ffn_norm"},
       {"mlp.gate_proj", "ffn_gate"},         {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},         {"self_attn.q_norm", "attn_q_norm"},
-      {"self_attn.k_norm", "attn_k_norm"}};
+      {"self_attn.k_norm", "attn_k_norm"},   {"self_attn.qkv_proj", "attn_qkv"},  // phi3's fused
+      {"mlp.gate_up_proj", "ffn_up"}};
   std::smatch m;
   if (std::regex_match(n, m, layer))
     for (const auto& [hf, gg] : kMap)
@@ -368,6 +371,74 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
   return out;
 }
 
+// llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): whole-head RoPE
+// (rope.dimension_count), a sliding window (attention.sliding_window, 0 for none) that caps the
+// context as a Hugging Face Phi-3's does, and for Phi-3.5 / Phi-3-128k LongRoPE:
+// rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
+// rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
+// original length, as condense does after capping it there (RopeScaling's comment).
+void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
+  if (r.has(k("rope.dimension_count"))) {
+    const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
+    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
+                   "wide; partial rotary embeddings (Phi-4-mini's) are not supported", path,
+                   k("rope.dimension_count"), rotary, c.head_size());
+  }
+  if (r.has(k("rope.scaling.type"))) {
+    const auto& type = r.get(k("rope.scaling.type")).value;
+    CONDENSE_CHECK(type == "none", "{}: {} is {}; condense reads phi3's LongRoPE from its "
+                   "rope_factors tensors only", path, k("rope.scaling.type"), type.dump());
+  }
+  const bool longrope = r.has_tensor("rope_factors_short.weight") || r.has_tensor("rope_factors_long.weight");
+  if (longrope) {
+    RopeScaling& rs = c.rope_scaling;
+    rs.type = "longrope";
+    for (auto [name, out] : {std::pair{"rope_factors_short.weight", &rs.short_factor},
+                             {"rope_factors_long.weight", &rs.long_factor}}) {
+      CONDENSE_CHECK(r.has_tensor(name), "{}: LongRoPE needs both rope_factors_short.weight and "
+                     "rope_factors_long.weight; '{}' is missing", path, name);
+      const std::vector<float> v = r.dequantize(r.tensor(name));
+      out->assign(v.begin(), v.end());
+    }
+    CONDENSE_CHECK(r.has(k("rope.scaling.original_context_length")), "{}: LongRoPE without {}", path,
+                   k("rope.scaling.original_context_length"));
+    rs.original_max_position_embeddings =
+        static_cast<int64_t>(r.get_uint(k("rope.scaling.original_context_length")));
+    const double factor = static_cast<double>(c.max_position_embeddings) /
+                          static_cast<double>(rs.original_max_position_embeddings);
+    rs.attention_factor = factor <= 1.0 ? 1.0
+                          : std::sqrt(1 + std::log(factor) /
+                                              std::log(static_cast<double>(rs.original_max_position_embeddings)));
+    if (r.has(k("rope.scaling.attn_factor"))) {
+      const auto& f = r.get(k("rope.scaling.attn_factor")).value;
+      CONDENSE_CHECK(f.is_number() && f.get<double>() > 0, "{}: {} is {}, expected a positive number", path,
+                     k("rope.scaling.attn_factor"), f.dump());
+      rs.attention_factor = f.get<double>();
+    }
+    if (c.max_position_embeddings > rs.original_max_position_embeddings) {
+      spdlog::warn("{}: LongRoPE: condense computes the short factors, which llama.cpp and transformers "
+                   "use up to the original context {}, so the context {} becomes {}", path,
+                   rs.original_max_position_embeddings, c.max_position_embeddings,
+                   rs.original_max_position_embeddings);
+      c.max_position_embeddings = rs.original_max_position_embeddings;
+    }
+  } else if (r.has(k("rope.scaling.attn_factor"))) {
+    const auto& f = r.get(k("rope.scaling.attn_factor")).value;
+    CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: {} is {} without LongRoPE factors; "
+                   "condense computes RoPE without an attention factor there (only 1)", path,
+                   k("rope.scaling.attn_factor"), f.dump());
+  }
+  if (r.has(k("attention.sliding_window"))) {
+    const int64_t window = static_cast<int64_t>(r.get_uint(k("attention.sliding_window")));
+    if (window > 0 && window < c.max_position_embeddings) {
+      spdlog::warn("{}: sliding window {} is below the context {}: condense attends to every earlier "
+                   "position, which equals the window for up to {} positions, so the context becomes {}",
+                   path, window, c.max_position_embeddings, window, window);
+      c.max_position_embeddings = window;
+    }
+  }
+}
+
 }  // namespace
 
 LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer_bytes,
@@ -379,9 +450,10 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   GgufReader r(file->data(), file->size(), path);
   const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
                                                              : nlohmann::json();
-  CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "smollm3",
-                 "{}: general.architecture is {}, expected 'llama' (or 'qwen2', 'qwen3', 'smollm3')",
-                 path, arch.dump());
+  CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "smollm3" ||
+                     arch == "phi3",
+                 "{}: general.architecture is {}, expected 'llama' (or 'qwen2', 'qwen3', 'smollm3', "
+                 "'phi3')", path, arch.dump());
   const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
@@ -431,22 +503,50 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
          "{1}.attention.head_count_kv, head_dim {1}.attention.key_length or "
          "embedding_length / head_count)", path, k.arch, e.what());
   }
-  c.rope_scaling = read_rope_scaling(r, k, c, path);
+  if (k.arch == "phi3") {
+    read_phi3_extras(r, k, c, path);
+  } else {
+    c.rope_scaling = read_rope_scaling(r, k, c, path);
+  }
   c.finalize();
   LlamaForCausalLM model(c);
   at::NoGradGuard no_grad;
   std::set<std::string> used;
   if (c.rope_scaling.type == "llama3") used.insert("rope_freqs.weight");  // read into the config
+  if (c.rope_scaling.type == "longrope") used.insert({"rope_factors_short.weight", "rope_factors_long.weight"});
+  std::map<std::string, at::Tensor> fused_cache;  // phi3: each fused tensor dequantized once
   for (auto& p : model->named_parameters()) {
     std::string gname = gguf_tensor_name(p.key());
+    // phi3 keeps q/k/v in attn_qkv (when it has no attn_q) and gate/up in ffn_up (when it has no
+    // ffn_gate; ffn_up then holds both): this weight's rows of the fused tensor.
+    std::optional<FusedRows> fused;
+    if (k.arch == "phi3") {
+      fused = fused_rows(p.key(), c);
+      if (fused) {
+        const bool attn = fused->fused.find("qkv_proj") != std::string::npos;
+        const std::string split = std::regex_replace(gname, std::regex(attn ? R"(attn_[qkv]\.)" : R"(ffn_(gate|up)\.)"),
+                                                     attn ? "attn_q." : "ffn_gate.");
+        if (r.has_tensor(split)) fused.reset();
+        else gname = gguf_tensor_name(fused->fused);
+      }
+    }
     used.insert(gname);
     const GgufTensorInfo& info = r.tensor(gname);
-    CONDENSE_CHECK(info.torch_shape() == std::vector<int64_t>(p.value().sizes().begin(), p.value().sizes().end()),
-                   "{}: tensor '{}' has shape {}, the model expects {}", path, gname,
-                   shape_str(info.torch_shape()), shape_str(p.value().sizes()));
-    std::vector<float> v = r.dequantize(info);
-    at::Tensor t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
-    check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
+    const std::vector<int64_t> want =
+        fused ? std::vector<int64_t>{fused->fused_rows, p.value().size(1)}
+              : std::vector<int64_t>(p.value().sizes().begin(), p.value().sizes().end());
+    CONDENSE_CHECK(info.torch_shape() == want, "{}: tensor '{}' has shape {}, the model expects {}", path,
+                   gname, shape_str(info.torch_shape()), shape_str(want));
+    at::Tensor t;
+    if (fused && fused_cache.count(gname)) {
+      t = fused_cache[gname];
+    } else {
+      std::vector<float> v = r.dequantize(info);
+      t = at::from_blob(v.data(), info.torch_shape(), at::kFloat).clone();
+      check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
+      if (fused) fused_cache[gname] = t;
+    }
+    if (fused) t = t.narrow(0, fused->begin, fused->rows);
     if (k.permutes_qk() && is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
     if (k.permutes_qk() && is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);

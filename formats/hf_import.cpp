@@ -6,13 +6,13 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <regex>
 #include <set>
 #include <spdlog/spdlog.h>
 
 #include "core/error.h"
 #include "core/finite.h"
 #include "core/shape.h"
+#include "formats/fused_projections.h"
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
 #include "text/tokenizer.h"
@@ -22,31 +22,6 @@
 namespace condense {
 namespace fs = std::filesystem;
 
-namespace {
-
-// Phi-3 stores q/k/v as one self_attn.qkv_proj (rows: q, then k, then v) and gate/up as one
-// mlp.gate_up_proj (rows: gate, then up). For a split weight the file lacks: the fused tensor's
-// name and the rows [begin, begin + rows) that are this weight.
-struct FusedRows {
-  std::string fused;
-  int64_t begin = 0, rows = 0;
-};
-
-std::optional<FusedRows> fused_rows(const std::string& name, const LlamaConfig& c) {
-  static const std::regex re(R"((model\.layers\.\d+\.)(self_attn|mlp)\.(q|k|v|gate|up)_proj\.weight)");
-  std::smatch m;
-  if (!std::regex_match(name, m, re)) return std::nullopt;
-  const int64_t q = c.num_attention_heads * c.head_size(), kv = c.kv_heads() * c.head_size();
-  const std::string part = m[3];
-  if (m[2] == "self_attn") {
-    const int64_t begin = part == "q" ? 0 : part == "k" ? q : q + kv;
-    return FusedRows{m[1].str() + "self_attn.qkv_proj.weight", begin, part == "q" ? q : kv};
-  }
-  return FusedRows{m[1].str() + "mlp.gate_up_proj.weight", part == "gate" ? 0 : c.intermediate_size,
-                   c.intermediate_size};
-}
-
-}  // namespace
 HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_override) {
   CONDENSE_CHECK(fs::is_directory(dir), "{}: not a directory (expected a Hugging Face model "
                  "directory with config.json and *.safetensors)", dir);
@@ -84,13 +59,10 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
                    "{}: tensor '{}' has dtype {}, expected F32, F16 or BF16", shards.file_of(name),
                    name, e.dtype);
     at::Tensor t = shards.tensor(name);
-    if (fused) {
-      const int64_t all = fused->fused.find("qkv") != std::string::npos
-                              ? (config.num_attention_heads + 2 * config.kv_heads()) * config.head_size()
-                              : 2 * config.intermediate_size;
-      CONDENSE_CHECK(t.dim() == 2 && t.size(0) == all && t.size(1) == p.value().size(1), "{}: tensor "
-                     "'{}' has shape {} but config.json implies [{}, {}]", shards.file_of(name), name,
-                     shape_str(t.sizes()), all, p.value().size(1));
+    if (fused) {  // Phi-3's qkv_proj / gate_up_proj (formats/fused_projections.h)
+      CONDENSE_CHECK(t.dim() == 2 && t.size(0) == fused->fused_rows && t.size(1) == p.value().size(1),
+                     "{}: tensor '{}' has shape {} but config.json implies [{}, {}]", shards.file_of(name),
+                     name, shape_str(t.sizes()), fused->fused_rows, p.value().size(1));
       t = t.narrow(0, fused->begin, fused->rows);
     }
     CONDENSE_CHECK(t.sizes() == p.value().sizes(), "{}: tensor '{}' has shape {} but config.json "

@@ -49,6 +49,7 @@ class GgufReader {
   // A scalar integer value of one of the u32/i32/u64... types, range-checked.
   uint64_t get_uint(const std::string& key) const;
   const GgufTensorInfo& tensor(const std::string& name) const;
+  bool has_tensor(const std::string& name) const { return index_.count(name) > 0; }
   // The tensor's values as float32 in ggml order, decoded by io/gguf_quants.h
   // (dequantize_into); at::Tensor callers use condense::dequantize(reader, info).
   std::vector<float> dequantize(const GgufTensorInfo& t) const;

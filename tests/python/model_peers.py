@@ -59,7 +59,8 @@ def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):
 GGUF_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
               "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
               "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+              "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+              "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}  # phi3's fused
 
 
 def converter_permute(w, heads):
@@ -68,11 +69,11 @@ def converter_permute(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=False, add_bos=False):
+def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=False, add_bos=False, extra=None):
     """`model` (transformers, float32) as llama.cpp's converter writes architecture `arch`: its
     hyperparameters, the byte-level BPE `fields` (tokenizer_texts.gguf_bpe_fields) under pre-tokenizer
     `pre`, padded with `pad` unused [PAD{i}] tokens, q/k rows permuted where `permute` (llama's
-    NORM RoPE), a tied output omitted."""
+    NORM RoPE), a tied output omitted; `extra(writer)` adds an architecture's own keys and tensors."""
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
@@ -96,6 +97,8 @@ def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=Fa
     w.add_bos_token_id(fields["bos_id"])
     w.add_eos_token_id(fields["eos_id"])
     w.add_add_bos_token(add_bos)
+    if extra:
+        extra(w)
     heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
     for name, t in model.state_dict().items():
         a = t.numpy().astype(np.float32)

