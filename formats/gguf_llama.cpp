@@ -67,7 +67,10 @@ struct ArchKeys {
 // architectures: the llama one with q/k/v biases or q/k norms and NEOX RoPE, which rotates the two
 // halves of each head as Hugging Face does, so their q/k rows are not permuted. SmolLM3 (layers
 // without RoPE) goes as llama.cpp's smollm3: llama's tensors and RoPE, no RoPE in every 4th layer.
+// A model with LongRoPE goes as llama.cpp's phi3: Llama's math with NEOX RoPE, q/k/v and gate/up
+// fused, LongRoPE's factors as tensors and its attention factor as a key.
 std::string gguf_architecture(const LlamaConfig& c) {
+  if (c.rope_scaling.type == "longrope") return "phi3";
   return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : !c.no_rope_layers.empty() ? "smollm3" : "llama";
 }
 
@@ -218,12 +221,10 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                    "(export --format hf) keeps the pattern", checkpoint_path,
                    nlohmann::json(c.no_rope_layers).dump());
   }
+  // llama.cpp's phi3 graph is a plain Llama's besides LongRoPE.
+  CONDENSE_CHECK(k.arch != "phi3" || attention_extras(c).empty(), "{}: a model with LongRoPE and {} "
+                 "has no GGUF form llama.cpp reads", checkpoint_path, attention_extras(c));
   // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
-  // llama.cpp reads LongRoPE as phi3's rope_factors_short / _long and an attention factor, which
-  // condense does not write (nor read).
-  CONDENSE_CHECK(c.rope_scaling.type != "longrope", "{}: rope_scaling longrope (Phi-3's LongRoPE) has "
-                 "no GGUF form condense writes; export to Hugging Face (export --format hf) keeps it",
-                 checkpoint_path);
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
   GgufWriter w;
@@ -250,6 +251,11 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     w.add_string(k("rope.scaling.type"), "linear");
     w.add_f32(k("rope.scaling.factor"), static_cast<float>(c.rope_scaling.factor));
   }
+  if (k.arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel writes them
+    w.add_u32(k("rope.scaling.original_context_length"), u32(c.rope_scaling.original_max_position_embeddings));
+    w.add_f32(k("rope.scaling.attn_factor"), static_cast<float>(c.rope_scaling.attention_factor));
+    w.add_u32(k("attention.sliding_window"), 0);  // none
+  }
 
   if (tok.bpe() && !tok.bpe()->vocab().normalizer.empty())
     spdlog::warn("{}: the tokenizer normalizes text to NFC first, which llama.cpp does not do: "
@@ -260,15 +266,38 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
   at::NoGradGuard no_grad;
   uint64_t weight_bytes = 0;
-  for (const auto& p : model->named_parameters()) {
-    const std::string& name = p.key();
+  const auto params = model->named_parameters();
+  for (const auto& p : params) {
+    std::string name = p.key();
     at::Tensor t = p.value().detach().to(at::kFloat).contiguous();
+    if (k.arch == "phi3") {  // fused as phi3 keeps them: written at q and at gate, with their parts
+      if (std::optional<FusedRows> f = fused_rows(name, c)) {
+        if (f->begin != 0) continue;  // k, v, up: inside the fused tensor already written
+        const bool attn = f->fused.find("qkv_proj") != std::string::npos;
+        std::vector<at::Tensor> parts;
+        for (const char* part : attn ? std::vector<const char*>{"q", "k", "v"} : std::vector<const char*>{"gate", "up"}) {
+          const std::string part_name = std::regex_replace(name, std::regex(attn ? R"(\.q_proj\.)" : R"(\.gate_proj\.)"),
+                                                           std::string(".") + part + "_proj.");
+          parts.push_back(params[part_name].detach().to(at::kFloat));
+        }
+        t = at::cat(parts).contiguous();
+        name = f->fused;
+      }
+    }
     if (k.permutes_qk() && is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
     if (k.permutes_qk() && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
     if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
     w.add_tensor(gguf_tensor_name(name), t, gt);
     weight_bytes += t.nbytes();
+  }
+  if (c.rope_scaling.type == "longrope") {
+    for (auto [tensor, factors] : {std::pair{"rope_factors_short.weight", &c.rope_scaling.short_factor},
+                                   {"rope_factors_long.weight", &c.rope_scaling.long_factor}}) {
+      std::vector<float> f(factors->begin(), factors->end());
+      w.add_tensor(tensor, at::from_blob(f.data(), {static_cast<int64_t>(f.size())}, at::kFloat).clone(),
+                   GgmlType::kF32);
+    }
   }
   if (c.rope_scaling.type == "llama3") {
     // llama.cpp reads only the divisors; the parameters go along so that condense reads them
