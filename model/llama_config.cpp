@@ -212,8 +212,11 @@ RopeScaling read_rope_scaling(const nlohmann::json& rs, bool phi3, const std::st
     read_field(rs, "factor", out.factor, false, where);
     out.attention_factor = 0;  // absent: derived
     read_field(rs, "attention_factor", out.attention_factor, false, where);
-    out.original_max_position_embeddings = 0;
-    read_field(rs, "original_max_position_embeddings", out.original_max_position_embeddings, false, where);
+    // transformers reads the original length from the config's top level only (a TODO there);
+    // this key changes nothing in it, so it changes nothing here.
+    if (rs.contains("original_max_position_embeddings"))
+      spdlog::warn("{}.original_max_position_embeddings is ignored, as transformers ignores it (it "
+                   "reads the top-level key)", where);
     return out;
   }
   read_field(rs, "factor", out.factor, true, where);
@@ -240,21 +243,21 @@ void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
 }
 
 // LongRoPE's lengths and attention factor as transformers derives them
-// (_compute_longrope_parameters): the original length from the top-level
-// original_max_position_embeddings (Phi-3's), else rope_scaling's, else max_position_embeddings;
-// the factor max / original where the top-level key gives the original, else rope_scaling's; an
-// absent attention_factor is sqrt(1 + ln(factor) / ln(original)) (1 for factor <= 1). Then the
-// context is capped at the original length (RopeScaling's comment says why).
-void complete_longrope(const nlohmann::json& j, LlamaConfig& c, const std::string& source) {
+// (_compute_longrope_parameters, _longrope_frequency_update): the original length from the
+// top-level original_max_position_embeddings (always set in a Phi3Config: 4096 by default), and
+// then the factor is max / original; without it the original length is max_position_embeddings
+// and the factor rope_scaling's (1 if absent). An absent attention_factor is
+// sqrt(1 + ln(factor) / ln(original)) (1 for factor <= 1). Then the context is capped at the
+// original length (RopeScaling's comment says why).
+void complete_longrope(const nlohmann::json& j, LlamaConfig& c, bool phi3, const std::string& source) {
   RopeScaling& rs = c.rope_scaling;
-  int64_t original = 0;
+  int64_t original = phi3 ? 4096 : 0;
   read_field(j, "original_max_position_embeddings", original, false, source);
-  double factor = rs.factor;
+  double factor = rs.factor > 0 ? rs.factor : 1.0;
   if (original > 0) {
     factor = static_cast<double>(c.max_position_embeddings) / static_cast<double>(original);
   } else {
-    original = rs.original_max_position_embeddings > 0 ? rs.original_max_position_embeddings
-                                                       : c.max_position_embeddings;
+    original = c.max_position_embeddings;
   }
   CONDENSE_CHECK(original > 0, "{}: original_max_position_embeddings is {}, expected a positive count",
                  source, original);
@@ -335,7 +338,7 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
   if (phi3) c.max_position_embeddings = 4096;
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
-  if (c.rope_scaling.type == "longrope") complete_longrope(j, c, source);
+  if (c.rope_scaling.type == "longrope") complete_longrope(j, c, phi3, source);
   // Mistral is Llama with sliding-window attention: a query attends to the previous
   // sliding_window positions, which up to that many positions is every earlier one. condense
   // attends to all, so it caps the context at the window (exact there; longer sequences are

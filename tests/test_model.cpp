@@ -238,6 +238,25 @@ TEST(LlamaConfig, Phi3LongRopeUsesTheShortFactorsUpToTheOriginalLength) {
   j.erase("partial_rotary_factor");
   j["sliding_window"] = 32;  // Phi-3-mini-4k's window (2047) below the context: capped there
   EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 32);
+  // Without the top-level original length a Phi3Config has its default, 4096.
+  nlohmann::json bare = j;
+  bare.erase("original_max_position_embeddings");
+  bare.erase("sliding_window");
+  bare["max_position_embeddings"] = 8192;
+  c = from_hf_json(bare, "config.json");
+  EXPECT_EQ(c.max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(2.0) / std::log(4096.0)));
+  // A Llama config without it: the original length is max_position_embeddings (nothing capped)
+  // and the factor rope_scaling's; rope_scaling's own original length is ignored, as transformers
+  // ignores it.
+  bare["model_type"] = "llama";
+  bare["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", {1.0, 1.5, 2.0, 3.0}},
+                          {"long_factor", {2.0, 4.0, 8.0, 16.0}}, {"factor", 4.0},
+                          {"original_max_position_embeddings", 64}};
+  c = from_hf_json(bare, "config.json");
+  EXPECT_EQ(c.max_position_embeddings, 8192);
+  EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 8192);
+  EXPECT_DOUBLE_EQ(c.rope_scaling.attention_factor, std::sqrt(1 + std::log(4.0) / std::log(8192.0)));
   j["model_type"] = "llama";  // Llama's "yarn" is YaRN, not Phi-3's old name for LongRoPE
   j["rope_scaling"]["type"] = "yarn";
   EXPECT_THROW(from_hf_json(j, "config.json"), Error);

@@ -121,6 +121,19 @@ def test_import_scores_as_transformers(phi3, tmp_path):
         long.write_text(" ".join(["word"] * (ORIGINAL + 100)))
         refused = run("score", imp, "--text", long, check=False)
         assert refused.returncode != 0 and "max_position_embeddings" in refused.stderr, refused.stderr
+        # A config.json without the top-level original length: Phi3Config's 4096 (factor 8192 / 4096).
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        cfg_json = json.loads((hf / "config.json").read_text())
+        del cfg_json["original_max_position_embeddings"]
+        cfg_json["max_position_embeddings"] = 8192
+        (bare / "config.json").write_text(json.dumps(cfg_json))
+        for f in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+            (bare / f).symlink_to(hf / f)
+        run("import", bare, tmp_path / "bare.h5")
+        theirs = transformers.Phi3ForCausalLM.from_pretrained(str(bare), torch_dtype=torch.float32).eval()
+        _, _, lp_bare = score(tmp_path / "bare.h5", tmp_path)
+        assert np.abs(lp_bare - reference_logprobs(theirs, ids)).max() < 1e-4
     else:
         assert cfg["max_position_embeddings"] == 128 and "rope_scaling" not in cfg
 
