@@ -174,9 +174,11 @@ void read_field(const nlohmann::json& j, const char* key, T& out, bool required,
                 const std::string& source);
 
 // config.json's rope_scaling: {"rope_type" (or the older "type"): "linear" | "llama3" |
-// "default", "factor", and for llama3 "low_freq_factor", "high_freq_factor",
-// "original_max_position_embeddings"}, every key required as transformers requires it. Other
-// kinds and unknown keys are refused naming them: they would change the model's probabilities.
+// "longrope" | "default", "factor", and for llama3 "low_freq_factor", "high_freq_factor",
+// "original_max_position_embeddings"}, every key required as transformers requires it; longrope
+// needs "short_factor" and "long_factor" ("factor" and "attention_factor" optional; a Phi-3
+// config may name it "su" or "yarn", as Phi3Config renames them). Other kinds and unknown keys
+// are refused naming them: they would change the model's probabilities.
 RopeScaling read_rope_scaling(const nlohmann::json& rs, bool phi3, const std::string& source) {
   CONDENSE_CHECK(rs.is_object(), "{}: rope_scaling is {}, expected an object", source, rs.dump());
   std::string type;

@@ -200,3 +200,66 @@ def test_control_pieces_written_in_text_parse_as_llama_cpp(sp_model, tmp_path):
     assert not mism, [(flat[i], ours[i], llama[i]) for i in mism[:3]]
     inst = tables(model_bytes)["tokens"].index("[INST]")
     assert ours[0][0] == inst and inst not in ours[len(chats)]  # parsed; plain text untouched
+
+
+def test_phi3_turn_pieces_choose_the_phi3_chat_format_and_end_the_reply(sp_model, tmp_path):
+    """A sentencepiece vocabulary with Phi-3's <|user|>, <|assistant|>, <|end|> (as Phi-3's GGUF
+    carries them) makes `generate --chat` use the phi3 format by itself and stop at <|end|>. The
+    model is built to answer <|end|> at once (every embedding the same positive vector, the blocks'
+    outputs zero, one output row): with the phi3 format the reply is that one token, under llama2's
+    (which stops at </s> only) it repeats to --max-new-tokens."""
+    import numpy as np
+
+    model_bytes, _ = sp_model
+    t = tables(model_bytes)
+    turns = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+    # [INST] / [/INST] as user-defined pieces: as control pieces they would choose mistral first.
+    types = [4 if tok in ("[INST]", "[/INST]") else ty for tok, ty in zip(t["tokens"], t["types"])]
+    t = {"tokens": t["tokens"] + turns, "scores": t["scores"] + [0.0] * 4, "types": types + [3] * 4}
+    n, end = len(t["tokens"]), t["tokens"].index("<|end|>")
+    path = tmp_path / "phi3ish.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    for add, v in ((w.add_context_length, 128), (w.add_embedding_length, 64), (w.add_block_count, 1),
+                   (w.add_feed_forward_length, 128), (w.add_head_count, 4), (w.add_head_count_kv, 4),
+                   (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_dimension_count, 16)):
+        add(v)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(t["tokens"])
+    w.add_token_scores(t["scores"])
+    w.add_token_types(t["types"])
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_space_prefix(True)
+    rng = np.random.default_rng(0)
+    out = np.zeros((n, 64), np.float32)
+    out[end] = 1.0
+    tensors = {"token_embd.weight": np.ones((n, 64), np.float32), "output_norm.weight": np.ones(64, np.float32),
+               "output.weight": out, "blk.0.attn_norm.weight": np.ones(64, np.float32),
+               "blk.0.ffn_norm.weight": np.ones(64, np.float32),
+               "blk.0.attn_output.weight": np.zeros((64, 64), np.float32),
+               "blk.0.ffn_down.weight": np.zeros((64, 128), np.float32)}
+    for name, shape in (("attn_q", (64, 64)), ("attn_k", (64, 64)), ("attn_v", (64, 64)), ("ffn_gate", (128, 64)),
+                        ("ffn_up", (128, 64))):
+        tensors[f"blk.0.{name}.weight"] = rng.normal(0, 0.1, shape).astype(np.float32)
+    for name, a in tensors.items():
+        w.add_tensor(name, a)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ckpt = tmp_path / "phi3ish.h5"
+    run("import", path, ckpt)
+
+    def reply(*extra):
+        p = run("generate", ckpt, "--chat", "Hi there", "--show-prompt", "--max-new-tokens", 4, "--print-ids", *extra)
+        ids = [int(i) for i in next(l for l in p.stderr.splitlines() if " info ids: " in l).split(" ids: ")[1].split()]
+        prompt = [int(x) for x in p.stderr.split("prompt ids: ", 1)[1].splitlines()[0].split()]
+        return p.stderr, prompt, ids
+
+    err, prompt, ids = reply()
+    assert "chat prompt (phi3):\n<|user|>\nHi there<|end|>\n<|assistant|>\n" in err, err
+    assert prompt[0] == 1 and t["tokens"].index("<|user|>") in prompt and prompt.count(end) == 1
+    assert ids == [end]
+    _, _, ids = reply("--chat-format", "llama2")
+    assert ids == [end] * 4
