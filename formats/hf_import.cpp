@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <set>
 #include <spdlog/spdlog.h>
@@ -15,12 +16,55 @@
 #include "formats/fused_projections.h"
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
+#include "text/sentencepiece_proto.h"
 #include "text/tokenizer.h"
 #include "recipes/recipe_parser.h"
 #include "trainer/checkpoint.h"
 
 namespace condense {
 namespace fs = std::filesystem;
+
+namespace {
+
+// A tokenizer.model and the tokens tokenizer.json adds after its pieces (Phi-3's <|user|>,
+// <|assistant|>, <|end|> at 32000+; chat fine-tunes of Llama 2): appended to the sentencepiece
+// model in id order, special ones as control pieces (parsed where a chat format writes them),
+// others as user-defined pieces (matched in text). Added tokens must continue the model's ids
+// without gaps; ones the model already has (<unk>, <s>, </s>) are its own.
+Tokenizer with_added_tokens(const Tokenizer& sp, const std::string& json_path) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text_file(json_path));
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON: {}", json_path, e.what());
+  }
+  if (!j.is_object() || !j.contains("added_tokens") || !j["added_tokens"].is_array()) return sp;
+  std::map<int64_t, AddedPiece> added;
+  for (const nlohmann::json& a : j["added_tokens"]) {
+    CONDENSE_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
+                       a["content"].is_string(),
+                   "{}: added_tokens holds {}, expected objects with an integer id and a content string",
+                   json_path, a.dump());
+    const int64_t id = a["id"].get<int64_t>();
+    if (id < sp.vocab_size()) continue;
+    const bool special = a.contains("special") && a["special"].is_boolean() && a["special"].get<bool>();
+    added[id] = AddedPiece{a["content"].get<std::string>(), special ? 3 : 4};
+  }
+  if (added.empty()) return sp;
+  std::vector<AddedPiece> pieces;
+  for (const auto& [id, piece] : added) {
+    CONDENSE_CHECK(id == sp.vocab_size() + static_cast<int64_t>(pieces.size()), "{}: added token '{}' "
+                   "has id {}, but the sentencepiece model's ids end at {} (added tokens must follow "
+                   "them without gaps)", json_path, piece.piece, id, sp.vocab_size() + pieces.size() - 1);
+    pieces.push_back(piece);
+  }
+  spdlog::info("{}: {} added tokens after the {} pieces of the sentencepiece model", json_path,
+               pieces.size(), sp.vocab_size());
+  return Tokenizer::from_serialized(append_sentencepiece_pieces(sp.serialized(), pieces, json_path),
+                                    json_path);
+}
+
+}  // namespace
 
 HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_override) {
   CONDENSE_CHECK(fs::is_directory(dir), "{}: not a directory (expected a Hugging Face model "
@@ -87,7 +131,8 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     fail("{}: unexpected tensor '{}' for this config.json", shards.file_of(name), name);
   }
 
-  // --tokenizer, else a sentencepiece tokenizer.model, else a byte-level BPE tokenizer.json
+  // --tokenizer, else a sentencepiece tokenizer.model (and tokenizer.json's added tokens after its
+  // pieces), else a byte-level BPE tokenizer.json
   // (condense's own HF export writes the latter).
   std::optional<Tokenizer> tok;
   std::string tok_path = tokenizer_override;
@@ -99,6 +144,13 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
   } else if (fs::exists(model_path)) {
     tok_path = model_path;
     tok = Tokenizer::load(tok_path);
+    if (fs::exists(json_path)) {
+      const int before = tok->vocab_size();
+      tok = with_added_tokens(*tok, json_path);
+      // The tokenizer is then the checkpoint's own (a run reads it from there, as from a GGUF
+      // import): tokenizer.model alone would lack the added tokens.
+      if (tok->vocab_size() != before) tok_path.clear();
+    }
   } else if (fs::exists(json_path)) {
     // Found, not asked for: one condense cannot read (sentencepiece-style byte fallback, a
     // normalizer) leaves the import without a tokenizer, as before tokenizer.json was read.
@@ -113,7 +165,7 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     CONDENSE_CHECK(tok->vocab_size() <= config.vocab_size, "{}: the tokenizer has {} pieces but "
                    "config.json's vocab_size is {}", tok_path, tok->vocab_size(), config.vocab_size);
     out.tokenizer_bytes = tok->serialized();
-    out.tokenizer_path = fs::absolute(tok_path).string();
+    if (!tok_path.empty()) out.tokenizer_path = fs::absolute(tok_path).string();
   }
   return out;
 }

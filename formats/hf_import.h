@@ -16,7 +16,8 @@ namespace condense {
 struct HfModel {
   LlamaForCausalLM model{nullptr};
   std::string tokenizer_bytes;  // empty when the directory has no tokenizer.model
-  std::string tokenizer_path;   // where the tokenizer came from ("" when none)
+  std::string tokenizer_path;   // where the tokenizer came from ("" when none, or when it is
+                                // tokenizer.model with added tokens: the checkpoint holds it)
   uint64_t weight_bytes = 0;    // bytes of tensor data read
 };
 

@@ -202,4 +202,24 @@ SentencepieceTables read_sentencepiece_tables(const std::string& proto, const st
   return t;
 }
 
+std::string append_sentencepiece_pieces(const std::string& proto, const std::vector<AddedPiece>& pieces,
+                                        const std::string& source) {
+  const SentencepieceTables t = read_sentencepiece_tables(proto, source);
+  std::unordered_set<std::string> seen(t.pieces.begin(), t.pieces.end());
+  std::string out = proto;
+  for (const AddedPiece& a : pieces) {
+    CONDENSE_CHECK(!a.piece.empty(), "{}: an added token is empty", source);
+    CONDENSE_CHECK(seen.insert(a.piece).second, "{}: added token '{}' is already a piece of the "
+                   "sentencepiece model", source, a.piece);
+    CONDENSE_CHECK(a.type == kControl || a.type == 4, "{}: added token '{}' has sentencepiece type {}, "
+                   "expected 3 (control) or 4 (user defined)", source, a.piece, a.type);
+    std::string p;
+    put_bytes(p, piece::kPiece, a.piece);
+    put_float(p, piece::kScore, 0.0f);
+    put_int(p, piece::kType, a.type);
+    put_bytes(out, model_proto::kPieces, p);
+  }
+  return out;
+}
+
 }  // namespace condense

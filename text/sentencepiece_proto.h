@@ -39,4 +39,16 @@ std::string sentencepiece_model_proto(const SentencepieceTables& t, const std::s
 // naming `source`.
 SentencepieceTables read_sentencepiece_tables(const std::string& proto, const std::string& source);
 
+// `proto` (a .model file's bytes) with `pieces` appended after its own, each with score 0 and
+// its sentencepiece type (3 control, 4 user defined): the added tokens a Hugging Face
+// tokenizer.json keeps beside a tokenizer.model (Phi-3's <|user|>, <|end|>, ...). ModelProto's
+// pieces are a repeated field, so appending keeps every other field of the model as it was.
+// Refuses, naming `source`, a piece that is empty or already in the model, or another type.
+struct AddedPiece {
+  std::string piece;
+  int32_t type = 4;
+};
+std::string append_sentencepiece_pieces(const std::string& proto, const std::vector<AddedPiece>& pieces,
+                                        const std::string& source);
+
 }  // namespace condense

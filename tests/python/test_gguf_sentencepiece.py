@@ -263,3 +263,59 @@ def test_phi3_turn_pieces_choose_the_phi3_chat_format_and_end_the_reply(sp_model
     assert ids == [end]
     _, _, ids = reply("--chat-format", "llama2")
     assert ids == [end] * 4
+
+
+def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
+    """A Hugging Face directory with a tokenizer.model and tokenizer.json's added tokens after its
+    pieces (as Phi-3's <|user|> ... <|end|>): the import appends them (special ones as control
+    pieces, others as user-defined), `generate --chat --chat-format phi3` renders with them, and the
+    prompt's ids equal llama.cpp's rendering and tokenization of the phi3 template on the import's
+    GGUF export (which carries the added pieces with their types). Gaps in the ids are refused."""
+    import json as json_
+    import sys
+
+    import torch
+    transformers = pytest.importorskip("transformers")
+    from test_export_gguf import CHAT_CHILD
+
+    model_bytes, _ = sp_model
+    n = len(tables(model_bytes)["tokens"])
+    added = [("<|endoftext|>", True), ("<|assistant|>", True), ("<|end|>", True), ("<|user|>", True),
+             ("<custom>", False)]
+    hf = tmp_path / "hf"
+    torch.manual_seed(3)
+    cfg = transformers.Phi3Config(vocab_size=n + len(added) + 3, hidden_size=64, intermediate_size=96,
+                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                                  max_position_embeddings=128, original_max_position_embeddings=128,
+                                  pad_token_id=None, bos_token_id=1, eos_token_id=2)
+    transformers.Phi3ForCausalLM(cfg).save_pretrained(hf, safe_serialization=True)
+    (hf / "tokenizer.model").write_bytes(model_bytes)
+    entries = [{"id": i, "content": t, "special": True} for i, t in enumerate(["<unk>", "<s>", "</s>"])]
+    entries += [{"id": n + i, "content": t, "special": s} for i, (t, s) in enumerate(added)]
+    (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": entries}))
+    ckpt = tmp_path / "imp.h5"
+    run("import", hf, ckpt)
+    assert f" {n + len(added)} pieces" in run("info", ckpt).stdout
+    user = "Which word means a small boat?"
+    p = run("generate", ckpt, "--chat", user, "--chat-format", "phi3", "--show-prompt", "--max-new-tokens", 1)
+    ids = [int(x) for x in p.stderr.split("prompt ids: ", 1)[1].splitlines()[0].split()]
+    assert n + 3 in ids and n + 2 in ids  # <|user|>, <|end|> as their ids
+    gguf_path = tmp_path / "imp.gguf"
+    run("export", ckpt, gguf_path, "--format", "gguf")
+    c = subprocess.run([sys.executable, "-c", CHAT_CHILD, str(gguf_path), "phi3", "", user],
+                       capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr[-2000:]
+    assert ids == json_.loads(c.stdout.strip().splitlines()[-1])["ids"]
+    # <custom> is matched in plain text (a user-defined piece).
+    text = tmp_path / "t.txt"
+    text.write_text("a <custom> word")
+    out = tmp_path / "s.json"
+    run("score", ckpt, "--text", text, "--json", out)
+    positions = json_.loads(out.read_text())["positions"]
+    assert n + 4 in [q["id"] for q in positions] + [positions[-1]["next_id"]]
+    # A gap after the model's pieces is refused, naming the token.
+    entries[-1]["id"] = n + 7
+    (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": entries}))
+    refused = run("import", hf, tmp_path / "gap.h5", check=False)
+    assert refused.returncode != 0 and "<custom>" in refused.stderr and "without gaps" in refused.stderr, refused.stderr
+    assert not (tmp_path / "gap.h5").exists()
