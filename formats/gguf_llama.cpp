@@ -221,9 +221,15 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                    "(export --format hf) keeps the pattern", checkpoint_path,
                    nlohmann::json(c.no_rope_layers).dump());
   }
-  // llama.cpp's phi3 graph is a plain Llama's besides LongRoPE.
+  // llama.cpp's phi3 graph is a plain Llama's besides LongRoPE, and reads attn_qkv as
+  // [hidden, hidden + 2 kv widths] (a Minitron head pruning makes the q part narrower).
   CONDENSE_CHECK(k.arch != "phi3" || attention_extras(c).empty(), "{}: a model with LongRoPE and {} "
                  "has no GGUF form llama.cpp reads", checkpoint_path, attention_extras(c));
+  CONDENSE_CHECK(k.arch != "phi3" || c.num_attention_heads * c.head_size() == c.hidden_size, "{}: a "
+                 "LongRoPE (phi3) model whose heads are not hidden_size / num_attention_heads wide "
+                 "(head_dim {}, {} heads, hidden {}) has no GGUF form llama.cpp reads; export to "
+                 "Hugging Face keeps it", checkpoint_path, c.head_size(), c.num_attention_heads,
+                 c.hidden_size);
   // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
@@ -575,7 +581,11 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
       check_finite(t, path, gname);  // corrupt quantization scales decode to inf / NaN
       if (fused) fused_cache[gname] = t;
     }
-    if (fused) t = t.narrow(0, fused->begin, fused->rows);
+    if (fused) {
+      t = t.narrow(0, fused->begin, fused->rows);
+      // The last part (v, up) read: the fused copy is not needed again.
+      if (fused->begin + fused->rows == fused->fused_rows) fused_cache.erase(gname);
+    }
     if (k.permutes_qk() && is_q(p.key())) t = unpermute_qk_from_gguf(t, c.num_attention_heads);
     if (k.permutes_qk() && is_k(p.key())) t = unpermute_qk_from_gguf(t, c.kv_heads());
     p.value().copy_(t);

@@ -28,40 +28,56 @@ namespace {
 
 // A tokenizer.model and the tokens tokenizer.json adds after its pieces (Phi-3's <|user|>,
 // <|assistant|>, <|end|> at 32000+; chat fine-tunes of Llama 2): appended to the sentencepiece
-// model in id order, special ones as control pieces (parsed where a chat format writes them),
-// others as user-defined pieces (matched in text). Added tokens must continue the model's ids
-// without gaps; ones the model already has (<unk>, <s>, </s>) are its own.
+// model in id order, special ones as control pieces (parsed where a prompt writes them), others as
+// user-defined pieces (matched in text). Added tokens must continue the model's ids without gaps
+// and be new pieces; otherwise (or when tokenizer.json cannot be read) the tokenizer is
+// tokenizer.model alone, as before added tokens were read, with a warning saying why. Added
+// tokens at the model's own ids (<unk>, <s>, </s>) are its pieces; one naming another piece there
+// is warned about (llama.cpp's converter would rename that id).
 Tokenizer with_added_tokens(const Tokenizer& sp, const std::string& json_path) {
-  nlohmann::json j;
   try {
-    j = nlohmann::json::parse(read_text_file(json_path));
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: not valid JSON: {}", json_path, e.what());
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text_file(json_path));
+    } catch (const nlohmann::json::exception& e) {
+      fail("not valid JSON: {}", e.what());
+    }
+    if (!j.is_object() || !j.contains("added_tokens") || !j["added_tokens"].is_array()) return sp;
+    std::map<int64_t, AddedPiece> added;
+    for (const nlohmann::json& a : j["added_tokens"]) {
+      CONDENSE_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
+                         a["content"].is_string(),
+                     "added_tokens holds {}, expected objects with an integer id and a content string", a.dump());
+      const int64_t id = a["id"].get<int64_t>();
+      const std::string content = a["content"].get<std::string>();
+      if (id < sp.vocab_size()) {
+        if (id >= 0 && sp.piece(static_cast<int>(id)) != content)
+          spdlog::warn("{}: added token '{}' has id {}, which tokenizer.model names '{}'; condense keeps "
+                       "tokenizer.model's piece", json_path, content, id, sp.piece(static_cast<int>(id)));
+        continue;
+      }
+      const bool special = a.contains("special") && a["special"].is_boolean() && a["special"].get<bool>();
+      CONDENSE_CHECK(added.emplace(id, AddedPiece{content, special ? 3 : 4}).second,
+                     "added token id {} is listed twice", id);
+    }
+    if (added.empty()) return sp;
+    std::vector<AddedPiece> pieces;
+    for (const auto& [id, piece] : added) {
+      const int64_t want = sp.vocab_size() + static_cast<int64_t>(pieces.size());
+      CONDENSE_CHECK(id == want, "added token '{}' has id {} where {} comes next (added tokens must "
+                     "follow the sentencepiece model's ids without gaps)", piece.piece, id, want);
+      pieces.push_back(piece);
+    }
+    Tokenizer out = Tokenizer::from_serialized(append_sentencepiece_pieces(sp.serialized(), pieces, json_path),
+                                               json_path);
+    spdlog::info("{}: {} added tokens after the {} pieces of the sentencepiece model", json_path,
+                 pieces.size(), sp.vocab_size());
+    return out;
+  } catch (const Error& e) {
+    spdlog::warn("{}: its added tokens are not used ({}); the tokenizer is tokenizer.model alone",
+                 json_path, e.what());
+    return sp;
   }
-  if (!j.is_object() || !j.contains("added_tokens") || !j["added_tokens"].is_array()) return sp;
-  std::map<int64_t, AddedPiece> added;
-  for (const nlohmann::json& a : j["added_tokens"]) {
-    CONDENSE_CHECK(a.is_object() && a.contains("id") && a["id"].is_number_integer() && a.contains("content") &&
-                       a["content"].is_string(),
-                   "{}: added_tokens holds {}, expected objects with an integer id and a content string",
-                   json_path, a.dump());
-    const int64_t id = a["id"].get<int64_t>();
-    if (id < sp.vocab_size()) continue;
-    const bool special = a.contains("special") && a["special"].is_boolean() && a["special"].get<bool>();
-    added[id] = AddedPiece{a["content"].get<std::string>(), special ? 3 : 4};
-  }
-  if (added.empty()) return sp;
-  std::vector<AddedPiece> pieces;
-  for (const auto& [id, piece] : added) {
-    CONDENSE_CHECK(id == sp.vocab_size() + static_cast<int64_t>(pieces.size()), "{}: added token '{}' "
-                   "has id {}, but the sentencepiece model's ids end at {} (added tokens must follow "
-                   "them without gaps)", json_path, piece.piece, id, sp.vocab_size() + pieces.size() - 1);
-    pieces.push_back(piece);
-  }
-  spdlog::info("{}: {} added tokens after the {} pieces of the sentencepiece model", json_path,
-               pieces.size(), sp.vocab_size());
-  return Tokenizer::from_serialized(append_sentencepiece_pieces(sp.serialized(), pieces, json_path),
-                                    json_path);
 }
 
 }  // namespace

@@ -206,29 +206,23 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   bool named_format = false;  // llama2 / mistral: <s>, then the text with control pieces parsed
   if (chatting) {
     ChatPrompt cp;
-    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral" && chat.format != "phi3") {
+    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral") {
       cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
       CONDENSE_CHECK(chat.format == "auto" || chat.format == cp.format, "--chat-format {}: this "
                      "vocabulary's chat format is {}", chat.format, cp.format);
     } else {
       std::string format = chat.format;
-      // Pieces that name a format's turns: Mistral v0.3's control [INST] / [/INST], Phi-3's added
-      // <|user|> / <|assistant|> / <|end|> (the reply ends at <|end|>).
-      auto piece_id = [&](const std::string& piece, bool control) {
-        for (int id = 0; id < tok.vocab_size(); ++id)
-          if (tok.piece(id) == piece && (!control || tok.token_type(id) == 3)) return id;
-        return -1;
-      };
-      const int phi3_end = piece_id("<|end|>", false);
-      if (format == "auto") {
-        if (piece_id("[INST]", true) >= 0 && piece_id("[/INST]", true) >= 0) format = "mistral";
-        else if (phi3_end >= 0 && piece_id("<|user|>", false) >= 0 && piece_id("<|assistant|>", false) >= 0)
-          format = "phi3";
-        CONDENSE_CHECK(format != "auto", "{}: a sentencepiece vocabulary keeps no chat template; name "
-                       "the model's format with --chat-format llama2|mistral|phi3", path);
+      if (format == "auto") {  // Mistral v0.3 names its turns with control pieces
+        bool inst = false, end = false;
+        for (int id = 0; id < tok.vocab_size(); ++id) {
+          inst |= tok.token_type(id) == 3 && tok.piece(id) == "[INST]";
+          end |= tok.token_type(id) == 3 && tok.piece(id) == "[/INST]";
+        }
+        CONDENSE_CHECK(inst && end, "{}: a sentencepiece vocabulary keeps no chat template; name "
+                       "the model's format with --chat-format llama2|mistral", path);
+        format = "mistral";
       }
       cp = chat_prompt_named(format, chat.system, chat.user);
-      if (format == "phi3") cp.stop_id = phi3_end;
       named_format = true;
     }
     prompt = cp.text;
@@ -403,15 +397,14 @@ int run(int argc, char** argv) {
   ChatArgs chat;
   gen->add_option("--prompt", prompt, "prompt text, continued as is");
   gen->add_option("--chat", chat.user, "a user message, sent in the vocabulary's chat format "
-                  "(ChatML or Llama 3; Llama 2, Mistral and Phi-3 with --chat-format); prints the "
+                  "(ChatML or Llama 3; Llama 2 and Mistral with --chat-format); prints the "
                   "assistant's reply");
   gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
                   "template's own, if it writes one)");
   gen->add_option("--chat-format", chat.format, "--chat: auto (the vocabulary's: ChatML or Llama 3 "
-                  "for byte-level BPE, mistral for a sentencepiece vocabulary with [INST] pieces, "
-                  "phi3 for one with <|user|>, <|assistant|>, <|end|>), or llama2 / mistral / phi3 "
-                  "for sentencepiece vocabularies (Llama 2 chat, Mistral Instruct, Phi-3 Instruct), "
-                  "which keep no template")->default_val("auto");
+                  "for byte-level BPE, mistral for a sentencepiece vocabulary with [INST] pieces), "
+                  "or llama2 / mistral for sentencepiece vocabularies (Llama 2 chat, Mistral "
+                  "Instruct), which keep no template")->default_val("auto");
   gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt and its ids to stderr");
   gen->add_option("--context", chat.context_file, "a text file compressed by the checkpoint's "
                   "context compressor and read before the prompt");

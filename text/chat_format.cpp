@@ -74,15 +74,8 @@ ChatPrompt chat_prompt_named(const std::string& format, const std::string& syste
     p.text = "[INST] " + (system.empty() ? user : system + "\n\n" + user) + "[/INST]";
     return p;
   }
-  if (format == "phi3") {
-    auto turn = [](const std::string& role, const std::string& content) {
-      return "<|" + role + "|>\n" + content + "<|end|>\n";
-    };
-    p.text = (system.empty() ? "" : turn("system", system)) + turn("user", user) + "<|assistant|>\n";
-    return p;
-  }
   fail("--chat-format {}: not a format (chatml and llama3 for byte-level BPE vocabularies, "
-       "llama2, mistral and phi3 for sentencepiece ones)", format);
+       "llama2 and mistral for sentencepiece ones)", format);
 }
 
 }  // namespace condense

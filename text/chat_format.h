@@ -19,7 +19,7 @@
 namespace condense {
 
 struct ChatPrompt {
-  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral" | "phi3"
+  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral"
   std::string text;    // the rendered prompt, special tokens written out
   int32_t stop_id = -1;  // the end-of-turn token
 };
@@ -34,11 +34,8 @@ ChatPrompt chat_prompt(const BpeVocabulary& vocab, const std::string& system,
 //            and without a system message [INST] {user} [/INST]
 //   mistral  (Mistral Instruct, llama.cpp "mistral-v3"): [INST] {system}\n\n{user}[/INST]
 //            ([INST] and [/INST] are control pieces of v0.3's vocabulary, plain text before)
-//   phi3     (Phi-3 / Phi-3.5 Instruct, llama.cpp "phi3"): <|system|>\n{system}<|end|>\n
-//            <|user|>\n{user}<|end|>\n<|assistant|>\n (the system turn only when given)
 // The model reads <s> before the text (Tokenizer::encode_special keeps control pieces written in
-// it), and the reply ends at the vocabulary's eos (stop_id -1; the caller also stops a phi3 reply
-// at <|end|> where the vocabulary has it). Other names are refused.
+// it), and the reply ends at the vocabulary's eos (stop_id -1). Other names are refused.
 ChatPrompt chat_prompt_named(const std::string& format, const std::string& system,
                              const std::string& user);
 

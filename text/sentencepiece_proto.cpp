@@ -210,7 +210,7 @@ std::string append_sentencepiece_pieces(const std::string& proto, const std::vec
   for (const AddedPiece& a : pieces) {
     CONDENSE_CHECK(!a.piece.empty(), "{}: an added token is empty", source);
     CONDENSE_CHECK(seen.insert(a.piece).second, "{}: added token '{}' is already a piece of the "
-                   "sentencepiece model", source, a.piece);
+                   "sentencepiece model (or added twice)", source, a.piece);
     CONDENSE_CHECK(a.type == kControl || a.type == 4, "{}: added token '{}' has sentencepiece type {}, "
                    "expected 3 (control) or 4 (user defined)", source, a.piece, a.type);
     std::string p;

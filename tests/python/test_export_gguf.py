@@ -274,10 +274,10 @@ print(json.dumps({"text": text, "ids": llm.tokenize(text.encode(), add_bos=True,
 """
 
 
-@pytest.mark.parametrize("fmt,tmpl", [("llama2", "llama2-sys"), ("mistral", "mistral-v3"), ("phi3", "phi3")])
+@pytest.mark.parametrize("fmt,tmpl", [("llama2", "llama2-sys"), ("mistral", "mistral-v3")])
 @pytest.mark.parametrize("system", ["", "Answer in one word."])
 def test_sentencepiece_chat_formats_render_and_tokenize_as_llama_cpp(trained, exports, fmt, tmpl, system):
-    """generate --chat --chat-format llama2|mistral|phi3 on a sentencepiece checkpoint: the prompt equals
+    """generate --chat --chat-format llama2|mistral on a sentencepiece checkpoint: the prompt equals
     llama.cpp's built-in template of that name, and its ids (<s> first) llama.cpp's tokenization of
     it with special tokens parsed, on the same vocabulary exported to GGUF."""
     user = "Which word means a small boat? 42 caf\u00e9"
@@ -293,4 +293,4 @@ def test_sentencepiece_chat_formats_render_and_tokenize_as_llama_cpp(trained, ex
     assert ids == ref["ids"] and ids[0] == 1
     # Without --chat-format a sentencepiece vocabulary without [INST] pieces has no format to use.
     q = run("generate", trained[0], "--chat", user, check=False)
-    assert q.returncode == 1 and "--chat-format llama2|mistral|phi3" in q.stderr, q.stderr
+    assert q.returncode == 1 and "--chat-format llama2|mistral" in q.stderr, q.stderr

@@ -202,81 +202,17 @@ def test_control_pieces_written_in_text_parse_as_llama_cpp(sp_model, tmp_path):
     assert ours[0][0] == inst and inst not in ours[len(chats)]  # parsed; plain text untouched
 
 
-def test_phi3_turn_pieces_choose_the_phi3_chat_format_and_end_the_reply(sp_model, tmp_path):
-    """A sentencepiece vocabulary with Phi-3's <|user|>, <|assistant|>, <|end|> (as Phi-3's GGUF
-    carries them) makes `generate --chat` use the phi3 format by itself and stop at <|end|>. The
-    model is built to answer <|end|> at once (every embedding the same positive vector, the blocks'
-    outputs zero, one output row): with the phi3 format the reply is that one token, under llama2's
-    (which stops at </s> only) it repeats to --max-new-tokens."""
-    import numpy as np
-
-    model_bytes, _ = sp_model
-    t = tables(model_bytes)
-    turns = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-    # [INST] / [/INST] as user-defined pieces: as control pieces they would choose mistral first.
-    types = [4 if tok in ("[INST]", "[/INST]") else ty for tok, ty in zip(t["tokens"], t["types"])]
-    t = {"tokens": t["tokens"] + turns, "scores": t["scores"] + [0.0] * 4, "types": types + [3] * 4}
-    n, end = len(t["tokens"]), t["tokens"].index("<|end|>")
-    path = tmp_path / "phi3ish.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    for add, v in ((w.add_context_length, 128), (w.add_embedding_length, 64), (w.add_block_count, 1),
-                   (w.add_feed_forward_length, 128), (w.add_head_count, 4), (w.add_head_count_kv, 4),
-                   (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_dimension_count, 16)):
-        add(v)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(t["tokens"])
-    w.add_token_scores(t["scores"])
-    w.add_token_types(t["types"])
-    w.add_unk_token_id(0)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_space_prefix(True)
-    rng = np.random.default_rng(0)
-    out = np.zeros((n, 64), np.float32)
-    out[end] = 1.0
-    tensors = {"token_embd.weight": np.ones((n, 64), np.float32), "output_norm.weight": np.ones(64, np.float32),
-               "output.weight": out, "blk.0.attn_norm.weight": np.ones(64, np.float32),
-               "blk.0.ffn_norm.weight": np.ones(64, np.float32),
-               "blk.0.attn_output.weight": np.zeros((64, 64), np.float32),
-               "blk.0.ffn_down.weight": np.zeros((64, 128), np.float32)}
-    for name, shape in (("attn_q", (64, 64)), ("attn_k", (64, 64)), ("attn_v", (64, 64)), ("ffn_gate", (128, 64)),
-                        ("ffn_up", (128, 64))):
-        tensors[f"blk.0.{name}.weight"] = rng.normal(0, 0.1, shape).astype(np.float32)
-    for name, a in tensors.items():
-        w.add_tensor(name, a)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    ckpt = tmp_path / "phi3ish.h5"
-    run("import", path, ckpt)
-
-    def reply(*extra):
-        p = run("generate", ckpt, "--chat", "Hi there", "--show-prompt", "--max-new-tokens", 4, "--print-ids", *extra)
-        ids = [int(i) for i in next(l for l in p.stderr.splitlines() if " info ids: " in l).split(" ids: ")[1].split()]
-        prompt = [int(x) for x in p.stderr.split("prompt ids: ", 1)[1].splitlines()[0].split()]
-        return p.stderr, prompt, ids
-
-    err, prompt, ids = reply()
-    assert "chat prompt (phi3):\n<|user|>\nHi there<|end|>\n<|assistant|>\n" in err, err
-    assert prompt[0] == 1 and t["tokens"].index("<|user|>") in prompt and prompt.count(end) == 1
-    assert ids == [end]
-    _, _, ids = reply("--chat-format", "llama2")
-    assert ids == [end] * 4
-
-
 def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
     """A Hugging Face directory with a tokenizer.model and tokenizer.json's added tokens after its
     pieces (as Phi-3's <|user|> ... <|end|>): the import appends them (special ones as control
-    pieces, others as user-defined), `generate --chat --chat-format phi3` renders with them, and the
-    prompt's ids equal llama.cpp's rendering and tokenization of the phi3 template on the import's
-    GGUF export (which carries the added pieces with their types). Gaps in the ids are refused."""
+    pieces, others as user-defined), so a chat prompt's control pieces parse to their ids as
+    llama.cpp parses them on the import's GGUF export (which carries the added pieces with their
+    types), and a user-defined one is matched in plain text. Added tokens that cannot be appended
+    (a gap in the ids, a piece the model has) leave tokenizer.model alone, with a warning."""
     import json as json_
-    import sys
 
     import torch
     transformers = pytest.importorskip("transformers")
-    from test_export_gguf import CHAT_CHILD
 
     model_bytes, _ = sp_model
     n = len(tables(model_bytes)["tokens"])
@@ -296,16 +232,17 @@ def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
     ckpt = tmp_path / "imp.h5"
     run("import", hf, ckpt)
     assert f" {n + len(added)} pieces" in run("info", ckpt).stdout
-    user = "Which word means a small boat?"
-    p = run("generate", ckpt, "--chat", user, "--chat-format", "phi3", "--show-prompt", "--max-new-tokens", 1)
-    ids = [int(x) for x in p.stderr.split("prompt ids: ", 1)[1].splitlines()[0].split()]
-    assert n + 3 in ids and n + 2 in ids  # <|user|>, <|end|> as their ids
     gguf_path = tmp_path / "imp.gguf"
     run("export", ckpt, gguf_path, "--format", "gguf")
-    c = subprocess.run([sys.executable, "-c", CHAT_CHILD, str(gguf_path), "phi3", "", user],
-                       capture_output=True, text=True, timeout=300)
-    assert c.returncode == 0, c.stderr[-2000:]
-    assert ids == json_.loads(c.stdout.strip().splitlines()[-1])["ids"]
+    r = gguf.GGUFReader(str(gguf_path))
+    tokens = [bytes(r.fields["tokenizer.ggml.tokens"].parts[i]).decode() for i in r.fields["tokenizer.ggml.tokens"].data]
+    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0]) for i in r.fields["tokenizer.ggml.token_type"].data]
+    assert tokens[n:n + len(added)] == [t for t, _ in added] and types[n:n + len(added)] == [3, 3, 3, 3, 4]
+    # Control pieces written in a prompt parse to their ids, as llama.cpp parses them.
+    chat = "<|user|>\nWhich word means a small boat?<|end|>\n<|assistant|>\n"
+    ours, _, _ = run_tool(TOOL, ["--special", gguf_path], [chat.encode()], tmp_path, "special")
+    assert ours[0] == llama_cpp_ids(gguf_path, [chat], tmp_path, special=True)[0]
+    assert n + 3 in ours[0] and n + 2 in ours[0]
     # <custom> is matched in plain text (a user-defined piece).
     text = tmp_path / "t.txt"
     text.write_text("a <custom> word")
@@ -313,9 +250,15 @@ def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
     run("score", ckpt, "--text", text, "--json", out)
     positions = json_.loads(out.read_text())["positions"]
     assert n + 4 in [q["id"] for q in positions] + [positions[-1]["next_id"]]
-    # A gap after the model's pieces is refused, naming the token.
-    entries[-1]["id"] = n + 7
-    (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": entries}))
-    refused = run("import", hf, tmp_path / "gap.h5", check=False)
-    assert refused.returncode != 0 and "<custom>" in refused.stderr and "without gaps" in refused.stderr, refused.stderr
-    assert not (tmp_path / "gap.h5").exists()
+    # A gap after the model's pieces, or a piece the model has: tokenizer.model alone, with a warning.
+    for bad, needle in ((n + 7, "without gaps"), (tables(model_bytes)["tokens"][500], "already a piece")):
+        wrong = [dict(e) for e in entries]
+        if isinstance(bad, int):
+            wrong[-1]["id"] = bad
+        else:
+            wrong[-1]["content"] = bad
+        (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": wrong}))
+        other = tmp_path / f"other{len(needle)}.h5"
+        p = run("import", hf, other)
+        assert needle in p.stderr and "tokenizer.model alone" in p.stderr, p.stderr
+        assert f" {n} pieces" in run("info", other).stdout

@@ -189,6 +189,18 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
             assert np.array_equal(a[n][()], b[n][()]), n
     _, _, lp_back = score(back, tmp_path)
     assert np.array_equal(lp_back, lp)  # factors and attention factor back as float32 computes them
+    if kind == "longrope":
+        # Heads pruned narrower than hidden / heads: llama.cpp's phi3 reads attn_qkv as [hidden,
+        # hidden + 2 kv widths], so the export is refused, naming why.
+        store = tmp_path / "store.h5"
+        run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+            "--out", store)
+        pruned = tmp_path / "pruned.h5"
+        run("prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+            "--data", store, "--target", "num_attention_heads=2", "--out", pruned)
+        refused = run("export", pruned, tmp_path / "pruned.gguf", "--format", "gguf", check=False)
+        assert refused.returncode != 0 and "hidden_size / num_attention_heads" in refused.stderr, refused.stderr
+        assert not (tmp_path / "pruned.gguf").exists()
 
 
 def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cpp(phi3, tmp_path):
