@@ -1,6 +1,6 @@
 // The lattices of ggml's IQ1-IQ3 quantization types (ggml-common.h: iq2xxs_grid, iq2xs_grid,
 // iq2s_grid, iq3xxs_grid, iq3s_grid, iq1s_grid): a block stores indices into these tables, not
-// values. They are format data with no rule behind them, so io/gguf_iq_grids.cpp is generated
+// values. They are format data with no rule behind them, so io/gguf_iq{1,2,3}_grids.cpp are generated
 // from the gguf package by tools/gen_gguf_iq_grids.py. Grid point i is one little-endian integer
 // whose byte j is value j of the point: 8 values per point (uint64), 4 for the IQ3 grids
 // (uint32). IQ2's bytes are the magnitudes 0x08, 0x19, 0x2b; IQ3_XXS's 0x04..0x3e and IQ3_S's odd

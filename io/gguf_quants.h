@@ -255,6 +255,9 @@ inline uint32_t u32_at(const uint8_t* p) {
 }
 inline unsigned u16_at(const uint8_t* p) { return p[0] | p[1] << 8; }
 
+// IQ2's sub-block scale from its 4-bit code ls: d * (0.5 + ls) * 0.25, in ggml's order.
+inline float iq2_scale(float d, unsigned ls) { return d * (0.5f + static_cast<float>(ls)) * 0.25f; }
+
 // Eight values of an 8-wide grid point with one scale and one sign byte.
 inline void grid8(uint64_t point, float db, uint8_t signs, float* y) {
   for (int j = 0; j < 8; ++j) {
@@ -268,7 +271,7 @@ inline void iq2_xxs(const uint8_t* blk, float* y) {
   for (int s = 0; s < 8; ++s, y += 32) {
     const uint8_t* aux0 = blk + 2 + 8 * s;
     const uint32_t aux1 = u32_at(aux0 + 4);
-    const float db = d * (0.5f + static_cast<float>(aux1 >> 28)) * 0.25f;
+    const float db = iq2_scale(d, aux1 >> 28);
     for (int l = 0; l < 4; ++l) grid8(kIq2xxsGrid[aux0[l]], db, ksigns((aux1 >> (7 * l)) & 127), y + 8 * l);
   }
 }
@@ -278,8 +281,7 @@ inline void iq2_xs(const uint8_t* blk, float* y) {
   const uint8_t* qs = blk + 2;
   const uint8_t* scales = blk + 2 + 64;
   for (int s = 0; s < 8; ++s, y += 32) {
-    const float db[2] = {d * (0.5f + static_cast<float>(scales[s] & 0xF)) * 0.25f,
-                         d * (0.5f + static_cast<float>(scales[s] >> 4)) * 0.25f};
+    const float db[2] = {iq2_scale(d, scales[s] & 0xF), iq2_scale(d, scales[s] >> 4)};
     for (int l = 0; l < 4; ++l) {
       const unsigned q = u16_at(qs + 2 * (4 * s + l));
       grid8(kIq2xsGrid[q & 511], db[l / 2], ksigns(q >> 9), y + 8 * l);
@@ -294,8 +296,7 @@ inline void iq2_s(const uint8_t* blk, float* y) {
   const uint8_t* qh = signs + 32;
   const uint8_t* scales = qh + 8;
   for (int s = 0; s < 8; ++s, y += 32) {
-    const float db[2] = {d * (0.5f + static_cast<float>(scales[s] & 0xF)) * 0.25f,
-                         d * (0.5f + static_cast<float>(scales[s] >> 4)) * 0.25f};
+    const float db[2] = {iq2_scale(d, scales[s] & 0xF), iq2_scale(d, scales[s] >> 4)};
     for (int l = 0; l < 4; ++l) {
       const unsigned index = qs[4 * s + l] | ((qh[s] >> (2 * l)) & 3) << 8;
       grid8(kIq2sGrid[index], db[l / 2], signs[4 * s + l], y + 8 * l);

@@ -22,7 +22,7 @@ MIN_UNITS="${CONDENSE_FUZZ_MIN_UNITS:-1000}"  # executed inputs each target must
 mkdir -p "$OUT"
 # Each target: the reader's sources (space-separated) and the libraries they need.
 TEXT="text/bpe_tokenizer.cpp text/bpe_vocabulary.cpp text/pretokenizer.cpp text/byte_unicode.cpp text/utf8.cpp text/unicode_nfc.cpp core/hash.cpp"
-declare -A SRC=([safetensors]="io/safetensors_header.cpp" [gguf]="io/gguf_reader.cpp io/gguf_iq_grids.cpp"
+declare -A SRC=([safetensors]="io/safetensors_header.cpp" [gguf]="io/gguf_reader.cpp io/gguf_iq1_grids.cpp io/gguf_iq2_grids.cpp io/gguf_iq3_grids.cpp"
                 [bpe_vocab]="$TEXT" [tokenizer_json]="$TEXT text/bpe_tokenizer_json.cpp")
 SRC[recipe]="recipes/recipe_parser.cpp recipes/yaml_binder.cpp"
 SRC[hdf5_readers]="io/hdf5_file.cpp data/token_store.cpp trainer/checkpoint.cpp"

