@@ -8,12 +8,10 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <optional>
 #include <regex>
 #include <set>
-#include <sstream>
 
 #include "core/error.h"
 #include "core/finite.h"
@@ -21,15 +19,11 @@
 #include "data/tokenizer_file.h"
 #include "io/gguf_reader.h"
 #include "io/mapped_file.h"
-#include "io/gguf_writer.h"
-#include "core/base64.h"
 #include "text/tokenizer.h"
 #include "formats/fused_projections.h"
 #include "formats/hf_import.h"
-#include "formats/inference_model.h"
 #include "model/rope.h"
 #include "recipes/recipe_parser.h"
-#include "text/bpe_tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "io/atomic_file.h"
 
@@ -38,6 +32,17 @@ namespace condense {
 using namespace gguf_arch;
 
 namespace {
+
+// RoPE over whole heads (rope.dimension_count, where present, equal to the head width): condense
+// has no partial rotary embeddings (Phi-4-mini's, GPT-NeoX's).
+void check_whole_head_rope(const GgufReader& r, const ArchKeys& k, const LlamaConfig& c,
+                           const std::string& path) {
+  if (!r.has(k("rope.dimension_count"))) return;
+  const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
+  CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
+                 "wide; partial rotary embeddings are not supported", path, k("rope.dimension_count"),
+                 rotary, c.head_size());
+}
 
 // RoPE as llama.cpp reads it for the llama architecture: whole heads rotated (a narrower
 // rotary part is refused), linear scaling from llama.rope.scaling.type/factor (or the older
@@ -77,15 +82,8 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
     CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: {} is {}; condense computes RoPE "
                    "without an attention factor (only 1)", path, k("rope.scaling.attn_factor"), f.dump());
   }
-  if (r.has(k("rope.dimension_count"))) {
-    const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
-    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
-                   "wide; partial rotary embeddings are not supported", path, k("rope.dimension_count"),
-                   rotary, c.head_size());
-  }
-  bool has_freqs = false;
-  for (const auto& t : r.tensors()) has_freqs |= t.name == "rope_freqs.weight";
-  if (!has_freqs) return out;
+  check_whole_head_rope(r, k, c, path);
+  if (!r.has_tensor("rope_freqs.weight")) return out;
   CONDENSE_CHECK(k.arch == "llama", "{}: a {} file with rope_freqs.weight, which llama.cpp's {} graph "
                  "does not read", path, k.arch, k.arch);
   CONDENSE_CHECK(out.type.empty(), "{}: both linear RoPE scaling and rope_freqs.weight", path);
@@ -123,12 +121,7 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
 // rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
 // original length, as condense does after capping it there (RopeScaling's comment).
 void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
-  if (r.has(k("rope.dimension_count"))) {
-    const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
-    CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
-                   "wide; partial rotary embeddings (Phi-4-mini's) are not supported", path,
-                   k("rope.dimension_count"), rotary, c.head_size());
-  }
+  check_whole_head_rope(r, k, c, path);
   if (r.has(k("rope.scaling.type"))) {
     const auto& type = r.get(k("rope.scaling.type")).value;
     CONDENSE_CHECK(type == "none", "{}: {} is {}; condense reads phi3's LongRoPE from its "
@@ -149,11 +142,9 @@ void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, co
                    k("rope.scaling.original_context_length"));
     rs.original_max_position_embeddings =
         static_cast<int64_t>(r.get_uint(k("rope.scaling.original_context_length")));
-    const double factor = static_cast<double>(c.max_position_embeddings) /
-                          static_cast<double>(rs.original_max_position_embeddings);
-    rs.attention_factor = factor <= 1.0 ? 1.0
-                          : std::sqrt(1 + std::log(factor) /
-                                              std::log(static_cast<double>(rs.original_max_position_embeddings)));
+    rs.attention_factor = longrope_attention_factor(
+        static_cast<double>(c.max_position_embeddings) / static_cast<double>(rs.original_max_position_embeddings),
+        rs.original_max_position_embeddings);
     if (r.has(k("rope.scaling.attn_factor"))) {
       const auto& f = r.get(k("rope.scaling.attn_factor")).value;
       CONDENSE_CHECK(f.is_number() && f.get<double>() > 0, "{}: {} is {}, expected a positive number", path,
@@ -232,9 +223,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   CONDENSE_CHECK(eps.is_number() && theta.is_number(), "{}: rms epsilon / rope base are not numbers", path);
   c.rms_norm_eps = eps.get<double>();
   c.rope_theta = theta.get<double>();
-  bool has_output = false;
-  for (const auto& t : r.tensors()) has_output |= t.name == "output.weight";
-  c.tie_word_embeddings = !has_output;
+  c.tie_word_embeddings = !r.has_tensor("output.weight");
   if (r.has("tokenizer.ggml.bos_token_id"))
     c.bos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.bos_token_id"));
   if (r.has("tokenizer.ggml.eos_token_id"))

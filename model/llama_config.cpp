@@ -264,10 +264,7 @@ void complete_longrope(const nlohmann::json& j, LlamaConfig& c, bool phi3, const
   CONDENSE_CHECK(original > 0, "{}: original_max_position_embeddings is {}, expected a positive count",
                  source, original);
   rs.original_max_position_embeddings = original;
-  if (rs.attention_factor == 0) {
-    rs.attention_factor = factor <= 1.0 ? 1.0
-                                        : std::sqrt(1 + std::log(factor) / std::log(static_cast<double>(original)));
-  }
+  if (rs.attention_factor == 0) rs.attention_factor = longrope_attention_factor(factor, original);
   rs.factor = 1.0;  // its only effect is the attention factor, which is kept
   if (c.max_position_embeddings > original) {
     spdlog::warn("{}: LongRoPE: condense computes the short factors, which transformers uses up to "
@@ -278,6 +275,10 @@ void complete_longrope(const nlohmann::json& j, LlamaConfig& c, bool phi3, const
 }
 
 }  // namespace
+
+double longrope_attention_factor(double factor, int64_t original) {
+  return factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(static_cast<double>(original)));
+}
 
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);

@@ -99,4 +99,9 @@ nlohmann::json to_hf_json(const LlamaConfig& c);
 std::string attention_extras(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
 
+// LongRoPE's attention factor for a context `factor` times its original length `original`, as
+// transformers and llama.cpp's converter derive it: sqrt(1 + ln(factor) / ln(original)), 1 for
+// factor <= 1.
+double longrope_attention_factor(double factor, int64_t original);
+
 }  // namespace condense
