@@ -28,11 +28,12 @@ GroupMerge merge_mean(const at::Tensor& wk, const at::Tensor& wv, int64_t g, int
   return m;
 }
 
-// wk, wv: the group's rows [g*d, hidden]; gram: [hidden, hidden] of their input.
+// wk, wv: the group's rows [g*d, hidden]; gram: [hidden, hidden] of their input; RoPE rotates
+// the first `rotary` of each head's d channels (all of them but with a partial_rotary_factor).
 GroupMerge merge_svd(const at::Tensor& wk, const at::Tensor& wv, const at::Tensor& gram,
-                     int64_t g, int64_t d) {
+                     int64_t g, int64_t d, int64_t rotary) {
   GroupMerge m;
-  const int64_t half = d / 2;
+  const int64_t half = rotary / 2;
   // Keys: per frequency i, the complex covariance C[a, b] = sum_t conj(z_a) z_b of the heads'
   // z_j = k_j[i] + 1j k_j[i + half], read off the real covariance S of the stacked key channels.
   at::Tensor s = at::matmul(at::matmul(wk, gram), wk.t()).view({g, d, g, d});
@@ -58,6 +59,16 @@ GroupMerge merge_svd(const at::Tensor& wk, const at::Tensor& wv, const at::Tenso
       q_map[j].index_put_({r, im}, -b);
       q_map[j].index_put_({im, r}, b);
       q_map[j].index_put_({im, im}, a);
+    }
+  }
+  // Channels RoPE passes through: RoPE commutes with any real map on them, so each merges as a
+  // real coefficient per head, the top eigenvector of that channel's covariance across the heads.
+  for (int64_t i = rotary; i < d; ++i) {
+    at::Tensor top = std::get<1>(at::linalg_eigh(s.select(1, i).select(2, i))).select(1, g - 1).contiguous();
+    for (int64_t j = 0; j < g; ++j) {
+      const double a = top[j].item<double>();
+      k[i].add_(wk3[j][i] * a);
+      q_map[j].index_put_({i, i}, a);
     }
   }
   m.k = k;
@@ -152,7 +163,7 @@ LlamaForCausalLM merge_kv_heads(LlamaForCausalLM& model, const KVMergeOptions& o
     at::Tensor nq = wq.clone(), no = wo.clone();
     for (int64_t grp = 0; grp < kn; ++grp) {
       at::Tensor gk = wk.narrow(0, grp * g * d, g * d), gv = wv.narrow(0, grp * g * d, g * d);
-      GroupMerge m = svd ? merge_svd(gk, gv, gram, g, d) : merge_mean(gk, gv, g, d);
+      GroupMerge m = svd ? merge_svd(gk, gv, gram, g, d, c.rotary_dim()) : merge_mean(gk, gv, g, d);
       nk.narrow(0, grp * d, d).copy_(m.k);
       nv.narrow(0, grp * d, d).copy_(m.v);
       for (int64_t j = 0; j < g; ++j) {

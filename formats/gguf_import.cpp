@@ -33,15 +33,21 @@ using namespace gguf_arch;
 
 namespace {
 
-// RoPE over whole heads (rope.dimension_count, where present, equal to the head width): condense
-// has no partial rotary embeddings (Phi-4-mini's, GPT-NeoX's).
-void check_whole_head_rope(const GgufReader& r, const ArchKeys& k, const LlamaConfig& c,
-                           const std::string& path) {
+// The rotated channels per head (rope.dimension_count, where present; absent, whole heads).
+// llama.cpp's phi3 graph rotates the first rope.dimension_count (Phi-4-mini: 96 of 128), which
+// becomes partial_rotary_factor; its llama graph refuses anything but whole heads, and so does
+// condense for every architecture but phi3.
+void read_rotary_dim(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
   if (!r.has(k("rope.dimension_count"))) return;
-  const uint64_t rotary = r.get_uint(k("rope.dimension_count"));
-  CONDENSE_CHECK(static_cast<int64_t>(rotary) == c.head_size(), "{}: {} is {} but the heads are {} "
-                 "wide; partial rotary embeddings are not supported", path, k("rope.dimension_count"),
+  const int64_t rotary = static_cast<int64_t>(r.get_uint(k("rope.dimension_count")));
+  if (rotary == c.head_size()) return;
+  CONDENSE_CHECK(k.arch == "phi3", "{}: {} is {} but the heads are {} wide; partial rotary "
+                 "embeddings are read for the phi3 architecture only", path, k("rope.dimension_count"),
                  rotary, c.head_size());
+  CONDENSE_CHECK(rotary >= 2 && rotary < c.head_size() && rotary % 2 == 0, "{}: {} is {}, expected an "
+                 "even count of channels up to the head width {}", path, k("rope.dimension_count"),
+                 rotary, c.head_size());
+  c.partial_rotary_factor = partial_rotary_factor_for(rotary, c.head_size());
 }
 
 // RoPE as llama.cpp reads it for the llama architecture: whole heads rotated (a narrower
@@ -82,7 +88,11 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
     CONDENSE_CHECK(f.is_number() && f.get<double>() == 1.0, "{}: {} is {}; condense computes RoPE "
                    "without an attention factor (only 1)", path, k("rope.scaling.attn_factor"), f.dump());
   }
-  check_whole_head_rope(r, k, c, path);
+  CONDENSE_CHECK(!r.has(k("rope.dimension_count")) ||
+                     static_cast<int64_t>(r.get_uint(k("rope.dimension_count"))) == c.head_size(),
+                 "{}: {} is {} but the heads are {} wide; partial rotary embeddings are read for the "
+                 "phi3 architecture only", path, k("rope.dimension_count"),
+                 r.get_uint(k("rope.dimension_count")), c.head_size());
   if (!r.has_tensor("rope_freqs.weight")) return out;
   CONDENSE_CHECK(k.arch == "llama", "{}: a {} file with rope_freqs.weight, which llama.cpp's {} graph "
                  "does not read", path, k.arch, k.arch);
@@ -114,14 +124,14 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
   return out;
 }
 
-// llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): whole-head RoPE
-// (rope.dimension_count), a sliding window (attention.sliding_window, 0 for none) that caps the
+// llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): RoPE over
+// rope.dimension_count channels of each head (read_rotary_dim), a sliding window (attention.sliding_window, 0 for none) that caps the
 // context as a Hugging Face Phi-3's does, and for Phi-3.5 / Phi-3-128k LongRoPE:
 // rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
 // rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
 // original length, as condense does after capping it there (RopeScaling's comment).
 void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
-  check_whole_head_rope(r, k, c, path);
+  read_rotary_dim(r, k, c, path);
   if (r.has(k("rope.scaling.type"))) {
     const auto& type = r.get(k("rope.scaling.type")).value;
     CONDENSE_CHECK(type == "none", "{}: {} is {}; condense reads phi3's LongRoPE from its "

@@ -56,10 +56,11 @@ TypeChoice parse_gguf_type(const std::string& t) {
 // architectures: the llama one with q/k/v biases or q/k norms and NEOX RoPE, which rotates the two
 // halves of each head as Hugging Face does, so their q/k rows are not permuted. SmolLM3 (layers
 // without RoPE) goes as llama.cpp's smollm3: llama's tensors and RoPE, no RoPE in every 4th layer.
-// A model with LongRoPE goes as llama.cpp's phi3: Llama's math with NEOX RoPE, q/k/v and gate/up
-// fused, LongRoPE's factors as tensors and its attention factor as a key.
+// A model with LongRoPE or partial rotary embeddings goes as llama.cpp's phi3: Llama's math with
+// NEOX RoPE over rope.dimension_count channels (llama's graph rotates whole heads), q/k/v and
+// gate/up fused, LongRoPE's factors as tensors and its attention factor as a key.
 std::string gguf_architecture(const LlamaConfig& c) {
-  if (c.rope_scaling.type == "longrope") return "phi3";
+  if (c.rope_scaling.type == "longrope" || c.rotary_dim() != c.head_size()) return "phi3";
   return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : !c.no_rope_layers.empty() ? "smollm3" : "llama";
 }
 
@@ -197,12 +198,12 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                    "(export --format hf) keeps the pattern", checkpoint_path,
                    nlohmann::json(c.no_rope_layers).dump());
   }
-  // llama.cpp's phi3 graph is a plain Llama's besides LongRoPE, and reads attn_qkv as
-  // [hidden, hidden + 2 kv widths] (a Minitron head pruning makes the q part narrower).
-  CONDENSE_CHECK(k.arch != "phi3" || attention_extras(c).empty(), "{}: a model with LongRoPE and {} "
-                 "has no GGUF form llama.cpp reads", checkpoint_path, attention_extras(c));
+  // llama.cpp's phi3 graph is a plain Llama's besides LongRoPE and partial RoPE, and reads
+  // attn_qkv as [hidden, hidden + 2 kv widths] (a Minitron head pruning makes the q part narrower).
+  CONDENSE_CHECK(k.arch != "phi3" || attention_extras(c).empty(), "{}: a model with LongRoPE or "
+                 "partial RoPE and {} has no GGUF form llama.cpp reads", checkpoint_path, attention_extras(c));
   CONDENSE_CHECK(k.arch != "phi3" || c.num_attention_heads * c.head_size() == c.hidden_size, "{}: a "
-                 "LongRoPE (phi3) model whose heads are not hidden_size / num_attention_heads wide "
+                 "phi3 model (LongRoPE or partial RoPE) whose heads are not hidden_size / num_attention_heads wide "
                  "(head_dim {}, {} heads, hidden {}) has no GGUF form llama.cpp reads; export to "
                  "Hugging Face keeps it", checkpoint_path, c.head_size(), c.num_attention_heads,
                  c.hidden_size);
@@ -220,7 +221,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   w.add_u32(k("embedding_length"), u32(c.hidden_size));
   w.add_u32(k("block_count"), u32(c.num_hidden_layers));
   w.add_u32(k("feed_forward_length"), u32(c.intermediate_size));
-  w.add_u32(k("rope.dimension_count"), u32(c.head_size()));
+  w.add_u32(k("rope.dimension_count"), u32(c.rotary_dim()));
   w.add_u32(k("attention.head_count"), u32(c.num_attention_heads));
   w.add_u32(k("attention.head_count_kv"), u32(c.kv_heads()));
   w.add_u32(k("attention.key_length"), u32(c.head_size()));
@@ -234,7 +235,9 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     w.add_f32(k("rope.scaling.factor"), static_cast<float>(c.rope_scaling.factor));
   }
   if (k.arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel writes them
-    w.add_u32(k("rope.scaling.original_context_length"), u32(c.rope_scaling.original_max_position_embeddings));
+    const bool longrope = c.rope_scaling.type == "longrope";
+    w.add_u32(k("rope.scaling.original_context_length"),
+              u32(longrope ? c.rope_scaling.original_max_position_embeddings : c.max_position_embeddings));
     w.add_f32(k("rope.scaling.attn_factor"), static_cast<float>(c.rope_scaling.attention_factor));
     w.add_u32(k("attention.sliding_window"), 0);  // none
   }
@@ -248,24 +251,11 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
 
   at::NoGradGuard no_grad;
   uint64_t weight_bytes = 0;
-  const auto params = model->named_parameters();
-  for (const auto& p : params) {
-    std::string name = p.key();
-    at::Tensor t = p.value().detach().to(at::kFloat).contiguous();
-    if (k.arch == "phi3") {  // fused as phi3 keeps them: written at q and at gate, with their parts
-      if (std::optional<FusedRows> f = fused_rows(name, c)) {
-        if (f->begin != 0) continue;  // k, v, up: inside the fused tensor already written
-        const bool attn = f->fused.find("qkv_proj") != std::string::npos;
-        std::vector<at::Tensor> parts;
-        for (const char* part : attn ? std::vector<const char*>{"q", "k", "v"} : std::vector<const char*>{"gate", "up"}) {
-          const std::string part_name = std::regex_replace(name, std::regex(attn ? R"(\.q_proj\.)" : R"(\.gate_proj\.)"),
-                                                           std::string(".") + part + "_proj.");
-          parts.push_back(params[part_name].detach().to(at::kFloat));
-        }
-        t = at::cat(parts).contiguous();
-        name = f->fused;
-      }
-    }
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  for (const auto& p : model->named_parameters()) params.emplace_back(p.key(), p.value().detach());
+  if (k.arch == "phi3") params = fuse_projections(params, c);  // fused as phi3 keeps them
+  for (auto& [name, weight] : params) {
+    at::Tensor t = weight.to(at::kFloat).contiguous();
     if (k.permutes_qk() && is_q(name)) t = permute_qk_for_gguf(t, c.num_attention_heads);
     if (k.permutes_qk() && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;

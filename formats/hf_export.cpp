@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <optional>
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_shards.h"
+#include "formats/fused_projections.h"
 #include "text/tokenizer.h"
 #include "formats/inference_model.h"
 #include "text/bpe_tokenizer.h"
@@ -25,6 +27,41 @@ at::ScalarType parse_export_dtype(const std::string& name) {
   if (name == "bf16") return at::kBFloat16;
   fail("unknown dtype '{}' (valid: f32, f16, bf16)", name);
 }
+
+namespace {
+
+// A Phi3ForCausalLM's config.json (to_hf_json writes one for partial rotary embeddings):
+// Phi3Config accepts a rope_scaling of exactly type, short_factor and long_factor and derives the
+// attention factor from max_position_embeddings / original_max_position_embeddings, so the
+// context the attention factor was derived from is recovered (condense capped its own at the
+// original length) and written; an attention factor no context gives is refused.
+void phi3_rope_scaling(nlohmann::json& config, const LlamaConfig& c, const std::string& checkpoint_path) {
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type != "longrope") return;
+  CONDENSE_CHECK(c.num_attention_heads * c.head_size() == c.hidden_size, "{}: Phi3Config counts "
+                 "LongRoPE's factors from hidden_size / num_attention_heads, which is not head_dim {} "
+                 "here; this model has no Phi3ForCausalLM form", checkpoint_path, c.head_size());
+  const int64_t original = rs.original_max_position_embeddings;
+  int64_t context = original;
+  if (rs.attention_factor != 1.0) {
+    // attention_factor = sqrt(1 + ln(context / original) / ln(original)), solved for context.
+    const double guess = std::exp((rs.attention_factor * rs.attention_factor - 1) *
+                                  std::log(static_cast<double>(original))) * static_cast<double>(original);
+    context = 0;
+    for (int64_t n = std::llround(guess) - 2; n <= std::llround(guess) + 2 && context == 0; ++n)
+      if (n > original && longrope_attention_factor(static_cast<double>(n) / static_cast<double>(original),
+                                                    original) == rs.attention_factor)
+        context = n;
+    CONDENSE_CHECK(context > 0, "{}: LongRoPE's attention factor {} is not the one Phi3Config derives "
+                   "for any context over the original {}; this model has no Phi3ForCausalLM form",
+                   checkpoint_path, rs.attention_factor, original);
+  }
+  config["rope_scaling"] = {{"type", "longrope"}, {"short_factor", rs.short_factor},
+                            {"long_factor", rs.long_factor}};
+  config["max_position_embeddings"] = context;
+}
+
+}  // namespace
 
 std::vector<std::pair<std::string, at::Tensor>> hf_state_dict(LlamaForCausalLM& model) {
   std::vector<std::pair<std::string, at::Tensor>> out;
@@ -56,10 +93,15 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
   try {
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (auto& [name, t] : hf_state_dict(model)) {
-      tensors.emplace_back(name, t.to(dtype).contiguous());
-      st.bytes_written += tensors.back().second.nbytes();
+    nlohmann::json config = to_hf_json(c);
+    // Phi3ForCausalLM (partial rotary embeddings) keeps q/k/v and gate/up fused.
+    const bool phi3 = config["model_type"] == "phi3";
+    if (phi3) phi3_rope_scaling(config, c, checkpoint_path);
+    std::vector<std::pair<std::string, at::Tensor>> tensors = hf_state_dict(model);
+    if (phi3) tensors = fuse_projections(tensors, c);
+    for (auto& [name, t] : tensors) {
+      t = t.to(dtype).contiguous();
+      st.bytes_written += t.nbytes();
     }
     st.files = write_safetensors_shards(tmp.string(), tensors, max_shard_bytes);
     if (!kv.method.empty()) {
@@ -69,7 +111,6 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
       st.files.insert(st.files.end(), {"kv_compression.safetensors", "kv_compression.json"});
     }
 
-    nlohmann::json config = to_hf_json(c);
     config["torch_dtype"] = dtype == at::kFloat ? "float32" : dtype == at::kHalf ? "float16" : "bfloat16";
     write_text_atomically((tmp / "config.json").string(), config.dump(2) + "\n");
     nlohmann::json gen = {{"_from_model_config", true}, {"bos_token_id", c.bos_token_id},

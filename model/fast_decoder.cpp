@@ -108,15 +108,16 @@ at::Tensor FastDecoder::step(int64_t id) {
   const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
   const int64_t group = heads / kv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const float* cos = cos_.data_ptr<float>() + pos * d;
-  const float* sin = sin_.data_ptr<float>() + pos * d;
+  const int64_t rotary = config_.rotary_dim();  // the rotated channels at the front of each head
+  const float* cos = cos_.data_ptr<float>() + pos * rotary;
+  const float* sin = sin_.data_ptr<float>() + pos * rotary;
   float rstd = 0;  // RMSNorm's per-row scale, unused here
   const float eps = static_cast<float>(config_.rms_norm_eps);
   auto rms_norm = [&](const at::Tensor& weight) {
     fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden, eps);
   };
   auto rope = [&](float* v, int64_t count) {  // in place, one head vector at a time
-    for (int64_t h = 0; h < count; ++h) fused::rope_row_forward(v + h * d, v + h * d, cos, sin, d / 2);
+    for (int64_t h = 0; h < count; ++h) fused::rope_row_forward(v + h * d, v + h * d, cos, sin, rotary / 2);
   };
 
   std::memcpy(x_.data(), embed_.data_ptr<float>() + id * hidden, hidden * sizeof(float));

@@ -29,6 +29,11 @@ void LlamaConfig::finalize() {
     head_dim = hidden_size / num_attention_heads;
   }
   CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
+  CONDENSE_CHECK(partial_rotary_factor > 0 && partial_rotary_factor <= 1 && rotary_dim() >= 2 &&
+                     rotary_dim() % 2 == 0,
+                 "model.partial_rotary_factor {} rotates {} of head_dim {} channels; expected a "
+                 "fraction in (0, 1] that rotates an even count of at least 2", partial_rotary_factor,
+                 rotary_dim(), head_dim);
   CONDENSE_CHECK(rms_norm_eps > 0 && rope_theta > 0, "model.rms_norm_eps and rope_theta must be > 0");
   CONDENSE_CHECK(max_position_embeddings > 0, "model.max_position_embeddings must be positive");
   const RopeScaling& rs = rope_scaling;
@@ -42,9 +47,9 @@ void LlamaConfig::finalize() {
                  rs.high_freq_factor, rs.original_max_position_embeddings);
   if (rs.type == "longrope") {
     for (const auto* factors : {&rs.short_factor, &rs.long_factor}) {
-      CONDENSE_CHECK(static_cast<int64_t>(factors->size()) == head_dim / 2, "rope_scaling (longrope) "
-                     "needs {} factors each (one per frequency of head_dim {}), got {}", head_dim / 2,
-                     head_dim, factors->size());
+      CONDENSE_CHECK(static_cast<int64_t>(factors->size()) == rotary_dim() / 2, "rope_scaling "
+                     "(longrope) needs {} factors each (one per frequency of the {} rotated channels), "
+                     "got {}", rotary_dim() / 2, rotary_dim(), factors->size());
       for (double f : *factors)
         CONDENSE_CHECK(std::isfinite(f) && f > 0, "rope_scaling (longrope) factor {} is not positive", f);
     }
@@ -71,6 +76,9 @@ void LlamaConfig::finalize() {
   }
   CONDENSE_CHECK(no_rope_layers.empty() || !(qkv_bias || qk_norm), "a model with layers without "
                  "RoPE (SmolLM3) and {} has no Hugging Face architecture", qkv_bias ? "q/k/v biases" : "q/k norms");
+  CONDENSE_CHECK(rotary_dim() == head_dim || (!qkv_bias && !qk_norm && no_rope_layers.empty()),
+                 "a model with partial_rotary_factor {} (Phi3ForCausalLM) and {} has no Hugging Face "
+                 "architecture", partial_rotary_factor, attention_extras(*this));
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -145,6 +153,18 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["use_sliding_window"] = false;
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
+  } else if (c.rotary_dim() != c.head_size()) {
+    // Phi-3's config: its attention rotates the first partial_rotary_factor of each head (the
+    // weights go fused, as formats/hf_export.cpp writes them). Phi3Config's own defaults for
+    // the rest: no sliding window, no dropout.
+    j["architectures"] = {"Phi3ForCausalLM"};
+    j["model_type"] = "phi3";
+    j["partial_rotary_factor"] = c.partial_rotary_factor;
+    j["sliding_window"] = nullptr;
+    j["original_max_position_embeddings"] = c.max_position_embeddings;
+    j["resid_pdrop"] = 0.0;
+    j["embd_pdrop"] = 0.0;
+    j["attention_bias"] = false;
   } else {
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
@@ -276,6 +296,12 @@ void complete_longrope(const nlohmann::json& j, LlamaConfig& c, bool phi3, const
 
 }  // namespace
 
+double partial_rotary_factor_for(int64_t rotary, int64_t head_dim) {
+  double f = static_cast<double>(rotary) / static_cast<double>(head_dim);
+  while (static_cast<int64_t>(static_cast<double>(head_dim) * f) < rotary) f = std::nextafter(f, 2.0);
+  return f;
+}
+
 double longrope_attention_factor(double factor, int64_t original) {
   return factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(static_cast<double>(original)));
 }
@@ -294,10 +320,6 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   // Phi3Config's defaults, and LongRoPE in its long-context versions; exported back as a Llama.
   const bool phi3 = model_type == "phi3";
   if (phi3) {
-    double rotary = 1.0;
-    read_field(j, "partial_rotary_factor", rotary, false, source);
-    CONDENSE_CHECK(rotary == 1.0, "{}: partial_rotary_factor {} is not supported (RoPE over whole "
-                   "heads only)", source, rotary);
     for (const char* key : {"resid_pdrop", "embd_pdrop"})
       if (j.contains(key) && j[key].is_number() && j[key].get<double>() != 0.0)
         spdlog::warn("{}: {} is {}; condense trains without that dropout", source, key, j[key].dump());
@@ -336,6 +358,9 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.rms_norm_eps = phi3 ? 1e-5 : 1e-6;  // Phi3Config's default differs
   read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
   read_field(j, "rope_theta", c.rope_theta, false, source);
+  // Phi-3's attention rotates the first partial_rotary_factor of each head (Phi-4-mini: 0.75);
+  // the other families' transformers code rotates whole heads whatever the key says.
+  if (phi3) read_field(j, "partial_rotary_factor", c.partial_rotary_factor, false, source);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], phi3, source);
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default

@@ -25,7 +25,7 @@ struct RopeScaling {
   double low_freq_factor = 1.0;                      // llama3
   double high_freq_factor = 4.0;                     // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3, longrope
-  std::vector<double> short_factor, long_factor;    // longrope: one per frequency (head_dim / 2)
+  std::vector<double> short_factor, long_factor;    // longrope: one per frequency (rotary_dim / 2)
   double attention_factor = 1.0;                    // longrope
   bool operator==(const RopeScaling& o) const {
     return type == o.type && factor == o.factor && low_freq_factor == o.low_freq_factor &&
@@ -46,6 +46,12 @@ struct LlamaConfig {
   int64_t head_dim = 0;             // 0: hidden_size / num_attention_heads
   double rms_norm_eps = 1e-5;
   double rope_theta = 10000.0;
+  // RoPE rotates the first rotary_dim() = int(head_dim * partial_rotary_factor) channels of each
+  // query and key head (rotate-half pairs within them) and passes the rest through unrotated:
+  // Hugging Face's name and rounding (Phi-4-mini: 0.75; llama.cpp's rope.dimension_count).
+  // A model with it is written to config.json as Phi3ForCausalLM, the Llama-shaped family whose
+  // transformers code applies it.
+  double partial_rotary_factor = 1.0;
   int64_t max_position_embeddings = 2048;
   bool tie_word_embeddings = false;
   double initializer_range = 0.02;
@@ -80,6 +86,9 @@ struct LlamaConfig {
   void finalize();
   int64_t kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  int64_t rotary_dim() const {
+    return static_cast<int64_t>(static_cast<double>(head_size()) * partial_rotary_factor);
+  }
   bool uses_rope(int64_t layer) const {
     return no_rope_layers.empty() || no_rope_layers.at(static_cast<size_t>(layer)) != 0;
   }
@@ -90,7 +99,8 @@ struct LlamaConfig {
 // Phi3ForCausalLM read as the Llamas they are, Qwen3ForCausalLM and SmolLM3ForCausalLM) <->
 // LlamaConfig; a model with qkv_bias
 // is written as Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM, one with NoPE layers as
-// SmolLM3ForCausalLM.
+// SmolLM3ForCausalLM, one with partial_rotary_factor < 1 as Phi3ForCausalLM (whose weights
+// formats/hf_export.cpp writes fused).
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;
 // `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);
@@ -98,6 +108,10 @@ nlohmann::json to_hf_json(const LlamaConfig& c);
 // (Qwen3)", "layers without RoPE (SmolLM3)", or "" for a plain Llama.
 std::string attention_extras(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);
+
+// The partial_rotary_factor that rotates `rotary` of `head_dim` channels: rotary / head_dim,
+// raised to the next double where int(head_dim * factor) would round below `rotary`.
+double partial_rotary_factor_for(int64_t rotary, int64_t head_dim);
 
 // LongRoPE's attention factor for a context `factor` times its original length `original`, as
 // transformers and llama.cpp's converter derive it: sqrt(1 + ln(factor) / ln(original)), 1 for

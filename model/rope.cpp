@@ -8,14 +8,14 @@
 
 namespace condense {
 
-Rope::Rope(int64_t head_dim, double theta, RopeScaling scaling)
-    : head_dim_(head_dim), theta_(theta), scaling_(std::move(scaling)) {}
+Rope::Rope(int64_t dim, double theta, RopeScaling scaling)
+    : dim_(dim), theta_(theta), scaling_(std::move(scaling)) {}
 
 at::Tensor Rope::inv_freq() const {
   auto f32 = at::TensorOptions().dtype(at::kFloat);
   // As transformers: 1 / base ** (arange(0, d, 2, int64).float() / d).
-  at::Tensor exponent = at::arange(0, head_dim_, 2, at::TensorOptions().dtype(at::kLong))
-                            .to(at::kFloat) / static_cast<double>(head_dim_);
+  at::Tensor exponent = at::arange(0, dim_, 2, at::TensorOptions().dtype(at::kLong))
+                            .to(at::kFloat) / static_cast<double>(dim_);
   const RopeScaling& s = scaling_;
   if (s.type == "longrope") {
     // transformers _compute_longrope_parameters, the short factors: 1 / (ext * base ** shape).
@@ -41,7 +41,7 @@ at::Tensor Rope::inv_freq() const {
 }
 
 std::vector<float> Rope::freq_factors() const {
-  const at::Tensor ratio = (Rope(head_dim_, theta_).inv_freq() / inv_freq()).contiguous();
+  const at::Tensor ratio = (Rope(dim_, theta_).inv_freq() / inv_freq()).contiguous();
   return std::vector<float>(ratio.data_ptr<float>(), ratio.data_ptr<float>() + ratio.numel());
 }
 
@@ -60,6 +60,9 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
 }
 
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t dim = cos.size(-1), head = x.size(-1);
+  if (dim < head)  // partial rotary: the rotated channels, then the rest unchanged
+    return at::cat({apply_rope(x.narrow(-1, 0, dim), cos, sin), x.narrow(-1, dim, head - dim)}, -1);
   const bool fusable = x.dim() == 4 && x.size(-1) % 2 == 0 && cos.dim() == 2 &&
                        cos.size(0) == x.size(2) && cos.size(1) == x.size(3) &&
                        sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat &&

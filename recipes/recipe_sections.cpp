@@ -25,6 +25,7 @@ SectionBinding model_section(LlamaConfig& m) {
            bind_int("head_dim", m.head_dim, at_least(0)),
            bind_real("rms_norm_eps", m.rms_norm_eps, positive()),
            bind_real("rope_theta", m.rope_theta, positive()),
+           bind_real("partial_rotary_factor", m.partial_rotary_factor, unit_interval()),
            bind_int("max_position_embeddings", m.max_position_embeddings, positive()),
            bind_bool("tie_word_embeddings", m.tie_word_embeddings),
            bind_real("initializer_range", m.initializer_range, at_least(0)),

@@ -161,6 +161,9 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   LlamaConfig smollm3 = config(4, 2, true);  // layer 1 without RoPE
   smollm3.no_rope_layers = {1, 0};
   compare_steps(smollm3, 17);
+  LlamaConfig phi4 = config(4, 2, true, 16);  // RoPE over the first 12 of 16 channels (Phi-4-mini's 0.75)
+  phi4.partial_rotary_factor = 0.75;
+  compare_steps(phi4, 18);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

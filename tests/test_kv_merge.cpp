@@ -1,8 +1,9 @@
 // Tests for KV-head merging (compressors/kv_merge.h) on tiny random models:
 //   - closed form: when the heads of a group are related by maps the merge can represent (keys:
-//     a complex scale per RoPE frequency pair, which commutes with RoPE; values: any d x d map),
-//     the svd merge reproduces the original model's logits at every position (so RoPE is
-//     respected), while mean pooling does not;
+//     a complex scale per RoPE frequency pair, which commutes with RoPE, and a real one per
+//     channel RoPE passes through with a partial_rotary_factor; values: any d x d map), the svd
+//     merge reproduces the original model's logits at every position (so RoPE is respected),
+//     while mean pooling does not;
 //   - mean pooling is the mean of the group's K/V rows with q/o and every other tensor unchanged;
 //   - on a generic model the svd merge is no worse than mean pooling (KL to the original);
 //   - the Gram matrices calibration records are X^T X;
@@ -13,6 +14,7 @@
 #include <torch/torch.h>
 
 #include <regex>
+#include <tuple>
 
 #include "compressors/calibration.h"
 #include "compressors/kv_merge.h"
@@ -38,10 +40,11 @@ CalibrationStats grams(LlamaForCausalLM& m) {
 }
 
 // Makes every odd KV head a representable image of the even one before it: keys by a complex
-// scale per frequency pair (i, i + d/2), values by a random d x d matrix.
+// scale per frequency pair (i, i + r/2) of the r rotated channels and a real one per other
+// channel, values by a random d x d matrix.
 void make_pairs_mergeable(LlamaForCausalLM& m) {
   const LlamaConfig& c = m->config();
-  const int64_t d = c.head_size(), half = d / 2;
+  const int64_t d = c.head_size(), r = c.rotary_dim(), half = r / 2;
   at::NoGradGuard g;
   auto params = m->named_parameters();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -53,15 +56,19 @@ void make_pairs_mergeable(LlamaForCausalLM& m) {
       at::Tensor re = k0.narrow(0, 0, half), im = k0.narrow(0, half, half);
       k1.narrow(0, 0, half).copy_(a.unsqueeze(1) * re - b.unsqueeze(1) * im);
       k1.narrow(0, half, half).copy_(b.unsqueeze(1) * re + a.unsqueeze(1) * im);
+      if (r < d) k1.narrow(0, r, d - r).copy_(at::randn({d - r, 1}) * k0.narrow(0, r, d - r));
       wv.narrow(0, (h + 1) * d, d).copy_(at::matmul(at::randn({d, d}), wv.narrow(0, h * d, d)));
     }
   }
 }
 
 TEST(KVMerge, SvdMergeOfRepresentableHeadsKeepsLogitsAtEveryPosition) {
-  for (auto [heads, kv] : {std::pair<int64_t, int64_t>{4, 4}, {8, 4}}) {
+  for (auto [heads, kv, rotary] : {std::tuple<int64_t, int64_t, double>{4, 4, 1.0}, {8, 4, 1.0}, {4, 4, 0.5}}) {
     at::manual_seed(3);
-    LlamaForCausalLM m(tiny(heads, kv));
+    LlamaConfig config = tiny(heads, kv);
+    config.partial_rotary_factor = rotary;  // 0.5: RoPE over half of each head (Phi-4-mini's kind)
+    config.finalize();
+    LlamaForCausalLM m(config);
     make_pairs_mergeable(m);
     at::Tensor ids = at::randint(0, 61, {2, 24}, at::kLong);
     at::Tensor ref = test::eval_logits(m, ids);
@@ -69,7 +76,8 @@ TEST(KVMerge, SvdMergeOfRepresentableHeadsKeepsLogitsAtEveryPosition) {
     LlamaForCausalLM svd = merge_kv_heads(m, {kv / 2, "svd"}, &st);
     EXPECT_EQ(svd->config().kv_heads(), kv / 2);
     EXPECT_EQ(svd->config().num_attention_heads, heads);
-    EXPECT_LT((test::eval_logits(svd, ids) - ref).abs().max().item<double>(), 2e-5) << heads << "/" << kv;
+    EXPECT_LT((test::eval_logits(svd, ids) - ref).abs().max().item<double>(), 2e-5)
+        << heads << "/" << kv << " rotary " << rotary;
     LlamaForCausalLM mean = merge_kv_heads(m, {kv / 2, "mean"}, nullptr);
     EXPECT_GT((test::eval_logits(mean, ids) - ref).abs().max().item<double>(), 1e-2);
     // The source model is unchanged.

@@ -137,6 +137,42 @@ TEST(Rope, ClosedForm) {
   EXPECT_NEAR(dot_at(5, 2), dot_at(13, 10), 1e-5);
 }
 
+// Partial rotary embeddings (Phi-4-mini): the first `dim` channels of each head rotate as a
+// head of that width would, the rest pass through, in the composite and the fused path alike.
+TEST(Rope, PartialRotationLeavesTheTailAndRotatesTheFront) {
+  Rope rope(4, 10000.0);
+  auto [cos, sin] = rope.cos_sin(3, 5, at::kCPU);
+  ASSERT_EQ(cos.size(1), 4);
+  at::Tensor x = at::randn({2, 3, 5, 6});
+  for (bool fused : {true, false}) {
+    const at::Tensor y = fused ? apply_rope(x, cos, sin) : apply_rope(x.to(at::kDouble), cos, sin);
+    EXPECT_TRUE(at::allclose(y.narrow(-1, 4, 2).to(at::kFloat), x.narrow(-1, 4, 2)));
+    const at::Tensor front = apply_rope(x.narrow(-1, 0, 4).contiguous(), cos, sin);
+    EXPECT_TRUE(at::allclose(y.narrow(-1, 0, 4).to(at::kFloat), front, 1e-5, 1e-6)) << fused;
+  }
+  // The backward passes the tail's gradient through and rotates the front's back.
+  at::Tensor xg = x.clone().requires_grad_(true);
+  apply_rope(xg, cos, sin).pow(2).sum().backward();
+  EXPECT_TRUE(at::allclose(xg.grad(), 2 * x, 1e-4, 1e-5));  // a rotation keeps the squared norm
+  LlamaConfig c;
+  c.vocab_size = 10;
+  c.hidden_size = 32;
+  c.num_attention_heads = 2;  // head_dim 16
+  c.partial_rotary_factor = 0.75;
+  c.finalize();
+  EXPECT_EQ(c.rotary_dim(), 12);
+  EXPECT_EQ(Rope(c).cos_sin(0, 2, at::kCPU).first.size(1), 12);
+  c.partial_rotary_factor = 0.7;  // int(16 * 0.7) = 11: odd, no pairs
+  EXPECT_THROW(c.finalize(), Error);
+  c.partial_rotary_factor = 0.0;
+  EXPECT_THROW(c.finalize(), Error);
+  // The factor for a rotated count rounds as transformers' int(head_dim * factor) expects.
+  for (int64_t head : {6, 10, 80, 96, 100, 128, 160})
+    for (int64_t r = 2; r <= head; r += 2)
+      EXPECT_EQ(static_cast<int64_t>(static_cast<double>(head) * partial_rotary_factor_for(r, head)), r)
+          << r << " of " << head;
+}
+
 TEST(Rope, ScalingAsTransformersComputesIt) {
   // Llama 3.1's parameters at its head width: frequencies with wavelength under 8192 / 4 kept,
   // over 8192 / 1 divided by 8, blended between; freq_factors() (llama.cpp's rope_freqs) is the
@@ -233,9 +269,26 @@ TEST(LlamaConfig, Phi3LongRopeUsesTheShortFactorsUpToTheOriginalLength) {
   j["rope_scaling"]["short_factor"] = {1.0, 2.0};
   EXPECT_THROW(from_hf_json(j, "config.json"), Error);
   j["rope_scaling"]["short_factor"] = {1.0, 1.5, 2.0, 3.0};
-  j["partial_rotary_factor"] = 0.75;
-  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  // Phi-4-mini's partial rotary embeddings: the factors count the rotated channels' frequencies.
+  j["partial_rotary_factor"] = 0.5;
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);  // 4 factors for 2 frequencies
+  for (const char* key : {"short_factor", "long_factor"}) j["rope_scaling"][key] = {1.0, 2.0};
+  LlamaConfig partial = from_hf_json(j, "config.json");
+  EXPECT_EQ(partial.rotary_dim(), 4);
+  EXPECT_EQ(Rope(partial).inv_freq().numel(), 2);
+  const nlohmann::json written = to_hf_json(partial);  // a Phi-3 (transformers' Llama rotates whole heads)
+  EXPECT_EQ(written["model_type"], "phi3");
+  EXPECT_EQ(written["partial_rotary_factor"], 0.5);
+  const LlamaConfig again = from_hf_json(written, "config.json");
+  EXPECT_EQ(to_hf_json(again), written);
+  EXPECT_EQ(again.rotary_dim(), 4);
+  EXPECT_EQ(again.rope_scaling, partial.rope_scaling);
+  nlohmann::json llama_key = written;  // other families' code rotates whole heads: key ignored
+  llama_key["model_type"] = "llama";
+  llama_key.erase("rope_scaling");
+  EXPECT_EQ(from_hf_json(llama_key, "config.json").rotary_dim(), 8);
   j.erase("partial_rotary_factor");
+  for (const char* key : {"short_factor", "long_factor"}) j["rope_scaling"][key] = {1.0, 1.5, 2.0, 3.0};
   j["sliding_window"] = 32;  // Phi-3-mini-4k's window (2047) below the context: capped there
   EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 32);
   // Without the top-level original length a Phi3Config has its default, 4096.

@@ -240,6 +240,7 @@ TEST(RecipeErrors, RangesNameKeyAndRange) {
   expect_parse_error("model:\n  rms_norm_eps: 0\n", {"'model.rms_norm_eps' must be > 0"});
   expect_parse_error("model:\n  rope_theta: -1\n", {"'model.rope_theta' must be > 0"});
   expect_parse_error("model:\n  attention_dropout: 1\n", {"'model.attention_dropout' must be in [0, 1)"});
+  expect_parse_error("model:\n  partial_rotary_factor: 0\n", {"'model.partial_rotary_factor' must be in (0, 1]"});
   // Zero means "derived" for these model sizes.
   RunConfig c = parse_recipe("model:\n  vocab_size: 0\n  num_key_value_heads: 0\n  head_dim: 0\n", "r");
   EXPECT_EQ(c.model.head_dim, 0);
@@ -279,6 +280,7 @@ TEST(RecipeYaml, RoundTrip) {
   c.model.rope_theta = 500000.0;
   c.model.initializer_range = 1.0 / 3.0;
   c.model.tie_word_embeddings = true;
+  c.model.partial_rotary_factor = 0.75;
   c.data.corpus = "dir";
   c.data.path = "123";
   c.data.val_fraction = 0.1;
@@ -293,6 +295,7 @@ TEST(RecipeYaml, RoundTrip) {
   EXPECT_NE(text.find("weight_decay: 0.1\n"), std::string::npos) << text;
   EXPECT_NE(text.find("rms_norm_eps: 1.0e-05\n"), std::string::npos) << text;
   EXPECT_NE(text.find("rope_theta: 500000.0\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("partial_rotary_factor: 0.75\n"), std::string::npos) << text;
   RunConfig back = parse_recipe(text, "resolved.yaml");
   EXPECT_EQ(to_yaml(back), text);
   EXPECT_EQ(back.name, c.name);

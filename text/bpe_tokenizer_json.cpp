@@ -19,12 +19,15 @@ namespace {
 
 using Json = nlohmann::json;
 
-// The regexes Llama 3 and Qwen2 write in their tokenizer.json Split pre-tokenizer (llama.cpp
+// The regexes Llama 3, Qwen2 and GPT-4o write in their tokenizer.json Split pre-tokenizer (llama.cpp
 // runs its ASCII-case rewrite of them; see pretokenizer.cpp).
 constexpr const char* kLlama3Split =
     R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
 constexpr const char* kQwen2Split =
     R"re((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
+// GPT-4o's (o200k_base), as Phi-4-mini's tokenizer.json writes it.
+constexpr const char* kGpt4oSplit =
+    R"re([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
 
 std::string brief(const Json& j) {
   std::string s = j.dump();
@@ -54,6 +57,7 @@ std::string pre_tokenizer_name(const Json& p) {
     const std::string re = first["pattern"]["Regex"].get<std::string>();
     if (re == kLlama3Split) return "llama-bpe";
     if (re == kQwen2Split) return "qwen2";
+    if (re == kGpt4oSplit) return "gpt-4o";
   }
   return "";
 }
@@ -175,7 +179,7 @@ BpeTokenizer BpeTokenizer::from_tokenizer_json(const std::string& path) {
         !v.pre_tokenizer.empty(),
         "{}: tokenizer.json pre_tokenizer {} is not one condense knows (known: ByteLevel = gpt2, "
         "Digits + ByteLevel = smollm, Split(Llama 3 regex) + ByteLevel = llama-bpe, "
-        "Split(Qwen2 regex) + ByteLevel = qwen2)",
+        "Split(Qwen2 regex) + ByteLevel = qwen2, Split(GPT-4o regex) + ByteLevel = gpt-4o)",
         path, brief(pre));
     if (root.contains("decoder") && !root["decoder"].is_null()) {
       const std::string d = root["decoder"].value("type", "");
@@ -296,7 +300,10 @@ Json pre_tokenizer_json(const std::string& name) {
   if (name == "smollm")
     return {{"type", "Sequence"},
             {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, byte_level(true)}}};
-  const char* re = name == "llama-bpe" ? kLlama3Split : name == "qwen2" ? kQwen2Split : nullptr;
+  const char* re = name == "llama-bpe" ? kLlama3Split
+                   : name == "qwen2"   ? kQwen2Split
+                   : name == "gpt-4o"  ? kGpt4oSplit
+                                       : nullptr;
   CONDENSE_CHECK(re != nullptr, "tokenizer.json: no Hugging Face form for pre-tokenizer '{}'", name);
   Json split = {{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"},
                 {"invert", false}};

@@ -23,6 +23,16 @@ constexpr const char* kLlama3 =
 constexpr const char* kQwen2 =
     R"re((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
 
+// GPT-4o's (tiktoken's o200k_base; Phi-4-mini, Llama 4): a word is an optional non-letter
+// lead, then upper/titlecase letters and marks followed by lowercase ones (or the reverse), so
+// "HelloWorld" is two pieces, with its English contraction as a suffix; digits in threes;
+// punctuation runs take a following '/' or newlines. As its tokenizer.json writes it, with the
+// contractions' (?i:...) in ASCII case pairs as in kLlama3. (llama.cpp runs a rewrite of it
+// without the \p{Lu}-style classes, for its own regex engine; on tests/python's 3853 texts both
+// give the ids `tokenizers` gives.)
+constexpr const char* kGpt4o =
+    R"re([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)re";
+
 struct Entry {
   const char* name;
   std::vector<std::string> regexes;
@@ -35,6 +45,7 @@ const std::vector<Entry>& table() {
       // Every digit its own piece first (HF: Digits(individual_digits=True)), then GPT-2's.
       {"smollm", {R"re(\p{N})re", kGpt2}},
       {"qwen2", {kQwen2}},
+      {"gpt-4o", {kGpt4o}},
   };
   return t;
 }

@@ -17,7 +17,7 @@ namespace condense {
 
 class Pretokenizer {
  public:
-  // The pre-tokenizer called `name` ("gpt2", "llama-bpe", "smollm", "qwen2"); any other name
+  // The pre-tokenizer called `name` ("gpt2", "llama-bpe", "smollm", "qwen2", "gpt-4o"); any other name
   // is an error listing these.
   static Pretokenizer by_name(const std::string& name);
   static std::vector<std::string> names();

