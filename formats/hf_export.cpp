@@ -140,6 +140,17 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
       tcfg["clean_up_tokenization_spaces"] = false;
       tcfg["model_max_length"] = c.max_position_embeddings;
       tcfg["sp_model_kwargs"] = nlohmann::json::object();
+      // Unknown, control and user-defined pieces as transformers' added tokens (as Llama's own
+      // tokenizer_config.json lists <unk>, <s>, </s>): its slow tokenizer splits text at them
+      // first, so an appended <|end|> is one id there as in condense and llama.cpp.
+      nlohmann::json added = nlohmann::json::object();
+      for (int id = 0; id < tok.vocab_size(); ++id) {
+        const int32_t type = tok.token_type(id);
+        if (type != 2 && type != 3 && type != 4) continue;
+        added[std::to_string(id)] = {{"content", tok.piece(id)}, {"lstrip", false}, {"normalized", false},
+                                     {"rstrip", false}, {"single_word", false}, {"special", type != 4}};
+      }
+      tcfg["added_tokens_decoder"] = added;
       write_text_atomically((tmp / "tokenizer_config.json").string(), tcfg.dump(2) + "\n");
       write_text_atomically((tmp / "special_tokens_map.json").string(), special.dump(2) + "\n");
       st.files.insert(st.files.end(), {"tokenizer.model", "tokenizer_config.json",

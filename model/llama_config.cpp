@@ -402,6 +402,12 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
                    interval);
     if (j.contains("no_rope_layers") && !j["no_rope_layers"].is_null()) {
       read_field(j, "no_rope_layers", c.no_rope_layers, false, source);
+      // transformers reads entry i for layer i: entries past the last layer are never read.
+      if (static_cast<int64_t>(c.no_rope_layers.size()) > layers) {
+        spdlog::warn("{}: no_rope_layers has {} entries for {} layers; the first {} are used, as "
+                     "transformers reads them", source, c.no_rope_layers.size(), layers, layers);
+        c.no_rope_layers.resize(static_cast<size_t>(layers));
+      }
     } else {
       for (int64_t i = 0; i < layers; ++i) c.no_rope_layers.push_back((i + 1) % interval != 0 ? 1 : 0);
     }

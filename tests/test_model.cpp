@@ -455,6 +455,13 @@ TEST(LlamaConfig, SmolLM3ReadsNoRopeLayersAndItsNoPeLayersAttendWithoutRotation)
   EXPECT_EQ(back["architectures"], nlohmann::json({"SmolLM3ForCausalLM"}));
   EXPECT_EQ(back["no_rope_layers"], j["no_rope_layers"]);
   EXPECT_EQ(from_hf_json(back, "config.json").no_rope_layers, c.no_rope_layers);
+  // A longer list: transformers reads entry i for layer i, so the first 8 count; a shorter one
+  // leaves layers without an entry (transformers fails on them): refused.
+  nlohmann::json longer = j;
+  longer["no_rope_layers"] = {0, 1, 1, 1, 1, 1, 1, 0, 0, 0};
+  EXPECT_EQ(from_hf_json(longer, "config.json").no_rope_layers, c.no_rope_layers);
+  longer["no_rope_layers"] = {0, 1, 1};
+  EXPECT_THROW(from_hf_json(longer, "config.json"), Error);
   // Absent keys take SmolLM3Config's defaults (tied embeddings, 4 KV heads, theta 2e6).
   nlohmann::json bare = back;
   for (const char* key : {"tie_word_embeddings", "num_key_value_heads", "rope_theta", "max_position_embeddings"})

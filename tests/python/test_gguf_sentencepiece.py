@@ -250,6 +250,15 @@ def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
     run("score", ckpt, "--text", text, "--json", out)
     positions = json_.loads(out.read_text())["positions"]
     assert n + 4 in [q["id"] for q in positions] + [positions[-1]["next_id"]]
+    # The HF export lists them as added tokens: transformers' slow and fast tokenizers read each
+    # as one id (special: the control pieces), as condense and llama.cpp do.
+    out = tmp_path / "hf_out"
+    run("export", ckpt, out, "--format", "hf")
+    for fast in (False, True):
+        hf_tok = transformers.AutoTokenizer.from_pretrained(str(out), use_fast=fast)
+        for i, (t, special) in enumerate(added):
+            assert hf_tok.encode(f"a{t}b", add_special_tokens=False).count(n + i) == 1, (fast, t)
+            assert hf_tok.added_tokens_decoder[n + i].special == special, (fast, t)
     # A gap after the model's pieces, or a piece the model has: tokenizer.model alone, with a warning.
     for bad, needle in ((n + 7, "without gaps"), (tables(model_bytes)["tokens"][500], "already a piece")):
         wrong = [dict(e) for e in entries]
