@@ -61,15 +61,18 @@ GroupMerge merge_svd(const at::Tensor& wk, const at::Tensor& wv, const at::Tenso
       q_map[j].index_put_({im, im}, a);
     }
   }
-  // Channels RoPE passes through: RoPE commutes with any real map on them, so each merges as a
-  // real coefficient per head, the top eigenvector of that channel's covariance across the heads.
-  for (int64_t i = rotary; i < d; ++i) {
-    at::Tensor top = std::get<1>(at::linalg_eigh(s.select(1, i).select(2, i))).select(1, g - 1).contiguous();
-    for (int64_t j = 0; j < g; ++j) {
-      const double a = top[j].item<double>();
-      k[i].add_(wk3[j][i] * a);
-      q_map[j].index_put_({i, i}, a);
-    }
+  // Channels RoPE passes through (partial_rotary_factor < 1): RoPE commutes with any real map
+  // on them, so they merge as the values do: the merged block is the top (d - rotary)
+  // eigenvectors U of the stacked blocks' covariance applied to them, and member j's queries on
+  // these channels become U_j^T q (U_j: its rows of U), since q . k_j ~ q . U_j k_merged.
+  if (const int64_t p = d - rotary; p > 0) {
+    at::Tensor rows = wk3.narrow(1, rotary, p).reshape({g * p, -1});  // [g*p, hidden]
+    at::Tensor sp = at::matmul(at::matmul(rows, gram), rows.t());
+    sp = (sp + sp.t()) * 0.5;
+    at::Tensor u = std::get<1>(at::linalg_eigh(sp)).narrow(1, g * p - p, p).flip({1});  // [g*p, p]
+    k.narrow(0, rotary, p).copy_(at::matmul(u.t(), rows));
+    for (int64_t j = 0; j < g; ++j)
+      q_map[j].narrow(0, rotary, p).narrow(1, rotary, p).copy_(u.narrow(0, j * p, p).t());
   }
   m.k = k;
   m.q_map = std::move(q_map);

@@ -16,7 +16,8 @@
 //         only approximation is the subspace.
 //
 // RoPE. Keys are rotated after projection, so a merge of key channels is only exact under RoPE
-// when it commutes with every rotation. Writing channel pair (i, i + d/2), the pair RoPE rotates
+// when it commutes with every rotation. Writing channel pair (i, i + r/2) (r = d, or the rotated
+// channels LlamaConfig::rotary_dim() with a partial_rotary_factor), the pair RoPE rotates
 // by one angle in Hugging Face's layout, as one complex number z_i, a rotation multiplies z_i by
 // e^{i theta n}: the same phase for every head. A merge that, per frequency i, maps the g heads'
 // complex values to one complex value (m_i = sum_j c_ji z_ji, and back z_ji ~ m_i conj(c_ji))
@@ -25,7 +26,9 @@
 // cancels). The query of a head over original KV head j absorbs the way back: q'_i = q_i c_ji, a
 // 2x2 rotation-and-scale of each channel pair of its q_proj rows. Values have no RoPE: their
 // merge is the top-d eigenvectors U of the real covariance, v_m = U^T v_cat, and o_proj's
-// columns of a head over original head j become W_o,h U_j.
+// columns of a head over original head j become W_o,h U_j. The d - r channels a partial RoPE
+// leaves unrotated merge the same way as values (any real map commutes with no rotation), their
+// way back folded into the queries' rows of those channels.
 #pragma once
 #include <cstdint>
 #include <string>

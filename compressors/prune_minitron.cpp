@@ -149,15 +149,23 @@ void fit_parameters(LlamaConfig& c, const LlamaConfig& original, const MinitronT
 
 // SmolLM3's per-layer RoPE flags of the kept layers (each layer keeps its own: a NoPE layer
 // was trained without positions); empty for a model with RoPE everywhere.
-std::vector<int64_t> kept_rope_flags(const LlamaConfig& orig, const std::vector<int64_t>& layers) {
-  if (orig.no_rope_layers.empty()) return {};
+std::vector<int64_t> kept_flags(const std::vector<int64_t>& flags, const std::vector<int64_t>& layers) {
+  if (flags.empty()) return {};
   std::vector<int64_t> out;
-  for (int64_t i : layers) out.push_back(orig.no_rope_layers.at(static_cast<size_t>(i)));
+  for (int64_t i : layers) out.push_back(flags.at(static_cast<size_t>(i)));
   return out;
 }
 
+// Each kept layer keeps its own attention (SmolLM3's NoPE layers were trained without
+// positions, a sliding-window layer with its window); empty lists (RoPE everywhere, every layer
+// windowed or none) stay empty.
+void keep_layer_flags(LlamaConfig& c, const LlamaConfig& orig, const std::vector<int64_t>& layers) {
+  c.no_rope_layers = kept_flags(orig.no_rope_layers, layers);
+  c.sliding_window_layers = kept_flags(orig.sliding_window_layers, layers);
+}
+
 // The pruned sizes with every target checked; needs no statistics (a num_hidden_layers target's
-// RoPE flags are those of the first layers here; plan_minitron sets the chosen layers').
+// per-layer flags are those of the first layers here; plan_minitron sets the chosen layers').
 LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target) {
   const int64_t kv = orig.kv_heads();
   LlamaConfig c = orig;
@@ -169,7 +177,7 @@ LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target)
                  c.num_attention_heads, kv);
   const std::vector<int64_t> layers = kept_layers(orig, nullptr, target);
   c.num_hidden_layers = static_cast<int64_t>(layers.size());
-  c.no_rope_layers = kept_rope_flags(orig, layers);
+  keep_layer_flags(c, orig, layers);
   c.hidden_size = resolve("hidden_size", target.hidden_size, orig.hidden_size);
   c.intermediate_size = resolve("intermediate_size", target.intermediate_size,
                                 orig.intermediate_size);
@@ -197,7 +205,7 @@ MinitronPlan plan_minitron(const LlamaConfig& config, const CalibrationStats& st
   plan.original = orig;
   plan.config = pruned_config(orig, target);  // target errors before statistics errors
   plan.layers = kept_layers(orig, &stats, target);
-  plan.config.no_rope_layers = kept_rope_flags(orig, plan.layers);
+  keep_layer_flags(plan.config, orig, plan.layers);
   plan.config.finalize();
   const LlamaConfig& c = plan.config;
   const int64_t heads = c.num_attention_heads;

@@ -30,14 +30,17 @@ std::string decoder_fingerprint(LlamaForCausalLM& decoder) {
 
 namespace {
 
-// The decoder's RoPE (theta, scaling and SmolLM3's NoPE layers, as config.json writes them): the
-// embedding alone does not tell apart the same weights imported with another rope_scaling.
+// The decoder's RoPE and attention pattern (theta, scaling, SmolLM3's NoPE layers, a partial
+// rotary width, sliding windows, as config.json writes them): the embedding alone does not tell
+// apart the same weights imported with another rope_scaling.
 nlohmann::json decoder_rope(const LlamaConfig& c) {
   const nlohmann::json hf = to_hf_json(c);
   nlohmann::json rope = {{"rope_theta", hf["rope_theta"]},
                          {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
-  // SmolLM3's layers without RoPE (only where there are some: older exports stay loadable).
-  if (hf.contains("no_rope_layers")) rope["no_rope_layers"] = hf["no_rope_layers"];
+  // SmolLM3's layers without RoPE, a partial rotary width and sliding windows (only where the
+  // model has them: older exports stay loadable).
+  for (const char* key : {"no_rope_layers", "partial_rotary_factor", "sliding_window", "layer_types"})
+    if (hf.contains(key) && !hf[key].is_null()) rope[key] = hf[key];
   return rope;
 }
 

@@ -217,7 +217,17 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   w.add_u32("general.quantization_version", 2);
   w.add_u32("general.alignment", kGgufDefaultAlignment);
   w.add_u32(k("vocab_size"), u32(c.vocab_size));
-  w.add_u32(k("context_length"), u32(c.max_position_embeddings));
+  // llama.cpp attends to every earlier position in these architectures (its phi3 graph has its
+  // window turned off), which equals a sliding window up to the window's length: the context
+  // written is capped there.
+  int64_t context = c.max_position_embeddings;
+  if (c.sliding_window > 0 && c.sliding_window < context) {
+    spdlog::warn("{}: the model attends within a sliding window of {} positions, which llama.cpp "
+                 "does not apply to {}; the GGUF's context_length is the window, {} (the model's is {})",
+                 checkpoint_path, c.sliding_window, k.arch, c.sliding_window, context);
+    context = c.sliding_window;
+  }
+  w.add_u32(k("context_length"), u32(context));
   w.add_u32(k("embedding_length"), u32(c.hidden_size));
   w.add_u32(k("block_count"), u32(c.num_hidden_layers));
   w.add_u32(k("feed_forward_length"), u32(c.intermediate_size));
@@ -237,7 +247,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   if (k.arch == "phi3") {  // as convert_hf_to_gguf.py's Phi3MiniModel writes them
     const bool longrope = c.rope_scaling.type == "longrope";
     w.add_u32(k("rope.scaling.original_context_length"),
-              u32(longrope ? c.rope_scaling.original_max_position_embeddings : c.max_position_embeddings));
+              u32(longrope ? c.rope_scaling.original_max_position_embeddings : context));
     w.add_f32(k("rope.scaling.attn_factor"), static_cast<float>(c.rope_scaling.attention_factor));
     w.add_u32(k("attention.sliding_window"), 0);  // none
   }

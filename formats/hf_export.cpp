@@ -44,14 +44,20 @@ void phi3_rope_scaling(nlohmann::json& config, const LlamaConfig& c, const std::
   const int64_t original = rs.original_max_position_embeddings;
   int64_t context = original;
   if (rs.attention_factor != 1.0) {
-    // attention_factor = sqrt(1 + ln(context / original) / ln(original)), solved for context.
+    // attention_factor = sqrt(1 + ln(context / original) / ln(original)), solved for context and
+    // checked: the context nearest the solution whose factor is this one, in double precision
+    // (from a config.json) or in float32 (a GGUF's rope.scaling.attn_factor key).
     const double guess = std::exp((rs.attention_factor * rs.attention_factor - 1) *
                                   std::log(static_cast<double>(original))) * static_cast<double>(original);
+    auto matches = [&](int64_t n) {
+      const double f = longrope_attention_factor(static_cast<double>(n) / static_cast<double>(original), original);
+      return f == rs.attention_factor || static_cast<float>(f) == static_cast<float>(rs.attention_factor);
+    };
     context = 0;
-    for (int64_t n = std::llround(guess) - 2; n <= std::llround(guess) + 2 && context == 0; ++n)
-      if (n > original && longrope_attention_factor(static_cast<double>(n) / static_cast<double>(original),
-                                                    original) == rs.attention_factor)
-        context = n;
+    const int64_t nearest = std::llround(guess);
+    for (int64_t step = 0; step <= 2 && context == 0; ++step)
+      for (int64_t n : {nearest - step, nearest + step})
+        if (context == 0 && n > original && matches(n)) context = n;
     CONDENSE_CHECK(context > 0, "{}: LongRoPE's attention factor {} is not the one Phi3Config derives "
                    "for any context over the original {}; this model has no Phi3ForCausalLM form",
                    checkpoint_path, rs.attention_factor, original);

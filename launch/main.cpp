@@ -305,7 +305,16 @@ int cmd_info(const std::string& ckpt_arg) {
           ? fmt::format(", scaling longrope (short factors up to {} positions, attention factor {})",
                         c.rope_scaling.original_max_position_embeddings, c.rope_scaling.attention_factor)
           : ", scaling " + to_hf_json(c)["rope_scaling"].dump();
-  std::cout << fmt::format("rope         theta {}{}\n", c.rope_theta, scaling);
+  const std::string partial = c.rotary_dim() == c.head_size()
+                                  ? std::string()
+                                  : fmt::format(", over {} of {} channels per head", c.rotary_dim(), c.head_size());
+  std::cout << fmt::format("rope         theta {}{}{}\n", c.rope_theta, scaling, partial);
+  if (c.sliding_window > 0) {
+    int64_t windowed = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) windowed += c.window(l) > 0;
+    std::cout << fmt::format("attention    sliding window {} positions in {} of {} layers (context {})\n",
+                             c.sliding_window, windowed, c.num_hidden_layers, c.max_position_embeddings);
+  }
   // What compression left in it: pruning masks and recovery adapters (merged by every command).
   std::cout << fmt::format("masks        {}\n", WeightMasks::from_file(ckpt.file()).describe());
   if (ckpt.file().has("lora/kind")) {

@@ -91,6 +91,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
       kv_heads_(c.kv_heads()),
       head_dim_(c.head_size()),
       dropout_(c.attention_dropout),
+      window_(c.window(layer_index)),
       rope_(c.uses_rope(layer_index)) {
   q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
@@ -141,7 +142,13 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   at::Tensor q = norm_q(q_lin.view({b, t, heads_, head_dim_})).transpose(1, 2);
   q = rope(q, cos, sin);
   const int64_t past = cache ? cache->length() : 0;
+  // Sliding-window attention binds once a query has keys older than the window.
+  const bool sliding = window_ > 0 && past + t > window_;
   at::Tensor k, v;
+  // The latent caches' attention (CSKV) has no window mask.
+  CONDENSE_CHECK(!(latent && sliding), "layer {}: a latent KV cache (CSKV) attends to all {} positions, "
+                 "but this layer's sliding window is {}: keep sequences within the window", layer_,
+                 past + t, window_);
   if (latent) {
     // The cache holds the latents; keys (and values, unless they stay latent) of every
     // position are rebuilt from them.
@@ -193,11 +200,14 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
-  if (past > 0 && t > 1) {
-    // Query i sits at absolute position past + i and sees keys 0 .. past + i.
+  if ((past > 0 && t > 1) || sliding) {
+    // Query i sits at absolute position past + i and sees keys 0 .. past + i, in a sliding
+    // window only the last window_ of them.
     at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
     at::Tensor kpos = at::arange(0, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
-    mask = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
+    at::Tensor visible = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
+    if (sliding) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
+    mask = visible;
     causal = false;
   }
   double p = is_training() ? dropout_ : 0.0;

@@ -4,7 +4,7 @@
 // v_proj, o_proj (biases on q/k/v only with LlamaConfig::qkv_bias: Qwen2's attention), and
 // with LlamaConfig::qk_norm q_norm / k_norm, RMSNorms of each query and key head before RoPE
 // (Qwen3's). A layer LlamaConfig::no_rope_layers marks 0 attends without RoPE (SmolLM3's NoPE
-// layers).
+// layers); a layer LlamaConfig::window() gives a window attends to that many positions only.
 #pragma once
 #include <memory>
 
@@ -88,6 +88,7 @@ class LlamaAttentionImpl : public torch::nn::Module {
   std::string names_[4];  // HF weight names of q, k, v, o
   int64_t layer_, heads_, kv_heads_, head_dim_;
   double dropout_;
+  int64_t window_;  // LlamaConfig::window(layer): 0 attends to every earlier position
   bool rope_;
 };
 TORCH_MODULE(LlamaAttention);

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -147,11 +148,14 @@ at::Tensor FastDecoder::step(int64_t id) {
       std::memcpy(kbuf + (h * cap + pos) * d, k_.data() + h * d, d * sizeof(float));
       std::memcpy(vbuf + (h * cap + pos) * d, v_.data() + h * d, d * sizeof(float));
     }
+    // A sliding-window layer reads only the last `window` positions.
+    const int64_t window = config_.window(static_cast<int64_t>(l));
+    const int64_t first = window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
     at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t g = h / group;
-        decode::attend(q_.data() + h * d, kbuf + g * cap * d, vbuf + g * cap * d,
-                       att_.data() + h * d, scores_.data() + h * cap, d, pos + 1, scale);
+        decode::attend(q_.data() + h * d, kbuf + (g * cap + first) * d, vbuf + (g * cap + first) * d,
+                       att_.data() + h * d, scores_.data() + h * cap, d, pos + 1 - first, scale);
       }
     });
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);

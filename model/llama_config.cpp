@@ -76,6 +76,31 @@ void LlamaConfig::finalize() {
   }
   CONDENSE_CHECK(no_rope_layers.empty() || !(qkv_bias || qk_norm), "a model with layers without "
                  "RoPE (SmolLM3) and {} has no Hugging Face architecture", qkv_bias ? "q/k/v biases" : "q/k norms");
+  CONDENSE_CHECK(sliding_window >= 0, "sliding_window is {}, expected a positive count or 0 (none)",
+                 sliding_window);
+  if (sliding_window == 0) sliding_window_layers.clear();
+  if (!sliding_window_layers.empty()) {
+    CONDENSE_CHECK(static_cast<int64_t>(sliding_window_layers.size()) == num_hidden_layers,
+                   "sliding_window_layers has {} entries for {} layers (one each: 1 windowed, 0 full)",
+                   sliding_window_layers.size(), num_hidden_layers);
+    for (int64_t v : sliding_window_layers)
+      CONDENSE_CHECK(v == 0 || v == 1, "sliding_window_layers holds {}, expected 1 (windowed) or 0 (full)", v);
+    const auto windowed = std::count(sliding_window_layers.begin(), sliding_window_layers.end(), 1);
+    if (windowed == num_hidden_layers) sliding_window_layers.clear();  // every layer: stored empty
+    if (windowed == 0) {
+      sliding_window = 0;
+      sliding_window_layers.clear();
+    }
+  }
+  // Windows on some layers only are written as layer_types, which Qwen2/Qwen3/SmolLM3 configs have.
+  CONDENSE_CHECK(sliding_window_layers.empty() || qkv_bias || qk_norm || !no_rope_layers.empty(),
+                 "a model with a sliding window on some layers only and neither q/k/v biases, q/k "
+                 "norms nor layers without RoPE has no Hugging Face architecture (Mistral and Phi-3 "
+                 "window every layer)");
+  // Phi3ForCausalLM and llama.cpp's phi3 take LongRoPE with partial RoPE, no other scaling.
+  CONDENSE_CHECK(rotary_dim() == head_dim || rope_scaling.type.empty() || rope_scaling.type == "longrope",
+                 "partial_rotary_factor {} with rope_scaling '{}': only LongRoPE (or none) has a Phi-3 "
+                 "form", partial_rotary_factor, rope_scaling.type);
   CONDENSE_CHECK(rotary_dim() == head_dim || (!qkv_bias && !qk_norm && no_rope_layers.empty()),
                  "a model with partial_rotary_factor {} (Phi3ForCausalLM) and {} has no Hugging Face "
                  "architecture", partial_rotary_factor, attention_extras(*this));
@@ -128,19 +153,23 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
       {"eos_token_id", eos},
       {"torch_dtype", "float32"},
   };
-  if (c.qkv_bias) {
+  // The windowed layers as Hugging Face's layer_types.
+  nlohmann::json layer_types = nlohmann::json::array();
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    layer_types.push_back(c.window(i) > 0 ? "sliding_attention" : "full_attention");
+  if (c.qkv_bias || c.qk_norm) {
     // Qwen2's config: its attention has the q/k/v biases built in (no key for them), and
-    // head_dim is read with getattr, so it may stay.
-    j["architectures"] = {"Qwen2ForCausalLM"};
-    j["model_type"] = "qwen2";
-    j["use_sliding_window"] = false;
-  } else if (c.qk_norm) {
-    // Qwen3's config: q_norm / k_norm are built in; attention_bias would put biases on all four
-    // projections, so it is false.
-    j["architectures"] = {"Qwen3ForCausalLM"};
-    j["model_type"] = "qwen3";
-    j["use_sliding_window"] = false;
-    j["attention_bias"] = false;
+    // head_dim is read with getattr, so it may stay. Qwen3's: q_norm / k_norm are built in;
+    // attention_bias would put biases on all four projections, so it is false. Both window the
+    // layers layer_types names, with use_sliding_window.
+    j["architectures"] = {c.qkv_bias ? "Qwen2ForCausalLM" : "Qwen3ForCausalLM"};
+    j["model_type"] = c.qkv_bias ? "qwen2" : "qwen3";
+    j["use_sliding_window"] = c.sliding_window > 0;
+    if (c.qk_norm) j["attention_bias"] = false;
+    if (c.sliding_window > 0) {
+      j["sliding_window"] = c.sliding_window;
+      j["layer_types"] = layer_types;
+    }
   } else if (!c.no_rope_layers.empty()) {
     // SmolLM3's config: the per-layer list (its interval is only the default when the list is
     // absent).
@@ -150,7 +179,11 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     // SmolLM3Config's default pad_token_id is 128004, an embedding row transformers refuses in
     // a smaller vocabulary; condense does not carry it (it changes no probability).
     j["pad_token_id"] = nullptr;
-    j["use_sliding_window"] = false;
+    j["use_sliding_window"] = c.sliding_window > 0;
+    if (c.sliding_window > 0) {  // SmolLM3 masks by layer_types
+      j["sliding_window"] = c.sliding_window;
+      j["layer_types"] = layer_types;
+    }
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
   } else if (c.rotary_dim() != c.head_size()) {
@@ -160,11 +193,19 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["architectures"] = {"Phi3ForCausalLM"};
     j["model_type"] = "phi3";
     j["partial_rotary_factor"] = c.partial_rotary_factor;
-    j["sliding_window"] = nullptr;
+    // Phi3Config's default pad_token_id is 32000, an embedding row transformers refuses in a
+    // smaller vocabulary; condense does not carry it (it changes no probability).
+    j["pad_token_id"] = nullptr;
+    j["sliding_window"] = c.sliding_window > 0 ? nlohmann::json(c.sliding_window) : nlohmann::json();
     j["original_max_position_embeddings"] = c.max_position_embeddings;
     j["resid_pdrop"] = 0.0;
     j["embd_pdrop"] = 0.0;
     j["attention_bias"] = false;
+  } else if (c.sliding_window > 0) {
+    // Mistral's config: Llama's with a window on every layer.
+    j["architectures"] = {"MistralForCausalLM"};
+    j["model_type"] = "mistral";
+    j["sliding_window"] = c.sliding_window;
   } else {
     j["attention_bias"] = false;
     j["mlp_bias"] = false;
@@ -358,45 +399,62 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.rms_norm_eps = phi3 ? 1e-5 : 1e-6;  // Phi3Config's default differs
   read_field(j, "rms_norm_eps", c.rms_norm_eps, false, source);
   read_field(j, "rope_theta", c.rope_theta, false, source);
-  // Phi-3's attention rotates the first partial_rotary_factor of each head (Phi-4-mini: 0.75);
-  // the other families' transformers code rotates whole heads whatever the key says.
-  if (phi3) read_field(j, "partial_rotary_factor", c.partial_rotary_factor, false, source);
+  // Phi-3's attention rotates the first partial_rotary_factor of each head (Phi-4-mini: 0.75).
+  // The other families' transformers code computes the narrower frequencies but rotates whole
+  // heads with them, which fails: refused.
+  read_field(j, "partial_rotary_factor", c.partial_rotary_factor, false, source);
+  CONDENSE_CHECK(phi3 || c.partial_rotary_factor == 1.0, "{}: partial_rotary_factor {} in a '{}' "
+                 "config: transformers' {} attention rotates whole heads (Phi-3's rotates part of "
+                 "them); expected 1 or no key", source, c.partial_rotary_factor, model_type, model_type);
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], phi3, source);
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
   if (phi3) c.max_position_embeddings = 4096;
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   if (c.rope_scaling.type == "longrope") complete_longrope(j, c, phi3, source);
-  // Mistral is Llama with sliding-window attention: a query attends to the previous
-  // sliding_window positions, which up to that many positions is every earlier one. condense
-  // attends to all, so it caps the context at the window (exact there; longer sequences are
-  // refused rather than computed otherwise).
-  // An absent sliding_window is transformers' MistralConfig default, 4096; null is none. Qwen2
-  // and Qwen3 use their window only with use_sliding_window true and a window, and only on the
-  // layers layer_types marks "sliding_attention" (by default those from max_window_layers on, 28
-  // in their configs); capping at it is exact.
+  // Sliding-window attention (LlamaConfig::sliding_window): which layers each family windows.
+  // Mistral windows every layer; an absent sliding_window is transformers' MistralConfig
+  // default, 4096, null none. Phi-3 windows every layer where its sliding_window is set
+  // (Phi3Config's default: none). Qwen2 and Qwen3 use their window only with
+  // use_sliding_window true and a window, and only on the layers layer_types marks
+  // "sliding_attention" (by default those from max_window_layers on, 28 in their configs).
+  int64_t layers = 0;
+  read_field(j, "num_hidden_layers", layers, true, source);
+  CONDENSE_CHECK(layers > 0, "{}: num_hidden_layers is {}, expected a positive count", source, layers);
   const bool null_window = j.contains("sliding_window") && j["sliding_window"].is_null();
-  // Phi-3 windows every layer where its sliding_window is set (Phi3Config's default: none).
-  bool windowed = (model_type == "mistral" && !null_window) ||
-                  (phi3 && j.contains("sliding_window") && !null_window);
+  std::vector<int64_t> windowed(static_cast<size_t>(layers), 0);
+  // layer_types' entries as 1 (sliding_attention) or 0 (full_attention), one per layer.
+  auto from_layer_types = [&]() {
+    const nlohmann::json& types = j["layer_types"];
+    CONDENSE_CHECK(static_cast<int64_t>(types.size()) == layers, "{}: layer_types has {} entries for {} "
+                   "layers", source, types.size(), layers);
+    for (int64_t i = 0; i < layers; ++i) {
+      const nlohmann::json& t = types[static_cast<size_t>(i)];
+      CONDENSE_CHECK(t == "sliding_attention" || t == "full_attention", "{}: layer_types[{}] is {}, "
+                     "expected \"sliding_attention\" or \"full_attention\"", source, i, t.dump());
+      windowed[static_cast<size_t>(i)] = t == "sliding_attention" ? 1 : 0;
+    }
+  };
+  const bool has_types = j.contains("layer_types") && j["layer_types"].is_array();
+  if ((model_type == "mistral" && !null_window) || (phi3 && j.contains("sliding_window") && !null_window))
+    std::fill(windowed.begin(), windowed.end(), 1);
   if (qwen) {
-    read_field(j, "use_sliding_window", windowed, false, source);
-    windowed = windowed && !null_window;
-    if (windowed && j.contains("layer_types") && j["layer_types"].is_array()) {
-      windowed = false;
-      for (const nlohmann::json& t : j["layer_types"]) windowed = windowed || t == "sliding_attention";
-    } else if (windowed) {
-      int64_t max_window_layers = 28, layers = 0;
-      read_field(j, "max_window_layers", max_window_layers, false, source);
-      read_field(j, "num_hidden_layers", layers, true, source);
-      windowed = max_window_layers < layers;
+    bool use = false;
+    read_field(j, "use_sliding_window", use, false, source);
+    if (use && !null_window) {
+      if (has_types) {
+        from_layer_types();
+      } else {
+        int64_t max_window_layers = 28;
+        read_field(j, "max_window_layers", max_window_layers, false, source);
+        for (int64_t i = std::max<int64_t>(0, max_window_layers); i < layers; ++i) windowed[static_cast<size_t>(i)] = 1;
+      }
     }
   }
   if (smollm3) {
     // no_rope_layers (1: RoPE, 0: none), or where absent a NoPE layer every
     // no_rope_layer_interval layers (the 4th, 8th, ...), as SmolLM3Config builds it.
-    int64_t layers = 0, interval = 4;
-    read_field(j, "num_hidden_layers", layers, true, source);
+    int64_t interval = 4;
     read_field(j, "no_rope_layer_interval", interval, false, source);
     CONDENSE_CHECK(interval > 0, "{}: no_rope_layer_interval is {}, expected a positive count", source,
                    interval);
@@ -414,28 +472,27 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     // SmolLM3 windows the layers layer_types marks "sliding_attention" whenever it has a window
     // (transformers masks by layer_types alone; unlike Qwen's, SmolLM3Config keeps the window
     // without use_sliding_window); without layer_types, its NoPE layers when use_sliding_window
-    // is true, as SmolLM3Config builds layer_types. Capping at the window is exact, as below.
+    // is true, as SmolLM3Config builds layer_types.
     if (!null_window && j.contains("sliding_window")) {
-      if (j.contains("layer_types") && j["layer_types"].is_array()) {
-        for (const nlohmann::json& t : j["layer_types"]) windowed = windowed || t == "sliding_attention";
+      if (has_types) {
+        from_layer_types();
       } else {
         bool use_window = false;
         read_field(j, "use_sliding_window", use_window, false, source);
-        windowed = use_window && std::count(c.no_rope_layers.begin(), c.no_rope_layers.end(), 0) > 0;
+        for (size_t i = 0; use_window && i < c.no_rope_layers.size(); ++i) windowed[i] = c.no_rope_layers[i] == 0;
       }
     }
   }
-  if (windowed) {
+  // A window at least as long as the context never binds: the model attends to every earlier
+  // position (stored without one).
+  if (std::count(windowed.begin(), windowed.end(), 1) > 0) {
     int64_t window = 4096;
     read_field(j, "sliding_window", window, false, source);
     CONDENSE_CHECK(window > 0, "{}: sliding_window is {}, expected a positive count or null", source,
                    window);
     if (window < c.max_position_embeddings) {
-      spdlog::warn("{}: sliding_window {} is below max_position_embeddings {}: condense attends to "
-                   "every earlier position, which equals the window for up to {} positions, so "
-                   "max_position_embeddings becomes {}", source, window, c.max_position_embeddings,
-                   window, window);
-      c.max_position_embeddings = window;
+      c.sliding_window = window;
+      c.sliding_window_layers = windowed;
     }
   }
   read_field(j, "tie_word_embeddings", c.tie_word_embeddings, false, source);

@@ -80,12 +80,29 @@ struct LlamaConfig {
   // Llama it is). Carried like qkv_bias, from and to a SmolLM3 config.json (model_type
   // "smollm3") or GGUF (architecture "smollm3", whose pattern llama.cpp fixes at every 4th).
   std::vector<int64_t> no_rope_layers;
+  // Sliding-window attention (Mistral v0.1, Phi-3-mini, Qwen2/3 and SmolLM3 where their configs
+  // turn it on): in a windowed layer the query at position i attends to the keys at positions
+  // i - sliding_window < j <= i (transformers' sliding-window mask), in the others to all j <= i.
+  // 0: none (a window as long as the context never binds and is stored as none).
+  // sliding_window_layers: one entry per layer, 1 windowed, 0 full attention (Hugging Face's
+  // layer_types "sliding_attention" / "full_attention"); empty with a window: every layer. Carried
+  // like no_rope_layers; a model windowing only some layers is written back as its Qwen2, Qwen3
+  // or SmolLM3 class (their layer_types), one windowing all as Mistral (or Phi-3 with partial RoPE).
+  int64_t sliding_window = 0;
+  std::vector<int64_t> sliding_window_layers;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.
   void finalize();
   int64_t kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
   int64_t head_size() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  // The attention window of `layer`: sliding_window where the layer is windowed, else 0 (all).
+  int64_t window(int64_t layer) const {
+    return sliding_window > 0 && (sliding_window_layers.empty() ||
+                                  sliding_window_layers.at(static_cast<size_t>(layer)) != 0)
+               ? sliding_window
+               : 0;
+  }
   int64_t rotary_dim() const {
     return static_cast<int64_t>(static_cast<double>(head_size()) * partial_rotary_factor);
   }

@@ -218,16 +218,19 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   shape.finalize();
   // The model section has no rope_scaling, qkv_bias, qk_norm or no_rope_layers key: training an
   // init's weights at other RoPE frequencies than they were trained with, without its biases or
-  // with RoPE in its NoPE layers would change the model silently (as would another
-  // partial_rotary_factor, which the section has). (A resume reads no init, which
+  // with RoPE in its NoPE layers or without its sliding window would change the model silently
+  // (as would another partial_rotary_factor, which the section has). (A resume reads no init, which
   // may be gone by then: only an init that exists is opened here.)
   std::optional<LlamaConfig> init_config;
   if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
     init_config = Checkpoint::open(cfg_in.init).config();
-    CONDENSE_CHECK(init_config->partial_rotary_factor == shape.partial_rotary_factor, "init {} rotates "
+    CONDENSE_CHECK(init_config->rotary_dim() == shape.rotary_dim(), "init {} rotates "
                    "{} of each head's {} channels (partial_rotary_factor {}) but model.partial_rotary_factor "
                    "is {}; set it to the init's", cfg_in.init, init_config->rotary_dim(),
                    init_config->head_size(), init_config->partial_rotary_factor, shape.partial_rotary_factor);
+    CONDENSE_CHECK(init_config->sliding_window == 0, "init {} attends within a sliding window of {} "
+                   "positions, which a pretrain recipe's model section cannot express; use kind=finetune "
+                   "(its model is the init's)", cfg_in.init, init_config->sliding_window);
     CONDENSE_CHECK(init_config->rope_scaling.type.empty(), "init {} uses rope_scaling {}, which a "
                    "pretrain recipe's model section cannot express; use kind=finetune (its model is "
                    "the init's, scaling included)", cfg_in.init,

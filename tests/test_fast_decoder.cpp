@@ -164,6 +164,15 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   LlamaConfig phi4 = config(4, 2, true, 16);  // RoPE over the first 12 of 16 channels (Phi-4-mini's 0.75)
   phi4.partial_rotary_factor = 0.75;
   compare_steps(phi4, 18);
+  LlamaConfig mistral = config(4, 2, false);  // every layer windowed: 3 of the 5..12 positions
+  mistral.sliding_window = 3;
+  compare_steps(mistral, 19);
+  LlamaConfig qwen2_window = config(4, 2, false);  // layer 0 windowed, layer 1 full
+  qwen2_window.qkv_bias = true;
+  qwen2_window.sliding_window = 4;
+  qwen2_window.sliding_window_layers = {1, 0};
+  qwen2_window.finalize();
+  compare_steps(qwen2_window, 20);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

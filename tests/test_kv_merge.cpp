@@ -1,7 +1,7 @@
 // Tests for KV-head merging (compressors/kv_merge.h) on tiny random models:
 //   - closed form: when the heads of a group are related by maps the merge can represent (keys:
-//     a complex scale per RoPE frequency pair, which commutes with RoPE, and a real one per
-//     channel RoPE passes through with a partial_rotary_factor; values: any d x d map), the svd
+//     a complex scale per RoPE frequency pair, which commutes with RoPE, and any real map of the
+//     channels RoPE passes through with a partial_rotary_factor; values: any d x d map), the svd
 //     merge reproduces the original model's logits at every position (so RoPE is respected),
 //     while mean pooling does not;
 //   - mean pooling is the mean of the group's K/V rows with q/o and every other tensor unchanged;
@@ -40,8 +40,8 @@ CalibrationStats grams(LlamaForCausalLM& m) {
 }
 
 // Makes every odd KV head a representable image of the even one before it: keys by a complex
-// scale per frequency pair (i, i + r/2) of the r rotated channels and a real one per other
-// channel, values by a random d x d matrix.
+// scale per frequency pair (i, i + r/2) of the r rotated channels and a random real map of the
+// others, values by a random d x d matrix.
 void make_pairs_mergeable(LlamaForCausalLM& m) {
   const LlamaConfig& c = m->config();
   const int64_t d = c.head_size(), r = c.rotary_dim(), half = r / 2;
@@ -56,7 +56,7 @@ void make_pairs_mergeable(LlamaForCausalLM& m) {
       at::Tensor re = k0.narrow(0, 0, half), im = k0.narrow(0, half, half);
       k1.narrow(0, 0, half).copy_(a.unsqueeze(1) * re - b.unsqueeze(1) * im);
       k1.narrow(0, half, half).copy_(b.unsqueeze(1) * re + a.unsqueeze(1) * im);
-      if (r < d) k1.narrow(0, r, d - r).copy_(at::randn({d - r, 1}) * k0.narrow(0, r, d - r));
+      if (r < d) k1.narrow(0, r, d - r).copy_(at::matmul(at::randn({d - r, d - r}), k0.narrow(0, r, d - r)));
       wv.narrow(0, (h + 1) * d, d).copy_(at::matmul(at::randn({d, d}), wv.narrow(0, h * d, d)));
     }
   }

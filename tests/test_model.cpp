@@ -283,14 +283,32 @@ TEST(LlamaConfig, Phi3LongRopeUsesTheShortFactorsUpToTheOriginalLength) {
   EXPECT_EQ(to_hf_json(again), written);
   EXPECT_EQ(again.rotary_dim(), 4);
   EXPECT_EQ(again.rope_scaling, partial.rope_scaling);
-  nlohmann::json llama_key = written;  // other families' code rotates whole heads: key ignored
+  EXPECT_TRUE(written["pad_token_id"].is_null());  // Phi3Config's 32000 would not fit small vocabularies
+  // Other families' transformers code fails with the key (it rotates whole heads with the
+  // narrower frequencies): refused, naming it.
+  nlohmann::json llama_key = written;
   llama_key["model_type"] = "llama";
   llama_key.erase("rope_scaling");
-  EXPECT_EQ(from_hf_json(llama_key, "config.json").rotary_dim(), 8);
+  try {
+    from_hf_json(llama_key, "config.json");
+    ADD_FAILURE() << "partial_rotary_factor accepted in a llama config";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("partial_rotary_factor"), std::string::npos) << e.what();
+  }
+  // With another scaling than LongRoPE it has no Phi-3 form: refused.
+  LlamaConfig linear = again;
+  linear.rope_scaling = {"linear", 2.0};
+  EXPECT_THROW(linear.finalize(), Error);
   j.erase("partial_rotary_factor");
   for (const char* key : {"short_factor", "long_factor"}) j["rope_scaling"][key] = {1.0, 1.5, 2.0, 3.0};
-  j["sliding_window"] = 32;  // Phi-3-mini-4k's window (2047) below the context: capped there
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 32);
+  j["sliding_window"] = 32;  // Phi-3-mini-4k's window (2047) below the context: every layer windowed
+  const LlamaConfig windowed = from_hf_json(j, "config.json");
+  EXPECT_EQ(windowed.max_position_embeddings, 64);
+  EXPECT_EQ(windowed.sliding_window, 32);
+  EXPECT_EQ(windowed.window(0), 32);
+  EXPECT_EQ(windowed.window(1), 32);
+  EXPECT_EQ(to_hf_json(windowed)["model_type"], "mistral");  // a Llama windowing every layer
+  EXPECT_EQ(to_hf_json(from_hf_json(to_hf_json(windowed), "config.json")), to_hf_json(windowed));
   // Without the top-level original length a Phi3Config has its default, 4096.
   nlohmann::json bare = j;
   bare.erase("original_max_position_embeddings");
@@ -351,17 +369,28 @@ TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {
   }
   EXPECT_EQ(n, c.num_parameters());
   EXPECT_EQ(biases, 3 * c.num_hidden_layers);
+  // The windows per layer, read from j (0: full attention); the context is never capped.
+  auto windows = [&]() {
+    const LlamaConfig w = from_hf_json(j, "config.json");
+    EXPECT_EQ(w.max_position_embeddings, tiny().max_position_embeddings);
+    EXPECT_EQ(from_hf_json(to_hf_json(w), "config.json").sliding_window_layers, w.sliding_window_layers);
+    return std::vector<int64_t>{w.window(0), w.window(1)};
+  };
   j["use_sliding_window"] = true;  // no layer from max_window_layers (28) on: no window
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
-  j["max_window_layers"] = 1;  // layer 1 on is windowed: every layer is exact within it, capped there
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 8);
+  EXPECT_EQ(windows(), (std::vector<int64_t>{0, 0}));
+  j["max_window_layers"] = 1;  // layer 1 on is windowed
+  EXPECT_EQ(windows(), (std::vector<int64_t>{0, 8}));
   j["layer_types"] = nlohmann::json::array();  // explicit layer types win over max_window_layers
   for (int64_t i = 0; i < tiny().num_hidden_layers; ++i) j["layer_types"].push_back("full_attention");
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  EXPECT_EQ(windows(), (std::vector<int64_t>{0, 0}));
   j["layer_types"][0] = "sliding_attention";
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 8);
+  EXPECT_EQ(windows(), (std::vector<int64_t>{8, 0}));
+  EXPECT_EQ(to_hf_json(from_hf_json(j, "config.json"))["layer_types"], j["layer_types"]);
+  j["layer_types"][0] = "local";  // neither kind
+  EXPECT_THROW(from_hf_json(j, "config.json"), Error);
+  j["layer_types"][0] = "sliding_attention";
   j["sliding_window"] = nullptr;  // no window at all
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  EXPECT_EQ(windows(), (std::vector<int64_t>{0, 0}));
   j.erase("layer_types");
   j.erase("max_window_layers");
   j["sliding_window"] = 8;
@@ -432,6 +461,49 @@ TEST(LlamaConfig, Qwen3ReadsAsQkNormAndItsAttentionNormalizesEachHead) {
   EXPECT_GT((attn->forward(x, cos, sin, nullptr, nullptr) - got).abs().max().item<double>(), 1e-3);
 }
 
+// Sliding-window attention: in a one-layer model the logits at position i depend on tokens
+// i - window + 1 .. i only (changing an older token changes nothing, a newer one within the
+// window changes them), in a full and in a cached forward alike; a layer without the window sees
+// the older tokens; training backpropagates through the masked attention.
+TEST(Attention, SlidingWindowSeesOnlyTheLastWindowPositions) {
+  LlamaConfig c = tiny();
+  c.num_hidden_layers = 1;
+  c.sliding_window = 3;
+  c.finalize();
+  torch::manual_seed(5);
+  LlamaForCausalLM m(c);
+  m->eval();
+  at::NoGradGuard g;
+  const at::Tensor a = at::randint(0, 97, {1, 10}, at::kLong);
+  at::Tensor b = a.clone();
+  b[0][2] = (a[0][2].item<int64_t>() + 1) % 97;  // outside the window of positions 5..9
+  const at::Tensor la = m->forward(a), lb = m->forward(b);
+  EXPECT_TRUE(at::allclose(la.narrow(1, 5, 5), lb.narrow(1, 5, 5), 0, 1e-6));
+  EXPECT_GT((la.narrow(1, 2, 3) - lb.narrow(1, 2, 3)).abs().max().item<double>(), 1e-3);  // inside theirs
+  // A cached forward (prefill 6, then one at a time) gives the same logits.
+  KVCache cache(c, 1, 10, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor first = m->logits(m->hidden({a.narrow(1, 0, 6), {}, &cache}));
+  EXPECT_TRUE(at::allclose(first, la.narrow(1, 0, 6), 1e-5, 1e-5));
+  for (int64_t i = 6; i < 10; ++i) {
+    at::Tensor step = m->logits(m->hidden({a.narrow(1, i, 1), {}, &cache}));
+    EXPECT_TRUE(at::allclose(step, la.narrow(1, i, 1), 1e-5, 1e-5)) << i;
+  }
+  LlamaConfig full = c;  // the same weights attending to every earlier position
+  full.sliding_window = 0;
+  LlamaForCausalLM mf(full);
+  mf->eval();
+  for (auto& p : mf->named_parameters()) p.value().copy_(*m->named_parameters().find(p.key()));
+  EXPECT_TRUE(at::allclose(mf->forward(a).narrow(1, 0, 3), la.narrow(1, 0, 3), 1e-5, 1e-5));  // within the window
+  EXPECT_GT((mf->forward(a).narrow(1, 5, 5) - mf->forward(b).narrow(1, 5, 5)).abs().max().item<double>(), 1e-4);
+  {
+    at::AutoGradMode on(true);
+    m->train();
+    at::Tensor loss = m->forward(a).logsumexp(-1).mean();
+    loss.backward();
+    EXPECT_GT(m->model->layer_list[0]->self_attn->q_proj->weight.grad().abs().sum().item<double>(), 0);
+  }
+}
+
 // SmolLM3: no_rope_layers (1 RoPE, 0 none) from the list or, where absent, every
 // no_rope_layer_interval-th layer; written back as SmolLM3; a list of ones is a plain Llama; a NoPE
 // layer's attention is the reference attention without rotation.
@@ -476,16 +548,20 @@ TEST(LlamaConfig, SmolLM3ReadsNoRopeLayersAndItsNoPeLayersAttendWithoutRotation)
   EXPECT_EQ(from_hf_json(bare, "config.json").no_rope_layers, (std::vector<int64_t>{1, 1, 1, 0, 1, 1, 1, 0}));
   EXPECT_EQ(defaults.rope_theta, 2000000.0);
   EXPECT_EQ(defaults.max_position_embeddings, 32768);
-  // A window only on NoPE layers, only with use_sliding_window and a window: capped at it.
+  // A window only on NoPE layers, only with use_sliding_window and a window.
   j["sliding_window"] = 16;
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, tiny().max_position_embeddings);
+  EXPECT_EQ(from_hf_json(j, "config.json").sliding_window, 0);
   j["use_sliding_window"] = true;
-  EXPECT_EQ(from_hf_json(j, "config.json").max_position_embeddings, 16);
+  c = from_hf_json(j, "config.json");
+  EXPECT_EQ(c.sliding_window_layers, (std::vector<int64_t>{1, 0, 0, 0, 0, 0, 0, 1}));  // j's NoPE layers
   nlohmann::json typed = j;  // layer_types marks the windowed layers, use_sliding_window or not
   typed["use_sliding_window"] = false;
   typed["layer_types"] = nlohmann::json::array();
   for (int i = 0; i < 8; ++i) typed["layer_types"].push_back(i == 2 ? "sliding_attention" : "full_attention");
-  EXPECT_EQ(from_hf_json(typed, "config.json").max_position_embeddings, 16);
+  c = from_hf_json(typed, "config.json");
+  EXPECT_EQ(c.window(2), 16);
+  EXPECT_EQ(c.window(3), 0);
+  EXPECT_EQ(from_hf_json(to_hf_json(c), "config.json").sliding_window_layers, c.sliding_window_layers);
   j["no_rope_layers"] = {1, 1, 1, 1, 1, 1, 1, 1};  // RoPE everywhere: no NoPE layer to window
   c = from_hf_json(j, "config.json");
   EXPECT_EQ(c.max_position_embeddings, tiny().max_position_embeddings);

@@ -220,6 +220,10 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
     assert_same_model_tensors(imp, back, tensor_count(kind))
     _, _, lp_back = score(back, tmp_path)
     assert np.array_equal(lp_back, lp)  # factors and attention factor back as float32 computes them
+    # And on to Hugging Face: the phi4 one as a Phi-3 whose context gives the (float32) attention factor.
+    run("export", back, tmp_path / "back_hf", "--format", "hf", "--dtype", "f32")
+    again = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "back_hf"), torch_dtype=torch.float32)
+    assert np.abs(reference_logprobs(again.eval(), ids) - reference_logprobs(model, ids)).max() < 1e-4
     if kind == "longrope":
         # Heads pruned narrower than hidden / heads: llama.cpp's phi3 reads attn_qkv as [hidden,
         # hidden + 2 kv widths], so the export is refused, naming why.
@@ -259,7 +263,10 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_and_runs_as_in_llama_cp
     with h5py.File(out, "r") as b:
         cfg = json.loads(b["config"][()])
     assert cfg["max_position_embeddings"] == (128 if kind == "plain" else ORIGINAL)
+    run("export", out, tmp_path / "conv_hf", "--format", "hf", "--dtype", "f32")
+    conv_hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "conv_hf"), torch_dtype=torch.float32)
     text, ids, lp = score(out, tmp_path)
+    assert np.abs(reference_logprobs(conv_hf.eval(), ids) - reference_logprobs(model, ids)).max() < 1e-4
     tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
     assert tokens == ids
     dlp = np.abs(ref - lp).max()
@@ -305,3 +312,20 @@ def test_phi4_partial_rope_through_cskv_kv_merge_finetune_and_pretrain(phi4, tmp
               f"data.dataset={store}", "train.steps=1", check=False)
     assert pre.returncode != 0 and "model.partial_rotary_factor" in pre.stderr, pre.stderr
     assert not (tmp_path / "pre").exists()
+
+
+def test_a_partial_rope_model_trained_from_a_recipe_exports_as_a_phi3(small_store, tmp_path):
+    """model.partial_rotary_factor in a pretrain recipe, with a 384-piece vocabulary (below
+    Phi3Config's default pad_token_id 32000, which the export must not carry): transformers loads
+    the HF export as a Phi3ForCausalLM and scores it as condense does."""
+    out = tmp_path / "run"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", f"out_dir={out}", f"data.dataset={small_store}",
+        "model.partial_rotary_factor=0.5", "data.seq_len=32", "data.batch_size=2", "train.steps=2",
+        "train.warmup_steps=1", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    ckpt = sorted(out.glob("**/*.h5"))[-1]
+    hf = tmp_path / "hf"
+    run("export", ckpt, hf, "--format", "hf", "--dtype", "f32")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(hf), torch_dtype=torch.float32).eval()
+    assert type(model) is transformers.Phi3ForCausalLM and model.config.partial_rotary_factor == 0.5
+    _, ids, lp = score(ckpt, tmp_path, "The dictionary defines the word.")
+    assert np.abs(lp - reference_logprobs(model, ids)).max() < 1e-4

