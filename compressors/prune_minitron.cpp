@@ -161,6 +161,9 @@ std::vector<int64_t> kept_flags(const std::vector<int64_t>& flags, const std::ve
 // windowed or none) stay empty.
 void keep_layer_flags(LlamaConfig& c, const LlamaConfig& orig, const std::vector<int64_t>& layers) {
   c.no_rope_layers = kept_flags(orig.no_rope_layers, layers);
+  // The window too: finalize() drops it when the layers kept before (pruned_config's first N)
+  // had none windowed.
+  c.sliding_window = orig.sliding_window;
   c.sliding_window_layers = kept_flags(orig.sliding_window_layers, layers);
 }
 

@@ -38,7 +38,8 @@ nlohmann::json decoder_rope(const LlamaConfig& c) {
   nlohmann::json rope = {{"rope_theta", hf["rope_theta"]},
                          {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
   // SmolLM3's layers without RoPE, a partial rotary width and sliding windows (only where the
-  // model has them: older exports stay loadable).
+  // model has them: older exports of models without them stay loadable; one of a partial-RoPE
+  // decoder made before the width joined the fingerprint, 2026-12-07, is refused: re-export it).
   for (const char* key : {"no_rope_layers", "partial_rotary_factor", "sliding_window", "layer_types"})
     if (hf.contains(key) && !hf[key].is_null()) rope[key] = hf[key];
   return rope;

@@ -125,8 +125,9 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
 }
 
 // llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): RoPE over
-// rope.dimension_count channels of each head (read_rotary_dim), a sliding window (attention.sliding_window, 0 for none) that caps the
-// context as a Hugging Face Phi-3's does, and for Phi-3.5 / Phi-3-128k LongRoPE:
+// rope.dimension_count channels of each head (read_rotary_dim), a sliding window
+// (attention.sliding_window, 0 for none) that caps the context (llama.cpp runs phi3 without its
+// window, which equals the model up to the window's length), and for Phi-3.5 / Phi-3-128k LongRoPE:
 // rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
 // rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
 // original length, as condense does after capping it there (RopeScaling's comment).

@@ -196,7 +196,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
   // head h read kv head h / rep, the grouping transformers' repeat_kv produces. Counted from
   // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
-  const bool gqa = q.size(1) != k.size(1);
+  bool gqa = q.size(1) != k.size(1);
 
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
@@ -209,6 +209,14 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     if (sliding) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
     mask = visible;
     causal = false;
+    // On CUDA, SDPA's kernels that take a mask do not take enable_gqa (PyTorch's documentation:
+    // GQA runs on the flash and math kernels only, flash takes no mask), so the math kernel would
+    // hold every score in float32; the K/V heads are repeated instead (not measured on a GPU here).
+    if (gqa && q.is_cuda()) {
+      k = k.repeat_interleave(q.size(1) / k.size(1), 1);
+      v = v.repeat_interleave(q.size(1) / v.size(1), 1);
+      gqa = false;
+    }
   }
   double p = is_training() ? dropout_ : 0.0;
   // The model's scale, whatever width a KV hook projected queries and keys to.

@@ -169,6 +169,13 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     if (c.sliding_window > 0) {
       j["sliding_window"] = c.sliding_window;
       j["layer_types"] = layer_types;
+      // For readers without layer_types: the first windowed layer where every later one is too
+      // (Qwen's own pattern), else past the last layer.
+      int64_t first = c.num_hidden_layers;
+      while (first > 0 && c.window(first - 1) > 0) --first;
+      bool only_tail = true;
+      for (int64_t i = 0; i < first; ++i) only_tail = only_tail && c.window(i) == 0;
+      j["max_window_layers"] = only_tail ? first : c.num_hidden_layers;
     }
   } else if (!c.no_rope_layers.empty()) {
     // SmolLM3's config: the per-layer list (its interval is only the default when the list is
@@ -188,8 +195,8 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
     j["mlp_bias"] = false;
   } else if (c.rotary_dim() != c.head_size()) {
     // Phi-3's config: its attention rotates the first partial_rotary_factor of each head (the
-    // weights go fused, as formats/hf_export.cpp writes them). Phi3Config's own defaults for
-    // the rest: no sliding window, no dropout.
+    // weights go fused, as formats/hf_export.cpp writes them); its window on every layer or none;
+    // no dropout.
     j["architectures"] = {"Phi3ForCausalLM"};
     j["model_type"] = "phi3";
     j["partial_rotary_factor"] = c.partial_rotary_factor;
@@ -358,7 +365,8 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   const bool qwen = model_type == "qwen2" || model_type == "qwen3";
   const bool smollm3 = model_type == "smollm3";
   // Phi-3 is Llama with fused q/k/v and gate/up tensors (split by formats/hf_import.cpp),
-  // Phi3Config's defaults, and LongRoPE in its long-context versions; exported back as a Llama.
+  // Phi3Config's defaults, and LongRoPE in its long-context versions; exported back as a Llama
+  // (a Mistral with its window; a Phi-3 with partial RoPE).
   const bool phi3 = model_type == "phi3";
   if (phi3) {
     for (const char* key : {"resid_pdrop", "embd_pdrop"})

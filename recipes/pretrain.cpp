@@ -224,7 +224,11 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   std::optional<LlamaConfig> init_config;
   if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
     init_config = Checkpoint::open(cfg_in.init).config();
-    CONDENSE_CHECK(init_config->rotary_dim() == shape.rotary_dim(), "init {} rotates "
+    // The recipe's factor on the init's heads must rotate the init's channels (the factor itself
+    // may be written rounded, 0.667 for 0.6666...).
+    CONDENSE_CHECK(static_cast<int64_t>(static_cast<double>(init_config->head_size()) *
+                                        shape.partial_rotary_factor) == init_config->rotary_dim(),
+                   "init {} rotates "
                    "{} of each head's {} channels (partial_rotary_factor {}) but model.partial_rotary_factor "
                    "is {}; set it to the init's", cfg_in.init, init_config->rotary_dim(),
                    init_config->head_size(), init_config->partial_rotary_factor, shape.partial_rotary_factor);
