@@ -380,11 +380,13 @@ TEST(LlamaConfig, Qwen2ReadsAsQkvBiasAndWritesBackAsQwen2) {
   EXPECT_EQ(windows(), (std::vector<int64_t>{0, 0}));
   j["max_window_layers"] = 1;  // layer 1 on is windowed
   EXPECT_EQ(windows(), (std::vector<int64_t>{0, 8}));
+  EXPECT_EQ(to_hf_json(from_hf_json(j, "config.json"))["max_window_layers"], 1);  // for readers without layer_types
   j["layer_types"] = nlohmann::json::array();  // explicit layer types win over max_window_layers
   for (int64_t i = 0; i < tiny().num_hidden_layers; ++i) j["layer_types"].push_back("full_attention");
   EXPECT_EQ(windows(), (std::vector<int64_t>{0, 0}));
   j["layer_types"][0] = "sliding_attention";
   EXPECT_EQ(windows(), (std::vector<int64_t>{8, 0}));
+  EXPECT_EQ(to_hf_json(from_hf_json(j, "config.json"))["max_window_layers"], 2);  // not a tail: none by that rule
   EXPECT_EQ(to_hf_json(from_hf_json(j, "config.json"))["layer_types"], j["layer_types"]);
   j["layer_types"][0] = "local";  // neither kind
   EXPECT_THROW(from_hf_json(j, "config.json"), Error);
