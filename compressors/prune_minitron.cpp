@@ -168,7 +168,9 @@ void keep_layer_flags(LlamaConfig& c, const LlamaConfig& orig, const std::vector
 }
 
 // The pruned sizes with every target checked; needs no statistics (a num_hidden_layers target's
-// per-layer flags are those of the first layers here; plan_minitron sets the chosen layers').
+// layers are chosen later, by plan_minitron from calibration, which sets their per-layer flags:
+// here the model has none, so that the first layers' flags cannot fail a check the chosen ones
+// pass).
 LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target) {
   const int64_t kv = orig.kv_heads();
   LlamaConfig c = orig;
@@ -180,7 +182,12 @@ LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target)
                  c.num_attention_heads, kv);
   const std::vector<int64_t> layers = kept_layers(orig, nullptr, target);
   c.num_hidden_layers = static_cast<int64_t>(layers.size());
-  keep_layer_flags(c, orig, layers);
+  if (target.drop_layers.empty() && c.num_hidden_layers < orig.num_hidden_layers) {
+    c.no_rope_layers.clear();
+    c.sliding_window_layers.clear();
+  } else {
+    keep_layer_flags(c, orig, layers);
+  }
   c.hidden_size = resolve("hidden_size", target.hidden_size, orig.hidden_size);
   c.intermediate_size = resolve("intermediate_size", target.intermediate_size,
                                 orig.intermediate_size);

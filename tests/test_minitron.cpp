@@ -250,6 +250,24 @@ TEST(Minitron, DepthPruningKeepsEachLayersRopeFlag) {
   t = MinitronTarget();
   t.drop_layers = {1, 3};
   EXPECT_TRUE(plan_minitron(c, st, t).config.no_rope_layers.empty());
+  // Sliding windows likewise, and the window itself stays (it was once lost when the first
+  // layers, kept provisionally before calibration chose, had none windowed). The first two
+  // layers alone (RoPE in both, a window on one) would have no Hugging Face form; the chosen
+  // ones, 1 and 2, are a SmolLM3 windowing both.
+  LlamaConfig w = tiny(4);
+  w.no_rope_layers = {1, 1, 0, 1};
+  w.sliding_window = 8;
+  w.sliding_window_layers = {0, 1, 1, 0};
+  w.finalize();
+  t = MinitronTarget();
+  t.num_hidden_layers = 2;
+  EXPECT_NO_THROW(check_minitron_target(w, t));
+  plan = plan_minitron(w, st, t);
+  EXPECT_EQ(plan.layers, (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(plan.config.sliding_window, 8);
+  EXPECT_EQ(plan.config.window(0), 8);
+  EXPECT_EQ(plan.config.window(1), 8);
+  EXPECT_EQ(plan.config.no_rope_layers, (std::vector<int64_t>{1, 0}));
 }
 
 // With Qwen2's q/k/v biases (random, so that a wrong slice shows): q's follow the kept heads.
