@@ -204,26 +204,33 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "and --chat (with --context or --context-vectors, --prompt may be left out)");
   const bool chatting = !chat.user.empty();
   bool named_format = false;  // llama2 / mistral: <s>, then the text with control pieces parsed
+  std::vector<int32_t> chat_ids;  // phi3: the prompt's ids, built turn by turn
   if (chatting) {
     ChatPrompt cp;
-    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral") {
+    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral" && chat.format != "phi3") {
       cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
       CONDENSE_CHECK(chat.format == "auto" || chat.format == cp.format, "--chat-format {}: this "
                      "vocabulary's chat format is {}", chat.format, cp.format);
     } else {
       std::string format = chat.format;
-      if (format == "auto") {  // Mistral v0.3 names its turns with control pieces
+      if (format == "auto") {  // Phi-3 and Mistral v0.3 name their turns with control pieces
         bool inst = false, end = false;
         for (int id = 0; id < tok.vocab_size(); ++id) {
           inst |= tok.token_type(id) == 3 && tok.piece(id) == "[INST]";
           end |= tok.token_type(id) == 3 && tok.piece(id) == "[/INST]";
         }
-        CONDENSE_CHECK(inst && end, "{}: a sentencepiece vocabulary keeps no chat template; name "
-                       "the model's format with --chat-format llama2|mistral", path);
-        format = "mistral";
+        const bool phi3 = has_phi3_turns(tok);
+        CONDENSE_CHECK(phi3 || (inst && end), "{}: a sentencepiece vocabulary keeps no chat template; "
+                       "name the model's format with --chat-format llama2|mistral|phi3", path);
+        format = phi3 ? "phi3" : "mistral";
       }
-      cp = chat_prompt_named(format, chat.system, chat.user);
-      named_format = true;
+      if (format == "phi3") {
+        cp = phi3_chat_prompt(tok, chat.system, chat.user);
+        chat_ids = cp.ids;
+      } else {
+        cp = chat_prompt_named(format, chat.system, chat.user);
+        named_format = true;
+      }
     }
     prompt = cp.text;
     opt.stop_id = cp.stop_id;
@@ -240,7 +247,9 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   // compressed context the prompt continues it directly, as in training (no <bos>).
   CompressedContext context = context_for(path, model, tok, chat.context_file, chat.context_vectors);
   std::vector<int32_t> prompt_ids;
-  if (named_format) {
+  if (!chat_ids.empty()) {  // its <s> left out after a compressed context, as for the others
+    prompt_ids.assign(chat_ids.begin() + (has_context ? 1 : 0), chat_ids.end());
+  } else if (named_format) {
     CONDENSE_CHECK(tok.bos_id() >= 0, "{}: --chat-format {} needs a vocabulary with <s>", path, chat.format);
     if (!has_context) prompt_ids.push_back(tok.bos_id());
     for (int32_t id : tok.encode_special(prompt)) prompt_ids.push_back(id);
@@ -411,9 +420,10 @@ int run(int argc, char** argv) {
   gen->add_option("--system", chat.system, "--chat: the system message (default: the chat "
                   "template's own, if it writes one)");
   gen->add_option("--chat-format", chat.format, "--chat: auto (the vocabulary's: ChatML or Llama 3 "
-                  "for byte-level BPE, mistral for a sentencepiece vocabulary with [INST] pieces), "
-                  "or llama2 / mistral for sentencepiece vocabularies (Llama 2 chat, Mistral "
-                  "Instruct), which keep no template")->default_val("auto");
+                  "for byte-level BPE; for sentencepiece, phi3 with <|user|> / <|end|> pieces, "
+                  "mistral with [INST] pieces), or llama2 / mistral / phi3 for sentencepiece "
+                  "vocabularies (Llama 2 chat, Mistral Instruct, Phi-3), which keep no template")
+      ->default_val("auto");
   gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt and its ids to stderr");
   gen->add_option("--context", chat.context_file, "a text file compressed by the checkpoint's "
                   "context compressor and read before the prompt");

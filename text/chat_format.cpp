@@ -32,7 +32,55 @@ std::string default_chatml_system(const std::string& tmpl) {
   return s;
 }
 
+// The id of control piece `piece` in `tok`, or -1.
+int32_t control_id(const Tokenizer& tok, const std::string& piece) {
+  for (int id = 0; id < tok.vocab_size(); ++id)
+    if (tok.token_type(id) == 3 && tok.piece(id) == piece) return id;
+  return -1;
+}
+
+// Python's str.lstrip(): what an rstrip added token consumes after itself.
+std::string lstrip(const std::string& s) {
+  size_t i = 0;
+  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\v' ||
+                          s[i] == '\f'))
+    ++i;
+  return s.substr(i);
+}
+
 }  // namespace
+
+bool has_phi3_turns(const Tokenizer& tok) {
+  for (const char* piece : {"<|user|>", "<|assistant|>", "<|end|>"})
+    if (control_id(tok, piece) < 0) return false;
+  return true;
+}
+
+ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user) {
+  ChatPrompt p;
+  p.format = "phi3";
+  auto need = [&](const char* piece) {
+    const int32_t id = control_id(tok, piece);
+    CONDENSE_CHECK(id >= 0, "{}: --chat-format phi3 needs the control piece {} (Phi-3's turns)",
+                   tok.source(), piece);
+    return id;
+  };
+  CONDENSE_CHECK(tok.bos_id() >= 0, "{}: --chat-format phi3 needs a vocabulary with <s>", tok.source());
+  p.ids.push_back(tok.bos_id());
+  p.text = "<s>";
+  auto turn = [&](const char* role, const std::string& content) {
+    p.ids.push_back(need(role));
+    for (int32_t id : tok.encode_without_prefix(lstrip(content))) p.ids.push_back(id);
+    p.ids.push_back(need("<|end|>"));
+    p.text += std::string(role) + "\n" + content + "<|end|>\n";
+  };
+  if (!system.empty()) turn("<|system|>", system);
+  turn("<|user|>", user);
+  p.ids.push_back(need("<|assistant|>"));
+  p.text += "<|assistant|>\n";
+  p.stop_id = need("<|end|>");
+  return p;
+}
 
 ChatPrompt chat_prompt(const BpeVocabulary& v, const std::string& system, const std::string& user,
                        const std::string& source) {
@@ -75,7 +123,7 @@ ChatPrompt chat_prompt_named(const std::string& format, const std::string& syste
     return p;
   }
   fail("--chat-format {}: not a format (chatml and llama3 for byte-level BPE vocabularies, "
-       "llama2 and mistral for sentencepiece ones)", format);
+       "llama2, mistral and phi3 for sentencepiece ones)", format);
 }
 
 }  // namespace condense

@@ -14,14 +14,18 @@
 #include <cstdint>
 #include <string>
 
+#include <vector>
+
 #include "text/bpe_vocabulary.h"
+#include "text/tokenizer.h"
 
 namespace condense {
 
 struct ChatPrompt {
-  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral"
+  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral" | "phi3"
   std::string text;    // the rendered prompt, special tokens written out
   int32_t stop_id = -1;  // the end-of-turn token
+  std::vector<int32_t> ids;  // phi3: the prompt's ids (<s> first), built rather than encoded
 };
 
 // Throws naming the vocabulary when it has neither format's special tokens.
@@ -38,5 +42,17 @@ ChatPrompt chat_prompt(const BpeVocabulary& vocab, const std::string& system,
 // it), and the reply ends at the vocabulary's eos (stop_id -1). Other names are refused.
 ChatPrompt chat_prompt_named(const std::string& format, const std::string& system,
                              const std::string& user);
+
+// Phi-3 / Phi-3.5 (a sentencepiece vocabulary with <|system|>, <|user|>, <|assistant|> and <|end|>
+// control pieces: an import keeps them from tokenizer.json), as its chat template renders it,
+//   <s><|system|>\n{system}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n     stop at <|end|>
+// (no system turn when `system` is empty), tokenized as its Hugging Face tokenizer does: the turn
+// tokens strip the whitespace after them (rstrip) and the text after a special token gets no
+// space prefix (legacy=False), so the ids are built turn by turn (Tokenizer::encode_without_prefix)
+// rather than by encoding the text (which llama.cpp does, with other ids). Throws naming a
+// missing piece.
+ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user);
+// Whether `tok` has Phi-3's turn pieces (what --chat-format auto picks phi3 by).
+bool has_phi3_turns(const Tokenizer& tok);
 
 }  // namespace condense

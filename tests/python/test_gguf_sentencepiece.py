@@ -271,3 +271,68 @@ def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
         p = run("import", hf, other)
         assert needle in p.stderr and "tokenizer.model alone" in p.stderr, p.stderr
         assert f" {n} pieces" in run("info", other).stdout
+
+
+# Phi-3-mini-4k-instruct's chat template (its tokenizer_config.json).
+PHI3_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'system') %}"
+                 "{{'<|system|>' + '\n' + message['content'] + '<|end|>' + '\n'}}"
+                 "{% elif (message['role'] == 'user') %}"
+                 "{{'<|user|>' + '\n' + message['content'] + '<|end|>' + '\n' + '<|assistant|>' + '\n'}}"
+                 "{% elif message['role'] == 'assistant' %}{{message['content'] + '<|end|>' + '\n'}}"
+                 "{% endif %}{% endfor %}")
+
+
+@pytest.mark.parametrize("system", ["", "Answer in one word, please."])
+def test_phi3_chat_prompt_is_the_ids_transformers_gives(sp_model, tmp_path, system):
+    """generate --chat on a Phi-3-style checkpoint (a tokenizer.model plus tokenizer.json's
+    <|system|>, <|user|>, <|assistant|>, <|end|>): the format is picked from those pieces and the
+    prompt's ids are what transformers' LlamaTokenizer gives with Phi-3's settings (legacy=False,
+    the turn tokens stripping the whitespace after them) for Phi-3's chat template: no newline
+    after a turn token, no space prefix after it. Encoding the rendered text as llama.cpp does
+    (newline and space pieces kept) gives other ids, so the comparison has teeth."""
+    import json as json_
+
+    import torch
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import AddedToken
+
+    model_bytes, _ = sp_model
+    n = len(tables(model_bytes)["tokens"])
+    added = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+    hf = tmp_path / "hf"
+    torch.manual_seed(3)
+    cfg = transformers.Phi3Config(vocab_size=n + len(added), hidden_size=64, intermediate_size=96,
+                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                                  max_position_embeddings=128, original_max_position_embeddings=128,
+                                  pad_token_id=None, bos_token_id=1, eos_token_id=n)
+    transformers.Phi3ForCausalLM(cfg).save_pretrained(hf, safe_serialization=True)
+    (hf / "tokenizer.model").write_bytes(model_bytes)
+    entries = [{"id": i, "content": t, "special": True} for i, t in enumerate(["<unk>", "<s>", "</s>"])]
+    entries += [{"id": n + i, "content": t, "special": True} for i, t in enumerate(added)]
+    (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": entries}))
+    ckpt = tmp_path / "imp.h5"
+    run("import", hf, ckpt)
+    user = "Which word means a small boat?\nName one."
+    args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
+    if system:
+        args += ["--system", system]
+    p = run(*args)
+    assert "chat prompt (phi3)" in p.stderr, p.stderr
+    ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
+
+    tok = transformers.LlamaTokenizer(str(hf / "tokenizer.model"), legacy=False, add_bos_token=False,
+                                      add_eos_token=False)
+    tok.add_tokens([AddedToken(t, rstrip=t != "<|endoftext|>", lstrip=False, normalized=False, special=True)
+                    for t in added], special_tokens=True)
+    assert tok.convert_tokens_to_ids(added) == list(range(n, n + len(added)))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    theirs = tok.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=True)
+    print(f"\nphi3 chat ids, system {bool(system)}: condense {len(ours)}, transformers {len(theirs)}")
+    assert ours == theirs
+    rendered = tok.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=False)
+    gguf_path = tmp_path / "imp.gguf"  # the checkpoint's vocabulary, its turn pieces included
+    run("export", ckpt, gguf_path, "--format", "gguf")
+    ids, _, _ = run_tool(TOOL, ["--special", gguf_path], [rendered.removeprefix("<s>").encode()], tmp_path,
+                         "rendered")
+    assert n + 4 in ids[0] and n + 3 in ids[0]  # the turn pieces parsed
+    assert [1] + ids[0] != theirs  # the text encoded with llama.cpp's rules differs
