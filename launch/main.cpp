@@ -225,8 +225,11 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
         format = phi3 ? "phi3" : "mistral";
       }
       if (format == "phi3") {
+        CONDENSE_CHECK(!tok.bpe(), "{}: --chat-format phi3 is Phi-3's sentencepiece format; this vocabulary "
+                       "is a byte-level BPE (its own format: --chat-format auto)", path);
         cp = phi3_chat_prompt(tok, chat.system, chat.user);
         chat_ids = cp.ids;
+        if (has_context) cp.text = cp.text.substr(3);  // its <s> left out after a compressed context
       } else {
         cp = chat_prompt_named(format, chat.system, chat.user);
         named_format = true;

@@ -39,12 +39,28 @@ int32_t control_id(const Tokenizer& tok, const std::string& piece) {
   return -1;
 }
 
-// Python's str.lstrip(): what an rstrip added token consumes after itself.
+// `s` without its leading Unicode White_Space (what a `tokenizers` added token with rstrip consumes
+// after itself; Rust's char::is_whitespace).
 std::string lstrip(const std::string& s) {
   size_t i = 0;
-  while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r' || s[i] == '\v' ||
-                          s[i] == '\f'))
-    ++i;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t len = 0;
+    if (c == ' ' || (c >= 0x09 && c <= 0x0D)) {
+      len = 1;
+    } else if (c == 0xC2 && i + 1 < s.size()) {  // U+0085, U+00A0
+      const unsigned char d = static_cast<unsigned char>(s[i + 1]);
+      len = d == 0x85 || d == 0xA0 ? 2 : 0;
+    } else if ((c == 0xE1 || c == 0xE2 || c == 0xE3) && i + 2 < s.size()) {
+      const uint32_t cp = ((c & 0x0Fu) << 12) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
+                          (static_cast<unsigned char>(s[i + 2]) & 0x3Fu);
+      const bool white = cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                         cp == 0x202F || cp == 0x205F || cp == 0x3000;
+      len = white ? 3 : 0;
+    }
+    if (len == 0) break;
+    i += len;
+  }
   return s.substr(i);
 }
 
@@ -70,7 +86,7 @@ ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, con
   p.text = "<s>";
   auto turn = [&](const char* role, const std::string& content) {
     p.ids.push_back(need(role));
-    for (int32_t id : tok.encode_without_prefix(lstrip(content))) p.ids.push_back(id);
+    for (int32_t id : tok.encode(lstrip(content))) p.ids.push_back(id);
     p.ids.push_back(need("<|end|>"));
     p.text += std::string(role) + "\n" + content + "<|end|>\n";
   };

@@ -44,12 +44,15 @@ ChatPrompt chat_prompt_named(const std::string& format, const std::string& syste
                              const std::string& user);
 
 // Phi-3 / Phi-3.5 (a sentencepiece vocabulary with <|system|>, <|user|>, <|assistant|> and <|end|>
-// control pieces: an import keeps them from tokenizer.json), as its chat template renders it,
+// control pieces: an import keeps them from tokenizer.json), as Phi-3-mini's chat template renders
+// it (Phi-3.5's leaves out the <s>),
 //   <s><|system|>\n{system}<|end|>\n<|user|>\n{user}<|end|>\n<|assistant|>\n     stop at <|end|>
-// (no system turn when `system` is empty), tokenized as its Hugging Face tokenizer does: the turn
-// tokens strip the whitespace after them (rstrip) and the text after a special token gets no
-// space prefix (legacy=False), so the ids are built turn by turn (Tokenizer::encode_without_prefix)
-// rather than by encoding the text (which llama.cpp does, with other ids). Throws naming a
+// (no system turn when `system` is empty), with the ids Phi-3's Hugging Face tokenizer.json (what
+// AutoTokenizer loads) and llama.cpp (which recognizes Phi-3 by name) give it: the turn tokens
+// strip the whitespace after them (rstrip: the newlines and any Unicode White_Space), and each
+// text between special tokens is encoded with sentencepiece's space prefix. (transformers' slow
+// LlamaTokenizer with legacy=False leaves that prefix out: other ids.) The contents are encoded as
+// text: a control piece written in them is not parsed (the template would). Throws naming a
 // missing piece.
 ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user);
 // Whether `tok` has Phi-3's turn pieces (what --chat-format auto picks phi3 by).

@@ -222,12 +222,4 @@ std::string append_sentencepiece_pieces(const std::string& proto, const std::vec
   return out;
 }
 
-std::string without_dummy_prefix(const std::string& proto) {
-  std::string spec;
-  put_int(spec, normalizer_spec::kAddDummyPrefix, 0);
-  std::string out = proto;
-  put_bytes(out, model_proto::kNormalizerSpec, spec);
-  return out;
-}
-
 }  // namespace condense

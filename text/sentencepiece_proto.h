@@ -51,10 +51,4 @@ struct AddedPiece {
 std::string append_sentencepiece_pieces(const std::string& proto, const std::vector<AddedPiece>& pieces,
                                         const std::string& source);
 
-// `proto` with add_dummy_prefix false: a second normalizer_spec appended, which protobuf merges
-// into the first (an embedded message repeated merges field by field). What transformers'
-// LlamaTokenizer with legacy=False encodes the text after a special token with (Phi-3's turns:
-// text/chat_format.h).
-std::string without_dummy_prefix(const std::string& proto);
-
 }  // namespace condense

@@ -208,17 +208,6 @@ std::vector<int32_t> Tokenizer::encode_special(const std::string& text) const {
   return out;
 }
 
-std::vector<int32_t> Tokenizer::encode_without_prefix(const std::string& text) const {
-  if (bpe_ || !sp_space_prefix_) return encode(text);
-  sentencepiece::SentencePieceProcessor plain;  // a prompt's few segments: loaded per call
-  const sentencepiece::util::Status loaded = plain.LoadFromSerializedProto(without_dummy_prefix(serialized_));
-  CONDENSE_CHECK(loaded.ok(), "{}: sentencepiece model without its space prefix: {}", source_, loaded.ToString());
-  std::vector<int> ids;
-  const sentencepiece::util::Status status = plain.Encode(text, &ids);
-  CONDENSE_CHECK(status.ok(), "{}: encode failed: {}", source_, status.ToString());
-  return std::vector<int32_t>(ids.begin(), ids.end());
-}
-
 std::vector<int32_t> Tokenizer::prompt_ids(const std::string& text) const {
   std::vector<int32_t> ids;
   if (adds_bos() && bos_id() >= 0) ids.push_back(bos_id());

@@ -67,9 +67,6 @@ class Tokenizer {
   // between them is encoded piece by piece (each part with sentencepiece's space prefix, as
   // llama.cpp prefixes a space after a special token). BPE: encode(), which parses them already.
   std::vector<int32_t> encode_special(const std::string& text) const;
-  // encode() without sentencepiece's space prefix (its add_dummy_prefix off), as transformers'
-  // LlamaTokenizer with legacy=False encodes the text after a special token; BPE: encode().
-  std::vector<int32_t> encode_without_prefix(const std::string& text) const;
   // What a model is fed for a prompt or a scored text: <bos> first when the vocabulary adds
   // one (always for sentencepiece; for BPE when its add_bos flag is set, as GGUF's
   // tokenizer.ggml.add_bos_token, a tokenizer.json post_processor template, or else

@@ -273,23 +273,31 @@ def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
         assert f" {n} pieces" in run("info", other).stdout
 
 
-# Phi-3-mini-4k-instruct's chat template (its tokenizer_config.json).
+# Phi-3-mini-4k-instruct's chat template (as projects quote its tokenizer_config.json; Phi-3.5's
+# leaves out the bos_token).
 PHI3_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'system') %}"
                  "{{'<|system|>' + '\n' + message['content'] + '<|end|>' + '\n'}}"
                  "{% elif (message['role'] == 'user') %}"
                  "{{'<|user|>' + '\n' + message['content'] + '<|end|>' + '\n' + '<|assistant|>' + '\n'}}"
                  "{% elif message['role'] == 'assistant' %}{{message['content'] + '<|end|>' + '\n'}}"
                  "{% endif %}{% endfor %}")
+# Phi-3's tokenizer.json normalizer (Llama's older layout): a space prefix before every text
+# between special tokens, spaces as U+2581; no pre-tokenizer.
+PHI3_NORMALIZER = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"},
+                                                       {"type": "Replace", "pattern": {"String": " "},
+                                                        "content": "\u2581"}]}
 
 
 @pytest.mark.parametrize("system", ["", "Answer in one word, please."])
-def test_phi3_chat_prompt_is_the_ids_transformers_gives(sp_model, tmp_path, system):
+def test_phi3_chat_prompt_is_the_ids_phi3s_tokenizer_and_llama_cpp_give(sp_model, tmp_path, system):
     """generate --chat on a Phi-3-style checkpoint (a tokenizer.model plus tokenizer.json's
-    <|system|>, <|user|>, <|assistant|>, <|end|>): the format is picked from those pieces and the
-    prompt's ids are what transformers' LlamaTokenizer gives with Phi-3's settings (legacy=False,
-    the turn tokens stripping the whitespace after them) for Phi-3's chat template: no newline
-    after a turn token, no space prefix after it. Encoding the rendered text as llama.cpp does
-    (newline and space pieces kept) gives other ids, so the comparison has teeth."""
+    <|system|>, <|user|>, <|assistant|>, <|end|>): the format is picked from those pieces, and the
+    prompt's ids are what a fast tokenizer laid out as Phi-3's tokenizer.json (the turn tokens with
+    rstrip, a space prefix before each text) gives for Phi-3-mini's chat template, and what llama.cpp
+    gives for the rendered text on the checkpoint's GGUF named phi3 (it then strips after special
+    tokens too): no newline pieces after the turn tokens, leading whitespace of a message (Unicode
+    too) dropped. transformers' slow LlamaTokenizer with legacy=False gives other ids (no space
+    prefix after a special token), so the comparison has teeth."""
     import json as json_
 
     import torch
@@ -310,29 +318,42 @@ def test_phi3_chat_prompt_is_the_ids_transformers_gives(sp_model, tmp_path, syst
     entries = [{"id": i, "content": t, "special": True} for i, t in enumerate(["<unk>", "<s>", "</s>"])]
     entries += [{"id": n + i, "content": t, "special": True} for i, t in enumerate(added)]
     (hf / "tokenizer.json").write_text(json_.dumps({"version": "1.0", "added_tokens": entries}))
-    ckpt = tmp_path / "imp.h5"
+    ckpt = tmp_path / "phi3.h5"  # the GGUF export's general.name: llama.cpp's Phi-3 rules apply
     run("import", hf, ckpt)
-    user = "Which word means a small boat?\nName one."
-    args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
-    if system:
-        args += ["--system", system]
-    p = run(*args)
-    assert "chat prompt (phi3)" in p.stderr, p.stderr
-    ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
-
-    tok = transformers.LlamaTokenizer(str(hf / "tokenizer.model"), legacy=False, add_bos_token=False,
-                                      add_eos_token=False)
-    tok.add_tokens([AddedToken(t, rstrip=t != "<|endoftext|>", lstrip=False, normalized=False, special=True)
-                    for t in added], special_tokens=True)
-    assert tok.convert_tokens_to_ids(added) == list(range(n, n + len(added)))
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    theirs = tok.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=True)
-    print(f"\nphi3 chat ids, system {bool(system)}: condense {len(ours)}, transformers {len(theirs)}")
-    assert ours == theirs
-    rendered = tok.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=False)
-    gguf_path = tmp_path / "imp.gguf"  # the checkpoint's vocabulary, its turn pieces included
+    gguf_path = tmp_path / "phi3.gguf"
     run("export", ckpt, gguf_path, "--format", "gguf")
-    ids, _, _ = run_tool(TOOL, ["--special", gguf_path], [rendered.removeprefix("<s>").encode()], tmp_path,
-                         "rendered")
-    assert n + 4 in ids[0] and n + 3 in ids[0]  # the turn pieces parsed
-    assert [1] + ids[0] != theirs  # the text encoded with llama.cpp's rules differs
+
+    def with_turn_tokens(tok):
+        tok.add_tokens([AddedToken(t, rstrip=t != "<|endoftext|>", lstrip=False, normalized=False, special=True)
+                        for t in added], special_tokens=True)
+        assert tok.convert_tokens_to_ids(added) == list(range(n, n + len(added)))
+        return tok
+
+    converted = transformers.LlamaTokenizerFast(vocab_file=str(hf / "tokenizer.model"), from_slow=True,
+                                                add_bos_token=False, add_eos_token=False)
+    layout = json_.loads(converted.backend_tokenizer.to_str())
+    layout["normalizer"], layout["pre_tokenizer"] = PHI3_NORMALIZER, None
+    (tmp_path / "phi3_tokenizer.json").write_text(json_.dumps(layout))
+    fast = with_turn_tokens(transformers.LlamaTokenizerFast(tokenizer_file=str(tmp_path / "phi3_tokenizer.json"),
+                                                            add_bos_token=False, add_eos_token=False))
+    slow = with_turn_tokens(transformers.LlamaTokenizer(str(hf / "tokenizer.model"), legacy=False,
+                                                        add_bos_token=False, add_eos_token=False))
+    # Leading whitespace of a message: ASCII (which llama.cpp strips too) and Unicode (a no-break
+    # space, which only the tokenizer strips).
+    for user in ("\n  Which word means a small boat?\nName one. ", "\n\u00a0 Which word means a small boat?"):
+        args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
+        if system:
+            args += ["--system", system]
+        p = run(*args)
+        assert "chat prompt (phi3)" in p.stderr, p.stderr
+        ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        theirs = fast.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=True)
+        rendered = fast.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=False)
+        slow_ids = slow.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=True)
+        print(f"\nphi3 chat ids, system {bool(system)}, {user[:4]!r}: condense {len(ours)}, Phi-3's fast "
+              f"tokenizer {len(theirs)}, slow legacy=False {len(slow_ids)}")
+        assert ours == theirs
+        assert slow_ids != theirs
+        if "\u00a0" not in user:
+            assert ours == [1] + llama_cpp_ids(gguf_path, [rendered.removeprefix("<s>")], tmp_path, special=True)[0]
