@@ -216,7 +216,12 @@ MinitronPlan plan_minitron(const LlamaConfig& config, const CalibrationStats& st
   plan.config = pruned_config(orig, target);  // target errors before statistics errors
   plan.layers = kept_layers(orig, &stats, target);
   keep_layer_flags(plan.config, orig, plan.layers);
-  plan.config.finalize();
+  try {
+    plan.config.finalize();
+  } catch (const Error& e) {  // the chosen layers' own attention (NoPE, windows) has no HF form
+    fail("minitron: the layers block influence keeps ({}) do not make a model: {}; name the layers "
+         "to drop with drop_layers", join(plan.layers), e.what());
+  }
   const LlamaConfig& c = plan.config;
   const int64_t heads = c.num_attention_heads;
 

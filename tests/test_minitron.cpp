@@ -268,6 +268,15 @@ TEST(Minitron, DepthPruningKeepsEachLayersRopeFlag) {
   EXPECT_EQ(plan.config.window(0), 8);
   EXPECT_EQ(plan.config.window(1), 8);
   EXPECT_EQ(plan.config.no_rope_layers, (std::vector<int64_t>{1, 0}));
+  // Layers 0 and 1 (both RoPE, one windowed) have none: refused after calibration, naming them.
+  st.block_influence = {0.5, 0.4, 0.1, 0.2};
+  try {
+    plan_minitron(w, st, t);
+    ADD_FAILURE() << "layers 0 and 1 kept";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("keeps (0,1)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("drop_layers"), std::string::npos) << e.what();
+  }
 }
 
 // With Qwen2's q/k/v biases (random, so that a wrong slice shows): q's follow the kept heads.
