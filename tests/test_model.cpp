@@ -15,22 +15,12 @@
 #include "model/llama.h"
 #include "model/llama_config.h"
 #include "model/rope.h"
+#include "tests/test_support.h"
 
 namespace condense {
 namespace {
 
-LlamaConfig tiny(int64_t kv_heads = 2, bool tied = false) {
-  LlamaConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = kv_heads;
-  c.max_position_embeddings = 64;
-  c.tie_word_embeddings = tied;
-  return c;
-}
+LlamaConfig tiny(int64_t kv_heads = 2, bool tied = false) { return test::tiny_config(kv_heads, tied); }
 
 }  // namespace
 

@@ -34,6 +34,21 @@ inline Communicator& self_communicator() {
 
 // A two-layer Llama small enough for closed-form tests: hidden 32 (head_dim 32 / heads), FFN 48,
 // untied LM head.
+// The model tests' tiny Llama before finalize() (4 heads of 8, 2 layers, vocabulary 97, 64
+// positions): tests that build configs on it (and JSON from it) finalize later themselves.
+inline LlamaConfig tiny_config(int64_t kv_heads = 2, bool tied = false) {
+  LlamaConfig c;
+  c.vocab_size = 97;
+  c.hidden_size = 32;
+  c.intermediate_size = 48;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = kv_heads;
+  c.max_position_embeddings = 64;
+  c.tie_word_embeddings = tied;
+  return c;
+}
+
 inline LlamaConfig tiny_llama(int64_t heads, int64_t kv_heads, int64_t vocab = 61,
                               int64_t max_positions = 64) {
   LlamaConfig c;

@@ -57,6 +57,33 @@ def score(ckpt, tmp_path, content=TEXT):
     return text, ids, np.array([p["logprobs"] for p in s["positions"]])
 
 
+def score_token_by_token(ckpt, tmp_path):
+    """Log-probabilities [positions, vocab] of score()'s text (tmp_path / "t.txt", written by it)
+    scored one position at a time through an fp KV cache."""
+    js = tmp_path / "tbt.json"
+    run("score", ckpt, "--text", tmp_path / "t.txt", "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
+    return np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
+
+
+def spread_weights(model):
+    """Random weights larger than transformers' init (matrices N(0, 0.15), vectors N(0, 1)), so that
+    logits differ visibly between tokens and scores sit far from uniform."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
+
+
+def save_hf(model, hf, fields, pre="smollm", normalizer=None, state_dict=None):
+    """`model` as a Hugging Face directory `hf` (safetensors; `state_dict` instead of its own
+    weights where given) with the byte-level BPE `fields` (tokenizer_texts.gguf_bpe_fields) as
+    tokenizer.json under pre-tokenizer `pre`, no <s>, <|endoftext|> ending text (SmolLM2's and
+    Qwen2's way)."""
+    from tokenizer_texts import tokenizer_json
+    model.save_pretrained(hf, safe_serialization=True, state_dict=state_dict)
+    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, pre, normalizer=normalizer)))
+    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+
+
 def reference_logprobs(model, ids):
     """transformers' log-probabilities of each next token of `ids` (float64 softmax)."""
     with torch.no_grad():

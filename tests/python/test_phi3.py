@@ -36,8 +36,8 @@ import torch
 import model_peers
 from conftest import run
 from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
-                         score, write_converter_gguf)
-from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+                         save_hf, score, score_token_by_token, spread_weights, write_converter_gguf)
+from tokenizer_texts import gguf_bpe_fields
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -87,14 +87,10 @@ def build(kind, tmp_path_factory):
         bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
         pad_token_id=fields["eos_id"], **dict(dict(tie_word_embeddings=False), **extra))
     model = transformers.Phi3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
-    model.save_pretrained(hf, safe_serialization=True)
+    spread_weights(model)
+    save_hf(model, hf, fields)
     names = set(model.state_dict())
     assert "model.layers.0.self_attn.qkv_proj.weight" in names and "model.layers.0.mlp.gate_up_proj.weight" in names
-    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
-    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
     imp = d / "imp.h5"
     p = run("import", hf, imp)
     return kind, hf, model, imp, p.stderr
@@ -288,9 +284,7 @@ def test_phi4_partial_rope_through_cskv_kv_merge_finetune_and_pretrain(phi4, tmp
     run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
         "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
     _, _, lp_full = score(full, tmp_path)
-    js = tmp_path / "tbt.json"
-    run("score", full, "--text", tmp_path / "t.txt", "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
-    lp_tbt = np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
+    lp_tbt = score_token_by_token(full, tmp_path)
     print(f"phi4 full-rank CSKV vs the model: {np.abs(lp_full - lp).max():.3g} (forward), "
           f"{np.abs(lp_tbt - lp).max():.3g} (token by token)")
     assert np.abs(lp_full - lp).max() < 1e-4 and np.abs(lp_tbt - lp).max() < 1e-4

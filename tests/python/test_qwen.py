@@ -28,8 +28,8 @@ import torch
 import model_peers
 from conftest import run, tokenizer_line
 from model_peers import (assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
-                         write_converter_gguf)
-from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+                         save_hf, write_converter_gguf)
+from tokenizer_texts import gguf_bpe_fields
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -85,12 +85,10 @@ def qwen(request, tmp_path_factory):
                 p.normal_(1.0 if "norm" in name else 0.0, 0.5)
             else:
                 p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
-    model.save_pretrained(hf, safe_serialization=True)
+    # Qwen2's tokenizer.json normalizes to NFC (test_unicode_nfc.py checks the normalizer itself);
+    # as Qwen2's: no <s> (documents and prompts start without one), <|endoftext|> ends text.
+    save_hf(model, hf, fields, pre="qwen2", normalizer={"type": "NFC"})
     assert json.loads((hf / "config.json").read_text())["model_type"] == arch
-    # Qwen2's tokenizer.json normalizes to NFC (test_unicode_nfc.py checks the normalizer itself).
-    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "qwen2", normalizer={"type": "NFC"})))
-    # As Qwen2's: no <s> (documents and prompts start without one), <|endoftext|> ends text.
-    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
     imp = d / "imp.h5"
     run("import", hf, imp)
     return arch, hf, model, imp

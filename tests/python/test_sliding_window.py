@@ -24,8 +24,8 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import TEXT, greedy_ids, reference_logprobs, score
-from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+from model_peers import (greedy_ids, reference_logprobs, save_hf, score, spread_weights)
+from tokenizer_texts import gguf_bpe_fields
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -67,17 +67,13 @@ def build(kind, tmp_path_factory):
     fields = gguf_bpe_fields(SMOLLM2)
     torch.manual_seed(21)
     model = transformers.AutoModelForCausalLM.from_config(family_config(kind, fields, WINDOW)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
+    spread_weights(model)
     if kind == "qwen2":
         assert model.config.layer_types == ["full_attention", "sliding_attention"]
     full = transformers.AutoModelForCausalLM.from_config(family_config(kind, fields, None)).eval()
     full.load_state_dict(model.state_dict())
     hf = d / "hf"
-    model.save_pretrained(hf, safe_serialization=True)
-    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
-    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
+    save_hf(model, hf, fields)
     imp = d / "imp.h5"
     p = run("import", hf, imp)
     return kind, hf, model, full, imp, p.stderr
@@ -153,9 +149,7 @@ def test_minitron_depth_pruning_keeps_each_layers_window(qwen2, tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     for name in ("model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.down_proj.weight"):
         state[name] *= 1e-3
-    model.save_pretrained(weak, safe_serialization=True, state_dict=state)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (weak / f).write_text((hf / f).read_text())
+    save_hf(model, weak, gguf_bpe_fields(SMOLLM2), state_dict=state)
     imp = tmp_path / "weak.h5"
     run("import", weak, imp)
     store = tmp_path / "store.h5"

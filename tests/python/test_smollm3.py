@@ -27,8 +27,8 @@ import torch
 import model_peers
 from conftest import run
 from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
-                         score, write_converter_gguf)
-from tokenizer_texts import gguf_bpe_fields, tokenizer_json
+                         save_hf, score, score_token_by_token, spread_weights, write_converter_gguf)
+from tokenizer_texts import gguf_bpe_fields
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
@@ -55,13 +55,9 @@ def smollm3(tmp_path_factory):
         pad_token_id=None)
     assert config.no_rope_layers == FLAGS
     model = transformers.SmolLM3ForCausalLM(config).eval()
-    with torch.no_grad():  # larger than the init: distinct logits, scores far from uniform
-        for p in model.parameters():
-            p.normal_(0.0, 0.15 if p.dim() == 2 else 1.0)
-    model.save_pretrained(hf, safe_serialization=True)
+    spread_weights(model)
+    save_hf(model, hf, fields)
     assert json.loads((hf / "config.json").read_text())["model_type"] == "smollm3"
-    (hf / "tokenizer.json").write_text(json.dumps(tokenizer_json(fields, "smollm")))
-    (hf / "tokenizer_config.json").write_text(json.dumps({"bos_token": None, "eos_token": "<|endoftext|>"}))
     imp = d / "imp.h5"
     run("import", hf, imp)
     store = d / "store.h5"
@@ -178,10 +174,7 @@ def test_cskv_kv_merge_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_pa
     run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
         "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
     _, _, lp_full = score(full, tmp_path)
-    text = tmp_path / "t.txt"
-    js = tmp_path / "tbt.json"
-    run("score", full, "--text", text, "--full", "--json", js, "--kv-cache", "fp", "--token-by-token")
-    lp_tbt = np.array([p["logprobs"] for p in json.loads(js.read_text())["positions"]])
+    lp_tbt = score_token_by_token(full, tmp_path)
     assert np.abs(lp_full - lp).max() < 1e-4 and np.abs(lp_tbt - lp).max() < 1e-4
     # KV-head merging (2 -> 1) keeps the NoPE layer: the merged export is a SmolLM3 transformers
     # scores as condense does.
