@@ -51,15 +51,10 @@ inline LlamaConfig tiny_config(int64_t kv_heads = 2, bool tied = false) {
 
 inline LlamaConfig tiny_llama(int64_t heads, int64_t kv_heads, int64_t vocab = 61,
                               int64_t max_positions = 64) {
-  LlamaConfig c;
+  LlamaConfig c = tiny_config(kv_heads);
   c.vocab_size = vocab;
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
   c.num_attention_heads = heads;
-  c.num_key_value_heads = kv_heads;
   c.max_position_embeddings = max_positions;
-  c.tie_word_embeddings = false;
   c.finalize();
   return c;
 }
