@@ -38,7 +38,7 @@ at::Tensor group_mean(const at::Tensor& x, int64_t factor) {
 }
 
 ArcEncoderImpl::ArcEncoderImpl(LlamaForCausalLM& decoder, ArcOptions options)
-    : options_(options), config_(decoder->config()), rope_(config_) {
+    : options_(options), config_(decoder->config()) {
   const int64_t layers = config_.num_hidden_layers, hidden = config_.hidden_size;
   CONDENSE_CHECK(options.encoder_layers >= 1 && options.encoder_layers <= layers,
                  "context.encoder_layers {}: valid is 1..{} (the decoder's layers)",
@@ -59,6 +59,7 @@ ArcEncoderImpl::ArcEncoderImpl(LlamaForCausalLM& decoder, ArcOptions options)
     layers_.push_back(register_module("layer" + std::to_string(i), layer));
   }
   at::Tensor mean = embedding.mean(0).clone();
+  mean *= config_.embedding_scale();  // as the decoder scales them (Gemma)
   rec = register_parameter("rec", mean.clone());
   cont = register_parameter("cont", mean.clone());
   // An orthonormal map through the bottleneck, scale 1 until calibrate_scale().
@@ -74,7 +75,7 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
   const int64_t b = x.size(0), n = x.size(1), heads = config_.num_attention_heads,
                 kv = config_.kv_heads(), d = config_.head_size();
   at::Tensor xn = layer.input_layernorm(x);
-  auto [cos, sin] = rope_.cos_sin(0, n, x.device());
+  auto [cos, sin] = layer_rope(config_, layer.index).cos_sin(0, n, x.device());
   at::Tensor q = attn.q_proj(xn).view({b, n, heads, d});
   // k_norm (Qwen3) as the decoder layer applies it; q_norm below, after pooling, so that pooled
   // queries keep the per-head scale the layer was trained with.
@@ -94,10 +95,12 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
   const double p = is_training() ? config_.attention_dropout : 0.0;
   // No mask: every query reads every position of the chunk (bidirectional).
   at::Tensor out = at::scaled_dot_product_attention(q, k, v, std::nullopt, p, /*is_causal=*/false,
-                                                    std::nullopt, /*enable_gqa=*/heads != kv);
+                                                    config_.attention_scale(), /*enable_gqa=*/heads != kv);
   out = attn.o_proj(out.transpose(1, 2).reshape({b, q.size(2), heads * d}));
+  // Gemma 3 normalizes the attention's output before the residual (the layer's own branches).
+  if (layer.pre_feedforward_layernorm) out = layer.post_attention_layernorm(out);
   at::Tensor h = residual + out;
-  return h + layer.mlp(layer.post_attention_layernorm(h));
+  return h + layer.mlp_branch(h);
 }
 
 at::Tensor ArcEncoderImpl::encode(const at::Tensor& token_embeds) {

@@ -85,7 +85,6 @@ class ArcEncoderImpl : public torch::nn::Module {
 
   ArcOptions options_;
   LlamaConfig config_;
-  Rope rope_;
   std::vector<LlamaDecoderLayer> layers_;
 };
 TORCH_MODULE(ArcEncoder);

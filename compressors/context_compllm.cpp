@@ -51,7 +51,7 @@ CompLlmCompressor::CompLlmCompressor(LlamaForCausalLM& decoder, CompLlmOptions o
                                              LoraSpec{"lora", o.lora_rank, o.lora_alpha}, nullptr);
   at::NoGradGuard no_grad;
   at::Tensor emb = decoder->model->embed_tokens->weight.detach();
-  const double rms = emb.pow(2).mean().sqrt().item<double>();
+  const double rms = emb.pow(2).mean().sqrt().item<double>() * c.embedding_scale();
   const int64_t slots = (o.segment_len + o.rate - 1) / o.rate;
   slots_ = (at::randn({slots, c.hidden_size}, emb.options()) * rms).requires_grad_(true);
   proj_ = at::eye(c.hidden_size, emb.options()).requires_grad_(true);

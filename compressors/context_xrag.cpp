@@ -188,7 +188,8 @@ void XragCompressor::calibrate(LlamaForCausalLM& decoder, const at::Tensor&) {
   CONDENSE_CHECK(data_.train, "xRAG calibration needs its training documents attached");
   at::NoGradGuard no_grad;
   const int64_t n = std::min<int64_t>(64, data_.train->size());
-  const double target = decoder->model->embed_tokens->weight.pow(2).mean().sqrt().item<double>();
+  const double target = decoder->model->embed_tokens->weight.pow(2).mean().sqrt().item<double>() *
+                        decoder->config().embedding_scale();
   const double have = project(data_.train->embeddings.narrow(0, 0, n)).pow(2).mean().sqrt().item<double>();
   CONDENSE_CHECK(have > 0 && std::isfinite(have), "xRAG calibration: the projector's output RMS is {}", have);
   w2_.mul_(target / have);

@@ -189,6 +189,11 @@ LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target)
     keep_layer_flags(c, orig, layers);
   }
   c.hidden_size = resolve("hidden_size", target.hidden_size, orig.hidden_size);
+  // Gemma multiplies its embeddings by sqrt(hidden_size), a constant no slice of the weights keeps
+  // (with a tied head, rescaling the embedding would rescale the logits too).
+  CONDENSE_CHECK(!orig.gemma3 || c.hidden_size == orig.hidden_size, "minitron: hidden_size {} -> {} in "
+                 "a Gemma 3, whose embeddings are multiplied by sqrt(hidden_size): its width cannot be "
+                 "pruned (prune heads, intermediate_size or layers)", orig.hidden_size, c.hidden_size);
   c.intermediate_size = resolve("intermediate_size", target.intermediate_size,
                                 orig.intermediate_size);
   c.num_key_value_heads = kv;
@@ -349,6 +354,10 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
     auto from = [&](const char* m) { return weight_name(i, m); };
     assign(to("input_layernorm"), from("input_layernorm"), ch, {});
     assign(to("post_attention_layernorm"), from("post_attention_layernorm"), ch, {});
+    if (o.gemma3) {  // the norms around Gemma's MLP
+      assign(to("pre_feedforward_layernorm"), from("pre_feedforward_layernorm"), ch, {});
+      assign(to("post_feedforward_layernorm"), from("post_feedforward_layernorm"), ch, {});
+    }
     assign(to("self_attn.q_proj"), from("self_attn.q_proj"), qr, ch);
     assign(to("self_attn.k_proj"), from("self_attn.k_proj"), {}, ch);
     assign(to("self_attn.v_proj"), from("self_attn.v_proj"), {}, ch);
@@ -359,7 +368,7 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
       assign(bias(jj, "self_attn.k_proj"), bias(i, "self_attn.k_proj"), {}, {});
       assign(bias(jj, "self_attn.v_proj"), bias(i, "self_attn.v_proj"), {}, {});
     }
-    if (o.qk_norm) {  // Qwen3: one [head_dim] weight each, shared by the heads, kept whole
+    if (o.qk_norm) {  // Qwen3, Gemma 3: one [head_dim] weight each, shared by the heads, kept whole
       assign(to("self_attn.q_norm"), from("self_attn.q_norm"), {}, {});
       assign(to("self_attn.k_norm"), from("self_attn.k_norm"), {}, {});
     }

@@ -37,10 +37,12 @@ nlohmann::json decoder_rope(const LlamaConfig& c) {
   const nlohmann::json hf = to_hf_json(c);
   nlohmann::json rope = {{"rope_theta", hf["rope_theta"]},
                          {"rope_scaling", hf.contains("rope_scaling") ? hf["rope_scaling"] : nlohmann::json()}};
-  // SmolLM3's layers without RoPE, a partial rotary width and sliding windows (only where the
+  // SmolLM3's layers without RoPE, a partial rotary width, sliding windows and Gemma 3's local RoPE
+  // base (only where the
   // model has them: older exports of models without them stay loadable; one of a partial-RoPE
   // decoder made before the width joined the fingerprint, 2026-12-07, is refused: re-export it).
-  for (const char* key : {"no_rope_layers", "partial_rotary_factor", "sliding_window", "layer_types"})
+  for (const char* key : {"no_rope_layers", "partial_rotary_factor", "sliding_window", "layer_types",
+                          "rope_local_base_freq"})
     if (hf.contains(key) && !hf[key].is_null()) rope[key] = hf[key];
   return rope;
 }

@@ -1,10 +1,13 @@
 // What GGUF import (formats/gguf_import.cpp) and export (formats/gguf_llama.cpp) share about
 // llama.cpp's architectures: the per-architecture metadata keys, which ones permute q/k rows,
-// smollm3's fixed NoPE pattern, and the keys condense adds for Llama 3 RoPE parameters.
+// smollm3's fixed NoPE pattern, gemma3's attention scale and window pattern, and the keys condense
+// adds for Llama 3 RoPE parameters.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "model/llama_config.h"
 
 namespace condense::gguf_arch {
 
@@ -30,6 +33,22 @@ inline std::vector<int64_t> smollm3_gguf_rope_layers(int64_t layers) {
   std::vector<int64_t> out;
   for (int64_t i = 0; i < layers; ++i) out.push_back((i + 1) % 4 != 0 ? 1 : 0);
   if (layers < 4) out.clear();
+  return out;
+}
+
+// The query_pre_attn_scalar llama.cpp's gemma3 graph implies (src/models/gemma3.cpp; no key sets
+// it): it scales queries by 1/sqrt(head_dim), in a 62-layer model (its "27B") by
+// 1/sqrt(hidden / heads).
+inline double gemma3_gguf_query_scalar(const LlamaConfig& c) {
+  return static_cast<double>(c.num_hidden_layers == 62 ? c.hidden_size / c.num_attention_heads : c.head_size());
+}
+
+// gemma3's sliding layers where attention.sliding_window_pattern is a period n, llama.cpp's
+// default 6 among them (llama_hparams::set_swa_pattern): layer i windowed unless i % n == n - 1
+// (n = 0: every layer), 1 windowed / 0 full as LlamaConfig::sliding_window_layers.
+inline std::vector<int64_t> gemma3_gguf_window_layers(int64_t layers, int64_t period) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < layers; ++i) out.push_back(period == 0 || i % period < period - 1 ? 1 : 0);
   return out;
 }
 

@@ -131,6 +131,46 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
 // rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
 // rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
 // original length, as condense does after capping it there (RopeScaling's comment).
+// llama.cpp's gemma3 (src/models/gemma3.cpp): the attention scale its graph fixes, the windowed
+// layers from attention.sliding_window and attention.sliding_window_pattern (a per-layer array, or
+// a period, 6 where absent; no window key or 0: none), their RoPE base rope.freq_base_swa (10000
+// where absent). Gemma 2's final logit soft-capping is refused. Norms hold 1 + w already.
+void read_gemma3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
+  if (r.has(k("final_logit_softcapping"))) {
+    const nlohmann::json& cap = r.get(k("final_logit_softcapping")).value;
+    CONDENSE_CHECK(cap.is_number() && cap.get<double>() == 0.0, "{}: {} is {}; condense has no logit "
+                   "soft-capping (Gemma 2's)", path, k("final_logit_softcapping"), cap.dump());
+  }
+  c.query_pre_attn_scalar = gemma3_gguf_query_scalar(c);
+  c.rope_local_theta = 10000.0;
+  if (r.has(k("rope.freq_base_swa"))) {
+    const nlohmann::json& base = r.get(k("rope.freq_base_swa")).value;
+    CONDENSE_CHECK(base.is_number() && base.get<double>() > 0, "{}: {} is {}, expected a positive number",
+                   path, k("rope.freq_base_swa"), base.dump());
+    c.rope_local_theta = base.get<double>();
+  }
+  const int64_t window = r.has(k("attention.sliding_window"))
+                             ? static_cast<int64_t>(r.get_uint(k("attention.sliding_window"))) : 0;
+  if (window == 0) return;
+  c.sliding_window = window;
+  const std::string key = k("attention.sliding_window_pattern");
+  const nlohmann::json pattern = r.has(key) ? r.get(key).value : nlohmann::json(6);
+  if (pattern.is_array()) {
+    CONDENSE_CHECK(static_cast<int64_t>(pattern.size()) == c.num_hidden_layers, "{}: {} has {} entries for "
+                   "{} layers", path, key, pattern.size(), c.num_hidden_layers);
+    for (const nlohmann::json& v : pattern) {
+      CONDENSE_CHECK(v.is_boolean() || v.is_number_integer(), "{}: {} holds {}, expected 1 (windowed) or 0",
+                     path, key, v.dump());
+      c.sliding_window_layers.push_back(v.is_boolean() ? v.get<bool>() : v.get<int64_t>() != 0);
+    }
+  } else {
+    CONDENSE_CHECK(pattern.is_number_integer() && pattern.get<int64_t>() >= 0, "{}: {} is {}, expected a "
+                   "per-layer array or a period",
+                   path, key, pattern.dump());
+    c.sliding_window_layers = gemma3_gguf_window_layers(c.num_hidden_layers, pattern.get<int64_t>());
+  }
+}
+
 void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
   read_rotary_dim(r, k, c, path);
   if (r.has(k("rope.scaling.type"))) {
@@ -198,9 +238,9 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
                                                              : nlohmann::json();
   CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "smollm3" ||
-                     arch == "phi3",
+                     arch == "phi3" || arch == "gemma3",
                  "{}: general.architecture is {}, expected 'llama' (or 'qwen2', 'qwen3', 'smollm3', "
-                 "'phi3')", path, arch.dump());
+                 "'phi3', 'gemma3')", path, arch.dump());
   const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
@@ -212,7 +252,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   }
   LlamaConfig c;
   c.qkv_bias = k.arch == "qwen2";
-  c.qk_norm = k.arch == "qwen3";
+  c.qk_norm = k.arch == "qwen3" || k.arch == "gemma3";
+  c.gemma3 = k.arch == "gemma3";
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
   if (k.arch == "smollm3")
     c.no_rope_layers = smollm3_gguf_rope_layers(static_cast<int64_t>(r.get_uint(k("block_count"))));
@@ -235,6 +276,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   c.rms_norm_eps = eps.get<double>();
   c.rope_theta = theta.get<double>();
   c.tie_word_embeddings = !r.has_tensor("output.weight");
+  if (c.gemma3) read_gemma3_extras(r, k, c, path);
   if (r.has("tokenizer.ggml.bos_token_id"))
     c.bos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.bos_token_id"));
   if (r.has("tokenizer.ggml.eos_token_id"))
@@ -261,7 +303,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   if (c.rope_scaling.type == "longrope") used.insert({"rope_factors_short.weight", "rope_factors_long.weight"});
   std::map<std::string, at::Tensor> fused_cache;  // phi3: each fused tensor dequantized once
   for (auto& p : model->named_parameters()) {
-    std::string gname = gguf_tensor_name(p.key());
+    std::string gname = gguf_tensor_name(p.key(), c.gemma3);
     // phi3 keeps q/k/v in attn_qkv (when it has no attn_q) and gate/up in ffn_up (when it has no
     // ffn_gate; ffn_up then holds both): this weight's rows of the fused tensor.
     std::optional<FusedRows> fused;

@@ -59,7 +59,9 @@ TypeChoice parse_gguf_type(const std::string& t) {
 // A model with LongRoPE or partial rotary embeddings goes as llama.cpp's phi3: Llama's math with
 // NEOX RoPE over rope.dimension_count channels (llama's graph rotates whole heads), q/k/v and
 // gate/up fused, LongRoPE's factors as tensors and its attention factor as a key.
+// Gemma 3 goes as llama.cpp's gemma3 (its norms hold 1 + w as condense's do; NEOX RoPE).
 std::string gguf_architecture(const LlamaConfig& c) {
+  if (c.gemma3) return "gemma3";
   if (c.rope_scaling.type == "longrope" || c.rotary_dim() != c.head_size()) return "phi3";
   return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : !c.no_rope_layers.empty() ? "smollm3" : "llama";
 }
@@ -76,7 +78,7 @@ at::Tensor unpermute_qk_from_gguf(const at::Tensor& w, int64_t n_head) {
   return w.reshape({n_head, hd / 2, 2, w.size(1)}).transpose(1, 2).reshape(w.sizes()).contiguous();
 }
 
-std::string gguf_tensor_name(const std::string& n) {
+std::string gguf_tensor_name(const std::string& n, bool gemma) {
   if (n == "model.embed_tokens.weight") return "token_embd.weight";
   if (n == "model.norm.weight") return "output_norm.weight";
   if (n == "lm_head.weight") return "output.weight";
@@ -89,7 +91,13 @@ std::string gguf_tensor_name(const std::string& n) {
       {"mlp.down_proj", "ffn_down"},         {"self_attn.q_norm", "attn_q_norm"},
       {"self_attn.k_norm", "attn_k_norm"},   {"self_attn.qkv_proj", "attn_qkv"},  // phi3's fused
       {"mlp.gate_up_proj", "ffn_up"}};
+  static const std::pair<const char*, const char*> kGemma[] = {
+      {"post_attention_layernorm", "post_attention_norm"}, {"pre_feedforward_layernorm", "ffn_norm"},
+      {"post_feedforward_layernorm", "post_ffw_norm"}};
   std::smatch m;
+  if (std::regex_match(n, m, layer) && gemma)
+    for (const auto& [hf, gg] : kGemma)
+      if (m[2] == hf) return "blk." + m[1].str() + "." + gg + "." + m[3].str();
   if (std::regex_match(n, m, layer))
     for (const auto& [hf, gg] : kMap)
       if (m[2] == hf) return "blk." + m[1].str() + "." + gg + "." + m[3].str();
@@ -210,6 +218,14 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
+  if (c.gemma3) {
+    // llama.cpp's gemma3 graph fixes the attention scale (gguf_arch.h) and rounds the embedding
+    // scale in float32 (condense rounds it to the weights' dtype: the same for float32 weights).
+    CONDENSE_CHECK(c.query_pre_attn_scalar == gemma3_gguf_query_scalar(c), "{}: this Gemma 3 scales "
+                   "attention by 1/sqrt({}) (query_pre_attn_scalar), llama.cpp's gemma3 graph by "
+                   "1/sqrt({}) for its {} layers; export to Hugging Face (export --format hf) keeps it",
+                   checkpoint_path, c.query_pre_attn_scalar, gemma3_gguf_query_scalar(c), c.num_hidden_layers);
+  }
   GgufWriter w;
   w.add_string("general.architecture", k.arch);
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
@@ -221,7 +237,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   // window turned off), which equals a sliding window up to the window's length: the context
   // written is capped there.
   int64_t context = c.max_position_embeddings;
-  if (c.sliding_window > 0 && c.sliding_window < context) {
+  if (c.sliding_window > 0 && c.sliding_window < context && !c.gemma3) {
     spdlog::warn("{}: the model attends within a sliding window of {} positions, which llama.cpp "
                  "does not apply to {}; the GGUF's context_length is the window, {} (the model's is {})",
                  checkpoint_path, c.sliding_window, k.arch, c.sliding_window, context);
@@ -251,6 +267,17 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     w.add_f32(k("rope.scaling.attn_factor"), static_cast<float>(c.rope_scaling.attention_factor));
     w.add_u32(k("attention.sliding_window"), 0);  // none
   }
+  if (c.gemma3) {
+    // The windowed layers as a per-layer pattern (llama.cpp reads an array before a period), their
+    // RoPE base; without a window no key: every layer full attention on rope.freq_base.
+    w.add_f32(k("rope.freq_base_swa"), static_cast<float>(c.rope_local_theta));
+    if (c.sliding_window > 0) {
+      w.add_u32(k("attention.sliding_window"), u32(c.sliding_window));
+      std::vector<int32_t> pattern;
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) pattern.push_back(c.window(l) > 0 ? 1 : 0);
+      w.add_i32_array(k("attention.sliding_window_pattern"), pattern);
+    }
+  }
 
   if (tok.bpe() && !tok.bpe()->vocab().normalizer.empty())
     spdlog::warn("{}: the tokenizer normalizes text to NFC first, which llama.cpp does not do: "
@@ -270,7 +297,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     if (k.permutes_qk() && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
     if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
-    w.add_tensor(gguf_tensor_name(name), t, gt);
+    w.add_tensor(gguf_tensor_name(name, c.gemma3), t, gt);
     weight_bytes += t.nbytes();
   }
   if (c.rope_scaling.type == "longrope") {

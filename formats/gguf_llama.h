@@ -23,7 +23,9 @@ namespace condense {
 at::Tensor permute_qk_for_gguf(const at::Tensor& w, int64_t n_head);
 at::Tensor unpermute_qk_from_gguf(const at::Tensor& w, int64_t n_head);
 // "model.layers.3.mlp.up_proj.weight" -> "blk.3.ffn_up.weight"; throws for unknown names.
-std::string gguf_tensor_name(const std::string& hf_name);
+// gemma: llama.cpp's gemma3 names (post_attention_layernorm is the attention output's
+// post_attention_norm there, pre/post_feedforward_layernorm its ffn_norm / post_ffw_norm).
+std::string gguf_tensor_name(const std::string& hf_name, bool gemma = false);
 
 struct GgufExportStats {
   uint64_t bytes_written = 0;  // file size

@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "io/safetensors_shards.h"
 #include "formats/fused_projections.h"
+#include "formats/gemma_norms.h"
 #include "text/tokenizer.h"
 #include "formats/inference_model.h"
 #include "text/bpe_tokenizer.h"
@@ -106,6 +107,7 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
     std::vector<std::pair<std::string, at::Tensor>> tensors = hf_state_dict(model);
     if (phi3) tensors = fuse_projections(tensors, c);
     for (auto& [name, t] : tensors) {
+      if (is_gemma_norm(name, c)) t = gemma_norm_to_hf(t);
       t = t.to(dtype).contiguous();
       st.bytes_written += t.nbytes();
     }

@@ -14,6 +14,7 @@
 #include "core/finite.h"
 #include "core/shape.h"
 #include "formats/fused_projections.h"
+#include "formats/gemma_norms.h"
 #include "io/atomic_file.h"
 #include "io/safetensors_shards.h"
 #include "text/sentencepiece_proto.h"
@@ -96,9 +97,11 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
   if (j.is_object() && j.contains("architectures") && j["architectures"].is_array())
     for (const auto& a : j["architectures"])
       CONDENSE_CHECK(a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM" ||
-                         a == "Qwen3ForCausalLM" || a == "SmolLM3ForCausalLM" || a == "Phi3ForCausalLM",
+                         a == "Qwen3ForCausalLM" || a == "SmolLM3ForCausalLM" || a == "Phi3ForCausalLM" ||
+                         a == "Gemma3ForCausalLM",
                      "{}: architecture {} is not LlamaForCausalLM (or MistralForCausalLM, "
-                     "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM)",
+                     "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, "
+                     "Gemma3ForCausalLM)",
                      config_path, a.dump());
   LlamaConfig config = from_hf_json(j, config_path);
   SafetensorsShards shards = SafetensorsShards::open(dir);
@@ -129,6 +132,7 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
                    "implies {}", shards.file_of(name), name, shape_str(t.sizes()),
                    shape_str(p.value().sizes()));
     check_finite(t, shards.file_of(name), name);
+    if (is_gemma_norm(name, config)) t = gemma_norm_from_hf(t);
     p.value().copy_(t);
     if (used.insert(name).second) out.weight_bytes += e.end - e.begin;
   }

@@ -320,7 +320,14 @@ int cmd_info(const std::string& ckpt_arg) {
   const std::string partial = c.rotary_dim() == c.head_size()
                                   ? std::string()
                                   : fmt::format(", over {} of {} channels per head", c.rotary_dim(), c.head_size());
-  std::cout << fmt::format("rope         theta {}{}{}\n", c.rope_theta, scaling, partial);
+  const std::string local = c.gemma3 && c.sliding_window > 0
+                                ? fmt::format("; windowed layers theta {} unscaled", c.rope_local_theta)
+                                : std::string();
+  std::cout << fmt::format("rope         theta {}{}{}{}\n", c.rope_theta, scaling, partial, local);
+  if (c.gemma3)
+    std::cout << fmt::format("gemma        GeGLU, norms after each branch, embeddings x {:.4f}, attention "
+                             "scale 1/sqrt({})\n", c.embedding_scale(),
+                             c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : static_cast<double>(c.head_size()));
   if (c.sliding_window > 0) {
     int64_t windowed = 0;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) windowed += c.window(l) > 0;

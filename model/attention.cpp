@@ -24,13 +24,12 @@ torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
 // reads KV head h / (H / Hkv)).
 at::Tensor windowed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                               const at::Tensor& ko, const at::Tensor& vo, int64_t begin,
-                              int64_t window, double dropout) {
+                              int64_t window, double scale, double dropout) {
   const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), d = q.size(3);
   const int64_t kv = k.size(1), total = k.size(2), past = total - t;
   CONDENSE_CHECK(begin + ko.size(2) == total && begin <= std::max<int64_t>(0, past - window + 1),
                  "windowed attention: originals of positions {}..{} for {} keys and window {}",
                  begin, begin + ko.size(2) - 1, total, window);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   at::Tensor qg = q.reshape({b, kv, heads / kv, t, d});
   at::Tensor s_rebuilt = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale;  // [.., t, T]
   at::Tensor s_orig = at::matmul(qg, ko.unsqueeze(2).transpose(-1, -2)) * scale;    // [.., t, n]
@@ -92,6 +91,8 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
       head_dim_(c.head_size()),
       dropout_(c.attention_dropout),
       window_(c.window(layer_index)),
+      scale_(c.attention_scale()),
+      own_scale_(c.query_pre_attn_scalar > 0 && c.query_pre_attn_scalar != static_cast<double>(c.head_size())),
       rope_(c.uses_rope(layer_index)) {
   q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
@@ -156,8 +157,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
     if (hook->window() == 0 && hook->latent_values(t)) {
       // Attention reads the value latent; restore() maps its output up per query head.
-      at::Tensor attn = shared_value_attention(q, hook->decode_keys(layer_, k), v,
-                                               1.0 / std::sqrt(static_cast<double>(head_dim_)),
+      at::Tensor attn = shared_value_attention(q, hook->decode_keys(layer_, k), v, scale_,
                                                is_training() ? dropout_ : 0.0);
       attn = hook->restore(layer_, attn);
       return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
@@ -174,7 +174,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
         vo = r.v;
         begin = r.begin;
       }
-      at::Tensor attn = windowed_attention(q, k, v, ko, vo, begin, window, is_training() ? dropout_ : 0.0);
+      at::Tensor attn = windowed_attention(q, k, v, ko, vo, begin, window, scale_,
+                                           is_training() ? dropout_ : 0.0);
       return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
     }
   } else {
@@ -221,8 +222,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   double p = is_training() ? dropout_ : 0.0;
   // The model's scale, whatever width a KV hook projected queries and keys to.
   const bool projected = hook && !latent;
-  const std::optional<double> scale =
-      projected ? std::optional<double>(1.0 / std::sqrt(static_cast<double>(head_dim_))) : std::nullopt;
+  const std::optional<double> scale = projected || own_scale_ ? std::optional<double>(scale_) : std::nullopt;
   at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
   if (projected) attn = hook->restore(layer_, attn);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});

@@ -89,6 +89,8 @@ class LlamaAttentionImpl : public torch::nn::Module {
   int64_t layer_, heads_, kv_heads_, head_dim_;
   double dropout_;
   int64_t window_;  // LlamaConfig::window(layer): 0 attends to every earlier position
+  double scale_;    // LlamaConfig::attention_scale()
+  bool own_scale_;  // a scale other than SDPA's default 1/sqrt(head_dim) (Gemma 3)
   bool rope_;
 };
 TORCH_MODULE(LlamaAttention);

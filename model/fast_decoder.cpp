@@ -77,13 +77,17 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
                        l->self_attn->k_proj->bias, l->self_attn->v_proj->bias,
                        l->self_attn->q_norm ? l->self_attn->q_norm->weight : at::Tensor(),
                        l->self_attn->k_norm ? l->self_attn->k_norm->weight : at::Tensor(),
-                       l->self_attn->uses_rope()});
+                       l->pre_feedforward_layernorm ? l->pre_feedforward_layernorm->weight : at::Tensor(),
+                       l->post_feedforward_layernorm ? l->post_feedforward_layernorm->weight : at::Tensor(),
+                       l->self_attn->uses_rope(), config_.local_rope(l->index)});
   }
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
   lm_head_ = model->lm_head_weight();
-  std::tie(cos_, sin_) = Rope(config_)
-                             .cos_sin(0, cache.capacity(), at::kCPU);
+  std::tie(cos_, sin_) = Rope(config_).cos_sin(0, cache.capacity(), at::kCPU);
+  if (config_.gemma3)
+    std::tie(cos_local_, sin_local_) =
+        Rope(config_.rotary_dim(), config_.rope_local_theta).cos_sin(0, cache.capacity(), at::kCPU);
   const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
   const int64_t kv = config_.kv_heads(), d = config_.head_size();
   x_.resize(hidden);
@@ -108,22 +112,33 @@ at::Tensor FastDecoder::step(int64_t id) {
   const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
   const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
   const int64_t group = heads / kv;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  const float scale = static_cast<float>(config_.attention_scale());
   const int64_t rotary = config_.rotary_dim();  // the rotated channels at the front of each head
-  const float* cos = cos_.data_ptr<float>() + pos * rotary;
-  const float* sin = sin_.data_ptr<float>() + pos * rotary;
+  const float* cos = nullptr;
+  const float* sin = nullptr;
   float rstd = 0;  // RMSNorm's per-row scale, unused here
   const float eps = static_cast<float>(config_.rms_norm_eps);
   auto rms_norm = [&](const at::Tensor& weight) {
     fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden, eps);
+  };
+  // Gemma 3's norm of a branch's output (in proj_, in place) before it joins the residual.
+  auto branch_norm = [&](const at::Tensor& weight) {
+    if (weight.defined())
+      fused::rms_norm_forward(proj_.data(), weight.data_ptr<float>(), proj_.data(), &rstd, 0, 1, hidden, eps);
   };
   auto rope = [&](float* v, int64_t count) {  // in place, one head vector at a time
     for (int64_t h = 0; h < count; ++h) fused::rope_row_forward(v + h * d, v + h * d, cos, sin, rotary / 2);
   };
 
   std::memcpy(x_.data(), embed_.data_ptr<float>() + id * hidden, hidden * sizeof(float));
+  if (config_.gemma3) {  // sqrt(hidden_size) in float32, as LlamaForCausalLMImpl::embed
+    const float s = static_cast<float>(config_.embedding_scale());
+    for (float& v : x_) v *= s;
+  }
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
+    cos = (L.local_rope ? cos_local_ : cos_).data_ptr<float>() + pos * rotary;
+    sin = (L.local_rope ? sin_local_ : sin_).data_ptr<float>() + pos * rotary;
     auto [keys, values] = cache_.fp_buffers(static_cast<int64_t>(l));
     float* kbuf = keys.data_ptr<float>();
     float* vbuf = values.data_ptr<float>();
@@ -159,12 +174,22 @@ at::Tensor FastDecoder::step(int64_t id) {
       }
     });
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);
+    if (L.norm_ff_in.defined()) branch_norm(L.norm_post);
     decode::add(x_.data(), proj_.data(), hidden);
 
-    rms_norm(L.norm_post);
+    rms_norm(L.norm_ff_in.defined() ? L.norm_ff_in : L.norm_post);
     matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), hidden);
-    fused::swiglu_forward(gate_.data(), up_.data(), gate_.data(), 0, inter);  // in place
+    if (config_.gemma3) {  // GeGLU, GELU's tanh approximation as at::gelu(x, "tanh")
+      for (int64_t i = 0; i < inter; ++i) {
+        const float g = gate_[i];
+        const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+        gate_[i] = 0.5f * g * (1.0f + std::tanh(inner)) * up_[i];
+      }
+    } else {
+      fused::swiglu_forward(gate_.data(), up_.data(), gate_.data(), 0, inter);  // in place
+    }
     matvec({{&L.down, proj_.data()}}, gate_.data(), inter);
+    branch_norm(L.norm_ff_out);
     decode::add(x_.data(), proj_.data(), hidden);
   }
   rms_norm(norm_);

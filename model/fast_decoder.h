@@ -1,4 +1,4 @@
-// FastDecoder: one position of a plain float32 Llama on CPU, without autograd or operator
+// FastDecoder: one position of a plain float32 Llama (or Gemma 3) on CPU, without autograd or operator
 // dispatch, for token-by-token generation (model/generate.cpp uses it after the prompt's
 // batched prefill, which stays on the ATen forward).
 //
@@ -44,12 +44,16 @@ class FastDecoder {
     at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
     at::Tensor q_bias, k_bias, v_bias;  // undefined without LlamaConfig::qkv_bias
     at::Tensor q_norm, k_norm;          // undefined without LlamaConfig::qk_norm
+    // Gemma 3: norm_post is the attention output's norm; norm_ff_in / norm_ff_out around the
+    // MLP (undefined otherwise, where norm_post is the MLP's input norm).
+    at::Tensor norm_ff_in, norm_ff_out;
     bool rope = true;                   // false in SmolLM3's NoPE layers
+    bool local_rope = false;            // Gemma 3's windowed layers: cos_local_ / sin_local_
   };
   LlamaConfig config_;
   KVCache& cache_;
   std::vector<Layer> layers_;
-  at::Tensor embed_, norm_, lm_head_, cos_, sin_;
+  at::Tensor embed_, norm_, lm_head_, cos_, sin_, cos_local_, sin_local_;
   // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
   // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
   // [intermediate], scores [heads * capacity], per-head RMSNorm scales [heads] (qk_norm), logits

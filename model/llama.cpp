@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
 #include <torch/nn/init.h>
 
 #include "core/error.h"
@@ -27,6 +29,7 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index) {
   gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size));
   up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size));
   down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size));
+  gelu_ = c.gemma3;
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
@@ -41,6 +44,15 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
+  if (gelu_) {
+    // GeGLU (Gemma): transformers' gelu_pytorch_tanh, marked as the SiLU path below is.
+    at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
+    at::Tensor act = at::gelu(gate, "tanh");
+    if (sink) sink->mark(act, [g = gate.detach()] { return at::gelu(g, "tanh"); });
+    at::Tensor h = act * up;
+    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::gelu(g, "tanh") * u; });
+    return lin(h, down_proj, 2);
+  }
   if (!projection_hook && !linear_fn && pack_projections(x)) {
     // gate and up from one matrix product in training (one GEMM, one input gradient), SwiGLU
     // read from its two halves in place; the product (saved by down_proj) rebuilds bitwise by
@@ -71,22 +83,39 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  if (c.gemma3) {
+    pre_feedforward_layernorm =
+        register_module("pre_feedforward_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+    post_feedforward_layernorm =
+        register_module("post_feedforward_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  }
+}
+
+at::Tensor LlamaDecoderLayerImpl::attention_branch(const at::Tensor& x, const at::Tensor& cos,
+                                                   const at::Tensor& sin, KVCache* cache, KVHook* hook) {
+  at::Tensor a = self_attn(input_layernorm(x), cos, sin, cache, hook);
+  return pre_feedforward_layernorm ? post_attention_layernorm(a) : a;
+}
+
+at::Tensor LlamaDecoderLayerImpl::mlp_branch(const at::Tensor& x) {
+  if (!pre_feedforward_layernorm) return mlp(post_attention_layernorm(x));
+  return post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)));
 }
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& x, const at::Tensor& cos,
                                           const at::Tensor& sin, KVCache* cache, KVHook* hook) {
   if (!block_hook) {
-    at::Tensor h = x + self_attn(input_layernorm(x), cos, sin, cache, hook);
-    return h + mlp(post_attention_layernorm(h));
+    at::Tensor h = x + attention_branch(x, cos, sin, cache, hook);
+    return h + mlp_branch(h);
   }
   // Same computation, each residual branch run through the hook (captures by value: the hook
   // may rerun a branch during backward, after this frame is gone).
   auto attn = [this, cos, sin, cache, hook](const at::Tensor& t) {
-    return self_attn(input_layernorm(t), cos, sin, cache, hook);
+    return attention_branch(t, cos, sin, cache, hook);
   };
-  auto mlp_branch = [this](const at::Tensor& t) { return mlp(post_attention_layernorm(t)); };
+  auto mlp_fn = [this](const at::Tensor& t) { return mlp_branch(t); };
   at::Tensor h = x + block_hook->run(index, BlockHook::Part::kAttention, attn, x);
-  return h + block_hook->run(index, BlockHook::Part::kMlp, mlp_branch, h);
+  return h + block_hook->run(index, BlockHook::Part::kMlp, mlp_fn, h);
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
@@ -101,7 +130,8 @@ LlamaModelImpl::LlamaModelImpl(const LlamaConfig& c) {
 
 LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
     : config_([&] { config.finalize(); return config; }()),
-      rope_(config_) {
+      rope_(config_),
+      rope_local_(config_.rotary_dim(), config_.rope_local_theta > 0 ? config_.rope_local_theta : config_.rope_theta) {
   model = register_module("model", LlamaModel(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", linear(config_.hidden_size, config_.vocab_size));
@@ -114,7 +144,23 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
 }
 
 at::Tensor LlamaForCausalLMImpl::embed(const at::Tensor& input_ids) {
-  return model->embed_tokens(input_ids);
+  at::Tensor e = model->embed_tokens(input_ids);
+  if (!config_.gemma3) return e;
+  // Gemma's scale sqrt(hidden_size), a float32 rounded to the weights' dtype as transformers
+  // rounds it (bf16: sqrt(3072) = 55.4256 becomes 55.5).
+  const at::Tensor scale = at::scalar_tensor(config_.embedding_scale(), at::TensorOptions().dtype(at::kFloat))
+                               .to(e.scalar_type());
+  return e * scale.to(e.device());
+}
+
+LlamaForCausalLMImpl::RopeTables LlamaForCausalLMImpl::rope_tables(int64_t offset, int64_t length,
+                                                                   c10::Device device) const {
+  RopeTables r;
+  std::tie(r.cos, r.sin) = rope_.cos_sin(offset, length, device);
+  r.local_cos = r.cos;
+  r.local_sin = r.sin;
+  if (config_.gemma3) std::tie(r.local_cos, r.local_sin) = rope_local_.cos_sin(offset, length, device);
+  return r;
 }
 
 at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
@@ -128,7 +174,7 @@ at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
   CONDENSE_CHECK(offset + t <= config_.max_position_embeddings,
                  "sequence of {} positions exceeds max_position_embeddings {}", offset + t,
                  config_.max_position_embeddings);
-  auto [cos, sin] = rope_.cos_sin(offset, t, h.device());
+  const RopeTables rope = rope_tables(offset, t, h.device());
   KVCache* cache = in.cache;
   KVHook* kv_hook = kv_hook_.get();
   if (in.hidden_states) {
@@ -136,6 +182,8 @@ at::Tensor LlamaForCausalLMImpl::hidden(const DecoderInput& in) {
     in.hidden_states->push_back(h);
   }
   for (auto& layer : model->layer_list) {
+    const at::Tensor& cos = rope.c(config_, layer->index);
+    const at::Tensor& sin = rope.s(config_, layer->index);
     if (!block_hook_) {
       h = layer(h, cos, sin, cache, kv_hook);
       if (in.hidden_states) in.hidden_states->push_back(h);
@@ -160,9 +208,10 @@ at::Tensor LlamaForCausalLMImpl::forward_layers(const at::Tensor& h, int64_t beg
   CONDENSE_CHECK(0 <= begin && begin <= end && end <= config_.num_hidden_layers,
                  "forward_layers: layers [{}, {}) outside [0, {})", begin, end,
                  config_.num_hidden_layers);
-  auto [cos, sin] = rope_.cos_sin(0, h.size(1), h.device());
+  const RopeTables rope = rope_tables(0, h.size(1), h.device());
   at::Tensor x = h;
-  for (int64_t i = begin; i < end; ++i) x = model->layer_list[i]->forward(x, cos, sin, nullptr, nullptr);
+  for (int64_t i = begin; i < end; ++i)
+    x = model->layer_list[i]->forward(x, rope.c(config_, i), rope.s(config_, i), nullptr, nullptr);
   return x;
 }
 

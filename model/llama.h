@@ -48,13 +48,14 @@ using LinearFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor&
 class LlamaMLPImpl : public torch::nn::Module {
  public:
   LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index);
-  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x))
+  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x)); gelu_tanh for Gemma 3
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   LinearFn linear_fn;  // set by LlamaForCausalLMImpl::set_mlp_linear
   ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
 
  private:
   std::string names_[3];  // HF weight names of gate, up, down
+  bool gelu_ = false;      // GeGLU (LlamaConfig::gemma3)
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -63,9 +64,17 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      KVCache* cache, KVHook* hook);
+  // The residual branches: norm -> attention (-> norm, Gemma 3), and norm -> MLP (-> norm).
+  at::Tensor attention_branch(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                              KVCache* cache, KVHook* hook);
+  at::Tensor mlp_branch(const at::Tensor& x);
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
+  // Llama: input_layernorm before the attention, post_attention_layernorm before the MLP.
+  // Gemma 3 (LlamaConfig::gemma3): post_attention_layernorm on the attention's output, and
+  // pre_feedforward_layernorm / post_feedforward_layernorm (null otherwise) around the MLP.
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  RMSNorm pre_feedforward_layernorm{nullptr}, post_feedforward_layernorm{nullptr};
   BlockHook* block_hook = nullptr;  // set by LlamaForCausalLMImpl::set_block_hook
   int64_t index = 0;
 };
@@ -128,8 +137,21 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   torch::nn::Linear lm_head{nullptr};  // null when tie_word_embeddings
 
  private:
+  // cos and sin of positions [offset, offset + length) for `layer`.
+  struct RopeTables {
+    at::Tensor cos, sin, local_cos, local_sin;  // local: Gemma 3's windowed layers (else = global)
+    const at::Tensor& c(const LlamaConfig& config, int64_t layer) const {
+      return config.local_rope(layer) ? local_cos : cos;
+    }
+    const at::Tensor& s(const LlamaConfig& config, int64_t layer) const {
+      return config.local_rope(layer) ? local_sin : sin;
+    }
+  };
+  RopeTables rope_tables(int64_t offset, int64_t length, c10::Device device) const;
+
   LlamaConfig config_;
   Rope rope_;
+  Rope rope_local_;  // Gemma 3's windowed layers: plain RoPE on rope_local_theta
   std::shared_ptr<KVHook> kv_hook_;
   std::shared_ptr<BlockHook> block_hook_;
   std::shared_ptr<ProjectionHook> projection_hook_;

@@ -104,6 +104,17 @@ void LlamaConfig::finalize() {
   CONDENSE_CHECK(rotary_dim() == head_dim || (!qkv_bias && !qk_norm && no_rope_layers.empty()),
                  "a model with partial_rotary_factor {} (Phi3ForCausalLM) and {} has no Hugging Face "
                  "architecture", partial_rotary_factor, attention_extras(*this));
+  CONDENSE_CHECK(query_pre_attn_scalar >= 0 && rope_local_theta >= 0, "query_pre_attn_scalar {} and "
+                 "rope_local_theta {} must be >= 0 (0: the default)", query_pre_attn_scalar, rope_local_theta);
+  CONDENSE_CHECK(gemma3 || (query_pre_attn_scalar == 0 && rope_local_theta == 0), "query_pre_attn_scalar "
+                 "and rope_local_theta belong to Gemma 3's decoder, which this model is not");
+  CONDENSE_CHECK(!gemma3 || (qk_norm && !qkv_bias && no_rope_layers.empty() && rotary_dim() == head_dim),
+                 "Gemma 3's decoder has q/k norms, no q/k/v biases, RoPE on every layer and whole heads "
+                 "(this one: qk_norm {}, qkv_bias {}, {} NoPE entries, partial_rotary_factor {})", qk_norm,
+                 qkv_bias, no_rope_layers.size(), partial_rotary_factor);
+  CONDENSE_CHECK(!gemma3 || rope_scaling.type.empty() || rope_scaling.type == "linear", "Gemma 3 with "
+                 "rope_scaling '{}': its Hugging Face and llama.cpp forms take linear scaling (or none)",
+                 rope_scaling.type);
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -113,14 +124,23 @@ int64_t LlamaConfig::num_parameters() const {
   int64_t hd = head_size(), kv = kv_heads();
   int64_t attn = hidden_size * num_attention_heads * hd * 2 + hidden_size * kv * hd * 2;
   int64_t mlp = 3 * hidden_size * intermediate_size;
-  int64_t per_layer = attn + mlp + 2 * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0) +
+  int64_t per_layer = attn + mlp + (gemma3 ? 4 : 2) * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0) +
                       (qk_norm ? 2 * hd : 0);
   int64_t embed = vocab_size * hidden_size;
   return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
 }
 
+double LlamaConfig::attention_scale() const {
+  return 1.0 / std::sqrt(query_pre_attn_scalar > 0 ? query_pre_attn_scalar : static_cast<double>(head_size()));
+}
+
+double LlamaConfig::embedding_scale() const {
+  return gemma3 ? std::sqrt(static_cast<double>(hidden_size)) : 1.0;
+}
+
 std::string attention_extras(const LlamaConfig& c) {
-  return c.qkv_bias                 ? "q/k/v biases (Qwen2)"
+  return c.gemma3                   ? "Gemma 3's decoder"
+         : c.qkv_bias               ? "q/k/v biases (Qwen2)"
          : c.qk_norm                ? "q/k norms (Qwen3)"
          : !c.no_rope_layers.empty() ? "layers without RoPE (SmolLM3)"
                                      : "";
@@ -157,7 +177,26 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
   nlohmann::json layer_types = nlohmann::json::array();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     layer_types.push_back(c.window(i) > 0 ? "sliding_attention" : "full_attention");
-  if (c.qkv_bias || c.qk_norm) {
+  if (c.gemma3) {
+    // Gemma3TextConfig: GeGLU under its own key; the windowed layers (with their RoPE base) as
+    // layer_types, which it reads before any pattern; without a window every layer is full
+    // attention (its sliding_window then unused). No soft-capping (Gemma 2's), causal.
+    j["architectures"] = {"Gemma3ForCausalLM"};
+    j["model_type"] = "gemma3_text";
+    j.erase("hidden_act");
+    j["hidden_activation"] = "gelu_pytorch_tanh";
+    j["query_pre_attn_scalar"] = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar
+                                                             : static_cast<double>(c.head_size());
+    j["rope_local_base_freq"] = c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta;
+    j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
+    j["layer_types"] = layer_types;
+    j["final_logit_softcapping"] = nullptr;
+    j["attn_logit_softcapping"] = nullptr;
+    j["use_bidirectional_attention"] = false;
+    j["attention_bias"] = false;
+    // Gemma3TextConfig's default pad_token_id 0 is carried by no condense model.
+    j["pad_token_id"] = nullptr;
+  } else if (c.qkv_bias || c.qk_norm) {
     // Qwen2's config: its attention has the q/k/v biases built in (no key for them), and
     // head_dim is read with getattr, so it may stay. Qwen3's: q_norm / k_norm are built in;
     // attention_bias would put biases on all four projections, so it is false. Both window the
@@ -358,10 +397,15 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
+  CONDENSE_CHECK(model_type != "gemma3", "{}: model_type 'gemma3' is the multimodal Gemma 3 "
+                 "(Gemma3ForConditionalGeneration); condense reads its text model, a 'gemma3_text' "
+                 "config with Gemma3ForCausalLM weights", source);
   CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
-                     model_type == "qwen3" || model_type == "smollm3" || model_type == "phi3",
+                     model_type == "qwen3" || model_type == "smollm3" || model_type == "phi3" ||
+                     model_type == "gemma3_text",
                  "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3', "
-                 "'smollm3', 'phi3')", source, model_type);
+                 "'smollm3', 'phi3', 'gemma3_text')", source, model_type);
+  const bool gemma3 = model_type == "gemma3_text";
   const bool qwen = model_type == "qwen2" || model_type == "qwen3";
   const bool smollm3 = model_type == "smollm3";
   // Phi-3 is Llama with fused q/k/v and gate/up tensors (split by formats/hf_import.cpp),
@@ -373,15 +417,41 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
       if (j.contains(key) && j[key].is_number() && j[key].get<double>() != 0.0)
         spdlog::warn("{}: {} is {}; condense trains without that dropout", source, key, j[key].dump());
   }
-  if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-    fail("{}: hidden_act {} is not supported (expected \"silu\")", source, j["hidden_act"].dump());
+  // Gemma 3 names its activation hidden_activation (GELU, tanh approximation, by default).
+  const std::string act_key = gemma3 ? "hidden_activation" : "hidden_act",
+                    act = gemma3 ? "gelu_pytorch_tanh" : "silu";
+  if (j.contains(act_key) && !j[act_key].is_null() && j[act_key] != act)
+    fail("{}: {} {} is not supported (expected \"{}\")", source, act_key, j[act_key].dump(), act);
+  if (gemma3) {
+    for (const char* key : {"final_logit_softcapping", "attn_logit_softcapping"})
+      CONDENSE_CHECK(!j.contains(key) || j[key].is_null(), "{}: {} {} is not supported (Gemma 2's "
+                     "soft-capping; Gemma 3 has none: expected null)", source, key, j[key].dump());
+    CONDENSE_CHECK(!j.contains("use_bidirectional_attention") || j["use_bidirectional_attention"] != true,
+                   "{}: use_bidirectional_attention is true (an encoder); condense's models are causal", source);
+  }
   for (const char* bias : {"attention_bias", "mlp_bias"})
     if (j.contains(bias) && j[bias].is_boolean() && j[bias].get<bool>())
       fail("{}: {}=true is not supported", source, bias);
   LlamaConfig c;
   c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
-  c.qk_norm = model_type == "qwen3";   // Qwen3's always has these
+  c.qk_norm = model_type == "qwen3" || gemma3;  // Qwen3's and Gemma 3's always have these
   if (model_type == "qwen3") c.head_dim = 128;  // Qwen3Config's default (not hidden / heads)
+  if (gemma3) {  // Gemma3TextConfig's defaults for absent keys
+    c.gemma3 = true;
+    c.head_dim = 256;
+    c.num_key_value_heads = 4;
+    c.rope_theta = 1000000.0;
+    c.tie_word_embeddings = true;
+    c.bos_token_id = 2;
+    c.eos_token_id = 1;
+    c.query_pre_attn_scalar = 256;
+    c.rope_local_theta = 10000.0;
+    read_field(j, "query_pre_attn_scalar", c.query_pre_attn_scalar, false, source);
+    read_field(j, "rope_local_base_freq", c.rope_local_theta, false, source);
+    CONDENSE_CHECK(c.query_pre_attn_scalar > 0 && c.rope_local_theta > 0, "{}: query_pre_attn_scalar "
+                   "{} and rope_local_base_freq {} must be positive", source, c.query_pre_attn_scalar,
+                   c.rope_local_theta);
+  }
   if (phi3) {  // Phi3Config's defaults for absent keys
     c.bos_token_id = 1;
     c.eos_token_id = 32000;
@@ -417,6 +487,7 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], phi3, source);
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
+  if (gemma3) c.max_position_embeddings = 131072;
   if (phi3) c.max_position_embeddings = 4096;
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   if (c.rope_scaling.type == "longrope") complete_longrope(j, c, phi3, source);
@@ -459,6 +530,22 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
       }
     }
   }
+  if (gemma3) {
+    // Gemma 3 windows the layers layer_types marks "sliding_attention", which by default is every
+    // layer but each sliding_window_pattern-th (6), as Gemma3TextConfig builds it. Its window
+    // also picks the layer's RoPE base, so it is kept even where it never binds.
+    if (has_types) {
+      from_layer_types();
+    } else {
+      int64_t pattern = 6;
+      for (const char* key : {"sliding_window_pattern", "_sliding_window_pattern"})
+        read_field(j, key, pattern, false, source);
+      CONDENSE_CHECK(pattern > 0, "{}: sliding_window_pattern is {}, expected a positive count", source, pattern);
+      for (int64_t i = 0; i < layers; ++i) windowed[static_cast<size_t>(i)] = (i + 1) % pattern != 0;
+    }
+    CONDENSE_CHECK(!null_window || std::count(windowed.begin(), windowed.end(), 1) == 0, "{}: "
+                   "sliding_window is null but layer_types has sliding layers", source);
+  }
   if (smollm3) {
     // no_rope_layers (1: RoPE, 0: none), or where absent a NoPE layer every
     // no_rope_layer_interval layers (the 4th, 8th, ...), as SmolLM3Config builds it.
@@ -498,7 +585,7 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     read_field(j, "sliding_window", window, false, source);
     CONDENSE_CHECK(window > 0, "{}: sliding_window is {}, expected a positive count or null", source,
                    window);
-    if (window < c.max_position_embeddings) {
+    if (window < c.max_position_embeddings || gemma3) {
       c.sliding_window = window;
       c.sliding_window_layers = windowed;
     }

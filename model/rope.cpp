@@ -59,6 +59,11 @@ std::pair<at::Tensor, at::Tensor> Rope::cos_sin(int64_t offset, int64_t length,
   return {cos.to(device), sin.to(device)};
 }
 
+Rope layer_rope(const LlamaConfig& c, int64_t layer) {
+  return c.local_rope(layer) ? Rope(c.rotary_dim(), c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta)
+                             : Rope(c);
+}
+
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t dim = cos.size(-1), head = x.size(-1);
   if (dim < head)  // partial rotary: the rotated channels, then the rest unchanged

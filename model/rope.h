@@ -38,6 +38,10 @@ class Rope {
   RopeScaling scaling_;
 };
 
+// The RoPE of `layer`: plain RoPE on rope_local_theta in Gemma 3's windowed layers
+// (LlamaConfig::local_rope), the config's rope_theta and rope_scaling everywhere else.
+Rope layer_rope(const LlamaConfig& c, int64_t layer);
+
 // x: [B, heads, T, head_dim]; cos/sin: [T, dim] with dim <= head_dim. Returns, in x's dtype,
 // x*cos + rotate_half(x)*sin over the first dim channels and the others as they are.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

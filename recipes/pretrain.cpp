@@ -224,6 +224,9 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
   std::optional<LlamaConfig> init_config;
   if (!cfg_in.init.empty() && std::filesystem::is_regular_file(cfg_in.init)) {
     init_config = Checkpoint::open(cfg_in.init).config();
+    CONDENSE_CHECK(attention_extras(*init_config).empty(), "init {} has {}, which a pretrain recipe's "
+                   "model section cannot express; use kind=finetune (its model is the init's)",
+                   cfg_in.init, attention_extras(*init_config));
     // The recipe's factor on the init's heads must rotate the init's channels (the factor itself
     // may be written rounded, 0.667 for 0.6666...).
     CONDENSE_CHECK(static_cast<int64_t>(static_cast<double>(init_config->head_size()) *
@@ -239,9 +242,6 @@ int run_pretrain(const RunConfig& cfg_in, const RunOptions& options) {
                    "pretrain recipe's model section cannot express; use kind=finetune (its model is "
                    "the init's, scaling included)", cfg_in.init,
                    to_hf_json(*init_config)["rope_scaling"].dump());
-    CONDENSE_CHECK(attention_extras(*init_config).empty(), "init {} has {}, which a pretrain recipe's "
-                   "model section cannot express; use kind=finetune (its model is the init's)",
-                   cfg_in.init, attention_extras(*init_config));
   }
   CONDENSE_CHECK(cfg_in.data.seq_len <= shape.max_position_embeddings,
                  "data.seq_len ({}) exceeds model.max_position_embeddings ({})", cfg_in.data.seq_len,

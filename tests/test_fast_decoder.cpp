@@ -173,6 +173,15 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   qwen2_window.sliding_window_layers = {1, 0};
   qwen2_window.finalize();
   compare_steps(qwen2_window, 20);
+  LlamaConfig gemma = config(4, 2, true, 12);  // Gemma 3: layer 0 windowed on its own RoPE base
+  gemma.qk_norm = true;
+  gemma.gemma3 = true;
+  gemma.query_pre_attn_scalar = 10;
+  gemma.rope_local_theta = 100;
+  gemma.sliding_window = 4;
+  gemma.sliding_window_layers = {1, 0};
+  gemma.finalize();
+  compare_steps(gemma, 21);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {

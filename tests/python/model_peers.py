@@ -126,11 +126,14 @@ def converter_permute(w, heads):
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=False, add_bos=False, extra=None):
+def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=False, add_bos=False, extra=None,
+                         names=None, norm_shift=0.0):
     """`model` (transformers, float32) as llama.cpp's converter writes architecture `arch`: its
     hyperparameters, the byte-level BPE `fields` (tokenizer_texts.gguf_bpe_fields) under pre-tokenizer
     `pre`, padded with `pad` unused [PAD{i}] tokens, q/k rows permuted where `permute` (llama's
-    NORM RoPE), a tied output omitted; `extra(writer)` adds an architecture's own keys and tensors."""
+    NORM RoPE), a tied output omitted; `extra(writer)` adds an architecture's own keys and tensors;
+    `names` overrides GGUF_NAMES entries and `norm_shift` is added to every norm (Gemma's +1)."""
+    names = {**GGUF_NAMES, **(names or {})}
     c = model.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_context_length(c.max_position_embeddings)
@@ -159,6 +162,8 @@ def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=Fa
     heads = {"self_attn.q_proj": c.num_attention_heads, "self_attn.k_proj": c.num_key_value_heads}
     for name, t in model.state_dict().items():
         a = t.numpy().astype(np.float32)
+        if norm_shift and name.endswith("norm.weight"):
+            a = a + np.float32(norm_shift)
         if name == "lm_head.weight":
             if c.tie_word_embeddings:
                 continue
@@ -170,7 +175,7 @@ def write_converter_gguf(gguf, model, arch, fields, pre, path, pad=0, permute=Fa
         else:
             _, _, layer, rest = name.split(".", 3)
             module, kind = rest.rsplit(".", 1)
-            g = f"blk.{layer}.{GGUF_NAMES[module]}.{kind}"
+            g = f"blk.{layer}.{names[module]}.{kind}"
             if permute and module in heads and kind == "weight":
                 a = converter_permute(a, heads[module])
         w.add_tensor(g, a)

