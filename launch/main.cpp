@@ -204,32 +204,35 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
                  "and --chat (with --context or --context-vectors, --prompt may be left out)");
   const bool chatting = !chat.user.empty();
   bool named_format = false;  // llama2 / mistral: <s>, then the text with control pieces parsed
-  std::vector<int32_t> chat_ids;  // phi3: the prompt's ids, built turn by turn
+  std::vector<int32_t> chat_ids;  // phi3, gemma: the prompt's ids, built turn by turn
   if (chatting) {
     ChatPrompt cp;
-    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral" && chat.format != "phi3") {
+    if (tok.bpe() && chat.format != "llama2" && chat.format != "mistral" && chat.format != "phi3" &&
+        chat.format != "gemma") {
       cp = chat_prompt(tok.bpe()->vocab(), chat.system, chat.user, path);
       CONDENSE_CHECK(chat.format == "auto" || chat.format == cp.format, "--chat-format {}: this "
                      "vocabulary's chat format is {}", chat.format, cp.format);
     } else {
       std::string format = chat.format;
-      if (format == "auto") {  // Phi-3 and Mistral v0.3 name their turns with control pieces
+      if (format == "auto") {  // Phi-3, Gemma and Mistral v0.3 name their turns with pieces
         bool inst = false, end = false;
         for (int id = 0; id < tok.vocab_size(); ++id) {
           inst |= tok.token_type(id) == 3 && tok.piece(id) == "[INST]";
           end |= tok.token_type(id) == 3 && tok.piece(id) == "[/INST]";
         }
-        const bool phi3 = has_phi3_turns(tok);
-        CONDENSE_CHECK(phi3 || (inst && end), "{}: a sentencepiece vocabulary keeps no chat template; "
-                       "name the model's format with --chat-format llama2|mistral|phi3", path);
-        format = phi3 ? "phi3" : "mistral";
+        const bool phi3 = has_phi3_turns(tok), gemma = has_gemma_turns(tok);
+        CONDENSE_CHECK(phi3 || gemma || (inst && end), "{}: a sentencepiece vocabulary keeps no chat "
+                       "template; name the model's format with --chat-format llama2|mistral|phi3|gemma", path);
+        format = phi3 ? "phi3" : gemma ? "gemma" : "mistral";
       }
-      if (format == "phi3") {
-        CONDENSE_CHECK(!tok.bpe(), "{}: --chat-format phi3 is Phi-3's sentencepiece format; this vocabulary "
-                       "is a byte-level BPE (its own format: --chat-format auto)", path);
-        cp = phi3_chat_prompt(tok, chat.system, chat.user);
+      if (format == "phi3" || format == "gemma") {
+        CONDENSE_CHECK(!tok.bpe(), "{}: --chat-format {} is a sentencepiece format; this vocabulary is a "
+                       "byte-level BPE (its own format: --chat-format auto)", path, format);
+        cp = format == "phi3" ? phi3_chat_prompt(tok, chat.system, chat.user)
+                              : gemma_chat_prompt(tok, chat.system, chat.user);
         chat_ids = cp.ids;
-        if (has_context) cp.text = cp.text.substr(3);  // its <s> left out after a compressed context
+        // its <s> left out after a compressed context (gemma's text shows none)
+        if (has_context && format == "phi3") cp.text = cp.text.substr(3);
       } else {
         cp = chat_prompt_named(format, chat.system, chat.user);
         named_format = true;
@@ -431,8 +434,9 @@ int run(int argc, char** argv) {
                   "template's own, if it writes one)");
   gen->add_option("--chat-format", chat.format, "--chat: auto (the vocabulary's: ChatML or Llama 3 "
                   "for byte-level BPE; for sentencepiece, phi3 with <|user|> / <|end|> pieces, "
-                  "mistral with [INST] pieces), or llama2 / mistral / phi3 for sentencepiece "
-                  "vocabularies (Llama 2 chat, Mistral Instruct, Phi-3), which keep no template")
+                  "gemma with <start_of_turn> / <end_of_turn>, mistral with [INST] pieces), or "
+                  "llama2 / mistral / phi3 / gemma for sentencepiece vocabularies (Llama 2 chat, "
+                  "Mistral Instruct, Phi-3, Gemma), which keep no template")
       ->default_val("auto");
   gen->add_flag("--show-prompt", chat.show_prompt, "--chat: print the rendered prompt and its ids to stderr");
   gen->add_option("--context", chat.context_file, "a text file compressed by the checkpoint's "

@@ -1,5 +1,6 @@
 #include "text/chat_format.h"
 
+#include <algorithm>
 #include <optional>
 
 #include "core/error.h"
@@ -39,29 +40,59 @@ int32_t control_id(const Tokenizer& tok, const std::string& piece) {
   return -1;
 }
 
+// The byte length of the whitespace code point at s[i], or 0: Unicode White_Space (Rust's
+// char::is_whitespace), and with `python` also U+001C..U+001F, which Python's str.isspace adds.
+size_t whitespace_at(const std::string& s, size_t i, bool python) {
+  const unsigned char c = static_cast<unsigned char>(s[i]);
+  if (c == ' ' || (c >= 0x09 && c <= 0x0D) || (python && c >= 0x1C && c <= 0x1F)) return 1;
+  if (c == 0xC2 && i + 1 < s.size()) {  // U+0085, U+00A0
+    const unsigned char d = static_cast<unsigned char>(s[i + 1]);
+    return d == 0x85 || d == 0xA0 ? 2 : 0;
+  }
+  if ((c == 0xE1 || c == 0xE2 || c == 0xE3) && i + 2 < s.size()) {
+    const uint32_t cp = ((c & 0x0Fu) << 12) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
+                        (static_cast<unsigned char>(s[i + 2]) & 0x3Fu);
+    const bool white = cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                       cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    return white ? 3 : 0;
+  }
+  return 0;
+}
+
 // `s` without its leading Unicode White_Space (what a `tokenizers` added token with rstrip consumes
-// after itself; Rust's char::is_whitespace).
+// after itself).
 std::string lstrip(const std::string& s) {
   size_t i = 0;
   while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t len = 0;
-    if (c == ' ' || (c >= 0x09 && c <= 0x0D)) {
-      len = 1;
-    } else if (c == 0xC2 && i + 1 < s.size()) {  // U+0085, U+00A0
-      const unsigned char d = static_cast<unsigned char>(s[i + 1]);
-      len = d == 0x85 || d == 0xA0 ? 2 : 0;
-    } else if ((c == 0xE1 || c == 0xE2 || c == 0xE3) && i + 2 < s.size()) {
-      const uint32_t cp = ((c & 0x0Fu) << 12) | ((static_cast<unsigned char>(s[i + 1]) & 0x3Fu) << 6) |
-                          (static_cast<unsigned char>(s[i + 2]) & 0x3Fu);
-      const bool white = cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-                         cp == 0x202F || cp == 0x205F || cp == 0x3000;
-      len = white ? 3 : 0;
-    }
+    const size_t len = whitespace_at(s, i, false);
     if (len == 0) break;
     i += len;
   }
   return s.substr(i);
+}
+
+// Python's str.strip() (Jinja's trim filter): whitespace off both ends.
+std::string py_strip(const std::string& s) {
+  size_t begin = 0, end = s.size();
+  while (begin < end) {
+    const size_t len = whitespace_at(s, begin, true);
+    if (len == 0) break;
+    begin += len;
+  }
+  while (end > begin) {
+    size_t start = end - 1;  // the last code point's first byte
+    while (start > begin && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+    if (whitespace_at(s, start, true) != end - start) break;
+    end = start;
+  }
+  return s.substr(begin, end - begin);
+}
+
+// The id of Gemma's turn piece `piece` (control or user-defined), or -1.
+int32_t turn_piece_id(const Tokenizer& tok, const std::string& piece) {
+  for (int id = 0; id < tok.vocab_size(); ++id)
+    if ((tok.token_type(id) == 3 || tok.token_type(id) == 4) && tok.piece(id) == piece) return id;
+  return -1;
 }
 
 }  // namespace
@@ -95,6 +126,39 @@ ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, con
   p.ids.push_back(need("<|assistant|>"));
   p.text += "<|assistant|>\n";
   p.stop_id = need("<|end|>");
+  return p;
+}
+
+std::string gemma_chat_text(const std::string& system, const std::string& user) {
+  const std::string first = system.empty() ? "" : system + "\n\n";
+  return "<start_of_turn>user\n" + first + py_strip(user) + "<end_of_turn>\n<start_of_turn>model\n";
+}
+
+bool has_gemma_turns(const Tokenizer& tok) {
+  return turn_piece_id(tok, "<start_of_turn>") >= 0 && turn_piece_id(tok, "<end_of_turn>") >= 0;
+}
+
+ChatPrompt gemma_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user) {
+  ChatPrompt p;
+  p.format = "gemma";
+  const int32_t start = turn_piece_id(tok, "<start_of_turn>"), end = turn_piece_id(tok, "<end_of_turn>");
+  CONDENSE_CHECK(start >= 0 && end >= 0, "{}: --chat-format gemma needs the pieces <start_of_turn> and "
+                 "<end_of_turn> (Gemma's turns)", tok.source());
+  CONDENSE_CHECK(tok.bos_id() >= 0, "{}: --chat-format gemma needs a vocabulary with <bos>", tok.source());
+  p.text = gemma_chat_text(system, user);
+  p.ids.push_back(tok.bos_id());
+  // The rendered text split at the two turn tokens, each part between them encoded alone.
+  size_t at = 0;
+  while (at < p.text.size()) {
+    const size_t s = p.text.find("<start_of_turn>", at), e = p.text.find("<end_of_turn>", at);
+    const size_t next = std::min(s, e);
+    if (next > at)
+      for (int32_t id : tok.encode(p.text.substr(at, next - at))) p.ids.push_back(id);
+    if (next == std::string::npos) break;
+    p.ids.push_back(next == s ? start : end);
+    at = next + std::string(next == s ? "<start_of_turn>" : "<end_of_turn>").size();
+  }
+  p.stop_id = end;
   return p;
 }
 
@@ -139,7 +203,7 @@ ChatPrompt chat_prompt_named(const std::string& format, const std::string& syste
     return p;
   }
   fail("--chat-format {}: not a format (chatml and llama3 for byte-level BPE vocabularies, "
-       "llama2, mistral and phi3 for sentencepiece ones)", format);
+       "llama2, mistral, phi3 and gemma for sentencepiece ones)", format);
 }
 
 }  // namespace condense

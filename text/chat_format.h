@@ -1,5 +1,5 @@
 // Chat prompts for instruction-tuned byte-level BPE vocabularies, without a Jinja engine: the
-// two formats their chat templates render for one system turn and one user turn followed by
+// formats their chat templates render for one system turn and one user turn followed by
 // the assistant's turn (add_generation_prompt), recognized by the vocabulary's special tokens:
 //   chatml  (SmolLM, Qwen):  <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}
 //                            <|im_end|>\n<|im_start|>assistant\n           stop at <|im_end|>
@@ -22,10 +22,11 @@
 namespace condense {
 
 struct ChatPrompt {
-  std::string format;  // "chatml" | "llama3" | "llama2" | "mistral" | "phi3"
+  std::string format;  // "chatml" | "llama3" | "gemma" | "llama2" | "mistral" | "phi3"
   std::string text;    // the rendered prompt, special tokens written out
   int32_t stop_id = -1;  // the end-of-turn token
-  std::vector<int32_t> ids;  // phi3: the prompt's ids (<s> first), built rather than encoded
+  // phi3, gemma on sentencepiece: the prompt's ids (<s> / <bos> first), built rather than encoded
+  std::vector<int32_t> ids;
 };
 
 // Throws naming the vocabulary when it has neither format's special tokens.
@@ -57,5 +58,19 @@ ChatPrompt chat_prompt_named(const std::string& format, const std::string& syste
 ChatPrompt phi3_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user);
 // Whether `tok` has Phi-3's turn pieces (what --chat-format auto picks phi3 by).
 bool has_phi3_turns(const Tokenizer& tok);
+
+// Gemma 2 / 3 instruction-tuned, as Gemma 3's chat template renders one system and one user turn:
+//   <start_of_turn>user\n{system}\n\n{user}<end_of_turn>\n<start_of_turn>model\n
+// (the system message opens the user turn, as Gemma has no system role; without one the turn is
+// the user's alone), the user's text trimmed of surrounding whitespace (Jinja's trim: Python's
+// str.strip), the system's kept as it is. Without the leading <bos>.
+std::string gemma_chat_text(const std::string& system, const std::string& user);
+// On a sentencepiece vocabulary with <start_of_turn> and <end_of_turn> pieces (control or
+// user-defined): <bos>, then the turn tokens and the texts between them encoded one by one, as
+// transformers' tokenizer (it splits at special tokens first) and llama.cpp (parse_special) encode
+// the rendered prompt; stop at <end_of_turn>. Throws naming a missing piece.
+ChatPrompt gemma_chat_prompt(const Tokenizer& tok, const std::string& system, const std::string& user);
+// Whether `tok` has Gemma's turn pieces (what --chat-format auto picks gemma by).
+bool has_gemma_turns(const Tokenizer& tok);
 
 }  // namespace condense

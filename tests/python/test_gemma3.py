@@ -249,3 +249,71 @@ def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_pa
     dlp = np.abs(ref - lp).max()
     print(f"gemma3: converter-style GGUF in llama.cpp vs condense's import: max |d log p| {dlp:.3g}")
     assert tokens == ids and dlp <= 1e-2
+
+
+# Gemma 3's chat template (its tokenizer_config.json's, for string contents).
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'assistant') -%}{%- set role = 'model' -%}{%- else -%}"
+    "{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
+
+
+@pytest.mark.parametrize("system", ["", "Answer in one word, please. "])
+def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(tmp_path, system):
+    """generate --chat on a Gemma-style checkpoint (a sentencepiece BPE without the space prefix,
+    <pad> <eos> <bos> <unk> first, <start_of_turn> / <end_of_turn> pieces): the format is picked from
+    those pieces, and the prompt's ids are what transformers' Gemma tokenizers (slow and fast) give for
+    Gemma 3's chat template and what llama.cpp gives for the rendered text (control pieces parsed),
+    the system message opening the user turn and the user's text trimmed (Unicode whitespace too)."""
+    spm = pytest.importorskip("sentencepiece")
+    from tokenizer_texts import corpus, llama_cpp_ids
+    texts, _ = corpus(set())
+    lines = [l for name in ("gcide", "fortunes") for t in texts[name] for l in t.split("\n") if l.strip()]
+    sp_path = tmp_path / "tokenizer.model"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tokenizer"), model_type="bpe", vocab_size=1500,
+        byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=True,
+        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], character_coverage=0.9995,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", num_threads=1, minloglevel=2)
+    n = spm.SentencePieceProcessor(model_file=str(sp_path)).get_piece_size()
+    hf = tmp_path / "hf"
+    torch.manual_seed(4)
+    cfg = transformers.Gemma3TextConfig(vocab_size=n, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                        query_pre_attn_scalar=16, max_position_embeddings=128, sliding_window=8,
+                                        pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    transformers.Gemma3ForCausalLM(cfg).save_pretrained(hf, safe_serialization=True)
+    (hf / "tokenizer.model").write_bytes(sp_path.read_bytes())
+    ckpt = tmp_path / "gemma.h5"
+    run("import", hf, ckpt)
+    gguf_path = tmp_path / "gemma.gguf"
+    run("export", ckpt, gguf_path, "--format", "gguf")
+    slow = transformers.GemmaTokenizer(str(sp_path))
+    fast = transformers.GemmaTokenizerFast(vocab_file=str(sp_path), from_slow=True)
+    for user in ("\n  Which word means a small boat?\nName one. ", "\u00a0Which word means a small boat?\u3000"):
+        args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
+        if system:
+            args += ["--system", system]
+        p = run(*args)
+        assert "chat prompt (gemma)" in p.stderr, p.stderr
+        ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        rendered = slow.apply_chat_template(messages, chat_template=GEMMA3_TEMPLATE, tokenize=False,
+                                            add_generation_prompt=True)
+        theirs = [slow.apply_chat_template(messages, chat_template=GEMMA3_TEMPLATE, tokenize=True,
+                                           add_generation_prompt=True),
+                  fast.apply_chat_template(messages, chat_template=GEMMA3_TEMPLATE, tokenize=True,
+                                           add_generation_prompt=True)]
+        llama = [2] + llama_cpp_ids(gguf_path, [rendered.removeprefix("<bos>")], tmp_path, special=True)[0]
+        print(f"\ngemma chat ids, system {bool(system)}, {user[:4]!r}: condense {len(ours)}, transformers "
+              f"{[len(t) for t in theirs]}, llama.cpp {len(llama)}")
+        assert ours == theirs[0] == theirs[1] == llama
+        assert ours[:2] == [2, slow.convert_tokens_to_ids("<start_of_turn>")]
