@@ -199,15 +199,20 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
   bool gqa = q.size(1) != k.size(1);
 
+  // The keys are positions key_begin .. past + t - 1: all of them, or a windowed layer's recent
+  // ones from a ring cache (model/kv_cache.h; one new position reads its ring in slot order, every
+  // key then within its window).
+  const int64_t key_begin = past + t - k.size(2);
+  const bool window_mask = window_ > 0 && k.size(2) > window_;
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
-  if ((past > 0 && t > 1) || sliding) {
+  if ((past > 0 && t > 1) || window_mask) {
     // Query i sits at absolute position past + i and sees keys 0 .. past + i, in a sliding
     // window only the last window_ of them.
     at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
-    at::Tensor kpos = at::arange(0, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
+    at::Tensor kpos = at::arange(key_begin, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
     at::Tensor visible = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
-    if (sliding) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
+    if (window_mask) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
     mask = visible;
     causal = false;
     // On CUDA, SDPA's kernels that take a mask do not take enable_gqa (PyTorch's documentation:

@@ -159,18 +159,20 @@ at::Tensor FastDecoder::step(int64_t id) {
       rope(q_.data(), heads);
       rope(k_.data(), kv);
     }
-    for (int64_t h = 0; h < kv; ++h) {  // the cache is [1, kv, capacity, d]
-      std::memcpy(kbuf + (h * cap + pos) * d, k_.data() + h * d, d * sizeof(float));
-      std::memcpy(vbuf + (h * cap + pos) * d, v_.data() + h * d, d * sizeof(float));
+    // The cache is [1, kv, slots, d], position p in slot p % slots: the capacity, or a
+    // sliding-window layer's ring, which holds exactly the positions its window reads (attention
+    // sums over them in any order).
+    const int64_t slots = cache_.slots(static_cast<int64_t>(l)), slot = pos % slots;
+    for (int64_t h = 0; h < kv; ++h) {
+      std::memcpy(kbuf + (h * slots + slot) * d, k_.data() + h * d, d * sizeof(float));
+      std::memcpy(vbuf + (h * slots + slot) * d, v_.data() + h * d, d * sizeof(float));
     }
-    // A sliding-window layer reads only the last `window` positions.
-    const int64_t window = config_.window(static_cast<int64_t>(l));
-    const int64_t first = window > 0 ? std::max<int64_t>(0, pos + 1 - window) : 0;
+    const int64_t n = std::min(pos + 1, slots);
     at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t g = h / group;
-        decode::attend(q_.data() + h * d, kbuf + (g * cap + first) * d, vbuf + (g * cap + first) * d,
-                       att_.data() + h * d, scores_.data() + h * cap, d, pos + 1 - first, scale);
+        decode::attend(q_.data() + h * d, kbuf + g * slots * d, vbuf + g * slots * d, att_.data() + h * d,
+                       scores_.data() + h * cap, d, n, scale);
       }
     });
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);

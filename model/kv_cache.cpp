@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 
 namespace condense {
@@ -48,13 +50,17 @@ KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
   for (auto* v : {&keys_, &values_, &key_scale_, &key_min_, &key_tail_, &value_scale_, &value_min_,
                   &recent_k_, &recent_v_})
     v->resize(layers);
+  ring_.assign(layers, 0);
+  if (kind_.type == KVCacheType::kFp)
+    for (size_t l = 0; l < layers; ++l)
+      if (const int64_t w = config.window(static_cast<int64_t>(l)); w > 0) ring_[l] = std::min(w, capacity_);
 }
 
 void KVCache::allocate(int64_t layer, int64_t h, int64_t kw, int64_t vw) {
   const int64_t b = batch_;
   if (kind_.type == KVCacheType::kFp) {
-    keys_[layer] = at::empty({b, h, capacity_, kw}, options_);
-    values_[layer] = at::empty({b, h, capacity_, vw}, options_);
+    keys_[layer] = at::empty({b, h, slots(layer), kw}, options_);
+    values_[layer] = at::empty({b, h, slots(layer), vw}, options_);
     return;
   }
   const int64_t groups = (capacity_ + kind_.group - 1) / kind_.group;
@@ -88,6 +94,7 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
                  "KV cache: layer {} got heads x widths {} x {} / {} x {} after {} x {} / {}", layer,
                  k.size(1), k.size(3), v.size(1), v.size(3), keys_[layer].size(1),
                  keys_[layer].size(3), values_[layer].size(3));
+  if (ring_[static_cast<size_t>(layer)] > 0) return append_ring(layer, k, v);
   if (kind_.type == KVCacheType::kFp) {
     keys_[layer].narrow(2, length_, t).copy_(k);
     values_[layer].narrow(2, length_, t).copy_(v);
@@ -118,6 +125,29 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
                                  value_scale_[layer].narrow(2, 0, length_ + t),
                                  value_min_[layer].narrow(2, 0, length_ + t), dtype);
   return {keys, values};
+}
+
+std::pair<at::Tensor, at::Tensor> KVCache::append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t ring = ring_[static_cast<size_t>(layer)], t = k.size(2), past = length_;
+  at::Tensor& keys = keys_[layer];
+  at::Tensor& values = values_[layer];
+  if (t == 1) {  // decoding: the new position in its slot, then every held slot
+    keys.narrow(2, past % ring, 1).copy_(k);
+    values.narrow(2, past % ring, 1).copy_(v);
+    const int64_t n = std::min(past + 1, ring);
+    return {keys.narrow(2, 0, n), values.narrow(2, 0, n)};
+  }
+  // A chunk: the held positions its first query still sees (the last ring - 1, in position
+  // order), then the chunk; the ring keeps the last `ring` positions of both.
+  auto longs = at::TensorOptions().device(k.device()).dtype(at::kLong);
+  const int64_t held = std::min(past, ring - 1), kept = std::min(t, ring);
+  at::Tensor held_slots = at::arange(past - held, past, longs).remainder(ring);
+  at::Tensor k_out = at::cat({keys.index_select(2, held_slots), k.to(keys.scalar_type())}, 2);
+  at::Tensor v_out = at::cat({values.index_select(2, held_slots), v.to(values.scalar_type())}, 2);
+  at::Tensor slots = at::arange(past + t - kept, past + t, longs).remainder(ring);
+  keys.index_copy_(2, slots, k.narrow(2, t - kept, kept).to(keys.scalar_type()));
+  values.index_copy_(2, slots, v.narrow(2, t - kept, kept).to(values.scalar_type()));
+  return {k_out, v_out};
 }
 
 std::pair<at::Tensor, at::Tensor> KVCache::fp_buffers(int64_t layer) {
@@ -151,9 +181,13 @@ KVCache::Recent KVCache::append_recent(int64_t layer, const at::Tensor& k, const
 
 double KVCache::window_bytes() const {
   double total = 0;
-  for (size_t l = 0; l < recent_k_.size(); ++l)
+  for (size_t l = 0; l < recent_k_.size(); ++l) {
     for (const at::Tensor* t : {&recent_k_[l], &recent_v_[l]})
       if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
+    if (ring_[l] > 0)
+      for (const at::Tensor* t : {&keys_[l], &values_[l]})
+        if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
+  }
   return total;
 }
 
@@ -174,6 +208,7 @@ void KVCache::commit(int64_t t) {
 double KVCache::bytes_per_token() const {
   double total = 0;
   for (size_t l = 0; l < keys_.size(); ++l) {
+    if (ring_[l] > 0) continue;  // a fixed ring (window_bytes)
     const double h = static_cast<double>(keys_[l].defined() ? keys_[l].size(1) : kv_heads_);
     const double kw = static_cast<double>(keys_[l].defined() ? keys_[l].size(3) : head_dim_);
     const double vw = static_cast<double>(values_[l].defined() ? values_[l].size(3) : head_dim_);

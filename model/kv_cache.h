@@ -17,6 +17,15 @@
 // An int8 append may not cross a group boundary (max_append() says how many positions fit):
 // every query then sees exactly the keys it would see decoding one token at a time, so a
 // chunked prefill (prefill() in model/generate.h) and token-by-token decoding agree.
+//
+// Sliding-window layers (LlamaConfig::window) of an fp cache hold only their window: a ring of
+// min(window, capacity) slots, position p in slot p % slots, so their memory stops growing once
+// the window fills (Gemma 3 windows five layers in six). Attention over a ring reads it as the
+// append returns it: one new position, every slot (in slot order: attention sums over keys, so
+// their order does not matter, and every held key is within the new query's window); a chunk of
+// several, the window - 1 held positions its first query still sees, in position order, then the
+// chunk (a copy), which the caller masks from its first key's position (length + T - returned).
+// int8 caches keep every position of every layer.
 #pragma once
 #include <string>
 #include <vector>
@@ -60,11 +69,15 @@ class KVCache {
     int64_t begin = 0;
   };
   Recent append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v, int64_t keep);
+  // The fixed part: CSKV's recent windows and the sliding-window rings (per sequence).
   double window_bytes() const;
-  // fp caches: the key and value buffers of `layer`, [B, heads, capacity, width] (allocated at
-  // kv_heads x head_dim when the layer has not been appended to yet), for a decoder that writes
-  // positions itself (model/fast_decoder.h) and then calls commit().
+  // fp caches: the key and value buffers of `layer`, [B, heads, slots(layer), width] (allocated
+  // at kv_heads x head_dim when the layer has not been appended to yet), for a decoder that writes
+  // positions itself (model/fast_decoder.h: position p in slot p % slots) and then calls commit().
   std::pair<at::Tensor, at::Tensor> fp_buffers(int64_t layer);
+  // The positions `layer` holds: its ring's slots for a sliding-window layer of an fp cache, else
+  // the capacity.
+  int64_t slots(int64_t layer) const { return ring_[static_cast<size_t>(layer)] > 0 ? ring_[static_cast<size_t>(layer)] : capacity_; }
   int64_t batch() const { return batch_; }
   // Call once after all layers appended T positions.
   void commit(int64_t t);
@@ -75,18 +88,21 @@ class KVCache {
   }
   // Bytes the cache holds per position over all layers (codes and scales for int8; the
   // residual key group, at most `group` positions, is not counted), at the widths appended so
-  // far (kv_heads x head_dim for a layer not yet appended to).
+  // far (kv_heads x head_dim for a layer not yet appended to); sliding-window rings are a fixed
+  // amount, not counted here but in window_bytes().
   double bytes_per_token() const;
   const KVCacheOptions& kind() const { return kind_; }
 
  private:
   void allocate(int64_t layer, int64_t heads, int64_t key_width, int64_t value_width);
+  std::pair<at::Tensor, at::Tensor> append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v);
 
   std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, width]; int8: uint8 codes
   // int8 only: key scales/minima [B, H, groups, width], the residual keys [B, H, group, width],
   // value scales/minima [B, H, cap, 1].
   std::vector<at::Tensor> key_scale_, key_min_, key_tail_, value_scale_, value_min_;
   std::vector<at::Tensor> recent_k_, recent_v_;  // per layer, the last `keep` positions
+  std::vector<int64_t> ring_;  // per layer: a sliding-window layer's ring slots, else 0
   KVCacheOptions kind_;
   at::TensorOptions options_;
   int64_t batch_, capacity_, kv_heads_, head_dim_, element_bytes_;

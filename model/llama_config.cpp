@@ -29,6 +29,8 @@ void LlamaConfig::finalize() {
     head_dim = hidden_size / num_attention_heads;
   }
   CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
+  if (gemma3 && query_pre_attn_scalar == 0) query_pre_attn_scalar = static_cast<double>(head_dim);
+  if (gemma3 && rope_local_theta == 0) rope_local_theta = rope_theta;
   CONDENSE_CHECK(partial_rotary_factor > 0 && partial_rotary_factor <= 1 && rotary_dim() >= 2 &&
                      rotary_dim() % 2 == 0,
                  "model.partial_rotary_factor {} rotates {} of head_dim {} channels; expected a "
@@ -395,6 +397,11 @@ double longrope_attention_factor(double factor, int64_t original) {
 
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   CONDENSE_CHECK(j.is_object(), "{}: expected a JSON object", source);
+  // transformers 5 moves rope_theta / rope_scaling (Gemma 3: per attention type) under
+  // rope_parameters, which condense does not read: refused rather than read as the defaults.
+  CONDENSE_CHECK(!j.contains("rope_parameters") || j["rope_parameters"].is_null(), "{}: rope_parameters "
+                 "(transformers 5's layout of rope_theta and rope_scaling) is not read; save the config "
+                 "with transformers 4 (rope_theta, rope_scaling at the top level)", source);
   std::string model_type;
   read_field(j, "model_type", model_type, true, source);
   CONDENSE_CHECK(model_type != "gemma3", "{}: model_type 'gemma3' is the multimodal Gemma 3 "
@@ -537,9 +544,10 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     if (has_types) {
       from_layer_types();
     } else {
+      // (transformers reads sliding_window_pattern; the _sliding_window_pattern it saves is
+      // never read back)
       int64_t pattern = 6;
-      for (const char* key : {"sliding_window_pattern", "_sliding_window_pattern"})
-        read_field(j, key, pattern, false, source);
+      read_field(j, "sliding_window_pattern", pattern, false, source);
       CONDENSE_CHECK(pattern > 0, "{}: sliding_window_pattern is {}, expected a positive count", source, pattern);
       for (int64_t i = 0; i < layers; ++i) windowed[static_cast<size_t>(i)] = (i + 1) % pattern != 0;
     }

@@ -97,9 +97,10 @@ struct LlamaConfig {
   //    pre_feedforward_layernorm / post_feedforward_layernorm around the MLP;
   //  - GeGLU: GELU (tanh approximation) where Llama has SiLU;
   //  - token embeddings multiplied by sqrt(hidden_size) (rounded to the weights' dtype);
-  //  - attention scaled by query_pre_attn_scalar^-1/2 (0: head_dim, Llama's scale);
-  //  - the windowed layers ("sliding_attention") on plain RoPE with base rope_local_theta, the
-  //    others on rope_theta with rope_scaling.
+  //  - attention scaled by query_pre_attn_scalar^-1/2 (0: head_dim, Llama's scale, filled in by
+  //    finalize());
+  //  - the windowed layers ("sliding_attention") on plain RoPE with base rope_local_theta (0:
+  //    rope_theta, filled in by finalize()), the others on rope_theta with rope_scaling.
   // Gemma's RMSNorms scale by 1 + w: condense's norms hold 1 + w (formats/gemma_norms.h converts
   // on the way in and out). Carried like qk_norm (recipes never set it).
   bool gemma3 = false;

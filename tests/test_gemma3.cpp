@@ -69,6 +69,20 @@ TEST(Gemma3, ConfigReadsTheDecoderAndWritesItBack) {
   for (int l = 0; l < 7; ++l) typed["layer_types"].push_back(l == 0 ? "sliding_attention" : "full_attention");
   EXPECT_EQ(from_hf_json(typed, "config.json").window(1), 0);
   EXPECT_EQ(from_hf_json(typed, "config.json").window(0), 4);
+  // Without layer_types, transformers reads sliding_window_pattern (not the _sliding_window_pattern
+  // it saves beside layer_types).
+  nlohmann::json period = gemma_json();
+  period["_sliding_window_pattern"] = 2;
+  EXPECT_EQ(from_hf_json(period, "config.json").window(1), 4);
+  period["sliding_window_pattern"] = 2;
+  EXPECT_EQ(from_hf_json(period, "config.json").window(1), 0);
+  EXPECT_EQ(from_hf_json(period, "config.json").window(2), 4);
+  // A Gemma 3 built in code gets Gemma's defaults for the two numbers.
+  LlamaConfig built = test::tiny_config();
+  built.gemma3 = built.qk_norm = true;
+  built.finalize();
+  EXPECT_EQ(built.query_pre_attn_scalar, static_cast<double>(built.head_size()));
+  EXPECT_EQ(built.rope_local_theta, built.rope_theta);
 
   // What condense does not compute is refused naming the key.
   auto refused = [](nlohmann::json j, const char* key, const std::string& words) {
@@ -91,6 +105,9 @@ TEST(Gemma3, ConfigReadsTheDecoderAndWritesItBack) {
   j = gemma_json();
   j["model_type"] = "gemma3";
   refused(j, "model_type", "gemma3_text");
+  j = gemma_json();
+  j["rope_parameters"] = {{"full_attention", {{"rope_theta", 1e6}}}};  // transformers 5's layout
+  refused(j, "rope_parameters", "rope_parameters");
   LlamaConfig plain = test::tiny_config();
   plain.query_pre_attn_scalar = 12;  // a Gemma key on a Llama
   EXPECT_THROW(plain.finalize(), Error);

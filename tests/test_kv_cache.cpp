@@ -8,6 +8,9 @@
 //   - a chunked prefill equals token-by-token decoding: exactly up to float noise for fp, and up
 //     to quantization codes that noise flips for int8 (one step each), and the int8 model stays
 //     close to the fp one;
+//   - a sliding-window layer's fp cache is a ring of its window: whole sequences, chunks of any
+//     length and single tokens through it score as the forward without a cache, its memory stays
+//     the window's;
 //   - parse errors name the option.
 #include <gtest/gtest.h>
 
@@ -127,6 +130,45 @@ TEST(KVCache, ChunkedPrefillEqualsTokenByTokenDecoding) {
   const double drift = (a - full).abs().max().item<double>();
   EXPECT_GT(drift, 0.0);
   EXPECT_LT(drift, 5e-2);
+}
+
+TEST(KVCache, SlidingWindowLayersKeepARingOfTheirWindow) {
+  LlamaConfig c = tiny();  // layer 0 windowed (5 positions), layer 1 full attention
+  c.qkv_bias = true;       // (a partly windowed model is a Qwen2)
+  c.sliding_window = 5;
+  c.sliding_window_layers = {1, 0};
+  c.finalize();
+  torch::manual_seed(4);
+  LlamaForCausalLM m(c);
+  m->eval();
+  torch::NoGradGuard ng;
+  for (auto& p : m->parameters()) p.normal_(0, 0.3);
+  at::Tensor ids = at::randint(0, 97, {2, 23}, at::kLong);
+  at::Tensor full = m->forward(ids);
+  // Chunks of 1, 3, 7 (longer than the window), then 1s: every append shape the ring takes.
+  KVCache cache(c, 2, 40, at::TensorOptions().dtype(at::kFloat));
+  std::vector<at::Tensor> parts;
+  int64_t at = 0;
+  for (int64_t n : {1, 3, 7, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1}) {
+    parts.push_back(m->logits(m->hidden({ids.narrow(1, at, n), {}, &cache})));
+    at += n;
+  }
+  ASSERT_EQ(at, 23);
+  EXPECT_LT((at::cat(parts, 1) - full).abs().max().item<double>(), 1e-4);
+  EXPECT_EQ(cache.slots(0), 5);
+  EXPECT_EQ(cache.slots(1), 40);
+  EXPECT_EQ(cache.fp_buffers(0).first.size(2), 5);
+  // Per token only the full layer grows; the ring is a fixed 2 x 2 heads x 8 x 5 floats.
+  EXPECT_EQ(cache.bytes_per_token(), 2 * 2 * 8 * 4);
+  EXPECT_EQ(cache.window_bytes(), 2 * 2 * 8 * 5 * 4);
+  // Without the window, the same weights give other logits past it: the ring's masking matters.
+  LlamaConfig open = c;
+  open.sliding_window = 0;
+  open.sliding_window_layers.clear();
+  LlamaForCausalLM m2(open);
+  m2->eval();
+  for (auto& p : m2->named_parameters()) p.value().copy_(m->named_parameters()[p.key()]);
+  EXPECT_GT((m2->forward(ids) - full).abs().max().item<double>(), 1e-2);
 }
 
 TEST(KVCache, ParseNamesTheOption) {

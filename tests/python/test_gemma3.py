@@ -169,14 +169,19 @@ def test_finetune_keeps_the_decoder_and_pruning_keeps_each_layers_attention(gemm
     assert cskv.returncode != 0 and "Gemma 3's decoder" in cskv.stderr, cskv.stderr
 
 
+# A Gemma 3 llama.cpp can run: its attention scale 1/sqrt(head_dim) is the only one llama.cpp's
+# gemma3 graph has (query_pre_attn_scalar = head_dim); heads wider than hidden / heads (its key_length)
+# and a local RoPE base other than llama.cpp's default.
+LLAMA_CPP_KIND = dict(head_dim=24, query_pre_attn_scalar=24, rope_local_base_freq=500.0)
+
+
 @pytest.fixture(scope="module")
 def gemma_llama_cpp(tmp_path_factory):
-    """A Gemma 3 llama.cpp can run: its attention scale 1/sqrt(head_dim) is the only one llama.cpp's
-    gemma3 graph has (query_pre_attn_scalar = head_dim). (hf directory, transformers model, import)."""
+    """(hf directory, transformers model, import, fields) of LLAMA_CPP_KIND."""
     d = tmp_path_factory.mktemp("gemma3_gguf")
     fields = gguf_bpe_fields(SMOLLM2)
     torch.manual_seed(32)
-    model = transformers.Gemma3ForCausalLM(gemma_config(fields, query_pre_attn_scalar=16)).eval()
+    model = transformers.Gemma3ForCausalLM(gemma_config(fields, **LLAMA_CPP_KIND)).eval()
     spread_weights(model)
     hf = d / "hf"
     save_hf(model, hf, fields)
@@ -199,7 +204,8 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma, gemma_llama_cpp, 
     assert r.fields["general.architecture"].contents() == "gemma3"
     assert r.fields["gemma3.context_length"].contents() == 128
     assert r.fields["gemma3.attention.sliding_window_pattern"].contents() == [1, 0, 1]
-    assert r.fields["gemma3.rope.freq_base_swa"].contents() == 10000.0
+    assert r.fields["gemma3.rope.freq_base_swa"].contents() == 500.0
+    assert r.fields["gemma3.attention.key_length"].contents() == 24
     assert {"blk.0.post_attention_norm.weight", "blk.0.post_ffw_norm.weight"} <= {t.name for t in r.tensors}
     text, ids, lp = score(imp, tmp_path)
     tokens, ref = llama_cpp_logprobs(out, text, ids, tmp_path)
@@ -218,18 +224,16 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma, gemma_llama_cpp, 
 
 def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_path):
     """convert_hf_to_gguf.py's Gemma3Model: norms + 1, Gemma's tensor names, no window pattern key
-    (llama.cpp's period 6: all three layers windowed), rope.freq_base_swa; condense reads it as the
-    model llama.cpp runs, and transformers agrees once its layer_types say the same."""
+    (llama.cpp's period 6: all three layers windowed), rope.freq_base_swa, key_length; condense reads
+    it as the model llama.cpp runs, and transformers agrees once its layer_types say the same."""
     hf, model, imp, fields = gemma_llama_cpp
     path = tmp_path / "conv.gguf"
 
     def extra(w):
         w.add_sliding_window(WINDOW)
-        w.add_rope_freq_base_swa(10000.0)
+        w.add_rope_freq_base_swa(500.0)
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(2.0)
-        w.add_key_length(16)
-        w.add_value_length(16)
 
     model_peers.write_converter_gguf(gguf, model, "gemma3", fields, "smollm", path, extra=extra, norm_shift=1.0,
                                      names={"post_attention_layernorm": "post_attention_norm",
@@ -239,8 +243,9 @@ def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_pa
     run("import", path, conv)
     with h5py.File(conv, "r") as f:
         cfg = json.loads(f["config"][()])
-    assert cfg["layer_types"] == ["sliding_attention"] * 3 and cfg["query_pre_attn_scalar"] == 16
-    everywhere = transformers.Gemma3ForCausalLM(gemma_config(fields, query_pre_attn_scalar=16,
+    assert cfg["layer_types"] == ["sliding_attention"] * 3 and cfg["query_pre_attn_scalar"] == 24
+    assert cfg["rope_local_base_freq"] == 500.0 and cfg["head_dim"] == 24
+    everywhere = transformers.Gemma3ForCausalLM(gemma_config(fields, **LLAMA_CPP_KIND,
                                                              layer_types=["sliding_attention"] * 3)).eval()
     everywhere.load_state_dict(model.state_dict())
     text, ids, lp = score(conv, tmp_path)
