@@ -287,9 +287,9 @@ int cmd_generate(const std::string& ckpt_arg, std::string prompt, SamplingOption
   std::cout << (chatting ? "" : prompt) << tok.decode(out) << "\n";
   if (print_ids) spdlog::info("ids: {}", fmt::join(r.tokens, " "));
   spdlog::info("{} tokens: prefill {} tokens in {:.3f}s, decode {:.1f} tokens/s; {} KV cache, "
-               "{:.0f} bytes per token; {} decode", r.tokens.size(),
+               "{:.0f} bytes per token, {:.3f} MB held at the end; {} decode", r.tokens.size(),
                ids.size() + (has_context ? context.embeds.size(0) : 0), r.prefill_seconds,
-               r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token, r.decode_path);
+               r.decode_tokens_per_s(), kv_cache, r.kv_bytes_per_token, r.kv_bytes_held / 1e6, r.decode_path);
   return 0;
 }
 

@@ -129,6 +129,7 @@ GenerationResult generate(LlamaForCausalLM& model, const std::vector<int64_t>& p
   }
   result.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
   result.kv_bytes_per_token = cache.bytes_per_token();
+  result.kv_bytes_held = cache.held_bytes();
   if (was_training) model->train();
   return result;
 }

@@ -34,6 +34,7 @@ struct GenerationResult {
   double prefill_seconds = 0;
   double decode_seconds = 0;
   double kv_bytes_per_token = 0;  // what the cache held per position
+  double kv_bytes_held = 0;       // what it held at the end (windowed layers: their window)
   // "fast" (model/fast_decoder.h) or "aten (<why the fast decoder does not apply>)".
   std::string decode_path;
   double decode_tokens_per_s() const;

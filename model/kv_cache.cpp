@@ -205,20 +205,29 @@ void KVCache::commit(int64_t t) {
   }
 }
 
+double KVCache::layer_bytes_per_position(size_t l) const {
+  const double h = static_cast<double>(keys_[l].defined() ? keys_[l].size(1) : kv_heads_);
+  const double kw = static_cast<double>(keys_[l].defined() ? keys_[l].size(3) : head_dim_);
+  const double vw = static_cast<double>(values_[l].defined() ? values_[l].size(3) : head_dim_);
+  if (kind_.type == KVCacheType::kFp) return h * (kw + vw) * static_cast<double>(element_bytes_);
+  // keys: a byte per value + scale and minimum (2 floats) per channel per group; values: a
+  // byte per value + scale and minimum per token and head.
+  return h * (kw + 8 * kw / static_cast<double>(kind_.group) + vw + 8);
+}
+
 double KVCache::bytes_per_token() const {
   double total = 0;
+  for (size_t l = 0; l < keys_.size(); ++l) total += layer_bytes_per_position(l);
+  return total;
+}
+
+double KVCache::held_bytes() const {
+  double total = 0;
   for (size_t l = 0; l < keys_.size(); ++l) {
-    if (ring_[l] > 0) continue;  // a fixed ring (window_bytes)
-    const double h = static_cast<double>(keys_[l].defined() ? keys_[l].size(1) : kv_heads_);
-    const double kw = static_cast<double>(keys_[l].defined() ? keys_[l].size(3) : head_dim_);
-    const double vw = static_cast<double>(values_[l].defined() ? values_[l].size(3) : head_dim_);
-    if (kind_.type == KVCacheType::kFp) {
-      total += h * (kw + vw) * static_cast<double>(element_bytes_);
-    } else {
-      // keys: a byte per value + scale and minimum (2 floats) per channel per group; values: a
-      // byte per value + scale and minimum per token and head.
-      total += h * (kw + 8 * kw / static_cast<double>(kind_.group) + vw + 8);
-    }
+    const int64_t held = ring_[l] > 0 ? std::min(length_, ring_[l]) : length_;
+    total += layer_bytes_per_position(l) * static_cast<double>(held);
+    for (const at::Tensor* t : {&recent_k_[l], &recent_v_[l]})
+      if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
   }
   return total;
 }

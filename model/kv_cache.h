@@ -88,13 +88,17 @@ class KVCache {
   }
   // Bytes the cache holds per position over all layers (codes and scales for int8; the
   // residual key group, at most `group` positions, is not counted), at the widths appended so
-  // far (kv_heads x head_dim for a layer not yet appended to); sliding-window rings are a fixed
-  // amount, not counted here but in window_bytes().
+  // far (kv_heads x head_dim for a layer not yet appended to); a sliding-window layer's ring
+  // counts too, though it stops growing at its window (held_bytes() says what is held).
   double bytes_per_token() const;
+  // Bytes held now for one sequence: each layer's per-position bytes times the positions it holds
+  // (the length, or a ring's min(length, slots)), plus CSKV's recent windows.
+  double held_bytes() const;
   const KVCacheOptions& kind() const { return kind_; }
 
  private:
   void allocate(int64_t layer, int64_t heads, int64_t key_width, int64_t value_width);
+  double layer_bytes_per_position(size_t layer) const;
   std::pair<at::Tensor, at::Tensor> append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v);
 
   std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, width]; int8: uint8 codes

@@ -158,8 +158,9 @@ TEST(KVCache, SlidingWindowLayersKeepARingOfTheirWindow) {
   EXPECT_EQ(cache.slots(0), 5);
   EXPECT_EQ(cache.slots(1), 40);
   EXPECT_EQ(cache.fp_buffers(0).first.size(2), 5);
-  // Per token only the full layer grows; the ring is a fixed 2 x 2 heads x 8 x 5 floats.
-  EXPECT_EQ(cache.bytes_per_token(), 2 * 2 * 8 * 4);
+  // A position costs 2 x 2 heads x 8 floats in each layer, but the windowed layer holds 5 of the 23.
+  EXPECT_EQ(cache.bytes_per_token(), 2 * (2 * 2 * 8 * 4));
+  EXPECT_EQ(cache.held_bytes(), (23 + 5) * (2 * 2 * 8 * 4));
   EXPECT_EQ(cache.window_bytes(), 2 * 2 * 8 * 5 * 4);
   // Without the window, the same weights give other logits past it: the ring's masking matters.
   LlamaConfig open = c;

@@ -106,6 +106,16 @@ def test_greedy_generation_past_the_window_equals_transformers(family):
                               do_sample=False)[0, len(prompt_ids):].tolist()
     for extra in ([], ["--aten-decode"]):
         assert greedy_ids(imp, prompt, 3 * WINDOW, *extra) == want, extra
+    # The windowed layers' KV cache is a ring of the window: what it holds at the end is below a
+    # cache of every position (bytes per token x positions) by the windowed layers' share.
+    p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 3 * WINDOW, "--ignore-eos", "--threads", 1,
+            errors="replace")
+    line = next(l for l in p.stderr.splitlines() if "bytes per token" in l)
+    per_token = float(line.split(" bytes per token")[0].split(", ")[-1])
+    held = float(line.split(" MB held")[0].split(", ")[-1]) * 1e6
+    everything = per_token * (len(prompt_ids) + 3 * WINDOW)
+    print(f"{kind}: KV cache held {held:.0f} bytes at the end, every position would be {everything:.0f}")
+    assert held < (0.5 if kind != "qwen2" else 0.8) * everything, line
 
 
 def test_hf_export_keeps_the_window(family, tmp_path):
