@@ -145,6 +145,9 @@ ExportStats export_hf(const std::string& checkpoint_path, const std::string& out
       tcfg["add_bos_token"] = true;
       tcfg["add_eos_token"] = false;
       tcfg["legacy"] = true;  // plain sentencepiece behaviour, as condense tokenizes
+      // A model without sentencepiece's space prefix (Gemma's): transformers' fast tokenizer,
+      // converted from this one, would prepend a space to every text unless told not to.
+      if (!tok.adds_space_prefix()) tcfg["add_prefix_space"] = false;
       tcfg["clean_up_tokenization_spaces"] = false;
       tcfg["model_max_length"] = c.max_position_embeddings;
       tcfg["sp_model_kwargs"] = nlohmann::json::object();

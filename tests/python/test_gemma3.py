@@ -269,27 +269,25 @@ GEMMA3_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}")
 
 
-@pytest.mark.parametrize("system", ["", "Answer in one word, please. "])
-def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(tmp_path, system):
-    """generate --chat on a Gemma-style checkpoint (a sentencepiece BPE without the space prefix,
-    <pad> <eos> <bos> <unk> first, <start_of_turn> / <end_of_turn> pieces): the format is picked from
-    those pieces, and the prompt's ids are what transformers' Gemma tokenizers (slow and fast) give for
-    Gemma 3's chat template and what llama.cpp gives for the rendered text (control pieces parsed),
-    the system message opening the user turn and the user's text trimmed (Unicode whitespace too)."""
+@pytest.fixture(scope="module")
+def gemma_sp(tmp_path_factory):
+    """A Gemma-style checkpoint: a sentencepiece BPE without the space prefix (Gemma's), <pad> <eos>
+    <bos> <unk> first, <start_of_turn> / <end_of_turn> pieces; (tokenizer.model, checkpoint, its GGUF)."""
     spm = pytest.importorskip("sentencepiece")
-    from tokenizer_texts import corpus, llama_cpp_ids
+    from tokenizer_texts import corpus
+    d = tmp_path_factory.mktemp("gemma_sp")
     texts, _ = corpus(set())
     lines = [l for name in ("gcide", "fortunes") for t in texts[name] for l in t.split("\n") if l.strip()]
-    sp_path = tmp_path / "tokenizer.model"
+    sp_path = d / "tokenizer.model"
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(tmp_path / "tokenizer"), model_type="bpe", vocab_size=1500,
+        sentence_iterator=iter(lines), model_prefix=str(d / "tokenizer"), model_type="bpe", vocab_size=1500,
         byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=False, allow_whitespace_only_pieces=True, split_digits=True,
         user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], character_coverage=0.9995,
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
         unk_piece="<unk>", num_threads=1, minloglevel=2)
     n = spm.SentencePieceProcessor(model_file=str(sp_path)).get_piece_size()
-    hf = tmp_path / "hf"
+    hf = d / "hf"
     torch.manual_seed(4)
     cfg = transformers.Gemma3TextConfig(vocab_size=n, hidden_size=64, intermediate_size=96, num_hidden_layers=1,
                                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -297,10 +295,21 @@ def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(tmp_pa
                                         pad_token_id=0, eos_token_id=1, bos_token_id=2)
     transformers.Gemma3ForCausalLM(cfg).save_pretrained(hf, safe_serialization=True)
     (hf / "tokenizer.model").write_bytes(sp_path.read_bytes())
-    ckpt = tmp_path / "gemma.h5"
+    ckpt = d / "gemma.h5"
     run("import", hf, ckpt)
-    gguf_path = tmp_path / "gemma.gguf"
+    gguf_path = d / "gemma.gguf"
     run("export", ckpt, gguf_path, "--format", "gguf")
+    return sp_path, ckpt, gguf_path
+
+
+@pytest.mark.parametrize("system", ["", "Answer in one word, please. "])
+def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(gemma_sp, tmp_path, system):
+    """generate --chat on a Gemma-style checkpoint: the format is picked from its turn pieces, and the
+    prompt's ids are what transformers' Gemma tokenizers (slow and fast) give for Gemma 3's chat
+    template and what llama.cpp gives for the rendered text (control pieces parsed), the system
+    message opening the user turn and the user's text trimmed (Unicode whitespace too)."""
+    from tokenizer_texts import llama_cpp_ids
+    sp_path, ckpt, gguf_path = gemma_sp
     slow = transformers.GemmaTokenizer(str(sp_path))
     fast = transformers.GemmaTokenizerFast(vocab_file=str(sp_path), from_slow=True)
     for user in ("\n  Which word means a small boat?\nName one. ", "\u00a0Which word means a small boat?\u3000"):
@@ -322,3 +331,19 @@ def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(tmp_pa
               f"{[len(t) for t in theirs]}, llama.cpp {len(llama)}")
         assert ours == theirs[0] == theirs[1] == llama
         assert ours[:2] == [2, slow.convert_tokens_to_ids("<start_of_turn>")]
+
+
+def test_hf_export_of_a_tokenizer_without_the_space_prefix_tokenizes_as_gemma(gemma_sp, tmp_path):
+    """The HF export's tokenizer_config.json says add_prefix_space false for a sentencepiece model
+    without the prefix: transformers' fast tokenizer (converted from it; AutoTokenizer's default) and
+    its slow one give Gemma's ids (the fast one prepended a space to every text before)."""
+    sp_path, ckpt, _ = gemma_sp
+    out = tmp_path / "out"
+    run("export", ckpt, out, "--format", "hf")
+    assert json.loads((out / "tokenizer_config.json").read_text())["add_prefix_space"] is False
+    ref = transformers.GemmaTokenizerFast(vocab_file=str(sp_path), from_slow=True)
+    texts = ["Hello world, a small boat.", " leading space", "two  spaces\nnewline", "<start_of_turn>user"]
+    for fast in (True, False):
+        tok = transformers.AutoTokenizer.from_pretrained(str(out), use_fast=fast)
+        for text in texts:
+            assert tok.encode(text) == ref.encode(text), (fast, text)
