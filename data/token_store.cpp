@@ -37,7 +37,7 @@ double document_draw(int64_t seed, int64_t index) {
 // <s> that is the </s>) followed by the separator, in parallel over contiguous chunks.
 std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
                                                    const std::vector<std::string>& docs,
-                                                   int requested_threads) {
+                                                   int requested_threads, bool parse_special) {
   std::vector<std::vector<int32_t>> out(docs.size());
   size_t threads = requested_threads > 0
                        ? static_cast<size_t>(requested_threads)
@@ -49,7 +49,7 @@ std::vector<std::vector<int32_t>> encode_documents(const Tokenizer& tok,
     size_t lo = docs.size() * t / threads, hi = docs.size() * (t + 1) / threads;
     auto last_log = Clock::now();
     for (size_t i = lo; i < hi; ++i) {
-      std::vector<int32_t> ids = tok.encode(docs[i]);
+      std::vector<int32_t> ids = parse_special ? tok.encode_special(docs[i]) : tok.encode(docs[i]);
       out[i].reserve(ids.size() + 2);
       // A bos that is the eos (<|endoftext|> in llama.cpp's Qwen2 files) would double the
       // separator.
@@ -168,7 +168,7 @@ void prepare_token_store(const PrepareOptions& o) {
                  "separates documents in a token store", tok->source());
 
   auto start = Clock::now();
-  std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs, o.threads);
+  std::vector<std::vector<int32_t>> encoded = encode_documents(*tok, docs, o.threads, o.parse_special);
   double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   Split train_split = concatenate(encoded, train);
   Split val_split = concatenate(encoded, val);
@@ -195,6 +195,7 @@ void prepare_token_store(const PrepareOptions& o) {
     f.set_attr("", "num_val_documents", static_cast<int64_t>(val.size()));
     f.set_attr("", "seed", o.seed);
     f.set_attr("", "val_fraction", o.val_fraction);
+    if (o.parse_special) f.set_attr("", "parse_special", int64_t{1});
     f.close();
   });
   spdlog::info("token store: wrote {} (corpus sha256 {}, tokenizer sha256 {})", o.out_path,

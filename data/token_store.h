@@ -36,6 +36,11 @@ struct PrepareOptions {
   int threads = 0;             // encoding threads; 0: the machine's cores (at most 16). The
                                // output does not depend on it (documents are encoded
                                // independently and concatenated in corpus order).
+  // Control pieces written in the text (Phi-3's <|user|>, Mistral v0.3's [INST]) become their ids
+  // (Tokenizer::encode_special, as llama.cpp parses special tokens), for text already in a chat
+  // format; otherwise a sentencepiece vocabulary encodes them as text. Byte-level BPE parses its
+  // special tokens either way.
+  bool parse_special = false;
 };
 
 // Reads the corpus, trains or loads the tokenizer, splits documents into train/val (document

@@ -380,6 +380,9 @@ int run(int argc, char** argv) {
   prep->add_option("--out", po.out_path, "output .h5")->required();
   prep->add_option("--threads", po.threads, "encoding threads (0: all cores, at most 16); the "
                    "store is the same bit for bit whatever the count")->default_val(0);
+  prep->add_flag("--parse-special", po.parse_special, "control pieces written in the text (<|user|>, "
+                 "[INST]) become their ids, for text already in a chat format (sentencepiece; "
+                 "byte-level BPE parses its special tokens anyway)");
   std::string save_tokenizer;
   prep->add_option("--save-tokenizer", save_tokenizer, "also write the tokenizer .model here");
 

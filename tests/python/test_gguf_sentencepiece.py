@@ -202,6 +202,34 @@ def test_control_pieces_written_in_text_parse_as_llama_cpp(sp_model, tmp_path):
     assert ours[0][0] == inst and inst not in ours[len(chats)]  # parsed; plain text untouched
 
 
+def test_prepare_parse_special_turns_control_pieces_into_their_ids(sp_model, tmp_path):
+    """`prepare --parse-special` stores chat-formatted text with its control pieces as their ids (the
+    documents' ids are encode_special's, which the test above compares with llama.cpp); without it
+    they stay text, as before; the store records the choice."""
+    import h5py
+    import numpy as np
+    model_bytes, _ = sp_model
+    model = tmp_path / "sp.model"
+    model.write_bytes(model_bytes)
+    corpus_dir = tmp_path / "chats"
+    corpus_dir.mkdir()
+    docs = ["[INST] Which word means a small boat?[/INST] A skiff.", "[INST] Be brief.[/INST] Yes."] * 3
+    for i, d in enumerate(docs):
+        (corpus_dir / f"{i}.txt").write_text(d)
+    inst = tables(model_bytes)["tokens"].index("[INST]")
+    stores = {}
+    for flag in ([], ["--parse-special"]):
+        out = tmp_path / f"store{len(flag)}.h5"
+        run("prepare", "--corpus", "dir", "--path", corpus_dir, "--tokenizer", model, "--val-fraction", 0,
+            "--out", out, *flag)
+        with h5py.File(out, "r") as f:
+            stores[bool(flag)] = (f["train/ids"][()], f.attrs.get("parse_special"))
+    ids, attr = stores[True]
+    assert np.count_nonzero(ids == inst) == len(docs) and attr == 1
+    ids, attr = stores[False]
+    assert np.count_nonzero(ids == inst) == 0 and attr is None
+
+
 def test_hf_added_tokens_join_the_sentencepiece_model(sp_model, tmp_path):
     """A Hugging Face directory with a tokenizer.model and tokenizer.json's added tokens after its
     pieces (as Phi-3's <|user|> ... <|end|>): the import appends them (special ones as control
