@@ -2,8 +2,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <vector>
 
 #include "core/error.h"
 #include "model/fused_ops.h"
@@ -68,6 +71,30 @@ at::Tensor shared_value_attention(const at::Tensor& q, const at::Tensor& k, cons
   at::Tensor p = at::softmax(scores, -1);
   if (dropout > 0) p = at::dropout(p, dropout, true);
   return at::matmul(p.reshape({b, heads * t, total}), cv.squeeze(1)).view({b, heads, t, cv.size(3)});
+}
+
+// Sliding-window attention block by block: queries in blocks of `window` positions, each block
+// attending to the keys from window - 1 before its first query through its last (at most
+// 2 window - 1 keys) under its own mask, so the cost grows with t x window instead of the t x n
+// of the full masked attention it equals. q [B, H, t, d] at positions past .. past + t - 1; k, v
+// [B, Hkv, n, *] at positions key_begin .. past + t - 1 (gqa: query head h reads KV head h / rep).
+at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    int64_t past, int64_t key_begin, int64_t window, double dropout,
+                                    std::optional<double> scale, bool gqa) {
+  const int64_t t = q.size(2);
+  auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
+  std::vector<at::Tensor> blocks;
+  for (int64_t s = 0; s < t; s += window) {
+    const int64_t len = std::min(window, t - s), first_q = past + s;
+    const int64_t first_k = std::max(key_begin, first_q - window + 1), keys = first_q + len - first_k;
+    at::Tensor qpos = at::arange(first_q, first_q + len, longs).unsqueeze(1);
+    at::Tensor kpos = at::arange(first_k, first_k + keys, longs).unsqueeze(0);
+    at::Tensor visible = (kpos <= qpos).logical_and(kpos > qpos - window);
+    blocks.push_back(at::scaled_dot_product_attention(
+        q.narrow(2, s, len), k.narrow(2, first_k - key_begin, keys), v.narrow(2, first_k - key_begin, keys),
+        visible, dropout, false, scale, gqa));
+  }
+  return at::cat(blocks, 2);
 }
 
 }  // namespace
@@ -204,16 +231,20 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // key then within its window).
   const int64_t key_begin = past + t - k.size(2);
   const bool window_mask = window_ > 0 && k.size(2) > window_;
+  // Many queries past a window: block by block (blocked_window_attention), no t x n mask.
+  const bool blocked = window_mask && t > 2 * window_;
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
   if ((past > 0 && t > 1) || window_mask) {
     // Query i sits at absolute position past + i and sees keys 0 .. past + i, in a sliding
     // window only the last window_ of them.
-    at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
-    at::Tensor kpos = at::arange(key_begin, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
-    at::Tensor visible = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
-    if (window_mask) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
-    mask = visible;
+    if (!blocked) {
+      at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
+      at::Tensor kpos = at::arange(key_begin, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
+      at::Tensor visible = kpos.unsqueeze(0) <= qpos.unsqueeze(1);
+      if (window_mask) visible = visible.logical_and(kpos.unsqueeze(0) > qpos.unsqueeze(1) - window_);
+      mask = visible;
+    }
     causal = false;
     // On CUDA, SDPA's kernels that take a mask do not take enable_gqa (PyTorch's documentation:
     // GQA runs on the flash and math kernels only, flash takes no mask), so the math kernel would
@@ -228,7 +259,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // The model's scale, whatever width a KV hook projected queries and keys to.
   const bool projected = hook && !latent;
   const std::optional<double> scale = projected || own_scale_ ? std::optional<double>(scale_) : std::nullopt;
-  at::Tensor attn = at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
+  at::Tensor attn = blocked ? blocked_window_attention(q, k, v, past, key_begin, window_, p, scale, gqa)
+                            : at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
   if (projected) attn = hook->restore(layer_, attn);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that

@@ -233,6 +233,37 @@ TEST(Attention, SlidingWindowSeesOnlyTheLastWindowPositions) {
   }
 }
 
+// Many queries past a window are attended block by block (attention.cpp's
+// blocked_window_attention): values and gradients equal the full masked attention written out.
+TEST(Attention, WindowBlocksEqualTheMaskedAttention) {
+  LlamaConfig c = tiny();  // 4 heads, 2 KV heads of 8
+  c.num_hidden_layers = 1;
+  c.sliding_window = 4;
+  c.finalize();
+  torch::manual_seed(6);
+  LlamaForCausalLM m(c);
+  auto& attn = m->model->layer_list[0]->self_attn;
+  const int64_t t = 23, heads = 4, kv = 2, d = 8;  // 23 > 2 x 4: blocks of 4 queries
+  at::Tensor x = at::randn({2, t, c.hidden_size}).requires_grad_(true);
+  auto [cos, sin] = Rope(c).cos_sin(0, t, at::kCPU);
+  at::Tensor got = attn->forward(x, cos, sin, nullptr, nullptr);
+  got.pow(2).sum().backward();
+  const at::Tensor gx = x.grad().clone(), gq = attn->q_proj->weight.grad().clone();
+  x.grad().zero_();
+  attn->q_proj->weight.grad().zero_();
+  at::Tensor q = apply_rope(attn->q_proj(x).view({2, t, heads, d}).transpose(1, 2), cos, sin);
+  at::Tensor k = apply_rope(attn->k_proj(x).view({2, t, kv, d}).transpose(1, 2), cos, sin).repeat_interleave(2, 1);
+  at::Tensor v = attn->v_proj(x).view({2, t, kv, d}).transpose(1, 2).repeat_interleave(2, 1);
+  at::Tensor pos = at::arange(t, at::kLong);
+  at::Tensor hidden = (pos.unsqueeze(0) > pos.unsqueeze(1)) | (pos.unsqueeze(0) <= pos.unsqueeze(1) - 4);
+  at::Tensor s = (at::matmul(q, k.transpose(-1, -2)) / std::sqrt(8.0)).masked_fill(hidden, -INFINITY);
+  at::Tensor want = attn->o_proj(at::matmul(at::softmax(s, -1), v).transpose(1, 2).reshape({2, t, heads * d}));
+  want.pow(2).sum().backward();
+  EXPECT_LE((got - want).abs().max().item<double>(), 1e-5);
+  EXPECT_LE((gx - x.grad()).abs().max().item<double>(), 1e-4);
+  EXPECT_LE((gq - attn->q_proj->weight.grad()).abs().max().item<double>(), 1e-4);
+}
+
 TEST(Generate, GreedyMatchesArgmaxAndSamplingIsSeeded) {
   torch::manual_seed(5);
   LlamaForCausalLM m(tiny());
