@@ -73,28 +73,41 @@ at::Tensor shared_value_attention(const at::Tensor& q, const at::Tensor& k, cons
   return at::matmul(p.reshape({b, heads * t, total}), cv.squeeze(1)).view({b, heads, t, cv.size(3)});
 }
 
-// Sliding-window attention block by block: queries in blocks of `window` positions, each block
-// attending to the keys from window - 1 before its first query through its last (at most
-// 2 window - 1 keys) under its own mask, so the cost grows with t x window instead of the t x n
-// of the full masked attention it equals. q [B, H, t, d] at positions past .. past + t - 1; k, v
-// [B, Hkv, n, *] at positions key_begin .. past + t - 1 (gqa: query head h reads KV head h / rep).
+// Sliding-window attention block by block, all blocks in one SDPA call: the queries in blocks of
+// w = `window` positions, block b reading the 2w - 1 keys from w - 1 before its first query through
+// its last, so the cost grows with t x w instead of the t x n of the full masked attention it
+// equals. q [B, H, t, d] at positions past .. past + t - 1; k, v [B, Hkv, n, *] at positions
+// key_begin .. past + t - 1 (gqa: query head h reads KV head h / rep). The keys are padded to whole
+// blocks and unfolded into overlapping [2w - 1] windows (one copy; its backward one scatter-add);
+// in every block query i sees window slots i .. i + w - 1 (its own key last), and block 0 none of
+// the front padding. Padded queries past t see their own padded key and are cut off.
 at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     int64_t past, int64_t key_begin, int64_t window, double dropout,
                                     std::optional<double> scale, bool gqa) {
-  const int64_t t = q.size(2);
-  auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
-  std::vector<at::Tensor> blocks;
-  for (int64_t s = 0; s < t; s += window) {
-    const int64_t len = std::min(window, t - s), first_q = past + s;
-    const int64_t first_k = std::max(key_begin, first_q - window + 1), keys = first_q + len - first_k;
-    at::Tensor qpos = at::arange(first_q, first_q + len, longs).unsqueeze(1);
-    at::Tensor kpos = at::arange(first_k, first_k + keys, longs).unsqueeze(0);
-    at::Tensor visible = (kpos <= qpos).logical_and(kpos > qpos - window);
-    blocks.push_back(at::scaled_dot_product_attention(
-        q.narrow(2, s, len), k.narrow(2, first_k - key_begin, keys), v.narrow(2, first_k - key_begin, keys),
-        visible, dropout, false, scale, gqa));
-  }
-  return at::cat(blocks, 2);
+  const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), w = window, span = 2 * w - 1;
+  const int64_t blocks = (t + w - 1) / w, tail = blocks * w - t;
+  // Keys from position past - w + 1 (the first block's first key) on; older ones are never read.
+  const int64_t first = std::max(key_begin, past - w + 1), front = first - (past - w + 1);
+  auto windows = [&](const at::Tensor& x) {  // [B, Hkv, n, e] -> [B * blocks, Hkv, 2w - 1, e]
+    at::Tensor kept = x.narrow(2, first - key_begin, x.size(2) - (first - key_begin));
+    at::Tensor padded = at::constant_pad_nd(kept, {0, 0, front, tail});
+    return padded.unfold(2, span, w).permute({0, 2, 1, 4, 3}).reshape({b * blocks, x.size(1), span, x.size(3)});
+  };
+  at::Tensor qb = at::constant_pad_nd(q, {0, 0, 0, tail})
+                      .reshape({b, heads, blocks, w, q.size(3)})
+                      .transpose(1, 2)
+                      .reshape({b * blocks, heads, w, q.size(3)});
+  auto opts = at::TensorOptions().device(q.device()).dtype(at::kLong);
+  at::Tensor i = at::arange(w, opts).view({w, 1}), j = at::arange(span, opts).view({1, span});
+  at::Tensor band = (j >= i).logical_and(j < i + w);                       // [w, 2w - 1]
+  at::Tensor mask = band.unsqueeze(0).repeat({blocks, 1, 1});              // [blocks, w, 2w - 1]
+  if (front > 0) mask[0].logical_and_(j >= front);                          // block 0's padding
+  mask = mask.unsqueeze(0).expand({b, blocks, w, span}).reshape({b * blocks, 1, w, span});
+  at::Tensor out = at::scaled_dot_product_attention(qb, windows(k), windows(v), mask, dropout, false, scale, gqa);
+  return out.reshape({b, blocks, heads, w, out.size(3)})
+      .transpose(1, 2)
+      .reshape({b, heads, blocks * w, out.size(3)})
+      .narrow(2, 0, t);
 }
 
 }  // namespace
