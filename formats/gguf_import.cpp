@@ -124,13 +124,6 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
   return out;
 }
 
-// llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): RoPE over
-// rope.dimension_count channels of each head (read_rotary_dim), a sliding window
-// (attention.sliding_window, 0 for none) that caps the context (llama.cpp runs phi3 without its
-// window, which equals the model up to the window's length), and for Phi-3.5 / Phi-3-128k LongRoPE:
-// rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
-// rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
-// original length, as condense does after capping it there (RopeScaling's comment).
 // llama.cpp's gemma3 (src/models/gemma3.cpp): the attention scale its graph fixes, the windowed
 // layers from attention.sliding_window and attention.sliding_window_pattern (a per-layer array, or
 // a period, 6 where absent; no window key or 0: none), their RoPE base rope.freq_base_swa (10000
@@ -171,6 +164,13 @@ void read_gemma3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, 
   }
 }
 
+// llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): RoPE over
+// rope.dimension_count channels of each head (read_rotary_dim), a sliding window
+// (attention.sliding_window, 0 for none) that caps the context (llama.cpp runs phi3 without its
+// window, which equals the model up to the window's length), and for Phi-3.5 / Phi-3-128k LongRoPE:
+// rope_factors_short.weight / rope_factors_long.weight, rope.scaling.original_context_length and
+// rope.scaling.attn_factor. llama.cpp uses the short factors while the context is within the
+// original length, as condense does after capping it there (RopeScaling's comment).
 void read_phi3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
   read_rotary_dim(r, k, c, path);
   if (r.has(k("rope.scaling.type"))) {

@@ -5,7 +5,8 @@
 // k_proj rows are permuted per head on export, gguf_row[h*hd + 2i + j] = hf_row[h*hd + j*hd/2 + i],
 // and un-permuted on load. A model with q/k/v biases (LlamaConfig::qkv_bias) goes as llama.cpp's
 // `qwen2` architecture instead (qwen2.* keys, blk.N.attn_q.bias ..., NEOX RoPE: not permuted),
-// and GGUF files of either architecture load. The sentencepiece tokenizer goes in as tokenizer.ggml.model
+// and GGUF files of either architecture load (as do qwen3, smollm3, phi3 and gemma3:
+// gguf_architecture() in gguf_llama.cpp). The sentencepiece tokenizer goes in as tokenizer.ggml.model
 // "llama" with pieces, scores and token types (1 normal, 2 unknown, 3 control, 4 user defined,
 // 5 unused padding, 6 byte). Norm weights (1-D) stay F32 in every type, as llama.cpp's converter keeps
 // them; a Q8_0 export stores a matrix whose rows are not a multiple of 32 as F16.
