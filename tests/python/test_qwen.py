@@ -27,7 +27,7 @@ import torch
 
 import model_peers
 from conftest import run, tokenizer_line
-from model_peers import (assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+from model_peers import (assert_same_model_tensors, llama_cpp_logprobs, reference_logprobs,
                          save_hf, write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields
 
@@ -124,16 +124,10 @@ def test_import_tokenizes_and_scores_as_tokenizers_and_transformers(qwen, tmp_pa
 
 def test_greedy_generation_equals_transformers(qwen):
     arch, hf, model, imp = qwen
-    prompt = "The harbour was quiet at dawn"
-    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
-    with torch.no_grad():
-        # condense never draws a padded row (no piece to decode): neither may transformers here.
-        n = model.config.vocab_size
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False, min_new_tokens=24,
-                              suppress_tokens=list(range(n - PAD, n)))[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):  # the fast decoder (biases / norms there too) and ATen
-        got = greedy_ids(imp, prompt, 24, *extra)
-        assert got == want, (arch, extra, got, want)
+    # The fast decoder (biases / norms there too) and ATen. condense never draws a padded row (no
+    # piece to decode): neither may transformers here.
+    n = model.config.vocab_size
+    model_peers.assert_greedy_as_transformers(model, hf, imp, 24, suppress_tokens=list(range(n - PAD, n)))
 
 
 def test_hf_export_loads_in_transformers_as_the_same_class(qwen, tmp_path):
@@ -195,14 +189,8 @@ def test_a_gguf_written_like_llama_cpp_converter_imports_to_the_hf_tensors(qwen,
 
 def test_finetune_trains_them_and_minitron_slices_them(qwen, tmp_path):
     arch, hf, model, imp = qwen
-    store = tmp_path / "store.h5"
-    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-        "--out", store)
-    ft = tmp_path / "ft"
-    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
-        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=3", "train.warmup_steps=1",
-        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
-    final = sorted(ft.glob("**/*.h5"))[-1]
+    store = model_peers.fortunes_store(hf, tmp_path / "store.h5")
+    final = model_peers.finetune(imp, store, tmp_path / "ft", steps=3)
     with h5py.File(imp, "r") as a, h5py.File(final, "r") as b:
         assert json.loads(b["config"][()])["model_type"] == arch
         extra = [n for n in a if is_extra(arch, n)]

@@ -24,7 +24,7 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import (greedy_ids, reference_logprobs, save_hf, score, spread_weights)
+from model_peers import (reference_logprobs, save_hf, score, spread_weights)
 from tokenizer_texts import gguf_bpe_fields
 
 transformers = pytest.importorskip("transformers")
@@ -99,16 +99,10 @@ def test_import_scores_as_transformers_past_the_window(family, tmp_path):
 
 def test_greedy_generation_past_the_window_equals_transformers(family):
     kind, hf, model, _, imp, _ = family
-    prompt = "The harbour was quiet at dawn"
-    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
-    with torch.no_grad():
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=3 * WINDOW, min_new_tokens=3 * WINDOW,
-                              do_sample=False)[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):
-        assert greedy_ids(imp, prompt, 3 * WINDOW, *extra) == want, extra
+    prompt_ids = model_peers.assert_greedy_as_transformers(model, hf, imp, 3 * WINDOW)
     # The windowed layers' KV cache is a ring of the window: what it holds at the end is below a
     # cache of every position (bytes per token x positions) by the windowed layers' share.
-    p = run("generate", imp, "--prompt", prompt, "--max-new-tokens", 3 * WINDOW, "--ignore-eos", "--threads", 1,
+    p = run("generate", imp, "--prompt", model_peers.PROMPT, "--max-new-tokens", 3 * WINDOW, "--ignore-eos", "--threads", 1,
             errors="replace")
     line = next(l for l in p.stderr.splitlines() if "bytes per token" in l)
     per_token = float(line.split(" bytes per token")[0].split(", ")[-1])
@@ -162,9 +156,7 @@ def test_minitron_depth_pruning_keeps_each_layers_window(qwen2, tmp_path):
     save_hf(model, weak, gguf_bpe_fields(SMOLLM2), state_dict=state)
     imp = tmp_path / "weak.h5"
     run("import", weak, imp)
-    store = tmp_path / "store.h5"
-    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-        "--out", store)
+    store = model_peers.fortunes_store(hf, tmp_path / "store.h5")
     pruned = tmp_path / "pruned.h5"
     p = run("prune", imp, "--method", "minitron", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
             "--data", store, "--target", "num_hidden_layers=1", "--out", pruned)

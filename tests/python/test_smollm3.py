@@ -26,7 +26,7 @@ import torch
 
 import model_peers
 from conftest import run
-from model_peers import (TEXT, assert_same_model_tensors, greedy_ids, llama_cpp_logprobs, reference_logprobs,
+from model_peers import (TEXT, assert_same_model_tensors, llama_cpp_logprobs, reference_logprobs,
                          save_hf, score, score_token_by_token, spread_weights, write_converter_gguf)
 from tokenizer_texts import gguf_bpe_fields
 
@@ -60,9 +60,7 @@ def smollm3(tmp_path_factory):
     assert json.loads((hf / "config.json").read_text())["model_type"] == "smollm3"
     imp = d / "imp.h5"
     run("import", hf, imp)
-    store = d / "store.h5"
-    run("prepare", "--corpus", "fortunes", "--max-documents", 200, "--tokenizer", hf / "tokenizer.json",
-        "--out", store)
+    store = model_peers.fortunes_store(hf, d / "store.h5")
     return hf, model, imp, store
 
 
@@ -91,13 +89,8 @@ def test_import_scores_as_transformers_and_its_nope_layer_matters(smollm3, tmp_p
 
 def test_greedy_generation_equals_transformers(smollm3):
     hf, model, imp, _ = smollm3
-    prompt = "The harbour was quiet at dawn"
-    prompt_ids = tokenizers.Tokenizer.from_file(str(hf / "tokenizer.json")).encode(prompt).ids
-    with torch.no_grad():
-        want = model.generate(torch.tensor([prompt_ids]), max_new_tokens=24, min_new_tokens=24,
-                              do_sample=False)[0, len(prompt_ids):].tolist()
-    for extra in ([], ["--aten-decode"]):  # the fast decoder (no rotation in layer 3) and ATen
-        assert greedy_ids(imp, prompt, 24, *extra) == want, extra
+    # the fast decoder (no rotation in layer 3) and ATen
+    model_peers.assert_greedy_as_transformers(model, hf, imp, 24)
 
 
 def test_hf_export_loads_in_transformers_as_smollm3(smollm3, tmp_path):
@@ -186,11 +179,7 @@ def test_cskv_kv_merge_finetune_and_pretrain_keep_the_nope_layer(smollm3, tmp_pa
     assert small.config.no_rope_layers == FLAGS and small.config.num_key_value_heads == 1
     _, ids, lp_merged = score(merged, tmp_path)
     assert np.abs(lp_merged - reference_logprobs(small.eval(), ids)).max() < 1e-4
-    ft = tmp_path / "ft"
-    run("train", SOURCE / "recipes" / "quickstart.yaml", "kind=finetune", f"init={imp}", f"out_dir={ft}",
-        f"data.dataset={store}", "data.seq_len=32", "data.batch_size=2", "train.steps=2", "train.warmup_steps=1",
-        "train.lr=1e-3", "train.min_lr=1e-4", "train.eval_every=0", "checkpoint.every=0", "memory.meter=false")
-    assert config_of(sorted(ft.glob("**/*.h5"))[-1])["no_rope_layers"] == FLAGS
+    assert config_of(model_peers.finetune(imp, store, tmp_path / "ft"))["no_rope_layers"] == FLAGS
     # A pretrain recipe's model section cannot say which layers lack RoPE: refused, naming them.
     pre = run("train", SOURCE / "recipes" / "quickstart.yaml", f"init={imp}", f"out_dir={tmp_path / 'pre'}",
               f"data.dataset={store}", "train.steps=1", check=False)
