@@ -134,6 +134,7 @@ at::Tensor CompLlmCompressor::loss(LlamaForCausalLM& decoder, const Batch& b, co
   }
   KdLossOptions kd;
   kd.kd_ratio = options_.kd_ratio;
+  kd.softcap = kd.teacher_softcap = decoder->config().final_logit_softcapping;
   at::Tensor w = decoder->lm_head_weight();
   const int64_t h = student.size(-1);
   return chunked_kd_loss(student.reshape({-1, h}), w, teacher.reshape({-1, h}), w,

@@ -159,6 +159,7 @@ at::Tensor XragCompressor::task_loss(LlamaForCausalLM& decoder, const TokenizedD
   KdLossOptions o;
   o.kd_ratio = wk / (1 + wk);
   o.ignore_index = kIgnore;
+  o.softcap = o.teacher_softcap = decoder->config().final_logit_softcapping;
   return chunked_kd_loss(h, w, teacher, w, targets, o) * (1 + wk);
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "memory/chunked_cross_entropy.h"
+#include "model/softcap.h"
 
 namespace condense {
 namespace {
@@ -17,10 +18,12 @@ at::ScalarType accumulate_type(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// [rows, V] logits of one chunk divided by the temperature, in the accumulation type.
+// [rows, V] logits of one chunk, soft-capped at `cap` (0: not) and divided by the temperature, in
+// the accumulation type.
 at::Tensor scaled_logits(const at::Tensor& h, const at::Tensor& w, double temperature,
-                         at::ScalarType acc) {
+                         at::ScalarType acc, double cap) {
   at::Tensor z = at::matmul(h, w.t()).to(acc);
+  softcap_(z, cap);
   if (temperature != 1.0) z.div_(temperature);
   return z;
 }
@@ -31,7 +34,8 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden,
                             const at::Tensor& weight, const at::Tensor& teacher_hidden,
                             const at::Tensor& teacher_weight, const at::Tensor& valid,
-                            int64_t tc, double temperature, double scale, int64_t top_k) {
+                            int64_t tc, double temperature, double scale, int64_t top_k,
+                            double cap, double teacher_cap) {
     at::ScalarType acc = accumulate_type(hidden);
     int64_t n = hidden.size(0);
     at::Tensor lse_s = at::empty({n}, hidden.options().dtype(acc));
@@ -41,9 +45,9 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
     at::Tensor kl = at::empty({n}, lse_s.options());
     for (int64_t r0 = 0; r0 < n; r0 += tc) {
       int64_t rows = std::min(tc, n - r0);
-      at::Tensor ls = scaled_logits(hidden.narrow(0, r0, rows), weight, temperature, acc);
+      at::Tensor ls = scaled_logits(hidden.narrow(0, r0, rows), weight, temperature, acc, cap);
       at::Tensor lt =
-          scaled_logits(teacher_hidden.narrow(0, r0, rows), teacher_weight, temperature, acc);
+          scaled_logits(teacher_hidden.narrow(0, r0, rows), teacher_weight, temperature, acc, teacher_cap);
       at::Tensor ls_lse = at::logsumexp(ls, {1});
       lse_s.narrow(0, r0, rows).copy_(ls_lse);
       ls.sub_(ls_lse.unsqueeze(1));  // ls is now log p_s
@@ -73,6 +77,8 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
     ctx->saved_data["temperature"] = temperature;
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["top_k"] = top_k;
+    ctx->saved_data["cap"] = cap;
+    ctx->saved_data["teacher_cap"] = teacher_cap;
     return loss;
   }
 
@@ -84,11 +90,12 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
     int64_t tc = ctx->saved_data["tc"].toInt(), top_k = ctx->saved_data["top_k"].toInt();
     double temperature = ctx->saved_data["temperature"].toDouble();
     double scale = ctx->saved_data["scale"].toDouble();
+    double cap = ctx->saved_data["cap"].toDouble(), teacher_cap = ctx->saved_data["teacher_cap"].toDouble();
     at::ScalarType acc = accumulate_type(hidden);
     int64_t n = hidden.size(0);
     bool need_h = ctx->needs_input_grad(0), need_w = ctx->needs_input_grad(1);
     // d loss / d student_logit[i, j] = coef_i * (p_s[i, j] - p_t[i, j]); the 1/T is the chain
-    // rule through logits / T.
+    // rule through logits / T; a soft cap multiplies by its slope at each student logit.
     at::Tensor coef = grads[0].to(acc) * (scale / temperature) / count * valid.to(acc);  // [N]
     at::Tensor dh = need_h ? at::zeros(hidden.sizes(), hidden.options().dtype(acc)) : at::Tensor();
     at::Tensor dw = need_w ? at::zeros(weight.sizes(), weight.options().dtype(acc)) : at::Tensor();
@@ -96,10 +103,11 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
     for (int64_t r0 = 0; r0 < n; r0 += tc) {
       int64_t rows = std::min(tc, n - r0);
       at::Tensor h = hidden.narrow(0, r0, rows);
-      at::Tensor g = scaled_logits(h, weight, temperature, acc);
+      at::Tensor g = scaled_logits(h, weight, temperature, acc, cap);
+      const at::Tensor slope = cap > 0 ? softcap_slope(g * temperature, cap) : at::Tensor();
       g.sub_(lse_s.narrow(0, r0, rows).unsqueeze(1)).exp_();  // p_s
       at::Tensor lt =
-          scaled_logits(teacher_hidden.narrow(0, r0, rows), teacher_weight, temperature, acc);
+          scaled_logits(teacher_hidden.narrow(0, r0, rows), teacher_weight, temperature, acc, teacher_cap);
       if (top_k > 0) {
         auto [values, index] = lt.topk(top_k, 1);
         lt = at::Tensor();
@@ -109,6 +117,7 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
         g.sub_(lt);
         lt = at::Tensor();
       }
+      if (slope.defined()) g.mul_(slope);
       g.mul_(coef.narrow(0, r0, rows).unsqueeze(1));
       if (need_h) dh.narrow(0, r0, rows).copy_(at::matmul(g, wf));
       if (need_w) dw.add_(at::matmul(g.t(), h.to(acc)));
@@ -116,7 +125,7 @@ class ChunkedKd : public torch::autograd::Function<ChunkedKd> {
     return {need_h ? dh.to(hidden.scalar_type()) : at::Tensor(),
             need_w ? dw.to(weight.scalar_type()) : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -161,12 +170,14 @@ at::Tensor chunked_kd_loss(const at::Tensor& student_hidden, const at::Tensor& s
     const at::ScalarType student = lm_head_compute_type(hs, student_weight);
     const at::ScalarType teacher = lm_head_compute_type(ht, wt);
     kd = ChunkedKd::apply(hs.to(student), student_weight.to(student), ht.to(teacher), wt.to(teacher),
-                          t.ne(o.ignore_index), o.token_chunk, o.temperature, scale, o.top_k);
+                          t.ne(o.ignore_index), o.token_chunk, o.temperature, scale, o.top_k, o.softcap,
+                          o.teacher_softcap);
     if (o.kd_ratio == 1) return kd;
   }
   ChunkedLossOptions ce_options;
   ce_options.token_chunk = o.token_chunk;
   ce_options.ignore_index = o.ignore_index;
+  ce_options.softcap = o.softcap;
   ce = chunked_cross_entropy(hs, student_weight, t, ce_options);
   if (o.kd_ratio == 0) return ce;
   return kd * o.kd_ratio + ce * (1 - o.kd_ratio);

@@ -36,6 +36,11 @@ struct KdLossOptions {
   double kd_ratio = 1.0;            // loss = kd_ratio * KD + (1 - kd_ratio) * CE
   int64_t token_chunk = 1024;
   int64_t ignore_index = -100;      // targets equal to it are excluded from KD and CE means
+  // Logit soft caps (LlamaConfig::final_logit_softcapping, Gemma 2; 0: none) of the student's and
+  // the teacher's LM head: each side's logits are capped before the temperature, as its model's
+  // logits() caps them.
+  double softcap = 0;
+  double teacher_softcap = 0;
 };
 
 // student_hidden [N, Hs] or [B, T, Hs], student_weight [V, Hs] (LM head), teacher_hidden

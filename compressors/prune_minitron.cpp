@@ -191,8 +191,8 @@ LlamaConfig pruned_config(const LlamaConfig& orig, const MinitronTarget& target)
   c.hidden_size = resolve("hidden_size", target.hidden_size, orig.hidden_size);
   // Gemma multiplies its embeddings by sqrt(hidden_size), a constant no slice of the weights keeps
   // (with a tied head, rescaling the embedding would rescale the logits too).
-  CONDENSE_CHECK(!orig.gemma3 || c.hidden_size == orig.hidden_size, "minitron: hidden_size {} -> {} in "
-                 "a Gemma 3, whose embeddings are multiplied by sqrt(hidden_size): its width cannot be "
+  CONDENSE_CHECK(!orig.is_gemma() || c.hidden_size == orig.hidden_size, "minitron: hidden_size {} -> {} in "
+                 "a Gemma, whose embeddings are multiplied by sqrt(hidden_size): its width cannot be "
                  "pruned (prune heads, intermediate_size or layers)", orig.hidden_size, c.hidden_size);
   c.intermediate_size = resolve("intermediate_size", target.intermediate_size,
                                 orig.intermediate_size);
@@ -354,7 +354,7 @@ LlamaForCausalLM apply_minitron(LlamaForCausalLM& model, const MinitronPlan& pla
     auto from = [&](const char* m) { return weight_name(i, m); };
     assign(to("input_layernorm"), from("input_layernorm"), ch, {});
     assign(to("post_attention_layernorm"), from("post_attention_layernorm"), ch, {});
-    if (o.gemma3) {  // the norms around Gemma's MLP
+    if (o.is_gemma()) {  // the norms around Gemma's MLP
       assign(to("pre_feedforward_layernorm"), from("pre_feedforward_layernorm"), ch, {});
       assign(to("post_feedforward_layernorm"), from("post_feedforward_layernorm"), ch, {});
     }

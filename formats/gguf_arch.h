@@ -1,6 +1,6 @@
 // What GGUF import (formats/gguf_import.cpp) and export (formats/gguf_llama.cpp) share about
 // llama.cpp's architectures: the per-architecture metadata keys, which ones permute q/k rows,
-// smollm3's fixed NoPE pattern, gemma3's attention scale and window pattern, and the keys condense
+// smollm3's fixed NoPE pattern, gemma2's / gemma3's attention scale and window patterns, and the keys condense
 // adds for Llama 3 RoPE parameters.
 #pragma once
 #include <cstdint>
@@ -36,11 +36,20 @@ inline std::vector<int64_t> smollm3_gguf_rope_layers(int64_t layers) {
   return out;
 }
 
-// The query_pre_attn_scalar llama.cpp's gemma3 graph implies (src/models/gemma3.cpp; no key sets
-// it): it scales queries by 1/sqrt(head_dim), in a 62-layer model (its "27B") by
-// 1/sqrt(hidden / heads).
-inline double gemma3_gguf_query_scalar(const LlamaConfig& c) {
-  return static_cast<double>(c.num_hidden_layers == 62 ? c.hidden_size / c.num_attention_heads : c.head_size());
+// The query_pre_attn_scalar llama.cpp's gemma2 and gemma3 graphs imply (llama_model::load_hparams
+// sets f_attention_scale; no key carries it): queries scaled by 1/sqrt(head_dim), in their "27B"
+// (gemma2: 46 layers, gemma3: 62) by 1/sqrt(hidden / heads).
+inline double gemma_gguf_query_scalar(const LlamaConfig& c) {
+  const int64_t big = c.gemma == 2 ? 46 : 62;
+  return static_cast<double>(c.num_hidden_layers == big ? c.hidden_size / c.num_attention_heads : c.head_size());
+}
+
+// gemma2's sliding layers, which llama.cpp fixes (set_swa_pattern(2), no key): the even ones, as
+// Gemma2Config's default layer_types (1 windowed / 0 full as LlamaConfig::sliding_window_layers).
+inline std::vector<int64_t> gemma2_gguf_window_layers(int64_t layers) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < layers; ++i) out.push_back(i % 2 == 0 ? 1 : 0);
+  return out;
 }
 
 // gemma3's sliding layers where attention.sliding_window_pattern is a period n, llama.cpp's

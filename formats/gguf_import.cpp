@@ -127,14 +127,16 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
 // llama.cpp's gemma3 (src/models/gemma3.cpp): the attention scale its graph fixes, the windowed
 // layers from attention.sliding_window and attention.sliding_window_pattern (a per-layer array, or
 // a period, 6 where absent; no window key or 0: none), their RoPE base rope.freq_base_swa (10000
-// where absent). Gemma 2's final logit soft-capping is refused. Norms hold 1 + w already.
+// where absent). A final logit soft cap, which its graph does not apply, is refused. Norms hold
+// 1 + w already.
 void read_gemma3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
   if (r.has(k("final_logit_softcapping"))) {
     const nlohmann::json& cap = r.get(k("final_logit_softcapping")).value;
-    CONDENSE_CHECK(cap.is_number() && cap.get<double>() == 0.0, "{}: {} is {}; condense has no logit "
-                   "soft-capping (Gemma 2's)", path, k("final_logit_softcapping"), cap.dump());
+    CONDENSE_CHECK(cap.is_number() && cap.get<double>() == 0.0, "{}: {} is {}; llama.cpp's gemma3 graph "
+                   "caps no logits, so what this file means is unclear", path, k("final_logit_softcapping"),
+                   cap.dump());
   }
-  c.query_pre_attn_scalar = gemma3_gguf_query_scalar(c);
+  c.query_pre_attn_scalar = gemma_gguf_query_scalar(c);
   c.rope_local_theta = 10000.0;
   if (r.has(k("rope.freq_base_swa"))) {
     const nlohmann::json& base = r.get(k("rope.freq_base_swa")).value;
@@ -162,6 +164,28 @@ void read_gemma3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, 
                    path, key, pattern.dump());
     c.sliding_window_layers = gemma3_gguf_window_layers(c.num_hidden_layers, pattern.get<int64_t>());
   }
+}
+
+// llama.cpp's gemma2 (src/models/gemma2-iswa.cpp): the attention scale its graph fixes, its soft
+// caps (attn_logit_softcapping, final_logit_softcapping; 50 and 30 where absent, as llama.cpp's
+// defaults), the window attention.sliding_window (4096 where absent) on the even layers (fixed).
+// One RoPE base; norms hold 1 + w already.
+void read_gemma2_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
+  c.query_pre_attn_scalar = gemma_gguf_query_scalar(c);
+  auto positive = [&](const char* key, double fallback) {
+    if (!r.has(k(key))) return fallback;
+    const nlohmann::json& v = r.get(k(key)).value;
+    CONDENSE_CHECK(v.is_number() && v.get<double>() > 0, "{}: {} is {}, expected a positive number", path,
+                   k(key), v.dump());
+    return v.get<double>();
+  };
+  c.attn_logit_softcapping = positive("attn_logit_softcapping", 50.0);
+  c.final_logit_softcapping = positive("final_logit_softcapping", 30.0);
+  c.sliding_window = r.has(k("attention.sliding_window"))
+                         ? static_cast<int64_t>(r.get_uint(k("attention.sliding_window"))) : 4096;
+  CONDENSE_CHECK(c.sliding_window > 0, "{}: {} is 0; llama.cpp's gemma2 windows its even layers always",
+                 path, k("attention.sliding_window"));
+  c.sliding_window_layers = gemma2_gguf_window_layers(c.num_hidden_layers);
 }
 
 // llama.cpp's phi3 architecture (convert_hf_to_gguf.py's Phi3MiniModel): RoPE over
@@ -238,9 +262,9 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   const nlohmann::json arch = r.has("general.architecture") ? r.get("general.architecture").value
                                                              : nlohmann::json();
   CONDENSE_CHECK(arch == "llama" || arch == "qwen2" || arch == "qwen3" || arch == "smollm3" ||
-                     arch == "phi3" || arch == "gemma3",
+                     arch == "phi3" || arch == "gemma2" || arch == "gemma3",
                  "{}: general.architecture is {}, expected 'llama' (or 'qwen2', 'qwen3', 'smollm3', "
-                 "'phi3', 'gemma3')", path, arch.dump());
+                 "'phi3', 'gemma2', 'gemma3')", path, arch.dump());
   const ArchKeys k{arch.get<std::string>()};
   if (tokenizer_bytes) {
     try {
@@ -253,7 +277,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   LlamaConfig c;
   c.qkv_bias = k.arch == "qwen2";
   c.qk_norm = k.arch == "qwen3" || k.arch == "gemma3";
-  c.gemma3 = k.arch == "gemma3";
+  c.gemma = k.arch == "gemma2" ? 2 : k.arch == "gemma3" ? 3 : 0;
   c.vocab_size = r.tensor("token_embd.weight").ne[1];
   if (k.arch == "smollm3")
     c.no_rope_layers = smollm3_gguf_rope_layers(static_cast<int64_t>(r.get_uint(k("block_count"))));
@@ -276,7 +300,8 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   c.rms_norm_eps = eps.get<double>();
   c.rope_theta = theta.get<double>();
   c.tie_word_embeddings = !r.has_tensor("output.weight");
-  if (c.gemma3) read_gemma3_extras(r, k, c, path);
+  if (c.gemma == 2) read_gemma2_extras(r, k, c, path);
+  if (c.gemma == 3) read_gemma3_extras(r, k, c, path);
   if (r.has("tokenizer.ggml.bos_token_id"))
     c.bos_token_id = static_cast<int64_t>(r.get_uint("tokenizer.ggml.bos_token_id"));
   if (r.has("tokenizer.ggml.eos_token_id"))
@@ -303,7 +328,7 @@ LlamaForCausalLM load_gguf_model(const std::string& path, std::string* tokenizer
   if (c.rope_scaling.type == "longrope") used.insert({"rope_factors_short.weight", "rope_factors_long.weight"});
   std::map<std::string, at::Tensor> fused_cache;  // phi3: each fused tensor dequantized once
   for (auto& p : model->named_parameters()) {
-    std::string gname = gguf_tensor_name(p.key(), c.gemma3);
+    std::string gname = gguf_tensor_name(p.key(), c.is_gemma());
     // phi3 keeps q/k/v in attn_qkv (when it has no attn_q) and gate/up in ffn_up (when it has no
     // ffn_gate; ffn_up then holds both): this weight's rows of the fused tensor.
     std::optional<FusedRows> fused;

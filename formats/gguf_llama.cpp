@@ -59,9 +59,10 @@ TypeChoice parse_gguf_type(const std::string& t) {
 // A model with LongRoPE or partial rotary embeddings goes as llama.cpp's phi3: Llama's math with
 // NEOX RoPE over rope.dimension_count channels (llama's graph rotates whole heads), q/k/v and
 // gate/up fused, LongRoPE's factors as tensors and its attention factor as a key.
-// Gemma 3 goes as llama.cpp's gemma3 (its norms hold 1 + w as condense's do; NEOX RoPE).
+// Gemma 2 / 3 go as llama.cpp's gemma2 / gemma3 (their norms hold 1 + w as condense's do; NEOX
+// RoPE).
 std::string gguf_architecture(const LlamaConfig& c) {
-  if (c.gemma3) return "gemma3";
+  if (c.is_gemma()) return c.gemma == 2 ? "gemma2" : "gemma3";
   if (c.rope_scaling.type == "longrope" || c.rotary_dim() != c.head_size()) return "phi3";
   return c.qkv_bias ? "qwen2" : c.qk_norm ? "qwen3" : !c.no_rope_layers.empty() ? "smollm3" : "llama";
 }
@@ -218,14 +219,31 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   // llama.cpp's qwen2, qwen3 and smollm3 graphs have no rope_freqs tensor.
   CONDENSE_CHECK(k.arch == "llama" || c.rope_scaling.type != "llama3", "{}: a {} model with Llama 3 "
                  "RoPE scaling has no GGUF form llama.cpp reads", checkpoint_path, k.arch);
-  if (c.gemma3) {
-    // llama.cpp's gemma3 graph fixes the attention scale (gguf_arch.h) and rounds the embedding
+  if (c.is_gemma()) {
+    // llama.cpp's gemma graphs fix the attention scale (gguf_arch.h) and round the embedding
     // scale in float32 (condense rounds it to the weights' dtype: the same for float32 weights).
-    CONDENSE_CHECK(c.query_pre_attn_scalar == gemma3_gguf_query_scalar(c), "{}: this Gemma 3 scales "
-                   "attention by 1/sqrt({}) (query_pre_attn_scalar), llama.cpp's gemma3 graph by "
+    CONDENSE_CHECK(c.query_pre_attn_scalar == gemma_gguf_query_scalar(c), "{}: this Gemma {} scales "
+                   "attention by 1/sqrt({}) (query_pre_attn_scalar), llama.cpp's {} graph by "
                    "1/sqrt({}) for its {} layers; export to Hugging Face (export --format hf) keeps it",
-                   checkpoint_path, c.query_pre_attn_scalar, gemma3_gguf_query_scalar(c), c.num_hidden_layers);
+                   checkpoint_path, c.gemma, c.query_pre_attn_scalar, k.arch, gemma_gguf_query_scalar(c),
+                   c.num_hidden_layers);
   }
+  // gemma2's graph soft-caps both always, at its keys' values; gemma3's neither.
+  CONDENSE_CHECK(c.gemma != 2 || (c.attn_logit_softcapping > 0 && c.final_logit_softcapping > 0), "{}: this "
+                 "Gemma 2 soft-caps {} (attn_logit_softcapping {}, final_logit_softcapping {}); llama.cpp's "
+                 "gemma2 graph caps both; export to Hugging Face keeps it", checkpoint_path,
+                 c.attn_logit_softcapping > 0 ? "only its attention scores" : c.final_logit_softcapping > 0 ? "only its logits" : "nothing",
+                 c.attn_logit_softcapping, c.final_logit_softcapping);
+  CONDENSE_CHECK(c.gemma != 3 || (c.attn_logit_softcapping == 0 && c.final_logit_softcapping == 0), "{}: "
+                 "this Gemma 3 soft-caps (attn_logit_softcapping {}, final_logit_softcapping {}), which "
+                 "llama.cpp's gemma3 graph does not; export to Hugging Face keeps it", checkpoint_path,
+                 c.attn_logit_softcapping, c.final_logit_softcapping);
+  // gemma2's graph windows the even layers (a model without a window is written with one as long
+  // as its context, which never binds).
+  bool even_windows = true;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) even_windows = even_windows && (c.window(l) > 0) == (l % 2 == 0);
+  CONDENSE_CHECK(c.gemma != 2 || c.sliding_window == 0 || even_windows, "{}: this Gemma 2 windows other layers than the even ones, which llama.cpp's gemma2 graph "
+                 "fixes; export to Hugging Face keeps it", checkpoint_path);
   GgufWriter w;
   w.add_string("general.architecture", k.arch);
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
@@ -237,7 +255,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   // window turned off), which equals a sliding window up to the window's length: the context
   // written is capped there.
   int64_t context = c.max_position_embeddings;
-  if (c.sliding_window > 0 && c.sliding_window < context && !c.gemma3) {
+  if (c.sliding_window > 0 && c.sliding_window < context && !c.is_gemma()) {
     spdlog::warn("{}: the model attends within a sliding window of {} positions, which llama.cpp "
                  "does not apply to {}; the GGUF's context_length is the window, {} (the model's is {})",
                  checkpoint_path, c.sliding_window, k.arch, c.sliding_window, context);
@@ -267,7 +285,14 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     w.add_f32(k("rope.scaling.attn_factor"), static_cast<float>(c.rope_scaling.attention_factor));
     w.add_u32(k("attention.sliding_window"), 0);  // none
   }
-  if (c.gemma3) {
+  if (c.gemma == 2) {
+    // The window (no key: 4096 in llama.cpp; a model without one gets its context, which never
+    // binds) and the caps.
+    w.add_u32(k("attention.sliding_window"), u32(c.sliding_window > 0 ? c.sliding_window : context));
+    w.add_f32(k("attn_logit_softcapping"), static_cast<float>(c.attn_logit_softcapping));
+    w.add_f32(k("final_logit_softcapping"), static_cast<float>(c.final_logit_softcapping));
+  }
+  if (c.gemma == 3) {
     // The windowed layers as a per-layer pattern (llama.cpp reads an array before a period), their
     // RoPE base; without a window no key: every layer full attention on rope.freq_base.
     w.add_f32(k("rope.freq_base_swa"), static_cast<float>(c.rope_local_theta));
@@ -297,7 +322,7 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
     if (k.permutes_qk() && is_k(name)) t = permute_qk_for_gguf(t, c.kv_heads());
     GgmlType gt = t.dim() == 1 ? GgmlType::kF32 : choice.matrices;
     if (gt == GgmlType::kQ8_0 && t.size(-1) % kQ8_0Block != 0) gt = GgmlType::kF16;
-    w.add_tensor(gguf_tensor_name(name, c.gemma3), t, gt);
+    w.add_tensor(gguf_tensor_name(name, c.is_gemma()), t, gt);
     weight_bytes += t.nbytes();
   }
   if (c.rope_scaling.type == "longrope") {

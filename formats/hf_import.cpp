@@ -98,10 +98,10 @@ HfModel load_hf_dir(const std::string& dir, const std::string& tokenizer_overrid
     for (const auto& a : j["architectures"])
       CONDENSE_CHECK(a == "LlamaForCausalLM" || a == "MistralForCausalLM" || a == "Qwen2ForCausalLM" ||
                          a == "Qwen3ForCausalLM" || a == "SmolLM3ForCausalLM" || a == "Phi3ForCausalLM" ||
-                         a == "Gemma3ForCausalLM",
+                         a == "Gemma2ForCausalLM" || a == "Gemma3ForCausalLM",
                      "{}: architecture {} is not LlamaForCausalLM (or MistralForCausalLM, "
                      "Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, "
-                     "Gemma3ForCausalLM)",
+                     "Gemma2ForCausalLM, Gemma3ForCausalLM)",
                      config_path, a.dump());
   LlamaConfig config = from_hf_json(j, config_path);
   SafetensorsShards shards = SafetensorsShards::open(dir);

@@ -323,14 +323,17 @@ int cmd_info(const std::string& ckpt_arg) {
   const std::string partial = c.rotary_dim() == c.head_size()
                                   ? std::string()
                                   : fmt::format(", over {} of {} channels per head", c.rotary_dim(), c.head_size());
-  const std::string local = c.gemma3 && c.sliding_window > 0
+  const std::string local = c.gemma == 3 && c.sliding_window > 0
                                 ? fmt::format("; windowed layers theta {} unscaled", c.rope_local_theta)
                                 : std::string();
   std::cout << fmt::format("rope         theta {}{}{}{}\n", c.rope_theta, scaling, partial, local);
-  if (c.gemma3)
+  if (c.is_gemma())
     std::cout << fmt::format("gemma        GeGLU, norms after each branch, embeddings x {:.4f}, attention "
                              "scale 1/sqrt({})\n", c.embedding_scale(),
                              c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar : static_cast<double>(c.head_size()));
+  if (c.attn_logit_softcapping > 0 || c.final_logit_softcapping > 0)
+    std::cout << fmt::format("soft caps    attention scores {}, logits {} (0: none)\n", c.attn_logit_softcapping,
+                             c.final_logit_softcapping);
   if (c.sliding_window > 0) {
     int64_t windowed = 0;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) windowed += c.window(l) > 0;

@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "core/error.h"
+#include "model/softcap.h"
 
 namespace condense {
 namespace {
@@ -18,7 +19,7 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& hidden,
                             const at::Tensor& weight, const at::Tensor& targets, int64_t tc,
-                            int64_t vc, double filter_eps, int64_t ignore_index) {
+                            int64_t vc, double filter_eps, int64_t ignore_index, double cap) {
     int64_t n = hidden.size(0), v = weight.size(0);
     at::Tensor valid = targets.ne(ignore_index);
     at::Tensor safe_targets = targets.masked_fill(valid.logical_not(), 0);
@@ -30,6 +31,7 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
       at::Tensor s = at::zeros({rows}, lse.options());
       for (int64_t v0 = 0; v0 < v; v0 += vc) {
         at::Tensor logits = at::matmul(h, weight.narrow(0, v0, std::min(vc, v - v0)).t()).to(at::kFloat);
+        softcap_(logits, cap);
         at::Tensor new_m = at::maximum(m, std::get<0>(logits.max(1)));
         s = s * (m - new_m).exp() + (logits - new_m.unsqueeze(1)).exp().sum(1);
         m = new_m;
@@ -43,29 +45,32 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
                                   .sum(1)
                                   .to(hidden.scalar_type())
                                   .to(at::kFloat);
+    softcap_(target_logit, cap);
     at::Tensor count = valid.sum().to(at::kFloat).clamp_min(1);
     at::Tensor loss = ((lse - target_logit) * valid).sum() / count;
-    ctx->save_for_backward({hidden, weight, safe_targets, valid, lse, count});
+    ctx->save_for_backward({hidden, weight, safe_targets, valid, lse, count, target_logit});
     ctx->saved_data["tc"] = tc;
     ctx->saved_data["vc"] = vc;
     ctx->saved_data["eps"] = filter_eps;
+    ctx->saved_data["cap"] = cap;
     return hidden.scalar_type() == at::kDouble ? loss.to(at::kDouble) : loss;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto saved = ctx->get_saved_variables();
     const at::Tensor &hidden = saved[0], &weight = saved[1], &targets = saved[2],
-                     &valid = saved[3], &lse = saved[4], &count = saved[5];
+                     &valid = saved[3], &lse = saved[4], &count = saved[5], &target_logit = saved[6];
     int64_t tc = ctx->saved_data["tc"].toInt(), vc = ctx->saved_data["vc"].toInt();
-    double eps = ctx->saved_data["eps"].toDouble();
+    double eps = ctx->saved_data["eps"].toDouble(), cap = ctx->saved_data["cap"].toDouble();
     int64_t n = hidden.size(0), v = weight.size(0);
-    // d loss / d logit[i, j] = scale_i * (softmax[i, j] - [j == target_i]).
+    // d loss / d logit[i, j] = scale_i * (softmax[i, j] - [j == target_i]), times the cap's slope
+    // at logit[i, j] when soft-capped (model/softcap.h).
     at::Tensor scale = (grads[0].to(at::kFloat) / count) * valid.to(at::kFloat);  // [N]
     at::Tensor dh = at::zeros(hidden.sizes(), hidden.options().dtype(at::kFloat));
     at::Tensor dw = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
     at::Tensor hf = hidden.to(at::kFloat), wf = weight.to(at::kFloat);
     // The one-hot target terms, exact and outside the tiles (so filtering never drops them).
-    at::Tensor st = scale.unsqueeze(1);
+    at::Tensor st = (scale * softcap_slope(target_logit, cap)).unsqueeze(1);
     dh.sub_(wf.index_select(0, targets) * st);
     dw.index_add_(0, targets, hf * -st);
     for (int64_t r0 = 0; r0 < n; r0 += tc) {
@@ -78,15 +83,18 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
       for (int64_t v0 = 0; v0 < v; v0 += vc) {
         int64_t cols = std::min(vc, v - v0);
         at::Tensor w = weight.narrow(0, v0, cols);
-        at::Tensor p = (at::matmul(h, w.t()).to(at::kFloat) - l).exp_();
+        at::Tensor y = at::matmul(h, w.t()).to(at::kFloat);
+        softcap_(y, cap);
+        at::Tensor p = (y - l).exp_();
         if (eps > 0 && p.max().item<double>() < eps) continue;
         p.mul_(sc);
+        if (cap > 0) p.mul_(softcap_slope(y, cap));
         dh_rows.add_(at::matmul(p, wf.narrow(0, v0, cols)));
         dw.narrow(0, v0, cols).add_(at::matmul(p.t(), hr));
       }
     }
     return {dh.to(hidden.scalar_type()), dw.to(weight.scalar_type()), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -111,7 +119,7 @@ at::Tensor chunked_cross_entropy(const at::Tensor& hidden, const at::Tensor& wei
                  h.size(1), weight.dim() == 2 ? weight.size(1) : -1);
   const at::ScalarType compute = lm_head_compute_type(h, weight);
   return ChunkedCrossEntropy::apply(h.to(compute), weight.to(compute), t, o.token_chunk,
-                                    o.vocab_chunk, o.filter_eps, o.ignore_index);
+                                    o.vocab_chunk, o.filter_eps, o.ignore_index, o.softcap);
 }
 
 }  // namespace condense

@@ -21,6 +21,9 @@ struct ChunkedLossOptions {
   int64_t vocab_chunk = 8192;
   double filter_eps = 0;
   int64_t ignore_index = -100;
+  // The logits' soft cap (LlamaConfig::final_logit_softcapping; 0: none): each tile's logits are
+  // capped as LlamaForCausalLMImpl::logits caps the full ones.
+  double softcap = 0;
 };
 
 // The dtype the LM-head tiles are multiplied in: autocast's (bf16) when autocast is on for the

@@ -74,7 +74,8 @@ at::Tensor MemoryPolicy::loss(LlamaForCausalLM& model, const at::Tensor& inputs,
                               const at::Tensor& targets) {
   at::Tensor hidden = this->hidden(model, {inputs});
   if (cfg_.loss == "chunked") {
-    ChunkedLossOptions o{cfg_.loss_chunk, cfg_.loss_vocab_chunk, cfg_.loss_filter_eps, -100};
+    ChunkedLossOptions o{cfg_.loss_chunk, cfg_.loss_vocab_chunk, cfg_.loss_filter_eps, -100,
+                         model->config().final_logit_softcapping};
     return chunked_cross_entropy(hidden, model->lm_head_weight(), targets, o);
   }
   at::Tensor logits = model->logits(hidden);

@@ -13,6 +13,7 @@
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
 #include "model/rope.h"
+#include "model/softcap.h"
 
 namespace condense {
 namespace {
@@ -124,6 +125,23 @@ at::Tensor KVHook::decode_keys(int64_t layer, const at::Tensor&) {
   fail("KV hook: decode_keys() of layer {} on a hook without latent values", layer);
 }
 
+at::Tensor softcapped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past,
+                                int64_t key_begin, int64_t window, double scale, double cap, double dropout,
+                                bool causal) {
+  const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), kv = k.size(1), n = k.size(2);
+  at::Tensor qg = q.reshape({b, kv, heads / kv, t, q.size(3)});
+  at::Tensor scores = softcap(at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale, cap);  // [B, kv, rep, t, n]
+  auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
+  at::Tensor qpos = at::arange(past, past + t, longs).unsqueeze(1);
+  at::Tensor kpos = at::arange(key_begin, key_begin + n, longs).unsqueeze(0);
+  at::Tensor hidden = causal ? kpos > qpos : at::zeros_like(kpos > qpos);
+  if (window > 0) hidden = hidden.logical_or(kpos <= qpos - window);
+  at::Tensor p = at::softmax(scores.masked_fill(hidden, -std::numeric_limits<double>::infinity()), -1, at::kFloat)
+                     .to(v.scalar_type());
+  if (dropout > 0) p = at::dropout(p, dropout, true);
+  return at::matmul(p, v.unsqueeze(2)).reshape({b, heads, t, v.size(3)});
+}
+
 LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index)
     : layer_(layer_index),
       heads_(c.num_attention_heads),
@@ -133,6 +151,7 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& c, int64_t layer_index
       window_(c.window(layer_index)),
       scale_(c.attention_scale()),
       own_scale_(c.query_pre_attn_scalar > 0 && c.query_pre_attn_scalar != static_cast<double>(c.head_size())),
+      softcap_(c.attn_logit_softcapping),
       rope_(c.uses_rope(layer_index)) {
   q_proj = register_module("q_proj", linear(c.hidden_size, heads_ * head_dim_, c.qkv_bias));
   k_proj = register_module("k_proj", linear(c.hidden_size, kv_heads_ * head_dim_, c.qkv_bias));
@@ -186,6 +205,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // Sliding-window attention binds once a query has keys older than the window.
   const bool sliding = window_ > 0 && past + t > window_;
   at::Tensor k, v;
+  CONDENSE_CHECK(!(latent && softcap_ > 0), "layer {}: a latent KV cache (CSKV) attends without the "
+                 "soft cap of this model's attention scores (attn_logit_softcapping {})", layer_, softcap_);
   // The latent caches' attention (CSKV) has no window mask.
   CONDENSE_CHECK(!(latent && sliding), "layer {}: a latent KV cache (CSKV) attends to all {} positions, "
                  "but this layer's sliding window is {}: keep sequences within the window", layer_,
@@ -234,15 +255,21 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     }
     if (cache) std::tie(k, v) = cache->append(layer_, k, v);
   }
-  // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
-  // head h read kv head h / rep, the grouping transformers' repeat_kv produces. Counted from
-  // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
-  bool gqa = q.size(1) != k.size(1);
-
   // The keys are positions key_begin .. past + t - 1: all of them, or a windowed layer's recent
   // ones from a ring cache (model/kv_cache.h; one new position reads its ring in slot order, every
   // key then within its window).
   const int64_t key_begin = past + t - k.size(2);
+  const bool projected = hook && !latent;
+  if (softcap_ > 0) {
+    at::Tensor attn = softcapped_attention(q, k, v, past, key_begin, window_, scale_, softcap_,
+                                           is_training() ? dropout_ : 0.0);
+    if (projected) attn = hook->restore(layer_, attn);
+    return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
+  }
+  // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
+  // head h read kv head h / rep, the grouping transformers' repeat_kv produces. Counted from
+  // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
+  bool gqa = q.size(1) != k.size(1);
   const bool window_mask = window_ > 0 && k.size(2) > window_;
   // Many queries past a window: block by block (blocked_window_attention), no t x n mask.
   const bool blocked = window_mask && t > 2 * window_;
@@ -270,7 +297,6 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   }
   double p = is_training() ? dropout_ : 0.0;
   // The model's scale, whatever width a KV hook projected queries and keys to.
-  const bool projected = hook && !latent;
   const std::optional<double> scale = projected || own_scale_ ? std::optional<double>(scale_) : std::nullopt;
   at::Tensor attn = blocked ? blocked_window_attention(q, k, v, past, key_begin, window_, p, scale, gqa)
                             : at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);

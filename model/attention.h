@@ -65,6 +65,17 @@ class KVHook {
   virtual at::Tensor decode_keys(int64_t layer, const at::Tensor& key_latent);
 };
 
+// Attention with soft-capped scores (Gemma 2): softmax(mask(cap * tanh(q k^T * scale / cap))) v,
+// written out because SDPA has no cap. q [B, H, t, d] at positions past .. past + t - 1; k, v
+// [B, Hkv, n, *] at positions key_begin .. past + t - 1 (query head h reads KV head h / (H / Hkv),
+// without repeating them); causal unless `causal` is false (ARC's encoder reads its whole chunk),
+// and within `window` where it is > 0. The softmax runs in float (transformers' eager attention
+// upcasts it too). The scores are t x n at any length: a windowed layer's long sequence is not
+// split into blocks as SDPA's path splits it (blocked_window_attention in attention.cpp).
+at::Tensor softcapped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past,
+                                int64_t key_begin, int64_t window, double scale, double cap, double dropout,
+                                bool causal = true);
+
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   LlamaAttentionImpl(const LlamaConfig& config, int64_t layer_index);
@@ -90,7 +101,8 @@ class LlamaAttentionImpl : public torch::nn::Module {
   double dropout_;
   int64_t window_;  // LlamaConfig::window(layer): 0 attends to every earlier position
   double scale_;    // LlamaConfig::attention_scale()
-  bool own_scale_;  // a scale other than SDPA's default 1/sqrt(head_dim) (Gemma 3)
+  bool own_scale_;  // a scale other than SDPA's default 1/sqrt(head_dim) (Gemma)
+  double softcap_;  // LlamaConfig::attn_logit_softcapping (Gemma 2): scores capped, SDPA not used
   bool rope_;
 };
 TORCH_MODULE(LlamaAttention);

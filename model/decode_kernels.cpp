@@ -87,10 +87,11 @@ void matvec_rows_blocked(int lanes, const float* w, const float* x, float* y, in
 
 CONDENSE_CLONES
 void attend(const float* q, const float* k, const float* v, float* out, float* scores, int64_t d,
-            int64_t length, float scale) {
+            int64_t length, float scale, float cap) {
   float top = -INFINITY;
   for (int64_t j = 0; j < length; ++j) {
     scores[j] = dot(q, k + j * d, d) * scale;
+    if (cap > 0) scores[j] = std::tanh(scores[j] / cap) * cap;
     top = std::max(top, scores[j]);
   }
   float total = 0;

@@ -21,9 +21,10 @@ void matvec_rows_blocked(int lanes, const float* w, const float* x, float* y, in
                          int64_t r1, int64_t cols);
 
 // One query vector q [d] over `length` keys and values, rows of k and v [length, d]:
-// out = softmax(scale * k q) v. scores: scratch of `length` floats.
+// out = softmax(scale * k q) v, each score soft-capped at `cap` first where cap > 0 (Gemma 2:
+// cap * tanh(score / cap)). scores: scratch of `length` floats.
 void attend(const float* q, const float* k, const float* v, float* out, float* scores, int64_t d,
-            int64_t length, float scale);
+            int64_t length, float scale, float cap = 0);
 
 // x += y, n elements.
 void add(float* x, const float* y, int64_t n);

@@ -11,6 +11,7 @@
 #include "model/decode_kernels.h"
 #include "model/fused_kernels.h"
 #include "model/rope.h"
+#include "model/softcap.h"
 
 namespace condense {
 namespace {
@@ -85,7 +86,7 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   norm_ = model->model->norm->weight;
   lm_head_ = model->lm_head_weight();
   std::tie(cos_, sin_) = Rope(config_).cos_sin(0, cache.capacity(), at::kCPU);
-  if (config_.gemma3)
+  if (config_.gemma == 3)
     std::tie(cos_local_, sin_local_) =
         Rope(config_.rotary_dim(), config_.rope_local_theta).cos_sin(0, cache.capacity(), at::kCPU);
   const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
@@ -113,6 +114,7 @@ at::Tensor FastDecoder::step(int64_t id) {
   const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
   const int64_t group = heads / kv;
   const float scale = static_cast<float>(config_.attention_scale());
+  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
   const int64_t rotary = config_.rotary_dim();  // the rotated channels at the front of each head
   const float* cos = nullptr;
   const float* sin = nullptr;
@@ -121,7 +123,7 @@ at::Tensor FastDecoder::step(int64_t id) {
   auto rms_norm = [&](const at::Tensor& weight) {
     fused::rms_norm_forward(x_.data(), weight.data_ptr<float>(), xn_.data(), &rstd, 0, 1, hidden, eps);
   };
-  // Gemma 3's norm of a branch's output (in proj_, in place) before it joins the residual.
+  // Gemma's norm of a branch's output (in proj_, in place) before it joins the residual.
   auto branch_norm = [&](const at::Tensor& weight) {
     if (weight.defined())
       fused::rms_norm_forward(proj_.data(), weight.data_ptr<float>(), proj_.data(), &rstd, 0, 1, hidden, eps);
@@ -131,7 +133,7 @@ at::Tensor FastDecoder::step(int64_t id) {
   };
 
   std::memcpy(x_.data(), embed_.data_ptr<float>() + id * hidden, hidden * sizeof(float));
-  if (config_.gemma3) {  // sqrt(hidden_size) in float32, as LlamaForCausalLMImpl::embed
+  if (config_.is_gemma()) {  // sqrt(hidden_size) in float32, as LlamaForCausalLMImpl::embed
     const float s = static_cast<float>(config_.embedding_scale());
     for (float& v : x_) v *= s;
   }
@@ -172,7 +174,7 @@ at::Tensor FastDecoder::step(int64_t id) {
       for (int64_t h = h0; h < h1; ++h) {
         const int64_t g = h / group;
         decode::attend(q_.data() + h * d, kbuf + g * slots * d, vbuf + g * slots * d, att_.data() + h * d,
-                       scores_.data() + h * cap, d, n, scale);
+                       scores_.data() + h * cap, d, n, scale, score_cap);
       }
     });
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);
@@ -181,7 +183,7 @@ at::Tensor FastDecoder::step(int64_t id) {
 
     rms_norm(L.norm_ff_in.defined() ? L.norm_ff_in : L.norm_post);
     matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), hidden);
-    if (config_.gemma3) {  // GeGLU, GELU's tanh approximation as at::gelu(x, "tanh")
+    if (config_.is_gemma()) {  // GeGLU, GELU's tanh approximation as at::gelu(x, "tanh")
       for (int64_t i = 0; i < inter; ++i) {
         const float g = gate_[i];
         const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
@@ -196,6 +198,7 @@ at::Tensor FastDecoder::step(int64_t id) {
   }
   rms_norm(norm_);
   matvec({{&lm_head_, logits_.data_ptr<float>()}}, xn_.data(), hidden);
+  if (const double c = config_.final_logit_softcapping; c > 0) softcap_(logits_, c);  // Gemma 2
   cache_.commit(1);
   return logits_;
 }

@@ -1,11 +1,12 @@
 // LlamaConfig <-> Hugging Face config.json (model/llama_config.h: to_hf_json, from_hf_json): each
-// family's keys, defaults and refusals (Llama, Mistral, Qwen2 / Qwen3, SmolLM3, Phi-3, Gemma 3),
+// family's keys, defaults and refusals (Llama, Mistral, Qwen2 / Qwen3, SmolLM3, Phi-3, Gemma 2 / 3),
 // RoPE scaling and sliding windows as transformers reads them. Checkpoints store their config in
 // this form too (trainer/checkpoint.cpp).
 #include "model/llama_config.h"
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -45,24 +46,28 @@ nlohmann::json to_hf_json(const LlamaConfig& c) {
   nlohmann::json layer_types = nlohmann::json::array();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     layer_types.push_back(c.window(i) > 0 ? "sliding_attention" : "full_attention");
-  if (c.gemma3) {
-    // Gemma3TextConfig: GeGLU under its own key; the windowed layers (with their RoPE base) as
-    // layer_types, which it reads before any pattern; without a window every layer is full
-    // attention (its sliding_window then unused). No soft-capping (Gemma 2's), causal.
-    j["architectures"] = {"Gemma3ForCausalLM"};
-    j["model_type"] = "gemma3_text";
+  if (c.is_gemma()) {
+    // Gemma2Config / Gemma3TextConfig: GeGLU under its own key; the windowed layers (Gemma 3: with
+    // their RoPE base) as layer_types, which both read before any pattern; without a window every
+    // layer is full attention (sliding_window then unused). Soft caps as numbers or null (none),
+    // causal.
+    j["architectures"] = {c.gemma == 2 ? "Gemma2ForCausalLM" : "Gemma3ForCausalLM"};
+    j["model_type"] = c.gemma == 2 ? "gemma2" : "gemma3_text";
     j.erase("hidden_act");
     j["hidden_activation"] = "gelu_pytorch_tanh";
     j["query_pre_attn_scalar"] = c.query_pre_attn_scalar > 0 ? c.query_pre_attn_scalar
                                                              : static_cast<double>(c.head_size());
-    j["rope_local_base_freq"] = c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta;
+    if (c.gemma == 3) {
+      j["rope_local_base_freq"] = c.rope_local_theta > 0 ? c.rope_local_theta : c.rope_theta;
+      j["use_bidirectional_attention"] = false;
+    }
     j["sliding_window"] = c.sliding_window > 0 ? c.sliding_window : c.max_position_embeddings;
     j["layer_types"] = layer_types;
-    j["final_logit_softcapping"] = nullptr;
-    j["attn_logit_softcapping"] = nullptr;
-    j["use_bidirectional_attention"] = false;
+    auto cap = [](double v) { return v > 0 ? nlohmann::json(v) : nlohmann::json(nullptr); };
+    j["final_logit_softcapping"] = cap(c.final_logit_softcapping);
+    j["attn_logit_softcapping"] = cap(c.attn_logit_softcapping);
     j["attention_bias"] = false;
-    // Gemma3TextConfig's default pad_token_id 0 is carried by no condense model.
+    // Gemma's default pad_token_id 0 is carried by no condense model.
     j["pad_token_id"] = nullptr;
   } else if (c.qkv_bias || c.qk_norm) {
     // Qwen2's config: its attention has the q/k/v biases built in (no key for them), and
@@ -265,10 +270,10 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
                  "config with Gemma3ForCausalLM weights", source);
   CONDENSE_CHECK(model_type == "llama" || model_type == "mistral" || model_type == "qwen2" ||
                      model_type == "qwen3" || model_type == "smollm3" || model_type == "phi3" ||
-                     model_type == "gemma3_text",
+                     model_type == "gemma2" || model_type == "gemma3_text",
                  "{}: model_type is '{}', expected 'llama' (or 'mistral', 'qwen2', 'qwen3', "
-                 "'smollm3', 'phi3', 'gemma3_text')", source, model_type);
-  const bool gemma3 = model_type == "gemma3_text";
+                 "'smollm3', 'phi3', 'gemma2', 'gemma3_text')", source, model_type);
+  const bool gemma2 = model_type == "gemma2", gemma3 = model_type == "gemma3_text", gemma = gemma2 || gemma3;
   const bool qwen = model_type == "qwen2" || model_type == "qwen3";
   const bool smollm3 = model_type == "smollm3";
   // Phi-3 is Llama with fused q/k/v and gate/up tensors (split by formats/hf_import.cpp),
@@ -280,15 +285,12 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
       if (j.contains(key) && j[key].is_number() && j[key].get<double>() != 0.0)
         spdlog::warn("{}: {} is {}; condense trains without that dropout", source, key, j[key].dump());
   }
-  // Gemma 3 names its activation hidden_activation (GELU, tanh approximation, by default).
-  const std::string act_key = gemma3 ? "hidden_activation" : "hidden_act",
-                    act = gemma3 ? "gelu_pytorch_tanh" : "silu";
+  // Gemma names its activation hidden_activation (GELU, tanh approximation, by default).
+  const std::string act_key = gemma ? "hidden_activation" : "hidden_act",
+                    act = gemma ? "gelu_pytorch_tanh" : "silu";
   if (j.contains(act_key) && !j[act_key].is_null() && j[act_key] != act)
     fail("{}: {} {} is not supported (expected \"{}\")", source, act_key, j[act_key].dump(), act);
   if (gemma3) {
-    for (const char* key : {"final_logit_softcapping", "attn_logit_softcapping"})
-      CONDENSE_CHECK(!j.contains(key) || j[key].is_null(), "{}: {} {} is not supported (Gemma 2's "
-                     "soft-capping; Gemma 3 has none: expected null)", source, key, j[key].dump());
     CONDENSE_CHECK(!j.contains("use_bidirectional_attention") || j["use_bidirectional_attention"] != true,
                    "{}: use_bidirectional_attention is true (an encoder); condense's models are causal", source);
   }
@@ -299,20 +301,31 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
   c.qkv_bias = model_type == "qwen2";  // Qwen2's attention always has them
   c.qk_norm = model_type == "qwen3" || gemma3;  // Qwen3's and Gemma 3's always have these
   if (model_type == "qwen3") c.head_dim = 128;  // Qwen3Config's default (not hidden / heads)
-  if (gemma3) {  // Gemma3TextConfig's defaults for absent keys
-    c.gemma3 = true;
+  if (gemma) {  // Gemma2Config's / Gemma3TextConfig's defaults for absent keys
+    c.gemma = gemma2 ? 2 : 3;
     c.head_dim = 256;
     c.num_key_value_heads = 4;
-    c.rope_theta = 1000000.0;
+    c.rope_theta = gemma2 ? 10000.0 : 1000000.0;
     c.tie_word_embeddings = true;
     c.bos_token_id = 2;
     c.eos_token_id = 1;
     c.query_pre_attn_scalar = 256;
-    c.rope_local_theta = 10000.0;
     read_field(j, "query_pre_attn_scalar", c.query_pre_attn_scalar, false, source);
+    CONDENSE_CHECK(c.query_pre_attn_scalar > 0, "{}: query_pre_attn_scalar {} must be positive", source,
+                   c.query_pre_attn_scalar);
+    // Soft caps: a number, or null for none (Gemma2Config's defaults 50 and 30; Gemma 3's none).
+    for (auto [key, value, fallback] : {std::tuple{"attn_logit_softcapping", &c.attn_logit_softcapping, 50.0},
+                                        std::tuple{"final_logit_softcapping", &c.final_logit_softcapping, 30.0}}) {
+      *value = gemma2 ? fallback : 0.0;
+      if (j.contains(key) && j[key].is_null()) *value = 0;
+      else read_field(j, key, *value, false, source);
+      CONDENSE_CHECK(*value >= 0, "{}: {} is {}, expected a positive cap or null", source, key, *value);
+    }
+  }
+  if (gemma3) {
+    c.rope_local_theta = 10000.0;
     read_field(j, "rope_local_base_freq", c.rope_local_theta, false, source);
-    CONDENSE_CHECK(c.query_pre_attn_scalar > 0 && c.rope_local_theta > 0, "{}: query_pre_attn_scalar "
-                   "{} and rope_local_base_freq {} must be positive", source, c.query_pre_attn_scalar,
+    CONDENSE_CHECK(c.rope_local_theta > 0, "{}: rope_local_base_freq {} must be positive", source,
                    c.rope_local_theta);
   }
   if (phi3) {  // Phi3Config's defaults for absent keys
@@ -351,6 +364,7 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     c.rope_scaling = read_rope_scaling(j["rope_scaling"], phi3, source);
   if (qwen || smollm3) c.max_position_embeddings = 32768;  // their configs' default
   if (gemma3) c.max_position_embeddings = 131072;
+  if (gemma2) c.max_position_embeddings = 8192;
   if (phi3) c.max_position_embeddings = 4096;
   read_field(j, "max_position_embeddings", c.max_position_embeddings, false, source);
   if (c.rope_scaling.type == "longrope") complete_longrope(j, c, phi3, source);
@@ -392,6 +406,12 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
         for (int64_t i = std::max<int64_t>(0, max_window_layers); i < layers; ++i) windowed[static_cast<size_t>(i)] = 1;
       }
     }
+  }
+  if (gemma2) {
+    // Gemma 2 windows the layers layer_types marks "sliding_attention", by default the even ones
+    // (0, 2, ...), as Gemma2Config builds it.
+    if (has_types) from_layer_types();
+    else for (int64_t i = 0; i < layers; i += 2) windowed[static_cast<size_t>(i)] = 1;
   }
   if (gemma3) {
     // Gemma 3 windows the layers layer_types marks "sliding_attention", which by default is every

@@ -11,6 +11,7 @@
 #include "model/fused_ops.h"
 #include "model/kv_cache.h"
 #include "model/rebuildable.h"
+#include "model/softcap.h"
 
 namespace condense {
 namespace {
@@ -29,7 +30,7 @@ LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index) {
   gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size));
   up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size));
   down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size));
-  gelu_ = c.gemma3;
+  gelu_ = c.is_gemma();
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
@@ -83,7 +84,7 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index
   input_layernorm = register_module("input_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
-  if (c.gemma3) {
+  if (c.is_gemma()) {
     pre_feedforward_layernorm =
         register_module("pre_feedforward_layernorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
     post_feedforward_layernorm =
@@ -145,7 +146,7 @@ LlamaForCausalLMImpl::LlamaForCausalLMImpl(LlamaConfig config)
 
 at::Tensor LlamaForCausalLMImpl::embed(const at::Tensor& input_ids) {
   at::Tensor e = model->embed_tokens(input_ids);
-  if (!config_.gemma3) return e;
+  if (!config_.is_gemma()) return e;
   // Gemma's scale sqrt(hidden_size), a float32 rounded to the weights' dtype as transformers
   // rounds it (bf16: sqrt(3072) = 55.4256 becomes 55.5).
   const at::Tensor scale = at::scalar_tensor(config_.embedding_scale(), at::TensorOptions().dtype(at::kFloat))
@@ -159,7 +160,7 @@ LlamaForCausalLMImpl::RopeTables LlamaForCausalLMImpl::rope_tables(int64_t offse
   std::tie(r.cos, r.sin) = rope_.cos_sin(offset, length, device);
   r.local_cos = r.cos;
   r.local_sin = r.sin;
-  if (config_.gemma3) std::tie(r.local_cos, r.local_sin) = rope_local_.cos_sin(offset, length, device);
+  if (config_.gemma == 3) std::tie(r.local_cos, r.local_sin) = rope_local_.cos_sin(offset, length, device);
   return r;
 }
 
@@ -232,7 +233,7 @@ at::Tensor LlamaForCausalLMImpl::lm_head_weight() const {
 }
 
 at::Tensor LlamaForCausalLMImpl::logits(const at::Tensor& hidden) {
-  return at::linear(hidden, lm_head_weight());
+  return softcap(at::linear(hidden, lm_head_weight()), config_.final_logit_softcapping);
 }
 
 LlamaForCausalLM new_model_like(const LlamaForCausalLM& like, const LlamaConfig& config) {

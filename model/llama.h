@@ -48,14 +48,14 @@ using LinearFn = std::function<at::Tensor(const at::Tensor& x, const at::Tensor&
 class LlamaMLPImpl : public torch::nn::Module {
  public:
   LlamaMLPImpl(const LlamaConfig& c, int64_t layer_index);
-  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x)); gelu_tanh for Gemma 3
+  at::Tensor forward(const at::Tensor& x);  // down(silu(gate(x)) * up(x)); gelu_tanh for Gemma
   torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   LinearFn linear_fn;  // set by LlamaForCausalLMImpl::set_mlp_linear
   ProjectionHook* projection_hook = nullptr;  // set by LlamaForCausalLMImpl::set_projection_hook
 
  private:
   std::string names_[3];  // HF weight names of gate, up, down
-  bool gelu_ = false;      // GeGLU (LlamaConfig::gemma3)
+  bool gelu_ = false;      // GeGLU (LlamaConfig::gemma)
 };
 TORCH_MODULE(LlamaMLP);
 
@@ -64,14 +64,14 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   LlamaDecoderLayerImpl(const LlamaConfig& c, int64_t index);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                      KVCache* cache, KVHook* hook);
-  // The residual branches: norm -> attention (-> norm, Gemma 3), and norm -> MLP (-> norm).
+  // The residual branches: norm -> attention (-> norm, Gemma), and norm -> MLP (-> norm).
   at::Tensor attention_branch(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                               KVCache* cache, KVHook* hook);
   at::Tensor mlp_branch(const at::Tensor& x);
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
   // Llama: input_layernorm before the attention, post_attention_layernorm before the MLP.
-  // Gemma 3 (LlamaConfig::gemma3): post_attention_layernorm on the attention's output, and
+  // Gemma (LlamaConfig::gemma): post_attention_layernorm on the attention's output, and
   // pre_feedforward_layernorm / post_feedforward_layernorm (null otherwise) around the MLP.
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   RMSNorm pre_feedforward_layernorm{nullptr}, post_feedforward_layernorm{nullptr};
@@ -115,7 +115,8 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
   // Runs layers [begin, end) on hidden states [B, T, hidden] at positions 0..T-1 (no cache,
   // no hooks but the projection hook): layer-sequential calibration and pruning.
   at::Tensor forward_layers(const at::Tensor& h, int64_t begin, int64_t end);
-  // LM head: [..., hidden] -> [..., vocab].
+  // LM head: [..., hidden] -> [..., vocab], soft-capped where the config says (Gemma 2). Losses that
+  // tile the LM head (chunked cross-entropy, chunked KD) cap their tiles themselves.
   at::Tensor logits(const at::Tensor& hidden);
   at::Tensor embed(const at::Tensor& input_ids);
   // The LM head's weight [vocab, hidden] (the embedding when tied).

@@ -26,8 +26,8 @@ void LlamaConfig::finalize() {
     head_dim = hidden_size / num_attention_heads;
   }
   CONDENSE_CHECK(head_dim % 2 == 0, "model.head_dim must be even for RoPE (got {})", head_dim);
-  if (gemma3 && query_pre_attn_scalar == 0) query_pre_attn_scalar = static_cast<double>(head_dim);
-  if (gemma3 && rope_local_theta == 0) rope_local_theta = rope_theta;
+  if (is_gemma() && query_pre_attn_scalar == 0) query_pre_attn_scalar = static_cast<double>(head_dim);
+  if (gemma == 3 && rope_local_theta == 0) rope_local_theta = rope_theta;
   CONDENSE_CHECK(partial_rotary_factor > 0 && partial_rotary_factor <= 1 && rotary_dim() >= 2 &&
                      rotary_dim() % 2 == 0,
                  "model.partial_rotary_factor {} rotates {} of head_dim {} channels; expected a "
@@ -91,8 +91,8 @@ void LlamaConfig::finalize() {
       sliding_window_layers.clear();
     }
   }
-  // Windows on some layers only are written as layer_types, which Qwen2/Qwen3/SmolLM3 configs have.
-  CONDENSE_CHECK(sliding_window_layers.empty() || qkv_bias || qk_norm || !no_rope_layers.empty(),
+  // Windows on some layers only are written as layer_types, which Qwen2/Qwen3/SmolLM3/Gemma configs have.
+  CONDENSE_CHECK(sliding_window_layers.empty() || is_gemma() || qkv_bias || qk_norm || !no_rope_layers.empty(),
                  "a model with a sliding window on some layers only and neither q/k/v biases, q/k "
                  "norms nor layers without RoPE has no Hugging Face architecture (Mistral and Phi-3 "
                  "window every layer)");
@@ -105,15 +105,22 @@ void LlamaConfig::finalize() {
                  "architecture", partial_rotary_factor, attention_extras(*this));
   CONDENSE_CHECK(query_pre_attn_scalar >= 0 && rope_local_theta >= 0, "query_pre_attn_scalar {} and "
                  "rope_local_theta {} must be >= 0 (0: the default)", query_pre_attn_scalar, rope_local_theta);
-  CONDENSE_CHECK(gemma3 || (query_pre_attn_scalar == 0 && rope_local_theta == 0), "query_pre_attn_scalar "
-                 "and rope_local_theta belong to Gemma 3's decoder, which this model is not");
-  CONDENSE_CHECK(!gemma3 || (qk_norm && !qkv_bias && no_rope_layers.empty() && rotary_dim() == head_dim),
-                 "Gemma 3's decoder has q/k norms, no q/k/v biases, RoPE on every layer and whole heads "
-                 "(this one: qk_norm {}, qkv_bias {}, {} NoPE entries, partial_rotary_factor {})", qk_norm,
-                 qkv_bias, no_rope_layers.size(), partial_rotary_factor);
-  CONDENSE_CHECK(!gemma3 || rope_scaling.type.empty() || rope_scaling.type == "linear", "Gemma 3 with "
+  CONDENSE_CHECK(gemma == 0 || gemma == 2 || gemma == 3, "gemma {} names no Gemma decoder (2 or 3; 0: none)", gemma);
+  CONDENSE_CHECK(is_gemma() || query_pre_attn_scalar == 0, "query_pre_attn_scalar belongs to Gemma's "
+                 "decoder, which this model is not");
+  CONDENSE_CHECK(gemma == 3 || rope_local_theta == 0, "rope_local_theta belongs to Gemma 3's decoder, "
+                 "which this model is not");
+  CONDENSE_CHECK(attn_logit_softcapping >= 0 && final_logit_softcapping >= 0, "attn_logit_softcapping {} and "
+                 "final_logit_softcapping {} must be >= 0 (0: none)", attn_logit_softcapping, final_logit_softcapping);
+  CONDENSE_CHECK(is_gemma() || (attn_logit_softcapping == 0 && final_logit_softcapping == 0), "soft-capping "
+                 "(attn_logit_softcapping, final_logit_softcapping) belongs to Gemma's decoder, which this model is not");
+  CONDENSE_CHECK(!is_gemma() || (qk_norm == (gemma == 3) && !qkv_bias && no_rope_layers.empty() && rotary_dim() == head_dim),
+                 "Gemma {}'s decoder has {}q/k norms, no q/k/v biases, RoPE on every layer and whole heads "
+                 "(this one: qk_norm {}, qkv_bias {}, {} NoPE entries, partial_rotary_factor {})", gemma,
+                 gemma == 3 ? "" : "no ", qk_norm, qkv_bias, no_rope_layers.size(), partial_rotary_factor);
+  CONDENSE_CHECK(!is_gemma() || rope_scaling.type.empty() || rope_scaling.type == "linear", "Gemma {} with "
                  "rope_scaling '{}': its Hugging Face and llama.cpp forms take linear scaling (or none)",
-                 rope_scaling.type);
+                 gemma, rope_scaling.type);
   for (int64_t id : more_eos_token_ids)
     CONDENSE_CHECK(id >= 0 && id < vocab_size, "eos_token_id: {} is not a token id of a vocabulary of {}",
                    id, vocab_size);
@@ -123,7 +130,7 @@ int64_t LlamaConfig::num_parameters() const {
   int64_t hd = head_size(), kv = kv_heads();
   int64_t attn = hidden_size * num_attention_heads * hd * 2 + hidden_size * kv * hd * 2;
   int64_t mlp = 3 * hidden_size * intermediate_size;
-  int64_t per_layer = attn + mlp + (gemma3 ? 4 : 2) * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0) +
+  int64_t per_layer = attn + mlp + (is_gemma() ? 4 : 2) * hidden_size + (qkv_bias ? (num_attention_heads + 2 * kv) * hd : 0) +
                       (qk_norm ? 2 * hd : 0);
   int64_t embed = vocab_size * hidden_size;
   return embed * (tie_word_embeddings ? 1 : 2) + per_layer * num_hidden_layers + hidden_size;
@@ -134,11 +141,12 @@ double LlamaConfig::attention_scale() const {
 }
 
 double LlamaConfig::embedding_scale() const {
-  return gemma3 ? std::sqrt(static_cast<double>(hidden_size)) : 1.0;
+  return is_gemma() ? std::sqrt(static_cast<double>(hidden_size)) : 1.0;
 }
 
 std::string attention_extras(const LlamaConfig& c) {
-  return c.gemma3                   ? "Gemma 3's decoder"
+  return c.gemma == 2               ? "Gemma 2's decoder"
+         : c.gemma == 3             ? "Gemma 3's decoder"
          : c.qkv_bias               ? "q/k/v biases (Qwen2)"
          : c.qk_norm                ? "q/k norms (Qwen3)"
          : !c.no_rope_layers.empty() ? "layers without RoPE (SmolLM3)"

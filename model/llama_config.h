@@ -90,22 +90,27 @@ struct LlamaConfig {
   // or SmolLM3 class (their layer_types), one windowing all as Mistral (or Phi-3 with partial RoPE).
   int64_t sliding_window = 0;
   std::vector<int64_t> sliding_window_layers;
-  // Gemma 3's decoder (Gemma3ForCausalLM, model_type "gemma3_text"; llama.cpp's gemma3): Llama's
-  // with q/k norms (qk_norm) and
+  // Gemma's decoder, gemma = 2 (Gemma2ForCausalLM, model_type "gemma2"; llama.cpp's gemma2) or 3
+  // (Gemma3ForCausalLM, "gemma3_text"; llama.cpp's gemma3); 0: not Gemma. Both are Llama's with
   //  - a norm on each residual branch's output too: post_attention_layernorm on the attention's
   //    (Llama's post_attention_layernorm is the MLP's input norm: same name, other place),
   //    pre_feedforward_layernorm / post_feedforward_layernorm around the MLP;
   //  - GeGLU: GELU (tanh approximation) where Llama has SiLU;
   //  - token embeddings multiplied by sqrt(hidden_size) (rounded to the weights' dtype);
   //  - attention scaled by query_pre_attn_scalar^-1/2 (0: head_dim, Llama's scale, filled in by
-  //    finalize());
-  //  - the windowed layers ("sliding_attention") on plain RoPE with base rope_local_theta (0:
-  //    rope_theta, filled in by finalize()), the others on rope_theta with rope_scaling.
+  //    finalize()).
+  // Gemma 3 adds q/k norms (qk_norm) and puts its windowed layers ("sliding_attention") on plain
+  // RoPE with base rope_local_theta (0: rope_theta, filled in by finalize()), the others on
+  // rope_theta with rope_scaling; Gemma 2 has one RoPE and soft-caps (below).
   // Gemma's RMSNorms scale by 1 + w: condense's norms hold 1 + w (formats/gemma_norms.h converts
   // on the way in and out). Carried like qk_norm (recipes never set it).
-  bool gemma3 = false;
+  int gemma = 0;
   double query_pre_attn_scalar = 0;
   double rope_local_theta = 0;
+  // Gemma 2's soft-capping, cap * tanh(x / cap), 0 for none: of every attention score (after the
+  // scale, before the mask and softmax) and of the logits (model/softcap.h). Gemma models only.
+  double attn_logit_softcapping = 0;
+  double final_logit_softcapping = 0;
 
   // Fills the derived defaults (kv heads, head_dim) and checks divisibility and ranges;
   // throws naming the offending field.
@@ -124,11 +129,12 @@ struct LlamaConfig {
   }
   // The attention's softmax scale: 1 / sqrt(query_pre_attn_scalar), else 1 / sqrt(head_dim).
   double attention_scale() const;
-  // What the decoder multiplies token embeddings by: sqrt(hidden_size) in Gemma 3, else 1 (for
+  // What the decoder multiplies token embeddings by: sqrt(hidden_size) in Gemma, else 1 (for
   // vectors meant to sit among the embeddings the decoder reads).
   double embedding_scale() const;
+  bool is_gemma() const { return gemma != 0; }
   // Whether `layer` takes the windowed layers' RoPE (Gemma 3's local layers).
-  bool local_rope(int64_t layer) const { return gemma3 && window(layer) > 0; }
+  bool local_rope(int64_t layer) const { return gemma == 3 && window(layer) > 0; }
   bool uses_rope(int64_t layer) const {
     return no_rope_layers.empty() || no_rope_layers.at(static_cast<size_t>(layer)) != 0;
   }
@@ -136,15 +142,16 @@ struct LlamaConfig {
 };
 
 // Hugging Face config.json (LlamaForCausalLM; MistralForCausalLM, Qwen2ForCausalLM and
-// Phi3ForCausalLM read as the Llamas they are, Qwen3ForCausalLM, SmolLM3ForCausalLM and
-// Gemma3ForCausalLM) <-> LlamaConfig; a Gemma 3 is written as Gemma3ForCausalLM, a model with
+// Phi3ForCausalLM read as the Llamas they are, Qwen3ForCausalLM, SmolLM3ForCausalLM,
+// Gemma2ForCausalLM and Gemma3ForCausalLM) <-> LlamaConfig; a Gemma 2 / 3 is written as
+// Gemma2ForCausalLM / Gemma3ForCausalLM, a model with
 // qkv_bias as Qwen2ForCausalLM, one with qk_norm as Qwen3ForCausalLM, one with NoPE layers as
 // SmolLM3ForCausalLM, one with partial_rotary_factor < 1 as Phi3ForCausalLM (whose weights
 // formats/hf_export.cpp writes fused).
 // from_hf_json checks that the model is one of these and names the missing or mistyped field;
 // `source` names the file in errors.
 nlohmann::json to_hf_json(const LlamaConfig& c);
-// What the attention has beyond Llama's, for messages: "Gemma 3's decoder", "q/k/v biases
+// What the attention has beyond Llama's, for messages: "Gemma 2's decoder", "Gemma 3's decoder", "q/k/v biases
 // (Qwen2)", "q/k norms (Qwen3)", "layers without RoPE (SmolLM3)", or "" for a plain Llama.
 std::string attention_extras(const LlamaConfig& c);
 LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source);

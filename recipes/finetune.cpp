@@ -280,6 +280,8 @@ int run_recovery(const RunConfig& cfg_in, const RunOptions& options, bool distil
     kd.top_k = d.top_k;
     kd.kd_ratio = d.kd_ratio;
     kd.token_chunk = d.chunk;
+    kd.softcap = model->config().final_logit_softcapping;
+    kd.teacher_softcap = teacher->config().final_logit_softcapping;
     const bool hidden = !pairs.empty();
     spdlog::info("distilling from {} ({:.2f}M parameters): KD ratio {}, temperature {}{}{}", d.teacher,
                  teacher->config().num_parameters() / 1e6, d.kd_ratio, d.temperature,

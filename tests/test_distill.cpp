@@ -41,9 +41,10 @@ Problem make_problem(int64_t n, int64_t v, int64_t hs_width, int64_t ht_width,
 // The definition, on full [N, V] logits.
 at::Tensor direct_kd(const Problem& p, const KdLossOptions& o) {
   double T = o.temperature;
-  at::Tensor zs = at::matmul(p.hs, p.ws.t());
+  auto cap = [](const at::Tensor& z, double c) { return c > 0 ? at::tanh(z / c) * c : z; };
+  at::Tensor zs = cap(at::matmul(p.hs, p.ws.t()), o.softcap);
   at::Tensor log_ps = at::log_softmax(zs / T, 1);
-  at::Tensor lt = at::matmul(p.ht, p.wt.t()) / T;
+  at::Tensor lt = cap(at::matmul(p.ht, p.wt.t()), o.teacher_softcap) / T;
   at::Tensor kl;
   if (o.top_k > 0) {
     auto [values, index] = lt.topk(o.top_k, 1);
@@ -93,6 +94,31 @@ TEST(ChunkedKd, MatchesDirectComputation) {
     o.kd_ratio = c.ratio;
     o.token_chunk = 8;
     expect_matches(p, o, c.name);
+  }
+}
+
+// Gemma 2's logit soft caps (KdLossOptions::softcap for the student, teacher_softcap for the
+// teacher): the definition over capped logits, with temperature, top-k and the CE share; caps that
+// bind (logits of ~4 against 1.5 and 2) change the loss.
+TEST(ChunkedKd, SoftCapsMatchTheCappedDefinition) {
+  Problem p = make_problem(37, 50, 16, 24);
+  struct Case { const char* name; double T; int64_t k; double ratio; double cs, ct; };
+  for (const Case& c : {Case{"caps", 1.0, 0, 1.0, 1.5, 2.0}, Case{"caps T=2", 2.0, 0, 1.0, 1.5, 2.0},
+                        Case{"caps top_k=5", 1.0, 5, 1.0, 1.5, 2.0},
+                        Case{"caps kd_ratio=0.3", 2.0, 0, 0.3, 1.5, 2.0},
+                        Case{"student cap only", 1.0, 0, 0.5, 1.5, 0.0},
+                        Case{"teacher cap only", 1.0, 0, 0.5, 0.0, 2.0}}) {
+    KdLossOptions o;
+    o.temperature = c.T;
+    o.top_k = c.k;
+    o.kd_ratio = c.ratio;
+    o.token_chunk = 8;
+    o.softcap = c.cs;
+    o.teacher_softcap = c.ct;
+    expect_matches(p, o, c.name);
+    KdLossOptions plain = o;
+    plain.softcap = plain.teacher_softcap = 0;
+    EXPECT_GT(std::abs(direct_kd(p, o).item<double>() - direct_kd(p, plain).item<double>()), 1e-2) << c.name;
   }
 }
 

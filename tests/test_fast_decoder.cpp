@@ -177,13 +177,22 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   compare_steps(qwen2_window, 20);
   LlamaConfig gemma = config(4, 2, true, 12);  // Gemma 3: layer 0 windowed on its own RoPE base
   gemma.qk_norm = true;
-  gemma.gemma3 = true;
+  gemma.gemma = 3;
   gemma.query_pre_attn_scalar = 10;
   gemma.rope_local_theta = 100;
   gemma.sliding_window = 4;
   gemma.sliding_window_layers = {1, 0};
   gemma.finalize();
   compare_steps(gemma, 21);
+  LlamaConfig gemma2 = config(4, 2, true, 12);  // Gemma 2: one RoPE, caps that bind on these weights
+  gemma2.gemma = 2;
+  gemma2.query_pre_attn_scalar = 10;
+  gemma2.attn_logit_softcapping = 1.0;
+  gemma2.final_logit_softcapping = 2.0;
+  gemma2.sliding_window = 4;
+  gemma2.sliding_window_layers = {1, 0};
+  gemma2.finalize();
+  compare_steps(gemma2, 22);
 }
 
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {
