@@ -73,6 +73,10 @@ void check_low_rank_kv(const LlamaConfig& c, const LowRankKVOptions& o) {
   // (Layers without RoPE, SmolLM3's, are handled: their keys are simply not rotated.)
   CONDENSE_CHECK(!c.qkv_bias && !c.qk_norm, "cskv: the model has {}, which cskv does not "
                  "handle (kv_project and the pruning methods do)", attention_extras(c));
+  // Its latent attention (model/attention.cpp) computes scores without Gemma 2's cap.
+  CONDENSE_CHECK(c.attn_logit_softcapping == 0, "cskv: the model soft-caps its attention scores "
+                 "(attn_logit_softcapping {}), which cskv's latent attention does not (kv_project and the "
+                 "pruning methods do)", c.attn_logit_softcapping);
   CONDENSE_CHECK(o.init == "svd" || o.init == "asvd" || o.init == "whiten",
                  "--init {}: valid for cskv are whiten, asvd and svd (kv.init in a recipe)", o.init);
   const int64_t most = std::min(c.hidden_size, c.kv_heads() * c.head_size());
