@@ -201,3 +201,37 @@ def test_finetune_with_the_chunked_loss_is_the_full_logits_finetune(gemma2, tmp_
                "--data", store, "--key-rank", 8, "--value-rank", 8, "--out", tmp_path / "c.h5", check=False)
     assert cskv.returncode != 0 and "attn_logit_softcapping 4" in cskv.stderr, cskv.stderr
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_a_gguf_written_like_llama_cpp_converter_imports(gemma2_llama_cpp, tmp_path):
+    """convert_hf_to_gguf.py's Gemma2Model: norms + 1, Gemma's tensor names, the window and both caps as
+    keys, no pattern; condense reads it as the Gemma 2 transformers and llama.cpp run, and a file
+    without the cap and window keys as llama.cpp's defaults (50, 30, 4096)."""
+    hf, model, imp, fields = gemma2_llama_cpp
+    names = {"post_attention_layernorm": "post_attention_norm", "pre_feedforward_layernorm": "ffn_norm",
+             "post_feedforward_layernorm": "post_ffw_norm"}
+
+    def extra(w):
+        w.add_sliding_window(WINDOW)
+        w.add_attn_logit_softcapping(4.0)
+        w.add_final_logit_softcapping(6.0)
+
+    path = tmp_path / "conv.gguf"
+    model_peers.write_converter_gguf(gguf, model, "gemma2", fields, "smollm", path, extra=extra, norm_shift=1.0,
+                                     names=names)
+    conv = tmp_path / "conv.h5"
+    run("import", path, conv)
+    model_peers.assert_same_model_tensors(imp, conv, 1 + 4 * 11 + 1)
+    text, ids, lp = score(conv, tmp_path)
+    assert np.abs(lp - reference_logprobs(model, ids)).max() < 1e-4
+    tokens, ref = llama_cpp_logprobs(path, text, ids, tmp_path)
+    dlp = np.abs(ref - lp).max()
+    print(f"gemma2: converter-style GGUF in llama.cpp vs condense's import: max |d log p| {dlp:.3g}")
+    assert tokens == ids and dlp <= 1e-2
+    bare = tmp_path / "bare.gguf"
+    model_peers.write_converter_gguf(gguf, model, "gemma2", fields, "smollm", bare, norm_shift=1.0, names=names)
+    run("import", bare, tmp_path / "bare.h5")
+    with h5py.File(tmp_path / "bare.h5", "r") as f:
+        cfg = json.loads(f["config"][()])
+    assert (cfg["attn_logit_softcapping"], cfg["final_logit_softcapping"], cfg["sliding_window"]) == (50.0, 30.0, 4096)
+    assert cfg["layer_types"] == LAYER_TYPES and cfg["query_pre_attn_scalar"] == 24
