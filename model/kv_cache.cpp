@@ -51,9 +51,19 @@ KVCache::KVCache(const LlamaConfig& config, int64_t batch, int64_t capacity,
                   &recent_k_, &recent_v_})
     v->resize(layers);
   ring_.assign(layers, 0);
-  if (kind_.type == KVCacheType::kFp)
-    for (size_t l = 0; l < layers; ++l)
-      if (const int64_t w = config.window(static_cast<int64_t>(l)); w > 0) ring_[l] = std::min(w, capacity_);
+  const int64_t g = kind_.group, rounded = (capacity_ + g - 1) / g * g;
+  for (size_t l = 0; l < layers; ++l) {
+    const int64_t w = config.window(static_cast<int64_t>(l));
+    if (w == 0) continue;
+    if (kind_.type == KVCacheType::kFp) {
+      ring_[l] = std::min(w, capacity_);
+    } else {
+      // int8: whole key groups, enough complete ones to cover the window behind the current
+      // group, plus the current one (quantized into the ring at commit): ceil(w / g) + 1 groups.
+      const int64_t ring = ((w + g - 1) / g + 1) * g;
+      if (ring < rounded) ring_[l] = ring;
+    }
+  }
 }
 
 void KVCache::allocate(int64_t layer, int64_t h, int64_t kw, int64_t vw) {
@@ -63,15 +73,18 @@ void KVCache::allocate(int64_t layer, int64_t h, int64_t kw, int64_t vw) {
     values_[layer] = at::empty({b, h, slots(layer), vw}, options_);
     return;
   }
-  const int64_t groups = (capacity_ + kind_.group - 1) / kind_.group;
+  // Positions held: the capacity in whole groups, or a windowed layer's ring of groups.
+  const int64_t ring = ring_[static_cast<size_t>(layer)];
+  const int64_t groups = ring > 0 ? ring / kind_.group : (capacity_ + kind_.group - 1) / kind_.group;
+  const int64_t positions = ring > 0 ? ring : capacity_;
   at::TensorOptions f = options_.dtype(at::kFloat), u8 = options_.dtype(at::kByte);
   keys_[layer] = at::empty({b, h, groups * kind_.group, kw}, u8);
-  values_[layer] = at::empty({b, h, capacity_, vw}, u8);
+  values_[layer] = at::empty({b, h, positions, vw}, u8);
   key_scale_[layer] = at::empty({b, h, groups, kw}, f);
   key_min_[layer] = at::empty({b, h, groups, kw}, f);
   key_tail_[layer] = at::empty({b, h, kind_.group, kw}, options_);
-  value_scale_[layer] = at::empty({b, h, capacity_, 1}, f);
-  value_min_[layer] = at::empty({b, h, capacity_, 1}, f);
+  value_scale_[layer] = at::empty({b, h, positions, 1}, f);
+  value_min_[layer] = at::empty({b, h, positions, 1}, f);
 }
 
 int64_t KVCache::max_append() const {
@@ -94,7 +107,8 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
                  "KV cache: layer {} got heads x widths {} x {} / {} x {} after {} x {} / {}", layer,
                  k.size(1), k.size(3), v.size(1), v.size(3), keys_[layer].size(1),
                  keys_[layer].size(3), values_[layer].size(3));
-  if (ring_[static_cast<size_t>(layer)] > 0) return append_ring(layer, k, v);
+  const int64_t ring = ring_[static_cast<size_t>(layer)];
+  if (kind_.type == KVCacheType::kFp && ring > 0) return append_ring(layer, k, v);
   if (kind_.type == KVCacheType::kFp) {
     keys_[layer].narrow(2, length_, t).copy_(k);
     values_[layer].narrow(2, length_, t).copy_(v);
@@ -104,27 +118,55 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
                  "boundary ({} cached, group {}); append at most {}", t, length_, kind_.group,
                  max_append());
   const int64_t g = kind_.group, done = length_ / g * g, in_tail = length_ - done;
+  // A ring (windowed layer): position p's value in slot p % ring, complete key group G in group
+  // slot G % (ring / g); the appended positions never wrap (a ring is whole groups and an append
+  // stays in one group). Without a ring the slot is the position.
+  const int64_t slot = ring > 0 ? length_ % ring : length_;
   key_tail_[layer].narrow(2, in_tail, t).copy_(k);
   Quantized qv = quantize(v, 3);
-  values_[layer].narrow(2, length_, t).copy_(qv.codes);
-  value_scale_[layer].narrow(2, length_, t).copy_(qv.scale);
-  value_min_[layer].narrow(2, length_, t).copy_(qv.min);
+  values_[layer].narrow(2, slot, t).copy_(qv.codes);
+  value_scale_[layer].narrow(2, slot, t).copy_(qv.scale);
+  value_min_[layer].narrow(2, slot, t).copy_(qv.min);
 
+  // Returned: positions `first` .. length + t - 1 in order, every complete group (a ring: the
+  // last ring / g - 1 of them, which cover its window behind the current group) and the current
+  // group's keys in full precision. The caller masks from position `first` (key_begin).
   const at::ScalarType dtype = k.scalar_type();
+  const int64_t ring_groups = ring / g, complete = done / g;
+  const int64_t first_group = ring > 0 ? std::max<int64_t>(0, complete - (ring_groups - 1)) : 0;
+  const int64_t first = first_group * g, n = length_ + t - first;
   at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
-  if (done > 0) {
-    const int64_t b = k.size(0), h = k.size(1), groups = done / g;
-    const int64_t kw = k.size(3);
-    at::Tensor codes = keys_[layer].narrow(2, 0, done).view({b, h, groups, g, kw});
-    at::Tensor past = dequantize(codes, key_scale_[layer].narrow(2, 0, groups).unsqueeze(3),
-                                 key_min_[layer].narrow(2, 0, groups).unsqueeze(3), dtype)
-                          .view({b, h, done, kw});
+  if (complete > first_group) {
+    const int64_t b = k.size(0), h = k.size(1), groups = complete - first_group, kw = k.size(3);
+    at::Tensor codes = keys_[layer].view({b, h, keys_[layer].size(2) / g, g, kw});
+    at::Tensor scale = key_scale_[layer], min = key_min_[layer];
+    if (ring > 0) {
+      at::Tensor at_slots = at::arange(first_group, complete, at::TensorOptions().dtype(at::kLong)
+                                                                  .device(k.device())).remainder(ring_groups);
+      codes = codes.index_select(2, at_slots);
+      scale = scale.index_select(2, at_slots);
+      min = min.index_select(2, at_slots);
+    } else {
+      codes = codes.narrow(2, 0, groups);
+      scale = scale.narrow(2, 0, groups);
+      min = min.narrow(2, 0, groups);
+    }
+    at::Tensor past = dequantize(codes, scale.unsqueeze(3), min.unsqueeze(3), dtype).view({b, h, groups * g, kw});
     keys = at::cat({past, keys}, 2);
   }
-  at::Tensor values = dequantize(values_[layer].narrow(2, 0, length_ + t),
-                                 value_scale_[layer].narrow(2, 0, length_ + t),
-                                 value_min_[layer].narrow(2, 0, length_ + t), dtype);
-  return {keys, values};
+  at::Tensor vc = values_[layer], vs = value_scale_[layer], vm = value_min_[layer];
+  if (ring > 0) {
+    at::Tensor at_slots = at::arange(first, length_ + t, at::TensorOptions().dtype(at::kLong).device(k.device()))
+                              .remainder(ring);
+    vc = vc.index_select(2, at_slots);
+    vs = vs.index_select(2, at_slots);
+    vm = vm.index_select(2, at_slots);
+  } else {
+    vc = vc.narrow(2, 0, n);
+    vs = vs.narrow(2, 0, n);
+    vm = vm.narrow(2, 0, n);
+  }
+  return {keys, dequantize(vc, vs, vm, dtype)};
 }
 
 std::pair<at::Tensor, at::Tensor> KVCache::append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
@@ -184,8 +226,9 @@ double KVCache::window_bytes() const {
   for (size_t l = 0; l < recent_k_.size(); ++l) {
     for (const at::Tensor* t : {&recent_k_[l], &recent_v_[l]})
       if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
-    if (ring_[l] > 0)
-      for (const at::Tensor* t : {&keys_[l], &values_[l]})
+    if (ring_[l] > 0)  // the whole ring (int8: codes, scales, minima and the residual group)
+      for (const at::Tensor* t : {&keys_[l], &values_[l], &key_scale_[l], &key_min_[l], &key_tail_[l],
+                                  &value_scale_[l], &value_min_[l]})
         if (t->defined()) total += static_cast<double>(t->nbytes()) / static_cast<double>(batch_);
   }
   return total;
@@ -198,10 +241,12 @@ void KVCache::commit(int64_t t) {
   const int64_t g = kind_.group, group_index = length_ / g - 1;
   for (size_t l = 0; l < keys_.size(); ++l) {
     if (!key_tail_[l].defined()) continue;
+    // Its group slot: the group's index, or in a ring that index modulo the ring's groups.
+    const int64_t slot = ring_[l] > 0 ? group_index % (ring_[l] / g) : group_index;
     Quantized q = quantize(key_tail_[l], 2);
-    keys_[l].narrow(2, group_index * g, g).copy_(q.codes);
-    key_scale_[l].narrow(2, group_index, 1).copy_(q.scale);
-    key_min_[l].narrow(2, group_index, 1).copy_(q.min);
+    keys_[l].narrow(2, slot * g, g).copy_(q.codes);
+    key_scale_[l].narrow(2, slot, 1).copy_(q.scale);
+    key_min_[l].narrow(2, slot, 1).copy_(q.min);
   }
 }
 

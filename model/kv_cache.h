@@ -25,7 +25,10 @@
 // their order does not matter, and every held key is within the new query's window); a chunk of
 // several, the window - 1 held positions its first query still sees, in position order, then the
 // chunk (a copy), which the caller masks from its first key's position (length + T - returned).
-// int8 caches keep every position of every layer.
+// An int8 cache's windowed layers hold a ring of whole key groups, ceil(window / group) + 1 of them
+// (position p's value in slot p % slots, complete key group G in group slot G % groups): an append
+// returns the complete groups that cover the window behind the current group, in position order,
+// then the current group, and the caller masks as for a chunk.
 #pragma once
 #include <string>
 #include <vector>
@@ -75,8 +78,8 @@ class KVCache {
   // at kv_heads x head_dim when the layer has not been appended to yet), for a decoder that writes
   // positions itself (model/fast_decoder.h: position p in slot p % slots) and then calls commit().
   std::pair<at::Tensor, at::Tensor> fp_buffers(int64_t layer);
-  // The positions `layer` holds: its ring's slots for a sliding-window layer of an fp cache, else
-  // the capacity.
+  // The positions `layer` holds: its ring's slots for a sliding-window layer (fp: min(window,
+  // capacity); int8: whole key groups, where fewer than the capacity's), else the capacity.
   int64_t slots(int64_t layer) const { return ring_[static_cast<size_t>(layer)] > 0 ? ring_[static_cast<size_t>(layer)] : capacity_; }
   int64_t batch() const { return batch_; }
   // Call once after all layers appended T positions.

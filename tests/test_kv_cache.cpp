@@ -156,8 +156,8 @@ TEST(KVCache, SlidingWindowLayersKeepARingOfTheirWindow) {
   }
   ASSERT_EQ(at, 23);
   EXPECT_LT((at::cat(parts, 1) - full).abs().max().item<double>(), 1e-4);
-  // An int8 cache keeps every position: the same chunks read all of them (the blocked chunk from
-  // key 0), within the quantization's error of the forward.
+  // An int8 cache whose group (32) is longer than the sequence holds no ring: the same chunks read
+  // every position (the blocked chunk from key 0), within the quantization's error of the forward.
   KVCache q8(c, 2, 40, at::TensorOptions().dtype(at::kFloat), int8(32));
   std::vector<at::Tensor> q8_parts;
   at = 0;
@@ -173,6 +173,38 @@ TEST(KVCache, SlidingWindowLayersKeepARingOfTheirWindow) {
   EXPECT_EQ(cache.bytes_per_token(), 2 * (2 * 2 * 8 * 4));
   EXPECT_EQ(cache.held_bytes(), (23 + 5) * (2 * 2 * 8 * 4));
   EXPECT_EQ(cache.window_bytes(), 2 * 2 * 8 * 5 * 4);
+  // int8 with groups of 2: the windowed layer holds a ring of ceil(5 / 2) + 1 = 4 groups (8 slots),
+  // and every chunk split at the group boundaries (prefill) and single tokens read through it equal
+  // the same int8 cache holding every position (a cache built for the model without the window; the
+  // model masks alike): the same codes, only fewer masked keys.
+  LlamaConfig open_cache = c;
+  open_cache.sliding_window = 0;
+  open_cache.sliding_window_layers.clear();
+  KVCache ring8(c, 2, 40, at::TensorOptions().dtype(at::kFloat), int8(2));
+  KVCache all8(open_cache, 2, 40, at::TensorOptions().dtype(at::kFloat), int8(2));
+  EXPECT_EQ(ring8.slots(0), 8);
+  EXPECT_EQ(ring8.slots(1), 40);
+  EXPECT_EQ(all8.slots(0), 40);
+  std::vector<at::Tensor> ring_parts, all_parts;
+  at = 0;
+  for (int64_t n : {1, 3, 7, 1, 11}) {
+    if (n == 1) {
+      ring_parts.push_back(m->logits(m->hidden({ids.narrow(1, at, 1), {}, &ring8})));
+      all_parts.push_back(m->logits(m->hidden({ids.narrow(1, at, 1), {}, &all8})));
+    } else {
+      ring_parts.push_back(m->logits(prefill(m, ids.narrow(1, at, n), ring8)));
+      all_parts.push_back(m->logits(prefill(m, ids.narrow(1, at, n), all8)));
+    }
+    at += n;
+  }
+  at::Tensor ring_logits = at::cat(ring_parts, 1), all_logits = at::cat(all_parts, 1);
+  EXPECT_LT((ring_logits - all_logits).abs().max().item<double>(), 1e-5);
+  EXPECT_LT((ring_logits - full).abs().max().item<double>(), 5e-2);
+  // Layer 1 holds 23 positions, layer 0 its 8 slots: per position 2 heads x (8 + 8 * 8 / 2 key bytes
+  // + 8 + 8 value bytes).
+  const double per_position = 2 * (8 + 32 + 8 + 8);
+  EXPECT_EQ(ring8.held_bytes(), (23 + 8) * per_position);
+  EXPECT_EQ(all8.held_bytes(), (23 + 23) * per_position);
   // Without the window, the same weights give other logits past it: the ring's masking matters.
   LlamaConfig open = c;
   open.sliding_window = 0;
