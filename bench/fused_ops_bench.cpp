@@ -144,13 +144,18 @@ std::vector<Case> cases(const Options& o) {
                      },
                      tol});
     }
-    // SwiGLU on [N, I] gate and up.
+    // SwiGLU (and GeGLU) on [N, I] gate and up.
     {
       const at::Tensor g = (at::randn({n, o.intermediate}) * 3).to(dt), u = at::randn({n, o.intermediate}).to(dt);
       const at::Tensor dh = at::randn({n, o.intermediate}).to(dt);
       out.push_back({"SwiGLU", name, std::to_string(n) + " x " + std::to_string(o.intermediate),
                      [=] { return fwd_bwd([](auto& v) { return fused_swiglu(v[0], v[1]); }, {g, u}, dh); },
                      [=] { return fwd_bwd([](auto& v) { return at::silu(v[0]) * v[1]; }, {g, u}, dh); },
+                     tol});
+      // GeGLU (Gemma's MLP) on the same tensors: at::gelu(g, "tanh") * u in eager.
+      out.push_back({"GeGLU", name, std::to_string(n) + " x " + std::to_string(o.intermediate),
+                     [=] { return fwd_bwd([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g, u}, dh); },
+                     [=] { return fwd_bwd([](auto& v) { return at::gelu(v[0], "tanh") * v[1]; }, {g, u}, dh); },
                      tol});
     }
     // RoPE on q and k as attention makes them: [B, T, H, D] projections viewed as [B, H, T, D].

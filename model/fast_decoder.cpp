@@ -184,11 +184,7 @@ at::Tensor FastDecoder::step(int64_t id) {
     rms_norm(L.norm_ff_in.defined() ? L.norm_ff_in : L.norm_post);
     matvec({{&L.gate, gate_.data()}, {&L.up, up_.data()}}, xn_.data(), hidden);
     if (config_.is_gemma()) {  // GeGLU, GELU's tanh approximation as at::gelu(x, "tanh")
-      for (int64_t i = 0; i < inter; ++i) {
-        const float g = gate_[i];
-        const float inner = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-        gate_[i] = 0.5f * g * (1.0f + std::tanh(inner)) * up_[i];
-      }
+      fused::geglu_forward(gate_.data(), up_.data(), gate_.data(), 0, inter);  // in place
     } else {
       fused::swiglu_forward(gate_.data(), up_.data(), gate_.data(), 0, inter);  // in place
     }

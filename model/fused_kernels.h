@@ -1,4 +1,4 @@
-// Row kernels of the fused training ops (model/fused_ops.h): RMSNorm, SwiGLU, RoPE and the
+// Row kernels of the fused training ops (model/fused_ops.h): RMSNorm, SwiGLU, GeGLU, RoPE and the
 // cross-entropy, forward and backward, each one pass over its rows. Serial over the rows they
 // are given; model/fused_ops.cpp splits rows across threads; the fast decoder applies the
 // forwards to one row. Compiled per CPU feature with -O3 and FMA contraction (model/simd.h).
@@ -44,6 +44,16 @@ void swiglu_backward(const float* g, const float* u, const float* dh, float* dg,
                      int64_t i0, int64_t i1);
 void swiglu_backward(const bf16* g, const bf16* u, const bf16* dh, bf16* dg, bf16* du,
                      int64_t i0, int64_t i1);
+
+// GeGLU (Gemma's MLP): h = gelu_tanh(g) * u, GELU's tanh approximation as at::gelu(g, "tanh"),
+// computed as g * sigmoid(2 sqrt(2 / pi) (g + 0.044715 g^3)) (the same value); backward dg = dh *
+// u * gelu_tanh'(g), du = dh * gelu_tanh(g). Elements [i0, i1); h may be g.
+void geglu_forward(const float* g, const float* u, float* h, int64_t i0, int64_t i1);
+void geglu_forward(const bf16* g, const bf16* u, bf16* h, int64_t i0, int64_t i1);
+void geglu_backward(const float* g, const float* u, const float* dh, float* dg, float* du,
+                    int64_t i0, int64_t i1);
+void geglu_backward(const bf16* g, const bf16* u, const bf16* dh, bf16* dg, bf16* du,
+                    int64_t i0, int64_t i1);
 
 // One row of head_dim = 2 * half (rotate-half RoPE; y may be x: in place): forward
 // y1 = x1 c1 - x2 s1, y2 = x2 c2 + x1 s2; backward (the transpose)

@@ -103,8 +103,22 @@ struct RmsNormFn : public torch::autograd::Function<RmsNormFn> {
   }
 };
 
-// SwiGLU in float32 or bf16: every tensor in gate's dtype.
-struct SwigluFn : public torch::autograd::Function<SwigluFn> {
+// The gated MLP activation's kernels: GeGLU (Gemma) where Gelu, else SwiGLU.
+template <bool Gelu, class T>
+void glu_forward(const T* g, const T* u, T* h, int64_t i0, int64_t i1) {
+  if constexpr (Gelu) fused::geglu_forward(g, u, h, i0, i1);
+  else fused::swiglu_forward(g, u, h, i0, i1);
+}
+
+template <bool Gelu, class T>
+void glu_backward(const T* g, const T* u, const T* dh, T* dg, T* du, int64_t i0, int64_t i1) {
+  if constexpr (Gelu) fused::geglu_backward(g, u, dh, dg, du, i0, i1);
+  else fused::swiglu_backward(g, u, dh, dg, du, i0, i1);
+}
+
+// SwiGLU (GeGLU where Gelu) in float32 or bf16: every tensor in gate's dtype.
+template <bool Gelu>
+struct GluFn : public torch::autograd::Function<GluFn<Gelu>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_in, const at::Tensor& up_in) {
     const at::Tensor g = gate_in.contiguous(), u = up_in.contiguous();
     at::Tensor h = at::empty_like(g);
@@ -114,7 +128,7 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
       const T* up = data<T>(u);
       T* hp = data<T>(h);
       at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
-        fused::swiglu_forward(gp, up, hp, i0, i1);
+        glu_forward<Gelu>(gp, up, hp, i0, i1);
       });
     });
     ctx->save_for_backward({g, u});
@@ -135,14 +149,15 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
       T* dgp = data<T>(dg);
       T* dup = data<T>(du);
       at::parallel_for(0, g.numel(), kGrainElements, [&](int64_t i0, int64_t i1) {
-        fused::swiglu_backward(gp, up, dhp, dgp, dup, i0, i1);
+        glu_backward<Gelu>(gp, up, dhp, dgp, dup, i0, i1);
       });
     });
     return {dg, du};
   }
 };
 
-struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
+template <bool Gelu>
+struct GluPackedFn : public torch::autograd::Function<GluPackedFn<Gelu>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gu_in) {
     const at::Tensor gu = gu_in.contiguous();
     const int64_t width = gu.size(-1) / 2, rows = gu.numel() / (2 * width);
@@ -155,7 +170,7 @@ struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
       T* hp = data<T>(h);
       at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r)
-          fused::swiglu_forward(p + r * 2 * width, p + r * 2 * width + width, hp + r * width, 0, width);
+          glu_forward<Gelu>(p + r * 2 * width, p + r * 2 * width + width, hp + r * width, 0, width);
       });
     });
     ctx->save_for_backward({gu});
@@ -175,8 +190,7 @@ struct SwigluPackedFn : public torch::autograd::Function<SwigluPackedFn> {
       at::parallel_for(0, rows, row_grain(2 * width), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t o = r * 2 * width;
-          fused::swiglu_backward(p + o, p + o + width, dhp + r * width, dp + o, dp + o + width, 0,
-                                 width);
+          glu_backward<Gelu>(p + o, p + o + width, dhp + r * width, dp + o, dp + o + width, 0, width);
         }
       });
     });
@@ -335,17 +349,18 @@ at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double 
   return RmsNormFn::apply(x, weight, eps, out);
 }
 
-at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up) {
+at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up, bool gelu) {
   CONDENSE_CHECK(gate.sizes() == up.sizes() && gate.scalar_type() == up.scalar_type() &&
                      float_or_bf16(gate),
-                 "fused SwiGLU: gate and up must have the same shape and dtype (float32 or bf16)");
-  return SwigluFn::apply(gate, up);
+                 "fused {}: gate and up must have the same shape and dtype (float32 or bf16)",
+                 gelu ? "GeGLU" : "SwiGLU");
+  return gelu ? GluFn<true>::apply(gate, up) : GluFn<false>::apply(gate, up);
 }
 
-at::Tensor fused_swiglu_packed(const at::Tensor& gu) {
+at::Tensor fused_swiglu_packed(const at::Tensor& gu, bool gelu) {
   CONDENSE_CHECK(gu.dim() >= 1 && gu.size(-1) % 2 == 0 && float_or_bf16(gu),
-                 "fused SwiGLU: packed gate and up [..., 2I] float32 or bf16");
-  return SwigluPackedFn::apply(gu);
+                 "fused {}: packed gate and up [..., 2I] float32 or bf16", gelu ? "GeGLU" : "SwiGLU");
+  return gelu ? GluPackedFn<true>::apply(gu) : GluPackedFn<false>::apply(gu);
 }
 
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

@@ -41,12 +41,13 @@ bool pack_projections(const at::Tensor& x);
 at::Tensor fused_rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps,
                           at::ScalarType out = at::kFloat);
 
-// silu(gate) * up, same shapes.
-at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up);
+// silu(gate) * up, same shapes; with `gelu`, GeGLU: gelu_tanh(gate) * up (Gemma's MLP, GELU's
+// tanh approximation as at::gelu(gate, "tanh")).
+at::Tensor fused_swiglu(const at::Tensor& gate, const at::Tensor& up, bool gelu = false);
 
 // The same on gate and up packed side by side, gu [..., 2I] (gate first): h [..., I] = silu(gu[..., :I]) *
-// gu[..., I:], its gradient written into one [..., 2I] tensor.
-at::Tensor fused_swiglu_packed(const at::Tensor& gu);
+// gu[..., I:] (gelu_tanh with `gelu`), its gradient written into one [..., 2I] tensor.
+at::Tensor fused_swiglu_packed(const at::Tensor& gu, bool gelu = false);
 
 // Rotate-half RoPE: x [B, H, T, D] (last dim contiguous; any other strides), cos/sin [T, D].
 at::Tensor fused_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);

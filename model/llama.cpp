@@ -45,30 +45,30 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
   // silu(gate) (saved by the product) and the product (saved by down_proj) are elementwise
   // in gate and up, which autograd keeps anyway. A mark must precede the op that saves it.
   RebuildSink* sink = rebuild_sink();
-  if (gelu_) {
-    // GeGLU (Gemma): transformers' gelu_pytorch_tanh, marked as the SiLU path below is.
-    at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
-    at::Tensor act = at::gelu(gate, "tanh");
-    if (sink) sink->mark(act, [g = gate.detach()] { return at::gelu(g, "tanh"); });
-    at::Tensor h = act * up;
-    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::gelu(g, "tanh") * u; });
-    return lin(h, down_proj, 2);
-  }
+  // GeGLU (Gemma; transformers' gelu_pytorch_tanh) where gelu_, else SwiGLU: the same paths.
+  const bool gelu = gelu_;
   if (!projection_hook && !linear_fn && pack_projections(x)) {
-    // gate and up from one matrix product in training (one GEMM, one input gradient), SwiGLU
-    // read from its two halves in place; the product (saved by down_proj) rebuilds bitwise by
-    // the same kernel.
+    // gate and up from one matrix product in training (one GEMM, one input gradient), the
+    // activation read from its two halves in place; the product (saved by down_proj) rebuilds
+    // bitwise by the same kernel.
     at::Tensor gu = at::linear(x, at::cat({gate_proj->weight, up_proj->weight}));
-    at::Tensor h = fused_swiglu_packed(gu);
-    if (sink) sink->mark(h, [g = gu.detach()] { return fused_swiglu_packed(g); });
+    at::Tensor h = fused_swiglu_packed(gu, gelu);
+    if (sink) sink->mark(h, [g = gu.detach(), gelu] { return fused_swiglu_packed(g, gelu); });
     return at::linear(h, down_proj->weight);
   }
   at::Tensor gate = lin(x, gate_proj, 0), up = lin(x, up_proj, 1);
   if (fused_ops_apply(gate)) {
     // One pass saving gate and up (as the composite does); the product (saved by down_proj)
     // rebuilds bitwise by the same kernel.
-    at::Tensor h = fused_swiglu(gate, up);
-    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return fused_swiglu(g, u); });
+    at::Tensor h = fused_swiglu(gate, up, gelu);
+    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach(), gelu] { return fused_swiglu(g, u, gelu); });
+    return lin(h, down_proj, 2);
+  }
+  if (gelu) {  // the composite, marked as the SiLU one below is
+    at::Tensor act = at::gelu(gate, "tanh");
+    if (sink) sink->mark(act, [g = gate.detach()] { return at::gelu(g, "tanh"); });
+    at::Tensor h = act * up;
+    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::gelu(g, "tanh") * u; });
     return lin(h, down_proj, 2);
   }
   at::Tensor act = at::silu(gate);

@@ -1,7 +1,7 @@
 // Tests for the fused training ops (model/fused_ops.h) against the composite ATen expressions
 // they replace, in float32, values and gradients within 1e-5 (relative to the largest value):
 //   - RMSNorm on rows with a vector tail, including the weight gradient summed over threads;
-//   - SwiGLU across the vectorized exp's clamp range (gates of +-100) and a scalar tail;
+//   - SwiGLU and GeGLU across the vectorized exp's clamp range (gates of +-100) and a scalar tail;
 //   - RoPE on the transposed (non-contiguous) views attention passes, output in x's layout;
 //   - cross-entropy: loss and logits gradient against at::cross_entropy_loss (vocabulary with a
 //     tail, extreme logits), lm_cross_entropy falling back for ignore_index and bad ids;
@@ -97,6 +97,33 @@ TEST(FusedOps, PackedSwigluMatchesTheCompositeOnHalves) {
     return at::silu(v[0].narrow(-1, 0, 45)) * v[0].narrow(-1, 45, 45);
   }, {gu}, dh);
   expect_all_close(fused, composite);
+}
+
+// GeGLU (Gemma's MLP): the kernel's sigmoid form of GELU's tanh approximation against ATen's
+// at::gelu(g, "tanh") * u, values and gradients, gates of +-100 and 0, a scalar tail, packed halves.
+TEST(FusedOps, GegluMatchesTheCompositeAcrossTheExpRange) {
+  at::manual_seed(21);
+  at::Tensor g = at::randn({1000}) * 6;
+  g[0] = 100.0;
+  g[1] = -100.0;
+  g[2] = 12.0;
+  g[3] = -12.0;
+  g[4] = 0.0;
+  g[5] = 1e-4;
+  at::Tensor u = at::randn({1000}), dh = at::randn({1000});
+  auto composite = [](auto& v) { return at::gelu(v[0], "tanh") * v[1]; };
+  expect_all_close(run([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g, u}, dh),
+                   run(composite, {g, u}, dh));
+  at::Tensor g2 = at::randn({7, 45}), u2 = at::randn({7, 45}), d2 = at::randn({7, 45});
+  expect_all_close(run([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g2, u2}, d2),
+                   run(composite, {g2, u2}, d2));
+  at::Tensor gu = at::randn({3, 5, 2 * 45}) * 4, dp = at::randn({3, 5, 45});
+  expect_all_close(run([](auto& v) { return fused_swiglu_packed(v[0], true); }, {gu}, dp),
+                   run([](auto& v) {
+                     return at::gelu(v[0].narrow(-1, 0, 45), "tanh") * v[0].narrow(-1, 45, 45);
+                   }, {gu}, dp));
+  // Not SwiGLU: the two activations differ by far more than the tolerance.
+  EXPECT_GT((fused_swiglu(g2, u2, true) - fused_swiglu(g2, u2)).abs().max().item<double>(), 0.1);
 }
 
 at::Tensor composite_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -198,6 +225,11 @@ TEST(FusedOps, Bf16SwigluIsTheFloatKernelRoundedOnce) {
   auto pf = run([](auto& v) { return fused_swiglu_packed(v[0]); }, {gu.to(at::kFloat)}, d2.to(at::kFloat));
   expect_bitwise(pb[0], bf16(pf[0]));
   expect_bitwise(pb[1], bf16(pf[1]));
+  // GeGLU likewise.
+  auto gb = run([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g, u}, dh);
+  auto gf = run([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g.to(at::kFloat), u.to(at::kFloat)},
+                dh.to(at::kFloat));
+  for (size_t i = 0; i < gb.size(); ++i) expect_bitwise(gb[i], bf16(gf[i]));
   // And close to the composite run in bf16 (which rounds after silu and again after the product).
   auto composite = run([](auto& v) { return at::silu(v[0]) * v[1]; }, {g, u}, dh);
   const at::Tensor err = (b[0].to(at::kFloat) - composite[0].to(at::kFloat)).abs().nan_to_num(0);
@@ -264,6 +296,7 @@ TEST(FusedOps, KernelsAgreeAtBothVectorWidths) {
     r.push_back(run([](auto& v) { return fused_swiglu(v[0], v[1]); }, {bf16(g), bf16(u)}, bf16(dh)));
     r.push_back(run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {logits}, one));
     r.push_back(run([&](auto& v) { return fused_cross_entropy(v[0], targets); }, {bf16(logits)}, one));
+    r.push_back(run([](auto& v) { return fused_swiglu(v[0], v[1], true); }, {g, u}, dh));
     SCOPED_TRACE(std::to_string(lanes) + " lanes");
     auto f = run([](auto& v) { return fused_swiglu(v[0], v[1]); },
                  {bf16(g).to(at::kFloat), bf16(u).to(at::kFloat)}, bf16(dh).to(at::kFloat));
@@ -280,6 +313,7 @@ TEST(FusedOps, KernelsAgreeAtBothVectorWidths) {
       expect_close(by_width[16][c][i].to(at::kFloat), by_width[8][c][i].to(at::kFloat), c == 2 ? 1e-6 : 1e-2);
     }
   }
+  for (size_t i = 0; i < by_width[8][4].size(); ++i) expect_bitwise(by_width[16][4][i], by_width[8][4][i]);  // GeGLU
 }
 
 // Under bf16 autocast the model's fused ops run in bf16 where the composites did: RMSNorm's
