@@ -56,9 +56,9 @@ class CovarianceRecorder : public KVHook {
 };
 
 // {mean [H, d], eigenvectors of the centered covariance [H, d, d], largest eigenvalue first},
-// float32.
-std::pair<at::Tensor, at::Tensor> principal_bases(const CovarianceRecorder::Moments& m) {
-  at::Tensor mean = m.sum / static_cast<double>(m.count);
+// float32; uncentered (a zero mean, the second moment's eigenvectors) where `center` is false.
+std::pair<at::Tensor, at::Tensor> principal_bases(const CovarianceRecorder::Moments& m, bool center = true) {
+  at::Tensor mean = center ? m.sum / static_cast<double>(m.count) : at::zeros_like(m.sum);
   at::Tensor cov = m.outer - static_cast<double>(m.count) * mean.unsqueeze(2) * mean.unsqueeze(1);
   at::Tensor sym = (cov + cov.transpose(1, 2)) * 0.5;
   return {mean.to(at::kFloat).contiguous(),
@@ -97,6 +97,10 @@ KVProjection::KVProjection(const LlamaConfig& c, std::vector<std::pair<at::Tenso
       CONDENSE_CHECK(m.dim() == 2 && m.size(0) == kv_heads_ && m.size(1) == head_dim_,
                      "KV projection: a mean of shape {} for {} KV heads of {}", c10::str(m.sizes()),
                      kv_heads_, head_dim_);
+  for (size_t l = 0; l < means_.size() && c.attn_logit_softcapping > 0; ++l)
+    CONDENSE_CHECK(means_[l].first.abs().max().item<double>() == 0, "KV projection: layer {} has a key "
+                   "mean, which shifts this model's capped attention scores (attn_logit_softcapping {}): its "
+                   "keys must be projected uncentered", l, c.attn_logit_softcapping);
 }
 
 std::shared_ptr<KVProjection> KVProjection::from_calibration(LlamaForCausalLM& model,
@@ -119,7 +123,8 @@ std::shared_ptr<KVProjection> KVProjection::from_calibration(LlamaForCausalLM& m
   model->train(was_training);
   std::vector<std::pair<at::Tensor, at::Tensor>> bases, means;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    auto [mk, uk] = principal_bases(recorder->keys[l]);
+    // Keys uncentered under Gemma 2's score cap (see the header).
+    auto [mk, uk] = principal_bases(recorder->keys[l], c.attn_logit_softcapping == 0);
     auto [mv, uv] = principal_bases(recorder->values[l]);
     bases.emplace_back(uk, uv);
     means.emplace_back(mk, mv);

@@ -17,7 +17,9 @@
 //            key a query reads, and softmax ignores a constant shift, so only k - mu_k is cached
 //   values   v ~ mu_v + (v - mu_v) U U^T, and attention's weights sum to 1, so the output is
 //            mu_v + (P (v - mu_v) U) U^T: (v - mu_v) U is cached and mu_v added back
-// Both are exact at full rank. Stored in checkpoints as kv_proj/layers.<i>.key / .value,
+// Both are exact at full rank. Under Gemma 2's score cap (LlamaConfig::attn_logit_softcapping) the
+// shift no longer cancels (cap * tanh(s / cap) is not shift-invariant): keys stay uncentered (zero
+// key mean, the second moment's eigenvectors; exact at full rank again), values centered. Stored in checkpoints as kv_proj/layers.<i>.key / .value,
 // float32 [kv_heads, head_dim, head_dim], columns = directions, and .key_mean / .value_mean
 // [kv_heads, head_dim]; a checkpoint without means (made before they existed) loads with zero
 // means, i.e. the uncentered projection it was trained as.

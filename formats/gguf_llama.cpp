@@ -234,6 +234,10 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
                  "gemma2 graph caps both; export to Hugging Face keeps it", checkpoint_path,
                  c.attn_logit_softcapping > 0 ? "only its attention scores" : c.final_logit_softcapping > 0 ? "only its logits" : "nothing",
                  c.attn_logit_softcapping, c.final_logit_softcapping);
+  // gemma2's graph reads its LM head from token_embd (an output tensor fails its tensor count).
+  CONDENSE_CHECK(c.gemma != 2 || c.tie_word_embeddings, "{}: this Gemma 2 has its own LM head (untied "
+                 "embeddings), which llama.cpp's gemma2 graph does not read (it uses token_embd); export to "
+                 "Hugging Face keeps it", checkpoint_path);
   CONDENSE_CHECK(c.gemma != 3 || (c.attn_logit_softcapping == 0 && c.final_logit_softcapping == 0), "{}: "
                  "this Gemma 3 soft-caps (attn_logit_softcapping {}, final_logit_softcapping {}), which "
                  "llama.cpp's gemma3 graph does not; export to Hugging Face keeps it", checkpoint_path,

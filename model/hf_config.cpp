@@ -313,14 +313,21 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     read_field(j, "query_pre_attn_scalar", c.query_pre_attn_scalar, false, source);
     CONDENSE_CHECK(c.query_pre_attn_scalar > 0, "{}: query_pre_attn_scalar {} must be positive", source,
                    c.query_pre_attn_scalar);
-    // Soft caps: a number, or null for none (Gemma2Config's defaults 50 and 30; Gemma 3's none).
+    // Soft caps: a positive number, or null for none (Gemma2Config's defaults 50 and 30 where
+    // absent; Gemma 3's none; transformers divides by a 0).
     for (auto [key, value, fallback] : {std::tuple{"attn_logit_softcapping", &c.attn_logit_softcapping, 50.0},
                                         std::tuple{"final_logit_softcapping", &c.final_logit_softcapping, 30.0}}) {
       *value = gemma2 ? fallback : 0.0;
-      if (j.contains(key) && j[key].is_null()) *value = 0;
-      else read_field(j, key, *value, false, source);
-      CONDENSE_CHECK(*value >= 0, "{}: {} is {}, expected a positive cap or null", source, key, *value);
+      if (!j.contains(key) || j[key].is_null()) {
+        if (j.contains(key)) *value = 0;
+        continue;
+      }
+      read_field(j, key, *value, true, source);
+      CONDENSE_CHECK(*value > 0, "{}: {} is {}, expected a positive cap or null", source, key, j[key].dump());
     }
+    CONDENSE_CHECK(!gemma3 || c.attn_logit_softcapping == 0, "{}: attn_logit_softcapping is {}, which "
+                   "transformers' Gemma 3 attention stores but does not apply; expected null", source,
+                   c.attn_logit_softcapping);
   }
   if (gemma3) {
     c.rope_local_theta = 10000.0;
@@ -412,6 +419,9 @@ LlamaConfig from_hf_json(const nlohmann::json& j, const std::string& source) {
     // (0, 2, ...), as Gemma2Config builds it.
     if (has_types) from_layer_types();
     else for (int64_t i = 0; i < layers; i += 2) windowed[static_cast<size_t>(i)] = 1;
+    CONDENSE_CHECK(!null_window || std::count(windowed.begin(), windowed.end(), 1) == 0, "{}: "
+                   "sliding_window is null but layer_types has sliding layers (transformers' Gemma 2 "
+                   "cannot run it)", source);
   }
   if (gemma3) {
     // Gemma 3 windows the layers layer_types marks "sliding_attention", which by default is every

