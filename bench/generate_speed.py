@@ -14,7 +14,11 @@ do the same arithmetic):
               q/k/v biases), vocabulary 4096, random weights: the fast decoder's bias path,
               llama.cpp's qwen2 graph;
   qwen3       8 layers of Qwen3-0.6B's shape (hidden 1024, 16 / 8 heads of 128, intermediate
-              3072, q/k norms), vocabulary 4096: its per-head norms, llama.cpp's qwen3 graph.
+              3072, q/k norms), vocabulary 4096: its per-head norms, llama.cpp's qwen3 graph;
+  gemma2      8 layers of Gemma 3 1B's shape (hidden 1152, 4 / 1 heads of 256, intermediate 6912)
+              as a Gemma 2 (soft caps 50 / 30, GeGLU, sandwich norms, even layers windowed at
+              4096), vocabulary 4096: llama.cpp's gemma2 graph;
+  gemma3      the same shape as a Gemma 3 (q/k norms, local RoPE base): llama.cpp's gemma3.
 For each model and thread count (1 and 2) the contenders run interleaved, condense with
 --aten-decode (the general ATen forward per token, for reference), condense, then llama.cpp,
 --reps times; reported: median decode tokens/s (greedy, --new-tokens tokens after the
@@ -43,7 +47,9 @@ PROMPT = "The meaning of the word"
 SHAPES = {"quickstart": (256, 4, 688, 4, 2, True, "llama", None),
           "512x8": (512, 8, 1408, 8, 4, False, "llama", None),
           "qwen2": (896, 8, 4864, 14, 2, True, "qwen2", None),
-          "qwen3": (1024, 8, 3072, 16, 8, True, "qwen3", 128)}
+          "qwen3": (1024, 8, 3072, 16, 8, True, "qwen3", 128),
+          "gemma2": (1152, 8, 6912, 4, 1, True, "gemma2", 256),
+          "gemma3": (1152, 8, 6912, 4, 1, True, "gemma3", 256)}
 
 
 def sh(args, env=None):
@@ -65,7 +71,12 @@ def random_hf(dir_, tok, vocab, shape):
         kw["head_dim"] = head_dim
     config, model = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                      "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-                     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM)}[arch]
+                     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+                     "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+                     "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM)}[arch]
+    if arch.startswith("gemma"):
+        kw["query_pre_attn_scalar"] = head_dim  # the scale llama.cpp's gemma graphs fix
+        kw.update(bos_token_id=1, eos_token_id=2, pad_token_id=0)  # the tokenizer's, not Gemma's
     m = model(config(**kw))
     with torch.no_grad():  # biases and q/k norms away from their zero / one init
         for n, p in m.named_parameters():

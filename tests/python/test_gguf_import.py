@@ -303,7 +303,7 @@ def test_bad_gguf_imports_fail_naming_the_key_and_write_nothing(tmp_path):
     write = lambda name, arch, fill: write_gguf(tmp_path / name, arch, fill)  # noqa: E731
     expect = expect_refused_import
 
-    expect(write("gemma.gguf", "gemma2", lambda w: None), "general.architecture is \"gemma2\", expected 'llama'")
+    expect(write("falcon.gguf", "falcon", lambda w: None), "general.architecture is \"falcon\", expected 'llama'")
 
     def no_pre(w):
         w.add_tokenizer_model("gpt2")
