@@ -26,7 +26,7 @@ prompt, the first token's prefill excluded on both sides), the ratio condense / 
 whether the greedy tokens agree (random models have near-ties, so a late disagreement there is
 arithmetic order, not a bug). The 1-minute load average is printed before and after.
 
-usage: .venv/bin/python bench/generate_speed.py [--models quickstart,512x8,smollm2] [--reps 5]
+usage: .venv/bin/python bench/generate_speed.py [--models quickstart,512x8,smollm2,qwen2,qwen3,gemma2,gemma3] [--reps 5]
 """
 import argparse
 import os
