@@ -95,11 +95,8 @@ at::Tensor ArcEncoderImpl::layer_forward(LlamaDecoderLayerImpl& layer, const at:
   const double p = is_training() ? config_.attention_dropout : 0.0;
   // No mask: every query reads every position of the chunk (bidirectional); Gemma 2's scores
   // soft-capped as its layers cap them.
-  at::Tensor out = config_.attn_logit_softcapping > 0
-                       ? softcapped_attention(q, k, v, 0, 0, 0, config_.attention_scale(),
-                                              config_.attn_logit_softcapping, p, /*causal=*/false)
-                       : at::scaled_dot_product_attention(q, k, v, std::nullopt, p, /*is_causal=*/false,
-                                                          config_.attention_scale(), /*enable_gqa=*/heads != kv);
+  at::Tensor out = attend(q, k, v, std::nullopt, p, /*causal=*/false, config_.attention_scale(),
+                          /*gqa=*/heads != kv, config_.attn_logit_softcapping);
   out = attn.o_proj(out.transpose(1, 2).reshape({b, q.size(2), heads * d}));
   // Gemma normalizes the attention's output before the residual (the layer's own branches).
   if (layer.pre_feedforward_layernorm) out = layer.post_attention_layernorm(out);

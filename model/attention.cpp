@@ -84,7 +84,7 @@ at::Tensor shared_value_attention(const at::Tensor& q, const at::Tensor& k, cons
 // the front padding. Padded queries past t see their own padded key and are cut off.
 at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                     int64_t past, int64_t key_begin, int64_t window, double dropout,
-                                    std::optional<double> scale, bool gqa) {
+                                    std::optional<double> scale, bool gqa, double cap) {
   const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), w = window, span = 2 * w - 1;
   const int64_t blocks = (t + w - 1) / w, tail = blocks * w - t;
   // Keys from position past - w + 1 (the first block's first key) on; older ones are never read.
@@ -104,7 +104,7 @@ at::Tensor blocked_window_attention(const at::Tensor& q, const at::Tensor& k, co
   at::Tensor mask = band.unsqueeze(0).repeat({blocks, 1, 1});              // [blocks, w, 2w - 1]
   if (front > 0) mask[0].logical_and_(j >= front);                          // block 0's padding
   mask = mask.unsqueeze(0).expand({b, blocks, w, span}).reshape({b * blocks, 1, w, span});
-  at::Tensor out = at::scaled_dot_product_attention(qb, windows(k), windows(v), mask, dropout, false, scale, gqa);
+  at::Tensor out = attend(qb, windows(k), windows(v), mask, dropout, false, scale, gqa, cap);
   return out.reshape({b, blocks, heads, w, out.size(3)})
       .transpose(1, 2)
       .reshape({b, heads, blocks * w, out.size(3)})
@@ -125,19 +125,22 @@ at::Tensor KVHook::decode_keys(int64_t layer, const at::Tensor&) {
   fail("KV hook: decode_keys() of layer {} on a hook without latent values", layer);
 }
 
-at::Tensor softcapped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past,
-                                int64_t key_begin, int64_t window, double scale, double cap, double dropout,
-                                bool causal) {
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::optional<at::Tensor>& mask, double dropout, bool causal, std::optional<double> scale,
+                  bool gqa, double cap) {
+  if (cap <= 0) return at::scaled_dot_product_attention(q, k, v, mask, dropout, causal, scale, gqa);
   const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), kv = k.size(1), n = k.size(2);
+  const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   at::Tensor qg = q.reshape({b, kv, heads / kv, t, q.size(3)});
-  at::Tensor scores = softcap(at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * scale, cap);  // [B, kv, rep, t, n]
-  auto longs = at::TensorOptions().device(q.device()).dtype(at::kLong);
-  at::Tensor qpos = at::arange(past, past + t, longs).unsqueeze(1);
-  at::Tensor kpos = at::arange(key_begin, key_begin + n, longs).unsqueeze(0);
-  at::Tensor hidden = causal ? kpos > qpos : at::zeros_like(kpos > qpos);
-  if (window > 0) hidden = hidden.logical_or(kpos <= qpos - window);
-  at::Tensor p = at::softmax(scores.masked_fill(hidden, -std::numeric_limits<double>::infinity()), -1, at::kFloat)
-                     .to(v.scalar_type());
+  at::Tensor scores = softcap(at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)) * s, cap);  // [B, kv, rep, t, n]
+  std::optional<at::Tensor> visible = mask;
+  if (causal)  // SDPA's is_causal: query i reads keys 0 .. i
+    visible = at::ones({t, n}, at::TensorOptions().dtype(at::kBool).device(q.device())).tril();
+  if (visible) {
+    at::Tensor m = visible->dim() == 4 ? visible->unsqueeze(2) : *visible;  // [B, 1, t, n] -> [B, 1, 1, t, n]
+    scores = scores.masked_fill(m.logical_not(), -std::numeric_limits<double>::infinity());
+  }
+  at::Tensor p = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
   if (dropout > 0) p = at::dropout(p, dropout, true);
   return at::matmul(p, v.unsqueeze(2)).reshape({b, heads, t, v.size(3)});
 }
@@ -260,12 +263,6 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   // key then within its window).
   const int64_t key_begin = past + t - k.size(2);
   const bool projected = hook && !latent;
-  if (softcap_ > 0) {
-    at::Tensor attn = softcapped_attention(q, k, v, past, key_begin, window_, scale_, softcap_,
-                                           is_training() ? dropout_ : 0.0);
-    if (projected) attn = hook->restore(layer_, attn);
-    return project(attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), o_proj, 3);
-  }
   // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
   // head h read kv head h / rep, the grouping transformers' repeat_kv produces. Counted from
   // the keys, not the config: a KV hook may pack every KV head into one (compressors/kv_project.h).
@@ -298,8 +295,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   double p = is_training() ? dropout_ : 0.0;
   // The model's scale, whatever width a KV hook projected queries and keys to.
   const std::optional<double> scale = projected || own_scale_ ? std::optional<double>(scale_) : std::nullopt;
-  at::Tensor attn = blocked ? blocked_window_attention(q, k, v, past, key_begin, window_, p, scale, gqa)
-                            : at::scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa);
+  at::Tensor attn = blocked ? blocked_window_attention(q, k, v, past, key_begin, window_, p, scale, gqa, softcap_)
+                            : attend(q, k, v, mask, p, causal, scale, gqa, softcap_);
   if (projected) attn = hook->restore(layer_, attn);
   at::Tensor out = attn.transpose(1, 2).reshape({b, t, heads_ * head_dim_});
   // o_proj saves this layout copy (when it is one: a kernel may lay its output out so that

@@ -7,6 +7,7 @@
 // layers); a layer LlamaConfig::window() gives a window attends to that many positions only.
 #pragma once
 #include <memory>
+#include <optional>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/linear.h>
@@ -65,16 +66,15 @@ class KVHook {
   virtual at::Tensor decode_keys(int64_t layer, const at::Tensor& key_latent);
 };
 
-// Attention with soft-capped scores (Gemma 2): softmax(mask(cap * tanh(q k^T * scale / cap))) v,
-// written out because SDPA has no cap. q [B, H, t, d] at positions past .. past + t - 1; k, v
-// [B, Hkv, n, *] at positions key_begin .. past + t - 1 (query head h reads KV head h / (H / Hkv),
-// without repeating them); causal unless `causal` is false (ARC's encoder reads its whole chunk),
-// and within `window` where it is > 0. The softmax runs in float (transformers' eager attention
-// upcasts it too). The scores are t x n at any length: a windowed layer's long sequence is not
-// split into blocks as SDPA's path splits it (blocked_window_attention in attention.cpp).
-at::Tensor softcapped_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t past,
-                                int64_t key_begin, int64_t window, double scale, double cap, double dropout,
-                                bool causal = true);
+// at::scaled_dot_product_attention(q, k, v, mask, dropout, causal, scale, gqa), or with cap > 0 (Gemma
+// 2's attn_logit_softcapping) the same attention with each score soft-capped after the scale and
+// before the mask, written out because SDPA has no cap: softmax(mask(cap * tanh(q k^T * scale /
+// cap))) v, query head h reading KV head h / (H / Hkv) without repeating them, the softmax in float
+// (transformers' eager attention upcasts it too). q [B, H, t, d]; k, v [B, Hkv, n, *]; mask bool
+// (true: attend) [t, n] or [B, 1, t, n]; causal as SDPA's is_causal (query i reads keys 0 .. i).
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  const std::optional<at::Tensor>& mask, double dropout, bool causal, std::optional<double> scale,
+                  bool gqa, double cap);
 
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
