@@ -132,9 +132,9 @@ RopeScaling read_rope_scaling(const GgufReader& r, const ArchKeys& k, const Llam
 void read_gemma3_extras(const GgufReader& r, const ArchKeys& k, LlamaConfig& c, const std::string& path) {
   if (r.has(k("final_logit_softcapping"))) {
     const nlohmann::json& cap = r.get(k("final_logit_softcapping")).value;
-    CONDENSE_CHECK(cap.is_number() && cap.get<double>() == 0.0, "{}: {} is {}; llama.cpp's gemma3 graph "
-                   "caps no logits, so what this file means is unclear", path, k("final_logit_softcapping"),
-                   cap.dump());
+    CONDENSE_CHECK(cap.is_number() && cap.get<double>() == 0.0, "{}: {} is {}, which llama.cpp's gemma3 "
+                   "graph does not apply (transformers' Gemma 3 would): refused rather than read either way",
+                   path, k("final_logit_softcapping"), cap.dump());
   }
   c.query_pre_attn_scalar = gemma_gguf_query_scalar(c);
   c.rope_local_theta = 10000.0;

@@ -230,10 +230,9 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   }
   // gemma2's graph soft-caps both always, at its keys' values; gemma3's neither.
   CONDENSE_CHECK(c.gemma != 2 || (c.attn_logit_softcapping > 0 && c.final_logit_softcapping > 0), "{}: this "
-                 "Gemma 2 soft-caps {} (attn_logit_softcapping {}, final_logit_softcapping {}); llama.cpp's "
-                 "gemma2 graph caps both; export to Hugging Face keeps it", checkpoint_path,
-                 c.attn_logit_softcapping > 0 ? "only its attention scores" : c.final_logit_softcapping > 0 ? "only its logits" : "nothing",
-                 c.attn_logit_softcapping, c.final_logit_softcapping);
+                 "Gemma 2 caps attention scores at {} and logits at {} (0: not), llama.cpp's gemma2 graph "
+                 "always caps both; export to Hugging Face keeps it", checkpoint_path, c.attn_logit_softcapping,
+                 c.final_logit_softcapping);
   // gemma2's graph reads its LM head from token_embd (an output tensor fails its tensor count).
   CONDENSE_CHECK(c.gemma != 2 || c.tie_word_embeddings, "{}: this Gemma 2 has its own LM head (untied "
                  "embeddings), which llama.cpp's gemma2 graph does not read (it uses token_embd); export to "
@@ -246,8 +245,9 @@ GgufExportStats export_gguf(const std::string& checkpoint_path, const std::strin
   // as its context, which never binds).
   bool even_windows = true;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) even_windows = even_windows && (c.window(l) > 0) == (l % 2 == 0);
-  CONDENSE_CHECK(c.gemma != 2 || c.sliding_window == 0 || even_windows, "{}: this Gemma 2 windows other layers than the even ones, which llama.cpp's gemma2 graph "
-                 "fixes; export to Hugging Face keeps it", checkpoint_path);
+  CONDENSE_CHECK(c.gemma != 2 || c.sliding_window == 0 || even_windows, "{}: this Gemma 2 windows other "
+                 "layers than the even ones, which llama.cpp's gemma2 graph fixes; export to Hugging Face "
+                 "keeps it", checkpoint_path);
   GgufWriter w;
   w.add_string("general.architecture", k.arch);
   w.add_string("general.name", std::filesystem::path(checkpoint_path).stem().string());
