@@ -1,9 +1,9 @@
 // Tests for memory/: saved-tensor hooks through the subclassed autograd engine (pack/unpack
 // counts), recomputation (bitwise-equal gradients with dropout on; saved-activation bytes cut
 // by the counting allocator), offload to spill files (bitwise), compressed activations (stated
-// gradient-error bounds), the chunked loss against the full loss (1e-5), the WTA-CRS estimator
+// gradient-error bounds), the WTA-CRS estimator
 // (unbiased within a statistical tolerance, exact input gradients), the memory meter, and flat
-// live bytes over repeated steps (no leaks).
+// live bytes over repeated steps (no leaks). The chunked loss: test_chunked_loss.cpp.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
@@ -12,7 +12,6 @@
 #include <atomic>
 #include <cmath>
 
-#include "memory/chunked_cross_entropy.h"
 #include "memory/compressed_activations.h"
 #include "memory/counting_allocator.h"
 #include "memory/disk_tier.h"
@@ -24,6 +23,7 @@
 #include "memory/saved_tensor_hooks.h"
 #include "memory/wta_crs_linear.h"
 #include "model/fused_ops.h"
+#include "tests/memory_fixture.h"
 #include "tests/test_support.h"
 #include "trainer/device.h"
 
@@ -31,6 +31,8 @@ namespace condense {
 namespace {
 
 using test::expect_bitwise;
+using test::Fixture;
+using test::small_config;
 using test::rel_error;
 
 class CountingHooks final : public SavedTensorHooks {
@@ -44,92 +46,6 @@ class CountingHooks final : public SavedTensorHooks {
     return std::any_cast<const at::Tensor&>(p);
   }
   std::atomic<int> packs{0}, unpacks{0};
-};
-
-LlamaConfig small_config(double dropout = 0.1) {
-  LlamaConfig c;
-  c.vocab_size = 128;
-  c.hidden_size = 64;
-  c.intermediate_size = 176;
-  c.num_hidden_layers = 4;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.max_position_embeddings = 256;
-  c.attention_dropout = dropout;
-  return c;
-}
-
-struct Fixture {
-  LlamaForCausalLM model;
-  at::Tensor inputs, targets;
-  explicit Fixture(LlamaConfig c = small_config(), int64_t b = 4, int64_t t = 128) : model(nullptr) {
-    torch::manual_seed(1);
-    model = LlamaForCausalLM(c);
-    model->train();
-    inputs = at::randint(c.vocab_size, {b, t}, at::kLong);
-    targets = at::randint(c.vocab_size, {b, t}, at::kLong);
-  }
-
-  void reset_hooks() {
-    model->set_block_hook(nullptr);
-    model->set_mlp_linear(nullptr);
-  }
-
-  // Gradients (and loss) of one step under `cfg`, from a fixed RNG state.
-  // `precision` as train.precision: autocast covers the forward only, as in the trainer.
-  std::vector<at::Tensor> grads(const MemoryConfig& cfg, double* loss_out = nullptr,
-                                const std::string& precision = "fp32") {
-    reset_hooks();
-    MemoryPolicy policy(cfg, model);
-    model->zero_grad();
-    torch::manual_seed(42);
-    at::Tensor loss;
-    {
-      PrecisionScope scope(precision, at::kCPU);
-      loss = policy.loss(model, inputs, targets);
-    }
-    loss.backward();
-    if (loss_out) *loss_out = loss.item<double>();
-    std::vector<at::Tensor> g;
-    for (auto& p : model->parameters()) g.push_back(p.grad().clone());
-    reset_hooks();
-    return g;
-  }
-
-  // Live CPU bytes held between the end of forward and backward (saved activations + loss).
-  int64_t saved_bytes(const MemoryConfig& cfg) {
-    reset_hooks();
-    MemoryPolicy policy(cfg, model);
-    model->zero_grad();
-    for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();
-    torch::manual_seed(42);
-    int64_t before = cpu_memory_counters().live_bytes;
-    at::Tensor loss = policy.loss(model, inputs, targets);
-    // Spill writes still in flight hold their tensors: wait for them (under a loaded machine
-    // the I/O thread lags the forward), so that this measures what offload releases.
-    if (policy.offload())
-      if (auto* disk = dynamic_cast<DiskTier*>(policy.offload()->tier().get())) disk->wait_idle();
-    int64_t after = cpu_memory_counters().live_bytes;
-    loss.backward();
-    reset_hooks();
-    return after - before;
-  }
-
-  // Peak live CPU bytes above the start during forward + backward, parameter gradients excluded
-  // (they are allocated during backward but are not activations).
-  int64_t peak_bytes(const MemoryConfig& cfg) {
-    reset_hooks();
-    MemoryPolicy policy(cfg, model);
-    for (auto& p : model->parameters()) p.mutable_grad() = at::Tensor();
-    torch::manual_seed(42);
-    int64_t before = cpu_memory_counters().live_bytes;
-    reset_cpu_peak();
-    policy.loss(model, inputs, targets).backward();
-    int64_t grads = 0;
-    for (auto& p : model->parameters()) grads += p.grad().numel() * p.grad().element_size();
-    reset_hooks();
-    return cpu_memory_counters().peak_bytes - before - grads;
-  }
 };
 
 MemoryConfig with_recompute(const std::string& mode) {
@@ -429,115 +345,6 @@ TEST(CompressedActivations, GradientErrorWithinStatedBounds) {
   at::Tensor back = dequantize_int8(q, at::kFloat);
   at::Tensor step = q.scales.repeat_interleave(64).narrow(0, 0, 1000);
   EXPECT_TRUE(((back - x).abs() <= step * 0.5 + 1e-7).all().item<bool>());
-}
-
-TEST(ChunkedLoss, MatchesFullLossAndGradients) {
-  torch::manual_seed(3);
-  at::Tensor h = (at::randn({300, 32}) * 2).requires_grad_();
-  at::Tensor w = at::randn({1000, 32}).requires_grad_();
-  at::Tensor t = at::randint(1000, {300}, at::kLong);
-  t.narrow(0, 0, 7).fill_(-100);  // ignored positions
-  at::Tensor full = at::cross_entropy_loss(at::matmul(h, w.t()), t);
-  auto gf = torch::autograd::grad({full}, {h, w});
-  at::Tensor chunked = chunked_cross_entropy(h, w, t, {64, 128, 0, -100});
-  auto gc = torch::autograd::grad({chunked}, {h, w});
-  EXPECT_NEAR(chunked.item<double>(), full.item<double>(), 1e-5);
-  EXPECT_LT((gc[0] - gf[0]).abs().max().item<double>(), 1e-5);
-  EXPECT_LT((gc[1] - gf[1]).abs().max().item<double>(), 1e-5);
-  // Gradient filtering skips only negligible tiles: the error stays below eps * rows.
-  at::Tensor filtered = chunked_cross_entropy(h, w, t, {64, 128, 1e-6, -100});
-  auto gfl = torch::autograd::grad({filtered}, {h, w});
-  EXPECT_LT((gfl[0] - gf[0]).abs().max().item<double>(), 1e-4);
-  EXPECT_LT((gfl[1] - gf[1]).abs().max().item<double>(), 1e-4);
-  // ... and it skips what is negligible: vocabulary rows 512..639 (one tile column) made
-  // unlikely for every token (a constant feature they weigh at -10) leave their weight
-  // gradient at exactly 0 when filtered, and tiny but nonzero when not.
-  at::Tensor h2 = h.detach().clone(), w2 = w.detach().clone();
-  h2.select(1, 0).fill_(5.0);
-  w2.narrow(0, 512, 128).select(1, 0).fill_(-10.0);
-  at::Tensor t2 = t.clone().masked_fill_((t >= 512) & (t < 640), 3);
-  h2.requires_grad_();
-  w2.requires_grad_();
-  auto g_all = torch::autograd::grad({chunked_cross_entropy(h2, w2, t2, {64, 128, 0, -100})}, {h2, w2});
-  auto g_cut = torch::autograd::grad({chunked_cross_entropy(h2, w2, t2, {64, 128, 1e-6, -100})}, {h2, w2});
-  EXPECT_GT(g_all[1].narrow(0, 512, 128).abs().max().item<double>(), 0.0);
-  EXPECT_EQ(g_cut[1].narrow(0, 512, 128).abs().max().item<double>(), 0.0);
-  EXPECT_LT((g_cut[1] - g_all[1]).abs().max().item<double>(), 1e-6);
-  EXPECT_LT((g_cut[0] - g_all[0]).abs().max().item<double>(), 1e-6);
-}
-
-// Gemma 2's logit soft cap (ChunkedLossOptions::softcap): the loss and gradients of cross-entropy
-// over cap * tanh(h w^T / cap), ragged tiles and ignored rows, against autograd through the full
-// capped logits; a cap that binds (logits of ~6 against 2.5) changes the loss.
-TEST(ChunkedLoss, SoftCappedLogitsMatchTheCappedFullLoss) {
-  torch::manual_seed(5);
-  at::Tensor h = (at::randn({150, 24}, at::kDouble) * 1.5).requires_grad_();
-  at::Tensor w = at::randn({300, 24}, at::kDouble).requires_grad_();
-  at::Tensor t = at::randint(300, {150}, at::kLong);
-  t.narrow(0, 0, 5).fill_(-100);
-  const double cap = 2.5;
-  at::Tensor full = at::cross_entropy_loss(at::tanh(at::matmul(h, w.t()) / cap) * cap, t);
-  auto gf = torch::autograd::grad({full}, {h, w});
-  ChunkedLossOptions o{64, 128, 0, -100, cap};
-  at::Tensor chunked = chunked_cross_entropy(h, w, t, o);
-  auto gc = torch::autograd::grad({chunked}, {h, w});
-  EXPECT_NEAR(chunked.item<double>(), full.item<double>(), 1e-6);
-  EXPECT_LT((gc[0] - gf[0]).abs().max().item<double>(), 1e-6);
-  EXPECT_LT((gc[1] - gf[1]).abs().max().item<double>(), 1e-6);
-  EXPECT_GT(gf[0].abs().max().item<double>(), 1e-3);
-  const double uncapped = chunked_cross_entropy(h, w, t, {64, 128, 0, -100}).item<double>();
-  EXPECT_GT(std::abs(uncapped - full.item<double>()), 0.5) << "the cap does not bind";
-}
-
-TEST(ChunkedLoss, ModelLossEqualsFullLoss) {
-  Fixture f(small_config(0.0));
-  double full = 0, chunked = 0;
-  auto ref = f.grads(MemoryConfig{}, &full);
-  MemoryConfig c;
-  c.loss = "chunked";
-  c.loss_chunk = 100;
-  c.loss_vocab_chunk = 48;
-  auto g = f.grads(c, &chunked);
-  EXPECT_NEAR(chunked, full, 1e-5);
-  for (size_t i = 0; i < g.size(); ++i) EXPECT_LT((g[i] - ref[i]).abs().max().item<double>(), 1e-5);
-  // A Gemma 2 whose logit cap binds (logits of ~0.2 at this init against 0.1): the chunked tiles are
-  // capped as the model's logits are, and with full recomputation through its capped attention.
-  LlamaConfig gemma2 = small_config(0.0);
-  gemma2.gemma = 2;
-  gemma2.attn_logit_softcapping = 0.02;
-  gemma2.final_logit_softcapping = 0.1;
-  gemma2.sliding_window = 50;
-  gemma2.sliding_window_layers = {1, 0, 1, 0};
-  Fixture g2(gemma2);
-  double g2_full = 0, g2_chunked = 0;
-  auto g2_ref = g2.grads(MemoryConfig{}, &g2_full);
-  c.recompute = "full";
-  auto g2_got = g2.grads(c, &g2_chunked);
-  EXPECT_NEAR(g2_chunked, g2_full, 1e-5);
-  for (size_t i = 0; i < g2_got.size(); ++i) EXPECT_LT((g2_got[i] - g2_ref[i]).abs().max().item<double>(), 1e-5);
-  gemma2.final_logit_softcapping = 0;
-  Fixture uncapped(gemma2);
-  double u = 0;
-  uncapped.grads(MemoryConfig{}, &u);
-  EXPECT_GT(std::abs(u - g2_full), 1e-4) << "the logit cap does not bind";
-}
-
-// train.precision=bf16 with memory.loss=chunked: the final norm hands the loss a bf16 hidden
-// state and the LM head is fp32; the loss's backward runs after the autocast scope (it failed
-// there). Against the full-logits path under the same autocast, whose lm_head matmul rounds
-// its logits to bf16 as the chunked tiles do.
-TEST(ChunkedLoss, Bf16AutocastMatchesTheFullLogitsPath) {
-  Fixture f(small_config(0.0));
-  double full = 0, chunked = 0;
-  auto ref = f.grads(MemoryConfig{}, &full, "bf16");
-  MemoryConfig c;
-  c.loss = "chunked";
-  c.loss_chunk = 100;
-  c.loss_vocab_chunk = 48;
-  auto g = f.grads(c, &chunked, "bf16");
-  EXPECT_NEAR(chunked, full, 1e-4 * full);
-  for (size_t i = 0; i < g.size(); ++i)
-    EXPECT_LT(((g[i] - ref[i]).norm() / ref[i].norm()).item<double>(), 2e-2) << i;
 }
 
 TEST(WtaCrs, UnbiasedWeightGradientAndExactInputGradient) {
