@@ -70,7 +70,7 @@ class ChunkedCrossEntropy : public torch::autograd::Function<ChunkedCrossEntropy
     at::Tensor dw = at::zeros(weight.sizes(), weight.options().dtype(at::kFloat));
     at::Tensor hf = hidden.to(at::kFloat), wf = weight.to(at::kFloat);
     // The one-hot target terms, exact and outside the tiles (so filtering never drops them).
-    at::Tensor st = (scale * softcap_slope(target_logit, cap)).unsqueeze(1);
+    at::Tensor st = (cap > 0 ? scale * softcap_slope(target_logit, cap) : scale).unsqueeze(1);
     dh.sub_(wf.index_select(0, targets) * st);
     dw.index_add_(0, targets, hf * -st);
     for (int64_t r0 = 0; r0 < n; r0 += tc) {

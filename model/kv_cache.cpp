@@ -134,38 +134,25 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
   const at::ScalarType dtype = k.scalar_type();
   const int64_t ring_groups = ring / g, complete = done / g;
   const int64_t first_group = ring > 0 ? std::max<int64_t>(0, complete - (ring_groups - 1)) : 0;
-  const int64_t first = first_group * g, n = length_ + t - first;
+  const int64_t first = first_group * g;
+  // Entries [from, to) of a buffer indexed by position (or group) along dim 2, in order: a view
+  // without a ring, the ring's slots (index % slots) with one.
+  auto take = [&](const at::Tensor& buf, int64_t from, int64_t to, int64_t slots) {
+    if (ring == 0) return buf.narrow(2, from, to - from);
+    return buf.index_select(2, at::arange(from, to, k.options().dtype(at::kLong)).remainder(slots));
+  };
   at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
   if (complete > first_group) {
     const int64_t b = k.size(0), h = k.size(1), groups = complete - first_group, kw = k.size(3);
-    at::Tensor codes = keys_[layer].view({b, h, keys_[layer].size(2) / g, g, kw});
-    at::Tensor scale = key_scale_[layer], min = key_min_[layer];
-    if (ring > 0) {
-      at::Tensor at_slots = at::arange(first_group, complete, at::TensorOptions().dtype(at::kLong)
-                                                                  .device(k.device())).remainder(ring_groups);
-      codes = codes.index_select(2, at_slots);
-      scale = scale.index_select(2, at_slots);
-      min = min.index_select(2, at_slots);
-    } else {
-      codes = codes.narrow(2, 0, groups);
-      scale = scale.narrow(2, 0, groups);
-      min = min.narrow(2, 0, groups);
-    }
+    at::Tensor codes = take(keys_[layer].view({b, h, keys_[layer].size(2) / g, g, kw}), first_group, complete, ring_groups);
+    at::Tensor scale = take(key_scale_[layer], first_group, complete, ring_groups);
+    at::Tensor min = take(key_min_[layer], first_group, complete, ring_groups);
     at::Tensor past = dequantize(codes, scale.unsqueeze(3), min.unsqueeze(3), dtype).view({b, h, groups * g, kw});
     keys = at::cat({past, keys}, 2);
   }
-  at::Tensor vc = values_[layer], vs = value_scale_[layer], vm = value_min_[layer];
-  if (ring > 0) {
-    at::Tensor at_slots = at::arange(first, length_ + t, at::TensorOptions().dtype(at::kLong).device(k.device()))
-                              .remainder(ring);
-    vc = vc.index_select(2, at_slots);
-    vs = vs.index_select(2, at_slots);
-    vm = vm.index_select(2, at_slots);
-  } else {
-    vc = vc.narrow(2, 0, n);
-    vs = vs.narrow(2, 0, n);
-    vm = vm.narrow(2, 0, n);
-  }
+  const int64_t end = length_ + t;
+  at::Tensor vc = take(values_[layer], first, end, ring), vs = take(value_scale_[layer], first, end, ring);
+  at::Tensor vm = take(value_min_[layer], first, end, ring);
   return {keys, dequantize(vc, vs, vm, dtype)};
 }
 

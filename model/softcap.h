@@ -15,9 +15,8 @@ inline at::Tensor& softcap_(at::Tensor& x, double cap) {
   return x;
 }
 
-// d softcap(x) / dx from the capped value y = softcap(x): 1 - (y / cap)^2 (1 without a cap).
-inline at::Tensor softcap_slope(const at::Tensor& y, double cap) {
-  return cap > 0 ? 1 - (y / cap).square() : at::ones_like(y);
-}
+// d softcap(x) / dx from the capped value y = softcap(x), cap > 0: 1 - (y / cap)^2 (callers
+// without a cap skip the multiplication).
+inline at::Tensor softcap_slope(const at::Tensor& y, double cap) { return 1 - (y / cap).square(); }
 
 }  // namespace condense

@@ -92,6 +92,36 @@ def reference_logprobs(model, ids):
         return torch.log_softmax(model(torch.tensor([ids])).logits[0, :-1].double(), -1).numpy()
 
 
+def assert_imports_back(exported, imp, lp, tmp_path, count):
+    """`exported` (an HF directory or GGUF of `imp`) imports to `imp`'s `count` model tensors bit for
+    bit and scores score()'s text as `imp` did (`lp`)."""
+    back = tmp_path / "back.h5"
+    run("import", exported, back)
+    assert_same_model_tensors(imp, back, count)
+    _, _, lp_back = score(back, tmp_path)
+    assert np.array_equal(lp_back, lp)
+
+
+def assert_gemma_hf_export(model, imp, tmp_path, cls, count, **load_kw):
+    """`condense export --format hf` of the Gemma import `imp` of transformers `model`: transformers
+    loads it as `cls` with `model`'s tensors (the norms, held as 1 + w, back to w within float32
+    rounding) and scores score()'s text as `imp` does (1e-4); it imports back to `imp`
+    (assert_imports_back). `load_kw` goes to from_pretrained. Returns the exported config.json."""
+    import transformers
+    out = tmp_path / "out"
+    run("export", imp, out, "--format", "hf", "--dtype", "f32")
+    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, **load_kw).eval()
+    assert type(back) is cls
+    orig = model.state_dict()
+    for name, t in back.state_dict().items():
+        tol = 1e-6 if name.endswith("norm.weight") else 0
+        assert torch.allclose(t, orig[name], rtol=0, atol=tol), name
+    _, ids, lp = score(imp, tmp_path)
+    assert np.abs(reference_logprobs(back, ids) - lp).max() < 1e-4
+    assert_imports_back(out, imp, lp, tmp_path, count)
+    return json.loads((out / "config.json").read_text())
+
+
 def greedy_ids(ckpt, prompt, n, *extra):
     """`condense generate`'s greedy ids after `prompt` (n tokens, eos ignored, one thread)."""
     # errors="replace": a random model's bytes need not form UTF-8 (the ids are what is compared).

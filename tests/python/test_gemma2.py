@@ -92,16 +92,6 @@ def test_import_scores_as_transformers(gemma2, tmp_path):
     assert f"sliding window {WINDOW} positions in 2 of 4 layers" in info, info
 
 
-def assert_imports_back(exported, imp, lp, tmp_path):
-    """`exported` (an HF directory or GGUF of `imp`) imports to `imp`'s 51 tensors bit for bit and
-    scores the text as `imp` did (`lp`)."""
-    back = tmp_path / "back.h5"
-    run("import", exported, back)
-    model_peers.assert_same_model_tensors(imp, back, 1 + 4 * 11 + 1)
-    _, _, lp_back = score(back, tmp_path)
-    assert np.array_equal(lp_back, lp)
-
-
 def test_greedy_generation_past_the_window_equals_transformers(gemma2):
     hf, model, imp, _ = gemma2
     model_peers.assert_greedy_as_transformers(model, hf, imp, 3 * WINDOW)
@@ -109,21 +99,10 @@ def test_greedy_generation_past_the_window_equals_transformers(gemma2):
 
 def test_hf_export_is_the_gemma2_and_imports_back(gemma2, tmp_path):
     hf, model, imp, _ = gemma2
-    out = tmp_path / "out"
-    run("export", imp, out, "--format", "hf", "--dtype", "f32")
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = model_peers.assert_gemma_hf_export(model, imp, tmp_path, transformers.Gemma2ForCausalLM, 1 + 4 * 11 + 1,
+                                             attn_implementation="eager")
     assert cfg["architectures"] == ["Gemma2ForCausalLM"] and cfg["layer_types"] == LAYER_TYPES
     assert cfg["attn_logit_softcapping"] == 4.0 and cfg["final_logit_softcapping"] == 6.0
-    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32,
-                                                             attn_implementation="eager").eval()
-    assert type(back) is transformers.Gemma2ForCausalLM
-    orig = model.state_dict()
-    for name, t in back.state_dict().items():
-        tol = 1e-6 if name.endswith("norm.weight") else 0
-        assert torch.allclose(t, orig[name], rtol=0, atol=tol), name
-    _, ids, lp = score(imp, tmp_path)
-    assert np.abs(reference_logprobs(back, ids) - lp).max() < 1e-4
-    assert_imports_back(out, imp, lp, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +146,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma2, gemma2_llama_cpp
           f"max |d log p| {dlp:.3g}")
     # llama.cpp's CPU GELU reads an fp16 table (ggml-cpu/vec.h GGML_GELU_FP16): ~1e-3 relative.
     assert dlp <= 1e-2
-    assert_imports_back(out, imp, lp, tmp_path)
+    model_peers.assert_imports_back(out, imp, lp, tmp_path, 1 + 4 * 11 + 1)
 
 
 def test_finetune_with_the_chunked_loss_is_the_full_logits_finetune(gemma2, tmp_path):

@@ -88,16 +88,6 @@ def test_import_scores_as_transformers(gemma, tmp_path):
     assert "windowed layers theta 10000" in info, info
 
 
-def assert_imports_back(exported, imp, lp, tmp_path):
-    """`exported` (an HF directory or GGUF of `imp`) imports to `imp`'s 41 tensors bit for bit and
-    scores the text as `imp` did (`lp`)."""
-    back = tmp_path / "back.h5"
-    run("import", exported, back)
-    model_peers.assert_same_model_tensors(imp, back, 1 + 3 * 13 + 1)
-    _, _, lp_back = score(back, tmp_path)
-    assert np.array_equal(lp_back, lp)
-
-
 def test_greedy_generation_past_the_window_equals_transformers(gemma):
     hf, model, imp, _ = gemma
     model_peers.assert_greedy_as_transformers(model, hf, imp, 3 * WINDOW)
@@ -105,20 +95,8 @@ def test_greedy_generation_past_the_window_equals_transformers(gemma):
 
 def test_hf_export_is_the_gemma3_and_imports_back(gemma, tmp_path):
     hf, model, imp, _ = gemma
-    out = tmp_path / "out"
-    run("export", imp, out, "--format", "hf", "--dtype", "f32")
-    cfg = json.loads((out / "config.json").read_text())
+    cfg = model_peers.assert_gemma_hf_export(model, imp, tmp_path, transformers.Gemma3ForCausalLM, 1 + 3 * 13 + 1)
     assert cfg["architectures"] == ["Gemma3ForCausalLM"] and cfg["layer_types"] == LAYER_TYPES
-    back = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
-    assert type(back) is transformers.Gemma3ForCausalLM
-    # Gemma's norms hold w (condense's 1 + w, less 1): within float32 rounding of the original's.
-    orig = model.state_dict()
-    for name, t in back.state_dict().items():
-        tol = 1e-6 if name.endswith("norm.weight") else 0
-        assert torch.allclose(t, orig[name], rtol=0, atol=tol), name
-    _, ids, lp = score(imp, tmp_path)
-    assert np.abs(reference_logprobs(back, ids) - lp).max() < 1e-4
-    assert_imports_back(out, imp, lp, tmp_path)
 
 
 def test_finetune_keeps_the_decoder_and_pruning_keeps_each_layers_attention(gemma, tmp_path):
@@ -207,7 +185,7 @@ def test_gguf_export_runs_in_llama_cpp_and_imports_back(gemma, gemma_llama_cpp, 
           f"max |d log p| {dlp:.3g}")
     # llama.cpp's CPU GELU reads an fp16 table (ggml-cpu/vec.h GGML_GELU_FP16): ~1e-3 relative.
     assert dlp <= 1e-2
-    assert_imports_back(out, imp, lp, tmp_path)
+    model_peers.assert_imports_back(out, imp, lp, tmp_path, 1 + 3 * 13 + 1)
 
 
 def test_a_gguf_written_like_llama_cpp_converter_imports(gemma_llama_cpp, tmp_path):
