@@ -64,17 +64,12 @@ at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
     if (sink) sink->mark(h, [g = gate.detach(), u = up.detach(), gelu] { return fused_swiglu(g, u, gelu); });
     return lin(h, down_proj, 2);
   }
-  if (gelu) {  // the composite, marked as the SiLU one below is
-    at::Tensor act = at::gelu(gate, "tanh");
-    if (sink) sink->mark(act, [g = gate.detach()] { return at::gelu(g, "tanh"); });
-    at::Tensor h = act * up;
-    if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::gelu(g, "tanh") * u; });
-    return lin(h, down_proj, 2);
-  }
-  at::Tensor act = at::silu(gate);
-  if (sink) sink->mark(act, [g = gate.detach()] { return at::silu(g); });
+  // The composite (where the fused ops do not apply).
+  auto activation = [gelu](const at::Tensor& g) { return gelu ? at::gelu(g, "tanh") : at::silu(g); };
+  at::Tensor act = activation(gate);
+  if (sink) sink->mark(act, [g = gate.detach(), activation] { return activation(g); });
   at::Tensor h = act * up;
-  if (sink) sink->mark(h, [g = gate.detach(), u = up.detach()] { return at::silu(g) * u; });
+  if (sink) sink->mark(h, [g = gate.detach(), u = up.detach(), activation] { return activation(g) * u; });
   return lin(h, down_proj, 2);
 }
 
