@@ -26,7 +26,14 @@ prompt, the first token's prefill excluded on both sides), the ratio condense / 
 whether the greedy tokens agree (random models have near-ties, so a late disagreement there is
 arithmetic order, not a bug). The 1-minute load average is printed before and after.
 
+Long contexts and KV caches (--prompt-tokens N, --kv-cache fp,int8): the prompt becomes a
+paragraph repeated to about N tokens, so each decoded token reads N positions of keys and values;
+with int8 condense caches KIVI int8 (read as codes by the fast decoder) and llama.cpp Q8_0 keys and
+values (with flash attention, which its quantized V needs); with fp condense caches float32 and
+llama.cpp its default f16.
+
 usage: .venv/bin/python bench/generate_speed.py [--models quickstart,512x8,smollm2,qwen2,qwen3,gemma2,gemma3] [--reps 5]
+       [--prompt-tokens 2048 --kv-cache fp,int8]
 """
 import argparse
 import os
@@ -43,6 +50,9 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 from io_formats import llama_cpp_decode, tokenizer_model  # noqa: E402
 
 PROMPT = "The meaning of the word"
+# Repeated to make a long prompt (--prompt-tokens).
+PARAGRAPH = ("A dictionary gives the meaning of a word, its pronunciation and its history. Entries "
+             "are ordered by the alphabet, and each sense of a word is numbered. ")
 # (hidden, layers, intermediate, heads, kv heads, tied, architecture, head_dim)
 SHAPES = {"quickstart": (256, 4, 688, 4, 2, True, "llama", None),
           "512x8": (512, 8, 1408, 8, 4, False, "llama", None),
@@ -59,13 +69,13 @@ def sh(args, env=None):
     return p
 
 
-def random_hf(dir_, tok, vocab, shape):
+def random_hf(dir_, tok, vocab, shape, positions=512):
     import torch
     import transformers
     hidden, layers, inter, heads, kv, tied, arch, head_dim = shape
     torch.manual_seed(0)
     kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-              num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=512,
+              num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=positions,
               tie_word_embeddings=tied, initializer_range=0.05)
     if head_dim:
         kw["head_dim"] = head_dim
@@ -86,7 +96,7 @@ def random_hf(dir_, tok, vocab, shape):
     (dir_ / "tokenizer.model").write_bytes(tok.read_bytes())
 
 
-def prepare(name, condense, work):
+def prepare(name, condense, work, positions):
     """(checkpoint, F32 GGUF) for a model name."""
     ck, gguf = work / f"{name}.h5", work / f"{name}-f32.gguf"
     if name == "smollm2":
@@ -100,28 +110,35 @@ def prepare(name, condense, work):
         tok = work / "tokenizer.model"
         vocab = tokenizer_model(tok)
         hf = work / f"hf-{name}"
-        random_hf(hf, tok, vocab, SHAPES[name])
+        random_hf(hf, tok, vocab, SHAPES[name], positions)
         sh([condense, "import", hf, ck])
     if not gguf.exists():
         sh([condense, "export", ck, gguf, "--format", "gguf", "--dtype", "f32"])
     return ck, gguf
 
 
-def prompt_ids(condense, ck, work):
+def prompt_ids(condense, ck, work, prompt):
     """The prompt's token ids as condense tokenizes it (with <bos> where the vocabulary adds one),
     read from `condense score` so that llama.cpp gets exactly the same ids."""
     import json
     text, out = work / "prompt.txt", work / "prompt.json"
-    text.write_text(PROMPT)
+    text.write_text(prompt)
     sh([condense, "score", ck, "--text", text, "--json", out])
     s = json.loads(out.read_text())
     return [p["id"] for p in s["positions"]] + [s["positions"][-1]["next_id"]]
 
 
-def condense_decode(condense, ck, new_tokens, threads, aten=False):
+def long_prompt(tokens):
+    """PARAGRAPH repeated to about `tokens` tokens (a paragraph is ~30 tokens in these vocabularies;
+    the count is what condense reports)."""
+    return PROMPT if tokens <= 0 else PARAGRAPH * max(1, tokens // 30)
+
+
+def condense_decode(condense, ck, prompt, new_tokens, threads, kv_cache="fp", aten=False):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    p = sh([condense, "generate", ck, "--prompt", PROMPT, "--max-new-tokens", new_tokens,
-            "--threads", threads, "--ignore-eos", "--print-ids", *(["--aten-decode"] if aten else [])], env)
+    p = sh([condense, "generate", ck, "--prompt", prompt, "--max-new-tokens", new_tokens,
+            "--threads", threads, "--ignore-eos", "--print-ids", "--kv-cache", kv_cache,
+            *(["--aten-decode"] if aten else [])], env)
     tps = float(re.search(r"decode ([\d.]+) tokens/s", p.stderr).group(1))
     ids = [int(x) for x in re.search(r"ids: ([\d ]+)", p.stderr).group(1).split()]
     return tps, ids
@@ -134,37 +151,46 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="a long prompt of about this many tokens")
+    ap.add_argument("--kv-cache", default="fp", help="fp, int8 or fp,int8")
     a = ap.parse_args()
     condense = pathlib.Path(a.build) / "condense"
     load_before = os.getloadavg()[0]
+    prompt = long_prompt(a.prompt_tokens)
+    positions = max(512, a.prompt_tokens * 2 + a.new_tokens + 64)
     rows = []
     with tempfile.TemporaryDirectory(prefix="gen-speed-") as tmp:
         work = pathlib.Path(tmp)
         for name in a.models.split(","):
-            ck, gguf = prepare(name, condense, work)
-            ids = prompt_ids(condense, ck, work)
-            for threads in [int(t) for t in a.threads.split(",")]:
-                c, l, at, agree = [], [], [], None
-                for _ in range(a.reps):
-                    at.append(condense_decode(condense, ck, a.new_tokens, threads, aten=True)[0])
-                    c_tps, c_ids = condense_decode(condense, ck, a.new_tokens, threads)
-                    l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads)
-                    c.append(c_tps)
-                    l.append(l_tps)
-                    same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
-                    agree = same if agree is None else min(agree, same)
-                row = (name, threads, statistics.median(c), statistics.median(l), agree, c, l,
-                       statistics.median(at))
-                rows.append(row)
-                print(f"{name} threads {threads}: condense {row[2]:.1f} llama.cpp {row[3]:.1f} "
-                      f"ratio {row[2] / row[3]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)
-    print(f"\nGreedy decode, prompt \"{PROMPT}\", {a.new_tokens} new tokens, median of {a.reps} "
+            ck, gguf = prepare(name, condense, work, positions)
+            ids = prompt_ids(condense, ck, work, prompt)
+            n_ctx = max(512, len(ids) + a.new_tokens + 16)
+            for kv in a.kv_cache.split(","):
+                for threads in [int(t) for t in a.threads.split(",")]:
+                    c, l, at, agree = [], [], [], None
+                    for _ in range(a.reps):
+                        at.append(condense_decode(condense, ck, prompt, a.new_tokens, threads, kv, aten=True)[0])
+                        c_tps, c_ids = condense_decode(condense, ck, prompt, a.new_tokens, threads, kv)
+                        l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads, n_ctx, kv == "int8")
+                        c.append(c_tps)
+                        l.append(l_tps)
+                        same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
+                        agree = same if agree is None else min(agree, same)
+                    row = (name, kv, threads, statistics.median(c), statistics.median(l), agree, c, l,
+                           statistics.median(at))
+                    rows.append(row)
+                    print(f"{name} kv {kv} threads {threads}: condense {row[3]:.1f} llama.cpp {row[4]:.1f} "
+                          f"ratio {row[3] / row[4]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)
+    what = f"\"{PROMPT}\"" if a.prompt_tokens <= 0 else f"{len(ids)} tokens"
+    print(f"\nGreedy decode, prompt {what}, {a.new_tokens} new tokens, median of {a.reps} "
           f"interleaved runs; 1-min load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
-    print("| model | threads | condense tokens/s | llama.cpp F32 tokens/s | condense / llama.cpp "
-          "| greedy tokens equal | condense runs | llama.cpp runs | condense --aten-decode tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, t, c, l, agree, cs, ls, at in rows:
-        print(f"| {name} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
+    print("| model | KV cache (condense / llama.cpp) | threads | condense tokens/s | llama.cpp F32 tokens/s "
+          "| condense / llama.cpp | greedy tokens equal | condense runs | llama.cpp runs "
+          "| condense --aten-decode tokens/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, kv, t, c, l, agree, cs, ls, at in rows:
+        kinds = "int8 / q8_0" if kv == "int8" else "f32 / f16"
+        print(f"| {name} | {kinds} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
               f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} | {at:.1f} |")
 
 

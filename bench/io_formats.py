@@ -70,11 +70,14 @@ def rate(stderr):
     return float(m.group(1)) if m else float("nan")
 
 
-def llama_cpp_decode(gguf_path, ids, new_tokens, threads):
+def llama_cpp_decode(gguf_path, ids, new_tokens, threads, n_ctx=512, kv_q8=False):
+    """Greedy decode tokens/s and ids after `ids`. kv_q8: keys and values cached as Q8_0 (ggml type
+    8; llama.cpp quantizes V only with flash attention on), else its default f16 cache."""
+    kv = ", type_k=8, type_v=8, flash_attn=True" if kv_q8 else ""
     code = f"""
 import time, numpy as np
 from llama_cpp import Llama
-llm = Llama(model_path={str(gguf_path)!r}, n_ctx=512, n_threads={threads}, n_threads_batch={threads}, verbose=False)
+llm = Llama(model_path={str(gguf_path)!r}, n_ctx={n_ctx}, n_threads={threads}, n_threads_batch={threads}, verbose=False{kv})
 ids = {ids!r}
 llm.eval(ids)
 # The last position's logits from llama.cpp's own buffer: without logits_all, llama-cpp-python

@@ -52,7 +52,6 @@ std::string FastDecoder::unsupported(const LlamaForCausalLM& model, const KVCach
   if (model->kv_hook()) return "a KV hook (projected or latent KV cache) is set";
   if (model->projection_hook()) return "a projection hook is set";
   if (model->has_block_hook()) return "a block hook is set";
-  if (cache.kind().type != KVCacheType::kFp) return "the KV cache is not fp";
   if (cache.batch() != 1) return "the batch is not 1";
   const LlamaConfig& c = model->config();
   if (c.head_size() % 2 != 0) return "head_dim is odd";
@@ -80,7 +79,7 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
                        l->self_attn->k_norm ? l->self_attn->k_norm->weight : at::Tensor(),
                        l->pre_feedforward_layernorm ? l->pre_feedforward_layernorm->weight : at::Tensor(),
                        l->post_feedforward_layernorm ? l->post_feedforward_layernorm->weight : at::Tensor(),
-                       l->self_attn->uses_rope(), config_.local_rope(l->index)});
+                       l->self_attn->uses_rope(), config_.local_rope(l->index), config_.window(l->index)});
   }
   embed_ = model->model->embed_tokens->weight;
   norm_ = model->model->norm->weight;
@@ -102,7 +101,72 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   up_.resize(config_.intermediate_size);
   scores_.resize(heads * cache.capacity());
   head_rstd_.resize(heads);
+  if (cache.kind().type == KVCacheType::kInt8) scaled_q_.resize(heads * d);
   logits_ = at::empty({config_.vocab_size}, at::kFloat);
+}
+
+// This position's keys (in k_) and values (in v_) into the cache, then each query head's
+// attention into att_. The fp cache is [1, kv, slots, d], position p in slot p % slots: the
+// capacity, or a sliding-window layer's ring, which holds exactly the positions its window reads
+// (attention sums over them in any order).
+void FastDecoder::attend_fp(int64_t layer, int64_t pos) {
+  const int64_t heads = config_.num_attention_heads, kv = config_.kv_heads(), d = config_.head_size();
+  const int64_t group = heads / kv, cap = cache_.capacity();
+  auto [keys, values] = cache_.fp_buffers(layer);
+  float* kbuf = keys.data_ptr<float>();
+  float* vbuf = values.data_ptr<float>();
+  const int64_t slots = cache_.slots(layer), slot = pos % slots;
+  for (int64_t h = 0; h < kv; ++h) {
+    std::memcpy(kbuf + (h * slots + slot) * d, k_.data() + h * d, d * sizeof(float));
+    std::memcpy(vbuf + (h * slots + slot) * d, v_.data() + h * d, d * sizeof(float));
+  }
+  const int64_t n = std::min(pos + 1, slots);
+  const float scale = static_cast<float>(config_.attention_scale());
+  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
+  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t g = h / group;
+      decode::attend(q_.data() + h * d, kbuf + g * slots * d, vbuf + g * slots * d, att_.data() + h * d,
+                     scores_.data() + h * cap, d, n, scale, score_cap);
+    }
+  });
+}
+
+// The same on an int8 cache (KIVI's layout, model/kv_cache.h): the key into the full-precision
+// tail of the current group (commit() quantizes a group that completes, as it does after the ATen
+// path's appends), the value quantized into its slot as the ATen append quantizes it (the same
+// codes for the same floats), and attention over the codes (decode::attend_int8). A windowed
+// layer reads positions pos - window + 1 .. pos whether or not it holds a ring.
+void FastDecoder::attend_int8(int64_t layer, int64_t window, int64_t pos) {
+  const int64_t heads = config_.num_attention_heads, kv = config_.kv_heads(), d = config_.head_size();
+  const int64_t group = heads / kv, cap = cache_.capacity();
+  const KVCache::Int8Buffers b = cache_.int8_buffers(layer);
+  const int64_t g = b.key_tail.size(2), slots = b.value_slots, slot = pos % slots;
+  float* tail = b.key_tail.data_ptr<float>();
+  uint8_t* codes = b.value_codes.data_ptr<uint8_t>();
+  float* vscale = b.value_scale.data_ptr<float>();
+  float* vmin = b.value_min.data_ptr<float>();
+  for (int64_t h = 0; h < kv; ++h) {
+    std::memcpy(tail + (h * g + pos % g) * d, k_.data() + h * d, d * sizeof(float));
+    decode::quantize_row(v_.data() + h * d, d, codes + (h * slots + slot) * d, vscale + h * slots + slot,
+                         vmin + h * slots + slot);
+  }
+  const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+  const float scale = static_cast<float>(config_.attention_scale());
+  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
+  const int64_t kg = b.key_groups;
+  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t x = h / group;  // its KV head
+      const decode::Int8Head head{b.key_codes.data_ptr<uint8_t>() + x * kg * g * d,
+                                  b.key_scale.data_ptr<float>() + x * kg * d,
+                                  b.key_min.data_ptr<float>() + x * kg * d,
+                                  tail + x * g * d, codes + x * slots * d, vscale + x * slots,
+                                  vmin + x * slots, g, kg, slots};
+      decode::attend_int8(q_.data() + h * d, head, first, pos, att_.data() + h * d, scores_.data() + h * cap,
+                          scaled_q_.data() + h * d, d, scale, score_cap);
+    }
+  });
 }
 
 at::Tensor FastDecoder::step(int64_t id) {
@@ -112,9 +176,6 @@ at::Tensor FastDecoder::step(int64_t id) {
                  config_.vocab_size);
   const int64_t hidden = config_.hidden_size, heads = config_.num_attention_heads;
   const int64_t kv = config_.kv_heads(), d = config_.head_size(), inter = config_.intermediate_size;
-  const int64_t group = heads / kv;
-  const float scale = static_cast<float>(config_.attention_scale());
-  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
   const int64_t rotary = config_.rotary_dim();  // the rotated channels at the front of each head
   const float* cos = nullptr;
   const float* sin = nullptr;
@@ -141,9 +202,6 @@ at::Tensor FastDecoder::step(int64_t id) {
     const Layer& L = layers_[l];
     cos = (L.local_rope ? cos_local_ : cos_).data_ptr<float>() + pos * rotary;
     sin = (L.local_rope ? sin_local_ : sin_).data_ptr<float>() + pos * rotary;
-    auto [keys, values] = cache_.fp_buffers(static_cast<int64_t>(l));
-    float* kbuf = keys.data_ptr<float>();
-    float* vbuf = values.data_ptr<float>();
 
     rms_norm(L.norm_in);
     matvec({{&L.q, q_.data()}, {&L.k, k_.data()}, {&L.v, v_.data()}}, xn_.data(), hidden);
@@ -161,22 +219,8 @@ at::Tensor FastDecoder::step(int64_t id) {
       rope(q_.data(), heads);
       rope(k_.data(), kv);
     }
-    // The cache is [1, kv, slots, d], position p in slot p % slots: the capacity, or a
-    // sliding-window layer's ring, which holds exactly the positions its window reads (attention
-    // sums over them in any order).
-    const int64_t slots = cache_.slots(static_cast<int64_t>(l)), slot = pos % slots;
-    for (int64_t h = 0; h < kv; ++h) {
-      std::memcpy(kbuf + (h * slots + slot) * d, k_.data() + h * d, d * sizeof(float));
-      std::memcpy(vbuf + (h * slots + slot) * d, v_.data() + h * d, d * sizeof(float));
-    }
-    const int64_t n = std::min(pos + 1, slots);
-    at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
-      for (int64_t h = h0; h < h1; ++h) {
-        const int64_t g = h / group;
-        decode::attend(q_.data() + h * d, kbuf + g * slots * d, vbuf + g * slots * d, att_.data() + h * d,
-                       scores_.data() + h * cap, d, n, scale, score_cap);
-      }
-    });
+    if (cache_.kind().type == KVCacheType::kInt8) attend_int8(static_cast<int64_t>(l), L.window, pos);
+    else attend_fp(static_cast<int64_t>(l), pos);
     matvec({{&L.o, proj_.data()}}, att_.data(), heads * d);
     if (L.norm_ff_in.defined()) branch_norm(L.norm_post);
     decode::add(x_.data(), proj_.data(), hidden);

@@ -10,8 +10,8 @@
 // values straight into the KVCache's buffers, so the ATen prefill and this decoder share one
 // cache.
 //
-// It covers what generation of a plain model needs: float32 weights on CPU, batch 1, an fp
-// cache, and no hooks (KV projections, latent caches, projection or block hooks and replaced MLP
+// It covers what generation of a plain model needs: float32 weights on CPU, batch 1, an fp or
+// int8 cache (the int8 one read as codes: model/decode_kernels.h's attend_int8), and no hooks (KV projections, latent caches, projection or block hooks and replaced MLP
 // linears keep the ATen path: unsupported() names which). Results agree with the ATen forward
 // to float rounding (tests/test_fast_decoder.cpp checks 1e-5 on logits and greedy tokens).
 #pragma once
@@ -40,6 +40,9 @@ class FastDecoder {
   at::Tensor step(int64_t id);
 
  private:
+  void attend_fp(int64_t layer, int64_t pos);
+  void attend_int8(int64_t layer, int64_t window, int64_t pos);
+
   struct Layer {
     at::Tensor norm_in, q, k, v, o, norm_post, gate, up, down;
     at::Tensor q_bias, k_bias, v_bias;  // undefined without LlamaConfig::qkv_bias
@@ -49,6 +52,7 @@ class FastDecoder {
     at::Tensor norm_ff_in, norm_ff_out;
     bool rope = true;                   // false in SmolLM3's NoPE layers
     bool local_rope = false;            // Gemma 3's windowed layers: cos_local_ / sin_local_
+    int64_t window = 0;                 // LlamaConfig::window(layer): 0 = full attention
   };
   LlamaConfig config_;
   KVCache& cache_;
@@ -57,8 +61,8 @@ class FastDecoder {
   // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
   // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
   // [intermediate], scores [heads * capacity], per-head RMSNorm scales [heads] (qk_norm), logits
-  // [vocab].
-  std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_, head_rstd_;
+  // [vocab]; int8 caches: each head's query times a key group's scales [heads * head_dim].
+  std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_, head_rstd_, scaled_q_;
   at::Tensor logits_;
 };
 

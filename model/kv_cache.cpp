@@ -179,16 +179,25 @@ std::pair<at::Tensor, at::Tensor> KVCache::append_ring(int64_t layer, const at::
   return {k_out, v_out};
 }
 
-std::pair<at::Tensor, at::Tensor> KVCache::fp_buffers(int64_t layer) {
-  CONDENSE_CHECK(kind_.type == KVCacheType::kFp, "KV cache: raw buffers of an int8 cache");
+void KVCache::allocate_for_decoder(int64_t layer) {
   CONDENSE_CHECK(layer >= 0 && layer < static_cast<int64_t>(keys_.size()), "KV cache: layer {} of {}",
                  layer, keys_.size());
-  if (!keys_[layer].defined()) {
-    CONDENSE_CHECK(length_ == 0, "KV cache: layer {} used for the first time at position {}",
-                   layer, length_);
-    allocate(layer, kv_heads_, head_dim_, head_dim_);
-  }
+  if (keys_[layer].defined()) return;
+  CONDENSE_CHECK(length_ == 0, "KV cache: layer {} used for the first time at position {}", layer, length_);
+  allocate(layer, kv_heads_, head_dim_, head_dim_);
+}
+
+std::pair<at::Tensor, at::Tensor> KVCache::fp_buffers(int64_t layer) {
+  CONDENSE_CHECK(kind_.type == KVCacheType::kFp, "KV cache: fp buffers of an int8 cache");
+  allocate_for_decoder(layer);
   return {keys_[layer], values_[layer]};
+}
+
+KVCache::Int8Buffers KVCache::int8_buffers(int64_t layer) {
+  CONDENSE_CHECK(kind_.type == KVCacheType::kInt8, "KV cache: int8 buffers of an fp cache");
+  allocate_for_decoder(layer);
+  return {keys_[layer], key_scale_[layer], key_min_[layer], key_tail_[layer], values_[layer],
+          value_scale_[layer], value_min_[layer], key_scale_[layer].size(2), values_[layer].size(2)};
 }
 
 KVCache::Recent KVCache::append_recent(int64_t layer, const at::Tensor& k, const at::Tensor& v,

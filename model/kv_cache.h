@@ -11,9 +11,9 @@
 //         positions (key outliers sit in fixed channels), values per token; asymmetric (a
 //         float32 scale and minimum per group-channel or per token, codes 0..255). The keys of
 //         the current, incomplete group stay in full precision (KIVI's residual) and are
-//         quantized when the group completes; values are quantized as they arrive. Attention
-//         reads dequantized copies made per call, so only the codes, scales and the residual
-//         group are held.
+//         quantized when the group completes; values are quantized as they arrive. The ATen
+//         attention reads dequantized copies made per call (the fast decoder reads the codes
+//         themselves), so only the codes, scales and the residual group are held.
 // An int8 append may not cross a group boundary (max_append() says how many positions fit):
 // every query then sees exactly the keys it would see decoding one token at a time, so a
 // chunked prefill (prefill() in model/generate.h) and token-by-token decoding agree.
@@ -78,6 +78,19 @@ class KVCache {
   // at kv_heads x head_dim when the layer has not been appended to yet), for a decoder that writes
   // positions itself (model/fast_decoder.h: position p in slot p % slots) and then calls commit().
   std::pair<at::Tensor, at::Tensor> fp_buffers(int64_t layer);
+  // int8 caches: the same for the KIVI buffers (allocated likewise): the decoder writes position p's
+  // key into key_tail row p % group and its value's codes, scale and minimum into value slot
+  // p % value_slots, then commit() quantizes a key group that completes into group slot
+  // (p / group) % key_groups.
+  struct Int8Buffers {
+    at::Tensor key_codes;    // uint8 [B, heads, key_groups * group, width]
+    at::Tensor key_scale, key_min;  // float [B, heads, key_groups, width]
+    at::Tensor key_tail;     // the cache's dtype [B, heads, group, width]
+    at::Tensor value_codes;  // uint8 [B, heads, value_slots, width]
+    at::Tensor value_scale, value_min;  // float [B, heads, value_slots, 1]
+    int64_t key_groups = 0, value_slots = 0;
+  };
+  Int8Buffers int8_buffers(int64_t layer);
   // The positions `layer` holds: its ring's slots for a sliding-window layer (fp: min(window,
   // capacity); int8: whole key groups, where fewer than the capacity's), else the capacity.
   int64_t slots(int64_t layer) const { return ring_[static_cast<size_t>(layer)] > 0 ? ring_[static_cast<size_t>(layer)] : capacity_; }
@@ -101,6 +114,8 @@ class KVCache {
 
  private:
   void allocate(int64_t layer, int64_t heads, int64_t key_width, int64_t value_width);
+  // fp_buffers / int8_buffers: `layer` checked and allocated at kv_heads x head_dim if new.
+  void allocate_for_decoder(int64_t layer);
   double layer_bytes_per_position(size_t layer) const;
   std::pair<at::Tensor, at::Tensor> append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v);
 
