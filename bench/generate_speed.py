@@ -153,6 +153,7 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--prompt-tokens", type=int, default=0, help="a long prompt of about this many tokens")
     ap.add_argument("--kv-cache", default="fp", help="fp, int8 or fp,int8")
+    ap.add_argument("--skip-aten", action="store_true", help="no --aten-decode reference runs (slow on long prompts)")
     a = ap.parse_args()
     condense = pathlib.Path(a.build) / "condense"
     load_before = os.getloadavg()[0]
@@ -169,7 +170,8 @@ def main():
                 for threads in [int(t) for t in a.threads.split(",")]:
                     c, l, at, agree = [], [], [], None
                     for _ in range(a.reps):
-                        at.append(condense_decode(condense, ck, prompt, a.new_tokens, threads, kv, aten=True)[0])
+                        if not a.skip_aten:
+                            at.append(condense_decode(condense, ck, prompt, a.new_tokens, threads, kv, aten=True)[0])
                         c_tps, c_ids = condense_decode(condense, ck, prompt, a.new_tokens, threads, kv)
                         l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads, n_ctx, kv == "int8")
                         c.append(c_tps)
@@ -177,7 +179,7 @@ def main():
                         same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
                         agree = same if agree is None else min(agree, same)
                     row = (name, kv, threads, statistics.median(c), statistics.median(l), agree, c, l,
-                           statistics.median(at))
+                           statistics.median(at) if at else float("nan"))
                     rows.append(row)
                     print(f"{name} kv {kv} threads {threads}: condense {row[3]:.1f} llama.cpp {row[4]:.1f} "
                           f"ratio {row[3] / row[4]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)

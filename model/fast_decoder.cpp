@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/decode_attention.h"
 #include "model/decode_kernels.h"
 #include "model/fused_kernels.h"
 #include "model/rope.h"
@@ -99,19 +100,43 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   v_.resize(kv * d);
   gate_.resize(config_.intermediate_size);
   up_.resize(config_.intermediate_size);
-  scores_.resize(heads * cache.capacity());
   head_rstd_.resize(heads);
-  if (cache.kind().type == KVCacheType::kInt8) scaled_q_.resize(heads * d);
+  // Split-K scratch for at most ceil(capacity / kPart) parts per KV head.
+  const int64_t parts = (cache.capacity() + kPart - 1) / kPart;
+  scores_.resize(parts * heads * kPart);
+  scaled_q_.resize(parts * kv * d);
+  part_out_.resize(parts * heads * d);
+  part_max_.resize(parts * heads);
+  part_sum_.resize(parts * heads);
   logits_ = at::empty({config_.vocab_size}, at::kFloat);
 }
 
-// This position's keys (in k_) and values (in v_) into the cache, then each query head's
-// attention into att_. The fp cache is [1, kv, slots, d], position p in slot p % slots: the
-// capacity, or a sliding-window layer's ring, which holds exactly the positions its window reads
-// (attention sums over them in any order).
+// Each query head's attention into att_, from `parts` parts of `part_len` positions per KV head
+// (split-K: decode_attention.h): task(kv_head, part, partial, scores, qs) computes one part of the
+// KV head's query heads; then each head's parts are combined. The parts depend on the length
+// only, so the result does not depend on the thread count.
+template <class Task>
+void FastDecoder::attend_parts(int64_t parts, const Task& task) {
+  const int64_t heads = config_.num_attention_heads, kv = config_.kv_heads(), d = config_.head_size();
+  const int64_t group = heads / kv;
+  at::parallel_for(0, kv * parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t x = t / parts, p = t % parts, h = p * heads + x * group;  // h: its first partial
+      task(x, p, decode::Partial{part_out_.data() + h * d, part_max_.data() + h, part_sum_.data() + h},
+           scores_.data() + t * group * kPart, scaled_q_.data() + t * d);
+    }
+  });
+  for (int64_t h = 0; h < heads; ++h)
+    decode::combine(part_out_.data() + h * d, part_max_.data() + h, part_sum_.data() + h, parts, heads, d,
+                    att_.data() + h * d);
+}
+
+// This position's keys (in k_) and values (in v_) into the cache, then attention. The fp cache is
+// [1, kv, slots, d], position p in slot p % slots: the capacity, or a sliding-window layer's ring,
+// which holds exactly the positions its window reads (attention sums over them in any order).
 void FastDecoder::attend_fp(int64_t layer, int64_t pos) {
   const int64_t heads = config_.num_attention_heads, kv = config_.kv_heads(), d = config_.head_size();
-  const int64_t group = heads / kv, cap = cache_.capacity();
+  const int64_t group = heads / kv;
   auto [keys, values] = cache_.fp_buffers(layer);
   float* kbuf = keys.data_ptr<float>();
   float* vbuf = values.data_ptr<float>();
@@ -120,28 +145,26 @@ void FastDecoder::attend_fp(int64_t layer, int64_t pos) {
     std::memcpy(kbuf + (h * slots + slot) * d, k_.data() + h * d, d * sizeof(float));
     std::memcpy(vbuf + (h * slots + slot) * d, v_.data() + h * d, d * sizeof(float));
   }
-  const int64_t n = std::min(pos + 1, slots);
+  const int64_t n = std::min(pos + 1, slots), parts = (n + kPart - 1) / kPart;
   const float scale = static_cast<float>(config_.attention_scale());
-  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
-  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t g = h / group;
-      decode::attend(q_.data() + h * d, kbuf + g * slots * d, vbuf + g * slots * d, att_.data() + h * d,
-                     scores_.data() + h * cap, d, n, scale, score_cap);
-    }
+  const float cap = static_cast<float>(config_.attn_logit_softcapping);
+  attend_parts(parts, [&](int64_t x, int64_t p, decode::Partial part, float* scores, float*) {
+    const int64_t r0 = p * kPart, rows = std::min(n, r0 + kPart) - r0;
+    const int64_t at = (x * slots + r0) * d;
+    decode::attend_part(q_.data() + x * group * d, group, kbuf + at, vbuf + at, rows, d, scale, cap, scores, part);
   });
 }
 
 // The same on an int8 cache (KIVI's layout, model/kv_cache.h): the key into the full-precision
 // tail of the current group (commit() quantizes a group that completes, as it does after the ATen
 // path's appends), the value quantized into its slot as the ATen append quantizes it (the same
-// codes for the same floats), and attention over the codes (decode::attend_int8). A windowed
-// layer reads positions pos - window + 1 .. pos whether or not it holds a ring.
+// codes for the same floats), and attention over the codes (decode::attend_int8_part). A
+// windowed layer reads positions pos - window + 1 .. pos whether or not it holds a ring.
 void FastDecoder::attend_int8(int64_t layer, int64_t window, int64_t pos) {
   const int64_t heads = config_.num_attention_heads, kv = config_.kv_heads(), d = config_.head_size();
-  const int64_t group = heads / kv, cap = cache_.capacity();
+  const int64_t group = heads / kv;
   const KVCache::Int8Buffers b = cache_.int8_buffers(layer);
-  const int64_t g = b.key_tail.size(2), slots = b.value_slots, slot = pos % slots;
+  const int64_t g = b.key_tail.size(2), slots = b.value_slots, slot = pos % slots, kg = b.key_groups;
   float* tail = b.key_tail.data_ptr<float>();
   uint8_t* codes = b.value_codes.data_ptr<uint8_t>();
   float* vscale = b.value_scale.data_ptr<float>();
@@ -152,20 +175,18 @@ void FastDecoder::attend_int8(int64_t layer, int64_t window, int64_t pos) {
                          vmin + h * slots + slot);
   }
   const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+  const int64_t parts = (pos - first + kPart) / kPart;
   const float scale = static_cast<float>(config_.attention_scale());
-  const float score_cap = static_cast<float>(config_.attn_logit_softcapping);
-  const int64_t kg = b.key_groups;
-  at::parallel_for(0, heads, 1, [&](int64_t h0, int64_t h1) {
-    for (int64_t h = h0; h < h1; ++h) {
-      const int64_t x = h / group;  // its KV head
-      const decode::Int8Head head{b.key_codes.data_ptr<uint8_t>() + x * kg * g * d,
-                                  b.key_scale.data_ptr<float>() + x * kg * d,
-                                  b.key_min.data_ptr<float>() + x * kg * d,
-                                  tail + x * g * d, codes + x * slots * d, vscale + x * slots,
-                                  vmin + x * slots, g, kg, slots};
-      decode::attend_int8(q_.data() + h * d, head, first, pos, att_.data() + h * d, scores_.data() + h * cap,
-                          scaled_q_.data() + h * d, d, scale, score_cap);
-    }
+  const float cap = static_cast<float>(config_.attn_logit_softcapping);
+  attend_parts(parts, [&](int64_t x, int64_t p, decode::Partial part, float* scores, float* qs) {
+    const decode::Int8Head head{b.key_codes.data_ptr<uint8_t>() + x * kg * g * d,
+                                b.key_scale.data_ptr<float>() + x * kg * d,
+                                b.key_min.data_ptr<float>() + x * kg * d,
+                                tail + x * g * d, codes + x * slots * d, vscale + x * slots,
+                                vmin + x * slots, g, kg, slots};
+    const int64_t begin = first + p * kPart, end = std::min(pos + 1, begin + kPart);
+    decode::attend_int8_part(q_.data() + x * group * d, group, head, begin, end, pos, d, scale, cap, scores,
+                             qs, part);
   });
 }
 

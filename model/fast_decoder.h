@@ -40,6 +40,11 @@ class FastDecoder {
   at::Tensor step(int64_t id);
 
  private:
+  // Positions per split-K part (model/decode_attention.h): fixed, so that the result does not
+  // depend on the thread count; long enough that a part's bookkeeping is small beside its rows.
+  static constexpr int64_t kPart = 256;
+  template <class Task>
+  void attend_parts(int64_t parts, const Task& task);
   void attend_fp(int64_t layer, int64_t pos);
   void attend_int8(int64_t layer, int64_t window, int64_t pos);
 
@@ -61,8 +66,11 @@ class FastDecoder {
   // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
   // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
   // [intermediate], scores [heads * capacity], per-head RMSNorm scales [heads] (qk_norm), logits
-  // [vocab]; int8 caches: each head's query times a key group's scales [heads * head_dim].
+  // [vocab]; per split-K task (KV head x part) scores [query heads of the KV head * kPart] and an
+  // int8 query times a key group's scales [head_dim]; per part and head a Partial: values
+  // [head_dim], maximum and sum.
   std::vector<float> x_, xn_, q_, att_, k_, v_, proj_, gate_, up_, scores_, head_rstd_, scaled_q_;
+  std::vector<float> part_out_, part_max_, part_sum_;
   at::Tensor logits_;
 };
 

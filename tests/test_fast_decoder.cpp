@@ -22,6 +22,7 @@
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
+#include "model/decode_attention.h"
 #include "model/decode_kernels.h"
 #include "model/fused_kernels.h"
 #include "model/fast_decoder.h"
@@ -224,7 +225,7 @@ std::pair<int64_t, int64_t> code_differences(KVCache& a, KVCache& b, int64_t lay
 // 1e-4..1e-3 apart from then on. So the logits must agree to 1e-5 while every code held agrees,
 // and to 1e-2 after a code moved by one (a layout error is off by O(1)); the codes may differ by
 // at most one, in at most two places.
-void compare_steps(const LlamaConfig& c, uint64_t seed, KVCacheOptions kind = {}) {
+void compare_steps(const LlamaConfig& c, uint64_t seed, KVCacheOptions kind = {}, int64_t prompt_len = 5) {
   at::manual_seed(seed);
   LlamaForCausalLM m(c);
   m->eval();
@@ -237,10 +238,11 @@ void compare_steps(const LlamaConfig& c, uint64_t seed, KVCacheOptions kind = {}
       if (p.key().find("_norm.weight") != std::string::npos) p.value().normal_(1, 0.5);
     }
   }
-  at::Tensor prompt = at::randint(0, c.vocab_size, {1, 5}, at::kLong);
+  at::Tensor prompt = at::randint(0, c.vocab_size, {1, prompt_len}, at::kLong);
   at::Tensor steps = at::randint(0, c.vocab_size, {11}, at::kLong);
   auto opts = at::TensorOptions().dtype(at::kFloat);
-  KVCache fast_cache(c, 1, 16, opts, kind), ref_cache(c, 1, 16, opts, kind);
+  const int64_t capacity = prompt_len + 11;
+  KVCache fast_cache(c, 1, capacity, opts, kind), ref_cache(c, 1, capacity, opts, kind);
   prefill(m, prompt, fast_cache);
   prefill(m, prompt, ref_cache);
   FastDecoder fast(m, fast_cache);
@@ -357,30 +359,106 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithAnInt8Cache) {
   compare_steps(gemma2, 55, int8);
 }
 
+// Past 256 positions the decoder splits each KV head's positions into parts of 256 that threads
+// take independently and combines them (split-K): 520 + 11 positions are three parts, for fp and
+// int8 caches (groups of 32), a windowed layer (window 300: a ring of 300 slots, or of 11 whole
+// groups) and GQA with 3 query heads per KV head.
+TEST(FastDecoder, LongContextsSplitIntoPartsMatchTheATenForward) {
+  LlamaConfig c = test::tiny_config(2);
+  c.num_attention_heads = 6;
+  c.head_dim = 16;
+  c.vocab_size = 97;
+  c.max_position_embeddings = 600;
+  c.finalize();
+  KVCacheOptions int8;
+  int8.type = KVCacheType::kInt8;
+  compare_steps(c, 60, {}, 520);
+  compare_steps(c, 61, int8, 520);
+  LlamaConfig windowed = c;  // Qwen2's layout: q/k/v biases, some layers windowed
+  windowed.qkv_bias = true;
+  windowed.sliding_window = 300;
+  windowed.sliding_window_layers = {1, 0};
+  windowed.finalize();
+  compare_steps(windowed, 62, {}, 520);
+  compare_steps(windowed, 63, int8, 520);
+}
+
+// attend_part over positions cut into parts, combined, equals one part over all of them, for the
+// query heads of one KV head at once (fp and int8 heads; parts not aligned to key groups).
+TEST(DecodeKernels, PartsCombineToTheWholeAttention) {
+  at::manual_seed(6);
+  const int64_t d = 24, n = 100, nq = 3, g = 8;
+  at::Tensor q = at::randn({nq, d}), k = at::randn({n, d}), v = at::randn({n, d});
+  at::Tensor codes = at::randint(0, 256, {n, d}, at::kInt).to(at::kByte), vcodes = codes.flip(0).contiguous();
+  at::Tensor kscale = at::rand({n / g + 1, d}) * 0.02 + 1e-3, kmin = at::randn({n / g + 1, d});
+  at::Tensor tail = at::randn({g, d}), vscale = at::rand({n}) * 0.02 + 1e-3, vmin = at::randn({n});
+  const decode::Int8Head head{codes.data_ptr<uint8_t>(), kscale.data_ptr<float>(), kmin.data_ptr<float>(),
+                              tail.data_ptr<float>(), vcodes.data_ptr<uint8_t>(), vscale.data_ptr<float>(),
+                              vmin.data_ptr<float>(), g, n / g + 1, n};
+  for (bool int8 : {false, true}) {
+    for (int64_t part : {n, int64_t{37}, int64_t{8}, int64_t{1}}) {
+      SCOPED_TRACE(std::string(int8 ? "int8" : "fp") + ", parts of " + std::to_string(part));
+      const int64_t parts = (n + part - 1) / part;
+      at::Tensor out = at::empty({parts, nq, d}), max = at::empty({parts, nq}), sum = at::empty({parts, nq});
+      at::Tensor scores = at::empty({nq * part}), qs = at::empty({d});
+      for (int64_t p = 0; p < parts; ++p) {
+        const int64_t begin = p * part, end = std::min(n, begin + part);
+        const decode::Partial partial{out[p].data_ptr<float>(), max[p].data_ptr<float>(), sum[p].data_ptr<float>()};
+        if (int8)
+          decode::attend_int8_part(q.data_ptr<float>(), nq, head, begin, end, n - 1, d, 0.3f, 0, scores.data_ptr<float>(),
+                                   qs.data_ptr<float>(), partial);
+        else
+          decode::attend_part(q.data_ptr<float>(), nq, k[begin].data_ptr<float>(), v[begin].data_ptr<float>(),
+                              end - begin, d, 0.3f, 0, scores.data_ptr<float>(), partial);
+      }
+      for (int64_t h = 0; h < nq; ++h) {
+        at::Tensor got = at::empty({d}), want = at::empty({d}), all = at::empty({n});
+        decode::combine(out.data_ptr<float>() + h * d, max.data_ptr<float>() + h, sum.data_ptr<float>() + h, parts,
+                        nq, d, got.data_ptr<float>());
+        if (int8)
+          decode::attend_int8(q[h].data_ptr<float>(), head, 0, n - 1, want.data_ptr<float>(), all.data_ptr<float>(),
+                              qs.data_ptr<float>(), d, 0.3f);
+        else
+          decode::attend(q[h].data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), want.data_ptr<float>(),
+                         all.data_ptr<float>(), d, n, 0.3f);
+        expect_close(got, want, 1e-6);
+      }
+    }
+  }
+}
+
 TEST(FastDecoder, ThreadCountDoesNotChangeABit) {
-  // Wide enough that every matrix-vector product is split across threads.
+  // Wide enough that every matrix-vector product is split across threads; 300 positions are two
+  // split-K parts of attention, fp and int8.
   LlamaConfig c = config(4, 2, false);
   c.hidden_size = 256;
   c.intermediate_size = 320;
   c.vocab_size = 1000;
+  c.max_position_embeddings = 320;
   c.finalize();
   at::manual_seed(20);
   LlamaForCausalLM m(c);
   m->eval();
   torch::NoGradGuard ng;
   const int threads_before = at::get_num_threads();
-  std::vector<at::Tensor> out;
-  for (int threads : {1, 2}) {
-    at::set_num_threads(1);  // the same ATen prefill for both
-    KVCache cache(c, 1, 8, at::TensorOptions().dtype(at::kFloat));
-    prefill(m, at::tensor({3, 4, 5}, at::kLong).unsqueeze(0), cache);
-    at::set_num_threads(threads);
-    FastDecoder fast(m, cache);
-    at::Tensor all = at::cat({fast.step(7).clone(), fast.step(8).clone()});
-    out.push_back(all);
+  KVCacheOptions int8;
+  int8.type = KVCacheType::kInt8;
+  for (const KVCacheOptions& kind : {KVCacheOptions{}, int8}) {
+    for (int64_t prompt : {3, 300}) {
+      at::Tensor ids = at::randint(0, c.vocab_size, {1, prompt}, at::kLong);
+      std::vector<at::Tensor> out;
+      for (int threads : {1, 2}) {
+        at::set_num_threads(1);  // the same ATen prefill for both
+        KVCache cache(c, 1, prompt + 2, at::TensorOptions().dtype(at::kFloat), kind);
+        prefill(m, ids, cache);
+        at::set_num_threads(threads);
+        FastDecoder fast(m, cache);
+        out.push_back(at::cat({fast.step(7).clone(), fast.step(8).clone()}));
+      }
+      at::set_num_threads(threads_before);
+      EXPECT_TRUE(at::equal(out[0], out[1])) << prompt << " positions";
+    }
   }
-  at::set_num_threads(threads_before);
-  EXPECT_TRUE(at::equal(out[0], out[1]));
 }
 
 TEST(FastDecoder, GenerateUsesItWhereItAppliesAndSaysWhyNot) {
