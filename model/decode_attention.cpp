@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -20,6 +21,8 @@ constexpr int64_t kChunk = 32;
 // Scores (scaled, capped) -> exp(score - max) in place; the maximum and the sum into *max, *sum.
 // Vectorized (Cephes' exp, simd.h): one std::exp per score took about half of an attention over
 // head_dim 64. A template over the vector type because it compares (simd.h: v8 without AVX-512).
+// vexp clamps: a score more than 87.3 below the maximum weighs ~1e-38 instead of 0 (nothing
+// here is masked with -inf; a masking caller would have to zero such weights itself).
 template <class V>
 CONDENSE_INLINE void exp_scores_t(float* scores, int64_t length, float scale, float cap, float* max, float* sum) {
   constexpr int64_t L = lanes<V>;
@@ -58,6 +61,11 @@ CONDENSE_INLINE void exp_scores(float* scores, int64_t length, float scale, floa
   else exp_scores_t<v8>(scores, length, scale, cap, max, sum);
 }
 
+// Byte codes times floats, the inner loops of attend_int8_part: intrinsics in functions compiled
+// per ISA level and chosen at run time, because GCC 12 lowers the generic vectors' byte-to-float
+// conversion (__builtin_convertvector from bytes, or through int32 lanes) to scalar code and stack
+// round trips: attention over codes ran 4-5x slower than over floats. vpmovzxbd widens 16
+// (AVX-512) or 8 (AVX2) bytes to int32 lanes, vcvtdq2ps makes them floats.
 namespace u8 {
 
 // 16 (AVX-512) or 8 (AVX2) bytes as floats.
@@ -197,9 +205,12 @@ int cpu_level() {
   return l;
 }
 
-int chosen_level = -1;  // set_int8_level(); -1: cpu_level()
+std::atomic<int> chosen_level{-1};  // set_int8_level(); -1: cpu_level()
 
-int level() { return chosen_level >= 0 ? chosen_level : cpu_level(); }
+int level() {
+  const int chosen = chosen_level.load(std::memory_order_relaxed);
+  return chosen >= 0 ? chosen : cpu_level();
+}
 
 void scores(const float* qs, const uint8_t* codes, int64_t rows, int64_t d, float bias, float* out) {
   switch (level()) {
@@ -223,7 +234,7 @@ void accumulate(float* out, const float* weights, const uint8_t* codes, int64_t 
 
 bool set_int8_level(int level) {
   if (level > u8::cpu_level() || (level != -1 && level != 0 && level != 3 && level != 4)) return false;
-  u8::chosen_level = level;
+  u8::chosen_level.store(level, std::memory_order_relaxed);
   return true;
 }
 
@@ -332,14 +343,26 @@ void attend_int8(const float* q, const Int8Head& head, int64_t first, int64_t la
 }
 
 void quantize_row(const float* x, int64_t n, uint8_t* codes, float* scale, float* min) {
+  // ATen's amin / amax propagate a NaN (std::min / std::max would skip it): then the scale and
+  // minimum are NaN and every code 0, as the cache's expression gives on x86.
   float lo = x[0], hi = x[0];
-  for (int64_t i = 1; i < n; ++i) {
+  bool nan = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan = nan || std::isnan(x[i]);
     lo = std::min(lo, x[i]);
     hi = std::max(hi, x[i]);
   }
+  if (nan) {
+    std::fill(codes, codes + n, uint8_t{0});
+    *scale = *min = NAN;
+    return;
+  }
   const float s = std::max((hi - lo) / 255.0f, 1e-12f);
-  for (int64_t i = 0; i < n; ++i)
-    codes[i] = static_cast<uint8_t>(std::min(std::max(std::nearbyint((x[i] - lo) / s), 0.0f), 255.0f));
+  for (int64_t i = 0; i < n; ++i) {
+    // clamp(round(.), 0, 255); a NaN (a row with infinities) becomes 0 without an undefined cast.
+    const float c = std::nearbyint((x[i] - lo) / s);
+    codes[i] = c >= 0.0f && c <= 255.0f ? static_cast<uint8_t>(c) : (c > 255.0f ? 255 : 0);
+  }
   *scale = s;
   *min = lo;
 }

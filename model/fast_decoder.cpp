@@ -54,6 +54,7 @@ std::string FastDecoder::unsupported(const LlamaForCausalLM& model, const KVCach
   if (model->projection_hook()) return "a projection hook is set";
   if (model->has_block_hook()) return "a block hook is set";
   if (cache.batch() != 1) return "the batch is not 1";
+  if (cache.dtype() != at::kFloat) return "the KV cache is not float32";
   const LlamaConfig& c = model->config();
   if (c.head_size() % 2 != 0) return "head_dim is odd";
   if (std::string why = check_weight(model->lm_head_weight(), "the LM head"); !why.empty()) return why;
@@ -111,7 +112,7 @@ FastDecoder::FastDecoder(const LlamaForCausalLM& model, KVCache& cache)
   logits_ = at::empty({config_.vocab_size}, at::kFloat);
 }
 
-// Each query head's attention into att_, from `parts` parts of `part_len` positions per KV head
+// Each query head's attention into att_, from `parts` parts of kPart positions per KV head
 // (split-K: decode_attention.h): task(kv_head, part, partial, scores, qs) computes one part of the
 // KV head's query heads; then each head's parts are combined. The parts depend on the length
 // only, so the result does not depend on the thread count.

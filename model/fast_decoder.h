@@ -10,10 +10,11 @@
 // values straight into the KVCache's buffers, so the ATen prefill and this decoder share one
 // cache.
 //
-// It covers what generation of a plain model needs: float32 weights on CPU, batch 1, an fp or
-// int8 cache (the int8 one read as codes: model/decode_kernels.h's attend_int8), and no hooks (KV projections, latent caches, projection or block hooks and replaced MLP
+// It covers what generation of a plain model needs: float32 weights on CPU, batch 1, a float32
+// fp or int8 cache (attention: model/decode_attention.h, the int8 one read as codes), and no hooks (KV projections, latent caches, projection or block hooks and replaced MLP
 // linears keep the ATen path: unsupported() names which). Results agree with the ATen forward
-// to float rounding (tests/test_fast_decoder.cpp checks 1e-5 on logits and greedy tokens).
+// to float rounding (tests/test_fast_decoder.cpp checks 1e-5 on logits and greedy tokens; int8
+// caches 1e-2 once a float difference moved a code by one).
 #pragma once
 #include <string>
 #include <vector>
@@ -65,7 +66,7 @@ class FastDecoder {
   at::Tensor embed_, norm_, lm_head_, cos_, sin_, cos_local_, sin_local_;
   // Scratch: x and its norm [hidden], q and attention output [heads * head_dim], this
   // position's k and v [kv_heads * head_dim], a projection's output [hidden], gate and up
-  // [intermediate], scores [heads * capacity], per-head RMSNorm scales [heads] (qk_norm), logits
+  // [intermediate], per-head RMSNorm scales [heads] (qk_norm), logits
   // [vocab]; per split-K task (KV head x part) scores [query heads of the KV head * kPart] and an
   // int8 query times a key group's scales [head_dim]; per part and head a Partial: values
   // [head_dim], maximum and sum.

@@ -111,6 +111,8 @@ class KVCache {
   // (the length, or a ring's min(length, slots)), plus CSKV's recent windows.
   double held_bytes() const;
   const KVCacheOptions& kind() const { return kind_; }
+  // The dtype keys and values are computed in (fp: stored in; int8: the residual key group's).
+  at::ScalarType dtype() const { return c10::typeMetaToScalarType(options_.dtype()); }
 
  private:
   void allocate(int64_t layer, int64_t heads, int64_t key_width, int64_t value_width);

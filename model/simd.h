@@ -1,5 +1,5 @@
 // 16-float vectors for condense's own float32 kernels (model/decode_kernels.cpp,
-// model/fused_kernels.cpp), header-only and without LibTorch. Include it only from files built
+// model/decode_attention.cpp, model/fused_kernels.cpp), header-only and without LibTorch. Include it only from files built
 // with -O3 -ffp-contract=fast (model/CMakeLists.txt), so that a * b + c becomes one FMA.
 //
 // CONDENSE_CLONES compiles a kernel for x86-64-v4 (AVX-512 F/BW/DQ/VL + v3), x86-64-v3 (AVX2 +

@@ -1,11 +1,12 @@
-// Tests for the float32 decode kernels (model/decode_kernels.h) and the fast decoder
+// Tests for the float32 decode kernels (model/decode_kernels.h, model/decode_attention.h) and the fast decoder
 // (model/fast_decoder.h), each against ATen computing the same thing:
 //   - every decode kernel against its ATen expression, at sizes with vector tails (cols 1..67),
 //     and the training row kernels the decoder applies in place;
 //   - the decoder's logits at every step against the ATen forward with a KV cache, within
 //     1e-5, for GQA and MHA, tied and untied heads, a head_dim that is not hidden / heads;
 //   - its keys and values land in the cache where the ATen path puts them;
-//   - thread count does not change a bit (every row and head is summed by one thread);
+//   - thread count does not change a bit (every row is summed by one thread, attention in parts of
+//     fixed length combined in order), fp and int8, one part and two;
 //   - moving weights onto huge pages keeps every value and every tensor identity, moves only
 //     tensors of at least 2 MiB (to 2 MiB-aligned memory), and the model computes the same bits;
 //   - generate() takes the fast path on a plain float32 model (greedy and seeded sampling give
@@ -13,7 +14,9 @@
 //     apply (a KV hook, bfloat16 weights, asked for);
 //   - int8 caches: attend_int8 over the codes equals attention over the dequantized cache (1e-5),
 //     quantize_row is the cache's quantization bit for bit, and the decoder's steps match the
-//     ATen forward on an int8 cache (rings, windows, caps), generate() included.
+//     ATen forward on an int8 cache (rings, windows, caps), generate() included;
+//   - split-K: parts combined equal the whole attention (fp, int8, parts across key groups), and
+//     past 256 positions the decoder (three parts) matches the ATen forward, fp and int8.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -119,8 +122,10 @@ TEST(DecodeKernels, AttendInt8IsAttentionOverTheDequantizedCache) {
           for (int64_t last : {2, 4, 9, 14, 70, 100}) {
             for (int64_t window : {0, 3, 6, 40}) {
               const int64_t first = window > 0 ? std::max<int64_t>(0, last - window + 1) : 0;
-              // A ring holds the current group and the key_groups - 1 complete ones before it.
-              if (last >= key_groups * g || (ring && first < (last / g - (key_groups - 1)) * g)) continue;
+              // Without a ring the positions fit the buffers; a ring (positions wrap past its
+              // slots) holds the current group and the key_groups - 1 complete ones before it.
+              if (!ring && last >= key_groups * g) continue;
+              if (ring && first < (last / g - (key_groups - 1)) * g) continue;
               SCOPED_TRACE("level " + std::to_string(level) + ", group " + std::to_string(g) + ", d " +
                            std::to_string(d) + (ring ? ", ring" : "") + ", positions " +
                            std::to_string(first) + ".." + std::to_string(last));
@@ -196,6 +201,24 @@ TEST(DecodeKernels, QuantizeRowIsTheCacheQuantizationBitForBit) {
     }
   }
   EXPECT_EQ(b.value_scale[0][1][2][0].item<float>(), 1e-12f);
+
+  // A NaN in a row: ATen's minimum and maximum propagate it (scale and minimum NaN, codes 0); an
+  // infinity makes the codes NaN before the cast (0).
+  KVCache odd(c, 1, 32, at::TensorOptions().dtype(at::kFloat), int8);
+  at::Tensor w = at::randn({1, 2, 1, d});
+  w[0][0][0][3] = NAN;
+  w[0][1][0][5] = INFINITY;
+  odd.append(0, at::randn({1, 2, 1, d}), w);
+  const KVCache::Int8Buffers o = odd.int8_buffers(0);
+  for (int64_t h = 0; h < 2; ++h) {
+    at::Tensor row = w[0][h][0].contiguous(), codes = at::empty({d}, at::kByte);
+    float scale = 0, min = 0;
+    decode::quantize_row(row.data_ptr<float>(), d, codes.data_ptr<uint8_t>(), &scale, &min);
+    EXPECT_TRUE(at::equal(codes, o.value_codes[0][h][0])) << h;
+    const float want_scale = o.value_scale[0][h][0][0].item<float>(), want_min = o.value_min[0][h][0][0].item<float>();
+    EXPECT_TRUE(scale == want_scale || (std::isnan(scale) && std::isnan(want_scale))) << h << ": " << scale;
+    EXPECT_TRUE(min == want_min || (std::isnan(min) && std::isnan(want_min))) << h << ": " << min;
+  }
 }
 
 // Codes held by two int8 caches of the same length that differ, and by at most how much:
@@ -224,7 +247,7 @@ std::pair<int64_t, int64_t> code_differences(KVCache& a, KVCache& b, int64_t lay
 // (~1e-7), which can carry a value across a rounding boundary: a code one apart, and logits
 // 1e-4..1e-3 apart from then on. So the logits must agree to 1e-5 while every code held agrees,
 // and to 1e-2 after a code moved by one (a layout error is off by O(1)); the codes may differ by
-// at most one, in at most two places.
+// at most one, in a few places (a reviewer's 40 seeds x 11 steps: none moved).
 void compare_steps(const LlamaConfig& c, uint64_t seed, KVCacheOptions kind = {}, int64_t prompt_len = 5) {
   at::manual_seed(seed);
   LlamaForCausalLM m(c);
@@ -256,7 +279,7 @@ void compare_steps(const LlamaConfig& c, uint64_t seed, KVCacheOptions kind = {}
     const auto [moved, most] = int8 ? code_differences(fast_cache, ref_cache, c.num_hidden_layers)
                                     : std::pair<int64_t, int64_t>{0, 0};
     ASSERT_LE(most, 1);
-    ASSERT_LE(moved, 2);
+    ASSERT_LE(moved, 4);  // of 2 x 16 x 4 x 32 = 4096 or more codes held (flips are ~1e-4 rare)
     SCOPED_TRACE("step " + std::to_string(i) + ", codes one apart: " + std::to_string(moved));
     expect_close(got, want, moved == 0 ? 1e-5 : 1e-2);
   }
