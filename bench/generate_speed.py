@@ -141,7 +141,8 @@ def condense_decode(condense, ck, prompt, new_tokens, threads, kv_cache="fp", at
             *(["--aten-decode"] if aten else [])], env)
     tps = float(re.search(r"decode ([\d.]+) tokens/s", p.stderr).group(1))
     ids = [int(x) for x in re.search(r"ids: ([\d ]+)", p.stderr).group(1).split()]
-    return tps, ids
+    prefill = float(re.search(r"prefill \d+ tokens in ([\d.]+)s", p.stderr).group(1))
+    return tps, ids, prefill
 
 
 def main():
@@ -168,32 +169,38 @@ def main():
             n_ctx = max(512, len(ids) + a.new_tokens + 16)
             for kv in a.kv_cache.split(","):
                 for threads in [int(t) for t in a.threads.split(",")]:
-                    c, l, at, agree = [], [], [], None
+                    c, l, at, agree, cp, lp = [], [], [], None, [], []
                     for _ in range(a.reps):
                         if not a.skip_aten:
                             at.append(condense_decode(condense, ck, prompt, a.new_tokens, threads, kv, aten=True)[0])
-                        c_tps, c_ids = condense_decode(condense, ck, prompt, a.new_tokens, threads, kv)
-                        l_tps, l_ids = llama_cpp_decode(gguf, ids, a.new_tokens, threads, n_ctx, kv == "int8")
+                        c_tps, c_ids, c_pre = condense_decode(condense, ck, prompt, a.new_tokens, threads, kv)
+                        l_tps, l_ids, l_pre = llama_cpp_decode(gguf, ids, a.new_tokens, threads, n_ctx, kv == "int8",
+                                                               with_prefill=True)
                         c.append(c_tps)
                         l.append(l_tps)
+                        cp.append(c_pre)
+                        lp.append(l_pre)
                         same = next((i for i, (x, y) in enumerate(zip(c_ids, l_ids)) if x != y), len(c_ids))
                         agree = same if agree is None else min(agree, same)
                     row = (name, kv, threads, statistics.median(c), statistics.median(l), agree, c, l,
-                           statistics.median(at) if at else float("nan"))
+                           statistics.median(at) if at else float("nan"), len(ids),
+                           statistics.median(cp), statistics.median(lp))
                     rows.append(row)
                     print(f"{name} kv {kv} threads {threads}: condense {row[3]:.1f} llama.cpp {row[4]:.1f} "
-                          f"ratio {row[3] / row[4]:.2f} (tokens agree {agree}/{a.new_tokens})", file=sys.stderr)
-    what = f"\"{PROMPT}\"" if a.prompt_tokens <= 0 else f"{len(ids)} tokens"
+                          f"ratio {row[3] / row[4]:.2f} (tokens agree {agree}/{a.new_tokens}); prefill of "
+                          f"{len(ids)} tokens {row[10]:.2f} s vs {row[11]:.2f} s", file=sys.stderr)
+    what = f"\"{PROMPT}\"" if a.prompt_tokens <= 0 else "of the lengths in the table"
     print(f"\nGreedy decode, prompt {what}, {a.new_tokens} new tokens, median of {a.reps} "
           f"interleaved runs; 1-min load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
-    print("| model | KV cache (condense / llama.cpp) | threads | condense tokens/s | llama.cpp F32 tokens/s "
-          "| condense / llama.cpp | greedy tokens equal | condense runs | llama.cpp runs "
-          "| condense --aten-decode tokens/s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, kv, t, c, l, agree, cs, ls, at in rows:
+    print("| model | prompt tokens | KV cache (condense / llama.cpp) | threads | condense tokens/s "
+          "| llama.cpp F32 tokens/s | condense / llama.cpp | greedy tokens equal | condense runs | llama.cpp runs "
+          "| condense --aten-decode tokens/s | prefill s, condense / llama.cpp |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, kv, t, c, l, agree, cs, ls, at, n, cp, lp in rows:
         kinds = "int8 / q8_0" if kv == "int8" else "f32 / f16"
-        print(f"| {name} | {kinds} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
-              f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} | {at:.1f} |")
+        print(f"| {name} | {n} | {kinds} | {t} | {c:.1f} | {l:.1f} | **{c / l:.2f}** | {agree} of {a.new_tokens} | "
+              f"{', '.join(f'{x:.0f}' for x in cs)} | {', '.join(f'{x:.0f}' for x in ls)} | {at:.1f} | "
+              f"{cp:.2f} / {lp:.2f} |")
 
 
 if __name__ == "__main__":

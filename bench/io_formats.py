@@ -70,16 +70,19 @@ def rate(stderr):
     return float(m.group(1)) if m else float("nan")
 
 
-def llama_cpp_decode(gguf_path, ids, new_tokens, threads, n_ctx=512, kv_q8=False):
-    """Greedy decode tokens/s and ids after `ids`. kv_q8: keys and values cached as Q8_0 (ggml type
-    8; llama.cpp quantizes V only with flash attention on), else its default f16 cache."""
+def llama_cpp_decode(gguf_path, ids, new_tokens, threads, n_ctx=512, kv_q8=False, with_prefill=False):
+    """Greedy decode tokens/s and ids after `ids` (and, with_prefill, the seconds llm.eval(ids)
+    took). kv_q8: keys and values cached as Q8_0 (ggml type 8; llama.cpp quantizes V only with
+    flash attention on), else its default f16 cache."""
     kv = ", type_k=8, type_v=8, flash_attn=True" if kv_q8 else ""
     code = f"""
 import time, numpy as np
 from llama_cpp import Llama
 llm = Llama(model_path={str(gguf_path)!r}, n_ctx={n_ctx}, n_threads={threads}, n_threads_batch={threads}, verbose=False{kv})
 ids = {ids!r}
+t_prefill = time.perf_counter()
 llm.eval(ids)
+t_prefill = time.perf_counter() - t_prefill
 # The last position's logits from llama.cpp's own buffer: without logits_all, llama-cpp-python
 # leaves llm.scores zero (argmax would always be token 0).
 n_vocab = llm.n_vocab()
@@ -93,13 +96,14 @@ for i in range({new_tokens}):
     if i + 1 < {new_tokens}:
         llm.eval([tok])
 dt = time.perf_counter() - t0
-print((len(out) - 1) / dt, *out)
+print(t_prefill, (len(out) - 1) / dt, *out)
 """
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit(p.stderr)
     vals = p.stdout.split()
-    return float(vals[0]), [int(v) for v in vals[1:]]
+    tps, out = float(vals[1]), [int(v) for v in vals[2:]]
+    return (tps, out, float(vals[0])) if with_prefill else (tps, out)
 
 
 def main():

@@ -207,7 +207,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   const int64_t past = cache ? cache->length() : 0;
   // Sliding-window attention binds once a query has keys older than the window.
   const bool sliding = window_ > 0 && past + t > window_;
-  at::Tensor k, v;
+  at::Tensor k, v, cache_mask, cache_kpos;
   CONDENSE_CHECK(!(latent && softcap_ > 0), "layer {}: a latent KV cache (CSKV) attends without the "
                  "soft cap of this model's attention scores (attn_logit_softcapping {})", layer_, softcap_);
   // The latent caches' attention (CSKV) has no window mask.
@@ -218,7 +218,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     // The cache holds the latents; keys (and values, unless they stay latent) of every
     // position are rebuilt from them.
     std::tie(k, v) = hook->encode(layer_, x);
-    if (cache) std::tie(k, v) = cache->append(layer_, k, v);
+    if (cache) {
+      std::tie(k, v) = cache->append(layer_, k, v);
+      CONDENSE_CHECK(!cache->append_mask().defined(), "layer {}: a latent KV cache cannot attend "
+                     "through an int8 append across key groups (append at most KVCache::max_append())", layer_);
+    }
     if (hook->window() == 0 && hook->latent_values(t)) {
       // Attention reads the value latent; restore() maps its output up per query head.
       at::Tensor attn = shared_value_attention(q, hook->decode_keys(layer_, k), v, scale_,
@@ -256,11 +260,16 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
       k = p.k;
       v = p.v;
     }
-    if (cache) std::tie(k, v) = cache->append(layer_, k, v);
+    if (cache) {
+      std::tie(k, v) = cache->append(layer_, k, v);
+      cache_mask = cache->append_mask();
+      cache_kpos = cache->append_key_positions();
+    }
   }
   // The keys are positions key_begin .. past + t - 1: all of them, or a windowed layer's recent
   // ones from a ring cache (model/kv_cache.h; one new position reads its ring in slot order, every
-  // key then within its window).
+  // key then within its window). Not after an int8 append across key groups: then the cache says
+  // which key each query sees (cache_mask) and where each key sits (cache_kpos, for the window).
   const int64_t key_begin = past + t - k.size(2);
   const bool projected = hook && !latent;
   // Grouped-query attention without materializing repeated K/V: SDPA's enable_gqa lets query
@@ -269,13 +278,19 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
   bool gqa = q.size(1) != k.size(1);
   const bool window_mask = window_ > 0 && k.size(2) > window_;
   // Many queries past a window: block by block (blocked_window_attention), no t x n mask.
-  const bool blocked = window_mask && t > 2 * window_;
+  const bool blocked = window_mask && t > 2 * window_ && !cache_mask.defined();
   std::optional<at::Tensor> mask;
   bool causal = t > 1;
-  if ((past > 0 && t > 1) || window_mask) {
+  if ((past > 0 && t > 1) || window_mask || cache_mask.defined()) {
     // Query i sits at absolute position past + i and sees keys 0 .. past + i, in a sliding
     // window only the last window_ of them.
-    if (!blocked) {
+    if (cache_mask.defined()) {
+      mask = cache_mask;
+      if (window_ > 0) {
+        at::Tensor qpos = at::arange(past, past + t, cache_kpos.options()).unsqueeze(1);
+        mask = cache_mask.logical_and(cache_kpos.unsqueeze(0) > qpos - window_);
+      }
+    } else if (!blocked) {
       at::Tensor qpos = at::arange(past, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
       at::Tensor kpos = at::arange(key_begin, past + t, at::TensorOptions().device(x.device()).dtype(at::kLong));
       at::Tensor visible = kpos.unsqueeze(0) <= qpos.unsqueeze(1);

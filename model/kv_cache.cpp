@@ -87,14 +87,15 @@ void KVCache::allocate(int64_t layer, int64_t h, int64_t kw, int64_t vw) {
   value_min_[layer] = at::empty({b, h, positions, 1}, f);
 }
 
-int64_t KVCache::max_append() const {
-  if (kind_.type == KVCacheType::kFp) return capacity_ - length_;
+int64_t KVCache::max_append(bool cross_groups) const {
+  if (kind_.type == KVCacheType::kFp || cross_groups) return capacity_ - length_;
   return std::min(capacity_ - length_, kind_.group - length_ % kind_.group);
 }
 
 std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tensor& k,
                                                   const at::Tensor& v) {
   int64_t t = k.size(2);
+  append_mask_ = append_key_positions_ = at::Tensor();
   CONDENSE_CHECK(length_ + t <= capacity_, "KV cache full: {} cached + {} new > capacity {}",
                  length_, t, capacity_);
   if (!keys_[layer].defined()) {
@@ -114,46 +115,84 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(int64_t layer, const at::Tenso
     values_[layer].narrow(2, length_, t).copy_(v);
     return {keys_[layer].narrow(2, 0, length_ + t), values_[layer].narrow(2, 0, length_ + t)};
   }
-  CONDENSE_CHECK(t <= max_append(), "int8 KV cache: {} positions cross a quantization group "
-                 "boundary ({} cached, group {}); append at most {}", t, length_, kind_.group,
-                 max_append());
-  const int64_t g = kind_.group, done = length_ / g * g, in_tail = length_ - done;
-  // A ring (windowed layer): position p's value in slot p % ring, complete key group G in group
-  // slot G % (ring / g); the appended positions never wrap (a ring is whole groups and an append
-  // stays in one group). Without a ring the slot is the position.
-  const int64_t slot = ring > 0 ? length_ % ring : length_;
-  key_tail_[layer].narrow(2, in_tail, t).copy_(k);
-  Quantized qv = quantize(v, 3);
-  values_[layer].narrow(2, slot, t).copy_(qv.codes);
-  value_scale_[layer].narrow(2, slot, t).copy_(qv.scale);
-  value_min_[layer].narrow(2, slot, t).copy_(qv.min);
+  return append_int8(layer, k, v);
+}
 
-  // Returned: positions `first` .. length + t - 1 in order, every complete group (a ring: the
-  // last ring / g - 1 of them, which cover its window behind the current group) and the current
-  // group's keys in full precision. The caller masks from position `first` (key_begin).
+// Positions length .. end - 1 arrive. Let done be the start of the group holding position length
+// and last the start of the group holding end - 1. The groups this append completes before
+// `last` are quantized here; last's positions stay in the full-precision tail, which commit()
+// quantizes when that group completes (as it does after the fast decoder's writes).
+//
+// Returned, in order: the dequantized keys of complete groups from the first group a query still
+// sees up to `last`, then the full-precision keys of positions done .. end - 1; values alike
+// (dequantized; those of done .. last - 1 twice). Within one group (last == done) that is the
+// run of positions first .. end - 1, which the caller masks from its first key (key_begin).
+// Across groups a query in group G must see the quantized keys of the groups before G and the
+// full-precision keys of G itself, as token-by-token decoding does; then the positions are not
+// one run: append_mask() says which key each query sees and append_key_positions() where each
+// key sits (for the caller's sliding window).
+std::pair<at::Tensor, at::Tensor> KVCache::append_int8(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
+  const int64_t t = k.size(2), g = kind_.group, end = length_ + t;
+  const int64_t done = length_ / g * g, last = (end - 1) / g * g;
+  const int64_t ring = ring_[static_cast<size_t>(layer)], ring_groups = ring / g;
+  const int64_t b = k.size(0), h = k.size(1), kw = k.size(3);
   const at::ScalarType dtype = k.scalar_type();
-  const int64_t ring_groups = ring / g, complete = done / g;
-  const int64_t first_group = ring > 0 ? std::max<int64_t>(0, complete - (ring_groups - 1)) : 0;
-  const int64_t first = first_group * g;
+  const auto longs = k.options().dtype(at::kLong);
+  // A ring (windowed layer): position p's value in slot p % ring, complete key group G in group
+  // slot G % (ring / g). Without a ring the slot is the position (the group).
   // Entries [from, to) of a buffer indexed by position (or group) along dim 2, in order: a view
-  // without a ring, the ring's slots (index % slots) with one.
+  // without a ring, the ring's slots (index % slots) with one. Read before this append writes.
   auto take = [&](const at::Tensor& buf, int64_t from, int64_t to, int64_t slots) {
     if (ring == 0) return buf.narrow(2, from, to - from);
-    return buf.index_select(2, at::arange(from, to, k.options().dtype(at::kLong)).remainder(slots));
+    return buf.index_select(2, at::arange(from, to, longs).remainder(slots));
   };
-  at::Tensor keys = key_tail_[layer].narrow(2, 0, in_tail + t);
+  // Entries [from, from + n) of src (along dim 2) into buf at those positions' slots: behind a
+  // ring only the last `slots` of them (the earlier ones would be overwritten).
+  auto put = [&](at::Tensor& buf, const at::Tensor& src, int64_t from, int64_t n, int64_t slots) {
+    if (ring == 0) return void(buf.narrow(2, from, n).copy_(src));
+    const int64_t kept = std::min(n, slots);
+    buf.index_copy_(2, at::arange(from + n - kept, from + n, longs).remainder(slots), src.narrow(2, n - kept, kept));
+  };
+  const int64_t complete = done / g;
+  const int64_t first_group = ring > 0 ? std::max<int64_t>(0, complete - (ring_groups - 1)) : 0;
+  const int64_t first = first_group * g;
+
+  // Keys: the held complete groups, then the groups this append completes, then done .. end - 1.
+  std::vector<at::Tensor> keys;
   if (complete > first_group) {
-    const int64_t b = k.size(0), h = k.size(1), groups = complete - first_group, kw = k.size(3);
     at::Tensor codes = take(keys_[layer].view({b, h, keys_[layer].size(2) / g, g, kw}), first_group, complete, ring_groups);
     at::Tensor scale = take(key_scale_[layer], first_group, complete, ring_groups);
     at::Tensor min = take(key_min_[layer], first_group, complete, ring_groups);
-    at::Tensor past = dequantize(codes, scale.unsqueeze(3), min.unsqueeze(3), dtype).view({b, h, groups * g, kw});
-    keys = at::cat({past, keys}, 2);
+    keys.push_back(dequantize(codes, scale.unsqueeze(3), min.unsqueeze(3), dtype).view({b, h, (complete - first_group) * g, kw}));
   }
-  const int64_t end = length_ + t;
-  at::Tensor vc = take(values_[layer], first, end, ring), vs = take(value_scale_[layer], first, end, ring);
-  at::Tensor vm = take(value_min_[layer], first, end, ring);
-  return {keys, dequantize(vc, vs, vm, dtype)};
+  at::Tensor fresh = done < length_ ? at::cat({key_tail_[layer].narrow(2, 0, length_ - done), k}, 2) : k;
+  if (const int64_t groups = (last - done) / g; groups > 0) {
+    Quantized q = quantize(fresh.narrow(2, 0, groups * g).reshape({b, h, groups, g, kw}), 3);
+    put(keys_[layer], q.codes.view({b, h, groups * g, kw}), done, groups * g, ring);
+    put(key_scale_[layer], q.scale.squeeze(3), complete, groups, ring_groups);
+    put(key_min_[layer], q.min.squeeze(3), complete, groups, ring_groups);
+    keys.push_back(dequantize(q.codes, q.scale, q.min, dtype).view({b, h, groups * g, kw}));
+  }
+  key_tail_[layer].narrow(2, 0, end - last).copy_(fresh.narrow(2, last - done, end - last));
+  keys.push_back(fresh);
+
+  // Values: quantized per position as they arrive.
+  at::Tensor held = dequantize(take(values_[layer], first, length_, ring), take(value_scale_[layer], first, length_, ring),
+                               take(value_min_[layer], first, length_, ring), dtype);
+  Quantized qv = quantize(v, 3);
+  put(values_[layer], qv.codes, length_, t, ring);
+  put(value_scale_[layer], qv.scale, length_, t, ring);
+  put(value_min_[layer], qv.min, length_, t, ring);
+  at::Tensor values = at::cat({held, dequantize(qv.codes, qv.scale, qv.min, dtype)}, 2);  // first .. end - 1
+  if (last == done) return {at::cat(keys, 2), values};
+
+  values = at::cat({values.narrow(2, 0, last - first), values.narrow(2, done - first, end - done)}, 2);
+  at::Tensor qpos = at::arange(length_, end, longs).unsqueeze(1);
+  at::Tensor own = at::div(qpos, g, "floor") * g;  // the start of each query's group
+  at::Tensor quantized = at::arange(first, last, longs).unsqueeze(0), exact = at::arange(done, end, longs).unsqueeze(0);
+  append_mask_ = at::cat({quantized < own, exact >= own & exact <= qpos}, 1);
+  append_key_positions_ = at::cat({quantized, exact}, 1).squeeze(0);
+  return {at::cat(keys, 2), values};
 }
 
 std::pair<at::Tensor, at::Tensor> KVCache::append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v) {

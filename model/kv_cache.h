@@ -14,9 +14,13 @@
 //         quantized when the group completes; values are quantized as they arrive. The ATen
 //         attention reads dequantized copies made per call (the fast decoder reads the codes
 //         themselves), so only the codes, scales and the residual group are held.
-// An int8 append may not cross a group boundary (max_append() says how many positions fit):
-// every query then sees exactly the keys it would see decoding one token at a time, so a
-// chunked prefill (prefill() in model/generate.h) and token-by-token decoding agree.
+// Every query of an int8 append sees exactly the keys it would see decoding one token at a time
+// (the quantized keys of complete groups before its own, its own group's in full precision), so
+// a chunked prefill (prefill() in model/generate.h) and token-by-token decoding agree. An append
+// within one group returns one run of positions as fp does; an append across groups returns the
+// keys of the groups it completes twice (quantized, and in full precision) and sets
+// append_mask(), which the attention must apply (model/attention.cpp; a latent cache's attention
+// cannot, and refuses).
 //
 // Sliding-window layers (LlamaConfig::window) of an fp cache hold only their window: a ring of
 // min(window, capacity) slots, position p in slot p % slots, so their memory stops growing once
@@ -56,13 +60,20 @@ class KVCache {
   // Number of positions already cached (the position offset of the next input).
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
-  // The most positions the next append may carry (int8: up to the end of the current group).
-  int64_t max_append() const;
+  // The most positions the next append may carry: up to the capacity, except that int8 appends
+  // stay within the current key group unless cross_groups (the caller applies append_mask()).
+  int64_t max_append(bool cross_groups = false) const;
   // Appends k, v ([B, heads, T, width], the same heads and widths at every append of a layer)
   // for `layer` at the current length and returns
   // all cached keys/values for that layer (views for fp; dequantized copies for int8). The
   // length advances in commit().
   std::pair<at::Tensor, at::Tensor> append(int64_t layer, const at::Tensor& k, const at::Tensor& v);
+  // After an int8 append across key groups: which returned key each new query sees, bool [T, keys]
+  // (causal and by key group; a sliding window is the caller's), and the position of each returned
+  // key, long [keys]. Undefined after any other append, whose keys are one run of positions ending
+  // at the new ones.
+  const at::Tensor& append_mask() const { return append_mask_; }
+  const at::Tensor& append_key_positions() const { return append_key_positions_; }
   // CSKV's recent window (compressors/cskv.h): the original keys/values of the `keep` positions
   // before the current length followed by the appended k, v ([B, kv_heads, T, head_dim]), and
   // the position of the first. Held in full precision whatever the cache type; `keep` fixed
@@ -120,6 +131,7 @@ class KVCache {
   void allocate_for_decoder(int64_t layer);
   double layer_bytes_per_position(size_t layer) const;
   std::pair<at::Tensor, at::Tensor> append_ring(int64_t layer, const at::Tensor& k, const at::Tensor& v);
+  std::pair<at::Tensor, at::Tensor> append_int8(int64_t layer, const at::Tensor& k, const at::Tensor& v);
 
   std::vector<at::Tensor> keys_, values_;  // fp: [B, H, cap, width]; int8: uint8 codes
   // int8 only: key scales/minima [B, H, groups, width], the residual keys [B, H, group, width],
@@ -127,6 +139,7 @@ class KVCache {
   std::vector<at::Tensor> key_scale_, key_min_, key_tail_, value_scale_, value_min_;
   std::vector<at::Tensor> recent_k_, recent_v_;  // per layer, the last `keep` positions
   std::vector<int64_t> ring_;  // per layer: a sliding-window layer's ring slots, else 0
+  at::Tensor append_mask_, append_key_positions_;  // after an int8 append across key groups
   KVCacheOptions kind_;
   at::TensorOptions options_;
   int64_t batch_, capacity_, kv_heads_, head_dim_, element_bytes_;

@@ -3,7 +3,8 @@
 //     (closed form: step = (max - min) / 255 of that token's head vector);
 //   - int8 keys: the current group is returned exactly (KIVI's full-precision residual);
 //     complete groups within half a step per channel of that group;
-//   - appends never cross a key group (max_append), and a crossing append is refused;
+//   - an append within a key group returns one run of positions; one across groups returns the
+//     groups it completes quantized and exact, with the mask of which each query sees;
 //   - bytes per token: fp = layers * 2 * kv_heads * head_dim * element size; int8 adds the scales;
 //   - a chunked prefill equals token-by-token decoding: exactly up to float noise for fp, and up
 //     to quantization codes that noise flips for int8 (one step each), and the int8 model stays
@@ -73,30 +74,52 @@ TEST(KVCacheInt8, CompleteKeyGroupsWithinHalfAStepPerChannel) {
   EXPECT_TRUE(at::equal(keys.narrow(2, 8, 2), all.narrow(2, 8, 2)));
 }
 
-TEST(KVCacheInt8, AppendsStayInsideAGroup) {
-  KVCache cache(tiny(), 1, 10, at::TensorOptions().dtype(at::kFloat), int8(4));
+TEST(KVCacheInt8, AppendsWithinAGroupOrAcrossWithAMask) {
+  KVCache cache(tiny(), 1, 12, at::TensorOptions().dtype(at::kFloat), int8(4));
   EXPECT_EQ(cache.max_append(), 4);
-  at::Tensor k3 = at::zeros({1, 2, 3, 8});
-  for (int64_t l = 0; l < 2; ++l) cache.append(l, k3, k3);
+  at::Tensor k3 = at::randn({1, 2, 3, 8}), v3 = at::randn({1, 2, 3, 8});
+  for (int64_t l = 0; l < 2; ++l) cache.append(l, k3, v3);
+  EXPECT_FALSE(cache.append_mask().defined());  // within a group: one run of positions
   cache.commit(3);
   EXPECT_EQ(cache.max_append(), 1);
-  try {
-    cache.append(0, k3, k3);
-    ADD_FAILURE() << "an append across a group boundary was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("cross a quantization group"), std::string::npos) << e.what();
+  EXPECT_EQ(cache.max_append(true), 9);
+
+  // Positions 3..8 across groups [0, 4) and [4, 8) into [8, 12): returned, the quantized keys of
+  // positions 0..7 (groups completed here), then positions 0..8 in full precision.
+  at::Tensor k6 = at::randn({1, 2, 6, 8}), v6 = at::randn({1, 2, 6, 8});
+  auto [keys, values] = cache.append(0, k6, v6);
+  at::Tensor exact = at::cat({k3, k6}, 2), all_values = at::cat({v3, v6}, 2);
+  ASSERT_EQ(keys.size(2), 8 + 9);
+  EXPECT_TRUE(at::equal(keys.narrow(2, 8, 9), exact));
+  for (int64_t grp = 0; grp < 2; ++grp) {
+    at::Tensor x = exact.narrow(2, grp * 4, 4);
+    EXPECT_TRUE(((keys.narrow(2, grp * 4, 4) - x).abs() <= half_step(x, 2) + 1e-6).all().item<bool>()) << grp;
   }
-  at::Tensor k1 = at::zeros({1, 2, 1, 8});
-  for (int64_t l = 0; l < 2; ++l) cache.append(l, k1, k1);
-  cache.commit(1);
-  EXPECT_EQ(cache.max_append(), 4);
-  for (int64_t l = 0; l < 2; ++l) cache.append(l, at::zeros({1, 2, 4, 8}), at::zeros({1, 2, 4, 8}));
-  cache.commit(4);
-  EXPECT_EQ(cache.max_append(), 2);  // capacity 10 bounds the last group
-  // A constant group (zero range) dequantizes exactly.
-  auto kv = cache.append(0, at::zeros({1, 2, 1, 8}), at::full({1, 2, 1, 8}, 3.5));
-  EXPECT_TRUE(at::equal(kv.first.narrow(2, 0, 8), at::zeros({1, 2, 8, 8})));
-  EXPECT_TRUE(at::equal(kv.second.narrow(2, 8, 1), at::full({1, 2, 1, 8}, 3.5)));
+  // Values per position, those of 0..7 twice (beside both copies of their keys).
+  ASSERT_EQ(values.size(2), 17);
+  EXPECT_TRUE(at::equal(values.narrow(2, 0, 8), values.narrow(2, 8, 8)));
+  EXPECT_TRUE(((values.narrow(2, 8, 9) - all_values).abs() <= half_step(all_values, 3) + 1e-6).all().item<bool>());
+  // Query at position p (group start s) sees quantized keys j < s and exact keys s <= j <= p.
+  const at::Tensor& mask = cache.append_mask();
+  ASSERT_TRUE(mask.defined());
+  EXPECT_TRUE(at::equal(cache.append_key_positions(), at::cat({at::arange(8), at::arange(9)})));
+  ASSERT_EQ(mask.sizes(), (std::vector<int64_t>{6, 17}));
+  for (int64_t i = 0; i < 6; ++i) {
+    const int64_t p = 3 + i, s = p / 4 * 4;
+    for (int64_t j = 0; j < 8; ++j) EXPECT_EQ(mask[i][j].item<bool>(), j < s) << p << " sees quantized " << j;
+    for (int64_t j = 0; j < 9; ++j)
+      EXPECT_EQ(mask[i][8 + j].item<bool>(), j >= s && j <= p) << p << " sees exact " << j;
+  }
+  cache.append(1, k6, v6);
+  cache.commit(6);
+  // A constant group (zero range) dequantizes exactly; the next single-group append has no mask.
+  KVCache flat(tiny(), 1, 10, at::TensorOptions().dtype(at::kFloat), int8(4));
+  for (int64_t l = 0; l < 2; ++l) flat.append(l, at::zeros({1, 2, 4, 8}), at::zeros({1, 2, 4, 8}));
+  flat.commit(4);
+  auto kv = flat.append(0, at::zeros({1, 2, 1, 8}), at::full({1, 2, 1, 8}, 3.5));
+  EXPECT_FALSE(flat.append_mask().defined());
+  EXPECT_TRUE(at::equal(kv.first.narrow(2, 0, 4), at::zeros({1, 2, 4, 8})));
+  EXPECT_TRUE(at::equal(kv.second.narrow(2, 4, 1), at::full({1, 2, 1, 8}, 3.5)));
 }
 
 TEST(KVCache, BytesPerToken) {
@@ -115,18 +138,27 @@ TEST(KVCache, ChunkedPrefillEqualsTokenByTokenDecoding) {
   torch::NoGradGuard ng;
   at::Tensor ids = at::randint(0, 97, {2, 37}, at::kLong);
   at::Tensor full = m->forward(ids);
-  auto run = [&](KVCacheOptions kind, bool one_by_one) {
+  // How the positions arrive: prefill() (an int8 cache: one chunk across key groups), one group
+  // at a time (KVCache::max_append()), or one token at a time.
+  enum Arrival { kPrefill, kGroups, kTokens };
+  auto run = [&](KVCacheOptions kind, Arrival arrival) {
     KVCache cache(m->config(), 2, 37, at::TensorOptions().dtype(at::kFloat), kind);
-    if (!one_by_one) return m->logits(prefill(m, ids, cache));
+    if (arrival == kPrefill) return m->logits(prefill(m, ids, cache));
     std::vector<at::Tensor> parts;
-    for (int64_t i = 0; i < 37; ++i) parts.push_back(m->logits(m->hidden({ids.narrow(1, i, 1), {}, &cache})));
+    for (int64_t i = 0; i < 37;) {
+      const int64_t n = arrival == kGroups ? cache.max_append() : 1;
+      parts.push_back(m->logits(m->hidden({ids.narrow(1, i, n), {}, &cache})));
+      EXPECT_FALSE(cache.append_mask().defined());
+      i += n;
+    }
     return at::cat(parts, 1);
   };
   // fp token by token is test_model's KvCacheDecodingMatchesFullForward; here the chunked prefill.
-  EXPECT_LT((run({}, false) - full).abs().max().item<double>(), 1e-5);
-  at::Tensor a = run(int8(8), false), b = run(int8(8), true);
-  // Float noise between the two paths can flip a code by one step; nothing else differs.
+  EXPECT_LT((run({}, kPrefill) - full).abs().max().item<double>(), 1e-5);
+  at::Tensor a = run(int8(8), kPrefill), b = run(int8(8), kTokens), c = run(int8(8), kGroups);
+  // Float noise between the paths can flip a code by one step; nothing else differs.
   EXPECT_LT((a - b).abs().max().item<double>(), 5e-3);
+  EXPECT_LT((a - c).abs().max().item<double>(), 5e-3);
   const double drift = (a - full).abs().max().item<double>();
   EXPECT_GT(drift, 0.0);
   EXPECT_LT(drift, 5e-2);
