@@ -219,9 +219,11 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& x, const at::Tensor& co
     // position are rebuilt from them.
     std::tie(k, v) = hook->encode(layer_, x);
     if (cache) {
+      // Checked before the append, which would already have changed the cache.
+      CONDENSE_CHECK(t <= cache->max_append(), "layer {}: a latent KV cache cannot attend through "
+                     "an int8 append across key groups ({} positions; append at most "
+                     "KVCache::max_append() = {})", layer_, t, cache->max_append());
       std::tie(k, v) = cache->append(layer_, k, v);
-      CONDENSE_CHECK(!cache->append_mask().defined(), "layer {}: a latent KV cache cannot attend "
-                     "through an int8 append across key groups (append at most KVCache::max_append())", layer_);
     }
     if (hook->window() == 0 && hook->latent_values(t)) {
       // Attention reads the value latent; restore() maps its output up per query head.

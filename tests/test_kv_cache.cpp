@@ -122,6 +122,68 @@ TEST(KVCacheInt8, AppendsWithinAGroupOrAcrossWithAMask) {
   EXPECT_TRUE(at::equal(kv.second.narrow(2, 4, 1), at::full({1, 2, 1, 8}, 3.5)));
 }
 
+// One append across key groups leaves the cache as token-by-token appends of the same keys and
+// values do, bit for bit, and each of its queries sees the same keys and values (by position)
+// as that query's own token-by-token append returned: full attention and an int8 ring (window 5,
+// groups of 4: 12 slots) fed chunks longer than the ring, ending on a group boundary or not.
+TEST(KVCacheInt8, AnAppendAcrossGroupsIsTokenByTokenBitForBit) {
+  LlamaConfig c = tiny();
+  c.qkv_bias = true;  // layer 0 windowed (a partly windowed model is a Qwen2)
+  c.sliding_window = 5;
+  c.sliding_window_layers = {1, 0};
+  c.finalize();
+  at::manual_seed(9);
+  const int64_t n = 40;
+  at::Tensor k = at::randn({2, 2, n, 8}), v = at::randn({2, 2, n, 8});
+  KVCache chunked(c, 2, n, at::TensorOptions().dtype(at::kFloat), int8(4));
+  KVCache tokens(c, 2, n, at::TensorOptions().dtype(at::kFloat), int8(4));
+  ASSERT_EQ(chunked.slots(0), 12);
+  int64_t start = 0;
+  for (int64_t size : {3, 13, 16, 1, 7}) {
+    std::vector<std::vector<std::pair<at::Tensor, at::Tensor>>> seen(2);  // per layer, per query
+    for (int64_t i = 0; i < size; ++i) {
+      for (int64_t l = 0; l < 2; ++l) {
+        auto [kk, vv] = tokens.append(l, k.narrow(2, start + i, 1), v.narrow(2, start + i, 1));
+        const int64_t w = c.window(l), keep = w > 0 ? std::min<int64_t>(w, start + i + 1) : start + i + 1;
+        seen[l].push_back({kk.narrow(2, kk.size(2) - keep, keep), vv.narrow(2, vv.size(2) - keep, keep)});
+      }
+      tokens.commit(1);
+    }
+    for (int64_t l = 0; l < 2; ++l) {
+      auto [kk, vv] = chunked.append(l, k.narrow(2, start, size), v.narrow(2, start, size));
+      at::Tensor mask = chunked.append_mask(), pos = chunked.append_key_positions();
+      if (!mask.defined()) {  // one run of positions ending at the new ones
+        pos = at::arange(start + size - kk.size(2), start + size);
+        mask = pos.unsqueeze(0) <= at::arange(start, start + size).unsqueeze(1);
+      }
+      for (int64_t i = 0; i < size; ++i) {
+        const int64_t p = start + i, w = c.window(l);
+        at::Tensor sees = mask[i].logical_and(w > 0 ? pos > p - w : pos >= 0);
+        at::Tensor idx = sees.nonzero().flatten();
+        at::Tensor order = pos.index_select(0, idx).argsort();
+        idx = idx.index_select(0, order);
+        SCOPED_TRACE("layer " + std::to_string(l) + ", position " + std::to_string(p));
+        EXPECT_TRUE(at::equal(kk.index_select(2, idx), seen[l][i].first));
+        EXPECT_TRUE(at::equal(vv.index_select(2, idx), seen[l][i].second));
+      }
+    }
+    chunked.commit(size);
+    start += size;
+    // The state: every held code, scale and minimum, and the current group's keys.
+    for (int64_t l = 0; l < 2; ++l) {
+      const KVCache::Int8Buffers x = chunked.int8_buffers(l), y = tokens.int8_buffers(l);
+      const int64_t groups = std::min(start / 4, x.key_groups), values = std::min(start, x.value_slots);
+      EXPECT_TRUE(at::equal(x.key_codes.narrow(2, 0, groups * 4), y.key_codes.narrow(2, 0, groups * 4))) << l;
+      EXPECT_TRUE(at::equal(x.key_scale.narrow(2, 0, groups), y.key_scale.narrow(2, 0, groups))) << l;
+      EXPECT_TRUE(at::equal(x.key_min.narrow(2, 0, groups), y.key_min.narrow(2, 0, groups))) << l;
+      EXPECT_TRUE(at::equal(x.key_tail.narrow(2, 0, start % 4), y.key_tail.narrow(2, 0, start % 4))) << l;
+      EXPECT_TRUE(at::equal(x.value_codes.narrow(2, 0, values), y.value_codes.narrow(2, 0, values))) << l;
+      EXPECT_TRUE(at::equal(x.value_scale.narrow(2, 0, values), y.value_scale.narrow(2, 0, values))) << l;
+      EXPECT_TRUE(at::equal(x.value_min.narrow(2, 0, values), y.value_min.narrow(2, 0, values))) << l;
+    }
+  }
+}
+
 TEST(KVCache, BytesPerToken) {
   LlamaConfig c = tiny();  // 2 layers, 2 KV heads of 8
   EXPECT_EQ(KVCache(c, 1, 4, at::TensorOptions().dtype(at::kFloat)).bytes_per_token(), 2 * 2 * 2 * 8 * 4);
