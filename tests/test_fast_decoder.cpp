@@ -221,6 +221,19 @@ TEST(DecodeKernels, QuantizeRowIsTheCacheQuantizationBitForBit) {
   }
 }
 
+// Gemma 2: one RoPE, caps that bind on these weights, layer 0 windowed.
+LlamaConfig gemma2_config() {
+  LlamaConfig c = config(4, 2, true, 12);
+  c.gemma = 2;
+  c.query_pre_attn_scalar = 10;
+  c.attn_logit_softcapping = 1.0;
+  c.final_logit_softcapping = 2.0;
+  c.sliding_window = 4;
+  c.sliding_window_layers = {1, 0};
+  c.finalize();
+  return c;
+}
+
 // Codes held by two int8 caches of the same length that differ, and by at most how much:
 // value codes of the positions held and key codes of the complete groups held.
 std::pair<int64_t, int64_t> code_differences(KVCache& a, KVCache& b, int64_t layers) {
@@ -345,15 +358,7 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithACache) {
   gemma.sliding_window_layers = {1, 0};
   gemma.finalize();
   compare_steps(gemma, 21);
-  LlamaConfig gemma2 = config(4, 2, true, 12);  // Gemma 2: one RoPE, caps that bind on these weights
-  gemma2.gemma = 2;
-  gemma2.query_pre_attn_scalar = 10;
-  gemma2.attn_logit_softcapping = 1.0;
-  gemma2.final_logit_softcapping = 2.0;
-  gemma2.sliding_window = 4;
-  gemma2.sliding_window_layers = {1, 0};
-  gemma2.finalize();
-  compare_steps(gemma2, 22);
+  compare_steps(gemma2_config(), 22);
 }
 
 // The same on int8 caches of groups of 4 (16 positions: complete groups at 4, 8, 12, 16): the
@@ -371,15 +376,7 @@ TEST(FastDecoder, StepsMatchTheATenForwardWithAnInt8Cache) {
   LlamaConfig wide = config(4, 2, false);  // window 9: a ring would be the whole capacity, so none;
   wide.sliding_window = 9;                 // the window still masks
   compare_steps(wide, 54, int8);
-  LlamaConfig gemma2 = config(4, 2, true, 12);  // Gemma 2: caps, layer 0 windowed (a ring)
-  gemma2.gemma = 2;
-  gemma2.query_pre_attn_scalar = 10;
-  gemma2.attn_logit_softcapping = 1.0;
-  gemma2.final_logit_softcapping = 2.0;
-  gemma2.sliding_window = 4;
-  gemma2.sliding_window_layers = {1, 0};
-  gemma2.finalize();
-  compare_steps(gemma2, 55, int8);
+  compare_steps(gemma2_config(), 55, int8);  // Gemma 2: caps, layer 0 windowed (a ring)
 }
 
 // Past 256 positions the decoder splits each KV head's positions into parts of 256 that threads
